@@ -1,0 +1,288 @@
+"""Agent configuration: a TOML file, `EDGE_AGENT_*` env vars (``__`` nests), CLI flags on top.
+
+Every field carries a description and bounds so that `edge-agent config` and the README
+can describe it, and a mistyped key is an error rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "EDGE_AGENT_"
+ENV_NESTED = "__"
+#: MQTT topic levels may not hold wildcards or separators; keep ids to a safe alphabet.
+_TOPIC_SAFE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+ACCELERATOR_NAMES = ("auto", "cpu", "gpu", "npu", "edgetpu")
+
+
+class ConfigError(Exception):
+    """Raised with one line per offending key; the CLI turns it into exit code 2."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TLSConfig(_Strict):
+    ca_file: Path | None = Field(None, description="CA bundle that signs the broker certificate; enables TLS.")
+    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    key_file: Path | None = Field(None, description="Private key of the client certificate.")
+    insecure: bool = Field(False, description="Skip hostname verification (testing only).")
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"file not found: {v}")
+        return v
+
+
+class MQTTConfig(_Strict):
+    host: str = Field("localhost", min_length=1, max_length=253, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker TCP port.")
+    topic_prefix: str = Field("edge", min_length=1, max_length=128, description="First topic level(s); topics are {prefix}/{device_id}/...")
+    username: str | None = Field(None, max_length=256, description="Broker user name.")
+    password: SecretStr | None = Field(None, description="Broker password; never logged or printed.")
+    tls: TLSConfig = Field(default_factory=TLSConfig, description="TLS settings; TLS is on when tls.ca_file is set.")
+    qos: int = Field(1, ge=0, le=2, description="QoS of predictions (availability always uses 1).")
+    protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version.")
+    keepalive_s: int = Field(15, ge=5, le=3600, description="Keepalive; a silent broker is declared lost after 1.5x this.")
+    client_id: str | None = Field(None, max_length=128, description="Client id; default edge-agent-{device_id}.")
+    queue_size: int = Field(1000, ge=1, le=1_000_000, description="Outgoing messages held while the broker is slow or away before drops are counted.")
+    reconnect_min_s: float = Field(0.5, ge=0.05, le=60, description="First reconnect delay.")
+    reconnect_max_s: float = Field(30.0, ge=0.1, le=3600, description="Longest reconnect delay (exponential backoff).")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if any(c in v for c in "#+\x00") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("must not contain '#', '+' or NUL, nor start or end with '/'")
+        return v
+
+
+class SourceConfig(_Strict):
+    uri: str = Field(
+        "demo",
+        min_length=1,
+        max_length=4096,
+        description="'demo', camera index ('0') or /dev/videoN, video file, rtsp:// or http(s):// URL, "
+        "GStreamer pipeline (contains '!'), image directory or glob, or 'synthetic[:WxH]'.",
+    )
+    fps: float | None = Field(None, gt=0, le=1000, description="Cap on frames handed to inference per second; none = as fast as inference goes.")
+    loop: bool = Field(True, description="Restart a video file or image set at its end.")
+    realtime: bool = Field(True, description="Play files at their own frame rate (dropping what inference cannot keep up with) rather than as fast as inference takes them.")
+    width: int | None = Field(None, ge=16, le=8192, description="Capture width to ask a camera for.")
+    height: int | None = Field(None, ge=16, le=8192, description="Capture height to ask a camera for.")
+    read_timeout_s: float = Field(5.0, ge=0.1, le=600, description="A source that delivers no frame for this long is reopened.")
+    reopen_min_s: float = Field(0.5, ge=0.01, le=60, description="First delay before reopening a failed source.")
+    reopen_max_s: float = Field(30.0, ge=0.1, le=3600, description="Longest delay between reopen attempts (exponential backoff).")
+
+
+class ModelConfig(_Strict):
+    path: Path | None = Field(None, description="TFLite/LiteRT model file; default: the bundled BlazeFace short-range detector.")
+    labels: Path | None = Field(None, description="Labels file (one per line, or 'index name'); default: labels embedded in the model.")
+    task: Literal["auto", "classification", "detection", "raw"] = Field("auto", description="How outputs are read; auto picks from the output tensors.")
+    score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Detections and classes below this score are not reported.")
+    iou_threshold: float = Field(0.45, ge=0.0, le=1.0, description="Non-maximum suppression overlap for decoders that need it.")
+    top_k: int = Field(5, ge=1, le=1000, description="Classes reported per classification.")
+    max_detections: int = Field(100, ge=1, le=10000, description="Detections reported per frame.")
+    resize: Literal["auto", "stretch", "letterbox"] = Field("auto", description="auto: letterbox for anchor/YOLO detectors, stretch otherwise.")
+    mean: list[float] | None = Field(None, min_length=1, max_length=4, description="Float-input normalisation mean (per channel or one); default from model metadata, else 127.5.")
+    std: list[float] | None = Field(None, min_length=1, max_length=4, description="Float-input normalisation std; default from model metadata, else 127.5.")
+    name: str | None = Field(None, max_length=128, description="Model name reported in predictions; default: file stem.")
+    version: str | None = Field(None, max_length=64, description="Model version reported in predictions.")
+
+    @field_validator("path", "labels")
+    @classmethod
+    def _exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.exists():
+            raise ValueError(f"file not found: {v}")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(x == 0 for x in v):
+            raise ValueError("std values must be non-zero")
+        return v
+
+
+class RuntimeConfig(_Strict):
+    accelerator: str = Field("auto", description="auto, cpu, gpu, npu, edgetpu, or the path of an external delegate .so.")
+    threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = one per core.")
+    delegate_options: dict[str, str] = Field(default_factory=dict, description="Options passed to an external delegate.")
+    probe_timeout_s: float = Field(30.0, ge=1, le=600, description="Longest wait for one accelerator probe subprocess.")
+    cpu_fallback: bool = Field(True, description="Fall back to the CPU when an accelerator fails at run time.")
+
+    @field_validator("accelerator")
+    @classmethod
+    def _accel(cls, v: str) -> str:
+        if v in ACCELERATOR_NAMES:
+            return v
+        if v.endswith(".so") or ".so." in v:
+            return v
+        raise ValueError(f"must be one of {', '.join(ACCELERATOR_NAMES)} or a delegate .so path")
+
+
+class HealthConfig(_Strict):
+    interval_s: float = Field(10.0, ge=0.2, le=3600, description="Seconds between health messages.")
+    stall_s: float = Field(30.0, ge=1, le=3600, description="A stage with no progress for this long is 'stalled': the systemd watchdog stops being fed.")
+
+
+class Settings(BaseSettings):
+    """The whole agent configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    device_id: str = Field(default_factory=lambda: _safe_id(socket.gethostname()), description="Device name in topics; default: host name.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    state_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("STATE_DIRECTORY", "~/.local/state/edge-agent")).expanduser(),
+        description="Writable directory for probe caches and state ($STATE_DIRECTORY under systemd).",
+    )
+    mqtt: MQTTConfig = Field(default_factory=MQTTConfig, description="Broker connection.")
+    source: SourceConfig = Field(default_factory=SourceConfig, description="Input.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model and decoding.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Inference backend.")
+    health: HealthConfig = Field(default_factory=HealthConfig, description="Health reporting and watchdog.")
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, v: str) -> str:
+        if not _TOPIC_SAFE.match(v):
+            raise ValueError("must be 1-64 of A-Z a-z 0-9 _ . -")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = _TOML_FILE.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+
+#: pydantic-settings reads the TOML path from class state; set only inside load_settings.
+_TOML_FILE: dict[str, Path | None] = {"path": None}
+
+
+def _safe_id(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_.\-]", "-", name)[:64]
+    return cleaned or "edge-agent"
+
+
+def _check_env_keys(environ: dict[str, str]) -> None:
+    """Unknown `EDGE_AGENT_*` variables are errors: pydantic-settings would ignore them."""
+    for key in environ:
+        if not key.startswith(ENV_PREFIX):
+            continue
+        model: type[BaseModel] = Settings
+        for part in key[len(ENV_PREFIX):].lower().split(ENV_NESTED):
+            field = model.model_fields.get(part)
+            if field is None:
+                raise ConfigError(f"{key}: unknown setting '{part}'")
+            ann = field.annotation
+            if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+                break
+            model = ann
+
+
+def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        parts = key.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: conflicts with another flag")
+        node[parts[-1]] = value
+    return out
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        lines.append(f"{loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Build Settings from file, environment and dotted CLI overrides (highest wins)."""
+    _check_env_keys(dict(os.environ))
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"--config: file not found: {config_file}")
+    _TOML_FILE["path"] = config_file
+    try:
+        if config_file is not None:
+            _check_toml(config_file)
+        return Settings(**_nested(overrides or {}))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+    finally:
+        _TOML_FILE["path"] = None
+
+
+def _check_toml(path: Path) -> None:
+    import tomllib
+
+    try:
+        with path.open("rb") as f:
+            tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """Effective config as plain data with secrets masked (SecretStr dumps as '**********')."""
+    data = settings.model_dump(mode="json")
+    if settings.mqtt.password is not None:
+        data["mqtt"]["password"] = "**********"
+    return data
+
+
+def describe_fields(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, env var, default, description) for every leaf setting, for docs and `config --describe`."""
+    rows: list[tuple[str, str, str, str]] = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe_fields(ann, key + "."))
+            continue
+        default = "(computed)" if field.default_factory is not None else repr(field.default)
+        env = ENV_PREFIX + key.upper().replace(".", ENV_NESTED)
+        rows.append((key, env, default, field.description or ""))
+    return rows

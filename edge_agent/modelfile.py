@@ -1,0 +1,400 @@
+"""Read (and, for the project's own models, write) what a .tflite file says about itself.
+
+Everything here works on the file's bytes in Python, so a truncated or corrupt file is
+reported with its name before any native interpreter code touches it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import flatbuffers
+import numpy as np
+from flatbuffers.table import Table
+
+TFLITE_IDENTIFIER = b"TFL3"
+METADATA_NAME = b"TFLITE_METADATA"
+METADATA_IDENTIFIER = b"M001"
+#: Custom ops that only a specific delegate can run, with the library that provides it.
+DELEGATE_CUSTOM_OPS = {
+    "edgetpu-custom-op": "libedgetpu.so.1 (Edge TPU)",
+    "DarwiNN": "libedgetpu.so.1 (Edge TPU)",
+}
+# metadata_schema.fbs enum values
+_PROCESS_NORMALIZATION = 1
+_FILE_TENSOR_AXIS_LABELS = 2
+_FILE_TENSOR_VALUE_LABELS = 3
+
+
+class ModelError(Exception):
+    """A model file that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    index: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    scale: float
+    zero_point: int
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale != 0.0 and self.dtype in (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int16))
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        """Real values: scale * (q - zero_point); float tensors pass through."""
+        if not self.quantized:
+            return q.astype(np.float32, copy=False)
+        return (q.astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "index": self.index,
+            "shape": list(self.shape),
+            "dtype": self.dtype.name,
+            "quantization": {"scale": self.scale, "zero_point": self.zero_point} if self.quantized else None,
+        }
+
+
+@dataclass(frozen=True)
+class Metadata:
+    name: str | None = None
+    description: str | None = None
+    version: str | None = None
+    author: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    label_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    path: Path
+    sha256: str
+    size: int
+    ops: tuple[str, ...]
+    custom_ops: tuple[str, ...]
+    metadata: Metadata
+    labels: tuple[str, ...] | None
+    associated_files: tuple[str, ...] = field(default=())
+    #: tensor indices of TFLite_Detection_PostProcess outputs (boxes, classes, scores, count)
+    detection_op_outputs: tuple[int, ...] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name or self.path.stem
+
+    def required_delegates(self) -> list[str]:
+        return sorted({DELEGATE_CUSTOM_OPS[o] for o in self.custom_ops if o in DELEGATE_CUSTOM_OPS})
+
+
+def _builtin_names() -> dict[int, str]:
+    from ai_edge_litert import schema_py_generated as s
+
+    return {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+def read_model_file(path: Path) -> ModelFile:
+    """Parse and sanity-check a model file; raise ModelError naming the file when it is unusable."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"model file not found: {path}") from None
+    except OSError as err:
+        raise ModelError(f"model file unreadable: {path}: {err.strerror}") from None
+    if len(data) < 16 or data[4:8] != TFLITE_IDENTIFIER:
+        raise ModelError(f"not a TFLite model (no TFL3 header): {path} ({len(data)} bytes)")
+    try:
+        ops, custom, meta_buf, det_outputs = _parse_model(data)
+    except ModelError as err:
+        raise ModelError(f"corrupt or truncated model file: {path}: {err}") from None
+    except Exception as err:  # flatbuffers raises assorted types on garbage offsets
+        raise ModelError(f"corrupt or truncated model file: {path}: {type(err).__name__}: {err}") from None
+    metadata = Metadata()
+    if meta_buf is not None:
+        try:
+            metadata = parse_metadata(meta_buf)
+        except (IndexError, struct.error, ValueError, UnicodeDecodeError):
+            metadata = Metadata()  # broken metadata is not fatal: the graph itself is fine
+    files, labels = _associated(data, metadata.label_file)
+    return ModelFile(
+        path=path,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        ops=tuple(ops),
+        custom_ops=tuple(custom),
+        metadata=metadata,
+        labels=labels,
+        associated_files=tuple(files),
+        detection_op_outputs=det_outputs,
+    )
+
+
+def _parse_model(data: bytes) -> tuple[list[str], list[str], bytes | None, tuple[int, ...] | None]:
+    from ai_edge_litert import schema_py_generated as s
+
+    model = s.Model.GetRootAs(data, 0)
+    names = _builtin_names()
+    ops: list[str] = []
+    custom: list[str] = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+        if code == s.BuiltinOperator.CUSTOM:
+            cname = (oc.CustomCode() or b"").decode()
+            custom.append(cname)
+            ops.append(cname)
+        else:
+            ops.append(names.get(code, f"op{code}"))
+    if model.SubgraphsLength() < 1:
+        raise ModelError("no subgraph")
+    sg = model.Subgraphs(0)
+    for i in range(sg.TensorsLength()):
+        sg.Tensors(i).ShapeAsNumpy()
+    det_outputs = None
+    for i in range(sg.OperatorsLength()):
+        op = sg.Operators(i)
+        if ops[op.OpcodeIndex()] == "TFLite_Detection_PostProcess" and op.OutputsLength() == 4:
+            det_outputs = tuple(int(t) for t in op.OutputsAsNumpy())
+    # Buffers stored after the flatbuffer (large models) must lie inside the file.
+    for i in range(model.BuffersLength()):
+        b = model.Buffers(i)
+        if b.Offset() > 1 and b.Offset() + b.Size() > len(data):
+            raise ModelError(f"buffer {i} runs past the end of the file")
+        if b.DataLength():
+            b.DataAsNumpy()
+    meta_buf = None
+    for i in range(model.MetadataLength()):
+        m = model.Metadata(i)
+        if m.Name() == METADATA_NAME:
+            buf = model.Buffers(m.Buffer())
+            meta_buf = buf.DataAsNumpy().tobytes() if buf.DataLength() else None
+    return ops, custom, meta_buf, det_outputs
+
+
+def _associated(data: bytes, label_file: str | None) -> tuple[list[str], tuple[str, ...] | None]:
+    """Files packed as a zip after the model (TFLite metadata 'associated files')."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            names = zf.namelist()
+            pick = label_file if label_file in names else next((n for n in names if "label" in n.lower()), None)
+            labels = parse_labels(zf.read(pick).decode("utf-8")) if pick else None
+            return names, labels
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError):
+        return [], None
+
+
+def parse_labels(text: str) -> tuple[str, ...]:
+    """One label per line, or 'index label' pairs (gaps filled with '???')."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    pairs = [ln.split(maxsplit=1) for ln in lines]
+    if lines and all(len(p) == 2 and p[0].isdigit() for p in pairs):
+        by_index = {int(p[0]): p[1].strip() for p in pairs}
+        return tuple(by_index.get(i, "???") for i in range(max(by_index) + 1))
+    return tuple(lines)
+
+
+def load_labels(path: Path) -> tuple[str, ...]:
+    try:
+        return parse_labels(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ModelError(f"labels file unreadable: {path}: {err}") from None
+
+
+# --- TFLite metadata (metadata_schema.fbs), read with plain flatbuffer tables ---------------
+
+
+def _field(tab: Table, i: int) -> int:
+    return int(tab.Offset(4 + 2 * i))
+
+
+def _str(tab: Table, i: int) -> str | None:
+    o = _field(tab, i)
+    return tab.String(o + tab.Pos).decode("utf-8") if o else None
+
+
+def _sub(tab: Table, i: int) -> Table | None:
+    o = _field(tab, i)
+    return Table(tab.Bytes, tab.Indirect(o + tab.Pos)) if o else None
+
+
+def _tables(tab: Table, i: int) -> Iterator[Table]:
+    o = _field(tab, i)
+    if not o:
+        return
+    start = tab.Vector(o)
+    for j in range(tab.VectorLen(o)):
+        yield Table(tab.Bytes, tab.Indirect(start + 4 * j))
+
+
+def _floats(tab: Table, i: int) -> tuple[float, ...] | None:
+    o = _field(tab, i)
+    if not o:
+        return None
+    start, n = tab.Vector(o), tab.VectorLen(o)
+    return tuple(float(x) for x in struct.unpack_from(f"<{n}f", bytes(tab.Bytes), start))
+
+
+def _u8(tab: Table, i: int) -> int:
+    o = _field(tab, i)
+    return int(tab.Get(flatbuffers.number_types.Uint8Flags, o + tab.Pos)) if o else 0
+
+
+def parse_metadata(buf: bytes) -> Metadata:
+    root = Table(bytearray(buf), flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, 0))
+    mean = std = None
+    label_file = None
+    for sg in _tables(root, 3):  # subgraph_metadata
+        for tm in _tables(sg, 2):  # input_tensor_metadata
+            for pu in _tables(tm, 4):  # process_units
+                opts = _sub(pu, 1)
+                if _u8(pu, 0) == _PROCESS_NORMALIZATION and opts is not None:
+                    mean, std = _floats(opts, 0), _floats(opts, 1)
+        for tm in _tables(sg, 3):  # output_tensor_metadata
+            for af in _tables(tm, 6):  # associated_files
+                if _u8(af, 2) in (_FILE_TENSOR_AXIS_LABELS, _FILE_TENSOR_VALUE_LABELS) and label_file is None:
+                    label_file = _str(af, 0)
+    return Metadata(
+        name=_str(root, 0),
+        description=_str(root, 1),
+        version=_str(root, 2),
+        author=_str(root, 4),
+        mean=mean,
+        std=std,
+        label_file=label_file,
+    )
+
+
+# --- writing: used by scripts/ for the project's own models and by tests ---------------------
+
+
+def build_metadata(
+    name: str,
+    version: str,
+    description: str,
+    mean: list[float] | None,
+    std: list[float] | None,
+    label_file: str | None,
+    num_outputs: int = 1,
+    author: str = "edge-agent",
+) -> bytes:
+    """A minimal ModelMetadata flatbuffer: normalisation on the input, labels on the outputs."""
+    b = flatbuffers.Builder(256)
+
+    def fvec(vals: list[float]) -> int:
+        b.StartVector(4, len(vals), 4)
+        for v in reversed(vals):
+            b.PrependFloat32(v)
+        return int(b.EndVector())
+
+    def tvec(offs: list[int]) -> int:
+        b.StartVector(4, len(offs), 4)
+        for o in reversed(offs):
+            b.PrependUOffsetTRelative(o)
+        return int(b.EndVector())
+
+    in_units: list[int] = []
+    if mean is not None and std is not None:
+        m, s = fvec(mean), fvec(std)
+        b.StartObject(2)
+        b.PrependUOffsetTRelativeSlot(0, m, 0)
+        b.PrependUOffsetTRelativeSlot(1, s, 0)
+        norm = b.EndObject()
+        b.StartObject(2)
+        b.PrependUint8Slot(0, _PROCESS_NORMALIZATION, 0)
+        b.PrependUOffsetTRelativeSlot(1, norm, 0)
+        in_units.append(b.EndObject())
+    in_name = b.CreateString("image")
+    units = tvec(in_units) if in_units else 0
+    b.StartObject(7)
+    b.PrependUOffsetTRelativeSlot(0, in_name, 0)
+    if units:
+        b.PrependUOffsetTRelativeSlot(4, units, 0)
+    in_tm = b.EndObject()
+    outs = []
+    for _ in range(num_outputs):
+        files = 0
+        if label_file:
+            fname = b.CreateString(label_file)
+            b.StartObject(5)
+            b.PrependUOffsetTRelativeSlot(0, fname, 0)
+            b.PrependUint8Slot(2, _FILE_TENSOR_VALUE_LABELS, 0)
+            files = tvec([b.EndObject()])
+        b.StartObject(7)
+        if files:
+            b.PrependUOffsetTRelativeSlot(6, files, 0)
+        outs.append(b.EndObject())
+    in_vec, out_vec = tvec([in_tm]), tvec(outs)
+    b.StartObject(10)
+    b.PrependUOffsetTRelativeSlot(2, in_vec, 0)
+    b.PrependUOffsetTRelativeSlot(3, out_vec, 0)
+    sg = b.EndObject()
+    sgs = tvec([sg])
+    n, d, v, a, mpv = (b.CreateString(x) for x in (name, description, version, author, "1.0.0"))
+    b.StartObject(8)
+    b.PrependUOffsetTRelativeSlot(0, n, 0)
+    b.PrependUOffsetTRelativeSlot(1, d, 0)
+    b.PrependUOffsetTRelativeSlot(2, v, 0)
+    b.PrependUOffsetTRelativeSlot(3, sgs, 0)
+    b.PrependUOffsetTRelativeSlot(4, a, 0)
+    b.PrependUOffsetTRelativeSlot(7, mpv, 0)
+    b.Finish(b.EndObject(), file_identifier=METADATA_IDENTIFIER)
+    return bytes(b.Output())
+
+
+def rewrite_model(
+    src: bytes,
+    *,
+    metadata: bytes | None = None,
+    add_signature: bool = False,
+    custom_op: str | None = None,
+    files: dict[str, bytes] | None = None,
+) -> bytes:
+    """Return a copy of a model with metadata / a default signature / a custom op / packed files."""
+    from ai_edge_litert import schema_py_generated as s
+
+    model = s.ModelT.InitFromObj(s.Model.GetRootAs(src, 0))
+    if add_signature:
+        sg = model.subgraphs[0]
+
+        def tmap(i: int) -> Any:
+            t = s.TensorMapT()
+            t.name, t.tensorIndex = sg.tensors[i].name, i
+            return t
+
+        sd = s.SignatureDefT()
+        sd.signatureKey, sd.subgraphIndex = "serving_default", 0
+        sd.inputs = [tmap(i) for i in sg.inputs]
+        sd.outputs = [tmap(i) for i in sg.outputs]
+        model.signatureDefs = [sd]
+    if metadata is not None:
+        buf = s.BufferT()
+        buf.data = list(metadata)
+        model.buffers.append(buf)
+        md = s.MetadataT()
+        md.name, md.buffer = METADATA_NAME.decode(), len(model.buffers) - 1
+        model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME] + [md]
+    if custom_op is not None:
+        oc = model.operatorCodes[0]
+        oc.builtinCode = oc.deprecatedBuiltinCode = s.BuiltinOperator.CUSTOM
+        oc.customCode = custom_op
+    b = flatbuffers.Builder(len(src) + 4096)
+    b.Finish(model.Pack(b), file_identifier=TFLITE_IDENTIFIER)
+    out = bytes(b.Output())
+    if files:
+        zbuf = io.BytesIO()
+        with zipfile.ZipFile(zbuf, "w", zipfile.ZIP_STORED) as zf:
+            for fname, content in files.items():
+                zf.writestr(fname, content)
+        out += zbuf.getvalue()
+    return out

@@ -1,0 +1,148 @@
+"""Frame -> model input: resize (keeping the scale to map boxes back), BGR->RGB, normalise, quantize.
+
+Pure planning functions plus one Preprocessor that writes into a caller-provided tensor view
+with preallocated intermediates, so the per-frame path allocates nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from edge_agent.modelfile import TensorSpec
+
+ResizeMode = Literal["stretch", "letterbox"]
+
+
+@dataclass(frozen=True)
+class Resize:
+    """How a frame was placed into the model input; maps model coordinates back to frame pixels."""
+
+    frame_w: int
+    frame_h: int
+    in_w: int
+    in_h: int
+    new_w: int
+    new_h: int
+    pad_x: int
+    pad_y: int
+
+    def to_frame(self, xyxy_norm: np.ndarray) -> np.ndarray:
+        """[..., 4] boxes or [..., 2] points normalised to the model input -> frame pixels."""
+        pts = np.asarray(xyxy_norm, dtype=np.float32).reshape(-1, 2)
+        x = (pts[:, 0] * self.in_w - self.pad_x) * (self.frame_w / self.new_w)
+        y = (pts[:, 1] * self.in_h - self.pad_y) * (self.frame_h / self.new_h)
+        out = np.stack([np.clip(x, 0, self.frame_w), np.clip(y, 0, self.frame_h)], axis=1)
+        return out.reshape(np.shape(xyxy_norm))
+
+
+def plan_resize(frame_w: int, frame_h: int, in_w: int, in_h: int, mode: ResizeMode) -> Resize:
+    if frame_w <= 0 or frame_h <= 0:
+        raise ValueError(f"empty frame {frame_w}x{frame_h}")
+    if mode == "stretch":
+        return Resize(frame_w, frame_h, in_w, in_h, in_w, in_h, 0, 0)
+    scale = min(in_w / frame_w, in_h / frame_h)
+    new_w = max(1, min(in_w, round(frame_w * scale)))
+    new_h = max(1, min(in_h, round(frame_h * scale)))
+    return Resize(frame_w, frame_h, in_w, in_h, new_w, new_h, (in_w - new_w) // 2, (in_h - new_h) // 2)
+
+
+def input_layout(spec: TensorSpec) -> tuple[int, int, int, bool]:
+    """(height, width, channels, channels_first) of an image input tensor."""
+    shape = spec.shape
+    if len(shape) == 3:
+        shape = (1, *shape)
+    if len(shape) != 4:
+        raise ValueError(f"input {spec.name} has shape {spec.shape}; an image input needs 3 or 4 dims")
+    if shape[3] in (1, 3):
+        return shape[1], shape[2], shape[3], False
+    if shape[1] in (1, 3):
+        return shape[2], shape[3], shape[1], True
+    raise ValueError(f"input {spec.name} shape {spec.shape}: cannot find a 1- or 3-channel axis")
+
+
+def build_lut(spec: TensorSpec, mean: tuple[float, ...] | None, std: tuple[float, ...] | None, channels: int) -> np.ndarray | None:
+    """Table pixel value -> input value per channel, or None when raw pixels go in unchanged.
+
+    A uint8 input with no normalisation given takes raw pixels (the convention of quantized
+    image models); otherwise real = (p - mean) / std, quantized as round(real / scale + zp).
+    """
+    dtype = spec.dtype
+    if dtype == np.uint8 and mean is None and std is None:
+        return None
+    m = np.broadcast_to(np.asarray(mean if mean is not None else (127.5,), np.float64), (channels,))
+    s = np.broadcast_to(np.asarray(std if std is not None else (127.5,), np.float64), (channels,))
+    p = np.arange(256, dtype=np.float64)[None, :]
+    real = (p - m[:, None]) / s[:, None]
+    if dtype in (np.dtype(np.float32), np.dtype(np.float16)):
+        return real.astype(dtype)
+    if not spec.quantized:
+        raise ValueError(f"input {spec.name}: integer dtype {dtype} without quantization parameters")
+    info = np.iinfo(dtype)
+    q = np.clip(np.round(real / spec.scale + spec.zero_point), info.min, info.max).astype(dtype)
+    if dtype == np.uint8 and np.array_equal(q, np.broadcast_to(np.arange(256), q.shape)):
+        return None
+    return q
+
+
+class Preprocessor:
+    """Writes one frame into a model input tensor; reuses its buffers while the frame size holds."""
+
+    def __init__(self, spec: TensorSpec, mode: ResizeMode, mean: tuple[float, ...] | None, std: tuple[float, ...] | None):
+        self.spec = spec
+        self.mode = mode
+        self.h, self.w, self.c, self.channels_first = input_layout(spec)
+        self.lut = build_lut(spec, mean, std, self.c)
+        self._plan: Resize | None = None
+        self._canvas = np.zeros((self.h, self.w, self.c), np.uint8)
+        self._resized = np.empty(0, np.uint8)
+        self._lut_index = np.arange(self.c, dtype=np.intp).reshape(1, 1, self.c) * 256 if self.lut is not None else None
+        self._idx = np.empty(0, np.intp)
+
+    def plan(self, frame_w: int, frame_h: int) -> Resize:
+        plan = self._plan
+        if plan is None or plan.frame_w != frame_w or plan.frame_h != frame_h:
+            plan = plan_resize(frame_w, frame_h, self.w, self.h, self.mode)
+            self._plan = plan
+            self._canvas.fill(0)
+            shape = (plan.new_h, plan.new_w, 3)
+            self._resized = np.empty(shape, np.uint8)
+            self._idx = np.empty((self.h, self.w, self.c), np.intp)
+        return plan
+
+    def __call__(self, frame_bgr: np.ndarray, out: np.ndarray) -> Resize:
+        """Fill `out` (the input tensor, batch dim included) from a BGR uint8 frame."""
+        fh, fw = frame_bgr.shape[:2]
+        plan = self.plan(fw, fh)
+        direct = self.lut is None and not self.channels_first and self.c == 3 and self.mode == "stretch"
+        target = out.reshape(self.h, self.w, self.c) if direct else self._canvas
+        if frame_bgr.ndim == 2:
+            frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
+        cv2.resize(frame_bgr, (plan.new_w, plan.new_h), dst=self._resized, interpolation=cv2.INTER_LINEAR)
+        roi = target[plan.pad_y : plan.pad_y + plan.new_h, plan.pad_x : plan.pad_x + plan.new_w]
+        if self.c == 3:
+            if roi.flags.c_contiguous:
+                cv2.cvtColor(self._resized, cv2.COLOR_BGR2RGB, dst=roi)
+            else:
+                np.copyto(roi, self._resized[..., ::-1])
+        else:
+            np.copyto(roi, cv2.cvtColor(self._resized, cv2.COLOR_BGR2GRAY)[..., None])
+        if direct:
+            return plan
+        src = self._canvas
+        if self.lut is not None:
+            assert self._lut_index is not None
+            np.add(src, self._lut_index, out=self._idx)
+            vals = self.lut.reshape(-1)
+            if self.channels_first:
+                out.reshape(self.c, self.h, self.w)[...] = vals[self._idx].transpose(2, 0, 1)
+            else:
+                np.take(vals, self._idx, out=out.reshape(self.h, self.w, self.c))
+        elif self.channels_first:
+            out.reshape(self.c, self.h, self.w)[...] = src.transpose(2, 0, 1)
+        else:
+            np.copyto(out.reshape(self.h, self.w, self.c), src)
+        return plan

@@ -1,0 +1,68 @@
+"""The small interface every inference backend implements."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from edge_agent.modelfile import TensorSpec
+
+T = TypeVar("T")
+
+
+class BackendError(RuntimeError):
+    """A backend could not load or run the model; the message says why."""
+
+
+def spec_from_details(d: dict[str, Any]) -> TensorSpec:
+    scale, zp = d.get("quantization", (0.0, 0))
+    return TensorSpec(
+        name=str(d.get("name", "")),
+        index=int(d.get("index", -1)),
+        shape=tuple(int(x) for x in d["shape"]),
+        dtype=np.dtype(d["dtype"]),
+        scale=float(scale),
+        zero_point=int(zp),
+    )
+
+
+class Backend(abc.ABC):
+    #: accelerator family reported in predictions and health: cpu, gpu, npu, edgetpu, delegate
+    kind: str = "cpu"
+
+    def __init__(self, model_path: Path):
+        self.model_path = model_path
+        self.inputs: tuple[TensorSpec, ...] = ()
+        self.outputs: tuple[TensorSpec, ...] = ()
+        #: whether every op runs on the accelerator (None: the backend cannot tell)
+        self.fully_accelerated: bool | None = None
+
+    @property
+    def description(self) -> str:
+        return self.kind
+
+    @abc.abstractmethod
+    def write_input(self, i: int, fill: Callable[[np.ndarray], T]) -> T:
+        """Call `fill` with a writable view of input i (batch dim included) and return its result."""
+
+    @abc.abstractmethod
+    def invoke(self) -> None:
+        """Run the model once; blocks (the classic interpreter releases the GIL meanwhile)."""
+
+    @abc.abstractmethod
+    def output(self, i: int) -> np.ndarray:
+        """Output i, raw (quantized as stored); a copy the caller may keep."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release native resources."""
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Convenience for probes and tests: copy inputs in, invoke, return raw outputs."""
+        for i, arr in enumerate(inputs):
+            self.write_input(i, lambda v, a=arr: np.copyto(v, a.reshape(v.shape)))
+        self.invoke()
+        return [self.output(i) for i in range(len(self.outputs))]

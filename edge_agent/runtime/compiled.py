@@ -1,0 +1,61 @@
+"""LiteRT CompiledModel accelerators (GPU, NPU).
+
+Only ever chosen after a subprocess probe: in ai-edge-litert 2.3 the GPU plugin can abort
+the whole process on some aarch64 CPUs, `GPU|CPU` raises instead of falling back, and
+CompiledModel.run holds the GIL, so it is used where the accelerator's speed pays for that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.modelfile import TensorSpec
+from edge_agent.runtime import litert
+from edge_agent.runtime.base import Backend, BackendError, T
+
+
+class CompiledBackend(Backend):
+    def __init__(self, model_path: Path, kind: str, reference_specs: tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]):
+        super().__init__(model_path)
+        api = litert.compiled_model_api()
+        if api is None:
+            raise BackendError(f"{litert.version()} has no CompiledModel accelerator API")
+        compiled_model, accel = api
+        flag = {"gpu": accel.GPU, "npu": accel.NPU, "cpu": accel.CPU}[kind]
+        self.kind = kind
+        try:
+            self._m = compiled_model.from_file(str(model_path), hardware_accel=flag)
+            self._in = self._m.create_input_buffers(0)
+            self._out = self._m.create_output_buffers(0)
+            self.fully_accelerated = bool(self._m.is_fully_accelerated())
+        except Exception as err:  # the binding raises bare RuntimeError/ValueError with C++ text
+            raise BackendError(f"LiteRT {kind.upper()} accelerator: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
+        # CompiledModel does not expose quantization; take specs from the interpreter's view.
+        self.inputs, self.outputs = reference_specs
+        self._staging = [np.zeros(s.shape, s.dtype) for s in self.inputs]
+
+    @property
+    def description(self) -> str:
+        full = {True: "fully accelerated", False: "partly on CPU", None: ""}[self.fully_accelerated]
+        return f"{self.kind} (LiteRT CompiledModel, {full})"
+
+    def write_input(self, i: int, fill: Callable[[np.ndarray], T]) -> T:
+        return fill(self._staging[i])
+
+    def invoke(self) -> None:
+        for buf, arr in zip(self._in, self._staging, strict=True):
+            buf.write(arr)
+        self._m.run_by_index(0, self._in, self._out)
+
+    def output(self, i: int) -> np.ndarray:
+        s = self.outputs[i]
+        return np.asarray(self._out[i].read(int(np.prod(s.shape)), s.dtype)).reshape(s.shape)
+
+    def close(self) -> None:
+        m: Any = getattr(self, "_m", None)
+        if m is not None:
+            m.close()

@@ -1,0 +1,272 @@
+"""Choose the best backend that really works, and fall back to the CPU when it stops working.
+
+`auto` tries vendor delegates present on the board, then the LiteRT NPU and GPU accelerators,
+then the CPU. Every non-CPU candidate is probed in a child process with a timeout and must
+agree with the CPU on the same input; each rejection keeps its reason for health and `check`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.runtime import litert
+from edge_agent.runtime.base import Backend, BackendError
+from edge_agent.runtime.delegate import KNOWN_DELEGATES, find_library
+from edge_agent.runtime.registry import open_backend
+
+log = logging.getLogger(__name__)
+
+#: Outputs compare (True, "") or (False, why) between the CPU and a candidate.
+AgreeFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], tuple[bool, str]]
+
+_GPU_NODES = ("/dev/dri/renderD*", "/dev/nvidia[0-9]*", "/dev/mali*", "/dev/kgsl-3d0", "/dev/nvhost-gpu", "/dev/nvgpu/*")
+_NPU_NODES = ("/dev/accel/accel*", "/dev/apusys", "/dev/fastrpc-*", "/dev/adsprpc-smd", "/dev/vipcore", "/dev/galcore")
+
+
+@dataclass
+class ProbeResult:
+    backend: str
+    ok: bool
+    reason: str = ""
+    description: str = ""
+    fully_accelerated: bool | None = None
+    load_ms: float | None = None
+    first_run_ms: float | None = None
+    run_ms: float | None = None
+    cached: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class Fallback:
+    ts: float
+    from_backend: str
+    to_backend: str
+    reason: str
+
+
+def _present(patterns: Sequence[str]) -> list[str]:
+    return [p for pat in patterns for p in glob.glob(pat)]
+
+
+def cpu_features() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("features", "flags")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def precheck(name: str) -> str | None:
+    """A reason to skip a candidate without starting a child process, or None to probe it."""
+    if name == "gpu":
+        if platform.machine() in ("aarch64", "arm64") and not {"asimddp", "fphp"} <= cpu_features():
+            return "LiteRT GPU plugin aborts on aarch64 CPUs without dotprod/fp16 (e.g. Pi 4, Jetson Nano)"
+        if litert.compiled_model_api() is None:
+            return f"{litert.version()} has no CompiledModel GPU accelerator"
+        if not _present(_GPU_NODES):
+            return "no GPU device node (/dev/dri/renderD*, /dev/nvidia*, /dev/mali*, /dev/kgsl*)"
+    elif name == "npu":
+        if litert.compiled_model_api() is None:
+            return f"{litert.version()} has no CompiledModel NPU accelerator"
+        if not _present(_NPU_NODES):
+            return "no NPU device node (/dev/accel/*, /dev/apusys, /dev/fastrpc-*, /dev/galcore)"
+    elif name == "edgetpu":
+        if find_library(KNOWN_DELEGATES["edgetpu"]) is None:
+            return "libedgetpu.so.1 not installed"
+    elif name != "cpu" and find_library(name) is None:
+        return f"delegate library not found: {name}"
+    return None
+
+
+def candidates(accelerator: str) -> list[str]:
+    if accelerator != "auto":
+        return [accelerator] if accelerator == "cpu" else [accelerator, "cpu"]
+    names = ["edgetpu"] + [lib for key, lib in KNOWN_DELEGATES.items() if key != "edgetpu" and find_library(lib)]
+    return [*names, "npu", "gpu", "cpu"]
+
+
+class ProbeCache:
+    """Probe verdicts per (model digest, backend, runtime version), so restarts skip the probing."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._data: dict[str, dict[str, object]] = {}
+        if path is not None:
+            try:
+                self._data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                self._data = {}
+
+    @staticmethod
+    def key(sha256: str, backend: str) -> str:
+        return f"{sha256}:{backend}:{litert.version()}:{platform.machine()}"
+
+    def get(self, key: str) -> ProbeResult | None:
+        d = self._data.get(key)
+        if not isinstance(d, dict):
+            return None
+        try:
+            return ProbeResult(**{**d, "cached": True})  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    def put(self, key: str, result: ProbeResult) -> None:
+        if self.path is None:
+            return
+        self._data[key] = {k: v for k, v in asdict(result).items() if k != "cached"}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._data, indent=1))
+            os.replace(tmp, self.path)
+        except OSError as err:
+            log.warning("cannot write probe cache %s: %s", self.path, err)
+
+
+def probe(name: str, model_path: Path, inputs: Sequence[np.ndarray], cpu_outputs: Sequence[np.ndarray],
+          agree: AgreeFn, threads: int, options: dict[str, str], timeout_s: float) -> ProbeResult:
+    with tempfile.TemporaryDirectory(prefix="edge-agent-probe-") as tmp:
+        in_path, out_path = Path(tmp, "in.npz"), Path(tmp, "out.npz")
+        np.savez(in_path, **{f"in{i}": a for i, a in enumerate(inputs)})
+        cmd = [sys.executable, "-m", "edge_agent.runtime.probe", "--model", str(model_path), "--backend", name,
+               "--threads", str(threads), "--options", json.dumps(options),
+               "--inputs", str(in_path), "--outputs", str(out_path)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            return ProbeResult(name, False, f"probe timed out after {timeout_s:.0f} s")
+        report: dict[str, object] = {}
+        for line in reversed(proc.stdout.strip().splitlines()):
+            try:
+                report = json.loads(line)
+                break
+            except ValueError:
+                continue
+        if proc.returncode < 0:
+            return ProbeResult(name, False, f"probe process killed by signal {-proc.returncode}")
+        if not report.get("ok"):
+            reason = str(report.get("reason") or _tail(proc.stderr) or f"probe exited {proc.returncode}")
+            return ProbeResult(name, False, reason)
+        with np.load(out_path) as z:
+            outs = [z[f"out{i}"] for i in range(len(z.files))]
+    ok, why = agree(cpu_outputs, outs)
+    res = ProbeResult(name, ok, "" if ok else f"outputs disagree with the CPU: {why}",
+                      str(report.get("description", name)), report.get("fully_accelerated"),  # type: ignore[arg-type]
+                      _f(report.get("load_ms")), _f(report.get("first_run_ms")), _f(report.get("run_ms")))
+    return res
+
+
+def _f(v: object) -> float | None:
+    return round(float(v), 2) if isinstance(v, int | float) else None
+
+
+def _tail(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+@dataclass
+class Selection:
+    backend: Backend
+    probes: list[ProbeResult] = field(default_factory=list)
+
+
+def select_backend(model_path: Path, sha256: str, accelerator: str, threads: int, options: dict[str, str],
+                   probe_inputs: Callable[[Backend], list[np.ndarray]], agree: AgreeFn,
+                   timeout_s: float, cache: ProbeCache) -> Selection:
+    """Open the first candidate that passes its probe; the CPU needs none and always closes the list."""
+    results: list[ProbeResult] = []
+    cpu = open_backend("cpu", model_path, threads)
+    inputs: list[np.ndarray] | None = None
+    cpu_outs: list[np.ndarray] | None = None
+    for name in candidates(accelerator):
+        if name == "cpu":
+            results.append(ProbeResult("cpu", True, description=cpu.description, fully_accelerated=True))
+            return Selection(cpu, results)
+        reason = precheck(name)
+        if reason is not None:
+            res = ProbeResult(name, False, reason)
+        else:
+            key = ProbeCache.key(sha256, name)
+            cached = cache.get(key)
+            if cached is not None:
+                res = cached
+            else:
+                if inputs is None:
+                    inputs = probe_inputs(cpu)
+                    cpu_outs = cpu.run(inputs)
+                assert cpu_outs is not None
+                res = probe(name, model_path, inputs, cpu_outs, agree, threads, options, timeout_s)
+                cache.put(key, res)
+        results.append(res)
+        if not res.ok:
+            log.info("accelerator %s rejected: %s", name, res.reason)
+            continue
+        try:
+            backend = open_backend(name, model_path, threads, options)
+        except BackendError as err:
+            results[-1] = ProbeResult(name, False, f"passed its probe but failed in-process: {err}")
+            log.warning("accelerator %s rejected: %s", name, err)
+            continue
+        cpu.close()
+        log.info("accelerator %s selected: %s", name, backend.description)
+        return Selection(backend, results)
+    raise AssertionError("candidate list always ends with the CPU")  # pragma: no cover
+
+
+class Runtime:
+    """The pipeline's handle on inference: invokes the current backend, swaps to the CPU on failure."""
+
+    def __init__(self, selection: Selection, model_path: Path, threads: int, cpu_fallback: bool = True):
+        self.backend = selection.backend
+        self.probes = selection.probes
+        self.model_path = model_path
+        self.threads = threads
+        self.cpu_fallback = cpu_fallback
+        self.fallbacks: list[Fallback] = []
+        self._lock = threading.Lock()
+
+    @property
+    def accelerator(self) -> str:
+        return self.backend.kind
+
+    def invoke(self) -> bool:
+        """Run once; True when a fallback happened (the caller must refill the input and call again)."""
+        try:
+            self.backend.invoke()
+            return False
+        except Exception as err:  # native backends raise bare RuntimeError with driver text
+            if self.backend.kind == "cpu" or not self.cpu_fallback:
+                raise
+            self._fall_back(f"{type(err).__name__}: {str(err).strip()[:300]}")
+            return True
+
+    def _fall_back(self, reason: str) -> None:
+        old = self.backend
+        log.error("accelerator %s failed at run time (%s); falling back to the CPU", old.kind, reason)
+        self.backend = open_backend("cpu", self.model_path, self.threads)
+        self.fallbacks.append(Fallback(time.time(), old.kind, "cpu", reason))
+        try:
+            old.close()
+        except Exception:  # closing a broken backend may fail too; the CPU is already in place
+            log.debug("closing failed backend raised", exc_info=True)
