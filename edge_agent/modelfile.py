@@ -352,6 +352,26 @@ def build_metadata(
     return bytes(b.Output())
 
 
+def _fold_fp16_dequantize(model: Any, s: Any) -> None:
+    deq = {i for i, oc in enumerate(model.operatorCodes)
+           if max(oc.builtinCode, oc.deprecatedBuiltinCode) == s.BuiltinOperator.DEQUANTIZE}
+    for sg in model.subgraphs:
+        kept = []
+        for op in sg.operators:
+            if op.opcodeIndex in deq:
+                src_t = sg.tensors[op.inputs[0]]
+                data = model.buffers[src_t.buffer].data if src_t.buffer < len(model.buffers) else None
+                if src_t.type == s.TensorType.FLOAT16 and data is not None and len(data):
+                    f32 = np.frombuffer(bytes(bytearray(data)), np.float16).astype(np.float32)
+                    buf = s.BufferT()
+                    buf.data = np.frombuffer(f32.tobytes(), np.uint8)
+                    model.buffers.append(buf)
+                    sg.tensors[op.outputs[0]].buffer = len(model.buffers) - 1
+                    continue
+            kept.append(op)
+        sg.operators = kept
+
+
 def rewrite_model(
     src: bytes,
     *,
@@ -359,11 +379,27 @@ def rewrite_model(
     add_signature: bool = False,
     custom_op: str | None = None,
     files: dict[str, bytes] | None = None,
+    fold_fp16: bool = False,
 ) -> bytes:
-    """Return a copy of a model with metadata / a default signature / a custom op / packed files."""
+    """Return a copy of a model with metadata / a default signature / a custom op / packed files.
+
+    fold_fp16 turns float16 weights behind DEQUANTIZE ops into float32 constants, which
+    full-integer quantizers need to see the weights as weights.
+    """
     from ai_edge_litert import schema_py_generated as s
 
     model = s.ModelT.InitFromObj(s.Model.GetRootAs(src, 0))
+    for buf in model.buffers or []:
+        if buf.offset > 1:  # data stored after the flatbuffer: inline it, the tail is not re-emitted
+            buf.data = np.frombuffer(src[buf.offset : buf.offset + buf.size], np.uint8)
+            buf.offset = buf.size = 0
+    for oc in model.operatorCodes or []:
+        # Old converters wrote only deprecated_builtin_code; tools that read builtin_code
+        # alone would see every op as ADD (code 0).
+        oc.builtinCode = max(oc.builtinCode, oc.deprecatedBuiltinCode)
+        oc.deprecatedBuiltinCode = min(oc.builtinCode, s.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
+    if fold_fp16:
+        _fold_fp16_dequantize(model, s)
     if add_signature:
         sg = model.subgraphs[0]
 

@@ -1,0 +1,284 @@
+"""The daemon: source -> preprocess -> runtime -> postprocess -> sink, with health watching it all."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.capture import Capture
+from edge_agent.config import Settings
+from edge_agent.handoff import LatestSlot
+from edge_agent.model import Model
+from edge_agent.payload import dumps, prediction
+from edge_agent.sdnotify import Notifier
+from edge_agent.sinks import Message, Sink, make_sink
+from edge_agent.sources import Frame, make_source
+from edge_agent.stats import StageStats
+from edge_agent.system import ProcessStats, cpu_temperature_c, disk_free_mb, throttling
+
+log = logging.getLogger(__name__)
+
+_TAKE_TIMEOUT_S = 0.25
+
+
+class Agent:
+    def __init__(self, settings: Settings, sink: str = "mqtt", notifier: Notifier | None = None):
+        self.settings = settings
+        self.sink_kind = sink
+        self.notifier = notifier or Notifier()
+        self.boot_id = uuid.uuid4().hex
+        self.started = time.time()
+        self.started_mono = time.monotonic()
+        self.stop = threading.Event()
+        self.first_published = threading.Event()
+        self.first_publish_s: float | None = None
+        self.seq = 0
+        self.slot: LatestSlot[Frame] = LatestSlot()
+        self.capture_stats = StageStats("capture")
+        self.infer_stats = StageStats("inference")
+        self.model: Model | None = None
+        self.sink: Sink | None = None
+        self.capture: Capture | None = None
+        self._threads: list[threading.Thread] = []
+        self._proc = ProcessStats()
+        self._last_counts: dict[str, tuple[float, int]] = {}
+        base = f"{settings.mqtt.topic_prefix}/{settings.device_id}"
+        self.topics = {k: f"{base}/{k}" for k in ("predictions", "health", "info", "availability")}
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the model first: a bad model fails here, before anything is started."""
+        s = self.settings
+        try:
+            s.state_dir.mkdir(parents=True, exist_ok=True)
+            state_dir: Path | None = s.state_dir
+        except OSError as err:
+            log.warning("state directory %s unusable (%s); probe results will not be cached", s.state_dir, err)
+            state_dir = None
+        self.model = Model(s.model, s.runtime, state_dir)
+        log.info("model %s (%s) on %s", self.model.name, self.model.decoder.layout, self.model.runtime.backend.description)
+        self.sink = make_sink(self.sink_kind, s, self._retained_state)
+        self.capture = Capture(lambda: make_source(s.source), s.source, self.slot, self.capture_stats, self.stop)
+        self.sink.start()
+        self.capture.start()
+        self._spawn("inference", self._inference_loop)
+        self._spawn("health", self._health_loop)
+        if self.notifier.watchdog_s:
+            self._spawn("watchdog", self._watchdog_loop)
+
+    def _spawn(self, name: str, target: Any) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def run(self, seconds: float | None = None) -> int:
+        """Serve until SIGTERM/SIGINT (or `seconds`), then shut down cleanly; returns the exit code."""
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s: stopping", signal.Signals(signum).name)
+            self.stop.set()
+
+        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.stop.wait(seconds)
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            self.shutdown()
+        return 0
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        self.stop.set()
+        self.notifier.stopping()
+        self.slot.close()
+        deadline = time.monotonic() + timeout
+        if self.capture is not None:
+            self.capture.join(timeout / 4)
+        for t in self._threads:
+            t.join(max(0.0, min(timeout / 4, deadline - time.monotonic())))
+        if self.sink is not None:
+            self.sink.close(max(0.5, deadline - time.monotonic()))
+        if self.model is not None:
+            self.model.close()
+        self.notifier.close()
+        log.info("stopped")
+
+    # --- stages ----------------------------------------------------------------------------
+    def _inference_loop(self) -> None:
+        assert self.model is not None and self.sink is not None
+        model, sink, st = self.model, self.sink, self.infer_stats
+        topic, qos = self.topics["predictions"], self.settings.mqtt.qos
+        st.state = "running"
+        while not self.stop.is_set():
+            frame = self.slot.take(_TAKE_TIMEOUT_S)
+            st.beat()
+            if frame is None:
+                continue
+            try:
+                inf = model.infer(frame.image)
+                self.seq += 1
+                h, w = frame.image.shape[:2]
+                latency = {
+                    "preprocess": inf.preprocess_ms,
+                    "inference": inf.inference_ms,
+                    "postprocess": inf.postprocess_ms,
+                }
+                doc = prediction(
+                    device_id=self.settings.device_id, boot_id=self.boot_id, seq=self.seq, ts=frame.ts,
+                    model=model.info(), accelerator=model.runtime.accelerator,
+                    latency_ms={"capture_to_publish": 0.0, **latency}, frame_size=(w, h), result=inf.result,
+                )
+                c2p = (time.monotonic() - frame.mono) * 1e3
+                doc["latency_ms"]["capture_to_publish"] = round(c2p, 3)
+                if not sink.submit(Message(topic, dumps(doc), qos=qos)):
+                    st.drop("sink_full")
+                for k, v in latency.items():
+                    st.observe(k, v)
+                st.observe("capture_to_publish", c2p)
+                st.done()
+                if not self.first_published.is_set():
+                    self.first_publish_s = time.monotonic() - self.started_mono
+                    self.first_published.set()
+                    self.notifier.ready(f"first prediction after {self.first_publish_s:.2f} s")
+                    log.info("first prediction after %.2f s", self.first_publish_s)
+            except Exception as err:  # loop boundary: one bad frame must not stop the stream
+                st.error(f"{type(err).__name__}: {err}")
+                log.exception("inference error")
+
+    def _health_loop(self) -> None:
+        while not self.stop.wait(self.settings.health.interval_s):
+            try:
+                assert self.sink is not None
+                self.sink.submit_latest(Message(self.topics["health"], dumps(self.health()), qos=0))
+            except Exception as err:  # loop boundary
+                log.exception("health error")
+                self.infer_stats.error(f"health: {err}")
+
+    def _watchdog_loop(self) -> None:
+        assert self.notifier.watchdog_s is not None
+        interval = self.notifier.watchdog_s / 2
+        while not self.stop.wait(interval):
+            stalled = self.stalled_stages()
+            if stalled:
+                log.error("not feeding the watchdog: %s stalled", ", ".join(stalled))
+                self.notifier.status(f"stalled: {', '.join(stalled)}")
+            else:
+                self.notifier.watchdog()
+
+    # --- health ----------------------------------------------------------------------------
+    def stalled_stages(self) -> list[str]:
+        """Stages whose loop has not come round within health.stall_s (a hang, not a missing camera)."""
+        now = time.monotonic()
+        limit = self.settings.health.stall_s
+        beats = {"capture": self.capture_stats.heartbeat, "inference": self.infer_stats.heartbeat}
+        sink_beat = getattr(self.sink, "heartbeat", None)
+        if sink_beat is not None:
+            beats["publish"] = sink_beat
+        return [k for k, t in beats.items() if now - t > limit]
+
+    def _fps(self, key: str, count: int, now: float) -> float:
+        prev = self._last_counts.get(key)
+        self._last_counts[key] = (now, count)
+        if prev is None:
+            dt, dn = now - self.started_mono, count
+        else:
+            dt, dn = now - prev[0], count - prev[1]
+        return round(dn / dt, 2) if dt > 0 else 0.0
+
+    def health(self) -> dict[str, Any]:
+        now = time.monotonic()
+        model, sink, cap = self.model, self.sink, self.capture
+        sink_stats = sink.stats() if sink is not None else {}
+        stalled = self.stalled_stages()
+        source_state = self.capture_stats.state
+        runtime = model.runtime if model is not None else None
+        degraded = [
+            *(f"{s} stalled" for s in stalled),
+            *([f"source {source_state}"] if source_state not in ("running", "finished") else []),
+            *(["broker disconnected"] if sink is not None and not sink.is_connected() else []),
+            *(["running on CPU fallback"] if runtime is not None and runtime.fallbacks else []),
+        ]
+        latency = {k: w.percentiles() for k, w in self.infer_stats.latency.items()}
+        sent = int(sink_stats.get("sent", 0) or 0)  # type: ignore[call-overload]
+        errors = [(s.last_error_ts or 0, s.last_error) for s in (self.capture_stats, self.infer_stats) if s.last_error]
+        return {
+            "schema": 1,
+            "device_id": self.settings.device_id,
+            "boot_id": self.boot_id,
+            "ts": round(time.time(), 3),
+            "status": "degraded" if degraded else "ok",
+            "problems": degraded,
+            "uptime_s": round(now - self.started_mono, 1),
+            "agent_version": __version__,
+            "fps": {
+                "captured": self._fps("captured", self.capture_stats.count, now),
+                "inferred": self._fps("inferred", self.infer_stats.count, now),
+                "published": self._fps("published", sent, now),
+            },
+            "frames": {
+                "captured": self.capture_stats.count,
+                "inferred": self.infer_stats.count,
+                "dropped": {**dict(self.capture_stats.drops), **dict(self.infer_stats.drops)},
+            },
+            "latency_ms": latency,
+            "source": {
+                "state": source_state,
+                "uri": cap.source_desc if cap else "",
+                "frame_size": list(cap.frame_size) if cap and cap.frame_size else None,
+                "reopens": cap.reopens if cap else 0,
+                "stalls": cap.stalls if cap else 0,
+                "errors": self.capture_stats.errors,
+            },
+            "accelerator": self._accelerator_info(),
+            "model": {**(model.info() if model else {}), "path": str(model.path) if model else None,
+                      "layout": model.decoder.layout if model else None},
+            "process": self._proc.sample(),
+            "system": {
+                "cpu_temp_c": cpu_temperature_c(),
+                "throttling": throttling(),
+                "disk_free_mb": disk_free_mb(self.settings.state_dir),
+            },
+            "broker": sink_stats,
+            "inference_errors": self.infer_stats.errors,
+            "last_error": max(errors)[1] if errors else None,
+            "first_prediction_s": round(self.first_publish_s, 3) if self.first_publish_s is not None else None,
+        }
+
+    def _accelerator_info(self) -> dict[str, Any]:
+        if self.model is None:
+            return {}
+        rt = self.model.runtime
+        return {
+            "active": rt.accelerator,
+            "description": rt.backend.description,
+            "fully_accelerated": rt.backend.fully_accelerated,
+            "probes": [p.as_dict() for p in rt.probes],
+            "fallbacks": [
+                {"ts": round(f.ts, 3), "from": f.from_backend, "to": f.to_backend, "reason": f.reason}
+                for f in rt.fallbacks
+            ],
+        }
+
+    def _retained_state(self) -> list[Message]:
+        """Republished on every reconnect: what a newcomer needs to know about this device."""
+        model = self.model
+        info = {
+            "schema": 1,
+            "device_id": self.settings.device_id,
+            "boot_id": self.boot_id,
+            "agent_version": __version__,
+            "started": round(self.started, 3),
+            "model": model.info() if model else None,
+            "task": model.decoder.task if model else None,
+            "labels": list(model.labels) if model and model.labels and len(model.labels) <= 1000 else None,
+            "accelerator": model.runtime.accelerator if model else None,
+            "topics": self.topics,
+        }
+        return [Message(self.topics["info"], dumps(info), qos=1, retain=True)]

@@ -1,0 +1,177 @@
+"""The capture stage: one thread reads the source into a latest-wins slot.
+
+Pacing: an fps cap drops surplus frames without decoding them; files play at their own rate
+(or, with realtime off, as fast as inference takes them). Recovery: a source that fails is
+reopened with exponential backoff, and a read that blocks past the deadline is abandoned to a
+fresh reader, so a dead camera or stream never hangs the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from edge_agent.config import SourceConfig
+from edge_agent.handoff import LatestSlot
+from edge_agent.sources import EndOfStream, Frame, Source, SourceError
+from edge_agent.stats import StageStats
+
+log = logging.getLogger(__name__)
+
+_WATCH_INTERVAL_S = 0.25
+#: take() timeout for consumer-paced sources, so the reader still notices stop.
+_POLL_S = 0.2
+
+
+class Capture:
+    def __init__(self, factory: Callable[[], Source], cfg: SourceConfig, slot: LatestSlot[Frame],
+                 stats: StageStats, stop: threading.Event):
+        self.factory = factory
+        self.cfg = cfg
+        self.slot = slot
+        self.stats = stats
+        self.stop = stop
+        self.reopens = 0
+        self.stalls = 0
+        self.finished = threading.Event()  # a non-looping file or image set ran out
+        self.source_desc = ""
+        self.frame_size: tuple[int, int] | None = None
+        self._gen = 0
+        self._last_read = time.monotonic()
+        self._reading = False
+        self._threads: list[threading.Thread] = []
+        self._index = 0
+
+    def start(self) -> None:
+        self._spawn_reader()
+        watch = threading.Thread(target=self._watch, name="capture-watch", daemon=True)
+        watch.start()
+        self._threads.append(watch)
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def _spawn_reader(self) -> None:
+        self._gen += 1
+        self._last_read = time.monotonic()
+        t = threading.Thread(target=self._reader, args=(self._gen,), name=f"capture-{self._gen}", daemon=True)
+        t.start()
+        self._threads = [x for x in self._threads if x.is_alive()] + [t]
+
+    def _watch(self) -> None:
+        while not self.stop.wait(_WATCH_INTERVAL_S):
+            try:
+                if self._reading and time.monotonic() - self._last_read > self.cfg.read_timeout_s:
+                    self.stalls += 1
+                    self.stats.state = "stalled"
+                    self.stats.error(f"source read blocked > {self.cfg.read_timeout_s:g} s; starting a new reader")
+                    log.warning("capture read blocked for %.1f s; abandoning the reader", self.cfg.read_timeout_s)
+                    self._reading = False
+                    self._spawn_reader()
+            except Exception as err:  # the watch must outlive anything odd
+                log.exception("capture watch error")
+                self.stats.error(f"watch: {err}")
+
+    def _reader(self, gen: int) -> None:
+        src: Source | None = None
+        delay = self.cfg.reopen_min_s
+        while not self.stop.is_set() and gen == self._gen:
+            self.stats.beat()
+            try:
+                if src is None:
+                    src = self.factory()
+                    self.source_desc = src.describe()
+                    self.stats.state = "opening"
+                    self._timed(src.open)
+                    if gen != self._gen:
+                        break
+                    self.stats.state = "running"
+                    log.info("source open: %s", self.source_desc)
+                    t0_mono = time.monotonic()
+                    n_played = 0
+                    next_due = t0_mono
+                outcome = self._pace_and_read(src, gen, t0_mono, n_played, next_due)
+                if outcome != "idle":
+                    n_played += 1
+                if outcome == "delivered" and self.cfg.fps:
+                    next_due = max(next_due + 1.0 / self.cfg.fps, time.monotonic() - 1.0 / self.cfg.fps)
+                delay = self.cfg.reopen_min_s
+            except EndOfStream:
+                self.stats.state = "finished"
+                self.finished.set()
+                log.info("source finished: %s", self.source_desc)
+                break
+            except SourceError as err:
+                if src is not None:
+                    src.close()
+                src = None
+                self.reopens += 1
+                self.stats.state = "reconnecting"
+                self.stats.error(str(err))
+                log.warning("source failed: %s; retrying in %.1f s", err, delay)
+                if self.stop.wait(delay):
+                    break
+                delay = min(delay * 2, self.cfg.reopen_max_s)
+            except Exception as err:  # loop boundary: count, log, back off, carry on
+                self.stats.error(f"{type(err).__name__}: {err}")
+                log.exception("capture error")
+                if src is not None:
+                    src.close()
+                src = None
+                if self.stop.wait(delay):
+                    break
+                delay = min(delay * 2, self.cfg.reopen_max_s)
+        if src is not None:
+            src.close()
+
+    def _timed(self, fn: Callable[[], object]) -> object:
+        self._reading = True
+        self._last_read = time.monotonic()
+        try:
+            return fn()
+        finally:
+            self._reading = False
+            self._last_read = time.monotonic()
+
+    def _pace_and_read(self, src: Source, gen: int, t0: float, n_played: int, next_due: float) -> str:
+        """One step: 'delivered' a frame, 'skipped' one undecoded, or stayed 'idle'."""
+        cap = self.cfg.fps
+        late = False
+        if not src.live:
+            if self.cfg.realtime and (src.nominal_fps or cap):
+                # play a file at its own rate; frames already late are skipped undecoded
+                rate = min(src.nominal_fps or cap or 30.0, cap or 1e9)
+                wait = t0 + n_played / rate - time.monotonic()
+                if wait > 0 and self.stop.wait(wait):
+                    return "idle"
+                late = wait < -1.0 / rate and self.slot.full
+            else:
+                # consumer-paced: decode only what inference will take
+                while not self.slot.wait_empty(_POLL_S):
+                    self.stats.beat()
+                    if self.stop.is_set() or gen != self._gen:
+                        return "idle"
+                if cap and self.stop.wait(max(0.0, next_due - time.monotonic())):
+                    return "idle"
+        self._timed(src.grab)
+        if src.live and cap and time.monotonic() < next_due:
+            self.stats.drop("fps_cap")  # grabbed, never decoded
+            return "skipped"
+        if late:
+            self.stats.drop("late")  # inference is behind the file's clock
+            return "skipped"
+        image = self._timed(src.retrieve)
+        if gen != self._gen:
+            return "idle"
+        ts = time.time()
+        self._index += 1
+        h, w = image.shape[:2]  # type: ignore[attr-defined]
+        self.frame_size = (w, h)
+        if self.slot.put(Frame(image, ts, time.monotonic(), self._index)):  # type: ignore[arg-type]
+            self.stats.drop("replaced")
+        self.stats.done()
+        return "delivered"

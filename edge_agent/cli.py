@@ -1,0 +1,341 @@
+"""`edge-agent`: run, check, inspect, predict, config, listen."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+#: CLI shortcut -> dotted setting
+_SHORTCUTS = {
+    "device_id": "device_id",
+    "source": "source.uri",
+    "fps": "source.fps",
+    "model": "model.path",
+    "labels": "model.labels",
+    "task": "model.task",
+    "score_threshold": "model.score_threshold",
+    "accelerator": "runtime.accelerator",
+    "threads": "runtime.threads",
+    "mqtt_host": "mqtt.host",
+    "mqtt_port": "mqtt.port",
+    "log_level": "log_level",
+    "state_dir": "state_dir",
+}
+
+
+def _settings_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("configuration (flags override env vars, which override the file)")
+    g.add_argument("--config", type=Path, help="TOML config file")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any setting by dotted key, e.g. --set mqtt.qos=0 (repeatable)")
+    g.add_argument("--device-id")
+    g.add_argument("--source", help="camera index, /dev/videoN, file, URL, pipeline, image glob, synthetic, demo")
+    g.add_argument("--fps", help="frame rate cap")
+    g.add_argument("--model", help="model file (.tflite)")
+    g.add_argument("--labels", help="labels file")
+    g.add_argument("--task", help="auto|classification|detection|raw")
+    g.add_argument("--score-threshold")
+    g.add_argument("--accelerator", help="auto|cpu|gpu|npu|edgetpu|/path/to/delegate.so")
+    g.add_argument("--threads")
+    g.add_argument("--mqtt-host")
+    g.add_argument("--mqtt-port")
+    g.add_argument("--state-dir")
+    g.add_argument("--log-level", help="DEBUG|INFO|WARNING|ERROR")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(_usage_error(f"--set {item!r}: expected KEY=VALUE"))
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    for attr, key in _SHORTCUTS.items():
+        v = getattr(args, attr, None)
+        if v is not None:
+            out[key] = v
+    return out
+
+
+def _usage_error(msg: str) -> int:
+    print(f"edge-agent: error: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from edge_agent.config import ConfigError, load_settings
+
+    try:
+        return load_settings(args.config, _overrides(args))
+    except ConfigError as err:
+        print(f"edge-agent: invalid configuration:\n{err}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge_agent.agent import Agent
+    from edge_agent.modelfile import ModelError
+
+    settings = _load(args)
+    _logging(settings.log_level)
+    agent = Agent(settings, sink=args.sink)
+    try:
+        agent.start()
+    except ModelError as err:
+        logging.getLogger("edge_agent").error("%s", err)
+        print(f"edge-agent: {err}", file=sys.stderr)
+        agent.shutdown(1.0)
+        return EXIT_FAIL
+    return agent.run(args.seconds)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from edge_agent.model import Model
+    from edge_agent.modelfile import ModelError
+    from edge_agent.sources import SourceError, make_source
+
+    settings = _load(args)
+    _logging("WARNING")
+    problems: list[str] = []
+    report: dict[str, Any] = {"config": "ok"}
+    try:
+        model = Model(settings.model, settings.runtime, None)
+        rt = model.runtime
+        report["model"] = {**model.info(), "path": str(model.path), "layout": model.decoder.layout,
+                           "task": model.decoder.task}
+        report["accelerator"] = {"selected": rt.accelerator, "description": rt.backend.description,
+                                 "fully_accelerated": rt.backend.fully_accelerated,
+                                 "candidates": [p.as_dict() for p in rt.probes]}
+        if settings.runtime.accelerator not in ("auto", "cpu") and rt.accelerator == "cpu":
+            problems.append(f"accelerator {settings.runtime.accelerator} unusable: "
+                            + "; ".join(p.reason for p in rt.probes if not p.ok))
+    except ModelError as err:
+        problems.append(f"model: {err}")
+        model = None
+    try:
+        src = make_source(settings.source)
+        t0 = time.monotonic()
+        src.open()
+        img = src.read()
+        src.close()
+        report["source"] = {"uri": src.describe(), "frame": [int(img.shape[1]), int(img.shape[0])],
+                            "open_read_ms": round((time.monotonic() - t0) * 1e3, 1)}
+        if model is not None:
+            inf = model.infer(img)
+            report["first_inference"] = {"inference_ms": round(inf.inference_ms, 2), **inf.result.as_dict()}
+    except SourceError as err:
+        problems.append(f"source: {err}")
+    report["problems"] = problems
+    print(json.dumps(report, indent=2, default=str))
+    if model is not None:
+        model.close()
+    return EXIT_FAIL if problems else EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from edge_agent.modelfile import ModelError, read_model_file
+    from edge_agent.runtime.base import BackendError
+    from edge_agent.runtime.cpu import InterpreterBackend
+
+    try:
+        mf = read_model_file(args.model)
+        be = InterpreterBackend(args.model, threads=1)
+    except (ModelError, BackendError) as err:
+        print(f"edge-agent: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    from edge_agent.model import make_decoder
+    from edge_agent.postprocess.decoders import DecodeOptions
+
+    try:
+        layout = make_decoder("auto", mf, be.inputs, be.outputs, mf.labels, DecodeOptions()).layout
+    except ModelError as err:
+        layout = f"unknown ({err})"
+    doc = {
+        "path": str(mf.path), "size": mf.size, "sha256": mf.sha256,
+        "inputs": [s.as_dict() for s in be.inputs], "outputs": [s.as_dict() for s in be.outputs],
+        "ops": sorted(set(mf.ops)), "custom_ops": list(mf.custom_ops),
+        "requires_delegates": mf.required_delegates(),
+        "metadata": {k: v for k, v in vars(mf.metadata).items() if v is not None},
+        "associated_files": list(mf.associated_files),
+        "labels": list(mf.labels) if mf.labels else None,
+        "detected_layout": layout,
+    }
+    be.close()
+    print(json.dumps(doc, indent=2))
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import cv2
+
+    from edge_agent.config import ConfigError, ModelConfig, RuntimeConfig
+    from edge_agent.model import Model
+    from edge_agent.modelfile import ModelError
+    from edge_agent.payload import dumps, prediction
+
+    try:
+        mc = ModelConfig(path=args.model, labels=args.labels, task=args.task or "auto",
+                         score_threshold=args.score_threshold if args.score_threshold is not None else 0.5,
+                         resize=args.resize)
+        rc = RuntimeConfig(accelerator=args.accelerator or "cpu", threads=args.threads or 0)
+    except (ConfigError, ValueError) as err:
+        return _usage_error(str(err).splitlines()[-1] if str(err) else "invalid arguments")
+    try:
+        model = Model(mc, rc, None)
+    except ModelError as err:
+        print(f"edge-agent: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    status = EXIT_OK
+    for seq, image_path in enumerate(args.images, start=1):
+        img = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+        if img is None:
+            print(f"edge-agent: cannot read image {image_path}", file=sys.stderr)
+            status = EXIT_FAIL
+            continue
+        t0 = time.monotonic()
+        inf = model.infer(img)
+        doc = prediction(
+            device_id="predict", boot_id="predict", seq=seq, ts=time.time(), model=model.info(),
+            accelerator=model.runtime.accelerator,
+            latency_ms={"capture_to_publish": (time.monotonic() - t0) * 1e3, "preprocess": inf.preprocess_ms,
+                        "inference": inf.inference_ms, "postprocess": inf.postprocess_ms},
+            frame_size=(img.shape[1], img.shape[0]), result=inf.result, source=str(image_path),
+        )
+        sys.stdout.write(dumps(doc).decode() + "\n")
+    model.close()
+    return status
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from edge_agent.config import describe_fields, masked_dump
+
+    if args.describe:
+        for key, env, default, desc in describe_fields():
+            print(f"{key}\t{env}\t{default}\t{desc}")
+        return EXIT_OK
+    settings = _load(args)
+    print(json.dumps(masked_dump(settings), indent=2))
+    return EXIT_OK
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from edge_agent.sinks.mqtt import Subscriber
+
+    settings = _load(args)
+    base = f"{settings.mqtt.topic_prefix}/{args.device or '+'}"
+    topics = [f"{base}/{t}" for t in args.topics.split(",")]
+    sub = Subscriber(settings.mqtt, topics)
+    if not sub.start(10.0):
+        print(f"edge-agent: no broker at {settings.mqtt.host}:{settings.mqtt.port}", file=sys.stderr)
+        sub.stop()
+        return EXIT_FAIL
+    deadline = time.monotonic() + args.seconds if args.seconds else None
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            m = sub.get(0.5)
+            if m is None:
+                continue
+            topic, payload, _ = m
+            print(summarise(topic, payload) if not args.raw else f"{topic} {payload.decode('utf-8', 'replace')}",
+                  flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.stop()
+    return EXIT_OK
+
+
+def summarise(topic: str, payload: bytes) -> str:
+    """One readable line per message, for people watching the demo."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return f"{topic} {payload.decode('utf-8', 'replace')}"
+    if not isinstance(doc, dict):
+        return f"{topic} {doc}"
+    if topic.endswith("/predictions"):
+        items = doc.get("detections") or doc.get("classes") or []
+        found = ", ".join(f"{d['label']} {d['score']:.2f}" + (f" @{[round(v) for v in d['box']]}" if "box" in d else "")
+                          for d in items) or "nothing"
+        lat = doc.get("latency_ms", {})
+        return (f"#{doc.get('seq')} {doc.get('accelerator')} infer {lat.get('inference', 0):.1f} ms "
+                f"capture->publish {lat.get('capture_to_publish', 0):.1f} ms: {found}")
+    if topic.endswith("/health"):
+        fps = doc.get("fps", {})
+        return (f"health {doc.get('status')}: fps in/inf/out {fps.get('captured')}/{fps.get('inferred')}/"
+                f"{fps.get('published')}, rss {doc.get('process', {}).get('rss_mb')} MB {doc.get('problems') or ''}")
+    return f"{topic} {json.dumps(doc)[:200]}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-agent", description="On-device inference agent.")
+    p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run the agent (the daemon)")
+    _settings_args(r)
+    r.add_argument("--seconds", type=float, help="stop after this many seconds")
+    r.add_argument("--sink", choices=("mqtt", "stdout"), default="mqtt", help="where results go")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("check", help="validate config, accelerators, source and model; exit 1 naming what is wrong")
+    _settings_args(c)
+    c.set_defaults(func=cmd_check)
+
+    i = sub.add_parser("inspect", help="show a model's inputs, outputs, quantization, ops, metadata, labels")
+    i.add_argument("model", type=Path)
+    i.set_defaults(func=cmd_inspect)
+
+    pr = sub.add_parser("predict", help="one-shot inference on images; prints the daemon's JSON")
+    pr.add_argument("model", type=Path)
+    pr.add_argument("images", type=Path, nargs="+")
+    pr.add_argument("--labels", type=Path)
+    pr.add_argument("--task", choices=("auto", "classification", "detection", "raw"))
+    pr.add_argument("--score-threshold", type=float)
+    pr.add_argument("--resize", choices=("auto", "stretch", "letterbox"), default="auto")
+    pr.add_argument("--accelerator", help="default cpu")
+    pr.add_argument("--threads", type=int)
+    pr.set_defaults(func=cmd_predict)
+
+    cf = sub.add_parser("config", help="print the effective configuration (secrets masked)")
+    _settings_args(cf)
+    cf.add_argument("--describe", action="store_true", help="list every key with its env var and meaning")
+    cf.set_defaults(func=cmd_config)
+
+    ls = sub.add_parser("listen", help="subscribe to the agent's topics and print what arrives")
+    _settings_args(ls)
+    ls.add_argument("--device", help="device id (default: all)")
+    ls.add_argument("--topics", default="predictions,health", help="comma-separated topic suffixes")
+    ls.add_argument("--seconds", type=float)
+    ls.add_argument("--raw", action="store_true", help="print payloads as they are")
+    ls.set_defaults(func=cmd_listen)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""A loaded model: file checks, labels, backend choice, pre/post-processing, and one `infer` call."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.config import ModelConfig, RuntimeConfig
+from edge_agent.modelfile import ModelError, ModelFile, TensorSpec, load_labels, read_model_file
+from edge_agent.postprocess.decoders import (
+    BlazeFaceDecoder,
+    ClassificationDecoder,
+    Decoder,
+    DecodeOptions,
+    RawDecoder,
+    SSDPostprocessDecoder,
+    YoloDecoder,
+)
+from edge_agent.postprocess.geometry import iou_one_to_many
+from edge_agent.preprocess import Preprocessor, Resize, input_layout, plan_resize
+from edge_agent.results import Result
+from edge_agent.runtime.base import Backend, BackendError
+from edge_agent.runtime.delegate import find_library
+from edge_agent.runtime.select import ProbeCache, Runtime, select_backend
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "face_detection_short_range.tflite"
+
+
+def default_model_path() -> Path:
+    """The bundled default model: `models/` beside the package (a checkout) or in /usr/share."""
+    for base in (Path(__file__).resolve().parent.parent / "models", Path("/usr/share/edge-agent/models")):
+        if (base / DEFAULT_MODEL_NAME).is_file():
+            return base / DEFAULT_MODEL_NAME
+    raise ModelError(
+        f"default model {DEFAULT_MODEL_NAME} not found; run scripts/fetch_models.sh or set model.path"
+    )
+
+
+def make_decoder(task: str, file: ModelFile, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                 labels: Sequence[str] | None, opts: DecodeOptions) -> Decoder:
+    """Pick the decoder for the configured task; `auto` reads it off the output tensors."""
+    h, w = _image_size(inputs)
+    detector: Decoder | None = None
+    if file.detection_op_outputs and len(outputs) == 4:
+        detector = SSDPostprocessDecoder(outputs, labels, opts, file.detection_op_outputs)
+    elif h == w and BlazeFaceDecoder.matches(outputs, h):
+        detector = BlazeFaceDecoder(outputs, labels, opts, h)
+    elif YoloDecoder.matches(outputs):
+        detector = YoloDecoder(outputs, labels, opts, (h, w))
+    if task == "detection":
+        if detector is None:
+            raise ModelError(f"{file.path}: task=detection but the outputs match no known detector layout "
+                             f"(SSD post-processing op, YOLO head, BlazeFace anchors): {[o.shape for o in outputs]}")
+        return detector
+    if task == "classification":
+        return ClassificationDecoder(outputs, labels, opts)
+    if task == "raw":
+        return RawDecoder(outputs, labels, opts)
+    if detector is not None:
+        return detector
+    if len(outputs) == 1 and int(np.prod(outputs[0].shape)) == max(outputs[0].shape) > 1:
+        return ClassificationDecoder(outputs, labels, opts)
+    return RawDecoder(outputs, labels, opts)
+
+
+def _image_size(inputs: Sequence[TensorSpec]) -> tuple[int, int]:
+    try:
+        h, w, _, _ = input_layout(inputs[0])
+        return h, w
+    except (ValueError, IndexError):
+        return 0, 0
+
+
+def outputs_agree(decoder: Decoder, specs: Sequence[TensorSpec]):  # type: ignore[no-untyped-def]
+    """A comparison of raw outputs by what they mean: decoded detections by IoU, top class, or values."""
+    rs = plan_resize(640, 480, 640, 480, "stretch")
+
+    def agree(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> tuple[bool, str]:
+        fa = [s.dequantize(x) for s, x in zip(specs, a, strict=True)]
+        fb = [s.dequantize(x) for s, x in zip(specs, b, strict=True)]
+        if decoder.task == "detection":
+            ra, rb = decoder(fa, rs), decoder(fb, rs)
+            if len(ra.detections) != len(rb.detections):
+                return False, f"{len(ra.detections)} detections on the CPU, {len(rb.detections)} here"
+            for d in ra.detections:
+                if not rb.detections:
+                    break
+                ious = iou_one_to_many(np.array(d.box), np.array([e.box for e in rb.detections]))
+                if float(ious.max()) < 0.5:
+                    return False, f"no match for {d.label} at {d.box} (best IoU {float(ious.max()):.2f})"
+            return True, ""
+        if decoder.task == "classification":
+            ta, tb = int(np.argmax(fa[0])), int(np.argmax(fb[0]))
+            return (ta == tb, "" if ta == tb else f"top class {ta} on the CPU, {tb} here")
+        for i, (x, y) in enumerate(zip(fa, fb, strict=True)):
+            span = float(np.ptp(x)) or 1.0
+            err = float(np.mean(np.abs(x - y))) / span
+            if err > 0.05:
+                return False, f"output {i} differs by {err:.1%} of its range on average"
+        return True, ""
+
+    return agree
+
+
+@dataclass
+class Inference:
+    result: Result
+    resize: Resize
+    preprocess_ms: float
+    inference_ms: float
+    postprocess_ms: float
+
+
+class Model:
+    def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, state_dir: Path | None):
+        path = cfg.path or default_model_path()
+        self.file = read_model_file(path)
+        self.path = path
+        self.cfg = cfg
+        for need in self.file.required_delegates():
+            lib = need.split()[0]
+            if rt.accelerator not in ("auto", "edgetpu", lib) and not rt.accelerator.endswith(lib):
+                raise ModelError(f"{path}: model is compiled for {need}; set runtime.accelerator=edgetpu")
+            if find_library(lib) is None:
+                raise ModelError(f"{path}: model is compiled for {need}, but {lib} is not installed on this board")
+        self.labels: tuple[str, ...] | None = load_labels(cfg.labels) if cfg.labels else self.file.labels
+        self.name = cfg.name or self.file.name
+        self.version = cfg.version or self.file.metadata.version
+        opts = DecodeOptions(cfg.score_threshold, cfg.iou_threshold, cfg.top_k, cfg.max_detections)
+
+        from edge_agent.runtime.cpu import InterpreterBackend
+
+        try:
+            ref = InterpreterBackend(path, threads=1)
+        except BackendError as err:
+            raise ModelError(str(err)) from None
+        self.inputs, self.outputs = ref.inputs, ref.outputs
+        ref.close()
+        self.decoder = make_decoder(cfg.task, self.file, self.inputs, self.outputs, self.labels, opts)
+        mode = cfg.resize if cfg.resize != "auto" else self.decoder.preferred_resize
+        meta = self.file.metadata
+        mean = tuple(cfg.mean) if cfg.mean else meta.mean
+        std = tuple(cfg.std) if cfg.std else meta.std
+        try:
+            self.pre = Preprocessor(self.inputs[0], mode, mean, std)  # type: ignore[arg-type]
+        except ValueError as err:
+            raise ModelError(f"{path}: {err}") from None
+        self.resize_mode = mode
+        cache = ProbeCache(state_dir / "probe-cache.json" if state_dir else None)
+        selection = select_backend(
+            path, self.file.sha256, rt.accelerator, rt.threads, rt.delegate_options,
+            self._probe_inputs, outputs_agree(self.decoder, self.outputs), rt.probe_timeout_s, cache,
+        )
+        self.runtime = Runtime(selection, path, rt.threads, rt.cpu_fallback)
+
+    def _probe_inputs(self, backend: Backend) -> list[np.ndarray]:
+        from edge_agent.sources.synthetic import pattern
+
+        arr = np.zeros(self.inputs[0].shape, self.inputs[0].dtype)
+        self.pre(pattern(640, 480, 0), arr)
+        return [arr]
+
+    def info(self) -> dict[str, object]:
+        return {"name": self.name, "version": self.version, "sha256": self.file.sha256}
+
+    def infer(self, frame: np.ndarray) -> Inference:
+        rt = self.runtime
+        t0 = time.perf_counter()
+        rs = rt.backend.write_input(0, lambda v: self.pre(frame, v))
+        t1 = time.perf_counter()
+        if rt.invoke():  # fell back to the CPU: the new backend has an empty input
+            rs = rt.backend.write_input(0, lambda v: self.pre(frame, v))
+            rt.invoke()
+        t2 = time.perf_counter()
+        be = rt.backend
+        outs = [spec.dequantize(be.output(i)) for i, spec in enumerate(self.outputs)]
+        result = self.decoder(outs, rs)
+        t3 = time.perf_counter()
+        return Inference(result, rs, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+
+    def close(self) -> None:
+        self.runtime.backend.close()

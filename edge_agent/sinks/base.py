@@ -1,0 +1,47 @@
+"""What the pipeline hands to a sink, and the interface every sink implements."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+
+
+class Sink(abc.ABC):
+    name = "sink"
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def submit(self, msg: Message) -> bool:
+        """Queue a message without blocking; False (and a counted drop) when it cannot be held."""
+
+    def submit_latest(self, msg: Message) -> None:
+        """Like submit, for state where only the newest value matters (health)."""
+        self.submit(msg)
+
+    @abc.abstractmethod
+    def flush(self, timeout: float) -> bool: ...
+
+    @abc.abstractmethod
+    def close(self, timeout: float = 5.0) -> None: ...
+
+    @abc.abstractmethod
+    def is_healthy(self) -> bool: ...
+
+    def is_connected(self) -> bool:
+        return self.is_healthy()
+
+    def queue_depth(self) -> int:
+        return 0
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, object]: ...

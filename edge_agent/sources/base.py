@@ -1,0 +1,56 @@
+"""What every frame source provides; capture pacing and recovery live in edge_agent.capture."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class SourceError(RuntimeError):
+    """The source cannot be opened or stopped delivering; capture reopens it with backoff."""
+
+
+class EndOfStream(Exception):
+    """A finite source (file, image set) reached its end and is not looping."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    image: np.ndarray  # BGR uint8, H x W x 3
+    ts: float  # capture time, epoch seconds
+    mono: float  # capture time, time.monotonic()
+    index: int  # frames captured since start
+
+
+class Source(abc.ABC):
+    kind: str = "source"
+    #: frames arrive on their own clock (camera, stream) rather than when we read them (file)
+    live: bool = True
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.nominal_fps: float | None = None
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Acquire the device or file; raise SourceError."""
+
+    @abc.abstractmethod
+    def grab(self) -> None:
+        """Advance one frame without decoding it where the backend allows; raise SourceError or EndOfStream."""
+
+    @abc.abstractmethod
+    def retrieve(self) -> np.ndarray:
+        """Decode the last grabbed frame; raise SourceError."""
+
+    def read(self) -> np.ndarray:
+        self.grab()
+        return self.retrieve()
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the device."""
+
+    def describe(self) -> str:
+        return f"{self.kind}:{self.uri}"

@@ -1,0 +1,46 @@
+"""A directory or glob of still images, shown in name order, optionally looping."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import cv2
+import numpy as np
+
+from edge_agent.sources.base import EndOfStream, Source, SourceError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class ImageSetSource(Source):
+    kind = "images"
+    live = False
+
+    def __init__(self, uri: str, loop: bool = True, fps: float | None = None):
+        super().__init__(uri)
+        self.loop = loop
+        self.nominal_fps = fps
+        self._files: list[str] = []
+        self._pos = -1
+
+    def open(self) -> None:
+        pattern = os.path.join(self.uri, "*") if os.path.isdir(self.uri) else self.uri
+        self._files = sorted(f for f in glob.glob(pattern) if f.lower().endswith(IMAGE_EXTS))
+        if not self._files:
+            raise SourceError(f"no images match {self.uri}")
+        self._pos = -1
+
+    def grab(self) -> None:  # no decoding: only the index moves
+        self._pos += 1
+        if self._pos >= len(self._files):
+            if not self.loop:
+                raise EndOfStream(self.uri)
+            self._pos = 0
+
+    def retrieve(self) -> np.ndarray:
+        path = self._files[self._pos]
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:
+            raise SourceError(f"cannot decode image {path}")
+        return img

@@ -1,0 +1,67 @@
+"""Per-stage counters and latency windows that the health reporter and watchdog read."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+
+WINDOW = 2048  # latency samples kept per series: enough for stable p99 at 30 fps over a minute
+
+
+class LatencyWindow:
+    def __init__(self, size: int = WINDOW):
+        self._buf = np.zeros(size, np.float64)
+        self._n = 0
+
+    def add(self, ms: float) -> None:
+        self._buf[self._n % len(self._buf)] = ms
+        self._n += 1
+
+    def percentiles(self) -> dict[str, float] | None:
+        n = min(self._n, len(self._buf))
+        if n == 0:
+            return None
+        p50, p95, p99 = np.percentile(self._buf[:n], (50, 95, 99))
+        return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
+
+
+class StageStats:
+    """Written by one stage thread; read by the health thread (plain ints: safe under the GIL)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.count = 0
+        self.errors = 0
+        self.drops: Counter[str] = Counter()
+        self.last_error: str | None = None
+        self.last_error_ts: float | None = None
+        self.heartbeat = time.monotonic()  # loop alive
+        self.last_progress: float | None = None  # last unit of work done
+        self.latency: dict[str, LatencyWindow] = {}
+        self.state = "starting"
+        self._lock = threading.Lock()
+
+    def beat(self) -> None:
+        self.heartbeat = time.monotonic()
+
+    def done(self, n: int = 1) -> None:
+        self.count += n
+        self.last_progress = self.heartbeat = time.monotonic()
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        with self._lock:
+            self.drops[reason] += n
+
+    def error(self, msg: str) -> None:
+        self.errors += 1
+        self.last_error = msg
+        self.last_error_ts = time.time()
+
+    def observe(self, series: str, ms: float) -> None:
+        w = self.latency.get(series)
+        if w is None:
+            w = self.latency[series] = LatencyWindow()
+        w.add(ms)

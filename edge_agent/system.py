@@ -1,0 +1,78 @@
+"""Board health readings: CPU temperature, throttling, disk, process CPU and memory."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import psutil
+
+_THROTTLE_BITS = {
+    0: "under_voltage", 1: "arm_freq_capped", 2: "throttled", 3: "soft_temp_limit",
+    16: "under_voltage_occurred", 17: "arm_freq_capped_occurred", 18: "throttled_occurred",
+    19: "soft_temp_limit_occurred",
+}
+
+
+def cpu_temperature_c(root: str = "/sys/class/thermal") -> float | None:
+    """Hottest CPU-ish thermal zone, in degrees C (None where the board exposes none)."""
+    best: float | None = None
+    for zone in glob.glob(os.path.join(root, "thermal_zone*")):
+        try:
+            kind = Path(zone, "type").read_text().strip().lower()
+            milli = int(Path(zone, "temp").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if any(k in kind for k in ("cpu", "soc", "x86_pkg", "cpu-thermal", "tj", "acpitz")) or best is None:
+            t = milli / 1000.0
+            best = t if best is None else max(best, t)
+    return best
+
+
+def decode_throttled(value: int) -> dict[str, bool]:
+    return {name: bool(value >> bit & 1) for bit, name in _THROTTLE_BITS.items()}
+
+
+def throttling() -> dict[str, object] | None:
+    """Raspberry Pi firmware throttling flags (sysfs first; vcgencmd where sysfs lacks it)."""
+    raw: int | None = None
+    for p in glob.glob("/sys/devices/platform/soc/soc:firmware/get_throttled") + glob.glob(
+        "/sys/devices/platform/soc/soc:firmware/raspberrypi-hwmon/get_throttled"
+    ):
+        try:
+            raw = int(Path(p).read_text().strip(), 16)
+            break
+        except (OSError, ValueError):
+            continue
+    if raw is None and shutil.which("vcgencmd"):
+        try:
+            out = subprocess.run(["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=2).stdout
+            raw = int(out.strip().split("=", 1)[1], 16)
+        except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+            raw = None
+    if raw is None:
+        return None
+    return {"raw": hex(raw), **decode_throttled(raw)}
+
+
+def disk_free_mb(path: Path) -> float | None:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return round(shutil.disk_usage(p).free / 1e6, 1)
+    except OSError:
+        return None
+
+
+class ProcessStats:
+    def __init__(self) -> None:
+        self._proc = psutil.Process()
+        self._proc.cpu_percent(None)  # first call primes the counter
+
+    def sample(self) -> dict[str, float]:
+        mem = self._proc.memory_info()
+        return {"cpu_percent": round(self._proc.cpu_percent(None), 1), "rss_mb": round(mem.rss / 1e6, 1)}
