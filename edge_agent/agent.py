@@ -63,7 +63,9 @@ class Agent:
             log.warning("state directory %s unusable (%s); probe results will not be cached", s.state_dir, err)
             state_dir = None
         self.model = Model(s.model, s.runtime, state_dir)
-        log.info("model %s (%s) on %s", self.model.name, self.model.decoder.layout, self.model.runtime.backend.description)
+        log.info(
+            "model %s (%s) on %s", self.model.name, self.model.decoder.layout, self.model.runtime.backend.description
+        )
         self.sink = make_sink(self.sink_kind, s, self._retained_state)
         self.capture = Capture(lambda: make_source(s.source), s.source, self.slot, self.capture_stats, self.stop)
         self.sink.start()
@@ -131,9 +133,15 @@ class Agent:
                     "postprocess": inf.postprocess_ms,
                 }
                 doc = prediction(
-                    device_id=self.settings.device_id, boot_id=self.boot_id, seq=self.seq, ts=frame.ts,
-                    model=model.info(), accelerator=model.runtime.accelerator,
-                    latency_ms={"capture_to_publish": 0.0, **latency}, frame_size=(w, h), result=inf.result,
+                    device_id=self.settings.device_id,
+                    boot_id=self.boot_id,
+                    seq=self.seq,
+                    ts=frame.ts,
+                    model=model.info(),
+                    accelerator=model.runtime.accelerator,
+                    latency_ms={"capture_to_publish": 0.0, **latency},
+                    frame_size=(w, h),
+                    result=inf.result,
                 )
                 c2p = (time.monotonic() - frame.mono) * 1e3
                 doc["latency_ms"]["capture_to_publish"] = round(c2p, 3)
@@ -237,8 +245,11 @@ class Agent:
                 "errors": self.capture_stats.errors,
             },
             "accelerator": self._accelerator_info(),
-            "model": {**(model.info() if model else {}), "path": str(model.path) if model else None,
-                      "layout": model.decoder.layout if model else None},
+            "model": {
+                **(model.info() if model else {}),
+                "path": str(model.path) if model else None,
+                "layout": model.decoder.layout if model else None,
+            },
             "process": self._proc.sample(),
             "system": {
                 "cpu_temp_c": cpu_temperature_c(),

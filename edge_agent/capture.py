@@ -26,8 +26,14 @@ _POLL_S = 0.2
 
 
 class Capture:
-    def __init__(self, factory: Callable[[], Source], cfg: SourceConfig, slot: LatestSlot[Frame],
-                 stats: StageStats, stop: threading.Event):
+    def __init__(
+        self,
+        factory: Callable[[], Source],
+        cfg: SourceConfig,
+        slot: LatestSlot[Frame],
+        stats: StageStats,
+        stop: threading.Event,
+    ):
         self.factory = factory
         self.cfg = cfg
         self.slot = slot

@@ -35,8 +35,13 @@ _SHORTCUTS = {
 def _settings_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration (flags override env vars, which override the file)")
     g.add_argument("--config", type=Path, help="TOML config file")
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any setting by dotted key, e.g. --set mqtt.qos=0 (repeatable)")
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any setting by dotted key, e.g. --set mqtt.qos=0 (repeatable)",
+    )
     g.add_argument("--device-id")
     g.add_argument("--source", help="camera index, /dev/videoN, file, URL, pipeline, image glob, synthetic, demo")
     g.add_argument("--fps", help="frame rate cap")
@@ -85,8 +90,10 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level, logging.INFO),
-                        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -118,14 +125,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         model = Model(settings.model, settings.runtime, None)
         rt = model.runtime
-        report["model"] = {**model.info(), "path": str(model.path), "layout": model.decoder.layout,
-                           "task": model.decoder.task}
-        report["accelerator"] = {"selected": rt.accelerator, "description": rt.backend.description,
-                                 "fully_accelerated": rt.backend.fully_accelerated,
-                                 "candidates": [p.as_dict() for p in rt.probes]}
+        report["model"] = {
+            **model.info(),
+            "path": str(model.path),
+            "layout": model.decoder.layout,
+            "task": model.decoder.task,
+        }
+        report["accelerator"] = {
+            "selected": rt.accelerator,
+            "description": rt.backend.description,
+            "fully_accelerated": rt.backend.fully_accelerated,
+            "candidates": [p.as_dict() for p in rt.probes],
+        }
         if settings.runtime.accelerator not in ("auto", "cpu") and rt.accelerator == "cpu":
-            problems.append(f"accelerator {settings.runtime.accelerator} unusable: "
-                            + "; ".join(p.reason for p in rt.probes if not p.ok))
+            problems.append(
+                f"accelerator {settings.runtime.accelerator} unusable: "
+                + "; ".join(p.reason for p in rt.probes if not p.ok)
+            )
     except ModelError as err:
         problems.append(f"model: {err}")
         model = None
@@ -135,8 +151,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         src.open()
         img = src.read()
         src.close()
-        report["source"] = {"uri": src.describe(), "frame": [int(img.shape[1]), int(img.shape[0])],
-                            "open_read_ms": round((time.monotonic() - t0) * 1e3, 1)}
+        report["source"] = {
+            "uri": src.describe(),
+            "frame": [int(img.shape[1]), int(img.shape[0])],
+            "open_read_ms": round((time.monotonic() - t0) * 1e3, 1),
+        }
         if model is not None:
             inf = model.infer(img)
             report["first_inference"] = {"inference_ms": round(inf.inference_ms, 2), **inf.result.as_dict()}
@@ -168,9 +187,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     except ModelError as err:
         layout = f"unknown ({err})"
     doc = {
-        "path": str(mf.path), "size": mf.size, "sha256": mf.sha256,
-        "inputs": [s.as_dict() for s in be.inputs], "outputs": [s.as_dict() for s in be.outputs],
-        "ops": sorted(set(mf.ops)), "custom_ops": list(mf.custom_ops),
+        "path": str(mf.path),
+        "size": mf.size,
+        "sha256": mf.sha256,
+        "inputs": [s.as_dict() for s in be.inputs],
+        "outputs": [s.as_dict() for s in be.outputs],
+        "ops": sorted(set(mf.ops)),
+        "custom_ops": list(mf.custom_ops),
         "requires_delegates": mf.required_delegates(),
         "metadata": {k: v for k, v in vars(mf.metadata).items() if v is not None},
         "associated_files": list(mf.associated_files),
@@ -191,9 +214,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from edge_agent.payload import dumps, prediction
 
     try:
-        mc = ModelConfig(path=args.model, labels=args.labels, task=args.task or "auto",
-                         score_threshold=args.score_threshold if args.score_threshold is not None else 0.5,
-                         resize=args.resize)
+        mc = ModelConfig(
+            path=args.model,
+            labels=args.labels,
+            task=args.task or "auto",
+            score_threshold=args.score_threshold if args.score_threshold is not None else 0.5,
+            resize=args.resize,
+        )
         rc = RuntimeConfig(accelerator=args.accelerator or "cpu", threads=args.threads or 0)
     except (ConfigError, ValueError) as err:
         return _usage_error(str(err).splitlines()[-1] if str(err) else "invalid arguments")
@@ -212,11 +239,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         inf = model.infer(img)
         doc = prediction(
-            device_id="predict", boot_id="predict", seq=seq, ts=time.time(), model=model.info(),
+            device_id="predict",
+            boot_id="predict",
+            seq=seq,
+            ts=time.time(),
+            model=model.info(),
             accelerator=model.runtime.accelerator,
-            latency_ms={"capture_to_publish": (time.monotonic() - t0) * 1e3, "preprocess": inf.preprocess_ms,
-                        "inference": inf.inference_ms, "postprocess": inf.postprocess_ms},
-            frame_size=(img.shape[1], img.shape[0]), result=inf.result, source=str(image_path),
+            latency_ms={
+                "capture_to_publish": (time.monotonic() - t0) * 1e3,
+                "preprocess": inf.preprocess_ms,
+                "inference": inf.inference_ms,
+                "postprocess": inf.postprocess_ms,
+            },
+            frame_size=(img.shape[1], img.shape[0]),
+            result=inf.result,
+            source=str(image_path),
         )
         sys.stdout.write(dumps(doc).decode() + "\n")
     model.close()
@@ -253,8 +290,10 @@ def cmd_listen(args: argparse.Namespace) -> int:
             if m is None:
                 continue
             topic, payload, _ = m
-            print(summarise(topic, payload) if not args.raw else f"{topic} {payload.decode('utf-8', 'replace')}",
-                  flush=True)
+            print(
+                summarise(topic, payload) if not args.raw else f"{topic} {payload.decode('utf-8', 'replace')}",
+                flush=True,
+            )
     except KeyboardInterrupt:
         pass
     finally:
@@ -272,15 +311,24 @@ def summarise(topic: str, payload: bytes) -> str:
         return f"{topic} {doc}"
     if topic.endswith("/predictions"):
         items = doc.get("detections") or doc.get("classes") or []
-        found = ", ".join(f"{d['label']} {d['score']:.2f}" + (f" @{[round(v) for v in d['box']]}" if "box" in d else "")
-                          for d in items) or "nothing"
+        found = (
+            ", ".join(
+                f"{d['label']} {d['score']:.2f}" + (f" @{[round(v) for v in d['box']]}" if "box" in d else "")
+                for d in items
+            )
+            or "nothing"
+        )
         lat = doc.get("latency_ms", {})
-        return (f"#{doc.get('seq')} {doc.get('accelerator')} infer {lat.get('inference', 0):.1f} ms "
-                f"capture->publish {lat.get('capture_to_publish', 0):.1f} ms: {found}")
+        return (
+            f"#{doc.get('seq')} {doc.get('accelerator')} infer {lat.get('inference', 0):.1f} ms "
+            f"capture->publish {lat.get('capture_to_publish', 0):.1f} ms: {found}"
+        )
     if topic.endswith("/health"):
         fps = doc.get("fps", {})
-        return (f"health {doc.get('status')}: fps in/inf/out {fps.get('captured')}/{fps.get('inferred')}/"
-                f"{fps.get('published')}, rss {doc.get('process', {}).get('rss_mb')} MB {doc.get('problems') or ''}")
+        return (
+            f"health {doc.get('status')}: fps in/inf/out {fps.get('captured')}/{fps.get('inferred')}/"
+            f"{fps.get('published')}, rss {doc.get('process', {}).get('rss_mb')} MB {doc.get('problems') or ''}"
+        )
     return f"{topic} {json.dumps(doc)[:200]}"
 
 

@@ -53,15 +53,24 @@ class TLSConfig(_Strict):
 class MQTTConfig(_Strict):
     host: str = Field("localhost", min_length=1, max_length=253, description="Broker host name or address.")
     port: int = Field(1883, ge=1, le=65535, description="Broker TCP port.")
-    topic_prefix: str = Field("edge", min_length=1, max_length=128, description="First topic level(s); topics are {prefix}/{device_id}/...")
+    topic_prefix: str = Field(
+        "edge", min_length=1, max_length=128, description="First topic level(s); topics are {prefix}/{device_id}/..."
+    )
     username: str | None = Field(None, max_length=256, description="Broker user name.")
     password: SecretStr | None = Field(None, description="Broker password; never logged or printed.")
     tls: TLSConfig = Field(default_factory=TLSConfig, description="TLS settings; TLS is on when tls.ca_file is set.")
     qos: int = Field(1, ge=0, le=2, description="QoS of predictions (availability always uses 1).")
     protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version.")
-    keepalive_s: int = Field(15, ge=5, le=3600, description="Keepalive; a silent broker is declared lost after 1.5x this.")
+    keepalive_s: int = Field(
+        15, ge=5, le=3600, description="Keepalive; a silent broker is declared lost after 1.5x this."
+    )
     client_id: str | None = Field(None, max_length=128, description="Client id; default edge-agent-{device_id}.")
-    queue_size: int = Field(1000, ge=1, le=1_000_000, description="Outgoing messages held while the broker is slow or away before drops are counted.")
+    queue_size: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Outgoing messages held while the broker is slow or away before drops are counted.",
+    )
     reconnect_min_s: float = Field(0.5, ge=0.05, le=60, description="First reconnect delay.")
     reconnect_max_s: float = Field(30.0, ge=0.1, le=3600, description="Longest reconnect delay (exponential backoff).")
 
@@ -81,28 +90,65 @@ class SourceConfig(_Strict):
         description="'demo', camera index ('0') or /dev/videoN, video file, rtsp:// or http(s):// URL, "
         "GStreamer pipeline (contains '!'), image directory or glob, or 'synthetic[:WxH]'.",
     )
-    fps: float | None = Field(None, gt=0, le=1000, description="Cap on frames handed to inference per second; none = as fast as inference goes.")
+    fps: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="Cap on frames handed to inference per second; none = as fast as inference goes.",
+    )
     loop: bool = Field(True, description="Restart a video file or image set at its end.")
-    realtime: bool = Field(True, description="Play files at their own frame rate (dropping what inference cannot keep up with) rather than as fast as inference takes them.")
+    realtime: bool = Field(
+        True,
+        description="Play files at their own frame rate (dropping what inference cannot keep up with) "
+        "rather than as fast as inference takes them.",
+    )
     width: int | None = Field(None, ge=16, le=8192, description="Capture width to ask a camera for.")
     height: int | None = Field(None, ge=16, le=8192, description="Capture height to ask a camera for.")
-    read_timeout_s: float = Field(5.0, ge=0.1, le=600, description="A source that delivers no frame for this long is reopened.")
+    read_timeout_s: float = Field(
+        5.0, ge=0.1, le=600, description="A source that delivers no frame for this long is reopened."
+    )
     reopen_min_s: float = Field(0.5, ge=0.01, le=60, description="First delay before reopening a failed source.")
-    reopen_max_s: float = Field(30.0, ge=0.1, le=3600, description="Longest delay between reopen attempts (exponential backoff).")
+    reopen_max_s: float = Field(
+        30.0, ge=0.1, le=3600, description="Longest delay between reopen attempts (exponential backoff)."
+    )
 
 
 class ModelConfig(_Strict):
-    path: Path | None = Field(None, description="TFLite/LiteRT model file; default: the bundled BlazeFace short-range detector.")
-    labels: Path | None = Field(None, description="Labels file (one per line, or 'index name'); default: labels embedded in the model.")
-    task: Literal["auto", "classification", "detection", "raw"] = Field("auto", description="How outputs are read; auto picks from the output tensors.")
-    score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Detections and classes below this score are not reported.")
-    iou_threshold: float = Field(0.45, ge=0.0, le=1.0, description="Non-maximum suppression overlap for decoders that need it.")
+    path: Path | None = Field(
+        None, description="TFLite/LiteRT model file; default: the bundled BlazeFace short-range detector."
+    )
+    labels: Path | None = Field(
+        None, description="Labels file (one per line, or 'index name'); default: labels embedded in the model."
+    )
+    task: Literal["auto", "classification", "detection", "raw"] = Field(
+        "auto", description="How outputs are read; auto picks from the output tensors."
+    )
+    score_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Detections and classes below this score are not reported."
+    )
+    iou_threshold: float = Field(
+        0.45, ge=0.0, le=1.0, description="Non-maximum suppression overlap for decoders that need it."
+    )
     top_k: int = Field(5, ge=1, le=1000, description="Classes reported per classification.")
     max_detections: int = Field(100, ge=1, le=10000, description="Detections reported per frame.")
-    resize: Literal["auto", "stretch", "letterbox"] = Field("auto", description="auto: letterbox for anchor/YOLO detectors, stretch otherwise.")
-    mean: list[float] | None = Field(None, min_length=1, max_length=4, description="Float-input normalisation mean (per channel or one); default from model metadata, else 127.5.")
-    std: list[float] | None = Field(None, min_length=1, max_length=4, description="Float-input normalisation std; default from model metadata, else 127.5.")
-    name: str | None = Field(None, max_length=128, description="Model name reported in predictions; default: file stem.")
+    resize: Literal["auto", "stretch", "letterbox"] = Field(
+        "auto", description="auto: letterbox for anchor/YOLO detectors, stretch otherwise."
+    )
+    mean: list[float] | None = Field(
+        None,
+        min_length=1,
+        max_length=4,
+        description="Float-input normalisation mean (per channel or one); default from model metadata, else 127.5.",
+    )
+    std: list[float] | None = Field(
+        None,
+        min_length=1,
+        max_length=4,
+        description="Float-input normalisation std; default from model metadata, else 127.5.",
+    )
+    name: str | None = Field(
+        None, max_length=128, description="Model name reported in predictions; default: file stem."
+    )
     version: str | None = Field(None, max_length=64, description="Model version reported in predictions.")
 
     @field_validator("path", "labels")
@@ -121,9 +167,13 @@ class ModelConfig(_Strict):
 
 
 class RuntimeConfig(_Strict):
-    accelerator: str = Field("auto", description="auto, cpu, gpu, npu, edgetpu, or the path of an external delegate .so.")
+    accelerator: str = Field(
+        "auto", description="auto, cpu, gpu, npu, edgetpu, or the path of an external delegate .so."
+    )
     threads: int = Field(0, ge=0, le=256, description="CPU inference threads; 0 = one per core.")
-    delegate_options: dict[str, str] = Field(default_factory=dict, description="Options passed to an external delegate.")
+    delegate_options: dict[str, str] = Field(
+        default_factory=dict, description="Options passed to an external delegate."
+    )
     probe_timeout_s: float = Field(30.0, ge=1, le=600, description="Longest wait for one accelerator probe subprocess.")
     cpu_fallback: bool = Field(True, description="Fall back to the CPU when an accelerator fails at run time.")
 
@@ -139,7 +189,12 @@ class RuntimeConfig(_Strict):
 
 class HealthConfig(_Strict):
     interval_s: float = Field(10.0, ge=0.2, le=3600, description="Seconds between health messages.")
-    stall_s: float = Field(30.0, ge=1, le=3600, description="A stage with no progress for this long is 'stalled': the systemd watchdog stops being fed.")
+    stall_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="A stage with no progress for this long is 'stalled': the systemd watchdog stops being fed.",
+    )
 
 
 class Settings(BaseSettings):
@@ -152,7 +207,9 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    device_id: str = Field(default_factory=lambda: _safe_id(socket.gethostname()), description="Device name in topics; default: host name.")
+    device_id: str = Field(
+        default_factory=lambda: _safe_id(socket.gethostname()), description="Device name in topics; default: host name."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     state_dir: Path = Field(
         default_factory=lambda: Path(os.environ.get("STATE_DIRECTORY", "~/.local/state/edge-agent")).expanduser(),
@@ -202,7 +259,7 @@ def _check_env_keys(environ: dict[str, str]) -> None:
         if not key.startswith(ENV_PREFIX):
             continue
         model: type[BaseModel] = Settings
-        for part in key[len(ENV_PREFIX):].lower().split(ENV_NESTED):
+        for part in key[len(ENV_PREFIX) :].lower().split(ENV_NESTED):
             field = model.model_fields.get(part)
             if field is None:
                 raise ConfigError(f"{key}: unknown setting '{part}'")

@@ -15,8 +15,8 @@ from edge_agent.modelfile import ModelError, ModelFile, TensorSpec, load_labels,
 from edge_agent.postprocess.decoders import (
     BlazeFaceDecoder,
     ClassificationDecoder,
-    Decoder,
     DecodeOptions,
+    Decoder,
     RawDecoder,
     SSDPostprocessDecoder,
     YoloDecoder,
@@ -26,7 +26,7 @@ from edge_agent.preprocess import Preprocessor, Resize, input_layout, plan_resiz
 from edge_agent.results import Result
 from edge_agent.runtime.base import Backend, BackendError
 from edge_agent.runtime.delegate import find_library
-from edge_agent.runtime.select import ProbeCache, Runtime, select_backend
+from edge_agent.runtime.select import AgreeFn, ProbeCache, Runtime, select_backend
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,17 @@ def default_model_path() -> Path:
     for base in (Path(__file__).resolve().parent.parent / "models", Path("/usr/share/edge-agent/models")):
         if (base / DEFAULT_MODEL_NAME).is_file():
             return base / DEFAULT_MODEL_NAME
-    raise ModelError(
-        f"default model {DEFAULT_MODEL_NAME} not found; run scripts/fetch_models.sh or set model.path"
-    )
+    raise ModelError(f"default model {DEFAULT_MODEL_NAME} not found; run scripts/fetch_models.sh or set model.path")
 
 
-def make_decoder(task: str, file: ModelFile, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
-                 labels: Sequence[str] | None, opts: DecodeOptions) -> Decoder:
+def make_decoder(
+    task: str,
+    file: ModelFile,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    labels: Sequence[str] | None,
+    opts: DecodeOptions,
+) -> Decoder:
     """Pick the decoder for the configured task; `auto` reads it off the output tensors."""
     h, w = _image_size(inputs)
     detector: Decoder | None = None
@@ -56,8 +60,10 @@ def make_decoder(task: str, file: ModelFile, inputs: Sequence[TensorSpec], outpu
         detector = YoloDecoder(outputs, labels, opts, (h, w))
     if task == "detection":
         if detector is None:
-            raise ModelError(f"{file.path}: task=detection but the outputs match no known detector layout "
-                             f"(SSD post-processing op, YOLO head, BlazeFace anchors): {[o.shape for o in outputs]}")
+            raise ModelError(
+                f"{file.path}: task=detection but the outputs match no known detector layout "
+                f"(SSD post-processing op, YOLO head, BlazeFace anchors): {[o.shape for o in outputs]}"
+            )
         return detector
     if task == "classification":
         return ClassificationDecoder(outputs, labels, opts)
@@ -78,7 +84,7 @@ def _image_size(inputs: Sequence[TensorSpec]) -> tuple[int, int]:
         return 0, 0
 
 
-def outputs_agree(decoder: Decoder, specs: Sequence[TensorSpec]):  # type: ignore[no-untyped-def]
+def outputs_agree(decoder: Decoder, specs: Sequence[TensorSpec]) -> AgreeFn:
     """A comparison of raw outputs by what they mean: decoded detections by IoU, top class, or values."""
     rs = plan_resize(640, 480, 640, 480, "stretch")
 
@@ -155,8 +161,15 @@ class Model:
         self.resize_mode = mode
         cache = ProbeCache(state_dir / "probe-cache.json" if state_dir else None)
         selection = select_backend(
-            path, self.file.sha256, rt.accelerator, rt.threads, rt.delegate_options,
-            self._probe_inputs, outputs_agree(self.decoder, self.outputs), rt.probe_timeout_s, cache,
+            path,
+            self.file.sha256,
+            rt.accelerator,
+            rt.threads,
+            rt.delegate_options,
+            self._probe_inputs,
+            outputs_agree(self.decoder, self.outputs),
+            rt.probe_timeout_s,
+            cache,
         )
         self.runtime = Runtime(selection, path, rt.threads, rt.cpu_fallback)
 

@@ -353,8 +353,11 @@ def build_metadata(
 
 
 def _fold_fp16_dequantize(model: Any, s: Any) -> None:
-    deq = {i for i, oc in enumerate(model.operatorCodes)
-           if max(oc.builtinCode, oc.deprecatedBuiltinCode) == s.BuiltinOperator.DEQUANTIZE}
+    deq = {
+        i
+        for i, oc in enumerate(model.operatorCodes)
+        if max(oc.builtinCode, oc.deprecatedBuiltinCode) == s.BuiltinOperator.DEQUANTIZE
+    }
     for sg in model.subgraphs:
         kept = []
         for op in sg.operators:

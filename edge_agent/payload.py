@@ -13,8 +13,17 @@ SCHEMA = 1
 
 
 def prediction(
-    *, device_id: str, boot_id: str, seq: int, ts: float, model: dict[str, Any], accelerator: str,
-    latency_ms: dict[str, float], frame_size: tuple[int, int], result: Result, source: str | None = None,
+    *,
+    device_id: str,
+    boot_id: str,
+    seq: int,
+    ts: float,
+    model: dict[str, Any],
+    accelerator: str,
+    latency_ms: dict[str, float],
+    frame_size: tuple[int, int],
+    result: Result,
+    source: str | None = None,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "schema": SCHEMA,

@@ -64,7 +64,9 @@ def input_layout(spec: TensorSpec) -> tuple[int, int, int, bool]:
     raise ValueError(f"input {spec.name} shape {spec.shape}: cannot find a 1- or 3-channel axis")
 
 
-def build_lut(spec: TensorSpec, mean: tuple[float, ...] | None, std: tuple[float, ...] | None, channels: int) -> np.ndarray | None:
+def build_lut(
+    spec: TensorSpec, mean: tuple[float, ...] | None, std: tuple[float, ...] | None, channels: int
+) -> np.ndarray | None:
     """Table pixel value -> input value per channel, or None when raw pixels go in unchanged.
 
     A uint8 input with no normalisation given takes raw pixels (the convention of quantized
@@ -91,7 +93,9 @@ def build_lut(spec: TensorSpec, mean: tuple[float, ...] | None, std: tuple[float
 class Preprocessor:
     """Writes one frame into a model input tensor; reuses its buffers while the frame size holds."""
 
-    def __init__(self, spec: TensorSpec, mode: ResizeMode, mean: tuple[float, ...] | None, std: tuple[float, ...] | None):
+    def __init__(
+        self, spec: TensorSpec, mode: ResizeMode, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+    ):
         self.spec = spec
         self.mode = mode
         self.h, self.w, self.c, self.channels_first = input_layout(spec)

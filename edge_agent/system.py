@@ -11,8 +11,13 @@ from pathlib import Path
 import psutil
 
 _THROTTLE_BITS = {
-    0: "under_voltage", 1: "arm_freq_capped", 2: "throttled", 3: "soft_temp_limit",
-    16: "under_voltage_occurred", 17: "arm_freq_capped_occurred", 18: "throttled_occurred",
+    0: "under_voltage",
+    1: "arm_freq_capped",
+    2: "throttled",
+    3: "soft_temp_limit",
+    16: "under_voltage_occurred",
+    17: "arm_freq_capped_occurred",
+    18: "throttled_occurred",
     19: "soft_temp_limit_occurred",
 }
 

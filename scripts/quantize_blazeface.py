@@ -6,7 +6,8 @@ and brightness-varied), preprocessed exactly as the agent does (letterbox, RGB, 
 The result has int8 input and outputs, TFLite metadata (name, version, normalisation) and a
 packed labels file, so the agent needs no settings to run it.
 
-    python scripts/quantize_blazeface.py models/face_detection_short_range.tflite models/face_detection_short_range_int8.tflite
+    python scripts/quantize_blazeface.py models/face_detection_short_range.tflite \
+        models/face_detection_short_range_int8.tflite
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_agent.modelfile import TensorSpec, build_metadata, rewrite_model  # noqa: E402
-from edge_agent.preprocess import Preprocessor  # noqa: E402
+from edge_agent.modelfile import TensorSpec, build_metadata, rewrite_model
+from edge_agent.preprocess import Preprocessor
 
 MEAN, STD = [127.5], [127.5]
 #: sigmoid(±12) is 0.999994 / 0.000006: scores beyond that range carry no information.
@@ -94,7 +95,12 @@ def score_path_tensors(model: bytes, outputs: list[str]) -> list[str]:
         seen.append(names[t])
         code, inputs = producer.get(t, (None, []))
         if code in passthrough:
-            todo.extend(x for x in inputs if x >= 0 and sg.Tensors(x).Buffer() == 0 or x >= 0 and not m.Buffers(sg.Tensors(x).Buffer()).DataLength())
+            todo.extend(
+                x
+                for x in inputs
+                if (x >= 0 and sg.Tensors(x).Buffer() == 0)
+                or (x >= 0 and not m.Buffers(sg.Tensors(x).Buffer()).DataLength())
+            )
     return seen
 
 
@@ -121,7 +127,9 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         signed = Path(tmp, "signed.tflite")
-        signed.write_bytes(rewrite_model(src_bytes, add_signature=True, fold_fp16=True))  # the quantizer calibrates by signature
+        signed.write_bytes(
+            rewrite_model(src_bytes, add_signature=True, fold_fp16=True)
+        )  # the quantizer calibrates by signature
         q = quantizer.Quantizer(str(signed))
         q.load_quantization_recipe(recipe.static_wi8_ai8())
         qsv = q.calibrate({"serving_default": samples})
@@ -142,7 +150,10 @@ def main() -> int:
         version="1",
         description=f"{args.src.name} fully int8-quantized (ai-edge-quantizer static_wi8_ai8, "
         f"{args.samples} calibration photos)",
-        mean=MEAN, std=STD, label_file="labels.txt", num_outputs=2,
+        mean=MEAN,
+        std=STD,
+        label_file="labels.txt",
+        num_outputs=2,
     )
     final = rewrite_model(qbytes, metadata=meta, files={"labels.txt": b"face\n"})
     args.dst.parent.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,14 @@ def label_for(labels: Sequence[str] | None, index: int) -> str:
     return str(index)
 
 
-def _detection(label: str, index: int, score: float, xyxy_norm_model: np.ndarray, rs: Resize,
-               keypoints_norm_model: np.ndarray | None = None) -> Detection:
+def _detection(
+    label: str,
+    index: int,
+    score: float,
+    xyxy_norm_model: np.ndarray,
+    rs: Resize,
+    keypoints_norm_model: np.ndarray | None = None,
+) -> Detection:
     box = rs.to_frame(xyxy_norm_model.reshape(4))
     x1, y1, x2, y2 = (float(v) for v in box)
     kps: tuple[tuple[float, float], ...] = ()
@@ -40,7 +46,9 @@ def _detection(label: str, index: int, score: float, xyxy_norm_model: np.ndarray
         pts = rs.to_frame(keypoints_norm_model.reshape(-1, 2))
         kps = tuple((float(x), float(y)) for x, y in pts)
     return Detection(
-        label=label, index=index, score=score,
+        label=label,
+        index=index,
+        score=score,
         box=(x1, y1, x2, y2),
         box_norm=(x1 / rs.frame_w, y1 / rs.frame_h, x2 / rs.frame_w, y2 / rs.frame_h),
         keypoints=kps,
@@ -66,10 +74,13 @@ class RawDecoder(Decoder):
     """Numeric outputs as they are (dequantized), for sensor and custom models."""
 
     def __call__(self, outs: Sequence[np.ndarray], rs: Resize) -> Result:
-        return Result(task="raw", outputs=tuple(
-            RawOutput(s.name, tuple(int(d) for d in o.shape), [float(v) for v in o.reshape(-1)])
-            for s, o in zip(self.specs, outs, strict=True)
-        ))
+        return Result(
+            task="raw",
+            outputs=tuple(
+                RawOutput(s.name, tuple(int(d) for d in o.shape), [float(v) for v in o.reshape(-1)])
+                for s, o in zip(self.specs, outs, strict=True)
+            ),
+        )
 
 
 class ClassificationDecoder(Decoder):
@@ -82,10 +93,14 @@ class ClassificationDecoder(Decoder):
         k = min(self.opts.top_k, scores.size)
         top = np.argpartition(-scores, k - 1)[:k] if k else np.empty(0, np.intp)
         top = top[np.argsort(-scores[top], kind="stable")]
-        return Result(task="classification", classes=tuple(
-            ClassScore(label_for(self.labels, int(i)), int(i), float(scores[i]))
-            for i in top if scores[i] >= self.opts.score_threshold
-        ))
+        return Result(
+            task="classification",
+            classes=tuple(
+                ClassScore(label_for(self.labels, int(i)), int(i), float(scores[i]))
+                for i in top
+                if scores[i] >= self.opts.score_threshold
+            ),
+        )
 
 
 class SSDPostprocessDecoder(Decoder):
@@ -93,8 +108,13 @@ class SSDPostprocessDecoder(Decoder):
 
     task, layout = "detection", "ssd"
 
-    def __init__(self, outputs: Sequence[TensorSpec], labels: Sequence[str] | None, opts: DecodeOptions,
-                 op_output_order: Sequence[int]):
+    def __init__(
+        self,
+        outputs: Sequence[TensorSpec],
+        labels: Sequence[str] | None,
+        opts: DecodeOptions,
+        op_output_order: Sequence[int],
+    ):
         super().__init__(outputs, labels, opts)
         # op_output_order[k] = tensor index of the op's k-th output (boxes, classes, scores, count)
         pos = {s.index: i for i, s in enumerate(self.specs)}
@@ -112,8 +132,9 @@ class SSDPostprocessDecoder(Decoder):
                 continue
             ymin, xmin, ymax, xmax = boxes[i]
             idx = int(classes[i])
-            dets.append(_detection(label_for(self.labels, idx), idx, score,
-                                   np.array([xmin, ymin, xmax, ymax], np.float32), rs))
+            dets.append(
+                _detection(label_for(self.labels, idx), idx, score, np.array([xmin, ymin, xmax, ymax], np.float32), rs)
+            )
         dets.sort(key=lambda d: -d.score)
         return Result(task="detection", detections=tuple(dets[: self.opts.max_detections]))
 
@@ -149,8 +170,9 @@ class BlazeFaceDecoder(Decoder):
     task, layout = "detection", "blazeface"
     preferred_resize = "letterbox"
 
-    def __init__(self, outputs: Sequence[TensorSpec], labels: Sequence[str] | None, opts: DecodeOptions,
-                 input_size: int):
+    def __init__(
+        self, outputs: Sequence[TensorSpec], labels: Sequence[str] | None, opts: DecodeOptions, input_size: int
+    ):
         super().__init__(outputs, labels or ("face",), opts)
         self._reg = next(i for i, s in enumerate(self.specs) if s.shape[-1] >= 4)
         self._cls = 1 - self._reg
@@ -165,8 +187,14 @@ class BlazeFaceDecoder(Decoder):
             return False
         shapes = sorted((s.shape for s in outputs), key=lambda sh: sh[-1])
         (a, b) = shapes
-        return (len(a) == 3 and len(b) == 3 and a[-1] == 1 and b[-1] >= 4 and a[1] == b[1]
-                and (input_size, a[1]) in BLAZEFACE_ANCHORS)
+        return (
+            len(a) == 3
+            and len(b) == 3
+            and a[-1] == 1
+            and b[-1] >= 4
+            and a[1] == b[1]
+            and (input_size, a[1]) in BLAZEFACE_ANCHORS
+        )
 
     def __call__(self, outs: Sequence[np.ndarray], rs: Resize) -> Result:
         raw = outs[self._reg].reshape(len(self.anchors), -1)
@@ -180,11 +208,15 @@ class BlazeFaceDecoder(Decoder):
         boxes = cxcywh_to_xyxy(np.concatenate([pts[:, 0], pts[:, 1]], axis=1))
         valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, kps, sc = boxes[valid], pts[valid, 2:].reshape(int(valid.sum()), -1), scores[keep][valid]
-        clusters = weighted_nms(boxes, sc, self.opts.iou_threshold if self.opts.iou_threshold else 0.3,
-                                self.opts.max_detections, kps)
-        return Result(task="detection", detections=tuple(
-            _detection(label_for(self.labels, 0), 0, score, box, rs, ext) for box, score, ext in clusters
-        ))
+        clusters = weighted_nms(
+            boxes, sc, self.opts.iou_threshold if self.opts.iou_threshold else 0.3, self.opts.max_detections, kps
+        )
+        return Result(
+            task="detection",
+            detections=tuple(
+                _detection(label_for(self.labels, 0), 0, score, box, rs, ext) for box, score, ext in clusters
+            ),
+        )
 
 
 class YoloDecoder(Decoder):
@@ -193,8 +225,13 @@ class YoloDecoder(Decoder):
     task, layout = "detection", "yolo"
     preferred_resize = "letterbox"
 
-    def __init__(self, outputs: Sequence[TensorSpec], labels: Sequence[str] | None, opts: DecodeOptions,
-                 input_size: tuple[int, int]):
+    def __init__(
+        self,
+        outputs: Sequence[TensorSpec],
+        labels: Sequence[str] | None,
+        opts: DecodeOptions,
+        input_size: tuple[int, int],
+    ):
         super().__init__(outputs, labels, opts)
         _, a, b = self.specs[0].shape
         self.channels_first = a < b
@@ -231,7 +268,10 @@ class YoloDecoder(Decoder):
         # class-aware NMS in one pass: shift each class to its own region
         shifted = xyxy + cls[:, None].astype(np.float32) * 4.0
         kept = nms(shifted, scores, self.opts.iou_threshold, self.opts.max_detections)
-        return Result(task="detection", detections=tuple(
-            _detection(label_for(self.labels, int(cls[i])), int(cls[i]), float(scores[i]), xyxy[i], rs)
-            for i in kept
-        ))
+        return Result(
+            task="detection",
+            detections=tuple(
+                _detection(label_for(self.labels, int(cls[i])), int(cls[i]), float(scores[i]), xyxy[i], rs)
+                for i in kept
+            ),
+        )

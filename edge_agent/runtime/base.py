@@ -63,6 +63,10 @@ class Backend(abc.ABC):
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Convenience for probes and tests: copy inputs in, invoke, return raw outputs."""
         for i, arr in enumerate(inputs):
-            self.write_input(i, lambda v, a=arr: np.copyto(v, a.reshape(v.shape)))
+
+            def fill(view: np.ndarray, a: np.ndarray = arr) -> None:
+                np.copyto(view, a.reshape(view.shape))
+
+            self.write_input(i, fill)
         self.invoke()
         return [self.output(i) for i in range(len(self.outputs))]

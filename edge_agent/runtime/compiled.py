@@ -18,8 +18,17 @@ from edge_agent.runtime import litert
 from edge_agent.runtime.base import Backend, BackendError, T
 
 
+def _reason(err: Exception) -> str:
+    """The informative line of LiteRT's multi-line C++ error text."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("ERROR: [", "=== ", "third_party/", "at "))]
+    return (useful or lines or [type(err).__name__])[0][:300]
+
+
 class CompiledBackend(Backend):
-    def __init__(self, model_path: Path, kind: str, reference_specs: tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]):
+    def __init__(
+        self, model_path: Path, kind: str, reference_specs: tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]
+    ):
         super().__init__(model_path)
         api = litert.compiled_model_api()
         if api is None:
@@ -33,7 +42,7 @@ class CompiledBackend(Backend):
             self._out = self._m.create_output_buffers(0)
             self.fully_accelerated = bool(self._m.is_fully_accelerated())
         except Exception as err:  # the binding raises bare RuntimeError/ValueError with C++ text
-            raise BackendError(f"LiteRT {kind.upper()} accelerator: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
+            raise BackendError(f"LiteRT {kind.upper()} accelerator: {_reason(err)}") from None
         # CompiledModel does not expose quantization; take specs from the interpreter's view.
         self.inputs, self.outputs = reference_specs
         self._staging = [np.zeros(s.shape, s.dtype) for s in self.inputs]

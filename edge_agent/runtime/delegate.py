@@ -17,8 +17,13 @@ KNOWN_DELEGATES = {
     "vx": "/usr/lib/libvx_delegate.so",  # NXP i.MX 8M Plus NPU
     "armnn": "/usr/lib/libarmnnDelegate.so",  # Arm Mali / Cortex-A via Arm NN
 }
-_LIB_DIRS = ("/usr/lib", "/usr/lib/aarch64-linux-gnu", "/usr/lib/arm-linux-gnueabihf",
-             "/usr/lib/x86_64-linux-gnu", "/usr/local/lib")
+_LIB_DIRS = (
+    "/usr/lib",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib/arm-linux-gnueabihf",
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/local/lib",
+)
 
 
 def find_library(name: str) -> str | None:
@@ -34,8 +39,14 @@ def find_library(name: str) -> str | None:
 
 
 class DelegateBackend(InterpreterBackend):
-    def __init__(self, model_path: Path, library: str, options: dict[str, str] | None = None,
-                 threads: int = 0, kind: str = "delegate"):
+    def __init__(
+        self,
+        model_path: Path,
+        library: str,
+        options: dict[str, str] | None = None,
+        threads: int = 0,
+        kind: str = "delegate",
+    ):
         mod = litert.interpreter_module()
         if find_library(library) is None:
             raise BackendError(f"delegate library not found: {library}")

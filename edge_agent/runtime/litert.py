@@ -10,11 +10,11 @@ try:  # LiteRT, the maintained successor; works with numpy 2
     PACKAGE = "ai-edge-litert"
 except ImportError:  # pragma: no cover - exercised only where just tflite-runtime is installed
     try:
-        from tflite_runtime import interpreter as _interp_mod  # type: ignore[no-redef]
+        from tflite_runtime import interpreter as _interp_mod
 
         PACKAGE = "tflite-runtime"
     except ImportError:
-        _interp_mod = None  # type: ignore[assignment]
+        _interp_mod = None
         PACKAGE = ""
 
 
@@ -24,9 +24,7 @@ class RuntimeMissing(RuntimeError):
 
 def interpreter_module() -> Any:
     if _interp_mod is None:
-        raise RuntimeMissing(
-            "no LiteRT runtime installed: pip install ai-edge-litert (or tflite-runtime with numpy<2)"
-        )
+        raise RuntimeMissing("no LiteRT runtime installed: pip install ai-edge-litert (or tflite-runtime with numpy<2)")
     return _interp_mod
 
 

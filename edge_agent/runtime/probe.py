@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         t2 = time.perf_counter()
         outs = backend.run(inputs)
         report["run_ms"] = (time.perf_counter() - t2) * 1000
-        np.savez(args.outputs, **{f"out{i}": o for i, o in enumerate(outs)})
+        np.savez(args.outputs, **{f"out{i}": o for i, o in enumerate(outs)})  # type: ignore[arg-type]
         report.update(ok=True, description=backend.description, fully_accelerated=backend.fully_accelerated)
         backend.close()
     except BackendError as err:

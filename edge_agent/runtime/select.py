@@ -33,7 +33,14 @@ log = logging.getLogger(__name__)
 #: Outputs compare (True, "") or (False, why) between the CPU and a candidate.
 AgreeFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], tuple[bool, str]]
 
-_GPU_NODES = ("/dev/dri/renderD*", "/dev/nvidia[0-9]*", "/dev/mali*", "/dev/kgsl-3d0", "/dev/nvhost-gpu", "/dev/nvgpu/*")
+_GPU_NODES = (
+    "/dev/dri/renderD*",
+    "/dev/nvidia[0-9]*",
+    "/dev/mali*",
+    "/dev/kgsl-3d0",
+    "/dev/nvhost-gpu",
+    "/dev/nvgpu/*",
+)
 _NPU_NODES = ("/dev/accel/accel*", "/dev/apusys", "/dev/fastrpc-*", "/dev/adsprpc-smd", "/dev/vipcore", "/dev/galcore")
 
 
@@ -143,14 +150,36 @@ class ProbeCache:
             log.warning("cannot write probe cache %s: %s", self.path, err)
 
 
-def probe(name: str, model_path: Path, inputs: Sequence[np.ndarray], cpu_outputs: Sequence[np.ndarray],
-          agree: AgreeFn, threads: int, options: dict[str, str], timeout_s: float) -> ProbeResult:
+def probe(
+    name: str,
+    model_path: Path,
+    inputs: Sequence[np.ndarray],
+    cpu_outputs: Sequence[np.ndarray],
+    agree: AgreeFn,
+    threads: int,
+    options: dict[str, str],
+    timeout_s: float,
+) -> ProbeResult:
     with tempfile.TemporaryDirectory(prefix="edge-agent-probe-") as tmp:
         in_path, out_path = Path(tmp, "in.npz"), Path(tmp, "out.npz")
-        np.savez(in_path, **{f"in{i}": a for i, a in enumerate(inputs)})
-        cmd = [sys.executable, "-m", "edge_agent.runtime.probe", "--model", str(model_path), "--backend", name,
-               "--threads", str(threads), "--options", json.dumps(options),
-               "--inputs", str(in_path), "--outputs", str(out_path)]
+        np.savez(in_path, **{f"in{i}": a for i, a in enumerate(inputs)})  # type: ignore[arg-type]
+        cmd = [
+            sys.executable,
+            "-m",
+            "edge_agent.runtime.probe",
+            "--model",
+            str(model_path),
+            "--backend",
+            name,
+            "--threads",
+            str(threads),
+            "--options",
+            json.dumps(options),
+            "--inputs",
+            str(in_path),
+            "--outputs",
+            str(out_path),
+        ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired:
@@ -170,9 +199,16 @@ def probe(name: str, model_path: Path, inputs: Sequence[np.ndarray], cpu_outputs
         with np.load(out_path) as z:
             outs = [z[f"out{i}"] for i in range(len(z.files))]
     ok, why = agree(cpu_outputs, outs)
-    res = ProbeResult(name, ok, "" if ok else f"outputs disagree with the CPU: {why}",
-                      str(report.get("description", name)), report.get("fully_accelerated"),  # type: ignore[arg-type]
-                      _f(report.get("load_ms")), _f(report.get("first_run_ms")), _f(report.get("run_ms")))
+    res = ProbeResult(
+        name,
+        ok,
+        "" if ok else f"outputs disagree with the CPU: {why}",
+        str(report.get("description", name)),
+        report.get("fully_accelerated"),  # type: ignore[arg-type]
+        _f(report.get("load_ms")),
+        _f(report.get("first_run_ms")),
+        _f(report.get("run_ms")),
+    )
     return res
 
 
@@ -191,9 +227,17 @@ class Selection:
     probes: list[ProbeResult] = field(default_factory=list)
 
 
-def select_backend(model_path: Path, sha256: str, accelerator: str, threads: int, options: dict[str, str],
-                   probe_inputs: Callable[[Backend], list[np.ndarray]], agree: AgreeFn,
-                   timeout_s: float, cache: ProbeCache) -> Selection:
+def select_backend(
+    model_path: Path,
+    sha256: str,
+    accelerator: str,
+    threads: int,
+    options: dict[str, str],
+    probe_inputs: Callable[[Backend], list[np.ndarray]],
+    agree: AgreeFn,
+    timeout_s: float,
+    cache: ProbeCache,
+) -> Selection:
     """Open the first candidate that passes its probe; the CPU needs none and always closes the list."""
     results: list[ProbeResult] = []
     cpu = open_backend("cpu", model_path, threads)

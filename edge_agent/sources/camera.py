@@ -29,7 +29,7 @@ class CameraSource(OpenCVSource):
 
     def _configure(self, cap: cv2.VideoCapture) -> None:
         # MJPG lets USB cameras deliver full frame rates; one buffered frame keeps latency low.
-        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
+        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*"MJPG"))
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         if self.width:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)

@@ -33,7 +33,11 @@ class OpenCVSource(Source):
 
     def open(self) -> None:
         params = self._open_params()
-        cap = cv2.VideoCapture(self._target(), self.api_preference, params) if params else cv2.VideoCapture(self._target(), self.api_preference)
+        cap = (
+            cv2.VideoCapture(self._target(), self.api_preference, params)
+            if params
+            else cv2.VideoCapture(self._target(), self.api_preference)
+        )
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot open {self.describe()}")

@@ -1,0 +1,33 @@
+# Sourced by demo.sh and test.sh: idempotent set-up of system packages, .venv and models.
+# Usage: source scripts/_setup.sh EXTRAS   (e.g. "litert,models" or "litert,models,dev")
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+EXTRAS="${1:-litert,models}"
+PY="${PYTHON:-python3}"
+
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+"$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing system packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)-${EXTRAS//,/-}"
+if [ ! -f "$stamp" ]; then
+  echo "==> installing edge-agent[$EXTRAS] into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+.venv/bin/python scripts/fetch_models.py
+export PATH="$ROOT/.venv/bin:$PATH:/usr/sbin"
