@@ -145,27 +145,34 @@ def _parse_model(data: bytes) -> tuple[list[str], list[str], bytes | None, tuple
 
     model = s.Model.GetRootAs(data, 0)
     names = _builtin_names()
-    ops: list[str] = []
-    custom: list[str] = []
+    codes: list[str] = []
+    custom_codes: set[str] = set()
     for i in range(model.OperatorCodesLength()):
         oc = model.OperatorCodes(i)
         code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
         if code == s.BuiltinOperator.CUSTOM:
             cname = (oc.CustomCode() or b"").decode()
-            custom.append(cname)
-            ops.append(cname)
+            custom_codes.add(cname)
+            codes.append(cname)
         else:
-            ops.append(names.get(code, f"op{code}"))
+            codes.append(names.get(code, f"op{code}"))
     if model.SubgraphsLength() < 1:
         raise ModelError("no subgraph")
     sg = model.Subgraphs(0)
     for i in range(sg.TensorsLength()):
         sg.Tensors(i).ShapeAsNumpy()
     det_outputs = None
-    for i in range(sg.OperatorsLength()):
-        op = sg.Operators(i)
-        if ops[op.OpcodeIndex()] == "TFLite_Detection_PostProcess" and op.OutputsLength() == 4:
-            det_outputs = tuple(int(t) for t in op.OutputsAsNumpy())
+    used: dict[str, None] = {}  # op names in order of first use (codes may list unused ops)
+    for g in range(model.SubgraphsLength()):
+        sub = model.Subgraphs(g)
+        for i in range(sub.OperatorsLength()):
+            op = sub.Operators(i)
+            name = codes[op.OpcodeIndex()]
+            used.setdefault(name, None)
+            if g == 0 and name == "TFLite_Detection_PostProcess" and op.OutputsLength() == 4:
+                det_outputs = tuple(int(t) for t in op.OutputsAsNumpy())
+    ops = list(used)
+    custom = [o for o in ops if o in custom_codes]
     # Buffers stored after the flatbuffer (large models) must lie inside the file.
     for i in range(model.BuffersLength()):
         b = model.Buffers(i)

@@ -105,6 +105,7 @@ class Preprocessor:
         self._resized = np.empty(0, np.uint8)
         self._lut_index = np.arange(self.c, dtype=np.intp).reshape(1, 1, self.c) * 256 if self.lut is not None else None
         self._idx = np.empty(0, np.intp)
+        self._interp = cv2.INTER_LINEAR
 
     def plan(self, frame_w: int, frame_h: int) -> Resize:
         plan = self._plan
@@ -115,6 +116,10 @@ class Preprocessor:
             shape = (plan.new_h, plan.new_w, 3)
             self._resized = np.empty(shape, np.uint8)
             self._idx = np.empty((self.h, self.w, self.c), np.intp)
+            # Shrinking by 2x or more with bilinear sampling aliases (fine texture turns into
+            # noise the model never saw); area averaging is what photo pipelines do there.
+            shrink = min(plan.new_w / frame_w, plan.new_h / frame_h)
+            self._interp = cv2.INTER_AREA if shrink < 0.5 else cv2.INTER_LINEAR
         return plan
 
     def __call__(self, frame_bgr: np.ndarray, out: np.ndarray) -> Resize:
@@ -125,7 +130,7 @@ class Preprocessor:
         target = out.reshape(self.h, self.w, self.c) if direct else self._canvas
         if frame_bgr.ndim == 2:
             frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
-        cv2.resize(frame_bgr, (plan.new_w, plan.new_h), dst=self._resized, interpolation=cv2.INTER_LINEAR)
+        cv2.resize(frame_bgr, (plan.new_w, plan.new_h), dst=self._resized, interpolation=self._interp)
         roi = target[plan.pad_y : plan.pad_y + plan.new_h, plan.pad_x : plan.pad_x + plan.new_w]
         if self.c == 3:
             if roi.flags.c_contiguous:

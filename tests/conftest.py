@@ -1,0 +1,203 @@
+"""Shared fixtures: a real mosquitto per test, the agent as a real process, real models."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.config import MQTTConfig
+from edge_agent.sinks.mqtt import Subscriber
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+SHARED = ROOT.parent / "shared"
+SSD_MODEL = SHARED / "models" / "ssd_mobilenet_v1_coco_uint8.tflite"
+COCO_LABELS = SHARED / "models" / "coco_labels.txt"
+FRUIT = SHARED / "data" / "fruit.jpg"
+SHORT = MODELS / "face_detection_short_range.tflite"
+FULL = MODELS / "face_detection_full_range.tflite"
+SHORT_INT8 = MODELS / "face_detection_short_range_int8.tflite"
+DEMO_VIDEO = MODELS / "demo.avi"
+
+needs_shared = pytest.mark.skipif(
+    not SSD_MODEL.is_file(), reason="../shared/models is absent (a plain clone has no shared test models)"
+)
+
+
+def mosquitto_bin() -> str:
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if found is None:
+        pytest.fail("mosquitto is not installed: scripts/test.sh installs it")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll `pred` until it returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Broker:
+    """A real mosquitto on a free loopback port; can be stopped, restarted, paused."""
+
+    def __init__(self, workdir: Path, conf_extra: str = "", port: int | None = None):
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.conf = workdir / f"mosquitto-{self.port}.conf"
+        self.log = workdir / f"mosquitto-{self.port}.log"
+        self.conf_extra = conf_extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Broker:
+        body = self.conf_extra or f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        self.conf.write_text(body + "persistence false\n")
+        self.proc = subprocess.Popen(
+            [mosquitto_bin(), "-c", str(self.conf)], stdout=self.log.open("ab"), stderr=subprocess.STDOUT
+        )
+        wait_until(lambda: self.proc is not None and (self.proc.poll() is not None or _listening(self.port)), 10,
+                   what="mosquitto to listen")
+        if self.proc.poll() is not None:
+            raise AssertionError(f"mosquitto exited: {self.log.read_text()}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def mqtt(self, **kw: Any) -> MQTTConfig:
+        return MQTTConfig(host=self.host, port=self.port, **kw)
+
+    def env(self) -> dict[str, str]:
+        return {"EDGE_AGENT_MQTT__HOST": self.host, "EDGE_AGENT_MQTT__PORT": str(self.port)}
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def subscriber_factory(broker: Broker) -> Iterator[Callable[..., Subscriber]]:
+    subs: list[Subscriber] = []
+
+    def make(topics: list[str], cfg: MQTTConfig | None = None) -> Subscriber:
+        s = Subscriber(cfg or broker.mqtt(), topics)
+        assert s.start(10), "subscriber could not subscribe"
+        subs.append(s)
+        return s
+
+    yield make
+    for s in subs:
+        s.stop()
+
+
+def collect(sub: Subscriber, pred: Callable[[str, Any, bool], bool], timeout: float) -> tuple[str, Any, bool]:
+    """The first message (topic, decoded payload, retained) that satisfies pred."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = sub.get(max(0.01, deadline - time.monotonic()))
+        if m is None:
+            continue
+        topic, raw, retained = m
+        try:
+            payload: Any = json.loads(raw)
+        except ValueError:
+            payload = raw.decode("utf-8", "replace")
+        if pred(topic, payload, retained):
+            return topic, payload, retained
+    raise AssertionError(f"no matching message within {timeout} s")
+
+
+class AgentProcess:
+    """`python -m edge_agent ...` as a real child process with its log in a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], workdir: Path, name: str = "agent"):
+        self.log_path = workdir / f"{name}.log"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+        full_env.update({"EDGE_AGENT_STATE_DIR": str(workdir / "state"), "PYTHONUNBUFFERED": "1"})
+        full_env.update(env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", *args],
+            env=full_env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=self.log_path.open("wb"),
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    procs: list[AgentProcess] = []
+
+    def make(args: list[str], env: dict[str, str] | None = None, name: str = "agent") -> AgentProcess:
+        p = AgentProcess(args, env or {}, tmp_path, name)
+        procs.append(p)
+        return p
+
+    yield make
+    for p in procs:
+        p.stop()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "edge_agent", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=str(ROOT))

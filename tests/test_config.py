@@ -1,0 +1,130 @@
+"""Configuration: file < env < flags, unknown keys are errors, bounds, masked secrets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import ConfigError, Settings, describe_fields, load_settings, masked_dump
+
+from .conftest import run_cli
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for k in list(os.environ):
+        if k.startswith("EDGE_AGENT_"):
+            monkeypatch.delenv(k)
+
+
+def test_defaults_are_valid() -> None:
+    s = load_settings()
+    assert s.mqtt.topic_prefix == "edge"
+    assert s.mqtt.port == 1883
+    assert s.runtime.accelerator == "auto"
+    assert s.source.uri == "demo"
+
+
+def test_precedence_file_env_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('device_id = "from-file"\n[mqtt]\nport = 1111\nqos = 0\n[source]\nfps = 5\n')
+    monkeypatch.setenv("EDGE_AGENT_MQTT__PORT", "2222")
+    monkeypatch.setenv("EDGE_AGENT_DEVICE_ID", "from-env")
+    s = load_settings(f, {"device_id": "from-flag"})
+    assert (s.device_id, s.mqtt.port, s.mqtt.qos, s.source.fps) == ("from-flag", 2222, 0, 5.0)
+
+
+def test_every_required_env_name_is_accepted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"x")
+    labels = tmp_path / "l.txt"
+    labels.write_text("a\n")
+    env = {
+        "EDGE_AGENT_DEVICE_ID": "cam-7", "EDGE_AGENT_MQTT__HOST": "broker.lan", "EDGE_AGENT_MQTT__PORT": "8883",
+        "EDGE_AGENT_MQTT__TOPIC_PREFIX": "site/a", "EDGE_AGENT_MQTT__USERNAME": "u",
+        "EDGE_AGENT_MQTT__PASSWORD": "hunter2", "EDGE_AGENT_MQTT__TLS__CA_FILE": str(ca),
+        "EDGE_AGENT_MQTT__TLS__CERT_FILE": str(ca), "EDGE_AGENT_MQTT__TLS__KEY_FILE": str(ca),
+        "EDGE_AGENT_MQTT__QOS": "2", "EDGE_AGENT_SOURCE__URI": "0", "EDGE_AGENT_SOURCE__FPS": "7.5",
+        "EDGE_AGENT_MODEL__PATH": str(model), "EDGE_AGENT_MODEL__LABELS": str(labels),
+        "EDGE_AGENT_MODEL__TASK": "detection", "EDGE_AGENT_MODEL__SCORE_THRESHOLD": "0.3",
+        "EDGE_AGENT_RUNTIME__ACCELERATOR": "/usr/lib/libvx_delegate.so", "EDGE_AGENT_RUNTIME__THREADS": "3",
+        "EDGE_AGENT_HEALTH__INTERVAL_S": "2.5",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = load_settings()
+    assert s.device_id == "cam-7" and s.mqtt.host == "broker.lan" and s.mqtt.port == 8883
+    assert s.mqtt.topic_prefix == "site/a" and s.mqtt.username == "u" and s.mqtt.qos == 2
+    assert s.mqtt.password is not None and s.mqtt.password.get_secret_value() == "hunter2"
+    assert s.mqtt.tls.ca_file == ca and s.mqtt.tls.cert_file == ca and s.mqtt.tls.key_file == ca
+    assert s.source.uri == "0" and s.source.fps == 7.5
+    assert s.model.path == model and s.model.labels == labels and s.model.task == "detection"
+    assert s.model.score_threshold == 0.3
+    assert s.runtime.accelerator == "/usr/lib/libvx_delegate.so" and s.runtime.threads == 3
+    assert s.health.interval_s == 2.5
+    assert "hunter2" not in json.dumps(masked_dump(s))
+    assert "hunter2" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"mqtt.port": 70000}, "mqtt.port"),
+        ({"mqtt.qos": 3}, "mqtt.qos"),
+        ({"mqtt.bogus": 1}, "mqtt.bogus"),
+        ({"runtime.accelerator": "tpu"}, "runtime.accelerator"),
+        ({"model.score_threshold": 1.5}, "model.score_threshold"),
+        ({"model.path": "/nonexistent.tflite"}, "model.path"),
+        ({"device_id": "a/b"}, "device_id"),
+        ({"mqtt.topic_prefix": "edge/#"}, "mqtt.topic_prefix"),
+        ({"health.interval_s": 0}, "health.interval_s"),
+    ],
+)
+def test_invalid_values_name_the_key(overrides: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, overrides)
+    assert str(err.value).startswith(key)
+
+
+def test_unknown_env_and_file_keys_are_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_AGENT_MQTT__HOSTNAME", "x")
+    with pytest.raises(ConfigError, match="EDGE_AGENT_MQTT__HOSTNAME"):
+        load_settings()
+    monkeypatch.delenv("EDGE_AGENT_MQTT__HOSTNAME")
+    f = tmp_path / "c.toml"
+    f.write_text("[source]\nurl = 'x'\n")
+    with pytest.raises(ConfigError, match=r"source\.url: unknown setting"):
+        load_settings(f)
+    f.write_text("[source\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_settings(f)
+
+
+def test_every_field_has_a_description() -> None:
+    rows = describe_fields(Settings)
+    assert len(rows) > 40
+    missing = [key for key, _, _, desc in rows if not desc]
+    assert missing == []
+    envs = {env for _, env, _, _ in rows}
+    assert "EDGE_AGENT_MQTT__TLS__CA_FILE" in envs and "EDGE_AGENT_HEALTH__INTERVAL_S" in envs
+
+
+def test_cli_config_masks_secret_and_bad_config_exits_2(tmp_path: Path) -> None:
+    ok = run_cli("config", "--set", "mqtt.password=topsecret", "--mqtt-port", "1884")
+    assert ok.returncode == 0, ok.stderr
+    doc = json.loads(ok.stdout)
+    assert doc["mqtt"]["port"] == 1884 and doc["mqtt"]["password"] == "**********"
+    assert "topsecret" not in ok.stdout + ok.stderr
+    bad = run_cli("config", "--set", "mqtt.port=0")
+    assert bad.returncode == 2
+    assert "mqtt.port" in bad.stderr
+    env_bad = run_cli("run", env={"EDGE_AGENT_SOURCE__FPS": "-1"})
+    assert env_bad.returncode == 2 and "source.fps" in env_bad.stderr
+    usage = run_cli("run", "--set", "novalue")
+    assert usage.returncode == 2

