@@ -132,10 +132,10 @@ class Model:
         self.cfg = cfg
         for need in self.file.required_delegates():
             lib = need.split()[0]
-            if rt.accelerator not in ("auto", "edgetpu", lib) and not rt.accelerator.endswith(lib):
-                raise ModelError(f"{path}: model is compiled for {need}; set runtime.accelerator=edgetpu")
             if find_library(lib) is None:
                 raise ModelError(f"{path}: model is compiled for {need}, but {lib} is not installed on this board")
+            if rt.accelerator not in ("auto", "edgetpu", lib) and not rt.accelerator.endswith(lib):
+                raise ModelError(f"{path}: model is compiled for {need}; set runtime.accelerator=edgetpu")
         self.labels: tuple[str, ...] | None = load_labels(cfg.labels) if cfg.labels else self.file.labels
         self.name = cfg.name or self.file.name
         self.version = cfg.version or self.file.metadata.version

@@ -52,7 +52,7 @@ class DelegateBackend(InterpreterBackend):
             raise BackendError(f"delegate library not found: {library}")
         try:
             delegate = mod.load_delegate(library, options or {})
-        except (ValueError, OSError, RuntimeError) as err:
+        except (ValueError, OSError, RuntimeError, AttributeError) as err:  # AttributeError: not a delegate
             raise BackendError(f"delegate {library} failed to load: {str(err).strip().splitlines()[0]}") from None
         super().__init__(model_path, threads=threads, delegates=[delegate])
         self.kind = kind

@@ -1,0 +1,180 @@
+"""Backend choice: probes in child processes, rejection reasons, CPU fallback at run time."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.config import ModelConfig, RuntimeConfig
+from edge_agent.model import Model, outputs_agree
+from edge_agent.runtime.base import BackendError
+from edge_agent.runtime.compiled import CompiledBackend
+from edge_agent.runtime.cpu import InterpreterBackend
+from edge_agent.runtime.select import ProbeCache, Runtime, Selection, candidates, precheck, probe
+from edge_agent.sources.synthetic import pattern
+
+from .conftest import SHORT, run_cli
+
+
+def build_so(tmp_path: Path, name: str, body: str) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.fail("a C compiler is needed to build the test delegate libraries")
+    src = tmp_path / f"{name}.c"
+    src.write_text(body)
+    out = tmp_path / f"lib{name}.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(out), str(src)], check=True)
+    return out
+
+
+ABORTING = "#include <stdlib.h>\n__attribute__((constructor)) static void boom(void) { abort(); }\n"
+NOT_A_DELEGATE = "int not_a_delegate(void) { return 42; }\n"
+
+
+def load(path: Path, accelerator: str, state: Path | None = None) -> Model:
+    return Model(ModelConfig(path=path), RuntimeConfig(accelerator=accelerator, probe_timeout_s=60), state)
+
+
+def test_auto_on_a_cpu_box_picks_cpu_and_says_why_not_others() -> None:
+    m = load(SHORT, "auto")
+    assert m.runtime.accelerator == "cpu"
+    reasons = {p.backend: p.reason for p in m.runtime.probes if not p.ok}
+    assert set(reasons) >= {"edgetpu", "npu", "gpu"}
+    assert all(reasons.values())
+    assert candidates("auto")[-1] == "cpu" and candidates("gpu") == ["gpu", "cpu"]
+
+
+def test_gpu_probe_in_a_child_process_reports_the_failure() -> None:
+    """Skipping the device-node precheck, the real LiteRT GPU accelerator is tried and refused."""
+    cpu = InterpreterBackend(SHORT)
+    x = np.zeros(cpu.inputs[0].shape, np.float32)
+    res = probe("gpu", SHORT, [x], cpu.run([x]), lambda a, b: (True, ""), 0, {}, 120)
+    if res.ok:  # a machine with a working GPU: then it must also have agreed with the CPU
+        assert res.description.startswith("gpu")
+    else:
+        assert res.reason and "gpu" in res.reason.lower()
+
+
+def test_delegate_that_aborts_the_process_is_rejected_and_cpu_serves(tmp_path: Path) -> None:
+    lib = build_so(tmp_path, "aborting", ABORTING)
+    assert precheck(str(lib)) is None
+    m = load(SHORT, str(lib), tmp_path / "state")
+    assert m.runtime.accelerator == "cpu"
+    rej = next(p for p in m.runtime.probes if p.backend == str(lib))
+    assert not rej.ok and "signal 6" in rej.reason
+    # the verdict is cached: a restart does not probe again
+    again = load(SHORT, str(lib), tmp_path / "state")
+    assert next(p for p in again.runtime.probes if p.backend == str(lib)).cached
+    assert again.infer(pattern(320, 240, 1)).result.task == "detection"
+
+
+def test_library_that_is_not_a_delegate(tmp_path: Path) -> None:
+    lib = build_so(tmp_path, "notdelegate", NOT_A_DELEGATE)
+    m = load(SHORT, str(lib))
+    rej = next(p for p in m.runtime.probes if p.backend == str(lib))
+    assert not rej.ok and "failed to load" in rej.reason
+    assert precheck("/nonexistent/libnothing.so") == "delegate library not found: /nonexistent/libnothing.so"
+
+
+def test_compiled_model_cpu_path_matches_the_interpreter() -> None:
+    ref = InterpreterBackend(SHORT)
+    x = np.random.default_rng(0).uniform(-1, 1, ref.inputs[0].shape).astype(np.float32)
+    cm = CompiledBackend(SHORT, "cpu", (ref.inputs, ref.outputs))
+    for a, b in zip(ref.run([x]), cm.run([x]), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    with pytest.raises(BackendError):
+        CompiledBackend(SHORT, "npu", (ref.inputs, ref.outputs))
+
+
+class FailingBackend(InterpreterBackend):
+    """Stands in for an accelerator that dies mid-stream (no real one can be made to here)."""
+
+    kind = "gpu"
+
+    def __init__(self, path: Path, fail_after: int):
+        super().__init__(path)
+        self.calls, self.fail_after = 0, fail_after
+
+    def invoke(self) -> None:
+        self.calls += 1
+        if self.calls > self.fail_after:
+            raise RuntimeError("GPU device lost")
+        super().invoke()
+
+
+def test_runtime_failure_falls_back_to_cpu_without_losing_the_frame() -> None:
+    m = load(SHORT, "cpu")
+    frame = pattern(640, 480, 3)
+    import skimage.data
+
+    face = np.ascontiguousarray(skimage.data.astronaut()[..., ::-1])
+    expected = m.infer(face).result
+    m.runtime = Runtime(Selection(FailingBackend(SHORT, fail_after=2)), SHORT, 0)
+    m.infer(frame)
+    m.infer(frame)
+    assert m.runtime.accelerator == "gpu"
+    got = m.infer(face).result  # this invoke fails on the "GPU" and is redone on the CPU
+    assert m.runtime.accelerator == "cpu"
+    assert [f.reason for f in m.runtime.fallbacks] == ["RuntimeError: GPU device lost"]
+    assert got.detections[0].box == pytest.approx(expected.detections[0].box)
+
+
+def test_cpu_failure_is_not_hidden() -> None:
+    m = load(SHORT, "cpu")
+
+    class Broken(InterpreterBackend):
+        def invoke(self) -> None:
+            raise RuntimeError("boom")
+
+    m.runtime = Runtime(Selection(Broken(SHORT)), SHORT, 0)
+    with pytest.raises(RuntimeError, match="boom"):
+        m.infer(pattern(64, 48, 0))
+
+
+def test_agreement_uses_decoded_detections() -> None:
+    m = load(SHORT, "cpu")
+    import skimage.data
+
+    face = np.ascontiguousarray(skimage.data.astronaut()[..., ::-1])
+    be = m.runtime.backend
+    be.write_input(0, lambda v: m.pre(face, v))
+    be.invoke()
+    outs = [be.output(i) for i in range(len(m.outputs))]
+    agree = outputs_agree(m.decoder, m.outputs)
+    assert agree(outs, outs) == (True, "")
+    noisy = [o + np.random.default_rng(0).normal(0, 0.3, o.shape).astype(o.dtype) for o in outs]
+    assert agree(outs, noisy)[0]  # half-precision-sized noise on raw regressors is fine
+    shifted = [o.copy() for o in outs]
+    reg = next(i for i, s in enumerate(m.outputs) if s.shape[-1] == 16)
+    shifted[reg][..., 0] += 40.0  # every box moved by a third of the input
+    ok, why = agree(outs, shifted)
+    assert not ok and "IoU" in why
+
+
+def test_probe_cache_round_trip(tmp_path: Path) -> None:
+    from edge_agent.runtime.select import ProbeResult
+
+    c = ProbeCache(tmp_path / "p.json")
+    key = ProbeCache.key("abc", "gpu")
+    c.put(key, ProbeResult("gpu", False, "no adapters"))
+    got = ProbeCache(tmp_path / "p.json").get(key)
+    assert got is not None and got.cached and got.reason == "no adapters"
+    (tmp_path / "bad.json").write_text("{not json")
+    assert ProbeCache(tmp_path / "bad.json").get(key) is None
+
+
+def test_check_lists_accelerators_and_fails_for_unusable_gpu() -> None:
+    ok = run_cli("check", "--model", str(SHORT), "--source", "synthetic", "--accelerator", "auto")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    doc = json.loads(ok.stdout)
+    assert doc["accelerator"]["selected"] == "cpu"
+    assert {c["backend"] for c in doc["accelerator"]["candidates"]} >= {"gpu", "npu", "edgetpu", "cpu"}
+    assert doc["source"]["frame"] == [640, 480] and doc["problems"] == []
+    bad = run_cli("check", "--model", str(SHORT), "--source", "synthetic", "--accelerator", "gpu")
+    assert bad.returncode == 1
+    assert "accelerator gpu unusable" in json.loads(bad.stdout)["problems"][0]
