@@ -82,7 +82,9 @@ class Broker:
 
     def start(self) -> Broker:
         body = self.conf_extra or f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-        self.conf.write_text(body + "persistence false\n")
+        # started as root, mosquitto switches to its own user, which cannot read the test's files
+        user = "user root\n" if os.geteuid() == 0 else ""
+        self.conf.write_text(user + body + "persistence false\n")
         self.proc = subprocess.Popen(
             [mosquitto_bin(), "-c", str(self.conf)], stdout=self.log.open("ab"), stderr=subprocess.STDOUT
         )

@@ -217,15 +217,17 @@ class MqttSink(Sink):
                 self._publish_birth()
                 self._connected.set()
             elif ev.kind == "refused":
+                if self.state != "refused":  # paho retries with backoff; say it once
+                    log.error("mqtt: broker refused connection: %s", ev.detail)
                 self.state = "refused"
                 self.last_error = f"broker refused connection: {ev.detail}"
-                log.error("mqtt: %s", self.last_error)
                 self._connected.clear()
             else:
                 if self._connected.is_set():
                     log.warning("mqtt disconnected: %s", ev.detail)
-                self.state = "disconnected"
-                self.last_error = f"disconnected: {ev.detail}"
+                if self.state != "refused":  # the drop after a refusal is not news
+                    self.state = "disconnected"
+                    self.last_error = f"disconnected: {ev.detail}"
                 self._connected.clear()
 
     def _publish_birth(self) -> None:

@@ -1,0 +1,207 @@
+"""The daemon end to end: a real process, a real broker, the published contract, signals, systemd notify."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.config import load_settings
+from edge_agent.sdnotify import Notifier
+
+from .conftest import DEMO_VIDEO, SHORT, SHORT_INT8, Broker, collect, run_cli, wait_until
+
+PREDICTION_FIELDS = {"schema", "device_id", "boot_id", "seq", "ts", "model", "accelerator", "latency_ms",
+                     "frame", "task"}
+
+
+def test_predictions_health_and_availability_contract(broker: Broker, subscriber_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    sub = subscriber_factory(["edge/cam1/#"])
+    t_start = time.time()
+    agent = agent_factory(["run", "--device-id", "cam1", "--source", str(DEMO_VIDEO), "--model", str(SHORT)],
+                          env={**broker.env(), "EDGE_AGENT_HEALTH__INTERVAL_S": "1"})
+    preds, health, seen = [], None, set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (len(preds) < 40 or health is None):
+        topic, payload, retained = collect(sub, lambda t, p, r: True, 30)
+        seen.add(topic.rsplit("/", 1)[1])
+        if topic.endswith("/predictions"):
+            preds.append(payload)
+        elif topic.endswith("/health") and payload["frames"]["inferred"] > 0:
+            health = payload
+    assert {"availability", "info", "predictions", "health"} <= seen
+    p = preds[0]
+    assert PREDICTION_FIELDS <= set(p) and "detections" in p
+    assert p["schema"] == 1 and p["device_id"] == "cam1" and p["accelerator"] == "cpu"
+    assert p["model"] == {"name": "face_detection_short_range", "version": None,
+                          "sha256": hashlib.sha256(SHORT.read_bytes()).hexdigest()}
+    assert p["frame"] == {"width": 640, "height": 480}
+    assert set(p["latency_ms"]) == {"capture_to_publish", "preprocess", "inference", "postprocess"}
+    assert all(isinstance(v, float) and v >= 0 for v in p["latency_ms"].values())
+    assert t_start - 1 < p["ts"] < time.time()
+    assert [q["seq"] for q in preds] == list(range(preds[0]["seq"], preds[0]["seq"] + len(preds)))
+    assert len({q["boot_id"] for q in preds}) == 1
+    faces = [d for q in preds for d in q["detections"]]
+    assert faces, "the demo video starts with a face"
+    for d in faces:
+        assert d["label"] == "face" and d["index"] == 0 and 0.5 <= d["score"] <= 1
+        x1, y1, x2, y2 = d["box"]
+        assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
+        assert d["box_norm"] == pytest.approx([x1 / 640, y1 / 480, x2 / 640, y2 / 480], abs=1e-3)
+
+    assert health["status"] in ("ok", "degraded") and health["boot_id"] == p["boot_id"]
+    for key in ("uptime_s", "fps", "frames", "latency_ms", "accelerator", "model", "process", "system", "broker",
+                "last_error", "source"):
+        assert key in health, key
+    assert set(health["fps"]) == {"captured", "inferred", "published"} and health["fps"]["inferred"] > 5
+    assert set(health["latency_ms"]) >= {"preprocess", "inference", "postprocess", "capture_to_publish"}
+    assert set(health["latency_ms"]["inference"]) == {"p50", "p95", "p99"}
+    assert health["accelerator"]["active"] == "cpu" and health["accelerator"]["fallbacks"] == []
+    assert {pr["backend"] for pr in health["accelerator"]["probes"]} >= {"gpu", "cpu"}
+    assert health["process"]["rss_mb"] > 10 and "cpu_percent" in health["process"]
+    assert set(health["system"]) == {"cpu_temp_c", "throttling", "disk_free_mb"}
+    assert health["broker"]["state"] == "connected" and health["broker"]["queue_depth"] >= 0
+    assert health["source"]["state"] == "running" and health["source"]["frame_size"] == [640, 480]
+
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(15) == 0
+    collect(sub, lambda t, p, r: t.endswith("/availability") and p == "offline", 5)
+
+
+def test_predict_prints_the_same_document_as_the_daemon(broker: Broker, subscriber_factory, agent_factory,  # type: ignore[no-untyped-def]
+                                                        tmp_path: Path) -> None:
+    import cv2
+
+    sub = subscriber_factory(["edge/+/predictions"])
+    agent_factory(["run", "--source", str(DEMO_VIDEO), "--model", str(SHORT_INT8)], env=broker.env())
+    live = collect(sub, lambda t, p, r: True, 30)[1]
+    img = tmp_path / "frame.png"
+    cap = cv2.VideoCapture(str(DEMO_VIDEO))
+    ok, frame = cap.read()
+    assert ok
+    cv2.imwrite(str(img), frame)
+    out = run_cli("predict", str(SHORT_INT8), str(img))
+    doc = json.loads(out.stdout)
+    assert set(doc) - {"source"} == set(live) and doc["model"] == live["model"]
+    assert live["model"]["name"] == "face_detection_short_range_int8" and live["model"]["version"] == "1"
+
+
+def test_unreadable_source_keeps_running_and_reports_it(broker: Broker, subscriber_factory, agent_factory,  # type: ignore[no-untyped-def]
+                                                        tmp_path: Path) -> None:
+    sub = subscriber_factory(["edge/nocam/health"])
+    agent = agent_factory(["run", "--device-id", "nocam", "--source", str(tmp_path / "missing.mp4"),
+                           "--model", str(SHORT)], env={**broker.env(), "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5"})
+    h = collect(sub, lambda t, p, r: p["source"]["reopens"] >= 2, 20)[1]
+    assert h["status"] == "degraded" and "source reconnecting" in h["problems"]
+    assert "not found" in h["last_error"]
+    assert agent.proc.poll() is None
+
+
+def test_invalid_config_exits_2_before_anything_starts(broker: Broker, subscriber_factory) -> None:  # type: ignore[no-untyped-def]
+    r = run_cli("run", "--device-id", "bad", "--set", "model.score_threshold=2", env=broker.env())
+    assert r.returncode == 2 and "model.score_threshold" in r.stderr
+    sub = subscriber_factory(["edge/bad/#"])
+    assert sub.get(1.0) is None  # no retained 'online' or anything else was ever published
+
+
+class NotifySocket:
+    """A real unix datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, path: Path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.path = path
+        self.messages: list[str] = []
+        self._stop = threading.Event()
+        self.sock.settimeout(0.1)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def count(self, text: str) -> int:
+        return sum(text in m for m in list(self.messages))
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(1)
+        self.sock.close()
+
+
+def test_sd_notify_ready_after_first_inference_and_watchdog(broker: Broker, agent_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ns = NotifySocket(tmp_path / "notify.sock")
+    try:
+        agent = agent_factory(["run", "--source", str(DEMO_VIDEO), "--model", str(SHORT)],
+                              env={**broker.env(), "NOTIFY_SOCKET": str(ns.path), "WATCHDOG_USEC": "400000"})
+        wait_until(lambda: ns.count("READY=1"), 20, what="READY=1")
+        assert "first prediction" in next(m for m in ns.messages if "READY=1" in m)
+        wait_until(lambda: ns.count("WATCHDOG=1") >= 3, 5, what="watchdog pings")
+        agent.signal(signal.SIGTERM)
+        assert agent.wait(15) == 0
+        wait_until(lambda: ns.count("STOPPING=1"), 5, what="STOPPING=1")
+    finally:
+        ns.close()
+
+
+def test_abstract_namespace_notify_socket() -> None:
+    name = f"edge-agent-test-{os.getpid()}"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind("\0" + name)
+    s.settimeout(2)
+    try:
+        n = Notifier({"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "5000000"})
+        assert n.enabled and n.watchdog_s == 5.0
+        assert n.ready("up")
+        assert s.recv(100) == b"READY=1\nSTATUS=up"
+        assert not Notifier({}).ready()
+        assert Notifier({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_s is None
+    finally:
+        s.close()
+
+
+def test_watchdog_stops_when_inference_hangs(broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ns = NotifySocket(tmp_path / "wd.sock")
+    for k in list(os.environ):
+        if k.startswith("EDGE_AGENT_"):
+            monkeypatch.delenv(k)
+    settings = load_settings(None, {"mqtt.host": broker.host, "mqtt.port": broker.port, "source.uri": "synthetic",
+                                    "model.path": str(SHORT), "health.stall_s": 1, "state_dir": str(tmp_path)})
+    agent = Agent(settings, notifier=Notifier({"NOTIFY_SOCKET": str(ns.path), "WATCHDOG_USEC": "300000"}))
+    hang = threading.Event()
+    try:
+        agent.start()
+        wait_until(lambda: ns.count("WATCHDOG=1") >= 2, 10, what="watchdog while healthy")
+        backend = agent.model.runtime.backend  # type: ignore[union-attr]
+        real_invoke = backend.invoke
+
+        def stuck() -> None:  # an accelerator call that never returns (none can be hung for real here)
+            hang.wait()
+            real_invoke()
+
+        backend.invoke = stuck  # type: ignore[method-assign]
+        wait_until(lambda: "inference" in agent.stalled_stages(), 5, what="inference to be declared stalled")
+        wait_until(lambda: ns.count("STATUS=stalled: inference"), 3, what="stalled status")
+        pings = ns.count("WATCHDOG=1")
+        stop = threading.Event()
+        stop.wait(1.0)
+        assert ns.count("WATCHDOG=1") == pings  # systemd will restart us
+        assert agent.health()["status"] == "degraded"
+    finally:
+        hang.set()
+        agent.shutdown(3)
+        ns.close()

@@ -1,0 +1,184 @@
+"""The MQTT sink against a real mosquitto: birth, will, reconnect, refusal, TLS, bounded queue."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import MQTTConfig, TLSConfig
+from edge_agent.sinks.base import Message
+from edge_agent.sinks.mqtt import MqttSink
+
+from .conftest import SHORT, Broker, collect, free_port, wait_until
+
+
+def sink_for(cfg: MQTTConfig, device: str = "dev1") -> MqttSink:
+    info = Message(f"{cfg.topic_prefix}/{device}/info", b'{"boot_id":"b1"}', qos=1, retain=True)
+    s = MqttSink(cfg, device, lambda: [info])
+    s.start()
+    return s
+
+
+def test_birth_retained_state_messages_and_clean_offline(broker: Broker, subscriber_factory) -> None:  # type: ignore[no-untyped-def]
+    sub = subscriber_factory(["edge/dev1/#"])
+    s = sink_for(broker.mqtt(keepalive_s=5))
+    assert s.wait_connected(10)
+    collect(sub, lambda t, p, r: t == "edge/dev1/availability" and p == "online", 5)
+    collect(sub, lambda t, p, r: t == "edge/dev1/info" and p["boot_id"] == "b1", 5)
+    for i in range(50):
+        assert s.submit(Message("edge/dev1/predictions", f'{{"seq":{i}}}'.encode(), qos=1))
+    seqs = [collect(sub, lambda t, p, r: t.endswith("/predictions"), 5)[1]["seq"] for _ in range(50)]
+    assert seqs == list(range(50))
+    assert s.flush(5)
+    s.close(5)
+    collect(sub, lambda t, p, r: t == "edge/dev1/availability" and p == "offline", 5)
+    # a late subscriber sees the retained 'offline', not a stale 'online'
+    late = subscriber_factory(["edge/dev1/availability"])
+    assert collect(late, lambda t, p, r: True, 5)[1:] == ("offline", True)
+
+
+def test_queue_is_bounded_while_broker_is_away_and_drains_in_order(tmp_path: Path) -> None:
+    b = Broker(tmp_path)
+    s = sink_for(b.mqtt(queue_size=20, reconnect_min_s=0.1, reconnect_max_s=0.5))
+    try:
+        t0 = time.monotonic()
+        accepted = [s.submit(Message("edge/dev1/predictions", str(i).encode(), qos=1)) for i in range(30)]
+        assert time.monotonic() - t0 < 0.5  # never blocks on the network
+        assert accepted == [True] * 20 + [False] * 10
+        assert s.drops["broker_down"] == 10 and s.queue_depth() == 20
+        b.start()
+        from edge_agent.sinks.mqtt import Subscriber
+
+        sub = Subscriber(b.mqtt(), ["edge/dev1/predictions"])
+        assert sub.start(10)
+        # the sink connects on its own (backoff) and delivers what it held
+        got = [collect(sub, lambda t, p, r: True, 15)[1] for _ in range(20)]
+        assert got == list(range(20))
+        sub.stop()
+    finally:
+        s.close(2)
+        b.stop()
+
+
+def test_birth_republished_after_broker_restart(broker: Broker, subscriber_factory) -> None:  # type: ignore[no-untyped-def]
+    s = sink_for(broker.mqtt(reconnect_min_s=0.1, reconnect_max_s=1))
+    try:
+        assert s.wait_connected(10)
+        broker.stop()  # retained state is lost: persistence is off
+        wait_until(lambda: not s.is_connected(), 10, what="disconnect to be noticed")
+        assert s.stats()["state"] == "disconnected"
+        broker.start()
+        wait_until(s.is_connected, 15, what="reconnect")
+        late = subscriber_factory(["edge/dev1/availability", "edge/dev1/info"])
+        seen = {collect(late, lambda t, p, r: r, 5)[0] for _ in range(2)}
+        assert seen == {"edge/dev1/availability", "edge/dev1/info"}
+        assert s.connects == 2
+    finally:
+        s.close(2)
+
+
+def test_last_will_on_sigkill(broker: Broker, subscriber_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    sub = subscriber_factory(["edge/willdev/availability"])
+    agent = agent_factory(["run", "--model", str(SHORT), "--source", "synthetic", "--device-id", "willdev"],
+                          env=broker.env())
+    collect(sub, lambda t, p, r: p == "online", 20)
+    agent.proc.send_signal(signal.SIGKILL)
+    agent.wait(5)
+    collect(sub, lambda t, p, r: p == "offline", 10)
+
+
+def test_refused_connack_is_reported_not_taken_for_connected(tmp_path: Path) -> None:
+    pw = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "agent", "right"], check=True)
+    port = free_port()
+    conf = f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\n"
+    b = Broker(tmp_path, conf, port).start()
+    try:
+        bad = sink_for(b.mqtt(username="agent", password="wrong"))
+        wait_until(lambda: bad.stats()["state"] == "refused", 10, what="refusal")
+        assert not bad.is_connected() and "refused" in str(bad.last_error)
+        assert "wrong" not in str(bad.stats())
+        bad.close(1)
+        good = sink_for(b.mqtt(username="agent", password="right"))
+        assert good.wait_connected(10)
+        good.close(2)
+    finally:
+        b.stop()
+
+
+def _make_pki(d: Path) -> tuple[Path, Path, Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    srv_key = key()
+    srv = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+           .issuer_name(ca_name).public_key(srv_key.public_key()).serial_number(x509.random_serial_number())
+           .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                       x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+           .sign(ca_key, hashes.SHA256()))
+    other_key = key()
+    other = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(other_key.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+             .sign(other_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    paths = d / "ca.pem", d / "server.pem", d / "server.key", d / "other-ca.pem"
+    paths[0].write_bytes(ca.public_bytes(pem))
+    paths[1].write_bytes(srv.public_bytes(pem))
+    paths[2].write_bytes(srv_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    paths[3].write_bytes(other.public_bytes(pem))
+    return paths
+
+
+def test_tls_with_verification(tmp_path: Path) -> None:
+    ca, cert, key, other_ca = _make_pki(tmp_path)
+    port = free_port()
+    conf = (f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n")
+    b = Broker(tmp_path, conf, port).start()
+    try:
+        ok = sink_for(MQTTConfig(host="127.0.0.1", port=port, tls=TLSConfig(ca_file=ca), protocol="5"))
+        assert ok.wait_connected(10)
+        ok.close(2)
+        untrusted = sink_for(MQTTConfig(host="127.0.0.1", port=port, tls=TLSConfig(ca_file=other_ca)))
+        assert not untrusted.wait_connected(3)
+        untrusted.close(1)
+    finally:
+        b.stop()
+
+
+def test_mqtt5_and_paused_broker_never_block_submit(broker: Broker) -> None:
+    s = sink_for(broker.mqtt(protocol="5", keepalive_s=5, queue_size=100))
+    try:
+        assert s.wait_connected(10)
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGSTOP)  # TCP stays up, nothing answers
+        t0 = time.monotonic()
+        for i in range(500):
+            s.submit(Message("edge/dev1/predictions", str(i).encode(), qos=1))
+        assert time.monotonic() - t0 < 0.5
+        assert s.queue_depth() <= 100 + 64
+    finally:
+        if broker.proc is not None:
+            broker.proc.send_signal(signal.SIGCONT)
+        s.close(2)

@@ -1,0 +1,263 @@
+"""Sources against real files and a real HTTP server; the capture loop's pacing and recovery."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_agent.capture import Capture
+from edge_agent.config import SourceConfig
+from edge_agent.handoff import LatestSlot
+from edge_agent.sources import EndOfStream, Frame, Source, SourceError, make_source, source_kind
+from edge_agent.sources.images import ImageSetSource
+from edge_agent.sources.synthetic import SyntheticSource, pattern
+from edge_agent.sources.video import VideoFileSource
+from edge_agent.stats import StageStats
+
+from .conftest import DEMO_VIDEO, wait_until
+
+
+def test_uri_kinds() -> None:
+    assert source_kind("0") == "camera" and source_kind("/dev/video2") == "camera"
+    assert source_kind("rtsp://user:pw@cam/stream") == "stream" and source_kind("http://x/mjpg") == "stream"
+    assert source_kind("nvarguscamerasrc ! video/x-raw(memory:NVMM) ! appsink") == "gstreamer"
+    assert source_kind("/data/*.jpg") == "images" and source_kind("synthetic:320x240") == "synthetic"
+    assert source_kind("/data/clip.mp4") == "file"
+    src = make_source(SourceConfig(uri="rtsp://admin:secret@10.0.0.5:554/live"))
+    assert "secret" not in src.describe()
+
+
+def test_synthetic_is_deterministic() -> None:
+    s = SyntheticSource("synthetic", 160, 120)
+    s.open()
+    a = s.read()
+    assert a.shape == (120, 160, 3) and np.array_equal(a, pattern(160, 120, 0))
+    assert not np.array_equal(s.read(), a)
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(d / f"{i}.png"), pattern(64, 48, i))
+    return d
+
+
+def test_image_set_loops_and_ends(image_dir: Path) -> None:
+    s = ImageSetSource(str(image_dir), loop=True)
+    s.open()
+    frames = [s.read() for _ in range(4)]
+    assert np.array_equal(frames[0], frames[3]) and not np.array_equal(frames[0], frames[1])
+    once = ImageSetSource(str(image_dir / "*.png"), loop=False)
+    once.open()
+    for _ in range(3):
+        once.read()
+    with pytest.raises(EndOfStream):
+        once.grab()
+    (image_dir / "1.png").write_bytes(b"not a png")
+    s2 = ImageSetSource(str(image_dir), loop=False)
+    s2.open()
+    s2.read()
+    s2.grab()  # the broken file is skipped without being decoded
+    s2.grab()
+    assert s2.retrieve().shape == (48, 64, 3)
+    with pytest.raises(SourceError, match="no images"):
+        ImageSetSource(str(image_dir / "*.gif")).open()
+
+
+def test_video_file_loops_and_ends() -> None:
+    v = VideoFileSource(str(DEMO_VIDEO), loop=False)
+    v.open()
+    assert v.nominal_fps == 15
+    n = 0
+    with pytest.raises(EndOfStream):
+        while True:
+            v.grab()
+            n += 1
+    assert n == 180
+    looped = VideoFileSource(str(DEMO_VIDEO), loop=True)
+    looped.open()
+    first = looped.read()
+    for _ in range(179):
+        looped.grab()
+    assert np.array_equal(looped.read(), first)
+    with pytest.raises(SourceError, match="not found"):
+        VideoFileSource("/nonexistent.avi").open()
+
+
+def test_missing_camera_and_gstreamer_are_clear_errors() -> None:
+    with pytest.raises(SourceError, match="not present"):
+        make_source(SourceConfig(uri="/dev/video99")).open()
+    g = make_source(SourceConfig(uri="videotestsrc ! appsink"))
+    try:
+        g.open()
+        g.close()
+    except SourceError as err:
+        assert "GStreamer" in str(err) or "cannot open" in str(err)
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[str]:
+    shutil.copy(DEMO_VIDEO, tmp_path / "clip.avi")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None  # type: ignore[method-assign]
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/clip.avi"
+    srv.shutdown()
+
+
+def test_http_stream_from_a_real_server(http_server: str) -> None:
+    s = make_source(SourceConfig(uri=http_server))
+    assert s.kind == "stream"
+    s.open()
+    assert s.read().shape == (480, 640, 3)
+    s.close()
+    dead = make_source(SourceConfig(uri=http_server.replace("clip.avi", "missing.avi"), read_timeout_s=2))
+    with pytest.raises(SourceError):
+        dead.open()
+
+
+def run_capture(factory, cfg: SourceConfig) -> tuple[Capture, LatestSlot[Frame], StageStats, threading.Event]:  # type: ignore[no-untyped-def]
+    slot: LatestSlot[Frame] = LatestSlot()
+    stats = StageStats("capture")
+    stop = threading.Event()
+    cap = Capture(factory, cfg, slot, stats, stop)
+    cap.start()
+    return cap, slot, stats, stop
+
+
+def test_latest_frame_wins_with_a_slow_consumer() -> None:
+    cfg = SourceConfig(uri="synthetic", fps=None, realtime=True)
+    cap, slot, stats, stop = run_capture(lambda: SyntheticSource("synthetic", 320, 240, fps=100.0), cfg)
+    try:
+        taken = []
+        for _ in range(5):
+            f = slot.take(2.0)
+            assert f is not None
+            taken.append(f)
+            age = time.monotonic() - f.mono
+            assert age < 0.05, f"stale frame handed out ({age * 1e3:.0f} ms old)"
+            stop.wait(0.1)  # a consumer 10x slower than the source
+        wait_until(lambda: sum(stats.drops.values()) > 20, 5, what="drops to be counted")
+        assert set(stats.drops) <= {"late", "replaced"}
+        assert taken[-1].index - taken[0].index > 20  # jumps forward, no backlog
+    finally:
+        stop.set()
+        cap.join(2)
+
+
+def test_consumer_paced_file_delivers_every_frame() -> None:
+    cfg = SourceConfig(uri=str(DEMO_VIDEO), realtime=False, loop=False)
+    cap, slot, stats, stop = run_capture(lambda: VideoFileSource(str(DEMO_VIDEO), loop=False), cfg)
+    try:
+        idx = []
+        while not (cap.finished.is_set() and not slot.full):
+            f = slot.take(0.5)
+            if f is not None:
+                idx.append(f.index)
+        assert idx == list(range(1, 181)) and not stats.drops
+    finally:
+        stop.set()
+        cap.join(2)
+
+
+class CountingLive(SyntheticSource):
+    """A live source on its own 200 fps clock, counting decodes (no camera here to do it)."""
+
+    live = True
+
+    def __init__(self) -> None:
+        super().__init__("synthetic", 64, 48, fps=200.0)
+        self.decoded = 0
+
+    def grab(self) -> None:
+        time.sleep(0.005)  # the camera's frame interval
+        super().grab()
+
+    def retrieve(self) -> np.ndarray:
+        self.decoded += 1
+        return super().retrieve()
+
+
+def test_fps_cap_drops_without_decoding() -> None:
+    src = CountingLive()
+    cfg = SourceConfig(uri="synthetic", fps=20)
+    cap, slot, stats, stop = run_capture(lambda: src, cfg)
+    try:
+        t0 = time.monotonic()
+        got = 0
+        while time.monotonic() - t0 < 1.5:
+            if slot.take(0.2) is not None:
+                got += 1
+        assert 20 <= got <= 36  # 20 fps for 1.5 s, plus the first frame
+        assert stats.drops["fps_cap"] > 100
+        assert src.decoded == stats.count  # dropped frames were never decoded
+    finally:
+        stop.set()
+        cap.join(2)
+
+
+def test_source_that_disappears_is_reopened_with_backoff(image_dir: Path) -> None:
+    cfg = SourceConfig(uri=str(image_dir), fps=50, reopen_min_s=0.05, reopen_max_s=0.2)
+    cap, slot, stats, stop = run_capture(lambda: ImageSetSource(str(image_dir), loop=True), cfg)
+    try:
+        assert slot.take(2) is not None
+        hidden = image_dir.with_name("hidden")
+        image_dir.rename(hidden)
+        wait_until(lambda: stats.state == "reconnecting", 3, what="reconnecting state")
+        reopens = cap.reopens
+        wait_until(lambda: cap.reopens >= reopens + 2, 3, what="retries")
+        hidden.rename(image_dir)
+        wait_until(lambda: stats.state == "running", 3, what="capture to resume")
+        before = stats.count
+        wait_until(lambda: stats.count > before + 5, 3, what="frames after recovery")
+        assert cap.reopens < 40  # backoff, not a busy loop
+    finally:
+        stop.set()
+        cap.join(2)
+
+
+class BlockingSource(SyntheticSource):
+    """A read that never returns, as a dead network camera's can (no such device here)."""
+
+    def __init__(self, release: threading.Event):
+        super().__init__("synthetic", 64, 48, fps=100.0)
+        self.release = release
+
+    def grab(self) -> None:
+        self.release.wait()
+        raise SourceError("released")
+
+
+def test_blocked_read_is_abandoned_for_a_fresh_reader() -> None:
+    release = threading.Event()
+    made: list[Source] = []
+
+    def factory() -> Source:
+        s: Source = BlockingSource(release) if not made else SyntheticSource("synthetic", 64, 48, fps=100.0)
+        made.append(s)
+        return s
+
+    cfg = SourceConfig(uri="synthetic", read_timeout_s=0.3)
+    cap, slot, stats, stop = run_capture(factory, cfg)
+    try:
+        wait_until(lambda: cap.stalls >= 1, 3, what="the stall to be detected")
+        assert slot.take(3) is not None
+        wait_until(lambda: stats.state == "running", 2, what="running state")
+        assert "blocked" in (stats.last_error or "")
+    finally:
+        release.set()
+        stop.set()
+        cap.join(2)
