@@ -9,6 +9,11 @@ PY="${PYTHON:-python3}"
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+if [[ "$EXTRAS" == *dev* ]]; then  # the suite verifies the unit and builds test delegate libraries
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+  command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+  command -v mosquitto_passwd >/dev/null 2>&1 || [ -x /usr/bin/mosquitto_passwd ] || missing+=(mosquitto)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing system packages: ${missing[*]}"
   SUDO=""

@@ -1,0 +1,59 @@
+"""The unit file passes systemd's own verifier and asks for what the agent relies on."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+UNIT = ROOT / "systemd" / "edge-agent.service"
+
+
+def unit_settings() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    section = ""
+    for line in UNIT.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(f"{section}.{key}", []).append(value)
+    return out
+
+
+def test_systemd_analyze_verify(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.fail("systemd-analyze missing: scripts/test.sh installs the systemd package")
+    edge_agent = shutil.which("edge-agent") or str(Path(__import__("sys").executable).parent / "edge-agent")
+    unit = tmp_path / "edge-agent.service"
+    unit.write_text(UNIT.read_text().replace("/opt/edge-agent/.venv/bin/edge-agent", edge_agent))
+    r = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "edge-agent.service" not in r.stderr, r.stderr  # unknown keys only warn: treat as failure
+
+
+def test_unit_contract() -> None:
+    s = unit_settings()
+    assert s["Service.Type"] == ["notify"] and s["Service.WatchdogSec"] == ["30"]
+    assert s["Service.Restart"] == ["on-failure"] and s["Unit.StartLimitIntervalSec"] == ["0"]
+    assert s["Service.NoNewPrivileges"] == ["yes"] and s["Service.ProtectSystem"] == ["strict"]
+    assert s["Service.StateDirectory"] == ["edge-agent"] and s["Service.ConfigurationDirectory"] == ["edge-agent"]
+    assert s["Service.DevicePolicy"] == ["closed"]
+    assert "char-video4linux rw" in s["Service.DeviceAllow"]
+    assert s["Service.ExecStart"][0].endswith("run --config /etc/edge-agent/config.toml")
+    assert s["Service.User"] == ["edge-agent"] and s["Service.CapabilityBoundingSet"] == [""]
+
+
+def test_install_script_files_only(tmp_path: Path) -> None:
+    r = subprocess.run(["bash", "-n", str(ROOT / "scripts" / "install.sh")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    h = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "--help"], capture_output=True, text=True)
+    assert h.returncode == 0 and "--prefix" in h.stdout
