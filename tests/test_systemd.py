@@ -57,3 +57,12 @@ def test_install_script_files_only(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     h = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "--help"], capture_output=True, text=True)
     assert h.returncode == 0 and "--prefix" in h.stdout
+
+
+def test_readme_documents_every_setting() -> None:
+    from edge_agent.config import describe_fields
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [env for _, env, _, _ in describe_fields() if f"`{env}`" not in readme]
+    assert missing == []
+    assert "scripts/demo.sh" in readme and "scripts/test.sh" in readme
