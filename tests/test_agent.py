@@ -31,7 +31,7 @@ def test_predictions_health_and_availability_contract(broker: Broker, subscriber
     preds, health, seen = [], None, set()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (len(preds) < 40 or health is None):
-        topic, payload, retained = collect(sub, lambda t, p, r: True, 30)
+        topic, payload, _retained = collect(sub, lambda t, p, r: True, 30)
         seen.add(topic.rsplit("/", 1)[1])
         if topic.endswith("/predictions"):
             preds.append(payload)
