@@ -117,6 +117,7 @@ class Agent:
         assert self.model is not None and self.sink is not None
         model, sink, st = self.model, self.sink, self.infer_stats
         topic, qos = self.topics["predictions"], self.settings.mqtt.qos
+        fallbacks_seen = len(model.runtime.fallbacks)
         st.state = "running"
         while not self.stop.is_set():
             frame = self.slot.take(_TAKE_TIMEOUT_S)
@@ -147,6 +148,9 @@ class Agent:
                 doc["latency_ms"]["capture_to_publish"] = round(c2p, 3)
                 if not sink.submit(Message(topic, dumps(doc), qos=qos)):
                     st.drop("sink_full")
+                if len(model.runtime.fallbacks) != fallbacks_seen:
+                    fallbacks_seen = len(model.runtime.fallbacks)
+                    self._announce_fallback()
                 for k, v in latency.items():
                     st.observe(k, v)
                 st.observe("capture_to_publish", c2p)
@@ -159,6 +163,13 @@ class Agent:
             except Exception as err:  # loop boundary: one bad frame must not stop the stream
                 st.error(f"{type(err).__name__}: {err}")
                 log.exception("inference error")
+
+    def _announce_fallback(self) -> None:
+        """An accelerator gave up: say so now (retained info and a health message), not at the next tick."""
+        assert self.sink is not None
+        for m in self._retained_state():
+            self.sink.submit(m)
+        self.sink.submit_latest(Message(self.topics["health"], dumps(self.health()), qos=0))
 
     def _health_loop(self) -> None:
         while not self.stop.wait(self.settings.health.interval_s):

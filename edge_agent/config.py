@@ -88,7 +88,8 @@ class SourceConfig(_Strict):
         min_length=1,
         max_length=4096,
         description="'demo', camera index ('0') or /dev/videoN, video file, rtsp:// or http(s):// URL, "
-        "GStreamer pipeline (contains '!'), image directory or glob, or 'synthetic[:WxH]'.",
+        "GStreamer pipeline (contains '!'), image directory or glob, 'synthetic[:WxH]', "
+        "or 'replay:FILE' (decoded once into memory, replayed).",
     )
     fps: float | None = Field(
         None,

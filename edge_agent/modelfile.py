@@ -98,9 +98,15 @@ class ModelFile:
         return sorted({DELEGATE_CUSTOM_OPS[o] for o in self.custom_ops if o in DELEGATE_CUSTOM_OPS})
 
 
-def _builtin_names() -> dict[int, str]:
-    from ai_edge_litert import schema_py_generated as s
+_CUSTOM = 32  # BuiltinOperator.CUSTOM
 
+
+def _builtin_names() -> dict[int, str]:
+    """Op names by code, from LiteRT's schema module when present (tflite-runtime lacks it)."""
+    try:
+        from ai_edge_litert import schema_py_generated as s
+    except ImportError:
+        return {}
     return {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)}
 
 
@@ -141,51 +147,53 @@ def read_model_file(path: Path) -> ModelFile:
 
 
 def _parse_model(data: bytes) -> tuple[list[str], list[str], bytes | None, tuple[int, ...] | None]:
-    from ai_edge_litert import schema_py_generated as s
-
-    model = s.Model.GetRootAs(data, 0)
+    """Walk schema.fbs tables directly, so a bad offset raises here instead of in native code."""
+    size = len(data)
+    model = Table(bytearray(data), flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0))
     names = _builtin_names()
     codes: list[str] = []
     custom_codes: set[str] = set()
-    for i in range(model.OperatorCodesLength()):
-        oc = model.OperatorCodes(i)
-        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
-        if code == s.BuiltinOperator.CUSTOM:
-            cname = (oc.CustomCode() or b"").decode()
+    for oc in _tables(model, 1):  # operator_codes
+        code = max(_int(oc, 3, flatbuffers.number_types.Int32Flags), _int(oc, 0, flatbuffers.number_types.Int8Flags))
+        if code == _CUSTOM:
+            cname = _str(oc, 1) or ""
             custom_codes.add(cname)
             codes.append(cname)
         else:
             codes.append(names.get(code, f"op{code}"))
-    if model.SubgraphsLength() < 1:
+    subgraphs = list(_tables(model, 2))
+    if not subgraphs:
         raise ModelError("no subgraph")
-    sg = model.Subgraphs(0)
-    for i in range(sg.TensorsLength()):
-        sg.Tensors(i).ShapeAsNumpy()
+    for t in _tables(subgraphs[0], 0):  # tensors: shapes must be readable
+        _ints(t, 0)
     det_outputs = None
     used: dict[str, None] = {}  # op names in order of first use (codes may list unused ops)
-    for g in range(model.SubgraphsLength()):
-        sub = model.Subgraphs(g)
-        for i in range(sub.OperatorsLength()):
-            op = sub.Operators(i)
-            name = codes[op.OpcodeIndex()]
+    for g, sg in enumerate(subgraphs):
+        for op in _tables(sg, 3):
+            name = codes[_int(op, 0, flatbuffers.number_types.Uint32Flags)]
             used.setdefault(name, None)
-            if g == 0 and name == "TFLite_Detection_PostProcess" and op.OutputsLength() == 4:
-                det_outputs = tuple(int(t) for t in op.OutputsAsNumpy())
+            outputs = _ints(op, 2)
+            if g == 0 and name == "TFLite_Detection_PostProcess" and len(outputs) == 4:
+                det_outputs = tuple(outputs)
     ops = list(used)
     custom = [o for o in ops if o in custom_codes]
-    # Buffers stored after the flatbuffer (large models) must lie inside the file.
-    for i in range(model.BuffersLength()):
-        b = model.Buffers(i)
-        if b.Offset() > 1 and b.Offset() + b.Size() > len(data):
+    buffers = list(_tables(model, 4))
+    for i, buf in enumerate(buffers):
+        offset = _int(buf, 1, flatbuffers.number_types.Uint64Flags)
+        length = _int(buf, 2, flatbuffers.number_types.Uint64Flags)
+        if offset > 1 and offset + length > size:  # data stored after the flatbuffer (large models)
             raise ModelError(f"buffer {i} runs past the end of the file")
-        if b.DataLength():
-            b.DataAsNumpy()
+        o = _field(buf, 0)
+        if o and buf.Vector(o) + buf.VectorLen(o) > size:
+            raise ModelError(f"buffer {i} runs past the end of the file")
     meta_buf = None
-    for i in range(model.MetadataLength()):
-        m = model.Metadata(i)
-        if m.Name() == METADATA_NAME:
-            buf = model.Buffers(m.Buffer())
-            meta_buf = buf.DataAsNumpy().tobytes() if buf.DataLength() else None
+    for md in _tables(model, 6):  # metadata
+        if _str(md, 0) == METADATA_NAME.decode():
+            buf = buffers[_int(md, 1, flatbuffers.number_types.Uint32Flags)]
+            o = _field(buf, 0)
+            if o:
+                start = buf.Vector(o)
+                meta_buf = bytes(data[start : start + buf.VectorLen(o)])
     return ops, custom, meta_buf, det_outputs
 
 
@@ -250,6 +258,21 @@ def _floats(tab: Table, i: int) -> tuple[float, ...] | None:
         return None
     start, n = tab.Vector(o), tab.VectorLen(o)
     return tuple(float(x) for x in struct.unpack_from(f"<{n}f", bytes(tab.Bytes), start))
+
+
+def _int(tab: Table, i: int, flags: object) -> int:
+    o = _field(tab, i)
+    return int(tab.Get(flags, o + tab.Pos)) if o else 0
+
+
+def _ints(tab: Table, i: int) -> list[int]:
+    o = _field(tab, i)
+    if not o:
+        return []
+    start, n = tab.Vector(o), tab.VectorLen(o)
+    if start + 4 * n > len(tab.Bytes):
+        raise ModelError("vector runs past the end of the file")
+    return list(struct.unpack_from(f"<{n}i", bytes(tab.Bytes), start))
 
 
 def _u8(tab: Table, i: int) -> int:

@@ -205,3 +205,49 @@ def test_watchdog_stops_when_inference_hangs(broker: Broker, tmp_path: Path, mon
         hang.set()
         agent.shutdown(3)
         ns.close()
+
+
+def test_runtime_fallback_is_published_at_once(broker: Broker, subscriber_factory, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent.runtime.select import Runtime, Selection
+
+    from .test_runtime import FailingBackend
+
+    for k in list(os.environ):
+        if k.startswith("EDGE_AGENT_"):
+            monkeypatch.delenv(k)
+    sub = subscriber_factory(["edge/fb/info", "edge/fb/health"])
+    settings = load_settings(None, {"mqtt.host": broker.host, "mqtt.port": broker.port, "device_id": "fb",
+                                    "source.uri": "synthetic", "model.path": str(SHORT), "state_dir": str(tmp_path),
+                                    "health.interval_s": 3600})
+    agent = Agent(settings)
+    try:
+        agent.start()
+        assert agent.first_published.wait(20)
+        assert agent.model is not None
+        agent.model.runtime = Runtime(Selection(FailingBackend(SHORT, fail_after=3)), SHORT, 0)
+        info = collect(sub, lambda t, p, r: t.endswith("/info") and p["accelerator"] == "cpu" and not r, 10)[1]
+        assert info["boot_id"] == agent.boot_id
+        h = collect(sub, lambda t, p, r: t.endswith("/health"), 10)[1]
+        assert h["accelerator"]["fallbacks"][0]["from"] == "gpu"
+        assert "running on CPU fallback" in h["problems"]
+        before = agent.infer_stats.count
+        wait_until(lambda: agent.infer_stats.count > before + 10, 10, what="the stream to go on")
+        assert agent.infer_stats.errors == 0
+    finally:
+        agent.shutdown(3)
+
+
+def test_demo_script_prints_predictions() -> None:
+    import subprocess
+
+    from .conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), "--seconds", "6"], capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert any(ln.startswith("edge/demo/availability online") for ln in lines)
+    preds = [ln for ln in lines if ln.startswith("#")]
+    assert len(preds) > 30 and any("face 0." in ln for ln in preds)

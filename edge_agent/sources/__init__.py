@@ -13,6 +13,7 @@ from edge_agent.sources.base import EndOfStream, Frame, Source, SourceError
 from edge_agent.sources.camera import CameraSource
 from edge_agent.sources.gstreamer import GStreamerSource
 from edge_agent.sources.images import ImageSetSource
+from edge_agent.sources.replay import ReplaySource
 from edge_agent.sources.stream import StreamSource
 from edge_agent.sources.synthetic import SyntheticSource
 from edge_agent.sources.video import VideoFileSource
@@ -28,7 +29,13 @@ SOURCES: dict[str, Callable[[str, SourceConfig], Source]] = {
     "gstreamer": lambda uri, c: GStreamerSource(uri),
     "images": lambda uri, c: ImageSetSource(uri, c.loop, c.fps),
     "synthetic": lambda uri, c: _synthetic(uri, c),
+    "replay": lambda uri, c: ReplaySource(uri, _replay_path(uri), fps=c.fps),
 }
+
+
+def _replay_path(uri: str) -> str:
+    path = uri.removeprefix("replay:")
+    return str(demo_video_path()) if path in ("", "demo") else path
 
 _SIZE = re.compile(r"^synthetic(?::(\d+)x(\d+))?$")
 
@@ -51,6 +58,8 @@ def demo_video_path() -> Path:
 def source_kind(uri: str) -> str:
     if uri.startswith("synthetic"):
         return "synthetic"
+    if uri.startswith("replay:"):
+        return "replay"
     if uri.isdigit() or uri.startswith("/dev/video"):
         return "camera"
     if re.match(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://", uri):

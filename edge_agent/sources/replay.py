@@ -1,0 +1,40 @@
+"""Frames decoded once into memory and replayed: measures the agent's own work, not decoding."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from edge_agent.sources.base import Source, SourceError
+
+
+class ReplaySource(Source):
+    kind = "replay"
+    live = False
+
+    def __init__(self, uri: str, path: str, max_frames: int = 30, fps: float | None = None):
+        super().__init__(uri)
+        self.path = path
+        self.max_frames = max_frames
+        self.nominal_fps = fps
+        self._frames: list[np.ndarray] = []
+        self._pos = -1
+
+    def open(self) -> None:
+        if self._frames:
+            return
+        cap = cv2.VideoCapture(self.path)
+        while len(self._frames) < self.max_frames:
+            ok, img = cap.read()
+            if not ok:
+                break
+            self._frames.append(img)
+        cap.release()
+        if not self._frames:
+            raise SourceError(f"no frames could be decoded from {self.path}")
+
+    def grab(self) -> None:
+        self._pos = (self._pos + 1) % len(self._frames)
+
+    def retrieve(self) -> np.ndarray:
+        return self._frames[self._pos]
