@@ -198,6 +198,24 @@ class HealthConfig(_Strict):
     )
 
 
+class OutboxConfig(_Strict):
+    enabled: bool = Field(
+        True, description="Keep results produced while the broker is away on disk and send them later."
+    )
+    max_messages: int = Field(
+        100_000, ge=10, le=10_000_000, description="Results held at most; past it, `policy` applies."
+    )
+    policy: Literal["drop_oldest", "drop_newest", "downsample"] = Field(
+        "drop_oldest", description="What gives when the outbox is full (each drop is counted in health)."
+    )
+    flush_interval_s: float = Field(
+        1.0, ge=0.05, le=60, description="Batch writes to disk at most this often (SD card wear)."
+    )
+    replay_rate: float = Field(
+        200.0, ge=1, le=100_000, description="Backlog messages per second sent after a reconnect."
+    )
+
+
 class Settings(BaseSettings):
     """The whole agent configuration."""
 
@@ -221,6 +239,7 @@ class Settings(BaseSettings):
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model and decoding.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Inference backend.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Health reporting and watchdog.")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Store-and-forward of results.")
 
     @field_validator("device_id")
     @classmethod

@@ -11,9 +11,16 @@ __all__ = ["SINKS", "Message", "Sink", "make_sink"]
 
 
 def _mqtt(settings: Settings, retained: Callable[[], list[Message]]) -> Sink:
+    from edge_agent.outbox import Outbox
     from edge_agent.sinks.mqtt import MqttSink
 
-    return MqttSink(settings.mqtt, settings.device_id, retained)
+    ob = settings.outbox
+    outbox = (
+        Outbox(settings.state_dir / "outbox.sqlite", ob.max_messages, ob.policy, ob.flush_interval_s)
+        if ob.enabled
+        else None
+    )
+    return MqttSink(settings.mqtt, settings.device_id, retained, outbox, ob.replay_rate)
 
 
 def _stdout(settings: Settings, retained: Callable[[], list[Message]]) -> Sink:

@@ -22,6 +22,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge_agent.config import MQTTConfig
+from edge_agent.outbox import Outbox
 from edge_agent.sinks.base import Message, Sink
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,12 @@ AVAILABILITY_QOS = 1
 _BATCH = 64
 #: In-flight QoS>0 messages paho may hold; mosquitto's default receive maximum is 20..65535.
 _MAX_INFLIGHT = 100
+#: Messages paho may hold beyond in-flight ones; past that, publish() refuses and we spill to the
+#: outbox instead of letting paho's own queue grow without bound on a hung connection.
+_MAX_QUEUED = 1000
 _IDLE_WAIT_S = 0.5
+#: Loop period while a backlog is being replayed (the rate limit is applied per tick).
+_REPLAY_TICK_S = 0.02
 
 
 def topic_base(cfg: MQTTConfig, device_id: str) -> str:
@@ -67,7 +73,14 @@ class _Event:
 class MqttSink(Sink):
     name = "mqtt"
 
-    def __init__(self, cfg: MQTTConfig, device_id: str, retained_state: Callable[[], list[Message]] | None = None):
+    def __init__(
+        self,
+        cfg: MQTTConfig,
+        device_id: str,
+        retained_state: Callable[[], list[Message]] | None = None,
+        outbox: Outbox | None = None,
+        replay_rate: float = 200.0,
+    ):
         self.cfg = cfg
         self.base = topic_base(cfg, device_id)
         self.availability_topic = f"{self.base}/availability"
@@ -76,12 +89,18 @@ class MqttSink(Sink):
         self._q: queue.Queue[Message] = queue.Queue(maxsize=cfg.queue_size)
         self._latest: dict[str, Message] = {}
         self._latest_lock = threading.Lock()
-        self._retry: deque[Message] = deque()
+        self.outbox = outbox
+        self.replay_rate = replay_rate
+        self._replay_budget = 0.0
+        self._replay_clock = time.monotonic()
+        self._replay_after = 0  # outbox id cursor: rows above it are not yet sent this connection
+        self._replay_inflight: deque[tuple[int, Any]] = deque()
+        self.replayed = 0
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._connected = threading.Event()
-        self._inflight: deque[Any] = deque()
+        self._inflight: deque[tuple[Any, Message]] = deque()
         self.state = "disconnected"
         self.drops: Counter[str] = Counter()
         self.sent = 0
@@ -92,6 +111,7 @@ class MqttSink(Sink):
         self._client = _make_client(cfg, self.client_id)
         self._client.will_set(self.availability_topic, OFFLINE, qos=AVAILABILITY_QOS, retain=True)
         self._client.max_inflight_messages_set(_MAX_INFLIGHT)
+        self._client.max_queued_messages_set(_MAX_QUEUED)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
 
@@ -133,7 +153,7 @@ class MqttSink(Sink):
         self._wake.set()
 
     def queue_depth(self) -> int:
-        return self._q.qsize() + len(self._retry)
+        return self._q.qsize()
 
     def is_connected(self) -> bool:
         return self._connected.is_set()
@@ -149,7 +169,8 @@ class MqttSink(Sink):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._prune_inflight()
-            if self.queue_depth() == 0 and not self._latest and not self._inflight:
+            backlog = self.outbox.depth() if self.outbox is not None else 0
+            if self.queue_depth() == 0 and not self._latest and not self._inflight and backlog == 0:
                 return True
             if not self._connected.is_set():
                 return False
@@ -173,7 +194,11 @@ class MqttSink(Sink):
         self._client.disconnect()
         self._client.loop_stop()
         self.state = "closed"
-        if not flushed and self.queue_depth():
+        if self.outbox is not None:  # whatever did not reach the broker waits on disk for the next start
+            self._spill([m for info, m in self._inflight if not info.is_published()])
+            self._spill(self._drain_queue())
+            self.outbox.close()
+        elif not flushed and self.queue_depth():
             self.drops["shutdown"] += self.queue_depth()
 
     def stats(self) -> dict[str, object]:
@@ -185,24 +210,50 @@ class MqttSink(Sink):
             "queue_depth": self.queue_depth(),
             "queue_size": self.cfg.queue_size,
             "sent": self.sent,
+            "replayed": self.replayed,
             "drops": dict(self.drops),
             "last_error": self.last_error,
+            "outbox": self.outbox.stats() if self.outbox is not None else None,
         }
 
     # --- publisher thread ----------------------------------------------------------------------
     def _run(self) -> None:
+        replaying = False
         while not self._stop.is_set():
-            self._wake.wait(_IDLE_WAIT_S)
+            self._wake.wait(_REPLAY_TICK_S if replaying else _IDLE_WAIT_S)
             self._wake.clear()
             self.heartbeat = time.monotonic()
+            replaying = False
             try:
                 self._handle_events()
                 if self._connected.is_set():
                     self._publish_some()
+                    replaying = self._replay_some()
+                elif self.outbox is not None:  # without one, the bounded queue holds what it can
+                    self._spill(self._drain_queue())
+                if self.outbox is not None:
+                    self.outbox.maybe_commit()
             except Exception as err:  # loop boundary: log, count, keep publishing
                 self.last_error = f"{type(err).__name__}: {err}"
                 self.drops["error"] += 1
                 log.exception("mqtt publisher error")
+
+    def _drain_queue(self) -> list[Message]:
+        out = []
+        while True:
+            try:
+                out.append(self._q.get_nowait())
+            except queue.Empty:
+                return out
+
+    def _spill(self, msgs: list[Message]) -> None:
+        """Messages that cannot go out now: to the outbox, or counted as lost without one."""
+        if not msgs:
+            return
+        if self.outbox is None:
+            self.drops["broker_down"] += len(msgs)
+            return
+        self.outbox.put_many(msgs)
 
     def _handle_events(self) -> None:
         while True:
@@ -215,6 +266,8 @@ class MqttSink(Sink):
                 self.state = "connected"
                 log.info("mqtt connected to %s:%s", self.cfg.host, self.cfg.port)
                 self._publish_birth()
+                self._replay_after = 0
+                self._replay_inflight.clear()
                 self._connected.set()
             elif ev.kind == "refused":
                 if self.state != "refused":  # paho retries with backoff; say it once
@@ -229,6 +282,11 @@ class MqttSink(Sink):
                     self.state = "disconnected"
                     self.last_error = f"disconnected: {ev.detail}"
                 self._connected.clear()
+                # unacknowledged QoS>0 messages may be lost with the connection: keep a copy
+                # (paho may resend them too; consumers drop duplicates by boot_id + seq)
+                self._spill([m for info, m in self._inflight if not info.is_published()])
+                self._inflight.clear()
+                self._replay_inflight.clear()
 
     def _publish_birth(self) -> None:
         self._client.publish(self.availability_topic, ONLINE, qos=AVAILABILITY_QOS, retain=True)
@@ -236,36 +294,73 @@ class MqttSink(Sink):
             self._client.publish(m.topic, m.payload, qos=m.qos, retain=True)
 
     def _prune_inflight(self) -> None:
-        while self._inflight and self._inflight[0].is_published():
+        while self._inflight and self._inflight[0][0].is_published():
             self._inflight.popleft()
+        done = []
+        while self._replay_inflight and self._replay_inflight[0][1].is_published():
+            done.append(self._replay_inflight.popleft()[0])
+        if done and self.outbox is not None:
+            self.outbox.ack(done)
+
+    def _send(self, m: Message) -> bool:
+        info = self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                self._connected.clear()
+            return False
+        self.sent += 1
+        if m.qos:
+            self._inflight.append((info, m))
+        return True
 
     def _publish_some(self) -> None:
         with self._latest_lock:
             latest, self._latest = self._latest, {}
-        pending = list(latest.values())
+        for m in latest.values():  # health: best effort, never stored
+            if not self._send(m):
+                self.drops["health_unsent"] += 1
+        pending = []
         for _ in range(_BATCH):
-            if self._retry:
-                pending.append(self._retry.popleft())
-                continue
             try:
                 pending.append(self._q.get_nowait())
             except queue.Empty:
                 break
         for i, m in enumerate(pending):
-            info = self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
-            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self.sent += 1
-                if m.qos:
-                    self._inflight.append(info)
-                continue
-            # not connected any more, or paho's own queue is full: keep order, try after reconnect
-            self._retry.extendleft(reversed(pending[i:]))
-            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
-                self._connected.clear()
-            break
+            if not self._send(m):
+                # not connected any more, or paho's queue is full (a hung link): keep them on disk
+                self._spill(pending[i:])
+                break
         self._prune_inflight()
-        if self._q.qsize() or self._retry:
+        if self._q.qsize():
             self._wake.set()
+
+    def _replay_some(self) -> bool:
+        """The backlog, oldest first, at `replay_rate` messages/s beside the live traffic.
+
+        True while there may be more to send (the loop then comes round sooner)."""
+        if self.outbox is None:
+            return False
+        now = time.monotonic()
+        self._replay_budget = min(self.replay_rate, self._replay_budget + (now - self._replay_clock) * self.replay_rate)
+        self._replay_clock = now
+        n = int(self._replay_budget)
+        if n < 1 or len(self._replay_inflight) >= _MAX_INFLIGHT:
+            return bool(self._replay_inflight) or self._replay_after > 0 or n < 1
+        rows = self.outbox.peek(min(n, _BATCH), self._replay_after)
+        sent_qos0 = []
+        for row_id, m in rows:
+            info = self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            self._replay_after = row_id
+            self._replay_budget -= 1
+            self.replayed += 1
+            if m.qos:
+                self._replay_inflight.append((row_id, info))
+            else:
+                sent_qos0.append(row_id)
+        self.outbox.ack(sent_qos0)
+        return bool(rows) or bool(self._replay_inflight)
 
 
 class Subscriber:

@@ -37,6 +37,7 @@ def _replay_path(uri: str) -> str:
     path = uri.removeprefix("replay:")
     return str(demo_video_path()) if path in ("", "demo") else path
 
+
 _SIZE = re.compile(r"^synthetic(?::(\d+)x(\d+))?$")
 
 

@@ -1,0 +1,234 @@
+"""Store-and-forward: results produced while the broker is away wait here, oldest first.
+
+SQLite in WAL mode with synchronous=FULL, written in batches (at most once per
+`flush_interval_s`), so an SD card is not written per frame and a committed batch survives a
+power cut. Where the state directory is unusable (read-only, disk full) the outbox degrades
+to a bounded in-memory queue and counts what that costs. Used from one thread only: the MQTT
+publisher's.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+from edge_agent.sinks.base import Message
+
+log = logging.getLogger(__name__)
+
+Policy = Literal["drop_oldest", "drop_newest", "downsample"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+
+class Outbox:
+    def __init__(self, path: Path | None, max_messages: int, policy: Policy, flush_interval_s: float):
+        self.path = path
+        self.max_messages = max_messages
+        self.policy = policy
+        self.flush_interval_s = flush_interval_s
+        self.drops: Counter[str] = Counter()
+        self.last_error: str | None = None
+        self._pending: list[Message] = []
+        self._pending_since: float | None = None
+        self._mem: deque[tuple[int, Message]] = deque()
+        self._next_mem_id = 1
+        self._db: sqlite3.Connection | None = None
+        self.stored = 0  # messages ever accepted
+        if path is not None:
+            self._open(path)
+
+    # --- storage ---------------------------------------------------------------------------
+    def _open(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=5)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(_SCHEMA)
+            self._db = db
+        except (sqlite3.Error, OSError) as err:
+            self._degrade(f"outbox {path} unusable ({err}); holding results in memory")
+
+    def _degrade(self, why: str) -> None:
+        log.error("%s", why)
+        self.last_error = why
+        if self._db is not None:
+            try:
+                rows = self._db.execute("SELECT id, topic, payload, qos, retain FROM outbox ORDER BY id").fetchall()
+                for _, topic, payload, qos, retain in rows:
+                    self._mem_append(Message(topic, bytes(payload), int(qos), bool(retain)))
+            except sqlite3.Error:
+                pass
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+        self._db = None
+
+    @property
+    def mode(self) -> str:
+        return "disk" if self._db is not None else "memory"
+
+    def _mem_append(self, m: Message) -> None:
+        self._mem.append((self._next_mem_id, m))
+        self._next_mem_id += 1
+
+    # --- API -------------------------------------------------------------------------------
+    def put(self, msg: Message) -> None:
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
+        self._pending.append(msg)
+        self.stored += 1
+        if len(self._pending) >= self.max_messages:
+            self.commit()
+
+    def put_many(self, msgs: Iterable[Message]) -> None:
+        for m in msgs:
+            self.put(m)
+
+    def maybe_commit(self) -> None:
+        if self._pending_since is not None and time.monotonic() - self._pending_since >= self.flush_interval_s:
+            self.commit()
+
+    def commit(self) -> None:
+        """Write the pending batch in one transaction, then enforce the bound."""
+        batch, self._pending, self._pending_since = self._pending, [], None
+        if not batch:
+            return
+        if self._db is not None:
+            try:
+                now = time.time()
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT INTO outbox (topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?)",
+                    [(m.topic, m.payload, m.qos, int(m.retain), now) for m in batch],
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.Error as err:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                self._degrade(f"outbox write failed ({err}); holding results in memory")
+        if self._db is None:
+            for m in batch:
+                self._mem_append(m)
+        self._enforce_bound()
+
+    def _enforce_bound(self) -> None:
+        excess = self.depth() - self.max_messages
+        if excess <= 0:
+            return
+        if self.policy == "drop_newest":
+            self._delete_newest(excess)
+            self.drops["outbox_full_newest"] += excess
+        elif self.policy == "downsample":
+            self.drops["outbox_downsampled"] += self._thin(excess)
+        else:
+            self._delete_oldest(excess)
+            self.drops["outbox_full_oldest"] += excess
+
+    def _delete_oldest(self, n: int) -> None:
+        if self._db is not None:
+            self._db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (n,))
+        else:
+            for _ in range(min(n, len(self._mem))):
+                self._mem.popleft()
+
+    def _delete_newest(self, n: int) -> None:
+        if self._db is not None:
+            self._db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id DESC LIMIT ?)", (n,))
+        else:
+            for _ in range(min(n, len(self._mem))):
+                self._mem.pop()
+
+    def _thin(self, excess: int) -> int:
+        """Drop every other message from the oldest part until under the bound: keeps the whole span."""
+        ids = [i for i, _ in self.peek(2 * excess)]
+        doomed = ids[1::2][:excess] or ids[:excess]
+        if self._db is not None:
+            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in doomed])
+        else:
+            gone = set(doomed)
+            self._mem = deque((i, m) for i, m in self._mem if i not in gone)
+        return len(doomed)
+
+    def peek(self, n: int, after_id: int = 0) -> list[tuple[int, Message]]:
+        """The n oldest stored messages with ids above after_id (pending ones are committed first)."""
+        if self._pending:
+            self.commit()
+        if self._db is not None:
+            try:
+                rows = self._db.execute(
+                    "SELECT id, topic, payload, qos, retain FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, n)
+                ).fetchall()
+                return [(int(i), Message(t, bytes(p), int(q), bool(r))) for i, t, p, q, r in rows]
+            except sqlite3.Error as err:
+                self._degrade(f"outbox read failed ({err}); holding results in memory")
+        return [(i, m) for i, m in self._mem if i > after_id][:n]
+
+    def ack(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        if self._db is not None:
+            try:
+                self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+                return
+            except sqlite3.Error as err:
+                self._degrade(f"outbox delete failed ({err}); holding results in memory")
+        gone = set(ids)
+        self._mem = deque((i, m) for i, m in self._mem if i not in gone)
+
+    def depth(self) -> int:
+        n = len(self._pending)
+        if self._db is not None:
+            try:
+                return n + int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            except sqlite3.Error:
+                return n
+        return n + len(self._mem)
+
+    def oldest_age_s(self) -> float | None:
+        if self._db is not None:
+            try:
+                row = self._db.execute("SELECT MIN(created) FROM outbox").fetchone()
+                if row and row[0] is not None:
+                    return round(time.time() - float(row[0]), 1)
+            except sqlite3.Error:
+                return None
+        return None
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "mode": self.mode,
+            "depth": self.depth(),
+            "max": self.max_messages,
+            "policy": self.policy,
+            "oldest_age_s": self.oldest_age_s(),
+            "drops": dict(self.drops),
+            "last_error": self.last_error,
+        }
+
+    def close(self) -> None:
+        self.commit()
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
