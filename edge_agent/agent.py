@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -17,6 +18,7 @@ from edge_agent.config import Settings
 from edge_agent.handoff import LatestSlot
 from edge_agent.model import Model
 from edge_agent.payload import dumps, prediction
+from edge_agent.postprocess.decoders import DecodeOptions
 from edge_agent.sdnotify import Notifier
 from edge_agent.sinks import Message, Sink, make_sink
 from edge_agent.sources import Frame, make_source
@@ -26,11 +28,31 @@ from edge_agent.system import ProcessStats, cpu_temperature_c, disk_free_mb, thr
 log = logging.getLogger(__name__)
 
 _TAKE_TIMEOUT_S = 0.25
+_MAIN_TICK_S = 0.5
+#: Settings a running agent takes on SIGHUP without touching its broker connection or model.
+_LIVE_SECTIONS = ("health", "source")
+_LIVE_KEYS = ("log_level", "model.score_threshold", "model.iou_threshold", "model.top_k", "model.max_detections")
+
+
+def _changed(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in a.keys() | b.keys():
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.extend(_changed(va, vb, f"{prefix}{k}."))
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
 
 
 class Agent:
-    def __init__(self, settings: Settings, sink: str = "mqtt", notifier: Notifier | None = None):
+    def __init__(self, settings: Settings, sink: str = "mqtt", notifier: Notifier | None = None,
+                 reload: Callable[[], Settings] | None = None):
         self.settings = settings
+        self.reloader = reload
+        self.reload_requested = threading.Event()
+        self.reloads = 0
+        self.restart_needed: list[str] = []
         self.sink_kind = sink
         self.notifier = notifier or Notifier()
         self.boot_id = uuid.uuid4().hex
@@ -87,9 +109,20 @@ class Agent:
             log.info("signal %s: stopping", signal.Signals(signum).name)
             self.stop.set()
 
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            self.reload_requested.set()
+
         old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
+        deadline = None if seconds is None else time.monotonic() + seconds
         try:
-            self.stop.wait(seconds)
+            while not self.stop.is_set():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                if self.reload_requested.wait(_MAIN_TICK_S if left is None else min(_MAIN_TICK_S, left)):
+                    self.reload_requested.clear()
+                    self.reload()
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
@@ -111,6 +144,38 @@ class Agent:
             self.model.close()
         self.notifier.close()
         log.info("stopped")
+
+    # --- reload (SIGHUP) ----------------------------------------------------------------------
+    def reload(self) -> list[str]:
+        """Re-read the configuration; apply what can change live, report what needs a restart."""
+        if self.reloader is None:
+            return []
+        from edge_agent.config import ConfigError
+
+        try:
+            new = self.reloader()
+        except ConfigError as err:
+            log.error("reload rejected, keeping the running configuration: %s", err)
+            self.infer_stats.error(f"reload rejected: {err}")
+            return []
+        old = self.settings.model_dump()
+        changed = sorted(_changed(old, new.model_dump()))
+        live = [k for k in changed if k.split(".")[0] in _LIVE_SECTIONS or k in _LIVE_KEYS]
+        self.restart_needed = [k for k in changed if k not in live]
+        self.settings = new
+        if self.model is not None:
+            m = new.model
+            self.model.decoder.opts = DecodeOptions(m.score_threshold, m.iou_threshold, m.top_k, m.max_detections)
+        if self.capture is not None and any(k.startswith("source.") for k in live):
+            self.capture.cfg = new.source
+            if any(k in ("source.uri", "source.width", "source.height", "source.loop") for k in live):
+                self.capture.restart()
+        logging.getLogger("edge_agent").setLevel(new.log_level)
+        self.reloads += 1
+        log.info("configuration reloaded; applied %s", ", ".join(live) or "nothing")
+        if self.restart_needed:
+            log.warning("changed settings that need a restart: %s", ", ".join(self.restart_needed))
+        return live
 
     # --- stages ----------------------------------------------------------------------------
     def _inference_loop(self) -> None:
@@ -269,6 +334,7 @@ class Agent:
             },
             "broker": sink_stats,
             "inference_errors": self.infer_stats.errors,
+            "config": {"reloads": self.reloads, "restart_needed": self.restart_needed},
             "last_error": max(errors)[1] if errors else None,
             "first_prediction_s": round(self.first_publish_s, 3) if self.first_publish_s is not None else None,
         }

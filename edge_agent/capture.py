@@ -61,6 +61,10 @@ class Capture:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
 
+    def restart(self) -> None:
+        """Reopen the source with the current settings (a new reader; the old one winds down)."""
+        self._spawn_reader()
+
     def _spawn_reader(self) -> None:
         self._gen += 1
         self._last_read = time.monotonic()

@@ -102,7 +102,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     _logging(settings.log_level)
-    agent = Agent(settings, sink=args.sink)
+
+    def reload() -> Any:
+        from edge_agent.config import load_settings
+
+        return load_settings(args.config, _overrides(args))
+
+    agent = Agent(settings, sink=args.sink, reload=reload)
     try:
         agent.start()
     except ModelError as err:

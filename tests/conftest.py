@@ -71,20 +71,25 @@ def _listening(port: int) -> bool:
 class Broker:
     """A real mosquitto on a free loopback port; can be stopped, restarted, paused."""
 
-    def __init__(self, workdir: Path, conf_extra: str = "", port: int | None = None):
+    def __init__(self, workdir: Path, conf_extra: str = "", port: int | None = None, persistence: bool = False):
         self.workdir = workdir
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.conf = workdir / f"mosquitto-{self.port}.conf"
         self.log = workdir / f"mosquitto-{self.port}.log"
         self.conf_extra = conf_extra
+        self.persistence = persistence
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Broker:
         body = self.conf_extra or f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
         # started as root, mosquitto switches to its own user, which cannot read the test's files
         user = "user root\n" if os.geteuid() == 0 else ""
-        self.conf.write_text(user + body + "persistence false\n")
+        if self.persistence:  # sessions and queued messages survive a restart, as on a real broker
+            store = f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n"
+        else:
+            store = "persistence false\n"
+        self.conf.write_text(user + body + store)
         self.proc = subprocess.Popen(
             [mosquitto_bin(), "-c", str(self.conf)], stdout=self.log.open("ab"), stderr=subprocess.STDOUT
         )

@@ -47,9 +47,10 @@ def topic_base(cfg: MQTTConfig, device_id: str) -> str:
     return f"{cfg.topic_prefix}/{device_id}"
 
 
-def _make_client(cfg: MQTTConfig, client_id: str) -> paho.Client:
+def _make_client(cfg: MQTTConfig, client_id: str, persistent: bool = False) -> paho.Client:
     proto = paho.MQTTv5 if cfg.protocol == "5" else paho.MQTTv311
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
+    session = {"clean_session": not persistent} if proto == paho.MQTTv311 else {}
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto, **session)
     if cfg.username is not None:
         client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
     if cfg.tls.ca_file is not None:
@@ -366,12 +367,13 @@ class MqttSink(Sink):
 class Subscriber:
     """A plain subscriber for `edge-agent listen` and the tests: callbacks enqueue, callers read."""
 
-    def __init__(self, cfg: MQTTConfig, topics: list[str], client_id: str | None = None):
+    def __init__(self, cfg: MQTTConfig, topics: list[str], client_id: str | None = None, persistent: bool = False):
+        """persistent: a session the broker keeps (and queues QoS 1 for) while this client is away."""
         self.cfg = cfg
         self.topics = topics
         self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self.subscribed = threading.Event()
-        self._client = _make_client(cfg, client_id or f"edge-agent-listen-{time.monotonic_ns()}")
+        self._client = _make_client(cfg, client_id or f"edge-agent-listen-{time.monotonic_ns()}", persistent)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message

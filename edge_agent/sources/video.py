@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import time
 
 import cv2
 
 from edge_agent.sources.base import SourceError
 from edge_agent.sources.opencv import OpenCVSource
+
+#: An open file keeps playing after it is deleted; look at the path this often.
+_EXISTS_CHECK_S = 1.0
 
 
 class VideoFileSource(OpenCVSource):
@@ -20,3 +24,12 @@ class VideoFileSource(OpenCVSource):
         if not os.path.isfile(self.uri):
             raise SourceError(f"video file {self.uri} not found")
         super().open()
+        self._checked = time.monotonic()
+
+    def grab(self) -> None:
+        now = time.monotonic()
+        if now - self._checked > _EXISTS_CHECK_S:
+            self._checked = now
+            if not os.path.isfile(self.uri):
+                raise SourceError(f"video file {self.uri} removed")
+        super().grab()

@@ -1,0 +1,213 @@
+"""Faults injected into a running agent: broker outages, kills, hangs, a vanishing source, signals."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from edge_agent.sinks.mqtt import Subscriber
+
+from .conftest import DEMO_VIDEO, SHORT, Broker, collect, wait_until
+
+STREAM = ["run", "--source", "synthetic", "--fps", "30", "--model", str(SHORT)]
+
+
+def fast_env(broker: Broker, **extra: str) -> dict[str, str]:
+    return {**broker.env(), "EDGE_AGENT_MQTT__KEEPALIVE_S": "5", "EDGE_AGENT_MQTT__RECONNECT_MAX_S": "1",
+            "EDGE_AGENT_OUTBOX__FLUSH_INTERVAL_S": "0.2", "EDGE_AGENT_OUTBOX__REPLAY_RATE": "1000",
+            "EDGE_AGENT_HEALTH__INTERVAL_S": "1", **extra}
+
+
+class Recorder:
+    """Collects every prediction (and health) with its arrival time, through broker restarts."""
+
+    def __init__(self, broker: Broker, device: str):
+        self.sub = Subscriber(broker.mqtt(keepalive_s=5, reconnect_max_s=1),
+                              [f"edge/{device}/predictions", f"edge/{device}/health"],
+                              client_id=f"recorder-{device}", persistent=True)
+        self.preds: list[tuple[float, dict[str, Any]]] = []
+        self.health: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        assert self.sub.start(10)
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            m = self.sub.get(0.1)
+            if m is None:
+                continue
+            doc = orjson.loads(m[1])
+            if m[0].endswith("/predictions"):
+                self.preds.append((time.time(), doc))
+            else:
+                self.health.append(doc)
+
+    def seqs(self, boot: str | None = None) -> list[int]:
+        return [d["seq"] for _, d in list(self.preds) if boot is None or d["boot_id"] == boot]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(2)
+        self.sub.stop()
+
+
+@pytest.fixture
+def pbroker(tmp_path: Path) -> Any:
+    b = Broker(tmp_path, persistence=True).start()
+    yield b
+    b.stop()
+
+
+def test_30s_broker_outage_loses_nothing(pbroker: Broker, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    rec = Recorder(pbroker, "out30")
+    try:
+        agent_factory([*STREAM, "--device-id", "out30"], env=fast_env(pbroker))
+        wait_until(lambda: len(rec.preds) >= 60, 30, what="the stream to start")
+        boot = rec.preds[0][1]["boot_id"]
+        pbroker.stop()
+        threading.Event().wait(30)  # the outage itself: 30 s at 30 results/s
+        pbroker.start()
+        wall_up = time.time()
+        live = wait_until(lambda: next((t for t, d in list(rec.preds) if d["ts"] > wall_up), None), 15,
+                          what="live predictions after the outage")
+        assert live - wall_up < 5.0
+        produced_by = wall_up + 2
+
+        def complete() -> bool:
+            got = set(rec.seqs(boot))
+            top = max(d["seq"] for _, d in list(rec.preds) if d["ts"] < produced_by)
+            return got >= set(range(1, top + 1))
+
+        wait_until(complete, 30, what="the backlog to be delivered")
+        seqs = rec.seqs(boot)
+        unique = sorted(set(seqs))
+        assert unique == list(range(1, unique[-1] + 1))  # every seq exactly once after dedupe
+        assert len(unique) > 30 * 30 * 0.9  # the outage's results are there
+        # replayed results arrive long after capture; among them, the oldest came first
+        replayed = [d["seq"] for t, d in rec.preds if t - d["ts"] > 1.0]
+        deduped = list(dict.fromkeys(replayed))
+        assert len(deduped) > 800 and deduped == sorted(deduped)
+    finally:
+        rec.close()
+
+
+def test_sigkill_while_broker_down_then_restart_delivers_the_buffer(pbroker: Broker, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    rec = Recorder(pbroker, "kill9")
+    try:
+        a = agent_factory([*STREAM, "--device-id", "kill9"], env=fast_env(pbroker), name="a")
+        wait_until(lambda: len(rec.preds) >= 30, 30, what="the stream to start")
+        boot_a = rec.preds[0][1]["boot_id"]
+        last_seen = max(rec.seqs(boot_a))
+        pbroker.stop()
+        threading.Event().wait(3)  # three seconds of results go to the outbox
+        a.signal(signal.SIGKILL)
+        a.wait(5)
+        agent_factory([*STREAM, "--device-id", "kill9"], env=fast_env(pbroker), name="b")
+        threading.Event().wait(2)  # the new agent starts before the broker is back
+        pbroker.start()
+
+        def delivered() -> bool:
+            s = set(rec.seqs(boot_a))
+            return bool(s) and max(s) >= last_seen + 45 and s == set(range(1, max(s) + 1))
+
+        wait_until(delivered, 30, what="the killed agent's buffered results")
+        boots = {d["boot_id"] for _, d in rec.preds}
+        assert len(boots) == 2  # and the new agent's own results flow too
+    finally:
+        rec.close()
+
+
+def test_paused_broker_is_an_outage_and_memory_stays_bounded(pbroker: Broker, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    rec = Recorder(pbroker, "stop")
+    try:
+        agent_factory([*STREAM, "--device-id", "stop"], env=fast_env(pbroker, EDGE_AGENT_MQTT__QUEUE_SIZE="200"))
+        wait_until(lambda: any(h["frames"]["inferred"] > 30 for h in rec.health), 30, what="health")
+        rss_before = rec.health[-1]["process"]["rss_mb"]
+        assert pbroker.proc is not None
+        pbroker.proc.send_signal(signal.SIGSTOP)  # the TCP connection stays open; nothing answers
+        threading.Event().wait(15)  # keepalive 5 s: the agent must call it an outage by now
+        pbroker.proc.send_signal(signal.SIGCONT)
+        h = wait_until(lambda: next((h for h in reversed(rec.health) if h["broker"]["connects"] >= 2), None), 30,
+                       what="a health message after the reconnect")
+        assert h["broker"]["outbox"]["mode"] == "disk"
+        assert h["process"]["rss_mb"] - rss_before < 30
+        boot = rec.preds[0][1]["boot_id"]
+        wait_until(lambda: (s := set(rec.seqs(boot))) and s == set(range(1, max(s) + 1))
+                   and max(s) > 30 * 15, 30, what="everything produced during the hang")
+    finally:
+        rec.close()
+
+
+def test_source_file_removed_and_restored(broker: Broker, subscriber_factory, agent_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    clip = tmp_path / "clip.avi"
+    shutil.copy(DEMO_VIDEO, clip)
+    sub = subscriber_factory(["edge/vanish/health"])
+    agent_factory(["run", "--device-id", "vanish", "--source", str(clip), "--model", str(SHORT)],
+                  env={**broker.env(), "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5",
+                       "EDGE_AGENT_SOURCE__REOPEN_MAX_S": "1"})
+    collect(sub, lambda t, p, r: p["status"] == "ok" and p["frames"]["captured"] > 5, 20)
+    hidden = tmp_path / "elsewhere.avi"
+    clip.rename(hidden)
+    t0 = time.monotonic()
+    h = collect(sub, lambda t, p, r: p["status"] == "degraded", 10)[1]
+    assert time.monotonic() - t0 < 5
+    assert "source reconnecting" in h["problems"] and "removed" in (h["last_error"] or "")
+    hidden.rename(clip)
+    h2 = collect(sub, lambda t, p, r: p["source"]["state"] == "running" and p["status"] == "ok", 10)[1]
+    assert h2["source"]["reopens"] < 15  # backoff, no storm
+
+
+def test_sigterm_during_outage_exits_0_and_keeps_results(pbroker: Broker, agent_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rec = Recorder(pbroker, "term")
+    try:
+        a = agent_factory([*STREAM, "--device-id", "term"], env=fast_env(pbroker), name="a")
+        wait_until(lambda: len(rec.preds) >= 30, 30, what="the stream to start")
+        boot_a = rec.preds[0][1]["boot_id"]
+        pbroker.stop()
+        threading.Event().wait(2)
+        t0 = time.monotonic()
+        a.signal(signal.SIGTERM)
+        assert a.wait(15) == 0 and time.monotonic() - t0 < 10
+        assert "first prediction" in a.log()
+        pbroker.start()
+        agent_factory([*STREAM, "--device-id", "term"], env=fast_env(pbroker), name="b")
+
+        def delivered() -> bool:
+            s = set(rec.seqs(boot_a))
+            return bool(s) and max(s) >= 80 and s == set(range(1, max(s) + 1))
+
+        wait_until(delivered, 30, what="the results held at shutdown")
+    finally:
+        rec.close()
+
+
+def test_sighup_applies_thresholds_without_reconnecting(broker: Broker, subscriber_factory, agent_factory,  # type: ignore[no-untyped-def]
+                                                        tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.toml"
+    body = ('device_id = "hup"\n[mqtt]\nhost = "{h}"\nport = {p}\n[source]\nuri = "{v}"\n[model]\npath = "{m}"\n'
+            'score_threshold = {t}\n[health]\ninterval_s = {i}\n')
+    cfg.write_text(body.format(h=broker.host, p=broker.port, v=DEMO_VIDEO, m=SHORT, t=0.5, i=1))
+    sub = subscriber_factory(["edge/hup/predictions", "edge/hup/health"])
+    a = agent_factory(["run", "--config", str(cfg)])
+    collect(sub, lambda t, p, r: t.endswith("/predictions") and p["detections"], 20)
+    cfg.write_text(body.format(h=broker.host, p=broker.port, v=DEMO_VIDEO, m=SHORT, t=0.999, i=0.5)
+                   + "[mqtt.tls]\ninsecure = true\n")
+    a.signal(signal.SIGHUP)
+    h = collect(sub, lambda t, p, r: t.endswith("/health") and p["config"]["reloads"] == 1, 10)[1]
+    assert h["config"]["restart_needed"] == ["mqtt.tls.insecure"]
+    assert h["broker"]["connects"] == 1  # the connection was never dropped
+    after = [collect(sub, lambda t, p, r: t.endswith("/predictions"), 5)[1] for _ in range(30)]
+    assert all(not d["detections"] for d in after[5:])  # nothing reaches 0.999
+    assert len({d["boot_id"] for d in after}) == 1
+    cfg.write_text("[mqtt\n")  # a broken file is refused; the agent keeps running
+    a.signal(signal.SIGHUP)
+    collect(sub, lambda t, p, r: t.endswith("/health") and "reload rejected" in (p["last_error"] or ""), 10)
+    assert a.proc.poll() is None

@@ -1,0 +1,94 @@
+"""The outbox on its own: order, persistence, bounds and policies, degrading when the disk fails."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edge_agent.outbox import Outbox
+from edge_agent.sinks.base import Message
+
+
+def msgs(n: int, start: int = 0) -> list[Message]:
+    return [Message("edge/d/predictions", str(i).encode(), 1) for i in range(start, start + n)]
+
+
+def payloads(rows: list[tuple[int, Message]]) -> list[int]:
+    return [int(m.payload) for _, m in rows]
+
+
+def test_order_persistence_and_ack(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", 1000, "drop_oldest", 60)
+    ob.put_many(msgs(10))
+    assert ob.depth() == 10
+    ob.close()  # commits the pending batch
+    again = Outbox(tmp_path / "o.sqlite", 1000, "drop_oldest", 60)
+    rows = again.peek(4)
+    assert payloads(rows) == [0, 1, 2, 3] and again.mode == "disk"
+    assert payloads(again.peek(3, after_id=rows[-1][0])) == [4, 5, 6]
+    again.ack([i for i, _ in rows])
+    assert payloads(again.peek(100)) == [4, 5, 6, 7, 8, 9]
+
+
+def test_batched_commits(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", 1000, "drop_oldest", 3600)
+    ob.put_many(msgs(5))
+    ob.maybe_commit()  # interval not reached: nothing written yet
+    raw = sqlite3.connect(str(tmp_path / "o.sqlite"))
+    assert raw.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+    ob.commit()
+    assert raw.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 5
+
+
+@pytest.mark.parametrize(
+    ("policy", "kept", "reason"),
+    [
+        ("drop_oldest", list(range(10, 20)), "outbox_full_oldest"),
+        ("drop_newest", list(range(10)), "outbox_full_newest"),
+    ],
+)
+def test_full_policies(tmp_path: Path, policy: str, kept: list[int], reason: str) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", 10, policy, 60)  # type: ignore[arg-type]
+    ob.put_many(msgs(20))
+    ob.commit()
+    assert payloads(ob.peek(100)) == kept and ob.drops[reason] == 10
+
+
+def test_downsample_keeps_the_span(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", 10, "downsample", 60)
+    ob.put_many(msgs(14))
+    ob.commit()
+    left = payloads(ob.peek(100))
+    assert len(left) == 10 and left[0] == 0 and left[-1] == 13 and ob.drops["outbox_downsampled"] == 4
+
+
+@pytest.mark.parametrize("where", ["file_parent", "proc"])
+def test_unusable_state_directory_degrades_to_memory(tmp_path: Path, where: str) -> None:
+    if where == "file_parent":
+        blocker = tmp_path / "not_a_dir"
+        blocker.write_text("x")
+        path = blocker / "outbox.sqlite"
+    else:
+        path = Path("/proc/edge-agent-test/outbox.sqlite")  # a read-only file system
+    ob = Outbox(path, 5, "drop_oldest", 60)
+    assert ob.mode == "memory" and "unusable" in (ob.last_error or "")
+    ob.put_many(msgs(8))
+    ob.commit()
+    assert payloads(ob.peek(100)) == [3, 4, 5, 6, 7] and ob.drops["outbox_full_oldest"] == 3
+
+
+def test_disk_full_mid_run_keeps_results_in_memory(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", 100_000, "drop_oldest", 60)
+    ob.put_many(msgs(3))
+    ob.commit()
+    assert ob._db is not None
+    # SQLite's page cap raises the very error a full disk does (SQLITE_FULL)
+    pages = ob._db.execute("PRAGMA page_count").fetchone()[0]
+    ob._db.execute(f"PRAGMA max_page_count = {pages}")
+    ob.put_many([Message("t", b"x" * 50_000, 1) for _ in range(20)])
+    ob.commit()
+    assert ob.mode == "memory" and "full" in (ob.last_error or "")
+    assert ob.depth() == 23  # what was on disk came along
+    assert payloads(ob.peek(3)) == [0, 1, 2]
