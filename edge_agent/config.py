@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -58,6 +58,11 @@ class MQTTConfig(_Strict):
     )
     username: str | None = Field(None, max_length=256, description="Broker user name.")
     password: SecretStr | None = Field(None, description="Broker password; never logged or printed.")
+    password_file: Path | None = Field(
+        None,
+        description="File holding the broker password (default: $CREDENTIALS_DIRECTORY/mqtt_password when "
+        "systemd's LoadCredential provides it).",
+    )
     tls: TLSConfig = Field(default_factory=TLSConfig, description="TLS settings; TLS is on when tls.ca_file is set.")
     qos: int = Field(1, ge=0, le=2, description="QoS of predictions (availability always uses 1).")
     protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version.")
@@ -73,6 +78,20 @@ class MQTTConfig(_Strict):
     )
     reconnect_min_s: float = Field(0.5, ge=0.05, le=60, description="First reconnect delay.")
     reconnect_max_s: float = Field(30.0, ge=0.1, le=3600, description="Longest reconnect delay (exponential backoff).")
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> MQTTConfig:
+        path = self.password_file
+        if path is None and self.password is None and os.environ.get("CREDENTIALS_DIRECTORY"):
+            cred = Path(os.environ["CREDENTIALS_DIRECTORY"]) / "mqtt_password"
+            path = cred if cred.is_file() else None
+        if path is not None and self.password is None:
+            try:
+                secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as err:
+                raise ValueError(f"password_file {path}: {err.strerror}") from None
+            object.__setattr__(self, "password", SecretStr(secret))
+        return self
 
     @field_validator("topic_prefix")
     @classmethod

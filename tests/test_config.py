@@ -128,3 +128,19 @@ def test_cli_config_masks_secret_and_bad_config_exits_2(tmp_path: Path) -> None:
     assert env_bad.returncode == 2 and "source.fps" in env_bad.stderr
     usage = run_cli("run", "--set", "novalue")
     assert usage.returncode == 2
+
+
+def test_password_from_file_and_systemd_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "pw"
+    f.write_text("from-file\n")
+    s = load_settings(None, {"mqtt.password_file": str(f)})
+    assert s.mqtt.password is not None and s.mqtt.password.get_secret_value() == "from-file"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt_password").write_text("from-credential")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    s2 = load_settings()
+    assert s2.mqtt.password is not None and s2.mqtt.password.get_secret_value() == "from-credential"
+    assert "from-credential" not in json.dumps(masked_dump(s2))
+    with pytest.raises(ConfigError, match="mqtt"):
+        load_settings(None, {"mqtt.password_file": str(tmp_path / "absent")})

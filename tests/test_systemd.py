@@ -66,3 +66,15 @@ def test_readme_documents_every_setting() -> None:
     missing = [env for _, env, _, _ in describe_fields() if f"`{env}`" not in readme]
     assert missing == []
     assert "scripts/demo.sh" in readme and "scripts/test.sh" in readme
+
+
+def test_security_exposure_is_ok(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    assert tool is not None
+    unit = tmp_path / "edge-agent.service"
+    unit.write_text(UNIT.read_text())
+    r = subprocess.run([tool, "security", "--offline=true", str(unit)], capture_output=True, text=True, timeout=60)
+    line = next(ln for ln in r.stdout.splitlines() if "Overall exposure level" in ln)
+    level = float(line.split(":")[1].split()[0])
+    assert level <= 2.0, line
+    assert "char-video4linux rw" in UNIT.read_text()  # still reaches the cameras

@@ -49,8 +49,11 @@ def topic_base(cfg: MQTTConfig, device_id: str) -> str:
 
 def _make_client(cfg: MQTTConfig, client_id: str, persistent: bool = False) -> paho.Client:
     proto = paho.MQTTv5 if cfg.protocol == "5" else paho.MQTTv311
-    session = {"clean_session": not persistent} if proto == paho.MQTTv311 else {}
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto, **session)
+    if proto == paho.MQTTv311:  # MQTT 5 has no clean_session; its session expiry defaults to 0
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto,
+                             clean_session=not persistent)
+    else:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
     if cfg.username is not None:
         client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
     if cfg.tls.ca_file is not None:
