@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.capture import Capture
+from edge_agent.commands import Command, CommandProcessor, Rejected, no_args
 from edge_agent.config import Settings
 from edge_agent.handoff import LatestSlot
 from edge_agent.model import Model
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 _TAKE_TIMEOUT_S = 0.25
 _MAIN_TICK_S = 0.5
+#: Commands waiting to be handled; beyond this they are dropped and counted (a flood, not a fleet).
+_INBOX_SIZE = 1000
 #: Settings a running agent takes on SIGHUP without touching its broker connection or model.
 _LIVE_SECTIONS = ("health", "source")
 _LIVE_KEYS = ("log_level", "model.score_threshold", "model.iou_threshold", "model.top_k", "model.max_detections")
@@ -46,8 +50,13 @@ def _changed(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str
 
 
 class Agent:
-    def __init__(self, settings: Settings, sink: str = "mqtt", notifier: Notifier | None = None,
-                 reload: Callable[[], Settings] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        sink: str = "mqtt",
+        notifier: Notifier | None = None,
+        reload: Callable[[], Settings] | None = None,
+    ):
         self.settings = settings
         self.reloader = reload
         self.reload_requested = threading.Event()
@@ -72,7 +81,15 @@ class Agent:
         self._proc = ProcessStats()
         self._last_counts: dict[str, tuple[float, int]] = {}
         base = f"{settings.mqtt.topic_prefix}/{settings.device_id}"
-        self.topics = {k: f"{base}/{k}" for k in ("predictions", "health", "info", "availability")}
+        self.topics = {k: f"{base}/{k}" for k in ("predictions", "health", "info", "availability", "cmd", "cmd/result")}
+        self.command_topics = [self.topics["cmd"]] + [
+            f"{settings.mqtt.topic_prefix}/group/{g}/cmd" for g in settings.groups
+        ]
+        self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=_INBOX_SIZE)
+        self.commands = CommandProcessor(self.inbox, self._publish_result, self.stop)
+        self.commands.register("ping", self._cmd_ping)
+        self.commands.register("status", self._cmd_status)
+        self.commands.register("reload", self._cmd_reload)
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -88,9 +105,10 @@ class Agent:
         log.info(
             "model %s (%s) on %s", self.model.name, self.model.decoder.layout, self.model.runtime.backend.description
         )
-        self.sink = make_sink(self.sink_kind, s, self._retained_state)
+        self.sink = make_sink(self.sink_kind, s, self._retained_state, self.command_topics, self.inbox)
         self.capture = Capture(lambda: make_source(s.source), s.source, self.slot, self.capture_stats, self.stop)
         self.sink.start()
+        self.commands.start()
         self.capture.start()
         self._spawn("inference", self._inference_loop)
         self._spawn("health", self._health_loop)
@@ -144,6 +162,27 @@ class Agent:
             self.model.close()
         self.notifier.close()
         log.info("stopped")
+
+    # --- commands ----------------------------------------------------------------------------
+    def _publish_result(self, doc: dict[str, Any]) -> None:
+        if self.sink is not None:
+            self.sink.submit(Message(self.topics["cmd/result"], dumps(doc), qos=1))
+
+    def _cmd_ping(self, cmd: Command) -> dict[str, Any]:
+        no_args(cmd)
+        return {"pong": round(time.time(), 3), "boot_id": self.boot_id}
+
+    def _cmd_status(self, cmd: Command) -> dict[str, Any]:
+        no_args(cmd)
+        h = self.health()
+        return {k: h[k] for k in ("status", "problems", "uptime_s", "fps", "accelerator", "model")}
+
+    def _cmd_reload(self, cmd: Command) -> dict[str, Any]:
+        no_args(cmd)
+        if self.reloader is None:
+            raise Rejected("this agent was started without a configuration file to reload")
+        applied = self.reload()
+        return {"applied": applied, "restart_needed": self.restart_needed}
 
     # --- reload (SIGHUP) ----------------------------------------------------------------------
     def reload(self) -> list[str]:
@@ -335,6 +374,7 @@ class Agent:
             "broker": sink_stats,
             "inference_errors": self.infer_stats.errors,
             "config": {"reloads": self.reloads, "restart_needed": self.restart_needed},
+            "commands": dict(self.commands.counts),
             "last_error": max(errors)[1] if errors else None,
             "first_prediction_s": round(self.first_publish_s, 3) if self.first_publish_s is not None else None,
         }

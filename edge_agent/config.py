@@ -248,6 +248,9 @@ class Settings(BaseSettings):
     device_id: str = Field(
         default_factory=lambda: _safe_id(socket.gethostname()), description="Device name in topics; default: host name."
     )
+    groups: list[str] = Field(
+        default_factory=list, max_length=32, description="Fleet groups: the device obeys {prefix}/group/{group}/cmd."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     state_dir: Path = Field(
         default_factory=lambda: Path(os.environ.get("STATE_DIRECTORY", "~/.local/state/edge-agent")).expanduser(),
@@ -265,6 +268,14 @@ class Settings(BaseSettings):
     def _device_id(cls, v: str) -> str:
         if not _TOPIC_SAFE.match(v):
             raise ValueError("must be 1-64 of A-Z a-z 0-9 _ . -")
+        return v
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        bad = [g for g in v if not _TOPIC_SAFE.match(g)]
+        if bad:
+            raise ValueError(f"group names must be 1-64 of A-Z a-z 0-9 _ . -: {bad[:3]}")
         return v
 
     @classmethod

@@ -89,7 +89,7 @@ class Broker:
             store = f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n"
         else:
             store = "persistence false\n"
-        self.conf.write_text(user + body + store)
+        self.conf.write_text(user + body + store + "set_tcp_nodelay true\n")
         self.proc = subprocess.Popen(
             [mosquitto_bin(), "-c", str(self.conf)], stdout=self.log.open("ab"), stderr=subprocess.STDOUT
         )

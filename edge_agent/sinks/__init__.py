@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Callable
 
 from edge_agent.config import Settings
@@ -10,7 +11,12 @@ from edge_agent.sinks.base import Message, Sink
 __all__ = ["SINKS", "Message", "Sink", "make_sink"]
 
 
-def _mqtt(settings: Settings, retained: Callable[[], list[Message]]) -> Sink:
+def _mqtt(
+    settings: Settings,
+    retained: Callable[[], list[Message]],
+    subscriptions: list[str],
+    inbox: queue.Queue[tuple[str, bytes]] | None,
+) -> Sink:
     from edge_agent.outbox import Outbox
     from edge_agent.sinks.mqtt import MqttSink
 
@@ -20,17 +26,32 @@ def _mqtt(settings: Settings, retained: Callable[[], list[Message]]) -> Sink:
         if ob.enabled
         else None
     )
-    return MqttSink(settings.mqtt, settings.device_id, retained, outbox, ob.replay_rate)
+    return MqttSink(settings.mqtt, settings.device_id, retained, outbox, ob.replay_rate, subscriptions, inbox)
 
 
-def _stdout(settings: Settings, retained: Callable[[], list[Message]]) -> Sink:
+def _stdout(
+    settings: Settings,
+    retained: Callable[[], list[Message]],
+    subscriptions: list[str],
+    inbox: queue.Queue[tuple[str, bytes]] | None,
+) -> Sink:
     from edge_agent.sinks.stdout import StdoutSink
 
     return StdoutSink()
 
 
-SINKS: dict[str, Callable[[Settings, Callable[[], list[Message]]], Sink]] = {"mqtt": _mqtt, "stdout": _stdout}
+SinkFactory = Callable[
+    [Settings, Callable[[], list[Message]], list[str], "queue.Queue[tuple[str, bytes]] | None"], Sink
+]
+SINKS: dict[str, SinkFactory] = {"mqtt": _mqtt, "stdout": _stdout}
 
 
-def make_sink(kind: str, settings: Settings, retained: Callable[[], list[Message]]) -> Sink:
-    return SINKS[kind](settings, retained)
+def make_sink(
+    kind: str,
+    settings: Settings,
+    retained: Callable[[], list[Message]],
+    subscriptions: list[str] | None = None,
+    inbox: queue.Queue[tuple[str, bytes]] | None = None,
+) -> Sink:
+    """subscriptions/inbox: command topics, for sinks that can receive (MQTT)."""
+    return SINKS[kind](settings, retained, subscriptions or [], inbox)

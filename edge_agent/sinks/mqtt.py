@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -43,6 +44,16 @@ _IDLE_WAIT_S = 0.5
 _REPLAY_TICK_S = 0.02
 
 
+def _no_delay(client: paho.Client) -> None:
+    """Small messages go out at once: Nagle's algorithm can hold one back ~40 ms for an ACK."""
+    setsockopt = getattr(client.socket(), "setsockopt", None)
+    if setsockopt is not None:
+        try:
+            setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
 def topic_base(cfg: MQTTConfig, device_id: str) -> str:
     return f"{cfg.topic_prefix}/{device_id}"
 
@@ -50,8 +61,9 @@ def topic_base(cfg: MQTTConfig, device_id: str) -> str:
 def _make_client(cfg: MQTTConfig, client_id: str, persistent: bool = False) -> paho.Client:
     proto = paho.MQTTv5 if cfg.protocol == "5" else paho.MQTTv311
     if proto == paho.MQTTv311:  # MQTT 5 has no clean_session; its session expiry defaults to 0
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto,
-                             clean_session=not persistent)
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto, clean_session=not persistent
+        )
     else:
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
     if cfg.username is not None:
@@ -84,6 +96,8 @@ class MqttSink(Sink):
         retained_state: Callable[[], list[Message]] | None = None,
         outbox: Outbox | None = None,
         replay_rate: float = 200.0,
+        subscriptions: list[str] | None = None,
+        inbox: queue.Queue[tuple[str, bytes]] | None = None,
     ):
         self.cfg = cfg
         self.base = topic_base(cfg, device_id)
@@ -95,6 +109,8 @@ class MqttSink(Sink):
         self._latest_lock = threading.Lock()
         self.outbox = outbox
         self.replay_rate = replay_rate
+        self.subscriptions = subscriptions or []
+        self.inbox = inbox
         self._replay_budget = 0.0
         self._replay_clock = time.monotonic()
         self._replay_after = 0  # outbox id cursor: rows above it are not yet sent this connection
@@ -118,8 +134,17 @@ class MqttSink(Sink):
         self._client.max_queued_messages_set(_MAX_QUEUED)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
 
     # --- paho callbacks: enqueue only ---------------------------------------------------------
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        if self.inbox is None:
+            return
+        try:
+            self.inbox.put_nowait((str(msg.topic), bytes(msg.payload)))
+        except queue.Full:
+            self.drops["inbox_full"] += 1
+
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             self._events.put(_Event("refused", str(reason_code)))
@@ -269,7 +294,10 @@ class MqttSink(Sink):
                 self.connects += 1
                 self.state = "connected"
                 log.info("mqtt connected to %s:%s", self.cfg.host, self.cfg.port)
+                _no_delay(self._client)
                 self._publish_birth()
+                if self.subscriptions:  # a clean session forgets them: ask again on every connect
+                    self._client.subscribe([(t, 1) for t in self.subscriptions])
                 self._replay_after = 0
                 self._replay_inflight.clear()
                 self._connected.set()
@@ -383,6 +411,7 @@ class Subscriber:
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if not reason_code.is_failure:
+            _no_delay(client)
             client.subscribe([(t, 1) for t in self.topics])
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: Any, reason_codes: Any, properties: Any) -> None:
