@@ -170,6 +170,11 @@ class ModelConfig(_Strict):
         None, max_length=128, description="Model name reported in predictions; default: file stem."
     )
     version: str | None = Field(None, max_length=64, description="Model version reported in predictions.")
+    isolated_check: bool = Field(
+        True,
+        description="Load a model first in a child process with memory and time limits (a crafted file can "
+        "crash native code); the verdict is cached per sha256.",
+    )
 
     @field_validator("path", "labels")
     @classmethod

@@ -115,6 +115,36 @@ def outputs_agree(decoder: Decoder, specs: Sequence[TensorSpec]) -> AgreeFn:
     return agree
 
 
+def check_isolated(path: Path, sha256: str, state_dir: Path | None) -> None:
+    """Load the model in a limited child first; a verdict per digest is kept, so restarts skip it."""
+    import json
+
+    from edge_agent.validate import validate_in_child
+
+    cache = state_dir / "validated.json" if state_dir else None
+    known: dict[str, str] = {}
+    if cache is not None:
+        try:
+            known = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            known = {}
+    if known.get(sha256) == "ok":
+        return
+    verdict = validate_in_child(path)
+    if not verdict["ok"]:
+        reason = str(verdict["reason"])
+        raise ModelError(reason if str(path) in reason else f"{path}: {reason}")
+    if cache is not None:
+        known[sha256] = "ok"
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps(known))
+            tmp.replace(cache)
+        except OSError as err:
+            log.warning("cannot record validation in %s: %s", cache, err)
+
+
 @dataclass
 class Inference:
     result: Result
@@ -128,6 +158,8 @@ class Model:
     def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, state_dir: Path | None):
         path = cfg.path or default_model_path()
         self.file = read_model_file(path)
+        if cfg.isolated_check:
+            check_isolated(path, self.file.sha256, state_dir)
         self.path = path
         self.cfg = cfg
         for need in self.file.required_delegates():
