@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 _TAKE_TIMEOUT_S = 0.25
 _MAIN_TICK_S = 0.5
+_WATCHDOG_TICK_S = 1.0
+#: Exit code after a stall: not 0 (so Restart=on-failure applies), not 2 (bad configuration).
+EXIT_STALLED = 3
 #: Commands waiting to be handled; beyond this they are dropped and counted (a flood, not a fleet).
 _INBOX_SIZE = 1000
 #: Settings a running agent takes on SIGHUP without touching its broker connection or model.
@@ -61,6 +64,7 @@ class Agent:
         self.reloader = reload
         self.reload_requested = threading.Event()
         self.reloads = 0
+        self.exit_code = 0
         self.restart_needed: list[str] = []
         self.sink_kind = sink
         self.notifier = notifier or Notifier()
@@ -112,8 +116,7 @@ class Agent:
         self.capture.start()
         self._spawn("inference", self._inference_loop)
         self._spawn("health", self._health_loop)
-        if self.notifier.watchdog_s:
-            self._spawn("watchdog", self._watchdog_loop)
+        self._spawn("watchdog", self._watchdog_loop)
 
     def _spawn(self, name: str, target: Any) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -145,7 +148,7 @@ class Agent:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
             self.shutdown()
-        return 0
+        return self.exit_code
 
     def shutdown(self, timeout: float = 5.0) -> None:
         self.stop.set()
@@ -285,15 +288,26 @@ class Agent:
                 self.infer_stats.error(f"health: {err}")
 
     def _watchdog_loop(self) -> None:
-        assert self.notifier.watchdog_s is not None
-        interval = self.notifier.watchdog_s / 2
+        """Feed systemd's watchdog while every stage comes round; give up on a stall."""
+        wd = self.notifier.watchdog_s
+        interval = min(wd / 2, _WATCHDOG_TICK_S) if wd else _WATCHDOG_TICK_S
         while not self.stop.wait(interval):
-            stalled = self.stalled_stages()
-            if stalled:
+            try:
+                stalled = self.stalled_stages()
+                if not stalled:
+                    if wd:
+                        self.notifier.watchdog()
+                    continue
                 log.error("not feeding the watchdog: %s stalled", ", ".join(stalled))
                 self.notifier.status(f"stalled: {', '.join(stalled)}")
-            else:
-                self.notifier.watchdog()
+                if self.settings.health.exit_on_stall:
+                    self.exit_code = EXIT_STALLED
+                    if self.sink is not None:
+                        self.sink.submit_latest(Message(self.topics["health"], dumps(self.health()), qos=0))
+                    log.critical("exiting with code %d so that the agent is restarted", EXIT_STALLED)
+                    self.stop.set()
+            except Exception:  # loop boundary
+                log.exception("watchdog error")
 
     # --- health ----------------------------------------------------------------------------
     def stalled_stages(self) -> list[str]:

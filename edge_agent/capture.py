@@ -123,7 +123,7 @@ class Capture:
                 self.stats.state = "reconnecting"
                 self.stats.error(str(err))
                 log.warning("source failed: %s; retrying in %.1f s", err, delay)
-                if self.stop.wait(delay):
+                if self._backoff(delay):
                     break
                 delay = min(delay * 2, self.cfg.reopen_max_s)
             except Exception as err:  # loop boundary: count, log, back off, carry on
@@ -132,11 +132,20 @@ class Capture:
                 if src is not None:
                     src.close()
                 src = None
-                if self.stop.wait(delay):
+                if self._backoff(delay):
                     break
                 delay = min(delay * 2, self.cfg.reopen_max_s)
         if src is not None:
             src.close()
+
+    def _backoff(self, delay: float) -> bool:
+        """Wait before reopening, still showing the watchdog a live loop; True once stopping."""
+        end = time.monotonic() + delay
+        while (left := end - time.monotonic()) > 0:
+            if self.stop.wait(min(left, _POLL_S)):
+                return True
+            self.stats.beat()
+        return self.stop.is_set()
 
     def _timed(self, fn: Callable[[], object]) -> object:
         self._reading = True

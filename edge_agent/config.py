@@ -220,6 +220,11 @@ class HealthConfig(_Strict):
         le=3600,
         description="A stage with no progress for this long is 'stalled': the systemd watchdog stops being fed.",
     )
+    exit_on_stall: bool = Field(
+        True,
+        description="Exit with code 3 when a stage has been stalled for stall_s, so any supervisor restarts the "
+        "agent (under systemd the watchdog does the same).",
+    )
 
 
 class OutboxConfig(_Strict):

@@ -38,7 +38,7 @@ def check_model(path: Path, threads: int = 1) -> dict[str, Any]:
         mf = read_model_file(path)
         t0 = time.perf_counter()
         be = InterpreterBackend(path, threads)
-        for i, spec in enumerate(be.inputs):
+        for i in range(len(be.inputs)):
             be.write_input(i, lambda v: v.fill(0))
         be.invoke()
         outs = [be.output(i) for i in range(len(be.outputs))]
@@ -68,7 +68,7 @@ def validate_in_child(path: Path, timeout_s: float = DEFAULT_TIMEOUT_S,
     env = {**os.environ, "PYTHONFAULTHANDLER": "0"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False,
-                              preexec_fn=_limits(memory_mb), env=env)  # noqa: PLW1509 - limits only
+                              preexec_fn=_limits(memory_mb), env=env)
     except subprocess.TimeoutExpired:
         return {"ok": False, "reason": f"loading took longer than {timeout_s:g} s"}
     if proc.returncode < 0:

@@ -200,7 +200,10 @@ def test_watchdog_stops_when_inference_hangs(broker: Broker, tmp_path: Path, mon
         stop = threading.Event()
         stop.wait(1.0)
         assert ns.count("WATCHDOG=1") == pings  # systemd will restart us
-        assert agent.health()["status"] == "degraded"
+        h = agent.health()
+        assert h["status"] == "degraded" and "inference stalled" in h["problems"]
+        # and without systemd, the agent ends itself with a code any supervisor restarts on
+        assert agent.stop.wait(5) and agent.exit_code == 3
     finally:
         hang.set()
         agent.shutdown(3)

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Soak: the agent for a long while with the broker restarted every few minutes.
+
+Prints RSS growth, open file descriptors, outbox depth, and produced / delivered counts.
+Targets: RSS growth under 5 MB after warm-up, no descriptor growth, delivered == produced.
+
+    python benchmarks/soak.py                       # 10 minutes, broker down 10 s every 2 minutes
+    python benchmarks/soak.py --minutes 2 --restart-every 40 --outage 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge_agent.config import MQTTConfig  # noqa: E402
+from edge_agent.sinks.mqtt import Subscriber  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    def __init__(self, work: Path, port: int):
+        self.work, self.port = work, port
+        user = "user root\n" if os.geteuid() == 0 else ""
+        (work / "m.conf").write_text(f"{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                                     f"persistence_location {work}/\nautosave_interval 1\nset_tcp_nodelay true\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([exe, "-c", str(self.work / "m.conf")], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--restart-every", type=float, default=120.0, help="seconds between broker outages")
+    ap.add_argument("--outage", type=float, default=10.0, help="seconds the broker stays down")
+    ap.add_argument("--fps", type=float, default=30.0)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        port = free_port()
+        broker = Broker(work, port)
+        broker.start()
+        seqs: list[int] = []
+        health: list[dict[str, Any]] = []
+        stop = threading.Event()
+        sub = Subscriber(MQTTConfig(host="127.0.0.1", port=port, keepalive_s=5, reconnect_max_s=1),
+                         ["edge/soak/predictions", "edge/soak/health"], client_id="soak-recorder", persistent=True)
+        assert sub.start(10)
+
+        def record() -> None:
+            while not stop.is_set():
+                m = sub.get(0.2)
+                if m is None:
+                    continue
+                doc = orjson.loads(m[1])
+                (seqs.append(doc["seq"]) if m[0].endswith("/predictions") else health.append(doc))
+
+        threading.Thread(target=record, daemon=True).start()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+        env.update({"EDGE_AGENT_MQTT__HOST": "127.0.0.1", "EDGE_AGENT_MQTT__PORT": str(port),
+                    "EDGE_AGENT_MQTT__KEEPALIVE_S": "5", "EDGE_AGENT_MQTT__RECONNECT_MAX_S": "2",
+                    "EDGE_AGENT_STATE_DIR": str(work / "state"), "EDGE_AGENT_HEALTH__INTERVAL_S": "5",
+                    "EDGE_AGENT_DEVICE_ID": "soak", "EDGE_AGENT_LOG_LEVEL": "WARNING"})
+        agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--source", "synthetic",
+                                  "--fps", str(args.fps)], env=env, cwd=str(ROOT),
+                                 stdout=subprocess.DEVNULL, stderr=(work / "agent.log").open("wb"))
+        t0 = time.monotonic()
+        end = t0 + args.minutes * 60
+        while not health and time.monotonic() < t0 + 60:
+            stop.wait(0.5)
+        stop.wait(20)  # warm-up: caches, allocator pools
+        base_rss, base_fds = health[-1]["process"]["rss_mb"], fds(agent.pid)
+        outages = 0
+        next_outage = time.monotonic() + args.restart_every
+        while time.monotonic() < end:
+            if time.monotonic() >= next_outage:
+                broker.stop()
+                stop.wait(args.outage)
+                broker.start()
+                outages += 1
+                next_outage = time.monotonic() + args.restart_every
+            stop.wait(1)
+        stop.wait(15)  # let the last backlog drain
+        last = health[-1]
+        end_rss, end_fds = last["process"]["rss_mb"], fds(agent.pid)
+        produced = last["frames"]["inferred"]
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(30)
+        stop.wait(3)
+        stop.set()
+        sub.stop()
+        broker.stop()
+        delivered = len(set(seqs))
+        top = max(seqs) if seqs else 0
+        outbox = (last["broker"].get("outbox") or {}).get("depth")
+        rows = [
+            ("duration", f"{args.minutes:g} min, {outages} broker outages of {args.outage:g} s"),
+            ("RSS after warm-up -> end", f"{base_rss} -> {end_rss} MB (growth {end_rss - base_rss:+.1f} MB)"),
+            ("open descriptors", f"{base_fds} -> {end_fds}"),
+            ("outbox depth at end", str(outbox)),
+            ("produced (last health) / delivered unique / highest seq", f"{produced} / {delivered} / {top}"),
+            ("duplicates", str(len(seqs) - delivered)),
+            ("missing seqs below the highest", str(top - delivered)),
+        ]
+        print("| figure | value |\n| --- | --- |")
+        for k, v in rows:
+            print(f"| {k} | {v} |")
+        ok = end_rss - base_rss < 5 and end_fds <= base_fds and top == delivered and delivered >= produced
+        print("PASS" if ok else "FAIL")
+        return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
