@@ -211,3 +211,16 @@ def test_sighup_applies_thresholds_without_reconnecting(broker: Broker, subscrib
     a.signal(signal.SIGHUP)
     collect(sub, lambda t, p, r: t.endswith("/health") and "reload rejected" in (p["last_error"] or ""), 10)
     assert a.proc.poll() is None
+
+
+def test_unwritable_state_directory_degrades_without_crashing(broker: Broker, subscriber_factory, agent_factory,  # type: ignore[no-untyped-def]
+                                                              tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    sub = subscriber_factory(["edge/rostate/#"])
+    agent = agent_factory([*STREAM, "--device-id", "rostate", "--state-dir", str(blocker / "state")],
+                          env={**broker.env(), "EDGE_AGENT_HEALTH__INTERVAL_S": "1"})
+    collect(sub, lambda t, p, r: t.endswith("/predictions"), 30)
+    h = collect(sub, lambda t, p, r: t.endswith("/health"), 10)[1]
+    assert h["broker"]["outbox"]["mode"] == "memory" and "unusable" in h["broker"]["outbox"]["last_error"]
+    assert agent.proc.poll() is None

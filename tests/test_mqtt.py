@@ -180,3 +180,61 @@ def test_mqtt5_and_paused_broker_never_block_submit(broker: Broker) -> None:
         if broker.proc is not None:
             broker.proc.send_signal(signal.SIGCONT)
         s.close(2)
+
+
+def test_stale_will_after_a_fast_restart_is_undone(broker: Broker, subscriber_factory) -> None:  # type: ignore[no-untyped-def]
+    s = sink_for(broker.mqtt())
+    try:
+        assert s.wait_connected(10)
+        sub = subscriber_factory(["edge/dev1/availability"])
+        collect(sub, lambda t, p, r: p == "online", 5)
+        # the Will of the previous, killed session lands after this session's birth
+        sub.publish("edge/dev1/availability", b"offline", qos=1, retain=True)
+        collect(sub, lambda t, p, r: p == "offline", 5)
+        collect(sub, lambda t, p, r: p == "online", 5)
+        assert s.availability_restored == 1
+        late = subscriber_factory(["edge/dev1/availability"])
+        assert collect(late, lambda t, p, r: True, 5)[1:] == ("online", True)
+    finally:
+        s.close(2)
+
+
+def test_readme_acl_confines_devices_to_their_own_topics(tmp_path: Path) -> None:
+    from edge_agent.sinks.mqtt import Subscriber
+
+    from .conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    acl_text = readme.split("# /etc/mosquitto/acl", 1)[1].split("\n", 1)[1].split("```", 1)[0]
+    acl = tmp_path / "acl"
+    acl.write_text(acl_text)
+    pw = tmp_path / "passwd"
+    for i, user in enumerate(("dev1", "dev2", "fleet")):
+        subprocess.run(["mosquitto_passwd", "-b", *([] if i else ["-c"]), str(pw), user, f"{user}-pw"], check=True)
+    port = free_port()
+    b = Broker(tmp_path, f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\nacl_file {acl}\n",
+               port).start()
+
+    def client(user: str, topics: list[str]) -> Subscriber:
+        c = Subscriber(MQTTConfig(host="127.0.0.1", port=port, username=user, password=f"{user}-pw"), topics,
+                       client_id=f"acl-{user}")
+        assert c.start(10)
+        return c
+
+    try:
+        fleet = client("fleet", ["edge/#"])
+        dev1 = client("dev1", ["edge/dev1/cmd", "edge/dev2/predictions"])
+        dev2 = client("dev2", ["edge/dev2/cmd"])
+        dev1.publish("edge/dev2/predictions", b"forged")  # not its prefix: dropped by the broker
+        dev1.publish("edge/dev1/predictions", b"mine")
+        assert collect(fleet, lambda t, p, r: True, 5)[:2] == ("edge/dev1/predictions", "mine")
+        dev2.publish("edge/dev1/cmd", b"not yours")  # a device cannot command another
+        fleet.publish("edge/dev1/cmd", b"from fleet")
+        assert collect(dev1, lambda t, p, r: True, 5)[:2] == ("edge/dev1/cmd", "from fleet")
+        assert dev1.get(0.5) is None
+        seen = [fleet.get(0.2) for _ in range(5)]
+        assert not any(m and m[1] in (b"forged", b"not yours") for m in seen)
+        for c in (fleet, dev1, dev2):
+            c.stop()
+    finally:
+        b.stop()

@@ -82,7 +82,7 @@ def _make_client(cfg: MQTTConfig, client_id: str, persistent: bool = False) -> p
 
 @dataclass
 class _Event:
-    kind: str  # connected | refused | disconnected
+    kind: str  # connected | refused | disconnected | availability
     detail: str = ""
 
 
@@ -116,6 +116,7 @@ class MqttSink(Sink):
         self._replay_after = 0  # outbox id cursor: rows above it are not yet sent this connection
         self._replay_inflight: deque[tuple[int, Any]] = deque()
         self.replayed = 0
+        self.availability_restored = 0
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -138,6 +139,10 @@ class MqttSink(Sink):
 
     # --- paho callbacks: enqueue only ---------------------------------------------------------
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        if msg.topic == self.availability_topic:
+            self._events.put(_Event("availability", bytes(msg.payload).decode("utf-8", "replace")))
+            self._wake.set()
+            return
         if self.inbox is None:
             return
         try:
@@ -240,6 +245,7 @@ class MqttSink(Sink):
             "queue_size": self.cfg.queue_size,
             "sent": self.sent,
             "replayed": self.replayed,
+            "availability_restored": self.availability_restored,
             "drops": dict(self.drops),
             "last_error": self.last_error,
             "outbox": self.outbox.stats() if self.outbox is not None else None,
@@ -296,11 +302,17 @@ class MqttSink(Sink):
                 log.info("mqtt connected to %s:%s", self.cfg.host, self.cfg.port)
                 _no_delay(self._client)
                 self._publish_birth()
-                if self.subscriptions:  # a clean session forgets them: ask again on every connect
-                    self._client.subscribe([(t, 1) for t in self.subscriptions])
+                # a clean session forgets subscriptions: ask again on every connect. Our own
+                # availability too: an old session's Will arriving after this birth is undone.
+                self._client.subscribe([(t, 1) for t in [self.availability_topic, *self.subscriptions]])
                 self._replay_after = 0
                 self._replay_inflight.clear()
                 self._connected.set()
+            elif ev.kind == "availability":
+                if ev.detail == OFFLINE.decode() and self._connected.is_set() and not self._stop.is_set():
+                    log.warning("a stale 'offline' (an earlier session's Will) replaced our birth; restoring")
+                    self.availability_restored += 1
+                    self._client.publish(self.availability_topic, ONLINE, qos=AVAILABILITY_QOS, retain=True)
             elif ev.kind == "refused":
                 if self.state != "refused":  # paho retries with backoff; say it once
                     log.error("mqtt: broker refused connection: %s", ev.detail)
