@@ -158,8 +158,6 @@ class Model:
     def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, state_dir: Path | None):
         path = cfg.path or default_model_path()
         self.file = read_model_file(path)
-        if cfg.isolated_check:
-            check_isolated(path, self.file.sha256, state_dir)
         self.path = path
         self.cfg = cfg
         for need in self.file.required_delegates():
@@ -168,6 +166,8 @@ class Model:
                 raise ModelError(f"{path}: model is compiled for {need}, but {lib} is not installed on this board")
             if rt.accelerator not in ("auto", "edgetpu", lib) and not rt.accelerator.endswith(lib):
                 raise ModelError(f"{path}: model is compiled for {need}; set runtime.accelerator=edgetpu")
+        if cfg.isolated_check and not self.file.required_delegates():  # (the child loads on the CPU)
+            check_isolated(path, self.file.sha256, state_dir)
         self.labels: tuple[str, ...] | None = load_labels(cfg.labels) if cfg.labels else self.file.labels
         self.name = cfg.name or self.file.name
         self.version = cfg.version or self.file.metadata.version
