@@ -18,7 +18,7 @@ from edge_agent.capture import Capture
 from edge_agent.commands import Command, CommandProcessor, Rejected, no_args
 from edge_agent.config import Settings
 from edge_agent.handoff import LatestSlot
-from edge_agent.model import Model
+from edge_agent.model import Model, RawInference
 from edge_agent.payload import dumps, prediction
 from edge_agent.postprocess.decoders import DecodeOptions
 from edge_agent.sdnotify import Notifier
@@ -34,6 +34,8 @@ _MAIN_TICK_S = 0.5
 _WATCHDOG_TICK_S = 1.0
 #: Exit code after a stall: not 0 (so Restart=on-failure applies), not 2 (bad configuration).
 EXIT_STALLED = 3
+#: Inference results waiting for decoding and publishing: a few frames of slack.
+_RESULTS_QUEUE = 4
 #: Commands waiting to be handled; beyond this they are dropped and counted (a flood, not a fleet).
 _INBOX_SIZE = 1000
 #: Settings a running agent takes on SIGHUP without touching its broker connection or model.
@@ -78,6 +80,8 @@ class Agent:
         self.slot: LatestSlot[Frame] = LatestSlot()
         self.capture_stats = StageStats("capture")
         self.infer_stats = StageStats("inference")
+        self.post_stats = StageStats("postprocess")
+        self.results: queue.Queue[tuple[Frame, RawInference]] = queue.Queue(maxsize=_RESULTS_QUEUE)
         self.model: Model | None = None
         self.sink: Sink | None = None
         self.capture: Capture | None = None
@@ -115,6 +119,7 @@ class Agent:
         self.commands.start()
         self.capture.start()
         self._spawn("inference", self._inference_loop)
+        self._spawn("postprocess", self._post_loop)
         self._spawn("health", self._health_loop)
         self._spawn("watchdog", self._watchdog_loop)
 
@@ -221,10 +226,9 @@ class Agent:
 
     # --- stages ----------------------------------------------------------------------------
     def _inference_loop(self) -> None:
-        assert self.model is not None and self.sink is not None
-        model, sink, st = self.model, self.sink, self.infer_stats
-        topic, qos = self.topics["predictions"], self.settings.mqtt.qos
-        fallbacks_seen = len(model.runtime.fallbacks)
+        """Only preprocessing and invoke here: decoding and publishing run on the post thread."""
+        assert self.model is not None
+        model, st = self.model, self.infer_stats
         st.state = "running"
         while not self.stop.is_set():
             frame = self.slot.take(_TAKE_TIMEOUT_S)
@@ -232,7 +236,35 @@ class Agent:
             if frame is None:
                 continue
             try:
-                inf = model.infer(frame.image)
+                raw = model.run(frame.image)
+                st.observe("preprocess", raw.preprocess_ms)
+                st.observe("inference", raw.inference_ms)
+                st.done()
+                while not self.stop.is_set():
+                    try:  # results are never dropped here: a slow post stage slows inference instead
+                        self.results.put((frame, raw), timeout=_TAKE_TIMEOUT_S)
+                        break
+                    except queue.Full:
+                        st.beat()
+            except Exception as err:  # loop boundary: one bad frame must not stop the stream
+                st.error(f"{type(err).__name__}: {err}")
+                log.exception("inference error")
+
+    def _post_loop(self) -> None:
+        assert self.model is not None and self.sink is not None
+        model, sink, st = self.model, self.sink, self.post_stats
+        topic, qos = self.topics["predictions"], self.settings.mqtt.qos
+        fallbacks_seen = len(model.runtime.fallbacks)
+        st.state = "running"
+        while not self.stop.is_set() or not self.results.empty():
+            try:
+                frame, raw = self.results.get(timeout=_TAKE_TIMEOUT_S)
+            except queue.Empty:
+                st.beat()
+                continue
+            st.beat()
+            try:
+                inf = model.decode(raw)
                 self.seq += 1
                 h, w = frame.image.shape[:2]
                 latency = {
@@ -246,7 +278,7 @@ class Agent:
                     seq=self.seq,
                     ts=frame.ts,
                     model=model.info(),
-                    accelerator=model.runtime.accelerator,
+                    accelerator=raw.accelerator,
                     latency_ms={"capture_to_publish": 0.0, **latency},
                     frame_size=(w, h),
                     result=inf.result,
@@ -258,18 +290,17 @@ class Agent:
                 if len(model.runtime.fallbacks) != fallbacks_seen:
                     fallbacks_seen = len(model.runtime.fallbacks)
                     self._announce_fallback()
-                for k, v in latency.items():
-                    st.observe(k, v)
-                st.observe("capture_to_publish", c2p)
+                self.infer_stats.observe("postprocess", inf.postprocess_ms)
+                self.infer_stats.observe("capture_to_publish", c2p)
                 st.done()
                 if not self.first_published.is_set():
                     self.first_publish_s = time.monotonic() - self.started_mono
                     self.first_published.set()
                     self.notifier.ready(f"first prediction after {self.first_publish_s:.2f} s")
                     log.info("first prediction after %.2f s", self.first_publish_s)
-            except Exception as err:  # loop boundary: one bad frame must not stop the stream
+            except Exception as err:  # loop boundary: one bad result must not stop the stream
                 st.error(f"{type(err).__name__}: {err}")
-                log.exception("inference error")
+                log.exception("postprocess error")
 
     def _announce_fallback(self) -> None:
         """An accelerator gave up: say so now (retained info and a health message), not at the next tick."""
@@ -314,7 +345,11 @@ class Agent:
         """Stages whose loop has not come round within health.stall_s (a hang, not a missing camera)."""
         now = time.monotonic()
         limit = self.settings.health.stall_s
-        beats = {"capture": self.capture_stats.heartbeat, "inference": self.infer_stats.heartbeat}
+        beats = {
+            "capture": self.capture_stats.heartbeat,
+            "inference": self.infer_stats.heartbeat,
+            "postprocess": self.post_stats.heartbeat,
+        }
         sink_beat = getattr(self.sink, "heartbeat", None)
         if sink_beat is not None:
             beats["publish"] = sink_beat
@@ -344,7 +379,11 @@ class Agent:
         ]
         latency = {k: w.percentiles() for k, w in self.infer_stats.latency.items()}
         sent = int(sink_stats.get("sent", 0) or 0)  # type: ignore[call-overload]
-        errors = [(s.last_error_ts or 0, s.last_error) for s in (self.capture_stats, self.infer_stats) if s.last_error]
+        errors = [
+            (s.last_error_ts or 0, s.last_error)
+            for s in (self.capture_stats, self.infer_stats, self.post_stats)
+            if s.last_error
+        ]
         return {
             "schema": 1,
             "device_id": self.settings.device_id,
@@ -362,7 +401,8 @@ class Agent:
             "frames": {
                 "captured": self.capture_stats.count,
                 "inferred": self.infer_stats.count,
-                "dropped": {**dict(self.capture_stats.drops), **dict(self.infer_stats.drops)},
+                "published": self.post_stats.count,
+                "dropped": {**dict(self.capture_stats.drops), **dict(self.post_stats.drops)},
             },
             "latency_ms": latency,
             "source": {
@@ -386,7 +426,7 @@ class Agent:
                 "disk_free_mb": disk_free_mb(self.settings.state_dir),
             },
             "broker": sink_stats,
-            "inference_errors": self.infer_stats.errors,
+            "inference_errors": self.infer_stats.errors + self.post_stats.errors,
             "config": {"reloads": self.reloads, "restart_needed": self.restart_needed},
             "commands": dict(self.commands.counts),
             "last_error": max(errors)[1] if errors else None,

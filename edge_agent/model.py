@@ -146,6 +146,15 @@ def check_isolated(path: Path, sha256: str, state_dir: Path | None) -> None:
 
 
 @dataclass
+class RawInference:
+    outputs: list[np.ndarray]
+    resize: Resize
+    preprocess_ms: float
+    inference_ms: float
+    accelerator: str
+
+
+@dataclass
 class Inference:
     result: Result
     resize: Resize
@@ -215,7 +224,8 @@ class Model:
     def info(self) -> dict[str, object]:
         return {"name": self.name, "version": self.version, "sha256": self.file.sha256}
 
-    def infer(self, frame: np.ndarray) -> Inference:
+    def run(self, frame: np.ndarray) -> RawInference:
+        """Preprocess and invoke; the raw outputs are copies, so the next frame can go in at once."""
         rt = self.runtime
         t0 = time.perf_counter()
         rs = rt.backend.write_input(0, lambda v: self.pre(frame, v))
@@ -225,10 +235,18 @@ class Model:
             rt.invoke()
         t2 = time.perf_counter()
         be = rt.backend
-        outs = [spec.dequantize(be.output(i)) for i, spec in enumerate(self.outputs)]
-        result = self.decoder(outs, rs)
-        t3 = time.perf_counter()
-        return Inference(result, rs, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+        outs = [be.output(i) for i in range(len(self.outputs))]
+        return RawInference(outs, rs, (t1 - t0) * 1e3, (t2 - t1) * 1e3, rt.accelerator)
+
+    def decode(self, raw: RawInference) -> Inference:
+        t0 = time.perf_counter()
+        outs = [spec.dequantize(o) for spec, o in zip(self.outputs, raw.outputs, strict=True)]
+        result = self.decoder(outs, raw.resize)
+        ms = (time.perf_counter() - t0) * 1e3
+        return Inference(result, raw.resize, raw.preprocess_ms, raw.inference_ms, ms)
+
+    def infer(self, frame: np.ndarray) -> Inference:
+        return self.decode(self.run(frame))
 
     def close(self) -> None:
         self.runtime.backend.close()

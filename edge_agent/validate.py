@@ -61,14 +61,16 @@ def _limits(memory_mb: int) -> Any:
     return apply
 
 
-def validate_in_child(path: Path, timeout_s: float = DEFAULT_TIMEOUT_S,
-                      memory_mb: int = DEFAULT_MEMORY_MB) -> dict[str, Any]:
+def validate_in_child(
+    path: Path, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB
+) -> dict[str, Any]:
     """The verdict of a child that loaded the model; {"ok": False, "reason": ...} however it ended."""
     cmd = [sys.executable, "-m", "edge_agent.validate", "--model", str(path)]
     env = {**os.environ, "PYTHONFAULTHANDLER": "0"}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False,
-                              preexec_fn=_limits(memory_mb), env=env)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout_s, check=False, preexec_fn=_limits(memory_mb), env=env
+        )
     except subprocess.TimeoutExpired:
         return {"ok": False, "reason": f"loading took longer than {timeout_s:g} s"}
     if proc.returncode < 0:
