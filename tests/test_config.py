@@ -144,3 +144,11 @@ def test_password_from_file_and_systemd_credential(tmp_path: Path, monkeypatch: 
     assert "from-credential" not in json.dumps(masked_dump(s2))
     with pytest.raises(ConfigError, match="mqtt"):
         load_settings(None, {"mqtt.password_file": str(tmp_path / "absent")})
+
+
+@pytest.mark.parametrize("cmd", [[], ["run"], ["check"], ["inspect"], ["predict"], ["config"], ["listen"]])
+def test_help_everywhere_and_usage_errors_exit_2(cmd: list[str]) -> None:
+    h = run_cli(*cmd, "--help")
+    assert h.returncode == 0 and "usage: edge-agent" in h.stdout
+    bad = run_cli(*cmd, "--no-such-flag")
+    assert bad.returncode == 2 and "error" in bad.stderr
