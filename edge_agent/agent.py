@@ -15,10 +15,13 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.capture import Capture
-from edge_agent.commands import Command, CommandProcessor, Rejected, no_args
+from edge_agent.commands import ACCEPTED, Command, CommandProcessor, Rejected, no_args
 from edge_agent.config import Settings
 from edge_agent.handoff import LatestSlot
 from edge_agent.model import Model, RawInference
+from edge_agent.ota.manifest import ManifestError, parse_manifest
+from edge_agent.ota.store import ModelStore
+from edge_agent.ota.updater import Updater, model_for_start
 from edge_agent.payload import dumps, prediction
 from edge_agent.postprocess.decoders import DecodeOptions
 from edge_agent.sdnotify import Notifier
@@ -81,7 +84,7 @@ class Agent:
         self.capture_stats = StageStats("capture")
         self.infer_stats = StageStats("inference")
         self.post_stats = StageStats("postprocess")
-        self.results: queue.Queue[tuple[Frame, RawInference]] = queue.Queue(maxsize=_RESULTS_QUEUE)
+        self.results: queue.Queue[tuple[Frame, RawInference, Model]] = queue.Queue(maxsize=_RESULTS_QUEUE)
         self.model: Model | None = None
         self.sink: Sink | None = None
         self.capture: Capture | None = None
@@ -89,7 +92,10 @@ class Agent:
         self._proc = ProcessStats()
         self._last_counts: dict[str, tuple[float, int]] = {}
         base = f"{settings.mqtt.topic_prefix}/{settings.device_id}"
-        self.topics = {k: f"{base}/{k}" for k in ("predictions", "health", "info", "availability", "cmd", "cmd/result")}
+        self.topics = {
+            k: f"{base}/{k}"
+            for k in ("predictions", "health", "info", "availability", "cmd", "cmd/result", "model/state")
+        }
         self.command_topics = [self.topics["cmd"]] + [
             f"{settings.mqtt.topic_prefix}/group/{g}/cmd" for g in settings.groups
         ]
@@ -98,6 +104,9 @@ class Agent:
         self.commands.register("ping", self._cmd_ping)
         self.commands.register("status", self._cmd_status)
         self.commands.register("reload", self._cmd_reload)
+        self.store: ModelStore | None = None
+        self.updater: Updater | None = None
+        self._model_state: dict[str, Any] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -109,13 +118,37 @@ class Agent:
         except OSError as err:
             log.warning("state directory %s unusable (%s); probe results will not be cached", s.state_dir, err)
             state_dir = None
-        self.model = Model(s.model, s.runtime, state_dir)
+        model_cfg, report = s.model, None
+        if state_dir is not None:
+            try:
+                self.store = ModelStore(state_dir / "models", s.ota.keep_versions)
+                model_cfg, report = model_for_start(s, self.store)
+            except OSError as err:
+                log.warning("model store unusable (%s): over-the-air updates are off", err)
+                self.store = None
+        self.model = Model(model_cfg, s.runtime, state_dir)
+        self._model_state = report
         log.info(
             "model %s (%s) on %s", self.model.name, self.model.decoder.layout, self.model.runtime.backend.description
         )
         self.sink = make_sink(self.sink_kind, s, self._retained_state, self.command_topics, self.inbox)
         self.capture = Capture(lambda: make_source(s.source), s.source, self.slot, self.capture_stats, self.stop)
         self.sink.start()
+        if self.store is not None:
+            self.updater = Updater(
+                s,
+                self.store,
+                self._publish_model_state,
+                self.swap_model,
+                lambda: self.infer_stats.errors + self.post_stats.errors,
+                self.stop,
+            )
+            self.updater.start()
+            self.commands.register("deploy", self._cmd_deploy)
+            self.commands.register("rollback", self._cmd_rollback)
+            self.commands.register("list-models", self._cmd_list_models)
+            if self._model_state is not None:
+                self._publish_model_state(self._model_state)
         self.commands.start()
         self.capture.start()
         self._spawn("inference", self._inference_loop)
@@ -192,6 +225,52 @@ class Agent:
         applied = self.reload()
         return {"applied": applied, "restart_needed": self.restart_needed}
 
+    # --- model updates -------------------------------------------------------------------------
+    def swap_model(self, new: Model) -> Model | None:
+        """Serve `new` from the next frame on; returns the model it replaces (still usable)."""
+        old, self.model = self.model, new
+        log.info("now serving %s (%s)", new.name, new.file.sha256[:12])
+        if self.sink is not None:
+            for m in self._retained_state():
+                self.sink.submit(m)
+        return old
+
+    def _publish_model_state(self, doc: dict[str, Any]) -> None:
+        self._model_state = doc
+        if self.sink is not None:
+            self.sink.submit(Message(self.topics["model/state"], dumps(doc), qos=1, retain=True))
+
+    def _cmd_deploy(self, cmd: Command) -> dict[str, Any]:
+        assert self.updater is not None
+        if set(cmd.args) != {"manifest"}:
+            raise Rejected("'deploy' takes args {\"manifest\": {...}}")
+        try:
+            m = parse_manifest(cmd.args["manifest"])
+            self.updater.submit(m)
+        except ManifestError as err:
+            raise Rejected(str(err)) from None
+        return {ACCEPTED: "accepted", "name": m.name, "version": m.version}
+
+    def _cmd_rollback(self, cmd: Command) -> dict[str, Any]:
+        no_args(cmd)
+        assert self.updater is not None and self.store is not None
+        if not self.store.state.get("current"):
+            raise Rejected("no installed update to roll back from")
+        self.updater.rollback("manual rollback")
+        return {"now": self.store.state.get("current")}
+
+    def _cmd_list_models(self, cmd: Command) -> dict[str, Any]:
+        no_args(cmd)
+        assert self.store is not None
+        st = self.store.state
+        return {
+            "versions": self.store.versions(),
+            "current": st.get("current"),
+            "previous": st.get("previous"),
+            "highest_version": st.get("highest_version"),
+            "history": st.get("history", [])[-10:],
+        }
+
     # --- reload (SIGHUP) ----------------------------------------------------------------------
     def reload(self) -> list[str]:
         """Re-read the configuration; apply what can change live, report what needs a restart."""
@@ -227,14 +306,15 @@ class Agent:
     # --- stages ----------------------------------------------------------------------------
     def _inference_loop(self) -> None:
         """Only preprocessing and invoke here: decoding and publishing run on the post thread."""
-        assert self.model is not None
-        model, st = self.model, self.infer_stats
+        st = self.infer_stats
         st.state = "running"
         while not self.stop.is_set():
             frame = self.slot.take(_TAKE_TIMEOUT_S)
             st.beat()
             if frame is None:
                 continue
+            model = self.model  # an update swaps it between two frames
+            assert model is not None
             try:
                 raw = model.run(frame.image)
                 st.observe("preprocess", raw.preprocess_ms)
@@ -242,7 +322,7 @@ class Agent:
                 st.done()
                 while not self.stop.is_set():
                     try:  # results are never dropped here: a slow post stage slows inference instead
-                        self.results.put((frame, raw), timeout=_TAKE_TIMEOUT_S)
+                        self.results.put((frame, raw, model), timeout=_TAKE_TIMEOUT_S)
                         break
                     except queue.Full:
                         st.beat()
@@ -251,20 +331,22 @@ class Agent:
                 log.exception("inference error")
 
     def _post_loop(self) -> None:
-        assert self.model is not None and self.sink is not None
-        model, sink, st = self.model, self.sink, self.post_stats
+        assert self.sink is not None
+        sink, st = self.sink, self.post_stats
         topic, qos = self.topics["predictions"], self.settings.mqtt.qos
-        fallbacks_seen = len(model.runtime.fallbacks)
+        fallbacks_seen = 0
         st.state = "running"
         while not self.stop.is_set() or not self.results.empty():
             try:
-                frame, raw = self.results.get(timeout=_TAKE_TIMEOUT_S)
+                frame, raw, model = self.results.get(timeout=_TAKE_TIMEOUT_S)
             except queue.Empty:
                 st.beat()
                 continue
             st.beat()
             try:
                 inf = model.decode(raw)
+                if self.updater is not None:
+                    self.updater.observe(model.file.sha256, raw.outputs, raw.inference_ms)
                 self.seq += 1
                 h, w = frame.image.shape[:2]
                 latency = {
@@ -418,6 +500,7 @@ class Agent:
                 **(model.info() if model else {}),
                 "path": str(model.path) if model else None,
                 "layout": model.decoder.layout if model else None,
+                "update": self._model_state,
             },
             "process": self._proc.sample(),
             "system": {

@@ -338,6 +338,61 @@ def summarise(topic: str, payload: bytes) -> str:
     return f"{topic} {json.dumps(doc)[:200]}"
 
 
+def cmd_fleet_keygen(args: argparse.Namespace) -> int:
+    from edge_agent.ota.manifest import write_keypair
+
+    try:
+        priv, pub = write_keypair(args.dir, args.name)
+    except FileExistsError:
+        print(f"edge-agent: {args.dir / (args.name + '.key')} exists; not overwriting a key", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"private key (keep it here, mode 0600): {priv}\npublic key (give to devices: ota.trusted_keys): {pub}")
+    return EXIT_OK
+
+
+def cmd_fleet_sign(args: argparse.Namespace) -> int:
+    from edge_agent.ota.manifest import ManifestError, load_private_key, parse_manifest
+
+    try:
+        m = parse_manifest(json.loads(args.manifest.read_text()))
+        print(json.dumps(m.signed(load_private_key(args.key)).model_dump(mode="json"), indent=2))
+    except (ManifestError, ValueError, OSError) as err:
+        print(f"edge-agent: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def cmd_fleet_push(args: argparse.Namespace) -> int:
+    from edge_agent.fleet import FileServer, build_manifest, push
+    from edge_agent.ota.manifest import load_private_key
+
+    settings = _load(args)
+    if not args.device and not args.group:
+        return _usage_error("fleet push needs --device ID (repeatable) or --group G")
+    if bool(args.serve) == bool(args.url):
+        return _usage_error("fleet push needs exactly one of --serve HOST:PORT or --url URL")
+    server = None
+    if args.serve:
+        host, _, port = args.serve.rpartition(":")
+        server = FileServer(args.model.resolve().parent, host or "0.0.0.0", int(port or 0))
+        advertise = args.advertise or host or "127.0.0.1"
+        url = f"http://{advertise}:{server.port}/{args.model.name}"
+    else:
+        url = args.url
+    labels = args.labels.read_text(encoding="utf-8").split() if args.labels else None
+    manifest = build_manifest(args.model, args.version, args.name, [url], labels, args.valid_hours)
+    if args.key:
+        manifest = manifest.signed(load_private_key(args.key))
+    try:
+        status = push(settings.mqtt, manifest, args.device or [], args.group, args.timeout, sys.stdout)
+    finally:
+        if server is not None:
+            server.close()
+    print(json.dumps(status, indent=2))
+    ok = bool(status) and all(s.get("state") == "active" for s in status.values())
+    return EXIT_OK if ok else EXIT_FAIL
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description="On-device inference agent.")
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -380,6 +435,32 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--seconds", type=float)
     ls.add_argument("--raw", action="store_true", help="print payloads as they are")
     ls.set_defaults(func=cmd_listen)
+
+    fl = sub.add_parser("fleet", help="fleet side: keys, signed manifests, pushing models")
+    fsub = fl.add_subparsers(dest="fleet_command", required=True, metavar="FLEET_COMMAND")
+    kg = fsub.add_parser("keygen", help="make an Ed25519 key pair (private key mode 0600)")
+    kg.add_argument("--dir", type=Path, default=Path("."))
+    kg.add_argument("--name", default="fleet")
+    kg.set_defaults(func=cmd_fleet_keygen)
+    sg = fsub.add_parser("sign", help="sign a manifest; prints it with its signature")
+    sg.add_argument("manifest", type=Path)
+    sg.add_argument("--key", type=Path, required=True)
+    sg.set_defaults(func=cmd_fleet_sign)
+    ps = fsub.add_parser("push", help="push a model to devices and follow it until each is done")
+    _settings_args(ps)
+    ps.add_argument("model", type=Path)
+    ps.add_argument("--version", type=int, required=True)
+    ps.add_argument("--name")
+    ps.add_argument("--device", action="append")
+    ps.add_argument("--group")
+    ps.add_argument("--key", type=Path, help="private key to sign with")
+    ps.add_argument("--labels", type=Path)
+    ps.add_argument("--serve", help="serve the model from this HOST:PORT")
+    ps.add_argument("--advertise", help="host name devices use to reach --serve")
+    ps.add_argument("--url", help="where devices download the model")
+    ps.add_argument("--valid-hours", type=float, default=24.0)
+    ps.add_argument("--timeout", type=float, default=600.0)
+    ps.set_defaults(func=cmd_fleet_push)
     return p
 
 

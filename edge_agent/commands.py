@@ -31,6 +31,10 @@ _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _NAME = re.compile(r"^[a-z][a-z0-9\-]{0,63}$")
 
 
+#: A handler returns {ACCEPTED: "accepted", ...} for work that continues after the answer.
+ACCEPTED = "_status"
+
+
 class Rejected(Exception):
     """The command is refused; the message is the reason sent back."""
 
@@ -172,7 +176,9 @@ class CommandProcessor:
             handler = self.handlers.get(cmd.name)
             if handler is None:
                 raise Rejected(f"unknown command '{cmd.name}'; known: {', '.join(sorted(self.handlers))}")
-            result = {"id": cid, "command": cmd.name, "status": "done", "result": handler(cmd)}
+            out = handler(cmd)
+            status = str(out.pop(ACCEPTED, "done"))  # long jobs answer 'accepted', then report elsewhere
+            result = {"id": cid, "command": cmd.name, "status": status, "result": out}
             self.counts["done"] += 1
         except Rejected as err:
             cid = cid if cid is not None else (err.args[1] if len(err.args) > 1 else None)

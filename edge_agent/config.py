@@ -245,6 +245,38 @@ class OutboxConfig(_Strict):
     )
 
 
+class OTAConfig(_Strict):
+    trusted_keys: list[Path] = Field(
+        default_factory=list, max_length=16, description="Ed25519 public keys (PEM) whose signatures are accepted."
+    )
+    allow_unsigned: bool = Field(False, description="Accept unsigned manifests (development only).")
+    max_bytes: int = Field(200 * 2**20, ge=1024, le=2**34, description="Largest model accepted, in bytes.")
+    keep_versions: int = Field(
+        3, ge=2, le=50, description="Installed versions kept on disk (current and previous always)."
+    )
+    stall_s: float = Field(
+        30.0, ge=1, le=3600, description="A download that receives nothing for this long is resumed."
+    )
+    deadline_s: float = Field(1800.0, ge=5, le=86400, description="Longest a whole download may take.")
+    probation_inferences: int = Field(
+        30, ge=1, le=100_000, description="Inferences a new model must get through after activation."
+    )
+    probation_s: float = Field(
+        60.0, ge=1, le=86400, description="Longest probation lasts (passes if no frame arrives)."
+    )
+    max_inference_ms: float = Field(
+        1000.0, gt=0, le=60_000, description="Probation fails when inference p95 exceeds this."
+    )
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys_exist(cls, v: list[Path]) -> list[Path]:
+        missing = [str(p) for p in v if not p.is_file()]
+        if missing:
+            raise ValueError(f"file not found: {missing[0]}")
+        return v
+
+
 class Settings(BaseSettings):
     """The whole agent configuration."""
 
@@ -272,6 +304,7 @@ class Settings(BaseSettings):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Inference backend.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Health reporting and watchdog.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Store-and-forward of results.")
+    ota: OTAConfig = Field(default_factory=OTAConfig, description="Over-the-air model updates.")
 
     @field_validator("device_id")
     @classmethod

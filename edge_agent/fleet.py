@@ -1,0 +1,124 @@
+"""The fleet side of updates: keys, signed manifests, pushing a model and following its progress."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import http.server
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import MQTTConfig
+from edge_agent.ota.manifest import Manifest
+from edge_agent.ota.updater import TERMINAL
+from edge_agent.sinks.mqtt import Subscriber
+
+#: After a group push, how long to wait for more devices to answer once all that did are done.
+_GROUP_GRACE_S = 3.0
+
+
+def build_manifest(
+    model: Path, version: int, name: str | None, urls: list[str], labels: list[str] | None, valid_hours: float
+) -> Manifest:
+    data = model.read_bytes()
+    return Manifest(
+        name=name or model.stem,
+        version=version,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        urls=urls,
+        labels=labels,
+        expires=dt.datetime.now(dt.UTC) + dt.timedelta(hours=valid_hours),
+    )
+
+
+class FileServer:
+    """Serves one directory over HTTP (Range supported by the handler below) for `push --serve`."""
+
+    def __init__(self, directory: Path, host: str, port: int):
+        handler = functools.partial(_RangeHandler, directory=str(directory))
+        self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
+        self.port = int(self.httpd.server_address[1])
+        threading.Thread(target=self.httpd.serve_forever, name="fleet-http", daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """SimpleHTTPRequestHandler plus single-range `Range: bytes=N-` requests (resumable downloads)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def send_head(self):
+        rng = self.headers.get("Range", "")
+        if not rng.startswith("bytes=") or "," in rng:
+            return super().send_head()
+        path = Path(self.translate_path(self.path))
+        try:
+            f = path.open("rb")
+        except OSError:
+            self.send_error(404)
+            return None
+        size = path.stat().st_size
+        start = int(rng[6:].split("-", 1)[0] or 0)
+        if start >= size:
+            f.close()
+            self.send_error(416)
+            return None
+        f.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        self.send_header("Content-Length", str(size - start))
+        self.end_headers()
+        return f
+
+
+def push(
+    cfg: MQTTConfig, manifest: Manifest, devices: list[str], group: str | None, timeout_s: float, out: Any
+) -> dict[str, dict[str, Any]]:
+    """Send the deploy command and follow model/state until each device reaches a terminal state."""
+    prefix = cfg.topic_prefix
+    cid = f"push-{uuid.uuid4().hex[:12]}"
+    sub = Subscriber(cfg, [f"{prefix}/+/model/state", f"{prefix}/+/cmd/result"])
+    if not sub.start(10):
+        raise RuntimeError(f"no broker at {cfg.host}:{cfg.port}")
+    cmd = json.dumps({"id": cid, "command": "deploy", "args": {"manifest": manifest.model_dump(mode="json")}})
+    targets = [f"{prefix}/{d}/cmd" for d in devices] + ([f"{prefix}/group/{group}/cmd"] if group else [])
+    for t in targets:
+        sub.publish(t, cmd.encode())
+    status: dict[str, dict[str, Any]] = {d: {"state": "sent"} for d in devices}
+    deadline = time.monotonic() + timeout_s
+    last_new = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            m = sub.get(0.2)
+            if m is None:
+                settled = devices or time.monotonic() - last_new > _GROUP_GRACE_S  # a group: wait for stragglers
+                if status and settled and all(s["state"] in TERMINAL for s in status.values()):
+                    break
+                continue
+            topic, payload, _ = m
+            device = topic[len(prefix) + 1 :].split("/", 1)[0]
+            doc = json.loads(payload)
+            if topic.endswith("/cmd/result") and doc.get("id") == cid:
+                if doc.get("status") == "rejected":
+                    status[device] = {"state": "rejected", "reason": doc.get("reason")}
+                elif device not in status:
+                    status[device] = {"state": "accepted"}
+                    last_new = time.monotonic()
+            elif topic.endswith("/model/state") and doc.get("sha256") == manifest.sha256 and device in status:
+                status[device] = doc
+                extra = f" {doc['percent']}%" if "percent" in doc else ""
+                reason = f" ({doc['reason']})" if doc.get("reason") else ""
+                print(f"{device}: {doc['state']}{extra}{reason}", file=out, flush=True)
+    finally:
+        sub.stop()
+    return status

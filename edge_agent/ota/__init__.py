@@ -1,0 +1,1 @@
+"""Over-the-air model updates: signed manifests, verified downloads, atomic activation, probation."""

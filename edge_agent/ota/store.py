@@ -1,0 +1,158 @@
+"""Installed model versions on disk, stored by digest, with an atomically switched `current`.
+
+Layout under `<state_dir>/models/`:
+  blobs/<sha256>.tflite      the model files (never modified once written)
+  manifests/<sha256>.json    the manifest each came with
+  state.json                 current, previous, probation, highest accepted version,
+                             crash counts, history (written with temp + fsync + rename)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write-temp, fsync, rename, fsync the directory: after a power cut, old or new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class ModelStore:
+    def __init__(self, root: Path, keep: int = 3):
+        self.root = root
+        self.keep = keep
+        self.blobs = root / "blobs"
+        self.manifests = root / "manifests"
+        self.incoming = root / "incoming"
+        for d in (self.blobs, self.manifests, self.incoming):
+            d.mkdir(parents=True, exist_ok=True)
+        self.state_path = root / "state.json"
+        self.state: dict[str, Any] = self._load()
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            st = json.loads(self.state_path.read_text())
+            if isinstance(st, dict):
+                return st
+        except (OSError, ValueError):
+            pass
+        return {
+            "current": None,
+            "previous": None,
+            "probation": None,
+            "highest_version": 0,
+            "crashes": {},
+            "blocked": [],
+            "history": [],
+        }
+
+    def save(self) -> None:
+        atomic_write(self.state_path, json.dumps(self.state, indent=1).encode())
+
+    def blob(self, sha256: str) -> Path:
+        return self.blobs / f"{sha256}.tflite"
+
+    def manifest(self, sha256: str) -> dict[str, Any] | None:
+        try:
+            doc = json.loads((self.manifests / f"{sha256}.json").read_text())
+            return doc if isinstance(doc, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def install(self, downloaded: Path, sha256: str, manifest: dict[str, Any]) -> Path:
+        """Move a verified download into place (a rename on the same file system)."""
+        target = self.blob(sha256)
+        os.replace(downloaded, target)
+        fsync_dir(self.blobs)
+        atomic_write(self.manifests / f"{sha256}.json", json.dumps(manifest).encode())
+        return target
+
+    def record(self, event: str, **fields: Any) -> None:
+        self.state["history"] = (
+            [*self.state.get("history", []), {"event": event, "ts": round(time.time(), 3), **fields}]
+        )[-50:]
+
+    def activate(self, sha256: str, version: int) -> None:
+        """Point `current` at a new version and put it on probation; the old one stays `previous`."""
+        st = self.state
+        st["previous"], st["current"] = st.get("current"), {"sha256": sha256, "version": version}
+        st["probation"] = {"sha256": sha256, "started": round(time.time(), 3)}
+        st["highest_version"] = max(int(st.get("highest_version", 0)), version)
+        self.record("activated", sha256=sha256, version=version)
+        self.save()
+
+    def pass_probation(self) -> None:
+        self.state["probation"] = None
+        cur = self.state.get("current") or {}
+        self.record("active", **cur)
+        self.save()
+        self.prune()
+
+    def rollback(self, reason: str) -> dict[str, Any] | None:
+        """Back to `previous`; returns it (None: nothing to go back to, the config's model serves)."""
+        st = self.state
+        bad, st["current"], st["previous"] = st.get("current"), st.get("previous"), None
+        st["probation"] = None
+        self.record("rolled_back", reason=reason, **(bad or {}))
+        self.save()
+        return st["current"]
+
+    def note_crash(self, sha256: str) -> int:
+        crashes = self.state.setdefault("crashes", {})
+        crashes[sha256] = int(crashes.get(sha256, 0)) + 1
+        if crashes[sha256] >= 2 and sha256 not in self.state.setdefault("blocked", []):
+            self.state["blocked"].append(sha256)
+        self.save()
+        return int(crashes[sha256])
+
+    def is_blocked(self, sha256: str) -> bool:
+        return sha256 in self.state.get("blocked", [])
+
+    def versions(self) -> list[dict[str, Any]]:
+        out = []
+        cur = (self.state.get("current") or {}).get("sha256")
+        prev = (self.state.get("previous") or {}).get("sha256")
+        for p in sorted(self.blobs.glob("*.tflite"), key=lambda q: q.stat().st_mtime, reverse=True):
+            sha = p.stem
+            m = self.manifest(sha) or {}
+            out.append(
+                {
+                    "sha256": sha,
+                    "name": m.get("name"),
+                    "version": m.get("version"),
+                    "size": p.stat().st_size,
+                    "current": sha == cur,
+                    "previous": sha == prev,
+                    "blocked": self.is_blocked(sha),
+                }
+            )
+        return out
+
+    def prune(self) -> None:
+        """Keep the newest `keep` versions; never the current or previous one."""
+        pinned = {(self.state.get(k) or {}).get("sha256") for k in ("current", "previous")}
+        for i, v in enumerate(self.versions()):
+            if i >= self.keep and v["sha256"] not in pinned:
+                for p in (self.blob(v["sha256"]), self.manifests / f"{v['sha256']}.json"):
+                    p.unlink(missing_ok=True)
+        for p in self.incoming.glob("*.part"):
+            if time.time() - p.stat().st_mtime > 86400:
+                p.unlink(missing_ok=True)

@@ -1,0 +1,282 @@
+"""The device side of an update: verify, download, validate, activate, probation, roll back.
+
+Runs on its own thread; the serving pipeline only ever sees a finished Model swapped in
+between two frames. Progress is published as retained JSON on `{prefix}/{device_id}/model/state`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.config import ModelConfig, Settings
+from edge_agent.model import Model
+from edge_agent.modelfile import ModelError
+from edge_agent.ota.download import DownloadError, download
+from edge_agent.ota.manifest import Manifest, ManifestError, check_expiry, load_public_keys, verify_signature
+from edge_agent.ota.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("active", "rolled_back", "rejected", "failed")
+
+
+@dataclass
+class Probation:
+    """What a new model must show before it is kept."""
+
+    sha256: str
+    need: int
+    until: float
+    errors_at_start: int
+    seen: int = 0
+    latencies: list[float] = field(default_factory=list)
+    fingerprints: set[bytes] = field(default_factory=set)
+    nonfinite: int = 0
+
+    def observe(self, outputs: list[np.ndarray], inference_ms: float) -> None:
+        self.seen += 1
+        self.latencies.append(inference_ms)
+        if len(self.fingerprints) < 4:
+            self.fingerprints.add(b"".join(np.ascontiguousarray(o).tobytes()[:4096] for o in outputs))
+        if any(not np.isfinite(o.astype(np.float64)).all() for o in outputs):
+            self.nonfinite += 1
+
+    def verdict(self, errors_now: int, max_ms: float) -> str | None:
+        """None: still running; "" passed; else why it failed."""
+        if errors_now > self.errors_at_start:
+            return f"{errors_now - self.errors_at_start} inference error(s) during probation"
+        if self.nonfinite:
+            return f"non-finite outputs in {self.nonfinite} inference(s)"
+        if self.seen >= self.need or time.monotonic() > self.until:
+            if self.latencies:
+                p95 = float(np.percentile(self.latencies, 95))
+                if p95 > max_ms:
+                    return f"inference p95 {p95:.1f} ms exceeds the {max_ms:g} ms budget"
+            if self.seen >= 5 and len(self.fingerprints) == 1:
+                return "degenerate outputs: identical for every frame"
+            return ""
+        return None
+
+
+class Updater:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ModelStore,
+        publish_state: Callable[[dict[str, Any]], None],
+        swap: Callable[[Model], Model | None],
+        errors: Callable[[], int],
+        stop: threading.Event,
+    ):
+        self.settings = settings
+        self.store = store
+        self.publish_state = publish_state
+        self.swap = swap
+        self.errors = errors
+        self.stop = stop
+        self.jobs: queue.Queue[Manifest] = queue.Queue(maxsize=4)
+        self.probation: Probation | None = None
+        self.previous_model: Model | None = None
+        self.last_outcome: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    # --- called by the command handler ---------------------------------------------------
+    def check(self, m: Manifest) -> None:
+        """Everything decidable before a byte is downloaded; raises ManifestError."""
+        o = self.settings.ota
+        note = check_expiry(m, dt.datetime.now(dt.UTC))
+        if note:
+            log.warning("%s", note)
+        if m.signature is None and o.allow_unsigned:
+            log.warning("accepting unsigned manifest for %s v%d (ota.allow_unsigned)", m.name, m.version)
+        else:
+            verify_signature(m, load_public_keys(o.trusted_keys))
+        highest = int(self.store.state.get("highest_version", 0))
+        if m.version <= highest:
+            raise ManifestError(f"version {m.version} is not above the highest accepted ({highest})")
+        if m.size > o.max_bytes:
+            raise ManifestError(f"size {m.size} exceeds ota.max_bytes {o.max_bytes}")
+        if self.store.is_blocked(m.sha256):
+            raise ManifestError("this model crashed the agent twice and is blocked")
+        if m.delivery != "http" or not m.urls:
+            raise ManifestError("only HTTP delivery with at least one URL is supported")
+
+    def submit(self, m: Manifest) -> None:
+        self.check(m)
+        try:
+            self.jobs.put_nowait(m)
+        except queue.Full:
+            raise ManifestError("too many updates queued") from None
+        self._state("received", m)
+
+    # --- the update thread -------------------------------------------------------------------
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="ota", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                m = self.jobs.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self._update(m)
+            except Exception as err:  # loop boundary: an update failing must not take the agent with it
+                log.exception("update of %s v%d failed", m.name, m.version)
+                self._state("failed", m, reason=f"{type(err).__name__}: {err}")
+
+    def _state(self, state: str, m: Manifest | None = None, **extra: Any) -> None:
+        doc: dict[str, Any] = {"state": state, "ts": round(time.time(), 3), **extra}
+        if m is not None:
+            doc.update(name=m.name, version=m.version, sha256=m.sha256)
+        if state in TERMINAL:
+            self.last_outcome = doc
+        log.info("model update: %s %s", state, {k: v for k, v in doc.items() if k != "ts"})
+        self.publish_state(doc)
+
+    def _update(self, m: Manifest) -> None:
+        o = self.settings.ota
+        blob = self.store.blob(m.sha256)
+        if not blob.exists():
+            self._state("downloading", m, percent=0)
+            last = [-1]
+
+            def progress(got: int, size: int) -> None:
+                pct = int(100 * got / size)
+                if pct // 10 != last[0] // 10:
+                    last[0] = pct
+                    self._state("downloading", m, percent=pct)
+
+            part = self.store.incoming / f"{m.sha256}.part"
+            try:
+                download(m.urls, part, m.size, m.sha256, o.stall_s, o.deadline_s, progress)
+            except DownloadError as err:
+                self._state("failed", m, reason=str(err))
+                return
+            self._state("verifying", m)
+            self.store.install(part, m.sha256, m.model_dump(mode="json"))
+        self._state("validating", m)
+        try:
+            new_model = self._build(m, blob)
+        except ModelError as err:
+            self._state("rejected", m, reason=str(err))
+            return
+        self._state("activating", m)
+        self.store.activate(m.sha256, m.version)
+        with self._lock:
+            self.probation = Probation(
+                m.sha256, o.probation_inferences, time.monotonic() + o.probation_s, self.errors()
+            )
+        self.previous_model = self.swap(new_model)
+        self._state("probation", m)
+        while not self.stop.is_set():
+            with self._lock:
+                p = self.probation
+                verdict = p.verdict(self.errors(), o.max_inference_ms) if p else ""
+            if verdict is not None:
+                break
+            self.stop.wait(0.1)
+        with self._lock:
+            self.probation = None
+        if verdict is None or self.stop.is_set():
+            return  # shutting down mid-probation: the next start decides (store.probation is still set)
+        if verdict == "":
+            self.store.pass_probation()
+            self._state("active", m)
+            if self.previous_model is not None:
+                self.previous_model.close()
+            self.previous_model = None
+        else:
+            self.rollback(verdict, m)
+
+    def rollback(self, reason: str, m: Manifest | None = None) -> bool:
+        """Back to the previous model (in memory when we still hold it)."""
+        prev = self.store.rollback(reason)
+        old = self.previous_model
+        if old is None and prev is not None:
+            man = self.store.manifest(prev["sha256"])
+            try:
+                old = self._build(Manifest.model_validate(man), self.store.blob(prev["sha256"])) if man else None
+            except (ModelError, ValueError) as err:
+                log.error("previous model unusable: %s", err)
+                old = None
+        if old is None:
+            old = Model(self.settings.model, self.settings.runtime, self.settings.state_dir)
+        self.swap(old)
+        self.previous_model = None
+        self._state("rolled_back", m, reason=reason, now=prev)
+        return True
+
+    def observe(self, model_sha: str, outputs: list[np.ndarray], inference_ms: float) -> None:
+        """From the post-processing thread, for every result while a model is on probation."""
+        with self._lock:
+            p = self.probation
+            if p is not None and p.sha256 == model_sha:
+                p.observe(outputs, inference_ms)
+
+    def _build(self, m: Manifest, blob: Path) -> Model:
+        cfg = self.settings.model.model_copy(
+            update={
+                "path": blob,
+                "labels": self._labels_file(m),
+                "name": m.name,
+                "version": str(m.version),
+                **({"task": m.task} if m.task else {}),
+                **({"score_threshold": m.score_threshold} if m.score_threshold is not None else {}),
+            }
+        )
+        return Model(ModelConfig.model_validate(cfg.model_dump()), self.settings.runtime, self.settings.state_dir)
+
+    def _labels_file(self, m: Manifest) -> Path | None:
+        if m.labels is None:
+            return None
+        p = self.store.manifests / f"{m.sha256}.labels.txt"
+        if not p.exists():
+            p.write_text("\n".join(m.labels) + "\n", encoding="utf-8")
+        return p
+
+
+def model_for_start(settings: Settings, store: ModelStore) -> tuple[ModelConfig, dict[str, Any] | None]:
+    """The model to start with, after deciding what an interrupted update means.
+
+    A model still on probation at start did not survive it (the agent was killed or crashed
+    during probation): count the crash, go back to the previous version, and say so.
+    """
+    report = None
+    prob = store.state.get("probation")
+    if prob:
+        crashes = store.note_crash(prob["sha256"])
+        store.rollback(f"agent restarted during probation (crash {crashes} of this model)")
+        report = {
+            "state": "rolled_back",
+            "sha256": prob["sha256"],
+            "ts": round(time.time(), 3),
+            "reason": f"agent restarted during probation (crash {crashes})",
+            "blocked": store.is_blocked(prob["sha256"]),
+        }
+    cur = store.state.get("current")
+    if cur and store.blob(cur["sha256"]).exists():
+        man = store.manifest(cur["sha256"]) or {}
+        labels = store.manifests / f"{cur['sha256']}.labels.txt"
+        upd: dict[str, Any] = {
+            "path": store.blob(cur["sha256"]),
+            "name": man.get("name"),
+            "version": str(cur["version"]),
+            "labels": labels if labels.exists() else None,
+        }
+        if man.get("task"):
+            upd["task"] = man["task"]
+        if man.get("score_threshold") is not None:
+            upd["score_threshold"] = man["score_threshold"]
+        return ModelConfig.model_validate({**settings.model.model_dump(), **upd}), report
+    return settings.model, report
