@@ -379,7 +379,7 @@ def cmd_fleet_push(args: argparse.Namespace) -> int:
         url = f"http://{advertise}:{server.port}/{args.model.name}"
     else:
         url = args.url
-    labels = args.labels.read_text(encoding="utf-8").split() if args.labels else None
+    labels = args.labels_file.read_text(encoding="utf-8").splitlines() if args.labels_file else None
     manifest = build_manifest(args.model, args.version, args.name, [url], labels, args.valid_hours)
     if args.key:
         manifest = manifest.signed(load_private_key(args.key))
@@ -454,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--device", action="append")
     ps.add_argument("--group")
     ps.add_argument("--key", type=Path, help="private key to sign with")
-    ps.add_argument("--labels", type=Path)
+    ps.add_argument("--labels-file", type=Path, help="labels to ship with the model")
     ps.add_argument("--serve", help="serve the model from this HOST:PORT")
     ps.add_argument("--advertise", help="host name devices use to reach --serve")
     ps.add_argument("--url", help="where devices download the model")

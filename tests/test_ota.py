@@ -1,0 +1,256 @@
+"""Model updates end to end: fleet push, a real HTTP server, the agent swapping models under a stream."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import flatbuffers
+import numpy as np
+import orjson
+import pytest
+
+from edge_agent.fleet import FileServer, build_manifest
+from edge_agent.ota.manifest import load_private_key, write_keypair
+from edge_agent.sinks.mqtt import Subscriber
+
+from .conftest import SHORT, SHORT_INT8, Broker, run_cli, wait_until
+
+
+class Watch:
+    """Records predictions, model states and command results of one device."""
+
+    def __init__(self, broker: Broker, device: str):
+        self.sub = Subscriber(broker.mqtt(), [f"edge/{device}/predictions", f"edge/{device}/model/state",
+                                              f"edge/{device}/cmd/result"])
+        assert self.sub.start(10)
+        self.device = device
+        self.preds: list[dict[str, Any]] = []
+        self.states: list[dict[str, Any]] = []
+        self.results: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            m = self.sub.get(0.1)
+            if m is None:
+                continue
+            doc = orjson.loads(m[1])
+            if m[0].endswith("/predictions"):
+                self.preds.append(doc)
+            elif m[0].endswith("/model/state"):
+                self.states.append(doc)
+            else:
+                self.results.append(doc)
+
+    def state_names(self, version: int) -> list[str]:
+        return [s["state"] for s in list(self.states) if s.get("version") == version]
+
+    def deploy(self, manifest: dict[str, Any], cid: str) -> dict[str, Any]:
+        self.sub.publish(f"edge/{self.device}/cmd", json.dumps(
+            {"id": cid, "command": "deploy", "args": {"manifest": manifest}}).encode())
+        return wait_until(lambda: next((r for r in list(self.results) if r["id"] == cid), None), 10,
+                          what=f"the answer to {cid}")
+
+    def command(self, name: str, cid: str) -> dict[str, Any]:
+        self.sub.publish(f"edge/{self.device}/cmd", json.dumps({"id": cid, "command": name}).encode())
+        return wait_until(lambda: next((r for r in list(self.results) if r["id"] == cid), None), 10,
+                          what=f"the answer to {cid}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(2)
+        self.sub.stop()
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    return write_keypair(tmp_path / "keys")
+
+
+def ota_env(broker: Broker, pub: Path, **extra: str) -> dict[str, str]:
+    return {**broker.env(), "EDGE_AGENT_OTA__TRUSTED_KEYS": json.dumps([str(pub)]),
+            "EDGE_AGENT_OTA__PROBATION_INFERENCES": "20", "EDGE_AGENT_OTA__PROBATION_S": "20", **extra}
+
+
+STREAM = ["run", "--source", "synthetic", "--fps", "30", "--model", str(SHORT)]
+
+
+def test_push_hot_swaps_without_losing_a_frame(broker: Broker, agent_factory, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    priv, pub = keys
+    w = Watch(broker, "d1")
+    try:
+        agent_factory([*STREAM, "--device-id", "d1"], env=ota_env(broker, pub))
+        wait_until(lambda: len(w.preds) >= 30, 30, what="the stream")
+        r = run_cli("fleet", "push", str(SHORT_INT8), "--version", "1", "--device", "d1", "--key", str(priv),
+                    "--serve", "127.0.0.1:0", "--mqtt-host", broker.host, "--mqtt-port", str(broker.port),
+                    "--timeout", "120", timeout=180)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "d1: active" in r.stdout
+        states = w.state_names(1)
+        for s in ("received", "downloading", "verifying", "validating", "activating", "probation", "active"):
+            assert s in states, (s, states)
+        wait_until(lambda: sum(p["model"]["version"] == "1" for p in w.preds) >= 30, 20, what="new-model results")
+        preds = list(w.preds)
+        seqs = [p["seq"] for p in preds]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # nothing lost across the swap
+        names = [p["model"]["name"] for p in preds]
+        first_new = names.index("face_detection_short_range_int8")
+        assert set(names[:first_new]) == {"face_detection_short_range"}
+        assert set(names[first_new:]) == {"face_detection_short_range_int8"}
+        gaps = np.diff([p["ts"] for p in preds])
+        assert gaps.max() < 5 * np.median(gaps)  # the swap is between two frames, no stall
+        listing = w.command("list-models", "lm1")["result"]
+        assert listing["current"]["version"] == 1 and any(v["current"] for v in listing["versions"])
+        # the same version again is a downgrade now
+        m = build_manifest(SHORT_INT8, 1, None, ["http://127.0.0.1:1/x"], None, 1).signed(load_private_key(priv))
+        again = w.deploy(m.model_dump(mode="json"), "again")
+        assert again["status"] == "rejected" and "not above" in again["reason"]
+        # manual rollback goes back to the model the agent started with
+        rb = w.command("rollback", "rb1")
+        assert rb["status"] == "done"
+        wait_until(lambda: w.preds[-1]["model"]["name"] == "face_detection_short_range", 10, what="rollback")
+    finally:
+        w.close()
+
+
+def test_rejections_before_download(broker: Broker, agent_factory, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    priv, pub = keys
+    other_priv, _ = write_keypair(tmp_path / "other", "intruder")
+    w = Watch(broker, "d2")
+    try:
+        agent_factory([*STREAM, "--device-id", "d2"], env=ota_env(broker, pub, EDGE_AGENT_OTA__MAX_BYTES="300000"))
+        wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        key = load_private_key(priv)
+        base = build_manifest(SHORT, 5, None, ["http://127.0.0.1:9/m.tflite"], None, 1)
+        cases: dict[str, tuple[Any, str]] = {
+            "unsigned": (base.model_dump(mode="json"), "not signed"),
+            "wrong-key": (base.signed(load_private_key(other_priv)).model_dump(mode="json"), "trusted key"),
+            "tampered": ({**base.signed(key).model_dump(mode="json"), "version": 6}, "trusted key"),
+            "expired": (base.model_copy(update={"expires": dt.datetime(2025, 6, 1, tzinfo=dt.UTC)})
+                        .signed(key).model_dump(mode="json"), "expired"),
+            "oversized": (build_manifest(SHORT_INT8, 5, None, ["http://127.0.0.1:9/m"], None, 1).signed(key)
+                          .model_dump(mode="json"), "exceeds"),
+            "bad-field": ({**base.signed(key).model_dump(mode="json"), "sha256": "xyz"}, "sha256"),
+        }
+        for cid, (manifest, reason) in cases.items():
+            r = w.deploy(manifest, cid)
+            assert r["status"] == "rejected" and reason in r["reason"], (cid, r)
+        assert all(p["model"]["name"] == "face_detection_short_range" for p in w.preds[-5:])
+    finally:
+        w.close()
+
+
+def test_download_and_validation_failures(broker: Broker, agent_factory, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    priv, pub = keys
+    key = load_private_key(priv)
+    served = tmp_path / "served"
+    served.mkdir()
+    data = SHORT_INT8.read_bytes()
+    (served / "good.tflite").write_bytes(data)
+    (served / "broken.tflite").write_bytes(data[: len(data) // 2])
+    fs = FileServer(served, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{fs.port}"
+    w = Watch(broker, "d3")
+    try:
+        agent_factory([*STREAM, "--device-id", "d3"], env=ota_env(broker, pub))
+        wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        good = build_manifest(served / "good.tflite", 2, None, [f"{url}/good.tflite"], None, 1)
+        lie = good.model_copy(update={"size": good.size - 100, "version": 3}).signed(key)
+        mismatch = good.model_copy(update={"sha256": "ab" * 32, "version": 4}).signed(key)
+        broken = build_manifest(served / "broken.tflite", 5, None, [f"{url}/broken.tflite"], None, 1).signed(key)
+        for cid, m, state, reason in (("lie", lie, "failed", "more than"), ("mm", mismatch, "failed", "mismatch"),
+                                      ("broken", broken, "rejected", "truncated")):
+            assert w.deploy(m.model_dump(mode="json"), cid)["status"] == "accepted"
+            final = wait_until(lambda m=m, state=state: next((s for s in list(w.states) if s.get("version") == m.version
+                                                              and s["state"] == state), None), 60, what=cid)
+            assert reason in final["reason"], (cid, final)
+        assert w.preds[-1]["model"]["name"] == "face_detection_short_range"
+    finally:
+        fs.close()
+        w.close()
+
+
+def _degenerate(src: bytes) -> bytes:
+    """A model whose every weight is zero: it loads and runs, and says the same thing for every frame."""
+    from ai_edge_litert import schema_py_generated as s
+
+    m = s.ModelT.InitFromObj(s.Model.GetRootAs(src, 0))
+    for b in m.buffers:
+        if b.data is not None and len(b.data) > 64:
+            b.data = np.zeros(len(b.data), np.uint8)
+    b2 = flatbuffers.Builder(0)
+    b2.Finish(m.Pack(b2), file_identifier=b"TFL3")
+    return bytes(b2.Output())
+
+
+def test_probation_failure_rolls_back_and_kill_during_probation_blocks(broker: Broker, agent_factory, keys,  # type: ignore[no-untyped-def]
+                                                                       tmp_path: Path) -> None:
+    priv, pub = keys
+    key = load_private_key(priv)
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "zero.tflite").write_bytes(_degenerate(SHORT.read_bytes()))
+    fs = FileServer(served, "127.0.0.1", 0)
+    w = Watch(broker, "d4")
+    try:
+        env = ota_env(broker, pub, EDGE_AGENT_STATE_DIR=str(tmp_path / "state"))
+        a = agent_factory([*STREAM, "--device-id", "d4"], env=env, name="a")
+        wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        m = build_manifest(served / "zero.tflite", 7, "zeros", [f"http://127.0.0.1:{fs.port}/zero.tflite"], None, 1)
+        assert w.deploy(m.signed(key).model_dump(mode="json"), "z1")["status"] == "accepted"
+        rb = wait_until(lambda: next((s for s in list(w.states) if s["state"] == "rolled_back"), None), 60,
+                        what="rollback")
+        assert "degenerate" in rb["reason"]
+        wait_until(lambda: w.preds[-1]["model"]["name"] == "face_detection_short_range", 10, what="old model back")
+
+        # a model on probation when the agent dies is taken as a crash; twice and it is blocked
+        slow = build_manifest(SHORT_INT8, 8, None, [f"http://127.0.0.1:{fs.port}/int8.tflite"], None, 1)
+        (served / "int8.tflite").write_bytes(SHORT_INT8.read_bytes())
+        penv = {**env, "EDGE_AGENT_OTA__PROBATION_INFERENCES": "100000", "EDGE_AGENT_OTA__PROBATION_S": "3600"}
+        a.stop()
+        for round_ in (1, 2):
+            boots = {p["boot_id"] for p in list(w.preds)}
+            agent = agent_factory([*STREAM, "--device-id", "d4"], env=penv, name=f"p{round_}")
+            latest = wait_until(lambda boots=boots: next((p for p in reversed(list(w.preds))
+                                                          if p["boot_id"] not in boots), None), 30, what="restart")
+            assert latest["model"]["name"] == "face_detection_short_range"
+            mv = slow.model_copy(update={"version": 8 + round_}).signed(key)
+            w.deploy(mv.model_dump(mode="json"), f"k{round_}")
+            wait_until(lambda mv=mv: mv.version in [s.get("version") for s in list(w.states)
+                                                  if s["state"] == "probation"], 60, what="probation")
+            agent.signal(signal.SIGKILL)
+            agent.wait(5)
+        boots = {p["boot_id"] for p in list(w.preds)}
+        final = agent_factory([*STREAM, "--device-id", "d4"], env=penv, name="final")
+        st = wait_until(lambda: next((s for s in list(w.states) if s.get("blocked")), None), 30, what="blocked")
+        assert st["state"] == "rolled_back" and "restarted during probation" in st["reason"]
+        latest = wait_until(lambda: next((p for p in reversed(list(w.preds)) if p["boot_id"] not in boots), None),
+                            30, what="the final restart")
+        assert latest["model"]["name"] == "face_detection_short_range"
+        again = w.deploy(slow.model_copy(update={"version": 20}).signed(key).model_dump(mode="json"), "k3")
+        assert again["status"] == "rejected" and "blocked" in again["reason"]
+        assert final.proc.poll() is None
+    finally:
+        fs.close()
+        w.close()
+
+
+def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> None:
+    r = run_cli("fleet", "keygen", "--dir", str(tmp_path))
+    assert r.returncode == 0
+    assert (tmp_path / "fleet.key").stat().st_mode & 0o777 == 0o600
+    again = run_cli("fleet", "keygen", "--dir", str(tmp_path))
+    assert again.returncode == 1 and "not overwriting" in again.stderr
+    manifest = tmp_path / "m.json"
+    manifest.write_text(build_manifest(SHORT, 1, None, ["http://x.example/m"], None, 1).model_dump_json())
+    signed = run_cli("fleet", "sign", str(manifest), "--key", str(tmp_path / "fleet.key"))
+    assert signed.returncode == 0 and json.loads(signed.stdout)["signature"]
+    assert hashlib.sha256(SHORT.read_bytes()).hexdigest() == json.loads(signed.stdout)["sha256"]
