@@ -19,6 +19,7 @@ from edge_agent.commands import ACCEPTED, Command, CommandProcessor, Rejected, n
 from edge_agent.config import Settings
 from edge_agent.handoff import LatestSlot
 from edge_agent.model import Model, RawInference
+from edge_agent.modelfile import ModelError
 from edge_agent.ota.manifest import ManifestError, parse_manifest
 from edge_agent.ota.store import ModelStore
 from edge_agent.ota.updater import Updater, model_for_start
@@ -115,6 +116,7 @@ class Agent:
         try:
             s.state_dir.mkdir(parents=True, exist_ok=True)
             state_dir: Path | None = s.state_dir
+            self._lock_state_dir(s.state_dir)
         except OSError as err:
             log.warning("state directory %s unusable (%s); probe results will not be cached", s.state_dir, err)
             state_dir = None
@@ -155,6 +157,16 @@ class Agent:
         self._spawn("postprocess", self._post_loop)
         self._spawn("health", self._health_loop)
         self._spawn("watchdog", self._watchdog_loop)
+
+    def _lock_state_dir(self, state_dir: Path) -> None:
+        """One agent per state directory: two would corrupt each other's outbox and model store."""
+        import fcntl
+
+        self._lock_file = open(state_dir / "agent.lock", "a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ModelError(f"another edge-agent is using the state directory {state_dir}") from None
 
     def _spawn(self, name: str, target: Any) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)

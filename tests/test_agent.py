@@ -254,3 +254,13 @@ def test_demo_script_prints_predictions() -> None:
     assert any(ln.startswith("edge/demo/availability online") for ln in lines)
     preds = [ln for ln in lines if ln.startswith("#")]
     assert len(preds) > 30 and any("face 0." in ln for ln in preds)
+
+
+def test_second_agent_on_the_same_state_directory_is_refused(broker: Broker, subscriber_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    sub = subscriber_factory(["edge/one/predictions"])
+    agent_factory(["run", "--device-id", "one", "--source", "synthetic", "--model", str(SHORT)], env=broker.env())
+    collect(sub, lambda t, p, r: True, 30)
+    second = agent_factory(["run", "--device-id", "two", "--source", "synthetic", "--model", str(SHORT)],
+                           env=broker.env(), name="second")
+    assert second.wait(30) == 1
+    assert "another edge-agent is using the state directory" in second.log()

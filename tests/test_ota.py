@@ -254,3 +254,23 @@ def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> Non
     signed = run_cli("fleet", "sign", str(manifest), "--key", str(tmp_path / "fleet.key"))
     assert signed.returncode == 0 and json.loads(signed.stdout)["signature"]
     assert hashlib.sha256(SHORT.read_bytes()).hexdigest() == json.loads(signed.stdout)["sha256"]
+
+
+def test_group_push_to_three_agents(broker: Broker, agent_factory, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    priv, pub = keys
+    watches = [Watch(broker, f"g{i}") for i in range(3)]
+    try:
+        for i in range(3):
+            env = ota_env(broker, pub, EDGE_AGENT_GROUPS='["lab"]', EDGE_AGENT_STATE_DIR=str(tmp_path / f"s{i}"))
+            agent_factory([*STREAM, "--device-id", f"g{i}"], env=env, name=f"g{i}")
+        for w in watches:
+            wait_until(lambda w=w: len(w.preds) >= 5, 30, what=f"{w.device} streaming")
+        r = run_cli("fleet", "push", str(SHORT_INT8), "--version", "3", "--group", "lab", "--key", str(priv),
+                    "--serve", "127.0.0.1:0", "--mqtt-host", broker.host, "--mqtt-port", str(broker.port),
+                    "--timeout", "120", timeout=180)
+        assert r.returncode == 0, r.stdout + r.stderr
+        status = json.loads(r.stdout[r.stdout.index("{"):])
+        assert set(status) == {"g0", "g1", "g2"} and all(s["state"] == "active" for s in status.values())
+    finally:
+        for w in watches:
+            w.close()
