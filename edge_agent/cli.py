@@ -393,6 +393,36 @@ def cmd_fleet_push(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAIL
 
 
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    from edge_agent.fleet import status
+
+    settings = _load(args)
+    devices = status(settings.mqtt, args.wait)
+    if args.json:
+        print(json.dumps(devices, indent=2))
+        return EXIT_OK
+    print(f"{'device':<20} {'availability':<12} {'model':<36} {'update':<12} {'fps':>6} {'status':<9}")
+    for name, d in sorted(devices.items()):
+        model = (d.get("info") or {}).get("model") or {}
+        upd = d.get("model/state") or {}
+        h = d.get("health") or {}
+        label = f"{model.get('name')} v{model.get('version')}"
+        print(
+            f"{name:<20} {d.get('availability', '?'):<12} {label:<36} "
+            f"{upd.get('state', '-'):<12} {(h.get('fps') or {}).get('inferred', '-'):>6} {h.get('status', '-'):<9}"
+        )
+    return EXIT_OK
+
+
+def cmd_fleet_rollback(args: argparse.Namespace) -> int:
+    from edge_agent.fleet import send_command
+
+    settings = _load(args)
+    answer = send_command(settings.mqtt, args.device, "rollback", args.timeout)
+    print(json.dumps(answer, indent=2))
+    return EXIT_OK if answer and answer.get("status") == "done" else EXIT_FAIL
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description="On-device inference agent.")
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -461,6 +491,16 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--valid-hours", type=float, default=24.0)
     ps.add_argument("--timeout", type=float, default=600.0)
     ps.set_defaults(func=cmd_fleet_push)
+    st = fsub.add_parser("status", help="a table of devices from their retained state and recent health")
+    _settings_args(st)
+    st.add_argument("--wait", type=float, default=2.0, help="seconds to listen")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_fleet_status)
+    rb = fsub.add_parser("rollback", help="roll one device back to its previous model")
+    _settings_args(rb)
+    rb.add_argument("--device", required=True)
+    rb.add_argument("--timeout", type=float, default=10.0)
+    rb.set_defaults(func=cmd_fleet_rollback)
     return p
 
 

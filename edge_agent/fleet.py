@@ -122,3 +122,56 @@ def push(
     finally:
         sub.stop()
     return status
+
+
+def status(cfg: MQTTConfig, wait_s: float = 2.0) -> dict[str, dict[str, Any]]:
+    """Devices as their retained availability, info and model state (and any health within wait_s) show them."""
+    prefix = cfg.topic_prefix
+    sub = Subscriber(
+        cfg, [f"{prefix}/+/availability", f"{prefix}/+/info", f"{prefix}/+/model/state", f"{prefix}/+/health"]
+    )
+    if not sub.start(10):
+        raise RuntimeError(f"no broker at {cfg.host}:{cfg.port}")
+    devices: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + wait_s
+    try:
+        while time.monotonic() < deadline:
+            m = sub.get(0.1)
+            if m is None:
+                continue
+            topic, payload, _ = m
+            device, _, kind = topic[len(prefix) + 1 :].partition("/")
+            if device == "group":
+                continue
+            d = devices.setdefault(device, {})
+            if kind == "availability":
+                d["availability"] = payload.decode("utf-8", "replace")
+            else:
+                try:
+                    d[kind] = json.loads(payload)
+                except ValueError:
+                    continue
+    finally:
+        sub.stop()
+    return devices
+
+
+def send_command(cfg: MQTTConfig, device: str, command: str, timeout_s: float = 10.0) -> dict[str, Any] | None:
+    """One command to one device; its answer (None if none came)."""
+    prefix = cfg.topic_prefix
+    cid = f"{command}-{uuid.uuid4().hex[:12]}"
+    sub = Subscriber(cfg, [f"{prefix}/{device}/cmd/result"])
+    if not sub.start(10):
+        raise RuntimeError(f"no broker at {cfg.host}:{cfg.port}")
+    try:
+        sub.publish(f"{prefix}/{device}/cmd", json.dumps({"id": cid, "command": command}).encode())
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            m = sub.get(0.2)
+            if m is not None:
+                doc = json.loads(m[1])
+                if doc.get("id") == cid:
+                    return dict(doc)
+        return None
+    finally:
+        sub.stop()

@@ -274,3 +274,22 @@ def test_group_push_to_three_agents(broker: Broker, agent_factory, keys, tmp_pat
     finally:
         for w in watches:
             w.close()
+
+
+def test_fleet_status_and_rollback_cli(broker: Broker, agent_factory, keys) -> None:  # type: ignore[no-untyped-def]
+    priv, pub = keys
+    w = Watch(broker, "st1")
+    try:
+        agent_factory([*STREAM, "--device-id", "st1"], env={**ota_env(broker, pub), "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5"})
+        wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        mq = ["--mqtt-host", broker.host, "--mqtt-port", str(broker.port)]
+        r = run_cli("fleet", "status", *mq, "--json", "--wait", "2")
+        devices = json.loads(r.stdout)
+        assert devices["st1"]["availability"] == "online"
+        assert devices["st1"]["info"]["model"]["name"] == "face_detection_short_range"
+        table = run_cli("fleet", "status", *mq, "--wait", "1.5")
+        assert "st1" in table.stdout and "online" in table.stdout
+        nothing = run_cli("fleet", "rollback", *mq, "--device", "st1")
+        assert nothing.returncode == 1 and "no installed update" in nothing.stdout
+    finally:
+        w.close()
