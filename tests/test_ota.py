@@ -277,7 +277,7 @@ def test_group_push_to_three_agents(broker: Broker, agent_factory, keys, tmp_pat
 
 
 def test_fleet_status_and_rollback_cli(broker: Broker, agent_factory, keys) -> None:  # type: ignore[no-untyped-def]
-    priv, pub = keys
+    _, pub = keys
     w = Watch(broker, "st1")
     try:
         agent_factory([*STREAM, "--device-id", "st1"], env={**ota_env(broker, pub), "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5"})
