@@ -280,7 +280,7 @@ def test_fleet_status_and_rollback_cli(broker: Broker, agent_factory, keys) -> N
     _, pub = keys
     w = Watch(broker, "st1")
     try:
-        agent_factory([*STREAM, "--device-id", "st1"], env={**ota_env(broker, pub), "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5"})
+        agent_factory([*STREAM, "--device-id", "st1"], env=ota_env(broker, pub, EDGE_AGENT_HEALTH__INTERVAL_S="0.5"))
         wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
         mq = ["--mqtt-host", broker.host, "--mqtt-port", str(broker.port)]
         r = run_cli("fleet", "status", *mq, "--json", "--wait", "2")
