@@ -37,7 +37,10 @@ from edge_agent.modelfile import rewrite_model  # noqa: E402
 from edge_agent.ota.manifest import load_private_key, write_keypair  # noqa: E402
 from edge_agent.sinks.mqtt import Subscriber  # noqa: E402
 
-MODELS = [ROOT / "models" / "face_detection_short_range_int8.tflite", ROOT / "models" / "face_detection_short_range.tflite"]
+MODELS = [
+    ROOT / "models" / "face_detection_short_range_int8.tflite",
+    ROOT / "models" / "face_detection_short_range.tflite",
+]
 
 
 def free_port() -> int:
@@ -60,8 +63,11 @@ def main() -> int:
         port = free_port()
         user = "user root\n" if os.geteuid() == 0 else ""
         (work / "m.conf").write_text(f"{user}listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n")
-        broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(work / "m.conf")],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        broker = subprocess.Popen(
+            [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(work / "m.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         priv, pub = write_keypair(work / "keys")
         key = load_private_key(priv)
         served = work / "served"
@@ -84,13 +90,36 @@ def main() -> int:
 
         threading.Thread(target=record, daemon=True).start()
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
-        env.update({"EDGE_AGENT_MQTT__HOST": "127.0.0.1", "EDGE_AGENT_MQTT__PORT": str(port),
-                    "EDGE_AGENT_STATE_DIR": str(work / "state"), "EDGE_AGENT_DEVICE_ID": "bench",
-                    "EDGE_AGENT_OTA__TRUSTED_KEYS": json.dumps([str(pub)]), "EDGE_AGENT_HEALTH__INTERVAL_S": "1",
-                    "EDGE_AGENT_OTA__PROBATION_INFERENCES": "30", "EDGE_AGENT_LOG_LEVEL": "WARNING"})
-        agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--source", "synthetic", "--fps",
-                                  str(args.fps), "--model", str(MODELS[1])], env=env, cwd=str(ROOT),
-                                 stdout=subprocess.DEVNULL, stderr=(work / "agent.log").open("wb"))
+        env.update(
+            {
+                "EDGE_AGENT_MQTT__HOST": "127.0.0.1",
+                "EDGE_AGENT_MQTT__PORT": str(port),
+                "EDGE_AGENT_STATE_DIR": str(work / "state"),
+                "EDGE_AGENT_DEVICE_ID": "bench",
+                "EDGE_AGENT_OTA__TRUSTED_KEYS": json.dumps([str(pub)]),
+                "EDGE_AGENT_HEALTH__INTERVAL_S": "1",
+                "EDGE_AGENT_OTA__PROBATION_INFERENCES": "30",
+                "EDGE_AGENT_LOG_LEVEL": "WARNING",
+            }
+        )
+        agent = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edge_agent",
+                "run",
+                "--source",
+                "synthetic",
+                "--fps",
+                str(args.fps),
+                "--model",
+                str(MODELS[1]),
+            ],
+            env=env,
+            cwd=str(ROOT),
+            stdout=subprocess.DEVNULL,
+            stderr=(work / "agent.log").open("wb"),
+        )
         while len(preds) < 60:
             stop.wait(0.1)
         rss0 = health[-1]["process"]["rss_mb"] if health else None
@@ -99,19 +128,21 @@ def main() -> int:
             src = MODELS[i % 2].read_bytes()
             variant = served / f"v{i + 1}.tflite"  # a distinct file (and digest) per version
             variant.write_bytes(rewrite_model(src, files={"release.txt": f"{i + 1}".encode()}))
-            m = build_manifest(variant, i + 1, MODELS[i % 2].stem, [f"http://127.0.0.1:{fs.port}/{variant.name}"],
-                               None, 1).signed(key)
+            m = build_manifest(
+                variant, i + 1, MODELS[i % 2].stem, [f"http://127.0.0.1:{fs.port}/{variant.name}"], None, 1
+            ).signed(key)
             n0 = len(preds)
             t0 = time.monotonic()
             status = push(cfg, m, ["bench"], None, 120, io.StringIO())
             t_active = time.monotonic() - t0
             stop.wait(1.0)
-            window = preds[max(0, n0 - 30):]
+            window = preds[max(0, n0 - 30) :]
             gaps = [b[0] - a[0] for a, b in zip(window, window[1:], strict=False)]
             seqs = [d["seq"] for _, d in window]
             lost = (seqs[-1] - seqs[0] + 1) - len(set(seqs))
-            rows.append((i + 1, status["bench"]["state"], lost, max(gaps) * 1e3, statistics.median(gaps) * 1e3,
-                         t_active))
+            rows.append(
+                (i + 1, status["bench"]["state"], lost, max(gaps) * 1e3, statistics.median(gaps) * 1e3, t_active)
+            )
         stop.wait(2)
         rss1 = health[-1]["process"]["rss_mb"] if health else None
         store = dir_size(work / "state" / "models")
