@@ -31,6 +31,8 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import itertools
+
 from edge_agent.config import MQTTConfig  # noqa: E402
 from edge_agent.fleet import FileServer, build_manifest, push  # noqa: E402
 from edge_agent.modelfile import rewrite_model  # noqa: E402
@@ -137,7 +139,7 @@ def main() -> int:
             t_active = time.monotonic() - t0
             stop.wait(1.0)
             window = preds[max(0, n0 - 30) :]
-            gaps = [b[0] - a[0] for a, b in zip(window, window[1:], strict=False)]
+            gaps = [b[0] - a[0] for a, b in itertools.pairwise(window)]
             seqs = [d["seq"] for _, d in window]
             lost = (seqs[-1] - seqs[0] + 1) - len(set(seqs))
             rows.append(
