@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import shutil
@@ -30,8 +31,6 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-import itertools
 
 from edge_agent.config import MQTTConfig  # noqa: E402
 from edge_agent.fleet import FileServer, build_manifest, push  # noqa: E402
