@@ -7,6 +7,7 @@ import hashlib
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -293,3 +294,141 @@ def test_fleet_status_and_rollback_cli(broker: Broker, agent_factory, keys) -> N
         assert nothing.returncode == 1 and "no installed update" in nothing.stdout
     finally:
         w.close()
+
+
+def test_fifty_updates_in_a_row_stay_within_bounds(broker: Broker, agent_factory, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    from edge_agent.fleet import push
+    from edge_agent.modelfile import rewrite_model
+
+    priv, pub = keys
+    key = load_private_key(priv)
+    served = tmp_path / "served"
+    served.mkdir()
+    fs = FileServer(served, "127.0.0.1", 0)
+    state = tmp_path / "state50"
+    w = Watch(broker, "u50")
+    health: list[dict[str, Any]] = []
+    hsub = Subscriber(broker.mqtt(), ["edge/u50/health"])
+    assert hsub.start(10)
+    try:
+        env = ota_env(broker, pub, EDGE_AGENT_STATE_DIR=str(state), EDGE_AGENT_OTA__PROBATION_INFERENCES="10",
+                      EDGE_AGENT_HEALTH__INTERVAL_S="0.5")
+        agent_factory([*STREAM, "--device-id", "u50"], env=env)
+        wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        rss: dict[int, float] = {}
+        sources = [SHORT_INT8.read_bytes(), SHORT.read_bytes()]
+        for v in range(1, 51):
+            f = served / f"v{v}.tflite"
+            f.write_bytes(rewrite_model(sources[v % 2], files={"release.txt": str(v).encode()}))
+            m = build_manifest(f, v, f"m{v % 2}", [f"http://127.0.0.1:{fs.port}/{f.name}"], None, 1).signed(key)
+            assert push(broker.mqtt(), m, ["u50"], None, 60, io.StringIO())["u50"]["state"] == "active", v
+            f.unlink()
+            if v in (10, 50):
+                while (h := hsub.get(0.1)) is None or orjson.loads(h[1])["model"]["version"] != str(v):
+                    pass
+                rss[v] = orjson.loads(h[1])["process"]["rss_mb"]
+        blobs = list((state / "models" / "blobs").glob("*.tflite"))
+        assert len(blobs) <= 3 and not list((state / "models" / "incoming").iterdir())
+        assert rss[50] - rss[10] < 5, rss
+        seqs = [p["seq"] for p in w.preds]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # not a frame lost in 50 swaps
+    finally:
+        hsub.stop()
+        fs.close()
+        w.close()
+
+
+class _Slow(__import__("http.server").server.SimpleHTTPRequestHandler):
+    """Serves files slowly enough that a test can act while the download runs."""
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+    def copyfile(self, source, outputfile) -> None:  # type: ignore[no-untyped-def]
+        while chunk := source.read(8192):
+            outputfile.write(chunk)
+            time.sleep(0.02)
+
+
+def _slow_server(directory: Path) -> tuple[Any, int]:
+    import functools
+    import http.server
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Slow, directory=str(directory)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, int(srv.server_address[1])
+
+
+@pytest.mark.parametrize("step", ["downloading", "validating", "activating", "probation"])
+def test_kill_9_at_each_step_comes_back_consistent(step: str, broker: Broker, agent_factory, keys,  # type: ignore[no-untyped-def]
+                                                    tmp_path: Path) -> None:
+    priv, pub = keys
+    key = load_private_key(priv)
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "new.tflite").write_bytes(SHORT_INT8.read_bytes())
+    srv, port = _slow_server(served)
+    w = Watch(broker, "k9")
+    try:
+        env = ota_env(broker, pub, EDGE_AGENT_STATE_DIR=str(tmp_path / "st"),
+                      EDGE_AGENT_OTA__PROBATION_INFERENCES="100000" if step == "probation" else "20")
+        a = agent_factory([*STREAM, "--device-id", "k9"], env=env, name="before")
+        wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        m = build_manifest(served / "new.tflite", 1, None, [f"http://127.0.0.1:{port}/new.tflite"], None, 1)
+        assert w.deploy(m.signed(key).model_dump(mode="json"), "d1")["status"] == "accepted"
+        wait_until(lambda: step in w.state_names(1), 60, what=step)
+        a.signal(signal.SIGKILL)
+        a.wait(5)
+        boots = {p["boot_id"] for p in list(w.preds)}
+        b = agent_factory([*STREAM, "--device-id", "k9"], env={**env, "EDGE_AGENT_OTA__PROBATION_INFERENCES": "20"},
+                          name="after")
+        first = wait_until(lambda: next((p for p in list(w.preds) if p["boot_id"] not in boots), None), 30,
+                           what="the restarted agent")
+        # consistent: the new model only if it had been switched to and not left on probation
+        assert first["model"]["name"] in ("face_detection_short_range", "face_detection_short_range_int8")
+        if step in ("downloading", "validating", "probation"):
+            assert first["model"]["name"] == "face_detection_short_range"
+        # and the next update goes through
+        m2 = build_manifest(served / "new.tflite", 2, None, [f"http://127.0.0.1:{port}/new.tflite"], None, 1)
+        assert w.deploy(m2.signed(key).model_dump(mode="json"), "d2")["status"] == "accepted"
+        wait_until(lambda: "active" in w.state_names(2), 60, what="the next update")
+        assert b.proc.poll() is None
+    finally:
+        srv.shutdown()
+        w.close()
+
+
+def test_broker_lost_mid_update(tmp_path: Path, agent_factory, keys) -> None:  # type: ignore[no-untyped-def]
+    priv, pub = keys
+    key = load_private_key(priv)
+    b = Broker(tmp_path, persistence=True).start()
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "new.tflite").write_bytes(SHORT_INT8.read_bytes())
+    srv, port = _slow_server(served)
+    rec = Subscriber(b.mqtt(reconnect_max_s=1), ["edge/bl/model/state"], client_id="bl-rec", persistent=True)
+    assert rec.start(10)
+    w = Watch(b, "bl")
+    try:
+        agent_factory([*STREAM, "--device-id", "bl"], env=ota_env(b, pub, EDGE_AGENT_MQTT__RECONNECT_MAX_S="1"))
+        wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        m = build_manifest(served / "new.tflite", 1, None, [f"http://127.0.0.1:{port}/new.tflite"], None, 1)
+        assert w.deploy(m.signed(key).model_dump(mode="json"), "d1")["status"] == "accepted"
+        wait_until(lambda: "downloading" in w.state_names(1), 30, what="downloading")
+        b.stop()
+        threading.Event().wait(3)  # the update goes on while the broker is away
+        b.start()
+        states: list[str] = []
+        deadline = time.monotonic() + 60
+        while "active" not in states and time.monotonic() < deadline:
+            msg = rec.get(0.2)
+            if msg is not None:
+                states.append(orjson.loads(msg[1])["state"])
+        assert "active" in states, states
+    finally:
+        rec.stop()
+        srv.shutdown()
+        w.close()
+        b.stop()
