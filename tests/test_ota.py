@@ -309,7 +309,6 @@ def test_fifty_updates_in_a_row_stay_within_bounds(broker: Broker, agent_factory
     fs = FileServer(served, "127.0.0.1", 0)
     state = tmp_path / "state50"
     w = Watch(broker, "u50")
-    health: list[dict[str, Any]] = []
     hsub = Subscriber(broker.mqtt(), ["edge/u50/health"])
     assert hsub.start(10)
     try:
@@ -432,3 +431,45 @@ def test_broker_lost_mid_update(tmp_path: Path, agent_factory, keys) -> None:  #
         srv.shutdown()
         w.close()
         b.stop()
+
+
+def test_acceptance_tests_in_the_manifest(broker: Broker, agent_factory, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import base64
+
+    import cv2
+    import skimage.data
+
+    from edge_agent.ota.manifest import AcceptanceTest, ExpectedDetection
+
+    priv, pub = keys
+    key = load_private_key(priv)
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "new.tflite").write_bytes(SHORT_INT8.read_bytes())
+    fs = FileServer(served, "127.0.0.1", 0)
+
+    def b64(img: np.ndarray) -> str:  # small JPEGs: a whole command stays under 64 KiB
+        small = cv2.resize(img, (256, 256 * img.shape[0] // img.shape[1]), interpolation=cv2.INTER_AREA)
+        return base64.b64encode(cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()).decode()
+
+    face = b64(np.ascontiguousarray(skimage.data.astronaut()[..., ::-1]))
+    cup = b64(np.ascontiguousarray(skimage.data.coffee()[..., ::-1]))
+    w = Watch(broker, "acc")
+    try:
+        agent_factory([*STREAM, "--device-id", "acc"], env=ota_env(broker, pub))
+        wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        base = build_manifest(served / "new.tflite", 1, None, [f"http://127.0.0.1:{fs.port}/new.tflite"], None, 1)
+        wrong = base.model_copy(update={"tests": [AcceptanceTest(image=face, detections=[
+            ExpectedDetection(label="face", box_norm=(0.0, 0.0, 0.1, 0.1))])]}).signed(key)
+        assert w.deploy(wrong.model_dump(mode="json"), "a1")["status"] == "accepted"
+        rej = wait_until(lambda: next((s for s in list(w.states) if s["state"] == "rejected"), None), 60,
+                         what="rejection")
+        assert "acceptance test 1 failed" in rej["reason"]
+        right = base.model_copy(update={"version": 2, "tests": [
+            AcceptanceTest(image=face, detections=[ExpectedDetection(label="face", box_norm=(0.34, 0.16, 0.53, 0.34))]),
+            AcceptanceTest(image=cup, nothing=True)]}).signed(key)
+        assert w.deploy(right.model_dump(mode="json"), "a2")["status"] == "accepted"
+        wait_until(lambda: "active" in w.state_names(2), 60, what="the update with passing tests")
+    finally:
+        fs.close()
+        w.close()

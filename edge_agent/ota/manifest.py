@@ -24,6 +24,30 @@ class ManifestError(ValueError):
     """The manifest is refused; the message says why."""
 
 
+class ExpectedDetection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    label: str = Field(max_length=128)
+    box_norm: tuple[float, float, float, float] | None = None
+    min_score: float = Field(0.5, ge=0, le=1)
+
+
+class ExpectedClass(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    label: str = Field(max_length=128)
+    min_score: float = Field(0.5, ge=0, le=1)
+
+
+class AcceptanceTest(BaseModel):
+    """An image the new model must get right before it may serve."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    image: str = Field(max_length=4_000_000, description="Base64 of a JPEG or PNG.")
+    detections: list[ExpectedDetection] = Field(default_factory=list, max_length=100)
+    classes: list[ExpectedClass] = Field(default_factory=list, max_length=100)
+    nothing: bool = Field(False, description="Expect no detection and no class at all.")
+    iou: float = Field(0.5, gt=0, le=1, description="Overlap a detection needs with box_norm.")
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -36,6 +60,7 @@ class Manifest(BaseModel):
     labels: list[str] | None = Field(None, max_length=100_000)
     task: Literal["auto", "classification", "detection", "raw"] | None = None
     score_threshold: float | None = Field(None, ge=0, le=1)
+    tests: list[AcceptanceTest] = Field(default_factory=list, max_length=16)
     expires: dt.datetime = Field(description="UTC time after which the manifest is refused.")
     signature: str | None = Field(None, description="Base64 Ed25519 signature of the canonical manifest.")
 
@@ -69,8 +94,12 @@ class Manifest(BaseModel):
         return v
 
     def canonical(self) -> bytes:
-        """What is signed: every field but the signature, sorted keys, no spaces, UTF-8."""
-        doc = self.model_dump(mode="json", exclude={"signature"})
+        """What is signed: every field but the signature, sorted keys, no spaces, UTF-8.
+
+        Fields at their default are left out, so a field added later (with a default) does not
+        invalidate signatures made before it existed.
+        """
+        doc = self.model_dump(mode="json", exclude={"signature"}, exclude_defaults=True)
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     def signed(self, key: Ed25519PrivateKey) -> Manifest:

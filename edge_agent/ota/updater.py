@@ -22,7 +22,14 @@ from edge_agent.config import ModelConfig, Settings
 from edge_agent.model import Model
 from edge_agent.modelfile import ModelError
 from edge_agent.ota.download import DownloadError, download
-from edge_agent.ota.manifest import Manifest, ManifestError, check_expiry, load_public_keys, verify_signature
+from edge_agent.ota.manifest import (
+    AcceptanceTest,
+    Manifest,
+    ManifestError,
+    check_expiry,
+    load_public_keys,
+    verify_signature,
+)
 from edge_agent.ota.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -235,7 +242,16 @@ class Updater:
                 **({"score_threshold": m.score_threshold} if m.score_threshold is not None else {}),
             }
         )
-        return Model(ModelConfig.model_validate(cfg.model_dump()), self.settings.runtime, self.settings.state_dir)
+        model = Model(ModelConfig.model_validate(cfg.model_dump()), self.settings.runtime, self.settings.state_dir)
+        try:
+            for i, test in enumerate(m.tests, start=1):
+                why = run_acceptance(model, test)
+                if why:
+                    raise ModelError(f"acceptance test {i} failed: {why}")
+        except ModelError:
+            model.close()
+            raise
+        return model
 
     def _labels_file(self, m: Manifest) -> Path | None:
         if m.labels is None:
@@ -244,6 +260,39 @@ class Updater:
         if not p.exists():
             p.write_text("\n".join(m.labels) + "\n", encoding="utf-8")
         return p
+
+
+def run_acceptance(model: Model, test: AcceptanceTest) -> str | None:
+    """None when the model gets the test image right, else what it got wrong."""
+    import base64
+
+    import cv2
+
+    from edge_agent.postprocess.geometry import iou_one_to_many
+
+    try:
+        raw = np.frombuffer(base64.b64decode(test.image, validate=True), np.uint8)
+    except ValueError:
+        return "image is not base64"
+    img = cv2.imdecode(raw, cv2.IMREAD_COLOR)
+    if img is None:
+        return "image could not be decoded"
+    result = model.infer(img).result
+    if test.nothing and (result.detections or result.classes):
+        return f"expected nothing, got {[d.label for d in result.detections] or [c.label for c in result.classes]}"
+    for exp in test.detections:
+        found = [d for d in result.detections if d.label == exp.label and d.score >= exp.min_score]
+        if exp.box_norm is not None and found:
+            ious = iou_one_to_many(np.array(exp.box_norm), np.array([d.box_norm for d in found]))
+            found = [d for d, o in zip(found, ious, strict=True) if o >= test.iou]
+        if not found:
+            return (
+                f"no {exp.label} (score >= {exp.min_score}) where expected; got {[d.label for d in result.detections]}"
+            )
+    for exp_c in test.classes:
+        if not any(c.label == exp_c.label and c.score >= exp_c.min_score for c in result.classes):
+            return f"class {exp_c.label} not found with score >= {exp_c.min_score}"
+    return None
 
 
 def model_for_start(settings: Settings, store: ModelStore) -> tuple[ModelConfig, dict[str, Any] | None]:
