@@ -58,6 +58,22 @@ def _changed(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str
     return out
 
 
+class _Inbound(queue.Queue[tuple[str, bytes]]):
+    """What the MQTT client receives: model chunks go to the updater, the rest are commands."""
+
+    def __init__(self, agent: Agent, maxsize: int):
+        super().__init__(maxsize)
+        self.agent = agent
+
+    def put_nowait(self, item: tuple[str, bytes]) -> None:
+        topic, payload = item
+        if "/ota/" in topic:
+            if self.agent.updater is not None:
+                self.agent.updater.accept_chunk(topic, payload)
+            return
+        super().put_nowait(item)
+
+
 class Agent:
     def __init__(
         self,
@@ -97,10 +113,10 @@ class Agent:
             k: f"{base}/{k}"
             for k in ("predictions", "health", "info", "availability", "cmd", "cmd/result", "model/state")
         }
-        self.command_topics = [self.topics["cmd"]] + [
-            f"{settings.mqtt.topic_prefix}/group/{g}/cmd" for g in settings.groups
-        ]
-        self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=_INBOX_SIZE)
+        groups = [f"{settings.mqtt.topic_prefix}/group/{g}" for g in settings.groups]
+        self.command_topics = [self.topics["cmd"], f"{base}/ota/#"] + [f"{g}/cmd" for g in groups]
+        self.command_topics += [f"{g}/ota/#" for g in groups]
+        self.inbox: queue.Queue[tuple[str, bytes]] = _Inbound(self, maxsize=_INBOX_SIZE)
         self.commands = CommandProcessor(self.inbox, self._publish_result, self.stop)
         self.commands.register("ping", self._cmd_ping)
         self.commands.register("status", self._cmd_status)

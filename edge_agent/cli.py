@@ -369,22 +369,39 @@ def cmd_fleet_push(args: argparse.Namespace) -> int:
     settings = _load(args)
     if not args.device and not args.group:
         return _usage_error("fleet push needs --device ID (repeatable) or --group G")
-    if bool(args.serve) == bool(args.url):
-        return _usage_error("fleet push needs exactly one of --serve HOST:PORT or --url URL")
+    if sum(map(bool, (args.serve, args.url, args.mqtt))) != 1:
+        return _usage_error("fleet push needs exactly one of --serve HOST:PORT, --url URL or --mqtt")
     server = None
+    url = None
     if args.serve:
         host, _, port = args.serve.rpartition(":")
         server = FileServer(args.model.resolve().parent, host or "0.0.0.0", int(port or 0))
         advertise = args.advertise or host or "127.0.0.1"
         url = f"http://{advertise}:{server.port}/{args.model.name}"
-    else:
+    elif args.url:
         url = args.url
     labels = args.labels_file.read_text(encoding="utf-8").splitlines() if args.labels_file else None
-    manifest = build_manifest(args.model, args.version, args.name, [url], labels, args.valid_hours)
+    manifest = build_manifest(
+        args.model,
+        args.version,
+        args.name,
+        [url] if url else [],
+        labels,
+        args.valid_hours,
+        "mqtt" if args.mqtt else "http",
+    )
     if args.key:
         manifest = manifest.signed(load_private_key(args.key))
     try:
-        status = push(settings.mqtt, manifest, args.device or [], args.group, args.timeout, sys.stdout)
+        status = push(
+            settings.mqtt,
+            manifest,
+            args.device or [],
+            args.group,
+            args.timeout,
+            sys.stdout,
+            args.model.read_bytes() if args.mqtt else None,
+        )
     finally:
         if server is not None:
             server.close()
@@ -488,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--serve", help="serve the model from this HOST:PORT")
     ps.add_argument("--advertise", help="host name devices use to reach --serve")
     ps.add_argument("--url", help="where devices download the model")
+    ps.add_argument("--mqtt", action="store_true", help="send the model in chunks over MQTT (devices without HTTP)")
     ps.add_argument("--valid-hours", type=float, default=24.0)
     ps.add_argument("--timeout", type=float, default=600.0)
     ps.set_defaults(func=cmd_fleet_push)

@@ -23,7 +23,13 @@ _GROUP_GRACE_S = 3.0
 
 
 def build_manifest(
-    model: Path, version: int, name: str | None, urls: list[str], labels: list[str] | None, valid_hours: float
+    model: Path,
+    version: int,
+    name: str | None,
+    urls: list[str],
+    labels: list[str] | None,
+    valid_hours: float,
+    delivery: str = "http",
 ) -> Manifest:
     data = model.read_bytes()
     return Manifest(
@@ -33,6 +39,7 @@ def build_manifest(
         size=len(data),
         urls=urls,
         labels=labels,
+        delivery=delivery,
         expires=dt.datetime.now(dt.UTC) + dt.timedelta(hours=valid_hours),
     )
 
@@ -82,9 +89,17 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def push(
-    cfg: MQTTConfig, manifest: Manifest, devices: list[str], group: str | None, timeout_s: float, out: Any
+    cfg: MQTTConfig,
+    manifest: Manifest,
+    devices: list[str],
+    group: str | None,
+    timeout_s: float,
+    out: Any,
+    model_bytes: bytes | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Send the deploy command and follow model/state until each device reaches a terminal state."""
+    """Send the deploy command and follow model/state until each device reaches a terminal state.
+
+    With MQTT delivery, `model_bytes` go out in chunks once the devices have accepted."""
     prefix = cfg.topic_prefix
     cid = f"push-{uuid.uuid4().hex[:12]}"
     sub = Subscriber(cfg, [f"{prefix}/+/model/state", f"{prefix}/+/cmd/result"])
@@ -96,9 +111,16 @@ def push(
         sub.publish(t, cmd.encode())
     status: dict[str, dict[str, Any]] = {d: {"state": "sent"} for d in devices}
     deadline = time.monotonic() + timeout_s
-    last_new = time.monotonic()
+    last_new = sent_at = time.monotonic()
+    chunks_due = manifest.delivery == "mqtt" and model_bytes is not None
     try:
         while time.monotonic() < deadline:
+            answered = all(s["state"] != "sent" for s in status.values()) and bool(status)
+            if chunks_due and (answered if devices else time.monotonic() - sent_at > _GROUP_GRACE_S):
+                chunks_due = False
+                roots = [f"{prefix}/{d}" for d, s in status.items() if s["state"] != "rejected"]
+                roots += [f"{prefix}/group/{group}"] if group else []
+                _send_chunks(sub, roots, manifest, model_bytes or b"")
             m = sub.get(0.2)
             if m is None:
                 settled = devices or time.monotonic() - last_new > _GROUP_GRACE_S  # a group: wait for stragglers
@@ -122,6 +144,12 @@ def push(
     finally:
         sub.stop()
     return status
+
+
+def _send_chunks(sub: Subscriber, roots: list[str], m: Manifest, payload: bytes) -> None:
+    for root in roots:
+        for i in range(0, len(payload), m.chunk_size):
+            sub.publish(f"{root}/ota/{m.sha256}/{i // m.chunk_size}", payload[i : i + m.chunk_size])
 
 
 def status(cfg: MQTTConfig, wait_s: float = 2.0) -> dict[str, dict[str, Any]]:

@@ -473,3 +473,19 @@ def test_acceptance_tests_in_the_manifest(broker: Broker, agent_factory, keys, t
     finally:
         fs.close()
         w.close()
+
+
+def test_mqtt_chunk_delivery(broker: Broker, agent_factory, keys) -> None:  # type: ignore[no-untyped-def]
+    priv, pub = keys
+    w = Watch(broker, "mq1")
+    try:
+        agent_factory([*STREAM, "--device-id", "mq1"], env=ota_env(broker, pub))
+        wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        r = run_cli("fleet", "push", str(SHORT_INT8), "--version", "1", "--device", "mq1", "--key", str(priv),
+                    "--mqtt", "--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--timeout", "120",
+                    timeout=180)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "mq1: active" in r.stdout and "mq1: downloading" in r.stdout
+        wait_until(lambda: w.preds[-1]["model"]["name"] == "face_detection_short_range_int8", 10, what="new model")
+    finally:
+        w.close()

@@ -57,6 +57,7 @@ class Manifest(BaseModel):
     size: int = Field(gt=0, le=2**34, description="Exact size of the model file in bytes.")
     urls: list[str] = Field(default_factory=list, max_length=8, description="HTTP(S) sources, tried in order.")
     delivery: Literal["http", "mqtt"] = "http"
+    chunk_size: int = Field(65536, ge=1024, le=1_048_576, description="Bytes per chunk with MQTT delivery.")
     labels: list[str] | None = Field(None, max_length=100_000)
     task: Literal["auto", "classification", "detection", "raw"] | None = None
     score_threshold: float | None = Field(None, ge=0, le=1)

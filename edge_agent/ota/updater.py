@@ -35,6 +35,7 @@ from edge_agent.ota.store import ModelStore
 log = logging.getLogger(__name__)
 
 TERMINAL = ("active", "rolled_back", "rejected", "failed")
+_CHUNK_QUEUE = 256
 
 
 @dataclass
@@ -92,6 +93,9 @@ class Updater:
         self.errors = errors
         self.stop = stop
         self.jobs: queue.Queue[Manifest] = queue.Queue(maxsize=4)
+        #: (sha256, index, bytes) from `{prefix}/{device}/ota/{sha256}/{index}` (MQTT delivery)
+        self.chunks: queue.Queue[tuple[str, int, bytes]] = queue.Queue(maxsize=_CHUNK_QUEUE)
+        self.chunks_dropped = 0
         self.probation: Probation | None = None
         self.previous_model: Model | None = None
         self.last_outcome: dict[str, Any] | None = None
@@ -115,8 +119,8 @@ class Updater:
             raise ManifestError(f"size {m.size} exceeds ota.max_bytes {o.max_bytes}")
         if self.store.is_blocked(m.sha256):
             raise ManifestError("this model crashed the agent twice and is blocked")
-        if m.delivery != "http" or not m.urls:
-            raise ManifestError("only HTTP delivery with at least one URL is supported")
+        if m.delivery == "http" and not m.urls:
+            raise ManifestError("HTTP delivery needs at least one URL")
 
     def submit(self, m: Manifest) -> None:
         self.check(m)
@@ -166,7 +170,10 @@ class Updater:
 
             part = self.store.incoming / f"{m.sha256}.part"
             try:
-                download(m.urls, part, m.size, m.sha256, o.stall_s, o.deadline_s, progress)
+                if m.delivery == "mqtt":
+                    self._receive_chunks(m, part, progress)
+                else:
+                    download(m.urls, part, m.size, m.sha256, o.stall_s, o.deadline_s, progress)
             except DownloadError as err:
                 self._state("failed", m, reason=str(err))
                 return
@@ -205,6 +212,59 @@ class Updater:
             self.previous_model = None
         else:
             self.rollback(verdict, m)
+
+    def accept_chunk(self, topic: str, payload: bytes) -> None:
+        """From the MQTT client's callback: enqueue only (parsing is cheap and cannot raise out)."""
+        parts = topic.rsplit("/", 2)
+        if len(parts) != 3 or not parts[2].isdigit():
+            self.chunks_dropped += 1
+            return
+        try:
+            self.chunks.put_nowait((parts[1], int(parts[2]), payload))
+        except queue.Full:
+            self.chunks_dropped += 1
+
+    def _receive_chunks(self, m: Manifest, part: Path, progress: Callable[[int, int], None]) -> None:
+        """Chunks in any order into their place in the file; same checks as an HTTP download."""
+        import hashlib
+        import shutil
+
+        o = self.settings.ota
+        n = -(-m.size // m.chunk_size)
+        if shutil.disk_usage(part.parent).free - m.size < 16 * 2**20:
+            raise DownloadError("not enough disk for the model")
+        have: set[int] = set()
+        deadline = time.monotonic() + o.deadline_s
+        last = time.monotonic()
+        with open(part, "wb") as f:
+            f.truncate(m.size)
+            while len(have) < n:
+                now = time.monotonic()
+                if now > deadline or now - last > o.stall_s:
+                    raise DownloadError(
+                        f"{n - len(have)} of {n} chunks missing after {'deadline' if now > deadline else 'a stall'}"
+                    )
+                try:
+                    sha, idx, data = self.chunks.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if sha != m.sha256 or idx >= n or idx in have:
+                    continue
+                expected = m.chunk_size if idx < n - 1 else m.size - m.chunk_size * (n - 1)
+                if len(data) != expected:
+                    raise DownloadError(f"chunk {idx} has {len(data)} bytes, expected {expected}")
+                f.seek(idx * m.chunk_size)
+                f.write(data)
+                have.add(idx)
+                last = time.monotonic()
+                progress(min(m.size, len(have) * m.chunk_size), m.size)
+        h = hashlib.sha256()
+        with open(part, "rb") as f:
+            while block := f.read(1 << 16):
+                h.update(block)
+        if h.hexdigest() != m.sha256:
+            part.unlink(missing_ok=True)
+            raise DownloadError("sha256 mismatch after MQTT delivery")
 
     def rollback(self, reason: str, m: Manifest | None = None) -> bool:
         """Back to the previous model (in memory when we still hold it)."""
