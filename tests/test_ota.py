@@ -157,6 +157,22 @@ def test_download_and_validation_failures(broker: Broker, agent_factory, keys, t
     data = SHORT_INT8.read_bytes()
     (served / "good.tflite").write_bytes(data)
     (served / "broken.tflite").write_bytes(data[: len(data) // 2])
+
+    def edit_input(shape: list[int]) -> bytes:
+        from ai_edge_litert import schema_py_generated as sch
+
+        mm = sch.ModelT.InitFromObj(sch.Model.GetRootAs(data, 0))
+        sg = mm.subgraphs[0]
+        sg.tensors[int(sg.inputs[0])].shape = np.array(shape, np.int32)
+        bb = flatbuffers.Builder(0)
+        bb.Finish(mm.Pack(bb), file_identifier=b"TFL3")
+        return bytes(bb.Output())
+
+    (served / "notimage.tflite").write_bytes(edit_input([1, 10]))  # incompatible input
+    (served / "huge.tflite").write_bytes(edit_input([1, 1 << 20, 1 << 12, 3]))  # asks for 12 GiB
+    from .test_validate import crashing_mutant
+
+    (served / "crasher.tflite").write_bytes(crashing_mutant())
     fs = FileServer(served, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{fs.port}"
     w = Watch(broker, "d3")
@@ -167,8 +183,14 @@ def test_download_and_validation_failures(broker: Broker, agent_factory, keys, t
         lie = good.model_copy(update={"size": good.size - 100, "version": 3}).signed(key)
         mismatch = good.model_copy(update={"sha256": "ab" * 32, "version": 4}).signed(key)
         broken = build_manifest(served / "broken.tflite", 5, None, [f"{url}/broken.tflite"], None, 1).signed(key)
+        notimage = build_manifest(served / "notimage.tflite", 6, None, [f"{url}/notimage.tflite"], None, 1).signed(key)
+        huge = build_manifest(served / "huge.tflite", 7, None, [f"{url}/huge.tflite"], None, 1).signed(key)
+        crasher = build_manifest(served / "crasher.tflite", 8, None, [f"{url}/crasher.tflite"], None, 1).signed(key)
         for cid, m, state, reason in (("lie", lie, "failed", "more than"), ("mm", mismatch, "failed", "mismatch"),
-                                      ("broken", broken, "rejected", "truncated")):
+                                      ("broken", broken, "rejected", "truncated"),
+                                      ("notimage", notimage, "rejected", "could not load"),
+                                      ("huge", huge, "rejected", "could not load"),
+                                      ("crasher", crasher, "rejected", "SIGSEGV")):
             assert w.deploy(m.model_dump(mode="json"), cid)["status"] == "accepted"
             final = wait_until(lambda m=m, state=state: next((s for s in list(w.states) if s.get("version") == m.version
                                                               and s["state"] == state), None), 60, what=cid)

@@ -54,6 +54,22 @@ def test_known_hostile_classes_are_rejected(tmp_path: Path) -> None:
             Model(ModelConfig(path=p), RuntimeConfig(accelerator="cpu"), tmp_path / "state")
 
 
+def crashing_mutant() -> bytes:
+    """A bit-flipped BlazeFace that segfaults LiteRT 2.3.0 while loading (found by benchmarks/model_mutants.py)."""
+    kind, data = mutate(SHORT.read_bytes(), np.random.default_rng(793))
+    assert kind == "bitflip"
+    return data
+
+
+def test_a_model_that_segfaults_the_loader_only_kills_the_child(tmp_path: Path) -> None:
+    p = tmp_path / "crasher.tflite"
+    p.write_bytes(crashing_mutant())
+    r = validate_in_child(p)
+    assert not r["ok"] and "crashed the process (SIGSEGV)" in r["reason"]
+    with pytest.raises(ModelError, match="SIGSEGV"):
+        Model(ModelConfig(path=p), RuntimeConfig(accelerator="cpu"), tmp_path / "state")
+
+
 def test_time_limit(tmp_path: Path) -> None:
     r = validate_in_child(SHORT, timeout_s=0.001)
     assert not r["ok"] and "longer than" in r["reason"]
