@@ -511,3 +511,27 @@ def test_mqtt_chunk_delivery(broker: Broker, agent_factory, keys) -> None:  # ty
         wait_until(lambda: w.preds[-1]["model"]["name"] == "face_detection_short_range_int8", 10, what="new model")
     finally:
         w.close()
+
+
+def test_start_uses_the_installed_version_and_its_settings(tmp_path: Path) -> None:
+    import shutil
+
+    from edge_agent.config import load_settings
+    from edge_agent.ota.store import ModelStore
+    from edge_agent.ota.updater import model_for_start
+
+    store = ModelStore(tmp_path / "models", keep=3)
+    m = build_manifest(SHORT_INT8, 4, "faces", ["http://x.example/m"], None, 1)
+    m = m.model_copy(update={"score_threshold": 0.9, "resize": "stretch", "mean": [0.0], "std": [255.0]})
+    part = store.incoming / "x.part"
+    shutil.copy(SHORT_INT8, part)
+    store.install(part, m.sha256, m.model_dump(mode="json"))
+    store.activate(m.sha256, 4)
+    store.pass_probation()
+    cfg, report = model_for_start(load_settings(None, {"model.path": str(SHORT)}), store)
+    assert report is None and cfg.path == store.blob(m.sha256) and cfg.version == "4" and cfg.name == "faces"
+    assert (cfg.score_threshold, cfg.resize, cfg.mean, cfg.std) == (0.9, "stretch", [0.0], [255.0])
+    # a version left on probation is rolled back at start, and the crash is counted
+    store.activate(m.sha256, 5)
+    cfg2, report2 = model_for_start(load_settings(None, {"model.path": str(SHORT)}), store)
+    assert report2 is not None and report2["state"] == "rolled_back" and store.state["crashes"][m.sha256] == 1

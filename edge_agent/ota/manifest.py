@@ -61,6 +61,9 @@ class Manifest(BaseModel):
     labels: list[str] | None = Field(None, max_length=100_000)
     task: Literal["auto", "classification", "detection", "raw"] | None = None
     score_threshold: float | None = Field(None, ge=0, le=1)
+    resize: Literal["auto", "stretch", "letterbox"] | None = None
+    mean: list[float] | None = Field(None, min_length=1, max_length=4)
+    std: list[float] | None = Field(None, min_length=1, max_length=4)
     tests: list[AcceptanceTest] = Field(default_factory=list, max_length=16)
     expires: dt.datetime = Field(description="UTC time after which the manifest is refused.")
     signature: str | None = Field(None, description="Base64 Ed25519 signature of the canonical manifest.")

@@ -298,8 +298,7 @@ class Updater:
                 "labels": self._labels_file(m),
                 "name": m.name,
                 "version": str(m.version),
-                **({"task": m.task} if m.task else {}),
-                **({"score_threshold": m.score_threshold} if m.score_threshold is not None else {}),
+                **_settings_of(m.model_dump()),
             }
         )
         model = Model(ModelConfig.model_validate(cfg.model_dump()), self.settings.runtime, self.settings.state_dir)
@@ -355,6 +354,14 @@ def run_acceptance(model: Model, test: AcceptanceTest) -> str | None:
     return None
 
 
+_MODEL_SETTINGS = ("task", "score_threshold", "resize", "mean", "std")
+
+
+def _settings_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The model settings a manifest carries (those it leaves out keep the device's configuration)."""
+    return {k: manifest[k] for k in _MODEL_SETTINGS if manifest.get(k) is not None}
+
+
 def model_for_start(settings: Settings, store: ModelStore) -> tuple[ModelConfig, dict[str, Any] | None]:
     """The model to start with, after deciding what an interrupted update means.
 
@@ -383,9 +390,6 @@ def model_for_start(settings: Settings, store: ModelStore) -> tuple[ModelConfig,
             "version": str(cur["version"]),
             "labels": labels if labels.exists() else None,
         }
-        if man.get("task"):
-            upd["task"] = man["task"]
-        if man.get("score_threshold") is not None:
-            upd["score_threshold"] = man["score_threshold"]
+        upd.update(_settings_of(man))
         return ModelConfig.model_validate({**settings.model.model_dump(), **upd}), report
     return settings.model, report
