@@ -533,5 +533,5 @@ def test_start_uses_the_installed_version_and_its_settings(tmp_path: Path) -> No
     assert (cfg.score_threshold, cfg.resize, cfg.mean, cfg.std) == (0.9, "stretch", [0.0], [255.0])
     # a version left on probation is rolled back at start, and the crash is counted
     store.activate(m.sha256, 5)
-    cfg2, report2 = model_for_start(load_settings(None, {"model.path": str(SHORT)}), store)
+    _, report2 = model_for_start(load_settings(None, {"model.path": str(SHORT)}), store)
     assert report2 is not None and report2["state"] == "rolled_back" and store.state["crashes"][m.sha256] == 1
