@@ -27,9 +27,11 @@ from edge_agent.modelfile import ModelError, read_model_file  # noqa: E402
 from edge_agent.mutants import mutate  # noqa: E402
 from edge_agent.validate import validate_in_child  # noqa: E402
 
-MODELS = [ROOT / "models" / "face_detection_short_range.tflite",
-          ROOT / "models" / "face_detection_short_range_int8.tflite",
-          ROOT.parent / "shared" / "models" / "ssd_mobilenet_v1_coco_uint8.tflite"]
+MODELS = [
+    ROOT / "models" / "face_detection_short_range.tflite",
+    ROOT / "models" / "face_detection_short_range_int8.tflite",
+    ROOT.parent / "shared" / "models" / "ssd_mobilenet_v1_coco_uint8.tflite",
+]
 
 
 def one(i: int, data: bytes, seed: int, tmp: Path) -> tuple[str, str]:

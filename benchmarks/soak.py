@@ -42,14 +42,17 @@ class Broker:
     def __init__(self, work: Path, port: int):
         self.work, self.port = work, port
         user = "user root\n" if os.geteuid() == 0 else ""
-        (work / "m.conf").write_text(f"{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                                     f"persistence_location {work}/\nautosave_interval 1\nset_tcp_nodelay true\n")
+        (work / "m.conf").write_text(
+            f"{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {work}/\nautosave_interval 1\nset_tcp_nodelay true\n"
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([exe, "-c", str(self.work / "m.conf")], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [exe, "-c", str(self.work / "m.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -86,8 +89,12 @@ def main() -> int:
         seqs: list[int] = []
         health: list[dict[str, Any]] = []
         stop = threading.Event()
-        sub = Subscriber(MQTTConfig(host="127.0.0.1", port=port, keepalive_s=5, reconnect_max_s=1),
-                         ["edge/soak/predictions", "edge/soak/health"], client_id="soak-recorder", persistent=True)
+        sub = Subscriber(
+            MQTTConfig(host="127.0.0.1", port=port, keepalive_s=5, reconnect_max_s=1),
+            ["edge/soak/predictions", "edge/soak/health"],
+            client_id="soak-recorder",
+            persistent=True,
+        )
         assert sub.start(10)
 
         def record() -> None:
@@ -100,13 +107,25 @@ def main() -> int:
 
         threading.Thread(target=record, daemon=True).start()
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
-        env.update({"EDGE_AGENT_MQTT__HOST": "127.0.0.1", "EDGE_AGENT_MQTT__PORT": str(port),
-                    "EDGE_AGENT_MQTT__KEEPALIVE_S": "5", "EDGE_AGENT_MQTT__RECONNECT_MAX_S": "2",
-                    "EDGE_AGENT_STATE_DIR": str(work / "state"), "EDGE_AGENT_HEALTH__INTERVAL_S": "5",
-                    "EDGE_AGENT_DEVICE_ID": "soak", "EDGE_AGENT_LOG_LEVEL": "WARNING"})
-        agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--source", "synthetic",
-                                  "--fps", str(args.fps)], env=env, cwd=str(ROOT),
-                                 stdout=subprocess.DEVNULL, stderr=(work / "agent.log").open("wb"))
+        env.update(
+            {
+                "EDGE_AGENT_MQTT__HOST": "127.0.0.1",
+                "EDGE_AGENT_MQTT__PORT": str(port),
+                "EDGE_AGENT_MQTT__KEEPALIVE_S": "5",
+                "EDGE_AGENT_MQTT__RECONNECT_MAX_S": "2",
+                "EDGE_AGENT_STATE_DIR": str(work / "state"),
+                "EDGE_AGENT_HEALTH__INTERVAL_S": "5",
+                "EDGE_AGENT_DEVICE_ID": "soak",
+                "EDGE_AGENT_LOG_LEVEL": "WARNING",
+            }
+        )
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "--source", "synthetic", "--fps", str(args.fps)],
+            env=env,
+            cwd=str(ROOT),
+            stdout=subprocess.DEVNULL,
+            stderr=(work / "agent.log").open("wb"),
+        )
         t0 = time.monotonic()
         end = t0 + args.minutes * 60
         while not health and time.monotonic() < t0 + 60:

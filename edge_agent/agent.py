@@ -230,6 +230,9 @@ class Agent:
         if self.model is not None:
             self.model.close()
         self.notifier.close()
+        lock = getattr(self, "_lock_file", None)
+        if lock is not None:
+            lock.close()  # releases the state directory
         log.info("stopped")
 
     # --- commands ----------------------------------------------------------------------------
