@@ -17,6 +17,7 @@ from edge_agent import __version__
 from edge_agent.capture import Capture
 from edge_agent.commands import ACCEPTED, Command, CommandProcessor, Rejected, no_args
 from edge_agent.config import Settings
+from edge_agent.gate import ChangeGate
 from edge_agent.handoff import LatestSlot
 from edge_agent.model import Model, RawInference
 from edge_agent.modelfile import ModelError
@@ -101,7 +102,8 @@ class Agent:
         self.capture_stats = StageStats("capture")
         self.infer_stats = StageStats("inference")
         self.post_stats = StageStats("postprocess")
-        self.results: queue.Queue[tuple[Frame, RawInference, Model]] = queue.Queue(maxsize=_RESULTS_QUEUE)
+        self.results: queue.Queue[tuple[Frame, RawInference, Model, bool]] = queue.Queue(maxsize=_RESULTS_QUEUE)
+        self.skipped = 0  # inferences saved by change gating
         self.model: Model | None = None
         self.sink: Sink | None = None
         self.capture: Capture | None = None
@@ -339,6 +341,9 @@ class Agent:
         """Only preprocessing and invoke here: decoding and publishing run on the post thread."""
         st = self.infer_stats
         st.state = "running"
+        m = self.settings.model
+        gate = ChangeGate(m.change_threshold, m.change_max_age_s) if m.change_threshold > 0 else None
+        last: tuple[RawInference, Model] | None = None
         while not self.stop.is_set():
             frame = self.slot.take(_TAKE_TIMEOUT_S)
             st.beat()
@@ -347,13 +352,19 @@ class Agent:
             model = self.model  # an update swaps it between two frames
             assert model is not None
             try:
-                raw = model.run(frame.image)
-                st.observe("preprocess", raw.preprocess_ms)
-                st.observe("inference", raw.inference_ms)
-                st.done()
+                cached = gate is not None and last is not None and last[1] is model and gate.unchanged(frame.image)
+                if cached and last is not None:
+                    raw = last[0]
+                    self.skipped += 1
+                else:
+                    raw = model.run(frame.image)
+                    last = (raw, model)
+                    st.observe("preprocess", raw.preprocess_ms)
+                    st.observe("inference", raw.inference_ms)
+                    st.done()
                 while not self.stop.is_set():
                     try:  # results are never dropped here: a slow post stage slows inference instead
-                        self.results.put((frame, raw, model), timeout=_TAKE_TIMEOUT_S)
+                        self.results.put((frame, raw, model, cached), timeout=_TAKE_TIMEOUT_S)
                         break
                     except queue.Full:
                         st.beat()
@@ -369,14 +380,14 @@ class Agent:
         st.state = "running"
         while not self.stop.is_set() or not self.results.empty():
             try:
-                frame, raw, model = self.results.get(timeout=_TAKE_TIMEOUT_S)
+                frame, raw, model, cached = self.results.get(timeout=_TAKE_TIMEOUT_S)
             except queue.Empty:
                 st.beat()
                 continue
             st.beat()
             try:
                 inf = model.decode(raw)
-                if self.updater is not None:
+                if self.updater is not None and not cached:
                     self.updater.observe(model.file.sha256, raw.outputs, raw.inference_ms)
                 self.seq += 1
                 h, w = frame.image.shape[:2]
@@ -398,6 +409,8 @@ class Agent:
                 )
                 c2p = (time.monotonic() - frame.mono) * 1e3
                 doc["latency_ms"]["capture_to_publish"] = round(c2p, 3)
+                if cached:
+                    doc["cached"] = True  # the frame looked like the last inferred one
                 if not sink.submit(Message(topic, dumps(doc), qos=qos)):
                     st.drop("sink_full")
                 if len(model.runtime.fallbacks) != fallbacks_seen:
@@ -515,6 +528,7 @@ class Agent:
                 "captured": self.capture_stats.count,
                 "inferred": self.infer_stats.count,
                 "published": self.post_stats.count,
+                "skipped_unchanged": self.skipped,
                 "dropped": {**dict(self.capture_stats.drops), **dict(self.post_stats.drops)},
             },
             "latency_ms": latency,

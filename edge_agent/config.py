@@ -151,6 +151,16 @@ class ModelConfig(_Strict):
     )
     top_k: int = Field(5, ge=1, le=1000, description="Classes reported per classification.")
     max_detections: int = Field(100, ge=1, le=10000, description="Detections reported per frame.")
+    change_threshold: float = Field(
+        0.0,
+        ge=0,
+        le=255,
+        description="Skip inference when a frame differs from the last inferred one by less than this mean grey "
+        "level (on a 32x24 thumbnail); the last result is published again with cached: true. 0 = off.",
+    )
+    change_max_age_s: float = Field(
+        10.0, gt=0, le=3600, description="Infer at least this often even when nothing changes."
+    )
     resize: Literal["auto", "stretch", "letterbox"] = Field(
         "auto", description="auto: letterbox for anchor/YOLO detectors, stretch otherwise."
     )

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_agent.agent import Agent
@@ -264,3 +265,27 @@ def test_second_agent_on_the_same_state_directory_is_refused(broker: Broker, sub
                            env=broker.env(), name="second")
     assert second.wait(30) == 1
     assert "another edge-agent is using the state directory" in second.log()
+
+
+def test_change_gating_skips_a_static_scene_and_sees_a_change(broker: Broker, subscriber_factory, agent_factory,  # type: ignore[no-untyped-def]
+                                                              tmp_path: Path) -> None:
+    import cv2
+    import skimage.data
+
+    scene = tmp_path / "scene"
+    scene.mkdir()
+    face = np.ascontiguousarray(skimage.data.astronaut()[..., ::-1])
+    cv2.imwrite(str(scene / "a.png"), np.ascontiguousarray(skimage.data.coffee()[..., ::-1]))
+    sub = subscriber_factory(["edge/gate/predictions", "edge/gate/health"])
+    agent_factory(["run", "--device-id", "gate", "--source", str(scene), "--fps", "20", "--model", str(SHORT),
+                   "--set", "model.change_threshold=3"], env={**broker.env(), "EDGE_AGENT_HEALTH__INTERVAL_S": "1"})
+    preds = [collect(sub, lambda t, p, r: t.endswith("/predictions"), 20)[1] for _ in range(40)]
+    cached = sum(bool(p.get("cached")) for p in preds)
+    assert cached >= 0.9 * len(preds)  # a static scene skips at least 90 % of inferences
+    assert all(not p["detections"] for p in preds)
+    cv2.imwrite(str(scene / "a.tmp.png"), cv2.resize(face, (600, 400)))
+    (scene / "a.tmp.png").replace(scene / "a.png")  # the scene changes
+    changed = collect(sub, lambda t, p, r: t.endswith("/predictions") and not p.get("cached") and p["detections"], 5)
+    assert changed[1]["detections"][0]["label"] == "face"
+    h = collect(sub, lambda t, p, r: t.endswith("/health"), 5)[1]
+    assert h["frames"]["skipped_unchanged"] >= 36
