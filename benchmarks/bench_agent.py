@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import Broker  # noqa: E402
 from edge_agent.agent import Agent  # noqa: E402
 from edge_agent.config import load_settings  # noqa: E402
 from edge_agent.runtime.cpu import InterpreterBackend, default_threads  # noqa: E402
@@ -41,25 +39,6 @@ DEFAULT_MODELS = [
     ROOT / "models" / "face_detection_short_range_int8.tflite",
     ROOT.parent / "shared" / "models" / "ssd_mobilenet_v1_coco_uint8.tflite",
 ]
-
-
-def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    conf = workdir / "mosquitto.conf"
-    user = "user root\n" if os.geteuid() == 0 else ""
-    conf.write_text(f"{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("mosquitto did not start")
 
 
 def bare(model: Path, threads: int, seconds: float) -> tuple[float, float]:
@@ -169,7 +148,8 @@ def main() -> int:
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
-        broker, port = start_broker(Path(tmp))
+        broker = Broker(Path(tmp)).start()
+        port = broker.port
         try:
             for m in models:
                 b, c, nv, mem, vid = [], [], [], [], []
@@ -191,8 +171,7 @@ def main() -> int:
                     flush=True,
                 )
         finally:
-            broker.terminate()
-            broker.wait(5)
+            broker.stop()
     return 0
 
 

@@ -16,8 +16,6 @@ import io
 import itertools
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +30,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import Broker  # noqa: E402
 from edge_agent.config import MQTTConfig  # noqa: E402
 from edge_agent.fleet import FileServer, build_manifest, push  # noqa: E402
 from edge_agent.modelfile import rewrite_model  # noqa: E402
@@ -42,12 +41,6 @@ MODELS = [
     ROOT / "models" / "face_detection_short_range_int8.tflite",
     ROOT / "models" / "face_detection_short_range.tflite",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def dir_size(p: Path) -> int:
@@ -61,21 +54,14 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        port = free_port()
-        user = "user root\n" if os.geteuid() == 0 else ""
-        (work / "m.conf").write_text(f"{user}listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n")
-        broker = subprocess.Popen(
-            [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(work / "m.conf")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        broker = Broker(work).start()
+        port = broker.port
         priv, pub = write_keypair(work / "keys")
         key = load_private_key(priv)
         served = work / "served"
         served.mkdir()
         fs = FileServer(served, "127.0.0.1", 0)
         cfg = MQTTConfig(host="127.0.0.1", port=port)
-        time.sleep(0.5)
         preds: list[tuple[float, dict[str, Any]]] = []
         health: list[dict[str, Any]] = []
         sub = Subscriber(cfg, ["edge/bench/predictions", "edge/bench/health"])
@@ -152,7 +138,7 @@ def main() -> int:
         stop.set()
         sub.stop()
         fs.close()
-        broker.terminate()
+        broker.stop()
         print("| update | outcome | frames lost | longest gap ms | median gap ms | push to active s |")
         print("| --- | --- | --- | --- | --- | --- |")
         for r in rows:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,45 +26,9 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import Broker  # noqa: E402
 from edge_agent.config import MQTTConfig  # noqa: E402
 from edge_agent.sinks.mqtt import Subscriber  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Broker:
-    def __init__(self, work: Path, port: int):
-        self.work, self.port = work, port
-        user = "user root\n" if os.geteuid() == 0 else ""
-        (work / "m.conf").write_text(
-            f"{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {work}/\nautosave_interval 1\nset_tcp_nodelay true\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen(
-            [exe, "-c", str(self.work / "m.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise SystemExit("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
 
 
 def fds(pid: int) -> int:
@@ -83,9 +45,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        port = free_port()
-        broker = Broker(work, port)
-        broker.start()
+        broker = Broker(work, persistence=True).start()
+        port = broker.port
         seqs: list[int] = []
         health: list[dict[str, Any]] = []
         stop = threading.Event()

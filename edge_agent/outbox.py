@@ -134,28 +134,22 @@ class Outbox:
         excess = self.depth() - self.max_messages
         if excess <= 0:
             return
-        if self.policy == "drop_newest":
-            self._delete_newest(excess)
-            self.drops["outbox_full_newest"] += excess
-        elif self.policy == "downsample":
+        if self.policy == "downsample":
             self.drops["outbox_downsampled"] += self._thin(excess)
-        else:
-            self._delete_oldest(excess)
-            self.drops["outbox_full_oldest"] += excess
+            return
+        newest = self.policy == "drop_newest"
+        self._delete_end(excess, newest)
+        self.drops["outbox_full_newest" if newest else "outbox_full_oldest"] += excess
 
-    def _delete_oldest(self, n: int) -> None:
+    def _delete_end(self, n: int, newest: bool) -> None:
         if self._db is not None:
-            self._db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (n,))
-        else:
-            for _ in range(min(n, len(self._mem))):
-                self._mem.popleft()
-
-    def _delete_newest(self, n: int) -> None:
-        if self._db is not None:
-            self._db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id DESC LIMIT ?)", (n,))
-        else:
-            for _ in range(min(n, len(self._mem))):
-                self._mem.pop()
+            order = "DESC" if newest else "ASC"
+            sql = f"DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id {order} LIMIT ?)"
+            self._db.execute(sql, (n,))
+            return
+        take = self._mem.pop if newest else self._mem.popleft
+        for _ in range(min(n, len(self._mem))):
+            take()
 
     def _thin(self, excess: int) -> int:
         """Drop every other message from the oldest part until under the bound: keeps the whole span."""

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -155,6 +156,31 @@ def collect(sub: Subscriber, pred: Callable[[str, Any, bool], bool], timeout: fl
         if pred(topic, payload, retained):
             return topic, payload, retained
     raise AssertionError(f"no matching message within {timeout} s")
+
+
+class TopicRecorder:
+    """Drains a subscriber on its own thread and hands each decoded JSON message to `on_message`."""
+
+    def __init__(self, sub: Subscriber):
+        self.sub = sub
+        assert self.sub.start(10), "subscriber could not subscribe"
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def on_message(self, topic: str, doc: Any, arrived: float) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            m = self.sub.get(0.1)
+            if m is not None:
+                self.on_message(m[0], json.loads(m[1]), time.time())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(2)
+        self.sub.stop()
 
 
 class AgentProcess:

@@ -9,12 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from edge_agent.sinks.mqtt import Subscriber
 
-from .conftest import DEMO_VIDEO, SHORT, Broker, collect, wait_until
+from .conftest import DEMO_VIDEO, SHORT, Broker, TopicRecorder, collect, wait_until
 
 STREAM = ["run", "--source", "synthetic", "--fps", "30", "--model", str(SHORT)]
 
@@ -25,38 +24,24 @@ def fast_env(broker: Broker, **extra: str) -> dict[str, str]:
             "EDGE_AGENT_HEALTH__INTERVAL_S": "1", **extra}
 
 
-class Recorder:
-    """Collects every prediction (and health) with its arrival time, through broker restarts."""
+class Recorder(TopicRecorder):
+    """Collects every prediction (with its arrival time) and health, through broker restarts."""
 
     def __init__(self, broker: Broker, device: str):
-        self.sub = Subscriber(broker.mqtt(keepalive_s=5, reconnect_max_s=1),
-                              [f"edge/{device}/predictions", f"edge/{device}/health"],
-                              client_id=f"recorder-{device}", persistent=True)
         self.preds: list[tuple[float, dict[str, Any]]] = []
         self.health: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        assert self.sub.start(10)
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
+        super().__init__(Subscriber(broker.mqtt(keepalive_s=5, reconnect_max_s=1),
+                                    [f"edge/{device}/predictions", f"edge/{device}/health"],
+                                    client_id=f"recorder-{device}", persistent=True))
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            m = self.sub.get(0.1)
-            if m is None:
-                continue
-            doc = orjson.loads(m[1])
-            if m[0].endswith("/predictions"):
-                self.preds.append((time.time(), doc))
-            else:
-                self.health.append(doc)
+    def on_message(self, topic: str, doc: Any, arrived: float) -> None:
+        if topic.endswith("/predictions"):
+            self.preds.append((arrived, doc))
+        else:
+            self.health.append(doc)
 
     def seqs(self, boot: str | None = None) -> list[int]:
         return [d["seq"] for _, d in list(self.preds) if boot is None or d["boot_id"] == boot]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join(2)
-        self.sub.stop()
 
 
 @pytest.fixture

@@ -20,55 +20,40 @@ from edge_agent.fleet import FileServer, build_manifest
 from edge_agent.ota.manifest import load_private_key, write_keypair
 from edge_agent.sinks.mqtt import Subscriber
 
-from .conftest import SHORT, SHORT_INT8, Broker, run_cli, wait_until
+from .conftest import SHORT, SHORT_INT8, Broker, TopicRecorder, run_cli, wait_until
 
 
-class Watch:
+class Watch(TopicRecorder):
     """Records predictions, model states and command results of one device."""
 
     def __init__(self, broker: Broker, device: str):
-        self.sub = Subscriber(broker.mqtt(), [f"edge/{device}/predictions", f"edge/{device}/model/state",
-                                              f"edge/{device}/cmd/result"])
-        assert self.sub.start(10)
         self.device = device
         self.preds: list[dict[str, Any]] = []
         self.states: list[dict[str, Any]] = []
         self.results: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
+        super().__init__(Subscriber(broker.mqtt(), [f"edge/{device}/predictions", f"edge/{device}/model/state",
+                                                    f"edge/{device}/cmd/result"]))
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            m = self.sub.get(0.1)
-            if m is None:
-                continue
-            doc = orjson.loads(m[1])
-            if m[0].endswith("/predictions"):
-                self.preds.append(doc)
-            elif m[0].endswith("/model/state"):
-                self.states.append(doc)
-            else:
-                self.results.append(doc)
+    def on_message(self, topic: str, doc: Any, arrived: float) -> None:
+        if topic.endswith("/predictions"):
+            self.preds.append(doc)
+        elif topic.endswith("/model/state"):
+            self.states.append(doc)
+        else:
+            self.results.append(doc)
 
     def state_names(self, version: int) -> list[str]:
         return [s["state"] for s in list(self.states) if s.get("version") == version]
 
     def deploy(self, manifest: dict[str, Any], cid: str) -> dict[str, Any]:
-        self.sub.publish(f"edge/{self.device}/cmd", json.dumps(
-            {"id": cid, "command": "deploy", "args": {"manifest": manifest}}).encode())
+        return self.command("deploy", cid, {"manifest": manifest})
+
+    def command(self, name: str, cid: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send one command and wait for its answer."""
+        doc: dict[str, Any] = {"id": cid, "command": name, **({"args": args} if args is not None else {})}
+        self.sub.publish(f"edge/{self.device}/cmd", json.dumps(doc).encode())
         return wait_until(lambda: next((r for r in list(self.results) if r["id"] == cid), None), 10,
                           what=f"the answer to {cid}")
-
-    def command(self, name: str, cid: str) -> dict[str, Any]:
-        self.sub.publish(f"edge/{self.device}/cmd", json.dumps({"id": cid, "command": name}).encode())
-        return wait_until(lambda: next((r for r in list(self.results) if r["id"] == cid), None), 10,
-                          what=f"the answer to {cid}")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join(2)
-        self.sub.stop()
 
 
 @pytest.fixture
