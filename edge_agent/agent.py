@@ -27,6 +27,8 @@ from edge_agent.ota.updater import Updater, model_for_start
 from edge_agent.payload import dumps, prediction
 from edge_agent.postprocess.decoders import DecodeOptions
 from edge_agent.sdnotify import Notifier
+from edge_agent.signal_pipeline import SignalPipeline
+from edge_agent.signals import make_signal_source, signal_kind
 from edge_agent.sinks import Message, Sink, make_sink
 from edge_agent.sources import Frame, make_source
 from edge_agent.stats import StageStats
@@ -107,13 +109,15 @@ class Agent:
         self.model: Model | None = None
         self.sink: Sink | None = None
         self.capture: Capture | None = None
+        self.signal: SignalPipeline | None = None
+        self.signal_mode = signal_kind(settings.source.uri) is not None
         self._threads: list[threading.Thread] = []
         self._proc = ProcessStats()
         self._last_counts: dict[str, tuple[float, int]] = {}
         base = f"{settings.mqtt.topic_prefix}/{settings.device_id}"
         self.topics = {
             k: f"{base}/{k}"
-            for k in ("predictions", "health", "info", "availability", "cmd", "cmd/result", "model/state")
+            for k in ("predictions", "events", "health", "info", "availability", "cmd", "cmd/result", "model/state")
         }
         groups = [f"{settings.mqtt.topic_prefix}/group/{g}" for g in settings.groups]
         self.command_topics = [self.topics["cmd"], f"{base}/ota/#"] + [f"{g}/cmd" for g in groups]
@@ -146,13 +150,27 @@ class Agent:
             except OSError as err:
                 log.warning("model store unusable (%s): over-the-air updates are off", err)
                 self.store = None
-        self.model = Model(model_cfg, s.runtime, state_dir)
+        self.model = Model(model_cfg, s.runtime, state_dir, signal=self.signal_mode)
         self._model_state = report
         log.info(
             "model %s (%s) on %s", self.model.name, self.model.decoder.layout, self.model.runtime.backend.description
         )
         self.sink = make_sink(self.sink_kind, s, self._retained_state, self.command_topics, self.inbox)
-        self.capture = Capture(lambda: make_source(s.source), s.source, self.slot, self.capture_stats, self.stop)
+        if self.signal_mode:
+            self.signal = SignalPipeline(
+                s,
+                lambda: self.model,
+                lambda: self.sink,
+                self.topics,
+                self.boot_id,
+                (self.capture_stats, self.infer_stats, self.post_stats),
+                self.stop,
+                self._published,
+                lambda: make_signal_source(self.settings),
+                self._observe,
+            )
+        else:
+            self.capture = Capture(lambda: make_source(s.source), s.source, self.slot, self.capture_stats, self.stop)
         self.sink.start()
         if self.store is not None:
             self.updater = Updater(
@@ -170,9 +188,13 @@ class Agent:
             if self._model_state is not None:
                 self._publish_model_state(self._model_state)
         self.commands.start()
-        self.capture.start()
-        self._spawn("inference", self._inference_loop)
-        self._spawn("postprocess", self._post_loop)
+        if self.signal is not None:
+            self.signal.start()
+        else:
+            assert self.capture is not None
+            self.capture.start()
+            self._spawn("inference", self._inference_loop)
+            self._spawn("postprocess", self._post_loop)
         self._spawn("health", self._health_loop)
         self._spawn("watchdog", self._watchdog_loop)
 
@@ -225,6 +247,8 @@ class Agent:
         deadline = time.monotonic() + timeout
         if self.capture is not None:
             self.capture.join(timeout / 4)
+        if self.signal is not None:
+            self.signal.join(timeout / 4)
         for t in self._threads:
             t.join(max(0.0, min(timeout / 4, deadline - time.monotonic())))
         if self.sink is not None:
@@ -419,14 +443,21 @@ class Agent:
                 self.infer_stats.observe("postprocess", inf.postprocess_ms)
                 self.infer_stats.observe("capture_to_publish", c2p)
                 st.done()
-                if not self.first_published.is_set():
-                    self.first_publish_s = time.monotonic() - self.started_mono
-                    self.first_published.set()
-                    self.notifier.ready(f"first prediction after {self.first_publish_s:.2f} s")
-                    log.info("first prediction after %.2f s", self.first_publish_s)
+                self._published()
             except Exception as err:  # loop boundary: one bad result must not stop the stream
                 st.error(f"{type(err).__name__}: {err}")
                 log.exception("postprocess error")
+
+    def _observe(self, model: Model, raw: RawInference) -> None:
+        if self.updater is not None:  # a new model on probation is judged on every step
+            self.updater.observe(model.file.sha256, raw.outputs, raw.inference_ms)
+
+    def _published(self) -> None:
+        if not self.first_published.is_set():
+            self.first_publish_s = time.monotonic() - self.started_mono
+            self.first_published.set()
+            self.notifier.ready(f"first prediction after {self.first_publish_s:.2f} s")
+            log.info("first prediction after %.2f s", self.first_publish_s)
 
     def _announce_fallback(self) -> None:
         """An accelerator gave up: say so now (retained info and a health message), not at the next tick."""
@@ -532,7 +563,7 @@ class Agent:
                 "dropped": {**dict(self.capture_stats.drops), **dict(self.post_stats.drops)},
             },
             "latency_ms": latency,
-            "source": {
+            "source": self._signal_source_info() if self.signal is not None else {
                 "state": source_state,
                 "uri": cap.source_desc if cap else "",
                 "frame_size": list(cap.frame_size) if cap and cap.frame_size else None,
@@ -559,6 +590,19 @@ class Agent:
             "commands": dict(self.commands.counts),
             "last_error": max(errors)[1] if errors else None,
             "first_prediction_s": round(self.first_publish_s, 3) if self.first_publish_s is not None else None,
+        }
+
+    def _signal_source_info(self) -> dict[str, Any]:
+        """Sample rate achieved, gaps and dropped samples: what a sensor user needs to trust the windows."""
+        sig = self.signal
+        assert sig is not None
+        now = time.monotonic()
+        return {
+            "state": self.capture_stats.state,
+            "uri": sig.capture.description,
+            "rate_achieved": self._fps("samples", sig.capture.samples, now),
+            **sig.info(),
+            "errors": self.capture_stats.errors,
         }
 
     def _accelerator_info(self) -> dict[str, Any]:

@@ -108,7 +108,9 @@ class SourceConfig(_Strict):
         max_length=4096,
         description="'demo', camera index ('0') or /dev/videoN, video file, rtsp:// or http(s):// URL, "
         "GStreamer pipeline (contains '!'), image directory or glob, 'synthetic[:WxH]', "
-        "or 'replay:FILE' (decoded once into memory, replayed).",
+        "or 'replay:FILE' (decoded once into memory, replayed). Signals: 'wav:FILE', 'pcm:-' (stdin) or "
+        "'pcm:FIFO', 'mic:[DEVICE]', 'iio:/sys/bus/iio/devices/iio:deviceN', 'serial:/dev/ttyUSB0', "
+        "'mqtt:TOPIC', 'csv:FILE'.",
     )
     fps: float | None = Field(
         None,
@@ -199,6 +201,81 @@ class ModelConfig(_Strict):
         if v is not None and any(x == 0 for x in v):
             raise ValueError("std values must be non-zero")
         return v
+
+
+class EventsConfig(_Strict):
+    on: float | None = Field(
+        None, ge=0, le=1, description="Smoothed score at which an event starts; default: the model's manifest, else 0.8."
+    )
+    off: float | None = Field(
+        None, ge=0, le=1, description="Smoothed score below which it ends (hysteresis); default: half of `on`."
+    )
+    smoothing: int | None = Field(
+        None, ge=1, le=1000, description="Windows averaged before the thresholds; default: the manifest's, else 1."
+    )
+    refractory_s: float = Field(
+        1.0, ge=0, le=3600, description="No new event of the same label this soon after one ended."
+    )
+    labels: list[str] | None = Field(
+        None, max_length=1000, description="Labels that raise events; default: every label of the model."
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> EventsConfig:
+        if self.on is not None and self.off is not None and self.off > self.on:
+            raise ValueError("events.off must not exceed events.on")
+        return self
+
+
+class SignalConfig(_Strict):
+    rate: float | None = Field(
+        None,
+        gt=0,
+        le=384_000,
+        description="Samples per second: the poll rate of IIO sysfs, the nominal rate of serial, MQTT and CSV "
+        "input, the rate of raw PCM; default 16000 for audio, 10 for sensors (a WAV file has its own).",
+    )
+    channels: list[str] | None = Field(
+        None, max_length=64, description="Channels to use: IIO channel names, CSV columns or JSON keys, in order."
+    )
+    audio_channels: int = Field(1, ge=1, le=32, description="Channels of raw PCM and microphone input.")
+    baud: int = Field(115200, ge=50, le=4_000_000, description="Serial port speed.")
+    iio_device: str | None = Field(
+        None, max_length=4096, description="IIO buffered character device; default /dev/<device directory name>."
+    )
+    frontend: Literal["auto", "none", "micro"] = Field(
+        "auto",
+        description="Per-frame features: micro = the microWakeWord audio front end (16 kHz, 40 bins every 10 ms); "
+        "auto picks it for models whose manifest asks for it.",
+    )
+    transform: Literal["none", "spectrogram"] = Field(
+        "none", description="Per-window transform before the model: none, or a log power spectrum per channel."
+    )
+    window: int | None = Field(
+        None, ge=1, le=1_000_000, description="Frames per window; default: what the model's input holds."
+    )
+    hop: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Frames between window starts; default: the window (streaming models), else half of it.",
+    )
+    offset: list[float] | None = Field(
+        None, min_length=1, max_length=64, description="Subtracted per channel before scaling (one value or one each)."
+    )
+    scale: list[float] | None = Field(
+        None, min_length=1, max_length=64, description="Multiplied per channel after the offset."
+    )
+    predictions_hz: float = Field(
+        1.0,
+        ge=0,
+        le=10_000,
+        description="Per-window predictions published at most this often (the latest window wins); 0 = events only.",
+    )
+    events: EventsConfig = Field(default_factory=EventsConfig, description="Threshold crossings as events.")
+    queue_s: float = Field(
+        2.0, ge=0.05, le=600, description="Seconds of input held between capture and inference before drops are counted."
+    )
 
 
 class RuntimeConfig(_Strict):
@@ -311,6 +388,9 @@ class Settings(BaseSettings):
     mqtt: MQTTConfig = Field(default_factory=MQTTConfig, description="Broker connection.")
     source: SourceConfig = Field(default_factory=SourceConfig, description="Input.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model and decoding.")
+    signal: SignalConfig = Field(
+        default_factory=SignalConfig, description="Audio and sensor input: sample rate, windows, features, events."
+    )
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Inference backend.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Health reporting and watchdog.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Store-and-forward of results.")

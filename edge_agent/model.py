@@ -163,8 +163,40 @@ class Inference:
     postprocess_ms: float
 
 
+@dataclass(frozen=True)
+class SignalHints:
+    """What a model's sidecar manifest says about running it on a signal (microWakeWord's JSON)."""
+
+    label: str | None = None
+    threshold: float | None = None
+    smoothing: int | None = None
+    frontend: str | None = None
+
+
+def signal_hints(path: Path) -> SignalHints:
+    """`model.json` beside `model.tflite`, in microWakeWord's format; empty hints when absent or unreadable."""
+    import json
+
+    side = path.with_suffix(".json")
+    try:
+        doc = json.loads(side.read_text())
+        micro = doc["micro"]
+        return SignalHints(
+            label=str(doc.get("wake_word") or path.stem),
+            threshold=float(micro["probability_cutoff"]),
+            smoothing=int(micro.get("sliding_window_size", 1)),
+            frontend="micro",
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return SignalHints()
+
+
+_NO_RESIZE = plan_resize(1, 1, 1, 1, "stretch")
+
+
 class Model:
-    def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, state_dir: Path | None):
+    def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, state_dir: Path | None, signal: bool = False):
+        """signal: the input is a window of samples or features, not an image."""
         path = cfg.path or default_model_path()
         self.file = read_model_file(path)
         self.path = path
@@ -178,6 +210,8 @@ class Model:
         if cfg.isolated_check and not self.file.required_delegates():  # (the child loads on the CPU)
             check_isolated(path, self.file.sha256, state_dir)
         self.labels: tuple[str, ...] | None = load_labels(cfg.labels) if cfg.labels else self.file.labels
+        self.signal = signal
+        self.hints = signal_hints(path) if signal else SignalHints()
         self.name = cfg.name or self.file.name
         self.version = cfg.version or self.file.metadata.version
         opts = DecodeOptions(cfg.score_threshold, cfg.iou_threshold, cfg.top_k, cfg.max_detections)
@@ -190,16 +224,24 @@ class Model:
             raise ModelError(str(err)) from None
         self.inputs, self.outputs = ref.inputs, ref.outputs
         ref.close()
-        self.decoder = make_decoder(cfg.task, self.file, self.inputs, self.outputs, self.labels, opts)
-        mode = cfg.resize if cfg.resize != "auto" else self.decoder.preferred_resize
-        meta = self.file.metadata
-        mean = tuple(cfg.mean) if cfg.mean else meta.mean
-        std = tuple(cfg.std) if cfg.std else meta.std
-        try:
-            self.pre = Preprocessor(self.inputs[0], mode, mean, std)  # type: ignore[arg-type]
-        except ValueError as err:
-            raise ModelError(f"{path}: {err}") from None
-        self.resize_mode = mode
+        if signal:
+            if self.labels is None and len(self.outputs) == 1 and int(np.prod(self.outputs[0].shape)) == 1:
+                self.labels = (self.hints.label or self.name,)  # one probability: the model's own word or event
+            task = cfg.task if cfg.task != "auto" else ("classification" if len(self.outputs) == 1 else "raw")
+            self.decoder = make_decoder(task, self.file, self.inputs, self.outputs, self.labels, opts)
+            self.pre: Preprocessor | None = None
+            self.resize_mode = "stretch"
+        else:
+            self.decoder = make_decoder(cfg.task, self.file, self.inputs, self.outputs, self.labels, opts)
+            mode = cfg.resize if cfg.resize != "auto" else self.decoder.preferred_resize
+            meta = self.file.metadata
+            mean = tuple(cfg.mean) if cfg.mean else meta.mean
+            std = tuple(cfg.std) if cfg.std else meta.std
+            try:
+                self.pre = Preprocessor(self.inputs[0], mode, mean, std)  # type: ignore[arg-type]
+            except ValueError as err:
+                raise ModelError(f"{path}: {err}") from None
+            self.resize_mode = mode
         cache = ProbeCache(state_dir / "probe-cache.json" if state_dir else None)
         selection = select_backend(
             path,
@@ -218,7 +260,8 @@ class Model:
         from edge_agent.sources.synthetic import pattern
 
         arr = np.zeros(self.inputs[0].shape, self.inputs[0].dtype)
-        self.pre(pattern(640, 480, 0), arr)
+        if self.pre is not None:
+            self.pre(pattern(640, 480, 0), arr)
         return [arr]
 
     def info(self) -> dict[str, object]:
@@ -226,17 +269,43 @@ class Model:
 
     def run(self, frame: np.ndarray) -> RawInference:
         """Preprocess and invoke; the raw outputs are copies, so the next frame can go in at once."""
-        rt = self.runtime
+        rt, pre = self.runtime, self.pre
+        if pre is None:
+            raise ModelError(f"{self.path}: a signal model takes windows (run_window), not images")
         t0 = time.perf_counter()
-        rs = rt.backend.write_input(0, lambda v: self.pre(frame, v))
+        rs = rt.backend.write_input(0, lambda v: pre(frame, v))
         t1 = time.perf_counter()
         if rt.invoke():  # fell back to the CPU: the new backend has an empty input
-            rs = rt.backend.write_input(0, lambda v: self.pre(frame, v))
+            rs = rt.backend.write_input(0, lambda v: pre(frame, v))
             rt.invoke()
         t2 = time.perf_counter()
         be = rt.backend
         outs = [be.output(i) for i in range(len(self.outputs))]
         return RawInference(outs, rs, (t1 - t0) * 1e3, (t2 - t1) * 1e3, rt.accelerator)
+
+    def run_window(self, window: np.ndarray) -> RawInference:
+        """One step of a signal model: a window (real values) quantized into the input tensor, invoke."""
+        rt, spec = self.runtime, self.inputs[0]
+        if window.size != int(np.prod(spec.shape)):
+            raise ModelError(f"window of shape {window.shape} does not fit input {spec.name} {list(spec.shape)}")
+
+        def fill(view: np.ndarray) -> Resize:
+            view[...] = spec.quantize(window).reshape(view.shape)
+            return _NO_RESIZE
+
+        t0 = time.perf_counter()
+        rs = rt.backend.write_input(0, fill)
+        t1 = time.perf_counter()
+        if rt.invoke():
+            rt.backend.write_input(0, fill)
+            rt.invoke()
+        t2 = time.perf_counter()
+        outs = [rt.backend.output(i) for i in range(len(self.outputs))]
+        return RawInference(outs, rs, (t1 - t0) * 1e3, (t2 - t1) * 1e3, rt.accelerator)
+
+    def reset_state(self) -> None:
+        """Streaming models keep state in variables; a restarted source must not continue the old stream."""
+        self.runtime.reset()
 
     def decode(self, raw: RawInference) -> Inference:
         t0 = time.perf_counter()

@@ -56,6 +56,14 @@ class TensorSpec:
             return q.astype(np.float32, copy=False)
         return (q.astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)
 
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Real values into this tensor's type: round(x / scale + zero_point), clipped to its range."""
+        if not self.quantized:
+            return np.asarray(x).astype(self.dtype, copy=False)
+        info = np.iinfo(self.dtype)
+        q = np.round(np.asarray(x, np.float32) / np.float32(self.scale) + np.float32(self.zero_point))
+        return np.clip(q, info.min, info.max).astype(self.dtype)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -94,11 +102,18 @@ class ModelFile:
     def name(self) -> str:
         return self.metadata.name or self.path.stem
 
+    @property
+    def stateful(self) -> bool:
+        """Keeps variables between invocations (a streaming model): one step per hop, reset on restart."""
+        return any(o in _STATE_OPS or o.startswith("op") and o[2:] in _STATE_CODES for o in self.ops)
+
     def required_delegates(self) -> list[str]:
         return sorted({DELEGATE_CUSTOM_OPS[o] for o in self.custom_ops if o in DELEGATE_CUSTOM_OPS})
 
 
 _CUSTOM = 32  # BuiltinOperator.CUSTOM
+_STATE_OPS = frozenset({"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"})
+_STATE_CODES = frozenset({"142", "143", "144"})  # their codes, where the schema module is missing
 
 
 def _builtin_names() -> dict[int, str]:

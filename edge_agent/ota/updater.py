@@ -92,6 +92,9 @@ class Updater:
         self.swap = swap
         self.errors = errors
         self.stop = stop
+        from edge_agent.signals import signal_kind
+
+        self._signal = signal_kind(settings.source.uri) is not None
         self.jobs: queue.Queue[Manifest] = queue.Queue(maxsize=4)
         #: (sha256, index, bytes) from `{prefix}/{device}/ota/{sha256}/{index}` (MQTT delivery)
         self.chunks: queue.Queue[tuple[str, int, bytes]] = queue.Queue(maxsize=_CHUNK_QUEUE)
@@ -278,7 +281,7 @@ class Updater:
                 log.error("previous model unusable: %s", err)
                 old = None
         if old is None:
-            old = Model(self.settings.model, self.settings.runtime, self.settings.state_dir)
+            old = Model(self.settings.model, self.settings.runtime, self.settings.state_dir, signal=self._signal)
         self.swap(old)
         self.previous_model = None
         self._state("rolled_back", m, reason=reason, now=prev)
@@ -301,7 +304,9 @@ class Updater:
                 **_settings_of(m.model_dump()),
             }
         )
-        model = Model(ModelConfig.model_validate(cfg.model_dump()), self.settings.runtime, self.settings.state_dir)
+        model = Model(
+            ModelConfig.model_validate(cfg.model_dump()), self.settings.runtime, self.settings.state_dir, signal=self._signal
+        )
         try:
             for i, test in enumerate(m.tests, start=1):
                 why = run_acceptance(model, test)
@@ -336,6 +341,8 @@ def run_acceptance(model: Model, test: AcceptanceTest) -> str | None:
     img = cv2.imdecode(raw, cv2.IMREAD_COLOR)
     if img is None:
         return "image could not be decoded"
+    if model.pre is None:
+        return "an acceptance image cannot test a model that takes audio or sensor windows"
     result = model.infer(img).result
     if test.nothing and (result.detections or result.classes):
         return f"expected nothing, got {[d.label for d in result.detections] or [c.label for c in result.classes]}"

@@ -60,6 +60,10 @@ class Backend(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release native resources."""
 
+    def reset_state(self) -> None:
+        """Put a streaming model's variables back to their initial values; BackendError if not possible here."""
+        raise BackendError(f"{self.kind} backend cannot reset model state in place")
+
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Convenience for probes and tests: copy inputs in, invoke, return raw outputs."""
         for i, arr in enumerate(inputs):

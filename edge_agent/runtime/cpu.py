@@ -26,18 +26,29 @@ class InterpreterBackend(Backend):
     def __init__(self, model_path: Path, threads: int = 0, delegates: list[Any] | None = None):
         super().__init__(model_path)
         self.threads = threads or default_threads()
-        mod = litert.interpreter_module()
-        try:
-            self._it = mod.Interpreter(
-                model_path=str(model_path), num_threads=self.threads, experimental_delegates=delegates
-            )
-            self._it.allocate_tensors()
-        except (ValueError, RuntimeError) as err:
-            raise BackendError(_explain(str(err), model_path)) from None
+        self._delegates = delegates
+        self._it = self._load()
         self.inputs = tuple(spec_from_details(d) for d in self._it.get_input_details())
         self.outputs = tuple(spec_from_details(d) for d in self._it.get_output_details())
         self._in_views = [self._it.tensor(s.index) for s in self.inputs]
         self.fully_accelerated = True if delegates is None else None
+
+    def _load(self) -> Any:
+        mod = litert.interpreter_module()
+        try:
+            it = mod.Interpreter(
+                model_path=str(self.model_path), num_threads=self.threads, experimental_delegates=self._delegates
+            )
+            it.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            raise BackendError(_explain(str(err), self.model_path)) from None
+        return it
+
+    def reset_state(self) -> None:
+        """A new interpreter: resource variables (streaming state) live in the interpreter."""
+        self._in_views = []
+        self._it = self._load()
+        self._in_views = [self._it.tensor(s.index) for s in self.inputs]
 
     @property
     def description(self) -> str:

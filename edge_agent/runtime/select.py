@@ -305,6 +305,15 @@ class Runtime:
             self._fall_back(f"{type(err).__name__}: {str(err).strip()[:300]}")
             return True
 
+    def reset(self) -> None:
+        """Start a stateful (streaming) model afresh: a new interpreter has its variables at their initial values."""
+        try:
+            self.backend.reset_state()
+        except BackendError:  # a backend that cannot reload in place: a fresh one of the same family
+            old = self.backend
+            self.backend = open_backend("cpu" if old.kind not in ("gpu", "npu") else old.kind, self.model_path, self.threads)
+            old.close()
+
     def _fall_back(self, reason: str) -> None:
         old = self.backend
         log.error("accelerator %s failed at run time (%s); falling back to the CPU", old.kind, reason)

@@ -1,0 +1,499 @@
+"""Audio and sensor input: source -> resample -> features -> windows -> model (stateful) -> events -> sinks.
+
+Unlike frames, samples are never dropped silently to keep up: capture hands chunks over through a
+bounded queue sized in seconds of input, and anything it cannot hold is counted as dropped.
+Windows are exact (no sample lost or repeated between them), a streaming model runs one step per
+hop with its variables intact, and everything (front end, windows, model state, events) starts
+afresh when the source is reopened or the model is swapped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_agent.config import Settings
+from edge_agent.events import Event, EventDetector
+from edge_agent.features import FRAME_FRONTENDS, WINDOW_TRANSFORMS, FrameFrontend
+from edge_agent.model import Model, RawInference
+from edge_agent.payload import SCHEMA, dumps
+from edge_agent.resample import Resampler
+from edge_agent.signals import AUDIO_KINDS, Chunk, EndOfStream, SignalSource, SourceError, signal_kind
+from edge_agent.sinks import Message, Sink
+from edge_agent.stats import StageStats
+from edge_agent.windowing import Windower
+
+log = logging.getLogger(__name__)
+
+_TAKE_TIMEOUT_S = 0.25
+_READ_TIMEOUT_S = 0.25
+#: Default event thresholds when neither the configuration nor the model's manifest sets them.
+_DEFAULT_ON = 0.8
+#: Windows between a post stage that is behind and inference: a short burst of slack, then back-pressure.
+_RESULTS_QUEUE = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Restart:
+    """Marks a reopened source in the stream: everything downstream starts afresh."""
+
+    epoch: int
+    rate: float
+    channels: int
+
+
+class ChunkQueue:
+    """Bounded in samples, not chunks: `queue_s` seconds of input whatever the chunk size."""
+
+    def __init__(self, max_samples: int):
+        self.max_samples = max(1, max_samples)
+        self._items: deque[Chunk | _Restart] = deque()
+        self._samples = 0
+        self._cond = threading.Condition()
+        self.dropped = 0
+
+    def put(self, item: Chunk | _Restart, wait: float = 0.0) -> bool:
+        """wait: how long a source that can wait (a file) is held back before the chunk counts as dropped."""
+        with self._cond:
+            n = len(item.samples) if isinstance(item, Chunk) else 0
+            if n and self._samples + n > self.max_samples and wait > 0:
+                self._cond.wait_for(lambda: self._samples + n <= self.max_samples, wait)
+            if n and self._samples + n > self.max_samples:
+                self.dropped += n
+                return False
+            self._items.append(item)
+            self._samples += n
+            self._cond.notify()
+            return True
+
+    def get(self, timeout: float) -> Chunk | _Restart | None:
+        with self._cond:
+            if not self._items and not self._cond.wait(timeout):
+                return None
+            if not self._items:
+                return None
+            item = self._items.popleft()
+            if isinstance(item, Chunk):
+                self._samples -= len(item.samples)
+                self._cond.notify_all()
+            return item
+
+
+class SignalCapture:
+    """The capture thread: read chunks, count them, reopen with backoff when the device goes away."""
+
+    def __init__(
+        self,
+        factory: Callable[[], SignalSource],
+        settings: Settings,
+        out: ChunkQueue,
+        stats: StageStats,
+        stop: threading.Event,
+    ):
+        self.factory, self.settings, self.out, self.stats, self.stop = factory, settings, out, stats, stop
+        self.source: SignalSource | None = None
+        self.samples = 0
+        self.reopens = 0
+        self.gaps = 0  # reopenings and gaps the source saw itself
+        self.epoch = 0
+        self.description = settings.source.uri
+        self.rate = 0.0
+        self.channels = 0
+        self.channel_names: tuple[str, ...] = ()
+        self._source_dropped = 0
+        self._source_gaps = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="signal-capture", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def dropped(self) -> int:
+        src = self.source
+        return self._source_dropped + (src.dropped if src else 0) + self.out.dropped
+
+    def _run(self) -> None:
+        cfg = self.settings.source
+        st = self.stats
+        delay = cfg.reopen_min_s
+        while not self.stop.is_set():
+            src = self.factory()
+            self.description = src.describe()
+            try:
+                src.open()
+            except SourceError as err:
+                st.state = "reconnecting" if self.epoch else "opening"
+                st.error(str(err))
+                log.warning("signal source: %s; retrying in %.1f s", err, delay)
+                if self.stop.wait(delay):
+                    return
+                delay = min(delay * 2, cfg.reopen_max_s)
+                st.beat()
+                continue
+            self.source = src
+            self.epoch += 1
+            if self.epoch > 1:
+                self.reopens += 1
+                self.gaps += 1
+            self.rate, self.channels, self.channel_names = src.rate, src.channels, src.channel_names
+            first = True
+            st.state = "running"
+            try:
+                while not self.stop.is_set():
+                    chunk = src.read(_READ_TIMEOUT_S)
+                    st.beat()
+                    if chunk is None:
+                        continue
+                    if first:  # some sources learn their channel count from the first reading
+                        self.channels, self.channel_names = src.channels, src.channel_names
+                        self.out.put(_Restart(self.epoch, src.rate, src.channels))
+                        first = False
+                    # a file waits for inference (back-pressure); a live device cannot, so its excess is counted
+                    while not self.out.put(chunk, 0.0 if src.live else _READ_TIMEOUT_S):
+                        if src.live or self.stop.is_set():
+                            st.drop("queue_full", len(chunk.samples))
+                            break
+                        self.out.dropped -= len(chunk.samples)  # not dropped: offered again
+                        st.beat()
+                    self.samples += len(chunk.samples)
+                    st.done(len(chunk.samples))
+                    delay = cfg.reopen_min_s
+            except EndOfStream:
+                st.state = "finished"
+                log.info("signal source %s finished", self.description)
+                return
+            except SourceError as err:
+                st.state = "reconnecting"
+                st.error(str(err))
+                log.warning("signal source lost: %s", err)
+            except Exception as err:  # loop boundary: a source bug must not end capture for good
+                st.state = "reconnecting"
+                st.error(f"{type(err).__name__}: {err}")
+                log.exception("signal capture error")
+            finally:
+                self._source_dropped += src.dropped
+                self._source_gaps += src.gaps
+                self.source = None
+                src.close()
+            if self.stop.wait(delay):
+                return
+            delay = min(delay * 2, cfg.reopen_max_s)
+
+    def info(self) -> dict[str, Any]:
+        src = self.source
+        return {
+            "samples": self.samples,
+            "gaps": self.gaps + self._source_gaps + (src.gaps if src else 0),
+            "dropped_samples": self.dropped,
+            "reopens": self.reopens,
+            "rate_nominal": self.rate,
+            "channels": list(self.channel_names),
+        }
+
+
+@dataclass
+class _Chain:
+    """Everything between one source epoch and one model; rebuilt on restart or model swap."""
+
+    model: Model
+    epoch: int
+    source_rate: float
+    model_rate: float  # frames per second reaching the windower, times the front end's step
+    resampler: Resampler | None
+    frontend: FrameFrontend
+    windower: Windower
+    transform: Callable[[np.ndarray], np.ndarray]
+    samples_in: int = 0  # source samples consumed this epoch
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    raw: RawInference
+    model: Model
+    ts: float  # capture time of the window's last sample
+    offset_s: float  # stream position of the window's end
+    mono: float  # when the chunk that completed it was read
+    epoch: int
+
+
+class SignalPipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        get_model: Callable[[], Model | None],
+        sink: Callable[[], Sink | None],
+        topics: dict[str, str],
+        boot_id: str,
+        stats: tuple[StageStats, StageStats, StageStats],
+        stop: threading.Event,
+        on_published: Callable[[], None],
+        factory: Callable[[], SignalSource],
+        on_result: Callable[[Model, RawInference], None] | None = None,
+    ):
+        self.settings = settings
+        self.get_model, self.get_sink = get_model, sink
+        self.topics, self.boot_id, self.stop = topics, boot_id, stop
+        self.capture_stats, self.infer_stats, self.post_stats = stats
+        self.on_published = on_published
+        self.on_result = on_result
+        sc = settings.signal
+        audio = signal_kind(settings.source.uri) in AUDIO_KINDS
+        nominal = sc.rate or (16000 if audio else 10.0)
+        self.queue = ChunkQueue(int(sc.queue_s * max(nominal, 1.0)) + 4096)
+        self.capture = SignalCapture(factory, settings, self.queue, self.capture_stats, stop)
+        self.results: deque[WindowResult | _Restart] = deque()
+        self._results_cond = threading.Condition()
+        self.windows = 0
+        self.published = 0
+        self.not_published = 0  # windows whose prediction the rate limit held back (by configuration)
+        self.event_seq = 0
+        self.seq = 0
+        self.detector: EventDetector | None = None
+        self._chain: _Chain | None = None
+        self._threads: list[threading.Thread] = []
+        self.last_result: dict[str, Any] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self.capture.start()
+        for name, target in (("signal-inference", self._infer_loop), ("signal-post", self._post_loop)):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def join(self, timeout: float) -> None:
+        self.capture.join(timeout)
+        with self._results_cond:
+            self._results_cond.notify_all()
+        for t in self._threads:
+            t.join(timeout)
+
+    # --- the chain ---------------------------------------------------------------------------
+    def _build(self, model: Model, epoch: int, rate: float, channels: int) -> _Chain:
+        sc = self.settings.signal
+        name = sc.frontend if sc.frontend != "auto" else (model.hints.frontend or "none")
+        frontend = FRAME_FRONTENDS[name](sc.offset, sc.scale)
+        resampler = None
+        model_rate = rate
+        if frontend.rate is not None and int(rate) != frontend.rate:
+            resampler = Resampler(int(rate), frontend.rate, 1 if name == "micro" else channels)
+            model_rate = frontend.rate
+        width = frontend.width(channels)
+        spec = model.inputs[0]
+        size = int(np.prod(spec.shape))
+        transform = WINDOW_TRANSFORMS[sc.transform]
+        length = sc.window
+        if length is None:
+            if sc.transform != "none":
+                raise SourceError("signal.window must be set when signal.transform is used")
+            if size % width:
+                raise SourceError(
+                    f"model input {list(spec.shape)} does not hold whole frames of {width} values "
+                    f"({channels} channel(s) after the '{name}' front end)"
+                )
+            length = size // width
+        stateful = name == "micro" or model.file.stateful
+        hop = sc.hop or (length if stateful else max(1, length // 2))
+        return _Chain(
+            model, epoch, rate, model_rate, resampler, frontend, Windower(length, hop, width), transform
+        )
+
+    def _new_detector(self, model: Model) -> EventDetector:
+        ec = self.settings.signal.events
+        on = ec.on if ec.on is not None else (model.hints.threshold or _DEFAULT_ON)
+        off = ec.off if ec.off is not None else on / 2
+        smoothing = ec.smoothing or model.hints.smoothing or 1
+        return EventDetector(on, min(off, on), smoothing, ec.refractory_s, ec.labels, f"{self.boot_id[:8]}-")
+
+    def _infer_loop(self) -> None:
+        st = self.infer_stats
+        st.state = "running"
+        restart: _Restart | None = None
+        while not self.stop.is_set():
+            item = self.queue.get(_TAKE_TIMEOUT_S)
+            st.beat()
+            if item is None:
+                continue
+            try:
+                if isinstance(item, _Restart):
+                    restart = item
+                    self._chain = None
+                    continue
+                model = self.get_model()
+                if model is None or restart is None:
+                    continue
+                chain = self._chain
+                if chain is None or chain.model is not model:
+                    if chain is not None or restart.epoch > 1:
+                        model.reset_state()  # a stream that starts again must not continue the old one
+                    chain = self._chain = self._build(model, restart.epoch, restart.rate, restart.channels)
+                    self._put(restart)
+                self._step(chain, item)
+            except Exception as err:  # loop boundary: one bad chunk must not stop the stream
+                st.error(f"{type(err).__name__}: {err}")
+                log.exception("signal inference error")
+                self._chain = None
+                if isinstance(err, SourceError):  # a misfit between model and source: wait for a change
+                    self.stop.wait(1.0)
+
+    def _step(self, chain: _Chain, chunk: Chunk) -> None:
+        st = self.infer_stats
+        x = chunk.samples
+        start_sample = chain.samples_in
+        chain.samples_in += len(x)
+        if chain.resampler is not None:
+            if chain.resampler.channels == 1 and x.shape[1] > 1:
+                x = x[:, :1]
+            x = chain.resampler.push(x)
+        frames = chain.frontend.push(x)
+        w = chain.windower
+        first_window = w.emitted
+        windows = w.push(frames)
+        step = chain.frontend.step
+        for k, win in enumerate(windows):
+            end_frame = (first_window + k) * w.hop + w.length
+            offset = end_frame * step / chain.model_rate
+            ts = chunk.ts + offset - start_sample / chain.source_rate
+            raw = chain.model.run_window(chain.transform(win))
+            st.observe("inference", raw.inference_ms)
+            st.done()
+            self.windows += 1
+            self._put(WindowResult(raw, chain.model, ts, offset, chunk.mono, chain.epoch))
+
+    def _put(self, item: WindowResult | _Restart) -> None:
+        with self._results_cond:
+            while len(self.results) >= _RESULTS_QUEUE and not self.stop.is_set():
+                self._results_cond.wait(_TAKE_TIMEOUT_S)  # back-pressure: results are never dropped here
+                self.infer_stats.beat()
+            self.results.append(item)
+            self._results_cond.notify_all()
+
+    def _take(self) -> WindowResult | _Restart | None:
+        with self._results_cond:
+            if not self.results:
+                self._results_cond.wait(_TAKE_TIMEOUT_S)
+            if not self.results:
+                return None
+            item = self.results.popleft()
+            self._results_cond.notify_all()
+            return item
+
+    # --- results -----------------------------------------------------------------------------
+    def _post_loop(self) -> None:
+        st = self.post_stats
+        st.state = "running"
+        hz = self.settings.signal.predictions_hz
+        last_pub = float("-inf")
+        model_seen: Model | None = None
+        while not self.stop.is_set() or self.results:
+            item = self._take()
+            st.beat()
+            if item is None:
+                continue
+            try:
+                if isinstance(item, _Restart):
+                    if self.detector is not None:
+                        self._emit(self.detector.reset(), model_seen)
+                    continue
+                if item.model is not model_seen or self.detector is None:
+                    if self.detector is not None:
+                        self._emit(self.detector.reset(), model_seen)
+                    model_seen = item.model
+                    self.detector = self._new_detector(item.model)
+                inf = item.model.decode(item.raw)
+                if self.on_result is not None:
+                    self.on_result(item.model, item.raw)
+                scores = self._scores(item.model, item.raw)
+                self._emit(self.detector.update(scores, item.ts, item.offset_s), item.model)
+                now = time.monotonic()
+                c2p = (now - item.mono) * 1e3
+                self.infer_stats.observe("capture_to_publish", c2p)
+                doc = {
+                    "schema": SCHEMA,
+                    "device_id": self.settings.device_id,
+                    "boot_id": self.boot_id,
+                    "seq": 0,
+                    "ts": round(item.ts, 6),
+                    "model": item.model.info(),
+                    "accelerator": item.raw.accelerator,
+                    "latency_ms": {"inference": round(inf.inference_ms, 3), "capture_to_publish": round(c2p, 3)},
+                    "window": {"offset_s": round(item.offset_s, 4)},
+                    "task": inf.result.task,
+                    "scores": {k: round(v, 5) for k, v in scores.items()},
+                    **inf.result.as_dict(),
+                }
+                self.last_result = doc
+                if hz > 0 and now - last_pub >= 1.0 / hz:
+                    last_pub = now
+                    self.seq += 1
+                    doc["seq"] = self.seq
+                    sink = self.get_sink()
+                    if sink is not None and not sink.submit(
+                        Message(self.topics["predictions"], dumps(doc), qos=self.settings.mqtt.qos)
+                    ):
+                        st.drop("sink_full")
+                    self.published += 1
+                    self.on_published()
+                else:
+                    self.not_published += 1
+                st.done()
+            except Exception as err:  # loop boundary: one bad result must not stop the stream
+                st.error(f"{type(err).__name__}: {err}")
+                log.exception("signal postprocess error")
+
+    @staticmethod
+    def _scores(model: Model, raw: RawInference) -> dict[str, float]:
+        """Every label's score, before any threshold: events need the quiet windows too."""
+        if model.decoder.task != "classification":
+            return {}
+        out = model.outputs[0].dequantize(raw.outputs[0]).reshape(-1)
+        labels = model.labels or ()
+        return {labels[i] if i < len(labels) else str(i): float(v) for i, v in enumerate(out)}
+
+    def _emit(self, events: list[Event], model: Model | None) -> None:
+        """Events go out with QoS 1 through the outbox; a full queue holds the post stage, never drops them."""
+        sink = self.get_sink()
+        if sink is None:
+            return
+        for e in events:
+            self.event_seq += 1
+            doc = {
+                "schema": SCHEMA,
+                "device_id": self.settings.device_id,
+                "boot_id": self.boot_id,
+                "seq": self.event_seq,
+                "ts": round(time.time(), 6),
+                "model": model.info() if model is not None else None,
+                **e.as_dict(),
+            }
+            log.info("event %s %s %s score %.3f", e.type, e.label, e.id, e.score)
+            msg = Message(self.topics["events"], dumps(doc), qos=1)
+            while not sink.submit(msg):
+                self.post_stats.beat()
+                if self.stop.wait(0.05):
+                    log.error("stopping with event %s %s unsent", e.type, e.id)
+                    return
+            self.on_published()
+
+    def info(self) -> dict[str, Any]:
+        det = self.detector
+        return {
+            **self.capture.info(),
+            "windows": self.windows,
+            "predictions_published": self.published,
+            "predictions_rate_limited": self.not_published,
+            "events": dict(det.counts) if det is not None else {"new": 0, "update": 0, "end": 0},
+            "queue_samples": self.queue._samples,
+        }

@@ -1,0 +1,65 @@
+"""What every signal source (audio, numeric sensor) provides; capture and recovery live in signal_pipeline."""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_agent.sources.base import EndOfStream, SourceError
+
+__all__ = ["Chunk", "EndOfStream", "SignalSource", "SourceError", "Pacer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    samples: np.ndarray  # float32 [n, channels]: audio in [-1, 1), sensors in physical units
+    ts: float  # capture time of the first sample, epoch seconds
+    mono: float  # time.monotonic() when the chunk was read
+
+
+class SignalSource(abc.ABC):
+    kind: str = "signal"
+    #: samples arrive on their own clock (microphone, serial) rather than when read (file)
+    live: bool = True
+
+    def __init__(self, uri: str, rate: float, channels: int = 1):
+        self.uri = uri
+        self.rate = rate  # nominal samples per second (per channel)
+        self.channels = channels
+        self.channel_names: tuple[str, ...] = tuple(f"ch{i}" for i in range(channels))
+        #: samples the source knows it lost (device overrun, unparsable line, missed poll)
+        self.dropped = 0
+        #: discontinuities seen inside the source (missed polls, overruns)
+        self.gaps = 0
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Acquire the device or file; raise SourceError."""
+
+    @abc.abstractmethod
+    def read(self, timeout: float) -> Chunk | None:
+        """The next chunk, or None when nothing came within `timeout`; raise SourceError or EndOfStream."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the device."""
+
+    def describe(self) -> str:
+        return self.uri if self.uri.startswith(f"{self.kind}:") else f"{self.kind}:{self.uri}"
+
+
+class Pacer:
+    """Hands out `rate` samples per second of wall time (files played in real time, polled sensors)."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.start = time.monotonic()
+        self.done = 0  # samples handed out
+
+    def due(self) -> int:
+        return int((time.monotonic() - self.start) * self.rate) - self.done
+
+    def wait_s(self, n: int = 1) -> float:
+        return max(0.0, self.start + (self.done + n) / self.rate - time.monotonic())

@@ -1,0 +1,80 @@
+"""Readings other devices publish on the same broker (one sample per message, or a batch)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+
+import numpy as np
+
+from edge_agent.config import MQTTConfig
+from edge_agent.signals.base import Chunk, SignalSource, SourceError
+from edge_agent.signals.readings import ReadingParser
+
+
+class MqttTopicSource(SignalSource):
+    kind = "mqtt"
+
+    def __init__(self, uri: str, topic: str, mqtt: MQTTConfig, rate: float, channels: list[str] | None):
+        super().__init__(uri, rate)
+        self.topic, self.mqtt = topic, mqtt
+        self.parser = ReadingParser(channels)
+        self._sub: object | None = None
+        self._width: int | None = None
+
+    def open(self) -> None:
+        from edge_agent.sinks.mqtt import Subscriber
+
+        sub = Subscriber(self.mqtt, [self.topic], client_id=f"edge-agent-input-{time.monotonic_ns()}")
+        if not sub.start(timeout=10.0):
+            sub.stop()
+            raise SourceError(f"cannot subscribe to {self.topic} on {self.mqtt.host}:{self.mqtt.port}")
+        self._sub = sub
+
+    def _rows(self, payload: bytes) -> list[np.ndarray]:
+        """{"samples": [[...], ...]} is a batch; anything else is one reading."""
+        if payload[:1] == b"{" and b'"samples"' in payload:
+            try:
+                batch = json.loads(payload)["samples"]
+                return [r for r in (self.parser.parse(json.dumps(s)) for s in batch) if r is not None]
+            except (ValueError, KeyError, TypeError):
+                return []
+        row = self.parser.parse(payload)
+        return [] if row is None else [row]
+
+    def read(self, timeout: float) -> Chunk | None:
+        from edge_agent.sinks.mqtt import Subscriber
+
+        sub = self._sub
+        if not isinstance(sub, Subscriber):
+            raise SourceError("not open")
+        rows: list[np.ndarray] = []
+        msg = sub.get(timeout)
+        while msg is not None:
+            got = self._rows(msg[1])
+            if not got:
+                self.dropped += 1
+            for row in got:
+                if self._width is None:
+                    self._width, self.channels = len(row), len(row)
+                    self.channel_names = tuple(self.parser.names or (f"ch{i}" for i in range(len(row))))
+                if len(row) == self._width:
+                    rows.append(row)
+                else:
+                    self.dropped += 1
+            try:
+                msg = sub.messages.get_nowait()
+            except queue.Empty:
+                msg = None
+        if not rows:
+            return None
+        x = np.stack(rows)
+        return Chunk(x, time.time() - (len(x) - 1) / self.rate, time.monotonic())
+
+    def close(self) -> None:
+        from edge_agent.sinks.mqtt import Subscriber
+
+        if isinstance(self._sub, Subscriber):
+            self._sub.stop()
+        self._sub = None

@@ -1,0 +1,79 @@
+"""A serial port with one reading per line (CSV or JSON), e.g. a microcontroller streaming an IMU."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from edge_agent.signals.base import Chunk, SignalSource, SourceError
+from edge_agent.signals.readings import ReadingParser
+
+#: A line longer than this is noise on the wire, not a reading.
+_MAX_LINE = 4096
+
+
+class SerialSource(SignalSource):
+    kind = "serial"
+
+    def __init__(self, uri: str, port: str, baud: int, rate: float, channels: list[str] | None):
+        super().__init__(uri, rate)
+        self.port, self.baud = port, baud
+        self.parser = ReadingParser(channels)
+        self._ser: Any = None
+        self._width: int | None = None
+
+    def open(self) -> None:
+        try:
+            import serial
+        except ImportError as err:
+            raise SourceError("serial input needs pyserial (pip install 'edge-agent[sensors]')") from err
+        try:
+            self._ser = serial.Serial(self.port, self.baud, timeout=0.1)
+        except (serial.SerialException, OSError, ValueError) as err:
+            raise SourceError(f"cannot open serial port {self.port}: {err}") from None
+        self._ser.reset_input_buffer()  # a half line from before the open is not a reading
+
+    def read(self, timeout: float) -> Chunk | None:
+        import serial
+
+        if self._ser is None:
+            raise SourceError("not open")
+        rows: list[np.ndarray] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                self._ser.timeout = max(0.0, deadline - time.monotonic()) if not rows else 0
+                line = self._ser.readline(_MAX_LINE)
+                if not line:
+                    break
+                if not line.endswith(b"\n"):  # partial line at timeout: keep waiting for the rest
+                    line += self._ser.readline(_MAX_LINE)
+                row = self.parser.parse(line)
+                if row is None:
+                    self.dropped += 1
+                    continue
+                if self._width is None:
+                    self._width, self.channels = len(row), len(row)
+                    self.channel_names = tuple(self.parser.names or (f"ch{i}" for i in range(len(row))))
+                if len(row) != self._width:
+                    self.dropped += 1
+                    continue
+                rows.append(row)
+                if self._ser.in_waiting == 0:
+                    break
+        except (serial.SerialException, OSError) as err:
+            raise SourceError(f"serial port {self.port}: {err}") from None
+        if not rows:
+            return None
+        x = np.stack(rows)
+        return Chunk(x, time.time() - (len(x) - 1) / self.rate, time.monotonic())
+
+    def close(self) -> None:
+        if self._ser is not None:
+            try:
+                self._ser.close()
+            except Exception:  # a vanished port may fail to close; it is gone either way
+                pass
+            self._ser = None
