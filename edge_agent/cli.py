@@ -230,11 +230,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         rc = RuntimeConfig(accelerator=args.accelerator or "cpu", threads=args.threads or 0)
     except (ConfigError, ValueError) as err:
         return _usage_error(str(err).splitlines()[-1] if str(err) else "invalid arguments")
+    from edge_agent.signals import signal_kind
+
+    recordings = [p for p in args.images if signal_kind(str(p))]
+    if recordings and len(recordings) != len(args.images):
+        return _usage_error("give either images or recordings, not both")
     try:
-        model = Model(mc, rc, None)
+        model = Model(mc, rc, None, signal=bool(recordings))
     except ModelError as err:
         print(f"edge-agent: {err}", file=sys.stderr)
         return EXIT_FAIL
+    if recordings:
+        try:
+            return _predict_recordings(args, model, mc, rc, recordings)
+        finally:
+            model.close()
     status = EXIT_OK
     for seq, image_path in enumerate(args.images, start=1):
         img = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
@@ -264,6 +274,81 @@ def cmd_predict(args: argparse.Namespace) -> int:
         sys.stdout.write(dumps(doc).decode() + "\n")
     model.close()
     return status
+
+
+def _predict_recordings(args: argparse.Namespace, model: Any, mc: Any, rc: Any, paths: list[Path]) -> int:
+    """Each recording through the real signal pipeline: its events, and how long after the loud part
+    of the recording ended each one came (`after_speech_s`, audio only)."""
+    import numpy as np
+
+    from edge_agent.config import ConfigError, Settings, SourceConfig, _nested
+    from edge_agent.features import speech_end_s
+    from edge_agent.payload import dumps
+    from edge_agent.signal_pipeline import run_offline
+    from edge_agent.signals import SourceError, signal_kind
+    from edge_agent.signals.wav import WavSource
+
+    args.set_keys = {item.partition("=")[0].strip() for item in args.set}
+    status = EXIT_OK
+    for path in paths:
+        try:
+            dotted = _overrides(args)
+            bad = [k for k in dotted if "." in k and not k.startswith("signal.") and k in args.set_keys]
+            if bad:
+                return _usage_error(f"predict takes only signal.* settings (got {', '.join(bad)})")
+            sig = _nested({k: v for k, v in dotted.items() if k.startswith("signal.")}).get("signal", {})
+            if not args.windows:
+                sig.setdefault("predictions_hz", 0)
+            settings = Settings(
+                source=SourceConfig(uri=str(path), loop=False, realtime=False), model=mc, runtime=rc, signal=sig
+            )
+        except (ConfigError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+            return _usage_error(str(err).splitlines()[-1] if str(err) else "invalid --set")
+        try:
+            run = run_offline(settings, model)
+        except SourceError as err:
+            print(f"edge-agent: {err}", file=sys.stderr)
+            status = EXIT_FAIL
+            continue
+        end = None
+        if signal_kind(str(path)) == "wav":
+            src = WavSource(str(path), str(path), False, False)
+            src.open()
+            parts = []
+            while (c := _read_all(src)) is not None:
+                parts.append(c)
+            src.close()
+            end = speech_end_s(np.concatenate(parts), src.rate) if parts else None
+        for doc in run.predictions:
+            sys.stdout.write(dumps({"file": str(path), **doc}).decode() + "\n")
+        for doc in run.events:
+            extra = {"after_speech_s": round(doc["offset_s"] - end, 3)} if end is not None else {}
+            sys.stdout.write(dumps({"file": str(path), **doc, **extra}).decode() + "\n")
+        summary = {
+            "file": str(path),
+            "summary": {
+                "events": sum(1 for e in run.events if e["type"] == "new"),
+                "windows": run.windows,
+                "seconds": round(run.samples / run.rate, 3) if run.rate else None,
+                "speech_end_s": None if end is None else round(end, 3),
+                "inference_ms": run.inference_ms,
+                "wall_s": round(run.wall_s, 3),
+            },
+        }
+        sys.stdout.write(dumps(summary).decode() + "\n")
+    return status
+
+
+def _read_all(src: Any) -> Any:
+    import numpy as np
+
+    from edge_agent.signals import EndOfStream
+
+    try:
+        c = src.read(1.0)
+    except EndOfStream:
+        return None
+    return c.samples if c is not None else np.zeros((0, src.channels), np.float32)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -459,9 +544,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", type=Path)
     i.set_defaults(func=cmd_inspect)
 
-    pr = sub.add_parser("predict", help="one-shot inference on images; prints the daemon's JSON")
+    pr = sub.add_parser(
+        "predict",
+        help="one-shot inference on images (prints the daemon's JSON), or on recordings (.wav, .csv: prints events)",
+    )
     pr.add_argument("model", type=Path)
-    pr.add_argument("images", type=Path, nargs="+")
+    pr.add_argument("images", type=Path, nargs="+", help="images, or WAV/CSV recordings for audio and sensor models")
+    pr.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="signal settings for recordings, e.g. signal.hop=2"
+    )
+    pr.add_argument("--windows", action="store_true", help="recordings: print every window's prediction too")
     pr.add_argument("--labels", type=Path)
     pr.add_argument("--task", choices=("auto", "classification", "detection", "raw"))
     pr.add_argument("--score-threshold", type=float)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 #: An active event is re-announced when its peak score rises by this much, at most once per second.
 _UPDATE_DELTA = 0.05
@@ -46,7 +46,7 @@ class _Track:
     peak_announced: float = 0.0
     last_update: float = 0.0
     refractory_until: float = float("-inf")
-    recent: list[float] = field(default_factory=list)
+    last_ts: float = 0.0
 
 
 class EventDetector:
@@ -70,9 +70,11 @@ class EventDetector:
 
     def reset(self) -> list[Event]:
         """Source restart or model swap: active events end now, smoothing starts over."""
-        out = [self._end(label, t, t.active.start_ts) for label, t in self._tracks.items() if t.active is not None]
+        out = [self._end(label, t, t.last_ts) for label, t in self._tracks.items() if t.active is not None]
         self._tracks.clear()
-        return [e for e in out if e is not None]
+        ended = [e for e in out if e is not None]
+        self.counts["end"] += len(ended)
+        return ended
 
     def update(self, scores: Mapping[str, float], ts: float, offset_s: float) -> list[Event]:
         """One window's scores (by label) at capture time `ts`; returns the events it causes."""
@@ -84,6 +86,7 @@ class EventDetector:
             if t is None:
                 t = self._tracks[label] = _Track(deque(maxlen=self.smoothing))
             t.scores.append(float(score))
+            t.last_ts = ts
             s = sum(t.scores) / len(t.scores)
             if t.active is None:
                 if s >= self.on and ts >= t.refractory_until:

@@ -85,6 +85,22 @@ class MicroFrontend(FrameFrontend):
         return MICRO_BINS
 
 
+def speech_end_s(samples: np.ndarray, rate: float) -> float | None:
+    """Where the loud part of a recording ends: the end of the last 10 ms frame whose level is more than
+    halfway (in dB) from the noise floor (10th percentile) up to the peak. Reports how long after a
+    spoken word its event came."""
+    x = np.asarray(samples, np.float32).reshape(len(samples), -1)[:, 0]
+    step = max(1, int(rate * 0.01))
+    n = len(x) // step
+    if n == 0:
+        return None
+    rms = np.sqrt(np.mean(x[: n * step].reshape(n, step) ** 2, axis=1)) + 1e-9
+    db = 20 * np.log10(rms / rms.max())
+    floor = float(np.percentile(db, 10))
+    loud = np.flatnonzero(db > floor / 2)
+    return float((loud[-1] + 1) * step / rate) if len(loud) and floor < -6 else None
+
+
 def spectrogram(window: np.ndarray) -> np.ndarray:
     """Log power spectrum per channel of one window ([length, channels] -> [length//2 + 1, channels])."""
     w = np.hanning(len(window)).astype(np.float32)[:, None]

@@ -73,6 +73,10 @@ class ChunkQueue:
             self._cond.notify()
             return True
 
+    def empty(self) -> bool:
+        with self._cond:
+            return not self._items
+
     def get(self, timeout: float) -> Chunk | _Restart | None:
         with self._cond:
             if not self._items and not self._cond.wait(timeout):
@@ -264,6 +268,7 @@ class SignalPipeline:
         self._chain: _Chain | None = None
         self._threads: list[threading.Thread] = []
         self.last_result: dict[str, Any] | None = None
+        self.busy = False  # the inference thread holds a chunk it has not finished with
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -322,10 +327,12 @@ class SignalPipeline:
         st.state = "running"
         restart: _Restart | None = None
         while not self.stop.is_set():
+            self.busy = False
             item = self.queue.get(_TAKE_TIMEOUT_S)
             st.beat()
             if item is None:
                 continue
+            self.busy = True
             try:
                 if isinstance(item, _Restart):
                     restart = item
@@ -336,7 +343,7 @@ class SignalPipeline:
                     continue
                 chain = self._chain
                 if chain is None or chain.model is not model:
-                    if chain is not None or restart.epoch > 1:
+                    if model.file.stateful:
                         model.reset_state()  # a stream that starts again must not continue the old one
                     chain = self._chain = self._build(model, restart.epoch, restart.rate, restart.channels)
                     self._put(restart)
@@ -395,7 +402,7 @@ class SignalPipeline:
         st = self.post_stats
         st.state = "running"
         hz = self.settings.signal.predictions_hz
-        last_pub = float("-inf")
+        last_pub = float("-inf")  # in stream time: a recording replayed fast is limited like a live one
         model_seen: Model | None = None
         while not self.stop.is_set() or self.results:
             item = self._take()
@@ -435,8 +442,8 @@ class SignalPipeline:
                     **inf.result.as_dict(),
                 }
                 self.last_result = doc
-                if hz > 0 and now - last_pub >= 1.0 / hz:
-                    last_pub = now
+                if hz > 0 and item.ts - last_pub >= 1.0 / hz - 1e-9:
+                    last_pub = item.ts
                     self.seq += 1
                     doc["seq"] = self.seq
                     sink = self.get_sink()
@@ -497,3 +504,61 @@ class SignalPipeline:
             "events": dict(det.counts) if det is not None else {"new": 0, "update": 0, "end": 0},
             "queue_samples": self.queue._samples,
         }
+
+
+@dataclass
+class OfflineRun:
+    events: list[dict[str, Any]]
+    predictions: list[dict[str, Any]]
+    windows: int
+    samples: int
+    rate: float
+    inference_ms: dict[str, float] | None
+    wall_s: float
+
+
+def run_offline(settings: Settings, model: Model, timeout: float = 600.0) -> OfflineRun:
+    """A finite recording (WAV, CSV) through the real pipeline as fast as it goes: for `predict`,
+    tests and benchmarks. The settings' source must not loop."""
+    import json
+    import uuid
+
+    from edge_agent.signals import make_signal_source
+    from edge_agent.sinks.memory import MemorySink
+
+    sink = MemorySink()
+    stop = threading.Event()
+    stats = (StageStats("capture"), StageStats("inference"), StageStats("postprocess"))
+    topics = {"predictions": "predictions", "events": "events"}
+    pipe = SignalPipeline(
+        settings, lambda: model, lambda: sink, topics, uuid.uuid4().hex, stats, stop, lambda: None,
+        lambda: make_signal_source(settings),
+    )
+    t0 = time.monotonic()
+    pipe.start()
+    deadline = t0 + timeout
+    cap, inf, post = stats
+
+    def drained() -> bool:
+        done = cap.state in ("finished",) or (cap.errors > 0 and cap.state != "running")
+        idle = pipe.queue.empty() and not pipe.busy and not pipe.results
+        return done and idle and post.count == pipe.windows
+
+    while not drained() and time.monotonic() < deadline:
+        stop.wait(0.005)
+    wall = time.monotonic() - t0
+    stop.set()
+    pipe.join(2.0)
+    if cap.state != "finished":
+        raise SourceError(cap.last_error or f"{settings.source.uri}: did not finish within {timeout} s")
+    lat = inf.latency.get("inference")
+    docs = [(m.topic, json.loads(m.payload)) for m in sink.messages]
+    return OfflineRun(
+        events=[d for t, d in docs if t == "events"],
+        predictions=[d for t, d in docs if t == "predictions"],
+        windows=pipe.windows,
+        samples=pipe.capture.samples,
+        rate=pipe.capture.rate,
+        inference_ms=lat.percentiles() if lat else None,
+        wall_s=wall,
+    )

@@ -1,14 +1,17 @@
 # Sourced by demo.sh and test.sh: idempotent set-up of system packages, .venv and models.
-# Usage: source scripts/_setup.sh EXTRAS   (e.g. "litert,models" or "litert,models,dev")
+# Usage: source scripts/_setup.sh EXTRAS   (e.g. "litert,models,audio,sensors" or that plus ",dev")
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-EXTRAS="${1:-litert,models}"
+EXTRAS="${1:-litert,models,audio,sensors}"
 PY="${PYTHON:-python3}"
 
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+if [[ "$EXTRAS" == *audio* ]]; then  # sounddevice loads PortAudio at run time
+  ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || missing+=(libportaudio2)
+fi
 if [[ "$EXTRAS" == *dev* ]]; then  # the suite verifies the unit and builds test delegate libraries
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
   command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)

@@ -4,7 +4,7 @@
 #   scripts/demo.sh                 until Ctrl-C
 #   scripts/demo.sh --seconds 20    for 20 seconds
 #   scripts/demo.sh --source 0      webcam instead of the demo video (any `edge-agent run` flag works)
-source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh" "litert,models"
+source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh" "litert,models,audio,sensors"
 
 seconds=""
 args=()

@@ -30,7 +30,7 @@ tar -C "$SRC" --exclude=.venv --exclude=.cache --exclude=.git --exclude='*.pyc' 
   pyproject.toml README.md edge_agent scripts systemd models | tar -C "$PREFIX" -xf -
 [ -x "$PREFIX/.venv/bin/python" ] || python3 -m venv "$PREFIX/.venv"
 "$PREFIX/.venv/bin/python" -m pip install -q --upgrade pip
-"$PREFIX/.venv/bin/python" -m pip install -q "$PREFIX[litert,models]"
+"$PREFIX/.venv/bin/python" -m pip install -q "$PREFIX[litert,models,audio,sensors]"
 (cd "$PREFIX" && .venv/bin/python scripts/fetch_models.py)
 
 if [ "$SYSTEM" = 1 ]; then

@@ -40,10 +40,21 @@ def _stdout(
     return StdoutSink()
 
 
+def _memory(
+    settings: Settings,
+    retained: Callable[[], list[Message]],
+    subscriptions: list[str],
+    inbox: queue.Queue[tuple[str, bytes]] | None,
+) -> Sink:
+    from edge_agent.sinks.memory import MemorySink
+
+    return MemorySink()
+
+
 SinkFactory = Callable[
     [Settings, Callable[[], list[Message]], list[str], "queue.Queue[tuple[str, bytes]] | None"], Sink
 ]
-SINKS: dict[str, SinkFactory] = {"mqtt": _mqtt, "stdout": _stdout}
+SINKS: dict[str, SinkFactory] = {"mqtt": _mqtt, "stdout": _stdout, "memory": _memory}
 
 
 def make_sink(

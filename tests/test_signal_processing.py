@@ -1,0 +1,194 @@
+"""Windows, resampling, feature front ends, reading parsers and event hysteresis, apart from any device."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_agent.events import EventDetector
+from edge_agent.features import MICRO_BINS, IdentityFrontend, MicroFrontend, spectrogram
+from edge_agent.resample import Resampler
+from edge_agent.signals.readings import ReadingParser
+from edge_agent.windowing import Windower
+
+
+def _chunked(x: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    out, i = [], 0
+    for n in sizes:
+        if i >= len(x):
+            break
+        out.append(x[i : i + n])
+        i += n
+    if i < len(x):
+        out.append(x[i:])
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    length=st.integers(1, 40),
+    hop=st.integers(1, 60),
+    total=st.integers(0, 400),
+    sizes=st.lists(st.integers(1, 90), min_size=1, max_size=60),
+    channels=st.integers(1, 3),
+)
+def test_windows_are_exact_however_the_stream_is_chunked(
+    length: int, hop: int, total: int, sizes: list[int], channels: int
+) -> None:
+    x = np.arange(total * channels, dtype=np.float32).reshape(total, channels)
+    w = Windower(length, hop, channels)
+    got = [win for part in _chunked(x, sizes) for win in w.push(part)]
+    want = [x[s : s + length] for s in range(0, total - length + 1, hop)]
+    assert len(got) == len(want)
+    for g, e in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, e)
+    if hop <= length and got:
+        # every sample up to the last window's end is in some window exactly where it belongs
+        seen = np.concatenate([win[:hop] for win in got[:-1]] + [got[-1]])
+        np.testing.assert_array_equal(seen, x[: len(seen)])
+    assert w.emitted == len(want) and w.consumed == total
+
+
+def test_windower_reset_starts_a_new_stream() -> None:
+    w = Windower(4, 2, 1)
+    assert len(w.push(np.arange(5))) == 1
+    w.reset()
+    out = w.push(np.arange(100, 104))
+    assert len(out) == 1 and out[0][0, 0] == 100
+
+
+@pytest.mark.parametrize(("fin", "fout"), [(48000, 16000), (44100, 16000), (8000, 16000), (22050, 16000)])
+def test_resampling_in_chunks_equals_resampling_at_once_and_keeps_the_tone(fin: int, fout: int) -> None:
+    t = np.arange(fin) / fin
+    x = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)[:, None]
+    whole = Resampler(fin, fout).push(x)
+    r = Resampler(fin, fout)
+    rng = np.random.default_rng(0)
+    parts = [r.push(c) for c in _chunked(x, list(rng.integers(1, 900, 200)))]
+    chunked = np.concatenate(parts)
+    np.testing.assert_allclose(chunked, whole, atol=1e-6)
+    assert abs(len(whole) - fout) < 0.01 * fout  # only the filter's delay is still pending
+    ref = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(len(whole)) / fout)
+    mid = slice(100, len(whole) - 100)
+    assert np.abs(whole[mid, 0] - ref[mid]).max() < 1e-3
+    spec = np.abs(np.fft.rfft(whole[:, 0]))
+    assert abs(np.argmax(spec) * fout / len(whole) - 1000) < 2
+
+
+def test_resampling_removes_what_the_lower_rate_cannot_hold() -> None:
+    fin = 48000
+    t = np.arange(fin) / fin
+    tone = np.sin(2 * np.pi * 11000 * t).astype(np.float32)[:, None]  # above 8 kHz: would alias to 5 kHz
+    y = Resampler(fin, 16000).push(tone)[200:-200]
+    assert np.sqrt(np.mean(y**2)) < 0.01
+
+
+def test_identity_frontend_scales_per_channel() -> None:
+    fe = IdentityFrontend(offset=[1.0, 2.0], scale=[10.0, 0.5])
+    np.testing.assert_allclose(fe.push(np.array([[2.0, 4.0]])), [[10.0, 1.0]])
+
+
+def test_micro_frontend_streams_40_bins_every_10_ms_however_chunked() -> None:
+    rng = np.random.default_rng(1)
+    audio = (rng.standard_normal(16000) * 0.1).astype(np.float32)[:, None]
+    whole = MicroFrontend().push(audio)
+    fe = MicroFrontend()
+    parts = np.concatenate([fe.push(c) for c in _chunked(audio, list(rng.integers(1, 700, 100)))])
+    assert whole.shape[1] == MICRO_BINS and abs(len(whole) - 98) <= 2  # 30 ms windows every 10 ms over 1 s
+    np.testing.assert_allclose(parts, whole, atol=1e-5)
+
+
+def test_spectrogram_peaks_at_the_tone() -> None:
+    t = np.arange(64) / 64.0
+    win = np.stack([np.sin(2 * np.pi * 8 * t), np.sin(2 * np.pi * 20 * t)], axis=1).astype(np.float32)
+    spec = spectrogram(win)
+    assert spec.shape == (33, 2)
+    assert int(np.argmax(spec[:, 0])) == 8 and int(np.argmax(spec[:, 1])) == 20
+
+
+@pytest.mark.parametrize(
+    ("line", "want"),
+    [
+        ("1.5,2,-3", [1.5, 2, -3]),
+        ("1.5;2;-3\r\n", [1.5, 2, -3]),
+        ("[1, 2]", [1, 2]),
+        ('{"values": [4, 5]}', [4, 5]),
+        ("7", [7]),
+        ("ax,ay,az", None),
+        ("1,nan", None),
+        ("garbage", None),
+        ("", None),
+        ("\xff\xfe", None),
+    ],
+)
+def test_reading_parser(line: str, want: list[float] | None) -> None:
+    got = ReadingParser(None).parse(line)
+    assert (got is None) if want is None else (got is not None and got.tolist() == want)
+
+
+def test_reading_parser_keeps_the_first_objects_key_order() -> None:
+    p = ReadingParser(None)
+    assert p.parse('{"ts": 1, "x": 1, "y": 2}').tolist() == [1, 2]  # type: ignore[union-attr]
+    assert p.parse('{"y": 5, "x": 4, "extra": 9}').tolist() == [4, 5]  # type: ignore[union-attr]
+    assert p.parse('{"x": 4}') is None
+    assert ReadingParser(["y"]).parse('{"x": 1, "y": 2}').tolist() == [2]  # type: ignore[union-attr]
+
+
+def _run(det: EventDetector, scores: list[float], dt: float = 0.1) -> list[tuple[str, str]]:
+    out = []
+    for i, s in enumerate(scores):
+        out += [(e.type, e.id) for e in det.update({"word": s, "other": 0.0}, i * dt, i * dt)]
+    return out
+
+
+def test_hysteresis_makes_a_flapping_score_one_event() -> None:
+    scores = [0.1, 0.9, 0.6, 0.85, 0.55, 0.9, 0.7, 0.2, 0.1]  # dips below on (0.8) but not below off (0.5)
+    events = _run(EventDetector(on=0.8, off=0.5), scores)
+    assert [t for t, _ in events] == ["new", "end"]
+    assert events[0][1] == events[1][1]
+
+
+def test_without_hysteresis_the_same_scores_would_flap() -> None:
+    scores = [0.1, 0.9, 0.6, 0.85, 0.55, 0.9, 0.7, 0.2, 0.1]
+    assert [t for t, _ in _run(EventDetector(on=0.8, off=0.8), scores)].count("new") == 3
+
+
+def test_refractory_period_suppresses_an_echo_but_not_a_later_word() -> None:
+    det = EventDetector(on=0.8, off=0.5, refractory_s=1.0)
+    scores = [0.9, 0.1, 0.9, 0.1] + [0.1] * 10 + [0.9, 0.1]
+    events = _run(det, scores)
+    assert [t for t, _ in events] == ["new", "end", "new", "end"]  # the echo at 0.2 s is dropped
+
+
+def test_smoothing_needs_a_sustained_score() -> None:
+    det = EventDetector(on=0.8, off=0.4, smoothing=3)
+    assert _run(det, [0.1, 0.95, 0.1, 0.1, 0.95, 0.1]) == []
+    assert [t for t, _ in _run(EventDetector(on=0.8, off=0.4, smoothing=3), [0.9, 0.9, 0.9, 0.1, 0.1, 0.1])] == [
+        "new",
+        "end",
+    ]
+
+
+def test_updates_announce_a_rising_peak_at_most_once_a_second() -> None:
+    det = EventDetector(on=0.5, off=0.2)
+    events = []
+    for i, s in enumerate([0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 0.1]):
+        events += det.update({"x": s}, i * 0.6, i * 0.6)
+    kinds = [e.type for e in events]
+    assert kinds[0] == "new" and kinds[-1] == "end" and 1 <= kinds.count("update") <= 3
+    assert events[-1].score == pytest.approx(0.95)
+
+
+def test_reset_ends_active_events_and_labels_filter() -> None:
+    det = EventDetector(on=0.5, off=0.2, labels=["word"])
+    assert [e.type for e in det.update({"word": 0.9, "other": 0.9}, 0, 0)] == ["new"]
+    ended = det.reset()
+    assert [(e.type, e.label) for e in ended] == [("end", "word")]
+    assert det.counts == {"new": 1, "update": 0, "end": 1}
+
+
+def test_thresholds_are_checked() -> None:
+    with pytest.raises(ValueError):
+        EventDetector(on=0.4, off=0.6)
