@@ -551,7 +551,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("model", type=Path)
     pr.add_argument("images", type=Path, nargs="+", help="images, or WAV/CSV recordings for audio and sensor models")
     pr.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="signal settings for recordings, e.g. signal.hop=2"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="signal settings for recordings, e.g. signal.hop=2",
     )
     pr.add_argument("--windows", action="store_true", help="recordings: print every window's prediction too")
     pr.add_argument("--labels", type=Path)

@@ -205,7 +205,10 @@ class ModelConfig(_Strict):
 
 class EventsConfig(_Strict):
     on: float | None = Field(
-        None, ge=0, le=1, description="Smoothed score at which an event starts; default: the model's manifest, else 0.8."
+        None,
+        ge=0,
+        le=1,
+        description="Smoothed score at which an event starts; default: the model's manifest, else 0.8.",
     )
     off: float | None = Field(
         None, ge=0, le=1, description="Smoothed score below which it ends (hysteresis); default: half of `on`."
@@ -274,7 +277,10 @@ class SignalConfig(_Strict):
     )
     events: EventsConfig = Field(default_factory=EventsConfig, description="Threshold crossings as events.")
     queue_s: float = Field(
-        2.0, ge=0.05, le=600, description="Seconds of input held between capture and inference before drops are counted."
+        2.0,
+        ge=0.05,
+        le=600,
+        description="Seconds of input held between capture and inference before drops are counted.",
     )
 
 

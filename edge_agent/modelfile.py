@@ -105,7 +105,7 @@ class ModelFile:
     @property
     def stateful(self) -> bool:
         """Keeps variables between invocations (a streaming model): one step per hop, reset on restart."""
-        return any(o in _STATE_OPS or o.startswith("op") and o[2:] in _STATE_CODES for o in self.ops)
+        return any(o in _STATE_OPS or (o.startswith("op") and o[2:] in _STATE_CODES) for o in self.ops)
 
     def required_delegates(self) -> list[str]:
         return sorted({DELEGATE_CUSTOM_OPS[o] for o in self.custom_ops if o in DELEGATE_CUSTOM_OPS})

@@ -311,9 +311,7 @@ class SignalPipeline:
             length = size // width
         stateful = name == "micro" or model.file.stateful
         hop = sc.hop or (length if stateful else max(1, length // 2))
-        return _Chain(
-            model, epoch, rate, model_rate, resampler, frontend, Windower(length, hop, width), transform
-        )
+        return _Chain(model, epoch, rate, model_rate, resampler, frontend, Windower(length, hop, width), transform)
 
     def _new_detector(self, model: Model) -> EventDetector:
         ec = self.settings.signal.events
@@ -531,7 +529,14 @@ def run_offline(settings: Settings, model: Model, timeout: float = 600.0) -> Off
     stats = (StageStats("capture"), StageStats("inference"), StageStats("postprocess"))
     topics = {"predictions": "predictions", "events": "events"}
     pipe = SignalPipeline(
-        settings, lambda: model, lambda: sink, topics, uuid.uuid4().hex, stats, stop, lambda: None,
+        settings,
+        lambda: model,
+        lambda: sink,
+        topics,
+        uuid.uuid4().hex,
+        stats,
+        stop,
+        lambda: None,
         lambda: make_signal_source(settings),
     )
     t0 = time.monotonic()

@@ -253,8 +253,11 @@ def main() -> int:
             per_rec.append(int(p[start : start + len(w)].mean(0).argmax()))
             start += len(w)
         rec_acc = float((np.array(per_rec) == yte).mean())
-        report[name] = {"window_accuracy": round(win_acc, 4), "recording_accuracy": round(rec_acc, 4),
-                        "bytes": len(blob)}
+        report[name] = {
+            "window_accuracy": round(win_acc, 4),
+            "recording_accuracy": round(rec_acc, 4),
+            "bytes": len(blob),
+        }
         if name == "float":
             ref = p
         else:
@@ -265,7 +268,9 @@ def main() -> int:
     for name, blob in (("motion_float", float_model), ("motion_int8", int8_model)):
         path = args.out / f"{name}.tflite"
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(with_metadata(blob, name, desc + (", int8 (ai-edge-quantizer static_wi8_ai8)" if "int8" in name else "")))
+        tmp.write_bytes(
+            with_metadata(blob, name, desc + (", int8 (ai-edge-quantizer static_wi8_ai8)" if "int8" in name else ""))
+        )
         tmp.replace(path)
     print(json.dumps(report, indent=2))
     if args.json:

@@ -38,8 +38,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def _model(name: str) -> Model:
-    return Model(ModelConfig(path=WAKEWORD / f"{name}.tflite"), RuntimeConfig(accelerator="cpu", threads=1), None,
-                 signal=True)
+    return Model(
+        ModelConfig(path=WAKEWORD / f"{name}.tflite"), RuntimeConfig(accelerator="cpu", threads=1), None, signal=True
+    )
 
 
 def _settings(name: str, wav: str) -> Settings:
@@ -98,8 +99,9 @@ def test_model_state_is_reset_between_recordings() -> None:
 
 
 def test_predict_cli_reports_events_and_latency_after_the_word() -> None:
-    r = run_cli("predict", str(WAKEWORD / "hey_jarvis.tflite"), str(WAVS / "hey_jarvis_1.wav"),
-                str(WAVS / "alexa_1.wav"))
+    r = run_cli(
+        "predict", str(WAKEWORD / "hey_jarvis.tflite"), str(WAVS / "hey_jarvis_1.wav"), str(WAVS / "alexa_1.wav")
+    )
     assert r.returncode == 0, r.stderr
     docs = [json.loads(line) for line in r.stdout.splitlines()]
     news = [d for d in docs if d.get("type") == "new"]
@@ -113,9 +115,14 @@ class Events(TopicRecorder):
     def __init__(self, broker: Broker, device: str):
         self.events: list[dict[str, Any]] = []
         self.health: list[dict[str, Any]] = []
-        super().__init__(Subscriber(broker.mqtt(keepalive_s=5, reconnect_max_s=1),
-                                    [f"edge/{device}/events", f"edge/{device}/health"],
-                                    client_id=f"events-{device}", persistent=True))
+        super().__init__(
+            Subscriber(
+                broker.mqtt(keepalive_s=5, reconnect_max_s=1),
+                [f"edge/{device}/events", f"edge/{device}/health"],
+                client_id=f"events-{device}",
+                persistent=True,
+            )
+        )
 
     def on_message(self, topic: str, doc: Any, arrived: float) -> None:
         (self.events if topic.endswith("/events") else self.health).append(doc)
@@ -130,11 +137,27 @@ def test_spoken_words_become_events_on_the_broker_even_through_an_outage(tmp_pat
     broker = Broker(tmp_path, persistence=True).start()
     rec = Events(broker, "ww")
     try:
-        env = {**broker.env(), "EDGE_AGENT_MQTT__KEEPALIVE_S": "5", "EDGE_AGENT_MQTT__RECONNECT_MAX_S": "1",
-               "EDGE_AGENT_OUTBOX__FLUSH_INTERVAL_S": "0.2", "EDGE_AGENT_HEALTH__INTERVAL_S": "1"}
-        agent = agent_factory(["run", "--device-id", "ww", "--source", f"wav:{WAVS / 'okay_nabu_2.wav'}",
-                               "--model", str(WAKEWORD / "okay_nabu.tflite"), "--set", "signal.predictions_hz=0"],
-                              env=env)
+        env = {
+            **broker.env(),
+            "EDGE_AGENT_MQTT__KEEPALIVE_S": "5",
+            "EDGE_AGENT_MQTT__RECONNECT_MAX_S": "1",
+            "EDGE_AGENT_OUTBOX__FLUSH_INTERVAL_S": "0.2",
+            "EDGE_AGENT_HEALTH__INTERVAL_S": "1",
+        }
+        agent = agent_factory(
+            [
+                "run",
+                "--device-id",
+                "ww",
+                "--source",
+                f"wav:{WAVS / 'okay_nabu_2.wav'}",
+                "--model",
+                str(WAKEWORD / "okay_nabu.tflite"),
+                "--set",
+                "signal.predictions_hz=0",
+            ],
+            env=env,
+        )
         wait_until(lambda: len(rec.new()) >= 2, 30, what="two spoken words as two events")
         first = rec.new()[0]
         assert first["label"] == "Okay Nabu" and first["model"]["name"] == "okay_nabu"
@@ -164,8 +187,20 @@ def test_end_of_word_to_event_on_the_wall_clock(tmp_path: Path, agent_factory) -
     rec = Events(broker, "wwlat")
     try:
         t0 = time.time()
-        agent_factory(["run", "--device-id", "wwlat", "--source", f"wav:{WAVS / 'alexa_1.wav'}",
-                       "--set", "source.loop=false", "--model", str(WAKEWORD / "alexa.tflite")], env=broker.env())
+        agent_factory(
+            [
+                "run",
+                "--device-id",
+                "wwlat",
+                "--source",
+                f"wav:{WAVS / 'alexa_1.wav'}",
+                "--set",
+                "source.loop=false",
+                "--model",
+                str(WAKEWORD / "alexa.tflite"),
+            ],
+            env=broker.env(),
+        )
         e = wait_until(lambda: next(iter(rec.new()), None), 30, what="the event")
         # start_ts is the capture time of the window that crossed; the word ended speech_end after the stream began
         stream_start = e["start_ts"] - e["offset_s"]

@@ -305,7 +305,10 @@ class Updater:
             }
         )
         model = Model(
-            ModelConfig.model_validate(cfg.model_dump()), self.settings.runtime, self.settings.state_dir, signal=self._signal
+            ModelConfig.model_validate(cfg.model_dump()),
+            self.settings.runtime,
+            self.settings.state_dir,
+            signal=self._signal,
         )
         try:
             for i, test in enumerate(m.tests, start=1):

@@ -311,7 +311,8 @@ class Runtime:
             self.backend.reset_state()
         except BackendError:  # a backend that cannot reload in place: a fresh one of the same family
             old = self.backend
-            self.backend = open_backend("cpu" if old.kind not in ("gpu", "npu") else old.kind, self.model_path, self.threads)
+            family = old.kind if old.kind in ("gpu", "npu") else "cpu"
+            self.backend = open_backend(family, self.model_path, self.threads)
             old.close()
 
     def _fall_back(self, reason: str) -> None:

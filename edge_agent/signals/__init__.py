@@ -14,8 +14,16 @@ from edge_agent.signals.pcm import PcmSource
 from edge_agent.signals.serial_port import SerialSource
 from edge_agent.signals.wav import WavSource
 
-__all__ = ["AUDIO_KINDS", "SIGNALS", "Chunk", "EndOfStream", "SignalSource", "SourceError", "make_signal_source",
-           "signal_kind"]
+__all__ = [
+    "AUDIO_KINDS",
+    "SIGNALS",
+    "Chunk",
+    "EndOfStream",
+    "SignalSource",
+    "SourceError",
+    "make_signal_source",
+    "signal_kind",
+]
 
 AUDIO_KINDS = ("wav", "pcm", "mic")
 #: Default rates where the source has none of its own.

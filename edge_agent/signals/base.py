@@ -10,7 +10,7 @@ import numpy as np
 
 from edge_agent.sources.base import EndOfStream, SourceError
 
-__all__ = ["Chunk", "EndOfStream", "SignalSource", "SourceError", "Pacer"]
+__all__ = ["Chunk", "EndOfStream", "Pacer", "SignalSource", "SourceError"]
 
 
 @dataclass(frozen=True, slots=True)

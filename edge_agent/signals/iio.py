@@ -82,7 +82,10 @@ class IIOSource(SignalSource):
         self._raw = [self.base / f"in_{n}_raw" for n in names]
         kinds = [n.split("_")[0] for n in names]
         self._offset = np.array(
-            [_float_attr(self.base, [f"in_{n}_offset", f"in_{k}_offset"], 0.0) for n, k in zip(names, kinds, strict=True)]
+            [
+                _float_attr(self.base, [f"in_{n}_offset", f"in_{k}_offset"], 0.0)
+                for n, k in zip(names, kinds, strict=True)
+            ]
         )
         self._scale = np.array(
             [_float_attr(self.base, [f"in_{n}_scale", f"in_{k}_scale"], 1.0) for n, k in zip(names, kinds, strict=True)]
@@ -104,7 +107,9 @@ class IIOSource(SignalSource):
                     return False
                 end, sign, bits, storage, _rep, shift = m.groups()
                 dt = np.dtype(f"{'<' if end == 'le' else '>'}{'i' if sign == 's' else 'u'}{int(storage) // 8}")
-                chans.append(_ScanChannel(n, int(_read(scan_dir / f"in_{n}_index")), dt, int(bits), int(shift), sign == "s"))
+                chans.append(
+                    _ScanChannel(n, int(_read(scan_dir / f"in_{n}_index")), dt, int(bits), int(shift), sign == "s")
+                )
             for f in scan_dir.glob("*_en"):
                 f.write_text("1\n" if f.name.removeprefix("in_").removesuffix("_en") in names else "0\n")
             buf = self.base / "buffer"
@@ -121,8 +126,14 @@ class IIOSource(SignalSource):
             off += (-off) % c.dtype.itemsize
             fields.append((c.name, c.dtype, off))
             off += c.dtype.itemsize
-        self._record = np.dtype({"names": [f[0] for f in fields], "formats": [f[1] for f in fields],
-                                 "offsets": [f[2] for f in fields], "itemsize": off})
+        self._record = np.dtype(
+            {
+                "names": [f[0] for f in fields],
+                "formats": [f[1] for f in fields],
+                "offsets": [f[2] for f in fields],
+                "itemsize": off,
+            }
+        )
         self._pending = b""
         return True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class ReadingParser:
             return None
 
 
-def _floats(items: list[object]) -> np.ndarray | None:
+def _floats(items: Sequence[object]) -> np.ndarray | None:
     try:
         row = np.array([float(x) for x in items], np.float32)  # type: ignore[arg-type]
     except (TypeError, ValueError):

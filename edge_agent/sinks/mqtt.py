@@ -424,7 +424,10 @@ class Subscriber:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if not reason_code.is_failure:
             _no_delay(client)
-            client.subscribe([(t, 1) for t in self.topics])
+            if self.topics:
+                client.subscribe([(t, 1) for t in self.topics])
+            else:  # a publish-only client: connected is all it waits for
+                self.subscribed.set()
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: Any, reason_codes: Any, properties: Any) -> None:
         self.subscribed.set()

@@ -1,0 +1,365 @@
+"""Numeric sensors end to end with the project's own activity model: a CSV replay, a real pseudo-terminal
+for the serial port, directories laid out like IIO sysfs (polled, and buffered through a FIFO standing in
+for /dev/iio:deviceN), and an MQTT topic fed by another client."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.config import ModelConfig, RuntimeConfig, Settings, SignalConfig, SourceConfig
+from edge_agent.model import Model
+from edge_agent.signal_pipeline import ChunkQueue, SignalCapture, SignalPipeline, run_offline
+from edge_agent.signals import make_signal_source
+from edge_agent.signals.iio import IIOSource
+from edge_agent.sinks.memory import MemorySink
+from edge_agent.sinks.mqtt import Subscriber
+from edge_agent.stats import StageStats
+
+from .conftest import MODELS, ROOT, Broker, TopicRecorder, wait_until
+
+DATA = ROOT / ".cache" / "basicmotions"
+MOTION = {"float": MODELS / "motion_float.tflite", "int8": MODELS / "motion_int8.tflite"}
+#: the recordings strung together, in this order: each activity must come out as one event
+ORDER = ["Running", "Standing", "Walking", "Badminton"]
+IIO_NAMES = ["accel_x", "accel_y", "accel_z", "anglvel_x", "anglvel_y", "anglvel_z"]
+
+
+def _train_module() -> Any:
+    spec = importlib.util.spec_from_file_location("train_motion_model", ROOT / "scripts" / "train_motion_model.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def stream() -> np.ndarray:
+    """Held-out BasicMotions recordings (never trained on), one per activity, end to end: [400, 6]."""
+    tm = _train_module()
+    x, y = tm.load_ts(DATA / "BasicMotions_TEST.ts")
+    return np.concatenate([x[int(np.flatnonzero(y == tm.LABELS.index(lab))[0])] for lab in ORDER])
+
+
+def _signal(**kw: Any) -> SignalConfig:
+    return SignalConfig(**{"events": {"smoothing": 2}, "predictions_hz": 0, **kw})
+
+
+def _labels_in_order(events: list[dict[str, Any]]) -> list[str]:
+    return [e["label"] for e in events if e["type"] == "new"]
+
+
+@pytest.mark.parametrize("kind", ["float", "int8"])
+def test_csv_replay_gives_one_event_per_activity(kind: str, stream: np.ndarray, tmp_path: Path) -> None:
+    csv = tmp_path / "watch.csv"
+    csv.write_text(
+        "t,acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z\n"
+        + "".join(f"{i / 10:.1f}," + ",".join(f"{v:.6f}" for v in row) + "\n" for i, row in enumerate(stream))
+    )
+    s = Settings(
+        source=SourceConfig(uri=f"csv:{csv}", loop=False, realtime=False),
+        model=ModelConfig(path=MOTION[kind]),
+        signal=_signal(predictions_hz=100),
+    )
+    model = Model(s.model, RuntimeConfig(accelerator="cpu"), None, signal=True)
+    try:
+        run = run_offline(s, model)
+    finally:
+        model.close()
+    assert run.samples == 400 and run.windows == (400 - 30) // 15 + 1  # window 30, hop 15: nothing lost
+    assert _labels_in_order(run.events) == ORDER
+    # predictions: one per window (10 Hz data, at most 100/s), each window fully inside a recording right
+    right = sum(
+        p["classes"][0]["label"] == ORDER[int(p["window"]["offset_s"] * 10 - 1) // 100]
+        for p in run.predictions
+        if p["classes"] and int(p["window"]["offset_s"] * 10) % 100 in range(30, 100)
+    )
+    inside = sum(1 for p in run.predictions if int(p["window"]["offset_s"] * 10) % 100 in range(30, 100))
+    assert len(run.predictions) == run.windows and right / inside >= 0.9
+
+
+# --- serial ------------------------------------------------------------------------------------
+class Pty:
+    """A real pseudo-terminal pair; `link` is the stable name the agent opens (like /dev/serial/by-id/...)."""
+
+    def __init__(self, link: Path):
+        import tty
+
+        self.master, slave = os.openpty()
+        tty.setraw(slave)
+        self.slave_name = os.ttyname(slave)
+        os.close(slave)
+        self.link = link
+        tmp = link.with_suffix(".new")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(self.slave_name)
+        tmp.replace(link)
+
+    def write_lines(self, lines: list[str], rate: float) -> None:
+        for i, line in enumerate(lines):
+            os.write(self.master, (line + "\n").encode())
+            if i % 10 == 9:
+                threading.Event().wait(10 / rate)
+
+    def close(self) -> None:
+        os.close(self.master)
+
+
+class Recorder(TopicRecorder):
+    def __init__(self, broker: Broker, device: str):
+        self.events: list[dict[str, Any]] = []
+        self.health: list[dict[str, Any]] = []
+        super().__init__(Subscriber(broker.mqtt(), [f"edge/{device}/events", f"edge/{device}/health"]))
+
+    def on_message(self, topic: str, doc: Any, arrived: float) -> None:
+        (self.events if topic.endswith("/events") else self.health).append(doc)
+
+    def labels(self) -> list[str]:
+        return _labels_in_order(list(self.events))
+
+    def source(self) -> dict[str, Any]:
+        return self.health[-1]["source"] if self.health else {}
+
+
+def _agent_env(broker: Broker) -> dict[str, str]:
+    return {
+        **broker.env(),
+        "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5",
+        "EDGE_AGENT_SOURCE__REOPEN_MAX_S": "1",
+        "EDGE_AGENT_SIGNAL__EVENTS__SMOOTHING": "2",
+        "EDGE_AGENT_SIGNAL__PREDICTIONS_HZ": "0",
+    }
+
+
+def test_serial_port_through_the_agent_with_device_loss_and_return(  # type: ignore[no-untyped-def]
+    stream: np.ndarray, tmp_path: Path, broker: Broker, agent_factory
+) -> None:
+    link = tmp_path / "ttyWATCH"
+    pty = Pty(link)
+    rec = Recorder(broker, "watch")
+    try:
+        agent_factory(
+            [
+                "run",
+                "--device-id",
+                "watch",
+                "--source",
+                f"serial:{link}",
+                "--model",
+                str(MOTION["int8"]),
+                "--set",
+                "signal.rate=100",
+            ],
+            env=_agent_env(broker),
+        )
+        wait_until(lambda: rec.source().get("state") == "running", 30, what="the serial port to be open")
+        csv_lines = ["acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z"] + [",".join(f"{v:.6f}" for v in r) for r in stream]
+        pty.write_lines(csv_lines, rate=100)
+        wait_until(lambda: rec.labels() == ORDER, 20, what=f"{ORDER} as events, got {rec.labels()}")
+        wait_until(lambda: rec.source().get("samples", 0) == 400, 5, what="every reading counted")
+        assert rec.source()["dropped_samples"] == 1  # the header line: not a reading, and counted
+        assert rec.source()["channels"] == ["ch0", "ch1", "ch2", "ch3", "ch4", "ch5"]
+
+        pty.close()  # the device goes away
+        wait_until(lambda: rec.source().get("state") in ("reconnecting", "opening"), 10, what="the loss noticed")
+        link.unlink()
+        threading.Event().wait(1.5)  # a reopen attempt or two finds nothing
+        pty = Pty(link)  # ... and comes back under the same name
+        wait_until(
+            lambda: rec.source().get("state") == "running" and rec.source().get("reopens") == 1,
+            15,
+            what="the port reopened",
+        )
+        before = len(rec.events)
+        keys = ["ax", "ay", "az", "gx", "gy", "gz"]
+        pty.write_lines([json.dumps(dict(zip(keys, map(float, r), strict=True))) for r in stream], rate=100)
+        wait_until(lambda: _labels_in_order(rec.events[before:]) == ORDER, 20, what="events after the return")
+        src = rec.source()
+        assert src["gaps"] >= 1 and src["reopens"] == 1
+    finally:
+        rec.close()
+        pty.close() if pty.master else None
+
+
+# --- IIO ---------------------------------------------------------------------------------------------
+def _iio_dir(base: Path, raw: dict[str, int]) -> Path:
+    base.mkdir(parents=True)
+    for name, v in raw.items():
+        (base / f"in_{name}_raw").write_text(f"{v}\n")
+    (base / "in_accel_scale").write_text("0.5\n")
+    (base / "in_accel_x_offset").write_text("2\n")
+    (base / "in_anglvel_scale").write_text("0.001\n")
+    (base / "name").write_text("test-imu\n")
+    return base
+
+
+def _capture(settings: Settings) -> tuple[SignalCapture, ChunkQueue, threading.Event]:
+    q = ChunkQueue(100_000)
+    stop = threading.Event()
+    cap = SignalCapture(lambda: make_signal_source(settings), settings, q, StageStats("capture"), stop)
+    cap.start()
+    return cap, q, stop
+
+
+def test_iio_sysfs_polling_scales_counts_and_survives_removal(tmp_path: Path) -> None:
+    dev = _iio_dir(tmp_path / "iio:device0", {"accel_x": 100, "accel_y": -4, "anglvel_z": 3000})
+    s = Settings(
+        source=SourceConfig(uri=f"iio:{dev}", reopen_min_s=0.1, reopen_max_s=0.2), signal=SignalConfig(rate=50)
+    )
+    cap, q, stop = _capture(s)
+    try:
+        c = wait_until(lambda: q.get(0.1), 5, what="a reading")
+        while not hasattr(c, "samples"):
+            c = wait_until(lambda: q.get(0.1), 5, what="a reading")
+        assert cap.channel_names == ("accel_x", "accel_y", "anglvel_z")
+        np.testing.assert_allclose(c.samples[0], [(100 + 2) * 0.5, -4 * 0.5, 3000 * 0.001], rtol=1e-6)
+        n0, t0 = cap.samples, time.monotonic()
+        threading.Event().wait(1.0)
+        rate = (cap.samples - n0) / (time.monotonic() - t0)
+        assert 40 < rate < 55
+        shutil.move(dev, tmp_path / "gone")  # unplugged
+        wait_until(lambda: cap.stats.state == "reconnecting", 5, what="the loss noticed")
+        shutil.move(tmp_path / "gone", dev)
+        wait_until(lambda: cap.stats.state == "running" and cap.reopens == 1, 5, what="the device back")
+        assert cap.info()["gaps"] >= 1
+    finally:
+        stop.set()
+        cap.join(2)
+
+
+def test_iio_missed_polls_are_counted_not_invented(tmp_path: Path) -> None:
+    dev = _iio_dir(tmp_path / "iio:device1", {"accel_x": 1})
+    src = IIOSource("iio", str(dev), 100, None, None)
+    src.open()
+    assert src.read(1.0) is not None
+    threading.Event().wait(0.2)  # a stall of ~20 periods
+    assert src.read(1.0) is not None
+    assert src.gaps == 1 and 15 <= src.dropped <= 25
+
+
+def _scan_elements(dev: Path, names: list[str]) -> None:
+    scan = dev / "scan_elements"
+    scan.mkdir()
+    for i, n in enumerate(names):
+        (scan / f"in_{n}_en").write_text("0\n")
+        (scan / f"in_{n}_index").write_text(f"{i}\n")
+        (scan / f"in_{n}_type").write_text("le:s16/16>>0\n")
+    (scan / "in_timestamp_en").write_text("0\n")
+    (dev / "buffer").mkdir()
+    (dev / "buffer" / "enable").write_text("0\n")
+    (dev / "buffer" / "length").write_text("0\n")
+
+
+def _pipeline(settings: Settings, model: Model, sink: MemorySink, stop: threading.Event) -> SignalPipeline:
+    stats = (StageStats("capture"), StageStats("inference"), StageStats("postprocess"))
+    return SignalPipeline(
+        settings,
+        lambda: model,
+        lambda: sink,
+        {"predictions": "predictions", "events": "events"},
+        "0123456789abcdef",
+        stats,
+        stop,
+        lambda: None,
+        lambda: make_signal_source(settings),
+    )
+
+
+def _events(sink: MemorySink) -> list[dict[str, Any]]:
+    return [json.loads(m.payload) for m in list(sink.messages) if m.topic == "events"]
+
+
+@pytest.fixture
+def motion_model() -> Iterator[Model]:
+    m = Model(ModelConfig(path=MOTION["int8"]), RuntimeConfig(accelerator="cpu"), None, signal=True)
+    yield m
+    m.close()
+
+
+def test_iio_buffered_character_device_feeds_the_model(stream: np.ndarray, tmp_path: Path, motion_model: Model) -> None:
+    dev = tmp_path / "iio:device2"
+    _iio_dir(dev, dict.fromkeys(IIO_NAMES, 0))
+    (dev / "in_accel_x_offset").unlink()
+    _scan_elements(dev, IIO_NAMES)
+    fifo = tmp_path / "dev-iio-device2"
+    os.mkfifo(fifo)
+    hold = os.open(fifo, os.O_RDWR)  # the kernel side: always there, like a character device
+    s = Settings(
+        source=SourceConfig(uri=f"iio:{dev}"), signal=_signal(rate=100, channels=IIO_NAMES, iio_device=str(fifo))
+    )
+    sink, stop = MemorySink(), threading.Event()
+    pipe = _pipeline(s, motion_model, sink, stop)
+    pipe.start()
+    try:
+        wait_until(lambda: (dev / "buffer" / "enable").read_text().strip() == "1", 5, what="the buffer enabled")
+        assert all((dev / "scan_elements" / f"in_{n}_en").read_text().strip() == "1" for n in IIO_NAMES)
+        assert (dev / "scan_elements" / "in_timestamp_en").read_text().strip() == "0"
+        # physical -> raw: acc / 0.5 and gyro / 0.001, as int16 records in scan index order
+        raw = np.round(stream / np.array([0.5] * 3 + [0.001] * 3)).astype("<i2")
+        assert np.abs(raw).max() < 32767
+        for i in range(0, len(raw), 37):  # uneven writes: records split across reads
+            os.write(hold, raw[i : i + 37].tobytes())
+        wait_until(lambda: pipe.capture.samples == 400, 10, what="every record read")
+        wait_until(lambda: _labels_in_order(_events(sink)) == ORDER, 10, what=f"{ORDER}: {_events(sink)}")
+        assert pipe.capture.info()["dropped_samples"] == 0
+    finally:
+        stop.set()
+        pipe.join(2)
+        os.close(hold)
+    assert (dev / "buffer" / "enable").read_text().strip() == "0"  # released on close
+
+
+# --- MQTT topic -------------------------------------------------------------------------------
+def test_readings_from_another_client_on_the_broker(  # type: ignore[no-untyped-def]
+    stream: np.ndarray, broker: Broker, agent_factory
+) -> None:
+    rec = Recorder(broker, "hub")
+    pub = Subscriber(broker.mqtt(), [], client_id="watch-publisher")
+    pub.start(10)
+    try:
+        agent_factory(
+            [
+                "run",
+                "--device-id",
+                "hub",
+                "--source",
+                "mqtt:sensors/watch1/imu",
+                "--model",
+                str(MOTION["float"]),
+                "--set",
+                'signal.channels=["ax","ay","az","gx","gy","gz"]',
+            ],
+            env=_agent_env(broker),
+        )
+        wait_until(lambda: rec.source().get("state") == "running", 30, what="the subscription")
+        keys = ["gz", "ay", "ax", "az", "gx", "gy"]  # key order differs from the model's: names decide
+        half = 200
+        for r in stream[:half]:  # one reading per message ...
+            pub.publish(
+                "sensors/watch1/imu",
+                json.dumps({k: float(r[["ax", "ay", "az", "gx", "gy", "gz"].index(k)]) for k in keys}).encode(),
+                qos=1,
+            )
+        rest = stream[half:]
+        for i in range(0, len(rest), 50):  # ... or a batch
+            pub.publish("sensors/watch1/imu", json.dumps({"samples": rest[i : i + 50].tolist()}).encode(), qos=1)
+        pub.publish("sensors/watch1/imu", b"not a reading", qos=1)
+        wait_until(lambda: rec.labels() == ORDER, 20, what=f"{ORDER} as events, got {rec.labels()}")
+        wait_until(
+            lambda: rec.source().get("samples") == 400 and rec.source().get("dropped_samples") == 1,
+            5,
+            what="400 samples and one bad message counted",
+        )
+    finally:
+        pub.stop()
+        rec.close()
