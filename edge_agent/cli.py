@@ -122,14 +122,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from edge_agent.model import Model
     from edge_agent.modelfile import ModelError
+    from edge_agent.signals import make_signal_source, signal_kind
     from edge_agent.sources import SourceError, make_source
 
     settings = _load(args)
+    is_signal = signal_kind(settings.source.uri) is not None
     _logging("WARNING")
     problems: list[str] = []
     report: dict[str, Any] = {"config": "ok"}
     try:
-        model = Model(settings.model, settings.runtime, None)
+        model = Model(settings.model, settings.runtime, None, signal=is_signal)
         rt = model.runtime
         report["model"] = {
             **model.info(),
@@ -152,6 +154,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems.append(f"model: {err}")
         model = None
     try:
+        if is_signal:
+            report["source"] = _check_signal(make_signal_source(settings))
+            raise _Checked
         src = make_source(settings.source)
         t0 = time.monotonic()
         src.open()
@@ -167,11 +172,43 @@ def cmd_check(args: argparse.Namespace) -> int:
             report["first_inference"] = {"inference_ms": round(inf.inference_ms, 2), **inf.result.as_dict()}
     except SourceError as err:
         problems.append(f"source: {err}")
+    except _Checked:
+        pass
     report["problems"] = problems
     print(json.dumps(report, indent=2, default=str))
     if model is not None:
         model.close()
     return EXIT_FAIL if problems else EXIT_OK
+
+
+class _Checked(Exception):
+    """A signal source was checked; the image checks that follow do not apply."""
+
+
+def _check_signal(src: Any) -> dict[str, Any]:
+    """Open the source and read for up to two seconds: rate, channels and a first reading."""
+    from edge_agent.signals import EndOfStream, SourceError
+
+    t0 = time.monotonic()
+    src.open()
+    try:
+        first = None
+        while first is None and time.monotonic() - t0 < 2.0:
+            try:
+                first = src.read(0.5)
+            except EndOfStream:
+                break
+        if first is None:
+            raise SourceError(f"{src.describe()}: opened, but nothing arrived within 2 s")
+        return {
+            "uri": src.describe(),
+            "rate": src.rate,
+            "channels": list(src.channel_names),
+            "first_reading": [round(float(v), 6) for v in first.samples[0]],
+            "open_read_ms": round((time.monotonic() - t0) * 1e3, 1),
+        }
+    finally:
+        src.close()
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

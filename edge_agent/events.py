@@ -8,8 +8,9 @@ last one's end.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 #: An active event is re-announced when its peak score rises by this much, at most once per second.
@@ -58,14 +59,17 @@ class EventDetector:
         refractory_s: float = 0.0,
         labels: Iterable[str] | None = None,
         id_prefix: str = "",
+        numbers: Iterator[int] | None = None,
     ):
+        """numbers: event numbers shared by every detector of one agent run, so ids stay unique across
+        model swaps."""
         if not 0 <= off <= on <= 1:
             raise ValueError(f"need 0 <= off ({off}) <= on ({on}) <= 1")
         self.on, self.off, self.smoothing, self.refractory_s = on, off, max(1, smoothing), refractory_s
         self.labels = set(labels) if labels is not None else None
         self.id_prefix = id_prefix
         self._tracks: dict[str, _Track] = {}
-        self._n = 0
+        self._numbers = numbers if numbers is not None else itertools.count(1)
         self.counts = {"new": 0, "update": 0, "end": 0}
 
     def reset(self) -> list[Event]:
@@ -90,8 +94,7 @@ class EventDetector:
             s = sum(t.scores) / len(t.scores)
             if t.active is None:
                 if s >= self.on and ts >= t.refractory_until:
-                    self._n += 1
-                    ev = Event("new", f"{self.id_prefix}{self._n}", label, s, ts, None, offset_s)
+                    ev = Event("new", f"{self.id_prefix}{next(self._numbers)}", label, s, ts, None, offset_s)
                     t.active, t.peak_announced, t.last_update = ev, s, ts
                     out.append(ev)
             elif s < self.off:

@@ -9,6 +9,7 @@ afresh when the source is reopened or the model is swapped.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -265,6 +266,7 @@ class SignalPipeline:
         self.event_seq = 0
         self.seq = 0
         self.detector: EventDetector | None = None
+        self._event_numbers = itertools.count(1)
         self._chain: _Chain | None = None
         self._threads: list[threading.Thread] = []
         self.last_result: dict[str, Any] | None = None
@@ -318,7 +320,9 @@ class SignalPipeline:
         on = ec.on if ec.on is not None else (model.hints.threshold or _DEFAULT_ON)
         off = ec.off if ec.off is not None else on / 2
         smoothing = ec.smoothing or model.hints.smoothing or 1
-        return EventDetector(on, min(off, on), smoothing, ec.refractory_s, ec.labels, f"{self.boot_id[:8]}-")
+        return EventDetector(
+            on, min(off, on), smoothing, ec.refractory_s, ec.labels, f"{self.boot_id[:8]}-", self._event_numbers
+        )
 
     def _infer_loop(self) -> None:
         st = self.infer_stats

@@ -33,7 +33,7 @@ class MicrophoneSource(SignalSource):
                 device=self.device,
                 samplerate=self.rate,
                 channels=self.channels,
-                dtype="float32",
+                dtype="int16",  # what capture hardware delivers; float32 is not native on most cards
                 blocksize=int(self.rate * 0.02),
                 callback=self._callback,
             )
@@ -45,7 +45,8 @@ class MicrophoneSource(SignalSource):
         if status and status.input_overflow:
             self.gaps += 1
         try:
-            self._q.put_nowait((data.copy(), time.time() - frames / self.rate, time.monotonic()))
+            x = data.astype(np.float32) / 32768.0
+            self._q.put_nowait((x, time.time() - frames / self.rate, time.monotonic()))
         except queue.Full:
             self.dropped += frames
 

@@ -16,6 +16,8 @@ _READ_BYTES = 4096
 
 class PcmSource(SignalSource):
     kind = "pcm"
+    #: a pipe has back-pressure: when inference falls behind, the writer waits rather than samples being lost
+    live = False
 
     def __init__(self, uri: str, path: str, rate: int, channels: int):
         super().__init__(uri, rate, channels)

@@ -1,0 +1,183 @@
+"""Audio sources against real counterparts: WAV files of other formats and rates, raw PCM on a real
+stdin pipe and a FIFO, a microphone through PortAudio and ALSA (the ALSA `file` plugin standing in for
+a sound card), and a model swapped under a running stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.config import ModelConfig, RuntimeConfig, Settings, SignalConfig, SourceConfig
+from edge_agent.model import Model
+from edge_agent.signal_pipeline import SignalPipeline, run_offline
+from edge_agent.signals import make_signal_source
+from edge_agent.sinks.memory import MemorySink
+from edge_agent.stats import StageStats
+
+from .conftest import ROOT, SHARED, wait_until
+
+WAVS = SHARED / "data" / "wakeword"
+WAKEWORD = ROOT / "models" / "wakeword"
+
+pytestmark = pytest.mark.skipif(
+    not WAVS.is_dir(), reason="../shared/data/wakeword is absent (a plain clone has no shared recordings)"
+)
+
+
+def _pcm16(name: str) -> np.ndarray:
+    with wave.open(str(WAVS / name)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2").copy()
+
+
+def _upsample_stereo(x: np.ndarray, rate: int) -> np.ndarray:
+    """An independent resampler (scipy's) makes the test input, so ours is checked against it."""
+    from scipy.signal import resample_poly
+
+    y = resample_poly(x.astype(np.float64), rate // 1000, 16)
+    y = np.clip(np.round(y), -32768, 32767).astype("<i2")
+    return np.stack([y, (y // 2).astype("<i2")], axis=1)  # a quieter second channel
+
+
+def _model(name: str) -> Model:
+    return Model(ModelConfig(path=WAKEWORD / f"{name}.tflite"), RuntimeConfig(accelerator="cpu"), None, signal=True)
+
+
+@pytest.mark.parametrize(("rate", "width"), [(48000, 2), (44100, 2), (16000, 1)])
+def test_wav_of_another_rate_width_and_channel_count_is_resampled_for_the_model(
+    tmp_path: Path, rate: int, width: int
+) -> None:
+    x = _pcm16("hey_jarvis_1.wav")
+    st = _upsample_stereo(x, rate) if rate != 16000 else np.stack([x, x], axis=1)
+    path = tmp_path / f"hj_{rate}.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        data = st if width == 2 else (st // 256 + 128).astype(np.uint8)
+        w.writeframes(data.tobytes())
+    model = _model("hey_jarvis")
+    try:
+        s = Settings(
+            source=SourceConfig(uri=str(path), loop=False, realtime=False),
+            model=ModelConfig(path=WAKEWORD / "hey_jarvis.tflite"),
+            signal=SignalConfig(predictions_hz=0),
+        )
+        run = run_offline(s, model)
+    finally:
+        model.close()
+    assert run.rate == rate and run.samples == len(st)
+    assert [e["label"] for e in run.events if e["type"] == "new"] == ["Hey Jarvis"]
+
+
+def test_raw_pcm_on_stdin_at_48khz_stereo(tmp_path: Path) -> None:
+    audio = _upsample_stereo(_pcm16("okay_nabu_1.wav"), 48000).tobytes()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    env["EDGE_AGENT_STATE_DIR"] = str(tmp_path / "state")
+    cmd = [sys.executable, "-m", "edge_agent", "run", "--sink", "stdout", "--source", "pcm:-", "--model",
+           str(WAKEWORD / "okay_nabu.tflite"), "--set", "signal.rate=48000", "--set", "signal.audio_channels=2",
+           "--set", "signal.predictions_hz=0", "--seconds", "6"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            cwd=str(ROOT))
+    out, err = proc.communicate(audio, timeout=60)  # a real pipe: written in pieces, then closed (end of stream)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    events = [json.loads(line.split(" ", 1)[1]) for line in out.decode().splitlines() if "/events " in line]
+    assert [e["type"] for e in events] == ["new", "end"] and events[0]["label"] == "Okay Nabu"
+    assert "signal source pcm:- finished" in err.decode()
+
+
+def test_a_swapped_model_starts_from_a_fresh_state_on_the_running_stream(tmp_path: Path) -> None:
+    fifo = tmp_path / "audio.fifo"
+    os.mkfifo(fifo)
+    hold = os.open(fifo, os.O_RDWR)  # the writer side stays open: no end of stream between words
+    models = {"okay_nabu": _model("okay_nabu"), "hey_jarvis": _model("hey_jarvis")}
+    current = [models["okay_nabu"]]
+    s = Settings(source=SourceConfig(uri=f"pcm:{fifo}"), signal=SignalConfig(predictions_hz=0))
+    sink, stop = MemorySink(), threading.Event()
+    stats = (StageStats("capture"), StageStats("inference"), StageStats("postprocess"))
+    pipe = SignalPipeline(s, lambda: current[0], lambda: sink, {"predictions": "p", "events": "events"}, "b" * 32,
+                          stats, stop, lambda: None, lambda: make_signal_source(s))
+    pipe.start()
+
+    def events() -> list[dict[str, Any]]:
+        return [json.loads(m.payload) for m in list(sink.messages) if m.topic == "events"]
+
+    try:
+        wait_until(lambda: stats[0].state == "running", 5, what="the FIFO open")
+        os.write(hold, _pcm16("okay_nabu_2.wav").tobytes())
+        wait_until(lambda: any(e["label"] == "Okay Nabu" for e in events()), 10, what="the first word")
+        current[0] = models["hey_jarvis"]  # what an over-the-air update does
+        os.write(hold, _pcm16("hey_jarvis_1.wav").tobytes())
+        wait_until(lambda: any(e["label"] == "Hey Jarvis" for e in events()), 10, what="the word after the swap")
+        new = [e for e in events() if e["type"] == "new"]
+        assert [e["label"] for e in new] == ["Okay Nabu", "Hey Jarvis"]
+        assert new[1]["model"]["sha256"] == models["hey_jarvis"].file.sha256
+        # the old model's open event (if any) ended at the swap; every event id is ended at most once
+        ends = [e["id"] for e in events() if e["type"] == "end"]
+        assert len(ends) == len(set(ends))
+        assert pipe.capture.info()["dropped_samples"] == 0
+    finally:
+        stop.set()
+        pipe.join(2)
+        os.close(hold)
+        for m in models.values():
+            m.close()
+
+
+def test_microphone_through_portaudio_and_alsa(tmp_path: Path) -> None:
+    """ALSA's `file` plugin (capture data from a file behind the null device) is a real PCM device to
+    PortAudio. It is not paced like a sound card, so it also shows an overrun being counted."""
+    raw = _pcm16("okay_nabu_1.wav")
+    (tmp_path / "in.raw").write_bytes(raw.tobytes())
+    conf = tmp_path / "asound.conf"
+    conf.write_text(
+        'pcm.!default { type file slave.pcm "null" file "/dev/null" '
+        f'infile "{tmp_path / "in.raw"}" format "raw" }}\n'
+    )
+    code = """
+import json, threading, numpy as np
+from edge_agent.signals.microphone import MicrophoneSource
+m = MicrophoneSource("mic:", "", 16000, 1)
+m.open()
+parts, n = [], 0
+while n < 16000:
+    c = m.read(2.0)
+    parts.append(c.samples); n += len(c.samples)
+for _ in range(500):  # stop reading: the device keeps delivering until the hand-off queue overflows
+    if m.dropped:
+        break
+    threading.Event().wait(0.01)
+m.close()
+x = np.concatenate(parts)[:, 0]
+print(json.dumps({"first": np.round(x[:16000] * 32768).astype(int).tolist(), "dropped": m.dropped}))
+"""
+    env = {**os.environ, "ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout.splitlines()[-1])
+    assert doc["first"] == raw[:16000].tolist()  # the first second, sample for sample, before any overrun
+    assert doc["dropped"] > 0  # the unpaced device outran the reader, and that was counted
+
+
+def test_no_microphone_is_a_clear_error(tmp_path: Path) -> None:
+    conf = tmp_path / "asound.conf"
+    conf.write_text("pcm.!default { type hw card 7 }\n")  # no such card
+    code = """
+from edge_agent.signals.base import SourceError
+from edge_agent.signals.microphone import MicrophoneSource
+try:
+    MicrophoneSource("mic:", "", 16000, 1).open()
+except SourceError as err:
+    print("SourceError:", err)
+"""
+    env = {**os.environ, "ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+    assert "SourceError: cannot open microphone" in r.stdout, r.stdout + r.stderr
