@@ -154,6 +154,7 @@ class SignalCapture:
                 self.gaps += 1
             self.rate, self.channels, self.channel_names = src.rate, src.channels, src.channel_names
             first = True
+            next_ts = 0.0  # where the previous chunk ended: a burst read at once keeps its samples' spacing
             st.state = "running"
             try:
                 while not self.stop.is_set():
@@ -161,6 +162,9 @@ class SignalCapture:
                     st.beat()
                     if chunk is None:
                         continue
+                    if chunk.ts < next_ts:
+                        chunk = Chunk(chunk.samples, next_ts, chunk.mono)
+                    next_ts = chunk.ts + len(chunk.samples) / (src.rate or 1.0)
                     if first:  # some sources learn their channel count from the first reading
                         self.channels, self.channel_names = src.channels, src.channel_names
                         self.out.put(_Restart(self.epoch, src.rate, src.channels))
@@ -415,6 +419,7 @@ class SignalPipeline:
                 if isinstance(item, _Restart):
                     if self.detector is not None:
                         self._emit(self.detector.reset(), model_seen)
+                    last_pub = float("-inf")  # a new stream has its own clock
                     continue
                 if item.model is not model_seen or self.detector is None:
                     if self.detector is not None:

@@ -181,3 +181,51 @@ except SourceError as err:
     env = {**os.environ, "ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
     assert "SourceError: cannot open microphone" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_new_writer_on_the_fifo_starts_the_streaming_model_afresh(tmp_path: Path) -> None:
+    """A recorder that stops mid-word and starts again: the model must not continue the old word."""
+    fifo = tmp_path / "mic.fifo"
+    os.mkfifo(fifo)
+    model = _model("okay_nabu")
+    s = Settings(
+        source=SourceConfig(uri=f"pcm:{fifo}", reopen_min_s=0.05, reopen_max_s=0.1),
+        signal=SignalConfig(predictions_hz=10_000),  # every window
+    )
+    fresh_s = Settings(
+        source=SourceConfig(uri=f"wav:{WAVS / 'okay_nabu_2.wav'}", loop=False, realtime=False),
+        signal=SignalConfig(predictions_hz=10_000),
+    )
+    fresh = [p["scores"]["Okay Nabu"] for p in run_offline(fresh_s, model).predictions]
+    sink, stop = MemorySink(), threading.Event()
+    stats = (StageStats("capture"), StageStats("inference"), StageStats("postprocess"))
+    pipe = SignalPipeline(s, lambda: model, lambda: sink, {"predictions": "predictions", "events": "events"},
+                          "c" * 32, stats, stop, lambda: None, lambda: make_signal_source(s))
+    pipe.start()
+    audio = _pcm16("okay_nabu_2.wav").tobytes()
+    try:
+        with open(fifo, "wb") as w:  # blocks until the agent has the FIFO open
+            w.write(audio[: len(audio) * 6 // 10])  # stops in the middle of the word
+        wait_until(lambda: pipe.capture.reopens >= 1, 10, what="the writer's loss noticed")
+        w2 = open(fifo, "wb")  # noqa: SIM115 - held open across the assertions: no end of stream
+        w2.write(audio)
+        w2.flush()
+        wait_until(lambda: any(json.loads(m.payload)["type"] == "new" for m in list(sink.messages)
+                               if m.topic == "events"), 10, what="the word from the new writer")
+        def second_stream() -> list[float]:
+            preds = [json.loads(m.payload) for m in list(sink.messages) if m.topic == "predictions"]
+            starts = [i for i in range(1, len(preds))
+                      if preds[i]["window"]["offset_s"] < preds[i - 1]["window"]["offset_s"]]
+            return [p["scores"]["Okay Nabu"] for p in preds[starts[-1] :]] if starts else []
+
+        wait_until(lambda: len(second_stream()) >= len(fresh), 10, what="the second stream's windows")
+        second = second_stream()[: len(fresh)]
+        assert second == fresh  # exactly what a fresh model gives: no state carried over
+        events = [json.loads(m.payload) for m in list(sink.messages) if m.topic == "events"]
+        assert [e["type"] for e in events if e["type"] == "new"] == ["new"]
+        assert pipe.capture.info()["gaps"] >= 1
+        w2.close()
+    finally:
+        stop.set()
+        pipe.join(2)
+        model.close()

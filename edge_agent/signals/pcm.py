@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import stat
 import sys
 import time
 
@@ -24,6 +25,7 @@ class PcmSource(SignalSource):
         self.path = path
         self._fd: int | None = None
         self._own = False
+        self._fifo = False
         self._pending = b""
 
     def open(self) -> None:
@@ -32,6 +34,7 @@ class PcmSource(SignalSource):
         else:
             try:
                 self._fd, self._own = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK), True
+                self._fifo = stat.S_ISFIFO(os.fstat(self._fd).st_mode)
             except OSError as err:
                 raise SourceError(f"cannot open {self.path}: {err}") from None
         self._pending = b""
@@ -49,6 +52,8 @@ class PcmSource(SignalSource):
         except OSError as err:
             raise SourceError(f"{self.path or 'stdin'}: {err}") from None
         if not data:
+            if self._fifo:  # the writer went away (a recorder restarting): reopen and wait for the next
+                raise SourceError(f"{self.path}: no writer")
             raise EndOfStream(self.path or "stdin")
         mono, now = time.monotonic(), time.time()
         buf = self._pending + data
