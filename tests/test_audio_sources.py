@@ -207,7 +207,7 @@ def test_a_new_writer_on_the_fifo_starts_the_streaming_model_afresh(tmp_path: Pa
         with open(fifo, "wb") as w:  # blocks until the agent has the FIFO open
             w.write(audio[: len(audio) * 6 // 10])  # stops in the middle of the word
         wait_until(lambda: pipe.capture.reopens >= 1, 10, what="the writer's loss noticed")
-        w2 = open(fifo, "wb")  # noqa: SIM115 - held open across the assertions: no end of stream
+        w2 = open(fifo, "wb")
         w2.write(audio)
         w2.flush()
         wait_until(lambda: any(json.loads(m.payload)["type"] == "new" for m in list(sink.messages)
