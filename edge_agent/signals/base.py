@@ -50,6 +50,14 @@ class SignalSource(abc.ABC):
         return self.uri if self.uri.startswith(f"{self.kind}:") else f"{self.kind}:{self.uri}"
 
 
+def close_quietly(handle: object) -> None:
+    """Close a device handle that may already be gone (unplugged): failing to close it changes nothing."""
+    try:
+        handle.close()  # type: ignore[attr-defined]
+    except Exception:  # any driver error: the device is gone either way
+        pass
+
+
 class Pacer:
     """Hands out `rate` samples per second of wall time (files played in real time, polled sensors)."""
 

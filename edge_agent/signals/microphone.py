@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.signals.base import Chunk, SignalSource, SourceError
+from edge_agent.signals.base import Chunk, SignalSource, SourceError, close_quietly
 
 #: Blocks held between the audio callback and the pipeline: ~2 s at 20 ms blocks.
 _QUEUE_BLOCKS = 100
@@ -63,8 +63,5 @@ class MicrophoneSource(SignalSource):
 
     def close(self) -> None:
         if self._stream is not None:
-            try:
-                self._stream.close()
-            except Exception:  # a vanished device may fail to close; it is gone either way
-                pass
+            close_quietly(self._stream)
             self._stream = None

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.signals.base import Chunk, SignalSource, SourceError
+from edge_agent.signals.base import Chunk, SignalSource, SourceError, close_quietly
 from edge_agent.signals.readings import ReadingParser
 
 #: A line longer than this is noise on the wire, not a reading.
@@ -72,8 +72,5 @@ class SerialSource(SignalSource):
 
     def close(self) -> None:
         if self._ser is not None:
-            try:
-                self._ser.close()
-            except Exception:  # a vanished port may fail to close; it is gone either way
-                pass
+            close_quietly(self._ser)
             self._ser = None
