@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -33,12 +34,15 @@ from edge_agent.sinks import Message, Sink, make_sink
 from edge_agent.sources import Frame, make_source
 from edge_agent.stats import StageStats
 from edge_agent.system import ProcessStats, cpu_temperature_c, disk_free_mb, throttling
+from edge_agent.web import LiveView, WebServer
 
 log = logging.getLogger(__name__)
 
 _TAKE_TIMEOUT_S = 0.25
 _MAIN_TICK_S = 0.5
 _WATCHDOG_TICK_S = 1.0
+#: Rates (fps, samples/s) are measured over at least this many seconds.
+_RATE_WINDOW_S = 5.0
 #: Exit code after a stall: not 0 (so Restart=on-failure applies), not 2 (bad configuration).
 EXIT_STALLED = 3
 #: Inference results waiting for decoding and publishing: a few frames of slack.
@@ -110,10 +114,12 @@ class Agent:
         self.sink: Sink | None = None
         self.capture: Capture | None = None
         self.signal: SignalPipeline | None = None
+        self.live: LiveView | None = LiveView() if settings.http.enabled else None
+        self.web: WebServer | None = None
         self.signal_mode = signal_kind(settings.source.uri) is not None
         self._threads: list[threading.Thread] = []
         self._proc = ProcessStats()
-        self._last_counts: dict[str, tuple[float, int]] = {}
+        self._last_counts: dict[str, deque[tuple[float, int]]] = {}
         base = f"{settings.mqtt.topic_prefix}/{settings.device_id}"
         self.topics = {
             k: f"{base}/{k}"
@@ -168,10 +174,19 @@ class Agent:
                 self._published,
                 lambda: make_signal_source(self.settings),
                 self._observe,
+                self.live,
             )
         else:
             self.capture = Capture(lambda: make_source(s.source), s.source, self.slot, self.capture_stats, self.stop)
         self.sink.start()
+        if s.http.enabled:
+            assert self.live is not None
+            self.web = WebServer(s.http, self.health, self.stalled_stages, self.live, self._update_history)
+            try:
+                self.web.start()
+            except OSError as err:  # a taken port must not take the pipeline down with it
+                log.error("status page not served: cannot listen on %s:%d: %s", s.http.bind, s.http.port, err)
+                self.web = None
         if self.store is not None:
             self.updater = Updater(
                 s,
@@ -253,6 +268,8 @@ class Agent:
             t.join(max(0.0, min(timeout / 4, deadline - time.monotonic())))
         if self.sink is not None:
             self.sink.close(max(0.5, deadline - time.monotonic()))
+        if self.web is not None:
+            self.web.close()
         if self.model is not None:
             self.model.close()
         self.notifier.close()
@@ -437,6 +454,9 @@ class Agent:
                     doc["cached"] = True  # the frame looked like the last inferred one
                 if not sink.submit(Message(topic, dumps(doc), qos=qos)):
                     st.drop("sink_full")
+                if self.live is not None:
+                    self.live.set_frame(frame.image, doc)
+                    self.live.add_prediction(doc)
                 if len(model.runtime.fallbacks) != fallbacks_seen:
                     fallbacks_seen = len(model.runtime.fallbacks)
                     self._announce_fallback()
@@ -447,6 +467,9 @@ class Agent:
             except Exception as err:  # loop boundary: one bad result must not stop the stream
                 st.error(f"{type(err).__name__}: {err}")
                 log.exception("postprocess error")
+
+    def _update_history(self) -> list[dict[str, Any]]:
+        return list(self.store.state.get("history", [])) if self.store is not None else []
 
     def _observe(self, model: Model, raw: RawInference) -> None:
         if self.updater is not None:  # a new model on probation is judged on every step
@@ -513,13 +536,14 @@ class Agent:
         return [k for k, t in beats.items() if now - t > limit]
 
     def _fps(self, key: str, count: int, now: float) -> float:
-        prev = self._last_counts.get(key)
-        self._last_counts[key] = (now, count)
-        if prev is None:
-            dt, dn = now - self.started_mono, count
-        else:
-            dt, dn = now - prev[0], count - prev[1]
-        return round(dn / dt, 2) if dt > 0 else 0.0
+        """Rate over the last few seconds; any number of readers (MQTT health, /metrics) see the same figure."""
+        window = max(_RATE_WINDOW_S, self.settings.health.interval_s)
+        hist = self._last_counts.setdefault(key, deque([(self.started_mono, 0)]))
+        hist.append((now, count))
+        while len(hist) > 2 and now - hist[1][0] >= window:
+            hist.popleft()
+        t0, n0 = hist[0]
+        return round((count - n0) / (now - t0), 2) if now > t0 else 0.0
 
     def health(self) -> dict[str, Any]:
         now = time.monotonic()

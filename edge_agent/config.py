@@ -284,6 +284,82 @@ class SignalConfig(_Strict):
     )
 
 
+class HTTPConfig(_Strict):
+    enabled: bool = Field(
+        False, description="Serve /metrics (Prometheus), /healthz and a live status page over HTTP."
+    )
+    bind: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        max_length=253,
+        description="Address to listen on; 127.0.0.1 keeps it on the device, 0.0.0.0 opens it to the network.",
+    )
+    port: int = Field(8780, ge=1, le=65535, description="TCP port.")
+    jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality of the live frame.")
+    max_width: int = Field(960, ge=64, le=8192, description="The live frame is scaled down to at most this width.")
+
+
+class HomeAssistantConfig(_Strict):
+    enabled: bool = Field(
+        False, description="Publish Home Assistant MQTT discovery configs, so the device appears with no YAML."
+    )
+    discovery_prefix: str = Field(
+        "homeassistant", min_length=1, max_length=128, description="Home Assistant's discovery prefix."
+    )
+    status_topic: str = Field(
+        "homeassistant/status",
+        min_length=1,
+        max_length=256,
+        description="Home Assistant's birth topic: configs are published again when it says 'online'.",
+    )
+    labels: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Watched labels: each gets a binary sensor ('person detected'), a count and a last-seen "
+        "sensor; default: the model's first label.",
+    )
+    off_delay_s: float = Field(
+        5.0, ge=0, le=3600, description="A watched label is 'clear' after this long without being seen."
+    )
+
+
+class EscalationConfig(_Strict):
+    enabled: bool = Field(
+        False,
+        description="Send hard cases (confidence inside the band, or an always-escalate label) to a cloud worker.",
+    )
+    low: float = Field(0.3, ge=0, le=1, description="Results whose top score is at least this ...")
+    high: float = Field(0.6, ge=0, le=1, description="... and below this are escalated.")
+    labels: list[str] = Field(
+        default_factory=list, max_length=256, description="Labels that are always escalated when seen."
+    )
+    content: Literal["frame", "crops", "features"] = Field(
+        "crops",
+        description="What goes up: the whole frame (JPEG), only the detection crops (JPEG), or no pixels at all "
+        "(the local result; for audio and sensors, the window's values).",
+    )
+    blur_faces: bool = Field(
+        True, description="Blur faces (found by the bundled face detector) in any picture before it leaves."
+    )
+    max_per_minute: float = Field(
+        30.0, gt=0, le=100_000, description="Escalations sent per minute at most (the rest are counted, not sent)."
+    )
+    max_kbytes_per_s: float = Field(
+        100.0, gt=0, le=1_000_000, description="Bandwidth budget for escalations, kB/s averaged over a minute."
+    )
+    deadline_s: float = Field(
+        2.0, gt=0, le=600, description="Without an answer by then, the local result stands (counted as a timeout)."
+    )
+    jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality of escalated pictures.")
+    max_width: int = Field(640, ge=32, le=8192, description="Escalated pictures are scaled down to this width.")
+
+    @model_validator(mode="after")
+    def _band(self) -> EscalationConfig:
+        if self.low > self.high:
+            raise ValueError("escalation.low must not exceed escalation.high")
+        return self
+
+
 class RuntimeConfig(_Strict):
     accelerator: str = Field(
         "auto", description="auto, cpu, gpu, npu, edgetpu, or the path of an external delegate .so."
@@ -401,6 +477,13 @@ class Settings(BaseSettings):
     health: HealthConfig = Field(default_factory=HealthConfig, description="Health reporting and watchdog.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Store-and-forward of results.")
     ota: OTAConfig = Field(default_factory=OTAConfig, description="Over-the-air model updates.")
+    http: HTTPConfig = Field(default_factory=HTTPConfig, description="Metrics, health check and status page.")
+    homeassistant: HomeAssistantConfig = Field(
+        default_factory=HomeAssistantConfig, description="Home Assistant MQTT discovery."
+    )
+    escalation: EscalationConfig = Field(
+        default_factory=EscalationConfig, description="Hybrid mode: hard cases to a bigger model elsewhere."
+    )
 
     @field_validator("device_id")
     @classmethod

@@ -29,6 +29,7 @@ from edge_agent.resample import Resampler
 from edge_agent.signals import AUDIO_KINDS, Chunk, EndOfStream, SignalSource, SourceError, signal_kind
 from edge_agent.sinks import Message, Sink
 from edge_agent.stats import StageStats
+from edge_agent.web import LiveView
 from edge_agent.windowing import Windower
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,7 @@ class SignalPipeline:
         on_published: Callable[[], None],
         factory: Callable[[], SignalSource],
         on_result: Callable[[Model, RawInference], None] | None = None,
+        live: LiveView | None = None,
     ):
         self.settings = settings
         self.get_model, self.get_sink = get_model, sink
@@ -257,6 +259,7 @@ class SignalPipeline:
         self.capture_stats, self.infer_stats, self.post_stats = stats
         self.on_published = on_published
         self.on_result = on_result
+        self.live = live
         sc = settings.signal
         audio = signal_kind(settings.source.uri) in AUDIO_KINDS
         nominal = sc.rate or (16000 if audio else 10.0)
@@ -460,6 +463,8 @@ class SignalPipeline:
                         st.drop("sink_full")
                     self.published += 1
                     self.on_published()
+                    if self.live is not None:
+                        self.live.add_prediction(doc)
                 else:
                     self.not_published += 1
                 st.done()
@@ -493,6 +498,8 @@ class SignalPipeline:
                 **e.as_dict(),
             }
             log.info("event %s %s %s score %.3f", e.type, e.label, e.id, e.score)
+            if self.live is not None:
+                self.live.add_event(doc)
             msg = Message(self.topics["events"], dumps(doc), qos=1)
             while not sink.submit(msg):
                 self.post_stats.beat()

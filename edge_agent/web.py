@@ -1,0 +1,204 @@
+"""The local HTTP endpoint: /metrics (Prometheus), /healthz, and a status page with the live frame.
+
+Off by default. Runs on its own threads and only reads what the pipeline already has (the last
+frame and result are references handed over by the post stage); drawing and JPEG encoding
+happen here, on request, never on a pipeline thread. The page uses no outside assets, so it
+works on a device with no internet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from edge_agent.config import HTTPConfig
+from edge_agent.metrics import HealthCollector
+
+log = logging.getLogger(__name__)
+
+#: Colours of boxes on the live frame (BGR), by label index.
+_COLOURS = [(0, 200, 255), (80, 220, 80), (255, 120, 40), (200, 80, 255), (60, 60, 240), (240, 240, 60)]
+
+
+class LiveView:
+    """What the status page shows: written by the pipeline (reference swaps), read by HTTP threads."""
+
+    def __init__(self, keep: int = 20):
+        self.frame: tuple[np.ndarray, dict[str, Any]] | None = None
+        self.predictions: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.keep = keep
+        self.frames_served = 0
+
+    def set_frame(self, image: np.ndarray, doc: dict[str, Any]) -> None:
+        self.frame = (image, doc)
+
+    def add_prediction(self, doc: dict[str, Any]) -> None:
+        summary = {k: doc.get(k) for k in ("seq", "ts", "task", "classes", "detections", "scores", "source", "cached")}
+        self.predictions = [summary, *self.predictions[: self.keep - 1]]
+
+    def add_event(self, doc: dict[str, Any]) -> None:
+        self.events = [doc, *self.events[: self.keep - 1]]
+
+
+def draw(image: np.ndarray, doc: dict[str, Any], max_width: int) -> np.ndarray:
+    """The frame with its detections (boxes, labels, scores) or top classes drawn on a scaled copy."""
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = min(1.0, max_width / w)
+    out = (
+        cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        if scale < 1
+        else image.copy()
+    )
+    for d in doc.get("detections") or []:
+        x1, y1, x2, y2 = (round(v * scale) for v in d["box"])
+        c = _COLOURS[int(d.get("index", 0)) % len(_COLOURS)]
+        cv2.rectangle(out, (x1, y1), (x2, y2), c, 2)
+        cv2.putText(out, f"{d['label']} {d['score']:.2f}", (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, c, 1)
+    for i, c in enumerate(doc.get("classes") or []):
+        cv2.putText(
+            out, f"{c['label']} {c['score']:.2f}", (8, 20 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 255, 0), 1
+        )
+    return out
+
+
+class WebServer:
+    def __init__(
+        self,
+        cfg: HTTPConfig,
+        health: Callable[[], dict[str, Any]],
+        stalled: Callable[[], list[str]],
+        live: LiveView,
+        history: Callable[[], list[dict[str, Any]]],
+    ):
+        self.cfg, self.health, self.stalled, self.live, self.history = cfg, health, stalled, live, history
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(HealthCollector(health, stalled))
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.requests = 0
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1] if self._server else 0
+
+    def start(self) -> None:
+        handler = type("Handler", (_Handler,), {"web": self})
+        self._server = ThreadingHTTPServer((self.cfg.bind, self.cfg.port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+        self._thread.start()
+        log.info("status page on http://%s:%d/", self.cfg.bind, self.port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    # --- content -------------------------------------------------------------------------
+    def healthz(self) -> tuple[int, dict[str, Any]]:
+        """200 only while every stage makes progress and the source is delivering."""
+        stalled = self.stalled()
+        h = self.health()
+        state = (h.get("source") or {}).get("state")
+        problems = [f"{s} stalled" for s in stalled] + ([f"source {state}"] if state != "running" else [])
+        return (503 if problems else 200), {"ok": not problems, "problems": problems, "status": h.get("status")}
+
+    def status(self) -> dict[str, Any]:
+        h = self.health()
+        return {
+            "health": h,
+            "predictions": self.live.predictions,
+            "events": self.live.events,
+            "update_history": self.history()[-20:],
+            "has_frame": self.live.frame is not None,
+            "frames_served": self.live.frames_served,
+        }
+
+    def frame_jpeg(self) -> bytes | None:
+        import cv2
+
+        cur = self.live.frame
+        if cur is None:
+            return None
+        ok, buf = cv2.imencode(
+            ".jpg", draw(cur[0], cur[1], self.cfg.max_width), [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality]
+        )
+        if not ok:
+            return None
+        self.live.frames_served += 1
+        return bytes(buf)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    web: WebServer
+    server_version = "edge-agent"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http: %s", format % args)
+
+    def _send(self, code: int, body: bytes, ctype: str, cache: bool = False) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        if not cache:
+            self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        web = self.web
+        web.requests += 1
+        path = self.path.split("?", 1)[0]
+        try:
+            if path == "/metrics":
+                self._send(200, generate_latest(web.registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                code, doc = web.healthz()
+                self._send(code, json.dumps(doc).encode(), "application/json")
+            elif path == "/api/status":
+                self._send(200, json.dumps(web.status(), default=str).encode(), "application/json")
+            elif path == "/frame.jpg":
+                jpeg = web.frame_jpeg()
+                if jpeg is None:
+                    self._send(404, b"no frame yet", "text/plain")
+                else:
+                    self._send(200, jpeg, "image/jpeg")
+            elif path in ("/", "/index.html"):
+                self._send(200, PAGE, "text/html; charset=utf-8", cache=True)
+            else:
+                self._send(404, b"not found", "text/plain")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the browser went away mid-response
+        except Exception:  # loop boundary of one request: the server goes on
+            log.exception("http error on %s", path)
+            try:
+                self._send(500, b"internal error", "text/plain")
+            except OSError:
+                pass
+
+
+def _page() -> bytes:
+    """The status page: one file, no outside assets."""
+    from importlib.resources import files
+
+    return files("edge_agent").joinpath("status_page.html").read_bytes()
+
+
+PAGE = _page()
