@@ -14,7 +14,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.metrics import metric_name
-from edge_agent.sinks.mqtt import Subscriber
 
 from .conftest import DEMO_VIDEO, SHORT, Broker, collect, free_port, wait_until
 
@@ -106,7 +105,7 @@ def test_healthz_is_200_only_while_every_stage_makes_progress(broker: Broker, ag
     )
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: _get(base + "/healthz")[0] == 200, 30, what="healthy while the video plays")
-    code, body, _ = wait_until(lambda: (r := _get(base + "/healthz")) and r[0] == 503 and r, 30,
+    _, body, _ = wait_until(lambda: (r := _get(base + "/healthz")) and r[0] == 503 and r, 30,
                                what="unhealthy once the video has ended")
     doc = json.loads(body)
     assert doc["ok"] is False and doc["problems"] == ["source finished"]
