@@ -114,7 +114,7 @@ def test_healthz_is_200_only_while_every_stage_makes_progress(broker: Broker, ag
 def test_unknown_paths_and_the_live_frame(web_agent: tuple[str, Any]) -> None:
     base, _ = web_agent
     assert _get(base + "/nope")[0] == 404
-    status, body, ctype = wait_until(lambda: (r := _get(base + "/frame.jpg")) and r[0] == 200 and r, 10,
+    _, body, ctype = wait_until(lambda: (r := _get(base + "/frame.jpg")) and r[0] == 200 and r, 10,
                                      what="a live frame")
     assert ctype == "image/jpeg" and body[:2] == b"\xff\xd8"
     assert _get(base + "/healthz")[0] == 200
