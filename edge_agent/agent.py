@@ -20,6 +20,7 @@ from edge_agent.commands import ACCEPTED, Command, CommandProcessor, Rejected, n
 from edge_agent.config import Settings
 from edge_agent.gate import ChangeGate
 from edge_agent.handoff import LatestSlot
+from edge_agent.homeassistant import HomeAssistant
 from edge_agent.model import Model, RawInference
 from edge_agent.modelfile import ModelError
 from edge_agent.ota.manifest import ManifestError, parse_manifest
@@ -78,6 +79,15 @@ class _Inbound(queue.Queue[tuple[str, bytes]]):
             if self.agent.updater is not None:
                 self.agent.updater.accept_chunk(topic, payload)
             return
+        ha = self.agent.ha
+        if ha is not None:
+            if topic == ha.cfg.status_topic:
+                if payload.strip() == b"online":  # Home Assistant (re)started: it wants the configs again
+                    self.agent.publish_discovery()
+                return
+            if topic == ha.rollback_topic:  # the button: each press is a new command
+                cmd = {"id": f"ha-rollback-{time.time_ns()}", "command": "rollback"}
+                item = (self.agent.topics["cmd"], dumps(cmd))
         super().put_nowait(item)
 
 
@@ -128,6 +138,9 @@ class Agent:
         groups = [f"{settings.mqtt.topic_prefix}/group/{g}" for g in settings.groups]
         self.command_topics = [self.topics["cmd"], f"{base}/ota/#"] + [f"{g}/cmd" for g in groups]
         self.command_topics += [f"{g}/ota/#" for g in groups]
+        self.ha: HomeAssistant | None = None
+        if settings.homeassistant.enabled:
+            self.command_topics += [settings.homeassistant.status_topic, f"{base}/ha/rollback"]
         self.inbox: queue.Queue[tuple[str, bytes]] = _Inbound(self, maxsize=_INBOX_SIZE)
         self.commands = CommandProcessor(self.inbox, self._publish_result, self.stop)
         self.commands.register("ping", self._cmd_ping)
@@ -157,6 +170,9 @@ class Agent:
                 log.warning("model store unusable (%s): over-the-air updates are off", err)
                 self.store = None
         self.model = Model(model_cfg, s.runtime, state_dir, signal=self.signal_mode)
+        if s.homeassistant.enabled:
+            watched = s.homeassistant.labels or list(self.model.labels or ())[:1] or [self.model.name]
+            self.ha = HomeAssistant(s, self.topics, watched)
         self._model_state = report
         log.info(
             "model %s (%s) on %s", self.model.name, self.model.decoder.layout, self.model.runtime.backend.description
@@ -175,6 +191,7 @@ class Agent:
                 lambda: make_signal_source(self.settings),
                 self._observe,
                 self.live,
+                self._on_event,
             )
         else:
             self.capture = Capture(lambda: make_source(s.source), s.source, self.slot, self.capture_stats, self.stop)
@@ -457,6 +474,8 @@ class Agent:
                 if self.live is not None:
                     self.live.set_frame(frame.image, doc)
                     self.live.add_prediction(doc)
+                if self.ha is not None and (state := self.ha.observe(inf.result, frame.ts)) is not None:
+                    sink.submit(state)
                 if len(model.runtime.fallbacks) != fallbacks_seen:
                     fallbacks_seen = len(model.runtime.fallbacks)
                     self._announce_fallback()
@@ -467,6 +486,21 @@ class Agent:
             except Exception as err:  # loop boundary: one bad result must not stop the stream
                 st.error(f"{type(err).__name__}: {err}")
                 log.exception("postprocess error")
+
+    def _on_event(self, doc: dict[str, Any]) -> None:
+        if self.live is not None:
+            self.live.add_event(doc)
+        if self.ha is not None and self.sink is not None:
+            state = self.ha.observe_event(doc["label"], doc["type"] != "end", doc["start_ts"])
+            if state is not None:
+                self.sink.submit(state)
+
+    def publish_discovery(self) -> None:
+        """Home Assistant's birth message: configs and current state again (submit only enqueues)."""
+        if self.ha is not None and self.sink is not None:
+            m = self.model
+            for msg in self.ha.discovery(m.name if m else None, m.version if m else None):
+                self.sink.submit(msg)
 
     def _update_history(self) -> list[dict[str, Any]]:
         return list(self.store.state.get("history", [])) if self.store is not None else []
@@ -659,4 +693,7 @@ class Agent:
             "accelerator": model.runtime.accelerator if model else None,
             "topics": self.topics,
         }
-        return [Message(self.topics["info"], dumps(info), qos=1, retain=True)]
+        msgs = [Message(self.topics["info"], dumps(info), qos=1, retain=True)]
+        if self.ha is not None:  # every reconnect, and after a model swap (the update entity's version)
+            msgs += self.ha.discovery(model.name if model else None, model.version if model else None)
+        return msgs

@@ -252,6 +252,7 @@ class SignalPipeline:
         factory: Callable[[], SignalSource],
         on_result: Callable[[Model, RawInference], None] | None = None,
         live: LiveView | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ):
         self.settings = settings
         self.get_model, self.get_sink = get_model, sink
@@ -260,6 +261,7 @@ class SignalPipeline:
         self.on_published = on_published
         self.on_result = on_result
         self.live = live
+        self.on_event = on_event
         sc = settings.signal
         audio = signal_kind(settings.source.uri) in AUDIO_KINDS
         nominal = sc.rate or (16000 if audio else 10.0)
@@ -498,8 +500,8 @@ class SignalPipeline:
                 **e.as_dict(),
             }
             log.info("event %s %s %s score %.3f", e.type, e.label, e.id, e.score)
-            if self.live is not None:
-                self.live.add_event(doc)
+            if self.on_event is not None:
+                self.on_event(doc)
             msg = Message(self.topics["events"], dumps(doc), qos=1)
             while not sink.submit(msg):
                 self.post_stats.beat()

@@ -175,7 +175,11 @@ class TopicRecorder:
         while not self._stop.is_set():
             m = self.sub.get(0.1)
             if m is not None:
-                self.on_message(m[0], json.loads(m[1]), time.time())
+                try:
+                    doc: Any = json.loads(m[1])
+                except ValueError:  # plain payloads: availability, Home Assistant's status
+                    doc = m[1].decode("utf-8", "replace")
+                self.on_message(m[0], doc, time.time())
 
     def close(self) -> None:
         self._stop.set()

@@ -51,8 +51,21 @@ def _value(m: dict[str, list[Any]], name: str, **labels: str) -> float:
 def web_agent(broker: Broker, agent_factory) -> Iterator[tuple[str, Any]]:  # type: ignore[no-untyped-def]
     port = free_port()
     agent = agent_factory(
-        ["run", "--device-id", "webdev", "--source", "demo", "--fps", "20", "--model", str(SHORT),
-         "--set", "http.enabled=true", "--set", f"http.port={port}"],
+        [
+            "run",
+            "--device-id",
+            "webdev",
+            "--source",
+            "demo",
+            "--fps",
+            "20",
+            "--model",
+            str(SHORT),
+            "--set",
+            "http.enabled=true",
+            "--set",
+            f"http.port={port}",
+        ],
         env={**broker.env(), "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5"},
     )
     base = f"http://127.0.0.1:{port}"
@@ -69,7 +82,9 @@ def _leaves(node: Any, path: list[str]) -> Iterator[list[str]]:
 
 
 def test_metrics_parse_with_prometheus_and_carry_every_health_figure(
-    web_agent: tuple[str, Any], broker: Broker, subscriber_factory  # type: ignore[no-untyped-def]
+    web_agent: tuple[str, Any],
+    broker: Broker,
+    subscriber_factory,  # type: ignore[no-untyped-def]
 ) -> None:
     base, _ = web_agent
     sub = subscriber_factory(["edge/webdev/health"])
@@ -99,14 +114,28 @@ def test_metrics_parse_with_prometheus_and_carry_every_health_figure(
 def test_healthz_is_200_only_while_every_stage_makes_progress(broker: Broker, agent_factory) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     agent_factory(
-        ["run", "--device-id", "hz", "--source", str(DEMO_VIDEO), "--model", str(SHORT),
-         "--set", "source.loop=false", "--set", "http.enabled=true", "--set", f"http.port={port}"],
+        [
+            "run",
+            "--device-id",
+            "hz",
+            "--source",
+            str(DEMO_VIDEO),
+            "--model",
+            str(SHORT),
+            "--set",
+            "source.loop=false",
+            "--set",
+            "http.enabled=true",
+            "--set",
+            f"http.port={port}",
+        ],
         env=broker.env(),
     )
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: _get(base + "/healthz")[0] == 200, 30, what="healthy while the video plays")
-    _, body, _ = wait_until(lambda: (r := _get(base + "/healthz")) and r[0] == 503 and r, 30,
-                               what="unhealthy once the video has ended")
+    _, body, _ = wait_until(
+        lambda: (r := _get(base + "/healthz")) and r[0] == 503 and r, 30, what="unhealthy once the video has ended"
+    )
     doc = json.loads(body)
     assert doc["ok"] is False and doc["problems"] == ["source finished"]
 
@@ -114,8 +143,7 @@ def test_healthz_is_200_only_while_every_stage_makes_progress(broker: Broker, ag
 def test_unknown_paths_and_the_live_frame(web_agent: tuple[str, Any]) -> None:
     base, _ = web_agent
     assert _get(base + "/nope")[0] == 404
-    _, body, ctype = wait_until(lambda: (r := _get(base + "/frame.jpg")) and r[0] == 200 and r, 10,
-                                     what="a live frame")
+    _, body, ctype = wait_until(lambda: (r := _get(base + "/frame.jpg")) and r[0] == 200 and r, 10, what="a live frame")
     assert ctype == "image/jpeg" and body[:2] == b"\xff\xd8"
     assert _get(base + "/healthz")[0] == 200
 
@@ -138,7 +166,9 @@ def test_status_page_in_headless_chromium(web_agent: tuple[str, Any]) -> None:
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(base + "/")
             page.wait_for_function("window.framesLoaded >= 3", timeout=15_000)  # the image keeps updating
-            size = page.evaluate("[document.getElementById('frame').naturalWidth, document.getElementById('frame').naturalHeight]")
+            size = page.evaluate(
+                "[document.getElementById('frame').naturalWidth, document.getElementById('frame').naturalHeight]"
+            )
             assert size == [640, 480]
             page.wait_for_function("window.lastStatus && window.lastStatus.predictions.length > 0", timeout=10_000)
             before = _value(_metrics(base), "edge_agent_frames_inferred_total")

@@ -1,0 +1,256 @@
+"""Home Assistant MQTT discovery: retained configs that make the device appear with no YAML.
+
+Entities (one device per agent): a binary sensor, a count and a last-seen sensor per watched
+label; diagnostic sensors read straight from the health topic (fps, inference time, CPU
+temperature, throttling, outbox depth, accelerator); an `update` entity with the active model
+version; a button that rolls the model back. The configs are republished on every reconnect and
+whenever Home Assistant announces itself (`homeassistant/status` = `online`), as its docs ask.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.config import Settings
+from edge_agent.payload import dumps
+from edge_agent.results import Result
+from edge_agent.sinks.base import Message
+
+#: Where the project lives, for the `origin` block Home Assistant shows in its MQTT info.
+SUPPORT_URL = "https://github.com/edge-agent/edge-agent"
+_OBJECT_ID = re.compile(r"[^a-z0-9_]+")
+#: ON while the Pi firmware reports throttling or under-voltage now (health.system.throttling is null elsewhere).
+_THROTTLED = (
+    "{% set t = value_json.system.throttling %}{{ 'ON' if t and (t.throttled or t.under_voltage) else 'OFF' }}"
+)
+
+
+def object_id(text: str) -> str:
+    return _OBJECT_ID.sub("_", text.lower()).strip("_") or "x"
+
+
+class HomeAssistant:
+    def __init__(self, settings: Settings, topics: dict[str, str], labels: list[str]):
+        self.settings = settings
+        self.cfg = settings.homeassistant
+        self.topics = topics
+        self.labels = labels
+        self.node = object_id(settings.device_id)
+        base = f"{settings.mqtt.topic_prefix}/{settings.device_id}"
+        self.state_topic = f"{base}/ha/state"
+        self.update_topic = f"{base}/ha/update"
+        self.rollback_topic = f"{base}/ha/rollback"
+        self._seen: dict[str, float] = {}
+        self._counts: dict[str, int] = dict.fromkeys(labels, 0)
+        self._last_state: bytes | None = None
+
+    # --- discovery ---------------------------------------------------------------------------
+    def _device(self, model_name: str | None) -> dict[str, Any]:
+        return {
+            "identifiers": [f"edge-agent-{self.settings.device_id}"],
+            "name": f"edge-agent {self.settings.device_id}",
+            "manufacturer": "edge-agent",
+            "model": model_name or "edge-agent",
+            "sw_version": __version__,
+        }
+
+    def _common(self, key: str, name: str, model_name: str | None) -> dict[str, Any]:
+        return {
+            "name": name,
+            "unique_id": f"edge_agent_{self.node}_{key}",
+            "availability": [
+                {
+                    "topic": self.topics["availability"],
+                    "payload_available": "online",
+                    "payload_not_available": "offline",
+                }
+            ],
+            "device": self._device(model_name),
+            "origin": {"name": "edge-agent", "sw_version": __version__, "support_url": SUPPORT_URL},
+        }
+
+    def configs(self, model_name: str | None) -> list[tuple[str, dict[str, Any]]]:
+        """(component, config) for every entity."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        for label in self.labels:
+            lid = object_id(label)
+            out.append(
+                (
+                    "binary_sensor",
+                    {
+                        **self._common(f"{lid}_detected", f"{label} detected", model_name),
+                        "state_topic": self.state_topic,
+                        "value_template": f"{{{{ value_json.labels['{label}'].detected }}}}",
+                        "payload_on": "ON",
+                        "payload_off": "OFF",
+                        "device_class": "occupancy",
+                    },
+                )
+            )
+            out.append(
+                (
+                    "sensor",
+                    {
+                        **self._common(f"{lid}_count", f"{label} count", model_name),
+                        "state_topic": self.state_topic,
+                        "value_template": f"{{{{ value_json.labels['{label}'].count }}}}",
+                        "state_class": "measurement",
+                        "icon": "mdi:counter",
+                    },
+                )
+            )
+            out.append(
+                (
+                    "sensor",
+                    {
+                        **self._common(f"{lid}_last_seen", f"{label} last seen", model_name),
+                        "state_topic": self.state_topic,
+                        "value_template": f"{{{{ value_json.labels['{label}'].last_seen }}}}",
+                        "device_class": "timestamp",
+                    },
+                )
+            )
+        health = self.topics["health"]
+        diagnostics: list[tuple[str, str, str, dict[str, Any]]] = [
+            (
+                "fps",
+                "Inference rate",
+                "{{ value_json.fps.inferred }}",
+                {"unit_of_measurement": "fps", "state_class": "measurement", "suggested_display_precision": 1},
+            ),
+            (
+                "inference_ms",
+                "Inference time",
+                "{{ value_json.latency_ms.inference.p50 if value_json.latency_ms.inference else 0 }}",
+                {
+                    "unit_of_measurement": "ms",
+                    "device_class": "duration",
+                    "state_class": "measurement",
+                    "suggested_display_precision": 2,
+                },
+            ),
+            (
+                "cpu_temperature",
+                "CPU temperature",
+                "{{ value_json.system.cpu_temp_c }}",
+                {"unit_of_measurement": "°C", "device_class": "temperature", "state_class": "measurement"},
+            ),
+            (
+                "outbox_depth",
+                "Outbox depth",
+                "{{ value_json.broker.outbox.depth if value_json.broker.outbox else 0 }}",
+                {"state_class": "measurement", "icon": "mdi:tray-full"},
+            ),
+            ("accelerator", "Accelerator", "{{ value_json.accelerator.active }}", {"icon": "mdi:chip"}),
+        ]
+        for key, name, template, extra in diagnostics:
+            out.append(
+                (
+                    "sensor",
+                    {
+                        **self._common(key, name, model_name),
+                        "state_topic": health,
+                        "value_template": template,
+                        "entity_category": "diagnostic",
+                        **extra,
+                    },
+                )
+            )
+        out.append(
+            (
+                "binary_sensor",
+                {
+                    **self._common("throttled", "Throttled", model_name),
+                    "state_topic": health,
+                    "value_template": _THROTTLED,
+                    "payload_on": "ON",
+                    "payload_off": "OFF",
+                    "device_class": "problem",
+                    "entity_category": "diagnostic",
+                },
+            )
+        )
+        out.append(
+            (
+                "update",
+                {
+                    **self._common("model", "Model", model_name),
+                    "state_topic": self.update_topic,
+                    "entity_category": "diagnostic",
+                    "icon": "mdi:brain",
+                },
+            )
+        )
+        out.append(
+            (
+                "button",
+                {
+                    **self._common("rollback", "Roll back model", model_name),
+                    "command_topic": self.rollback_topic,
+                    "payload_press": "rollback",
+                    "entity_category": "config",
+                    "icon": "mdi:undo",
+                },
+            )
+        )
+        return out
+
+    def discovery(self, model_name: str | None, model_version: str | None) -> list[Message]:
+        """Retained configs, then the current state (so entities are not 'unknown' until the next change)."""
+        prefix = self.cfg.discovery_prefix
+        msgs = [
+            Message(f"{prefix}/{component}/{self.node}/{cfg['unique_id']}/config", dumps(cfg), qos=1, retain=True)
+            for component, cfg in self.configs(model_name)
+        ]
+        msgs.append(self.update_message(model_name, model_version))
+        msgs.append(Message(self.state_topic, self._state_payload(time.time()), qos=1, retain=True))
+        return msgs
+
+    def update_message(self, model_name: str | None, version: str | None) -> Message:
+        v = version or "unversioned"
+        doc = {"installed_version": v, "latest_version": v, "title": model_name or "model"}
+        return Message(self.update_topic, dumps(doc), qos=1, retain=True)
+
+    # --- state -----------------------------------------------------------------------------------
+    def observe(self, result: Result, ts: float) -> Message | None:
+        """One result: the label state message when something a user would see changed, else None."""
+        counts = dict.fromkeys(self.labels, 0)
+        for d in result.detections:
+            if d.label in counts:
+                counts[d.label] += 1
+        for c in result.classes:
+            if c.label in counts:
+                counts[c.label] = max(counts[c.label], 1)
+        return self._set(counts, ts)
+
+    def observe_event(self, label: str, active: bool, ts: float) -> Message | None:
+        if label not in self._counts:
+            return None
+        return self._set({**self._counts, label: 1 if active else 0}, ts)
+
+    def _set(self, counts: dict[str, int], ts: float) -> Message | None:
+        for label, n in counts.items():
+            if n:
+                self._seen[label] = ts
+        self._counts = counts
+        payload = self._state_payload(ts)
+        if payload == self._last_state:
+            return None
+        self._last_state = payload
+        return Message(self.state_topic, payload, qos=1, retain=True)
+
+    def _state_payload(self, now: float) -> bytes:
+        labels = {}
+        for label in self.labels:
+            seen = self._seen.get(label)
+            detected = seen is not None and (self._counts.get(label, 0) > 0 or now - seen < self.cfg.off_delay_s)
+            labels[label] = {
+                "detected": "ON" if detected else "OFF",
+                "count": self._counts.get(label, 0),
+                "last_seen": datetime.fromtimestamp(seen, UTC).isoformat(timespec="seconds") if seen else None,
+            }
+        return dumps({"labels": labels})

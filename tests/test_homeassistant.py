@@ -1,0 +1,289 @@
+"""Home Assistant MQTT discovery against a real broker: every config checked against the documented
+discovery schema, every template rendered (Jinja2, as Home Assistant does) against the payloads the
+agent really publishes, republished on Home Assistant's birth message, and the rollback button."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import jsonschema
+import pytest
+from jinja2 import Environment, StrictUndefined
+
+from edge_agent.sinks.mqtt import Subscriber
+
+from .conftest import SHORT, Broker, TopicRecorder, wait_until
+
+AVAILABILITY = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["topic"],
+        "properties": {
+            "topic": {"type": "string", "minLength": 1},
+            "payload_available": {"type": "string"},
+            "payload_not_available": {"type": "string"},
+            "value_template": {"type": "string"},
+        },
+        "additionalProperties": False,
+    },
+}
+DEVICE = {
+    "type": "object",
+    "required": ["identifiers", "name"],
+    "properties": {
+        "identifiers": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "name": {"type": "string"},
+        "manufacturer": {"type": "string"},
+        "model": {"type": "string"},
+        "sw_version": {"type": "string"},
+        "hw_version": {"type": "string"},
+        "configuration_url": {"type": "string"},
+        "suggested_area": {"type": "string"},
+    },
+    "additionalProperties": False,
+}
+ORIGIN = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"type": "string"}, "sw_version": {"type": "string"}, "support_url": {"type": "string"}},
+    "additionalProperties": False,
+}
+COMMON = {
+    "name": {"type": ["string", "null"]},
+    "unique_id": {"type": "string", "pattern": "^[a-z0-9_]+$"},
+    "availability": AVAILABILITY,
+    "device": DEVICE,
+    "origin": ORIGIN,
+    "icon": {"type": "string", "pattern": "^mdi:[a-z0-9-]+$"},
+    "entity_category": {"enum": ["config", "diagnostic"]},
+}
+#: Device classes and state classes from Home Assistant's sensor and binary_sensor docs (the ones in use here
+#: and their neighbours; anything else would be a mistake here).
+SENSOR_DEVICE_CLASSES = ["timestamp", "duration", "temperature", "data_size", "frequency", "power", "voltage"]
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "sensor": {
+        "type": "object",
+        "required": ["unique_id", "state_topic", "device", "availability", "origin"],
+        "properties": {
+            **COMMON,
+            "entity_category": {"enum": ["diagnostic"]},  # a sensor cannot be a config entity
+            "state_topic": {"type": "string"},
+            "value_template": {"type": "string"},
+            "device_class": {"enum": SENSOR_DEVICE_CLASSES},
+            "state_class": {"enum": ["measurement", "total", "total_increasing"]},
+            "unit_of_measurement": {"type": "string"},
+            "suggested_display_precision": {"type": "integer", "minimum": 0},
+        },
+        "additionalProperties": False,
+        "allOf": [
+            {
+                "if": {"properties": {"device_class": {"const": "timestamp"}}, "required": ["device_class"]},
+                "then": {"not": {"anyOf": [{"required": ["unit_of_measurement"]}, {"required": ["state_class"]}]}},
+            },
+            {
+                "if": {"properties": {"device_class": {"const": "duration"}}, "required": ["device_class"]},
+                "then": {
+                    "properties": {"unit_of_measurement": {"enum": ["d", "h", "min", "s", "ms"]}},
+                    "required": ["unit_of_measurement"],
+                },
+            },
+            {
+                "if": {"properties": {"device_class": {"const": "temperature"}}, "required": ["device_class"]},
+                "then": {
+                    "properties": {"unit_of_measurement": {"enum": ["°C", "°F", "K"]}},
+                    "required": ["unit_of_measurement"],
+                },
+            },
+        ],
+    },
+    "binary_sensor": {
+        "type": "object",
+        "required": ["unique_id", "state_topic", "device", "availability", "origin"],
+        "properties": {
+            **COMMON,
+            "entity_category": {"enum": ["diagnostic"]},
+            "state_topic": {"type": "string"},
+            "value_template": {"type": "string"},
+            "payload_on": {"type": "string"},
+            "payload_off": {"type": "string"},
+            "off_delay": {"type": "integer", "minimum": 0},
+            "device_class": {"enum": ["occupancy", "motion", "presence", "problem", "connectivity", "sound"]},
+        },
+        "additionalProperties": False,
+    },
+    "update": {
+        "type": "object",
+        "required": ["unique_id", "state_topic", "device", "availability", "origin"],
+        "properties": {
+            **COMMON,
+            "state_topic": {"type": "string"},
+            "value_template": {"type": "string"},
+            "latest_version_topic": {"type": "string"},
+            "command_topic": {"type": "string"},
+            "payload_install": {"type": "string"},
+            "title": {"type": "string"},
+            "device_class": {"enum": ["firmware", None]},
+        },
+        "additionalProperties": False,
+    },
+    "button": {
+        "type": "object",
+        "required": ["unique_id", "command_topic", "device", "availability", "origin"],
+        "properties": {
+            **COMMON,
+            "command_topic": {"type": "string"},
+            "payload_press": {"type": "string"},
+            "device_class": {"enum": ["identify", "restart", "update"]},
+        },
+        "additionalProperties": False,
+    },
+}
+
+
+class Recorder(TopicRecorder):
+    def __init__(self, broker: Broker, topics: list[str]):
+        self.configs: dict[str, dict[str, Any]] = {}
+        self.config_arrivals: list[str] = []
+        self.last: dict[str, Any] = {}
+        self.results: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        super().__init__(Subscriber(broker.mqtt(), topics))
+
+    def on_message(self, topic: str, doc: Any, arrived: float) -> None:
+        with self.lock:
+            if not isinstance(doc, dict):
+                return
+            if topic.endswith("/config"):
+                self.configs[topic] = doc
+                self.config_arrivals.append(topic)
+            elif topic.endswith("/cmd/result"):
+                self.results.append(doc)
+            else:
+                self.last[topic] = doc
+
+
+def _render(template: str, payload: Any) -> str:
+    env = Environment(undefined=StrictUndefined)
+    return env.from_string(template).render(value_json=payload).strip()
+
+
+@pytest.fixture
+def ha(broker: Broker, agent_factory) -> Any:  # type: ignore[no-untyped-def]
+    rec = Recorder(broker, ["homeassistant/#", "edge/hadev/#"])
+    agent_factory(
+        [
+            "run",
+            "--device-id",
+            "hadev",
+            "--source",
+            "demo",
+            "--fps",
+            "15",
+            "--model",
+            str(SHORT),
+            "--set",
+            "homeassistant.enabled=true",
+            "--set",
+            'homeassistant.labels=["face"]',
+        ],
+        env={**broker.env(), "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5"},
+    )
+    wait_until(lambda: len(rec.configs) >= 11 and "edge/hadev/health" in rec.last, 30, what="discovery configs")
+    yield rec
+    rec.close()
+
+
+def test_every_config_follows_home_assistants_discovery_schema(ha: Recorder) -> None:
+    components = {}
+    ids = set()
+    for topic, cfg in ha.configs.items():
+        prefix, component, node, object_id, last = topic.split("/")
+        assert (prefix, node, last) == ("homeassistant", "hadev", "config")
+        jsonschema.validate(cfg, SCHEMAS[component])
+        assert object_id == cfg["unique_id"]
+        assert cfg["availability"][0]["topic"] == "edge/hadev/availability"
+        assert cfg["device"]["identifiers"] == ["edge-agent-hadev"]
+        ids.add(cfg["unique_id"])
+        components.setdefault(component, []).append(cfg["name"])
+    assert len(ids) == len(ha.configs)  # unique ids are unique
+    assert sorted(components["binary_sensor"]) == ["Throttled", "face detected"]
+    assert {
+        "face count",
+        "face last seen",
+        "Inference rate",
+        "Inference time",
+        "CPU temperature",
+        "Outbox depth",
+        "Accelerator",
+    } <= set(components["sensor"])
+    assert components["update"] == ["Model"] and components["button"] == ["Roll back model"]
+
+
+def test_every_template_renders_against_what_the_agent_publishes(ha: Recorder) -> None:
+    wait_until(
+        lambda: (ha.last.get("edge/hadev/ha/state") or {}).get("labels", {}).get("face", {}).get("detected") == "ON",
+        20,
+        what="a face seen",
+    )
+    for cfg in ha.configs.values():
+        if "value_template" not in cfg:
+            continue
+        payload = ha.last[cfg["state_topic"]]
+        out = _render(cfg["value_template"], payload)
+        if cfg.get("payload_on"):
+            assert out in (cfg["payload_on"], cfg["payload_off"]), (cfg["name"], out)
+        elif cfg.get("device_class") == "timestamp":
+            from datetime import datetime
+
+            assert datetime.fromisoformat(out).tzinfo is not None
+        elif cfg.get("state_class") == "measurement" and cfg["name"] != "CPU temperature":
+            float(out)  # numeric
+    face = ha.last["edge/hadev/ha/state"]["labels"]["face"]
+    assert face["count"] >= 1
+    upd = ha.last["edge/hadev/ha/update"]
+    assert upd["installed_version"] == upd["latest_version"] and upd["title"] == "face_detection_short_range"
+    assert (
+        _render(
+            next(c for c in ha.configs.values() if c["name"] == "Accelerator")["value_template"],
+            ha.last["edge/hadev/health"],
+        )
+        == "cpu"
+    )
+
+
+def test_configs_are_retained_and_republished_on_home_assistants_birth(ha: Recorder, broker: Broker) -> None:
+    late = Recorder(broker, ["homeassistant/#"])  # a Home Assistant that starts later sees them (retained)
+    try:
+        wait_until(lambda: len(late.configs) == len(ha.configs), 10, what="retained configs")
+    finally:
+        late.close()
+    before = len(ha.config_arrivals)
+    pub = Subscriber(broker.mqtt(), [], client_id="home-assistant")
+    pub.start(10)
+    try:
+        pub.publish("homeassistant/status", b"offline")
+        pub.publish("homeassistant/status", b"online")
+        wait_until(lambda: len(ha.config_arrivals) >= before + len(ha.configs), 10, what="configs again")
+    finally:
+        pub.stop()
+
+
+def test_rollback_button_sends_a_fresh_rollback_command_each_press(ha: Recorder, broker: Broker) -> None:
+    pub = Subscriber(broker.mqtt(), [], client_id="home-assistant-button")
+    pub.start(10)
+    try:
+        button = next(c for c in ha.configs.values() if c["name"] == "Roll back model")
+        for _ in range(2):
+            pub.publish(button["command_topic"], button["payload_press"].encode())
+        wait_until(lambda: len(ha.results) >= 2, 10, what="two answers")
+    finally:
+        pub.stop()
+    ids = [r["id"] for r in ha.results]
+    assert len(set(ids)) == 2 and all(i.startswith("ha-rollback-") for i in ids)
+    # nothing installed over the air yet: refused with the reason, not ignored
+    assert all(r["status"] == "rejected" and "no installed update" in r["reason"] for r in ha.results)
+    assert json.dumps(ha.results)
