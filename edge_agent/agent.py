@@ -14,10 +14,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import numpy as np
+
 from edge_agent import __version__
 from edge_agent.capture import Capture
 from edge_agent.commands import ACCEPTED, Command, CommandProcessor, Rejected, no_args
 from edge_agent.config import Settings
+from edge_agent.escalation import Escalator
 from edge_agent.gate import ChangeGate
 from edge_agent.handoff import LatestSlot
 from edge_agent.homeassistant import HomeAssistant
@@ -28,6 +31,7 @@ from edge_agent.ota.store import ModelStore
 from edge_agent.ota.updater import Updater, model_for_start
 from edge_agent.payload import dumps, prediction
 from edge_agent.postprocess.decoders import DecodeOptions
+from edge_agent.results import Result
 from edge_agent.sdnotify import Notifier
 from edge_agent.signal_pipeline import SignalPipeline
 from edge_agent.signals import make_signal_source, signal_kind
@@ -79,6 +83,10 @@ class _Inbound(queue.Queue[tuple[str, bytes]]):
             if self.agent.updater is not None:
                 self.agent.updater.accept_chunk(topic, payload)
             return
+        if topic == self.agent.topics["escalations/result"]:
+            if self.agent.escalator is not None:
+                self.agent.escalator.accept_answer(payload)
+            return
         ha = self.agent.ha
         if ha is not None:
             if topic == ha.cfg.status_topic:
@@ -114,6 +122,7 @@ class Agent:
         self.first_published = threading.Event()
         self.first_publish_s: float | None = None
         self.seq = 0
+        self._seq_lock = threading.Lock()
         self.slot: LatestSlot[Frame] = LatestSlot()
         self.capture_stats = StageStats("capture")
         self.infer_stats = StageStats("inference")
@@ -133,7 +142,18 @@ class Agent:
         base = f"{settings.mqtt.topic_prefix}/{settings.device_id}"
         self.topics = {
             k: f"{base}/{k}"
-            for k in ("predictions", "events", "health", "info", "availability", "cmd", "cmd/result", "model/state")
+            for k in (
+                "predictions",
+                "events",
+                "health",
+                "info",
+                "availability",
+                "cmd",
+                "cmd/result",
+                "model/state",
+                "escalations",
+                "escalations/result",
+            )
         }
         groups = [f"{settings.mqtt.topic_prefix}/group/{g}" for g in settings.groups]
         self.command_topics = [self.topics["cmd"], f"{base}/ota/#"] + [f"{g}/cmd" for g in groups]
@@ -141,6 +161,9 @@ class Agent:
         self.ha: HomeAssistant | None = None
         if settings.homeassistant.enabled:
             self.command_topics += [settings.homeassistant.status_topic, f"{base}/ha/rollback"]
+        self.escalator: Escalator | None = None
+        if settings.escalation.enabled:
+            self.command_topics.append(self.topics["escalations/result"])
         self.inbox: queue.Queue[tuple[str, bytes]] = _Inbound(self, maxsize=_INBOX_SIZE)
         self.commands = CommandProcessor(self.inbox, self._publish_result, self.stop)
         self.commands.register("ping", self._cmd_ping)
@@ -192,10 +215,22 @@ class Agent:
                 self._observe,
                 self.live,
                 self._on_event,
+                self._escalate_window,
             )
         else:
             self.capture = Capture(lambda: make_source(s.source), s.source, self.slot, self.capture_stats, self.stop)
         self.sink.start()
+        if s.escalation.enabled:
+            self.escalator = Escalator(
+                s.escalation,
+                self.topics["escalations"],
+                self.topics["predictions"],
+                lambda: self.sink,
+                self.next_seq,
+                self.stop,
+                f"{self.boot_id[:8]}-",
+            )
+            self.escalator.start()
         if s.http.enabled:
             assert self.live is not None
             self.web = WebServer(s.http, self.health, self.stalled_stages, self.live, self._update_history)
@@ -287,6 +322,8 @@ class Agent:
             self.sink.close(max(0.5, deadline - time.monotonic()))
         if self.web is not None:
             self.web.close()
+        if self.escalator is not None:
+            self.escalator.join(1.0)
         if self.model is not None:
             self.model.close()
         self.notifier.close()
@@ -447,7 +484,7 @@ class Agent:
                 inf = model.decode(raw)
                 if self.updater is not None and not cached:
                     self.updater.observe(model.file.sha256, raw.outputs, raw.inference_ms)
-                self.seq += 1
+                seq = self.next_seq()
                 h, w = frame.image.shape[:2]
                 latency = {
                     "preprocess": inf.preprocess_ms,
@@ -457,7 +494,7 @@ class Agent:
                 doc = prediction(
                     device_id=self.settings.device_id,
                     boot_id=self.boot_id,
-                    seq=self.seq,
+                    seq=seq,
                     ts=frame.ts,
                     model=model.info(),
                     accelerator=raw.accelerator,
@@ -476,6 +513,8 @@ class Agent:
                     self.live.add_prediction(doc)
                 if self.ha is not None and (state := self.ha.observe(inf.result, frame.ts)) is not None:
                     sink.submit(state)
+                if self.escalator is not None and not cached:
+                    self.escalator.consider(inf.result, doc, image=frame.image)
                 if len(model.runtime.fallbacks) != fallbacks_seen:
                     fallbacks_seen = len(model.runtime.fallbacks)
                     self._announce_fallback()
@@ -487,6 +526,12 @@ class Agent:
                 st.error(f"{type(err).__name__}: {err}")
                 log.exception("postprocess error")
 
+    def next_seq(self) -> int:
+        """Predictions (local and refined by the cloud) share one sequence per boot."""
+        with self._seq_lock:
+            self.seq += 1
+            return self.seq
+
     def _on_event(self, doc: dict[str, Any]) -> None:
         if self.live is not None:
             self.live.add_event(doc)
@@ -494,6 +539,10 @@ class Agent:
             state = self.ha.observe_event(doc["label"], doc["type"] != "end", doc["start_ts"])
             if state is not None:
                 self.sink.submit(state)
+
+    def _escalate_window(self, result: Result, doc: dict[str, Any], window: np.ndarray) -> None:
+        if self.escalator is not None:
+            self.escalator.consider(result, doc, window=window)
 
     def publish_discovery(self) -> None:
         """Home Assistant's birth message: configs and current state again (submit only enqueues)."""
@@ -648,6 +697,7 @@ class Agent:
             "commands": dict(self.commands.counts),
             "last_error": max(errors)[1] if errors else None,
             "first_prediction_s": round(self.first_publish_s, 3) if self.first_publish_s is not None else None,
+            **({"escalation": self.escalator.info()} if self.escalator is not None else {}),
         }
 
     def _signal_source_info(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`edge-agent`: run, check, inspect, predict, config, listen."""
+"""`edge-agent`: run, check, inspect, predict, config, listen, cloud-worker, fleet."""
 
 from __future__ import annotations
 
@@ -400,6 +400,29 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cloud_worker(args: argparse.Namespace) -> int:
+    import signal
+
+    from edge_agent.cloud_worker import CloudWorker
+    from edge_agent.model import Model
+    from edge_agent.modelfile import ModelError
+
+    settings = _load(args)
+    _logging(settings.log_level)
+    try:
+        model = Model(settings.model, settings.runtime, settings.state_dir, signal=args.signal)
+    except ModelError as err:
+        print(f"edge-agent: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    worker = CloudWorker(settings, model, args.group, args.worker_id)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop.set())
+    try:
+        return worker.run(args.seconds)
+    finally:
+        model.close()
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     from edge_agent.sinks.mqtt import Subscriber
 
@@ -446,6 +469,11 @@ def summarise(topic: str, payload: bytes) -> str:
             )
             or "nothing"
         )
+        if doc.get("source") == "cloud":
+            return (
+                f"#{doc.get('seq')} cloud ({doc.get('worker')}) refines #{doc.get('refines_seq')}, "
+                f"round trip {doc.get('rtt_ms', 0):.1f} ms: {found}"
+            )
         lat = doc.get("latency_ms", {})
         return (
             f"#{doc.get('seq')} {doc.get('accelerator')} infer {lat.get('inference', 0):.1f} ms "
@@ -615,6 +643,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--seconds", type=float)
     ls.add_argument("--raw", action="store_true", help="print payloads as they are")
     ls.set_defaults(func=cmd_listen)
+
+    cw = sub.add_parser(
+        "cloud-worker",
+        help="server side of hybrid mode: answer escalations from any number of devices with a bigger model",
+    )
+    _settings_args(cw)
+    cw.add_argument("--group", default="edge-agent-workers", help="shared-subscription group (they split the load)")
+    cw.add_argument("--worker-id", help="name reported with each answer (default: host-pid)")
+    cw.add_argument("--signal", action="store_true", help="the model takes audio/sensor windows, not images")
+    cw.add_argument("--seconds", type=float, help="stop after this many seconds")
+    cw.set_defaults(func=cmd_cloud_worker)
 
     fl = sub.add_parser("fleet", help="fleet side: keys, signed manifests, pushing models")
     fsub = fl.add_subparsers(dest="fleet_command", required=True, metavar="FLEET_COMMAND")

@@ -26,6 +26,7 @@ from edge_agent.features import FRAME_FRONTENDS, WINDOW_TRANSFORMS, FrameFronten
 from edge_agent.model import Model, RawInference
 from edge_agent.payload import SCHEMA, dumps
 from edge_agent.resample import Resampler
+from edge_agent.results import Result
 from edge_agent.signals import AUDIO_KINDS, Chunk, EndOfStream, SignalSource, SourceError, signal_kind
 from edge_agent.sinks import Message, Sink
 from edge_agent.stats import StageStats
@@ -236,6 +237,7 @@ class WindowResult:
     offset_s: float  # stream position of the window's end
     mono: float  # when the chunk that completed it was read
     epoch: int
+    window: np.ndarray  # what went into the model (escalations may carry it)
 
 
 class SignalPipeline:
@@ -253,6 +255,7 @@ class SignalPipeline:
         on_result: Callable[[Model, RawInference], None] | None = None,
         live: LiveView | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_prediction: Callable[[Result, dict[str, Any], np.ndarray], None] | None = None,
     ):
         self.settings = settings
         self.get_model, self.get_sink = get_model, sink
@@ -262,6 +265,7 @@ class SignalPipeline:
         self.on_result = on_result
         self.live = live
         self.on_event = on_event
+        self.on_prediction = on_prediction
         sc = settings.signal
         audio = signal_kind(settings.source.uri) in AUDIO_KINDS
         nominal = sc.rate or (16000 if audio else 10.0)
@@ -384,11 +388,12 @@ class SignalPipeline:
             end_frame = (first_window + k) * w.hop + w.length
             offset = end_frame * step / chain.model_rate
             ts = chunk.ts + offset - start_sample / chain.source_rate
-            raw = chain.model.run_window(chain.transform(win))
+            x = chain.transform(win)
+            raw = chain.model.run_window(x)
             st.observe("inference", raw.inference_ms)
             st.done()
             self.windows += 1
-            self._put(WindowResult(raw, chain.model, ts, offset, chunk.mono, chain.epoch))
+            self._put(WindowResult(raw, chain.model, ts, offset, chunk.mono, chain.epoch, x))
 
     def _put(self, item: WindowResult | _Restart) -> None:
         with self._results_cond:
@@ -467,6 +472,8 @@ class SignalPipeline:
                     self.on_published()
                     if self.live is not None:
                         self.live.add_prediction(doc)
+                    if self.on_prediction is not None:
+                        self.on_prediction(inf.result, doc, item.window)
                 else:
                     self.not_published += 1
                 st.done()

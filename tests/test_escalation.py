@@ -1,0 +1,233 @@
+"""Hybrid mode against a real broker and real worker processes sharing one subscription."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import orjson
+import pytest
+
+from edge_agent.cloud_worker import CloudWorker
+from edge_agent.config import EscalationConfig, ModelConfig, RuntimeConfig, Settings
+from edge_agent.escalation import escalation_reason
+from edge_agent.model import Model
+from edge_agent.postprocess.geometry import iou_one_to_many
+from edge_agent.results import ClassScore, Detection, Result
+from edge_agent.sinks.mqtt import Subscriber
+
+from .conftest import FULL, MODELS, SHORT, Broker, TopicRecorder, wait_until
+
+
+class Recorder(TopicRecorder):
+    def __init__(self, broker: Broker, device: str):
+        self.preds: list[dict[str, Any]] = []
+        self.escalations: list[dict[str, Any]] = []
+        self.health: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        topics = [f"edge/{device}/{t}" for t in ("predictions", "escalations", "health")]
+        super().__init__(Subscriber(broker.mqtt(), topics))
+
+    def on_message(self, topic: str, doc: Any, arrived: float) -> None:
+        with self.lock:
+            {"predictions": self.preds, "escalations": self.escalations, "health": self.health}[
+                topic.rsplit("/", 1)[1]
+            ].append(doc)
+
+    def cloud(self) -> list[dict[str, Any]]:
+        return [p for p in list(self.preds) if p.get("source") == "cloud"]
+
+    def local(self) -> dict[int, dict[str, Any]]:
+        return {p["seq"]: p for p in list(self.preds) if p.get("source") != "cloud"}
+
+
+def _agent(agent_factory, broker: Broker, device: str, *sets: str):  # type: ignore[no-untyped-def]
+    args = [
+        "run",
+        "--device-id",
+        device,
+        "--source",
+        "demo",
+        "--fps",
+        "10",
+        "--model",
+        str(SHORT),
+        "--set",
+        "escalation.enabled=true",
+        "--set",
+        "escalation.low=0",
+        "--set",
+        "escalation.high=1",
+        "--set",
+        "escalation.max_per_minute=6000",
+    ]
+    for s in sets:
+        args += ["--set", s]
+    state = broker.workdir / f"state-{device}"  # one state directory per agent
+    env = {**broker.env(), "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5", "EDGE_AGENT_STATE_DIR": str(state)}
+    return agent_factory(args, env=env, name=device)
+
+
+def _workers(agent_factory, broker: Broker, n: int, model: Path = FULL) -> None:  # type: ignore[no-untyped-def]
+    for i in range(n):
+        agent_factory(
+            ["cloud-worker", "--model", str(model), "--worker-id", f"w{i + 1}"], env=broker.env(), name=f"worker{i + 1}"
+        )
+
+
+def _jpeg(b64: str) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None
+    return img
+
+
+def test_two_workers_share_the_escalations_and_refine_results(broker: Broker, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    rec = Recorder(broker, "esc")
+    try:
+        _workers(agent_factory, broker, 2)
+        _agent(agent_factory, broker, "esc", "escalation.content=frame", "escalation.blur_faces=false")
+        wait_until(lambda: len(rec.cloud()) >= 30, 60, what="30 refined predictions")
+        cloud, local = rec.cloud(), rec.local()
+        workers = {c["worker"] for c in cloud}
+        assert workers == {"w1", "w2"}  # the shared subscription splits the load
+        seqs = [p["seq"] for p in list(rec.preds)]
+        assert len(seqs) == len(set(seqs))  # local and refined predictions share one sequence, no repeats
+        matched = 0
+        for c in cloud:
+            assert c["rtt_ms"] > 0 and c["model"]["name"] == "face_detection_full_range"
+            assert (c["escalation_id"] and c["refines_seq"] in local) or c["refines_seq"] > max(local)
+            lp = local.get(c["refines_seq"])
+            if lp and lp["detections"] and c["detections"]:
+                ious = iou_one_to_many(
+                    np.array(lp["detections"][0]["box"]), np.array([d["box"] for d in c["detections"]])
+                )
+                matched += float(ious.max()) > 0.5  # the bigger model finds the same face, in frame coordinates
+        assert matched >= 10
+        for e in list(rec.escalations)[:5]:
+            assert e["content"] == "frame" and e["reason"] == "band" and "image" in e
+            assert e["local"]["detections"]  # the local result travels with it
+            assert _jpeg(e["image"]["data"]).shape == (480, 640, 3)
+        h = wait_until(lambda: next((x for x in reversed(rec.health) if x["escalation"]["answered"] >= 30), None), 10)
+        e = h["escalation"]
+        assert e["share"] > 0.9 and e["bytes_per_escalation"] > 1000 and e["rtt_ms"]["p50"] > 0
+    finally:
+        rec.close()
+
+
+def test_crops_only_with_and_without_blurred_faces(broker: Broker, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    plain, blurred = Recorder(broker, "crops"), Recorder(broker, "blurred")
+    try:
+        _workers(agent_factory, broker, 1)
+        _agent(agent_factory, broker, "crops", "escalation.content=crops", "escalation.blur_faces=false")
+        _agent(agent_factory, broker, "blurred", "escalation.content=crops", "escalation.blur_faces=true")
+        wait_until(lambda: len(plain.cloud()) >= 5 and len(blurred.cloud()) >= 5, 60, what="answers for both")
+        e = next(x for x in list(plain.escalations) if x["crops"])
+        assert "image" not in e and e["content"] == "crops"
+        crop = e["crops"][0]
+        x1, y1, x2, y2 = crop["box"]
+        assert _jpeg(crop["data"]).shape[:2] == (y2 - y1, x2 - x1)
+        refined = [c for c in plain.cloud() if c["detections"]]
+        assert refined  # a face found inside the crop, placed back into the frame
+        box = refined[0]["detections"][0]["box"]
+        assert box[0] >= x1 - 30 and box[2] <= x2 + 30
+        # with blur on, no face leaves the device: neither the local detector nor the worker finds one
+        detector = Model(ModelConfig(path=SHORT), RuntimeConfig(accelerator="cpu"), None)
+        try:
+            for esc in [x for x in list(blurred.escalations) if x["crops"]][:5]:
+                for c in esc["crops"]:
+                    img = _jpeg(c["data"])
+                    assert not detector.infer(
+                        cv2.copyMakeBorder(img, 60, 60, 60, 60, cv2.BORDER_CONSTANT)
+                    ).result.detections
+        finally:
+            detector.close()
+        assert not any(c["detections"] for c in blurred.cloud())
+        h = wait_until(lambda: next((x for x in reversed(blurred.health) if x["escalation"]["sent"] >= 5), None), 10)
+        assert h["escalation"]["faces_blurred"] >= 5
+    finally:
+        plain.close()
+        blurred.close()
+
+
+def test_without_a_worker_the_local_result_stands_and_timeouts_are_counted(  # type: ignore[no-untyped-def]
+    broker: Broker, agent_factory
+) -> None:
+    rec = Recorder(broker, "alone")
+    try:
+        _agent(agent_factory, broker, "alone", "escalation.deadline_s=0.5", "escalation.content=features")
+        h = wait_until(
+            lambda: next((x for x in reversed(rec.health) if x["escalation"]["timeouts"] >= 5), None),
+            30,
+            what="timeouts",
+        )
+        assert not rec.cloud() and len(rec.local()) >= h["escalation"]["timeouts"]  # local results went out anyway
+        assert h["escalation"]["pending"] <= 10 and h["escalation"]["answered"] == 0
+        e = rec.escalations[0]
+        assert e["content"] == "features" and "image" not in e and "crops" not in e  # no pixels left the device
+    finally:
+        rec.close()
+
+
+def test_rate_and_bandwidth_budgets(broker: Broker, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    rec = Recorder(broker, "budget")
+    rec2 = Recorder(broker, "bw")
+    try:
+        _agent(agent_factory, broker, "budget", "escalation.max_per_minute=12", "escalation.content=features")
+        _agent(agent_factory, broker, "bw", "escalation.max_kbytes_per_s=0.001", "escalation.content=frame")
+        h = wait_until(
+            lambda: next((x for x in reversed(rec.health) if x["escalation"]["considered"] >= 40), None),
+            30,
+            what="40 results considered",
+        )
+        e = h["escalation"]
+        assert e["sent"] <= 1 + 0.2 * h["uptime_s"] + 1 and e["dropped"]["rate_budget"] >= 30
+        h2 = wait_until(
+            lambda: next((x for x in reversed(rec2.health) if x["escalation"]["considered"] >= 20), None),
+            30,
+            what="20 results considered",
+        )
+        assert h2["escalation"]["sent"] == 0 and h2["escalation"]["dropped"]["bandwidth_budget"] >= 1
+    finally:
+        rec.close()
+        rec2.close()
+
+
+def _det(label: str, score: float) -> Detection:
+    return Detection(label, 0, score, (0, 0, 10, 10), (0, 0, 0.1, 0.1))
+
+
+@pytest.mark.parametrize(
+    ("result", "want"),
+    [
+        (Result("detection", detections=(_det("face", 0.45),)), "band"),
+        (Result("detection", detections=(_det("face", 0.9),)), None),
+        (Result("detection", detections=(_det("face", 0.9), _det("person", 0.95))), "label:person"),
+        (Result("classification", classes=(ClassScore("cat", 1, 0.31),)), "band"),
+        (Result("detection"), None),
+    ],
+)
+def test_escalation_reason(result: Result, want: str | None) -> None:
+    cfg = EscalationConfig(low=0.3, high=0.6, labels=["person"])
+    assert escalation_reason(result, cfg) == want
+
+
+def test_worker_runs_sensor_windows_and_refuses_what_it_cannot_run() -> None:
+    model = Model(ModelConfig(path=MODELS / "motion_float.tflite"), RuntimeConfig(accelerator="cpu"), None, signal=True)
+    try:
+        w = CloudWorker(Settings(), model, "g", "wx")
+        window = np.zeros((30, 6), np.float32)
+        window[:, 2] = 9.8  # lying still
+        ans = w.answer(
+            orjson.dumps(
+                {"id": "a-1", "content": "features", "window": {"shape": [30, 6], "values": window.ravel().tolist()}}
+            )
+        )
+        assert ans["id"] == "a-1" and ans["result"]["task"] == "classification" and "error" not in ans
+        bad = w.answer(orjson.dumps({"id": "a-2", "content": "features"}))
+        assert bad["error"].startswith("ValueError") and bad["worker"] == "wx"
+    finally:
+        model.close()
