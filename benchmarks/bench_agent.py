@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import Broker  # noqa: E402
 from edge_agent.agent import Agent  # noqa: E402
 from edge_agent.config import load_settings  # noqa: E402
+from edge_agent.progress import Progress  # noqa: E402
 from edge_agent.runtime.cpu import InterpreterBackend, default_threads  # noqa: E402
 
 VIDEO = ROOT / "models" / "demo.avi"
@@ -153,13 +154,19 @@ def main() -> int:
         try:
             for m in models:
                 b, c, nv, mem, vid = [], [], [], [], []
+                bar = Progress(m.name, args.runs * 4, "runs")  # stderr: the table on stdout stays clean
                 for _ in range(args.runs):  # alternate, so drift hits all alike
                     fps, cpu = bare(m, threads, args.seconds)
                     b.append(fps)
                     c.append(cpu)
+                    bar.update()
                     nv.append(naive(m, threads, args.seconds, port))
+                    bar.update()
                     mem.append(agent(m, threads, args.seconds, port, Path(tmp) / "state", "replay:demo"))
+                    bar.update()
                     vid.append(agent(m, threads, args.seconds, port, Path(tmp) / "state", str(VIDEO)))
+                    bar.update()
+                bar.close()
                 med = {k: statistics.median(r[k] for r in mem) for k in mem[0]}
                 bf, cpu_inv, nf = statistics.median(b), statistics.median(c), statistics.median(nv)
                 vf = statistics.median(r["fps"] for r in vid)

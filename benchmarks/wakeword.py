@@ -94,8 +94,10 @@ def main() -> int:
         print(f"no recordings at {WAVS}", file=sys.stderr)
         return 1
     wavs = sorted(WAVS.glob("*.wav"))
-    print(f"{'model':12} {'recording':28} {'events':>6} {'after word s':>12} {'real time s':>11} "
-          f"{'infer p50 ms':>12} {'CPU ms per s of audio':>21}")
+    print(
+        f"{'model':12} {'recording':28} {'events':>6} {'after word s':>12} {'real time s':>11} "
+        f"{'infer p50 ms':>12} {'CPU ms per s of audio':>21}"
+    )
     for mpath in sorted(MODELS.glob("*.tflite")):
         model = Model(ModelConfig(path=mpath), RuntimeConfig(accelerator="cpu", threads=1), None, signal=True)
         own = mpath.stem

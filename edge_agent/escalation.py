@@ -162,6 +162,7 @@ class Escalator:
         self.faces_blurred = 0
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
+        self._wake = threading.Event()  # work or an answer arrived: the round trip must not wait for a tick
 
     # --- the post stage's side: decide and hand over --------------------------------------------
     def consider(
@@ -179,6 +180,7 @@ class Escalator:
         except queue.Full:
             self.dropped["queue_full"] += 1
             return False
+        self._wake.set()
         return True
 
     def accept_answer(self, payload: bytes) -> None:
@@ -187,6 +189,7 @@ class Escalator:
             self.answers.put_nowait(payload)
         except queue.Full:
             self.dropped["answers_queue_full"] += 1
+        self._wake.set()
 
     # --- the escalation thread ----------------------------------------------------------------
     def start(self) -> None:
@@ -202,15 +205,16 @@ class Escalator:
     def _run(self) -> None:
         while not self.stop.is_set():
             try:
-                try:
-                    job = self.jobs.get(timeout=_TICK_S)
-                except queue.Empty:
-                    job = None
-                if job is not None:
-                    self._send(job)
+                self._wake.wait(_TICK_S)
+                self._wake.clear()
                 while True:
                     try:
                         self._answer(self.answers.get_nowait())
+                        continue
+                    except queue.Empty:
+                        pass
+                    try:
+                        self._send(self.jobs.get_nowait())
                     except queue.Empty:
                         break
                 self._expire()

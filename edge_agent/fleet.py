@@ -16,6 +16,7 @@ from typing import Any
 from edge_agent.config import MQTTConfig
 from edge_agent.ota.manifest import Manifest
 from edge_agent.ota.updater import TERMINAL
+from edge_agent.progress import Progress
 from edge_agent.sinks.mqtt import Subscriber
 
 #: After a group push, how long to wait for more devices to answer once all that did are done.
@@ -113,6 +114,7 @@ def push(
     deadline = time.monotonic() + timeout_s
     last_new = sent_at = time.monotonic()
     chunks_due = manifest.delivery == "mqtt" and model_bytes is not None
+    bars: dict[str, Progress] = {}  # one per device: download percent, then state
     try:
         while time.monotonic() < deadline:
             answered = all(s["state"] != "sent" for s in status.values()) and bool(status)
@@ -120,7 +122,7 @@ def push(
                 chunks_due = False
                 roots = [f"{prefix}/{d}" for d, s in status.items() if s["state"] != "rejected"]
                 roots += [f"{prefix}/group/{group}"] if group else []
-                _send_chunks(sub, roots, manifest, model_bytes or b"")
+                _send_chunks(sub, roots, manifest, model_bytes or b"", out)
             m = sub.get(0.2)
             if m is None:
                 settled = devices or time.monotonic() - last_new > _GROUP_GRACE_S  # a group: wait for stragglers
@@ -138,18 +140,28 @@ def push(
                     last_new = time.monotonic()
             elif topic.endswith("/model/state") and doc.get("sha256") == manifest.sha256 and device in status:
                 status[device] = doc
-                extra = f" {doc['percent']}%" if "percent" in doc else ""
+                bar = bars.get(device)
+                if bar is None:
+                    bar = bars[device] = Progress(device, 100, "%", out, position=len(bars))
                 reason = f" ({doc['reason']})" if doc.get("reason") else ""
-                print(f"{device}: {doc['state']}{extra}{reason}", file=out, flush=True)
+                if "percent" in doc:
+                    bar.set(float(doc["percent"]), f"{doc['state']}{reason}")
+                else:
+                    bar.note(f"{doc['state']}{reason}")
     finally:
         sub.stop()
+        for bar in bars.values():
+            bar.close()
     return status
 
 
-def _send_chunks(sub: Subscriber, roots: list[str], m: Manifest, payload: bytes) -> None:
-    for root in roots:
-        for i in range(0, len(payload), m.chunk_size):
-            sub.publish(f"{root}/ota/{m.sha256}/{i // m.chunk_size}", payload[i : i + m.chunk_size])
+def _send_chunks(sub: Subscriber, roots: list[str], m: Manifest, payload: bytes, out: Any) -> None:
+    with Progress("sending model", len(payload) * len(roots) / 1024, "kB", out) as bar:
+        for root in roots:
+            for i in range(0, len(payload), m.chunk_size):
+                chunk = payload[i : i + m.chunk_size]
+                sub.publish(f"{root}/ota/{m.sha256}/{i // m.chunk_size}", chunk)
+                bar.update(len(chunk) / 1024)
 
 
 def status(cfg: MQTTConfig, wait_s: float = 2.0) -> dict[str, dict[str, Any]]:

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_agent.modelfile import TensorSpec, build_metadata, rewrite_model
 from edge_agent.preprocess import Preprocessor
+from edge_agent.progress import Progress
 
 MEAN, STD = [127.5], [127.5]
 #: sigmoid(±12) is 0.999994 / 0.000006: scores beyond that range carry no information.
@@ -120,11 +121,14 @@ def main() -> int:
     spec = TensorSpec(d["name"], d["index"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]), 0.0, 0)
     pre = Preprocessor(spec, "letterbox", tuple(MEAN), tuple(STD))
     samples = []
+    bar = Progress("calibration frames", args.samples)
     for frame in calibration_frames(args.samples):
+        bar.update()
         x = np.zeros(spec.shape, np.float32)
         pre(frame, x)
         samples.append({spec.name: x})
 
+    bar.close()
     with tempfile.TemporaryDirectory() as tmp:
         signed = Path(tmp, "signed.tflite")
         signed.write_bytes(

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_agent.modelfile import build_metadata, rewrite_model  # noqa: E402
+from edge_agent.progress import Progress  # noqa: E402
 
 DATA = ROOT / ".cache" / "basicmotions"
 CHANNELS = ("acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z")
@@ -82,7 +83,9 @@ def train(x: np.ndarray, y: np.ndarray, seed: int, epochs: int = 300, lr: float 
     mom = [np.zeros_like(p) for p in ps]
     vel = [np.zeros_like(p) for p in ps]
     t = 0
+    bar = Progress("training epochs", epochs)
     for _ in range(epochs):
+        bar.update()
         order = rng.permutation(len(x))
         for s in range(0, len(x), 64):
             idx = order[s : s + 64]
@@ -99,6 +102,7 @@ def train(x: np.ndarray, y: np.ndarray, seed: int, epochs: int = 300, lr: float 
                 mom[i] = 0.9 * mom[i] + 0.1 * g_
                 vel[i] = 0.999 * vel[i] + 0.001 * g_ * g_
                 p_ -= lr * (mom[i] / (1 - 0.9**t)) / (np.sqrt(vel[i] / (1 - 0.999**t)) + 1e-8)
+    bar.close()
     return m
 
 
