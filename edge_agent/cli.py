@@ -400,6 +400,26 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge_agent.bench import HEADER, compare
+    from edge_agent.model import default_model_path
+
+    if args.model:
+        models = list(args.model)
+    else:
+        base = default_model_path().parent
+        shared = base.parent.parent / "shared" / "models" / "ssd_mobilenet_v1_coco_uint8.tflite"
+        models = [base / "face_detection_full_range.tflite", base / "face_detection_short_range_int8.tflite", shared]
+    models = [m for m in models if m.is_file()]
+    if not models:
+        return _usage_error("no model to benchmark: give --model")
+    print(HEADER, flush=True)
+    rows = compare(models, args.threads, args.seconds, args.runs, sys.stdout)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return EXIT_OK
+
+
 def cmd_cloud_worker(args: argparse.Namespace) -> int:
     import signal
 
@@ -643,6 +663,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--seconds", type=float)
     ls.add_argument("--raw", action="store_true", help="print payloads as they are")
     ls.set_defaults(func=cmd_listen)
+
+    bn = sub.add_parser(
+        "bench",
+        help="the agent against the bare runtime and a naive loop, side by side, each variant in its own process",
+    )
+    bn.add_argument("--model", type=Path, action="append", help="model (repeatable); default: the bundled models")
+    bn.add_argument("--seconds", type=float, default=5.0, help="per variant and run")
+    bn.add_argument("--runs", type=int, default=3, help="runs per variant (medians are reported)")
+    bn.add_argument("--threads", type=int, default=0, help="inference threads; 0 = one per core")
+    bn.add_argument("--json", type=Path, help="also write the figures here")
+    bn.set_defaults(func=cmd_bench)
 
     cw = sub.add_parser(
         "cloud-worker",

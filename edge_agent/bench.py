@@ -1,0 +1,289 @@
+"""`edge-agent bench`: the agent against the bare runtime, side by side, each variant in its own process.
+
+Variants, on the same model, threads and accelerator:
+  bare    a loop doing nothing but `invoke()` (the limit)
+  decode  decoding and resizing the MJPG video alone (what a decoded source costs the CPU)
+  naive   read, decode, resize, normalise, invoke, serialise, publish (blocking), one after another
+  memory  the agent end to end to a real mosquitto on frames already decoded in memory
+  video   the agent end to end on the MJPG video (decoding included)
+
+Each runs in a child process, so its peak RSS is its own, and the parent only collects the JSON the
+child prints. The CPU-budget limit for a decoded source is cores / (CPU s per invoke + CPU s per
+decode and resize), both measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_agent.progress import Progress
+
+VARIANTS = ("bare", "decode", "naive", "memory", "video")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports kB
+
+
+def _video() -> Path:
+    from edge_agent.sources import demo_video_path
+
+    return demo_video_path()
+
+
+def bare(model: Path, threads: int, seconds: float) -> dict[str, float]:
+    from edge_agent.runtime.cpu import InterpreterBackend
+
+    be = InterpreterBackend(model, threads)
+    be.invoke()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - t0 < seconds:
+        be.invoke()
+        n += 1
+    out = {"fps": n / (time.perf_counter() - t0), "cpu_s": (time.process_time() - c0) / n}
+    be.close()
+    return out
+
+
+def decode(model: Path, seconds: float) -> dict[str, float]:
+    """CPU seconds per frame to decode the MJPG video and resize it to the model's input."""
+    import cv2
+
+    from edge_agent.runtime.cpu import InterpreterBackend
+
+    be = InterpreterBackend(model, 1)
+    h, w = be.inputs[0].shape[1], be.inputs[0].shape[2]
+    be.close()
+    cap = cv2.VideoCapture(str(_video()))
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - t0 < seconds:
+        ok, frame = cap.read()
+        if not ok:
+            cap = cv2.VideoCapture(str(_video()))
+            continue
+        cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+        n += 1
+    return {"fps": n / (time.perf_counter() - t0), "cpu_s": (time.process_time() - c0) / max(1, n)}
+
+
+def naive(model: Path, threads: int, seconds: float, port: int) -> dict[str, float]:
+    import cv2
+    import numpy as np
+    import orjson
+
+    from edge_agent.config import MQTTConfig
+    from edge_agent.runtime.cpu import InterpreterBackend
+    from edge_agent.sinks.mqtt import Subscriber
+
+    pub = Subscriber(MQTTConfig(host="127.0.0.1", port=port), [], client_id=f"naive-{os.getpid()}")
+    if not pub.start(10):
+        raise RuntimeError("no broker")
+    be = InterpreterBackend(model, threads)
+    spec = be.inputs[0]
+    h, w = spec.shape[1], spec.shape[2]
+    cap = cv2.VideoCapture(str(_video()))
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        ok, frame = cap.read()
+        if not ok:
+            cap = cv2.VideoCapture(str(_video()))
+            continue
+        rgb = cv2.cvtColor(cv2.resize(frame, (w, h)), cv2.COLOR_BGR2RGB)
+        x = rgb if spec.dtype == np.uint8 else ((rgb.astype(np.float32) - 127.5) / 127.5).astype(spec.dtype)
+        outs = be.run([x[None]])
+        doc = {"ts": time.time(), "outputs": [float(o.max()) for o in outs]}
+        pub.publish("bench/naive/predictions", orjson.dumps(doc), qos=0)
+        n += 1
+    fps = n / (time.perf_counter() - t0)
+    pub.stop()
+    be.close()
+    return {"fps": fps}
+
+
+def agent(model: Path, threads: int, seconds: float, port: int, state: Path, source: str) -> dict[str, Any]:
+    from edge_agent.agent import Agent
+    from edge_agent.config import load_settings
+
+    settings = load_settings(
+        None,
+        {
+            "mqtt.host": "127.0.0.1",
+            "mqtt.port": port,
+            "mqtt.qos": 0,
+            "mqtt.queue_size": 10000,
+            "source.uri": source,
+            "source.realtime": False,
+            "model.path": str(model),
+            "runtime.accelerator": "cpu",
+            "runtime.threads": threads,
+            "state_dir": str(state),
+            "health.interval_s": 3600,
+        },
+    )
+    t_start = time.monotonic()
+    a = Agent(settings)
+    a.start()
+    a.first_published.wait(30)
+    first = time.monotonic() - t_start
+    a.stop.wait(0.5)  # warm-up
+    st = a.infer_stats
+    n0, t0, c0 = st.count, time.perf_counter(), time.process_time()
+    a.stop.wait(seconds)
+    n1, t1, c1 = st.count, time.perf_counter(), time.process_time()
+    lat = {k: w.percentiles() or {} for k, w in st.latency.items()}
+    a.shutdown(5)
+    c2p, inf = lat.get("capture_to_publish", {}), lat.get("inference", {})
+    return {
+        "fps": (n1 - n0) / (t1 - t0),
+        "c2p_ms": c2p,
+        "added_p50": c2p.get("p50", 0) - inf.get("p50", 0),
+        "added_p99": c2p.get("p99", 0) - inf.get("p99", 0),
+        "first_s": first,
+        "cpu_s": (c1 - c0) / max(1, n1 - n0),
+    }
+
+
+def run_variant(variant: str, model: Path, threads: int, seconds: float, port: int, state: Path) -> dict[str, Any]:
+    """One variant in a child process: its figures plus its own peak RSS."""
+    args = json.dumps(
+        {
+            "variant": variant,
+            "model": str(model),
+            "threads": threads,
+            "seconds": seconds,
+            "port": port,
+            "state": str(state),
+        }
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_agent.bench", args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=seconds * 4 + 120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{variant} on {model.name} failed: {proc.stderr.strip()[-800:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    model, threads, seconds = Path(spec["model"]), int(spec["threads"]), float(spec["seconds"])
+    v = spec["variant"]
+    if v == "bare":
+        out = bare(model, threads, seconds)
+    elif v == "decode":
+        out = decode(model, seconds)
+    elif v == "naive":
+        out = naive(model, threads, seconds, int(spec["port"]))
+    else:
+        source = "replay:demo" if v == "memory" else str(_video())
+        out = agent(model, threads, seconds, int(spec["port"]), Path(spec["state"]), source)
+    return {**out, "peak_rss_mb": round(_peak_rss_mb(), 1)}
+
+
+def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    user = "user root\n" if os.geteuid() == 0 else ""
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"{user}listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.terminate()
+    raise RuntimeError("mosquitto did not start")
+
+
+def compare(models: list[Path], threads: int, seconds: float, runs: int, out: Any) -> list[dict[str, Any]]:
+    """Every variant on every model, alternating runs so drift hits all alike; medians per variant."""
+    from edge_agent.runtime.cpu import default_threads
+
+    threads = threads or default_threads()
+    cores = len(os.sched_getaffinity(0))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        broker, port = start_broker(Path(tmp))
+        try:
+            for m in models:
+                res: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+                with Progress(m.name, runs * len(VARIANTS), "runs") as bar:
+                    for _ in range(runs):
+                        for v in VARIANTS:
+                            res[v].append(run_variant(v, m, threads, seconds, port, Path(tmp) / "state"))
+                            bar.update()
+
+                def med(v: str, key: str, res: dict[str, list[dict[str, Any]]] = res) -> float:
+                    return float(statistics.median(r[key] for r in res[v]))
+
+                limit = cores / (med("bare", "cpu_s") + med("decode", "cpu_s"))
+                mem_c2p = {
+                    q: statistics.median(r["c2p_ms"].get(q, 0) for r in res["memory"]) for q in ("p50", "p95", "p99")
+                }
+                row = {
+                    "model": m.name,
+                    "threads": threads,
+                    "bare_fps": med("bare", "fps"),
+                    "naive_fps": med("naive", "fps"),
+                    "memory_fps": med("memory", "fps"),
+                    "video_fps": med("video", "fps"),
+                    "cpu_limit_fps": limit,
+                    "memory_vs_bare": med("memory", "fps") / med("bare", "fps"),
+                    "video_vs_limit": med("video", "fps") / limit,
+                    "video_vs_naive": med("video", "fps") / med("naive", "fps"),
+                    "c2p_ms": mem_c2p,
+                    "added_p50_ms": med("memory", "added_p50"),
+                    "added_p99_ms": med("memory", "added_p99"),
+                    "host_cpu_ms": (med("memory", "cpu_s") - med("bare", "cpu_s")) * 1e3,
+                    "peak_rss_mb": {v: med(v, "peak_rss_mb") for v in VARIANTS},
+                    "first_s": med("memory", "first_s"),
+                }
+                rows.append(row)
+                print(table_row(row), file=out, flush=True)
+        finally:
+            broker.terminate()
+            broker.wait(10)
+    return rows
+
+
+HEADER = (
+    "| model | bare fps | naive fps (video) | agent fps (memory) | agent / bare | CPU-budget limit fps (video) "
+    "| agent fps (video) | video agent / limit | video agent / naive | capture-to-publish p50 / p95 / p99 ms "
+    "| added p50 / p99 ms | host CPU ms/frame | peak RSS MB bare / agent (video) | first prediction s |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def table_row(r: dict[str, Any]) -> str:
+    c = r["c2p_ms"]
+    return (
+        f"| {r['model']} | {r['bare_fps']:.1f} | {r['naive_fps']:.1f} | {r['memory_fps']:.1f} | "
+        f"{r['memory_vs_bare']:.3f} | {r['cpu_limit_fps']:.1f} | {r['video_fps']:.1f} | {r['video_vs_limit']:.3f} | "
+        f"{r['video_vs_naive']:.2f} | {c['p50']:.2f} / {c['p95']:.2f} / {c['p99']:.2f} | "
+        f"{r['added_p50_ms']:.2f} / {r['added_p99_ms']:.2f} | {r['host_cpu_ms']:.2f} | "
+        f"{r['peak_rss_mb']['bare']:.0f} / {r['peak_rss_mb']['video']:.0f} | {r['first_s']:.2f} |"
+    )
+
+
+if __name__ == "__main__":  # a child of run_variant
+    print(json.dumps(_child(json.loads(sys.argv[1]))))

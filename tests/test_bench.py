@@ -1,0 +1,26 @@
+"""`edge-agent bench` runs every variant in its own process and reports figures that hang together."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .conftest import SHORT, run_cli
+
+
+def test_bench_reports_every_variant_side_by_side(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    r = run_cli("bench", "--model", str(SHORT), "--seconds", "0.5", "--runs", "1", "--json", str(out), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    header, sep, row = r.stdout.splitlines()[:3]
+    assert header.startswith("| model | bare fps") and row.startswith(f"| {SHORT.name} |")
+    [doc] = json.loads(out.read_text())
+    assert doc["bare_fps"] > doc["naive_fps"] > 0 and doc["memory_fps"] > 0 and doc["video_fps"] > 0
+    assert doc["memory_vs_bare"] == doc["memory_fps"] / doc["bare_fps"]
+    assert doc["cpu_limit_fps"] > 0 and doc["video_vs_limit"] == doc["video_fps"] / doc["cpu_limit_fps"]
+    c = doc["c2p_ms"]
+    assert 0 < c["p50"] <= c["p95"] <= c["p99"]
+    rss = doc["peak_rss_mb"]
+    assert set(rss) == {"bare", "decode", "naive", "memory", "video"} and all(v > 10 for v in rss.values())
+    assert rss["video"] > rss["bare"]  # the agent process holds more than a bare interpreter
+    assert 0 < doc["first_s"] < 10
