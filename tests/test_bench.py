@@ -12,7 +12,7 @@ def test_bench_reports_every_variant_side_by_side(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     r = run_cli("bench", "--model", str(SHORT), "--seconds", "0.5", "--runs", "1", "--json", str(out), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    header, sep, row = r.stdout.splitlines()[:3]
+    header, _, row = r.stdout.splitlines()[:3]
     assert header.startswith("| model | bare fps") and row.startswith(f"| {SHORT.name} |")
     [doc] = json.loads(out.read_text())
     assert doc["bare_fps"] > doc["naive_fps"] > 0 and doc["memory_fps"] > 0 and doc["video_fps"] > 0
