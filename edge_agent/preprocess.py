@@ -7,7 +7,7 @@ with preallocated intermediates, so the per-frame path allocates nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -105,7 +105,8 @@ class Preprocessor:
         self._resized = np.empty(0, np.uint8)
         # Apply the table the cheap way: cv2.LUT for 1-byte inputs, a multiply-add for floats.
         self._lut8: np.ndarray | None = None
-        self._affine: tuple[np.ndarray, np.ndarray] | None = None
+        self._affine: tuple[Any, Any] | None = None
+        self._lutf: np.ndarray | None = None
         if self.lut is not None:
             if self.lut.dtype.itemsize == 1:
                 table = self.lut.view(np.uint8)  # int8 tables are applied as their bit patterns
@@ -114,7 +115,15 @@ class Preprocessor:
             else:
                 m = np.broadcast_to(np.asarray(mean if mean is not None else (127.5,), np.float64), (self.c,))
                 sd = np.broadcast_to(np.asarray(std if std is not None else (127.5,), np.float64), (self.c,))
-                self._affine = ((1.0 / sd).astype(self.lut.dtype), (-m / sd).astype(self.lut.dtype))
+                if np.all(m == m[0]) and np.all(sd == sd[0]):
+                    # one scale and offset for every channel: numpy scalars, not a (3,) broadcast
+                    # (a per-element broadcast over the channel axis is ten times slower)
+                    self._affine = (self.lut.dtype.type(1.0 / sd[0]), self.lut.dtype.type(-m[0] / sd[0]))
+                elif self.lut.dtype == np.float32:
+                    # per-channel normalisation in one pass: cv2.LUT with a float table per channel
+                    self._lutf = np.ascontiguousarray(self.lut.T.reshape(1, 256, self.c) if self.c > 1 else self.lut[0])
+                else:
+                    self._affine = ((1.0 / sd).astype(self.lut.dtype), (-m / sd).astype(self.lut.dtype))
         self._staging = np.empty(0, np.uint8)
         self._mid: np.ndarray | None = None
 
@@ -162,6 +171,8 @@ class Preprocessor:
         hwc = self._staging if self.channels_first else out.reshape(self.h, self.w, self.c)
         if self._lut8 is not None:
             cv2.LUT(src, self._lut8, dst=hwc.view(np.uint8))
+        elif self._lutf is not None:
+            cv2.LUT(src, self._lutf, dst=hwc)
         elif self._affine is not None:
             scale, offset = self._affine
             np.multiply(src, scale, out=hwc)

@@ -100,3 +100,18 @@ def test_channels_first_and_grayscale() -> None:
     out_g = np.zeros((1, 16, 16, 1), np.uint8)
     g(frame, out_g)
     assert 70 <= int(out_g.mean()) <= 80  # BT.601 luma of pure red
+
+
+@pytest.mark.parametrize(
+    ("mean", "std"), [((127.5,), (127.5,)), ((100.0, 120.0, 140.0), (50.0, 60.0, 70.0)), ((0.0,), (255.0,))]
+)
+def test_float_normalisation_matches_the_formula_per_channel(mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    """(rgb - mean) / std, whichever fast path applies (one scale for all channels, or a table per channel)."""
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    spec = TensorSpec("in", 0, (1, 64, 64, 3), np.dtype(np.float32), 0.0, 0)
+    out = np.zeros(spec.shape, np.float32)
+    Preprocessor(spec, "stretch", mean, std)(frame, out)
+    rgb = frame[..., ::-1].astype(np.float64)
+    want = (rgb - np.asarray(mean)) / np.asarray(std)
+    np.testing.assert_allclose(out[0], want, atol=1e-5)
