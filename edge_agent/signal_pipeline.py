@@ -76,6 +76,11 @@ class ChunkQueue:
             self._cond.notify()
             return True
 
+    @property
+    def samples(self) -> int:
+        """Samples waiting for inference now."""
+        return self._samples
+
     def empty(self) -> bool:
         with self._cond:
             return not self._items
@@ -282,7 +287,6 @@ class SignalPipeline:
         self._event_numbers = itertools.count(1)
         self._chain: _Chain | None = None
         self._threads: list[threading.Thread] = []
-        self.last_result: dict[str, Any] | None = None
         self.busy = False  # the inference thread holds a chunk it has not finished with
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -458,7 +462,6 @@ class SignalPipeline:
                     "scores": {k: round(v, 5) for k, v in scores.items()},
                     **inf.result.as_dict(),
                 }
-                self.last_result = doc
                 if hz > 0 and item.ts - last_pub >= 1.0 / hz - 1e-9:
                     last_pub = item.ts
                     self.seq += 1
@@ -525,7 +528,7 @@ class SignalPipeline:
             "predictions_published": self.published,
             "predictions_rate_limited": self.not_published,
             "events": dict(det.counts) if det is not None else {"new": 0, "update": 0, "end": 0},
-            "queue_samples": self.queue._samples,
+            "queue_samples": self.queue.samples,
         }
 
 
