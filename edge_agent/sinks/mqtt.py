@@ -114,6 +114,8 @@ class MqttSink(Sink):
         self._replay_budget = 0.0
         self._replay_clock = time.monotonic()
         self._replay_after = 0  # outbox id cursor: rows above it are not yet sent this connection
+        #: outbox.stored when a replay last found nothing to send: no query per message while it stays so
+        self._replay_idle_at: int | None = None
         self._replay_inflight: deque[tuple[int, Any]] = deque()
         self.replayed = 0
         self.availability_restored = 0
@@ -306,6 +308,7 @@ class MqttSink(Sink):
                 # availability too: an old session's Will arriving after this birth is undone.
                 self._client.subscribe([(t, 1) for t in [self.availability_topic, *self.subscriptions]])
                 self._replay_after = 0
+                self._replay_idle_at = None
                 self._replay_inflight.clear()
                 self._connected.set()
             elif ev.kind == "availability":
@@ -384,6 +387,8 @@ class MqttSink(Sink):
         True while there may be more to send (the loop then comes round sooner)."""
         if self.outbox is None:
             return False
+        if not self._replay_inflight and self._replay_idle_at == self.outbox.stored:
+            return False  # nothing was stored since the backlog ran dry
         now = time.monotonic()
         self._replay_budget = min(self.replay_rate, self._replay_budget + (now - self._replay_clock) * self.replay_rate)
         self._replay_clock = now
@@ -404,6 +409,8 @@ class MqttSink(Sink):
             else:
                 sent_qos0.append(row_id)
         self.outbox.ack(sent_qos0)
+        if not rows and not self._replay_inflight:
+            self._replay_idle_at = self.outbox.stored
         return bool(rows) or bool(self._replay_inflight)
 
 
