@@ -19,12 +19,8 @@ import argparse
 import json
 import resource
 import sys
-import threading
 import time
-import wave
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,18 +29,14 @@ from edge_agent.config import ModelConfig, RuntimeConfig, Settings, SignalConfig
 from edge_agent.features import speech_end_s  # noqa: E402
 from edge_agent.model import Model  # noqa: E402
 from edge_agent.signal_pipeline import SignalPipeline, run_offline  # noqa: E402
-from edge_agent.signals import make_signal_source  # noqa: E402
-from edge_agent.sinks.memory import MemorySink  # noqa: E402
-from edge_agent.stats import StageStats  # noqa: E402
+from edge_agent.signals.wav import read_wav  # noqa: E402
 
 WAVS = ROOT.parent / "shared" / "data" / "wakeword"
 MODELS = ROOT / "models" / "wakeword"
 
 
 def speech_end(path: Path) -> float:
-    with wave.open(str(path)) as w:
-        x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
-        end = speech_end_s(x, w.getframerate())
+    end = speech_end_s(*read_wav(str(path)))
     assert end is not None
     return end
 
@@ -59,19 +51,8 @@ def settings(model: Path, wav: Path, realtime: bool) -> Settings:
 
 def realtime_latency(model: Model, s: Settings, word_end: float) -> float | None:
     """Wall seconds from the capture of the word's last sample to the event reaching the sink."""
-    sink, stop = MemorySink(), threading.Event()
-    stats = (StageStats("capture"), StageStats("inference"), StageStats("postprocess"))
-    pipe = SignalPipeline(
-        s,
-        lambda: model,
-        lambda: sink,
-        {"predictions": "p", "events": "events"},
-        "0" * 32,
-        stats,
-        stop,
-        lambda: None,
-        lambda: make_signal_source(s),
-    )
+    pipe, sink = SignalPipeline.standalone(s, lambda: model)
+    stop = pipe.stop
     pipe.start()
     got: float | None = None
     deadline = time.monotonic() + 10

@@ -316,26 +316,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _predict_recordings(args: argparse.Namespace, model: Any, mc: Any, rc: Any, paths: list[Path]) -> int:
     """Each recording through the real signal pipeline: its events, and how long after the loud part
     of the recording ended each one came (`after_speech_s`, audio only)."""
-    import numpy as np
-
     from edge_agent.config import ConfigError, Settings, SourceConfig, _nested
     from edge_agent.features import speech_end_s
     from edge_agent.payload import dumps
     from edge_agent.signal_pipeline import run_offline
     from edge_agent.signals import SourceError, signal_kind
-    from edge_agent.signals.wav import WavSource
+    from edge_agent.signals.wav import read_wav
 
-    args.set_keys = {item.partition("=")[0].strip() for item in args.set}
+    bad = [k for k in (item.partition("=")[0].strip() for item in args.set) if not k.startswith("signal.")]
+    if bad:
+        return _usage_error(f"predict takes only signal.* settings (got {', '.join(bad)})")
+    dotted = {k: v for k, v in _overrides(args).items() if k.startswith("signal.")}
     status = EXIT_OK
     for path in paths:
+        sig = _nested(dotted).get("signal", {})
+        if not args.windows:
+            sig.setdefault("predictions_hz", 0)
         try:
-            dotted = _overrides(args)
-            bad = [k for k in dotted if "." in k and not k.startswith("signal.") and k in args.set_keys]
-            if bad:
-                return _usage_error(f"predict takes only signal.* settings (got {', '.join(bad)})")
-            sig = _nested({k: v for k, v in dotted.items() if k.startswith("signal.")}).get("signal", {})
-            if not args.windows:
-                sig.setdefault("predictions_hz", 0)
             settings = Settings(
                 source=SourceConfig(uri=str(path), loop=False, realtime=False), model=mc, runtime=rc, signal=sig
             )
@@ -347,15 +344,7 @@ def _predict_recordings(args: argparse.Namespace, model: Any, mc: Any, rc: Any, 
             print(f"edge-agent: {err}", file=sys.stderr)
             status = EXIT_FAIL
             continue
-        end = None
-        if signal_kind(str(path)) == "wav":
-            src = WavSource(str(path), str(path), False, False)
-            src.open()
-            parts = []
-            while (c := _read_all(src)) is not None:
-                parts.append(c)
-            src.close()
-            end = speech_end_s(np.concatenate(parts), src.rate) if parts else None
+        end = speech_end_s(*read_wav(str(path))) if signal_kind(str(path)) == "wav" else None
         for doc in run.predictions:
             sys.stdout.write(dumps({"file": str(path), **doc}).decode() + "\n")
         for doc in run.events:
@@ -374,18 +363,6 @@ def _predict_recordings(args: argparse.Namespace, model: Any, mc: Any, rc: Any, 
         }
         sys.stdout.write(dumps(summary).decode() + "\n")
     return status
-
-
-def _read_all(src: Any) -> Any:
-    import numpy as np
-
-    from edge_agent.signals import EndOfStream
-
-    try:
-        c = src.read(1.0)
-    except EndOfStream:
-        return None
-    return c.samples if c is not None else np.zeros((0, src.channels), np.float32)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ class HomeAssistant:
         self.rollback_topic = f"{base}/ha/rollback"
         self._seen: dict[str, float] = {}
         self._counts: dict[str, int] = dict.fromkeys(labels, 0)
-        self._last_state: bytes | None = None
+        self._last_state: tuple[tuple[bool, int, int | None], ...] | None = None
 
     # --- discovery ---------------------------------------------------------------------------
     def _device(self, model_name: str | None) -> dict[str, Any]:
@@ -207,7 +207,7 @@ class HomeAssistant:
             for component, cfg in self.configs(model_name)
         ]
         msgs.append(self.update_message(model_name, model_version))
-        msgs.append(Message(self.state_topic, self._state_payload(time.time()), qos=1, retain=True))
+        msgs.append(Message(self.state_topic, self._payload(self._state(time.time())), qos=1, retain=True))
         return msgs
 
     def update_message(self, model_name: str | None, version: str | None) -> Message:
@@ -237,20 +237,29 @@ class HomeAssistant:
             if n:
                 self._seen[label] = ts
         self._counts = counts
-        payload = self._state_payload(ts)
-        if payload == self._last_state:
+        state = self._state(ts)
+        if state == self._last_state:  # most frames: nothing a user would see changed, nothing built
             return None
-        self._last_state = payload
-        return Message(self.state_topic, payload, qos=1, retain=True)
+        self._last_state = state
+        return Message(self.state_topic, self._payload(state), qos=1, retain=True)
 
-    def _state_payload(self, now: float) -> bytes:
-        labels = {}
+    def _state(self, now: float) -> tuple[tuple[bool, int, int | None], ...]:
+        """(detected, count, last seen to the second) per watched label: what the entities show."""
+        out = []
         for label in self.labels:
             seen = self._seen.get(label)
-            detected = seen is not None and (self._counts.get(label, 0) > 0 or now - seen < self.cfg.off_delay_s)
-            labels[label] = {
+            n = self._counts.get(label, 0)
+            detected = seen is not None and (n > 0 or now - seen < self.cfg.off_delay_s)
+            out.append((detected, n, int(seen) if seen is not None else None))
+        return tuple(out)
+
+    def _payload(self, state: tuple[tuple[bool, int, int | None], ...]) -> bytes:
+        labels = {
+            label: {
                 "detected": "ON" if detected else "OFF",
-                "count": self._counts.get(label, 0),
+                "count": n,
                 "last_seen": datetime.fromtimestamp(seen, UTC).isoformat(timespec="seconds") if seen else None,
             }
+            for label, (detected, n, seen) in zip(self.labels, state, strict=True)
+        }
         return dumps({"labels": labels})

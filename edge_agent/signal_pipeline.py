@@ -29,6 +29,7 @@ from edge_agent.resample import Resampler
 from edge_agent.results import Result
 from edge_agent.signals import AUDIO_KINDS, Chunk, EndOfStream, SignalSource, SourceError, signal_kind
 from edge_agent.sinks import Message, Sink
+from edge_agent.sinks.memory import MemorySink
 from edge_agent.stats import StageStats
 from edge_agent.web import LiveView
 from edge_agent.windowing import Windower
@@ -289,6 +290,29 @@ class SignalPipeline:
         self._threads: list[threading.Thread] = []
         self.busy = False  # the inference thread holds a chunk it has not finished with
 
+    @classmethod
+    def standalone(cls, settings: Settings, get_model: Callable[[], Model | None]) -> tuple[SignalPipeline, MemorySink]:
+        """The pipeline without an agent around it (offline runs, tests, benchmarks): its own stop event
+        and stage counters, results kept in memory under the topics `predictions` and `events`."""
+        import uuid
+
+        from edge_agent.signals import make_signal_source
+
+        sink = MemorySink()
+        stats = (StageStats("capture"), StageStats("inference"), StageStats("postprocess"))
+        pipe = cls(
+            settings,
+            get_model,
+            lambda: sink,
+            {"predictions": "predictions", "events": "events"},
+            uuid.uuid4().hex,
+            stats,
+            threading.Event(),
+            lambda: None,
+            lambda: make_signal_source(settings),
+        )
+        return pipe, sink
+
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         self.capture.start()
@@ -547,30 +571,13 @@ def run_offline(settings: Settings, model: Model, timeout: float = 600.0) -> Off
     """A finite recording (WAV, CSV) through the real pipeline as fast as it goes: for `predict`,
     tests and benchmarks. The settings' source must not loop."""
     import json
-    import uuid
 
-    from edge_agent.signals import make_signal_source
-    from edge_agent.sinks.memory import MemorySink
-
-    sink = MemorySink()
-    stop = threading.Event()
-    stats = (StageStats("capture"), StageStats("inference"), StageStats("postprocess"))
-    topics = {"predictions": "predictions", "events": "events"}
-    pipe = SignalPipeline(
-        settings,
-        lambda: model,
-        lambda: sink,
-        topics,
-        uuid.uuid4().hex,
-        stats,
-        stop,
-        lambda: None,
-        lambda: make_signal_source(settings),
-    )
+    pipe, sink = SignalPipeline.standalone(settings, lambda: model)
+    stop = pipe.stop
     t0 = time.monotonic()
     pipe.start()
     deadline = t0 + timeout
-    cap, inf, post = stats
+    cap, inf, post = pipe.capture_stats, pipe.infer_stats, pipe.post_stats
 
     def drained() -> bool:
         done = cap.state in ("finished",) or (cap.errors > 0 and cap.state != "running")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -33,9 +34,8 @@ class LiveView:
 
     def __init__(self, keep: int = 20):
         self.frame: tuple[np.ndarray, dict[str, Any]] | None = None
-        self.predictions: list[dict[str, Any]] = []
-        self.events: list[dict[str, Any]] = []
-        self.keep = keep
+        self.predictions: deque[dict[str, Any]] = deque(maxlen=keep)  # newest first
+        self.events: deque[dict[str, Any]] = deque(maxlen=keep)
         self.frames_served = 0
 
     def set_frame(self, image: np.ndarray, doc: dict[str, Any]) -> None:
@@ -43,10 +43,10 @@ class LiveView:
 
     def add_prediction(self, doc: dict[str, Any]) -> None:
         summary = {k: doc.get(k) for k in ("seq", "ts", "task", "classes", "detections", "scores", "source", "cached")}
-        self.predictions = [summary, *self.predictions[: self.keep - 1]]
+        self.predictions.appendleft(summary)
 
     def add_event(self, doc: dict[str, Any]) -> None:
-        self.events = [doc, *self.events[: self.keep - 1]]
+        self.events.appendleft(doc)
 
 
 def draw(image: np.ndarray, doc: dict[str, Any], max_width: int) -> np.ndarray:
@@ -119,8 +119,8 @@ class WebServer:
         h = self.health()
         return {
             "health": h,
-            "predictions": self.live.predictions,
-            "events": self.live.events,
+            "predictions": list(self.live.predictions),
+            "events": list(self.live.events),
             "update_history": self.history()[-20:],
             "has_frame": self.live.frame is not None,
             "frames_served": self.live.frames_served,

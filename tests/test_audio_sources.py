@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import wave
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,6 @@ import pytest
 from edge_agent.config import ModelConfig, RuntimeConfig, Settings, SignalConfig, SourceConfig
 from edge_agent.model import Model
 from edge_agent.signal_pipeline import SignalPipeline, run_offline
-from edge_agent.signals import make_signal_source
-from edge_agent.sinks.memory import MemorySink
-from edge_agent.stats import StageStats
 
 from .conftest import ROOT, SHARED, wait_until
 
@@ -101,10 +97,8 @@ def test_a_swapped_model_starts_from_a_fresh_state_on_the_running_stream(tmp_pat
     models = {"okay_nabu": _model("okay_nabu"), "hey_jarvis": _model("hey_jarvis")}
     current = [models["okay_nabu"]]
     s = Settings(source=SourceConfig(uri=f"pcm:{fifo}"), signal=SignalConfig(predictions_hz=0))
-    sink, stop = MemorySink(), threading.Event()
-    stats = (StageStats("capture"), StageStats("inference"), StageStats("postprocess"))
-    pipe = SignalPipeline(s, lambda: current[0], lambda: sink, {"predictions": "p", "events": "events"}, "b" * 32,
-                          stats, stop, lambda: None, lambda: make_signal_source(s))
+    pipe, sink = SignalPipeline.standalone(s, lambda: current[0])
+    stats, stop = (pipe.capture_stats, pipe.infer_stats, pipe.post_stats), pipe.stop
     pipe.start()
 
     def events() -> list[dict[str, Any]]:
@@ -197,10 +191,8 @@ def test_a_new_writer_on_the_fifo_starts_the_streaming_model_afresh(tmp_path: Pa
         signal=SignalConfig(predictions_hz=10_000),
     )
     fresh = [p["scores"]["Okay Nabu"] for p in run_offline(fresh_s, model).predictions]
-    sink, stop = MemorySink(), threading.Event()
-    stats = (StageStats("capture"), StageStats("inference"), StageStats("postprocess"))
-    pipe = SignalPipeline(s, lambda: model, lambda: sink, {"predictions": "predictions", "events": "events"},
-                          "c" * 32, stats, stop, lambda: None, lambda: make_signal_source(s))
+    pipe, sink = SignalPipeline.standalone(s, lambda: model)
+    stop = pipe.stop
     pipe.start()
     audio = _pcm16("okay_nabu_2.wav").tobytes()
     try:

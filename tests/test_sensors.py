@@ -256,21 +256,6 @@ def _scan_elements(dev: Path, names: list[str]) -> None:
     (dev / "buffer" / "length").write_text("0\n")
 
 
-def _pipeline(settings: Settings, model: Model, sink: MemorySink, stop: threading.Event) -> SignalPipeline:
-    stats = (StageStats("capture"), StageStats("inference"), StageStats("postprocess"))
-    return SignalPipeline(
-        settings,
-        lambda: model,
-        lambda: sink,
-        {"predictions": "predictions", "events": "events"},
-        "0123456789abcdef",
-        stats,
-        stop,
-        lambda: None,
-        lambda: make_signal_source(settings),
-    )
-
-
 def _events(sink: MemorySink) -> list[dict[str, Any]]:
     return [json.loads(m.payload) for m in list(sink.messages) if m.topic == "events"]
 
@@ -293,8 +278,8 @@ def test_iio_buffered_character_device_feeds_the_model(stream: np.ndarray, tmp_p
     s = Settings(
         source=SourceConfig(uri=f"iio:{dev}"), signal=_signal(rate=100, channels=IIO_NAMES, iio_device=str(fifo))
     )
-    sink, stop = MemorySink(), threading.Event()
-    pipe = _pipeline(s, motion_model, sink, stop)
+    pipe, sink = SignalPipeline.standalone(s, lambda: motion_model)
+    stop = pipe.stop
     pipe.start()
     try:
         wait_until(lambda: (dev / "buffer" / "enable").read_text().strip() == "1", 5, what="the buffer enabled")

@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from edge_agent.config import ModelConfig, RuntimeConfig, Settings, SignalConfig, SourceConfig
 from edge_agent.features import speech_end_s
 from edge_agent.model import Model
 from edge_agent.signal_pipeline import run_offline
+from edge_agent.signals.wav import read_wav
 from edge_agent.sinks.mqtt import Subscriber
 
 from .conftest import MODELS, SHARED, Broker, TopicRecorder, run_cli, wait_until
@@ -52,11 +52,7 @@ def _settings(name: str, wav: str) -> Settings:
 
 
 def _speech_end(wav: str) -> float:
-    import wave
-
-    with wave.open(str(WAVS / wav)) as w:
-        x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
-    end = speech_end_s(x, 16000)
+    end = speech_end_s(*read_wav(str(WAVS / wav)))
     assert end is not None
     return end
 

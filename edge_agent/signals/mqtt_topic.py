@@ -9,19 +9,17 @@ import time
 import numpy as np
 
 from edge_agent.config import MQTTConfig
-from edge_agent.signals.base import Chunk, SignalSource, SourceError
-from edge_agent.signals.readings import ReadingParser
+from edge_agent.signals.base import Chunk, SourceError
+from edge_agent.signals.readings import ReadingSource
 
 
-class MqttTopicSource(SignalSource):
+class MqttTopicSource(ReadingSource):
     kind = "mqtt"
 
     def __init__(self, uri: str, topic: str, mqtt: MQTTConfig, rate: float, channels: list[str] | None):
-        super().__init__(uri, rate)
+        super().__init__(uri, rate, channels)
         self.topic, self.mqtt = topic, mqtt
-        self.parser = ReadingParser(channels)
         self._sub: object | None = None
-        self._width: int | None = None
 
     def open(self) -> None:
         from edge_agent.sinks.mqtt import Subscriber
@@ -54,23 +52,14 @@ class MqttTopicSource(SignalSource):
         while msg is not None:
             got = self._rows(msg[1])
             if not got:
-                self.dropped += 1
+                self.dropped += 1  # a message that is no reading at all
             for row in got:
-                if self._width is None:
-                    self._width, self.channels = len(row), len(row)
-                    self.channel_names = tuple(self.parser.names or (f"ch{i}" for i in range(len(row))))
-                if len(row) == self._width:
-                    rows.append(row)
-                else:
-                    self.dropped += 1
+                self._take(row, rows)
             try:
                 msg = sub.messages.get_nowait()
             except queue.Empty:
                 msg = None
-        if not rows:
-            return None
-        x = np.stack(rows)
-        return Chunk(x, time.time() - (len(x) - 1) / self.rate, time.monotonic())
+        return self._chunk(rows)
 
     def close(self) -> None:
         from edge_agent.sinks.mqtt import Subscriber

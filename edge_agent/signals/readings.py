@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 
 import numpy as np
+
+from edge_agent.signals.base import Chunk, SignalSource
 
 
 class ReadingParser:
@@ -55,3 +58,31 @@ def _floats(items: Sequence[object]) -> np.ndarray | None:
     if row.size == 0 or not np.all(np.isfinite(row)):
         return None
     return row
+
+
+class ReadingSource(SignalSource):
+    """A source of one reading at a time (serial lines, MQTT messages): the first reading fixes the channels."""
+
+    def __init__(self, uri: str, rate: float, channels: list[str] | None):
+        super().__init__(uri, rate)
+        self.parser = ReadingParser(channels)
+        self._width: int | None = None
+
+    def _take(self, row: np.ndarray | None, rows: list[np.ndarray]) -> None:
+        """Keep a reading of the stream's width; count anything else as dropped."""
+        if row is None:
+            self.dropped += 1
+            return
+        if self._width is None:
+            self._width, self.channels = len(row), len(row)
+            self.channel_names = tuple(self.parser.names or (f"ch{i}" for i in range(len(row))))
+        if len(row) != self._width:
+            self.dropped += 1
+            return
+        rows.append(row)
+
+    def _chunk(self, rows: list[np.ndarray]) -> Chunk | None:
+        """Readings that arrived together, the last one stamped now and the others spaced at the nominal rate."""
+        if not rows:
+            return None
+        return Chunk(np.stack(rows), time.time() - (len(rows) - 1) / self.rate, time.monotonic())

@@ -7,22 +7,20 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.signals.base import Chunk, SignalSource, SourceError, close_quietly
-from edge_agent.signals.readings import ReadingParser
+from edge_agent.signals.base import Chunk, SourceError, close_quietly
+from edge_agent.signals.readings import ReadingSource
 
 #: A line longer than this is noise on the wire, not a reading.
 _MAX_LINE = 4096
 
 
-class SerialSource(SignalSource):
+class SerialSource(ReadingSource):
     kind = "serial"
 
     def __init__(self, uri: str, port: str, baud: int, rate: float, channels: list[str] | None):
-        super().__init__(uri, rate)
+        super().__init__(uri, rate, channels)
         self.port, self.baud = port, baud
-        self.parser = ReadingParser(channels)
         self._ser: Any = None
-        self._width: int | None = None
 
     def open(self) -> None:
         try:
@@ -50,25 +48,12 @@ class SerialSource(SignalSource):
                     break
                 if not line.endswith(b"\n"):  # partial line at timeout: keep waiting for the rest
                     line += self._ser.readline(_MAX_LINE)
-                row = self.parser.parse(line)
-                if row is None:
-                    self.dropped += 1
-                    continue
-                if self._width is None:
-                    self._width, self.channels = len(row), len(row)
-                    self.channel_names = tuple(self.parser.names or (f"ch{i}" for i in range(len(row))))
-                if len(row) != self._width:
-                    self.dropped += 1
-                    continue
-                rows.append(row)
+                self._take(self.parser.parse(line), rows)
                 if self._ser.in_waiting == 0:
                     break
         except (serial.SerialException, OSError) as err:
             raise SourceError(f"serial port {self.port}: {err}") from None
-        if not rows:
-            return None
-        x = np.stack(rows)
-        return Chunk(x, time.time() - (len(x) - 1) / self.rate, time.monotonic())
+        return self._chunk(rows)
 
     def close(self) -> None:
         if self._ser is not None:

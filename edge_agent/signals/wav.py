@@ -69,6 +69,13 @@ class WavSource(SignalSource):
             self._wav = None
 
 
+def read_wav(path: str) -> tuple[np.ndarray, int]:
+    """A whole WAV file: float32 samples [n, channels] and the sample rate."""
+    with wave.open(path, "rb") as w:
+        x = pcm_to_float(w.readframes(w.getnframes()), w.getsampwidth())
+        return x.reshape(-1, w.getnchannels()), w.getframerate()
+
+
 def pcm_to_float(raw: bytes, width: int) -> np.ndarray:
     """Little-endian PCM to float32 in [-1, 1): 8-bit is unsigned, 16/32-bit signed (WAV's rules)."""
     if width == 1:
