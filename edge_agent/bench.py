@@ -5,6 +5,7 @@ Variants, on the same model, threads and accelerator:
   decode  decoding and resizing the MJPG video alone (what a decoded source costs the CPU)
   naive   read, decode, resize, normalise, invoke, serialise, publish (blocking), one after another
   memory  the agent end to end to a real mosquitto on frames already decoded in memory
+  local   the same with results kept in memory instead of published (what MQTT costs, by difference)
   video   the agent end to end on the MJPG video (decoding included)
 
 Each runs in a child process, so its peak RSS is its own, and the parent only collects the JSON the
@@ -29,7 +30,7 @@ from typing import Any
 
 from edge_agent.progress import Progress
 
-VARIANTS = ("bare", "decode", "naive", "memory", "video")
+VARIANTS = ("bare", "decode", "naive", "memory", "local", "video")
 
 
 def _peak_rss_mb() -> float:
@@ -111,7 +112,9 @@ def naive(model: Path, threads: int, seconds: float, port: int) -> dict[str, flo
     return {"fps": fps}
 
 
-def agent(model: Path, threads: int, seconds: float, port: int, state: Path, source: str) -> dict[str, Any]:
+def agent(
+    model: Path, threads: int, seconds: float, port: int, state: Path, source: str, sink: str = "mqtt"
+) -> dict[str, Any]:
     from edge_agent.agent import Agent
     from edge_agent.config import load_settings
 
@@ -132,7 +135,7 @@ def agent(model: Path, threads: int, seconds: float, port: int, state: Path, sou
         },
     )
     t_start = time.monotonic()
-    a = Agent(settings)
+    a = Agent(settings, sink=sink)
     a.start()
     a.first_published.wait(30)
     first = time.monotonic() - t_start
@@ -147,6 +150,7 @@ def agent(model: Path, threads: int, seconds: float, port: int, state: Path, sou
     return {
         "fps": (n1 - n0) / (t1 - t0),
         "c2p_ms": c2p,
+        "preprocess_ms": (lat.get("preprocess") or {}).get("p50", 0.0),
         "added_p50": c2p.get("p50", 0) - inf.get("p50", 0),
         "added_p99": c2p.get("p99", 0) - inf.get("p99", 0),
         "first_s": first,
@@ -190,29 +194,49 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     elif v == "naive":
         out = naive(model, threads, seconds, int(spec["port"]))
     else:
-        source = "replay:demo" if v == "memory" else str(_video())
-        out = agent(model, threads, seconds, int(spec["port"]), Path(spec["state"]), source)
+        source = str(_video()) if v == "video" else "replay:demo"
+        sink = "memory" if v == "local" else "mqtt"
+        out = agent(model, threads, seconds, int(spec["port"]), Path(spec["state"]), source, sink)
     return {**out, "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
-def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    user = "user root\n" if os.geteuid() == 0 else ""
-    conf = work / "mosquitto.conf"
-    conf.write_text(f"{user}listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.terminate()
-    raise RuntimeError("mosquitto did not start")
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """mosquitto in `work`, restartable on the same port (persistence on when asked)."""
+
+    def __init__(self, work: Path, persistence: bool = False):
+        self.work, self.port = work, free_port()
+        user = "user root\n" if os.geteuid() == 0 else ""  # as root it would drop to a user that cannot read `work`
+        store = f"persistence true\npersistence_location {work}/\nautosave_interval 1\n" if persistence else ""
+        (work / "mosquitto.conf").write_text(
+            f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{store}"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Broker:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen(
+            [exe, "-c", str(self.work / "mosquitto.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
 
 
 def compare(models: list[Path], threads: int, seconds: float, runs: int, out: Any) -> list[dict[str, Any]]:
@@ -223,7 +247,8 @@ def compare(models: list[Path], threads: int, seconds: float, runs: int, out: An
     cores = len(os.sched_getaffinity(0))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        broker, port = start_broker(Path(tmp))
+        broker = Broker(Path(tmp)).start()
+        port = broker.port
         try:
             for m in models:
                 res: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
@@ -255,22 +280,25 @@ def compare(models: list[Path], threads: int, seconds: float, runs: int, out: An
                     "added_p50_ms": med("memory", "added_p50"),
                     "added_p99_ms": med("memory", "added_p99"),
                     "host_cpu_ms": (med("memory", "cpu_s") - med("bare", "cpu_s")) * 1e3,
+                    "mqtt_cpu_ms": (med("memory", "cpu_s") - med("local", "cpu_s")) * 1e3,
+                    "local_fps": med("local", "fps"),
+                    "preprocess_ms": med("memory", "preprocess_ms"),
                     "peak_rss_mb": {v: med(v, "peak_rss_mb") for v in VARIANTS},
                     "first_s": med("memory", "first_s"),
                 }
                 rows.append(row)
                 print(table_row(row), file=out, flush=True)
         finally:
-            broker.terminate()
-            broker.wait(10)
+            broker.stop()
     return rows
 
 
 HEADER = (
     "| model | bare fps | naive fps (video) | agent fps (memory) | agent / bare | CPU-budget limit fps (video) "
     "| agent fps (video) | video agent / limit | video agent / naive | capture-to-publish p50 / p95 / p99 ms "
-    "| added p50 / p99 ms | host CPU ms/frame | peak RSS MB bare / agent (video) | first prediction s |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    "| added p50 / p99 ms | host CPU ms/frame | of which MQTT | preprocess p50 ms | peak RSS MB bare / agent (video) "
+    "| first prediction s |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
 
 
@@ -280,7 +308,8 @@ def table_row(r: dict[str, Any]) -> str:
         f"| {r['model']} | {r['bare_fps']:.1f} | {r['naive_fps']:.1f} | {r['memory_fps']:.1f} | "
         f"{r['memory_vs_bare']:.3f} | {r['cpu_limit_fps']:.1f} | {r['video_fps']:.1f} | {r['video_vs_limit']:.3f} | "
         f"{r['video_vs_naive']:.2f} | {c['p50']:.2f} / {c['p95']:.2f} / {c['p99']:.2f} | "
-        f"{r['added_p50_ms']:.2f} / {r['added_p99_ms']:.2f} | {r['host_cpu_ms']:.2f} | "
+        f"{r['added_p50_ms']:.2f} / {r['added_p99_ms']:.2f} | {r['host_cpu_ms']:.2f} | {r['mqtt_cpu_ms']:.2f} | "
+        f"{r['preprocess_ms']:.2f} | "
         f"{r['peak_rss_mb']['bare']:.0f} / {r['peak_rss_mb']['video']:.0f} | {r['first_s']:.2f} |"
     )
 

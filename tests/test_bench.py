@@ -21,6 +21,7 @@ def test_bench_reports_every_variant_side_by_side(tmp_path: Path) -> None:
     c = doc["c2p_ms"]
     assert 0 < c["p50"] <= c["p95"] <= c["p99"]
     rss = doc["peak_rss_mb"]
-    assert set(rss) == {"bare", "decode", "naive", "memory", "video"} and all(v > 10 for v in rss.values())
+    assert set(rss) == {"bare", "decode", "naive", "memory", "local", "video"} and all(v > 10 for v in rss.values())
+    assert doc["local_fps"] > 0 and 0 < doc["preprocess_ms"] < 50
     assert rss["video"] > rss["bare"]  # the agent process holds more than a bare interpreter
     assert 0 < doc["first_s"] < 10
