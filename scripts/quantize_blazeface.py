@@ -13,8 +13,8 @@ packed labels file, so the agent needs no settings to run it.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +25,19 @@ from edge_agent.modelfile import TensorSpec, build_metadata, rewrite_model
 from edge_agent.preprocess import Preprocessor
 from edge_agent.progress import Progress
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quantize_model
+
 MEAN, STD = [127.5], [127.5]
 #: sigmoid(±12) is 0.999994 / 0.000006: scores beyond that range carry no information.
 SCORE_LOGIT_RANGE = 12.0
 
 
 def photos() -> list[np.ndarray]:
-    import skimage.data as d
-
-    out = []
-    for name in ("astronaut", "camera", "coffee", "chelsea", "rocket", "immunohistochemistry", "horse", "clock"):
-        img = getattr(d, name)()
-        if img.ndim == 2:
-            img = np.stack([img] * 3, axis=-1)
-        out.append(np.ascontiguousarray(img[..., :3][..., ::-1]))  # RGB -> BGR, as frames arrive
-    return out
+    """The bundled photos in this script's order (FACES below indexes into it)."""
+    return quantize_model.photos(
+        ("astronaut", "camera", "coffee", "chelsea", "rocket", "immunohistochemistry", "horse", "clock")
+    )
 
 
 #: Face boxes (x1, y1, x2, y2) in the bundled photos that have one: calibration must see
@@ -113,7 +111,6 @@ def main() -> int:
     args = ap.parse_args()
 
     from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_quantizer import quantizer, recipe
 
     src_bytes = args.src.read_bytes()
     it = Interpreter(model_content=src_bytes)
@@ -127,27 +124,13 @@ def main() -> int:
         x = np.zeros(spec.shape, np.float32)
         pre(frame, x)
         samples.append({spec.name: x})
-
     bar.close()
-    with tempfile.TemporaryDirectory() as tmp:
-        signed = Path(tmp, "signed.tflite")
-        signed.write_bytes(
-            rewrite_model(src_bytes, add_signature=True, fold_fp16=True)
-        )  # the quantizer calibrates by signature
-        q = quantizer.Quantizer(str(signed))
-        q.load_quantization_recipe(recipe.static_wi8_ai8())
-        qsv = q.calibrate({"serving_default": samples})
-        # Score logits span about [-100, 5], and calibration's moving average pulls the top
-        # toward "no face"; a fixed symmetric range keeps resolution where the threshold is.
-        score_outputs = [o["name"] for o in it.get_output_details() if o["shape"][-1] == 1]
-        for name in score_path_tensors(signed.read_bytes(), score_outputs):
-            stats = qsv[name]
-            stats["min"] = np.full_like(np.asarray(stats["min"]), -SCORE_LOGIT_RANGE)
-            stats["max"] = np.full_like(np.asarray(stats["max"]), SCORE_LOGIT_RANGE)
-        result = q.quantize(qsv)
-        out = Path(tmp, "int8.tflite")
-        result.export_model(str(out), overwrite=True)
-        qbytes = out.read_bytes()
+    # Score logits span about [-100, 5], and calibration's moving average pulls the top
+    # toward "no face"; a fixed symmetric range keeps resolution where the threshold is.
+    score_outputs = [o["name"] for o in it.get_output_details() if o["shape"][-1] == 1]
+    signed = rewrite_model(src_bytes, add_signature=True, fold_fp16=True)
+    fixed = [(f"^{re.escape(n)}$", SCORE_LOGIT_RANGE) for n in score_path_tensors(signed, score_outputs)]
+    qbytes = quantize_model.quantize_inputs(src_bytes, samples, fixed)
 
     meta = build_metadata(
         name=f"{args.src.stem}_int8",

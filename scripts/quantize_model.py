@@ -41,16 +41,25 @@ from edge_agent.postprocess.geometry import iou_one_to_many  # noqa: E402
 from edge_agent.preprocess import Preprocessor  # noqa: E402
 from edge_agent.progress import Progress  # noqa: E402
 
+#: Real photos that ship in scikit-image, in the order calibration uses them.
+PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "horse", "clock", "immunohistochemistry")
 
-def default_images() -> list[np.ndarray]:
-    """Real photos that ship in packages (BGR, as frames arrive)."""
+
+def photos(names: tuple[str, ...] = PHOTOS) -> list[np.ndarray]:
+    """scikit-image's bundled photos, BGR as frames arrive."""
     import skimage.data as d
 
     out = []
-    for name in ("astronaut", "camera", "coffee", "chelsea", "rocket", "horse", "clock", "immunohistochemistry"):
+    for name in names:
         img = getattr(d, name)()
         img = np.stack([img] * 3, axis=-1) if img.ndim == 2 else img[..., :3]
         out.append(np.ascontiguousarray(img[..., ::-1]))
+    return out
+
+
+def default_images() -> list[np.ndarray]:
+    """Real photos that ship in packages: scikit-image's, and scikit-learn's where it is installed."""
+    out = photos()
     try:
         from sklearn.datasets import load_sample_images
 
@@ -105,8 +114,7 @@ def demo_frames(n: int) -> list[np.ndarray]:
 
 
 def quantize(src: Path, frames: list[np.ndarray], model: Model, fix: list[tuple[str, float]]) -> bytes:
-    from ai_edge_quantizer import quantizer, recipe
-
+    """Frames preprocessed as the agent will (the model's resize mode and normalisation), then quantized."""
     spec = model.inputs[0]
     float_spec = TensorSpec(spec.name, spec.index, spec.shape, np.dtype(np.float32), 0.0, 0)
     meta = model.file.metadata
@@ -116,13 +124,23 @@ def quantize(src: Path, frames: list[np.ndarray], model: Model, fix: list[tuple[
         x = np.zeros(spec.shape, np.float32)
         pre(f, x)
         samples.append({spec.name: x})
+    return quantize_inputs(src.read_bytes(), samples, fix)
+
+
+def quantize_inputs(src: bytes, samples: list[dict[str, np.ndarray]], fix: list[tuple[str, float]]) -> bytes:
+    """ai-edge-quantizer static int8 (weights and activations), calibrated on `samples` (input name -> array).
+
+    fix: (regex, R) pairs; tensors whose name matches get the range [-R, R] instead of the calibrated one,
+    where calibration's moving average would cut off what matters (e.g. score logits)."""
+    from ai_edge_quantizer import quantizer, recipe
+
     with tempfile.TemporaryDirectory() as tmp:
-        signed = Path(tmp, "signed.tflite")
-        signed.write_bytes(rewrite_model(src.read_bytes(), add_signature=True, fold_fp16=True))
+        signed = Path(tmp, "signed.tflite")  # the quantizer calibrates by signature
+        signed.write_bytes(rewrite_model(src, add_signature=True, fold_fp16=True))
         q = quantizer.Quantizer(str(signed))
         q.load_quantization_recipe(recipe.static_wi8_ai8())
         qsv = q.calibrate({"serving_default": samples})
-        for pattern, r in fix:  # a fixed range where calibration's average would cut off what matters
+        for pattern, r in fix:
             for name, stats in qsv.items():
                 if re.search(pattern, name):
                     stats["min"] = np.full_like(np.asarray(stats["min"]), -r)
