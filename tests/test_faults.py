@@ -104,8 +104,10 @@ def test_sigkill_while_broker_down_then_restart_delivers_the_buffer(pbroker: Bro
             return bool(s) and max(s) >= last_seen + 45 and s == set(range(1, max(s) + 1))
 
         wait_until(delivered, 30, what="the killed agent's buffered results")
-        boots = {d["boot_id"] for _, d in rec.preds}
-        assert len(boots) == 2  # and the new agent's own results flow too
+        # the new agent replays the old buffer before (or while) its own results flow: wait for those too
+        wait_until(lambda: len({d["boot_id"] for _, d in list(rec.preds)}) == 2, 30,
+                   what="the new agent's own results")
+        assert len({d["boot_id"] for _, d in rec.preds}) == 2
     finally:
         rec.close()
 
