@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from edge_agent.escalation import Escalator
 from edge_agent.gate import ChangeGate
 from edge_agent.handoff import LatestSlot
 from edge_agent.homeassistant import HomeAssistant
+from edge_agent.liveview import LiveView
 from edge_agent.model import Model, RawInference
 from edge_agent.modelfile import ModelError
 from edge_agent.ota.manifest import ManifestError, parse_manifest
@@ -39,7 +40,9 @@ from edge_agent.sinks import Message, Sink, make_sink
 from edge_agent.sources import Frame, make_source
 from edge_agent.stats import StageStats
 from edge_agent.system import ProcessStats, cpu_temperature_c, disk_free_mb, throttling
-from edge_agent.web import LiveView, WebServer
+
+if TYPE_CHECKING:  # the HTTP side (prometheus-client, http.server) is imported only when it is enabled
+    from edge_agent.web import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +136,9 @@ class Agent:
         self.sink: Sink | None = None
         self.capture: Capture | None = None
         self.signal: SignalPipeline | None = None
-        self.live: LiveView | None = LiveView() if settings.http.enabled else None
+        self.live: LiveView | None = None
+        if settings.http.enabled:
+            self.live = LiveView()
         self.web: WebServer | None = None
         self.signal_mode = signal_kind(settings.source.uri) is not None
         self._threads: list[threading.Thread] = []
@@ -232,6 +237,8 @@ class Agent:
             )
             self.escalator.start()
         if s.http.enabled:
+            from edge_agent.web import WebServer
+
             assert self.live is not None
             self.web = WebServer(s.http, self.health, self.stalled_stages, self.live, self._update_history)
             try:

@@ -23,6 +23,7 @@ import numpy as np
 from edge_agent.config import Settings
 from edge_agent.events import Event, EventDetector
 from edge_agent.features import FRAME_FRONTENDS, WINDOW_TRANSFORMS, FrameFrontend
+from edge_agent.liveview import LiveView
 from edge_agent.model import Model, RawInference
 from edge_agent.payload import SCHEMA, dumps
 from edge_agent.resample import Resampler
@@ -31,7 +32,6 @@ from edge_agent.signals import AUDIO_KINDS, Chunk, EndOfStream, SignalSource, So
 from edge_agent.sinks import Message, Sink
 from edge_agent.sinks.memory import MemorySink
 from edge_agent.stats import StageStats
-from edge_agent.web import LiveView
 from edge_agent.windowing import Windower
 
 log = logging.getLogger(__name__)

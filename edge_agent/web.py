@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,32 +20,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from edge_agent.config import HTTPConfig
+from edge_agent.liveview import LiveView
 from edge_agent.metrics import HealthCollector
 
 log = logging.getLogger(__name__)
 
 #: Colours of boxes on the live frame (BGR), by label index.
 _COLOURS = [(0, 200, 255), (80, 220, 80), (255, 120, 40), (200, 80, 255), (60, 60, 240), (240, 240, 60)]
-
-
-class LiveView:
-    """What the status page shows: written by the pipeline (reference swaps), read by HTTP threads."""
-
-    def __init__(self, keep: int = 20):
-        self.frame: tuple[np.ndarray, dict[str, Any]] | None = None
-        self.predictions: deque[dict[str, Any]] = deque(maxlen=keep)  # newest first
-        self.events: deque[dict[str, Any]] = deque(maxlen=keep)
-        self.frames_served = 0
-
-    def set_frame(self, image: np.ndarray, doc: dict[str, Any]) -> None:
-        self.frame = (image, doc)
-
-    def add_prediction(self, doc: dict[str, Any]) -> None:
-        summary = {k: doc.get(k) for k in ("seq", "ts", "task", "classes", "detections", "scores", "source", "cached")}
-        self.predictions.appendleft(summary)
-
-    def add_event(self, doc: dict[str, Any]) -> None:
-        self.events.appendleft(doc)
 
 
 def draw(image: np.ndarray, doc: dict[str, Any], max_width: int) -> np.ndarray:

@@ -7,12 +7,12 @@ import datetime as dt
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if TYPE_CHECKING:  # cryptography costs about 8 MB of RSS: loaded when a manifest or key is handled, not at start
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
@@ -121,6 +121,8 @@ def parse_manifest(doc: Any) -> Manifest:
 
 
 def verify_signature(m: Manifest, keys: list[Ed25519PublicKey]) -> None:
+    from cryptography.exceptions import InvalidSignature
+
     if m.signature is None:
         raise ManifestError("manifest is not signed")
     try:
@@ -146,6 +148,9 @@ def check_expiry(m: Manifest, now: dt.datetime) -> str | None:
 
 
 def load_public_keys(paths: list[Path]) -> list[Ed25519PublicKey]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     keys = []
     for p in paths:
         k = serialization.load_pem_public_key(p.read_bytes())
@@ -156,6 +161,9 @@ def load_public_keys(paths: list[Path]) -> list[Ed25519PublicKey]:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     k = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(k, Ed25519PrivateKey):
         raise ManifestError(f"{path}: not an Ed25519 private key")
@@ -165,6 +173,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 def write_keypair(directory: Path, name: str = "fleet") -> tuple[Path, Path]:
     """A new key pair: the private key readable by its owner only (0600)."""
     import os
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     directory.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
