@@ -25,3 +25,17 @@ def test_bench_reports_every_variant_side_by_side(tmp_path: Path) -> None:
     assert doc["local_fps"] > 0 and 0 < doc["preprocess_ms"] < 50
     assert rss["video"] > rss["bare"]  # the agent process holds more than a bare interpreter
     assert 0 < doc["first_s"] < 10
+
+
+def test_the_streaming_agent_leaves_optional_heavy_imports_unloaded() -> None:
+    """cryptography (~8 MB) and the HTTP side (prometheus-client, http.server) load only when used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, edge_agent.agent, edge_agent.signal_pipeline\n"
+        "print(sorted(m for m in ('cryptography', 'prometheus_client', 'http.server', 'edge_agent.web') "
+        "if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert r.stdout.strip() == "[]"
