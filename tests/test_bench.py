@@ -39,3 +39,19 @@ def test_the_streaming_agent_leaves_optional_heavy_imports_unloaded() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_the_bare_loop_invokes_on_a_real_preprocessed_frame(tmp_path: Path) -> None:
+    """int8 kernels run faster on zeros than on a picture: the limit must be set on real data."""
+    import numpy as np
+
+    from edge_agent.bench import bare, reference_input
+    from edge_agent.runtime.cpu import InterpreterBackend
+
+    ref = tmp_path / "ref.npy"
+    reference_input(SHORT, ref)
+    x = np.load(ref)
+    spec = InterpreterBackend(SHORT, 1).inputs[0]
+    assert x.shape == tuple(spec.shape) and x.dtype == spec.dtype
+    assert len(np.unique(x)) > 100  # a picture, not a constant fill
+    assert bare(SHORT, 1, 0.2, ref)["fps"] > 0
