@@ -189,6 +189,10 @@ class Agent:
         except OSError as err:
             log.warning("state directory %s unusable (%s); probe results will not be cached", s.state_dir, err)
             state_dir = None
+        if s.runtime.preprocess_threads:
+            import cv2
+
+            cv2.setNumThreads(s.runtime.preprocess_threads)
         model_cfg, report = s.model, None
         if state_dir is not None:
             try:

@@ -242,6 +242,24 @@ def test_runtime_fallback_is_published_at_once(broker: Broker, subscriber_factor
         agent.shutdown(3)
 
 
+def test_preprocess_threads_sets_opencvs_pool(broker: Broker, tmp_path: Path) -> None:
+    """OpenCV's own pool would compete with the interpreter's threads for the same cores."""
+    import cv2
+
+    settings = load_settings(None, {"mqtt.host": broker.host, "mqtt.port": broker.port, "device_id": "cvt",
+                                    "source.uri": "synthetic", "model.path": str(SHORT), "state_dir": str(tmp_path),
+                                    "runtime.preprocess_threads": 3, "health.interval_s": 3600})
+    before = cv2.getNumThreads()
+    agent = Agent(settings)
+    try:
+        agent.start()
+        assert agent.first_published.wait(20)
+        assert cv2.getNumThreads() == 3
+    finally:
+        agent.shutdown(3)
+        cv2.setNumThreads(before)
+
+
 def test_demo_script_prints_predictions() -> None:
     import subprocess
 
