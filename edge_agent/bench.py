@@ -36,7 +36,13 @@ REFERENCE_FRAME = 40
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports kB
+    """This process's own peak: VmHWM starts afresh at exec, while getrusage's ru_maxrss keeps the
+    peak of the parent that forked it (so a small child would report the parent's size)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
 
 
 def _video() -> Path:

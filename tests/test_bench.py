@@ -55,3 +55,15 @@ def test_the_bare_loop_invokes_on_a_real_preprocessed_frame(tmp_path: Path) -> N
     assert x.shape == tuple(spec.shape) and x.dtype == spec.dtype
     assert len(np.unique(x)) > 100  # a picture, not a constant fill
     assert bare(SHORT, 1, 0.2, ref)["fps"] > 0
+
+
+def test_a_variants_peak_rss_is_its_own_not_its_parents(tmp_path: Path) -> None:
+    """getrusage keeps the forking parent's peak across exec; the figure must be the child's."""
+    import numpy as np
+
+    from edge_agent.bench import run_variant
+
+    ballast = np.ones(300 * 2**20 // 8)  # this process now holds 300 MB more than any bare loop needs
+    out = run_variant("bare", SHORT, 1, 0.2, 1, tmp_path / "state")
+    assert ballast[-1] == 1.0
+    assert 10 < out["peak_rss_mb"] < 150
