@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import resource
 import shutil
 import socket
@@ -51,7 +52,7 @@ def _video() -> Path:
     return demo_video_path()
 
 
-def reference_input(model: Path, out: Path) -> None:
+def reference_input(model: Path, out: Path) -> Any:
     """A demo-video frame preprocessed as the agent does it, saved for the bare loop.
 
     The bare loop must invoke on real data: int8 kernels outside XNNPACK run much faster on an
@@ -77,6 +78,7 @@ def reference_input(model: Path, out: Path) -> None:
         x = np.zeros(m.inputs[0].shape, m.inputs[0].dtype)
         m.pre(frame, x)
         np.save(out, x)
+        return x
     finally:
         m.close()
 
@@ -248,7 +250,28 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free port below the kernel's ephemeral range, for a broker that will be stopped and restarted.
+
+    While nothing listens on a port inside that range, a client reconnecting to it can be given the
+    same port as its own local end and connect to itself (TCP simultaneous open), and the broker
+    then cannot bind it again ("Address already in use").
+    """
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, max(10001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # the range below is crowded: any free port will do
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -288,9 +311,10 @@ class Broker:
 
 def compare(models: list[Path], threads: int, seconds: float, runs: int, out: Any) -> list[dict[str, Any]]:
     """Every variant on every model, alternating runs so drift hits all alike; medians per variant."""
+    from edge_agent.modelfile import read_model_file
     from edge_agent.runtime.cpu import default_threads
+    from edge_agent.runtime.select import ProbeCache, tune_threads
 
-    threads = threads or default_threads()
     cores = len(os.sched_getaffinity(0))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -299,12 +323,18 @@ def compare(models: list[Path], threads: int, seconds: float, runs: int, out: An
         try:
             for m in models:
                 reference = Path(tmp) / f"{m.stem}.npy"
-                reference_input(m, reference)
+                x = reference_input(m, reference)
+                # --threads 0: the count the agent itself would choose for this model (timed, as it does)
+                t_m = threads or (
+                    tune_threads(m, read_model_file(m).sha256, [x], cores, ProbeCache(None)).threads or cores
+                    if cores > 1
+                    else default_threads()
+                )
                 res: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
                 with Progress(m.name, runs * len(VARIANTS), "runs") as bar:
                     for _ in range(runs):
                         for v in VARIANTS:
-                            res[v].append(run_variant(v, m, threads, seconds, port, Path(tmp) / "state", reference))
+                            res[v].append(run_variant(v, m, t_m, seconds, port, Path(tmp) / "state", reference))
                             bar.update()
 
                 def med(v: str, key: str, res: dict[str, list[dict[str, Any]]] = res) -> float:
@@ -316,7 +346,7 @@ def compare(models: list[Path], threads: int, seconds: float, runs: int, out: An
                 }
                 row = {
                     "model": m.name,
-                    "threads": threads,
+                    "threads": t_m,
                     "bare_fps": med("bare", "fps"),
                     "naive_fps": med("naive", "fps"),
                     "memory_fps": med("memory", "fps"),
@@ -343,18 +373,18 @@ def compare(models: list[Path], threads: int, seconds: float, runs: int, out: An
 
 
 HEADER = (
-    "| model | bare fps | naive fps (video) | agent fps (memory) | agent / bare | CPU-budget limit fps (video) "
-    "| agent fps (video) | video agent / limit | video agent / naive | capture-to-publish p50 / p95 / p99 ms "
-    "| added p50 / p99 ms | host CPU ms/frame | of which MQTT | preprocess p50 ms | peak RSS MB bare / agent (video) "
-    "| first prediction s |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    "| model | threads | bare fps | naive fps (video) | agent fps (memory) | agent / bare "
+    "| CPU-budget limit fps (video) | agent fps (video) | video agent / limit | video agent / naive "
+    "| capture-to-publish p50 / p95 / p99 ms | added p50 / p99 ms | host CPU ms/frame | of which MQTT "
+    "| preprocess p50 ms | peak RSS MB bare / agent (video) | first prediction s |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
 
 
 def table_row(r: dict[str, Any]) -> str:
     c = r["c2p_ms"]
     return (
-        f"| {r['model']} | {r['bare_fps']:.1f} | {r['naive_fps']:.1f} | {r['memory_fps']:.1f} | "
+        f"| {r['model']} | {r['threads']} | {r['bare_fps']:.1f} | {r['naive_fps']:.1f} | {r['memory_fps']:.1f} | "
         f"{r['memory_vs_bare']:.3f} | {r['cpu_limit_fps']:.1f} | {r['video_fps']:.1f} | {r['video_vs_limit']:.3f} | "
         f"{r['video_vs_naive']:.2f} | {c['p50']:.2f} / {c['p95']:.2f} / {c['p99']:.2f} | "
         f"{r['added_p50_ms']:.2f} / {r['added_p99_ms']:.2f} | {r['host_cpu_ms']:.2f} | {r['mqtt_cpu_ms']:.2f} | "

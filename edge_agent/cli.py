@@ -648,7 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--model", type=Path, action="append", help="model (repeatable); default: the bundled models")
     bn.add_argument("--seconds", type=float, default=5.0, help="per variant and run")
     bn.add_argument("--runs", type=int, default=3, help="runs per variant (medians are reported)")
-    bn.add_argument("--threads", type=int, default=0, help="inference threads; 0 = one per core")
+    bn.add_argument(
+        "--threads", type=int, default=0, help="inference threads; 0 = what the agent chooses for each model (timed)"
+    )
     bn.add_argument("--json", type=Path, help="also write the figures here")
     bn.set_defaults(func=cmd_bench)
 

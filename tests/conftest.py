@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from edge_agent.bench import free_port
 from edge_agent.config import MQTTConfig
 from edge_agent.sinks.mqtt import Subscriber
 
@@ -41,12 +42,6 @@ def mosquitto_bin() -> str:
     if found is None:
         pytest.fail("mosquitto is not installed: scripts/test.sh installs it")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.02, what: str = "condition") -> Any:

@@ -13,7 +13,7 @@ def test_bench_reports_every_variant_side_by_side(tmp_path: Path) -> None:
     r = run_cli("bench", "--model", str(SHORT), "--seconds", "0.5", "--runs", "1", "--json", str(out), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     header, _, row = r.stdout.splitlines()[:3]
-    assert header.startswith("| model | bare fps") and row.startswith(f"| {SHORT.name} |")
+    assert header.startswith("| model | threads | bare fps") and row.startswith(f"| {SHORT.name} |")
     [doc] = json.loads(out.read_text())
     assert doc["bare_fps"] > doc["naive_fps"] > 0 and doc["memory_fps"] > 0 and doc["video_fps"] > 0
     assert doc["memory_vs_bare"] == doc["memory_fps"] / doc["bare_fps"]
@@ -67,3 +67,12 @@ def test_a_variants_peak_rss_is_its_own_not_its_parents(tmp_path: Path) -> None:
     out = run_variant("bare", SHORT, 1, 0.2, 1, tmp_path / "state")
     assert ballast[-1] == 1.0
     assert 10 < out["peak_rss_mb"] < 150
+
+
+def test_broker_ports_lie_below_the_ephemeral_range() -> None:
+    """A reconnecting client could otherwise take a stopped broker's port as its own local port."""
+    from edge_agent.bench import free_port
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(20)]
+    assert all(1024 < p < low for p in ports)

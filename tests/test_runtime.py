@@ -178,3 +178,49 @@ def test_check_lists_accelerators_and_fails_for_unusable_gpu() -> None:
     bad = run_cli("check", "--model", str(SHORT), "--source", "synthetic", "--accelerator", "gpu")
     assert bad.returncode == 1
     assert "accelerator gpu unusable" in json.loads(bad.stdout)["problems"][0]
+
+
+def test_thread_choice_prefers_fewer_threads_when_they_are_as_fast() -> None:
+    from edge_agent.runtime.select import choose_threads, thread_candidates
+
+    assert thread_candidates(1) == [1] and thread_candidates(2) == [2, 1] and thread_candidates(8) == [8, 4, 1]
+    assert choose_threads({2: 1.00, 1: 1.04}) == 1  # within 5%: one thread leaves a core to the pipeline
+    assert choose_threads({2: 1.00, 1: 1.90}) == 2
+    assert choose_threads({4: 1.00, 2: 1.03, 1: 1.60}) == 2
+    assert choose_threads({2: 1.10, 1: 1.00}) == 1
+
+
+def test_threads_are_timed_once_per_model_and_core_count(tmp_path: Path) -> None:
+    from edge_agent.modelfile import read_model_file
+    from edge_agent.runtime.select import tune_threads
+
+    sha = read_model_file(SHORT).sha256
+    be = InterpreterBackend(SHORT, 1)
+    x = np.zeros(be.inputs[0].shape, be.inputs[0].dtype)
+    be.close()
+    cache = ProbeCache(tmp_path / "probe.json")
+    first = tune_threads(SHORT, sha, [x], 2, cache)
+    assert first.threads in (1, 2) and not first.cached
+    assert "1: " in first.reason and "2: " in first.reason and first.run_ms is not None and first.run_ms > 0
+    again = tune_threads(SHORT, sha, [x], 2, ProbeCache(tmp_path / "probe.json"))  # as after a restart
+    assert again.cached and again.threads == first.threads
+    other = tune_threads(SHORT, sha, [x], 4, ProbeCache(tmp_path / "probe.json"))  # another core count: timed anew
+    assert not other.cached and other.threads in (1, 2, 4)
+
+
+def test_a_model_on_threads_0_runs_on_the_timed_count(tmp_path: Path) -> None:
+    import os
+
+    m = Model(ModelConfig(path=SHORT), RuntimeConfig(accelerator="cpu", threads=0), tmp_path)
+    cpu = m.runtime.probes[-1]
+    if len(os.sched_getaffinity(0)) > 1:
+        assert cpu.threads is not None and f"{cpu.threads} threads" in m.runtime.backend.description
+        assert "invoke ms by threads" in cpu.reason
+        cached = json.loads((tmp_path / "probe-cache.json").read_text())
+        assert any(":cpu-threads-" in k for k in cached)
+    else:
+        assert cpu.threads is None  # one core: nothing to choose
+    m.close()
+    fixed = Model(ModelConfig(path=SHORT), RuntimeConfig(accelerator="cpu", threads=2), tmp_path)
+    assert fixed.runtime.probes[-1].threads is None and "2 threads" in fixed.runtime.backend.description
+    fixed.close()
