@@ -199,18 +199,23 @@ def test_threads_are_timed_once_per_model_and_core_count(tmp_path: Path) -> None
     x = np.zeros(be.inputs[0].shape, be.inputs[0].dtype)
     be.close()
     cache = ProbeCache(tmp_path / "probe.json")
-    first = tune_threads(SHORT, sha, [x], 2, cache)
+    busy = tune_threads(SHORT, sha, [x], 2, cache, busy_limit=-1.0)  # as if the cores were taken
+    assert busy.threads is None and "busy" in busy.reason and not (tmp_path / "probe.json").exists()
+    first = tune_threads(SHORT, sha, [x], 2, cache, busy_limit=1.01)
     assert first.threads in (1, 2) and not first.cached
     assert "1: " in first.reason and "2: " in first.reason and first.run_ms is not None and first.run_ms > 0
-    again = tune_threads(SHORT, sha, [x], 2, ProbeCache(tmp_path / "probe.json"))  # as after a restart
-    assert again.cached and again.threads == first.threads
-    other = tune_threads(SHORT, sha, [x], 4, ProbeCache(tmp_path / "probe.json"))  # another core count: timed anew
+    again = tune_threads(SHORT, sha, [x], 2, ProbeCache(tmp_path / "probe.json"), busy_limit=-1.0)  # a restart
+    assert again.cached and again.threads == first.threads  # the cache answers before any busy check
+    other = tune_threads(SHORT, sha, [x], 4, ProbeCache(tmp_path / "probe.json"), busy_limit=1.01)  # timed anew
     assert not other.cached and other.threads in (1, 2, 4)
 
 
-def test_a_model_on_threads_0_runs_on_the_timed_count(tmp_path: Path) -> None:
+def test_a_model_on_threads_0_runs_on_the_timed_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
+    from edge_agent.runtime import select
+
+    monkeypatch.setattr(select, "BUSY_LIMIT", 1.01)  # time it even if the machine is busy right now
     m = Model(ModelConfig(path=SHORT), RuntimeConfig(accelerator="cpu", threads=0), tmp_path)
     cpu = m.runtime.probes[-1]
     if len(os.sched_getaffinity(0)) > 1:
@@ -224,3 +229,26 @@ def test_a_model_on_threads_0_runs_on_the_timed_count(tmp_path: Path) -> None:
     fixed = Model(ModelConfig(path=SHORT), RuntimeConfig(accelerator="cpu", threads=2), tmp_path)
     assert fixed.runtime.probes[-1].threads is None and "2 threads" in fixed.runtime.backend.description
     fixed.close()
+
+
+def test_busy_cores_are_measured_from_proc_stat() -> None:
+    import threading
+
+    from edge_agent.runtime.select import cpu_busy
+
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            np.linalg.norm(np.arange(10000.0))  # keeps one core busy while the window is measured
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        busy = cpu_busy(0.3)
+    finally:
+        stop.set()
+        spinner.join()
+    import os
+
+    assert busy > 0.6 / len(os.sched_getaffinity(0))  # most of one core, of however many there are

@@ -232,6 +232,9 @@ class Selection:
 #: Thread counts within this fraction of the fastest count as just as fast: fewer threads then win,
 #: since every core XNNPACK does not take is left to capture, preprocessing and publishing.
 THREADS_TIE = 0.05
+#: Busier than this (fraction of all cores, just before timing), thread counts are not timed.
+BUSY_LIMIT = 0.25
+_BUSY_WINDOW_S = 0.1
 #: Timing rounds per thread count, alternated so a busy moment hits every count alike.
 _TUNE_ROUNDS = 5
 #: Wall time of one timed batch of invokes.
@@ -249,18 +252,51 @@ def choose_threads(medians_ms: dict[int, float]) -> int:
     return min(t for t, ms in medians_ms.items() if ms <= best * (1 + THREADS_TIE))
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all cores since boot."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + fields[4], sum(fields)
+
+
+def cpu_busy(window_s: float) -> float:
+    """Fraction of all cores busy over the next window_s (0.0 where /proc/stat is missing)."""
+    a = _cpu_times()
+    time.sleep(window_s)
+    b = _cpu_times()
+    if a is None or b is None or b[1] <= a[1]:
+        return 0.0
+    return 1.0 - (b[0] - a[0]) / (b[1] - a[1])
+
+
 def tune_threads(
-    model_path: Path, sha256: str, inputs: list[np.ndarray], cores: int, cache: ProbeCache
+    model_path: Path,
+    sha256: str,
+    inputs: list[np.ndarray],
+    cores: int,
+    cache: ProbeCache,
+    busy_limit: float | None = None,
 ) -> ProbeResult:
     """Time invoke() with each candidate thread count on a real input; cached per model and core count.
 
     More threads are not always faster: a quantized model whose int8 kernels run outside XNNPACK
     was 8% slower on two threads than on one on a 2-core x86 machine, and took 25% more CPU.
+    Timings taken while something else keeps the cores busy (a model arriving over the air while
+    the old one serves) would favour fewer threads for good: then one per core, not cached, and
+    the next start times it.
     """
     key = ProbeCache.key(sha256, f"cpu-threads-{cores}")
     cached = cache.get(key)
     if cached is not None and cached.threads:
         return cached
+    busy = cpu_busy(_BUSY_WINDOW_S)
+    if busy > (BUSY_LIMIT if busy_limit is None else busy_limit):
+        why = f"cores {busy:.0%} busy: one thread per core until a quieter start times the model"
+        log.info("CPU threads for %s: %s", model_path.name, why)
+        return ProbeResult("cpu", True, why)
     backends = {t: open_backend("cpu", model_path, t) for t in thread_candidates(cores)}
     try:
         samples: dict[int, list[float]] = {t: [] for t in backends}
