@@ -236,9 +236,11 @@ THREADS_TIE = 0.05
 BUSY_LIMIT = 0.25
 _BUSY_WINDOW_S = 0.1
 #: Timing rounds per thread count, alternated so a busy moment hits every count alike.
-_TUNE_ROUNDS = 5
+_TUNE_ROUNDS = 7
+#: Share of rounds whose own pick must match the medians' pick for the figure to be kept.
+_TUNE_AGREE = 0.7
 #: Wall time of one timed batch of invokes.
-_TUNE_BATCH_S = 0.005
+_TUNE_BATCH_S = 0.008
 
 
 def thread_candidates(cores: int) -> list[int]:
@@ -292,8 +294,9 @@ def tune_threads(
     cached = cache.get(key)
     if cached is not None and cached.threads:
         return cached
+    limit = BUSY_LIMIT if busy_limit is None else busy_limit
     busy = cpu_busy(_BUSY_WINDOW_S)
-    if busy > (BUSY_LIMIT if busy_limit is None else busy_limit):
+    if busy > limit:
         why = f"cores {busy:.0%} busy: one thread per core until a quieter start times the model"
         log.info("CPU threads for %s: %s", model_path.name, why)
         return ProbeResult("cpu", True, why)
@@ -307,22 +310,59 @@ def tune_threads(
             be.invoke()
             batch = max(batch, int(_TUNE_BATCH_S / max(time.perf_counter() - t0, 1e-6)))
         batch = min(batch, 50)
+        sys0, own0 = _cpu_times(), _own_cpu_s()
         for _ in range(_TUNE_ROUNDS):
             for t, be in backends.items():
                 t0 = time.perf_counter()
                 for _ in range(batch):
                     be.invoke()
                 samples[t].append((time.perf_counter() - t0) / batch * 1e3)
+        sys1, own1 = _cpu_times(), _own_cpu_s()
     finally:
         for be in backends.values():
             be.close()
+    other = _other_load(sys0, sys1, own1 - own0)
+    chosen, why = judge_timings(samples, other, limit)
+    if chosen is None:
+        log.info("CPU threads for %s: %s", model_path.name, why)
+        return ProbeResult("cpu", True, why)
+    res = ProbeResult("cpu", True, why, threads=chosen, run_ms=round(float(np.median(samples[chosen])), 3))
+    cache.put(key, res)
+    log.info("CPU threads for %s: %d (%s)", model_path.name, chosen, why)
+    return res
+
+
+def judge_timings(samples: dict[int, list[float]], other: float, limit: float) -> tuple[int | None, str]:
+    """The thread count to keep from per-round invoke times, or None and why they are not to be trusted.
+
+    other: the share of the cores used by anything else (steal time included) while timing.
+    """
     medians = {t: float(np.median(v)) for t, v in samples.items()}
     chosen = choose_threads(medians)
-    timed = ", ".join(f"{t}: {ms:.3f}" for t, ms in sorted(medians.items()))
-    res = ProbeResult("cpu", True, f"invoke ms by threads {timed}", threads=chosen, run_ms=round(medians[chosen], 3))
-    cache.put(key, res)
-    log.info("CPU threads for %s: %d (invoke ms by threads %s)", model_path.name, chosen, timed)
-    return res
+    timed = "invoke ms by threads " + ", ".join(f"{t}: {ms:.3f}" for t, ms in sorted(medians.items()))
+    rounds = min(len(v) for v in samples.values())
+    agree = sum(choose_threads({t: v[r] for t, v in samples.items()}) == chosen for r in range(rounds))
+    if other > limit or agree < rounds * _TUNE_AGREE:
+        # another process (or the hypervisor) took the cores, or the rounds disagree: not a figure to keep
+        return None, (
+            f"timing disturbed ({other:.0%} of the cores used elsewhere, {agree}/{rounds} rounds agree; {timed}): "
+            "one thread per core until a quieter start"
+        )
+    return chosen, timed
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _other_load(before: tuple[int, int] | None, after: tuple[int, int] | None, own_s: float) -> float:
+    """Fraction of all cores busy with anything but this process (steal time included) between two samples."""
+    if before is None or after is None or after[1] <= before[1]:
+        return 0.0
+    total = after[1] - before[1]
+    busy = total - (after[0] - before[0])
+    return max(0.0, (busy - own_s * os.sysconf("SC_CLK_TCK")) / total)
 
 
 def select_backend(
