@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -187,9 +188,10 @@ def agent(
     first = time.monotonic() - t_start
     a.stop.wait(0.5)  # warm-up
     st = a.infer_stats
-    n0, t0, c0 = st.count, time.perf_counter(), time.process_time()
+    n0, t0, c0, th0 = st.count, time.perf_counter(), time.process_time(), _thread_cpu_s()
     a.stop.wait(seconds)
-    n1, t1, c1 = st.count, time.perf_counter(), time.process_time()
+    n1, t1, c1, th1 = st.count, time.perf_counter(), time.process_time(), _thread_cpu_s()
+    names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
     lat = {k: w.percentiles() or {} for k, w in st.latency.items()}
     a.shutdown(5)
     c2p, inf = lat.get("capture_to_publish", {}), lat.get("inference", {})
@@ -201,7 +203,34 @@ def agent(
         "added_p99": c2p.get("p99", 0) - inf.get("p99", 0),
         "first_s": first,
         "cpu_s": (c1 - c0) / max(1, n1 - n0),
+        "cpu_ms_by_thread": _per_frame_by_thread(th0, th1, max(1, n1 - n0), names),
     }
+
+
+def _thread_cpu_s() -> dict[int, float]:
+    """CPU seconds per thread of this process (native id -> user + system), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended in between
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _per_frame_by_thread(
+    before: dict[int, float], after: dict[int, float], frames: int, names: dict[int, str]
+) -> dict[str, float]:
+    """CPU ms per frame by thread name; threads not started from Python (XNNPACK's workers) are `native`."""
+    out: dict[str, float] = {}
+    for tid, cpu in after.items():
+        name = names.get(tid, "native")
+        name = "main" if name == "MainThread" else "paho" if name.startswith("paho") else name
+        out[name] = out.get(name, 0.0) + (cpu - before.get(tid, 0.0)) * 1e3 / frames
+    return {k: round(v, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v > 0}
 
 
 def run_variant(
@@ -366,6 +395,9 @@ def compare(models: list[Path], threads: int, seconds: float, runs: int, out: An
                     "preprocess_ms": med("memory", "preprocess_ms"),
                     "peak_rss_mb": {v: med(v, "peak_rss_mb") for v in VARIANTS},
                     "first_s": med("memory", "first_s"),
+                    "cpu_ms_by_thread": {
+                        v: _median_by_key([r["cpu_ms_by_thread"] for r in res[v]]) for v in ("memory", "video")
+                    },
                 }
                 rows.append(row)
                 print(table_row(row), file=out, flush=True)
@@ -381,6 +413,11 @@ HEADER = (
     "| preprocess p50 ms | peak RSS MB bare / agent (video) | first prediction s |\n"
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
+
+
+def _median_by_key(docs: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for d in docs for k in d}
+    return {k: round(statistics.median(d.get(k, 0.0) for d in docs), 3) for k in sorted(keys)}
 
 
 def table_row(r: dict[str, Any]) -> str:
