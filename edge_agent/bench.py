@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import socket
@@ -53,6 +54,66 @@ def _video() -> Path:
     return demo_video_path()
 
 
+def demo_frames(n: int) -> list[Any]:
+    """The first n frames of the demo video, decoded (BGR)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(_video()))
+    frames: list[Any] = []
+    while len(frames) < n:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    return frames
+
+
+def agreement(a: Any, b: Any, frames: list[Any], names: tuple[str, str] = ("a", "b")) -> dict[str, Any]:
+    """How two models' (or backends') decoded results compare on the same frames.
+
+    Detections are matched greedily by IoU (>= 0.5, same label); classifications by top-1 class.
+    Raw tensors are not compared: a GPU in half precision moves raw box regressors noticeably
+    while the boxes it decodes to stay put.
+    """
+    import numpy as np
+
+    from edge_agent.postprocess.geometry import iou_one_to_many
+
+    ious, dscore, missing, extra, top1 = [], [], 0, 0, []
+    for f in frames:
+        ra, rb = a.infer(f).result, b.infer(f).result
+        if ra.task == "classification":
+            top1.append(bool(ra.classes and rb.classes and ra.classes[0].index == rb.classes[0].index))
+            continue
+        left = list(rb.detections)
+        for d in ra.detections:
+            same = [e for e in left if e.index == d.index]
+            if not same:
+                missing += 1
+                continue
+            o = iou_one_to_many(np.array(d.box), np.array([e.box for e in same]))
+            j = int(np.argmax(o))
+            if o[j] < 0.5:
+                missing += 1
+                continue
+            ious.append(float(o[j]))
+            dscore.append(abs(d.score - same[j].score))
+            left.remove(same[j])
+        extra += len(left)
+    if top1:
+        return {"frames": len(frames), "top1_agreement": round(float(np.mean(top1)), 4)}
+    return {
+        "frames": len(frames),
+        "matched": len(ious),
+        "mean_iou": round(float(np.mean(ious)), 4) if ious else None,
+        "min_iou": round(float(np.min(ious)), 4) if ious else None,
+        "mean_score_diff": round(float(np.mean(dscore)), 4) if dscore else None,
+        f"only_{names[0]}": missing,
+        f"only_{names[1]}": extra,
+    }
+
+
 def reference_input(model: Path, out: Path) -> Any:
     """A demo-video frame preprocessed as the agent does it, saved for the bare loop.
 
@@ -84,12 +145,14 @@ def reference_input(model: Path, out: Path) -> Any:
         m.close()
 
 
-def bare(model: Path, threads: int, seconds: float, reference: Path | None = None) -> dict[str, float]:
+def bare(
+    model: Path, threads: int, seconds: float, reference: Path | None = None, accelerator: str = "cpu"
+) -> dict[str, float]:
     import numpy as np
 
-    from edge_agent.runtime.cpu import InterpreterBackend
+    from edge_agent.runtime.registry import open_backend
 
-    be = InterpreterBackend(model, threads)
+    be = open_backend(accelerator, model, threads)
     if reference is not None:
         x = np.load(reference)
         be.write_input(0, lambda v: np.copyto(v, x.reshape(v.shape)))
@@ -160,7 +223,14 @@ def naive(model: Path, threads: int, seconds: float, port: int) -> dict[str, flo
 
 
 def agent(
-    model: Path, threads: int, seconds: float, port: int, state: Path, source: str, sink: str = "mqtt"
+    model: Path,
+    threads: int,
+    seconds: float,
+    port: int,
+    state: Path,
+    source: str,
+    sink: str = "mqtt",
+    accelerator: str = "cpu",
 ) -> dict[str, Any]:
     from edge_agent.agent import Agent
     from edge_agent.config import load_settings
@@ -175,7 +245,7 @@ def agent(
             "source.uri": source,
             "source.realtime": False,
             "model.path": str(model),
-            "runtime.accelerator": "cpu",
+            "runtime.accelerator": accelerator,
             "runtime.threads": threads,
             "state_dir": str(state),
             "health.interval_s": 3600,
@@ -192,6 +262,7 @@ def agent(
     a.stop.wait(seconds)
     n1, t1, c1, th1 = st.count, time.perf_counter(), time.process_time(), _thread_cpu_s()
     names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+    selected = a.model.runtime.backend.description if a.model is not None else ""
     lat = {k: w.percentiles() or {} for k, w in st.latency.items()}
     a.shutdown(5)
     c2p, inf = lat.get("capture_to_publish", {}), lat.get("inference", {})
@@ -204,6 +275,7 @@ def agent(
         "first_s": first,
         "cpu_s": (c1 - c0) / max(1, n1 - n0),
         "cpu_ms_by_thread": _per_frame_by_thread(th0, th1, max(1, n1 - n0), names),
+        "backend": selected,
     }
 
 
@@ -234,7 +306,14 @@ def _per_frame_by_thread(
 
 
 def run_variant(
-    variant: str, model: Path, threads: int, seconds: float, port: int, state: Path, reference: Path | None = None
+    variant: str,
+    model: Path,
+    threads: int,
+    seconds: float,
+    port: int,
+    state: Path,
+    reference: Path | None = None,
+    accelerator: str = "cpu",
 ) -> dict[str, Any]:
     """One variant in a child process: its figures plus its own peak RSS."""
     args = json.dumps(
@@ -246,6 +325,7 @@ def run_variant(
             "port": port,
             "state": str(state),
             "reference": str(reference) if reference else None,
+            "accelerator": accelerator,
         }
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
@@ -258,7 +338,9 @@ def run_variant(
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"{variant} on {model.name} failed: {proc.stderr.strip()[-800:]}")
+        # the exception line, not the runtime's log lines that follow it
+        exc = [ln for ln in proc.stderr.splitlines() if re.match(r"^[\w.]+(Error|Exception): ", ln)]
+        raise RuntimeError(f"{variant} on {model.name} failed: {exc[-1] if exc else proc.stderr.strip()[-800:]}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
@@ -266,7 +348,8 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     model, threads, seconds = Path(spec["model"]), int(spec["threads"]), float(spec["seconds"])
     v = spec["variant"]
     if v == "bare":
-        out = bare(model, threads, seconds, Path(spec["reference"]) if spec.get("reference") else None)
+        ref = Path(spec["reference"]) if spec.get("reference") else None
+        out = bare(model, threads, seconds, ref, spec.get("accelerator", "cpu"))
     elif v == "decode":
         out = decode(model, seconds)
     elif v == "naive":
@@ -274,7 +357,8 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         source = str(_video()) if v == "video" else "replay:demo"
         sink = "memory" if v == "local" else "mqtt"
-        out = agent(model, threads, seconds, int(spec["port"]), Path(spec["state"]), source, sink)
+        accel = spec.get("accelerator", "cpu")
+        out = agent(model, threads, seconds, int(spec["port"]), Path(spec["state"]), source, sink, accel)
     return {**out, "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
@@ -336,6 +420,81 @@ class Broker:
             self.proc.terminate()
             self.proc.wait(10)
             self.proc = None
+
+
+def compare_accelerator(
+    model: Path, seconds: float, runs: int, frames: int = 60, accelerator: str = "gpu"
+) -> dict[str, Any]:
+    """`accelerator` (the GPU by default) against the CPU on one model, with `auto` choosing as the agent does.
+
+    Reports what `auto` selected, how its detections agree with the CPU's on demo-video frames, and,
+    side by side in alternating runs: the bare loop on the accelerator and on the CPU, the agent (on
+    frames in memory, to a real mosquitto) with `auto` and with the CPU, and their ratios.
+    """
+    from edge_agent.config import load_settings
+    from edge_agent.model import Model
+    from edge_agent.runtime.cpu import default_threads
+
+    def load(accel: str) -> Model:
+        s = load_settings(None, {"model.path": str(model), "runtime.accelerator": accel})
+        return Model(s.model, s.runtime, None)
+
+    t0 = time.monotonic()
+    auto = load("auto")
+    auto_load_s = time.monotonic() - t0
+    cpu = load("cpu")
+    selected = auto.runtime.backend.kind
+    doc: dict[str, Any] = {
+        "model": model.name,
+        "selected": selected,
+        "selected_description": auto.runtime.backend.description,
+        "probes": [p.as_dict() for p in auto.runtime.probes],
+        "auto_load_s": round(auto_load_s, 3),
+        "cpu_threads": getattr(cpu.runtime.backend, "threads", None),
+        "agreement": agreement(auto, cpu, demo_frames(frames), ("auto", "cpu")),
+    }
+    threads = int(doc["cpu_threads"] or default_threads())
+    auto.close()
+    cpu.close()
+    plan = [("bare", accelerator), ("bare", "cpu"), ("memory", "auto"), ("memory", "cpu")]
+    res: dict[str, list[dict[str, Any]]] = {f"{v}_{a}": [] for v, a in plan}
+    errors: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = Path(tmp) / "ref.npy"
+        reference_input(model, reference)
+        broker = Broker(Path(tmp)).start()
+        try:
+            with Progress(f"{model.name} {accelerator} vs cpu", runs * len(plan), "runs") as bar:
+                for _ in range(runs):
+                    for v, a in plan:
+                        key = f"{v}_{a}"
+                        if key not in errors:
+                            try:
+                                res[key].append(
+                                    run_variant(v, model, threads, seconds, broker.port, Path(tmp) / "s", reference, a)
+                                )
+                            except RuntimeError as err:  # e.g. no such accelerator on this machine
+                                errors[key] = str(err)[-300:]
+                        bar.update()
+        finally:
+            broker.stop()
+    fps = {k: float(statistics.median(r["fps"] for r in v)) for k, v in res.items() if v}
+    doc["fps"] = {k: round(v, 1) for k, v in fps.items()}
+    doc["agent_backend"] = {k: v[0].get("backend") for k, v in res.items() if v and k.startswith("memory")}
+    doc["added_p50_ms"] = {
+        k: round(float(statistics.median(r["added_p50"] for r in v)), 3) for k, v in res.items() if v and "memory" in k
+    }
+    doc["peak_rss_mb"] = {k: float(statistics.median(r["peak_rss_mb"] for r in v)) for k, v in res.items() if v}
+    doc["errors"] = errors
+    ratios = {}
+    if "memory_auto" in fps and f"bare_{accelerator}" in fps:
+        ratios["agent_vs_bare_accelerator"] = fps["memory_auto"] / fps[f"bare_{accelerator}"]
+    if "memory_auto" in fps and "memory_cpu" in fps:
+        ratios["agent_accelerator_vs_agent_cpu"] = fps["memory_auto"] / fps["memory_cpu"]
+    if "bare_cpu" in fps and "memory_cpu" in fps:
+        ratios["agent_cpu_vs_bare_cpu"] = fps["memory_cpu"] / fps["bare_cpu"]
+    doc["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+    return doc
 
 
 def compare(models: list[Path], threads: int, seconds: float, runs: int, out: Any) -> list[dict[str, Any]]:

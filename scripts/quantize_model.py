@@ -34,10 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edge_agent.bench import agreement, demo_frames  # noqa: E402
 from edge_agent.config import ModelConfig, RuntimeConfig  # noqa: E402
 from edge_agent.model import Model  # noqa: E402
 from edge_agent.modelfile import TensorSpec, build_metadata, read_model_file, rewrite_model  # noqa: E402
-from edge_agent.postprocess.geometry import iou_one_to_many  # noqa: E402
 from edge_agent.preprocess import Preprocessor  # noqa: E402
 from edge_agent.progress import Progress  # noqa: E402
 
@@ -98,21 +98,6 @@ def augmented(base: list[np.ndarray], n: int, seed: int = 0) -> list[np.ndarray]
     return out
 
 
-def demo_frames(n: int) -> list[np.ndarray]:
-    import cv2
-
-    from edge_agent.sources import demo_video_path
-
-    cap = cv2.VideoCapture(str(demo_video_path()))
-    frames = []
-    while len(frames) < n:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    return frames
-
-
 def quantize(src: Path, frames: list[np.ndarray], model: Model, fix: list[tuple[str, float]]) -> bytes:
     """Frames preprocessed as the agent will (the model's resize mode and normalisation), then quantized."""
     spec = model.inputs[0]
@@ -161,42 +146,6 @@ def speed(path: Path, threads: int, seconds: float = 2.0) -> float:
         n += 1
     be.close()
     return n / (time.perf_counter() - t0)
-
-
-def agreement(a: Model, b: Model, frames: list[np.ndarray]) -> dict[str, Any]:
-    """How the int8 model's decoded results compare with the float model's on the same frames."""
-    ious, dscore, missing, extra, top1 = [], [], 0, 0, []
-    for f in frames:
-        ra, rb = a.infer(f).result, b.infer(f).result
-        if ra.task == "classification":
-            top1.append(bool(ra.classes and rb.classes and ra.classes[0].index == rb.classes[0].index))
-            continue
-        left = list(rb.detections)
-        for d in ra.detections:
-            same = [e for e in left if e.index == d.index]
-            if not same:
-                missing += 1
-                continue
-            o = iou_one_to_many(np.array(d.box), np.array([e.box for e in same]))
-            j = int(np.argmax(o))
-            if o[j] < 0.5:
-                missing += 1
-                continue
-            ious.append(float(o[j]))
-            dscore.append(abs(d.score - same[j].score))
-            left.remove(same[j])
-        extra += len(left)
-    if top1:
-        return {"frames": len(frames), "top1_agreement": round(float(np.mean(top1)), 4)}
-    return {
-        "frames": len(frames),
-        "matched": len(ious),
-        "mean_iou": round(float(np.mean(ious)), 4) if ious else None,
-        "min_iou": round(float(np.min(ious)), 4) if ious else None,
-        "mean_score_diff": round(float(np.mean(dscore)), 4) if dscore else None,
-        "only_float": missing,
-        "only_int8": extra,
-    }
 
 
 def main() -> int:
@@ -254,7 +203,7 @@ def main() -> int:
         fs, qs = speed(args.src, args.threads), speed(args.dst, args.threads)
         report["fps"] = {"float": round(fs, 1), "int8": round(qs, 1)}
         report["speed_ratio"] = round(qs / fs, 3)
-        report["agreement"] = agreement(fmodel, qmodel, demo_frames(args.compare))
+        report["agreement"] = agreement(fmodel, qmodel, demo_frames(args.compare), ("float", "int8"))
         qmodel.close()
     fmodel.close()
     print(json.dumps(report, indent=2))

@@ -79,3 +79,17 @@ def test_broker_ports_lie_below_the_ephemeral_range() -> None:
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     ports = [free_port() for _ in range(20)]
     assert all(1024 < p < low for p in ports)
+
+
+def test_accelerator_comparison_reports_selection_agreement_and_ratios() -> None:
+    """The GPU script's harness, here where `auto` can only pick the CPU: the GPU loop's failure is reported."""
+    from edge_agent.bench import compare_accelerator
+
+    doc = compare_accelerator(SHORT, 0.3, 1, frames=5)
+    a = doc["agreement"]
+    assert a["frames"] == 5 and a["matched"] >= 5
+    assert doc["probes"][-1]["backend"] == "cpu" and doc["ratios"]["agent_cpu_vs_bare_cpu"] > 0
+    assert doc["fps"]["memory_auto"] > 0 and doc["fps"]["memory_cpu"] > 0 and doc["fps"]["bare_cpu"] > 0
+    if doc["selected"] == "cpu":  # no GPU here: same backend both ways, and the bare GPU loop could not start
+        assert a["min_iou"] == 1.0 and a["only_auto"] == a["only_cpu"] == 0
+        assert "GPU" in doc["errors"]["bare_gpu"] and "agent_vs_bare_accelerator" not in doc["ratios"]
