@@ -25,7 +25,7 @@ from edge_agent.gate import ChangeGate
 from edge_agent.handoff import LatestSlot
 from edge_agent.homeassistant import HomeAssistant
 from edge_agent.liveview import LiveView
-from edge_agent.model import Model, RawInference
+from edge_agent.model import Inference, Model, RawInference
 from edge_agent.modelfile import ModelError
 from edge_agent.ota.manifest import ManifestError, parse_manifest
 from edge_agent.ota.store import ModelStore
@@ -483,6 +483,7 @@ class Agent:
         sink, st = self.sink, self.post_stats
         topic, qos = self.topics["predictions"], self.settings.mqtt.qos
         fallbacks_seen = 0
+        decoded: tuple[RawInference, Inference] | None = None  # a gated frame reuses the last decoding
         st.state = "running"
         while not self.stop.is_set() or not self.results.empty():
             try:
@@ -492,7 +493,12 @@ class Agent:
                 continue
             st.beat()
             try:
-                inf = model.decode(raw)
+                if cached and decoded is not None and decoded[0] is raw:
+                    inf = decoded[1]
+                else:
+                    inf = model.decode(raw)
+                    decoded = (raw, inf)
+                    self.infer_stats.observe("postprocess", inf.postprocess_ms)
                 if self.updater is not None and not cached:
                     self.updater.observe(model.file.sha256, raw.outputs, raw.inference_ms)
                 seq = self.next_seq()
@@ -529,7 +535,6 @@ class Agent:
                 if len(model.runtime.fallbacks) != fallbacks_seen:
                     fallbacks_seen = len(model.runtime.fallbacks)
                     self._announce_fallback()
-                self.infer_stats.observe("postprocess", inf.postprocess_ms)
                 self.infer_stats.observe("capture_to_publish", c2p)
                 st.done()
                 self._published()

@@ -280,17 +280,10 @@ def agent(
 
 
 def _thread_cpu_s() -> dict[int, float]:
-    """CPU seconds per thread of this process (native id -> user + system), from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # the thread ended in between
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
-    return out
+    """CPU seconds per thread of this process (native id -> user + system)."""
+    import psutil
+
+    return {t.id: t.user_time + t.system_time for t in psutil.Process().threads()}
 
 
 def _per_frame_by_thread(

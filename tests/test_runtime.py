@@ -239,6 +239,9 @@ def test_a_model_on_threads_0_runs_on_the_timed_count(tmp_path: Path, monkeypatc
         assert f"{cpu.threads} threads" in m.runtime.backend.description and "invoke ms by threads" in cpu.reason
         cached = json.loads((tmp_path / "probe-cache.json").read_text())
         assert any(":cpu-threads-" in k for k in cached)
+        again = Model(ModelConfig(path=SHORT), RuntimeConfig(accelerator="cpu", threads=0), tmp_path)  # a restart
+        assert again.runtime.probes[-1].cached and again.runtime.backend.description == m.runtime.backend.description
+        again.close()
     elif cores > 1:  # a timing disturbed by something else on the machine: one per core, nothing kept
         assert "timing disturbed" in cpu.reason and f"{cores} threads" in m.runtime.backend.description
         assert not (tmp_path / "probe-cache.json").exists()

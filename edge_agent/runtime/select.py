@@ -28,6 +28,7 @@ from edge_agent.runtime.base import Backend, BackendError
 from edge_agent.runtime.cpu import default_threads
 from edge_agent.runtime.delegate import KNOWN_DELEGATES, find_library
 from edge_agent.runtime.registry import open_backend
+from edge_agent.system import cpu_seconds
 
 log = logging.getLogger(__name__)
 
@@ -254,24 +255,12 @@ def choose_threads(medians_ms: dict[int, float]) -> int:
     return min(t for t, ms in medians_ms.items() if ms <= best * (1 + THREADS_TIE))
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """(idle, total) jiffies of all cores since boot."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return fields[3] + fields[4], sum(fields)
-
-
 def cpu_busy(window_s: float) -> float:
-    """Fraction of all cores busy over the next window_s (0.0 where /proc/stat is missing)."""
-    a = _cpu_times()
+    """Fraction of all cores busy over the next window_s."""
+    a = cpu_seconds()
     time.sleep(window_s)
-    b = _cpu_times()
-    if a is None or b is None or b[1] <= a[1]:
-        return 0.0
-    return 1.0 - (b[0] - a[0]) / (b[1] - a[1])
+    b = cpu_seconds()
+    return (b[0] - a[0]) / (b[1] - a[1]) if b[1] > a[1] else 0.0
 
 
 def tune_threads(
@@ -285,12 +274,13 @@ def tune_threads(
     """Time invoke() with each candidate thread count on a real input; cached per model and core count.
 
     More threads are not always faster: a quantized model whose int8 kernels run outside XNNPACK
-    was 8% slower on two threads than on one on a 2-core x86 machine, and took 25% more CPU.
+    ran no faster on two threads than on one on a 2-core x86 machine, and the second thread's
+    CPU time was then taken from the rest of the pipeline.
     Timings taken while something else keeps the cores busy (a model arriving over the air while
     the old one serves) would favour fewer threads for good: then one per core, not cached, and
     the next start times it.
     """
-    key = ProbeCache.key(sha256, f"cpu-threads-{cores}")
+    key = _threads_key(sha256, cores)
     cached = cache.get(key)
     if cached is not None and cached.threads:
         return cached
@@ -310,14 +300,14 @@ def tune_threads(
             be.invoke()
             batch = max(batch, int(_TUNE_BATCH_S / max(time.perf_counter() - t0, 1e-6)))
         batch = min(batch, 50)
-        sys0, own0 = _cpu_times(), _own_cpu_s()
+        sys0, own0 = cpu_seconds(), _own_cpu_s()
         for _ in range(_TUNE_ROUNDS):
             for t, be in backends.items():
                 t0 = time.perf_counter()
                 for _ in range(batch):
                     be.invoke()
                 samples[t].append((time.perf_counter() - t0) / batch * 1e3)
-        sys1, own1 = _cpu_times(), _own_cpu_s()
+        sys1, own1 = cpu_seconds(), _own_cpu_s()
     finally:
         for be in backends.values():
             be.close()
@@ -351,18 +341,19 @@ def judge_timings(samples: dict[int, list[float]], other: float, limit: float) -
     return chosen, timed
 
 
+def _threads_key(sha256: str, cores: int) -> str:
+    return ProbeCache.key(sha256, f"cpu-threads-{cores}")
+
+
 def _own_cpu_s() -> float:
     t = os.times()
     return t.user + t.system
 
 
-def _other_load(before: tuple[int, int] | None, after: tuple[int, int] | None, own_s: float) -> float:
+def _other_load(before: tuple[float, float], after: tuple[float, float], own_s: float) -> float:
     """Fraction of all cores busy with anything but this process (steal time included) between two samples."""
-    if before is None or after is None or after[1] <= before[1]:
-        return 0.0
     total = after[1] - before[1]
-    busy = total - (after[0] - before[0])
-    return max(0.0, (busy - own_s * os.sysconf("SC_CLK_TCK")) / total)
+    return max(0.0, (after[0] - before[0] - own_s) / total) if total > 0 else 0.0
 
 
 def select_backend(
@@ -381,14 +372,16 @@ def select_backend(
     threads = 0 on the CPU: the thread count is timed per model (once, then cached), not assumed.
     """
     results: list[ProbeResult] = []
-    cpu = open_backend("cpu", model_path, threads)
+    cores = default_threads()
+    timed = threads == 0 and cores > 1
+    known = cache.get(_threads_key(sha256, cores)) if timed else None
+    cpu = open_backend("cpu", model_path, known.threads if known and known.threads else threads)  # once, not twice
     inputs: list[np.ndarray] | None = None
     cpu_outs: list[np.ndarray] | None = None
     for name in candidates(accelerator):
         if name == "cpu":
-            cores = default_threads()
             tuned: ProbeResult | None = None
-            if threads == 0 and cores > 1:
+            if timed:
                 if inputs is None:
                     inputs = probe_inputs(cpu)
                 tuned = tune_threads(model_path, sha256, inputs, cores, cache)
