@@ -257,7 +257,7 @@ def agent(
     a.first_published.wait(30)
     first = time.monotonic() - t_start
     a.stop.wait(0.5)  # warm-up
-    st = a.infer_stats
+    st = next(iter(a.pipelines.values())).infer_stats
     n0, t0, c0, th0 = st.count, time.perf_counter(), time.process_time(), _thread_cpu_s()
     a.stop.wait(seconds)
     n1, t1, c1, th1 = st.count, time.perf_counter(), time.process_time(), _thread_cpu_s()

@@ -98,19 +98,24 @@ def _logging(level: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.agent import Agent
+    from edge_agent.config import ConfigError
     from edge_agent.modelfile import ModelError
 
     settings = _load(args)
     _logging(settings.log_level)
 
-    def reload() -> Any:
-        from edge_agent.config import load_settings
+    def reload(running: Any) -> Any:
+        from edge_agent.config import load_settings_keeping
 
-        return load_settings(args.config, _overrides(args))
+        return load_settings_keeping(args.config, _overrides(args), running)
 
     agent = Agent(settings, sink=args.sink, reload=reload)
     try:
         agent.start()
+    except ConfigError as err:  # a pipeline asks for what this board lacks: a configuration error
+        print(f"edge-agent: invalid configuration:\n{err}", file=sys.stderr)
+        agent.shutdown(1.0)
+        return EXIT_USAGE
     except ModelError as err:
         logging.getLogger("edge_agent").error("%s", err)
         print(f"edge-agent: {err}", file=sys.stderr)
@@ -381,6 +386,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edge_agent.bench import HEADER, compare
     from edge_agent.model import default_model_path
 
+    if args.pipelines or args.batch:
+        return _bench_pipelines(args)
     if args.model:
         models = list(args.model)
     else:
@@ -392,6 +399,51 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _usage_error("no model to benchmark: give --model")
     print(HEADER, flush=True)
     rows = compare(models, args.threads, args.seconds, args.runs, sys.stdout)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return EXIT_OK
+
+
+def _counts(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(_usage_error(f"{flag} takes numbers separated by commas, e.g. 1,2,4")) from None
+    if not values or min(values) < 1:
+        raise SystemExit(_usage_error(f"{flag} takes numbers of at least 1, e.g. 1,2,4"))
+    return values
+
+
+def _bench_pipelines(args: argparse.Namespace) -> int:
+    """Several pipelines in one agent against as many agents (--pipelines), or batch sizes (--batch)."""
+    from edge_agent.bench_pipelines import (
+        BATCH_HEADER,
+        PIPELINES_HEADER,
+        compare_batches,
+        compare_pipelines,
+    )
+    from edge_agent.model import default_model_path
+
+    models = list(args.model) if args.model else [default_model_path()]
+    rows: list[dict[str, Any]] = []
+    if args.pipelines:
+        print(PIPELINES_HEADER, flush=True)
+        for m in models:
+            rows += compare_pipelines(
+                m, _counts(args.pipelines, "--pipelines"), args.seconds, args.runs, args.threads, sys.stdout,
+                max_batch=args.max_batch,
+            )
+        print("one agent's peak RSS / single-pipeline agent's: " + ", ".join(
+            f"{r['pipelines']}: {r['rss_vs_single']:.2f}" for r in rows), flush=True)
+        for r in rows:
+            print(f"RSS of one agent with {r['pipelines']} pipeline(s), MB: {r['one']['rss_breakdown']}", flush=True)
+    if args.batch:
+        print(BATCH_HEADER, flush=True)
+        n = max(_counts(args.pipelines, "--pipelines")) if args.pipelines else 4
+        rows += compare_batches(
+            models, n, _counts(args.batch, "--batch"), args.seconds, args.runs, args.threads, sys.stdout,
+            args.accelerator,
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return EXIT_OK
@@ -422,10 +474,10 @@ def cmd_cloud_worker(args: argparse.Namespace) -> int:
 
 def cmd_listen(args: argparse.Namespace) -> int:
     from edge_agent.sinks.mqtt import Subscriber
+    from edge_agent.topics import device_pattern
 
     settings = _load(args)
-    base = f"{settings.mqtt.topic_prefix}/{args.device or '+'}"
-    topics = [f"{base}/{t}" for t in args.topics.split(",")]
+    topics = [device_pattern(settings.mqtt.topic_prefix, args.device, t) for t in args.topics.split(",")]
     sub = Subscriber(settings.mqtt, topics)
     if not sub.start(10.0):
         print(f"edge-agent: no broker at {settings.mqtt.host}:{settings.mqtt.port}", file=sys.stderr)
@@ -472,8 +524,9 @@ def summarise(topic: str, payload: bytes) -> str:
                 f"round trip {doc.get('rtt_ms', 0):.1f} ms: {found}"
             )
         lat = doc.get("latency_ms", {})
+        who = f"[{doc['pipeline']}] " if doc.get("pipeline") else ""
         return (
-            f"#{doc.get('seq')} {doc.get('accelerator')} infer {lat.get('inference', 0):.1f} ms "
+            f"{who}#{doc.get('seq')} {doc.get('accelerator')} infer {lat.get('inference', 0):.1f} ms "
             f"capture->publish {lat.get('capture_to_publish', 0):.1f} ms: {found}"
         )
     if topic.endswith("/health"):
@@ -482,6 +535,9 @@ def summarise(topic: str, payload: bytes) -> str:
             f"health {doc.get('status')}: fps in/inf/out {fps.get('captured')}/{fps.get('inferred')}/"
             f"{fps.get('published')}, rss {doc.get('process', {}).get('rss_mb')} MB {doc.get('problems') or ''}"
         )
+    if topic.endswith("/events") and "type" in doc:
+        who = f"[{doc['pipeline']}] " if doc.get("pipeline") else ""
+        return f"{who}event {doc.get('type')} {doc.get('label')} {doc.get('score', 0):.2f} ({doc.get('id')})"
     return f"{topic} {json.dumps(doc)[:200]}"
 
 
@@ -548,6 +604,8 @@ def cmd_fleet_push(args: argparse.Namespace) -> int:
             args.timeout,
             sys.stdout,
             args.model.read_bytes() if args.mqtt else None,
+            {"model": args.for_model} if args.for_model else
+            {"pipelines": args.pipelines.split(",")} if args.pipelines else None,
         )
     finally:
         if server is not None:
@@ -636,7 +694,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("listen", help="subscribe to the agent's topics and print what arrives")
     _settings_args(ls)
     ls.add_argument("--device", help="device id (default: all)")
-    ls.add_argument("--topics", default="predictions,health", help="comma-separated topic suffixes")
+    ls.add_argument(
+        "--topics",
+        default="predictions,health,+/predictions,+/events",
+        help="comma-separated topic suffixes ('+/predictions': every named pipeline's)",
+    )
     ls.add_argument("--seconds", type=float)
     ls.add_argument("--raw", action="store_true", help="print payloads as they are")
     ls.set_defaults(func=cmd_listen)
@@ -652,6 +714,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=0, help="inference threads; 0 = what the agent chooses for each model (timed)"
     )
     bn.add_argument("--json", type=Path, help="also write the figures here")
+    bn.add_argument(
+        "--pipelines",
+        help="e.g. 1,2,4: one agent with N pipelines (each on its own copy of the demo video) against N agents, "
+        "and with a stalled camera beside them",
+    )
+    bn.add_argument(
+        "--batch", help="e.g. 1,2,4: one agent with 4 pipelines (or the most --pipelines) at each runtime.max_batch"
+    )
+    bn.add_argument("--max-batch", type=int, default=4, help="runtime.max_batch for --pipelines runs")
+    bn.add_argument("--accelerator", default="cpu", help="for --batch: cpu or gpu")
     bn.set_defaults(func=cmd_bench)
 
     cw = sub.add_parser(
@@ -688,6 +760,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--advertise", help="host name devices use to reach --serve")
     ps.add_argument("--url", help="where devices download the model")
     ps.add_argument("--mqtt", action="store_true", help="send the model in chunks over MQTT (devices without HTTP)")
+    ps.add_argument("--for-model", help="on devices with several models: the shared model (or pipeline) to replace")
+    ps.add_argument("--pipelines", help="on devices with several models: the pipelines to update (comma-separated)")
     ps.add_argument("--valid-hours", type=float, default=24.0)
     ps.add_argument("--timeout", type=float, default=600.0)
     ps.set_defaults(func=cmd_fleet_push)

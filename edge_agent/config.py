@@ -17,6 +17,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -384,6 +385,26 @@ class RuntimeConfig(_Strict):
     )
     probe_timeout_s: float = Field(30.0, ge=1, le=600, description="Longest wait for one accelerator probe subprocess.")
     cpu_fallback: bool = Field(True, description="Fall back to the CPU when an accelerator fails at run time.")
+    malloc_arenas: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="glibc malloc arenas at most, set at start before any thread: per-thread arenas kept freed "
+        "memory apart and made resident memory vary by tens of MB from run to run; 0 = glibc's default (8 per core).",
+    )
+    max_batch: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Frames from different pipelines that share a model grouped into one invoke() at most, where "
+        "the model's batch dimension can be resized and batched outputs match single runs; 1 = never batch.",
+    )
+    batch_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="Longest a frame waits for frames of other pipelines to join its batch.",
+    )
 
     @field_validator("accelerator")
     @classmethod
@@ -460,6 +481,57 @@ class OTAConfig(_Strict):
         return v
 
 
+#: Topic levels a pipeline name may not take: they are the device's own topics.
+RESERVED_NAMES = frozenset(
+    {"availability", "info", "health", "cmd", "model", "models", "ota", "ha", "escalations", "events",
+     "predictions", "zones", "snapshot", "group"}
+)
+
+
+class PipelineConfig(_Strict):
+    """One input and its model: a camera, a video, a microphone or a sensor, published under its own name."""
+
+    name: str = Field(
+        min_length=1, max_length=64, description="Pipeline name, a topic level: 1-64 of A-Z a-z 0-9 _ . -"
+    )
+    source: SourceConfig = Field(default_factory=SourceConfig, description="The pipeline's input.")
+    model: ModelConfig | str = Field(
+        default_factory=ModelConfig,
+        description="The pipeline's model: a table like [model], or the name of a shared model in [models].",
+    )
+    fps: float | None = Field(None, gt=0, le=1000, description="Shortcut for source.fps.")
+    signal: SignalConfig = Field(
+        default_factory=SignalConfig, description="Audio and sensor settings of this pipeline."
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _named(cls, data: Any, handler: Any) -> PipelineConfig:
+        """Errors inside a pipeline name it, not only its index in the list."""
+        try:
+            return handler(data)
+        except ValidationError as err:
+            name = data.get("name") if isinstance(data, dict) else None
+            if not name:
+                raise
+            raise ValueError(f"pipeline '{name}': {format_validation_error(err)}") from None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _TOPIC_SAFE.match(v):
+            raise ValueError("must be 1-64 of A-Z a-z 0-9 _ . -")
+        if v in RESERVED_NAMES:
+            raise ValueError(f"'{v}' is one of the device's own topics")
+        return v
+
+    @model_validator(mode="after")
+    def _fps(self) -> PipelineConfig:
+        if self.fps is not None:
+            object.__setattr__(self, "source", self.source.model_copy(update={"fps": self.fps}))
+        return self
+
+
 class Settings(BaseSettings):
     """The whole agent configuration."""
 
@@ -498,6 +570,19 @@ class Settings(BaseSettings):
     escalation: EscalationConfig = Field(
         default_factory=EscalationConfig, description="Hybrid mode: hard cases to a bigger model elsewhere."
     )
+    models: dict[str, ModelConfig] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Shared models by name: pipelines that name one share it (loaded once, one scheduler).",
+    )
+    pipelines: list[PipelineConfig] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Several inputs in one agent, each with its own source, model and topics. TOML: "
+        "[[pipelines]] tables; environment: EDGE_AGENT_PIPELINES as a JSON list, e.g. "
+        '[{"name": "door", "source": {"uri": "0"}, "model": "face"}]. '
+        "Empty: the top-level source and model form the one pipeline.",
+    )
 
     @field_validator("device_id")
     @classmethod
@@ -514,6 +599,35 @@ class Settings(BaseSettings):
             raise ValueError(f"group names must be 1-64 of A-Z a-z 0-9 _ . -: {bad[:3]}")
         return v
 
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, v: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        bad = [n for n in v if not _TOPIC_SAFE.match(n)]
+        if bad:
+            raise ValueError(f"model names must be 1-64 of A-Z a-z 0-9 _ . -: {bad[:3]}")
+        return v
+
+    @model_validator(mode="after")
+    def _pipelines(self) -> Settings:
+        seen: dict[str, int] = {}
+        devices: dict[str, str] = {}
+        for i, p in enumerate(self.pipelines):
+            if p.name in seen:
+                raise ValueError(f"pipelines[{p.name}].name: duplicate (pipelines {seen[p.name]} and {i})")
+            seen[p.name] = i
+            if isinstance(p.model, str) and p.model not in self.models:
+                known = ", ".join(sorted(self.models)) or "none defined"
+                raise ValueError(f"pipelines[{p.name}].model: unknown shared model '{p.model}' (models: {known})")
+            dev = exclusive_device(p.source.uri)
+            if dev is not None:
+                if dev in devices:
+                    raise ValueError(
+                        f"pipelines[{p.name}].source.uri: {dev} is already used by pipeline '{devices[dev]}' "
+                        "(a capture device can be opened by one pipeline only)"
+                    )
+                devices[dev] = p.name
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -528,6 +642,20 @@ class Settings(BaseSettings):
         if toml is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
         return tuple(sources)
+
+
+def exclusive_device(uri: str) -> str | None:
+    """The device a source opens exclusively (a camera, microphone, serial port, IIO buffer), or None."""
+    u = uri.strip()
+    if u.isdigit():
+        return f"/dev/video{int(u)}"
+    if u.startswith("/dev/"):
+        return os.path.realpath(u) if os.path.exists(u) else u
+    for kind in ("serial:", "iio:", "mic:"):
+        if u.startswith(kind):
+            rest = u[len(kind) :]
+            return f"{kind}{os.path.realpath(rest) if rest.startswith('/') and os.path.exists(rest) else rest}"
+    return None
 
 
 #: pydantic-settings reads the TOML path from class state; set only inside load_settings.
@@ -575,7 +703,8 @@ def format_validation_error(err: ValidationError) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown setting"
-        lines.append(f"{loc}: {msg}")
+        msg = msg.removeprefix("Value error, ")
+        lines.append(msg if loc == "(root)" and msg.startswith(("pipelines[", "pipeline '")) else f"{loc}: {msg}")
     return "\n".join(lines)
 
 
@@ -594,8 +723,57 @@ def load_settings(
         return Settings(**_nested(overrides or {}))
     except ValidationError as err:
         raise ConfigError(format_validation_error(err)) from None
+    except SettingsError as err:  # a complex value in the environment that is not JSON
+        raise ConfigError(_settings_error(err)) from None
     finally:
         _TOML_FILE["path"] = None
+
+
+def load_settings_keeping(
+    config_file: Path | None, overrides: dict[str, Any] | None, running: Settings
+) -> tuple[Settings, dict[str, str]]:
+    """A reload: the configuration read again, where a pipeline that no longer validates is refused on
+    its own (the running one of that name is kept; a new one is left out) rather than the whole file.
+    Returns the settings and the refused pipelines with their reasons; ConfigError for anything else."""
+    import tomllib
+
+    try:
+        return load_settings(config_file, overrides), {}
+    except ConfigError as err:
+        if config_file is None:
+            raise
+        try:
+            with config_file.open("rb") as f:
+                items = tomllib.load(f).get("pipelines")
+        except (OSError, tomllib.TOMLDecodeError):
+            raise err from None
+        if not isinstance(items, list):
+            raise
+        running_by_name = {p.name: p for p in running.pipelines}
+        refused: dict[str, str] = {}
+        keep: list[Any] = []
+        for i, item in enumerate(items):
+            name = item.get("name") if isinstance(item, dict) else None
+            try:
+                PipelineConfig.model_validate(item)
+                keep.append(item)
+            except ValidationError as bad:
+                refused[str(name or f"#{i}")] = format_validation_error(bad)
+                if name in running_by_name:
+                    keep.append(running_by_name[name].model_dump(mode="json"))
+        if not refused:
+            raise
+        return load_settings(config_file, {**(overrides or {}), "pipelines": keep}), refused
+
+
+def _settings_error(err: SettingsError) -> str:
+    m = re.search(r'field "([^"]+)"', str(err))
+    if m is None:
+        return str(err)
+    env = ENV_PREFIX + m.group(1).upper()
+    cause = err.__cause__
+    why = f": {cause}" if cause is not None else ""
+    return f"{env}: not valid JSON{why} (example: {env}='[{{\"name\": \"door\", \"source\": {{\"uri\": \"0\"}}}}]')"
 
 
 def _check_toml(path: Path) -> None:
@@ -629,3 +807,33 @@ def describe_fields(model: type[BaseModel] = Settings, prefix: str = "") -> list
         env = ENV_PREFIX + key.upper().replace(".", ENV_NESTED)
         rows.append((key, env, default, field.description or ""))
     return rows
+
+
+class PipelineView(BaseModel):
+    """One pipeline as the rest of the agent sees it: the device's settings with this pipeline's source,
+    model and signal sections in place, so every stage reads `settings.source` whatever the form."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    name: str
+    settings: Settings
+    #: The model slot: a shared model's name, else the pipeline's own name; what OTA replaces.
+    slot: str
+    #: True for the single-pipeline form: device-level topics, no `pipeline` field in documents.
+    legacy: bool
+
+
+LEGACY_PIPELINE = "default"
+
+
+def pipeline_views(settings: Settings) -> list[PipelineView]:
+    """The pipelines to run: the configured list, or the top-level source and model as one."""
+    if not settings.pipelines:
+        return [PipelineView(name=LEGACY_PIPELINE, settings=settings, slot=LEGACY_PIPELINE, legacy=True)]
+    out = []
+    for p in settings.pipelines:
+        model = settings.models[p.model] if isinstance(p.model, str) else p.model
+        view = settings.model_copy(update={"source": p.source, "model": model, "signal": p.signal, "pipelines": []})
+        slot = p.model if isinstance(p.model, str) else p.name
+        out.append(PipelineView(name=p.name, settings=view, slot=slot, legacy=False))
+    return out

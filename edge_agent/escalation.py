@@ -140,14 +140,15 @@ class Escalator:
         self,
         cfg: EscalationConfig,
         topic: str,
-        predictions_topic: str,
+        refined: Callable[[dict[str, Any], str, float, dict[str, Any]], bool],
         sink: Callable[[], Sink | None],
-        next_seq: Callable[[], int],
         stop: threading.Event,
         id_prefix: str,
     ):
-        self.cfg, self.topic, self.predictions_topic = cfg, topic, predictions_topic
-        self.get_sink, self.next_seq, self.stop = sink, next_seq, stop
+        """refined(local doc, escalation id, rtt ms, answer): publishes a worker's answer beside the
+        local result it refines (on that result's pipeline); False when it could not be held."""
+        self.cfg, self.topic, self.refined = cfg, topic, refined
+        self.get_sink, self.stop = sink, stop
         self.id_prefix = id_prefix
         self.jobs: queue.Queue[_Job] = queue.Queue(_QUEUE)
         self.answers: queue.Queue[bytes] = queue.Queue(256)
@@ -319,22 +320,7 @@ class Escalator:
         if "error" in ans:
             self.counts["worker_errors"] += 1
             return
-        local = p.doc
-        doc: dict[str, Any] = {
-            **{k: local[k] for k in ("schema", "device_id", "boot_id", "ts", "frame") if k in local},
-            "seq": self.next_seq(),
-            "source": "cloud",
-            "refines_seq": local.get("seq"),
-            "escalation_id": eid,
-            "rtt_ms": round(rtt, 3),
-            "model": ans.get("model"),
-            "worker": ans.get("worker"),
-            "accelerator": ans.get("accelerator"),
-            "task": result.get("task"),
-            **{k: result[k] for k in ("detections", "classes", "outputs") if k in result},
-        }
-        sink = self.get_sink()
-        if sink is not None and not sink.submit(Message(self.predictions_topic, dumps(doc), qos=1)):
+        if not self.refined(p.doc, eid, rtt, ans):
             self.dropped["sink_full"] += 1
 
     def _expire(self) -> None:

@@ -18,6 +18,7 @@ from edge_agent.ota.manifest import Manifest
 from edge_agent.ota.updater import TERMINAL
 from edge_agent.progress import Progress
 from edge_agent.sinks.mqtt import Subscriber
+from edge_agent.topics import device_base, device_pattern, group_base, ota_chunk
 
 #: After a group push, how long to wait for more devices to answer once all that did are done.
 _GROUP_GRACE_S = 3.0
@@ -97,17 +98,28 @@ def push(
     timeout_s: float,
     out: Any,
     model_bytes: bytes | None = None,
+    target: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Send the deploy command and follow model/state until each device reaches a terminal state.
 
-    With MQTT delivery, `model_bytes` go out in chunks once the devices have accepted."""
+    With MQTT delivery, `model_bytes` go out in chunks once the devices have accepted. target: on devices
+    with several models, {"model": NAME} or {"pipelines": [...]} names the one to replace."""
     prefix = cfg.topic_prefix
     cid = f"push-{uuid.uuid4().hex[:12]}"
-    sub = Subscriber(cfg, [f"{prefix}/+/model/state", f"{prefix}/+/cmd/result"])
+    sub = Subscriber(
+        cfg,
+        [
+            device_pattern(prefix, None, "model/state"),
+            device_pattern(prefix, None, "models/+/state"),
+            device_pattern(prefix, None, "cmd/result"),
+        ],
+    )
     if not sub.start(10):
         raise RuntimeError(f"no broker at {cfg.host}:{cfg.port}")
-    cmd = json.dumps({"id": cid, "command": "deploy", "args": {"manifest": manifest.model_dump(mode="json")}})
-    targets = [f"{prefix}/{d}/cmd" for d in devices] + ([f"{prefix}/group/{group}/cmd"] if group else [])
+    args = {"manifest": manifest.model_dump(mode="json"), **(target or {})}
+    cmd = json.dumps({"id": cid, "command": "deploy", "args": args})
+    targets = [device_pattern(prefix, d, "cmd") for d in devices]
+    targets += [f"{group_base(prefix, group)}/cmd"] if group else []
     for t in targets:
         sub.publish(t, cmd.encode())
     status: dict[str, dict[str, Any]] = {d: {"state": "sent"} for d in devices}
@@ -120,8 +132,8 @@ def push(
             answered = all(s["state"] != "sent" for s in status.values()) and bool(status)
             if chunks_due and (answered if devices else time.monotonic() - sent_at > _GROUP_GRACE_S):
                 chunks_due = False
-                roots = [f"{prefix}/{d}" for d, s in status.items() if s["state"] != "rejected"]
-                roots += [f"{prefix}/group/{group}"] if group else []
+                roots = [device_base(prefix, d) for d, s in status.items() if s["state"] != "rejected"]
+                roots += [group_base(prefix, group)] if group else []
                 _send_chunks(sub, roots, manifest, model_bytes or b"", out)
             m = sub.get(0.2)
             if m is None:
@@ -138,7 +150,7 @@ def push(
                 elif device not in status:
                     status[device] = {"state": "accepted"}
                     last_new = time.monotonic()
-            elif topic.endswith("/model/state") and doc.get("sha256") == manifest.sha256 and device in status:
+            elif topic.endswith("/state") and doc.get("sha256") == manifest.sha256 and device in status:
                 status[device] = doc
                 bar = bars.get(device)
                 if bar is None:
@@ -160,16 +172,15 @@ def _send_chunks(sub: Subscriber, roots: list[str], m: Manifest, payload: bytes,
         for root in roots:
             for i in range(0, len(payload), m.chunk_size):
                 chunk = payload[i : i + m.chunk_size]
-                sub.publish(f"{root}/ota/{m.sha256}/{i // m.chunk_size}", chunk)
+                sub.publish(ota_chunk(root, m.sha256, i // m.chunk_size), chunk)
                 bar.update(len(chunk) / 1024)
 
 
 def status(cfg: MQTTConfig, wait_s: float = 2.0) -> dict[str, dict[str, Any]]:
     """Devices as their retained availability, info and model state (and any health within wait_s) show them."""
     prefix = cfg.topic_prefix
-    sub = Subscriber(
-        cfg, [f"{prefix}/+/availability", f"{prefix}/+/info", f"{prefix}/+/model/state", f"{prefix}/+/health"]
-    )
+    leaves = ("availability", "info", "model/state", "health")
+    sub = Subscriber(cfg, [device_pattern(prefix, None, leaf) for leaf in leaves])
     if not sub.start(10):
         raise RuntimeError(f"no broker at {cfg.host}:{cfg.port}")
     devices: dict[str, dict[str, Any]] = {}
@@ -200,11 +211,11 @@ def send_command(cfg: MQTTConfig, device: str, command: str, timeout_s: float = 
     """One command to one device; its answer (None if none came)."""
     prefix = cfg.topic_prefix
     cid = f"{command}-{uuid.uuid4().hex[:12]}"
-    sub = Subscriber(cfg, [f"{prefix}/{device}/cmd/result"])
+    sub = Subscriber(cfg, [device_pattern(prefix, device, "cmd/result")])
     if not sub.start(10):
         raise RuntimeError(f"no broker at {cfg.host}:{cfg.port}")
     try:
-        sub.publish(f"{prefix}/{device}/cmd", json.dumps({"id": cid, "command": command}).encode())
+        sub.publish(device_pattern(prefix, device, "cmd"), json.dumps({"id": cid, "command": command}).encode())
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             m = sub.get(0.2)

@@ -19,6 +19,7 @@ from edge_agent.config import Settings
 from edge_agent.payload import dumps
 from edge_agent.results import Result
 from edge_agent.sinks.base import Message
+from edge_agent.topics import Topics, ha_config
 
 #: Where the project lives, for the `origin` block Home Assistant shows in its MQTT info.
 SUPPORT_URL = "https://github.com/edge-agent/edge-agent"
@@ -34,16 +35,26 @@ def object_id(text: str) -> str:
 
 
 class HomeAssistant:
-    def __init__(self, settings: Settings, topics: dict[str, str], labels: list[str]):
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Topics,
+        labels: list[str],
+        pipeline: str | None = None,
+        device_entities: bool = True,
+    ):
+        """pipeline: a named pipeline's watched labels (entities named after it, its own state topic);
+        device_entities: the diagnostics, update and rollback entities (one set per device)."""
         self.settings = settings
         self.cfg = settings.homeassistant
-        self.topics = topics
+        self.topics = {"availability": topics.device("availability"), "health": topics.device("health")}
         self.labels = labels
+        self.pipeline = pipeline
+        self.device_entities = device_entities
         self.node = object_id(settings.device_id)
-        base = f"{settings.mqtt.topic_prefix}/{settings.device_id}"
-        self.state_topic = f"{base}/ha/state"
-        self.update_topic = f"{base}/ha/update"
-        self.rollback_topic = f"{base}/ha/rollback"
+        self.state_topic = topics.pipeline(pipeline, "ha/state")
+        self.update_topic = topics.device("ha/update")
+        self.rollback_topic = topics.device("ha/rollback")
         self._seen: dict[str, float] = {}
         self._counts: dict[str, int] = dict.fromkeys(labels, 0)
         self._last_state: tuple[tuple[bool, int, int | None], ...] | None = None
@@ -76,13 +87,14 @@ class HomeAssistant:
     def configs(self, model_name: str | None) -> list[tuple[str, dict[str, Any]]]:
         """(component, config) for every entity."""
         out: list[tuple[str, dict[str, Any]]] = []
+        who = f"{self.pipeline} " if self.pipeline else ""
         for label in self.labels:
-            lid = object_id(label)
+            lid = object_id(f"{self.pipeline}_{label}" if self.pipeline else label)
             out.append(
                 (
                     "binary_sensor",
                     {
-                        **self._common(f"{lid}_detected", f"{label} detected", model_name),
+                        **self._common(f"{lid}_detected", f"{who}{label} detected", model_name),
                         "state_topic": self.state_topic,
                         "value_template": f"{{{{ value_json.labels['{label}'].detected }}}}",
                         "payload_on": "ON",
@@ -95,7 +107,7 @@ class HomeAssistant:
                 (
                     "sensor",
                     {
-                        **self._common(f"{lid}_count", f"{label} count", model_name),
+                        **self._common(f"{lid}_count", f"{who}{label} count", model_name),
                         "state_topic": self.state_topic,
                         "value_template": f"{{{{ value_json.labels['{label}'].count }}}}",
                         "state_class": "measurement",
@@ -107,13 +119,15 @@ class HomeAssistant:
                 (
                     "sensor",
                     {
-                        **self._common(f"{lid}_last_seen", f"{label} last seen", model_name),
+                        **self._common(f"{lid}_last_seen", f"{who}{label} last seen", model_name),
                         "state_topic": self.state_topic,
                         "value_template": f"{{{{ value_json.labels['{label}'].last_seen }}}}",
                         "device_class": "timestamp",
                     },
                 )
             )
+        if not self.device_entities:
+            return out
         health = self.topics["health"]
         diagnostics: list[tuple[str, str, str, dict[str, Any]]] = [
             (
@@ -203,10 +217,11 @@ class HomeAssistant:
         """Retained configs, then the current state (so entities are not 'unknown' until the next change)."""
         prefix = self.cfg.discovery_prefix
         msgs = [
-            Message(f"{prefix}/{component}/{self.node}/{cfg['unique_id']}/config", dumps(cfg), qos=1, retain=True)
+            Message(ha_config(prefix, component, self.node, cfg["unique_id"]), dumps(cfg), qos=1, retain=True)
             for component, cfg in self.configs(model_name)
         ]
-        msgs.append(self.update_message(model_name, model_version))
+        if self.device_entities:
+            msgs.append(self.update_message(model_name, model_version))
         msgs.append(Message(self.state_topic, self._payload(self._state(time.time())), qos=1, retain=True))
         return msgs
 

@@ -27,7 +27,13 @@ _LABELLED: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "commands.*": ("commands_total", ("result",), True),
     "source.events.*": ("events_total", ("type",), True),
     "escalation.*.*": ("escalation", ("figure", "kind"), False),
+    "pipelines.*.fps.*": ("pipeline_fps", ("pipeline", "stage"), False),
+    "pipelines.*.frames.dropped.*": ("pipeline_frames_dropped_total", ("pipeline", "reason"), True),
+    "pipelines.*.latency_ms.*.*": ("pipeline_latency_ms", ("pipeline", "series", "quantile"), False),
+    "pipelines.*.errors": ("pipeline_errors_total", ("pipeline",), True),
 }
+#: Sections keyed by name: their figures become `pipeline_<figure>{pipeline="..."}`.
+_PER_NAME = {"pipelines": "pipeline"}
 #: plain numbers that only ever grow: exposed as counters
 _COUNTERS = {
     "frames.captured",
@@ -135,6 +141,15 @@ class HealthCollector(Collector):
                 keys = [_quantile(k) if lab == "quantile" else k for lab, k in zip(labels, keys, strict=True)]
                 self._add(out, name, labels, keys, value, counter)
                 return
+        if path[0] in _PER_NAME and len(path) >= 3:  # the same figures as the top level, one series per name
+            rest = ".".join(path[2:])
+            label = _PER_NAME[path[0]]
+            counter = rest in _COUNTERS
+            name = f"{label}_{metric_name(path[2:])}"
+            self._add(out, name + ("_total" if counter else ""), (label,), [path[1]], value, counter)
+            return
+        if path[0] == "models":  # per model slot: what `model` says of the first, for each
+            return
         dotted = ".".join(path)
         name = metric_name(path)
         counter = dotted in _COUNTERS

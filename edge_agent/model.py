@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.config import ModelConfig, RuntimeConfig
+from edge_agent.engine import Engine, ModelPool
 from edge_agent.modelfile import ModelError, ModelFile, TensorSpec, load_labels, read_model_file
 from edge_agent.postprocess.decoders import (
     BlazeFaceDecoder,
@@ -38,7 +41,10 @@ def default_model_path() -> Path:
     for base in (Path(__file__).resolve().parent.parent / "models", Path("/usr/share/edge-agent/models")):
         if (base / DEFAULT_MODEL_NAME).is_file():
             return base / DEFAULT_MODEL_NAME
-    raise ModelError(f"default model {DEFAULT_MODEL_NAME} not found; run scripts/fetch_models.sh or set model.path")
+    raise ModelError(
+        f"default model {DEFAULT_MODEL_NAME} not found; run scripts/fetch_models.py (scripts/demo.sh does) "
+        "or set model.path"
+    )
 
 
 def make_decoder(
@@ -152,6 +158,8 @@ class RawInference:
     preprocess_ms: float
     inference_ms: float
     accelerator: str
+    wait_ms: float = 0.0  # queued behind other pipelines sharing the model, or for a batch
+    batch: int = 1
 
 
 @dataclass
@@ -195,8 +203,17 @@ _NO_RESIZE = plan_resize(1, 1, 1, 1, "stretch")
 
 
 class Model:
-    def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, state_dir: Path | None, signal: bool = False):
-        """signal: the input is a window of samples or features, not an image."""
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        rt: RuntimeConfig,
+        state_dir: Path | None,
+        signal: bool = False,
+        pool: ModelPool | None = None,
+    ):
+        """signal: the input is a window of samples or features, not an image.
+        pool: the agent's loaded models; a file already loaded there is shared, not loaded again
+        (streaming models, whose state belongs to one stream, never are)."""
         path = cfg.path or default_model_path()
         self.file = read_model_file(path)
         self.path = path
@@ -242,19 +259,58 @@ class Model:
             except ValueError as err:
                 raise ModelError(f"{path}: {err}") from None
             self.resize_mode = mode
-        cache = ProbeCache(state_dir / "probe-cache.json" if state_dir else None)
-        selection = select_backend(
-            path,
-            self.file.sha256,
-            rt.accelerator,
-            rt.threads,
-            rt.delegate_options,
-            self._probe_inputs,
-            outputs_agree(self.decoder, self.outputs),
-            rt.probe_timeout_s,
-            cache,
-        )
-        self.runtime = Runtime(selection, path, rt.threads, rt.cpu_fallback)
+        self._local = threading.local()
+        self._pool = pool if not self.file.stateful else None
+
+        def make() -> Engine:
+            cache = ProbeCache(state_dir / "probe-cache.json" if state_dir else None)
+            selection = select_backend(
+                path,
+                self.file.sha256,
+                rt.accelerator,
+                rt.threads,
+                rt.delegate_options,
+                self._probe_inputs,
+                outputs_agree(self.decoder, self.outputs),
+                rt.probe_timeout_s,
+                cache,
+            )
+            runtime = Runtime(selection, path, rt.threads, rt.cpu_fallback)
+            threads = int(getattr(selection.backend, "threads", rt.threads) or rt.threads)
+            batch = 1 if self.file.stateful else rt.max_batch
+            return Engine(
+                runtime, self.inputs, self.outputs, path, threads, batch, rt.batch_wait_ms, rt.delegate_options
+            )
+
+        if self._pool is None:
+            self.engine = make()
+        else:
+            key = f"{self.file.sha256}:{rt.accelerator}:{rt.threads}:{sorted(rt.delegate_options.items())}"
+            self.engine = self._pool.acquire(key, make)
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.engine.runtime
+
+    @runtime.setter
+    def runtime(self, rt: Runtime) -> None:
+        """Another runtime for every pipeline of this model (tests put a failing backend in place)."""
+        self.engine.runtime = rt
+
+    def _staging(self) -> np.ndarray:
+        """This thread's input buffer: pipelines sharing the model preprocess in parallel, each into its own."""
+        buf: np.ndarray | None = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = np.zeros(self.inputs[0].shape, self.inputs[0].dtype)
+        return buf
+
+    def _preprocessor(self, pre: Preprocessor) -> Preprocessor:
+        """This thread's preprocessor: it keeps scratch buffers (resized frame, canvas) that two pipelines
+        sharing the model must not write at the same time."""
+        mine: Preprocessor | None = getattr(self._local, "pre", None)
+        if mine is None:
+            mine = self._local.pre = copy.deepcopy(pre)
+        return mine
 
     def _probe_inputs(self, backend: Backend) -> list[np.ndarray]:
         from edge_agent.sources.synthetic import pattern
@@ -267,41 +323,34 @@ class Model:
     def info(self) -> dict[str, object]:
         return {"name": self.name, "version": self.version, "sha256": self.file.sha256}
 
-    def run(self, frame: np.ndarray) -> RawInference:
-        """Preprocess and invoke; the raw outputs are copies, so the next frame can go in at once."""
-        rt, pre = self.runtime, self.pre
+    def run(self, frame: np.ndarray, user: str = "main") -> RawInference:
+        """Preprocess (on the caller's thread), then invoke in turn with the other pipelines of this model;
+        the raw outputs are copies, so the next frame can go in at once. user: the pipeline."""
+        pre = self.pre
         if pre is None:
             raise ModelError(f"{self.path}: a signal model takes windows (run_window), not images")
+        buf, pre = self._staging(), self._preprocessor(pre)
         t0 = time.perf_counter()
-        rs = rt.backend.write_input(0, lambda v: pre(frame, v))
+        rs = pre(frame, buf)
         t1 = time.perf_counter()
-        if rt.invoke():  # fell back to the CPU: the new backend has an empty input
-            rs = rt.backend.write_input(0, lambda v: pre(frame, v))
-            rt.invoke()
-        t2 = time.perf_counter()
-        be = rt.backend
-        outs = [be.output(i) for i in range(len(self.outputs))]
-        return RawInference(outs, rs, (t1 - t0) * 1e3, (t2 - t1) * 1e3, rt.accelerator)
+        res = self.engine.run(user, [buf])
+        return RawInference(
+            res.outputs, rs, (t1 - t0) * 1e3, res.inference_ms, res.accelerator, res.wait_ms, res.batch
+        )
 
-    def run_window(self, window: np.ndarray) -> RawInference:
+    def run_window(self, window: np.ndarray, user: str = "main") -> RawInference:
         """One step of a signal model: a window (real values) quantized into the input tensor, invoke."""
-        rt, spec = self.runtime, self.inputs[0]
+        spec = self.inputs[0]
         if window.size != int(np.prod(spec.shape)):
             raise ModelError(f"window of shape {window.shape} does not fit input {spec.name} {list(spec.shape)}")
-
-        def fill(view: np.ndarray) -> Resize:
-            view[...] = spec.quantize(window).reshape(view.shape)
-            return _NO_RESIZE
-
+        buf = self._staging()
         t0 = time.perf_counter()
-        rs = rt.backend.write_input(0, fill)
+        buf[...] = spec.quantize(window).reshape(buf.shape)
         t1 = time.perf_counter()
-        if rt.invoke():
-            rt.backend.write_input(0, fill)
-            rt.invoke()
-        t2 = time.perf_counter()
-        outs = [rt.backend.output(i) for i in range(len(self.outputs))]
-        return RawInference(outs, rs, (t1 - t0) * 1e3, (t2 - t1) * 1e3, rt.accelerator)
+        res = self.engine.run(user, [buf])
+        return RawInference(
+            res.outputs, _NO_RESIZE, (t1 - t0) * 1e3, res.inference_ms, res.accelerator, res.wait_ms, res.batch
+        )
 
     def reset_state(self) -> None:
         """Streaming models keep state in variables; a restarted source must not continue the old stream."""
@@ -318,4 +367,7 @@ class Model:
         return self.decode(self.run(frame))
 
     def close(self) -> None:
-        self.runtime.backend.close()
+        if self._pool is not None:
+            self._pool.release(self.engine)
+        else:
+            self.engine.close()

@@ -24,13 +24,11 @@ def prediction(
     frame_size: tuple[int, int],
     result: Result,
     source: str | None = None,
+    pipeline: str | None = None,
 ) -> dict[str, Any]:
+    """One frame's result. pipeline: set for named pipelines (the single-pipeline form has none)."""
     doc: dict[str, Any] = {
-        "schema": SCHEMA,
-        "device_id": device_id,
-        "boot_id": boot_id,
-        "seq": seq,
-        "ts": round(ts, 6),
+        **_head(device_id, boot_id, seq, ts, pipeline),
         "model": model,
         "accelerator": accelerator,
         "latency_ms": {k: round(v, 3) for k, v in latency_ms.items()},
@@ -40,6 +38,111 @@ def prediction(
     if source is not None:
         doc["source"] = source
     doc.update(result.as_dict())
+    return doc
+
+
+def _head(device_id: str, boot_id: str, seq: int, ts: float, pipeline: str | None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"schema": SCHEMA, "device_id": device_id, "boot_id": boot_id, "seq": seq}
+    if pipeline is not None:
+        doc["pipeline"] = pipeline
+    doc["ts"] = round(ts, 6)
+    return doc
+
+
+def window_prediction(
+    *,
+    device_id: str,
+    boot_id: str,
+    seq: int,
+    ts: float,
+    model: dict[str, Any],
+    accelerator: str,
+    latency_ms: dict[str, float],
+    offset_s: float,
+    result: Result,
+    scores: dict[str, float],
+    pipeline: str | None = None,
+) -> dict[str, Any]:
+    """One audio or sensor window's result, with every label's score (events need the quiet ones too)."""
+    return {
+        **_head(device_id, boot_id, seq, ts, pipeline),
+        "model": model,
+        "accelerator": accelerator,
+        "latency_ms": {k: round(v, 3) for k, v in latency_ms.items()},
+        "window": {"offset_s": round(offset_s, 4)},
+        "task": result.task,
+        "scores": {k: round(v, 5) for k, v in scores.items()},
+        **result.as_dict(),
+    }
+
+
+def event(
+    *,
+    device_id: str,
+    boot_id: str,
+    seq: int,
+    ts: float,
+    model: dict[str, Any] | None,
+    body: dict[str, Any],
+    pipeline: str | None = None,
+) -> dict[str, Any]:
+    """An event (new, update, end) on the events topic; body: the event's own fields."""
+    return {**_head(device_id, boot_id, seq, ts, pipeline), "model": model, **body}
+
+
+def refined(
+    *, local: dict[str, Any], seq: int, escalation_id: str, rtt_ms: float, answer: dict[str, Any]
+) -> dict[str, Any]:
+    """A cloud worker's answer to an escalated result, published beside the local one it refines."""
+    result = answer["result"]
+    keep = ("schema", "device_id", "boot_id", "pipeline", "ts", "frame")
+    return {
+        **{k: local[k] for k in keep if k in local},
+        "seq": seq,
+        "source": "cloud",
+        "refines_seq": local.get("seq"),
+        "escalation_id": escalation_id,
+        "rtt_ms": round(rtt_ms, 3),
+        "model": answer.get("model"),
+        "worker": answer.get("worker"),
+        "accelerator": answer.get("accelerator"),
+        "task": result.get("task"),
+        **{k: result[k] for k in ("detections", "classes", "outputs") if k in result},
+    }
+
+
+def health(*, device_id: str, boot_id: str, ts: float, body: dict[str, Any]) -> dict[str, Any]:
+    return {"schema": SCHEMA, "device_id": device_id, "boot_id": boot_id, "ts": round(ts, 3), **body}
+
+
+def info(
+    *,
+    device_id: str,
+    boot_id: str,
+    agent_version: str,
+    started: float,
+    model: dict[str, Any] | None,
+    task: str | None,
+    labels: list[str] | None,
+    accelerator: str | None,
+    topics: dict[str, str],
+    pipelines: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The retained device description: what a newcomer on the broker needs to know."""
+    doc: dict[str, Any] = {
+        "schema": SCHEMA,
+        "device_id": device_id,
+        "boot_id": boot_id,
+        "agent_version": agent_version,
+        "started": round(started, 3),
+        "model": model,
+        "task": task,
+        "labels": labels,
+        "accelerator": accelerator,
+        "topics": topics,
+    }
+    if pipelines is not None:
+        doc["pipelines"] = pipelines
     return doc
 
 

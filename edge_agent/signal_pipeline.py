@@ -22,14 +22,13 @@ import numpy as np
 
 from edge_agent.config import Settings
 from edge_agent.events import Event, EventDetector
+from edge_agent.fanout import FanOut, Route
 from edge_agent.features import FRAME_FRONTENDS, WINDOW_TRANSFORMS, FrameFrontend
-from edge_agent.liveview import LiveView
 from edge_agent.model import Model, RawInference
-from edge_agent.payload import SCHEMA, dumps
+from edge_agent.payload import event, window_prediction
+from edge_agent.postprocess.decoders import DecodeOptions
 from edge_agent.resample import Resampler
-from edge_agent.results import Result
 from edge_agent.signals import AUDIO_KINDS, Chunk, EndOfStream, SignalSource, SourceError, signal_kind
-from edge_agent.sinks import Message, Sink
 from edge_agent.sinks.memory import MemorySink
 from edge_agent.stats import StageStats
 from edge_agent.windowing import Windower
@@ -247,43 +246,39 @@ class WindowResult:
 
 
 class SignalPipeline:
+    kind = "signal"
+
     def __init__(
         self,
         settings: Settings,
         get_model: Callable[[], Model | None],
-        sink: Callable[[], Sink | None],
-        topics: dict[str, str],
+        route: Route,
         boot_id: str,
-        stats: tuple[StageStats, StageStats, StageStats],
-        stop: threading.Event,
-        on_published: Callable[[], None],
+        fanout: FanOut,
         factory: Callable[[], SignalSource],
-        on_result: Callable[[Model, RawInference], None] | None = None,
-        live: LiveView | None = None,
-        on_event: Callable[[dict[str, Any]], None] | None = None,
-        on_prediction: Callable[[Result, dict[str, Any], np.ndarray], None] | None = None,
+        stop: threading.Event | None = None,
     ):
+        self.name = route.pipeline
         self.settings = settings
-        self.get_model, self.get_sink = get_model, sink
-        self.topics, self.boot_id, self.stop = topics, boot_id, stop
-        self.capture_stats, self.infer_stats, self.post_stats = stats
-        self.on_published = on_published
-        self.on_result = on_result
-        self.live = live
-        self.on_event = on_event
-        self.on_prediction = on_prediction
+        self.get_model = get_model
+        self.route, self.boot_id, self.fanout = route, boot_id, fanout
+        self.stop = stop or threading.Event()
+        self.stop_event = self.stop
+        self.capture_stats = StageStats("capture")
+        self.infer_stats = StageStats("inference")
+        self.post_stats = StageStats("postprocess")
+        self.failed: str | None = None
         sc = settings.signal
         audio = signal_kind(settings.source.uri) in AUDIO_KINDS
         nominal = sc.rate or (16000 if audio else 10.0)
         self.queue = ChunkQueue(int(sc.queue_s * max(nominal, 1.0)) + 4096)
-        self.capture = SignalCapture(factory, settings, self.queue, self.capture_stats, stop)
+        self.capture = SignalCapture(factory, settings, self.queue, self.capture_stats, self.stop)
         self.results: deque[WindowResult | _Restart] = deque()
         self._results_cond = threading.Condition()
         self.windows = 0
         self.published = 0
         self.not_published = 0  # windows whose prediction the rate limit held back (by configuration)
         self.event_seq = 0
-        self.seq = 0
         self.detector: EventDetector | None = None
         self._event_numbers = itertools.count(1)
         self._chain: _Chain | None = None
@@ -299,24 +294,17 @@ class SignalPipeline:
         from edge_agent.signals import make_signal_source
 
         sink = MemorySink()
-        stats = (StageStats("capture"), StageStats("inference"), StageStats("postprocess"))
-        pipe = cls(
-            settings,
-            get_model,
-            lambda: sink,
-            {"predictions": "predictions", "events": "events"},
-            uuid.uuid4().hex,
-            stats,
-            threading.Event(),
-            lambda: None,
-            lambda: make_signal_source(settings),
-        )
+        stop = threading.Event()
+        fanout = FanOut(lambda: sink, settings.mqtt.qos, stop)
+        route = Route("main", "predictions", "events", legacy=True)
+        pipe = cls(settings, get_model, route, uuid.uuid4().hex, fanout, lambda: make_signal_source(settings), stop)
         return pipe, sink
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         self.capture.start()
-        for name, target in (("signal-inference", self._infer_loop), ("signal-post", self._post_loop)):
+        for stage, target in (("inference", self._infer_loop), ("post", self._post_loop)):
+            name = f"signal-{stage}" if self.route.legacy else f"{self.name}-signal-{stage}"
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -327,6 +315,38 @@ class SignalPipeline:
             self._results_cond.notify_all()
         for t in self._threads:
             t.join(timeout)
+
+    def stop_and_join(self, timeout: float) -> None:
+        self.stop.set()
+        self.join(timeout / 2)
+
+    def stages(self) -> dict[str, StageStats]:
+        return {"capture": self.capture_stats, "inference": self.infer_stats, "postprocess": self.post_stats}
+
+    def apply(self, view: Any, changed: list[str]) -> None:
+        """Thresholds apply at once; window and event settings at the next model or source change."""
+        self.settings = view.settings
+        m, model = view.settings.model, self.get_model()
+        if model is not None:
+            model.decoder.opts = DecodeOptions(m.score_threshold, m.iou_threshold, m.top_k, m.max_detections)
+
+    def source_info(self) -> dict[str, Any]:
+        """Sample rate achieved, gaps and dropped samples: what a sensor user needs to trust the windows."""
+        return {
+            "state": self.capture_stats.state,
+            "uri": self.capture.description,
+            **self.info(),
+            "errors": self.capture_stats.errors,
+        }
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "captured": self.capture_stats.count,
+            "inferred": self.infer_stats.count,
+            "published": self.post_stats.count,
+            "skipped_unchanged": 0,
+            "dropped": {**dict(self.capture_stats.drops), **dict(self.post_stats.drops)},
+        }
 
     # --- the chain ---------------------------------------------------------------------------
     def _build(self, model: Model, epoch: int, rate: float, channels: int) -> _Chain:
@@ -417,7 +437,7 @@ class SignalPipeline:
             offset = end_frame * step / chain.model_rate
             ts = chunk.ts + offset - start_sample / chain.source_rate
             x = chain.transform(win)
-            raw = chain.model.run_window(x)
+            raw = chain.model.run_window(x, self.name)
             st.observe("inference", raw.inference_ms)
             st.done()
             self.windows += 1
@@ -465,42 +485,30 @@ class SignalPipeline:
                     model_seen = item.model
                     self.detector = self._new_detector(item.model)
                 inf = item.model.decode(item.raw)
-                if self.on_result is not None:
-                    self.on_result(item.model, item.raw)
+                self.fanout.observe(item.model, item.raw)
                 scores = self._scores(item.model, item.raw)
                 self._emit(self.detector.update(scores, item.ts, item.offset_s), item.model)
                 now = time.monotonic()
                 c2p = (now - item.mono) * 1e3
                 self.infer_stats.observe("capture_to_publish", c2p)
-                doc = {
-                    "schema": SCHEMA,
-                    "device_id": self.settings.device_id,
-                    "boot_id": self.boot_id,
-                    "seq": 0,
-                    "ts": round(item.ts, 6),
-                    "model": item.model.info(),
-                    "accelerator": item.raw.accelerator,
-                    "latency_ms": {"inference": round(inf.inference_ms, 3), "capture_to_publish": round(c2p, 3)},
-                    "window": {"offset_s": round(item.offset_s, 4)},
-                    "task": inf.result.task,
-                    "scores": {k: round(v, 5) for k, v in scores.items()},
-                    **inf.result.as_dict(),
-                }
                 if hz > 0 and item.ts - last_pub >= 1.0 / hz - 1e-9:
                     last_pub = item.ts
-                    self.seq += 1
-                    doc["seq"] = self.seq
-                    sink = self.get_sink()
-                    if sink is not None and not sink.submit(
-                        Message(self.topics["predictions"], dumps(doc), qos=self.settings.mqtt.qos)
-                    ):
+                    doc = window_prediction(
+                        device_id=self.settings.device_id,
+                        boot_id=self.boot_id,
+                        seq=0,
+                        ts=item.ts,
+                        model=item.model.info(),
+                        accelerator=item.raw.accelerator,
+                        latency_ms={"inference": inf.inference_ms, "capture_to_publish": c2p},
+                        offset_s=item.offset_s,
+                        result=inf.result,
+                        scores=scores,
+                        pipeline=self.route.label,
+                    )
+                    if not self.fanout.prediction(self.route, doc, inf.result, window=item.window, ts=item.ts):
                         st.drop("sink_full")
                     self.published += 1
-                    self.on_published()
-                    if self.live is not None:
-                        self.live.add_prediction(doc)
-                    if self.on_prediction is not None:
-                        self.on_prediction(inf.result, doc, item.window)
                 else:
                     self.not_published += 1
                 st.done()
@@ -519,30 +527,21 @@ class SignalPipeline:
 
     def _emit(self, events: list[Event], model: Model | None) -> None:
         """Events go out with QoS 1 through the outbox; a full queue holds the post stage, never drops them."""
-        sink = self.get_sink()
-        if sink is None:
-            return
         for e in events:
             self.event_seq += 1
-            doc = {
-                "schema": SCHEMA,
-                "device_id": self.settings.device_id,
-                "boot_id": self.boot_id,
-                "seq": self.event_seq,
-                "ts": round(time.time(), 6),
-                "model": model.info() if model is not None else None,
-                **e.as_dict(),
-            }
-            log.info("event %s %s %s score %.3f", e.type, e.label, e.id, e.score)
-            if self.on_event is not None:
-                self.on_event(doc)
-            msg = Message(self.topics["events"], dumps(doc), qos=1)
-            while not sink.submit(msg):
-                self.post_stats.beat()
-                if self.stop.wait(0.05):
-                    log.error("stopping with event %s %s unsent", e.type, e.id)
-                    return
-            self.on_published()
+            doc = event(
+                device_id=self.settings.device_id,
+                boot_id=self.boot_id,
+                seq=self.event_seq,
+                ts=time.time(),
+                model=model.info() if model is not None else None,
+                body=e.as_dict(),
+                pipeline=self.route.label,
+            )
+            log.info("%s: event %s %s %s score %.3f", self.name, e.type, e.label, e.id, e.score)
+            self.post_stats.beat()
+            if not self.fanout.event(self.route, doc):
+                return
 
     def info(self) -> dict[str, Any]:
         det = self.detector

@@ -92,3 +92,27 @@ class ProcessStats:
     def sample(self) -> dict[str, float]:
         mem = self._proc.memory_info()
         return {"cpu_percent": round(self._proc.cpu_percent(None), 1), "rss_mb": round(mem.rss / 1e6, 1)}
+
+
+#: mallopt's parameter number for the arena limit (glibc's malloc.h).
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(n: int) -> bool:
+    """Cap glibc's malloc arenas for threads created from now on; False where it cannot be set.
+
+    glibc gives a thread that allocates while another holds the main arena an arena of its own, up to
+    eight per core. Memory freed into one arena stays there for that arena's next allocations, so an
+    agent's resident size came to depend on which threads happened to allocate where: the same run
+    measured anywhere from 119 to 182 MB. A small cap keeps it steady; the agent's threads allocate
+    little once running, so they rarely wait on each other's arena lock.
+    """
+    if n <= 0:
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_ARENA_MAX, n))
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to cap
+        return False

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
@@ -58,9 +59,10 @@ class WebServer:
         cfg: HTTPConfig,
         health: Callable[[], dict[str, Any]],
         stalled: Callable[[], list[str]],
-        live: LiveView,
+        live: dict[str, LiveView],
         history: Callable[[], list[dict[str, Any]]],
     ):
+        """live: each pipeline's live view, by name (one tile each on the page)."""
         self.cfg, self.health, self.stalled, self.live, self.history = cfg, health, stalled, live, history
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(HealthCollector(health, stalled))
@@ -95,29 +97,38 @@ class WebServer:
         problems = [f"{s} stalled" for s in stalled] + ([f"source {state}"] if state != "running" else [])
         return (503 if problems else 200), {"ok": not problems, "problems": problems, "status": h.get("status")}
 
+    def _view(self, pipeline: str | None) -> LiveView | None:
+        if pipeline is None:
+            return next(iter(self.live.values()), None)
+        return self.live.get(pipeline)
+
     def status(self) -> dict[str, Any]:
         h = self.health()
-        return {
-            "health": h,
-            "predictions": list(self.live.predictions),
-            "events": list(self.live.events),
-            "update_history": self.history()[-20:],
-            "has_frame": self.live.frame is not None,
-            "frames_served": self.live.frames_served,
+        tiles = {
+            name: {
+                "predictions": list(v.predictions),
+                "events": list(v.events),
+                "has_frame": v.frame is not None,
+                "frames_served": v.frames_served,
+            }
+            for name, v in list(self.live.items())
         }
+        first = next(iter(tiles.values()), {"predictions": [], "events": [], "has_frame": False, "frames_served": 0})
+        return {"health": h, **first, "pipelines": tiles, "update_history": self.history()[-20:]}
 
-    def frame_jpeg(self) -> bytes | None:
+    def frame_jpeg(self, pipeline: str | None = None) -> bytes | None:
         import cv2
 
-        cur = self.live.frame
-        if cur is None:
+        view = self._view(pipeline)
+        cur = view.frame if view is not None else None
+        if view is None or cur is None:
             return None
         ok, buf = cv2.imencode(
             ".jpg", draw(cur[0], cur[1], self.cfg.max_width), [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality]
         )
         if not ok:
             return None
-        self.live.frames_served += 1
+        view.frames_served += 1
         return bytes(buf)
 
 
@@ -145,7 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         web = self.web
         web.requests += 1
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
+        params = parse_qs(query)
         try:
             if path == "/metrics":
                 self._send(200, generate_latest(web.registry), CONTENT_TYPE_LATEST)
@@ -155,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/api/status":
                 self._send(200, json.dumps(web.status(), default=str).encode(), "application/json")
             elif path == "/frame.jpg":
-                jpeg = web.frame_jpeg()
+                jpeg = web.frame_jpeg(params["pipeline"][0] if params.get("pipeline") else None)
                 if jpeg is None:
                     self._send(404, b"no frame yet", "text/plain")
                 else:

@@ -195,13 +195,13 @@ def test_watchdog_stops_when_inference_hangs(broker: Broker, tmp_path: Path, mon
             real_invoke()
 
         backend.invoke = stuck  # type: ignore[method-assign]
-        wait_until(lambda: "inference" in agent.stalled_stages(), 5, what="inference to be declared stalled")
+        wait_until(lambda: "inference" in agent.health.stalled(), 5, what="inference to be declared stalled")
         wait_until(lambda: ns.count("STATUS=stalled: inference"), 3, what="stalled status")
         pings = ns.count("WATCHDOG=1")
         stop = threading.Event()
         stop.wait(1.0)
         assert ns.count("WATCHDOG=1") == pings  # systemd will restart us
-        h = agent.health()
+        h = agent.health.document()
         assert h["status"] == "degraded" and "inference stalled" in h["problems"]
         # and without systemd, the agent ends itself with a code any supervisor restarts on
         assert agent.stop.wait(5) and agent.exit_code == 3
@@ -229,15 +229,16 @@ def test_runtime_fallback_is_published_at_once(broker: Broker, subscriber_factor
         agent.start()
         assert agent.first_published.wait(20)
         assert agent.model is not None
-        agent.model.runtime = Runtime(Selection(FailingBackend(SHORT, fail_after=3)), SHORT, 0)
+        agent.model.engine.runtime = Runtime(Selection(FailingBackend(SHORT, fail_after=3)), SHORT, 0)
         info = collect(sub, lambda t, p, r: t.endswith("/info") and p["accelerator"] == "cpu" and not r, 10)[1]
         assert info["boot_id"] == agent.boot_id
         h = collect(sub, lambda t, p, r: t.endswith("/health"), 10)[1]
         assert h["accelerator"]["fallbacks"][0]["from"] == "gpu"
         assert "running on CPU fallback" in h["problems"]
-        before = agent.infer_stats.count
-        wait_until(lambda: agent.infer_stats.count > before + 10, 10, what="the stream to go on")
-        assert agent.infer_stats.errors == 0
+        st = agent.pipelines["default"].infer_stats
+        before = st.count
+        wait_until(lambda: st.count > before + 10, 10, what="the stream to go on")
+        assert st.errors == 0
     finally:
         agent.shutdown(3)
 

@@ -103,6 +103,14 @@ def test_metrics_parse_with_prometheus_and_carry_every_health_figure(
     names = set(m)
     missing = []
     for path in _leaves(health, []):
+        if path[0] == "pipelines":  # each pipeline's figures carry its name as a label
+            if path[2] in labelled or path[2:4] == ["frames", "dropped"]:
+                continue
+            name = "edge_agent_pipeline_" + metric_name(path[2:])
+            found = [s for n in (name, name + "_total") for s in m.get(n, []) if s.labels.get("pipeline") == path[1]]
+            if not found:
+                missing.append(".".join(path))
+            continue
         if path[0] in labelled or path[:2] in (["frames", "dropped"], ["broker", "drops"]):
             continue
         base_name = "edge_agent_" + metric_name(path)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.config import ModelConfig, Settings
+from edge_agent.engine import ModelPool
 from edge_agent.model import Model
 from edge_agent.modelfile import ModelError
 from edge_agent.ota.download import DownloadError, download
@@ -101,6 +102,10 @@ class Updater:
         self.chunks_dropped = 0
         self.probation: Probation | None = None
         self.previous_model: Model | None = None
+        #: the agent's loaded models, so a new version of a shared file is not loaded twice
+        self.pool: ModelPool | None = None
+        #: sha256 of the model whose MQTT chunks this updater is collecting now
+        self.receiving: str | None = None
         self.last_outcome: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
@@ -174,7 +179,11 @@ class Updater:
             part = self.store.incoming / f"{m.sha256}.part"
             try:
                 if m.delivery == "mqtt":
-                    self._receive_chunks(m, part, progress)
+                    self.receiving = m.sha256
+                    try:
+                        self._receive_chunks(m, part, progress)
+                    finally:
+                        self.receiving = None
                 else:
                     download(m.urls, part, m.size, m.sha256, o.stall_s, o.deadline_s, progress)
             except DownloadError as err:
@@ -281,7 +290,9 @@ class Updater:
                 log.error("previous model unusable: %s", err)
                 old = None
         if old is None:
-            old = Model(self.settings.model, self.settings.runtime, self.settings.state_dir, signal=self._signal)
+            old = Model(
+                self.settings.model, self.settings.runtime, self.settings.state_dir, signal=self._signal, pool=self.pool
+            )
         self.swap(old)
         self.previous_model = None
         self._state("rolled_back", m, reason=reason, now=prev)
@@ -309,6 +320,7 @@ class Updater:
             self.settings.runtime,
             self.settings.state_dir,
             signal=self._signal,
+            pool=self.pool,
         )
         try:
             for i, test in enumerate(m.tests, start=1):

@@ -64,6 +64,10 @@ class Backend(abc.ABC):
         """Put a streaming model's variables back to their initial values; BackendError if not possible here."""
         raise BackendError(f"{self.kind} backend cannot reset model state in place")
 
+    def resize_batch(self, n: int) -> None:
+        """Make every input hold n frames (outputs grow to match); BackendError where the model cannot."""
+        raise BackendError(f"{self.kind} backend cannot resize its inputs")
+
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Convenience for probes and tests: copy inputs in, invoke, return raw outputs."""
         for i, arr in enumerate(inputs):

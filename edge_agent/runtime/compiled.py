@@ -46,6 +46,7 @@ class CompiledBackend(Backend):
         # CompiledModel does not expose quantization; take specs from the interpreter's view.
         self.inputs, self.outputs = reference_specs
         self._staging = [np.zeros(s.shape, s.dtype) for s in self.inputs]
+        self._out_shapes: list[tuple[int, ...]] = []
 
     @property
     def description(self) -> str:
@@ -62,9 +63,35 @@ class CompiledBackend(Backend):
 
     def output(self, i: int) -> np.ndarray:
         s = self.outputs[i]
-        return np.asarray(self._out[i].read(int(np.prod(s.shape)), s.dtype)).reshape(s.shape)
+        shape = self._out_shapes[i] if self._out_shapes else s.shape
+        return np.asarray(self._out[i].read(int(np.prod(shape)), s.dtype)).reshape(shape)
+
+    def resize_batch(self, n: int) -> None:
+        """LiteRT's dynamic-shape path: inputs resized, buffers made anew for the new sizes."""
+        try:
+            for i, s in enumerate(self.inputs):
+                self._m.resize_input_tensor(i, [n, *s.shape[1:]], strict=False)
+            self._in = self._m.create_input_buffers(0)
+            self._out = self._m.create_output_buffers(0)
+            details = self._m.get_output_tensor_details(0)
+        except Exception as err:  # the binding raises bare RuntimeError/ValueError with C++ text
+            raise BackendError(f"LiteRT {self.kind.upper()} batch of {n}: {_reason(err)}") from None
+        self._staging = [np.zeros((n, *s.shape[1:]), s.dtype) for s in self.inputs]
+        self._out_shapes = _output_shapes(details, self.outputs, n)
 
     def close(self) -> None:
         m: Any = getattr(self, "_m", None)
         if m is not None:
             m.close()
+
+
+def _output_shapes(details: Any, specs: tuple[TensorSpec, ...], n: int) -> list[tuple[int, ...]]:
+    """Output shapes after a resize, from LiteRT's tensor details where it gives them (a dict or list of
+    dicts with 'shape'), else the batch dimension grown n-fold."""
+    items = list(details.values()) if isinstance(details, dict) else list(details or [])
+    shapes = []
+    for k, s in enumerate(specs):
+        d = items[k] if k < len(items) else None
+        shape = d.get("shape") if isinstance(d, dict) else None
+        shapes.append(tuple(int(x) for x in shape) if shape is not None else (n * s.shape[0], *s.shape[1:]))
+    return shapes

@@ -50,6 +50,17 @@ class InterpreterBackend(Backend):
         self._it = self._load()
         self._in_views = [self._it.tensor(s.index) for s in self.inputs]
 
+    def resize_batch(self, n: int) -> None:
+        """resize_tensor_input on the batch dimension; XNNPACK refuses models whose reshapes fix it."""
+        self._in_views = []
+        try:
+            for s in self.inputs:
+                self._it.resize_tensor_input(s.index, [n, *s.shape[1:]], strict=False)
+            self._it.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            raise BackendError(f"batch of {n}: {str(err).strip().splitlines()[0][:200]}") from None
+        self._in_views = [self._it.tensor(s.index) for s in self.inputs]
+
     @property
     def description(self) -> str:
         return f"cpu (XNNPACK, {self.threads} threads)"

@@ -25,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from edge_agent.config import MQTTConfig
 from edge_agent.outbox import Outbox
 from edge_agent.sinks.base import Message, Sink
+from edge_agent.topics import Topics, device_base
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def _no_delay(client: paho.Client) -> None:
 
 
 def topic_base(cfg: MQTTConfig, device_id: str) -> str:
-    return f"{cfg.topic_prefix}/{device_id}"
+    return device_base(cfg.topic_prefix, device_id)
 
 
 def _make_client(cfg: MQTTConfig, client_id: str, persistent: bool = False) -> paho.Client:
@@ -101,7 +102,7 @@ class MqttSink(Sink):
     ):
         self.cfg = cfg
         self.base = topic_base(cfg, device_id)
-        self.availability_topic = f"{self.base}/availability"
+        self.availability_topic = Topics(cfg.topic_prefix, device_id).device("availability")
         self.client_id = cfg.client_id or f"edge-agent-{device_id}"
         self.retained_state = retained_state or (lambda: [])
         self._q: queue.Queue[Message] = queue.Queue(maxsize=cfg.queue_size)

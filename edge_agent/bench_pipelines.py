@@ -1,0 +1,397 @@
+"""`edge-agent bench --pipelines 1,2,4`: one agent with N pipelines against N separate agents, side by side.
+
+Every pipeline reads its own copy of the 640x480 MJPG demo video as fast as it goes and publishes to a
+real mosquitto. Each variant runs in its own process(es), so peak RSS is its own:
+  one       one agent, N pipelines sharing the model (one engine, batched where the model allows)
+  separate  N single-pipeline agents at once on the same cores
+  stalled   one agent, N pipelines plus one whose camera accepts the connection and never sends a frame
+Reported: aggregate and per-pipeline fps, capture-to-publish p50/p99, host CPU per frame, total peak RSS,
+and for the one-agent variant its RSS broken down into shared libraries, heap, malloc arenas, the
+rest of anonymous memory and thread stacks (from /proc/self/smaps).
+
+`--batch 1,2,4` measures batching instead: one agent, N pipelines on frames already in memory, with
+runtime.max_batch at each value: aggregate fps and capture-to-publish latency per model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_agent.bench import Broker, _peak_rss_mb, _video
+from edge_agent.progress import Progress
+
+#: glibc's arena heaps are reserved in blocks of this size (64-bit), aligned to it.
+_ARENA_BYTES = 64 * 2**20
+
+
+# --- in the child ------------------------------------------------------------------------------
+def rss_breakdown(smaps: str = "/proc/self/smaps") -> dict[str, float]:
+    """Resident MB by kind of mapping: what the agent's own memory is, and what is shared libraries."""
+    out = {"shared_libs": 0.0, "other_files": 0.0, "heap": 0.0, "malloc_arenas": 0.0, "anon": 0.0, "stacks": 0.0}
+    arenas = 0
+    maps: list[tuple[int, int, str, str, float]] = []
+    cur: list[Any] | None = None
+    with open(smaps) as f:
+        for line in f:
+            parts = line.split()
+            if "-" in parts[0] and len(parts) >= 5 and ":" not in parts[0]:
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                cur = [lo, hi, parts[1], parts[5] if len(parts) > 5 else "", 0.0]
+                maps.append(cur)  # type: ignore[arg-type]
+            elif parts[0] == "Rss:" and cur is not None:
+                cur[4] = int(parts[1]) / 1024.0
+    for i, (lo, hi, perms, name, rss) in enumerate(maps):
+        if name.endswith(".so") or ".so." in name or name.endswith((".cpython-311-x86_64-linux-gnu.so",)):
+            out["shared_libs"] += rss
+        elif name == "[heap]":
+            out["heap"] += rss
+        elif name.startswith("[stack"):
+            out["stacks"] += rss
+        elif name.startswith("/"):
+            out["other_files"] += rss
+        elif name == "":
+            nxt = maps[i + 1] if i + 1 < len(maps) else None
+            arena = (
+                lo % _ARENA_BYTES == 0
+                and nxt is not None
+                and nxt[0] == hi
+                and nxt[2].startswith("---")
+                and nxt[1] - lo == _ARENA_BYTES
+            )
+            if arena:
+                arenas += 1
+                out["malloc_arenas"] += rss
+            elif perms.startswith("---"):
+                continue
+            elif hi - lo in (8 * 2**20 + 4096, 8 * 2**20):  # a thread's stack (8 MiB and its guard)
+                out["stacks"] += rss
+            else:
+                out["anon"] += rss
+    res = {k: round(v, 1) for k, v in out.items()}
+    res["arena_count"] = arenas
+    res["total"] = round(sum(v for k, v in out.items()), 1)
+    return res
+
+
+def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
+    """One agent with the spec's pipelines, measured for spec['seconds'] after it is warm."""
+    from edge_agent.agent import Agent
+    from edge_agent.config import load_settings
+
+    sources: list[str] = spec["sources"]
+    pipelines = [
+        {
+            "name": f"p{i}",
+            "source": {"uri": uri, "realtime": False, "read_timeout_s": 2.0, "reopen_max_s": 2.0},
+            "model": "m",
+        }
+        for i, uri in enumerate(sources)
+    ]
+    over: dict[str, Any] = {
+        "mqtt.host": "127.0.0.1",
+        "mqtt.port": spec["port"],
+        "mqtt.qos": 0,
+        "mqtt.queue_size": 10000,
+        "runtime.accelerator": spec.get("accelerator", "cpu"),
+        "runtime.threads": spec["threads"],
+        "runtime.max_batch": spec.get("max_batch", 1),
+        "runtime.batch_wait_ms": spec.get("batch_wait_ms", 2.0),
+        "state_dir": spec["state"],
+        "health.interval_s": 3600,
+        "health.exit_on_stall": False,
+        "device_id": spec.get("device_id", "bench"),
+    }
+    if "arenas" in spec:
+        over["runtime.malloc_arenas"] = spec["arenas"]
+    if spec.get("single"):  # the single-pipeline form, as a separate agent runs it
+        over |= {"source.uri": sources[0], "source.realtime": False, "model.path": spec["model"]}
+    else:
+        over |= {"models": {"m": {"path": spec["model"]}}, "pipelines": pipelines}
+    settings = load_settings(None, over)
+    a = Agent(settings, sink="mqtt")
+    a.start()
+    a.first_published.wait(60)
+    healthy = [p for p in a.pipelines.values() if p.name not in spec.get("stalled_names", [])]
+    deadline = time.monotonic() + 30  # every healthy pipeline has published before the clock starts
+    while time.monotonic() < deadline and not all(p.post_stats.count for p in healthy):
+        a.stop.wait(0.05)
+    a.stop.wait(spec.get("warmup", 1.0))
+    for p in healthy:
+        p.infer_stats.latency = {}
+    n0 = {p.name: p.post_stats.count for p in healthy}
+    t0, c0 = time.perf_counter(), time.process_time()
+    a.stop.wait(spec["seconds"])
+    n1 = {p.name: p.post_stats.count for p in healthy}
+    t1, c1 = time.perf_counter(), time.process_time()
+    lat = {p.name: (p.infer_stats.latency.get("capture_to_publish") or _Empty()).percentiles() or {} for p in healthy}
+    engines = [e.info() for e in a.pool.engines()]
+    breakdown = rss_breakdown()
+    a.shutdown(5)
+    frames = sum(n1[k] - n0[k] for k in n1)
+    wall = t1 - t0
+    return {
+        "fps": {k: (n1[k] - n0[k]) / wall for k in n1},
+        "frames": frames,
+        "cpu_s": c1 - c0,
+        "wall_s": wall,
+        "c2p": lat,
+        "engines": engines,
+        "rss_breakdown": breakdown,
+    }
+
+
+class _Empty:
+    def percentiles(self) -> None:
+        return None
+
+
+# --- in the parent -----------------------------------------------------------------------------
+def chosen_threads(model: Path) -> int:
+    """The thread count the agent would choose for the model (timed once, here), so that every variant
+    runs it the same: separate agents with fresh state directories would each time it on their own."""
+    import tempfile as _tf
+
+    from edge_agent.bench import reference_input
+    from edge_agent.modelfile import read_model_file
+    from edge_agent.runtime.cpu import default_threads
+    from edge_agent.runtime.select import ProbeCache, tune_threads
+
+    cores = default_threads()
+    if cores == 1:
+        return 1
+    with _tf.TemporaryDirectory() as tmp:
+        x = reference_input(model, Path(tmp) / "x.npy")
+    res = tune_threads(model, read_model_file(model).sha256, [x], cores, ProbeCache(None))
+    return res.threads or cores
+
+
+def _child(spec: dict[str, Any], timeout: float) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_agent.bench_pipelines", json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _collect(procs: list[subprocess.Popen[str]], timeout: float) -> list[dict[str, Any]]:
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=timeout)
+        if p.returncode != 0:
+            raise RuntimeError(f"benchmark child failed: {stderr.strip()[-600:]}")
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+class SilentCamera:
+    """A TCP server that takes a camera's connection and never sends a byte: a stalled network camera."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+                self.conns.append(c)
+            except OSError:
+                continue
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}/stream.mjpg"
+
+    def close(self) -> None:
+        self._stop.set()
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+def _summary(results: list[dict[str, Any]], peak: float) -> dict[str, Any]:
+    fps = {f"{i}.{k}" if len(results) > 1 else k: v for i, r in enumerate(results) for k, v in r["fps"].items()}
+    frames = sum(r["frames"] for r in results)
+    p50s = [c.get("p50", 0.0) for r in results for c in r["c2p"].values() if c]
+    p99s = [c.get("p99", 0.0) for r in results for c in r["c2p"].values() if c]
+    per = list(fps.values())
+    return {
+        "aggregate_fps": sum(per),
+        "per_pipeline_fps": per,
+        "spread": (max(per) - min(per)) / max(per) if per and max(per) > 0 else 0.0,
+        "c2p_p50_ms": statistics.median(p50s) if p50s else 0.0,
+        "c2p_p99_ms": max(p99s) if p99s else 0.0,
+        "cpu_ms_per_frame": sum(r["cpu_s"] for r in results) / max(1, frames) * 1e3,
+        "peak_rss_mb": peak,
+        "engines": [e for r in results for e in r["engines"]],
+        "rss_breakdown": results[0]["rss_breakdown"] if len(results) == 1 else None,
+    }
+
+
+def compare_pipelines(
+    model: Path, counts: list[int], seconds: float, runs: int, threads: int, out: Any, max_batch: int = 4
+) -> list[dict[str, Any]]:
+    """For each N: one agent with N pipelines, N separate agents, and one agent with N pipelines and a
+    stalled camera beside them; runs alternate so drift hits every variant alike; medians per figure."""
+    rows: list[dict[str, Any]] = []
+    threads = threads or chosen_threads(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        broker = Broker(work).start()
+        cam = SilentCamera()
+        copies = []
+        for i in range(max(counts)):
+            dst = work / f"demo-{i}.avi"
+            shutil.copyfile(_video(), dst)
+            copies.append(str(dst))
+        try:
+            base = {"model": str(model), "threads": threads, "seconds": seconds, "port": broker.port,
+                    "max_batch": max_batch}
+            variants = ("one", "separate", "stalled")
+            with Progress("pipelines", len(counts) * runs * len(variants), "runs") as bar:
+                res: dict[tuple[int, str], list[dict[str, Any]]] = {}
+                for _ in range(runs):
+                    for n in counts:
+                        for v in variants:
+                            res.setdefault((n, v), []).append(_variant(v, n, base, copies, cam, work))
+                            bar.update()
+            for n in counts:
+                row: dict[str, Any] = {"model": model.name, "pipelines": n}
+                for v in variants:
+                    row[v] = _median_summary(res[(n, v)])
+                one, sep, stalled = row["one"], row["separate"], row["stalled"]
+                row["one_vs_separate_fps"] = one["aggregate_fps"] / sep["aggregate_fps"]
+                row["stalled_cost"] = 1 - stalled["aggregate_fps"] / one["aggregate_fps"]
+                rows.append(row)
+                print(pipelines_row(row), file=out, flush=True)
+        finally:
+            cam.close()
+            broker.stop()
+    if rows:
+        single = next((r for r in rows if r["pipelines"] == 1), rows[0])["one"]["peak_rss_mb"]
+        for r in rows:
+            r["rss_vs_single"] = r["one"]["peak_rss_mb"] / single
+    return rows
+
+
+def _variant(v: str, n: int, base: dict[str, Any], copies: list[str], cam: SilentCamera, work: Path) -> dict[str, Any]:
+    timeout = base["seconds"] * 4 + 120
+    if v == "separate":
+        specs = [
+            {**base, "sources": [copies[i]], "single": True, "state": str(work / f"state-sep-{i}"),
+             "device_id": f"sep{i}"}
+            for i in range(n)
+        ]
+        results = _collect([_child(s, timeout) for s in specs], timeout)
+        return _summary(results, sum(r["peak_rss_mb"] for r in results))
+    sources = copies[:n] + ([cam.uri] if v == "stalled" else [])
+    spec = {**base, "sources": sources, "state": str(work / f"state-{v}"), "stalled_names": [f"p{n}"],
+            "single": n == 1 and v == "one"}
+    r = _collect([_child(spec, timeout)], timeout)[0]
+    return _summary([r], r["peak_rss_mb"])
+
+
+def _median_summary(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    out = dict(docs[len(docs) // 2])
+    for k in ("aggregate_fps", "spread", "c2p_p50_ms", "c2p_p99_ms", "cpu_ms_per_frame", "peak_rss_mb"):
+        out[k] = statistics.median(d[k] for d in docs)
+    out["peak_rss_runs"] = [d["peak_rss_mb"] for d in docs]
+    return out
+
+
+PIPELINES_HEADER = (
+    "| model | N | one agent fps (per pipeline) | N agents fps | one / N agents | spread | c2p p50 / p99 ms one | "
+    "c2p p50 / p99 ms N agents | CPU ms/frame one / N agents | peak RSS MB one / N agents | stalled costs |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def pipelines_row(r: dict[str, Any]) -> str:
+    o, s = r["one"], r["separate"]
+    per = ", ".join(f"{x:.1f}" for x in o["per_pipeline_fps"])
+    return (
+        f"| {r['model']} | {r['pipelines']} | {o['aggregate_fps']:.1f} ({per}) | {s['aggregate_fps']:.1f} | "
+        f"{r['one_vs_separate_fps']:.2f} | {o['spread']:.1%} | {o['c2p_p50_ms']:.1f} / {o['c2p_p99_ms']:.1f} | "
+        f"{s['c2p_p50_ms']:.1f} / {s['c2p_p99_ms']:.1f} | {o['cpu_ms_per_frame']:.2f} / {s['cpu_ms_per_frame']:.2f} | "
+        f"{o['peak_rss_mb']:.0f} / {s['peak_rss_mb']:.0f} | {r['stalled_cost']:.1%} |"
+    )
+
+
+def compare_batches(
+    models: list[Path], n: int, batches: list[int], seconds: float, runs: int, threads: int, out: Any,
+    accelerator: str = "cpu",
+) -> list[dict[str, Any]]:
+    """One agent, n pipelines on in-memory frames, runtime.max_batch at each value."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        broker = Broker(work).start()
+        try:
+            with Progress("batching", len(models) * runs * len(batches), "runs") as bar:
+                for m in models:
+                    res: dict[int, list[dict[str, Any]]] = {b: [] for b in batches}
+                    t_m = threads or (chosen_threads(m) if accelerator == "cpu" else 0)
+                    for _ in range(runs):
+                        for b in batches:
+                            spec = {"model": str(m), "threads": t_m, "seconds": seconds, "port": broker.port,
+                                    "sources": ["replay:demo"] * n, "max_batch": b, "batch_wait_ms": 2.0,
+                                    "state": str(work / "state"), "accelerator": accelerator}
+                            timeout = seconds * 4 + 120
+                            r = _collect([_child(spec, timeout)], timeout)[0]
+                            res[b].append(_summary([r], r["peak_rss_mb"]))
+                            bar.update()
+                    for b in batches:
+                        s = _median_summary(res[b])
+                        eng = s["engines"][0] if s["engines"] else {}
+                        row = {"model": m.name, "pipelines": n, "max_batch": b, "accelerator": accelerator,
+                               "aggregate_fps": s["aggregate_fps"], "c2p_p50_ms": s["c2p_p50_ms"],
+                               "c2p_p99_ms": s["c2p_p99_ms"], "cpu_ms_per_frame": s["cpu_ms_per_frame"],
+                               "batches": eng.get("batches"), "batching": eng.get("batching")}
+                        row["vs_batch_1"] = row["aggregate_fps"] / statistics.median(
+                            x["aggregate_fps"] for x in res[batches[0]]
+                        )
+                        rows.append(row)
+                        print(batch_row(row), file=out, flush=True)
+        finally:
+            broker.stop()
+    return rows
+
+
+BATCH_HEADER = (
+    "| model | pipelines | max_batch | aggregate fps | vs first | c2p p50 / p99 ms | CPU ms/frame | batches used "
+    "| batching |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def batch_row(r: dict[str, Any]) -> str:
+    return (
+        f"| {r['model']} | {r['pipelines']} | {r['max_batch']} | {r['aggregate_fps']:.1f} | {r['vs_batch_1']:.2f} | "
+        f"{r['c2p_p50_ms']:.1f} / {r['c2p_p99_ms']:.1f} | {r['cpu_ms_per_frame']:.2f} | {r['batches']} | "
+        f"{r['batching']} |"
+    )
+
+
+if __name__ == "__main__":  # a child of compare_pipelines / compare_batches
+    result = run_agent(json.loads(sys.argv[1]))
+    print(json.dumps({**result, "peak_rss_mb": round(_peak_rss_mb(), 1)}))

@@ -1,0 +1,433 @@
+"""One loaded model on one accelerator, shared by every pipeline that runs it, with batching.
+
+A model file used by several pipelines is loaded once (per accelerator) and run by one `Engine`.
+Pipelines call `Engine.run` from their own inference threads; the calls are served strictly in the
+order they arrive (first come, first served: with one outstanding frame per pipeline that is round
+robin), so a busy pipeline cannot starve a quiet one. No extra thread: the caller at the head of the
+queue runs the invoke itself (a lone pipeline pays no hand-off), and the others wait for their turn or
+for their result.
+
+Batching: where the model's batch dimension can be resized, the caller at the head waits at most
+`batch_wait_ms` for the other pipelines that are active to queue a frame, then runs them all in one
+invoke. A batch size is used only after its outputs, on real frames, match the same frames run one by
+one; otherwise batching is switched off for the model and health says why. A pipeline that stops
+sending (its camera died) stops counting as active within a second, so it never holds the others up
+for longer than one `batch_wait_ms`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.modelfile import TensorSpec
+from edge_agent.runtime.base import Backend, BackendError
+from edge_agent.runtime.registry import open_backend
+from edge_agent.runtime.select import Runtime
+
+log = logging.getLogger(__name__)
+
+#: A pipeline that has not sent a frame for this long is not waited for when a batch is formed.
+ACTIVE_S = 1.0
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed (its model replaced or the agent stopping) while a frame waited."""
+
+
+def split_axis(spec_shape: Sequence[int], batched_shape: Sequence[int], n: int) -> int | None:
+    """The axis along which a batch of n stacks its outputs: the batch axis, or (for models that fold
+    the batch into another dimension, as BlazeFace's anchors do) the one axis that grew n-fold."""
+    if len(spec_shape) != len(batched_shape):
+        return None
+    grown = [i for i, (a, b) in enumerate(zip(spec_shape, batched_shape, strict=True)) if a != b]
+    if len(grown) == 1 and batched_shape[grown[0]] == n * spec_shape[grown[0]]:
+        return grown[0]
+    if not grown and n == 1:
+        return 0
+    return None
+
+
+#: Per output: the batch axis, and for each frame of the batch the indices along it that are its own.
+Layout = list[tuple[int, list[np.ndarray]]]
+
+
+def segment_indices(segments: Sequence[int], n: int) -> list[np.ndarray]:
+    """Where each of n frames' rows lie when an output is made of segments, each holding the n frames'
+    blocks one after another (BlazeFace concatenates its two heads after folding the batch into each)."""
+    per: list[list[np.ndarray]] = [[] for _ in range(n)]
+    base = 0
+    for size in segments:
+        for k in range(n):
+            per[k].append(np.arange(base + k * size, base + (k + 1) * size))
+        base += n * size
+    return [np.concatenate(p) for p in per]
+
+
+def learn_segments(singles: Sequence[np.ndarray], batched: np.ndarray, axis: int, tol: float) -> list[int] | None:
+    """The segment sizes of a batched output, found by following frame 0's rows through it; None when
+    they do not line up (the batch then is not used)."""
+    n, size = len(singles), singles[0].shape[axis]
+    rows = np.moveaxis(batched, axis, 0).reshape(batched.shape[axis], -1).astype(np.float64)
+    first = np.moveaxis(singles[0], axis, 0).reshape(size, -1).astype(np.float64)
+    segments: list[int] = []
+    r = p = 0
+    while r < size:
+        start = r
+        while r < size and p < len(rows) and float(np.max(np.abs(rows[p] - first[r]))) <= tol:
+            r += 1
+            p += 1
+        if r == start:
+            return None
+        segments.append(r - start)
+        p += (n - 1) * (r - start)
+    return segments if p == len(rows) else None
+
+
+def batch_layout(outputs: Sequence[np.ndarray], specs: Sequence[TensorSpec], n: int) -> Layout:
+    """The plain layout: each frame's block after the previous one along the axis that grew."""
+    out: Layout = []
+    for o, spec in zip(outputs, specs, strict=True):
+        axis = split_axis(spec.shape, o.shape, n)
+        if axis is None:
+            raise BackendError(f"output {spec.name} {list(o.shape)} is not {n} stacked {list(spec.shape)}")
+        out.append((axis, segment_indices([spec.shape[axis]], n)))
+    return out
+
+
+def split_batch(outputs: Sequence[np.ndarray], layout: Layout) -> list[list[np.ndarray]]:
+    """Per-frame outputs (each in the model's single-frame shape) from a batch."""
+    n = len(layout[0][1]) if layout else 0
+    per: list[list[np.ndarray]] = [[] for _ in range(n)]
+    for out, (axis, idx) in zip(outputs, layout, strict=True):
+        for k in range(n):
+            per[k].append(np.take(out, idx[k], axis=axis))
+    return per
+
+
+def outputs_match(a: Sequence[np.ndarray], b: Sequence[np.ndarray], specs: Sequence[TensorSpec]) -> str:
+    """'' when two runs' outputs agree (to kernel rounding), else where they differ."""
+    for x, y, s in zip(a, b, specs, strict=True):
+        fx, fy = s.dequantize(x).astype(np.float64), s.dequantize(y).astype(np.float64)
+        tol = _tolerance(s, fx)
+        err = float(np.max(np.abs(fx - fy))) if fx.size else 0.0
+        if not np.isfinite(err) or err > tol:
+            return f"output {s.name} differs by {err:.4g} (tolerance {tol:.3g})"
+    return ""
+
+
+def _tolerance(spec: TensorSpec, values: np.ndarray) -> float:
+    """Kernel rounding: a thousandth of the output's range, and two quantization steps."""
+    span = float(np.ptp(values)) if values.size else 0.0
+    return 1e-3 * max(span, 1.0) + 2 * (spec.scale or 0.0)
+
+
+@dataclass
+class EngineResult:
+    outputs: list[np.ndarray]
+    inference_ms: float  # the invoke this frame was part of
+    wait_ms: float  # queued behind other pipelines or for its batch
+    batch: int
+    accelerator: str
+
+
+@dataclass
+class _Request:
+    user: str
+    inputs: list[np.ndarray]
+    t: float = field(default_factory=time.monotonic)
+    result: EngineResult | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+class Engine:
+    def __init__(
+        self,
+        runtime: Runtime,
+        inputs: tuple[TensorSpec, ...],
+        outputs: tuple[TensorSpec, ...],
+        path: Path,
+        threads: int,
+        max_batch: int = 1,
+        batch_wait_ms: float = 0.0,
+        options: dict[str, str] | None = None,
+    ):
+        self.runtime = runtime
+        self.inputs, self.outputs = inputs, outputs
+        self.path = path
+        self.threads = threads
+        self.options = options or {}
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_ms / 1e3
+        #: why batching is off ('' while it may be used)
+        self.batching_off = "" if max_batch > 1 else "runtime.max_batch is 1"
+        self.batches: Counter[int] = Counter()
+        self.invokes = 0
+        self.frames = 0
+        self._layouts: dict[tuple[str, int], Layout] = {}
+        self._batched: dict[tuple[str, int], Backend] = {}
+        self._pending: deque[_Request] = deque()
+        self._busy = False
+        self._cond = threading.Condition()
+        self._last_seen: dict[str, float] = {}
+        self._closed = False
+
+    # --- what pipelines call -----------------------------------------------------------
+    def run(self, user: str, inputs: list[np.ndarray]) -> EngineResult:
+        """Invoke on `inputs` (single-frame shapes) in turn with the other pipelines; blocks until done."""
+        req = _Request(user, inputs)
+        with self._cond:
+            if self._closed:
+                raise EngineClosed(f"{self.path.name}: engine closed")
+            self._pending.append(req)
+            self._last_seen[user] = req.t
+            self._cond.notify_all()
+            while not req.done:
+                if self._closed:
+                    raise EngineClosed(f"{self.path.name}: engine closed")
+                if not self._busy and self._pending and self._pending[0] is req:
+                    self._busy = True
+                    break
+                self._cond.wait(0.5)
+            else:
+                return self._outcome(req)
+            batch = self._gather(req)
+        try:
+            self._execute(batch)
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+        return self._outcome(req)
+
+    @staticmethod
+    def _outcome(req: _Request) -> EngineResult:
+        if req.error is not None:
+            raise req.error
+        assert req.result is not None
+        return req.result
+
+    def _gather(self, head: _Request) -> list[_Request]:
+        """Under the lock, as the head of the queue: the requests to run now."""
+        limit = self.max_batch if not self.batching_off else 1
+        if limit > 1:
+            now = time.monotonic()
+            active = sum(1 for t in self._last_seen.values() if now - t < ACTIVE_S)
+            want = min(limit, active)
+            deadline = head.t + self.batch_wait_s
+            while len(self._pending) < want and (left := deadline - time.monotonic()) > 0 and not self._closed:
+                self._cond.wait(left)
+        n = min(limit, len(self._pending))
+        return [self._pending.popleft() for _ in range(n)]
+
+    # --- invoking --------------------------------------------------------------------------
+    def _execute(self, batch: list[_Request]) -> None:
+        start = time.monotonic()
+        try:
+            if len(batch) > 1:
+                try:
+                    outs, ms = self._invoke_batch(batch)
+                except BackendError as err:
+                    self._disable_batching(str(err))
+                    outs, ms = None, 0.0
+                if outs is not None:
+                    for req, o in zip(batch, outs, strict=True):
+                        req.result = EngineResult(o, ms, (start - req.t) * 1e3, len(batch), self.runtime.accelerator)
+                    self._count(len(batch))
+                    return
+            for req in batch:  # one at a time (also what a batch that cannot be run falls back to)
+                t0 = time.monotonic()
+                o, ms = self._invoke_one(req.inputs)
+                req.result = EngineResult(o, ms, (t0 - req.t) * 1e3, 1, self.runtime.accelerator)
+                self._count(1)
+        except BaseException as err:  # the waiting pipelines get the error, each on its own thread
+            for req in batch:
+                if req.result is None:
+                    req.error = err
+        finally:
+            with self._cond:
+                for req in batch:
+                    req.done = True
+                self._cond.notify_all()
+
+    def _count(self, n: int) -> None:
+        self.batches[n] += 1
+        self.invokes += 1
+        self.frames += n
+
+    def _invoke_one(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+        rt = self.runtime
+
+        def fill_all() -> None:
+            for i, x in enumerate(inputs):
+
+                def put(v: np.ndarray, x: np.ndarray = x) -> None:
+                    np.copyto(v, x.reshape(v.shape))
+
+                rt.backend.write_input(i, put)
+
+        fill_all()
+        t0 = time.perf_counter()
+        if rt.invoke():  # fell back to the CPU: the new backend has empty inputs
+            self._close_batched()
+            fill_all()
+            rt.invoke()
+        ms = (time.perf_counter() - t0) * 1e3
+        be = rt.backend
+        return [be.output(i) for i in range(len(self.outputs))], ms
+
+    def _invoke_batch(self, batch: list[_Request]) -> tuple[list[list[np.ndarray]] | None, float]:
+        n = len(batch)
+        kind = self.runtime.backend.kind
+        key = (kind, n)
+        be = self._batched.get(key)
+        if be is None:
+            be = self._batched[key] = open_batched(kind, self.path, self.threads, self.options, n)
+        for i in range(len(self.inputs)):
+
+            def fill(v: np.ndarray, i: int = i) -> None:
+                for k, req in enumerate(batch):
+                    v[k : k + 1] = req.inputs[i].reshape((1, *v.shape[1:]))
+
+            be.write_input(i, fill)
+        t0 = time.perf_counter()
+        try:
+            be.invoke()
+        except Exception as err:  # native backends raise bare RuntimeError with driver text
+            raise BackendError(f"batch of {n}: {str(err).strip()[:200]}") from None
+        ms = (time.perf_counter() - t0) * 1e3
+        raw = [be.output(i) for i in range(len(self.outputs))]
+        layout = self._layouts.get(key)
+        if layout is None:  # once per size and accelerator, learnt and checked on these real frames
+            layout = self._learn(batch, raw)
+            self._layouts[key] = layout
+            log.info("%s: batches of %d verified on %s", self.path.name, n, kind)
+        return split_batch(raw, layout), ms
+
+    def _learn(self, batch: list[_Request], raw: list[np.ndarray]) -> Layout:
+        """How this model stacks a batch in each output, from the same frames run one by one; BackendError
+        unless every frame's part of the batch then matches its single run."""
+        n = len(batch)
+        singles = [self._invoke_one(req.inputs)[0] for req in batch]
+        layout = batch_layout(raw, self.outputs, n)
+        for j, (axis, _) in enumerate(layout):
+            spec = self.outputs[j]
+            tol = _tolerance(spec, spec.dequantize(singles[0][j]))
+            segs = learn_segments(
+                [spec.dequantize(s[j]) for s in singles], spec.dequantize(raw[j]), axis, tol
+            )
+            if segs is not None:
+                layout[j] = (axis, segment_indices(segs, n))
+        for single, got in zip(singles, split_batch(raw, layout), strict=True):
+            why = outputs_match(single, got, self.outputs)
+            if why:
+                raise BackendError(f"a batch of {n} does not give the single-frame results: {why}")
+        return layout
+
+    def _disable_batching(self, why: str) -> None:
+        self.batching_off = why
+        log.warning("%s: batching off: %s", self.path.name, why)
+        self._close_batched()
+
+    def _close_batched(self) -> None:
+        for be in self._batched.values():
+            be.close()
+        self._batched.clear()
+
+    # --- lifecycle and health -----------------------------------------------------------
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            busy = self._busy
+        if busy:  # let the invoke in flight finish before the interpreter goes
+            with self._cond:
+                self._cond.wait_for(lambda: not self._busy, 5.0)
+        self._close_batched()
+        self.runtime.backend.close()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def users(self) -> list[str]:
+        return sorted(self._last_seen)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.path.name,
+            "accelerator": self.runtime.accelerator,
+            "pipelines": self.users(),
+            "invokes": self.invokes,
+            "frames": self.frames,
+            "batches": {str(k): v for k, v in sorted(self.batches.items())},
+            "max_batch": self.max_batch,
+            "batching": "off: " + self.batching_off if self.batching_off else "on",
+            "queue": self.queue_depth,
+        }
+
+
+def open_batched(kind: str, path: Path, threads: int, options: dict[str, str], n: int) -> Backend:
+    """A second backend of the same family whose inputs hold n frames; BackendError where it cannot."""
+    try:
+        be = open_backend(kind, path, threads, options)
+    except BackendError:
+        raise
+    try:
+        be.resize_batch(n)
+    except BackendError:
+        be.close()
+        raise
+    return be
+
+
+EngineFactory = Callable[[], Engine]
+
+
+class ModelPool:
+    """The agent's loaded models: one engine per (model file, accelerator settings), shared by every
+    pipeline and model slot that uses the same file; closed when its last user lets go."""
+
+    def __init__(self) -> None:
+        self._engines: dict[str, tuple[Engine, int]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str, make: EngineFactory) -> Engine:
+        with self._lock:
+            have = self._engines.get(key)
+            if have is not None:
+                self._engines[key] = (have[0], have[1] + 1)
+                return have[0]
+        engine = make()  # outside the lock: loading and probing take a while
+        with self._lock:
+            have = self._engines.get(key)
+            if have is not None:  # loaded meanwhile by another slot: keep one
+                self._engines[key] = (have[0], have[1] + 1)
+                engine.close()
+                return have[0]
+            self._engines[key] = (engine, 1)
+            return engine
+
+    def release(self, engine: Engine) -> None:
+        with self._lock:
+            for key, (e, refs) in list(self._engines.items()):
+                if e is engine:
+                    if refs > 1:
+                        self._engines[key] = (e, refs - 1)
+                        return
+                    del self._engines[key]
+                    break
+        engine.close()
+
+    def engines(self) -> list[Engine]:
+        with self._lock:
+            return [e for e, _ in self._engines.values()]

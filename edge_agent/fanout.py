@@ -1,0 +1,146 @@
+"""Every result, from every pipeline, to everything that wants it: one object, one place.
+
+A pipeline's post stage hands each prediction and event here. The fan-out numbers it (one sequence
+per pipeline topic, so a consumer can find gaps per topic), submits it to the sink, and gives it to
+the live view, Home Assistant, escalation and the probation of a model on trial. Nothing here
+blocks on the network: the sink only enqueues.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edge_agent.payload import dumps, refined
+from edge_agent.results import Result
+from edge_agent.sinks.base import Message, Sink
+
+if TYPE_CHECKING:
+    from edge_agent.escalation import Escalator
+    from edge_agent.homeassistant import HomeAssistant
+    from edge_agent.liveview import LiveView
+    from edge_agent.model import Model, RawInference
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one pipeline's documents go."""
+
+    pipeline: str
+    predictions: str
+    events: str
+    #: the single-pipeline form: documents carry no `pipeline` field
+    legacy: bool = False
+
+    @property
+    def label(self) -> str | None:
+        """The `pipeline` field of its documents."""
+        return None if self.legacy else self.pipeline
+
+
+class FanOut:
+    def __init__(self, sink: Callable[[], Sink | None], qos: int, stop: threading.Event):
+        self.get_sink = sink
+        self.qos = qos
+        self.stop = stop
+        self.live: dict[str, LiveView] = {}
+        self.ha: dict[str, HomeAssistant] = {}
+        self.escalator: Escalator | None = None
+        #: (model sha256, raw outputs, inference ms) for a model on probation; set by the updaters
+        self.probation: list[Callable[[str, list[np.ndarray], float], None]] = []
+        #: called once, with the seconds since start, when the first prediction is out
+        self.on_first: Callable[[], None] | None = None
+        self.routes: dict[str, Route] = {}
+        self._seq: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._first_done = False
+
+    def next_seq(self, pipeline: str) -> int:
+        """Local and refined predictions of a pipeline share one sequence per boot."""
+        with self._lock:
+            n = self._seq.get(pipeline, 0) + 1
+            self._seq[pipeline] = n
+            return n
+
+    # --- from the post stages ----------------------------------------------------------------
+    def prediction(
+        self,
+        route: Route,
+        doc: dict[str, Any],
+        result: Result,
+        *,
+        image: np.ndarray | None = None,
+        window: np.ndarray | None = None,
+        cached: bool = False,
+        ts: float | None = None,
+    ) -> bool:
+        """Number, publish and hand on one prediction; False when the sink could not hold it."""
+        doc["seq"] = self.next_seq(route.pipeline)
+        sink = self.get_sink()
+        ok = sink.submit(Message(route.predictions, dumps(doc), qos=self.qos)) if sink is not None else False
+        live = self.live.get(route.pipeline)
+        if live is not None:
+            if image is not None:
+                live.set_frame(image, doc)
+            live.add_prediction(doc)
+        ha = self.ha.get(route.pipeline)
+        if ha is not None and sink is not None:
+            state = ha.observe(result, ts if ts is not None else doc.get("ts", time.time()))
+            if state is not None:
+                sink.submit(state)
+        if self.escalator is not None and not cached:
+            self.escalator.consider(result, doc, image=image, window=window)
+        self.published()
+        return ok
+
+    def observe(self, model: Model, raw: RawInference) -> None:
+        """Every inference (not only the published ones): a model on probation is judged on all of them."""
+        for judge in self.probation:
+            judge(model.file.sha256, raw.outputs, raw.inference_ms)
+
+    def event(self, route: Route, doc: dict[str, Any]) -> bool:
+        """Events go out with QoS 1 through the outbox; a full queue holds the caller, never drops them.
+        False only when stopping with the event unsent."""
+        live = self.live.get(route.pipeline)
+        if live is not None:
+            live.add_event(doc)
+        sink = self.get_sink()
+        if sink is None:
+            return False
+        ha = self.ha.get(route.pipeline)
+        if ha is not None and "label" in doc:
+            state = ha.observe_event(doc["label"], doc.get("type") != "end", doc.get("start_ts") or time.time())
+            if state is not None:
+                sink.submit(state)
+        msg = Message(route.events, dumps(doc), qos=1)
+        while not sink.submit(msg):
+            if self.stop.wait(0.05):
+                log.error("stopping with event %s %s unsent", doc.get("type"), doc.get("id"))
+                return False
+        self.published()
+        return True
+
+    def refined(self, local: dict[str, Any], escalation_id: str, rtt_ms: float, answer: dict[str, Any]) -> bool:
+        """A cloud worker's answer, on the topic of the pipeline whose result it refines."""
+        route = self.routes.get(str(local.get("pipeline"))) or next(iter(self.routes.values()), None)
+        sink = self.get_sink()
+        if route is None or sink is None:
+            return False
+        doc = refined(
+            local=local, seq=self.next_seq(route.pipeline), escalation_id=escalation_id, rtt_ms=rtt_ms, answer=answer
+        )
+        return sink.submit(Message(route.predictions, dumps(doc), qos=1))
+
+    def published(self) -> None:
+        if not self._first_done:
+            self._first_done = True
+            if self.on_first is not None:
+                self.on_first()

@@ -1,0 +1,222 @@
+"""A camera or video input: capture -> latest-frame slot -> preprocess + shared invoke -> decode -> fan-out.
+
+Three threads per pipeline. Capture reads into a size-1 slot (a slow model never builds a queue: a
+newer frame replaces the one not yet taken). The inference thread preprocesses on its own thread and
+runs the model through the engine it shares with other pipelines (in turn, perhaps batched). The post
+thread decodes and hands the result to the fan-out. The model is read from its slot at every frame,
+so an update swaps it between two frames for every pipeline that uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edge_agent.capture import Capture
+from edge_agent.config import PipelineView
+from edge_agent.fanout import FanOut, Route
+from edge_agent.gate import ChangeGate
+from edge_agent.handoff import LatestSlot
+from edge_agent.model import Inference, Model, RawInference
+from edge_agent.payload import prediction
+from edge_agent.postprocess.decoders import DecodeOptions
+from edge_agent.sources import Frame, make_source
+from edge_agent.stats import StageStats
+
+log = logging.getLogger(__name__)
+
+_TAKE_TIMEOUT_S = 0.25
+#: Inference results waiting for decoding and publishing: a few frames of slack.
+_RESULTS_QUEUE = 4
+#: Source settings that need the source reopened when they change.
+_REOPEN_KEYS = ("uri", "width", "height", "loop")
+
+
+class FramePipeline:
+    kind = "frame"
+
+    def __init__(
+        self,
+        view: PipelineView,
+        route: Route,
+        model: Callable[[], Model | None],
+        fanout: FanOut,
+        boot_id: str,
+        on_fallback: Callable[[], None] | None = None,
+    ):
+        self.name = view.name
+        self.view = view
+        self.settings = view.settings
+        self.route = route
+        self.get_model = model
+        self.fanout = fanout
+        self.boot_id = boot_id
+        self.on_fallback = on_fallback
+        self.stop_event = threading.Event()
+        self.frames: LatestSlot[Frame] = LatestSlot()
+        self.capture_stats = StageStats("capture")
+        self.infer_stats = StageStats("inference")
+        self.post_stats = StageStats("postprocess")
+        self.results: queue.Queue[tuple[Frame, RawInference, Model, bool]] = queue.Queue(maxsize=_RESULTS_QUEUE)
+        self.skipped = 0  # inferences saved by change gating
+        self.failed: str | None = None
+        self.capture = Capture(
+            lambda: make_source(self.settings.source), self.settings.source, self.frames, self.capture_stats,
+            self.stop_event,
+        )
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.capture.start()
+        for stage, target in (("inference", self._inference_loop), ("postprocess", self._post_loop)):
+            name = stage if self.route.legacy else f"{self.name}-{stage}"  # the single form keeps its names
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float) -> None:
+        """Stop capture, let inference finish its frame and the post stage drain what it holds."""
+        deadline = time.monotonic() + timeout
+        self.stop_event.set()
+        self.frames.close()
+        self.capture.join(timeout / 2)
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def stages(self) -> dict[str, StageStats]:
+        return {"capture": self.capture_stats, "inference": self.infer_stats, "postprocess": self.post_stats}
+
+    def apply(self, view: PipelineView, changed: list[str]) -> None:
+        """Settings that change live: thresholds and the source (reopened when what it opens changed)."""
+        self.view, self.settings = view, view.settings
+        m, model = view.settings.model, self.get_model()
+        if model is not None:
+            model.decoder.opts = DecodeOptions(m.score_threshold, m.iou_threshold, m.top_k, m.max_detections)
+        if any(k.startswith("source.") for k in changed):
+            self.capture.cfg = view.settings.source
+            if any(k in (f"source.{r}" for r in _REOPEN_KEYS) for k in changed):
+                self.capture.restart()
+
+    # --- stages --------------------------------------------------------------------------------
+    def _inference_loop(self) -> None:
+        """Only preprocessing and invoke here: decoding and publishing run on the post thread."""
+        st = self.infer_stats
+        st.state = "running"
+        m = self.settings.model
+        gate = ChangeGate(m.change_threshold, m.change_max_age_s) if m.change_threshold > 0 else None
+        last: tuple[RawInference, Model] | None = None
+        while not self.stop_event.is_set():
+            frame = self.frames.take(_TAKE_TIMEOUT_S)
+            st.beat()
+            if frame is None:
+                continue
+            model = self.get_model()  # an update swaps it between two frames
+            if model is None:
+                continue
+            try:
+                cached = gate is not None and last is not None and last[1] is model and gate.unchanged(frame.image)
+                if cached and last is not None:
+                    raw = last[0]
+                    self.skipped += 1
+                else:
+                    raw = model.run(frame.image, self.name)
+                    last = (raw, model)
+                    st.observe("preprocess", raw.preprocess_ms)
+                    st.observe("inference", raw.inference_ms)
+                    if raw.wait_ms:
+                        st.observe("queue", raw.wait_ms)
+                    st.done()
+                while not self.stop_event.is_set():
+                    try:  # results are never dropped here: a slow post stage slows inference instead
+                        self.results.put((frame, raw, model, cached), timeout=_TAKE_TIMEOUT_S)
+                        break
+                    except queue.Full:
+                        st.beat()
+            except Exception as err:  # loop boundary: one bad frame must not stop the stream
+                st.error(f"{type(err).__name__}: {err}")
+                log.exception("%s: inference error", self.name)
+
+    def _post_loop(self) -> None:
+        st = self.post_stats
+        fallbacks_seen = 0
+        decoded: tuple[RawInference, Inference] | None = None  # a gated frame reuses the last decoding
+        st.state = "running"
+        while not self.stop_event.is_set() or not self.results.empty():
+            try:
+                frame, raw, model, cached = self.results.get(timeout=_TAKE_TIMEOUT_S)
+            except queue.Empty:
+                st.beat()
+                continue
+            st.beat()
+            try:
+                if cached and decoded is not None and decoded[0] is raw:
+                    inf = decoded[1]
+                else:
+                    inf = model.decode(raw)
+                    decoded = (raw, inf)
+                    self.infer_stats.observe("postprocess", inf.postprocess_ms)
+                    self.fanout.observe(model, raw)
+                self._publish(frame, raw, inf, model, cached)
+                if len(model.runtime.fallbacks) != fallbacks_seen:
+                    fallbacks_seen = len(model.runtime.fallbacks)
+                    if self.on_fallback is not None:
+                        self.on_fallback()
+                st.done()
+            except Exception as err:  # loop boundary: one bad result must not stop the stream
+                st.error(f"{type(err).__name__}: {err}")
+                log.exception("%s: postprocess error", self.name)
+
+    def _publish(self, frame: Frame, raw: RawInference, inf: Inference, model: Model, cached: bool) -> None:
+        h, w = frame.image.shape[:2]
+        doc = prediction(
+            device_id=self.settings.device_id,
+            boot_id=self.boot_id,
+            seq=0,
+            ts=frame.ts,
+            model=model.info(),
+            accelerator=raw.accelerator,
+            latency_ms={
+                "capture_to_publish": 0.0,
+                "preprocess": inf.preprocess_ms,
+                "inference": inf.inference_ms,
+                "postprocess": inf.postprocess_ms,
+            },
+            frame_size=(w, h),
+            result=inf.result,
+            pipeline=self.route.label,
+        )
+        if raw.batch > 1:
+            doc["batch"] = raw.batch
+        c2p = (time.monotonic() - frame.mono) * 1e3
+        doc["latency_ms"]["capture_to_publish"] = round(c2p, 3)
+        if cached:
+            doc["cached"] = True  # the frame looked like the last inferred one
+        if not self.fanout.prediction(self.route, doc, inf.result, image=frame.image, cached=cached, ts=frame.ts):
+            self.post_stats.drop("sink_full")
+        self.infer_stats.observe("capture_to_publish", c2p)
+
+    # --- health --------------------------------------------------------------------------------
+    def source_info(self) -> dict[str, Any]:
+        cap = self.capture
+        return {
+            "state": self.capture_stats.state,
+            "uri": cap.source_desc,
+            "frame_size": list(cap.frame_size) if cap.frame_size else None,
+            "reopens": cap.reopens,
+            "stalls": cap.stalls,
+            "errors": self.capture_stats.errors,
+        }
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "captured": self.capture_stats.count,
+            "inferred": self.infer_stats.count,
+            "published": self.post_stats.count,
+            "skipped_unchanged": self.skipped,
+            "dropped": {**dict(self.capture_stats.drops), **dict(self.post_stats.drops)},
+        }

@@ -1,0 +1,156 @@
+"""The command table: each remote command and the handler that answers it.
+
+With several model slots, `deploy`, `rollback` and `list-models` name what they act on: a shared
+model (`"model": NAME`) or pipelines (`"pipelines": [...]`); with one slot they need neither.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.commands import ACCEPTED, Command, Rejected, no_args
+from edge_agent.ota.manifest import ManifestError, parse_manifest
+
+if TYPE_CHECKING:
+    from edge_agent.agent import Agent
+    from edge_agent.slots import ModelSlot
+
+Handler = Callable[[Command], dict[str, Any]]
+_TARGET_KEYS = {"model", "pipelines"}
+
+
+def register_commands(agent: Agent) -> None:
+    table: dict[str, Handler] = {
+        "ping": lambda cmd: ping(agent, cmd),
+        "status": lambda cmd: status(agent, cmd),
+        "reload": lambda cmd: reload(agent, cmd),
+    }
+    if any(s.updater is not None for s in agent.slots.values()):
+        table |= {
+            "deploy": lambda cmd: deploy(agent, cmd),
+            "rollback": lambda cmd: rollback(agent, cmd),
+            "list-models": lambda cmd: list_models(agent, cmd),
+        }
+    for name, handler in table.items():
+        agent.commands.register(name, handler)
+
+
+def ping(agent: Agent, cmd: Command) -> dict[str, Any]:
+    no_args(cmd)
+    return {"pong": round(time.time(), 3), "boot_id": agent.boot_id}
+
+
+def status(agent: Agent, cmd: Command) -> dict[str, Any]:
+    no_args(cmd)
+    h = agent.health.document()
+    keys = ("status", "problems", "uptime_s", "fps", "accelerator", "model") + (("pipelines",) if agent.multi else ())
+    return {k: h[k] for k in keys}
+
+
+def reload(agent: Agent, cmd: Command) -> dict[str, Any]:
+    no_args(cmd)
+    if agent.reloader is None:
+        raise Rejected("this agent was started without a configuration file to reload")
+    applied = agent.reload()
+    out: dict[str, Any] = {"applied": applied, "restart_needed": agent.restart_needed}
+    if agent.refused_pipelines:
+        out["refused_pipelines"] = agent.refused_pipelines
+    return out
+
+
+def target_slots(agent: Agent, args: dict[str, Any]) -> list[ModelSlot]:
+    """The slots a command names; with one slot, that one."""
+    slots = [s for s in agent.slots.values() if s.updater is not None]
+    if "model" in args:
+        name = args["model"]
+        found = [s for s in slots if s.ref == name or s.name == name]
+        if not found:
+            raise Rejected(f"no model '{name}' here (models: {', '.join(sorted({s.ref for s in slots}))})")
+        return found
+    if "pipelines" in args:
+        names = args["pipelines"]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise Rejected("'pipelines' must be a non-empty list of pipeline names")
+        unknown = [n for n in names if agent.slot_of(n) is None]
+        if unknown:
+            raise Rejected(f"unknown pipeline(s): {', '.join(unknown)}")
+        found = []
+        for n in names:
+            slot = agent.slot_of(n)
+            assert slot is not None
+            others = [p for p in slot.pipelines if p not in names]
+            if others:
+                raise Rejected(
+                    f"pipeline {n} shares model '{slot.ref}' with {', '.join(others)}: "
+                    f"name the model, or all of its pipelines"
+                )
+            if slot not in found:
+                found.append(slot)
+        return found
+    if len(slots) == 1:
+        return slots
+    raise Rejected(
+        "this device runs several models: name the one to act on ('model': "
+        f"{', '.join(sorted({s.ref for s in slots}))}) or the pipelines ('pipelines': [...])"
+    )
+
+
+def deploy(agent: Agent, cmd: Command) -> dict[str, Any]:
+    if "manifest" not in cmd.args or set(cmd.args) - {"manifest"} - _TARGET_KEYS:
+        raise Rejected('\'deploy\' takes args {"manifest": {...}} and optionally "model" or "pipelines"')
+    slots = target_slots(agent, cmd.args)
+    try:
+        m = parse_manifest(cmd.args["manifest"])
+        for slot in slots:  # all or none: check every slot before queueing on any
+            assert slot.updater is not None
+            slot.updater.check(m)
+        for slot in slots:
+            assert slot.updater is not None
+            slot.updater.submit(m)
+    except ManifestError as err:
+        raise Rejected(str(err)) from None
+    out: dict[str, Any] = {ACCEPTED: "accepted", "name": m.name, "version": m.version}
+    if agent.multi:
+        out["models"] = [s.name for s in slots]
+    return out
+
+
+def rollback(agent: Agent, cmd: Command) -> dict[str, Any]:
+    if set(cmd.args) - _TARGET_KEYS:
+        raise Rejected("'rollback' takes no args, or \"model\" or \"pipelines\"")
+    slots = target_slots(agent, cmd.args)
+    now = {}
+    for slot in slots:
+        assert slot.updater is not None and slot.store is not None
+        if not slot.store.state.get("current"):
+            raise Rejected(f"no installed update to roll back from{f' ({slot.name})' if agent.multi else ''}")
+    for slot in slots:
+        assert slot.updater is not None and slot.store is not None
+        slot.updater.rollback("manual rollback")
+        now[slot.name] = slot.store.state.get("current")
+    return {"now": next(iter(now.values()))} if not agent.multi else {"now": now}
+
+
+def list_models(agent: Agent, cmd: Command) -> dict[str, Any]:
+    if set(cmd.args) - _TARGET_KEYS:
+        raise Rejected("'list-models' takes no args, or \"model\" or \"pipelines\"")
+    if not agent.multi or cmd.args:
+        slots = target_slots(agent, cmd.args)
+    else:
+        slots = [s for s in agent.slots.values() if s.store is not None]
+    docs = {s.name: _versions(s) for s in slots}
+    return docs[slots[0].name] if not agent.multi else {"models": docs}
+
+
+def _versions(slot: ModelSlot) -> dict[str, Any]:
+    assert slot.store is not None
+    st = slot.store.state
+    return {
+        "versions": slot.store.versions(),
+        "current": st.get("current"),
+        "previous": st.get("previous"),
+        "highest_version": st.get("highest_version"),
+        "history": st.get("history", [])[-10:],
+    }

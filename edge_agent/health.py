@@ -1,0 +1,241 @@
+"""The health document and the watchdog: what every stage of every pipeline is doing, and what to do
+when one of them stops coming round.
+
+`status` is "degraded" with the reasons in `problems` while a stage is stalled, a source is not
+delivering, the broker is away, an accelerator fell back to the CPU or a pipeline failed. The
+single-pipeline form keeps its top-level sections as they always were; with named pipelines the
+top level adds them up, and `pipelines` has each one's own figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from edge_agent import __version__
+from edge_agent.payload import dumps, health
+from edge_agent.sdnotify import Notifier
+from edge_agent.sinks.base import Message
+from edge_agent.system import ProcessStats, cpu_temperature_c, disk_free_mb, throttling
+
+if TYPE_CHECKING:
+    from edge_agent.agent import Agent, Pipeline
+    from edge_agent.slots import ModelSlot
+
+log = logging.getLogger(__name__)
+
+#: Rates (fps, samples/s) are measured over at least this many seconds.
+_RATE_WINDOW_S = 5.0
+_WATCHDOG_TICK_S = 1.0
+#: Exit code after a stall: not 0 (so Restart=on-failure applies), not 2 (bad configuration).
+EXIT_STALLED = 3
+
+
+class Health:
+    def __init__(self, agent: Agent):
+        self.agent = agent
+        self._proc = ProcessStats()
+        self._counts: dict[str, deque[tuple[float, int]]] = {}
+        self._lock = threading.Lock()
+
+    # --- rates --------------------------------------------------------------------------------
+    def rate(self, key: str, count: int, now: float) -> float:
+        """Rate over the last few seconds; any number of readers (MQTT health, /metrics) see the same figure."""
+        window = max(_RATE_WINDOW_S, self.agent.settings.health.interval_s)
+        with self._lock:
+            hist = self._counts.setdefault(key, deque([(self.agent.started_mono, 0)]))
+            hist.append((now, count))
+            while len(hist) > 2 and now - hist[1][0] >= window:
+                hist.popleft()
+            t0, n0 = hist[0]
+        return round((count - n0) / (now - t0), 2) if now > t0 else 0.0
+
+    # --- stalls -------------------------------------------------------------------------------
+    def stalled(self) -> list[str]:
+        """Stages whose loop has not come round within health.stall_s (a hang, not a missing camera)."""
+        now = time.monotonic()
+        limit = self.agent.settings.health.stall_s
+        out = []
+        pipes = self.agent.pipelines
+        for p in pipes.values():
+            for stage, st in p.stages().items():
+                if now - st.heartbeat > limit:
+                    out.append(stage if len(pipes) == 1 and p.route.legacy else f"{p.name}.{stage}")
+        sink_beat = getattr(self.agent.sink, "heartbeat", None)
+        if sink_beat is not None and now - sink_beat > limit:
+            out.append("publish")
+        return out
+
+    # --- the document -------------------------------------------------------------------------
+    def document(self) -> dict[str, Any]:
+        a = self.agent
+        now = time.monotonic()
+        sink = a.sink
+        sink_stats = sink.stats() if sink is not None else {}
+        stalled = self.stalled()
+        pipes = list(a.pipelines.values())
+        sections = {p.name: self._pipeline(p, now) for p in pipes}
+        problems = [f"{s} stalled" for s in stalled]
+        for p in pipes:
+            who = "" if p.route.legacy else f"{p.name}: "
+            state = p.capture_stats.state
+            if state not in ("running", "finished"):
+                problems.append(f"{who}source {state}")
+            if p.failed:
+                problems.append(f"{who}failed: {p.failed}")
+        problems += [f"{name}: failed: {why}" for name, why in a.failed_pipelines.items()]
+        if sink is not None and not sink.is_connected():
+            problems.append("broker disconnected")
+        if any(s.model is not None and s.model.runtime.fallbacks for s in a.slots.values()):
+            problems.append("running on CPU fallback")
+        sent = int(sink_stats.get("sent", 0) or 0)  # type: ignore[call-overload]
+        first = pipes[0] if pipes else None
+        errors = [
+            (st.last_error_ts or 0, st.last_error)
+            for p in pipes
+            for st in p.stages().values()
+            if st.last_error
+        ]
+        counts = [p.counts() for p in pipes]
+        captured = sum(c["captured"] for c in counts)
+        inferred = sum(c["inferred"] for c in counts)
+        dropped: dict[str, int] = {}
+        for c in counts:
+            for k, v in c["dropped"].items():
+                dropped[k] = dropped.get(k, 0) + v
+        slot = a.first_slot()
+        body: dict[str, Any] = {
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
+            "uptime_s": round(now - a.started_mono, 1),
+            "agent_version": __version__,
+            "fps": {
+                "captured": self.rate("captured", captured, now),
+                "inferred": self.rate("inferred", inferred, now),
+                "published": self.rate("published", sent, now),
+            },
+            "frames": {
+                "captured": captured,
+                "inferred": inferred,
+                "published": sum(c["published"] for c in counts),
+                "skipped_unchanged": sum(c["skipped_unchanged"] for c in counts),
+                "dropped": dropped,
+            },
+            "latency_ms": sections[first.name]["latency_ms"] if first else {},
+            "source": sections[first.name]["source"] if first else {},
+            "accelerator": self._accelerator(slot),
+            "model": slot.info() if slot is not None else {},
+            "process": self._proc.sample(),
+            "system": {
+                "cpu_temp_c": cpu_temperature_c(),
+                "throttling": throttling(),
+                "disk_free_mb": disk_free_mb(a.settings.state_dir),
+            },
+            "broker": sink_stats,
+            "inference_errors": sum(p.infer_stats.errors + p.post_stats.errors for p in pipes),
+            "config": {
+                "reloads": a.reloads,
+                "restart_needed": a.restart_needed,
+                **({"refused_pipelines": a.refused_pipelines} if a.refused_pipelines else {}),
+            },
+            "commands": dict(a.commands.counts),
+            "last_error": max(errors)[1] if errors else None,
+            "first_prediction_s": round(a.first_publish_s, 3) if a.first_publish_s is not None else None,
+            "pipelines": sections,
+            "engines": [e.info() for e in a.pool.engines()],
+        }
+        if a.escalator is not None:
+            body["escalation"] = a.escalator.info()
+        if a.multi:
+            body["models"] = {name: s.info() for name, s in a.slots.items()}
+            body.pop("source")
+        return health(device_id=a.settings.device_id, boot_id=a.boot_id, ts=time.time(), body=body)
+
+    def _pipeline(self, p: Pipeline, now: float) -> dict[str, Any]:
+        c = p.counts()
+        key = p.name
+        slot = self.agent.slot_of(p.name)
+        model = slot.model if slot is not None else None
+        src = p.source_info()
+        if p.kind == "signal":
+            src["rate_achieved"] = self.rate(f"{key}.samples", p.capture.samples, now)  # type: ignore[union-attr]
+        return {
+            "kind": p.kind,
+            "state": "failed" if p.failed else p.infer_stats.state,
+            "error": p.failed,
+            "topics": {"predictions": p.route.predictions, "events": p.route.events},
+            "fps": {
+                "captured": self.rate(f"{key}.captured", c["captured"], now),
+                "inferred": self.rate(f"{key}.inferred", c["inferred"], now),
+                "published": self.rate(f"{key}.published", c["published"], now),
+            },
+            "frames": c,
+            "latency_ms": {k: w.percentiles() for k, w in p.infer_stats.latency.items()},
+            "source": src,
+            "model": {**model.info(), "slot": slot.name if slot else None} if model is not None else None,
+            "accelerator": model.runtime.accelerator if model is not None else None,
+            "errors": p.infer_stats.errors + p.post_stats.errors,
+            "last_error": p.infer_stats.last_error or p.post_stats.last_error or p.capture_stats.last_error,
+        }
+
+    @staticmethod
+    def _accelerator(slot: ModelSlot | None) -> dict[str, Any]:
+        if slot is None or slot.model is None:
+            return {}
+        rt = slot.model.runtime
+        return {
+            "active": rt.accelerator,
+            "description": rt.backend.description,
+            "fully_accelerated": rt.backend.fully_accelerated,
+            "probes": [p.as_dict() for p in rt.probes],
+            "fallbacks": [
+                {"ts": round(f.ts, 3), "from": f.from_backend, "to": f.to_backend, "reason": f.reason}
+                for f in rt.fallbacks
+            ],
+        }
+
+    # --- the loops ----------------------------------------------------------------------------
+    def publish(self) -> None:
+        sink = self.agent.sink
+        if sink is not None:
+            sink.submit_latest(Message(self.agent.topics.device("health"), dumps(self.document()), qos=0))
+
+    def loop(self) -> None:
+        """The `health` thread: one document every health.interval_s."""
+        a = self.agent
+        while not a.stop.wait(a.settings.health.interval_s):
+            try:
+                self.publish()
+            except Exception:  # loop boundary
+                log.exception("health error")
+
+
+class Watchdog:
+    """Feeds systemd's watchdog while every stage comes round; gives up on a stall."""
+
+    def __init__(self, health: Health, notifier: Notifier, agent: Agent):
+        self.health, self.notifier, self.agent = health, notifier, agent
+
+    def loop(self) -> None:
+        wd = self.notifier.watchdog_s
+        interval = min(wd / 2, _WATCHDOG_TICK_S) if wd else _WATCHDOG_TICK_S
+        a = self.agent
+        while not a.stop.wait(interval):
+            try:
+                stalled = self.health.stalled()
+                if not stalled:
+                    if wd:
+                        self.notifier.watchdog()
+                    continue
+                log.error("not feeding the watchdog: %s stalled", ", ".join(stalled))
+                self.notifier.status(f"stalled: {', '.join(stalled)}")
+                if a.settings.health.exit_on_stall:
+                    a.exit_code = EXIT_STALLED
+                    self.health.publish()
+                    log.critical("exiting with code %d so that the agent is restarted", EXIT_STALLED)
+                    a.stop.set()
+            except Exception:  # loop boundary
+                log.exception("watchdog error")

@@ -1,0 +1,121 @@
+"""Model slots: the unit an update replaces.
+
+A slot is a shared model (`[models.NAME]`, used by every frame pipeline that names it) or a pipeline's
+own model. Each slot has its installed versions (a model store), its updater, and a retained state
+topic. Pipelines read their model from the slot at every frame, so a swap reaches every pipeline of
+the slot between two of its frames, and probation judges the new model on all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import LEGACY_PIPELINE, PipelineView, Settings
+from edge_agent.engine import ModelPool
+from edge_agent.model import Model
+from edge_agent.ota.store import ModelStore
+from edge_agent.ota.updater import Updater, model_for_start
+from edge_agent.payload import dumps
+from edge_agent.signals import signal_kind
+from edge_agent.sinks.base import Message, Sink
+
+log = logging.getLogger(__name__)
+
+
+def slot_store_dir(state_dir: Path, slot: str, legacy: bool) -> Path:
+    """Where a slot's installed versions live; the single-pipeline form keeps today's `models/`."""
+    return state_dir / "models" if legacy else state_dir / "slots" / slot
+
+
+class ModelSlot:
+    def __init__(
+        self,
+        name: str,
+        view: PipelineView,
+        pool: ModelPool,
+        state_topic: str,
+        sink: Callable[[], Sink | None],
+        state_dir: Path | None,
+    ):
+        self.name = name
+        self.settings: Settings = view.settings
+        self.legacy = view.legacy
+        self.ref = view.slot  # what a deploy names: the shared model's name, or the pipeline's
+        self.signal = signal_kind(view.settings.source.uri) is not None
+        self.pool = pool
+        self.state_topic = state_topic
+        self.get_sink = sink
+        self.state_dir = state_dir
+        self.pipelines: list[str] = []
+        self.model: Model | None = None
+        self.store: ModelStore | None = None
+        self.updater: Updater | None = None
+        self.state: dict[str, Any] | None = None
+        #: inference and post errors of the slot's pipelines (probation fails on new ones)
+        self.errors: Callable[[], int] = lambda: 0
+        self.on_swap: Callable[[ModelSlot], None] | None = None
+
+    def load(self) -> Model:
+        """The model to serve: an installed update if there is one, else the configured model."""
+        cfg = self.settings.model
+        if self.state_dir is not None:
+            try:
+                where = slot_store_dir(self.state_dir, self.name, self.legacy)
+                self.store = ModelStore(where, self.settings.ota.keep_versions)
+                cfg, self.state = model_for_start(self.settings, self.store)
+            except OSError as err:
+                log.warning("model store of %s unusable (%s): over-the-air updates are off", self.name, err)
+                self.store = None
+        self.model = Model(cfg, self.settings.runtime, self.state_dir, signal=self.signal, pool=self.pool)
+        return self.model
+
+    def start_updates(self, stop: threading.Event) -> Updater | None:
+        if self.store is None:
+            return None
+        self.updater = Updater(self.settings, self.store, self.publish_state, self.swap, lambda: self.errors(), stop)
+        self.updater.pool = self.pool
+        self.updater.start()
+        if self.state is not None:
+            self.publish_state(self.state)
+        return self.updater
+
+    def swap(self, new: Model) -> Model | None:
+        """Serve `new` from the next frame of every pipeline of the slot; returns the model it replaces."""
+        old, self.model = self.model, new
+        log.info("%s: now serving %s (%s)", self.name, new.name, new.file.sha256[:12])
+        if self.on_swap is not None:
+            self.on_swap(self)
+        return old
+
+    def publish_state(self, doc: dict[str, Any]) -> None:
+        self.state = doc
+        sink = self.get_sink()
+        if sink is not None:
+            sink.submit(Message(self.state_topic, dumps(doc), qos=1, retain=True))
+
+    def close(self) -> None:
+        if self.model is not None:
+            self.model.close()
+            self.model = None
+
+    def info(self) -> dict[str, Any]:
+        m = self.model
+        return {
+            **(m.info() if m else {}),
+            "slot": self.name,
+            "pipelines": list(self.pipelines),
+            "path": str(m.path) if m else None,
+            "layout": m.decoder.layout if m else None,
+            "update": self.state,
+        }
+
+
+def slot_name(view: PipelineView) -> str:
+    """A frame pipeline shares its named model's slot; a signal pipeline's streaming state is its own."""
+    if view.legacy:
+        return LEGACY_PIPELINE
+    return view.slot if signal_kind(view.settings.source.uri) is None else view.name

@@ -1,0 +1,84 @@
+"""Every MQTT topic the agent, its tools and the fleet side use, built here and nowhere else.
+
+Device-level topics are `{prefix}/{device_id}/{leaf}`. A named pipeline publishes its predictions and
+events under `{prefix}/{device_id}/{pipeline}/...`; the single-pipeline form keeps them at device level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Device-level leaves: one each per agent, whatever the number of pipelines.
+DEVICE_LEAVES = (
+    "availability",
+    "info",
+    "health",
+    "cmd",
+    "cmd/result",
+    "model/state",
+    "escalations",
+    "escalations/result",
+    "ha/state",
+    "ha/update",
+    "ha/rollback",
+)
+#: Per-pipeline leaves.
+PIPELINE_LEAVES = ("predictions", "events")
+
+
+def device_base(prefix: str, device_id: str) -> str:
+    return f"{prefix}/{device_id}"
+
+
+def group_base(prefix: str, group: str) -> str:
+    return f"{prefix}/group/{group}"
+
+
+def ota_chunk(root: str, sha256: str, index: int) -> str:
+    """MQTT delivery of a model: chunk `index` under a device's or a group's root."""
+    return f"{root}/ota/{sha256}/{index}"
+
+
+def device_pattern(prefix: str, device: str | None, leaf: str) -> str:
+    """A subscription pattern for a leaf of one device or (None) every device."""
+    return f"{prefix}/{device or '+'}/{leaf}"
+
+
+def ha_config(discovery_prefix: str, component: str, node: str, unique_id: str) -> str:
+    return f"{discovery_prefix}/{component}/{node}/{unique_id}/config"
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str
+    device_id: str
+    groups: tuple[str, ...] = ()
+
+    @property
+    def base(self) -> str:
+        return device_base(self.prefix, self.device_id)
+
+    def device(self, leaf: str) -> str:
+        return f"{self.base}/{leaf}"
+
+    def pipeline(self, name: str | None, leaf: str) -> str:
+        """`leaf` of a pipeline; None (the single-pipeline form) keeps it at device level."""
+        return f"{self.base}/{leaf}" if name is None else f"{self.base}/{name}/{leaf}"
+
+    def model_state(self, slot: str | None) -> str:
+        """Retained update state of a model slot; None: the single model's `model/state`."""
+        return self.device("model/state") if slot is None else f"{self.base}/models/{slot}/state"
+
+    def as_dict(self) -> dict[str, str]:
+        return {leaf: self.device(leaf) for leaf in (*PIPELINE_LEAVES, *DEVICE_LEAVES)}
+
+    def subscriptions(self, ha_status: str | None, escalation: bool) -> list[str]:
+        """What the agent subscribes to: commands and model chunks for itself and its groups."""
+        out = [self.device("cmd"), f"{self.base}/ota/#"]
+        out += [f"{group_base(self.prefix, g)}/cmd" for g in self.groups]
+        out += [f"{group_base(self.prefix, g)}/ota/#" for g in self.groups]
+        if ha_status is not None:
+            out += [ha_status, self.device("ha/rollback")]
+        if escalation:
+            out.append(self.device("escalations/result"))
+        return out

@@ -1,0 +1,567 @@
+"""Several pipelines in one agent: configuration, topics and payloads, sharing, reload, failures."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.config import ConfigError, Settings, load_settings, pipeline_views
+from edge_agent.sinks.mqtt import Subscriber
+
+from .conftest import (
+    COCO_LABELS,
+    FRUIT,
+    MODELS,
+    SHARED,
+    SHORT,
+    SSD_MODEL,
+    Broker,
+    TopicRecorder,
+    needs_shared,
+    run_cli,
+    wait_until,
+)
+
+WAKEWORD = MODELS / "wakeword" / "okay_nabu.tflite"
+NABU_WAV = SHARED / "data" / "wakeword" / "okay_nabu_1.wav"
+
+
+class Recorder(TopicRecorder):
+    """Everything one device publishes, by topic."""
+
+    def __init__(self, broker: Broker, device: str):
+        self.by_topic: dict[str, list[Any]] = {}
+        self.retained: dict[str, bool] = {}
+        self.lock = threading.Lock()
+        super().__init__(Subscriber(broker.mqtt(), [f"edge/{device}/#"]))
+
+    def on_message(self, topic: str, doc: Any, arrived: float) -> None:
+        with self.lock:
+            self.by_topic.setdefault(topic, []).append(doc)
+
+    def get(self, topic: str) -> list[Any]:
+        with self.lock:
+            return list(self.by_topic.get(topic, []))
+
+    def topics(self) -> set[str]:
+        with self.lock:
+            return set(self.by_topic)
+
+
+def write_toml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --- configuration -------------------------------------------------------------------------------
+def test_toml_pipelines_and_shared_models(tmp_path: Path) -> None:
+    cfg = write_toml(
+        tmp_path / "a.toml",
+        f"""
+[models.face]
+path = "{SHORT}"
+score_threshold = 0.6
+[[pipelines]]
+name = "door"
+source.uri = "synthetic"
+model = "face"
+fps = 5
+[[pipelines]]
+name = "yard"
+source.uri = "demo"
+model.path = "{SHORT}"
+""",
+    )
+    s = load_settings(cfg)
+    views = {v.name: v for v in pipeline_views(s)}
+    assert views["door"].slot == "face" and views["door"].settings.model.score_threshold == 0.6
+    assert views["door"].settings.source.fps == 5  # the fps shortcut
+    assert views["yard"].slot == "yard" and views["yard"].settings.source.uri == "demo"
+    assert not views["door"].legacy
+
+
+def test_single_form_is_one_legacy_pipeline() -> None:
+    views = pipeline_views(Settings(source={"uri": "synthetic"}))  # type: ignore[arg-type]
+    assert len(views) == 1 and views[0].legacy and views[0].settings.source.uri == "synthetic"
+
+
+def test_environment_json_example_from_the_docs_works(tmp_path: Path) -> None:
+    # the exact value `config --describe` and the README give
+    value = '[{"name": "door", "source": {"uri": "0"}, "model": "face"}]'
+    r = run_cli(
+        "config",
+        env={"EDGE_AGENT_PIPELINES": value, "EDGE_AGENT_MODELS": json.dumps({"face": {"path": str(SHORT)}})},
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["pipelines"][0]["name"] == "door" and doc["pipelines"][0]["model"] == "face"
+    assert value in run_cli("config", "--describe").stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "expect"),
+    [
+        ('[{"name": "door", ', "EDGE_AGENT_PIPELINES: not valid JSON"),
+        ('[{"name": "door"}, {"name": "door"}]', "pipelines[door].name: duplicate"),
+        ('[{"name": "a", "source": {"uri": "0"}}, {"name": "b", "source": {"uri": "/dev/video0"}}]',
+         "pipelines[b].source.uri: /dev/video0 is already used by pipeline 'a'"),
+        ('[{"name": "a", "model": "nope"}]', "pipelines[a].model: unknown shared model 'nope'"),
+        ('[{"name": "a", "source": {"uri": "x", "bogus": 1}}]', "pipeline 'a': source.bogus: unknown setting"),
+        ('[{"name": "a/b"}]', "pipeline 'a/b': name: must be"),
+        ('[{"name": "health"}]', "one of the device's own topics"),
+    ],
+)
+def test_bad_pipeline_lists_exit_2_naming_the_pipeline_and_key(env: str, expect: str) -> None:
+    r = run_cli("run", "--seconds", "1", env={"EDGE_AGENT_PIPELINES": env})
+    assert r.returncode == 2, r.stderr
+    assert expect in r.stderr, r.stderr
+
+
+def test_a_pipeline_whose_model_needs_a_missing_delegate_exits_2(tmp_path: Path) -> None:
+    from edge_agent.modelfile import rewrite_model
+
+    tpu = tmp_path / "tpu.tflite"
+    tpu.write_bytes(rewrite_model(SHORT.read_bytes(), custom_op="edgetpu-custom-op"))
+    env = {
+        "EDGE_AGENT_PIPELINES": json.dumps([
+            {"name": "cam", "source": {"uri": "synthetic"}, "model": {"path": str(SHORT)}},
+            {"name": "coral", "source": {"uri": "synthetic"}, "model": {"path": str(tpu)}},
+        ]),
+        "EDGE_AGENT_STATE_DIR": str(tmp_path / "state"),
+    }
+    r = run_cli("run", "--seconds", "5", env=env)
+    assert r.returncode == 2, r.stderr
+    assert "pipelines[coral].model.path" in r.stderr and "libedgetpu.so.1" in r.stderr
+
+
+# --- the done-when case: face, SSD and wake word in one agent ---------------------------------------
+@needs_shared
+def test_face_ssd_and_wake_word_pipelines_in_one_agent(broker: Broker, agent_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = write_toml(
+        tmp_path / "three.toml",
+        f"""
+device_id = "box"
+[health]
+interval_s = 1
+[[pipelines]]
+name = "porch"
+source.uri = "demo"
+model.path = "{SHORT}"
+[[pipelines]]
+name = "kitchen"
+source.uri = "{FRUIT}"
+fps = 4
+model.path = "{SSD_MODEL}"
+model.labels = "{COCO_LABELS}"
+[[pipelines]]
+name = "voice"
+source.uri = "wav:{NABU_WAV}"
+model.path = "{WAKEWORD}"
+""",
+    )
+    rec = Recorder(broker, "box")
+    try:
+        agent_factory(["run", "--config", str(cfg)], env=broker.env())
+        face = wait_until(
+            lambda: next((p for p in rec.get("edge/box/porch/predictions") if p["detections"]), None), 40,
+            what="a face on the porch pipeline",
+        )
+        assert face["pipeline"] == "porch" and face["detections"][0]["label"] == "face"
+        assert face["model"]["name"] == "face_detection_short_range" and face["frame"] == {"width": 640, "height": 480}
+        fruit = wait_until(lambda: rec.get("edge/box/kitchen/predictions"), 30, what="the SSD pipeline")[-1]
+        assert fruit["pipeline"] == "kitchen" and fruit["model"]["name"] == "ssd_mobilenet_v1_coco_uint8"
+        assert {"apple", "banana"} <= {d["label"] for d in fruit["detections"]}
+        events = wait_until(
+            lambda: (ev := rec.get("edge/box/voice/events")) and any(e["type"] == "end" for e in ev) and ev, 40,
+            what="a wake-word event",
+        )
+        new = next(e for e in events if e["type"] == "new")
+        assert new["pipeline"] == "voice" and new["label"] == "Okay Nabu" and new["score"] >= 0.5
+        windows = wait_until(lambda: rec.get("edge/box/voice/predictions"), 10, what="wake-word predictions")
+        assert windows[-1]["pipeline"] == "voice" and "Okay Nabu" in windows[-1]["scores"]
+        # device-level topics stay per device; nothing is published under a pipeline but its own leaves
+        h = wait_until(
+            lambda: next((d for d in reversed(rec.get("edge/box/health"))
+                          if all(d["pipelines"].get(n, {}).get("frames", {}).get("published") for n in
+                                 ("porch", "kitchen", "voice"))), None), 30, what="health of all three",
+        )
+        assert set(h["pipelines"]) == {"porch", "kitchen", "voice"}
+        for name, kind in (("porch", "frame"), ("kitchen", "frame"), ("voice", "signal")):
+            sec = h["pipelines"][name]
+            assert sec["kind"] == kind and sec["state"] == "running" and sec["source"]["state"] == "running"
+            assert sec["topics"]["predictions"] == f"edge/box/{name}/predictions"
+            assert sec["latency_ms"]["inference"]["p50"] > 0
+        assert h["pipelines"]["voice"]["source"]["rate_nominal"] == 16000
+        info = rec.get("edge/box/info")[-1]
+        assert set(info["pipelines"]) == {"porch", "kitchen", "voice"}
+        assert info["pipelines"]["kitchen"]["topics"]["events"] == "edge/box/kitchen/events"
+        assert rec.get("edge/box/availability")[-1] == "online"
+        allowed = {f"edge/box/{leaf}" for leaf in ("availability", "info", "health")}
+        allowed |= {f"edge/box/{p}/{leaf}" for p in ("porch", "kitchen", "voice") for leaf in ("predictions", "events")}
+        assert rec.topics() <= allowed, rec.topics() - allowed
+        seqs = [p["seq"] for p in rec.get("edge/box/porch/predictions")]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # one sequence per pipeline topic
+    finally:
+        rec.close()
+
+
+# --- the single form is unchanged for consumers --------------------------------------------------------
+#: What a consumer of the single-pipeline form saw before pipelines existed.
+LEGACY_PREDICTION_KEYS = {"schema", "device_id", "boot_id", "seq", "ts", "model", "accelerator", "latency_ms",
+                          "frame", "task", "detections"}
+LEGACY_INFO_KEYS = {"schema", "device_id", "boot_id", "agent_version", "started", "model", "task", "labels",
+                    "accelerator", "topics"}
+LEGACY_TOPIC_KEYS = {"predictions", "events", "health", "info", "availability", "cmd", "cmd/result", "model/state",
+                     "escalations", "escalations/result"}
+
+
+def test_single_form_consumers_see_no_change(broker: Broker, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    rec = Recorder(broker, "solo")
+    try:
+        agent_factory(["run", "--device-id", "solo", "--source", "demo", "--model", str(SHORT)],
+                      env={**broker.env(), "EDGE_AGENT_HEALTH__INTERVAL_S": "1"})
+        preds = wait_until(lambda: len(p := rec.get("edge/solo/predictions")) >= 20 and p, 40, what="predictions")
+        assert all(set(p) == LEGACY_PREDICTION_KEYS for p in preds), set(preds[0]) ^ LEGACY_PREDICTION_KEYS
+        assert [p["seq"] for p in preds] == list(range(1, len(preds) + 1))
+        info = rec.get("edge/solo/info")[-1]
+        assert set(info) == LEGACY_INFO_KEYS
+        assert set(info["topics"]) >= LEGACY_TOPIC_KEYS
+        assert info["topics"]["predictions"] == "edge/solo/predictions"
+        h = wait_until(lambda: rec.get("edge/solo/health"), 10, what="health")[-1]
+        for key in ("status", "fps", "frames", "latency_ms", "source", "accelerator", "model", "process", "broker"):
+            assert key in h
+        assert h["source"]["uri"] and h["model"]["name"] == "face_detection_short_range"
+        # no topic has a pipeline level
+        assert all(t.count("/") == 2 or t == "edge/solo/model/state" for t in rec.topics()), rec.topics()
+    finally:
+        rec.close()
+
+
+# --- sharing, failures, fairness -------------------------------------------------------------------
+def test_a_shared_model_is_loaded_once_and_batched(broker: Broker, agent_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    video = MODELS / "demo.avi"
+    cfg = write_toml(
+        tmp_path / "shared.toml",
+        f"""
+device_id = "pair"
+[health]
+interval_s = 1
+[runtime]
+max_batch = 2
+batch_wait_ms = 20
+[models.face]
+path = "{SHORT}"
+[[pipelines]]
+name = "a"
+source = {{ uri = "{video}", realtime = false }}
+model = "face"
+[[pipelines]]
+name = "b"
+source = {{ uri = "{video}", realtime = false }}
+model = "face"
+""",
+    )
+    rec = Recorder(broker, "pair")
+    try:
+        agent = agent_factory(["run", "--config", str(cfg)], env=broker.env())
+        h = wait_until(
+            lambda: next((d for d in reversed(rec.get("edge/pair/health"))
+                          if d["engines"] and d["engines"][0]["batches"].get("2", 0) > 20), None),
+            40, what="batches of two",
+        )
+        assert len(h["engines"]) == 1  # one engine for both pipelines
+        eng = h["engines"][0]
+        assert eng["pipelines"] == ["a", "b"] and eng["batching"] == "on"
+        assert "batches of 2 verified on cpu" in agent.log()
+        assert set(h["models"]) == {"face"} and h["models"]["face"]["pipelines"] == ["a", "b"]
+        fa, fb = h["pipelines"]["a"]["fps"]["inferred"], h["pipelines"]["b"]["fps"]["inferred"]
+        assert fa > 0 and fb > 0 and abs(fa - fb) / max(fa, fb) < 0.25  # they take turns
+        batched = next(p for p in rec.get("edge/pair/a/predictions") if p.get("batch") == 2)
+        assert batched["detections"][0]["label"] == "face"
+    finally:
+        rec.close()
+
+
+def test_a_dead_source_and_a_broken_model_leave_the_others_running(broker: Broker, agent_factory,  # type: ignore[no-untyped-def]
+                                                                  tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"TFL3 this is not a model" * 10)
+    env = {
+        **broker.env(),
+        "EDGE_AGENT_DEVICE_ID": "mix",
+        "EDGE_AGENT_HEALTH__INTERVAL_S": "1",
+        "EDGE_AGENT_PIPELINES": json.dumps([
+            {"name": "good", "source": {"uri": "synthetic", "fps": 10}, "model": {"path": str(SHORT)}},
+            {"name": "dead", "source": {"uri": str(tmp_path / "gone.avi"), "reopen_max_s": 1},
+             "model": {"path": str(SHORT)}},
+            {"name": "broken", "source": {"uri": "synthetic"}, "model": {"path": str(junk)}},
+        ]),
+    }
+    rec = Recorder(broker, "mix")
+    try:
+        agent_factory(["run"], env=env)
+        wait_until(lambda: len(rec.get("edge/mix/good/predictions")) >= 20, 40, what="the good pipeline")
+        h = wait_until(lambda: rec.get("edge/mix/health"), 10, what="health")[-1]
+        assert h["status"] == "degraded"
+        assert any(p.startswith("dead: source") for p in h["problems"]), h["problems"]
+        assert any(p.startswith("broken: failed:") for p in h["problems"]), h["problems"]
+        assert h["pipelines"]["good"]["state"] == "running"
+        assert h["pipelines"]["dead"]["source"]["reopens"] >= 1 or h["pipelines"]["dead"]["source"]["errors"] >= 1
+        assert "broken" not in h["pipelines"]
+        assert not rec.get("edge/mix/dead/predictions") and not rec.get("edge/mix/broken/predictions")
+    finally:
+        rec.close()
+
+
+def test_engine_serves_pipelines_in_turn() -> None:
+    """Three pipelines hammering one model, no batching: each gets its turn, none is starved."""
+    from edge_agent.config import ModelConfig, RuntimeConfig
+    from edge_agent.engine import ModelPool
+    from edge_agent.model import Model
+
+    pool = ModelPool()
+    rt = RuntimeConfig(accelerator="cpu", threads=1, max_batch=1)
+    model = Model(ModelConfig(path=SHORT, isolated_check=False), rt, None, pool=pool)
+    frame = np.full((240, 320, 3), 128, np.uint8)
+    order: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(3)
+
+    def worker(name: str) -> None:
+        start.wait()
+        for _ in range(40):
+            model.run(frame, name)
+            with lock:
+                order.append(name)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in "abc"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(order) == 120
+    for k in range(12, 100):  # every prefix: nobody more than a few turns ahead
+        counts = [order[:k].count(n) for n in "abc"]
+        assert max(counts) - min(counts) <= 4, (k, counts)
+    assert model.engine.frames == 120 and model.engine.batches == {1: 120}
+    model.close()
+
+
+def test_batches_give_the_single_frame_results() -> None:
+    """Two pipelines' frames in one invoke decode to what each gives alone (BlazeFace folds the batch
+    into its anchors, in two segments: the layout is learnt and checked, not assumed)."""
+    import cv2
+
+    from edge_agent.bench import demo_frames
+    from edge_agent.config import ModelConfig, RuntimeConfig
+    from edge_agent.engine import ModelPool
+    from edge_agent.model import Model
+
+    frames = demo_frames(60)[::6]
+    pool = ModelPool()
+    cfg = ModelConfig(path=SHORT, isolated_check=False)
+    rt = RuntimeConfig(accelerator="cpu", threads=1, max_batch=2, batch_wait_ms=200)
+    model = Model(cfg, rt, None, pool=pool)
+    alone = Model(cfg, RuntimeConfig(accelerator="cpu", threads=1, max_batch=1), None)
+    flipped = [cv2.flip(f, 1) for f in frames]
+    got: dict[str, list[Any]] = {"a": [], "b": []}
+    go = threading.Barrier(2)
+
+    def worker(name: str, imgs: list[np.ndarray]) -> None:
+        for img in imgs:
+            go.wait()
+            got[name].append(model.decode(model.run(img, name)).result)
+
+    ta = threading.Thread(target=worker, args=("a", frames))
+    tb = threading.Thread(target=worker, args=("b", flipped))
+    for t in (ta, tb):
+        t.start()
+    for t in (ta, tb):
+        t.join(60)
+    assert model.engine.batches.get(2, 0) >= len(frames) - 1, model.engine.info()
+    assert model.engine.batching_off == ""
+    for name, imgs in (("a", frames), ("b", flipped)):
+        for img, res in zip(imgs, got[name], strict=True):
+            ref = alone.infer(img).result
+            assert len(ref.detections) == len(res.detections)
+            for d, e in zip(ref.detections, res.detections, strict=True):
+                assert np.allclose(d.box, e.box, atol=0.5) and abs(d.score - e.score) < 1e-3
+    model.close()
+    alone.close()
+
+
+@needs_shared
+def test_a_model_that_cannot_batch_says_why_and_runs_one_by_one() -> None:
+    from edge_agent.config import ModelConfig, RuntimeConfig
+    from edge_agent.model import Model
+
+    model = Model(ModelConfig(path=SSD_MODEL, isolated_check=False),
+                  RuntimeConfig(accelerator="cpu", threads=1, max_batch=2, batch_wait_ms=500), None)
+    img = np.full((300, 300, 3), 100, np.uint8)
+    out: list[Any] = []
+    go = threading.Barrier(2)
+
+    def worker(name: str) -> None:
+        for _ in range(3):  # the first round introduces the pipelines to each other
+            go.wait()
+            out.append(model.run(img, name))
+
+    ts = [threading.Thread(target=worker, args=(n,)) for n in "ab"]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    assert len(out) == 6 and all(r.batch == 1 for r in out)
+    assert model.engine.batching_off.startswith("batch of 2"), model.engine.batching_off
+    model.close()
+
+
+def test_segment_layout_is_learnt_from_the_rows() -> None:
+    from edge_agent.engine import learn_segments, segment_indices
+
+    rng = np.random.default_rng(1)
+    f0, f1 = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    # two segments (3 rows, 2 rows), each holding frame 0's block then frame 1's
+    batched = np.concatenate([f0[:3], f1[:3], f0[3:], f1[3:]])[None]
+    segs = learn_segments([f0[None], f1[None]], batched, 1, 1e-9)
+    assert segs == [3, 2]
+    idx = segment_indices(segs, 2)
+    assert np.array_equal(np.take(batched, idx[1], axis=1)[0], f1)
+    assert learn_segments([f0[None], f1[None]], rng.normal(size=(1, 10, 3)), 1, 1e-9) is None
+
+
+def test_pool_shares_one_engine_until_the_last_user_lets_go() -> None:
+    from edge_agent.config import ModelConfig, RuntimeConfig
+    from edge_agent.engine import EngineClosed, ModelPool
+    from edge_agent.model import Model
+
+    pool = ModelPool()
+    rt = RuntimeConfig(accelerator="cpu", threads=1)
+    a = Model(ModelConfig(path=SHORT, isolated_check=False, score_threshold=0.9), rt, None, pool=pool)
+    b = Model(ModelConfig(path=SHORT, isolated_check=False, score_threshold=0.1), rt, None, pool=pool)
+    assert a.engine is b.engine and len(pool.engines()) == 1
+    assert a.decoder.opts.score_threshold != b.decoder.opts.score_threshold  # decoding stays per pipeline
+    a.close()
+    b.run(np.zeros((64, 64, 3), np.uint8), "b")  # still served
+    b.close()
+    assert pool.engines() == []
+    with pytest.raises(EngineClosed):
+        b.run(np.zeros((64, 64, 3), np.uint8), "b")
+
+
+# --- reload ----------------------------------------------------------------------------------------
+def _reload_toml(path: Path, pipes: str) -> None:
+    path.write_text(f'device_id = "rl"\n[health]\ninterval_s = 1\n{pipes}')
+
+
+def _pipe(name: str, extra: str = "") -> str:
+    source = '{ uri = "synthetic", fps = 10 }'
+    return f'[[pipelines]]\nname = "{name}"\nsource = {source}\nmodel.path = "{SHORT}"\n{extra}'
+
+
+def test_sighup_adds_removes_and_changes_pipelines_alone(broker: Broker, agent_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "rl.toml"
+    _reload_toml(cfg, _pipe("keep") + _pipe("gone") + _pipe("tune"))
+    rec = Recorder(broker, "rl")
+    try:
+        agent = agent_factory(["run", "--config", str(cfg)], env=broker.env())
+        for name in ("keep", "gone", "tune"):
+            wait_until(lambda n=name: len(rec.get(f"edge/rl/{n}/predictions")) >= 5, 40, what=f"{name} running")
+        boot = rec.get("edge/rl/keep/predictions")[-1]["boot_id"]
+        bad = '[[pipelines]]\nname = "bad"\nsource = { uri = "synthetic", fps = -3 }\n'
+        _reload_toml(cfg, _pipe("keep") + _pipe("tune", "model.score_threshold = 0.99\n") + _pipe("added") + bad)
+        agent.signal(signal.SIGHUP)
+        wait_until(lambda: len(rec.get("edge/rl/added/predictions")) >= 5, 30, what="the added pipeline")
+        wait_until(lambda: "pipeline gone removed" in agent.log(), 10, what="the removed pipeline")
+        n_gone = len(rec.get("edge/rl/gone/predictions"))
+        n_keep = len(rec.get("edge/rl/keep/predictions"))
+        wait_until(lambda: len(rec.get("edge/rl/keep/predictions")) >= n_keep + 10, 10, what="keep goes on")
+        assert len(rec.get("edge/rl/gone/predictions")) <= n_gone + 1
+        keep = rec.get("edge/rl/keep/predictions")
+        seqs = [p["seq"] for p in keep]
+        assert seqs == list(range(1, len(seqs) + 1)) and {p["boot_id"] for p in keep} == {boot}  # never restarted
+        assert "pipeline keep restarted" not in agent.log()
+        assert "pipeline bad refused" in agent.log() and "source.fps" in agent.log()
+        h = wait_until(
+            lambda: next((d for d in reversed(rec.get("edge/rl/health")) if "added" in d["pipelines"]), None), 10,
+            what="health with the new set",
+        )
+        assert set(h["pipelines"]) == {"keep", "tune", "added"}
+        assert h["config"]["refused_pipelines"]["bad"].startswith("pipeline 'bad': source.fps")
+        info = rec.get("edge/rl/info")[-1]
+        assert set(info["pipelines"]) == {"keep", "tune", "added"}
+    finally:
+        rec.close()
+
+
+def test_reload_keeps_the_running_pipeline_whose_new_config_is_invalid(tmp_path: Path) -> None:
+    from edge_agent.config import load_settings_keeping
+
+    cfg = tmp_path / "k.toml"
+    _reload_toml(cfg, _pipe("cam", "fps = 5\n"))
+    running = load_settings(cfg)
+    _reload_toml(cfg, _pipe("cam", "fps = -1\n") + _pipe("other"))
+    new, refused = load_settings_keeping(cfg, None, running)
+    assert set(refused) == {"cam"} and "fps" in refused["cam"]
+    assert [p.name for p in new.pipelines] == ["cam", "other"] and new.pipelines[0].source.fps == 5
+    _reload_toml(cfg, "[mqtt]\nport = 0\n")
+    with pytest.raises(ConfigError):
+        load_settings_keeping(cfg, None, running)
+
+
+# --- status page and Home Assistant cover every pipeline --------------------------------------------
+def test_status_page_and_discovery_cover_every_pipeline(broker: Broker, agent_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import urllib.request
+
+    from edge_agent.bench import free_port
+
+    port = free_port()
+    env = {
+        **broker.env(),
+        "EDGE_AGENT_DEVICE_ID": "tiles",
+        "EDGE_AGENT_HTTP__ENABLED": "true",
+        "EDGE_AGENT_HTTP__PORT": str(port),
+        "EDGE_AGENT_HOMEASSISTANT__ENABLED": "true",
+        "EDGE_AGENT_PIPELINES": json.dumps([
+            {"name": "front", "source": {"uri": "demo"}, "model": {"path": str(SHORT)}},
+            {"name": "back", "source": {"uri": "synthetic", "fps": 5}, "model": {"path": str(SHORT)}},
+        ]),
+    }
+    ha = Subscriber(broker.mqtt(), ["homeassistant/#"])
+    assert ha.start(10)
+    try:
+        agent_factory(["run"], env=env)
+
+        def status() -> Any:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2) as r:
+                    return json.loads(r.read())
+            except OSError:
+                return None
+
+        s = wait_until(lambda: (d := status()) and all(d["pipelines"].get(n, {}).get("has_frame") for n in
+                                                      ("front", "back")) and d, 40, what="both tiles")
+        assert set(s["pipelines"]) == {"front", "back"} and s["pipelines"]["front"]["predictions"]
+        for name in ("front", "back"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/frame.jpg?pipeline={name}", timeout=5) as r:
+                assert r.headers["Content-Type"] == "image/jpeg" and r.read()[:2] == b"\xff\xd8"
+        configs: dict[str, Any] = {}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not {"front face detected", "back face detected"} <= set(configs):
+            m = ha.get(0.5)
+            if m and m[0].endswith("/config"):
+                doc = json.loads(m[1])
+                configs[doc["name"]] = doc
+        assert "front face detected" in configs, sorted(configs)
+        assert configs["front face detected"]["state_topic"] == "edge/tiles/front/ha/state"
+        assert configs["back face detected"]["state_topic"] == "edge/tiles/back/ha/state"
+        assert sum(1 for c in configs.values() if c["name"] == "Inference rate") == 1  # one per device
+    finally:
+        ha.stop()
