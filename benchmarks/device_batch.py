@@ -78,10 +78,12 @@ def bare(model: Path, kind: str, n: int, seconds: float) -> dict[str, Any]:
             from edge_agent.runtime.registry import open_backend
 
             eng.runtime.backend = open_backend(kind, model, 0)
-            eng._batched[(kind, n)] = be
+            eng.max_batch = n
+            lane = eng._lanes[0]
+            lane.batched[(kind, n)] = be
             reqs = [_Request(f"p{k}", [x]) for k, x in enumerate(inputs)]
             try:
-                eng._invoke_batch(reqs)
+                eng._invoke_batch(lane, reqs)
                 out["check"] = "outputs match the single runs"
             except Exception as err:  # the reason the engine would give
                 out["check"] = f"refused: {err}"

@@ -105,8 +105,8 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
         "mqtt.queue_size": 10000,
         "runtime.accelerator": spec.get("accelerator", "cpu"),
         "runtime.threads": spec["threads"],
-        "runtime.max_batch": spec.get("max_batch", 1),
-        "runtime.batch_wait_ms": spec.get("batch_wait_ms", 2.0),
+        "runtime.max_batch": spec.get("max_batch", 0),
+        "runtime.batch_wait_ms": spec.get("batch_wait_ms", 0.0),
         "state_dir": spec["state"],
         "health.interval_s": 3600,
         "health.exit_on_stall": False,
@@ -249,7 +249,15 @@ def _summary(results: list[dict[str, Any]], peak: float) -> dict[str, Any]:
 
 
 def compare_pipelines(
-    model: Path, counts: list[int], seconds: float, runs: int, threads: int, out: Any, max_batch: int = 4
+    model: Path,
+    counts: list[int],
+    seconds: float,
+    runs: int,
+    threads: int,
+    out: Any,
+    max_batch: int = 0,
+    batch_wait_ms: float = 0.0,
+    arenas: int | None = None,
 ) -> list[dict[str, Any]]:
     """For each N: one agent with N pipelines, N separate agents, and one agent with N pipelines and a
     stalled camera beside them; runs alternate so drift hits every variant alike; medians per figure."""
@@ -266,7 +274,8 @@ def compare_pipelines(
             copies.append(str(dst))
         try:
             base = {"model": str(model), "threads": threads, "seconds": seconds, "port": broker.port,
-                    "max_batch": max_batch}
+                    "max_batch": max_batch, "batch_wait_ms": batch_wait_ms,
+                    **({"arenas": arenas} if arenas is not None else {})}
             variants = ("one", "separate", "stalled")
             with Progress("pipelines", len(counts) * runs * len(variants), "runs") as bar:
                 res: dict[tuple[int, str], list[dict[str, Any]]] = {}
@@ -340,8 +349,12 @@ def pipelines_row(r: dict[str, Any]) -> str:
 def compare_batches(
     models: list[Path], n: int, batches: list[int], seconds: float, runs: int, threads: int, out: Any,
     accelerator: str = "cpu",
+    batch_wait_ms: float | None = None,
 ) -> list[dict[str, Any]]:
     """One agent, n pipelines on in-memory frames, runtime.max_batch at each value."""
+    from edge_agent.config import RuntimeConfig
+
+    wait = RuntimeConfig().batch_wait_ms if batch_wait_ms is None else batch_wait_ms
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -354,7 +367,7 @@ def compare_batches(
                     for _ in range(runs):
                         for b in batches:
                             spec = {"model": str(m), "threads": t_m, "seconds": seconds, "port": broker.port,
-                                    "sources": ["replay:demo"] * n, "max_batch": b, "batch_wait_ms": 2.0,
+                                    "sources": ["replay:demo"] * n, "max_batch": b, "batch_wait_ms": wait,
                                     "state": str(work / "state"), "accelerator": accelerator}
                             timeout = seconds * 4 + 120
                             r = _collect([_child(spec, timeout)], timeout)[0]
@@ -363,7 +376,8 @@ def compare_batches(
                     for b in batches:
                         s = _median_summary(res[b])
                         eng = s["engines"][0] if s["engines"] else {}
-                        row = {"model": m.name, "pipelines": n, "max_batch": b, "accelerator": accelerator,
+                        row = {"model": m.name, "pipelines": n, "max_batch": b, "batch_wait_ms": wait,
+                               "accelerator": accelerator,
                                "aggregate_fps": s["aggregate_fps"], "c2p_p50_ms": s["c2p_p50_ms"],
                                "c2p_p99_ms": s["c2p_p99_ms"], "cpu_ms_per_frame": s["cpu_ms_per_frame"],
                                "batches": eng.get("batches"), "batching": eng.get("batching")}

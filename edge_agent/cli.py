@@ -431,18 +431,19 @@ def _bench_pipelines(args: argparse.Namespace) -> int:
         for m in models:
             rows += compare_pipelines(
                 m, _counts(args.pipelines, "--pipelines"), args.seconds, args.runs, args.threads, sys.stdout,
-                max_batch=args.max_batch,
+                max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms or 0.0, arenas=args.malloc_arenas,
             )
         print("one agent's peak RSS / single-pipeline agent's: " + ", ".join(
             f"{r['pipelines']}: {r['rss_vs_single']:.2f}" for r in rows), flush=True)
         for r in rows:
             print(f"RSS of one agent with {r['pipelines']} pipeline(s), MB: {r['one']['rss_breakdown']}", flush=True)
+            print(f"peak RSS MB of each run, one agent with {r['pipelines']}: {r['one']['peak_rss_runs']}", flush=True)
     if args.batch:
         print(BATCH_HEADER, flush=True)
-        n = max(_counts(args.pipelines, "--pipelines")) if args.pipelines else 4
+        sizes = _counts(args.batch, "--batch")
         rows += compare_batches(
-            models, n, _counts(args.batch, "--batch"), args.seconds, args.runs, args.threads, sys.stdout,
-            args.accelerator,
+            models, args.batch_pipelines, sizes, args.seconds, args.runs, args.threads, sys.stdout,
+            args.accelerator, args.batch_wait_ms,
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
@@ -719,11 +720,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. 1,2,4: one agent with N pipelines (each on its own copy of the demo video) against N agents, "
         "and with a stalled camera beside them",
     )
-    bn.add_argument(
-        "--batch", help="e.g. 1,2,4: one agent with 4 pipelines (or the most --pipelines) at each runtime.max_batch"
-    )
-    bn.add_argument("--max-batch", type=int, default=4, help="runtime.max_batch for --pipelines runs")
+    bn.add_argument("--batch", help="e.g. 1,2,4: one agent with --batch-pipelines pipelines at each runtime.max_batch")
+    bn.add_argument("--batch-pipelines", type=int, default=4, help="pipelines for --batch (frames in memory)")
+    bn.add_argument("--max-batch", type=int, default=0, help="runtime.max_batch for --pipelines runs (0: the default)")
     bn.add_argument("--accelerator", default="cpu", help="for --batch: cpu or gpu")
+    bn.add_argument(
+        "--malloc-arenas", type=int, help="for --pipelines: runtime.malloc_arenas (0: glibc's default of 8 per core)"
+    )
+    bn.add_argument("--batch-wait-ms", type=float, default=None, help="runtime.batch_wait_ms (default: the setting's)")
     bn.set_defaults(func=cmd_bench)
 
     cw = sub.add_parser(

@@ -149,6 +149,33 @@ class _Request:
     done: bool = False
 
 
+class _Lane:
+    """One interpreter the engine invokes on, with its batched twins. Lane 0 is the runtime's backend
+    (which an accelerator failure swaps for the CPU); CPU replicas are lanes of their own."""
+
+    def __init__(self, backend: Backend | None, runtime: Runtime | None):
+        self.own = backend  # a replica's interpreter (None: the runtime's)
+        self.runtime = runtime
+        self.batched: dict[tuple[str, int], Backend] = {}
+
+    @property
+    def backend(self) -> Backend:
+        if self.own is not None:
+            return self.own
+        assert self.runtime is not None
+        return self.runtime.backend
+
+    def close_batched(self) -> None:
+        for be in self.batched.values():
+            be.close()
+        self.batched.clear()
+
+    def close(self) -> None:
+        self.close_batched()
+        if self.own is not None:
+            self.own.close()
+
+
 class Engine:
     def __init__(
         self,
@@ -160,26 +187,42 @@ class Engine:
         max_batch: int = 1,
         batch_wait_ms: float = 0.0,
         options: dict[str, str] | None = None,
+        replicas: int = 1,
     ):
-        self.runtime = runtime
+        """replicas: on the CPU, interpreters (one thread each) that serve the pipelines side by side once
+        two or more pipelines share the model; an accelerator is always opened once."""
+        self._runtime = runtime
         self.inputs, self.outputs = inputs, outputs
         self.path = path
         self.threads = threads
         self.options = options or {}
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_ms / 1e3
+        self.replicas = max(1, replicas)
         #: why batching is off ('' while it may be used)
         self.batching_off = "" if max_batch > 1 else "runtime.max_batch is 1"
         self.batches: Counter[int] = Counter()
         self.invokes = 0
         self.frames = 0
         self._layouts: dict[tuple[str, int], Layout] = {}
-        self._batched: dict[tuple[str, int], Backend] = {}
+        self._lanes: list[_Lane] = [_Lane(None, runtime)]
         self._pending: deque[_Request] = deque()
-        self._busy = False
+        self._busy = 0  # lanes invoking now
         self._cond = threading.Condition()
         self._last_seen: dict[str, float] = {}
         self._closed = False
+        self._workers: list[threading.Thread] = []
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+    @runtime.setter
+    def runtime(self, rt: Runtime) -> None:
+        """Another runtime in place (tests put a failing accelerator there): lane 0 invokes through it."""
+        self._runtime = rt
+        if self._lanes[0].own is None:
+            self._lanes[0].runtime = rt
 
     # --- what pipelines call -----------------------------------------------------------
     def run(self, user: str, inputs: list[np.ndarray]) -> EngineResult:
@@ -190,24 +233,76 @@ class Engine:
                 raise EngineClosed(f"{self.path.name}: engine closed")
             self._pending.append(req)
             self._last_seen[user] = req.t
+            if not self._workers and len(self._last_seen) > 1:
+                # a lone pipeline's invoke in flight finishes on the interpreter before workers take over
+                self._cond.wait_for(lambda: not self._busy or self._closed)
+                if not self._workers and not self._closed:
+                    self._start_workers()
             self._cond.notify_all()
-            while not req.done:
+            if not self._workers:  # a lone pipeline invokes on its own thread: no hand-off
+                self._cond.wait_for(lambda: not self._busy or self._closed)
                 if self._closed:
                     raise EngineClosed(f"{self.path.name}: engine closed")
-                if not self._busy and self._pending and self._pending[0] is req:
-                    self._busy = True
-                    break
-                self._cond.wait(0.5)
+                self._busy += 1
+                batch = self._gather(self._pending[0])
             else:
+                while not req.done:
+                    if self._closed:
+                        raise EngineClosed(f"{self.path.name}: engine closed")
+                    self._cond.wait(0.5)
                 return self._outcome(req)
-            batch = self._gather(req)
         try:
-            self._execute(batch)
+            self._execute(self._lanes[0], batch)
         finally:
             with self._cond:
-                self._busy = False
+                self._busy -= 1
                 self._cond.notify_all()
         return self._outcome(req)
+
+    def _start_workers(self) -> None:
+        """Under the lock, once a second pipeline shows up: worker threads invoke from now on, back to back,
+        while the pipelines' own threads preprocess their next frames and decode their last results. On
+        the CPU each worker has its own single-threaded interpreter: side by side they keep every core
+        busy, where one interpreter's threads would wait on each other between frames."""
+        if self.runtime.accelerator == "cpu" and self.replicas > 1:
+            lanes = []
+            try:
+                for _ in range(self.replicas):
+                    lanes.append(_Lane(open_backend("cpu", self.path, 1), None))
+            except BackendError as err:
+                log.warning("%s: CPU replicas not opened (%s); one interpreter serves", self.path.name, err)
+                for lane in lanes:
+                    lane.close()
+                lanes = []
+            if lanes:  # the first replica takes the place of the runtime's own (multi-threaded) interpreter
+                old, self.runtime.backend = self.runtime.backend, lanes[0].backend
+                lanes[0].own = None
+                lanes[0].runtime = self.runtime
+                old.close()
+                self._lanes = lanes
+        for i, lane in enumerate(self._lanes):
+            t = threading.Thread(target=self._work, args=(lane,), name=f"engine{i}-{self.path.stem}"[:15], daemon=True)
+            t.start()
+            self._workers.append(t)
+
+    def _work(self, lane: _Lane) -> None:
+        while True:
+            try:
+                with self._cond:
+                    while not self._pending and not self._closed:
+                        self._cond.wait(0.5)
+                    if self._closed:
+                        return
+                    self._busy += 1
+                    batch = self._gather(self._pending[0])
+                try:
+                    self._execute(lane, batch)
+                finally:
+                    with self._cond:
+                        self._busy -= 1
+                        self._cond.notify_all()
+            except Exception:  # loop boundary: the waiting pipelines got the error; the engine goes on
+                log.exception("%s: engine error", self.path.name)
 
     @staticmethod
     def _outcome(req: _Request) -> EngineResult:
@@ -217,9 +312,9 @@ class Engine:
         return req.result
 
     def _gather(self, head: _Request) -> list[_Request]:
-        """Under the lock, as the head of the queue: the requests to run now."""
+        """Under the lock: the requests to run now, head first."""
         limit = self.max_batch if not self.batching_off else 1
-        if limit > 1:
+        if limit > 1 and self.batch_wait_s > 0:
             now = time.monotonic()
             active = sum(1 for t in self._last_seen.values() if now - t < ACTIVE_S)
             want = min(limit, active)
@@ -230,24 +325,25 @@ class Engine:
         return [self._pending.popleft() for _ in range(n)]
 
     # --- invoking --------------------------------------------------------------------------
-    def _execute(self, batch: list[_Request]) -> None:
+    def _execute(self, lane: _Lane, batch: list[_Request]) -> None:
         start = time.monotonic()
+        accel = lane.backend.kind
         try:
             if len(batch) > 1:
                 try:
-                    outs, ms = self._invoke_batch(batch)
+                    outs, ms = self._invoke_batch(lane, batch)
                 except BackendError as err:
                     self._disable_batching(str(err))
                     outs, ms = None, 0.0
                 if outs is not None:
                     for req, o in zip(batch, outs, strict=True):
-                        req.result = EngineResult(o, ms, (start - req.t) * 1e3, len(batch), self.runtime.accelerator)
+                        req.result = EngineResult(o, ms, (start - req.t) * 1e3, len(batch), accel)
                     self._count(len(batch))
                     return
             for req in batch:  # one at a time (also what a batch that cannot be run falls back to)
                 t0 = time.monotonic()
-                o, ms = self._invoke_one(req.inputs)
-                req.result = EngineResult(o, ms, (t0 - req.t) * 1e3, 1, self.runtime.accelerator)
+                o, ms = self._invoke_one(lane, req.inputs)
+                req.result = EngineResult(o, ms, (t0 - req.t) * 1e3, 1, lane.backend.kind)
                 self._count(1)
         except BaseException as err:  # the waiting pipelines get the error, each on its own thread
             for req in batch:
@@ -260,42 +356,49 @@ class Engine:
                 self._cond.notify_all()
 
     def _count(self, n: int) -> None:
-        self.batches[n] += 1
-        self.invokes += 1
-        self.frames += n
+        with self._cond:
+            self.batches[n] += 1
+            self.invokes += 1
+            self.frames += n
 
-    def _invoke_one(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
-        rt = self.runtime
-
+    def _invoke_one(self, lane: _Lane, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
         def fill_all() -> None:
             for i, x in enumerate(inputs):
 
                 def put(v: np.ndarray, x: np.ndarray = x) -> None:
                     np.copyto(v, x.reshape(v.shape))
 
-                rt.backend.write_input(i, put)
+                lane.backend.write_input(i, put)
 
         fill_all()
         t0 = time.perf_counter()
-        if rt.invoke():  # fell back to the CPU: the new backend has empty inputs
-            self._close_batched()
+        if lane.runtime is None:
+            lane.backend.invoke()
+        elif lane.runtime.invoke():  # fell back to the CPU: the new backend has empty inputs
+            lane.close_batched()
             fill_all()
-            rt.invoke()
+            lane.runtime.invoke()
         ms = (time.perf_counter() - t0) * 1e3
-        be = rt.backend
+        be = lane.backend
         return [be.output(i) for i in range(len(self.outputs))], ms
 
-    def _invoke_batch(self, batch: list[_Request]) -> tuple[list[list[np.ndarray]] | None, float]:
+    def _invoke_batch(self, lane: _Lane, batch: list[_Request]) -> tuple[list[list[np.ndarray]] | None, float]:
+        """One invoke for the whole batch. On the CPU the input is resized to the batch; an accelerator
+        compiles each input size anew (a second or more on a GPU), so there a short batch is padded up to
+        runtime.max_batch with copies of its last frame, whose results are dropped."""
         n = len(batch)
-        kind = self.runtime.backend.kind
-        key = (kind, n)
-        be = self._batched.get(key)
+        kind = lane.backend.kind
+        size = n if kind == "cpu" else max(n, self.max_batch)
+        reqs = batch + [batch[-1]] * (size - n)
+        key = (kind, size)
+        be = lane.batched.get(key)
         if be is None:
-            be = self._batched[key] = open_batched(kind, self.path, self.threads, self.options, n)
+            threads = self.threads if lane.own is None else 1
+            be = lane.batched[key] = open_batched(kind, self.path, threads, self.options, size)
         for i in range(len(self.inputs)):
 
             def fill(v: np.ndarray, i: int = i) -> None:
-                for k, req in enumerate(batch):
+                for k, req in enumerate(reqs):
                     v[k : k + 1] = req.inputs[i].reshape((1, *v.shape[1:]))
 
             be.write_input(i, fill)
@@ -303,28 +406,28 @@ class Engine:
         try:
             be.invoke()
         except Exception as err:  # native backends raise bare RuntimeError with driver text
-            raise BackendError(f"batch of {n}: {str(err).strip()[:200]}") from None
+            raise BackendError(f"batch of {size}: {str(err).strip()[:200]}") from None
         ms = (time.perf_counter() - t0) * 1e3
         raw = [be.output(i) for i in range(len(self.outputs))]
-        layout = self._layouts.get(key)
+        with self._cond:
+            layout = self._layouts.get(key)
         if layout is None:  # once per size and accelerator, learnt and checked on these real frames
-            layout = self._learn(batch, raw)
-            self._layouts[key] = layout
-            log.info("%s: batches of %d verified on %s", self.path.name, n, kind)
-        return split_batch(raw, layout), ms
+            layout = self._learn(lane, reqs, raw)
+            with self._cond:
+                self._layouts[key] = layout
+            log.info("%s: batches of %d verified on %s", self.path.name, size, kind)
+        return split_batch(raw, layout)[:n], ms
 
-    def _learn(self, batch: list[_Request], raw: list[np.ndarray]) -> Layout:
+    def _learn(self, lane: _Lane, batch: list[_Request], raw: list[np.ndarray]) -> Layout:
         """How this model stacks a batch in each output, from the same frames run one by one; BackendError
         unless every frame's part of the batch then matches its single run."""
         n = len(batch)
-        singles = [self._invoke_one(req.inputs)[0] for req in batch]
+        singles = [self._invoke_one(lane, req.inputs)[0] for req in batch]
         layout = batch_layout(raw, self.outputs, n)
         for j, (axis, _) in enumerate(layout):
             spec = self.outputs[j]
             tol = _tolerance(spec, spec.dequantize(singles[0][j]))
-            segs = learn_segments(
-                [spec.dequantize(s[j]) for s in singles], spec.dequantize(raw[j]), axis, tol
-            )
+            segs = learn_segments([spec.dequantize(s[j]) for s in singles], spec.dequantize(raw[j]), axis, tol)
             if segs is not None:
                 layout[j] = (axis, segment_indices(segs, n))
         for single, got in zip(singles, split_batch(raw, layout), strict=True):
@@ -334,26 +437,19 @@ class Engine:
         return layout
 
     def _disable_batching(self, why: str) -> None:
-        self.batching_off = why
-        log.warning("%s: batching off: %s", self.path.name, why)
-        self._close_batched()
-
-    def _close_batched(self) -> None:
-        for be in self._batched.values():
-            be.close()
-        self._batched.clear()
+        if not self.batching_off:
+            self.batching_off = why
+            log.warning("%s: batching off: %s", self.path.name, why)
 
     # --- lifecycle and health -----------------------------------------------------------
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            busy = self._busy
-        if busy:  # let the invoke in flight finish before the interpreter goes
-            with self._cond:
-                self._cond.wait_for(lambda: not self._busy, 5.0)
-        self._close_batched()
-        self.runtime.backend.close()
+            self._cond.wait_for(lambda: not self._busy, 5.0)  # let the invokes in flight finish
+        for lane in self._lanes:
+            lane.close()
+        self.runtime.backend.close()  # (lane 0's, whichever interpreter that is now)
 
     @property
     def queue_depth(self) -> int:
@@ -367,6 +463,7 @@ class Engine:
             "model": self.path.name,
             "accelerator": self.runtime.accelerator,
             "pipelines": self.users(),
+            "interpreters": len(self._lanes),
             "invokes": self.invokes,
             "frames": self.frames,
             "batches": {str(k): v for k, v in sorted(self.batches.items())},

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from edge_agent.capture import Capture
 from edge_agent.config import PipelineView
 from edge_agent.fanout import FanOut, Route
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 _TAKE_TIMEOUT_S = 0.25
 #: Inference results waiting for decoding and publishing: a few frames of slack.
 _RESULTS_QUEUE = 4
+#: Stands in for a frame's picture once only its size is needed.
+_NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
 #: Source settings that need the source reopened when they change.
 _REOPEN_KEYS = ("uri", "width", "height", "loop")
 
@@ -63,6 +67,9 @@ class FramePipeline:
         self.post_stats = StageStats("postprocess")
         self.results: queue.Queue[tuple[Frame, RawInference, Model, bool]] = queue.Queue(maxsize=_RESULTS_QUEUE)
         self.skipped = 0  # inferences saved by change gating
+        #: the post stage needs the picture itself only for the live view and escalation: without them a
+        #: result waiting for it does not keep a decoded frame (a megabyte at 640x480) alive
+        self.keep_images = route.pipeline in fanout.live or view.settings.escalation.enabled
         self.failed: str | None = None
         self.capture = Capture(
             lambda: make_source(self.settings.source), self.settings.source, self.frames, self.capture_stats,
@@ -131,6 +138,8 @@ class FramePipeline:
                     if raw.wait_ms:
                         st.observe("queue", raw.wait_ms)
                     st.done()
+                if not self.keep_images:
+                    frame = Frame(_NO_IMAGE, frame.ts, frame.mono, frame.index, frame.image.shape[:2])
                 while not self.stop_event.is_set():
                     try:  # results are never dropped here: a slow post stage slows inference instead
                         self.results.put((frame, raw, model, cached), timeout=_TAKE_TIMEOUT_S)
@@ -172,7 +181,7 @@ class FramePipeline:
                 log.exception("%s: postprocess error", self.name)
 
     def _publish(self, frame: Frame, raw: RawInference, inf: Inference, model: Model, cached: bool) -> None:
-        h, w = frame.image.shape[:2]
+        h, w = frame.size or frame.image.shape[:2]
         doc = prediction(
             device_id=self.settings.device_id,
             boot_id=self.boot_id,
@@ -196,7 +205,8 @@ class FramePipeline:
         doc["latency_ms"]["capture_to_publish"] = round(c2p, 3)
         if cached:
             doc["cached"] = True  # the frame looked like the last inferred one
-        if not self.fanout.prediction(self.route, doc, inf.result, image=frame.image, cached=cached, ts=frame.ts):
+        image = frame.image if self.keep_images else None
+        if not self.fanout.prediction(self.route, doc, inf.result, image=image, cached=cached, ts=frame.ts):
             self.post_stats.drop("sink_full")
         self.infer_stats.observe("capture_to_publish", c2p)
 

@@ -93,3 +93,36 @@ def test_accelerator_comparison_reports_selection_agreement_and_ratios() -> None
     if doc["selected"] == "cpu":  # no GPU here: same backend both ways, and the bare GPU loop could not start
         assert a["min_iou"] == 1.0 and a["only_auto"] == a["only_cpu"] == 0
         assert "GPU" in doc["errors"]["bare_gpu"] and "agent_vs_bare_accelerator" not in doc["ratios"]
+
+
+def test_bench_pipelines_compares_one_agent_with_separate_agents(tmp_path: Path) -> None:
+    out = tmp_path / "pipes.json"
+    r = run_cli("bench", "--pipelines", "1,2", "--model", str(SHORT), "--seconds", "1", "--runs", "1",
+                "--json", str(out), timeout=400)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("|")]
+    assert lines[0].startswith("| model | N | one agent fps") and len(lines) == 4
+    rows = json.loads(out.read_text())
+    assert [row["pipelines"] for row in rows] == [1, 2]
+    two = rows[1]
+    assert len(two["one"]["per_pipeline_fps"]) == 2 and all(f > 0 for f in two["one"]["per_pipeline_fps"])
+    assert len(two["separate"]["per_pipeline_fps"]) == 2 and two["separate"]["aggregate_fps"] > 0
+    assert two["one_vs_separate_fps"] == two["one"]["aggregate_fps"] / two["separate"]["aggregate_fps"]
+    assert len(two["stalled"]["per_pipeline_fps"]) == 2  # the stalled camera's pipeline is not counted
+    eng = two["one"]["engines"]
+    assert len(eng) == 1 and eng[0]["pipelines"] == ["p0", "p1"]  # one engine for both
+    b = two["one"]["rss_breakdown"]
+    assert b["shared_libs"] > 20 and b["total"] > b["shared_libs"] and b["arena_count"] <= 3
+    assert rows[0]["rss_vs_single"] == 1.0 and rows[1]["rss_vs_single"] > 0.9
+    assert "RSS of one agent with 2 pipeline(s)" in r.stdout
+
+
+def test_bench_batch_sizes_side_by_side(tmp_path: Path) -> None:
+    out = tmp_path / "batch.json"
+    r = run_cli("bench", "--batch", "1,2", "--batch-pipelines", "2", "--model", str(SHORT), "--seconds", "1",
+                "--runs", "1", "--json", str(out), timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [row for row in json.loads(out.read_text()) if "max_batch" in row]
+    assert [row["max_batch"] for row in rows] == [1, 2]
+    assert rows[0]["batching"] == "off: runtime.max_batch is 1" and set(rows[0]["batches"]) == {"1"}
+    assert rows[1]["batching"] == "on" and all(row["aggregate_fps"] > 0 for row in rows)

@@ -198,10 +198,14 @@ class BlazeFaceDecoder(Decoder):
 
     def __call__(self, outs: Sequence[np.ndarray], rs: Resize) -> Result:
         raw = outs[self._reg].reshape(len(self.anchors), -1)
-        scores = sigmoid(outs[self._cls].reshape(-1))
-        keep = scores >= self.opts.score_threshold
+        logits = outs[self._cls].reshape(-1)
+        # sigmoid(x) >= t  <=>  x >= logit(t): most anchors are rejected before any exp() is taken
+        keep = logits >= _logit(self.opts.score_threshold)
         if not keep.any():
             return Result(task="detection")
+        scores = np.zeros(len(logits), np.float32)
+        scores[keep] = sigmoid(logits[keep])
+        keep &= scores >= self.opts.score_threshold  # rounding at the threshold itself
         pts = raw[keep].reshape(int(keep.sum()), -1, 2) / self.input_size
         pts[:, 0] += self.anchors[keep]
         pts[:, 2:] += self.anchors[keep][:, None, :]
@@ -217,6 +221,14 @@ class BlazeFaceDecoder(Decoder):
                 _detection(label_for(self.labels, 0), 0, score, box, rs, ext) for box, score, ext in clusters
             ),
         )
+
+
+def _logit(p: float) -> float:
+    if p <= 0.0:
+        return -np.inf
+    if p >= 1.0:
+        return np.inf
+    return float(np.log(p / (1.0 - p))) - 1e-6
 
 
 class YoloDecoder(Decoder):

@@ -73,7 +73,7 @@ class CompiledBackend(Backend):
                 self._m.resize_input_tensor(i, [n, *s.shape[1:]], strict=False)
             self._in = self._m.create_input_buffers(0)
             self._out = self._m.create_output_buffers(0)
-            details = self._m.get_output_tensor_details(0)
+            details = self._m.get_output_tensor_details(self._m.get_signature_by_index(0)["key"])
         except Exception as err:  # the binding raises bare RuntimeError/ValueError with C++ text
             raise BackendError(f"LiteRT {self.kind.upper()} batch of {n}: {_reason(err)}") from None
         self._staging = [np.zeros((n, *s.shape[1:]), s.dtype) for s in self.inputs]
@@ -86,12 +86,12 @@ class CompiledBackend(Backend):
 
 
 def _output_shapes(details: Any, specs: tuple[TensorSpec, ...], n: int) -> list[tuple[int, ...]]:
-    """Output shapes after a resize, from LiteRT's tensor details where it gives them (a dict or list of
-    dicts with 'shape'), else the batch dimension grown n-fold."""
-    items = list(details.values()) if isinstance(details, dict) else list(details or [])
+    """Output shapes after a resize, from LiteRT's tensor details (by output name, which is how the
+    interpreter's specs name them too), else the batch dimension grown n-fold."""
+    by_name = details if isinstance(details, dict) else {}
     shapes = []
-    for k, s in enumerate(specs):
-        d = items[k] if k < len(items) else None
+    for s in specs:
+        d = by_name.get(s.name)
         shape = d.get("shape") if isinstance(d, dict) else None
         shapes.append(tuple(int(x) for x in shape) if shape is not None else (n * s.shape[0], *s.shape[1:]))
     return shapes

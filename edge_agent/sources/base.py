@@ -22,6 +22,7 @@ class Frame:
     ts: float  # capture time, epoch seconds
     mono: float  # capture time, time.monotonic()
     index: int  # frames captured since start
+    size: tuple[int, int] | None = None  # (height, width), kept when the picture is let go
 
 
 class Source(abc.ABC):
