@@ -5,17 +5,7 @@
 # (models/ holds the bundled models and demo video, which git ignores):
 #   bash benchmarks/device_gpu.sh            # writes $OUT/gpu.json and $OUT/gpu.log
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-for f in .gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-mkdir -p /tmp/mq && for f in .mq/*.deb; do dpkg -x "$f" /tmp/mq; done
-export PATH=/tmp/mq/usr/sbin:/tmp/mq/usr/bin:$PATH
-export LD_LIBRARY_PATH=/tmp/mq/usr/lib/x86_64-linux-gnu:/tmp/mq/lib/x86_64-linux-gnu
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 (nvidia-smi -L; nproc; python3 -c "import ai_edge_litert, numpy, cv2; print(numpy.__version__, cv2.__version__)") \
   > "$OUT/machine.txt" 2>&1
 timeout "${GPU_BENCH_TIMEOUT:-420}" python3 benchmarks/device_gpu.py --out "$OUT/gpu.json" \

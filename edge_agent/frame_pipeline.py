@@ -27,7 +27,7 @@ from edge_agent.model import Inference, Model, RawInference
 from edge_agent.payload import prediction
 from edge_agent.postprocess.decoders import DecodeOptions
 from edge_agent.sources import Frame, make_source
-from edge_agent.stats import StageStats
+from edge_agent.stats import StageStats, pipeline_counts
 
 log = logging.getLogger(__name__)
 
@@ -223,10 +223,4 @@ class FramePipeline:
         }
 
     def counts(self) -> dict[str, Any]:
-        return {
-            "captured": self.capture_stats.count,
-            "inferred": self.infer_stats.count,
-            "published": self.post_stats.count,
-            "skipped_unchanged": self.skipped,
-            "dropped": {**dict(self.capture_stats.drops), **dict(self.post_stats.drops)},
-        }
+        return pipeline_counts(self.capture_stats, self.infer_stats, self.post_stats, self.skipped)

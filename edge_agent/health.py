@@ -42,11 +42,15 @@ class Health:
         self._lock = threading.Lock()
 
     # --- rates --------------------------------------------------------------------------------
-    def rate(self, key: str, count: int, now: float) -> float:
-        """Rate over the last few seconds; any number of readers (MQTT health, /metrics) see the same figure."""
+    def rate(self, key: str, count: int, now: float, since: float | None = None) -> float:
+        """Rate over the last few seconds; any number of readers (MQTT health, /metrics) see the same figure.
+        since: when counting began (a pipeline's first frame: a pipeline added by a reload, or one whose
+        model took a while to load, is not measured over time it was not running); default the start."""
         window = max(_RATE_WINDOW_S, self.agent.settings.health.interval_s)
         with self._lock:
-            hist = self._counts.setdefault(key, deque([(self.agent.started_mono, 0)]))
+            if key not in self._counts and since is None and count == 0:
+                return 0.0  # nothing counted yet: the clock starts with the first unit of work
+            hist = self._counts.setdefault(key, deque([(since or self.agent.started_mono, 0)]))
             hist.append((now, count))
             while len(hist) > 2 and now - hist[1][0] >= window:
                 hist.popleft()
@@ -160,17 +164,19 @@ class Health:
         slot = self.agent.slot_of(p.name)
         model = slot.model if slot is not None else None
         src = p.source_info()
+        since = p.capture_stats.first_progress
         if p.kind == "signal":
-            src["rate_achieved"] = self.rate(f"{key}.samples", p.capture.samples, now)  # type: ignore[union-attr]
+            samples = p.capture.samples  # type: ignore[union-attr]
+            src["rate_achieved"] = self.rate(f"{key}.samples", samples, now, since)
         return {
             "kind": p.kind,
             "state": "failed" if p.failed else p.infer_stats.state,
             "error": p.failed,
             "topics": {"predictions": p.route.predictions, "events": p.route.events},
             "fps": {
-                "captured": self.rate(f"{key}.captured", c["captured"], now),
-                "inferred": self.rate(f"{key}.inferred", c["inferred"], now),
-                "published": self.rate(f"{key}.published", c["published"], now),
+                "captured": self.rate(f"{key}.captured", c["captured"], now, since),
+                "inferred": self.rate(f"{key}.inferred", c["inferred"], now, since),
+                "published": self.rate(f"{key}.published", c["published"], now, since),
             },
             "frames": c,
             "latency_ms": {k: w.percentiles() for k, w in p.infer_stats.latency.items()},

@@ -30,7 +30,7 @@ from edge_agent.postprocess.decoders import DecodeOptions
 from edge_agent.resample import Resampler
 from edge_agent.signals import AUDIO_KINDS, Chunk, EndOfStream, SignalSource, SourceError, signal_kind
 from edge_agent.sinks.memory import MemorySink
-from edge_agent.stats import StageStats
+from edge_agent.stats import StageStats, pipeline_counts
 from edge_agent.windowing import Windower
 
 log = logging.getLogger(__name__)
@@ -340,13 +340,7 @@ class SignalPipeline:
         }
 
     def counts(self) -> dict[str, Any]:
-        return {
-            "captured": self.capture_stats.count,
-            "inferred": self.infer_stats.count,
-            "published": self.post_stats.count,
-            "skipped_unchanged": 0,
-            "dropped": {**dict(self.capture_stats.drops), **dict(self.post_stats.drops)},
-        }
+        return pipeline_counts(self.capture_stats, self.infer_stats, self.post_stats)
 
     # --- the chain ---------------------------------------------------------------------------
     def _build(self, model: Model, epoch: int, rate: float, channels: int) -> _Chain:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,7 @@ class StageStats:
         self.last_error_ts: float | None = None
         self.heartbeat = time.monotonic()  # loop alive
         self.last_progress: float | None = None  # last unit of work done
+        self.first_progress: float | None = None  # first unit of work: where its rates start
         self.latency: dict[str, LatencyWindow] = {}
         self.state = "starting"
         self._lock = threading.Lock()
@@ -50,6 +52,8 @@ class StageStats:
     def done(self, n: int = 1) -> None:
         self.count += n
         self.last_progress = self.heartbeat = time.monotonic()
+        if self.first_progress is None:
+            self.first_progress = self.last_progress
 
     def drop(self, reason: str, n: int = 1) -> None:
         with self._lock:
@@ -65,3 +69,14 @@ class StageStats:
         if w is None:
             w = self.latency[series] = LatencyWindow()
         w.add(ms)
+
+
+def pipeline_counts(capture: StageStats, infer: StageStats, post: StageStats, skipped: int = 0) -> dict[str, Any]:
+    """A pipeline's frames (or windows) by stage, and its drops by reason, for health."""
+    return {
+        "captured": capture.count,
+        "inferred": infer.count,
+        "published": post.count,
+        "skipped_unchanged": skipped,
+        "dropped": {**dict(capture.drops), **dict(post.drops)},
+    }

@@ -573,3 +573,79 @@ def test_status_page_and_discovery_cover_every_pipeline(broker: Broker, agent_fa
         assert sum(1 for c in configs.values() if c["name"] == "Inference rate") == 1  # one per device
     finally:
         ha.stop()
+
+
+def test_sigterm_with_a_camera_that_never_answers_exits_cleanly(broker: Broker, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    """A reader stuck inside FFmpeg's open (a stream that accepted and never answers) at shutdown: the agent
+    still stops within its deadline and exits 0."""
+    from edge_agent.bench_pipelines import SilentCamera
+
+    cam = SilentCamera()
+    rec = Recorder(broker, "silent")
+    try:
+        env = {
+            **broker.env(),
+            "EDGE_AGENT_DEVICE_ID": "silent",
+            "EDGE_AGENT_PIPELINES": json.dumps([
+                {"name": "ok", "source": {"uri": "synthetic", "fps": 10}, "model": {"path": str(SHORT)}},
+                {"name": "mute", "source": {"uri": cam.uri, "read_timeout_s": 60.0}, "model": {"path": str(SHORT)}},
+            ]),
+        }
+        agent = agent_factory(["run"], env=env)
+        wait_until(lambda: len(rec.get("edge/silent/ok/predictions")) >= 10, 40, what="the healthy pipeline")
+        wait_until(lambda: cam.conns, 20, what="the silent camera to be connected to")
+        agent.signal(signal.SIGTERM)
+        assert agent.wait(30) == 0, agent.log()[-2000:]
+        assert "terminate called" not in agent.log()
+    finally:
+        cam.close()
+        rec.close()
+
+
+def test_update_of_a_shared_model_swaps_it_for_every_pipeline(broker: Broker, agent_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """fleet push --for-model: both pipelines move to the new model between two of their frames; a deploy
+    naming only one of the pipelines that share it is refused; probation counts both pipelines."""
+    from edge_agent.ota.manifest import write_keypair
+
+    from .conftest import SHORT_INT8
+
+    priv, pub = write_keypair(tmp_path / "keys")
+    env = {
+        **broker.env(),
+        "EDGE_AGENT_DEVICE_ID": "fleet2",
+        "EDGE_AGENT_OTA__TRUSTED_KEYS": json.dumps([str(pub)]),
+        "EDGE_AGENT_OTA__PROBATION_INFERENCES": "40",
+        "EDGE_AGENT_MODELS": json.dumps({"face": {"path": str(SHORT)}}),
+        "EDGE_AGENT_PIPELINES": json.dumps([
+            {"name": "a", "source": {"uri": "synthetic", "fps": 15}, "model": "face"},
+            {"name": "b", "source": {"uri": "synthetic", "fps": 15}, "model": "face"},
+        ]),
+    }
+    rec = Recorder(broker, "fleet2")
+    try:
+        agent_factory(["run"], env=env)
+        for p in "ab":
+            wait_until(lambda p=p: len(rec.get(f"edge/fleet2/{p}/predictions")) >= 10, 40, what=f"pipeline {p}")
+        push = ["fleet", "push", str(SHORT_INT8), "--version", "3", "--device", "fleet2", "--key", str(priv),
+                "--serve", "127.0.0.1:0", "--mqtt-host", broker.host, "--mqtt-port", str(broker.port),
+                "--timeout", "120"]
+        one = run_cli(*push, "--pipelines", "a", timeout=180)
+        assert "shares model 'face' with b" in one.stdout, one.stdout + one.stderr
+        r = run_cli(*push, "--for-model", "face", timeout=180)
+        assert r.returncode == 0 and "fleet2: active" in r.stdout, r.stdout + r.stderr
+        states = [s["state"] for s in rec.get("edge/fleet2/models/face/state") if s.get("version") == 3]
+        assert "probation" in states and states[-1] == "active", states
+        for p in "ab":
+            preds = wait_until(
+                lambda p=p: (ps := rec.get(f"edge/fleet2/{p}/predictions"))
+                and sum(x["model"]["version"] == "3" for x in ps) >= 5 and ps, 20, what=f"{p} on the new model",
+            )
+            seqs = [x["seq"] for x in preds]
+            assert seqs == list(range(1, len(seqs) + 1))  # no frame lost across the swap
+            names = [x["model"]["name"] for x in preds]
+            first_new = names.index("face_detection_short_range_int8")
+            assert set(names[first_new:]) == {"face_detection_short_range_int8"}
+        h = wait_until(lambda: rec.get("edge/fleet2/health"), 15, what="health")[-1]
+        assert h["models"]["face"]["update"]["state"] == "active" and h["models"]["face"]["pipelines"] == ["a", "b"]
+    finally:
+        rec.close()

@@ -274,3 +274,48 @@ def test_busy_cores_are_measured_from_proc_stat() -> None:
     import os
 
     assert busy > 0.6 / len(os.sched_getaffinity(0))  # most of one core, of however many there are
+
+
+PASS_THROUGH = r"""
+#include <stdint.h>
+#include <stdlib.h>
+typedef struct TfLiteDelegate {
+  void* data_;
+  int (*Prepare)(void* context, struct TfLiteDelegate* delegate);
+  void* CopyFromBufferHandle;
+  void* CopyToBufferHandle;
+  void* FreeBufferHandle;
+  int64_t flags;
+  void* opaque_delegate_builder;
+} TfLiteDelegate;
+static int created = 0;
+static int prepare(void* context, TfLiteDelegate* delegate) { return 0; }  /* claims no node: CPU kernels run */
+TfLiteDelegate* tflite_plugin_create_delegate(char** keys, char** values, size_t n, void (*report)(const char*)) {
+  TfLiteDelegate* d = calloc(1, sizeof(TfLiteDelegate));
+  d->Prepare = prepare;
+  created++;
+  return d;
+}
+void tflite_plugin_destroy_delegate(TfLiteDelegate* d) { free(d); }
+int delegates_created(void) { return created; }
+"""
+
+
+def test_an_external_delegate_is_opened_once_per_process(tmp_path: Path) -> None:
+    """Two models (two pipelines) on one delegate device share the process's one instance of it."""
+    import ctypes
+
+    from edge_agent.runtime.registry import open_backend
+
+    from .conftest import SHORT_INT8
+
+    lib = build_so(tmp_path, "passthrough", PASS_THROUGH)
+    a = open_backend(str(lib), SHORT)
+    b = open_backend(str(lib), SHORT_INT8)
+    c = open_backend(str(lib), SHORT, options={"device": "usb:1"})  # another device: its own instance
+    x = np.zeros(a.inputs[0].shape, a.inputs[0].dtype)
+    assert [o.shape for o in a.run([x])] == [o.shape for o in b.outputs]  # both serve on it
+    assert b.run([np.zeros(b.inputs[0].shape, b.inputs[0].dtype)])
+    assert ctypes.CDLL(str(lib)).delegates_created() == 2
+    for be in (a, b, c):
+        be.close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes.util
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 from edge_agent.runtime import litert
 from edge_agent.runtime.base import BackendError
@@ -38,6 +40,27 @@ def find_library(name: str) -> str | None:
     return ctypes.util.find_library(stem)
 
 
+_loaded: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+_loaded_lock = threading.Lock()
+
+
+def shared_delegate(library: str, options: dict[str, str] | None = None) -> Any:
+    """The process's one instance of a delegate: an Edge TPU (or another exclusive device) is opened once
+    and every interpreter on it, whatever pipeline or model it serves, goes through that instance."""
+    key = (library, tuple(sorted((options or {}).items())))
+    with _loaded_lock:
+        delegate = _loaded.get(key)
+        if delegate is None:
+            try:
+                delegate = litert.interpreter_module().load_delegate(library, options or {})
+            except (ValueError, OSError, RuntimeError, AttributeError) as err:  # AttributeError: not a delegate
+                raise BackendError(
+                    f"delegate {library} failed to load: {str(err).strip().splitlines()[0]}"
+                ) from None
+            _loaded[key] = delegate
+        return delegate
+
+
 class DelegateBackend(InterpreterBackend):
     def __init__(
         self,
@@ -47,13 +70,9 @@ class DelegateBackend(InterpreterBackend):
         threads: int = 0,
         kind: str = "delegate",
     ):
-        mod = litert.interpreter_module()
         if find_library(library) is None:
             raise BackendError(f"delegate library not found: {library}")
-        try:
-            delegate = mod.load_delegate(library, options or {})
-        except (ValueError, OSError, RuntimeError, AttributeError) as err:  # AttributeError: not a delegate
-            raise BackendError(f"delegate {library} failed to load: {str(err).strip().splitlines()[0]}") from None
+        delegate = shared_delegate(library, options)
         super().__init__(model_path, threads=threads, delegates=[delegate])
         self.kind = kind
         self.library = library

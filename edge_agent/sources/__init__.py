@@ -53,7 +53,7 @@ def demo_video_path() -> Path:
     for base in (Path(__file__).resolve().parents[2] / "models", Path("/usr/share/edge-agent/models")):
         if (base / DEMO_VIDEO).is_file():
             return base / DEMO_VIDEO
-    raise SourceError(f"demo video {DEMO_VIDEO} not found; run scripts/fetch_models.sh")
+    raise SourceError(f"demo video {DEMO_VIDEO} not found; run scripts/fetch_models.py")
 
 
 def source_kind(uri: str) -> str:
