@@ -475,10 +475,7 @@ class Engine:
 
 def open_batched(kind: str, path: Path, threads: int, options: dict[str, str], n: int) -> Backend:
     """A second backend of the same family whose inputs hold n frames; BackendError where it cannot."""
-    try:
-        be = open_backend(kind, path, threads, options)
-    except BackendError:
-        raise
+    be = open_backend(kind, path, threads, options)
     try:
         be.resize_batch(n)
     except BackendError:
