@@ -340,7 +340,7 @@ class Agent:
         self.notifier.stopping()
         deadline = time.monotonic() + timeout
         for pipe in list(self.pipelines.values()):
-            self._stop_pipeline(pipe, max(0.1, min(timeout / 2, deadline - time.monotonic())))
+            pipe.stop_and_join(max(0.1, min(timeout / 2, deadline - time.monotonic())))
         for t in self._threads:
             t.join(max(0.0, min(timeout / 4, deadline - time.monotonic())))
         if self.sink is not None:
@@ -355,13 +355,6 @@ class Agent:
         if self._lock_file is not None:
             self._lock_file.close()  # releases the state directory
         log.info("stopped")
-
-    @staticmethod
-    def _stop_pipeline(pipe: Pipeline, timeout: float) -> None:
-        if isinstance(pipe, SignalPipeline):
-            pipe.stop_and_join(timeout)
-        else:
-            pipe.stop(timeout)
 
     # --- what other parts ask of the agent ----------------------------------------------------------
     def slot_of(self, pipeline: str) -> ModelSlot | None:
@@ -554,7 +547,7 @@ class Agent:
         self.failed_pipelines.pop(name, None)
         pipe = self.pipelines.pop(name, None)
         if pipe is not None:
-            self._stop_pipeline(pipe, 2.0)
+            pipe.stop_and_join(2.0)
         self.fanout.routes.pop(name, None)
         self.fanout.live.pop(name, None)
         slot = self.slot_of(name)

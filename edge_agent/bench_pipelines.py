@@ -52,7 +52,7 @@ def rss_breakdown(smaps: str = "/proc/self/smaps") -> dict[str, float]:
             elif parts[0] == "Rss:" and cur is not None:
                 cur[4] = int(parts[1]) / 1024.0
     for i, (lo, hi, perms, name, rss) in enumerate(maps):
-        if name.endswith(".so") or ".so." in name or name.endswith((".cpython-311-x86_64-linux-gnu.so",)):
+        if name.endswith(".so") or ".so." in name:
             out["shared_libs"] += rss
         elif name == "[heap]":
             out["heap"] += rss
@@ -176,7 +176,7 @@ def chosen_threads(model: Path) -> int:
     return res.threads or cores
 
 
-def _child(spec: dict[str, Any], timeout: float) -> subprocess.Popen[str]:
+def _spawn(spec: dict[str, Any]) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
     return subprocess.Popen(
         [sys.executable, "-m", "edge_agent.bench_pipelines", json.dumps(spec)],
@@ -311,12 +311,12 @@ def _variant(v: str, n: int, base: dict[str, Any], copies: list[str], cam: Silen
              "device_id": f"sep{i}"}
             for i in range(n)
         ]
-        results = _collect([_child(s, timeout) for s in specs], timeout)
+        results = _collect([_spawn(s) for s in specs], timeout)
         return _summary(results, sum(r["peak_rss_mb"] for r in results))
     sources = copies[:n] + ([cam.uri] if v == "stalled" else [])
     spec = {**base, "sources": sources, "state": str(work / f"state-{v}"), "stalled_names": [f"p{n}"],
             "single": n == 1 and v == "one"}
-    r = _collect([_child(spec, timeout)], timeout)[0]
+    r = _collect([_spawn(spec)], timeout)[0]
     return _summary([r], r["peak_rss_mb"])
 
 
@@ -370,7 +370,7 @@ def compare_batches(
                                     "sources": ["replay:demo"] * n, "max_batch": b, "batch_wait_ms": wait,
                                     "state": str(work / "state"), "accelerator": accelerator}
                             timeout = seconds * 4 + 120
-                            r = _collect([_child(spec, timeout)], timeout)[0]
+                            r = _collect([_spawn(spec)], timeout)[0]
                             res[b].append(_summary([r], r["peak_rss_mb"]))
                             bar.update()
                     for b in batches:

@@ -86,7 +86,7 @@ class FramePipeline:
             t.start()
             self._threads.append(t)
 
-    def stop(self, timeout: float) -> None:
+    def stop_and_join(self, timeout: float) -> None:
         """Stop capture, let inference finish its frame and the post stage drain what it holds."""
         deadline = time.monotonic() + timeout
         self.stop_event.set()

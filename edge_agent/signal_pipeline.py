@@ -317,6 +317,7 @@ class SignalPipeline:
             t.join(timeout)
 
     def stop_and_join(self, timeout: float) -> None:
+        """Stop capture and let inference and the post stage wind down (the same call as a frame pipeline's)."""
         self.stop.set()
         self.join(timeout / 2)
 
