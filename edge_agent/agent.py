@@ -127,7 +127,7 @@ class Agent:
         self.pipelines: dict[str, Pipeline] = {}
         self.failed_pipelines: dict[str, str] = {}
         self.sink: Sink | None = None
-        self.fanout = FanOut(lambda: self.sink, settings.mqtt.qos, self.stop)
+        self.fanout = FanOut(lambda: self.sink, settings.mqtt.qos, self.stop, self.topics)
         self.fanout.on_first = self._first_published
         self.escalator: Escalator | None = None
         self.web: WebServer | None = None
@@ -245,7 +245,9 @@ class Agent:
                 watched = cfg.labels or list(model.labels or ())[:1] or [model.name]
             else:  # each pipeline watches the configured labels its model can produce, else its first
                 watched = [x for x in cfg.labels if x in produced] or produced[:1] or [model.name]
-            self.fanout.ha[name] = HomeAssistant(self.settings, self.topics, watched, pipe.route.label, first)
+            self.fanout.ha[name] = HomeAssistant(
+                self.settings, self.topics, watched, pipe.route.label, first, pipe.settings.scene
+            )
             first = False
 
     def init_sink(self) -> None:
@@ -276,7 +278,9 @@ class Agent:
             return
         from edge_agent.web import WebServer
 
-        self.web = WebServer(s.http, self.health.document, self.health.stalled, self.fanout.live, self.update_history)
+        self.web = WebServer(
+            s.http, self.health.document, self.health.stalled, self.fanout.live, self.update_history, self.state_dir
+        )
         try:
             self.web.start()
         except OSError as err:  # a taken port must not take the pipelines down with it
@@ -437,6 +441,8 @@ class Agent:
             pipelines=pipes,
         )
         msgs = [Message(self.topics.device("info"), dumps(doc), qos=1, retain=True)]
+        for p in list(self.pipelines.values()):  # zone counts and the latest snapshots
+            msgs += list(p.retained.values())
         for ha in self.fanout.ha.values():  # every reconnect, and after a model swap (the update entity)
             msgs += ha.discovery(model.name if model else None, model.version if model else None)
         return msgs
@@ -487,7 +493,7 @@ class Agent:
         if self.multi and new.pipelines:
             live = [k for k in changed if k.split(".")[0] in _LIVE_SECTIONS or k in _LIVE_KEYS]
         else:
-            live = [k for k in changed if k.split(".")[0] in ("health", "source") or k in _LIVE_KEYS]
+            live = [k for k in changed if k.split(".")[0] in ("health", "source", "scene") or k in _LIVE_KEYS]
         self.restart_needed = [k for k in changed if k not in live]
         self.settings = new
         if self.multi and new.pipelines:

@@ -49,7 +49,7 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--labels", help="labels file")
     g.add_argument("--task", help="auto|classification|detection|raw")
     g.add_argument("--score-threshold")
-    g.add_argument("--accelerator", help="auto|cpu|gpu|npu|edgetpu|/path/to/delegate.so")
+    g.add_argument("--accelerator", help="auto|cpu|gpu|npu|edgetpu|vx|armnn|/path/to/delegate.so")
     g.add_argument("--threads")
     g.add_argument("--mqtt-host")
     g.add_argument("--mqtt-port")
@@ -227,8 +227,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     except (ModelError, BackendError) as err:
         print(f"edge-agent: {err}", file=sys.stderr)
         return EXIT_FAIL
-    from edge_agent.model import make_decoder
-    from edge_agent.postprocess.decoders import DecodeOptions
+    from edge_agent.postprocess.decoders import DecodeOptions, make_decoder
 
     try:
         layout = make_decoder("auto", mf, be.inputs, be.outputs, mf.labels, DecodeOptions()).layout
@@ -647,6 +646,8 @@ def cmd_fleet_rollback(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edge_agent.sinks import SINKS
+
     p = argparse.ArgumentParser(prog="edge-agent", description="On-device inference agent.")
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -654,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the agent (the daemon)")
     _settings_args(r)
     r.add_argument("--seconds", type=float, help="stop after this many seconds")
-    r.add_argument("--sink", choices=("mqtt", "stdout"), default="mqtt", help="where results go")
+    r.add_argument("--sink", choices=sorted(SINKS), default="mqtt", help="where results go")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("check", help="validate config, accelerators, source and model; exit 1 naming what is wrong")

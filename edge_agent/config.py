@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +27,13 @@ ENV_NESTED = "__"
 #: MQTT topic levels may not hold wildcards or separators; keep ids to a safe alphabet.
 _TOPIC_SAFE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
-ACCELERATOR_NAMES = ("auto", "cpu", "gpu", "npu", "edgetpu")
+
+
+def topic_level(v: str) -> str:
+    """A name that becomes one MQTT topic level (device, pipeline, zone): checked the same everywhere."""
+    if not _TOPIC_SAFE.match(v):
+        raise ValueError("must be 1-64 of A-Z a-z 0-9 _ . -")
+    return v
 
 
 class ConfigError(Exception):
@@ -363,7 +370,9 @@ class EscalationConfig(_Strict):
 
 class RuntimeConfig(_Strict):
     accelerator: str = Field(
-        "auto", description="auto, cpu, gpu, npu, edgetpu, or the path of an external delegate .so."
+        "auto",
+        description="auto, a registered accelerator (cpu, gpu, npu, edgetpu, vx, armnn), or the path of an external "
+        "delegate .so.",
     )
     threads: int = Field(
         0,
@@ -420,11 +429,13 @@ class RuntimeConfig(_Strict):
     @field_validator("accelerator")
     @classmethod
     def _accel(cls, v: str) -> str:
-        if v in ACCELERATOR_NAMES:
+        from edge_agent.runtime.registry import accelerator_names  # the backends load only when one is named
+
+        if v in accelerator_names():
             return v
         if v.endswith(".so") or ".so." in v:
             return v
-        raise ValueError(f"must be one of {', '.join(ACCELERATOR_NAMES)} or a delegate .so path")
+        raise ValueError(f"must be one of {', '.join(accelerator_names())} or a delegate .so path")
 
 
 class HealthConfig(_Strict):
@@ -493,6 +504,165 @@ class OTAConfig(_Strict):
 
 
 #: Topic levels a pipeline name may not take: they are the device's own topics.
+class _Area(_Strict):
+    points: list[list[float]] = Field(
+        min_length=1,
+        max_length=100,
+        description="Polygon corners [[x, y], ...] in order round the area, as fractions of the frame (0-1).",
+    )
+    labels: list[str] | None = Field(
+        None, max_length=1000, description="Labels this applies to; default: every label."
+    )
+
+    @field_validator("points")
+    @classmethod
+    def _polygon(cls, v: list[list[float]]) -> list[list[float]]:
+        from edge_agent.zones import polygon_problem
+
+        problem = polygon_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
+
+
+class ZoneConfig(_Area):
+    name: str = Field(min_length=1, max_length=64, description="Zone name, a topic level: A-Z a-z 0-9 _ . -")
+    min_score: float = Field(0.0, ge=0, le=1, description="Detections scoring less do not count in the zone.")
+    min_area: float = Field(
+        0.0, ge=0, le=1, description="Boxes smaller than this fraction of the frame do not count in the zone."
+    )
+    inertia: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="Consecutive frames an object must be in (or out of) the zone before it counts as entered "
+        "(or left), so that a flicker at the edge is not an entry.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return topic_level(v)
+
+
+class MaskConfig(_Area):
+    """Detections anchored inside are dropped before tracking, zones and publishing."""
+
+
+class TrackingConfig(_Strict):
+    iou_threshold: float = Field(
+        0.2, gt=0, lt=1, description="Least IoU between a track's predicted box and a detection to match them."
+    )
+    max_age_s: float = Field(
+        2.0, gt=0, le=60, description="A track not seen for longer ends (its event ends); shorter misses are bridged."
+    )
+    min_hits: int = Field(
+        2, ge=1, le=100, description="Frames an object must be seen before it is a track (and raises `new`)."
+    )
+    high_score: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Detections scoring at least this start tracks; weaker ones only keep existing tracks alive "
+        "(ByteTrack's second round). Set model.score_threshold below it to use them.",
+    )
+
+
+class SnapshotConfig(_Strict):
+    enabled: bool = Field(True, description="Publish and keep the best frame of each object event.")
+    crop: bool = Field(False, description="Crop the snapshot around the object instead of the whole frame.")
+    max_width: int = Field(640, ge=64, le=8192, description="Snapshots are scaled down to at most this width.")
+    max_bytes: int = Field(
+        150_000, ge=4096, le=10_000_000, description="Largest snapshot JPEG; quality is lowered until it fits."
+    )
+    jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality to start from.")
+    keep: int = Field(200, ge=0, le=100_000, description="Snapshots kept on disk per pipeline; the oldest go first.")
+
+
+class ClipConfig(_Strict):
+    enabled: bool = Field(False, description="Write a short video of each object event under state_dir/clips.")
+    pre_s: float = Field(3.0, ge=0, le=60, description="Seconds kept before an event starts.")
+    post_s: float = Field(3.0, ge=0, le=60, description="Seconds recorded after it ends.")
+    fps: float = Field(10.0, gt=0, le=60, description="Frames per second kept for clips (JPEG in memory).")
+    max_width: int = Field(640, ge=64, le=8192, description="Clip frames are scaled down to at most this width.")
+    max_clips: int = Field(50, ge=1, le=100_000, description="Clips kept per pipeline; the oldest go first.")
+    max_mb: float = Field(500.0, gt=0, le=1_000_000, description="Disk space all of a pipeline's clips may take.")
+    max_event_s: float = Field(
+        120.0, gt=0, le=3600, description="A longer event's clip is cut at this length (memory is bounded)."
+    )
+
+
+class SecondStageConfig(_Strict):
+    """A second model run on the crops of chosen labels: a classifier, a landmark model, another detector."""
+
+    model: ModelConfig = Field(description="The model run on each crop (its input must take an image).")
+    labels: list[str] = Field(
+        min_length=1, max_length=1000, description="Labels of the first model whose crops go to the second."
+    )
+    interval_s: float = Field(
+        1.0, ge=0, le=3600, description="Least time between two runs on one track (0: every frame it is seen)."
+    )
+    margin: float = Field(
+        0.25, ge=0, le=2, description="The crop is the box grown by this fraction of its size on every side."
+    )
+    square: bool = Field(True, description="Make the crop square (face, landmark and most classifier models).")
+    min_size: int = Field(16, ge=1, le=4096, description="Boxes smaller than this many pixels are not run.")
+
+    @field_validator("model")
+    @classmethod
+    def _path(cls, v: ModelConfig) -> ModelConfig:
+        if v.path is None:
+            raise ValueError("model.path is required (the second model has no default)")
+        return v
+
+
+class SceneConfig(_Strict):
+    """Detections -> objects people act on: masks, zones, tracks, one event per object, snapshots, clips."""
+
+    enabled: bool = Field(
+        False,
+        description="Track objects and publish object events; on by itself when zones, masks or a second stage "
+        "are set.",
+    )
+    labels: list[str] | None = Field(
+        None, max_length=1000, description="Labels that are tracked and raise events; default: every label."
+    )
+    anchor: Literal["bottom_center", "center"] = Field(
+        "bottom_center", description="The point of a box that places it in zones and masks."
+    )
+    zones: list[ZoneConfig] = Field(default_factory=list, max_length=64, description="Named areas.")
+    masks: list[MaskConfig] = Field(default_factory=list, max_length=64, description="Areas whose detections drop.")
+    required_zones: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Raise an object's events only once it has entered one of these zones; default: always.",
+    )
+    update_interval_s: float = Field(
+        2.0, ge=0.1, le=3600, description="Least time between two `update` events of one object."
+    )
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="The tracker.")
+    snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig, description="Best frame of each event.")
+    clips: ClipConfig = Field(default_factory=ClipConfig, description="Short videos of events.")
+    second_stage: SecondStageConfig | None = Field(
+        None, description="A second model on the crops of tracked objects, once per track per interval."
+    )
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or bool(self.zones) or bool(self.masks) or self.second_stage is not None
+
+    @model_validator(mode="after")
+    def _zone_names(self) -> SceneConfig:
+        names = [z.name for z in self.zones]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"zones: duplicate name {dup[0]}")
+        unknown = [z for z in self.required_zones if z not in names]
+        if unknown:
+            raise ValueError(f"required_zones: unknown zone '{unknown[0]}' (zones: {', '.join(names) or 'none'})")
+        return self
+
+
 RESERVED_NAMES = frozenset(
     {"availability", "info", "health", "cmd", "model", "models", "ota", "ha", "escalations", "events",
      "predictions", "zones", "snapshot", "group"}
@@ -514,6 +684,9 @@ class PipelineConfig(_Strict):
     signal: SignalConfig = Field(
         default_factory=SignalConfig, description="Audio and sensor settings of this pipeline."
     )
+    scene: SceneConfig = Field(
+        default_factory=SceneConfig, description="Zones, masks, tracking and object events of this pipeline."
+    )
 
     @model_validator(mode="wrap")
     @classmethod
@@ -530,8 +703,7 @@ class PipelineConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _TOPIC_SAFE.match(v):
-            raise ValueError("must be 1-64 of A-Z a-z 0-9 _ . -")
+        topic_level(v)
         if v in RESERVED_NAMES:
             raise ValueError(f"'{v}' is one of the device's own topics")
         return v
@@ -581,6 +753,9 @@ class Settings(BaseSettings):
     escalation: EscalationConfig = Field(
         default_factory=EscalationConfig, description="Hybrid mode: hard cases to a bigger model elsewhere."
     )
+    scene: SceneConfig = Field(
+        default_factory=SceneConfig, description="Zones, masks, tracking, object events, snapshots and clips."
+    )
     models: dict[str, ModelConfig] = Field(
         default_factory=dict,
         max_length=64,
@@ -598,9 +773,7 @@ class Settings(BaseSettings):
     @field_validator("device_id")
     @classmethod
     def _device_id(cls, v: str) -> str:
-        if not _TOPIC_SAFE.match(v):
-            raise ValueError("must be 1-64 of A-Z a-z 0-9 _ . -")
-        return v
+        return topic_level(v)
 
     @field_validator("groups")
     @classmethod
@@ -814,10 +987,24 @@ def describe_fields(model: type[BaseModel] = Settings, prefix: str = "") -> list
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             rows.extend(describe_fields(ann, key + "."))
             continue
-        default = "(computed)" if field.default_factory is not None else repr(field.default)
+        if field.default_factory is not None:
+            default = "(computed)"
+        else:
+            default = "(required)" if field.is_required() else repr(field.default)
         env = ENV_PREFIX + key.upper().replace(".", ENV_NESTED)
         rows.append((key, env, default, field.description or ""))
+        args = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if typing.get_origin(ann) is list and args and not _has_tables(args[0]):
+            # the fields of each table of a flat list ([[scene.zones]]): set in TOML, or as JSON in `env`
+            rows += [(f"{key}[].{k}", f"(in {env})", d, desc) for k, _, d, desc in describe_fields(args[0])]
+        elif len(args) == 1 and type(None) in typing.get_args(ann):  # an optional table
+            rows.extend(describe_fields(args[0], key + "."))
     return rows
+
+
+def _has_tables(model: type[BaseModel]) -> bool:
+    fields = model.model_fields.values()
+    return any(isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel) for f in fields)
 
 
 class PipelineView(BaseModel):
@@ -844,7 +1031,9 @@ def pipeline_views(settings: Settings) -> list[PipelineView]:
     out = []
     for p in settings.pipelines:
         model = settings.models[p.model] if isinstance(p.model, str) else p.model
-        view = settings.model_copy(update={"source": p.source, "model": model, "signal": p.signal, "pipelines": []})
+        view = settings.model_copy(
+            update={"source": p.source, "model": model, "signal": p.signal, "scene": p.scene, "pipelines": []}
+        )
         slot = p.model if isinstance(p.model, str) else p.name
         out.append(PipelineView(name=p.name, settings=view, slot=slot, legacy=False))
     return out

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_agent.payload import dumps, refined
+from edge_agent.payload import dumps, event, refined
 from edge_agent.results import Result
 from edge_agent.sinks.base import Message, Sink
+from edge_agent.topics import Topics
 
 if TYPE_CHECKING:
     from edge_agent.escalation import Escalator
@@ -47,8 +48,9 @@ class Route:
 
 
 class FanOut:
-    def __init__(self, sink: Callable[[], Sink | None], qos: int, stop: threading.Event):
+    def __init__(self, sink: Callable[[], Sink | None], qos: int, stop: threading.Event, topics: Topics):
         self.get_sink = sink
+        self.topics = topics
         self.qos = qos
         self.stop = stop
         self.live: dict[str, LiveView] = {}
@@ -106,6 +108,21 @@ class FanOut:
         for judge in self.probation:
             judge(model.file.sha256, raw.outputs, raw.inference_ms)
 
+    def emit_event(
+        self, route: Route, seq: int, body: dict[str, Any], model: Model | None, device_id: str, boot_id: str
+    ) -> bool:
+        """An event document (object, audio or sensor) from its body, handed to `event`."""
+        doc = event(
+            device_id=device_id,
+            boot_id=boot_id,
+            seq=seq,
+            ts=time.time(),
+            model=model.info() if model is not None else None,
+            body=body,
+            pipeline=route.label,
+        )
+        return self.event(route, doc)
+
     def event(self, route: Route, doc: dict[str, Any]) -> bool:
         """Events go out with QoS 1 through the outbox; a full queue holds the caller, never drops them.
         False only when stopping with the event unsent."""
@@ -127,6 +144,13 @@ class FanOut:
                 return False
         self.published()
         return True
+
+    def state(self, msg: Message) -> None:
+        """Retained state that only its newest value matters for (zone counts, snapshots): never queued
+        behind a backlog; the owner keeps it for the republish on every reconnect."""
+        sink = self.get_sink()
+        if sink is not None:
+            sink.submit_latest(msg)
 
     def refined(self, local: dict[str, Any], escalation_id: str, rtt_ms: float, answer: dict[str, Any]) -> bool:
         """A cloud worker's answer, on the topic of the pipeline whose result it refines."""

@@ -19,13 +19,15 @@ from typing import Any
 import numpy as np
 
 from edge_agent.capture import Capture
-from edge_agent.config import PipelineView
+from edge_agent.config import ConfigError, PipelineView
 from edge_agent.fanout import FanOut, Route
 from edge_agent.gate import ChangeGate
 from edge_agent.handoff import LatestSlot
 from edge_agent.model import Inference, Model, RawInference
 from edge_agent.payload import prediction
 from edge_agent.postprocess.decoders import DecodeOptions
+from edge_agent.scene import SceneOutput, SceneStage
+from edge_agent.sinks.base import Message
 from edge_agent.sources import Frame, make_source
 from edge_agent.stats import StageStats, pipeline_counts
 
@@ -69,7 +71,17 @@ class FramePipeline:
         self.skipped = 0  # inferences saved by change gating
         #: the post stage needs the picture itself only for the live view and escalation: without them a
         #: result waiting for it does not keep a decoded frame (a megabyte at 640x480) alive
-        self.keep_images = route.pipeline in fanout.live or view.settings.escalation.enabled
+        #: held while a frame goes through the scene stage, and while a reload replaces it
+        self._scene_lock = threading.Lock()
+        self.scene = self._scene(view)
+        self.keep_images = (
+            route.pipeline in fanout.live
+            or view.settings.escalation.enabled
+            or (self.scene is not None and self.scene.needs_images)
+        )
+        self.event_seq = 0
+        #: retained scene state (zone counts, latest snapshot per label), republished on every reconnect
+        self.retained: dict[str, Message] = {}
         self.failed: str | None = None
         self.capture = Capture(
             lambda: make_source(self.settings.source), self.settings.source, self.frames, self.capture_stats,
@@ -87,19 +99,31 @@ class FramePipeline:
             self._threads.append(t)
 
     def stop_and_join(self, timeout: float) -> None:
-        """Stop capture, let inference finish its frame and the post stage drain what it holds."""
+        """Stop capture, let inference finish its frame and the post stage drain what it holds; objects
+        still in view end (their `end` events go out) and clips in progress are written."""
         deadline = time.monotonic() + timeout
         self.stop_event.set()
         self.frames.close()
         self.capture.join(timeout / 2)
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        with self._scene_lock:
+            if self.scene is not None:
+                self._scene_out(self.scene.end_all(time.time()), None)
+                self.scene.close()
+
+    def _scene(self, view: PipelineView) -> SceneStage | None:
+        cfg = view.settings.scene
+        if not cfg.active:
+            return None
+        return SceneStage(cfg, self.name, view.settings.state_dir, view.settings.runtime)
 
     def stages(self) -> dict[str, StageStats]:
         return {"capture": self.capture_stats, "inference": self.infer_stats, "postprocess": self.post_stats}
 
     def apply(self, view: PipelineView, changed: list[str]) -> None:
-        """Settings that change live: thresholds and the source (reopened when what it opens changed)."""
+        """Settings that change live: thresholds, the source (reopened when what it opens changed) and the
+        scene (replaced between two frames)."""
         self.view, self.settings = view, view.settings
         m, model = view.settings.model, self.get_model()
         if model is not None:
@@ -108,6 +132,18 @@ class FramePipeline:
             self.capture.cfg = view.settings.source
             if any(k in (f"source.{r}" for r in _REOPEN_KEYS) for k in changed):
                 self.capture.restart()
+        if any(k.startswith("scene.") or k == "scene" for k in changed):
+            try:
+                new = self._scene(view)
+            except ConfigError as err:  # its second-stage model will not load: the running scene stays
+                log.error("%s: scene settings refused, keeping the running ones: %s", self.name, err)
+                return
+            with self._scene_lock:  # between two frames: the objects of the old one end, the new one starts
+                if self.scene is not None:
+                    self._scene_out(self.scene.end_all(time.time()), None)
+                    self.scene.close()
+                self.scene = new
+                self.keep_images = self.keep_images or (new is not None and new.needs_images)
 
     # --- stages --------------------------------------------------------------------------------
     def _inference_loop(self) -> None:
@@ -182,6 +218,12 @@ class FramePipeline:
 
     def _publish(self, frame: Frame, raw: RawInference, inf: Inference, model: Model, cached: bool) -> None:
         h, w = frame.size or frame.image.shape[:2]
+        result = inf.result
+        out: SceneOutput | None = None
+        with self._scene_lock:
+            if self.scene is not None and result.task == "detection":
+                out = self.scene.process(result, frame.ts, frame.image if frame.image.size else None)
+                result = out.result
         doc = prediction(
             device_id=self.settings.device_id,
             boot_id=self.boot_id,
@@ -196,9 +238,12 @@ class FramePipeline:
                 "postprocess": inf.postprocess_ms,
             },
             frame_size=(w, h),
-            result=inf.result,
+            result=result,
             pipeline=self.route.label,
         )
+        if out is not None:
+            for d, extra in zip(doc["detections"], out.extras, strict=True):
+                d.update(extra)
         if raw.batch > 1:
             doc["batch"] = raw.batch
         c2p = (time.monotonic() - frame.mono) * 1e3
@@ -206,9 +251,30 @@ class FramePipeline:
         if cached:
             doc["cached"] = True  # the frame looked like the last inferred one
         image = frame.image if self.keep_images else None
-        if not self.fanout.prediction(self.route, doc, inf.result, image=image, cached=cached, ts=frame.ts):
+        if not self.fanout.prediction(self.route, doc, result, image=image, cached=cached, ts=frame.ts):
             self.post_stats.drop("sink_full")
         self.infer_stats.observe("capture_to_publish", c2p)
+        if out is not None:
+            self._scene_out(out, model)
+
+    def _scene_out(self, out: SceneOutput, model: Model | None) -> None:
+        """Object events through the outbox (never dropped); zone counts and snapshots as retained state."""
+        for body in out.events:
+            self.event_seq += 1
+            log.info("%s: %s %s track %s (%s)", self.name, body["type"], body["label"], body["track_id"], body["id"])
+            ids = (self.settings.device_id, self.boot_id)
+            if not self.fanout.emit_event(self.route, self.event_seq, body, model, *ids):
+                return
+        where = self.route.label
+        topics = self.fanout.topics
+        for (zone, label), n in out.counts.items():
+            self._state(Message(topics.zone_count(where, zone, label), str(n).encode(), qos=1, retain=True))
+        for label, jpeg in out.snapshots:
+            self._state(Message(topics.snapshot(where, label), jpeg, qos=0, retain=True))
+
+    def _state(self, msg: Message) -> None:
+        self.retained[msg.topic] = msg
+        self.fanout.state(msg)
 
     # --- health --------------------------------------------------------------------------------
     def source_info(self) -> dict[str, Any]:

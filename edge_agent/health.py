@@ -90,6 +90,14 @@ class Health:
                 problems.append(f"{who}source {state}")
             if p.failed:
                 problems.append(f"{who}failed: {p.failed}")
+            scene = sections[p.name]["scene"]
+            if scene is not None:  # a full or read-only disk: detection goes on, and says what it lost
+                if scene["snapshots"]["error"]:
+                    problems.append(f"{who}snapshots not saved: {scene['snapshots']['error']}")
+                if scene["clips"] is not None and scene["clips"]["error"]:
+                    problems.append(f"{who}clips not saved: {scene['clips']['error']}")
+                if scene["second_stage"] is not None and scene["second_stage"]["error"]:
+                    problems.append(f"{who}second stage disabled: {scene['second_stage']['error']}")
         problems += [f"{name}: failed: {why}" for name, why in a.failed_pipelines.items()]
         if sink is not None and not sink.is_connected():
             problems.append("broker disconnected")
@@ -185,6 +193,7 @@ class Health:
             "accelerator": model.runtime.accelerator if model is not None else None,
             "errors": p.infer_stats.errors + p.post_stats.errors,
             "last_error": p.infer_stats.last_error or p.post_stats.last_error or p.capture_stats.last_error,
+            "scene": p.scene.health() if p.kind == "frame" and p.scene is not None else None,  # type: ignore[union-attr]
         }
 
     @staticmethod

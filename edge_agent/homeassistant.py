@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.config import Settings
+from edge_agent.config import SceneConfig, Settings
 from edge_agent.payload import dumps
 from edge_agent.results import Result
 from edge_agent.sinks.base import Message
@@ -42,6 +42,7 @@ class HomeAssistant:
         labels: list[str],
         pipeline: str | None = None,
         device_entities: bool = True,
+        scene: SceneConfig | None = None,
     ):
         """pipeline: a named pipeline's watched labels (entities named after it, its own state topic);
         device_entities: the diagnostics, update and rollback entities (one set per device)."""
@@ -53,6 +54,10 @@ class HomeAssistant:
         self.device_entities = device_entities
         self.node = object_id(settings.device_id)
         self.state_topic = topics.pipeline(pipeline, "ha/state")
+        scene = scene or settings.scene
+        self.scene = scene if scene.active else None
+        self.zone_topic = lambda zone, label: topics.zone_count(pipeline, zone, label)
+        self.snapshot_topic = lambda label: topics.snapshot(pipeline, label)
         self.update_topic = topics.device("ha/update")
         self.rollback_topic = topics.device("ha/rollback")
         self._seen: dict[str, float] = {}
@@ -126,6 +131,7 @@ class HomeAssistant:
                     },
                 )
             )
+        out += self._scene_configs(model_name)
         if not self.device_entities:
             return out
         health = self.topics["health"]
@@ -211,6 +217,41 @@ class HomeAssistant:
                 },
             )
         )
+        return out
+
+    def _scene_configs(self, model_name: str | None) -> list[tuple[str, dict[str, Any]]]:
+        """A count sensor per zone and label (the retained `zones/{zone}/{label}`), and a camera per
+        watched label showing its latest event's snapshot (the retained `snapshot/{label}`)."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        if self.scene is None:
+            return out
+        who = f"{self.pipeline} " if self.pipeline else ""
+        for zone in self.scene.zones:
+            for label in zone.labels or self.labels:
+                zid = object_id(f"{self.pipeline}_{zone.name}_{label}" if self.pipeline else f"{zone.name}_{label}")
+                out.append(
+                    (
+                        "sensor",
+                        {
+                            **self._common(f"zone_{zid}_count", f"{who}{zone.name} {label} count", model_name),
+                            "state_topic": self.zone_topic(zone.name, label),
+                            "state_class": "measurement",
+                            "icon": "mdi:vector-polygon",
+                        },
+                    )
+                )
+        if self.scene.snapshots.enabled:
+            for label in self.labels:
+                lid = object_id(f"{self.pipeline}_{label}" if self.pipeline else label)
+                out.append(
+                    (
+                        "camera",
+                        {
+                            **self._common(f"{lid}_snapshot", f"{who}{label} snapshot", model_name),
+                            "topic": self.snapshot_topic(label),
+                        },
+                    )
+                )
         return out
 
     def discovery(self, model_name: str | None, model_version: str | None) -> list[Message]:

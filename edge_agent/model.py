@@ -14,18 +14,10 @@ import numpy as np
 
 from edge_agent.config import ModelConfig, RuntimeConfig
 from edge_agent.engine import Engine, ModelPool
-from edge_agent.modelfile import ModelError, ModelFile, TensorSpec, load_labels, read_model_file
-from edge_agent.postprocess.decoders import (
-    BlazeFaceDecoder,
-    ClassificationDecoder,
-    DecodeOptions,
-    Decoder,
-    RawDecoder,
-    SSDPostprocessDecoder,
-    YoloDecoder,
-)
+from edge_agent.modelfile import ModelError, TensorSpec, load_labels, read_model_file
+from edge_agent.postprocess.decoders import DecodeOptions, Decoder, make_decoder
 from edge_agent.postprocess.geometry import iou_one_to_many
-from edge_agent.preprocess import Preprocessor, Resize, input_layout, plan_resize
+from edge_agent.preprocess import Preprocessor, Resize, plan_resize
 from edge_agent.results import Result
 from edge_agent.runtime.base import Backend, BackendError
 from edge_agent.runtime.cpu import default_threads
@@ -48,49 +40,6 @@ def default_model_path() -> Path:
         f"default model {DEFAULT_MODEL_NAME} not found; run scripts/fetch_models.py (scripts/demo.sh does) "
         "or set model.path"
     )
-
-
-def make_decoder(
-    task: str,
-    file: ModelFile,
-    inputs: Sequence[TensorSpec],
-    outputs: Sequence[TensorSpec],
-    labels: Sequence[str] | None,
-    opts: DecodeOptions,
-) -> Decoder:
-    """Pick the decoder for the configured task; `auto` reads it off the output tensors."""
-    h, w = _image_size(inputs)
-    detector: Decoder | None = None
-    if file.detection_op_outputs and len(outputs) == 4:
-        detector = SSDPostprocessDecoder(outputs, labels, opts, file.detection_op_outputs)
-    elif h == w and BlazeFaceDecoder.matches(outputs, h):
-        detector = BlazeFaceDecoder(outputs, labels, opts, h)
-    elif YoloDecoder.matches(outputs):
-        detector = YoloDecoder(outputs, labels, opts, (h, w))
-    if task == "detection":
-        if detector is None:
-            raise ModelError(
-                f"{file.path}: task=detection but the outputs match no known detector layout "
-                f"(SSD post-processing op, YOLO head, BlazeFace anchors): {[o.shape for o in outputs]}"
-            )
-        return detector
-    if task == "classification":
-        return ClassificationDecoder(outputs, labels, opts)
-    if task == "raw":
-        return RawDecoder(outputs, labels, opts)
-    if detector is not None:
-        return detector
-    if len(outputs) == 1 and int(np.prod(outputs[0].shape)) == max(outputs[0].shape) > 1:
-        return ClassificationDecoder(outputs, labels, opts)
-    return RawDecoder(outputs, labels, opts)
-
-
-def _image_size(inputs: Sequence[TensorSpec]) -> tuple[int, int]:
-    try:
-        h, w, _, _ = input_layout(inputs[0])
-        return h, w
-    except (ValueError, IndexError):
-        return 0, 0
 
 
 def outputs_agree(decoder: Decoder, specs: Sequence[TensorSpec]) -> AgreeFn:
@@ -257,6 +206,10 @@ class Model:
             meta = self.file.metadata
             mean = tuple(cfg.mean) if cfg.mean else meta.mean
             std = tuple(cfg.std) if cfg.std else meta.std
+            if mean is None and std is None and self.decoder.input_range is not None:
+                lo, hi = self.decoder.input_range  # real = lo + p * (hi - lo) / 255 = (p - mean) / std
+                std = (255.0 / (hi - lo),)
+                mean = (-lo * std[0],)
             try:
                 self.pre = Preprocessor(self.inputs[0], mode, mean, std)  # type: ignore[arg-type]
             except ValueError as err:

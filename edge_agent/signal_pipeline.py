@@ -25,12 +25,14 @@ from edge_agent.events import Event, EventDetector
 from edge_agent.fanout import FanOut, Route
 from edge_agent.features import FRAME_FRONTENDS, WINDOW_TRANSFORMS, FrameFrontend
 from edge_agent.model import Model, RawInference
-from edge_agent.payload import event, window_prediction
+from edge_agent.payload import window_prediction
 from edge_agent.postprocess.decoders import DecodeOptions
 from edge_agent.resample import Resampler
 from edge_agent.signals import AUDIO_KINDS, Chunk, EndOfStream, SignalSource, SourceError, signal_kind
+from edge_agent.sinks.base import Message
 from edge_agent.sinks.memory import MemorySink
 from edge_agent.stats import StageStats, pipeline_counts
+from edge_agent.topics import Topics
 from edge_agent.windowing import Windower
 
 log = logging.getLogger(__name__)
@@ -279,6 +281,8 @@ class SignalPipeline:
         self.published = 0
         self.not_published = 0  # windows whose prediction the rate limit held back (by configuration)
         self.event_seq = 0
+        #: retained state to republish on reconnect (frame pipelines' zone counts; none here)
+        self.retained: dict[str, Message] = {}
         self.detector: EventDetector | None = None
         self._event_numbers = itertools.count(1)
         self._chain: _Chain | None = None
@@ -295,7 +299,7 @@ class SignalPipeline:
 
         sink = MemorySink()
         stop = threading.Event()
-        fanout = FanOut(lambda: sink, settings.mqtt.qos, stop)
+        fanout = FanOut(lambda: sink, settings.mqtt.qos, stop, Topics(settings.mqtt.topic_prefix, settings.device_id))
         route = Route("main", "predictions", "events", legacy=True)
         pipe = cls(settings, get_model, route, uuid.uuid4().hex, fanout, lambda: make_signal_source(settings), stop)
         return pipe, sink
@@ -524,18 +528,11 @@ class SignalPipeline:
         """Events go out with QoS 1 through the outbox; a full queue holds the post stage, never drops them."""
         for e in events:
             self.event_seq += 1
-            doc = event(
-                device_id=self.settings.device_id,
-                boot_id=self.boot_id,
-                seq=self.event_seq,
-                ts=time.time(),
-                model=model.info() if model is not None else None,
-                body=e.as_dict(),
-                pipeline=self.route.label,
-            )
             log.info("%s: event %s %s %s score %.3f", self.name, e.type, e.label, e.id, e.score)
             self.post_stats.beat()
-            if not self.fanout.event(self.route, doc):
+            body = e.as_dict()
+            ids = (self.settings.device_id, self.boot_id)
+            if not self.fanout.emit_event(self.route, self.event_seq, body, model, *ids):
                 return
 
     def info(self) -> dict[str, Any]:

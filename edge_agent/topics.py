@@ -26,6 +26,11 @@ DEVICE_LEAVES = (
 PIPELINE_LEAVES = ("predictions", "events")
 
 
+def level(name: str) -> str:
+    """A label or zone as one topic level: MQTT's separators and wildcards (/ + #) become _."""
+    return name.replace("/", "_").replace("+", "_").replace("#", "_") or "_"
+
+
 def device_base(prefix: str, device_id: str) -> str:
     return f"{prefix}/{device_id}"
 
@@ -64,6 +69,14 @@ class Topics:
     def pipeline(self, name: str | None, leaf: str) -> str:
         """`leaf` of a pipeline; None (the single-pipeline form) keeps it at device level."""
         return f"{self.base}/{leaf}" if name is None else f"{self.base}/{name}/{leaf}"
+
+    def zone_count(self, name: str | None, zone: str, label: str) -> str:
+        """Retained number of `label` objects now in `zone` (Frigate's `{zone}/{label}` convention)."""
+        return self.pipeline(name, f"zones/{level(zone)}/{level(label)}")
+
+    def snapshot(self, name: str | None, label: str) -> str:
+        """Retained JPEG of the latest event's best frame for `label`."""
+        return self.pipeline(name, f"snapshot/{level(label)}")
 
     def model_state(self, slot: str | None) -> str:
         """Retained update state of a model slot; None: the single model's `model/state`."""

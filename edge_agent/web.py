@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -25,6 +27,9 @@ from edge_agent.liveview import LiveView
 from edge_agent.metrics import HealthCollector
 
 log = logging.getLogger(__name__)
+
+#: The only media paths served: a kind, a pipeline name, a file name without a leading dot or a separator.
+_MEDIA = re.compile(r"^/(snapshots|clips)/([A-Za-z0-9_.\-]{1,64})/([A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}\.(?:jpg|avi))$")
 
 #: Colours of boxes on the live frame (BGR), by label index.
 _COLOURS = [(0, 200, 255), (80, 220, 80), (255, 120, 40), (200, 80, 255), (60, 60, 240), (240, 240, 60)]
@@ -61,9 +66,12 @@ class WebServer:
         stalled: Callable[[], list[str]],
         live: dict[str, LiveView],
         history: Callable[[], list[dict[str, Any]]],
+        media_root: Path | None = None,
     ):
-        """live: each pipeline's live view, by name (one tile each on the page)."""
+        """live: each pipeline's live view, by name (one tile each on the page); media_root: the state
+        directory, whose `snapshots/{pipeline}/` and `clips/{pipeline}/` are listed and served."""
         self.cfg, self.health, self.stalled, self.live, self.history = cfg, health, stalled, live, history
+        self.media_root = media_root
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(HealthCollector(health, stalled))
         self._server: ThreadingHTTPServer | None = None
@@ -114,7 +122,49 @@ class WebServer:
             for name, v in list(self.live.items())
         }
         first = next(iter(tiles.values()), {"predictions": [], "events": [], "has_frame": False, "frames_served": 0})
-        return {"health": h, **first, "pipelines": tiles, "update_history": self.history()[-20:]}
+        return {
+            "health": h,
+            **first,
+            "pipelines": tiles,
+            "update_history": self.history()[-20:],
+            "media": self.media(),
+        }
+
+    def media(self, limit: int = 50) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """Per pipeline, the newest snapshots and clips on disk: name, URL, bytes, time."""
+        out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        if self.media_root is None:
+            return out
+        for kind, suffix in (("snapshots", ".jpg"), ("clips", ".avi")):
+            base = self.media_root / kind
+            try:
+                pipes = sorted(d for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
+                for d in pipes:
+                    files = sorted(
+                        (f for f in d.iterdir() if f.suffix == suffix and not f.name.startswith(".")),
+                        key=lambda f: f.stat().st_mtime,
+                        reverse=True,
+                    )[:limit]
+                    out.setdefault(d.name, {"snapshots": [], "clips": []})[kind] = [
+                        {"name": f.name, "url": f"/{kind}/{d.name}/{f.name}", "bytes": f.stat().st_size,
+                         "mtime": round(f.stat().st_mtime, 3)}
+                        for f in files
+                    ]
+            except OSError:  # a file removed while listing, or an unreadable disk: list what was read
+                continue
+        return out
+
+    def media_file(self, path: str) -> tuple[bytes, str] | None:
+        """`/snapshots/{pipeline}/{name}.jpg` or `/clips/{pipeline}/{name}.avi`, or None; names are checked
+        against a strict pattern, so nothing outside those directories can be named."""
+        m = _MEDIA.match(path)
+        if m is None or self.media_root is None or m.group(2) in (".", ".."):
+            return None
+        f = self.media_root / m.group(1) / m.group(2) / m.group(3)
+        try:
+            return f.read_bytes(), ("image/jpeg" if m.group(1) == "snapshots" else "video/x-msvideo")
+        except OSError:
+            return None
 
     def frame_jpeg(self, pipeline: str | None = None) -> bytes | None:
         import cv2
@@ -172,6 +222,12 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send(404, b"no frame yet", "text/plain")
                 else:
                     self._send(200, jpeg, "image/jpeg")
+            elif path.startswith(("/snapshots/", "/clips/")):
+                media = web.media_file(path)
+                if media is None:
+                    self._send(404, b"not found", "text/plain")
+                else:
+                    self._send(200, media[0], media[1], cache=True)
             elif path in ("/", "/index.html"):
                 self._send(200, PAGE, "text/html; charset=utf-8", cache=True)
             else:

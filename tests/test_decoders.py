@@ -100,8 +100,8 @@ def test_blazeface_anchor_counts() -> None:
     assert len(ssd_anchors(128, [8, 16, 16, 16], 1.0)) == 896
     assert len(ssd_anchors(192, [4], 0.0)) == 2304
     outs = [ts("regressors", 1, (1, 896, 16)), ts("classificators", 2, (1, 896, 1))]
-    assert BlazeFaceDecoder.matches(outs, 128)
-    assert not BlazeFaceDecoder.matches(outs, 192)
+    assert BlazeFaceDecoder.layout_matches(outs, 128)
+    assert not BlazeFaceDecoder.layout_matches(outs, 192)
 
 
 def test_raw_outputs_are_plain_numbers() -> None:

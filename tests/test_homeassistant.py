@@ -129,6 +129,17 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
         "additionalProperties": False,
     },
+    # MQTT camera: the image is the payload of `topic` (raw bytes unless image_encoding is b64)
+    "camera": {
+        "type": "object",
+        "required": ["unique_id", "topic", "device", "availability", "origin"],
+        "properties": {
+            **COMMON,
+            "topic": {"type": "string"},
+            "image_encoding": {"enum": ["b64"]},
+        },
+        "additionalProperties": False,
+    },
     "button": {
         "type": "object",
         "required": ["unique_id", "command_topic", "device", "availability", "origin"],
@@ -285,3 +296,31 @@ def test_rollback_button_sends_a_fresh_rollback_command_each_press(ha: Recorder,
     assert len(set(ids)) == 2 and all(i.startswith("ha-rollback-") for i in ids)
     # nothing installed over the air yet: refused with the reason, not ignored
     assert all(r["status"] == "rejected" and "no installed update" in r["reason"] for r in ha.results)
+
+
+def test_scene_entities_follow_the_schemas() -> None:
+    """A count sensor per zone and label, a camera per watched label on its snapshot topic."""
+    from edge_agent.config import load_settings
+    from edge_agent.homeassistant import HomeAssistant
+    from edge_agent.topics import Topics
+
+    square = [[0.2, 0.2], [0.8, 0.2], [0.8, 0.8], [0.2, 0.8]]
+    s = load_settings(None, {"device_id": "box", "homeassistant": {"enabled": True}})
+    scene = load_settings(
+        None, {"scene": {"zones": [{"name": "path", "points": square}, {"name": "door", "points": square,
+                                                                          "labels": ["cat"]}]}}
+    ).scene
+    ha = HomeAssistant(s, Topics("edge", "box"), ["person", "cat"], "porch", False, scene)
+    configs = ha.configs("ssd")
+    for component, cfg in configs:
+        jsonschema.validate(cfg, SCHEMAS[component])
+    sensors = {c["name"]: c["state_topic"] for k, c in configs if k == "sensor" and "zones/" in c["state_topic"]}
+    assert sensors == {
+        "porch path person count": "edge/box/porch/zones/path/person",
+        "porch path cat count": "edge/box/porch/zones/path/cat",
+        "porch door cat count": "edge/box/porch/zones/door/cat",
+    }
+    cams = {c["name"]: c["topic"] for k, c in configs if k == "camera"}
+    assert cams == {"porch person snapshot": "edge/box/porch/snapshot/person",
+                    "porch cat snapshot": "edge/box/porch/snapshot/cat"}
+    assert len({c["unique_id"] for _, c in configs}) == len(configs)

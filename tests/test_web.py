@@ -8,6 +8,7 @@ import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -199,3 +200,32 @@ def test_status_page_in_headless_chromium(web_agent: tuple[str, Any]) -> None:
             assert not errors and not outside
         finally:
             browser.close()
+
+
+def test_snapshots_and_clips_are_listed_and_served_and_nothing_else(tmp_path: Path) -> None:
+    from edge_agent.config import HTTPConfig
+    from edge_agent.web import WebServer
+
+    (tmp_path / "snapshots" / "door").mkdir(parents=True)
+    (tmp_path / "clips" / "door").mkdir(parents=True)
+    (tmp_path / "snapshots" / "door" / "1700000000.000-abc123.jpg").write_bytes(b"\xff\xd8jpeg")
+    (tmp_path / "clips" / "door" / "1700000000.000-abc123.avi").write_bytes(b"RIFFavi")
+    (tmp_path / "clips" / "door" / ".partial.part.avi").write_bytes(b"half")
+    (tmp_path / "secret.avi").write_bytes(b"not for the web")
+    web = WebServer(HTTPConfig(enabled=True, bind="127.0.0.1", port=free_port()), lambda: {}, list, {}, list, tmp_path)
+    web.start()
+    try:
+        base = f"http://127.0.0.1:{web.port}"
+        status = json.loads(_get(base + "/api/status")[1])
+        media = status["media"]["door"]
+        assert [f["name"] for f in media["snapshots"]] == ["1700000000.000-abc123.jpg"]
+        assert [f["name"] for f in media["clips"]] == ["1700000000.000-abc123.avi"]  # not the one being written
+        code, body, ctype = _get(base + media["snapshots"][0]["url"])
+        assert (code, body, ctype) == (200, b"\xff\xd8jpeg", "image/jpeg")
+        code, body, ctype = _get(base + media["clips"][0]["url"])
+        assert (code, body, ctype) == (200, b"RIFFavi", "video/x-msvideo")
+        for bad in ("/clips/../secret.avi", "/clips/%2e%2e/secret.avi", "/clips/door/../../secret.avi",
+                    "/clips/door/.partial.part.avi", "/snapshots/door/x.txt", "/clips/door/missing.avi"):
+            assert _get(base + bad)[0] == 404, bad
+    finally:
+        web.close()

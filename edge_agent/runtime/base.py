@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import glob
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,3 +80,25 @@ class Backend(abc.ABC):
             self.write_input(i, fill)
         self.invoke()
         return [self.output(i) for i in range(len(self.outputs))]
+
+
+#: Opens a model on one accelerator: (model path, CPU threads (0 = the backend's choice), options).
+Opener = Callable[[Path, int, dict[str, str]], "Backend"]
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """One entry of the accelerator registry (`runtime.accelerator = NAME`): each backend file
+    declares one, and `edge_agent.runtime.registry` lists them in the order `auto` tries them."""
+
+    name: str
+    open: Opener
+    #: a reason to skip it without starting a probe child (no device node, no library), or None
+    precheck: Callable[[], str | None]
+    #: runs through LiteRT's CompiledModel: a model that cannot reset in place reopens on the same kind
+    compiled: bool = False
+
+
+def present(patterns: Sequence[str]) -> list[str]:
+    """The device nodes or files matching any of the glob patterns."""
+    return [p for pat in patterns for p in glob.glob(pat)]

@@ -25,6 +25,16 @@ def _reason(err: Exception) -> str:
     return (useful or lines or [type(err).__name__])[0][:300]
 
 
+def open_compiled(path: Path, kind: str) -> CompiledBackend:
+    """CompiledModel does not expose quantization: the tensor specs come from the interpreter's view."""
+    from edge_agent.runtime.cpu import InterpreterBackend
+
+    ref = InterpreterBackend(path, threads=1)
+    specs = (ref.inputs, ref.outputs)
+    ref.close()
+    return CompiledBackend(path, kind, specs)
+
+
 class CompiledBackend(Backend):
     def __init__(
         self, model_path: Path, kind: str, reference_specs: tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]

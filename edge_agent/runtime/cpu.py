@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.runtime import litert
-from edge_agent.runtime.base import Backend, BackendError, T, spec_from_details
+from edge_agent.runtime.base import Accelerator, Backend, BackendError, T, spec_from_details
 
 
 def default_threads() -> int:
@@ -90,3 +90,10 @@ def _explain(msg: str, path: Path) -> str:
     if "unresolved custom op" in msg.lower() or "didn't find op" in msg.lower():
         return f"{path}: model uses an op this runtime does not provide: {first}"
     return f"{path}: LiteRT could not load the model: {first}"
+
+
+def open_cpu(path: Path, threads: int, options: dict[str, str]) -> Backend:
+    return InterpreterBackend(path, threads)
+
+
+ACCELERATOR = Accelerator("cpu", open_cpu, lambda: None)

@@ -9,16 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.runtime import litert
-from edge_agent.runtime.base import BackendError
+from edge_agent.runtime.base import Accelerator, Backend, BackendError
 from edge_agent.runtime.cpu import InterpreterBackend
 
-EDGETPU_LIB = "libedgetpu.so.1"
-#: Delegates that vendors install system-wide; `auto` tries those present.
-KNOWN_DELEGATES = {
-    "edgetpu": EDGETPU_LIB,
-    "vx": "/usr/lib/libvx_delegate.so",  # NXP i.MX 8M Plus NPU
-    "armnn": "/usr/lib/libarmnnDelegate.so",  # Arm Mali / Cortex-A via Arm NN
-}
 _LIB_DIRS = (
     "/usr/lib",
     "/usr/lib/aarch64-linux-gnu",
@@ -80,3 +73,15 @@ class DelegateBackend(InterpreterBackend):
     @property
     def description(self) -> str:
         return f"{self.kind} ({self.library})"
+
+
+def delegate_accelerator(name: str, library: str) -> Accelerator:
+    """A registry entry for a vendor delegate installed system-wide under a known library name."""
+
+    def precheck() -> str | None:
+        return None if find_library(library) else f"{library} not installed"
+
+    def open_delegate(path: Path, threads: int, options: dict[str, str]) -> Backend:
+        return DelegateBackend(path, library, options, threads, kind=name)
+
+    return Accelerator(name, open_delegate, precheck)

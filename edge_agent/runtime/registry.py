@@ -1,39 +1,49 @@
-"""The one table of inference backends and the one factory that opens them."""
+"""The one table of accelerators and the one factory that opens them.
+
+Adding an accelerator is one file (its opener and precheck, declared as an `Accelerator`) and one
+line in `ACCELERATORS`, whose order is the order `runtime.accelerator = "auto"` tries them in; the
+CPU, which always works, comes last. Any other name is the path of an external delegate library.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from edge_agent.runtime.base import Backend
-from edge_agent.runtime.compiled import CompiledBackend
-from edge_agent.runtime.cpu import InterpreterBackend
-from edge_agent.runtime.delegate import EDGETPU_LIB, DelegateBackend
+from edge_agent.runtime import armnn, cpu, edgetpu, gpu, npu, vx
+from edge_agent.runtime.base import Accelerator, Backend
+from edge_agent.runtime.delegate import DelegateBackend, find_library
 
-Factory = Callable[[Path, int, dict[str, str]], Backend]
-
-
-def _compiled(kind: str) -> Factory:
-    def make(path: Path, threads: int, options: dict[str, str]) -> Backend:
-        ref = InterpreterBackend(path, threads=1)  # quantization details CompiledModel does not expose
-        specs = (ref.inputs, ref.outputs)
-        ref.close()
-        return CompiledBackend(path, kind, specs)
-
-    return make
+ACCELERATORS: list[Accelerator] = [
+    edgetpu.ACCELERATOR,
+    vx.ACCELERATOR,
+    armnn.ACCELERATOR,
+    npu.ACCELERATOR,
+    gpu.ACCELERATOR,
+    cpu.ACCELERATOR,
+]
+BACKENDS: dict[str, Accelerator] = {a.name: a for a in ACCELERATORS}
 
 
-BACKENDS: dict[str, Factory] = {
-    "cpu": lambda path, threads, options: InterpreterBackend(path, threads),
-    "gpu": _compiled("gpu"),
-    "npu": _compiled("npu"),
-    "edgetpu": lambda path, threads, options: DelegateBackend(path, EDGETPU_LIB, options, threads, kind="edgetpu"),
-}
+def accelerator_names() -> tuple[str, ...]:
+    return ("auto", *BACKENDS)
+
+
+def precheck(name: str) -> str | None:
+    """A reason to skip a candidate without starting a child process, or None to probe it."""
+    acc = BACKENDS.get(name)
+    if acc is not None:
+        return acc.precheck()
+    return None if find_library(name) is not None else f"delegate library not found: {name}"
+
+
+def is_compiled(kind: str) -> bool:
+    acc = BACKENDS.get(kind)
+    return acc is not None and acc.compiled
 
 
 def open_backend(name: str, model_path: Path, threads: int = 0, options: dict[str, str] | None = None) -> Backend:
     """`name` is a registry key or the path of an external delegate library."""
-    factory = BACKENDS.get(name)
-    if factory is None:
+    acc = BACKENDS.get(name)
+    if acc is None:
         return DelegateBackend(model_path, name, options, threads)
-    return factory(model_path, threads, options or {})
+    return acc.open(model_path, threads, options or {})

@@ -7,7 +7,6 @@ agree with the CPU on the same input; each rejection keeps its reason for health
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -26,24 +25,13 @@ import numpy as np
 from edge_agent.runtime import litert
 from edge_agent.runtime.base import Backend, BackendError
 from edge_agent.runtime.cpu import default_threads
-from edge_agent.runtime.delegate import KNOWN_DELEGATES, find_library
-from edge_agent.runtime.registry import open_backend
+from edge_agent.runtime.registry import ACCELERATORS, is_compiled, open_backend, precheck
 from edge_agent.system import cpu_seconds
 
 log = logging.getLogger(__name__)
 
 #: Outputs compare (True, "") or (False, why) between the CPU and a candidate.
 AgreeFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], tuple[bool, str]]
-
-_GPU_NODES = (
-    "/dev/dri/renderD*",
-    "/dev/nvidia[0-9]*",
-    "/dev/mali*",
-    "/dev/kgsl-3d0",
-    "/dev/nvhost-gpu",
-    "/dev/nvgpu/*",
-)
-_NPU_NODES = ("/dev/accel/accel*", "/dev/apusys", "/dev/fastrpc-*", "/dev/adsprpc-smd", "/dev/vipcore", "/dev/galcore")
 
 
 @dataclass
@@ -71,48 +59,10 @@ class Fallback:
     reason: str
 
 
-def _present(patterns: Sequence[str]) -> list[str]:
-    return [p for pat in patterns for p in glob.glob(pat)]
-
-
-def cpu_features() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith(("features", "flags")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def precheck(name: str) -> str | None:
-    """A reason to skip a candidate without starting a child process, or None to probe it."""
-    if name == "gpu":
-        if platform.machine() in ("aarch64", "arm64") and not {"asimddp", "fphp"} <= cpu_features():
-            return "LiteRT GPU plugin aborts on aarch64 CPUs without dotprod/fp16 (e.g. Pi 4, Jetson Nano)"
-        if litert.compiled_model_api() is None:
-            return f"{litert.version()} has no CompiledModel GPU accelerator"
-        if not _present(_GPU_NODES):
-            return "no GPU device node (/dev/dri/renderD*, /dev/nvidia*, /dev/mali*, /dev/kgsl*)"
-    elif name == "npu":
-        if litert.compiled_model_api() is None:
-            return f"{litert.version()} has no CompiledModel NPU accelerator"
-        if not _present(_NPU_NODES):
-            return "no NPU device node (/dev/accel/*, /dev/apusys, /dev/fastrpc-*, /dev/galcore)"
-    elif name == "edgetpu":
-        if find_library(KNOWN_DELEGATES["edgetpu"]) is None:
-            return "libedgetpu.so.1 not installed"
-    elif name != "cpu" and find_library(name) is None:
-        return f"delegate library not found: {name}"
-    return None
-
-
 def candidates(accelerator: str) -> list[str]:
     if accelerator != "auto":
         return [accelerator] if accelerator == "cpu" else [accelerator, "cpu"]
-    names = ["edgetpu"] + [lib for key, lib in KNOWN_DELEGATES.items() if key != "edgetpu" and find_library(lib)]
-    return [*names, "npu", "gpu", "cpu"]
+    return [a.name for a in ACCELERATORS]
 
 
 class ProbeCache:
@@ -465,7 +415,7 @@ class Runtime:
             self.backend.reset_state()
         except BackendError:  # a backend that cannot reload in place: a fresh one of the same family
             old = self.backend
-            family = old.kind if old.kind in ("gpu", "npu") else "cpu"
+            family = old.kind if is_compiled(old.kind) else "cpu"
             self.backend = open_backend(family, self.model_path, self.threads)
             old.close()
 

@@ -1,8 +1,11 @@
-"""Signal sources (audio, numeric sensors): the registry of kinds and the one factory that reads a URI."""
+"""Signal sources (audio, numeric sensors): the registry of kinds and the one factory that reads a URI.
+
+Adding a kind is one file (a `SignalSource` subclass with `kind`, optional `suffixes` and `audio`, and
+`create`) and one line in `SIGNALS`. A URI names its kind by scheme (`serial:/dev/ttyUSB0`), or
+by its file ending (`.wav`, `.csv`); anything else is a camera, video or image source.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from edge_agent.config import Settings
 from edge_agent.signals.base import Chunk, EndOfStream, SignalSource, SourceError
@@ -25,49 +28,40 @@ __all__ = [
     "signal_kind",
 ]
 
-AUDIO_KINDS = ("wav", "pcm", "mic")
-#: Default rates where the source has none of its own.
-_AUDIO_RATE = 16000
-_SENSOR_RATE = 10.0
-_IIO_ROOT = "/sys/bus/iio/devices/"
+SIGNALS: list[type[SignalSource]] = [
+    WavSource,
+    PcmSource,
+    MicrophoneSource,
+    IIOSource,
+    SerialSource,
+    MqttTopicSource,
+    CsvSource,
+]
+AUDIO_KINDS = tuple(c.kind for c in SIGNALS if c.audio)
 
 
-def _rate(s: Settings, audio: bool) -> float:
-    return s.signal.rate or (_AUDIO_RATE if audio else _SENSOR_RATE)
-
-
-SIGNALS: dict[str, Callable[[str, str, Settings], SignalSource]] = {
-    "wav": lambda uri, arg, s: WavSource(uri, arg, s.source.loop, s.source.realtime),
-    "pcm": lambda uri, arg, s: PcmSource(uri, arg, int(_rate(s, True)), s.signal.audio_channels),
-    "mic": lambda uri, arg, s: MicrophoneSource(uri, arg, int(_rate(s, True)), s.signal.audio_channels),
-    "iio": lambda uri, arg, s: IIOSource(
-        uri, arg if "/" in arg else _IIO_ROOT + arg, _rate(s, False), s.signal.channels, s.signal.iio_device
-    ),
-    "serial": lambda uri, arg, s: SerialSource(uri, arg, s.signal.baud, _rate(s, False), s.signal.channels),
-    "mqtt": lambda uri, arg, s: MqttTopicSource(uri, arg, s.mqtt, _rate(s, False), s.signal.channels),
-    "csv": lambda uri, arg, s: CsvSource(
-        uri, arg, _rate(s, False), s.source.loop, s.source.realtime, s.signal.channels
-    ),
-}
-
-
-def signal_kind(uri: str) -> str | None:
-    """The signal kind a source URI names, or None for a camera/video/image source."""
+def signal_class(uri: str) -> type[SignalSource] | None:
+    """The kind a source URI names (a scheme first, then a file ending), or None for a frame source."""
     scheme, sep, _ = uri.partition(":")
-    if sep and scheme in SIGNALS:
-        return scheme
+    for cls in SIGNALS:
+        if sep and cls.kind == scheme:
+            return cls
     low = uri.lower()
-    if low.endswith(".wav"):
-        return "wav"
-    if low.endswith(".csv"):
-        return "csv"
+    for cls in SIGNALS:
+        if cls.suffixes and low.endswith(cls.suffixes):
+            return cls
     return None
 
 
+def signal_kind(uri: str) -> str | None:
+    cls = signal_class(uri)
+    return cls.kind if cls else None
+
+
 def make_signal_source(s: Settings) -> SignalSource:
-    kind = signal_kind(s.source.uri)
-    if kind is None:
+    cls = signal_class(s.source.uri)
+    if cls is None:
         raise SourceError(f"{s.source.uri!r} is not a signal source")
     scheme, sep, rest = s.source.uri.partition(":")
-    arg = rest if sep and scheme == kind else s.source.uri
-    return SIGNALS[kind](s.source.uri, arg, s)
+    arg = rest if sep and scheme == cls.kind else s.source.uri
+    return cls.create(s.source.uri, arg, s)

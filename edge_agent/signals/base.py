@@ -5,10 +5,14 @@ from __future__ import annotations
 import abc
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from edge_agent.sources.base import EndOfStream, SourceError
+
+if TYPE_CHECKING:
+    from edge_agent.config import Settings
 
 __all__ = ["Chunk", "EndOfStream", "Pacer", "SignalSource", "SourceError"]
 
@@ -20,10 +24,29 @@ class Chunk:
     mono: float  # time.monotonic() when the chunk was read
 
 
+#: Default rates where the source has none of its own.
+AUDIO_RATE = 16000
+SENSOR_RATE = 10.0
+
+
 class SignalSource(abc.ABC):
+    #: also the URI scheme that names this kind (`serial:/dev/ttyUSB0`)
     kind: str = "signal"
+    #: file name endings this kind reads without a scheme
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    #: audio (windowed by samples, resampled, wake words) rather than numeric sensor readings
+    audio: ClassVar[bool] = False
     #: samples arrive on their own clock (microphone, serial) rather than when read (file)
     live: bool = True
+
+    @classmethod
+    @abc.abstractmethod
+    def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:
+        """The source for `uri` (`arg` is the URI without its scheme), with the settings it uses."""
+
+    @classmethod
+    def default_rate(cls, s: Settings) -> float:
+        return s.signal.rate or (AUDIO_RATE if cls.audio else SENSOR_RATE)
 
     def __init__(self, uri: str, rate: float, channels: int = 1):
         self.uri = uri

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import csv
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_agent.signals.base import Chunk, EndOfStream, Pacer, SignalSource, SourceError
+
+if TYPE_CHECKING:
+    from edge_agent.config import Settings
 
 _TIME_COLUMNS = ("ts", "t", "time", "timestamp", "time_s")
 #: Rows handed over per chunk when not paced in real time.
@@ -16,6 +20,11 @@ _CHUNK_ROWS = 64
 
 class CsvSource(SignalSource):
     kind = "csv"
+    suffixes = (".csv",)
+
+    @classmethod
+    def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:
+        return cls(uri, arg, cls.default_rate(s), s.source.loop, s.source.realtime, s.signal.channels)
     live = False
 
     def __init__(self, uri: str, path: str, rate: float, loop: bool, realtime: bool, channels: list[str] | None):

@@ -12,10 +12,16 @@ import select
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_agent.signals.base import Chunk, Pacer, SignalSource, SourceError
+
+if TYPE_CHECKING:
+    from edge_agent.config import Settings
+
+_IIO_ROOT = "/sys/bus/iio/devices/"
 
 _RAW = re.compile(r"^in_(.+)_raw$")
 #: le:s12/16>>4 -> endianness, sign, real bits, storage bits, shift
@@ -51,6 +57,11 @@ class _ScanChannel:
 
 class IIOSource(SignalSource):
     kind = "iio"
+
+    @classmethod
+    def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:
+        path = arg if "/" in arg else _IIO_ROOT + arg
+        return cls(uri, path, cls.default_rate(s), s.signal.channels, s.signal.iio_device)
 
     def __init__(self, uri: str, path: str, rate: float, channels: list[str] | None, dev: str | None):
         super().__init__(uri, rate)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import queue
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_agent.signals.base import Chunk, SignalSource, SourceError, close_quietly
+
+if TYPE_CHECKING:
+    from edge_agent.config import Settings
 
 #: Blocks held between the audio callback and the pipeline: ~2 s at 20 ms blocks.
 _QUEUE_BLOCKS = 100
@@ -16,6 +19,11 @@ _QUEUE_BLOCKS = 100
 
 class MicrophoneSource(SignalSource):
     kind = "mic"
+    audio = True
+
+    @classmethod
+    def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:
+        return cls(uri, arg, int(cls.default_rate(s)), s.signal.audio_channels)
 
     def __init__(self, uri: str, device: str, rate: int, channels: int):
         super().__init__(uri, rate, channels)

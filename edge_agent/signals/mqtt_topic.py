@@ -5,16 +5,24 @@ from __future__ import annotations
 import json
 import queue
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_agent.config import MQTTConfig
-from edge_agent.signals.base import Chunk, SourceError
+from edge_agent.signals.base import Chunk, SignalSource, SourceError
+
+if TYPE_CHECKING:
+    from edge_agent.config import Settings
 from edge_agent.signals.readings import ReadingSource
 
 
 class MqttTopicSource(ReadingSource):
     kind = "mqtt"
+
+    @classmethod
+    def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:
+        return cls(uri, arg, s.mqtt, cls.default_rate(s), s.signal.channels)
 
     def __init__(self, uri: str, topic: str, mqtt: MQTTConfig, rate: float, channels: list[str] | None):
         super().__init__(uri, rate, channels)

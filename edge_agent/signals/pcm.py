@@ -7,16 +7,25 @@ import select
 import stat
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_agent.signals.base import Chunk, EndOfStream, SignalSource, SourceError
+
+if TYPE_CHECKING:
+    from edge_agent.config import Settings
 
 _READ_BYTES = 4096
 
 
 class PcmSource(SignalSource):
     kind = "pcm"
+    audio = True
+
+    @classmethod
+    def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:
+        return cls(uri, arg, int(cls.default_rate(s)), s.signal.audio_channels)
     #: a pipe has back-pressure: when inference falls behind, the writer waits rather than samples being lost
     live = False
 

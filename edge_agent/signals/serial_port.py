@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_agent.signals.base import Chunk, SourceError, close_quietly
+from edge_agent.signals.base import Chunk, SignalSource, SourceError, close_quietly
+
+if TYPE_CHECKING:
+    from edge_agent.config import Settings
 from edge_agent.signals.readings import ReadingSource
 
 #: A line longer than this is noise on the wire, not a reading.
@@ -16,6 +19,10 @@ _MAX_LINE = 4096
 
 class SerialSource(ReadingSource):
     kind = "serial"
+
+    @classmethod
+    def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:
+        return cls(uri, arg, s.signal.baud, cls.default_rate(s), s.signal.channels)
 
     def __init__(self, uri: str, port: str, baud: int, rate: float, channels: list[str] | None):
         super().__init__(uri, rate, channels)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import time
 import wave
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_agent.signals.base import Chunk, EndOfStream, Pacer, SignalSource, SourceError
+
+if TYPE_CHECKING:
+    from edge_agent.config import Settings
 
 #: 20 ms of audio per chunk: small enough for low event latency, large enough to be cheap.
 CHUNK_S = 0.02
@@ -15,6 +19,12 @@ CHUNK_S = 0.02
 
 class WavSource(SignalSource):
     kind = "wav"
+    suffixes = (".wav",)
+    audio = True
+
+    @classmethod
+    def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:
+        return cls(uri, arg, s.source.loop, s.source.realtime)
     live = False
 
     def __init__(self, uri: str, path: str, loop: bool, realtime: bool):

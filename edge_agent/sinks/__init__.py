@@ -1,4 +1,7 @@
-"""Result sinks: the registry and the one factory."""
+"""Result sinks: the registry and the one factory.
+
+Adding a sink is one file (a `Sink` subclass with `name` and `create`) and one line in `SINKS`.
+"""
 
 from __future__ import annotations
 
@@ -6,55 +9,14 @@ import queue
 from collections.abc import Callable
 
 from edge_agent.config import Settings
-from edge_agent.sinks.base import Message, Sink
+from edge_agent.sinks.base import Message, Sink, SinkContext
+from edge_agent.sinks.memory import MemorySink
+from edge_agent.sinks.mqtt import MqttSink
+from edge_agent.sinks.stdout import StdoutSink
 
-__all__ = ["SINKS", "Message", "Sink", "make_sink"]
+__all__ = ["SINKS", "Message", "Sink", "SinkContext", "make_sink"]
 
-
-def _mqtt(
-    settings: Settings,
-    retained: Callable[[], list[Message]],
-    subscriptions: list[str],
-    inbox: queue.Queue[tuple[str, bytes]] | None,
-) -> Sink:
-    from edge_agent.outbox import Outbox
-    from edge_agent.sinks.mqtt import MqttSink
-
-    ob = settings.outbox
-    outbox = (
-        Outbox(settings.state_dir / "outbox.sqlite", ob.max_messages, ob.policy, ob.flush_interval_s)
-        if ob.enabled
-        else None
-    )
-    return MqttSink(settings.mqtt, settings.device_id, retained, outbox, ob.replay_rate, subscriptions, inbox)
-
-
-def _stdout(
-    settings: Settings,
-    retained: Callable[[], list[Message]],
-    subscriptions: list[str],
-    inbox: queue.Queue[tuple[str, bytes]] | None,
-) -> Sink:
-    from edge_agent.sinks.stdout import StdoutSink
-
-    return StdoutSink()
-
-
-def _memory(
-    settings: Settings,
-    retained: Callable[[], list[Message]],
-    subscriptions: list[str],
-    inbox: queue.Queue[tuple[str, bytes]] | None,
-) -> Sink:
-    from edge_agent.sinks.memory import MemorySink
-
-    return MemorySink()
-
-
-SinkFactory = Callable[
-    [Settings, Callable[[], list[Message]], list[str], "queue.Queue[tuple[str, bytes]] | None"], Sink
-]
-SINKS: dict[str, SinkFactory] = {"mqtt": _mqtt, "stdout": _stdout, "memory": _memory}
+SINKS: dict[str, type[Sink]] = {c.name: c for c in (MqttSink, StdoutSink, MemorySink)}
 
 
 def make_sink(
@@ -65,4 +27,4 @@ def make_sink(
     inbox: queue.Queue[tuple[str, bytes]] | None = None,
 ) -> Sink:
     """subscriptions/inbox: command topics, for sinks that can receive (MQTT)."""
-    return SINKS[kind](settings, retained, subscriptions or [], inbox)
+    return SINKS[kind].create(SinkContext(settings, retained, subscriptions or [], inbox))

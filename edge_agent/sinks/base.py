@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import abc
+import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edge_agent.config import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,8 +22,25 @@ class Message:
     retain: bool = False
 
 
+@dataclass
+class SinkContext:
+    """What the agent gives a sink it opens: settings, the retained state to republish on each
+    (re)connect, and for sinks that can receive, the command topics and the queue they go to."""
+
+    settings: Settings
+    retained: Callable[[], list[Message]] = lambda: []
+    subscriptions: list[str] = field(default_factory=list)
+    inbox: queue.Queue[tuple[str, bytes]] | None = None
+
+
 class Sink(abc.ABC):
+    #: the registry key (`run --sink NAME`)
     name = "sink"
+
+    @classmethod
+    @abc.abstractmethod
+    def create(cls, ctx: SinkContext) -> Sink:
+        """The sink, built from the agent's settings and hand-over points."""
 
     @abc.abstractmethod
     def start(self) -> None: ...
@@ -51,6 +74,10 @@ class Sink(abc.ABC):
 
 class LocalSink(Sink):
     """A sink in this process (a stream, a list): always connected, nothing queued, nothing dropped."""
+
+    @classmethod
+    def create(cls, ctx: SinkContext) -> Sink:
+        return cls()
 
     def __init__(self) -> None:
         self.sent = 0

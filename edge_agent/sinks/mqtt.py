@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge_agent.config import MQTTConfig
 from edge_agent.outbox import Outbox
-from edge_agent.sinks.base import Message, Sink
+from edge_agent.sinks.base import Message, Sink, SinkContext
 from edge_agent.topics import Topics, device_base
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,16 @@ class _Event:
 
 class MqttSink(Sink):
     name = "mqtt"
+
+    @classmethod
+    def create(cls, ctx: SinkContext) -> Sink:
+        s, ob = ctx.settings, ctx.settings.outbox
+        outbox = (
+            Outbox(s.state_dir / "outbox.sqlite", ob.max_messages, ob.policy, ob.flush_interval_s)
+            if ob.enabled
+            else None
+        )
+        return cls(s.mqtt, s.device_id, ctx.retained, outbox, ob.replay_rate, ctx.subscriptions, ctx.inbox)
 
     def __init__(
         self,

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edge_agent.config import SourceConfig
+
+DEMO_VIDEO = "demo.avi"
 
 
 class SourceError(RuntimeError):
@@ -34,6 +41,17 @@ class Source(abc.ABC):
         self.uri = uri
         self.nominal_fps: float | None = None
 
+    @classmethod
+    @abc.abstractmethod
+    def claims(cls, uri: str) -> bool:
+        """Whether this kind reads `uri`. The registry asks each kind in its order; the first one that
+        claims a URI opens it, so a kind needs no edit anywhere else to be recognised."""
+
+    @classmethod
+    @abc.abstractmethod
+    def create(cls, uri: str, cfg: SourceConfig) -> Source:
+        """The source for `uri`, with the settings of `[source]` that this kind uses."""
+
     @abc.abstractmethod
     def open(self) -> None:
         """Acquire the device or file; raise SourceError."""
@@ -55,3 +73,11 @@ class Source(abc.ABC):
 
     def describe(self) -> str:
         return f"{self.kind}:{self.uri}"
+
+
+def demo_video_path() -> Path:
+    """The bundled demo video: `models/` beside the package (a checkout) or in /usr/share."""
+    for base in (Path(__file__).resolve().parents[2] / "models", Path("/usr/share/edge-agent/models")):
+        if (base / DEMO_VIDEO).is_file():
+            return base / DEMO_VIDEO
+    raise SourceError(f"demo video {DEMO_VIDEO} not found; run scripts/fetch_models.py")

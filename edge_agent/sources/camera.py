@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import cv2
 
-from edge_agent.sources.base import SourceError
+from edge_agent.sources.base import Source, SourceError
 from edge_agent.sources.opencv import OpenCVSource
+
+if TYPE_CHECKING:
+    from edge_agent.config import SourceConfig
 
 
 class CameraSource(OpenCVSource):
     kind = "camera"
+
+    @classmethod
+    def claims(cls, uri: str) -> bool:
+        return uri.isdigit() or uri.startswith("/dev/video")
+
+    @classmethod
+    def create(cls, uri: str, cfg: SourceConfig) -> Source:
+        return cls(uri, cfg.width, cfg.height, cfg.fps)
     live = True
     api_preference = cv2.CAP_V4L2
 

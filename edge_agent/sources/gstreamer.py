@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 
-from edge_agent.sources.base import SourceError
+from edge_agent.sources.base import Source, SourceError
 from edge_agent.sources.opencv import OpenCVSource
+
+if TYPE_CHECKING:
+    from edge_agent.config import SourceConfig
 
 
 def opencv_has_gstreamer() -> bool:
@@ -18,6 +23,14 @@ def opencv_has_gstreamer() -> bool:
 
 class GStreamerSource(OpenCVSource):
     kind = "gstreamer"
+
+    @classmethod
+    def claims(cls, uri: str) -> bool:
+        return "!" in uri
+
+    @classmethod
+    def create(cls, uri: str, cfg: SourceConfig) -> Source:
+        return cls(uri)
     live = True
     api_preference = cv2.CAP_GSTREAMER
 

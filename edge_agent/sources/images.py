@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import glob
 import os
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from edge_agent.sources.base import EndOfStream, Source, SourceError
 
+if TYPE_CHECKING:
+    from edge_agent.config import SourceConfig
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class ImageSetSource(Source):
     kind = "images"
+
+    @classmethod
+    def claims(cls, uri: str) -> bool:
+        return os.path.isdir(uri) or glob.has_magic(uri) or uri.lower().endswith(IMAGE_EXTS)
+
+    @classmethod
+    def create(cls, uri: str, cfg: SourceConfig) -> Source:
+        return cls(uri, cfg.loop, cfg.fps)
     live = False
 
     def __init__(self, uri: str, loop: bool = True, fps: float | None = None):

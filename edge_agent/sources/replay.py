@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 
-from edge_agent.sources.base import Source, SourceError
+from edge_agent.sources.base import Source, SourceError, demo_video_path
+
+if TYPE_CHECKING:
+    from edge_agent.config import SourceConfig
 
 
 class ReplaySource(Source):
     kind = "replay"
     live = False
+
+    @classmethod
+    def claims(cls, uri: str) -> bool:
+        return uri.startswith("replay:")
+
+    @classmethod
+    def create(cls, uri: str, cfg: SourceConfig) -> Source:
+        path = uri.removeprefix("replay:")
+        return cls(uri, str(demo_video_path()) if path in ("", "demo") else path, fps=cfg.fps)
 
     def __init__(self, uri: str, path: str, max_frames: int = 30, fps: float | None = None):
         super().__init__(uri)

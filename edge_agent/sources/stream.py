@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import re
+from typing import TYPE_CHECKING
+
 import cv2
 
+from edge_agent.sources.base import Source
 from edge_agent.sources.opencv import OpenCVSource
+
+if TYPE_CHECKING:
+    from edge_agent.config import SourceConfig
 
 
 class StreamSource(OpenCVSource):
     kind = "stream"
+
+    @classmethod
+    def claims(cls, uri: str) -> bool:
+        return re.match(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://", uri) is not None
+
+    @classmethod
+    def create(cls, uri: str, cfg: SourceConfig) -> Source:
+        return cls(uri, cfg.read_timeout_s)
     live = True
     api_preference = cv2.CAP_FFMPEG
 

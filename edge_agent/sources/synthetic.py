@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import re
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 
-from edge_agent.sources.base import Source
+from edge_agent.sources.base import Source, SourceError
+
+if TYPE_CHECKING:
+    from edge_agent.config import SourceConfig
+
+_SIZE = re.compile(r"^synthetic(?::(\d+)x(\d+))?$")
 
 
 def pattern(width: int, height: int, t: int) -> np.ndarray:
@@ -27,6 +35,18 @@ def pattern(width: int, height: int, t: int) -> np.ndarray:
 class SyntheticSource(Source):
     kind = "synthetic"
     live = False
+
+    @classmethod
+    def claims(cls, uri: str) -> bool:
+        return uri.startswith("synthetic")
+
+    @classmethod
+    def create(cls, uri: str, cfg: SourceConfig) -> Source:
+        m = _SIZE.match(uri)
+        if m is None:
+            raise SourceError(f"bad synthetic source '{uri}': use synthetic or synthetic:WIDTHxHEIGHT")
+        w, h = (int(m.group(1)), int(m.group(2))) if m.group(1) else (640, 480)
+        return cls(uri, w, h, cfg.fps or 30.0)
 
     def __init__(self, uri: str, width: int = 640, height: int = 480, fps: float | None = 30.0):
         super().__init__(uri)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 import cv2
 
-from edge_agent.sources.base import SourceError
+from edge_agent.sources.base import Source, SourceError
 from edge_agent.sources.opencv import OpenCVSource
+
+if TYPE_CHECKING:
+    from edge_agent.config import SourceConfig
 
 #: An open file keeps playing after it is deleted; look at the path this often.
 _EXISTS_CHECK_S = 1.0
@@ -17,6 +21,14 @@ _EXISTS_CHECK_S = 1.0
 class VideoFileSource(OpenCVSource):
     kind = "file"
     live = False
+
+    @classmethod
+    def claims(cls, uri: str) -> bool:
+        return True  # the last kind asked: any other path is a video file
+
+    @classmethod
+    def create(cls, uri: str, cfg: SourceConfig) -> Source:
+        return cls(uri, cfg.loop)
     finite = True
     api_preference = cv2.CAP_FFMPEG
 

@@ -1,0 +1,219 @@
+"""Tracking and scene events, scored: the real detectors on every frame of scenes with known truth.
+
+    python benchmarks/bench_tracking.py            # every scene, and the cost with 20 objects
+    python benchmarks/bench_tracking.py --cost-only
+
+For each scene of `benchmarks/scenes.py` the real detector (BlazeFace or the SSD) runs on every frame, its
+detections go through the agent's scene stage (masks, tracker, zones, events) exactly as on a device, and
+py-motmetrics (the MOTChallenge reference implementation in Python) scores the tracks against the truth:
+IDF1, ID switches, MOTA. It also counts the object events and zone entries each object raised.
+The cost line times the scene stage alone (tracking + zones + events) on 20 moving objects with three
+zones, in CPU ms per frame (median of runs), the detector excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SSD = SHARED / "models" / "ssd_mobilenet_v1_coco_uint8.tflite"
+COCO = SHARED / "models" / "coco_labels.txt"
+
+
+@dataclass
+class SceneRun:
+    name: str
+    frames: int
+    truth: list[list[tuple[int, str, tuple[float, float, float, float]]]]
+    tracks: list[list[tuple[int, str, tuple[float, float, float, float]]]]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    counts: list[dict[tuple[str, str], int]] = field(default_factory=list)
+
+
+def detector(kind: str) -> Any:
+    from edge_agent.config import ModelConfig, RuntimeConfig
+    from edge_agent.model import Model
+
+    if kind == "face":
+        return Model(ModelConfig(score_threshold=0.5), RuntimeConfig(accelerator="cpu"), None)
+    return Model(ModelConfig(path=SSD, labels=COCO, score_threshold=0.3), RuntimeConfig(accelerator="cpu"), None)
+
+
+def run_scene(name: str, model: Any = None, scene_cfg: dict[str, Any] | None = None) -> SceneRun:
+    """Detect on every frame, track through the scene stage; frame times at the scene's own fps."""
+    from benchmarks.scenes import FPS, SCENES, render
+    from edge_agent.config import SceneConfig
+    from edge_agent.scene import SceneStage
+
+    scene = SCENES[name]
+    own = model is None
+    model = model or detector(scene.detector)
+    cfg: dict[str, Any] = {"enabled": True, **(scene_cfg or {})}
+    if scene.zone is not None and "zones" not in cfg:
+        cfg["zones"] = [{"name": "zone", "points": [list(p) for p in scene.zone], "inertia": 2}]
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = SceneStage(SceneConfig(**cfg), name, Path(tmp))
+        run = SceneRun(name, scene.frames, [], [])
+        t0 = 1_700_000_000.0
+        for i, (img, truth) in enumerate(render(scene)):
+            ts = t0 + i / FPS
+            res = model.infer(img).result
+            out = stage.process(res, ts, img)
+            run.truth.append(truth)
+            run.tracks.append(
+                [(x["track_id"], d.label, d.box) for d, x in zip(out.result.detections, out.extras, strict=True)
+                 if "track_id" in x]
+            )
+            run.events += out.events
+            run.counts.append(out.counts)
+        end = stage.end_all(t0 + scene.frames / FPS)
+        run.events += end.events
+        stage.close()
+    if own:
+        model.close()
+    return run
+
+
+_METRICS = ["idf1", "num_switches", "mota", "num_objects", "num_false_positives", "num_misses"]
+
+
+def accumulate(run: SceneRun) -> Any:
+    """IDF1, ID switches and MOTA from py-motmetrics, matched at IoU >= 0.5. The distance matrix is
+    1 - IoU from the agent's own IoU (motmetrics 1.4's `iou_matrix` calls `np.asfarray`, gone in numpy 2)."""
+    import motmetrics as mm
+
+    from edge_agent.tracker import iou_matrix
+
+    acc = mm.MOTAccumulator(auto_id=True)
+    for truth, tracks in zip(run.truth, run.tracks, strict=True):
+        gt = np.array([b for _, _, b in truth], np.float64).reshape(-1, 4)
+        hyp = np.array([b for _, _, b in tracks], np.float64).reshape(-1, 4)
+        dist = 1.0 - iou_matrix(gt, hyp)
+        dist[dist > 0.5] = np.nan
+        acc.update([k for k, _, _ in truth], [t for t, _, _ in tracks], dist)
+    return acc
+
+
+def score(run: SceneRun) -> dict[str, float]:
+    import motmetrics as mm
+
+    s = mm.metrics.create().compute(accumulate(run), metrics=_METRICS, name=run.name)
+    return {k: float(s[k].iloc[0]) for k in s.columns}
+
+
+def score_all(runs: list[SceneRun]) -> dict[str, float]:
+    """The scenes together, as MOTChallenge sums its sequences."""
+    import motmetrics as mm
+
+    s = mm.metrics.create().compute_many(
+        [accumulate(r) for r in runs], metrics=_METRICS, names=[r.name for r in runs], generate_overall=True
+    )
+    return {k: float(s.loc["OVERALL", k]) for k in s.columns}
+
+
+def cost(objects: int = 20, frames: int = 300, runs: int = 5) -> dict[str, float]:
+    """CPU ms per frame of the scene stage on `objects` moving boxes with three zones (no images)."""
+    from edge_agent.config import SceneConfig
+    from edge_agent.results import Detection, Result
+    from edge_agent.scene import SceneStage
+    from edge_agent.tracker import Tracker
+    from edge_agent.zones import anchor_points, in_zones
+
+    rng = np.random.default_rng(7)
+    start = rng.uniform(0.05, 0.75, (objects, 2))
+    vel = rng.uniform(-0.004, 0.004, (objects, 2))
+    size = rng.uniform(0.06, 0.15, (objects, 2))
+    zones = [
+        {"name": f"z{k}", "points": [[x, 0.1], [x + 0.3, 0.1], [x + 0.3, 0.9], [x, 0.9]]}
+        for k, x in enumerate((0.05, 0.35, 0.65))
+    ]
+    cfg = SceneConfig(enabled=True, zones=zones, snapshots={"enabled": False})
+    results = []
+    for i in range(frames):
+        xy = np.clip(start + vel * i, 0.0, 0.8)
+        dets = tuple(
+            Detection("person", 0, 0.9, (x * 640, y * 480, (x + w) * 640, (y + h) * 480), (x, y, x + w, y + h))
+            for (x, y), (w, h) in zip(xy, size, strict=True)
+        )
+        results.append(Result(task="detection", detections=dets))
+    arrays = [
+        (np.array([d.box_norm for d in r.detections]), np.array([d.score for d in r.detections])) for r in results
+    ]
+    names = ["person"] * objects
+    stage_ms, core_ms = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(runs):  # alternated, so the machine's drift hits both figures alike
+            stage = SceneStage(cfg, "cost", Path(tmp))
+            c0 = time.process_time()
+            for i, r in enumerate(results):
+                stage.process(r, 1000.0 + i / 15, None)
+            stage_ms.append((time.process_time() - c0) / frames * 1e3)
+            stage.close()
+            tracker, rules = Tracker(), stage.zones
+            c0 = time.process_time()
+            for i, (boxes, scores) in enumerate(arrays):
+                tracker.update(boxes, scores, names, 1000.0 + i / 15)
+                in_zones(rules, names, scores.tolist(), boxes, anchor_points(boxes, "bottom_center"))
+            core_ms.append((time.process_time() - c0) / frames * 1e3)
+    return {
+        "objects": objects,
+        "ms_per_frame": statistics.median(stage_ms),
+        "tracking_zones_ms": statistics.median(core_ms),
+        "runs": runs,
+    }
+
+
+def events_per_object(run: SceneRun) -> dict[int, dict[str, int]]:
+    out: dict[int, dict[str, int]] = {}
+    for e in run.events:
+        c = out.setdefault(e["track_id"], {"new": 0, "update": 0, "end": 0})
+        c[e["type"]] += 1
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cost-only", action="store_true")
+    ap.add_argument("--scenes", default="", help="comma-separated scene names (default: all)")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.scenes import SCENES
+
+    if not args.cost_only:
+        print("| scene | frames | objects | IDF1 | ID switches | MOTA | misses | false positives | "
+              "events (new/update/end) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        runs = []
+        for name in args.scenes.split(",") if args.scenes else SCENES:
+            run = run_scene(name)
+            runs.append(run)
+            s = score(run)
+            ev = {k: sum(1 for e in run.events if e["type"] == k) for k in ("new", "update", "end")}
+            n_obj = len(SCENES[name].actors)
+            print(
+                f"| {name} | {run.frames} | {n_obj} | {s['idf1']:.3f} | {int(s['num_switches'])} | {s['mota']:.3f} | "
+                f"{int(s['num_misses'])} | {int(s['num_false_positives'])} | {ev['new']}/{ev['update']}/{ev['end']} |",
+                flush=True,
+            )
+        t = score_all(runs)
+        print(f"| all | {sum(r.frames for r in runs)} | | {t['idf1']:.3f} | {int(t['num_switches'])} | "
+              f"{t['mota']:.3f} | {int(t['num_misses'])} | {int(t['num_false_positives'])} | |")
+    c = cost()
+    print(f"\n{c['objects']} objects, 3 zones, CPU ms per frame (median of {c['runs']} runs of 300 frames): "
+          f"tracking + zones {c['tracking_zones_ms']:.3f}, the whole scene stage (with events and counts) "
+          f"{c['ms_per_frame']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""Model outputs -> Result: the registry of decoders and the one factory that picks one.
+
+Adding a decoder is one file (a `Decoder` subclass with `task`, `layout`, `matches` and, where it needs
+more than the output specs, `create`) and one line in `DECODERS`. With `model.task = "auto"` the first
+decoder whose `matches` recognises the model's tensors decodes it, so specific layouts come first and
+`RawDecoder`, which takes anything, comes last. A configured task asks only the decoders of that task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from edge_agent.modelfile import ModelError, ModelFile, TensorSpec
+from edge_agent.postprocess.decoders.base import DecodeOptions, Decoder, ModelIO, label_for
+from edge_agent.postprocess.decoders.blazeface import BLAZEFACE_ANCHORS, BlazeFaceDecoder, ssd_anchors
+from edge_agent.postprocess.decoders.classification import ClassificationDecoder
+from edge_agent.postprocess.decoders.face_landmarks import FaceLandmarkDecoder
+from edge_agent.postprocess.decoders.raw import RawDecoder
+from edge_agent.postprocess.decoders.ssd import SSDPostprocessDecoder
+from edge_agent.postprocess.decoders.yolo import YoloDecoder
+
+__all__ = [
+    "BLAZEFACE_ANCHORS",
+    "DECODERS",
+    "BlazeFaceDecoder",
+    "ClassificationDecoder",
+    "DecodeOptions",
+    "Decoder",
+    "FaceLandmarkDecoder",
+    "ModelIO",
+    "RawDecoder",
+    "SSDPostprocessDecoder",
+    "YoloDecoder",
+    "label_for",
+    "make_decoder",
+    "ssd_anchors",
+]
+
+DECODERS: list[type[Decoder]] = [
+    SSDPostprocessDecoder,
+    BlazeFaceDecoder,
+    YoloDecoder,
+    FaceLandmarkDecoder,
+    ClassificationDecoder,
+    RawDecoder,
+]
+
+
+def make_decoder(
+    task: str,
+    file: ModelFile,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    labels: Sequence[str] | None,
+    opts: DecodeOptions,
+) -> Decoder:
+    """Pick the decoder for the configured task; `auto` reads it off the output tensors."""
+    io = ModelIO(file, inputs, outputs)
+    asked = [d for d in DECODERS if task in ("auto", d.task)]
+    chosen = next((d for d in asked if d.matches(io)), None)
+    if chosen is None and task == "detection":
+        layouts = ", ".join(d.layout for d in asked)
+        raise ModelError(
+            f"{file.path}: task=detection but the outputs match no known detector layout ({layouts}): "
+            f"{[o.shape for o in outputs]}"
+        )
+    if chosen is None:  # a configured classification or raw task decodes whatever the outputs are
+        chosen = asked[0]
+    return chosen.create(io, labels, opts)

@@ -1,0 +1,388 @@
+"""Detections -> the events people act on: masks, tracks, zones, one event per object, snapshots, clips.
+
+One `SceneStage` per frame pipeline, on its post stage after decoding, before publishing:
+  1. masks drop the detections anchored inside them (they are not published either);
+  2. the tracker gives every detection of a tracked label a `track_id`;
+  3. each track's zones are kept with inertia (so many frames in, or out, before it counts);
+  4. a track confirmed (and inside a required zone, when some are set) raises `new`; changes of its
+     zones or a better score raise `update`, at most once per `update_interval_s`; a track lost for
+     `tracking.max_age_s` raises `end` with its zones, dwell times and best snapshot;
+  5. the number of objects of each label in each zone is published, retained, when it changes;
+  6. snapshots and clips are made from the frames the post stage hands in.
+Everything here is pure computation on the post thread except the snapshot files (small, bounded)
+and the clips, which a writer thread puts on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.clips import ClipRecorder
+from edge_agent.config import RuntimeConfig, SceneConfig
+from edge_agent.results import Detection, Result
+from edge_agent.second_stage import SecondStage
+from edge_agent.snapshots import Best, SnapshotStore, render
+from edge_agent.tracker import Track, Tracker
+from edge_agent.zones import MaskRule, Polygon, ZoneRule, anchor_points, in_zones, masked
+
+log = logging.getLogger(__name__)
+
+#: A better best score re-announces an object only when it rises by this much.
+_SCORE_STEP = 0.05
+
+
+@dataclass
+class ZoneVisit:
+    zone: str
+    entered_ts: float
+    left_ts: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "zone": self.zone,
+            "entered_ts": round(self.entered_ts, 6),
+            "left_ts": None if self.left_ts is None else round(self.left_ts, 6),
+        }
+
+
+@dataclass
+class TrackedObject:
+    """What is known of one track, for its events."""
+
+    track_id: int
+    event_id: str
+    label: str
+    start_ts: float
+    last_ts: float
+    score: float = 0.0
+    best_score: float = 0.0
+    best: Best | None = None
+    box_norm: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    inside: set[str] = field(default_factory=set)
+    streak: dict[str, int] = field(default_factory=dict)
+    visits: list[ZoneVisit] = field(default_factory=list)
+    announced: bool = False
+    qualified: bool = False  # has been in a required zone (or none are required)
+    last_update_ts: float = 0.0
+    announced_score: float = 0.0
+    changed: bool = False
+    snapshot_ts: float | None = None
+    snapshot_score: float = 0.0
+    attributes: dict[str, Any] = field(default_factory=dict)
+    second_ts: float | None = None  # when the second stage last ran on it
+
+    def dwell(self, now: float) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for v in self.visits:
+            out[v.zone] = out.get(v.zone, 0.0) + ((v.left_ts if v.left_ts is not None else now) - v.entered_ts)
+        return {k: round(v, 3) for k, v in out.items()}
+
+
+@dataclass
+class SceneOutput:
+    """One frame through the scene stage."""
+
+    result: Result  # masked detections removed
+    extras: list[dict[str, Any]]  # per detection of `result`: track_id, zones
+    events: list[dict[str, Any]]  # event bodies (type, id, track_id, ...)
+    counts: dict[tuple[str, str], int]  # (zone, label) -> objects now inside, where it changed
+    snapshots: list[tuple[str, bytes]]  # (label, JPEG) to publish
+
+
+class SceneStage:
+    def __init__(
+        self,
+        cfg: SceneConfig,
+        pipeline: str,
+        state_dir: Path,
+        runtime: RuntimeConfig | None = None,
+        snapshot_url: str = "/snapshots",
+    ):
+        """runtime: where the second stage's model runs (default: the CPU)."""
+        self.cfg = cfg
+        self.second = (
+            SecondStage(cfg.second_stage, runtime or RuntimeConfig(accelerator="cpu"), state_dir, None)
+            if cfg.second_stage is not None
+            else None
+        )
+        self.pipeline = pipeline
+        self.tracker = Tracker(
+            cfg.tracking.iou_threshold, cfg.tracking.max_age_s, cfg.tracking.min_hits, cfg.tracking.high_score
+        )
+        self.zones = [
+            ZoneRule(
+                z.name,
+                Polygon(z.points),
+                frozenset(z.labels) if z.labels is not None else None,
+                z.min_score,
+                z.min_area,
+                z.inertia,
+            )
+            for z in cfg.zones
+        ]
+        self.masks = [
+            MaskRule(Polygon(m.points), frozenset(m.labels) if m.labels is not None else None) for m in cfg.masks
+        ]
+        self.labels = set(cfg.labels) if cfg.labels is not None else None
+        self.objects: dict[int, TrackedObject] = {}
+        self.counts: dict[tuple[str, str], int] = {}
+        self.snapshots = SnapshotStore(state_dir / "snapshots" / pipeline, cfg.snapshots.keep)
+        self.snapshot_url = f"{snapshot_url}/{pipeline}"
+        self.clips = ClipRecorder(cfg.clips, state_dir / "clips" / pipeline) if cfg.clips.enabled else None
+        self.event_counts = {"new": 0, "update": 0, "end": 0}
+        #: objects whose `end` this frame raised, for their last snapshot
+        self._ended: dict[str, TrackedObject] = {}
+        self.masked = 0
+        self.ids_created = 0
+
+    @property
+    def needs_images(self) -> bool:
+        return self.cfg.snapshots.enabled or self.clips is not None
+
+    # --- one frame -----------------------------------------------------------------------------
+    def process(self, result: Result, ts: float, image: np.ndarray | None) -> SceneOutput:
+        dets = list(result.detections)
+        boxes = np.array([d.box_norm for d in dets], np.float64).reshape(-1, 4)
+        anchors = anchor_points(boxes, self.cfg.anchor)
+        if self.masks and dets:
+            drop = masked(self.masks, [d.label for d in dets], anchors)
+            if drop.any():
+                self.masked += int(drop.sum())
+                keep = np.flatnonzero(~drop)
+                dets, boxes, anchors = [dets[i] for i in keep], boxes[keep], anchors[keep]
+        out_result = Result(task=result.task, detections=tuple(dets)) if len(dets) != len(result.detections) else result
+        tracked = [i for i, d in enumerate(dets) if self.labels is None or d.label in self.labels]
+        up = self.tracker.update(
+            boxes[tracked], np.array([dets[i].score for i in tracked]), [dets[i].label for i in tracked], ts
+        )
+        self.ids_created = self.tracker.created
+        geo = in_zones(
+            self.zones, [d.label for d in dets], [d.score for d in dets], boxes, anchors
+        ) if self.zones else [[] for _ in dets]
+        extras: list[dict[str, Any]] = [{} for _ in dets]
+        for t in up.confirmed:
+            self.objects[t.id] = TrackedObject(
+                t.id, f"{t.first_ts:.3f}-{secrets.token_hex(3)}", t.label, t.first_ts, ts,
+                qualified=not self.cfg.required_zones,
+            )
+        for k, i in enumerate(tracked):
+            tid = up.ids[k]
+            if tid is None:
+                continue
+            obj = self.objects.get(tid)
+            extras[i]["track_id"] = tid
+            if obj is None:  # tentative: not yet an object
+                continue
+            self._observe(obj, dets[i], geo[i], ts, image)
+            extras[i]["zones"] = sorted(obj.inside)
+            if self.second is not None and image is not None:
+                self._second(obj, dets[i], ts, image)
+            if "second_stage" in obj.attributes:
+                extras[i]["attributes"] = {"second_stage": brief(obj.attributes["second_stage"])}
+        # a track missed this frame keeps its zones: a detector's flicker or a brief occlusion is not a
+        # departure; it leaves by being seen outside, or when its track ends
+        events = self._events(ts, up.ended)
+        if self.clips is not None and image is not None:
+            self.clips.offer(image, ts)
+        counts = self._recount()
+        snaps = self._snapshots(events)
+        return SceneOutput(out_result, extras, events, counts, snaps)
+
+    def end_all(self, ts: float) -> SceneOutput:
+        """Every object ends (the pipeline stops or changes model)."""
+        ended = self.tracker.end_all()
+        events = self._events(ts, ended)
+        counts = self._recount()
+        return SceneOutput(Result(task="detection"), [], events, counts, self._snapshots(events))
+
+    def close(self) -> None:
+        if self.clips is not None:
+            self.clips.close()
+        if self.second is not None:
+            self.second.close()
+
+    def _second(self, obj: TrackedObject, det: Detection, ts: float, image: np.ndarray) -> None:
+        """The second model on this object's crop, once per interval; a failure disables it alone."""
+        second = self.second
+        if second is None or not second.wants(obj.label) or second.error is not None:
+            return
+        if obj.second_ts is not None and ts - obj.second_ts < second.cfg.interval_s:
+            return
+        obj.second_ts = ts
+        try:
+            res = second.run(image, det.box, ts)
+        except Exception as err:  # any failure of the second model: it stops, the first goes on
+            second.error = f"{type(err).__name__}: {err}"
+            log.error("%s: second stage %s disabled: %s", self.pipeline, second.name, second.error)
+            return
+        if res is not None:
+            obj.attributes["second_stage"] = res
+            obj.changed = True
+
+    # --- internals ---------------------------------------------------------------------------
+    def _observe(
+        self, obj: TrackedObject, det: Detection, zones: Sequence[str], ts: float, img: np.ndarray | None
+    ) -> None:
+        obj.last_ts, obj.score, obj.box_norm = ts, det.score, det.box_norm
+        if det.score > obj.best_score:
+            obj.best_score = det.score
+            if img is not None and img.size and self.cfg.snapshots.enabled:
+                obj.best = Best(img, det.box, det.score, ts)
+            if det.score >= obj.announced_score + _SCORE_STEP:
+                obj.changed = True
+        if self.zones:
+            self._zones(obj, set(zones), ts)
+
+    def _zones(self, obj: TrackedObject, now_in: set[str], ts: float) -> None:
+        for z in self.zones:
+            want = z.name in now_in
+            if want == (z.name in obj.inside):
+                obj.streak.pop(z.name, None)
+                continue
+            n = obj.streak.get(z.name, 0) + 1
+            if n < z.inertia:
+                obj.streak[z.name] = n
+                continue
+            obj.streak.pop(z.name, None)
+            obj.changed = True
+            if want:
+                obj.inside.add(z.name)
+                obj.visits.append(ZoneVisit(z.name, ts))
+                if z.name in self.cfg.required_zones:
+                    obj.qualified = True
+            else:
+                obj.inside.discard(z.name)
+                for v in reversed(obj.visits):
+                    if v.zone == z.name and v.left_ts is None:
+                        v.left_ts = ts
+                        break
+
+    def _events(self, ts: float, ended: Sequence[Track]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for obj in self.objects.values():
+            if not obj.qualified or obj.track_id in {t.id for t in ended}:
+                continue
+            if not obj.announced:
+                obj.announced, obj.last_update_ts, obj.announced_score, obj.changed = True, ts, obj.best_score, False
+                out.append(self._body("new", obj, ts))
+                if self.clips is not None:
+                    self.clips.begin(obj.event_id, obj.start_ts)
+            elif obj.changed and ts - obj.last_update_ts >= self.cfg.update_interval_s:
+                obj.last_update_ts, obj.announced_score, obj.changed = ts, obj.best_score, False
+                out.append(self._body("update", obj, ts))
+        self._ended = {}
+        for t in ended:
+            if t.id not in self.objects:
+                continue
+            obj = self.objects.pop(t.id)
+            self._ended[obj.event_id] = obj
+            end_ts = obj.last_ts
+            for z in list(obj.inside):
+                obj.inside.discard(z)
+                for v in obj.visits:
+                    if v.zone == z and v.left_ts is None:
+                        v.left_ts = end_ts
+            if obj.announced:
+                out.append(self._body("end", obj, end_ts))
+                if self.clips is not None:
+                    self.clips.end(obj.event_id, end_ts)
+        for e in out:
+            self.event_counts[e["type"]] += 1
+        return out
+
+    def _body(self, kind: str, obj: TrackedObject, ts: float) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": kind,
+            "id": obj.event_id,
+            "track_id": obj.track_id,
+            "label": obj.label,
+            "score": round(obj.best_score, 5),
+            "current_score": round(obj.score, 5),
+            "box_norm": [round(v, 5) for v in obj.box_norm],
+            "start_ts": round(obj.start_ts, 6),
+            "end_ts": round(ts, 6) if kind == "end" else None,
+            "zones": sorted(obj.inside),
+            "entered_zones": [v.as_dict() for v in obj.visits],
+            "dwell_s": obj.dwell(ts),
+            "snapshot": None,
+            "clip": None,
+        }
+        if obj.best is not None:
+            body["snapshot"] = {
+                "url": f"{self.snapshot_url}/{obj.event_id}.jpg",
+                "ts": round(obj.best.ts, 6),
+                "score": round(obj.best.score, 5),
+            }
+        if kind == "end" and self.clips is not None:
+            body["clip"] = {"url": f"/clips/{self.pipeline}/{obj.event_id}.avi", "pre_s": self.cfg.clips.pre_s,
+                            "post_s": self.cfg.clips.post_s}
+        if obj.attributes:
+            body["attributes"] = obj.attributes
+        return body
+
+    def _snapshots(self, events: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
+        """At `new` and at `end` (when the best frame improved since): publish, and keep the file."""
+        out: list[tuple[str, bytes]] = []
+        if not self.cfg.snapshots.enabled:
+            return out
+        for e in events:
+            if e["type"] == "update" or e["snapshot"] is None:
+                continue
+            obj_best = self._best_of(e)
+            if obj_best is None:
+                continue
+            best, last_ts = obj_best
+            if e["type"] == "end" and last_ts == best.ts:
+                continue  # the frame already published at `new`, or an update since
+            jpeg = render(best, e["label"], self.cfg.snapshots)
+            self.snapshots.save(e["id"], jpeg)
+            out.append((e["label"], jpeg))
+        return out
+
+    def _best_of(self, e: dict[str, Any]) -> tuple[Best, float | None] | None:
+        obj = self.objects.get(e["track_id"]) or self._ended.get(e["id"])
+        if obj is None or obj.best is None:
+            return None
+        last = obj.snapshot_ts
+        obj.snapshot_ts = obj.best.ts
+        return obj.best, last
+
+    def _recount(self) -> dict[tuple[str, str], int]:
+        now: dict[tuple[str, str], int] = {}
+        for obj in self.objects.values():
+            for z in obj.inside:
+                now[(z, obj.label)] = now.get((z, obj.label), 0) + 1
+        changed = {k: v for k, v in now.items() if self.counts.get(k) != v}
+        changed.update({k: 0 for k in self.counts if k not in now and self.counts[k] != 0})
+        self.counts.update(changed)
+        return changed
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "active_tracks": self.tracker.active,
+            "tracks_created": self.tracker.created,
+            "objects": len(self.objects),
+            "events": dict(self.event_counts),
+            "masked": self.masked,
+            "zones": {f"{z}/{label}": n for (z, label), n in sorted(self.counts.items())},
+            "snapshots": {"saved": self.snapshots.saved, "error": self.snapshots.error},
+            "clips": self.clips.health() if self.clips is not None else None,
+            "second_stage": self.second.health() if self.second is not None else None,
+        }
+
+
+def brief(res: dict[str, Any]) -> dict[str, Any]:
+    """The second stage's result without its bulk (keypoints, raw values): what each prediction carries."""
+    out: dict[str, Any] = {k: res[k] for k in ("model", "ts", "task") if k in res}
+    if res.get("task") == "classification":
+        out["classes"] = res["classes"][:3]
+    elif res.get("task") == "detection":
+        out["detections"] = [{k: d[k] for k in ("label", "score", "box")} for d in res["detections"]]
+    return out

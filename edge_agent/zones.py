@@ -1,0 +1,179 @@
+"""Zones and masks: polygons in normalised frame coordinates, and which detections fall in them.
+
+A detection is placed by one anchor point of its box, the bottom centre by default: where a person
+or a car touches the ground, which is what a zone drawn on the floor of a scene means. A mask drops
+the detections anchored inside it (a tree that moves in the wind, a television); a zone names an area
+and, through its filters, which objects count as being in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Point = tuple[float, float]
+
+
+def _orient(a: Point, b: Point, c: Point) -> float:
+    return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+
+
+def _on_segment(a: Point, b: Point, p: Point) -> bool:
+    return min(a[0], b[0]) <= p[0] <= max(a[0], b[0]) and min(a[1], b[1]) <= p[1] <= max(a[1], b[1])
+
+
+def segments_cross(a: Point, b: Point, c: Point, d: Point) -> bool:
+    """Whether segment ab and segment cd share a point (touching counts)."""
+    o1, o2, o3, o4 = _orient(a, b, c), _orient(a, b, d), _orient(c, d, a), _orient(c, d, b)
+    if ((o1 > 0 > o2) or (o1 < 0 < o2)) and ((o3 > 0 > o4) or (o3 < 0 < o4)):
+        return True
+    return (
+        (o1 == 0 and _on_segment(a, b, c))
+        or (o2 == 0 and _on_segment(a, b, d))
+        or (o3 == 0 and _on_segment(c, d, a))
+        or (o4 == 0 and _on_segment(c, d, b))
+    )
+
+
+def polygon_problem(points: Sequence[Sequence[float]]) -> str | None:
+    """Why a list of points is not a usable polygon (too few points, outside [0, 1], edges that cross
+    or a repeated point), or None. Pure Python: the configuration checks it before anything starts."""
+    if len(points) < 3:
+        return f"a polygon needs at least 3 points, got {len(points)}"
+    pts: list[Point] = []
+    for i, p in enumerate(points):
+        if len(p) != 2:
+            return f"point {i} must be [x, y], got {list(p)}"
+        x, y = float(p[0]), float(p[1])
+        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+            return f"point {i} ({x}, {y}) is outside [0, 1]: coordinates are fractions of the frame"
+        pts.append((x, y))
+    if len(set(pts)) != len(pts):
+        return "a point is repeated"
+    n = len(pts)
+    edges = [(pts[i], pts[(i + 1) % n]) for i in range(n)]
+    for i in range(n):
+        for j in range(i + 1, n):
+            if j == i + 1 or (i == 0 and j == n - 1):
+                continue  # neighbours share a corner
+            if segments_cross(*edges[i], *edges[j]):
+                return f"edges {i} and {j} cross: the points must go round the area in order"
+    area = sum(a[0] * b[1] - b[0] * a[1] for a, b in edges) / 2
+    if abs(area) < 1e-9:
+        return "the polygon has no area"
+    return None
+
+
+class Polygon:
+    """A simple polygon; `contains` answers for many points at once (even-odd rule, edges inclusive
+    enough for the purpose: a point on an edge may land on either side)."""
+
+    def __init__(self, points: Sequence[Sequence[float]]):
+        self.points = np.asarray(points, np.float64).reshape(-1, 2)
+        self._x1, self._y1 = self.points[:, 0], self.points[:, 1]
+        self._x2, self._y2 = np.roll(self._x1, -1), np.roll(self._y1, -1)
+        lo, hi = self.points.min(axis=0), self.points.max(axis=0)
+        self._bbox = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
+
+    def contains(self, xy: np.ndarray) -> np.ndarray:
+        """xy: [N, 2] normalised points -> [N] bool."""
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        if not len(xy):
+            return np.zeros(0, bool)
+        x, y = xy[:, :1], xy[:, 1:]
+        x0, y0, x1, y1 = self._bbox
+        near = ((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)).reshape(-1)
+        if not near.any():
+            return near
+        straddles = (self._y1 > y) != (self._y2 > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_cross = self._x1 + (y - self._y1) * (self._x2 - self._x1) / (self._y2 - self._y1)
+        inside = (np.count_nonzero(straddles & (x < x_cross), axis=1) % 2).astype(bool)
+        return inside & near
+
+
+def anchor_points(boxes_norm: np.ndarray, anchor: str) -> np.ndarray:
+    """[N, 4] x1 y1 x2 y2 -> [N, 2]: the point of each box that places it."""
+    b = np.asarray(boxes_norm, np.float64).reshape(-1, 4)
+    cx = (b[:, 0] + b[:, 2]) / 2
+    if anchor == "center":
+        return np.stack([cx, (b[:, 1] + b[:, 3]) / 2], axis=1)
+    return np.stack([cx, b[:, 3]], axis=1)  # bottom centre
+
+
+@dataclass(frozen=True)
+class ZoneRule:
+    """A zone and which detections count in it."""
+
+    name: str
+    polygon: Polygon
+    labels: frozenset[str] | None
+    min_score: float
+    min_area: float  # fraction of the frame
+    #: consecutive frames an object must be in (or out of) the zone before it counts as entered (or left)
+    inertia: int
+
+    def admits(self, label: str, score: float, box_norm: Sequence[float]) -> bool:
+        if self.labels is not None and label not in self.labels:
+            return False
+        area = max(0.0, box_norm[2] - box_norm[0]) * max(0.0, box_norm[3] - box_norm[1])
+        return score >= self.min_score and area >= self.min_area
+
+
+@dataclass(frozen=True)
+class MaskRule:
+    polygon: Polygon
+    labels: frozenset[str] | None
+
+    def applies(self, label: str) -> bool:
+        return self.labels is None or label in self.labels
+
+
+def masked(masks: Sequence[MaskRule], labels: Sequence[str], anchors: np.ndarray) -> np.ndarray:
+    """[N] bool: detections whose anchor lies inside a mask that applies to their label."""
+    out = np.zeros(len(labels), bool)
+    for m in masks:
+        inside = m.polygon.contains(anchors)
+        out |= inside & np.array([m.applies(lb) for lb in labels], bool)
+    return out
+
+
+def inside_any(polygons: Sequence[Polygon], xy: np.ndarray) -> np.ndarray:
+    """[N, 2] points x polygons -> [N, P] bool, all polygons in one pass (even-odd rule): the numpy calls,
+    not the arithmetic, are what a few points cost, so every edge of every polygon goes at once."""
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    if not len(xy) or not polygons:
+        return np.zeros((len(xy), len(polygons)), bool)
+    x1 = np.concatenate([p._x1 for p in polygons])
+    y1 = np.concatenate([p._y1 for p in polygons])
+    x2 = np.concatenate([p._x2 for p in polygons])
+    y2 = np.concatenate([p._y2 for p in polygons])
+    starts = np.cumsum([0] + [len(p._x1) for p in polygons[:-1]])
+    x, y = xy[:, :1], xy[:, 1:]
+    straddles = (y1 > y) != (y2 > y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_cross = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
+    hits = (straddles & (x < x_cross)).astype(np.int32)
+    return (np.add.reduceat(hits, starts, axis=1) % 2).astype(bool)
+
+
+def in_zones(
+    zones: Sequence[ZoneRule],
+    labels: Sequence[str],
+    scores: Sequence[float],
+    boxes_norm: np.ndarray,
+    anchors: np.ndarray,
+) -> list[list[str]]:
+    """Per detection, the zones it is geometrically in and admitted by (before inertia)."""
+    out: list[list[str]] = [[] for _ in labels]
+    if not zones or not len(labels):
+        return out
+    inside = inside_any([z.polygon for z in zones], anchors)
+    rows = np.asarray(boxes_norm, np.float64).reshape(-1, 4).tolist()
+    for i, k in zip(*np.nonzero(inside), strict=True):
+        z = zones[int(k)]
+        if z.admits(labels[int(i)], float(scores[int(i)]), rows[int(i)]):
+            out[int(i)].append(z.name)
+    return out

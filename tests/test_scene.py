@@ -1,0 +1,369 @@
+"""Zones, masks, tracking and object events on scenes cut from real photos, with the real detectors.
+
+The scenes (benchmarks/scenes.py) move real crops (Chelsea the cat, the astronaut's face) along known
+paths; the SSD or BlazeFace runs on every frame; py-motmetrics scores the tracks against the truth.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from benchmarks.bench_tracking import detector, events_per_object, run_scene, score
+from benchmarks.scenes import FPS, SCENES
+from edge_agent.config import ConfigError, SceneConfig, load_settings
+from edge_agent.results import Detection, Result
+from edge_agent.scene import SceneStage
+from edge_agent.tracker import Tracker
+from edge_agent.zones import Polygon, inside_any, polygon_problem
+
+from .conftest import SSD_MODEL, needs_shared
+
+SQUARE = [[0.2, 0.2], [0.8, 0.2], [0.8, 0.8], [0.2, 0.8]]
+
+
+# --- configuration ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("points", "why"),
+    [
+        ([[0.1, 0.1], [0.9, 0.1]], "at least 3 points"),
+        ([[0.1, 0.1], [1.2, 0.1], [0.5, 0.9]], "outside [0, 1]"),
+        ([[0.1, 0.1], [0.9, 0.9], [0.9, 0.1], [0.1, 0.9]], "edges 0 and 2 cross"),
+        ([[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]], "no area"),
+    ],
+)
+def test_bad_polygons_are_refused_naming_the_key(points: list[list[float]], why: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {"scene": {"zones": [{"name": "door", "points": points}]}})
+    assert "scene.zones" in str(err.value) and why in str(err.value)
+    with pytest.raises(ConfigError, match=r"scene\.masks"):
+        load_settings(None, {"scene": {"masks": [{"points": points}]}})
+
+
+def test_unknown_zone_in_a_filter_and_duplicate_zones_are_refused() -> None:
+    with pytest.raises(ConfigError, match="required_zones: unknown zone 'porch'"):
+        load_settings(None, {"scene": {"zones": [{"name": "door", "points": SQUARE}], "required_zones": ["porch"]}})
+    with pytest.raises(ConfigError, match="duplicate name door"):
+        load_settings(None, {"scene": {"zones": [{"name": "door", "points": SQUARE}] * 2}})
+    with pytest.raises(ConfigError, match=r"pipeline 'cam'.*scene\.zones"):
+        load_settings(None, {"pipelines": [{"name": "cam", "scene": {"zones": [{"name": "a b", "points": SQUARE}]}}]})
+
+
+def test_zones_alone_switch_the_scene_stage_on() -> None:
+    assert not load_settings(None, {}).scene.active
+    assert load_settings(None, {"scene": {"zones": [{"name": "door", "points": SQUARE}]}}).scene.active
+
+
+# --- geometry ----------------------------------------------------------------------------------
+@st.composite
+def _polygon(draw: Any) -> list[list[float]]:
+    """A simple polygon: random points sorted by angle round their centre (a star-shaped polygon)."""
+    n = draw(st.integers(3, 9))
+    pts = np.array(draw(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=n, max_size=n)))
+    c = pts.mean(axis=0)
+    order = np.argsort(np.arctan2(pts[:, 1] - c[1], pts[:, 0] - c[0]))
+    return [[float(x), float(y)] for x, y in pts[order]]
+
+
+@settings(max_examples=150, deadline=None)
+@given(_polygon(), st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=30))
+def test_point_in_polygon_agrees_with_opencv(points: list[list[float]], xy: list[tuple[float, float]]) -> None:
+    if polygon_problem(points) is not None:
+        return  # degenerate (repeated points, no area): the configuration refuses it
+    poly = Polygon(points)
+    got = inside_any([poly, poly], np.array(xy))
+    contour = (np.array(points) * 10_000).astype(np.float32).reshape(-1, 1, 2)
+    for (x, y), g, single in zip(xy, got[:, 0], poly.contains(np.array(xy)), strict=True):
+        d = cv2.pointPolygonTest(contour, (x * 10_000, y * 10_000), True)
+        if abs(d) > 1.0:  # on an edge either answer is right
+            assert bool(g) == (d > 0) == bool(single)
+    assert (got[:, 0] == got[:, 1]).all()
+
+
+# --- tracking on real detections ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ssd() -> Any:
+    if not SSD_MODEL.is_file():
+        pytest.skip("../shared/models is absent (a plain clone has no shared test models)")
+    m = detector("ssd")
+    yield m
+    m.close()
+
+
+def test_faces_crossing_keep_their_ids() -> None:
+    run = run_scene("faces_crossing")
+    s = score(run)
+    assert s["idf1"] >= 0.9 and s["num_switches"] == 0, s
+    assert all(c == {"new": 1, "update": c["update"], "end": 1} for c in events_per_object(run).values())
+    assert len(events_per_object(run)) == 2
+
+
+@needs_shared
+def test_cat_behind_a_pillar_is_one_object(ssd: Any) -> None:
+    run = run_scene("cat_behind_pillar", ssd)
+    hidden = sum(1 for t in run.truth if not t)
+    assert hidden >= 15  # it really was out of sight for a second
+    s = score(run)
+    assert s["num_switches"] == 0 and s["idf1"] >= 0.9, s
+    assert [e["type"] for e in run.events if e["type"] != "update"] == ["new", "end"]
+
+
+@needs_shared
+def test_cats_crossing_at_most_one_switch(ssd: Any) -> None:
+    run = run_scene("cats_crossing", ssd)
+    s = score(run)
+    assert s["num_switches"] <= 1, s
+    per = events_per_object(run)
+    assert sum(c["new"] for c in per.values()) == 2 and all(c["new"] == c["end"] == 1 for c in per.values())
+
+
+@needs_shared
+def test_walking_through_a_zone(ssd: Any, tmp_path: Path) -> None:
+    scene = SCENES["cat_through_zone"]
+    run = run_scene("cat_through_zone", ssd)
+    new = [e for e in run.events if e["type"] == "new"]
+    end = [e for e in run.events if e["type"] == "end"]
+    assert len(new) == 1 and len(end) == 1 and new[0]["id"] == end[0]["id"]
+    e = end[0]
+    assert [v["zone"] for v in e["entered_zones"]] == ["zone"]  # once in, once out: no flicker entries
+    visit = e["entered_zones"][0]
+    assert visit["left_ts"] is not None and visit["entered_ts"] < visit["left_ts"] <= e["end_ts"]
+    # the cat's anchor (bottom centre) crosses x = 0.35..0.65 of 640 px; it moves 580 px in 74 frames
+    speed = 580 / (scene.frames - 1) * FPS
+    expected = (0.30 * 640) / speed
+    assert e["dwell_s"]["zone"] == pytest.approx(expected, abs=0.5)
+    counts = [c[("zone", "cat")] for c in run.counts if ("zone", "cat") in c]
+    assert counts == [1, 0]  # the retained count changes twice: in, out
+    assert e["snapshot"]["url"].endswith(f"{e['id']}.jpg") and e["score"] >= 0.5
+
+
+@needs_shared
+def test_a_mask_drops_what_is_inside_it(ssd: Any) -> None:
+    whole = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+    run = run_scene("cat_through_zone", ssd, {"masks": [{"points": whole}]})
+    assert run.events == [] and all(not t for t in run.tracks)
+    other = run_scene("cat_through_zone", ssd, {"masks": [{"points": whole, "labels": ["dog"]}]})
+    assert len([e for e in other.events if e["type"] == "new"]) == 1  # a mask for dogs leaves the cat
+
+
+# --- snapshots and clips -----------------------------------------------------------------------
+def _walk(stage: SceneStage, frames: int, t0: float = 1000.0) -> list[dict[str, Any]]:
+    """A bright square walking left to right; its detection, as a detector would report it."""
+    events = []
+    for i in range(frames):
+        img = np.full((240, 320, 3), 40, np.uint8)
+        x = 10 + i * 8
+        cv2.rectangle(img, (x, 80), (x + 60, 160), (255, 255, 255), cv2.FILLED)
+        box = (float(x), 80.0, float(x + 60), 160.0)
+        det = Detection("box", 0, 0.6 + 0.01 * (i % 20), box, (box[0] / 320, box[1] / 240, box[2] / 320, box[3] / 240))
+        out = stage.process(Result(task="detection", detections=(det,)), t0 + i / FPS, img)
+        events += out.events
+    return events
+
+
+def test_snapshot_is_a_readable_jpeg_of_the_object(tmp_path: Path) -> None:
+    stage = SceneStage(SceneConfig(enabled=True, snapshots={"max_bytes": 20_000, "crop": True}), "cam", tmp_path)
+    events = _walk(stage, 30)
+    out = stage.end_all(2000.0)
+    stage.close()
+    end = next(e for e in events + out.events if e["type"] == "end")
+    path = tmp_path / "snapshots" / "cam" / f"{end['id']}.jpg"
+    data = path.read_bytes()
+    assert len(data) <= 20_000
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape[0] > 50
+    # the crop is centred on the white square, and the label sits on a filled box above it
+    h, w = img.shape[:2]
+    assert img[h // 2, w // 2].mean() > 200
+
+
+def test_clip_covers_the_event_with_its_margins(tmp_path: Path) -> None:
+    cfg = SceneConfig(enabled=True, clips={"enabled": True, "pre_s": 1.0, "post_s": 1.0, "fps": 10.0})
+    stage = SceneStage(cfg, "cam", tmp_path)
+    for i in range(15):  # an empty second before the object comes
+        stage.process(Result(task="detection"), 1000.0 + i / FPS - 1.0, np.zeros((240, 320, 3), np.uint8))
+    events = _walk(stage, 30)  # 2 s in view
+    blank = np.zeros((240, 320, 3), np.uint8)  # the track ends after max_age_s, then post_s passes
+    quiet = [stage.process(Result(task="detection"), 1000.0 + (30 + i) / FPS, blank) for i in range(60)]
+    events += [e for q in quiet for e in q.events]
+    stage.close()
+    end = next(e for e in events if e["type"] == "end")
+    clip = tmp_path / "clips" / "cam" / f"{end['id']}.avi"
+    cap = cv2.VideoCapture(str(clip))
+    n, fps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), cap.get(cv2.CAP_PROP_FPS)
+    ok, first = cap.read()
+    cap.release()
+    assert ok and first.shape[:2] == (240, 320)
+    expected = (end["end_ts"] - end["start_ts"]) + 1.0 + 1.0
+    assert n / fps == pytest.approx(expected, abs=0.4), (n, fps)
+    assert stage.clips is not None and stage.clips.health()["written"] == 1
+
+
+def test_a_read_only_disk_loses_media_not_detections(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        media = tmp_path / "media"
+        media.write_text("a file where the directories should go")  # mkdir fails even for root
+        state = media
+    else:
+        state = tmp_path / "ro"
+        state.mkdir(mode=0o500)
+    cfg = SceneConfig(enabled=True, clips={"enabled": True, "pre_s": 0.0, "post_s": 0.0})
+    stage = SceneStage(cfg, "cam", state)
+    events = _walk(stage, 20)
+    out = stage.end_all(2000.0)
+    stage.close()
+    assert [e["type"] for e in events + out.events if e["type"] != "update"] == ["new", "end"]
+    h = stage.health()
+    assert h["snapshots"]["error"] and h["clips"]["error"], h
+
+
+def test_track_ids_are_never_reused() -> None:
+    tr = Tracker(min_hits=1, max_age_s=0.1)
+    seen: list[int] = []
+    for i in range(40):  # an object appears for 3 frames, vanishes long enough to end, and again
+        boxes = np.array([[0.1, 0.1, 0.3, 0.3]]) if i % 10 < 3 else np.zeros((0, 4))
+        up = tr.update(boxes, np.full(len(boxes), 0.9), ["x"] * len(boxes), i * 0.1)
+        seen += [t for t in up.ids if t is not None and t not in seen]
+    assert seen == [1, 2, 3, 4]
+
+
+# --- second stage -----------------------------------------------------------------------------
+LANDMARKS = Path(__file__).resolve().parents[1] / "models" / "face_landmark.tflite"
+
+
+def _share_inside(pts: np.ndarray, b: tuple[float, float, float, float], grow: float = 0.2) -> float:
+    gx, gy = (b[2] - b[0]) * grow, (b[3] - b[1]) * grow
+    inside = (pts[:, 0] > b[0] - gx) & (pts[:, 0] < b[2] + gx) & (pts[:, 1] > b[1] - gy) & (pts[:, 1] < b[3] + gy)
+    return float(inside.mean())
+
+
+def test_face_mesh_on_blazeface_crops_is_attached_to_tracks_and_events() -> None:
+    second = {"model": {"path": str(LANDMARKS)}, "labels": ["face"], "interval_s": 1.0}
+    run = run_scene("faces_crossing", scene_cfg={"second_stage": second})
+    ends = [e for e in run.events if e["type"] == "end"]
+    assert len(ends) == 2
+    for e in ends:
+        ss = e["attributes"]["second_stage"]
+        assert ss["model"] == "face_landmark" and ss["task"] == "detection"
+        face = ss["detections"][0]
+        assert face["score"] > 0.5 and len(face["keypoints"]) == 468
+        # the mesh lies on a face: the truth boxes of the frame it ran on, grown by a fifth
+        i = round((ss["ts"] - 1_700_000_000.0) * FPS)
+        pts = np.array(face["keypoints"])
+        assert max(_share_inside(pts, b) for _, _, b in run.truth[i]) >= 0.95
+
+
+def test_second_stage_runs_per_interval_not_per_frame(tmp_path: Path) -> None:
+    from edge_agent.config import SecondStageConfig
+
+    cfg = SecondStageConfig(model={"path": LANDMARKS}, labels=["box"], interval_s=0.5)
+    stage = SceneStage(SceneConfig(enabled=True, second_stage=cfg), "cam", tmp_path)
+    _walk(stage, 30)  # 2 s at 15 fps, one track
+    stage.close()
+    assert stage.second is not None and 3 <= stage.second.runs <= 5  # every 0.5 s once a track: not 29 times
+
+
+def test_a_second_stage_that_cannot_take_crops_is_refused(tmp_path: Path) -> None:
+    from .conftest import MODELS, run_cli
+
+    wake = MODELS / "wakeword" / "okay_nabu.tflite"
+    r = run_cli("run", "--seconds", "2", "--source", "synthetic", "--set", f"state_dir={tmp_path}",
+                "--set", f'scene={{"second_stage": {{"model": {{"path": "{wake}"}}, "labels": ["face"]}}}}',
+                "--sink", "stdout")
+    assert r.returncode == 2, r.stderr[-1500:]
+    assert "scene.second_stage.model" in r.stderr and "cannot take crops" in r.stderr
+
+
+def test_a_second_stage_failing_at_run_time_disables_only_itself(tmp_path: Path) -> None:
+    from edge_agent.config import SecondStageConfig
+
+    cfg = SecondStageConfig(model={"path": LANDMARKS}, labels=["box"], interval_s=0.0)
+    stage = SceneStage(SceneConfig(enabled=True, second_stage=cfg), "cam", tmp_path)
+    assert stage.second is not None
+    stage.second.model.engine.close()  # its engine is gone: every run now fails inside the model
+    events = _walk(stage, 20)
+    stage.close()
+    assert [e["type"] for e in events] == ["new"] and "attributes" not in events[0]
+    h = stage.health()["second_stage"]
+    assert h["state"] == "disabled" and h["error"] and h["runs"] == 0
+
+
+def test_the_readme_scene_example_loads(tmp_path: Path) -> None:
+    """The TOML of the README's scene section, as pasted (with the shared model it names defined)."""
+    import re
+
+    from .conftest import ROOT, SHORT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Scene events", 1)[1].split("\n## ", 1)[0]
+    example = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert example is not None
+    landmarks = "/usr/share/edge-agent/models/face_landmark.tflite"
+    text = example.group(1).replace(landmarks, str(LANDMARKS))
+    cfg = tmp_path / "scene.toml"
+    cfg.write_text(f'[models.ssd]\npath = "{SHORT}"\n' + text)
+    s = load_settings(cfg, {})
+    scene = s.pipelines[0].scene
+    assert [z.name for z in scene.zones] == ["path"] and scene.masks[0].labels == ["car"]
+    assert scene.second_stage is not None and scene.second_stage.labels == ["face"] and scene.clips.enabled
+
+
+def test_zone_filters_label_score_and_size(tmp_path: Path) -> None:
+    whole = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+    zones = [
+        {"name": "cats", "points": whole, "labels": ["cat"], "inertia": 1},
+        {"name": "sure", "points": whole, "min_score": 0.8, "inertia": 1},
+        {"name": "big", "points": whole, "min_area": 0.1, "inertia": 1},
+    ]
+    stage = SceneStage(SceneConfig(zones=zones, tracking={"min_hits": 1}), "cam", tmp_path)
+
+    def det(label: str, score: float, side: float, x: float) -> Detection:
+        b = (x, 0.1, x + side, 0.1 + side)
+        return Detection(label, 0, score, (b[0] * 100, b[1] * 100, b[2] * 100, b[3] * 100), b)
+
+    frame = (det("cat", 0.6, 0.1, 0.0), det("dog", 0.9, 0.1, 0.3), det("dog", 0.6, 0.5, 0.5))
+    out = stage.process(Result(task="detection", detections=frame), 1000.0, None)
+    stage.close()
+    assert [x["zones"] for x in out.extras] == [["cats"], ["sure"], ["big"]]
+    assert out.counts == {("cats", "cat"): 1, ("sure", "dog"): 1, ("big", "dog"): 1}
+
+
+def test_inertia_keeps_a_flicker_out(tmp_path: Path) -> None:
+    left = [[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]
+    stage = SceneStage(SceneConfig(zones=[{"name": "left", "points": left, "inertia": 3}]), "cam", tmp_path)
+    seen = []
+    for i, x in enumerate([0.51, 0.51, 0.49, 0.51, 0.51, 0.49, 0.49, 0.49, 0.49]):  # one frame in, then three
+        b = (x - 0.1, 0.4, x + 0.1, 0.6)
+        d = Detection("cat", 0, 0.9, (b[0] * 100, b[1] * 100, b[2] * 100, b[3] * 100), b)
+        out = stage.process(Result(task="detection", detections=(d,)), 1000.0 + i / 15, None)
+        seen.append(out.extras[0].get("zones"))
+    stage.close()
+    assert seen[:6] == [None, [], [], [], [], []] and seen[7:] == [["left"], ["left"]]
+
+
+def test_clips_beyond_the_bounds_go_oldest_first(tmp_path: Path) -> None:
+    from edge_agent.clips import ClipRecorder
+    from edge_agent.config import ClipConfig
+
+    rec = ClipRecorder(ClipConfig(enabled=True, pre_s=0.0, post_s=0.0, max_clips=2, fps=15), tmp_path)
+    img = np.zeros((120, 160, 3), np.uint8)
+    t = 0.0
+    for k in range(4):
+        rec.begin(f"e{k}", t)
+        for _ in range(5):
+            img[:] = (k * 60) % 255
+            rec.offer(img, t)
+            t += 1 / 15
+        rec.end(f"e{k}", t - 1 / 15)
+        rec.offer(img, t)
+        t += 1 / 15
+    rec.close()
+    assert sorted(p.name for p in tmp_path.glob("*.avi")) == ["e2.avi", "e3.avi"]
+    assert rec.stats.written == 4

@@ -1,0 +1,187 @@
+"""Object events end to end: a real agent, a real mosquitto, the real SSD on a video cut from real photos.
+
+A cat walks through a zone drawn on the lawn; the broker goes down while the cat is in view and comes
+back. Checked: one `new` and one `end` event for the cat, none lost; its zone entry, exit and dwell;
+the retained zone count going 1 then 0; the retained snapshot (a JPEG in which the SSD finds the cat);
+the clip on disk (a playable file as long as the event plus its margins); Home Assistant's camera and
+zone count entities; and the scene section of health.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from benchmarks.bench_tracking import detector
+from benchmarks.scenes import FPS, SCENES, render
+from edge_agent.sinks.mqtt import Subscriber
+
+from .conftest import COCO_LABELS, SSD_MODEL, Broker, needs_shared, wait_until
+
+
+class RawRecorder:
+    """Every message (raw bytes, retained flag) on the device's topics and Home Assistant's, through a broker
+    restart: a persistent session, so what is published while it reconnects waits for it at the broker."""
+
+    def __init__(self, broker: Broker, device: str):
+        self.msgs: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.sub = Subscriber(
+            broker.mqtt(keepalive_s=5, reconnect_max_s=1),
+            [f"edge/{device}/#", "homeassistant/#"],
+            client_id=f"scene-recorder-{device}",
+            persistent=True,
+        )
+        assert self.sub.start(10)
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            m = self.sub.get(0.1)
+            if m is not None:
+                with self.lock:
+                    self.msgs.append(m)
+
+    def on(self, topic: str) -> list[bytes]:
+        with self.lock:
+            return [p for t, p, _ in self.msgs if t == topic]
+
+    def json(self, topic: str) -> list[Any]:
+        return [json.loads(p) for p in self.on(topic)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(2)
+        self.sub.stop()
+
+
+def _video(path: Path) -> Path:
+    """Two seconds of empty lawn, the walk-through scene, three more seconds of lawn: an MJPG AVI at the
+    scene's rate (the clip's pre-roll has frames before the cat to show)."""
+    frames = [_lawn()] * (2 * FPS) + [img for img, _ in render(SCENES["cat_through_zone"])] + [_lawn()] * (3 * FPS)
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), FPS, (640, 480))
+    for f in frames:
+        w.write(f)
+    w.release()
+    return path
+
+
+def _lawn() -> np.ndarray:
+    from benchmarks.scenes import _photos
+
+    return _photos()["grass"].copy()
+
+
+@needs_shared
+def test_a_cat_through_a_zone_with_an_outage(tmp_path: Path) -> None:
+    broker = Broker(tmp_path, persistence=True).start()
+    video = _video(tmp_path / "lawn.avi")
+    zone = [list(p) for p in SCENES["cat_through_zone"].zone or ()]
+    cfg = tmp_path / "yard.toml"
+    cfg.write_text(
+        f"""
+device_id = "box"
+state_dir = "{tmp_path / 'state'}"
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+keepalive_s = 5
+reconnect_max_s = 1
+[outbox]
+flush_interval_s = 0.2
+replay_rate = 1000
+[health]
+interval_s = 1
+[homeassistant]
+enabled = true
+labels = ["cat"]
+[[pipelines]]
+name = "yard"
+source.uri = "{video}"
+source.loop = false
+model.path = "{SSD_MODEL}"
+model.labels = "{COCO_LABELS}"
+model.score_threshold = 0.4
+scene.labels = ["cat"]
+scene.update_interval_s = 0.5
+scene.snapshots.crop = false
+scene.clips.enabled = true
+scene.clips.pre_s = 1
+scene.clips.post_s = 1
+[[pipelines.scene.zones]]
+name = "lawn"
+points = {json.dumps(zone)}
+inertia = 2
+""",
+    )
+    from .conftest import AgentProcess
+
+    rec = RawRecorder(broker, "box")
+    agent = AgentProcess(["run", "--config", str(cfg)], {}, tmp_path)
+    try:
+        events = "edge/box/yard/events"
+        wait_until(lambda: any(e["type"] == "new" for e in rec.json(events)), 40, what="the cat's new event")
+        count = "edge/box/yard/zones/lawn/cat"
+        wait_until(lambda: b"1" in rec.on(count), 20, what="the cat counted on the lawn")
+        broker.stop()  # the cat is on the lawn: it leaves, and its track ends, while the broker is down
+        threading.Event().wait(4)
+        broker.start()
+        wait_until(lambda: any(e["type"] == "end" for e in rec.json(events)), 40, what="the cat's end event")
+        evs = rec.json(events)
+        seqs = sorted({e["seq"] for e in evs})
+        assert seqs == list(range(1, seqs[-1] + 1))  # nothing lost, through the outage
+        by_type = {t: [e for e in evs if e["type"] == t] for t in ("new", "update", "end")}
+        assert len({e["seq"] for e in by_type["new"]}) == 1 and len({e["seq"] for e in by_type["end"]}) == 1
+        new, end = by_type["new"][0], by_type["end"][0]
+        assert new["id"] == end["id"] and new["track_id"] == end["track_id"] and end["label"] == "cat"
+        assert end["pipeline"] == "yard" and end["score"] >= 0.4
+        assert [v["zone"] for v in end["entered_zones"]] == ["lawn"] and end["dwell_s"]["lawn"] > 0.5
+        assert end["end_ts"] > end["start_ts"]
+        # predictions carry the track id and zones of each detection
+        preds = rec.json("edge/box/yard/predictions")
+        tracked = [d for p in preds for d in p["detections"] if d.get("track_id") == end["track_id"]]
+        assert tracked and any(d.get("zones") == ["lawn"] for d in tracked)
+        # the retained count went to 1 and, as republished on reconnect, back to 0
+        counts = [int(p) for p in rec.on(count)]
+        assert counts[0] == 1 and counts[-1] == 0
+        # the retained snapshot: a JPEG in which the SSD finds the cat
+        snap = wait_until(lambda: rec.on("edge/box/yard/snapshot/cat"), 10, what="a snapshot")[-1]
+        img = cv2.imdecode(np.frombuffer(snap, np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None and len(snap) <= 150_000
+        ssd = detector("ssd")
+        try:
+            assert "cat" in {d.label for d in ssd.infer(img).result.detections}
+        finally:
+            ssd.close()
+        assert (tmp_path / "state" / "snapshots" / "yard" / f"{end['id']}.jpg").is_file()
+        # the clip: written after post_s, as long as the event with its margins
+        clip = tmp_path / "state" / "clips" / "yard" / f"{end['id']}.avi"
+        wait_until(clip.is_file, 20, what="the clip")
+        cap = cv2.VideoCapture(str(clip))
+        n, fps = cap.get(cv2.CAP_PROP_FRAME_COUNT), cap.get(cv2.CAP_PROP_FPS)
+        cap.release()
+        assert abs(n / fps - (end["end_ts"] - end["start_ts"] + 2.0)) < 0.6, (n, fps)
+        # Home Assistant: a camera on the snapshot topic, a sensor on the zone count
+        configs = {t: json.loads(p) for t, p, _ in list(rec.msgs) if t.startswith("homeassistant/") and p}
+        cams = [c for t, c in configs.items() if t.startswith("homeassistant/camera/")]
+        assert any(c["topic"] == "edge/box/yard/snapshot/cat" for c in cams)
+        assert any(c.get("state_topic") == "edge/box/yard/zones/lawn/cat" for c in configs.values())
+        # health's scene section
+        h = wait_until(
+            lambda: next((d for d in reversed(rec.json("edge/box/health"))
+                          if (d["pipelines"]["yard"]["scene"] or {}).get("events", {}).get("end")), None),
+            10, what="health with the scene",
+        )
+        sc = h["pipelines"]["yard"]["scene"]
+        assert sc["tracks_created"] >= 1 and sc["events"]["new"] == 1 and sc["clips"]["written"] == 1
+    finally:
+        agent.stop()
+        rec.close()
+        broker.stop()
