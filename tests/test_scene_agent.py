@@ -185,3 +185,49 @@ inertia = 2
         agent.stop()
         rec.close()
         broker.stop()
+
+
+def test_zones_change_on_reload_without_a_restart(tmp_path: Path) -> None:
+    """SIGHUP with a new zone: the running pipeline takes it between two frames; boot and tracks go on."""
+    import signal
+
+    from .conftest import DEMO_VIDEO, SHORT, AgentProcess
+
+    broker = Broker(tmp_path).start()
+    cfg = tmp_path / "door.toml"
+    base = f"""
+device_id = "door"
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+[source]
+uri = "{DEMO_VIDEO}"
+[model]
+path = "{SHORT}"
+[[scene.zones]]
+name = "top"
+points = [[0.0, 0.0], [1.0, 0.0], [1.0, 0.05], [0.0, 0.05]]
+"""
+    whole = '[[scene.zones]]\nname = "all"\npoints = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]\ninertia = 1\n'
+    cfg.write_text(base)
+    rec = RawRecorder(broker, "door")
+    agent = AgentProcess(["run", "--config", str(cfg)], {}, tmp_path)
+    try:
+        preds = "edge/door/predictions"
+
+        def tracked(zone: str | None) -> list[Any]:
+            return [d for p in rec.json(preds) for d in p["detections"]
+                    if "track_id" in d and (zone is None or zone in d.get("zones", []))]
+
+        wait_until(lambda: tracked(None), 40, what="a tracked face")
+        assert not tracked("all")
+        boot = rec.json(preds)[-1]["boot_id"]
+        cfg.write_text(base + whole)
+        agent.signal(signal.SIGHUP)
+        wait_until(lambda: tracked("all"), 30, what="faces in the zone added by the reload")
+        assert {p["boot_id"] for p in rec.json(preds)} == {boot}
+        assert any(c == b"1" for c in rec.on("edge/door/zones/all/face"))
+    finally:
+        agent.stop()
+        rec.close()
+        broker.stop()
