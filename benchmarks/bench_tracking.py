@@ -163,7 +163,7 @@ def cost(objects: int = 20, frames: int = 300, runs: int = 5) -> dict[str, float
             c0 = time.process_time()
             for i, (boxes, scores) in enumerate(arrays):
                 tracker.update(boxes, scores, names, 1000.0 + i / 15)
-                in_zones(rules, names, scores.tolist(), boxes, anchor_points(boxes, "bottom_center"))
+                in_zones(rules, names, scores.tolist(), boxes, anchor_points(boxes, "bottom_center"), stage.zone_shapes)
             core_ms.append((time.process_time() - c0) / frames * 1e3)
     return {
         "objects": objects,

@@ -30,7 +30,7 @@ from edge_agent.results import Detection, Result
 from edge_agent.second_stage import SecondStage
 from edge_agent.snapshots import Best, SnapshotStore, render
 from edge_agent.tracker import Track, Tracker
-from edge_agent.zones import MaskRule, Polygon, ZoneRule, anchor_points, in_zones, masked
+from edge_agent.zones import MaskRule, Polygon, PolygonSet, ZoneRule, anchor_points, in_zones, masked
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ class SceneStage:
             )
             for z in cfg.zones
         ]
+        self.zone_shapes = PolygonSet([z.polygon for z in self.zones])
         self.masks = [
             MaskRule(Polygon(m.points), frozenset(m.labels) if m.labels is not None else None) for m in cfg.masks
         ]
@@ -163,9 +164,11 @@ class SceneStage:
             boxes[tracked], np.array([dets[i].score for i in tracked]), [dets[i].label for i in tracked], ts
         )
         self.ids_created = self.tracker.created
-        geo = in_zones(
-            self.zones, [d.label for d in dets], [d.score for d in dets], boxes, anchors
-        ) if self.zones else [[] for _ in dets]
+        geo = (
+            in_zones(self.zones, [d.label for d in dets], [d.score for d in dets], boxes, anchors, self.zone_shapes)
+            if self.zones
+            else [[] for _ in dets]
+        )
         extras: list[dict[str, Any]] = [{} for _ in dets]
         for t in up.confirmed:
             self.objects[t.id] = TrackedObject(

@@ -79,15 +79,6 @@ def _same(a: list[str], b: list[str]) -> np.ndarray:
     return np.asarray(a, dtype=object)[:, None] == np.asarray(b, dtype=object)[None, :]
 
 
-def _enclosers(boxes: np.ndarray, labels: list[str], dets: list[int]) -> set[int]:
-    """Detections whose box encloses another detection of the same label."""
-    if len(dets) < 2:
-        return set()
-    lab = [labels[d] for d in dets]
-    m = enclosing(boxes[dets], boxes[dets]) & _same(lab, lab)
-    return {dets[i] for i in np.flatnonzero(m.any(axis=1))}
-
-
 def assign(cost: np.ndarray, limit: float) -> list[tuple[int, int]]:
     """Minimum-cost pairs (row, col) with cost below `limit`; rows and columns may stay unmatched."""
     if cost.size == 0:
@@ -173,11 +164,8 @@ class Tracker:
         strong = [i for i, h in enumerate(high) if h]
         weak = [i for i, h in enumerate(high) if not h]
         free = list(range(len(self.tracks)))
-        # round 1: confident detections against every track; a box round another detection of its kind (a
-        # detector's box over two neighbours) weighs half, so the tight box of the object wins its track
-        matched = self._match(
-            predicted, boxes, labels, free, strong, self.iou_threshold, _enclosers(boxes, labels, strong)
-        )
+        # round 1: confident detections against every track
+        matched = self._match(predicted, boxes, labels, free, strong, self.iou_threshold, prefer_tight=True)
         used = {d for _, d in matched}
         strong_left = [d for d in strong if d not in used]
         taken = {m for m, _ in matched}
@@ -249,17 +237,27 @@ class Tracker:
         tracks: list[int],
         dets: list[int],
         min_iou: float,
-        weaker: set[int] | None = None,
+        prefer_tight: bool = False,
     ) -> list[tuple[int, int]]:
-        """(track index, detection index) pairs of one round."""
+        """(track index, detection index) pairs of one round. prefer_tight: where detections of one kind
+        compete for a track and one box encloses another (a detector's box round two neighbours), the
+        enclosing one weighs half, so the tight box of the object wins its track."""
         if not tracks or not dets:
             return []
         iou = iou_matrix(predicted[tracks], boxes[dets])
-        if weaker:
-            iou = iou * np.array([_OTHER_LABEL if d in weaker else 1.0 for d in dets])[None, :]
         if self.class_aware:
             same = _same([self.tracks[t].label for t in tracks], [labels[d] for d in dets])
             iou = np.where(same, iou, iou * _OTHER_LABEL)
+        if prefer_tight:
+            cand = iou >= min_iou
+            contested = cand[cand.sum(axis=1) >= 2]
+            if len(contested):  # rare: objects apart have one candidate each, and this costs nothing then
+                cols = np.flatnonzero(contested.any(axis=0))
+                sub = [dets[c] for c in cols]
+                kinds = [labels[d] for d in sub]
+                big = cols[(enclosing(boxes[sub], boxes[sub]) & _same(kinds, kinds)).any(axis=1)]
+                if len(big):
+                    iou[:, big] *= _OTHER_LABEL
         return [(tracks[r], dets[c]) for r, c in assign(1.0 - iou, 1.0 - min_iou)]
 
     def _births(

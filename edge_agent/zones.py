@@ -74,24 +74,13 @@ class Polygon:
         self.points = np.asarray(points, np.float64).reshape(-1, 2)
         self._x1, self._y1 = self.points[:, 0], self.points[:, 1]
         self._x2, self._y2 = np.roll(self._x1, -1), np.roll(self._y1, -1)
-        lo, hi = self.points.min(axis=0), self.points.max(axis=0)
-        self._bbox = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
+        self._set: PolygonSet | None = None
 
     def contains(self, xy: np.ndarray) -> np.ndarray:
         """xy: [N, 2] normalised points -> [N] bool."""
-        xy = np.asarray(xy, np.float64).reshape(-1, 2)
-        if not len(xy):
-            return np.zeros(0, bool)
-        x, y = xy[:, :1], xy[:, 1:]
-        x0, y0, x1, y1 = self._bbox
-        near = ((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)).reshape(-1)
-        if not near.any():
-            return near
-        straddles = (self._y1 > y) != (self._y2 > y)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x_cross = self._x1 + (y - self._y1) * (self._x2 - self._x1) / (self._y2 - self._y1)
-        inside = (np.count_nonzero(straddles & (x < x_cross), axis=1) % 2).astype(bool)
-        return inside & near
+        if self._set is None:
+            self._set = PolygonSet([self])
+        return self._set.contains(xy)[:, 0]
 
 
 def anchor_points(boxes_norm: np.ndarray, anchor: str) -> np.ndarray:
@@ -140,23 +129,37 @@ def masked(masks: Sequence[MaskRule], labels: Sequence[str], anchors: np.ndarray
     return out
 
 
+class PolygonSet:
+    """Several polygons tested in one pass (even-odd rule), their edges laid out once: for a few points,
+    the numpy calls, not the arithmetic, are what the test costs."""
+
+    def __init__(self, polygons: Sequence[Polygon]):
+        self.count = len(polygons)
+        if not polygons:
+            return
+        self.x1 = np.concatenate([p._x1 for p in polygons])
+        self.y1 = np.concatenate([p._y1 for p in polygons])
+        y2 = np.concatenate([p._y2 for p in polygons])
+        x2 = np.concatenate([p._x2 for p in polygons])
+        self.y2 = y2
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            self.slope = (x2 - self.x1) / (y2 - self.y1)  # x per y along each edge (inf on horizontal ones)
+        self.starts = np.cumsum([0] + [len(p._x1) for p in polygons[:-1]])
+
+    def contains(self, xy: np.ndarray) -> np.ndarray:
+        """[N, 2] points -> [N, P] bool."""
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        if not len(xy) or not self.count:
+            return np.zeros((len(xy), self.count), bool)
+        x, y = xy[:, :1], xy[:, 1:]
+        with np.errstate(invalid="ignore", over="ignore"):
+            crossing = ((self.y1 > y) != (self.y2 > y)) & (x < self.x1 + (y - self.y1) * self.slope)
+        return np.logical_xor.reduceat(crossing, self.starts, axis=1)
+
+
 def inside_any(polygons: Sequence[Polygon], xy: np.ndarray) -> np.ndarray:
-    """[N, 2] points x polygons -> [N, P] bool, all polygons in one pass (even-odd rule): the numpy calls,
-    not the arithmetic, are what a few points cost, so every edge of every polygon goes at once."""
-    xy = np.asarray(xy, np.float64).reshape(-1, 2)
-    if not len(xy) or not polygons:
-        return np.zeros((len(xy), len(polygons)), bool)
-    x1 = np.concatenate([p._x1 for p in polygons])
-    y1 = np.concatenate([p._y1 for p in polygons])
-    x2 = np.concatenate([p._x2 for p in polygons])
-    y2 = np.concatenate([p._y2 for p in polygons])
-    starts = np.cumsum([0] + [len(p._x1) for p in polygons[:-1]])
-    x, y = xy[:, :1], xy[:, 1:]
-    straddles = (y1 > y) != (y2 > y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x_cross = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
-    hits = (straddles & (x < x_cross)).astype(np.int32)
-    return (np.add.reduceat(hits, starts, axis=1) % 2).astype(bool)
+    """[N, 2] points x polygons -> [N, P] bool."""
+    return PolygonSet(polygons).contains(xy)
 
 
 def in_zones(
@@ -165,12 +168,14 @@ def in_zones(
     scores: Sequence[float],
     boxes_norm: np.ndarray,
     anchors: np.ndarray,
+    shapes: PolygonSet | None = None,
 ) -> list[list[str]]:
-    """Per detection, the zones it is geometrically in and admitted by (before inertia)."""
+    """Per detection, the zones it is geometrically in and admitted by (before inertia). shapes: the
+    zones' polygons laid out once (built here when not given)."""
     out: list[list[str]] = [[] for _ in labels]
     if not zones or not len(labels):
         return out
-    inside = inside_any([z.polygon for z in zones], anchors)
+    inside = (shapes or PolygonSet([z.polygon for z in zones])).contains(anchors)
     rows = np.asarray(boxes_norm, np.float64).reshape(-1, 4).tolist()
     for i, k in zip(*np.nonzero(inside), strict=True):
         z = zones[int(k)]
