@@ -120,7 +120,8 @@ def parse(payload: bytes, topic: str) -> tuple[str | None, Command]:
         if _depth(args, MAX_DEPTH) > MAX_DEPTH:
             raise Rejected(f"args nested deeper than {MAX_DEPTH}")
     except Rejected as err:
-        raise Rejected(str(err), cid) from None
+        known = name if isinstance(name, str) and _NAME.match(name) else None
+        raise Rejected(str(err), cid, known) from None
     return cid, Command(cid, name, args, topic)
 
 
@@ -159,7 +160,9 @@ class CommandProcessor:
             except queue.Empty:
                 continue
             try:
-                self.publish(self.handle(topic, payload))
+                answer = self.handle(topic, payload)
+                self.publish(answer)
+                self.remember(answer)  # only once it is out: a retry of an unanswered id is run again
             except Exception:  # loop boundary: one bad command must not stop the others
                 self.counts["errors"] += 1
                 log.exception("command processing failed")
@@ -167,30 +170,43 @@ class CommandProcessor:
     def handle(self, topic: str, payload: bytes) -> dict[str, Any]:
         self.counts["received"] += 1
         cid: str | None = None
+        name: str | None = None
         result: dict[str, Any]
         try:
             cid, cmd = parse(payload, topic)
+            name = cmd.name
             if cid is not None and cid in self._done:
                 self.counts["duplicate"] += 1
                 return {**self._done[cid], "duplicate": True}
             handler = self.handlers.get(cmd.name)
             if handler is None:
-                raise Rejected(f"unknown command '{cmd.name}'; known: {', '.join(sorted(self.handlers))}")
-            out = handler(cmd)
+                known = ", ".join(sorted(self.handlers))
+                raise Rejected(f"unknown command '{cmd.name}'; known: {known}", cid, cmd.name)
+            try:
+                out = handler(cmd)
+            except Rejected as err:
+                raise Rejected(str(err.args[0]), cid, cmd.name) from None
             status = str(out.pop(ACCEPTED, "done"))  # long jobs answer 'accepted', then report elsewhere
             result = {"id": cid, "command": cmd.name, "status": status, "result": out}
             self.counts["done"] += 1
         except Rejected as err:
             cid = cid if cid is not None else (err.args[1] if len(err.args) > 1 else None)
-            result = {"id": cid, "status": "rejected", "reason": str(err.args[0])}
+            name = name or (err.args[2] if len(err.args) > 2 else None)
+            result = {"id": cid, "command": name, "status": "rejected", "reason": str(err.args[0])}
             self.counts["rejected"] += 1
         except Exception as err:  # a handler's own failure is still one answer
             log.exception("command %s failed", cid)
-            result = {"id": cid, "status": "rejected", "reason": f"failed: {type(err).__name__}: {err}"[:500]}
+            reason = f"failed: {type(err).__name__}: {err}"[:500]
+            result = {"id": cid, "command": name, "status": "rejected", "reason": reason}
             self.counts["rejected"] += 1
         result["ts"] = round(time.time(), 3)
-        if cid is not None:
-            self._done[cid] = result
-            while len(self._done) > REMEMBER:
-                self._done.popitem(last=False)
         return result
+
+    def remember(self, answer: dict[str, Any]) -> None:
+        """Keep an answer for its id, so that a repeated id is answered again, not run twice."""
+        cid = answer.get("id")
+        if cid is None or answer.get("duplicate"):
+            return
+        self._done[cid] = answer
+        while len(self._done) > REMEMBER:
+            self._done.popitem(last=False)

@@ -147,4 +147,19 @@ def info(
 
 
 def dumps(doc: dict[str, Any]) -> bytes:
-    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    """JSON that never fails to serialise: text that is not valid Unicode (a lone surrogate echoed from a
+    malformed command, say) is written with backslash escapes instead of raising."""
+    try:
+        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_clean(doc), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_clean(k) if isinstance(k, str) else str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value

@@ -126,3 +126,23 @@ def test_a_flood_of_garbage_is_answered_and_the_stream_goes_on(running_agent) ->
     sub.publish("edge/fuzz/cmd", b'{"id": "after", "command": "ping"}')
     assert _next_result(sub)["id"] == "after"
     assert agent.proc.poll() is None
+
+
+def test_a_key_that_is_not_unicode_still_gets_its_answer_and_a_retry_is_answered(running_agent) -> None:  # type: ignore[no-untyped-def]
+    """A lone surrogate in a key (valid JSON, not valid Unicode) once broke serialising the answer; the
+    id had been remembered first, so a clean retry with the same id was never answered either."""
+    agent, sub = running_agent
+    sub.publish("edge/fuzz/cmd", b'{"id": "sur1", "command": "ping", "\\ud800": 1}')
+    r = _next_result(sub)
+    assert r["id"] == "sur1" and r["status"] == "rejected" and r["command"] == "ping"
+    assert "unknown field" in r["reason"] and "\\ud800" in r["reason"]  # escaped, not dropped
+    sub.publish("edge/fuzz/cmd", b'{"id": "sur2", "command": "ping", "args": {"\\udfff": "x"}}')
+    r2 = _next_result(sub)
+    assert r2["id"] == "sur2" and r2["status"] == "rejected" and r2["command"] == "ping"
+    sub.publish("edge/fuzz/cmd", b'{"id": "sur1", "command": "ping"}')  # the same id again: answered from memory
+    again = _next_result(sub)
+    assert again["id"] == "sur1" and again["duplicate"] is True
+    sub.publish("edge/fuzz/cmd", b'{"id": "r1", "command": "self-destruct"}')
+    unknown = _next_result(sub)
+    assert unknown["command"] == "self-destruct" and unknown["status"] == "rejected"
+    assert agent.proc.poll() is None
