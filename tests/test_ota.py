@@ -20,7 +20,7 @@ from edge_agent.fleet import FileServer, build_manifest
 from edge_agent.ota.manifest import load_private_key, write_keypair
 from edge_agent.sinks.mqtt import Subscriber
 
-from .conftest import SHORT, SHORT_INT8, Broker, TopicRecorder, run_cli, wait_until
+from .conftest import FULL, SHORT, SHORT_INT8, Broker, TopicRecorder, run_cli, wait_until
 
 
 class Watch(TopicRecorder):
@@ -358,11 +358,20 @@ class _Slow(__import__("http.server").server.SimpleHTTPRequestHandler):
             time.sleep(0.02)
 
 
-def _slow_server(directory: Path) -> tuple[Any, int]:
+class _Slower(_Slow):
+    """About 80 kB/s: a BlazeFace download takes a few seconds."""
+
+    def copyfile(self, source, outputfile) -> None:  # type: ignore[no-untyped-def]
+        while chunk := source.read(8192):
+            outputfile.write(chunk)
+            time.sleep(0.1)
+
+
+def _slow_server(directory: Path, handler: type = _Slow) -> tuple[Any, int]:
     import functools
     import http.server
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Slow, directory=str(directory)))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv, int(srv.server_address[1])
 
@@ -520,3 +529,101 @@ def test_start_uses_the_installed_version_and_its_settings(tmp_path: Path) -> No
     store.activate(m.sha256, 5)
     _, report2 = model_for_start(load_settings(None, {"model.path": str(SHORT)}), store)
     assert report2 is not None and report2["state"] == "rolled_back" and store.state["crashes"][m.sha256] == 1
+
+
+def test_an_older_deploy_never_replaces_a_newer_one(broker: Broker, agent_factory, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two signed deploys 0.3 s apart: a newer one supersedes an older one queued or downloading, and an
+    older one arriving after a newer is refused; the version check is repeated at activation."""
+    priv, pub = keys
+    key = load_private_key(priv)
+    served = tmp_path / "served"
+    served.mkdir()
+    for name, src in (("int8.tflite", SHORT_INT8), ("float.tflite", SHORT), ("full.tflite", FULL)):
+        (served / name).write_bytes(src.read_bytes())  # a distinct file per version: each one downloads
+    srv, port = _slow_server(served, _Slower)
+    w = Watch(broker, "dg")
+    try:
+        agent_factory([*STREAM, "--device-id", "dg"], env=ota_env(broker, pub))
+        wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        files = {61: "int8.tflite", 60: "float.tflite", 70: "float.tflite", 71: "full.tflite"}
+
+        def manifest(v: int) -> dict[str, Any]:
+            url = [f"http://127.0.0.1:{port}/{files[v]}"]
+            return build_manifest(served / files[v], v, None, url, None, 1).signed(key).model_dump(mode="json")
+
+        # newer first (slow download), then older: the older is refused on arrival
+        assert w.deploy(manifest(61), "v61")["status"] == "accepted"
+        time.sleep(0.3)
+        old = w.deploy(manifest(60), "v60")
+        assert old["status"] == "rejected" and "61" in old["reason"] and old["command"] == "deploy"
+        wait_until(lambda: "active" in w.state_names(61), 90, what="v61 active")
+        assert "active" not in w.state_names(60)
+        # older first (slow download), then newer: the older gives way mid-download
+        assert w.deploy(manifest(70), "v70")["status"] == "accepted"
+        wait_until(lambda: "downloading" in w.state_names(70), 30, what="v70 downloading")
+        time.sleep(0.3)
+        assert w.deploy(manifest(71), "v71")["status"] == "accepted"
+        wait_until(lambda: "active" in w.state_names(71), 90, what="v71 active")
+        assert "superseded" in w.state_names(70) and "active" not in w.state_names(70)
+        listing = w.command("list-models", "lm")["result"]
+        assert listing["current"]["version"] == 71 and listing["highest_version"] == 71
+    finally:
+        srv.shutdown()
+        w.close()
+
+
+def test_a_size_larger_than_the_file_fails_at_once_and_the_next_deploy_goes_through(  # type: ignore[no-untyped-def]
+    broker: Broker, agent_factory, keys, tmp_path: Path
+) -> None:
+    """The server answers 416 to the Range request for the bytes the manifest promises beyond the file's end:
+    a permanent error, named, not a 30-minute wedge at 'downloading 90%'."""
+    priv, pub = keys
+    key = load_private_key(priv)
+    served = tmp_path / "served"
+    served.mkdir()
+    data = SHORT_INT8.read_bytes()
+    (served / "m.tflite").write_bytes(data)
+    fs = FileServer(served, "127.0.0.1", 0)
+    w = Watch(broker, "sz")
+    try:
+        agent_factory([*STREAM, "--device-id", "sz"], env=ota_env(broker, pub))
+        wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        url = [f"http://127.0.0.1:{fs.port}/m.tflite"]
+        good = build_manifest(served / "m.tflite", 5, None, url, None, 1)
+        padded = good.model_copy(update={"size": len(data) + len(data) // 9, "sha256": "cd" * 32}).signed(key)
+        t0 = time.monotonic()
+        assert w.deploy(padded.model_dump(mode="json"), "big")["status"] == "accepted"
+        failed = wait_until(lambda: next((s for s in list(w.states) if s.get("version") == 5
+                                          and s["state"] == "failed"), None), 30, what="the failure")
+        assert time.monotonic() - t0 < 20 and "416" in failed["reason"] and "smaller" in failed["reason"]
+        nxt = build_manifest(served / "m.tflite", 6, None, url, None, 1).signed(key)
+        assert w.deploy(nxt.model_dump(mode="json"), "next")["status"] == "accepted"
+        wait_until(lambda: "active" in w.state_names(6), 60, what="the next deploy")
+    finally:
+        fs.close()
+        w.close()
+
+
+def test_a_read_only_state_directory_fails_the_download_at_once(tmp_path: Path) -> None:
+    """A local write error is permanent: the download stops with it, instead of retrying to the deadline."""
+    import os
+
+    from edge_agent.ota.download import DownloadError, download
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "m.tflite").write_bytes(SHORT_INT8.read_bytes())
+    fs = FileServer(served, "127.0.0.1", 0)
+    try:
+        blocked = tmp_path / "blocked"
+        blocked.write_text("a file where the directory should be")  # no write, even as root
+        dest = blocked / "m.part" if os.geteuid() == 0 else tmp_path / "ro" / "m.part"
+        if os.geteuid() != 0:
+            dest.parent.mkdir(mode=0o500)
+        t0 = time.monotonic()
+        with pytest.raises(DownloadError, match="cannot write"):
+            download([f"http://127.0.0.1:{fs.port}/m.tflite"], dest, SHORT_INT8.stat().st_size, "ab" * 32,
+                     5.0, 300.0)
+        assert time.monotonic() - t0 < 5
+    finally:
+        fs.close()

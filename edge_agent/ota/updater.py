@@ -7,6 +7,7 @@ between two frames. Progress is published as retained JSON on `{prefix}/{device_
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import queue
 import threading
@@ -35,7 +36,7 @@ from edge_agent.ota.store import ModelStore
 
 log = logging.getLogger(__name__)
 
-TERMINAL = ("active", "rolled_back", "rejected", "failed")
+TERMINAL = ("active", "rolled_back", "rejected", "failed", "superseded")
 _CHUNK_QUEUE = 256
 
 
@@ -107,6 +108,8 @@ class Updater:
         #: sha256 of the model whose MQTT chunks this updater is collecting now
         self.receiving: str | None = None
         self.last_outcome: dict[str, Any] | None = None
+        #: the newest version accepted: an older job, queued or running, gives way to it
+        self.wanted = 0
         self._lock = threading.Lock()
 
     # --- called by the command handler ---------------------------------------------------
@@ -123,6 +126,8 @@ class Updater:
         highest = int(self.store.state.get("highest_version", 0))
         if m.version <= highest:
             raise ManifestError(f"version {m.version} is not above the highest accepted ({highest})")
+        if m.version <= self.wanted:
+            raise ManifestError(f"version {m.version} is not above version {self.wanted}, accepted and in progress")
         if m.size > o.max_bytes:
             raise ManifestError(f"size {m.size} exceeds ota.max_bytes {o.max_bytes}")
         if self.store.is_blocked(m.sha256):
@@ -131,12 +136,23 @@ class Updater:
             raise ManifestError("HTTP delivery needs at least one URL")
 
     def submit(self, m: Manifest) -> None:
-        self.check(m)
-        try:
-            self.jobs.put_nowait(m)
-        except queue.Full:
-            raise ManifestError("too many updates queued") from None
+        with self._lock:  # two deploys at once: the check and the claim go together
+            self.check(m)
+            try:
+                self.jobs.put_nowait(m)
+            except queue.Full:
+                raise ManifestError("too many updates queued") from None
+            self.wanted = m.version
         self._state("received", m)
+
+    def superseded(self, m: Manifest) -> str | None:
+        """Why `m` must give way (a newer version was accepted, or is already installed), or None."""
+        highest = int(self.store.state.get("highest_version", 0))
+        if self.wanted > m.version:
+            return f"superseded by version {self.wanted}"
+        if highest >= m.version:
+            return f"version {highest} is installed already"
+        return None
 
     # --- the update thread -------------------------------------------------------------------
     def start(self) -> None:
@@ -147,6 +163,10 @@ class Updater:
             try:
                 m = self.jobs.get(timeout=0.5)
             except queue.Empty:
+                continue
+            why = self.superseded(m)
+            if why is not None:  # queued behind a newer one: never started
+                self._state("superseded", m, reason=why)
                 continue
             try:
                 self._update(m)
@@ -185,9 +205,13 @@ class Updater:
                     finally:
                         self.receiving = None
                 else:
-                    download(m.urls, part, m.size, m.sha256, o.stall_s, o.deadline_s, progress)
+                    download(
+                        m.urls, part, m.size, m.sha256, o.stall_s, o.deadline_s, progress,
+                        functools.partial(self.superseded, m),  # checked while it downloads
+                    )
             except DownloadError as err:
-                self._state("failed", m, reason=str(err))
+                why = self.superseded(m)
+                self._state("superseded" if why else "failed", m, reason=why or str(err))
                 return
             self._state("verifying", m)
             self.store.install(part, m.sha256, m.model_dump(mode="json"))
@@ -196,6 +220,11 @@ class Updater:
             new_model = self._build(m, blob)
         except ModelError as err:
             self._state("rejected", m, reason=str(err))
+            return
+        why = self.superseded(m)  # the check again, at the moment it would take over
+        if why is not None:
+            new_model.close()
+            self._state("superseded", m, reason=why)
             return
         self._state("activating", m)
         self.store.activate(m.sha256, m.version)
@@ -256,6 +285,9 @@ class Updater:
                     raise DownloadError(
                         f"{n - len(have)} of {n} chunks missing after {'deadline' if now > deadline else 'a stall'}"
                     )
+                why = self.superseded(m)
+                if why is not None:
+                    raise DownloadError(why)
                 try:
                     sha, idx, data = self.chunks.get(timeout=0.2)
                 except queue.Empty:
