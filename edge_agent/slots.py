@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,14 @@ class ModelSlot:
         self.updater = Updater(self.settings, self.store, self.publish_state, self.swap, lambda: self.errors(), stop)
         self.updater.pool = self.pool
         self.updater.start()
+        # the retained state describes what is served from the first moment, whatever it said before
+        # (an update cut short by a restart leaves `downloading` or `validating` behind)
+        model = self.model
+        serving = Updater.serving(model) if model is not None else {}
         if self.state is not None:
-            self.publish_state(self.state)
+            self.publish_state({**self.state, "serving": serving})
+        else:
+            self.publish_state({"state": "active", "ts": round(time.time(), 3), **serving, "serving": serving})
         return self.updater
 
     def swap(self, new: Model) -> Model | None:

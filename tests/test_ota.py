@@ -627,3 +627,79 @@ def test_a_read_only_state_directory_fails_the_download_at_once(tmp_path: Path) 
         assert time.monotonic() - t0 < 5
     finally:
         fs.close()
+
+
+def test_a_power_cut_during_probation_is_not_a_crash_of_the_model(tmp_path: Path) -> None:
+    """The kernel's boot id at activation tells a restart of the system (not counted, never blocks a good
+    model) from a crash of the agent on the same boot (counted; two block the model)."""
+    import shutil
+
+    from edge_agent.config import load_settings
+    from edge_agent.ota.store import ModelStore
+    from edge_agent.ota.updater import kernel_boot_id, model_for_start
+
+    assert kernel_boot_id()  # Linux: /proc/sys/kernel/random/boot_id
+    store = ModelStore(tmp_path / "models", keep=3)
+    m = build_manifest(SHORT_INT8, 4, None, ["http://x.example/m"], None, 1)
+    part = store.incoming / "x.part"
+    shutil.copy(SHORT_INT8, part)
+    store.install(part, m.sha256, m.model_dump(mode="json"))
+    settings = load_settings(None, {"model.path": str(SHORT)})
+    for version in (5, 6, 7):  # three power cuts in a row, each during probation
+        store.activate(m.sha256, version, "an-earlier-boot")
+        _, report = model_for_start(settings, store)
+        assert report is not None and "system restarted" in report["reason"] and not report["blocked"]
+    assert store.state["crashes"].get(m.sha256, 0) == 0 and not store.is_blocked(m.sha256)
+    for version in (8, 9):  # two crashes of the agent on this boot
+        store.activate(m.sha256, version, kernel_boot_id())
+        _, report = model_for_start(settings, store)
+    assert report is not None and report["blocked"] and store.is_blocked(m.sha256)
+
+
+def test_a_rollback_during_probation_leaves_the_truth_retained(broker: Broker, agent_factory, keys,  # type: ignore[no-untyped-def]
+                                                               tmp_path: Path) -> None:
+    """The retained state once said `active v62` while v60 served; after a restart it stayed stale."""
+    priv, pub = keys
+    key = load_private_key(priv)
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "new.tflite").write_bytes(SHORT_INT8.read_bytes())
+    fs = FileServer(served, "127.0.0.1", 0)
+    w = Watch(broker, "rb")
+    env = ota_env(broker, pub, EDGE_AGENT_OTA__PROBATION_INFERENCES="100000", EDGE_AGENT_OTA__PROBATION_S="600",
+                  EDGE_AGENT_STATE_DIR=str(tmp_path / "st"))
+    try:
+        a = agent_factory([*STREAM, "--device-id", "rb"], env=env, name="first")
+        wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        m = build_manifest(served / "new.tflite", 62, None, [f"http://127.0.0.1:{fs.port}/new.tflite"], None, 1)
+        assert w.deploy(m.signed(key).model_dump(mode="json"), "d62")["status"] == "accepted"
+        wait_until(lambda: "probation" in w.state_names(62), 60, what="probation")
+        assert w.command("rollback", "rb62")["status"] == "done"
+        wait_until(lambda: w.preds[-1]["model"]["name"] == "face_detection_short_range", 10, what="the old model")
+        time.sleep(1.0)  # the update thread comes round: it must not report the model it no longer judges
+        assert w.state_names(62)[-1] == "rolled_back" and "active" not in w.state_names(62)
+
+        def retained() -> dict[str, Any]:
+            sub = Subscriber(broker.mqtt(), ["edge/rb/model/state"])
+            assert sub.start(10)
+            try:
+                got = sub.get(5)
+                assert got is not None and got[2], "no retained state"
+                return dict(orjson.loads(got[1]))
+            finally:
+                sub.stop()
+
+        before = retained()
+        assert before["state"] == "rolled_back" and before["serving"]["name"] == "face_detection_short_range"
+        a.signal(signal.SIGTERM)
+        assert a.wait(15) == 0
+        boots = {p["boot_id"] for p in list(w.preds)}
+        agent_factory([*STREAM, "--device-id", "rb"], env=env, name="second")
+        first = wait_until(lambda: next((p for p in list(w.preds) if p["boot_id"] not in boots), None), 30,
+                           what="the restarted agent")
+        wait_until(lambda: (r := retained()) and r.get("ts", 0) > before["ts"], 10, what="the state republished")
+        after = retained()
+        assert after["serving"]["sha256"] == first["model"]["sha256"]
+    finally:
+        fs.close()
+        w.close()

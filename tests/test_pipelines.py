@@ -205,6 +205,7 @@ model.path = "{WAKEWORD}"
         assert rec.get("edge/box/availability")[-1] == "online"
         allowed = {f"edge/box/{leaf}" for leaf in ("availability", "info", "health")}
         allowed |= {f"edge/box/{p}/{leaf}" for p in ("porch", "kitchen", "voice") for leaf in ("predictions", "events")}
+        allowed |= {f"edge/box/models/{p}/state" for p in ("porch", "kitchen", "voice")}  # what each serves
         assert rec.topics() <= allowed, rec.topics() - allowed
         seqs = [p["seq"] for p in rec.get("edge/box/porch/predictions")]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # one sequence per pipeline topic

@@ -90,11 +90,12 @@ class ModelStore:
             [*self.state.get("history", []), {"event": event, "ts": round(time.time(), 3), **fields}]
         )[-50:]
 
-    def activate(self, sha256: str, version: int) -> None:
-        """Point `current` at a new version and put it on probation; the old one stays `previous`."""
+    def activate(self, sha256: str, version: int, kernel_boot: str | None = None) -> None:
+        """Point `current` at a new version and put it on probation; the old one stays `previous`.
+        kernel_boot: the system's boot id, so a later start tells a crash from a power cut."""
         st = self.state
         st["previous"], st["current"] = st.get("current"), {"sha256": sha256, "version": version}
-        st["probation"] = {"sha256": sha256, "started": round(time.time(), 3)}
+        st["probation"] = {"sha256": sha256, "started": round(time.time(), 3), "kernel_boot": kernel_boot}
         st["highest_version"] = max(int(st.get("highest_version", 0)), version)
         self.record("activated", sha256=sha256, version=version)
         self.save()

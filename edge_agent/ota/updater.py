@@ -227,7 +227,7 @@ class Updater:
             self._state("superseded", m, reason=why)
             return
         self._state("activating", m)
-        self.store.activate(m.sha256, m.version)
+        self.store.activate(m.sha256, m.version, kernel_boot_id())
         with self._lock:
             self.probation = Probation(
                 m.sha256, o.probation_inferences, time.monotonic() + o.probation_s, self.errors()
@@ -237,7 +237,9 @@ class Updater:
         while not self.stop.is_set():
             with self._lock:
                 p = self.probation
-                verdict = p.verdict(self.errors(), o.max_inference_ms) if p else ""
+                if p is None:  # rolled back meanwhile (the command): that rollback said what is served
+                    return
+                verdict = p.verdict(self.errors(), o.max_inference_ms)
             if verdict is not None:
                 break
             self.stop.wait(0.1)
@@ -311,7 +313,13 @@ class Updater:
             raise DownloadError("sha256 mismatch after MQTT delivery")
 
     def rollback(self, reason: str, m: Manifest | None = None) -> bool:
-        """Back to the previous model (in memory when we still hold it)."""
+        """Back to the previous model (in memory when we still hold it). A model on probation stops
+        being judged: the retained state then says `rolled_back`, never `active`, for it."""
+        with self._lock:
+            judged, self.probation = self.probation, None
+        if m is None and judged is not None:
+            man = self.store.manifest(judged.sha256)
+            m = Manifest.model_validate(man) if man else None
         prev = self.store.rollback(reason)
         old = self.previous_model
         if old is None and prev is not None:
@@ -327,8 +335,12 @@ class Updater:
             )
         self.swap(old)
         self.previous_model = None
-        self._state("rolled_back", m, reason=reason, now=prev)
+        self._state("rolled_back", m, reason=reason, now=prev, serving=self.serving(old))
         return True
+
+    @staticmethod
+    def serving(model: Model) -> dict[str, Any]:
+        return {"name": model.name, "version": model.version, "sha256": model.file.sha256}
 
     def observe(self, model_sha: str, outputs: list[np.ndarray], inference_ms: float) -> None:
         """From the post-processing thread, for every result while a model is on probation."""
@@ -425,13 +437,18 @@ def model_for_start(settings: Settings, store: ModelStore) -> tuple[ModelConfig,
     report = None
     prob = store.state.get("probation")
     if prob:
-        crashes = store.note_crash(prob["sha256"])
-        store.rollback(f"agent restarted during probation (crash {crashes} of this model)")
+        if prob.get("kernel_boot") not in (None, kernel_boot_id()):
+            # the system itself restarted (a power cut, a reboot): no fault of the model, not counted
+            why = "the system restarted during probation (not counted as a crash of the model)"
+        else:
+            crashes = store.note_crash(prob["sha256"])
+            why = f"agent restarted during probation (crash {crashes} of this model)"
+        store.rollback(why)
         report = {
             "state": "rolled_back",
             "sha256": prob["sha256"],
             "ts": round(time.time(), 3),
-            "reason": f"agent restarted during probation (crash {crashes})",
+            "reason": why,
             "blocked": store.is_blocked(prob["sha256"]),
         }
     cur = store.state.get("current")
@@ -447,3 +464,11 @@ def model_for_start(settings: Settings, store: ModelStore) -> tuple[ModelConfig,
         upd.update(_settings_of(man))
         return ModelConfig.model_validate({**settings.model.model_dump(), **upd}), report
     return settings.model, report
+
+
+def kernel_boot_id() -> str | None:
+    """The running kernel's boot id: it changes when the system restarts, not when the agent does."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
