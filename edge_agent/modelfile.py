@@ -97,6 +97,8 @@ class ModelFile:
     associated_files: tuple[str, ...] = field(default=())
     #: tensor indices of TFLite_Detection_PostProcess outputs (boxes, classes, scores, count)
     detection_op_outputs: tuple[int, ...] | None = None
+    #: bytes of all tensors of all subgraphs at their declared shapes: about what loading allocates
+    tensor_bytes: int = 0
 
     @property
     def name(self) -> str:
@@ -136,7 +138,7 @@ def read_model_file(path: Path) -> ModelFile:
     if len(data) < 16 or data[4:8] != TFLITE_IDENTIFIER:
         raise ModelError(f"not a TFLite model (no TFL3 header): {path} ({len(data)} bytes)")
     try:
-        ops, custom, meta_buf, det_outputs = _parse_model(data)
+        ops, custom, meta_buf, det_outputs, tensor_bytes = _parse_model(data)
     except ModelError as err:
         raise ModelError(f"corrupt or truncated model file: {path}: {err}") from None
     except Exception as err:  # flatbuffers raises assorted types on garbage offsets
@@ -158,10 +160,15 @@ def read_model_file(path: Path) -> ModelFile:
         labels=labels,
         associated_files=tuple(files),
         detection_op_outputs=det_outputs,
+        tensor_bytes=tensor_bytes,
     )
 
 
-def _parse_model(data: bytes) -> tuple[list[str], list[str], bytes | None, tuple[int, ...] | None]:
+#: Bytes per element by TensorType (schema.fbs); others count 4.
+_TYPE_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8, 13: 1, 14: 8, 15: 2, 16: 2}
+
+
+def _parse_model(data: bytes) -> tuple[list[str], list[str], bytes | None, tuple[int, ...] | None, int]:
     """Walk schema.fbs tables directly, so a bad offset raises here instead of in native code."""
     size = len(data)
     model = Table(bytearray(data), flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0))
@@ -179,8 +186,13 @@ def _parse_model(data: bytes) -> tuple[list[str], list[str], bytes | None, tuple
     subgraphs = list(_tables(model, 2))
     if not subgraphs:
         raise ModelError("no subgraph")
-    for t in _tables(subgraphs[0], 0):  # tensors: shapes must be readable
-        _ints(t, 0)
+    tensor_bytes = 0
+    for sg in subgraphs:  # tensors: shapes must be readable; their sum is what loading will allocate
+        for t in _tables(sg, 0):
+            n = 1
+            for d in _ints(t, 0):
+                n *= max(1, d)
+            tensor_bytes += n * _TYPE_BYTES.get(_u8(t, 1), 4)
     det_outputs = None
     used: dict[str, None] = {}  # op names in order of first use (codes may list unused ops)
     for g, sg in enumerate(subgraphs):
@@ -209,7 +221,7 @@ def _parse_model(data: bytes) -> tuple[list[str], list[str], bytes | None, tuple
             if o:
                 start = buf.Vector(o)
                 meta_buf = bytes(data[start : start + buf.VectorLen(o)])
-    return ops, custom, meta_buf, det_outputs
+    return ops, custom, meta_buf, det_outputs, tensor_bytes
 
 
 def _associated(data: bytes, label_file: str | None) -> tuple[list[str], tuple[str, ...] | None]:

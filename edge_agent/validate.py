@@ -26,8 +26,10 @@ DEFAULT_MEMORY_MB = 2048
 DEFAULT_TIMEOUT_S = 60.0
 
 
-def check_model(path: Path, threads: int = 1) -> dict[str, Any]:
-    """In this process: parse, build an interpreter, allocate, invoke once on zeros."""
+def check_model(path: Path, threads: int = 1, memory_mb: int = 0) -> dict[str, Any]:
+    """In this process: parse, build an interpreter, allocate, invoke once on zeros. memory_mb: the
+    limit this process runs under; a model whose tensors alone exceed it is refused by name, since
+    LiteRT's own message for a failed allocation does not say so."""
     import numpy as np
 
     from edge_agent.modelfile import ModelError, read_model_file
@@ -36,6 +38,12 @@ def check_model(path: Path, threads: int = 1) -> dict[str, Any]:
 
     try:
         mf = read_model_file(path)
+        if memory_mb and mf.tensor_bytes > memory_mb * 2**20 * 0.9:
+            return {
+                "ok": False,
+                "reason": f"out of memory: its tensors need about {mf.tensor_bytes / 2**20:,.0f} MB, more than the "
+                f"{memory_mb} MB a model may take here",
+            }
         t0 = time.perf_counter()
         be = InterpreterBackend(path, threads)
         for i in range(len(be.inputs)):
@@ -65,7 +73,7 @@ def validate_in_child(
     path: Path, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB
 ) -> dict[str, Any]:
     """The verdict of a child that loaded the model; {"ok": False, "reason": ...} however it ended."""
-    cmd = [sys.executable, "-m", "edge_agent.validate", "--model", str(path)]
+    cmd = [sys.executable, "-m", "edge_agent.validate", "--model", str(path), "--memory-mb", str(memory_mb)]
     env = {**os.environ, "PYTHONFAULTHANDLER": "0"}
     try:
         proc = subprocess.run(
@@ -92,8 +100,9 @@ def validate_in_child(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="edge_agent.validate")
     ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--memory-mb", type=int, default=0, help="the memory limit this process runs under")
     args = ap.parse_args(argv)
-    report = check_model(args.model)
+    report = check_model(args.model, memory_mb=args.memory_mb)
     print(json.dumps(report), flush=True)
     return 0 if report["ok"] else 3
 

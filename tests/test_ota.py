@@ -174,12 +174,15 @@ def test_download_and_validation_failures(broker: Broker, agent_factory, keys, t
         for cid, m, state, reason in (("lie", lie, "failed", "more than"), ("mm", mismatch, "failed", "mismatch"),
                                       ("broken", broken, "rejected", "truncated"),
                                       ("notimage", notimage, "rejected", "could not load"),
-                                      ("huge", huge, "rejected", "could not load"),
+                                      ("huge", huge, "rejected", "out of memory: its tensors need about 12,291 MB"),
                                       ("crasher", crasher, "rejected", "SIGSEGV")):
             assert w.deploy(m.model_dump(mode="json"), cid)["status"] == "accepted"
             final = wait_until(lambda m=m, state=state: next((s for s in list(w.states) if s.get("version") == m.version
                                                               and s["state"] == state), None), 60, what=cid)
             assert reason in final["reason"], (cid, final)
+            if state == "rejected":  # nothing of it is left on disk
+                assert (tmp_path / "state" / "models" / "blobs").is_dir()
+                assert not list((tmp_path / "state" / "models").rglob(f"{m.sha256}*")), cid
         assert w.preds[-1]["model"]["name"] == "face_detection_short_range"
     finally:
         fs.close()

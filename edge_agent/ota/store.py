@@ -147,6 +147,16 @@ class ModelStore:
             )
         return out
 
+    def discard(self, sha256: str) -> None:
+        """Remove a version that will never serve (rejected); never the current or previous one."""
+        if sha256 in {(self.state.get(k) or {}).get("sha256") for k in ("current", "previous")}:
+            return
+        for p in (self.blob(sha256), self.manifests / f"{sha256}.json", self.manifests / f"{sha256}.labels.txt"):
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass
+
     def prune(self) -> None:
         """Keep the newest `keep` versions; never the current or previous one."""
         pinned = {(self.state.get(k) or {}).get("sha256") for k in ("current", "previous")}

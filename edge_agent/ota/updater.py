@@ -219,6 +219,7 @@ class Updater:
         try:
             new_model = self._build(m, blob)
         except ModelError as err:
+            self.store.discard(m.sha256)  # a rejected model leaves nothing on disk
             self._state("rejected", m, reason=str(err))
             return
         why = self.superseded(m)  # the check again, at the moment it would take over

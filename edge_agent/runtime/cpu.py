@@ -84,7 +84,16 @@ class InterpreterBackend(Backend):
 
 
 def _explain(msg: str, path: Path) -> str:
-    first = msg.strip().splitlines()[0] if msg.strip() else "unknown error"
+    first = msg.strip().splitlines()[0] if msg.strip() else "no message from LiteRT"
+    if not msg.strip() or "failed to prepare" in msg or "alloc" in msg.lower():
+        from edge_agent.modelfile import ModelError, read_model_file
+
+        try:
+            need = read_model_file(path).tensor_bytes
+        except ModelError:
+            need = 0
+        if need > 2**30:  # the likely cause, named: a failed allocation is all LiteRT reports of it
+            return f"{path}: LiteRT could not load the model ({first}): its tensors need about {need / 2**20:,.0f} MB"
     if "edgetpu-custom-op" in msg:
         return f"{path}: model is compiled for the Edge TPU and needs the libedgetpu.so.1 delegate ({first})"
     if "unresolved custom op" in msg.lower() or "didn't find op" in msg.lower():
