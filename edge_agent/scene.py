@@ -74,7 +74,6 @@ class TrackedObject:
     announced_score: float = 0.0
     changed: bool = False
     snapshot_ts: float | None = None
-    snapshot_score: float = 0.0
     attributes: dict[str, Any] = field(default_factory=dict)
     second_ts: float | None = None  # when the second stage last ran on it
 
@@ -141,7 +140,6 @@ class SceneStage:
         #: objects whose `end` this frame raised, for their last snapshot
         self._ended: dict[str, TrackedObject] = {}
         self.masked = 0
-        self.ids_created = 0
 
     @property
     def needs_images(self) -> bool:
@@ -163,7 +161,6 @@ class SceneStage:
         up = self.tracker.update(
             boxes[tracked], np.array([dets[i].score for i in tracked]), [dets[i].label for i in tracked], ts
         )
-        self.ids_created = self.tracker.created
         geo = (
             in_zones(self.zones, [d.label for d in dets], [d.score for d in dets], boxes, anchors, self.zone_shapes)
             if self.zones
