@@ -174,12 +174,14 @@ inertia = 2
         assert any(c["topic"] == "edge/box/yard/snapshot/cat" for c in cams)
         assert any(c.get("state_topic") == "edge/box/yard/zones/lawn/cat" for c in configs.values())
         # health's scene section
-        h = wait_until(
-            lambda: next((d for d in reversed(rec.json("edge/box/health"))
-                          if (d["pipelines"]["yard"]["scene"] or {}).get("events", {}).get("end")), None),
-            10, what="health with the scene",
-        )
-        sc = h["pipelines"]["yard"]["scene"]
+        def scene_health() -> dict[str, Any] | None:  # a document from after the clip was written
+            for d in reversed(rec.json("edge/box/health")):
+                sc = d["pipelines"]["yard"]["scene"] or {}
+                if sc.get("events", {}).get("end") and (sc.get("clips") or {}).get("written"):
+                    return dict(sc)
+            return None
+
+        sc = wait_until(scene_health, 10, what="health with the scene")
         assert sc["tracks_created"] >= 1 and sc["events"]["new"] == 1 and sc["clips"]["written"] == 1
     finally:
         agent.stop()
