@@ -599,9 +599,9 @@ def test_a_size_larger_than_the_file_fails_at_once_and_the_next_deploy_goes_thro
         failed = wait_until(lambda: next((s for s in list(w.states) if s.get("version") == 5
                                           and s["state"] == "failed"), None), 30, what="the failure")
         assert time.monotonic() - t0 < 20 and "416" in failed["reason"] and "smaller" in failed["reason"]
-        nxt = build_manifest(served / "m.tflite", 6, None, url, None, 1).signed(key)
-        assert w.deploy(nxt.model_dump(mode="json"), "next")["status"] == "accepted"
-        wait_until(lambda: "active" in w.state_names(6), 60, what="the next deploy")
+        fixed = build_manifest(served / "m.tflite", 5, None, url, None, 1).signed(key)  # the same version, fixed
+        assert w.deploy(fixed.model_dump(mode="json"), "fixed")["status"] == "accepted"
+        wait_until(lambda: "active" in w.state_names(5), 60, what="the corrected deploy")
     finally:
         fs.close()
         w.close()

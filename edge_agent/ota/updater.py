@@ -108,11 +108,16 @@ class Updater:
         #: sha256 of the model whose MQTT chunks this updater is collecting now
         self.receiving: str | None = None
         self.last_outcome: dict[str, Any] | None = None
-        #: the newest version accepted: an older job, queued or running, gives way to it
-        self.wanted = 0
+        #: versions accepted and not yet finished (queued or running): an older job gives way to a newer
+        self.pending: set[int] = set()
         self._lock = threading.Lock()
 
     # --- called by the command handler ---------------------------------------------------
+    @property
+    def wanted(self) -> int:
+        """The newest version accepted and not finished; 0 when none is."""
+        return max(self.pending, default=0)
+
     def check(self, m: Manifest) -> None:
         """Everything decidable before a byte is downloaded; raises ManifestError."""
         o = self.settings.ota
@@ -142,7 +147,7 @@ class Updater:
                 self.jobs.put_nowait(m)
             except queue.Full:
                 raise ManifestError("too many updates queued") from None
-            self.wanted = m.version
+            self.pending.add(m.version)
         self._state("received", m)
 
     def superseded(self, m: Manifest) -> str | None:
@@ -164,15 +169,18 @@ class Updater:
                 m = self.jobs.get(timeout=0.5)
             except queue.Empty:
                 continue
-            why = self.superseded(m)
-            if why is not None:  # queued behind a newer one: never started
-                self._state("superseded", m, reason=why)
-                continue
             try:
+                why = self.superseded(m)
+                if why is not None:  # queued behind a newer one: never started
+                    self._state("superseded", m, reason=why)
+                    continue
                 self._update(m)
             except Exception as err:  # loop boundary: an update failing must not take the agent with it
                 log.exception("update of %s v%d failed", m.name, m.version)
                 self._state("failed", m, reason=f"{type(err).__name__}: {err}")
+            finally:  # however it ended, it is not in progress: the same version may be sent again
+                with self._lock:
+                    self.pending.discard(m.version)
 
     def _state(self, state: str, m: Manifest | None = None, **extra: Any) -> None:
         doc: dict[str, Any] = {"state": state, "ts": round(time.time(), 3), **extra}
