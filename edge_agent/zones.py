@@ -142,8 +142,7 @@ class PolygonSet:
         y2 = np.concatenate([p._y2 for p in polygons])
         x2 = np.concatenate([p._x2 for p in polygons])
         self.y2 = y2
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            self.slope = (x2 - self.x1) / (y2 - self.y1)  # x per y along each edge (inf on horizontal ones)
+        self.dx, self.dy = x2 - self.x1, y2 - self.y1
         self.starts = np.cumsum([0] + [len(p._x1) for p in polygons[:-1]])
 
     def contains(self, xy: np.ndarray) -> np.ndarray:
@@ -152,8 +151,9 @@ class PolygonSet:
         if not len(xy) or not self.count:
             return np.zeros((len(xy), self.count), bool)
         x, y = xy[:, :1], xy[:, 1:]
-        with np.errstate(invalid="ignore", over="ignore"):
-            crossing = ((self.y1 > y) != (self.y2 > y)) & (x < self.x1 + (y - self.y1) * self.slope)
+        # (y - y1) * dx first, then / dy: a precomputed dx / dy overflows for a nearly flat edge
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            crossing = ((self.y1 > y) != (self.y2 > y)) & (x < self.x1 + (y - self.y1) * self.dx / self.dy)
         return np.logical_xor.reduceat(crossing, self.starts, axis=1)
 
 
