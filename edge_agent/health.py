@@ -193,7 +193,7 @@ class Health:
             "accelerator": model.runtime.accelerator if model is not None else None,
             "errors": p.infer_stats.errors + p.post_stats.errors,
             "last_error": p.infer_stats.last_error or p.post_stats.last_error or p.capture_stats.last_error,
-            "scene": p.scene.health() if p.kind == "frame" and p.scene is not None else None,  # type: ignore[union-attr]
+            "scene": p.scene.health() if p.scene is not None else None,
         }
 
     @staticmethod

@@ -283,6 +283,8 @@ class SignalPipeline:
         self.event_seq = 0
         #: retained state to republish on reconnect (frame pipelines' zone counts; none here)
         self.retained: dict[str, Message] = {}
+        #: no scene stage: tracks and zones are for frames
+        self.scene: None = None
         self.detector: EventDetector | None = None
         self._event_numbers = itertools.count(1)
         self._chain: _Chain | None = None

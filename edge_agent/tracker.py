@@ -112,10 +112,6 @@ class Track:
     confirmed: bool = False
     votes: Counter[str] = field(default_factory=Counter)
 
-    @property
-    def box(self) -> tuple[float, float, float, float]:
-        return (self.cx - self.w / 2, self.cy - self.h / 2, self.cx + self.w / 2, self.cy + self.h / 2)
-
     def predict(self, ts: float) -> tuple[float, float, float, float]:
         dt = max(0.0, ts - self.last_ts)
         cx, cy = self.cx + self.vx * dt, self.cy + self.vy * dt

@@ -15,7 +15,7 @@ import numpy as np
 
 from edge_agent.modelfile import TensorSpec
 from edge_agent.runtime import litert
-from edge_agent.runtime.base import Backend, BackendError, T
+from edge_agent.runtime.base import Backend, BackendError, T, present
 
 
 def _reason(err: Exception) -> str:
@@ -23,6 +23,24 @@ def _reason(err: Exception) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     useful = [ln for ln in lines if not ln.startswith(("ERROR: [", "=== ", "third_party/", "at "))]
     return (useful or lines or [type(err).__name__])[0][:300]
+
+
+def compiled_precheck(kind: str, nodes: tuple[str, ...], shown: str) -> str | None:
+    """Why LiteRT's `kind` accelerator cannot be tried here without a probe (no API, no device node)."""
+    if litert.compiled_model_api() is None:
+        return f"{litert.version()} has no CompiledModel {kind.upper()} accelerator"
+    if not present(nodes):
+        return f"no {kind.upper()} device node ({shown})"
+    return None
+
+
+def compiled_opener(kind: str) -> Callable[[Path, int, dict[str, str]], Backend]:
+    """The registry's opener for LiteRT's `kind` accelerator (threads and options do not apply)."""
+
+    def open_kind(path: Path, threads: int, options: dict[str, str]) -> Backend:
+        return open_compiled(path, kind)
+
+    return open_kind
 
 
 def open_compiled(path: Path, kind: str) -> CompiledBackend:

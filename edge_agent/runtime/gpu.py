@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import platform
-from pathlib import Path
 
-from edge_agent.runtime import litert
-from edge_agent.runtime.base import Accelerator, Backend, present
-from edge_agent.runtime.compiled import open_compiled
+from edge_agent.runtime.base import Accelerator
+from edge_agent.runtime.compiled import compiled_opener, compiled_precheck
 
 GPU_NODES = (
     "/dev/dri/renderD*",
@@ -33,15 +31,7 @@ def cpu_features() -> set[str]:
 def precheck() -> str | None:
     if platform.machine() in ("aarch64", "arm64") and not {"asimddp", "fphp"} <= cpu_features():
         return "LiteRT GPU plugin aborts on aarch64 CPUs without dotprod/fp16 (e.g. Pi 4, Jetson Nano)"
-    if litert.compiled_model_api() is None:
-        return f"{litert.version()} has no CompiledModel GPU accelerator"
-    if not present(GPU_NODES):
-        return "no GPU device node (/dev/dri/renderD*, /dev/nvidia*, /dev/mali*, /dev/kgsl*)"
-    return None
+    return compiled_precheck("gpu", GPU_NODES, "/dev/dri/renderD*, /dev/nvidia*, /dev/mali*, /dev/kgsl*")
 
 
-def open_gpu(path: Path, threads: int, options: dict[str, str]) -> Backend:
-    return open_compiled(path, "gpu")
-
-
-ACCELERATOR = Accelerator("gpu", open_gpu, precheck, compiled=True)
+ACCELERATOR = Accelerator("gpu", compiled_opener("gpu"), precheck, compiled=True)
