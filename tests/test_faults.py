@@ -57,6 +57,7 @@ def test_30s_broker_outage_loses_nothing(pbroker: Broker, agent_factory) -> None
         agent_factory([*STREAM, "--device-id", "out30"], env=fast_env(pbroker))
         wait_until(lambda: len(rec.preds) >= 60, 30, what="the stream to start")
         boot = rec.preds[0][1]["boot_id"]
+        wall_down = time.time()
         pbroker.stop()
         threading.Event().wait(30)  # the outage itself: 30 s at 30 results/s
         pbroker.start()
@@ -76,10 +77,11 @@ def test_30s_broker_outage_loses_nothing(pbroker: Broker, agent_factory) -> None
         unique = sorted(set(seqs))
         assert unique == list(range(1, unique[-1] + 1))  # every seq exactly once after dedupe
         assert len(unique) > 30 * 30 * 0.9  # the outage's results are there
-        # replayed results arrive long after capture; among them, the oldest came first
-        replayed = [d["seq"] for t, d in rec.preds if t - d["ts"] > 1.0]
+        # results captured well inside the outage can only have come from the outbox: the oldest
+        # came first. (Classed by capture time, not by lateness: a live result can arrive late too.)
+        replayed = [d["seq"] for _, d in rec.preds if wall_down + 1 < d["ts"] < wall_up - 1]
         deduped = list(dict.fromkeys(replayed))
-        assert len(deduped) > 800 and deduped == sorted(deduped)
+        assert len(deduped) > 700 and deduped == sorted(deduped)
     finally:
         rec.close()
 
