@@ -27,7 +27,7 @@ from edge_agent.fanout import FanOut, Route
 from edge_agent.frame_pipeline import FramePipeline
 from edge_agent.handlers import register_commands
 from edge_agent.health import EXIT_STALLED, Health, Watchdog
-from edge_agent.homeassistant import HomeAssistant
+from edge_agent.homeassistant import HomeAssistant, object_id
 from edge_agent.liveview import LiveView
 from edge_agent.model import Model
 from edge_agent.modelfile import ModelError, read_model_file
@@ -38,8 +38,9 @@ from edge_agent.signal_pipeline import SignalPipeline
 from edge_agent.signals import make_signal_source, signal_kind
 from edge_agent.sinks import Message, Sink, make_sink
 from edge_agent.slots import ModelSlot, slot_name
+from edge_agent.stats import LatencyWindow
 from edge_agent.system import limit_malloc_arenas
-from edge_agent.topics import Topics
+from edge_agent.topics import Topics, ha_configs_filter, is_ha_config
 
 if TYPE_CHECKING:  # the HTTP side (prometheus-client, http.server) is imported only when it is enabled
     from edge_agent.web import WebServer
@@ -57,7 +58,10 @@ _MAIN_TICK_S = 0.5
 _INBOX_SIZE = 1000
 #: Settings a running agent takes on SIGHUP without touching its broker connection or models.
 _LIVE_SECTIONS = ("health", "source", "pipelines")
-_LIVE_KEYS = ("log_level", "model.score_threshold", "model.iou_threshold", "model.top_k", "model.max_detections")
+_LIVE_KEYS = (
+    "log_level", "model.score_threshold", "model.iou_threshold", "model.top_k", "model.max_detections",
+    "homeassistant.labels", "homeassistant.off_delay_s", "homeassistant.state_interval_s",
+)
 
 
 def changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -83,6 +87,7 @@ class _Inbound(queue.Queue[tuple[str, bytes]]):
             (lambda t: t == agent.topics.device("escalations/result"), agent.accept_answer),
             (lambda t: t == agent.settings.homeassistant.status_topic, agent.accept_ha_status),
             (lambda t: t == agent.topics.device("ha/rollback"), agent.accept_ha_rollback),
+            (agent.is_own_ha_config, agent.accept_ha_config),
         ]
 
     def put_nowait(self, item: tuple[str, bytes]) -> None:
@@ -131,6 +136,7 @@ class Agent:
         self.fanout.on_first = self._first_published
         self.escalator: Escalator | None = None
         self.web: WebServer | None = None
+        self.ha_topics: frozenset[str] = frozenset()  # discovery configs of the entities this agent has
         self.state_dir: Path | None = None
         self.health = Health(self)
         self.watchdog = Watchdog(self.health, self.notifier, self)
@@ -206,6 +212,7 @@ class Agent:
             model = slot.load()
             log.info("model %s (%s) on %s", model.name, model.decoder.layout, model.runtime.backend.description)
             slot.on_swap = lambda _slot: self.publish_retained()
+            slot.on_state = self.ha_update_state
             self.slots[name] = slot
         slot.pipelines.append(view.name)
         where = None if view.legacy else view.name
@@ -232,28 +239,65 @@ class Agent:
         return pipe
 
     def init_homeassistant(self) -> None:
+        """One discovery set per pipeline; each watches the configured labels its model can produce
+        (default: the first label it produces). A configured label no model produces is refused:
+        its entities would never change."""
         if not self.settings.homeassistant.enabled:
             return
         cfg = self.settings.homeassistant
-        first = True
+        made: dict[str, HomeAssistant] = {}
+        producible: set[str] = set()
+        unknown_labels = False  # a model whose labels are not known (raw output): nothing can be refused
         for name, pipe in self.pipelines.items():
             model = self.model_of(name)
             if model is None:
                 continue
             produced = list(model.decoder.labels or model.labels or ())  # BlazeFace's decoder says "face"
-            if pipe.route.legacy:
-                watched = cfg.labels or list(model.labels or ())[:1] or [model.name]
-            else:  # each pipeline watches the configured labels its model can produce, else its first
-                watched = [x for x in cfg.labels if x in produced] or produced[:1] or [model.name]
-            self.fanout.ha[name] = HomeAssistant(
-                self.settings, self.topics, watched, pipe.route.label, first, pipe.settings.scene
+            producible.update(produced)
+            unknown_labels = unknown_labels or not produced
+            watched = [x for x in cfg.labels if x in produced] or produced[:1] or [model.name]
+            made[name] = HomeAssistant(
+                self.settings, self.topics, watched, pipe.route.label, not made, pipe.settings.scene
             )
-            first = False
+        missing = [x for x in cfg.labels if x not in producible]
+        if missing and not unknown_labels:
+            some = ", ".join(sorted(producible)[:12]) + (", ..." if len(producible) > 12 else "")
+            raise ConfigError(
+                f"homeassistant.labels: {', '.join(missing)} cannot be produced by the model(s) in use "
+                f"(their labels: {some})"
+            )
+        self.fanout.ha = made  # one assignment: the pipelines' threads see the old set or the new one
+        model = self.model
+        self.ha_topics = frozenset(t for ha in made.values() for t in ha.config_topics(model.name if model else None))
+
+    def refresh_homeassistant(self) -> None:
+        """After a reload: rebuild the entities, clear the configs of those that went, publish the rest."""
+        if not self.settings.homeassistant.enabled:
+            return
+        before = self.ha_topics
+        try:
+            self.init_homeassistant()
+        except ConfigError as err:
+            log.error("Home Assistant entities kept as they were: %s", err)
+            self._note_error(f"reload: {err}")
+            return
+        for topic in sorted(before - self.ha_topics):
+            self.clear_ha_config(topic)
+        self.publish_discovery()
+
+    def clear_ha_config(self, topic: str) -> None:
+        """An empty retained config: Home Assistant removes the entity, and the broker forgets the config."""
+        if self.sink is not None:
+            log.info("clearing Home Assistant config %s (no such entity any more)", topic)
+            self.sink.submit(Message(topic, b"", qos=1, retain=True))
 
     def init_sink(self) -> None:
         s = self.settings
+        ha = s.homeassistant
         subs = self.topics.subscriptions(
-            s.homeassistant.status_topic if s.homeassistant.enabled else None, s.escalation.enabled
+            ha.status_topic if ha.enabled else None,
+            s.escalation.enabled,
+            ha_configs_filter(ha.discovery_prefix, object_id(s.device_id)) if ha.enabled else None,
         )
         self.sink = make_sink(self.sink_kind, s, self.retained_state, subs, self.inbox)
         self.sink.start()
@@ -279,7 +323,8 @@ class Agent:
         from edge_agent.web import WebServer
 
         self.web = WebServer(
-            s.http, self.health.document, self.health.stalled, self.fanout.live, self.update_history, self.state_dir
+            s.http, self.health.document, self.health.stalled, self.fanout.live, self.update_history, self.state_dir,
+            self.latencies,
         )
         try:
             self.web.start()
@@ -377,6 +422,11 @@ class Agent:
         slot = self.first_slot()
         return slot.model if slot is not None else None
 
+    def latencies(self) -> list[tuple[str, str, LatencyWindow]]:
+        """Every pipeline's latency windows, for /metrics' histograms."""
+        return [(p.name, series, w) for p in list(self.pipelines.values())
+                for series, w in list(p.infer_stats.latency.items())]
+
     def update_history(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for slot in self.slots.values():
@@ -404,10 +454,23 @@ class Agent:
         """Home Assistant's birth message: configs and current state again (submit only enqueues)."""
         if self.sink is None:
             return
-        m = self.model
-        for ha in self.fanout.ha.values():
-            for msg in ha.discovery(m.name if m else None, m.version if m else None):
-                self.sink.submit(msg)
+        for msg in self.ha_discovery():
+            self.sink.submit(msg)
+
+    def ha_discovery(self) -> list[Message]:
+        """Every pipeline's discovery configs and state; the update entity shows the first slot's OTA."""
+        m, slot = self.model, self.first_slot()
+        ota = slot.state if slot is not None else None
+        return [msg for ha in list(self.fanout.ha.values())
+                for msg in ha.discovery(m.name if m else None, m.version if m else None, ota)]
+
+    def ha_update_state(self, slot: ModelSlot, doc: dict[str, Any]) -> None:
+        """An OTA state of the first slot: the update entity shows the offered version and its progress."""
+        ha = next((h for h in list(self.fanout.ha.values()) if h.device_entities), None)
+        if ha is None or self.sink is None or slot is not self.first_slot():
+            return
+        m = slot.model
+        self.sink.submit(ha.update_message(m.name if m else None, m.version if m else None, doc))
 
     def retained_state(self) -> list[Message]:
         """Republished on every reconnect and model swap: what a newcomer needs to know about this device."""
@@ -443,8 +506,7 @@ class Agent:
         msgs = [Message(self.topics.device("info"), dumps(doc), qos=1, retain=True)]
         for p in list(self.pipelines.values()):  # zone counts and the latest snapshots
             msgs += list(p.retained.values())
-        for ha in self.fanout.ha.values():  # every reconnect, and after a model swap (the update entity)
-            msgs += ha.discovery(model.name if model else None, model.version if model else None)
+        msgs += self.ha_discovery()  # every reconnect, and after a model swap (the update entity)
         return msgs
 
     # --- inbound (the MQTT client's thread: hand over, never block) -----------------------------
@@ -463,6 +525,16 @@ class Agent:
     def accept_ha_status(self, topic: str, payload: bytes) -> None:
         if payload.strip() == b"online":  # Home Assistant (re)started: it wants the configs again
             self.publish_discovery()
+
+    def is_own_ha_config(self, topic: str) -> bool:
+        ha = self.settings.homeassistant
+        return ha.enabled and is_ha_config(topic, ha.discovery_prefix, object_id(self.settings.device_id))
+
+    def accept_ha_config(self, topic: str, payload: bytes) -> None:
+        """A retained config of this device (the broker sends them when the agent subscribes): one for an
+        entity the agent no longer has, from an earlier run or configuration, is cleared."""
+        if payload and topic not in self.ha_topics:
+            self.clear_ha_config(topic)
 
     def accept_ha_rollback(self, topic: str, payload: bytes) -> tuple[str, bytes]:
         """The button: each press is a new command."""
@@ -503,6 +575,7 @@ class Agent:
             if only is not None:
                 only.apply(pipeline_views(new)[0], live)
         logging.getLogger("edge_agent").setLevel(new.log_level)
+        self.refresh_homeassistant()  # labels, and pipelines that came or went
         self.reloads += 1
         log.info("configuration reloaded; applied %s", ", ".join(live) or "nothing")
         if self.restart_needed:

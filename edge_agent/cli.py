@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from edge_agent import __version__
 
@@ -32,7 +33,12 @@ _SHORTCUTS = {
 }
 
 
-def _settings_args(p: argparse.ArgumentParser) -> None:
+#: the shortcut flags a command that only talks to the broker takes
+_BROKER_FLAGS = ("--device-id", "--mqtt-host", "--mqtt-port", "--log-level")
+
+
+def _settings_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """--config and --set (every command), and the shortcut flags (`only`: those a command uses)."""
     g = p.add_argument_group("configuration (flags override env vars, which override the file)")
     g.add_argument("--config", type=Path, help="TOML config file")
     g.add_argument(
@@ -40,8 +46,13 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any setting by dotted key, e.g. --set mqtt.qos=0 (repeatable)",
+        help="any setting by dotted key, e.g. --set mqtt.qos=0 or --set 'homeassistant.labels=[\"person\"]' "
+        "(lists are JSON; repeatable)",
     )
+    if only is not None:
+        for flag in only:
+            g.add_argument(flag)
+        return
     g.add_argument("--device-id")
     g.add_argument("--source", help="camera index, /dev/videoN, file, URL, pipeline, image glob, synthetic, demo")
     g.add_argument("--fps", help="frame rate cap")
@@ -57,7 +68,7 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-level", help="DEBUG|INFO|WARNING|ERROR")
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def _overrides(args: argparse.Namespace, shortcuts: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -67,7 +78,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             out[key.strip()] = json.loads(value)
         except ValueError:
             out[key.strip()] = value
-    for attr, key in _SHORTCUTS.items():
+    for attr, key in _SHORTCUTS.items() if shortcuts else ():
         v = getattr(args, attr, None)
         if v is not None:
             out[key] = v
@@ -79,11 +90,13 @@ def _usage_error(msg: str) -> int:
     return EXIT_USAGE
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None, shortcuts: bool = True) -> Any:
+    """The settings every command reads: the file, EDGE_AGENT_*, --set and the command's flags
+    (`shortcuts`: False where a flag of the same name means something else, as in `bench`)."""
     from edge_agent.config import ConfigError, load_settings
 
     try:
-        return load_settings(args.config, _overrides(args))
+        return load_settings(getattr(args, "config", None), {**_overrides(args, shortcuts), **(extra or {})})
     except ConfigError as err:
         print(f"edge-agent: invalid configuration:\n{err}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
@@ -179,6 +192,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems.append(f"source: {err}")
     except _Checked:
         pass
+    if not args.offline:  # results go nowhere without it: connect (and log in) as `run` would
+        from edge_agent.sinks.mqtt import probe_broker
+
+        mq = settings.mqtt
+        why = probe_broker(mq)
+        who = f"{mq.host}:{mq.port}" + (f" as {mq.username}" if mq.username else "")
+        report["broker"] = {"address": who, "ok": why is None, **({"error": why} if why else {})}
+        if why is not None:
+            problems.append(f"broker {who}: {why}")
     report["problems"] = problems
     print(json.dumps(report, indent=2, default=str))
     if model is not None:
@@ -221,6 +243,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from edge_agent.runtime.base import BackendError
     from edge_agent.runtime.cpu import InterpreterBackend
 
+    _load(args, {"model.path": str(args.model)})  # the same rules as every command: a bad setting is an error
     try:
         mf = read_model_file(args.model)
         be = InterpreterBackend(args.model, threads=1)
@@ -255,22 +278,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import cv2
 
-    from edge_agent.config import ConfigError, ModelConfig, RuntimeConfig
     from edge_agent.model import Model
     from edge_agent.modelfile import ModelError
     from edge_agent.payload import dumps, prediction
 
-    try:
-        mc = ModelConfig(
-            path=args.model,
-            labels=args.labels,
-            task=args.task or "auto",
-            score_threshold=args.score_threshold if args.score_threshold is not None else 0.5,
-            resize=args.resize,
-        )
-        rc = RuntimeConfig(accelerator=args.accelerator or "cpu", threads=args.threads or 0)
-    except (ConfigError, ValueError) as err:
-        return _usage_error(str(err).splitlines()[-1] if str(err) else "invalid arguments")
+    # the same settings as `run` (file, EDGE_AGENT_*, --set); the flags here are shortcuts on top
+    extra = {"model.path": str(args.model)}
+    if args.resize is not None:
+        extra["model.resize"] = args.resize
+    settings = _load(args, extra)
+    mc, rc = settings.model, settings.runtime
     from edge_agent.signals import signal_kind
 
     recordings = [p for p in args.images if signal_kind(str(p))]
@@ -283,7 +300,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     if recordings:
         try:
-            return _predict_recordings(args, model, mc, rc, recordings)
+            return _predict_recordings(args, model, settings, recordings)
         finally:
             model.close()
     status = EXIT_OK
@@ -317,31 +334,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return status
 
 
-def _predict_recordings(args: argparse.Namespace, model: Any, mc: Any, rc: Any, paths: list[Path]) -> int:
+def _predict_recordings(args: argparse.Namespace, model: Any, base: Any, paths: list[Path]) -> int:
     """Each recording through the real signal pipeline: its events, and how long after the loud part
     of the recording ended each one came (`after_speech_s`, audio only)."""
-    from edge_agent.config import ConfigError, Settings, SourceConfig, _nested
+    from edge_agent.config import SourceConfig
     from edge_agent.features import speech_end_s
     from edge_agent.payload import dumps
     from edge_agent.signal_pipeline import run_offline
     from edge_agent.signals import SourceError, signal_kind
     from edge_agent.signals.wav import read_wav
 
-    bad = [k for k in (item.partition("=")[0].strip() for item in args.set) if not k.startswith("signal.")]
-    if bad:
-        return _usage_error(f"predict takes only signal.* settings (got {', '.join(bad)})")
-    dotted = {k: v for k, v in _overrides(args).items() if k.startswith("signal.")}
     status = EXIT_OK
     for path in paths:
-        sig = _nested(dotted).get("signal", {})
-        if not args.windows:
-            sig.setdefault("predictions_hz", 0)
-        try:
-            settings = Settings(
-                source=SourceConfig(uri=str(path), loop=False, realtime=False), model=mc, runtime=rc, signal=sig
-            )
-        except (ConfigError, ValueError) as err:  # pydantic's ValidationError is a ValueError
-            return _usage_error(str(err).splitlines()[-1] if str(err) else "invalid --set")
+        signal = base.signal
+        if not args.windows and "predictions_hz" not in signal.model_fields_set:
+            signal = signal.model_copy(update={"predictions_hz": 0})
+        settings = base.model_copy(
+            update={"source": SourceConfig(uri=str(path), loop=False, realtime=False), "signal": signal}
+        )
         try:
             run = run_offline(settings, model)
         except SourceError as err:
@@ -373,6 +383,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     from edge_agent.config import describe_fields, masked_dump
 
     if args.describe:
+        print("key\tenvironment variable\tdefault\tdescription")
         for key, env, default, desc in describe_fields():
             print(f"{key}\t{env}\t{default}\t{desc}")
         return EXIT_OK
@@ -385,6 +396,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edge_agent.bench import HEADER, compare
     from edge_agent.model import default_model_path
 
+    _load(args, shortcuts=False)  # bench's flags are its own; a bad setting is still an error
     if args.pipelines or args.batch:
         return _bench_pipelines(args)
     if args.model:
@@ -648,9 +660,9 @@ def cmd_fleet_rollback(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from edge_agent.sinks import SINKS
 
-    p = argparse.ArgumentParser(prog="edge-agent", description="On-device inference agent.")
+    p = _Parser(prog="edge-agent", description="On-device inference agent.")
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     r = sub.add_parser("run", help="run the agent (the daemon)")
     _settings_args(r)
@@ -658,12 +670,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sink", choices=sorted(SINKS), default="mqtt", help="where results go")
     r.set_defaults(func=cmd_run)
 
-    c = sub.add_parser("check", help="validate config, accelerators, source and model; exit 1 naming what is wrong")
+    c = sub.add_parser(
+        "check", help="validate config, accelerators, source, model and broker; exit 1 naming what is wrong"
+    )
     _settings_args(c)
+    c.add_argument("--offline", action="store_true", help="skip the broker (results go to another sink)")
     c.set_defaults(func=cmd_check)
 
     i = sub.add_parser("inspect", help="show a model's inputs, outputs, quantization, ops, metadata, labels")
     i.add_argument("model", type=Path)
+    _settings_args(i, ())
     i.set_defaults(func=cmd_inspect)
 
     pr = sub.add_parser(
@@ -672,20 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("model", type=Path)
     pr.add_argument("images", type=Path, nargs="+", help="images, or WAV/CSV recordings for audio and sensor models")
-    pr.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="signal settings for recordings, e.g. signal.hop=2",
-    )
+    _settings_args(pr, ("--labels", "--task", "--score-threshold", "--accelerator", "--threads", "--log-level"))
     pr.add_argument("--windows", action="store_true", help="recordings: print every window's prediction too")
-    pr.add_argument("--labels", type=Path)
-    pr.add_argument("--task", choices=("auto", "classification", "detection", "raw"))
-    pr.add_argument("--score-threshold", type=float)
-    pr.add_argument("--resize", choices=("auto", "stretch", "letterbox"), default="auto")
-    pr.add_argument("--accelerator", help="default cpu")
-    pr.add_argument("--threads", type=int)
+    pr.add_argument("--resize", choices=("auto", "stretch", "letterbox"), help="model.resize")
     pr.set_defaults(func=cmd_predict)
 
     cf = sub.add_parser("config", help="print the effective configuration (secrets masked)")
@@ -694,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     cf.set_defaults(func=cmd_config)
 
     ls = sub.add_parser("listen", help="subscribe to the agent's topics and print what arrives")
-    _settings_args(ls)
+    _settings_args(ls, ("--mqtt-host", "--mqtt-port"))
     ls.add_argument("--device", help="device id (default: all)")
     ls.add_argument(
         "--topics",
@@ -709,6 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="the agent against the bare runtime and a naive loop, side by side, each variant in its own process",
     )
+    _settings_args(bn, ())
     bn.add_argument("--model", type=Path, action="append", help="model (repeatable); default: the bundled models")
     bn.add_argument("--seconds", type=float, default=5.0, help="per variant and run")
     bn.add_argument("--runs", type=int, default=3, help="runs per variant (medians are reported)")
@@ -783,12 +789,58 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the closest flag or command suggested for a typo (as Python 3.14's will)."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = _suggestion(self, message)
+        super().error(message + (f"\n{hint}" if hint else ""))
+
+
+def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    import difflib
+
+    argv = sys.argv[1:] if _ARGV is None else _ARGV
+    # the deepest sub-command named on the line: its flags are the candidates
+    node, names = parser, []
+    while True:
+        sub = next((a for a in node._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None:
+            break
+        name = next((w for w in argv if w in sub.choices), None)
+        if name is None:
+            m = re.search(r"invalid choice: '([^']+)'", message)
+            close = difflib.get_close_matches(m.group(1), list(sub.choices), n=1) if m else []
+            return f"did you mean '{close[0]}'?" if close else ""
+        names.append(name)
+        node = sub.choices[name]
+    m = re.search(r"unrecognized arguments: (.+)$", message)
+    if m is None:
+        return ""
+    flags = list(node._option_string_actions)
+    hints = []
+    for word in m.group(1).split():
+        if word.startswith("-"):
+            close = difflib.get_close_matches(word.split("=", 1)[0], flags, n=1, cutoff=0.6)
+            if close:
+                hints.append(f"{word}: did you mean {close[0]}?")
+    return "\n".join(hints)
+
+
+_ARGV: list[str] | None = None
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _ARGV
+    _ARGV = argv
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except SystemExit as e:
         return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+    except BrokenPipeError:  # `edge-agent ... | head`: the reader has what it wanted
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ can describe it, and a mistyped key is an error rather than a silently ignored s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -86,6 +87,9 @@ class MQTTConfig(_Strict):
     )
     reconnect_min_s: float = Field(0.5, ge=0.05, le=60, description="First reconnect delay.")
     reconnect_max_s: float = Field(30.0, ge=0.1, le=3600, description="Longest reconnect delay (exponential backoff).")
+    down_log_s: float = Field(
+        60.0, ge=1, le=86400, description="While the broker cannot be reached, log that this often (first: at once)."
+    )
 
     @model_validator(mode="after")
     def _password_from_file(self) -> MQTTConfig:
@@ -324,10 +328,17 @@ class HomeAssistantConfig(_Strict):
         default_factory=list,
         max_length=64,
         description="Watched labels: each gets a binary sensor ('person detected'), a count and a last-seen "
-        "sensor; default: the model's first label.",
+        "sensor; default: the first label the model produces. A label no model can produce is an error.",
     )
     off_delay_s: float = Field(
         5.0, ge=0, le=3600, description="A watched label is 'clear' after this long without being seen."
+    )
+    state_interval_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="At most one label state message per this many seconds (a label turning on is sent at "
+        "once; the last change in an interval is sent when it ends); 0 sends every change.",
     )
 
 
@@ -887,6 +898,9 @@ def format_validation_error(err: ValidationError) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown setting"
+        elif e["type"] == "list_type":  # one syntax for lists everywhere: JSON (TOML's own arrays in a file)
+            msg += ' (write a list as JSON: --set \'{k}=["a", "b"]\', {env}=\'["a", "b"]\')'.format(
+                k=loc, env=ENV_PREFIX + loc.upper().replace(".", "__"))
         msg = msg.removeprefix("Value error, ")
         lines.append(msg if loc == "(root)" and msg.startswith(("pipelines[", "pipeline '")) else f"{loc}: {msg}")
     return "\n".join(lines)
@@ -951,13 +965,39 @@ def load_settings_keeping(
 
 
 def _settings_error(err: SettingsError) -> str:
+    """pydantic-settings names only the top-level field whose environment value is not JSON: find the
+    variable itself (a nested one such as EDGE_AGENT_HOMEASSISTANT__LABELS) and show the syntax."""
     m = re.search(r'field "([^"]+)"', str(err))
     if m is None:
         return str(err)
     env = ENV_PREFIX + m.group(1).upper()
+    for name, value in sorted(os.environ.items()):
+        if name == env or name.startswith(env + "__"):
+            try:
+                json.loads(value)
+            except ValueError:
+                if value.lstrip().startswith(("[", "{")) or name == env or _is_list_key(name):
+                    env = name
+                    break
     cause = err.__cause__
     why = f": {cause}" if cause is not None else ""
-    return f"{env}: not valid JSON{why} (example: {env}='[{{\"name\": \"door\", \"source\": {{\"uri\": \"0\"}}}}]')"
+    if env == ENV_PREFIX + "PIPELINES":
+        example = '[{"name": "door", "source": {"uri": "0"}}]'
+    else:
+        example = '["a", "b"]'
+    return f"{env}: not valid JSON{why} (lists and tables are JSON here, e.g. {env}='{example}')"
+
+
+def _is_list_key(env_name: str) -> bool:
+    """Whether an EDGE_AGENT_A__B variable names a list setting (whose value must be JSON)."""
+    node: Any = Settings
+    for part in env_name.removeprefix(ENV_PREFIX).lower().split("__"):
+        fields = getattr(node, "model_fields", {})
+        if part not in fields:
+            return False
+        ann = fields[part].annotation
+        node = ann
+    return getattr(node, "__origin__", None) is list
 
 
 def _check_toml(path: Path) -> None:
@@ -992,7 +1032,13 @@ def describe_fields(model: type[BaseModel] = Settings, prefix: str = "") -> list
         else:
             default = "(required)" if field.is_required() else repr(field.default)
         env = ENV_PREFIX + key.upper().replace(".", ENV_NESTED)
-        rows.append((key, env, default, field.description or ""))
+        desc = field.description or ""
+        allowed = allowed_values(ann)
+        if allowed:
+            desc += f" One of: {', '.join(allowed)}."
+        if typing.get_origin(ann) is list:
+            desc += " A list: TOML array in a file, JSON in the environment and --set."
+        rows.append((key, env, default, desc))
         args = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
         if typing.get_origin(ann) is list and args and not _has_tables(args[0]):
             # the fields of each table of a flat list ([[scene.zones]]): set in TOML, or as JSON in `env`
@@ -1000,6 +1046,17 @@ def describe_fields(model: type[BaseModel] = Settings, prefix: str = "") -> list
         elif len(args) == 1 and type(None) in typing.get_args(ann):  # an optional table
             rows.extend(describe_fields(args[0], key + "."))
     return rows
+
+
+def allowed_values(ann: Any) -> list[str]:
+    """The values a Literal (or an optional one, or a list of one) allows, as text; [] for other types."""
+    if typing.get_origin(ann) is typing.Literal:
+        return [str(a) for a in typing.get_args(ann)]
+    out: list[str] = []
+    for a in typing.get_args(ann):
+        if a is not type(None):
+            out += allowed_values(a)
+    return out
 
 
 def _has_tables(model: type[BaseModel]) -> bool:

@@ -86,7 +86,7 @@ class Health:
         for p in pipes:
             who = "" if p.route.legacy else f"{p.name}: "
             state = p.capture_stats.state
-            if state not in ("running", "finished"):
+            if state != "running":  # a source that ended watches nothing any more: that is news too
                 problems.append(f"{who}source {state}")
             if p.failed:
                 problems.append(f"{who}failed: {p.failed}")
@@ -127,7 +127,7 @@ class Health:
             "fps": {
                 "captured": self.rate("captured", captured, now),
                 "inferred": self.rate("inferred", inferred, now),
-                "published": self.rate("published", sent, now),
+                "published": self.rate("published", sum(c["published"] for c in counts), now),
             },
             "frames": {
                 "captured": captured,
@@ -146,7 +146,7 @@ class Health:
                 "throttling": throttling(),
                 "disk_free_mb": disk_free_mb(a.settings.state_dir),
             },
-            "broker": sink_stats,
+            "broker": {**sink_stats, "sent_per_s": self.rate("sent", sent, now)} if sink_stats else sink_stats,
             "inference_errors": sum(p.infer_stats.errors + p.post_stats.errors for p in pipes),
             "config": {
                 "reloads": a.reloads,

@@ -5,6 +5,10 @@ label; diagnostic sensors read straight from the health topic (fps, inference ti
 temperature, throttling, outbox depth, accelerator); an `update` entity with the active model
 version; a button that rolls the model back. The configs are republished on every reconnect and
 whenever Home Assistant announces itself (`homeassistant/status` = `online`), as its docs ask.
+Configs this device published earlier for entities it no longer has (a label no longer watched,
+a pipeline removed) are cleared with an empty retained config, so Home Assistant drops them.
+The label state is not retained (Home Assistant's birth message brings it again) and is sent at
+most once per `state_interval_s`, except that a label turning on goes out at once.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from edge_agent.results import Result
 from edge_agent.sinks.base import Message
 from edge_agent.topics import Topics, ha_config
 
-#: Where the project lives, for the `origin` block Home Assistant shows in its MQTT info.
-SUPPORT_URL = "https://github.com/edge-agent/edge-agent"
+#: OTA states during which Home Assistant's update entity shows the offered version as in progress
+IN_FLIGHT = ("received", "downloading", "verifying", "validating", "activating")
 _OBJECT_ID = re.compile(r"[^a-z0-9_]+")
 #: ON while the Pi firmware reports throttling or under-voltage now (health.system.throttling is null elsewhere).
 _THROTTLED = (
@@ -62,7 +66,8 @@ class HomeAssistant:
         self.rollback_topic = topics.device("ha/rollback")
         self._seen: dict[str, float] = {}
         self._counts: dict[str, int] = dict.fromkeys(labels, 0)
-        self._last_state: tuple[tuple[bool, int, int | None], ...] | None = None
+        self._last_sent = float("-inf")  # monotonic time of the last state message
+        self._last_sent_state: tuple[tuple[bool, int, int | None], ...] | None = None  # what HA shows
 
     # --- discovery ---------------------------------------------------------------------------
     def _device(self, model_name: str | None) -> dict[str, Any]:
@@ -86,7 +91,7 @@ class HomeAssistant:
                 }
             ],
             "device": self._device(model_name),
-            "origin": {"name": "edge-agent", "sw_version": __version__, "support_url": SUPPORT_URL},
+            "origin": {"name": "edge-agent", "sw_version": __version__},
         }
 
     def configs(self, model_name: str | None) -> list[tuple[str, dict[str, Any]]]:
@@ -254,21 +259,38 @@ class HomeAssistant:
                 )
         return out
 
-    def discovery(self, model_name: str | None, model_version: str | None) -> list[Message]:
+    def config_topics(self, model_name: str | None) -> set[str]:
+        """The discovery topics of every entity this object publishes."""
+        return {self._config_topic(c, cfg) for c, cfg in self.configs(model_name)}
+
+    def _config_topic(self, component: str, cfg: dict[str, Any]) -> str:
+        return ha_config(self.cfg.discovery_prefix, component, self.node, cfg["unique_id"])
+
+    def discovery(
+        self, model_name: str | None, model_version: str | None, ota: dict[str, Any] | None = None
+    ) -> list[Message]:
         """Retained configs, then the current state (so entities are not 'unknown' until the next change)."""
-        prefix = self.cfg.discovery_prefix
         msgs = [
-            Message(ha_config(prefix, component, self.node, cfg["unique_id"]), dumps(cfg), qos=1, retain=True)
+            Message(self._config_topic(component, cfg), dumps(cfg), qos=1, retain=True)
             for component, cfg in self.configs(model_name)
         ]
         if self.device_entities:
-            msgs.append(self.update_message(model_name, model_version))
-        msgs.append(Message(self.state_topic, self._payload(self._state(time.time())), qos=1, retain=True))
+            msgs.append(self.update_message(model_name, model_version, ota))
+        msgs.append(self._state_message(self._state(time.time())))
         return msgs
 
-    def update_message(self, model_name: str | None, version: str | None) -> Message:
+    def update_message(self, model_name: str | None, version: str | None, ota: dict[str, Any] | None = None) -> Message:
+        """The update entity: the installed version, and while an update is on its way (`ota`, the
+        slot's OTA state) the offered version as in progress, with the download's percentage."""
         v = version or "unversioned"
-        doc = {"installed_version": v, "latest_version": v, "title": model_name or "model"}
+        doc: dict[str, Any] = {"installed_version": v, "latest_version": v, "title": model_name or "model",
+                               "in_progress": False, "update_percentage": None}
+        offered = ota.get("version") if ota is not None else None
+        if ota is not None and ota.get("state") in IN_FLIGHT and offered is not None and str(offered) != v:
+            doc["latest_version"] = str(offered)  # a manifest's version is an integer
+            doc["in_progress"] = True
+            pct = ota.get("percent") if ota["state"] == "downloading" else None
+            doc["update_percentage"] = pct if isinstance(pct, int | float) else None
         return Message(self.update_topic, dumps(doc), qos=1, retain=True)
 
     # --- state -----------------------------------------------------------------------------------
@@ -294,10 +316,18 @@ class HomeAssistant:
                 self._seen[label] = ts
         self._counts = counts
         state = self._state(ts)
-        if state == self._last_state:  # most frames: nothing a user would see changed, nothing built
+        shown = self._last_sent_state
+        if state == shown:  # most frames: nothing a user would see changed, nothing built
             return None
-        self._last_state = state
-        return Message(self.state_topic, self._payload(state), qos=1, retain=True)
+        turned_on = shown is None or any(d and not was for (d, _, _), (was, _, _) in zip(state, shown, strict=True))
+        if not turned_on and time.monotonic() - self._last_sent < self.cfg.state_interval_s:
+            return None  # held: sent with the first frame after the interval, if it still differs then
+        return self._state_message(state)
+
+    def _state_message(self, state: tuple[tuple[bool, int, int | None], ...]) -> Message:
+        self._last_sent = time.monotonic()
+        self._last_sent_state = state
+        return Message(self.state_topic, self._payload(state), qos=1, retain=False)
 
     def _state(self, now: float) -> tuple[tuple[bool, int, int | None], ...]:
         """(detected, count, last seen to the second) per watched label: what the entities show."""

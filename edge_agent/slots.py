@@ -59,6 +59,8 @@ class ModelSlot:
         #: inference and post errors of the slot's pipelines (probation fails on new ones)
         self.errors: Callable[[], int] = lambda: 0
         self.on_swap: Callable[[ModelSlot], None] | None = None
+        #: told of every OTA state the slot publishes (Home Assistant's update entity follows it)
+        self.on_state: Callable[[ModelSlot, dict[str, Any]], None] | None = None
 
     def load(self) -> Model:
         """The model to serve: an installed update if there is one, else the configured model."""
@@ -103,6 +105,8 @@ class ModelSlot:
         sink = self.get_sink()
         if sink is not None:
             sink.submit(Message(self.state_topic, dumps(doc), qos=1, retain=True))
+        if self.on_state is not None:
+            self.on_state(self, doc)
 
     def close(self) -> None:
         if self.model is not None:

@@ -4,22 +4,37 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter
 from typing import Any
 
 import numpy as np
 
 WINDOW = 2048  # latency samples kept per series: enough for stable p99 at 30 fps over a minute
+#: Upper bounds (ms) of the cumulative latency histogram that /metrics exposes (in seconds there):
+#: from sub-millisecond accelerator calls to multi-second stalls.
+BUCKETS_MS = (0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0)
 
 
 class LatencyWindow:
+    """Recent samples for percentiles (health over MQTT), and counts since start per bucket for a
+    Prometheus histogram, which unlike percentiles adds up across pipelines and devices."""
+
     def __init__(self, size: int = WINDOW):
         self._buf = np.zeros(size, np.float64)
         self._n = 0
+        self.buckets = [0] * (len(BUCKETS_MS) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.total_ms = 0.0
+
+    @property
+    def count(self) -> int:
+        return self._n
 
     def add(self, ms: float) -> None:
         self._buf[self._n % len(self._buf)] = ms
         self._n += 1
+        self.buckets[bisect_left(BUCKETS_MS, ms)] += 1
+        self.total_ms += ms
 
     def percentiles(self) -> dict[str, float] | None:
         n = min(self._n, len(self._buf))

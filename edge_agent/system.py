@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -116,3 +122,36 @@ def limit_malloc_arenas(n: int) -> bool:
         return bool(libc.mallopt(_M_ARENA_MAX, n))
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to cap
         return False
+
+
+#: What the native runtime prints on stderr that tells a user nothing: logged at debug level instead.
+_NATIVE_NOISE = (b"Created TensorFlow Lite XNNPACK delegate", b"Initialized TensorFlow Lite runtime")
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Native code's stderr (fd 2) goes to a file while the block runs; afterwards every line of it is
+    written back to stderr, except the runtime's known chatter. Nothing else is lost: Python's own
+    log lines from other threads in that moment come back too, only later."""
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no stderr at all: nothing to keep quiet
+            yield
+            return
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                tmp.seek(0)
+                data = tmp.read()
+        for line in data.splitlines(keepends=True):
+            if any(n in line for n in _NATIVE_NOISE):
+                logging.getLogger("edge_agent.runtime").debug("%s", line.decode("utf-8", "replace").strip())
+            else:
+                os.write(2, line)

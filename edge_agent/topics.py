@@ -53,6 +53,16 @@ def ha_config(discovery_prefix: str, component: str, node: str, unique_id: str) 
     return f"{discovery_prefix}/{component}/{node}/{unique_id}/config"
 
 
+def ha_configs_filter(discovery_prefix: str, node: str) -> str:
+    """Every discovery config of one node (device), whatever the component or entity."""
+    return f"{discovery_prefix}/+/{node}/+/config"
+
+
+def is_ha_config(topic: str, discovery_prefix: str, node: str) -> bool:
+    parts = topic.rsplit("/", 4)
+    return len(parts) == 5 and parts[0] == discovery_prefix and parts[2] == node and parts[4] == "config"
+
+
 @dataclass(frozen=True)
 class Topics:
     prefix: str
@@ -85,13 +95,17 @@ class Topics:
     def as_dict(self) -> dict[str, str]:
         return {leaf: self.device(leaf) for leaf in (*PIPELINE_LEAVES, *DEVICE_LEAVES)}
 
-    def subscriptions(self, ha_status: str | None, escalation: bool) -> list[str]:
-        """What the agent subscribes to: commands and model chunks for itself and its groups."""
+    def subscriptions(self, ha_status: str | None, escalation: bool, ha_configs: str | None = None) -> list[str]:
+        """What the agent subscribes to: commands and model chunks for itself and its groups; with Home
+        Assistant, its birth topic, the rollback button and this device's own discovery configs
+        (`ha_configs`: the filter from `ha_configs_filter`), so that stale ones can be cleared."""
         out = [self.device("cmd"), f"{self.base}/ota/#"]
         out += [f"{group_base(self.prefix, g)}/cmd" for g in self.groups]
         out += [f"{group_base(self.prefix, g)}/ota/#" for g in self.groups]
         if ha_status is not None:
             out += [ha_status, self.device("ha/rollback")]
+        if ha_configs is not None:
+            out.append(ha_configs)
         if escalation:
             out.append(self.device("escalations/result"))
         return out

@@ -19,12 +19,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import numpy as np
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from edge_agent.config import HTTPConfig
 from edge_agent.liveview import LiveView
-from edge_agent.metrics import HealthCollector
+from edge_agent.metrics import HealthCollector, Latencies
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,18 @@ class WebServer:
         live: dict[str, LiveView],
         history: Callable[[], list[dict[str, Any]]],
         media_root: Path | None = None,
+        latencies: Latencies | None = None,
     ):
         """live: each pipeline's live view, by name (one tile each on the page); media_root: the state
         directory, whose `snapshots/{pipeline}/` and `clips/{pipeline}/` are listed and served."""
         self.cfg, self.health, self.stalled, self.live, self.history = cfg, health, stalled, live, history
         self.media_root = media_root
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(HealthCollector(health, stalled))
+        self.registry.register(HealthCollector(health, stalled, latencies))
+        # the standard process_* and python_* series, so the usual dashboards and alerts work as they are
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.requests = 0
@@ -98,12 +103,19 @@ class WebServer:
 
     # --- content -------------------------------------------------------------------------
     def healthz(self) -> tuple[int, dict[str, Any]]:
-        """200 only while every stage makes progress and the source is delivering."""
-        stalled = self.stalled()
+        """The health document's verdict: 200 while its status is "ok", 503 with its problems while it is
+        "degraded" (a stalled stage, a source not delivering or finished, a failed pipeline, the broker
+        away, a CPU fallback, media not saved). Readiness, in Kubernetes' terms: "serving as configured"."""
         h = self.health()
-        state = (h.get("source") or {}).get("state")
-        problems = [f"{s} stalled" for s in stalled] + ([f"source {state}"] if state != "running" else [])
-        return (503 if problems else 200), {"ok": not problems, "problems": problems, "status": h.get("status")}
+        problems = list(h.get("problems") or [])
+        ok = h.get("status") == "ok"
+        return (200 if ok else 503), {"ok": ok, "status": h.get("status"), "problems": problems}
+
+    def livez(self) -> tuple[int, dict[str, Any]]:
+        """Liveness: 503 only while a stage is stalled, the one state a restart cures (a missing camera or
+        broker is not fixed by restarting the agent)."""
+        stalled = [f"{s} stalled" for s in self.stalled()]
+        return (503 if stalled else 200), {"ok": not stalled, "problems": stalled}
 
     def _view(self, pipeline: str | None) -> LiveView | None:
         if pipeline is None:
@@ -211,8 +223,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path == "/metrics":
                 self._send(200, generate_latest(web.registry), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                code, doc = web.healthz()
+            elif path in ("/healthz", "/livez"):
+                code, doc = web.healthz() if path == "/healthz" else web.livez()
                 self._send(code, json.dumps(doc).encode(), "application/json")
             elif path == "/api/status":
                 self._send(200, json.dumps(web.status(), default=str).encode(), "application/json")

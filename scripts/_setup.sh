@@ -17,6 +17,7 @@ if [[ "$EXTRAS" == *dev* ]]; then  # the suite verifies the unit and builds test
   command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
   command -v mosquitto_passwd >/dev/null 2>&1 || [ -x /usr/bin/mosquitto_passwd ] || missing+=(mosquitto)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the status page is tested in a real browser
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # /metrics is linted and scraped by the real thing
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing system packages: ${missing[*]}"

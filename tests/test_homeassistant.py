@@ -4,7 +4,12 @@ agent really publishes, republished on Home Assistant's birth message, and the r
 
 from __future__ import annotations
 
+import itertools
+import json
+import signal
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -13,7 +18,7 @@ from jinja2 import Environment, StrictUndefined
 
 from edge_agent.sinks.mqtt import Subscriber
 
-from .conftest import SHORT, Broker, TopicRecorder, wait_until
+from .conftest import SHORT, Broker, TopicRecorder, run_cli, wait_until
 
 AVAILABILITY = {
     "type": "array",
@@ -48,7 +53,7 @@ DEVICE = {
 ORIGIN = {
     "type": "object",
     "required": ["name"],
-    "properties": {"name": {"type": "string"}, "sw_version": {"type": "string"}, "support_url": {"type": "string"}},
+    "properties": {"name": {"type": "string"}, "sw_version": {"type": "string"}},
     "additionalProperties": False,
 }
 COMMON = {
@@ -324,3 +329,88 @@ def test_scene_entities_follow_the_schemas() -> None:
     assert cams == {"porch person snapshot": "edge/box/porch/snapshot/person",
                     "porch cat snapshot": "edge/box/porch/snapshot/cat"}
     assert len({c["unique_id"] for _, c in configs}) == len(configs)
+
+
+def _retained(broker: Broker, pattern: str, settle: float = 1.0) -> dict[str, bytes]:
+    """What a client that subscribes now is given: the broker's retained messages under `pattern`."""
+    sub = Subscriber(broker.mqtt(), [pattern])
+    assert sub.start(10)
+    out: dict[str, bytes] = {}
+    try:  # the broker sends the retained ones first, on subscribing; a live message means they are all in
+        while (m := sub.get(settle)) is not None and m[2]:
+            out[m[0]] = m[1]
+    finally:
+        sub.stop()
+    return out
+
+
+def test_default_label_is_one_the_model_produces_and_an_impossible_one_is_refused(
+    broker: Broker, agent_factory, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    rec = Recorder(broker, ["homeassistant/#"])
+    try:
+        agent_factory(["run", "--device-id", "dflt", "--source", "demo", "--fps", "15", "--model", str(SHORT),
+                       "--set", "homeassistant.enabled=true"], env=broker.env())
+        wait_until(lambda: any(c["name"] == "face detected" for c in list(rec.configs.values())), 30,
+                   what="the BlazeFace decoder's own label ('face') as the default")
+        assert not any("face_detection" in c["name"] for c in list(rec.configs.values()))
+    finally:
+        rec.close()
+    r = run_cli("run", "--device-id", "nocar", "--source", "demo", "--model", str(SHORT), "--seconds", "5",
+                "--state-dir", str(tmp_path / "st"), "--set", "homeassistant.enabled=true",
+                "--set", 'homeassistant.labels=["face","car"]', env=broker.env())
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "homeassistant.labels: car cannot be produced" in r.stderr and "face" in r.stderr
+
+
+def test_configs_of_entities_that_went_are_cleared_on_start_and_on_reload(
+    broker: Broker, agent_factory, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    pub = Subscriber(broker.mqtt(), [], client_id="leftovers")
+    assert pub.start(10)
+    stale = "homeassistant/binary_sensor/hacl/edge_agent_hacl_cat_detected/config"  # an earlier run watched cats
+    other = "homeassistant/binary_sensor/another/edge_agent_another_cat_detected/config"  # another device's
+    for t in (stale, other):
+        pub.publish(t, json.dumps({"name": "cat detected", "unique_id": t.split("/")[3]}).encode(), retain=True)
+    pub.stop()
+    cfg = tmp_path / "ha.toml"
+    pipe = '[[pipelines]]\nname = "{n}"\nsource = {{ uri = "synthetic", fps = 10 }}\nmodel.path = "{m}"\n'
+    head = (f'device_id = "hacl"\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+            '[homeassistant]\nenabled = true\n')
+    cfg.write_text(head + pipe.format(n="front", m=SHORT) + pipe.format(n="back", m=SHORT))
+    agent = agent_factory(["run", "--config", str(cfg)])
+    gone = "homeassistant/binary_sensor/hacl/edge_agent_hacl_back_face_detected/config"
+    wait_until(lambda: gone in (r := _retained(broker, "homeassistant/#")) and stale not in r, 30,
+               what="the configs of this run, and the stale one cleared")
+    kept = _retained(broker, "homeassistant/#")
+    assert other in kept  # another device's configs are not ours to clear
+    assert "homeassistant/binary_sensor/hacl/edge_agent_hacl_front_face_detected/config" in kept
+    # a reload that removes the pipeline `back` removes its entities from Home Assistant
+    cfg.write_text(head + pipe.format(n="front", m=SHORT))
+    agent.signal(signal.SIGHUP)
+    wait_until(lambda: gone not in _retained(broker, "homeassistant/#"), 30, what="back's configs cleared")
+    left = [t for t in _retained(broker, "homeassistant/#") if "/hacl/" in t and "_back_" in t]
+    assert not left, left
+    assert "homeassistant/binary_sensor/hacl/edge_agent_hacl_front_face_detected/config" in _retained(
+        broker, "homeassistant/#")
+
+
+def test_label_state_is_rate_limited_and_not_retained(ha: Recorder, broker: Broker) -> None:
+    states: list[tuple[float, dict[str, Any]]] = []
+    sub = Subscriber(broker.mqtt(), ["edge/hadev/ha/state"])
+    assert sub.start(10)
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 8:
+            m = sub.get(0.2)
+            if m is not None:
+                assert not m[2], "ha/state must not be retained"
+                states.append((time.monotonic(), json.loads(m[1])))
+    finally:
+        sub.stop()
+    assert states, "the demo's faces change the state"
+    # at most one per second, except a label turning on, which goes out at once
+    ons = sum(1 for (_, a), (_, b) in itertools.pairwise(states)
+              if a["labels"]["face"]["detected"] == "OFF" and b["labels"]["face"]["detected"] == "ON")
+    assert len(states) <= 8 / 1.0 + ons + 1, [s for _, s in states]
+    assert "edge/hadev/ha/state" not in _retained(broker, "edge/hadev/#")

@@ -68,7 +68,7 @@ def test_run_with_truncated_model_exits_1_naming_the_file(tmp_path: Path, good_b
                 env={"EDGE_AGENT_STATE_DIR": str(tmp_path / "s")})
     assert r.returncode == 1
     assert str(p) in r.stderr and "truncated" in r.stderr
-    r2 = run_cli("check", "--model", str(p), "--source", "synthetic")
+    r2 = run_cli("check", "--offline", "--model", str(p), "--source", "synthetic")
     assert r2.returncode == 1 and str(p) in r2.stdout
 
 

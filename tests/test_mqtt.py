@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import signal
 import subprocess
 import time
@@ -13,7 +14,7 @@ from edge_agent.config import MQTTConfig, TLSConfig
 from edge_agent.sinks.base import Message
 from edge_agent.sinks.mqtt import MqttSink
 
-from .conftest import SHORT, Broker, collect, free_port, wait_until
+from .conftest import SHORT, Broker, collect, free_port, run_cli, wait_until
 
 
 def sink_for(cfg: MQTTConfig, device: str = "dev1") -> MqttSink:
@@ -108,6 +109,40 @@ def test_refused_connack_is_reported_not_taken_for_connected(tmp_path: Path) -> 
         good.close(2)
     finally:
         b.stop()
+
+
+def test_check_connects_and_logs_in_and_names_the_broker_when_it_cannot(tmp_path: Path) -> None:
+    pw = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "agent", "right"], check=True)
+    port = free_port()
+    b = Broker(tmp_path, f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\n", port).start()
+    base = ["check", "--source", "synthetic", "--model", str(SHORT), "--accelerator", "cpu"]
+    env = {**b.env(), "EDGE_AGENT_MQTT__USERNAME": "agent"}
+    try:
+        good = run_cli(*base, env={**env, "EDGE_AGENT_MQTT__PASSWORD": "right"})
+        assert good.returncode == 0, good.stdout + good.stderr
+        assert json.loads(good.stdout)["broker"] == {"address": f"127.0.0.1:{port} as agent", "ok": True}
+        bad = run_cli(*base, env={**env, "EDGE_AGENT_MQTT__PASSWORD": "wrong"})
+        assert bad.returncode == 1
+        problems = json.loads(bad.stdout)["problems"]
+        assert len(problems) == 1 and problems[0].startswith(f"broker 127.0.0.1:{port} as agent: refused")
+        assert "wrong" not in bad.stdout + bad.stderr  # the password is never shown
+    finally:
+        b.stop()
+    gone = run_cli(*base, env=b.env())  # nothing listens there any more
+    assert gone.returncode == 1 and f"broker 127.0.0.1:{port}: connection refused" in gone.stdout
+    assert run_cli(*base, "--offline", env=b.env()).returncode == 0
+
+
+def test_run_logs_a_missing_broker_at_once_and_then_periodically(tmp_path: Path, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()  # no broker there
+    agent = agent_factory(["run", "--model", str(SHORT), "--source", "synthetic", "--device-id", "nob"],
+                          env={"EDGE_AGENT_MQTT__HOST": "127.0.0.1", "EDGE_AGENT_MQTT__PORT": str(port),
+                               "EDGE_AGENT_MQTT__DOWN_LOG_S": "1", "EDGE_AGENT_MQTT__RECONNECT_MAX_S": "1"})
+    line = f"mqtt: no broker at 127.0.0.1:{port}"
+    wait_until(lambda: line in agent.log(), 20, what="the missing broker in the log")
+    wait_until(lambda: agent.log().count(line) >= 3, 20, what="the missing broker said again while it stays away")
+    assert "messages waiting in the outbox" in agent.log()
 
 
 def _make_pki(d: Path) -> tuple[Path, Path, Path, Path]:

@@ -31,14 +31,17 @@ class Watch(TopicRecorder):
         self.preds: list[dict[str, Any]] = []
         self.states: list[dict[str, Any]] = []
         self.results: list[dict[str, Any]] = []
+        self.ha_updates: list[dict[str, Any]] = []  # Home Assistant's update entity
         super().__init__(Subscriber(broker.mqtt(), [f"edge/{device}/predictions", f"edge/{device}/model/state",
-                                                    f"edge/{device}/cmd/result"]))
+                                                    f"edge/{device}/cmd/result", f"edge/{device}/ha/update"]))
 
     def on_message(self, topic: str, doc: Any, arrived: float) -> None:
         if topic.endswith("/predictions"):
             self.preds.append(doc)
         elif topic.endswith("/model/state"):
             self.states.append(doc)
+        elif topic.endswith("/ha/update"):
+            self.ha_updates.append(doc)
         else:
             self.results.append(doc)
 
@@ -73,7 +76,7 @@ def test_push_hot_swaps_without_losing_a_frame(broker: Broker, agent_factory, ke
     priv, pub = keys
     w = Watch(broker, "d1")
     try:
-        agent_factory([*STREAM, "--device-id", "d1"], env=ota_env(broker, pub))
+        agent_factory([*STREAM, "--device-id", "d1"], env=ota_env(broker, pub, EDGE_AGENT_HOMEASSISTANT__ENABLED="1"))
         wait_until(lambda: len(w.preds) >= 30, 30, what="the stream")
         r = run_cli("fleet", "push", str(SHORT_INT8), "--version", "1", "--device", "d1", "--key", str(priv),
                     "--serve", "127.0.0.1:0", "--mqtt-host", broker.host, "--mqtt-port", str(broker.port),
@@ -84,6 +87,15 @@ def test_push_hot_swaps_without_losing_a_frame(broker: Broker, agent_factory, ke
         for s in ("received", "downloading", "verifying", "validating", "activating", "probation", "active"):
             assert s in states, (s, states)
         wait_until(lambda: sum(p["model"]["version"] == "1" for p in w.preds) >= 30, 20, what="new-model results")
+        # Home Assistant's update entity offered version 1 while it was on its way, with the download's progress
+        ups = list(w.ha_updates)
+        flight = [u for u in ups if u["in_progress"]]
+        assert flight and all(u["latest_version"] == "1" and u["installed_version"] != "1" for u in flight), ups
+        assert any(u["update_percentage"] is not None and 0 <= u["update_percentage"] <= 100 for u in flight), ups
+        assert ups[0]["in_progress"] is False and ups[0]["installed_version"] == ups[0]["latest_version"]
+        done = wait_until(lambda: next((u for u in reversed(w.ha_updates) if u["installed_version"] == "1"), None),
+                          10, what="the update entity to show version 1 installed")
+        assert done["latest_version"] == "1" and done["in_progress"] is False
         preds = list(w.preds)
         seqs = [p["seq"] for p in preds]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # nothing lost across the swap
@@ -306,7 +318,7 @@ def test_fleet_status_and_rollback_cli(broker: Broker, agent_factory, keys) -> N
         w.close()
 
 
-def test_fifty_updates_in_a_row_stay_within_bounds(broker: Broker, agent_factory, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_thirty_updates_in_a_row_stay_within_bounds(broker: Broker, agent_factory, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import io
 
     from edge_agent.fleet import push
@@ -328,21 +340,21 @@ def test_fifty_updates_in_a_row_stay_within_bounds(broker: Broker, agent_factory
         wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
         rss: dict[int, float] = {}
         sources = [SHORT_INT8.read_bytes(), SHORT.read_bytes()]
-        for v in range(1, 51):
+        for v in range(1, 31):  # benchmarks/bench_update.py runs longer series
             f = served / f"v{v}.tflite"
             f.write_bytes(rewrite_model(sources[v % 2], files={"release.txt": str(v).encode()}))
             m = build_manifest(f, v, f"m{v % 2}", [f"http://127.0.0.1:{fs.port}/{f.name}"], None, 1).signed(key)
             assert push(broker.mqtt(), m, ["u50"], None, 60, io.StringIO())["u50"]["state"] == "active", v
             f.unlink()
-            if v in (10, 50):
+            if v in (10, 30):
                 while (h := hsub.get(0.1)) is None or orjson.loads(h[1])["model"]["version"] != str(v):
                     pass
                 rss[v] = orjson.loads(h[1])["process"]["rss_mb"]
         blobs = list((state / "models" / "blobs").glob("*.tflite"))
         assert len(blobs) <= 3 and not list((state / "models" / "incoming").iterdir())
-        assert rss[50] - rss[10] < 5, rss
+        assert rss[30] - rss[10] < 5, rss
         seqs = [p["seq"] for p in w.preds]
-        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # not a frame lost in 50 swaps
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # not a frame lost in 30 swaps
     finally:
         hsub.stop()
         fs.close()

@@ -280,7 +280,7 @@ def _cli(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_a_new_frame_source_kind(tmp_path: Path) -> None:
     work = _copy_with(NOISE, tmp_path)
-    r = _cli(work, "check", "--source", "noise:7", "--accelerator", "cpu")
+    r = _cli(work, "check", "--offline", "--source", "noise:7", "--accelerator", "cpu")
     doc = json.loads(r.stdout)
     assert r.returncode == 0 and doc["problems"] == [], r.stdout + r.stderr
     assert doc["source"]["uri"] == "noise:noise:7" and doc["source"]["frame"] == [300, 200]
@@ -290,7 +290,7 @@ def test_a_new_frame_source_kind(tmp_path: Path) -> None:
 def test_a_new_signal_source_kind(tmp_path: Path) -> None:
     work = _copy_with(SAW, tmp_path)
     motion = ROOT / "models" / "motion_int8.tflite"
-    r = _cli(work, "check", "--source", "saw:6", "--model", str(motion), "--set", "signal.rate=10")
+    r = _cli(work, "check", "--offline", "--source", "saw:6", "--model", str(motion), "--set", "signal.rate=10")
     doc = json.loads(r.stdout)
     assert r.returncode == 0 and doc["problems"] == [], r.stdout + r.stderr
     assert doc["source"]["uri"] == "saw:6" and doc["source"]["first_reading"] == [1.0] * 6
@@ -298,7 +298,7 @@ def test_a_new_signal_source_kind(tmp_path: Path) -> None:
 
 def test_a_new_decoder(tmp_path: Path) -> None:
     work = _copy_with(TALLY, tmp_path)
-    r = _cli(work, "check", "--source", "synthetic", "--accelerator", "cpu")
+    r = _cli(work, "check", "--offline", "--source", "synthetic", "--accelerator", "cpu")
     doc = json.loads(r.stdout)
     assert r.returncode == 0 and doc["problems"] == [], r.stdout + r.stderr
     assert doc["model"]["layout"] == "tally" and doc["first_inference"]["outputs"][0]["name"] == "tally"
@@ -306,14 +306,14 @@ def test_a_new_decoder(tmp_path: Path) -> None:
 
 def test_a_new_accelerator(tmp_path: Path) -> None:
     work = _copy_with(TWIN, tmp_path)
-    r = _cli(work, "check", "--source", "synthetic", "--accelerator", "twin")
+    r = _cli(work, "check", "--offline", "--source", "synthetic", "--accelerator", "twin")
     doc = json.loads(r.stdout)
     assert r.returncode == 0 and doc["problems"] == [], r.stdout + r.stderr
     assert doc["accelerator"]["selected"] == "twin", doc["accelerator"]
     assert doc["accelerator"]["candidates"][0]["backend"] == "twin"
-    auto = json.loads(_cli(work, "check", "--source", "synthetic", "--accelerator", "auto").stdout)
+    auto = json.loads(_cli(work, "check", "--offline", "--source", "synthetic", "--accelerator", "auto").stdout)
     assert auto["accelerator"]["selected"] == "twin"  # first in the registry, so first in `auto`'s order
-    unknown = _cli(work, "check", "--accelerator", "twins")
+    unknown = _cli(work, "check", "--offline", "--accelerator", "twins")
     assert unknown.returncode == 2 and "twin" in unknown.stderr
 
 

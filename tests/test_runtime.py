@@ -169,13 +169,13 @@ def test_probe_cache_round_trip(tmp_path: Path) -> None:
 
 
 def test_check_lists_accelerators_and_fails_for_unusable_gpu() -> None:
-    ok = run_cli("check", "--model", str(SHORT), "--source", "synthetic", "--accelerator", "auto")
+    ok = run_cli("check", "--offline", "--model", str(SHORT), "--source", "synthetic", "--accelerator", "auto")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     doc = json.loads(ok.stdout)
     assert doc["accelerator"]["selected"] == "cpu"
     assert {c["backend"] for c in doc["accelerator"]["candidates"]} >= {"gpu", "npu", "edgetpu", "cpu"}
     assert doc["source"]["frame"] == [640, 480] and doc["problems"] == []
-    bad = run_cli("check", "--model", str(SHORT), "--source", "synthetic", "--accelerator", "gpu")
+    bad = run_cli("check", "--offline", "--model", str(SHORT), "--source", "synthetic", "--accelerator", "gpu")
     assert bad.returncode == 1
     assert "accelerator gpu unusable" in json.loads(bad.stdout)["problems"][0]
 

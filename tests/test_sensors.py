@@ -338,11 +338,12 @@ def test_check_opens_a_signal_source_and_reports_its_channels(stream: np.ndarray
 
     csv = tmp_path / "watch.csv"
     csv.write_text("ax,ay,az,gx,gy,gz\n" + "\n".join(",".join(f"{v:.5f}" for v in r) for r in stream[:40]) + "\n")
-    r = run_cli("check", "--source", f"csv:{csv}", "--model", str(MOTION["int8"]), "--set", "signal.rate=10")
+    r = run_cli("check", "--offline", "--source", f"csv:{csv}", "--model", str(MOTION["int8"]),
+                "--set", "signal.rate=10")
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(r.stdout)
     assert doc["problems"] == [] and doc["model"]["task"] == "classification"
     assert doc["source"]["channels"] == ["ax", "ay", "az", "gx", "gy", "gz"] and doc["source"]["rate"] == 10
     assert doc["source"]["first_reading"] == pytest.approx(stream[0].tolist(), abs=1e-5)
-    bad = run_cli("check", "--source", f"iio:{tmp_path / 'none'}", "--model", str(MOTION["int8"]))
+    bad = run_cli("check", "--offline", "--source", f"iio:{tmp_path / 'none'}", "--model", str(MOTION["int8"]))
     assert bad.returncode == 1 and "IIO device" in json.loads(bad.stdout)["problems"][0]

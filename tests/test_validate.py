@@ -76,11 +76,12 @@ def test_time_limit(tmp_path: Path) -> None:
 
 
 def test_random_mutants_never_kill_the_serving_process(tmp_path: Path) -> None:
-    """Every mutant goes through the path a served model takes; this process must outlive all."""
+    """Every mutant goes through the path a served model takes; this process must outlive all.
+    (benchmarks/model_mutants.py runs many more.)"""
     rng = np.random.default_rng(7)
     sources = [SHORT.read_bytes(), SHORT_INT8.read_bytes()]
     outcomes: dict[str, int] = {}
-    for i in range(120):
+    for i in range(60):
         kind, data = mutate(sources[i % 2], rng)
         p = tmp_path / f"m{i}.tflite"
         p.write_bytes(data)
@@ -92,4 +93,4 @@ def test_random_mutants_never_kill_the_serving_process(tmp_path: Path) -> None:
             assert str(p) in str(err)
             outcomes[kind] = outcomes.get(kind, 0) + 1
         p.unlink()
-    assert sum(outcomes.values()) == 120 and len(outcomes) >= 3
+    assert sum(outcomes.values()) == 60 and len(outcomes) >= 3

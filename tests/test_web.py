@@ -4,8 +4,11 @@ headless Chromium (Debian's) loading the status page."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +17,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_agent.metrics import metric_name
+from edge_agent.metrics import BROKER_DROPS, FRAME_DROPS, lookup
 
 from .conftest import DEMO_VIDEO, SHORT, Broker, collect, free_port, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 
 def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes, str]:
@@ -82,42 +87,119 @@ def _leaves(node: Any, path: list[str]) -> Iterator[list[str]]:
         yield path
 
 
-def test_metrics_parse_with_prometheus_and_carry_every_health_figure(
+def test_metrics_follow_prometheus_rules_and_carry_every_health_figure(
     web_agent: tuple[str, Any],
     broker: Broker,
     subscriber_factory,  # type: ignore[no-untyped-def]
 ) -> None:
     base, _ = web_agent
+    # the labelled counters exist from the first scrape, at 0 where nothing happened yet
+    first = _metrics(base)
+    for reason in FRAME_DROPS:
+        assert _value(first, "edge_agent_frames_dropped_total", reason=reason) >= 0
+    for reason in BROKER_DROPS:
+        assert _value(first, "edge_agent_broker_drops_total", reason=reason) >= 0
     sub = subscriber_factory(["edge/webdev/health"])
     _, health, _ = collect(sub, lambda t, d, r: d["frames"]["inferred"] > 10, 20)
+    _, body, _ = _get(base + "/metrics")
+    # Prometheus's own linter: base units, counters' _total, HELP on everything, no quantile gauges
+    lint = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True, timeout=30)
+    assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint.stdout + lint.stderr
+    text = body.decode()
+    assert "not described" not in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name, fam in families.items():
+        assert fam.documentation, name
+        assert not re.search(r"_(ms|mb|percent|s|ts|c)$", name), name  # base units only
+    assert families["edge_agent_latency_seconds"].type == "histogram"
+    assert families["edge_agent_broker_replayed"].type == "counter"  # exposed as ..._total
+    assert "process_cpu_seconds" in families and "python_info" in families  # the standard collectors
     m = _metrics(base)
     info = m["edge_agent_build_info"][0].labels
+    assert set(info) == {"version", "device_id", "model", "model_sha256", "accelerator"}  # nothing per boot
     assert info["device_id"] == "webdev" and info["model"] == "face_detection_short_range"
     assert info["model_sha256"] == health["model"]["sha256"] and info["accelerator"] == "cpu"
-    assert _value(m, "edge_agent_latency_ms", series="inference", quantile="0.5") > 0
+    assert _value(m, "edge_agent_broker_state", edge_agent_broker_state="connected") == 1
+    assert _value(m, "edge_agent_broker_state", edge_agent_broker_state="disconnected") == 0
+    inferred = _value(m, "edge_agent_latency_seconds_count", series="inference")
+    assert inferred >= health["frames"]["inferred"]
+    assert _value(m, "edge_agent_latency_seconds_bucket", series="inference", le="+Inf") == inferred
+    assert _value(m, "edge_agent_process_rss_bytes") == pytest.approx(health["process"]["rss_mb"] * 1e6, rel=0.5)
     assert _value(m, "edge_agent_fps", stage="inferred") > 5
+    # published counts frames: at 20 fps it is the inferred rate, not the (higher) message rate
+    assert _value(m, "edge_agent_fps", stage="published") <= _value(m, "edge_agent_fps", stage="inferred") + 2
     assert _value(m, "edge_agent_frames_inferred_total") >= health["frames"]["inferred"]
     assert _value(m, "edge_agent_broker_sent_total") > 0
     assert _value(m, "edge_agent_stage_stalled", stage="inference") == 0
-    # every number in the health document is somewhere in /metrics, under its name or as a label
-    labelled = {"fps", "latency_ms", "commands"}
-    names = set(m)
-    missing = []
+    # every number in the health document is exported, under the name its table gives
+    undescribed = []
     for path in _leaves(health, []):
-        if path[0] == "pipelines":  # each pipeline's figures carry its name as a label
-            if path[2] in labelled or path[2:4] == ["frames", "dropped"]:
-                continue
-            name = "edge_agent_pipeline_" + metric_name(path[2:])
-            found = [s for n in (name, name + "_total") for s in m.get(n, []) if s.labels.get("pipeline") == path[1]]
-            if not found:
-                missing.append(".".join(path))
+        if path[0] in ("models", "engines") or path == ["broker", "port"] or "latency_ms" in path:
             continue
-        if path[0] in labelled or path[:2] in (["frames", "dropped"], ["broker", "drops"]):
+        rel = path[2:] if path[0] == "pipelines" else path
+        if lookup(rel) is None:
+            undescribed.append(".".join(path))
             continue
-        base_name = "edge_agent_" + metric_name(path)
-        if not ({base_name, base_name + "_total"} & names):
-            missing.append(".".join(path))
-    assert not missing, missing
+        fig, _ = lookup(rel)  # type: ignore[misc]
+        name = f"edge_agent_{'pipeline_' if path[0] == 'pipelines' else ''}{fig.name}"
+        assert name in families, (path, name)
+    assert not undescribed, undescribed
+
+
+def test_a_real_prometheus_scrapes_the_agent_and_adds_up_its_histograms(
+    web_agent: tuple[str, Any], tmp_path: Path
+) -> None:
+    base, _ = web_agent
+    port = free_port()
+    conf = tmp_path / "prometheus.yml"
+    conf.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"scrape_configs: [{{job_name: edge, static_configs: [{{targets: ['{base.removeprefix('http://')}']}}]}}]\n"
+    )
+    proc = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={conf}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    api = f"http://127.0.0.1:{port}/api/v1/query?query="
+
+    def query(q: str) -> list[Any]:
+        code, body, _ = _get(api + urllib.parse.quote(q))
+        return json.loads(body)["data"]["result"] if code == 200 else []
+
+    try:
+        up = wait_until(lambda: (r := query('up{job="edge"}')) and r[0]["value"][1] == "1" and r, 30,
+                        what="Prometheus to scrape the agent")
+        assert up
+        # a fleet-wide p50 from the buckets: what quantile gauges could never give
+        q = 'histogram_quantile(0.5, sum by (le) (rate(edge_agent_latency_seconds_bucket{series="inference"}[5s])))'
+        p50 = wait_until(lambda: (r := query(q)) and r[0]["value"][1] not in ("NaN", "+Inf")
+                         and float(r[0]["value"][1]), 30, what="a p50 from the histogram")
+        assert 0 < p50 < 1.0
+        rate = wait_until(lambda: (r := query("rate(edge_agent_frames_inferred_total[5s])"))
+                          and float(r[0]["value"][1]), 30, what="a frame rate")
+        assert rate > 1  # frames flow (the exact rate depends on how busy this machine is)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_healthz_agrees_with_health_and_livez_only_with_stalls(web_agent: tuple[str, Any], broker: Broker) -> None:
+    base, _ = web_agent
+    code, body, _ = _get(base + "/healthz")
+    assert code == 200 and json.loads(body) == {"ok": True, "status": "ok", "problems": []}
+    broker.stop()
+    try:
+        code, body, _ = wait_until(lambda: (r := _get(base + "/healthz")) and r[0] == 503 and r, 30,
+                                   what="/healthz to report the broker's absence")
+        doc = json.loads(body)
+        assert doc["ok"] is False and doc["status"] == "degraded" and "broker disconnected" in doc["problems"]
+        assert _get(base + "/livez")[0] == 200  # a restart would not bring the broker back
+        m = _metrics(base)
+        assert _value(m, "edge_agent_broker_state", edge_agent_broker_state="connected") == 0
+    finally:
+        broker.start()
+    wait_until(lambda: _get(base + "/healthz")[0] == 200, 30, what="/healthz back to 200")
 
 
 def test_healthz_is_200_only_while_every_stage_makes_progress(broker: Broker, agent_factory) -> None:  # type: ignore[no-untyped-def]
@@ -193,7 +275,9 @@ def test_status_page_in_headless_chromium(web_agent: tuple[str, Any]) -> None:
             info = after["edge_agent_build_info"][0].labels
             assert shown["model.sha256"] == info["model_sha256"][:16]
             assert shown["accelerator.active"] == info["accelerator"] and shown["model.name"] == info["model"]
-            assert shown["source.state"] == info["source_state"] == "running"
+            assert shown["source.state"] == "running"
+            assert _value(after, "edge_agent_pipeline_source_state", pipeline="default",
+                          edge_agent_pipeline_source_state="running") == 1
             assert before < float(shown["frames.inferred"] or 0) <= _value(after, "edge_agent_frames_inferred_total")
             assert page.text_content("#status") == "ok"
             assert "face" in (page.text_content("#preds") or "")

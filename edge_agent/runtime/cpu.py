@@ -11,6 +11,7 @@ import numpy as np
 
 from edge_agent.runtime import litert
 from edge_agent.runtime.base import Accelerator, Backend, BackendError, T, spec_from_details
+from edge_agent.system import quiet_native_stderr
 
 
 def default_threads() -> int:
@@ -36,10 +37,11 @@ class InterpreterBackend(Backend):
     def _load(self) -> Any:
         mod = litert.interpreter_module()
         try:
-            it = mod.Interpreter(
-                model_path=str(self.model_path), num_threads=self.threads, experimental_delegates=self._delegates
-            )
-            it.allocate_tensors()
+            with quiet_native_stderr():  # no "Created TensorFlow Lite XNNPACK delegate" on the console
+                it = mod.Interpreter(
+                    model_path=str(self.model_path), num_threads=self.threads, experimental_delegates=self._delegates
+                )
+                it.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise BackendError(_explain(str(err), self.model_path)) from None
         return it
@@ -56,7 +58,8 @@ class InterpreterBackend(Backend):
         try:
             for s in self.inputs:
                 self._it.resize_tensor_input(s.index, [n, *s.shape[1:]], strict=False)
-            self._it.allocate_tensors()
+            with quiet_native_stderr():
+                self._it.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise BackendError(f"batch of {n}: {str(err).strip().splitlines()[0][:200]}") from None
         self._in_views = [self._it.tensor(s.index) for s in self.inputs]

@@ -83,7 +83,7 @@ def _make_client(cfg: MQTTConfig, client_id: str, persistent: bool = False) -> p
 
 @dataclass
 class _Event:
-    kind: str  # connected | refused | disconnected | availability
+    kind: str  # connected | refused | disconnected | unreachable | availability
     detail: str = ""
 
 
@@ -148,7 +148,11 @@ class MqttSink(Sink):
         self._client.max_queued_messages_set(_MAX_QUEUED)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_message = self._on_message
+        #: since when the broker has been away (None while connected, or before the first attempt ended)
+        self._down_since: float | None = None
+        self._down_logged = float("-inf")
 
     # --- paho callbacks: enqueue only ---------------------------------------------------------
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
@@ -172,6 +176,10 @@ class MqttSink(Sink):
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._events.put(_Event("disconnected", str(reason_code)))
+        self._wake.set()
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        self._events.put(_Event("unreachable", "connection refused or host unreachable"))
         self._wake.set()
 
     # --- public API ----------------------------------------------------------------------------
@@ -274,6 +282,7 @@ class MqttSink(Sink):
             replaying = False
             try:
                 self._handle_events()
+                self._say_if_down()
                 if self._connected.is_set():
                     self._publish_some()
                     replaying = self._replay_some()
@@ -312,7 +321,12 @@ class MqttSink(Sink):
             if ev.kind == "connected":
                 self.connects += 1
                 self.state = "connected"
-                log.info("mqtt connected to %s:%s", self.cfg.host, self.cfg.port)
+                if self._down_since is not None:
+                    log.info("mqtt connected to %s:%s after %.0f s away", self.cfg.host, self.cfg.port,
+                             time.monotonic() - self._down_since)
+                else:
+                    log.info("mqtt connected to %s:%s", self.cfg.host, self.cfg.port)
+                self._down_since, self._down_logged = None, float("-inf")
                 _no_delay(self._client)
                 self._publish_birth()
                 # a clean session forgets subscriptions: ask again on every connect. Our own
@@ -327,15 +341,24 @@ class MqttSink(Sink):
                     log.warning("a stale 'offline' (an earlier session's Will) replaced our birth; restoring")
                     self.availability_restored += 1
                     self._client.publish(self.availability_topic, ONLINE, qos=AVAILABILITY_QOS, retain=True)
+            elif ev.kind == "unreachable":
+                self.state = "disconnected"
+                self.last_error = ev.detail
+                self._connected.clear()
+                self._down_since = self._down_since or time.monotonic()
             elif ev.kind == "refused":
                 if self.state != "refused":  # paho retries with backoff; say it once
                     log.error("mqtt: broker refused connection: %s", ev.detail)
+                self._down_since = self._down_since or time.monotonic()
+                self._down_logged = time.monotonic()
                 self.state = "refused"
                 self.last_error = f"broker refused connection: {ev.detail}"
                 self._connected.clear()
             else:
                 if self._connected.is_set():
                     log.warning("mqtt disconnected: %s", ev.detail)
+                    self._down_logged = time.monotonic()
+                self._down_since = self._down_since or time.monotonic()
                 if self.state != "refused":  # the drop after a refusal is not news
                     self.state = "disconnected"
                     self.last_error = f"disconnected: {ev.detail}"
@@ -346,10 +369,26 @@ class MqttSink(Sink):
                 self._inflight.clear()
                 self._replay_inflight.clear()
 
+    def _say_if_down(self) -> None:
+        """A broker that cannot be reached is logged at once, then every mqtt.down_log_s while it stays away."""
+        if self._down_since is None or self._connected.is_set():
+            return
+        now = time.monotonic()
+        if now - self._down_logged < self.cfg.down_log_s:
+            return
+        away = now - self._down_since
+        depth = self.outbox.depth() if self.outbox is not None else self.queue_depth()
+        log.warning(
+            "mqtt: no broker at %s:%s for %.0f s (%s); %d messages waiting%s; retrying",
+            self.cfg.host, self.cfg.port, away, self.last_error or "no answer", depth,
+            " in the outbox" if self.outbox is not None else "",
+        )
+        self._down_logged = now
+
     def _publish_birth(self) -> None:
         self._client.publish(self.availability_topic, ONLINE, qos=AVAILABILITY_QOS, retain=True)
         for m in self.retained_state():
-            self._client.publish(m.topic, m.payload, qos=m.qos, retain=True)
+            self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
 
     def _prune_inflight(self) -> None:
         while self._inflight and self._inflight[0][0].is_published():
@@ -423,6 +462,36 @@ class MqttSink(Sink):
         if not rows and not self._replay_inflight:
             self._replay_idle_at = self.outbox.stored
         return bool(rows) or bool(self._replay_inflight)
+
+
+def probe_broker(cfg: MQTTConfig, timeout_s: float = 5.0) -> str | None:
+    """Connect once (TLS and credentials as configured) and disconnect: None when the broker accepted
+    us, else why not (unreachable, refused with its reason code, TLS, or no answer in time)."""
+    done = threading.Event()
+    outcome: list[str | None] = []
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        outcome.append(f"refused: {reason_code}" if reason_code.is_failure else None)
+        done.set()
+
+    def on_connect_fail(client: Any, userdata: Any) -> None:
+        outcome.append("connection refused or host unreachable")
+        done.set()
+
+    client = _make_client(cfg, f"edge-agent-check-{time.monotonic_ns()}")
+    client.on_connect = on_connect
+    client.on_connect_fail = on_connect_fail
+    try:
+        client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        client.loop_start()
+        if not done.wait(timeout_s):
+            return f"no answer within {timeout_s:.0f} s"
+        return outcome[0]
+    except (OSError, ValueError, ssl.SSLError) as err:
+        return f"{type(err).__name__}: {err}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 class Subscriber:
