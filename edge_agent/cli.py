@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from edge_agent import __version__
+from edge_agent import __version__, human
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -33,6 +33,7 @@ _SHORTCUTS = {
 }
 
 
+_JSON_HELP = "print JSON (the default when stdout is not a terminal)"
 #: the shortcut flags a command that only talks to the broker takes
 _BROKER_FLAGS = ("--device-id", "--mqtt-host", "--mqtt-port", "--log-level")
 
@@ -202,7 +203,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if why is not None:
             problems.append(f"broker {who}: {why}")
     report["problems"] = problems
-    print(json.dumps(report, indent=2, default=str))
+    human.emit(report, human.check, args.json)
     if model is not None:
         model.close()
     return EXIT_FAIL if problems else EXIT_OK
@@ -271,7 +272,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "detected_layout": layout,
     }
     be.close()
-    print(json.dumps(doc, indent=2))
+    human.emit(doc, human.inspect, args.json)
     return EXIT_OK
 
 
@@ -280,7 +281,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from edge_agent.model import Model
     from edge_agent.modelfile import ModelError
-    from edge_agent.payload import dumps, prediction
+    from edge_agent.payload import prediction
 
     # the same settings as `run` (file, EDGE_AGENT_*, --set); the flags here are shortcuts on top
     extra = {"model.path": str(args.model)}
@@ -329,7 +330,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             result=inf.result,
             source=str(image_path),
         )
-        sys.stdout.write(dumps(doc).decode() + "\n")
+        human.emit(doc, human.prediction, args.json, indent=None)
     model.close()
     return status
 
@@ -339,7 +340,6 @@ def _predict_recordings(args: argparse.Namespace, model: Any, base: Any, paths: 
     of the recording ended each one came (`after_speech_s`, audio only)."""
     from edge_agent.config import SourceConfig
     from edge_agent.features import speech_end_s
-    from edge_agent.payload import dumps
     from edge_agent.signal_pipeline import run_offline
     from edge_agent.signals import SourceError, signal_kind
     from edge_agent.signals.wav import read_wav
@@ -360,10 +360,10 @@ def _predict_recordings(args: argparse.Namespace, model: Any, base: Any, paths: 
             continue
         end = speech_end_s(*read_wav(str(path))) if signal_kind(str(path)) == "wav" else None
         for doc in run.predictions:
-            sys.stdout.write(dumps({"file": str(path), **doc}).decode() + "\n")
+            human.emit({"file": str(path), **doc}, human.prediction, args.json, indent=None)
         for doc in run.events:
             extra = {"after_speech_s": round(doc["offset_s"] - end, 3)} if end is not None else {}
-            sys.stdout.write(dumps({"file": str(path), **doc, **extra}).decode() + "\n")
+            human.emit({"file": str(path), **doc, **extra}, human.prediction, args.json, indent=None)
         summary = {
             "file": str(path),
             "summary": {
@@ -375,7 +375,7 @@ def _predict_recordings(args: argparse.Namespace, model: Any, base: Any, paths: 
                 "wall_s": round(run.wall_s, 3),
             },
         }
-        sys.stdout.write(dumps(summary).decode() + "\n")
+        human.emit(summary, human.prediction, args.json, indent=None)
     return status
 
 
@@ -388,7 +388,7 @@ def cmd_config(args: argparse.Namespace) -> int:
             print(f"{key}\t{env}\t{default}\t{desc}")
         return EXIT_OK
     settings = _load(args)
-    print(json.dumps(masked_dump(settings), indent=2))
+    human.emit(masked_dump(settings), human.settings, args.json)
     return EXIT_OK
 
 
@@ -569,8 +569,9 @@ def cmd_fleet_sign(args: argparse.Namespace) -> int:
     from edge_agent.ota.manifest import ManifestError, load_private_key, parse_manifest
 
     try:
+        key = load_private_key(args.key)
         m = parse_manifest(json.loads(args.manifest.read_text()))
-        print(json.dumps(m.signed(load_private_key(args.key)).model_dump(mode="json"), indent=2))
+        print(json.dumps(m.signed(key).model_dump(mode="json"), indent=2))
     except (ManifestError, ValueError, OSError) as err:
         print(f"edge-agent: {err}", file=sys.stderr)
         return EXIT_FAIL
@@ -578,14 +579,29 @@ def cmd_fleet_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet_push(args: argparse.Namespace) -> int:
-    from edge_agent.fleet import FileServer, build_manifest, push
-    from edge_agent.ota.manifest import load_private_key
+    from edge_agent.fleet import BrokerUnreachable, FileServer, build_manifest, push
+    from edge_agent.ota.manifest import ManifestError, load_private_key
 
     settings = _load(args)
     if not args.device and not args.group:
         return _usage_error("fleet push needs --device ID (repeatable) or --group G")
     if sum(map(bool, (args.serve, args.url, args.mqtt))) != 1:
         return _usage_error("fleet push needs exactly one of --serve HOST:PORT, --url URL or --mqtt")
+    if args.serve and args.serve.rpartition(":")[0] in ("", "0.0.0.0", "::", "[::]") and not args.advertise:
+        return _usage_error(f"--serve {args.serve} listens on every address, and devices cannot download from "
+                            "that: add --advertise HOST (this machine's name or address as the devices see it)")
+    if not args.model.is_file():
+        return _usage_error(f"model not found: {args.model}")
+    key = None
+    if args.key:
+        try:
+            key = load_private_key(args.key)
+        except ManifestError as err:
+            print(f"edge-agent: --key: {err}", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        print("edge-agent: warning: no --key: the manifest is unsigned, and devices with ota.trusted_keys "
+              "(every device should have them) will reject it", file=sys.stderr)
     server = None
     url = None
     if args.serve:
@@ -605,8 +621,8 @@ def cmd_fleet_push(args: argparse.Namespace) -> int:
         args.valid_hours,
         "mqtt" if args.mqtt else "http",
     )
-    if args.key:
-        manifest = manifest.signed(load_private_key(args.key))
+    if key is not None:
+        manifest = manifest.signed(key)
     try:
         status = push(
             settings.mqtt,
@@ -618,7 +634,11 @@ def cmd_fleet_push(args: argparse.Namespace) -> int:
             args.model.read_bytes() if args.mqtt else None,
             {"model": args.for_model} if args.for_model else
             {"pipelines": args.pipelines.split(",")} if args.pipelines else None,
+            args.answer_timeout,
         )
+    except BrokerUnreachable as err:
+        print(f"edge-agent: {err}", file=sys.stderr)
+        return EXIT_FAIL
     finally:
         if server is not None:
             server.close()
@@ -628,10 +648,14 @@ def cmd_fleet_push(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
-    from edge_agent.fleet import status
+    from edge_agent.fleet import BrokerUnreachable, status
 
     settings = _load(args)
-    devices = status(settings.mqtt, args.wait)
+    try:
+        devices = status(settings.mqtt, args.wait)
+    except BrokerUnreachable as err:
+        print(f"edge-agent: {err}", file=sys.stderr)
+        return EXIT_FAIL
     if args.json:
         print(json.dumps(devices, indent=2))
         return EXIT_OK
@@ -639,7 +663,7 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     for name, d in sorted(devices.items()):
         model = (d.get("info") or {}).get("model") or {}
         upd = d.get("model/state") or {}
-        h = d.get("health") or {}
+        h = d.get("status") or d.get("health") or {}  # the device's answer, else its last health message
         label = f"{model.get('name')} v{model.get('version')}"
         print(
             f"{name:<20} {d.get('availability', '?'):<12} {label:<36} "
@@ -649,10 +673,17 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet_rollback(args: argparse.Namespace) -> int:
-    from edge_agent.fleet import send_command
+    from edge_agent.fleet import BrokerUnreachable, send_command
 
     settings = _load(args)
-    answer = send_command(settings.mqtt, args.device, "rollback", args.timeout)
+    try:
+        answer = send_command(settings.mqtt, args.device, "rollback", args.timeout)
+    except BrokerUnreachable as err:
+        print(f"edge-agent: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    if answer is None:
+        print(f"edge-agent: {args.device} did not answer within {args.timeout:g} s (unknown or offline?)",
+              file=sys.stderr)
     print(json.dumps(answer, indent=2))
     return EXIT_OK if answer and answer.get("status") == "done" else EXIT_FAIL
 
@@ -675,11 +706,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _settings_args(c)
     c.add_argument("--offline", action="store_true", help="skip the broker (results go to another sink)")
+    c.add_argument("--json", action="store_true", help=_JSON_HELP)
     c.set_defaults(func=cmd_check)
 
     i = sub.add_parser("inspect", help="show a model's inputs, outputs, quantization, ops, metadata, labels")
     i.add_argument("model", type=Path)
     _settings_args(i, ())
+    i.add_argument("--json", action="store_true", help=_JSON_HELP)
     i.set_defaults(func=cmd_inspect)
 
     pr = sub.add_parser(
@@ -691,11 +724,13 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_args(pr, ("--labels", "--task", "--score-threshold", "--accelerator", "--threads", "--log-level"))
     pr.add_argument("--windows", action="store_true", help="recordings: print every window's prediction too")
     pr.add_argument("--resize", choices=("auto", "stretch", "letterbox"), help="model.resize")
+    pr.add_argument("--json", action="store_true", help=_JSON_HELP + " (one document per line)")
     pr.set_defaults(func=cmd_predict)
 
     cf = sub.add_parser("config", help="print the effective configuration (secrets masked)")
     _settings_args(cf)
     cf.add_argument("--describe", action="store_true", help="list every key with its env var and meaning")
+    cf.add_argument("--json", action="store_true", help=_JSON_HELP)
     cf.set_defaults(func=cmd_config)
 
     ls = sub.add_parser("listen", help="subscribe to the agent's topics and print what arrives")
@@ -774,7 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--for-model", help="on devices with several models: the shared model (or pipeline) to replace")
     ps.add_argument("--pipelines", help="on devices with several models: the pipelines to update (comma-separated)")
     ps.add_argument("--valid-hours", type=float, default=24.0)
-    ps.add_argument("--timeout", type=float, default=600.0)
+    ps.add_argument("--timeout", type=float, default=600.0, help="give up on the whole push after this many seconds")
+    ps.add_argument("--answer-timeout", type=float, default=10.0,
+                    help="give up on a device that has not answered the deploy command after this many seconds")
     ps.set_defaults(func=cmd_fleet_push)
     st = fsub.add_parser("status", help="a table of devices from their retained state and recent health")
     _settings_args(st)

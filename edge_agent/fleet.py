@@ -22,6 +22,21 @@ from edge_agent.topics import device_base, device_pattern, group_base, ota_chunk
 
 #: After a group push, how long to wait for more devices to answer once all that did are done.
 _GROUP_GRACE_S = 3.0
+#: A named device with no retained availability within this long has never been seen on this broker.
+_UNKNOWN_AFTER_S = 2.0
+#: Outcomes of a push that the device itself never reported: it could not be reached.
+UNREACHED = ("unknown", "offline", "no_answer")
+
+
+class BrokerUnreachable(RuntimeError):
+    """The fleet command could not connect to the broker."""
+
+
+def _connect(sub: Subscriber, cfg: MQTTConfig) -> None:
+    if not sub.start(10):
+        sub.stop()
+        raise BrokerUnreachable(f"no broker at {cfg.host}:{cfg.port} (or it refused us); check --mqtt-host, "
+                                "--mqtt-port and mqtt.username/password")
 
 
 def build_manifest(
@@ -99,11 +114,14 @@ def push(
     out: Any,
     model_bytes: bytes | None = None,
     target: dict[str, Any] | None = None,
+    answer_s: float = 10.0,
 ) -> dict[str, dict[str, Any]]:
     """Send the deploy command and follow model/state until each device reaches a terminal state.
 
     With MQTT delivery, `model_bytes` go out in chunks once the devices have accepted. target: on devices
-    with several models, {"model": NAME} or {"pipelines": [...]} names the one to replace."""
+    with several models, {"model": NAME} or {"pipelines": [...]} names the one to replace. A named device
+    that the broker has never seen (no retained availability), one whose availability says offline, and
+    one that does not answer the command within `answer_s` are given up on at once, with the reason."""
     prefix = cfg.topic_prefix
     cid = f"push-{uuid.uuid4().hex[:12]}"
     sub = Subscriber(
@@ -112,10 +130,10 @@ def push(
             device_pattern(prefix, None, "model/state"),
             device_pattern(prefix, None, "models/+/state"),
             device_pattern(prefix, None, "cmd/result"),
+            *[device_pattern(prefix, d, "availability") for d in devices],
         ],
     )
-    if not sub.start(10):
-        raise RuntimeError(f"no broker at {cfg.host}:{cfg.port}")
+    _connect(sub, cfg)
     args = {"manifest": manifest.model_dump(mode="json"), **(target or {})}
     cmd = json.dumps({"id": cid, "command": "deploy", "args": args})
     targets = [device_pattern(prefix, d, "cmd") for d in devices]
@@ -123,6 +141,7 @@ def push(
     for t in targets:
         sub.publish(t, cmd.encode())
     status: dict[str, dict[str, Any]] = {d: {"state": "sent"} for d in devices}
+    availability: dict[str, str] = {}
     deadline = time.monotonic() + timeout_s
     last_new = sent_at = time.monotonic()
     chunks_due = manifest.delivery == "mqtt" and model_bytes is not None
@@ -135,15 +154,22 @@ def push(
                 roots = [device_base(prefix, d) for d, s in status.items() if s["state"] != "rejected"]
                 roots += [group_base(prefix, group)] if group else []
                 _send_chunks(sub, roots, manifest, model_bytes or b"", out)
+            _give_up_on_silent(status, availability, time.monotonic() - sent_at, answer_s, out)
             m = sub.get(0.2)
             if m is None:
                 settled = devices or time.monotonic() - last_new > _GROUP_GRACE_S  # a group: wait for stragglers
-                if status and settled and all(s["state"] in TERMINAL for s in status.values()):
+                if status and settled and all(s["state"] in (*TERMINAL, *UNREACHED) for s in status.values()):
                     break
                 continue
             topic, payload, _ = m
             device = topic[len(prefix) + 1 :].split("/", 1)[0]
-            doc = json.loads(payload)
+            if topic.endswith("/availability"):
+                availability[device] = payload.decode("utf-8", "replace")
+                continue
+            try:
+                doc = json.loads(payload)
+            except ValueError:
+                continue
             if topic.endswith("/cmd/result") and doc.get("id") == cid:
                 if doc.get("status") == "rejected":
                     status[device] = {"state": "rejected", "reason": doc.get("reason")}
@@ -158,13 +184,35 @@ def push(
                 reason = f" ({doc['reason']})" if doc.get("reason") else ""
                 if "percent" in doc:
                     bar.set(float(doc["percent"]), f"{doc['state']}{reason}")
+                elif doc.get("state") in ("verifying", "validating", "activating", "probation", "active"):
+                    bar.set(100.0, f"{doc['state']}{reason}")  # the download is done: the bar is full
                 else:
-                    bar.note(f"{doc['state']}{reason}")
+                    bar.set(bar.n, f"{doc['state']}{reason}")
     finally:
         sub.stop()
         for bar in bars.values():
             bar.close()
     return status
+
+
+def _give_up_on_silent(
+    status: dict[str, dict[str, Any]], availability: dict[str, str], waited: float, answer_s: float, out: Any
+) -> None:
+    """Devices that cannot answer: never seen, offline by their Will, or silent past `answer_s`."""
+    for device, st in status.items():
+        if st["state"] != "sent":
+            continue
+        seen = availability.get(device)
+        if seen is None and waited > _UNKNOWN_AFTER_S:
+            why = ("unknown", "this broker has never seen the device (no retained availability): check the id")
+        elif seen is not None and seen != "online":
+            why = ("offline", f"the device's availability says {seen}: it is not connected to hear the command")
+        elif waited > answer_s:
+            why = ("no_answer", f"no answer to the deploy command within {answer_s:g} s")
+        else:
+            continue
+        status[device] = {"state": why[0], "reason": why[1]}
+        print(f"{device}: {why[0]}: {why[1]}", file=out, flush=True)
 
 
 def _send_chunks(sub: Subscriber, roots: list[str], m: Manifest, payload: bytes, out: Any) -> None:
@@ -177,13 +225,15 @@ def _send_chunks(sub: Subscriber, roots: list[str], m: Manifest, payload: bytes,
 
 
 def status(cfg: MQTTConfig, wait_s: float = 2.0) -> dict[str, dict[str, Any]]:
-    """Devices as their retained availability, info and model state (and any health within wait_s) show them."""
+    """Devices as their retained availability, info and model state show them; each online device is
+    also asked for its status (a `status` command), so fps and health are current, not whatever health
+    message happened to pass within `wait_s`."""
     prefix = cfg.topic_prefix
-    leaves = ("availability", "info", "model/state", "health")
+    leaves = ("availability", "info", "model/state", "health", "cmd/result")
     sub = Subscriber(cfg, [device_pattern(prefix, None, leaf) for leaf in leaves])
-    if not sub.start(10):
-        raise RuntimeError(f"no broker at {cfg.host}:{cfg.port}")
+    _connect(sub, cfg)
     devices: dict[str, dict[str, Any]] = {}
+    asked: dict[str, str] = {}  # device -> command id
     deadline = time.monotonic() + wait_s
     try:
         while time.monotonic() < deadline:
@@ -197,11 +247,20 @@ def status(cfg: MQTTConfig, wait_s: float = 2.0) -> dict[str, dict[str, Any]]:
             d = devices.setdefault(device, {})
             if kind == "availability":
                 d["availability"] = payload.decode("utf-8", "replace")
-            else:
-                try:
-                    d[kind] = json.loads(payload)
-                except ValueError:
-                    continue
+                if d["availability"] == "online" and device not in asked:
+                    asked[device] = f"status-{uuid.uuid4().hex[:12]}"
+                    cmd = {"id": asked[device], "command": "status"}
+                    sub.publish(device_pattern(prefix, device, "cmd"), json.dumps(cmd).encode())
+                continue
+            try:
+                doc = json.loads(payload)
+            except ValueError:
+                continue
+            if kind == "cmd/result":
+                if isinstance(doc, dict) and doc.get("id") == asked.get(device) and doc.get("status") == "done":
+                    d["status"] = doc.get("result") or {}
+                continue
+            d[kind] = doc
     finally:
         sub.stop()
     return devices
@@ -212,8 +271,7 @@ def send_command(cfg: MQTTConfig, device: str, command: str, timeout_s: float = 
     prefix = cfg.topic_prefix
     cid = f"{command}-{uuid.uuid4().hex[:12]}"
     sub = Subscriber(cfg, [device_pattern(prefix, device, "cmd/result")])
-    if not sub.start(10):
-        raise RuntimeError(f"no broker at {cfg.host}:{cfg.port}")
+    _connect(sub, cfg)
     try:
         sub.publish(device_pattern(prefix, device, "cmd"), json.dumps({"id": cid, "command": command}).encode())
         deadline = time.monotonic() + timeout_s

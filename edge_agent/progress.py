@@ -36,6 +36,8 @@ class Progress:
                 leave=True,
                 ncols=cols or 80,  # a terminal that reports no width (a fresh pty, a serial console)
                 dynamic_ncols=cols > 0,
+                # a percentage has no rate worth showing ("%/s"): the state after the bar says more
+                **({"bar_format": "{desc}: {percentage:3.0f}%|{bar}| {postfix}"} if unit == "%" else {}),
             )
 
     @property

@@ -20,7 +20,7 @@ from edge_agent.fleet import FileServer, build_manifest
 from edge_agent.ota.manifest import load_private_key, write_keypair
 from edge_agent.sinks.mqtt import Subscriber
 
-from .conftest import FULL, SHORT, SHORT_INT8, Broker, TopicRecorder, run_cli, wait_until
+from .conftest import FULL, SHORT, SHORT_INT8, Broker, TopicRecorder, free_port, run_cli, wait_until
 
 
 class Watch(TopicRecorder):
@@ -303,19 +303,61 @@ def test_fleet_status_and_rollback_cli(broker: Broker, agent_factory, keys) -> N
     _, pub = keys
     w = Watch(broker, "st1")
     try:
-        agent_factory([*STREAM, "--device-id", "st1"], env=ota_env(broker, pub, EDGE_AGENT_HEALTH__INTERVAL_S="0.5"))
+        # health only once a minute: what `fleet status` shows must come from asking the device
+        agent_factory([*STREAM, "--device-id", "st1"], env=ota_env(broker, pub, EDGE_AGENT_HEALTH__INTERVAL_S="60"))
         wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
         mq = ["--mqtt-host", broker.host, "--mqtt-port", str(broker.port)]
         r = run_cli("fleet", "status", *mq, "--json", "--wait", "2")
         devices = json.loads(r.stdout)
         assert devices["st1"]["availability"] == "online"
         assert devices["st1"]["info"]["model"]["name"] == "face_detection_short_range"
+        assert devices["st1"]["status"]["status"] == "ok" and devices["st1"]["status"]["fps"]["inferred"] > 0
         table = run_cli("fleet", "status", *mq, "--wait", "1.5")
-        assert "st1" in table.stdout and "online" in table.stdout
+        row = next(line.split() for line in table.stdout.splitlines() if line.startswith("st1"))
+        assert row[1] == "online" and row[-1] == "ok" and float(row[-2]) > 0, table.stdout
         nothing = run_cli("fleet", "rollback", *mq, "--device", "st1")
         assert nothing.returncode == 1 and "no installed update" in nothing.stdout
     finally:
         w.close()
+
+
+def test_fleet_cli_says_what_is_wrong_without_a_traceback(broker: Broker, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    priv, pub = keys
+    mq = ["--mqtt-host", broker.host, "--mqtt-port", str(broker.port)]
+    base = ["fleet", "push", str(SHORT_INT8), "--version", "1", "--serve", "127.0.0.1:0", *mq]
+    missing = run_cli(*base, "--device", "x", "--key", str(tmp_path / "nope.key"))
+    assert missing.returncode == 2 and "cannot read the key" in missing.stderr and "Traceback" not in missing.stderr
+    public = run_cli(*base, "--device", "x", "--key", str(pub))
+    assert public.returncode == 2 and "is a public key" in public.stderr
+    junk = tmp_path / "junk.key"
+    junk.write_text("not a key")
+    assert "is not a PEM private key" in run_cli(*base, "--device", "x", "--key", str(junk)).stderr
+    everywhere = run_cli("fleet", "push", str(SHORT_INT8), "--version", "1", "--serve", "0.0.0.0:0", "--device", "x",
+                         "--key", str(priv), *mq)
+    assert everywhere.returncode == 2 and "--advertise" in everywhere.stderr
+    # a device this broker has never seen: said within seconds, not after --timeout
+    t0 = time.monotonic()
+    ghost = run_cli(*base, "--device", "ghost", "--key", str(priv), "--timeout", "600")
+    assert ghost.returncode == 1 and "ghost: unknown" in ghost.stdout and time.monotonic() - t0 < 30
+    unsigned = run_cli(*base, "--device", "ghost")
+    assert "warning: no --key" in unsigned.stderr
+    # an online device that says nothing, and one whose availability is offline
+    quiet = Subscriber(broker.mqtt(), [], client_id="quiet")
+    assert quiet.start(10)
+    quiet.publish("edge/mute/availability", b"online", retain=True)
+    quiet.publish("edge/gone/availability", b"offline", retain=True)
+    quiet.stop()
+    t0 = time.monotonic()
+    r = run_cli(*base, "--device", "mute", "--device", "gone", "--key", str(priv), "--answer-timeout", "3")
+    assert r.returncode == 1 and time.monotonic() - t0 < 30
+    assert "mute: no_answer" in r.stdout and "gone: offline" in r.stdout
+    port = free_port()  # nothing listens there
+    for cmd in (["fleet", "status"], ["fleet", "rollback", "--device", "x"],
+                ["fleet", "push", str(SHORT_INT8), "--version", "1", "--url", "http://x/m", "--device", "x",
+                 "--key", str(priv)]):
+        r = run_cli(*cmd, "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port), timeout=60)
+        assert r.returncode == 1 and f"no broker at 127.0.0.1:{port}" in r.stderr, (cmd, r.stderr)
+        assert "Traceback" not in r.stderr
 
 
 def test_thirty_updates_in_a_row_stay_within_bounds(broker: Broker, agent_factory, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -164,7 +164,16 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    k = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ManifestError(f"cannot read the key {path}: {err.strerror or err}") from None
+    if b"PUBLIC KEY" in data:
+        raise ManifestError(f"{path} is a public key: sign with the private key (the .key file `fleet keygen` made)")
+    try:
+        k = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as err:
+        raise ManifestError(f"{path} is not a PEM private key ({err})") from None
     if not isinstance(k, Ed25519PrivateKey):
         raise ManifestError(f"{path}: not an Ed25519 private key")
     return k

@@ -503,13 +503,18 @@ class Subscriber:
         self.topics = topics
         self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self.subscribed = threading.Event()
+        #: the first connection attempt failed (refused, unreachable, or the broker refused us)
+        self.failed = threading.Event()
         self._client = _make_client(cfg, client_id or f"edge-agent-listen-{time.monotonic_ns()}", persistent)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.on_connect_fail = lambda client, userdata: self.failed.set()
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if not reason_code.is_failure:
+        if reason_code.is_failure:
+            self.failed.set()
+        else:
             _no_delay(client)
             if self.topics:
                 client.subscribe([(t, 1) for t in self.topics])
@@ -523,9 +528,14 @@ class Subscriber:
         self.messages.put((msg.topic, msg.payload, bool(msg.retain)))
 
     def start(self, timeout: float = 10.0) -> bool:
+        """True once subscribed; False at once when the first attempt fails, else after `timeout`."""
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
         self._client.loop_start()
-        return self.subscribed.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while not self.subscribed.wait(0.05):
+            if self.failed.is_set() or time.monotonic() > deadline:
+                return False
+        return True
 
     def get(self, timeout: float) -> tuple[str, bytes, bool] | None:
         try:

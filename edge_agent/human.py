@@ -1,0 +1,115 @@
+"""What the commands print for a person at a terminal; the JSON forms (`--json`, or any pipe) are for
+programs. Each function takes the document the JSON form prints, so the two never say different things."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def emit(doc: Any, human: Callable[[Any], str], as_json: bool, indent: int | None = 2) -> None:
+    """JSON when asked for or when stdout is not a terminal (a pipe, a file, a test), else `human(doc)`."""
+    if as_json or not sys.stdout.isatty():
+        if indent is None:  # one document per line, exactly as the agent publishes it
+            from edge_agent.payload import dumps
+
+            print(dumps(doc).decode(), flush=True)
+        else:
+            print(json.dumps(doc, indent=indent, default=str), flush=True)
+    else:
+        print(human(doc), flush=True)
+
+
+def _rows(rows: list[tuple[str, str]]) -> str:
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def check(doc: dict[str, Any]) -> str:
+    rows: list[tuple[str, str]] = [("config", str(doc.get("config", "?")))]
+    m = doc.get("model")
+    if m:
+        version = f"v{m['version']}" if m.get("version") else "unversioned"
+        rows.append(("model", f"{m.get('name')} {version} ({m.get('layout')}, {m.get('task')}), "
+                     f"sha256 {str(m.get('sha256'))[:12]}"))
+    a = doc.get("accelerator")
+    if a:
+        full = {True: "fully accelerated", False: "partly on the CPU", None: "coverage unknown"}
+        rows.append(("accelerator", f"{a.get('description')}, {full.get(a.get('fully_accelerated'), '')}"))
+    src = doc.get("source")
+    if src:
+        if "frame" in src:
+            w, h = src["frame"]
+            rows.append(("source", f"{src.get('uri')}: {w}x{h}, opened and read in {src.get('open_read_ms')} ms"))
+        else:
+            rows.append(("source", ", ".join(f"{k} {v}" for k, v in src.items())))
+    inf = doc.get("first_inference")
+    if inf:
+        found = inf.get("detections") or inf.get("classes") or []
+        rows.append(("inference", f"{inf.get('inference_ms')} ms, {len(found)} "
+                     f"{'detection(s)' if 'detections' in inf else 'class(es)'}"))
+    b = doc.get("broker")
+    if b:
+        rows.append(("broker", f"{b['address']}: {'ok' if b['ok'] else b.get('error')}"))
+    problems = doc.get("problems") or []
+    rows.append(("problems", "none" if not problems else problems[0]))
+    rows += [("", p) for p in problems[1:]]
+    return _rows(rows)
+
+
+def _tensor(t: dict[str, Any]) -> str:
+    q = t.get("quantization")
+    quant = f" scale {q['scale']:.6g} zero point {q['zero_point']}" if q else ""
+    return f"{t.get('name')}: {t.get('dtype')} {t.get('shape')}{quant}"
+
+
+def inspect(doc: dict[str, Any]) -> str:
+    rows = [("model", f"{doc['path']} ({doc['size']} bytes, sha256 {doc['sha256'][:12]})")]
+    rows += [("input" if i == 0 else "", _tensor(t)) for i, t in enumerate(doc["inputs"])]
+    rows += [("output" if i == 0 else "", _tensor(t)) for i, t in enumerate(doc["outputs"])]
+    rows.append(("layout", str(doc["detected_layout"])))
+    labels = doc.get("labels") or []
+    shown = ", ".join(labels[:8]) + (f", ... ({len(labels)} in all)" if len(labels) > 8 else "")
+    rows.append(("labels", shown or "none"))
+    rows.append(("ops", f"{len(doc['ops'])} kinds" + (f"; custom: {', '.join(doc['custom_ops'])}"
+                                                      if doc["custom_ops"] else "")))
+    if doc.get("requires_delegates"):
+        rows.append(("needs", ", ".join(doc["requires_delegates"])))
+    meta = doc.get("metadata") or {}
+    if meta:
+        rows.append(("metadata", ", ".join(f"{k} {v}" for k, v in meta.items())))
+    return _rows(rows)
+
+
+def prediction(doc: dict[str, Any]) -> str:
+    """One line per image: what was found, and how long inference took."""
+    if "summary" in doc:
+        s = doc["summary"]
+        return f"{doc.get('file')}: {s['events']} event(s) in {s['seconds']} s of signal ({s['windows']} windows)"
+    found = []
+    for d in doc.get("detections") or []:
+        x1, y1, x2, y2 = (round(v) for v in d["box"])
+        found.append(f"{d['label']} {d['score']:.2f} at ({x1},{y1})-({x2},{y2})")
+    for c in doc.get("classes") or []:
+        found.append(f"{c['label']} {c['score']:.2f}")
+    if doc.get("type"):  # a recording's event
+        found.append(f"{doc['type']} {doc.get('label')} at {doc.get('offset_s')} s")
+    where = doc.get("source") or doc.get("file") or ""
+    ms = (doc.get("latency_ms") or {}).get("inference")
+    took = f" ({ms:.1f} ms)" if isinstance(ms, int | float) else ""
+    return f"{where}: {'; '.join(found) or 'nothing found'}{took}"
+
+
+def settings(doc: dict[str, Any], prefix: str = "") -> str:
+    """Every setting as `key = value`, one per line (TOML-like)."""
+    lines = []
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            inner = settings(v, f"{prefix}{k}.")
+            if inner:
+                lines.append(inner)
+        else:
+            lines.append(f"{prefix}{k} = {json.dumps(v, default=str)}")
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""One CLI, one set of rules: every command reads the same settings, lists have one syntax, typos get a
+suggestion, a terminal gets text and a pipe gets JSON, and the native runtime's chatter stays off it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from .conftest import ROOT, SHORT, SHORT_INT8, run_cli
+
+
+def _tty(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run a command with its stdout on a pseudo-terminal, as a person at a shell would."""
+    master, slave = pty.openpty()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")} | (env or {})
+    p = subprocess.Popen([sys.executable, "-m", "edge_agent", *args], stdout=slave, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, env=full_env, cwd=str(ROOT))
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert p.stderr is not None
+    err = p.stderr.read().decode()
+    return p.wait(30), out.decode().replace("\r\n", "\n"), err
+
+
+@pytest.fixture(scope="module")
+def face_image() -> Path:
+    import skimage.data as d
+
+    img = ROOT / ".cache" / "test-cli-astronaut.png"
+    img.parent.mkdir(exist_ok=True)
+    cv2.imwrite(str(img), d.astronaut()[..., ::-1])
+    return img
+
+
+def test_a_terminal_gets_text_a_pipe_gets_json_and_no_runtime_chatter(face_image: Path) -> None:
+    rc, out, err = _tty("check", "--source", "synthetic", "--model", str(SHORT), "--accelerator", "cpu", "--offline")
+    assert rc == 0, out + err
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["config", "ok"] and lines[-1].split() == ["problems", "none"]
+    assert any(line.startswith("model ") and "face_detection_short_range" in line for line in lines)
+    assert not out.lstrip().startswith("{")
+    rc, out, err = _tty("predict", str(SHORT), str(face_image), "--accelerator", "cpu")
+    assert rc == 0 and out.startswith(f"{face_image}: face 0.") and " ms)" in out, out + err
+    assert "XNNPACK" not in out + err  # the runtime's "Created ... delegate" line stays off the console
+    rc, out, _ = _tty("inspect", str(SHORT_INT8))
+    assert rc == 0 and "layout    blazeface" in out and "labels    face" in out
+    rc, out, _ = _tty("config", "--set", "mqtt.qos=0")
+    assert rc == 0 and "mqtt.qos = 0" in out.splitlines()
+    # --json asks for the machine form at a terminal too; a pipe always gets it
+    rc, out, _ = _tty("inspect", str(SHORT_INT8), "--json")
+    assert json.loads(out)["detected_layout"] == "blazeface"
+    piped = run_cli("predict", str(SHORT), str(face_image), "--accelerator", "cpu")
+    assert json.loads(piped.stdout)["detections"][0]["label"] == "face"
+    assert "XNNPACK" not in piped.stdout + piped.stderr
+
+
+def test_predict_inspect_and_bench_read_the_same_settings_as_run(face_image: Path, tmp_path: Path) -> None:
+    def faces(*extra: str, env: dict[str, str] | None = None) -> int:
+        r = run_cli("predict", str(SHORT), str(face_image), *extra, env=env)
+        assert r.returncode == 0, r.stderr
+        return len(json.loads(r.stdout)["detections"])
+
+    assert faces() >= 1
+    assert faces(env={"EDGE_AGENT_MODEL__SCORE_THRESHOLD": "0.9999"}) == 0
+    assert faces("--set", "model.score_threshold=0.9999") == 0
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("[model]\nscore_threshold = 0.9999\n")
+    assert faces("--config", str(cfg)) == 0
+    assert faces("--config", str(cfg), "--score-threshold", "0.3") >= 1  # a flag wins over the file
+    for cmd in (["predict", str(SHORT), str(face_image)], ["inspect", str(SHORT)], ["bench", "--seconds", "0.1"],
+                ["check", "--offline"], ["config"], ["listen", "--seconds", "0.1"]):
+        bad = run_cli(*cmd, env={"EDGE_AGENT_MODEL__BOGUS": "1"})
+        assert bad.returncode == 2 and "EDGE_AGENT_MODEL__BOGUS: unknown setting" in bad.stderr, (cmd, bad.stderr)
+
+
+def test_a_malformed_list_exits_2_naming_the_key_and_the_syntax(tmp_path: Path) -> None:
+    env = run_cli("config", env={"EDGE_AGENT_HOMEASSISTANT__LABELS": "person,cat"})
+    assert env.returncode == 2 and "Traceback" not in env.stderr
+    assert "EDGE_AGENT_HOMEASSISTANT__LABELS: not valid JSON" in env.stderr and '["a", "b"]' in env.stderr
+    flag = run_cli("config", "--set", "homeassistant.labels=person,cat")
+    assert flag.returncode == 2 and "homeassistant.labels: Input should be a valid list" in flag.stderr
+    assert """--set 'homeassistant.labels=["a", "b"]'""" in flag.stderr
+    cfg = tmp_path / "l.toml"
+    cfg.write_text('[homeassistant]\nlabels = "person"\n')
+    toml = run_cli("config", "--config", str(cfg))
+    assert toml.returncode == 2 and "homeassistant.labels" in toml.stderr
+    good = run_cli("config", "--set", 'homeassistant.labels=["person", "cat"]', "--json")
+    assert json.loads(good.stdout)["homeassistant"]["labels"] == ["person", "cat"]
+
+
+def test_describe_has_a_header_and_every_choice() -> None:
+    r = run_cli("config", "--describe")
+    lines = r.stdout.splitlines()
+    assert lines[0].split("\t") == ["key", "environment variable", "default", "description"]
+    rows = {line.split("\t")[0]: line.split("\t") for line in lines[1:]}
+    assert rows["outbox.policy"][3].endswith("One of: drop_oldest, drop_newest, downsample.")
+    assert "One of: bottom_center, center." in rows["scene.anchor"][3]
+    assert "JSON in the environment and --set" in rows["homeassistant.labels"][3]
+
+
+def test_a_typo_gets_the_closest_flag_or_command_and_listen_has_only_its_flags() -> None:
+    r = run_cli("run", "--sorce", "demo")
+    assert r.returncode == 2 and "--sorce: did you mean --source?" in r.stderr
+    r = run_cli("fleet", "push", "m.tflite", "--version", "1", "--devcie", "x")
+    assert r.returncode == 2 and "--devcie: did you mean --device?" in r.stderr
+    r = run_cli("rnu")
+    assert r.returncode == 2 and "did you mean 'run'?" in r.stderr
+    listen = run_cli("listen", "--help").stdout
+    assert "--mqtt-host" in listen and "--source" not in listen and "--model" not in listen
+
+
+def test_the_package_builds_without_setuptools_warnings(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path), str(ROOT)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    noise = [line for line in (r.stdout + r.stderr).splitlines() if "Deprecat" in line or "License classifiers" in line]
+    assert not noise, noise
+    assert list(tmp_path.glob("edge_agent-*.whl"))
