@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from typing import Any
 
@@ -16,9 +17,19 @@ class LiveView:
         self.predictions: deque[dict[str, Any]] = deque(maxlen=keep)  # newest first
         self.events: deque[dict[str, Any]] = deque(maxlen=keep)
         self.frames_served = 0
+        self._new = threading.Condition()
 
     def set_frame(self, image: np.ndarray, doc: dict[str, Any]) -> None:
         self.frame = (image, doc)
+        with self._new:  # page requests waiting for the next frame get it now
+            self._new.notify_all()
+
+    def wait_newer(self, after: int, timeout_s: float) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """The current frame once its number is above `after` (or after `timeout_s`, whatever it is)."""
+        with self._new:
+            self._new.wait_for(lambda: self.frame is not None and int(self.frame[1].get("seq", 0)) > after,
+                               timeout_s)
+        return self.frame
 
     def add_prediction(self, doc: dict[str, Any]) -> None:
         summary = {k: doc.get(k) for k in ("seq", "ts", "task", "classes", "detections", "scores", "source", "cached")}

@@ -29,14 +29,36 @@ def colour_for(label: str) -> tuple[int, int, int]:
     return _PALETTE[sum(label.encode()) % len(_PALETTE)]
 
 
-def _text_colour(bg: tuple[int, int, int]) -> tuple[int, int, int]:
-    b, g, r = bg
-    luma = 0.299 * r + 0.587 * g + 0.114 * b
-    return (0, 0, 0) if luma > 140 else (255, 255, 255)
+def _luminance(bgr: tuple[int, int, int]) -> float:
+    """WCAG relative luminance of a BGR colour."""
+    lin = [c / 255 / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in bgr]
+    return 0.0722 * lin[0] + 0.7152 * lin[1] + 0.2126 * lin[2]
 
 
-def draw_box(img: np.ndarray, box: tuple[float, float, float, float], text: str, colour: tuple[int, int, int]) -> None:
-    """A box and a filled label above it (inside the frame when the box touches the top)."""
+BGR = tuple[int, int, int]
+
+
+def label_colours(colour: BGR, target: float = 7.0) -> tuple[BGR, BGR]:
+    """(fill, text) for a label in `colour`: black or white text, whichever contrasts more, on the colour
+    lightened or darkened just enough for a WCAG contrast of `target` (7: legible after JPEG too)."""
+    black = (_luminance(colour) + 0.05) / 0.05
+    white = 1.05 / (_luminance(colour) + 0.05)
+    text, toward = ((0, 0, 0), 255) if black >= white else ((255, 255, 255), 0)
+    fill = colour
+    for step in range(11):
+        fill = tuple(round(c + (toward - c) * step / 10) for c in colour)  # type: ignore[assignment]
+        lum = _luminance(fill)
+        ratio = (lum + 0.05) / 0.05 if toward == 255 else 1.05 / (lum + 0.05)
+        if ratio >= target:
+            break
+    return fill, text
+
+
+def draw_box(
+    img: np.ndarray, box: tuple[float, float, float, float], text: str, colour: tuple[int, int, int]
+) -> tuple[int, int, int, int]:
+    """A box and a filled label above it (inside the frame when the box touches the top), its text black
+    or white, whichever stands out on the box's colour; returns the label's rectangle (x1, y1, x2, y2)."""
     h, w = img.shape[:2]
     x1, y1, x2, y2 = (round(v) for v in box)
     x1, x2 = max(0, min(w - 1, x1)), max(0, min(w - 1, x2))
@@ -50,10 +72,23 @@ def draw_box(img: np.ndarray, box: tuple[float, float, float, float], text: str,
     if top < 0:
         top = min(h - th - base - 2 * pad, y1 + thick)
     left = max(0, min(w - tw - 2 * pad, x1))
-    cv2.rectangle(img, (left, top), (left + tw + 2 * pad, top + th + base + 2 * pad), colour, cv2.FILLED)
-    cv2.putText(
-        img, text, (left + pad, top + pad + th), _FONT, scale, _text_colour(colour), max(1, thick // 2), cv2.LINE_AA
-    )
+    fill, ink = label_colours(colour)
+    cv2.rectangle(img, (left, top), (left + tw + 2 * pad, top + th + base + 2 * pad), fill, cv2.FILLED)
+    cv2.putText(img, text, (left + pad, top + pad + th), _FONT, scale, ink, max(1, thick // 2), cv2.LINE_AA)
+    return left, top, left + tw + 2 * pad, top + th + base + 2 * pad
+
+
+def draw_banner(img: np.ndarray, text: str) -> tuple[int, int, int, int]:
+    """White text on a black band in the top-left corner (frame number and time); returns its rectangle."""
+    h, w = img.shape[:2]
+    scale = max(0.5, min(h, w) / 640)
+    thick = max(1, round(scale))
+    (tw, th), base = cv2.getTextSize(text, _FONT, scale, thick)
+    pad = 4
+    rect = (0, 0, min(w, tw + 2 * pad), min(h, th + base + 2 * pad))
+    cv2.rectangle(img, rect[:2], (rect[2], rect[3]), (0, 0, 0), cv2.FILLED)
+    cv2.putText(img, text, (pad, pad + th), _FONT, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return rect
 
 
 def fit_jpeg(img: np.ndarray, max_width: int, quality: int, max_bytes: int) -> bytes:

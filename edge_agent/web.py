@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,18 +26,18 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from edge_agent.config import HTTPConfig
 from edge_agent.liveview import LiveView
 from edge_agent.metrics import HealthCollector, Latencies
+from edge_agent.snapshots import colour_for, draw_banner, draw_box
 
 log = logging.getLogger(__name__)
 
+#: How long a request for the next frame waits for one before it gets the current frame again.
+_FRAME_WAIT_S = 2.0
 #: The only media paths served: a kind, a pipeline name, a file name without a leading dot or a separator.
 _MEDIA = re.compile(r"^/(snapshots|clips)/([A-Za-z0-9_.\-]{1,64})/([A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}\.(?:jpg|avi))$")
 
-#: Colours of boxes on the live frame (BGR), by label index.
-_COLOURS = [(0, 200, 255), (80, 220, 80), (255, 120, 40), (200, 80, 255), (60, 60, 240), (240, 240, 60)]
-
-
-def draw(image: np.ndarray, doc: dict[str, Any], max_width: int) -> np.ndarray:
-    """The frame with its detections (boxes, labels, scores) or top classes drawn on a scaled copy."""
+def draw(image: np.ndarray, doc: dict[str, Any], max_width: int) -> tuple[np.ndarray, list[list[int]]]:
+    """A scaled copy of the frame with its detections (box, filled label with contrasting text) or top
+    classes, and its frame number and capture time; with the rectangles of the labels drawn."""
     import cv2
 
     h, w = image.shape[:2]
@@ -46,16 +47,23 @@ def draw(image: np.ndarray, doc: dict[str, Any], max_width: int) -> np.ndarray:
         if scale < 1
         else image.copy()
     )
+    labels = []
     for d in doc.get("detections") or []:
-        x1, y1, x2, y2 = (round(v * scale) for v in d["box"])
-        c = _COLOURS[int(d.get("index", 0)) % len(_COLOURS)]
-        cv2.rectangle(out, (x1, y1), (x2, y2), c, 2)
-        cv2.putText(out, f"{d['label']} {d['score']:.2f}", (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, c, 1)
-    for i, c in enumerate(doc.get("classes") or []):
-        cv2.putText(
-            out, f"{c['label']} {c['score']:.2f}", (8, 20 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 255, 0), 1
-        )
-    return out
+        x1, y1, x2, y2 = (v * scale for v in d["box"])
+        labels.append(list(draw_box(out, (x1, y1, x2, y2), f"{d['label']} {d['score']:.2f}", colour_for(d["label"]))))
+    banner = draw_banner(out, _frame_caption(doc))
+    top = banner[3] + 4
+    for c in doc.get("classes") or []:
+        rect = draw_box(out, (8, top + 24, 8, top + 24), f"{c['label']} {c['score']:.2f}", colour_for(c["label"]))
+        labels.append(list(rect))
+        top = rect[3] + 2
+    return out, labels
+
+
+def _frame_caption(doc: dict[str, Any]) -> str:
+    ts = doc.get("ts")
+    when = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}" if ts else ""
+    return f"#{doc.get('seq', '?')} {when}".strip()
 
 
 class WebServer:
@@ -178,20 +186,25 @@ class WebServer:
         except OSError:
             return None
 
-    def frame_jpeg(self, pipeline: str | None = None) -> bytes | None:
+    def frame_jpeg(self, pipeline: str | None = None, after: int = -1) -> tuple[bytes, dict[str, str]] | None:
+        """The newest frame, drawn, as JPEG with its number and label rectangles (headers); with `after`,
+        waits (up to `_FRAME_WAIT_S`) for a frame newer than that number, so a page that asks again as
+        soon as a frame has loaded follows the camera's rate without polling."""
         import cv2
 
         view = self._view(pipeline)
-        cur = view.frame if view is not None else None
-        if view is None or cur is None:
+        if view is None:
             return None
-        ok, buf = cv2.imencode(
-            ".jpg", draw(cur[0], cur[1], self.cfg.max_width), [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality]
-        )
+        cur = view.wait_newer(after, _FRAME_WAIT_S)
+        if cur is None:
+            return None
+        image, labels = draw(cur[0], cur[1], self.cfg.max_width)
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
         if not ok:
             return None
         view.frames_served += 1
-        return bytes(buf)
+        headers = {"X-Frame-Seq": str(cur[1].get("seq", -1)), "X-Frame-Labels": json.dumps(labels)}
+        return bytes(buf), headers
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -201,9 +214,13 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http: %s", format % args)
 
-    def _send(self, code: int, body: bytes, ctype: str, cache: bool = False) -> None:
+    def _send(
+        self, code: int, body: bytes, ctype: str, cache: bool = False, headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
         if not cache:
             self.send_header("Cache-Control", "no-store")
@@ -229,11 +246,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/api/status":
                 self._send(200, json.dumps(web.status(), default=str).encode(), "application/json")
             elif path == "/frame.jpg":
-                jpeg = web.frame_jpeg(params["pipeline"][0] if params.get("pipeline") else None)
-                if jpeg is None:
+                after = int(params["after"][0]) if params.get("after", [""])[0].lstrip("-").isdigit() else -1
+                frame = web.frame_jpeg(params["pipeline"][0] if params.get("pipeline") else None, after)
+                if frame is None:
                     self._send(404, b"no frame yet", "text/plain")
                 else:
-                    self._send(200, jpeg, "image/jpeg")
+                    self._send(200, frame[0], "image/jpeg", headers=frame[1])
             elif path.startswith(("/snapshots/", "/clips/")):
                 media = web.media_file(path)
                 if media is None:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -252,16 +254,52 @@ def test_status_page_in_headless_chromium(web_agent: tuple[str, Any]) -> None:
         )
         try:
             page = browser.new_page()
-            page.on("request", lambda r: None if r.url.startswith(base) else outside.append(r.url))
+            page.on("request", lambda r: None if r.url.startswith((base, "blob:" + base)) else outside.append(r.url))
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            page.set_viewport_size({"width": 1600, "height": 1000})
             page.goto(base + "/")
             page.wait_for_function("window.framesLoaded >= 3", timeout=15_000)  # the image keeps updating
             size = page.evaluate(
                 "[document.getElementById('frame').naturalWidth, document.getElementById('frame').naturalHeight]"
             )
             assert size == [640, 480]
+            # the picture fills its panel (here wider than the frame), keeping its shape
+            shown_w, shown_h, panel_w = page.evaluate(
+                "(() => { const i = document.getElementById('frame'); const r = i.getBoundingClientRect();"
+                " const s = getComputedStyle(i.parentElement);"
+                " return [r.width, r.height, i.parentElement.clientWidth - parseFloat(s.paddingLeft)"
+                " - parseFloat(s.paddingRight)]; })()"
+            )
+            assert shown_w > 640 and abs(shown_w - panel_w) <= 2 and abs(shown_h / shown_w - 0.75) < 0.01
+            # it follows the camera's rate (20 fps here), not a fixed refresh
+            n0, t0 = page.evaluate("[window.framesLoaded, performance.now()]")
+            page.wait_for_function(f"performance.now() - {t0} > 3000", timeout=10_000)
+            n1, t1 = page.evaluate("[window.framesLoaded, performance.now()]")
+            shown_fps = (n1 - n0) / ((t1 - t0) / 1000)
+            agent_fps = _value(_metrics(base), "edge_agent_fps", stage="published")
+            assert shown_fps > 8 and shown_fps > 0.5 * agent_fps, (shown_fps, agent_fps)
             page.wait_for_function("window.lastStatus && window.lastStatus.predictions.length > 0", timeout=10_000)
+            first_pred = page.text_content("#preds li") or ""
+            assert re.match(r"^#\d+ \d\d:\d\d:\d\d\.\d{3}", first_pred), first_pred  # frame number and time
+            visible = page.evaluate(  # the start of each line (the frame number) is not clipped
+                "(() => { const ol = document.getElementById('preds'); const li = ol.querySelector('li');"
+                " return li.getBoundingClientRect().left >= ol.getBoundingClientRect().left; })()"
+            )
+            assert visible
+            assert page.text_content("#history li") == "no model updates yet"  # empty sections say so
+            assert page.text_content("#events li") == "no events yet"
+            # labels: legible on the rendered pixels (WCAG contrast between the text and its box)
+            page.wait_for_function("window.frameLabels && window.frameLabels.length > 0", timeout=15_000)
+            page.click("#frame")  # pause the picture: the labels below belong to the frame on screen
+            page.wait_for_function("window.frameHeld === true", timeout=10_000)
+            labels = page.evaluate("window.frameLabels")
+            shot = cv2.imdecode(np.frombuffer(page.locator("#frame").screenshot(), np.uint8), cv2.IMREAD_COLOR)
+            f = shot.shape[1] / 640
+            for x1, y1, x2, y2 in labels:
+                crop = shot[round(y1 * f) + 1 : round(y2 * f) - 1, round(x1 * f) + 1 : round(x2 * f) - 1]
+                assert _contrast(crop) >= 4.5, (labels, _contrast(crop))
+            page.click("#frame")  # and on again
             before = _value(_metrics(base), "edge_agent_frames_inferred_total")
             page.wait_for_function(
                 f"Number(document.querySelector('[data-metric=\"frames.inferred\"]').textContent) > {before}",
@@ -284,6 +322,15 @@ def test_status_page_in_headless_chromium(web_agent: tuple[str, Any]) -> None:
             assert not errors and not outside
         finally:
             browser.close()
+
+
+def _contrast(crop: np.ndarray) -> float:
+    """WCAG contrast ratio between the darkest and the lightest pixels of a label (its text and its fill)."""
+    rgb = crop[..., ::-1].reshape(-1, 3) / 255.0
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    lum = lin @ np.array([0.2126, 0.7152, 0.0722])
+    dark, light = np.percentile(lum, 3), np.percentile(lum, 97)
+    return float((light + 0.05) / (dark + 0.05))
 
 
 def test_snapshots_and_clips_are_listed_and_served_and_nothing_else(tmp_path: Path) -> None:
