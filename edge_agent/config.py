@@ -1,6 +1,6 @@
 """Agent configuration: a TOML file, `EDGE_AGENT_*` env vars (``__`` nests), CLI flags on top.
 
-Every field carries a description and bounds so that `edge-agent config` and the README
+Every field carries a description and bounds so that `edge-agent config` and docs/configuration.md
 can describe it, and a mistyped key is an error rather than a silently ignored setting.
 """
 

@@ -48,6 +48,8 @@ edge-agent listen "${listen_args[@]}" &
 listener=$!
 pids+=("$listener")
 echo "==> edge-agent run ${args[*]:-} (log: $RUN/agent.log)"
+echo "    (to type edge-agent in your own shell: source $ROOT/.venv/bin/activate)"
 edge-agent run "${run_args[@]}" "${args[@]}" >"$RUN/agent.log" 2>&1 &
 pids+=($!)
 wait "$listener" || true
+echo "==> done. To use edge-agent in this shell:  source $ROOT/.venv/bin/activate"

@@ -234,12 +234,12 @@ def test_stale_will_after_a_fast_restart_is_undone(broker: Broker, subscriber_fa
         s.close(2)
 
 
-def test_readme_acl_confines_devices_to_their_own_topics(tmp_path: Path) -> None:
+def test_the_documented_acl_confines_devices_to_their_own_topics(tmp_path: Path) -> None:
     from edge_agent.sinks.mqtt import Subscriber
 
     from .conftest import ROOT
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "systemd-and-security.md").read_text()
     acl_text = readme.split("# /etc/mosquitto/acl", 1)[1].split("\n", 1)[1].split("```", 1)[0]
     acl = tmp_path / "acl"
     acl.write_text(acl_text)

@@ -93,7 +93,7 @@ def test_single_form_is_one_legacy_pipeline() -> None:
 
 
 def test_environment_json_example_from_the_docs_works(tmp_path: Path) -> None:
-    # the exact value `config --describe` and the README give
+    # the exact value `config --describe` and the docs give
     value = '[{"name": "door", "source": {"uri": "0"}, "model": "face"}]'
     r = run_cli(
         "config",

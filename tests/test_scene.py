@@ -296,14 +296,13 @@ def test_a_second_stage_failing_at_run_time_disables_only_itself(tmp_path: Path)
     assert h["state"] == "disabled" and h["error"] and h["runs"] == 0
 
 
-def test_the_readme_scene_example_loads(tmp_path: Path) -> None:
-    """The TOML of the README's scene section, as pasted (with the shared model it names defined)."""
+def test_the_documented_scene_example_loads(tmp_path: Path) -> None:
+    """The TOML of the scene page (docs/scenes.md), as pasted (with the shared model it names defined)."""
     import re
 
     from .conftest import ROOT, SHORT
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Scene events", 1)[1].split("\n## ", 1)[0]
+    section = (ROOT / "docs" / "scenes.md").read_text()
     example = re.search(r"```toml\n(.*?)```", section, re.S)
     assert example is not None
     landmarks = "/usr/share/edge-agent/models/face_landmark.tflite"

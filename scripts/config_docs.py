@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Rewrite README.md's table of settings from the settings model (the same list as `edge-agent config --describe`)."""
+"""Rewrite docs/configuration.md's table of settings from the settings model (the same list as
+`edge-agent config --describe`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_agent.config import describe_fields  # noqa: E402
 
-START = "<!-- config-table:start (scripts/readme_config_table.py rewrites this part) -->"
+START = "<!-- config-table:start (scripts/config_docs.py rewrites this part) -->"
 END = "<!-- config-table:end -->"
 
 
@@ -22,10 +23,10 @@ def table() -> str:
 
 
 def main() -> int:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    page = ROOT / "docs" / "configuration.md"
+    text = page.read_text()
     a, b = text.index(START) + len(START), text.index(END)
-    readme.write_text(text[:a] + "\n" + table() + "\n" + text[b:])
+    page.write_text(text[:a] + "\n" + table() + "\n" + text[b:])
     return 0
 
 
