@@ -274,6 +274,13 @@ def test_demo_script_prints_predictions() -> None:
     assert any(ln.startswith("edge/demo/availability online") for ln in lines)
     preds = [ln for ln in lines if ln.startswith("#")]
     assert len(preds) > 30 and any("face 0." in ln for ln in preds)
+    # it says how to have `edge-agent` in one's own shell, and that works as printed
+    hint = next(ln for ln in lines if ln.startswith("==> done. To use edge-agent in this shell:"))
+    activate = hint.split(":", 1)[1].strip()
+    shell = subprocess.run(["bash", "-c", f"{activate} && edge-agent --version"], capture_output=True, text=True,
+                           timeout=60, env={**{k: v for k, v in env.items() if k != "VIRTUAL_ENV"},
+                                            "PATH": "/usr/local/bin:/usr/bin:/bin"})  # no .venv/bin before
+    assert shell.returncode == 0 and shell.stdout.startswith("edge-agent "), shell.stderr
 
 
 def test_second_agent_on_the_same_state_directory_is_refused(broker: Broker, subscriber_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
