@@ -155,3 +155,13 @@ def test_getting_started_reaches_predictions_through_a_broker(tmp_path: Path) ->
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     preds = [line for line in r.stdout.splitlines() if line.startswith("#")]
     assert len(preds) > 10 and all("face" in line for line in preds[:5]), r.stdout[-2000:]
+
+
+def test_files_the_code_tells_users_about_exist() -> None:
+    """Error messages and help texts name scripts and files a user can find."""
+    missing = []
+    for src in sorted((ROOT / "edge_agent").rglob("*.py")):
+        for path in _PATH.findall(src.read_text()):
+            if path.startswith(("scripts/", "docs/", "benchmarks/", "systemd/")) and not (ROOT / path).exists():
+                missing.append(f"{src.relative_to(ROOT)}: {path}")
+    assert not missing, missing

@@ -53,3 +53,24 @@ def test_a_bar_on_a_terminal() -> None:
         os.close(master)
         os.close(slave)
     assert "sending model" in data and "\r" in data and "64.0/64" in data and "100%|" in data
+
+
+def test_a_percentage_bar_shows_the_current_state_and_no_rate() -> None:
+    master, slave = os.openpty()
+    try:
+        with os.fdopen(slave, "w", closefd=False) as tty:
+            with Progress("d1", 100, "%", tty) as p:
+                p.set(40, "downloading")
+                p.set(100, "verifying")
+                p.set(100, "active")
+            tty.flush()
+        chunks = []
+        while select.select([master], [], [], 0.2)[0]:
+            chunks.append(os.read(master, 65536))
+        data = b"".join(chunks).decode(errors="replace")
+    finally:
+        os.close(master)
+        os.close(slave)
+    last = data.replace("\r\n", "\n").split("\r")[-1]  # what the terminal shows at the end
+    assert "%/s" not in data and "it/s" not in data
+    assert "100%|" in last and "active" in last and "verifying" not in last, repr(last)
