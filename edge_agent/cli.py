@@ -642,7 +642,7 @@ def cmd_fleet_push(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.close()
-    print(json.dumps(status, indent=2))
+    human.emit(status, human.push_outcome, args.json)
     ok = bool(status) and all(s.get("state") == "active" for s in status.values())
     return EXIT_OK if ok else EXIT_FAIL
 
@@ -684,7 +684,7 @@ def cmd_fleet_rollback(args: argparse.Namespace) -> int:
     if answer is None:
         print(f"edge-agent: {args.device} did not answer within {args.timeout:g} s (unknown or offline?)",
               file=sys.stderr)
-    print(json.dumps(answer, indent=2))
+    human.emit(answer, human.command_answer, args.json)
     return EXIT_OK if answer and answer.get("status") == "done" else EXIT_FAIL
 
 
@@ -810,6 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--pipelines", help="on devices with several models: the pipelines to update (comma-separated)")
     ps.add_argument("--valid-hours", type=float, default=24.0)
     ps.add_argument("--timeout", type=float, default=600.0, help="give up on the whole push after this many seconds")
+    ps.add_argument("--json", action="store_true", help=_JSON_HELP)
     ps.add_argument("--answer-timeout", type=float, default=10.0,
                     help="give up on a device that has not answered the deploy command after this many seconds")
     ps.set_defaults(func=cmd_fleet_push)
@@ -822,6 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_args(rb)
     rb.add_argument("--device", required=True)
     rb.add_argument("--timeout", type=float, default=10.0)
+    rb.add_argument("--json", action="store_true", help=_JSON_HELP)
     rb.set_defaults(func=cmd_fleet_rollback)
     return p
 

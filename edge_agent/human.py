@@ -113,3 +113,26 @@ def settings(doc: dict[str, Any], prefix: str = "") -> str:
         else:
             lines.append(f"{prefix}{k} = {json.dumps(v, default=str)}")
     return "\n".join(lines)
+
+
+def push_outcome(status: dict[str, dict[str, Any]]) -> str:
+    """Where each device ended: `d1  active  face_detection v3`, or the reason it did not."""
+    if not status:
+        return "no device answered"
+    rows = []
+    for device, st in sorted(status.items()):
+        what = f"{st.get('name') or ''} v{st['version']}" if st.get("version") is not None else ""
+        why = f"  ({st['reason']})" if st.get("reason") else ""
+        rows.append((device, f"{st.get('state')}  {what}".rstrip() + why))
+    return _rows(rows)
+
+
+def command_answer(answer: dict[str, Any] | None) -> str:
+    if answer is None:
+        return "no answer"
+    text = f"{answer.get('command', 'command')}: {answer.get('status')}"
+    if answer.get("reason"):
+        text += f" ({answer['reason']})"
+    if answer.get("result") is not None:
+        text += "\n" + json.dumps(answer["result"], indent=2, default=str)
+    return text

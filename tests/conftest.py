@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import shutil
 import signal
 import socket
@@ -233,3 +234,25 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "edge_agent", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=str(ROOT))
+
+
+def run_tty(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run a command with its stdout on a pseudo-terminal, as a person at a shell would."""
+    master, slave = pty.openpty()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")} | (env or {})
+    p = subprocess.Popen([sys.executable, "-m", "edge_agent", *args], stdout=slave, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, env=full_env, cwd=str(ROOT))
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert p.stderr is not None
+    err = p.stderr.read().decode()
+    return p.wait(30), out.decode().replace("\r\n", "\n"), err

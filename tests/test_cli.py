@@ -4,8 +4,6 @@ suggestion, a terminal gets text and a pipe gets JSON, and the native runtime's 
 from __future__ import annotations
 
 import json
-import os
-import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -14,28 +12,7 @@ import cv2
 import pytest
 
 from .conftest import ROOT, SHORT, SHORT_INT8, run_cli
-
-
-def _tty(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run a command with its stdout on a pseudo-terminal, as a person at a shell would."""
-    master, slave = pty.openpty()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")} | (env or {})
-    p = subprocess.Popen([sys.executable, "-m", "edge_agent", *args], stdout=slave, stderr=subprocess.PIPE,
-                         stdin=subprocess.DEVNULL, env=full_env, cwd=str(ROOT))
-    os.close(slave)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(master)
-    assert p.stderr is not None
-    err = p.stderr.read().decode()
-    return p.wait(30), out.decode().replace("\r\n", "\n"), err
+from .conftest import run_tty as _tty
 
 
 @pytest.fixture(scope="module")

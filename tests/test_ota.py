@@ -20,7 +20,7 @@ from edge_agent.fleet import FileServer, build_manifest
 from edge_agent.ota.manifest import load_private_key, write_keypair
 from edge_agent.sinks.mqtt import Subscriber
 
-from .conftest import FULL, SHORT, SHORT_INT8, Broker, TopicRecorder, free_port, run_cli, wait_until
+from .conftest import FULL, SHORT, SHORT_INT8, Broker, TopicRecorder, free_port, run_cli, run_tty, wait_until
 
 
 class Watch(TopicRecorder):
@@ -341,6 +341,8 @@ def test_fleet_cli_says_what_is_wrong_without_a_traceback(broker: Broker, keys, 
     assert ghost.returncode == 1 and "ghost: unknown" in ghost.stdout and time.monotonic() - t0 < 30
     unsigned = run_cli(*base, "--device", "ghost")
     assert "warning: no --key" in unsigned.stderr
+    rc, shown, _ = run_tty(*base, "--device", "ghost", "--key", str(priv))  # at a terminal: words, not JSON
+    assert rc == 1 and shown.strip().splitlines()[-1].split()[:2] == ["ghost", "unknown"], shown
     # an online device that says nothing, and one whose availability is offline
     quiet = Subscriber(broker.mqtt(), [], client_id="quiet")
     assert quiet.start(10)

@@ -278,7 +278,7 @@ def test_status_page_in_headless_chromium(web_agent: tuple[str, Any]) -> None:
             n1, t1 = page.evaluate("[window.framesLoaded, performance.now()]")
             shown_fps = (n1 - n0) / ((t1 - t0) / 1000)
             agent_fps = _value(_metrics(base), "edge_agent_fps", stage="published")
-            assert shown_fps > 8 and shown_fps > 0.5 * agent_fps, (shown_fps, agent_fps)
+            assert shown_fps > 5 and shown_fps > 0.4 * agent_fps, (shown_fps, agent_fps)  # the old page: 3 fps
             page.wait_for_function("window.lastStatus && window.lastStatus.predictions.length > 0", timeout=10_000)
             first_pred = page.text_content("#preds li") or ""
             assert re.match(r"^#\d+ \d\d:\d\d:\d\d\.\d{3}", first_pred), first_pred  # frame number and time
