@@ -28,37 +28,62 @@ _THROTTLE_BITS = {
 }
 
 
+#: Thermal zone types by preference: the CPU's own first (Pi `cpu-thermal`, Jetson `CPU-therm`), then
+#: the package or SoC, then whatever the board has.
+_ZONE_PREFERENCE = (("cpu",), ("x86_pkg", "soc", "tj", "acpitz"))
+
+
 def cpu_temperature_c(root: str = "/sys/class/thermal") -> float | None:
-    """Hottest CPU-ish thermal zone, in degrees C (None where the board exposes none)."""
-    best: float | None = None
+    """The CPU's temperature in degrees C: the hottest zone of the most CPU-like kind the board
+    exposes (a Jetson lists CPU, GPU, SoC and more), None where it exposes none."""
+    found: dict[int, float] = {}
     for zone in glob.glob(os.path.join(root, "thermal_zone*")):
         try:
             kind = Path(zone, "type").read_text().strip().lower()
-            milli = int(Path(zone, "temp").read_text().strip())
+            t = int(Path(zone, "temp").read_text().strip()) / 1000.0
         except (OSError, ValueError):
             continue
-        if any(k in kind for k in ("cpu", "soc", "x86_pkg", "cpu-thermal", "tj", "acpitz")) or best is None:
-            t = milli / 1000.0
-            best = t if best is None else max(best, t)
-    return best
+        rank = next((i for i, keys in enumerate(_ZONE_PREFERENCE) if any(k in kind for k in keys)),
+                    len(_ZONE_PREFERENCE))
+        found[rank] = max(found.get(rank, t), t)
+    return found[min(found)] if found else None
 
 
 def decode_throttled(value: int) -> dict[str, bool]:
     return {name: bool(value >> bit & 1) for bit, name in _THROTTLE_BITS.items()}
 
 
-def throttling() -> dict[str, object] | None:
-    """Raspberry Pi firmware throttling flags (sysfs first; vcgencmd where sysfs lacks it)."""
+#: Where the Raspberry Pi firmware driver puts `get_throttled`: `soc/soc:firmware` on a Pi 4 (and
+#: earlier), `soc@107c000000/soc@107c000000:firmware` on a Pi 5. Plain sysfs reads: no device
+#: access, so they work under the shipped unit's DevicePolicy=closed.
+_THROTTLED_GLOBS = ("sys/devices/platform/soc*/soc*:firmware/get_throttled",)
+#: The Pi's voltage monitor (hwmon `rpi_volt`): under-voltage now, where get_throttled is missing.
+_RPI_VOLT = "sys/class/hwmon/hwmon*"
+
+
+def throttling(root: str = "/", vcgencmd: bool = True) -> dict[str, object] | None:
+    """Raspberry Pi firmware throttling flags: sysfs first (Pi 4 and Pi 5 layouts), then the `rpi_volt`
+    hwmon's under-voltage alarm, then `vcgencmd` (needs /dev/vcio, which the unit allows)."""
     raw: int | None = None
-    for p in glob.glob("/sys/devices/platform/soc/soc:firmware/get_throttled") + glob.glob(
-        "/sys/devices/platform/soc/soc:firmware/raspberrypi-hwmon/get_throttled"
-    ):
-        try:
-            raw = int(Path(p).read_text().strip(), 16)
+    for pattern in _THROTTLED_GLOBS:
+        for p in sorted(glob.glob(os.path.join(root, pattern))):
+            try:
+                raw = int(Path(p).read_text().strip(), 16)
+                break
+            except (OSError, ValueError):
+                continue
+        if raw is not None:
             break
-        except (OSError, ValueError):
-            continue
-    if raw is None and shutil.which("vcgencmd"):
+    if raw is None:
+        for hw in sorted(glob.glob(os.path.join(root, _RPI_VOLT))):
+            try:
+                if Path(hw, "name").read_text().strip() != "rpi_volt":
+                    continue
+                alarm = int(Path(hw, "in0_lcrit_alarm").read_text().strip())
+            except (OSError, ValueError):
+                continue
+            return {"raw": None, "source": "rpi_volt", "under_voltage": bool(alarm)}
+    if raw is None and vcgencmd and shutil.which("vcgencmd"):
         try:
             out = subprocess.run(["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=2).stdout
             raw = int(out.strip().split("=", 1)[1], 16)

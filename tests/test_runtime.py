@@ -12,8 +12,6 @@ import pytest
 
 from edge_agent.config import ModelConfig, RuntimeConfig
 from edge_agent.model import Model, outputs_agree
-from edge_agent.runtime.base import BackendError
-from edge_agent.runtime.compiled import CompiledBackend
 from edge_agent.runtime.cpu import InterpreterBackend
 from edge_agent.runtime.select import ProbeCache, Runtime, Selection, candidates, precheck, probe
 from edge_agent.sources.synthetic import pattern
@@ -66,7 +64,7 @@ def test_delegate_that_aborts_the_process_is_rejected_and_cpu_serves(tmp_path: P
     m = load(SHORT, str(lib), tmp_path / "state")
     assert m.runtime.accelerator == "cpu"
     rej = next(p for p in m.runtime.probes if p.backend == str(lib))
-    assert not rej.ok and "signal 6" in rej.reason
+    assert not rej.ok and "killed by SIGABRT" in rej.reason
     # the verdict is cached: a restart does not probe again
     again = load(SHORT, str(lib), tmp_path / "state")
     assert next(p for p in again.runtime.probes if p.backend == str(lib)).cached
@@ -81,14 +79,69 @@ def test_library_that_is_not_a_delegate(tmp_path: Path) -> None:
     assert precheck("/nonexistent/libnothing.so") == "delegate library not found: /nonexistent/libnothing.so"
 
 
+_COMPILED_CHILD = """
+import numpy as np, sys
+from pathlib import Path
+from edge_agent.runtime.base import BackendError
+from edge_agent.runtime.compiled import CompiledBackend
+from edge_agent.runtime.cpu import InterpreterBackend
+path = Path(sys.argv[1])
+ref = InterpreterBackend(path)
+x = np.random.default_rng(0).uniform(-1, 1, ref.inputs[0].shape).astype(np.float32)
+cm = CompiledBackend(path, "cpu", (ref.inputs, ref.outputs))
+for a, b in zip(ref.run([x]), cm.run([x]), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+try:
+    CompiledBackend(path, "npu", (ref.inputs, ref.outputs))
+    print("npu opened")
+except BackendError:
+    print("ok")
+"""
+
+
 def test_compiled_model_cpu_path_matches_the_interpreter() -> None:
-    ref = InterpreterBackend(SHORT)
-    x = np.random.default_rng(0).uniform(-1, 1, ref.inputs[0].shape).astype(np.float32)
-    cm = CompiledBackend(SHORT, "cpu", (ref.inputs, ref.outputs))
-    for a, b in zip(ref.run([x]), cm.run([x]), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-4)
-    with pytest.raises(BackendError):
-        CompiledBackend(SHORT, "npu", (ref.inputs, ref.outputs))
+    """In a child process: even its CPU path loads LiteRT's accelerator plugin, which kills a process
+    with SIGILL on a CPU it rejects (a Pi 4); this process must outlive that, as the agent does."""
+    import signal
+    import subprocess
+    import sys
+
+    from edge_agent.runtime.compiled import missing_plugin_features
+
+    r = subprocess.run([sys.executable, "-c", _COMPILED_CHILD, str(SHORT)], capture_output=True, text=True,
+                       timeout=120)
+    if missing_plugin_features():  # the expected outcome on such a CPU
+        assert r.returncode in (0, -signal.SIGILL), r.stderr[-2000:]
+    else:
+        assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "ok", r.stdout + r.stderr[-2000:]
+
+
+def test_a_cpu_the_plugin_rejects_is_named_before_any_probe_and_after_a_sigill() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from edge_agent.runtime.compiled import cpu_features, missing_plugin_features
+    from edge_agent.runtime.select import death_reason
+
+    pi4 = FIXTURES / "cpuinfo" / "pi4"
+    pi5 = FIXTURES / "cpuinfo" / "pi5"
+    imx8mp = FIXTURES / "cpuinfo" / "imx8mp"
+    assert missing_plugin_features(cpu_features(str(pi4)), "aarch64") == [
+        "aes", "dotprod", "fp16", "lse", "rcpc", "rdm", "sha2",
+    ]
+    assert missing_plugin_features(cpu_features(str(pi5)), "aarch64") == []
+    assert missing_plugin_features(cpu_features(str(imx8mp)), "aarch64") == ["dotprod", "fp16", "lse", "rcpc", "rdm"]
+    assert missing_plugin_features(set(), "x86_64") == []  # no such check on x86
+    # a real child killed by SIGILL gets a reason a person understands
+    r = subprocess.run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)"], timeout=30)
+    assert r.returncode == -signal.SIGILL
+    why = death_reason("npu", r.returncode, ["lse", "rcpc"])
+    assert why == "LiteRT NPU plugin: SIGILL (an instruction this CPU does not have); this CPU lacks lse, rcpc"
+    assert death_reason("gpu", -signal.SIGKILL) == "the gpu probe process was killed by SIGKILL"
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 class FailingBackend(InterpreterBackend):

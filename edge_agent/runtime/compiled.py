@@ -7,6 +7,7 @@ CompiledModel.run holds the GIL, so it is used where the accelerator's speed pay
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,43 @@ def _reason(err: Exception) -> str:
     return (useful or lines or [type(err).__name__])[0][:300]
 
 
+#: The CPU features LiteRT's accelerator plugin checks when it loads on aarch64 (the same library
+#: serves every CompiledModel accelerator, GPU and NPU, and even its CPU path): /proc/cpuinfo's name
+#: -> the plugin's. Lacking any, the plugin kills the process with SIGILL ("compiled with lse
+#: enabled, but this feature is not available"): a Pi 4 (Cortex-A72) lacks most; a Pi 5 has all.
+PLUGIN_CPU_FEATURES = {
+    "aes": "aes", "crc32": "crc32", "asimddp": "dotprod", "fphp": "fp16", "atomics": "lse", "lrcpc": "rcpc",
+    "asimdrdm": "rdm", "sha2": "sha2",
+}
+
+
+def cpu_features(path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (`Features` on ARM, `flags` on x86)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.lower().startswith(("features", "flags")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def missing_plugin_features(features: set[str] | None = None, machine: str | None = None) -> list[str]:
+    """What this CPU lacks of what LiteRT's aarch64 plugin requires ([] elsewhere: x86 has no such check)."""
+    if (machine or platform.machine()) not in ("aarch64", "arm64"):
+        return []
+    have = cpu_features() if features is None else features
+    return [name for flag, name in PLUGIN_CPU_FEATURES.items() if flag not in have]
+
+
 def compiled_precheck(kind: str, nodes: tuple[str, ...], shown: str) -> str | None:
-    """Why LiteRT's `kind` accelerator cannot be tried here without a probe (no API, no device node)."""
+    """Why LiteRT's `kind` accelerator cannot be tried here without a probe (a CPU its plugin rejects,
+    no API, no device node)."""
+    missing = missing_plugin_features()
+    if missing:
+        return (f"LiteRT's {kind.upper()} plugin needs CPU features this CPU lacks ({', '.join(missing)}): "
+                "loading it would kill the process with SIGILL")
     if litert.compiled_model_api() is None:
         return f"{litert.version()} has no CompiledModel {kind.upper()} accelerator"
     if not present(nodes):

@@ -145,7 +145,7 @@ def probe(
             except ValueError:
                 continue
         if proc.returncode < 0:
-            return ProbeResult(name, False, f"probe process killed by signal {-proc.returncode}")
+            return ProbeResult(name, False, death_reason(name, proc.returncode))
         if not report.get("ok"):
             reason = str(report.get("reason") or _tail(proc.stderr) or f"probe exited {proc.returncode}")
             return ProbeResult(name, False, reason)
@@ -163,6 +163,28 @@ def probe(
         _f(report.get("run_ms")),
     )
     return res
+
+
+def death_reason(name: str, returncode: int, missing: list[str] | None = None) -> str:
+    """A probe child killed by a signal, in words: SIGILL from LiteRT's plugin names the CPU features
+    this CPU lacks (`missing`, default: read from /proc/cpuinfo)."""
+    import signal
+
+    try:
+        sig = signal.Signals(-returncode).name
+    except ValueError:
+        sig = f"signal {-returncode}"
+    if sig == "SIGILL":
+        from edge_agent.runtime.compiled import missing_plugin_features
+
+        lacks = missing_plugin_features() if missing is None else missing
+        why = f"; this CPU lacks {', '.join(lacks)}" if lacks else ""
+        return f"LiteRT {name.upper()} plugin: SIGILL (an instruction this CPU does not have){why}"
+    if sig == "SIGSEGV":
+        return f"the {name} probe crashed (SIGSEGV) in native code"
+    if sig == "SIGABRT":
+        return f"the {name} probe process was killed by SIGABRT (native code aborted)"
+    return f"the {name} probe process was killed by {sig}"
 
 
 def _f(v: object) -> float | None:

@@ -1,0 +1,59 @@
+"""What the agent reads of the board it runs on, against the layouts of the boards it targets, laid out
+as their sysfs trees are: throttling on a Pi 4 and a Pi 5, thermal zones on a Pi, a Jetson and x86."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge_agent.system import cpu_temperature_c, throttling
+
+
+def _tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        f = root / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text + "\n")
+    return root
+
+
+def test_throttling_on_a_pi4_and_a_pi5_from_sysfs(tmp_path: Path) -> None:
+    pi4 = _tree(tmp_path / "pi4", {"sys/devices/platform/soc/soc:firmware/get_throttled": "50005"})
+    t = throttling(str(pi4), vcgencmd=False)
+    assert t is not None and t["raw"] == "0x50005"
+    assert t["under_voltage"] and t["throttled"] and t["under_voltage_occurred"] and not t["arm_freq_capped"]
+    pi5 = _tree(tmp_path / "pi5", {
+        "sys/devices/platform/soc@107c000000/soc@107c000000:firmware/get_throttled": "80000",
+        "sys/devices/platform/soc@107c000000/soc@107c000000:firmware/name": "firmware",
+    })
+    t = throttling(str(pi5), vcgencmd=False)
+    assert t is not None and t["raw"] == "0x80000" and t["soft_temp_limit_occurred"] and not t["throttled"]
+
+
+def test_under_voltage_from_the_rpi_volt_monitor_where_get_throttled_is_missing(tmp_path: Path) -> None:
+    pi = _tree(tmp_path / "pi", {
+        "sys/class/hwmon/hwmon0/name": "cpu_thermal",
+        "sys/class/hwmon/hwmon1/name": "rpi_volt",
+        "sys/class/hwmon/hwmon1/in0_lcrit_alarm": "1",
+    })
+    assert throttling(str(pi), vcgencmd=False) == {"raw": None, "source": "rpi_volt", "under_voltage": True}
+    assert throttling(str(tmp_path / "x86"), vcgencmd=False) is None  # not a Pi: no figure, not a wrong one
+
+
+def _zones(root: Path, zones: list[tuple[str, int]]) -> str:
+    files = {}
+    for i, (kind, milli) in enumerate(zones):
+        files[f"thermal_zone{i}/type"] = kind
+        files[f"thermal_zone{i}/temp"] = str(milli)
+    return str(_tree(root, files))
+
+
+def test_the_cpu_thermal_zone_is_preferred(tmp_path: Path) -> None:
+    # a Jetson lists several; its GPU and junction run hotter than its CPU
+    jetson = _zones(tmp_path / "jetson", [("GPU-therm", 60500), ("CPU-therm", 45500), ("SOC0-therm", 50000),
+                                          ("tj-therm", 61000), ("cv0-therm", 47000)])
+    assert cpu_temperature_c(jetson) == 45.5
+    assert cpu_temperature_c(_zones(tmp_path / "pi", [("cpu-thermal", 52100)])) == 52.1
+    x86 = _zones(tmp_path / "x86", [("iwlwifi_1", 70000), ("acpitz", 27800), ("x86_pkg_temp", 41000)])
+    assert cpu_temperature_c(x86) == 41.0  # the package, not the wifi card
+    assert cpu_temperature_c(_zones(tmp_path / "odd", [("board", 30000)])) == 30.0  # whatever there is
+    assert cpu_temperature_c(str(tmp_path / "none")) is None
