@@ -933,7 +933,7 @@ def load_settings_keeping(
     """A reload: the configuration read again, where a pipeline that no longer validates is refused on
     its own (the running one of that name is kept; a new one is left out) rather than the whole file.
     Returns the settings and the refused pipelines with their reasons; ConfigError for anything else."""
-    import tomllib
+    from edge_agent.compat import tomllib
 
     try:
         return load_settings(config_file, overrides), {}
@@ -1001,7 +1001,7 @@ def _is_list_key(env_name: str) -> bool:
 
 
 def _check_toml(path: Path) -> None:
-    import tomllib
+    from edge_agent.compat import tomllib
 
     try:
         with path.open("rb") as f:

@@ -57,7 +57,7 @@ def build_manifest(
         urls=urls,
         labels=labels,
         delivery=delivery,
-        expires=dt.datetime.now(dt.UTC) + dt.timedelta(hours=valid_hours),
+        expires=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=valid_hours),
     )
 
 

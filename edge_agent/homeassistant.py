@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from edge_agent import __version__
@@ -344,7 +344,7 @@ class HomeAssistant:
             label: {
                 "detected": "ON" if detected else "OFF",
                 "count": n,
-                "last_seen": datetime.fromtimestamp(seen, UTC).isoformat(timespec="seconds") if seen else None,
+                "last_seen": datetime.fromtimestamp(seen, timezone.utc).isoformat(timespec="seconds") if seen else None,
             }
             for label, (detected, n, seen) in zip(self.labels, state, strict=True)
         }

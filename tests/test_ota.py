@@ -132,7 +132,7 @@ def test_rejections_before_download(broker: Broker, agent_factory, keys, tmp_pat
             "unsigned": (base.model_dump(mode="json"), "not signed"),
             "wrong-key": (base.signed(load_private_key(other_priv)).model_dump(mode="json"), "trusted key"),
             "tampered": ({**base.signed(key).model_dump(mode="json"), "version": 6}, "trusted key"),
-            "expired": (base.model_copy(update={"expires": dt.datetime(2025, 6, 1, tzinfo=dt.UTC)})
+            "expired": (base.model_copy(update={"expires": dt.datetime(2025, 6, 1, tzinfo=dt.timezone.utc)})
                         .signed(key).model_dump(mode="json"), "expired"),
             "oversized": (build_manifest(SHORT_INT8, 5, None, ["http://127.0.0.1:9/m"], None, 1).signed(key)
                           .model_dump(mode="json"), "exceeds"),

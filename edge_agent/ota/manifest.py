@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # cryptography costs about 8 MB of RSS: loaded when a manifes
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 #: Before this, a device clock has not been set (no RTC, no NTP yet): expiry cannot be judged.
-CLOCK_SANE_AFTER = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+CLOCK_SANE_AFTER = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class ManifestError(ValueError):

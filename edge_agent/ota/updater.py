@@ -121,7 +121,7 @@ class Updater:
     def check(self, m: Manifest) -> None:
         """Everything decidable before a byte is downloaded; raises ManifestError."""
         o = self.settings.ota
-        note = check_expiry(m, dt.datetime.now(dt.UTC))
+        note = check_expiry(m, dt.datetime.now(dt.timezone.utc))
         if note:
             log.warning("%s", note)
         if m.signature is None and o.allow_unsigned:
