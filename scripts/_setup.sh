@@ -31,11 +31,15 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv"
   "$PY" -m venv .venv
 fi
-stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)-${EXTRAS//,/-}"
+# the exact versions every device gets: the hashed lock (scripts/lock.sh), then the project itself
+LOCK="requirements/agent.txt"
+[[ "$EXTRAS" == *dev* ]] && LOCK="requirements/dev.txt"
+stamp=".venv/.installed-$(cat pyproject.toml "$LOCK" | sha256sum | cut -c1-16)-${EXTRAS//,/-}"
 if [ ! -f "$stamp" ]; then
-  echo "==> installing edge-agent[$EXTRAS] into .venv"
+  echo "==> installing $LOCK and edge-agent into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+  .venv/bin/python -m pip install -q --require-hashes -r "$LOCK"
+  .venv/bin/python -m pip install -q --no-deps -e .
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

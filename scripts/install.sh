@@ -27,10 +27,12 @@ echo "==> installing into $PREFIX"
 mkdir -p "$PREFIX"
 # the package, scripts and unit; models are fetched below, never copied from a dev checkout's cache
 tar -C "$SRC" --exclude=.venv --exclude=.cache --exclude=.git --exclude='*.pyc' -cf - \
-  pyproject.toml README.md edge_agent scripts systemd models | tar -C "$PREFIX" -xf -
+  pyproject.toml README.md LICENSE edge_agent scripts systemd models requirements | tar -C "$PREFIX" -xf -
 [ -x "$PREFIX/.venv/bin/python" ] || python3 -m venv "$PREFIX/.venv"
 "$PREFIX/.venv/bin/python" -m pip install -q --upgrade pip
-"$PREFIX/.venv/bin/python" -m pip install -q "$PREFIX[litert,models,audio,sensors]"
+# the pinned, hashed versions (requirements/agent.txt, made by scripts/lock.sh): every device the same
+"$PREFIX/.venv/bin/python" -m pip install -q --require-hashes -r "$PREFIX/requirements/agent.txt"
+"$PREFIX/.venv/bin/python" -m pip install -q --no-deps "$PREFIX"
 (cd "$PREFIX" && .venv/bin/python scripts/fetch_models.py)
 
 if [ "$SYSTEM" = 1 ]; then
