@@ -13,7 +13,7 @@ import pytest
 
 from edge_agent.sinks.mqtt import Subscriber
 
-from .conftest import DEMO_VIDEO, SHORT, Broker, TopicRecorder, collect, wait_until
+from .conftest import DEMO_VIDEO, SHORT, SLOWDOWN, Broker, TopicRecorder, collect, wait_until
 
 STREAM = ["run", "--source", "synthetic", "--fps", "30", "--model", str(SHORT)]
 
@@ -76,12 +76,12 @@ def test_30s_broker_outage_loses_nothing(pbroker: Broker, agent_factory) -> None
         seqs = rec.seqs(boot)
         unique = sorted(set(seqs))
         assert unique == list(range(1, unique[-1] + 1))  # every seq exactly once after dedupe
-        assert len(unique) > 30 * 30 * 0.9  # the outage's results are there
+        assert len(unique) > 30 * 30 * 0.9 / SLOWDOWN  # the outage's results are there
         # results captured well inside the outage can only have come from the outbox: the oldest
         # came first. (Classed by capture time, not by lateness: a live result can arrive late too.)
         replayed = [d["seq"] for _, d in rec.preds if wall_down + 1 < d["ts"] < wall_up - 1]
         deduped = list(dict.fromkeys(replayed))
-        assert len(deduped) > 700 and deduped == sorted(deduped)
+        assert len(deduped) > 700 / SLOWDOWN and deduped == sorted(deduped)
     finally:
         rec.close()
 
@@ -130,7 +130,7 @@ def test_paused_broker_is_an_outage_and_memory_stays_bounded(pbroker: Broker, ag
         assert h["process"]["rss_mb"] - rss_before < 30
         boot = rec.preds[0][1]["boot_id"]
         wait_until(lambda: (s := set(rec.seqs(boot))) and s == set(range(1, max(s) + 1))
-                   and max(s) > 30 * 15, 30, what="everything produced during the hang")
+                   and max(s) > 30 * 15 / SLOWDOWN, 30, what="everything produced during the hang")
     finally:
         rec.close()
 

@@ -57,3 +57,19 @@ def test_the_cpu_thermal_zone_is_preferred(tmp_path: Path) -> None:
     assert cpu_temperature_c(x86) == 41.0  # the package, not the wifi card
     assert cpu_temperature_c(_zones(tmp_path / "odd", [("board", 30000)])) == 30.0  # whatever there is
     assert cpu_temperature_c(str(tmp_path / "none")) is None
+
+
+def test_time_limits_scale_with_the_speed_of_the_machine() -> None:
+    """Under EDGE_TEST_SLOWDOWN=4 (a board four times slower) a wait gets four times as long; without
+    it, this machine's own measurement decides (x1 here)."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, SLOWDOWN, scaled
+
+    assert SLOWDOWN >= 1 and scaled(2.0) == 2.0 * SLOWDOWN
+    code = "from tests.conftest import SLOWDOWN, scaled; print(SLOWDOWN, scaled(3))"
+    env = {**os.environ, "EDGE_TEST_SLOWDOWN": "4"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert r.returncode == 0 and r.stdout.split() == ["4.0", "12.0"], r.stderr
