@@ -457,6 +457,13 @@ class HealthConfig(_Strict):
         le=3600,
         description="A stage with no progress for this long is 'stalled': the systemd watchdog stops being fed.",
     )
+    min_free_mb: float = Field(
+        64.0,
+        ge=0,
+        le=1_000_000,
+        description="Health is degraded while the state directory's file system has less free space than this "
+        "(the outbox, snapshots, clips and model updates need it).",
+    )
     exit_on_stall: bool = Field(
         True,
         description="Exit with code 3 when a stage has been stalled for stall_s, so any supervisor restarts the "
@@ -476,6 +483,10 @@ class OutboxConfig(_Strict):
     )
     flush_interval_s: float = Field(
         1.0, ge=0.05, le=60, description="Batch writes to disk at most this often (SD card wear)."
+    )
+    retry_s: float = Field(
+        30.0, ge=0.1, le=3600, description="While the outbox is in memory (state directory unusable), how often it "
+        "tries the disk again; back there, it writes what memory held."
     )
     replay_rate: float = Field(
         200.0, ge=1, le=100_000, description="Backlog messages per second sent after a reconnect."

@@ -101,6 +101,13 @@ class Health:
         problems += [f"{name}: failed: {why}" for name, why in a.failed_pipelines.items()]
         if sink is not None and not sink.is_connected():
             problems.append("broker disconnected")
+        free_mb = disk_free_mb(a.settings.state_dir)
+        floor = a.settings.health.min_free_mb
+        if free_mb is not None and free_mb < floor:
+            problems.append(f"disk nearly full: {free_mb:.0f} MB free in the state directory (floor {floor:g} MB)")
+        outbox = sink_stats.get("outbox")
+        if isinstance(outbox, dict) and outbox.get("mode") == "memory":
+            problems.append("outbox in memory: stored results would not survive a restart")
         if any(s.model is not None and s.model.runtime.fallbacks for s in a.slots.values()):
             problems.append("running on CPU fallback")
         sent = int(sink_stats.get("sent", 0) or 0)  # type: ignore[call-overload]
@@ -144,7 +151,7 @@ class Health:
             "system": {
                 "cpu_temp_c": cpu_temperature_c(),
                 "throttling": throttling(),
-                "disk_free_mb": disk_free_mb(a.settings.state_dir),
+                "disk_free_mb": free_mb,
             },
             "broker": {**sink_stats, "sent_per_s": self.rate("sent", sent, now)} if sink_stats else sink_stats,
             "inference_errors": sum(p.infer_stats.errors + p.post_stats.errors for p in pipes),

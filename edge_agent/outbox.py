@@ -3,8 +3,8 @@
 SQLite in WAL mode with synchronous=FULL, written in batches (at most once per
 `flush_interval_s`), so an SD card is not written per frame and a committed batch survives a
 power cut. Where the state directory is unusable (read-only, disk full) the outbox degrades
-to a bounded in-memory queue and counts what that costs. Used from one thread only: the MQTT
-publisher's.
+to a bounded in-memory queue and counts what that costs, and goes back to disk (with what it
+held) once the directory takes writes again. Used from one thread only: the MQTT publisher's.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 
 class Outbox:
-    def __init__(self, path: Path | None, max_messages: int, policy: Policy, flush_interval_s: float):
+    def __init__(
+        self, path: Path | None, max_messages: int, policy: Policy, flush_interval_s: float, retry_s: float = 30.0
+    ):
+        """retry_s: while in memory, how often to try the disk again."""
         self.path = path
         self.max_messages = max_messages
         self.policy = policy
@@ -49,20 +52,64 @@ class Outbox:
         self._next_mem_id = 1
         self._db: sqlite3.Connection | None = None
         self.stored = 0  # messages ever accepted
+        self.retry_s = retry_s
+        self._next_retry = 0.0
+        self._copied = False  # the disk's rows were moved to memory when it failed: drop them on return
         if path is not None:
             self._open(path)
 
     # --- storage ---------------------------------------------------------------------------
-    def _open(self, path: Path) -> None:
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=5)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=5)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute(_SCHEMA)
-            self._db = db
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+
+    def _open(self, path: Path) -> None:
+        try:
+            self._db = self._connect(path)
         except (sqlite3.Error, OSError) as err:
             self._degrade(f"outbox {path} unusable ({err}); holding results in memory")
+
+    def try_disk(self) -> bool:
+        """Back to disk after a degrade, at most every retry_s, once the state directory takes writes
+        again (space freed, remounted read-write): what memory held is written there first, oldest
+        first. Ids change, so the caller must have no stored message in flight. True when it moved."""
+        if self._db is not None or self.path is None or time.monotonic() < self._next_retry:
+            return False
+        self._next_retry = time.monotonic() + self.retry_s
+        db = None
+        try:
+            db = self._connect(self.path)
+            db.execute("BEGIN")
+            if self._copied:
+                db.execute("DELETE FROM outbox")
+            now = time.time()
+            db.executemany(
+                "INSERT INTO outbox (topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?)",
+                [(m.topic, m.payload, m.qos, int(m.retain), now) for _, m in self._mem],
+            )
+            db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as err:
+            if db is not None:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                db.close()
+            self.last_error = f"outbox still in memory: {self.path} unusable ({err})"
+            return False
+        log.warning("outbox back on disk at %s with the %d messages memory held", self.path, len(self._mem))
+        self._db, self._copied, self.last_error = db, False, None
+        self._mem.clear()
+        return True
 
     def _degrade(self, why: str) -> None:
         log.error("%s", why)
@@ -72,6 +119,7 @@ class Outbox:
                 rows = self._db.execute("SELECT id, topic, payload, qos, retain FROM outbox ORDER BY id").fetchall()
                 for _, topic, payload, qos, retain in rows:
                     self._mem_append(Message(topic, bytes(payload), int(qos), bool(retain)))
+                self._copied = True
             except sqlite3.Error:
                 pass
             try:

@@ -315,3 +315,13 @@ def test_change_gating_skips_a_static_scene_and_sees_a_change(broker: Broker, su
     assert changed[1]["detections"][0]["label"] == "face"
     h = collect(sub, lambda t, p, r: t.endswith("/health"), 5)[1]
     assert h["frames"]["skipped_unchanged"] >= 36
+
+
+def test_health_is_degraded_below_the_free_space_floor(broker: Broker, subscriber_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    sub = subscriber_factory(["edge/floor/health"])
+    # a floor above what any test machine has free: the disk counts as nearly full
+    agent_factory(["run", "--device-id", "floor", "--source", "synthetic", "--model", str(SHORT),
+                   "--set", "health.min_free_mb=999999", "--set", "health.interval_s=0.5"], env=broker.env())
+    _, h, _ = collect(sub, lambda t, d, r: d["frames"]["inferred"] > 0, 30)
+    assert h["status"] == "degraded"
+    assert any(p.startswith("disk nearly full: ") and "(floor 999999 MB)" in p for p in h["problems"]), h

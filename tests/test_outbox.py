@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,52 @@ def test_disk_full_mid_run_keeps_results_in_memory(tmp_path: Path) -> None:
     assert ob.mode == "memory" and "full" in (ob.last_error or "")
     assert ob.depth() == 23  # what was on disk came along
     assert payloads(ob.peek(3)) == [0, 1, 2]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real 2 MB file system (tmpfs), so that the disk really fills."""
+    import subprocess
+
+    where = tmp_path / "small"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], check=True)
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(where: Path) -> Path:
+    filler = where / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:  # ENOSPC: the disk is full
+            pass
+    return filler
+
+
+def test_a_full_disk_sends_the_outbox_to_memory_and_freed_space_brings_it_back(small_disk: Path) -> None:
+    path = small_disk / "outbox.sqlite"
+    ob = Outbox(path, 100_000, "drop_oldest", 60, retry_s=0.1)
+    ob.put_many(msgs(3))
+    ob.commit()
+    filler = _fill(small_disk)
+    ob.put_many([Message("t", b"%d" % i + b" " * 20_000, 1) for i in range(3, 40)])
+    ob.commit()
+    assert ob.mode == "memory" and "full" in (ob.last_error or "")
+    assert not ob.try_disk()  # still full: it stays in memory
+    assert ob.mode == "memory" and ob.depth() == 40
+    filler.unlink()  # space freed
+    deadline = time.monotonic() + 5
+    while not ob.try_disk():
+        assert time.monotonic() < deadline, ob.last_error
+        time.sleep(0.12)
+    assert ob.mode == "disk" and ob.depth() == 40
+    assert [int(m.payload.split()[0]) for _, m in ob.peek(100)] == list(range(40))  # oldest first, none twice
+    ob.put_many([Message("t", b"40", 1)])
+    ob.commit()
+    ob.close()
+    again = Outbox(path, 100_000, "drop_oldest", 60)  # on disk for real: a restart finds all of it
+    assert again.mode == "disk" and [int(m.payload.split()[0]) for _, m in again.peek(100)] == list(range(41))

@@ -23,7 +23,7 @@ from edge_agent.config import ModelConfig, Settings
 from edge_agent.engine import ModelPool
 from edge_agent.model import Model
 from edge_agent.modelfile import ModelError
-from edge_agent.ota.download import DownloadError, download
+from edge_agent.ota.download import DISK_MARGIN, DownloadError, download
 from edge_agent.ota.manifest import (
     AcceptanceTest,
     Manifest,
@@ -283,8 +283,12 @@ class Updater:
 
         o = self.settings.ota
         n = -(-m.size // m.chunk_size)
-        if shutil.disk_usage(part.parent).free - m.size < 16 * 2**20:
-            raise DownloadError("not enough disk for the model")
+        free = shutil.disk_usage(part.parent).free
+        if free - m.size < DISK_MARGIN:
+            raise DownloadError(
+                f"not enough disk: {free // 2**20} MiB free, {m.size // 2**20} MiB needed "
+                f"plus a margin of {DISK_MARGIN // 2**20} MiB"
+            )
         have: set[int] = set()
         deadline = time.monotonic() + o.deadline_s
         last = time.monotonic()

@@ -94,7 +94,7 @@ class MqttSink(Sink):
     def create(cls, ctx: SinkContext) -> Sink:
         s, ob = ctx.settings, ctx.settings.outbox
         outbox = (
-            Outbox(s.state_dir / "outbox.sqlite", ob.max_messages, ob.policy, ob.flush_interval_s)
+            Outbox(s.state_dir / "outbox.sqlite", ob.max_messages, ob.policy, ob.flush_interval_s, ob.retry_s)
             if ob.enabled
             else None
         )
@@ -290,6 +290,10 @@ class MqttSink(Sink):
                     self._spill(self._drain_queue())
                 if self.outbox is not None:
                     self.outbox.maybe_commit()
+                    # out of memory mode once the disk takes writes again, while no stored message is
+                    # in flight (their ids change)
+                    if not self._replay_inflight and self.outbox.try_disk():
+                        self._replay_after, self._replay_idle_at = 0, None
             except Exception as err:  # loop boundary: log, count, keep publishing
                 self.last_error = f"{type(err).__name__}: {err}"
                 self.drops["error"] += 1
