@@ -8,6 +8,7 @@ lives in its own module; this one only wires them together, like Frigate's `app.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
 import threading
@@ -137,6 +138,8 @@ class Agent:
         self.escalator: Escalator | None = None
         self.web: WebServer | None = None
         self.ha_topics: frozenset[str] = frozenset()  # discovery configs of the entities this agent has
+        #: why the state directory cannot be written (read-only), or None
+        self.state_dir_problem: str | None = None
         self.state_dir: Path | None = None
         self.health = Health(self)
         self.watchdog = Watchdog(self.health, self.notifier, self)
@@ -169,7 +172,14 @@ class Agent:
             self._lock_state_dir(s.state_dir)
             self.state_dir = s.state_dir
         except OSError as err:
-            log.warning("state directory %s unusable (%s); probe results will not be cached", s.state_dir, err)
+            if s.state_dir.is_dir() and os.access(s.state_dir, os.R_OK | os.X_OK):
+                # readable but not writable: what is installed there is still served
+                self.state_dir = s.state_dir
+                self.state_dir_problem = f"state directory {s.state_dir} read-only ({err.strerror or err})"
+                log.error("%s: serving what is installed; no updates, results kept in memory",
+                          self.state_dir_problem)
+            else:
+                log.warning("state directory %s unusable (%s); probe results will not be cached", s.state_dir, err)
 
     def init_memory_and_threads(self) -> None:
         """Before any thread starts: the malloc arena cap, then OpenCV's own pool."""

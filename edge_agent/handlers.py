@@ -33,8 +33,19 @@ def register_commands(agent: Agent) -> None:
             "rollback": lambda cmd: rollback(agent, cmd),
             "list-models": lambda cmd: list_models(agent, cmd),
         }
+    elif any(s.read_only for s in agent.slots.values()):  # updates are known, and cannot be done here
+        why = next(s.read_only for s in agent.slots.values() if s.read_only)
+        table |= {
+            "deploy": lambda cmd: _refuse(why),
+            "rollback": lambda cmd: _refuse(why),
+            "list-models": lambda cmd: list_models(agent, cmd),
+        }
     for name, handler in table.items():
         agent.commands.register(name, handler)
+
+
+def _refuse(why: str | None) -> dict[str, Any]:
+    raise Rejected(str(why))
 
 
 def ping(agent: Agent, cmd: Command) -> dict[str, Any]:
@@ -61,8 +72,8 @@ def reload(agent: Agent, cmd: Command) -> dict[str, Any]:
 
 
 def target_slots(agent: Agent, args: dict[str, Any]) -> list[ModelSlot]:
-    """The slots a command names; with one slot, that one."""
-    slots = [s for s in agent.slots.values() if s.updater is not None]
+    """The slots a command names; with one slot, that one (a read-only store counts: it can be listed)."""
+    slots = [s for s in agent.slots.values() if s.updater is not None or s.read_only]
     if "model" in args:
         name = args["model"]
         found = [s for s in slots if s.ref == name or s.name == name]

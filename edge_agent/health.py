@@ -101,6 +101,9 @@ class Health:
         problems += [f"{name}: failed: {why}" for name, why in a.failed_pipelines.items()]
         if sink is not None and not sink.is_connected():
             problems.append("broker disconnected")
+        read_only = a.state_dir_problem or next((s.read_only for s in a.slots.values() if s.read_only), None)
+        if read_only:
+            problems.append(f"{read_only}: model updates off, results not stored on disk")
         free_mb = disk_free_mb(a.settings.state_dir)
         floor = a.settings.health.min_free_mb
         if free_mb is not None and free_mb < floor:

@@ -9,6 +9,7 @@ the slot between two of its frames, and probation judges the new model on all of
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +55,8 @@ class ModelSlot:
         self.pipelines: list[str] = []
         self.model: Model | None = None
         self.store: ModelStore | None = None
+        #: why the store cannot be written (a read-only state directory), or None
+        self.read_only: str | None = None
         self.updater: Updater | None = None
         self.state: dict[str, Any] | None = None
         #: inference and post errors of the slot's pipelines (probation fails on new ones)
@@ -66,18 +69,27 @@ class ModelSlot:
         """The model to serve: an installed update if there is one, else the configured model."""
         cfg = self.settings.model
         if self.state_dir is not None:
+            where = slot_store_dir(self.state_dir, self.name, self.legacy)
             try:
-                where = slot_store_dir(self.state_dir, self.name, self.legacy)
+                if where.is_dir() and not os.access(where, os.W_OK):  # EROFS even for root
+                    raise OSError(30, "Read-only file system")
                 self.store = ModelStore(where, self.settings.ota.keep_versions)
                 cfg, self.state = model_for_start(self.settings, self.store)
             except OSError as err:
-                log.warning("model store of %s unusable (%s): over-the-air updates are off", self.name, err)
-                self.store = None
+                if not os.access(where, os.R_OK | os.X_OK):
+                    log.warning("model store of %s unusable (%s): over-the-air updates are off", self.name, err)
+                    self.store = None
+                else:  # read-only (a remounted card, a locked disk): serve what is installed
+                    self.read_only = f"state directory read-only ({err.strerror or err})"
+                    log.error("model store of %s: %s; serving the installed model, updates are off",
+                              self.name, self.read_only)
+                    self.store = ModelStore(where, self.settings.ota.keep_versions, read_only=True)
+                    cfg, self.state = model_for_start(self.settings, self.store)
         self.model = Model(cfg, self.settings.runtime, self.state_dir, signal=self.signal, pool=self.pool)
         return self.model
 
     def start_updates(self, stop: threading.Event) -> Updater | None:
-        if self.store is None:
+        if self.store is None or self.read_only:
             return None
         self.updater = Updater(self.settings, self.store, self.publish_state, self.swap, lambda: self.errors(), stop)
         self.updater.pool = self.pool

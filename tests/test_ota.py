@@ -762,3 +762,52 @@ def test_a_rollback_during_probation_leaves_the_truth_retained(broker: Broker, a
     finally:
         fs.close()
         w.close()
+
+
+def test_read_only_state_dir_at_start_serves_the_installed_model(broker: Broker, agent_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The card is remounted read-only (as a kernel does after I/O errors): the installed update still
+    serves, OTA commands are refused with the reason, and health says why it is degraded."""
+    import hashlib
+    import subprocess
+
+    from edge_agent.ota.store import ModelStore
+
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(state)], check=True)
+    try:
+        store = ModelStore(state / "models")
+        sha = hashlib.sha256(SHORT_INT8.read_bytes()).hexdigest()
+        part = store.incoming / "m.part"
+        part.write_bytes(SHORT_INT8.read_bytes())
+        store.install(part, sha, {"name": "face_detection_short_range_int8", "version": 7, "sha256": sha})
+        store.activate(sha, 7)
+        store.pass_probation()
+        subprocess.run(["mount", "-o", "remount,ro", str(state)], check=True)
+        w = Watch(broker, "rodev")
+        hsub = Subscriber(broker.mqtt(), ["edge/rodev/health"])
+        assert hsub.start(10)
+        try:
+            agent_factory([*STREAM, "--device-id", "rodev"],
+                          env={**broker.env(), "EDGE_AGENT_STATE_DIR": str(state),
+                               "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5"})
+            wait_until(lambda: len(w.preds) >= 10, 30, what="the stream")
+            assert {(p["model"]["name"], p["model"]["version"]) for p in w.preds} == {
+                ("face_detection_short_range_int8", "7")}  # the installed version, not the configured model
+            m = build_manifest(SHORT, 8, None, ["http://127.0.0.1:1/x"], None, 1)
+            answer = w.deploy(m.model_dump(mode="json"), "ro-deploy")
+            assert answer["status"] == "rejected" and "read-only" in answer["reason"], answer
+            assert w.command("rollback", "ro-rb")["status"] == "rejected"
+            listing = w.command("list-models", "ro-ls")
+            assert listing["status"] == "done" and listing["result"]["current"]["version"] == 7
+            while (h := hsub.get(10)) is not None:
+                doc = json.loads(h[1])
+                if doc["frames"]["inferred"] > 0:
+                    break
+            assert h is not None
+            assert doc["status"] == "degraded" and any("read-only" in p for p in doc["problems"]), doc["problems"]
+        finally:
+            hsub.stop()
+            w.close()
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)

@@ -36,14 +36,18 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 class ModelStore:
-    def __init__(self, root: Path, keep: int = 3):
+    def __init__(self, root: Path, keep: int = 3, read_only: bool = False):
+        """read_only: a store on a file system mounted read-only: what is installed can be served, and
+        nothing is written (decisions at start, such as a rollback, hold for this run only)."""
         self.root = root
         self.keep = keep
+        self.read_only = read_only
         self.blobs = root / "blobs"
         self.manifests = root / "manifests"
         self.incoming = root / "incoming"
-        for d in (self.blobs, self.manifests, self.incoming):
-            d.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            for d in (self.blobs, self.manifests, self.incoming):
+                d.mkdir(parents=True, exist_ok=True)
         self.state_path = root / "state.json"
         self.state: dict[str, Any] = self._load()
 
@@ -65,6 +69,8 @@ class ModelStore:
         }
 
     def save(self) -> None:
+        if self.read_only:
+            return
         atomic_write(self.state_path, json.dumps(self.state, indent=1).encode())
 
     def blob(self, sha256: str) -> Path:
