@@ -57,7 +57,7 @@ class FanOut:
         self.ha: dict[str, HomeAssistant] = {}
         self.escalator: Escalator | None = None
         #: (model sha256, raw outputs, inference ms) for a model on probation; set by the updaters
-        self.probation: list[Callable[[str, list[np.ndarray], float], None]] = []
+        self.probation: list[Callable[[str, list[np.ndarray], float, bytes | None], None]] = []
         #: called once, with the seconds since start, when the first prediction is out
         self.on_first: Callable[[], None] | None = None
         self.routes: dict[str, Route] = {}
@@ -106,7 +106,7 @@ class FanOut:
     def observe(self, model: Model, raw: RawInference) -> None:
         """Every inference (not only the published ones): a model on probation is judged on all of them."""
         for judge in self.probation:
-            judge(model.file.sha256, raw.outputs, raw.inference_ms)
+            judge(model.file.sha256, raw.outputs, raw.inference_ms, raw.input_sig)
 
     def emit_event(
         self, route: Route, seq: int, body: dict[str, Any], model: Model | None, device_id: str, boot_id: str

@@ -20,7 +20,18 @@ from edge_agent.fleet import FileServer, build_manifest
 from edge_agent.ota.manifest import load_private_key, write_keypair
 from edge_agent.sinks.mqtt import Subscriber
 
-from .conftest import FULL, SHORT, SHORT_INT8, Broker, TopicRecorder, free_port, run_cli, run_tty, wait_until
+from .conftest import (
+    DEMO_VIDEO,
+    FULL,
+    SHORT,
+    SHORT_INT8,
+    Broker,
+    TopicRecorder,
+    free_port,
+    run_cli,
+    run_tty,
+    wait_until,
+)
 
 
 class Watch(TopicRecorder):
@@ -811,3 +822,34 @@ def test_read_only_state_dir_at_start_serves_the_installed_model(broker: Broker,
             w.close()
     finally:
         subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def test_a_still_scene_does_not_fail_probation(broker: Broker, agent_factory, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A fixed camera at night, one image: every input is the same, so every output is too, and that is
+    right. Only identical outputs for inputs that differed mean a degenerate model."""
+    import cv2
+
+    priv, pub = keys
+    still = tmp_path / "still"
+    still.mkdir()
+    ok, frame = cv2.VideoCapture(str(DEMO_VIDEO)).read()
+    assert ok
+    cv2.imwrite(str(still / "frame.png"), frame)
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "int8.tflite").write_bytes(SHORT_INT8.read_bytes())
+    fs = FileServer(served, "127.0.0.1", 0)
+    w = Watch(broker, "still")
+    try:
+        agent_factory(["run", "--source", str(still), "--fps", "20", "--model", str(SHORT), "--device-id", "still"],
+                      env=ota_env(broker, pub, EDGE_AGENT_STATE_DIR=str(tmp_path / "state")))
+        wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        assert len({json.dumps(p["detections"]) for p in list(w.preds)[-5:]}) == 1  # a still scene indeed
+        m = build_manifest(served / "int8.tflite", 3, None, [f"http://127.0.0.1:{fs.port}/int8.tflite"], None, 1)
+        assert w.deploy(m.signed(load_private_key(priv)).model_dump(mode="json"), "s1")["status"] == "accepted"
+        done = wait_until(lambda: next((s for s in list(w.states) if s.get("version") == 3
+                                        and s["state"] in ("active", "rolled_back")), None), 60, what="the verdict")
+        assert done["state"] == "active", done
+    finally:
+        fs.close()
+        w.close()
