@@ -29,14 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import Broker, free_port  # noqa: E402
-
-
-def contrast(crop: np.ndarray) -> float:
-    """WCAG contrast between the darkest and lightest pixels of a label (its text and its fill)."""
-    rgb = crop[..., ::-1].reshape(-1, 3) / 255.0
-    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    lum = lin @ np.array([0.2126, 0.7152, 0.0722])
-    return float((np.percentile(lum, 97) + 0.05) / (np.percentile(lum, 3) + 0.05))
+from edge_agent.snapshots import contrast  # noqa: E402
 
 
 def published(base: str) -> float:

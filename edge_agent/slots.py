@@ -70,21 +70,17 @@ class ModelSlot:
         cfg = self.settings.model
         if self.state_dir is not None:
             where = slot_store_dir(self.state_dir, self.name, self.legacy)
+            if where.is_dir() and not os.access(where, os.W_OK):  # EROFS, even for root
+                # a remounted card, a locked disk: what is installed still serves, nothing is written
+                self.read_only = "state directory read-only (Read-only file system)"
+                log.error("model store of %s: %s; serving the installed model, updates are off",
+                          self.name, self.read_only)
             try:
-                if where.is_dir() and not os.access(where, os.W_OK):  # EROFS even for root
-                    raise OSError(30, "Read-only file system")
-                self.store = ModelStore(where, self.settings.ota.keep_versions)
+                self.store = ModelStore(where, self.settings.ota.keep_versions, read_only=bool(self.read_only))
                 cfg, self.state = model_for_start(self.settings, self.store)
             except OSError as err:
-                if not os.access(where, os.R_OK | os.X_OK):
-                    log.warning("model store of %s unusable (%s): over-the-air updates are off", self.name, err)
-                    self.store = None
-                else:  # read-only (a remounted card, a locked disk): serve what is installed
-                    self.read_only = f"state directory read-only ({err.strerror or err})"
-                    log.error("model store of %s: %s; serving the installed model, updates are off",
-                              self.name, self.read_only)
-                    self.store = ModelStore(where, self.settings.ota.keep_versions, read_only=True)
-                    cfg, self.state = model_for_start(self.settings, self.store)
+                log.warning("model store of %s unusable (%s): over-the-air updates are off", self.name, err)
+                self.store, self.read_only = None, None
         self.model = Model(cfg, self.settings.runtime, self.state_dir, signal=self.signal, pool=self.pool)
         return self.model
 

@@ -29,10 +29,22 @@ def colour_for(label: str) -> tuple[int, int, int]:
     return _PALETTE[sum(label.encode()) % len(_PALETTE)]
 
 
+def luminance(bgr: np.ndarray) -> np.ndarray:
+    """WCAG relative luminance of BGR colours (the last axis), 0 to 1."""
+    c = np.asarray(bgr, np.float64) / 255
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return lin @ np.array([0.0722, 0.7152, 0.2126])
+
+
 def _luminance(bgr: tuple[int, int, int]) -> float:
-    """WCAG relative luminance of a BGR colour."""
-    lin = [c / 255 / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in bgr]
-    return 0.0722 * lin[0] + 0.7152 * lin[1] + 0.2126 * lin[2]
+    return float(luminance(np.array(bgr)))
+
+
+def contrast(pixels: np.ndarray) -> float:
+    """WCAG contrast ratio between the darkest and the lightest of some BGR pixels (a label's text and
+    fill), robust to a few stray ones: how the tests and benchmarks/live_view.py measure legibility."""
+    lum = luminance(pixels.reshape(-1, 3))
+    return float((np.percentile(lum, 97) + 0.05) / (np.percentile(lum, 3) + 0.05))
 
 
 BGR = tuple[int, int, int]

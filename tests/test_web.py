@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.metrics import BROKER_DROPS, FRAME_DROPS, lookup
+from edge_agent.snapshots import contrast
 
 from .conftest import DEMO_VIDEO, SHORT, Broker, collect, free_port, wait_until
 
@@ -298,7 +299,7 @@ def test_status_page_in_headless_chromium(web_agent: tuple[str, Any]) -> None:
             f = shot.shape[1] / 640
             for x1, y1, x2, y2 in labels:
                 crop = shot[round(y1 * f) + 1 : round(y2 * f) - 1, round(x1 * f) + 1 : round(x2 * f) - 1]
-                assert _contrast(crop) >= 4.5, (labels, _contrast(crop))
+                assert contrast(crop) >= 4.5, (labels, contrast(crop))
             page.click("#frame")  # and on again
             before = _value(_metrics(base), "edge_agent_frames_inferred_total")
             page.wait_for_function(
@@ -322,15 +323,6 @@ def test_status_page_in_headless_chromium(web_agent: tuple[str, Any]) -> None:
             assert not errors and not outside
         finally:
             browser.close()
-
-
-def _contrast(crop: np.ndarray) -> float:
-    """WCAG contrast ratio between the darkest and the lightest pixels of a label (its text and its fill)."""
-    rgb = crop[..., ::-1].reshape(-1, 3) / 255.0
-    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    lum = lin @ np.array([0.2126, 0.7152, 0.0722])
-    dark, light = np.percentile(lum, 3), np.percentile(lum, 97)
-    return float((light + 0.05) / (dark + 0.05))
 
 
 def test_snapshots_and_clips_are_listed_and_served_and_nothing_else(tmp_path: Path) -> None:
