@@ -32,6 +32,7 @@ from edge_agent.homeassistant import HomeAssistant, object_id
 from edge_agent.liveview import LiveView
 from edge_agent.model import Model
 from edge_agent.modelfile import ModelError, read_model_file
+from edge_agent.ota.store import make_dirs
 from edge_agent.payload import dumps, info
 from edge_agent.runtime.delegate import find_library
 from edge_agent.sdnotify import Notifier
@@ -168,7 +169,7 @@ class Agent:
     def init_state_dir(self) -> None:
         s = self.settings
         try:
-            s.state_dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(s.state_dir)
             self._lock_state_dir(s.state_dir)
             self.state_dir = s.state_dir
         except OSError as err:
@@ -243,9 +244,6 @@ class Agent:
             )
         else:
             pipe = FramePipeline(view, route, lambda: slot.model, self.fanout, self.boot_id, self.announce_fallback)
-        slot.errors = lambda: sum(
-            p.infer_stats.errors + p.post_stats.errors for n, p in self.pipelines.items() if n in slot.pipelines
-        )
         return pipe
 
     def init_homeassistant(self) -> None:
@@ -346,7 +344,7 @@ class Agent:
         for slot in self.slots.values():
             updater = slot.start_updates(self.stop)
             if updater is not None:
-                self.fanout.probation.append(updater.observe)
+                self.fanout.probation.append(updater)
 
     def start_pipelines(self) -> None:
         for pipe in self.pipelines.values():
@@ -501,6 +499,7 @@ class Agent:
                 }
         doc = info(
             device_id=self.settings.device_id,
+            groups=self.settings.groups,
             boot_id=self.boot_id,
             agent_version=__version__,
             started=self.started,
@@ -628,7 +627,7 @@ class Agent:
         if slot is not None and slot.updater is None:
             updater = slot.start_updates(self.stop)
             if updater is not None:
-                self.fanout.probation.append(updater.observe)
+                self.fanout.probation.append(updater)
         pipe.start()
         log.info("pipeline %s started", view.name)
 
@@ -643,8 +642,8 @@ class Agent:
         if slot is not None:
             slot.pipelines.remove(name)
             if not slot.pipelines:  # the last pipeline of a slot: its model goes too
-                if slot.updater is not None and slot.updater.observe in self.fanout.probation:
-                    self.fanout.probation.remove(slot.updater.observe)
+                if slot.updater in self.fanout.probation:
+                    self.fanout.probation.remove(slot.updater)
                 slot.close()
                 del self.slots[slot.name]
 

@@ -38,6 +38,10 @@ _JSON_HELP = "print JSON (the default when stdout is not a terminal)"
 _BROKER_FLAGS = ("--device-id", "--mqtt-host", "--mqtt-port", "--log-level")
 
 
+#: the shortcut flags of the fleet commands: the model flags there describe what is sent, not this host
+_FLEET_FLAGS = ("--mqtt-host", "--mqtt-port", "--log-level")
+
+
 def _settings_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     """--config and --set (every command), and the shortcut flags (`only`: those a command uses)."""
     g = p.add_argument_group("configuration (flags override env vars, which override the file)")
@@ -578,15 +582,15 @@ def cmd_fleet_sign(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_fleet_push(args: argparse.Namespace) -> int:
-    from edge_agent.fleet import BrokerUnreachable, FileServer, build_manifest, push
+def _fleet_manifest(args: argparse.Namespace, rollout: bool = False) -> tuple[Any, Any] | int:
+    """The signed manifest `fleet push` and `fleet rollout` send, and the file server behind --serve;
+    or the exit code of a usage error (already printed)."""
+    from edge_agent.fleet import FileServer, build_manifest
     from edge_agent.ota.manifest import ManifestError, load_private_key
 
-    settings = _load(args)
-    if not args.device and not args.group:
-        return _usage_error("fleet push needs --device ID (repeatable) or --group G")
-    if sum(map(bool, (args.serve, args.url, args.mqtt))) != 1:
-        return _usage_error("fleet push needs exactly one of --serve HOST:PORT, --url URL or --mqtt")
+    if sum(map(bool, (args.serve, args.url, getattr(args, "mqtt", False)))) != 1:
+        return _usage_error(f"fleet {'rollout' if rollout else 'push'} needs exactly one of --serve HOST:PORT, "
+                            "--url URL" + ("" if rollout else " or --mqtt"))
     if args.serve and args.serve.rpartition(":")[0] in ("", "0.0.0.0", "::", "[::]") and not args.advertise:
         return _usage_error(f"--serve {args.serve} listens on every address, and devices cannot download from "
                             "that: add --advertise HOST (this machine's name or address as the devices see it)")
@@ -619,10 +623,31 @@ def cmd_fleet_push(args: argparse.Namespace) -> int:
         [url] if url else [],
         labels,
         args.valid_hours,
-        "mqtt" if args.mqtt else "http",
+        "mqtt" if getattr(args, "mqtt", False) else "http",
     )
+    if args.score_threshold is not None:
+        manifest = manifest.model_copy(update={"score_threshold": args.score_threshold})
     if key is not None:
         manifest = manifest.signed(key)
+    return manifest, server
+
+
+def _target(args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.for_model:
+        return {"model": args.for_model}
+    return {"pipelines": args.pipelines.split(",")} if args.pipelines else None
+
+
+def cmd_fleet_push(args: argparse.Namespace) -> int:
+    from edge_agent.fleet import BrokerUnreachable, push
+
+    settings = _load(args)
+    if not args.device and not args.group:
+        return _usage_error("fleet push needs --device ID (repeatable) or --group G")
+    made = _fleet_manifest(args)
+    if isinstance(made, int):
+        return made
+    manifest, server = made
     try:
         status = push(
             settings.mqtt,
@@ -632,8 +657,7 @@ def cmd_fleet_push(args: argparse.Namespace) -> int:
             args.timeout,
             sys.stdout,
             args.model.read_bytes() if args.mqtt else None,
-            {"model": args.for_model} if args.for_model else
-            {"pipelines": args.pipelines.split(",")} if args.pipelines else None,
+            _target(args),
             args.answer_timeout,
         )
     except BrokerUnreachable as err:
@@ -645,6 +669,66 @@ def cmd_fleet_push(args: argparse.Namespace) -> int:
     human.emit(status, human.push_outcome, args.json)
     ok = bool(status) and all(s.get("state") == "active" for s in status.values())
     return EXIT_OK if ok else EXIT_FAIL
+
+
+def cmd_fleet_rollout(args: argparse.Namespace) -> int:
+    from edge_agent.fleet import BrokerUnreachable, FileServer
+    from edge_agent.rollout import Rollout, Runner, group_members, new_rollout, share
+
+    settings = _load(args)
+    server = None
+    if args.resume:
+        try:
+            plan = Rollout.load(args.resume)
+        except (OSError, ValueError) as err:
+            return _usage_error(f"--resume {args.resume}: not a rollout state file ({str(err).splitlines()[0]})")
+        path = args.resume
+        if plan.status != "running":
+            human.emit(plan.summary(), human.rollout_outcome, args.json)
+            return EXIT_OK if plan.status == "completed" else EXIT_FAIL
+        if plan.serve:  # the signed URL names this address: serve the model there again
+            server = FileServer(Path(plan.serve["directory"]), plan.serve["host"], int(plan.serve["port"]))
+    else:
+        if args.model is None or args.version is None:
+            return _usage_error("fleet rollout needs MODEL and --version (or --resume FILE)")
+        if not args.device and not args.group:
+            return _usage_error("fleet rollout needs --device ID (repeatable) or --group G")
+        try:
+            for spec in (args.canary, *args.waves.split(","), args.max_failures):
+                share(spec, 100)
+        except ValueError as err:
+            return _usage_error(f"a count or a share such as 25%: {err}")
+        try:
+            devices = sorted(set(args.device or []) | set(group_members(settings.mqtt, args.group) if args.group
+                                                          else []))
+        except BrokerUnreachable as err:
+            print(f"edge-agent: {err}", file=sys.stderr)
+            return EXIT_FAIL
+        if not devices:
+            print(f"edge-agent: no device of group {args.group} has ever connected to this broker", file=sys.stderr)
+            return EXIT_FAIL
+        made = _fleet_manifest(args, rollout=True)
+        if isinstance(made, int):
+            return made
+        manifest, server = made
+        plan = new_rollout(manifest, devices, args.canary, args.waves.split(","), args.soak_s, args.max_failures,
+                           args.rollback, _target(args), args.answer_timeout, args.wave_timeout)
+        if server is not None:
+            host = args.serve.rpartition(":")[0] or "0.0.0.0"
+            plan.serve = {"directory": str(args.model.resolve().parent), "host": host, "port": server.port}
+        path = args.state or Path(f"{plan.id}.json")
+        plan.save(path)
+        print(f"edge-agent: rollout state in {path} (resume with --resume {path})", file=sys.stderr)
+    try:
+        plan = Runner(settings.mqtt, plan, path, sys.stderr if args.json else sys.stdout).run()
+    except BrokerUnreachable as err:
+        print(f"edge-agent: {err}; resume with --resume {path}", file=sys.stderr)
+        return EXIT_FAIL
+    finally:
+        if server is not None:
+            server.close()
+    human.emit(plan.summary(), human.rollout_outcome, args.json)
+    return EXIT_OK if plan.status == "completed" else EXIT_FAIL
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
@@ -794,7 +878,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--key", type=Path, required=True)
     sg.set_defaults(func=cmd_fleet_sign)
     ps = fsub.add_parser("push", help="push a model to devices and follow it until each is done")
-    _settings_args(ps)
+    _settings_args(ps, only=_FLEET_FLAGS)
     ps.add_argument("model", type=Path)
     ps.add_argument("--version", type=int, required=True)
     ps.add_argument("--name")
@@ -802,6 +886,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--group")
     ps.add_argument("--key", type=Path, help="private key to sign with")
     ps.add_argument("--labels-file", type=Path, help="labels to ship with the model")
+    ps.add_argument("--score-threshold", type=float, help="the score threshold devices use with this model")
     ps.add_argument("--serve", help="serve the model from this HOST:PORT")
     ps.add_argument("--advertise", help="host name devices use to reach --serve")
     ps.add_argument("--url", help="where devices download the model")
@@ -814,6 +899,38 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--answer-timeout", type=float, default=10.0,
                     help="give up on a device that has not answered the deploy command after this many seconds")
     ps.set_defaults(func=cmd_fleet_push)
+    ro = fsub.add_parser("rollout", help="a staged rollout: canary, then waves, each after the last is active "
+                         "and healthy for a soak time; halts on failures")
+    _settings_args(ro, only=_FLEET_FLAGS)
+    ro.add_argument("model", type=Path, nargs="?")
+    ro.add_argument("--version", type=int)
+    ro.add_argument("--name")
+    ro.add_argument("--device", action="append")
+    ro.add_argument("--group", help="every device whose retained info lists this group")
+    ro.add_argument("--key", type=Path, help="private key to sign with")
+    ro.add_argument("--labels-file", type=Path, help="labels to ship with the model")
+    ro.add_argument("--score-threshold", type=float, help="the score threshold devices use with this model")
+    ro.add_argument("--serve", help="serve the model from this HOST:PORT (a resumed rollout serves it there again)")
+    ro.add_argument("--advertise", help="host name devices use to reach --serve")
+    ro.add_argument("--url", help="where devices download the model")
+    ro.add_argument("--for-model", help="on devices with several models: the shared model (or pipeline) to replace")
+    ro.add_argument("--pipelines", help="on devices with several models: the pipelines to update (comma-separated)")
+    ro.add_argument("--valid-hours", type=float, default=72.0)
+    ro.add_argument("--canary", default="1", help="devices in the first wave: a count or a share (5%%)")
+    ro.add_argument("--waves", default="25%,50%,100%",
+                    help="share of the fleet reached after each wave, comma-separated (the last takes the rest)")
+    ro.add_argument("--soak-s", type=float, default=300.0,
+                    help="seconds a wave must stay active and healthy before the next starts (longer than the "
+                    "devices' health.interval_s)")
+    ro.add_argument("--max-failures", default="0", help="failures a wave may have: a count or a share (10%%)")
+    ro.add_argument("--rollback", action="store_true", help="on a halt, roll the halted wave's devices back")
+    ro.add_argument("--answer-timeout", type=float, default=10.0,
+                    help="give up on a device that has not answered the deploy command after this many seconds")
+    ro.add_argument("--wave-timeout", type=float, default=1800.0, help="longest a wave may take to reach a verdict")
+    ro.add_argument("--state", type=Path, help="the rollout's state file (default: ROLLOUT-ID.json here)")
+    ro.add_argument("--resume", type=Path, help="carry on with the rollout in this state file")
+    ro.add_argument("--json", action="store_true", help=_JSON_HELP)
+    ro.set_defaults(func=cmd_fleet_rollout)
     st = fsub.add_parser("status", help="a table of devices from their retained state and recent health")
     _settings_args(st)
     st.add_argument("--wait", type=float, default=2.0, help="seconds to listen")

@@ -507,13 +507,34 @@ class OTAConfig(_Strict):
     )
     deadline_s: float = Field(1800.0, ge=5, le=86400, description="Longest a whole download may take.")
     probation_inferences: int = Field(
-        30, ge=1, le=100_000, description="Inferences a new model must get through after activation."
+        30, ge=1, le=100_000, description="Frames a new model must run on beside the serving one before it serves."
     )
     probation_s: float = Field(
-        60.0, ge=1, le=86400, description="Longest probation lasts (passes if no frame arrives)."
+        60.0,
+        ge=1,
+        le=86400,
+        description="Longest probation lasts; the verdict is then taken on the frames compared so far (none: kept).",
     )
     max_inference_ms: float = Field(
         1000.0, gt=0, le=60_000, description="Probation fails when inference p95 exceeds this."
+    )
+    min_agreement: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Agreement with the serving model a new one needs during probation, where it runs beside "
+        "it on the same frames (detections matched by IoU and label, the top class, or output distance; mean "
+        "over the frames compared). A manifest may ask for less if it carries acceptance tests.",
+    )
+    agreement_iou: float = Field(
+        0.5, gt=0, le=1, description="Overlap at which a detection of the new model matches one of the serving model."
+    )
+    shadow_every: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="During probation the new model runs on every k-th frame the serving model ran on (more "
+        "are skipped while it is busy); raise it where the CPU cannot run both models at the frame rate.",
     )
 
     @field_validator("trusted_keys")

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from edge_agent.homeassistant import HomeAssistant
     from edge_agent.liveview import LiveView
     from edge_agent.model import Model, RawInference
+    from edge_agent.ota.updater import Updater
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,8 @@ class FanOut:
         self.live: dict[str, LiveView] = {}
         self.ha: dict[str, HomeAssistant] = {}
         self.escalator: Escalator | None = None
-        #: (model sha256, raw outputs, inference ms) for a model on probation; set by the updaters
-        self.probation: list[Callable[[str, list[np.ndarray], float, bytes | None], None]] = []
+        #: the slots' updaters: a candidate on probation runs on the frames their serving models ran on
+        self.probation: list[Updater] = []
         #: called once, with the seconds since start, when the first prediction is out
         self.on_first: Callable[[], None] | None = None
         self.routes: dict[str, Route] = {}
@@ -103,10 +104,15 @@ class FanOut:
         self.published()
         return ok
 
-    def observe(self, model: Model, raw: RawInference) -> None:
-        """Every inference (not only the published ones): a model on probation is judged on all of them."""
-        for judge in self.probation:
-            judge(model.file.sha256, raw.outputs, raw.inference_ms, raw.input_sig)
+    def observe(self, model: Model, raw: RawInference, sample: np.ndarray | None) -> None:
+        """Every inference (not only the published ones), with its frame or window: a candidate on
+        probation runs beside the serving model on them."""
+        for updater in self.probation:
+            updater.observe(model, raw, sample)
+
+    def judging(self, model: Model) -> bool:
+        """A candidate is being compared with `model`: its pipelines keep each frame until post."""
+        return any(u.judging and u.current() is model for u in self.probation)
 
     def emit_event(
         self, route: Route, seq: int, body: dict[str, Any], model: Model | None, device_id: str, boot_id: str

@@ -20,6 +20,7 @@ import numpy as np
 
 from edge_agent.capture import Capture
 from edge_agent.config import ConfigError, PipelineView
+from edge_agent.engine import EngineClosed
 from edge_agent.fanout import FanOut, Route
 from edge_agent.gate import ChangeGate
 from edge_agent.handoff import LatestSlot
@@ -174,7 +175,7 @@ class FramePipeline:
                     if raw.wait_ms:
                         st.observe("queue", raw.wait_ms)
                     st.done()
-                if not self.keep_images:
+                if not self.keep_images and not self.fanout.judging(model):
                     frame = Frame(_NO_IMAGE, frame.ts, frame.mono, frame.index, frame.image.shape[:2])
                 while not self.stop_event.is_set():
                     try:  # results are never dropped here: a slow post stage slows inference instead
@@ -183,6 +184,8 @@ class FramePipeline:
                     except queue.Full:
                         st.beat()
             except Exception as err:  # loop boundary: one bad frame must not stop the stream
+                if isinstance(err, EngineClosed) and self.get_model() is not model:
+                    continue  # an update replaced the model between taking it and invoking it: not an error
                 st.error(f"{type(err).__name__}: {err}")
                 log.exception("%s: inference error", self.name)
 
@@ -205,7 +208,7 @@ class FramePipeline:
                     inf = model.decode(raw)
                     decoded = (raw, inf)
                     self.infer_stats.observe("postprocess", inf.postprocess_ms)
-                    self.fanout.observe(model, raw)
+                    self.fanout.observe(model, raw, frame.image if frame.image.size else None)
                 self._publish(frame, raw, inf, model, cached)
                 if len(model.runtime.fallbacks) != fallbacks_seen:
                     fallbacks_seen = len(model.runtime.fallbacks)

@@ -127,6 +127,17 @@ def push_outcome(status: dict[str, dict[str, Any]]) -> str:
     return _rows(rows)
 
 
+def rollout_outcome(doc: dict[str, Any]) -> str:
+    """Each wave and where each of its devices ended, then the rollout's own status."""
+    lines = []
+    for w in doc["waves"]:
+        lines.append(f"{w['name']}: {w['state']}")
+        lines += [f"  {d}  {st}" for d, st in sorted(w["devices"].items())]
+    why = f" ({doc['reason']})" if doc.get("reason") else ""
+    lines.append(f"rollout {doc['id']} of version {doc.get('version')}: {doc['status']}{why}")
+    return "\n".join(lines)
+
+
 def command_answer(answer: dict[str, Any] | None) -> str:
     if answer is None:
         return "no answer"

@@ -112,14 +112,6 @@ class RawInference:
     accelerator: str
     wait_ms: float = 0.0  # queued behind other pipelines sharing the model, or for a batch
     batch: int = 1
-    #: a sample of the input tensor, taken only while the model is on probation (see `input_signature`)
-    input_sig: bytes | None = None
-
-
-def input_signature(buf: np.ndarray) -> bytes:
-    """About 2048 evenly spaced values of an input tensor: enough to tell two inputs apart, cheap to take."""
-    flat = buf.reshape(-1)
-    return np.ascontiguousarray(flat[:: max(1, flat.size // 2048)]).tobytes()
 
 
 @dataclass
@@ -178,9 +170,6 @@ class Model:
         self.file = read_model_file(path)
         self.path = path
         self.cfg = cfg
-        #: set while the model is on probation: each run carries a sample of its input, so that outputs
-        #: that never change are told from inputs that never change (a still scene)
-        self.fingerprint_inputs = False
         for need in self.file.required_delegates():
             lib = need.split()[0]
             if find_library(lib) is None:
@@ -310,11 +299,8 @@ class Model:
         t0 = time.perf_counter()
         rs = pre(frame, buf)
         t1 = time.perf_counter()
-        sig = input_signature(buf) if self.fingerprint_inputs else None
         res = self.engine.run(user, [buf])
-        return RawInference(
-            res.outputs, rs, (t1 - t0) * 1e3, res.inference_ms, res.accelerator, res.wait_ms, res.batch, sig
-        )
+        return RawInference(res.outputs, rs, (t1 - t0) * 1e3, res.inference_ms, res.accelerator, res.wait_ms, res.batch)
 
     def run_window(self, window: np.ndarray, user: str = "main") -> RawInference:
         """One step of a signal model: a window (real values) quantized into the input tensor, invoke."""
@@ -325,11 +311,9 @@ class Model:
         t0 = time.perf_counter()
         buf[...] = spec.quantize(window).reshape(buf.shape)
         t1 = time.perf_counter()
-        sig = input_signature(buf) if self.fingerprint_inputs else None
         res = self.engine.run(user, [buf])
         return RawInference(
-            res.outputs, _NO_RESIZE, (t1 - t0) * 1e3, res.inference_ms, res.accelerator, res.wait_ms, res.batch,
-            sig,
+            res.outputs, _NO_RESIZE, (t1 - t0) * 1e3, res.inference_ms, res.accelerator, res.wait_ms, res.batch
         )
 
     def reset_state(self) -> None:

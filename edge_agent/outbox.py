@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
+from edge_agent.ota.store import make_dirs
 from edge_agent.sinks.base import Message
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class Outbox:
     # --- storage ---------------------------------------------------------------------------
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)  # SQLite makes its own files durable in the directory, not the directory
         db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=5)
         try:
             db.execute("PRAGMA journal_mode=WAL")

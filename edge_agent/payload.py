@@ -127,8 +127,10 @@ def info(
     accelerator: str | None,
     topics: dict[str, str],
     pipelines: dict[str, dict[str, Any]] | None = None,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The retained device description: what a newcomer on the broker needs to know."""
+    """The retained device description: what a newcomer on the broker needs to know (a staged rollout
+    finds a group's members from their `groups`)."""
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "device_id": device_id,
@@ -143,6 +145,8 @@ def info(
     }
     if pipelines is not None:
         doc["pipelines"] = pipelines
+    if groups:
+        doc["groups"] = list(groups)
     return doc
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.config import Settings
+from edge_agent.engine import EngineClosed
 from edge_agent.events import Event, EventDetector
 from edge_agent.fanout import FanOut, Route
 from edge_agent.features import FRAME_FRONTENDS, WINDOW_TRANSFORMS, FrameFrontend
@@ -397,6 +398,7 @@ class SignalPipeline:
             if item is None:
                 continue
             self.busy = True
+            model: Model | None = None
             try:
                 if isinstance(item, _Restart):
                     restart = item
@@ -413,9 +415,11 @@ class SignalPipeline:
                     self._put(restart)
                 self._step(chain, item)
             except Exception as err:  # loop boundary: one bad chunk must not stop the stream
+                self._chain = None
+                if isinstance(err, EngineClosed) and model is not None and self.get_model() is not model:
+                    continue  # an update replaced the model between taking it and invoking it: not an error
                 st.error(f"{type(err).__name__}: {err}")
                 log.exception("signal inference error")
-                self._chain = None
                 if isinstance(err, SourceError):  # a misfit between model and source: wait for a change
                     self.stop.wait(1.0)
 
@@ -486,7 +490,7 @@ class SignalPipeline:
                     model_seen = item.model
                     self.detector = self._new_detector(item.model)
                 inf = item.model.decode(item.raw)
-                self.fanout.observe(item.model, item.raw)
+                self.fanout.observe(item.model, item.raw, item.window)
                 scores = self._scores(item.model, item.raw)
                 self._emit(self.detector.update(scores, item.ts, item.offset_s), item.model)
                 now = time.monotonic()

@@ -59,8 +59,6 @@ class ModelSlot:
         self.read_only: str | None = None
         self.updater: Updater | None = None
         self.state: dict[str, Any] | None = None
-        #: inference and post errors of the slot's pipelines (probation fails on new ones)
-        self.errors: Callable[[], int] = lambda: 0
         self.on_swap: Callable[[ModelSlot], None] | None = None
         #: told of every OTA state the slot publishes (Home Assistant's update entity follows it)
         self.on_state: Callable[[ModelSlot, dict[str, Any]], None] | None = None
@@ -87,7 +85,7 @@ class ModelSlot:
     def start_updates(self, stop: threading.Event) -> Updater | None:
         if self.store is None or self.read_only:
             return None
-        self.updater = Updater(self.settings, self.store, self.publish_state, self.swap, lambda: self.errors(), stop)
+        self.updater = Updater(self.settings, self.store, self.publish_state, self.swap, lambda: self.model, stop)
         self.updater.pool = self.pool
         self.updater.start()
         # the retained state describes what is served from the first moment, whatever it said before

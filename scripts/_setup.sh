@@ -18,6 +18,7 @@ if [[ "$EXTRAS" == *dev* ]]; then  # the suite verifies the unit and builds test
   command -v mosquitto_passwd >/dev/null 2>&1 || [ -x /usr/bin/mosquitto_passwd ] || missing+=(mosquitto)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the status page is tested in a real browser
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # /metrics is linted and scraped by the real thing
+  command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)  # the power-cut file system (tests/lazyfs.py)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing system packages: ${missing[*]}"

@@ -601,6 +601,35 @@ def test_start_uses_the_installed_version_and_its_settings(tmp_path: Path) -> No
     assert report2 is not None and report2["state"] == "rolled_back" and store.state["crashes"][m.sha256] == 1
 
 
+def test_start_never_serves_a_damaged_installed_file(tmp_path: Path) -> None:
+    """A disk that lost writes (a power cut before the file reached it) leaves `current` naming a file
+    that is not what was installed: start goes back to the previous version, or the configured model."""
+    import shutil
+
+    from edge_agent.config import load_settings
+    from edge_agent.ota.store import ModelStore
+    from edge_agent.ota.updater import model_for_start
+
+    store = ModelStore(tmp_path / "models", keep=3)
+    shas = []
+    for v, src in ((1, SHORT_INT8), (2, FULL)):
+        m = build_manifest(src, v, None, ["http://x.example/m"], None, 1)
+        part = store.incoming / f"{v}.part"
+        shutil.copy(src, part)
+        store.install(part, m.sha256, m.model_dump(mode="json"))
+        store.activate(m.sha256, v)
+        store.pass_probation()
+        shas.append(m.sha256)
+    settings = load_settings(None, {"model.path": str(SHORT)})
+    store.blob(shas[1]).write_bytes(b"\0" * 4096)  # v2's blocks never reached the disk
+    cfg, report = model_for_start(settings, store)
+    assert cfg.path == store.blob(shas[0]) and cfg.version == "1"
+    assert report is not None and report["state"] == "rolled_back" and "damaged" in report["reason"]
+    store.blob(shas[0]).unlink()  # and v1's file is gone: the configured model serves
+    cfg, report = model_for_start(settings, store)
+    assert cfg.path == SHORT and report is not None and "damaged" in report["reason"]
+
+
 def test_an_older_deploy_never_replaces_a_newer_one(broker: Broker, agent_factory, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Two signed deploys 0.3 s apart: a newer one supersedes an older one queued or downloading, and an
     older one arriving after a newer is refused; the version check is repeated at activation."""
@@ -851,5 +880,81 @@ def test_a_still_scene_does_not_fail_probation(broker: Broker, agent_factory, ke
                                         and s["state"] in ("active", "rolled_back")), None), 60, what="the verdict")
         assert done["state"] == "active", done
     finally:
+        fs.close()
+        w.close()
+
+
+def test_shadow_evaluation_keeps_a_model_that_agrees_and_refuses_one_that_does_not(  # type: ignore[no-untyped-def]
+        broker: Broker, agent_factory, keys, tmp_path: Path) -> None:
+    """During probation the new model runs beside the serving one on the same frames and publishes
+    nothing; its agreement is in the retained state and in health before it takes over. A model meant
+    to differ is taken on its acceptance tests only if its manifest asks for that."""
+    import base64
+
+    import cv2
+    import skimage.data
+
+    from edge_agent.ota.manifest import AcceptanceTest
+
+    priv, pub = keys
+    key = load_private_key(priv)
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "int8.tflite").write_bytes(SHORT_INT8.read_bytes())
+    fs = FileServer(served, "127.0.0.1", 0)
+    w = Watch(broker, "sh")
+    health: list[dict[str, Any]] = []
+    hsub = Subscriber(broker.mqtt(), ["edge/sh/health"])
+    assert hsub.start(10)
+    threading.Thread(target=lambda: [health.append(json.loads(m[1])) for m in iter(lambda: hsub.get(60), None)],
+                     daemon=True).start()
+    base = build_manifest(served / "int8.tflite", 1, None, [f"http://127.0.0.1:{fs.port}/int8.tflite"], None, 1)
+    try:
+        agent_factory(["run", "--source", str(DEMO_VIDEO), "--fps", "15", "--model", str(SHORT), "--device-id", "sh"],
+                      env=ota_env(broker, pub, EDGE_AGENT_OTA__PROBATION_INFERENCES="90",
+                                  EDGE_AGENT_OTA__PROBATION_S="120", EDGE_AGENT_HEALTH__INTERVAL_S="0.5",
+                                  EDGE_AGENT_STATE_DIR=str(tmp_path / "state")))
+        wait_until(lambda: sum(bool(p["detections"]) for p in list(w.preds)) >= 5, 30, what="faces in the stream")
+
+        # blind: the same network asked for a score no face reaches, so it finds nothing where faces are
+        # (90 frames: half the demo video, of which a quarter has no face, so it cannot pass by chance)
+        blind = base.model_copy(update={"version": 5, "score_threshold": 1.0}).signed(key)
+        assert w.deploy(blind.model_dump(mode="json"), "b5")["status"] == "accepted"
+        rb = wait_until(lambda: next((s for s in list(w.states) if s.get("version") == 5
+                                      and s["state"] in ("active", "rolled_back")), None), 90, what="the verdict on v5")
+        assert rb["state"] == "rolled_back" and "agreement" in rb["reason"], rb
+        shadow = rb["shadow"]
+        assert shadow["compared"] >= 90 and shadow["agreement"] < 0.8, shadow
+        assert rb["serving"]["name"] == "face_detection_short_range"
+        # while it was judged, its figures were there to see, and it published nothing
+        judged = [s for s in list(w.states) if s.get("version") == 5 and s["state"] == "probation"]
+        assert any(s["shadow"]["compared"] > 0 for s in judged), judged
+        assert any(((h.get("model") or {}).get("update") or {}).get("state") == "probation"
+                   and h["model"]["update"]["shadow"]["compared"] > 0 for h in list(health)), "no figures in health"
+        assert {p["model"]["version"] for p in list(w.preds)} == {None}
+        assert not (tmp_path / "state" / "models" / "blobs" / f"{blind.sha256}.tflite").exists()
+
+        # the same file at its own threshold agrees closely, and takes over
+        good = base.model_copy(update={"version": 6}).signed(key)
+        assert w.deploy(good.model_dump(mode="json"), "g6")["status"] == "accepted"
+        ok = wait_until(lambda: next((s for s in list(w.states) if s.get("version") == 6
+                                      and s["state"] in ("active", "rolled_back")), None), 90, what="the verdict on v6")
+        assert ok["state"] == "active" and ok["shadow"]["agreement"] >= 0.8, ok
+        wait_until(lambda: w.preds[-1]["model"]["version"] == "6", 10, what="v6 serving")
+        assert (tmp_path / "state" / "models" / "blobs" / f"{good.sha256}.tflite").exists()
+
+        # a model meant to differ: asking for less agreement needs acceptance tests, which then decide
+        differ = blind.model_copy(update={"version": 7, "min_agreement": 0.0, "signature": None}).signed(key)
+        answer = w.deploy(differ.model_dump(mode="json"), "d7")
+        assert answer["status"] == "rejected" and "acceptance tests" in answer["reason"], answer
+        cup = cv2.imencode(".jpg", cv2.resize(skimage.data.coffee()[..., ::-1], (200, 150)))[1].tobytes()
+        tested = differ.model_copy(update={"version": 8, "tests": [
+            AcceptanceTest(image=base64.b64encode(cup).decode(), nothing=True)]}).signed(key)
+        assert w.deploy(tested.model_dump(mode="json"), "t8")["status"] == "accepted"
+        done = wait_until(lambda: next((s for s in list(w.states) if s.get("version") == 8
+                                        and s["state"] in ("active", "rolled_back")), None), 90, what="v8's verdict")
+        assert done["state"] == "active" and done["shadow"]["agreement"] < 0.8, done
+    finally:
+        hsub.stop()
         fs.close()
         w.close()

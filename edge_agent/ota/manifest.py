@@ -65,6 +65,14 @@ class Manifest(BaseModel):
     mean: list[float] | None = Field(None, min_length=1, max_length=4)
     std: list[float] | None = Field(None, min_length=1, max_length=4)
     tests: list[AcceptanceTest] = Field(default_factory=list, max_length=16)
+    min_agreement: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Agreement with the serving model this one needs during probation, in place of the "
+        "device's ota.min_agreement. Below that it needs acceptance tests: a model meant to differ (new "
+        "classes, another detector) is then proven by its tests instead.",
+    )
     expires: dt.datetime = Field(description="UTC time after which the manifest is refused.")
     signature: str | None = Field(None, description="Base64 Ed25519 signature of the canonical manifest.")
 

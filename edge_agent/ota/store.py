@@ -16,12 +16,32 @@ from pathlib import Path
 from typing import Any
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes its entries durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_dirs(path: Path) -> None:
+    """mkdir -p that survives a power cut: each directory made is fsynced into its parent. A directory
+    whose own entry was never made durable can vanish after a cut with every file in it, however
+    carefully those were written."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            pass
+        fsync_path(d.parent)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -32,7 +52,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 class ModelStore:
@@ -47,7 +67,7 @@ class ModelStore:
         self.incoming = root / "incoming"
         if not read_only:
             for d in (self.blobs, self.manifests, self.incoming):
-                d.mkdir(parents=True, exist_ok=True)
+                make_dirs(d)
         self.state_path = root / "state.json"
         self.state: dict[str, Any] = self._load()
 
@@ -76,6 +96,19 @@ class ModelStore:
     def blob(self, sha256: str) -> Path:
         return self.blobs / f"{sha256}.tflite"
 
+    def intact(self, sha256: str) -> bool:
+        """The installed file is there and is what was installed (read whole: once per start)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        try:
+            with open(self.blob(sha256), "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+        except OSError:
+            return False
+        return h.hexdigest() == sha256
+
     def manifest(self, sha256: str) -> dict[str, Any] | None:
         try:
             doc = json.loads((self.manifests / f"{sha256}.json").read_text())
@@ -84,10 +117,13 @@ class ModelStore:
             return None
 
     def install(self, downloaded: Path, sha256: str, manifest: dict[str, Any]) -> Path:
-        """Move a verified download into place (a rename on the same file system)."""
+        """Move a verified download into place (a rename on the same file system). Its data is made
+        durable first: a rename can reach the disk before the data it names, and `current` would then
+        point at an empty file after a power cut."""
         target = self.blob(sha256)
+        fsync_path(downloaded)
         os.replace(downloaded, target)
-        fsync_dir(self.blobs)
+        fsync_path(self.blobs)
         atomic_write(self.manifests / f"{sha256}.json", json.dumps(manifest).encode())
         return target
 

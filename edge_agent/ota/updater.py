@@ -13,7 +13,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 
 from edge_agent.config import ModelConfig, Settings
 from edge_agent.engine import ModelPool
-from edge_agent.model import Model
+from edge_agent.model import Model, RawInference
 from edge_agent.modelfile import ModelError
 from edge_agent.ota.download import DISK_MARGIN, DownloadError, download
 from edge_agent.ota.manifest import (
@@ -32,60 +31,13 @@ from edge_agent.ota.manifest import (
     load_public_keys,
     verify_signature,
 )
-from edge_agent.ota.store import ModelStore
+from edge_agent.ota.shadow import Probation, agreement, input_signature
+from edge_agent.ota.store import ModelStore, atomic_write
 
 log = logging.getLogger(__name__)
 
 TERMINAL = ("active", "rolled_back", "rejected", "failed", "superseded")
 _CHUNK_QUEUE = 256
-
-
-@dataclass
-class Probation:
-    """What a new model must show before it is kept."""
-
-    sha256: str
-    need: int
-    until: float
-    errors_at_start: int
-    seen: int = 0
-    latencies: list[float] = field(default_factory=list)
-    fingerprints: set[bytes] = field(default_factory=set)
-    #: samples of the inputs: identical outputs are degenerate only when the inputs differed
-    inputs: set[bytes] = field(default_factory=set)
-    inputs_known: bool = True
-    nonfinite: int = 0
-
-    def observe(self, outputs: list[np.ndarray], inference_ms: float, input_sig: bytes | None = None) -> None:
-        self.seen += 1
-        self.latencies.append(inference_ms)
-        if len(self.fingerprints) < 4:
-            self.fingerprints.add(b"".join(np.ascontiguousarray(o).tobytes()[:4096] for o in outputs))
-        if input_sig is None:
-            self.inputs_known = False
-        elif len(self.inputs) < 4:
-            self.inputs.add(input_sig)
-        if any(not np.isfinite(o.astype(np.float64)).all() for o in outputs):
-            self.nonfinite += 1
-
-    def verdict(self, errors_now: int, max_ms: float) -> str | None:
-        """None: still running; "" passed; else why it failed."""
-        if errors_now > self.errors_at_start:
-            return f"{errors_now - self.errors_at_start} inference error(s) during probation"
-        if self.nonfinite:
-            return f"non-finite outputs in {self.nonfinite} inference(s)"
-        if self.seen >= self.need or time.monotonic() > self.until:
-            if self.latencies:
-                p95 = float(np.percentile(self.latencies, 95))
-                if p95 > max_ms:
-                    return f"inference p95 {p95:.1f} ms exceeds the {max_ms:g} ms budget"
-            # one answer for inputs that differed: the model ignores its input. A still scene (a fixed
-            # camera at night, one image) gives identical inputs, and identical outputs are right then.
-            varied = len(self.inputs) > 1 or not self.inputs_known
-            if self.seen >= 5 and len(self.fingerprints) == 1 and varied:
-                return "degenerate outputs: identical for every frame although the frames differed"
-            return ""
-        return None
 
 
 class Updater:
@@ -95,14 +47,15 @@ class Updater:
         store: ModelStore,
         publish_state: Callable[[dict[str, Any]], None],
         swap: Callable[[Model], Model | None],
-        errors: Callable[[], int],
+        current: Callable[[], Model | None],
         stop: threading.Event,
     ):
         self.settings = settings
         self.store = store
         self.publish_state = publish_state
         self.swap = swap
-        self.errors = errors
+        #: the model serving now: a candidate on probation runs beside it and is compared with it
+        self.current = current
         self.stop = stop
         from edge_agent.signals import signal_kind
 
@@ -112,7 +65,12 @@ class Updater:
         self.chunks: queue.Queue[tuple[str, int, bytes]] = queue.Queue(maxsize=_CHUNK_QUEUE)
         self.chunks_dropped = 0
         self.probation: Probation | None = None
-        self.previous_model: Model | None = None
+        #: (serving model, its raw result, the frame or window) for the candidate to run on too. Frames:
+        #: latest-wins (two at most, a busy candidate skips some); windows: in order, for streaming models
+        self.shadow: queue.Queue[tuple[Model, RawInference, np.ndarray]] = queue.Queue(
+            maxsize=64 if self._signal else 2
+        )
+        self._offered = 0
         #: the agent's loaded models, so a new version of a shared file is not loaded twice
         self.pool: ModelPool | None = None
         #: sha256 of the model whose MQTT chunks this updater is collecting now
@@ -147,6 +105,11 @@ class Updater:
             raise ManifestError(f"size {m.size} exceeds ota.max_bytes {o.max_bytes}")
         if self.store.is_blocked(m.sha256):
             raise ManifestError("this model crashed the agent twice and is blocked")
+        if m.min_agreement is not None and m.min_agreement < o.min_agreement and not m.tests:
+            raise ManifestError(
+                f"min_agreement {m.min_agreement:g} is below this device's {o.min_agreement:g}: "
+                "a model meant to differ needs acceptance tests"
+            )
         if m.delivery == "http" and not m.urls:
             raise ManifestError("HTTP delivery needs at least one URL")
 
@@ -247,35 +210,75 @@ class Updater:
             return
         self._state("activating", m)
         self.store.activate(m.sha256, m.version, kernel_boot_id())
+        need = o.min_agreement if m.min_agreement is None else m.min_agreement
         with self._lock:
-            self.probation = Probation(
-                m.sha256, o.probation_inferences, time.monotonic() + o.probation_s, self.errors()
-            )
-        new_model.fingerprint_inputs = True  # for probation's still-scene check; off again after it
-        self.previous_model = self.swap(new_model)
-        self._state("probation", m)
+            p = self.probation = Probation(m.sha256, o.probation_inferences, time.monotonic() + o.probation_s, need)
+        self._drain_shadow()
+        served = self.current()
+        serving = self.serving(served) if served is not None else None
+        self._state("probation", m, serving=serving, **p.figures())
+        verdict = self._judge(p, new_model, m, serving)
+        if verdict is None:  # rolled back meanwhile (the command, which said what is served), or stopping
+            new_model.close()
+            return  # stopping: the next start decides (store.probation is still set)
+        if verdict == "":
+            old = self.swap(new_model)
+            self.store.pass_probation()
+            self._state("active", m, serving=self.serving(new_model), **p.figures())
+            if old is not None:  # a pipeline that took it just before the swap finishes its invoke first
+                old.close()
+        else:
+            new_model.close()
+            prev = self.store.rollback(verdict)
+            self.store.discard(m.sha256)  # it failed: it will never serve, nothing of it stays on disk
+            self._state("rolled_back", m, reason=verdict, now=prev, serving=serving, **p.figures())
+
+    def _judge(self, p: Probation, candidate: Model, m: Manifest, serving: dict[str, Any] | None) -> str | None:
+        """Run the candidate on the frames the serving model ran on until there is a verdict; publish the
+        agreement so far every few seconds. None when probation ended some other way."""
+        o = self.settings.ota
+        shown = time.monotonic()
         while not self.stop.is_set():
             with self._lock:
-                p = self.probation
-                if p is None:  # rolled back meanwhile (the command): that rollback said what is served
-                    return
-                verdict = p.verdict(self.errors(), o.max_inference_ms)
+                if self.probation is not p:  # rolled back meanwhile
+                    return None
+            verdict = p.verdict(o.max_inference_ms)
             if verdict is not None:
-                break
-            self.stop.wait(0.1)
-        with self._lock:
-            self.probation = None
-        new_model.fingerprint_inputs = False
-        if verdict is None or self.stop.is_set():
-            return  # shutting down mid-probation: the next start decides (store.probation is still set)
-        if verdict == "":
-            self.store.pass_probation()
-            self._state("active", m)
-            if self.previous_model is not None:
-                self.previous_model.close()
-            self.previous_model = None
-        else:
-            self.rollback(verdict, m)
+                with self._lock:
+                    if self.probation is not p:
+                        return None
+                    self.probation = None
+                return verdict
+            try:
+                ref, raw, sample = self.shadow.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self._compare(p, candidate, ref, raw, sample)
+            if time.monotonic() - shown >= 2.0:
+                shown = time.monotonic()
+                self._state("probation", m, serving=serving, **p.figures())
+        return None
+
+    def _compare(self, p: Probation, candidate: Model, ref: Model, raw: RawInference, sample: np.ndarray) -> None:
+        """The candidate on one frame (or window) the serving model ran on, and how far they agree."""
+        try:
+            mine = candidate.run(sample, "shadow") if candidate.pre is not None else candidate.run_window(
+                sample, "shadow"
+            )
+            theirs, ours = ref.decode(raw).result, candidate.decode(mine).result
+        except Exception as err:  # whatever the candidate raises is held against it, not the agent
+            log.warning("candidate %s failed on a frame: %s", candidate.name, err)
+            p.error(f"{type(err).__name__}: {err}")
+            return
+        agreed = agreement(theirs, ours, self.settings.ota.agreement_iou)
+        p.observe(mine.outputs, mine.inference_ms, input_signature(sample), agreed)
+
+    def _drain_shadow(self) -> None:
+        while True:
+            try:
+                self.shadow.get_nowait()
+            except queue.Empty:
+                return
 
     def accept_chunk(self, topic: str, payload: bytes) -> None:
         """From the MQTT client's callback: enqueue only (parsing is cheap and cannot raise out)."""
@@ -338,16 +341,22 @@ class Updater:
             raise DownloadError("sha256 mismatch after MQTT delivery")
 
     def rollback(self, reason: str, m: Manifest | None = None) -> bool:
-        """Back to the previous model (in memory when we still hold it). A model on probation stops
-        being judged: the retained state then says `rolled_back`, never `active`, for it."""
+        """Back to the previous model (in memory when we still hold it). A candidate on probation never
+        served: it stops being judged, the serving model stays, and the retained state says
+        `rolled_back`, never `active`, for it."""
         with self._lock:
             judged, self.probation = self.probation, None
-        if m is None and judged is not None:
+        if judged is not None:
             man = self.store.manifest(judged.sha256)
-            m = Manifest.model_validate(man) if man else None
+            m = m or (Manifest.model_validate(man) if man else None)
+            prev = self.store.rollback(reason)
+            served = self.current()
+            self._state("rolled_back", m, reason=reason, now=prev,
+                        serving=self.serving(served) if served is not None else None, **judged.figures())
+            return True
         prev = self.store.rollback(reason)
-        old = self.previous_model
-        if old is None and prev is not None:
+        old = None
+        if prev is not None:
             man = self.store.manifest(prev["sha256"])
             try:
                 old = self._build(Manifest.model_validate(man), self.store.blob(prev["sha256"])) if man else None
@@ -358,8 +367,9 @@ class Updater:
             old = Model(
                 self.settings.model, self.settings.runtime, self.settings.state_dir, signal=self._signal, pool=self.pool
             )
-        self.swap(old)
-        self.previous_model = None
+        replaced = self.swap(old)
+        if replaced is not None:
+            replaced.close()
         self._state("rolled_back", m, reason=reason, now=prev, serving=self.serving(old))
         return True
 
@@ -367,14 +377,24 @@ class Updater:
     def serving(model: Model) -> dict[str, Any]:
         return {"name": model.name, "version": model.version, "sha256": model.file.sha256}
 
-    def observe(
-        self, model_sha: str, outputs: list[np.ndarray], inference_ms: float, input_sig: bytes | None = None
-    ) -> None:
-        """From the post-processing thread, for every result while a model is on probation."""
-        with self._lock:
-            p = self.probation
-            if p is not None and p.sha256 == model_sha:
-                p.observe(outputs, inference_ms, input_sig)
+    def observe(self, model: Model, raw: RawInference, sample: np.ndarray | None) -> None:
+        """From a post-processing thread, for every inference: while a candidate is on probation, the
+        serving model's frames (every `ota.shadow_every`-th) are offered to it. Never blocks."""
+        p = self.probation
+        if p is None or sample is None or model is not self.current():
+            return
+        self._offered += 1
+        if self._offered % self.settings.ota.shadow_every:
+            return
+        try:
+            self.shadow.put_nowait((model, raw, sample))
+        except queue.Full:  # the candidate is still busy with earlier frames: this one is not compared
+            p.skipped += 1
+
+    @property
+    def judging(self) -> bool:
+        """A candidate is on probation: the pipelines keep each frame for it."""
+        return self.probation is not None
 
     def _build(self, m: Manifest, blob: Path) -> Model:
         cfg = self.settings.model.model_copy(
@@ -408,7 +428,7 @@ class Updater:
             return None
         p = self.store.manifests / f"{m.sha256}.labels.txt"
         if not p.exists():
-            p.write_text("\n".join(m.labels) + "\n", encoding="utf-8")
+            atomic_write(p, ("\n".join(m.labels) + "\n").encode())
         return p
 
 
@@ -479,6 +499,16 @@ def model_for_start(settings: Settings, store: ModelStore) -> tuple[ModelConfig,
             "blocked": store.is_blocked(prob["sha256"]),
         }
     cur = store.state.get("current")
+    if cur and not store.intact(cur["sha256"]):
+        # its file is missing or not what was installed (a disk that lost writes): never serve it
+        why = f"installed version {cur.get('version')} is damaged (its file does not match its digest)"
+        log.error("%s; going back", why)
+        prev = store.rollback(why)
+        if prev and not store.intact(prev["sha256"]):
+            store.rollback(f"previous version {prev.get('version')} is damaged too")
+        report = {"state": "rolled_back", "sha256": cur["sha256"], "version": cur.get("version"),
+                  "ts": round(time.time(), 3), "reason": why}
+        cur = store.state.get("current")
     if cur and store.blob(cur["sha256"]).exists():
         man = store.manifest(cur["sha256"]) or {}
         labels = store.manifests / f"{cur['sha256']}.labels.txt"

@@ -22,8 +22,8 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from edge_agent import outbox as outbox_store  # a module: importable from either end of the cycle
 from edge_agent.config import MQTTConfig
-from edge_agent.outbox import Outbox
 from edge_agent.sinks.base import Message, Sink, SinkContext
 from edge_agent.topics import Topics, device_base
 
@@ -94,7 +94,9 @@ class MqttSink(Sink):
     def create(cls, ctx: SinkContext) -> Sink:
         s, ob = ctx.settings, ctx.settings.outbox
         outbox = (
-            Outbox(s.state_dir / "outbox.sqlite", ob.max_messages, ob.policy, ob.flush_interval_s, ob.retry_s)
+            outbox_store.Outbox(
+                s.state_dir / "outbox.sqlite", ob.max_messages, ob.policy, ob.flush_interval_s, ob.retry_s
+            )
             if ob.enabled
             else None
         )
@@ -105,7 +107,7 @@ class MqttSink(Sink):
         cfg: MQTTConfig,
         device_id: str,
         retained_state: Callable[[], list[Message]] | None = None,
-        outbox: Outbox | None = None,
+        outbox: outbox_store.Outbox | None = None,
         replay_rate: float = 200.0,
         subscriptions: list[str] | None = None,
         inbox: queue.Queue[tuple[str, bytes]] | None = None,
