@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Power cuts at hundreds of random points for the outbox and the model store, on LazyFS.
 
-The harness is `tests/powercut.py` (the suite runs it at 20 cuts per store); this runs the larger
+The harness is `tests/powercut.py` (the suite runs it at 10 cuts per store); this runs the larger
 count and prints, per store, the cuts made, the points they fell on (operation and kind of file)
 and every problem found after a cut. Needs fuse3 (`scripts/_setup.sh dev` installs it) and root or
 /dev/fuse access.

@@ -239,7 +239,10 @@ class AgentProcess:
     def __init__(self, args: list[str], env: dict[str, str], workdir: Path, name: str = "agent"):
         self.log_path = workdir / f"{name}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
-        full_env.update({"EDGE_AGENT_STATE_DIR": str(workdir / "state"), "PYTHONUNBUFFERED": "1"})
+        # one interpreter thread unless a test says otherwise: timing the thread count costs 0.7 s at each
+        # fresh start, and is tested on its own (tests/test_runtime.py)
+        full_env.update({"EDGE_AGENT_STATE_DIR": str(workdir / "state"), "PYTHONUNBUFFERED": "1",
+                         "EDGE_AGENT_RUNTIME__THREADS": "1"})
         full_env.update(env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge_agent", *args],

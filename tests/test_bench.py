@@ -27,7 +27,8 @@ def test_bench_reports_every_variant_side_by_side(tmp_path: Path) -> None:
     assert rss["video"] > rss["bare"]  # the agent process holds more than a bare interpreter
     assert 0 < doc["first_s"] < 10
     by_thread = doc["cpu_ms_by_thread"]["memory"]
-    assert by_thread["inference"] > 0 and by_thread["postprocess"] > 0 and "paho" in by_thread
+    # the MQTT side (paho's network thread, the publisher) shows; psutil counts 10 ms ticks: one may read 0
+    assert by_thread["inference"] > 0 and by_thread["postprocess"] > 0 and {"paho", "mqtt-publisher"} & set(by_thread)
 
 
 def test_the_streaming_agent_leaves_optional_heavy_imports_unloaded() -> None:

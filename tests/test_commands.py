@@ -103,7 +103,7 @@ def test_valid_commands_and_duplicates(running_agent) -> None:  # type: ignore[n
     assert u["status"] == "rejected" and "unknown command" in u["reason"]
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                      HealthCheck.too_slow])
 @given(payload=_payloads())
 def test_any_payload_gets_exactly_one_answer(running_agent, payload: bytes) -> None:  # type: ignore[no-untyped-def]

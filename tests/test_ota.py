@@ -373,7 +373,7 @@ def test_fleet_cli_says_what_is_wrong_without_a_traceback(broker: Broker, keys, 
         assert "Traceback" not in r.stderr
 
 
-def test_thirty_updates_in_a_row_stay_within_bounds(broker: Broker, agent_factory, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_dozen_updates_in_a_row_stay_within_bounds(broker: Broker, agent_factory, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import io
 
     from edge_agent.fleet import push
@@ -395,21 +395,21 @@ def test_thirty_updates_in_a_row_stay_within_bounds(broker: Broker, agent_factor
         wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
         rss: dict[int, float] = {}
         sources = [SHORT_INT8.read_bytes(), SHORT.read_bytes()]
-        for v in range(1, 31):  # benchmarks/bench_update.py runs longer series
+        for v in range(1, 13):  # benchmarks/bench_update.py --updates 30 runs the longer series
             f = served / f"v{v}.tflite"
             f.write_bytes(rewrite_model(sources[v % 2], files={"release.txt": str(v).encode()}))
             m = build_manifest(f, v, f"m{v % 2}", [f"http://127.0.0.1:{fs.port}/{f.name}"], None, 1).signed(key)
             assert push(broker.mqtt(), m, ["u50"], None, 60, io.StringIO())["u50"]["state"] == "active", v
             f.unlink()
-            if v in (10, 30):
+            if v in (4, 12):
                 while (h := hsub.get(0.1)) is None or orjson.loads(h[1])["model"]["version"] != str(v):
                     pass
                 rss[v] = orjson.loads(h[1])["process"]["rss_mb"]
         blobs = list((state / "models" / "blobs").glob("*.tflite"))
         assert len(blobs) <= 3 and not list((state / "models" / "incoming").iterdir())
-        assert rss[30] - rss[10] < 5, rss
+        assert rss[12] - rss[4] < 5, rss
         seqs = [p["seq"] for p in w.preds]
-        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # not a frame lost in 30 swaps
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # not a frame lost in 12 swaps
     finally:
         hsub.stop()
         fs.close()

@@ -30,7 +30,7 @@ def mount(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(("kind", "max_ops"), [("outbox", 400), ("store", 120)])
 def test_power_cuts_lose_nothing_reported_durable(mount: LazyMount, kind: str, max_ops: int) -> None:
-    result = run_cuts(mount, kind, 15, seed=7, max_ops=max_ops)
+    result = run_cuts(mount, kind, 10, seed=7, max_ops=max_ops)
     assert result["problems"] == []
     assert len(result["points"]) >= 3, result["points"]  # the cuts fell on several kinds of operation and file
     assert result["stored"] + result["passed"] > 0  # and something was reported done before them

@@ -81,7 +81,7 @@ def test_random_mutants_never_kill_the_serving_process(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     sources = [SHORT.read_bytes(), SHORT_INT8.read_bytes()]
     outcomes: dict[str, int] = {}
-    for i in range(60):
+    for i in range(30):
         kind, data = mutate(sources[i % 2], rng)
         p = tmp_path / f"m{i}.tflite"
         p.write_bytes(data)
@@ -93,4 +93,4 @@ def test_random_mutants_never_kill_the_serving_process(tmp_path: Path) -> None:
             assert str(p) in str(err)
             outcomes[kind] = outcomes.get(kind, 0) + 1
         p.unlink()
-    assert sum(outcomes.values()) == 60 and len(outcomes) >= 3
+    assert sum(outcomes.values()) == 30 and len(outcomes) >= 3
