@@ -163,7 +163,7 @@ def check_outbox(state: Path, stored: set[int], acked: set[int]) -> list[str]:
     return problems
 
 
-def check_store(state: Path, passed: int, activated: int, files: dict[int, str]) -> list[str]:
+def check_store(state: Path, passed: int, activated: int) -> list[str]:
     """The model the agent would start on is whole, and never older than one that passed probation."""
     from edge_agent.config import Settings
     from edge_agent.ota.store import ModelStore
@@ -219,7 +219,6 @@ def run_cuts(mount: LazyMount, kind: str, cuts: int, seed: int, max_ops: int) ->
     stored: set[int] = set()
     acked: set[int] = set()
     passed = activated = 0
-    files: dict[int, str] = {}
     first = 1
     problems: list[str] = []
     points: Counter[str] = Counter()
@@ -251,11 +250,10 @@ def run_cuts(mount: LazyMount, kind: str, cuts: int, seed: int, max_ops: int) ->
                 acked.update(int(w) for w in words[1:])
             elif words[0] == "activated":
                 activated = max(activated, int(words[1]))
-                files[int(words[1])] = words[2]
             elif words[0] == "passed":
                 passed = max(passed, int(words[1]))
         mount.tell("on")
-        found = check_outbox(state, stored, acked) if kind == "outbox" else check_store(state, passed, activated, files)
+        found = check_outbox(state, stored, acked) if kind == "outbox" else check_store(state, passed, activated)
         problems += [f"cut {i + 1} at {point['op']} {point['path']}: {p}" for p in found]
         # the next worker numbers on from everything this one may have written
         first = max([first, *stored, *acked, activated]) + 1000
