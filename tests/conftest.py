@@ -77,8 +77,33 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.timeout = float(config.getini("timeout") or 300) * SLOWDOWN
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    return f"edge-agent: time limits x{SLOWDOWN:.1f} (BlazeFace invoke against the reference machine's)"
+#: Set by scripts/check-platform.sh when the suite runs under qemu user-mode emulation (what it emulates).
+EMULATED = os.environ.get("EDGE_TEST_EMULATED", "")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = [f"edge-agent: time limits x{SLOWDOWN:.1f} (BlazeFace invoke against the reference machine's)"]
+    if EMULATED:
+        lines.append(
+            f"edge-agent: emulated ({EMULATED}): tests marked emulation_slow are "
+            + ("run (EDGE_TEST_EMULATION_SLOW=run)" if _run_emulation_slow() else "deselected")
+        )
+    return lines
+
+
+def _run_emulation_slow() -> bool:
+    return os.environ.get("EDGE_TEST_EMULATION_SLOW") == "run"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under emulation, leave out the tests that only measure how emulation crawls: each carries
+    `emulation_slow("why")`, and the deselected ones are counted in pytest's summary line."""
+    if not EMULATED or _run_emulation_slow():
+        return
+    slow = [item for item in items if item.get_closest_marker("emulation_slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("emulation_slow")]
 
 
 needs_shared = pytest.mark.skipif(

@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# Check edge-agent on the platforms it targets, from one x86-64 Debian host (as root):
+# a Debian root made by debootstrap, entered with chroot, with a clone of this repository's HEAD.
+#
+#   scripts/check-platform.sh PLATFORM STEP [ARGS...]
+#
+# PLATFORM (all roots live under $ROOTS, default /var/tmp/edge-agent-platforms, and are kept):
+#   pi4          Raspberry Pi OS 64-bit's base (Debian 12 arm64) as a Pi 4 sees it: qemu user-mode
+#                emulation of a Cortex-A72 and a /proc/cpuinfo in a Pi 4 kernel's format
+#   pi5          the same as a Pi 5: Cortex-A76 and a Pi 5 /proc/cpuinfo
+#   pi5-trixie   Debian 13 arm64 (what current Raspberry Pi OS is built on) as a Pi 5
+#   trixie       Debian 13 x86-64, Python 3.13, natively (no emulation)
+#   bookworm     Debian 12 x86-64, natively: a fresh box, what scripts/test.sh assumes
+# STEP:
+#   setup              build the root (once; minutes) and bring the clone to this repository's HEAD
+#   demo [SECONDS]     scripts/demo.sh --seconds SECONDS (default 60): set-up from the lock, then the agent
+#   suite [ARGS...]    scripts/test.sh ARGS (the whole suite unless ARGS select)
+#   smoke              set-up from the lock, `edge-agent predict` on the bundled model and photo, a
+#                      short `edge-agent run` against a local mosquitto that must publish predictions
+#   run 'CMD'          any command in the clone;   shell: an interactive one
+#   umount | clean     unmount what setup mounted | also delete the root
+# Each demo, suite and smoke step appends one line to $ROOTS/results.tsv (date, platform, step, exit
+# status, seconds, commit, board's CPU model): docs/platforms.md quotes those lines.
+#
+# Environment: ROOTS (above), TIMEOUT (seconds a step may take, default none), NICE (default 10),
+# MIRROR (Debian mirror; default: the one this machine's apt uses, else deb.debian.org).
+#
+# Known traps this handles: qemu-user passes the host's x86 /proc/cpuinfo through and the cpuinfo
+# library inside LiteRT/XNNPACK crashes parsing it (a board's file is bind-mounted over it); pip in
+# the root needs the CA certificates this host trusts beyond Debian's (they are copied in); daemons
+# must not start inside the root (policy-rc.d). Under emulation the suite sets EDGE_TEST_EMULATED,
+# which deselects the tests marked `emulation_slow` (tests/conftest.py says why each is).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SHARED_DIR="$(dirname "$HERE")/shared"
+ROOTS="${ROOTS:-/var/tmp/edge-agent-platforms}"
+NICE="${NICE:-10}"
+log() { echo "[check-platform $(date +%H:%M:%S)] $*" >&2; }
+die() { echo "check-platform: $*" >&2; exit 2; }
+
+[ $# -ge 2 ] || { sed -n '2,30p' "$0"; exit 2; }
+PLATFORM="$1"; STEP="$2"; shift 2
+case "$PLATFORM" in
+  pi4)        SUITE=bookworm ARCH=arm64 BOARD=4 CPU=cortex-a72 ;;
+  pi5)        SUITE=bookworm ARCH=arm64 BOARD=5 CPU=cortex-a76 ;;
+  pi5-trixie) SUITE=trixie   ARCH=arm64 BOARD=5 CPU=cortex-a76 ;;
+  trixie)     SUITE=trixie   ARCH=amd64 BOARD="" CPU="" ;;
+  bookworm)   SUITE=bookworm ARCH=amd64 BOARD="" CPU="" ;;
+  *) die "unknown platform $PLATFORM (pi4, pi5, pi5-trixie, trixie, bookworm)" ;;
+esac
+[ "$(id -u)" -eq 0 ] || die "run as root (debootstrap, chroot and mounts need it)"
+[ "$(uname -m)" = x86_64 ] || die "the host must be x86-64"
+# one root per Debian release and architecture: pi4 and pi5 share theirs (only the CPU differs)
+ROOTFS="$ROOTS/$SUITE-$ARCH"
+WORK=/root/work
+CLONE="$WORK/edge-agent"
+
+host_tools() {
+  local need=()
+  command -v debootstrap >/dev/null || need+=(debootstrap)
+  if [ "$ARCH" = arm64 ]; then
+    [ -x /usr/bin/qemu-aarch64-static ] || need+=(qemu-user-static)
+    command -v update-binfmts >/dev/null || need+=(binfmt-support)
+  fi
+  if [ ${#need[@]} -gt 0 ]; then
+    log "installing on the host: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+}
+
+# qemu-aarch64 registered with the F flag, so the emulator is opened by the kernel and works in a chroot
+binfmt() {
+  local bm=/proc/sys/fs/binfmt_misc
+  [ -e "$bm/register" ] || mount -t binfmt_misc binfmt_misc "$bm"
+  grep -qs '^flags:.*F' "$bm/qemu-aarch64" && return 0
+  update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+  grep -qs '^flags:.*F' "$bm/qemu-aarch64" && return 0
+  [ -e "$bm/qemu-aarch64" ] && echo -1 > "$bm/qemu-aarch64"
+  # ELF64, little endian, e_machine 0xb7 (AArch64)
+  printf '%s' ':qemu-aarch64:M::\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/usr/bin/qemu-aarch64-static:OCF' > "$bm/register"
+}
+
+mirror() {
+  if [ -n "${MIRROR:-}" ]; then echo "$MIRROR"; return; fi
+  local m
+  m=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 2>/dev/null | awk '$2 == "bookworm" || $2 == "trixie" {print $1; exit}')
+  echo "${m:-http://deb.debian.org/debian/}"
+}
+
+build() {
+  [ -f "$ROOTFS/.edge-agent-root" ] && return 0
+  local m t0=$SECONDS
+  m=$(mirror)
+  if [ -e "$ROOTFS" ]; then  # a half-built one
+    umounts
+    findmnt -rn -o TARGET | grep -q "^$ROOTFS/" && die "still mounted under $ROOTFS"
+    rm -rf --one-file-system "$ROOTFS"
+  fi
+  mkdir -p "$ROOTS"
+  log "debootstrap --arch=$ARCH $SUITE $ROOTFS from $m"
+  nice -n "$NICE" debootstrap --arch="$ARCH" --include=python3,ca-certificates,git \
+    "$SUITE" "$ROOTFS" "$m" >"$ROOTS/debootstrap-$SUITE-$ARCH.log" 2>&1 \
+    || { tail -20 "$ROOTS/debootstrap-$SUITE-$ARCH.log" >&2; die "debootstrap failed"; }
+  local security=${m%/}-security
+  case "$m" in *deb.debian.org*) security=http://deb.debian.org/debian-security ;; esac
+  printf 'deb %s %s main\ndeb %s %s-updates main\ndeb %s %s-security main\n' \
+    "${m%/}" "$SUITE" "${m%/}" "$SUITE" "$security" "$SUITE" > "$ROOTFS/etc/apt/sources.list"
+  echo raspberrypi > "$ROOTFS/etc/hostname"
+  printf '#!/bin/sh\nexit 101\n' > "$ROOTFS/usr/sbin/policy-rc.d"  # no daemons start in the root
+  chmod +x "$ROOTFS/usr/sbin/policy-rc.d"
+  touch "$ROOTFS/.edge-agent-root"
+  log "root built in $((SECONDS - t0)) s"
+}
+
+# /proc/cpuinfo as Raspberry Pi OS's kernel prints it on the board, one block per host core
+cpuinfo_file() {
+  local n i
+  n=$(nproc --all)
+  for ((i = 0; i < n; i++)); do
+    if [ "$BOARD" = 4 ]; then
+      printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$i"
+      printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n'
+    else
+      printf 'processor\t: %d\nBogoMIPS\t: 108.00\n' "$i"
+      printf 'Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\n'
+      printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x4\nCPU part\t: 0xd0b\nCPU revision\t: 1\n\n'
+    fi
+  done
+  if [ "$BOARD" = 4 ]; then
+    printf 'Hardware\t: BCM2835\nRevision\t: c03114\nSerial\t\t: 0000000000000000\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n'
+  else
+    printf 'Revision\t: d04170\nSerial\t\t: 0000000000000000\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0\n'
+  fi
+}
+
+cpuinfo_bound() {
+  [ "$(findmnt -n -o FSTYPE "$ROOTFS/proc/cpuinfo" 2>/dev/null | tail -1)" != proc ] \
+    && findmnt -n "$ROOTFS/proc/cpuinfo" >/dev/null 2>&1
+}
+
+mounts() {
+  cp -L /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+  grep -qs '^127.0.0.1' "$ROOTFS/etc/hosts" || echo '127.0.0.1 localhost' >> "$ROOTFS/etc/hosts"
+  mountpoint -q "$ROOTFS/proc" || mount -t proc proc "$ROOTFS/proc"
+  mountpoint -q "$ROOTFS/sys" || mount --rbind /sys "$ROOTFS/sys"
+  mountpoint -q "$ROOTFS/dev" || mount --rbind /dev "$ROOTFS/dev"
+  mkdir -p "$ROOTFS/dev/shm" "$ROOTFS/tmp" "$ROOTFS$WORK/shared"
+  chmod 1777 "$ROOTFS/tmp"
+  while cpuinfo_bound; do umount "$ROOTFS/proc/cpuinfo"; done
+  if [ -n "$BOARD" ]; then
+    cpuinfo_file > "$ROOTFS/.cpuinfo-pi$BOARD"
+    mount --bind "$ROOTFS/.cpuinfo-pi$BOARD" "$ROOTFS/proc/cpuinfo"
+  fi
+  # the suite reads ../shared beside the clone: the host's, read-only
+  if [ -d "$SHARED_DIR" ] && ! mountpoint -q "$ROOTFS$WORK/shared"; then
+    mount --bind "$SHARED_DIR" "$ROOTFS$WORK/shared"
+    mount -o remount,bind,ro "$ROOTFS$WORK/shared"
+  fi
+}
+
+umounts() {
+  local p
+  [ -d "$ROOTFS" ] || return 0
+  while cpuinfo_bound; do umount "$ROOTFS/proc/cpuinfo"; done
+  for p in "$WORK/shared" dev sys proc; do
+    p="$ROOTFS/${p#/}"
+    mountpoint -q "$p" && { umount -R "$p" 2>/dev/null || umount -lR "$p"; }
+  done
+  return 0
+}
+
+# CA certificates this host trusts beyond Debian's (a TLS-inspecting proxy's): pip needs them inside
+host_cas() {
+  local dir="$ROOTFS/usr/local/share/ca-certificates"
+  [ -f /etc/ssl/certs/ca-certificates.crt ] && [ -f "$ROOTFS/etc/ssl/certs/ca-certificates.crt" ] || return 0
+  mkdir -p "$dir"
+  local n
+  n=$(python3 - /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/ca-certificates.crt" "$dir" <<'PY'
+import re, sys
+from pathlib import Path
+pem = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+have = set(pem.findall(Path(sys.argv[2]).read_text()))
+extra = [c for c in pem.findall(Path(sys.argv[1]).read_text()) if c not in have]
+for i, c in enumerate(extra):
+    Path(sys.argv[3], f"host-{i}.crt").write_text(c + "\n")
+print(len(extra))
+PY
+)
+  if [ "$n" -gt 0 ]; then
+    log "trusting $n more CA certificate(s) of this host inside the root"
+    chroot "$ROOTFS" /usr/sbin/update-ca-certificates >/dev/null 2>&1
+  fi
+}
+
+# The clone follows this repository's HEAD; ignored paths (.venv, models, caches) are kept between runs.
+sync_clone() {
+  local dest="$ROOTFS$CLONE" head
+  head=$(git -C "$HERE" rev-parse HEAD)
+  [ -d "$dest/.git" ] || git clone -q "$HERE" "$dest"
+  git -C "$dest" fetch -q "$HERE" HEAD
+  git -C "$dest" reset -q --hard "$head"
+  git -C "$dest" clean -fdq
+  [ -z "$(git -C "$HERE" status --porcelain --untracked-files=no)" ] \
+    || log "note: uncommitted changes here are not in the root (it runs HEAD $(git -C "$HERE" rev-parse --short HEAD))"
+}
+
+# Every process whose root is the chroot: left over after a timeout, they would hold the mounts.
+kill_inside() {
+  local p pids=()
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/root" 2>/dev/null)" = "$ROOTFS" ] && pids+=("${p#/proc/}")
+  done
+  [ ${#pids[@]} -eq 0 ] || kill -KILL "${pids[@]}" 2>/dev/null || true
+}
+
+inside() {  # inside CMD: CMD in the clone with a clean environment (nothing of the host's leaks in)
+  local env=(HOME=/root USER=root LOGNAME=root LANG=C.UTF-8 TERM="${TERM:-dumb}"
+             PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
+  [ -n "$CPU" ] && env+=(QEMU_CPU="$CPU" EDGE_TEST_EMULATED="qemu $CPU, Pi $BOARD")
+  local limit=()
+  [ -n "${TIMEOUT:-}" ] && limit=(timeout --kill-after=30 "$TIMEOUT")
+  "${limit[@]}" nice -n "$NICE" chroot "$ROOTFS" /usr/bin/env -i "${env[@]}" /bin/bash -lc "cd $CLONE && $1"
+}
+
+setup() {
+  host_tools
+  [ "$ARCH" = arm64 ] && binfmt
+  build
+  mounts
+  host_cas
+  sync_clone
+  inside 'echo "$(uname -m), $(python3 --version), $(. /etc/os-release; echo "$PRETTY_NAME"), HEAD $(git rev-parse --short HEAD)"'
+}
+
+# step NAME CMD: run CMD inside, time it, append the result to results.tsv, exit with its status
+step() {
+  local name="$1" t0=$SECONDS rc=0 model
+  inside "$2" || rc=$?
+  kill_inside
+  model=$(grep -m1 '^Model' "$ROOTFS/proc/cpuinfo" 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$PLATFORM" "$name" "$rc" "$((SECONDS - t0))" \
+    "$(git -C "$HERE" rev-parse --short HEAD)" "${model:-${CPU:-native $(uname -m)}}" >> "$ROOTS/results.tsv"
+  log "$PLATFORM $name: exit $rc after $((SECONDS - t0)) s"
+  return "$rc"
+}
+
+SMOKE='source scripts/_setup.sh litert,models
+set -x
+edge-agent --version
+python3 -c "import cv2; c = cv2.VideoCapture(\"models/demo.avi\"); c.set(cv2.CAP_PROP_POS_FRAMES, 30); cv2.imwrite(\"/tmp/smoke.jpg\", c.read()[1])"
+edge-agent predict --json models/face_detection_short_range.tflite /tmp/smoke.jpg | tee /tmp/smoke.json
+grep -q "\"label\":\"face\"" /tmp/smoke.json
+port=$(python3 -c "import socket; s=socket.socket(); s.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1])")
+printf "listener %s 127.0.0.1\nallow_anonymous true\n" "$port" > /tmp/smoke-mosquitto.conf
+mosquitto -c /tmp/smoke-mosquitto.conf & broker=$!
+trap "kill $broker" EXIT
+python3 - "$port" <<EOF
+import subprocess, sys, threading
+import paho.mqtt.client as mqtt
+got = threading.Event()
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+c.on_connect = lambda c, u, f, rc, p: c.subscribe("edge/smoke/predictions")
+c.on_message = lambda c, u, m: got.set()
+c.connect("127.0.0.1", int(sys.argv[1])); c.loop_start()
+agent = subprocess.Popen(["edge-agent", "run", "--set", "mqtt.port=" + sys.argv[1], "--set", "device_id=smoke",
+                          "--set", "state_dir=/tmp/smoke-state"])
+ok = got.wait(300)
+agent.terminate(); agent.wait(60)
+print("predictions over MQTT:", ok)
+sys.exit(0 if ok else 1)
+EOF'
+
+case "$STEP" in
+  setup) setup ;;
+  demo) setup; step "demo" "time scripts/demo.sh --seconds ${1:-60}" ;;
+  suite) setup; step "suite${*:+ $*}" "time scripts/test.sh $(printf '%q ' "$@")" ;;
+  smoke) setup; step "smoke" "$SMOKE" ;;
+  run) [ $# -gt 0 ] || die "run needs a command"; setup; inside "$*" ;;
+  shell) setup; inside 'exec bash -i' ;;
+  umount) kill_inside; umounts ;;
+  clean) kill_inside; umounts; rm -rf --one-file-system "$ROOTFS" ;;
+  *) die "unknown step $STEP (setup, demo, suite, smoke, run, shell, umount, clean)" ;;
+esac
