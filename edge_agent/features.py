@@ -95,7 +95,7 @@ def speech_end_s(samples: np.ndarray, rate: float) -> float | None:
     if n == 0:
         return None
     rms = np.sqrt(np.mean(x[: n * step].reshape(n, step) ** 2, axis=1)) + 1e-9
-    db = 20 * np.log10(rms / rms.max())
+    db = 20 * np.log10(rms / np.max(rms))
     floor = float(np.percentile(db, 10))
     loud = np.flatnonzero(db > floor / 2)
     return float((loud[-1] + 1) * step / rate) if len(loud) and floor < -6 else None

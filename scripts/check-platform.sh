@@ -23,6 +23,7 @@
 # status, seconds, commit, board's CPU model): docs/platforms.md quotes those lines.
 #
 # Environment: ROOTS (above), TIMEOUT (seconds a step may take, default none), NICE (default 10),
+# IDLE=1 (run at SCHED_IDLE: only on CPU time nothing else wants, e.g. beside the x86 suite),
 # MIRROR (Debian mirror; default: the one this machine's apt uses, else deb.debian.org).
 #
 # Known traps this handles: qemu-user passes the host's x86 /proc/cpuinfo through and the cpuinfo
@@ -221,7 +222,9 @@ inside() {  # inside CMD: CMD in the clone with a clean environment (nothing of 
   [ -n "$CPU" ] && env+=(QEMU_CPU="$CPU" EDGE_TEST_EMULATED="qemu $CPU, Pi $BOARD")
   local limit=()
   [ -n "${TIMEOUT:-}" ] && limit=(timeout --kill-after=30 "$TIMEOUT")
-  "${limit[@]}" nice -n "$NICE" chroot "$ROOTFS" /usr/bin/env -i "${env[@]}" /bin/bash -lc "cd $CLONE && $1"
+  local sched=()
+  [ "${IDLE:-0}" = 1 ] && sched=(chrt --idle 0)
+  "${limit[@]}" "${sched[@]}" nice -n "$NICE" chroot "$ROOTFS" /usr/bin/env -i "${env[@]}" /bin/bash -lc "cd $CLONE && $1"
 }
 
 setup() {

@@ -12,7 +12,7 @@ import select
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -137,14 +137,14 @@ class IIOSource(SignalSource):
             off += (-off) % c.dtype.itemsize
             fields.append((c.name, c.dtype, off))
             off += c.dtype.itemsize
-        self._record = np.dtype(
-            {
-                "names": [f[0] for f in fields],
-                "formats": [f[1] for f in fields],
-                "offsets": [f[2] for f in fields],
-                "itemsize": off,
-            }
-        )
+        spec = {
+            "names": [f[0] for f in fields],
+            "formats": [f[1] for f in fields],
+            "offsets": [f[2] for f in fields],
+            "itemsize": off,
+        }
+        # numpy >= 2.5's stubs no longer match a dict literal to their field-spec TypedDict
+        self._record = np.dtype(cast("Any", spec))
         self._pending = b""
         return True
 

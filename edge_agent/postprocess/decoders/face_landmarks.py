@@ -46,7 +46,7 @@ class FaceLandmarkDecoder(Decoder):
         if score < self.opts.score_threshold:
             return Result(task="detection")
         pts = np.asarray(outs[self._mesh], np.float32).reshape(-1, 3)[:, :2] / self.size
-        box = np.array([pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()], np.float32)
+        box = np.concatenate([pts.min(axis=0), pts.max(axis=0)]).astype(np.float32)
         return Result(
             task="detection",
             detections=(make_detection(label_for(self.labels, 0), 0, score, box, rs, pts),),
