@@ -23,6 +23,7 @@
 # status, seconds, commit, board's CPU model): docs/platforms.md quotes those lines.
 #
 # Environment: ROOTS (above), TIMEOUT (seconds a step may take, default none), NICE (default 10),
+# VARIANT=minbase (a smaller root, for the smoke step: fewer packages to configure under emulation),
 # IDLE=1 (run at SCHED_IDLE: only on CPU time nothing else wants, e.g. beside the x86 suite),
 # MIRROR (Debian mirror; default: the one this machine's apt uses, else deb.debian.org).
 #
@@ -37,6 +38,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHARED_DIR="$(dirname "$HERE")/shared"
 ROOTS="${ROOTS:-/var/tmp/edge-agent-platforms}"
 NICE="${NICE:-10}"
+PRIO=(nice -n "$NICE")
+[ "${IDLE:-0}" = 1 ] && PRIO=(chrt --idle 0 "${PRIO[@]}")
 log() { echo "[check-platform $(date +%H:%M:%S)] $*" >&2; }
 die() { echo "check-platform: $*" >&2; exit 2; }
 
@@ -96,12 +99,12 @@ build() {
   m=$(mirror)
   if [ -e "$ROOTFS" ]; then  # a half-built one
     umounts
-    findmnt -rn -o TARGET | grep -q "^$ROOTFS/" && die "still mounted under $ROOTFS"
+    if findmnt -rn -o TARGET | grep -q "^$ROOTFS/"; then die "still mounted under $ROOTFS"; fi
     rm -rf --one-file-system "$ROOTFS"
   fi
   mkdir -p "$ROOTS"
   log "debootstrap --arch=$ARCH $SUITE $ROOTFS from $m"
-  nice -n "$NICE" debootstrap --arch="$ARCH" --include=python3,ca-certificates,git \
+  "${PRIO[@]}" debootstrap --arch="$ARCH" ${VARIANT:+--variant="$VARIANT"} --include=python3,ca-certificates,git \
     "$SUITE" "$ROOTFS" "$m" >"$ROOTS/debootstrap-$SUITE-$ARCH.log" 2>&1 \
     || { tail -20 "$ROOTS/debootstrap-$SUITE-$ARCH.log" >&2; die "debootstrap failed"; }
   local security=${m%/}-security
@@ -222,9 +225,7 @@ inside() {  # inside CMD: CMD in the clone with a clean environment (nothing of 
   [ -n "$CPU" ] && env+=(QEMU_CPU="$CPU" EDGE_TEST_EMULATED="qemu $CPU, Pi $BOARD")
   local limit=()
   [ -n "${TIMEOUT:-}" ] && limit=(timeout --kill-after=30 "$TIMEOUT")
-  local sched=()
-  [ "${IDLE:-0}" = 1 ] && sched=(chrt --idle 0)
-  "${limit[@]}" "${sched[@]}" nice -n "$NICE" chroot "$ROOTFS" /usr/bin/env -i "${env[@]}" /bin/bash -lc "cd $CLONE && $1"
+  "${limit[@]}" "${PRIO[@]}" chroot "$ROOTFS" /usr/bin/env -i "${env[@]}" /bin/bash -lc "cd $CLONE && $1"
 }
 
 setup() {
@@ -283,6 +284,10 @@ case "$STEP" in
   run) [ $# -gt 0 ] || die "run needs a command"; setup; inside "$*" ;;
   shell) setup; inside 'exec bash -i' ;;
   umount) kill_inside; umounts ;;
-  clean) kill_inside; umounts; rm -rf --one-file-system "$ROOTFS" ;;
+  clean)
+    kill_inside; umounts
+    # never delete through a mount (the host's /dev, or ../shared bound in from the same disk)
+    if findmnt -rn -o TARGET | grep -q "^$ROOTFS/"; then die "still mounted under $ROOTFS; not deleting it"; fi
+    rm -rf --one-file-system "$ROOTFS" ;;
   *) die "unknown step $STEP (setup, demo, suite, smoke, run, shell, umount, clean)" ;;
 esac

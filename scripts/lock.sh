@@ -11,7 +11,8 @@ cd "$ROOT"
 UV="${UV:-uv}"
 command -v "$UV" >/dev/null 2>&1 || UV="$ROOT/.venv/bin/uv"
 [ -x "$(command -v "$UV")" ] || { echo "uv not found: pip install uv" >&2; exit 1; }
-common=(--universal --python-version 3.10 --generate-hashes --no-header --quiet -c requirements/constraints.txt)
+# --system-certs: the machine's trust store, as pip uses (a TLS-inspecting proxy's CA is only there)
+common=(--universal --python-version 3.10 --generate-hashes --no-header --quiet --system-certs -c requirements/constraints.txt)
 "$UV" pip compile pyproject.toml --extra litert --extra models --extra audio --extra sensors \
   "${common[@]}" "$@" -o requirements/agent.txt
 "$UV" pip compile pyproject.toml --extra litert --extra models --extra audio --extra sensors --extra dev \

@@ -76,12 +76,13 @@ def test_this_environment_was_installed_from_the_lock() -> None:
 @pytest.mark.parametrize("python", PYTHONS)
 def test_every_pin_has_an_aarch64_wheel(python: str, tmp_path: Path) -> None:
     """uv, not `pip download --platform`: pip evaluates a lock's environment markers for the Python
-    running it, so a universal lock cannot be checked for another Python with it."""
+    running it, so a universal lock cannot be checked for another Python with it. --system-certs: the
+    machine's trust store, which pip uses too (uv's own roots lack a TLS-inspecting proxy's CA)."""
     uv = Path(sys.executable).parent / "uv"
     r = subprocess.run(
         [str(uv), "pip", "compile", str(ROOT / "requirements" / "agent.txt"), "--python-version", python,
          "--python-platform", "aarch64-manylinux_2_35", "--only-binary", ":all:", "--no-deps", "--no-header",
-         "--quiet", "-o", str(tmp_path / "resolved.txt")],
+         "--quiet", "--system-certs", "-o", str(tmp_path / "resolved.txt")],
         capture_output=True, text=True, timeout=300,
     )
     assert r.returncode == 0, r.stderr[-3000:]
