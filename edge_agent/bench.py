@@ -263,7 +263,7 @@ def agent(
     n1, t1, c1, th1 = st.count, time.perf_counter(), time.process_time(), _thread_cpu_s()
     names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
     selected = a.model.runtime.backend.description if a.model is not None else ""
-    lat = {k: w.percentiles() or {} for k, w in st.latency.items()}
+    lat = {k: v or {} for k, v in st.percentiles().items()}
     a.shutdown(5)
     c2p, inf = lat.get("capture_to_publish", {}), lat.get("inference", {})
     return {

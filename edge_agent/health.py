@@ -98,7 +98,7 @@ class Health:
                     problems.append(f"{who}clips not saved: {scene['clips']['error']}")
                 if scene["second_stage"] is not None and scene["second_stage"]["error"]:
                     problems.append(f"{who}second stage disabled: {scene['second_stage']['error']}")
-        problems += [f"{name}: failed: {why}" for name, why in a.failed_pipelines.items()]
+        problems += [f"{name}: failed: {why}" for name, why in list(a.failed_pipelines.items())]
         if sink is not None and not sink.is_connected():
             problems.append("broker disconnected")
         read_only = a.state_dir_problem or next((s.read_only for s in a.slots.values() if s.read_only), None)
@@ -172,7 +172,7 @@ class Health:
         if a.escalator is not None:
             body["escalation"] = a.escalator.info()
         if a.multi:
-            body["models"] = {name: s.info() for name, s in a.slots.items()}
+            body["models"] = {name: s.info() for name, s in list(a.slots.items())}
             body.pop("source")
         return health(device_id=a.settings.device_id, boot_id=a.boot_id, ts=time.time(), body=body)
 
@@ -197,7 +197,7 @@ class Health:
                 "published": self.rate(f"{key}.published", c["published"], now, since),
             },
             "frames": c,
-            "latency_ms": {k: w.percentiles() for k, w in p.infer_stats.latency.items()},
+            "latency_ms": p.infer_stats.percentiles(),
             "source": src,
             "model": {**model.info(), "slot": slot.name if slot else None} if model is not None else None,
             "accelerator": model.runtime.accelerator if model is not None else None,

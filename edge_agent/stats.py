@@ -79,6 +79,11 @@ class StageStats:
         self.last_error = msg
         self.last_error_ts = time.time()
 
+    def percentiles(self) -> dict[str, dict[str, float] | None]:
+        """Each series' percentiles, for a reader on another thread: the stage adds a series at its first
+        sample, so the dict is copied at once (atomic under the GIL) before the slow part runs."""
+        return {k: w.percentiles() for k, w in list(self.latency.items())}
+
     def observe(self, series: str, ms: float) -> None:
         w = self.latency.get(series)
         if w is None:

@@ -352,3 +352,23 @@ def test_snapshots_and_clips_are_listed_and_served_and_nothing_else(tmp_path: Pa
             assert _get(base + bad)[0] == 404, bad
     finally:
         web.close()
+
+
+def test_latency_percentiles_read_while_a_stage_adds_a_series(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/healthz once answered 500 on a loaded machine: the health thread went through a stage's latency
+    series while the stage added one at its first sample ("dictionary changed size during iteration").
+    Here the read itself makes the stage add a series, so the interleaving happens every time."""
+    from edge_agent.stats import LatencyWindow, StageStats
+
+    st = StageStats("inference")
+    st.observe("preprocess", 1.0)
+    real = LatencyWindow.percentiles
+
+    def racing(self: LatencyWindow) -> dict[str, float] | None:
+        st.observe(f"series{len(st.latency)}", 2.0)  # the stage thread, between two reads
+        return real(self)
+
+    monkeypatch.setattr(LatencyWindow, "percentiles", racing)
+    got = st.percentiles()
+    assert got == {"preprocess": {"p50": 1.0, "p95": 1.0, "p99": 1.0}}
+    assert len(st.latency) == 2
