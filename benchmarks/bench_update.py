@@ -127,8 +127,9 @@ def main() -> int:
             gaps = [b[0] - a[0] for a, b in itertools.pairwise(window)]
             seqs = [d["seq"] for _, d in window]
             lost = (seqs[-1] - seqs[0] + 1) - len(set(seqs))
+            rss = health[-1]["process"]["rss_mb"] if health else float("nan")
             rows.append(
-                (i + 1, status["bench"]["state"], lost, max(gaps) * 1e3, statistics.median(gaps) * 1e3, t_active)
+                (i + 1, status["bench"]["state"], lost, max(gaps) * 1e3, statistics.median(gaps) * 1e3, t_active, rss)
             )
         stop.wait(2)
         rss1 = health[-1]["process"]["rss_mb"] if health else None
@@ -139,10 +140,10 @@ def main() -> int:
         sub.stop()
         fs.close()
         broker.stop()
-        print("| update | outcome | frames lost | longest gap ms | median gap ms | push to active s |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        print("| update | outcome | frames lost | longest gap ms | median gap ms | push to active s | RSS MB |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for r in rows:
-            print(f"| v{r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.2f} |")
+            print(f"| v{r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.2f} | {r[6]:.1f} |")
         print(f"\nRSS {rss0} -> {rss1} MB after {args.updates} updates; model store {store / 2**20:.2f} MiB")
         ok = all(r[1] == "active" and r[2] == 0 for r in rows)
         print("PASS" if ok else "FAIL")

@@ -407,7 +407,9 @@ def test_a_dozen_updates_in_a_row_stay_within_bounds(broker: Broker, agent_facto
                 rss[v] = orjson.loads(h[1])["process"]["rss_mb"]
         blobs = list((state / "models" / "blobs").glob("*.tflite"))
         assert len(blobs) <= 3 and not list((state / "models" / "incoming").iterdir())
-        assert rss[12] - rss[4] < 5, rss
+        # one interpreter kept per update would add about 4 MB each (34 MB over these 8); the allocator's own
+        # drift between two samples reaches 6.5 MB (Python 3.13), and benchmarks/bench_update.py shows the trend
+        assert rss[12] - rss[4] < 12, rss
         seqs = [p["seq"] for p in w.preds]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # not a frame lost in 12 swaps
     finally:
