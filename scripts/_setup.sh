@@ -44,5 +44,6 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
-.venv/bin/python scripts/fetch_models.py
+# EDGE_SETUP_MODELS=minimal: the default model and demo video only (scripts/check-platform.sh smoke)
+.venv/bin/python scripts/fetch_models.py ${EDGE_SETUP_MODELS:+--"$EDGE_SETUP_MODELS"}
 export PATH="$ROOT/.venv/bin:$PATH:/usr/sbin"

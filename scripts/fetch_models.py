@@ -113,11 +113,15 @@ def train_motion() -> None:
 
 
 def main() -> int:
+    """--minimal: only the default model and the demo video, what `edge-agent run` needs with no flags
+    (a quick install check; under emulation the int8 models and the training take many minutes)."""
+    minimal = "--minimal" in sys.argv[1:]
     fetch_blazeface()
-    from_wheel(WAKEWORD_PACKAGE, WAKEWORD, "pymicro_wakeword/models/", MODELS / "wakeword")
-    from_wheel(MOTION_PACKAGE, MOTION_DATA, "sktime/datasets/data/BasicMotions/", CACHE / "basicmotions")
-    train_motion()
-    for rng in ("short", "full"):
+    if not minimal:
+        from_wheel(WAKEWORD_PACKAGE, WAKEWORD, "pymicro_wakeword/models/", MODELS / "wakeword")
+        from_wheel(MOTION_PACKAGE, MOTION_DATA, "sktime/datasets/data/BasicMotions/", CACHE / "basicmotions")
+        train_motion()
+    for rng in () if minimal else ("short", "full"):
         src, dst = MODELS / f"face_detection_{rng}_range.tflite", MODELS / f"face_detection_{rng}_range_int8.tflite"
         script = ROOT / "scripts" / "quantize_blazeface.py"
         if not dst.is_file() or dst.stat().st_mtime < script.stat().st_mtime:
