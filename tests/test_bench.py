@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from .conftest import SHORT, run_cli
 
 
+@pytest.mark.emulation_slow(
+    "times every variant for seconds each: under qemu it times the emulator; the report's shape is "
+    "checked by the smaller bench tests"
+)
 def test_bench_reports_every_variant_side_by_side(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     r = run_cli("bench", "--model", str(SHORT), "--seconds", "0.5", "--runs", "1", "--json", str(out), timeout=300)
@@ -82,6 +88,7 @@ def test_broker_ports_lie_below_the_ephemeral_range() -> None:
     assert all(1024 < p < low for p in ports)
 
 
+@pytest.mark.emulation_slow("speed ratios between runtimes mean nothing when every instruction is translated")
 def test_accelerator_comparison_reports_selection_agreement_and_ratios() -> None:
     """The GPU script's harness, here where `auto` can only pick the CPU: the GPU loop's failure is reported."""
     from edge_agent.bench import compare_accelerator
@@ -96,6 +103,10 @@ def test_accelerator_comparison_reports_selection_agreement_and_ratios() -> None
         assert "GPU" in doc["errors"]["bare_gpu"] and "agent_vs_bare_accelerator" not in doc["ratios"]
 
 
+@pytest.mark.emulation_slow(
+    "runs several agents side by side for a throughput ratio: under qemu, minutes of the emulator's own "
+    "cost"
+)
 def test_bench_pipelines_compares_one_agent_with_separate_agents(tmp_path: Path) -> None:
     out = tmp_path / "pipes.json"
     r = run_cli("bench", "--pipelines", "1,2", "--model", str(SHORT), "--seconds", "1", "--runs", "1",
@@ -118,6 +129,7 @@ def test_bench_pipelines_compares_one_agent_with_separate_agents(tmp_path: Path)
     assert "RSS of one agent with 2 pipeline(s)" in r.stdout
 
 
+@pytest.mark.emulation_slow("a throughput comparison of batch sizes: measures qemu's translation, not the board")
 def test_bench_batch_sizes_side_by_side(tmp_path: Path) -> None:
     out = tmp_path / "batch.json"
     r = run_cli("bench", "--batch", "1,2", "--batch-pipelines", "2", "--model", str(SHORT), "--seconds", "1",

@@ -103,6 +103,10 @@ def test_valid_commands_and_duplicates(running_agent) -> None:  # type: ignore[n
     assert u["status"] == "rejected" and "unknown command" in u["reason"]
 
 
+@pytest.mark.emulation_slow(
+    "1500 generated payloads against a live agent: a volume test of parsing code that is the same on any "
+    "CPU"
+)
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                      HealthCheck.too_slow])
 @given(payload=_payloads())

@@ -41,6 +41,9 @@ def test_missing_empty_garbage_truncated(tmp_path: Path, good_bytes: bytes) -> N
         read_model_file(tmp_path / "absent.tflite")
 
 
+@pytest.mark.emulation_slow(
+    "hundreds of corrupted models loaded in child processes: each start costs seconds under qemu"
+)
 def test_random_corruption_never_crashes_the_process(tmp_path: Path, good_bytes: bytes) -> None:
     """Flipped bytes in the structure: a clear ModelError or a model that still loads, never a crash."""
     rng = np.random.default_rng(1234)

@@ -373,6 +373,10 @@ def test_fleet_cli_says_what_is_wrong_without_a_traceback(broker: Broker, keys, 
         assert "Traceback" not in r.stderr
 
 
+@pytest.mark.emulation_slow(
+    "a dozen hot swaps with an RSS bound: the bound is about the allocator, and each swap's validation "
+    "takes a minute under qemu"
+)
 def test_a_dozen_updates_in_a_row_stay_within_bounds(broker: Broker, agent_factory, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import io
 

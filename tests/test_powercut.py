@@ -28,6 +28,10 @@ def mount(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield m
 
 
+@pytest.mark.emulation_slow(
+    "hundreds of file operations through a FUSE file system written in Python, all emulated: file-system "
+    "semantics do not depend on the CPU"
+)
 @pytest.mark.parametrize(("kind", "max_ops"), [("outbox", 400), ("store", 120)])
 def test_power_cuts_lose_nothing_reported_durable(mount: LazyMount, kind: str, max_ops: int) -> None:
     result = run_cuts(mount, kind, 10, seed=7, max_ops=max_ops)

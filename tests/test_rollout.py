@@ -66,6 +66,10 @@ def _retained_states(broker: Broker, devices: list[str]) -> dict[str, dict[str, 
     return got
 
 
+@pytest.mark.emulation_slow(
+    "20 agent processes inferring at once: far beyond two emulated cores; the rollout logic is the same "
+    "on any CPU"
+)
 def test_a_staged_rollout_across_20_agents_halts_on_a_bad_model_and_completes_a_good_one(  # type: ignore[no-untyped-def]
         broker: Broker, agent_factory, tmp_path: Path) -> None:
     import skimage.data

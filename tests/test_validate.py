@@ -75,6 +75,7 @@ def test_time_limit(tmp_path: Path) -> None:
     assert not r["ok"] and "longer than" in r["reason"]
 
 
+@pytest.mark.emulation_slow("30 mutated models validated in child processes: each costs seconds of emulated start-up")
 def test_random_mutants_never_kill_the_serving_process(tmp_path: Path) -> None:
     """Every mutant goes through the path a served model takes; this process must outlive all.
     (benchmarks/model_mutants.py runs many more.)"""

@@ -242,6 +242,9 @@ def test_unknown_paths_and_the_live_frame(web_agent: tuple[str, Any]) -> None:
     assert _get(base + "/healthz")[0] == 200
 
 
+@pytest.mark.emulation_slow(
+    "Chromium under qemu user-mode takes minutes to render a page; the page is the same on any board"
+)
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/test.sh installs it)")
 def test_status_page_in_headless_chromium(web_agent: tuple[str, Any]) -> None:
     from playwright.sync_api import sync_playwright
