@@ -245,7 +245,7 @@ step() {
   kill_inside
   model=$(grep -m1 '^Model' "$ROOTFS/proc/cpuinfo" 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$PLATFORM" "$name" "$rc" "$((SECONDS - t0))" \
-    "$(git -C "$HERE" rev-parse --short HEAD)" "${model:-${CPU:-native $(uname -m)}}" >> "$ROOTS/results.tsv"
+    "$(git -C "$ROOTFS$CLONE" rev-parse --short HEAD)" "${model:-${CPU:-native $(uname -m)}}" >> "$ROOTS/results.tsv"
   log "$PLATFORM $name: exit $rc after $((SECONDS - t0)) s"
   return "$rc"
 }
