@@ -24,7 +24,8 @@
 #
 # Environment: ROOTS (above), TIMEOUT (seconds a step may take, default none), NICE (default 10),
 # VARIANT=minbase (a smaller root, for the smoke step: fewer packages to configure under emulation),
-# IDLE=1 (run at SCHED_IDLE: only on CPU time nothing else wants, e.g. beside the x86 suite),
+# IDLE=1 (run at SCHED_IDLE and the idle I/O class: only on CPU and disk time nothing else wants,
+# e.g. beside the x86 suite),
 # MIRROR (Debian mirror; default: the one this machine's apt uses, else deb.debian.org).
 #
 # Known traps this handles: qemu-user passes the host's x86 /proc/cpuinfo through and the cpuinfo
@@ -39,7 +40,7 @@ SHARED_DIR="$(dirname "$HERE")/shared"
 ROOTS="${ROOTS:-/var/tmp/edge-agent-platforms}"
 NICE="${NICE:-10}"
 PRIO=(nice -n "$NICE")
-[ "${IDLE:-0}" = 1 ] && PRIO=(chrt --idle 0 "${PRIO[@]}")
+[ "${IDLE:-0}" = 1 ] && PRIO=(chrt --idle 0 ionice -c 3 "${PRIO[@]}")
 log() { echo "[check-platform $(date +%H:%M:%S)] $*" >&2; }
 die() { echo "check-platform: $*" >&2; exit 2; }
 
