@@ -115,7 +115,10 @@ def test_push_hot_swaps_without_losing_a_frame(broker: Broker, agent_factory, ke
         assert set(names[:first_new]) == {"face_detection_short_range"}
         assert set(names[first_new:]) == {"face_detection_short_range_int8"}
         gaps = np.diff([p["ts"] for p in preds])
-        assert gaps.max() < 5 * np.median(gaps)  # the swap is between two frames, no stall
+        # the swap is between two frames, no stall: the gaps around it (a loaded machine's hiccup elsewhere
+        # in the stream is not the swap's)
+        around = gaps[max(0, first_new - 4) : first_new + 3]
+        assert around.max() < 5 * np.median(gaps), (around, np.median(gaps))
         listing = w.command("list-models", "lm1")["result"]
         assert listing["current"]["version"] == 1 and any(v["current"] for v in listing["versions"])
         # the same version again is a downgrade now
