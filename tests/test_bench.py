@@ -88,7 +88,6 @@ def test_broker_ports_lie_below_the_ephemeral_range() -> None:
     assert all(1024 < p < low for p in ports)
 
 
-@pytest.mark.emulation_slow("speed ratios between runtimes mean nothing when every instruction is translated")
 def test_accelerator_comparison_reports_selection_agreement_and_ratios() -> None:
     """The GPU script's harness, here where `auto` can only pick the CPU: the GPU loop's failure is reported."""
     from edge_agent.bench import compare_accelerator
