@@ -330,6 +330,10 @@ def run_variant(
         timeout=seconds * 4 + 120,
         check=False,
     )
+    if proc.returncode < 0:  # killed by a signal: on a Pi 4, LiteRT's GPU plugin's SIGILL at load
+        from edge_agent.runtime.select import death_reason
+
+        raise RuntimeError(f"{variant} on {model.name} failed: {death_reason(accelerator or 'cpu', proc.returncode)}")
     if proc.returncode != 0:
         # the exception line, not the runtime's log lines that follow it
         exc = [ln for ln in proc.stderr.splitlines() if re.match(r"^[\w.]+(Error|Exception): ", ln)]
@@ -467,7 +471,7 @@ def compare_accelerator(
                                     run_variant(v, model, threads, seconds, broker.port, Path(tmp) / "s", reference, a)
                                 )
                             except RuntimeError as err:  # e.g. no such accelerator on this machine
-                                errors[key] = str(err)[-300:]
+                                errors[key] = str(err)[:500]  # who failed and why come first
                         bar.update()
         finally:
             broker.stop()
