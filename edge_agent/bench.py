@@ -333,7 +333,7 @@ def run_variant(
     if proc.returncode < 0:  # killed by a signal: on a Pi 4, LiteRT's GPU plugin's SIGILL at load
         from edge_agent.runtime.select import death_reason
 
-        raise RuntimeError(f"{variant} on {model.name} failed: {death_reason(accelerator or 'cpu', proc.returncode)}")
+        raise RuntimeError(f"{variant} on {model.name} failed: {death_reason(accelerator, proc.returncode)}")
     if proc.returncode != 0:
         # the exception line, not the runtime's log lines that follow it
         exc = [ln for ln in proc.stderr.splitlines() if re.match(r"^[\w.]+(Error|Exception): ", ln)]
