@@ -17,6 +17,8 @@
 #   suite [ARGS...]    scripts/test.sh ARGS (the whole suite unless ARGS select)
 #   smoke              set-up from the lock, `edge-agent predict` on the bundled model and photo, a
 #                      short `edge-agent run` against a local mosquitto that must publish predictions
+#   detections         BlazeFace's detections on four frames of the demo video (after demo or smoke),
+#                      to compare platforms line by line
 #   run 'CMD'          any command in the clone;   shell: an interactive one
 #   umount | clean     unmount what setup mounted | also delete the root
 # Each demo, suite and smoke step appends one line to $ROOTS/results.tsv (date, platform, step, exit
@@ -278,11 +280,29 @@ print("predictions over MQTT:", ok)
 sys.exit(0 if ok else 1)
 EOF'
 
+# BlazeFace on frames 15, 45, 90 and 135 of the demo video: compare these lines across platforms
+DETECTIONS='source .venv/bin/activate
+python - <<EOF
+import cv2, json, subprocess
+c = cv2.VideoCapture("models/demo.avi")
+paths = []
+for i in (15, 45, 90, 135):
+    c.set(cv2.CAP_PROP_POS_FRAMES, i)
+    cv2.imwrite(f"/tmp/frame{i}.png", c.read()[1])
+    paths.append(f"/tmp/frame{i}.png")
+out = subprocess.run(["edge-agent", "predict", "--json", "models/face_detection_short_range.tflite", *paths],
+                     capture_output=True, text=True, check=True).stdout
+for line in out.splitlines():
+    d = json.loads(line)
+    print(d["source"], [(x["label"], round(x["score"], 3), [round(v) for v in x["box"]]) for x in d["detections"]])
+EOF'
+
 case "$STEP" in
   setup) setup ;;
   demo) setup; step "demo" "time scripts/demo.sh --seconds ${1:-60}" ;;
   suite) setup; step "suite${*:+ $*}" "time scripts/test.sh $(printf '%q ' "$@")" ;;
   smoke) setup; step "smoke" "$SMOKE" ;;
+  detections) setup; inside "$DETECTIONS" ;;
   run) [ $# -gt 0 ] || die "run needs a command"; setup; inside "$*" ;;
   shell) setup; inside 'exec bash -i' ;;
   umount) kill_inside; umounts ;;
@@ -291,5 +311,5 @@ case "$STEP" in
     # never delete through a mount (the host's /dev, or ../shared bound in from the same disk)
     if findmnt -rn -o TARGET | grep -q "^$ROOTFS/"; then die "still mounted under $ROOTFS; not deleting it"; fi
     rm -rf --one-file-system "$ROOTFS" ;;
-  *) die "unknown step $STEP (setup, demo, suite, smoke, run, shell, umount, clean)" ;;
+  *) die "unknown step $STEP (setup, demo, suite, smoke, detections, run, shell, umount, clean)" ;;
 esac
