@@ -135,7 +135,7 @@ def rollback(agent: Agent, cmd: Command) -> dict[str, Any]:
     now = {}
     for slot in slots:
         assert slot.updater is not None and slot.store is not None
-        if not slot.store.state.get("current"):
+        if not slot.store.state.get("current") and not slot.updater.pending:  # an update on its way is cancelled
             raise Rejected(f"no installed update to roll back from{f' ({slot.name})' if agent.multi else ''}")
     for slot in slots:
         assert slot.updater is not None and slot.store is not None

@@ -966,3 +966,84 @@ def test_shadow_evaluation_keeps_a_model_that_agrees_and_refuses_one_that_does_n
         hsub.stop()
         fs.close()
         w.close()
+
+
+def test_the_store_takes_writes_from_two_threads_at_once(tmp_path: Path) -> None:
+    """The update thread applies a verdict while the command thread rolls back: both save the store. One
+    at a time, or both write the same temporary file and one of them fails (a rollout once read
+    `FileNotFoundError: ... state.json` as a device's answer to its rollback)."""
+    import shutil
+
+    from edge_agent.ota.store import ModelStore
+
+    store = ModelStore(tmp_path / "models", keep=3)
+    m = build_manifest(SHORT_INT8, 4, None, ["http://x.example/m"], None, 1)
+    part = store.incoming / "x.part"
+    shutil.copy(SHORT_INT8, part)
+    store.install(part, m.sha256, m.model_dump(mode="json"))
+    errors: list[BaseException] = []
+    go = threading.Barrier(4)
+
+    def churn(k: int) -> None:
+        go.wait()
+        try:
+            for i in range(25):
+                store.activate(m.sha256, 100 * k + i)
+                if i % 2:
+                    store.rollback(f"thread {k}")
+                else:
+                    store.pass_probation()
+        except Exception as err:  # what each thread met is the test's result
+            errors.append(err)
+
+    threads = [threading.Thread(target=churn, args=(k,), name=f"churn-{k}") for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert json.loads(store.state_path.read_text()) == store.state  # the last write is the whole state
+    assert store.state["highest_version"] == 324 and len(store.state["history"]) == 50
+
+
+def test_a_rollback_while_an_update_downloads_cancels_it_and_the_serving_model_stays(  # type: ignore[no-untyped-def]
+        keys, tmp_path: Path) -> None:
+    """Undo the latest update at whatever stage it is: one still on its way never takes over, and the
+    model that served before it was sent keeps serving (a halted rollout sends this to devices that may
+    still be downloading)."""
+    import queue
+
+    from edge_agent.config import load_settings
+    from edge_agent.ota.store import ModelStore
+    from edge_agent.ota.updater import TERMINAL, Updater
+
+    priv, pub = keys
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "new.tflite").write_bytes(SHORT_INT8.read_bytes())
+    srv, port = _slow_server(served, _Slower)
+    settings = load_settings(None, {"model.path": str(SHORT), "ota.trusted_keys": [str(pub)],
+                                    "state_dir": str(tmp_path / "st")})
+    store = ModelStore(tmp_path / "st" / "models")
+    states: queue.Queue[dict[str, Any]] = queue.Queue()
+    swapped: list[object] = []
+    stop = threading.Event()
+    up = Updater(settings, store, states.put, lambda new: swapped.append(new), lambda: None, stop)
+    up.start()
+    try:
+        m = build_manifest(served / "new.tflite", 3, None, [f"http://127.0.0.1:{port}/new.tflite"], None, 1)
+        up.submit(m.signed(load_private_key(priv)))
+        seen = []
+        while not seen or seen[-1]["state"] != "downloading":
+            seen.append(states.get(timeout=30))
+        assert up.rollback("manual rollback")
+        while seen[-1]["state"] not in TERMINAL:
+            seen.append(states.get(timeout=30))
+        assert seen[-1]["state"] == "superseded", seen
+        assert seen[-1]["reason"] == "cancelled by a rollback (manual rollback)"
+        assert swapped == [] and store.state["current"] is None and store.state["highest_version"] == 0
+        assert not store.blob(m.sha256).exists()
+        assert not any(s["state"] in ("activating", "probation", "active") for s in seen)
+    finally:
+        stop.set()
+        srv.shutdown()

@@ -9,11 +9,17 @@ Layout under `<state_dir>/models/`:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 def fsync_path(path: Path) -> None:
@@ -55,6 +61,19 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_path(path.parent)
 
 
+def _locked(method: Callable[Concatenate[ModelStore, _P], _R]) -> Callable[Concatenate[ModelStore, _P], _R]:
+    """The store's state is changed and saved by the update thread and by the command thread (a
+    `rollback` arriving while a verdict is applied): one at a time, or two saves race for the same
+    temporary file and the state written can be a mix of both."""
+
+    @functools.wraps(method)
+    def run(self: ModelStore, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class ModelStore:
     def __init__(self, root: Path, keep: int = 3, read_only: bool = False):
         """read_only: a store on a file system mounted read-only: what is installed can be served, and
@@ -69,6 +88,8 @@ class ModelStore:
             for d in (self.blobs, self.manifests, self.incoming):
                 make_dirs(d)
         self.state_path = root / "state.json"
+        #: held by every method that reads several fields or writes; reentrant (they call each other)
+        self.lock = threading.RLock()
         self.state: dict[str, Any] = self._load()
 
     def _load(self) -> dict[str, Any]:
@@ -88,6 +109,7 @@ class ModelStore:
             "history": [],
         }
 
+    @_locked
     def save(self) -> None:
         if self.read_only:
             return
@@ -127,11 +149,13 @@ class ModelStore:
         atomic_write(self.manifests / f"{sha256}.json", json.dumps(manifest).encode())
         return target
 
+    @_locked
     def record(self, event: str, **fields: Any) -> None:
         self.state["history"] = (
             [*self.state.get("history", []), {"event": event, "ts": round(time.time(), 3), **fields}]
         )[-50:]
 
+    @_locked
     def activate(self, sha256: str, version: int, kernel_boot: str | None = None) -> None:
         """Point `current` at a new version and put it on probation; the old one stays `previous`.
         kernel_boot: the system's boot id, so a later start tells a crash from a power cut."""
@@ -142,6 +166,7 @@ class ModelStore:
         self.record("activated", sha256=sha256, version=version)
         self.save()
 
+    @_locked
     def pass_probation(self) -> None:
         self.state["probation"] = None
         cur = self.state.get("current") or {}
@@ -149,6 +174,7 @@ class ModelStore:
         self.save()
         self.prune()
 
+    @_locked
     def rollback(self, reason: str) -> dict[str, Any] | None:
         """Back to `previous`; returns it (None: nothing to go back to, the config's model serves)."""
         st = self.state
@@ -158,6 +184,7 @@ class ModelStore:
         self.save()
         return st["current"]
 
+    @_locked
     def note_crash(self, sha256: str) -> int:
         crashes = self.state.setdefault("crashes", {})
         crashes[sha256] = int(crashes.get(sha256, 0)) + 1
@@ -169,6 +196,7 @@ class ModelStore:
     def is_blocked(self, sha256: str) -> bool:
         return sha256 in self.state.get("blocked", [])
 
+    @_locked
     def versions(self) -> list[dict[str, Any]]:
         out = []
         cur = (self.state.get("current") or {}).get("sha256")
@@ -189,6 +217,7 @@ class ModelStore:
             )
         return out
 
+    @_locked
     def discard(self, sha256: str) -> None:
         """Remove a version that will never serve (rejected); never the current or previous one."""
         if sha256 in {(self.state.get(k) or {}).get("sha256") for k in ("current", "previous")}:
@@ -199,6 +228,7 @@ class ModelStore:
             except OSError:
                 pass
 
+    @_locked
     def prune(self) -> None:
         """Keep the newest `keep` versions; never the current or previous one."""
         pinned = {(self.state.get(k) or {}).get("sha256") for k in ("current", "previous")}

@@ -78,7 +78,13 @@ class Updater:
         self.last_outcome: dict[str, Any] | None = None
         #: versions accepted and not yet finished (queued or running): an older job gives way to a newer
         self.pending: set[int] = set()
+        #: versions a rollback stopped before they took over, and why: each gives way at its next check
+        self.cancelled: dict[int, str] = {}
         self._lock = threading.Lock()
+        #: held while what serves and what the store says change together (activation, applying a
+        #: verdict, a rollback): a rollback arriving as a verdict is applied waits for it, then undoes it,
+        #: instead of both writing at once and leaving the store naming one model while another serves
+        self._switch = threading.Lock()
 
     # --- called by the command handler ---------------------------------------------------
     @property
@@ -121,11 +127,15 @@ class Updater:
             except queue.Full:
                 raise ManifestError("too many updates queued") from None
             self.pending.add(m.version)
+            self.cancelled.pop(m.version, None)  # sent again after a rollback stopped it: this one goes on
         self._state("received", m)
 
     def superseded(self, m: Manifest) -> str | None:
         """Why `m` must give way (a newer version was accepted, or is already installed), or None."""
         highest = int(self.store.state.get("highest_version", 0))
+        cancelled = self.cancelled.get(m.version)
+        if cancelled is not None:
+            return f"cancelled by a rollback ({cancelled})"
         if self.wanted > m.version:
             return f"superseded by version {self.wanted}"
         if highest >= m.version:
@@ -203,35 +213,45 @@ class Updater:
             self.store.discard(m.sha256)  # a rejected model leaves nothing on disk
             self._state("rejected", m, reason=str(err))
             return
-        why = self.superseded(m)  # the check again, at the moment it would take over
-        if why is not None:
-            new_model.close()
-            self._state("superseded", m, reason=why)
-            return
-        self._state("activating", m)
-        self.store.activate(m.sha256, m.version, kernel_boot_id())
-        need = o.min_agreement if m.min_agreement is None else m.min_agreement
-        with self._lock:
-            p = self.probation = Probation(m.sha256, o.probation_inferences, time.monotonic() + o.probation_s, need)
+        with self._switch:
+            why = self.superseded(m)  # the check again, at the moment it would take over
+            if why is not None:
+                new_model.close()
+                self._state("superseded", m, reason=why)
+                return
+            self._state("activating", m)
+            self.store.activate(m.sha256, m.version, kernel_boot_id())
+            need = o.min_agreement if m.min_agreement is None else m.min_agreement
+            with self._lock:
+                p = self.probation = Probation(
+                    m.sha256, o.probation_inferences, time.monotonic() + o.probation_s, need
+                )
         self._drain_shadow()
         served = self.current()
         serving = self.serving(served) if served is not None else None
         self._state("probation", m, serving=serving, **p.figures())
         verdict = self._judge(p, new_model, m, serving)
-        if verdict is None:  # rolled back meanwhile (the command, which said what is served), or stopping
-            new_model.close()
-            return  # stopping: the next start decides (store.probation is still set)
-        if verdict == "":
-            old = self.swap(new_model)
-            self.store.pass_probation()
-            self._state("active", m, serving=self.serving(new_model), **p.figures())
-            if old is not None:  # a pipeline that took it just before the swap finishes its invoke first
-                old.close()
-        else:
-            new_model.close()
-            prev = self.store.rollback(verdict)
-            self.store.discard(m.sha256)  # it failed: it will never serve, nothing of it stays on disk
-            self._state("rolled_back", m, reason=verdict, now=prev, serving=serving, **p.figures())
+        with self._switch:
+            with self._lock:
+                if verdict is not None and self.probation is p:
+                    self.probation = None
+                    self.pending.discard(m.version)  # applied here: a rollback from now on undoes it
+                else:  # rolled back meanwhile (the command said what serves), or stopping
+                    verdict = None
+            if verdict is None:
+                new_model.close()
+                return  # stopping: the next start decides (store.probation is still set)
+            if verdict == "":
+                old = self.swap(new_model)
+                self.store.pass_probation()
+                self._state("active", m, serving=self.serving(new_model), **p.figures())
+                if old is not None:  # a pipeline that took it just before the swap finishes its invoke first
+                    old.close()
+            else:
+                new_model.close()
+                prev = self.store.rollback(verdict)
+                self.store.discard(m.sha256)  # it failed: it will never serve, nothing of it stays on disk
+                self._state("rolled_back", m, reason=verdict, now=prev, serving=serving, **p.figures())
 
     def _judge(self, p: Probation, candidate: Model, m: Manifest, serving: dict[str, Any] | None) -> str | None:
         """Run the candidate on the frames the serving model ran on until there is a verdict; publish the
@@ -244,11 +264,7 @@ class Updater:
                     return None
             verdict = p.verdict(o.max_inference_ms)
             if verdict is not None:
-                with self._lock:
-                    if self.probation is not p:
-                        return None
-                    self.probation = None
-                return verdict
+                return verdict  # applied by the caller, unless a rollback takes the probation first
             try:
                 ref, raw, sample = self.shadow.get(timeout=0.1)
             except queue.Empty:
@@ -341,11 +357,24 @@ class Updater:
             raise DownloadError("sha256 mismatch after MQTT delivery")
 
     def rollback(self, reason: str, m: Manifest | None = None) -> bool:
-        """Back to the previous model (in memory when we still hold it). A candidate on probation never
-        served: it stops being judged, the serving model stays, and the retained state says
-        `rolled_back`, never `active`, for it."""
+        """Undo the latest update, at whatever stage it is. A candidate on probation never served: it
+        stops being judged, the serving model stays, and the retained state says `rolled_back`, never
+        `active`, for it. An update still on its way (queued, downloading, validating) is cancelled: it
+        gives way at its next check (`superseded`, with the reason) and the serving model stays; going
+        back past the model that served before it was sent would undo more than was asked. Otherwise
+        back to the previous model (in memory when we still hold it)."""
+        with self._switch:
+            return self._rollback(reason, m)
+
+    def _rollback(self, reason: str, m: Manifest | None) -> bool:
         with self._lock:
             judged, self.probation = self.probation, None
+            coming = set(self.pending) if judged is None else set()
+            self.cancelled.update(dict.fromkeys(coming, reason))
+        if coming:
+            log.info("rollback (%s): cancelling the update to version(s) %s before it serves", reason,
+                     sorted(coming))
+            return True
         if judged is not None:
             man = self.store.manifest(judged.sha256)
             m = m or (Manifest.model_validate(man) if man else None)
