@@ -176,9 +176,14 @@ def in_zones(
     if not zones or not len(labels):
         return out
     inside = (shapes or PolygonSet([z.polygon for z in zones])).contains(anchors)
-    rows = np.asarray(boxes_norm, np.float64).reshape(-1, 4).tolist()
-    for i, k in zip(*np.nonzero(inside), strict=True):
-        z = zones[int(k)]
-        if z.admits(labels[int(i)], float(scores[int(i)]), rows[int(i)]):
-            out[int(i)].append(z.name)
+    at, which = np.nonzero(inside)
+    rows: list[list[float]] | None = None
+    for i, k in zip(at.tolist(), which.tolist(), strict=True):  # plain ints: this runs per object per frame
+        z = zones[k]
+        if z.labels is not None or z.min_score > 0 or z.min_area > 0:  # a zone with filters
+            if rows is None:
+                rows = np.asarray(boxes_norm, np.float64).reshape(-1, 4).tolist()
+            if not z.admits(labels[i], float(scores[i]), rows[i]):
+                continue
+        out[i].append(z.name)
     return out

@@ -88,6 +88,52 @@ def test_point_in_polygon_agrees_with_opencv(points: list[list[float]], xy: list
     assert (got[:, 0] == got[:, 1]).all()
 
 
+# --- the tracker's shortcuts agree with the general forms -------------------------------------------
+_BOX = st.tuples(st.floats(0, 0.9), st.floats(0, 0.9), st.floats(0.005, 0.5), st.floats(0.005, 0.5)).map(
+    lambda b: (b[0], b[1], min(1.0, b[0] + b[2]), min(1.0, b[1] + b[3]))
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_BOX, min_size=1, max_size=16), st.lists(st.sampled_from(["cat", "dog"]), min_size=16, max_size=16),
+       st.data())
+def test_enclosure_in_plain_floats_agrees_with_the_array_form(boxes: list[tuple[float, ...]], kinds: list[str],
+                                                              data: Any) -> None:
+    """The few detections that compete for a track are checked in plain floats (a crowd, over 12, in
+    numpy): both give each box whether it encloses another of its label."""
+    from edge_agent.tracker import _encloses_another, enclosing
+
+    b = np.array(boxes, np.float64)
+    # nested boxes, so that enclosures are not left to chance
+    for i in range(1, len(b), 3):
+        x1, y1, x2, y2 = b[i - 1]
+        b[i] = (x1 + (x2 - x1) * 0.1, y1 + (y2 - y1) * 0.1, x2 - (x2 - x1) * 0.1, y2 - (y2 - y1) * 0.1)
+    idx = data.draw(st.lists(st.sampled_from(range(len(b))), min_size=1, max_size=len(b), unique=True))
+    labels = kinds[: len(b)]
+    held = enclosing(b[idx], b[idx]) & (np.array([labels[i] for i in idx])[:, None] ==
+                                        np.array([labels[i] for i in idx])[None, :])
+    assert _encloses_another(b, idx, labels) == held.any(axis=1).tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 2**32 - 1), st.floats(0.05, 0.6))
+def test_the_assignment_shortcut_is_as_good_as_the_solver(n: int, m: int, seed: int, min_iou: float) -> None:
+    """Rows whose best columns are all different take them; otherwise the solver decides. The total
+    IoU is the solver's either way, and every pair clears the threshold."""
+    import lap
+
+    from edge_agent.tracker import _assign_iou
+
+    rng = np.random.default_rng(seed)
+    iou = rng.uniform(0, 1, (n, m)) * (rng.uniform(0, 1, (n, m)) < 0.4)  # sparse, as boxes are
+    got = _assign_iou(iou, min_iou)
+    _, rows, _ = lap.lapjv(1.0 - iou, extend_cost=True, cost_limit=1.0 - min_iou)
+    best = [(r, int(c)) for r, c in enumerate(rows) if c >= 0]
+    assert len({r for r, _ in got}) == len(got) and len({c for _, c in got}) == len(got)
+    assert all(iou[r, c] > min_iou for r, c in got)
+    assert sum(iou[r, c] - min_iou for r, c in got) == pytest.approx(sum(iou[r, c] - min_iou for r, c in best))
+
+
 # --- tracking on real detections ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ssd() -> Any:
