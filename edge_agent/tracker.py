@@ -44,8 +44,10 @@ _RECOVER_AREA = (0.5, 2.0)
 #: A detection of another label may continue a track at this fraction of its IoU (a cat the detector
 #: calls a dog for one frame stays the same object); the track's label is the one seen most often.
 _OTHER_LABEL = 0.5
-#: A new detection with this much of a tracked object's box inside it (and much larger) encloses it.
+#: A new detection with this much of a tracked object's box inside it, and _LARGER times its area,
+#: encloses it.
 _ENCLOSED = 0.8
+_LARGER = 1.5
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -82,7 +84,7 @@ def enclosing(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
         return np.zeros((len(outer), len(inner)), bool)
     inter, area_out, area_in = _overlap(outer, inner)
     area_in = np.maximum(area_in, 1e-12)
-    return (inter >= _ENCLOSED * area_in) & (area_out > 1.5 * area_in)
+    return (inter >= _ENCLOSED * area_in) & (area_out > _LARGER * area_in)
 
 
 def _assign_iou(iou: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
@@ -114,7 +116,7 @@ def _encloses_another(boxes: np.ndarray, idx: list[int], labels: list[str]) -> l
         hit = False
         for j in smallest_first:
             inner = areas[j] if areas[j] > 1e-12 else 1e-12
-            if areas[i] <= 1.5 * inner:
+            if areas[i] <= _LARGER * inner:
                 break  # this one and every later one too large to be enclosed (itself included)
             if labels[idx[i]] != labels[idx[j]]:
                 continue
@@ -246,6 +248,10 @@ class Tracker:
             matched += second
             taken = {m for m, _ in second}
             free = [t for t in free if t not in taken]
+        merged = self._merged(matched, boxes, rows, labels)
+        if merged:  # those tracks coast on their motion this frame, as if missed
+            matched = [p for p in matched if p not in merged]
+            free = sorted([*free, *(t for t, _ in merged)])
         # round 3: a confirmed track lost for a while (hidden, or crossed by another object) is recovered
         # by a confident detection near where its motion says it should be, though the boxes no longer overlap
         if strong_left and free:
@@ -335,6 +341,27 @@ class Tracker:
                 if big:
                     iou[:, big] *= _OTHER_LABEL
         return [(tracks[r], dets[c]) for r, c in _assign_iou(iou, min_iou)]
+
+    def _merged(
+        self, matched: list[tuple[int, int]], boxes: np.ndarray, rows: list[list[float]], labels: list[str]
+    ) -> list[tuple[int, int]]:
+        """Matches of a hidden object's track to a detector's box round two neighbours: the track was
+        missed last frame, and its detection is much larger than it (_LARGER times its area) and
+        encloses another detection matched this frame. Taken, the box would drag the track of the
+        hidden object onto the one in front; left, the track coasts on its motion and takes its own
+        object's box when that is seen again."""
+        oversize = []
+        for t_i, d in matched:
+            t = self.tracks[t_i]
+            if t.misses:
+                x1, y1, x2, y2 = rows[d]
+                if (x2 - x1) * (y2 - y1) > _LARGER * t.w * t.h:
+                    oversize.append((t_i, d))
+        if not oversize:  # the usual frame
+            return []
+        idx = [d for _, d in matched]
+        held = dict(zip(idx, _encloses_another(boxes, idx, labels), strict=True))
+        return [(t_i, d) for t_i, d in oversize if held[d]]
 
     def _births(
         self, boxes: np.ndarray, labels: list[str], dets: list[int], matched: list[tuple[int, int]]

@@ -166,7 +166,7 @@ def test_cat_behind_a_pillar_is_one_object(ssd: Any) -> None:
 def test_cats_crossing_at_most_one_switch(ssd: Any) -> None:
     run = run_scene("cats_crossing", ssd)
     s = score(run)
-    assert s["num_switches"] <= 1, s
+    assert s["num_switches"] <= 1 and s["idf1"] >= 0.9, s
     per = events_per_object(run)
     assert sum(c["new"] for c in per.values()) == 2 and all(c["new"] == c["end"] == 1 for c in per.values())
 
@@ -269,6 +269,34 @@ def test_a_read_only_disk_loses_media_not_detections(tmp_path: Path) -> None:
     assert [e["type"] for e in events + out.events if e["type"] != "update"] == ["new", "end"]
     h = stage.health()
     assert h["snapshots"]["error"] and h["clips"]["error"], h
+
+
+def test_a_hidden_object_does_not_take_the_box_round_the_pair() -> None:
+    """B walks behind A and is missed; the detector then reports A's own box and one round both. The
+    box round both must not carry B's track (it would drag B onto A); B's track coasts and takes B's
+    own box when B comes out. A near object's box round a far one is not that: it keeps its track."""
+    tr = Tracker(min_hits=1)
+    a = [0.40, 0.40, 0.60, 0.70]
+    ids = tr.update(np.array([a, [0.10, 0.42, 0.30, 0.72]]), np.array([0.9, 0.9]), ["cat", "cat"], 0.0).ids
+    id_a, id_b = ids
+    for i in range(1, 6):  # B moves right, 0.05 a frame, towards A
+        x = 0.10 + 0.05 * i
+        up = tr.update(np.array([a, [x, 0.42, x + 0.2, 0.72]]), np.array([0.9, 0.9]), ["cat", "cat"], i / 15)
+        assert up.ids == [id_a, id_b]
+    for i in range(6, 8):  # hidden behind A: only A is seen
+        assert tr.update(np.array([a]), np.array([0.9]), ["cat"], i / 15).ids == [id_a]
+    for i in range(8, 10):  # A's box, and one round A and where B is
+        up = tr.update(np.array([a, [0.38, 0.38, 0.72, 0.74]]), np.array([0.9, 0.9]), ["cat", "cat"], i / 15)
+        assert up.ids[0] == id_a and up.ids[1] != id_b, up.ids
+    x = 0.10 + 0.05 * 10  # B comes out on A's right, where its motion says
+    up = tr.update(np.array([a, [x, 0.42, x + 0.2, 0.72]]), np.array([0.9, 0.9]), ["cat", "cat"], 10 / 15)
+    assert up.ids == [id_a, id_b]
+
+    near = Tracker(min_hits=1)  # a person close to the camera, another far behind, inside their box
+    big, small = [0.20, 0.10, 0.80, 0.95], [0.40, 0.30, 0.50, 0.50]
+    first = near.update(np.array([big, small]), np.array([0.9, 0.9]), ["person", "person"], 0.0).ids
+    for i in range(1, 5):
+        assert near.update(np.array([big, small]), np.array([0.9, 0.9]), ["person", "person"], i / 15).ids == first
 
 
 def test_track_ids_are_never_reused() -> None:
