@@ -232,9 +232,11 @@ class Tracker:
         rows: list[list[float]] = boxes.tolist()
         tracks = self.tracks
         predicted = np.array([t.predict(ts) for t in tracks]).reshape(-1, 4)
-        high = (scores >= self.high_score).tolist()
-        strong = [i for i, h in enumerate(high) if h]
-        weak = [i for i, h in enumerate(high) if not h]
+        score_of: list[float] = scores.tolist()
+        strong: list[int] = []
+        weak: list[int] = []
+        for i, s in enumerate(score_of):
+            (strong if s >= self.high_score else weak).append(i)
         free = list(range(len(tracks)))
         # round 1: confident detections against every track
         matched = self._match(predicted, boxes, labels, free, strong, self.iou_threshold, prefer_tight=True)
@@ -263,7 +265,6 @@ class Tracker:
             recovered = {d for _, d in third}
             strong_left = [d for d in strong_left if d not in recovered]
         confirmed: list[Track] = []
-        score_of = scores.tolist()
         for t_i, d in matched:
             t = tracks[t_i]
             self._correct(t, rows[d], score_of[d], ts)
