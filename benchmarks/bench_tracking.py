@@ -2,13 +2,17 @@
 
     python benchmarks/bench_tracking.py            # every scene, and the cost with 20 objects
     python benchmarks/bench_tracking.py --cost-only
+    python benchmarks/bench_tracking.py --against REV   # the cost beside the tracker and zones of a commit
 
 For each scene of `benchmarks/scenes.py` the real detector (BlazeFace or the SSD) runs on every frame, its
 detections go through the agent's scene stage (masks, tracker, zones, events) exactly as on a device, and
 py-motmetrics (the MOTChallenge reference implementation in Python) scores the tracks against the truth:
 IDF1, ID switches, MOTA. It also counts the object events and zone entries each object raised.
 The cost line times the scene stage alone (tracking + zones + events) on 20 moving objects with three
-zones, in CPU ms per frame (median of runs), the detector excluded.
+zones, in CPU ms per frame (median of runs), the detector excluded. `--against REV` times tracking +
+zones of this tree and of `edge_agent/tracker.py` and `zones.py` at git revision REV side by side,
+runs alternated in one process (this machine's speed drifts too much between separate commands to
+compare them), and checks that both give the same track ids and zones.
 """
 
 from __future__ import annotations
@@ -121,35 +125,90 @@ def score_all(runs: list[SceneRun]) -> dict[str, float]:
     return {k: float(s.loc["OVERALL", k]) for k in s.columns}
 
 
-def cost(objects: int = 20, frames: int = 300, runs: int = 5) -> dict[str, float]:
-    """CPU ms per frame of the scene stage on `objects` moving boxes with three zones (no images)."""
-    from edge_agent.config import SceneConfig
-    from edge_agent.results import Detection, Result
-    from edge_agent.scene import SceneStage
-    from edge_agent.tracker import Tracker
-    from edge_agent.zones import anchor_points, in_zones
+_COST_ZONES = [
+    {"name": f"z{k}", "points": [[x, 0.1], [x + 0.3, 0.1], [x + 0.3, 0.9], [x, 0.9]]}
+    for k, x in enumerate((0.05, 0.35, 0.65))
+]
 
+
+def _cost_frames(objects: int, frames: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(normalised boxes, scores) of `objects` boxes moving in straight lines, crowding at one edge."""
     rng = np.random.default_rng(7)
     start = rng.uniform(0.05, 0.75, (objects, 2))
     vel = rng.uniform(-0.004, 0.004, (objects, 2))
     size = rng.uniform(0.06, 0.15, (objects, 2))
-    zones = [
-        {"name": f"z{k}", "points": [[x, 0.1], [x + 0.3, 0.1], [x + 0.3, 0.9], [x, 0.9]]}
-        for k, x in enumerate((0.05, 0.35, 0.65))
-    ]
-    cfg = SceneConfig(enabled=True, zones=zones, snapshots={"enabled": False})
-    results = []
+    out = []
     for i in range(frames):
         xy = np.clip(start + vel * i, 0.0, 0.8)
-        dets = tuple(
-            Detection("person", 0, 0.9, (x * 640, y * 480, (x + w) * 640, (y + h) * 480), (x, y, x + w, y + h))
-            for (x, y), (w, h) in zip(xy, size, strict=True)
-        )
-        results.append(Result(task="detection", detections=dets))
-    arrays = [
-        (np.array([d.box_norm for d in r.detections]), np.array([d.score for d in r.detections])) for r in results
+        out.append((np.concatenate([xy, xy + size], axis=1), np.full(objects, 0.9)))
+    return out
+
+
+def _core(tracker_mod: Any, zones_mod: Any, arrays: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, list[Any]]:
+    """Tracking + zones over the frames with the given modules: CPU ms per frame, and what they gave."""
+    rules = [zones_mod.ZoneRule(z["name"], zones_mod.Polygon(z["points"]), None, 0.0, 0.0, 1) for z in _COST_ZONES]
+    shapes = zones_mod.PolygonSet([r.polygon for r in rules])
+    tracker = tracker_mod.Tracker()
+    names = ["person"] * len(arrays[0][0])
+    out = []
+    c0 = time.process_time()
+    for i, (boxes, scores) in enumerate(arrays):
+        up = tracker.update(boxes, scores, names, 1000.0 + i / 15)
+        inside = zones_mod.in_zones(rules, names, scores.tolist(), boxes,
+                                    zones_mod.anchor_points(boxes, "bottom_center"), shapes)
+        out.append((up.ids, inside))
+    return (time.process_time() - c0) / len(arrays) * 1e3, out
+
+
+def cost_against(rev: str, objects: int = 20, frames: int = 300, runs: int = 9) -> dict[str, Any]:
+    """Tracking + zones of this tree beside those of git revision `rev`, runs alternated in one process."""
+    import importlib.util
+    import subprocess
+
+    from edge_agent import tracker, zones
+
+    def load(name: str) -> Any:
+        src = subprocess.run(["git", "show", f"{rev}:edge_agent/{name}.py"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+            f.write(src)
+        spec = importlib.util.spec_from_file_location(f"at_{rev}_{name}", f.name)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up
+        spec.loader.exec_module(mod)
+        Path(f.name).unlink()
+        return mod
+
+    old_tracker, old_zones = load("tracker"), load("zones")
+    arrays = _cost_frames(objects, frames)
+    now_ms, then_ms = [], []
+    for _ in range(runs):
+        t_now, got_now = _core(tracker, zones, arrays)
+        t_then, got_then = _core(old_tracker, old_zones, arrays)
+        now_ms.append(t_now)
+        then_ms.append(t_then)
+    return {"rev": rev, "now_ms": statistics.median(now_ms), "then_ms": statistics.median(then_ms),
+            "ratio": statistics.median(now_ms) / statistics.median(then_ms), "runs": runs,
+            "same": got_now == got_then}
+
+
+def cost(objects: int = 20, frames: int = 300, runs: int = 5) -> dict[str, float]:
+    """CPU ms per frame of the scene stage on `objects` moving boxes with three zones (no images)."""
+    from edge_agent import tracker, zones
+    from edge_agent.config import SceneConfig
+    from edge_agent.results import Detection, Result
+    from edge_agent.scene import SceneStage
+
+    arrays = _cost_frames(objects, frames)
+    cfg = SceneConfig(enabled=True, zones=_COST_ZONES, snapshots={"enabled": False})
+    results = [
+        Result(task="detection", detections=tuple(
+            Detection("person", 0, 0.9, (x1 * 640, y1 * 480, x2 * 640, y2 * 480), (x1, y1, x2, y2))
+            for x1, y1, x2, y2 in boxes.tolist()
+        ))
+        for boxes, _ in arrays
     ]
-    names = ["person"] * objects
     stage_ms, core_ms = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(runs):  # alternated, so the machine's drift hits both figures alike
@@ -159,12 +218,7 @@ def cost(objects: int = 20, frames: int = 300, runs: int = 5) -> dict[str, float
                 stage.process(r, 1000.0 + i / 15, None)
             stage_ms.append((time.process_time() - c0) / frames * 1e3)
             stage.close()
-            tracker, rules = Tracker(), stage.zones
-            c0 = time.process_time()
-            for i, (boxes, scores) in enumerate(arrays):
-                tracker.update(boxes, scores, names, 1000.0 + i / 15)
-                in_zones(rules, names, scores.tolist(), boxes, anchor_points(boxes, "bottom_center"), stage.zone_shapes)
-            core_ms.append((time.process_time() - c0) / frames * 1e3)
+            core_ms.append(_core(tracker, zones, arrays)[0])
     return {
         "objects": objects,
         "ms_per_frame": statistics.median(stage_ms),
@@ -184,12 +238,13 @@ def events_per_object(run: SceneRun) -> dict[int, dict[str, int]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cost-only", action="store_true")
+    ap.add_argument("--against", metavar="REV", help="also time tracking + zones of git revision REV beside these")
     ap.add_argument("--scenes", default="", help="comma-separated scene names (default: all)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from benchmarks.scenes import SCENES
 
-    if not args.cost_only:
+    if not args.cost_only and not args.against:
         print("| scene | frames | objects | IDF1 | ID switches | MOTA | misses | false positives | "
               "events (new/update/end) |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -212,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{c['objects']} objects, 3 zones, CPU ms per frame (median of {c['runs']} runs of 300 frames): "
           f"tracking + zones {c['tracking_zones_ms']:.3f}, the whole scene stage (with events and counts) "
           f"{c['ms_per_frame']:.3f}")
+    if args.against:
+        a = cost_against(args.against)
+        print(f"tracking + zones beside {a['rev']}, CPU ms per frame (medians of {a['runs']} alternated runs): "
+              f"this tree {a['now_ms']:.3f}, {a['rev']} {a['then_ms']:.3f}, ratio {a['ratio']:.2f}; "
+              f"same track ids and zones: {a['same']}")
     return 0
 
 
