@@ -18,7 +18,7 @@ from jinja2 import Environment, StrictUndefined
 
 from edge_agent.sinks.mqtt import Subscriber
 
-from .conftest import SHORT, Broker, TopicRecorder, run_cli, wait_until
+from .conftest import SHORT, Broker, TopicRecorder, run_cli, scaled, wait_until
 
 AVAILABILITY = {
     "type": "array",
@@ -207,7 +207,7 @@ def ha(broker: Broker, agent_factory) -> Any:  # type: ignore[no-untyped-def]
         ],
         env={**broker.env(), "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5"},
     )
-    wait_until(lambda: len(rec.configs) >= 11 and "edge/hadev/health" in rec.last, 30, what="discovery configs")
+    wait_until(lambda: len(rec.configs) >= 11 and "edge/hadev/health" in rec.last, scaled(30), what="discovery configs")
     yield rec
     rec.close()
 
@@ -241,7 +241,7 @@ def test_every_config_follows_home_assistants_discovery_schema(ha: Recorder) -> 
 def test_every_template_renders_against_what_the_agent_publishes(ha: Recorder) -> None:
     wait_until(
         lambda: (ha.last.get("edge/hadev/ha/state") or {}).get("labels", {}).get("face", {}).get("detected") == "ON",
-        20,
+        scaled(20),
         what="a face seen",
     )
     for cfg in ha.configs.values():
@@ -294,7 +294,7 @@ def test_rollback_button_sends_a_fresh_rollback_command_each_press(ha: Recorder,
         button = next(c for c in ha.configs.values() if c["name"] == "Roll back model")
         for _ in range(2):
             pub.publish(button["command_topic"], button["payload_press"].encode())
-        wait_until(lambda: len(ha.results) >= 2, 10, what="two answers")
+        wait_until(lambda: len(ha.results) >= 2, scaled(10), what="two answers")
     finally:
         pub.stop()
     ids = [r["id"] for r in ha.results]
@@ -351,7 +351,7 @@ def test_default_label_is_one_the_model_produces_and_an_impossible_one_is_refuse
     try:
         agent_factory(["run", "--device-id", "dflt", "--source", "demo", "--fps", "15", "--model", str(SHORT),
                        "--set", "homeassistant.enabled=true"], env=broker.env())
-        wait_until(lambda: any(c["name"] == "face detected" for c in list(rec.configs.values())), 30,
+        wait_until(lambda: any(c["name"] == "face detected" for c in list(rec.configs.values())), scaled(30),
                    what="the BlazeFace decoder's own label ('face') as the default")
         assert not any("face_detection" in c["name"] for c in list(rec.configs.values()))
     finally:
@@ -380,7 +380,7 @@ def test_configs_of_entities_that_went_are_cleared_on_start_and_on_reload(
     cfg.write_text(head + pipe.format(n="front", m=SHORT) + pipe.format(n="back", m=SHORT))
     agent = agent_factory(["run", "--config", str(cfg)])
     gone = "homeassistant/binary_sensor/hacl/edge_agent_hacl_back_face_detected/config"
-    wait_until(lambda: gone in (r := _retained(broker, "homeassistant/#")) and stale not in r, 30,
+    wait_until(lambda: gone in (r := _retained(broker, "homeassistant/#")) and stale not in r, scaled(30),
                what="the configs of this run, and the stale one cleared")
     kept = _retained(broker, "homeassistant/#")
     assert other in kept  # another device's configs are not ours to clear
@@ -388,7 +388,7 @@ def test_configs_of_entities_that_went_are_cleared_on_start_and_on_reload(
     # a reload that removes the pipeline `back` removes its entities from Home Assistant
     cfg.write_text(head + pipe.format(n="front", m=SHORT))
     agent.signal(signal.SIGHUP)
-    wait_until(lambda: gone not in _retained(broker, "homeassistant/#"), 30, what="back's configs cleared")
+    wait_until(lambda: gone not in _retained(broker, "homeassistant/#"), scaled(30), what="back's configs cleared")
     left = [t for t in _retained(broker, "homeassistant/#") if "/hacl/" in t and "_back_" in t]
     assert not left, left
     assert "homeassistant/binary_sensor/hacl/edge_agent_hacl_front_face_detected/config" in _retained(
