@@ -150,7 +150,8 @@ class HomeAssistant:
             (
                 "inference_ms",
                 "Inference time",
-                "{{ value_json.latency_ms.inference.p50 if value_json.latency_ms.inference else 0 }}",
+                # no inference in the health window yet (a first report, or a board slower than the interval)
+                "{{ value_json.latency_ms.inference.p50 if 'inference' in value_json.latency_ms else 0 }}",
                 {
                     "unit_of_measurement": "ms",
                     "device_class": "duration",
@@ -167,7 +168,7 @@ class HomeAssistant:
             (
                 "outbox_depth",
                 "Outbox depth",
-                "{{ value_json.broker.outbox.depth if value_json.broker.outbox else 0 }}",
+                "{{ value_json.broker.outbox.depth if value_json.broker.outbox is mapping else 0 }}",
                 {"state_class": "measurement", "icon": "mdi:tray-full"},
             ),
             ("accelerator", "Accelerator", "{{ value_json.accelerator.active }}", {"icon": "mdi:chip"}),
