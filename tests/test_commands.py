@@ -104,10 +104,10 @@ def test_valid_commands_and_duplicates(running_agent) -> None:  # type: ignore[n
 
 
 @pytest.mark.emulation_slow(
-    "1500 generated payloads against a live agent: a volume test of parsing code that is the same on any "
+    "600 generated payloads against a live agent: a volume test of parsing code that is the same on any "
     "CPU"
 )
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                      HealthCheck.too_slow])
 @given(payload=_payloads())
 def test_any_payload_gets_exactly_one_answer(running_agent, payload: bytes) -> None:  # type: ignore[no-untyped-def]
