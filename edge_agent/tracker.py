@@ -87,20 +87,6 @@ def enclosing(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     return (inter >= _ENCLOSED * area_in) & (area_out > _LARGER * area_in)
 
 
-def _assign_iou(iou: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
-    """`assign` on 1 - IoU. Where each row's best column above `min_iou` is its own, those pairs are
-    the optimum (no assignment does better than every row at its best): the common case, even in a
-    crowd, and neither the cost matrix nor the solver is needed."""
-    if iou.size == 0:
-        return []
-    best = iou.argmax(axis=1)
-    rows = np.flatnonzero(iou.max(axis=1) > min_iou)
-    cols = best[rows].tolist()
-    if len(set(cols)) == len(cols):
-        return list(zip(rows.tolist(), cols, strict=True))
-    return _solve(1.0 - iou, 1.0 - min_iou)
-
-
 def _encloses_another(boxes: np.ndarray, idx: list[int], labels: list[str]) -> list[bool]:
     """For each box idx[i]: whether it encloses another of idx with the same label (`enclosing`'s rule).
     The detections competing for tracks are a handful: plain floats beat a dozen numpy calls on a
@@ -341,7 +327,7 @@ class Tracker:
                 big = [c for c, h in zip(cols, _encloses_another(boxes, sub, labels), strict=True) if h]
                 if big:
                     iou[:, big] *= _OTHER_LABEL
-        return [(tracks[r], dets[c]) for r, c in _assign_iou(iou, min_iou)]
+        return [(tracks[r], dets[c]) for r, c in assign(1.0 - iou, 1.0 - min_iou)]
 
     def _merged(
         self, matched: list[tuple[int, int]], boxes: np.ndarray, rows: list[list[float]], labels: list[str]

@@ -122,11 +122,11 @@ def test_the_assignment_shortcut_is_as_good_as_the_solver(n: int, m: int, seed: 
     IoU is the solver's either way, and every pair clears the threshold."""
     import lap
 
-    from edge_agent.tracker import _assign_iou
+    from edge_agent.tracker import assign
 
     rng = np.random.default_rng(seed)
     iou = rng.uniform(0, 1, (n, m)) * (rng.uniform(0, 1, (n, m)) < 0.4)  # sparse, as boxes are
-    got = _assign_iou(iou, min_iou)
+    got = assign(1.0 - iou, 1.0 - min_iou)
     _, rows, _ = lap.lapjv(1.0 - iou, extend_cost=True, cost_limit=1.0 - min_iou)
     best = [(r, int(c)) for r, c in enumerate(rows) if c >= 0]
     assert len({r for r, _ in got}) == len(got) and len({c for _, c in got}) == len(got)
