@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
@@ -34,6 +33,7 @@ from edge_agent.model import Model
 from edge_agent.modelfile import ModelError, read_model_file
 from edge_agent.ota.store import make_dirs
 from edge_agent.payload import dumps, info
+from edge_agent.process_signals import SignalThread
 from edge_agent.runtime.delegate import find_library
 from edge_agent.sdnotify import Notifier
 from edge_agent.signal_pipeline import SignalPipeline
@@ -366,30 +366,32 @@ class Agent:
         self._threads.append(t)
 
     def run(self, seconds: float | None = None) -> int:
-        """Serve until SIGTERM/SIGINT (or `seconds`), then shut down cleanly; returns the exit code."""
+        """Serve until SIGTERM/SIGINT (or `seconds`), then shut down cleanly; returns the exit code. SIGHUP
+        reloads the settings. Signals arrive on a thread of their own (`SignalThread`: a handler that
+        takes a lock can deadlock the main thread); more of them during the shutdown change nothing, and
+        once this returns they are ignored: the process has nothing left to stop but its exit."""
 
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            log.info("signal %s: stopping", signal.Signals(signum).name)
+        def on_stop(sig: signal.Signals) -> None:
+            if not self.stop.is_set():
+                log.info("signal %s: stopping", sig.name)
             self.stop.set()
 
-        def on_hup(signum: int, frame: FrameType | None) -> None:
+        def on_hup(sig: signal.Signals) -> None:
             self.reload_requested.set()
 
-        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
         deadline = None if seconds is None else time.monotonic() + seconds
-        try:
-            while not self.stop.is_set():
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                if self.reload_requested.wait(_MAIN_TICK_S if left is None else min(_MAIN_TICK_S, left)):
-                    self.reload_requested.clear()
-                    self.reload()
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
-            self.shutdown()
+        handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_hup}
+        with SignalThread(handlers, then_ignore=True):
+            try:
+                while not self.stop.is_set():
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    if self.reload_requested.wait(_MAIN_TICK_S if left is None else min(_MAIN_TICK_S, left)):
+                        self.reload_requested.clear()
+                        self.reload()
+            finally:
+                self.shutdown()
         return self.exit_code
 
     def shutdown(self, timeout: float = 5.0) -> None:

@@ -471,6 +471,7 @@ def cmd_cloud_worker(args: argparse.Namespace) -> int:
     from edge_agent.cloud_worker import CloudWorker
     from edge_agent.model import Model
     from edge_agent.modelfile import ModelError
+    from edge_agent.process_signals import SignalThread
 
     settings = _load(args)
     _logging(settings.log_level)
@@ -480,10 +481,9 @@ def cmd_cloud_worker(args: argparse.Namespace) -> int:
         print(f"edge-agent: {err}", file=sys.stderr)
         return EXIT_FAIL
     worker = CloudWorker(settings, model, args.group, args.worker_id)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: worker.stop.set())
     try:
-        return worker.run(args.seconds)
+        with SignalThread({sig: lambda _: worker.stop.set() for sig in (signal.SIGTERM, signal.SIGINT)}):
+            return worker.run(args.seconds)
     finally:
         model.close()
 

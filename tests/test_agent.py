@@ -77,6 +77,24 @@ def test_predictions_health_and_availability_contract(broker: Broker, subscriber
     collect(sub, lambda t, p, r: t.endswith("/availability") and p == "offline", 5)
 
 
+def test_a_burst_of_sigterms_stops_the_agent_once_and_cleanly(broker: Broker, subscriber_factory,  # type: ignore[no-untyped-def]
+                                                              agent_factory) -> None:
+    """A service manager's stop and a person's repeated Ctrl-C can deliver a signal while the last one is
+    still being handled. The agent stops once and cleanly (exit 0, 'offline' published): it neither
+    hangs (a handler that sets an Event can wait for a lock its own thread holds) nor is cut short."""
+    sub = subscriber_factory(["edge/burst/#"])
+    agent = agent_factory(["run", "--device-id", "burst", "--source", "synthetic", "--fps", "20"], env=broker.env())
+    collect(sub, lambda t, p, r: t.endswith("/predictions"), scaled(30))
+    sent = 0
+    while agent.proc.poll() is None and sent < 20000:  # signals all through the shutdown, until the exit
+        agent.signal(signal.SIGTERM)
+        sent += 1
+        time.sleep(0.0002)  # paces the burst, a few thousand a second
+    assert agent.wait(scaled(15)) == 0, agent.log()[-2000:]
+    assert sent > 100 and agent.log().count("signal SIGTERM: stopping") == 1 and "stopped" in agent.log()
+    collect(sub, lambda t, p, r: t.endswith("/availability") and p == "offline", 5)
+
+
 def test_predict_prints_the_same_document_as_the_daemon(broker: Broker, subscriber_factory, agent_factory,  # type: ignore[no-untyped-def]
                                                         tmp_path: Path) -> None:
     import cv2

@@ -14,6 +14,7 @@ from .conftest import SHORT, run_cli, scaled
     "times every variant for seconds each: under qemu it times the emulator; the report's shape is "
     "checked by the smaller bench tests"
 )
+@pytest.mark.alone("the bare loop must beat the naive one: a test beside it would slow either at random")
 def test_bench_reports_every_variant_side_by_side(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     r = run_cli("bench", "--model", str(SHORT), "--seconds", "0.5", "--runs", "1", "--json", str(out), timeout=300)

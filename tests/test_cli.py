@@ -16,11 +16,10 @@ from .conftest import run_tty as _tty
 
 
 @pytest.fixture(scope="module")
-def face_image() -> Path:
+def face_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import skimage.data as d
 
-    img = ROOT / ".cache" / "test-cli-astronaut.png"
-    img.parent.mkdir(exist_ok=True)
+    img = tmp_path_factory.mktemp("cli") / "astronaut.png"
     cv2.imwrite(str(img), d.astronaut()[..., ::-1])
     return img
 

@@ -128,15 +128,14 @@ def test_int8_detections_agree_with_float() -> None:
             assert abs(da.score - b[j].score) < 0.1, (name, da.score, b[j].score)
 
 
-def test_inspect_and_predict_cli() -> None:
+def test_inspect_and_predict_cli(tmp_path: Path) -> None:
     r = run_cli("inspect", str(SHORT_INT8))
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["inputs"][0]["dtype"] == "int8" and doc["inputs"][0]["quantization"]["scale"] > 0
     assert doc["labels"] == ["face"] and doc["metadata"]["name"] == "face_detection_short_range_int8"
     assert doc["detected_layout"] == "blazeface" and "CONV_2D" in doc["ops"]
-    img = ROOT / ".cache" / "test-astronaut.png"
-    img.parent.mkdir(exist_ok=True)
+    img = tmp_path / "astronaut.png"
     cv2.imwrite(str(img), photos()["astronaut"])
     p = run_cli("predict", str(SHORT), str(img))
     assert p.returncode == 0, p.stderr
