@@ -227,12 +227,17 @@ def run_cuts(mount: LazyMount, kind: str, cuts: int, seed: int, max_ops: int) ->
         # ones (an fsync of the directory, a checkpoint into the database) are cut at too
         target = rng.choice(TARGETS[kind]) if rng.random() < 0.5 else ""
         mount.tell(f"arm {rng.randint(1, max_ops if not target else 4)} {target}".strip())
+        ops_before = mount.status()["ops"]
         with _worker(kind, state, first) as proc:
-            deadline = time.monotonic() + 1.2
-            while mount.status()["powered"]:
+            # the clock starts at the worker's first change, not at its spawn: a loaded machine may take
+            # longer than the whole window to start Python, and a cut then falls before any operation
+            since: float | None = None
+            while (st := mount.status())["powered"]:
                 if proc.poll() is not None and mount.status()["powered"]:
                     raise RuntimeError(f"{kind} worker ended before the cut (exit {proc.returncode})")
-                if time.monotonic() > deadline:  # that kind of operation did not come: cut where it is
+                if since is None and st["ops"] > ops_before:
+                    since = time.monotonic()
+                if since is not None and time.monotonic() - since > 1.2:  # that operation did not come: cut now
                     mount.tell("cut")
                 time.sleep(0.005)
             proc.send_signal(signal.SIGKILL)  # dies with the power
