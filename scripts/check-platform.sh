@@ -25,7 +25,7 @@
 # status, seconds, commit, board's CPU model): docs/platforms.md quotes those lines.
 #
 # Environment: ROOTS (above), TIMEOUT (seconds a step may take, default none), NICE (default 10),
-# VARIANT=minbase (a smaller root, for the smoke step: fewer packages to configure under emulation),
+# VARIANT=minbase (a smaller root, for the smoke step: no git, mosquitto and python3-venv built in),
 # IDLE=1 (run at SCHED_IDLE and the idle I/O class: only on CPU and disk time nothing else wants,
 # e.g. beside the x86 suite),
 # MIRROR (Debian mirror; default: the one this machine's apt uses, else deb.debian.org).
@@ -107,7 +107,13 @@ build() {
   fi
   mkdir -p "$ROOTS"
   log "debootstrap --arch=$ARCH $SUITE $ROOTFS from $m"
-  "${PRIO[@]}" debootstrap --arch="$ARCH" ${VARIANT:+--variant="$VARIANT"} --include=python3,ca-certificates,git \
+  # git for the suite (tests and benchmarks read the history). The smoke's smaller root (minbase) leaves
+  # it out, with perl and the rest it pulls in, and takes in this same pass what scripts/_setup.sh would
+  # install with a second apt run (mosquitto, python3-venv): minutes less of packages configured under
+  # emulation
+  local include=python3,ca-certificates,git
+  [ "${VARIANT:-}" = minbase ] && include=python3,python3-venv,ca-certificates,mosquitto
+  "${PRIO[@]}" debootstrap --arch="$ARCH" ${VARIANT:+--variant="$VARIANT"} --include="$include" \
     "$SUITE" "$ROOTFS" "$m" >"$ROOTS/debootstrap-$SUITE-$ARCH.log" 2>&1 \
     || { tail -20 "$ROOTS/debootstrap-$SUITE-$ARCH.log" >&2; die "debootstrap failed"; }
   local security=${m%/}-security
@@ -239,7 +245,9 @@ setup() {
   mounts
   host_cas
   sync_clone
-  inside 'echo "$(uname -m), $(python3 --version), $(. /etc/os-release; echo "$PRETTY_NAME"), HEAD $(git rev-parse --short HEAD)"'
+  local head
+  head=$(git -C "$ROOTFS$CLONE" rev-parse --short HEAD)  # the host's git: the smoke's root has none
+  inside 'echo "$(uname -m), $(python3 --version), $(. /etc/os-release; echo "$PRETTY_NAME"), HEAD '"$head"'"'
 }
 
 # step NAME CMD: run CMD inside, time it, append the result to results.tsv, exit with its status
