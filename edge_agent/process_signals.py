@@ -61,7 +61,10 @@ class SignalThread:
         for sig, handler in self._old.items():
             signal.signal(sig, signal.SIG_IGN if self.then_ignore else handler)
         signal.set_wakeup_fd(self._old_fd)
-        os.write(self._write, _END)
+        try:
+            os.write(self._write, _END)
+        except BlockingIOError:  # the pipe is full behind a reader stuck in a callable: it is left behind
+            pass
         if self._thread is not None:
             self._thread.join(5.0)
         os.close(self._write)
