@@ -648,7 +648,11 @@ def test_update_of_a_shared_model_swaps_it_for_every_pipeline(broker: Broker, ag
             names = [x["model"]["name"] for x in preds]
             first_new = names.index("face_detection_short_range_int8")
             assert set(names[first_new:]) == {"face_detection_short_range_int8"}
-        h = wait_until(lambda: rec.get("edge/fleet2/health"), 15, what="health")[-1]
-        assert h["models"]["face"]["update"]["state"] == "active" and h["models"]["face"]["pipelines"] == ["a", "b"]
+        # Health is periodic: the last document received may predate the move to active, so wait for one after it.
+        def updated(d: dict[str, Any]) -> bool:
+            return (d["models"]["face"]["update"] or {}).get("state") == "active"
+
+        h = wait_until(lambda: [d for d in rec.get("edge/fleet2/health") if updated(d)], 15, what="health after it")[-1]
+        assert h["models"]["face"]["pipelines"] == ["a", "b"]
     finally:
         rec.close()
