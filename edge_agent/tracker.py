@@ -25,18 +25,21 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import lap
 import numpy as np
 
 #: Weight of a new velocity measurement against the smoothed one.
 _VELOCITY_GAIN = 0.5
+_VELOCITY_KEEP = 1 - _VELOCITY_GAIN
 #: Weight of a new box against the prediction (size and position): a little smoothing of jitter.
 _BOX_GAIN = 0.85
+_BOX_KEEP = 1 - _BOX_GAIN
 #: IoU needed for the second (weak detection) round, as in ByteTrack.
 _WEAK_IOU = 0.5
 #: Area ratios (new / old) within which a box is taken to show the whole object, for the velocity.
-_STEADY = (0.75, 1.33)
+_STEADY_LO, _STEADY_HI = 0.75, 1.33
 #: Recovery of a lost track: a detection whose centre is within this many track diagonals of the
 #: predicted centre, and whose area is within _RECOVER_AREA of the track's, may continue it.
 _RECOVER_DIST = 1.0
@@ -135,7 +138,7 @@ def assign(cost: np.ndarray, limit: float) -> list[tuple[int, int]]:
     if cost.size == 0:
         return []
     best = cost.argmin(axis=1)
-    rows = np.flatnonzero(cost.min(axis=1) < limit)
+    rows = (np.minimum.reduce(cost, axis=1) < limit).nonzero()[0]  # the ufunc itself: ndarray.min wraps it in Python
     cols = best[rows].tolist()
     if len(set(cols)) == len(cols):
         # every row's cheapest column is its own: no assignment does better than each row at its minimum
@@ -171,18 +174,28 @@ class Track:
     confirmed: bool = False
     votes: Counter[str] = field(default_factory=Counter)
 
-    def predict(self, ts: float) -> tuple[float, float, float, float]:
-        dt = ts - self.last_ts
+
+def _predict(tracks: list[Track], ts: float) -> tuple[np.ndarray, list[int]]:
+    """Each track's box at `ts` by its motion ([N, 4] xyxy), and the indices of the tracks missed last
+    frame. One loop and one array from a flat list of floats: a method call and a tuple per track
+    cost more than the arithmetic."""
+    flat: list[float] = []
+    missed: list[int] = []
+    for i, t in enumerate(tracks):
+        dt = ts - t.last_ts
         if dt < 0.0:
             dt = 0.0
-        cx, cy, hw, hh = self.cx + self.vx * dt, self.cy + self.vy * dt, self.w * 0.5, self.h * 0.5
-        return (cx - hw, cy - hh, cx + hw, cy + hh)
+        cx, cy, hw, hh = t.cx + t.vx * dt, t.cy + t.vy * dt, t.w * 0.5, t.h * 0.5
+        flat += (cx - hw, cy - hh, cx + hw, cy + hh)
+        if t.misses:
+            missed.append(i)
+    return np.array(flat, np.float64).reshape(-1, 4), missed
 
 
-@dataclass(frozen=True)
-class TrackUpdate:
+class TrackUpdate(NamedTuple):
     """One frame's outcome: the track id of each detection (None: not tracked, e.g. a weak detection
-    that starts nothing), the tracks confirmed this frame, and those that ended."""
+    that starts nothing), the tracks confirmed this frame, and those that ended. A named tuple: a
+    frozen dataclass costs microseconds to build, once per frame."""
 
     ids: list[int | None]
     confirmed: list[Track]
@@ -217,26 +230,32 @@ class Tracker:
         ids: list[int | None] = [None] * len(boxes)
         rows: list[list[float]] = boxes.tolist()
         tracks = self.tracks
-        predicted = np.array([t.predict(ts) for t in tracks]).reshape(-1, 4)
+        predicted, missed = _predict(tracks, ts)
         score_of: list[float] = scores.tolist()
         strong: list[int] = []
         weak: list[int] = []
-        for i, s in enumerate(score_of):
-            (strong if s >= self.high_score else weak).append(i)
+        if score_of and min(score_of) >= self.high_score:  # the usual frame: every detection confident
+            strong = list(range(len(score_of)))
+        else:
+            for i, s in enumerate(score_of):
+                (strong if s >= self.high_score else weak).append(i)
         free = list(range(len(tracks)))
         # round 1: confident detections against every track
         matched = self._match(predicted, boxes, labels, free, strong, self.iou_threshold, prefer_tight=True)
-        used = {d for _, d in matched}
-        strong_left = [d for d in strong if d not in used]
-        taken = {m for m, _ in matched}
-        free = [t for t in free if t not in taken]
+        if len(matched) == len(strong) == len(free):  # the usual frame: each track took one detection
+            strong_left, free = [], []
+        else:
+            used = {d for _, d in matched}
+            strong_left = [d for d in strong if d not in used]
+            taken = {m for m, _ in matched}
+            free = [t for t in free if t not in taken]
         # round 2: weak detections keep confirmed tracks alive; they never start one
         if weak and free:
             second = self._match(predicted, boxes, labels, [t for t in free if tracks[t].confirmed], weak, _WEAK_IOU)
             matched += second
             taken = {m for m, _ in second}
             free = [t for t in free if t not in taken]
-        merged = self._merged(matched, boxes, rows, labels)
+        merged = self._merged(matched, boxes, rows, labels) if missed else []
         if merged:  # those tracks coast on their motion this frame, as if missed
             matched = [p for p in matched if p not in merged]
             free = sorted([*free, *(t for t, _ in merged)])
@@ -251,15 +270,45 @@ class Tracker:
             recovered = {d for _, d in third}
             strong_left = [d for d in strong_left if d not in recovered]
         confirmed: list[Track] = []
+        min_hits = self.min_hits
         for t_i, d in matched:
             t = tracks[t_i]
-            self._correct(t, rows[d], score_of[d], ts)
+            # The correction, written out here in plain float arithmetic (no calls): it runs once per
+            # object per frame, and a function call costs as much as half of it.
+            x1, y1, x2, y2 = rows[d]
+            cx, cy, w, h = (x1 + x2) * 0.5, (y1 + y2) * 0.5, x2 - x1, y2 - y1
+            if w < 1e-6:
+                w = 1e-6
+            if h < 1e-6:
+                h = 1e-6
+            px, py = t.cx, t.cy
+            dt = ts - t.last_ts
+            if dt > 0:
+                px += t.vx * dt
+                py += t.vy * dt
+                # A box that changed shape (partly hidden, or cut by the frame's edge) moves its centre for
+                # that reason, not the object's motion: the velocity learns only from boxes that kept their size.
+                if _STEADY_LO <= (w * h) / (t.w * t.h) <= _STEADY_HI:
+                    if t.hits > 1:
+                        t.vx = _VELOCITY_GAIN * (cx - t.cx) / dt + _VELOCITY_KEEP * t.vx
+                        t.vy = _VELOCITY_GAIN * (cy - t.cy) / dt + _VELOCITY_KEEP * t.vy
+                    else:  # the first velocity is the first measurement
+                        t.vx = (cx - t.cx) / dt
+                        t.vy = (cy - t.cy) / dt
+            t.cx = _BOX_GAIN * cx + _BOX_KEEP * px
+            t.cy = _BOX_GAIN * cy + _BOX_KEEP * py
+            t.w = _BOX_GAIN * w + _BOX_KEEP * t.w
+            t.h = _BOX_GAIN * h + _BOX_KEEP * t.h
+            t.score = score_of[d]
+            t.last_ts = ts
+            t.hits += 1
+            t.misses = 0
             lb = labels[d]
             t.votes[lb] += 1
             if lb != t.label and t.votes[lb] > t.votes[t.label]:
                 t.label = lb
             ids[d] = t.id
-            if not t.confirmed and t.hits >= self.min_hits:
+            if not t.confirmed and t.hits >= min_hits:
                 t.confirmed = True
                 confirmed.append(t)
         ended: list[Track] = []
@@ -320,9 +369,9 @@ class Tracker:
                 iou = np.where(same, iou, iou * _OTHER_LABEL)
         if prefer_tight:
             cand = iou >= min_iou
-            rival = cand.sum(axis=1) >= 2
-            if rival.any():  # objects apart have one candidate each, and this costs nothing then
-                cols = np.flatnonzero(cand[rival].any(axis=0)).tolist()
+            rival = np.add.reduce(cand, axis=1) >= 2  # ufuncs, not ndarray.sum/any (Python wrappers round them)
+            if np.logical_or.reduce(rival):  # objects apart have one candidate each, and this costs nothing then
+                cols = np.logical_or.reduce(cand[rival], axis=0).nonzero()[0].tolist()
                 sub = [dets[c] for c in cols]
                 big = [c for c, h in zip(cols, _encloses_another(boxes, sub, labels), strict=True) if h]
                 if big:
@@ -386,32 +435,3 @@ class Tracker:
         ended = [t for t in self.tracks if t.confirmed]
         self.tracks = []
         return ended
-
-    @staticmethod
-    def _correct(t: Track, box: list[float], score: float, ts: float) -> None:
-        """Written out in plain float arithmetic (no min/max calls): it runs once per object per frame."""
-        dt = ts - t.last_ts
-        x1, y1, x2, y2 = box
-        cx, cy, w, h = (x1 + x2) * 0.5, (y1 + y2) * 0.5, x2 - x1, y2 - y1
-        if w < 1e-6:
-            w = 1e-6
-        if h < 1e-6:
-            h = 1e-6
-        px, py = t.cx, t.cy
-        if dt > 0:
-            px += t.vx * dt
-            py += t.vy * dt
-            # A box that changed shape (partly hidden, or cut by the frame's edge) moves its centre for
-            # that reason, not the object's motion: the velocity learns only from boxes that kept their size.
-            if _STEADY[0] <= (w * h) / (t.w * t.h) <= _STEADY[1]:
-                gain = _VELOCITY_GAIN if t.hits > 1 else 1.0
-                t.vx = gain * (cx - t.cx) / dt + (1 - gain) * t.vx
-                t.vy = gain * (cy - t.cy) / dt + (1 - gain) * t.vy
-        t.cx = _BOX_GAIN * cx + (1 - _BOX_GAIN) * px
-        t.cy = _BOX_GAIN * cy + (1 - _BOX_GAIN) * py
-        t.w = _BOX_GAIN * w + (1 - _BOX_GAIN) * t.w
-        t.h = _BOX_GAIN * h + (1 - _BOX_GAIN) * t.h
-        t.score = score
-        t.last_ts = ts
-        t.hits += 1
-        t.misses = 0

@@ -86,14 +86,14 @@ class Polygon:
 def anchor_points(boxes_norm: np.ndarray, anchor: str) -> np.ndarray:
     """[N, 4] x1 y1 x2 y2 -> [N, 2]: the point of each box that places it."""
     b = np.asarray(boxes_norm, np.float64).reshape(-1, 4)
-    out = np.empty((len(b), 2))  # written in place: a few numpy calls fewer, per frame
-    np.add(b[:, 0], b[:, 2], out=out[:, 0])
+    # as few numpy calls as the arithmetic allows, the later ones in place: this runs every frame
     if anchor == "center":
-        np.add(b[:, 1], b[:, 3], out=out[:, 1])
+        out = b[:, :2] + b[:, 2:]
         out *= 0.5
     else:  # bottom centre
+        out = b[:, 2:].copy()
+        out[:, 0] += b[:, 0]
         out[:, 0] *= 0.5
-        out[:, 1] = b[:, 3]
     return out
 
 
@@ -147,7 +147,12 @@ class PolygonSet:
         y2 = np.concatenate([p._y2 for p in polygons])
         x2 = np.concatenate([p._x2 for p in polygons])
         self.y2 = y2
-        self.dx, self.dy = x2 - self.x1, y2 - self.y1
+        dy = y2 - self.y1
+        # The slope dx / dy of each edge, with |dy| kept from 0: an edge flatter than that is crossed by
+        # no horizontal ray that the y test lets through (only one within 1e-12 of it), and no slope
+        # overflows, so the test needs no errstate (a context manager per frame).
+        np.copyto(dy, np.copysign(1e-12, dy), where=np.abs(dy) < 1e-12)
+        self.slope = (x2 - self.x1) / dy
         self.starts = np.cumsum([0] + [len(p._x1) for p in polygons[:-1]])
 
     def contains(self, xy: np.ndarray) -> np.ndarray:
@@ -156,9 +161,11 @@ class PolygonSet:
         if not len(xy) or not self.count:
             return np.zeros((len(xy), self.count), bool)
         x, y = xy[:, :1], xy[:, 1:]
-        # (y - y1) * dx first, then / dy: a precomputed dx / dy overflows for a nearly flat edge
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            crossing = ((self.y1 > y) != (self.y2 > y)) & (x < self.x1 + (y - self.y1) * self.dx / self.dy)
+        across = y - self.y1
+        across *= self.slope
+        across += self.x1
+        crossing = (self.y1 > y) != (self.y2 > y)
+        crossing &= x < across
         return np.logical_xor.reduceat(crossing, self.starts, axis=1)
 
 
@@ -181,11 +188,12 @@ def in_zones(
     if not zones or not len(labels):
         return out
     inside = (shapes or PolygonSet([z.polygon for z in zones])).contains(anchors)
-    at, which = np.nonzero(inside)
+    at, which = inside.nonzero()
+    filtered = [z.labels is not None or z.min_score > 0 or z.min_area > 0 for z in zones]
     rows: list[list[float]] | None = None
     for i, k in zip(at.tolist(), which.tolist(), strict=True):  # plain ints: this runs per object per frame
         z = zones[k]
-        if z.labels is not None or z.min_score > 0 or z.min_area > 0:  # a zone with filters
+        if filtered[k]:
             if rows is None:
                 rows = np.asarray(boxes_norm, np.float64).reshape(-1, 4).tolist()
             if not z.admits(labels[i], float(scores[i]), rows[i]):
