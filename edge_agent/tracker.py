@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import lap
@@ -172,7 +172,9 @@ class Track:
     hits: int = 1
     misses: int = 0
     confirmed: bool = False
-    votes: Counter[str] = field(default_factory=Counter)
+    #: how often each label was seen, kept from the first hit of a second label on (until then every
+    #: hit was of `label`, and a counter per object per frame is work for nothing)
+    votes: Counter[str] | None = None
 
 
 def _predict(tracks: list[Track], ts: float) -> tuple[np.ndarray, list[int]]:
@@ -304,9 +306,13 @@ class Tracker:
             t.hits += 1
             t.misses = 0
             lb = labels[d]
-            t.votes[lb] += 1
-            if lb != t.label and t.votes[lb] > t.votes[t.label]:
-                t.label = lb
+            if lb != t.label or t.votes is not None:
+                votes = t.votes
+                if votes is None:
+                    votes = t.votes = Counter({t.label: t.hits - 1})  # the hits before this one
+                votes[lb] += 1
+                if lb != t.label and votes[lb] > votes[t.label]:
+                    t.label = lb
             ids[d] = t.id
             if not t.confirmed and t.hits >= min_hits:
                 t.confirmed = True
@@ -333,7 +339,6 @@ class Tracker:
                 float(scores[d]),
                 ts,
                 ts,
-                votes=Counter([labels[d]]),
             )
             self.created += 1
             if self.min_hits <= 1:
@@ -359,10 +364,9 @@ class Tracker:
         enclosing one weighs half, so the tight box of the object wins its track."""
         if not tracks or not dets:
             return []
-        iou = iou_matrix(  # every track and every detection: the usual first round, without copies
-            predicted if len(tracks) == len(predicted) else predicted[tracks],
-            boxes if len(dets) == len(boxes) else boxes[dets],
-        )
+        # every track and every detection (the usual first round): positions are indices, and no copies
+        all_tracks, all_dets = len(tracks) == len(predicted), len(dets) == len(boxes)
+        iou = iou_matrix(predicted if all_tracks else predicted[tracks], boxes if all_dets else boxes[dets])
         if self.class_aware:
             same = _same([self.tracks[t].label for t in tracks], [labels[d] for d in dets])
             if same is not None:
@@ -372,11 +376,12 @@ class Tracker:
             rival = np.add.reduce(cand, axis=1) >= 2  # ufuncs, not ndarray.sum/any (Python wrappers round them)
             if np.logical_or.reduce(rival):  # objects apart have one candidate each, and this costs nothing then
                 cols = np.logical_or.reduce(cand[rival], axis=0).nonzero()[0].tolist()
-                sub = [dets[c] for c in cols]
+                sub = cols if all_dets else [dets[c] for c in cols]
                 big = [c for c, h in zip(cols, _encloses_another(boxes, sub, labels), strict=True) if h]
                 if big:
                     iou[:, big] *= _OTHER_LABEL
-        return [(tracks[r], dets[c]) for r, c in assign(1.0 - iou, 1.0 - min_iou)]
+        pairs = assign(1.0 - iou, 1.0 - min_iou)
+        return pairs if all_tracks and all_dets else [(tracks[r], dets[c]) for r, c in pairs]
 
     def _merged(
         self, matched: list[tuple[int, int]], boxes: np.ndarray, rows: list[list[float]], labels: list[str]
