@@ -13,9 +13,10 @@ adds little at these frame rates.
 
 For tens of objects the cost is the count of numpy calls on tiny arrays, not the arithmetic, and the
 code is shaped by that: per-track state is plain floats (a struct-of-arrays version measured 5-30 %
-slower, side by side, twice); the lapjv solver runs only when two tracks want the same detection
-(where each track's best detection is its own, those pairs are already the optimum); the few
-detections competing for a track are checked for enclosing boxes in plain floats.
+slower, side by side, twice), predicted in one loop and corrected inline; the lapjv solver runs only
+when two tracks want the same detection (where each track's best detection is its own, those pairs
+are already the optimum); the few detections competing for a track are checked for enclosing boxes
+in plain floats; labels are counted only once a track has been seen with a second one.
 
 Ids count up from 1 per pipeline and are never reused while the agent runs.
 """
