@@ -189,7 +189,7 @@ def in_zones(
         return out
     inside = (shapes or PolygonSet([z.polygon for z in zones])).contains(anchors)
     at, which = inside.nonzero()
-    filtered = [z.labels is not None or z.min_score > 0 or z.min_area > 0 for z in zones]
+    filtered = [z.labels is not None or z.min_score > 0 or z.min_area > 0 for z in zones]  # zones with filters
     rows: list[list[float]] | None = None
     for i, k in zip(at.tolist(), which.tolist(), strict=True):  # plain ints: this runs per object per frame
         z = zones[k]

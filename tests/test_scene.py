@@ -309,10 +309,9 @@ def test_track_ids_are_never_reused() -> None:
     assert seen == [1, 2, 3, 4]
 
 
-
 def test_a_track_takes_the_label_it_is_seen_with_most() -> None:
-    """A cat called a dog now and then stays one track, and a cat while cat wins the count; the
-    label changes once dog is seen more often than cat (the counts start from the hits before)."""
+    """A cat called a dog now and then stays one track and stays a cat; the label changes once dog
+    has been seen more often than cat (counting the hits from before the first dog)."""
     tr = Tracker(min_hits=1)
     box = np.array([[0.3, 0.3, 0.5, 0.5]])
     seq = ["cat", "cat", "cat", "dog", "cat", "dog", "dog", "dog", "dog"]
@@ -323,6 +322,7 @@ def test_a_track_takes_the_label_it_is_seen_with_most() -> None:
     assert {i for i, _ in got} == {1}
     # cat:3 dog:1, cat:4 dog:1, ... cat:4 dog:4 (a tie keeps cat), cat:4 dog:5 -> dog
     assert [lb for _, lb in got] == ["cat"] * 8 + ["dog"]
+
 
 # --- second stage -----------------------------------------------------------------------------
 LANDMARKS = Path(__file__).resolve().parents[1] / "models" / "face_landmark.tflite"
