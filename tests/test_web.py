@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge_agent.metrics import BROKER_DROPS, FRAME_DROPS, lookup
 from edge_agent.snapshots import contrast
 
-from .conftest import DEMO_VIDEO, SHORT, Broker, collect, free_port, wait_until
+from .conftest import DEMO_VIDEO, SHORT, SLOWDOWN, Broker, collect, free_port, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -128,7 +128,7 @@ def test_metrics_follow_prometheus_rules_and_carry_every_health_figure(
     assert inferred >= health["frames"]["inferred"]
     assert _value(m, "edge_agent_latency_seconds_bucket", series="inference", le="+Inf") == inferred
     assert _value(m, "edge_agent_process_rss_bytes") == pytest.approx(health["process"]["rss_mb"] * 1e6, rel=0.5)
-    assert _value(m, "edge_agent_fps", stage="inferred") > 5
+    assert _value(m, "edge_agent_fps", stage="inferred") > 5 / SLOWDOWN  # a slower board infers fewer
     # published counts frames: at 20 fps it is the inferred rate, not the (higher) message rate
     assert _value(m, "edge_agent_fps", stage="published") <= _value(m, "edge_agent_fps", stage="inferred") + 2
     assert _value(m, "edge_agent_frames_inferred_total") >= health["frames"]["inferred"]
@@ -181,7 +181,7 @@ def test_a_real_prometheus_scrapes_the_agent_and_adds_up_its_histograms(
         assert 0 < p50 < 1.0
         rate = wait_until(lambda: (r := query("rate(edge_agent_frames_inferred_total[5s])"))
                           and float(r[0]["value"][1]), 30, what="a frame rate")
-        assert rate > 1  # frames flow (the exact rate depends on how busy this machine is)
+        assert rate > 1 / SLOWDOWN  # frames flow (the exact rate depends on how busy and fast this machine is)
     finally:
         proc.terminate()
         proc.wait(10)
