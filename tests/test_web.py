@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge_agent.metrics import BROKER_DROPS, FRAME_DROPS, lookup
 from edge_agent.snapshots import contrast
 
-from .conftest import DEMO_VIDEO, SHORT, SLOWDOWN, Broker, collect, free_port, wait_until
+from .conftest import DEMO_VIDEO, SHORT, SLOWDOWN, Broker, collect, free_port, scaled, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -178,7 +178,7 @@ def test_a_real_prometheus_scrapes_the_agent_and_adds_up_its_histograms(
         q = 'histogram_quantile(0.5, sum by (le) (rate(edge_agent_latency_seconds_bucket{series="inference"}[5s])))'
         p50 = wait_until(lambda: (r := query(q)) and r[0]["value"][1] not in ("NaN", "+Inf")
                          and float(r[0]["value"][1]), 30, what="a p50 from the histogram")
-        assert 0 < p50 < 1.0
+        assert 0 < p50 < scaled(1.0)  # seconds per inference, more on a slower board
         rate = wait_until(lambda: (r := query("rate(edge_agent_frames_inferred_total[5s])"))
                           and float(r[0]["value"][1]), 30, what="a frame rate")
         assert rate > 1 / SLOWDOWN  # frames flow (the exact rate depends on how busy and fast this machine is)
