@@ -3,6 +3,7 @@
     python benchmarks/bench_tracking.py            # every scene, and the cost with 20 objects
     python benchmarks/bench_tracking.py --cost-only
     python benchmarks/bench_tracking.py --against REV   # the cost beside the tracker and zones of a commit
+    python benchmarks/bench_tracking.py --shifts=-0.06,-0.04,-0.02,0.02,0.04,0.06   # and with scores moved
 
 For each scene of `benchmarks/scenes.py` the real detector (BlazeFace or the SSD) runs on every frame, its
 detections go through the agent's scene stage (masks, tracker, zones, events) exactly as on a device, and
@@ -12,7 +13,9 @@ The cost line times the scene stage alone (tracking + zones + events) on 20 movi
 zones, in CPU ms per frame (median of runs), the detector excluded. `--against REV` times tracking +
 zones of this tree and of `edge_agent/tracker.py` and `zones.py` at git revision REV side by side,
 runs alternated in one process (this machine's speed drifts too much between separate commands to
-compare them), and checks that both give the same track ids and zones.
+compare them), and checks that both give the same track ids and zones. `--shifts` replays each
+scene's recorded detections with every score moved up or down (`Recorded`), as another platform's
+arithmetic moves them: a tracker whose ids hang on a score sitting just at a threshold shows it there.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -51,6 +55,42 @@ def detector(kind: str) -> Any:
     if kind == "face":
         return Model(ModelConfig(score_threshold=0.5), RuntimeConfig(accelerator="cpu"), None)
     return Model(ModelConfig(path=SSD, labels=COCO, score_threshold=0.3), RuntimeConfig(accelerator="cpu"), None)
+
+
+class Recorded:
+    """A detector that replays recorded results, each score moved by `shift` (within [0, 1]) and those
+    that fall below the detector's threshold dropped. Another platform's arithmetic moves the real
+    scores a little (the SSD's scores on arm64 differ from x86-64's by up to 0.02 in these scenes):
+    the tracker must give the same ids either way, and this shows whether it does without a board."""
+
+    def __init__(self, results: list[Any], shift: float = 0.0, threshold: float = 0.0):
+        self._results = iter(results)
+        self._shift = shift
+        self._threshold = threshold
+
+    def infer(self, frame: np.ndarray) -> Any:
+        """What `run_scene` reads of a model's inference: its result."""
+        res = next(self._results)
+        if self._shift:
+            moved = (replace(d, score=min(1.0, max(0.0, d.score + self._shift))) for d in res.detections)
+            res = replace(res, detections=tuple(d for d in moved if d.score >= self._threshold))
+        return SimpleNamespace(result=res)
+
+    def close(self) -> None:
+        pass
+
+
+def record(name: str, model: Any = None) -> tuple[list[Any], float]:
+    """The detector's results on every frame of a scene, and its score threshold."""
+    from benchmarks.scenes import SCENES, render
+
+    own = model is None
+    model = model or detector(SCENES[name].detector)
+    try:
+        return [model.infer(img).result for img, _ in render(SCENES[name])], model.cfg.score_threshold
+    finally:
+        if own:
+            model.close()
 
 
 def run_scene(name: str, model: Any = None, scene_cfg: dict[str, Any] | None = None) -> SceneRun:
@@ -240,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cost-only", action="store_true")
     ap.add_argument("--against", metavar="REV", help="also time tracking + zones of git revision REV beside these")
     ap.add_argument("--scenes", default="", help="comma-separated scene names (default: all)")
+    ap.add_argument("--shifts", default="", metavar="S,S,...",
+                    help="also replay each scene's detections with every score moved by each S (e.g. "
+                         "-0.04,-0.02,0.02,0.04): the ids must not hang on the detector's exact scores")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from benchmarks.scenes import SCENES
@@ -263,6 +306,19 @@ def main(argv: list[str] | None = None) -> int:
         t = score_all(runs)
         print(f"| all | {sum(r.frames for r in runs)} | | {t['idf1']:.3f} | {int(t['num_switches'])} | "
               f"{t['mota']:.3f} | {int(t['num_misses'])} | {int(t['num_false_positives'])} | |")
+    if args.shifts and not args.cost_only:
+        shifts = [float(x) for x in args.shifts.split(",")]
+        names = args.scenes.split(",") if args.scenes else list(SCENES)
+        print("\nIDF1 / ID switches with every detection's score moved by:\n")
+        print("| scene | " + " | ".join(f"{x:+.2f}" for x in shifts) + " |")
+        print("| --- |" + " --- |" * len(shifts))
+        for name in names:
+            results, threshold = record(name)
+            cells = []
+            for x in shifts:
+                s = score(run_scene(name, Recorded(results, x, threshold)))
+                cells.append(f"{s['idf1']:.3f} / {int(s['num_switches'])}")
+            print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     c = cost()
     print(f"\n{c['objects']} objects, 3 zones, CPU ms per frame (median of {c['runs']} runs of 300 frames): "
           f"tracking + zones {c['tracking_zones_ms']:.3f}, the whole scene stage (with events and counts) "

@@ -1,10 +1,12 @@
 """Scenes with known ground truth, cut from real photos: real object crops moving across a real background.
 
 scikit-image's photos (the astronaut's face, Chelsea the cat) are pasted onto its grass texture and moved
-along straight lines at a steady speed: two objects crossing, one passing behind a pillar (a band of its
-brick texture drawn over it, so it is hidden for a few frames), one walking through a zone. The ground
-truth box of each object is known in every frame: the face's box inside the astronaut crop was marked by
-hand once, the cat fills its crop. An object counts as visible when at least half its box is in view.
+along straight lines at a steady speed: two objects crossing (two faces; two cats four ways: at different
+heights, at one height, on the diagonals, one fast and one slow), one passing behind a pillar (a band of
+its brick texture drawn over it, so it is hidden for a few frames), one walking through a zone. The
+ground truth box of each object is known in every frame: the face's box inside the astronaut crop was
+marked by hand once, the cat fills its crop. An object counts as visible when at least half its box is
+in view.
 The real detectors (BlazeFace, the SSD) then run on every frame; `benchmarks/bench_tracking.py` scores the
 tracker against this truth with py-motmetrics, and the tests check the events it raises.
 """
@@ -96,6 +98,21 @@ SCENES: dict[str, Scene] = {
         ),
         # two cats cross at different heights
         Scene("cats_crossing", "ssd", 60, (Actor("cat", (-30, 40), (470, 200)), Actor("cat", (470, 250), (-30, 60)))),
+        # ... at one height: the one behind is wholly hidden for a dozen frames
+        Scene(
+            "cats_crossing_level",
+            "ssd",
+            60,
+            (Actor("cat", (-30, 150), (470, 170)), Actor("cat", (470, 140), (-30, 160))),
+        ),
+        # ... on the diagonals, meeting at the same point at the same time (seen as one box as they near)
+        Scene(
+            "cats_crossing_diagonal", "ssd", 60, (Actor("cat", (0, 0), (440, 280)), Actor("cat", (440, 0), (0, 280)))
+        ),
+        # ... one fast, one slow
+        Scene(
+            "cats_fast_and_slow", "ssd", 60, (Actor("cat", (-60, 60), (500, 230)), Actor("cat", (400, 230), (100, 80)))
+        ),
     )
 }
 

@@ -11,12 +11,23 @@ velocity of the box centre, smoothed (an alpha-beta filter) and learnt only from
 size, which carries a track through a crossing and a brief disappearance; ByteTrack's Kalman filter
 adds little at these frame rates.
 
+What ByteTrack leaves to chance is a crossing, where a detector without appearance features reports
+boxes of the pair: one round both, the front one's box widened by the one behind, one box for two
+while one is hidden. Taken by a track, such a box drags it to the middle of the pair and lets it
+leave with the other object, and which track takes it hangs on a score or an IoU a hair either side
+of a threshold (the same SSD puts a partly hidden cat at 0.48 on arm64 and 0.50 on x86-64). So,
+written by hand because no tracking library does it: a box that holds two tracked objects and is
+larger than either, or that two tracks want alike and have no other box for, goes to neither (both
+coast on their motion until they are seen apart); a track beside a neighbour learns its position but
+not its size or velocity from the pair's boxes; and a box round two confident ones starts no track.
+
 For tens of objects the cost is the count of numpy calls on tiny arrays, not the arithmetic, and the
 code is shaped by that: per-track state is plain floats (a struct-of-arrays version measured 5-30 %
 slower, side by side, twice), predicted in one loop and corrected inline; the lapjv solver runs only
 when two tracks want the same detection (where each track's best detection is its own, those pairs
-are already the optimum); the few detections competing for a track are checked for enclosing boxes
-in plain floats; labels are counted only once a track has been seen with a second one.
+are already the optimum); the pair checks above run only where a detection has two candidates; the
+few detections competing for a track are checked for enclosing boxes in plain floats; labels are
+counted only once a track has been seen with a second one.
 
 Ids count up from 1 per pipeline and are never reused while the agent runs.
 """
@@ -25,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -52,6 +64,11 @@ _OTHER_LABEL = 0.5
 #: encloses it.
 _ENCLOSED = 0.8
 _LARGER = 1.5
+#: A detection holding most of two tracked objects' predicted boxes (_ENCLOSED), and this much larger
+#: than the largest of them, is a box round them.
+_ROUND = 1.2
+#: Two tracks whose only candidate is one detection, at IoUs within this ratio, both want it alike.
+_ALIKE = 0.7
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -134,18 +151,26 @@ def _same(a: list[str], b: list[str]) -> np.ndarray | None:
     return np.asarray(a, dtype=object)[:, None] == np.asarray(b, dtype=object)[None, :]
 
 
-def assign(cost: np.ndarray, limit: float) -> list[tuple[int, int]]:
-    """Minimum-cost pairs (row, col) with cost below `limit`; rows and columns may stay unmatched."""
+def assign(
+    cost: np.ndarray, limit: float, contested: Callable[[list[int]], list[int]] | None = None
+) -> list[tuple[int, int]]:
+    """Minimum-cost pairs (row, col) with cost below `limit`; rows and columns may stay unmatched.
+    `contested`, given the columns that two or more rows want most, names those no row may take."""
     if cost.size == 0:
         return []
-    best = cost.argmin(axis=1)
-    rows = (np.minimum.reduce(cost, axis=1) < limit).nonzero()[0]  # the ufunc itself: ndarray.min wraps it in Python
-    cols = best[rows].tolist()
-    if len(set(cols)) == len(cols):
-        # every row's cheapest column is its own: no assignment does better than each row at its minimum
-        # (the common case, even with crowded boxes), and the solver is not needed
-        return list(zip(rows.tolist(), cols, strict=True))
-    return _solve(cost, limit)
+    while True:
+        best = cost.argmin(axis=1)
+        rows = (np.minimum.reduce(cost, axis=1) < limit).nonzero()[0]  # the ufunc: ndarray.min wraps it in Python
+        cols = best[rows].tolist()
+        if len(set(cols)) == len(cols):
+            # every row's cheapest column is its own: no assignment does better than each row at its minimum
+            # (the common case, even with crowded boxes), and the solver is not needed
+            return list(zip(rows.tolist(), cols, strict=True))
+        drop = contested([c for c in set(cols) if cols.count(c) > 1]) if contested is not None else []
+        if not drop:
+            return _solve(cost, limit)
+        cost[:, drop] = limit  # and look again without them
+        contested = None
 
 
 def _solve(cost: np.ndarray, limit: float) -> list[tuple[int, int]]:
@@ -178,21 +203,26 @@ class Track:
     votes: Counter[str] | None = None
 
 
-def _predict(tracks: list[Track], ts: float) -> tuple[np.ndarray, list[int]]:
-    """Each track's box at `ts` by its motion ([N, 4] xyxy), and the indices of the tracks missed last
-    frame. One loop and one array from a flat list of floats: a method call and a tuple per track
-    cost more than the arithmetic."""
+def _predict(tracks: list[Track], ts: float) -> np.ndarray:
+    """Each track's box at `ts` by its motion ([N, 4] xyxy). One loop and one array from a flat list
+    of floats: a method call and a tuple per track cost more than the arithmetic."""
     flat: list[float] = []
-    missed: list[int] = []
-    for i, t in enumerate(tracks):
+    for t in tracks:
         dt = ts - t.last_ts
         if dt < 0.0:
             dt = 0.0
         cx, cy, hw, hh = t.cx + t.vx * dt, t.cy + t.vy * dt, t.w * 0.5, t.h * 0.5
         flat += (cx - hw, cy - hh, cx + hw, cy + hh)
-        if t.misses:
-            missed.append(i)
-    return np.array(flat, np.float64).reshape(-1, 4), missed
+    return np.array(flat, np.float64).reshape(-1, 4)
+
+
+class _Round(NamedTuple):
+    """The first round's pairs (track index, detection index), the tracks beside a neighbour, and the
+    detections no track took because two wanted them (see `Tracker._first_round`)."""
+
+    pairs: list[tuple[int, int]]
+    near: set[int]
+    shunned: list[int]
 
 
 class TrackUpdate(NamedTuple):
@@ -203,6 +233,65 @@ class TrackUpdate(NamedTuple):
     ids: list[int | None]
     confirmed: list[Track]
     ended: list[Track]
+
+
+class _Pair:
+    """The checks for a detection that two tracks want, in plain floats over its few candidates (see
+    `Tracker._first_round`)."""
+
+    __slots__ = ("_rows", "boxes", "cand", "dets", "dropped", "iou", "near", "per_track", "predicted", "same", "tracks")
+
+    def __init__(
+        self,
+        tracks: list[Track],
+        predicted: np.ndarray,
+        boxes: np.ndarray,
+        dets: list[int],
+        cand: np.ndarray,
+        iou: np.ndarray,
+        per_track: np.ndarray,
+        same: np.ndarray | None,
+    ):
+        self.tracks, self.predicted, self.boxes, self.dets = tracks, predicted, boxes, dets
+        self.cand, self.iou, self.per_track, self.same = cand, iou, per_track, same
+        self.dropped: list[int] = []
+        self.near: list[int] = []  # the tracks that wanted a contested detection
+        self._rows: list[list[float]] | None = None
+
+    def _wanting(self, c: int) -> list[int]:
+        """The confirmed tracks of detection c's label that want it."""
+        same = self.same
+        return [r for r in self.cand[:, c].nonzero()[0].tolist()
+                if self.tracks[r].confirmed and (same is None or bool(same[r, c]))]
+
+    def round_two(self, c: int, rows: list[int] | None = None) -> bool:
+        """Whether detection c holds most of the predicted boxes of two of the tracks that want it
+        (_ENCLOSED) and is clearly larger than the largest of those (_ROUND): a box round them."""
+        x1, y1, x2, y2 = self.boxes[self.dets[c]].tolist()
+        if self._rows is None:
+            self._rows = self.predicted.tolist()
+        held = []
+        for r in self._wanting(c) if rows is None else rows:
+            a1, b1, a2, b2 = self._rows[r]
+            iw = (a2 if a2 < x2 else x2) - (a1 if a1 > x1 else x1)
+            ih = (b2 if b2 < y2 else y2) - (b1 if b1 > y1 else y1)
+            own = (a2 - a1) * (b2 - b1)
+            if iw > 0 and ih > 0 and iw * ih >= _ENCLOSED * own:
+                held.append(own)
+        return len(held) >= 2 and (x2 - x1) * (y2 - y1) > _ROUND * max(held)
+
+    def no_ones(self, contested: list[int]) -> list[int]:
+        """Of the detections that two tracks want most, those no track takes: a box round two, or
+        the only candidate of two tracks that want it alike (IoUs within _ALIKE)."""
+        out = []
+        for c in contested:
+            self.near += self.cand[:, c].nonzero()[0].tolist()
+            rows = self._wanting(c)
+            alone = sorted((float(self.iou[r, c]) for r in rows if self.per_track[r] == 1), reverse=True)
+            if (len(alone) >= 2 and alone[1] >= _ALIKE * alone[0]) or self.round_two(c, rows):
+                out.append(c)
+        self.dropped = out
+        return out
 
 
 class Tracker:
@@ -233,7 +322,7 @@ class Tracker:
         ids: list[int | None] = [None] * len(boxes)
         rows: list[list[float]] = boxes.tolist()
         tracks = self.tracks
-        predicted, missed = _predict(tracks, ts)
+        predicted = _predict(tracks, ts)
         score_of: list[float] = scores.tolist()
         strong: list[int] = []
         weak: list[int] = []
@@ -244,11 +333,13 @@ class Tracker:
                 (strong if s >= self.high_score else weak).append(i)
         free = list(range(len(tracks)))
         # round 1: confident detections against every track
-        matched = self._match(predicted, boxes, labels, free, strong, self.iou_threshold, prefer_tight=True)
-        if len(matched) == len(strong) == len(free):  # the usual frame: each track took one detection
+        first = self._first_round(predicted, boxes, labels, strong)
+        matched, near = first.pairs, first.near
+        if not first.shunned and len(matched) == len(strong) == len(free):  # the usual frame: each track took one
             strong_left, free = [], []
         else:
             used = {d for _, d in matched}
+            used.update(first.shunned)  # neither a track's nor a new object
             strong_left = [d for d in strong if d not in used]
             taken = {m for m, _ in matched}
             free = [t for t in free if t not in taken]
@@ -258,10 +349,6 @@ class Tracker:
             matched += second
             taken = {m for m, _ in second}
             free = [t for t in free if t not in taken]
-        merged = self._merged(matched, boxes, rows, labels) if missed else []
-        if merged:  # those tracks coast on their motion this frame, as if missed
-            matched = [p for p in matched if p not in merged]
-            free = sorted([*free, *(t for t, _ in merged)])
         # round 3: a confirmed track lost for a while (hidden, or crossed by another object) is recovered
         # by a confident detection near where its motion says it should be, though the boxes no longer overlap
         if strong_left and free:
@@ -286,12 +373,16 @@ class Tracker:
                 h = 1e-6
             px, py = t.cx, t.cy
             dt = ts - t.last_ts
+            # Beside a neighbour (more than one detection overlapped the track: boxes round both, or cut
+            # by the other), the box's size and the drift of its centre are the pair's, not the object's:
+            # the track keeps its own size and velocity, and takes only the position.
+            beside = t_i in near
             if dt > 0:
                 px += t.vx * dt
                 py += t.vy * dt
                 # A box that changed shape (partly hidden, or cut by the frame's edge) moves its centre for
                 # that reason, not the object's motion: the velocity learns only from boxes that kept their size.
-                if _STEADY_LO <= (w * h) / (t.w * t.h) <= _STEADY_HI:
+                if not beside and _STEADY_LO <= (w * h) / (t.w * t.h) <= _STEADY_HI:
                     if t.hits > 1:
                         t.vx = _VELOCITY_GAIN * (cx - t.cx) / dt + _VELOCITY_KEEP * t.vx
                         t.vy = _VELOCITY_GAIN * (cy - t.cy) / dt + _VELOCITY_KEEP * t.vy
@@ -300,8 +391,9 @@ class Tracker:
                         t.vy = (cy - t.cy) / dt
             t.cx = _BOX_GAIN * cx + _BOX_KEEP * px
             t.cy = _BOX_GAIN * cy + _BOX_KEEP * py
-            t.w = _BOX_GAIN * w + _BOX_KEEP * t.w
-            t.h = _BOX_GAIN * h + _BOX_KEEP * t.h
+            if not beside:
+                t.w = _BOX_GAIN * w + _BOX_KEEP * t.w
+                t.h = _BOX_GAIN * h + _BOX_KEEP * t.h
             t.score = score_of[d]
             t.last_ts = ts
             t.hits += 1
@@ -328,7 +420,7 @@ class Tracker:
                 if t.confirmed:
                     ended.append(t)
         keep = [t for t_i, t in enumerate(tracks) if t_i not in gone] if gone else tracks
-        for d in self._births(boxes, labels, strong_left, matched):
+        for d in self._births(boxes, labels, strong_left, matched, strong):
             x1, y1, x2, y2 = rows[d]
             t = Track(
                 next(self._ids),
@@ -358,64 +450,102 @@ class Tracker:
         tracks: list[int],
         dets: list[int],
         min_iou: float,
-        prefer_tight: bool = False,
     ) -> list[tuple[int, int]]:
-        """(track index, detection index) pairs of one round. prefer_tight: where detections of one kind
-        compete for a track and one box encloses another (a detector's box round two neighbours), the
-        enclosing one weighs half, so the tight box of the object wins its track."""
+        """(track index, detection index) pairs of the weak round: IoU with the predicted boxes."""
         if not tracks or not dets:
             return []
-        # every track and every detection (the usual first round): positions are indices, and no copies
-        all_tracks, all_dets = len(tracks) == len(predicted), len(dets) == len(boxes)
-        iou = iou_matrix(predicted if all_tracks else predicted[tracks], boxes if all_dets else boxes[dets])
+        iou = iou_matrix(predicted[tracks], boxes[dets])
         if self.class_aware:
             same = _same([self.tracks[t].label for t in tracks], [labels[d] for d in dets])
             if same is not None:
                 iou = np.where(same, iou, iou * _OTHER_LABEL)
-        if prefer_tight:
-            cand = iou >= min_iou
-            rival = np.add.reduce(cand, axis=1) >= 2  # ufuncs, not ndarray.sum/any (Python wrappers round them)
-            if np.logical_or.reduce(rival):  # objects apart have one candidate each, and this costs nothing then
-                cols = np.logical_or.reduce(cand[rival], axis=0).nonzero()[0].tolist()
-                sub = cols if all_dets else [dets[c] for c in cols]
-                big = [c for c, h in zip(cols, _encloses_another(boxes, sub, labels), strict=True) if h]
-                if big:
-                    iou[:, big] *= _OTHER_LABEL
-        pairs = assign(1.0 - iou, 1.0 - min_iou)
-        return pairs if all_tracks and all_dets else [(tracks[r], dets[c]) for r, c in pairs]
+        return [(tracks[r], dets[c]) for r, c in assign(1.0 - iou, 1.0 - min_iou)]
 
-    def _merged(
-        self, matched: list[tuple[int, int]], boxes: np.ndarray, rows: list[list[float]], labels: list[str]
-    ) -> list[tuple[int, int]]:
-        """Matches of a hidden object's track to a detector's box round two neighbours: the track was
-        missed last frame, and its detection is much larger than it (_LARGER times its area) and
-        encloses another detection matched this frame. Taken, the box would drag the track of the
-        hidden object onto the one in front; left, the track coasts on its motion and takes its own
-        object's box when that is seen again."""
-        oversize = []
-        for t_i, d in matched:
-            t = self.tracks[t_i]
-            if t.misses:
-                x1, y1, x2, y2 = rows[d]
-                if (x2 - x1) * (y2 - y1) > _LARGER * t.w * t.h:
-                    oversize.append((t_i, d))
-        if not oversize:  # the usual frame
-            return []
-        idx = [d for _, d in matched]
-        held = dict(zip(idx, _encloses_another(boxes, idx, labels), strict=True))
-        return [(t_i, d) for t_i, d in oversize if held[d]]
+    def _first_round(self, predicted: np.ndarray, boxes: np.ndarray, labels: list[str], dets: list[int]) -> _Round:
+        """The confident detections against every track, by IoU with the predicted boxes. Where objects
+        come close, no track takes
+        - a detection that holds most of the predicted boxes of two confirmed tracks of its label and is
+          clearly larger than the largest (_ROUND): the detector's box round two objects that cross or
+          walk close, one often partly hidden behind the other;
+        - a detection that is the only candidate of two confirmed tracks of its label, which want it
+          alike (IoUs within _ALIKE): two objects, one hidden behind the other, seen as one, and
+          nothing yet to tell whose it is.
+        Whichever track took such a box would be dragged to the middle of the pair and could leave with
+        the wrong object; both coast on their motion instead until their objects are seen apart, or
+        until one track's prediction clearly fits the box. Where detections of one kind compete for a
+        track and one box encloses another, the enclosing one weighs half, so the tight box of the
+        object wins its track. The tracks beside a neighbour (`near`: two candidates, or a shunned box)
+        learn only their position this frame: their boxes' size and the drift of their centres are
+        the pair's, not the object's."""
+        tracks = self.tracks
+        if not tracks or not dets:
+            return _Round([], set(), [])
+        all_dets = len(dets) == len(boxes)  # the usual frame: positions are indices, and no copies
+        inter, area_p, area_d = _overlap(predicted, boxes if all_dets else boxes[dets])
+        union = area_p + area_d
+        union -= inter
+        np.maximum(union, 1e-12, out=union)
+        iou = inter / union
+        same = None
+        if self.class_aware:
+            same = _same([t.label for t in tracks], labels if all_dets else [labels[d] for d in dets])
+            if same is not None:
+                iou = np.where(same, iou, iou * _OTHER_LABEL)
+        cand = iou >= self.iou_threshold
+        per_track = np.add.reduce(cand, axis=1)  # ufuncs, not ndarray.sum/any: Python wrappers round them
+        rival = per_track >= 2
+        near: set[int] = set()
+        shun: list[int] = []
+        pair: list[_Pair] = []  # made only where two tracks want one detection
+
+        def checks() -> _Pair:
+            if not pair:
+                pair.append(_Pair(self.tracks, predicted, boxes, dets, cand, iou, per_track, same))
+            return pair[0]
+
+        if np.logical_or.reduce(rival):  # objects apart have one candidate each, and this costs nothing then
+            near.update(rival.nonzero()[0].tolist())
+            cols = np.logical_or.reduce(cand[rival], axis=0).nonzero()[0].tolist()
+            sub = cols if all_dets else [dets[c] for c in cols]
+            big = [c for c, h in zip(cols, _encloses_another(boxes, sub, labels), strict=True) if h]
+            if big:  # a box round others of its kind: round two tracked objects, it is no one's
+                shun = [c for c in big if checks().round_two(c)]
+                iou[:, [c for c in big if c not in shun]] *= _OTHER_LABEL
+        cost = 1.0 - iou
+        if shun:
+            cost[:, shun] = 1.0
+        pairs = assign(cost, 1.0 - self.iou_threshold, lambda cs: checks().no_ones(cs))
+        if pair:
+            shun += pair[0].dropped
+            near.update(pair[0].near)
+        for c in shun:
+            near.update(cand[:, c].nonzero()[0].tolist())
+        if all_dets:
+            return _Round(pairs, near, shun)
+        return _Round([(r, dets[c]) for r, c in pairs], near, [dets[c] for c in shun])
 
     def _births(
-        self, boxes: np.ndarray, labels: list[str], dets: list[int], matched: list[tuple[int, int]]
+        self, boxes: np.ndarray, labels: list[str], dets: list[int], matched: list[tuple[int, int]], strong: list[int]
     ) -> list[int]:
-        """Unmatched confident detections that start tracks: not one that encloses an object already
-        tracked this frame (a detector's box round two neighbours of one kind is not a third object)."""
-        if not dets or not matched:
-            return list(dets)
-        seen = [d for _, d in matched]
-        held = enclosing(boxes[dets], boxes[seen])
-        kinds = _same([labels[d] for d in dets], [labels[d] for d in seen])
-        return [d for d, h in zip(dets, _rows_any(held, kinds), strict=True) if not h]
+        """Unmatched confident detections that start tracks. A detector's box round two neighbours of
+        one kind is not a third object: not one that encloses an object already tracked this frame,
+        nor one that encloses two other confident detections of its label (objects that appear
+        together, or a pair whose tracks are new). One that encloses a single new detection may be a
+        near object with a far one inside its box, and starts a track."""
+        if not dets:
+            return []
+        seen = {d for _, d in matched}
+        others = sorted(seen.union(strong))
+        held = enclosing(boxes[dets], boxes[others])
+        kinds = _same([labels[d] for d in dets], [labels[d] for d in others])
+        if kinds is not None:
+            held &= kinds
+        out = []
+        for d, row in zip(dets, held.tolist(), strict=True):
+            inside = [o for o, h in zip(others, row, strict=True) if h]
+            if len(inside) < 2 and not any(o in seen for o in inside):
+                out.append(d)
+        return out
 
     def _recover(
         self, predicted: np.ndarray, boxes: np.ndarray, labels: list[str], tracks: list[int], dets: list[int]

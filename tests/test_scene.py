@@ -16,7 +16,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.bench_tracking import detector, events_per_object, run_scene, score
+from benchmarks.bench_tracking import Recorded, detector, events_per_object, record, run_scene, score
 from benchmarks.scenes import FPS, SCENES
 from edge_agent.config import ConfigError, SceneConfig, load_settings
 from edge_agent.results import Detection, Result
@@ -172,6 +172,26 @@ def test_cats_crossing_at_most_one_switch(ssd: Any) -> None:
 
 
 @needs_shared
+@pytest.mark.parametrize(
+    "name", ["cats_crossing", "cats_crossing_level", "cats_crossing_diagonal", "cats_fast_and_slow"]
+)
+def test_crossings_hold_whatever_the_scores_do(ssd: Any, name: str) -> None:
+    """The ids of crossing cats must not hang on the exact scores the detector gives: another platform's
+    arithmetic moves them (the SSD's scores on arm64 differ from x86-64's by up to 0.02 here, enough to
+    put a partly hidden cat on the other side of the confident-detection threshold). The SSD's
+    detections on each crossing, replayed with every score moved up and down, give at most one id
+    switch and exactly one object event per cat each time."""
+    results, threshold = record(name, ssd)
+    for shift in (-0.04, -0.02, 0.0, 0.02, 0.04):
+        run = run_scene(name, Recorded(results, shift, threshold))
+        s = score(run)
+        per = events_per_object(run)
+        assert s["num_switches"] <= 1, (shift, s)
+        assert sorted(c["new"] for c in per.values()) == [1, 1], (shift, per)
+        assert all(c["end"] == 1 for c in per.values()), (shift, per)
+
+
+@needs_shared
 def test_walking_through_a_zone(ssd: Any, tmp_path: Path) -> None:
     scene = SCENES["cat_through_zone"]
     run = run_scene("cat_through_zone", ssd)
@@ -274,7 +294,9 @@ def test_a_read_only_disk_loses_media_not_detections(tmp_path: Path) -> None:
 def test_a_hidden_object_does_not_take_the_box_round_the_pair() -> None:
     """B walks behind A and is missed; the detector then reports A's own box and one round both. The
     box round both must not carry B's track (it would drag B onto A); B's track coasts and takes B's
-    own box when B comes out. A near object's box round a far one is not that: it keeps its track."""
+    own box when B comes out. While B's predicted box lies exactly on A's, A's box is no one's (no
+    telling which object it shows); it is A's again as soon as B's motion has moved on. A near
+    object's box round a far one is not a pair: it keeps its track."""
     tr = Tracker(min_hits=1)
     a = [0.40, 0.40, 0.60, 0.70]
     ids = tr.update(np.array([a, [0.10, 0.42, 0.30, 0.72]]), np.array([0.9, 0.9]), ["cat", "cat"], 0.0).ids
@@ -283,8 +305,8 @@ def test_a_hidden_object_does_not_take_the_box_round_the_pair() -> None:
         x = 0.10 + 0.05 * i
         up = tr.update(np.array([a, [x, 0.42, x + 0.2, 0.72]]), np.array([0.9, 0.9]), ["cat", "cat"], i / 15)
         assert up.ids == [id_a, id_b]
-    for i in range(6, 8):  # hidden behind A: only A is seen
-        assert tr.update(np.array([a]), np.array([0.9]), ["cat"], i / 15).ids == [id_a]
+    hidden = [tr.update(np.array([a]), np.array([0.9]), ["cat"], i / 15).ids for i in (6, 7)]  # only A is seen
+    assert hidden == [[None], [id_a]], hidden
     for i in range(8, 10):  # A's box, and one round A and where B is
         up = tr.update(np.array([a, [0.38, 0.38, 0.72, 0.74]]), np.array([0.9, 0.9]), ["cat", "cat"], i / 15)
         assert up.ids[0] == id_a and up.ids[1] != id_b, up.ids
@@ -297,6 +319,45 @@ def test_a_hidden_object_does_not_take_the_box_round_the_pair() -> None:
     first = near.update(np.array([big, small]), np.array([0.9, 0.9]), ["person", "person"], 0.0).ids
     for i in range(1, 5):
         assert near.update(np.array([big, small]), np.array([0.9, 0.9]), ["person", "person"], i / 15).ids == first
+
+
+def _round_both(a: list[float], b: list[float]) -> list[float]:
+    return [min(a[0], b[0]) - 0.01, min(a[1], b[1]) - 0.01, max(a[2], b[2]) + 0.01, max(a[3], b[3]) + 0.01]
+
+
+@pytest.mark.parametrize("merged", ["round both", "the front one"])
+def test_two_objects_seen_as_one_leave_with_their_own_ids(merged: str) -> None:
+    """A walks right, B walks left in front of it. As they close in, the detector's box of B hangs back
+    towards A (its centre moves slower than B) and a box round both appears; then, for five frames, it
+    sees one box only (round both, or B's own). Neither box may teach a track its motion, and neither
+    track may be dragged off by the single box: each leaves the crossing with its own id, and no id
+    is created."""
+    tr = Tracker()
+    ids: list[list[int | None]] = []
+    for i in range(26):
+        xa, xb = 0.04 * i, 0.84 - 0.04 * i
+        a, b = [xa, 0.40, xa + 0.16, 0.70], [xb, 0.42, xb + 0.16, 0.72]
+        if 6 <= i <= 8:
+            lag = 0.03 * (i - 5)
+            boxes = [a, [b[0] + lag, b[1], b[2] + lag, b[3]], _round_both(a, b)]
+        elif 9 <= i <= 13:
+            boxes = [_round_both(a, b) if merged == "round both" else b]
+        else:
+            boxes = [a, b]
+        ids.append(tr.update(np.array(boxes), np.full(len(boxes), 0.9), ["cat"] * len(boxes), i / 15).ids)
+    assert ids[:6] == [[1, 2]] * 6 and ids[-8:] == [[1, 2]] * 8, ids
+    assert tr.created == 2
+
+
+def test_a_box_round_two_new_objects_starts_no_track() -> None:
+    """Two cats come into view together, and the detector also reports a box round both: two tracks,
+    not three. A box round one other (a near object with a far one inside) still starts its own."""
+    tr = Tracker(min_hits=1)
+    a, b = [0.10, 0.40, 0.30, 0.70], [0.26, 0.42, 0.46, 0.72]
+    assert tr.update(np.array([a, b, _round_both(a, b)]), np.full(3, 0.9), ["cat"] * 3, 0.0).ids == [1, 2, None]
+    near = Tracker(min_hits=1)
+    big, small = [0.20, 0.10, 0.80, 0.95], [0.40, 0.30, 0.50, 0.50]
+    assert near.update(np.array([big, small]), np.full(2, 0.9), ["person"] * 2, 0.0).ids == [1, 2]
 
 
 def test_track_ids_are_never_reused() -> None:
