@@ -258,11 +258,12 @@ class _Pair:
         self.near: list[int] = []  # the tracks that wanted a contested detection
         self._rows: list[list[float]] | None = None
 
-    def _wanting(self, c: int) -> list[int]:
-        """The confirmed tracks of detection c's label that want it."""
-        same = self.same
-        return [r for r in self.cand[:, c].nonzero()[0].tolist()
-                if self.tracks[r].confirmed and (same is None or bool(same[r, c]))]
+    def _wanting(self, c: int, rows: list[int] | None = None) -> list[int]:
+        """The confirmed tracks of detection c's label that want it (of `rows`, when given)."""
+        same, tracks = self.same, self.tracks
+        if rows is None:
+            rows = self.cand[:, c].nonzero()[0].tolist()
+        return [r for r in rows if tracks[r].confirmed and (same is None or bool(same[r, c]))]
 
     def round_two(self, c: int, rows: list[int] | None = None) -> bool:
         """Whether detection c holds most of the predicted boxes of two of the tracks that want it
@@ -285,8 +286,9 @@ class _Pair:
         the only candidate of two tracks that want it alike (IoUs within _ALIKE)."""
         out = []
         for c in contested:
-            self.near += self.cand[:, c].nonzero()[0].tolist()
-            rows = self._wanting(c)
+            every = self.cand[:, c].nonzero()[0].tolist()
+            self.near += every
+            rows = self._wanting(c, every)
             alone = sorted((float(self.iou[r, c]) for r in rows if self.per_track[r] == 1), reverse=True)
             if (len(alone) >= 2 and alone[1] >= _ALIKE * alone[0]) or self.round_two(c, rows):
                 out.append(c)
@@ -361,6 +363,7 @@ class Tracker:
             strong_left = [d for d in strong_left if d not in recovered]
         confirmed: list[Track] = []
         min_hits = self.min_hits
+        vg, vk, bg, bk = _VELOCITY_GAIN, _VELOCITY_KEEP, _BOX_GAIN, _BOX_KEEP  # locals: read per object
         for t_i, d in matched:
             t = tracks[t_i]
             # The correction, written out here in plain float arithmetic (no calls): it runs once per
@@ -371,29 +374,30 @@ class Tracker:
                 w = 1e-6
             if h < 1e-6:
                 h = 1e-6
-            px, py = t.cx, t.cy
+            ox, oy = px, py = t.cx, t.cy
             dt = ts - t.last_ts
             # Beside a neighbour (more than one detection overlapped the track: boxes round both, or cut
             # by the other), the box's size and the drift of its centre are the pair's, not the object's:
             # the track keeps its own size and velocity, and takes only the position.
             beside = t_i in near
             if dt > 0:
-                px += t.vx * dt
-                py += t.vy * dt
+                vx, vy = t.vx, t.vy
+                px += vx * dt
+                py += vy * dt
                 # A box that changed shape (partly hidden, or cut by the frame's edge) moves its centre for
                 # that reason, not the object's motion: the velocity learns only from boxes that kept their size.
                 if not beside and _STEADY_LO <= (w * h) / (t.w * t.h) <= _STEADY_HI:
                     if t.hits > 1:
-                        t.vx = _VELOCITY_GAIN * (cx - t.cx) / dt + _VELOCITY_KEEP * t.vx
-                        t.vy = _VELOCITY_GAIN * (cy - t.cy) / dt + _VELOCITY_KEEP * t.vy
+                        t.vx = vg * (cx - ox) / dt + vk * vx
+                        t.vy = vg * (cy - oy) / dt + vk * vy
                     else:  # the first velocity is the first measurement
-                        t.vx = (cx - t.cx) / dt
-                        t.vy = (cy - t.cy) / dt
-            t.cx = _BOX_GAIN * cx + _BOX_KEEP * px
-            t.cy = _BOX_GAIN * cy + _BOX_KEEP * py
+                        t.vx = (cx - ox) / dt
+                        t.vy = (cy - oy) / dt
+            t.cx = bg * cx + bk * px
+            t.cy = bg * cy + bk * py
             if not beside:
-                t.w = _BOX_GAIN * w + _BOX_KEEP * t.w
-                t.h = _BOX_GAIN * h + _BOX_KEEP * t.h
+                t.w = bg * w + bk * t.w
+                t.h = bg * h + bk * t.h
             t.score = score_of[d]
             t.last_ts = ts
             t.hits += 1
