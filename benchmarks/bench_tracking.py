@@ -4,6 +4,8 @@
     python benchmarks/bench_tracking.py --cost-only
     python benchmarks/bench_tracking.py --against REV   # the cost beside the tracker and zones of a commit
     python benchmarks/bench_tracking.py --shifts=-0.06,-0.04,-0.02,0.02,0.04,0.06   # and with scores moved
+    python benchmarks/bench_tracking.py --record FILE   # only the detections, e.g. on a board, as JSON
+    python benchmarks/bench_tracking.py --replay FILE   # the table from those detections instead
 
 For each scene of `benchmarks/scenes.py` the real detector (BlazeFace or the SSD) runs on every frame, its
 detections go through the agent's scene stage (masks, tracker, zones, events) exactly as on a device, and
@@ -16,11 +18,14 @@ runs alternated in one process (this machine's speed drifts too much between sep
 compare them), and checks that both give the same track ids and zones. `--shifts` replays each
 scene's recorded detections with every score moved up or down (`Recorded`), as another platform's
 arithmetic moves them: a tracker whose ids hang on a score sitting just at a threshold shows it there.
+`--record` and `--replay` carry one platform's detections to another, where this tracker scores them:
+the way to tell a difference in the detector from one in the tracker.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -275,6 +280,37 @@ def events_per_object(run: SceneRun) -> dict[int, dict[str, int]]:
     return out
 
 
+def save_recorded(path: Path, recorded: dict[str, tuple[list[Any], float]]) -> None:
+    """Each scene's detections and threshold as JSON, at full precision: another platform's run read
+    back here replays through this tracker exactly."""
+    out = {
+        name: {
+            "threshold": threshold,
+            "frames": [
+                [[d.label, d.index, d.score, list(d.box), list(d.box_norm), [list(k) for k in d.keypoints]]
+                 for d in r.detections]
+                for r in results
+            ],
+        }
+        for name, (results, threshold) in recorded.items()
+    }
+    path.write_text(json.dumps(out))
+
+
+def load_recorded(path: Path) -> dict[str, tuple[list[Any], float]]:
+    from edge_agent.results import Detection, Result
+
+    def det(v: list[Any]) -> Detection:
+        return Detection(v[0], v[1], v[2], tuple(v[3]), tuple(v[4]), tuple(tuple(k) for k in v[5]))
+
+    data = json.loads(path.read_text())
+    return {
+        name: ([Result(task="detection", detections=tuple(det(v) for v in frame)) for frame in s["frames"]],
+               float(s["threshold"]))
+        for name, s in data.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cost-only", action="store_true")
@@ -283,17 +319,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shifts", default="", metavar="S,S,...",
                     help="also replay each scene's detections with every score moved by each S (e.g. "
                          "-0.04,-0.02,0.02,0.04): the ids must not hang on the detector's exact scores")
+    ap.add_argument("--record", type=Path, metavar="FILE",
+                    help="only run the detectors on every scene and write what they found to FILE (JSON)")
+    ap.add_argument("--replay", type=Path, metavar="FILE",
+                    help="score the detections in FILE (from --record, e.g. on another platform) instead "
+                         "of running the detectors here")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from benchmarks.scenes import SCENES
 
+    names = args.scenes.split(",") if args.scenes else list(SCENES)
+    if args.record:
+        save_recorded(args.record, {name: record(name) for name in names})
+        print(f"wrote the detections of {len(names)} scenes to {args.record}")
+        return 0
+    recorded = load_recorded(args.replay) if args.replay else {}
     if not args.cost_only and not args.against:
         print("| scene | frames | objects | IDF1 | ID switches | MOTA | misses | false positives | "
               "events (new/update/end) |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         runs = []
-        for name in args.scenes.split(",") if args.scenes else SCENES:
-            run = run_scene(name)
+        for name in names:
+            if name not in recorded:
+                recorded[name] = record(name)
+            results, threshold = recorded[name]
+            run = run_scene(name, Recorded(results, 0.0, threshold))
             runs.append(run)
             s = score(run)
             ev = {k: sum(1 for e in run.events if e["type"] == k) for k in ("new", "update", "end")}
@@ -306,19 +356,18 @@ def main(argv: list[str] | None = None) -> int:
         t = score_all(runs)
         print(f"| all | {sum(r.frames for r in runs)} | | {t['idf1']:.3f} | {int(t['num_switches'])} | "
               f"{t['mota']:.3f} | {int(t['num_misses'])} | {int(t['num_false_positives'])} | |")
-    if args.shifts and not args.cost_only:
-        shifts = [float(x) for x in args.shifts.split(",")]
-        names = args.scenes.split(",") if args.scenes else list(SCENES)
-        print("\nIDF1 / ID switches with every detection's score moved by:\n")
-        print("| scene | " + " | ".join(f"{x:+.2f}" for x in shifts) + " |")
-        print("| --- |" + " --- |" * len(shifts))
-        for name in names:
-            results, threshold = record(name)
-            cells = []
-            for x in shifts:
-                s = score(run_scene(name, Recorded(results, x, threshold)))
-                cells.append(f"{s['idf1']:.3f} / {int(s['num_switches'])}")
-            print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+        if args.shifts:
+            shifts = [float(x) for x in args.shifts.split(",")]
+            print("\nIDF1 / ID switches with every detection's score moved by:\n")
+            print("| scene | " + " | ".join(f"{x:+.2f}" for x in shifts) + " |")
+            print("| --- |" + " --- |" * len(shifts))
+            for name in names:
+                results, threshold = recorded[name]
+                cells = []
+                for x in shifts:
+                    s = score(run_scene(name, Recorded(results, x, threshold)))
+                    cells.append(f"{s['idf1']:.3f} / {int(s['num_switches'])}")
+                print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     c = cost()
     print(f"\n{c['objects']} objects, 3 zones, CPU ms per frame (median of {c['runs']} runs of 300 frames): "
           f"tracking + zones {c['tracking_zones_ms']:.3f}, the whole scene stage (with events and counts) "

@@ -16,7 +16,16 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.bench_tracking import Recorded, detector, events_per_object, record, run_scene, score
+from benchmarks.bench_tracking import (
+    Recorded,
+    detector,
+    events_per_object,
+    load_recorded,
+    record,
+    run_scene,
+    save_recorded,
+    score,
+)
 from benchmarks.scenes import FPS, SCENES
 from edge_agent.config import ConfigError, SceneConfig, load_settings
 from edge_agent.results import Detection, Result
@@ -189,6 +198,17 @@ def test_crossings_hold_whatever_the_scores_do(ssd: Any, name: str) -> None:
         assert s["num_switches"] <= 1, (shift, s)
         assert sorted(c["new"] for c in per.values()) == [1, 1], (shift, per)
         assert all(c["end"] == 1 for c in per.values()), (shift, per)
+
+
+def test_recorded_detections_replay_exactly(tmp_path: Path) -> None:
+    """`bench_tracking.py --record` on one platform and `--replay` on another must score exactly what
+    the detector found there: written and read back, the detections give the same tracks."""
+    results, threshold = record("faces_crossing")
+    save_recorded(tmp_path / "d.json", {"faces_crossing": (results, threshold)})
+    back, t2 = load_recorded(tmp_path / "d.json")["faces_crossing"]
+    assert back == results and t2 == threshold and sum(len(r.detections) for r in back) > 60
+    a = run_scene("faces_crossing", Recorded(results, 0.0, threshold))
+    assert a.tracks == run_scene("faces_crossing", Recorded(back, 0.0, t2)).tracks
 
 
 @needs_shared
