@@ -25,9 +25,9 @@ For tens of objects the cost is the count of numpy calls on tiny arrays, not the
 code is shaped by that: per-track state is plain floats (a struct-of-arrays version measured 5-30 %
 slower, side by side, twice), predicted in one loop and corrected inline; the lapjv solver runs only
 when two tracks want the same detection (where each track's best detection is its own, those pairs
-are already the optimum); the pair checks above run only where a detection has two candidates; the
-few detections competing for a track are checked for enclosing boxes in plain floats; labels are
-counted only once a track has been seen with a second one.
+are already the optimum); the pair checks above run only where a track has two candidates or two
+tracks want one detection most; the few detections competing for a track are checked for enclosing
+boxes in plain floats; labels are counted only once a track has been seen with a second one.
 
 Ids count up from 1 per pipeline and are never reused while the agent runs.
 """
@@ -166,7 +166,7 @@ def assign(
             # every row's cheapest column is its own: no assignment does better than each row at its minimum
             # (the common case, even with crowded boxes), and the solver is not needed
             return list(zip(rows.tolist(), cols, strict=True))
-        drop = contested([c for c in set(cols) if cols.count(c) > 1]) if contested is not None else []
+        drop = contested(sorted({c for c in cols if cols.count(c) > 1})) if contested is not None else []
         if not drop:
             return _solve(cost, limit)
         cost[:, drop] = limit  # and look again without them
