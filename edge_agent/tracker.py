@@ -485,11 +485,7 @@ class Tracker:
         if not tracks or not dets:
             return _Round([], set(), [])
         all_dets = len(dets) == len(boxes)  # the usual frame: positions are indices, and no copies
-        inter, area_p, area_d = _overlap(predicted, boxes if all_dets else boxes[dets])
-        union = area_p + area_d
-        union -= inter
-        np.maximum(union, 1e-12, out=union)
-        iou = inter / union
+        iou = iou_matrix(predicted, boxes if all_dets else boxes[dets])
         same = None
         if self.class_aware:
             same = _same([t.label for t in tracks], labels if all_dets else [labels[d] for d in dets])
