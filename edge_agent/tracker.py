@@ -26,8 +26,8 @@ code is shaped by that: per-track state is plain floats (a struct-of-arrays vers
 slower, side by side, twice), predicted in one loop and corrected inline; the lapjv solver runs only
 when two tracks want the same detection (where each track's best detection is its own, those pairs
 are already the optimum); the pair checks above run only where a track has two candidates or two
-tracks want one detection most; the few detections competing for a track are checked for enclosing
-boxes in plain floats; labels are counted only once a track has been seen with a second one.
+tracks want one detection, on the overlaps the IoU was computed from, in a few array operations for
+all of them at once; labels are counted only once a track has been seen with a second one.
 
 Ids count up from 1 per pipeline and are never reused while the agent runs.
 """
@@ -106,41 +106,6 @@ def enclosing(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     inter, area_out, area_in = _overlap(outer, inner)
     area_in = np.maximum(area_in, 1e-12)
     return (inter >= _ENCLOSED * area_in) & (area_out > _LARGER * area_in)
-
-
-def _encloses_another(boxes: np.ndarray, idx: list[int], labels: list[str]) -> list[bool]:
-    """For each box idx[i]: whether it encloses another of idx with the same label (`enclosing`'s rule).
-    The detections competing for tracks are a handful: plain floats beat a dozen numpy calls on a
-    3x3 block; a crowd goes through `enclosing`."""
-    if len(idx) > 12:
-        held = enclosing(boxes[idx], boxes[idx])
-        return _rows_any(held, _same(*[[labels[d] for d in idx]] * 2))
-    rows = boxes[idx].tolist()
-    areas = [(x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in rows]
-    smallest_first = sorted(range(len(rows)), key=areas.__getitem__)
-    out = []
-    for i, (ax1, ay1, ax2, ay2) in enumerate(rows):
-        hit = False
-        for j in smallest_first:
-            inner = areas[j] if areas[j] > 1e-12 else 1e-12
-            if areas[i] <= _LARGER * inner:
-                break  # this one and every later one too large to be enclosed (itself included)
-            if labels[idx[i]] != labels[idx[j]]:
-                continue
-            bx1, by1, bx2, by2 = rows[j]
-            iw = (ax2 if ax2 < bx2 else bx2) - (ax1 if ax1 > bx1 else bx1)
-            ih = (ay2 if ay2 < by2 else by2) - (ay1 if ay1 > by1 else by1)
-            if iw > 0 and ih > 0 and iw * ih >= _ENCLOSED * inner:
-                hit = True
-                break
-        out.append(hit)
-    return out
-
-
-def _rows_any(mask: np.ndarray, kinds: np.ndarray | None) -> list[bool]:
-    """Per row of `mask` (restricted to equal labels where `kinds` is given): any True."""
-    out: list[bool] = np.asarray((mask if kinds is None else mask & kinds).any(axis=1)).tolist()
-    return out
 
 
 def _same(a: list[str], b: list[str]) -> np.ndarray | None:
@@ -236,64 +201,52 @@ class TrackUpdate(NamedTuple):
 
 
 class _Pair:
-    """The checks for a detection that two tracks want, in plain floats over its few candidates (see
-    `Tracker._first_round`)."""
+    """The check for a detection that two tracks want most, in plain floats over its few candidates
+    (see `Tracker._first_round`)."""
 
-    __slots__ = ("_rows", "boxes", "cand", "dets", "dropped", "iou", "near", "per_track", "predicted", "same", "tracks")
+    __slots__ = ("cand", "dropped", "iou", "near", "per_track", "same", "tracks")
 
     def __init__(
-        self,
-        tracks: list[Track],
-        predicted: np.ndarray,
-        boxes: np.ndarray,
-        dets: list[int],
-        cand: np.ndarray,
-        iou: np.ndarray,
-        per_track: np.ndarray,
-        same: np.ndarray | None,
+        self, tracks: list[Track], cand: np.ndarray, iou: np.ndarray, per_track: np.ndarray, same: np.ndarray | None
     ):
-        self.tracks, self.predicted, self.boxes, self.dets = tracks, predicted, boxes, dets
-        self.cand, self.iou, self.per_track, self.same = cand, iou, per_track, same
+        self.tracks, self.cand, self.iou, self.per_track, self.same = tracks, cand, iou, per_track, same
         self.dropped: list[int] = []
         self.near: list[int] = []  # the tracks that wanted a contested detection
-        self._rows: list[list[float]] | None = None
-
-    def _wanting(self, c: int, rows: list[int] | None = None) -> list[int]:
-        """The confirmed tracks of detection c's label that want it (of `rows`, when given)."""
-        same, tracks = self.same, self.tracks
-        if rows is None:
-            rows = self.cand[:, c].nonzero()[0].tolist()
-        return [r for r in rows if tracks[r].confirmed and (same is None or bool(same[r, c]))]
-
-    def round_two(self, c: int, rows: list[int] | None = None) -> bool:
-        """Whether detection c holds most of the predicted boxes of two of the tracks that want it
-        (_ENCLOSED) and is clearly larger than the largest of those (_ROUND): a box round them."""
-        x1, y1, x2, y2 = self.boxes[self.dets[c]].tolist()
-        if self._rows is None:
-            self._rows = self.predicted.tolist()
-        held = []
-        for r in self._wanting(c) if rows is None else rows:
-            a1, b1, a2, b2 = self._rows[r]
-            iw = (a2 if a2 < x2 else x2) - (a1 if a1 > x1 else x1)
-            ih = (b2 if b2 < y2 else y2) - (b1 if b1 > y1 else y1)
-            own = (a2 - a1) * (b2 - b1)
-            if iw > 0 and ih > 0 and iw * ih >= _ENCLOSED * own:
-                held.append(own)
-        return len(held) >= 2 and (x2 - x1) * (y2 - y1) > _ROUND * max(held)
 
     def no_ones(self, contested: list[int]) -> list[int]:
-        """Of the detections that two tracks want most, those no track takes: a box round two, or
-        the only candidate of two tracks that want it alike (IoUs within _ALIKE)."""
+        """Of the detections that two tracks want most, those no track takes: the only candidate of two
+        confirmed tracks of its label that want it alike (IoUs within _ALIKE)."""
         out = []
+        same, tracks = self.same, self.tracks
         for c in contested:
             every = self.cand[:, c].nonzero()[0].tolist()
             self.near += every
-            rows = self._wanting(c, every)
-            alone = sorted((float(self.iou[r, c]) for r in rows if self.per_track[r] == 1), reverse=True)
-            if (len(alone) >= 2 and alone[1] >= _ALIKE * alone[0]) or self.round_two(c, rows):
+            alone = sorted(
+                (float(self.iou[r, c]) for r in every
+                 if tracks[r].confirmed and (same is None or bool(same[r, c])) and self.per_track[r] == 1),
+                reverse=True,
+            )
+            if len(alone) >= 2 and alone[1] >= _ALIKE * alone[0]:
                 out.append(c)
         self.dropped = out
         return out
+
+
+def _round_two(
+    tracks: list[Track], held: np.ndarray, area_t: np.ndarray, area_d: np.ndarray, young: bool
+) -> list[int]:
+    """The detections that hold most of the predicted boxes of two confirmed tracks of their label
+    that want them (`held`), and are clearly larger (_ROUND) than the largest of those: boxes round
+    two objects. In a few array operations over the whole [tracks, detections] block: in a crowd,
+    many detections are wanted by two tracks, and a loop per detection costs more."""
+    if young:  # some track not yet confirmed (mostly none: no mask to build)
+        held = held.copy()
+        held[[r for r, t in enumerate(tracks) if not t.confirmed]] = False
+    multi: list[int] = (np.add.reduce(held, axis=0) >= 2).nonzero()[0].tolist()
+    if not multi:
+        return []
+    largest = np.maximum.reduce(held[:, multi] * area_t, axis=0)
+    return [c for c, ok in zip(multi, (area_d[multi] > _ROUND * largest).tolist(), strict=True) if ok]
 
 
 class Tracker:
@@ -311,6 +264,7 @@ class Tracker:
         self.high_score = high_score
         self.class_aware = class_aware
         self.tracks: list[Track] = []
+        self._young = 0  # how many of `tracks` are not yet confirmed, counted in `update`
         self._ids = itertools.count(1)
         self.created = 0
 
@@ -362,6 +316,7 @@ class Tracker:
             recovered = {d for _, d in third}
             strong_left = [d for d in strong_left if d not in recovered]
         confirmed: list[Track] = []
+        young = 0
         min_hits = self.min_hits
         vg, vk, bg, bk = _VELOCITY_GAIN, _VELOCITY_KEEP, _BOX_GAIN, _BOX_KEEP  # locals: read per object
         for t_i, d in matched:
@@ -411,9 +366,12 @@ class Tracker:
                 if lb != t.label and votes[lb] > votes[t.label]:
                     t.label = lb
             ids[d] = t.id
-            if not t.confirmed and t.hits >= min_hits:
-                t.confirmed = True
-                confirmed.append(t)
+            if not t.confirmed:
+                if t.hits >= min_hits:
+                    t.confirmed = True
+                    confirmed.append(t)
+                else:
+                    young += 1
         ended: list[Track] = []
         gone: set[int] = set()
         for t_i in free:
@@ -441,9 +399,12 @@ class Tracker:
             if self.min_hits <= 1:
                 t.confirmed = True
                 confirmed.append(t)
+            else:
+                young += 1
             keep.append(t)
             ids[d] = t.id
         self.tracks = keep
+        self._young = young  # an unconfirmed track that was missed is gone (above)
         return TrackUpdate(ids, confirmed, ended)
 
     def _match(
@@ -476,16 +437,21 @@ class Tracker:
           nothing yet to tell whose it is.
         Whichever track took such a box would be dragged to the middle of the pair and could leave with
         the wrong object; both coast on their motion instead until their objects are seen apart, or
-        until one track's prediction clearly fits the box. Where detections of one kind compete for a
-        track and one box encloses another, the enclosing one weighs half, so the tight box of the
-        object wins its track. The tracks beside a neighbour (`near`: two candidates, or a shunned box)
+        until one track's prediction clearly fits the box. A detection that holds most of the predicted
+        box of a track with other candidates, and is much larger than it (_LARGER), weighs half for
+        every track: it is a box round the object and more, and the object's tight box wins its
+        track. The tracks beside a neighbour (`near`: two candidates, or a shunned box)
         learn only their position this frame: their boxes' size and the drift of their centres are
         the pair's, not the object's."""
         tracks = self.tracks
         if not tracks or not dets:
             return _Round([], set(), [])
         all_dets = len(dets) == len(boxes)  # the usual frame: positions are indices, and no copies
-        iou = iou_matrix(predicted, boxes if all_dets else boxes[dets])
+        inter, area_t, area_d = _overlap(predicted, boxes if all_dets else boxes[dets])
+        union = area_t + area_d
+        union -= inter
+        np.maximum(union, 1e-12, out=union)
+        iou = inter / union  # iou_matrix's arithmetic, keeping the overlaps for the boxes round two
         same = None
         if self.class_aware:
             same = _same([t.label for t in tracks], labels if all_dets else [labels[d] for d in dets])
@@ -494,27 +460,39 @@ class Tracker:
         cand = iou >= self.iou_threshold
         per_track = np.add.reduce(cand, axis=1)  # ufuncs, not ndarray.sum/any: Python wrappers round them
         rival = per_track >= 2
+        any_rival = bool(np.logical_or.reduce(rival))
         near: set[int] = set()
         shun: list[int] = []
-        pair: list[_Pair] = []  # made only where two tracks want one detection
-
-        def checks() -> _Pair:
-            if not pair:
-                pair.append(_Pair(self.tracks, predicted, boxes, dets, cand, iou, per_track, same))
-            return pair[0]
-
-        if np.logical_or.reduce(rival):  # objects apart have one candidate each, and this costs nothing then
-            near.update(rival.nonzero()[0].tolist())
-            cols = np.logical_or.reduce(cand[rival], axis=0).nonzero()[0].tolist()
-            sub = cols if all_dets else [dets[c] for c in cols]
-            big = [c for c, h in zip(cols, _encloses_another(boxes, sub, labels), strict=True) if h]
-            if big:  # a box round others of its kind: round two tracked objects, it is no one's
-                shun = [c for c in big if checks().round_two(c)]
-                iou[:, [c for c in big if c not in shun]] *= _OTHER_LABEL
+        # objects apart have one candidate each, and one track each wanting them: these checks cost
+        # nothing then
+        if any_rival or np.maximum.reduce(np.add.reduce(cand, axis=0)) >= 2:
+            # which detections hold most of the predicted box of a track (of their label) that wants them
+            held = inter >= _ENCLOSED * area_t
+            held &= cand
+            if same is not None:
+                held &= same
+            # a box round two tracked objects is no one's, whether or not either track wants it most:
+            # one may have its own box beside it, the other would be dragged into the pair's middle
+            shun = _round_two(tracks, held, area_t, area_d, self._young > 0)
+            if any_rival:
+                near.update(rival.nonzero()[0].tolist())
+                # a box round the object of a track that has others to choose from (its own tight box,
+                # mostly), and much larger, weighs half: the object's own box wins its track
+                round_one = held[rival]
+                round_one &= area_d > _LARGER * area_t[rival]
+                big = [c for c in np.logical_or.reduce(round_one, axis=0).nonzero()[0].tolist() if c not in shun]
+                if big:
+                    iou[:, big] *= _OTHER_LABEL
         cost = 1.0 - iou
         if shun:
             cost[:, shun] = 1.0
-        pairs = assign(cost, 1.0 - self.iou_threshold, lambda cs: checks().no_ones(cs))
+        pair: list[_Pair] = []  # made only where two tracks want one detection most
+
+        def contested(cs: list[int]) -> list[int]:
+            pair.append(_Pair(tracks, cand, iou, per_track, same))
+            return pair[0].no_ones(cs)
+
+        pairs = assign(cost, 1.0 - self.iou_threshold, contested)
         if pair:
             shun += pair[0].dropped
             near.update(pair[0].near)
@@ -570,4 +548,5 @@ class Tracker:
         """Every confirmed track, ended (the pipeline stops or its model changes)."""
         ended = [t for t in self.tracks if t.confirmed]
         self.tracks = []
+        self._young = 0
         return ended

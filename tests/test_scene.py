@@ -104,24 +104,44 @@ _BOX = st.tuples(st.floats(0, 0.9), st.floats(0, 0.9), st.floats(0.005, 0.5), st
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(_BOX, min_size=1, max_size=16), st.lists(st.sampled_from(["cat", "dog"]), min_size=16, max_size=16),
-       st.data())
-def test_enclosure_in_plain_floats_agrees_with_the_array_form(boxes: list[tuple[float, ...]], kinds: list[str],
-                                                              data: Any) -> None:
-    """The few detections that compete for a track are checked in plain floats (a crowd, over 12, in
-    numpy): both give each box whether it encloses another of its label."""
-    from edge_agent.tracker import _encloses_another, enclosing
+@given(st.lists(_BOX, min_size=1, max_size=10), st.lists(_BOX, min_size=1, max_size=10),
+       st.lists(st.booleans(), min_size=10, max_size=10), st.data())
+def test_boxes_round_two_in_arrays_agree_with_the_rule(predicted: list[tuple[float, ...]],
+                                                       found: list[tuple[float, ...]], confirmed: list[bool],
+                                                       data: Any) -> None:
+    """The boxes round two tracked objects are found for all detections at once in arrays; each must be
+    what the rule says, box by box in plain floats: a detection that at least two confirmed tracks
+    want (IoU 0.2 or more), holding 80 % of each one's predicted box, and over 1.2 times the largest."""
+    from edge_agent.tracker import Track, _overlap, _round_two
 
-    b = np.array(boxes, np.float64)
-    # nested boxes, so that enclosures are not left to chance
-    for i in range(1, len(b), 3):
-        x1, y1, x2, y2 = b[i - 1]
-        b[i] = (x1 + (x2 - x1) * 0.1, y1 + (y2 - y1) * 0.1, x2 - (x2 - x1) * 0.1, y2 - (y2 - y1) * 0.1)
-    idx = data.draw(st.lists(st.sampled_from(range(len(b))), min_size=1, max_size=len(b), unique=True))
-    labels = kinds[: len(b)]
-    held = enclosing(b[idx], b[idx]) & (np.array([labels[i] for i in idx])[:, None] ==
-                                        np.array([labels[i] for i in idx])[None, :])
-    assert _encloses_another(b, idx, labels) == held.any(axis=1).tolist()
+    p = np.array(predicted, np.float64)
+    # add boxes round pairs of predicted boxes, a little wider or not, so that the rule has work to do
+    pairs = data.draw(st.lists(st.tuples(st.integers(0, len(p) - 1), st.integers(0, len(p) - 1),
+                                         st.floats(0.0, 0.05)), max_size=4))
+    d = np.array(found + [(min(p[i, 0], p[j, 0]) - g, min(p[i, 1], p[j, 1]) - g,
+                           max(p[i, 2], p[j, 2]) + g, max(p[i, 3], p[j, 3]) + g) for i, j, g in pairs], np.float64)
+    tracks = [Track(k + 1, "cat", 0, 0, 1, 1, 0.9, 0, 0, confirmed=confirmed[k]) for k in range(len(p))]
+    inter, area_t, area_d = _overlap(p, d)
+    iou = inter / np.maximum(area_t + area_d - inter, 1e-12)
+    cand = iou >= 0.2
+    held = (inter >= 0.8 * area_t) & cand
+    got = _round_two(tracks, held, area_t, area_d, not all(t.confirmed for t in tracks))
+
+    def area(b: Any) -> float:
+        return float((b[2] - b[0]) * (b[3] - b[1]))
+
+    want = []
+    for c, (x1, y1, x2, y2) in enumerate(d.tolist()):
+        inside = []
+        for r, (a1, b1, a2, b2) in enumerate(p.tolist()):
+            iw, ih = max(0.0, min(a2, x2) - max(a1, x1)), max(0.0, min(b2, y2) - max(b1, y1))
+            both = iw * ih
+            overlap = both / max(area((a1, b1, a2, b2)) + area((x1, y1, x2, y2)) - both, 1e-12)
+            if tracks[r].confirmed and overlap >= 0.2 and both >= 0.8 * area((a1, b1, a2, b2)):
+                inside.append(area((a1, b1, a2, b2)))
+        if len(inside) >= 2 and area((x1, y1, x2, y2)) > 1.2 * max(inside):
+            want.append(c)
+    assert got == want
 
 
 @settings(max_examples=200, deadline=None)
@@ -367,6 +387,28 @@ def test_two_objects_seen_as_one_leave_with_their_own_ids(merged: str) -> None:
         ids.append(tr.update(np.array(boxes), np.full(len(boxes), 0.9), ["cat"] * len(boxes), i / 15).ids)
     assert ids[:6] == [[1, 2]] * 6 and ids[-8:] == [[1, 2]] * 8, ids
     assert tr.created == 2
+
+
+def test_a_box_round_two_goes_to_neither_when_one_has_its_own_box() -> None:
+    """Two cats sit close, B partly behind A. For three frames the detector reports A's own box and
+    one round both, and none of B's own. A takes its own box; B wants the box round both as its only
+    candidate, and must not take it (it would pull B's track onto the pair's middle and teach it the
+    pair's size), although the box is too small to count as enclosing A's (1.47 times its area, under
+    _LARGER). B's track coasts and takes B's box when the detector sees B again."""
+    tr = Tracker()
+    a, b = [0.30, 0.40, 0.50, 0.70], [0.34, 0.42, 0.54, 0.72]
+    both = _round_both(a, b)
+    ids: list[list[int | None]] = []
+    for i in range(10):
+        boxes = [a, both] if 5 <= i <= 7 else [a, b]
+        ids.append(tr.update(np.array(boxes), np.full(2, 0.9), ["cat"] * 2, i / 15).ids)
+    assert ids[1:5] == [[1, 2]] * 4, ids
+    assert ids[5:8] == [[1, None]] * 3, ids
+    assert ids[8:] == [[1, 2]] * 2, ids
+    assert tr.created == 2
+    w, h = b[2] - b[0], b[3] - b[1]
+    assert [t.w for t in tr.tracks if t.id == 2] == [pytest.approx(w)], "B's size came from the box round both"
+    assert [t.h for t in tr.tracks if t.id == 2] == [pytest.approx(h)]
 
 
 def test_a_box_round_two_new_objects_starts_no_track() -> None:
