@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from edge_agent.sinks.mqtt import Subscriber
 
-from .conftest import DEMO_VIDEO, SHORT, SLOWDOWN, Broker, TopicRecorder, collect, wait_until
+from .conftest import DEMO_VIDEO, SHORT, SLOWDOWN, Broker, TopicRecorder, collect, scaled, wait_until
 
 STREAM = ["run", "--source", "synthetic", "--fps", "30", "--model", str(SHORT)]
 
@@ -42,6 +43,23 @@ class Recorder(TopicRecorder):
 
     def seqs(self, boot: str | None = None) -> list[int]:
         return [d["seq"] for _, d in list(self.preds) if boot is None or d["boot_id"] == boot]
+
+
+def stored(state: Path, topic: str) -> int:
+    """How many messages for `topic` the agent's outbox holds committed on disk (read beside the running
+    agent: SQLite in WAL mode lets a reader in). A count, not a number of seconds, so that the tests
+    below wait for the same work on a machine of any speed."""
+    path = state / "outbox.sqlite"
+    if not path.is_file():
+        return 0
+    try:
+        db = sqlite3.connect(str(path), timeout=1)
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM outbox WHERE topic = ?", (topic,)).fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error:  # the table not made yet
+        return 0
 
 
 @pytest.fixture
@@ -86,7 +104,8 @@ def test_30s_broker_outage_loses_nothing(pbroker: Broker, agent_factory) -> None
         rec.close()
 
 
-def test_sigkill_while_broker_down_then_restart_delivers_the_buffer(pbroker: Broker, agent_factory) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_while_broker_down_then_restart_delivers_the_buffer(pbroker: Broker, agent_factory,  # type: ignore[no-untyped-def]
+                                                                     tmp_path: Path) -> None:
     rec = Recorder(pbroker, "kill9")
     try:
         a = agent_factory([*STREAM, "--device-id", "kill9"], env=fast_env(pbroker), name="a")
@@ -94,7 +113,9 @@ def test_sigkill_while_broker_down_then_restart_delivers_the_buffer(pbroker: Bro
         boot_a = rec.preds[0][1]["boot_id"]
         last_seen = max(rec.seqs(boot_a))
         pbroker.stop()
-        threading.Event().wait(3)  # three seconds of results go to the outbox
+        # results go to the outbox: kill the agent once 45 of them are committed there
+        wait_until(lambda: stored(tmp_path / "state", "edge/kill9/predictions") >= 45, 10,
+                   what="45 results in the outbox")
         a.signal(signal.SIGKILL)
         a.wait(5)
         agent_factory([*STREAM, "--device-id", "kill9"], env=fast_env(pbroker), name="b")
@@ -160,18 +181,20 @@ def test_sigterm_during_outage_exits_0_and_keeps_results(pbroker: Broker, agent_
         a = agent_factory([*STREAM, "--device-id", "term"], env=fast_env(pbroker), name="a")
         wait_until(lambda: len(rec.preds) >= 30, 30, what="the stream to start")
         boot_a = rec.preds[0][1]["boot_id"]
+        last_seen = max(rec.seqs(boot_a))
         pbroker.stop()
-        threading.Event().wait(2)
+        wait_until(lambda: stored(tmp_path / "state", "edge/term/predictions") >= 20, 10,
+                   what="20 results in the outbox")
         t0 = time.monotonic()
         a.signal(signal.SIGTERM)
-        assert a.wait(15) == 0 and time.monotonic() - t0 < 10
+        assert a.wait(scaled(15)) == 0 and time.monotonic() - t0 < scaled(10)
         assert "first prediction" in a.log()
         pbroker.start()
         agent_factory([*STREAM, "--device-id", "term"], env=fast_env(pbroker), name="b")
 
         def delivered() -> bool:
             s = set(rec.seqs(boot_a))
-            return bool(s) and max(s) >= 80 and s == set(range(1, max(s) + 1))
+            return bool(s) and max(s) >= last_seen + 20 and s == set(range(1, max(s) + 1))
 
         wait_until(delivered, 30, what="the results held at shutdown")
     finally:
