@@ -20,7 +20,7 @@ from edge_agent.postprocess.geometry import iou_one_to_many
 from edge_agent.results import ClassScore, Detection, Result
 from edge_agent.sinks.mqtt import Subscriber
 
-from .conftest import FULL, MODELS, SHORT, Broker, TopicRecorder, wait_until
+from .conftest import FULL, MODELS, SHORT, SLOWDOWN, Broker, TopicRecorder, scaled, wait_until
 
 
 class Recorder(TopicRecorder):
@@ -62,8 +62,12 @@ def _agent(agent_factory, broker: Broker, device: str, *sets: str):  # type: ign
         "escalation.low=0",
         "--set",
         "escalation.high=1",
+        # on a slower machine the worker answers later, and answers after the deadline are dropped by
+        # design: the deadline scales with the machine, and the rate with it, so that no backlog builds
         "--set",
-        "escalation.max_per_minute=6000",
+        f"escalation.max_per_minute={6000 / SLOWDOWN:g}",
+        "--set",
+        f"escalation.deadline_s={min(600.0, scaled(2.0)):g}",
     ]
     for s in sets:
         args += ["--set", s]
