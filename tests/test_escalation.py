@@ -186,13 +186,16 @@ def test_rate_and_bandwidth_budgets(broker: Broker, agent_factory) -> None:  # t
     try:
         _agent(agent_factory, broker, "budget", "escalation.max_per_minute=12", "escalation.content=features")
         _agent(agent_factory, broker, "bw", "escalation.max_kbytes_per_s=0.001", "escalation.content=frame")
+        # a count of drops, not of results considered: on a slower machine the same 40 results take
+        # longer, and the budget lets more of them through
         h = wait_until(
-            lambda: next((x for x in reversed(rec.health) if x["escalation"]["considered"] >= 40), None),
+            lambda: next((x for x in reversed(rec.health) if x["escalation"]["dropped"].get("rate_budget", 0) >= 30),
+                         None),
             30,
-            what="40 results considered",
+            what="30 escalations over the rate budget",
         )
         e = h["escalation"]
-        assert e["sent"] <= 1 + 0.2 * h["uptime_s"] + 1 and e["dropped"]["rate_budget"] >= 30
+        assert e["sent"] <= 1 + 0.2 * h["uptime_s"] + 1
         h2 = wait_until(
             lambda: next((x for x in reversed(rec2.health) if x["escalation"]["considered"] >= 20), None),
             30,
