@@ -365,11 +365,13 @@ class Agent:
         t.start()
         self._threads.append(t)
 
-    def run(self, seconds: float | None = None) -> int:
-        """Serve until SIGTERM/SIGINT (or `seconds`), then shut down cleanly; returns the exit code. SIGHUP
-        reloads the settings. Signals arrive on a thread of their own (`SignalThread`: a handler that
-        takes a lock can deadlock the main thread); more of them during the shutdown change nothing, and
-        once this returns they are ignored: the process has nothing left to stop but its exit."""
+    def handle_signals(self) -> SignalThread:
+        """SIGTERM/SIGINT stop the agent, SIGHUP reloads its settings; entered before `start()`, so that a
+        service manager's reload or stop that comes while the models load or the first frames flow is
+        taken, not met by the default action (SIGHUP's kills the process). Signals arrive on a thread of
+        their own (`SignalThread`: a handler that takes a lock can deadlock the main thread); more of them
+        during the shutdown change nothing, and once the block is left they are ignored: the process has
+        nothing left to stop but its exit."""
 
         def on_stop(sig: signal.Signals) -> None:
             if not self.stop.is_set():
@@ -379,19 +381,23 @@ class Agent:
         def on_hup(sig: signal.Signals) -> None:
             self.reload_requested.set()
 
-        deadline = None if seconds is None else time.monotonic() + seconds
         handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_hup}
-        with SignalThread(handlers, then_ignore=True):
-            try:
-                while not self.stop.is_set():
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        break
-                    if self.reload_requested.wait(_MAIN_TICK_S if left is None else min(_MAIN_TICK_S, left)):
-                        self.reload_requested.clear()
-                        self.reload()
-            finally:
-                self.shutdown()
+        return SignalThread(handlers, then_ignore=True)
+
+    def run(self, seconds: float | None = None) -> int:
+        """Serve until stopped (a signal, see `handle_signals`, or a fatal fault) or `seconds` have passed,
+        taking each requested reload between two ticks; then shut down cleanly. Returns the exit code."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        try:
+            while not self.stop.is_set():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                if self.reload_requested.wait(_MAIN_TICK_S if left is None else min(_MAIN_TICK_S, left)):
+                    self.reload_requested.clear()
+                    self.reload()
+        finally:
+            self.shutdown()
         return self.exit_code
 
     def shutdown(self, timeout: float = 5.0) -> None:

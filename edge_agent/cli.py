@@ -128,18 +128,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         return load_settings_keeping(args.config, _overrides(args), running)
 
     agent = Agent(settings, sink=args.sink, reload=reload)
-    try:
-        agent.start()
-    except ConfigError as err:  # a pipeline asks for what this board lacks: a configuration error
-        print(f"edge-agent: invalid configuration:\n{err}", file=sys.stderr)
-        agent.shutdown(1.0)
-        return EXIT_USAGE
-    except ModelError as err:
-        logging.getLogger("edge_agent").error("%s", err)
-        print(f"edge-agent: {err}", file=sys.stderr)
-        agent.shutdown(1.0)
-        return EXIT_FAIL
-    return agent.run(args.seconds)
+    with agent.handle_signals():  # before anything starts: a reload sent at once must not kill the process
+        try:
+            agent.start()
+        except ConfigError as err:  # a pipeline asks for what this board lacks: a configuration error
+            print(f"edge-agent: invalid configuration:\n{err}", file=sys.stderr)
+            agent.shutdown(1.0)
+            return EXIT_USAGE
+        except ModelError as err:
+            logging.getLogger("edge_agent").error("%s", err)
+            print(f"edge-agent: {err}", file=sys.stderr)
+            agent.shutdown(1.0)
+            return EXIT_FAIL
+        return agent.run(args.seconds)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

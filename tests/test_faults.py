@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sqlite3
@@ -236,3 +237,38 @@ def test_unwritable_state_directory_degrades_without_crashing(broker: Broker, su
     h = collect(sub, lambda t, p, r: t.endswith("/health"), 10)[1]
     assert h["broker"]["outbox"]["mode"] == "memory" and "unusable" in h["broker"]["outbox"]["last_error"]
     assert agent.proc.poll() is None
+
+
+# Python, run as a child: the agent's own `run` command, with a signal sent to itself as `start()` begins
+# (the models loading, the pipelines not yet started). No real event lands a signal in that window every
+# time; a service manager's reload or stop can land there at any time.
+_SIGNAL_IN_START = """
+import os, signal, sys
+from edge_agent import agent, cli
+real_start = agent.Agent.start
+def start(self):
+    os.kill(os.getpid(), signal.{sig})
+    real_start(self)
+agent.Agent.start = start
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(("sig", "said"),
+                         [("SIGHUP", "configuration reloaded"), ("SIGTERM", "signal SIGTERM: stopping")])
+def test_a_signal_while_the_agent_starts_is_taken_not_fatal(sig: str, said: str, broker: Broker,
+                                                             tmp_path: Path) -> None:
+    """A reload or stop sent while the agent starts is handled once it runs: it neither kills the process
+    (SIGHUP's default action) nor is lost."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    env.update({**broker.env(), "EDGE_AGENT_STATE_DIR": str(tmp_path / "state")})
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_IN_START.format(sig=sig), "run", "--source", "synthetic",
+                           "--model", str(SHORT), "--seconds", str(scaled(3))],
+                          capture_output=True, text=True, timeout=scaled(60), env=env, cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert said in proc.stderr
