@@ -35,7 +35,9 @@ from edge_agent.runtime.select import Runtime
 
 log = logging.getLogger(__name__)
 
-#: A pipeline that has not sent a frame for this long is not waited for when a batch is formed.
+#: A pipeline that has not sent a frame for this long, nor for twice its own interval between two
+#: frames, is not waited for when a batch is formed: a source that stalls or dies holds no batch up,
+#: while a pipeline whose frames come further apart (a low `fps`, a slow board) still counts.
 ACTIVE_S = 1.0
 
 
@@ -210,6 +212,7 @@ class Engine:
         self._busy = 0  # lanes invoking now
         self._cond = threading.Condition()
         self._last_seen: dict[str, float] = {}
+        self._interval: dict[str, float] = {}  # per pipeline: time between its last two requests
         self._closed = False
         self._workers: list[threading.Thread] = []
 
@@ -232,6 +235,8 @@ class Engine:
             if self._closed:
                 raise EngineClosed(f"{self.path.name}: engine closed")
             self._pending.append(req)
+            if user in self._last_seen:
+                self._interval[user] = req.t - self._last_seen[user]
             self._last_seen[user] = req.t
             if not self._workers and len(self._last_seen) > 1:
                 # a lone pipeline's invoke in flight finishes on the interpreter before workers take over
@@ -312,17 +317,35 @@ class Engine:
         return req.result
 
     def _gather(self, head: _Request) -> list[_Request]:
-        """Under the lock: the requests to run now, head first."""
+        """Under the lock: the requests to run now, head first. With a batch wait, the head waits for the
+        pipelines whose next frame is due before its wait runs out (`_due_before`), and for no other."""
         limit = self.max_batch if not self.batching_off else 1
         if limit > 1 and self.batch_wait_s > 0:
-            now = time.monotonic()
-            active = sum(1 for t in self._last_seen.values() if now - t < ACTIVE_S)
-            want = min(limit, active)
             deadline = head.t + self.batch_wait_s
+            want = min(limit, len(self._pending) + self._due_before(deadline))
             while len(self._pending) < want and (left := deadline - time.monotonic()) > 0 and not self._closed:
                 self._cond.wait(left)
         n = min(limit, len(self._pending))
         return [self._pending.popleft() for _ in range(n)]
+
+    def _due_before(self, deadline: float) -> int:
+        """Under the lock: how many pipelines with no frame waiting should send one by `deadline`. Each is
+        expected one interval (the time between its last two frames) after its last; one seen only once
+        is expected while it was seen within `ACTIVE_S`. One silent for twice its interval (and
+        `ACTIVE_S`) has stalled or gone, and is not expected: waiting for a frame due after the deadline,
+        or from a source that stalled, only delays the frames that are here."""
+        now = time.monotonic()
+        waiting = {r.user for r in self._pending}
+        due = 0
+        for user, last in self._last_seen.items():
+            if user in waiting:
+                continue
+            interval = self._interval.get(user)
+            if interval is None:
+                due += now - last < ACTIVE_S
+            elif now - last < max(ACTIVE_S, 2.0 * interval) and last + interval <= deadline:
+                due += 1
+        return due
 
     # --- invoking --------------------------------------------------------------------------
     def _execute(self, lane: _Lane, batch: list[_Request]) -> None:

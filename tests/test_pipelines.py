@@ -408,6 +408,43 @@ def test_batches_give_the_single_frame_results() -> None:
     alone.close()
 
 
+def test_batches_wait_for_the_frames_due_within_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame waits for another pipeline's when that one is due (one interval after its last frame)
+    within the batch wait, however far apart its frames come: on a board where each pipeline's frames
+    come seconds apart, batches still form. And it waits for none that is not due: a pipeline that has
+    just been served is not waited for. Here frames come 0.3 s apart (`ACTIVE_S` made 0.05 s, to stand
+    for that board) and one pipeline's 30 ms after the other's, with a 150 ms batch wait."""
+    from edge_agent import engine
+    from edge_agent.config import ModelConfig, RuntimeConfig
+    from edge_agent.engine import ModelPool
+    from edge_agent.model import Model
+
+    monkeypatch.setattr(engine, "ACTIVE_S", 0.05)
+    rt = RuntimeConfig(accelerator="cpu", threads=1, max_batch=2, batch_wait_ms=150)
+    model = Model(ModelConfig(path=SHORT, isolated_check=False), rt, None, pool=ModelPool())
+    frame = np.full((240, 320, 3), 128, np.uint8)
+    rounds, period = 10, 0.3
+    start = time.monotonic() + 0.1
+    pace = threading.Event()  # never set: its wait() paces each pipeline's frames like a camera's fps
+    waits: dict[str, list[float]] = {"a": [], "b": []}
+
+    def pipeline(name: str, lag: float) -> None:
+        for k in range(rounds):
+            pace.wait(max(0.0, start + k * period + lag - time.monotonic()))
+            waits[name].append(model.run(frame, name).wait_ms)
+
+    threads = [threading.Thread(target=pipeline, args=(n, lag)) for n, lag in (("a", 0.0), ("b", 0.03))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    # the first two rounds cannot pair: b has no interval yet when a's frame comes
+    assert model.engine.batches.get(2, 0) >= rounds - 3, model.engine.info()
+    # b's frames never waited out the batch wait for a's next frame, due 270 ms later
+    assert sorted(waits["b"])[len(waits["b"]) // 2] < 50, waits
+    model.close()
+
+
 @needs_shared
 def test_a_model_that_cannot_batch_says_why_and_runs_one_by_one() -> None:
     from edge_agent.config import ModelConfig, RuntimeConfig
