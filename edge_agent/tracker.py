@@ -92,11 +92,16 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if not len(a) or not len(b):
         return np.zeros((len(a), len(b)), np.float64)
     inter, area_a, area_b = _overlap(a, b)
+    return _iou(inter, area_a, area_b, out=inter)
+
+
+def _iou(inter: np.ndarray, area_a: np.ndarray, area_b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """IoU from `_overlap`'s three results; `out=inter` divides in place, where the intersections are not
+    needed afterwards."""
     union = area_a + area_b
     union -= inter
     np.maximum(union, 1e-12, out=union)
-    inter /= union
-    return inter
+    return np.divide(inter, union, out=out)
 
 
 def enclosing(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
@@ -448,10 +453,7 @@ class Tracker:
             return _Round([], set(), [])
         all_dets = len(dets) == len(boxes)  # the usual frame: positions are indices, and no copies
         inter, area_t, area_d = _overlap(predicted, boxes if all_dets else boxes[dets])
-        union = area_t + area_d
-        union -= inter
-        np.maximum(union, 1e-12, out=union)
-        iou = inter / union  # iou_matrix's arithmetic, keeping the overlaps for the boxes round two
+        iou = _iou(inter, area_t, area_d)  # a new array: the overlaps are wanted for the boxes round two
         same = None
         if self.class_aware:
             same = _same([t.label for t in tracks], labels if all_dets else [labels[d] for d in dets])
