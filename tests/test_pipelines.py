@@ -412,36 +412,46 @@ def test_batches_wait_for_the_frames_due_within_the_wait(monkeypatch: pytest.Mon
     """A frame waits for another pipeline's when that one is due (one interval after its last frame)
     within the batch wait, however far apart its frames come: on a board where each pipeline's frames
     come seconds apart, batches still form. And it waits for none that is not due: a pipeline that has
-    just been served is not waited for. Here frames come 0.3 s apart (`ACTIVE_S` made 0.05 s, to stand
-    for that board) and one pipeline's 30 ms after the other's, with a 150 ms batch wait."""
+    just been served is not waited for. Here frames come at least 0.3 s apart (`ACTIVE_S` made 0.05 s,
+    to stand for that board), and one pipeline's a tenth of that after the other's, with a batch wait
+    of half the interval (the interval grows with the machine's invoke time, as under emulation)."""
     from edge_agent import engine
     from edge_agent.config import ModelConfig, RuntimeConfig
     from edge_agent.engine import ModelPool
     from edge_agent.model import Model
 
-    monkeypatch.setattr(engine, "ACTIVE_S", 0.05)
-    rt = RuntimeConfig(accelerator="cpu", threads=1, max_batch=2, batch_wait_ms=150)
-    model = Model(ModelConfig(path=SHORT, isolated_check=False), rt, None, pool=ModelPool())
     frame = np.full((240, 320, 3), 128, np.uint8)
-    rounds, period = 10, 0.3
+    alone = Model(ModelConfig(path=SHORT, isolated_check=False), RuntimeConfig(accelerator="cpu", threads=1), None)
+    t0 = time.monotonic()
+    for _ in range(3):
+        alone.run(frame, "timing")
+    invoke_s = (time.monotonic() - t0) / 3
+    alone.close()
+    period = max(0.3, 8 * invoke_s)
+    wait_s = min(1.0, period / 2)
+    lag = wait_s / 5
+    monkeypatch.setattr(engine, "ACTIVE_S", 0.05)
+    rt = RuntimeConfig(accelerator="cpu", threads=1, max_batch=2, batch_wait_ms=wait_s * 1e3)
+    model = Model(ModelConfig(path=SHORT, isolated_check=False), rt, None, pool=ModelPool())
+    rounds = 10
     start = time.monotonic() + 0.1
     pace = threading.Event()  # never set: its wait() paces each pipeline's frames like a camera's fps
     waits: dict[str, list[float]] = {"a": [], "b": []}
 
-    def pipeline(name: str, lag: float) -> None:
+    def pipeline(name: str, delay: float) -> None:
         for k in range(rounds):
-            pace.wait(max(0.0, start + k * period + lag - time.monotonic()))
+            pace.wait(max(0.0, start + k * period + delay - time.monotonic()))
             waits[name].append(model.run(frame, name).wait_ms)
 
-    threads = [threading.Thread(target=pipeline, args=(n, lag)) for n, lag in (("a", 0.0), ("b", 0.03))]
+    threads = [threading.Thread(target=pipeline, args=(n, d)) for n, d in (("a", 0.0), ("b", lag))]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(rounds * period + 60)
     # the first two rounds cannot pair: b has no interval yet when a's frame comes
-    assert model.engine.batches.get(2, 0) >= rounds - 3, model.engine.info()
-    # b's frames never waited out the batch wait for a's next frame, due 270 ms later
-    assert sorted(waits["b"])[len(waits["b"]) // 2] < 50, waits
+    assert model.engine.batches.get(2, 0) >= rounds - 3, (model.engine.info(), period)
+    # b's frames did not wait out the batch wait for a's next frame, due a period less the lag later
+    assert sorted(waits["b"])[len(waits["b"]) // 2] < period * 1e3 / 4, (waits, period)
     model.close()
 
 
