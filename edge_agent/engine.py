@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 #: frames, is not waited for when a batch is formed: a source that stalls or dies holds no batch up,
 #: while a pipeline whose frames come further apart (a low `fps`, a slow board) still counts.
 ACTIVE_S = 1.0
+#: A pipeline's next frame may come this fraction of its interval early (a camera's jitter, a round of
+#: work shorter than the last) and still be waited for.
+_EARLY = 0.5
 
 
 class EngineClosed(RuntimeError):
@@ -330,7 +333,8 @@ class Engine:
 
     def _due_before(self, deadline: float) -> int:
         """Under the lock: how many pipelines with no frame waiting should send one by `deadline`. Each is
-        expected one interval (the time between its last two frames) after its last; one seen only once
+        expected one interval (the time between its last two frames) after its last, or up to half an
+        interval sooner (`_EARLY`); one seen only once
         is expected while it was seen within `ACTIVE_S`. One silent for twice its interval (and
         `ACTIVE_S`) has stalled or gone, and is not expected: waiting for a frame due after the deadline,
         or from a source that stalled, only delays the frames that are here."""
@@ -343,7 +347,7 @@ class Engine:
             interval = self._interval.get(user)
             if interval is None:
                 due += now - last < ACTIVE_S
-            elif now - last < max(ACTIVE_S, 2.0 * interval) and last + interval <= deadline:
+            elif now - last < max(ACTIVE_S, 2.0 * interval) and last + _EARLY * interval <= deadline:
                 due += 1
         return due
 

@@ -413,8 +413,9 @@ def test_batches_wait_for_the_frames_due_within_the_wait(monkeypatch: pytest.Mon
     within the batch wait, however far apart its frames come: on a board where each pipeline's frames
     come seconds apart, batches still form. And it waits for none that is not due: a pipeline that has
     just been served is not waited for. Here frames come at least 0.3 s apart (`ACTIVE_S` made 0.05 s,
-    to stand for that board), and one pipeline's a tenth of that after the other's, with a batch wait
-    of half the interval (the interval grows with the machine's invoke time, as under emulation)."""
+    to stand for that board), and one pipeline's a fifteenth of that after the other's, with a batch wait
+    of a third of the interval (the interval grows with the machine's invoke time, as under emulation):
+    a's next frame, even half an interval early, is not due within b's wait."""
     from edge_agent import engine
     from edge_agent.config import ModelConfig, RuntimeConfig
     from edge_agent.engine import ModelPool
@@ -428,7 +429,7 @@ def test_batches_wait_for_the_frames_due_within_the_wait(monkeypatch: pytest.Mon
     invoke_s = (time.monotonic() - t0) / 3
     alone.close()
     period = max(0.3, 8 * invoke_s)
-    wait_s = min(1.0, period / 2)
+    wait_s = min(1.0, period / 3)
     lag = wait_s / 5
     monkeypatch.setattr(engine, "ACTIVE_S", 0.05)
     rt = RuntimeConfig(accelerator="cpu", threads=1, max_batch=2, batch_wait_ms=wait_s * 1e3)
