@@ -334,10 +334,10 @@ class Engine:
     def _due_before(self, deadline: float) -> int:
         """Under the lock: how many pipelines with no frame waiting should send one by `deadline`. Each is
         expected one interval (the time between its last two frames) after its last, or up to half an
-        interval sooner (`_EARLY`); one seen only once
-        is expected while it was seen within `ACTIVE_S`. One silent for twice its interval (and
-        `ACTIVE_S`) has stalled or gone, and is not expected: waiting for a frame due after the deadline,
-        or from a source that stalled, only delays the frames that are here."""
+        interval sooner (`_EARLY`); one seen only once is expected while it was seen within `ACTIVE_S`.
+        One silent for twice its interval (and `ACTIVE_S`) has stalled or gone, and is not expected:
+        waiting for a frame due after the deadline, or from a source that stalled, only delays the
+        frames that are here."""
         now = time.monotonic()
         waiting = {r.user for r in self._pending}
         due = 0
