@@ -151,7 +151,9 @@ class _Request:
     t: float = field(default_factory=time.monotonic)
     result: EngineResult | None = None
     error: BaseException | None = None
-    done: bool = False
+    #: set once result or error is in: the caller waits on its own event, not on the engine's lock, so a
+    #: busy pipeline that takes the lock again at once cannot keep a served one from waking
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class _Lane:
@@ -247,18 +249,18 @@ class Engine:
                 if not self._workers and not self._closed:
                     self._start_workers()
             self._cond.notify_all()
-            if not self._workers:  # a lone pipeline invokes on its own thread: no hand-off
+            lone = not self._workers
+            if lone:  # a lone pipeline invokes on its own thread: no hand-off
                 self._cond.wait_for(lambda: not self._busy or self._closed)
                 if self._closed:
                     raise EngineClosed(f"{self.path.name}: engine closed")
                 self._busy += 1
                 batch = self._gather(self._pending[0])
-            else:
-                while not req.done:
-                    if self._closed:
-                        raise EngineClosed(f"{self.path.name}: engine closed")
-                    self._cond.wait(0.5)
-                return self._outcome(req)
+        if not lone:
+            while not req.done.wait(0.5):
+                if self._closed:
+                    raise EngineClosed(f"{self.path.name}: engine closed")
+            return self._outcome(req)
         try:
             self._execute(self._lanes[0], batch)
         finally:
@@ -377,10 +379,8 @@ class Engine:
                 if req.result is None:
                     req.error = err
         finally:
-            with self._cond:
-                for req in batch:
-                    req.done = True
-                self._cond.notify_all()
+            for req in batch:
+                req.done.set()
 
     def _count(self, n: int) -> None:
         with self._cond:
@@ -472,6 +472,10 @@ class Engine:
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            while self._pending:  # frames no worker will take: their pipelines learn at once
+                req = self._pending.popleft()
+                req.error = EngineClosed(f"{self.path.name}: engine closed")
+                req.done.set()
             self._cond.notify_all()
             self._cond.wait_for(lambda: not self._busy, 5.0)  # let the invokes in flight finish
         for lane in self._lanes:
