@@ -166,7 +166,13 @@ mounts() {
     cpuinfo_file > "$ROOTFS/.cpuinfo-pi$BOARD"
     mount --bind "$ROOTFS/.cpuinfo-pi$BOARD" "$ROOTFS/proc/cpuinfo"
   fi
-  # the suite reads ../shared beside the clone: the host's, read-only
+  # the suite reads ../shared beside the clone: the host's, read-only. A bind made before the host's
+  # directory was replaced still shows the old, deleted one (empty): the tests that need it would skip
+  if [ -d "$SHARED_DIR" ] && mountpoint -q "$ROOTFS$WORK/shared" \
+    && [ "$(stat -c %d:%i "$SHARED_DIR")" != "$(stat -c %d:%i "$ROOTFS$WORK/shared")" ]; then
+    log "../shared was bound before the host's directory was replaced: binding it again"
+    umount -l "$ROOTFS$WORK/shared"
+  fi
   if [ -d "$SHARED_DIR" ] && ! mountpoint -q "$ROOTFS$WORK/shared"; then
     mount --bind "$SHARED_DIR" "$ROOTFS$WORK/shared"
     mount -o remount,bind,ro "$ROOTFS$WORK/shared"
