@@ -3,16 +3,17 @@
 A model file used by several pipelines is loaded once (per accelerator) and run by one `Engine`.
 Pipelines call `Engine.run` from their own inference threads; the calls are served strictly in the
 order they arrive (first come, first served: with one outstanding frame per pipeline that is round
-robin), so a busy pipeline cannot starve a quiet one. No extra thread: the caller at the head of the
-queue runs the invoke itself (a lone pipeline pays no hand-off), and the others wait for their turn or
-for their result.
+robin), so a busy pipeline cannot starve a quiet one. A lone pipeline invokes on its own thread (no
+hand-off); once a second pipeline uses the model, worker threads invoke (on the CPU one single-threaded
+interpreter each, `runtime.replicas`), and each caller waits on its own request's event: a served
+pipeline wakes without contending for the engine's lock with pipelines that come straight back for more.
 
-Batching: where the model's batch dimension can be resized, the caller at the head waits at most
+Batching: where the model's batch dimension can be resized, the request at the head waits at most
 `batch_wait_ms` for the other pipelines that are active to queue a frame, then runs them all in one
 invoke. A batch size is used only after its outputs, on real frames, match the same frames run one by
 one; otherwise batching is switched off for the model and health says why. A pipeline that stops
-sending (its camera died) stops counting as active within a second, so it never holds the others up
-for longer than one `batch_wait_ms`.
+sending (its camera died) stops counting as active within a second (or twice its own interval between
+frames, where that is longer), so it never holds the others up for longer than one `batch_wait_ms`.
 """
 
 from __future__ import annotations
