@@ -38,10 +38,17 @@ import itertools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import lap
 import numpy as np
+
+#: The ufuncs' reductions (ndarray.sum/min/any wrap these in Python, which costs more than the arithmetic
+#: on tiny arrays), typed once: numpy 2.5's stubs match no overload for a plain `reduce(x, axis=...)`.
+_sum: Callable[..., Any] = np.add.reduce
+_min: Callable[..., Any] = np.minimum.reduce
+_max: Callable[..., Any] = np.maximum.reduce
+_any: Callable[..., Any] = np.logical_or.reduce
 
 #: Weight of a new velocity measurement against the smoothed one.
 _VELOCITY_GAIN = 0.5
@@ -130,7 +137,7 @@ def assign(
         return []
     while True:
         best = cost.argmin(axis=1)
-        rows = (np.minimum.reduce(cost, axis=1) < limit).nonzero()[0]  # the ufunc: ndarray.min wraps it in Python
+        rows = (_min(cost, axis=1) < limit).nonzero()[0]  # the ufunc: ndarray.min wraps it in Python
         cols = best[rows].tolist()
         if len(set(cols)) == len(cols):
             # every row's cheapest column is its own: no assignment does better than each row at its minimum
@@ -247,10 +254,10 @@ def _round_two(
     if young:  # some track not yet confirmed (mostly none: no mask to build)
         held = held.copy()
         held[[r for r, t in enumerate(tracks) if not t.confirmed]] = False
-    multi: list[int] = (np.add.reduce(held, axis=0) >= 2).nonzero()[0].tolist()
+    multi: list[int] = (_sum(held, axis=0) >= 2).nonzero()[0].tolist()
     if not multi:
         return []
-    largest = np.maximum.reduce(held[:, multi] * area_t, axis=0)
+    largest = _max(held[:, multi] * area_t, axis=0)
     return [c for c, ok in zip(multi, (area_d[multi] > _ROUND * largest).tolist(), strict=True) if ok]
 
 
@@ -460,14 +467,14 @@ class Tracker:
             if same is not None:
                 iou = np.where(same, iou, iou * _OTHER_LABEL)
         cand = iou >= self.iou_threshold
-        per_track = np.add.reduce(cand, axis=1)  # ufuncs, not ndarray.sum/any: Python wrappers round them
+        per_track = _sum(cand, axis=1)  # ufuncs, not ndarray.sum/any: Python wrappers round them
         rival = per_track >= 2
-        any_rival = bool(np.logical_or.reduce(rival))
+        any_rival = bool(_any(rival))
         near: set[int] = set()
         shun: list[int] = []
         # objects apart have one candidate each, and one track each wanting them: these checks cost
         # nothing then
-        if any_rival or np.maximum.reduce(np.add.reduce(cand, axis=0)) >= 2:
+        if any_rival or _max(_sum(cand, axis=0)) >= 2:
             # which detections hold most of the predicted box of a track (of their label) that wants them
             held = inter >= _ENCLOSED * area_t
             held &= cand
@@ -482,7 +489,7 @@ class Tracker:
                 # mostly), and much larger, weighs half: the object's own box wins its track
                 round_one = held[rival]
                 round_one &= area_d > _LARGER * area_t[rival]
-                big = [c for c in np.logical_or.reduce(round_one, axis=0).nonzero()[0].tolist() if c not in shun]
+                big = [c for c in _any(round_one, axis=0).nonzero()[0].tolist() if c not in shun]
                 if big:
                     iou[:, big] *= _OTHER_LABEL
         cost = 1.0 - iou
