@@ -259,9 +259,11 @@ class TopicRecorder:
 
 
 class AgentProcess:
-    """`python -m edge_agent ...` as a real child process with its log in a file."""
+    """`python -m edge_agent ...` as a real child process with its log in a file. entry: what Python runs
+    in place of `-m edge_agent` (`["-c", SCRIPT]`: the agent's own CLI with something patched first)."""
 
-    def __init__(self, args: list[str], env: dict[str, str], workdir: Path, name: str = "agent"):
+    def __init__(self, args: list[str], env: dict[str, str], workdir: Path, name: str = "agent",
+                 entry: list[str] | None = None):
         self.log_path = workdir / f"{name}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
         # one interpreter thread unless a test says otherwise: timing the thread count costs 0.7 s at each
@@ -270,7 +272,7 @@ class AgentProcess:
                          "EDGE_AGENT_RUNTIME__THREADS": "1"})
         full_env.update(env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", *args],
+            [sys.executable, *(entry or ["-m", "edge_agent"]), *args],
             env=full_env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=self.log_path.open("wb"),
         )
 
@@ -297,8 +299,9 @@ class AgentProcess:
 def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     procs: list[AgentProcess] = []
 
-    def make(args: list[str], env: dict[str, str] | None = None, name: str = "agent") -> AgentProcess:
-        p = AgentProcess(args, env or {}, tmp_path, name)
+    def make(args: list[str], env: dict[str, str] | None = None, name: str = "agent",
+             entry: list[str] | None = None) -> AgentProcess:
+        p = AgentProcess(args, env or {}, tmp_path, name, entry)
         procs.append(p)
         return p
 

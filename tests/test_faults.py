@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pytest
 
 from edge_agent.sinks.mqtt import Subscriber
 
-from .conftest import DEMO_VIDEO, SHORT, SLOWDOWN, Broker, TopicRecorder, collect, scaled, wait_until
+from .conftest import DEMO_VIDEO, SHORT, SLOWDOWN, AgentProcess, Broker, TopicRecorder, collect, scaled, wait_until
 
 STREAM = ["run", "--source", "synthetic", "--fps", "30", "--model", str(SHORT)]
 
@@ -257,30 +257,15 @@ sys.exit(cli.main(sys.argv[1:]))
 @pytest.mark.parametrize(("sig", "said"),
                          [("SIGHUP", "configuration reloaded"), ("SIGTERM", "signal SIGTERM: stopping")])
 def test_a_signal_while_the_agent_starts_is_taken_not_fatal(sig: str, said: str, broker: Broker,
-                                                             tmp_path: Path) -> None:
+                                                             agent_factory: Callable[..., AgentProcess]) -> None:
     """A reload or stop sent while the agent starts is handled once it runs: it neither kills the process
     (SIGHUP's default action) nor is lost."""
-    import subprocess
-    import sys
-
-    from .conftest import ROOT
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
-    env.update({**broker.env(), "EDGE_AGENT_STATE_DIR": str(tmp_path / "state")})
     # --seconds bounds a run that never says it (the reload lost); once said, a stop ends it at once
-    proc = subprocess.Popen([sys.executable, "-c", _SIGNAL_IN_START.format(sig=sig), "run", "--source", "synthetic",
-                             "--model", str(SHORT), "--seconds", str(scaled(30))],
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
-    assert proc.stderr is not None
-    lines: list[str] = []
-    for line in proc.stderr:
-        lines.append(line)
-        if said in line:
-            if sig == "SIGHUP":  # reloaded and running on: stopped here (the SIGTERM case is stopping)
-                proc.send_signal(signal.SIGTERM)
-            break
-    lines += proc.stderr.readlines()
-    rc = proc.wait(scaled(60))
-    text = "".join(lines)
-    assert rc == 0, text[-2000:]
-    assert said in text
+    agent = agent_factory(["run", "--source", "synthetic", "--model", str(SHORT), "--seconds", str(scaled(30))],
+                          broker.env(), entry=["-c", _SIGNAL_IN_START.format(sig=sig)])
+    wait_until(lambda: said in agent.log() or agent.proc.poll() is not None, scaled(60), what=said)
+    if sig == "SIGHUP" and agent.proc.poll() is None:  # reloaded and running on (the SIGTERM case is stopping)
+        agent.signal(signal.SIGTERM)
+    rc = agent.wait(scaled(60))
+    assert rc == 0, agent.log()[-2000:]
+    assert said in agent.log()
