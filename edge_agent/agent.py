@@ -24,7 +24,7 @@ from edge_agent.config import ConfigError, PipelineView, Settings, pipeline_view
 from edge_agent.engine import ModelPool
 from edge_agent.escalation import Escalator
 from edge_agent.fanout import FanOut, Route
-from edge_agent.frame_pipeline import FramePipeline
+from edge_agent.frame_pipeline import Crowd, FramePipeline
 from edge_agent.handlers import register_commands
 from edge_agent.health import EXIT_STALLED, Health, Watchdog
 from edge_agent.homeassistant import HomeAssistant, object_id
@@ -135,6 +135,7 @@ class Agent:
         self.failed_pipelines: dict[str, str] = {}
         self.sink: Sink | None = None
         self.fanout = FanOut(lambda: self.sink, settings.mqtt.qos, self.stop, self.topics)
+        self.crowd = Crowd()  # the frame pipelines, each running its frames to completion while another is busy
         self.fanout.on_first = self._first_published
         self.escalator: Escalator | None = None
         self.web: WebServer | None = None
@@ -243,7 +244,9 @@ class Agent:
                 vs, lambda: slot.model, route, self.boot_id, self.fanout, lambda: make_signal_source(vs)
             )
         else:
-            pipe = FramePipeline(view, route, lambda: slot.model, self.fanout, self.boot_id, self.announce_fallback)
+            pipe = FramePipeline(
+                view, route, lambda: slot.model, self.fanout, self.boot_id, self.announce_fallback, self.crowd
+            )
         return pipe
 
     def init_homeassistant(self) -> None:

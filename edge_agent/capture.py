@@ -1,9 +1,10 @@
 """The capture stage: one thread reads the source into a latest-wins slot.
 
 Pacing: an fps cap drops surplus frames without decoding them; files play at their own rate
-(or, with realtime off, as fast as inference takes them). Recovery: a source that fails is
-reopened with exponential backoff, and a read that blocks past the deadline is abandoned to a
-fresh reader, so a dead camera or stream never hangs the agent.
+(or, with realtime off, as fast as inference takes them; such a consumer-paced frame may instead go
+straight to `consume`, on this thread, where the pipeline runs its stages to completion). Recovery:
+a source that fails is reopened with exponential backoff, and a read that blocks past the deadline is
+abandoned to a fresh reader, so a dead camera or stream never hangs the agent.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class Capture:
         self._reading = False
         self._threads: list[threading.Thread] = []
         self._index = 0
+        #: may take a consumer-paced frame on the reader's thread instead of the slot (True when it did):
+        #: nothing is dropped or goes stale while the reader waits for its consumer
+        self.consume: Callable[[Frame], bool] | None = None
 
     def start(self) -> None:
         self._spawn_reader()
@@ -159,7 +163,7 @@ class Capture:
     def _pace_and_read(self, src: Source, gen: int, t0: float, n_played: int, next_due: float) -> str:
         """One step: 'delivered' a frame, 'skipped' one undecoded, or stayed 'idle'."""
         cap = self.cfg.fps
-        late = False
+        late = paced = False
         if not src.live:
             if self.cfg.realtime and (src.nominal_fps or cap):
                 # play a file at its own rate; frames already late are skipped undecoded
@@ -170,6 +174,7 @@ class Capture:
                 late = wait < -1.0 / rate and self.slot.full
             else:
                 # consumer-paced: decode only what inference will take
+                paced = True
                 while not self.slot.wait_empty(_POLL_S):
                     self.stats.beat()
                     if self.stop.is_set() or gen != self._gen:
@@ -190,7 +195,10 @@ class Capture:
         self._index += 1
         h, w = image.shape[:2]  # type: ignore[attr-defined]
         self.frame_size = (w, h)
-        if self.slot.put(Frame(image, ts, time.monotonic(), self._index)):  # type: ignore[arg-type]
-            self.stats.drop("replaced")
+        frame = Frame(image, ts, time.monotonic(), self._index)  # type: ignore[arg-type]
         self.stats.done()
+        if paced and self.consume is not None and self.consume(frame):
+            return "delivered"
+        if self.slot.put(frame):
+            self.stats.drop("replaced")
         return "delivered"

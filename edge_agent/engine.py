@@ -1,19 +1,23 @@
 """One loaded model on one accelerator, shared by every pipeline that runs it, with batching.
 
 A model file used by several pipelines is loaded once (per accelerator) and run by one `Engine`.
-Pipelines call `Engine.run` from their own inference threads; the calls are served strictly in the
-order they arrive (first come, first served: with one outstanding frame per pipeline that is round
-robin), so a busy pipeline cannot starve a quiet one. A lone pipeline invokes on its own thread (no
-hand-off); once a second pipeline uses the model, worker threads invoke (on the CPU one single-threaded
-interpreter each, `runtime.replicas`), and each caller waits on its own request's event: a served
-pipeline wakes without contending for the engine's lock with pipelines that come straight back for more.
+Pipelines call `Engine.run` from their own threads, and invoke there: the engine has no thread of its
+own, so a frame costs no hand-off to a worker and back (on a two-core board each wake-up of another
+thread, and each wait for the GIL it brings, cost more than the Python work they moved). The engine
+hands out lanes: one interpreter each (an accelerator is one lane; on the CPU, once a second pipeline
+uses the model, `runtime.replicas` single-threaded interpreters). A frame takes a free lane at once
+unless an earlier frame waits for one; otherwise its thread sleeps on its own request's event until a
+finishing invoke hands it the lane. So frames are served strictly in the order they arrive (first
+come, first served: with one outstanding frame per pipeline that is round robin), a busy pipeline
+cannot starve a quiet one, and a finished invoke wakes only the pipeline whose turn it is.
 
-Batching: where the model's batch dimension can be resized, the request at the head waits at most
+Batching: where the model's batch dimension can be resized, the thread holding a lane waits at most
 `batch_wait_ms` for the other pipelines that are active to queue a frame, then runs them all in one
-invoke. A batch size is used only after its outputs, on real frames, match the same frames run one by
-one; otherwise batching is switched off for the model and health says why. A pipeline that stops
-sending (its camera died) stops counting as active within a second (or twice its own interval between
-frames, where that is longer), so it never holds the others up for longer than one `batch_wait_ms`.
+invoke and wakes each with its result. A batch size is used only after its outputs, on real frames,
+match the same frames run one by one; otherwise batching is switched off for the model and health
+says why. A pipeline that stops sending (its camera died) stops counting as active within a second (or
+twice its own interval between frames, where that is longer), so it never holds the others up for
+longer than one `batch_wait_ms`.
 """
 
 from __future__ import annotations
@@ -152,8 +156,10 @@ class _Request:
     t: float = field(default_factory=time.monotonic)
     result: EngineResult | None = None
     error: BaseException | None = None
-    #: set once result or error is in: the caller waits on its own event, not on the engine's lock, so a
-    #: busy pipeline that takes the lock again at once cannot keep a served one from waking
+    #: the lane handed to this frame's own thread to invoke on
+    lane: _Lane | None = None
+    #: set once a lane is handed to it, and once result or error is in: the caller sleeps on its own event,
+    #: so a finished invoke wakes the one pipeline whose turn it is, not every waiting one
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -215,12 +221,14 @@ class Engine:
         self._layouts: dict[tuple[str, int], Layout] = {}
         self._lanes: list[_Lane] = [_Lane(None, runtime)]
         self._pending: deque[_Request] = deque()
-        self._busy = 0  # lanes invoking now
+        self._busy = 0  # lanes handed out
+        self._free: list[_Lane] = list(self._lanes)
         self._cond = threading.Condition()
         self._last_seen: dict[str, float] = {}
         self._interval: dict[str, float] = {}  # per pipeline: time between its last two requests
         self._closed = False
-        self._workers: list[threading.Thread] = []
+        self._replicated = False
+        self._gathering = 0  # lane holders waiting for their batch to fill
 
     @property
     def runtime(self) -> Runtime:
@@ -235,85 +243,85 @@ class Engine:
 
     # --- what pipelines call -----------------------------------------------------------
     def run(self, user: str, inputs: list[np.ndarray]) -> EngineResult:
-        """Invoke on `inputs` (single-frame shapes) in turn with the other pipelines; blocks until done."""
+        """Invoke on `inputs` (single-frame shapes) in turn with the other pipelines; blocks until done.
+        The caller's own thread invokes, on a free lane once no earlier frame waits for one; otherwise it
+        sleeps on its request's event until a lane is handed to it, or until another pipeline's batch
+        carried its frame."""
         req = _Request(user, inputs)
         with self._cond:
             if self._closed:
                 raise EngineClosed(f"{self.path.name}: engine closed")
-            self._pending.append(req)
             if user in self._last_seen:
                 self._interval[user] = req.t - self._last_seen[user]
             self._last_seen[user] = req.t
-            if not self._workers and len(self._last_seen) > 1:
-                # a lone pipeline's invoke in flight finishes on the interpreter before workers take over
+            if not self._replicated and len(self._last_seen) > 1:
+                # a lone pipeline's invoke in flight finishes on the interpreter before replicas take over
                 self._cond.wait_for(lambda: not self._busy or self._closed)
-                if not self._workers and not self._closed:
-                    self._start_workers()
-            self._cond.notify_all()
-            lone = not self._workers
-            if lone:  # a lone pipeline invokes on its own thread: no hand-off
-                self._cond.wait_for(lambda: not self._busy or self._closed)
+                if not self._replicated and not self._closed:
+                    self._replicate()
                 if self._closed:
                     raise EngineClosed(f"{self.path.name}: engine closed")
-                self._busy += 1
-                batch = self._gather(self._pending[0])
-        if not lone:
-            while not req.done.wait(0.5):
-                if self._closed:
-                    raise EngineClosed(f"{self.path.name}: engine closed")
+            ahead = any(r.lane is None for r in self._pending)
+            self._pending.append(req)
+            self._cond.notify_all()  # a batch being formed may take this frame (nobody else waits here)
+            if self._free and not ahead and not self._gathering:  # (a batch being formed takes it instead)
+                self._hand(self._free.pop(), req)
+        while not req.done.wait(0.5):
+            if self._closed and req.lane is None:
+                raise EngineClosed(f"{self.path.name}: engine closed")
+        lane = req.lane
+        if lane is None:  # carried by another pipeline's batch, or failed by close()
             return self._outcome(req)
         try:
-            self._execute(self._lanes[0], batch)
-        finally:
             with self._cond:
-                self._busy -= 1
-                self._cond.notify_all()
+                batch = self._gather(req)
+            self._execute(lane, batch)
+        finally:
+            self._release(lane)
         return self._outcome(req)
 
-    def _start_workers(self) -> None:
-        """Under the lock, once a second pipeline shows up: worker threads invoke from now on, back to back,
-        while the pipelines' own threads preprocess their next frames and decode their last results. On
-        the CPU each worker has its own single-threaded interpreter: side by side they keep every core
-        busy, where one interpreter's threads would wait on each other between frames."""
-        if self.runtime.accelerator == "cpu" and self.replicas > 1:
-            lanes = []
-            try:
-                for _ in range(self.replicas):
-                    lanes.append(_Lane(open_backend("cpu", self.path, 1), None))
-            except BackendError as err:
-                log.warning("%s: CPU replicas not opened (%s); one interpreter serves", self.path.name, err)
-                for lane in lanes:
-                    lane.close()
-                lanes = []
-            if lanes:  # the first replica takes the place of the runtime's own (multi-threaded) interpreter
-                old, self.runtime.backend = self.runtime.backend, lanes[0].backend
-                lanes[0].own = None
-                lanes[0].runtime = self.runtime
-                old.close()
-                self._lanes = lanes
-        for i, lane in enumerate(self._lanes):
-            t = threading.Thread(target=self._work, args=(lane,), name=f"engine{i}-{self.path.stem}"[:15], daemon=True)
-            t.start()
-            self._workers.append(t)
+    def _hand(self, lane: _Lane, req: _Request) -> None:
+        """Under the lock: `req`'s own thread invokes on `lane` (woken, unless it is the caller)."""
+        req.lane = lane
+        self._busy += 1
+        req.done.set()
 
-    def _work(self, lane: _Lane) -> None:
-        while True:
-            try:
-                with self._cond:
-                    while not self._pending and not self._closed:
-                        self._cond.wait(0.5)
-                    if self._closed:
-                        return
-                    self._busy += 1
-                    batch = self._gather(self._pending[0])
-                try:
-                    self._execute(lane, batch)
-                finally:
-                    with self._cond:
-                        self._busy -= 1
-                        self._cond.notify_all()
-            except Exception:  # loop boundary: the waiting pipelines got the error; the engine goes on
-                log.exception("%s: engine error", self.path.name)
+    def _release(self, lane: _Lane) -> None:
+        """A lane is free again: straight to the earliest frame that waits for one, so pipelines are served
+        in the order their frames came, or back to the free list."""
+        with self._cond:
+            self._busy -= 1
+            nxt = next((r for r in self._pending if r.lane is None), None)
+            if nxt is not None and not self._closed:
+                self._hand(lane, nxt)
+            else:
+                self._free.append(lane)
+            self._cond.notify_all()  # close() and a replica switch wait for idle lanes
+
+    def _replicate(self) -> None:
+        """Under the lock, with no lane busy, once a second pipeline shows up. On the CPU each lane is its own
+        single-threaded interpreter: side by side on the pipelines' threads they keep every core busy,
+        where one interpreter's threads would wait on each other between frames."""
+        self._replicated = True
+        if self.runtime.accelerator != "cpu" or self.replicas <= 1:
+            return
+        lanes: list[_Lane] = []
+        try:
+            for _ in range(self.replicas):
+                lanes.append(_Lane(open_backend("cpu", self.path, 1), None))
+        except BackendError as err:
+            log.warning("%s: CPU replicas not opened (%s); one interpreter serves", self.path.name, err)
+            for lane in lanes:
+                lane.close()
+            return
+        # the first replica takes the place of the runtime's own (multi-threaded) interpreter
+        old, self.runtime.backend = self.runtime.backend, lanes[0].backend
+        lanes[0].own = None
+        lanes[0].runtime = self.runtime
+        old.close()
+        self._lanes[0].close_batched()
+        self._lanes = lanes
+        self._free = list(lanes)
 
     @staticmethod
     def _outcome(req: _Request) -> EngineResult:
@@ -323,16 +331,29 @@ class Engine:
         return req.result
 
     def _gather(self, head: _Request) -> list[_Request]:
-        """Under the lock: the requests to run now, head first. With a batch wait, the head waits for the
-        pipelines whose next frame is due before its wait runs out (`_due_before`), and for no other."""
+        """Under the lock: the frames `head`'s thread runs now, head first, then the earliest that wait for
+        a lane. With a batch wait, the head waits for the pipelines whose next frame is due before its wait
+        runs out (`_due_before`), and for no other."""
         limit = self.max_batch if not self.batching_off else 1
+
+        def others() -> list[_Request]:
+            return [r for r in self._pending if r.lane is None]
+
         if limit > 1 and self.batch_wait_s > 0:
             deadline = head.t + self.batch_wait_s
-            want = min(limit, len(self._pending) + self._due_before(deadline))
-            while len(self._pending) < want and (left := deadline - time.monotonic()) > 0 and not self._closed:
-                self._cond.wait(left)
-        n = min(limit, len(self._pending))
-        return [self._pending.popleft() for _ in range(n)]
+            want = min(limit, 1 + len(others()) + self._due_before(deadline))
+            self._gathering += 1
+            try:
+                while 1 + len(others()) < want and (left := deadline - time.monotonic()) > 0 and not self._closed:
+                    self._cond.wait(left)
+            finally:
+                self._gathering -= 1
+        batch = [head, *others()[: limit - 1]]
+        for r in batch:
+            self._pending.remove(r)
+        while self._free and not self._closed and (left_out := others()):  # frames the batch had no room for
+            self._hand(self._free.pop(), left_out[0])
+        return batch
 
     def _due_before(self, deadline: float) -> int:
         """Under the lock: how many pipelines with no frame waiting should send one by `deadline`. Each is
@@ -473,8 +494,12 @@ class Engine:
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            while self._pending:  # frames no worker will take: their pipelines learn at once
+            while self._pending:  # frames no lane will take: their pipelines learn at once
                 req = self._pending.popleft()
+                if req.lane is not None:  # handed a lane its thread has not taken up yet
+                    self._free.append(req.lane)
+                    req.lane = None
+                    self._busy -= 1
                 req.error = EngineClosed(f"{self.path.name}: engine closed")
                 req.done.set()
             self._cond.notify_all()

@@ -1,10 +1,22 @@
 """A camera or video input: capture -> latest-frame slot -> preprocess + shared invoke -> decode -> fan-out.
 
-Three threads per pipeline. Capture reads into a size-1 slot (a slow model never builds a queue: a
-newer frame replaces the one not yet taken). The inference thread preprocesses on its own thread and
-runs the model through the engine it shares with other pipelines (in turn, perhaps batched). The post
-thread decodes and hands the result to the fan-out. The model is read from its slot at every frame,
-so an update swaps it between two frames for every pipeline that uses it.
+Staged (while the pipeline is the only busy frame pipeline in its agent): three threads. Capture reads
+into a size-1 slot (a slow model never builds a queue: a newer frame replaces the one not yet taken).
+The inference thread preprocesses and runs the model through the engine it shares with other pipelines
+(in turn, perhaps batched). The post thread decodes and hands the result to the fan-out, so a lone
+pipeline decodes one frame while the next is invoked, and both cores work.
+
+Run to completion (while another frame pipeline has had a frame within a second, `Crowd`): the
+pipelines themselves keep the cores busy, and each hand-off between stages costs a thread wake-up and
+a wait for the GIL, which on two cores cost more than the overlap gains (`edge-agent bench
+--pipelines`). So one thread takes each frame from preprocess to publish: the inference thread, for a
+frame from the slot (a live camera's, whose reader must keep draining the stream), or the reader itself
+for a consumer-paced source (a file read as fast as the model goes, where nothing is dropped or goes
+stale while the reader waits). The mode is chosen per frame; a frame runs to completion only once the
+frames handed on the staged way are published, so none overtakes another.
+
+The model is read from its slot at every frame, so an update swaps it between two frames for every
+pipeline that uses it.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,6 +56,49 @@ _NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
 _REOPEN_KEYS = ("uri", "width", "height", "loop")
 
 
+#: One inferred frame on its way to decoding: the frame, the raw outputs, the model that gave them, and
+#: whether they were reused for an unchanged frame.
+_Item = tuple[Frame, RawInference, Model, bool]
+
+
+@dataclass
+class _InferState:
+    """A thread's change gate and the last inference it may reuse for an unchanged frame."""
+
+    gate: ChangeGate | None
+    last: tuple[RawInference, Model] | None = None
+
+
+@dataclass
+class _PostState:
+    """A thread's last decoding, which a gated frame reuses."""
+
+    decoded: tuple[RawInference, Inference] | None = None
+
+
+class Crowd:
+    """The agent's frame pipelines, and when each last had a frame: a pipeline runs its frames to completion
+    while another has had one within `ACTIVE_S`, and goes back to its stages once it is alone (the other
+    pipelines removed, or their cameras dead), where the overlap of its stages is what keeps the cores
+    busy."""
+
+    ACTIVE_S = 1.0
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def seen(self, name: str) -> None:
+        t = time.monotonic()
+        with self._lock:
+            self._last[name] = t
+
+    def others_busy(self, name: str) -> bool:
+        since = time.monotonic() - self.ACTIVE_S
+        with self._lock:
+            return any(t > since for other, t in self._last.items() if other != name)
+
+
 class FramePipeline:
     kind = "frame"
 
@@ -54,8 +110,18 @@ class FramePipeline:
         fanout: FanOut,
         boot_id: str,
         on_fallback: Callable[[], None] | None = None,
+        crowd: Crowd | None = None,
     ):
+        """crowd: the agent's frame pipelines; while another is busy, this one runs each frame to completion
+        on one thread (see the module's doc)."""
         self.name = view.name
+        self.crowd = crowd or Crowd()
+        self._local = threading.local()
+        #: frames between being taken and published: a frame runs to completion only once none is in flight
+        #: the other way, so a change of mode never lets a frame overtake an earlier one
+        self._flight = threading.Condition()
+        self._inflight = 0
+        self._fallbacks_seen = 0  # accelerator fallbacks announced
         self.view = view
         self.settings = view.settings
         self.route = route
@@ -68,7 +134,7 @@ class FramePipeline:
         self.capture_stats = StageStats("capture")
         self.infer_stats = StageStats("inference")
         self.post_stats = StageStats("postprocess")
-        self.results: queue.Queue[tuple[Frame, RawInference, Model, bool]] = queue.Queue(maxsize=_RESULTS_QUEUE)
+        self.results: queue.Queue[_Item] = queue.Queue(maxsize=_RESULTS_QUEUE)
         self.skipped = 0  # inferences saved by change gating
         #: the post stage needs the picture itself only for the live view and escalation: without them a
         #: result waiting for it does not keep a decoded frame (a megabyte at 640x480) alive
@@ -92,6 +158,7 @@ class FramePipeline:
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
+        self.capture.consume = self._consume
         self.capture.start()
         for stage, target in (("inference", self._inference_loop), ("postprocess", self._post_loop)):
             name = stage if self.route.legacy else f"{self.name}-{stage}"  # the single form keeps its names
@@ -148,76 +215,146 @@ class FramePipeline:
 
     # --- stages --------------------------------------------------------------------------------
     def _inference_loop(self) -> None:
-        """Only preprocessing and invoke here: decoding and publishing run on the post thread."""
+        """Staged: only preprocessing and invoke here, decoding and publishing on the post thread. Run to
+        completion: the whole frame here (a frame from the slot: a live camera's, or a file's played at
+        its own rate)."""
         st = self.infer_stats
         st.state = "running"
-        m = self.settings.model
-        gate = ChangeGate(m.change_threshold, m.change_max_age_s) if m.change_threshold > 0 else None
-        last: tuple[RawInference, Model] | None = None
+        ist, pst = self._infer_state(), _PostState()
         while not self.stop_event.is_set():
             frame = self.frames.take(_TAKE_TIMEOUT_S)
             st.beat()
             if frame is None:
                 continue
-            model = self.get_model()  # an update swaps it between two frames
-            if model is None:
+            if self._complete(frame, ist, pst):
                 continue
-            try:
-                cached = gate is not None and last is not None and last[1] is model and gate.unchanged(frame.image)
-                if cached and last is not None:
-                    raw = last[0]
-                    self.skipped += 1
-                else:
-                    raw = model.run(frame.image, self.name)
-                    last = (raw, model)
-                    st.observe("preprocess", raw.preprocess_ms)
-                    st.observe("inference", raw.inference_ms)
-                    if raw.wait_ms:
-                        st.observe("queue", raw.wait_ms)
-                    st.done()
-                if not self.keep_images and not self.fanout.judging(model):
-                    frame = Frame(_NO_IMAGE, frame.ts, frame.mono, frame.index, frame.image.shape[:2])
-                while not self.stop_event.is_set():
-                    try:  # results are never dropped here: a slow post stage slows inference instead
-                        self.results.put((frame, raw, model, cached), timeout=_TAKE_TIMEOUT_S)
-                        break
-                    except queue.Full:
-                        st.beat()
-            except Exception as err:  # loop boundary: one bad frame must not stop the stream
-                if isinstance(err, EngineClosed) and self.get_model() is not model:
-                    continue  # an update replaced the model between taking it and invoking it: not an error
-                st.error(f"{type(err).__name__}: {err}")
-                log.exception("%s: inference error", self.name)
+            self._enter()
+            item = self._infer(frame, ist)
+            if item is None:
+                self._leave()
+                continue
+            while not self.stop_event.is_set():
+                try:  # results are never dropped here: a slow post stage slows inference instead
+                    self.results.put(item, timeout=_TAKE_TIMEOUT_S)
+                    break
+                except queue.Full:
+                    st.beat()
+            else:
+                self._leave()
+
+    def _consume(self, frame: Frame) -> bool:
+        """On the reader's thread, a consumer-paced frame: True once it ran to completion here; False (the
+        reader hands it to the slot) while this pipeline is alone."""
+        states: tuple[_InferState, _PostState] | None = getattr(self._local, "states", None)
+        if states is None:
+            states = self._local.states = (self._infer_state(), _PostState())
+        return self._complete(frame, *states)
+
+    def _complete(self, frame: Frame, ist: _InferState, pst: _PostState) -> bool:
+        """Run the frame from preprocess to publish on this thread, where another frame pipeline is busy;
+        False (nothing done) while this one is alone, or once stopping."""
+        self.crowd.seen(self.name)
+        if not self.crowd.others_busy(self.name):
+            return False
+        with self._flight:  # frames already handed on go first (only when the mode has just changed)
+            while self._inflight:
+                if self.stop_event.is_set():
+                    return False
+                self._flight.wait(_TAKE_TIMEOUT_S)
+            self._inflight += 1
+        try:
+            self.infer_stats.beat()
+            self.post_stats.beat()
+            item = self._infer(frame, ist)
+            if item is not None:
+                self._post(item, pst)
+        finally:
+            self._leave()
+        return True
+
+    def _enter(self) -> None:
+        with self._flight:
+            self._inflight += 1
+
+    def _leave(self) -> None:
+        with self._flight:
+            self._inflight -= 1
+            if not self._inflight:
+                self._flight.notify_all()
+
+    def _infer_state(self) -> _InferState:
+        m = self.settings.model
+        return _InferState(ChangeGate(m.change_threshold, m.change_max_age_s) if m.change_threshold > 0 else None)
+
+    def _infer(self, frame: Frame, ist: _InferState) -> _Item | None:
+        """Preprocess and invoke one frame (or reuse the last result, where change gating finds the frame
+        unchanged); None when there is no model or the frame failed."""
+        st = self.infer_stats
+        model = self.get_model()  # an update swaps it between two frames
+        if model is None:
+            return None
+        try:
+            last, gate = ist.last, ist.gate
+            cached = gate is not None and last is not None and last[1] is model and gate.unchanged(frame.image)
+            if cached and last is not None:
+                raw = last[0]
+                self.skipped += 1
+            else:
+                raw = model.run(frame.image, self.name)
+                ist.last = (raw, model)
+                st.observe("preprocess", raw.preprocess_ms)
+                st.observe("inference", raw.inference_ms)
+                if raw.wait_ms:
+                    st.observe("queue", raw.wait_ms)
+                st.done()
+            if not self.keep_images and not self.fanout.judging(model):
+                frame = Frame(_NO_IMAGE, frame.ts, frame.mono, frame.index, frame.image.shape[:2])
+            return frame, raw, model, cached
+        except Exception as err:  # loop boundary: one bad frame must not stop the stream
+            if isinstance(err, EngineClosed) and self.get_model() is not model:
+                return None  # an update replaced the model between taking it and invoking it: not an error
+            st.error(f"{type(err).__name__}: {err}")
+            log.exception("%s: inference error", self.name)
+            return None
 
     def _post_loop(self) -> None:
         st = self.post_stats
-        fallbacks_seen = 0
-        decoded: tuple[RawInference, Inference] | None = None  # a gated frame reuses the last decoding
+        pst = _PostState()
         st.state = "running"
         while not self.stop_event.is_set() or not self.results.empty():
             try:
-                frame, raw, model, cached = self.results.get(timeout=_TAKE_TIMEOUT_S)
+                item = self.results.get(timeout=_TAKE_TIMEOUT_S)
             except queue.Empty:
                 st.beat()
                 continue
             st.beat()
             try:
-                if cached and decoded is not None and decoded[0] is raw:
-                    inf = decoded[1]
-                else:
-                    inf = model.decode(raw)
-                    decoded = (raw, inf)
-                    self.infer_stats.observe("postprocess", inf.postprocess_ms)
-                    self.fanout.observe(model, raw, frame.image if frame.image.size else None)
-                self._publish(frame, raw, inf, model, cached)
-                if len(model.runtime.fallbacks) != fallbacks_seen:
-                    fallbacks_seen = len(model.runtime.fallbacks)
-                    if self.on_fallback is not None:
-                        self.on_fallback()
-                st.done()
-            except Exception as err:  # loop boundary: one bad result must not stop the stream
-                st.error(f"{type(err).__name__}: {err}")
-                log.exception("%s: postprocess error", self.name)
+                self._post(item, pst)
+            finally:
+                self._leave()
+
+    def _post(self, item: _Item, pst: _PostState) -> None:
+        """Decode one inference and fan it out."""
+        st = self.post_stats
+        frame, raw, model, cached = item
+        try:
+            decoded = pst.decoded
+            if cached and decoded is not None and decoded[0] is raw:
+                inf = decoded[1]
+            else:
+                inf = model.decode(raw)
+                pst.decoded = (raw, inf)
+                self.infer_stats.observe("postprocess", inf.postprocess_ms)
+                self.fanout.observe(model, raw, frame.image if frame.image.size else None)
+            self._publish(frame, raw, inf, model, cached)
+            if len(model.runtime.fallbacks) != self._fallbacks_seen:
+                self._fallbacks_seen = len(model.runtime.fallbacks)
+                if self.on_fallback is not None:
+                    self.on_fallback()
+            st.done()
+        except Exception as err:  # loop boundary: one bad result must not stop the stream
+            st.error(f"{type(err).__name__}: {err}")
+            log.exception("%s: postprocess error", self.name)
 
     def _publish(self, frame: Frame, raw: RawInference, inf: Inference, model: Model, cached: bool) -> None:
         h, w = frame.size or frame.image.shape[:2]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import SHORT, run_cli, scaled
+from .conftest import ROOT, SHORT, run_cli, scaled
 
 
 @pytest.mark.emulation_slow(
@@ -139,3 +140,16 @@ def test_bench_batch_sizes_side_by_side(tmp_path: Path) -> None:
     assert [row["max_batch"] for row in rows] == [1, 2]
     assert rows[0]["batching"] == "off: runtime.max_batch is 1" and set(rows[0]["batches"]) == {"1"}
     assert rows[1]["batching"] == "on" and all(row["aggregate_fps"] > 0 for row in rows)
+
+
+def test_gil_wait_reports_calls_alone_and_beside_python_and_batch_costs() -> None:
+    import re
+    import subprocess
+
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gil_wait.py"), "--seconds", "0.3"],
+                       capture_output=True, text=True, timeout=120, check=True)
+    rows = {m[0]: (float(m[1]), float(m[2])) for m in re.findall(r"^\| (invoke|read|resize) \| (\d+) \| (\d+) \|",
+                                                                   r.stdout, re.M)}
+    assert set(rows) == {"invoke", "read", "resize"} and all(alone > 0 and busy > 0 for alone, busy in rows.values())
+    batches = dict(re.findall(r"^\| (\d) \| ([\d.]+) \|$", r.stdout, re.M))
+    assert set(batches) == {"1", "2", "4", "8"} and all(float(v) > 0 for v in batches.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -321,6 +322,71 @@ def test_a_dead_source_and_a_broken_model_leave_the_others_running(broker: Broke
         rec.close()
 
 
+def test_a_frame_runs_to_completion_on_one_thread_while_another_pipeline_is_busy(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With another frame pipeline busy, the agent's cores are kept busy by the pipelines themselves: each
+    frame goes from preprocess to publish on one thread. A consumer-paced file is read, inferred and
+    published on its reader's thread; a source played at its own rate hands its frames to the inference
+    thread through the latest-frame slot, which then publishes them too. Alone again, a pipeline goes
+    back to its stages (the post thread publishes), and no frame overtakes an earlier one on the way."""
+    from edge_agent.agent import Agent
+    from edge_agent.bench import _video
+
+    for k in list(os.environ):
+        if k.startswith("EDGE_AGENT_"):
+            monkeypatch.delenv(k)
+    pipelines = [
+        {"name": "paced", "source": {"uri": str(_video()), "realtime": False, "loop": True}, "model": "face"},
+        {"name": "timed", "source": {"uri": "demo"}, "model": "face"},
+    ]
+    settings = load_settings(None, {"mqtt.host": broker.host, "mqtt.port": broker.port, "device_id": "rtc",
+                                    "models": {"face": {"path": str(SHORT)}}, "pipelines": pipelines,
+                                    "state_dir": str(tmp_path), "health.interval_s": 3600})
+    agent = Agent(settings)
+    published: dict[str, list[tuple[str, int, float, int]]] = {"paced": [], "timed": []}
+    try:
+        real = agent.fanout.prediction
+
+        def prediction(route: Any, doc: dict[str, Any], *args: Any, **kw: Any) -> bool:
+            ok = real(route, doc, *args, **kw)
+            published[route.pipeline].append((threading.current_thread().name, len(doc["detections"]), doc["ts"],
+                                              doc["seq"]))
+            return ok
+
+        monkeypatch.setattr(agent.fanout, "prediction", prediction)
+        agent.start()
+        wait_until(lambda: sum(t.startswith("capture-") for t, *_ in published["paced"]) > 20
+                   and sum(t == "timed-inference" for t, *_ in published["timed"]) > 5, 60,
+                   what="both pipelines to run their frames to completion")
+        # timed's frames come from its slot (a frame that came while paced had none yet went the staged way)
+        assert {t for t, *_ in published["timed"][-5:]} == {"timed-inference"}, published["timed"]
+        assert any(n for _, n, *_ in published["paced"]) and any(n for _, n, *_ in published["timed"])  # faces
+        agent._remove_pipeline("timed")
+        seen = len(published["paced"])
+        wait_until(lambda: sum(t == "paced-postprocess" for t, *_ in published["paced"][seen:]) > 20, 30,
+                   what="the pipeline, alone, to go back to its post thread")
+        paced = published["paced"]
+        assert [ts for _, _, ts, _ in paced] == sorted(ts for _, _, ts, _ in paced)  # in the order captured
+        assert [q for *_, q in paced] == list(range(paced[0][3], paced[0][3] + len(paced)))
+        p = agent.pipelines["paced"]
+        assert p.post_stats.errors == 0 and p.infer_stats.errors == 0
+    finally:
+        agent.shutdown(3)
+
+
+def test_the_crowd_counts_the_other_pipelines_that_had_a_frame_lately(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent.frame_pipeline import Crowd
+
+    crowd = Crowd()
+    crowd.seen("a")
+    assert not crowd.others_busy("a")  # alone
+    crowd.seen("b")
+    assert crowd.others_busy("a") and crowd.others_busy("b") and crowd.others_busy("c")
+    monkeypatch.setattr(Crowd, "ACTIVE_S", 0.0)  # whatever was seen is now too long ago
+    assert not crowd.others_busy("a")
+
+
 def test_engine_serves_pipelines_in_turn() -> None:
     """Two pipelines hammering one model as fast as they can do not hold up a third that sends a frame
     now and then: frames are served in the order they arrive, so the quiet one waits for at most the
@@ -360,6 +426,42 @@ def test_engine_serves_pipelines_in_turn() -> None:
     assert waited_ms < 3 * invoke_ms + 2.0, (waited_ms, invoke_ms)  # not behind a backlog of the busy ones
     assert min(counts.values()) > 0.75 * max(counts.values()), counts
     assert model.engine.frames == sum(counts.values()) + 25 and set(model.engine.batches) == {1}
+    model.close()
+
+
+def test_the_engine_invokes_on_the_pipelines_own_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine has no thread of its own: each frame is invoked on the thread of the pipeline that sent
+    it (a hand-off to a worker and back cost two thread wake-ups per frame), one lane per interpreter."""
+    from edge_agent import engine as eng
+    from edge_agent.config import ModelConfig, RuntimeConfig
+    from edge_agent.engine import ModelPool
+    from edge_agent.model import Model
+
+    before = set(threading.enumerate())
+    rt = RuntimeConfig(accelerator="cpu", threads=1, max_batch=1, replicas=2)
+    model = Model(ModelConfig(path=SHORT, isolated_check=False), rt, None, pool=ModelPool())
+    frame = np.full((240, 320, 3), 128, np.uint8)
+    seen: list[tuple[str, list[str]]] = []
+    real = eng.Engine._execute
+
+    def execute(self: eng.Engine, lane: Any, batch: list[Any]) -> None:
+        seen.append((threading.current_thread().name, [r.user for r in batch]))
+        real(self, lane, batch)
+
+    monkeypatch.setattr(eng.Engine, "_execute", execute)
+
+    def pipeline(name: str) -> None:
+        for _ in range(20):
+            model.run(frame, name)
+
+    threads = [threading.Thread(target=pipeline, args=(n,), name=f"pipe-{n}") for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(seen) == 40 and all(thread == f"pipe-{users[0]}" for thread, users in seen), seen
+    assert set(threading.enumerate()) <= before  # and none started for the engine
+    assert model.engine.info()["interpreters"] == 2 and model.engine.frames == 40
     model.close()
 
 
