@@ -255,8 +255,10 @@ class Engine:
                 self._interval[user] = req.t - self._last_seen[user]
             self._last_seen[user] = req.t
             if not self._replicated and len(self._last_seen) > 1:
-                # a lone pipeline's invoke in flight finishes on the interpreter before replicas take over
-                self._cond.wait_for(lambda: not self._busy or self._closed)
+                # a lone pipeline's invoke in flight finishes on the interpreter before replicas take over;
+                # once one thread has switched, the others go on (waiting for idle lanes again could starve
+                # them behind a pipeline that takes the lane straight back)
+                self._cond.wait_for(lambda: self._replicated or not self._busy or self._closed)
                 if not self._replicated and not self._closed:
                     self._replicate()
                 if self._closed:
