@@ -221,8 +221,7 @@ class Engine:
         self._layouts: dict[tuple[str, int], Layout] = {}
         self._lanes: list[_Lane] = [_Lane(None, runtime)]
         self._pending: deque[_Request] = deque()
-        self._busy = 0  # lanes handed out
-        self._free: list[_Lane] = list(self._lanes)
+        self._free: list[_Lane] = list(self._lanes)  # the lanes not handed out
         self._cond = threading.Condition()
         self._last_seen: dict[str, float] = {}
         self._interval: dict[str, float] = {}  # per pipeline: time between its last two requests
@@ -258,7 +257,7 @@ class Engine:
                 # a lone pipeline's invoke in flight finishes on the interpreter before replicas take over;
                 # once one thread has switched, the others go on (waiting for idle lanes again could starve
                 # them behind a pipeline that takes the lane straight back)
-                self._cond.wait_for(lambda: self._replicated or not self._busy or self._closed)
+                self._cond.wait_for(lambda: self._replicated or self._idle() or self._closed)
                 if not self._replicated and not self._closed:
                     self._replicate()
                 if self._closed:
@@ -285,14 +284,16 @@ class Engine:
     def _hand(self, lane: _Lane, req: _Request) -> None:
         """Under the lock: `req`'s own thread invokes on `lane` (woken, unless it is the caller)."""
         req.lane = lane
-        self._busy += 1
         req.done.set()
+
+    def _idle(self) -> bool:
+        """Under the lock: no lane is handed out."""
+        return len(self._free) == len(self._lanes)
 
     def _release(self, lane: _Lane) -> None:
         """A lane is free again: straight to the earliest frame that waits for one, so pipelines are served
         in the order their frames came, or back to the free list."""
         with self._cond:
-            self._busy -= 1
             nxt = next((r for r in self._pending if r.lane is None), None)
             if nxt is not None and not self._closed:
                 self._hand(lane, nxt)
@@ -501,11 +502,10 @@ class Engine:
                 if req.lane is not None:  # handed a lane its thread has not taken up yet
                     self._free.append(req.lane)
                     req.lane = None
-                    self._busy -= 1
                 req.error = EngineClosed(f"{self.path.name}: engine closed")
                 req.done.set()
             self._cond.notify_all()
-            self._cond.wait_for(lambda: not self._busy, 5.0)  # let the invokes in flight finish
+            self._cond.wait_for(self._idle, 5.0)  # let the invokes in flight finish
         for lane in self._lanes:
             lane.close()
         self.runtime.backend.close()  # (lane 0's, whichever interpreter that is now)
