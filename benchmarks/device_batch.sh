@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Batching on the lent GPU machine, as one short command. Here, first:
-#   ../shared/device/prepare.sh orjson psutil flatbuffers typing-extensions tqdm
+#   ../shared/device/prepare.sh orjson psutil flatbuffers typing-extensions tqdm lap
 # then the device run, from the project root, with carry [".gl", ".mq", ".whl", "models"]:
 #   bash benchmarks/device_batch.sh            # writes $OUT/batch.json and $OUT/batch.log
 set -uo pipefail

@@ -55,7 +55,8 @@ def main() -> int:
             doc["targets"] = targets(doc)
         summary["models"].append(doc)
         args.out.write_text(json.dumps(summary, indent=2) + "\n")  # after each model: a timeout keeps what ran
-        print(json.dumps({k: doc[k] for k in ("model", "selected", "fps", "ratios", "agreement")}), flush=True)
+        shown = ("model", "selected", "fps", "bare_read_ms", "ratios", "agreement")
+        print(json.dumps({k: doc[k] for k in shown}), flush=True)
     return 0
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures on the lent GPU machine, as one short command. Here, first:
-#   ../shared/device/prepare.sh orjson psutil flatbuffers typing-extensions
+#   ../shared/device/prepare.sh orjson psutil flatbuffers typing-extensions tqdm lap
 # then the device run, from the project root, with carry [".gl", ".mq", ".whl", "models"]
 # (models/ holds the bundled models and demo video, which git ignores):
 #   bash benchmarks/device_gpu.sh            # writes $OUT/gpu.json and $OUT/gpu.log

@@ -228,6 +228,10 @@ class Engine:
         self._closed = False
         self._replicated = False
         self._gathering = 0  # lane holders waiting for their batch to fill
+        #: open batched backends on a thread of their own, serving frames one by one meanwhile: an
+        #: accelerator compiles each input size anew, which took 0.5-2 s on a GPU, a stall for every pipeline
+        self.compile_ahead = runtime.accelerator != "cpu"
+        self._opening: threading.Thread | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -440,12 +444,16 @@ class Engine:
         runtime.max_batch with copies of its last frame, whose results are dropped."""
         n = len(batch)
         kind = lane.backend.kind
-        size = n if kind == "cpu" else max(n, self.max_batch)
+        size = n if kind == "cpu" and not self.compile_ahead else max(n, self.max_batch)
         reqs = batch + [batch[-1]] * (size - n)
         key = (kind, size)
-        be = lane.batched.get(key)
+        threads = self.threads if lane.own is None else 1
+        with self._cond:
+            be = lane.batched.get(key)
+        if be is None and self.compile_ahead:
+            self._open_ahead(lane, key, threads)
+            return None, 0.0
         if be is None:
-            threads = self.threads if lane.own is None else 1
             be = lane.batched[key] = open_batched(kind, self.path, threads, self.options, size)
         for i in range(len(self.inputs)):
 
@@ -469,6 +477,37 @@ class Engine:
                 self._layouts[key] = layout
             log.info("%s: batches of %d verified on %s", self.path.name, size, kind)
         return split_batch(raw, layout)[:n], ms
+
+    def _open_ahead(self, lane: _Lane, key: tuple[str, int], threads: int) -> None:
+        """The batched backend `key` opened on a thread of its own (once), for `lane`: until it is there,
+        the frames go one by one instead of all pipelines stalling behind a compile."""
+        with self._cond:
+            if self._opening is not None or self._closed:
+                return
+
+            def work() -> None:
+                be: Backend | None = None
+                why = ""
+                try:
+                    be = open_batched(key[0], self.path, threads, self.options, key[1])
+                except BackendError as err:
+                    why = str(err)
+                except Exception as err:  # the loop boundary of this thread: batching off, frames go on
+                    log.exception("%s: opening a batch of %d failed", self.path.name, key[1])
+                    why = f"batch of {key[1]}: {type(err).__name__}: {err}"
+                with self._cond:
+                    self._opening = None
+                    kept = be is not None and not self._closed and lane in self._lanes
+                    if be is not None and kept:
+                        lane.batched[key] = be
+                if why:
+                    self._disable_batching(why)
+                elif be is not None and not kept:
+                    be.close()  # the engine closed, or the lane was replaced, meanwhile
+
+            self._opening = threading.Thread(target=work, name=f"batch-open-{self.path.stem}", daemon=True)
+            self._opening.start()
+        log.info("%s: opening batches of %d on %s beside the pipelines", self.path.name, key[1], key[0])
 
     def _learn(self, lane: _Lane, batch: list[_Request], raw: list[np.ndarray]) -> Layout:
         """How this model stacks a batch in each output, from the same frames run one by one; BackendError
@@ -506,6 +545,9 @@ class Engine:
                 req.done.set()
             self._cond.notify_all()
             self._cond.wait_for(self._idle, 5.0)  # let the invokes in flight finish
+            opening = self._opening
+        if opening is not None:  # a compile in flight: it closes what it opened, once done
+            opening.join(10.0)
         for lane in self._lanes:
             lane.close()
         self.runtime.backend.close()  # (lane 0's, whichever interpreter that is now)

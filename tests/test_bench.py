@@ -99,6 +99,7 @@ def test_accelerator_comparison_reports_selection_agreement_and_ratios() -> None
     assert a["frames"] == 5 and a["matched"] >= 5
     assert doc["probes"][-1]["backend"] == "cpu" and doc["ratios"]["agent_cpu_vs_bare_cpu"] > 0
     assert doc["fps"]["memory_auto"] > 0 and doc["fps"]["memory_cpu"] > 0 and doc["fps"]["bare_cpu"] > 0
+    assert list(doc["bare_read_ms"]) == ["bare_cpu"] and doc["bare_read_ms"]["bare_cpu"] >= 0  # outputs taken back
     if doc["selected"] == "cpu":  # no GPU here: same backend both ways, and the bare GPU loop could not start
         assert a["min_iou"] == 1.0 and a["only_auto"] == a["only_cpu"] == 0
         assert "GPU" in doc["errors"]["bare_gpu"] and "agent_vs_bare_accelerator" not in doc["ratios"]

@@ -511,6 +511,57 @@ def test_batches_give_the_single_frame_results() -> None:
     alone.close()
 
 
+def test_a_batch_is_compiled_beside_the_pipelines_not_in_their_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a batch size must be compiled (an accelerator: 0.5-2 s on a GPU, which stalled every
+    pipeline once, mid-stream), it is opened on a thread of its own; the frames go one by one until it is
+    there, then in batches. The compile is held back here until the pipelines have been served without it."""
+    from edge_agent import engine
+    from edge_agent.config import ModelConfig, RuntimeConfig
+    from edge_agent.engine import ModelPool
+    from edge_agent.model import Model
+
+    real = engine.open_batched
+    release = threading.Event()
+    opened_on: list[str] = []
+
+    def held_open(*args: Any) -> Any:
+        opened_on.append(threading.current_thread().name)
+        assert release.wait(60), "the test never released the compile"
+        return real(*args)
+
+    monkeypatch.setattr(engine, "open_batched", held_open)
+    rt = RuntimeConfig(accelerator="cpu", threads=1, max_batch=2, batch_wait_ms=300)
+    model = Model(ModelConfig(path=SHORT, isolated_check=False), rt, None, pool=ModelPool())
+    model.engine.compile_ahead = True  # as on an accelerator
+    frame = np.full((240, 320, 3), 128, np.uint8)
+    got: dict[str, list[int]] = {"a": [], "b": []}
+    go = threading.Barrier(2)
+
+    def rounds(n: int) -> None:
+        def worker(name: str) -> None:
+            for _ in range(n):
+                go.wait()
+                got[name].append(model.run(frame, name).batch)
+
+        ts = [threading.Thread(target=worker, args=(u,), name=f"pipe-{u}") for u in "ab"]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        assert not any(t.is_alive() for t in ts)
+
+    rounds(4)  # the compile is held: every frame is still served, one by one
+    assert got == {"a": [1] * 4, "b": [1] * 4} and opened_on == ["batch-open-face_detection_short_range"]
+    release.set()
+    opening = model.engine._opening
+    if opening is not None:
+        opening.join(60)
+    rounds(6)
+    assert got["a"][4:].count(2) >= 3, (got, model.engine.info())  # paired once the compile is done
+    assert len(opened_on) == 1 and model.engine.batching_off == ""
+    model.close()
+
+
 def test_batches_wait_for_the_frames_due_within_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     """A frame waits for another pipeline's when that one is due (one interval after its last frame)
     within the batch wait, however far apart its frames come: on a board where each pipeline's frames
