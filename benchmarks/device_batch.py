@@ -102,6 +102,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--skip-agent", action="store_true")
+    ap.add_argument("--gpu-waits", default="0", help="runtime.batch_wait_ms values for the agent rows on the GPU")
     args = ap.parse_args()
     doc: dict[str, Any] = {"bare": [], "agent": []}
     for m in MODELS:
@@ -112,11 +113,15 @@ def main() -> int:
                 print(json.dumps({k: v for k, v in r.items() if k != "trace"}), flush=True)
                 args.out.write_text(json.dumps(doc, indent=2) + "\n")
     if not args.skip_agent:
-        for accel in ("gpu", "cpu"):
+        plan = [("gpu", float(w)) for w in args.gpu_waits.split(",")] + [("cpu", 0.0)]
+        for accel, wait in plan:
+            print(f"agent, 4 pipelines on the {accel.upper()}, runtime.batch_wait_ms = {wait:g}", flush=True)
             try:
-                doc["agent"] += compare_batches(MODELS, 4, [1, 2, 4], args.seconds, args.runs, 0, sys.stdout, accel)
+                doc["agent"] += compare_batches(
+                    MODELS, 4, [1, 2, 4], args.seconds, args.runs, 0, sys.stdout, accel, batch_wait_ms=wait
+                )
             except Exception as err:
-                doc.setdefault("errors", []).append(f"agent on {accel}: {type(err).__name__}: {err}")
+                doc.setdefault("errors", []).append(f"agent on {accel}, wait {wait} ms: {type(err).__name__}: {err}")
                 print(doc["errors"][-1], flush=True)
             args.out.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
