@@ -180,9 +180,10 @@ class _Lane:
         return self.runtime.backend
 
     def close_batched(self) -> None:
-        for be in self.batched.values():
+        # swapped out first: a batch size being opened beside the pipelines may be added meanwhile
+        batched, self.batched = self.batched, {}
+        for be in batched.values():
             be.close()
-        self.batched.clear()
 
     def close(self) -> None:
         self.close_batched()
@@ -441,7 +442,8 @@ class Engine:
     def _invoke_batch(self, lane: _Lane, batch: list[_Request]) -> tuple[list[list[np.ndarray]] | None, float]:
         """One invoke for the whole batch. On the CPU the input is resized to the batch; an accelerator
         compiles each input size anew (a second or more on a GPU), so there a short batch is padded up to
-        runtime.max_batch with copies of its last frame, whose results are dropped."""
+        runtime.max_batch with copies of its last frame, whose results are dropped, and the size is compiled
+        on a thread of its own (`_open_ahead`): (None, 0) until it is there, and the batch goes one by one."""
         n = len(batch)
         kind = lane.backend.kind
         size = n if kind == "cpu" and not self.compile_ahead else max(n, self.max_batch)
@@ -492,7 +494,7 @@ class Engine:
                     be = open_batched(key[0], self.path, threads, self.options, key[1])
                 except BackendError as err:
                     why = str(err)
-                except Exception as err:  # the loop boundary of this thread: batching off, frames go on
+                except Exception as err:  # this thread's one catch-all: batching off, the frames go on
                     log.exception("%s: opening a batch of %d failed", self.path.name, key[1])
                     why = f"batch of {key[1]}: {type(err).__name__}: {err}"
                 with self._cond:
