@@ -6,6 +6,7 @@
     python benchmarks/bench_tracking.py --shifts=-0.06,-0.04,-0.02,0.02,0.04,0.06   # and with scores moved
     python benchmarks/bench_tracking.py --record FILE   # only the detections, e.g. on a board, as JSON
     python benchmarks/bench_tracking.py --replay FILE   # the table from those detections instead
+    python benchmarks/bench_tracking.py --random 16 --seed 3   # 16 random crossings instead of the scenes
 
 For each scene of `benchmarks/scenes.py` the real detector (BlazeFace or the SSD) runs on every frame, its
 detections go through the agent's scene stage (masks, tracker, zones, events) exactly as on a device, and
@@ -19,7 +20,9 @@ compare them), and checks that both give the same track ids and zones. `--shifts
 scene's recorded detections with every score moved up or down (`Recorded`), as another platform's
 arithmetic moves them: a tracker whose ids hang on a score sitting just at a threshold shows it there.
 `--record` and `--replay` carry one platform's detections to another, where this tracker scores them:
-the way to tell a difference in the detector from one in the tracker.
+the way to tell a difference in the detector from one in the tracker. `--random N --seed S` scores N
+crossings drawn at random (`scenes.random_scenes`) instead of the named scenes: trajectories the
+tracker was not tuned on, the nearest this benchmark comes to inputs it has never seen.
 """
 
 from __future__ import annotations
@@ -324,11 +327,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replay", type=Path, metavar="FILE",
                     help="score the detections in FILE (from --record, e.g. on another platform) instead "
                          "of running the detectors here")
+    ap.add_argument("--random", type=int, default=0, metavar="N",
+                    help="score N crossings drawn at random (with --seed) instead of the named scenes")
+    ap.add_argument("--seed", type=int, default=1, help="the draw of --random")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from benchmarks.scenes import SCENES
+    from benchmarks.scenes import SCENES, random_scenes
 
-    names = args.scenes.split(",") if args.scenes else list(SCENES)
+    if args.random:
+        drawn = random_scenes(args.seed, args.random)
+        SCENES.update({sc.name: sc for sc in drawn})
+        names = [sc.name for sc in drawn]
+    else:
+        names = args.scenes.split(",") if args.scenes else list(SCENES)
     if args.record:
         save_recorded(args.record, {name: record(name) for name in names})
         print(f"wrote the detections of {len(names)} scenes to {args.record}")
@@ -356,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         t = score_all(runs)
         print(f"| all | {sum(r.frames for r in runs)} | | {t['idf1']:.3f} | {int(t['num_switches'])} | "
               f"{t['mota']:.3f} | {int(t['num_misses'])} | {int(t['num_false_positives'])} | |")
+        over = [r.name for r in runs if score(r)["num_switches"] > 1]
+        which = f" ({', '.join(over)})" if over else ""
+        print(f"\nscenes with more than one ID switch: {len(over)} of {len(runs)}{which}")
         if args.shifts:
             shifts = [float(x) for x in args.shifts.split(",")]
             print("\nIDF1 / ID switches with every detection's score moved by:\n")

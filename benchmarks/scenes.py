@@ -117,6 +117,32 @@ SCENES: dict[str, Scene] = {
 }
 
 
+def random_scenes(seed: int, n: int) -> list[Scene]:
+    """`n` crossings none of the scenes above was tuned on, the same for the same seed: two cats (two
+    times in three) or two faces, one entering from the left and one from the right at heights drawn at
+    random, each on a straight line to a random height on the other side, the second up to 10 frames
+    later, in 45 to 90 frames. Which one passes in front, where they meet, and for how long one hides
+    the other all follow from the draw."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for k in range(n):
+        kind = rng.choice(["cat", "cat", "face"])
+        frames = rng.randint(45, 90)
+        y = [rng.uniform(0, 280) for _ in range(4)]
+        first = rng.randint(0, 10)
+        out.append(
+            Scene(
+                f"random{seed}_{k}_{kind}",
+                "ssd" if kind == "cat" else "face",
+                frames,
+                (Actor(kind, (-60, y[0]), (500, y[1])), Actor(kind, (500, y[2]), (-60, y[3]), first=first)),
+            )
+        )
+    return out
+
+
 def _overlap(a: Box, b: Box) -> float:
     return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 

@@ -18,8 +18,10 @@ leave with the other object, and which track takes it hangs on a score or an IoU
 of a threshold (the same SSD puts a partly hidden cat at 0.48 on arm64 and 0.50 on x86-64). So,
 written by hand because no tracking library does it: a box that holds two tracked objects and is
 larger than either, or that two tracks want alike and have no other box for, goes to neither (both
-coast on their motion until they are seen apart); a track beside a neighbour learns its position but
-not its size or velocity from the pair's boxes; and a box round two confident ones starts no track.
+coast on their motion until they are seen apart); a track beside a neighbour (two candidate boxes, or
+its box overlapping another track's predicted box, which a partly hidden object's box does as the
+one in front comes over it) learns its position but not its size or velocity from that box; and a
+box round two confident ones starts no track.
 
 For tens of objects the cost is the count of numpy calls on tiny arrays, not the arithmetic, and the
 code is shaped by that: per-track state is plain floats (a struct-of-arrays version measured 5-30 %
@@ -344,8 +346,9 @@ class Tracker:
             ox, oy = px, py = t.cx, t.cy
             dt = ts - t.last_ts
             # Beside a neighbour (more than one detection overlapped the track: boxes round both, or cut
-            # by the other), the box's size and the drift of its centre are the pair's, not the object's:
-            # the track keeps its own size and velocity, and takes only the position.
+            # by the other; or its box overlaps another track's predicted box), the box's size and the
+            # drift of its centre are the pair's, not the object's: the track keeps its own size and
+            # velocity, and takes only the position.
             beside = t_i in near
             if dt > 0:
                 vx, vy = t.vx, t.vy
@@ -452,7 +455,8 @@ class Tracker:
         until one track's prediction clearly fits the box. A detection that holds most of the predicted
         box of a track with other candidates, and is much larger than it (_LARGER), weighs half for
         every track: it is a box round the object and more, and the object's tight box wins its
-        track. The tracks beside a neighbour (`near`: two candidates, or a shunned box)
+        track. The tracks beside a neighbour (`near`: two candidates, a shunned box, or a box that
+        overlaps another track's predicted box)
         learn only their position this frame: their boxes' size and the drift of their centres are
         the pair's, not the object's."""
         tracks = self.tracks
@@ -502,6 +506,16 @@ class Tracker:
             return pair[0].no_ones(cs)
 
         pairs = assign(cost, 1.0 - self.iou_threshold, contested)
+        # a box that overlaps the predicted box of another object seen last frame may be cut by that
+        # object in front of it, or stretched over it: its track learns its position only (a track
+        # that is coasting is left out: a stale box, e.g. one round a pair, would freeze all inside it)
+        over = inter > 0.0
+        if pairs and _max(_sum(over, axis=0)) >= 2:
+            seen = [t.misses == 0 for t in tracks]
+            over &= np.array(seen)[:, None]
+            by_seen = _sum(over, axis=0).tolist()
+            # a matched pair overlaps: its own track, if seen, is one of the count
+            near.update(r for r, c in pairs if by_seen[c] - seen[r] >= 1)
         if pair:
             shun += pair[0].dropped
             near.update(pair[0].near)
