@@ -264,9 +264,13 @@ def test_status_page_in_headless_chromium(web_agent: tuple[str, Any]) -> None:
             page.set_viewport_size({"width": 1600, "height": 1000})
             page.goto(base + "/")
             page.wait_for_function("window.framesLoaded >= 3", timeout=15_000)  # the image keeps updating
-            size = page.evaluate(
-                "[document.getElementById('frame').naturalWidth, document.getElementById('frame').naturalHeight]"
-            )
+            # read once the picture shown is decoded: between two frames the image can be mid-load, with no
+            # size yet (0 x 0 was read once that way); a picture that never decodes times this out
+            size = page.wait_for_function(
+                "(() => { const i = document.getElementById('frame');"
+                " return i.complete && i.naturalWidth > 0 && [i.naturalWidth, i.naturalHeight]; })()",
+                timeout=15_000,
+            ).json_value()
             assert size == [640, 480]
             # the picture fills its panel (here wider than the frame), keeping its shape
             shown_w, shown_h, panel_w = page.evaluate(
