@@ -106,12 +106,13 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
         "runtime.accelerator": spec.get("accelerator", "cpu"),
         "runtime.threads": spec["threads"],
         "runtime.max_batch": spec.get("max_batch", 0),
-        "runtime.batch_wait_ms": spec.get("batch_wait_ms", 0.0),
         "state_dir": spec["state"],
         "health.interval_s": 3600,
         "health.exit_on_stall": False,
         "device_id": spec.get("device_id", "bench"),
     }
+    if spec.get("batch_wait_ms") is not None:  # else the setting's default for the accelerator
+        over["runtime.batch_wait_ms"] = spec["batch_wait_ms"]
     if "arenas" in spec:
         over["runtime.malloc_arenas"] = spec["arenas"]
     if spec.get("single"):  # the single-pipeline form, as a separate agent runs it
@@ -352,9 +353,7 @@ def compare_batches(
     batch_wait_ms: float | None = None,
 ) -> list[dict[str, Any]]:
     """One agent, n pipelines on in-memory frames, runtime.max_batch at each value."""
-    from edge_agent.config import RuntimeConfig
-
-    wait = RuntimeConfig().batch_wait_ms if batch_wait_ms is None else batch_wait_ms
+    wait = batch_wait_ms  # None: the setting's default for the accelerator
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

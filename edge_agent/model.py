@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_NAME = "face_detection_short_range.tflite"
 #: runtime.max_batch = 0 on an accelerator (edge-agent bench --batch on a GPU: 2-3x less time per frame at 4)
 AUTO_MAX_BATCH = 4
+#: runtime.batch_wait_ms unset on an accelerator (benchmarks/device_batch.sh on a GPU, 4 pipelines: 1.9-2.1x
+#: the frames a second of no wait at max_batch 4, since frames seldom queue while the GPU run holds the GIL)
+AUTO_BATCH_WAIT_MS = 3.0
+
+
+def batch_wait_ms(rt: RuntimeConfig, accelerator: str) -> float:
+    """runtime.batch_wait_ms, or where it is unset the default for the accelerator the model runs on."""
+    if rt.batch_wait_ms is not None:
+        return rt.batch_wait_ms
+    return 0.0 if accelerator == "cpu" else AUTO_BATCH_WAIT_MS
 
 
 def default_model_path() -> Path:
@@ -235,6 +245,7 @@ class Model:
             threads = int(getattr(selection.backend, "threads", rt.threads) or rt.threads)
             auto_batch = 1 if runtime.accelerator == "cpu" else AUTO_MAX_BATCH
             batch = 1 if self.file.stateful else (rt.max_batch or auto_batch)
+            wait = batch_wait_ms(rt, runtime.accelerator)
             replicas = 1 if self.file.stateful else (rt.replicas or default_threads())
             return Engine(
                 runtime,
@@ -243,7 +254,7 @@ class Model:
                 path,
                 threads,
                 batch,
-                rt.batch_wait_ms,
+                wait,
                 rt.delegate_options,
                 replicas,
             )

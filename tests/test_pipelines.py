@@ -562,6 +562,23 @@ def test_a_batch_is_compiled_beside_the_pipelines_not_in_their_way(monkeypatch: 
     model.close()
 
 
+def test_the_batch_wait_defaults_to_3_ms_on_an_accelerator_and_none_on_the_cpu() -> None:
+    """On a GPU, frames seldom queue for the model while its run holds the GIL, so without a wait few
+    batches form (benchmarks/device_batch.sh: 1.9-2.1x the frames a second with 3 ms, 4 pipelines);
+    on the CPU a wait cost as much as it gained. A value set is kept on either."""
+    from edge_agent.config import ModelConfig, RuntimeConfig
+    from edge_agent.model import Model, batch_wait_ms
+
+    assert RuntimeConfig().batch_wait_ms is None
+    assert batch_wait_ms(RuntimeConfig(), "gpu") == 3.0 and batch_wait_ms(RuntimeConfig(), "npu") == 3.0
+    assert batch_wait_ms(RuntimeConfig(), "cpu") == 0.0
+    assert batch_wait_ms(RuntimeConfig(batch_wait_ms=0), "gpu") == 0.0
+    assert batch_wait_ms(RuntimeConfig(batch_wait_ms=7.5), "cpu") == 7.5
+    model = Model(ModelConfig(path=SHORT, isolated_check=False), RuntimeConfig(accelerator="cpu", threads=1), None)
+    assert model.engine.batch_wait_s == 0.0
+    model.close()
+
+
 def test_batches_wait_for_the_frames_due_within_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     """A frame waits for another pipeline's when that one is due (one interval after its last frame)
     within the batch wait, however far apart its frames come: on a board where each pipeline's frames
