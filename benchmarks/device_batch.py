@@ -7,7 +7,9 @@ Per model and batch size (1, 2, 4), side by side on the same machine:
   check   whether the batch's outputs, split the way the engine learns them, match the frames run one
           by one (the engine uses a batch size only then)
   agent   one agent, 4 pipelines on in-memory frames, a real mosquitto, runtime.max_batch = n:
-          aggregate fps and capture-to-publish latency (edge-agent bench --batch, on the GPU)
+          aggregate fps and capture-to-publish latency (edge-agent bench --batch, on the GPU), at each
+          runtime.batch_wait_ms of --gpu-waits and runtime.own_process of --gpu-own (the GPU model run
+          in the agent, or in a process of its own), then on the CPU; with --single, one pipeline too
 
     python benchmarks/device_batch.py --out batch.json [--seconds 3 --runs 1]
 """
@@ -103,9 +105,15 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--skip-agent", action="store_true")
     ap.add_argument("--gpu-waits", default="0", help="runtime.batch_wait_ms values for the agent rows on the GPU")
+    ap.add_argument("--gpu-own", default="default", help="runtime.own_process for the GPU rows: off, on, default")
+    ap.add_argument("--skip-bare", action="store_true")
+    ap.add_argument("--skip-cpu", action="store_true", help="no agent rows on the CPU")
+    ap.add_argument("--single", action="store_true", help="also one pipeline, for each GPU row's settings")
+    ap.add_argument("--sizes", default="1,2,4", help="runtime.max_batch values for the agent rows")
+    ap.add_argument("--warmup", type=float, default=1.0, help="seconds after every pipeline has published")
     args = ap.parse_args()
     doc: dict[str, Any] = {"bare": [], "agent": []}
-    for m in MODELS:
+    for m in MODELS if not args.skip_bare else []:
         for kind in ("gpu", "cpu"):
             for n in (1, 2, 4):
                 r = {"model": m.name, **bare(m, kind, n, args.seconds)}
@@ -113,17 +121,25 @@ def main() -> int:
                 print(json.dumps({k: v for k, v in r.items() if k != "trace"}), flush=True)
                 args.out.write_text(json.dumps(doc, indent=2) + "\n")
     if not args.skip_agent:
-        plan = [("gpu", float(w)) for w in args.gpu_waits.split(",")] + [("cpu", 0.0)]
-        for accel, wait in plan:
-            print(f"agent, 4 pipelines on the {accel.upper()}, runtime.batch_wait_ms = {wait:g}", flush=True)
-            try:
-                doc["agent"] += compare_batches(
-                    MODELS, 4, [1, 2, 4], args.seconds, args.runs, 0, sys.stdout, accel, batch_wait_ms=wait
-                )
-            except Exception as err:
-                doc.setdefault("errors", []).append(f"agent on {accel}, wait {wait} ms: {type(err).__name__}: {err}")
-                print(doc["errors"][-1], flush=True)
-            args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        owns = {"off": False, "on": True, "default": None}
+        plan = [("gpu", float(w), owns[o]) for o in args.gpu_own.split(",") for w in args.gpu_waits.split(",")]
+        plan += [] if args.skip_cpu else [("cpu", 0.0, None)]
+        for accel, wait, own in plan:
+            four = [int(x) for x in args.sizes.split(",")]
+            for n, sizes in [(1, [1])] * (args.single and accel == "gpu") + [(4, four)]:
+                print(f"agent, {n} pipeline(s) on the {accel.upper()}, runtime.batch_wait_ms = {wait:g}, "
+                      f"runtime.own_process = {own}", flush=True)
+                try:
+                    doc["agent"] += compare_batches(
+                        MODELS, n, sizes, args.seconds, args.runs, 0, sys.stdout, accel, batch_wait_ms=wait,
+                        own_process=own, warmup=args.warmup,
+                    )
+                except Exception as err:
+                    doc.setdefault("errors", []).append(
+                        f"agent on {accel}, wait {wait} ms, own process {own}: {type(err).__name__}: {err}"
+                    )
+                    print(doc["errors"][-1], flush=True)
+                args.out.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 
 

@@ -8,7 +8,8 @@ source "$(dirname "$0")/device_env.sh"
 (nvidia-smi -L; nproc) > "$OUT/machine.txt" 2>&1
 timeout "${BATCH_BENCH_TIMEOUT:-400}" python3 benchmarks/device_batch.py --out "$OUT/batch.json" \
   --seconds "${BATCH_BENCH_SECONDS:-2}" --runs "${BATCH_BENCH_RUNS:-1}" \
-  --gpu-waits "${BATCH_BENCH_GPU_WAITS:-0,3}" > "$OUT/batch.log" 2>&1
+  --gpu-waits "${BATCH_BENCH_GPU_WAITS:-0,3}" --gpu-own "${BATCH_BENCH_GPU_OWN:-default}" \
+  ${BATCH_BENCH_FLAGS:-} > "$OUT/batch.log" 2>&1
 rc=$?
 tail -n 40 "$OUT/batch.log"
 cat "$OUT/machine.txt"

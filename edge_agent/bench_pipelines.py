@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from edge_agent.bench import Broker, _peak_rss_mb, _video
 from edge_agent.progress import Progress
 
@@ -115,6 +117,8 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
         over["runtime.batch_wait_ms"] = spec["batch_wait_ms"]
     if "arenas" in spec:
         over["runtime.malloc_arenas"] = spec["arenas"]
+    if spec.get("own_process") is not None:  # else the setting's default for the accelerator
+        over["runtime.own_process"] = spec["own_process"]
     if spec.get("single"):  # the single-pipeline form, as a separate agent runs it
         over |= {"source.uri": sources[0], "source.realtime": False, "model.path": spec["model"]}
     else:
@@ -131,25 +135,52 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
     for p in healthy:
         p.infer_stats.latency = {}
     n0 = {p.name: p.post_stats.count for p in healthy}
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0, w0 = time.perf_counter(), time.process_time(), _worker_cpu_s()
     a.stop.wait(spec["seconds"])
     n1 = {p.name: p.post_stats.count for p in healthy}
-    t1, c1 = time.perf_counter(), time.process_time()
+    t1, c1, w1 = time.perf_counter(), time.process_time(), _worker_cpu_s()
     lat = {p.name: (p.infer_stats.latency.get("capture_to_publish") or _Empty()).percentiles() or {} for p in healthy}
     engines = [e.info() for e in a.pool.engines()]
     breakdown = rss_breakdown()
+    workers = psutil.Process().children(recursive=True)  # backends in processes of their own
+    worker_mem = [_mem_mb(w) for w in workers]
     a.shutdown(5)
     frames = sum(n1[k] - n0[k] for k in n1)
     wall = t1 - t0
     return {
         "fps": {k: (n1[k] - n0[k]) / wall for k in n1},
         "frames": frames,
-        "cpu_s": c1 - c0,
+        "cpu_s": c1 - c0 + sum(s - w0.get(pid, 0.0) for pid, s in w1.items()),
         "wall_s": wall,
         "c2p": lat,
         "engines": engines,
         "rss_breakdown": breakdown,
+        "workers": len(workers),
+        "worker_rss_mb": round(sum(m[0] for m in worker_mem), 1),
+        "worker_uss_mb": round(sum(m[1] for m in worker_mem), 1),
     }
+
+
+def _worker_cpu_s() -> dict[int, float]:
+    """CPU seconds of each backend run in a process of its own: counted in the agent's CPU per frame."""
+    out = {}
+    for w in psutil.Process().children(recursive=True):
+        try:
+            t = w.cpu_times()
+            out[w.pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
+
+
+def _mem_mb(p: psutil.Process) -> tuple[float, float]:
+    """A child's resident memory and the part of it that is its own alone (USS: a GPU driver's code is
+    resident in every process that maps it, but held once)."""
+    try:
+        m = p.memory_full_info()
+        return float(m.rss) / 2**20, float(m.uss) / 2**20
+    except psutil.Error:  # gone meanwhile
+        return 0.0, 0.0
 
 
 class _Empty:
@@ -246,6 +277,8 @@ def _summary(results: list[dict[str, Any]], peak: float) -> dict[str, Any]:
         "peak_rss_mb": peak,
         "engines": [e for r in results for e in r["engines"]],
         "rss_breakdown": results[0]["rss_breakdown"] if len(results) == 1 else None,
+        "worker_rss_mb": sum(r.get("worker_rss_mb", 0.0) for r in results),
+        "worker_uss_mb": sum(r.get("worker_uss_mb", 0.0) for r in results),
     }
 
 
@@ -259,6 +292,7 @@ def compare_pipelines(
     max_batch: int = 0,
     batch_wait_ms: float = 0.0,
     arenas: int | None = None,
+    own_process: bool | None = None,
 ) -> list[dict[str, Any]]:
     """For each N: one agent with N pipelines, N separate agents, and one agent with N pipelines and a
     stalled camera beside them; runs alternate so drift hits every variant alike; medians per figure."""
@@ -275,7 +309,7 @@ def compare_pipelines(
             copies.append(str(dst))
         try:
             base = {"model": str(model), "threads": threads, "seconds": seconds, "port": broker.port,
-                    "max_batch": max_batch, "batch_wait_ms": batch_wait_ms,
+                    "max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "own_process": own_process,
                     **({"arenas": arenas} if arenas is not None else {})}
             variants = ("one", "separate", "stalled")
             with Progress("pipelines", len(counts) * runs * len(variants), "runs") as bar:
@@ -351,8 +385,12 @@ def compare_batches(
     models: list[Path], n: int, batches: list[int], seconds: float, runs: int, threads: int, out: Any,
     accelerator: str = "cpu",
     batch_wait_ms: float | None = None,
+    own_process: bool | None = None,
+    warmup: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """One agent, n pipelines on in-memory frames, runtime.max_batch at each value."""
+    """One agent, n pipelines on in-memory frames, runtime.max_batch at each value (`own_process`:
+    runtime.own_process, None for its default), measured `warmup` seconds after every pipeline has
+    published (an accelerator's batch size is opened meanwhile)."""
     wait = batch_wait_ms  # None: the setting's default for the accelerator
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -367,7 +405,8 @@ def compare_batches(
                         for b in batches:
                             spec = {"model": str(m), "threads": t_m, "seconds": seconds, "port": broker.port,
                                     "sources": ["replay:demo"] * n, "max_batch": b, "batch_wait_ms": wait,
-                                    "state": str(work / "state"), "accelerator": accelerator}
+                                    "state": str(work / "state"), "accelerator": accelerator,
+                                    "own_process": own_process, "warmup": warmup}
                             timeout = seconds * 4 + 120
                             r = _collect([_spawn(spec)], timeout)[0]
                             res[b].append(_summary([r], r["peak_rss_mb"]))
@@ -376,7 +415,9 @@ def compare_batches(
                         s = _median_summary(res[b])
                         eng = s["engines"][0] if s["engines"] else {}
                         row = {"model": m.name, "pipelines": n, "max_batch": b, "batch_wait_ms": wait,
-                               "accelerator": accelerator,
+                               "accelerator": accelerator, "own_process": own_process,
+                               "peak_rss_mb": s["peak_rss_mb"], "worker_rss_mb": s.get("worker_rss_mb"),
+                               "worker_uss_mb": s.get("worker_uss_mb"),
                                "aggregate_fps": s["aggregate_fps"], "c2p_p50_ms": s["c2p_p50_ms"],
                                "c2p_p99_ms": s["c2p_p99_ms"], "cpu_ms_per_frame": s["cpu_ms_per_frame"],
                                "batches": eng.get("batches"), "batching": eng.get("batching")}

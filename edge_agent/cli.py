@@ -430,6 +430,10 @@ def _counts(text: str, flag: str) -> list[int]:
     return values
 
 
+def _on_off(v: str | None) -> bool | None:
+    return None if v is None else v == "on"
+
+
 def _bench_pipelines(args: argparse.Namespace) -> int:
     """Several pipelines in one agent against as many agents (--pipelines), or batch sizes (--batch)."""
     from edge_agent.bench_pipelines import (
@@ -448,6 +452,7 @@ def _bench_pipelines(args: argparse.Namespace) -> int:
             rows += compare_pipelines(
                 m, _counts(args.pipelines, "--pipelines"), args.seconds, args.runs, args.threads, sys.stdout,
                 max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms or 0.0, arenas=args.malloc_arenas,
+                own_process=_on_off(args.own_process),
             )
         print("one agent's peak RSS / single-pipeline agent's: " + ", ".join(
             f"{r['pipelines']}: {r['rss_vs_single']:.2f}" for r in rows), flush=True)
@@ -459,7 +464,7 @@ def _bench_pipelines(args: argparse.Namespace) -> int:
         sizes = _counts(args.batch, "--batch")
         rows += compare_batches(
             models, args.batch_pipelines, sizes, args.seconds, args.runs, args.threads, sys.stdout,
-            args.accelerator, args.batch_wait_ms,
+            args.accelerator, args.batch_wait_ms, _on_off(args.own_process),
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
@@ -855,6 +860,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--malloc-arenas", type=int, help="for --pipelines: runtime.malloc_arenas (0: glibc's default of 8 per core)"
     )
     bn.add_argument("--batch-wait-ms", type=float, default=None, help="runtime.batch_wait_ms (default: the setting's)")
+    bn.add_argument(
+        "--own-process", choices=("on", "off"),
+        help="runtime.own_process for --pipelines and --batch (default: the setting's)",
+    )
     bn.set_defaults(func=cmd_bench)
 
     cw = sub.add_parser(

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.modelfile import TensorSpec
-from edge_agent.runtime.base import Backend, BackendError
+from edge_agent.runtime.base import Backend, BackendError, BackendGone
 from edge_agent.runtime.registry import open_backend
 from edge_agent.runtime.select import Runtime
 
@@ -314,9 +314,10 @@ class Engine:
         if self.runtime.accelerator != "cpu" or self.replicas <= 1:
             return
         lanes: list[_Lane] = []
+        own = self.runtime.backend.own_process
         try:
             for _ in range(self.replicas):
-                lanes.append(_Lane(open_backend("cpu", self.path, 1), None))
+                lanes.append(_Lane(open_backend("cpu", self.path, 1, own_process=own), None))
         except BackendError as err:
             log.warning("%s: CPU replicas not opened (%s); one interpreter serves", self.path.name, err)
             for lane in lanes:
@@ -430,7 +431,16 @@ class Engine:
         fill_all()
         t0 = time.perf_counter()
         if lane.runtime is None:
-            lane.backend.invoke()
+            try:
+                lane.backend.invoke()
+            except BackendGone as err:  # a replica's own process died: another takes its place, the frame is redone
+                log.error("%s: an interpreter's process died (%s); starting another", self.path.name, err)
+                old, lane.own = lane.own, open_backend("cpu", self.path, 1, own_process=True)
+                lane.close_batched()
+                if old is not None:
+                    old.close()
+                fill_all()
+                lane.backend.invoke()
         elif lane.runtime.invoke():  # fell back to the CPU: the new backend has empty inputs
             lane.close_batched()
             fill_all()
@@ -456,7 +466,9 @@ class Engine:
             self._open_ahead(lane, key, threads)
             return None, 0.0
         if be is None:
-            be = lane.batched[key] = open_batched(kind, self.path, threads, self.options, size)
+            be = lane.batched[key] = open_batched(
+                kind, self.path, threads, self.options, size, lane.backend.own_process
+            )
         for i in range(len(self.inputs)):
 
             def fill(v: np.ndarray, i: int = i) -> None:
@@ -486,12 +498,13 @@ class Engine:
         with self._cond:
             if self._opening is not None or self._closed:
                 return
+            own = lane.backend.own_process
 
             def work() -> None:
                 be: Backend | None = None
                 why = ""
                 try:
-                    be = open_batched(key[0], self.path, threads, self.options, key[1])
+                    be = open_batched(key[0], self.path, threads, self.options, key[1], own)
                 except BackendError as err:
                     why = str(err)
                 except Exception as err:  # this thread's one catch-all: batching off, the frames go on
@@ -576,9 +589,12 @@ class Engine:
         }
 
 
-def open_batched(kind: str, path: Path, threads: int, options: dict[str, str], n: int) -> Backend:
-    """A second backend of the same family whose inputs hold n frames; BackendError where it cannot."""
-    be = open_backend(kind, path, threads, options)
+def open_batched(
+    kind: str, path: Path, threads: int, options: dict[str, str], n: int, own_process: bool = False
+) -> Backend:
+    """A second backend of the same family whose inputs hold n frames; BackendError where it cannot.
+    `own_process`: in a child process of its own, as the backend it batches for."""
+    be = open_backend(kind, path, threads, options, own_process=own_process)
     try:
         be.resize_batch(n)
     except BackendError:

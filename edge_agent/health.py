@@ -111,8 +111,12 @@ class Health:
         outbox = sink_stats.get("outbox")
         if isinstance(outbox, dict) and outbox.get("mode") == "memory":
             problems.append("outbox in memory: stored results would not survive a restart")
-        if any(s.model is not None and s.model.runtime.fallbacks for s in a.slots.values()):
+        falls = [f for s in a.slots.values() if s.model is not None for f in s.model.runtime.fallbacks]
+        if any(f.from_backend != f.to_backend for f in falls):
             problems.append("running on CPU fallback")
+        restarts = sum(f.from_backend == f.to_backend for f in falls)
+        if restarts:
+            problems.append(f"a model's own process died and was started again ({restarts}x)")
         sent = int(sink_stats.get("sent", 0) or 0)  # type: ignore[call-overload]
         first = pipes[0] if pipes else None
         errors = [

@@ -240,8 +240,9 @@ class Model:
                 outputs_agree(self.decoder, self.outputs),
                 rt.probe_timeout_s,
                 cache,
+                rt.own_process,
             )
-            runtime = Runtime(selection, path, rt.threads, rt.cpu_fallback)
+            runtime = Runtime(selection, path, rt.threads, rt.cpu_fallback, cpu_own_process=rt.own_process)
             threads = int(getattr(selection.backend, "threads", rt.threads) or rt.threads)
             auto_batch = 1 if runtime.accelerator == "cpu" else AUTO_MAX_BATCH
             batch = 1 if self.file.stateful else (rt.max_batch or auto_batch)
@@ -262,7 +263,10 @@ class Model:
         if self._pool is None:
             self.engine = make()
         else:
-            key = f"{self.file.sha256}:{rt.accelerator}:{rt.threads}:{sorted(rt.delegate_options.items())}"
+            key = (
+                f"{self.file.sha256}:{rt.accelerator}:{rt.threads}:{sorted(rt.delegate_options.items())}:"
+                f"{rt.own_process}"
+            )
             self.engine = self._pool.acquire(key, make)
 
     @property

@@ -20,6 +20,11 @@ class BackendError(RuntimeError):
     """A backend could not load or run the model; the message says why."""
 
 
+class BackendGone(BackendError):
+    """The process a backend ran in is gone (killed, or crashed in a native library): a fresh one can
+    serve, where the same model in the same process could not."""
+
+
 def spec_from_details(d: dict[str, Any]) -> TensorSpec:
     scale, zp = d.get("quantization", (0.0, 0))
     return TensorSpec(
@@ -35,6 +40,8 @@ def spec_from_details(d: dict[str, Any]) -> TensorSpec:
 class Backend(abc.ABC):
     #: accelerator family reported in predictions and health: cpu, gpu, npu, edgetpu, delegate
     kind: str = "cpu"
+    #: runs in a child process (`runtime.own_process`); a backend reopened in its place runs the same way
+    own_process: bool = False
 
     def __init__(self, model_path: Path):
         self.model_path = model_path

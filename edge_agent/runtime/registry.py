@@ -12,6 +12,7 @@ from pathlib import Path
 from edge_agent.runtime import armnn, cpu, edgetpu, gpu, npu, vx
 from edge_agent.runtime.base import Accelerator, Backend
 from edge_agent.runtime.delegate import DelegateBackend, find_library
+from edge_agent.runtime.worker import ProcessBackend
 
 ACCELERATORS: list[Accelerator] = [
     edgetpu.ACCELERATOR,
@@ -41,8 +42,13 @@ def is_compiled(kind: str) -> bool:
     return acc is not None and acc.compiled
 
 
-def open_backend(name: str, model_path: Path, threads: int = 0, options: dict[str, str] | None = None) -> Backend:
-    """`name` is a registry key or the path of an external delegate library."""
+def open_backend(
+    name: str, model_path: Path, threads: int = 0, options: dict[str, str] | None = None, own_process: bool = False
+) -> Backend:
+    """`name` is a registry key or the path of an external delegate library; `own_process` opens and runs
+    it in a child process (`edge_agent.runtime.worker`)."""
+    if own_process:
+        return ProcessBackend(name, model_path, threads, options)
     acc = BACKENDS.get(name)
     if acc is None:
         return DelegateBackend(model_path, name, options, threads)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.runtime import litert
-from edge_agent.runtime.base import Backend, BackendError
+from edge_agent.runtime.base import Backend, BackendError, BackendGone
 from edge_agent.runtime.cpu import default_threads
 from edge_agent.runtime.registry import ACCELERATORS, is_compiled, open_backend, precheck
 from edge_agent.system import cpu_seconds
@@ -338,10 +338,12 @@ def select_backend(
     agree: AgreeFn,
     timeout_s: float,
     cache: ProbeCache,
+    own_process: bool = False,
 ) -> Selection:
     """Open the first candidate that passes its probe; the CPU needs none and always closes the list.
 
     threads = 0 on the CPU: the thread count is timed per model (once, then cached), not assumed.
+    own_process: run the chosen backend in a child process (`runtime.own_process`).
     """
     results: list[ProbeResult] = []
     cores = default_threads()
@@ -372,6 +374,11 @@ def select_backend(
                     cached=tuned.cached if tuned else False,
                 )
             )
+            if own_process:
+                cpu.close()
+                t = tuned.threads if tuned and tuned.threads else threads
+                cpu = open_backend("cpu", model_path, t, own_process=True)
+                results[-1].description = cpu.description
             return Selection(cpu, results)
         reason = precheck(name)
         if reason is not None:
@@ -393,7 +400,7 @@ def select_backend(
             log.info("accelerator %s rejected: %s", name, res.reason)
             continue
         try:
-            backend = open_backend(name, model_path, threads, options)
+            backend = open_backend(name, model_path, threads, options, own_process=own_process)
         except BackendError as err:
             results[-1] = ProbeResult(name, False, f"passed its probe but failed in-process: {err}")
             log.warning("accelerator %s rejected: %s", name, err)
@@ -407,8 +414,17 @@ def select_backend(
 class Runtime:
     """The pipeline's handle on inference: invokes the current backend, swaps to the CPU on failure."""
 
-    def __init__(self, selection: Selection, model_path: Path, threads: int, cpu_fallback: bool = True):
+    def __init__(
+        self,
+        selection: Selection,
+        model_path: Path,
+        threads: int,
+        cpu_fallback: bool = True,
+        cpu_own_process: bool = False,
+    ):
         self.backend = selection.backend
+        #: the CPU fallback runs in a child process too (`runtime.own_process`)
+        self.cpu_own_process = cpu_own_process
         self.probes = selection.probes
         self.model_path = model_path
         self.threads = threads
@@ -425,6 +441,14 @@ class Runtime:
         try:
             self.backend.invoke()
             return False
+        except BackendGone as err:  # its process died: a CPU one is started afresh, an accelerator falls back
+            if self.backend.kind != "cpu" and self.cpu_fallback:
+                self._fall_back(str(err))
+                return True
+            if self.backend.kind != "cpu":
+                raise
+            self._restart(str(err))
+            return True
         except Exception as err:  # native backends raise bare RuntimeError with driver text
             if self.backend.kind == "cpu" or not self.cpu_fallback:
                 raise
@@ -438,13 +462,21 @@ class Runtime:
         except BackendError:  # a backend that cannot reload in place: a fresh one of the same family
             old = self.backend
             family = old.kind if is_compiled(old.kind) else "cpu"
-            self.backend = open_backend(family, self.model_path, self.threads)
+            self.backend = open_backend(family, self.model_path, self.threads, own_process=old.own_process)
             old.close()
+
+    def _restart(self, reason: str) -> None:
+        """The CPU interpreter's own process died: a new one (its frame is redone), recorded like a fallback."""
+        old = self.backend
+        log.error("the CPU interpreter's process died (%s); starting another", reason)
+        self.backend = open_backend("cpu", self.model_path, self.threads, own_process=True)
+        self.fallbacks.append(Fallback(time.time(), "cpu", "cpu", reason))
+        old.close()
 
     def _fall_back(self, reason: str) -> None:
         old = self.backend
         log.error("accelerator %s failed at run time (%s); falling back to the CPU", old.kind, reason)
-        self.backend = open_backend("cpu", self.model_path, self.threads)
+        self.backend = open_backend("cpu", self.model_path, self.threads, own_process=self.cpu_own_process)
         self.fallbacks.append(Fallback(time.time(), old.kind, "cpu", reason))
         try:
             old.close()
