@@ -99,7 +99,6 @@ class ProcessBackend(Backend):
                 [sys.executable, "-m", "edge_agent.runtime.worker", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
-                start_new_session=False,
             )
         except OSError as err:
             ours.close()
