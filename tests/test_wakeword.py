@@ -210,3 +210,26 @@ def test_end_of_word_to_event_on_the_wall_clock(tmp_path: Path, agent_factory) -
     finally:
         rec.close()
         broker.stop()
+
+
+def test_a_streaming_model_in_its_own_process_scores_as_in_the_agent_and_resets() -> None:
+    """runtime.own_process: a model whose state lives in its variables, in a child process, gives the same
+    scores window by window, and starts afresh for a new recording (the reset goes to the child)."""
+    here = _model("okay_nabu")
+    apart = Model(
+        ModelConfig(path=WAKEWORD / "okay_nabu.tflite"),
+        RuntimeConfig(accelerator="cpu", threads=1, own_process=True),
+        None,
+        signal=True,
+    )
+    try:
+        assert apart.runtime.backend.own_process
+        s = _settings("okay_nabu", "okay_nabu_2.wav")
+        s.signal.predictions_hz = 10_000  # every window
+        want = [p["scores"]["Okay Nabu"] for p in run_offline(s, here).predictions]
+        for _ in range(2):
+            got = [p["scores"]["Okay Nabu"] for p in run_offline(s, apart).predictions]
+            assert got == pytest.approx(want, abs=1e-6) and max(got) > 0.9
+    finally:
+        here.close()
+        apart.close()
