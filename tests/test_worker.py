@@ -3,6 +3,7 @@ process that dies (killed with a real signal) is replaced or falls back without 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -204,3 +205,17 @@ def test_a_model_process_does_not_outlive_an_agent_killed_with_sigkill(tmp_path:
         assert not child.is_running()
     finally:
         agent.kill()
+
+
+def test_the_device_check_of_own_process_passes_on_the_cpu(tmp_path: Path) -> None:
+    """benchmarks/device_own_process.py, which the GPU machine runs on its GPU, kept working here on the CPU."""
+    out = tmp_path / "own.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "device_own_process.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--out", str(out), "--accelerator", "cpu", "--frames", "4"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+    docs = json.loads(out.read_text())
+    assert [d["ok"] for d in docs] == [True, True]
+    assert all("signal 9" in d["fallbacks"][0] for d in docs)
