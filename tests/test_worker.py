@@ -219,3 +219,20 @@ def test_the_device_check_of_own_process_passes_on_the_cpu(tmp_path: Path) -> No
     docs = json.loads(out.read_text())
     assert [d["ok"] for d in docs] == [True, True]
     assert all("signal 9" in d["fallbacks"][0] for d in docs)
+
+
+def test_a_model_process_leaves_stopping_to_the_agent() -> None:
+    """SIGTERM, SIGINT and SIGHUP reach every process of a service being stopped or reloaded: the child
+    ignores them (the agent still has frames to finish), and leaves when the agent closes it."""
+    be = ProcessBackend("cpu", SHORT, 1)
+    try:
+        x = np.random.default_rng(3).random(be.inputs[0].shape, np.float32)
+        want = be.run([x])
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            os.kill(be.pid, sig)
+        for a, b in zip(be.run([x]), want, strict=True):  # answered after the signals, by the same process
+            np.testing.assert_array_equal(a, b)
+        assert be._proc.poll() is None
+    finally:
+        be.close()
+    assert be._proc.returncode == 0

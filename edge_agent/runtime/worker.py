@@ -21,6 +21,7 @@ import json
 import logging
 import mmap
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -329,6 +330,12 @@ def serve(sock: socket.socket) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A stop reaches every process of the service (systemd signals its whole control group, a terminal its
+    # process group): the agent stops its pipelines first, and closes this process once no frame needs it,
+    # so the child leaves on the closed socket, not mid-invoke with a traceback.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = sys.argv[1:] if argv is None else argv
     sock = socket.socket(fileno=int(args[0]))
     try:
