@@ -402,7 +402,8 @@ def select_backend(
         try:
             backend = open_backend(name, model_path, threads, options, own_process=own_process)
         except BackendError as err:
-            results[-1] = ProbeResult(name, False, f"passed its probe but failed {'in its own process' if own_process else 'in-process'}: {err}")
+            where = "in its own process" if own_process else "in-process"
+            results[-1] = ProbeResult(name, False, f"passed its probe but failed {where}: {err}")
             log.warning("accelerator %s rejected: %s", name, err)
             continue
         cpu.close()
