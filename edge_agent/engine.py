@@ -37,6 +37,7 @@ from edge_agent.modelfile import TensorSpec
 from edge_agent.runtime.base import Backend, BackendError, BackendGone
 from edge_agent.runtime.registry import open_backend
 from edge_agent.runtime.select import Runtime
+from edge_agent.runtime.worker import ProcessBackend
 
 log = logging.getLogger(__name__)
 
@@ -435,10 +436,11 @@ class Engine:
                 lane.backend.invoke()
             except BackendGone as err:  # a replica's own process died: another takes its place, the frame is redone
                 log.error("%s: an interpreter's process died (%s); starting another", self.path.name, err)
-                old, lane.own = lane.own, open_backend("cpu", self.path, 1, own_process=True)
+                old = lane.own
+                assert isinstance(old, ProcessBackend)  # the only backend whose process can die apart
+                lane.own = old.again()
                 lane.close_batched()
-                if old is not None:
-                    old.close()
+                old.close()
                 fill_all()
                 lane.backend.invoke()
         elif lane.runtime.invoke():  # fell back to the CPU: the new backend has empty inputs

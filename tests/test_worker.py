@@ -121,6 +121,23 @@ def test_an_accelerator_whose_process_dies_falls_back_to_the_cpu_in_the_agent() 
         m.close()
 
 
+def test_with_cpu_fallback_off_an_accelerator_whose_process_dies_is_started_again() -> None:
+    m = Model(ModelConfig(path=SHORT), RuntimeConfig(accelerator="cpu", threads=1), None)
+    accel = ProcessBackend("cpu", SHORT, 1)
+    accel.kind = "gpu"  # the seam, as above
+    try:
+        want = m.infer(face()).result.detections[0].box
+        m.runtime = Runtime(Selection(accel), SHORT, 1, cpu_fallback=False)
+        kill(accel.pid)
+        got = m.infer(face()).result  # served by the same backend in a new process, not by the CPU in the agent
+        assert got.detections[0].box == pytest.approx(want, abs=1e-6)
+        now = m.runtime.backend
+        assert isinstance(now, ProcessBackend) and now.pid != accel.pid and now.name == accel.name
+        assert len(m.runtime.fallbacks) == 1 and "killed by signal 9" in m.runtime.fallbacks[0].reason
+    finally:
+        m.close()
+
+
 def test_pipelines_sharing_a_model_get_interpreter_processes_and_survive_them_dying() -> None:
     m = own(replicas=2)
     try:

@@ -26,6 +26,7 @@ from edge_agent.runtime import litert
 from edge_agent.runtime.base import Backend, BackendError, BackendGone
 from edge_agent.runtime.cpu import default_threads
 from edge_agent.runtime.registry import ACCELERATORS, is_compiled, open_backend, precheck
+from edge_agent.runtime.worker import ProcessBackend
 from edge_agent.system import cpu_seconds
 
 log = logging.getLogger(__name__)
@@ -442,13 +443,11 @@ class Runtime:
         try:
             self.backend.invoke()
             return False
-        except BackendGone as err:  # its process died: a CPU one is started afresh, an accelerator falls back
+        except BackendGone as err:  # its process died: an accelerator falls back, else the same starts afresh
             if self.backend.kind != "cpu" and self.cpu_fallback:
                 self._fall_back(str(err))
-                return True
-            if self.backend.kind != "cpu":
-                raise
-            self._restart(str(err))
+            else:
+                self._restart(str(err))
             return True
         except Exception as err:  # native backends raise bare RuntimeError with driver text
             if self.backend.kind == "cpu" or not self.cpu_fallback:
@@ -467,11 +466,14 @@ class Runtime:
             old.close()
 
     def _restart(self, reason: str) -> None:
-        """The CPU interpreter's own process died: a new one (its frame is redone), recorded like a fallback."""
+        """The backend's own process died (the CPU's, or an accelerator's with `runtime.cpu_fallback` off): the
+        same backend in a new process (its frame is redone), recorded like a fallback. If it cannot be
+        opened, the frame fails, and the next one tries again."""
         old = self.backend
-        log.error("the CPU interpreter's process died (%s); starting another", reason)
-        self.backend = open_backend("cpu", self.model_path, self.threads, own_process=True)
-        self.fallbacks.append(Fallback(time.time(), "cpu", "cpu", reason))
+        assert isinstance(old, ProcessBackend)  # the only backend whose process can die apart from the agent's
+        log.error("the process of %s died (%s); starting another", old.kind, reason)
+        self.backend = old.again()
+        self.fallbacks.append(Fallback(time.time(), old.kind, self.backend.kind, reason))
         old.close()
 
     def _fall_back(self, reason: str) -> None:

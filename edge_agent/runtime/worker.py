@@ -87,6 +87,7 @@ class ProcessBackend(Backend):
     def __init__(self, name: str, model_path: Path, threads: int = 0, options: dict[str, str] | None = None):
         super().__init__(model_path)
         self.name = name
+        self._args = (threads, dict(options or {}))
         self.kind = name if name.isidentifier() else "delegate"
         self._desc = name
         self._mm: mmap.mmap | None = None
@@ -177,6 +178,10 @@ class ProcessBackend(Backend):
             except BufferError:  # a view is still held somewhere: the collector unmaps it
                 pass
             self._mm = None
+
+    def again(self) -> ProcessBackend:
+        """The same backend (name, threads, options) in a new process: for one whose process died."""
+        return ProcessBackend(self.name, self.model_path, *self._args)
 
     @property
     def description(self) -> str:
