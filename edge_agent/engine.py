@@ -569,6 +569,10 @@ class Engine:
             lane.close()
         self.runtime.backend.close()  # (lane 0's, whichever interpreter that is now)
 
+    def _backends(self) -> list[Backend]:
+        with self._cond:
+            return [b for lane in self._lanes for b in (lane.backend, *lane.batched.values())]
+
     @property
     def queue_depth(self) -> int:
         return len(self._pending)
@@ -582,6 +586,8 @@ class Engine:
             "accelerator": self.runtime.accelerator,
             "pipelines": self.users(),
             "interpreters": len(self._lanes),
+            # the processes the model runs in, where runtime.own_process puts it apart from the agent
+            "processes": [be.pid for be in self._backends() if isinstance(be, ProcessBackend)],
             "invokes": self.invokes,
             "frames": self.frames,
             "batches": {str(k): v for k, v in sorted(self.batches.items())},

@@ -147,6 +147,7 @@ def test_pipelines_sharing_a_model_get_interpreter_processes_and_survive_them_dy
         lanes = m.engine._lanes
         pids = [ln.backend.pid for ln in lanes if isinstance(ln.backend, ProcessBackend)]
         assert len(pids) == 2 and len(set(pids)) == 2 and os.getpid() not in pids
+        assert sorted(m.engine.info()["processes"]) == sorted(pids)  # shown in health's engines
         for pid in pids:
             kill(pid)
         x = np.zeros(m.inputs[0].shape, m.inputs[0].dtype)
