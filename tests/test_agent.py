@@ -229,20 +229,26 @@ def test_watchdog_stops_when_inference_hangs(broker: Broker, tmp_path: Path, mon
         ns.close()
 
 
+def synthetic_agent(broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device_id: str,
+                    **more: object) -> Agent:
+    """An agent on the synthetic source and BlazeFace, health only when asked, and nothing from the
+    environment; `more`: further settings by dotted key."""
+    for k in list(os.environ):
+        if k.startswith("EDGE_AGENT_"):
+            monkeypatch.delenv(k)
+    over = {"mqtt.host": broker.host, "mqtt.port": broker.port, "device_id": device_id, "source.uri": "synthetic",
+            "model.path": str(SHORT), "state_dir": str(tmp_path), "health.interval_s": 3600, **more}
+    return Agent(load_settings(None, over))
+
+
 def test_runtime_fallback_is_published_at_once(broker: Broker, subscriber_factory, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from edge_agent.runtime.select import Runtime, Selection
 
     from .test_runtime import FailingBackend
 
-    for k in list(os.environ):
-        if k.startswith("EDGE_AGENT_"):
-            monkeypatch.delenv(k)
     sub = subscriber_factory(["edge/fb/info", "edge/fb/health"])
-    settings = load_settings(None, {"mqtt.host": broker.host, "mqtt.port": broker.port, "device_id": "fb",
-                                    "source.uri": "synthetic", "model.path": str(SHORT), "state_dir": str(tmp_path),
-                                    "health.interval_s": 3600})
-    agent = Agent(settings)
+    agent = synthetic_agent(broker, tmp_path, monkeypatch, "fb")
     try:
         agent.start()
         assert agent.first_published.wait(20)

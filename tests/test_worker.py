@@ -15,8 +15,7 @@ import psutil
 import pytest
 import skimage.data
 
-from edge_agent.agent import Agent
-from edge_agent.config import ModelConfig, RuntimeConfig, load_settings
+from edge_agent.config import ModelConfig, RuntimeConfig
 from edge_agent.model import Model
 from edge_agent.runtime.base import BackendError, BackendGone
 from edge_agent.runtime.cpu import InterpreterBackend
@@ -24,6 +23,7 @@ from edge_agent.runtime.select import Runtime, Selection
 from edge_agent.runtime.worker import ProcessBackend
 
 from .conftest import FULL, SHORT, Broker, collect, wait_until
+from .test_agent import synthetic_agent
 
 
 def face() -> np.ndarray:
@@ -103,37 +103,27 @@ def test_a_killed_interpreter_process_is_replaced_and_the_frame_served() -> None
         m.close()
 
 
-def test_an_accelerator_whose_process_dies_falls_back_to_the_cpu_in_the_agent() -> None:
+@pytest.mark.parametrize("cpu_fallback", [True, False], ids=["falls-back", "fallback-off"])
+def test_an_accelerator_whose_process_dies_falls_back_or_starts_again(cpu_fallback: bool) -> None:
+    """With runtime.cpu_fallback (the default) the CPU in the agent takes over; with it off, the same backend
+    starts in a new process."""
     m = Model(ModelConfig(path=SHORT), RuntimeConfig(accelerator="cpu", threads=1), None)
     accel = ProcessBackend("cpu", SHORT, 1)
     accel.kind = "gpu"  # the seam: no GPU here, so a CPU in a child stands in for an accelerator's process
     try:
         want = m.infer(face()).result.detections[0].box
-        m.runtime = Runtime(Selection(accel), SHORT, 1)
+        m.runtime = Runtime(Selection(accel), SHORT, 1, cpu_fallback=cpu_fallback)
         assert m.run(face()).accelerator == "gpu"
         kill(accel.pid)
-        raw = m.run(face())
-        assert raw.accelerator == "cpu" and not m.runtime.backend.own_process
+        raw = m.run(face())  # this frame's invoke finds the process gone and is redone
         assert m.decode(raw).result.detections[0].box == pytest.approx(want, abs=1e-6)
-        assert [(f.from_backend, f.to_backend) for f in m.runtime.fallbacks] == [("gpu", "cpu")]
-        assert "killed by signal 9" in m.runtime.fallbacks[0].reason
-    finally:
-        m.close()
-
-
-def test_with_cpu_fallback_off_an_accelerator_whose_process_dies_is_started_again() -> None:
-    m = Model(ModelConfig(path=SHORT), RuntimeConfig(accelerator="cpu", threads=1), None)
-    accel = ProcessBackend("cpu", SHORT, 1)
-    accel.kind = "gpu"  # the seam, as above
-    try:
-        want = m.infer(face()).result.detections[0].box
-        m.runtime = Runtime(Selection(accel), SHORT, 1, cpu_fallback=False)
-        kill(accel.pid)
-        got = m.infer(face()).result  # served by the same backend in a new process, not by the CPU in the agent
-        assert got.detections[0].box == pytest.approx(want, abs=1e-6)
-        now = m.runtime.backend
-        assert isinstance(now, ProcessBackend) and now.pid != accel.pid and now.name == accel.name
         assert len(m.runtime.fallbacks) == 1 and "killed by signal 9" in m.runtime.fallbacks[0].reason
+        now = m.runtime.backend
+        if cpu_fallback:
+            assert raw.accelerator == "cpu" and not now.own_process
+            assert (m.runtime.fallbacks[0].from_backend, m.runtime.fallbacks[0].to_backend) == ("gpu", "cpu")
+        else:
+            assert isinstance(now, ProcessBackend) and now.pid != accel.pid and now.name == accel.name
     finally:
         m.close()
 
@@ -172,15 +162,10 @@ def test_pipelines_sharing_a_model_get_interpreter_processes_and_survive_them_dy
 def test_the_agent_says_its_model_process_died_and_goes_on(  # type: ignore[no-untyped-def]
     broker: Broker, subscriber_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for k in list(os.environ):
-        if k.startswith("EDGE_AGENT_"):
-            monkeypatch.delenv(k)
     sub = subscriber_factory(["edge/wk/health", "edge/wk/predictions"])
-    settings = load_settings(None, {"mqtt.host": broker.host, "mqtt.port": broker.port, "device_id": "wk",
-                                    "source.uri": "synthetic", "model.path": str(SHORT), "state_dir": str(tmp_path),
-                                    "health.interval_s": 3600, "runtime.accelerator": "cpu",
-                                    "runtime.own_process": True})
-    agent = Agent(settings)
+    agent = synthetic_agent(
+        broker, tmp_path, monkeypatch, "wk", **{"runtime.accelerator": "cpu", "runtime.own_process": True}
+    )
     try:
         agent.start()
         assert agent.first_published.wait(20)
