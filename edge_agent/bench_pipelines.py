@@ -117,7 +117,7 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
         over["runtime.batch_wait_ms"] = spec["batch_wait_ms"]
     if "arenas" in spec:
         over["runtime.malloc_arenas"] = spec["arenas"]
-    if spec.get("own_process") is not None:  # else the setting's default for the accelerator
+    if spec.get("own_process") is not None:  # else the setting's default
         over["runtime.own_process"] = spec["own_process"]
     if spec.get("single"):  # the single-pipeline form, as a separate agent runs it
         over |= {"source.uri": sources[0], "source.realtime": False, "model.path": spec["model"]}
@@ -373,11 +373,13 @@ PIPELINES_HEADER = (
 def pipelines_row(r: dict[str, Any]) -> str:
     o, s = r["one"], r["separate"]
     per = ", ".join(f"{x:.1f}" for x in o["per_pipeline_fps"])
+    apart = o.get("worker_uss_mb") or 0.0  # runtime.own_process: the model's processes, their own memory
+    rss = f"{o['peak_rss_mb']:.0f}" + (f" + {apart:.0f} in model processes" if apart else "")
     return (
         f"| {r['model']} | {r['pipelines']} | {o['aggregate_fps']:.1f} ({per}) | {s['aggregate_fps']:.1f} | "
         f"{r['one_vs_separate_fps']:.2f} | {o['spread']:.1%} | {o['c2p_p50_ms']:.1f} / {o['c2p_p99_ms']:.1f} | "
         f"{s['c2p_p50_ms']:.1f} / {s['c2p_p99_ms']:.1f} | {o['cpu_ms_per_frame']:.2f} / {s['cpu_ms_per_frame']:.2f} | "
-        f"{o['peak_rss_mb']:.0f} / {s['peak_rss_mb']:.0f} | {r['stalled_cost']:.1%} |"
+        f"{rss} / {s['peak_rss_mb']:.0f} | {r['stalled_cost']:.1%} |"
     )
 
 
