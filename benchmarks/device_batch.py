@@ -124,8 +124,8 @@ def main() -> int:
         owns = {"off": False, "on": True, "default": None}
         plan = [("gpu", float(w), owns[o]) for o in args.gpu_own.split(",") for w in args.gpu_waits.split(",")]
         plan += [] if args.skip_cpu else [("cpu", 0.0, None)]
+        four = [int(x) for x in args.sizes.split(",")]
         for accel, wait, own in plan:
-            four = [int(x) for x in args.sizes.split(",")]
             for n, sizes in [(1, [1])] * (args.single and accel == "gpu") + [(4, four)]:
                 print(f"agent, {n} pipeline(s) on the {accel.upper()}, runtime.batch_wait_ms = {wait:g}, "
                       f"runtime.own_process = {own}", flush=True)

@@ -88,8 +88,7 @@ class ProcessBackend(Backend):
         super().__init__(model_path)
         self.name = name
         self._args = (threads, dict(options or {}))
-        self.kind = name if name.isidentifier() else "delegate"
-        self._desc = name
+        self._desc = name  # until the child says what it opened (kind and description too)
         self._mm: mmap.mmap | None = None
         self._in: list[np.ndarray] = []
         self._out: list[np.ndarray] = []
@@ -237,7 +236,6 @@ class _Served:
 
     def __init__(self, backend: Backend, batch: int):
         self.be = backend
-        self.batch = batch
         self.input_shapes = [(batch, *s.shape[1:]) if batch > 1 else s.shape for s in backend.inputs]
         self.regions = layout(self.input_shapes, backend.inputs, backend.outputs, batch)
         size = self.regions[-1][0] + self.regions[-1][1] if self.regions else 1
