@@ -408,10 +408,11 @@ class RuntimeConfig(_Strict):
     own_process: bool = Field(
         False,
         description="Run each model's backend (accelerator, CPU interpreters, CPU fallback) in a child process "
-        "of its own, fed through shared memory: a driver that crashes takes down only that process (the model "
-        "then falls back to the CPU), and Python's lock stays free while LiteRT's GPU runs. Off by default, "
-        "as measured: on a GPU with 4 pipelines 1.08-1.46x the frames a second where no batch forms, but "
-        "0.76-1.13x with the default batching (fuller batches form in the agent); on the CPU 0.72-0.88x.",
+        "of its own, fed through shared memory: a driver that crashes takes down only that process, one that "
+        "hangs (15 s without an answer) is killed (the model then falls back to the CPU), and Python's lock "
+        "stays free while LiteRT's GPU runs. Off by default, as measured: on a GPU with 4 pipelines 1.08-1.46x "
+        "the frames a second where no batch forms, but 0.76-1.13x with the default batching (fuller batches "
+        "form in the agent); on the CPU 0.72-0.88x.",
     )
     malloc_arenas: int = Field(
         2,

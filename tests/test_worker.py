@@ -103,6 +103,26 @@ def test_a_killed_interpreter_process_is_replaced_and_the_frame_served() -> None
         m.close()
 
 
+def test_a_hung_model_process_is_killed_and_replaced_without_losing_the_frame() -> None:
+    """A driver that stops answering (the process stopped for real, with SIGSTOP) holds the frame only for
+    the invoke timeout, not until the watchdog restarts the agent."""
+    m = own()
+    try:
+        want = m.infer(face()).result.detections[0].box
+        first = m.runtime.backend
+        assert isinstance(first, ProcessBackend) and first.invoke_timeout_s == 15.0
+        first.invoke_timeout_s = 0.5  # the seam: the same path as the 15 s default, sooner
+        os.kill(first.pid, signal.SIGSTOP)
+        got = m.infer(face()).result
+        assert got.detections[0].box == pytest.approx(want, abs=1e-6)
+        assert first._proc.returncode == -signal.SIGKILL  # killed while stopped, and reaped
+        now = m.runtime.backend
+        assert isinstance(now, ProcessBackend) and now.pid != first.pid
+        assert "did not answer an invoke for 0.5 s and was killed" in m.runtime.fallbacks[0].reason
+    finally:
+        m.close()
+
+
 @pytest.mark.parametrize("cpu_fallback", [True, False], ids=["falls-back", "fallback-off"])
 def test_an_accelerator_whose_process_dies_falls_back_or_starts_again(cpu_fallback: bool) -> None:
     """With runtime.cpu_fallback (the default) the CPU in the agent takes over; with it off, the same backend

@@ -42,6 +42,11 @@ _ALIGN = 64
 _MSG = 1 << 16
 #: seconds a child gets to finish after being asked to close, before it is killed
 _CLOSE_S = 5.0
+#: A child that has not answered one invoke for this long is taken as hung (a driver that stopped
+#: answering), killed, and handled as one that died: the model falls back or starts again, well before
+#: health.stall_s (30 s by default) would have the watchdog restart the whole agent. No model an edge
+#: box runs per frame takes this long; opening and resizing (a GPU compile) have no limit.
+INVOKE_TIMEOUT_S = 15.0
 
 
 def _spec_doc(s: TensorSpec) -> dict[str, Any]:
@@ -83,6 +88,7 @@ class ProcessBackend(Backend):
     """A backend (`name`, as `open_backend` takes it) opened and run in a child process."""
 
     own_process = True
+    invoke_timeout_s = INVOKE_TIMEOUT_S
 
     def __init__(self, name: str, model_path: Path, threads: int = 0, options: dict[str, str] | None = None):
         super().__init__(model_path)
@@ -121,9 +127,13 @@ class ProcessBackend(Backend):
         except OSError as err:
             raise self._gone(err) from None
 
-    def _reply(self) -> tuple[bytes, int | None]:
+    def _reply(self, timeout: float | None = None) -> tuple[bytes, int | None]:
         try:
+            self._sock.settimeout(timeout)
             msg, fds, _flags, _addr = socket.recv_fds(self._sock, _MSG, 1)
+        except TimeoutError:
+            self._proc.kill()  # hung: a stopped driver answers no close either
+            raise self._gone(None, f"did not answer an invoke for {timeout:g} s and was killed") from None
         except OSError as err:
             raise self._gone(err) from None
         if not msg:
@@ -134,14 +144,14 @@ class ProcessBackend(Backend):
             raise BackendError(msg[1:].decode(errors="replace"))
         return msg, (fds[0] if fds else None)
 
-    def _gone(self, err: OSError | None) -> BackendGone:
+    def _gone(self, err: OSError | None, how: str = "") -> BackendGone:
         """The child is gone (killed, or crashed in a native library): say how."""
         try:
             code = self._proc.wait(_CLOSE_S)
         except subprocess.TimeoutExpired:
             code = None
-        how = (f"killed by signal {-code}" if code is not None and code < 0 else
-               f"exited with status {code}" if code is not None else f"stopped answering ({err})")
+        how = how or (f"killed by signal {-code}" if code is not None and code < 0 else
+                      f"exited with status {code}" if code is not None else f"stopped answering ({err})")
         return BackendGone(f"{self.name} in its own process: the process {how}")
 
     def _take_layout(self, reply: tuple[bytes, int | None]) -> None:
@@ -198,7 +208,7 @@ class ProcessBackend(Backend):
             self._sock.sendall(b"i")
         except OSError as err:
             raise self._gone(err) from None
-        msg, _fd = self._reply()
+        msg, _fd = self._reply(self.invoke_timeout_s)
         if len(msg) > 1:  # output shapes, sent when they change
             self._shapes = [tuple(s) for s in json.loads(msg[1:])]
 
