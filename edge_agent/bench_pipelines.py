@@ -314,9 +314,10 @@ def compare_pipelines(
             variants = ("one", "separate", "stalled")
             with Progress("pipelines", len(counts) * runs * len(variants), "runs") as bar:
                 res: dict[tuple[int, str], list[dict[str, Any]]] = {}
-                for _ in range(runs):
+                for k in range(runs):
                     for n in counts:
-                        for v in variants:
+                        # the order turns each round, so that no variant always runs right after another
+                        for v in variants[k % 3 :] + variants[: k % 3]:
                             res.setdefault((n, v), []).append(_variant(v, n, base, copies, cam, work))
                             bar.update()
             for n in counts:
@@ -326,6 +327,11 @@ def compare_pipelines(
                 one, sep, stalled = row["one"], row["separate"], row["stalled"]
                 row["one_vs_separate_fps"] = one["aggregate_fps"] / sep["aggregate_fps"]
                 row["stalled_cost"] = 1 - stalled["aggregate_fps"] / one["aggregate_fps"]
+                # the same two figures within each round (runs a minute apart at most), then their median:
+                # drift of the machine over the whole comparison cancels out
+                fps = {v: [d["aggregate_fps"] for d in res[(n, v)]] for v in variants}
+                row["one_vs_separate_by_round"] = [o / s for o, s in zip(fps["one"], fps["separate"], strict=True)]
+                row["stalled_cost_by_round"] = [1 - s / o for o, s in zip(fps["one"], fps["stalled"], strict=True)]
                 rows.append(row)
                 print(pipelines_row(row), file=out, flush=True)
         finally:

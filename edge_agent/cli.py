@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -454,6 +455,12 @@ def _bench_pipelines(args: argparse.Namespace) -> int:
                 max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms or 0.0, arenas=args.malloc_arenas,
                 own_process=_on_off(args.own_process),
             )
+        for r in rows:
+            ratios, costs = r["one_vs_separate_by_round"], r["stalled_cost_by_round"]
+            print(f"{r['pipelines']} pipelines, round by round: one / N agents "
+                  + ", ".join(f"{x:.2f}" for x in ratios) + f" (median {statistics.median(ratios):.2f}); "
+                  + "stalled costs " + ", ".join(f"{x:.1%}" for x in costs)
+                  + f" (median {statistics.median(costs):.1%})", flush=True)
         print("one agent's peak RSS / single-pipeline agent's: " + ", ".join(
             f"{r['pipelines']}: {r['rss_vs_single']:.2f}" for r in rows), flush=True)
         for r in rows:

@@ -122,6 +122,10 @@ def test_bench_pipelines_compares_one_agent_with_separate_agents(tmp_path: Path)
     assert len(two["one"]["per_pipeline_fps"]) == 2 and all(f > 0 for f in two["one"]["per_pipeline_fps"])
     assert len(two["separate"]["per_pipeline_fps"]) == 2 and two["separate"]["aggregate_fps"] > 0
     assert two["one_vs_separate_fps"] == two["one"]["aggregate_fps"] / two["separate"]["aggregate_fps"]
+    # one round: the round's own ratio is the whole comparison's
+    assert two["one_vs_separate_by_round"] == [pytest.approx(two["one_vs_separate_fps"])]
+    assert two["stalled_cost_by_round"] == [pytest.approx(two["stalled_cost"])]
+    assert "2 pipelines, round by round: one / N agents" in r.stdout
     assert len(two["stalled"]["per_pipeline_fps"]) == 2  # the stalled camera's pipeline is not counted
     eng = two["one"]["engines"]
     assert len(eng) == 1 and eng[0]["pipelines"] == ["p0", "p1"]  # one engine for both
