@@ -34,6 +34,11 @@ AUTO_MAX_BATCH = 4
 AUTO_BATCH_WAIT_MS = 3.0
 
 
+def max_batch(rt: RuntimeConfig, accelerator: str) -> int:
+    """runtime.max_batch, or where it is 0 the default for the accelerator the model runs on."""
+    return rt.max_batch or (1 if accelerator == "cpu" else AUTO_MAX_BATCH)
+
+
 def batch_wait_ms(rt: RuntimeConfig, accelerator: str) -> float:
     """runtime.batch_wait_ms, or where it is unset the default for the accelerator the model runs on."""
     if rt.batch_wait_ms is not None:
@@ -244,8 +249,7 @@ class Model:
             )
             runtime = Runtime(selection, path, rt.threads, rt.cpu_fallback, cpu_own_process=rt.own_process)
             threads = int(getattr(selection.backend, "threads", rt.threads) or rt.threads)
-            auto_batch = 1 if runtime.accelerator == "cpu" else AUTO_MAX_BATCH
-            batch = 1 if self.file.stateful else (rt.max_batch or auto_batch)
+            batch = 1 if self.file.stateful else max_batch(rt, runtime.accelerator)
             wait = batch_wait_ms(rt, runtime.accelerator)
             replicas = 1 if self.file.stateful else (rt.replicas or default_threads())
             return Engine(
