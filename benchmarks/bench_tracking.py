@@ -7,6 +7,7 @@
     python benchmarks/bench_tracking.py --record FILE   # only the detections, e.g. on a board, as JSON
     python benchmarks/bench_tracking.py --replay FILE   # the table from those detections instead
     python benchmarks/bench_tracking.py --random 16 --seed 3   # 16 random crossings instead of the scenes
+    python benchmarks/bench_tracking.py --random 16 --seed 1-16   # 16 for each of seeds 1 to 16
 
 For each scene of `benchmarks/scenes.py` the real detector (BlazeFace or the SSD) runs on every frame, its
 detections go through the agent's scene stage (masks, tracker, zones, events) exactly as on a device, and
@@ -314,6 +315,15 @@ def load_recorded(path: Path) -> dict[str, tuple[list[Any], float]]:
     }
 
 
+def _seeds(text: str) -> list[int]:
+    """`--seed`: "3" or "1-16"."""
+    lo, _, hi = text.partition("-")
+    first, last = int(lo), int(hi or lo)
+    if last < first:
+        raise argparse.ArgumentTypeError(f"{text}: the range's end comes before its start")
+    return list(range(first, last + 1))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cost-only", action="store_true")
@@ -329,13 +339,14 @@ def main(argv: list[str] | None = None) -> int:
                          "of running the detectors here")
     ap.add_argument("--random", type=int, default=0, metavar="N",
                     help="score N crossings drawn at random (with --seed) instead of the named scenes")
-    ap.add_argument("--seed", type=int, default=1, help="the draw of --random")
+    ap.add_argument("--seed", type=_seeds, default=[1], metavar="S|A-B",
+                    help="the draw of --random: one seed, or a range (N crossings for each)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from benchmarks.scenes import SCENES, random_scenes
 
     if args.random:
-        drawn = random_scenes(args.seed, args.random)
+        drawn = [sc for seed in args.seed for sc in random_scenes(seed, args.random)]
         SCENES.update({sc.name: sc for sc in drawn})
         names = [sc.name for sc in drawn]
     else:
@@ -375,13 +386,22 @@ def main(argv: list[str] | None = None) -> int:
             print("\nIDF1 / ID switches with every detection's score moved by:\n")
             print("| scene | " + " | ".join(f"{x:+.2f}" for x in shifts) + " |")
             print("| --- |" + " --- |" * len(shifts))
+            # ID switches per scene: unmoved first, then each shift
+            switches: list[list[int]] = [[int(score(r)["num_switches"]) for r in runs]] + [[] for _ in shifts]
             for name in names:
                 results, threshold = recorded[name]
                 cells = []
-                for x in shifts:
+                for j, x in enumerate(shifts, start=1):
                     s = score(run_scene(name, Recorded(results, x, threshold)))
+                    switches[j].append(int(s["num_switches"]))
                     cells.append(f"{s['idf1']:.3f} / {int(s['num_switches'])}")
                 print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+            moved = switches[1:]
+            print("| ID switches in all | " + " | ".join(str(sum(c)) for c in moved) + " |")
+            print("| scenes with more than one | " + " | ".join(str(sum(n > 1 for n in c)) for c in moved) + " |")
+            over_all = sum(n > 1 for c in switches for n in c)
+            print(f"\nat no shift and the {len(shifts)} shifts, {len(names) * len(switches)} scenes scored: "
+                  f"{sum(map(sum, switches))} ID switches, {over_all} scenes with more than one")
     c = cost()
     print(f"\n{c['objects']} objects, 3 zones, CPU ms per frame (median of {c['runs']} runs of 300 frames): "
           f"tracking + zones {c['tracking_zones_ms']:.3f}, the whole scene stage (with events and counts) "

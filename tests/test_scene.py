@@ -220,6 +220,28 @@ def test_crossings_hold_whatever_the_scores_do(ssd: Any, name: str) -> None:
         assert all(c["end"] == 1 for c in per.values()), (shift, per)
 
 
+@needs_shared
+@pytest.mark.parametrize("name", ["random13_0_cat", "random13_8_cat", "random13_12_cat"])
+def test_crossings_drawn_at_random_hold_whatever_the_scores_do(
+    ssd: Any, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on crossings drawn at random (`benchmarks/scenes.py`, seed 13), none of the named scenes
+    above: these three gave two ID switches at some of these shifts while the velocity was smoothed
+    from frame-to-frame differences (the hidden cat's track, sent off by a few jittering boxes, missed
+    it as it came out)."""
+    from benchmarks.scenes import random_scenes
+
+    monkeypatch.setitem(SCENES, name, next(sc for sc in random_scenes(13, 16) if sc.name == name))
+    results, threshold = record(name, ssd)
+    for shift in (-0.04, -0.02, 0.0, 0.02, 0.04):
+        run = run_scene(name, Recorded(results, shift, threshold))
+        s = score(run)
+        per = events_per_object(run)
+        assert s["num_switches"] <= 1, (shift, s)
+        assert sorted(c["new"] for c in per.values()) == [1, 1], (shift, per)
+        assert all(c["end"] == 1 for c in per.values()), (shift, per)
+
+
 def test_a_face_hidden_behind_another_comes_out_with_its_own_id() -> None:
     """A crossing the tracker was not tuned on (`random_scenes(1, 5)`, the fifth: one face passes
     behind the other and is hidden for 12 frames). Partly hidden just before, its face's box shrinks
@@ -409,6 +431,27 @@ def test_two_objects_seen_as_one_leave_with_their_own_ids(merged: str) -> None:
     assert tr.created == 2
 
 
+@pytest.mark.parametrize("fps", [5, 15, 30])
+def test_the_velocity_is_fitted_through_jittering_boxes(fps: int) -> None:
+    """An object crosses the frame at 0.15 of its width a second, its boxes jittering by up to 0.005
+    either way (a detector's few pixels). From half a second on, the velocity stays within 10 % of the
+    truth, and the vertical one within 15 % of the speed, at every frame rate: where a hidden object
+    is looked for hangs on it. A velocity smoothed from frame-to-frame differences (the tracker's
+    earlier one, gain 0.5) strays by 30-90 % here at 15 and 30 fps."""
+    rng = np.random.default_rng(7)
+    tr = Tracker(min_hits=1)
+    errors = []
+    for i in range(4 * fps):
+        ts = 1_700_000_000.0 + i / fps  # wall-clock times, as in the agent
+        x = 0.1 + 0.15 * i / fps + rng.uniform(-0.005, 0.005)
+        y = 0.4 + rng.uniform(-0.005, 0.005)
+        tr.update(np.array([[x, y, x + 0.2, y + 0.3]]), np.array([0.9]), ["cat"], ts)
+        (t,) = tr.tracks
+        if i >= fps // 2:
+            errors.append((abs(t.vx - 0.15) / 0.15, abs(t.vy) / 0.15))
+    assert max(e[0] for e in errors) < 0.1 and max(e[1] for e in errors) < 0.15, errors
+
+
 @pytest.mark.parametrize("other", [True, False])
 def test_a_box_cut_by_an_object_in_front_teaches_no_motion(other: bool) -> None:
     """A walks right at 0.02 a frame. Then its box jumps 0.05 to the right (cut by B coming in front of
@@ -431,7 +474,7 @@ def test_a_box_cut_by_an_object_in_front_teaches_no_motion(other: bool) -> None:
     if other:
         assert track_a.vx == vx  # position only
     else:
-        assert track_a.vx > vx + 0.3  # the jump, learnt as motion
+        assert track_a.vx > vx + 0.05  # the jump, learnt as motion (one point of the fit over the last centres)
 
 
 def test_a_box_round_two_goes_to_neither_when_one_has_its_own_box() -> None:
