@@ -202,36 +202,25 @@ def test_cats_crossing_at_most_one_switch(ssd: Any) -> None:
 
 @needs_shared
 @pytest.mark.parametrize(
-    "name", ["cats_crossing", "cats_crossing_level", "cats_crossing_diagonal", "cats_fast_and_slow"]
+    "name",
+    [
+        *("cats_crossing", "cats_crossing_level", "cats_crossing_diagonal", "cats_fast_and_slow"),
+        *("random13_0_cat", "random13_8_cat", "random13_12_cat"),
+    ],
 )
-def test_crossings_hold_whatever_the_scores_do(ssd: Any, name: str) -> None:
+def test_crossings_hold_whatever_the_scores_do(ssd: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The ids of crossing cats must not hang on the exact scores the detector gives: another platform's
     arithmetic moves them (the SSD's scores on arm64 differ from x86-64's by up to 0.02 here, enough to
     put a partly hidden cat on the other side of the confident-detection threshold). The SSD's
     detections on each crossing, replayed with every score moved up and down, give at most one id
-    switch and exactly one object event per cat each time."""
-    results, threshold = record(name, ssd)
-    for shift in (-0.04, -0.02, 0.0, 0.02, 0.04):
-        run = run_scene(name, Recorded(results, shift, threshold))
-        s = score(run)
-        per = events_per_object(run)
-        assert s["num_switches"] <= 1, (shift, s)
-        assert sorted(c["new"] for c in per.values()) == [1, 1], (shift, per)
-        assert all(c["end"] == 1 for c in per.values()), (shift, per)
+    switch and exactly one object event per cat each time. The last three are crossings drawn at
+    random (`benchmarks/scenes.py`, seed 13), none of the named scenes: they gave two ID switches at
+    some of these shifts while the velocity was smoothed from frame-to-frame differences (the hidden
+    cat's track, sent off by a few jittering boxes, missed it as it came out)."""
+    if name not in SCENES:
+        from benchmarks.scenes import random_scenes
 
-
-@needs_shared
-@pytest.mark.parametrize("name", ["random13_0_cat", "random13_8_cat", "random13_12_cat"])
-def test_crossings_drawn_at_random_hold_whatever_the_scores_do(
-    ssd: Any, name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The same on crossings drawn at random (`benchmarks/scenes.py`, seed 13), none of the named scenes
-    above: these three gave two ID switches at some of these shifts while the velocity was smoothed
-    from frame-to-frame differences (the hidden cat's track, sent off by a few jittering boxes, missed
-    it as it came out)."""
-    from benchmarks.scenes import random_scenes
-
-    monkeypatch.setitem(SCENES, name, next(sc for sc in random_scenes(13, 16) if sc.name == name))
+        monkeypatch.setitem(SCENES, name, next(sc for sc in random_scenes(13, 16) if sc.name == name))
     results, threshold = record(name, ssd)
     for shift in (-0.04, -0.02, 0.0, 0.02, 0.04):
         run = run_scene(name, Recorded(results, shift, threshold))
