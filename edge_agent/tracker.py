@@ -371,7 +371,8 @@ class Tracker:
             # Beside a neighbour (more than one detection overlapped the track: boxes round both, or cut
             # by the other; or its box overlaps another track's predicted box), the box's size and the
             # drift of its centre are the pair's, not the object's: the track keeps its own size and
-            # velocity, and takes only the position.
+            # velocity, and takes only the position (and from a box that changed size, only _BESIDE_GAIN
+            # of the way).
             beside = t_i in near
             steady = _STEADY_LO <= (w * h) / (t.w * t.h) <= _STEADY_HI
             if dt > 0:
