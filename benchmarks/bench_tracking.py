@@ -361,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
               "events (new/update/end) |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         runs = []
+        unmoved: list[int] = []  # ID switches per scene, scored once
         for name in names:
             if name not in recorded:
                 recorded[name] = record(name)
@@ -368,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             run = run_scene(name, Recorded(results, 0.0, threshold))
             runs.append(run)
             s = score(run)
+            unmoved.append(int(s["num_switches"]))
             ev = {k: sum(1 for e in run.events if e["type"] == k) for k in ("new", "update", "end")}
             n_obj = len(SCENES[name].actors)
             print(
@@ -378,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         t = score_all(runs)
         print(f"| all | {sum(r.frames for r in runs)} | | {t['idf1']:.3f} | {int(t['num_switches'])} | "
               f"{t['mota']:.3f} | {int(t['num_misses'])} | {int(t['num_false_positives'])} | |")
-        over = [r.name for r in runs if score(r)["num_switches"] > 1]
+        over = [r.name for r, n in zip(runs, unmoved, strict=True) if n > 1]
         which = f" ({', '.join(over)})" if over else ""
         print(f"\nscenes with more than one ID switch: {len(over)} of {len(runs)}{which}")
         if args.shifts:
@@ -387,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             print("| scene | " + " | ".join(f"{x:+.2f}" for x in shifts) + " |")
             print("| --- |" + " --- |" * len(shifts))
             # ID switches per scene: unmoved first, then each shift
-            switches: list[list[int]] = [[int(score(r)["num_switches"]) for r in runs]] + [[] for _ in shifts]
+            switches: list[list[int]] = [unmoved] + [[] for _ in shifts]
             for name in names:
                 results, threshold = recorded[name]
                 cells = []
