@@ -14,6 +14,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ from edge_agent.topics import device_pattern
 
 #: device states that count against a wave
 FAILED = ("rejected", "failed", "rolled_back", "superseded", "unhealthy", *UNREACHED)
+#: device states in which a halted wave's rollback has nothing to undo: never sent, refused or undone there
+_NOTHING_TO_UNDO = ("pending", "rejected", "failed", "rolled_back", "superseded", "rolled_back_by_rollout")
+#: the least time a halted wave's devices are given, together, to confirm their rollback
+ROLLBACK_WAIT_S = 30.0
 
 
 def share(spec: str, total: int) -> int:
@@ -345,30 +350,40 @@ class Runner:
         return True
 
     def _rollback(self, i: int) -> None:
-        """The halted wave's devices that took the model go back to the one before."""
+        """The halted wave's devices that may hold the model go back to the one before: every device the
+        deploy went to, bar those that refused it or undid it themselves. One that had not answered the
+        deploy (or not within the answer time) may still be installing it, so it is asked too; the
+        command topic keeps its order, so it hears the deploy first. All are asked at once and their
+        answers awaited together: a device busy swapping its model (seconds on a loaded board) delays
+        none of the others, and each has the whole wait."""
         plan = self.plan
+        asked: dict[str, str] = {}
         for d in plan.waves[i].devices:
+            if plan.devices[d].state in _NOTHING_TO_UNDO:
+                continue
+            cid = f"{plan.id}-rb-{d}"
+            self.sub.publish(device_pattern(self.cfg.topic_prefix, d, "cmd"),
+                             json.dumps({"id": cid, "command": "rollback", **(
+                                 {"args": plan.target} if plan.target else {})}).encode())
+            asked[cid] = d
+        wait_s = max(plan.answer_s, ROLLBACK_WAIT_S)
+        deadline = time.monotonic() + wait_s
+        while asked and time.monotonic() < deadline:
+            answer = self._step(0.2, None, want=asked)
+            if answer is None:
+                continue
+            d = asked.pop(str(answer["id"]))
             p = plan.devices[d]
-            if p.state in ("active", "probation", "activating", "downloading", "verifying", "validating",
-                           "received", "accepted", "unhealthy"):
-                cid = f"{plan.id}-rb-{d}"
-                self.sub.publish(device_pattern(self.cfg.topic_prefix, d, "cmd"),
-                                 json.dumps({"id": cid, "command": "rollback", **(
-                                     {"args": plan.target} if plan.target else {})}).encode())
-                answer = self._answer(cid, 10.0)
-                ok = answer is not None and answer.get("status") == "done"
-                p.state = "rolled_back_by_rollout" if ok else p.state
-                p.reason = "rolled back with the halted wave" if ok else f"rollback not confirmed: {answer}"
-                self.save()
-                self.say(f"{d}: {p.reason}")
-
-    def _answer(self, cid: str, timeout_s: float) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            got = self._step(0.2, None, want=cid)
-            if got is not None:
-                return got
-        return None
+            if answer.get("status") == "done":
+                p.state, p.reason = "rolled_back_by_rollout", "rolled back with the halted wave"
+            else:
+                p.reason = f"rollback refused: {answer.get('reason') or answer.get('status')}"
+            self.save()
+            self.say(f"{d}: {p.reason}")
+        for d in asked.values():
+            plan.devices[d].reason = f"rollback not confirmed within {wait_s:g} s"
+            self.save()
+            self.say(f"{d}: {plan.devices[d].reason}")
 
     # --- what the devices say ------------------------------------------------------------------
     def _drain(self, seconds: float) -> None:
@@ -376,7 +391,7 @@ class Runner:
         while time.monotonic() < deadline:
             self._step(0.1, None)
 
-    def _step(self, timeout: float, cid: str | None, want: str | None = None) -> dict[str, Any] | None:
+    def _step(self, timeout: float, cid: str | None, want: Container[str] = ()) -> dict[str, Any] | None:
         m = self.sub.get(timeout)
         if m is None:
             return None
@@ -394,7 +409,7 @@ class Runner:
             return None
         p = self.plan.devices.get(device)
         if topic.endswith("/cmd/result"):
-            if want is not None and doc.get("id") == want:
+            if isinstance(doc.get("id"), str) and doc["id"] in want:
                 return doc
             if p is not None and cid is not None and doc.get("id") == cid and p.state == "sent":
                 if doc.get("status") == "rejected":

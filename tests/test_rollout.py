@@ -134,3 +134,34 @@ def test_a_staged_rollout_across_20_agents_halts_on_a_bad_model_and_completes_a_
     assert all(final[d]["version"] == 7 and final[d]["state"] == "active" for d in names), final
     # nothing was deployed twice: a second deploy of version 7 would have been refused and failed the wave
     assert all(p.reason is None for p in plan.devices.values())
+
+
+def test_a_halted_wave_rolls_back_the_devices_that_had_not_answered_yet(  # type: ignore[no-untyped-def]
+        broker: Broker, agent_factory, tmp_path: Path) -> None:
+    """A device that has not answered the deploy when its wave halts may still be installing the model:
+    it is sent the rollback too, and never serves the release. With no time at all to answer, every
+    device is silent when the wave is judged, so the canary halts at once."""
+    keys = write_keypair(tmp_path / "keys")
+    names = ["q0", "q1"]
+    env = {**broker.env(), "EDGE_AGENT_GROUPS": '["quick"]', "EDGE_AGENT_OTA__TRUSTED_KEYS": json.dumps([str(keys[1])]),
+           "EDGE_AGENT_OTA__PROBATION_INFERENCES": "3", "EDGE_AGENT_RUNTIME__THREADS": "1"}
+    for n in names:
+        agent_factory(["run", "--source", "synthetic", "--fps", "5", "--model", str(SHORT), "--device-id", n],
+                      env={**env, "EDGE_AGENT_STATE_DIR": str(tmp_path / n)}, name=n)
+    cfg = MQTTConfig(host="127.0.0.1", port=broker.port)
+    wait_until(lambda: group_members(cfg, "quick", 0.5) == names, scaled(60), what="2 agents in the group")
+
+    state = tmp_path / "quick.json"
+    cmd = [sys.executable, "-m", "edge_agent", "fleet", "rollout", str(SHORT_INT8), "--version", "3",
+           "--group", "quick", "--key", str(keys[0]), "--serve", "127.0.0.1:0", "--state", str(state),
+           "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port), "--canary", "2", "--waves", "100%",
+           "--max-failures", "0", "--answer-timeout", "0", "--rollback", "--json"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=scaled(120), cwd=str(ROOT))
+    assert run.returncode == 1, run.stdout + run.stderr
+    plan = Rollout.load(state)
+    assert plan.status == "halted" and plan.waves[0].state == "halted", plan
+    assert {d: plan.devices[d].state for d in names} == dict.fromkeys(names, "rolled_back_by_rollout"), plan.devices
+    # each device heard the deploy before the rollback, and the release never serves
+    wait_until(lambda: all(s.get("version") == 3 and s["state"] in ("superseded", "rolled_back")
+                           for s in _retained_states(broker, names).values()), scaled(30),
+               what="the release given up on both devices")
