@@ -8,6 +8,7 @@
     python benchmarks/bench_tracking.py --replay FILE   # the table from those detections instead
     python benchmarks/bench_tracking.py --random 16 --seed 3   # 16 random crossings instead of the scenes
     python benchmarks/bench_tracking.py --random 16 --seed 1-16   # 16 for each of seeds 1 to 16
+    python benchmarks/bench_tracking.py --random 16 --kinds apple --labels apple   # an object never tuned on
 
 For each scene of `benchmarks/scenes.py` the real detector (BlazeFace or the SSD) runs on every frame, its
 detections go through the agent's scene stage (masks, tracker, zones, events) exactly as on a device, and
@@ -23,7 +24,8 @@ arithmetic moves them: a tracker whose ids hang on a score sitting just at a thr
 `--record` and `--replay` carry one platform's detections to another, where this tracker scores them:
 the way to tell a difference in the detector from one in the tracker. `--random N --seed S` scores N
 crossings drawn at random (`scenes.random_scenes`) instead of the named scenes: trajectories the
-tracker was not tuned on, the nearest this benchmark comes to inputs it has never seen.
+tracker was not tuned on, the nearest this benchmark comes to inputs it has never seen; `--kinds apple`
+draws them with an object it was not tuned on either (an apple cut from the shared photo of fruit).
 """
 
 from __future__ import annotations
@@ -341,12 +343,24 @@ def main(argv: list[str] | None = None) -> int:
                     help="score N crossings drawn at random (with --seed) instead of the named scenes")
     ap.add_argument("--seed", type=_seeds, default=[1], metavar="S|A-B",
                     help="the draw of --random: one seed, or a range (N crossings for each)")
+    ap.add_argument("--kinds", default="cat,cat,face", metavar="K,K,...",
+                    help="the objects --random draws each crossing's pair from, as often as each is named: "
+                         "cat, face, apple (cut from ../shared/data/fruit.jpg: an object the tracker was "
+                         "never tuned on)")
+    ap.add_argument("--labels", default="", metavar="L,L,...",
+                    help="track only these labels (the scene stage's `labels`, as a user sets it for the "
+                         "objects they care about; default: every label the detector reports)")
     args = ap.parse_args(argv)
+    scene_cfg = {"labels": args.labels.split(",")} if args.labels else None
     sys.path.insert(0, str(ROOT))
     from benchmarks.scenes import SCENES, random_scenes
 
     if args.random:
-        drawn = [sc for seed in args.seed for sc in random_scenes(seed, args.random)]
+        kinds = tuple(args.kinds.split(","))
+        try:
+            drawn = [sc for seed in args.seed for sc in random_scenes(seed, args.random, kinds)]
+        except ValueError as err:
+            ap.error(str(err))
         SCENES.update({sc.name: sc for sc in drawn})
         names = [sc.name for sc in drawn]
     else:
@@ -366,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             if name not in recorded:
                 recorded[name] = record(name)
             results, threshold = recorded[name]
-            run = run_scene(name, Recorded(results, 0.0, threshold))
+            run = run_scene(name, Recorded(results, 0.0, threshold), scene_cfg)
             runs.append(run)
             s = score(run)
             unmoved.append(int(s["num_switches"]))
@@ -394,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 results, threshold = recorded[name]
                 cells = []
                 for j, x in enumerate(shifts, start=1):
-                    s = score(run_scene(name, Recorded(results, x, threshold)))
+                    s = score(run_scene(name, Recorded(results, x, threshold), scene_cfg))
                     switches[j].append(int(s["num_switches"]))
                     cells.append(f"{s['idf1']:.3f} / {int(s['num_switches'])}")
                 print(f"| {name} | " + " | ".join(cells) + " |", flush=True)

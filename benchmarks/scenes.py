@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -36,19 +37,31 @@ def _photos() -> dict[str, np.ndarray]:
     import skimage.data as d
 
     astro, cat = _bgr(d.astronaut()), _bgr(d.chelsea())
-    return {
+    out = {
         "grass": cv2.resize(_bgr(d.grass()), (W, H)),
         "brick": cv2.resize(_bgr(d.brick()), (W, H)),
         "face": cv2.resize(astro[20:260, 130:330], (200, 240), interpolation=cv2.INTER_AREA),
         "cat": cv2.resize(cat[20:300, 100:380], (200, 200), interpolation=cv2.INTER_AREA),
     }
+    fruit = cv2.imread(str(FRUIT)) if FRUIT.is_file() else None
+    if fruit is not None:  # the apple, cut from the shared photo by fractions of its size
+        h, w = fruit.shape[:2]
+        apple = fruit[round(h * 0.1583) : round(h * 0.5458), round(w * 0.6609) : round(w * 0.9375)]
+        out["apple"] = cv2.resize(apple, (170, 180), interpolation=cv2.INTER_AREA)
+    return out
 
 
 #: The object's box inside its sprite (x1, y1, x2, y2): the face marked by hand; the cat fills its crop.
 SPRITE_TRUTH: dict[str, tuple[str, Box]] = {
     "face": ("face", (45.0, 49.0, 142.0, 146.0)),
     "cat": ("cat", (0.0, 0.0, 200.0, 200.0)),
+    "apple": ("apple", (0.0, 4.0, 167.0, 177.0)),
 }
+#: The sprites a random crossing may draw, and the detector that finds each.
+DETECTOR = {"face": "face", "cat": "ssd", "apple": "ssd"}
+#: A real photo of fruit on a table (an apple, a banana), beside the project when it is checked out
+#: with its shared data: the apple is an object none of the scenes above was tuned on.
+FRUIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fruit.jpg"
 
 
 @dataclass(frozen=True)
@@ -117,25 +130,30 @@ SCENES: dict[str, Scene] = {
 }
 
 
-def random_scenes(seed: int, n: int) -> list[Scene]:
-    """`n` crossings none of the scenes above was tuned on, the same for the same seed: two cats (two
-    times in three) or two faces, one entering from the left and one from the right at heights drawn at
-    random, each on a straight line to a random height on the other side, the second up to 10 frames
-    later, in 45 to 90 frames. Which one passes in front, where they meet, and for how long one hides
-    the other all follow from the draw."""
+def random_scenes(seed: int, n: int, kinds: tuple[str, ...] = ("cat", "cat", "face")) -> list[Scene]:
+    """`n` crossings none of the scenes above was tuned on, the same for the same seed and kinds: two
+    objects of a kind drawn from `kinds` (by default two cats two times in three, else two faces), one
+    entering from the left and one from the right at heights drawn at random, each on a straight line
+    to a random height on the other side, the second up to 10 frames later, in 45 to 90 frames. Which
+    one passes in front, where they meet, and for how long one hides the other all follow from the draw."""
     import random
 
+    unknown = set(kinds) - set(DETECTOR)
+    if unknown:
+        raise ValueError(f"no sprite for {sorted(unknown)}: the kinds are {sorted(DETECTOR)}")
+    if "apple" in kinds and not FRUIT.is_file():
+        raise ValueError(f"the apple is cut from {FRUIT}, which is not there")
     rng = random.Random(seed)
     out = []
     for k in range(n):
-        kind = rng.choice(["cat", "cat", "face"])
+        kind = rng.choice(kinds)
         frames = rng.randint(45, 90)
         y = [rng.uniform(0, 280) for _ in range(4)]
         first = rng.randint(0, 10)
         out.append(
             Scene(
                 f"random{seed}_{k}_{kind}",
-                "ssd" if kind == "cat" else "face",
+                DETECTOR[kind],
                 frames,
                 (Actor(kind, (-60, y[0]), (500, y[1])), Actor(kind, (500, y[2]), (-60, y[3]), first=first)),
             )
