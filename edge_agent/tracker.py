@@ -9,7 +9,8 @@ x86-64 and aarch64, no further dependencies and no measurable memory, where SciP
 `linear_sum_assignment` would add about 48 MB to the agent's RSS. The motion model is a constant
 velocity of the box centre, which carries a track through a crossing and a brief disappearance: the
 slope of a least-squares line through the centres of its recent boxes over time (each box's weight
-halved every 0.5 s), learnt only from boxes that kept their size. A detector's box jitters by a few
+halved every 0.5 s), learnt only from boxes that kept their size (within a third from one frame to the
+next at 15 fps, as much per second at a lower frame rate). A detector's box jitters by a few
 pixels from frame to frame; a velocity smoothed from frame-to-frame differences (this tracker's
 earlier alpha-beta filter, the form a constant-velocity Kalman filter such as ByteTrack's settles
 into) carries that jitter into where a hidden object is looked for, and sent hidden cats' tracks off
@@ -77,8 +78,12 @@ _BESIDE_GAIN = 0.3
 _BESIDE_KEEP = 1 - _BESIDE_GAIN
 #: IoU needed for the second (weak detection) round, as in ByteTrack.
 _WEAK_IOU = 0.5
-#: Area ratios (new / old) within which a box is taken to show the whole object, for the velocity.
+#: Area ratios (new / old) within which a box is taken to show the whole object, for the velocity, from
+#: one frame to the next at 15 fps (_STEADY_DT); over a longer gap, the same change per second.
 _STEADY_LO, _STEADY_HI = 0.75, 1.33
+_STEADY_DT = 1.0 / 15 + 1e-3
+#: ... up to a frame every this many seconds (at 2 fps and under, the bounds stop widening).
+_STEADY_MAX_DT = 0.5
 #: Recovery of a lost track: a detection whose centre is within this many track diagonals of the
 #: predicted centre, and whose area is within _RECOVER_AREA of the track's, may continue it.
 _RECOVER_DIST = 1.0
@@ -343,6 +348,7 @@ class Tracker:
         self.class_aware = class_aware
         self.tracks: list[Track] = []
         self._young = 0  # how many of `tracks` are not yet confirmed, counted in `update`
+        self._last_ts = float("inf")  # the last frame's time: none yet
         self._ids = itertools.count(1)
         self.created = 0
 
@@ -397,6 +403,15 @@ class Tracker:
         young = 0
         min_hits = self.min_hits
         bg, bk, half_life = _BOX_GAIN, _BOX_KEEP, _FIT_HALF_LIFE_S  # locals: read per object
+        # The bounds of a steady box are for one frame at 15 fps; a camera at a lower rate allows as much
+        # change per second. The frame interval, not a track's time since its last box: a box after a
+        # hidden spell is as likely cut as ever.
+        lo, hi = _STEADY_LO, _STEADY_HI
+        frame_dt = ts - self._last_ts
+        self._last_ts = ts
+        if frame_dt > _STEADY_DT:
+            span = min(frame_dt, _STEADY_MAX_DT) / _STEADY_DT
+            lo, hi = lo**span, hi**span
         for t_i, d in matched:
             t = tracks[t_i]
             # The correction, written out here in plain float arithmetic (no calls): it runs once per
@@ -415,7 +430,8 @@ class Tracker:
             # velocity, and takes only the position (and from a box that changed size, only _BESIDE_GAIN
             # of the way).
             beside = t_i in near
-            steady = _STEADY_LO <= (w * h) / (t.w * t.h) <= _STEADY_HI
+            change = (w * h) / (t.w * t.h)
+            steady = lo <= change <= hi
             if dt > 0:
                 px += t.vx * dt
                 py += t.vy * dt

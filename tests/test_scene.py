@@ -454,6 +454,29 @@ def test_the_velocity_is_fitted_through_jittering_boxes(fps: int) -> None:
     assert max(e[0] for e in errors) < 0.1 and max(e[1] for e in errors) < 0.15, errors
 
 
+def test_the_velocity_learnt_at_the_frames_edge_does_not_hang_on_the_frame_rate() -> None:
+    """An object comes in through the frame's left edge, its box cut there and growing. A box that
+    changed its area by more than a third from one frame to the next teaches no motion (it is cut or
+    hidden), a bound set for 15 fps: at 5 fps the same motion changes the area three frames' worth,
+    and the track learnt no velocity until the object was wholly in view (and met a crossing
+    standing still). The bound is per second of the camera's frame interval: the velocity at 5 fps
+    follows the one at 15 fps at every one of its frames."""
+
+    def velocities(fps: int) -> dict[int, float]:
+        tr = Tracker(min_hits=1)
+        out = {}
+        for i in range(int(1.4 * fps) + 1):
+            t = i / fps
+            x = -0.27 + 0.3 * t  # the object's left edge, 0.3 of the frame's width wide, 0.3 a second
+            tr.update(np.array([[max(0.0, x), 0.3, x + 0.3, 0.6]]), np.array([0.9]), ["cat"], 1_700_000_000.0 + t)
+            out[round(t * 1000)] = tr.tracks[0].vx
+        return out
+
+    slow, fast = velocities(5), velocities(15)
+    assert all(abs(v - fast[ms]) < 0.02 for ms, v in slow.items()), (slow, fast)
+    assert slow[600] > 0.1, slow
+
+
 @pytest.mark.parametrize("other", [True, False])
 def test_a_box_cut_by_an_object_in_front_teaches_no_motion(other: bool) -> None:
     """A walks right at 0.02 a frame. Then its box jumps 0.05 to the right (cut by B coming in front of
