@@ -3,10 +3,11 @@
 scikit-image's photos (the astronaut's face, Chelsea the cat) are pasted onto its grass texture and moved
 along straight lines at a steady speed: two objects crossing (two faces; two cats four ways: at different
 heights, at one height, on the diagonals, one fast and one slow), one passing behind a pillar (a band of
-its brick texture drawn over it, so it is hidden for a few frames), one walking through a zone. The
-ground truth box of each object is known in every frame: the face's box inside the astronaut crop was
-marked by hand once, the cat fills its crop. An object counts as visible when at least half its box is
-in view.
+its brick texture drawn over it, so it is hidden for a few frames), one walking through a zone. Random
+crossings (`random_scenes`) may also draw two apples cut from the shared photo of fruit, an object none
+of the named scenes has. The ground truth box of each object is known in every frame: the face's box
+inside the astronaut crop was marked by hand once, the cat fills its crop, the apple nearly fills its
+own. An object counts as visible when at least half its box is in view.
 The real detectors (BlazeFace, the SSD) then run on every frame; `benchmarks/bench_tracking.py` scores the
 tracker against this truth with py-motmetrics, and the tests check the events it raises.
 """
@@ -51,7 +52,8 @@ def _photos() -> dict[str, np.ndarray]:
     return out
 
 
-#: The object's box inside its sprite (x1, y1, x2, y2): the face marked by hand; the cat fills its crop.
+#: The object's box inside its sprite (x1, y1, x2, y2): the face marked by hand; the cat fills its crop; the
+#: apple fills its crop but for slivers of the table above it and at its right, marked by hand.
 SPRITE_TRUTH: dict[str, tuple[str, Box]] = {
     "face": ("face", (45.0, 49.0, 142.0, 146.0)),
     "cat": ("cat", (0.0, 0.0, 200.0, 200.0)),

@@ -30,13 +30,13 @@ its box overlapping another track's predicted box, which a partly hidden object'
 one in front comes over it) learns its position but not its size or velocity from that box, and
 where that box changed size (widened over the pair, or cut by the one in front) only 0.3 of the way
 from its prediction to the box's centre, which is the pair's more than its own; and a box round two
-confident ones starts no track. The same detector, on an object none of this was tuned on (an apple cut
-from a photo, `--kinds apple` in that benchmark), also boxes what shows of one object beside its whole
-box, the object again with some of its neighbour, a box over parts of both, and the visible part of
-one coming out from behind the other, at times under another label: none of these starts a track
-(each took its own and cost two ID switches: 106 in 128 apple crossings drawn at random before, 4
-after; docs/scenes.md), a faint box two tracks fit alike goes to neither, and a loose box round a track's object
-weighs half only where the object's tighter box is inside it.
+confident ones starts no track. The same detector, on an object none of this was tuned on (an apple
+cut from a photo, `--kinds apple` in that benchmark), also boxes what shows of one object beside its
+whole box, the object again with some of its neighbour, a box over parts of both, and the visible
+part of one coming out from behind the other, at times under another label: none of these starts a
+track (each took its own and cost two ID switches: 106 in 128 apple crossings drawn at random
+before, 4 after; docs/scenes.md), a faint box two tracks fit alike goes to neither, and a loose box
+round a track's object weighs half only where the object's tighter box is inside it.
 
 For tens of objects the cost is the count of numpy calls on tiny arrays, not the arithmetic, and the
 code is shaped by that: per-track state is plain floats (a struct-of-arrays version measured 5-30 %
