@@ -497,7 +497,7 @@ class Tracker:
                 if t.confirmed:
                     ended.append(t)
         keep = [t for t_i, t in enumerate(tracks) if t_i not in gone] if gone else tracks
-        unseen = [t_i for t_i in free if tracks[t_i].confirmed and t_i not in gone]
+        unseen = [t_i for t_i in free if tracks[t_i].confirmed and t_i not in gone] if strong_left else []
         for d in self._births(boxes, labels, strong_left, matched, strong, predicted[unseen] if unseen else None):
             x1, y1, x2, y2 = rows[d]
             t = Track(
