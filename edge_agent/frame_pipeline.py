@@ -222,13 +222,15 @@ class FramePipeline:
         st.state = "running"
         ist, pst = self._infer_state(), _PostState()
         while not self.stop_event.is_set():
-            frame = self.frames.take(_TAKE_TIMEOUT_S)
+            # in flight from the moment it leaves the slot: the reader of a consumer-paced file reads the
+            # next frame once the slot is empty, and may run that one to completion; it must find this one
+            # counted, or it could publish before it
+            frame = self.frames.take(_TAKE_TIMEOUT_S, on_take=self._enter)
             st.beat()
             if frame is None:
                 continue
-            if self._complete(frame, ist, pst):
+            if self._complete(frame, ist, pst, counted=True):
                 continue
-            self._enter()
             item = self._infer(frame, ist)
             if item is None:
                 self._leave()
@@ -250,18 +252,20 @@ class FramePipeline:
             states = self._local.states = (self._infer_state(), _PostState())
         return self._complete(frame, *states)
 
-    def _complete(self, frame: Frame, ist: _InferState, pst: _PostState) -> bool:
+    def _complete(self, frame: Frame, ist: _InferState, pst: _PostState, counted: bool = False) -> bool:
         """Run the frame from preprocess to publish on this thread, where another frame pipeline is busy;
-        False (nothing done) while this one is alone, or once stopping."""
+        False (nothing done) while this one is alone, or once stopping. `counted`: the frame is already
+        in flight (taken from the slot), and waits only for the others."""
         self.crowd.seen(self.name)
         if not self.crowd.others_busy(self.name):
             return False
+        mine = 1 if counted else 0
         with self._flight:  # frames already handed on go first (only when the mode has just changed)
-            while self._inflight:
+            while self._inflight > mine:
                 if self.stop_event.is_set():
                     return False
                 self._flight.wait(_TAKE_TIMEOUT_S)
-            self._inflight += 1
+            self._inflight += 1 - mine
         try:
             self.infer_stats.beat()
             self.post_stats.beat()

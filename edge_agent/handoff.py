@@ -7,6 +7,7 @@ the one not yet taken, and the producer counts that as a drop.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -26,13 +27,18 @@ class LatestSlot(Generic[T]):
             self._cond.notify_all()
             return replaced
 
-    def take(self, timeout: float) -> T | None:
-        """The newest item, or None after timeout or once closed."""
+    def take(self, timeout: float, on_take: Callable[[], None] | None = None) -> T | None:
+        """The newest item, or None after timeout or once closed. `on_take` runs for a taken item before
+        the slot shows empty: what the consumer counts for it is counted before a producer waiting for
+        the slot to empty (`wait_empty`) can go on."""
         with self._cond:
             if self._item is None and not self._closed:
                 self._cond.wait(timeout)
-            item, self._item = self._item, None
+            item = self._item
             if item is not None:
+                if on_take is not None:
+                    on_take()
+                self._item = None
                 self._cond.notify_all()
             return item
 

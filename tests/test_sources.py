@@ -158,6 +158,32 @@ def test_latest_frame_wins_with_a_slow_consumer() -> None:
         cap.join(2)
 
 
+def test_what_the_consumer_counts_for_a_taken_item_is_counted_before_the_slot_shows_empty() -> None:
+    """A consumer-paced reader reads its next frame once the slot is empty, and may run that one to
+    completion on its own thread; the inference thread counts the frame it took as in flight through
+    `take`'s `on_take`, so that the reader, waiting for the slot to empty, cannot go on before that
+    count is made (an earlier frame once published after a later one this way, under load)."""
+    slot: LatestSlot[int] = LatestSlot()
+    slot.put(1)
+    emptied = threading.Event()
+    producer = threading.Thread(target=lambda: slot.wait_empty(10) and emptied.set())
+    producer.start()
+    counting, counted = threading.Event(), threading.Event()
+
+    def on_take() -> None:
+        counting.set()
+        counted.wait(10)  # the consumer is slow to count: the producer must still wait
+
+    consumer = threading.Thread(target=lambda: slot.take(10, on_take=on_take))
+    consumer.start()
+    assert counting.wait(10)
+    assert not emptied.wait(0.3)  # not before the count is made
+    counted.set()
+    assert emptied.wait(10)
+    producer.join(10)
+    consumer.join(10)
+
+
 def test_consumer_paced_file_delivers_every_frame() -> None:
     cfg = SourceConfig(uri=str(DEMO_VIDEO), realtime=False, loop=False)
     cap, slot, stats, stop = run_capture(lambda: VideoFileSource(str(DEMO_VIDEO), loop=False), cfg)
