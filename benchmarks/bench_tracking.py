@@ -10,6 +10,7 @@
     python benchmarks/bench_tracking.py --random 16 --seed 1-16   # 16 for each of seeds 1 to 16
     python benchmarks/bench_tracking.py --random 16 --kinds apple --labels apple   # an object never tuned on
     python benchmarks/bench_tracking.py --random 16 --seed 1-16 --every 3   # the same at 5 fps
+    python benchmarks/bench_tracking.py --random 16 --objects 3   # three objects in each crossing
 
 For each scene of `benchmarks/scenes.py` the real detector (BlazeFace or the SSD) runs on every frame, its
 detections go through the agent's scene stage (masks, tracker, zones, events) exactly as on a device, and
@@ -353,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the objects --random draws each crossing's pair from, as often as each is named: "
                          "cat, face, apple (cut from ../shared/data/fruit.jpg: an object the tracker was "
                          "never tuned on)")
+    ap.add_argument("--objects", type=int, default=2, choices=range(2, 5), metavar="N",
+                    help="objects in each --random crossing, 2 to 4: the same pair and more of its kind")
     ap.add_argument("--labels", default="", metavar="L,L,...",
                     help="track only these labels (the scene stage's `labels`, as a user sets it for the "
                          "objects they care about; default: every label the detector reports)")
@@ -369,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.random:
         kinds = tuple(args.kinds.split(","))
         try:
-            drawn = [sc for seed in args.seed for sc in random_scenes(seed, args.random, kinds)]
+            drawn = [sc for seed in args.seed for sc in random_scenes(seed, args.random, kinds, args.objects)]
         except ValueError as err:
             ap.error(str(err))
         SCENES.update({sc.name: sc for sc in drawn})

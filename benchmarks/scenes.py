@@ -132,12 +132,16 @@ SCENES: dict[str, Scene] = {
 }
 
 
-def random_scenes(seed: int, n: int, kinds: tuple[str, ...] = ("cat", "cat", "face")) -> list[Scene]:
+def random_scenes(
+    seed: int, n: int, kinds: tuple[str, ...] = ("cat", "cat", "face"), objects: int = 2
+) -> list[Scene]:
     """`n` crossings none of the scenes above was tuned on, the same for the same seed and kinds: two
     objects of a kind drawn from `kinds` (by default two cats two times in three, else two faces), one
     entering from the left and one from the right at heights drawn at random, each on a straight line
     to a random height on the other side, the second up to 10 frames later, in 45 to 90 frames. Which
-    one passes in front, where they meet, and for how long one hides the other all follow from the draw."""
+    one passes in front, where they meet, and for how long one hides the other all follow from the draw.
+    With `objects` above 2, each crossing is the same pair and more of its kind, each from a side and
+    at heights drawn apart (from a draw of their own), up to 20 frames later: a crowd crossing."""
     import random
 
     unknown = set(kinds) - set(DETECTOR)
@@ -152,14 +156,14 @@ def random_scenes(seed: int, n: int, kinds: tuple[str, ...] = ("cat", "cat", "fa
         frames = rng.randint(45, 90)
         y = [rng.uniform(0, 280) for _ in range(4)]
         first = rng.randint(0, 10)
-        out.append(
-            Scene(
-                f"random{seed}_{k}_{kind}",
-                DETECTOR[kind],
-                frames,
-                (Actor(kind, (-60, y[0]), (500, y[1])), Actor(kind, (500, y[2]), (-60, y[3]), first=first)),
-            )
-        )
+        actors = [Actor(kind, (-60, y[0]), (500, y[1])), Actor(kind, (500, y[2]), (-60, y[3]), first=first)]
+        more = random.Random(f"{seed}-{k}-{objects}")
+        for _ in range(objects - 2):
+            a, b = more.uniform(0, 280), more.uniform(0, 280)
+            start, end = ((-60, a), (500, b)) if more.random() < 0.5 else ((500, a), (-60, b))
+            actors.append(Actor(kind, start, end, first=more.randint(0, 20)))
+        name = f"random{seed}_{k}_{kind}" + (f"_{objects}" if objects > 2 else "")
+        out.append(Scene(name, DETECTOR[kind], frames, tuple(actors)))
     return out
 
 
