@@ -814,7 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser(
         "predict",
-        help="one-shot inference on images (prints the daemon's JSON), or on recordings (.wav, .csv: prints events)",
+        help="one-shot inference on images (prints the daemon's JSON), or on recordings "
+        "(.wav, .flac, .ogg, .mp3, .csv: prints events)",
     )
     pr.add_argument("model", type=Path)
     pr.add_argument("images", type=Path, nargs="+", help="images, or WAV/CSV recordings for audio and sensor models")

@@ -89,6 +89,8 @@ def speech_end_s(samples: np.ndarray, rate: float) -> float | None:
     """Where the loud part of a recording ends: the end of the last 10 ms frame whose level is more than
     halfway (in dB) from the noise floor (10th percentile) up to the peak. Reports how long after a
     spoken word its event came."""
+    if len(samples) == 0:
+        return None
     x = np.asarray(samples, np.float32).reshape(len(samples), -1)[:, 0]
     step = max(1, int(rate * 0.01))
     n = len(x) // step

@@ -371,7 +371,8 @@ class SignalPipeline:
             if size % width:
                 raise SourceError(
                     f"model input {list(spec.shape)} does not hold whole frames of {width} values "
-                    f"({channels} channel(s) after the '{name}' front end)"
+                    f"({channels} channel(s) after the '{name}' front end; signal.channels picks a source's "
+                    "channels)"
                 )
             length = size // width
         stateful = name == "micro" or model.file.stateful
@@ -419,9 +420,11 @@ class SignalPipeline:
                 if isinstance(err, EngineClosed) and model is not None and self.get_model() is not model:
                     continue  # an update replaced the model between taking it and invoking it: not an error
                 st.error(f"{type(err).__name__}: {err}")
-                log.exception("signal inference error")
                 if isinstance(err, SourceError):  # a misfit between model and source: wait for a change
+                    log.error("signal pipeline %s: %s", self.name, err)
                     self.stop.wait(1.0)
+                else:
+                    log.exception("signal inference error")
 
     def _step(self, chain: _Chain, chunk: Chunk) -> None:
         st = self.infer_stats
@@ -581,11 +584,15 @@ def run_offline(settings: Settings, model: Model, timeout: float = 600.0) -> Off
         idle = pipe.queue.empty() and not pipe.busy and not pipe.results
         return done and idle and post.count == pipe.windows
 
-    while not drained() and time.monotonic() < deadline:
+    # an inference error (a model that does not fit the recording) ends the run: a recording's windows
+    # would all fail alike, and a result without them is not the recording's
+    while not drained() and not inf.errors and time.monotonic() < deadline:
         stop.wait(0.005)
     wall = time.monotonic() - t0
     stop.set()
     pipe.join(2.0)
+    if inf.errors:
+        raise SourceError(f"{settings.source.uri}: {inf.last_error}")
     if cap.state != "finished":
         raise SourceError(cap.last_error or f"{settings.source.uri}: did not finish within {timeout} s")
     lat = inf.latency.get("inference")

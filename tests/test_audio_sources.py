@@ -1,4 +1,4 @@
-"""Audio sources against real counterparts: WAV files of other formats and rates, raw PCM on a real
+"""Audio sources against real counterparts: WAV files of other formats and rates (and FLAC, Ogg), raw PCM on a real
 stdin pipe and a FIFO, a microphone through PortAudio and ALSA (the ALSA `file` plugin standing in for
 a sound card), and a model swapped under a running stream."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import wave
@@ -72,6 +73,90 @@ def test_wav_of_another_rate_width_and_channel_count_is_resampled_for_the_model(
         model.close()
     assert run.rate == rate and run.samples == len(st)
     assert [e["label"] for e in run.events if e["type"] == "new"] == ["Hey Jarvis"]
+
+
+def _riff(fmt: bytes, data: bytes, extra: bytes = b"", data_size: int | None = None) -> bytes:
+    """A WAV file put together by hand from its chunks, independently of the reader under test."""
+    size = len(data) if data_size is None else data_size
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + extra + b"data" + struct.pack("<I", size) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _recorded_formats(x: np.ndarray, rate: int) -> dict[str, bytes]:
+    """The 16-bit recording `x` as field recorders and editors also write it."""
+    f = x.astype(np.float64) / 32768.0
+    i24 = np.round(f * (2**23 - 1)).astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    f32 = f.astype("<f4").tobytes()
+    pcm24 = struct.pack("<HHIIHH", 1, 1, rate, rate * 3, 3, 24)
+    ieee = struct.pack("<HHIIHHH", 3, 1, rate, rate * 4, 4, 32, 0)
+    # WAVE_FORMAT_EXTENSIBLE: 24 valid bits, mono, the PCM sub-format GUID
+    guid = struct.pack("<IHH", 1, 0x0000, 0x0010) + bytes([0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71])
+    ext = struct.pack("<HHIIHHHHI", 0xFFFE, 1, rate, rate * 3, 3, 24, 22, 24, 0x4) + guid
+    tag = b"INFOISFT" + struct.pack("<I", 4) + b"rec\0"
+    info = b"LIST" + struct.pack("<I", len(tag)) + tag
+    fact = b"fact" + struct.pack("<I", 4) + struct.pack("<I", len(x))
+    pcm16 = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
+    cut = x.astype("<i2").tobytes()
+    return {
+        "24-bit.wav": _riff(pcm24, i24),
+        "float32.wav": _riff(ieee, f32, fact),
+        "extensible-24-bit.wav": _riff(ext, i24, info),
+        # a recording cut off by a power loss: its header promises a minute more than the file holds
+        "cut-short.wav": _riff(pcm16, cut, data_size=len(cut) + 60 * rate * 2),
+    }
+
+
+@pytest.mark.parametrize(
+    "fmt", ["24-bit.wav", "float32.wav", "extensible-24-bit.wav", "cut-short.wav", "a.flac", "a.ogg"]
+)
+def test_a_recording_in_the_formats_recorders_write_gives_the_same_wake_word(tmp_path: Path, fmt: str) -> None:
+    """24-bit, float and WAVE_FORMAT_EXTENSIBLE WAV (which Python's `wave` refuses), a WAV whose header
+    promises more than the file holds, FLAC and Ogg Vorbis: each is read whole and finds the word. The
+    WAVs are put together by hand; FLAC and Ogg are written by libsndfile, the reader's own library."""
+    x = _pcm16("hey_jarvis_1.wav")
+    path = tmp_path / fmt
+    if fmt.endswith(".wav"):
+        path.write_bytes(_recorded_formats(x, 16000)[fmt])
+    else:
+        import soundfile
+
+        soundfile.write(str(path), x.astype(np.float32) / 32768.0, 16000)
+    model = _model("hey_jarvis")
+    try:
+        s = Settings(
+            source=SourceConfig(uri=str(path), loop=False, realtime=False),
+            model=ModelConfig(path=WAKEWORD / "hey_jarvis.tflite"),
+            signal=SignalConfig(predictions_hz=0),
+        )
+        run = run_offline(s, model)
+    finally:
+        model.close()
+    assert run.rate == 16000 and run.samples == len(x)
+    assert [e["label"] for e in run.events if e["type"] == "new"] == ["Hey Jarvis"]
+
+
+def test_predict_on_an_empty_a_broken_and_a_good_recording(tmp_path: Path) -> None:
+    """An empty recording is no audio, not a crash; one with no audio data is an error naming the file;
+    the others in the same command still run."""
+    empty, broken, good = tmp_path / "empty.wav", tmp_path / "broken.wav", tmp_path / "good.wav"
+    empty.write_bytes(_riff(struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16), b""))
+    broken.write_bytes(_riff(struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16), b"")[:30])
+    good.write_bytes((WAVS / "hey_jarvis_1.wav").read_bytes())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    env["EDGE_AGENT_STATE_DIR"] = str(tmp_path / "state")
+    r = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "predict", "--json", str(WAKEWORD / "hey_jarvis.tflite"),
+         str(empty), str(broken), str(good)],
+        capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=120,
+    )
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert f"cannot open audio file {broken}" in r.stderr
+    docs = [json.loads(line) for line in r.stdout.splitlines()]
+    summaries = {Path(d["file"]).name: d["summary"] for d in docs if "summary" in d}
+    assert set(summaries) == {"empty.wav", "good.wav"}
+    assert summaries["empty.wav"]["windows"] == 0 and summaries["empty.wav"]["events"] == 0
+    assert summaries["good.wav"]["events"] == 1
 
 
 def test_raw_pcm_on_stdin_at_48khz_stereo(tmp_path: Path) -> None:

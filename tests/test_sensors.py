@@ -88,6 +88,70 @@ def test_csv_replay_gives_one_event_per_activity(kind: str, stream: np.ndarray, 
     assert len(run.predictions) == run.windows and right / inside >= 0.9
 
 
+def _spreadsheet(fmt: str, stream: np.ndarray) -> tuple[str, bytes]:
+    """The recording as spreadsheets and loggers save it (file name, bytes)."""
+    names = ["acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z"]
+    rows = [[f"{v:.6f}" for v in row] for row in stream]
+    if fmt == "excel-utf8":  # Excel's "CSV UTF-8": a byte-order mark, CRLF, a time column
+        lines = [["timestamp", *names]] + [[f"{i / 10:.1f}", *r] for i, r in enumerate(rows)]
+        return "watch.csv", b"\xef\xbb\xbf" + "".join(",".join(r) + "\r\n" for r in lines).encode()
+    if fmt == "decimal-comma":  # Excel where a comma is the decimal mark: semicolons, unit in brackets
+        lines = [["Time (s)", *names]] + [[f"{i / 10:.1f}", *r] for i, r in enumerate(rows)]
+        return "watch.csv", "".join(";".join(c.replace(".", ",") for c in r) + "\n" for r in lines).encode()
+    if fmt == "tab-iso-dates":  # a logger's tab-separated file with ISO dates
+        lines = [["datetime", *names]] + [[f"2026-12-04T10:{i // 600:02d}:{i / 10 % 60:04.1f}", *r]
+                                          for i, r in enumerate(rows)]
+        return "watch.tsv", "".join("\t".join(r) + "\n" for r in lines).encode()
+    assert fmt == "trailing-separators"  # an empty column after the last, on every line
+    lines = [names, *rows]
+    return "watch.csv", "".join(",".join(r) + ",\n" for r in lines).encode()
+
+
+@pytest.mark.parametrize("fmt", ["excel-utf8", "decimal-comma", "tab-iso-dates", "trailing-separators"])
+def test_csv_as_spreadsheets_save_it_gives_the_same_events(fmt: str, stream: np.ndarray, tmp_path: Path) -> None:
+    name, data = _spreadsheet(fmt, stream)
+    path = tmp_path / name
+    path.write_bytes(data)
+    s = Settings(
+        source=SourceConfig(uri=str(path), loop=False, realtime=False),
+        model=ModelConfig(path=MOTION["float"]),
+        signal=_signal(),
+    )
+    model = Model(s.model, RuntimeConfig(accelerator="cpu"), None, signal=True)
+    try:
+        run = run_offline(s, model)
+    finally:
+        model.close()
+    assert run.samples == 400 and _labels_in_order(run.events) == ORDER
+
+
+def test_predict_names_the_cell_that_is_not_a_reading_and_a_model_that_does_not_fit(
+    stream: np.ndarray, tmp_path: Path
+) -> None:
+    from .conftest import run_cli
+
+    head = "ax,ay,az,gx,gy,gz\n" + "".join(",".join(f"{v:.5f}" for v in r) + "\n" for r in stream[:40])
+    (tmp_path / "gap.csv").write_text(head + "0.1,0.2,,0.4,0.5,0.6\n")
+    (tmp_path / "nan.csv").write_text(head + "0.1,0.2,0.3,nan,0.5,0.6\n")
+    (tmp_path / "wide.csv").write_text(
+        "ax,ay,az,gx,gy,gz,hr\n" + "".join(",".join(f"{v:.5f}" for v in r) + ",72\n" for r in stream[:40])
+    )
+    (tmp_path / "good.csv").write_text(head)
+    r = run_cli("predict", "--json", str(MOTION["float"]),
+                *(str(tmp_path / f) for f in ("gap.csv", "nan.csv", "wide.csv", "good.csv")))
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "gap.csv: line 42, column 'az': '' is not a number" in r.stderr
+    assert "nan.csv: line 42, column 'gx': 'nan' is not a number" in r.stderr
+    assert "wide.csv: " in r.stderr and "does not hold whole frames of 7 values" in r.stderr
+    summaries = [json.loads(line) for line in r.stdout.splitlines() if '"summary"' in line]
+    assert [Path(d["file"]).name for d in summaries] == ["good.csv"] and summaries[0]["summary"]["windows"] == 1
+    # the extra column left out by name: the same recording fits
+    ok = run_cli("predict", "--json", str(MOTION["float"]), str(tmp_path / "wide.csv"),
+                 "--set", 'signal.channels=["ax","ay","az","gx","gy","gz"]')
+    assert ok.returncode == 0, ok.stderr
+
+
 # --- serial ------------------------------------------------------------------------------------
 class Pty:
     """A real pseudo-terminal pair; `link` is the stable name the agent opens (like /dev/serial/by-id/...)."""

@@ -2,7 +2,7 @@
 
 Adding a kind is one file (a `SignalSource` subclass with `kind`, optional `suffixes` and `audio`, and
 `create`) and one line in `SIGNALS`. A URI names its kind by scheme (`serial:/dev/ttyUSB0`), or
-by its file ending (`.wav`, `.csv`); anything else is a camera, video or image source.
+by its file ending (`.wav`, `.flac`, `.csv`, ...); anything else is a camera, video or image source.
 """
 
 from __future__ import annotations

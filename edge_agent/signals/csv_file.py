@@ -1,8 +1,18 @@
-"""A CSV file replayed as a sensor: numeric columns are channels, a time column is skipped."""
+"""A CSV file replayed as a sensor: numeric columns are channels, a time column is skipped.
+
+Read as spreadsheets and loggers write it: a UTF-8 byte-order mark (Excel's "CSV UTF-8") is not part of
+the first column's name; the separator is a semicolon or a tab where the first line has one (Excel in
+locales that write a decimal comma, which such files then have: `1,5;2,25`), else a comma; a column
+named for time (`ts`, `time`, `timestamp`, `date`, `datetime`, `epoch`, with a unit such as `time_ms`
+or `Time (s)`) is skipped, whatever its values look like (an ISO date too). A cell that is not a
+finite number is an error naming its line and column, not a reading: a model fed NaN gives NaN.
+"""
 
 from __future__ import annotations
 
 import csv
+import math
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -13,14 +23,35 @@ from edge_agent.signals.base import Chunk, EndOfStream, Pacer, SignalSource, Sou
 if TYPE_CHECKING:
     from edge_agent.config import Settings
 
-_TIME_COLUMNS = ("ts", "t", "time", "timestamp", "time_s")
+#: A time column's name, once lower-cased and stripped of a unit in brackets: `ts`, `Time (s)`, `time_ms`.
+_TIME_COLUMN = re.compile(r"(ts|t|time|timestamp|date|datetime|epoch|elapsed)([ _-]?(s|ms|us|ns|sec|secs|seconds))?")
+_UNIT = re.compile(r"\s*[(\[].*[)\]]\s*$")
 #: Rows handed over per chunk when not paced in real time.
 _CHUNK_ROWS = 64
 
 
+def _is_time(name: str) -> bool:
+    return _TIME_COLUMN.fullmatch(_UNIT.sub("", name).strip().lower()) is not None
+
+
+def _trimmed(row: list[str]) -> list[str]:
+    """The row without the empty cells a spreadsheet leaves after the last column (`1,2,3,`)."""
+    while row and not row[-1].strip():
+        row.pop()
+    return row
+
+
+def _number(cell: str, decimal_comma: bool) -> float:
+    """A cell's value; ValueError for anything but a finite number."""
+    v = float(cell.replace(",", ".") if decimal_comma else cell)
+    if not math.isfinite(v):
+        raise ValueError(cell)
+    return v
+
+
 class CsvSource(SignalSource):
     kind = "csv"
-    suffixes = (".csv",)
+    suffixes = (".csv", ".tsv")
 
     @classmethod
     def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:
@@ -37,28 +68,46 @@ class CsvSource(SignalSource):
 
     def open(self) -> None:
         try:
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+            with open(self.path, newline="", encoding="utf-8-sig") as f:
+                first = f.readline()
+                delim = ";" if ";" in first else "\t" if "\t" in first else ","
+                f.seek(0)
+                reader = csv.reader(f, delimiter=delim)
+                rows = [(reader.line_num, _trimmed(r)) for r in reader if any(c.strip() for c in r)]
+                rows = [(n, r) for n, r in rows if not r[0].startswith("#")]
         except (OSError, UnicodeDecodeError, csv.Error) as err:
             raise SourceError(f"cannot read CSV {self.path}: {err}") from None
         if not rows:
             raise SourceError(f"{self.path}: empty")
+        decimal_comma = delim != ","
         header = None
         try:
-            [float(v) for v in rows[0]]
+            [_number(v, decimal_comma) for v in rows[0][1]]
         except ValueError:
-            header, rows = [h.strip() for h in rows[0]], rows[1:]
-        names = header or [f"ch{i}" for i in range(len(rows[0]) if rows else 0)]
-        cols = [i for i, n in enumerate(names) if n.lower() not in _TIME_COLUMNS]
+            header, rows = [h.strip() for h in rows[0][1]], rows[1:]
+        width = len(header) if header else len(rows[0][1])
+        names = header or [f"ch{i}" for i in range(width)]
+        cols = [i for i, n in enumerate(names) if not _is_time(n)]
         if self.want:
             missing = [c for c in self.want if c not in names]
             if missing:
                 raise SourceError(f"{self.path}: no column {', '.join(missing)}")
             cols = [names.index(c) for c in self.want]
-        try:
-            self._data = np.array([[float(r[i]) for i in cols] for r in rows], np.float32).reshape(-1, len(cols))
-        except (ValueError, IndexError) as err:
-            raise SourceError(f"{self.path}: {err}") from None
+        if not cols:
+            raise SourceError(f"{self.path}: no column other than time")
+        data = np.empty((len(rows), len(cols)), np.float32)
+        for k, (line, row) in enumerate(rows):
+            if len(row) < width:
+                raise SourceError(f"{self.path}: line {line} has {len(row)} fields, the first line {width}")
+            for j, i in enumerate(cols):
+                try:
+                    data[k, j] = _number(row[i], decimal_comma)
+                except ValueError:
+                    raise SourceError(
+                        f"{self.path}: line {line}, column {names[i]!r}: {row[i].strip()!r} is not a number "
+                        "(signal.channels picks the columns to read)"
+                    ) from None
+        self._data = data
         self.channels, self.channel_names = len(cols), tuple(names[i] for i in cols)
         self._pos = 0
         self._pacer = Pacer(self.rate)

@@ -1,10 +1,17 @@
-"""A WAV file as an audio source: played at its own rate (or as fast as read), optionally looping."""
+"""A recorded audio file as an audio source: played at its own rate (or as fast as read), optionally looping.
+
+Read with libsndfile (`soundfile`, whose wheels carry the library for x86-64 and aarch64), not the
+standard `wave` module: field recorders and editors write 24-bit and 32-bit float WAV and
+WAVE_FORMAT_EXTENSIBLE headers, which `wave` refuses (float always, the extensible header before
+Python 3.12), and a recording cut short by a power loss (its header promising more data than the file
+holds) is read up to where it ends. The same reader takes FLAC, Ogg (Vorbis, Opus) and MP3, which is
+how many recordings are kept.
+"""
 
 from __future__ import annotations
 
 import time
-import wave
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,11 +22,13 @@ if TYPE_CHECKING:
 
 #: 20 ms of audio per chunk: small enough for low event latency, large enough to be cheap.
 CHUNK_S = 0.02
+#: The file endings read as audio recordings without a `wav:` scheme.
+SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
 
 
 class WavSource(SignalSource):
     kind = "wav"
-    suffixes = (".wav",)
+    suffixes = SUFFIXES
     audio = True
 
     @classmethod
@@ -30,25 +39,20 @@ class WavSource(SignalSource):
     def __init__(self, uri: str, path: str, loop: bool, realtime: bool):
         super().__init__(uri, 0)
         self.path, self.loop, self.realtime = path, loop, realtime
-        self._wav: wave.Wave_read | None = None
+        self._file: Any = None  # soundfile.SoundFile
         self._pacer: Pacer | None = None
         self._t0 = 0.0
 
     def open(self) -> None:
-        try:
-            w = wave.open(self.path, "rb")
-        except (OSError, EOFError, wave.Error) as err:
-            raise SourceError(f"cannot open WAV {self.path}: {err}") from None
-        if w.getsampwidth() not in (1, 2, 4):
-            raise SourceError(f"{self.path}: {8 * w.getsampwidth()}-bit samples are not supported")
-        self._wav, self.rate, self.channels = w, w.getframerate(), w.getnchannels()
+        f = _open(self.path)
+        self._file, self.rate, self.channels = f, f.samplerate, f.channels
         self.channel_names = tuple(f"ch{i}" for i in range(self.channels))
         self._pacer = Pacer(self.rate)
         self._t0 = time.time()
 
     def read(self, timeout: float) -> Chunk | None:
-        w, p = self._wav, self._pacer
-        if w is None or p is None:
+        f, p = self._file, self._pacer
+        if f is None or p is None:
             raise SourceError("not open")
         n = max(1, int(self.rate * CHUNK_S))
         if self.realtime:
@@ -57,39 +61,58 @@ class WavSource(SignalSource):
                 time.sleep(timeout)
                 return None
             time.sleep(wait)
-        try:
-            raw = w.readframes(n)
-        except (OSError, EOFError, wave.Error) as err:
-            raise SourceError(f"{self.path}: {err}") from None
-        if not raw:
+        x = _read(f, self.path, n)
+        if not len(x):
             if not self.loop:
                 raise EndOfStream(self.path)
-            w.rewind()
-            raw = w.readframes(n)
-            if not raw:
+            _rewind(f, self.path)
+            x = _read(f, self.path, n)
+            if not len(x):
                 raise SourceError(f"{self.path}: no audio")
-        x = pcm_to_float(raw, w.getsampwidth()).reshape(-1, self.channels)
         ts = self._t0 + p.done / self.rate
         p.done += len(x)
         return Chunk(x, ts, time.monotonic())
 
     def close(self) -> None:
-        if self._wav is not None:
-            self._wav.close()
-            self._wav = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _open(path: str) -> Any:
+    import soundfile
+
+    try:
+        f = soundfile.SoundFile(path)
+    except (OSError, RuntimeError, TypeError, ValueError) as err:  # LibsndfileError is a RuntimeError
+        reason = getattr(err, "error_string", None) or err  # libsndfile's reason, without the path again
+        raise SourceError(f"cannot open audio file {path}: {reason}") from None
+    if f.samplerate <= 0 or f.channels <= 0:
+        f.close()
+        raise SourceError(f"{path}: no sample rate or channels in its header")
+    return f
+
+
+def _read(f: Any, path: str, n: int) -> np.ndarray:
+    """Up to `n` frames as float32 [frames, channels] in [-1, 1)."""
+    try:
+        x: np.ndarray = f.read(n, dtype="float32", always_2d=True)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise SourceError(f"{path}: {err}") from None
+    return x
+
+
+def _rewind(f: Any, path: str) -> None:
+    try:
+        f.seek(0)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise SourceError(f"{path}: cannot rewind: {err}") from None
 
 
 def read_wav(path: str) -> tuple[np.ndarray, int]:
-    """A whole WAV file: float32 samples [n, channels] and the sample rate."""
-    with wave.open(path, "rb") as w:
-        x = pcm_to_float(w.readframes(w.getnframes()), w.getsampwidth())
-        return x.reshape(-1, w.getnchannels()), w.getframerate()
-
-
-def pcm_to_float(raw: bytes, width: int) -> np.ndarray:
-    """Little-endian PCM to float32 in [-1, 1): 8-bit is unsigned, 16/32-bit signed (WAV's rules)."""
-    if width == 1:
-        return (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
-    if width == 2:
-        return np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
-    return (np.frombuffer(raw, "<i4").astype(np.float64) / 2147483648.0).astype(np.float32)
+    """A whole recording: float32 samples [n, channels] and the sample rate."""
+    f = _open(path)
+    try:
+        return _read(f, path, -1), f.samplerate
+    finally:
+        f.close()
