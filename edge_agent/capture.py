@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from edge_agent.config import SourceConfig
 from edge_agent.handoff import LatestSlot
-from edge_agent.sources import EndOfStream, Frame, Source, SourceError
+from edge_agent.sources import EndOfStream, Frame, FrameError, Source, SourceError
 from edge_agent.stats import StageStats
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 _WATCH_INTERVAL_S = 0.25
 #: take() timeout for consumer-paced sources, so the reader still notices stop.
 _POLL_S = 0.2
+#: Distinct undecodable files or frames logged by name; the rest are only counted.
+_UNDECODABLE_LOGGED = 100
 
 
 class Capture:
@@ -41,6 +43,7 @@ class Capture:
         self.stats = stats
         self.stop = stop
         self.reopens = 0
+        self._undecodable: set[str] = set()  # messages already logged
         self.stalls = 0
         self.finished = threading.Event()  # a non-looping file or image set ran out
         self.source_desc = ""
@@ -114,6 +117,13 @@ class Capture:
                 if outcome == "delivered" and self.cfg.fps:
                     next_due = max(next_due + 1.0 / self.cfg.fps, time.monotonic() - 1.0 / self.cfg.fps)
                 delay = self.cfg.reopen_min_s
+            except FrameError as err:  # one frame lost, the source goes on
+                n_played += 1  # a file played at its own rate keeps its clock
+                self.stats.drop("undecodable")
+                self.stats.error(str(err))
+                if len(self._undecodable) < _UNDECODABLE_LOGGED and str(err) not in self._undecodable:
+                    self._undecodable.add(str(err))  # each bad file or frame once: a looping set repeats them
+                    log.warning("%s: skipped", err)
             except EndOfStream:
                 self.stats.state = "finished"
                 self.finished.set()

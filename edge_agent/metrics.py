@@ -33,7 +33,7 @@ MB = 1e6  # the health document's MB are 10^6 bytes
 
 #: Every reason a frame or window can be dropped, every reason a message can be lost, ...:
 #: the label values each such counter has from the first scrape, at 0.
-FRAME_DROPS = ("replaced", "sink_full", "queue_full")
+FRAME_DROPS = ("replaced", "sink_full", "queue_full", "undecodable")
 BROKER_DROPS = ("inbox_full", "queue_full", "broker_down", "superseded", "shutdown", "error", "health_unsent")
 OUTBOX_DROPS = ("outbox_downsampled", "outbox_full_newest", "outbox_full_oldest")
 COMMAND_RESULTS = ("received", "rejected", "done", "duplicate", "errors")
@@ -77,7 +77,8 @@ FIGURES: dict[str, Figure] = {
     "frames.skipped_unchanged": _c("frames_skipped_unchanged",
                                    "Frames not inferred because the scene had not changed (motion gate)."),
     "frames.dropped.*": _c("frames_dropped", "Frames (or windows) dropped since start, by reason: replaced by a "
-                           "newer one before inference (latest frame wins), or a full queue.",
+                           "newer one before inference (latest frame wins), a full queue, or a "
+                           "frame of a file that could not be decoded (skipped).",
                            ("reason",), FRAME_DROPS),
     "source.reopens": _c("source_reopens", "Times the source was opened again after a failure or an end."),
     "source.stalls": _c("source_stalls", "Times the source stopped delivering for longer than its stall limit."),

@@ -287,3 +287,90 @@ def test_blocked_read_is_abandoned_for_a_fresh_reader() -> None:
         release.set()
         stop.set()
         cap.join(2)
+
+
+def _take_all(cap: Capture, slot: LatestSlot[Frame]) -> list[Frame]:
+    """Every frame of a finite, consumer-paced source, taken as it comes, until it has finished."""
+    out = []
+    deadline = time.monotonic() + 30
+    while not (cap.finished.is_set() and not slot.full):
+        assert time.monotonic() < deadline, f"not finished: {len(out)} frames, state {cap.stats.state}"
+        f = slot.take(0.5)
+        if f is not None:
+            out.append(f)
+    return out
+
+
+def _shade(value: int) -> np.ndarray:
+    return np.full((48, 64, 3), value, np.uint8)
+
+
+def test_an_unreadable_image_in_a_set_is_skipped_and_counted(tmp_path: Path) -> None:
+    """A half-copied file or one that is no image in the middle of a set: the images after it are still
+    read, once each and in order (reopening the set would start it again from its first image)."""
+    for k, value in enumerate((40, 80, 120, 160)):
+        cv2.imwrite(str(tmp_path / f"{k}.png"), _shade(value))
+    (tmp_path / "1.png").write_bytes((tmp_path / "1.png").read_bytes()[:20])  # cut short
+    (tmp_path / "2b.jpg").write_text("not an image")
+    cfg = SourceConfig(uri=str(tmp_path), realtime=False, loop=False)
+    cap, slot, stats, stop = run_capture(lambda: ImageSetSource(str(tmp_path), loop=False), cfg)
+    try:
+        frames = _take_all(cap, slot)
+        assert [int(f.image.mean()) for f in frames] == [40, 120, 160]
+        assert stats.drops["undecodable"] == 2 and cap.reopens == 0 and stats.state == "finished"
+        assert stats.last_error == f"cannot decode image {tmp_path / '2b.jpg'}"
+    finally:
+        stop.set()
+        cap.join(2)
+
+
+def test_a_set_where_no_image_decodes_fails_with_backoff(tmp_path: Path) -> None:
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / name).write_bytes(b"\xff\xd8 not really")
+    cfg = SourceConfig(uri=str(tmp_path), reopen_min_s=0.05, reopen_max_s=0.2)
+    cap, slot, stats, stop = run_capture(lambda: ImageSetSource(str(tmp_path), loop=True), cfg)
+    try:
+        wait_until(lambda: cap.reopens >= 3, 5, what="reopens")
+        assert stats.last_error == f"no image in {tmp_path} can be decoded"
+        assert stats.drops["undecodable"] <= 2 * cap.reopens + 2  # backoff between passes, not a busy loop
+        assert not slot.full
+    finally:
+        stop.set()
+        cap.join(2)
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_a_video_file_with_a_corrupt_frame_plays_on_past_it(tmp_path: Path, loop: bool) -> None:
+    """FFmpeg fails to grab a frame it cannot decode as it does at the end of the file: the frames after
+    it are played, not the file's start again (looping) nor its end (not looping)."""
+    path = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, (64, 48))
+    for k in range(30):
+        w.write(_shade(4 + 8 * k))
+    w.release()
+    data = bytearray(path.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    assert len(starts) == 30
+    data[starts[15] : starts[15] + 200] = bytes(200)  # frame 16's JPEG header wiped
+    path.write_bytes(bytes(data))
+    cfg = SourceConfig(uri=str(path), realtime=False, loop=loop)
+    cap, slot, stats, stop = run_capture(lambda: VideoFileSource(str(path), loop=loop), cfg)
+    try:
+        if loop:
+            shades = []
+            while len(shades) < 40:
+                f = slot.take(2.0)
+                assert f is not None
+                shades.append(round((int(f.image.mean()) - 4) / 8))
+            want = [k for k in range(30) if k != 15]
+            assert shades == (want + want)[:40]
+        else:
+            frames = _take_all(cap, slot)
+            assert [round((int(f.image.mean()) - 4) / 8) for f in frames] == [k for k in range(30) if k != 15]
+            assert stats.state == "finished"
+        # once per pass over the file: the looping reader may be into its second pass by now
+        assert stats.drops["undecodable"] == 1 if not loop else stats.drops["undecodable"] in (1, 2)
+        assert cap.reopens == 0
+    finally:
+        stop.set()
+        cap.join(2)

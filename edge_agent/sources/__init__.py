@@ -8,7 +8,7 @@ specific ones come first and a plain video file, which claims anything, comes la
 from __future__ import annotations
 
 from edge_agent.config import SourceConfig
-from edge_agent.sources.base import EndOfStream, Frame, Source, SourceError, demo_video_path
+from edge_agent.sources.base import EndOfStream, Frame, FrameError, Source, SourceError, demo_video_path
 from edge_agent.sources.camera import CameraSource
 from edge_agent.sources.gstreamer import GStreamerSource
 from edge_agent.sources.images import ImageSetSource
@@ -17,7 +17,10 @@ from edge_agent.sources.stream import StreamSource
 from edge_agent.sources.synthetic import SyntheticSource
 from edge_agent.sources.video import VideoFileSource
 
-__all__ = ["SOURCES", "EndOfStream", "Frame", "Source", "SourceError", "demo_video_path", "make_source", "source_kind"]
+__all__ = [
+    "SOURCES", "EndOfStream", "Frame", "FrameError", "Source", "SourceError", "demo_video_path", "make_source",
+    "source_kind",
+]
 
 SOURCES: list[type[Source]] = [
     SyntheticSource,

@@ -19,6 +19,12 @@ class SourceError(RuntimeError):
     """The source cannot be opened or stopped delivering; capture reopens it with backoff."""
 
 
+class FrameError(Exception):
+    """One frame cannot be decoded, while the source itself is fine: an unreadable image in a set, a corrupt
+    frame in a file. Capture counts it (`undecodable`) and goes on with the next frame; reopening a finite
+    source would start it again from its first frame, and never reach the frames after the bad one."""
+
+
 class EndOfStream(Exception):
     """A finite source (file, image set) reached its end and is not looping."""
 

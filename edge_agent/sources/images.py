@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from edge_agent.sources.base import EndOfStream, Source, SourceError
+from edge_agent.sources.base import EndOfStream, FrameError, Source, SourceError
 
 if TYPE_CHECKING:
     from edge_agent.config import SourceConfig
@@ -35,6 +35,7 @@ class ImageSetSource(Source):
         self.nominal_fps = fps
         self._files: list[str] = []
         self._pos = -1
+        self._bad_in_a_row = 0
 
     def open(self) -> None:
         pattern = os.path.join(self.uri, "*") if os.path.isdir(self.uri) else self.uri
@@ -42,6 +43,7 @@ class ImageSetSource(Source):
         if not self._files:
             raise SourceError(f"no images match {self.uri}")
         self._pos = -1
+        self._bad_in_a_row = 0
 
     def grab(self) -> None:  # no decoding: only the index moves
         self._pos += 1
@@ -54,5 +56,10 @@ class ImageSetSource(Source):
         path = self._files[self._pos]
         img = cv2.imread(path, cv2.IMREAD_COLOR)
         if img is None:
-            raise SourceError(f"cannot decode image {path}")
+            # one unreadable file (half copied, not an image) is skipped; a set where none reads is a failure
+            self._bad_in_a_row += 1
+            if self._bad_in_a_row >= len(self._files):
+                raise SourceError(f"no image in {self.uri} can be decoded")
+            raise FrameError(f"cannot decode image {path}")
+        self._bad_in_a_row = 0
         return img

@@ -7,9 +7,12 @@ import logging
 import cv2
 import numpy as np
 
-from edge_agent.sources.base import EndOfStream, Source, SourceError
+from edge_agent.sources.base import EndOfStream, FrameError, Source, SourceError
 
 log = logging.getLogger(__name__)
+
+#: Frames of a file in a row that may fail to decode, each skipped, before the file counts as failed.
+_BAD_FRAMES_IN_A_ROW = 30
 
 
 class OpenCVSource(Source):
@@ -21,6 +24,8 @@ class OpenCVSource(Source):
         super().__init__(uri)
         self.loop = loop
         self._cap: cv2.VideoCapture | None = None
+        self._bad_in_a_row = 0
+        self._frame = 0
 
     def _target(self) -> str | int:
         return self.uri
@@ -45,21 +50,35 @@ class OpenCVSource(Source):
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.nominal_fps = float(fps) if fps and 0 < fps < 1000 else None
         self._cap = cap
+        self._frame = 0  # frames grabbed or tried since the start of the file
 
     def grab(self) -> None:
         cap = self._cap
         if cap is None:
             raise SourceError("not open")
+        frame = self._frame
+        self._frame += 1
         if cap.grab():
+            self._bad_in_a_row = 0
             return
         if self.finite:
+            # FFmpeg fails to grab a frame it cannot decode as it does at the end; the frames after it
+            # still grab. Before the file's last frame, the frame is skipped (a few in a row at most: a
+            # container may count more frames than it holds)
+            self._bad_in_a_row += 1
+            count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+            if self._bad_in_a_row < _BAD_FRAMES_IN_A_ROW and frame < count - 1:
+                raise FrameError(f"{self.describe()}: frame {frame + 1} of {int(count)} could not be decoded")
+            self._bad_in_a_row = 0
             if not self.loop:
                 raise EndOfStream(self.uri)
+            self._frame = 1
             if cap.set(cv2.CAP_PROP_POS_FRAMES, 0) and cap.grab():
                 return
             # rewinding failed (stream-like file): reopen from the start
             self.close()
             self.open()
+            self._frame = 1
             if self._cap is not None and self._cap.grab():
                 return
         raise SourceError(f"{self.describe()}: no frame")
@@ -70,7 +89,14 @@ class OpenCVSource(Source):
             raise SourceError("not open")
         ok, img = cap.retrieve()
         if not ok or img is None or img.size == 0:
+            # a file goes on past a corrupt frame (reopening it would play it again from the start); a
+            # device or stream that gives no picture, or a file that gives none for a second's worth, is reopened
+            self._bad_in_a_row += 1
+            if self.finite and self._bad_in_a_row < _BAD_FRAMES_IN_A_ROW:
+                raise FrameError(f"{self.describe()}: frame could not be decoded")
+            self._bad_in_a_row = 0
             raise SourceError(f"{self.describe()}: frame could not be decoded")
+        self._bad_in_a_row = 0
         return img
 
     def close(self) -> None:
