@@ -18,7 +18,7 @@ import pytest
 
 from edge_agent.config import ModelConfig, RuntimeConfig, Settings, SignalConfig, SourceConfig
 from edge_agent.model import Model
-from edge_agent.signal_pipeline import SignalPipeline, run_offline
+from edge_agent.signal_pipeline import OfflineRun, SignalPipeline, run_offline
 
 from .conftest import ROOT, SHARED, wait_until
 
@@ -48,6 +48,20 @@ def _model(name: str) -> Model:
     return Model(ModelConfig(path=WAKEWORD / f"{name}.tflite"), RuntimeConfig(accelerator="cpu"), None, signal=True)
 
 
+def _hey_jarvis(path: Path) -> OfflineRun:
+    """The recording through the real signal pipeline with the Hey Jarvis model, as fast as it goes."""
+    model = _model("hey_jarvis")
+    try:
+        s = Settings(
+            source=SourceConfig(uri=str(path), loop=False, realtime=False),
+            model=ModelConfig(path=WAKEWORD / "hey_jarvis.tflite"),
+            signal=SignalConfig(predictions_hz=0),
+        )
+        return run_offline(s, model)
+    finally:
+        model.close()
+
+
 @pytest.mark.parametrize(("rate", "width"), [(48000, 2), (44100, 2), (16000, 1)])
 def test_wav_of_another_rate_width_and_channel_count_is_resampled_for_the_model(
     tmp_path: Path, rate: int, width: int
@@ -61,16 +75,7 @@ def test_wav_of_another_rate_width_and_channel_count_is_resampled_for_the_model(
         w.setframerate(rate)
         data = st if width == 2 else (st // 256 + 128).astype(np.uint8)
         w.writeframes(data.tobytes())
-    model = _model("hey_jarvis")
-    try:
-        s = Settings(
-            source=SourceConfig(uri=str(path), loop=False, realtime=False),
-            model=ModelConfig(path=WAKEWORD / "hey_jarvis.tflite"),
-            signal=SignalConfig(predictions_hz=0),
-        )
-        run = run_offline(s, model)
-    finally:
-        model.close()
+    run = _hey_jarvis(path)
     assert run.rate == rate and run.samples == len(st)
     assert [e["label"] for e in run.events if e["type"] == "new"] == ["Hey Jarvis"]
 
@@ -121,16 +126,7 @@ def test_a_recording_in_the_formats_recorders_write_gives_the_same_wake_word(tmp
         import soundfile
 
         soundfile.write(str(path), x.astype(np.float32) / 32768.0, 16000)
-    model = _model("hey_jarvis")
-    try:
-        s = Settings(
-            source=SourceConfig(uri=str(path), loop=False, realtime=False),
-            model=ModelConfig(path=WAKEWORD / "hey_jarvis.tflite"),
-            signal=SignalConfig(predictions_hz=0),
-        )
-        run = run_offline(s, model)
-    finally:
-        model.close()
+    run = _hey_jarvis(path)
     assert run.rate == 16000 and run.samples == len(x)
     assert [e["label"] for e in run.events if e["type"] == "new"] == ["Hey Jarvis"]
 
