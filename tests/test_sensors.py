@@ -223,12 +223,16 @@ def test_serial_port_through_the_agent_with_device_loss_and_return(  # type: ign
     rec = Recorder(broker, "watch")
     try:
         _start_agent(agent_factory, broker, rec, "watch", f"serial:{link}", MOTION["int8"], "signal.rate=100")
-        csv_lines = ["acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z"] + [",".join(f"{v:.6f}" for v in r) for r in stream]
+        # a boot message and a header with a time column, as a microcontroller's sketch prints them
+        csv_lines = ["Calibrating...", "ms,acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z"] + [
+            f"{10 * i}," + ",".join(f"{v:.6f}" for v in r) for i, r in enumerate(stream)
+        ]
         pty.write_lines(csv_lines, rate=100)
         wait_until(lambda: rec.labels() == ORDER, 20, what=f"{ORDER} as events, got {rec.labels()}")
         wait_until(lambda: rec.source().get("samples", 0) == 400, 5, what="every reading counted")
-        assert rec.source()["dropped_samples"] == 1  # the header line: not a reading, and counted
-        assert rec.source()["channels"] == ["ch0", "ch1", "ch2", "ch3", "ch4", "ch5"]
+        # the header names the channels (the time column left out) and is no lost reading; the boot message is
+        assert rec.source()["dropped_samples"] == 1
+        assert rec.source()["channels"] == ["acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z"]
 
         pty.close()  # the device goes away
         wait_until(lambda: rec.source().get("state") in ("reconnecting", "opening"), 10, what="the loss noticed")

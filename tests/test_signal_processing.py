@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from edge_agent.events import EventDetector
 from edge_agent.features import MICRO_BINS, IdentityFrontend, MicroFrontend, spectrogram
 from edge_agent.resample import Resampler
-from edge_agent.signals.readings import ReadingParser
+from edge_agent.signals.readings import HEADER, ReadingParser
 from edge_agent.windowing import Windower
 
 
@@ -116,7 +116,8 @@ def test_spectrogram_peaks_at_the_tone() -> None:
         ("[1, 2]", [1, 2]),
         ('{"values": [4, 5]}', [4, 5]),
         ("7", [7]),
-        ("ax,ay,az", None),
+        ("ax,ay,az", []),  # a header: names, not a reading
+        ("Calibrating...", None),
         ("1,nan", None),
         ("garbage", None),
         ("", None),
@@ -126,6 +127,21 @@ def test_spectrogram_peaks_at_the_tone() -> None:
 def test_reading_parser(line: str, want: list[float] | None) -> None:
     got = ReadingParser(None).parse(line)
     assert (got is None) if want is None else (got is not None and got.tolist() == want)
+    assert (got is HEADER) == (want == [])
+
+
+def test_a_header_line_names_the_columns_and_channels_pick_them() -> None:
+    p = ReadingParser(None)
+    assert p.parse("0.5,1,2,3").tolist() == [0.5, 1, 2, 3]  # type: ignore[union-attr]  # by position
+    assert p.parse("Time (ms),ax,ay,az") is HEADER
+    assert p.names == ["ax", "ay", "az"]
+    assert p.parse("10,1,2,3").tolist() == [1, 2, 3]  # type: ignore[union-attr]  # the time column left out
+    picked = ReadingParser(["az", "ax"])
+    assert picked.parse("t;ax;ay;az\r\n") is HEADER
+    assert picked.parse("10;1;2;3").tolist() == [3, 1]  # type: ignore[union-attr]
+    assert picked.parse("10,1,2").tolist() == [10, 1, 2]  # type: ignore[union-attr]  # not its width
+    # a line of names without the wanted channels is not taken for the header (counted as no reading)
+    assert picked.parse("gx,gy,gz") is None and picked.parse("10,1,2,3").tolist() == [3, 1]  # type: ignore[union-attr]
 
 
 def test_reading_parser_keeps_the_first_objects_key_order() -> None:

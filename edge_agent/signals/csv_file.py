@@ -12,26 +12,19 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_agent.signals.base import Chunk, EndOfStream, Pacer, SignalSource, SourceError
+from edge_agent.signals.readings import is_time_column
 
 if TYPE_CHECKING:
     from edge_agent.config import Settings
 
-#: A time column's name, once lower-cased and stripped of a unit in brackets: `ts`, `Time (s)`, `time_ms`.
-_TIME_COLUMN = re.compile(r"(ts|t|time|timestamp|date|datetime|epoch|elapsed)([ _-]?(s|ms|us|ns|sec|secs|seconds))?")
-_UNIT = re.compile(r"\s*[(\[].*[)\]]\s*$")
 #: Rows handed over per chunk when not paced in real time.
 _CHUNK_ROWS = 64
-
-
-def _is_time(name: str) -> bool:
-    return _TIME_COLUMN.fullmatch(_UNIT.sub("", name).strip().lower()) is not None
 
 
 def _trimmed(row: list[str]) -> list[str]:
@@ -87,7 +80,7 @@ class CsvSource(SignalSource):
             header, rows = [h.strip() for h in rows[0][1]], rows[1:]
         width = len(header) if header else len(rows[0][1])
         names = header or [f"ch{i}" for i in range(width)]
-        cols = [i for i, n in enumerate(names) if not _is_time(n)]
+        cols = [i for i, n in enumerate(names) if not is_time_column(n)]
         if self.want:
             missing = [c for c in self.want if c not in names]
             if missing:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from collections.abc import Sequence
 
@@ -10,12 +12,51 @@ import numpy as np
 
 from edge_agent.signals.base import Chunk, SignalSource
 
+log = logging.getLogger(__name__)
+
+#: A time column's name, once lower-cased and stripped of a unit in brackets: `ts`, `Time (s)`, `time_ms`, and
+#: a microcontroller's `millis` / `ms`.
+_TIME_COLUMN = re.compile(
+    r"(ts|t|time|timestamp|date|datetime|epoch|elapsed)([ _-]?(s|ms|us|ns|sec|secs|seconds))?|ms|millis|micros"
+)
+_UNIT = re.compile(r"\s*[(\[].*[)\]]\s*$")
+#: A column's name in a header line: an identifier, with a unit in brackets or not.
+_NAME = re.compile(r"[A-Za-z_][\w.\-]*(\s*[(\[][^)\]]*[)\]])?")
+#: What `ReadingParser.parse` returns for a header line: the names of the readings after it, not a reading.
+HEADER = np.zeros(0, np.float32)
+
+
+def is_time_column(name: str) -> bool:
+    """Whether a column or key of that name is when a reading was taken rather than a reading."""
+    return _TIME_COLUMN.fullmatch(_UNIT.sub("", name).strip().lower()) is not None
+
+
+def _header(parts: list[str]) -> list[str] | None:
+    """Column names, when a line has two fields or more and each is a name (`acc_x`, `Time (s)`; not a
+    number such as `nan`): a device's boot message ("Calibrating...") is not a header."""
+    names = [p.strip() for p in parts]
+    if len(names) < 2 or not all(_NAME.fullmatch(n) for n in names):
+        return None
+    for n in names:
+        try:
+            float(n)
+        except ValueError:
+            continue
+        return None
+    return names
+
 
 class ReadingParser:
-    """Keeps channel order: configured names, else the first object's keys, else positions."""
+    """Keeps channel order: configured names, else the first object's keys (or a CSV header's columns),
+    else positions. A CSV header line (a device that prints one when it starts, or again after a reset)
+    names the columns of the lines after it: `signal.channels` then picks columns by name, and a time
+    column is left out."""
 
     def __init__(self, channels: list[str] | None):
-        self.names: list[str] | None = list(channels) if channels else None
+        self.want: list[str] | None = list(channels) if channels else None
+        self.names: list[str] | None = list(self.want) if self.want else None
+        self._cols: list[int] | None = None  # the columns read, after a header
+        self._width = 0  # the header's fields
 
     def parse(self, text: str | bytes) -> np.ndarray | None:
         """A row of floats, or None when the line is not a reading (header, garbage)."""
@@ -36,14 +77,36 @@ class ReadingParser:
                 return self._from_dict(v)
             if isinstance(v, list):
                 return _floats(v)
-        return _floats(s.replace(";", ",").split(","))
+        parts = s.replace(";", ",").split(",")
+        row = _floats(parts)
+        if row is None:
+            names = _header(parts)
+            return HEADER if names is not None and self._set_header(names) else None
+        if self._cols is None or len(row) != self._width:
+            return row  # no header, or a line that is not of its width: by position
+        return row[self._cols]
+
+    def _set_header(self, names: list[str]) -> bool:
+        """Read the lines after it by these names; False (not a header) where it lacks a wanted channel."""
+        if self.want:
+            missing = [n for n in self.want if n not in names]
+            if missing:
+                log.warning("a line of names (%s) without %s: not taken as a header", ",".join(names),
+                            ", ".join(missing))
+                return False
+            self._cols = [names.index(n) for n in self.want]
+        else:
+            self._cols = [i for i, n in enumerate(names) if not is_time_column(n)]
+            self.names = [names[i] for i in self._cols]
+        self._width = len(names)
+        return True
 
     def _from_dict(self, d: dict[str, object]) -> np.ndarray | None:
         if "values" in d and isinstance(d["values"], list):
             return _floats(d["values"])
         if self.names is None:
             self.names = [k for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)]
-            self.names = [k for k in self.names if k not in ("ts", "time", "timestamp", "t")]
+            self.names = [k for k in self.names if not is_time_column(k)]
         try:
             return _floats([d[k] for k in self.names])
         except KeyError:
@@ -69,7 +132,9 @@ class ReadingSource(SignalSource):
         self._width: int | None = None
 
     def _take(self, row: np.ndarray | None, rows: list[np.ndarray]) -> None:
-        """Keep a reading of the stream's width; count anything else as dropped."""
+        """Keep a reading of the stream's width; count anything else as dropped (a header is neither)."""
+        if row is HEADER:
+            return
         if row is None:
             self.dropped += 1
             return
