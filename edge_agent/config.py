@@ -309,6 +309,19 @@ class HTTPConfig(_Strict):
     port: int = Field(8780, ge=1, le=65535, description="TCP port.")
     jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality of the live frame.")
     max_width: int = Field(960, ge=64, le=8192, description="The live frame is scaled down to at most this width.")
+    client_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="A client that sends or takes nothing for this long is disconnected: a connection left "
+        "open and idle never holds one of the connections the server takes at once.",
+    )
+    max_connections: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Connections served at once; more are closed at once, unread (each takes a thread).",
+    )
 
 
 class HomeAssistantConfig(_Strict):

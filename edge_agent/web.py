@@ -66,6 +66,40 @@ def _frame_caption(doc: dict[str, Any]) -> str:
     return f"#{doc.get('seq', '?')} {when}".strip()
 
 
+class _Server(ThreadingHTTPServer):
+    """One thread per connection, as many as `max_connections` at once: beyond that a connection is
+    closed unread, so clients that open connections and send nothing (or a page left open in many tabs)
+    cannot make the agent start threads without bound; each handler also gives up on a client idle for
+    `client_timeout_s` (the handler's socket timeout), which frees its slot."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int):
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.refused = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            if self.refused in (1, 10, 100, 1000) or self.refused % 10000 == 0:
+                log.warning("http: %d connection(s) refused so far: more than http.max_connections at once",
+                            self.refused)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class WebServer:
     def __init__(
         self,
@@ -87,7 +121,7 @@ class WebServer:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.requests = 0
 
@@ -96,9 +130,9 @@ class WebServer:
         return self._server.server_address[1] if self._server else 0
 
     def start(self) -> None:
-        handler = type("Handler", (_Handler,), {"web": self})
-        self._server = ThreadingHTTPServer((self.cfg.bind, self.cfg.port), handler)
-        self._server.daemon_threads = True
+        # `timeout`: the socket's, set up per connection; a stalled read or write ends the connection
+        handler = type("Handler", (_Handler,), {"web": self, "timeout": self.cfg.client_timeout_s})
+        self._server = _Server((self.cfg.bind, self.cfg.port), handler, self.cfg.max_connections)
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
         self._thread.start()
         log.info("status page on http://%s:%d/", self.cfg.bind, self.port)

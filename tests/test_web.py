@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -379,3 +380,35 @@ def test_latency_percentiles_read_while_a_stage_adds_a_series(monkeypatch: pytes
     got = st.percentiles()
     assert got == {"preprocess": {"p50": 1.0, "p95": 1.0, "p99": 1.0}}
     assert len(st.latency) == 2
+
+
+def test_idle_connections_are_let_go_and_never_take_more_threads_than_the_cap(tmp_path: Path) -> None:
+    """Clients that connect and send nothing: those over `max_connections` are closed at once, the others
+    after `client_timeout_s`; then the server answers again."""
+    import socket
+
+    from edge_agent.config import HTTPConfig
+    from edge_agent.web import WebServer
+
+    cfg = HTTPConfig(enabled=True, bind="127.0.0.1", port=free_port(), client_timeout_s=0.5, max_connections=4)
+    web = WebServer(cfg, lambda: {}, list, {}, list, tmp_path)
+    web.start()
+    idle: list[socket.socket] = []
+    try:
+        server = web._server
+        assert server is not None
+        threads = threading.active_count()
+        idle = [socket.create_connection(("127.0.0.1", web.port)) for _ in range(12)]
+        # the first four take the slots; the next ones the server accepts while those are idle are refused
+        # (how many it accepts within the half second hangs on the kernel's listen backlog)
+        wait_until(lambda: server.refused >= 1, 5, what="a connection over the cap refused")
+        assert threading.active_count() <= threads + 4
+        for s in idle:
+            s.settimeout(10)
+            assert s.recv(1) == b""  # closed by the server, having sent nothing
+        with urllib.request.urlopen(f"http://127.0.0.1:{web.port}/livez", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        for s in idle:
+            s.close()
+        web.close()
