@@ -4,8 +4,9 @@ Read as spreadsheets and loggers write it: a UTF-8 byte-order mark (Excel's "CSV
 the first column's name; the separator is a semicolon or a tab where the first line has one (Excel in
 locales that write a decimal comma, which such files then have: `1,5;2,25`), else a comma; a column
 named for time (`ts`, `time`, `timestamp`, `date`, `datetime`, `epoch`, with a unit such as `time_ms`
-or `Time (s)`) is skipped, whatever its values look like (an ISO date too). A cell that is not a
-finite number is an error naming its line and column, not a reading: a model fed NaN gives NaN.
+or `Time (s)`, or `millis`: `readings.is_time_column`) is skipped, whatever its values look like (an ISO
+date too). A cell that is not a finite number is an error naming its line and column, not a reading: a
+model fed NaN gives NaN.
 """
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ class ReadingParser:
         self._width = 0  # the header's fields
 
     def parse(self, text: str | bytes) -> np.ndarray | None:
-        """A row of floats, or None when the line is not a reading (header, garbage)."""
+        """A row of floats; HEADER for a line of column names (`_set_header`); None for anything else that is
+        not a reading (a boot message, garbage), which the source counts as dropped."""
         if isinstance(text, bytes):
             try:
                 text = text.decode("utf-8")
