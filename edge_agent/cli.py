@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -310,19 +312,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
             return _predict_recordings(args, model, settings, recordings)
         finally:
             model.close()
+    from edge_agent.sources.images import IMAGE_EXTS
+
     status = EXIT_OK
-    for seq, image_path in enumerate(args.images, start=1):
-        img = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-        if img is None:
-            print(f"edge-agent: cannot read image {image_path}", file=sys.stderr)
-            status = EXIT_FAIL
-            continue
+    seq = itertools.count(1)
+
+    def emit(img: Any, source: str, position: tuple[int, float | None] | None = None) -> float:
         t0 = time.monotonic()
         inf = model.infer(img)
         doc = prediction(
             device_id="predict",
             boot_id="predict",
-            seq=seq,
+            seq=next(seq),
             ts=time.time(),
             model=model.info(),
             accelerator=model.runtime.accelerator,
@@ -334,11 +335,70 @@ def cmd_predict(args: argparse.Namespace) -> int:
             },
             frame_size=(img.shape[1], img.shape[0]),
             result=inf.result,
-            source=str(image_path),
+            source=source,
+            position=position,
         )
         human.emit(doc, human.prediction, args.json, indent=None)
-    model.close()
+        return inf.inference_ms
+
+    try:
+        for path in args.images:
+            if not str(path).lower().endswith(IMAGE_EXTS):
+                status = max(status, _predict_video(args, path, emit))
+                continue
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if img is None:
+                print(f"edge-agent: cannot read image {path}", file=sys.stderr)
+                status = EXIT_FAIL
+                continue
+            emit(img, str(path))
+    finally:
+        model.close()
     return status
+
+
+def _predict_video(args: argparse.Namespace, path: Path, emit: Callable[..., float]) -> int:
+    """Every frame of a video file, in order, then a summary line: frames, those that did not decode
+    (skipped, as the daemon's file source skips them), and inference time."""
+    from edge_agent.sources import EndOfStream, FrameError, SourceError
+    from edge_agent.sources.video import VideoFileSource
+    from edge_agent.stats import LatencyWindow
+
+    src = VideoFileSource(str(path), loop=False)
+    try:
+        src.open()
+    except SourceError as err:
+        print(f"edge-agent: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    t0 = time.monotonic()
+    fps, frames, undecodable, lat = src.nominal_fps, 0, 0, LatencyWindow()
+    try:
+        while True:
+            frames += 1
+            try:
+                img = src.read()
+            except FrameError as err:
+                undecodable += 1
+                print(f"edge-agent: {err}: skipped", file=sys.stderr)
+                continue
+            except EndOfStream:
+                frames -= 1
+                break
+            except SourceError as err:
+                print(f"edge-agent: {err}", file=sys.stderr)
+                return EXIT_FAIL
+            lat.add(emit(img, str(path), (frames, (frames - 1) / fps if fps else None)))
+    finally:
+        src.close()
+    summary = {
+        "frames": frames,
+        "undecodable": undecodable,
+        "seconds": round(frames / fps, 3) if fps else None,
+        "inference_ms": lat.percentiles(),
+        "wall_s": round(time.monotonic() - t0, 3),
+    }
+    human.emit({"file": str(path), "summary": summary}, human.prediction, args.json, indent=None)
+    return EXIT_OK
 
 
 def _predict_recordings(args: argparse.Namespace, model: Any, base: Any, paths: list[Path]) -> int:
@@ -814,11 +874,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser(
         "predict",
-        help="one-shot inference on images (prints the daemon's JSON), or on recordings "
-        "(.wav, .flac, .ogg, .mp3, .csv: prints events)",
+        help="one-shot inference on images or every frame of video files (prints the daemon's JSON), or on "
+        "recordings (.wav, .flac, .ogg, .mp3, .csv: prints events)",
     )
     pr.add_argument("model", type=Path)
-    pr.add_argument("images", type=Path, nargs="+", help="images, or WAV/CSV recordings for audio and sensor models")
+    pr.add_argument(
+        "images", type=Path, nargs="+", help="images or video files, or WAV/CSV recordings for audio and sensor models"
+    )
     _settings_args(pr, ("--labels", "--task", "--score-threshold", "--accelerator", "--threads", "--log-level"))
     pr.add_argument("--windows", action="store_true", help="recordings: print every window's prediction too")
     pr.add_argument("--resize", choices=("auto", "stretch", "letterbox"), help="model.resize")

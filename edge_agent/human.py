@@ -87,6 +87,9 @@ def prediction(doc: dict[str, Any]) -> str:
     """One line per image: what was found, and how long inference took."""
     if "summary" in doc:
         s = doc["summary"]
+        if "frames" in s:  # a video file's
+            bad = f", {s['undecodable']} not decodable (skipped)" if s["undecodable"] else ""
+            return f"{doc.get('file')}: {s['frames']} frame(s){bad}"
         return f"{doc.get('file')}: {s['events']} event(s) in {s['seconds']} s of signal ({s['windows']} windows)"
     found = []
     for d in doc.get("detections") or []:
@@ -97,6 +100,9 @@ def prediction(doc: dict[str, Any]) -> str:
     if doc.get("type"):  # a recording's event
         found.append(f"{doc['type']} {doc.get('label')} at {doc.get('offset_s')} s")
     where = doc.get("source") or doc.get("file") or ""
+    frame = doc.get("frame") or {}
+    if "index" in frame:  # a video file's frame
+        where += f" #{frame['index']}"
     ms = (doc.get("latency_ms") or {}).get("inference")
     took = f" ({ms:.1f} ms)" if isinstance(ms, int | float) else ""
     return f"{where}: {'; '.join(found) or 'nothing found'}{took}"

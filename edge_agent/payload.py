@@ -25,14 +25,21 @@ def prediction(
     result: Result,
     source: str | None = None,
     pipeline: str | None = None,
+    position: tuple[int, float | None] | None = None,
 ) -> dict[str, Any]:
-    """One frame's result. pipeline: set for named pipelines (the single-pipeline form has none)."""
+    """One frame's result. pipeline: set for named pipelines (the single-pipeline form has none); position:
+    a video file's frame (its number from 1, and its time in the file where the file has a frame rate)."""
+    frame: dict[str, Any] = {"width": frame_size[0], "height": frame_size[1]}
+    if position is not None:
+        frame["index"] = position[0]
+        if position[1] is not None:
+            frame["offset_s"] = round(position[1], 3)
     doc: dict[str, Any] = {
         **_head(device_id, boot_id, seq, ts, pipeline),
         "model": model,
         "accelerator": accelerator,
         "latency_ms": {k: round(v, 3) for k, v in latency_ms.items()},
-        "frame": {"width": frame_size[0], "height": frame_size[1]},
+        "frame": frame,
         "task": result.task,
     }
     if source is not None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from .conftest import ROOT, SHORT, SHORT_INT8, run_cli
@@ -108,3 +109,37 @@ def test_the_package_builds_without_setuptools_warnings(tmp_path: Path) -> None:
     noise = [line for line in (r.stdout + r.stderr).splitlines() if "Deprecat" in line or "License classifiers" in line]
     assert not noise, noise
     assert list(tmp_path.glob("edge_agent-*.whl"))
+
+
+def test_predict_on_a_video_file_gives_every_frame_its_place_and_skips_a_corrupt_one(
+    face_image: Path, tmp_path: Path
+) -> None:
+    """A recording from a camera, through `predict`: one document per frame with its number and time in
+    the file, the face found in each, a frame that does not decode skipped and counted, then a summary."""
+    astronaut = cv2.imread(str(face_image))  # 512 x 512, the face about 225 px from its left edge
+    video = tmp_path / "door.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (640, 512))
+    for k in range(12):
+        frame = np.full((512, 640, 3), 60, np.uint8)
+        frame[:, round(128 * k / 11) : round(128 * k / 11) + 512] = astronaut  # moving right, 128 px in all
+        w.write(frame)
+    w.release()
+    data = bytearray(video.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    data[starts[5] : starts[6] - 8] = bytes(starts[6] - 8 - starts[5])  # the 6th frame's JPEG wiped
+    video.write_bytes(bytes(data))
+    r = run_cli("predict", str(SHORT), str(video), str(face_image), str(tmp_path / "none.mp4"), "--accelerator", "cpu")
+    assert r.returncode == 1, r.stderr  # the missing video
+    assert "frame 6 of 12 could not be decoded: skipped" in r.stderr and "none.mp4 not found" in r.stderr
+    docs = [json.loads(line) for line in r.stdout.splitlines()]
+    frames = [d for d in docs if d.get("source") == str(video)]
+    assert [d["frame"]["index"] for d in frames] == [1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12]
+    assert [d["frame"]["offset_s"] for d in frames] == [(k - 1) / 10 for k in (1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12)]
+    for d in frames:  # the face, where it was put in that frame
+        k = d["frame"]["index"] - 1
+        (box,) = [x["box"] for x in d["detections"] if x["label"] == "face"]
+        assert abs((box[0] + box[2]) / 2 - (round(128 * k / 11) + 225)) < 20, (k, box)
+    (summary,) = [d["summary"] for d in docs if "summary" in d]
+    assert summary["frames"] == 12 and summary["undecodable"] == 1 and summary["seconds"] == 1.2
+    assert [d["seq"] for d in docs if "seq" in d] == list(range(1, 13))  # the image after the video: 12
+    assert docs[-1]["source"] == str(face_image) and "index" not in docs[-1]["frame"]
