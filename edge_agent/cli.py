@@ -341,8 +341,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         human.emit(doc, human.prediction, args.json, indent=None)
         return inf.inference_ms
 
+    paths: list[Path] = []
+    for p in args.images:  # a directory: its images in name order, as `source.uri` reads one
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.name.lower().endswith(IMAGE_EXTS))
+            if not found:
+                print(f"edge-agent: no images in {p}", file=sys.stderr)
+                status = EXIT_FAIL
+            paths += found
+        else:
+            paths.append(p)
     try:
-        for path in args.images:
+        for path in paths:
             if not str(path).lower().endswith(IMAGE_EXTS):
                 status = max(status, _predict_video(args, path, emit))
                 continue

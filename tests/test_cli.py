@@ -143,3 +143,18 @@ def test_predict_on_a_video_file_gives_every_frame_its_place_and_skips_a_corrupt
     assert summary["frames"] == 12 and summary["undecodable"] == 1 and summary["seconds"] == 1.2
     assert [d["seq"] for d in docs if "seq" in d] == list(range(1, 13))  # the image after the video: 12
     assert docs[-1]["source"] == str(face_image) and "index" not in docs[-1]["frame"]
+
+
+def test_predict_on_a_directory_reads_its_images_in_name_order(face_image: Path, tmp_path: Path) -> None:
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for name in ("b.png", "a.PNG"):
+        (shots / name).write_bytes(face_image.read_bytes())
+    (shots / "notes.txt").write_text("not an image")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli("predict", str(SHORT), str(shots), str(empty), "--accelerator", "cpu")
+    assert r.returncode == 1 and f"no images in {empty}" in r.stderr
+    docs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [d["source"] for d in docs] == [str(shots / "a.PNG"), str(shots / "b.png")]
+    assert all(d["detections"][0]["label"] == "face" for d in docs)
