@@ -29,7 +29,7 @@ from edge_agent.handlers import register_commands
 from edge_agent.health import EXIT_STALLED, Health, Watchdog
 from edge_agent.homeassistant import HomeAssistant, object_id
 from edge_agent.liveview import LiveView
-from edge_agent.model import Model
+from edge_agent.model import NOT_FRAMES, Model, misfit
 from edge_agent.modelfile import ModelError, read_model_file
 from edge_agent.ota.store import make_dirs
 from edge_agent.payload import dumps, info
@@ -195,7 +195,7 @@ class Agent:
     def init_pipelines(self) -> None:
         views = pipeline_views(self.settings)
         if self.multi:
-            check_delegates(views)
+            check_models(views)
         for view in views:
             try:
                 self.pipelines[view.name] = self.build_pipeline(view)
@@ -626,7 +626,7 @@ class Agent:
 
     def _add_pipeline(self, view: PipelineView) -> None:
         try:
-            check_delegates([view])
+            check_models([view])
             pipe = self.build_pipeline(view)
         except (ModelError, ConfigError) as err:
             log.error("pipeline %s not started: %s", view.name, err)
@@ -664,8 +664,9 @@ class Agent:
             pipe.infer_stats.error(msg)
 
 
-def check_delegates(views: list[PipelineView]) -> None:
-    """A pipeline whose model needs a delegate library this board lacks is a configuration error (exit 2)."""
+def check_models(views: list[PipelineView]) -> None:
+    """A pipeline whose model needs a delegate library this board lacks, or cannot run on its source (an
+    audio model on a camera, a detector on a microphone), is a configuration error (exit 2)."""
     for v in views:
         path = v.settings.model.path
         if path is None:
@@ -680,3 +681,7 @@ def check_delegates(views: list[PipelineView]) -> None:
                 raise ConfigError(
                     f"pipelines[{v.name}].model.path: {path} is compiled for {need}, but {lib} is not installed"
                 )
+        signal = signal_kind(v.settings.source.uri) is not None
+        why = misfit(path, signal, v.settings.model.task)
+        if why is not None:
+            raise ConfigError(f"pipelines[{v.name}].model.path: {path} {why}" + ("" if signal else f": {NOT_FRAMES}"))

@@ -14,10 +14,10 @@ import numpy as np
 
 from edge_agent.config import ModelConfig, RuntimeConfig
 from edge_agent.engine import Engine, ModelPool
-from edge_agent.modelfile import ModelError, TensorSpec, load_labels, read_model_file
+from edge_agent.modelfile import ModelError, ModelFile, TensorSpec, load_labels, read_model_file
 from edge_agent.postprocess.decoders import DecodeOptions, Decoder, make_decoder
 from edge_agent.postprocess.geometry import iou_one_to_many
-from edge_agent.preprocess import Preprocessor, Resize, plan_resize
+from edge_agent.preprocess import Preprocessor, Resize, input_layout, plan_resize
 from edge_agent.results import Result
 from edge_agent.runtime.base import Backend, BackendError
 from edge_agent.runtime.cpu import default_threads
@@ -169,6 +169,65 @@ def signal_hints(path: Path) -> SignalHints:
 _NO_RESIZE = plan_resize(1, 1, 1, 1, "stretch")
 
 
+#: The smallest side of a picture a model takes: below it the input is not an image (an audio feature window
+#: of 3 x 40 parses as a one-channel picture, a sensor window of 30 x 6 as a six-pixel-wide one).
+_MIN_SIDE = 16
+
+
+def picture_problem(inputs: Sequence[TensorSpec], stateful: bool) -> str | None:
+    """Why a model cannot run on pictures (camera frames, crops of them), or None."""
+    if stateful:
+        return "is a streaming model (it keeps state between calls)"
+    if len(inputs) != 1:
+        return f"has {len(inputs)} inputs"
+    try:
+        h, w, _, _ = input_layout(inputs[0])
+    except ValueError as err:
+        return str(err)
+    if min(h, w) < _MIN_SIDE:
+        return f"takes a {w}x{h} input, not a picture"
+    return None
+
+
+#: What to do about a model that takes no pictures, given a camera or images.
+NOT_FRAMES = (
+    "it takes no camera frames or images (an audio or sensor model runs on a signal source: wav:, mic:, csv:, ...)"
+)
+
+
+def _misfit(
+    file: ModelFile, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], signal: bool, task: str
+) -> str | None:
+    """Why a model cannot run on a source of that kind (frames, or a signal), or None."""
+    if signal:
+        if task != "auto":
+            return None  # the configured task is taken at its word
+        found = make_decoder("auto", file, inputs, outputs, file.labels, DecodeOptions())
+        if found.task in ("classification", "raw"):
+            return None
+        return (
+            f"is an image model ({found.layout} outputs): it takes pictures, not an audio or sensor signal "
+            "(set model.task if it is not)"
+        )
+    return picture_problem(inputs, file.stateful)
+
+
+def misfit(path: Path, signal: bool, task: str = "auto") -> str | None:
+    """Why the model file at `path` cannot run on a source of that kind, or None; None too for a file that
+    cannot be read (loading it says why)."""
+    from edge_agent.runtime.cpu import InterpreterBackend
+
+    try:
+        file = read_model_file(path)
+        ref = InterpreterBackend(path, threads=1)
+    except (ModelError, BackendError, OSError):
+        return None
+    try:
+        return _misfit(file, ref.inputs, ref.outputs, signal, task)
+    finally:
+        ref.close()
+
+
 class Model:
     def __init__(
         self,
@@ -208,6 +267,9 @@ class Model:
             raise ModelError(str(err)) from None
         self.inputs, self.outputs = ref.inputs, ref.outputs
         ref.close()
+        why = _misfit(self.file, self.inputs, self.outputs, signal, cfg.task)
+        if why is not None:
+            raise ModelError(f"{path} {why}" if signal else f"{path} {why}: {NOT_FRAMES}")
         if signal:
             if self.labels is None and len(self.outputs) == 1 and int(np.prod(self.outputs[0].shape)) == 1:
                 self.labels = (self.hints.label or self.name,)  # one probability: the model's own word or event

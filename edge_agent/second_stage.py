@@ -18,9 +18,8 @@ import numpy as np
 
 from edge_agent.config import ConfigError, RuntimeConfig, SecondStageConfig
 from edge_agent.engine import ModelPool
-from edge_agent.model import Model
+from edge_agent.model import Model, default_model_path, misfit
 from edge_agent.modelfile import ModelError
-from edge_agent.preprocess import input_layout
 from edge_agent.results import Result
 
 log = logging.getLogger(__name__)
@@ -64,40 +63,18 @@ def summary(result: Result, ox: float, oy: float, keypoints: bool) -> dict[str, 
     return {"task": "raw", "outputs": [o.as_dict() for o in result.outputs]}
 
 
-#: The smallest picture a crop is scaled into: below it the input is not an image (an audio feature
-#: window of 3 x 40 parses as a one-channel picture).
-_MIN_SIDE = 16
-
-
-def crop_problem(model: Model) -> str | None:
-    """Why a model cannot run on crops of a frame, or None."""
-    if model.pre is None:
-        return "takes no image"
-    if len(model.inputs) != 1:
-        return f"has {len(model.inputs)} inputs"
-    if model.file.stateful:
-        return "is a streaming model (it keeps state between calls)"
-    try:
-        h, w, _, _ = input_layout(model.inputs[0])
-    except ValueError as err:
-        return str(err)
-    if min(h, w) < _MIN_SIDE:
-        return f"takes a {w}x{h} input, not a picture"
-    return None
-
-
 class SecondStage:
     def __init__(self, cfg: SecondStageConfig, rt: RuntimeConfig, state_dir: Path | None, pool: ModelPool | None):
         self.cfg = cfg
         self.labels = set(cfg.labels)
+        path = cfg.model.path or default_model_path()
+        why = misfit(path, signal=False)
+        if why is not None:
+            raise ConfigError(f"scene.second_stage.model: {path} {why}, so it cannot take crops")
         try:
             self.model = Model(cfg.model, rt, state_dir, pool=pool)
         except ModelError as err:
             raise ConfigError(f"scene.second_stage.model: {err}") from None
-        why = crop_problem(self.model)
-        if why is not None:
-            self.model.close()
-            raise ConfigError(f"scene.second_stage.model: {self.model.path} {why}, so it cannot take crops")
         self.runs = 0
         self.ms_total = 0.0
         self.error: str | None = None

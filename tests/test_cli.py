@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import wave
 from pathlib import Path
 
 import cv2
@@ -158,3 +159,22 @@ def test_predict_on_a_directory_reads_its_images_in_name_order(face_image: Path,
     docs = [json.loads(line) for line in r.stdout.splitlines()]
     assert [d["source"] for d in docs] == [str(shots / "a.PNG"), str(shots / "b.png")]
     assert all(d["detections"][0]["label"] == "face" for d in docs)
+
+
+def test_predict_refuses_a_model_that_cannot_take_the_input(face_image: Path, tmp_path: Path) -> None:
+    """A wake-word model given a photo, a sensor model given a photo, a face detector given a recording:
+    each is refused naming why, rather than printing what the model makes of the wrong input."""
+    rec = tmp_path / "door.wav"
+    with wave.open(str(rec), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(bytes(32000))
+    for model, item, expect in (
+        (ROOT / "models" / "wakeword" / "okay_nabu.tflite", face_image, "is a streaming model"),
+        (ROOT / "models" / "motion_float.tflite", face_image, "takes a 6x30 input, not a picture"),
+        (SHORT, rec, "is an image model (blazeface outputs)"),
+    ):
+        r = run_cli("predict", str(model), str(item))
+        assert r.returncode == 1 and f"{model} {expect}" in r.stderr, r.stderr
+        assert r.stdout == ""

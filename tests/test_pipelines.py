@@ -142,6 +142,32 @@ def test_a_pipeline_whose_model_needs_a_missing_delegate_exits_2(tmp_path: Path)
     assert "pipelines[coral].model.path" in r.stderr and "libedgetpu.so.1" in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("source", "model", "expect"),
+    [
+        ("synthetic", WAKEWORD, "is a streaming model"),
+        ("synthetic", MODELS / "motion_float.tflite", "takes a 6x30 input, not a picture"),
+        ("wav:door.wav", SHORT, "is an image model (blazeface outputs)"),
+    ],
+)
+def test_a_pipeline_whose_model_cannot_take_its_source_exits_2(
+    tmp_path: Path, source: str, model: Path, expect: str
+) -> None:
+    """An audio or sensor model given a camera, or a face detector given a microphone: the pipeline list is
+    wrong, and the agent says which pipeline's model does not fit, rather than publishing what the model
+    makes of the wrong input."""
+    env = {
+        "EDGE_AGENT_PIPELINES": json.dumps([
+            {"name": "cam", "source": {"uri": "synthetic"}, "model": {"path": str(SHORT)}},
+            {"name": "odd", "source": {"uri": source}, "model": {"path": str(model)}},
+        ]),
+        "EDGE_AGENT_STATE_DIR": str(tmp_path / "state"),
+    }
+    r = run_cli("run", "--seconds", "5", env=env)
+    assert r.returncode == 2, r.stderr
+    assert f"pipelines[odd].model.path: {model} {expect}" in r.stderr, r.stderr
+
+
 # --- the done-when case: face, SSD and wake word in one agent ---------------------------------------
 @needs_shared
 def test_face_ssd_and_wake_word_pipelines_in_one_agent(broker: Broker, agent_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
