@@ -20,6 +20,7 @@ from benchmarks.bench_tracking import (
     Recorded,
     detector,
     events_per_object,
+    known_ids,
     load_recorded,
     record,
     run_scene,
@@ -273,6 +274,10 @@ def test_recorded_detections_replay_exactly(tmp_path: Path) -> None:
     assert back == results and t2 == threshold and sum(len(r.detections) for r in back) > 60
     a = run_scene("faces_crossing", Recorded(results, 0.0, threshold))
     assert a.tracks == run_scene("faces_crossing", Recorded(back, 0.0, t2)).tracks
+    # the bound the benchmark prints beside the tracker's score: each box given its object's id
+    bound, own = score(known_ids(a, results, threshold, None)), score(a)
+    assert bound["num_switches"] == 0 and bound["num_false_positives"] == 0 and bound["idf1"] >= own["idf1"]
+    assert score(known_ids(a, results, threshold, {"cat"}))["idf1"] == 0.0  # no face box is a tracked label
 
 
 @needs_shared
