@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -10,7 +12,7 @@ from hypothesis import strategies as st
 from edge_agent.events import EventDetector
 from edge_agent.features import MICRO_BINS, IdentityFrontend, MicroFrontend, spectrogram
 from edge_agent.resample import Resampler
-from edge_agent.signals.readings import HEADER, ReadingParser
+from edge_agent.signals.readings import HEADER, MAX_VALUES, ReadingParser
 from edge_agent.windowing import Windower
 
 
@@ -142,6 +144,39 @@ def test_a_header_line_names_the_columns_and_channels_pick_them() -> None:
     assert picked.parse("10,1,2").tolist() == [10, 1, 2]  # type: ignore[union-attr]  # not its width
     # a line of names without the wanted channels is not taken for the header (counted as no reading)
     assert picked.parse("gx,gy,gz") is None and picked.parse("10,1,2,3").tolist() == [3, 1]  # type: ignore[union-attr]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=4), kids, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.text(max_size=200),
+    st.binary(max_size=200),
+    _JSON.map(json.dumps),
+    st.integers(1, 20_000).map(lambda n: "[" * n),  # nested past the JSON parser's depth
+    st.integers(300, 500).map(lambda n: "[1" + "0" * n + "]"),  # an integer past a float's range
+    st.integers(1, 3000).map(lambda n: ",".join(["1"] * n)),
+))
+def test_a_reading_parser_takes_anything_a_device_or_a_broker_sends(line: str | bytes) -> None:
+    """A serial line or an MQTT message is whatever the other end sends: the parser never raises, and
+    what it returns is no reading (None), a header, or a row of at most MAX_VALUES finite numbers."""
+    p = ReadingParser(None)
+    for _ in range(2):  # and again, after what the first one taught it (names, a header)
+        got = p.parse(line)
+        assert got is None or got is HEADER or (
+            got.ndim == 1 and 0 < got.size <= MAX_VALUES and bool(np.isfinite(got).all())
+        )
+
+
+def test_an_object_without_numbers_does_not_name_the_channels() -> None:
+    p = ReadingParser(None)
+    assert p.parse('{"status": "booting"}') is None
+    assert p.parse('{"ax": 1, "ay": 2}').tolist() == [1, 2]  # type: ignore[union-attr]
 
 
 def test_reading_parser_keeps_the_first_objects_key_order() -> None:

@@ -44,7 +44,7 @@ class MqttTopicSource(ReadingSource):
             try:
                 batch = json.loads(payload)["samples"]
                 return [r for r in (self.parser.parse(json.dumps(s)) for s in batch) if r is not None]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 return []
         row = self.parser.parse(payload)
         return [] if row is None else [row]

@@ -22,6 +22,8 @@ _TIME_COLUMN = re.compile(
 _UNIT = re.compile(r"\s*[(\[].*[)\]]\s*$")
 #: A column's name in a header line: an identifier, with a unit in brackets or not.
 _NAME = re.compile(r"[A-Za-z_][\w.\-]*(\s*[(\[][^)\]]*[)\]])?")
+#: The most values one reading may hold: a line or message with more is not a sensor's reading.
+MAX_VALUES = 1024
 #: What `ReadingParser.parse` returns for a header line: the names of the readings after it, not a reading.
 HEADER = np.zeros(0, np.float32)
 
@@ -72,7 +74,7 @@ class ReadingParser:
         if s[0] in "[{" or s[0].isdigit() or s[0] in "-+.":
             try:
                 v = json.loads(s) if s[0] in "[{" else None
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: brackets nested past the parser's depth
                 v = None
             if isinstance(v, dict):
                 return self._from_dict(v)
@@ -105,19 +107,26 @@ class ReadingParser:
     def _from_dict(self, d: dict[str, object]) -> np.ndarray | None:
         if "values" in d and isinstance(d["values"], list):
             return _floats(d["values"])
-        if self.names is None:
-            self.names = [k for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)]
-            self.names = [k for k in self.names if not is_time_column(k)]
+        names = self.names
+        if names is None:  # the first object with numbers names the channels (not a status message before it)
+            names = [k for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+            names = [k for k in names if not is_time_column(k)]
+            if not names:
+                return None
+            self.names = names
         try:
-            return _floats([d[k] for k in self.names])
+            return _floats([d[k] for k in names])
         except KeyError:
             return None
 
 
 def _floats(items: Sequence[object]) -> np.ndarray | None:
+    if len(items) > MAX_VALUES:
+        return None
     try:
-        row = np.array([float(x) for x in items], np.float32)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        with np.errstate(over="ignore"):  # past float32's range: inf, refused below
+            row = np.array([float(x) for x in items], np.float32)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past a float's range
         return None
     if row.size == 0 or not np.all(np.isfinite(row)):
         return None
