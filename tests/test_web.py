@@ -390,7 +390,7 @@ def test_idle_connections_are_let_go_and_never_take_more_threads_than_the_cap(tm
     from edge_agent.config import HTTPConfig
     from edge_agent.web import WebServer
 
-    cfg = HTTPConfig(enabled=True, bind="127.0.0.1", port=free_port(), client_timeout_s=0.5, max_connections=4)
+    cfg = HTTPConfig(enabled=True, bind="127.0.0.1", port=free_port(), client_timeout_s=2.0, max_connections=4)
     web = WebServer(cfg, lambda: {}, list, {}, list, tmp_path)
     web.start()
     idle: list[socket.socket] = []
@@ -400,7 +400,7 @@ def test_idle_connections_are_let_go_and_never_take_more_threads_than_the_cap(tm
         threads = threading.active_count()
         idle = [socket.create_connection(("127.0.0.1", web.port)) for _ in range(12)]
         # the first four take the slots; the next ones the server accepts while those are idle are refused
-        # (how many it accepts within the half second hangs on the kernel's listen backlog)
+        # (how many it accepts within those two seconds hangs on the kernel's listen backlog)
         wait_until(lambda: server.refused >= 1, 5, what="a connection over the cap refused")
         assert threading.active_count() <= threads + 4
         for s in idle:
