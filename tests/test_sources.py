@@ -19,6 +19,7 @@ from edge_agent.config import SourceConfig
 from edge_agent.handoff import LatestSlot
 from edge_agent.sources import EndOfStream, Frame, Source, SourceError, make_source, source_kind
 from edge_agent.sources.images import ImageSetSource
+from edge_agent.sources.replay import ReplaySource
 from edge_agent.sources.synthetic import SyntheticSource, pattern
 from edge_agent.sources.video import VideoFileSource
 from edge_agent.stats import StageStats
@@ -339,11 +340,8 @@ def test_a_set_where_no_image_decodes_fails_with_backoff(tmp_path: Path) -> None
         cap.join(2)
 
 
-@pytest.mark.parametrize("loop", [False, True])
-def test_a_video_file_with_a_corrupt_frame_plays_on_past_it(tmp_path: Path, loop: bool) -> None:
-    """FFmpeg fails to grab a frame it cannot decode as it does at the end of the file: the frames after
-    it are played, not the file's start again (looping) nor its end (not looping)."""
-    path = tmp_path / "clip.avi"
+def _clip_with_a_corrupt_frame(path: Path) -> Path:
+    """30 frames of MJPG, frame k of shade 4 + 8k, the 16th's JPEG wiped."""
     w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, (64, 48))
     for k in range(30):
         w.write(_shade(4 + 8 * k))
@@ -353,6 +351,22 @@ def test_a_video_file_with_a_corrupt_frame_plays_on_past_it(tmp_path: Path, loop
     assert len(starts) == 30
     data[starts[15] : starts[15] + 200] = bytes(200)  # frame 16's JPEG header wiped
     path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_replayed_file_is_decoded_past_a_corrupt_frame(tmp_path: Path) -> None:
+    src = ReplaySource("replay:clip", str(_clip_with_a_corrupt_frame(tmp_path / "clip.avi")), max_frames=40)
+    src.open()
+    shades = [round((int(src.read().mean()) - 4) / 8) for _ in range(29)]
+    assert shades == [k for k in range(30) if k != 15]
+    assert round((int(src.read().mean()) - 4) / 8) == 0  # then round again
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_a_video_file_with_a_corrupt_frame_plays_on_past_it(tmp_path: Path, loop: bool) -> None:
+    """FFmpeg fails to grab a frame it cannot decode as it does at the end of the file: the frames after
+    it are played, not the file's start again (looping) nor its end (not looping)."""
+    path = _clip_with_a_corrupt_frame(tmp_path / "clip.avi")
     cfg = SourceConfig(uri=str(path), realtime=False, loop=loop)
     cap, slot, stats, stop = run_capture(lambda: VideoFileSource(str(path), loop=loop), cfg)
     try:

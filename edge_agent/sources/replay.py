@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from edge_agent.sources.base import Source, SourceError, demo_video_path
+from edge_agent.sources.opencv import BAD_FRAMES_IN_A_ROW
 
 if TYPE_CHECKING:
     from edge_agent.config import SourceConfig
@@ -38,11 +39,19 @@ class ReplaySource(Source):
         if self._frames:
             return
         cap = cv2.VideoCapture(self.path)
+        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        tried = bad = 0
         while len(self._frames) < self.max_frames:
             ok, img = cap.read()
-            if not ok:
+            tried += 1
+            if ok:
+                self._frames.append(img)
+                bad = 0
+                continue
+            # a corrupt frame fails as the end does; before the file's last frame, the next one is read
+            bad += 1
+            if bad >= BAD_FRAMES_IN_A_ROW or tried >= count:
                 break
-            self._frames.append(img)
         cap.release()
         if not self._frames:
             raise SourceError(f"no frames could be decoded from {self.path}")
