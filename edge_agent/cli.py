@@ -484,6 +484,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     models = [m for m in models if m.is_file()]
     if not models:
         return _usage_error("no model to benchmark: give --model")
+    from edge_agent.model import NOT_FRAMES, misfit
+
+    for m in models:  # the benchmark runs frames of the demo video through each model
+        why = misfit(m, signal=False)
+        if why is not None:
+            print(f"edge-agent: {m} {why}: {NOT_FRAMES}", file=sys.stderr)
+            return EXIT_FAIL
     print(HEADER, flush=True)
     rows = compare(models, args.threads, args.seconds, args.runs, sys.stdout)
     if args.json:

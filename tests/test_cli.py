@@ -161,9 +161,10 @@ def test_predict_on_a_directory_reads_its_images_in_name_order(face_image: Path,
     assert all(d["detections"][0]["label"] == "face" for d in docs)
 
 
-def test_predict_refuses_a_model_that_cannot_take_the_input(face_image: Path, tmp_path: Path) -> None:
+def test_predict_and_bench_refuse_a_model_that_cannot_take_the_input(face_image: Path, tmp_path: Path) -> None:
     """A wake-word model given a photo, a sensor model given a photo, a face detector given a recording:
-    each is refused naming why, rather than printing what the model makes of the wrong input."""
+    each is refused naming why, rather than printing what the model makes of the wrong input; `bench`,
+    which runs the demo video's frames, refuses a wake-word model the same way."""
     rec = tmp_path / "door.wav"
     with wave.open(str(rec), "wb") as w:
         w.setnchannels(1)
@@ -178,3 +179,6 @@ def test_predict_refuses_a_model_that_cannot_take_the_input(face_image: Path, tm
         r = run_cli("predict", str(model), str(item))
         assert r.returncode == 1 and f"{model} {expect}" in r.stderr, r.stderr
         assert r.stdout == ""
+    wake = ROOT / "models" / "wakeword" / "okay_nabu.tflite"
+    r = run_cli("bench", "--model", str(wake), "--seconds", "1", "--runs", "1")
+    assert r.returncode == 1 and f"{wake} is a streaming model" in r.stderr and "Traceback" not in r.stderr
