@@ -12,7 +12,7 @@ from edge_agent.sources.base import EndOfStream, FrameError, Source, SourceError
 log = logging.getLogger(__name__)
 
 #: Frames of a file in a row that may fail to decode, each skipped, before the file counts as failed.
-BAD_FRAMES_IN_A_ROW = 30
+_BAD_FRAMES_IN_A_ROW = 30
 
 
 class OpenCVSource(Source):
@@ -67,7 +67,7 @@ class OpenCVSource(Source):
             # container may count more frames than it holds)
             self._bad_in_a_row += 1
             count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-            if self._bad_in_a_row < BAD_FRAMES_IN_A_ROW and frame < count - 1:
+            if self._bad_in_a_row < _BAD_FRAMES_IN_A_ROW and frame < count - 1:
                 raise FrameError(f"{self.describe()}: frame {frame + 1} of {int(count)} could not be decoded")
             self._bad_in_a_row = 0
             if not self.loop:
@@ -92,7 +92,7 @@ class OpenCVSource(Source):
             # a file goes on past a corrupt frame (reopening it would play it again from the start); a
             # device or stream that gives no picture, or a file that gives none for a second's worth, is reopened
             self._bad_in_a_row += 1
-            if self.finite and self._bad_in_a_row < BAD_FRAMES_IN_A_ROW:
+            if self.finite and self._bad_in_a_row < _BAD_FRAMES_IN_A_ROW:
                 raise FrameError(f"{self.describe()}: frame could not be decoded")
             self._bad_in_a_row = 0
             raise SourceError(f"{self.describe()}: frame could not be decoded")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
-from edge_agent.sources.base import Source, SourceError, demo_video_path
-from edge_agent.sources.opencv import BAD_FRAMES_IN_A_ROW
+from edge_agent.sources.base import EndOfStream, FrameError, Source, SourceError, demo_video_path
+from edge_agent.sources.video import VideoFileSource
 
 if TYPE_CHECKING:
     from edge_agent.config import SourceConfig
@@ -38,21 +37,18 @@ class ReplaySource(Source):
     def open(self) -> None:
         if self._frames:
             return
-        cap = cv2.VideoCapture(self.path)
-        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-        tried = bad = 0
-        while len(self._frames) < self.max_frames:
-            ok, img = cap.read()
-            tried += 1
-            if ok:
-                self._frames.append(img)
-                bad = 0
-                continue
-            # a corrupt frame fails as the end does; before the file's last frame, the next one is read
-            bad += 1
-            if bad >= BAD_FRAMES_IN_A_ROW or tried >= count:
-                break
-        cap.release()
+        src = VideoFileSource(self.path, loop=False)  # which skips a frame that does not decode
+        src.open()
+        try:
+            while len(self._frames) < self.max_frames:
+                try:
+                    self._frames.append(src.read())
+                except FrameError:
+                    continue
+                except EndOfStream:
+                    break
+        finally:
+            src.close()
         if not self._frames:
             raise SourceError(f"no frames could be decoded from {self.path}")
 
