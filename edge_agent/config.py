@@ -529,7 +529,9 @@ class OTAConfig(_Strict):
     stall_s: float = Field(
         30.0, ge=1, le=3600, description="A download that receives nothing for this long is resumed."
     )
-    deadline_s: float = Field(1800.0, ge=5, le=86400, description="Longest a whole download may take.")
+    deadline_s: float = Field(
+        1800.0, ge=5, le=86400, description="Longest a whole download may take; a connection still open then is cut."
+    )
     probation_inferences: int = Field(
         30, ge=1, le=100_000, description="Frames a new model must run on beside the serving one before it serves."
     )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ SHA = hashlib.sha256(DATA).hexdigest()
 
 
 class Misbehaving(http.server.BaseHTTPRequestHandler):
-    mode = "cut"  # cut | norange | endless | stall
+    mode = "cut"  # cut | norange | endless | stall | wrongrange (any other: serves what is asked)
     served: list[str] = []
     release = threading.Event()
 
@@ -31,6 +33,8 @@ class Misbehaving(http.server.BaseHTTPRequestHandler):
         rng = self.headers.get("Range")
         self.served.append(rng or "")
         start = int(rng[6:].split("-")[0]) if rng and self.mode != "norange" else 0
+        if start and self.mode == "wrongrange":
+            start = 7  # a 206, but not from where it was asked
         body = DATA[start:]
         self.send_response(206 if start else 200)
         if start:
@@ -49,7 +53,7 @@ class Misbehaving(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.release.wait(30)
             return
-        if len(self.served) == 1 and self.mode in ("cut", "norange"):
+        if len(self.served) == 1 and self.mode in ("cut", "norange", "wrongrange"):
             self.wfile.write(body[: len(body) // 3])  # then the connection drops
             return
         self.wfile.write(body)
@@ -76,6 +80,13 @@ def test_resumes_with_range_after_a_dropped_connection(server, tmp_path: Path) -
 def test_server_without_range_support_starts_over(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     server.mode = "norange"
     assert download([server.url], tmp_path / "m.part", len(DATA), SHA, 5, 60).read_bytes() == DATA
+
+
+def test_a_range_other_than_the_one_asked_for_starts_over(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Appending a 206 from elsewhere in the file would make a file that is not the model."""
+    server.mode = "wrongrange"
+    assert download([server.url], tmp_path / "m.part", len(DATA), SHA, 5, 60).read_bytes() == DATA
+    assert server.served[0] == "" and server.served[1].startswith("bytes=") and server.served[2] == ""
 
 
 def test_endless_body_is_cut_at_the_manifest_size(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -115,3 +126,97 @@ def test_fleet_file_server_honours_range(tmp_path: Path) -> None:
         assert download([f"http://127.0.0.1:{fs.port}/m.tflite"], part, len(DATA), SHA, 5, 30).read_bytes() == DATA
     finally:
         fs.close()
+
+
+class Raw:
+    """A TCP server that answers each connection with what `answer` writes to the socket: what no
+    HTTP server library would send."""
+
+    def __init__(self, answer: Callable[[socket.socket], None]) -> None:
+        self.answer = answer
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/m.tflite"
+        self.connections = 0
+        self.answering = threading.Event()  # a connection is being answered now
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                self.answering.set()
+                self.answer(conn)
+            except OSError:
+                pass  # the client hung up: what a cut is
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _trickle(data: bytes, every_s: float = 0.2) -> Callable[[socket.socket], None]:
+    def answer(conn: socket.socket) -> None:
+        for i in range(len(data)):
+            conn.sendall(data[i : i + 1])
+            time.sleep(every_s)  # the server's pace, inside the client's stall timeout
+    return answer
+
+
+TRICKLES = {
+    "body": _trickle(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(DATA) + DATA),
+    "headers": _trickle(b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 60000),
+}
+
+
+@pytest.mark.parametrize("where", sorted(TRICKLES))
+def test_a_server_that_trickles_is_cut_at_the_deadline_or_when_cancelled(where: str, tmp_path: Path) -> None:
+    """A byte every 0.2 s never trips a 1 s stall timeout; before, the download read on past its
+    deadline for as long as the server kept it up (the whole model: hours), and the update thread
+    with it, so no newer deploy or rollback could start."""
+    srv = Raw(TRICKLES[where])
+    try:
+        start = time.monotonic()
+        with pytest.raises(DownloadError, match=r"not complete within 2 s .*still sending"):
+            download([srv.url], tmp_path / "a.part", len(DATA), SHA, 1, 2)
+        assert time.monotonic() - start < 15  # the deadline and the watch's poll, not the server's pace
+        srv.answering.clear()
+        start = time.monotonic()
+        with pytest.raises(DownloadError, match=r"^a newer deploy$"):
+            download([srv.url], tmp_path / "b.part", len(DATA), SHA, 1, 600,
+                     cancelled=lambda: "a newer deploy" if srv.answering.is_set() else None)
+        assert time.monotonic() - start < 60  # the deadline is 600 s
+    finally:
+        srv.close()
+
+
+ANSWERS = {
+    "not HTTP": lambda conn: conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n"),
+    "too many headers": lambda conn: conn.sendall(
+        b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n"),
+    "a chunk cut short": lambda conn: conn.sendall(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(DATA) + DATA[:5000]),
+}
+
+
+@pytest.mark.parametrize("answer", sorted(ANSWERS))
+def test_a_mirror_that_answers_what_is_not_http_is_left_for_the_next(  # type: ignore[no-untyped-def]
+        answer: str, server, tmp_path: Path) -> None:
+    """Before, http.client's own errors were not taken as a failed attempt: they ended the update
+    (with a traceback) although the next mirror had the file."""
+    server.mode = "ok"
+    bad = Raw(ANSWERS[answer])
+    try:
+        assert download([bad.url, server.url], tmp_path / "m.part", len(DATA), SHA, 5, 60).read_bytes() == DATA
+        assert bad.connections == 1 and len(server.served) == 1
+        if answer == "a chunk cut short":  # what came before the cut is kept
+            assert server.served[0] == "bytes=5000-"
+    finally:
+        bad.close()

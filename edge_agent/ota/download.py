@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
+import re
 import shutil
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,10 +25,84 @@ _RETRYABLE_4XX = (408, 425, 429)
 _BACKOFF_S = (1.0, 30.0)
 #: Free space left over after a download, so the state directory never fills to the brim.
 DISK_MARGIN = 16 * 1024 * 1024
+#: How often the watch over a download looks at its deadline and whether it was cancelled.
+_WATCH_S = 0.2
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-\d+/(?:\d+|\*)", re.IGNORECASE)
 
 
 class DownloadError(Exception):
     """The download failed for good; the message says why."""
+
+
+class _Watch:
+    """Cuts the connection a download is blocked on once its deadline passes or it is cancelled.
+
+    The stall timeout bounds each wait for a byte, not a response: a server that sends one byte just
+    inside it (in the status line, the headers or the body) would otherwise hold the update thread
+    for as long as it likes, and with it every deploy and rollback queued behind. Shutting the socket
+    down from here makes the blocked read return, and the download loop then sees why it stopped."""
+
+    def __init__(self, deadline: float, cancelled: Callable[[], str | None] | None) -> None:
+        self.deadline = deadline
+        self.cancelled = cancelled
+        self.sock: socket.socket | None = None
+        #: a connection was cut at the deadline
+        self.fired = False
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="ota-download-watch", daemon=True)
+
+    def __enter__(self) -> _Watch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while not self.done.wait(_WATCH_S):
+            try:
+                why = time.monotonic() > self.deadline or (self.cancelled is not None and self.cancelled())
+            except Exception:  # loop boundary: a failing check is the download loop's to report, not ours
+                log.exception("download watch: the cancellation check failed")
+                why = False
+            sock = self.sock
+            if why and sock is not None:
+                self.fired = True
+                try:  # the plain socket's shutdown: an SSL socket's would also tear down its state under the reader
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed: nothing is blocked on it
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """urllib's default handlers for HTTP(S), proxies and redirects, with connections this watch can
+        cut; no FTP, file or data URLs, which a redirect could otherwise lead to."""
+        watch = self
+
+        class Http(http.client.HTTPConnection):
+            def connect(self) -> None:
+                super().connect()
+                watch.sock = self.sock
+
+        class Https(http.client.HTTPSConnection):
+            def connect(self) -> None:
+                super().connect()
+                watch.sock = self.sock
+
+        class HttpHandler(urllib.request.HTTPHandler):
+            def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+                return self.do_open(Http, req)
+
+        class HttpsHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+                return self.do_open(Https, req)
+
+        opener = urllib.request.OpenerDirector()
+        for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), HttpHandler(),
+                        HttpsHandler(), urllib.request.HTTPDefaultErrorHandler(),
+                        urllib.request.HTTPRedirectHandler(), urllib.request.HTTPErrorProcessor()):
+            opener.add_handler(handler)
+        return opener
 
 
 def _hash_existing(path: Path) -> tuple[int, hashlib._Hash]:
@@ -51,9 +129,11 @@ def download(
 
     Permanent failures end the download at once with the reason: a client error from every URL (404,
     403, 416: the file is smaller than the manifest says), or the local file that cannot be written
-    (read-only or full disk). Transient ones (5xx, a stall, a dropped connection) are retried with
-    exponential backoff until the deadline, each logged. `cancelled` (checked between reads and while
-    backing off) gives a reason to stop, such as a newer deploy."""
+    (read-only or full disk). Transient ones (5xx, a stall, a dropped connection, an answer that is
+    not HTTP, a range other than the one asked for) are retried with exponential backoff until the
+    deadline, each logged. The deadline holds whatever the server does: a connection still open when
+    it passes is cut. `cancelled` (checked between reads, while backing off, and by the watch that
+    cuts the connection) gives a reason to stop, such as a newer deploy."""
     if not urls:
         raise DownloadError("no URL to download from")
     have = dest.stat().st_size if dest.exists() else 0
@@ -68,67 +148,90 @@ def download(
         )
     got, hasher = _hash_existing(dest) if have else (0, hashlib.sha256())
     deadline = time.monotonic() + deadline_s
-    last_error = "no attempt"
-    attempt = 0
-    refused: dict[str, str] = {}  # URL -> the permanent error it gave
-    backoff = _BACKOFF_S[0]
-    while got < size:
-        _check(cancelled)
-        if time.monotonic() > deadline:
-            raise DownloadError(f"not complete within {deadline_s:g} s ({got} of {size} bytes): {last_error}")
-        live = [u for u in urls if u not in refused]
-        url = live[attempt % len(live)]
-        attempt += 1
-        req = urllib.request.Request(url, headers={"Range": f"bytes={got}-"} if got else {})
-        try:
-            with urllib.request.urlopen(req, timeout=stall_s) as resp:
-                if got and resp.status != 206:  # no Range support: start over
-                    got, hasher = 0, hashlib.sha256()
-                    mode = "wb"
-                else:
-                    mode = "ab" if got else "wb"
-                out = _open(dest, mode)
-                with out:
-                    while time.monotonic() < deadline:
-                        _check(cancelled)
-                        chunk = resp.read(min(_CHUNK, size - got + 1))
-                        if not chunk:
-                            break
-                        if got + len(chunk) > size:
-                            raise DownloadError(f"server sent more than the manifest's {size} bytes")
-                        _write(out, chunk, dest)
-                        hasher.update(chunk)
-                        got += len(chunk)
-                        backoff = _BACKOFF_S[0]  # progress: the next trouble starts the backoff afresh
-                        if progress is not None:
-                            progress(got, size)
-                        if got == size:
-                            break
-            last_error = "connection closed early" if got < size else ""
-        except DownloadError:
-            _discard(dest)
-            raise
-        except TimeoutError:
-            last_error = f"stalled for {stall_s:g} s"
-        except urllib.error.HTTPError as err:
-            last_error = f"HTTP {err.code}"
-            if 400 <= err.code < 500 and err.code not in _RETRYABLE_4XX:
-                why = "the file is smaller than the manifest's size" if err.code == 416 else err.reason
-                refused[url] = f"HTTP {err.code} ({why})"
-                if len(refused) == len(set(urls)):
-                    raise DownloadError("; ".join(f"{u}: {r}" for u, r in refused.items())) from None
-                continue
-        except (urllib.error.URLError, OSError) as err:
-            last_error = str(getattr(err, "reason", err))
-        if got < size and time.monotonic() < deadline:
-            wait = min(backoff, max(0.0, deadline - time.monotonic()))
-            log.warning("download of %s: %s; retrying in %.0f s (%d of %d bytes)", url, last_error, wait, got, size)
-            _sleep(wait, cancelled)
-            backoff = min(_BACKOFF_S[1], backoff * 2)
+    with _Watch(deadline, cancelled) as watch:
+        opener = watch.opener()
+        last_error = "no attempt"
+        attempt = 0
+        refused: dict[str, str] = {}  # URL -> the permanent error it gave
+        backoff = _BACKOFF_S[0]
+        while got < size:
+            _check(cancelled)
+            if time.monotonic() > deadline:
+                why = "the server was still sending" if watch.fired else last_error  # cut mid-response
+                raise DownloadError(f"not complete within {deadline_s:g} s ({got} of {size} bytes): {why}")
+            live = [u for u in urls if u not in refused]
+            url = live[attempt % len(live)]
+            attempt += 1
+            req = urllib.request.Request(url, headers={"Range": f"bytes={got}-"} if got else {})
+            try:
+                with opener.open(req, timeout=stall_s) as resp:
+                    if got and _range_start(resp) != got:  # no Range support, or not the range asked for
+                        if resp.status == 206 and _range_start(resp) != 0:
+                            sent = resp.headers["Content-Range"]
+                            raise _WrongRange(f"asked for bytes from {got}, the server sent {sent}")
+                        got, hasher = 0, hashlib.sha256()  # the whole file again: start over
+                    out = _open(dest, "ab" if got else "wb")
+                    with out:
+                        while time.monotonic() < deadline:
+                            _check(cancelled)
+                            # at most one read from the socket: a trickle cannot hold this past the deadline
+                            chunk = resp.read1(min(_CHUNK, size - got + 1))
+                            if not chunk:
+                                break
+                            if got + len(chunk) > size:
+                                raise DownloadError(f"server sent more than the manifest's {size} bytes")
+                            _write(out, chunk, dest)
+                            hasher.update(chunk)
+                            got += len(chunk)
+                            backoff = _BACKOFF_S[0]  # progress: the next trouble starts the backoff afresh
+                            if progress is not None:
+                                progress(got, size)
+                            if got == size:
+                                break
+                if got < size:
+                    late = time.monotonic() >= deadline
+                    last_error = "the server was still sending" if late else "connection closed early"
+            except DownloadError:
+                _discard(dest)
+                raise
+            except TimeoutError:
+                last_error = f"stalled for {stall_s:g} s"
+            except _WrongRange as err:
+                last_error = str(err)  # the next request asks for the whole file
+                got, hasher = 0, hashlib.sha256()
+            except http.client.HTTPException as err:  # not HTTP, too many headers, a chunk cut short: as a drop
+                last_error = f"bad HTTP response: {err!r}"
+            except urllib.error.HTTPError as err:
+                last_error = f"HTTP {err.code}"
+                if 400 <= err.code < 500 and err.code not in _RETRYABLE_4XX:
+                    why = "the file is smaller than the manifest's size" if err.code == 416 else err.reason
+                    refused[url] = f"HTTP {err.code} ({why})"
+                    if len(refused) == len(set(urls)):
+                        raise DownloadError("; ".join(f"{u}: {r}" for u, r in refused.items())) from None
+                    continue
+            except (urllib.error.URLError, OSError) as err:
+                last_error = str(getattr(err, "reason", err))
+            if got < size and time.monotonic() < deadline:
+                wait = min(backoff, max(0.0, deadline - time.monotonic()))
+                log.warning("download of %s: %s; retrying in %.0f s (%d of %d bytes)", url, last_error, wait, got, size)
+                _sleep(wait, cancelled)
+                backoff = min(_BACKOFF_S[1], backoff * 2)
     if hasher.hexdigest() != sha256:
         _discard(dest)
         raise DownloadError(f"sha256 mismatch: got {hasher.hexdigest()[:16]}..., manifest says {sha256[:16]}...")
     return dest
+
+
+class _WrongRange(Exception):
+    """A 206 for bytes other than those asked for."""
+
+
+def _range_start(resp: http.client.HTTPResponse) -> int:
+    """Where the response's body starts in the file: 0 for a whole file."""
+    if resp.status != 206:
+        return 0
+    m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", "").strip())
+    return int(m.group(1)) if m else -1
 
 
 def _check(cancelled: Callable[[], str | None] | None) -> None:
