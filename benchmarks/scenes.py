@@ -167,6 +167,30 @@ def random_scenes(
     return out
 
 
+def boxes_at(scene: Scene, i: int) -> dict[int, Box]:
+    """Each actor's truth box in frame `i` (ids from 1), whether or not it is in view."""
+    out = {}
+    for k, a in enumerate(scene.actors, start=1):
+        pos = a.at(i, scene.frames)
+        if pos is not None:
+            _, (bx1, by1, bx2, by2) = SPRITE_TRUTH[a.sprite]
+            out[k] = (pos[0] + bx1, pos[1] + by1, pos[0] + bx2, pos[1] + by2)
+    return out
+
+
+def crossings(scene: Scene) -> list[tuple[int, int, int, int]]:
+    """Each pair of objects whose boxes meet, and the frames from their first to their last touch:
+    (id, id, first frame, last frame). The objects move on straight lines, so a pair meets once."""
+    met: dict[tuple[int, int], list[int]] = {}
+    for i in range(scene.frames):
+        boxes = sorted(boxes_at(scene, i).items())
+        for n, (a, box_a) in enumerate(boxes):
+            for b, box_b in boxes[n + 1 :]:
+                if _overlap(box_a, box_b) > 0:
+                    met.setdefault((a, b), []).append(i)
+    return [(a, b, min(f), max(f)) for (a, b), f in sorted(met.items())]
+
+
 def _overlap(a: Box, b: Box) -> float:
     return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 

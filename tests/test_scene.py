@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from benchmarks.bench_tracking import (
     Recorded,
+    SceneRun,
     detector,
     events_per_object,
     known_ids,
@@ -26,8 +27,9 @@ from benchmarks.bench_tracking import (
     run_scene,
     save_recorded,
     score,
+    switches_per_crossing,
 )
-from benchmarks.scenes import FPS, SCENES
+from benchmarks.scenes import FPS, SCENES, Actor, Scene, boxes_at, crossings
 from edge_agent.config import ConfigError, SceneConfig, load_settings
 from edge_agent.results import Detection, Result
 from edge_agent.scene import SceneStage
@@ -202,6 +204,43 @@ def test_cats_crossing_at_most_one_switch(ssd: Any) -> None:
 
 
 @needs_shared
+@pytest.mark.parametrize("every", [1, 2])
+def test_id_switches_are_counted_per_crossing(every: int) -> None:
+    """Three objects: two cross, the third stays apart. The benchmark gives each ID switch to the
+    crossing of its object nearest in time, and counts apart those of an object that crosses nothing."""
+    scene = Scene("three", "ssd", 60, (Actor("cat", (0, 0), (400, 0)), Actor("cat", (400, 0), (0, 0)),
+                                        Actor("cat", (0, 270), (0, 270))))
+    met = crossings(scene)
+    assert [(a, b) for a, b, *_ in met] == [(1, 2)] and met[0][2] < 30 < met[0][3]
+    run = SceneRun("three", 0, [], [])
+    for i in range(0, scene.frames, every):
+        boxes = boxes_at(scene, i)
+        run.frames += 1
+        run.truth.append([(k, "cat", b) for k, b in boxes.items()])
+        # the first object's track changes id twice, once as the pair meet and once just after it;
+        # the third's once, far from any crossing
+        first = 10 if i < 28 else 11 if i < 40 else 12
+        run.tracks.append([(first, "cat", boxes[1]), (20, "cat", boxes[2]), (30 if i < 50 else 31, "cat", boxes[3])])
+    assert score(run)["num_switches"] == 3
+    assert switches_per_crossing(run, scene, every) == ([2], 1)
+
+    # all three meet at once, and the first takes the third's track: the switch is that crossing's,
+    # though the first meets the second at the same time; the third's new track goes with it
+    scene = Scene("pile", "ssd", 60, (Actor("cat", (0, 100), (400, 100)), Actor("cat", (400, 160), (0, 160)),
+                                      Actor("cat", (200, 40), (200, 40))))
+    assert [(a, b) for a, b, *_ in crossings(scene)] == [(1, 2), (1, 3), (2, 3)]
+    run = SceneRun("pile", 0, [], [])
+    for i in range(0, scene.frames, every):
+        boxes = boxes_at(scene, i)
+        run.frames += 1
+        run.truth.append([(k, "cat", b) for k, b in boxes.items()])
+        swapped = i >= 20
+        run.tracks.append([(30 if swapped else 10, "cat", boxes[1]), (20, "cat", boxes[2]),
+                           (31 if swapped else 30, "cat", boxes[3])])
+    assert score(run)["num_switches"] == 2
+    assert switches_per_crossing(run, scene, every) == ([0, 2, 0], 0)
+
+
 @pytest.mark.parametrize(
     "name",
     [
