@@ -35,8 +35,11 @@ cut from a photo, `--kinds apple` in that benchmark), also boxes what shows of o
 whole box, the object again with some of its neighbour, a box over parts of both, and the visible
 part of one coming out from behind the other, at times under another label: none of these starts a
 track (each took its own and cost two ID switches: 106 in 128 apple crossings drawn at random
-before, 4 after; docs/scenes.md), a faint box two tracks fit alike goes to neither, and a loose box
-round a track's object weighs half only where the object's tighter box is inside it.
+before, 4 after; docs/scenes.md), nor does a box over the facing halves of two (most of it inside
+their two boxes together, less than half of either); a faint box two tracks fit alike goes to
+neither, and so does a faint box round a confident one that went to neither (a coasting track took
+it in the second round, where it had no rival); and a loose box round a track's object weighs half
+only where the object's tighter box is inside it.
 
 For tens of objects the cost is the count of numpy calls on tiny arrays, not the arithmetic, and the
 code is shaped by that: per-track state is plain floats (a struct-of-arrays version measured 5-30 %
@@ -105,6 +108,8 @@ _PART = 0.25
 _DUPLICATE = 0.5
 #: ... and one holding this share of each of two such boxes, a box over the pair.
 _HALF = 0.5
+#: ... and one with this share of its area inside two such boxes together, a box between the pair.
+_BETWEEN = 0.7
 #: A new box with this share of its area inside the predicted box of a confirmed track that found no box
 #: is that track's object reappearing, not a new one.
 _UNSEEN = 0.5
@@ -307,6 +312,26 @@ def _round_two(
     return [c for c, ok in zip(multi, (area_d[multi] > _ROUND * largest).tolist(), strict=True) if ok]
 
 
+def _inter(a: list[float], b: list[float]) -> float:
+    """The area two xyxy boxes share."""
+    iw, ih = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    return iw * ih if iw > 0.0 and ih > 0.0 else 0.0
+
+
+def _between(box: list[float], taken: list[list[float]]) -> bool:
+    """Whether two of the `taken` boxes together hold _BETWEEN of `box`'s area: a box over the facing
+    halves of two objects, which no one of them holds half of. Plain floats: it runs for the few new
+    boxes that touch two taken ones."""
+    need = _BETWEEN * (box[2] - box[0]) * (box[3] - box[1])
+    for i, a in enumerate(taken):
+        in_a = _inter(box, a)
+        for b in taken[i + 1 :]:
+            both = [max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])]
+            if in_a + _inter(box, b) - _inter(box, both) >= need:
+                return True
+    return False
+
+
 def _round_tight(boxes: np.ndarray, cand: np.ndarray, round_one: np.ndarray, big: list[int]) -> list[int]:
     """Of the boxes `big` round some track's object (`round_one`, over the tracks with rivals), those
     holding another candidate of such a track: the object's own tighter box is there to win. A box
@@ -385,6 +410,8 @@ class Tracker:
             free = [t for t in free if t not in taken]
         # round 2: weak detections keep confirmed tracks alive; they never start one
         if weak and free:
+            if first.shunned:
+                weak = self._not_round(boxes, labels, weak, first.shunned)
             second = self._match(predicted, boxes, labels, [t for t in free if tracks[t].confirmed], weak, _WEAK_IOU)
             matched += second
             taken = {m for m, _ in second}
@@ -640,6 +667,18 @@ class Tracker:
             return _Round(pairs, near, shun)
         return _Round([(r, dets[c]) for r, c in pairs], near, [dets[c] for c in shun])
 
+    @staticmethod
+    def _not_round(boxes: np.ndarray, labels: list[str], weak: list[int], shunned: list[int]) -> list[int]:
+        """The weak detections but those round a box that went to neither of two tracks (holding _ENCLOSED
+        of it, of its label): where the tight box fits two objects alike, a looser one round it does as
+        much, and a track coasting behind the other would take it only for want of a rival in round two."""
+        inter, _, area_s = _overlap(boxes[weak], boxes[shunned])
+        round_one = inter >= _ENCLOSED * area_s
+        kinds = _same([labels[d] for d in weak], [labels[d] for d in shunned])
+        if kinds is not None:
+            round_one &= kinds
+        return [d for d, no in zip(weak, _any(round_one, axis=1).tolist(), strict=True) if not no]
+
     def _births(
         self,
         boxes: np.ndarray,
@@ -683,6 +722,13 @@ class Tracker:
                 halves &= kinds_m
             known |= _any(copy, axis=1)
             known |= _sum(halves, axis=1) >= 2  # over the pair: half of each of two taken boxes
+            touching = inter > 0.0
+            if kinds_m is not None:
+                touching &= kinds_m
+            for i in (_sum(touching, axis=1) >= 2).nonzero()[0].tolist():  # between the pair: mostly inside two
+                if not known[i]:
+                    pair = boxes[[taken[j] for j in touching[i].nonzero()[0].tolist()]].tolist()
+                    known[i] = _between(boxes[dets[i]].tolist(), pair)
         if unseen is not None:
             # mostly over where a confirmed track that found no box this frame is looked for, whatever its
             # label: that object coming out from behind another; the track takes such a box once it fits

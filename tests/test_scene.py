@@ -247,6 +247,7 @@ def test_id_switches_are_counted_per_crossing(every: int) -> None:
         *("cats_crossing", "cats_crossing_level", "cats_crossing_diagonal", "cats_fast_and_slow"),
         *("random13_0_cat", "random13_8_cat", "random13_12_cat", "random7_1_cat"),
         *("random1_5_apple", "random2_2_apple", "random3_14_apple", "random1_8_apple"),
+        *("random21_13_apple", "random19_15_apple"),
     ],
 )
 def test_crossings_hold_whatever_the_scores_do(ssd: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -264,7 +265,9 @@ def test_crossings_hold_whatever_the_scores_do(ssd: Any, name: str, monkeypatch:
     tracked, as a user would set it) gave two or more at most shifts while a part of the apple coming
     out from behind the other, boxed beside its whole box, started a track of its own (`random1_5`),
     as did the apple again with some of its neighbour (`random2_2`), and while a faint box both
-    tracks fitted alike went to the hidden apple's (`random3_14`)."""
+    tracks fitted alike went to the hidden apple's (`random3_14`); and while a box over the two
+    apples' facing halves started a track (`random21_13`), and a faint box round one that went to
+    neither went to the hidden apple's track (`random19_15`)."""
     cfg = None
     if name not in SCENES:
         from benchmarks.scenes import random_scenes
@@ -601,6 +604,15 @@ def test_a_part_a_copy_or_a_pair_of_tracked_objects_starts_no_track() -> None:
         boxes = [a, b] + [over] * (i >= 2)
         two.update(np.array(boxes), np.full(len(boxes), 0.8), ["apple"] * len(boxes), i / 15)
     assert two.created == 2
+    # overlapping, and a box over their facing halves: 37 % of A's box and 35 % of B's, but 74 % of it
+    # inside the two together (two apples' facing halves, boxed as one as they cross)
+    two = Tracker()
+    a, b = [0.10, 0.30, 0.40, 0.70], [0.34, 0.36, 0.64, 0.76]
+    between = [0.26, 0.22, 0.50, 0.62]
+    for i in range(6):
+        boxes = [a, b] + [between] * (i >= 2)
+        two.update(np.array(boxes), np.full(len(boxes), 0.8), ["apple"] * len(boxes), i / 15)
+    assert two.created == 2
 
 
 def test_a_box_where_a_hidden_object_is_looked_for_starts_no_track() -> None:
@@ -646,6 +658,20 @@ def test_a_faint_box_two_tracks_want_alike_goes_to_neither() -> None:
     for i in range(4):
         alone.update(np.array([a]), np.array([0.9]), ["cat"], i / 15)
     assert alone.update(np.array([between]), np.array([0.3]), ["cat"], 4 / 15).ids == [1]
+
+
+def test_a_faint_box_round_one_that_went_to_neither_goes_to_neither() -> None:
+    """B is behind A, a little to its right. The detector's confident box fits both tracks alike and
+    goes to neither; a faint box round it, reaching to B's side, fits only B's track, which took it in
+    the second round for want of a rival and was dragged over A. It fits the pair as the tight box
+    does, and is no one's either; each takes its own box when the two are seen apart."""
+    tr = Tracker()
+    a, b = [0.30, 0.40, 0.50, 0.70], [0.36, 0.40, 0.56, 0.70]
+    for i in range(4):
+        tr.update(np.array([a, b]), np.full(2, 0.9), ["cat"] * 2, i / 15)
+    both, loose = [0.33, 0.40, 0.53, 0.70], [0.33, 0.36, 0.62, 0.72]
+    assert tr.update(np.array([both, loose]), np.array([0.9, 0.3]), ["cat"] * 2, 4 / 15).ids == [None, None]
+    assert tr.update(np.array([a, b]), np.full(2, 0.9), ["cat"] * 2, 5 / 15).ids == [1, 2]
 
 
 def test_a_loose_box_is_the_objects_own_when_nothing_tighter_is_inside_it() -> None:
