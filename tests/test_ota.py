@@ -19,6 +19,7 @@ import pytest
 from edge_agent.fleet import FileServer, build_manifest
 from edge_agent.ota.manifest import load_private_key, write_keypair
 from edge_agent.sinks.mqtt import Subscriber
+from edge_agent.topics import ota_chunk
 
 from .conftest import (
     DEMO_VIDEO,
@@ -580,6 +581,15 @@ def test_mqtt_chunk_delivery(broker: Broker, agent_factory, keys) -> None:  # ty
     try:
         agent_factory([*STREAM, "--device-id", "mq1"], env=ota_env(broker, pub))
         wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        # a stray chunk of the model's first place, the wrong size, ahead of the fleet's: before, it
+        # ended the delivery; it is ignored, and the fleet's own chunk takes the place
+        sha = hashlib.sha256(SHORT_INT8.read_bytes()).hexdigest()
+        stray = Subscriber(broker.mqtt(), [])
+        assert stray.start(10)
+        try:
+            stray.publish(ota_chunk("edge/mq1", sha, 0), b"not the model", qos=1)
+        finally:
+            stray.stop()
         r = run_cli("fleet", "push", str(SHORT_INT8), "--version", "1", "--device", "mq1", "--key", str(priv),
                     "--mqtt", "--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--timeout", "120",
                     timeout=180)
