@@ -320,8 +320,8 @@ def _inter(a: list[float], b: list[float]) -> float:
 
 def _between(box: list[float], taken: list[list[float]]) -> bool:
     """Whether two of the `taken` boxes together hold _BETWEEN of `box`'s area: a box over the facing
-    halves of two objects, which no one of them holds half of. Plain floats: it runs for the few new
-    boxes that touch two taken ones."""
+    halves of two objects, with less than half of either's box in it. Plain floats: it runs for the
+    few new boxes that touch two taken ones."""
     need = _BETWEEN * (box[2] - box[0]) * (box[3] - box[1])
     for i, a in enumerate(taken):
         in_a = _inter(box, a)

@@ -203,7 +203,6 @@ def test_cats_crossing_at_most_one_switch(ssd: Any) -> None:
     assert sum(c["new"] for c in per.values()) == 2 and all(c["new"] == c["end"] == 1 for c in per.values())
 
 
-@needs_shared
 @pytest.mark.parametrize("every", [1, 2])
 def test_id_switches_are_counted_per_crossing(every: int) -> None:
     """Three objects: two cross, the third stays apart. The benchmark gives each ID switch to the
@@ -241,6 +240,7 @@ def test_id_switches_are_counted_per_crossing(every: int) -> None:
     assert switches_per_crossing(run, scene, every) == ([0, 2, 0], 0)
 
 
+@needs_shared
 @pytest.mark.parametrize(
     "name",
     [
