@@ -6,7 +6,9 @@ import datetime as dt
 import functools
 import hashlib
 import http.server
+import io
 import json
+import re
 import threading
 import time
 import uuid
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import MQTTConfig
+from edge_agent.httpserver import BoundedServer
 from edge_agent.ota.manifest import Manifest
 from edge_agent.ota.updater import TERMINAL
 from edge_agent.progress import Progress
@@ -62,27 +65,39 @@ def build_manifest(
 
 
 class FileServer:
-    """Serves one directory over HTTP (Range supported by the handler below) for `push --serve`."""
+    """Serves one directory over HTTP (Range supported by the handler below) for `push --serve` and
+    rollouts. A fleet's devices are many and their links poor: a connection idle for `client_timeout_s`
+    is let go, and at most `max_connections` are served at once (more are closed unread; a device
+    retries its download), so devices that vanish mid-download never pile up threads on the host."""
 
-    def __init__(self, directory: Path, host: str, port: int):
-        handler = functools.partial(_RangeHandler, directory=str(directory))
-        self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
+    def __init__(
+        self, directory: Path, host: str, port: int, client_timeout_s: float = 60.0, max_connections: int = 256
+    ):
+        handler = type("Handler", (_RangeHandler,), {"timeout": client_timeout_s})
+        self.httpd = BoundedServer((host, port), functools.partial(handler, directory=str(directory)),
+                                   max_connections)
         self.port = int(self.httpd.server_address[1])
         threading.Thread(target=self.httpd.serve_forever, name="fleet-http", daemon=True).start()
 
     def close(self) -> None:
         self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+#: One range, `bytes=FIRST-[LAST]` or `bytes=-SUFFIX`; anything else is ignored and the whole file sent.
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """SimpleHTTPRequestHandler plus single-range `Range: bytes=N-` requests (resumable downloads)."""
+    """SimpleHTTPRequestHandler plus a single byte range (resumable downloads). A Range header this does
+    not parse (several ranges, garbage) is ignored, as RFC 9110 allows: the whole file, 200."""
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def send_head(self):
-        rng = self.headers.get("Range", "")
-        if not rng.startswith("bytes=") or "," in rng:
+        m = _RANGE.fullmatch(self.headers.get("Range", "").strip())
+        if m is None or not (m.group(1) or m.group(2)):
             return super().send_head()
         path = Path(self.translate_path(self.path))
         try:
@@ -91,17 +106,27 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
             self.send_error(404)
             return None
         size = path.stat().st_size
-        start = int(rng[6:].split("-", 1)[0] or 0)
-        if start >= size:
+        if m.group(1):
+            start, last = int(m.group(1)), min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
+        else:  # the last N bytes
+            start, last = max(0, size - int(m.group(2))), size - 1
+        if start >= size or last < start:
             f.close()
-            self.send_error(416)
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return None
         f.seek(start)
         self.send_response(206)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-        self.send_header("Content-Length", str(size - start))
+        self.send_header("Content-Range", f"bytes {start}-{last}/{size}")
+        self.send_header("Content-Length", str(last - start + 1))
         self.end_headers()
+        if last < size - 1:  # copyfile sends to the end: hand it only the range
+            data = f.read(last - start + 1)
+            f.close()
+            return io.BytesIO(data)
         return f
 
 

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from edge_agent.config import HTTPConfig
+from edge_agent.httpserver import BoundedServer
 from edge_agent.liveview import LiveView
 from edge_agent.metrics import HealthCollector, Latencies
 from edge_agent.snapshots import colour_for, draw_banner, draw_box
@@ -66,40 +67,6 @@ def _frame_caption(doc: dict[str, Any]) -> str:
     return f"#{doc.get('seq', '?')} {when}".strip()
 
 
-class _Server(ThreadingHTTPServer):
-    """One thread per connection, as many as `max_connections` at once: beyond that a connection is
-    closed unread, so clients that open connections and send nothing (or a page left open in many tabs)
-    cannot make the agent start threads without bound; each handler also gives up on a client idle for
-    `client_timeout_s` (the handler's socket timeout), which frees its slot."""
-
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int):
-        super().__init__(address, handler)
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self.refused = 0
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.refused += 1
-            if self.refused in (1, 10, 100, 1000) or self.refused % 10000 == 0:
-                log.warning("http: %d connection(s) refused so far: more than http.max_connections at once",
-                            self.refused)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-
 class WebServer:
     def __init__(
         self,
@@ -121,7 +88,7 @@ class WebServer:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        self._server: _Server | None = None
+        self._server: BoundedServer | None = None
         self._thread: threading.Thread | None = None
         self.requests = 0
 
@@ -132,7 +99,7 @@ class WebServer:
     def start(self) -> None:
         # `timeout`: the socket's, set up per connection; a stalled read or write ends the connection
         handler = type("Handler", (_Handler,), {"web": self, "timeout": self.cfg.client_timeout_s})
-        self._server = _Server((self.cfg.bind, self.cfg.port), handler, self.cfg.max_connections)
+        self._server = BoundedServer((self.cfg.bind, self.cfg.port), handler, self.cfg.max_connections)
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
         self._thread.start()
         log.info("status page on http://%s:%d/", self.cfg.bind, self.port)

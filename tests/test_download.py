@@ -7,6 +7,8 @@ import http.server
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -125,6 +127,57 @@ def test_fleet_file_server_honours_range(tmp_path: Path) -> None:
         part.write_bytes(DATA[:5000])  # a download interrupted earlier
         assert download([f"http://127.0.0.1:{fs.port}/m.tflite"], part, len(DATA), SHA, 5, 30).read_bytes() == DATA
     finally:
+        fs.close()
+
+
+def _get(url: str, rng: str | None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers={"Range": rng} if rng is not None else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def test_fleet_file_server_answers_any_range_header(tmp_path: Path) -> None:
+    """What a device, a proxy or a curious client may send: a range with an end, the last N bytes, one
+    past the end, and headers it does not parse (several ranges, garbage), which get the whole file.
+    Before, an end was ignored, `bytes=-N` sent the whole file as a 206 from 0, and garbage made the
+    handler raise."""
+    (tmp_path / "m.tflite").write_bytes(DATA)
+    fs = FileServer(tmp_path, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{fs.port}/m.tflite"
+    n = len(DATA)
+    try:
+        assert _get(url, "bytes=100-199")[::2] == (206, DATA[100:200])
+        assert _get(url, "bytes=100-199")[1]["Content-Range"] == f"bytes 100-199/{n}"
+        assert _get(url, "bytes=-500")[::2] == (206, DATA[-500:])
+        assert _get(url, f"bytes={n - 10}-{n + 1000}")[::2] == (206, DATA[-10:])
+        assert _get(url, f"bytes={n}-")[0] == 416 and _get(url, f"bytes={n}-")[1]["Content-Range"] == f"bytes */{n}"
+        for ignored in ("bytes=0-9,20-29", "bytes=abc-", "items=0-9", "bytes=-", None):
+            assert _get(url, ignored)[::2] == (200, DATA), ignored
+    finally:
+        fs.close()
+
+
+def test_fleet_file_server_lets_idle_devices_go(tmp_path: Path) -> None:
+    """Devices that connect and go quiet (a link that died mid-download) are let go after the idle
+    timeout, and beyond `max_connections` at once a connection is closed unread: the host never
+    holds a thread per vanished device. Before, each held a thread for ever."""
+    (tmp_path / "m.tflite").write_bytes(DATA)
+    fs = FileServer(tmp_path, "127.0.0.1", 0, client_timeout_s=1.0, max_connections=3)
+    idle: list[socket.socket] = []
+    try:
+        idle = [socket.create_connection(("127.0.0.1", fs.port)) for _ in range(6)]
+        for s in idle:
+            s.settimeout(20)
+            assert s.recv(1) == b""  # closed by the server, having sent nothing
+        assert fs.httpd.refused >= 1
+        assert download([f"http://127.0.0.1:{fs.port}/m.tflite"], tmp_path / "m.part", len(DATA), SHA, 5,
+                        30).read_bytes() == DATA
+    finally:
+        for s in idle:
+            s.close()
         fs.close()
 
 
