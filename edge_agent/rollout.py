@@ -376,6 +376,11 @@ class Runner:
             p = plan.devices[d]
             if answer.get("status") == "done":
                 p.state, p.reason = "rolled_back_by_rollout", "rolled back with the halted wave"
+            elif p.state in _NOTHING_TO_UNDO:
+                # it undid the release itself while the rollback was on its way (its probation ended):
+                # its own state and reason stand, and the refusal says only that nothing was left to undo
+                self.say(f"{d}: already {p.state}; the rollback found nothing to undo")
+                continue
             else:
                 p.reason = f"rollback refused: {answer.get('reason') or answer.get('status')}"
             self.save()
