@@ -46,7 +46,7 @@ class _Watch:
         self.deadline = deadline
         self.cancelled = cancelled
         self.sock: socket.socket | None = None
-        #: a connection was cut at the deadline
+        #: an open connection was cut (the deadline passed, or the download was cancelled)
         self.fired = False
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, name="ota-download-watch", daemon=True)
@@ -68,9 +68,9 @@ class _Watch:
                 why = False
             sock = self.sock
             if why and sock is not None:
-                self.fired = True
                 try:  # the plain socket's shutdown: an SSL socket's would also tear down its state under the reader
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                    self.fired = True
                 except OSError:
                     pass  # already closed: nothing is blocked on it
 
