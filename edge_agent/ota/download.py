@@ -174,7 +174,9 @@ def download(
                     with out:
                         while time.monotonic() < deadline:
                             _check(cancelled)
-                            # at most one read from the socket: a trickle cannot hold this past the deadline
+                            # at most one read from the socket: a trickle cannot hold this past the deadline.
+                            # Once `size` bytes are in, one more byte is asked for: the end of the body
+                            # (nothing), or the proof that the server sends more than the manifest's size
                             chunk = resp.read1(min(_CHUNK, size - got + 1))
                             if not chunk:
                                 break
@@ -186,8 +188,6 @@ def download(
                             backoff = _BACKOFF_S[0]  # progress: the next trouble starts the backoff afresh
                             if progress is not None:
                                 progress(got, size)
-                            if got == size:
-                                break
                 if got < size:
                     late = time.monotonic() >= deadline
                     last_error = "the server was still sending" if late else "connection closed early"
