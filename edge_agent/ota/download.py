@@ -67,12 +67,12 @@ class _Watch:
                 log.exception("download watch: the cancellation check failed")
                 why = False
             sock = self.sock
-            if why and sock is not None:
+            if why and sock is not None and sock.fileno() != -1:  # open: a read may be blocked on it
+                self.fired = True  # before the cut: the reader wakes at once and may look at it first
                 try:  # the plain socket's shutdown: an SSL socket's would also tear down its state under the reader
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
-                    self.fired = True
                 except OSError:
-                    pass  # already closed: nothing is blocked on it
+                    pass  # closed meanwhile: nothing is blocked on it
 
     def opener(self) -> urllib.request.OpenerDirector:
         """urllib's default handlers for HTTP(S), proxies and redirects, with connections this watch can
