@@ -292,3 +292,35 @@ def test_a_redirect_is_followed_to_http_only(server, tmp_path: Path) -> None:  #
     finally:
         for s in (ftp, to_ftp, to_http):
             s.close()
+
+
+def test_over_https_a_download_resumes_and_a_stalled_one_is_cut_at_the_deadline(  # type: ignore[no-untyped-def]
+        tmp_path: Path, monkeypatch) -> None:
+    """The same watched connections over TLS, against a server whose certificate the system's CA store
+    (here `SSL_CERT_FILE`, as OpenSSL reads it) trusts: a dropped connection is resumed with a Range,
+    and a server that stops sending mid-body is cut when the deadline passes, long before its 30 s
+    stall timeout would have ended the read."""
+    import ssl
+
+    from .test_mqtt import _make_pki
+
+    ca, cert, key, _ = _make_pki(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    handler = type("H", (Misbehaving,), {"served": [], "release": threading.Event(), "mode": "cut"})
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{srv.server_address[1]}/m.tflite"
+    try:
+        assert download([url], tmp_path / "a.part", len(DATA), SHA, 5, 60).read_bytes() == DATA
+        assert handler.served[0] == "" and handler.served[1].startswith("bytes=")
+        handler.mode, handler.served[:] = "stall", []
+        start = time.monotonic()
+        with pytest.raises(DownloadError, match=r"not complete within 2 s \(1000 of .*still sending"):
+            download([url], tmp_path / "b.part", len(DATA), SHA, 30, 2)
+        assert time.monotonic() - start < 15
+    finally:
+        handler.release.set()
+        srv.shutdown()
