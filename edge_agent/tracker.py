@@ -340,15 +340,15 @@ def _round_tight(boxes: np.ndarray, cand: np.ndarray, round_one: np.ndarray, big
     weight: halving it would hand the track to a box beside its object."""
     out = []
     for c in big:
-        x1, y1, x2, y2 = boxes[c].tolist()
+        box = boxes[c].tolist()
         for r in round_one[:, c].nonzero()[0].tolist():
             inside = False
             for o in cand[r].nonzero()[0].tolist():
                 if o == c:
                     continue
-                a1, b1, a2, b2 = boxes[o].tolist()
-                iw, ih = min(x2, a2) - max(x1, a1), min(y2, b2) - max(y1, b1)
-                if iw > 0 and ih > 0 and iw * ih >= _ENCLOSED * (a2 - a1) * (b2 - b1):
+                a = boxes[o].tolist()
+                shared = _inter(box, a)
+                if shared > 0.0 and shared >= _ENCLOSED * (a[2] - a[0]) * (a[3] - a[1]):
                     inside = True
                     break
             if inside:
