@@ -28,8 +28,9 @@ larger than either, or that two tracks want alike and have no other box for, goe
 coast on their motion until they are seen apart); a track beside a neighbour (two candidate boxes, or
 its box overlapping another track's predicted box, which a partly hidden object's box does as the
 one in front comes over it) learns its position but not its size or velocity from that box, and
-where that box changed size (widened over the pair, or cut by the one in front) only 0.3 of the way
-from its prediction to the box's centre, which is the pair's more than its own; and a box round two
+where that box changed size (widened over the pair, or cut by the one in front), or where the track
+found no box the frame before (its object hidden behind the other), only 0.3 of the way from its
+prediction to the box's centre, which is the pair's more than its own; and a box round two
 confident ones starts no track. The same detector, on an object none of this was tuned on (an apple
 cut from a photo, `--kinds apple` in that benchmark), also boxes what shows of one object beside its
 whole box, the object again with some of its neighbour, a box over parts of both, and the visible
@@ -75,8 +76,9 @@ _FIT_HALF_LIFE_S = 0.5
 #: Weight of a new box against the prediction (size and position): a little smoothing of jitter.
 _BOX_GAIN = 0.85
 _BOX_KEEP = 1 - _BOX_GAIN
-#: The same for the position from a box beside a neighbour that changed size: widened over the pair, or
-#: cut by the one in front, its centre is the pair's more than the object's.
+#: The same for the position from a box beside a neighbour that changed size (widened over the pair, or
+#: cut by the one in front), or taken by a track that found no box last frame: its centre is the pair's
+#: more than the object's.
 _BESIDE_GAIN = 0.3
 _BESIDE_KEEP = 1 - _BESIDE_GAIN
 #: IoU needed for the second (weak detection) round, as in ByteTrack.
@@ -486,7 +488,10 @@ class Tracker:
                     if den > 1e-12:
                         t.vx = (n * stx - st * sx) / den
                         t.vy = (n * sty - st * sy) / den
-            if beside and not steady:  # a box widened over the pair or cut by it: mostly the prediction
+            # a box widened over the pair or cut by it, or any box beside a neighbour for a track that found
+            # none last frame (its object hidden: the box's centre is the pair's until it is seen apart):
+            # mostly the prediction
+            if beside and (not steady or t.misses):
                 t.cx = _BESIDE_GAIN * cx + _BESIDE_KEEP * px
                 t.cy = _BESIDE_GAIN * cy + _BESIDE_KEEP * py
             else:

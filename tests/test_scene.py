@@ -247,7 +247,7 @@ def test_id_switches_are_counted_per_crossing(every: int) -> None:
         *("cats_crossing", "cats_crossing_level", "cats_crossing_diagonal", "cats_fast_and_slow"),
         *("random13_0_cat", "random13_8_cat", "random13_12_cat", "random7_1_cat"),
         *("random1_5_apple", "random2_2_apple", "random3_14_apple", "random1_8_apple"),
-        *("random21_13_apple", "random19_15_apple"),
+        *("random21_13_apple", "random19_15_apple", "random31_13_apple"),
     ],
 )
 def test_crossings_hold_whatever_the_scores_do(ssd: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -267,7 +267,9 @@ def test_crossings_hold_whatever_the_scores_do(ssd: Any, name: str, monkeypatch:
     as did the apple again with some of its neighbour (`random2_2`), and while a faint box both
     tracks fitted alike went to the hidden apple's (`random3_14`); and while a box over the two
     apples' facing halves started a track (`random21_13`), and a faint box round one that went to
-    neither went to the hidden apple's track (`random19_15`)."""
+    neither went to the hidden apple's track (`random19_15`); and while the hidden apple's coasting
+    track moved most of the way to a box of the pair it took, and lost its apple as it came out
+    (`random31_13`)."""
     cfg = None
     if name not in SCENES:
         from benchmarks.scenes import random_scenes
@@ -547,6 +549,31 @@ def test_a_box_cut_by_an_object_in_front_teaches_no_motion(other: bool) -> None:
         assert track_a.vx == vx  # position only
     else:
         assert track_a.vx > vx + 0.05  # the jump, learnt as motion (one point of the fit over the last centres)
+
+
+@pytest.mark.parametrize("hidden", [True, False])
+def test_a_track_that_lost_its_object_is_not_dragged_onto_its_neighbour(hidden: bool) -> None:
+    """B walks right towards A, which stands still, and (`hidden`) is missed for two frames behind it.
+    Then the detector reports A's box and one of B's size over the facing halves of both, which B's
+    track takes. A track that found no box last frame has nothing of its own to weigh that box's centre
+    against: it moves only _BESIDE_GAIN of the way there from where its motion says B is, so that it
+    is not pulled onto A and does not lose B when B comes out. A track seen last frame takes
+    _BOX_GAIN of the way."""
+    tr = Tracker(min_hits=1)
+    a = [0.50, 0.40, 0.66, 0.70]
+    for i in range(10):
+        xb = 0.10 + 0.02 * i
+        seen_b = not (hidden and i >= 8)
+        boxes = [a] + ([[xb, 0.40, xb + 0.16, 0.70]] if seen_b else [])
+        tr.update(np.array(boxes), np.full(len(boxes), 0.9), ["cat"] * len(boxes), i / 15)
+    track_b = next(t for t in tr.tracks if t.id == 2)
+    assert track_b.misses == (2 if hidden else 0)
+    predicted = track_b.cx + track_b.vx * (10 / 15 - track_b.last_ts)
+    box = [0.40, 0.40, 0.56, 0.70]  # B's size, over A's left part: a box of the pair
+    ids = tr.update(np.array([a, box]), np.full(2, 0.9), ["cat"] * 2, 10 / 15).ids
+    assert ids == [1, 2]
+    gain = 0.3 if hidden else 0.85
+    assert track_b.cx == pytest.approx(predicted + gain * (0.48 - predicted)), (track_b.cx, predicted)
 
 
 def test_a_box_round_two_goes_to_neither_when_one_has_its_own_box() -> None:
