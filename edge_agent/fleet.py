@@ -6,9 +6,8 @@ import datetime as dt
 import functools
 import hashlib
 import http.server
-import io
 import json
-import re
+import os
 import threading
 import time
 import uuid
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import MQTTConfig
-from edge_agent.httpserver import BoundedServer
+from edge_agent.httpserver import BoundedServer, RangeNotSatisfiable, byte_range, copy_bytes
 from edge_agent.ota.manifest import Manifest
 from edge_agent.ota.updater import TERMINAL
 from edge_agent.progress import Progress
@@ -84,10 +83,6 @@ class FileServer:
         self.httpd.server_close()
 
 
-#: One range, `bytes=FIRST-[LAST]` or `bytes=-SUFFIX`; anything else is ignored and the whole file sent.
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-
-
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     """SimpleHTTPRequestHandler plus a single byte range (resumable downloads). A Range header this does
     not parse (several ranges, garbage) is ignored, as RFC 9110 allows: the whole file, 200."""
@@ -95,9 +90,12 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    _length: int | None = None  # of the range being sent; None: the whole file
+
     def send_head(self):
-        m = _RANGE.fullmatch(self.headers.get("Range", "").strip())
-        if m is None or not (m.group(1) or m.group(2)):
+        self._length = None
+        header = self.headers.get("Range")
+        if not header:
             return super().send_head()
         path = Path(self.translate_path(self.path))
         try:
@@ -105,29 +103,35 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         except OSError:
             self.send_error(404)
             return None
-        size = path.stat().st_size
-        if m.group(1):
-            start, last = int(m.group(1)), min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
-        else:  # the last N bytes
-            start, last = max(0, size - int(m.group(2))), size - 1
-        if start >= size or last < start:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            span = byte_range(header, size)
+        except RangeNotSatisfiable as err:
             f.close()
             self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Range", str(err))
             self.send_header("Content-Length", "0")
             self.end_headers()
             return None
-        f.seek(start)
+        if span is None:
+            f.close()
+            return super().send_head()
+        first, last = span
+        f.seek(first)
         self.send_response(206)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Range", f"bytes {start}-{last}/{size}")
-        self.send_header("Content-Length", str(last - start + 1))
+        self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.send_header("Content-Length", str(last - first + 1))
         self.end_headers()
-        if last < size - 1:  # copyfile sends to the end: hand it only the range
-            data = f.read(last - start + 1)
-            f.close()
-            return io.BytesIO(data)
+        self._length = last - first + 1
         return f
+
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        """The range's bytes only (the whole file where no range was asked for), a chunk at a time."""
+        if self._length is None:
+            super().copyfile(source, outputfile)
+        else:
+            copy_bytes(source, outputfile, self._length)
 
 
 def push(

@@ -1,13 +1,16 @@
 """A threading HTTP server that serves a bounded number of connections at once (the status page and
-the fleet's model server both face clients they do not control)."""
+the fleet's model server both face clients they do not control), and what both need to send a file:
+a single byte range, and the bytes copied a chunk at a time (a clip or a model is tens of megabytes;
+read whole, a few clients at once would hold that many times it in memory)."""
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +50,40 @@ class BoundedServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+
+#: One range, `bytes=FIRST-[LAST]` or `bytes=-SUFFIX`; anything else is ignored and the whole file sent.
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+#: Bytes read and written at a time when a file is sent.
+CHUNK = 64 * 1024
+
+
+class RangeNotSatisfiable(ValueError):
+    """A range that starts past the file's end (answer 416 with `Content-Range: bytes */SIZE`)."""
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The (first, last) byte of a single `Range` header over a file of `size` bytes, or None where the
+    whole file is to be sent: no header, or one this does not parse (several ranges, another unit,
+    garbage), which RFC 9110 lets a server ignore. A last byte past the end is cut to the end."""
+    m = _RANGE.fullmatch((header or "").strip())
+    if m is None or not (m.group(1) or m.group(2)):
+        return None
+    if m.group(1):
+        first, last = int(m.group(1)), min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
+    else:  # the last N bytes
+        first, last = max(0, size - int(m.group(2))), size - 1
+    if first >= size or last < first:
+        raise RangeNotSatisfiable(f"bytes */{size}")
+    return first, last
+
+
+def copy_bytes(src: BinaryIO, dst: Any, length: int) -> None:
+    """Copies `length` bytes from `src`'s position to `dst`, CHUNK at a time (less if the file is cut
+    short meanwhile: the client sees a body shorter than its Content-Length, and knows)."""
+    while length > 0:
+        data = src.read(min(CHUNK, length))
+        if not data:
+            return
+        dst.write(data)
+        length -= len(data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -24,7 +25,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from edge_agent.config import HTTPConfig
-from edge_agent.httpserver import BoundedServer
+from edge_agent.httpserver import BoundedServer, RangeNotSatisfiable, byte_range, copy_bytes
 from edge_agent.liveview import LiveView
 from edge_agent.metrics import HealthCollector, Latencies
 from edge_agent.snapshots import colour_for, draw_banner, draw_box
@@ -175,17 +176,15 @@ class WebServer:
                 continue
         return out
 
-    def media_file(self, path: str) -> tuple[bytes, str] | None:
-        """`/snapshots/{pipeline}/{name}.jpg` or `/clips/{pipeline}/{name}.avi`, or None; names are checked
-        against a strict pattern, so nothing outside those directories can be named."""
+    def media_file(self, path: str) -> tuple[Path, str] | None:
+        """The file of `/snapshots/{pipeline}/{name}.jpg` or `/clips/{pipeline}/{name}.avi`, and its
+        content type, or None; names are checked against a strict pattern, so nothing outside those
+        directories can be named."""
         m = _MEDIA.match(path)
         if m is None or self.media_root is None or m.group(2) in (".", ".."):
             return None
         f = self.media_root / m.group(1) / m.group(2) / m.group(3)
-        try:
-            return f.read_bytes(), ("image/jpeg" if m.group(1) == "snapshots" else "video/x-msvideo")
-        except OSError:
-            return None
+        return f, ("image/jpeg" if m.group(1) == "snapshots" else "video/x-msvideo")
 
     def frame_jpeg(self, pipeline: str | None = None, after: int = -1) -> tuple[bytes, dict[str, str]] | None:
         """The newest frame, drawn, as JPEG with its number and label rectangles (headers); with `after`,
@@ -233,6 +232,38 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
+    def _send_media(self, path: str) -> None:
+        """A snapshot or clip, a chunk at a time (a clip is up to tens of megabytes, and the server takes
+        `max_connections` clients at once), whole or one byte range (a player seeking, a download
+        resumed)."""
+        media = self.web.media_file(path)
+        try:
+            f = media[0].open("rb") if media is not None else None
+        except OSError:  # missing, or removed as the oldest since it was listed
+            f = None
+        if media is None or f is None:
+            self._send(404, b"not found", "text/plain")
+            return
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            try:
+                span = byte_range(self.headers.get("Range"), size)
+            except RangeNotSatisfiable as err:
+                self._send(416, b"", "text/plain", headers={"Content-Range": str(err)})
+                return
+            first, last = span if span is not None else (0, size - 1)
+            self.send_response(206 if span is not None else 200)
+            self.send_header("Content-Type", media[1])
+            self.send_header("Content-Length", str(last - first + 1))
+            self.send_header("Accept-Ranges", "bytes")
+            if span is not None:
+                self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.end_headers()
+            if self.command != "HEAD":
+                f.seek(first)
+                copy_bytes(f, self.wfile, last - first + 1)
+
     def do_GET(self) -> None:
         web = self.web
         web.requests += 1
@@ -254,11 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     self._send(200, frame[0], "image/jpeg", headers=frame[1])
             elif path.startswith(("/snapshots/", "/clips/")):
-                media = web.media_file(path)
-                if media is None:
-                    self._send(404, b"not found", "text/plain")
-                else:
-                    self._send(200, media[0], media[1], cache=True)
+                self._send_media(path)
             elif path in ("/", "/index.html"):
                 self._send(200, PAGE, "text/html; charset=utf-8", cache=True)
             else:

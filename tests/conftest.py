@@ -340,3 +340,31 @@ def run_tty(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, st
     assert p.stderr is not None
     err = p.stderr.read().decode()
     return p.wait(30), out.decode().replace("\r\n", "\n"), err
+
+
+def streamed_get(url: str, rng: str | None = None) -> tuple[int, dict[str, str], str, int]:
+    """GET `url` (with a `Range` header if given), the body read a chunk at a time and not kept:
+    (status, headers, the body's sha256, the most bytes Python held at once in this process meanwhile,
+    an in-process server's threads included). What a server reads whole to answer shows in the last."""
+    import hashlib
+    import tracemalloc
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Range": rng} if rng is not None else {})
+    digest = hashlib.sha256()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        try:
+            r: Any = urllib.request.urlopen(req, timeout=10)
+        except urllib.error.HTTPError as err:
+            r = err
+        with r:
+            while chunk := r.read(64 * 1024):
+                digest.update(chunk)
+            status, headers = r.getcode(), dict(r.headers)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    return status, headers, digest.hexdigest(), peak

@@ -17,7 +17,7 @@ import pytest
 from edge_agent.fleet import FileServer
 from edge_agent.ota.download import DownloadError, download
 
-from .conftest import SHORT
+from .conftest import SHORT, streamed_get
 
 DATA = SHORT.read_bytes()
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -156,6 +156,27 @@ def test_fleet_file_server_answers_any_range_header(tmp_path: Path) -> None:
         assert _get(url, f"bytes={n}-")[0] == 416 and _get(url, f"bytes={n}-")[1]["Content-Range"] == f"bytes */{n}"
         for ignored in ("bytes=0-9,20-29", "bytes=abc-", "items=0-9", "bytes=-", None):
             assert _get(url, ignored)[::2] == (200, DATA), ignored
+    finally:
+        fs.close()
+
+
+def test_fleet_file_server_sends_a_range_a_chunk_at_a_time(tmp_path: Path) -> None:
+    """A range that stops short of the end (a device resuming with a bounded request, or a client
+    asking for all but the last byte of a large model, many at once) is sent a chunk at a time. Before,
+    such a range was read into memory whole for each request."""
+    import hashlib
+    import os
+
+    data = os.urandom(8 << 20)
+    (tmp_path / "big.tflite").write_bytes(data)
+    fs = FileServer(tmp_path, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{fs.port}/big.tflite"
+    n = len(data)
+    try:
+        for rng, part in ((f"bytes=1-{n - 2}", data[1:-1]), ("bytes=10-", data[10:]), (None, data)):
+            status, _, digest, peak = streamed_get(url, rng)
+            assert (status, digest) == (200 if rng is None else 206, hashlib.sha256(part).hexdigest()), rng
+            assert peak < n // 8, f"{rng}: {peak} bytes held while sending {len(part)}"
     finally:
         fs.close()
 

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge_agent.metrics import BROKER_DROPS, FRAME_DROPS, lookup
 from edge_agent.snapshots import contrast
 
-from .conftest import DEMO_VIDEO, SHORT, SLOWDOWN, Broker, collect, free_port, scaled, wait_until
+from .conftest import DEMO_VIDEO, SHORT, SLOWDOWN, Broker, collect, free_port, scaled, streamed_get, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -358,6 +358,49 @@ def test_snapshots_and_clips_are_listed_and_served_and_nothing_else(tmp_path: Pa
         for bad in ("/clips/../secret.avi", "/clips/%2e%2e/secret.avi", "/clips/door/../../secret.avi",
                     "/clips/door/.partial.part.avi", "/snapshots/door/x.txt", "/clips/door/missing.avi"):
             assert _get(base + bad)[0] == 404, bad
+    finally:
+        web.close()
+
+
+def test_a_clip_is_sent_a_chunk_at_a_time_whole_or_by_range(tmp_path: Path) -> None:
+    """A clip is up to tens of megabytes and the server takes `max_connections` clients at once: read
+    whole for each, a few clients (or one that reads slowly, many times over) would hold that many
+    copies in the agent's memory. It is sent a chunk at a time, whole or by one byte range (a player
+    seeking, a download resumed), and HEAD sends its headers alone. Before, each request read the
+    whole file and no range was honoured."""
+    import hashlib
+
+    from edge_agent.config import HTTPConfig
+    from edge_agent.web import WebServer
+
+    (tmp_path / "clips" / "door").mkdir(parents=True)
+    data = np.random.default_rng(7).integers(0, 256, 8 << 20, dtype=np.uint8).tobytes()
+    (tmp_path / "clips" / "door" / "1700000000.000-abc123.avi").write_bytes(data)
+    n = len(data)
+    web = WebServer(HTTPConfig(enabled=True, bind="127.0.0.1", port=free_port()), lambda: {}, list, {}, list, tmp_path)
+    web.start()
+    url = f"http://127.0.0.1:{web.port}/clips/door/1700000000.000-abc123.avi"
+
+    def sha(b: bytes) -> str:
+        return hashlib.sha256(b).hexdigest()
+
+    try:
+        status, headers, digest, peak = streamed_get(url)
+        assert (status, digest) == (200, sha(data))
+        assert peak < n // 8, f"{peak} bytes held while sending {n}"
+        assert headers["Content-Length"] == str(n) and headers["Accept-Ranges"] == "bytes"
+        status, headers, digest, peak = streamed_get(url, "bytes=100-")
+        assert (status, digest, headers["Content-Range"]) == (206, sha(data[100:]), f"bytes 100-{n - 1}/{n}")
+        assert peak < n // 8, f"{peak} bytes held while sending a range of {n - 100}"
+        assert streamed_get(url, "bytes=100-199")[::2] == (206, sha(data[100:200]))
+        assert streamed_get(url, "bytes=-500")[::2] == (206, sha(data[-500:]))
+        status, headers, _, _ = streamed_get(url, f"bytes={n}-")
+        assert (status, headers["Content-Range"]) == (416, f"bytes */{n}")
+        for ignored in ("bytes=0-9,20-29", "bytes=abc-", "items=0-9"):
+            assert streamed_get(url, ignored)[::2] == (200, sha(data)), ignored
+        head = urllib.request.Request(url, method="HEAD")
+        with urllib.request.urlopen(head, timeout=10) as r:
+            assert (r.status, r.headers["Content-Length"], r.read()) == (200, str(n), b"")
     finally:
         web.close()
 
