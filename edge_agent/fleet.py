@@ -87,10 +87,10 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     """SimpleHTTPRequestHandler plus a single byte range (resumable downloads). A Range header this does
     not parse (several ranges, garbage) is ignored, as RFC 9110 allows: the whole file, 200."""
 
+    _length: int | None = None  # of the range being sent; None: the whole file
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
-
-    _length: int | None = None  # of the range being sent; None: the whole file
 
     def send_head(self):
         self._length = None
