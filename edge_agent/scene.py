@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 #: A better best score re-announces an object only when it rises by this much.
 _SCORE_STEP = 0.05
+#: Zone visits an object's events list: the latest (`entered_zones`); `zone_entries` counts them all,
+#: and `dwell_s` holds the time of all.
+_MAX_VISITS = 20
 
 
 @dataclass
@@ -76,9 +79,24 @@ class TrackedObject:
     snapshot_ts: float | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     second_ts: float | None = None  # when the second stage last ran on it
+    entries: int = 0  # zone entries in all, `visits` holding the latest
+    dwell_before: dict[str, float] = field(default_factory=dict)  # seconds in each zone, of visits let go
+
+    def enter(self, zone: str, ts: float) -> None:
+        """A visit begins. Past _MAX_VISITS, the oldest visit that has ended is let go (its time stays
+        in the dwell): an object that lives for hours at a zone's edge would otherwise carry every
+        visit in every event it raises, and its events grow without bound."""
+        self.visits.append(ZoneVisit(zone, ts))
+        self.entries += 1
+        if len(self.visits) > _MAX_VISITS:
+            for i, v in enumerate(self.visits):
+                if v.left_ts is not None:
+                    self.dwell_before[v.zone] = self.dwell_before.get(v.zone, 0.0) + v.left_ts - v.entered_ts
+                    del self.visits[i]
+                    break
 
     def dwell(self, now: float) -> dict[str, float]:
-        out: dict[str, float] = {}
+        out = dict(self.dwell_before)
         for v in self.visits:
             out[v.zone] = out.get(v.zone, 0.0) + ((v.left_ts if v.left_ts is not None else now) - v.entered_ts)
         return {k: round(v, 3) for k, v in out.items()}
@@ -254,7 +272,7 @@ class SceneStage:
             obj.changed = True
             if want:
                 obj.inside.add(z.name)
-                obj.visits.append(ZoneVisit(z.name, ts))
+                obj.enter(z.name, ts)
                 if z.name in self.cfg.required_zones:
                     obj.qualified = True
             else:
@@ -310,6 +328,7 @@ class SceneStage:
             "end_ts": round(ts, 6) if kind == "end" else None,
             "zones": sorted(obj.inside),
             "entered_zones": [v.as_dict() for v in obj.visits],
+            "zone_entries": obj.entries,
             "dwell_s": obj.dwell(ts),
             "snapshot": None,
             "clip": None,

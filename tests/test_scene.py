@@ -6,6 +6,7 @@ paths; the SSD or BlazeFace runs on every frame; py-motmetrics scores the tracks
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -856,6 +857,41 @@ def test_inertia_keeps_a_flicker_out(tmp_path: Path) -> None:
         seen.append(out.extras[0].get("zones"))
     stage.close()
     assert seen[:6] == [None, [], [], [], [], []] and seen[7:] == [["left"], ["left"]]
+
+
+def test_an_object_pacing_at_a_zones_edge_for_hours_raises_events_of_bounded_size(tmp_path: Path) -> None:
+    """A person at a desk by a doorway, tracked for hours, walks into the `door` zone and out again
+    hundreds of times, inside `room` all along. Its events list the latest visits only (the open one
+    in `room` among them, however old), count every entry, and keep the time in each zone exact. Before,
+    every visit went into every event the object raised: its updates grew without bound."""
+    from edge_agent.scene import _MAX_VISITS
+
+    whole = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+    door = [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]
+    cfg = SceneConfig(zones=[{"name": "room", "points": whole, "inertia": 1},
+                             {"name": "door", "points": door, "inertia": 1}], update_interval_s=0.1)
+    stage = SceneStage(cfg, "cam", tmp_path)
+    t0, passes, sizes, ts = 1000.0, 300, [], 1000.0
+    for i in range(passes * 6):  # three frames by the door, three away from it, at 15 fps
+        x = 0.53 if i % 6 < 3 else 0.47  # the box's bottom centre over the door's edge, and back
+        b = (x - 0.15, 0.3, x + 0.15, 0.7)
+        d = Detection("person", 0, 0.9, (b[0] * 100, b[1] * 100, b[2] * 100, b[3] * 100), b)
+        ts = t0 + i / 15
+        out = stage.process(Result(task="detection", detections=(d,)), ts, None)
+        sizes += [len(json.dumps(e)) for e in out.events]
+    end = next(e for e in stage.end_all(ts + 10).events if e["type"] == "end")
+    stage.close()
+    door_visits = [v for v in end["entered_zones"] if v["zone"] == "door"]
+    assert end["zone_entries"] == passes + 1  # the room once, the door every pass
+    assert len(end["entered_zones"]) == _MAX_VISITS
+    # an object from its second frame (`tracking.min_hits`): in the room from then on, by the door three
+    # frames of every six (two the first time), last seen at `ts`
+    first = t0 + 1 / 15
+    assert end["entered_zones"][0] == {"zone": "room", "entered_ts": pytest.approx(first), "left_ts": pytest.approx(ts)}
+    assert door_visits[-1]["entered_ts"] == pytest.approx(t0 + (passes - 1) * 6 / 15)
+    assert end["dwell_s"]["room"] == pytest.approx(ts - first, abs=1e-3)
+    assert end["dwell_s"]["door"] == pytest.approx((passes * 3 - 1) / 15, abs=1e-3)
+    assert max(sizes) < 2 * min(sizes[-10:]) and max(sizes) < 4000, (min(sizes), max(sizes))
 
 
 def test_clips_beyond_the_bounds_go_oldest_first(tmp_path: Path) -> None:
