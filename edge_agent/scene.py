@@ -252,7 +252,7 @@ class SceneStage:
         if det.score > obj.best_score:
             obj.best_score = det.score
             if img is not None and img.size and self.cfg.snapshots.enabled:
-                obj.best = Best(img, det.box, det.score, ts)
+                obj.best = Best.take(img, det.box, det.score, ts, self.cfg.snapshots)
             if det.score >= obj.announced_score + _SCORE_STEP:
                 obj.changed = True
         if self.zones:

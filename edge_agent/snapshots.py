@@ -125,25 +125,42 @@ def fit_jpeg(img: np.ndarray, max_width: int, quality: int, max_bytes: int) -> b
 
 @dataclass(frozen=True)
 class Best:
-    """The frame an event's snapshot comes from."""
+    """What an event's snapshot shows: the frame (or, with `crop`, the object's surroundings) at most
+    `max_width` wide, and the object's box in it."""
 
     image: np.ndarray
-    box: tuple[float, float, float, float]  # frame pixels
+    box: tuple[float, float, float, float]  # pixels of `image`
     score: float
     ts: float
+
+    @classmethod
+    def take(
+        cls, frame: np.ndarray, box: tuple[float, float, float, float], score: float, ts: float, cfg: SnapshotConfig
+    ) -> Best:
+        """The part of `frame` the snapshot will show, scaled down to `max_width` now: an object tracked for
+        hours (a parked car) holds this until its event ends, not a whole camera frame (6 MB at 1080p,
+        25 at 4K, for each such object). A frame no wider than that is held as it is, not copied."""
+        h, w = frame.shape[:2]
+        x1, y1, x2, y2 = box
+        img = frame
+        if cfg.crop:
+            bw, bh = x2 - x1, y2 - y1
+            cx1, cy1 = max(0, int(x1 - bw * 0.5)), max(0, int(y1 - bh * 0.5))
+            cx2, cy2 = max(cx1 + 1, min(w, int(x2 + bw * 0.5) + 1)), max(cy1 + 1, min(h, int(y2 + bh * 0.5) + 1))
+            img = frame[cy1:cy2, cx1:cx2]
+            x1, y1, x2, y2 = x1 - cx1, y1 - cy1, x2 - cx1, y2 - cy1
+        if img.shape[1] > cfg.max_width:
+            f = cfg.max_width / img.shape[1]
+            img = cv2.resize(img, (cfg.max_width, max(1, round(img.shape[0] * f))), interpolation=cv2.INTER_AREA)
+            x1, y1, x2, y2 = x1 * f, y1 * f, x2 * f, y2 * f
+        elif img is not frame:
+            img = img.copy()  # a view would keep the whole frame alive
+        return cls(img, (x1, y1, x2, y2), score, ts)
 
 
 def render(best: Best, label: str, cfg: SnapshotConfig) -> bytes:
     img = best.image.copy()
-    h, w = img.shape[:2]
-    x1, y1, x2, y2 = best.box
-    if cfg.crop:
-        bw, bh = x2 - x1, y2 - y1
-        cx1, cy1 = max(0, int(x1 - bw * 0.5)), max(0, int(y1 - bh * 0.5))
-        cx2, cy2 = min(w, int(x2 + bw * 0.5) + 1), min(h, int(y2 + bh * 0.5) + 1)
-        img = np.ascontiguousarray(img[cy1:cy2, cx1:cx2])
-        x1, y1, x2, y2 = x1 - cx1, y1 - cy1, x2 - cx1, y2 - cy1
-    draw_box(img, (x1, y1, x2, y2), f"{label} {best.score:.0%}", colour_for(label))
+    draw_box(img, best.box, f"{label} {best.score:.0%}", colour_for(label))
     return fit_jpeg(img, cfg.max_width, cfg.jpeg_quality, cfg.max_bytes)
 
 

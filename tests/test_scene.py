@@ -385,6 +385,44 @@ def test_snapshot_is_a_readable_jpeg_of_the_object(tmp_path: Path) -> None:
     assert img[h // 2, w // 2].mean() > 200
 
 
+@pytest.mark.parametrize("crop", [False, True])
+def test_an_object_holds_its_snapshots_picture_not_a_camera_frame(tmp_path: Path, crop: bool) -> None:
+    """Objects that stay for hours (parked cars) each hold the picture of their best moment until their
+    event ends. From a 4K camera that is 25 MB a frame; each holds what its snapshot will show, at most
+    `snapshots.max_width` wide (the object's surroundings with `crop`, copied out of the frame), and
+    the snapshot still shows the object in its box. A frame no wider is held as it is, not copied.
+    Before, each held the whole frame."""
+    from edge_agent.snapshots import Best
+
+    cfg = SceneConfig(enabled=True, snapshots={"crop": crop, "max_width": 640})
+    frame = np.full((2160, 3840, 3), 40, np.uint8)
+    box = (2000.0, 1000.0, 2400.0, 1400.0)
+    frame[1000:1400, 2000:2400] = 255
+    best = Best.take(frame, box, 0.9, 1000.0, cfg.snapshots)
+    assert best.image.shape[1] <= 640 and not np.shares_memory(best.image, frame)
+    assert best.image.nbytes * 20 < frame.nbytes
+    x1, y1, x2, y2 = (round(v) for v in best.box)
+    assert best.image[(y1 + y2) // 2, (x1 + x2) // 2].min() == 255  # the object, where the box says
+    assert best.image[y1 - 5, x1 - 5].max() == 40  # and around it, the frame
+    small = np.full((480, 640, 3), 40, np.uint8)
+    kept = Best.take(small, (100.0, 100.0, 200.0, 200.0), 0.9, 1000.0, cfg.snapshots)
+    assert (kept.image is small) == (not crop)
+
+    stage = SceneStage(cfg, "cam", tmp_path)
+    for i in range(6):
+        d = Detection("car", 0, 0.8 + i / 100, box, (box[0] / 3840, box[1] / 2160, box[2] / 3840, box[3] / 2160))
+        out = stage.process(Result(task="detection", detections=(d,)), 1000.0 + i / 15, frame)
+    held = [o.best for o in stage.objects.values()]
+    assert len(held) == 1 and held[0] is not None and held[0].image.shape[1] <= 640
+    end = stage.end_all(1001.0)
+    stage.close()
+    jpeg = next(j for _, j in out.snapshots + end.snapshots)
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape[1] <= 640
+    h, w = img.shape[:2]
+    assert img[h // 2, w // 2].mean() > 200 if crop else img[int(h * 1200 / 2160), int(w * 2200 / 3840)].mean() > 200
+
+
 def test_clip_covers_the_event_with_its_margins(tmp_path: Path) -> None:
     cfg = SceneConfig(enabled=True, clips={"enabled": True, "pre_s": 1.0, "post_s": 1.0, "fps": 10.0})
     stage = SceneStage(cfg, "cam", tmp_path)
