@@ -162,13 +162,15 @@ def main() -> int:
             ("missing seqs below the highest", str(top - delivered)),
         ]
         if args.scene:
-            kinds = {k: sum(e.get("type") == k for e in events) for k in ("new", "update", "end")}
+            unique = {(e.get("boot_id"), e.get("seq")): e for e in events}.values()  # a QoS 1 resend once
+            kinds = {k: sum(e.get("type") == k for e in unique) for k in ("new", "update", "end")}
             scene = (last.get("pipelines") or {}).get("default", {}).get("scene") or {}
             clips = scene.get("clips") or {}
             rows += [
                 ("object events delivered (new / update / end)",
                  f"{kinds['new']} / {kinds['update']} / {kinds['end']}"),
-                ("tracks created / active (last health report)", f"{scene.get('tracks_created')} / {scene.get('active_tracks')}"),
+                ("tracks created / active (last health report)",
+                 f"{scene.get('tracks_created')} / {scene.get('active_tracks')}"),
                 ("snapshots saved; clips written / dropped", f"{(scene.get('snapshots') or {}).get('saved')}; "
                  f"{clips.get('written')} / {clips.get('dropped')}"),
             ]
