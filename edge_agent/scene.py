@@ -39,6 +39,9 @@ _SCORE_STEP = 0.05
 #: Zone visits an object's events list: the latest (`entered_zones`); `zone_entries` counts them all,
 #: and `dwell_s` holds the time of all.
 _MAX_VISITS = 20
+#: An object's best picture, a camera frame while it may still be bettered, is cut down to what its
+#: snapshot shows once it has stood this long (`SceneStage._compact`).
+_COMPACT_AFTER_S = 2.0
 
 
 @dataclass
@@ -207,6 +210,8 @@ class SceneStage:
         # a track missed this frame keeps its zones: a detector's flicker or a brief occlusion is not a
         # departure; it leaves by being seen outside, or when its track ends
         events = self._events(ts, up.ended)
+        if self.cfg.snapshots.enabled:
+            self._compact(ts)
         if self.clips is not None and image is not None:
             self.clips.offer(image, ts)
         counts = self._recount()
@@ -245,6 +250,17 @@ class SceneStage:
             obj.changed = True
 
     # --- internals ---------------------------------------------------------------------------
+    def _compact(self, ts: float) -> None:
+        """One object a frame whose best picture is still a camera frame, held _COMPACT_AFTER_S, gets it
+        cropped and scaled to what its snapshot shows: objects that stay for hours (parked cars) hold
+        a few hundred kB each, not a frame each (6 MB at 1080p, 25 at 4K). Not when the best is taken:
+        a track's score rises over its first frames, and scaling a 4K frame costs about 13 ms here."""
+        for obj in self.objects.values():
+            best = obj.best
+            if best is not None and not best.compact and ts - best.ts >= _COMPACT_AFTER_S:
+                obj.best = best.compacted(self.cfg.snapshots)
+                return
+
     def _observe(
         self, obj: TrackedObject, det: Detection, zones: Sequence[str], ts: float, img: np.ndarray | None
     ) -> None:
@@ -252,7 +268,7 @@ class SceneStage:
         if det.score > obj.best_score:
             obj.best_score = det.score
             if img is not None and img.size and self.cfg.snapshots.enabled:
-                obj.best = Best.take(img, det.box, det.score, ts, self.cfg.snapshots)
+                obj.best = Best(img, det.box, det.score, ts)  # the frame itself: free on this path
             if det.score >= obj.announced_score + _SCORE_STEP:
                 obj.changed = True
         if self.zones:

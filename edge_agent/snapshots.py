@@ -125,19 +125,24 @@ def fit_jpeg(img: np.ndarray, max_width: int, quality: int, max_bytes: int) -> b
 
 @dataclass(frozen=True)
 class Best:
-    """What an event's snapshot shows: the frame (or, with `crop`, the object's surroundings) at most
-    `max_width` wide, and the object's box in it."""
+    """The picture an event's snapshot comes from, and the object's box in it: the camera frame as it
+    was, or (`compact`) what the snapshot shows of it, the object's surroundings with `crop`, at most
+    `max_width` wide."""
 
     image: np.ndarray
     box: tuple[float, float, float, float]  # pixels of `image`
     score: float
     ts: float
+    compact: bool = False
+
+    def compacted(self, cfg: SnapshotConfig) -> Best:
+        return self if self.compact else Best.take(self.image, self.box, self.score, self.ts, cfg)
 
     @classmethod
     def take(
         cls, frame: np.ndarray, box: tuple[float, float, float, float], score: float, ts: float, cfg: SnapshotConfig
     ) -> Best:
-        """The part of `frame` the snapshot will show, scaled down to `max_width` now: an object tracked for
+        """The part of `frame` the snapshot will show, scaled down to `max_width`: an object tracked for
         hours (a parked car) holds this until its event ends, not a whole camera frame (6 MB at 1080p,
         25 at 4K, for each such object). A frame no wider than that is held as it is, not copied."""
         h, w = frame.shape[:2]
@@ -155,10 +160,11 @@ class Best:
             x1, y1, x2, y2 = x1 * f, y1 * f, x2 * f, y2 * f
         elif img is not frame:
             img = img.copy()  # a view would keep the whole frame alive
-        return cls(img, (x1, y1, x2, y2), score, ts)
+        return cls(img, (x1, y1, x2, y2), score, ts, compact=True)
 
 
 def render(best: Best, label: str, cfg: SnapshotConfig) -> bytes:
+    best = best.compacted(cfg)
     img = best.image.copy()
     draw_box(img, best.box, f"{label} {best.score:.0%}", colour_for(label))
     return fit_jpeg(img, cfg.max_width, cfg.jpeg_quality, cfg.max_bytes)

@@ -388,10 +388,12 @@ def test_snapshot_is_a_readable_jpeg_of_the_object(tmp_path: Path) -> None:
 @pytest.mark.parametrize("crop", [False, True])
 def test_an_object_holds_its_snapshots_picture_not_a_camera_frame(tmp_path: Path, crop: bool) -> None:
     """Objects that stay for hours (parked cars) each hold the picture of their best moment until their
-    event ends. From a 4K camera that is 25 MB a frame; each holds what its snapshot will show, at most
-    `snapshots.max_width` wide (the object's surroundings with `crop`, copied out of the frame), and
-    the snapshot still shows the object in its box. A frame no wider is held as it is, not copied.
-    Before, each held the whole frame."""
+    event ends. From a 4K camera that is 25 MB a frame; once its best has stood two seconds, each holds
+    what its snapshot will show, at most `snapshots.max_width` wide (the object's surroundings with
+    `crop`, copied out of the frame), and the snapshot still shows the object in its box. Until then it
+    holds the frame itself: a track's score rises over its first frames, and each new best costs
+    nothing on the frame's path. A frame no wider is held as it is, not copied. Before, each held the
+    whole frame until its event ended."""
     from edge_agent.snapshots import Best
 
     cfg = SceneConfig(enabled=True, snapshots={"crop": crop, "max_width": 640})
@@ -409,14 +411,19 @@ def test_an_object_holds_its_snapshots_picture_not_a_camera_frame(tmp_path: Path
     assert (kept.image is small) == (not crop)
 
     stage = SceneStage(cfg, "cam", tmp_path)
-    for i in range(6):
-        d = Detection("car", 0, 0.8 + i / 100, box, (box[0] / 3840, box[1] / 2160, box[2] / 3840, box[3] / 2160))
+    held: list[Any] = []
+    snaps: list[bytes] = []
+    for i in range(60):  # 4 s at 15 fps; the score rises over the first six frames
+        d = Detection("car", 0, 0.8 + min(i, 5) / 100, box,
+                      (box[0] / 3840, box[1] / 2160, box[2] / 3840, box[3] / 2160))
         out = stage.process(Result(task="detection", detections=(d,)), 1000.0 + i / 15, frame)
-    held = [o.best for o in stage.objects.values()]
-    assert len(held) == 1 and held[0] is not None and held[0].image.shape[1] <= 640
-    end = stage.end_all(1001.0)
+        snaps += [j for _, j in out.snapshots]
+        held.append(next(iter(stage.objects.values())).best if stage.objects else None)
+    assert held[5] is not None and held[5].image is frame  # the new best, as it came
+    assert held[-1] is not None and held[-1].image.shape[1] <= 640 and held[-1].score == pytest.approx(0.85)
+    end = stage.end_all(1005.0)
     stage.close()
-    jpeg = next(j for _, j in out.snapshots + end.snapshots)
+    jpeg = (snaps + [j for _, j in end.snapshots])[-1]
     img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert img is not None and img.shape[1] <= 640
     h, w = img.shape[:2]
