@@ -142,9 +142,9 @@ class Best:
     def take(
         cls, frame: np.ndarray, box: tuple[float, float, float, float], score: float, ts: float, cfg: SnapshotConfig
     ) -> Best:
-        """The part of `frame` the snapshot will show, scaled down to `max_width`: an object tracked for
-        hours (a parked car) holds this until its event ends, not a whole camera frame (6 MB at 1080p,
-        25 at 4K, for each such object). A frame no wider than that is held as it is, not copied."""
+        """The part of `frame` the snapshot will show, scaled down to `max_width`: what an object holds
+        once its best has stood a while (`SceneStage._compact` says why). A frame no wider than that is
+        held as it is, not copied."""
         h, w = frame.shape[:2]
         x1, y1, x2, y2 = box
         img = frame
