@@ -184,14 +184,15 @@ def accumulate(run: SceneRun) -> Any:
     return acc
 
 
-def score(run: SceneRun) -> dict[str, float]:
+def score(run: SceneRun, acc: Any = None) -> dict[str, float]:
+    """The run's metrics; `acc`: its accumulator, where the caller has built it already."""
     import motmetrics as mm
 
-    s = mm.metrics.create().compute(accumulate(run), metrics=_METRICS, name=run.name)
+    s = mm.metrics.create().compute(acc if acc is not None else accumulate(run), metrics=_METRICS, name=run.name)
     return {k: float(s[k].iloc[0]) for k in s.columns}
 
 
-def switches_per_crossing(run: SceneRun, scene: Any, every: int = 1) -> tuple[list[int], int]:
+def switches_per_crossing(run: SceneRun, scene: Any, every: int = 1, acc: Any = None) -> tuple[list[int], int]:
     """The ID switches of each crossing in the scene (`scenes.crossings`), and those of objects that
     cross nothing: in a crowd, where three objects cross up to three times, "at most one ID switch
     per crossing" is counted per crossing, not per scene. A switch to a track that last followed
@@ -204,7 +205,7 @@ def switches_per_crossing(run: SceneRun, scene: Any, every: int = 1) -> tuple[li
     per = [0] * len(met)
     alone = 0
     owner: dict[int, int] = {}  # track id -> the object it followed last
-    events = accumulate(run).mot_events
+    events = (acc if acc is not None else accumulate(run)).mot_events
     for (frame, _), row in events[events["Type"].isin(("MATCH", "SWITCH"))].iterrows():
         oid, hid = int(row["OId"]), int(row["HId"])
         before, owner[hid] = owner.get(hid), oid
@@ -449,9 +450,10 @@ def main(argv: list[str] | None = None) -> int:
             run = run_scene(name, Recorded(results, 0.0, threshold), scene_cfg, args.every)
             runs.append(run)
             bounds.append(known_ids(run, results, threshold, tracked, args.every))
-            s = score(run)
+            acc = accumulate(run)  # one for both: it is the costly part of scoring
+            s = score(run, acc)
             unmoved.append(int(s["num_switches"]))
-            per, off = switches_per_crossing(run, SCENES[name], args.every)
+            per, off = switches_per_crossing(run, SCENES[name], args.every, acc)
             per_crossing += per
             alone += off
             ev = {k: sum(1 for e in run.events if e["type"] == k) for k in ("new", "update", "end")}
