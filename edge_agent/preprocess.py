@@ -38,6 +38,13 @@ class Resize:
         out = np.stack([np.clip(x, 0, self.frame_w), np.clip(y, 0, self.frame_h)], axis=1)
         return out.reshape(np.shape(xyxy_norm))
 
+    def point_to_frame(self, x: float, y: float) -> tuple[float, float]:
+        """One point normalised to the model input -> frame pixels, as `to_frame` maps arrays (for a decoder
+        that works on a few values as Python floats)."""
+        fx = (x * self.in_w - self.pad_x) * (self.frame_w / self.new_w)
+        fy = (y * self.in_h - self.pad_y) * (self.frame_h / self.new_h)
+        return min(max(fx, 0.0), float(self.frame_w)), min(max(fy, 0.0), float(self.frame_h))
+
 
 def plan_resize(frame_w: int, frame_h: int, in_w: int, in_h: int, mode: ResizeMode) -> Resize:
     if frame_w <= 0 or frame_h <= 0:

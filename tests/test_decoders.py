@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.modelfile import TensorSpec
 from edge_agent.postprocess.decoders import (
@@ -15,7 +17,7 @@ from edge_agent.postprocess.decoders import (
     YoloDecoder,
     ssd_anchors,
 )
-from edge_agent.postprocess.geometry import iou_one_to_many, nms, weighted_nms
+from edge_agent.postprocess.geometry import iou_one_to_many, nms, weighted_nms, weighted_nms_few
 from edge_agent.preprocess import plan_resize
 
 
@@ -38,6 +40,35 @@ def test_weighted_nms_blends_by_score() -> None:
     assert len(out) == 1
     box, score, _ = out[0]
     assert score == 0.75 and box[0] == pytest.approx(0.5) and box[2] == pytest.approx(10.5)
+
+
+_box = st.tuples(st.floats(0, 1), st.floats(0, 1), st.floats(0.001, 0.5), st.floats(0.001, 0.5))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    boxes=st.lists(_box, min_size=1, max_size=30),
+    scores=st.lists(st.floats(0.01, 1.0), min_size=30, max_size=30),
+    iou=st.sampled_from([0.0, 0.1, 0.3, 0.45, 0.9]),
+    max_out=st.integers(1, 40),
+)
+def test_weighted_nms_of_a_few_floats_clusters_as_the_numpy_one(
+    boxes: list[tuple[float, float, float, float]], scores: list[float], iou: float, max_out: int
+) -> None:
+    """The decoder's path for a few candidates (Python floats) keeps the same clusters, in the same order,
+    blended the same, as numpy's for many."""
+    xyxy = [(x, y, x + w, y + h) for x, y, w, h in boxes]
+    sc = scores[: len(boxes)]
+    extra = [[x * 2, y * 3] for x, y, _, _ in xyxy]
+    a = weighted_nms(np.array(xyxy, np.float32), np.array(sc, np.float32), iou, max_out, np.array(extra, np.float32))
+    # (float32 inputs on both sides: the scores and boxes a model gives)
+    f32 = [[float(v) for v in np.array(b, np.float32)] for b in xyxy]
+    b = weighted_nms_few(f32, [float(np.float32(v)) for v in sc], iou, max_out, extra)
+    assert len(a) == len(b)
+    for (box_a, score_a, ext_a), (box_b, score_b, ext_b) in zip(a, b, strict=True):
+        assert score_a == score_b
+        assert box_b == pytest.approx(box_a.tolist(), abs=1e-5)
+        assert ext_a is not None and ext_b == pytest.approx(ext_a.tolist(), abs=1e-5)
 
 
 def test_quantized_dequantize() -> None:

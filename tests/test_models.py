@@ -102,6 +102,35 @@ def test_blazeface_matches_the_packages_reference_decoding(which: str) -> None:
     assert faces >= 3
 
 
+@pytest.mark.parametrize("threshold", [0.5, 0.1])
+def test_blazeface_decodes_a_few_candidates_as_it_decodes_many(
+    threshold: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame with few candidate boxes is decoded as Python floats, one with many by numpy's whole-array
+    steps: on the same real outputs (photos, and frames of the demo video with a few faces) both give the
+    same faces, to a thousandth of a pixel."""
+    from edge_agent.bench import demo_frames
+    from edge_agent.postprocess.decoders import blazeface
+
+    frames = [*photos().values(), *demo_frames(120)[::8]]
+    for path in (SHORT, FULL, SHORT_INT8):
+        m = load(path, score_threshold=threshold)
+        raws = [m.run(f) for f in frames]
+        found = 0
+        for raw in raws:
+            monkeypatch.setattr(blazeface, "_FEW", 10**6)
+            few = m.decode(raw).result.detections
+            monkeypatch.setattr(blazeface, "_FEW", 0)
+            many = m.decode(raw).result.detections
+            assert len(few) == len(many), (path.name, few, many)
+            for a, b in zip(few, many, strict=True):
+                found += 1
+                assert a.score == b.score and a.label == b.label
+                assert a.box == pytest.approx(b.box, abs=1e-3) and a.box_norm == pytest.approx(b.box_norm, abs=1e-6)
+                assert np.array(a.keypoints) == pytest.approx(np.array(b.keypoints), abs=1e-3)
+        assert found >= len(frames) // 2, path.name
+
+
 def test_blazeface_finds_no_face_in_coffee() -> None:
     for path in (SHORT, FULL, SHORT_INT8):
         assert load(path).infer(photos()["coffee"]).result.detections == ()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -52,6 +54,41 @@ def weighted_nms(
         ext = (extra[members] * w).sum(axis=0) / total if extra is not None else None
         out.append((box, float(scores[top]), ext))
         order = order[overlap <= iou_threshold]
+    return out
+
+
+def weighted_nms_few(
+    boxes: Sequence[Sequence[float]],
+    scores: Sequence[float],
+    iou_threshold: float,
+    max_out: int,
+    extra: Sequence[Sequence[float]],
+) -> list[tuple[list[float], float, list[float]]]:
+    """`weighted_nms` on a few boxes held as Python floats (and lists of extra values, keypoints say).
+
+    A decoder runs on every frame, where a face leaves a handful of candidate boxes: there each numpy call
+    costs more than its arithmetic, and on a thread beside others each is a chance to lose the interpreter
+    lock. The work grows with boxes times clusters, so many boxes go to `weighted_nms` instead."""
+    left = sorted(range(len(scores)), key=lambda i: -scores[i])
+    out: list[tuple[list[float], float, list[float]]] = []
+    while left and len(out) < max_out:
+        top = left[0]
+        tx1, ty1, tx2, ty2 = boxes[top]
+        area = (tx2 - tx1) * (ty2 - ty1)
+        members: list[int] = []
+        rest: list[int] = []
+        for i in left:
+            x1, y1, x2, y2 = boxes[i]
+            inter = max(min(tx2, x2) - max(tx1, x1), 0.0) * max(min(ty2, y2) - max(ty1, y1), 0.0)
+            union = area + (x2 - x1) * (y2 - y1) - inter
+            (members if union > 0 and inter / max(union, 1e-12) > iou_threshold else rest).append(i)
+        if not members:  # a box of no area overlaps nothing, itself included
+            members, rest = [top], left[1:]
+        total = sum(scores[i] for i in members)
+        box = [sum(scores[i] * boxes[i][k] for i in members) / total for k in range(4)]
+        ext = [sum(scores[i] * extra[i][k] for i in members) / total for k in range(len(extra[top]))]
+        out.append((box, scores[top], ext))
+        left = rest
     return out
 
 

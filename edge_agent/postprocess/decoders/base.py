@@ -70,6 +70,22 @@ def make_detection(
     )
 
 
+def make_detection_of_floats(
+    label: str, index: int, score: float, xyxy_norm_model: Sequence[float], rs: Resize, keypoints: Sequence[float] = ()
+) -> Detection:
+    """`make_detection` for a box (and keypoints x, y, x, y...) held as Python floats."""
+    x1, y1 = rs.point_to_frame(xyxy_norm_model[0], xyxy_norm_model[1])
+    x2, y2 = rs.point_to_frame(xyxy_norm_model[2], xyxy_norm_model[3])
+    return Detection(
+        label=label,
+        index=index,
+        score=score,
+        box=(x1, y1, x2, y2),
+        box_norm=(x1 / rs.frame_w, y1 / rs.frame_h, x2 / rs.frame_w, y2 / rs.frame_h),
+        keypoints=tuple(rs.point_to_frame(x, y) for x, y in zip(keypoints[0::2], keypoints[1::2], strict=True)),
+    )
+
+
 class Decoder(abc.ABC):
     task = "raw"
     layout = "raw"
