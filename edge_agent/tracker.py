@@ -334,6 +334,33 @@ def _between(box: list[float], taken: list[list[float]]) -> bool:
     return False
 
 
+def _one_each(rows: list[list[float]], score_of: list[float], labels: list[str], born: list[int]) -> list[int]:
+    """Of new boxes of one label that show one object, the most confident only. An object coming into
+    view is at times boxed twice in its first frame, whole and again with some of what is beside it or
+    below it; with no track there yet, the rule for a box a track took (`_PART`) does not see the second
+    box, which then starts a second track on the same object, and the two take its boxes in turn. The
+    same test here: a box that holds a more confident new one, or lies in it (_ENCLOSED of the smaller),
+    where the smaller is at least _PART of the larger, waits, and starts a track only once it is clear
+    of it. A far object inside a near one's box is a small share of it, and both start; two objects
+    that come into view together overlapping (an IoU of 0.6, neither inside the other) start two.
+    Plain floats: it runs for the few frames with two new boxes."""
+    kept: list[int] = []
+    for d in sorted(born, key=lambda i: -score_of[i]):
+        a = rows[d]
+        area_a = (a[2] - a[0]) * (a[3] - a[1])
+        for m in kept:
+            if labels[m] != labels[d]:
+                continue
+            b = rows[m]
+            area_b = (b[2] - b[0]) * (b[3] - b[1])
+            small, large = min(area_a, area_b), max(area_a, area_b)
+            if small >= _PART * large and _inter(a, b) >= _ENCLOSED * small:
+                break
+        else:
+            kept.append(d)
+    return [d for d in born if d in kept]  # in the detector's order: ids as before where nothing waits
+
+
 def _round_tight(boxes: np.ndarray, cand: np.ndarray, round_one: np.ndarray, big: list[int]) -> list[int]:
     """Of the boxes `big` round some track's object (`round_one`, over the tracks with rivals), those
     holding another candidate of such a track: the object's own tighter box is there to win. A box
@@ -530,7 +557,10 @@ class Tracker:
                     ended.append(t)
         keep = [t for t_i, t in enumerate(tracks) if t_i not in gone] if gone else tracks
         unseen = [t_i for t_i in free if tracks[t_i].confirmed and t_i not in gone] if strong_left else []
-        for d in self._births(boxes, labels, strong_left, matched, strong, predicted[unseen] if unseen else None):
+        born = self._births(boxes, labels, strong_left, matched, strong, predicted[unseen] if unseen else None)
+        if len(born) > 1:
+            born = _one_each(rows, score_of, labels, born)
+        for d in born:
             x1, y1, x2, y2 = rows[d]
             t = Track(
                 next(self._ids),
