@@ -21,16 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_agent import DEFAULT_MODELS as MODELS  # noqa: E402
 from edge_agent.bench import demo_frames  # noqa: E402
 from edge_agent.config import ModelConfig, RuntimeConfig  # noqa: E402
 from edge_agent.model import Model  # noqa: E402
-
-MODELS = [
-    ROOT / "models" / "face_detection_short_range.tflite",
-    ROOT / "models" / "face_detection_full_range.tflite",
-    ROOT / "models" / "face_detection_short_range_int8.tflite",
-    ROOT.parent / "shared" / "models" / "ssd_mobilenet_v1_coco_uint8.tflite",
-]
 
 
 def main() -> int:

@@ -40,7 +40,9 @@ before, 4 after; docs/scenes.md), nor does a box over the facing halves of two (
 their two boxes together, less than half of either); a faint box two tracks fit alike goes to
 neither, and so does a faint box round a confident one that went to neither (a coasting track took
 it in the second round, where it had no rival); and a loose box round a track's object weighs half
-only where the object's tighter box is inside it.
+only where the object's tighter box is inside it. An object coming into view boxed twice in its first
+frame, whole and again with what is beside or below it, starts one track, on the more confident box
+(with no track there yet, the rules for a box a track took do not see the other).
 
 For tens of objects the cost is the count of numpy calls on tiny arrays, not the arithmetic, and the
 code is shaped by that: per-track state is plain floats (a struct-of-arrays version measured 5-30 %

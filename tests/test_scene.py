@@ -292,7 +292,9 @@ def test_crossings_hold_whatever_the_scores_do(ssd: Any, name: str, monkeypatch:
 
 @needs_shared
 @pytest.mark.parametrize("name", ["random4_2_cat", "random20_14_cat"])
-def test_a_cat_boxed_twice_as_it_comes_into_view_keeps_one_id(ssd: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cat_boxed_twice_as_it_comes_into_view_keeps_one_id(
+    ssd: Any, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Crossings drawn at random (`benchmarks/scenes.py`; seed 20 was drawn after the tracker's other
     rules were settled) where the SSD boxes a cat coming into view twice, whole and with what is below
     it, the second box under the confident-detection threshold by less than 0.06: with the scores

@@ -54,20 +54,11 @@ def make_detection(
     rs: Resize,
     keypoints_norm_model: np.ndarray | None = None,
 ) -> Detection:
-    box = rs.to_frame(xyxy_norm_model.reshape(4))
-    x1, y1, x2, y2 = (float(v) for v in box)
-    kps: tuple[tuple[float, float], ...] = ()
+    box: list[float] = rs.to_frame(xyxy_norm_model.reshape(4)).tolist()
+    kps: list[list[float]] = []
     if keypoints_norm_model is not None:
-        pts = rs.to_frame(keypoints_norm_model.reshape(-1, 2))
-        kps = tuple((float(x), float(y)) for x, y in pts)
-    return Detection(
-        label=label,
-        index=index,
-        score=score,
-        box=(x1, y1, x2, y2),
-        box_norm=(x1 / rs.frame_w, y1 / rs.frame_h, x2 / rs.frame_w, y2 / rs.frame_h),
-        keypoints=kps,
-    )
+        kps = rs.to_frame(keypoints_norm_model.reshape(-1, 2)).tolist()
+    return _in_frame(label, index, score, box, tuple((x, y) for x, y in kps), rs)
 
 
 def make_detection_of_floats(
@@ -76,13 +67,21 @@ def make_detection_of_floats(
     """`make_detection` for a box (and keypoints x, y, x, y...) held as Python floats."""
     x1, y1 = rs.point_to_frame(xyxy_norm_model[0], xyxy_norm_model[1])
     x2, y2 = rs.point_to_frame(xyxy_norm_model[2], xyxy_norm_model[3])
+    kps = tuple(rs.point_to_frame(x, y) for x, y in zip(keypoints[0::2], keypoints[1::2], strict=True))
+    return _in_frame(label, index, score, [x1, y1, x2, y2], kps, rs)
+
+
+def _in_frame(
+    label: str, index: int, score: float, box: list[float], kps: tuple[tuple[float, float], ...], rs: Resize
+) -> Detection:
+    x1, y1, x2, y2 = box
     return Detection(
         label=label,
         index=index,
         score=score,
         box=(x1, y1, x2, y2),
         box_norm=(x1 / rs.frame_w, y1 / rs.frame_h, x2 / rs.frame_w, y2 / rs.frame_h),
-        keypoints=tuple(rs.point_to_frame(x, y) for x, y in zip(keypoints[0::2], keypoints[1::2], strict=True)),
+        keypoints=kps,
     )
 
 
