@@ -718,8 +718,8 @@ def test_an_object_boxed_twice_as_it_comes_into_view_starts_one_track(loose_firs
     """A cat comes into view, and in its first frame the detector boxes it twice: whole, and again with
     what is below it (the whole box all inside the loose one, half its area). One track, on the more
     confident box; the other box is a copy of a tracked object from then on, and starts nothing. Two
-    objects both new in one frame, one far inside the other's box (4 % of it), start two (the test
-    above)."""
+    objects both new in one frame, one far inside the other's box (4 % of it), start two
+    (`test_a_box_round_two_new_objects_starts_no_track`)."""
     tr = Tracker()
     ids = []
     for i in range(8):
