@@ -559,9 +559,9 @@ class Tracker:
                     ended.append(t)
         keep = [t for t_i, t in enumerate(tracks) if t_i not in gone] if gone else tracks
         unseen = [t_i for t_i in free if tracks[t_i].confirmed and t_i not in gone] if strong_left else []
-        born = self._births(boxes, labels, strong_left, matched, strong, predicted[unseen] if unseen else None)
-        if len(born) > 1:
-            born = _one_each(rows, score_of, labels, born)
+        born = self._births(
+            rows, score_of, boxes, labels, strong_left, matched, strong, predicted[unseen] if unseen else None
+        )
         for d in born:
             x1, y1, x2, y2 = rows[d]
             t = Track(
@@ -718,6 +718,8 @@ class Tracker:
 
     def _births(
         self,
+        rows: list[list[float]],
+        score_of: list[float],
         boxes: np.ndarray,
         labels: list[str],
         dets: list[int],
@@ -733,8 +735,9 @@ class Tracker:
         detector also boxes what shows of one beside its whole box, or the object again with some of
         its neighbour, and an object coming out from behind another is boxed by its visible part, at
         times under another label, and boxes parts of two at once: none of these is a new object
-        either (`_PART`, `_DUPLICATE`, `_UNSEEN`, `_HALF`). Each only puts a birth off: once clear
-        of the other boxes, a new object starts its track."""
+        either (`_PART`, `_DUPLICATE`, `_UNSEEN`, `_HALF`), nor is a second box of one new object
+        (`_one_each`). Each only puts a birth off: once clear of the other boxes, a new object starts
+        its track. `rows` and `score_of`: the boxes and scores as Python floats."""
         if not dets:
             return []
         seen = {d for _, d in matched}
@@ -776,7 +779,7 @@ class Tracker:
             inside = [o for o, h in zip(others, row, strict=True) if h]
             if not no and len(inside) < 2 and not any(o in seen for o in inside):
                 out.append(d)
-        return out
+        return _one_each(rows, score_of, labels, out) if len(out) > 1 else out
 
     def _recover(
         self, predicted: np.ndarray, boxes: np.ndarray, labels: list[str], tracks: list[int], dets: list[int]
