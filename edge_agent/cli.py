@@ -851,7 +851,8 @@ def cmd_fleet_rollback(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     try:
-        answer = send_command(settings.mqtt, args.device, "rollback", args.timeout)
+        answer = send_command(settings.mqtt, args.device, "rollback", args.timeout,
+                              {"version": args.version} if args.version is not None else None)
     except BrokerUnreachable as err:
         print(f"edge-agent: {err}", file=sys.stderr)
         return EXIT_FAIL
@@ -1036,6 +1037,9 @@ def build_parser() -> argparse.ArgumentParser:
     rb = fsub.add_parser("rollback", help="roll one device back to its previous model")
     _settings_args(rb)
     rb.add_argument("--device", required=True)
+    rb.add_argument("--version", type=int, default=None,
+                    help="undo only this release: refused where the device no longer has it, instead of "
+                         "undoing the one before it")
     rb.add_argument("--timeout", type=float, default=10.0)
     rb.add_argument("--json", action="store_true", help=_JSON_HELP)
     rb.set_defaults(func=cmd_fleet_rollback)

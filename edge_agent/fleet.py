@@ -295,14 +295,17 @@ def status(cfg: MQTTConfig, wait_s: float = 2.0) -> dict[str, dict[str, Any]]:
     return devices
 
 
-def send_command(cfg: MQTTConfig, device: str, command: str, timeout_s: float = 10.0) -> dict[str, Any] | None:
+def send_command(
+    cfg: MQTTConfig, device: str, command: str, timeout_s: float = 10.0, args: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """One command to one device; its answer (None if none came)."""
     prefix = cfg.topic_prefix
     cid = f"{command}-{uuid.uuid4().hex[:12]}"
     sub = Subscriber(cfg, [device_pattern(prefix, device, "cmd/result")])
     _connect(sub, cfg)
     try:
-        sub.publish(device_pattern(prefix, device, "cmd"), json.dumps({"id": cid, "command": command}).encode())
+        sent = {"id": cid, "command": command, **({"args": args} if args else {})}
+        sub.publish(device_pattern(prefix, device, "cmd"), json.dumps(sent).encode())
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             m = sub.get(0.2)

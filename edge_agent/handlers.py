@@ -129,18 +129,31 @@ def deploy(agent: Agent, cmd: Command) -> dict[str, Any]:
 
 
 def rollback(agent: Agent, cmd: Command) -> dict[str, Any]:
-    if set(cmd.args) - _TARGET_KEYS:
-        raise Rejected("'rollback' takes no args, or \"model\" or \"pipelines\"")
+    """Undo the latest update; with `"version"`, only that release, and only where it is still on its
+    way, on probation or serving (a fleet's rollout names it: what a device's own probation undid as
+    the command arrived is not undone twice). Each slot decides under its update lock; the answer says
+    what serves now where something was undone."""
+    if set(cmd.args) - _TARGET_KEYS - {"version"}:
+        raise Rejected("'rollback' takes no args, or \"version\" (the release to undo), \"model\" or \"pipelines\"")
+    version = cmd.args.get("version")
+    if version is not None and (type(version) is not int or version < 1):
+        raise Rejected("'version' must be a positive whole number")
     slots = target_slots(agent, cmd.args)
+    if version is None:
+        for slot in slots:  # all or none
+            assert slot.updater is not None and slot.store is not None
+            if not slot.store.state.get("current") and not slot.updater.pending:  # an update on its way is cancelled
+                raise Rejected(f"no installed update to roll back from{f' ({slot.name})' if agent.multi else ''}")
     now = {}
     for slot in slots:
         assert slot.updater is not None and slot.store is not None
-        if not slot.store.state.get("current") and not slot.updater.pending:  # an update on its way is cancelled
-            raise Rejected(f"no installed update to roll back from{f' ({slot.name})' if agent.multi else ''}")
-    for slot in slots:
-        assert slot.updater is not None and slot.store is not None
-        slot.updater.rollback("manual rollback")
-        now[slot.name] = slot.store.state.get("current")
+        if slot.updater.rollback("manual rollback", version=version):
+            now[slot.name] = slot.store.state.get("current")
+    if not now:
+        raise Rejected(
+            "no installed update to roll back from" if version is None else
+            f"version {version} is not on its way, on probation or serving here: nothing to undo"
+        )
     return {"now": next(iter(now.values()))} if not agent.multi else {"now": now}
 
 

@@ -362,9 +362,11 @@ class Runner:
             if plan.devices[d].state in _NOTHING_TO_UNDO:
                 continue
             cid = f"{plan.id}-rb-{d}"
+            # the release is named: where the device's own probation undid it as this was sent, the
+            # rollback is refused instead of undoing the release that served before it
+            args = {"version": self.version, **(plan.target or {})}
             self.sub.publish(device_pattern(self.cfg.topic_prefix, d, "cmd"),
-                             json.dumps({"id": cid, "command": "rollback", **(
-                                 {"args": plan.target} if plan.target else {})}).encode())
+                             json.dumps({"id": cid, "command": "rollback", "args": args}).encode())
             asked[cid] = d
         wait_s = max(plan.answer_s, ROLLBACK_WAIT_S)
         deadline = time.monotonic() + wait_s

@@ -337,6 +337,8 @@ def test_fleet_status_and_rollback_cli(broker: Broker, agent_factory, keys) -> N
         assert row[1] == "online" and row[-1] == "ok" and float(row[-2]) > 0, table.stdout
         nothing = run_cli("fleet", "rollback", *mq, "--device", "st1")
         assert nothing.returncode == 1 and "no installed update" in nothing.stdout
+        named = run_cli("fleet", "rollback", *mq, "--device", "st1", "--version", "3")
+        assert named.returncode == 1 and "version 3" in named.stdout and "nothing to undo" in named.stdout
     finally:
         w.close()
 
@@ -822,6 +824,47 @@ def test_a_rollback_during_probation_leaves_the_truth_retained(broker: Broker, a
         wait_until(lambda: (r := retained()) and r.get("ts", 0) > before["ts"], 10, what="the state republished")
         after = retained()
         assert after["serving"]["sha256"] == first["model"]["sha256"]
+    finally:
+        fs.close()
+        w.close()
+
+
+def test_a_rollback_that_names_a_release_undoes_that_release_only(broker: Broker, agent_factory, keys,  # type: ignore[no-untyped-def]
+                                                                  tmp_path: Path) -> None:
+    """A halted rollout's rollback can cross the device's own verdict: its probation refuses the release
+    as the command arrives. "Undo the latest" would then take away the release that served before it;
+    a rollback naming the release is refused instead, and the one before keeps serving."""
+    priv, pub = keys
+    key = load_private_key(priv)
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "good.tflite").write_bytes(SHORT_INT8.read_bytes())
+    (served / "zero.tflite").write_bytes(_degenerate(SHORT.read_bytes()))
+    fs = FileServer(served, "127.0.0.1", 0)
+    w = Watch(broker, "rv")
+    try:
+        env = ota_env(broker, pub, EDGE_AGENT_STATE_DIR=str(tmp_path / "st"))
+        agent_factory([*STREAM, "--device-id", "rv"], env=env)
+        wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        good = build_manifest(served / "good.tflite", 4, None, [f"http://127.0.0.1:{fs.port}/good.tflite"], None, 1)
+        assert w.deploy(good.signed(key).model_dump(mode="json"), "g4")["status"] == "accepted"
+        wait_until(lambda: "active" in w.state_names(4), 60, what="version 4 active")
+        bad = build_manifest(served / "zero.tflite", 5, "zeros", [f"http://127.0.0.1:{fs.port}/zero.tflite"], None, 1)
+        assert w.deploy(bad.signed(key).model_dump(mode="json"), "z5")["status"] == "accepted"
+        wait_until(lambda: "rolled_back" in w.state_names(5), 60, what="probation refusing version 5")
+
+        late = w.command("rollback", "rb5", {"version": 5})
+        assert late["status"] == "rejected" and "version 5" in late["reason"] and "nothing to undo" in late["reason"]
+        for cid, wrong in (("rb-str", "4"), ("rb-zero", 0), ("rb-bool", True)):
+            answer = w.command("rollback", cid, {"version": wrong})
+            assert answer["status"] == "rejected" and "positive whole number" in answer["reason"], answer
+        seen = len(w.preds)
+        wait_until(lambda: len(w.preds) >= seen + 10, 30, what="results after the refused rollbacks")
+        assert {p["model"]["version"] for p in list(w.preds)[seen:]} == {"4"}  # the release before still serves
+
+        assert w.command("rollback", "rb4", {"version": 4})["status"] == "done"
+        wait_until(lambda: w.preds[-1]["model"]["name"] == "face_detection_short_range", 10, what="the config's model")
+        assert w.state_names(4)[-1] == "rolled_back"
     finally:
         fs.close()
         w.close()

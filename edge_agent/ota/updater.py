@@ -361,20 +361,40 @@ class Updater:
             part.unlink(missing_ok=True)
             raise DownloadError("sha256 mismatch after MQTT delivery")
 
-    def rollback(self, reason: str, m: Manifest | None = None) -> bool:
+    def rollback(self, reason: str, m: Manifest | None = None, version: int | None = None) -> bool:
         """Undo the latest update, at whatever stage it is. A candidate on probation never served: it
         stops being judged, the serving model stays, and the retained state says `rolled_back`, never
         `active`, for it. An update still on its way (queued, downloading, validating) is cancelled: it
         gives way at its next check (`superseded`, with the reason) and the serving model stays; going
         back past the model that served before it was sent would undo more than was asked. Otherwise
-        back to the previous model (in memory when we still hold it)."""
-        with self._switch:
-            return self._rollback(reason, m)
+        back to the previous model (in memory when we still hold it).
 
-    def _rollback(self, reason: str, m: Manifest | None) -> bool:
+        With `version`, only that release is undone, and only while it is on its way, on probation or
+        serving. A fleet's rollback names the release it undoes: a device whose own probation refused
+        it as the command arrived has nothing of it left, and undoing "the latest" there would take
+        away the release that served before it. Whether there is anything to undo is decided under the
+        same lock as a verdict is applied with, so the answer and the retained state agree, and the
+        state of a verdict applied first is published before the answer. False: nothing was undone."""
+        with self._switch:
+            cur = self.store.state.get("current") or {}
+            with self._lock:
+                coming = set(self.pending)
+            if version is None and not cur and not coming:
+                return False
+            if version is not None and version not in coming and cur.get("version") != version:
+                return False
+            if version is not None and cur.get("version") != version:  # on its way, behind what serves
+                with self._lock:
+                    self.cancelled[version] = reason
+                log.info("rollback (%s): cancelling the update to version %d before it serves", reason, version)
+                return True
+            # the release named serves or is judged: it goes, and any newer one on its way still comes
+            return self._rollback(reason, m, cancel=version is None)
+
+    def _rollback(self, reason: str, m: Manifest | None, cancel: bool = True) -> bool:
         with self._lock:
             judged, self.probation = self.probation, None
-            coming = set(self.pending) if judged is None else set()
+            coming = set(self.pending) if judged is None and cancel else set()
             self.cancelled.update(dict.fromkeys(coming, reason))
         if coming:
             log.info("rollback (%s): cancelling the update to version(s) %s before it serves", reason,
@@ -388,6 +408,10 @@ class Updater:
             self._state("rolled_back", m, reason=reason, now=prev,
                         serving=self.serving(served) if served is not None else None, **judged.figures())
             return True
+        undone = self.store.state.get("current")
+        if m is None and undone:  # the state names the release it undoes, as a probation's does
+            man = self.store.manifest(undone["sha256"])
+            m = Manifest.model_validate(man) if man else None
         prev = self.store.rollback(reason)
         old = None
         if prev is not None:
