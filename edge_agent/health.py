@@ -59,13 +59,18 @@ class Health:
 
     # --- stalls -------------------------------------------------------------------------------
     def stalled(self) -> list[str]:
-        """Stages whose loop has not come round within health.stall_s (a hang, not a missing camera)."""
+        """Stages whose loop has not come round within health.stall_s (a hang, not a missing camera).
+        A source that finished (a file or recording with `source.loop = false`) ended its capture loop:
+        it is reported as finished, not stalled, so the watchdog does not restart the agent to play it
+        again."""
         now = time.monotonic()
         limit = self.agent.settings.health.stall_s
         out = []
         pipes = self.agent.pipelines
         for p in pipes.values():
             for stage, st in p.stages().items():
+                if stage == "capture" and st.state == "finished":
+                    continue
                 if now - st.heartbeat > limit:
                     out.append(stage if len(pipes) == 1 and p.route.legacy else f"{p.name}.{stage}")
         sink_beat = getattr(self.agent.sink, "heartbeat", None)

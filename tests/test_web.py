@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -208,7 +209,8 @@ def test_healthz_agrees_with_health_and_livez_only_with_stalls(web_agent: tuple[
 
 def test_healthz_is_200_only_while_every_stage_makes_progress(broker: Broker, agent_factory) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
-    agent_factory(
+    stall_s = max(1.0, scaled(1.0))
+    agent = agent_factory(
         [
             "run",
             "--device-id",
@@ -223,6 +225,8 @@ def test_healthz_is_200_only_while_every_stage_makes_progress(broker: Broker, ag
             "http.enabled=true",
             "--set",
             f"http.port={port}",
+            "--set",
+            f"health.stall_s={stall_s:g}",
         ],
         env=broker.env(),
     )
@@ -233,6 +237,15 @@ def test_healthz_is_200_only_while_every_stage_makes_progress(broker: Broker, ag
     )
     doc = json.loads(body)
     assert doc["ok"] is False and doc["problems"] == ["source finished"]
+    # a finished capture loop is not a stalled one: well past stall_s (and the watchdog's once-a-second
+    # look), the agent still runs, saying the source finished, instead of exiting to be restarted and
+    # playing the file again
+    until = time.monotonic() + stall_s + 3.0
+    while time.monotonic() < until:
+        code, body, _ = _get(base + "/healthz")
+        assert code == 503 and json.loads(body)["problems"] == ["source finished"], body
+        assert _get(base + "/livez")[0] == 200
+        assert agent.proc.poll() is None
 
 
 def test_unknown_paths_and_the_live_frame(web_agent: tuple[str, Any]) -> None:
