@@ -881,6 +881,21 @@ def test_a_second_stage_that_cannot_take_crops_is_refused(tmp_path: Path) -> Non
     assert "scene.second_stage.model" in r.stderr and "cannot take crops" in r.stderr
 
 
+def test_run_to_stdout_prints_one_line_a_message_and_a_snapshot_as_what_it_is(tmp_path: Path) -> None:
+    """`run --sink stdout` is lines of `topic payload`: a snapshot's JPEG bytes, written as they are,
+    broke them apart into lines of noise; it is a line saying it is a JPEG and its size."""
+    from .conftest import DEMO_VIDEO, SHORT, run_cli
+
+    r = run_cli("run", "--seconds", "5", "--device-id", "so", "--source", str(DEMO_VIDEO), "--model", str(SHORT),
+                "--set", f"state_dir={tmp_path}", "--set", "scene.enabled=true", "--sink", "stdout")
+    assert r.returncode == 0, r.stderr[-1500:]
+    lines = [line.split(" ", 1) for line in r.stdout.splitlines()]
+    docs = [(topic, json.loads(rest)) for topic, rest in lines]  # every line parses
+    snaps = [d for topic, d in docs if topic.startswith("edge/so/snapshot/")]
+    assert snaps and all(d["binary"] == "image/jpeg" and d["bytes"] > 1000 for d in snaps), snaps
+    assert any(topic == "edge/so/events" and d["type"] == "new" for topic, d in docs)
+
+
 def test_a_second_stage_failing_at_run_time_disables_only_itself(tmp_path: Path) -> None:
     from edge_agent.config import SecondStageConfig
 
