@@ -53,6 +53,9 @@ class Capture:
         self._reading = False
         self._threads: list[threading.Thread] = []
         self._index = 0
+        #: a file's clock: the wall time it was opened at (its frames are stamped by their place in it)
+        self._t0_wall = 0.0
+        self._last_ts = 0.0
         #: may take a consumer-paced frame on the reader's thread instead of the slot (True when it did):
         #: nothing is dropped or goes stale while the reader waits for its consumer
         self.consume: Callable[[Frame], bool] | None = None
@@ -109,6 +112,9 @@ class Capture:
                     self.stats.state = "running"
                     log.info("source open: %s", self.source_desc)
                     t0_mono = time.monotonic()
+                    # never before a frame already stamped: a file consumed faster than it plays runs
+                    # ahead of the wall clock, and one reopened must not go back in time
+                    self._t0_wall = max(time.time(), self._last_ts + 1e-3)
                     n_played = 0
                     next_due = t0_mono
                 outcome = self._pace_and_read(src, gen, t0_mono, n_played, next_due)
@@ -173,11 +179,15 @@ class Capture:
     def _pace_and_read(self, src: Source, gen: int, t0: float, n_played: int, next_due: float) -> str:
         """One step: 'delivered' a frame, 'skipped' one undecoded, or stayed 'idle'."""
         cap = self.cfg.fps
-        late = paced = False
+        own = None if src.live else src.nominal_fps  # a file's own frame rate
+        late = paced = thin = False
         if not src.live:
-            if self.cfg.realtime and (src.nominal_fps or cap):
-                # play a file at its own rate; frames already late are skipped undecoded
-                rate = min(src.nominal_fps or cap or 30.0, cap or 1e9)
+            if self.cfg.realtime and (own or cap):
+                # play a file at its own rate, as a camera would give it; frames already late are skipped
+                # undecoded, and so are those over the fps cap (a set of images, with no rate of its
+                # own, is shown at the cap)
+                rate = own or cap or 30.0
+                thin = bool(own and cap and cap < own)
                 wait = t0 + n_played / rate - time.monotonic()
                 if wait > 0 and self.stop.wait(wait):
                     return "idle"
@@ -192,7 +202,7 @@ class Capture:
                 if cap and self.stop.wait(max(0.0, next_due - time.monotonic())):
                     return "idle"
         self._timed(src.grab)
-        if src.live and cap and time.monotonic() < next_due:
+        if (src.live or thin) and cap and time.monotonic() < next_due:
             self.stats.drop("fps_cap")  # grabbed, never decoded
             return "skipped"
         if late:
@@ -201,7 +211,11 @@ class Capture:
         image = self._timed(src.retrieve)
         if gen != self._gen:
             return "idle"
-        ts = time.time()
+        # a file's frame is stamped by its place in the file, from when the file was opened (as a
+        # recording of sound is): tracks, events and dwell times follow the recording, however fast
+        # it is consumed. Everything else, when it was captured
+        ts = self._t0_wall + n_played / own if own else time.time()
+        self._last_ts = ts
         self._index += 1
         h, w = image.shape[:2]  # type: ignore[attr-defined]
         self.frame_size = (w, h)

@@ -133,8 +133,9 @@ class SourceConfig(_Strict):
     loop: bool = Field(True, description="Restart a video file or image set at its end.")
     realtime: bool = Field(
         True,
-        description="Play files at their own frame rate (dropping what inference cannot keep up with) "
-        "rather than as fast as inference takes them.",
+        description="Play files at their own frame rate (dropping what inference cannot keep up with, and what is "
+        "over the fps cap) rather than as fast as inference takes them; either way a file's frames carry its own "
+        "clock.",
     )
     width: int | None = Field(None, ge=16, le=8192, description="Capture width to ask a camera for.")
     height: int | None = Field(None, ge=16, le=8192, description="Capture height to ask a camera for.")

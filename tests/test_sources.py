@@ -24,7 +24,7 @@ from edge_agent.sources.synthetic import SyntheticSource, pattern
 from edge_agent.sources.video import VideoFileSource
 from edge_agent.stats import StageStats
 
-from .conftest import DEMO_VIDEO, wait_until
+from .conftest import DEMO_VIDEO, scaled, wait_until
 
 
 def test_uri_kinds() -> None:
@@ -189,12 +189,35 @@ def test_consumer_paced_file_delivers_every_frame() -> None:
     cfg = SourceConfig(uri=str(DEMO_VIDEO), realtime=False, loop=False)
     cap, slot, stats, stop = run_capture(lambda: VideoFileSource(str(DEMO_VIDEO), loop=False), cfg)
     try:
-        idx = []
+        idx, stamps = [], []
         while not (cap.finished.is_set() and not slot.full):
             f = slot.take(0.5)
             if f is not None:
                 idx.append(f.index)
+                stamps.append(f.ts)
         assert idx == list(range(1, 181)) and not stats.drops
+        # stamped by the file's own clock (15 fps), not by how fast they were taken: a tracker's and
+        # an event's times follow the recording
+        assert np.allclose(np.diff(stamps), 1 / 15, rtol=0, atol=1e-6), np.diff(stamps)[:10]
+    finally:
+        stop.set()
+        cap.join(2)
+
+
+def test_a_file_played_in_real_time_under_a_lower_fps_cap_keeps_its_own_rate() -> None:
+    """A 15 fps file capped at 5 plays as a 15 fps camera capped at 5 does: two frames in three are
+    grabbed and never decoded, instead of every frame played at 5 a second, in slow motion."""
+    cfg = SourceConfig(uri=str(DEMO_VIDEO), realtime=True, loop=False, fps=5)
+    cap, slot, stats, stop = run_capture(lambda: VideoFileSource(str(DEMO_VIDEO), loop=False), cfg)
+    try:
+        frames: list[Frame] = []
+        while len(frames) < 8:
+            f = slot.take(scaled(5.0))
+            assert f is not None, "no frame"
+            frames.append(f)
+        steps = np.round(np.diff([f.ts for f in frames]) * 15).astype(int)  # file frames between two taken
+        assert np.median(steps) == 3 and steps.min() >= 2, steps
+        assert stats.drops["fps_cap"] >= 14, stats.drops
     finally:
         stop.set()
         cap.join(2)
