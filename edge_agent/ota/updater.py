@@ -411,7 +411,10 @@ class Updater:
         undone = self.store.state.get("current")
         if m is None and undone:  # the state names the release it undoes, as a probation's does
             man = self.store.manifest(undone["sha256"])
-            m = Manifest.model_validate(man) if man else None
+            try:
+                m = Manifest.model_validate(man) if man else None
+            except ValueError:  # a manifest kept by an older version: the rollback goes on without its name
+                m = None
         prev = self.store.rollback(reason)
         old = None
         if prev is not None:
