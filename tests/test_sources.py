@@ -217,7 +217,8 @@ def test_a_file_played_in_real_time_under_a_lower_fps_cap_keeps_its_own_rate() -
             frames.append(f)
         steps = np.round(np.diff([f.ts for f in frames]) * 15).astype(int)  # file frames between two taken
         assert np.median(steps) == 3 and steps.min() >= 2, steps
-        assert stats.drops["fps_cap"] >= 14, stats.drops
+        # every file frame between two taken was grabbed and not decoded (late, where the reader fell behind)
+        assert stats.drops["fps_cap"] + stats.drops["late"] >= int((steps - 1).sum()), (steps, stats.drops)
     finally:
         stop.set()
         cap.join(2)
