@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,18 +87,22 @@ class ClipRecorder:
             p.end_ts = end_ts
 
     def close(self, timeout: float = 5.0) -> None:
-        """Write what can be written (events in progress end here), then stop the writer."""
+        """Write what can be written (events in progress end here), then stop the writer. The clips of
+        the events in progress wait for room in the writer's queue, within `timeout` in all: a crowd
+        in view when the pipeline stops or its scene is reloaded ends more events at once than the
+        queue holds, and none of them is dropped while the writer keeps up."""
+        deadline = time.monotonic() + timeout
         last = self.ring[-1][0] if self.ring else 0.0
         for p in list(self.pending.values()):
             if p.end_ts is None:
                 p.end_ts = last
-            self._emit(p, last)
+            self._emit(p, last, max(0.0, deadline - time.monotonic()))
         self.pending.clear()
         try:
-            self._jobs.put(None, timeout=timeout)
+            self._jobs.put(None, timeout=max(0.0, deadline - time.monotonic()))
         except queue.Full:
             return
-        self._writer.join(timeout)
+        self._writer.join(max(0.0, deadline - time.monotonic()))
 
     # --- internals -------------------------------------------------------------------------------
     def _finish_due(self, now: float) -> None:
@@ -108,12 +113,17 @@ class ClipRecorder:
                 self._emit(p, p.end_ts + self.cfg.post_s)
                 del self.pending[p.event_id]
 
-    def _emit(self, p: _Pending, until: float) -> None:
+    def _emit(self, p: _Pending, until: float, wait_s: float = 0.0) -> None:
+        """Hand a clip to the writer; on the frame's path never waits (`wait_s` 0), a full queue drops it."""
         frames = [(t, b) for t, b in self.ring if p.start_ts - self.cfg.pre_s <= t <= until]
         if not frames:
             return
+        job = (p.event_id, frames)
         try:
-            self._jobs.put_nowait((p.event_id, frames))
+            if wait_s > 0:
+                self._jobs.put(job, timeout=wait_s)
+            else:
+                self._jobs.put_nowait(job)
         except queue.Full:
             self.stats.dropped += 1
             log.warning("clips: writer behind, clip of event %s dropped", p.event_id)

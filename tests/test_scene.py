@@ -37,7 +37,7 @@ from edge_agent.scene import SceneStage
 from edge_agent.tracker import Tracker
 from edge_agent.zones import Polygon, inside_any, polygon_problem
 
-from .conftest import SSD_MODEL, needs_shared
+from .conftest import SSD_MODEL, needs_shared, scaled
 
 SQUARE = [[0.2, 0.2], [0.8, 0.2], [0.8, 0.8], [0.2, 0.8]]
 
@@ -995,6 +995,27 @@ def test_an_object_pacing_at_a_zones_edge_for_hours_raises_events_of_bounded_siz
     assert end["dwell_s"]["room"] == pytest.approx(ts - first, abs=1e-3)
     assert end["dwell_s"]["door"] == pytest.approx((passes * 3 - 1) / 15, abs=1e-3)
     assert max(sizes) < 2 * min(sizes[-10:]) and max(sizes) < 4000, (min(sizes), max(sizes))
+
+
+def test_a_crowd_in_view_when_clips_close_loses_none_of_its_clips(tmp_path: Path) -> None:
+    """A crowd in view when the pipeline stops (or its scene is reloaded) ends more events at once
+    than the writer's queue holds: each clip waits for room, within the close's time, and is written."""
+    from edge_agent.clips import _WRITE_QUEUE, ClipRecorder
+    from edge_agent.config import ClipConfig
+
+    rec = ClipRecorder(ClipConfig(enabled=True, pre_s=1.0, post_s=1.0, fps=15), tmp_path)
+    img = np.zeros((240, 320, 3), np.uint8)
+    crowd = 2 * _WRITE_QUEUE + 3
+    for k in range(crowd):
+        rec.begin(f"e{k}", 0.0)
+    for i in range(45):  # three seconds of frames, every event still in progress
+        img[:] = i * 5
+        rec.offer(img, i / 15)
+    rec.close(timeout=scaled(60.0))
+    assert rec.stats.dropped == 0 and rec.stats.written == crowd, rec.health()
+    for k in range(crowd):
+        cap = cv2.VideoCapture(str(tmp_path / f"e{k}.avi"))
+        assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 45
 
 
 def test_clips_beyond_the_bounds_go_oldest_first(tmp_path: Path) -> None:
