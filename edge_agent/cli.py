@@ -12,9 +12,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from edge_agent import __version__, human
+
+if TYPE_CHECKING:
+    from edge_agent.config import Settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -147,18 +150,66 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """The single form's report has the model, source and first inference at its top; with pipelines,
+    each pipeline has its own under `pipelines` (a model shared by several is loaded once and run on
+    each one's frame), and each problem names its pipeline."""
+    from edge_agent.config import pipeline_views
+
+    settings = _load(args)
+    _logging("WARNING")
+    problems: list[str] = []
+    report: dict[str, Any] = {"config": "ok"}
+    views = pipeline_views(settings)
+    models: dict[str, Any] = {}  # slot -> Model, or None where it would not load
+    try:
+        for view in views:
+            if view.legacy:
+                _check_pipeline(view.settings, report, problems.append, models, view.slot)
+            else:
+                part: dict[str, Any] = {}
+                report.setdefault("pipelines", {})[view.name] = part
+
+                def named(problem: str, name: str = view.name) -> None:
+                    problems.append(f"pipeline {name}: {problem}")
+
+                _check_pipeline(view.settings, part, named, models, view.slot)
+    finally:
+        for model in models.values():
+            if model is not None:
+                model.close()
+    if not args.offline:  # results go nowhere without it: connect (and log in) as `run` would
+        from edge_agent.sinks.mqtt import probe_broker
+
+        mq = settings.mqtt
+        why = probe_broker(mq)
+        who = f"{mq.host}:{mq.port}" + (f" as {mq.username}" if mq.username else "")
+        report["broker"] = {"address": who, "ok": why is None, **({"error": why} if why else {})}
+        if why is not None:
+            problems.append(f"broker {who}: {why}")
+    report["problems"] = problems
+    human.emit(report, human.check, args.json)
+    return EXIT_FAIL if problems else EXIT_OK
+
+
+def _check_pipeline(
+    settings: Settings, report: dict[str, Any], problem: Callable[[str], None], models: dict[str, Any], slot: str
+) -> None:
+    """One pipeline's model (loaded once per slot), its source opened and read, and the model run on
+    what it gave."""
     from edge_agent.model import Model
     from edge_agent.modelfile import ModelError
     from edge_agent.signals import make_signal_source, signal_kind
     from edge_agent.sources import SourceError, make_source
 
-    settings = _load(args)
     is_signal = signal_kind(settings.source.uri) is not None
-    _logging("WARNING")
-    problems: list[str] = []
-    report: dict[str, Any] = {"config": "ok"}
-    try:
-        model = Model(settings.model, settings.runtime, None, signal=is_signal)
+    if slot not in models:
+        try:
+            models[slot] = Model(settings.model, settings.runtime, None, signal=is_signal)
+        except ModelError as err:
+            models[slot] = None
+            problem(f"model: {err}")
+    model = models[slot]
+    if model is not None:
         rt = model.runtime
         report["model"] = {
             **model.info(),
@@ -173,17 +224,14 @@ def cmd_check(args: argparse.Namespace) -> int:
             "candidates": [p.as_dict() for p in rt.probes],
         }
         if settings.runtime.accelerator not in ("auto", "cpu") and rt.accelerator == "cpu":
-            problems.append(
+            problem(
                 f"accelerator {settings.runtime.accelerator} unusable: "
                 + "; ".join(p.reason for p in rt.probes if not p.ok)
             )
-    except ModelError as err:
-        problems.append(f"model: {err}")
-        model = None
     try:
         if is_signal:
             report["source"] = _check_signal(make_signal_source(settings))
-            raise _Checked
+            return
         src = make_source(settings.source)
         t0 = time.monotonic()
         src.open()
@@ -198,27 +246,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             inf = model.infer(img)
             report["first_inference"] = {"inference_ms": round(inf.inference_ms, 2), **inf.result.as_dict()}
     except SourceError as err:
-        problems.append(f"source: {err}")
-    except _Checked:
-        pass
-    if not args.offline:  # results go nowhere without it: connect (and log in) as `run` would
-        from edge_agent.sinks.mqtt import probe_broker
-
-        mq = settings.mqtt
-        why = probe_broker(mq)
-        who = f"{mq.host}:{mq.port}" + (f" as {mq.username}" if mq.username else "")
-        report["broker"] = {"address": who, "ok": why is None, **({"error": why} if why else {})}
-        if why is not None:
-            problems.append(f"broker {who}: {why}")
-    report["problems"] = problems
-    human.emit(report, human.check, args.json)
-    if model is not None:
-        model.close()
-    return EXIT_FAIL if problems else EXIT_OK
-
-
-class _Checked(Exception):
-    """A signal source was checked; the image checks that follow do not apply."""
+        problem(f"source: {err}")
 
 
 def _check_signal(src: Any) -> dict[str, Any]:

@@ -29,27 +29,9 @@ def _rows(rows: list[tuple[str, str]]) -> str:
 
 def check(doc: dict[str, Any]) -> str:
     rows: list[tuple[str, str]] = [("config", str(doc.get("config", "?")))]
-    m = doc.get("model")
-    if m:
-        version = f"v{m['version']}" if m.get("version") else "unversioned"
-        rows.append(("model", f"{m.get('name')} {version} ({m.get('layout')}, {m.get('task')}), "
-                     f"sha256 {str(m.get('sha256'))[:12]}"))
-    a = doc.get("accelerator")
-    if a:
-        full = {True: "fully accelerated", False: "partly on the CPU", None: "coverage unknown"}
-        rows.append(("accelerator", f"{a.get('description')}, {full.get(a.get('fully_accelerated'), '')}"))
-    src = doc.get("source")
-    if src:
-        if "frame" in src:
-            w, h = src["frame"]
-            rows.append(("source", f"{src.get('uri')}: {w}x{h}, opened and read in {src.get('open_read_ms')} ms"))
-        else:
-            rows.append(("source", ", ".join(f"{k} {v}" for k, v in src.items())))
-    inf = doc.get("first_inference")
-    if inf:
-        found = inf.get("detections") or inf.get("classes") or []
-        rows.append(("inference", f"{inf.get('inference_ms')} ms, {len(found)} "
-                     f"{'detection(s)' if 'detections' in inf else 'class(es)'}"))
+    rows += _checked(doc, "")
+    for name, part in (doc.get("pipelines") or {}).items():
+        rows += _checked(part, f"{name}: ")
     b = doc.get("broker")
     if b:
         rows.append(("broker", f"{b['address']}: {'ok' if b['ok'] else b.get('error')}"))
@@ -57,6 +39,33 @@ def check(doc: dict[str, Any]) -> str:
     rows.append(("problems", "none" if not problems else problems[0]))
     rows += [("", p) for p in problems[1:]]
     return _rows(rows)
+
+
+def _checked(doc: dict[str, Any], who: str) -> list[tuple[str, str]]:
+    """One pipeline's rows: its model, accelerator, source and first inference (who: its name, or none)."""
+    rows: list[tuple[str, str]] = []
+    m = doc.get("model")
+    if m:
+        version = f"v{m['version']}" if m.get("version") else "unversioned"
+        rows.append(("model", f"{who}{m.get('name')} {version} ({m.get('layout')}, {m.get('task')}), "
+                     f"sha256 {str(m.get('sha256'))[:12]}"))
+    a = doc.get("accelerator")
+    if a:
+        full = {True: "fully accelerated", False: "partly on the CPU", None: "coverage unknown"}
+        rows.append(("accelerator", f"{who}{a.get('description')}, {full.get(a.get('fully_accelerated'), '')}"))
+    src = doc.get("source")
+    if src:
+        if "frame" in src:
+            w, h = src["frame"]
+            rows.append(("source", f"{who}{src.get('uri')}: {w}x{h}, opened and read in {src.get('open_read_ms')} ms"))
+        else:
+            rows.append(("source", who + ", ".join(f"{k} {v}" for k, v in src.items())))
+    inf = doc.get("first_inference")
+    if inf:
+        found = inf.get("detections") or inf.get("classes") or []
+        rows.append(("inference", f"{who}{inf.get('inference_ms')} ms, {len(found)} "
+                     f"{'detection(s)' if 'detections' in inf else 'class(es)'}"))
+    return rows
 
 
 def _tensor(t: dict[str, Any]) -> str:

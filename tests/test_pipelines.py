@@ -27,6 +27,7 @@ from .conftest import (
     TopicRecorder,
     needs_shared,
     run_cli,
+    run_tty,
     wait_until,
 )
 
@@ -270,6 +271,53 @@ def test_single_form_consumers_see_no_change(broker: Broker, agent_factory) -> N
         assert all(t.count("/") == 2 or t == "edge/solo/model/state" for t in rec.topics()), rec.topics()
     finally:
         rec.close()
+
+
+@needs_shared
+def test_check_opens_and_runs_every_pipeline_and_names_the_one_that_fails(tmp_path: Path) -> None:
+    """`check` with pipelines checks each one's source and model (a shared model loaded once, run on
+    each one's frame), not the top-level defaults; each problem names its pipeline."""
+    video = MODELS / "demo.avi"
+    cfg = write_toml(
+        tmp_path / "check.toml",
+        f"""
+[models.face]
+path = "{SHORT}"
+[[pipelines]]
+name = "porch"
+source.uri = "{video}"
+model = "face"
+[[pipelines]]
+name = "gate"
+source.uri = "{tmp_path / 'gone.avi'}"
+model = "face"
+[[pipelines]]
+name = "kitchen"
+source.uri = "{FRUIT}"
+model.path = "{SSD_MODEL}"
+model.labels = "{COCO_LABELS}"
+[[pipelines]]
+name = "voice"
+source.uri = "wav:{NABU_WAV}"
+model.path = "{WAKEWORD}"
+""",
+    )
+    r = run_cli("check", "--config", str(cfg), "--offline", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    pipes = doc["pipelines"]
+    assert set(pipes) == {"porch", "gate", "kitchen", "voice"} and "source" not in doc and "model" not in doc
+    assert pipes["porch"]["source"]["frame"] == [640, 480] and pipes["porch"]["first_inference"]["detections"]
+    assert pipes["porch"]["model"]["sha256"] == pipes["gate"]["model"]["sha256"]
+    assert "source" not in pipes["gate"] and "first_inference" not in pipes["gate"]
+    found = pipes["kitchen"]["first_inference"]["detections"]
+    assert pipes["kitchen"]["model"]["layout"] == "ssd" and any(d["label"] == "apple" for d in found), found
+    assert pipes["voice"]["source"]["rate"] == 16000 and pipes["voice"]["model"]["task"] != "detection"
+    assert doc["problems"] == [f"pipeline gate: source: video file {tmp_path / 'gone.avi'} not found"], doc["problems"]
+    rc, shown, _ = run_tty("check", "--config", str(cfg), "--offline")  # at a terminal: a row per pipeline
+    rows = shown.splitlines()
+    assert rc == 1 and any(r.startswith("source") and "porch: " in r and "640x480" in r for r in rows), shown
+    assert any(r.startswith("inference") and "kitchen: " in r for r in rows), shown
 
 
 # --- sharing, failures, fairness -------------------------------------------------------------------
