@@ -624,10 +624,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
             if m is None:
                 continue
             topic, payload, _ = m
-            print(
-                summarise(topic, payload) if not args.raw else f"{topic} {payload.decode('utf-8', 'replace')}",
-                flush=True,
-            )
+            print(summarise(topic, payload) if not args.raw else f"{topic} {human.printable(payload)}", flush=True)
     except KeyboardInterrupt:
         pass
     finally:
@@ -639,8 +636,8 @@ def summarise(topic: str, payload: bytes) -> str:
     """One readable line per message, for people watching the demo."""
     try:
         doc = json.loads(payload)
-    except ValueError:
-        return f"{topic} {payload.decode('utf-8', 'replace')}"
+    except ValueError:  # a snapshot's JPEG, or text that is not JSON
+        return f"{topic} {human.printable(payload)}"
     if not isinstance(doc, dict):
         return f"{topic} {doc}"
     if topic.endswith("/predictions"):
@@ -944,7 +941,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--device", help="device id (default: all)")
     ls.add_argument(
         "--topics",
-        default="predictions,health,+/predictions,+/events",
+        default="predictions,events,health,+/predictions,+/events",
         help="comma-separated topic suffixes ('+/predictions': every named pipeline's)",
     )
     ls.add_argument("--seconds", type=float)

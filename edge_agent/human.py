@@ -27,6 +27,18 @@ def _rows(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def printable(payload: bytes) -> str:
+    """A payload as one line: text as it is (every document is one line of JSON, a zone count a
+    number; a line break in other text is escaped); a binary one (a snapshot's JPEG) as a line of JSON
+    saying what it is and its size, since its bytes would break the lines apart and mean nothing on a
+    terminal."""
+    try:
+        return payload.decode("utf-8").replace("\r", "\\r").replace("\n", "\\n")
+    except UnicodeDecodeError:
+        kind = "image/jpeg" if payload[:3] == b"\xff\xd8\xff" else "application/octet-stream"
+        return json.dumps({"binary": kind, "bytes": len(payload)})
+
+
 def check(doc: dict[str, Any]) -> str:
     rows: list[tuple[str, str]] = [("config", str(doc.get("config", "?")))]
     rows += _checked(doc, "")

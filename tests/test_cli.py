@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from .conftest import ROOT, SHORT, SHORT_INT8, run_cli
+from .conftest import ROOT, SHORT, SHORT_INT8, Broker, run_cli
 from .conftest import run_tty as _tty
 
 
@@ -182,3 +182,30 @@ def test_predict_and_bench_refuse_a_model_that_cannot_take_the_input(face_image:
     wake = ROOT / "models" / "wakeword" / "okay_nabu.tflite"
     r = run_cli("bench", "--model", str(wake), "--seconds", "1", "--runs", "1")
     assert r.returncode == 1 and f"{wake} is a streaming model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_listen_shows_object_events_and_a_snapshot_as_what_it_is(broker: Broker) -> None:
+    """`listen` shows the single form's object events by default, and a snapshot's JPEG (with `--raw`,
+    or under any summary) is a line saying so, not its bytes."""
+    from edge_agent.payload import event
+    from edge_agent.sinks.mqtt import Subscriber
+
+    pub = Subscriber(broker.mqtt(), [])
+    assert pub.start(10)
+    ok, jpeg = cv2.imencode(".jpg", np.full((120, 160, 3), 90, np.uint8))
+    assert ok
+    body = {"type": "new", "id": "e1", "track_id": 3, "label": "person", "score": 0.9}
+    doc = event(device_id="lc", boot_id="b", seq=1, ts=1.0, model=None, body=body)
+    # retained, so that they reach a listener whatever the moment it subscribes
+    pub.publish("edge/lc/events", json.dumps(doc).encode(), retain=True)
+    pub.publish("edge/lc/snapshot/person", jpeg.tobytes(), retain=True)
+    pub.publish("edge/lc/zones/road/person", b"2", retain=True)
+    pub.stop()
+    mq = ["--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--device", "lc", "--seconds", "2"]
+    shown = run_cli("listen", *mq).stdout.splitlines()
+    assert "event new person 0.90 (e1)" in shown, shown
+    for extra in ([], ["--raw"]):
+        lines = run_cli("listen", *mq, "--topics", "snapshot/+,zones/+/+", *extra).stdout.splitlines()
+        snap = next(line for line in lines if line.startswith("edge/lc/snapshot/person "))
+        assert json.loads(snap.split(" ", 1)[1]) == {"binary": "image/jpeg", "bytes": len(jpeg)}, lines
+        assert "edge/lc/zones/road/person 2" in lines and len(lines) == 2, lines
