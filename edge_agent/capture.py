@@ -219,7 +219,7 @@ class Capture:
         self._index += 1
         h, w = image.shape[:2]  # type: ignore[attr-defined]
         self.frame_size = (w, h)
-        frame = Frame(image, ts, time.monotonic(), self._index)  # type: ignore[arg-type]
+        frame = Frame(image, ts, time.monotonic(), self._index, clock=ts if own else None)  # type: ignore[arg-type]
         self.stats.done()
         if paced and self.consume is not None and self.consume(frame):
             return "delivered"

@@ -312,7 +312,7 @@ class FramePipeline:
                     st.observe("queue", raw.wait_ms)
                 st.done()
             if not self.keep_images and not self.fanout.judging(model):
-                frame = Frame(_NO_IMAGE, frame.ts, frame.mono, frame.index, frame.image.shape[:2])
+                frame = Frame(_NO_IMAGE, frame.ts, frame.mono, frame.index, frame.image.shape[:2], frame.clock)
             return frame, raw, model, cached
         except Exception as err:  # loop boundary: one bad frame must not stop the stream
             if isinstance(err, EngineClosed) and self.get_model() is not model:
@@ -366,7 +366,7 @@ class FramePipeline:
         out: SceneOutput | None = None
         with self._scene_lock:
             if self.scene is not None and result.task == "detection":
-                out = self.scene.process(result, frame.ts, frame.image if frame.image.size else None)
+                out = self.scene.process(result, frame.ts, frame.image if frame.image.size else None, frame.steady)
                 result = out.result
         doc = prediction(
             device_id=self.settings.device_id,

@@ -50,11 +50,12 @@ class ZoneVisit:
     entered_ts: float
     left_ts: float | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, offset: float = 0.0) -> dict[str, Any]:
+        """offset: from the scene's clock to the wall clock (see `SceneStage.process`)."""
         return {
             "zone": self.zone,
-            "entered_ts": round(self.entered_ts, 6),
-            "left_ts": None if self.left_ts is None else round(self.left_ts, 6),
+            "entered_ts": round(self.entered_ts + offset, 6),
+            "left_ts": None if self.left_ts is None else round(self.left_ts + offset, 6),
         }
 
 
@@ -161,13 +162,24 @@ class SceneStage:
         #: objects whose `end` this frame raised, for their last snapshot
         self._ended: dict[str, TrackedObject] = {}
         self.masked = 0
+        #: the wall clock less the scene's clock, at the latest frame: what the times it publishes add
+        self._offset = 0.0
+        self._clock: float | None = None  # the latest frame's time on the scene's clock
 
     @property
     def needs_images(self) -> bool:
         return self.cfg.snapshots.enabled or self.clips is not None
 
     # --- one frame -----------------------------------------------------------------------------
-    def process(self, result: Result, ts: float, image: np.ndarray | None) -> SceneOutput:
+    def process(self, result: Result, ts: float, image: np.ndarray | None, clock: float | None = None) -> SceneOutput:
+        """One frame: `ts` its wall-clock time, `clock` its time on a clock that never steps (the
+        monotonic clock, or a file's own; default `ts`). Tracks, zones, dwell times and clips run on
+        `clock`; every time published is on the wall clock as it stands at this frame. A board
+        without a real-time clock has its wall clock set hours or days at once when it reaches a
+        time server: tracks go on through it, and the times already published for an object are
+        moved with it."""
+        now = ts if clock is None else clock
+        self._offset, self._clock = ts - now, now
         dets = list(result.detections)
         boxes = np.array([d.box_norm for d in dets], np.float64).reshape(-1, 4)
         anchors = anchor_points(boxes, self.cfg.anchor)
@@ -180,7 +192,7 @@ class SceneStage:
         out_result = Result(task=result.task, detections=tuple(dets)) if len(dets) != len(result.detections) else result
         tracked = [i for i, d in enumerate(dets) if self.labels is None or d.label in self.labels]
         up = self.tracker.update(
-            boxes[tracked], np.array([dets[i].score for i in tracked]), [dets[i].label for i in tracked], ts
+            boxes[tracked], np.array([dets[i].score for i in tracked]), [dets[i].label for i in tracked], now
         )
         geo = (
             in_zones(self.zones, [d.label for d in dets], [d.score for d in dets], boxes, anchors, self.zone_shapes)
@@ -190,7 +202,7 @@ class SceneStage:
         extras: list[dict[str, Any]] = [{} for _ in dets]
         for t in up.confirmed:
             self.objects[t.id] = TrackedObject(
-                t.id, f"{t.first_ts:.3f}-{secrets.token_hex(3)}", t.label, t.first_ts, ts,
+                t.id, f"{t.first_ts + self._offset:.3f}-{secrets.token_hex(3)}", t.label, t.first_ts, now,
                 qualified=not self.cfg.required_zones,
             )
         for k, i in enumerate(tracked):
@@ -201,27 +213,30 @@ class SceneStage:
             extras[i]["track_id"] = tid
             if obj is None:  # tentative: not yet an object
                 continue
-            self._observe(obj, dets[i], geo[i], ts, image)
+            self._observe(obj, dets[i], geo[i], now, image)
             extras[i]["zones"] = sorted(obj.inside)
             if self.second is not None and image is not None:
-                self._second(obj, dets[i], ts, image)
+                self._second(obj, dets[i], now, image)
             if "second_stage" in obj.attributes:
                 extras[i]["attributes"] = {"second_stage": brief(obj.attributes["second_stage"])}
         # a track missed this frame keeps its zones: a detector's flicker or a brief occlusion is not a
         # departure; it leaves by being seen outside, or when its track ends
-        events = self._events(ts, up.ended)
+        events = self._events(now, up.ended)
         if self.cfg.snapshots.enabled:
-            self._compact(ts)
+            self._compact(now)
         if self.clips is not None and image is not None:
-            self.clips.offer(image, ts)
+            self.clips.offer(image, now)
         counts = self._recount()
         snaps = self._snapshots(events)
         return SceneOutput(out_result, extras, events, counts, snaps)
 
     def end_all(self, ts: float) -> SceneOutput:
-        """Every object ends (the pipeline stops or changes model)."""
+        """Every object ends (the pipeline stops or changes model); ts: the wall clock's time now."""
+        now = ts - self._offset
+        if self._clock is not None:
+            now = max(now, self._clock)
         ended = self.tracker.end_all()
-        events = self._events(ts, ended)
+        events = self._events(now, ended)
         counts = self._recount()
         return SceneOutput(Result(task="detection"), [], events, counts, self._snapshots(events))
 
@@ -232,7 +247,8 @@ class SceneStage:
             self.second.close()
 
     def _second(self, obj: TrackedObject, det: Detection, ts: float, image: np.ndarray) -> None:
-        """The second model on this object's crop, once per interval; a failure disables it alone."""
+        """The second model on this object's crop, once per interval; a failure disables it alone.
+        ts: on the scene's clock."""
         second = self.second
         if second is None or not second.wants(obj.label) or second.error is not None:
             return
@@ -240,7 +256,7 @@ class SceneStage:
             return
         obj.second_ts = ts
         try:
-            res = second.run(image, det.box, ts)
+            res = second.run(image, det.box, ts + self._offset)
         except Exception as err:  # any failure of the second model: it stops, the first goes on
             second.error = f"{type(err).__name__}: {err}"
             log.error("%s: second stage %s disabled: %s", self.pipeline, second.name, second.error)
@@ -332,6 +348,8 @@ class SceneStage:
         return out
 
     def _body(self, kind: str, obj: TrackedObject, ts: float) -> dict[str, Any]:
+        """The event's fields; its times on the wall clock (ts and the object's: on the scene's)."""
+        off = self._offset
         body: dict[str, Any] = {
             "type": kind,
             "id": obj.event_id,
@@ -340,10 +358,10 @@ class SceneStage:
             "score": round(obj.best_score, 5),
             "current_score": round(obj.score, 5),
             "box_norm": [round(v, 5) for v in obj.box_norm],
-            "start_ts": round(obj.start_ts, 6),
-            "end_ts": round(ts, 6) if kind == "end" else None,
+            "start_ts": round(obj.start_ts + off, 6),
+            "end_ts": round(ts + off, 6) if kind == "end" else None,
             "zones": sorted(obj.inside),
-            "entered_zones": [v.as_dict() for v in obj.visits],
+            "entered_zones": [v.as_dict(off) for v in obj.visits],
             "zone_entries": obj.entries,
             "dwell_s": obj.dwell(ts),
             "snapshot": None,
@@ -352,7 +370,7 @@ class SceneStage:
         if obj.best is not None:
             body["snapshot"] = {
                 "url": f"{self.snapshot_url}/{obj.event_id}.jpg",
-                "ts": round(obj.best.ts, 6),
+                "ts": round(obj.best.ts + off, 6),
                 "score": round(obj.best.score, 5),
             }
         if kind == "end" and self.clips is not None:

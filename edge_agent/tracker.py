@@ -418,6 +418,15 @@ class Tracker:
         ids: list[int | None] = [None] * len(boxes)
         rows: list[list[float]] = boxes.tolist()
         tracks = self.tracks
+        if self._last_ts != float("inf") and ts < self._last_ts:
+            # the clock stepped back (a wall clock set back): the tracks' times move with it, as if no
+            # time had passed; left behind, each would wait out the step before it could end, and its
+            # velocity's fit would weigh its points by a time to come
+            step = ts - self._last_ts
+            for t in tracks:
+                t.first_ts += step
+                t.last_ts += step
+                t.fit_ts += step
         predicted = _predict(tracks, ts)
         score_of: list[float] = scores.tolist()
         strong: list[int] = []

@@ -393,6 +393,42 @@ def _walk(stage: SceneStage, frames: int, t0: float = 1000.0) -> list[dict[str, 
     return events
 
 
+def test_the_wall_clock_set_back_mid_track_keeps_the_track_and_moves_its_times(tmp_path: Path) -> None:
+    """A board without a real-time clock has its wall clock set at once when it reaches a time server,
+    back as well as forward. Tracks and zones run on the monotonic clock: an object walking through as
+    the clock is set back an hour keeps its track (one `new`, one `end`), its dwell is the time it
+    spent, and its times are published on the wall clock as it now stands. (The tracker given a clock
+    that steps back raised OverflowError on every frame after it.)"""
+    zone = {"name": "all", "points": [[0, 0], [1, 0], [1, 1], [0, 1]], "inertia": 1}
+    stage = SceneStage(SceneConfig(enabled=True, zones=[zone], snapshots={"enabled": False}), "cam", tmp_path)
+    wall, mono, events = 1_800_000_000.0, 500.0, []
+    for i in range(45):
+        if i == 20:
+            wall -= 3600.0  # the time server's answer
+        box = (10.0 + 8 * i, 80.0, 70.0 + 8 * i, 160.0)
+        det = Detection("box", 0, 0.8, box, (box[0] / 640, box[1] / 480, box[2] / 640, box[3] / 480))
+        out = stage.process(Result(task="detection", detections=(det,)), wall + i / FPS, None, mono + i / FPS)
+        assert [x.get("track_id") for x in out.extras] == [1]
+        events += out.events
+    events += stage.end_all(wall + 45 / FPS).events
+    assert [e["type"] for e in events if e["type"] != "update"] == ["new", "end"], events
+    new, end = events[0], events[-1]
+    assert new["start_ts"] == pytest.approx(1_800_000_000.0, abs=1e-3)  # as the clock stood then
+    assert end["start_ts"] == pytest.approx(1_800_000_000.0 - 3600.0, abs=1e-3)  # moved with it
+    assert end["end_ts"] == pytest.approx(wall + 44 / FPS, abs=1e-3)
+    assert end["dwell_s"]["all"] == pytest.approx(43 / FPS, abs=1e-3)  # in the zone from its second frame on
+
+
+def test_a_tracker_given_a_clock_that_steps_back_keeps_its_tracks() -> None:
+    tracker = Tracker()
+    for i in range(30):
+        ts = 1000.0 + i / FPS - (3600.0 if i >= 15 else 0.0)
+        box = np.array([[0.1 + 0.01 * i, 0.2, 0.2 + 0.01 * i, 0.4]])
+        up = tracker.update(box, np.array([0.9]), ["box"], ts)
+        assert up.ids == [1] and not up.ended
+    assert tracker.tracks[0].vx == pytest.approx(0.01 * FPS, rel=0.05)  # its velocity learnt through the step
+
+
 def test_snapshot_is_a_readable_jpeg_of_the_object(tmp_path: Path) -> None:
     stage = SceneStage(SceneConfig(enabled=True, snapshots={"max_bytes": 20_000, "crop": True}), "cam", tmp_path)
     events = _walk(stage, 30)

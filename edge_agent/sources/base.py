@@ -36,6 +36,14 @@ class Frame:
     mono: float  # capture time, time.monotonic()
     index: int  # frames captured since start
     size: tuple[int, int] | None = None  # (height, width), kept when the picture is let go
+    clock: float | None = None  # a file's own clock (its `ts`); None: `mono`
+
+    @property
+    def steady(self) -> float:
+        """Seconds on a clock that never steps, for tracking: a file's own, else the monotonic clock.
+        `ts` follows the wall clock, which a board without a real-time clock sets hours or days at
+        once when it reaches a time server."""
+        return self.clock if self.clock is not None else self.mono
 
 
 class Source(abc.ABC):
