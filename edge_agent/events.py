@@ -71,6 +71,7 @@ class EventDetector:
         self._tracks: dict[str, _Track] = {}
         self._numbers = numbers if numbers is not None else itertools.count(1)
         self.counts = {"new": 0, "update": 0, "end": 0}
+        self._last_ts = float("-inf")
 
     def reset(self) -> list[Event]:
         """Source restart or model swap: active events end now, smoothing starts over."""
@@ -81,7 +82,19 @@ class EventDetector:
         return ended
 
     def update(self, scores: Mapping[str, float], ts: float, offset_s: float) -> list[Event]:
-        """One window's scores (by label) at capture time `ts`; returns the events it causes."""
+        """One window's scores (by label) at capture time `ts`; returns the events it causes. A live
+        source's times follow the wall clock, which a board without a real-time clock sets at once when
+        it reaches a time server: set back, the times held here move with it, or a refractory period
+        would last as long as the step and the words in it would raise nothing."""
+        if ts < self._last_ts:
+            step = ts - self._last_ts
+            for held in self._tracks.values():
+                held.refractory_until += step
+                held.last_update += step
+                a = held.active
+                if a is not None:
+                    held.active = Event(a.type, a.id, a.label, a.score, a.start_ts + step, None, a.offset_s)
+        self._last_ts = ts
         out: list[Event] = []
         for label, score in scores.items():
             if self.labels is not None and label not in self.labels:

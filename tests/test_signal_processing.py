@@ -206,6 +206,20 @@ def test_without_hysteresis_the_same_scores_would_flap() -> None:
     assert [t for t, _ in _run(EventDetector(on=0.8, off=0.8), scores)].count("new") == 3
 
 
+def test_a_wall_clock_set_back_does_not_stretch_the_refractory_period() -> None:
+    """A live source's times follow the wall clock; set back an hour just after a word (a time server
+    reached by a board without a real-time clock), the next word still raises its event."""
+    det = EventDetector(on=0.8, off=0.5, refractory_s=1.0)
+    ts, events = 1000.0, []
+    for i, score in enumerate([0.9, 0.9, 0.2, 0.2] + [0.2] * 20 + [0.9, 0.9, 0.2]):
+        if i == 3:
+            ts -= 3600.0
+        events += [(e.type, e.start_ts, e.end_ts) for e in det.update({"word": score}, ts, i * 0.1)]
+        ts += 0.1
+    assert [e[0] for e in events] == ["new", "end", "new", "end"], events
+    assert all(e[2] is None or e[2] >= e[1] for e in events)
+
+
 def test_refractory_period_suppresses_an_echo_but_not_a_later_word() -> None:
     det = EventDetector(on=0.8, off=0.5, refractory_s=1.0)
     scores = [0.9, 0.1, 0.9, 0.1] + [0.1] * 10 + [0.9, 0.1]
