@@ -44,6 +44,10 @@ _READ_TIMEOUT_S = 0.25
 _DEFAULT_ON = 0.8
 #: Windows between a post stage that is behind and inference: a short burst of slack, then back-pressure.
 _RESULTS_QUEUE = 64
+#: A live source's chunk stamped this much before the end of the one before it follows a wall clock
+#: that was set back (a board without a real-time clock reaching a time server); a little before, it
+#: was read in a burst, and keeps its samples' spacing.
+_CLOCK_STEP_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +176,9 @@ class SignalCapture:
                     st.beat()
                     if chunk is None:
                         continue
-                    if chunk.ts < next_ts:
+                    if next_ts - _CLOCK_STEP_S < chunk.ts < next_ts:
                         chunk = Chunk(chunk.samples, next_ts, chunk.mono)
+                    # (further back, the wall clock was set back: the stream's times follow it)
                     next_ts = chunk.ts + len(chunk.samples) / (src.rate or 1.0)
                     if first:  # some sources learn their channel count from the first reading
                         self.channels, self.channel_names = src.channels, src.channel_names
@@ -499,7 +504,7 @@ class SignalPipeline:
                 now = time.monotonic()
                 c2p = (now - item.mono) * 1e3
                 self.infer_stats.observe("capture_to_publish", c2p)
-                if hz > 0 and item.ts - last_pub >= 1.0 / hz - 1e-9:
+                if hz > 0 and (item.ts - last_pub >= 1.0 / hz - 1e-9 or item.ts < last_pub):  # or clock set back
                     last_pub = item.ts
                     doc = window_prediction(
                         device_id=self.settings.device_id,

@@ -21,6 +21,7 @@ from edge_agent.config import ModelConfig, RuntimeConfig, Settings, SignalConfig
 from edge_agent.model import Model
 from edge_agent.signal_pipeline import ChunkQueue, SignalCapture, SignalPipeline, run_offline
 from edge_agent.signals import make_signal_source
+from edge_agent.signals.base import Chunk, SignalSource
 from edge_agent.signals.iio import IIOSource
 from edge_agent.sinks.memory import MemorySink
 from edge_agent.sinks.mqtt import Subscriber
@@ -273,6 +274,47 @@ def _capture(settings: Settings) -> tuple[SignalCapture, ChunkQueue, threading.E
     cap = SignalCapture(lambda: make_signal_source(settings), settings, q, StageStats("capture"), stop)
     cap.start()
     return cap, q, stop
+
+
+class _SetBack(SignalSource):
+    """A live source on a wall clock that is set back an hour after its tenth reading, as a board without
+    a real-time clock sets it on reaching a time server (the wall clock itself is out of a test's reach)."""
+
+    kind = "setback"
+
+    @classmethod
+    def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:
+        return cls(uri, 10.0)
+
+    def open(self) -> None:
+        self.n = 0
+
+    def read(self, timeout: float) -> Chunk | None:
+        self.n += 1
+        wall = 1_800_000_000.0 + self.n / self.rate - (3600.0 if self.n > 10 else 0.0)
+        return Chunk(np.full((1, 1), float(self.n), np.float32), wall, time.monotonic())
+
+
+def test_a_live_stream_follows_its_wall_clock_set_back() -> None:
+    """A chunk stamped a little before the previous one ended was read in a burst and keeps its samples'
+    spacing; one stamped an hour before it follows the clock, instead of the stream going on an hour
+    ahead of it for as long as it runs."""
+    s = Settings(source=SourceConfig(uri="synthetic"), signal=SignalConfig(rate=10))
+    q = ChunkQueue(100_000)
+    stop = threading.Event()
+    cap = SignalCapture(lambda: _SetBack("setback:", 10.0), s, q, StageStats("capture"), stop)
+    cap.start()
+    try:
+        stamps: dict[int, float] = {}
+        while len(stamps) < 15:
+            c = wait_until(lambda: q.get(0.1), 5, what="a reading")
+            if hasattr(c, "samples"):
+                stamps[int(c.samples[0, 0])] = c.ts
+        assert stamps[10] == pytest.approx(1_800_000_000.0 + 1.0)
+        assert stamps[11] == pytest.approx(1_800_000_000.0 + 1.1 - 3600.0)
+        assert stamps[15] - stamps[11] == pytest.approx(0.4)
+    finally:
+        stop.set()
 
 
 def test_iio_sysfs_polling_scales_counts_and_survives_removal(tmp_path: Path) -> None:
