@@ -64,7 +64,10 @@ class HomeAssistant:
         self.snapshot_topic = lambda label: topics.snapshot(pipeline, label)
         self.update_topic = topics.device("ha/update")
         self.rollback_topic = topics.device("ha/rollback")
-        self._seen: dict[str, float] = {}
+        self._seen: dict[str, float] = {}  # wall-clock time each label was last seen (shown)
+        #: ... on the monotonic clock, for the off delay: a wall clock set back (a board without a
+        #: real-time clock reaching a time server) would hold a label `detected` as long as the step
+        self._seen_mono: dict[str, float] = {}
         self._counts: dict[str, int] = dict.fromkeys(labels, 0)
         self._last_sent = float("-inf")  # monotonic time of the last state message
         self._last_sent_state: tuple[tuple[bool, int, int | None], ...] | None = None  # what HA shows
@@ -277,7 +280,7 @@ class HomeAssistant:
         ]
         if self.device_entities:
             msgs.append(self.update_message(model_name, model_version, ota))
-        msgs.append(self._state_message(self._state(time.time())))
+        msgs.append(self._state_message(self._state(time.monotonic())))
         return msgs
 
     def update_message(self, model_name: str | None, version: str | None, ota: dict[str, Any] | None = None) -> Message:
@@ -312,11 +315,13 @@ class HomeAssistant:
         return self._set({**self._counts, label: 1 if active else 0}, ts)
 
     def _set(self, counts: dict[str, int], ts: float) -> Message | None:
+        mono = time.monotonic()
         for label, n in counts.items():
             if n:
                 self._seen[label] = ts
+                self._seen_mono[label] = mono
         self._counts = counts
-        state = self._state(ts)
+        state = self._state(mono)
         shown = self._last_sent_state
         if state == shown:  # most frames: nothing a user would see changed, nothing built
             return None
@@ -330,13 +335,14 @@ class HomeAssistant:
         self._last_sent_state = state
         return Message(self.state_topic, self._payload(state), qos=1, retain=False)
 
-    def _state(self, now: float) -> tuple[tuple[bool, int, int | None], ...]:
-        """(detected, count, last seen to the second) per watched label: what the entities show."""
+    def _state(self, mono: float) -> tuple[tuple[bool, int, int | None], ...]:
+        """(detected, count, last seen to the second) per watched label: what the entities show. mono:
+        the monotonic clock now."""
         out = []
         for label in self.labels:
             seen = self._seen.get(label)
             n = self._counts.get(label, 0)
-            detected = seen is not None and (n > 0 or now - seen < self.cfg.off_delay_s)
+            detected = seen is not None and (n > 0 or mono - self._seen_mono[label] < self.cfg.off_delay_s)
             out.append((detected, n, int(seen) if seen is not None else None))
         return tuple(out)
 

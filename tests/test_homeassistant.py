@@ -421,3 +421,21 @@ def test_label_state_is_rate_limited_and_not_retained(ha: Recorder, broker: Brok
               if a["labels"]["face"]["detected"] == "OFF" and b["labels"]["face"]["detected"] == "ON")
     assert len(states) <= 8 / 1.0 + ons + 1, [s for _, s in states]
     assert "edge/hadev/ha/state" not in _retained(broker, "edge/hadev/#")
+
+
+def test_a_label_clears_after_its_off_delay_though_the_wall_clock_is_set_back() -> None:
+    """The off delay runs on the monotonic clock: a wall clock set back an hour (a board without a
+    real-time clock reaching a time server) held the label `detected` for the hour."""
+    from edge_agent.config import load_settings
+    from edge_agent.homeassistant import HomeAssistant
+    from edge_agent.results import Detection, Result
+    from edge_agent.topics import Topics
+
+    s = load_settings(None, {"device_id": "box", "homeassistant": {"enabled": True, "off_delay_s": 0, "state_interval_s": 0}})
+    ha = HomeAssistant(s, Topics("edge", "box"), ["person"])
+    person = Detection("person", 0, 0.9, (10.0, 10.0, 50.0, 90.0), (0.1, 0.1, 0.3, 0.5))
+    on = ha.observe(Result(task="detection", detections=(person,)), 1_800_000_000.0)
+    assert on is not None and json.loads(on.payload)["labels"]["person"]["detected"] == "ON"
+    off = ha.observe(Result(task="detection"), 1_800_000_000.0 - 3600.0)
+    assert off is not None and json.loads(off.payload)["labels"]["person"]["detected"] == "OFF"
+    assert json.loads(off.payload)["labels"]["person"]["last_seen"].startswith("2027-01-15")  # as it was seen
