@@ -431,7 +431,8 @@ def test_a_label_clears_after_its_off_delay_though_the_wall_clock_is_set_back() 
     from edge_agent.results import Detection, Result
     from edge_agent.topics import Topics
 
-    s = load_settings(None, {"device_id": "box", "homeassistant": {"enabled": True, "off_delay_s": 0, "state_interval_s": 0}})
+    ha_cfg = {"enabled": True, "off_delay_s": 0, "state_interval_s": 0}
+    s = load_settings(None, {"device_id": "box", "homeassistant": ha_cfg})
     ha = HomeAssistant(s, Topics("edge", "box"), ["person"])
     person = Detection("person", 0, 0.9, (10.0, 10.0, 50.0, 90.0), (0.1, 0.1, 0.3, 0.5))
     on = ha.observe(Result(task="detection", detections=(person,)), 1_800_000_000.0)
