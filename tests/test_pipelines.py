@@ -33,6 +33,18 @@ from .conftest import (
 
 WAKEWORD = MODELS / "wakeword" / "okay_nabu.tflite"
 NABU_WAV = SHARED / "data" / "wakeword" / "okay_nabu_1.wav"
+#: Beside a camera's: an SSD pipeline on the shared photo, and a wake-word pipeline on a recording.
+KITCHEN_AND_VOICE = f"""[[pipelines]]
+name = "kitchen"
+source.uri = "{FRUIT}"
+fps = 4
+model.path = "{SSD_MODEL}"
+model.labels = "{COCO_LABELS}"
+[[pipelines]]
+name = "voice"
+source.uri = "wav:{NABU_WAV}"
+model.path = "{WAKEWORD}"
+"""
 
 
 class Recorder(TopicRecorder):
@@ -182,17 +194,7 @@ interval_s = 1
 name = "porch"
 source.uri = "demo"
 model.path = "{SHORT}"
-[[pipelines]]
-name = "kitchen"
-source.uri = "{FRUIT}"
-fps = 4
-model.path = "{SSD_MODEL}"
-model.labels = "{COCO_LABELS}"
-[[pipelines]]
-name = "voice"
-source.uri = "wav:{NABU_WAV}"
-model.path = "{WAKEWORD}"
-""",
+""" + KITCHEN_AND_VOICE,
     )
     rec = Recorder(broker, "box")
     try:
@@ -291,16 +293,7 @@ model = "face"
 name = "gate"
 source.uri = "{tmp_path / 'gone.avi'}"
 model = "face"
-[[pipelines]]
-name = "kitchen"
-source.uri = "{FRUIT}"
-model.path = "{SSD_MODEL}"
-model.labels = "{COCO_LABELS}"
-[[pipelines]]
-name = "voice"
-source.uri = "wav:{NABU_WAV}"
-model.path = "{WAKEWORD}"
-""",
+""" + KITCHEN_AND_VOICE,
     )
     r = run_cli("check", "--config", str(cfg), "--offline", "--json")
     assert r.returncode == 1, r.stdout + r.stderr
