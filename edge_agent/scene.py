@@ -176,8 +176,8 @@ class SceneStage:
         monotonic clock, or a file's own; default `ts`). Tracks, zones, dwell times and clips run on
         `clock`; every time published is on the wall clock as it stands at this frame. A board
         without a real-time clock has its wall clock set hours or days at once when it reaches a
-        time server: tracks go on through it, and the times already published for an object are
-        moved with it."""
+        time server: tracks go on through it, and an object's times are published moved with it
+        from then on."""
         now = ts if clock is None else clock
         self._offset, self._clock = ts - now, now
         dets = list(result.detections)
