@@ -21,7 +21,7 @@ from edge_agent.config import ModelConfig, RuntimeConfig, Settings, SignalConfig
 from edge_agent.model import Model
 from edge_agent.signal_pipeline import ChunkQueue, SignalCapture, SignalPipeline, run_offline
 from edge_agent.signals import make_signal_source
-from edge_agent.signals.base import Chunk, SignalSource
+from edge_agent.signals.base import Chunk, EndOfStream, SignalSource
 from edge_agent.signals.iio import IIOSource
 from edge_agent.sinks.memory import MemorySink
 from edge_agent.sinks.mqtt import Subscriber
@@ -315,6 +315,55 @@ def test_a_live_stream_follows_its_wall_clock_set_back() -> None:
         assert stamps[15] - stamps[11] == pytest.approx(0.4)
     finally:
         stop.set()
+
+
+class _Recorded(SignalSource):
+    """The held-out readings at 10 Hz, read as fast as they are taken, stamped by a wall clock that is
+    set back an hour halfway through."""
+
+    kind = "recorded"
+    live = False
+
+    @classmethod
+    def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:
+        raise NotImplementedError  # made by the test, not from a URI
+
+    def __init__(self, rows: np.ndarray):
+        super().__init__("recorded:", 10.0, rows.shape[1])
+        self.rows = rows.astype(np.float32)
+
+    def open(self) -> None:
+        self.n = 0
+
+    def read(self, timeout: float) -> Chunk | None:
+        if self.n >= len(self.rows):
+            raise EndOfStream(self.uri)
+        x = self.rows[self.n : self.n + 10]
+        wall = 1_800_000_000.0 + self.n / self.rate - (3600.0 if self.n >= len(self.rows) // 2 else 0.0)
+        self.n += len(x)
+        return Chunk(x, wall, time.monotonic())
+
+
+def test_window_predictions_go_on_when_the_wall_clock_is_set_back(stream: np.ndarray) -> None:
+    """The predictions' rate limit counts from the last one published: with the clock set back an hour,
+    it starts over, instead of holding every prediction back until the clock has caught up."""
+    s = Settings(source=SourceConfig(uri="csv:recorded.csv", loop=False, realtime=False),
+                 model=ModelConfig(path=MOTION["float"]), signal=_signal(predictions_hz=1))
+    model = Model(s.model, RuntimeConfig(accelerator="cpu"), None, signal=True)
+    pipe, sink = SignalPipeline.standalone(s, lambda: model)
+    pipe.capture.factory = lambda: _Recorded(stream)
+    try:
+        pipe.start()
+        wait_until(lambda: pipe.capture_stats.state == "finished" and pipe.post_stats.count == pipe.windows
+                   and pipe.queue.empty(), 60, what="the recording through")
+    finally:
+        pipe.stop.set()
+        pipe.join(2.0)
+        model.close()
+    stamps = [json.loads(m.payload)["ts"] for m in sink.messages if m.topic == "predictions"]
+    after = [t for t in stamps if t < 1_800_000_000.0 - 1800.0]
+    assert pipe.windows == (400 - 30) // 15 + 1 and len(stamps) == pipe.windows, (len(stamps), pipe.windows)
+    assert len(after) >= 10, stamps  # the second half's windows, 1.5 s apart: each published
 
 
 def test_iio_sysfs_polling_scales_counts_and_survives_removal(tmp_path: Path) -> None:
