@@ -18,6 +18,7 @@ from edge_agent import __version__, human
 
 if TYPE_CHECKING:
     from edge_agent.config import Settings
+    from edge_agent.model import Model
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -160,7 +161,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems: list[str] = []
     report: dict[str, Any] = {"config": "ok"}
     views = pipeline_views(settings)
-    models: dict[str, Any] = {}  # slot -> Model, or None where it would not load
+    models: dict[str, Model | None] = {}  # slot -> its model, None where it would not load
     try:
         for view in views:
             if view.legacy:
@@ -192,7 +193,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _check_pipeline(
-    settings: Settings, report: dict[str, Any], problem: Callable[[str], None], models: dict[str, Any], slot: str
+    settings: Settings,
+    report: dict[str, Any],
+    problem: Callable[[str], None],
+    models: dict[str, Model | None],
+    slot: str,
 ) -> None:
     """One pipeline's model (loaded once per slot), its source opened and read, and the model run on
     what it gave."""

@@ -241,11 +241,13 @@ def test_healthz_is_200_only_while_every_stage_makes_progress(broker: Broker, ag
     # look), the agent still runs, saying the source finished, instead of exiting to be restarted and
     # playing the file again
     until = time.monotonic() + stall_s + 3.0
+    looked = threading.Event()  # never set: a look four times a second, not a request loop at full speed
     while time.monotonic() < until:
         code, body, _ = _get(base + "/healthz")
         assert code == 503 and json.loads(body)["problems"] == ["source finished"], body
         assert _get(base + "/livez")[0] == 200
         assert agent.proc.poll() is None
+        looked.wait(0.25)
 
 
 def test_unknown_paths_and_the_live_frame(web_agent: tuple[str, Any]) -> None:
