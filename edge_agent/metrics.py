@@ -144,7 +144,7 @@ FIGURES: dict[str, Figure] = {
                                ESCALATION_DROPS),
     "escalation.errors": _c("escalation_errors", "Escalation errors (transport, bad answers, worker)."),
     "scene.active_tracks": Figure("scene_active_tracks", "Objects being tracked now."),
-    "scene.tracks_created": _c("scene_tracks_created", "Tracks started since start."),
+    "scene.tracks_created": _c("scene_tracks_created", "Tracks confirmed since start (objects, each with its own id)."),
     "scene.objects": Figure("scene_objects", "Tracked objects that passed the scene's filters now."),
     "scene.events.*": _c("scene_events", "Scene events published, by type.", ("type",), EVENT_TYPES),
     "scene.masked": _c("scene_masked", "Detections ignored because they lie in a mask."),

@@ -162,6 +162,8 @@ class SceneStage:
         #: objects whose `end` this frame raised, for their last snapshot
         self._ended: dict[str, TrackedObject] = {}
         self.masked = 0
+        #: tracks confirmed since start: the objects, each with an id that predictions and events name
+        self.objects_created = 0
         #: the wall clock less the scene's clock, at the latest frame: what the times it publishes add
         self._offset = 0.0
         self._clock: float | None = None  # the latest frame's time on the scene's clock
@@ -200,6 +202,7 @@ class SceneStage:
             else [[] for _ in dets]
         )
         extras: list[dict[str, Any]] = [{} for _ in dets]
+        self.objects_created += len(up.confirmed)
         for t in up.confirmed:
             self.objects[t.id] = TrackedObject(
                 t.id, f"{t.first_ts + self._offset:.3f}-{secrets.token_hex(3)}", t.label, t.first_ts, now,
@@ -210,9 +213,9 @@ class SceneStage:
             if tid is None:
                 continue
             obj = self.objects.get(tid)
+            if obj is None:  # tentative: not yet an object, and its id not yet published (a flicker that
+                continue  # never lasts `min_hits` frames would leave an id no event ever names)
             extras[i]["track_id"] = tid
-            if obj is None:  # tentative: not yet an object
-                continue
             self._observe(obj, dets[i], geo[i], now, image)
             extras[i]["zones"] = sorted(obj.inside)
             if self.second is not None and image is not None:
@@ -420,7 +423,7 @@ class SceneStage:
     def health(self) -> dict[str, Any]:
         return {
             "active_tracks": self.tracker.active,
-            "tracks_created": self.tracker.created,
+            "tracks_created": self.objects_created,
             "objects": len(self.objects),
             "events": dict(self.event_counts),
             "masked": self.masked,

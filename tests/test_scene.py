@@ -408,7 +408,7 @@ def test_the_wall_clock_set_back_mid_track_keeps_the_track_and_moves_its_times(t
         box = (10.0 + 8 * i, 80.0, 70.0 + 8 * i, 160.0)
         det = Detection("box", 0, 0.8, box, (box[0] / 640, box[1] / 480, box[2] / 640, box[3] / 480))
         out = stage.process(Result(task="detection", detections=(det,)), wall + i / FPS, None, mono + i / FPS)
-        assert [x.get("track_id") for x in out.extras] == [1]
+        assert [x.get("track_id") for x in out.extras] == ([None] if i == 0 else [1])  # confirmed at 2
         events += out.events
     events += stage.end_all(wall + 45 / FPS).events
     assert [e["type"] for e in events if e["type"] != "update"] == ["new", "end"], events
@@ -853,6 +853,34 @@ def test_track_ids_are_never_reused() -> None:
         up = tr.update(boxes, np.full(len(boxes), 0.9), ["x"] * len(boxes), i * 0.1)
         seen += [t for t in up.ids if t is not None and t not in seen]
     assert seen == [1, 2, 3, 4]
+
+
+def _det(x1: float, y1: float, x2: float, y2: float, label: str = "cat") -> Detection:
+    return Detection(label, 0, 0.8, (x1 * 640, y1 * 480, x2 * 640, y2 * 480), (x1, y1, x2, y2))
+
+
+def test_predictions_name_only_confirmed_tracks_so_every_published_id_has_its_events(tmp_path: Path) -> None:
+    """A flicker (a box seen for one frame, here and there) starts tracks that never confirm: its
+    detections are published with no id, and health does not count it. The object that stays gets
+    its id from the frame it is confirmed on, the id its `new` and `end` carry."""
+    stage = SceneStage(SceneConfig(enabled=True, snapshots={"enabled": False}), "cam", tmp_path)
+    ids: list[list[int | None]] = []
+    events: list[dict[str, Any]] = []
+    for i in range(30):
+        dets = [_det(0.1 + 0.01 * i, 0.2, 0.25 + 0.01 * i, 0.5)]
+        if i % 7 == 3:  # a flicker far from the object, never twice in one place
+            dets.append(_det(0.6 + 0.01 * i, 0.7, 0.7 + 0.01 * i, 0.9))
+        out = stage.process(Result(task="detection", detections=tuple(dets)), 1000 + i / FPS, None)
+        ids.append([x.get("track_id") for x in out.extras])
+        events += out.events
+    events += stage.end_all(1000 + 30 / FPS).events
+    published = {t for row in ids for t in row if t is not None}
+    assert ids[0] == [None] and ids[1][0] is not None, ids[:2]
+    assert all(row[1:] == [None] for row in ids if len(row) > 1), ids
+    assert published == {e["track_id"] for e in events} and len(published) == 1, (ids, events)
+    assert [e["type"] for e in events if e["type"] != "update"] == ["new", "end"]
+    assert stage.health()["tracks_created"] == 1
+    assert stage.tracker.created == 5  # the object's track and the four flickers' tentative ones
 
 
 def test_a_track_takes_the_label_it_is_seen_with_most() -> None:
