@@ -3,8 +3,11 @@
 The post stage offers every frame; at most `fps` a second are kept, JPEG-encoded (tens of kB each,
 not the megabyte of a decoded frame), for `pre_s` seconds plus the length of the events in progress.
 When an event has ended and `post_s` more seconds have been seen, its frames go to a writer thread
-that decodes them and writes an MJPG AVI (OpenCV's VideoWriter, which every OpenCV build has) under
-the clips directory, then removes the oldest clips past `max_clips` or `max_mb`. Nothing here
+that puts them, as they are, into an MJPG AVI (OpenCV's VideoWriter on FFmpeg, taking encoded
+frames), under the clips directory, then removes the oldest clips past `max_clips` or `max_mb`.
+Nothing is decoded or encoded again: a clip costs the board next to no CPU, and its frames lose no
+more quality than the ring's one encoding. An OpenCV without that mode (before 4.9, or built
+without FFmpeg) decodes each frame and encodes it again, which every build can. Nothing here
 blocks the pipeline on the disk, and a full or read-only disk loses clips, never detections:
 the error is in health.
 """
@@ -20,6 +23,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -30,6 +34,18 @@ log = logging.getLogger(__name__)
 
 #: Clips waiting for the writer; more than this and the newest is dropped (and counted).
 _WRITE_QUEUE = 8
+#: The ring's JPEG quality: a clip's frames are these, unchanged.
+_QUALITY = 75
+#: The VideoWriter parameter that takes encoded frames (OpenCV 4.9 on, with FFmpeg); None before it.
+_RAW = getattr(cv2, "VIDEOWRITER_PROP_RAW_VIDEO", None)
+
+
+class _Kept(NamedTuple):
+    """One frame of the ring: its time, its JPEG and the size it was encoded at (width, height)."""
+
+    ts: float
+    jpeg: bytes
+    size: tuple[int, int]
 
 
 @dataclass
@@ -53,11 +69,11 @@ class ClipRecorder:
     def __init__(self, cfg: ClipConfig, directory: Path):
         self.cfg = cfg
         self.dir = directory
-        self.ring: deque[tuple[float, bytes]] = deque()
+        self.ring: deque[_Kept] = deque()
         self.pending: dict[str, _Pending] = {}
         self.stats = ClipStats()
         self._last_kept = float("-inf")
-        self._jobs: queue.Queue[tuple[str, list[tuple[float, bytes]]] | None] = queue.Queue(maxsize=_WRITE_QUEUE)
+        self._jobs: queue.Queue[tuple[str, list[_Kept]] | None] = queue.Queue(maxsize=_WRITE_QUEUE)
         self._writer = threading.Thread(target=self._write_loop, name=f"clips-{directory.name}", daemon=True)
         self._writer.start()
 
@@ -71,9 +87,9 @@ class ClipRecorder:
                 f = self.cfg.max_width / img.shape[1]
                 size = (self.cfg.max_width, max(1, round(img.shape[0] * f)))
                 img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 75])
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, _QUALITY])
             if ok:
-                self.ring.append((ts, buf.tobytes()))
+                self.ring.append(_Kept(ts, buf.tobytes(), (img.shape[1], img.shape[0])))
                 self.stats.frames_kept += 1
         self._finish_due(ts)
         self._trim(ts)
@@ -92,7 +108,7 @@ class ClipRecorder:
         in view when the pipeline stops or its scene is reloaded ends more events at once than the
         queue holds, and none of them is dropped while the writer keeps up."""
         deadline = time.monotonic() + timeout
-        last = self.ring[-1][0] if self.ring else 0.0
+        last = self.ring[-1].ts if self.ring else 0.0
         for p in list(self.pending.values()):
             if p.end_ts is None:
                 p.end_ts = last
@@ -115,7 +131,7 @@ class ClipRecorder:
 
     def _emit(self, p: _Pending, until: float, wait_s: float = 0.0) -> None:
         """Hand a clip to the writer; on the frame's path never waits (`wait_s` 0), a full queue drops it."""
-        frames = [(t, b) for t, b in self.ring if p.start_ts - self.cfg.pre_s <= t <= until]
+        frames = [k for k in self.ring if p.start_ts - self.cfg.pre_s <= k.ts <= until]
         if not frames:
             return
         job = (p.event_id, frames)
@@ -132,7 +148,7 @@ class ClipRecorder:
         keep_from = now - self.cfg.pre_s
         for p in self.pending.values():
             keep_from = min(keep_from, p.start_ts - self.cfg.pre_s)
-        while self.ring and self.ring[0][0] < keep_from:
+        while self.ring and self.ring[0].ts < keep_from:
             self.ring.popleft()
 
     def _write_loop(self) -> None:
@@ -146,30 +162,32 @@ class ClipRecorder:
                 self.stats.error = f"{type(err).__name__}: {err}"
                 log.exception("clips: writing %s failed", job[0])
 
-    def _write(self, event_id: str, frames: list[tuple[float, bytes]]) -> None:
-        span = frames[-1][0] - frames[0][0]
+    def _write(self, event_id: str, frames: list[_Kept]) -> None:
+        span = frames[-1].ts - frames[0].ts
         fps = (len(frames) - 1) / span if span > 0 and len(frames) > 1 else self.cfg.fps
-        first = cv2.imdecode(np.frombuffer(frames[0][1], np.uint8), cv2.IMREAD_COLOR)
-        if first is None:
-            raise ValueError("undecodable clip frame")
-        h, w = first.shape[:2]
+        size = frames[0].size
         path = self.dir / f"{event_id}.avi"
         tmp = self.dir / f".{event_id}.part.avi"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"MJPG"), fps, (w, h))
-            if not writer.isOpened():
-                raise OSError(f"cannot open {tmp} for writing")
+            writer = _open_writer(tmp, fps, size)
             try:
-                for _, jpeg in frames:
-                    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-                    if img is None:
-                        continue
-                    if img.shape[:2] != (h, w):
-                        img = cv2.resize(img, (w, h))
-                    writer.write(img)
+                if writer is not None:
+                    for k in frames:  # the ring's JPEGs, as they are
+                        jpeg = k.jpeg if k.size == size else _resized(k.jpeg, size)
+                        if jpeg is not None:
+                            writer.write(np.frombuffer(jpeg, np.uint8).reshape(1, -1))
+                else:
+                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"MJPG"), fps, size)
+                    if not writer.isOpened():
+                        raise OSError(f"cannot open {tmp} for writing")
+                    for k in frames:
+                        img = cv2.imdecode(np.frombuffer(k.jpeg, np.uint8), cv2.IMREAD_COLOR)
+                        if img is not None:
+                            writer.write(img if k.size == size else cv2.resize(img, size))
             finally:
-                writer.release()
+                if writer is not None:
+                    writer.release()
             if not tmp.is_file() or tmp.stat().st_size == 0:
                 raise OSError(f"{tmp}: nothing written (disk full or read-only?)")
             os.replace(tmp, path)
@@ -216,3 +234,25 @@ class ClipRecorder:
             "ring_frames": len(self.ring),
             "error": self.stats.error,
         }
+
+
+def _open_writer(path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter | None:
+    """An MJPG AVI writer that takes JPEGs as they are, or None where this OpenCV has none (the caller
+    then decodes and encodes each frame)."""
+    if _RAW is None:
+        return None
+    writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*"MJPG"), fps, size, [_RAW, 1])
+    if writer.isOpened():
+        return writer
+    writer.release()
+    return None
+
+
+def _resized(jpeg: bytes, size: tuple[int, int]) -> bytes | None:
+    """A frame kept at another size (the camera's changed mid-clip) brought to the clip's size: the
+    one case that decodes and encodes again."""
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    ok, buf = cv2.imencode(".jpg", cv2.resize(img, size), [cv2.IMWRITE_JPEG_QUALITY, _QUALITY])
+    return buf.tobytes() if ok else None

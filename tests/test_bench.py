@@ -158,3 +158,16 @@ def test_gil_wait_reports_calls_alone_and_beside_python_and_batch_costs() -> Non
     assert set(rows) == {"invoke", "read", "resize"} and all(alone > 0 and busy > 0 for alone, busy in rows.values())
     batches = dict(re.findall(r"^\| (\d) \| ([\d.]+) \|$", r.stdout, re.M))
     assert set(batches) == {"1", "2", "4", "8"} and all(float(v) > 0 for v in batches.values())
+
+
+def test_bench_clips_writes_a_clip_each_way_and_reports_both() -> None:
+    import re
+    import subprocess
+
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_clips.py"), "--frames", "12", "--runs", "1"],
+                       capture_output=True, text=True, timeout=120, check=True)
+    row = r"^\| (as they are|re-encoded) \| ([\d.]+) \| ([\d.]+) \| ([\d,]+) \|$"
+    rows = {m[0]: [float(x.replace(",", "")) for x in m[1:]] for m in re.findall(row, r.stdout, re.M)}
+    assert set(rows) == {"as they are", "re-encoded"}, r.stdout
+    # a frame of the demo video is tens of kB of JPEG either way (not an empty clip)
+    assert all(v[0] > 0 and v[2] > 10_000 for v in rows.values()), rows

@@ -1082,6 +1082,81 @@ def test_a_crowd_in_view_when_clips_close_loses_none_of_its_clips(tmp_path: Path
         assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 45
 
 
+def _clip_frames(rec: Any, path: Path, size: tuple[int, int], frames: list[np.ndarray], t0: float = 0.0) -> None:
+    """One event over `frames` (offered at 15 a second), ended and written."""
+    rec.begin(path.stem, t0)
+    for i, img in enumerate(frames):
+        rec.offer(img, t0 + i / 15)
+    rec.end(path.stem, t0 + (len(frames) - 1) / 15)
+    rec.close(timeout=scaled(30.0))
+
+
+def _packets(path: Path) -> list[bytes]:
+    """The encoded frames of a video file, as they are stored (no decoding)."""
+    cap = cv2.VideoCapture(str(path))
+    cap.set(cv2.CAP_PROP_FORMAT, -1)
+    out = []
+    while True:
+        ok, buf = cap.read()
+        if not ok:
+            break
+        out.append(buf.tobytes())
+    cap.release()
+    return out
+
+
+def _moving(n: int, w: int = 320, h: int = 240) -> list[np.ndarray]:
+    """Frames with something in them that moves (not flat colour, which any codec keeps exactly)."""
+    rng = np.random.default_rng(3)
+    base = cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (9, 9), 0)
+    return [np.roll(base, 4 * i, axis=1) for i in range(n)]
+
+
+def test_a_clip_holds_the_rings_jpegs_as_they_are(tmp_path: Path) -> None:
+    """The writer puts the ring's JPEGs into the AVI unchanged: no decode and second encode (a few
+    ms of CPU a frame on the board, and a second loss of quality)."""
+    from edge_agent.clips import _QUALITY, ClipRecorder
+    from edge_agent.config import ClipConfig
+
+    rec = ClipRecorder(ClipConfig(enabled=True, pre_s=0.0, post_s=0.0, fps=15), tmp_path)
+    frames = _moving(20)
+    _clip_frames(rec, tmp_path / "e1.avi", (320, 240), frames)
+    assert rec.stats.written == 1, rec.health()
+    want = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, _QUALITY])[1].tobytes() for f in frames]
+    got = _packets(tmp_path / "e1.avi")
+    assert len(got) == 20 and all(g == w for g, w in zip(got, want, strict=True))
+    cap = cv2.VideoCapture(str(tmp_path / "e1.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 20 and cap.get(cv2.CAP_PROP_FPS) == pytest.approx(15, abs=0.1)
+
+
+@pytest.mark.parametrize("passthrough", [True, False])
+def test_a_camera_that_changes_size_mid_clip_gives_one_playable_clip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, passthrough: bool
+) -> None:
+    """A camera reconfigured during an event (640x480 to 320x240 here) gives one clip at the size it
+    began with, every frame in it; so does an OpenCV that cannot take encoded frames (it decodes and
+    encodes them instead)."""
+    import edge_agent.clips as clips
+
+    if not passthrough:
+        monkeypatch.setattr(clips, "_RAW", None)
+    rec = clips.ClipRecorder(clips.ClipConfig(enabled=True, pre_s=0.0, post_s=0.0, fps=15), tmp_path)
+    frames = _moving(10, 640, 480) + _moving(10)
+    _clip_frames(rec, tmp_path / "e1.avi", (640, 480), frames)
+    assert rec.stats.written == 1, rec.health()
+    cap = cv2.VideoCapture(str(tmp_path / "e1.avi"))
+    shown = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        shown.append(img)
+    assert len(shown) == 20 and {im.shape for im in shown} == {(480, 640, 3)}
+    # the small frames were scaled up, not lost or left black: each looks like its frame
+    for got, want in ((shown[3], frames[3]), (shown[15], cv2.resize(frames[15], (640, 480)))):
+        assert float(np.abs(got.astype(np.int16) - want).mean()) < 6
+
+
 def test_clips_beyond_the_bounds_go_oldest_first(tmp_path: Path) -> None:
     from edge_agent.clips import ClipRecorder
     from edge_agent.config import ClipConfig
