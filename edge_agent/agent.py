@@ -38,7 +38,7 @@ from edge_agent.runtime.delegate import find_library
 from edge_agent.sdnotify import Notifier
 from edge_agent.signal_pipeline import SignalPipeline
 from edge_agent.signals import make_signal_source, signal_kind
-from edge_agent.sinks import Message, Sink, make_sink
+from edge_agent.sinks import Inbound, Message, Sink, make_sink
 from edge_agent.slots import ModelSlot, slot_name
 from edge_agent.stats import LatencyWindow
 from edge_agent.system import limit_malloc_arenas
@@ -77,9 +77,10 @@ def changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
     return out
 
 
-class _Inbound(queue.Queue[tuple[str, bytes]]):
+class _Inbound(queue.Queue[Inbound]):
     """What the MQTT client receives (on its own thread: enqueue or hand over only): model chunks go to
-    the updater collecting them, escalation answers to the escalator, the rest are commands."""
+    the updater collecting them, escalation answers to the escalator, the rest are commands (a Home
+    Assistant button press turned into one keeps whether the broker replayed it from its store)."""
 
     def __init__(self, agent: Agent, maxsize: int):
         super().__init__(maxsize)
@@ -92,14 +93,14 @@ class _Inbound(queue.Queue[tuple[str, bytes]]):
             (agent.is_own_ha_config, agent.accept_ha_config),
         ]
 
-    def put_nowait(self, item: tuple[str, bytes]) -> None:
-        topic, payload = item
+    def put_nowait(self, item: Inbound) -> None:
+        topic, payload, retained = item
         for matches, handle in self.routes:
             if matches(topic):
                 forward = handle(topic, payload)
                 if forward is None:
                     return
-                item = forward
+                item = Inbound(*forward, retained)
                 break
         super().put_nowait(item)
 
@@ -145,7 +146,7 @@ class Agent:
         self.state_dir: Path | None = None
         self.health = Health(self)
         self.watchdog = Watchdog(self.health, self.notifier, self)
-        self.inbox: queue.Queue[tuple[str, bytes]] = _Inbound(self, maxsize=_INBOX_SIZE)
+        self.inbox: queue.Queue[Inbound] = _Inbound(self, maxsize=_INBOX_SIZE)
         self.commands = CommandProcessor(self.inbox, self._publish_result, self.stop)
         self._threads: list[threading.Thread] = []
         self._lock_file: Any = None

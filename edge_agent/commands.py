@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edge_agent.sinks.base import Inbound
+
 log = logging.getLogger(__name__)
 
 #: Payloads above this are refused unread: a command is a few hundred bytes.
@@ -31,6 +33,12 @@ _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _NAME = re.compile(r"^[a-z][a-z0-9\-]{0,63}$")
 
 
+#: The answer to a command the broker replays from its store (published with retain): run once when
+#: sent, never again at each reconnect or start.
+RETAINED = (
+    "a retained command, replayed by the broker on subscribing, is not run: publish commands without "
+    "retain, and clear this one with an empty retained message on its topic"
+)
 #: A handler returns {ACCEPTED: "accepted", ...} for work that continues after the answer.
 ACCEPTED = "_status"
 
@@ -134,7 +142,7 @@ class CommandProcessor:
     """One thread: takes raw messages from the MQTT inbox, answers each exactly once."""
 
     def __init__(
-        self, inbox: queue.Queue[tuple[str, bytes]], publish: Callable[[dict[str, Any]], None], stop: threading.Event
+        self, inbox: queue.Queue[Inbound], publish: Callable[[dict[str, Any]], None], stop: threading.Event
     ):
         self.inbox = inbox
         self.publish = publish
@@ -156,18 +164,21 @@ class CommandProcessor:
         while not self.stop.is_set():
             self.heartbeat = time.monotonic()
             try:
-                topic, payload = self.inbox.get(timeout=0.25)
+                topic, payload, retained = self.inbox.get(timeout=0.25)
             except queue.Empty:
                 continue
             try:
-                answer = self.handle(topic, payload)
+                answer = self.handle(topic, payload, retained)
                 self.publish(answer)
                 self.remember(answer)  # only once it is out: a retry of an unanswered id is run again
             except Exception:  # loop boundary: one bad command must not stop the others
                 self.counts["errors"] += 1
                 log.exception("command processing failed")
 
-    def handle(self, topic: str, payload: bytes) -> dict[str, Any]:
+    def handle(self, topic: str, payload: bytes, retained: bool = False) -> dict[str, Any]:
+        """One message, one answer. `retained`: the broker replayed it from its store on subscribing (it
+        was published with retain), which happens again at every reconnect and every start; it is
+        answered and not run, or a retained `rollback` would undo a release at each boot."""
         self.counts["received"] += 1
         cid: str | None = None
         name: str | None = None
@@ -178,6 +189,8 @@ class CommandProcessor:
             if cid is not None and cid in self._done:
                 self.counts["duplicate"] += 1
                 return {**self._done[cid], "duplicate": True}
+            if retained:
+                raise Rejected(RETAINED, cid, cmd.name)
             handler = self.handlers.get(cmd.name)
             if handler is None:
                 known = ", ".join(sorted(self.handlers))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from typing import Any
 
@@ -150,3 +151,31 @@ def test_a_key_that_is_not_unicode_still_gets_its_answer_and_a_retry_is_answered
     unknown = _next_result(sub)
     assert unknown["command"] == "self-destruct" and unknown["status"] == "rejected"
     assert agent.proc.poll() is None
+
+
+def test_a_retained_command_runs_when_sent_and_never_again_at_a_reconnect_or_start(  # type: ignore[no-untyped-def]
+    broker: Broker, agent_factory
+) -> None:
+    """A command published with retain stays in the broker, which sends it again at every subscribe:
+    each reconnect and each start. Run then, a retained `rollback` would undo a release at every
+    boot. The agent runs a command when it is sent (the broker passes it on without the retain flag
+    to a client already subscribed) and answers a replay from the store without running it."""
+    sub = Subscriber(broker.mqtt(), ["edge/ret/cmd/result", "edge/ret/predictions"])
+    assert sub.start(10)
+    sub.publish("edge/ret/cmd", b'{"id": "stored", "command": "ping"}', retain=True)  # before the agent exists
+    args = ["run", "--device-id", "ret", "--source", "synthetic", "--fps", "20", "--model", str(SHORT)]
+    agent = agent_factory(args, env=broker.env())
+    replayed = _next_result(sub, 60)
+    assert replayed["id"] == "stored" and replayed["status"] == "rejected", replayed
+    assert "retained" in replayed["reason"] and "pong" not in json.dumps(replayed)
+    collect(sub, lambda t, p, r: t.endswith("/predictions"), 30)
+    sub.publish("edge/ret/cmd", b'{"id": "live", "command": "ping"}', retain=True)  # while it listens
+    live = _next_result(sub)
+    assert live["id"] == "live" and live["status"] == "done" and "pong" in live["result"], live
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(30) == 0
+    again = agent_factory(args, env=broker.env(), name="again")  # a new start: the store sends "live" again
+    second = _next_result(sub, 60)
+    assert second["id"] == "live" and second["status"] == "rejected" and "retained" in second["reason"], second
+    assert again.proc.poll() is None
+    sub.stop()

@@ -9,12 +9,12 @@ import queue
 from collections.abc import Callable
 
 from edge_agent.config import Settings
-from edge_agent.sinks.base import Message, Sink, SinkContext
+from edge_agent.sinks.base import Inbound, Message, Sink, SinkContext
 from edge_agent.sinks.memory import MemorySink
 from edge_agent.sinks.mqtt import MqttSink
 from edge_agent.sinks.stdout import StdoutSink
 
-__all__ = ["SINKS", "Message", "Sink", "SinkContext", "make_sink"]
+__all__ = ["SINKS", "Inbound", "Message", "Sink", "SinkContext", "make_sink"]
 
 SINKS: dict[str, type[Sink]] = {c.name: c for c in (MqttSink, StdoutSink, MemorySink)}
 
@@ -24,7 +24,7 @@ def make_sink(
     settings: Settings,
     retained: Callable[[], list[Message]],
     subscriptions: list[str] | None = None,
-    inbox: queue.Queue[tuple[str, bytes]] | None = None,
+    inbox: queue.Queue[Inbound] | None = None,
 ) -> Sink:
     """subscriptions/inbox: command topics, for sinks that can receive (MQTT)."""
     return SINKS[kind].create(SinkContext(settings, retained, subscriptions or [], inbox))

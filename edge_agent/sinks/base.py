@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from edge_agent.config import Settings
@@ -22,6 +22,15 @@ class Message:
     retain: bool = False
 
 
+class Inbound(NamedTuple):
+    """A message the agent received. `retained`: the broker sent it from its store because the agent
+    subscribed (at every connect and start), not because it was just published."""
+
+    topic: str
+    payload: bytes
+    retained: bool = False
+
+
 @dataclass
 class SinkContext:
     """What the agent gives a sink it opens: settings, the retained state to republish on each
@@ -30,7 +39,7 @@ class SinkContext:
     settings: Settings
     retained: Callable[[], list[Message]] = lambda: []
     subscriptions: list[str] = field(default_factory=list)
-    inbox: queue.Queue[tuple[str, bytes]] | None = None
+    inbox: queue.Queue[Inbound] | None = None
 
 
 class Sink(abc.ABC):

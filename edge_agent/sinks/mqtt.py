@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge_agent import outbox as outbox_store  # a module: importable from either end of the cycle
 from edge_agent.config import MQTTConfig
-from edge_agent.sinks.base import Message, Sink, SinkContext
+from edge_agent.sinks.base import Inbound, Message, Sink, SinkContext
 from edge_agent.topics import Topics, device_base
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class MqttSink(Sink):
         outbox: outbox_store.Outbox | None = None,
         replay_rate: float = 200.0,
         subscriptions: list[str] | None = None,
-        inbox: queue.Queue[tuple[str, bytes]] | None = None,
+        inbox: queue.Queue[Inbound] | None = None,
     ):
         self.cfg = cfg
         self.base = topic_base(cfg, device_id)
@@ -165,7 +165,7 @@ class MqttSink(Sink):
         if self.inbox is None:
             return
         try:
-            self.inbox.put_nowait((str(msg.topic), bytes(msg.payload)))
+            self.inbox.put_nowait(Inbound(str(msg.topic), bytes(msg.payload), bool(msg.retain)))
         except queue.Full:
             self.drops["inbox_full"] += 1
 
