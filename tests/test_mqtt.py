@@ -5,10 +5,15 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import logging
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from edge_agent.config import MQTTConfig, TLSConfig
 from edge_agent.sinks.base import Message
@@ -109,6 +114,43 @@ def test_refused_connack_is_reported_not_taken_for_connected(tmp_path: Path) -> 
         good.close(2)
     finally:
         b.stop()
+
+
+def test_a_server_that_accepts_and_never_answers_is_a_broker_away_since_start(caplog: pytest.LogCaptureFixture) -> None:
+    """Something else on the broker's port (or a broker hung before its CONNACK) takes the connection
+    and says nothing: the agent is not connected, gives up after the keepalive and tries again, and
+    the broker is said to be away since the start, not since that attempt gave up."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(srv.accept()[0])
+            except TimeoutError:
+                continue
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    cfg = MQTTConfig(host="127.0.0.1", port=srv.getsockname()[1], keepalive_s=5, reconnect_max_s=1, down_log_s=1)
+    caplog.set_level(logging.WARNING, logger="edge_agent.sinks.mqtt")
+    s = sink_for(cfg)
+    try:
+        wait_until(lambda: len(accepted) >= 2, 30, what="a second attempt after the keepalive")
+        assert not s.is_connected() and s.stats()["state"] == "disconnected"
+        wait_until(lambda: "no broker at" in caplog.text, 10, what="the broker away in the log")
+        line = next(r.getMessage() for r in caplog.records if "no broker at" in r.getMessage())
+        away = float(line.split(" for ")[1].split(" s ")[0])
+        assert away >= 5, line  # the keepalive it waited through, at least
+    finally:
+        stop.set()
+        server.join(5)
+        s.close(1)
+        for c in accepted:
+            c.close()
+        srv.close()
 
 
 def test_check_connects_and_logs_in_and_names_the_broker_when_it_cannot(tmp_path: Path) -> None:

@@ -154,6 +154,8 @@ class MqttSink(Sink):
         self._client.on_message = self._on_message
         #: since when the broker has been away (None while connected, or before the first attempt ended)
         self._down_since: float | None = None
+        #: a broker never reached since start has been away since start (not since the attempt gave up)
+        self._created = time.monotonic()
         self._down_logged = float("-inf")
 
     # --- paho callbacks: enqueue only ---------------------------------------------------------
@@ -351,11 +353,11 @@ class MqttSink(Sink):
                 self.state = "disconnected"
                 self.last_error = ev.detail
                 self._connected.clear()
-                self._down_since = self._down_since or time.monotonic()
+                self._down_since = self._down_since or self._away_from()
             elif ev.kind == "refused":
                 if self.state != "refused":  # paho retries with backoff; say it once
                     log.error("mqtt: broker refused connection: %s", ev.detail)
-                self._down_since = self._down_since or time.monotonic()
+                self._down_since = self._down_since or self._away_from()
                 self._down_logged = time.monotonic()
                 self.state = "refused"
                 self.last_error = f"broker refused connection: {ev.detail}"
@@ -364,7 +366,7 @@ class MqttSink(Sink):
                 if self._connected.is_set():
                     log.warning("mqtt disconnected: %s", ev.detail)
                     self._down_logged = time.monotonic()
-                self._down_since = self._down_since or time.monotonic()
+                self._down_since = self._down_since or self._away_from()
                 if self.state != "refused":  # the drop after a refusal is not news
                     self.state = "disconnected"
                     self.last_error = f"disconnected: {ev.detail}"
@@ -374,6 +376,11 @@ class MqttSink(Sink):
                 self._spill([m for info, m in self._inflight if not info.is_published()])
                 self._inflight.clear()
                 self._replay_inflight.clear()
+
+    def _away_from(self) -> float:
+        """When the broker went away: now, or the start for one never reached (a server on the port that
+        never answers CONNACK is only given up on after the keepalive)."""
+        return time.monotonic() if self.connects else self._created
 
     def _say_if_down(self) -> None:
         """A broker that cannot be reached is logged at once, then every mqtt.down_log_s while it stays away."""
