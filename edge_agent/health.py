@@ -106,6 +106,8 @@ class Health:
         problems += [f"{name}: failed: {why}" for name, why in list(a.failed_pipelines.items())]
         if sink is not None and not sink.is_connected():
             problems.append("broker disconnected")
+        if sink is not None:
+            problems += sink.problems()
         read_only = a.state_dir_problem or next((s.read_only for s in a.slots.values() if s.read_only), None)
         if read_only:
             problems.append(f"{read_only}: model updates off, results not stored on disk")

@@ -6,12 +6,14 @@ import datetime
 import ipaddress
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,6 +153,62 @@ def test_a_server_that_accepts_and_never_answers_is_a_broker_away_since_start(ca
         for c in accepted:
             c.close()
         srv.close()
+
+
+def _dynsec_broker(tmp_path: Path, clients: dict[str, list[tuple[str, str]]]) -> Broker:
+    """A mosquitto whose dynamic-security plugin gives each client (user, password = user) only the
+    ACLs listed for it (acltype, topic), and an "admin" that may read everything: a broker that
+    refuses a subscription with a failing SUBACK (the plain ACL file lets it and delivers nothing)."""
+    import base64
+    import glob
+    import hashlib
+
+    plugin = next(iter(glob.glob("/usr/lib/*/mosquitto_dynamic_security.so")), None)
+    assert plugin is not None, "mosquitto's dynamic-security plugin is missing (Debian's mosquitto has it)"
+
+    def client(user: str) -> dict[str, Any]:
+        salt = os.urandom(12)
+        pw = hashlib.pbkdf2_hmac("sha512", user.encode(), salt, 101)
+        return {"username": user, "password": base64.b64encode(pw).decode(), "salt": base64.b64encode(salt).decode(),
+                "iterations": 101, "roles": [{"rolename": user}]}
+
+    everything = [("subscribePattern", "#"), ("publishClientReceive", "#")]
+    roles = {**clients, "admin": everything}
+    doc = {
+        "clients": [client(u) for u in roles],
+        "roles": [{"rolename": u, "acls": [{"acltype": a, "topic": t, "allow": True} for a, t in acls]}
+                  for u, acls in roles.items()],
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,
+                             "unsubscribe": True},
+    }
+    (tmp_path / "dynsec.json").write_text(json.dumps(doc))
+    port = free_port()
+    conf = (f"listener {port} 127.0.0.1\nallow_anonymous false\nplugin {plugin}\n"
+            f"plugin_opt_config_file {tmp_path / 'dynsec.json'}\n")
+    return Broker(tmp_path, conf, port).start()
+
+
+def test_a_subscription_the_broker_refuses_is_said_in_health_and_the_log(tmp_path: Path, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    """A broker's ACL that lets a device publish but refuses it `cmd` leaves it connected and
+    publishing, and deaf to commands: that is said once in the log, and in health while it lasts."""
+    from edge_agent.sinks.mqtt import Subscriber
+
+    dev = [("publishClientSend", "edge/dev1/#"), ("publishClientReceive", "edge/dev1/#"),
+           ("subscribePattern", "edge/dev1/availability"), ("subscribePattern", "edge/dev1/ota/#")]
+    b = _dynsec_broker(tmp_path, {"dev1": dev})
+    try:
+        watch = Subscriber(b.mqtt(username="admin", password="admin"), ["edge/dev1/health"])
+        assert watch.start(10)
+        args = ["run", "--device-id", "dev1", "--source", "synthetic", "--fps", "5", "--model", str(SHORT)]
+        agent = agent_factory(args, env={**b.env(), "EDGE_AGENT_MQTT__USERNAME": "dev1",
+                                         "EDGE_AGENT_MQTT__PASSWORD": "dev1", "EDGE_AGENT_HEALTH__INTERVAL_S": "1"})
+        _, health, _ = collect(watch, lambda t, p, r: isinstance(p, dict) and bool(p.get("problems")), 60)
+        assert health["problems"] == ["broker refused subscriptions: edge/dev1/cmd"], health["problems"]
+        assert health["status"] == "degraded" and health["broker"]["refused_subscriptions"] == ["edge/dev1/cmd"]
+        assert agent.log().count("the broker refused the subscription to edge/dev1/cmd") == 1
+        watch.stop()
+    finally:
+        b.stop()
 
 
 def test_check_connects_and_logs_in_and_names_the_broker_when_it_cannot(tmp_path: Path) -> None:

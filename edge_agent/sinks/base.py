@@ -77,6 +77,10 @@ class Sink(abc.ABC):
     def queue_depth(self) -> int:
         return 0
 
+    def problems(self) -> list[str]:
+        """What health should say is wrong with this sink beyond being disconnected."""
+        return []
+
     @abc.abstractmethod
     def stats(self) -> dict[str, object]: ...
 

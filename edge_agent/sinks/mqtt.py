@@ -83,8 +83,10 @@ def _make_client(cfg: MQTTConfig, client_id: str, persistent: bool = False) -> p
 
 @dataclass
 class _Event:
-    kind: str  # connected | refused | disconnected | unreachable | availability
+    kind: str  # connected | refused | disconnected | unreachable | availability | suback
     detail: str = ""
+    mid: int = 0
+    refused: tuple[bool, ...] = ()  # suback: per topic asked for, whether the broker refused it
 
 
 class MqttSink(Sink):
@@ -152,6 +154,11 @@ class MqttSink(Sink):
         self._client.on_disconnect = self._on_disconnect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        #: the latest SUBSCRIBE's message id and topics, to read its SUBACK by
+        self._subscribing: tuple[int, list[str]] | None = None
+        #: topics the broker refused us (its ACL): commands and model chunks on them never arrive
+        self.refused_subscriptions: list[str] = []
         #: since when the broker has been away (None while connected, or before the first attempt ended)
         self._down_since: float | None = None
         #: a broker never reached since start has been away since start (not since the attempt gave up)
@@ -180,6 +187,10 @@ class MqttSink(Sink):
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._events.put(_Event("disconnected", str(reason_code)))
+        self._wake.set()
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: Any, reason_codes: Any, properties: Any) -> None:
+        self._events.put(_Event("suback", mid=int(mid), refused=tuple(bool(rc.is_failure) for rc in reason_codes)))
         self._wake.set()
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
@@ -271,6 +282,7 @@ class MqttSink(Sink):
             "sent": self.sent,
             "replayed": self.replayed,
             "availability_restored": self.availability_restored,
+            "refused_subscriptions": list(self.refused_subscriptions),
             "drops": dict(self.drops),
             "last_error": self.last_error,
             "outbox": self.outbox.stats() if self.outbox is not None else None,
@@ -339,11 +351,15 @@ class MqttSink(Sink):
                 self._publish_birth()
                 # a clean session forgets subscriptions: ask again on every connect. Our own
                 # availability too: an old session's Will arriving after this birth is undone.
-                self._client.subscribe([(t, 1) for t in [self.availability_topic, *self.subscriptions]])
+                topics = [self.availability_topic, *self.subscriptions]
+                _, mid = self._client.subscribe([(t, 1) for t in topics])
+                self._subscribing = (mid, topics) if mid is not None else None
                 self._replay_after = 0
                 self._replay_idle_at = None
                 self._replay_inflight.clear()
                 self._connected.set()
+            elif ev.kind == "suback":
+                self._read_suback(ev)
             elif ev.kind == "availability":
                 if ev.detail == OFFLINE.decode() and self._connected.is_set() and not self._stop.is_set():
                     log.warning("a stale 'offline' (an earlier session's Will) replaced our birth; restoring")
@@ -376,6 +392,26 @@ class MqttSink(Sink):
                 self._spill([m for info, m in self._inflight if not info.is_published()])
                 self._inflight.clear()
                 self._replay_inflight.clear()
+
+    def _read_suback(self, ev: _Event) -> None:
+        """A broker whose ACL refuses a subscription still accepts the connection and our publishes: say
+        which topics it refused, or commands and model updates silently never arrive."""
+        if self._subscribing is None or ev.mid != self._subscribing[0]:
+            return
+        topics = self._subscribing[1]
+        refused = [t for t, no in zip(topics, ev.refused, strict=False) if no]  # a short SUBACK: what it names
+        if refused and refused != self.refused_subscriptions:
+            log.error(
+                "mqtt: the broker refused the subscription to %s (its ACL?): nothing sent there reaches this "
+                "agent (commands, model updates)", ", ".join(refused),
+            )
+        elif not refused and self.refused_subscriptions:
+            log.info("mqtt: the broker now accepts every subscription")
+        self.refused_subscriptions = refused
+
+    def problems(self) -> list[str]:
+        refused = self.refused_subscriptions
+        return [f"broker refused subscriptions: {', '.join(refused)}"] if refused else []
 
     def _away_from(self) -> float:
         """When the broker went away: now, or the start for one never reached (a server on the port that
