@@ -211,6 +211,38 @@ def test_a_subscription_the_broker_refuses_is_said_in_health_and_the_log(tmp_pat
         b.stop()
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_two_devices_with_one_device_id_are_told_apart_from_a_broker_restart(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, protocol: str
+) -> None:
+    """Two devices given one device_id (a cloned SD card) share a client id: the broker closes each
+    one's connection when the other's arrives, and both reconnect every second, forever. Each says
+    so (log and health) instead of a stream of "disconnected"; a broker restart is not taken for it,
+    and the suspicion clears once a connection holds."""
+    import edge_agent.sinks.mqtt as mqtt_sink
+
+    monkeypatch.setattr(mqtt_sink, "_SHORT_LIVED_S", 4.0)
+    caplog.set_level(logging.INFO, logger="edge_agent.sinks.mqtt")
+    cfg = broker.mqtt(protocol=protocol, client_id="edge-agent-twin", reconnect_max_s=1)
+    one = sink_for(cfg, "twin")
+    assert one.wait_connected(10)
+    broker.stop()  # a restart: one drop, then the connection holds
+    broker.start()
+    wait_until(one.is_connected, 20, what="reconnect after the restart")
+    assert one.taken_over is None and one.problems() == []
+    two = sink_for(cfg, "twin")
+    try:
+        wait_until(lambda: one.taken_over is not None and two.taken_over is not None, 30,
+                   what="both twins to say another client holds their client id")
+        assert "edge-agent-twin" in str(one.taken_over) and "cloned SD card" in caplog.text
+        assert any("in use elsewhere" in p for p in two.problems()), two.problems()
+    finally:
+        two.close(1)
+    wait_until(lambda: one.taken_over is None, 20, what="the suspicion to clear once the connection holds")
+    assert one.is_connected() and one.problems() == []
+    one.close(1)
+
+
 def test_check_connects_and_logs_in_and_names_the_broker_when_it_cannot(tmp_path: Path) -> None:
     pw = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "agent", "right"], check=True)

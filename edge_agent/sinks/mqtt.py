@@ -41,6 +41,11 @@ _MAX_INFLIGHT = 100
 #: outbox instead of letting paho's own queue grow without bound on a hung connection.
 _MAX_QUEUED = 1000
 _IDLE_WAIT_S = 0.5
+#: A connection the broker closes sooner than this after accepting it, for a reason other than a
+#: missed keepalive, counts towards "taken over"; one that lasts longer clears the count.
+_SHORT_LIVED_S = 10.0
+#: Short-lived connections in a row that mean another client holds this client id.
+_TAKEN_OVER_AFTER = 3
 #: Loop period while a backlog is being replayed (the rate limit is applied per tick).
 _REPLAY_TICK_S = 0.02
 
@@ -159,6 +164,11 @@ class MqttSink(Sink):
         self._subscribing: tuple[int, list[str]] | None = None
         #: topics the broker refused us (its ACL): commands and model chunks on them never arrive
         self.refused_subscriptions: list[str] = []
+        #: when the current connection was accepted, and how many in a row the broker closed soon after
+        self._connected_at: float | None = None
+        self._short_lived = 0
+        #: why we think another client holds our client id (None while nothing says so)
+        self.taken_over: str | None = None
         #: since when the broker has been away (None while connected, or before the first attempt ended)
         self._down_since: float | None = None
         #: a broker never reached since start has been away since start (not since the attempt gave up)
@@ -283,6 +293,7 @@ class MqttSink(Sink):
             "replayed": self.replayed,
             "availability_restored": self.availability_restored,
             "refused_subscriptions": list(self.refused_subscriptions),
+            "taken_over": self.taken_over,
             "drops": dict(self.drops),
             "last_error": self.last_error,
             "outbox": self.outbox.stats() if self.outbox is not None else None,
@@ -299,6 +310,7 @@ class MqttSink(Sink):
             try:
                 self._handle_events()
                 self._say_if_down()
+                self._still_connected()
                 if self._connected.is_set():
                     self._publish_some()
                     replaying = self._replay_some()
@@ -347,6 +359,7 @@ class MqttSink(Sink):
                 else:
                     log.info("mqtt connected to %s:%s", self.cfg.host, self.cfg.port)
                 self._down_since, self._down_logged = None, float("-inf")
+                self._connected_at = time.monotonic()
                 _no_delay(self._client)
                 self._publish_birth()
                 # a clean session forgets subscriptions: ask again on every connect. Our own
@@ -382,6 +395,7 @@ class MqttSink(Sink):
                 if self._connected.is_set():
                     log.warning("mqtt disconnected: %s", ev.detail)
                     self._down_logged = time.monotonic()
+                    self._note_short_lived(ev.detail)
                 self._down_since = self._down_since or self._away_from()
                 if self.state != "refused":  # the drop after a refusal is not news
                     self.state = "disconnected"
@@ -392,6 +406,37 @@ class MqttSink(Sink):
                 self._spill([m for info, m in self._inflight if not info.is_published()])
                 self._inflight.clear()
                 self._replay_inflight.clear()
+
+    def _note_short_lived(self, reason: str) -> None:
+        """Two devices given one device_id (a cloned SD card) connect with one client id, and the broker
+        closes each one's connection when the other's arrives: both reconnect every second, forever,
+        each connected half the time, and the log says only "disconnected". MQTT 5 names it ("Session
+        taken over"); with 3.1.1 it shows as connections closed right after they were accepted, again
+        and again, with no keepalive missed."""
+        lived = time.monotonic() - (self._connected_at or 0.0)
+        self._connected_at = None
+        if "taken over" in reason.lower():
+            self._short_lived = _TAKEN_OVER_AFTER
+        elif lived < _SHORT_LIVED_S and "keep alive" not in reason.lower():
+            self._short_lived += 1
+        else:
+            self._short_lived = 0
+        if self._short_lived >= _TAKEN_OVER_AFTER and self.taken_over is None:
+            self.taken_over = (
+                f"the broker closes this connection right after accepting it, again and again ({reason}): "
+                f"another client uses client id '{self.client_id}' (two devices with one device_id, a cloned "
+                "SD card?), or the broker refuses what this agent publishes"
+            )
+            log.error("mqtt: %s", self.taken_over)
+
+    def _still_connected(self) -> None:
+        """A connection that has lasted clears the suspicion."""
+        at = self._connected_at
+        if at is not None and self._short_lived and time.monotonic() - at >= _SHORT_LIVED_S:
+            self._short_lived = 0
+            if self.taken_over is not None:
+                log.info("mqtt: the connection has held for %.0f s; no other client is taking it", _SHORT_LIVED_S)
+                self.taken_over = None
 
     def _read_suback(self, ev: _Event) -> None:
         """A broker whose ACL refuses a subscription still accepts the connection and our publishes: say
@@ -411,7 +456,11 @@ class MqttSink(Sink):
 
     def problems(self) -> list[str]:
         refused = self.refused_subscriptions
-        return [f"broker refused subscriptions: {', '.join(refused)}"] if refused else []
+        out = [f"broker refused subscriptions: {', '.join(refused)}"] if refused else []
+        if self.taken_over is not None:
+            out.append(f"broker closes each connection right after accepting it (client id '{self.client_id}' "
+                       "in use elsewhere?)")
+        return out
 
     def _away_from(self) -> float:
         """When the broker went away: now, or the start for one never reached (a server on the port that
