@@ -123,6 +123,8 @@ FIGURES: dict[str, Figure] = {
     "broker.outbox.depth": Figure("outbox_depth", "Messages stored in the outbox, waiting for the broker."),
     "broker.outbox.max": Figure("outbox_max", "Capacity of the outbox."),
     "broker.outbox.oldest_age_s": Figure("outbox_oldest_age_seconds", "Age of the oldest message in the outbox."),
+    "broker.outbox.repairs": _c("outbox_repairs", "Damaged outbox files set aside and made again from what "
+                                "could be read."),
     "broker.outbox.drops.*": _c("outbox_drops", "Messages the outbox let go when full, by reason.", ("reason",),
                                 OUTBOX_DROPS),
     "inference_errors": _c("inference_errors", "Inference and post-processing errors, all pipelines."),

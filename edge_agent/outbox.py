@@ -4,7 +4,10 @@ SQLite in WAL mode with synchronous=FULL, written in batches (at most once per
 `flush_interval_s`), so an SD card is not written per frame and a committed batch survives a
 power cut. Where the state directory is unusable (read-only, disk full) the outbox degrades
 to a bounded in-memory queue and counts what that costs, and goes back to disk (with what it
-held) once the directory takes writes again. Used from one thread only: the MQTT publisher's.
+held) once the directory takes writes again. A damaged file (an SD card's lost sectors: SQLite
+says "malformed" or "not a database") is repaired instead: the messages still readable are
+kept, with their ids, in a fresh file, and the damaged one is kept beside it (`.corrupt`, the
+latest only). Used from one thread only: the MQTT publisher's.
 """
 
 from __future__ import annotations
@@ -36,6 +39,30 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
+def damaged(err: BaseException) -> bool:
+    """SQLite's words for a damaged file (SQLITE_CORRUPT, SQLITE_NOTADB), raised as DatabaseError
+    itself; a full, read-only or failing disk is an OperationalError, which a new file would not cure."""
+    text = str(err).lower()
+    return type(err) is sqlite3.DatabaseError or "malformed" in text or "not a database" in text
+
+
+def salvage(db: sqlite3.Connection) -> list[tuple[int, str, bytes, int, int, float]]:
+    """The rows of a damaged outbox that can still be read, by id: a scan from each end, row by row,
+    so a damaged page stops a scan there and loses only what neither scan reaches."""
+    rows: dict[int, tuple[int, str, bytes, int, int, float]] = {}
+    for order in ("ASC", "DESC"):
+        try:
+            cur = db.execute(f"SELECT id, topic, payload, qos, retain, created FROM outbox ORDER BY id {order}")
+            for i, topic, payload, qos, retain, created in cur:
+                if i in rows:
+                    break  # the scans met
+                if isinstance(i, int) and isinstance(topic, str) and isinstance(payload, bytes) and qos in (0, 1, 2):
+                    rows[i] = (i, topic, payload, int(qos), int(bool(retain)), float(created or 0.0))
+        except (sqlite3.Error, ValueError, TypeError):
+            continue
+    return [rows[i] for i in sorted(rows)]
+
+
 class Outbox:
     def __init__(
         self, path: Path | None, max_messages: int, policy: Policy, flush_interval_s: float, retry_s: float = 30.0
@@ -56,6 +83,9 @@ class Outbox:
         self.retry_s = retry_s
         self._next_retry = 0.0
         self._copied = False  # the disk's rows were moved to memory when it failed: drop them on return
+        #: damaged files repaired, and what the latest repair kept and lost
+        self.repairs = 0
+        self.last_repair: str | None = None
         if path is not None:
             self._open(path)
 
@@ -77,7 +107,69 @@ class Outbox:
         try:
             self._db = self._connect(path)
         except (sqlite3.Error, OSError) as err:
+            if damaged(err) and self._repair(err):
+                return
             self._degrade(f"outbox {path} unusable ({err}); holding results in memory")
+
+    def _repair(self, err: BaseException) -> bool:
+        """A damaged file: keep what can be read (with its ids, so messages in flight stay acknowledgeable)
+        in a new file, and the damaged one as `.corrupt`. False where the new file cannot be made
+        (the disk itself failing): the caller then holds results in memory."""
+        path = self.path
+        if path is None:
+            return False
+        rows: list[tuple[int, str, bytes, int, int, float]] = []
+        try:
+            old = self._db or sqlite3.connect(str(path), isolation_level=None, timeout=5)
+            try:
+                rows = salvage(old)
+            finally:
+                old.close()
+        except sqlite3.Error:
+            pass
+        self._db = None
+        db: sqlite3.Connection | None = None
+        try:
+            if not self._set_aside():
+                raise OSError(f"cannot move {path} aside")
+            db = self._connect(path)
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT INTO outbox (id, topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?, ?)", rows
+            )
+            db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as again:
+            if db is not None:
+                db.close()
+            for _i, topic, payload, qos, retain, _ in rows:
+                self._mem_append(Message(topic, payload, qos, bool(retain)))
+            self._copied = False
+            log.error("outbox %s damaged (%s) and cannot be made again (%s)", path, err, again)
+            return False
+        self._db = db
+        self.repairs += 1
+        self.last_repair = f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {err}; {len(rows)} messages kept"
+        log.error("outbox %s was damaged (%s): the %d stored messages still readable kept in a new file (what "
+                  "its damaged pages held is lost); the damaged file is %s.corrupt", path, err, len(rows), path.name)
+        return True
+
+    def _set_aside(self) -> bool:
+        """The damaged file and its journal renamed `.corrupt` (replacing an older one: the disk stays
+        bounded), for whoever wants to look at it; a new file can then take its name."""
+        assert self.path is not None
+        kept = self.path.with_name(self.path.name + ".corrupt")
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                src = self.path.with_name(self.path.name + suffix)
+                if src.exists():
+                    src.replace(kept.with_name(kept.name + suffix))
+                else:
+                    kept.with_name(kept.name + suffix).unlink(missing_ok=True)  # no stale journal for it
+            return True
+        except OSError as err:
+            log.error("outbox: cannot set %s aside: %s", self.path, err)
+            return False
+
 
     def try_disk(self) -> bool:
         """Back to disk after a degrade, at most every retry_s, once the state directory takes writes
@@ -105,6 +197,8 @@ class Outbox:
                 except sqlite3.Error:
                     pass
                 db.close()
+            if damaged(err) and self._set_aside():  # what it held readable is in memory already (see _repair):
+                self._next_retry = 0.0  # a new file takes what memory holds at the next call
             self.last_error = f"outbox still in memory: {self.path} unusable ({err})"
             return False
         log.warning("outbox back on disk at %s with the %d messages memory held", self.path, len(self._mem))
@@ -160,24 +254,34 @@ class Outbox:
         if not batch:
             return
         if self._db is not None:
-            try:
-                now = time.time()
-                self._db.execute("BEGIN")
-                self._db.executemany(
-                    "INSERT INTO outbox (topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?)",
-                    [(m.topic, m.payload, m.qos, int(m.retain), now) for m in batch],
-                )
-                self._db.execute("COMMIT")
-            except sqlite3.Error as err:
-                try:
-                    self._db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+            err = self._insert(self._db, batch)
+            if err is not None and damaged(err) and self._repair(err) and self._db is not None:
+                err = self._insert(self._db, batch)
+            if err is not None:
                 self._degrade(f"outbox write failed ({err}); holding results in memory")
         if self._db is None:
             for m in batch:
                 self._mem_append(m)
         self._enforce_bound()
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, batch: list[Message]) -> sqlite3.Error | None:
+        """One transaction; the error where it failed (rolled back)."""
+        try:
+            now = time.time()
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT INTO outbox (topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?)",
+                [(m.topic, m.payload, m.qos, int(m.retain), now) for m in batch],
+            )
+            db.execute("COMMIT")
+            return None
+        except sqlite3.Error as err:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            return err
 
     def _enforce_bound(self) -> None:
         excess = self.depth() - self.max_messages
@@ -215,34 +319,46 @@ class Outbox:
         """The n oldest stored messages with ids above after_id (pending ones are committed first)."""
         if self._pending:
             self.commit()
-        if self._db is not None:
+        for attempt in (1, 2):
+            if self._db is None:
+                break
             try:
                 rows = self._db.execute(
                     "SELECT id, topic, payload, qos, retain FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, n)
                 ).fetchall()
                 return [(int(i), Message(t, bytes(p), int(q), bool(r))) for i, t, p, q, r in rows]
             except sqlite3.Error as err:
+                if attempt == 1 and damaged(err) and self._repair(err):
+                    continue
                 self._degrade(f"outbox read failed ({err}); holding results in memory")
         return [(i, m) for i, m in self._mem if i > after_id][:n]
 
     def ack(self, ids: list[int]) -> None:
         if not ids:
             return
-        if self._db is not None:
+        for attempt in (1, 2):
+            if self._db is None:
+                break
             try:
                 self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
                 return
             except sqlite3.Error as err:
+                if attempt == 1 and damaged(err) and self._repair(err):
+                    continue  # the ids survived the repair
                 self._degrade(f"outbox delete failed ({err}); holding results in memory")
         gone = set(ids)
         self._mem = deque((i, m) for i, m in self._mem if i not in gone)
 
     def depth(self) -> int:
         n = len(self._pending)
-        if self._db is not None:
+        for attempt in (1, 2):
+            if self._db is None:
+                break
             try:
                 return n + int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
-            except sqlite3.Error:
+            except sqlite3.Error as err:
+                if attempt == 1 and damaged(err) and self._repair(err):
+                    continue
                 return n
         return n + len(self._mem)
 
@@ -265,6 +381,8 @@ class Outbox:
             "oldest_age_s": self.oldest_age_s(),
             "drops": dict(self.drops),
             "last_error": self.last_error,
+            "repairs": self.repairs,
+            "last_repair": self.last_repair,
         }
 
     def close(self) -> None:

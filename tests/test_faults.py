@@ -239,6 +239,27 @@ def test_unwritable_state_directory_degrades_without_crashing(broker: Broker, su
     assert agent.proc.poll() is None
 
 
+def test_an_outbox_file_the_sd_card_damaged_is_set_aside_and_a_new_one_used(broker: Broker, subscriber_factory,  # type: ignore[no-untyped-def]
+                                                                               agent_factory, tmp_path: Path) -> None:
+    """An SD card that lost the sectors of the outbox's file leaves something SQLite calls "not a
+    database". The agent sets it aside and stores results on disk in a new file, rather than holding
+    them in memory for good (and losing them at the next restart)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "outbox.sqlite").write_bytes(b"\0" * 4096 + bytes(range(256)) * 16)
+    sub = subscriber_factory(["edge/damaged/#"])
+    agent_factory([*STREAM, "--device-id", "damaged", "--state-dir", str(state)],
+                  env={**broker.env(), "EDGE_AGENT_HEALTH__INTERVAL_S": "1"})
+    collect(sub, lambda t, p, r: t.endswith("/predictions"), 30)
+    h = collect(sub, lambda t, p, r: t.endswith("/health"), 10)[1]
+    ob = h["broker"]["outbox"]
+    assert ob["mode"] == "disk" and ob["repairs"] == 1 and "not a database" in ob["last_repair"], ob
+    assert not [p for p in h["problems"] if "outbox" in p], h["problems"]
+    assert (state / "outbox.sqlite.corrupt").read_bytes()[:4096] == b"\0" * 4096
+    with sqlite3.connect(str(state / "outbox.sqlite")) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
 # Python, run as a child: the agent's own `run` command, with a signal sent to itself as `start()` begins
 # (the models loading, the pipelines not yet started). No real event lands a signal in that window every
 # time; a service manager's reload or stop can land there at any time.

@@ -6,6 +6,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_agent.outbox import Outbox
@@ -142,3 +143,50 @@ def test_a_full_disk_sends_the_outbox_to_memory_and_freed_space_brings_it_back(s
     ob.close()
     again = Outbox(path, 100_000, "drop_oldest", 60)  # on disk for real: a restart finds all of it
     assert again.mode == "disk" and [int(m.payload.split()[0]) for _, m in again.peek(100)] == list(range(41))
+
+
+def _damage_a_page(path: Path, page: int) -> None:
+    """Overwrite one 4 KiB page of the file with noise, as an SD card's lost sector leaves it."""
+    raw = bytearray(path.read_bytes())
+    rng = np.random.default_rng(page)
+    raw[4096 * page: 4096 * (page + 1)] = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(raw))
+
+
+def test_a_damaged_page_loses_only_what_it_held(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Results stored through an outage, then a page of the file damaged: the outbox keeps every
+    message still readable, each with its id and in order, in a new file on disk; the damaged file
+    is kept beside it; the next start finds a sound file."""
+    path = tmp_path / "o.sqlite"
+    ob = Outbox(path, 100_000, "drop_oldest", 60)
+    stored = [Message("edge/d/predictions", f"{i:06d}".encode() * 40, 1) for i in range(3000)]
+    ob.put_many(stored)
+    ob.close()
+    pages = path.stat().st_size // 4096
+    _damage_a_page(path, pages // 2)
+    again = Outbox(path, 100_000, "drop_oldest", 60)
+    rows = again.peek(10_000)  # the damage shows here: SQLite reads the page
+    ids = [i for i, _ in rows]
+    assert again.mode == "disk" and again.repairs == 1, again.stats()
+    assert 2800 < len(rows) < 3000 and ids == sorted(ids), len(rows)
+    assert all(m.payload == stored[i - 1].payload for i, m in rows)  # each under its own id, intact
+    assert (tmp_path / "o.sqlite.corrupt").is_file() and "damaged" in caplog.text
+    again.ack(ids[:10])
+    again.put_many(msgs(5))
+    again.close()
+    sound = Outbox(path, 100_000, "drop_oldest", 60)
+    assert sound.depth() == len(rows) - 10 + 5 and sound.repairs == 0
+    with sqlite3.connect(str(path)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    sound.close()
+
+
+def test_garbage_where_the_outbox_was_is_set_aside_not_held_in_memory(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    path.write_bytes(bytes(range(256)) * 64)
+    ob = Outbox(path, 1000, "drop_oldest", 60)
+    assert ob.mode == "disk" and ob.repairs == 1 and "not a database" in str(ob.last_repair)
+    ob.put_many(msgs(3))
+    assert payloads(ob.peek(10)) == [0, 1, 2]
+    ob.close()
+    assert (tmp_path / "o.sqlite.corrupt").read_bytes() == bytes(range(256)) * 64
