@@ -655,6 +655,46 @@ def test_start_never_serves_a_damaged_installed_file(tmp_path: Path) -> None:
     assert cfg.path == SHORT and report is not None and "damaged" in report["reason"]
 
 
+def test_a_damaged_store_state_falls_back_to_its_copy_then_to_what_the_disk_shows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store's state (which release serves, the highest version accepted, what is blocked) is
+    written twice; a lost sector in one copy leaves the other. With both lost, the configured model
+    serves and the versions whose manifests are still on disk are not accepted again."""
+    import shutil
+
+    from edge_agent.config import load_settings
+    from edge_agent.ota.store import ModelStore
+    from edge_agent.ota.updater import model_for_start
+
+    root = tmp_path / "models"
+    store = ModelStore(root, keep=3)
+    shas = []
+    for v, src in ((3, SHORT_INT8), (7, FULL)):
+        m = build_manifest(src, v, None, ["http://x.example/m"], None, 1)
+        part = store.incoming / f"{v}.part"
+        shutil.copy(src, part)
+        store.install(part, m.sha256, m.model_dump(mode="json"))
+        store.activate(m.sha256, v)
+        store.pass_probation()
+        shas.append(m.sha256)
+    settings = load_settings(None, {"model.path": str(SHORT)})
+    (root / "state.json").write_bytes(b"\0" * 512)  # the first copy's sector lost
+    again = ModelStore(root, keep=3)
+    cfg, report = model_for_start(settings, again)
+    assert cfg.path == again.blob(shas[1]) and cfg.version == "7" and report is None
+    assert again.state["highest_version"] == 7 and "using its copy state.json.bak" in caplog.text
+    (root / "state.json.bak").write_text('{"current": 12}')  # and the second's: JSON, not a state
+    lost = ModelStore(root, keep=3)
+    cfg, _ = model_for_start(settings, lost)
+    assert cfg.path == SHORT and lost.state["current"] is None
+    assert lost.state["highest_version"] == 7, lost.state  # v7 and below are refused again
+    assert "the configured model serves" in caplog.text
+    lost.activate(shas[0], 8)  # a save mends both copies
+    assert ModelStore(root, keep=3).state["current"]["version"] == 8
+    assert json.loads((root / "state.json.bak").read_text())["current"]["version"] == 8
+
+
 def test_an_older_deploy_never_replaces_a_newer_one(broker: Broker, agent_factory, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Two signed deploys 0.3 s apart: a newer one supersedes an older one queued or downloading, and an
     older one arriving after a newer is refused; the version check is repeated at activation."""

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
+
+log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -61,6 +64,17 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_path(path.parent)
 
 
+def _sound(st: Any) -> bool:
+    """A store state as save() writes it (what JSON that parses can still get wrong)."""
+    if not isinstance(st, dict):
+        return False
+    for key in ("current", "previous"):
+        v = st.get(key)
+        if v is not None and not (isinstance(v, dict) and isinstance(v.get("sha256"), str)):
+            return False
+    return isinstance(st.get("highest_version", 0), int)
+
+
 def _locked(method: Callable[Concatenate[ModelStore, _P], _R]) -> Callable[Concatenate[ModelStore, _P], _R]:
     """The store's state is changed and saved by the update thread and by the command thread (a
     `rollback` arriving while a verdict is applied): one at a time, or two saves race for the same
@@ -92,14 +106,30 @@ class ModelStore:
         self.lock = threading.RLock()
         self.state: dict[str, Any] = self._load()
 
+    @property
+    def copy_path(self) -> Path:
+        """A second copy of the state, written after the first: a lost sector takes one, not both."""
+        return self.state_path.with_name(self.state_path.name + ".bak")
+
     def _load(self) -> dict[str, Any]:
-        try:
-            st = json.loads(self.state_path.read_text())
-            if isinstance(st, dict):
-                return st
-        except (OSError, ValueError):
-            pass
-        return {
+        """The state, from its first readable copy. Neither readable (both damaged) starts from the
+        configured model, and takes the highest version accepted from the manifests still on disk, so
+        that an older release is not accepted again."""
+        seen = []
+        for path in (self.state_path, self.copy_path):
+            try:
+                st = json.loads(path.read_text())
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as err:
+                seen.append(f"{path.name}: {err}")
+                continue
+            if _sound(st):
+                if seen:
+                    log.error("model store state %s unreadable; using its copy %s", "; ".join(seen), path.name)
+                return dict(st)
+            seen.append(f"{path.name}: not a store state")
+        fresh: dict[str, Any] = {
             "current": None,
             "previous": None,
             "probation": None,
@@ -108,12 +138,32 @@ class ModelStore:
             "blocked": [],
             "history": [],
         }
+        if seen:
+            fresh["highest_version"] = self._highest_on_disk()
+            log.error(
+                "model store state unreadable (%s): the configured model serves; versions up to %d, the highest "
+                "among the manifests on disk, are refused", "; ".join(seen), fresh["highest_version"],
+            )
+        return fresh
+
+    def _highest_on_disk(self) -> int:
+        highest = 0
+        for p in self.manifests.glob("*.json"):
+            try:
+                v = json.loads(p.read_text()).get("version")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(v, int) and not isinstance(v, bool):
+                highest = max(highest, v)
+        return highest
 
     @_locked
     def save(self) -> None:
         if self.read_only:
             return
-        atomic_write(self.state_path, json.dumps(self.state, indent=1).encode())
+        data = json.dumps(self.state, indent=1).encode()
+        atomic_write(self.state_path, data)
+        atomic_write(self.copy_path, data)
 
     def blob(self, sha256: str) -> Path:
         return self.blobs / f"{sha256}.tflite"
