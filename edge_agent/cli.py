@@ -865,15 +865,22 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{'device':<20} {'availability':<12} {'model':<36} {'update':<12} {'fps':>6} {'status':<9}")
     for name, d in sorted(devices.items()):
-        model = (d.get("info") or {}).get("model") or {}
-        upd = d.get("model/state") or {}
-        h = d.get("status") or d.get("health") or {}  # the device's answer, else its last health message
+        model = _obj(_obj(d.get("info")).get("model"))
+        upd = _obj(d.get("model/state"))
+        h = _obj(d.get("status") or d.get("health"))  # the device's answer, else its last health message
         label = f"{model.get('name')} v{model.get('version')}"
+        fps = _obj(h.get("fps")).get("inferred", "-")
         print(
-            f"{name:<20} {d.get('availability', '?'):<12} {label:<36} "
-            f"{upd.get('state', '-'):<12} {(h.get('fps') or {}).get('inferred', '-'):>6} {h.get('status', '-'):<9}"
+            f"{name:<20} {d.get('availability', '?')!s:<12} {label:<36} "
+            f"{upd.get('state', '-')!s:<12} {fps!s:>6} {h.get('status', '-')!s:<9}"
         )
     return EXIT_OK
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    """A field of a device's document that should be an object, or an empty one: the fleet's view is
+    made from what anything on the broker published, and one odd device must not end it."""
+    return value if isinstance(value, dict) else {}
 
 
 def cmd_fleet_rollback(args: argparse.Namespace) -> int:

@@ -285,8 +285,10 @@ def status(cfg: MQTTConfig, wait_s: float = 2.0) -> dict[str, dict[str, Any]]:
                 doc = json.loads(payload)
             except ValueError:
                 continue
+            if not isinstance(doc, dict):
+                continue  # anything may publish under the prefix: only documents as agents write them
             if kind == "cmd/result":
-                if isinstance(doc, dict) and doc.get("id") == asked.get(device) and doc.get("status") == "done":
+                if doc.get("id") == asked.get(device) and doc.get("status") == "done":
                     d["status"] = doc.get("result") or {}
                 continue
             d[kind] = doc

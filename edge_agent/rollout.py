@@ -186,7 +186,9 @@ def group_members(cfg: MQTTConfig, group: str, wait_s: float = 2.0) -> list[str]
                 doc = json.loads(m[1])
             except ValueError:
                 continue
-            if isinstance(doc, dict) and group in (doc.get("groups") or []) and isinstance(doc.get("device_id"), str):
+            groups = doc.get("groups") if isinstance(doc, dict) else None
+            # a list, not any container: "kitchen" is not in the group "kitchen-west" (a string would say it is)
+            if isinstance(groups, list) and group in groups and isinstance(doc.get("device_id"), str):
                 found.add(doc["device_id"])
     finally:
         sub.stop()

@@ -326,15 +326,25 @@ def test_fleet_status_and_rollback_cli(broker: Broker, agent_factory, keys) -> N
         # health only once a minute: what `fleet status` shows must come from asking the device
         agent_factory([*STREAM, "--device-id", "st1"], env=ota_env(broker, pub, EDGE_AGENT_HEALTH__INTERVAL_S="60"))
         wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        # anything may publish under the prefix (a buggy client, an old tool): the fleet's view goes on
+        odd = {"odd1/info": b"[1, 2]", "odd1/model/state": b"5", "odd1/availability": b"online",
+               "odd2/info": b'{"model": [1], "groups": "abc"}', "odd2/health": b'{"fps": "fast", "status": [3]}',
+               "odd2/model/state": b'{"state": ["a"]}'}
+        for leaf, body in odd.items():
+            w.sub.publish(f"edge/{leaf}", body, retain=True)
         mq = ["--mqtt-host", broker.host, "--mqtt-port", str(broker.port)]
         r = run_cli("fleet", "status", *mq, "--json", "--wait", "2")
+        assert r.returncode == 0, r.stderr
         devices = json.loads(r.stdout)
+        assert "info" not in devices["odd1"] and devices["odd2"]["info"]["groups"] == "abc"
         assert devices["st1"]["availability"] == "online"
         assert devices["st1"]["info"]["model"]["name"] == "face_detection_short_range"
         assert devices["st1"]["status"]["status"] == "ok" and devices["st1"]["status"]["fps"]["inferred"] > 0
         table = run_cli("fleet", "status", *mq, "--wait", "1.5")
+        assert table.returncode == 0 and "Traceback" not in table.stderr, table.stderr
         row = next(line.split() for line in table.stdout.splitlines() if line.startswith("st1"))
         assert row[1] == "online" and row[-1] == "ok" and float(row[-2]) > 0, table.stdout
+        assert {line.split()[0] for line in table.stdout.splitlines()[1:]} == {"st1", "odd1", "odd2"}
         nothing = run_cli("fleet", "rollback", *mq, "--device", "st1")
         assert nothing.returncode == 1 and "no installed update" in nothing.stdout
         named = run_cli("fleet", "rollback", *mq, "--device", "st1", "--version", "3")

@@ -171,3 +171,24 @@ def test_a_halted_wave_rolls_back_the_devices_that_had_not_answered_yet(  # type
     wait_until(lambda: all(s.get("version") == 3 and s["state"] in ("superseded", "rolled_back")
                            for s in _retained_states(broker, names).values()), scaled(30),
                what="the release given up on both devices")
+
+
+def test_a_group_is_a_list_member_not_a_substring_and_odd_infos_are_skipped(broker: Broker) -> None:
+    """Group members come from retained `info` documents, which anything on the broker can write: a
+    device whose `groups` is the string "kitchen-west" is not in the group "kitchen" (a substring test
+    would take it into that rollout), and documents of the wrong shape are skipped, not fatal."""
+    cfg = broker.mqtt()
+    pub = Subscriber(cfg, [])
+    assert pub.start(10)
+    docs = {
+        "k1": {"device_id": "k1", "groups": ["kitchen", "west"]},
+        "kw": {"device_id": "kw", "groups": "kitchen-west"},
+        "kn": {"device_id": "kn", "groups": 7},
+        "kl": ["kitchen"],
+        "ks": {"device_id": 5, "groups": ["kitchen"]},
+    }
+    for device, doc in docs.items():
+        pub.publish(f"edge/{device}/info", json.dumps(doc).encode(), retain=True)
+    pub.stop()
+    assert group_members(cfg, "kitchen", 1.0) == ["k1"]
+    assert group_members(cfg, "kitchen-west", 1.0) == []
