@@ -636,18 +636,12 @@ def test_start_uses_the_installed_version_and_its_settings(tmp_path: Path) -> No
     assert report2 is not None and report2["state"] == "rolled_back" and store.state["crashes"][m.sha256] == 1
 
 
-def test_start_never_serves_a_damaged_installed_file(tmp_path: Path) -> None:
-    """A disk that lost writes (a power cut before the file reached it) leaves `current` naming a file
-    that is not what was installed: start goes back to the previous version, or the configured model."""
+def _installed(store: Any, releases: tuple[tuple[int, Path], ...]) -> list[str]:
+    """Each (version, model file) installed, activated and through probation, in turn: their digests."""
     import shutil
 
-    from edge_agent.config import load_settings
-    from edge_agent.ota.store import ModelStore
-    from edge_agent.ota.updater import model_for_start
-
-    store = ModelStore(tmp_path / "models", keep=3)
     shas = []
-    for v, src in ((1, SHORT_INT8), (2, FULL)):
+    for v, src in releases:
         m = build_manifest(src, v, None, ["http://x.example/m"], None, 1)
         part = store.incoming / f"{v}.part"
         shutil.copy(src, part)
@@ -655,6 +649,19 @@ def test_start_never_serves_a_damaged_installed_file(tmp_path: Path) -> None:
         store.activate(m.sha256, v)
         store.pass_probation()
         shas.append(m.sha256)
+    return shas
+
+
+def test_start_never_serves_a_damaged_installed_file(tmp_path: Path) -> None:
+    """A disk that lost writes (a power cut before the file reached it) leaves `current` naming a file
+    that is not what was installed: start goes back to the previous version, or the configured model."""
+
+    from edge_agent.config import load_settings
+    from edge_agent.ota.store import ModelStore
+    from edge_agent.ota.updater import model_for_start
+
+    store = ModelStore(tmp_path / "models", keep=3)
+    shas = _installed(store, ((1, SHORT_INT8), (2, FULL)))
     settings = load_settings(None, {"model.path": str(SHORT)})
     store.blob(shas[1]).write_bytes(b"\0" * 4096)  # v2's blocks never reached the disk
     cfg, report = model_for_start(settings, store)
@@ -671,7 +678,6 @@ def test_a_damaged_store_state_falls_back_to_its_copy_then_to_what_the_disk_show
     """The store's state (which release serves, the highest version accepted, what is blocked) is
     written twice; a lost sector in one copy leaves the other. With both lost, the configured model
     serves and the versions whose manifests are still on disk are not accepted again."""
-    import shutil
 
     from edge_agent.config import load_settings
     from edge_agent.ota.store import ModelStore
@@ -679,15 +685,7 @@ def test_a_damaged_store_state_falls_back_to_its_copy_then_to_what_the_disk_show
 
     root = tmp_path / "models"
     store = ModelStore(root, keep=3)
-    shas = []
-    for v, src in ((3, SHORT_INT8), (7, FULL)):
-        m = build_manifest(src, v, None, ["http://x.example/m"], None, 1)
-        part = store.incoming / f"{v}.part"
-        shutil.copy(src, part)
-        store.install(part, m.sha256, m.model_dump(mode="json"))
-        store.activate(m.sha256, v)
-        store.pass_probation()
-        shas.append(m.sha256)
+    shas = _installed(store, ((3, SHORT_INT8), (7, FULL)))
     settings = load_settings(None, {"model.path": str(SHORT)})
     (root / "state.json").write_bytes(b"\0" * 512)  # the first copy's sector lost
     again = ModelStore(root, keep=3)
