@@ -83,7 +83,7 @@ class Outbox:
         self.retry_s = retry_s
         self._next_retry = 0.0
         self._copied = False  # the disk's rows were moved to memory when it failed: drop them on return
-        #: damaged files repaired, and what the latest repair kept and lost
+        #: damaged files repaired, and when the latest was and what it kept
         self.repairs = 0
         self.last_repair: str | None = None
         if path is not None:
@@ -169,7 +169,6 @@ class Outbox:
         except OSError as err:
             log.error("outbox: cannot set %s aside: %s", self.path, err)
             return False
-
 
     def try_disk(self) -> bool:
         """Back to disk after a degrade, at most every retry_s, once the state directory takes writes
