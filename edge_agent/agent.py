@@ -607,7 +607,7 @@ class Agent:
         before = {v.name: v for v in pipeline_views(old)}
         after = {v.name: v for v in pipeline_views(new)}
         for name in before.keys() - after.keys():
-            self._remove_pipeline(name)
+            self._remove_pipeline(name, forget=True)
             log.info("pipeline %s removed", name)
         for name, view in after.items():
             prev = before.get(name)
@@ -643,11 +643,18 @@ class Agent:
         pipe.start()
         log.info("pipeline %s started", view.name)
 
-    def _remove_pipeline(self, name: str) -> None:
+    def _remove_pipeline(self, name: str, forget: bool = False) -> None:
+        """Stop a pipeline and let go of its model. forget: it is gone from the configuration, so the
+        broker forgets its retained state too (zone counts, snapshots, and its model's update state
+        when no other pipeline shares the model), as Home Assistant forgets its entities; a pipeline
+        restarted with a changed configuration publishes its own."""
         self.failed_pipelines.pop(name, None)
         pipe = self.pipelines.pop(name, None)
         if pipe is not None:
             pipe.stop_and_join(2.0)
+            if forget:
+                for topic in list(pipe.retained):
+                    self.fanout.state(Message(topic, b"", qos=1, retain=True))
         self.fanout.routes.pop(name, None)
         self.fanout.live.pop(name, None)
         slot = self.slot_of(name)
@@ -658,6 +665,8 @@ class Agent:
                     self.fanout.probation.remove(slot.updater)
                 slot.close()
                 del self.slots[slot.name]
+                if forget:
+                    self.fanout.state(Message(slot.state_topic, b"", qos=1, retain=True))
 
     def _note_error(self, msg: str) -> None:
         pipe = next(iter(self.pipelines.values()), None)

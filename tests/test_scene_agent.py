@@ -240,3 +240,48 @@ points = [[0.0, 0.0], [1.0, 0.0], [1.0, 0.05], [0.0, 0.05]]
         agent.stop()
         rec.close()
         broker.stop()
+
+
+def test_a_pipeline_removed_on_reload_leaves_no_retained_state(tmp_path: Path) -> None:
+    """A camera taken out of the configuration (SIGHUP) takes its retained zone counts and snapshots
+    off the broker, as its Home Assistant entities go: a newcomer sees none of them."""
+    import signal
+
+    from .conftest import DEMO_VIDEO, SHORT, AgentProcess
+
+    broker = Broker(tmp_path).start()
+    cfg = tmp_path / "two.toml"
+    head = f'device_id = "two"\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+
+    def pipe(name: str) -> str:
+        return (f'[[pipelines]]\nname = "{name}"\nsource = {{ uri = "{DEMO_VIDEO}" }}\nmodel.path = "{SHORT}"\n'
+                f'[[pipelines.scene.zones]]\nname = "all"\npoints = [[0, 0], [1, 0], [1, 1], [0, 1]]\ninertia = 1\n')
+
+    cfg.write_text(head + pipe("door") + pipe("porch"))
+    rec = RawRecorder(broker, "two")
+    agent = AgentProcess(["run", "--config", str(cfg)], {}, tmp_path)
+    try:
+        for topic in ("edge/two/porch/zones/all/face", "edge/two/porch/snapshot/face", "edge/two/door/zones/all/face"):
+            wait_until(lambda t=topic: any(rec.on(t)), 60, what=topic)
+        cfg.write_text(head + pipe("door"))
+        agent.signal(signal.SIGHUP)
+        porch = ("edge/two/porch/snapshot/face", "edge/two/porch/zones/all/face")
+        wait_until(lambda: all(b"" in rec.on(t) for t in porch), 20, what="the removed pipeline's state cleared")
+        late = Subscriber(broker.mqtt(), ["edge/two/#"], client_id="late")
+        assert late.start(10)
+        seen: set[str] = set()
+
+        def door_retained() -> bool:  # the retained messages come together, right after the subscription
+            while (m := late.get(0.05)) is not None:
+                if m[2]:
+                    seen.add(m[0])
+            return {"edge/two/door/zones/all/face", "edge/two/door/snapshot/face"} <= seen
+
+        wait_until(door_retained, 10, what="door's retained count and snapshot, to a newcomer")
+        late.stop()
+        assert not [t for t in seen if "/porch/" in t], seen
+        assert "pipeline porch removed" in agent.log()
+    finally:
+        agent.stop()
+        rec.close()
+        broker.stop()
