@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 
 from edge_agent.config import Settings
+from edge_agent.imageheader import jpeg_size, refuse_oversized
 from edge_agent.model import Model
 from edge_agent.payload import dumps
 
@@ -27,55 +28,17 @@ log = logging.getLogger(__name__)
 
 #: Escalations above this are not read.
 MAX_BYTES = 16 << 20
-#: Pictures with more pixels than this are refused before decoding (a camera frame of 8192 x 8192 is
-#: 67 million): a JPEG of a few kB can declare 30,000 x 30,000, gigabytes once decoded.
-MAX_PIXELS = 1 << 26
-#: JPEG markers that carry no length (restart markers, start of image, TEM)
-_BARE = {0x01, *range(0xD0, 0xD9)}
-#: start-of-frame markers (every JPEG process but the Huffman and arithmetic tables, and JPG)
-_SOF = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}
-
-
-def jpeg_size(raw: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's frame header, read before any decoding; None where `raw` is not a
-    JPEG or has no frame header within it."""
-    if raw[:2] != b"\xff\xd8":
-        return None
-    i, n = 2, len(raw)
-    while i + 4 <= n:
-        if raw[i] != 0xFF:
-            return None
-        marker = raw[i + 1]
-        if marker == 0xFF:  # fill bytes before a marker
-            i += 1
-            continue
-        if marker in _BARE:
-            i += 2
-            continue
-        length = int.from_bytes(raw[i + 2 : i + 4], "big")
-        if length < 2:
-            return None
-        if marker in _SOF:
-            if i + 9 > n:
-                return None
-            return int.from_bytes(raw[i + 7 : i + 9], "big"), int.from_bytes(raw[i + 5 : i + 7], "big")
-        if marker == 0xDA:  # the scan begins and no frame header came first
-            return None
-        i += 2 + length
-    return None
 
 
 def _image(item: dict[str, Any]) -> np.ndarray:
     """A device's picture (the agent sends JPEG), refused before decoding when it is not a JPEG or
-    declares more than MAX_PIXELS: any device, or anything else allowed to publish, reaches this."""
+    declares more than imageheader.MAX_PIXELS: any device, or anything else allowed to publish, reaches this."""
     import cv2
 
     raw = base64.b64decode(item["data"], validate=True)
-    size = jpeg_size(raw)
-    if size is None:
+    if jpeg_size(raw) is None:
         raise ValueError("image is not a JPEG with a frame header")
-    if size[0] * size[1] > MAX_PIXELS or 0 in size:
-        raise ValueError(f"image {size[0]}x{size[1]}: more than {MAX_PIXELS} pixels, or none")
+    refuse_oversized(raw, "image")
     img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError("image could not be decoded")

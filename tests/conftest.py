@@ -140,6 +140,17 @@ def _listening(port: int) -> bool:
         return False
 
 
+def jpeg_declaring(jpeg: bytes, width: int, height: int) -> bytes:
+    """A real JPEG whose frame header is made to declare another size: what a hostile sender crafts (a
+    few hundred bytes that decode to gigabytes)."""
+    raw = bytearray(jpeg)
+    i = 2
+    while raw[i + 1] not in (0xC0, 0xC1, 0xC2):  # to the frame header
+        i += 2 + int.from_bytes(raw[i + 2 : i + 4], "big")
+    raw[i + 5 : i + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(raw)
+
+
 class Broker:
     """A real mosquitto on a free loopback port; can be stopped, restarted, paused."""
 

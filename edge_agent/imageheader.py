@@ -1,0 +1,74 @@
+"""The size a picture declares, read from its header before anything decodes it.
+
+A JPEG or PNG of a few hundred bytes can declare 30,000 x 30,000 pixels: decoded, 2.7 GB, which a
+board has not got (the kernel kills the agent, systemd starts it, and it reads the same file again).
+Pictures that arrive from elsewhere (a folder cameras upload to, a device's escalation) are checked
+here first; what declares more than MAX_PIXELS is refused unread.
+"""
+
+from __future__ import annotations
+
+#: A camera frame of 8192 x 8192 is 67 million pixels; 200 MB decoded.
+MAX_PIXELS = 1 << 26
+#: How much of a file's start is read for its header: a JPEG's frame header follows its EXIF and ICC
+#: segments, which are rarely past the first megabyte.
+HEAD_BYTES = 1 << 20
+_PNG = b"\x89PNG\r\n\x1a\n"
+#: JPEG markers that carry no length (restart markers, start of image, TEM)
+_BARE = {0x01, *range(0xD0, 0xD9)}
+#: start-of-frame markers (every JPEG process but the Huffman and arithmetic tables, and JPG)
+_SOF = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(raw: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header; None where `raw` is not a JPEG or has no frame header
+    within it."""
+    if raw[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(raw)
+    while i + 4 <= n:
+        if raw[i] != 0xFF:
+            return None
+        marker = raw[i + 1]
+        if marker == 0xFF:  # fill bytes before a marker
+            i += 1
+            continue
+        if marker in _BARE:
+            i += 2
+            continue
+        length = int.from_bytes(raw[i + 2 : i + 4], "big")
+        if length < 2:
+            return None
+        if marker in _SOF:
+            if i + 9 > n:
+                return None
+            return int.from_bytes(raw[i + 7 : i + 9], "big"), int.from_bytes(raw[i + 5 : i + 7], "big")
+        if marker == 0xDA:  # the scan begins and no frame header came first
+            return None
+        i += 2 + length
+    return None
+
+
+def png_size(raw: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, which must come first; None where `raw` is not a PNG."""
+    if raw[:8] != _PNG or raw[12:16] != b"IHDR" or len(raw) < 24:
+        return None
+    return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+
+
+def declared_size(raw: bytes) -> tuple[int, int] | None:
+    """What a JPEG or PNG declares; None for other formats (left to the decoder and its own limit)."""
+    return jpeg_size(raw) or png_size(raw)
+
+
+def refuse_oversized(raw: bytes, what: str) -> None:
+    """ValueError naming `what` when its header declares more than MAX_PIXELS, or no pixels at all."""
+    size = declared_size(raw)
+    if size is not None and (size[0] * size[1] > MAX_PIXELS or 0 in size):
+        raise ValueError(f"{what} declares {size[0]}x{size[1]} pixels: more than {MAX_PIXELS}, or none")
+
+
+def refuse_oversized_file(path: str) -> None:
+    """refuse_oversized on the start of a file (OSError where it cannot be read)."""
+    with open(path, "rb") as f:
+        refuse_oversized(f.read(HEAD_BYTES), path)

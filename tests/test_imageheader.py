@@ -1,0 +1,91 @@
+"""The size a picture declares, read before decoding: against OpenCV's decoder, and the places that read
+pictures from elsewhere (a folder cameras upload to, `predict`) refusing gigapixel headers unread."""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_agent.imageheader import MAX_PIXELS, declared_size, jpeg_size, png_size, refuse_oversized
+
+from .conftest import SHORT, jpeg_declaring, run_cli
+
+
+@settings(max_examples=60, deadline=None)
+@given(w=st.integers(1, 400), h=st.integers(1, 400), grey=st.booleans(), progressive=st.booleans(),
+       quality=st.integers(5, 100), seed=st.integers(0, 2**16))
+def test_the_size_read_from_a_jpeg_header_is_the_size_it_decodes_to(
+    w: int, h: int, grey: bool, progressive: bool, quality: int, seed: int
+) -> None:
+    img = np.random.default_rng(seed).integers(0, 256, (h, w) if grey else (h, w, 3), dtype=np.uint8)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)]
+    data = cv2.imencode(".jpg", img, params)[1].tobytes()
+    assert jpeg_size(data) == (w, h) == declared_size(data)
+    # markers before the frame header (an application segment, fill bytes) are stepped over
+    app = b"\xff\xe1" + (2 + 300).to_bytes(2, "big") + bytes(300)
+    assert jpeg_size(data[:2] + b"\xff\xff" + app + data[2:]) == (w, h)
+    assert jpeg_size(data[:2]) is None and jpeg_size(b"\x89PNG\r\n\x1a\n" + data) is None
+
+
+@settings(max_examples=30, deadline=None)
+@given(w=st.integers(1, 300), h=st.integers(1, 300), alpha=st.booleans(), deep=st.booleans())
+def test_the_size_read_from_a_png_header_is_the_size_it_decodes_to(w: int, h: int, alpha: bool, deep: bool) -> None:
+    img = np.zeros((h, w, 4 if alpha else 3), np.uint16 if deep else np.uint8)
+    data = cv2.imencode(".png", img)[1].tobytes()
+    assert png_size(data) == (w, h) == declared_size(data)
+    assert png_size(data[:20]) is None and jpeg_size(data) is None
+
+
+def test_a_header_declaring_gigapixels_is_refused_and_a_camera_frame_is_not() -> None:
+    jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
+    refuse_oversized(jpeg, "a frame")
+    refuse_oversized(jpeg_declaring(jpeg, 8192, 8192), "a big frame")  # 67 million: the most let through
+    with pytest.raises(ValueError, match="declares 30000x30000"):
+        refuse_oversized(jpeg_declaring(jpeg, 30_000, 30_000), "x")
+    with pytest.raises(ValueError, match="or none"):
+        refuse_oversized(jpeg_declaring(jpeg, 64, 0), "x")
+    assert 8192 * 8192 == MAX_PIXELS
+
+
+def test_predict_refuses_a_picture_declaring_gigapixels_without_decoding_it(tmp_path: Path) -> None:
+    """`predict` on a crafted JPEG: an error naming the file and what it declares, exit 1, and a good
+    picture beside it still predicted."""
+    jpeg = cv2.imencode(".jpg", np.full((96, 128, 3), 128, np.uint8))[1].tobytes()
+    (tmp_path / "bomb.jpg").write_bytes(jpeg_declaring(jpeg, 30_000, 30_000))
+    (tmp_path / "fine.jpg").write_bytes(jpeg)
+    r = run_cli("predict", str(SHORT), str(tmp_path / "bomb.jpg"), str(tmp_path / "fine.jpg"), "--json")
+    assert r.returncode == 1 and "bomb.jpg" in r.stderr and "declares 30000x30000" in r.stderr, r.stderr
+    assert "fine.jpg" in r.stdout
+
+
+def test_an_image_folder_skips_a_picture_declaring_gigapixels_unread(tmp_path: Path) -> None:
+    """A folder cameras upload to gets a crafted JPEG: it is skipped and counted like any unreadable
+    file (not decoded into gigabytes the board has not got), and the pictures beside it play."""
+    from edge_agent.config import SourceConfig
+    from edge_agent.sources import make_source
+    from edge_agent.sources.base import FrameError
+
+    jpeg = cv2.imencode(".jpg", np.full((96, 128, 3), 128, np.uint8))[1].tobytes()
+    (tmp_path / "a.jpg").write_bytes(jpeg)
+    (tmp_path / "b.jpg").write_bytes(jpeg_declaring(jpeg, 30_000, 30_000))
+    (tmp_path / "c.png").write_bytes(cv2.imencode(".png", np.zeros((96, 128, 3), np.uint8))[1].tobytes())
+    src = make_source(SourceConfig(uri=str(tmp_path), loop=False))
+    src.open()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    got: list[object] = []
+    for _ in range(3):
+        src.grab()
+        try:
+            got.append(src.retrieve().shape)  # type: ignore[attr-defined]
+        except FrameError as err:
+            got.append(str(err))
+    grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert got[0] == (96, 128, 3) and got[2] == (96, 128, 3), got
+    assert "b.jpg" in str(got[1]) and "declares 30000x30000" in str(got[1]), got
+    assert grew_mb < 200, grew_mb
