@@ -11,8 +11,9 @@ from __future__ import annotations
 #: A camera frame of 8192 x 8192 is 67 million pixels; 200 MB decoded.
 MAX_PIXELS = 1 << 26
 #: How much of a file's start is read for its header: a JPEG's frame header follows its EXIF and ICC
-#: segments, which are rarely past the first megabyte.
-HEAD_BYTES = 1 << 20
+#: segments, mostly within the first 64 KiB and rarely past the first megabyte.
+HEAD_BYTES = 1 << 16
+MAX_HEAD_BYTES = 1 << 20
 _PNG = b"\x89PNG\r\n\x1a\n"
 #: JPEG markers that carry no length (restart markers, start of image, TEM)
 _BARE = {0x01, *range(0xD0, 0xD9)}
@@ -69,6 +70,10 @@ def refuse_oversized(raw: bytes, what: str) -> None:
 
 
 def refuse_oversized_file(path: str) -> None:
-    """refuse_oversized on the start of a file (OSError where it cannot be read)."""
+    """refuse_oversized on the start of a file (OSError where it cannot be read): its first 64 KiB,
+    or up to a megabyte for a JPEG whose frame header comes later."""
     with open(path, "rb") as f:
-        refuse_oversized(f.read(HEAD_BYTES), path)
+        head = f.read(HEAD_BYTES)
+        if head[:2] == b"\xff\xd8" and jpeg_size(head) is None:
+            head += f.read(MAX_HEAD_BYTES - len(head))
+    refuse_oversized(head, path)

@@ -53,6 +53,19 @@ def test_a_header_declaring_gigapixels_is_refused_and_a_camera_frame_is_not() ->
     assert 8192 * 8192 == MAX_PIXELS
 
 
+def test_a_frame_header_behind_large_profile_segments_is_still_found(tmp_path: Path) -> None:
+    """A camera's JPEG with big ICC profile segments (three of 60 kB here) puts its frame header past
+    the first 64 KiB that is read at first: the rest of the first megabyte is read for it."""
+    from edge_agent.imageheader import refuse_oversized_file
+
+    jpeg = jpeg_declaring(cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tobytes(), 30_000, 30_000)
+    icc = b"\xff\xe2" + (2 + 60_000).to_bytes(2, "big") + bytes(60_000)
+    path = tmp_path / "profiled.jpg"
+    path.write_bytes(jpeg[:2] + icc * 3 + jpeg[2:])
+    with pytest.raises(ValueError, match="declares 30000x30000"):
+        refuse_oversized_file(str(path))
+
+
 def test_predict_refuses_a_picture_declaring_gigapixels_without_decoding_it(tmp_path: Path) -> None:
     """`predict` on a crafted JPEG: an error naming the file and what it declares, exit 1, and a good
     picture beside it still predicted."""
