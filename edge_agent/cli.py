@@ -318,9 +318,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import cv2
 
-    from edge_agent.imageheader import refuse_oversized_file
+    from edge_agent.imageheader import read_image
     from edge_agent.model import Model
     from edge_agent.modelfile import ModelError
     from edge_agent.payload import prediction
@@ -391,14 +390,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 status = max(status, _predict_video(args, path, emit))
                 continue
             try:
-                refuse_oversized_file(str(path))
-                img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                img = read_image(str(path))
             except (OSError, ValueError) as err:
                 print(f"edge-agent: cannot read image {path}: {err}", file=sys.stderr)
-                status = EXIT_FAIL
-                continue
-            if img is None:
-                print(f"edge-agent: cannot read image {path}", file=sys.stderr)
                 status = EXIT_FAIL
                 continue
             emit(img, str(path))

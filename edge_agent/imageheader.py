@@ -8,6 +8,11 @@ here first; what declares more than MAX_PIXELS is refused unread.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
 #: A camera frame of 8192 x 8192 is 67 million pixels; 200 MB decoded.
 MAX_PIXELS = 1 << 26
 #: How much of a file's start is read for its header: a JPEG's frame header follows its EXIF and ICC
@@ -67,6 +72,18 @@ def refuse_oversized(raw: bytes, what: str) -> None:
     size = declared_size(raw)
     if size is not None and (size[0] * size[1] > MAX_PIXELS or 0 in size):
         raise ValueError(f"{what} declares {size[0]}x{size[1]} pixels: more than {MAX_PIXELS}, or none")
+
+
+def read_image(path: str) -> np.ndarray:
+    """A picture file decoded (BGR, EXIF orientation applied), its header checked first; ValueError or
+    OSError saying why it cannot be (too large, unreadable, not a picture)."""
+    import cv2
+
+    refuse_oversized_file(path)
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"cannot decode image {path}")
+    return img
 
 
 def refuse_oversized_file(path: str) -> None:

@@ -6,10 +6,9 @@ import glob
 import os
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
-from edge_agent.imageheader import refuse_oversized_file
+from edge_agent.imageheader import read_image
 from edge_agent.sources.base import EndOfStream, FrameError, Source, SourceError
 
 if TYPE_CHECKING:
@@ -55,19 +54,15 @@ class ImageSetSource(Source):
 
     def retrieve(self) -> np.ndarray:
         path = self._files[self._pos]
-        why = f"cannot decode image {path}"
         try:
             # a folder cameras upload to can get anything: a picture whose header declares gigapixels is
             # skipped unread, not decoded into memory the board has not got
-            refuse_oversized_file(path)
-            img = cv2.imread(path, cv2.IMREAD_COLOR)
+            img = read_image(path)
         except (OSError, ValueError) as err:
-            img, why = None, str(err)
-        if img is None:
             # one unreadable file (half copied, not an image) is skipped; a set where none reads is a failure
             self._bad_in_a_row += 1
             if self._bad_in_a_row >= len(self._files):
-                raise SourceError(f"no image in {self.uri} can be decoded")
-            raise FrameError(why)
+                raise SourceError(f"no image in {self.uri} can be decoded") from None
+            raise FrameError(str(err)) from None
         self._bad_in_a_row = 0
         return img
