@@ -90,6 +90,15 @@ class MQTTConfig(_Strict):
     down_log_s: float = Field(
         60.0, ge=1, le=86400, description="While the broker cannot be reached, log that this often (first: at once)."
     )
+    max_packet_bytes: int = Field(
+        0,
+        ge=0,
+        le=268_435_460,
+        description="Largest MQTT packet the broker takes (AWS IoT Core: 131072); a larger message is dropped, "
+        "counted and said in health instead of sent, since a broker closes the connection on one and it would "
+        "be sent again at every reconnect. 0: what an MQTT 5 broker says when it accepts the connection, or "
+        "what the broker shows by closing the connection on the same large packet twice.",
+    )
 
     @model_validator(mode="after")
     def _password_from_file(self) -> MQTTConfig:

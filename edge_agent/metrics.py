@@ -34,7 +34,9 @@ MB = 1e6  # the health document's MB are 10^6 bytes
 #: Every reason a frame or window can be dropped, every reason a message can be lost, ...:
 #: the label values each such counter has from the first scrape, at 0.
 FRAME_DROPS = ("replaced", "sink_full", "queue_full", "undecodable")
-BROKER_DROPS = ("inbox_full", "queue_full", "broker_down", "superseded", "shutdown", "error", "health_unsent")
+BROKER_DROPS = (
+    "inbox_full", "queue_full", "broker_down", "superseded", "shutdown", "error", "health_unsent", "too_large",
+)
 OUTBOX_DROPS = ("outbox_downsampled", "outbox_full_newest", "outbox_full_oldest")
 COMMAND_RESULTS = ("received", "rejected", "done", "duplicate", "errors")
 EVENT_TYPES = ("new", "update", "end")

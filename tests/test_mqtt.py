@@ -243,6 +243,89 @@ def test_two_devices_with_one_device_id_are_told_apart_from_a_broker_restart(
     one.close(1)
 
 
+_LIMIT = 20_000
+
+
+def _limited_broker(tmp_path: Path) -> Broker:
+    """A mosquitto that takes packets of up to _LIMIT bytes and closes the connection of a client that
+    sends a larger one (`max_packet_size`; AWS IoT Core's limit is 128 KB, a snapshot's default cap 150)."""
+    port = free_port()
+    conf = f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_packet_size {_LIMIT}\n"
+    return Broker(tmp_path, conf, port).start()
+
+
+def _sized(topic: str, packet: int, protocol: str) -> Message:
+    """A QoS 1 message whose PUBLISH packet is `packet` bytes."""
+    from edge_agent.sinks.mqtt import packet_size
+
+    n = packet - packet_size(topic, 0, 1, protocol == "5")
+    n -= packet_size(topic, n, 1, protocol == "5") - packet
+    assert packet_size(topic, n, 1, protocol == "5") == packet
+    return Message(topic, b"x" * n, qos=1)
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_a_message_larger_than_the_broker_takes_is_dropped_not_resent_at_every_reconnect(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, protocol: str
+) -> None:
+    """A broker closes the connection on a packet larger than it takes, and the outbox used to send
+    that message again, first, at every reconnect: one snapshot over the broker's limit cut the device
+    off for good (nothing after it ever arrived, the connection dropped every second). Under MQTT 5
+    the broker names its limit when it accepts the connection, and nothing larger is sent; under 3.1.1
+    the limit shows as the connection closed twice on the same packet. Either way that message is
+    dropped, counted and said in health and the log, everything after it arrives, and a later one as
+    large is dropped without costing a connection; a packet of exactly the limit goes through."""
+    from edge_agent.outbox import Outbox
+    from edge_agent.sinks.mqtt import Subscriber
+
+    caplog.set_level(logging.INFO, logger="edge_agent.sinks.mqtt")
+    b = _limited_broker(tmp_path)
+    cfg = b.mqtt(protocol=protocol, reconnect_min_s=0.1, reconnect_max_s=0.5)
+    sub = Subscriber(b.mqtt(), ["edge/dev1/#"])
+    assert sub.start(10)
+    # the retained state every connection begins with holds one too large as well (a snapshot)
+    snapshot = _sized("edge/dev1/snapshot/cat", 3 * _LIMIT, protocol)
+    s = MqttSink(cfg, "dev1", lambda: [snapshot] if protocol == "5" else [],
+                 Outbox(tmp_path / "o.sqlite", 1000, "drop_oldest", 60))
+    s.start()
+    try:
+        assert s.wait_connected(10)
+        assert s.submit(_sized("edge/dev1/events", 2 * _LIMIT, protocol))
+        for i in range(5):
+            assert s.submit(Message("edge/dev1/predictions", str(i).encode(), qos=1))
+        got: set[int] = set()  # at least once: those sent behind the large one come again, unacknowledged
+        while len(got) < 5:
+            got.add(collect(sub, lambda t, p, r: t.endswith("/predictions"), 30)[1])
+        assert got == set(range(5))
+        assert s.drops["too_large"] == 1 + (protocol == "5")
+        assert s.stats()["max_packet_bytes"] == (_LIMIT if protocol == "5" else 2 * _LIMIT - 1)
+        assert any("larger than the broker takes" in p and "edge/dev1/" in p for p in s.problems()), s.problems()
+        wait_until(lambda: s.outbox is not None and s.outbox.depth() == 0 and not s.queue_depth(), 10,
+                   what="the backlog to drain")
+        connects = s.connects
+        assert connects == (1 if protocol == "5" else 3)  # 3.1.1: closed twice on it, then known
+        if protocol == "3.1.1":
+            assert caplog.text.count("closed the connection right after a packet of") == 1
+        # a later one as large is dropped at once; one of exactly the broker's limit goes through
+        assert s.submit(_sized("edge/dev1/events", 2 * _LIMIT + 10, protocol))
+        edge = _sized("edge/dev1/edge", _LIMIT if protocol == "5" else 2 * _LIMIT - 1, protocol)
+        if protocol == "3.1.1":  # what it learnt is above the broker's real limit: tell it that
+            s._max_packet = _LIMIT
+            edge = _sized("edge/dev1/edge", _LIMIT, protocol)
+        assert s.submit(edge)
+        assert s.submit(_sized("edge/dev1/over", _LIMIT + 1, protocol))
+        assert s.submit(Message("edge/dev1/predictions", b"5", qos=1))
+        assert collect(sub, lambda t, p, r: t.endswith(("/edge", "/over", "/predictions")), 10)[0] == "edge/dev1/edge"
+        assert collect(sub, lambda t, p, r: t.endswith(("/edge", "/over", "/predictions")), 10)[1] == 5
+        assert s.connects == connects and s.is_connected()
+        assert s.drops["too_large"] == 3 + (protocol == "5")
+        assert caplog.text.count("larger than the broker takes") == 2 + (protocol == "5")  # once per topic
+    finally:
+        s.close(2)
+        sub.stop()
+        b.stop()
+
+
 def test_check_connects_and_logs_in_and_names_the_broker_when_it_cannot(tmp_path: Path) -> None:
     pw = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "agent", "right"], check=True)

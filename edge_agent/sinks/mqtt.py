@@ -48,6 +48,19 @@ _SHORT_LIVED_S = 10.0
 _TAKEN_OVER_AFTER = 3
 #: Loop period while a backlog is being replayed (the rate limit is applied per tick).
 _REPLAY_TICK_S = 0.02
+#: The smallest packet size a broker's limit is ever learnt from (MQTT 3.1.1, where it cannot say it): the
+#: agent's own documents (info, predictions, events) stay under it, so a broker that restarts again and again
+#: while one of them is being resent is never taken for one that refuses it.
+_LEARN_FLOOR = 16 * 1024
+
+
+def packet_size(topic: str, payload_len: int, qos: int, v5: bool) -> int:
+    """Bytes of the PUBLISH packet that carries a message, as a broker's maximum packet size counts
+    them: the fixed header (its remaining length a 1-4 byte varint), the topic with its length, the
+    packet id (QoS > 0), the properties' length (MQTT 5, none set) and the payload."""
+    rest = 2 + len(topic.encode("utf-8")) + (2 if qos else 0) + (1 if v5 else 0) + payload_len
+    varint = 1 if rest < 128 else 2 if rest < 16_384 else 3 if rest < 2_097_152 else 4
+    return 1 + varint + rest
 
 
 def _no_delay(client: paho.Client) -> None:
@@ -58,6 +71,20 @@ def _no_delay(client: paho.Client) -> None:
             setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+
+
+def _forget_unsent(client: paho.Client) -> None:
+    """Drop the QoS > 0 messages paho holds unacknowledged, which it would send again, as they are,
+    as soon as it reconnects. The outbox holds its own copies and sends them through `_fits`: a
+    packet the broker closed the connection on would otherwise be resent by paho at every reconnect,
+    past any check. Paho has no public call for this; its attributes are looked up, so a paho that
+    renames them leaves its resending as it was (consumers drop duplicates by boot_id + seq)."""
+    lock, held = getattr(client, "_out_message_mutex", None), getattr(client, "_out_messages", None)
+    if lock is None or held is None or not hasattr(held, "clear"):
+        return
+    with lock:
+        held.clear()
+        client._inflight_messages = 0
 
 
 def topic_base(cfg: MQTTConfig, device_id: str) -> str:
@@ -92,6 +119,7 @@ class _Event:
     detail: str = ""
     mid: int = 0
     refused: tuple[bool, ...] = ()  # suback: per topic asked for, whether the broker refused it
+    max_packet: int | None = None  # connected: the Maximum Packet Size an MQTT 5 broker's CONNACK names
 
 
 class MqttSink(Sink):
@@ -174,6 +202,20 @@ class MqttSink(Sink):
         #: a broker never reached since start has been away since start (not since the attempt gave up)
         self._created = time.monotonic()
         self._down_logged = float("-inf")
+        self._v5 = cfg.protocol == "5"
+        #: the broker's largest packet: as configured, as its CONNACK says (MQTT 5), as learnt (3.1.1)
+        self._max_packet: int | None = cfg.max_packet_bytes or None
+        self._connack_max: int | None = None
+        self._learnt_max: int | None = None
+        #: the largest packet sent lately that is larger than any the broker has been seen to take
+        #: (size, topic, when), and that largest taken: what a connection closed at once is suspected of
+        self._largest_sent: tuple[int, str, float] | None = None
+        self._largest_taken = 0
+        #: (size, topic) of the packet the last connection was closed on, suspected of being too large
+        self._suspect: tuple[int, str] | None = None
+        #: the latest message dropped as larger than the broker takes (topic, bytes), for health
+        self.too_large: tuple[str, int] | None = None
+        self._too_large_topics: set[str] = set()
 
     # --- paho callbacks: enqueue only ---------------------------------------------------------
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
@@ -192,7 +234,8 @@ class MqttSink(Sink):
         if reason_code.is_failure:
             self._events.put(_Event("refused", str(reason_code)))
         else:
-            self._events.put(_Event("connected"))
+            limit = getattr(properties, "MaximumPacketSize", None)  # MQTT 5 only, where the broker sets it
+            self._events.put(_Event("connected", max_packet=int(limit) if limit else None))
         self._wake.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -294,6 +337,7 @@ class MqttSink(Sink):
             "availability_restored": self.availability_restored,
             "refused_subscriptions": list(self.refused_subscriptions),
             "taken_over": self.taken_over,
+            "max_packet_bytes": self._packet_limit(),
             "drops": dict(self.drops),
             "last_error": self.last_error,
             "outbox": self.outbox.stats() if self.outbox is not None else None,
@@ -360,6 +404,8 @@ class MqttSink(Sink):
                     log.info("mqtt connected to %s:%s", self.cfg.host, self.cfg.port)
                 self._down_since, self._down_logged = None, float("-inf")
                 self._connected_at = time.monotonic()
+                self._connack_max = ev.max_packet
+                self._largest_sent = None
                 _no_delay(self._client)
                 self._publish_birth()
                 # a clean session forgets subscriptions: ask again on every connect. Our own
@@ -392,17 +438,22 @@ class MqttSink(Sink):
                 self.last_error = f"broker refused connection: {ev.detail}"
                 self._connected.clear()
             else:
-                if self._connected.is_set():
+                if self._connected_at is not None:  # the end of a connection the broker accepted (a send
+                    # that found it gone may have cleared _connected already)
                     log.warning("mqtt disconnected: %s", ev.detail)
                     self._down_logged = time.monotonic()
+                    self._suspect_size(ev.detail)
                     self._note_short_lived(ev.detail)
                 self._down_since = self._down_since or self._away_from()
                 if self.state != "refused":  # the drop after a refusal is not news
                     self.state = "disconnected"
                     self.last_error = f"disconnected: {ev.detail}"
                 self._connected.clear()
-                # unacknowledged QoS>0 messages may be lost with the connection: keep a copy
-                # (paho may resend them too; consumers drop duplicates by boot_id + seq)
+                # unacknowledged QoS>0 messages may be lost with the connection: the outbox keeps
+                # them, and sends them again through the checks of every send (paho would resend
+                # its own copies at the reconnect, the packet a broker closed the connection on
+                # among them)
+                _forget_unsent(self._client)
                 self._spill([m for info, m in self._inflight if not info.is_published()])
                 self._inflight.clear()
                 self._replay_inflight.clear()
@@ -429,8 +480,62 @@ class MqttSink(Sink):
             )
             log.error("mqtt: %s", self.taken_over)
 
+    def _packet_limit(self) -> int | None:
+        limits = [n for n in (self._max_packet, self._connack_max, self._learnt_max) if n is not None]
+        return min(limits) if limits else None
+
+    def _fits(self, topic: str, payload: bytes, qos: int) -> bool:
+        """Whether the broker takes this message's packet. One larger than it takes is dropped, counted,
+        logged (once per topic) and said in health: sent, the broker would close the connection on it
+        (MQTT 3.1.1 gives it no other way to refuse), and from the outbox it would be sent again at
+        every reconnect, ahead of everything after it: one snapshot would cut the device off for good."""
+        size = packet_size(topic, len(payload), qos, self._v5)
+        limit = self._packet_limit()
+        if limit is None or size <= limit:
+            largest = self._largest_sent
+            if size > self._largest_taken and (largest is None or size >= largest[0]):
+                self._largest_sent = (size, topic, time.monotonic())
+            return True
+        self.drops["too_large"] += 1
+        self.too_large = (topic, size)
+        if topic not in self._too_large_topics:
+            self._too_large_topics.add(topic)
+            log.error(
+                "mqtt: a message of %d bytes on %s is larger than the broker takes (%d bytes); dropped, as are "
+                "all such (lower snapshots.max_bytes, or raise the broker's limit)", size, topic, limit,
+            )
+        return False
+
+    def _suspect_size(self, reason: str) -> None:
+        """A broker that takes packets up to a size closes the connection on a larger one. MQTT 5 says
+        so (its CONNACK names the size, its DISCONNECT "Packet too large"); MQTT 3.1.1 cannot, and the
+        connection just closes. Closed twice within _SHORT_LIVED_S of sending the same packet, larger
+        than any the broker has taken, is taken to say it: packets of that size on are not sent again.
+        Any other close clears the suspicion."""
+        sent, self._largest_sent = self._largest_sent, None
+        recent = sent is not None and time.monotonic() - sent[2] < _SHORT_LIVED_S
+        said = "too large" in reason.lower()
+        if (sent is None or not recent or sent[0] <= _LEARN_FLOOR or self._max_packet is not None
+                or self._connack_max is not None or ("keep alive" in reason.lower() and not said)):
+            self._suspect = None
+            return
+        seen = (sent[0], sent[1])
+        if not said and self._suspect != seen:
+            self._suspect = seen
+            return
+        self._suspect = None
+        self._learnt_max = min(sent[0] - 1, self._learnt_max or sent[0])
+        log.error(
+            "mqtt: the broker closed the connection right after a packet of %d bytes on %s%s: it takes "
+            "smaller ones only; messages of %d bytes or more are dropped from now on (set mqtt.max_packet_bytes "
+            "to the broker's limit)", sent[0], sent[1], f" ({reason})" if said else ", twice", sent[0],
+        )
+
     def _still_connected(self) -> None:
-        """A connection that has lasted clears the suspicion."""
+        """A connection that has lasted clears the suspicion; a packet it has lasted long after was taken."""
+        sent = self._largest_sent
+        if sent is not None and time.monotonic() - sent[2] >= _SHORT_LIVED_S:
+            self._largest_taken, self._largest_sent = max(self._largest_taken, sent[0]), None
         at = self._connected_at
         if at is not None and self._short_lived and time.monotonic() - at >= _SHORT_LIVED_S:
             self._short_lived = 0
@@ -460,6 +565,9 @@ class MqttSink(Sink):
         if self.taken_over is not None:
             out.append(f"broker closes each connection right after accepting it (client id '{self.client_id}' "
                        "in use elsewhere?)")
+        if self.too_large is not None:
+            out.append(f"messages larger than the broker takes ({self._packet_limit()} bytes) dropped: "
+                       f"{self.drops['too_large']}, the latest {self.too_large[1]} bytes on {self.too_large[0]}")
         return out
 
     def _away_from(self) -> float:
@@ -486,7 +594,8 @@ class MqttSink(Sink):
     def _publish_birth(self) -> None:
         self._client.publish(self.availability_topic, ONLINE, qos=AVAILABILITY_QOS, retain=True)
         for m in self.retained_state():
-            self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+            if self._fits(m.topic, m.payload, m.qos):
+                self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
 
     def _prune_inflight(self) -> None:
         while self._inflight and self._inflight[0][0].is_published():
@@ -498,6 +607,9 @@ class MqttSink(Sink):
             self.outbox.ack(done)
 
     def _send(self, m: Message) -> bool:
+        """False where the message could not be handed to paho (keep it); one too large is dropped."""
+        if not self._fits(m.topic, m.payload, m.qos):
+            return True
         info = self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
@@ -544,8 +656,12 @@ class MqttSink(Sink):
         if n < 1 or len(self._replay_inflight) >= _MAX_INFLIGHT:
             return bool(self._replay_inflight) or self._replay_after > 0 or n < 1
         rows = self.outbox.peek(min(n, _BATCH), self._replay_after)
-        sent_qos0 = []
+        done = []
         for row_id, m in rows:
+            if not self._fits(m.topic, m.payload, m.qos):  # stored before the broker's limit was known
+                self._replay_after = row_id
+                done.append(row_id)
+                continue
             info = self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
@@ -555,8 +671,8 @@ class MqttSink(Sink):
             if m.qos:
                 self._replay_inflight.append((row_id, info))
             else:
-                sent_qos0.append(row_id)
-        self.outbox.ack(sent_qos0)
+                done.append(row_id)
+        self.outbox.ack(done)
         if not rows and not self._replay_inflight:
             self._replay_idle_at = self.outbox.stored
         return bool(rows) or bool(self._replay_inflight)
