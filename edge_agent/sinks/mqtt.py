@@ -91,14 +91,53 @@ def topic_base(cfg: MQTTConfig, device_id: str) -> str:
     return device_base(cfg.topic_prefix, device_id)
 
 
-def _make_client(cfg: MQTTConfig, client_id: str, persistent: bool = False) -> paho.Client:
+#: Said where no connection attempt has told why it failed.
+_UNREACHABLE = "connection refused or host unreachable"
+
+
+def why_unreachable(err: OSError) -> str:
+    """What a failed connection attempt's error means, in the words a user acts on: a broker whose TLS
+    certificate has expired or names another host, a CA file for another broker, a host name DNS does
+    not know, nothing listening on the port, a TLS client at a plain port."""
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate is not trusted ({err.verify_message})"
+    if isinstance(err, ssl.SSLError):
+        hint = " (a TLS client at a port that does not speak TLS?)" if err.reason == "WRONG_VERSION_NUMBER" else ""
+        return f"TLS: {err.reason or err}{hint}"
+    if isinstance(err, socket.gaierror):
+        return f"cannot resolve the host name ({err.strerror})"
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused (nothing listens on that port)"
+    if isinstance(err, TimeoutError):
+        return "no answer (timed out)"
+    return err.strerror or str(err) or type(err).__name__
+
+
+class _Client(paho.Client):
+    """Paho's client, keeping why its latest connection attempt failed: its `on_connect_fail` is told
+    only that one did, so a broker whose certificate expired read "connection refused or host
+    unreachable" in the log and in `check`."""
+
+    last_connect_error: str | None = None
+
+    def reconnect(self) -> MQTTErrorCode:
+        try:
+            rc = super().reconnect()
+        except OSError as err:
+            self.last_connect_error = why_unreachable(err)
+            raise
+        self.last_connect_error = None
+        return rc
+
+
+def _make_client(cfg: MQTTConfig, client_id: str, persistent: bool = False) -> _Client:
     proto = paho.MQTTv5 if cfg.protocol == "5" else paho.MQTTv311
     if proto == paho.MQTTv311:  # MQTT 5 has no clean_session; its session expiry defaults to 0
-        client = paho.Client(
+        client = _Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto, clean_session=not persistent
         )
     else:
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
+        client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
     if cfg.username is not None:
         client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
     if cfg.tls.ca_file is not None:
@@ -247,7 +286,7 @@ class MqttSink(Sink):
         self._wake.set()
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
-        self._events.put(_Event("unreachable", "connection refused or host unreachable"))
+        self._events.put(_Event("unreachable", getattr(client, "last_connect_error", None) or _UNREACHABLE))
         self._wake.set()
 
     # --- public API ----------------------------------------------------------------------------
@@ -689,7 +728,7 @@ def probe_broker(cfg: MQTTConfig, timeout_s: float = 5.0) -> str | None:
         done.set()
 
     def on_connect_fail(client: Any, userdata: Any) -> None:
-        outcome.append("connection refused or host unreachable")
+        outcome.append(getattr(client, "last_connect_error", None) or _UNREACHABLE)
         done.set()
 
     client = _make_client(cfg, f"edge-agent-check-{time.monotonic_ns()}")
