@@ -3,7 +3,8 @@
 A JPEG or PNG of a few hundred bytes can declare 30,000 x 30,000 pixels: decoded, 2.7 GB, which a
 board has not got (the kernel kills the agent, systemd starts it, and it reads the same file again).
 Pictures that arrive from elsewhere (a folder cameras upload to, a device's escalation) are checked
-here first; what declares more than MAX_PIXELS is refused unread.
+here first; what declares more than MAX_PIXELS is refused unread. Other formats (WebP, TIFF, BMP) are
+left to OpenCV's own check of the same limit, which the package sets as it is imported.
 """
 
 from __future__ import annotations
@@ -80,7 +81,12 @@ def read_image(path: str) -> np.ndarray:
     import cv2
 
     refuse_oversized_file(path)
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    try:
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+    except cv2.error as err:  # OpenCV's own limit (edge_agent/__init__.py), for the other formats
+        limit = "CV_IO_MAX_IMAGE_PIXELS" in str(err) or "CV_IO_MAX_IMAGE_WIDTH" in str(err)
+        why = f"it declares more than {MAX_PIXELS} pixels" if limit else str(err).strip().splitlines()[-1]
+        raise ValueError(f"cannot decode image {path}: {why}") from None
     if img is None:
         raise ValueError(f"cannot decode image {path}")
     return img

@@ -102,3 +102,22 @@ def test_an_image_folder_skips_a_picture_declaring_gigapixels_unread(tmp_path: P
     assert got[0] == (96, 128, 3) and got[2] == (96, 128, 3), got
     assert "b.jpg" in str(got[1]) and "declares 30000x30000" in str(got[1]), got
     assert grew_mb < 200, grew_mb
+
+
+def test_a_webp_or_tiff_declaring_more_than_the_limit_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    """The headers read here are JPEG's and PNG's. A lossless WebP of a few KB, or a deflated TIFF, that
+    declares 16,000 x 16,000 decoded to 1.6 and 2.5 GB in `predict` (measured). OpenCV's own check of the
+    same limit, which the package sets as it is imported, refuses them before allocating: `predict` names
+    each and what it declares, exits 1, and predicts a WebP of camera size beside them."""
+    big = np.zeros((9000, 9000, 3), np.uint8)  # 81 million pixels: over the limit
+    (tmp_path / "bomb.webp").write_bytes(cv2.imencode(".webp", big, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes())
+    (tmp_path / "bomb.tif").write_bytes(cv2.imencode(".tiff", big, [cv2.IMWRITE_TIFF_COMPRESSION, 8])[1].tobytes())
+    del big
+    fine = cv2.imencode(".webp", np.full((480, 640, 3), 128, np.uint8), [cv2.IMWRITE_WEBP_QUALITY, 90])[1]
+    (tmp_path / "fine.webp").write_bytes(fine.tobytes())
+    files = [str(tmp_path / n) for n in ("bomb.webp", "bomb.tif", "fine.webp")]
+    r = run_cli("predict", str(SHORT), *files, "--json")
+    assert r.returncode == 1, r.stderr
+    for bomb in files[:2]:
+        assert f"cannot decode image {bomb}: it declares more than {MAX_PIXELS} pixels" in r.stderr, r.stderr
+    assert "fine.webp" in r.stdout and r.stdout.count("\n") == 1, r.stdout
