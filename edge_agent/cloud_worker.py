@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: Escalations above this are not read.
 MAX_BYTES = 16 << 20
+#: Escalation bytes held unread; what arrives beyond it is dropped and counted (`overflow` in the log).
+MAX_HELD_BYTES = 256 << 20
 
 
 def _image(item: dict[str, Any]) -> np.ndarray:
@@ -119,7 +121,9 @@ class CloudWorker:
     def run(self, seconds: float | None = None) -> int:
         from edge_agent.sinks.mqtt import Subscriber
 
-        sub = Subscriber(self.settings.mqtt, [self.topic], client_id=f"edge-agent-worker-{self.worker_id}")
+        # escalations held unread are bounded: devices (or anything allowed to publish there) decide how many come
+        sub = Subscriber(self.settings.mqtt, [self.topic], client_id=f"edge-agent-worker-{self.worker_id}",
+                         max_bytes=MAX_HELD_BYTES)
         if not sub.start(10.0):
             log.error("cannot subscribe to %s on %s:%d", self.topic, self.settings.mqtt.host, self.settings.mqtt.port)
             sub.stop()
@@ -133,8 +137,13 @@ class CloudWorker:
         )
         deadline = None if seconds is None else time.monotonic() + seconds
         prefix = self.settings.mqtt.topic_prefix
+        said_overflow, said_at = 0, float("-inf")
         try:
             while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                if sub.overflow != said_overflow and time.monotonic() - said_at >= 60:
+                    said_overflow, said_at = sub.overflow, time.monotonic()
+                    log.warning("escalations arrive faster than this worker answers them: %d dropped unread so "
+                                "far (%d MiB held); run more workers in the group", said_overflow, MAX_HELD_BYTES >> 20)
                 msg = sub.get(0.25)
                 if msg is None:
                     continue

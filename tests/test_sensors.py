@@ -208,12 +208,13 @@ def _agent_env(broker: Broker) -> dict[str, str]:
 
 def _start_agent(  # type: ignore[no-untyped-def]
     agent_factory, broker: Broker, rec: Recorder, device: str, source: str, model: Path, *sets: str
-) -> None:
+) -> Any:
     args = ["run", "--device-id", device, "--source", source, "--model", str(model)]
     for item in sets:
         args += ["--set", item]
-    agent_factory(args, env=_agent_env(broker))
+    agent = agent_factory(args, env=_agent_env(broker))
     wait_until(lambda: rec.source().get("state") == "running", 30, what=f"{source} open")
+    return agent
 
 
 def test_serial_port_through_the_agent_with_device_loss_and_return(  # type: ignore[no-untyped-def]
@@ -487,6 +488,45 @@ def test_readings_from_another_client_on_the_broker(  # type: ignore[no-untyped-
             5,
             what="400 samples and one bad message counted",
         )
+    finally:
+        pub.stop()
+        rec.close()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def test_a_device_that_floods_the_topic_costs_readings_not_the_agent(  # type: ignore[no-untyped-def]
+    stream: np.ndarray, broker: Broker, agent_factory
+) -> None:
+    """Another device decides how fast readings come and how many a message holds. One that sent large
+    batches faster than the agent parses them grew it by 1.4 GB in 20 s (measured here) and held its
+    capture loop until the watchdog restarted it. Now a batch of more than MAX_BATCH readings is not
+    read (each counted as dropped), what is held unread is bounded, and what cannot be held is counted:
+    the agent's peak memory stays put, and it goes on reading."""
+    from edge_agent.signals.mqtt_topic import MAX_BATCH
+
+    rec = Recorder(broker, "hub")
+    pub = Subscriber(broker.mqtt(), [], client_id="flooding-device")
+    pub.start(10)
+    topic = "sensors/watch1/imu"
+    try:
+        channels = 'signal.channels=["ax","ay","az","gx","gy","gz"]'
+        agent = _start_agent(agent_factory, broker, rec, "hub", f"mqtt:{topic}", MOTION["float"], channels)
+        pub.publish(topic, json.dumps({"samples": [[0.5] * 6] * (MAX_BATCH + 1)}).encode(), qos=1)
+        wait_until(lambda: rec.source().get("dropped_samples") == MAX_BATCH + 1, 10, what="the batch's readings lost")
+        before = _peak_rss_mb(agent.proc.pid)
+        batch = json.dumps({"samples": np.tile(stream[:50], (40, 1)).tolist()}).encode()  # 2,000 readings
+        for _ in range(3000):  # 300 MB, as fast as the socket takes it
+            pub.publish(topic, batch, qos=0)
+        wait_until(lambda: rec.source().get("dropped_samples", 0) > MAX_BATCH + 1, 10, what="the flood's losses")
+        read = rec.source()["samples"]
+        wait_until(lambda: rec.source()["samples"] > read, 10, what="reading to go on")
+        grew = _peak_rss_mb(agent.proc.pid) - before
+        assert grew < 100, f"peak RSS grew {grew:.0f} MB"
+        assert agent.proc.poll() is None and "watchdog" not in agent.log()
     finally:
         pub.stop()
         rec.close()

@@ -748,13 +748,30 @@ def probe_broker(cfg: MQTTConfig, timeout_s: float = 5.0) -> str | None:
 
 
 class Subscriber:
-    """A plain subscriber for `edge-agent listen` and the tests: callbacks enqueue, callers read."""
+    """A plain subscriber for `edge-agent listen`, the cloud worker, readings from other devices and the
+    tests: callbacks enqueue, callers read."""
 
-    def __init__(self, cfg: MQTTConfig, topics: list[str], client_id: str | None = None, persistent: bool = False):
-        """persistent: a session the broker keeps (and queues QoS 1 for) while this client is away."""
+    def __init__(
+        self,
+        cfg: MQTTConfig,
+        topics: list[str],
+        client_id: str | None = None,
+        persistent: bool = False,
+        max_bytes: int | None = None,
+    ):
+        """persistent: a session the broker keeps (and queues QoS 1 for) while this client is away.
+        max_bytes: the most payload bytes held unread; a message that would go past it is dropped and
+        counted in `overflow`. Whoever can publish on the topics decides how fast messages come: a
+        device that sends batches faster than they are read grew an unbounded queue until the kernel
+        killed the process."""
         self.cfg = cfg
         self.topics = topics
         self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+        self.max_bytes = max_bytes
+        #: payload bytes in `messages`, and messages dropped because they would not fit (max_bytes)
+        self.held_bytes = 0
+        self.overflow = 0
+        self._held_lock = threading.Lock()
         self.subscribed = threading.Event()
         #: the first connection attempt failed (refused, unreachable, or the broker refused us)
         self.failed = threading.Event()
@@ -778,7 +795,14 @@ class Subscriber:
         self.subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        self.messages.put((msg.topic, msg.payload, bool(msg.retain)))
+        payload = bytes(msg.payload)
+        if self.max_bytes is not None:
+            with self._held_lock:
+                if self.held_bytes + len(payload) > self.max_bytes:
+                    self.overflow += 1
+                    return
+                self.held_bytes += len(payload)
+        self.messages.put((msg.topic, payload, bool(msg.retain)))
 
     def start(self, timeout: float = 10.0) -> bool:
         """True once subscribed; False at once when the first attempt fails, else after `timeout`."""
@@ -791,10 +815,15 @@ class Subscriber:
         return True
 
     def get(self, timeout: float) -> tuple[str, bytes, bool] | None:
+        """The oldest message unread, waiting up to `timeout` (0: not at all) for one."""
         try:
-            return self.messages.get(timeout=timeout)
+            msg = self.messages.get(timeout=timeout) if timeout > 0 else self.messages.get_nowait()
         except queue.Empty:
             return None
+        if self.max_bytes is not None:
+            with self._held_lock:
+                self.held_bytes -= len(msg[1])
+        return msg
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         self._client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
