@@ -360,9 +360,10 @@ def test_run_logs_a_missing_broker_at_once_and_then_periodically(tmp_path: Path,
     assert "messages waiting in the outbox" in agent.log()
 
 
-def _make_pki(d: Path, expired: bool = False) -> tuple[Path, Path, Path, Path]:
-    """A CA, a server certificate it signed for localhost and 127.0.0.1 (`expired`: one that ran out an
-    hour ago), its key, and another CA that signed nothing of this."""
+def _make_pki(d: Path, valid: str = "now") -> tuple[Path, Path, Path, Path]:
+    """A CA, a server certificate it signed for localhost and 127.0.0.1 (valid now; "expired": it ran
+    out an hour ago; "later": from tomorrow, as a device whose clock is behind sees any), its key, and
+    another CA that signed nothing of this."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -382,8 +383,8 @@ def _make_pki(d: Path, expired: bool = False) -> tuple[Path, Path, Path, Path]:
     srv_key = key()
     srv = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
            .issuer_name(ca_name).public_key(srv_key.public_key()).serial_number(x509.random_serial_number())
-           .not_valid_before(now - datetime.timedelta(days=2))
-           .not_valid_after(now + datetime.timedelta(hours=-1 if expired else 24))
+           .not_valid_before(now + datetime.timedelta(days=1 if valid == "later" else -2))
+           .not_valid_after(now + datetime.timedelta(hours=-1 if valid == "expired" else 48))
            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
            .sign(ca_key, hashes.SHA256()))
@@ -419,20 +420,22 @@ def test_tls_with_verification(tmp_path: Path) -> None:
 
 
 def test_why_a_broker_cannot_be_reached_is_said_in_check_and_the_log(tmp_path: Path) -> None:
-    """A broker whose certificate has expired, a CA file for another broker, a host name DNS does not
-    know: each used to read "connection refused or host unreachable" in `check`, in the log and in
-    health, the one thing none of them is. Each now says what it is."""
+    """A broker whose certificate has expired, a CA file for another broker, a device clock not set yet,
+    a host name DNS does not know: each used to read "connection refused or host unreachable" in
+    `check`, in the log and in health, the one thing none of them is. Each now says what it is."""
     from edge_agent.sinks.mqtt import probe_broker
 
     ca, cert, key, other_ca = _make_pki(tmp_path)
     (tmp_path / "old").mkdir()
-    old_ca, old_cert, old_key, _ = _make_pki(tmp_path / "old", expired=True)
+    (tmp_path / "later").mkdir()
+    old_ca, old_cert, old_key, _ = _make_pki(tmp_path / "old", valid="expired")
+    later_ca, later_cert, later_key, _ = _make_pki(tmp_path / "later", valid="later")
     brokers = []
-    for c, k in ((cert, key), (old_cert, old_key)):
+    for c, k in ((cert, key), (old_cert, old_key), (later_cert, later_key)):
         port = free_port()
         conf = f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {ca}\ncertfile {c}\nkeyfile {k}\n"
         brokers.append(Broker(tmp_path, conf, port).start())
-    good, old = brokers
+    good, old, later = brokers
     try:
         base = ["check", "--source", "synthetic", "--model", str(SHORT), "--accelerator", "cpu"]
         other = run_cli(*base, env={**good.env(), "EDGE_AGENT_MQTT__TLS__CA_FILE": str(other_ca)})
@@ -441,6 +444,9 @@ def test_why_a_broker_cannot_be_reached_is_said_in_check_and_the_log(tmp_path: P
         said = f"broker 127.0.0.1:{good.port}: TLS: the broker's certificate is not trusted ("
         assert problem.startswith(said), problem
         assert "certificate has expired" in str(probe_broker(old.mqtt(tls=TLSConfig(ca_file=old_ca))))
+        # a board without a real-time clock, before NTP has set it: every certificate is from its future
+        early = str(probe_broker(later.mqtt(tls=TLSConfig(ca_file=later_ca))))
+        assert "certificate is not yet valid) by this device's clock" in early, early
         assert probe_broker(good.mqtt(tls=TLSConfig(ca_file=ca))) is None
         unknown = probe_broker(MQTTConfig(host="no-such-host.invalid"))
         assert str(unknown).startswith("cannot resolve the host name"), unknown

@@ -100,7 +100,10 @@ def why_unreachable(err: OSError) -> str:
     certificate has expired or names another host, a CA file for another broker, a host name DNS does
     not know, nothing listening on the port, a TLS client at a plain port."""
     if isinstance(err, ssl.SSLCertVerificationError):
-        return f"TLS: the broker's certificate is not trusted ({err.verify_message})"
+        said = str(err.verify_message)
+        # a board without a real-time clock starts with the time it last saved, or 1970, until NTP sets it
+        clock = " by this device's clock, which may not be set yet" if "not yet valid" in said else ""
+        return f"TLS: the broker's certificate is not trusted ({said}){clock}"
     if isinstance(err, ssl.SSLError):
         hint = " (a TLS client at a port that does not speak TLS?)" if err.reason == "WRONG_VERSION_NUMBER" else ""
         return f"TLS: {err.reason or err}{hint}"
