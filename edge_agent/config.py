@@ -1073,9 +1073,14 @@ def _check_toml(path: Path) -> None:
 
     try:
         with path.open("rb") as f:
+            bom = f.read(3) == b"\xef\xbb\xbf"
+            f.seek(0)
             tomllib.load(f)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+        # an editor that starts the file with a UTF-8 byte order mark (Windows' Notepad) makes its first
+        # character invalid TOML, which the parser reports as "Invalid statement (at line 1, column 1)"
+        hint = " (the file starts with a UTF-8 byte order mark: save it as UTF-8 without one)" if bom else ""
+        raise ConfigError(f"{path}: invalid TOML: {err}{hint}") from None
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:

@@ -104,6 +104,10 @@ def test_unknown_env_and_file_keys_are_errors(tmp_path: Path, monkeypatch: pytes
     f.write_text("[source\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_settings(f)
+    # as Windows' Notepad saves it: a byte order mark first, which TOML does not allow; said so
+    f.write_bytes(b"\xef\xbb\xbfdevice_id = 'cam'\r\n")
+    with pytest.raises(ConfigError, match=r"invalid TOML: .*byte order mark: save it as UTF-8 without one"):
+        load_settings(f)
 
 
 def test_every_field_has_a_description() -> None:
