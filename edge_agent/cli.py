@@ -707,6 +707,7 @@ def _fleet_manifest(args: argparse.Namespace, rollout: bool = False) -> tuple[An
     """The signed manifest `fleet push` and `fleet rollout` send, and the file server behind --serve;
     or the exit code of a usage error (already printed)."""
     from edge_agent.fleet import FileServer, build_manifest
+    from edge_agent.modelfile import parse_labels
     from edge_agent.ota.manifest import ManifestError, load_private_key
 
     if sum(map(bool, (args.serve, args.url, getattr(args, "mqtt", False)))) != 1:
@@ -736,7 +737,7 @@ def _fleet_manifest(args: argparse.Namespace, rollout: bool = False) -> tuple[An
         url = f"http://{advertise}:{server.port}/{args.model.name}"
     elif args.url:
         url = args.url
-    labels = args.labels_file.read_text(encoding="utf-8").splitlines() if args.labels_file else None
+    labels = list(parse_labels(args.labels_file.read_text(encoding="utf-8"))) if args.labels_file else None
     manifest = build_manifest(
         args.model,
         args.version,

@@ -237,8 +237,10 @@ def _associated(data: bytes, label_file: str | None) -> tuple[list[str], tuple[s
 
 
 def parse_labels(text: str) -> tuple[str, ...]:
-    """One label per line, or 'index label' pairs (gaps filled with '???')."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    """One label per line, or 'index label' pairs (gaps filled with '???'). A byte order mark (a file
+    saved by Windows' Notepad) is not part of the first label: "\ufeffperson" would match no zone filter,
+    Home Assistant label or `labels` setting that says "person"."""
+    lines = [ln.strip() for ln in text.removeprefix("\ufeff").splitlines() if ln.strip()]
     pairs = [ln.split(maxsplit=1) for ln in lines]
     if lines and all(len(p) == 2 and p[0].isdigit() for p in pairs):
         by_index = {int(p[0]): p[1].strip() for p in pairs}

@@ -104,3 +104,4 @@ def test_label_file_formats() -> None:
     assert parse_labels("cat\ndog\n\n") == ("cat", "dog")
     assert parse_labels("0  person\n2 car\n") == ("person", "???", "car")
     assert parse_labels("1 two words\n0 zero\n") == ("zero", "two words")
+    assert parse_labels("\ufeffperson\r\nbicycle\r\n") == ("person", "bicycle")  # as Notepad saves it
