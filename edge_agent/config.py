@@ -108,7 +108,8 @@ class MQTTConfig(_Strict):
             path = cred if cred.is_file() else None
         if path is not None and self.password is None:
             try:
-                secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+                # utf-8-sig: a byte order mark (a file saved by Notepad) is no part of the password
+                secret = path.read_text(encoding="utf-8-sig").rstrip("\r\n")
             except OSError as err:
                 raise ValueError(f"password_file {path}: {err.strerror}") from None
             object.__setattr__(self, "password", SecretStr(secret))

@@ -139,6 +139,9 @@ def test_password_from_file_and_systemd_credential(tmp_path: Path, monkeypatch: 
     f.write_text("from-file\n")
     s = load_settings(None, {"mqtt.password_file": str(f)})
     assert s.mqtt.password is not None and s.mqtt.password.get_secret_value() == "from-file"
+    f.write_bytes(b"\xef\xbb\xbffrom-notepad\r\n")  # saved by Notepad: the mark and line end are no part of it
+    s = load_settings(None, {"mqtt.password_file": str(f)})
+    assert s.mqtt.password is not None and s.mqtt.password.get_secret_value() == "from-notepad"
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "mqtt_password").write_text("from-credential")
