@@ -392,7 +392,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             try:
                 img = read_image(str(path))
             except (OSError, ValueError) as err:
-                print(f"edge-agent: {err}", file=sys.stderr)  # it names the file
+                print(f"edge-agent: cannot read image {path}: {err}", file=sys.stderr)
                 status = EXIT_FAIL
                 continue
             emit(img, str(path))
