@@ -29,6 +29,7 @@ from .conftest import (
     Broker,
     TopicRecorder,
     free_port,
+    peak_rss_mb,
     run_cli,
     run_tty,
     scaled,
@@ -591,7 +592,7 @@ def test_mqtt_chunk_delivery(broker: Broker, agent_factory, keys) -> None:  # ty
     priv, pub = keys
     w = Watch(broker, "mq1")
     try:
-        agent_factory([*STREAM, "--device-id", "mq1"], env=ota_env(broker, pub))
+        agent = agent_factory([*STREAM, "--device-id", "mq1"], env=ota_env(broker, pub))
         wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
         # a stray chunk of the model's first place, the wrong size, ahead of the fleet's: before, it
         # ended the delivery; it is ignored, and the fleet's own chunk takes the place
@@ -600,6 +601,17 @@ def test_mqtt_chunk_delivery(broker: Broker, agent_factory, keys) -> None:  # ty
         assert stray.start(10)
         try:
             stray.publish(ota_chunk("edge/mq1", sha, 0), b"not the model", qos=1)
+            # and 100 MiB of chunks of a model no update awaits, and some larger than any chunk may be, while
+            # none runs: anyone who may publish there sent them, and the agent held them all (256 at most,
+            # of any size); now a few MiB, and the fleet's push below goes through as before
+            before = peak_rss_mb(agent.proc.pid)
+            for i in range(100):
+                stray.publish(ota_chunk("edge/mq1", "0" * 64, i), b"\0" * (1 << 20), qos=1)
+            for i in range(5):
+                stray.publish(ota_chunk("edge/mq1", "0" * 64, 100 + i), b"\0" * (2 << 20), qos=1)
+            assert w.command("ping", "after-the-chunks")["status"] == "done"  # read after them, on one connection
+            grew = peak_rss_mb(agent.proc.pid) - before
+            assert grew < 40, f"peak RSS grew {grew:.0f} MB"
         finally:
             stray.stop()
         r = run_cli("fleet", "push", str(SHORT_INT8), "--version", "1", "--device", "mq1", "--key", str(priv),

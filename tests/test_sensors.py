@@ -27,7 +27,7 @@ from edge_agent.sinks.memory import MemorySink
 from edge_agent.sinks.mqtt import Subscriber
 from edge_agent.stats import StageStats
 
-from .conftest import MODELS, ROOT, Broker, TopicRecorder, wait_until
+from .conftest import MODELS, ROOT, Broker, TopicRecorder, peak_rss_mb, wait_until
 
 DATA = ROOT / ".cache" / "basicmotions"
 MOTION = {"float": MODELS / "motion_float.tflite", "int8": MODELS / "motion_int8.tflite"}
@@ -493,11 +493,6 @@ def test_readings_from_another_client_on_the_broker(  # type: ignore[no-untyped-
         rec.close()
 
 
-def _peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-
-
 def test_a_device_that_floods_the_topic_costs_readings_not_the_agent(  # type: ignore[no-untyped-def]
     stream: np.ndarray, broker: Broker, agent_factory
 ) -> None:
@@ -517,14 +512,14 @@ def test_a_device_that_floods_the_topic_costs_readings_not_the_agent(  # type: i
         agent = _start_agent(agent_factory, broker, rec, "hub", f"mqtt:{topic}", MOTION["float"], channels)
         pub.publish(topic, json.dumps({"samples": [[0.5] * 6] * (MAX_BATCH + 1)}).encode(), qos=1)
         wait_until(lambda: rec.source().get("dropped_samples") == MAX_BATCH + 1, 10, what="the batch's readings lost")
-        before = _peak_rss_mb(agent.proc.pid)
+        before = peak_rss_mb(agent.proc.pid)
         batch = json.dumps({"samples": np.tile(stream[:50], (40, 1)).tolist()}).encode()  # 2,000 readings
         for _ in range(3000):  # 300 MB, as fast as the socket takes it
             pub.publish(topic, batch, qos=0)
         wait_until(lambda: rec.source().get("dropped_samples", 0) > MAX_BATCH + 1, 10, what="the flood's losses")
         read = rec.source()["samples"]
         wait_until(lambda: rec.source()["samples"] > read, 10, what="reading to go on")
-        grew = _peak_rss_mb(agent.proc.pid) - before
+        grew = peak_rss_mb(agent.proc.pid) - before
         assert grew < 100, f"peak RSS grew {grew:.0f} MB"
         assert agent.proc.poll() is None and "watchdog" not in agent.log()
     finally:

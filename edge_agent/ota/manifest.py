@@ -18,6 +18,8 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 #: Before this, a device clock has not been set (no RTC, no NTP yet): expiry cannot be judged.
 CLOCK_SANE_AFTER = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+#: The largest chunk of a model sent over MQTT.
+MAX_CHUNK = 1 << 20
 
 
 class ManifestError(ValueError):
@@ -57,7 +59,7 @@ class Manifest(BaseModel):
     size: int = Field(gt=0, le=2**34, description="Exact size of the model file in bytes.")
     urls: list[str] = Field(default_factory=list, max_length=8, description="HTTP(S) sources, tried in order.")
     delivery: Literal["http", "mqtt"] = "http"
-    chunk_size: int = Field(65536, ge=1024, le=1_048_576, description="Bytes per chunk with MQTT delivery.")
+    chunk_size: int = Field(65536, ge=1024, le=MAX_CHUNK, description="Bytes per chunk with MQTT delivery.")
     labels: list[str] | None = Field(None, max_length=100_000)
     task: Literal["auto", "classification", "detection", "raw"] | None = None
     score_threshold: float | None = Field(None, ge=0, le=1)

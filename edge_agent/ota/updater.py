@@ -24,6 +24,7 @@ from edge_agent.model import Model, RawInference
 from edge_agent.modelfile import ModelError
 from edge_agent.ota.download import DISK_MARGIN, DownloadError, download
 from edge_agent.ota.manifest import (
+    MAX_CHUNK,
     AcceptanceTest,
     Manifest,
     ManifestError,
@@ -38,6 +39,12 @@ log = logging.getLogger(__name__)
 
 TERMINAL = ("active", "rolled_back", "rejected", "failed", "superseded")
 _CHUNK_QUEUE = 256
+#: Chunk bytes held before the update collecting them reads them: 256 chunks of the default 64 KiB, or 64 of
+#: the largest, 1 MiB. Anyone who may publish on the device's `ota/` topics decides what arrives there, and
+#: when: without a bound in bytes, 256 messages of the broker's largest size would be held, update or not.
+_CHUNK_BYTES = 64 << 20
+#: ... of which chunks of a model no accepted update awaits may take this much.
+_EARLY_CHUNK_BYTES = 16 << 20
 
 
 class Updater:
@@ -64,6 +71,11 @@ class Updater:
         #: (sha256, index, bytes) from `{prefix}/{device}/ota/{sha256}/{index}` (MQTT delivery)
         self.chunks: queue.Queue[tuple[str, int, bytes]] = queue.Queue(maxsize=_CHUNK_QUEUE)
         self.chunks_dropped = 0
+        #: payload bytes in `chunks` (_CHUNK_BYTES at most), and the models whose chunks are taken: those
+        #: of updates accepted and not finished (the fleet sends chunks once the device has accepted)
+        self.chunk_bytes = 0
+        self.awaited: set[str] = set()
+        self._chunk_lock = threading.Lock()
         self.probation: Probation | None = None
         #: (serving model, its raw result, the frame or window) for the candidate to run on too. Frames:
         #: latest-wins (two at most, a busy candidate skips some); windows: in order, for streaming models
@@ -128,6 +140,8 @@ class Updater:
                 raise ManifestError("too many updates queued") from None
             self.pending.add(m.version)
             self.cancelled.pop(m.version, None)  # sent again after a rollback stopped it: this one goes on
+            if m.delivery == "mqtt":
+                self.awaited.add(m.sha256)
         self._state("received", m)
 
     def superseded(self, m: Manifest) -> str | None:
@@ -164,6 +178,8 @@ class Updater:
             finally:  # however it ended, it is not in progress: the same version may be sent again
                 with self._lock:
                     self.pending.discard(m.version)
+                    if not any(j.sha256 == m.sha256 for j in list(self.jobs.queue)):
+                        self.awaited.discard(m.sha256)
 
     def _state(self, state: str, m: Manifest | None = None, **extra: Any) -> None:
         doc: dict[str, Any] = {"state": state, "ts": round(time.time(), 3), **extra}
@@ -299,13 +315,22 @@ class Updater:
     def accept_chunk(self, topic: str, payload: bytes) -> None:
         """From the MQTT client's callback: enqueue only (parsing is cheap and cannot raise out)."""
         parts = topic.rsplit("/", 2)
-        if len(parts) != 3 or not parts[2].isdigit():
+        if len(parts) != 3 or not parts[2].isdigit() or len(payload) > MAX_CHUNK:
             self.chunks_dropped += 1
             return
-        try:
-            self.chunks.put_nowait((parts[1], int(parts[2]), payload))
-        except queue.Full:
-            self.chunks_dropped += 1
+        # chunks of a model no update awaits yet (a group's deploy is still being read) are kept too,
+        # within a smaller share: what anyone may send there while no update runs stays small
+        cap = _CHUNK_BYTES if parts[1] in self.awaited else _EARLY_CHUNK_BYTES
+        with self._chunk_lock:
+            if self.chunk_bytes + len(payload) > cap:
+                self.chunks_dropped += 1
+                return
+            try:
+                self.chunks.put_nowait((parts[1], int(parts[2]), payload))
+            except queue.Full:
+                self.chunks_dropped += 1
+                return
+            self.chunk_bytes += len(payload)
 
     def _receive_chunks(self, m: Manifest, part: Path, progress: Callable[[int, int], None]) -> None:
         """Chunks in any order into their place in the file; same checks as an HTTP download."""
@@ -338,6 +363,8 @@ class Updater:
                     sha, idx, data = self.chunks.get(timeout=0.2)
                 except queue.Empty:
                     continue
+                with self._chunk_lock:
+                    self.chunk_bytes -= len(data)
                 if sha != m.sha256 or idx >= n or idx in have:
                     continue
                 expected = m.chunk_size if idx < n - 1 else m.size - m.chunk_size * (n - 1)
