@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.server
+import itertools
 import shutil
 import threading
 import time
@@ -24,12 +26,12 @@ from edge_agent.sources.synthetic import SyntheticSource, pattern
 from edge_agent.sources.video import VideoFileSource
 from edge_agent.stats import StageStats
 
-from .conftest import DEMO_VIDEO, scaled, wait_until
+from .conftest import DEMO_VIDEO, jpeg_declaring, scaled, wait_until
 
 
 def test_uri_kinds() -> None:
     assert source_kind("0") == "camera" and source_kind("/dev/video2") == "camera"
-    assert source_kind("rtsp://user:pw@cam/stream") == "stream" and source_kind("http://x/mjpg") == "stream"
+    assert source_kind("rtsp://user:pw@cam/stream") == "stream" and source_kind("http://x/mjpg") == "http"
     assert source_kind("nvarguscamerasrc ! video/x-raw(memory:NVMM) ! appsink") == "gstreamer"
     assert source_kind("/data/*.jpg") == "images" and source_kind("synthetic:320x240") == "synthetic"
     assert source_kind("/data/clip.mp4") == "file"
@@ -121,13 +123,136 @@ def http_server(tmp_path: Path) -> Iterator[str]:
 
 def test_http_stream_from_a_real_server(http_server: str) -> None:
     s = make_source(SourceConfig(uri=http_server))
-    assert s.kind == "stream"
+    assert s.kind == "http"  # a video file over HTTP: handed to FFmpeg
     s.open()
     assert s.read().shape == (480, 640, 3)
     s.close()
     dead = make_source(SourceConfig(uri=http_server.replace("clip.avi", "missing.avi"), read_timeout_s=2))
     with pytest.raises(SourceError):
         dead.open()
+
+
+class MjpegCamera:
+    """A real HTTP server that serves MJPEG as multipart/x-mixed-replace, as IP cameras and ESP32-CAM
+    boards do, with their quirks (parts without Content-Length, bare LF line ends, a boundary declared
+    with its dashes, Basic authentication) and a misbehaving part to send as the `bad`-th frame of the
+    first connection: "endless" (bytes at link speed and no boundary), "giant" (a JPEG declaring
+    30,000 x 30,000 pixels), "trickle" (one byte at a time)."""
+
+    def __init__(self, bad: str | None = None, at: int = 6):  # frame 5 has a length: it ends without frame 6
+        jpegs = []
+        cap = cv2.VideoCapture(str(DEMO_VIDEO))
+        for _ in range(10):
+            ok, img = cap.read()
+            assert ok
+            jpegs.append(cv2.imencode(".jpg", img)[1].tobytes())
+        cap.release()
+        self.jpegs, self.bad, self.at, self.connections = jpegs, bad, at, 0
+        camera = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.headers.get("Authorization") != "Basic " + base64.b64encode(b"admin:pa ss").decode():
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="cam"')
+                    self.end_headers()
+                    return
+                camera.connections += 1
+                first = camera.connections == 1
+                self.send_response(200)
+                self.send_header("Content-Type", 'multipart/x-mixed-replace; boundary="--myboundary"')
+                self.end_headers()
+                try:
+                    for i in itertools.count():
+                        jpeg = camera.jpegs[i % len(camera.jpegs)]
+                        if first and i == camera.at and camera.bad == "endless":
+                            self.wfile.write(b"--myboundary\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8")
+                            junk = bytes(1 << 20)
+                            while True:
+                                self.wfile.write(junk)
+                        if first and i == camera.at and camera.bad == "giant":
+                            jpeg = jpeg_declaring(jpeg, 30_000, 30_000)
+                        head = b"--myboundary\r\nContent-Type: image/jpeg\r\n"
+                        if i % 3 == 1:  # no length: the part ends at the next boundary
+                            part = head + b"\r\n" + jpeg + b"\r\n"
+                        elif i % 3 == 2:  # bare line feeds
+                            part = head.replace(b"\r\n", b"\n") + b"Content-Length: %d\n\n" % len(jpeg) + jpeg + b"\n"
+                        else:
+                            part = head + b"Content-Length: %d\r\n\r\n" % len(jpeg) + jpeg + b"\r\n"
+                        if first and i == camera.at and camera.bad == "trickle":
+                            for byte in part:
+                                self.wfile.write(bytes([byte]))
+                                self.wfile.flush()
+                                time.sleep(0.2)
+                        self.wfile.write(part)
+                        self.wfile.flush()
+                        time.sleep(0.01)
+                except OSError:  # the reader went away
+                    pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://admin:pa%20ss@127.0.0.1:{self.server.server_address[1]}/video.mjpg"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_mjpeg_camera_over_http_is_read_with_its_quirks() -> None:
+    """Parts with and without Content-Length, bare line feeds, a boundary declared with its dashes, a
+    password in the URL: every frame is the camera's picture. A wrong password is a clear error."""
+    cam = MjpegCamera()
+    try:
+        src = make_source(SourceConfig(uri=cam.url))
+        src.open()
+        for i in range(12):
+            want = cv2.imdecode(np.frombuffer(cam.jpegs[i % len(cam.jpegs)], np.uint8), cv2.IMREAD_COLOR)
+            assert np.array_equal(src.read(), want), f"frame {i}"
+        src.close()
+        assert "pa ss" not in src.describe() and "admin" not in src.describe()
+        with pytest.raises(SourceError, match="cannot open"):  # 401: handed to FFmpeg, which cannot either
+            make_source(SourceConfig(uri=cam.url.replace("pa%20ss", "wrong"), read_timeout_s=2)).open()
+    finally:
+        cam.close()
+
+
+@pytest.mark.parametrize("bad", ["endless", "giant", "trickle"])
+def test_a_camera_part_that_never_ends_or_lies_costs_one_frame_or_a_reconnect(bad: str) -> None:
+    """A part that never ends, sent at link speed: read through FFmpeg, it was buffered whole until the
+    read timeout (the agent grew to 1.9 GB in 5 s on loopback). Now the part is cut at MAX_PART_BYTES and
+    the camera reopened. A frame whose header declares gigapixels is skipped unread, and one whose bytes
+    trickle in ends within the read timeout; the camera goes on after each."""
+    import resource
+
+    from edge_agent.sources.base import FrameError
+
+    cam = MjpegCamera(bad)
+    try:
+        src = make_source(SourceConfig(uri=cam.url, read_timeout_s=2))
+        src.open()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        for _ in range(cam.at):
+            src.read()
+        t0 = time.monotonic()
+        if bad == "giant":
+            with pytest.raises(FrameError, match="declares 30000x30000"):
+                src.read()
+        else:
+            with pytest.raises(SourceError, match="within"):
+                src.read()
+            assert time.monotonic() - t0 < scaled(4)
+            src.open()  # as capture does
+        assert src.read().shape == (480, 640, 3)
+        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+        assert grew < 100, f"peak RSS grew {grew:.0f} MB"
+        src.close()
+    finally:
+        cam.close()
 
 
 def run_capture(factory, cfg: SourceConfig) -> tuple[Capture, LatestSlot[Frame], StageStats, threading.Event]:  # type: ignore[no-untyped-def]

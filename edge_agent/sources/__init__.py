@@ -12,6 +12,7 @@ from edge_agent.sources.base import EndOfStream, Frame, FrameError, Source, Sour
 from edge_agent.sources.camera import CameraSource
 from edge_agent.sources.gstreamer import GStreamerSource
 from edge_agent.sources.images import ImageSetSource
+from edge_agent.sources.mjpeg import MjpegSource
 from edge_agent.sources.replay import ReplaySource
 from edge_agent.sources.stream import StreamSource
 from edge_agent.sources.synthetic import SyntheticSource
@@ -26,6 +27,7 @@ SOURCES: list[type[Source]] = [
     SyntheticSource,
     ReplaySource,
     CameraSource,
+    MjpegSource,
     StreamSource,
     GStreamerSource,
     ImageSetSource,

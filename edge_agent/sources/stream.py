@@ -1,4 +1,5 @@
-"""Network streams (RTSP, HTTP MJPEG/HLS) through FFmpeg, with open and read timeouts."""
+"""Network streams (RTSP, HLS, video over HTTP) through FFmpeg, with open and read timeouts; HTTP MJPEG
+cameras are read by `mjpeg`, which hands anything else here."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ class StreamSource(OpenCVSource):
 
     @classmethod
     def claims(cls, uri: str) -> bool:
-        return re.match(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://", uri) is not None
+        # http(s):// is claimed first by `mjpeg`, which hands what is not MJPEG back to this class
+        return re.match(r"^(rtsp|rtsps|rtmp|udp|tcp)://", uri) is not None
 
     @classmethod
     def create(cls, uri: str, cfg: SourceConfig) -> Source:
@@ -36,7 +38,11 @@ class StreamSource(OpenCVSource):
         return [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_ms]
 
     def describe(self) -> str:
-        # Stream URLs often carry credentials: show scheme and host only.
-        scheme, _, rest = self.uri.partition("://")
-        host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-        return f"stream:{scheme}://{host}/..."
+        return f"stream:{public_url(self.uri)}"
+
+
+def public_url(uri: str) -> str:
+    """A stream URL as logs and health show it: scheme and host only (they often carry credentials)."""
+    scheme, _, rest = uri.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}/..."

@@ -1,0 +1,206 @@
+"""HTTP cameras that serve MJPEG as `multipart/x-mixed-replace`, read here rather than through FFmpeg.
+
+Most IP cameras, ESP32-CAM boards and `motion`/`mjpg-streamer` serve their live view this way. Read
+through FFmpeg, a part that never ends (a camera's firmware fault, or a server that sends bytes and no
+boundary) is buffered whole until the read timeout: the agent grew to 1.9 GB in 5 s on a loopback
+link (measured), and FFmpeg's own JPEG decoder takes any size a frame declares. Here every part is
+bounded (MAX_PART_BYTES), every frame gets the same header check as other pictures from elsewhere
+(`imageheader`), and a frame must arrive within `source.read_timeout_s` however slowly the bytes
+trickle. A URL whose server answers with anything else (an HLS playlist, a video file, a camera that
+asks for Digest authentication) is handed to FFmpeg as before.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import logging
+import re
+import ssl
+import time
+import urllib.parse
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from edge_agent.imageheader import refuse_oversized
+from edge_agent.sources.base import FrameError, Source, SourceError
+from edge_agent.sources.stream import StreamSource, public_url
+
+if TYPE_CHECKING:
+    from edge_agent.config import SourceConfig
+
+log = logging.getLogger(__name__)
+
+#: The largest part (one JPEG) read: a 4K frame at high quality is 2-3 MB.
+MAX_PART_BYTES = 16 << 20
+#: Bytes of part headers, and of anything between a part's end and the next boundary, read at most.
+_MAX_HEADER_BYTES = 16 << 10
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+#: The blank line after a part's headers (some servers end lines with a bare LF).
+_HEADERS_END = re.compile(rb"\r?\n\r?\n")
+_READ = 64 << 10
+
+
+class MjpegSource(Source):
+    kind = "http"
+    live = True
+
+    @classmethod
+    def claims(cls, uri: str) -> bool:
+        return re.match(r"^https?://", uri) is not None
+
+    @classmethod
+    def create(cls, uri: str, cfg: SourceConfig) -> Source:
+        return cls(uri, cfg.read_timeout_s)
+
+    def __init__(self, uri: str, timeout_s: float = 5.0):
+        super().__init__(uri)
+        self.timeout_s = timeout_s
+        self._conn: http.client.HTTPConnection | None = None
+        self._resp: http.client.HTTPResponse | None = None
+        self._boundary = b""
+        self._buf = b""
+        self._jpeg: bytes | None = None
+        #: FFmpeg, for a server that answers with something other than multipart JPEG
+        self._ffmpeg: StreamSource | None = None
+
+    def describe(self) -> str:
+        return f"stream:{public_url(self.uri)}"
+
+    # --- opening ---------------------------------------------------------------------------------
+    def open(self) -> None:
+        self.close()
+        url = urllib.parse.urlsplit(self.uri)
+        try:
+            port = url.port
+        except ValueError:
+            raise SourceError(f"cannot open {self.describe()}: bad port") from None
+        host = url.hostname or ""
+        path = urllib.parse.urlunsplit(("", "", url.path or "/", url.query, ""))
+        conn: http.client.HTTPConnection = (
+            http.client.HTTPSConnection(host, port, timeout=self.timeout_s, context=ssl.create_default_context())
+            if url.scheme == "https" else http.client.HTTPConnection(host, port, timeout=self.timeout_s)
+        )
+        headers = {"Accept": "multipart/x-mixed-replace, */*"}
+        if url.username is not None:
+            who = f"{urllib.parse.unquote(url.username)}:{urllib.parse.unquote(url.password or '')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(who.encode()).decode()
+        try:
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as err:
+            conn.close()
+            raise SourceError(f"cannot open {self.describe()}: {err}") from None
+        ctype = resp.getheader("Content-Type", "")
+        boundary = _BOUNDARY.search(ctype)
+        if resp.status != 200 or not ctype.lower().startswith("multipart/x-mixed-replace") or boundary is None:
+            # not multipart JPEG (a playlist, a video, a Digest challenge, an error page): FFmpeg's
+            conn.close()
+            self._ffmpeg = StreamSource(self.uri, self.timeout_s)
+            self._ffmpeg.open()
+            self.nominal_fps = self._ffmpeg.nominal_fps
+            return
+        self._conn, self._resp = conn, resp
+        # the delimiter is "--" and the boundary; some cameras declare it with the dashes already, and
+        # send it with or without two more: searching for what they declare finds it either way
+        declared = boundary.group(1).strip().encode("latin-1")
+        self._boundary = declared if declared.startswith(b"--") else b"--" + declared
+        self._buf = b""
+        self.nominal_fps = None
+
+    # --- reading ---------------------------------------------------------------------------------
+    def grab(self) -> None:
+        if self._ffmpeg is not None:
+            self._ffmpeg.grab()
+            return
+        if self._resp is None:
+            raise SourceError("not open")
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            self._jpeg = self._next_part(deadline)
+        except TimeoutError:
+            raise SourceError(f"{self.describe()}: no frame within {self.timeout_s:g} s") from None
+        except (OSError, http.client.HTTPException) as err:
+            raise SourceError(f"{self.describe()}: {err or type(err).__name__}") from None
+
+    def retrieve(self) -> np.ndarray:
+        if self._ffmpeg is not None:
+            return self._ffmpeg.retrieve()
+        jpeg, self._jpeg = self._jpeg, None
+        if jpeg is None:
+            raise SourceError("no frame grabbed")
+        try:  # one bad frame is skipped; the camera goes on
+            refuse_oversized(jpeg, "frame")
+        except ValueError as err:
+            raise FrameError(f"{self.describe()}: {err}") from None
+        try:
+            img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:  # OpenCV's own size limit, for a picture whose header was not read here
+            img = None
+        if img is None or img.size == 0:
+            raise FrameError(f"{self.describe()}: a frame of {len(jpeg)} bytes could not be decoded")
+        return img
+
+    def _next_part(self, deadline: float) -> bytes:
+        """The body of the next part: past its boundary line and headers, Content-Length bytes, or
+        (without one) everything up to the next boundary. Bounded in bytes, and in time by `deadline`."""
+        self._until(self._boundary, _MAX_HEADER_BYTES + MAX_PART_BYTES, deadline, "boundary")  # leftovers too
+        head = self._until(_HEADERS_END, _MAX_HEADER_BYTES, deadline, "end of a part's headers")
+        length = None
+        for line in head.splitlines():
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                try:
+                    length = int(value.strip())
+                except ValueError:
+                    length = None
+        if length is None:
+            end = re.compile(b"\r?\n" + re.escape(self._boundary))
+            return self._until(end, MAX_PART_BYTES, deadline, "end of a part without a Content-Length", keep=True)
+        if not 0 < length <= MAX_PART_BYTES:
+            raise SourceError(f"{self.describe()}: a part of {length} bytes (at most {MAX_PART_BYTES})")
+        while len(self._buf) < length:
+            self._fill(deadline)
+        body, self._buf = self._buf[:length], self._buf[length:]
+        return body
+
+    def _fill(self, deadline: float) -> None:
+        """Read what the socket has (one read), waiting no later than `deadline`."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no frame within {self.timeout_s:g} s")
+        assert self._conn is not None and self._resp is not None
+        if self._conn.sock is not None:
+            self._conn.sock.settimeout(left)
+        chunk = self._resp.read1(_READ)
+        if not chunk:
+            raise ConnectionError("the server closed the stream")
+        self._buf += chunk
+
+    def _until(
+        self, mark: bytes | re.Pattern[bytes], most: int, deadline: float, what: str, keep: bool = False
+    ) -> bytes:
+        """The bytes before `mark` (`what`, for the error), consumed with it (`keep`: the mark stays, the
+        next part's boundary), reading at most `most` bytes for them."""
+        pattern = mark if isinstance(mark, re.Pattern) else re.compile(re.escape(mark))
+        start = 0
+        while True:
+            found = pattern.search(self._buf, start)
+            if found is not None:
+                before = self._buf[: found.start()]
+                self._buf = self._buf[found.start() if keep else found.end():]
+                return before
+            if len(self._buf) > most:
+                raise SourceError(f"{self.describe()}: no {what} within {most} bytes")
+            start = max(0, len(self._buf) - 64)  # a mark cut across two reads is found whole next time
+            self._fill(deadline)
+
+    def close(self) -> None:
+        if self._ffmpeg is not None:
+            self._ffmpeg.close()
+            self._ffmpeg = None
+        if self._conn is not None:
+            self._conn.close()
+        self._conn, self._resp, self._buf, self._jpeg = None, None, b"", None
