@@ -56,6 +56,10 @@ Pipeline = FramePipeline | SignalPipeline
 Reloader = Callable[[Settings], tuple[Settings, dict[str, str]]]
 
 _MAIN_TICK_S = 0.5
+#: Home Assistant's birth message ("online" on its status topic) asks for the discovery configs again: at
+#: most this often. Anything that may publish there can send it, as often as it likes; answered each
+#: time, a flood of them filled the publish queue with configs and no prediction got through.
+_HA_BIRTH_MIN_S = 10.0
 #: Commands waiting to be handled; beyond this they are dropped and counted (a flood, not a fleet).
 _INBOX_SIZE = 1000
 #: Settings a running agent takes on SIGHUP without touching its broker connection or models.
@@ -116,6 +120,9 @@ class Agent:
         self.settings = settings
         self.reloader = reload
         self.reload_requested = threading.Event()
+        #: Home Assistant announced itself; the main loop republishes the discovery configs
+        self.ha_birth_requested = threading.Event()
+        self._ha_birth_at = float("-inf")
         self.reloads = 0
         self.exit_code = 0
         self.restart_needed: list[str] = []
@@ -400,6 +407,10 @@ class Agent:
                 if self.reload_requested.wait(_MAIN_TICK_S if left is None else min(_MAIN_TICK_S, left)):
                     self.reload_requested.clear()
                     self.reload()
+                if self.ha_birth_requested.is_set() and time.monotonic() - self._ha_birth_at >= _HA_BIRTH_MIN_S:
+                    self.ha_birth_requested.clear()
+                    self._ha_birth_at = time.monotonic()
+                    self.publish_discovery()
         finally:
             self.shutdown()
         return self.exit_code
@@ -544,8 +555,10 @@ class Agent:
             self.escalator.accept_answer(payload)
 
     def accept_ha_status(self, topic: str, payload: bytes) -> None:
-        if payload.strip() == b"online":  # Home Assistant (re)started: it wants the configs again
-            self.publish_discovery()
+        """From the MQTT client's thread: Home Assistant (re)started and wants the configs again; the
+        main loop sends them, once for any number of these within _HA_BIRTH_MIN_S."""
+        if payload.strip() == b"online":
+            self.ha_birth_requested.set()
 
     def is_own_ha_config(self, topic: str) -> bool:
         ha = self.settings.homeassistant

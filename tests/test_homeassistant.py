@@ -290,6 +290,17 @@ def test_configs_are_retained_and_republished_on_home_assistants_birth(ha: Recor
         pub.publish("homeassistant/status", b"offline")
         pub.publish("homeassistant/status", b"online")
         wait_until(lambda: len(ha.config_arrivals) >= before + len(ha.configs), 10, what="configs again")
+        # a flood of births (anything allowed on the topic can send them): answered each, they filled the
+        # publish queue with configs and no prediction got through. Now: one more round at most, and the
+        # predictions go on
+        wait_until(lambda: "edge/hadev/predictions" in ha.last, 10, what="a prediction")
+        after, seq = len(ha.config_arrivals), ha.last["edge/hadev/predictions"]["seq"]
+        for _ in range(300):
+            pub.publish("homeassistant/status", b"online", qos=0)
+        wait_until(lambda: ha.last["edge/hadev/predictions"]["seq"] > seq + 15, 10, what="predictions after the flood")
+        assert len(ha.config_arrivals) <= after + len(ha.configs)
+        wait_until(lambda: ha.last["edge/hadev/health"]["ts"] > time.time() - 1, 10, what="a fresh health document")
+        assert "queue_full" not in ha.last["edge/hadev/health"]["broker"]["drops"]
     finally:
         pub.stop()
 
