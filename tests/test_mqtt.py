@@ -496,6 +496,23 @@ def test_why_a_broker_cannot_be_reached_is_said_in_check_and_the_log(tmp_path: P
             b.stop()
 
 
+def test_results_lost_lately_are_said_in_health(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drops that lose a result (the queue full, no broker and no outbox) were counted since start in
+    health's broker section, while its status said "ok" and its problems nothing: predictions stopped
+    for a minute read as a healthy device. Losses now make a problem while they are recent."""
+    import edge_agent.sinks.mqtt as mqtt_sink
+
+    monkeypatch.setattr(mqtt_sink, "_LOSS_WINDOW_S", 0.2)
+    s = MqttSink(MQTTConfig(queue_size=5), "dev1")  # never started: nothing takes from its queue
+    assert s.problems() == []
+    for i in range(12):
+        s.submit(Message("edge/dev1/predictions", str(i).encode(), qos=1))
+    s.submit_latest(Message("edge/dev1/health", b"{}", qos=0))
+    s.submit_latest(Message("edge/dev1/health", b"{}", qos=0))  # one superseded: no loss
+    assert s.problems() == ["results lost in the last minute or two: 7 (broker_down 7)"]
+    wait_until(lambda: s.problems() == [], 5, what="the losses to age out")
+
+
 def test_mqtt5_and_paused_broker_never_block_submit(broker: Broker) -> None:
     s = sink_for(broker.mqtt(protocol="5", keepalive_s=5, queue_size=100))
     try:

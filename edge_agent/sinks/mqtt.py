@@ -54,6 +54,10 @@ _MIDS_KEPT = 4096
 _REFUSED_FOR_S = 600.0
 #: The most topics whose refusals are kept.
 _REFUSED_TOPICS = 16
+#: Drops that lose a result for good (not a health document superseded by a newer one), and how long
+#: ago one may have been for health to say so.
+_LOSSES = ("queue_full", "broker_down", "error", "shutdown")
+_LOSS_WINDOW_S = 60.0
 #: The smallest packet size a broker's limit is ever learnt from (MQTT 3.1.1, where it cannot say it): the
 #: agent's own documents (info, predictions, events) stay under it, so a broker that restarts again and again
 #: while one of them is being resent is never taken for one that refuses it.
@@ -268,6 +272,8 @@ class MqttSink(Sink):
         #: publish on (MQTT 5 says so in the acknowledgement: its ACL) -> (reason, when last)
         self._topic_by_mid: OrderedDict[int, str] = OrderedDict()
         self.refused_publishes: dict[str, tuple[str, float]] = {}
+        #: the loss counts at the start of this window and of the one before (for "lost lately")
+        self._loss_marks = [(time.monotonic(), Counter[str]())] * 2
         self._client.on_publish = self._on_publish
 
     # --- paho callbacks: enqueue only ---------------------------------------------------------
@@ -646,7 +652,21 @@ class MqttSink(Sink):
         lately = sorted((t, why) for t, (why, at) in self.refused_publishes.items() if now - at < _REFUSED_FOR_S)
         if lately:
             out.append("broker refused publishes on " + ", ".join(f"{t} ({why})" for t, why in lately))
+        lost = self._lost_lately(now)
+        if lost:
+            out.append(f"results lost in the last minute or two: {sum(lost.values())} "
+                       f"({', '.join(f'{k} {n}' for k, n in sorted(lost.items()))})")
         return out
+
+    def _lost_lately(self, now: float) -> dict[str, int]:
+        """Results lost for good since the start of the window before this one: a queue that stayed full
+        (a slow or hung broker), no broker and no outbox. Counted in `drops` since start; this says
+        whether it is happening now, which a total since start does not."""
+        total = Counter({k: self.drops[k] for k in _LOSSES})
+        if now - self._loss_marks[1][0] >= _LOSS_WINDOW_S:
+            self._loss_marks = [self._loss_marks[1], (now, total)]
+        base = self._loss_marks[0][1]
+        return {k: total[k] - base[k] for k in _LOSSES if total[k] > base[k]}
 
     def _away_from(self) -> float:
         """When the broker went away: now, or the start for one never reached (a server on the port that
