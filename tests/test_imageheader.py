@@ -105,10 +105,11 @@ def test_an_image_folder_skips_a_picture_declaring_gigapixels_unread(tmp_path: P
 
 
 def test_a_webp_or_tiff_declaring_more_than_the_limit_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
-    """The headers read here are JPEG's and PNG's. A lossless WebP of a few KB, or a deflated TIFF, that
-    declares 16,000 x 16,000 decoded to 1.6 and 2.5 GB in `predict` (measured). OpenCV's own check of the
-    same limit, which the package sets as it is imported, refuses them before allocating: `predict` names
-    each and what it declares, exits 1, and predicts a WebP of camera size beside them."""
+    """The headers read here are JPEG's and PNG's. A lossless WebP of 10 KB declaring 16,000 x 16,000, and
+    a deflated TIFF of 2 MB declaring 20,000 x 20,000, decoded to 1.6 and 2.5 GB in `predict` (measured).
+    OpenCV's own check of the same limit, which the package sets as it is imported, refuses them before
+    allocating: `predict` names each and what it declares, exits 1, and predicts a WebP of camera size
+    beside them."""
     big = np.zeros((9000, 9000, 3), np.uint8)  # 81 million pixels: over the limit
     (tmp_path / "bomb.webp").write_bytes(cv2.imencode(".webp", big, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes())
     (tmp_path / "bomb.tif").write_bytes(cv2.imencode(".tiff", big, [cv2.IMWRITE_TIFF_COMPRESSION, 8])[1].tobytes())
