@@ -61,7 +61,8 @@ class MjpegSource(Source):
         self._conn: http.client.HTTPConnection | None = None
         self._resp: http.client.HTTPResponse | None = None
         self._boundary = b""
-        self._buf = b""
+        #: bytes read and not yet taken (appended in place: a part of megabytes is many reads)
+        self._buf = bytearray()
         self._jpeg: bytes | None = None
         #: FFmpeg, for a server that answers with something other than multipart JPEG
         self._ffmpeg: StreamSource | None = None
@@ -107,7 +108,7 @@ class MjpegSource(Source):
         # send it with or without two more: searching for what they declare finds it either way
         declared = boundary.group(1).strip().encode("latin-1")
         self._boundary = declared if declared.startswith(b"--") else b"--" + declared
-        self._buf = b""
+        self._buf = bytearray()
         self.nominal_fps = None
 
     # --- reading ---------------------------------------------------------------------------------
@@ -163,7 +164,8 @@ class MjpegSource(Source):
             raise SourceError(f"{self.describe()}: a part of {length} bytes (at most {MAX_PART_BYTES})")
         while len(self._buf) < length:
             self._fill(deadline)
-        body, self._buf = self._buf[:length], self._buf[length:]
+        body = bytes(self._buf[:length])
+        del self._buf[:length]
         return body
 
     def _fill(self, deadline: float) -> None:
@@ -177,7 +179,7 @@ class MjpegSource(Source):
         chunk = self._resp.read1(_READ)
         if not chunk:
             raise ConnectionError("the server closed the stream")
-        self._buf += chunk
+        self._buf += chunk  # in place
 
     def _until(
         self, mark: bytes | re.Pattern[bytes], most: int, deadline: float, what: str, keep: bool = False
@@ -189,8 +191,8 @@ class MjpegSource(Source):
         while True:
             found = pattern.search(self._buf, start)
             if found is not None:
-                before = self._buf[: found.start()]
-                self._buf = self._buf[found.start() if keep else found.end():]
+                before = bytes(self._buf[: found.start()])
+                del self._buf[: found.start() if keep else found.end()]
                 return before
             if len(self._buf) > most:
                 raise SourceError(f"{self.describe()}: no {what} within {most} bytes")
@@ -203,4 +205,4 @@ class MjpegSource(Source):
             self._ffmpeg = None
         if self._conn is not None:
             self._conn.close()
-        self._conn, self._resp, self._buf, self._jpeg = None, None, b"", None
+        self._conn, self._resp, self._buf, self._jpeg = None, None, bytearray(), None
