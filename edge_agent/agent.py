@@ -81,6 +81,16 @@ def changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
     return out
 
 
+def subscriptions(s: Settings) -> list[str]:
+    """The topics the agent subscribes to with these settings (`check` asks the broker for the same)."""
+    ha = s.homeassistant
+    return Topics(s.mqtt.topic_prefix, s.device_id, tuple(s.groups)).subscriptions(
+        ha.status_topic if ha.enabled else None,
+        s.escalation.enabled,
+        ha_configs_filter(ha.discovery_prefix, object_id(s.device_id)) if ha.enabled else None,
+    )
+
+
 class _Inbound(queue.Queue[Inbound]):
     """What the MQTT client receives (on its own thread: enqueue or hand over only): model chunks go to
     the updater collecting them, escalation answers to the escalator, the rest are commands (a Home
@@ -311,14 +321,8 @@ class Agent:
             self.sink.submit(Message(topic, b"", qos=1, retain=True))
 
     def init_sink(self) -> None:
-        s = self.settings
-        ha = s.homeassistant
-        subs = self.topics.subscriptions(
-            ha.status_topic if ha.enabled else None,
-            s.escalation.enabled,
-            ha_configs_filter(ha.discovery_prefix, object_id(s.device_id)) if ha.enabled else None,
-        )
-        self.sink = make_sink(self.sink_kind, s, self.retained_state, subs, self.inbox)
+        self.sink = make_sink(self.sink_kind, self.settings, self.retained_state, subscriptions(self.settings),
+                              self.inbox)
         self.sink.start()
 
     def start_escalation(self) -> None:

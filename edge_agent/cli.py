@@ -179,10 +179,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             if model is not None:
                 model.close()
     if not args.offline:  # results go nowhere without it: connect (and log in) as `run` would
+        from edge_agent.agent import subscriptions
         from edge_agent.sinks.mqtt import probe_broker
 
         mq = settings.mqtt
-        why = probe_broker(mq)
+        why = probe_broker(mq, topics=subscriptions(settings))
         who = f"{mq.host}:{mq.port}" + (f" as {mq.username}" if mq.username else "")
         report["broker"] = {"address": who, "ok": why is None, **({"error": why} if why else {})}
         if why is not None:

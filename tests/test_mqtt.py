@@ -207,6 +207,13 @@ def test_a_subscription_the_broker_refuses_is_said_in_health_and_the_log(tmp_pat
         assert health["status"] == "degraded" and health["broker"]["refused_subscriptions"] == ["edge/dev1/cmd"]
         assert agent.log().count("the broker refused the subscription to edge/dev1/cmd") == 1
         watch.stop()
+        # `check`, run when the device is set up, asks for the same subscriptions and says so before it runs
+        env = {**b.env(), "EDGE_AGENT_MQTT__USERNAME": "dev1", "EDGE_AGENT_MQTT__PASSWORD": "dev1",
+               "EDGE_AGENT_DEVICE_ID": "dev1"}
+        r = run_cli("check", "--source", "synthetic", "--model", str(SHORT), "--accelerator", "cpu", env=env)
+        assert r.returncode == 1, r.stdout + r.stderr
+        (problem,) = json.loads(r.stdout)["problems"]
+        assert "refused the subscription to edge/dev1/cmd (its ACL?)" in problem, problem
     finally:
         b.stop()
 

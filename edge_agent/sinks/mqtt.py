@@ -785,14 +785,25 @@ class MqttSink(Sink):
         return bool(rows) or bool(self._replay_inflight)
 
 
-def probe_broker(cfg: MQTTConfig, timeout_s: float = 5.0) -> str | None:
-    """Connect once (TLS and credentials as configured) and disconnect: None when the broker accepted
-    us, else why not (unreachable, refused with its reason code, TLS, or no answer in time)."""
+def probe_broker(cfg: MQTTConfig, timeout_s: float = 5.0, topics: list[str] | None = None) -> str | None:
+    """Connect once (TLS and credentials as configured), subscribe to `topics` as the agent would, and
+    disconnect: None when the broker accepted all of it, else why not (unreachable, refused with its
+    reason code, TLS, no answer in time, or the subscriptions its ACL refused: the agent would run,
+    publish, and never hear a command or a model update)."""
     done = threading.Event()
     outcome: list[str | None] = []
 
     def on_connect(client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        outcome.append(f"refused: {reason_code}" if reason_code.is_failure else None)
+        if reason_code.is_failure or not topics:
+            outcome.append(f"refused: {reason_code}" if reason_code.is_failure else None)
+            done.set()
+        else:
+            client.subscribe([(t, 1) for t in topics])
+
+    def on_subscribe(client: Any, userdata: Any, mid: Any, reason_codes: Any, properties: Any) -> None:
+        refused = [t for t, rc in zip(topics or [], reason_codes, strict=False) if rc.is_failure]
+        outcome.append(f"connected, but the broker refused the subscription to {', '.join(refused)} (its ACL?): "
+                       "commands and model updates sent there would never arrive" if refused else None)
         done.set()
 
     def on_connect_fail(client: Any, userdata: Any) -> None:
@@ -801,6 +812,7 @@ def probe_broker(cfg: MQTTConfig, timeout_s: float = 5.0) -> str | None:
 
     client = _make_client(cfg, f"edge-agent-check-{time.monotonic_ns()}")
     client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
     client.on_connect_fail = on_connect_fail
     try:
         client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
