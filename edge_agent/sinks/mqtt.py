@@ -52,7 +52,7 @@ _REPLAY_TICK_S = 0.02
 _MIDS_KEPT = 4096
 #: A topic the broker refused a publish on (MQTT 5) is a problem in health this long after the last refusal.
 _REFUSED_FOR_S = 600.0
-#: The most topics whose refusals are kept.
+#: The most topics whose refusals are kept (and logged): past them, refusals are only counted.
 _REFUSED_TOPICS = 16
 #: Drops that lose a result for good (not a health document superseded by a newer one), and how long
 #: ago one may have been for health to say so.
@@ -633,10 +633,10 @@ class MqttSink(Sink):
         topic = self._topic_by_mid.pop(ev.mid, "(unknown topic)")
         self.drops["refused"] += 1
         if topic not in self.refused_publishes:
+            if len(self.refused_publishes) >= _REFUSED_TOPICS:  # counted; neither kept nor logged again
+                return
             log.error("mqtt: the broker refused a message on %s (%s): its ACL does not let this client publish "
                       "there, and it drops what is sent there", topic, ev.detail)
-            if len(self.refused_publishes) >= _REFUSED_TOPICS:
-                return
         self.refused_publishes[topic] = (ev.detail, time.monotonic())
 
     def problems(self) -> list[str]:
