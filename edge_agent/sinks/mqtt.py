@@ -690,9 +690,10 @@ class MqttSink(Sink):
         self._down_logged = now
 
     def _publish(self, m: Message) -> Any:
-        """Hand one message to paho, keeping its topic by message id for the acknowledgement."""
+        """Hand one message to paho, keeping its topic by message id for the acknowledgement (MQTT 5 only:
+        a 3.1.1 acknowledgement never refuses, and the map would be kept for nothing on every send)."""
         info = self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
-        if m.qos and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if self._v5 and m.qos and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._topic_by_mid[info.mid] = m.topic
             if len(self._topic_by_mid) > _MIDS_KEPT:
                 self._topic_by_mid.popitem(last=False)

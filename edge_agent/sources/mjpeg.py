@@ -45,7 +45,6 @@ _READ = 64 << 10
 
 class MjpegSource(Source):
     kind = "http"
-    live = True
 
     @classmethod
     def claims(cls, uri: str) -> bool:
