@@ -26,7 +26,7 @@ from edge_agent.sources.synthetic import SyntheticSource, pattern
 from edge_agent.sources.video import VideoFileSource
 from edge_agent.stats import StageStats
 
-from .conftest import DEMO_VIDEO, jpeg_declaring, scaled, wait_until
+from .conftest import DEMO_VIDEO, SHORT, jpeg_declaring, run_cli, scaled, wait_until
 
 
 def test_uri_kinds() -> None:
@@ -130,6 +130,28 @@ def test_http_stream_from_a_real_server(http_server: str) -> None:
     dead = make_source(SourceConfig(uri=http_server.replace("clip.avi", "missing.avi"), read_timeout_s=2))
     with pytest.raises(SourceError):
         dead.open()
+
+
+def test_a_video_declaring_frames_larger_than_a_picture_may_be_is_refused_before_one_decodes(
+    http_server: str, tmp_path: Path
+) -> None:
+    """An MJPG AVI of 16,000 x 16,000 black frames is 1.5 MB a frame; `predict` decoded three of them
+    into 2.6 GB of RSS (8,000 x 8,000: 774 MB), and a server can stream the same to the daemon. The
+    size a container or stream declares is known once it opens, before any frame decodes: one over
+    the pixels a picture may have is refused there, from a file and from a server alike, and
+    `predict` names it and goes on to the next file."""
+    w = h = 8200  # 67.2 million pixels: just over the limit
+    big = tmp_path / "big.avi"
+    out = cv2.VideoWriter(str(big), cv2.VideoWriter_fourcc(*"MJPG"), 5, (w, h))
+    out.write(np.zeros((h, w, 3), np.uint8))
+    out.release()
+    for uri in (str(big), http_server.replace("clip.avi", "big.avi")):
+        src = make_source(SourceConfig(uri=uri, read_timeout_s=5))
+        with pytest.raises(SourceError, match="declares frames of 8200x8200: more than"):
+            src.open()
+    r = run_cli("predict", str(SHORT), str(big), str(tmp_path / "clip.avi"), "--json")
+    assert r.returncode == 1 and "big.avi declares frames of 8200x8200" in r.stderr, r.stderr
+    assert "big.avi" not in r.stdout and '"file":"' + str(tmp_path / "clip.avi") in r.stdout, r.stdout
 
 
 class MjpegCamera:

@@ -7,6 +7,7 @@ import logging
 import cv2
 import numpy as np
 
+from edge_agent.imageheader import MAX_PIXELS
 from edge_agent.sources.base import EndOfStream, FrameError, Source, SourceError
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,13 @@ class OpenCVSource(Source):
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot open {self.describe()}")
+        # A container or stream declares its frame size before a frame decodes; one that declares more
+        # pixels than a picture may have (a 5 MB file or a hostile server's stream of 16,000 x 16,000
+        # frames: 2.6 GB of RSS to decode them) is refused here, as such a picture file is
+        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if width * height > MAX_PIXELS:
+            cap.release()
+            raise SourceError(f"{self.describe()} declares frames of {width}x{height}: more than {MAX_PIXELS} pixels")
         self._configure(cap)
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.nominal_fps = float(fps) if fps and 0 < fps < 1000 else None
