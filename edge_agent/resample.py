@@ -7,12 +7,41 @@ resampling the whole stream at once.
 
 from __future__ import annotations
 
-from math import gcd
+from fractions import Fraction
 
 import numpy as np
 
 #: Filter half-length in input samples at the lower rate: ~60 dB stop band, a few ms of delay.
 _HALF_TAPS = 16
+#: The most phases (the larger of the ratio's two terms) the filter is built for. Every usual audio
+#: rate to 16 kHz needs at most 441 (44.1 and 22.05 kHz); the filter has 32 taps per phase. A rate
+#: sharing no large factor with the model's (a WAV header saying 999,983 Hz: 32 million taps, 3.5 GB
+#: and 14 s to build) is resampled at the nearest ratio of terms this size, where that is within
+#: RATE_TOLERANCE of the true one (999,983 Hz: 17 ppm off; 44,101 Hz: 4 ppm).
+MAX_PHASES = 1024
+#: 100 ppm: what a sound card's own crystal may be off by.
+RATE_TOLERANCE = 1e-4
+
+
+def ratio(in_rate: int, out_rate: int) -> tuple[int, int]:
+    """(up, down): out_rate / in_rate in lowest terms, or the nearest fraction whose terms are at most
+    MAX_PHASES within RATE_TOLERANCE; ValueError where there is none."""
+    if in_rate <= 0 or out_rate <= 0:
+        raise ValueError("rates must be positive")
+    exact = Fraction(out_rate, in_rate)
+    r = exact
+    if max(r.numerator, r.denominator) > MAX_PHASES:
+        if r < 1:
+            r = r.limit_denominator(MAX_PHASES)
+        else:
+            inverse = (1 / r).limit_denominator(MAX_PHASES)
+            r = 1 / inverse if inverse else inverse
+        if r == 0 or abs(r / exact - 1) > RATE_TOLERANCE:
+            raise ValueError(
+                f"cannot resample {in_rate} Hz to {out_rate} Hz: no fraction of terms up to {MAX_PHASES} is within "
+                f"{RATE_TOLERANCE * 1e6:.0f} ppm of their ratio (rates about {MAX_PHASES} times apart or more)"
+            )
+    return r.numerator, r.denominator
 
 
 def _lowpass(up: int, down: int) -> np.ndarray:
@@ -25,10 +54,7 @@ def _lowpass(up: int, down: int) -> np.ndarray:
 
 class Resampler:
     def __init__(self, in_rate: int, out_rate: int, channels: int = 1):
-        if in_rate <= 0 or out_rate <= 0:
-            raise ValueError("rates must be positive")
-        g = gcd(in_rate, out_rate)
-        self.up, self.down = out_rate // g, in_rate // g
+        self.up, self.down = ratio(in_rate, out_rate)
         self.channels = channels
         self.identity = self.up == self.down
         h = _lowpass(self.up, self.down)

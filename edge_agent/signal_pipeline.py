@@ -363,7 +363,10 @@ class SignalPipeline:
         resampler = None
         model_rate = rate
         if frontend.rate is not None and int(rate) != frontend.rate:
-            resampler = Resampler(int(rate), frontend.rate, 1 if name == "micro" else channels)
+            try:
+                resampler = Resampler(int(rate), frontend.rate, 1 if name == "micro" else channels)
+            except ValueError as err:  # a rate the model's cannot be reached from, said as the source's fault
+                raise SourceError(f"{self.capture.description}: {err}") from None
             model_rate = frontend.rate
         width = frontend.width(channels)
         spec = model.inputs[0]

@@ -155,6 +155,25 @@ def test_predict_on_an_empty_a_broken_and_a_good_recording(tmp_path: Path) -> No
     assert summaries["good.wav"]["events"] == 1
 
 
+def test_predict_on_a_recording_whose_rate_no_filter_can_reach_names_the_rate(tmp_path: Path) -> None:
+    """A header saying 2,147,483,647 Hz had `predict` try to build a filter of 512 GiB; one saying
+    999,983 Hz took it to 3.5 GB of RSS. The first is refused naming the file and the rate, and the
+    recording beside it still runs."""
+    odd = tmp_path / "odd.wav"
+    odd.write_bytes(_riff(struct.pack("<HHIIHH", 1, 1, 2**31 - 1, 2**31 - 1, 2, 16), b"\0\1" * 16000))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    env["EDGE_AGENT_STATE_DIR"] = str(tmp_path / "state")
+    r = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "predict", "--json", str(WAKEWORD / "hey_jarvis.tflite"),
+         str(odd), str(WAVS / "hey_jarvis_1.wav")],
+        capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=120,
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "odd.wav" in r.stderr and "cannot resample 2147483647 Hz to 16000 Hz" in r.stderr, r.stderr
+    summaries = [json.loads(line) for line in r.stdout.splitlines() if '"summary"' in line]
+    assert [Path(d["file"]).name for d in summaries] == ["hey_jarvis_1.wav"] and summaries[0]["summary"]["events"] == 1
+
+
 def test_raw_pcm_on_stdin_at_48khz_stereo(tmp_path: Path) -> None:
     audio = _upsample_stereo(_pcm16("okay_nabu_1.wav"), 48000).tobytes()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}

@@ -61,7 +61,9 @@ def test_windower_reset_starts_a_new_stream() -> None:
     assert len(out) == 1 and out[0][0, 0] == 100
 
 
-@pytest.mark.parametrize(("fin", "fout"), [(48000, 16000), (44100, 16000), (8000, 16000), (22050, 16000)])
+@pytest.mark.parametrize(
+    ("fin", "fout"), [(48000, 16000), (44100, 16000), (8000, 16000), (22050, 16000), (44101, 16000), (999_983, 16000)]
+)
 def test_resampling_in_chunks_equals_resampling_at_once_and_keeps_the_tone(fin: int, fout: int) -> None:
     t = np.arange(fin) / fin
     x = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)[:, None]
@@ -72,11 +74,30 @@ def test_resampling_in_chunks_equals_resampling_at_once_and_keeps_the_tone(fin: 
     chunked = np.concatenate(parts)
     np.testing.assert_allclose(chunked, whole, atol=1e-6)
     assert abs(len(whole) - fout) < 0.01 * fout  # only the filter's delay is still pending
-    ref = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(len(whole)) / fout)
+    played = fin * r.up / r.down  # fout, or within 100 ppm of it where no small ratio reaches it exactly
+    ref = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(len(whole)) / played)
     mid = slice(100, len(whole) - 100)
     assert np.abs(whole[mid, 0] - ref[mid]).max() < 1e-3
     spec = np.abs(np.fft.rfft(whole[:, 0]))
     assert abs(np.argmax(spec) * fout / len(whole) - 1000) < 2
+
+
+def test_a_rate_with_no_small_ratio_to_the_models_gets_a_filter_of_bounded_size() -> None:
+    """The filter was built at the exact ratio: a WAV header saying 999,983 Hz (a prime) made it 32
+    million taps, 3.5 GB of RSS and 14 s in `predict` before the first window, and 2,147,483,647 Hz a
+    MemoryError. Now the ratio is the nearest one of terms up to MAX_PHASES within 100 ppm (the tone
+    test above plays through it), and rates that none comes close to are refused, naming both."""
+    from edge_agent.resample import MAX_PHASES, ratio
+
+    for fin in (999_983, 44_101, 47_999, 1_000_003, 16_001):
+        up, down = ratio(fin, 16000)
+        assert max(up, down) <= MAX_PHASES and abs(fin * up / down / 16000 - 1) <= 1e-4, (fin, up, down)
+        r = Resampler(fin, 16000)
+        assert r.up * r.taps <= 2 * 16 * MAX_PHASES + MAX_PHASES, (fin, r.up, r.taps)
+    assert ratio(44100, 16000) == (160, 441) and ratio(8000, 16000) == (2, 1)  # usual rates stay exact
+    for fin in (2**31 - 1, 10, 15):
+        with pytest.raises(ValueError, match=f"cannot resample {fin} Hz to 16000 Hz"):
+            Resampler(fin, 16000)
 
 
 def test_resampling_removes_what_the_lower_rate_cannot_hold() -> None:
