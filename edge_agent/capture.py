@@ -182,7 +182,7 @@ class Capture:
         own = None if src.live else src.nominal_fps  # a file's own frame rate
         late = paced = thin = False
         if not src.live:
-            if self.cfg.realtime and (own or cap):
+            if self.cfg.realtime and (own or cap) and not src.polled:
                 # play a file at its own rate, as a camera would give it; frames already late are skipped
                 # undecoded, and so are those over the fps cap (a set of images, with no rate of its
                 # own, is shown at the cap)

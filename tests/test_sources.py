@@ -277,6 +277,103 @@ def test_a_camera_part_that_never_ends_or_lies_costs_one_frame_or_a_reconnect(ba
         cam.close()
 
 
+class StillCamera:
+    """A real HTTP server with a camera's snapshot URL: each GET answers the next picture as one
+    `image/jpeg`, framed in turn by Content-Length on a kept-alive connection, as chunks, and by
+    closing the connection; `fail_after` GETs, a 404 page."""
+
+    def __init__(self, fail_after: int | None = None):
+        cam = MjpegCamera()
+        cam.close()
+        self.jpegs, self.requests, self.fail_after = cam.jpegs, 0, fail_after
+        camera = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                i = camera.requests
+                camera.requests += 1
+                if camera.fail_after is not None and i >= camera.fail_after:
+                    self.send_response(404)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", "9")
+                    self.end_headers()
+                    self.wfile.write(b"not found")
+                    return
+                jpeg = camera.jpegs[i % len(camera.jpegs)]
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                if i % 3 == 0:
+                    self.send_header("Content-Length", str(len(jpeg)))
+                    self.end_headers()
+                    self.wfile.write(jpeg)
+                elif i % 3 == 1:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for k in range(0, len(jpeg), 4096):
+                        piece = jpeg[k : k + 4096]
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.write(b"0\r\n\r\n")
+                else:
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(jpeg)
+                    self.close_connection = True
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.handle_error = lambda *a: None  # type: ignore[method-assign]  # a client that hung up
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/snapshot.jpg"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_cameras_snapshot_url_is_polled_one_picture_per_frame() -> None:
+    """A URL that answers one still image (a camera's snapshot URL, ESP32-CAM's /capture, Home
+    Assistant's camera proxy) went to FFmpeg, which read one picture and then failed: the camera was
+    reopened with backoff, a frame every few seconds and a source error each time. Now it is polled,
+    one request a frame, whatever the framing of each answer; paced by the fps cap, no picture is
+    fetched to be thrown away; and an error page afterwards is a source error naming it."""
+    cam = StillCamera()
+    try:
+        src = make_source(SourceConfig(uri=cam.url))
+        src.open()
+        for i in range(7):
+            want = cv2.imdecode(np.frombuffer(cam.jpegs[i % len(cam.jpegs)], np.uint8), cv2.IMREAD_COLOR)
+            assert np.array_equal(src.read(), want), f"picture {i}"
+        src.close()
+        assert cam.requests == 7
+
+        cam.requests = 0
+        capture, slot, stats, stop = run_capture(lambda: make_source(SourceConfig(uri=cam.url)), SourceConfig(fps=50))
+        try:
+            for _ in range(10):
+                assert slot.take(scaled(5)) is not None, stats.last_error
+        finally:
+            stop.set()
+            capture.join(scaled(5))
+        assert capture.reopens == 0 and not stats.drops.get("fps_cap"), (capture.reopens, stats.drops)
+        assert 10 <= cam.requests <= 12, cam.requests  # the ten taken, and the one waiting in the slot
+    finally:
+        cam.close()
+    failing = StillCamera(fail_after=2)
+    try:
+        src = make_source(SourceConfig(uri=failing.url))
+        src.open()
+        src.read(), src.read()
+        with pytest.raises(SourceError, match="answered 404 'text/html' for a still image"):
+            src.read()
+    finally:
+        failing.close()
+
+
 def run_capture(factory, cfg: SourceConfig) -> tuple[Capture, LatestSlot[Frame], StageStats, threading.Event]:  # type: ignore[no-untyped-def]
     slot: LatestSlot[Frame] = LatestSlot()
     stats = StageStats("capture")

@@ -50,6 +50,9 @@ class Source(abc.ABC):
     kind: str = "source"
     #: frames arrive on their own clock (camera, stream) rather than when we read them (file)
     live: bool = True
+    #: each frame is fetched when asked for (a camera's snapshot URL): read once inference has taken the
+    #: last, at most at the fps cap, never to be thrown away
+    polled: bool = False
 
     def __init__(self, uri: str):
         self.uri = uri

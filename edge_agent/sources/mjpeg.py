@@ -63,6 +63,8 @@ class MjpegSource(Source):
         #: bytes read and not yet taken (appended in place: a part of megabytes is many reads)
         self._buf = bytearray()
         self._jpeg: bytes | None = None
+        #: a still image server's first picture, read as it opened
+        self._jpeg_first: bytes | None = None
         #: FFmpeg, for a server that answers with something other than multipart JPEG
         self._ffmpeg: StreamSource | None = None
 
@@ -72,29 +74,23 @@ class MjpegSource(Source):
     # --- opening ---------------------------------------------------------------------------------
     def open(self) -> None:
         self.close()
-        url = urllib.parse.urlsplit(self.uri)
+        self.live, self.polled = True, False  # until the server answers with a still image
+        conn = self._connect()
         try:
-            port = url.port
-        except ValueError:
-            raise SourceError(f"cannot open {self.describe()}: bad port") from None
-        host = url.hostname or ""
-        path = urllib.parse.urlunsplit(("", "", url.path or "/", url.query, ""))
-        conn: http.client.HTTPConnection = (
-            http.client.HTTPSConnection(host, port, timeout=self.timeout_s, context=ssl.create_default_context())
-            if url.scheme == "https" else http.client.HTTPConnection(host, port, timeout=self.timeout_s)
-        )
-        headers = {"Accept": "multipart/x-mixed-replace, */*"}
-        if url.username is not None:
-            who = f"{urllib.parse.unquote(url.username)}:{urllib.parse.unquote(url.password or '')}"
-            headers["Authorization"] = "Basic " + base64.b64encode(who.encode()).decode()
-        try:
-            conn.request("GET", path, headers=headers)
-            resp = conn.getresponse()
+            resp = self._get(conn)
         except (OSError, http.client.HTTPException) as err:
             conn.close()
             raise SourceError(f"cannot open {self.describe()}: {err}") from None
         ctype = resp.getheader("Content-Type", "")
         boundary = _BOUNDARY.search(ctype)
+        if resp.status == 200 and ctype.lower().startswith("image/"):
+            # a still image (a camera's snapshot URL, ESP32-CAM's /capture, Home Assistant's camera
+            # proxy): polled, one request at a time, when inference has taken the last picture and at
+            # most at the fps cap (no picture is fetched to be thrown away)
+            self._conn, self._resp, self.nominal_fps = conn, resp, None
+            self.live, self.polled = False, True
+            self._jpeg_first = self._grab_snapshot(time.monotonic() + self.timeout_s)
+            return
         if resp.status != 200 or not ctype.lower().startswith("multipart/x-mixed-replace") or boundary is None:
             # not multipart JPEG (a playlist, a video, a Digest challenge, an error page): FFmpeg's
             conn.close()
@@ -110,14 +106,39 @@ class MjpegSource(Source):
         self._buf = bytearray()
         self.nominal_fps = None
 
+    def _connect(self) -> http.client.HTTPConnection:
+        url = urllib.parse.urlsplit(self.uri)
+        try:
+            port = url.port
+        except ValueError:
+            raise SourceError(f"cannot open {self.describe()}: bad port") from None
+        host = url.hostname or ""
+        return (
+            http.client.HTTPSConnection(host, port, timeout=self.timeout_s, context=ssl.create_default_context())
+            if url.scheme == "https" else http.client.HTTPConnection(host, port, timeout=self.timeout_s)
+        )
+
+    def _get(self, conn: http.client.HTTPConnection) -> http.client.HTTPResponse:
+        url = urllib.parse.urlsplit(self.uri)
+        path = urllib.parse.urlunsplit(("", "", url.path or "/", url.query, ""))
+        headers = {"Accept": "multipart/x-mixed-replace, image/*, */*"}
+        if url.username is not None:
+            who = f"{urllib.parse.unquote(url.username)}:{urllib.parse.unquote(url.password or '')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(who.encode()).decode()
+        conn.request("GET", path, headers=headers)
+        return conn.getresponse()
+
     # --- reading ---------------------------------------------------------------------------------
     def grab(self) -> None:
         if self._ffmpeg is not None:
             self._ffmpeg.grab()
             return
-        if self._resp is None:
+        if self._conn is None:
             raise SourceError("not open")
         deadline = time.monotonic() + self.timeout_s
+        if self.polled:
+            self._jpeg, self._jpeg_first = self._jpeg_first or self._grab_snapshot(deadline), None
+            return
         try:
             self._jpeg = self._next_part(deadline)
         except TimeoutError:
@@ -142,6 +163,47 @@ class MjpegSource(Source):
         if img is None or img.size == 0:
             raise FrameError(f"{self.describe()}: a frame of {len(jpeg)} bytes could not be decoded")
         return img
+
+    def _grab_snapshot(self, deadline: float) -> bytes:
+        """The next still: the response already opened (the first), else a new request on the same
+        connection, made again on a fresh one where the camera closed it between two polls."""
+        assert self._conn is not None
+        try:
+            if self._resp is None:
+                try:
+                    self._resp = self._get(self._conn)
+                except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                    self._conn.close()
+                    self._resp = self._get(self._conn)
+            resp, self._resp = self._resp, None
+            ctype = resp.getheader("Content-Type", "")
+            if resp.status != 200 or not ctype.lower().startswith("image/"):
+                raise SourceError(f"{self.describe()}: answered {resp.status} {ctype!r} for a still image")
+            return self._body(resp, deadline)
+        except TimeoutError:
+            raise SourceError(f"{self.describe()}: no picture within {self.timeout_s:g} s") from None
+        except (OSError, http.client.HTTPException) as err:
+            raise SourceError(f"{self.describe()}: {err or type(err).__name__}") from None
+
+    def _body(self, resp: http.client.HTTPResponse, deadline: float) -> bytes:
+        """A whole response body (by its length, its chunks or the connection's end), bounded in bytes
+        and in time."""
+        if resp.length is not None and not 0 < resp.length <= MAX_PART_BYTES:
+            raise SourceError(f"{self.describe()}: a picture of {resp.length} bytes (at most {MAX_PART_BYTES})")
+        body = bytearray()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            if self._conn is not None and self._conn.sock is not None:
+                self._conn.sock.settimeout(left)
+            chunk = resp.read1(_READ)
+            if not chunk:
+                resp.close()  # read to its end: the connection is free for the next request
+                return bytes(body)
+            body += chunk
+            if len(body) > MAX_PART_BYTES:
+                raise SourceError(f"{self.describe()}: a picture of over {MAX_PART_BYTES} bytes")
 
     def _next_part(self, deadline: float) -> bytes:
         """The body of the next part: past its boundary line and headers, Content-Length bytes, or
@@ -204,4 +266,4 @@ class MjpegSource(Source):
             self._ffmpeg = None
         if self._conn is not None:
             self._conn.close()
-        self._conn, self._resp, self._buf, self._jpeg = None, None, bytearray(), None
+        self._conn, self._resp, self._buf, self._jpeg, self._jpeg_first = None, None, bytearray(), None, None
