@@ -1,4 +1,4 @@
-"""HTTP cameras that serve MJPEG as `multipart/x-mixed-replace`, read here rather than through FFmpeg.
+"""HTTP cameras that serve MJPEG as `multipart/x-mixed-replace`, or still images, read here rather than through FFmpeg.
 
 Most IP cameras, ESP32-CAM boards and `motion`/`mjpg-streamer` serve their live view this way. Read
 through FFmpeg, a part that never ends (a camera's firmware fault, or a server that sends bytes and no
@@ -6,8 +6,9 @@ boundary) is buffered whole until the read timeout: the agent grew to 1.9 GB in 
 link (measured), and FFmpeg's own JPEG decoder takes any size a frame declares. Here every part is
 bounded (MAX_PART_BYTES), every frame gets the same header check as other pictures from elsewhere
 (`imageheader`), and a frame must arrive within `source.read_timeout_s` however slowly the bytes
-trickle. A URL whose server answers with anything else (an HLS playlist, a video file, a camera that
-asks for Digest authentication) is handed to FFmpeg as before.
+trickle. A URL that answers one still image (a snapshot URL) is polled, a request per frame, each
+picture bounded the same way. A URL whose server answers with anything else (an HLS playlist, a video
+file, a camera that asks for Digest authentication) is handed to FFmpeg as before.
 """
 
 from __future__ import annotations
