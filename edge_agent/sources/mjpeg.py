@@ -13,7 +13,6 @@ file, a camera that asks for Digest authentication) is handed to FFmpeg as befor
 
 from __future__ import annotations
 
-import base64
 import http.client
 import logging
 import re
@@ -26,6 +25,7 @@ import cv2
 import numpy as np
 
 from edge_agent.imageheader import refuse_oversized
+from edge_agent.sources import httpauth
 from edge_agent.sources.base import FrameError, Source, SourceError
 from edge_agent.sources.stream import StreamSource, public_url
 
@@ -68,6 +68,12 @@ class MjpegSource(Source):
         self._jpeg_first: bytes | None = None
         #: FFmpeg, for a server that answers with something other than multipart JPEG
         self._ffmpeg: StreamSource | None = None
+        url = urllib.parse.urlsplit(uri)
+        self._user = None if url.username is None else urllib.parse.unquote(url.username)
+        self._password = urllib.parse.unquote(url.password or "")
+        #: the scheme the camera asked for, kept across requests and reopenings; Digest's count of uses
+        self._challenge: httpauth.Challenge | None = None
+        self._nc = 0
 
     def describe(self) -> str:
         return f"stream:{public_url(self.uri)}"
@@ -82,6 +88,10 @@ class MjpegSource(Source):
         except (OSError, http.client.HTTPException) as err:
             conn.close()
             raise SourceError(f"cannot open {self.describe()}: {err}") from None
+        if resp.status == 401:
+            why = self._refused(resp)
+            conn.close()
+            raise SourceError(f"cannot open {self.describe()}: {why}")
         ctype = resp.getheader("Content-Type", "")
         boundary = _BOUNDARY.search(ctype)
         if resp.status == 200 and ctype.lower().startswith("image/"):
@@ -120,14 +130,56 @@ class MjpegSource(Source):
         )
 
     def _get(self, conn: http.client.HTTPConnection) -> http.client.HTTPResponse:
+        """GET the URL, answering an authentication challenge once. Nothing is sent with the first
+        request: a camera that asks for Digest must never see the password in Basic's clear text. The
+        scheme it asks for is then kept, and sent with every request after (a polled snapshot costs one
+        request, not two), until it challenges again (a Digest nonce gone stale)."""
+        resp = self._send(conn)
+        if resp.status != 401 or self._user is None:
+            return resp
+        offered = httpauth.challenges(resp.msg.get_all("WWW-Authenticate") or [])
+        usable = [c for c in offered if httpauth.supported(c)]
+        if not usable:
+            return resp
+        self._challenge = next((c for c in usable if c.scheme == "digest"), usable[0])
+        self._nc = 0
+        self._drain(conn, resp)
+        return self._send(conn)
+
+    def _send(self, conn: http.client.HTTPConnection) -> http.client.HTTPResponse:
         url = urllib.parse.urlsplit(self.uri)
         path = urllib.parse.urlunsplit(("", "", url.path or "/", url.query, ""))
         headers = {"Accept": "multipart/x-mixed-replace, image/*, */*"}
-        if url.username is not None:
-            who = f"{urllib.parse.unquote(url.username)}:{urllib.parse.unquote(url.password or '')}"
-            headers["Authorization"] = "Basic " + base64.b64encode(who.encode()).decode()
+        ch, user, password = self._challenge, self._user, self._password
+        if ch is not None and user is not None:
+            if ch.scheme == "basic":
+                headers["Authorization"] = httpauth.basic(user, password)
+            else:
+                self._nc += 1
+                headers["Authorization"] = httpauth.digest(ch, user, password, "GET", path, self._nc)
         conn.request("GET", path, headers=headers)
         return conn.getresponse()
+
+    def _drain(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
+        """Read a refusal's page to its end, so that the connection can carry the next request; one
+        over _MAX_HEADER_BYTES closes it instead (the next request opens another)."""
+        try:
+            if conn.sock is not None:
+                conn.sock.settimeout(self.timeout_s)
+            if len(resp.read(_MAX_HEADER_BYTES + 1)) > _MAX_HEADER_BYTES or not resp.isclosed():
+                conn.close()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+
+    def _refused(self, resp: http.client.HTTPResponse) -> str:
+        """Why a 401 ends the opening: what the camera asks for, and whether a password was sent."""
+        schemes = ", ".join(c.scheme for c in httpauth.challenges(resp.msg.get_all("WWW-Authenticate") or []))
+        offered = schemes or "no scheme named"
+        if self._user is None:
+            return f"401 {resp.reason}: the camera asks for a user and password ({offered})"
+        if self._challenge is None:
+            return f"401 {resp.reason}: the camera asks for {offered}, which the agent does not speak"
+        return f"401 {resp.reason}: the camera refused the user and password ({self._challenge.scheme})"
 
     # --- reading ---------------------------------------------------------------------------------
     def grab(self) -> None:
