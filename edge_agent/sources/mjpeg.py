@@ -7,8 +7,9 @@ link (measured), and FFmpeg's own JPEG decoder takes any size a frame declares. 
 bounded (MAX_PART_BYTES), every frame gets the same header check as other pictures from elsewhere
 (`imageheader`), and a frame must arrive within `source.read_timeout_s` however slowly the bytes
 trickle. A URL that answers one still image (a snapshot URL) is polled, a request per frame, each
-picture bounded the same way. A URL whose server answers with anything else (an HLS playlist, a video
-file, a camera that asks for Digest authentication) is handed to FFmpeg as before.
+picture bounded the same way. A camera that asks for a password is answered as it asks (`httpauth`:
+Digest or Basic). A URL whose server answers with anything else (an HLS playlist, a video file) is
+handed to FFmpeg as before.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class MjpegSource(Source):
             self._jpeg_first = self._grab_snapshot(time.monotonic() + self.timeout_s)
             return
         if resp.status != 200 or not ctype.lower().startswith("multipart/x-mixed-replace") or boundary is None:
-            # not multipart JPEG (a playlist, a video, a Digest challenge, an error page): FFmpeg's
+            # not multipart JPEG (a playlist, a video, a redirect, an error page): FFmpeg's
             conn.close()
             self._ffmpeg = StreamSource(self.uri, self.timeout_s)
             self._ffmpeg.open()
