@@ -14,7 +14,7 @@ import numpy as np
 #: Filter half-length in input samples at the lower rate: ~60 dB stop band, a few ms of delay.
 _HALF_TAPS = 16
 #: The most phases (the larger of the ratio's two terms) the filter is built for. Every usual audio
-#: rate to 16 kHz needs at most 441 (44.1 and 22.05 kHz); the filter has 32 taps per phase. A rate
+#: rate to 16 kHz needs at most 441 (44.1 and 22.05 kHz); the filter has 32 taps for each. A rate
 #: sharing no large factor with the model's (a WAV header saying 999,983 Hz: 32 million taps, 3.5 GB
 #: and 14 s to build) is resampled at the nearest ratio of terms this size, where that is within
 #: RATE_TOLERANCE of the true one (999,983 Hz: 17 ppm off; 44,101 Hz: 4 ppm).
