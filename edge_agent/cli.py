@@ -66,7 +66,10 @@ def _settings_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = No
             g.add_argument(flag)
         return
     g.add_argument("--device-id")
-    g.add_argument("--source", help="camera index, /dev/videoN, file, URL, pipeline, image glob, synthetic, demo")
+    g.add_argument(
+        "--source",
+        help="camera index, /dev/videoN, /dev/v4l/by-id/..., file, URL, pipeline, image glob, synthetic, demo",
+    )
     g.add_argument("--fps", help="frame rate cap")
     g.add_argument("--model", help="model file (.tflite)")
     g.add_argument("--labels", help="labels file")

@@ -128,8 +128,8 @@ class SourceConfig(_Strict):
         "demo",
         min_length=1,
         max_length=4096,
-        description="'demo', camera index ('0') or /dev/videoN, video file, rtsp:// or http(s):// URL, "
-        "GStreamer pipeline (contains '!'), image directory or glob, 'synthetic[:WxH]', "
+        description="'demo', camera index ('0'), /dev/videoN or /dev/v4l/by-id/..., video file, rtsp:// or "
+        "http(s):// URL, GStreamer pipeline (contains '!'), image directory or glob, 'synthetic[:WxH]', "
         "or 'replay:FILE' (decoded once into memory, replayed). Signals: 'wav:FILE' (or any .wav, .flac, .ogg, "
         ".opus, .mp3), 'pcm:-' (stdin) or 'pcm:FIFO', 'mic:[DEVICE]', 'iio:/sys/bus/iio/devices/iio:deviceN', "
         "'serial:/dev/ttyUSB0', 'mqtt:TOPIC', 'csv:FILE'.",

@@ -102,6 +102,13 @@ def test_video_file_loops_and_ends() -> None:
 def test_missing_camera_and_gstreamer_are_clear_errors() -> None:
     with pytest.raises(SourceError, match="not present"):
         make_source(SourceConfig(uri="/dev/video99")).open()
+    # udev's names for a camera, stable across reboots and replugging (a box with two USB cameras needs
+    # them): they were read as video files, "not found", and a camera there would have been a file
+    for name in ("/dev/v4l/by-id/usb-046d_HD_Pro_Webcam_C920_1A2B3C4D-video-index0",
+                 "/dev/v4l/by-path/platform-fd500000.pcie-pci-0000:01:00.0-usb-0:1.2:1.0-video-index0"):
+        assert source_kind(name) == "camera", name
+        with pytest.raises(SourceError, match=f"camera device {name} not present"):
+            make_source(SourceConfig(uri=name)).open()
     g = make_source(SourceConfig(uri="videotestsrc ! appsink"))
     try:
         g.open()

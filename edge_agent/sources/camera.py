@@ -1,4 +1,6 @@
-"""Local cameras: an index ('0') or a V4L2 device path (/dev/videoN)."""
+"""Local cameras: an index ('0') or a V4L2 device path: /dev/videoN, or the names udev keeps for a
+camera whatever order the cameras were found in at boot (/dev/v4l/by-id/..., /dev/v4l/by-path/...),
+which a box with two USB cameras needs: /dev/video0 may be either after a reboot."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ class CameraSource(OpenCVSource):
 
     @classmethod
     def claims(cls, uri: str) -> bool:
-        return uri.isdigit() or uri.startswith("/dev/video")
+        return uri.isdigit() or uri.startswith(("/dev/video", "/dev/v4l/"))
 
     @classmethod
     def create(cls, uri: str, cfg: SourceConfig) -> Source:
