@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from edge_agent.config import Settings
-from edge_agent.imageheader import jpeg_size, refuse_oversized
+from edge_agent.imageheader import decode_image, jpeg_size
 from edge_agent.model import Model
 from edge_agent.payload import dumps
 
@@ -35,16 +35,10 @@ MAX_HELD_BYTES = 256 << 20
 def _image(item: dict[str, Any]) -> np.ndarray:
     """A device's picture (the agent sends JPEG), refused before decoding when it is not a JPEG or
     declares more than imageheader.MAX_PIXELS: any device, or anything else allowed to publish, reaches this."""
-    import cv2
-
     raw = base64.b64decode(item["data"], validate=True)
     if jpeg_size(raw) is None:
         raise ValueError("image is not a JPEG with a frame header")
-    refuse_oversized(raw, "image")
-    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError("image could not be decoded")
-    return img
+    return decode_image(raw, "image")
 
 
 def _place(det: dict[str, Any], dx: float, dy: float, scale: float, fw: int, fh: int) -> dict[str, Any]:

@@ -92,6 +92,22 @@ def read_image(path: str) -> np.ndarray:
     return img
 
 
+def decode_image(raw: bytes, what: str) -> np.ndarray:
+    """A picture received whole (a camera's JPEG, a device's escalation), its header checked first;
+    ValueError naming `what` where it declares too much or does not decode."""
+    import cv2
+    import numpy
+
+    refuse_oversized(raw, what)
+    try:
+        img = cv2.imdecode(numpy.frombuffer(raw, numpy.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # OpenCV's own size limit, for a format whose header is not read here
+        img = None
+    if img is None or img.size == 0:
+        raise ValueError(f"{what} of {len(raw)} bytes could not be decoded")
+    return img
+
+
 def refuse_oversized_file(path: str) -> None:
     """refuse_oversized on the start of a file (OSError where it cannot be read): its first 64 KiB,
     or up to a megabyte for a JPEG whose frame header comes later."""

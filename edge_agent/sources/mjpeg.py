@@ -22,10 +22,9 @@ import time
 import urllib.parse
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
-from edge_agent.imageheader import refuse_oversized
+from edge_agent.imageheader import decode_image
 from edge_agent.sources import httpauth
 from edge_agent.sources.base import FrameError, Source, SourceError
 from edge_agent.sources.stream import StreamSource, public_url
@@ -207,16 +206,9 @@ class MjpegSource(Source):
         if jpeg is None:
             raise SourceError("no frame grabbed")
         try:  # one bad frame is skipped; the camera goes on
-            refuse_oversized(jpeg, "frame")
+            return decode_image(jpeg, "frame")
         except ValueError as err:
             raise FrameError(f"{self.describe()}: {err}") from None
-        try:
-            img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-        except cv2.error:  # OpenCV's own size limit, for a picture whose header was not read here
-            img = None
-        if img is None or img.size == 0:
-            raise FrameError(f"{self.describe()}: a frame of {len(jpeg)} bytes could not be decoded")
-        return img
 
     def _grab_snapshot(self, deadline: float) -> bytes:
         """The next still: the response already opened (the first), else a new request on the same
