@@ -128,8 +128,9 @@ class SourceConfig(_Strict):
         "demo",
         min_length=1,
         max_length=4096,
-        description="'demo', camera index ('0'), /dev/videoN or /dev/v4l/by-id/..., video file, rtsp:// or "
-        "http(s):// URL, GStreamer pipeline (contains '!'), image directory or glob, 'synthetic[:WxH]', "
+        description="'demo', camera index ('0'), /dev/videoN or /dev/v4l/by-id/..., 'rpicam[:N]' (Raspberry Pi "
+        "camera module), 'exec:COMMAND' (writing MJPEG), video file, rtsp:// or http(s):// URL, GStreamer "
+        "pipeline (contains '!'), image directory or glob, 'synthetic[:WxH]', "
         "or 'replay:FILE' (decoded once into memory, replayed). Signals: 'wav:FILE' (or any .wav, .flac, .ogg, "
         ".opus, .mp3), 'pcm:-' (stdin) or 'pcm:FIFO', 'mic:[DEVICE]', 'iio:/sys/bus/iio/devices/iio:deviceN', "
         "'serial:/dev/ttyUSB0', 'mqtt:TOPIC', 'csv:FILE'.",
@@ -915,6 +916,8 @@ def exclusive_device(uri: str) -> str | None:
         return f"/dev/video{int(u)}"
     if u.startswith("/dev/"):
         return os.path.realpath(u) if os.path.exists(u) else u
+    if u == "rpicam" or u.startswith("rpicam:"):  # libcamera opens a camera for one process
+        return f"rpicam:{u.partition(':')[2] or '0'}"
     for kind in ("serial:", "iio:", "mic:"):
         if u.startswith(kind):
             rest = u[len(kind) :]

@@ -126,6 +126,8 @@ def test_environment_json_example_from_the_docs_works(tmp_path: Path) -> None:
         ('[{"name": "door"}, {"name": "door"}]', "pipelines[door].name: duplicate"),
         ('[{"name": "a", "source": {"uri": "0"}}, {"name": "b", "source": {"uri": "/dev/video0"}}]',
          "pipelines[b].source.uri: /dev/video0 is already used by pipeline 'a'"),
+        ('[{"name": "a", "source": {"uri": "rpicam"}}, {"name": "b", "source": {"uri": "rpicam:0"}}]',
+         "pipelines[b].source.uri: rpicam:0 is already used by pipeline 'a'"),
         ('[{"name": "a", "model": "nope"}]', "pipelines[a].model: unknown shared model 'nope'"),
         ('[{"name": "a", "source": {"uri": "x", "bogus": 1}}]', "pipeline 'a': source.bogus: unknown setting"),
         ('[{"name": "a/b"}]', "pipeline 'a/b': name: must be"),

@@ -8,6 +8,7 @@ import http.server
 import itertools
 import re
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -470,6 +471,86 @@ def test_a_camera_that_asks_for_digest_authentication_is_answered() -> None:
             make_source(SourceConfig(uri=cam.url.replace("admin:s3cret%20pw@", ""))).open()
     finally:
         cam.close()
+
+
+_EMITTER = """
+import os, subprocess, sys, time
+mode, frames = sys.argv[1], sys.argv[2:]
+out = sys.stdout.buffer
+if mode == "die":
+    sys.stderr.write("[0:00:00.1] INFO Camera camera_manager.cpp:330 libcamera v0.3.0\\n")
+    sys.stderr.write("ERROR: *** no cameras available ***\\n")
+    sys.exit(3)
+if mode == "stall":
+    time.sleep(600)
+child = subprocess.Popen(["sleep", "600"])
+sys.stderr.write(f"child {child.pid}\\n")
+sys.stderr.flush()
+for i, name in enumerate(frames):
+    jpeg = open(name, "rb").read()
+    out.write(b"noise before a picture" if i % 4 == 3 else b"")
+    out.write(jpeg)
+    out.flush()
+time.sleep(600)
+"""
+
+
+def _with_thumbnail(jpeg: bytes, thumb: bytes) -> bytes:
+    """The JPEG with an APP2 segment holding another whole JPEG, as an EXIF thumbnail is held: its EOI
+    is not the picture's end."""
+    payload = b"THUMB\0" + thumb
+    return jpeg[:2] + b"\xff\xe2" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
+
+
+def test_a_command_that_writes_jpegs_is_a_camera(tmp_path: Path) -> None:
+    """`exec:COMMAND` (and `rpicam`, the Raspberry Pi camera modules through rpicam-vid, which have no
+    V4L2 path OpenCV can read on Raspberry Pi OS Bookworm): each JPEG the command writes is a frame,
+    noise between them skipped and a thumbnail inside one not taken for its end. A command that exits
+    says why with its own last words, one that writes nothing fails within the read timeout, and
+    closing the source stops what the command started too."""
+    from edge_agent.sources.command import jpeg_end, rpicam_argv
+
+    cam = MjpegCamera()
+    cam.close()
+    thumb = cv2.imencode(".jpg", np.full((8, 8, 3), 50, np.uint8))[1].tobytes()
+    jpegs = [_with_thumbnail(j, thumb) if i % 3 == 1 else j for i, j in enumerate(cam.jpegs)]
+    names = []
+    for i, j in enumerate(jpegs):
+        assert jpeg_end(j + b"\xff\xd8 the next") == len(j)
+        (tmp_path / f"{i}.jpg").write_bytes(j)
+        names.append(str(tmp_path / f"{i}.jpg"))
+    script = tmp_path / "emit.py"
+    script.write_text(_EMITTER)
+    src = make_source(SourceConfig(uri=f"exec:{sys.executable} {script} ok {' '.join(names)}", read_timeout_s=5))
+    assert src.kind == "command" and src.describe() == f"command:{Path(sys.executable).name}"
+    src.open()
+    for i, j in enumerate(jpegs):
+        assert np.array_equal(src.read(), cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR)), f"frame {i}"
+    child = int(next(line for line in list(src._stderr) if line.startswith("child")).split()[1])  # type: ignore[attr-defined]
+    src.close()
+
+    def gone() -> bool:  # or a zombie, waiting for whoever adopted it to reap it
+        try:
+            return Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+
+    assert wait_until(gone, timeout=5), "the command's child outlived the source"
+
+    with pytest.raises(SourceError, match=r"exited with status 3 \(it said: .*no cameras available"):
+        make_source(SourceConfig(uri=f"exec:{sys.executable} {script} die")).open()
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match="no picture within 1 s"):
+        make_source(SourceConfig(uri=f"exec:{sys.executable} {script} stall", read_timeout_s=1)).open()
+    assert time.monotonic() - t0 < scaled(4)
+
+    argv = rpicam_argv("rpicam:1", SourceConfig(uri="rpicam:1", width=1280, height=720, fps=15))
+    assert argv[0] in ("rpicam-vid", "libcamera-vid") and argv[1:] == [
+        "--camera", "1", "-t", "0", "--nopreview", "--codec", "mjpeg", "--flush", "-o", "-",
+        "--width", "1280", "--height", "720", "--framerate", "15"]
+    if shutil.which("rpicam-vid") is None and shutil.which("libcamera-vid") is None:
+        with pytest.raises(SourceError, match=r"rpicam-vid not found \(Raspberry Pi OS: apt install rpicam-apps\)"):
+            make_source(SourceConfig(uri="rpicam")).open()
 
 
 def run_capture(factory, cfg: SourceConfig) -> tuple[Capture, LatestSlot[Frame], StageStats, threading.Event]:  # type: ignore[no-untyped-def]

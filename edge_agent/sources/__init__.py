@@ -10,6 +10,7 @@ from __future__ import annotations
 from edge_agent.config import SourceConfig
 from edge_agent.sources.base import EndOfStream, Frame, FrameError, Source, SourceError, demo_video_path
 from edge_agent.sources.camera import CameraSource
+from edge_agent.sources.command import CommandSource
 from edge_agent.sources.gstreamer import GStreamerSource
 from edge_agent.sources.images import ImageSetSource
 from edge_agent.sources.mjpeg import MjpegSource
@@ -26,6 +27,7 @@ __all__ = [
 SOURCES: list[type[Source]] = [
     SyntheticSource,
     ReplaySource,
+    CommandSource,
     CameraSource,
     MjpegSource,
     StreamSource,
