@@ -45,8 +45,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: The port IANA assigns to MQTT over TLS.
+MQTTS_PORT = 8883
+
+
 class TLSConfig(_Strict):
-    ca_file: Path | None = Field(None, description="CA bundle that signs the broker certificate; enables TLS.")
+    enabled: bool | None = Field(
+        None,
+        description="TLS to the broker. Default: on where ca_file or cert_file is set or the port is 8883 (MQTT "
+        "over TLS), verifying the broker against ca_file, else against the system's trusted CAs (a cloud "
+        "broker with a public certificate needs no ca_file).",
+    )
+    ca_file: Path | None = Field(
+        None, description="CA bundle that signs the broker certificate (default: the system's trusted CAs)."
+    )
     cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
     key_file: Path | None = Field(None, description="Private key of the client certificate.")
     insecure: bool = Field(False, description="Skip hostname verification (testing only).")
@@ -57,6 +69,19 @@ class TLSConfig(_Strict):
         if v is not None and not v.is_file():
             raise ValueError(f"file not found: {v}")
         return v
+
+    @model_validator(mode="after")
+    def _not_off_with_files(self) -> TLSConfig:
+        if self.enabled is False and (self.ca_file or self.cert_file or self.key_file):
+            raise ValueError("tls.enabled is false while a TLS file is set: remove the file, or enable TLS")
+        return self
+
+    def on(self, port: int) -> bool:
+        """Whether the connection to a broker at `port` uses TLS. A client certificate without a CA file
+        used to mean no TLS at all: the certificate unused and the password sent in clear text."""
+        if self.enabled is not None:
+            return self.enabled
+        return self.ca_file is not None or self.cert_file is not None or port == MQTTS_PORT
 
 
 class MQTTConfig(_Strict):
@@ -72,7 +97,9 @@ class MQTTConfig(_Strict):
         description="File holding the broker password (default: $CREDENTIALS_DIRECTORY/mqtt_password when "
         "systemd's LoadCredential provides it).",
     )
-    tls: TLSConfig = Field(default_factory=TLSConfig, description="TLS settings; TLS is on when tls.ca_file is set.")
+    tls: TLSConfig = Field(
+        default_factory=TLSConfig, description="TLS settings; on where tls.ca_file or cert_file is set or port is 8883."
+    )
     qos: int = Field(1, ge=0, le=2, description="QoS of predictions (availability always uses 1).")
     protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version.")
     keepalive_s: int = Field(

@@ -463,6 +463,32 @@ def test_tls_with_verification(tmp_path: Path) -> None:
         b.stop()
 
 
+def test_tls_without_a_ca_file_trusts_the_systems_cas_and_a_client_certificate_turns_it_on(tmp_path: Path) -> None:
+    """TLS was on only with `tls.ca_file`: a broker with a public certificate (a cloud broker) needed a
+    CA file the system already has, and a client certificate without a CA file meant no TLS at all, the
+    certificate unused and the password in clear text. Now a client certificate, or port 8883, turns
+    TLS on, verified against the system's trusted CAs where no CA file is given (OpenSSL's default
+    paths, which SSL_CERT_FILE names here); `tls.enabled` says it outright."""
+    ca, cert, key, other_ca = _make_pki(tmp_path)
+    port = free_port()
+    conf = (f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+            "require_certificate true\n")
+    b = Broker(tmp_path, conf, port).start()
+    try:
+        base = ["check", "--source", "synthetic", "--model", str(SHORT), "--accelerator", "cpu"]
+        mutual = {**b.env(), "EDGE_AGENT_MQTT__TLS__CERT_FILE": str(cert), "EDGE_AGENT_MQTT__TLS__KEY_FILE": str(key)}
+        ok = run_cli(*base, env={**mutual, "SSL_CERT_FILE": str(ca)})
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        other = run_cli(*base, env={**mutual, "SSL_CERT_FILE": str(other_ca)})
+        assert other.returncode == 1 and "TLS: the broker's certificate is not trusted" in other.stdout, other.stdout
+        off = run_cli(*base, env={**mutual, "EDGE_AGENT_MQTT__TLS__ENABLED": "false"})
+        assert off.returncode == 2 and "tls.enabled is false while a TLS file is set" in off.stderr, off.stderr
+    finally:
+        b.stop()
+    assert TLSConfig().on(8883) and not TLSConfig().on(1883) and TLSConfig(enabled=True).on(1883)
+    assert not TLSConfig(enabled=False).on(8883)
+
+
 def test_why_a_broker_cannot_be_reached_is_said_in_check_and_the_log(tmp_path: Path) -> None:
     """A broker whose certificate has expired, a CA file for another broker, a device clock not set yet,
     a host name DNS does not know: each used to read "connection refused or host unreachable" in

@@ -153,9 +153,9 @@ def _make_client(cfg: MQTTConfig, client_id: str, persistent: bool = False) -> _
         client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
     if cfg.username is not None:
         client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
-    if cfg.tls.ca_file is not None:
-        client.tls_set(
-            ca_certs=str(cfg.tls.ca_file),
+    if cfg.tls.on(cfg.port):
+        client.tls_set(  # no CA file: the system's trusted CAs (paho loads the default paths)
+            ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
             certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
             keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
             cert_reqs=ssl.CERT_REQUIRED,
