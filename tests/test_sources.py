@@ -345,8 +345,8 @@ class StillCamera:
 
 
 def test_a_cameras_snapshot_url_is_polled_one_picture_per_frame() -> None:
-    """A URL that answers one still image (a camera's snapshot URL, ESP32-CAM's /capture, Home
-    Assistant's camera proxy) went to FFmpeg, which read one picture and then failed: the camera was
+    """A URL that answers one still image (a camera's snapshot URL, ESP32-CAM's /capture, Frigate's
+    latest.jpg) went to FFmpeg, which read one picture and then failed: the camera was
     reopened with backoff, a frame every few seconds and a source error each time. Now it is polled,
     one request a frame, whatever the framing of each answer; paced by the fps cap, no picture is
     fetched to be thrown away; and an error page afterwards is a source error naming it."""

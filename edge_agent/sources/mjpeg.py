@@ -95,8 +95,8 @@ class MjpegSource(Source):
         ctype = resp.getheader("Content-Type", "")
         boundary = _BOUNDARY.search(ctype)
         if resp.status == 200 and ctype.lower().startswith("image/"):
-            # a still image (a camera's snapshot URL, ESP32-CAM's /capture, Home Assistant's camera
-            # proxy): polled, one request at a time, when inference has taken the last picture and at
+            # a still image (a camera's snapshot URL, ESP32-CAM's /capture, Frigate's latest.jpg):
+            # polled, one request at a time, when inference has taken the last picture and at
             # most at the fps cap (no picture is fetched to be thrown away)
             self._conn, self._resp, self.nominal_fps = conn, resp, None
             self.live, self.polled = False, True
