@@ -28,9 +28,8 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from edge_agent.imageheader import decode_image
-from edge_agent.sources.base import FrameError, Source, SourceError
-from edge_agent.sources.mjpeg import MAX_PART_BYTES
+from edge_agent.sources.base import Source, SourceError
+from edge_agent.sources.mjpeg import MAX_PART_BYTES, decode_frame
 
 if TYPE_CHECKING:
     from edge_agent.config import SourceConfig
@@ -154,12 +153,7 @@ class CommandSource(Source):
 
     def retrieve(self) -> np.ndarray:
         jpeg, self._jpeg = self._jpeg, None
-        if jpeg is None:
-            raise SourceError("no frame grabbed")
-        try:  # one bad frame is skipped; the command goes on
-            return decode_image(jpeg, "frame")
-        except ValueError as err:
-            raise FrameError(f"{self.describe()}: {err}") from None
+        return decode_frame(jpeg, self.describe())
 
     def close(self) -> None:
         proc, self._proc = self._proc, None

@@ -203,12 +203,7 @@ class MjpegSource(Source):
         if self._ffmpeg is not None:
             return self._ffmpeg.retrieve()
         jpeg, self._jpeg = self._jpeg, None
-        if jpeg is None:
-            raise SourceError("no frame grabbed")
-        try:  # one bad frame is skipped; the camera goes on
-            return decode_image(jpeg, "frame")
-        except ValueError as err:
-            raise FrameError(f"{self.describe()}: {err}") from None
+        return decode_frame(jpeg, self.describe())
 
     def _grab_snapshot(self, deadline: float) -> bytes:
         """The next still: the response already opened (the first), else a new request on the same
@@ -313,3 +308,14 @@ class MjpegSource(Source):
         if self._conn is not None:
             self._conn.close()
         self._conn, self._resp, self._buf, self._jpeg, self._jpeg_first = None, None, bytearray(), None, None
+
+
+def decode_frame(jpeg: bytes | None, source: str) -> np.ndarray:
+    """The picture of a grabbed frame received whole; FrameError for one that does not decode or
+    declares too much (skipped: the camera goes on), SourceError where none was grabbed."""
+    if jpeg is None:
+        raise SourceError("no frame grabbed")
+    try:
+        return decode_image(jpeg, "frame")
+    except ValueError as err:
+        raise FrameError(f"{source}: {err}") from None
