@@ -9,6 +9,9 @@ left to OpenCV's own check of the same limit, which the package sets as it is im
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -75,6 +78,26 @@ def refuse_oversized(raw: bytes, what: str) -> None:
         raise ValueError(f"{what} declares {size[0]}x{size[1]} pixels: more than {MAX_PIXELS}, or none")
 
 
+@contextlib.contextmanager
+def cv_path(path: str) -> Iterator[str]:
+    """`path` as OpenCV may be given it. Its Python binding crashes the process (a segmentation fault,
+    in imread and VideoCapture alike) on a str that does not encode to UTF-8: a file name in Latin-1
+    from a camera's FTP upload or a Windows share, which Python holds with surrogate escapes. Such a
+    file is opened here and handed over as /proc/self/fd/N, which OpenCV opens as the file itself."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        yield path
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
 def read_image(path: str) -> np.ndarray:
     """A picture file decoded (BGR, EXIF orientation applied), its header checked first; ValueError or
     OSError saying why it cannot be (too large, unreadable, not a picture)."""
@@ -82,7 +105,8 @@ def read_image(path: str) -> np.ndarray:
 
     refuse_oversized_file(path)
     try:
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        with cv_path(path) as name:
+            img = cv2.imread(name, cv2.IMREAD_COLOR)
     except cv2.error as err:  # OpenCV's own limit (edge_agent/__init__.py), for the other formats
         limit = "CV_IO_MAX_IMAGE_PIXELS" in str(err) or "CV_IO_MAX_IMAGE_WIDTH" in str(err)
         why = f"it declares more than {MAX_PIXELS} pixels" if limit else str(err).strip().splitlines()[-1]

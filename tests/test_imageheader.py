@@ -122,3 +122,26 @@ def test_a_webp_or_tiff_declaring_more_than_the_limit_is_refused_before_it_is_de
     for bomb in files[:2]:
         assert f"cannot decode image {bomb}: it declares more than {MAX_PIXELS} pixels" in r.stderr, r.stderr
     assert "fine.webp" in r.stdout and r.stdout.count("\n") == 1, r.stdout
+
+
+def test_files_whose_names_are_not_utf8_are_read_not_a_crash(tmp_path: Path) -> None:
+    """A camera's FTP upload or a Windows share names files in Latin-1 (`caf\\xe9.jpg`), which Python
+    holds with surrogate escapes. OpenCV's Python binding crashed the process on such a name (a
+    segmentation fault in imread and in VideoCapture alike): `predict`, or the daemon reading the
+    folder, died on the first such file, and systemd's restart met it again. Each is now read."""
+    import os
+    import shutil
+
+    from .conftest import DEMO_VIDEO
+
+    picture = cv2.imencode(".jpg", np.full((96, 128, 3), 128, np.uint8))[1].tobytes()
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    (folder / os.fsdecode(b"caf\xe9.jpg")).write_bytes(picture)
+    (folder / "plain.jpg").write_bytes(picture)
+    video = tmp_path / os.fsdecode(b"entr\xe9e.avi")
+    shutil.copy(DEMO_VIDEO, video)
+    r = run_cli("predict", str(SHORT), str(folder), str(video), "--json")
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 + 180 + 1 and '"frames":180' in lines[-1], lines[-1]

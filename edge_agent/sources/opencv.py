@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import cv2
 import numpy as np
 
-from edge_agent.imageheader import MAX_PIXELS
+from edge_agent.imageheader import MAX_PIXELS, cv_path
 from edge_agent.sources.base import EndOfStream, FrameError, Source, SourceError
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,18 @@ class OpenCVSource(Source):
 
     def open(self) -> None:
         params = self._open_params()
-        cap = (
-            cv2.VideoCapture(self._target(), self.api_preference, params)
-            if params
-            else cv2.VideoCapture(self._target(), self.api_preference)
-        )
+        target = self._target()
+        try:
+            with contextlib.ExitStack() as stack:
+                if isinstance(target, str) and not self.live:  # a file's name, which may not be UTF-8
+                    target = stack.enter_context(cv_path(target))
+                cap = (
+                    cv2.VideoCapture(target, self.api_preference, params)
+                    if params
+                    else cv2.VideoCapture(target, self.api_preference)
+                )
+        except OSError as err:
+            raise SourceError(f"cannot open {self.describe()}: {err.strerror or err}") from None
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot open {self.describe()}")
