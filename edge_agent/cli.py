@@ -454,6 +454,7 @@ def _predict_recordings(args: argparse.Namespace, model: Any, base: Any, paths: 
     of the recording ended each one came (`after_speech_s`, audio only)."""
     from edge_agent.config import SourceConfig
     from edge_agent.features import speech_end_s
+    from edge_agent.imageheader import utf8_path
     from edge_agent.signal_pipeline import run_offline
     from edge_agent.signals import SourceError, signal_kind
     from edge_agent.signals.wav import read_wav
@@ -463,16 +464,19 @@ def _predict_recordings(args: argparse.Namespace, model: Any, base: Any, paths: 
         signal = base.signal
         if not args.windows and "predictions_hz" not in signal.model_fields_set:
             signal = signal.model_copy(update={"predictions_hz": 0})
-        settings = base.model_copy(
-            update={"source": SourceConfig(uri=str(path), loop=False, realtime=False), "signal": signal}
-        )
+        kind = signal_kind(str(path))
         try:
-            run = run_offline(settings, model)
-        except SourceError as err:
+            with utf8_path(str(path)) as name:
+                uri = str(path) if name == str(path) else f"{kind}:{name}"  # a name not in UTF-8: its descriptor
+                settings = base.model_copy(
+                    update={"source": SourceConfig(uri=uri, loop=False, realtime=False), "signal": signal}
+                )
+                run = run_offline(settings, model)
+                end = speech_end_s(*read_wav(name)) if kind == "wav" else None
+        except (SourceError, OSError) as err:
             print(f"edge-agent: {err}", file=sys.stderr)
             status = EXIT_FAIL
             continue
-        end = speech_end_s(*read_wav(str(path))) if signal_kind(str(path)) == "wav" else None
         for doc in run.predictions:
             human.emit({"file": str(path), **doc}, human.prediction, args.json, indent=None)
         for doc in run.events:

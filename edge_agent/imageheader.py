@@ -79,11 +79,12 @@ def refuse_oversized(raw: bytes, what: str) -> None:
 
 
 @contextlib.contextmanager
-def cv_path(path: str) -> Iterator[str]:
-    """`path` as OpenCV may be given it. Its Python binding crashes the process (a segmentation fault,
-    in imread and VideoCapture alike) on a str that does not encode to UTF-8: a file name in Latin-1
-    from a camera's FTP upload or a Windows share, which Python holds with surrogate escapes. Such a
-    file is opened here and handed over as /proc/self/fd/N, which OpenCV opens as the file itself."""
+def utf8_path(path: str) -> Iterator[str]:
+    """`path` as OpenCV (and a setting) may be given it. OpenCV's Python binding crashes the process (a
+    segmentation fault, in imread and VideoCapture alike) on a str that does not encode to UTF-8: a
+    file name in Latin-1 from a camera's FTP upload or a Windows share, which Python holds with
+    surrogate escapes; pydantic refuses it as a setting. Such a file is opened here and handed over as
+    /proc/self/fd/N, which names the file itself to whatever opens it."""
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
@@ -105,7 +106,7 @@ def read_image(path: str) -> np.ndarray:
 
     refuse_oversized_file(path)
     try:
-        with cv_path(path) as name:
+        with utf8_path(path) as name:
             img = cv2.imread(name, cv2.IMREAD_COLOR)
     except cv2.error as err:  # OpenCV's own limit (edge_agent/__init__.py), for the other formats
         limit = "CV_IO_MAX_IMAGE_PIXELS" in str(err) or "CV_IO_MAX_IMAGE_WIDTH" in str(err)

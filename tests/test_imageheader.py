@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from edge_agent.imageheader import MAX_PIXELS, declared_size, jpeg_size, png_size, refuse_oversized
 
-from .conftest import SHORT, jpeg_declaring, run_cli
+from .conftest import ROOT, SHORT, jpeg_declaring, run_cli
 
 
 @settings(max_examples=60, deadline=None)
@@ -145,3 +145,11 @@ def test_files_whose_names_are_not_utf8_are_read_not_a_crash(tmp_path: Path) -> 
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
     lines = r.stdout.splitlines()
     assert len(lines) == 2 + 180 + 1 and '"frames":180' in lines[-1], lines[-1]
+    # a recording: pydantic refused its name as a setting (a traceback)
+    from .conftest import SHARED
+
+    recording = tmp_path / os.fsdecode(b"enregistr\xe9.wav")
+    shutil.copy(SHARED / "data" / "wakeword" / "hey_jarvis_1.wav", recording)
+    r = run_cli("predict", str(ROOT / "models" / "wakeword" / "hey_jarvis.tflite"), str(recording), "--json")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert '"summary":{"events":1,' in r.stdout.splitlines()[-1], r.stdout[-500:]

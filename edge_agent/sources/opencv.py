@@ -8,7 +8,7 @@ import logging
 import cv2
 import numpy as np
 
-from edge_agent.imageheader import MAX_PIXELS, cv_path
+from edge_agent.imageheader import MAX_PIXELS, utf8_path
 from edge_agent.sources.base import EndOfStream, FrameError, Source, SourceError
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class OpenCVSource(Source):
         try:
             with contextlib.ExitStack() as stack:
                 if isinstance(target, str) and not self.live:  # a file's name, which may not be UTF-8
-                    target = stack.enter_context(cv_path(target))
+                    target = stack.enter_context(utf8_path(target))
                 cap = (
                     cv2.VideoCapture(target, self.api_preference, params)
                     if params
