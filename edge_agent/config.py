@@ -175,6 +175,22 @@ class SourceConfig(_Strict):
         "over the fps cap) rather than as fast as inference takes them; either way a file's frames carry its own "
         "clock.",
     )
+    tls_verify: bool = Field(
+        True,
+        description="Verify an https:// camera's certificate (against tls_ca_file, else the system's trusted CAs). "
+        "Most cameras serve a certificate they signed themselves, for no host name: set false for those on a "
+        "network you trust.",
+    )
+    tls_ca_file: Path | None = Field(
+        None, description="CA bundle, or a camera's own certificate, trusted for https:// cameras."
+    )
+
+    @field_validator("tls_ca_file")
+    @classmethod
+    def _ca_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"file not found: {v}")
+        return v
     width: int | None = Field(None, ge=16, le=8192, description="Capture width to ask a camera for.")
     height: int | None = Field(None, ge=16, le=8192, description="Capture height to ask a camera for.")
     read_timeout_s: float = Field(

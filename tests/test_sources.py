@@ -385,6 +385,33 @@ def test_a_cameras_snapshot_url_is_polled_one_picture_per_frame() -> None:
         failing.close()
 
 
+def test_an_https_camera_with_its_own_certificate(tmp_path: Path) -> None:
+    """Most cameras that serve https use a certificate they signed themselves. Read through FFmpeg
+    (which verifies nothing by default) such a camera played; read by the agent it was refused with
+    nothing to do about it. Now the refusal says what to set, and the camera plays with its
+    certificate (or CA) trusted, `source.tls_ca_file`, or with `source.tls_verify = false`."""
+    import ssl
+
+    from .test_mqtt import _make_pki
+
+    ca, cert, key, other_ca = _make_pki(tmp_path)
+    cam = StillCamera()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    cam.server.socket = context.wrap_socket(cam.server.socket, server_side=True)
+    url = cam.url.replace("http://", "https://")
+    try:
+        with pytest.raises(SourceError, match=r"certificate is not trusted .*set source.tls_ca_file to it or its CA"):
+            make_source(SourceConfig(uri=url)).open()
+        _reads_the_pictures(make_source(SourceConfig(uri=url, tls_ca_file=ca)), cam.jpegs, 3)
+        cam.requests = 0
+        _reads_the_pictures(make_source(SourceConfig(uri=url, tls_verify=False)), cam.jpegs, 3)
+        with pytest.raises(SourceError, match="not trusted"):
+            make_source(SourceConfig(uri=url, tls_ca_file=other_ca)).open()
+    finally:
+        cam.close()
+
+
 def test_digest_answers_rfc_7616s_examples() -> None:
     """The response of RFC 2617's example, and of RFC 7616's for MD5 and SHA-256."""
     from edge_agent.sources.httpauth import challenges, digest

@@ -30,6 +30,8 @@ from edge_agent.sources.base import FrameError, Source, SourceError
 from edge_agent.sources.stream import StreamSource, public_url
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from edge_agent.config import SourceConfig
 
 log = logging.getLogger(__name__)
@@ -53,11 +55,12 @@ class MjpegSource(Source):
 
     @classmethod
     def create(cls, uri: str, cfg: SourceConfig) -> Source:
-        return cls(uri, cfg.read_timeout_s)
+        return cls(uri, cfg.read_timeout_s, cfg.tls_verify, cfg.tls_ca_file)
 
-    def __init__(self, uri: str, timeout_s: float = 5.0):
+    def __init__(self, uri: str, timeout_s: float = 5.0, tls_verify: bool = True, tls_ca_file: Path | None = None):
         super().__init__(uri)
         self.timeout_s = timeout_s
+        self.tls_verify, self.tls_ca_file = tls_verify, tls_ca_file
         self._conn: http.client.HTTPConnection | None = None
         self._resp: http.client.HTTPResponse | None = None
         self._boundary = b""
@@ -85,6 +88,12 @@ class MjpegSource(Source):
         conn = self._connect()
         try:
             resp = self._get(conn)
+        except ssl.SSLCertVerificationError as err:
+            conn.close()
+            raise SourceError(
+                f"cannot open {self.describe()}: TLS: the camera's certificate is not trusted ({err.verify_message}): "
+                "set source.tls_ca_file to it or its CA, or source.tls_verify = false on a network you trust"
+            ) from None
         except (OSError, http.client.HTTPException) as err:
             conn.close()
             raise SourceError(f"cannot open {self.describe()}: {err}") from None
@@ -124,10 +133,13 @@ class MjpegSource(Source):
         except ValueError:
             raise SourceError(f"cannot open {self.describe()}: bad port") from None
         host = url.hostname or ""
-        return (
-            http.client.HTTPSConnection(host, port, timeout=self.timeout_s, context=ssl.create_default_context())
-            if url.scheme == "https" else http.client.HTTPConnection(host, port, timeout=self.timeout_s)
-        )
+        if url.scheme != "https":
+            return http.client.HTTPConnection(host, port, timeout=self.timeout_s)
+        context = ssl.create_default_context(cafile=str(self.tls_ca_file) if self.tls_ca_file else None)
+        if not self.tls_verify:  # a camera's own certificate, for no host name: encrypted, not authenticated
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return http.client.HTTPSConnection(host, port, timeout=self.timeout_s, context=context)
 
     def _get(self, conn: http.client.HTTPConnection) -> http.client.HTTPResponse:
         """GET the URL, answering an authentication challenge once. Nothing is sent with the first
