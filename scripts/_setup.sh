@@ -19,6 +19,8 @@ if [[ "$EXTRAS" == *dev* ]]; then  # the suite verifies the unit and builds test
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the status page is tested in a real browser
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # /metrics is linted and scraped by the real thing
   command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)  # the power-cut file system (tests/lazyfs.py)
+  # a real command that writes MJPEG to its output, for the command source
+  command -v gst-launch-1.0 >/dev/null 2>&1 || missing+=(gstreamer1.0-tools gstreamer1.0-plugins-good)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing system packages: ${missing[*]}"

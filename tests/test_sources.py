@@ -529,7 +529,8 @@ def _with_thumbnail(jpeg: bytes, thumb: bytes) -> bytes:
 def test_a_command_that_writes_jpegs_is_a_camera(tmp_path: Path) -> None:
     """`exec:COMMAND` (and `rpicam`, the Raspberry Pi camera modules through rpicam-vid, which have no
     V4L2 path OpenCV can read on Raspberry Pi OS Bookworm): each JPEG the command writes is a frame,
-    noise between them skipped and a thumbnail inside one not taken for its end. A command that exits
+    noise between them skipped and a thumbnail inside one not taken for its end; GStreamer's
+    gst-launch writing JPEG plays. A command that exits
     says why with its own last words, one that writes nothing fails within the read timeout, and
     closing the source stops what the command started too."""
     from edge_agent.sources.command import jpeg_end, rpicam_argv
@@ -567,6 +568,17 @@ def test_a_command_that_writes_jpegs_is_a_camera(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="no picture within 1 s"):
         make_source(SourceConfig(uri=f"exec:{sys.executable} {script} stall", read_timeout_s=1)).open()
     assert time.monotonic() - t0 < scaled(4)
+
+    # a real tool's MJPEG: GStreamer's test pattern through its JPEG encoder, ten frames, then its end
+    if shutil.which("gst-launch-1.0") is None:
+        pytest.fail("gst-launch-1.0 missing: scripts/test.sh installs gstreamer1.0-tools")
+    gst = make_source(SourceConfig(uri="exec:gst-launch-1.0 -q videotestsrc num-buffers=10 ! "
+                                       "video/x-raw,width=320,height=240 ! jpegenc ! fdsink"))
+    gst.open()
+    assert [gst.read().shape for _ in range(10)] == [(240, 320, 3)] * 10
+    with pytest.raises(SourceError, match=r"command:gst-launch-1\.0: exited with status 0"):
+        gst.read()
+    gst.close()
 
     argv = rpicam_argv("rpicam:1", SourceConfig(uri="rpicam:1", width=1280, height=720, fps=15))
     assert argv[0] in ("rpicam-vid", "libcamera-vid") and argv[1:] == [
