@@ -489,6 +489,25 @@ def test_tls_without_a_ca_file_trusts_the_systems_cas_and_a_client_certificate_t
     assert not TLSConfig(enabled=False).on(8883)
 
 
+def test_a_password_sent_in_clear_text_over_a_network_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    """A broker password over plain MQTT to another host crosses the network readable by anyone on
+    it; the agent did so without a word. It now says so once as it starts; not to this machine's own
+    broker, nor over TLS."""
+    cases = {
+        "broker.example": MQTTConfig(host="broker.example", username="cam", password="pw"),
+        "127.0.0.1": MQTTConfig(host="127.0.0.1", username="cam", password="pw"),
+        "tls": MQTTConfig(host="broker.example", port=8883, username="cam", password="pw"),
+        "no password": MQTTConfig(host="broker.example", username="cam"),
+    }
+    said = {}
+    for name, cfg in cases.items():
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="edge_agent.sinks.mqtt"):
+            MqttSink(cfg, "dev1")
+        said[name] = "in clear text" in caplog.text
+    assert said == {"broker.example": True, "127.0.0.1": False, "tls": False, "no password": False}, said
+
+
 def test_why_a_broker_cannot_be_reached_is_said_in_check_and_the_log(tmp_path: Path) -> None:
     """A broker whose certificate has expired, a CA file for another broker, a device clock not set yet,
     a host name DNS does not know: each used to read "connection refused or host unreachable" in

@@ -8,6 +8,7 @@ are published again, because a broker restart or a persistent-session loss erase
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import queue
 import socket
@@ -103,6 +104,16 @@ def topic_base(cfg: MQTTConfig, device_id: str) -> str:
 
 #: Said where no connection attempt has told why it failed.
 _UNREACHABLE = "connection refused or host unreachable"
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host` is this machine: a password sent there in clear text crosses no network."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def why_unreachable(err: OSError) -> str:
@@ -232,6 +243,9 @@ class MqttSink(Sink):
         self.heartbeat = time.monotonic()
         self._thread: threading.Thread | None = None
         self._client = _make_client(cfg, self.client_id)
+        if cfg.password is not None and not cfg.tls.on(cfg.port) and not _loopback(cfg.host):
+            log.warning("mqtt: the password goes to %s:%d in clear text: TLS is off (mqtt.tls.ca_file, a broker at "
+                        "port 8883, or mqtt.tls.enabled)", cfg.host, cfg.port)
         self._client.will_set(self.availability_topic, OFFLINE, qos=AVAILABILITY_QOS, retain=True)
         self._client.max_inflight_messages_set(_MAX_INFLIGHT)
         self._client.max_queued_messages_set(_MAX_QUEUED)
