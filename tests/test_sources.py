@@ -580,6 +580,9 @@ def test_a_command_that_writes_jpegs_is_a_camera(tmp_path: Path) -> None:
         gst.read()
     gst.close()
 
+    with pytest.raises(SourceError, match="cannot be split into words: No closing quotation"):
+        make_source(SourceConfig(uri="exec:ffmpeg -i 'rtsp://cam/live -f mjpeg -"))
+
     argv = rpicam_argv("rpicam:1", SourceConfig(uri="rpicam:1", width=1280, height=720, fps=15))
     assert argv[0] in ("rpicam-vid", "libcamera-vid") and argv[1:] == [
         "--camera", "1", "-t", "0", "--nopreview", "--codec", "mjpeg", "--flush", "-o", "-",

@@ -101,7 +101,10 @@ class CommandSource(Source):
 
     @classmethod
     def create(cls, uri: str, cfg: SourceConfig) -> Source:
-        argv = shlex.split(uri[len("exec:") :]) if uri.startswith("exec:") else rpicam_argv(uri, cfg)
+        try:
+            argv = shlex.split(uri[len("exec:") :]) if uri.startswith("exec:") else rpicam_argv(uri, cfg)
+        except ValueError as err:  # an unclosed quote
+            raise SourceError(f"exec: the command cannot be split into words: {err}") from None
         if not argv:
             raise SourceError("exec: names no command")
         return cls(uri, argv, cfg.read_timeout_s)
