@@ -163,6 +163,18 @@ def test_a_video_declaring_frames_larger_than_a_picture_may_be_is_refused_before
     assert "big.avi" not in r.stdout and '"file":"' + str(tmp_path / "clip.avi") in r.stdout, r.stdout
 
 
+def _demo_jpegs(n: int = 10) -> list[bytes]:
+    """The demo video's first `n` frames as JPEG, as a camera would send them."""
+    jpegs = []
+    cap = cv2.VideoCapture(str(DEMO_VIDEO))
+    for _ in range(n):
+        ok, img = cap.read()
+        assert ok
+        jpegs.append(cv2.imencode(".jpg", img)[1].tobytes())
+    cap.release()
+    return jpegs
+
+
 class MjpegCamera:
     """A real HTTP server that serves MJPEG as multipart/x-mixed-replace, as IP cameras and ESP32-CAM
     boards do, with their quirks (parts without Content-Length, bare LF line ends, a boundary declared
@@ -171,14 +183,7 @@ class MjpegCamera:
     30,000 x 30,000 pixels), "trickle" (one byte at a time)."""
 
     def __init__(self, bad: str | None = None, at: int = 6):  # frame 5 has a length: it ends without frame 6
-        jpegs = []
-        cap = cv2.VideoCapture(str(DEMO_VIDEO))
-        for _ in range(10):
-            ok, img = cap.read()
-            assert ok
-            jpegs.append(cv2.imencode(".jpg", img)[1].tobytes())
-        cap.release()
-        self.jpegs, self.bad, self.at, self.connections = jpegs, bad, at, 0
+        self.jpegs, self.bad, self.at, self.connections = _demo_jpegs(), bad, at, 0
         camera = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -304,9 +309,7 @@ class StillCamera:
     closing the connection; `fail_after` GETs, a 404 page."""
 
     def __init__(self, fail_after: int | None = None):
-        cam = MjpegCamera()
-        cam.close()
-        self.jpegs, self.requests, self.fail_after = cam.jpegs, 0, fail_after
+        self.jpegs, self.requests, self.fail_after = _demo_jpegs(), 0, fail_after
         camera = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -535,10 +538,8 @@ def test_a_command_that_writes_jpegs_is_a_camera(tmp_path: Path) -> None:
     closing the source stops what the command started too."""
     from edge_agent.sources.command import jpeg_end, rpicam_argv
 
-    cam = MjpegCamera()
-    cam.close()
     thumb = cv2.imencode(".jpg", np.full((8, 8, 3), 50, np.uint8))[1].tobytes()
-    jpegs = [_with_thumbnail(j, thumb) if i % 3 == 1 else j for i, j in enumerate(cam.jpegs)]
+    jpegs = [_with_thumbnail(j, thumb) if i % 3 == 1 else j for i, j in enumerate(_demo_jpegs())]
     names = []
     for i, j in enumerate(jpegs):
         assert jpeg_end(j + b"\xff\xd8 the next") == len(j)
