@@ -533,9 +533,9 @@ def test_a_command_that_writes_jpegs_is_a_camera(tmp_path: Path) -> None:
     """`exec:COMMAND` (and `rpicam`, the Raspberry Pi camera modules through rpicam-vid, which have no
     V4L2 path OpenCV can read on Raspberry Pi OS Bookworm): each JPEG the command writes is a frame,
     noise between them skipped and a thumbnail inside one not taken for its end; GStreamer's
-    gst-launch writing JPEG plays. A command that exits
-    says why with its own last words, one that writes nothing fails within the read timeout, and
-    closing the source stops what the command started too."""
+    gst-launch writing JPEG plays. A command that exits says why with its own last words, one that
+    writes nothing fails within the read timeout, and closing the source stops what the command
+    started too."""
     from edge_agent.sources.command import jpeg_end, rpicam_argv
 
     thumb = cv2.imencode(".jpg", np.full((8, 8, 3), 50, np.uint8))[1].tobytes()
