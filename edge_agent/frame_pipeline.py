@@ -158,6 +158,8 @@ class FramePipeline:
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
+        if self.scene is not None:
+            self._zero_counts(self.scene)
         self.capture.consume = self._consume
         self.capture.start()
         for stage, target in (("inference", self._inference_loop), ("postprocess", self._post_loop)):
@@ -212,6 +214,8 @@ class FramePipeline:
                     self.scene.close()
                 self.scene = new
                 self.keep_images = self.keep_images or (new is not None and new.needs_images)
+                if new is not None:
+                    self._zero_counts(new)
 
     # --- stages --------------------------------------------------------------------------------
     def _inference_loop(self) -> None:
@@ -415,6 +419,11 @@ class FramePipeline:
             self._state(Message(topics.zone_count(where, zone, label), str(n).encode(), qos=1, retain=True))
         for label, jpeg in out.snapshots:
             self._state(Message(topics.snapshot(where, label), jpeg, qos=0, retain=True))
+
+    def _zero_counts(self, scene: SceneStage) -> None:
+        topics, where = self.fanout.topics, self.route.label
+        for zone, label in scene.start_counts():
+            self._state(Message(topics.zone_count(where, zone, label), b"0", qos=1, retain=True))
 
     def _state(self, msg: Message) -> None:
         self.retained[msg.topic] = msg

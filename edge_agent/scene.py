@@ -410,6 +410,17 @@ class SceneStage:
         obj.snapshot_ts = obj.best.ts
         return obj.best, last
 
+    def start_counts(self) -> dict[tuple[str, str], int]:
+        """Every count this scene can name (each zone with each of its labels, or of the scene's), at 0:
+        what the pipeline publishes as it starts. A count is retained state that was published only
+        when it changed, so one left at 1 by a run that ended without ending its objects (a power
+        cut, a crash, a watchdog restart) stayed 1 with nobody there, and Home Assistant showed it."""
+        zero = {
+            (z.name, label): 0 for z in self.zones for label in sorted(z.labels or self.labels or ())
+        }
+        self.counts.update(zero)
+        return zero
+
     def _recount(self) -> dict[tuple[str, str], int]:
         now: dict[tuple[str, str], int] = {}
         for obj in self.objects.values():
