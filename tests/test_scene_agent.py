@@ -194,27 +194,23 @@ inertia = 2
         broker.stop()
 
 
+def _door(broker: Broker, uri: str, zone: str) -> str:
+    """The configuration of device `door`: BlazeFace on `uri`, with one zone (its TOML keys)."""
+    from .conftest import SHORT
+
+    return (f'device_id = "door"\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n[source]\nuri = "{uri}"\n'
+            f'[model]\npath = "{SHORT}"\n[[scene.zones]]\n{zone}')
+
+
 def test_zones_change_on_reload_without_a_restart(tmp_path: Path) -> None:
     """SIGHUP with a new zone: the running pipeline takes it between two frames; boot and tracks go on."""
     import signal
 
-    from .conftest import DEMO_VIDEO, SHORT, AgentProcess
+    from .conftest import DEMO_VIDEO, AgentProcess
 
     broker = Broker(tmp_path).start()
     cfg = tmp_path / "door.toml"
-    base = f"""
-device_id = "door"
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-[source]
-uri = "{DEMO_VIDEO}"
-[model]
-path = "{SHORT}"
-[[scene.zones]]
-name = "top"
-points = [[0.0, 0.0], [1.0, 0.0], [1.0, 0.05], [0.0, 0.05]]
-"""
+    base = _door(broker, str(DEMO_VIDEO), 'name = "top"\npoints = [[0.0, 0.0], [1.0, 0.0], [1.0, 0.05], [0.0, 0.05]]\n')
     whole = '[[scene.zones]]\nname = "all"\npoints = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]\ninertia = 1\n'
     cfg.write_text(base)
     rec = RawRecorder(broker, "door")
@@ -295,7 +291,7 @@ def test_a_count_left_by_a_run_that_ended_badly_is_zero_as_the_agent_starts(tmp_
     from edge_agent.sinks.base import Message
     from edge_agent.sinks.mqtt import MqttSink
 
-    from .conftest import SHORT, AgentProcess
+    from .conftest import AgentProcess
 
     broker = Broker(tmp_path).start()
     left = MqttSink(broker.mqtt(), "left-behind")
@@ -305,20 +301,8 @@ def test_a_count_left_by_a_run_that_ended_badly_is_zero_as_the_agent_starts(tmp_
     assert wait_until(lambda: left.sent >= 1, 10)
     left.close(2)
     cfg = tmp_path / "door.toml"
-    cfg.write_text(f"""
-device_id = "door"
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-[source]
-uri = "synthetic"
-[model]
-path = "{SHORT}"
-[[scene.zones]]
-name = "porch"
-points = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
-labels = ["face"]
-""")
+    porch = 'name = "porch"\npoints = [[0, 0], [1, 0], [1, 1], [0, 1]]\nlabels = ["face"]\n'
+    cfg.write_text(_door(broker, "synthetic", porch))
     rec = RawRecorder(broker, "door")
     agent = AgentProcess(["run", "--config", str(cfg)], {}, tmp_path)
     try:
