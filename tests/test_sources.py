@@ -80,6 +80,33 @@ def test_image_set_loops_and_ends(image_dir: Path) -> None:
         ImageSetSource(str(image_dir / "*.gif")).open()
 
 
+def test_an_image_folder_shows_the_pictures_that_arrive_in_it(image_dir: Path) -> None:
+    """The set was listed once, as it opened: a folder cameras upload to showed the same pictures for
+    good when looping, and ended with the new ones unseen when not. At the end of the set the folder
+    is looked at again: a new picture is shown (once, where the set does not loop), one that arrived
+    broken is skipped without failing the set, and one that went is not looked for."""
+    from edge_agent.sources.base import FrameError
+
+    once = ImageSetSource(str(image_dir), loop=False)
+    once.open()
+    assert all(np.array_equal(once.read(), pattern(64, 48, i)) for i in range(3))
+    cv2.imwrite(str(image_dir / "3.png"), pattern(64, 48, 3))
+    (image_dir / "4.png").write_bytes(b"the first bytes of an upload")
+    assert np.array_equal(once.read(), pattern(64, 48, 3))
+    with pytest.raises(FrameError):
+        once.read()
+    with pytest.raises(EndOfStream):
+        once.grab()
+
+    (image_dir / "4.png").unlink()
+    looping = ImageSetSource(str(image_dir), loop=True)
+    looping.open()
+    assert all(np.array_equal(looping.read(), pattern(64, 48, i)) for i in range(4))
+    (image_dir / "0.png").unlink()
+    cv2.imwrite(str(image_dir / "5.png"), pattern(64, 48, 5))
+    assert all(np.array_equal(looping.read(), pattern(64, 48, i)) for i in (1, 2, 3, 5))
+
+
 def test_video_file_loops_and_ends() -> None:
     v = VideoFileSource(str(DEMO_VIDEO), loop=False)
     v.open()

@@ -1,4 +1,10 @@
-"""A directory or glob of still images, shown in name order, optionally looping."""
+"""A directory or glob of still images, shown in name order, optionally looping.
+
+At the end of the set the directory is looked at again: pictures that arrived since (a folder cameras
+upload to) are shown, each once where the set does not loop and in its place in the next round where
+it does; pictures that went are not looked for again. The set was listed once, as it opened: a looping
+set showed the same pictures for good, and one that did not ended with the new ones unseen.
+"""
 
 from __future__ import annotations
 
@@ -36,21 +42,36 @@ class ImageSetSource(Source):
         self._files: list[str] = []
         self._pos = -1
         self._bad_in_a_row = 0
+        #: pictures shown, where the set does not loop: the ones to show at its end are the others
+        self._shown: set[str] = set()
+        self._read_any = False
+
+    def _list(self) -> list[str]:
+        pattern = os.path.join(self.uri, "*") if os.path.isdir(self.uri) else self.uri
+        return sorted(f for f in glob.glob(pattern) if f.lower().endswith(IMAGE_EXTS))
 
     def open(self) -> None:
-        pattern = os.path.join(self.uri, "*") if os.path.isdir(self.uri) else self.uri
-        self._files = sorted(f for f in glob.glob(pattern) if f.lower().endswith(IMAGE_EXTS))
+        self._files = self._list()
         if not self._files:
             raise SourceError(f"no images match {self.uri}")
         self._pos = -1
         self._bad_in_a_row = 0
+        self._shown = set()
+        self._read_any = False  # a set where none reads fails; one picture that arrived broken is skipped
 
     def grab(self) -> None:  # no decoding: only the index moves
         self._pos += 1
         if self._pos >= len(self._files):
+            files = self._list()  # what arrived or went since the set was last listed
             if not self.loop:
-                raise EndOfStream(self.uri)
-            self._pos = 0
+                files = [f for f in files if f not in self._shown]
+                if not files:
+                    raise EndOfStream(self.uri)
+            elif not files:
+                raise SourceError(f"no images match {self.uri}")
+            self._files, self._pos = files, 0
+        if not self.loop:
+            self._shown.add(self._files[self._pos])
 
     def retrieve(self) -> np.ndarray:
         path = self._files[self._pos]
@@ -61,8 +82,9 @@ class ImageSetSource(Source):
         except (OSError, ValueError) as err:
             # one unreadable file (half copied, not an image) is skipped; a set where none reads is a failure
             self._bad_in_a_row += 1
-            if self._bad_in_a_row >= len(self._files):
+            if self._bad_in_a_row >= len(self._files) and not self._read_any:
                 raise SourceError(f"no image in {self.uri} can be decoded") from None
             raise FrameError(str(err)) from None
         self._bad_in_a_row = 0
+        self._read_any = True
         return img
