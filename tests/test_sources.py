@@ -80,6 +80,24 @@ def test_image_set_loops_and_ends(image_dir: Path) -> None:
         ImageSetSource(str(image_dir / "*.gif")).open()
 
 
+def test_a_raspberry_pi_video_node_that_is_no_camera_is_named(tmp_path: Path) -> None:
+    """On a Raspberry Pi, /dev/video0 is often a camera module's raw sensor node (only libcamera
+    drives it) and other nodes are the codec and image processor: opened as a camera each failed with
+    "no frame". The failure now says what the node is, and for a camera module what to use (the
+    node names as the kernel gives them in sysfs; this machine has no such nodes)."""
+    from edge_agent.sources.camera import node_hint
+
+    for node, name in (("video0", "unicam-image"), ("video4", "rp1-cfe-csi2_ch0"), ("video10", "bcm2835-codec-decode"),
+                       ("video19", "rpi-hevc-dec"), ("video2", "HD Pro Webcam C920")):
+        (tmp_path / node).mkdir()
+        (tmp_path / node / "name").write_text(name + "\n")
+    assert "use source.uri = 'rpicam'" in str(node_hint("0", str(tmp_path)))
+    assert "use source.uri = 'rpicam'" in str(node_hint("/dev/video4", str(tmp_path)))
+    assert "video codec or image processor, not a camera" in str(node_hint("10", str(tmp_path)))
+    assert "not a camera" in str(node_hint("/dev/video19", str(tmp_path)))
+    assert node_hint("2", str(tmp_path)) is None and node_hint("7", str(tmp_path)) is None
+
+
 def test_an_image_folder_shows_the_pictures_that_arrive_in_it(image_dir: Path) -> None:
     """The set was listed once, as it opened: a folder cameras upload to showed the same pictures for
     good when looping, and ended with the new ones unseen when not. At the end of the set the folder

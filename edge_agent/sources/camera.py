@@ -4,10 +4,13 @@ which a box with two USB cameras needs: /dev/video0 may be either after a reboot
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import cv2
+import numpy as np
 
 from edge_agent.sources.base import Source, SourceError
 from edge_agent.sources.opencv import OpenCVSource
@@ -39,7 +42,28 @@ class CameraSource(OpenCVSource):
     def open(self) -> None:
         if not self.uri.isdigit() and not os.path.exists(self.uri):
             raise SourceError(f"camera device {self.uri} not present")
-        super().open()
+        with self._named():
+            super().open()
+
+    def grab(self) -> None:
+        with self._named():
+            super().grab()
+
+    def retrieve(self) -> np.ndarray:
+        with self._named():
+            return super().retrieve()
+
+    @contextlib.contextmanager
+    def _named(self) -> Iterator[None]:
+        """A failure says what the node is where it is no camera OpenCV can read: on a Raspberry Pi,
+        /dev/video0 is often a camera module's raw sensor node, which only libcamera drives."""
+        try:
+            yield
+        except SourceError as err:
+            hint = node_hint(self.uri)
+            if hint is None:
+                raise
+            raise SourceError(f"{err}: {hint}") from None
 
     def _configure(self, cap: cv2.VideoCapture) -> None:
         # MJPG lets USB cameras deliver full frame rates; one buffered frame keeps latency low.
@@ -51,3 +75,26 @@ class CameraSource(OpenCVSource):
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
         if self.fps:
             cap.set(cv2.CAP_PROP_FPS, self.fps)
+
+
+#: What V4L2 node names (sysfs `name`) of a Raspberry Pi's own video blocks contain, and what each is
+_PI_NODES = (
+    (("unicam", "rp1-cfe"), "a Raspberry Pi camera module's raw sensor node, which only libcamera drives: use "
+     "source.uri = 'rpicam' (rpicam-vid)"),
+    (("bcm2835-codec", "bcm2835-isp", "pispbe", "rpivid", "hevc-dec"), "the Raspberry Pi's video codec or "
+     "image processor, not a camera"),
+)
+
+
+def node_hint(device: str, sysfs: str = "/sys/class/video4linux") -> str | None:
+    """What a V4L2 node is, where its name says it is none that OpenCV reads as a camera; else None."""
+    node = f"video{int(device)}" if device.isdigit() else os.path.basename(os.path.realpath(device))
+    try:
+        with open(os.path.join(sysfs, node, "name")) as f:
+            name = f.read().strip()
+    except OSError:
+        return None
+    for prefixes, what in _PI_NODES:
+        if any(p in name for p in prefixes):
+            return f"{node} is {name!r}, {what}"
+    return None
