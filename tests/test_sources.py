@@ -460,6 +460,46 @@ def test_an_https_camera_with_its_own_certificate(tmp_path: Path) -> None:
         cam.close()
 
 
+def test_a_camera_url_that_redirects_is_followed_and_its_password_stays_home() -> None:
+    """A snapshot URL that points at the camera's script, or a camera behind a proxy, answers with a
+    redirect; it went to FFmpeg, which gave a still one picture per opening. The redirect is now
+    followed as the source opens, and the pictures polled where it led (one redirect per opening,
+    not per picture). The URL's user and password go only to its own host: a server elsewhere that
+    asks for them is not answered."""
+    cam = StillCamera()
+    elsewhere = DigestCamera()  # asks for a password; one redirected to it has none to give
+    moved: list[str] = []
+    target = cam.url
+
+    class Moved(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            moved.append(self.headers.get("Authorization", ""))
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = _serve(Moved)
+    url = f"http://admin:s3cret%20pw@127.0.0.1:{server.server_address[1]}/snap"
+    try:
+        _reads_the_pictures(make_source(SourceConfig(uri=url)), cam.jpegs, 5)
+        assert len(moved) == 1 and cam.requests == 5, (moved, cam.requests)
+        target = elsewhere.url.replace("admin:s3cret%20pw@", "").replace("127.0.0.1", "localhost")
+        with pytest.raises(SourceError, match="the camera asks for a user and password"):
+            make_source(SourceConfig(uri=url)).open()
+        assert elsewhere.sent == [""] and elsewhere.requests == 0, elsewhere.sent  # asked once, not answered
+    finally:
+        server.shutdown()
+        server.server_close()
+        cam.close()
+        elsewhere.close()
+
+
 def test_digest_answers_rfc_7616s_examples() -> None:
     """The response of RFC 2617's example, and of RFC 7616's for MD5 and SHA-256."""
     from edge_agent.sources.httpauth import challenges, digest

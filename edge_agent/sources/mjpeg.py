@@ -44,6 +44,9 @@ _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 #: The blank line after a part's headers (some servers end lines with a bare LF).
 _HEADERS_END = re.compile(rb"\r?\n\r?\n")
 _READ = 64 << 10
+#: Redirects followed as the source opens, and the statuses that are one
+_MAX_REDIRECTS = 5
+_REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class MjpegSource(Source):
@@ -72,6 +75,9 @@ class MjpegSource(Source):
         #: FFmpeg, for a server that answers with something other than multipart JPEG
         self._ffmpeg: StreamSource | None = None
         url = urllib.parse.urlsplit(uri)
+        #: where the requests go: the URL, or where it redirected to as the source opened (elsewhere: to
+        #: another host, which is not sent the URL's user and password)
+        self._url, self._elsewhere = uri, False
         self._user = None if url.username is None else urllib.parse.unquote(url.username)
         self._password = urllib.parse.unquote(url.password or "")
         #: the scheme the camera asked for, kept across requests and reopenings; Digest's count of uses
@@ -85,9 +91,14 @@ class MjpegSource(Source):
     def open(self) -> None:
         self.close()
         self.live, self.polled = True, False  # until the server answers with a still image
+        self._url, self._elsewhere = self.uri, False
         conn = self._connect()
         try:
             resp = self._get(conn)
+            for _ in range(_MAX_REDIRECTS):
+                if resp.status not in _REDIRECTS or not resp.getheader("Location"):
+                    break
+                conn, resp = self._follow(conn, resp)
         except ssl.SSLCertVerificationError as err:
             conn.close()
             raise SourceError(
@@ -126,8 +137,27 @@ class MjpegSource(Source):
         self._buf = bytearray()
         self.nominal_fps = None
 
+    def _follow(
+        self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """A redirect, followed (a camera behind a proxy that moved it to https, a snapshot URL that
+        points at its script): the same connection where it stays on the same server. The user and
+        password go only to the URL's own host: a redirect elsewhere is not answered with them."""
+        here = urllib.parse.urlsplit(self._url)
+        there = urllib.parse.urlsplit(urllib.parse.urljoin(self._url, resp.getheader("Location", "")))
+        if there.scheme not in ("http", "https"):
+            raise SourceError(f"cannot open {self.describe()}: redirected to a {there.scheme or 'relative'} URL")
+        self._drain(conn, resp)
+        if (there.scheme, there.hostname, there.port) != (here.scheme, here.hostname, here.port):
+            conn.close()
+            self._challenge = None
+            self._elsewhere = there.hostname != urllib.parse.urlsplit(self.uri).hostname
+        self._url = there.geturl()
+        conn = conn if conn.sock is not None else self._connect()
+        return conn, self._get(conn)
+
     def _connect(self) -> http.client.HTTPConnection:
-        url = urllib.parse.urlsplit(self.uri)
+        url = urllib.parse.urlsplit(self._url)
         try:
             port = url.port
         except ValueError:
@@ -147,7 +177,7 @@ class MjpegSource(Source):
         scheme it asks for is then kept, and sent with every request after (a polled snapshot costs one
         request, not two), until it challenges again (a Digest nonce gone stale)."""
         resp = self._send(conn)
-        if resp.status != 401 or self._user is None:
+        if resp.status != 401 or self._user is None or self._elsewhere:
             return resp
         offered = httpauth.challenges(resp.msg.get_all("WWW-Authenticate") or [])
         usable = [c for c in offered if httpauth.supported(c)]
@@ -159,11 +189,11 @@ class MjpegSource(Source):
         return self._send(conn)
 
     def _send(self, conn: http.client.HTTPConnection) -> http.client.HTTPResponse:
-        url = urllib.parse.urlsplit(self.uri)
+        url = urllib.parse.urlsplit(self._url)
         path = urllib.parse.urlunsplit(("", "", url.path or "/", url.query, ""))
         headers = {"Accept": "multipart/x-mixed-replace, image/*, */*"}
         ch, user, password = self._challenge, self._user, self._password
-        if ch is not None and user is not None:
+        if ch is not None and user is not None and not self._elsewhere:
             if ch.scheme == "basic":
                 headers["Authorization"] = httpauth.basic(user, password)
             else:
@@ -187,7 +217,7 @@ class MjpegSource(Source):
         """Why a 401 ends the opening: what the camera asks for, and whether a password was sent."""
         schemes = ", ".join(c.scheme for c in httpauth.challenges(resp.msg.get_all("WWW-Authenticate") or []))
         offered = schemes or "no scheme named"
-        if self._user is None:
+        if self._user is None or self._elsewhere:
             return f"401 {resp.reason}: the camera asks for a user and password ({offered})"
         if self._challenge is None:
             return f"401 {resp.reason}: the camera asks for {offered}, which the agent does not speak"
