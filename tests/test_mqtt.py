@@ -508,6 +508,44 @@ def test_a_password_sent_in_clear_text_over_a_network_is_said(caplog: pytest.Log
     assert said == {"broker.example": True, "127.0.0.1": False, "tls": False, "no password": False}, said
 
 
+def test_under_mqtt_5_the_broker_keeps_what_is_too_large_for_the_agent(broker: Broker) -> None:
+    """Anyone allowed to publish on a topic the agent subscribes to could send it a message of up to
+    256 MB (mosquitto's default), which paho reads whole into memory before the agent can refuse it.
+    Under MQTT 5 the agent says in its CONNECT the largest packet it takes (MAX_INBOUND_BYTES: a model
+    chunk is at most 1 MiB), and the broker drops a larger one instead of sending it."""
+    import queue as queue_mod
+
+    from edge_agent.sinks.base import Inbound
+    from edge_agent.sinks.mqtt import MAX_INBOUND_BYTES
+
+    inbox: queue_mod.Queue[Inbound] = queue_mod.Queue()
+    s = MqttSink(broker.mqtt(protocol="5"), "dev1", subscriptions=["edge/dev1/cmd"], inbox=inbox)
+    s.start()
+    pub = MqttSink(broker.mqtt(protocol="5"), "sender")
+    try:
+        assert s.wait_connected(10)
+        pub.start()
+        assert pub.wait_connected(10)
+
+        def subscribed() -> bool:  # a message of its own comes through: the subscription stands
+            pub.submit(Message("edge/dev1/cmd", b"probe", qos=1))
+            try:
+                return inbox.get(timeout=0.5).payload == b"probe"
+            except queue_mod.Empty:
+                return False
+
+        wait_until(subscribed, 10, what="the agent's subscription")
+        pub.submit(Message("edge/dev1/cmd", b"x" * (MAX_INBOUND_BYTES + 1), qos=1))
+        pub.submit(Message("edge/dev1/cmd", b'{"id": "1", "command": "ping"}', qos=1))
+        got = inbox.get(timeout=10)
+        while got.payload == b"probe":  # a probe sent twice while the first was on its way
+            got = inbox.get(timeout=10)
+        assert got.payload.startswith(b'{"id": "1"'), len(got.payload)  # the large one never came
+    finally:
+        pub.close(2)
+        s.close(2)
+
+
 def test_why_a_broker_cannot_be_reached_is_said_in_check_and_the_log(tmp_path: Path) -> None:
     """A broker whose certificate has expired, a CA file for another broker, a device clock not set yet,
     a host name DNS does not know: each used to read "connection refused or host unreachable" in

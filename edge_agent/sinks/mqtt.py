@@ -22,6 +22,8 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge_agent import outbox as outbox_store  # a module: importable from either end of the cycle
 from edge_agent.config import MQTTConfig
@@ -63,6 +65,10 @@ _LOSS_WINDOW_S = 60.0
 #: agent's own documents (info, predictions, events) stay under it, so a broker that restarts again and again
 #: while one of them is being resent is never taken for one that refuses it.
 _LEARN_FLOOR = 16 * 1024
+#: The largest packet the agent takes from the broker, said in an MQTT 5 CONNECT: a model chunk is at
+#: most 1 MiB, a command 64 KiB, anything else a few KiB. Anyone allowed to publish on a topic the
+#: agent subscribes to could send it up to 256 MB (mosquitto's default), read whole into memory.
+MAX_INBOUND_BYTES = 4 << 20
 
 
 def packet_size(topic: str, payload_len: int, qos: int, v5: bool) -> int:
@@ -331,7 +337,11 @@ class MqttSink(Sink):
     # --- public API ----------------------------------------------------------------------------
     def start(self) -> None:
         self.state = "connecting"
-        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        props = None
+        if self.cfg.protocol == "5":  # the broker drops what is larger for us, rather than send it
+            props = Properties(PacketTypes.CONNECT)
+            props.MaximumPacketSize = MAX_INBOUND_BYTES
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, properties=props)
         self._client.loop_start()
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
         self._thread.start()
