@@ -4,9 +4,7 @@ which a box with two USB cameras needs: /dev/video0 may be either after a reboot
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import cv2
@@ -42,28 +40,28 @@ class CameraSource(OpenCVSource):
     def open(self) -> None:
         if not self.uri.isdigit() and not os.path.exists(self.uri):
             raise SourceError(f"camera device {self.uri} not present")
-        with self._named():
+        try:
             super().open()
+        except SourceError as err:
+            raise self._named(err) from None
 
     def grab(self) -> None:
-        with self._named():
+        try:
             super().grab()
+        except SourceError as err:
+            raise self._named(err) from None
 
     def retrieve(self) -> np.ndarray:
-        with self._named():
-            return super().retrieve()
-
-    @contextlib.contextmanager
-    def _named(self) -> Iterator[None]:
-        """A failure says what the node is where it is no camera OpenCV can read: on a Raspberry Pi,
-        /dev/video0 is often a camera module's raw sensor node, which only libcamera drives."""
         try:
-            yield
+            return super().retrieve()
         except SourceError as err:
-            hint = node_hint(self.uri)
-            if hint is None:
-                raise
-            raise SourceError(f"{err}: {hint}") from None
+            raise self._named(err) from None
+
+    def _named(self, err: SourceError) -> SourceError:
+        """A failure that says what the node is, where it is no camera OpenCV can read: on a Raspberry
+        Pi, /dev/video0 is often a camera module's raw sensor node, which only libcamera drives."""
+        hint = node_hint(self.uri)
+        return err if hint is None else SourceError(f"{err}: {hint}")
 
     def _configure(self, cap: cv2.VideoCapture) -> None:
         # MJPG lets USB cameras deliver full frame rates; one buffered frame keeps latency low.
