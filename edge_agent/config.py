@@ -12,9 +12,18 @@ import re
 import socket
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -49,6 +58,16 @@ class _Strict(BaseModel):
 MQTTS_PORT = 8883
 
 
+def _existing_file(v: Path) -> Path:
+    if not v.is_file():
+        raise ValueError(f"file not found: {v}")
+    return v
+
+
+#: A path that must name a file as the settings are read (a CA bundle, a certificate, a key).
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+
+
 class TLSConfig(_Strict):
     enabled: bool | None = Field(
         None,
@@ -56,19 +75,12 @@ class TLSConfig(_Strict):
         "over TLS), verifying the broker against ca_file, else against the system's trusted CAs (a cloud "
         "broker with a public certificate needs no ca_file).",
     )
-    ca_file: Path | None = Field(
+    ca_file: ExistingFile | None = Field(
         None, description="CA bundle that signs the broker certificate (default: the system's trusted CAs)."
     )
-    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
-    key_file: Path | None = Field(None, description="Private key of the client certificate.")
+    cert_file: ExistingFile | None = Field(None, description="Client certificate for mutual TLS.")
+    key_file: ExistingFile | None = Field(None, description="Private key of the client certificate.")
     insecure: bool = Field(False, description="Skip hostname verification (testing only).")
-
-    @field_validator("ca_file", "cert_file", "key_file")
-    @classmethod
-    def _exists(cls, v: Path | None) -> Path | None:
-        if v is not None and not v.is_file():
-            raise ValueError(f"file not found: {v}")
-        return v
 
     @model_validator(mode="after")
     def _not_off_with_files(self) -> TLSConfig:
@@ -181,16 +193,9 @@ class SourceConfig(_Strict):
         "Most cameras serve a certificate they signed themselves, for no host name: set false for those on a "
         "network you trust.",
     )
-    tls_ca_file: Path | None = Field(
+    tls_ca_file: ExistingFile | None = Field(
         None, description="CA bundle, or a camera's own certificate, trusted for https:// cameras."
     )
-
-    @field_validator("tls_ca_file")
-    @classmethod
-    def _ca_exists(cls, v: Path | None) -> Path | None:
-        if v is not None and not v.is_file():
-            raise ValueError(f"file not found: {v}")
-        return v
     width: int | None = Field(None, ge=16, le=8192, description="Capture width to ask a camera for.")
     height: int | None = Field(None, ge=16, le=8192, description="Capture height to ask a camera for.")
     read_timeout_s: float = Field(
