@@ -102,27 +102,47 @@ def test_an_image_folder_shows_the_pictures_that_arrive_in_it(image_dir: Path) -
     """The set was listed once, as it opened: a folder cameras upload to showed the same pictures for
     good when looping, and ended with the new ones unseen when not. At the end of the set the folder
     is looked at again: a new picture is shown (once, where the set does not loop), one that arrived
-    broken is skipped without failing the set, and one that went is not looked for."""
+    broken is skipped without failing the set, one that went is not looked for, and one written to
+    within the last second (an upload perhaps under way) waits for a later look."""
+    import os
+
     from edge_agent.sources.base import FrameError
 
+    def arrive(name: str, i: int | None, fresh: bool = False) -> None:
+        path = image_dir / name
+        if i is None:
+            path.write_bytes(b"the first bytes of an upload")
+        else:
+            cv2.imwrite(str(path), pattern(64, 48, i))
+        if not fresh:  # written a while ago: complete
+            os.utime(path, (time.time() - 10, time.time() - 10))
+
+    for i in range(3):
+        arrive(f"{i}.png", i)
     once = ImageSetSource(str(image_dir), loop=False)
     once.open()
     assert all(np.array_equal(once.read(), pattern(64, 48, i)) for i in range(3))
-    cv2.imwrite(str(image_dir / "3.png"), pattern(64, 48, 3))
-    (image_dir / "4.png").write_bytes(b"the first bytes of an upload")
+    arrive("3.png", 3)
+    arrive("4.png", None)
     assert np.array_equal(once.read(), pattern(64, 48, 3))
     with pytest.raises(FrameError):
         once.read()
     with pytest.raises(EndOfStream):
         once.grab()
+    arrive("6.png", 6, fresh=True)  # waited for (a second), then shown
+    assert np.array_equal(once.read(), pattern(64, 48, 6))
 
-    (image_dir / "4.png").unlink()
+    for name in ("4.png", "6.png"):
+        (image_dir / name).unlink()
     looping = ImageSetSource(str(image_dir), loop=True)
     looping.open()
     assert all(np.array_equal(looping.read(), pattern(64, 48, i)) for i in range(4))
     (image_dir / "0.png").unlink()
-    cv2.imwrite(str(image_dir / "5.png"), pattern(64, 48, 5))
-    assert all(np.array_equal(looping.read(), pattern(64, 48, i)) for i in (1, 2, 3, 5))
+    arrive("5.png", 5)
+    arrive("7.png", 7, fresh=True)
+    assert all(np.array_equal(looping.read(), pattern(64, 48, i)) for i in (1, 2, 3, 5))  # 7 waits
+    arrive("7.png", 7)
+    assert all(np.array_equal(looping.read(), pattern(64, 48, i)) for i in (1, 2, 3, 5, 7))
 
 
 def test_video_file_loops_and_ends() -> None:

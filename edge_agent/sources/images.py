@@ -2,7 +2,8 @@
 
 At the end of the set the directory is looked at again: pictures that arrived since (a folder cameras
 upload to) are shown, each once where the set does not loop and in its place in the next round where
-it does; pictures that went are not looked for again. The set was listed once, as it opened: a looping
+it does, once a second has passed since it was written to (it may be half uploaded before); pictures
+that went are not looked for again. The set was listed once, as it opened: a looping
 set showed the same pictures for good, and one that did not ended with the new ones unseen.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,6 +23,17 @@ if TYPE_CHECKING:
     from edge_agent.config import SourceConfig
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: A picture written to within this long may be half uploaded: it waits for a later look at the folder.
+_SETTLE_S = 1.0
+#: Looks a set that does not loop takes, _SETTLE_S apart, for pictures still being uploaded to settle.
+_SETTLE_WAITS = 3
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:  # gone since the listing: it counts as old, and fails to read like any unreadable file
+        return 0.0
 
 
 class ImageSetSource(Source):
@@ -62,16 +75,30 @@ class ImageSetSource(Source):
     def grab(self) -> None:  # no decoding: only the index moves
         self._pos += 1
         if self._pos >= len(self._files):
-            files = self._list()  # what arrived or went since the set was last listed
-            if not self.loop:
-                files = [f for f in files if f not in self._shown]
-                if not files:
+            files = self._arrived()
+            if not files:
+                if not self.loop:
                     raise EndOfStream(self.uri)
-            elif not files:
                 raise SourceError(f"no images match {self.uri}")
             self._files, self._pos = files, 0
         if not self.loop:
             self._shown.add(self._files[self._pos])
+
+    def _arrived(self) -> list[str]:
+        """The next round: the set as it is now (where the set does not loop, only pictures not shown
+        yet), less those written to within the last _SETTLE_S, which may be half uploaded: they wait for
+        a later look. Where they are all there is, a set that does not loop waits for them a little (it
+        would end without them), and then takes them as they are."""
+        for attempt in range(_SETTLE_WAITS + 1):
+            files = self._list()
+            if not self.loop:
+                files = [f for f in files if f not in self._shown]
+            now = time.time()
+            settled = [f for f in files if now - _mtime(f) >= _SETTLE_S]
+            if settled or not files or self.loop or attempt == _SETTLE_WAITS:
+                return settled or files
+            time.sleep(_SETTLE_S)
+        return []  # not reached: the last attempt returns
 
     def retrieve(self) -> np.ndarray:
         path = self._files[self._pos]
