@@ -34,6 +34,7 @@ from edge_agent.modelfile import ModelError, read_model_file
 from edge_agent.ota.store import make_dirs
 from edge_agent.payload import dumps, info
 from edge_agent.process_signals import SignalThread
+from edge_agent.retained import SINGLE, RetainedLedger
 from edge_agent.runtime.delegate import find_library
 from edge_agent.sdnotify import Notifier
 from edge_agent.signal_pipeline import SignalPipeline
@@ -191,10 +192,12 @@ class Agent:
             make_dirs(s.state_dir)
             self._lock_state_dir(s.state_dir)
             self.state_dir = s.state_dir
+            self.fanout.ledger = RetainedLedger(s.state_dir / "retained.json")
         except OSError as err:
             if s.state_dir.is_dir() and os.access(s.state_dir, os.R_OK | os.X_OK):
                 # readable but not writable: what is installed there is still served
                 self.state_dir = s.state_dir
+                self.fanout.ledger = RetainedLedger(s.state_dir / "retained.json")  # read; written where it can be
                 self.state_dir_problem = f"state directory {s.state_dir} read-only ({err.strerror or err})"
                 log.error("%s: serving what is installed; no updates, results kept in memory",
                           self.state_dir_problem)
@@ -324,6 +327,22 @@ class Agent:
         self.sink = make_sink(self.sink_kind, self.settings, self.retained_state, subscriptions(self.settings),
                               self.inbox)
         self.sink.start()
+        self.clear_stale_retained()
+
+    def clear_stale_retained(self) -> None:
+        """Retained zone counts and snapshots of pipelines and zones the configuration no longer has,
+        from an earlier run or configuration (see edge_agent.retained): cleared, as Home Assistant's
+        stale configs are."""
+        zones: dict[str, set[str]] = {}
+        for pipe in self.pipelines.values():
+            scene = pipe.settings.scene
+            if pipe.kind == "frame" and scene.active:
+                zones[pipe.route.label or SINGLE] = {z.name for z in scene.zones}
+        for topic in self.fanout.ledger.stale(zones) if self.fanout.ledger is not None else []:
+            log.info("clearing retained %s (its pipeline or zone is no longer configured)", topic)
+            for pipe in self.pipelines.values():
+                pipe.retained.pop(topic, None)
+            self.fanout.state(Message(topic, b"", qos=1, retain=True))
 
     def start_escalation(self) -> None:
         if not self.settings.escalation.enabled:
@@ -614,6 +633,7 @@ class Agent:
                 only.apply(pipeline_views(new)[0], live)
         logging.getLogger("edge_agent").setLevel(new.log_level)
         self.refresh_homeassistant()  # labels, and pipelines that came or went
+        self.clear_stale_retained()  # zones that went
         self.reloads += 1
         log.info("configuration reloaded; applied %s", ", ".join(live) or "nothing")
         if self.restart_needed:

@@ -19,6 +19,7 @@ import numpy as np
 
 from edge_agent.payload import dumps, event, refined
 from edge_agent.results import Result
+from edge_agent.retained import RetainedLedger
 from edge_agent.sinks.base import Message, Sink
 from edge_agent.topics import Topics
 
@@ -62,6 +63,8 @@ class FanOut:
         #: called once, with the seconds since start, when the first prediction is out
         self.on_first: Callable[[], None] | None = None
         self.routes: dict[str, Route] = {}
+        #: the retained topics published, by pipeline and zone, kept in state_dir (see edge_agent.retained)
+        self.ledger: RetainedLedger | None = None
         self._seq: dict[str, int] = {}
         self._lock = threading.Lock()
         self._first_done = False
@@ -151,9 +154,15 @@ class FanOut:
         self.published()
         return True
 
-    def state(self, msg: Message) -> None:
+    def state(self, msg: Message, pipeline: str | None = None, zone: str | None = None) -> None:
         """Retained state that only its newest value matters for (zone counts, snapshots): never queued
-        behind a backlog; the owner keeps it for the republish on every reconnect."""
+        behind a backlog; the owner keeps it for the republish on every reconnect, and the ledger which
+        pipeline and zone it belongs to (an empty payload clears it, and it is forgotten)."""
+        if self.ledger is not None:
+            if msg.payload:
+                self.ledger.note(msg.topic, pipeline, zone)
+            else:
+                self.ledger.forget(msg.topic)
         sink = self.get_sink()
         if sink is not None:
             sink.submit_latest(msg)

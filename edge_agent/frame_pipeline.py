@@ -416,18 +416,18 @@ class FramePipeline:
         where = self.route.label
         topics = self.fanout.topics
         for (zone, label), n in out.counts.items():
-            self._state(Message(topics.zone_count(where, zone, label), str(n).encode(), qos=1, retain=True))
+            self._state(Message(topics.zone_count(where, zone, label), str(n).encode(), qos=1, retain=True), zone)
         for label, jpeg in out.snapshots:
             self._state(Message(topics.snapshot(where, label), jpeg, qos=0, retain=True))
 
     def _zero_counts(self, scene: SceneStage) -> None:
         topics, where = self.fanout.topics, self.route.label
         for zone, label in scene.start_counts():
-            self._state(Message(topics.zone_count(where, zone, label), b"0", qos=1, retain=True))
+            self._state(Message(topics.zone_count(where, zone, label), b"0", qos=1, retain=True), zone)
 
-    def _state(self, msg: Message) -> None:
+    def _state(self, msg: Message, zone: str | None = None) -> None:
         self.retained[msg.topic] = msg
-        self.fanout.state(msg)
+        self.fanout.state(msg, self.route.label, zone)
 
     # --- health --------------------------------------------------------------------------------
     def source_info(self) -> dict[str, Any]:

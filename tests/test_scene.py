@@ -1176,3 +1176,23 @@ def test_clips_beyond_the_bounds_go_oldest_first(tmp_path: Path) -> None:
     rec.close()
     assert sorted(p.name for p in tmp_path.glob("*.avi")) == ["e2.avi", "e3.avi"]
     assert rec.stats.written == 4
+
+
+def test_the_retained_ledger_says_what_the_configuration_no_longer_has(tmp_path: Path) -> None:
+    """Kept across runs; a damaged file starts a new ledger rather than stopping the agent."""
+    from edge_agent.retained import SINGLE, RetainedLedger
+
+    path = tmp_path / "retained.json"
+    ledger = RetainedLedger(path)
+    ledger.note("edge/d/porch/zones/all/face", "porch", "all")
+    ledger.note("edge/d/door/zones/all/face", "door", "all")
+    ledger.note("edge/d/door/snapshot/face", "door")
+    ledger.note("edge/d/zones/all/face", None, "all")
+    again = RetainedLedger(path)
+    assert again.stale({"door": {"front"}}) == [
+        "edge/d/door/zones/all/face", "edge/d/porch/zones/all/face", "edge/d/zones/all/face"]
+    assert again.stale({"door": {"all"}, "porch": {"all"}, SINGLE: {"all"}}) == []
+    again.forget("edge/d/porch/zones/all/face")
+    assert "edge/d/porch/zones/all/face" not in RetainedLedger(path).topics()
+    path.write_text('{"edge/d/x": [1')
+    assert RetainedLedger(path).topics() == []
