@@ -21,6 +21,9 @@ if [[ "$EXTRAS" == *dev* ]]; then  # the suite verifies the unit and builds test
   command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)  # the power-cut file system (tests/lazyfs.py)
   # a real command that writes MJPEG to its output, for the command source
   command -v gst-launch-1.0 >/dev/null 2>&1 || missing+=(gstreamer1.0-tools gstreamer1.0-plugins-good)
+  # a real RTSP camera (tests/rtsp_server.py: GStreamer's RTSP server, run by the system's Python)
+  /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' >/dev/null 2>&1 \
+    || missing+=(python3-gi gir1.2-gst-rtsp-server-1.0)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing system packages: ${missing[*]}"

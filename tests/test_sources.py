@@ -240,6 +240,44 @@ def _demo_jpegs(n: int = 10) -> list[bytes]:
     return jpegs
 
 
+def test_an_rtsp_camera_that_goes_away_and_comes_back() -> None:
+    """The way most IP cameras serve video, against a real RTSP server (GStreamer's, RTP/JPEG over the
+    TCP interleaving FFmpeg asks for): frames are read; with the server gone, capture says
+    `reconnecting` and backs off; with it back, frames come again on their own."""
+    import subprocess
+
+    from .conftest import ROOT, free_port
+
+    probe = ["/usr/bin/python3", "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"]
+    if subprocess.run(probe, capture_output=True).returncode:
+        pytest.fail("GStreamer's RTSP server missing: scripts/test.sh installs python3-gi, gir1.2-gst-rtsp-server-1.0")
+    port = free_port()
+
+    def serve() -> subprocess.Popen[str]:
+        p = subprocess.Popen(["/usr/bin/python3", str(ROOT / "tests" / "rtsp_server.py"), str(port)],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert p.stdout is not None and p.stdout.readline().strip() == "serving"
+        return p
+
+    server = serve()
+    cfg = SourceConfig(uri=f"rtsp://127.0.0.1:{port}/live", read_timeout_s=3, reopen_min_s=0.2, reopen_max_s=1)
+    capture, slot, stats, stop = run_capture(lambda: make_source(cfg), cfg)
+    try:
+        for _ in range(5):
+            frame = slot.take(scaled(15))
+            assert frame is not None and frame.image.shape == (480, 640, 3), stats.last_error
+        server.kill()
+        server.wait()
+        wait_until(lambda: stats.state == "reconnecting" and capture.reopens >= 1, 20, what="the loss said")
+        server = serve()
+        wait_until(lambda: slot.take(0.2) is not None and stats.state == "running", 30, what="frames again")
+    finally:
+        stop.set()
+        capture.join(scaled(5))
+        server.kill()
+        server.wait()
+
+
 class MjpegCamera:
     """A real HTTP server that serves MJPEG as multipart/x-mixed-replace, as IP cameras and ESP32-CAM
     boards do, with their quirks (parts without Content-Length, bare LF line ends, a boundary declared
