@@ -89,16 +89,17 @@ class ImageSetSource(Source):
         yet), less those written to within the last _SETTLE_S, which may be half uploaded: they wait for
         a later look. Where they are all there is, a set that does not loop waits for them a little (it
         would end without them), and then takes them as they are."""
-        for attempt in range(_SETTLE_WAITS + 1):
+        waits = 0
+        while True:
             files = self._list()
             if not self.loop:
                 files = [f for f in files if f not in self._shown]
             now = time.time()
             settled = [f for f in files if now - _mtime(f) >= _SETTLE_S]
-            if settled or not files or self.loop or attempt == _SETTLE_WAITS:
+            if settled or not files or self.loop or waits == _SETTLE_WAITS:
                 return settled or files
+            waits += 1
             time.sleep(_SETTLE_S)
-        return []  # not reached: the last attempt returns
 
     def retrieve(self) -> np.ndarray:
         path = self._files[self._pos]
