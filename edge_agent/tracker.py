@@ -42,7 +42,10 @@ neither, and so does a faint box round a confident one that went to neither (a c
 it in the second round, where it had no rival); and a loose box round a track's object weighs half
 only where the object's tighter box is inside it. An object coming into view boxed twice in its first
 frame, whole and again with what is beside or below it, starts one track, on the more confident box
-(with no track there yet, the rules for a box a track took do not see the other).
+(with no track there yet, the rules for a box a track took do not see the other). And a track whose
+object the detector boxes only faintly, whole, while a second object of its kind comes into view
+beside it and is boxed confidently, alone or with the first in one box, keeps the faint box: ByteTrack
+hands it the confident one first, which dragged it onto the newcomer and left that one no track.
 
 For tens of objects the cost is the count of numpy calls on tiny arrays, not the arithmetic, and the
 code is shaped by that: per-track state is plain floats (a struct-of-arrays version measured 5-30 %
@@ -336,6 +339,23 @@ def _between(box: list[float], taken: list[list[float]]) -> bool:
     return False
 
 
+def _holds_another(rows: list[list[float]], labels: list[str], box: list[float], d: int, w: int) -> bool:
+    """Whether detection `d` (`box`) holds _ENCLOSED of a box of its label other than `w` and its own, one
+    that overlaps `w` at an IoU under _DUPLICATE: a box round the object of `w` and another beside it."""
+    tight = rows[w]
+    area_w = (tight[2] - tight[0]) * (tight[3] - tight[1])
+    for o, other in enumerate(rows):
+        if o == d or o == w or labels[o] != labels[d]:
+            continue
+        area_o = (other[2] - other[0]) * (other[3] - other[1])
+        if _inter(box, other) < _ENCLOSED * area_o:
+            continue
+        shared = _inter(other, tight)
+        if shared < _DUPLICATE * (area_o + area_w - shared):
+            return True
+    return False
+
+
 def _one_each(rows: list[list[float]], score_of: list[float], labels: list[str], born: list[int]) -> list[int]:
     """Of new boxes of one label that show one object, the most confident only. An object coming into
     view is at times boxed twice in its first frame, whole and again with some of what is beside it or
@@ -438,7 +458,7 @@ class Tracker:
                 (strong if s >= self.high_score else weak).append(i)
         free = list(range(len(tracks)))
         # round 1: confident detections against every track
-        first = self._first_round(predicted, boxes, labels, strong)
+        first = self._first_round(predicted, boxes, labels, strong, weak)
         matched, near = first.pairs, first.near
         if not first.shunned and len(matched) == len(strong) == len(free):  # the usual frame: each track took one
             strong_left, free = [], []
@@ -626,7 +646,9 @@ class Tracker:
                     iou[:, c] = 0.0
         return [(tracks[r], dets[c]) for r, c in assign(1.0 - iou, 1.0 - min_iou)]
 
-    def _first_round(self, predicted: np.ndarray, boxes: np.ndarray, labels: list[str], dets: list[int]) -> _Round:
+    def _first_round(
+        self, predicted: np.ndarray, boxes: np.ndarray, labels: list[str], dets: list[int], weak: list[int]
+    ) -> _Round:
         """The confident detections against every track, by IoU with the predicted boxes. Where objects
         come close, no track takes
         - a detection that holds most of the predicted boxes of two confirmed tracks of its label and is
@@ -684,6 +706,8 @@ class Tracker:
                     big = _round_tight(db, cand[rival], round_one, big)
                 if big:
                     iou[:, big] *= _OTHER_LABEL
+        if weak:
+            self._faint_tight(predicted, boxes, labels, dets, inter, area_t, cand, per_track, iou, weak)
         cost = 1.0 - iou
         if shun:
             cost[:, shun] = 1.0
@@ -712,6 +736,77 @@ class Tracker:
         if all_dets:
             return _Round(pairs, near, shun)
         return _Round([(r, dets[c]) for r, c in pairs], near, [dets[c] for c in shun])
+
+    def _faint_tight(
+        self,
+        predicted: np.ndarray,
+        boxes: np.ndarray,
+        labels: list[str],
+        dets: list[int],
+        inter: np.ndarray,
+        area_t: np.ndarray,
+        cand: np.ndarray,
+        per_track: np.ndarray,
+        iou: np.ndarray,
+        weak: list[int],
+    ) -> None:
+        """A track seen last frame, with a faint box of its label that fits its predicted box whole (IoU
+        _WEAK_IOU or more, its area within _STEADY_LO.._STEADY_HI of the track's), takes no confident box
+        that fits it less well this round, where that box fits it poorly (under _WEAK_IOU) or is a box
+        round the faint one (holding _ENCLOSED of it) and more: round the predicted box and much larger
+        (_ENCLOSED, _LARGER), or round another box of the label beside the faint one (_ENCLOSED of it, at
+        an IoU with the faint one under _DUPLICATE). Its IoU in `iou` goes to 0, and the faint box takes
+        the track in round two. Two objects of a kind side by side or one above the other, one coming
+        into view, are boxed together more confidently than either alone, and at times the new one alone
+        more confidently than the other: taken by the other's track, either box dragged it onto the new
+        object, which then, inside a box a track took, could start no track of its own (`benchmarks/
+        bench_tracking.py --random 16 --seed 1-4 --objects 3`). Left alone: a track that found no box last
+        frame (a faint box where a hidden object is looked for is mostly a part of the one in front, and
+        a confident one near it the hidden one coming out, which an apple crossing showed); a faint box
+        smaller or larger than the object (a part of it, or more); and a confident box that is the only
+        candidate of another confirmed track (the rules for a box two tracks want judge it). In place,
+        on the first round's overlaps (`dets`: the detections of `iou`'s columns)."""
+        tracks = self.tracks
+        fit = iou_matrix(predicted, boxes[weak])
+        if self.class_aware:
+            same = _same([t.label for t in tracks], [labels[d] for d in weak])
+            if same is not None:
+                fit = np.where(same, fit, 0.0)
+        best_w = fit.argmax(axis=1).tolist()
+        best = _max(fit, axis=1).tolist()
+        rows: list[list[float]] | None = None
+        wanted: list[int] = []
+        lonely: list[bool] = []
+        for r, b in enumerate(best):
+            if b < _WEAK_IOU or tracks[r].misses:
+                continue
+            if rows is None:
+                rows = boxes.tolist()
+                wanted = _sum(cand, axis=0).tolist()
+                lonely = (per_track == 1).tolist()
+            w = weak[best_w[r]]
+            tight = rows[w]
+            area_w = (tight[2] - tight[0]) * (tight[3] - tight[1])
+            t = tracks[r]
+            if not _STEADY_LO <= area_w / (t.w * t.h) <= _STEADY_HI:
+                continue
+            for c in cand[r].nonzero()[0].tolist():
+                v = float(iou[r, c])
+                if v >= b:
+                    continue
+                if wanted[c] > 1 and any(
+                    o != r and tracks[o].confirmed and lonely[o] for o in cand[:, c].nonzero()[0].tolist()
+                ):
+                    continue
+                d = dets[c]
+                box = rows[d]
+                if v >= _WEAK_IOU and _inter(box, tight) < _ENCLOSED * area_w:
+                    continue
+                if v < _WEAK_IOU or (
+                    inter[r, c] >= _ENCLOSED * area_t[r, 0]
+                    and (box[2] - box[0]) * (box[3] - box[1]) > _LARGER * area_t[r, 0]
+                ) or _holds_another(rows, labels, box, d, w):
+                    iou[r, c] = 0.0
 
     @staticmethod
     def _not_round(boxes: np.ndarray, labels: list[str], weak: list[int], shunned: list[int]) -> list[int]:

@@ -705,6 +705,33 @@ def test_a_box_round_two_goes_to_neither_when_one_has_its_own_box() -> None:
     assert [t.h for t in tr.tracks if t.id == 2] == [pytest.approx(h)]
 
 
+@pytest.mark.parametrize("seen", ["round both", "overlapping"])
+def test_a_track_keeps_its_faint_box_when_a_new_object_comes_into_view_beside_it(seen: str) -> None:
+    """Cat A is tracked; cat B comes into view just below it. The detector boxes A faintly now (0.39)
+    and, confidently, either a box round both or B alone where it overlaps where A is looked for (an
+    IoU of 0.34). A's track keeps A's own faint box (which fits it whole) rather than the confident box,
+    which would drag it onto B and, with A's track on B's box or round it, leave B no track of its own
+    (three cats in a crowd, `benchmarks/bench_tracking.py --random 16 --seed 1-4 --objects 3`). B
+    starts its own."""
+    tr = Tracker()
+    a = [0.05, 0.10, 0.40, 0.55]
+    b = [0.02, 0.48, 0.38, 0.93] if seen == "round both" else [0.02, 0.30, 0.37, 0.75]
+    ids: list[list[int | None]] = []
+    for i in range(12):
+        if i < 5:
+            boxes, scores = [a], [0.8]
+        elif seen == "round both":
+            boxes, scores = [a, _round_both(a, b), b], [0.39, 0.7, 0.6]
+        else:
+            boxes, scores = [a, b], [0.39, 0.6]
+        ids.append(tr.update(np.array(boxes), np.array(scores), ["cat"] * len(boxes), i / 15).ids)
+    assert [i[0] for i in ids[1:]] == [1] * 11, ids
+    assert tr.created == 2, ids
+    assert ids[-1][-1] == 2 and (seen != "round both" or ids[-1][1] is None), ids
+    (track,) = [t for t in tr.tracks if t.id == 1]
+    assert (track.w, track.h) == (pytest.approx(a[2] - a[0]), pytest.approx(a[3] - a[1]))
+
+
 def test_a_box_round_two_new_objects_starts_no_track() -> None:
     """Two cats come into view together, and the detector also reports a box round both: two tracks,
     not three. A box round one other (a near object with a far one inside) still starts its own."""
