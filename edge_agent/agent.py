@@ -34,7 +34,7 @@ from edge_agent.modelfile import ModelError, read_model_file
 from edge_agent.ota.store import make_dirs
 from edge_agent.payload import dumps, info
 from edge_agent.process_signals import SignalThread
-from edge_agent.retained import SINGLE, RetainedLedger
+from edge_agent.retained import MODEL, SINGLE, RetainedLedger
 from edge_agent.runtime.delegate import find_library
 from edge_agent.sdnotify import Notifier
 from edge_agent.signal_pipeline import SignalPipeline
@@ -247,6 +247,8 @@ class Agent:
             slot.on_swap = lambda _slot: self.publish_retained()
             slot.on_state = self.ha_update_state
             self.slots[name] = slot
+            if self.fanout.ledger is not None:  # its retained update state, cleared once the slot is gone
+                self.fanout.ledger.note(slot.state_topic, MODEL + slot.state_topic)
         slot.pipelines.append(view.name)
         where = None if view.legacy else view.name
         route = Route(
@@ -330,10 +332,10 @@ class Agent:
         self.clear_stale_retained()
 
     def clear_stale_retained(self) -> None:
-        """Retained zone counts and snapshots of pipelines and zones the configuration no longer has,
-        from an earlier run or configuration (see edge_agent.retained): cleared, as Home Assistant's
-        stale configs are."""
-        zones: dict[str, set[str]] = {}
+        """Retained zone counts and snapshots of pipelines and zones the configuration no longer has, and
+        update states of models no pipeline uses, from an earlier run or configuration (see
+        edge_agent.retained): cleared, as Home Assistant's stale configs are."""
+        zones: dict[str, set[str]] = {MODEL + slot.state_topic: set() for slot in self.slots.values()}
         for pipe in self.pipelines.values():
             scene = pipe.settings.scene
             if pipe.kind == "frame" and scene.active:

@@ -1,11 +1,12 @@
-"""The retained state this device has left on the broker (zone counts, snapshots), kept on disk.
+"""The retained state this device has left on the broker (zone counts, snapshots, model states), kept on disk.
 
 A pipeline or zone taken out of the configuration while the agent runs (SIGHUP, `reload`) takes its
 retained topics off the broker as it goes. One taken out while the agent was stopped, the usual way
 (edit the file, restart the service), left them there for good: a newcomer subscribing to the
-device's topics got the counts and pictures of a camera that no longer exists. This ledger remembers
-which topics were published, and for which pipeline and zone, in `state_dir`; at start the agent
-clears those that the configuration no longer has. It is written only when a topic is first published
+device's topics got the counts and pictures of a camera that no longer exists, and the update state of
+a model no pipeline uses. This ledger remembers which topics were published, and for which pipeline
+and zone (or model), in `state_dir`; at start the agent clears those that the configuration no longer
+has. It is written only when a topic is first published
 (a new label in a zone, a new snapshot label), never per message.
 """
 
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 #: The pipeline key of the single form's topics (no pipeline level).
 SINGLE = ""
+#: The key of a model slot's update state is this and its topic (a pipeline's name has no colon).
+MODEL = "model:"
 
 
 class RetainedLedger:

@@ -317,9 +317,10 @@ def test_a_count_left_by_a_run_that_ended_badly_is_zero_as_the_agent_starts(tmp_
 
 def test_retained_state_of_a_pipeline_or_zone_removed_while_stopped_is_cleared_at_start(tmp_path: Path) -> None:
     """Edit the file, restart the service: a camera taken out that way left its retained zone counts and
-    snapshots on the broker for good (only a reload took them off), and so did a renamed zone. The
-    agent keeps a ledger of the retained topics it published (state_dir) and clears, as it starts,
-    those of pipelines and zones the configuration no longer has; a newcomer sees only what exists."""
+    snapshots on the broker for good (only a reload took them off), and its model's update state, and
+    a renamed zone its counts. The agent keeps a ledger of the retained topics it published (state_dir)
+    and clears, as it starts, those of pipelines, zones and models the configuration no longer has; a
+    newcomer sees only what exists."""
     from .conftest import DEMO_VIDEO, SHORT, AgentProcess
 
     broker = Broker(tmp_path).start()
@@ -332,7 +333,8 @@ def test_retained_state_of_a_pipeline_or_zone_removed_while_stopped_is_cleared_a
 
     def retained_now(expected: set[str]) -> set[str]:
         """What a newcomer gets: the broker sends a subscription's retained messages together, at once."""
-        late = Subscriber(broker.mqtt(), ["edge/two/+/zones/#", "edge/two/+/snapshot/#"], client_id="late")
+        late = Subscriber(broker.mqtt(), ["edge/two/+/zones/#", "edge/two/+/snapshot/#", "edge/two/models/+/state"],
+                          client_id="late")
         assert late.start(10)
         seen: set[str] = set()
 
@@ -349,7 +351,8 @@ def test_retained_state_of_a_pipeline_or_zone_removed_while_stopped_is_cleared_a
     rec = RawRecorder(broker, "two")
     first = AgentProcess(["run", "--config", str(cfg)], {}, tmp_path, name="first")
     try:
-        for topic in ("edge/two/porch/zones/all/face", "edge/two/porch/snapshot/face", "edge/two/door/zones/all/face"):
+        for topic in ("edge/two/porch/zones/all/face", "edge/two/porch/snapshot/face", "edge/two/door/zones/all/face",
+                      "edge/two/models/porch/state"):
             wait_until(lambda t=topic: any(rec.on(t)), 60, what=topic)
     finally:
         first.stop()
@@ -357,8 +360,11 @@ def test_retained_state_of_a_pipeline_or_zone_removed_while_stopped_is_cleared_a
     second = AgentProcess(["run", "--config", str(cfg)], {}, tmp_path, name="second")
     try:
         wait_until(lambda: b"" in rec.on("edge/two/porch/snapshot/face"), 30, what="porch's snapshot cleared")
+        wait_until(lambda: b"" in rec.on("edge/two/models/porch/state"), 30, what="porch's model state cleared")
         wait_until(lambda: any(rec.on("edge/two/door/zones/front/face")), 30, what="the new zone's count")
-        seen = retained_now({"edge/two/door/snapshot/face", "edge/two/door/zones/front/face"})
+        seen = retained_now(
+            {"edge/two/door/snapshot/face", "edge/two/door/zones/front/face", "edge/two/models/door/state"}
+        )
         assert not [t for t in seen if "/porch/" in t or "/zones/all/" in t], seen
         assert "clearing retained edge/two/porch/zones/all/face" in second.log()
     finally:
