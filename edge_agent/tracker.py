@@ -98,6 +98,10 @@ _STEADY_MAX_DT = 0.5
 #: predicted centre, and whose area is within _RECOVER_AREA of the track's, may continue it.
 _RECOVER_DIST = 1.0
 _RECOVER_AREA = (0.5, 2.0)
+#: ... that far only once unseen this long; before, in proportion (unseen for a frame at 15 fps, 0.13 of
+#: a diagonal: a box farther than that and not overlapping the prediction is another object, such as
+#: one coming into view at the frame's edge beside an object hidden for a moment).
+_RECOVER_FULL_S = 0.5
 #: A detection of another label may continue a track at this fraction of its IoU (a cat the detector
 #: calls a dog for one frame stays the same object); the track's label is the one seen most often.
 _OTHER_LABEL = 0.5
@@ -480,7 +484,7 @@ class Tracker:
         # by a confident detection near where its motion says it should be, though the boxes no longer overlap
         if strong_left and free:
             lost = [t for t in free if tracks[t].confirmed and tracks[t].misses > 0]
-            third = self._recover(predicted, boxes, labels, lost, strong_left)
+            third = self._recover(predicted, boxes, labels, lost, strong_left, ts)
             matched += third
             taken = {m for m, _ in third}
             free = [t for t in free if t not in taken]
@@ -886,7 +890,8 @@ class Tracker:
         return _one_each(rows, score_of, labels, out) if len(out) > 1 else out
 
     def _recover(
-        self, predicted: np.ndarray, boxes: np.ndarray, labels: list[str], tracks: list[int], dets: list[int]
+        self, predicted: np.ndarray, boxes: np.ndarray, labels: list[str], tracks: list[int], dets: list[int],
+        ts: float,
     ) -> list[tuple[int, int]]:
         if not tracks or not dets:
             return []
@@ -901,6 +906,9 @@ class Tracker:
         kinds = _same([self.tracks[t].label for t in tracks], [labels[d] for d in dets]) if self.class_aware else None
         if kinds is not None:
             ok &= kinds
+        # how far the object may have gone from its prediction grows with the time it has been unseen
+        unseen = np.array([ts - self.tracks[t].last_ts for t in tracks])
+        ok &= dist <= _RECOVER_DIST * np.minimum(1.0, unseen / _RECOVER_FULL_S)[:, None]
         cost = np.where(ok, dist, _RECOVER_DIST + 1.0)
         return [(tracks[r], dets[c]) for r, c in assign(cost, _RECOVER_DIST)]
 
