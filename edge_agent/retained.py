@@ -6,8 +6,8 @@ retained topics off the broker as it goes. One taken out while the agent was sto
 device's topics got the counts and pictures of a camera that no longer exists, and the update state of
 a model no pipeline uses. This ledger remembers which topics were published, and for which pipeline
 and zone (or model), in `state_dir`; at start the agent clears those that the configuration no longer
-has. It is written only when a topic is first published
-(a new label in a zone, a new snapshot label), never per message.
+has. It is written only when a topic is first published (a new label in a zone, a new snapshot label,
+a model slot the agent had not served before), never per message.
 """
 
 from __future__ import annotations
