@@ -290,14 +290,17 @@ def compare_pipelines(
     threads: int,
     out: Any,
     max_batch: int = 0,
-    batch_wait_ms: float = 0.0,
+    batch_wait_ms: float | None = None,
     arenas: int | None = None,
     own_process: bool | None = None,
+    accelerator: str = "cpu",
 ) -> list[dict[str, Any]]:
     """For each N: one agent with N pipelines, N separate agents, and one agent with N pipelines and a
-    stalled camera beside them; runs alternate so drift hits every variant alike; medians per figure."""
+    stalled camera beside them; runs alternate so drift hits every variant alike; medians per figure.
+    `batch_wait_ms` None: the setting's default for the accelerator. On a GPU each separate agent opens
+    the accelerator itself, as separate processes would."""
     rows: list[dict[str, Any]] = []
-    threads = threads or chosen_threads(model)
+    threads = threads or (chosen_threads(model) if accelerator == "cpu" else 0)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         broker = Broker(work).start()
@@ -310,7 +313,7 @@ def compare_pipelines(
         try:
             base = {"model": str(model), "threads": threads, "seconds": seconds, "port": broker.port,
                     "max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "own_process": own_process,
-                    **({"arenas": arenas} if arenas is not None else {})}
+                    "accelerator": accelerator, **({"arenas": arenas} if arenas is not None else {})}
             variants = ("one", "separate", "stalled")
             with Progress("pipelines", len(counts) * runs * len(variants), "runs") as bar:
                 res: dict[tuple[int, str], list[dict[str, Any]]] = {}
@@ -321,9 +324,12 @@ def compare_pipelines(
                             res.setdefault((n, v), []).append(_variant(v, n, base, copies, cam, work))
                             bar.update()
             for n in counts:
-                row: dict[str, Any] = {"model": model.name, "pipelines": n}
+                row: dict[str, Any] = {"model": model.name, "pipelines": n, "accelerator": accelerator}
                 for v in variants:
                     row[v] = _median_summary(res[(n, v)])
+                # what each variant's engines ran on: a GPU that fell back to the CPU shows here
+                row["ran_on"] = sorted({e["accelerator"] for d in res[(n, "one")] + res[(n, "separate")]
+                                        for e in d["engines"]})
                 one, sep, stalled = row["one"], row["separate"], row["stalled"]
                 row["one_vs_separate_fps"] = one["aggregate_fps"] / sep["aggregate_fps"]
                 row["stalled_cost"] = 1 - stalled["aggregate_fps"] / one["aggregate_fps"]

@@ -571,8 +571,8 @@ def _bench_pipelines(args: argparse.Namespace) -> int:
         for m in models:
             rows += compare_pipelines(
                 m, _counts(args.pipelines, "--pipelines"), args.seconds, args.runs, args.threads, sys.stdout,
-                max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms or 0.0, arenas=args.malloc_arenas,
-                own_process=_on_off(args.own_process),
+                max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, arenas=args.malloc_arenas,
+                own_process=_on_off(args.own_process), accelerator=args.accelerator,
             )
         for r in rows:
             ratios, costs = r["one_vs_separate_by_round"], r["stalled_cost_by_round"]
@@ -580,6 +580,7 @@ def _bench_pipelines(args: argparse.Namespace) -> int:
                   + ", ".join(f"{x:.2f}" for x in ratios) + f" (median {statistics.median(ratios):.2f}); "
                   + "stalled costs " + ", ".join(f"{x:.1%}" for x in costs)
                   + f" (median {statistics.median(costs):.1%})", flush=True)
+        print("models ran on: " + ", ".join(f"{r['pipelines']}: {'/'.join(r['ran_on'])}" for r in rows), flush=True)
         print("one agent's peak RSS / single-pipeline agent's: " + ", ".join(
             f"{r['pipelines']}: {r['rss_vs_single']:.2f}" for r in rows), flush=True)
         for r in rows:
@@ -990,7 +991,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--batch", help="e.g. 1,2,4: one agent with --batch-pipelines pipelines at each runtime.max_batch")
     bn.add_argument("--batch-pipelines", type=int, default=4, help="pipelines for --batch (frames in memory)")
     bn.add_argument("--max-batch", type=int, default=0, help="runtime.max_batch for --pipelines runs (0: the default)")
-    bn.add_argument("--accelerator", default="cpu", help="for --batch: cpu or gpu")
+    bn.add_argument("--accelerator", default="cpu", help="for --pipelines and --batch: cpu or gpu")
     bn.add_argument(
         "--malloc-arenas", type=int, help="for --pipelines: runtime.malloc_arenas (0: glibc's default of 8 per core)"
     )

@@ -133,6 +133,9 @@ def test_bench_pipelines_compares_one_agent_with_separate_agents(tmp_path: Path)
     assert b["shared_libs"] > 20 and b["total"] > b["shared_libs"] and b["arena_count"] <= 3
     assert rows[0]["rss_vs_single"] == 1.0 and rows[1]["rss_vs_single"] > 0.9
     assert "RSS of one agent with 2 pipeline(s)" in r.stdout
+    # what the engines ran on, from the agents themselves: a GPU row that fell back would say cpu here
+    assert [(row["accelerator"], row["ran_on"]) for row in rows] == [("cpu", ["cpu"])] * 2
+    assert "models ran on: 1: cpu, 2: cpu" in r.stdout
 
 
 @pytest.mark.emulation_slow("a throughput comparison of batch sizes: measures qemu's translation, not the board")
