@@ -455,10 +455,12 @@ class Engine:
         """One invoke for the whole batch. On the CPU the input is resized to the batch; an accelerator
         compiles each input size anew (a second or more on a GPU), so there a short batch is padded up to
         runtime.max_batch with copies of its last frame, whose results are dropped, and the size is compiled
-        on a thread of its own (`_open_ahead`): (None, 0) until it is there, and the batch goes one by one."""
+        on a thread of its own (`_open_ahead`): (None, 0) until it is there, and the batch goes one by one.
+        A batch is never padded beyond the pipelines that have used the model: two cameras on a GPU run
+        batches of 2, not 4 with half of each thrown away."""
         n = len(batch)
         kind = lane.backend.kind
-        size = n if kind == "cpu" and not self.compile_ahead else max(n, self.max_batch)
+        size = n if kind == "cpu" and not self.compile_ahead else max(n, min(self.max_batch, len(self._last_seen)))
         reqs = batch + [batch[-1]] * (size - n)
         key = (kind, size)
         threads = self.threads if lane.own is None else 1

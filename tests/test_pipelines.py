@@ -631,6 +631,42 @@ def test_a_batch_is_compiled_beside_the_pipelines_not_in_their_way(monkeypatch: 
     model.close()
 
 
+def test_an_accelerators_batch_is_padded_to_the_pipelines_that_share_it_not_beyond() -> None:
+    """On an accelerator a short batch is padded up to a compiled size (each size compiles anew), but no
+    further than the pipelines that use the model: two cameras with runtime.max_batch 4 run batches of
+    2, not of 4 with two copies thrown away (the GPU run and the copy back of four frames)."""
+    from edge_agent.config import ModelConfig, RuntimeConfig
+    from edge_agent.engine import ModelPool
+    from edge_agent.model import Model
+
+    rt = RuntimeConfig(accelerator="cpu", threads=1, max_batch=4, batch_wait_ms=300)
+    model = Model(ModelConfig(path=SHORT, isolated_check=False), rt, None, pool=ModelPool())
+    eng = model.engine
+    eng.compile_ahead = True  # as on an accelerator: sizes compiled ahead, short batches padded
+    frame = np.full((240, 320, 3), 128, np.uint8)
+    go = threading.Barrier(2)
+    sizes: dict[str, list[int]] = {"a": [], "b": []}
+
+    def worker(name: str) -> None:
+        for _ in range(8):
+            go.wait()
+            sizes[name].append(model.run(frame, name).batch)
+            opening = eng._opening
+            if opening is not None:  # the compile, done before the next round
+                opening.join(60)
+
+    ts = [threading.Thread(target=worker, args=(u,), name=f"pipe-{u}") for u in "ab"]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    assert not any(t.is_alive() for t in ts)
+    compiled = {key for lane in eng._lanes for key in lane.batched}
+    assert compiled == {("cpu", 2)}, eng.info()  # not ("cpu", 4)
+    assert sizes["a"].count(2) >= 4 and set(eng.batches) <= {1, 2}, (sizes, eng.info())
+    model.close()
+
+
 def test_the_batch_wait_defaults_to_3_ms_on_an_accelerator_and_none_on_the_cpu() -> None:
     """On a GPU, frames seldom queue for the model while its run holds the GIL, so without a wait few
     batches form (benchmarks/device_batch.sh: 1.9-2.1x the frames a second with 3 ms, 4 pipelines);
