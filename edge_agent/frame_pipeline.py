@@ -421,9 +421,22 @@ class FramePipeline:
             self._state(Message(topics.snapshot(where, label), jpeg, qos=0, retain=True))
 
     def _zero_counts(self, scene: SceneStage) -> None:
+        """Every count the scene can name at 0, and every count its zones published before (the retained
+        ledger): a zone that counts any label names none in advance, and a count it left at 1 in a run that
+        ended badly stayed 1. A count of a label the zone no longer counts is cleared instead."""
         topics, where = self.fanout.topics, self.route.label
+        zeroed = set()
         for zone, label in scene.start_counts():
-            self._state(Message(topics.zone_count(where, zone, label), b"0", qos=1, retain=True), zone)
+            topic = topics.zone_count(where, zone, label)
+            zeroed.add(topic)
+            self._state(Message(topic, b"0", qos=1, retain=True), zone)
+        ledger = self.fanout.ledger
+        if ledger is None:
+            return
+        counted = scene.counted_labels()
+        for topic, zone in ledger.zone_topics(where, set(counted)):
+            if topic not in zeroed:
+                self._state(Message(topic, b"0" if counted[zone] is None else b"", qos=1, retain=True), zone)
 
     def _state(self, msg: Message, zone: str | None = None) -> None:
         self.retained[msg.topic] = msg

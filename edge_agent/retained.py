@@ -68,6 +68,14 @@ class RetainedLedger:
                 if pipe not in zones or (zone is not None and zone not in zones[pipe])
             )
 
+    def zone_topics(self, pipeline: str | None, zones: set[str]) -> list[tuple[str, str]]:
+        """(topic, zone) of the zone counts published for `pipeline` (None: the single form) in `zones`."""
+        key = pipeline or SINGLE
+        with self._lock:
+            return sorted(
+                (t, z) for t, (pipe, z) in self._topics.items() if pipe == key and z is not None and z in zones
+            )
+
     def topics(self) -> list[str]:
         with self._lock:
             return sorted(self._topics)

@@ -421,6 +421,11 @@ class SceneStage:
         self.counts.update(zero)
         return zero
 
+    def counted_labels(self) -> dict[str, set[str] | None]:
+        """Per zone, the labels it counts (its own, else the scene's), or None where it counts any: then
+        only the counts it published before (the retained ledger) can be set to 0 as it starts."""
+        return {z.name: (set(z.labels) if z.labels else None) or self.labels for z in self.zones}
+
     def _recount(self) -> dict[tuple[str, str], int]:
         now: dict[tuple[str, str], int] = {}
         for obj in self.objects.values():

@@ -315,6 +315,52 @@ def test_a_count_left_by_a_run_that_ended_badly_is_zero_as_the_agent_starts(tmp_
         broker.stop()
 
 
+def test_a_count_of_a_zone_that_counts_any_label_left_by_a_killed_run_is_zero_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """A zone with no `labels` (and no `scene.labels`) names no count in advance, so nothing was set to
+    0 as the agent started, and a count a killed run left at 1 stayed 1. The retained ledger remembers
+    the counts the zone published: each is 0 at the next start, with no face in view to say so. Once the
+    zone counts only persons, the face count it left is cleared instead."""
+    import signal
+
+    from .conftest import DEMO_VIDEO, AgentProcess
+
+    broker = Broker(tmp_path).start()
+    cfg = tmp_path / "door.toml"
+    porch = 'name = "porch"\npoints = [[0, 0], [1, 0], [1, 1], [0, 1]]\ninertia = 1\n'
+    cfg.write_text(_door(broker, str(DEMO_VIDEO), porch))
+    rec = RawRecorder(broker, "door")
+    topic = "edge/door/zones/porch/face"
+    try:
+        first = AgentProcess(["run", "--config", str(cfg)], {}, tmp_path, name="first")
+        try:
+            wait_until(lambda: b"1" in rec.on(topic), 60, what="a face counted in the zone")
+            first.signal(signal.SIGKILL)  # a power cut: no `end`, the count stays 1 on the broker
+            first.wait(10)
+        finally:
+            first.stop()
+        assert rec.on(topic)[-1] != b"0"
+        cfg.write_text(_door(broker, "synthetic", porch))  # nobody in view now
+        shown = len(rec.on(topic))
+        second = AgentProcess(["run", "--config", str(cfg)], {}, tmp_path, name="second")
+        try:
+            # (0 as the pipeline starts, and again as the connection's retained state is republished)
+            wait_until(lambda: set(rec.on(topic)[shown:]) == {b"0"}, 40, what="the count left behind set to 0 at start")
+        finally:
+            second.stop()
+        cfg.write_text(_door(broker, "synthetic", porch + 'labels = ["person"]\n'))
+        third = AgentProcess(["run", "--config", str(cfg)], {}, tmp_path, name="third")
+        try:
+            wait_until(lambda: b"" in rec.on(topic), 40, what="the face count of a zone now counting persons cleared")
+            wait_until(lambda: b"0" in rec.on("edge/door/zones/porch/person"), 40, what="the person count at 0")
+        finally:
+            third.stop()
+    finally:
+        rec.close()
+        broker.stop()
+
+
 def test_retained_state_of_a_pipeline_or_zone_removed_while_stopped_is_cleared_at_start(tmp_path: Path) -> None:
     """Edit the file, restart the service: a camera taken out that way left its retained zone counts and
     snapshots on the broker for good (only a reload took them off), and its model's update state, and
