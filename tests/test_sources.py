@@ -145,6 +145,46 @@ def test_an_image_folder_shows_the_pictures_that_arrive_in_it(image_dir: Path) -
     assert all(np.array_equal(looping.read(), pattern(64, 48, i)) for i in (1, 2, 3, 5, 7))
 
 
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_a_picture_whose_upload_stalled_waits_for_its_end(image_dir: Path, ext: str) -> None:
+    """An upload that stalls for more than a second left a JPEG or PNG without its end, and it was read
+    cut short (a grey lower half run through the model). One without its end marker waits for a later
+    look, until the rest arrives, or half a minute after it was last written to (a camera that appends
+    something after the picture's end), when it is read as it is."""
+    import os
+
+    _, enc = cv2.imencode(ext, pattern(64, 48, 7))
+    whole, seven = enc.tobytes(), cv2.imdecode(enc, cv2.IMREAD_COLOR)
+    for i in range(3):  # uploaded a while ago
+        os.utime(image_dir / f"{i}.png", (time.time() - 60, time.time() - 60))
+    stalled = image_dir / f"3{ext}"
+    stalled.write_bytes(whole[: len(whole) // 2])
+    os.utime(stalled, (time.time() - 5, time.time() - 5))  # settled a second ago, and no end
+    looping = ImageSetSource(str(image_dir), loop=True)
+    looping._files = [str(image_dir / f"{i}.png") for i in range(3)]  # as listed before it arrived
+    looping._pos = -1
+
+    def shown(n: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            img = looping.read()
+            out.append(7 if np.array_equal(img, seven) else next(i for i in range(3)
+                                                                 if np.array_equal(img, pattern(64, 48, i))))
+        return out
+
+    assert shown(9) == [0, 1, 2] * 3  # it waits, round after round (read cut short, it would be none of these)
+    stalled.write_bytes(whole + b"\0\0")  # the rest arrived (with a camera's zero padding)
+    os.utime(stalled, (time.time() - 5, time.time() - 5))
+    assert shown(8) == [0, 1, 2, 7, 0, 1, 2, 7]  # shown, whole
+    stalled.write_bytes(whole[: len(whole) // 2])
+    os.utime(stalled, (time.time() - 40, time.time() - 40))  # given up on: read as it is, skipped if unreadable
+    again = ImageSetSource(str(image_dir), loop=False)
+    again._files, again._pos = [str(image_dir / f"{i}.png") for i in range(3)], -1
+    for _ in range(3):
+        again.read()
+    assert again._arrived() == [str(stalled)]
+
+
 def test_video_file_loops_and_ends() -> None:
     v = VideoFileSource(str(DEMO_VIDEO), loop=False)
     v.open()

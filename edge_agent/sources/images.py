@@ -2,7 +2,8 @@
 
 At the end of the set the directory is looked at again: pictures that arrived since (a folder cameras
 upload to) are shown, each once where the set does not loop and in its place in the next round where
-it does, once a second has passed since it was written to (it may be half uploaded before); pictures
+it does, once a second has passed since it was written to (it may be half uploaded before) and, for a
+JPEG or PNG, once it has its end (or half a minute has passed: an upload that stalled); pictures
 that went are not looked for again. The set was listed once, as it opened: a looping
 set showed the same pictures for good, and one that did not ended with the new ones unseen.
 """
@@ -27,6 +28,11 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _SETTLE_S = 1.0
 #: Looks a set that does not loop takes, _SETTLE_S apart, for pictures still being uploaded to settle.
 _SETTLE_WAITS = 3
+#: A JPEG or PNG without its end (an upload that stalled for more than _SETTLE_S) waits this long after
+#: it was last written to before it is read as it is.
+_INCOMPLETE_S = 30.0
+_JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 
 
 def _mtime(path: str) -> float:
@@ -34,6 +40,25 @@ def _mtime(path: str) -> float:
         return os.stat(path).st_mtime
     except OSError:  # gone since the listing: it counts as old, and fails to read like any unreadable file
         return 0.0
+
+
+def _complete(path: str) -> bool:
+    """Whether a JPEG ends with its end-of-image marker (trailing zero bytes allowed) and a PNG with its
+    IEND chunk: an upload that stalled for more than a second, then resumed, was read cut short (a grey
+    lower half). Other formats, and a file that cannot be read, count as complete (a file that cannot be
+    read fails as it is read, and is skipped)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 64))
+            tail = f.read(64).rstrip(b"\0")
+    except OSError:
+        return True
+    if head.startswith(_JPEG_START):
+        return tail.endswith(_JPEG_END)
+    if head.startswith(_PNG_START):
+        return tail.endswith(_PNG_END)
+    return True
 
 
 class ImageSetSource(Source):
@@ -86,7 +111,8 @@ class ImageSetSource(Source):
 
     def _arrived(self) -> list[str]:
         """The next round: the set as it is now (where the set does not loop, only pictures not shown
-        yet), less those written to within the last _SETTLE_S, which may be half uploaded: they wait for
+        yet), less those written to within the last _SETTLE_S, which may be half uploaded, and JPEGs and
+        PNGs without their end written to within _INCOMPLETE_S (an upload that stalled): they wait for
         a later look. Where they are all there is, a set that does not loop waits for them a little (it
         would end without them), and then takes them as they are."""
         waits = 0
@@ -95,7 +121,10 @@ class ImageSetSource(Source):
             if not self.loop:
                 files = [f for f in files if f not in self._shown]
             now = time.time()
-            settled = [f for f in files if now - _mtime(f) >= _SETTLE_S]
+            settled = [
+                f for f in files
+                if (age := now - _mtime(f)) >= _SETTLE_S and (age >= _INCOMPLETE_S or _complete(f))
+            ]
             if settled or not files or self.loop or waits == _SETTLE_WAITS:
                 return settled or files
             waits += 1
