@@ -22,6 +22,10 @@ from edge_agent.stats import StageStats
 log = logging.getLogger(__name__)
 
 _WATCH_INTERVAL_S = 0.25
+#: A read is abandoned this long after `source.read_timeout_s`: sources that keep the timeout themselves
+#: (a command's first picture, an HTTP camera's part) fail at it saying why (the command's last words),
+#: and the watch, firing within the same few milliseconds, took their place with "read blocked".
+_WATCH_GRACE_S = 1.0
 #: take() timeout for consumer-paced sources, so the reader still notices stop.
 _POLL_S = 0.2
 #: Distinct undecodable files or frames logged by name; the rest are only counted.
@@ -85,7 +89,7 @@ class Capture:
     def _watch(self) -> None:
         while not self.stop.wait(_WATCH_INTERVAL_S):
             try:
-                if self._reading and time.monotonic() - self._last_read > self.cfg.read_timeout_s:
+                if self._reading and time.monotonic() - self._last_read > self.cfg.read_timeout_s + _WATCH_GRACE_S:
                     self.stalls += 1
                     self.stats.state = "stalled"
                     self.stats.error(f"source read blocked > {self.cfg.read_timeout_s:g} s; starting a new reader")

@@ -960,6 +960,28 @@ def test_blocked_read_is_abandoned_for_a_fresh_reader() -> None:
         cap.join(2)
 
 
+def test_a_source_failing_at_its_own_read_timeout_says_why_before_the_watch_abandons_it() -> None:
+    """A source that keeps `source.read_timeout_s` itself (a command's first picture, an HTTP camera's
+    part) fails at it with its reason (the command's last words). The watch that abandons blocked reads
+    checked at the same timeout, and won that race now and then: the reason was lost for "read blocked"
+    and the command started again with no backoff. It now waits a moment longer; here a source says
+    why a few watch intervals past the timeout."""
+
+    class LateToSay(SyntheticSource):
+        def open(self) -> None:
+            time.sleep(0.8)  # 0.5 s past the timeout, two watch intervals
+            raise SourceError("its own reason")
+
+    cfg = SourceConfig(uri="synthetic", read_timeout_s=0.3, reopen_min_s=5.0)
+    cap, _, stats, stop = run_capture(lambda: LateToSay("synthetic", 64, 48), cfg)
+    try:
+        wait_until(lambda: "its own reason" in (stats.last_error or ""), 5, what="the source's own reason")
+        assert cap.stalls == 0 and cap.reopens == 1 and stats.state == "reconnecting"
+    finally:
+        stop.set()
+        cap.join(2)
+
+
 def _take_all(cap: Capture, slot: LatestSlot[Frame]) -> list[Frame]:
     """Every frame of a finite, consumer-paced source, taken as it comes, until it has finished."""
     out = []
