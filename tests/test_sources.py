@@ -556,6 +556,26 @@ def test_an_https_camera_with_its_own_certificate(tmp_path: Path) -> None:
             make_source(SourceConfig(uri=url, tls_ca_file=other_ca)).open()
     finally:
         cam.close()
+    # what is not MJPEG (a recording, an HLS playlist) is handed to FFmpeg once the certificate passed:
+    # the wheel's FFmpeg speaks TLS, and plays the file as it plays it from disk
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(DEMO_VIDEO.parent))
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    files.socket = context.wrap_socket(files.socket, server_side=True)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    try:
+        remote = make_source(SourceConfig(uri=f"https://127.0.0.1:{files.server_address[1]}/{DEMO_VIDEO.name}",
+                                          tls_ca_file=ca))
+        local = VideoFileSource(str(DEMO_VIDEO), loop=False)
+        remote.open()
+        local.open()
+        try:
+            assert all(np.array_equal(remote.read(), local.read()) for _ in range(5))
+        finally:
+            remote.close()
+            local.close()
+    finally:
+        files.shutdown()
+        files.server_close()
 
 
 def test_a_camera_url_that_redirects_is_followed_and_its_password_stays_home() -> None:
