@@ -8,11 +8,13 @@ import http.server
 import itertools
 import re
 import shutil
+import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -576,6 +578,108 @@ def test_an_https_camera_with_its_own_certificate(tmp_path: Path) -> None:
     finally:
         files.shutdown()
         files.server_close()
+
+
+class DrippingServer:
+    """A server that answers each request one byte every 0.2 s, for good: the status line (`status`),
+    the headers after a status line (`headers`), or, after `whole` answers given at once (a still
+    image), the next answer's headers. Each byte comes well within any read timeout."""
+
+    def __init__(self, mode: str, whole: int = 0, context: Any = None):
+        self.mode, self.whole, self.context = mode, whole, context
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c: socket.socket) -> None:
+        jpeg = cv2.imencode(".jpg", pattern(64, 48, 1))[1].tobytes()
+        try:
+            if self.context is not None:
+                c = self.context.wrap_socket(c, server_side=True)
+            answered = 0
+            while not self.stop.is_set():
+                c.recv(4096)
+                if answered < self.whole:
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                              + jpeg)
+                    answered += 1
+                    continue
+                drip = b"HTTP/1.1 200 OK\r\n" * 1000 if self.mode == "status" else b"X-Slow: " + b"a" * 100000
+                if self.mode == "headers":
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=f\r\n")
+                for i in range(len(drip)):
+                    if self.stop.wait(0.2):
+                        return
+                    c.sendall(drip[i : i + 1])
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def test_a_server_that_answers_a_byte_at_a_time_is_given_up_on_at_the_read_timeout(tmp_path: Path) -> None:
+    """Each read waits at most `source.read_timeout_s`, but http.client reads a response's status line
+    and headers a line at a time: a server (or a camera's hung web server) that sends a byte every
+    0.2 s held the source's open for good, and each reader the capture watch gave up on stayed blocked
+    there with its connection, one more at every reopening. The answer must now come whole within the
+    read timeout: as the camera opens, over TLS too, and for each picture of a polled still camera."""
+    import ssl
+
+    from .test_mqtt import _make_pki
+
+    def fails_within(fn: Any, seconds: float) -> str:
+        """What `fn` raised, on a thread of its own: one still blocked after `seconds` fails the test."""
+        raised: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as err:
+                raised.append(err)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join(seconds)
+        assert not t.is_alive(), f"still waiting after {seconds:g} s"
+        assert raised and isinstance(raised[0], SourceError), raised
+        return str(raised[0])
+
+    ca, cert, key, _ = _make_pki(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    for mode, context in (("status", None), ("headers", None), ("headers", tls)):
+        server = DrippingServer(mode, context=context)
+        scheme = "https" if context else "http"
+        src = make_source(SourceConfig(uri=f"{scheme}://127.0.0.1:{server.port}/video", read_timeout_s=1,
+                                       tls_ca_file=ca))
+        try:
+            why = fails_within(src.open, scaled(3))
+            assert re.search(r"cannot open .*no answer within 1 s", why), (mode, scheme, why)
+        finally:
+            src.close()
+            server.close()
+    still = DrippingServer("headers", whole=1)
+    src = make_source(SourceConfig(uri=f"http://127.0.0.1:{still.port}/snapshot.jpg", read_timeout_s=1))
+    try:
+        src.open()
+        assert src.read().shape == (48, 64, 3)  # the first picture, given at once
+        assert "no picture within 1 s" in fails_within(src.read, scaled(3))
+    finally:
+        src.close()
+        still.close()
 
 
 def test_a_camera_url_that_redirects_is_followed_and_its_password_stays_home() -> None:

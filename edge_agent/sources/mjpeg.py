@@ -17,7 +17,9 @@ from __future__ import annotations
 import http.client
 import logging
 import re
+import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from typing import TYPE_CHECKING
@@ -47,6 +49,40 @@ _READ = 64 << 10
 #: Redirects followed as the source opens, and the statuses that are one
 _MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
+
+
+class _Cutoff:
+    """Shuts a connection's socket down at a deadline, for a response's status line and headers (and a
+    refusal's page drained): http.client reads them a line at a time, each read under the socket's
+    timeout, so a server that sends a byte now and then held the source there for good, and each
+    reader the capture watch gave up on stayed there too, with its connection."""
+
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float):
+        self.conn, self.fired, self._done = conn, False, False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def _cut(self) -> None:
+        with self._lock:
+            sock = self.conn.sock
+            if self._done or sock is None or sock.fileno() == -1:
+                return
+            self.fired = True
+        try:  # the blocked read returns; the plain socket's shutdown (an SSL socket's would tear down its
+            # state under the reader, as the OTA download's watch found)
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def __enter__(self) -> _Cutoff:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
 
 
 class MjpegSource(Source):
@@ -199,8 +235,18 @@ class MjpegSource(Source):
             else:
                 self._nc += 1
                 headers["Authorization"] = httpauth.digest(ch, user, password, "GET", path, self._nc)
-        conn.request("GET", path, headers=headers)
-        return conn.getresponse()
+        with _Cutoff(conn, self.timeout_s) as cut:
+            try:
+                conn.request("GET", path, headers=headers)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException):
+                if not cut.fired:
+                    raise
+        if not cut.fired:
+            return resp
+        # cut short (headers that end where the socket was shut down parse as if whole): no answer
+        conn.close()
+        raise TimeoutError(f"no answer within {self.timeout_s:g} s")
 
     def _drain(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
         """Read a refusal's page to its end, so that the connection can carry the next request; one
@@ -208,7 +254,9 @@ class MjpegSource(Source):
         try:
             if conn.sock is not None:
                 conn.sock.settimeout(self.timeout_s)
-            if len(resp.read(_MAX_HEADER_BYTES + 1)) > _MAX_HEADER_BYTES or not resp.isclosed():
+            with _Cutoff(conn, self.timeout_s) as cut:
+                page = resp.read(_MAX_HEADER_BYTES + 1)
+            if cut.fired or len(page) > _MAX_HEADER_BYTES or not resp.isclosed():
                 conn.close()
         except (OSError, http.client.HTTPException):
             conn.close()
