@@ -580,6 +580,29 @@ def test_batches_give_the_single_frame_results() -> None:
     alone.close()
 
 
+def _in_step(model: Any, rounds: int, after: Any = None) -> dict[str, list[int]]:
+    """Pipelines a and b each run a grey frame `rounds` times, in step (both frames sent together each
+    round), `after` called after each run: the batch size each frame went in."""
+    frame = np.full((240, 320, 3), 128, np.uint8)
+    go = threading.Barrier(2)
+    got: dict[str, list[int]] = {"a": [], "b": []}
+
+    def worker(name: str) -> None:
+        for _ in range(rounds):
+            go.wait()
+            got[name].append(model.run(frame, name).batch)
+            if after is not None:
+                after()
+
+    ts = [threading.Thread(target=worker, args=(u,), name=f"pipe-{u}") for u in "ab"]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    assert not any(t.is_alive() for t in ts)
+    return got
+
+
 def test_a_batch_is_compiled_beside_the_pipelines_not_in_their_way(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where a batch size must be compiled (an accelerator: 0.5-2 s on a GPU, which stalled every
     pipeline once, mid-stream), it is opened on a thread of its own; the frames go one by one until it is
@@ -602,31 +625,14 @@ def test_a_batch_is_compiled_beside_the_pipelines_not_in_their_way(monkeypatch: 
     rt = RuntimeConfig(accelerator="cpu", threads=1, max_batch=2, batch_wait_ms=300)
     model = Model(ModelConfig(path=SHORT, isolated_check=False), rt, None, pool=ModelPool())
     model.engine.compile_ahead = True  # as on an accelerator
-    frame = np.full((240, 320, 3), 128, np.uint8)
-    got: dict[str, list[int]] = {"a": [], "b": []}
-    go = threading.Barrier(2)
-
-    def rounds(n: int) -> None:
-        def worker(name: str) -> None:
-            for _ in range(n):
-                go.wait()
-                got[name].append(model.run(frame, name).batch)
-
-        ts = [threading.Thread(target=worker, args=(u,), name=f"pipe-{u}") for u in "ab"]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(60)
-        assert not any(t.is_alive() for t in ts)
-
-    rounds(4)  # the compile is held: every frame is still served, one by one
+    got = _in_step(model, 4)  # the compile is held: every frame is still served, one by one
     assert got == {"a": [1] * 4, "b": [1] * 4} and opened_on == ["batch-open-face_detection_short_range"]
     release.set()
     opening = model.engine._opening
     if opening is not None:
         opening.join(60)
-    rounds(6)
-    assert got["a"][4:].count(2) >= 3, (got, model.engine.info())  # paired once the compile is done
+    got = _in_step(model, 6)
+    assert got["a"].count(2) >= 3, (got, model.engine.info())  # paired once the compile is done
     assert len(opened_on) == 1 and model.engine.batching_off == ""
     model.close()
 
@@ -643,24 +649,12 @@ def test_an_accelerators_batch_is_padded_to_the_pipelines_that_share_it_not_beyo
     model = Model(ModelConfig(path=SHORT, isolated_check=False), rt, None, pool=ModelPool())
     eng = model.engine
     eng.compile_ahead = True  # as on an accelerator: sizes compiled ahead, short batches padded
-    frame = np.full((240, 320, 3), 128, np.uint8)
-    go = threading.Barrier(2)
-    sizes: dict[str, list[int]] = {"a": [], "b": []}
+    def compiled_first() -> None:  # the compile, done before the next round
+        opening = eng._opening
+        if opening is not None:
+            opening.join(60)
 
-    def worker(name: str) -> None:
-        for _ in range(8):
-            go.wait()
-            sizes[name].append(model.run(frame, name).batch)
-            opening = eng._opening
-            if opening is not None:  # the compile, done before the next round
-                opening.join(60)
-
-    ts = [threading.Thread(target=worker, args=(u,), name=f"pipe-{u}") for u in "ab"]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(120)
-    assert not any(t.is_alive() for t in ts)
+    sizes = _in_step(model, 8, compiled_first)
     compiled = {key for lane in eng._lanes for key in lane.batched}
     assert compiled == {("cpu", 2)}, eng.info()  # not ("cpu", 4)
     assert sizes["a"].count(2) >= 4 and set(eng.batches) <= {1, 2}, (sizes, eng.info())
