@@ -187,6 +187,26 @@ def test_a_picture_whose_upload_stalled_waits_for_its_end(image_dir: Path, ext: 
     assert again._arrived() == [str(stalled)]
 
 
+def test_a_picture_being_uploaded_as_the_folder_opens_waits_for_the_next_look(image_dir: Path) -> None:
+    """The rule for pictures that arrive holds as the set opens too: one written to within the last
+    second (here, cut short) waits for a later look instead of being read half uploaded as the
+    agent starts; a folder where everything is that new is read as it is."""
+    import os
+
+    for i in range(2):
+        os.utime(image_dir / f"{i}.png", (time.time() - 60, time.time() - 60))
+    whole = (image_dir / "2.png").read_bytes()
+    (image_dir / "2.png").write_bytes(whole[: len(whole) // 2])  # being uploaded right now
+    looping = ImageSetSource(str(image_dir), loop=True)
+    looping.open()
+    shown = [looping.read() for _ in range(3)]
+    assert np.array_equal(shown[0], pattern(64, 48, 0)) and np.array_equal(shown[1], pattern(64, 48, 1))
+    assert np.array_equal(shown[2], pattern(64, 48, 0))  # round two, without it
+    (image_dir / "2.png").write_bytes(whole)  # the upload done, a while ago
+    os.utime(image_dir / "2.png", (time.time() - 60, time.time() - 60))
+    assert all(np.array_equal(looping.read(), pattern(64, 48, i)) for i in (1, 0, 1, 2))  # in round three
+
+
 def test_video_file_loops_and_ends() -> None:
     v = VideoFileSource(str(DEMO_VIDEO), loop=False)
     v.open()

@@ -3,7 +3,8 @@
 At the end of the set the directory is looked at again: pictures that arrived since (a folder cameras
 upload to) are shown, each once where the set does not loop and in its place in the next round where
 it does, once a second has passed since it was written to (it may be half uploaded before) and, for a
-JPEG or PNG, once it has its end (or half a minute has passed: an upload that stalled); pictures
+JPEG or PNG, once it has its end (or half a minute has passed: an upload that stalled), and so as the
+set opens (unless nothing else is there yet); pictures
 that went are not looked for again. The set was listed once, as it opened: a looping
 set showed the same pictures for good, and one that did not ended with the new ones unseen.
 """
@@ -61,6 +62,12 @@ def _complete(path: str) -> bool:
     return True
 
 
+def _settled(files: list[str], now: float) -> list[str]:
+    """The pictures not written to within _SETTLE_S, less JPEGs and PNGs without their end written to
+    within _INCOMPLETE_S: the others may be half uploaded."""
+    return [f for f in files if (age := now - _mtime(f)) >= _SETTLE_S and (age >= _INCOMPLETE_S or _complete(f))]
+
+
 class ImageSetSource(Source):
     kind = "images"
 
@@ -89,9 +96,12 @@ class ImageSetSource(Source):
         return sorted(f for f in glob.glob(pattern) if f.lower().endswith(IMAGE_EXTS))
 
     def open(self) -> None:
-        self._files = self._list()
-        if not self._files:
+        listed = self._list()
+        if not listed:
             raise SourceError(f"no images match {self.uri}")
+        # as at the end of each round: a picture still being uploaded waits for a later look, unless
+        # nothing else is there yet
+        self._files = _settled(listed, time.time()) or listed
         self._pos = -1
         self._bad_in_a_row = 0
         self._shown = set()
@@ -120,11 +130,7 @@ class ImageSetSource(Source):
             files = self._list()
             if not self.loop:
                 files = [f for f in files if f not in self._shown]
-            now = time.time()
-            settled = [
-                f for f in files
-                if (age := now - _mtime(f)) >= _SETTLE_S and (age >= _INCOMPLETE_S or _complete(f))
-            ]
+            settled = _settled(files, time.time())
             if settled or not files or self.loop or waits == _SETTLE_WAITS:
                 return settled or files
             waits += 1
