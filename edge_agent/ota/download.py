@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge_agent.netcut import cut
+
 log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
@@ -69,10 +71,7 @@ class _Watch:
             sock = self.sock
             if why and sock is not None and sock.fileno() != -1:  # open: a read may be blocked on it
                 self.fired = True  # before the cut: the reader wakes at once and may look at it first
-                try:  # the plain socket's shutdown: an SSL socket's would also tear down its state under the reader
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
-                except OSError:
-                    pass  # closed meanwhile: nothing is blocked on it
+                cut(sock)
 
     def opener(self) -> urllib.request.OpenerDirector:
         """urllib's default handlers for HTTP(S), proxies and redirects, with connections this watch can

@@ -17,9 +17,7 @@ from __future__ import annotations
 import http.client
 import logging
 import re
-import socket
 import ssl
-import threading
 import time
 import urllib.parse
 from typing import TYPE_CHECKING
@@ -27,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_agent.imageheader import decode_image
+from edge_agent.netcut import Cutoff
 from edge_agent.sources import httpauth
 from edge_agent.sources.base import FrameError, Source, SourceError
 from edge_agent.sources.stream import StreamSource, public_url
@@ -49,40 +48,6 @@ _READ = 64 << 10
 #: Redirects followed as the source opens, and the statuses that are one
 _MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
-
-
-class _Cutoff:
-    """Shuts a connection's socket down at a deadline, for a response's status line and headers (and a
-    refusal's page drained): http.client reads them a line at a time, each read under the socket's
-    timeout, so a server that sends a byte now and then held the source there for good, and each
-    reader the capture watch gave up on stayed there too, with its connection."""
-
-    def __init__(self, conn: http.client.HTTPConnection, seconds: float):
-        self.conn, self.fired, self._done = conn, False, False
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._cut)
-        self._timer.daemon = True
-
-    def _cut(self) -> None:
-        with self._lock:
-            sock = self.conn.sock
-            if self._done or sock is None or sock.fileno() == -1:
-                return
-            self.fired = True
-        try:  # the blocked read returns; the plain socket's shutdown (an SSL socket's would tear down its
-            # state under the reader, as the OTA download's watch found)
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def __enter__(self) -> _Cutoff:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._done = True
-        self._timer.cancel()
 
 
 class MjpegSource(Source):
@@ -235,7 +200,7 @@ class MjpegSource(Source):
             else:
                 self._nc += 1
                 headers["Authorization"] = httpauth.digest(ch, user, password, "GET", path, self._nc)
-        with _Cutoff(conn, self.timeout_s) as cut:
+        with Cutoff(conn, self.timeout_s) as cut:
             try:
                 conn.request("GET", path, headers=headers)
                 resp = conn.getresponse()
@@ -254,7 +219,7 @@ class MjpegSource(Source):
         try:
             if conn.sock is not None:
                 conn.sock.settimeout(self.timeout_s)
-            with _Cutoff(conn, self.timeout_s) as cut:
+            with Cutoff(conn, self.timeout_s) as cut:
                 page = resp.read(_MAX_HEADER_BYTES + 1)
             if cut.fired or len(page) > _MAX_HEADER_BYTES or not resp.isclosed():
                 conn.close()
