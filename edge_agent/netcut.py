@@ -13,23 +13,21 @@ import socket
 import threading
 
 
-def cut(sock: socket.socket) -> bool:
-    """Shut an open socket down, so that a read blocked on it returns; False where it was closed already.
-    The plain socket's shutdown: an SSL socket's own would also tear down its TLS state under the reader."""
-    if sock.fileno() == -1:
-        return False
+def cut(sock: socket.socket) -> None:
+    """Shut a socket down, so that a read blocked on it returns. The plain socket's shutdown: an SSL
+    socket's own would also tear down its TLS state under the reader."""
     try:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:  # closed meanwhile: nothing is blocked on it
-        return False
-    return True
+        pass
 
 
 class Cutoff:
     """`with Cutoff(conn, seconds) as c:` a request and its answer's head, or a page drained: the
     connection's socket (the plain one during a TLS handshake) is cut once `seconds` have passed, and
     `c.fired` says so. Whatever was read by then is not to be trusted: headers that end where the
-    socket was cut parse as if whole."""
+    socket was cut parse as if whole. Look at `fired` once the block is left (its end waits for a cut
+    under way)."""
 
     def __init__(self, conn: http.client.HTTPConnection, seconds: float):
         self.conn, self.fired, self._done = conn, False, False
@@ -40,9 +38,10 @@ class Cutoff:
     def _cut(self) -> None:
         with self._lock:  # not once the block is left: the connection goes on serving
             sock = self.conn.sock
-            if self._done or sock is None:
+            if self._done or sock is None or sock.fileno() == -1:
                 return
-            self.fired = cut(sock)
+            self.fired = True  # before the cut: the reader wakes at once and may look at it first
+            cut(sock)
 
     def __enter__(self) -> Cutoff:
         self._timer.start()

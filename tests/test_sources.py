@@ -642,8 +642,10 @@ class DrippingServer:
                     if self.stop.wait(0.2):
                         return
                     c.sendall(drip[i : i + 1])
-        except OSError:
+        except (OSError, ValueError):  # the client cut the connection, or it was closed under us
             pass
+        finally:
+            c.close()
 
     def close(self) -> None:
         self.stop.set()

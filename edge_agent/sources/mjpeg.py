@@ -200,18 +200,19 @@ class MjpegSource(Source):
             else:
                 self._nc += 1
                 headers["Authorization"] = httpauth.digest(ch, user, password, "GET", path, self._nc)
+        failed: Exception | None = None
         with Cutoff(conn, self.timeout_s) as cut:
             try:
                 conn.request("GET", path, headers=headers)
                 resp = conn.getresponse()
-            except (OSError, http.client.HTTPException):
-                if not cut.fired:
-                    raise
-        if not cut.fired:
-            return resp
-        # cut short (headers that end where the socket was shut down parse as if whole): no answer
-        conn.close()
-        raise TimeoutError(f"no answer within {self.timeout_s:g} s")
+            except (OSError, http.client.HTTPException) as err:
+                failed = err
+        if cut.fired:  # cut short (headers that end where the socket was shut down parse as if whole)
+            conn.close()
+            raise TimeoutError(f"no answer within {self.timeout_s:g} s")
+        if failed is not None:
+            raise failed
+        return resp
 
     def _drain(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
         """Read a refusal's page to its end, so that the connection can carry the next request; one
