@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: How long a request for the next frame waits for one before it gets the current frame again.
 _FRAME_WAIT_S = 2.0
+#: A frame number asked for after (`/frame.jpg?after=N`).
+_FRAME_NUMBER = re.compile(r"-?[0-9]{1,18}")
 #: The only media paths served: a kind, a pipeline name, a file name without a leading dot or a separator.
 _MEDIA = re.compile(r"^/(snapshots|clips)/([A-Za-z0-9_.\-]{1,64})/([A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}\.(?:jpg|avi))$")
 
@@ -278,7 +280,10 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/api/status":
                 self._send(200, json.dumps(web.status(), default=str).encode(), "application/json")
             elif path == "/frame.jpg":
-                after = int(params["after"][0]) if params.get("after", [""])[0].lstrip("-").isdigit() else -1
+                # a frame number, or anything else as none (a crafted value is no 500 and no traceback
+                # in the log per request: `--5`, digits of other scripts, thousands of digits)
+                given = params.get("after", [""])[0]
+                after = int(given) if _FRAME_NUMBER.fullmatch(given) else -1
                 frame = web.frame_jpeg(params["pipeline"][0] if params.get("pipeline") else None, after)
                 if frame is None:
                     self._send(404, b"no frame yet", "text/plain")

@@ -256,6 +256,10 @@ def test_unknown_paths_and_the_live_frame(web_agent: tuple[str, Any]) -> None:
     _, body, ctype = wait_until(lambda: (r := _get(base + "/frame.jpg")) and r[0] == 200 and r, 10, what="a live frame")
     assert ctype == "image/jpeg" and body[:2] == b"\xff\xd8"
     assert _get(base + "/healthz")[0] == 200
+    # a crafted frame number is taken as none: the newest frame, never a 500 with a traceback logged
+    for after in ("--5", "%D9%A1%D9%A2", "9" * 5000, "12abc"):
+        status, body, _ = _get(f"{base}/frame.jpg?after={after}")
+        assert status == 200 and body[:2] == b"\xff\xd8", (after[:10], status)
 
 
 @pytest.mark.emulation_slow(
