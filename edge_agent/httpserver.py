@@ -52,8 +52,10 @@ class BoundedServer(ThreadingHTTPServer):
             self._slots.release()
 
 
-#: One range, `bytes=FIRST-[LAST]` or `bytes=-SUFFIX`; anything else is ignored and the whole file sent.
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+#: One range, `bytes=FIRST-[LAST]` or `bytes=-SUFFIX`; anything else is ignored and the whole file sent
+#: (ASCII digits, at most 18: Python's `\d` takes other scripts' digits, and int() refuses thousands of
+#: them, a 500 with a traceback in the log per crafted request).
+_RANGE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
 #: Bytes read and written at a time when a file is sent.
 CHUNK = 64 * 1024
 

@@ -415,8 +415,8 @@ def test_a_clip_is_sent_a_chunk_at_a_time_whole_or_by_range(tmp_path: Path) -> N
         assert streamed_get(url, "bytes=-500")[::2] == (206, sha(data[-500:]))
         status, headers, _, _ = streamed_get(url, f"bytes={n}-")
         assert (status, headers["Content-Range"]) == (416, f"bytes */{n}")
-        for ignored in ("bytes=0-9,20-29", "bytes=abc-", "items=0-9"):
-            assert streamed_get(url, ignored)[::2] == (200, sha(data)), ignored
+        for ignored in ("bytes=0-9,20-29", "bytes=abc-", "items=0-9", "bytes=" + "9" * 5000 + "-"):
+            assert streamed_get(url, ignored)[::2] == (200, sha(data)), ignored[:30]
         head = urllib.request.Request(url, method="HEAD")
         with urllib.request.urlopen(head, timeout=10) as r:
             assert (r.status, r.headers["Content-Length"], r.read()) == (200, str(n), b"")
