@@ -24,7 +24,7 @@ SHA = hashlib.sha256(DATA).hexdigest()
 
 
 class Misbehaving(http.server.BaseHTTPRequestHandler):
-    mode = "cut"  # cut | norange | endless | stall | wrongrange (any other: serves what is asked)
+    mode = "cut"  # cut | norange | endless | stall | wrongrange | hugerange (any other: serves what is asked)
     served: list[str] = []
     release = threading.Event()
 
@@ -39,7 +39,9 @@ class Misbehaving(http.server.BaseHTTPRequestHandler):
             start = 7  # a 206, but not from where it was asked
         body = DATA[start:]
         self.send_response(206 if start else 200)
-        if start:
+        if start and self.mode == "hugerange":  # a 206 whose range no int() takes: thousands of digits
+            self.send_header("Content-Range", f"bytes {'9' * 5000}-{len(DATA) - 1}/{len(DATA)}")
+        elif start:
             self.send_header("Content-Range", f"bytes {start}-{len(DATA) - 1}/{len(DATA)}")
         self.send_header("Content-Length", str(len(body) if self.mode != "endless" else 10 * len(DATA)))
         self.end_headers()
@@ -55,7 +57,7 @@ class Misbehaving(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.release.wait(30)
             return
-        if len(self.served) == 1 and self.mode in ("cut", "norange", "wrongrange"):
+        if len(self.served) == 1 and self.mode in ("cut", "norange", "wrongrange", "hugerange"):
             self.wfile.write(body[: len(body) // 3])  # then the connection drops
             return
         self.wfile.write(body)
@@ -89,6 +91,14 @@ def test_a_range_other_than_the_one_asked_for_starts_over(server, tmp_path: Path
     server.mode = "wrongrange"
     assert download([server.url], tmp_path / "m.part", len(DATA), SHA, 5, 60).read_bytes() == DATA
     assert server.served[0] == "" and server.served[1].startswith("bytes=") and server.served[2] == ""
+
+
+def test_a_range_no_number_can_hold_starts_over(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A Content-Range of thousands of digits raised ValueError from int() out of the download (no
+    retry, the part file left behind); it is now a range other than the one asked for."""
+    server.mode = "hugerange"
+    assert download([server.url], tmp_path / "m.part", len(DATA), SHA, 5, 60).read_bytes() == DATA
+    assert server.served[1].startswith("bytes=") and server.served[2] == ""
 
 
 def test_endless_body_is_cut_at_the_manifest_size(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -29,7 +29,8 @@ _BACKOFF_S = (1.0, 30.0)
 DISK_MARGIN = 16 * 1024 * 1024
 #: How often the watch over a download looks at its deadline and whether it was cancelled.
 _WATCH_S = 0.2
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-\d+/(?:\d+|\*)", re.IGNORECASE)
+#: A 206's range (ASCII digits, at most 18: thousands of them would raise from int(), out of the download).
+_CONTENT_RANGE = re.compile(r"bytes\s+([0-9]{1,18})-[0-9]{1,18}/(?:[0-9]{1,18}|\*)", re.IGNORECASE)
 
 
 class DownloadError(Exception):
