@@ -31,6 +31,42 @@ def sink_for(cfg: MQTTConfig, device: str = "dev1") -> MqttSink:
     return s
 
 
+def test_a_message_whose_handler_raises_never_ends_the_mqtt_client(broker: Broker) -> None:
+    """paho re-raises what a message callback raises, out of its network thread, which then ends: no
+    more messages, no reconnection (a stray OTA chunk topic whose index str.isdigit() took and int()
+    did not did it). Whatever a handler raises is counted, logged, and the client goes on."""
+    import queue
+
+    from edge_agent.sinks.mqtt import Inbound, Subscriber
+
+    class Handlers(queue.Queue[Inbound]):
+        def put_nowait(self, item: Inbound) -> None:
+            if item.topic.endswith("/bad"):
+                raise ValueError("a handler's bug")
+            super().put_nowait(item)
+
+    inbox = Handlers()
+    s = MqttSink(broker.mqtt(keepalive_s=5), "dev1", subscriptions=["edge/dev1/in/#"], inbox=inbox)
+    s.start()
+    pub = Subscriber(broker.mqtt(), [], client_id="in-publisher")
+    try:
+        assert s.wait_connected(10) and pub.start(10)
+
+        def good_after_bad() -> bool:  # until the sink's subscription is in place: each pair in order
+            pub.publish("edge/dev1/in/bad", b"x", qos=1)
+            pub.publish("edge/dev1/in/good", b"x", qos=1)
+            try:
+                return inbox.get(timeout=0.5).topic == "edge/dev1/in/good"
+            except queue.Empty:
+                return False
+
+        wait_until(good_after_bad, 20, what="a message taken in after one whose handler raised")
+        assert s.drops["inbound_error"] >= 1
+    finally:
+        pub.stop()
+        s.close(2)
+
+
 def test_birth_retained_state_messages_and_clean_offline(broker: Broker, subscriber_factory) -> None:  # type: ignore[no-untyped-def]
     sub = subscriber_factory(["edge/dev1/#"])
     s = sink_for(broker.mqtt(keepalive_s=5))

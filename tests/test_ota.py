@@ -609,6 +609,10 @@ def test_mqtt_chunk_delivery(broker: Broker, agent_factory, keys) -> None:  # ty
                 stray.publish(ota_chunk("edge/mq1", "0" * 64, i), b"\0" * (1 << 20), qos=1)
             for i in range(5):
                 stray.publish(ota_chunk("edge/mq1", "0" * 64, 100 + i), b"\0" * (2 << 20), qos=1)
+            # indexes that str.isdigit() takes and int() does not: the ValueError, raised on the MQTT
+            # client's own thread, ended it (no more commands, no reconnection)
+            for index in ("\u00b2", "\u0661\u0662", "9" * 5000):
+                stray.publish(f"edge/mq1/ota/{'0' * 64}/{index}", b"\0", qos=1)
             assert w.command("ping", "after-the-chunks")["status"] == "done"  # read after them, on one connection
             grew = peak_rss_mb(agent.proc.pid) - before
             assert grew < 40, f"peak RSS grew {grew:.0f} MB"

@@ -10,6 +10,7 @@ import datetime as dt
 import functools
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,9 @@ _CHUNK_QUEUE = 256
 _CHUNK_BYTES = 64 << 20
 #: ... of which chunks of a model no accepted update awaits may take this much.
 _EARLY_CHUNK_BYTES = 16 << 20
+#: A chunk's index, the topic's last level: ASCII digits (str.isdigit() also takes "²", which int() refuses,
+#: and thousands of digits, which int() refuses too: a ValueError raised on the MQTT client's thread).
+_CHUNK_INDEX = re.compile(r"[0-9]{1,9}")
 
 
 class Updater:
@@ -315,7 +319,7 @@ class Updater:
     def accept_chunk(self, topic: str, payload: bytes) -> None:
         """From the MQTT client's callback: enqueue only (parsing is cheap and cannot raise out)."""
         parts = topic.rsplit("/", 2)
-        if len(parts) != 3 or not parts[2].isdigit() or len(payload) > MAX_CHUNK:
+        if len(parts) != 3 or not _CHUNK_INDEX.fullmatch(parts[2]) or len(payload) > MAX_CHUNK:
             self.chunks_dropped += 1
             return
         # chunks of a model no update awaits yet (a group's deploy is still being read) are kept too,

@@ -308,6 +308,11 @@ class MqttSink(Sink):
             self.inbox.put_nowait(Inbound(str(msg.topic), bytes(msg.payload), bool(msg.retain)))
         except queue.Full:
             self.drops["inbox_full"] += 1
+        except Exception:  # paho's boundary: raised here, it would end the client's network thread for good
+            self.drops["inbound_error"] += 1
+            n = self.drops["inbound_error"]
+            if n in (1, 10, 100, 1000) or n % 10000 == 0:  # whoever may publish here decides how often
+                log.exception("mqtt: a message on %s could not be taken in (%d so far)", msg.topic, n)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
