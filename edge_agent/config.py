@@ -960,7 +960,7 @@ class Settings(BaseSettings):
 def exclusive_device(uri: str) -> str | None:
     """The device a source opens exclusively (a camera, microphone, serial port, IIO buffer), or None."""
     u = uri.strip()
-    if u.isdigit():
+    if u.isdecimal():
         return f"/dev/video{int(u)}"
     if u.startswith("/dev/"):
         return os.path.realpath(u) if os.path.exists(u) else u

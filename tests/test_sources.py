@@ -39,6 +39,11 @@ def test_uri_kinds() -> None:
     assert source_kind("nvarguscamerasrc ! video/x-raw(memory:NVMM) ! appsink") == "gstreamer"
     assert source_kind("/data/*.jpg") == "images" and source_kind("synthetic:320x240") == "synthetic"
     assert source_kind("/data/clip.mp4") == "file"
+    # digits str.isdigit() takes and int() refuses are no camera index (a traceback from `check` before)
+    assert source_kind("\u00b2") == "file"
+    from edge_agent.config import exclusive_device
+
+    assert exclusive_device("\u00b2") is None and exclusive_device("2") == "/dev/video2"
     src = make_source(SourceConfig(uri="rtsp://admin:secret@10.0.0.5:554/live"))
     assert "secret" not in src.describe()
 

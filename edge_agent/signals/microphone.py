@@ -27,7 +27,7 @@ class MicrophoneSource(SignalSource):
 
     def __init__(self, uri: str, device: str, rate: int, channels: int):
         super().__init__(uri, rate, channels)
-        self.device: str | int | None = int(device) if device.isdigit() else (device or None)
+        self.device: str | int | None = int(device) if device.isdecimal() else (device or None)
         self._q: queue.Queue[tuple[np.ndarray, float, float]] = queue.Queue(_QUEUE_BLOCKS)
         self._stream: Any = None
 

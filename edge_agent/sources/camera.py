@@ -22,7 +22,7 @@ class CameraSource(OpenCVSource):
 
     @classmethod
     def claims(cls, uri: str) -> bool:
-        return uri.isdigit() or uri.startswith(("/dev/video", "/dev/v4l/"))
+        return uri.isdecimal() or uri.startswith(("/dev/video", "/dev/v4l/"))
 
     @classmethod
     def create(cls, uri: str, cfg: SourceConfig) -> Source:
@@ -35,10 +35,10 @@ class CameraSource(OpenCVSource):
         self.width, self.height, self.fps = width, height, fps
 
     def _target(self) -> str | int:
-        return int(self.uri) if self.uri.isdigit() else self.uri
+        return int(self.uri) if self.uri.isdecimal() else self.uri
 
     def open(self) -> None:
-        if not self.uri.isdigit() and not os.path.exists(self.uri):
+        if not self.uri.isdecimal() and not os.path.exists(self.uri):
             raise SourceError(f"camera device {self.uri} not present")
         try:
             super().open()
