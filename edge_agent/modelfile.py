@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 import zipfile
 from collections.abc import Iterator
@@ -230,20 +231,34 @@ def _associated(data: bytes, label_file: str | None) -> tuple[list[str], tuple[s
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             names = zf.namelist()
             pick = label_file if label_file in names else next((n for n in names if "label" in n.lower()), None)
+            if pick is not None and zf.getinfo(pick).file_size > _MAX_LABELS_BYTES:
+                raise ModelError(f"labels file {pick} in the model: {zf.getinfo(pick).file_size} bytes "
+                                 f"(at most {_MAX_LABELS_BYTES})")
             labels = parse_labels(zf.read(pick).decode("utf-8")) if pick else None
             return names, labels
     except (zipfile.BadZipFile, KeyError, UnicodeDecodeError):
         return [], None
 
 
+#: A label's index in an 'index label' file: ASCII digits (str.isdigit() takes "²", which int() refuses).
+_LABEL_INDEX = re.compile(r"[0-9]{1,9}")
+#: Labels a model may have: an index beyond would fill that many gaps ("999999999 person": gigabytes).
+MAX_LABELS = 100_000
+#: The largest labels file read from inside a model file (a zip member is inflated whole).
+_MAX_LABELS_BYTES = 4 << 20
+
+
 def parse_labels(text: str) -> tuple[str, ...]:
     """One label per line, or 'index label' pairs (gaps filled with '???'). A byte order mark (a file
     saved by Windows' Notepad) is not part of the first label: "\ufeffperson" would match no zone filter,
-    Home Assistant label or `labels` setting that says "person"."""
+    Home Assistant label or `labels` setting that says "person". ModelError for an index of MAX_LABELS
+    or more."""
     lines = [ln.strip() for ln in text.removeprefix("\ufeff").splitlines() if ln.strip()]
     pairs = [ln.split(maxsplit=1) for ln in lines]
-    if lines and all(len(p) == 2 and p[0].isdigit() for p in pairs):
+    if lines and all(len(p) == 2 and _LABEL_INDEX.fullmatch(p[0]) for p in pairs):
         by_index = {int(p[0]): p[1].strip() for p in pairs}
+        if max(by_index) >= MAX_LABELS:
+            raise ModelError(f"labels: index {max(by_index)} (a model has at most {MAX_LABELS} labels)")
         return tuple(by_index.get(i, "???") for i in range(max(by_index) + 1))
     return tuple(lines)
 

@@ -105,3 +105,22 @@ def test_label_file_formats() -> None:
     assert parse_labels("0  person\n2 car\n") == ("person", "???", "car")
     assert parse_labels("1 two words\n0 zero\n") == ("zero", "two words")
     assert parse_labels("\ufeffperson\r\nbicycle\r\n") == ("person", "bicycle")  # as Notepad saves it
+    # an index str.isdigit() takes and int() refuses is no index: the line is a label (a ValueError before)
+    assert parse_labels("\u00b2 person\n") == ("\u00b2 person",)
+
+
+def test_labels_that_would_fill_millions_of_gaps_are_refused(tmp_path: Path, good_bytes: bytes) -> None:
+    """'index label' pairs fill the gaps below the largest index: a file saying "999999999 person" (a
+    typo, or a model file from anywhere with such a file inside) built a tuple of a billion labels,
+    gigabytes, as the model loaded. An index of MAX_LABELS or more is refused, and a labels file inside
+    a model is read only up to a bound (a zip member is inflated whole)."""
+    from edge_agent.modelfile import MAX_LABELS
+
+    assert len(parse_labels(f"{MAX_LABELS - 1} last\n")) == MAX_LABELS
+    with pytest.raises(ModelError, match=r"index 1000000 \(a model has at most 100000 labels\)"):
+        parse_labels("1000000 person\n")
+    meta = build_metadata("faces", "7", "test model", [127.5], [127.5], "labels.txt", num_outputs=2)
+    big = tmp_path / "big_labels.tflite"
+    big.write_bytes(rewrite_model(good_bytes, metadata=meta, files={"labels.txt": b"x\n" * (3 << 20)}))
+    with pytest.raises(ModelError, match=r"labels file labels\.txt in the model: 6291456 bytes"):
+        read_model_file(big)
