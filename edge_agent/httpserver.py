@@ -12,6 +12,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO
 
+from edge_agent.untrusted import log_now
+
 log = logging.getLogger(__name__)
 
 
@@ -34,7 +36,7 @@ class BoundedServer(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             self.refused += 1
-            if self.refused in (1, 10, 100, 1000) or self.refused % 10000 == 0:
+            if log_now(self.refused):
                 log.warning("http: %d connection(s) refused so far: more than %d at once", self.refused,
                             self.max_connections)
             self.shutdown_request(request)

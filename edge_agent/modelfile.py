@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import struct
 import zipfile
 from collections.abc import Iterator
@@ -19,6 +18,8 @@ from typing import Any
 import flatbuffers
 import numpy as np
 from flatbuffers.table import Table
+
+from edge_agent.untrusted import number
 
 TFLITE_IDENTIFIER = b"TFL3"
 METADATA_NAME = b"TFLITE_METADATA"
@@ -240,8 +241,6 @@ def _associated(data: bytes, label_file: str | None) -> tuple[list[str], tuple[s
         return [], None
 
 
-#: A label's index in an 'index label' file: ASCII digits (str.isdigit() takes "²", which int() refuses).
-_LABEL_INDEX = re.compile(r"[0-9]{1,9}")
 #: Labels a model may have: an index beyond would fill that many gaps ("999999999 person": gigabytes).
 MAX_LABELS = 100_000
 #: The largest labels file read from inside a model file (a zip member is inflated whole).
@@ -255,8 +254,9 @@ def parse_labels(text: str) -> tuple[str, ...]:
     or more."""
     lines = [ln.strip() for ln in text.removeprefix("\ufeff").splitlines() if ln.strip()]
     pairs = [ln.split(maxsplit=1) for ln in lines]
-    if lines and all(len(p) == 2 and _LABEL_INDEX.fullmatch(p[0]) for p in pairs):
-        by_index = {int(p[0]): p[1].strip() for p in pairs}
+    indexes = [number(p[0], 9) if len(p) == 2 else None for p in pairs]
+    if lines and None not in indexes:
+        by_index = {i: p[1].strip() for i, p in zip(indexes, pairs, strict=True) if i is not None}
         if max(by_index) >= MAX_LABELS:
             raise ModelError(f"labels: index {max(by_index)} (a model has at most {MAX_LABELS} labels)")
         return tuple(by_index.get(i, "???") for i in range(max(by_index) + 1))

@@ -29,13 +29,12 @@ from edge_agent.httpserver import BoundedServer, RangeNotSatisfiable, byte_range
 from edge_agent.liveview import LiveView
 from edge_agent.metrics import HealthCollector, Latencies
 from edge_agent.snapshots import colour_for, draw_banner, draw_box
+from edge_agent.untrusted import number
 
 log = logging.getLogger(__name__)
 
 #: How long a request for the next frame waits for one before it gets the current frame again.
 _FRAME_WAIT_S = 2.0
-#: A frame number asked for after (`/frame.jpg?after=N`).
-_FRAME_NUMBER = re.compile(r"-?[0-9]{1,18}")
 #: The only media paths served: a kind, a pipeline name, a file name without a leading dot or a separator.
 _MEDIA = re.compile(r"^/(snapshots|clips)/([A-Za-z0-9_.\-]{1,64})/([A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}\.(?:jpg|avi))$")
 
@@ -282,8 +281,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/frame.jpg":
                 # a frame number, or anything else as none (a crafted value is no 500 and no traceback
                 # in the log per request: `--5`, digits of other scripts, thousands of digits)
-                given = params.get("after", [""])[0]
-                after = int(given) if _FRAME_NUMBER.fullmatch(given) else -1
+                after = number(params.get("after", [""])[0], negative=True)
+                after = -1 if after is None else after
                 frame = web.frame_jpeg(params["pipeline"][0] if params.get("pipeline") else None, after)
                 if frame is None:
                     self._send(404, b"no frame yet", "text/plain")

@@ -10,7 +10,6 @@ import datetime as dt
 import functools
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from edge_agent.ota.manifest import (
 )
 from edge_agent.ota.shadow import Probation, agreement, input_signature
 from edge_agent.ota.store import ModelStore, atomic_write
+from edge_agent.untrusted import number
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,6 @@ _CHUNK_QUEUE = 256
 _CHUNK_BYTES = 64 << 20
 #: ... of which chunks of a model no accepted update awaits may take this much.
 _EARLY_CHUNK_BYTES = 16 << 20
-#: A chunk's index, the topic's last level: ASCII digits (str.isdigit() also takes "²", which int() refuses,
-#: and thousands of digits, which int() refuses too: a ValueError raised on the MQTT client's thread).
-_CHUNK_INDEX = re.compile(r"[0-9]{1,9}")
 
 
 class Updater:
@@ -319,7 +316,8 @@ class Updater:
     def accept_chunk(self, topic: str, payload: bytes) -> None:
         """From the MQTT client's callback: enqueue only (parsing is cheap and cannot raise out)."""
         parts = topic.rsplit("/", 2)
-        if len(parts) != 3 or not _CHUNK_INDEX.fullmatch(parts[2]) or len(payload) > MAX_CHUNK:
+        index = number(parts[2], 9) if len(parts) == 3 else None  # int() on the client's thread: see untrusted
+        if index is None or len(payload) > MAX_CHUNK:
             self.chunks_dropped += 1
             return
         # chunks of a model no update awaits yet (a group's deploy is still being read) are kept too,
@@ -330,7 +328,7 @@ class Updater:
                 self.chunks_dropped += 1
                 return
             try:
-                self.chunks.put_nowait((parts[1], int(parts[2]), payload))
+                self.chunks.put_nowait((parts[1], index, payload))
             except queue.Full:
                 self.chunks_dropped += 1
                 return

@@ -29,6 +29,7 @@ from edge_agent import outbox as outbox_store  # a module: importable from eithe
 from edge_agent.config import MQTTConfig
 from edge_agent.sinks.base import Inbound, Message, Sink, SinkContext
 from edge_agent.topics import Topics, device_base
+from edge_agent.untrusted import log_now
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +312,7 @@ class MqttSink(Sink):
         except Exception:  # paho's boundary: raised here, it would end the client's network thread for good
             self.drops["inbound_error"] += 1
             n = self.drops["inbound_error"]
-            if n in (1, 10, 100, 1000) or n % 10000 == 0:  # whoever may publish here decides how often
+            if log_now(n):  # whoever may publish here decides how often
                 log.exception("mqtt: a message on %s could not be taken in (%d so far)", msg.topic, n)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
