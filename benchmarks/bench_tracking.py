@@ -38,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -146,7 +147,7 @@ def run_scene(name: str, model: Any = None, scene_cfg: dict[str, Any] | None = N
     return run
 
 
-_METRICS = ["idf1", "num_switches", "mota", "num_objects", "num_false_positives", "num_misses"]
+_METRICS = ["idf1", "num_switches", "num_transfer", "mota", "num_objects", "num_false_positives", "num_misses"]
 
 
 def known_ids(run: SceneRun, results: list[Any], threshold: float, labels: set[str] | None, every: int = 1) -> SceneRun:
@@ -206,11 +207,11 @@ def switches_per_crossing(run: SceneRun, scene: Any, every: int = 1, acc: Any = 
     alone = 0
     owner: dict[int, int] = {}  # track id -> the object it followed last
     events = (acc if acc is not None else accumulate(run)).mot_events
-    for (frame, _), row in events[events["Type"].isin(("MATCH", "SWITCH"))].iterrows():
-        oid, hid = int(row["OId"]), int(row["HId"])
-        before, owner[hid] = owner.get(hid), oid
+    for frame, row in _followed(events, ("MATCH", "SWITCH"), owner):
         if row["Type"] != "SWITCH":
             continue
+        oid, hid = int(row["OId"]), int(row["HId"])
+        before = owner.get(hid)
         i = int(frame) * every
         taken = index.get((min(oid, before), max(oid, before))) if before is not None else None
         near = [(max(first - i, i - last, 0), n) for n, (a, b, first, last) in enumerate(met) if oid in (a, b)]
@@ -221,6 +222,39 @@ def switches_per_crossing(run: SceneRun, scene: Any, every: int = 1, acc: Any = 
         else:
             alone += 1
     return per, alone
+
+
+def transfers(run: SceneRun, acc: Any = None) -> tuple[int, int]:
+    """py-motmetrics' transfers (a track that followed one object going on with another, which its count
+    of ID switches leaves out: that counts an object taking a new track, not a track taking a new
+    object), and of those, how many came while the object the track had followed was out of the truth:
+    hidden (under half of it in view) behind another, most often a third of the same kind drawn over it
+    as it came into view. With identical sprites the picture is then one object, whichever it is."""
+    events = (acc if acc is not None else accumulate(run)).mot_events
+    owner: dict[int, int] = {}  # track id -> the object it followed last
+    count = hidden = 0
+    for frame, row in _followed(events, ("MATCH", "SWITCH", "TRANSFER"), owner):
+        if row["Type"] == "TRANSFER":
+            count += 1
+            hidden += owner.get(int(row["HId"])) not in {k for k, _, _ in run.truth[frame]}
+    return count, hidden
+
+
+def _followed(events: Any, types: tuple[str, ...], owner: dict[int, int]) -> Iterator[tuple[int, Any]]:
+    """py-motmetrics' events of `types`, frame by frame, with `owner` (track id -> the object it followed)
+    as of the frames before: within a frame the events come in no set order, and a switch to a track
+    listed before that track's transfer would hide where the track came from. Each frame's matches
+    are added once its events have been handed out."""
+    now: dict[int, int] = {}
+    last = None
+    for (frame, _), row in events[events["Type"].isin(types)].iterrows():
+        if frame != last:
+            owner.update(now)
+            now.clear()
+            last = frame
+        now[int(row["HId"])] = int(row["OId"])
+        yield int(frame), row
+    owner.update(now)
 
 
 def score_all(runs: list[SceneRun]) -> dict[str, float]:
@@ -435,14 +469,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     recorded = load_recorded(args.replay) if args.replay else {}
     if not args.cost_only and not args.against:
-        print("| scene | frames | objects | IDF1 | ID switches | MOTA | misses | false positives | "
+        print("| scene | frames | objects | IDF1 | ID switches | transfers | MOTA | misses | false positives | "
               "events (new/update/end) | IDF1 with ids known |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         runs, bounds = [], []
         tracked = set(args.labels.split(",")) if args.labels else None
         unmoved: list[int] = []  # ID switches per scene, scored once
         per_crossing: list[int] = []  # ID switches per crossing, all scenes
         alone = 0  # ... and those of objects that cross no other
+        moved = hid = 0  # transfers, and those while the track's object was hidden
         for name in names:
             if name not in recorded:
                 recorded[name] = record(name)
@@ -456,23 +491,30 @@ def main(argv: list[str] | None = None) -> int:
             per, off = switches_per_crossing(run, SCENES[name], args.every, acc)
             per_crossing += per
             alone += off
+            n_tr, n_hid = transfers(run, acc)
+            moved += n_tr
+            hid += n_hid
             ev = {k: sum(1 for e in run.events if e["type"] == k) for k in ("new", "update", "end")}
             n_obj = len(SCENES[name].actors)
             print(
-                f"| {name} | {run.frames} | {n_obj} | {s['idf1']:.3f} | {int(s['num_switches'])} | {s['mota']:.3f} | "
+                f"| {name} | {run.frames} | {n_obj} | {s['idf1']:.3f} | {int(s['num_switches'])} | {n_tr} | "
+                f"{s['mota']:.3f} | "
                 f"{int(s['num_misses'])} | {int(s['num_false_positives'])} | {ev['new']}/{ev['update']}/{ev['end']} | "
                 f"{score(bounds[-1])['idf1']:.3f} |",
                 flush=True,
             )
         t = score_all(runs)
         print(f"| all | {sum(r.frames for r in runs)} | | {t['idf1']:.3f} | {int(t['num_switches'])} | "
-              f"{t['mota']:.3f} | {int(t['num_misses'])} | {int(t['num_false_positives'])} | | "
+              f"{int(t['num_transfer'])} | {t['mota']:.3f} | {int(t['num_misses'])} | "
+              f"{int(t['num_false_positives'])} | | "
               f"{score_all(bounds)['idf1']:.3f} |")
         over = [r.name for r, n in zip(runs, unmoved, strict=True) if n > 1]
         which = f" ({', '.join(over)})" if over else ""
         print(f"\nscenes with more than one ID switch: {len(over)} of {len(runs)}{which}")
         print(f"crossings (pairs of objects whose boxes meet): {len(per_crossing)}, with more than one ID "
               f"switch: {sum(n > 1 for n in per_crossing)}; ID switches of objects that cross none: {alone}")
+        print(f"transfers (a track going on with another object, which ID switches leave out): {moved}, of which "
+              f"{hid} while the object it had followed was hidden")
         if args.shifts:
             shifts = [float(x) for x in args.shifts.split(",")]
             print("\nIDF1 / ID switches with every detection's score moved by:\n")

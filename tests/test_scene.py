@@ -29,6 +29,7 @@ from benchmarks.bench_tracking import (
     save_recorded,
     score,
     switches_per_crossing,
+    transfers,
 )
 from benchmarks.scenes import FPS, SCENES, Actor, Scene, boxes_at, crossings
 from edge_agent.config import ConfigError, SceneConfig, load_settings
@@ -239,6 +240,31 @@ def test_id_switches_are_counted_per_crossing(every: int) -> None:
                            (31 if swapped else 30, "cat", boxes[3])])
     assert score(run)["num_switches"] == 2
     assert switches_per_crossing(run, scene, every) == ([0, 2, 0], 0)
+    assert transfers(run) == (1, 0)  # the third's track went on with the first
+
+
+@pytest.mark.parametrize("every", [1, 2])
+@pytest.mark.parametrize("hidden", [False, True])
+def test_a_track_going_on_with_another_object_is_counted_as_a_transfer(every: int, hidden: bool) -> None:
+    """A track that leaves its object for another, untracked one is an identity error that the count of
+    ID switches leaves out (only the object that lost its track switched): the benchmark counts it as a
+    transfer, and says whether the object the track had followed was hidden at that moment (out of the
+    truth: a third object of its kind drawn over it)."""
+    scene = Scene("pair", "ssd", 60, (Actor("cat", (0, 0), (400, 0)), Actor("cat", (400, 0), (0, 0))))
+    run = SceneRun("pair", 0, [], [])
+    for i in range(0, scene.frames, every):
+        boxes = boxes_at(scene, i)
+        run.frames += 1
+        gone = hidden and 50 <= i < 56  # the first object out of sight as its track moves on
+        run.truth.append([(k, "cat", b) for k, b in boxes.items() if not (gone and k == 1)])
+        if i < 50:  # the second object untracked, the first on track 10
+            run.tracks.append([(10, "cat", boxes[1])])
+        else:  # once they are apart, track 10 on the second; the first, in sight, on a new track
+            run.tracks.append([(10, "cat", boxes[2])] + ([] if gone else [(11, "cat", boxes[1])]))
+    s = score(run)
+    assert (s["num_switches"], s["num_transfer"]) == (1, 1), s
+    assert switches_per_crossing(run, scene, every) == ([1], 0)
+    assert transfers(run) == (1, int(hidden))
 
 
 @needs_shared
