@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from edge_agent import __version__, human
+from edge_agent.untrusted import document, plain
 
 if TYPE_CHECKING:
     from edge_agent.config import Settings
@@ -639,7 +640,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
             if m is None:
                 continue
             topic, payload, _ = m
-            print(summarise(topic, payload) if not args.raw else f"{topic} {human.printable(payload)}", flush=True)
+            print(summarise(topic, payload) if not args.raw else f"{plain(topic, None)} {human.printable(payload)}",
+                  flush=True)
     except KeyboardInterrupt:
         pass
     finally:
@@ -648,13 +650,19 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 def summarise(topic: str, payload: bytes) -> str:
-    """One readable line per message, for people watching the demo."""
-    try:
-        doc = json.loads(payload)
-    except ValueError:  # a snapshot's JPEG, or text that is not JSON
-        return f"{topic} {human.printable(payload)}"
-    if not isinstance(doc, dict):
-        return f"{topic} {doc}"
+    """One readable line per message, for people watching the demo. Anything may publish under the
+    prefix: a message that is not a document of the shape its topic says (a snapshot's JPEG, other
+    text, a field of another type) is shown as it came, made plain, and never ends the command."""
+    doc = document(payload)
+    if doc is not None:
+        try:
+            return plain(_summary(topic, doc), None)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            pass
+    return f"{plain(topic, None)} {human.printable(payload)}"
+
+
+def _summary(topic: str, doc: dict[str, Any]) -> str:
     if topic.endswith("/predictions"):
         items = doc.get("detections") or doc.get("classes") or []
         found = (
@@ -881,9 +889,9 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
         h = _obj(d.get("status") or d.get("health"))  # the device's answer, else its last health message
         label = f"{model.get('name')} v{model.get('version')}"
         fps = _obj(h.get("fps")).get("inferred", "-")
-        print(
-            f"{name:<20} {d.get('availability', '?')!s:<12} {label:<36} "
-            f"{upd.get('state', '-')!s:<12} {fps!s:>6} {h.get('status', '-')!s:<9}"
+        print(  # each field from whatever published it: made plain
+            f"{plain(name, 60):<20} {plain(d.get('availability', '?'), 40):<12} {plain(label, 80):<36} "
+            f"{plain(upd.get('state', '-'), 40):<12} {plain(fps, 12):>6} {plain(h.get('status', '-'), 40):<9}"
         )
     return EXIT_OK
 

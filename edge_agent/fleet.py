@@ -21,6 +21,7 @@ from edge_agent.ota.updater import TERMINAL
 from edge_agent.progress import Progress
 from edge_agent.sinks.mqtt import Subscriber
 from edge_agent.topics import device_base, device_pattern, group_base, ota_chunk
+from edge_agent.untrusted import document, plain, real
 
 #: After a group push, how long to wait for more devices to answer once all that did are done.
 _GROUP_GRACE_S = 3.0
@@ -195,9 +196,10 @@ def push(
             if topic.endswith("/availability"):
                 availability[device] = payload.decode("utf-8", "replace")
                 continue
-            try:
-                doc = json.loads(payload)
-            except ValueError:
+            # anything may publish under the prefix: only what reads as an agent's document counts, and
+            # what is printed of it is made plain (a device's reason is text from elsewhere)
+            doc = document(payload)
+            if doc is None:
                 continue
             if topic.endswith("/cmd/result") and doc.get("id") == cid:
                 if doc.get("status") == "rejected":
@@ -205,18 +207,20 @@ def push(
                 elif device not in status:
                     status[device] = {"state": "accepted"}
                     last_new = time.monotonic()
-            elif topic.endswith("/state") and doc.get("sha256") == manifest.sha256 and device in status:
+            elif (topic.endswith("/state") and doc.get("sha256") == manifest.sha256 and device in status
+                  and isinstance(doc.get("state"), str)):
                 status[device] = doc
                 bar = bars.get(device)
                 if bar is None:
-                    bar = bars[device] = Progress(device, 100, "%", out, position=len(bars))
-                reason = f" ({doc['reason']})" if doc.get("reason") else ""
-                if "percent" in doc:
-                    bar.set(float(doc["percent"]), f"{doc['state']}{reason}")
-                elif doc.get("state") in ("verifying", "validating", "activating", "probation", "active"):
-                    bar.set(100.0, f"{doc['state']}{reason}")  # the download is done: the bar is full
+                    bar = bars[device] = Progress(plain(device), 100, "%", out, position=len(bars))
+                said = plain(doc["state"]) + (f" ({plain(doc['reason'])})" if doc.get("reason") else "")
+                percent = real(doc.get("percent"))
+                if percent is not None:
+                    bar.set(min(max(percent, 0.0), 100.0), said)
+                elif doc["state"] in ("verifying", "validating", "activating", "probation", "active"):
+                    bar.set(100.0, said)  # the download is done: the bar is full
                 else:
-                    bar.set(bar.n, f"{doc['state']}{reason}")
+                    bar.set(bar.n, said)
     finally:
         sub.stop()
         for bar in bars.values():
@@ -241,7 +245,7 @@ def _give_up_on_silent(
         else:
             continue
         status[device] = {"state": why[0], "reason": why[1]}
-        print(f"{device}: {why[0]}: {why[1]}", file=out, flush=True)
+        print(f"{plain(device)}: {why[0]}: {why[1]}", file=out, flush=True)
 
 
 def _send_chunks(sub: Subscriber, roots: list[str], m: Manifest, payload: bytes, out: Any) -> None:
@@ -281,11 +285,8 @@ def status(cfg: MQTTConfig, wait_s: float = 2.0) -> dict[str, dict[str, Any]]:
                     cmd = {"id": asked[device], "command": "status"}
                     sub.publish(device_pattern(prefix, device, "cmd"), json.dumps(cmd).encode())
                 continue
-            try:
-                doc = json.loads(payload)
-            except ValueError:
-                continue
-            if not isinstance(doc, dict):
+            doc = document(payload)
+            if doc is None:
                 continue  # anything may publish under the prefix: only documents as agents write them
             if kind == "cmd/result":
                 if doc.get("id") == asked.get(device) and doc.get("status") == "done":
@@ -311,10 +312,9 @@ def send_command(
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             m = sub.get(0.2)
-            if m is not None:
-                doc = json.loads(m[1])
-                if doc.get("id") == cid:
-                    return dict(doc)
+            doc = document(m[1]) if m is not None else None
+            if doc is not None and doc.get("id") == cid:
+                return doc
         return None
     finally:
         sub.stop()

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from edge_agent.untrusted import plain
+
 
 def emit(doc: Any, human: Callable[[Any], str], as_json: bool, indent: int | None = 2) -> None:
     """JSON when asked for or when stdout is not a terminal (a pipe, a file, a test), else `human(doc)`."""
@@ -29,11 +31,13 @@ def _rows(rows: list[tuple[str, str]]) -> str:
 
 def printable(payload: bytes) -> str:
     """A payload as one line: text as it is (every document is one line of JSON, a zone count a
-    number; a line break in other text is escaped); a binary one (a snapshot's JPEG) as a line of JSON
+    number), but a line break or another control character in it escaped as JSON would write it (it
+    comes from anything that publishes to the broker: an escape sequence would work the terminal); a
+    binary one (a snapshot's JPEG) as a line of JSON
     saying what it is and its size, since its bytes would break the lines apart and mean nothing on a
     terminal."""
     try:
-        return payload.decode("utf-8").replace("\r", "\\r").replace("\n", "\\n")
+        return plain(payload.decode("utf-8"), None)
     except UnicodeDecodeError:
         kind = "image/jpeg" if payload[:3] == b"\xff\xd8\xff" else "application/octet-stream"
         return json.dumps({"binary": kind, "bytes": len(payload)})
@@ -147,10 +151,10 @@ def push_outcome(status: dict[str, dict[str, Any]]) -> str:
     if not status:
         return "no device answered"
     rows = []
-    for device, st in sorted(status.items()):
-        what = f"{st.get('name') or ''} v{st['version']}" if st.get("version") is not None else ""
-        why = f"  ({st['reason']})" if st.get("reason") else ""
-        rows.append((device, f"{st.get('state')}  {what}".rstrip() + why))
+    for device, st in sorted(status.items()):  # what devices sent: made plain
+        what = f"{plain(st.get('name') or '')} v{plain(st['version'])}" if st.get("version") is not None else ""
+        why = f"  ({plain(st['reason'])})" if st.get("reason") else ""
+        rows.append((plain(device), f"{plain(st.get('state'))}  {what}".rstrip() + why))
     return _rows(rows)
 
 
@@ -159,8 +163,8 @@ def rollout_outcome(doc: dict[str, Any]) -> str:
     lines = []
     for w in doc["waves"]:
         lines.append(f"{w['name']}: {w['state']}")
-        lines += [f"  {d}  {st}" for d, st in sorted(w["devices"].items())]
-    why = f" ({doc['reason']})" if doc.get("reason") else ""
+        lines += [f"  {plain(d)}  {plain(st)}" for d, st in sorted(w["devices"].items())]
+    why = f" ({plain(doc['reason'])})" if doc.get("reason") else ""
     lines.append(f"rollout {doc['id']} of version {doc.get('version')}: {doc['status']}{why}")
     return "\n".join(lines)
 
@@ -168,9 +172,9 @@ def rollout_outcome(doc: dict[str, Any]) -> str:
 def command_answer(answer: dict[str, Any] | None) -> str:
     if answer is None:
         return "no answer"
-    text = f"{answer.get('command', 'command')}: {answer.get('status')}"
+    text = f"{plain(answer.get('command', 'command'))}: {plain(answer.get('status'))}"
     if answer.get("reason"):
-        text += f" ({answer['reason']})"
+        text += f" ({plain(answer['reason'])})"
     if answer.get("result") is not None:
         text += "\n" + json.dumps(answer["result"], indent=2, default=str)
     return text

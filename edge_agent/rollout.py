@@ -28,6 +28,7 @@ from edge_agent.ota.store import atomic_write
 from edge_agent.ota.updater import TERMINAL
 from edge_agent.sinks.mqtt import Subscriber
 from edge_agent.topics import device_pattern
+from edge_agent.untrusted import document, plain, real
 
 #: device states that count against a wave
 FAILED = ("rejected", "failed", "rolled_back", "superseded", "unhealthy", *UNREACHED)
@@ -182,11 +183,10 @@ def group_members(cfg: MQTTConfig, group: str, wait_s: float = 2.0) -> list[str]
             m = sub.get(0.1)
             if m is None:
                 continue
-            try:
-                doc = json.loads(m[1])
-            except ValueError:
+            doc = document(m[1])
+            if doc is None:
                 continue
-            groups = doc.get("groups") if isinstance(doc, dict) else None
+            groups = doc.get("groups")
             # a list, not any container: "kitchen" is not in the group "kitchen-west" (a string would say it is)
             if isinstance(groups, list) and group in groups and isinstance(doc.get("device_id"), str):
                 found.add(doc["device_id"])
@@ -410,11 +410,8 @@ class Runner:
         if topic.endswith("/availability"):
             self.seen.availability[device] = payload.decode("utf-8", "replace")
             return None
-        try:
-            doc = json.loads(payload)
-        except ValueError:
-            return None
-        if not isinstance(doc, dict):
+        doc = document(payload)  # anything may publish under the prefix: only an object is read
+        if doc is None:
             return None
         p = self.plan.devices.get(device)
         if topic.endswith("/cmd/result"):
@@ -429,16 +426,18 @@ class Runner:
             return None
         if topic.endswith("/health"):
             if p is not None and self.plan.waves[p.wave].state == "soaking" and p.state == "active":
-                # only reports from after the wave went active count
-                if float(doc.get("ts", 0)) >= (self.plan.waves[p.wave].active_at or 0):
-                    p.health = str(doc.get("status"))
+                # only reports from after the wave went active count (a time that is no number: none)
+                if (real(doc.get("ts")) or 0.0) >= (self.plan.waves[p.wave].active_at or 0):
+                    p.health = plain(doc.get("status"))
             return None
         if doc.get("sha256") != self.sha or doc.get("version") != self.version:  # the same file may go out twice
             return None
         self.seen.states[device] = doc
         if p is not None and p.state not in ("pending", "rolled_back_by_rollout", "unhealthy"):
             if p.state != doc.get("state"):
-                p.state, p.reason, p.ts = str(doc.get("state")), doc.get("reason"), doc.get("ts")
+                reason = doc.get("reason")
+                p.state, p.ts = plain(doc.get("state")), real(doc.get("ts"))
+                p.reason = plain(reason) if reason else None
                 self.save()
                 if p.state in (*TERMINAL, *FAILED):
                     why = f" ({p.reason})" if p.reason else ""

@@ -209,3 +209,38 @@ def test_listen_shows_object_events_and_a_snapshot_as_what_it_is(broker: Broker)
         snap = next(line for line in lines if line.startswith("edge/lc/snapshot/person "))
         assert json.loads(snap.split(" ", 1)[1]) == {"binary": "image/jpeg", "bytes": len(jpeg)}, lines
         assert "edge/lc/zones/road/person 2" in lines and len(lines) == 2, lines
+
+
+def test_listen_shows_what_anything_publishes_without_ending_or_working_the_terminal(broker: Broker) -> None:
+    """`listen` prints whatever arrives under the prefix, and anything may publish there: documents of
+    the wrong shape, brackets nested past the JSON parser's depth, bytes that are no text, and words
+    with escape sequences in them. Each is one line, shown as it came where it cannot be summarised,
+    with its control characters written out, and the command goes on to the end."""
+    from edge_agent.sinks.mqtt import Subscriber
+
+    sent = {
+        "edge/a/predictions": b'{"seq": 1, "detections": [1, "x"]}',
+        "edge/b/predictions": b'{"seq": 2, "detections": [{"label": "cat", "score": "high"}]}',
+        "edge/c/predictions": b"[" * 100_000,
+        "edge/d/predictions": b"\xff\xd8\xff\xe0 a JPEG",
+        "edge/e/health": b'{"status": "ok", "fps": [1], "process": 3}',
+        "edge/f/events": b'{"type": "new", "label": "cat\\u001b[2J", "score": "x", "id": "1"}',
+        "edge/g/predictions": b'{"seq": 7, "accelerator": "cpu\\u001b]0;pwned\\u0007", "detections": '
+                              b'[{"label": "person\\u009b2J", "score": 0.9}], "latency_ms": {"inference": 1.5}}',
+    }
+    pub = Subscriber(broker.mqtt(), [], client_id="odd-publisher")
+    assert pub.start(10)
+    for topic, body in sent.items():
+        pub.publish(topic, body, retain=True)
+    pub.stop()
+    for raw in ([], ["--raw"]):
+        r = run_cli("listen", "--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--seconds", "2", *raw)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        lines = r.stdout.splitlines()
+        assert len(lines) == len(sent), lines  # one line each, none broken by a line break it carried
+        if raw:
+            assert sorted(line.split()[0] for line in lines) == sorted(sent), lines
+        assert not any(c in r.stdout for c in "\x1b\x07\x9b"), repr(r.stdout)
+        if not raw:  # the one well-formed prediction is summarised, its words made plain
+            assert "#7 cpu\\u001b]0;pwned\\u0007 infer 1.5 ms" in r.stdout and "person\\u009b2J 0.90" in r.stdout, lines
+        assert 'edge/d/predictions {"binary": "image/jpeg", "bytes": 11}' in lines, lines

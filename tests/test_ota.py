@@ -394,6 +394,106 @@ def test_fleet_cli_says_what_is_wrong_without_a_traceback(broker: Broker, keys, 
         assert "Traceback" not in r.stderr
 
 
+#: What a device (or anything else on the broker) may publish where the fleet commands read documents:
+#: not UTF-8, brackets nested past the JSON parser's depth (RecursionError, not ValueError), JSON of
+#: another shape, and fields of the wrong type.
+_GARBAGE = [b"\xff\xfe", b"[" * 100_000, b"[1, 2]", b'"text"', b'{"id": 5, "status": ["done"]}']
+
+
+class _HostileDevice:
+    """A device on the real broker that answers each command with every kind of garbage before its real
+    answer, and reports an update's progress the same way: the fleet commands must read past all of it,
+    and print what it says without its escape sequences (the terminal of the person running them would
+    obey them: clear the screen, retitle the window)."""
+
+    def __init__(self, broker: Broker, name: str, outcome: str = "failed"):
+        self.name, self.outcome, self.active = name, outcome, False
+        self.sub = Subscriber(broker.mqtt(), [f"edge/{name}/cmd"], client_id=f"hostile-{name}")
+        assert self.sub.start(10)
+        self.sub.publish(f"edge/{name}/info", json.dumps({"device_id": name, "groups": [name]}).encode(), retain=True)
+        self.sub.publish(f"edge/{name}/availability", b"online", retain=True)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"hostile-{name}", daemon=True)
+        self.thread.start()
+
+    def _say(self, leaf: str, doc: dict[str, Any]) -> None:
+        for junk in _GARBAGE:
+            self.sub.publish(f"edge/{self.name}/{leaf}", junk)
+        self.sub.publish(f"edge/{self.name}/{leaf}", json.dumps(doc).encode())
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            m = self.sub.get(0.1)
+            if self.active:  # health as it soaks: a time that is no number, then a real one
+                self._say("health", {"status": "ok", "ts": "later"})
+                self._say("health", {"status": "ok", "ts": time.time()})
+            if m is None:
+                continue
+            cmd = json.loads(m[1])
+            if cmd["command"] == "deploy":
+                self._say("cmd/result", {"id": cmd["id"], "status": "accepted"})
+                manifest = cmd["args"]["manifest"]
+                mine = {"sha256": manifest["sha256"], "version": manifest["version"]}
+                odd = [{**mine, "state": "downloading", "percent": "half"}, {**mine, "percent": 5},
+                       {**mine, "state": ["downloading"], "percent": [1]}, {**mine, "state": "downloading"}]
+                for doc in odd:
+                    self._say("model/state", doc)
+                infinite = b'{"sha256": "%s", "state": "downloading", "percent": 1e999}' % mine["sha256"].encode()
+                self.sub.publish(f"edge/{self.name}/model/state", infinite)
+                if self.outcome == "failed":
+                    self._say("model/state", {**mine, "name": "m\x1b[2J", "state": "failed",
+                                              "reason": "disk full\x1b]0;pwned\x07\u202e"})
+                else:
+                    self._say("model/state", {**mine, "name": "m", "state": "active", "ts": "now"})
+                    self.active = True
+            else:
+                self._say("cmd/result", {"id": cmd["id"], "command": cmd["command"], "status": "failed",
+                                         "reason": "nothing to undo\x1b[31m\x9b2J"})
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sub.stop()
+
+
+def test_fleet_commands_read_past_what_a_hostile_device_publishes(broker: Broker, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A device that answers with documents of every wrong shape (and control characters in its words)
+    ends neither `fleet push`, `fleet rollback` nor `fleet rollout` with a traceback; each takes the real
+    answer after the garbage, and what reaches a terminal carries no escape character."""
+    priv, _ = keys
+    mq = ["--mqtt-host", broker.host, "--mqtt-port", str(broker.port)]
+    evil = _HostileDevice(broker, "evil")
+    try:
+        push = ["fleet", "push", str(SHORT_INT8), "--version", "4", "--serve", "127.0.0.1:0", *mq,
+                "--device", "evil", "--key", str(priv), "--timeout", "60"]
+        r = run_cli(*push)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        status = json.loads(r.stdout[r.stdout.index("{"):])
+        assert status["evil"]["state"] == "failed" and status["evil"]["reason"].startswith("disk full"), status
+        rc, shown, err = run_tty(*push)
+        assert rc == 1 and "Traceback" not in err, err
+        last = shown.strip().splitlines()[-1]
+        assert last.split()[:2] == ["evil", "failed"] and "disk full\\u001b]0;pwned\\u0007\\u202e" in last, last
+        assert not any(c in shown for c in "\x1b\x07\x9b\u202e"), repr(shown)
+        rc, shown, err = run_tty("fleet", "rollback", *mq, "--device", "evil", "--timeout", "20")
+        assert rc == 1 and "Traceback" not in err, err
+        assert "rollback: failed (nothing to undo\\u001b[31m\\u009b2J)" in shown, repr(shown)
+        assert not any(c in shown for c in "\x1b\x9b"), repr(shown)
+    finally:
+        evil.close()
+    # a staged rollout to a device that installs the model, soaking on its health reports
+    odd = _HostileDevice(broker, "odd", outcome="active")
+    try:
+        r = run_cli("fleet", "rollout", str(SHORT_INT8), "--version", "5", "--group", "odd", "--key", str(priv),
+                    "--serve", "127.0.0.1:0", "--state", str(tmp_path / "odd.json"), *mq, "--canary", "1",
+                    "--waves", "100%", "--soak-s", "1", "--json")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+        plan = json.loads(r.stdout[r.stdout.index("{"):])
+        assert plan["status"] == "completed" and plan["waves"][0]["devices"] == {"odd": "active"}, plan
+    finally:
+        odd.close()
+
+
 @pytest.mark.emulation_slow(
     "a dozen hot swaps with an RSS bound: the bound is about the allocator, and each swap's validation "
     "takes a minute under qemu"
