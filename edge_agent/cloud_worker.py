@@ -41,6 +41,16 @@ def _image(item: dict[str, Any]) -> np.ndarray:
     return decode_image(raw, "image")
 
 
+def _frame_size(frame: dict[str, Any]) -> tuple[int, int]:
+    """The device frame's width and height, which boxes are placed in and divided by: a device (or
+    anything allowed to publish escalations) that sends 0 would end the answer in a ZeroDivisionError,
+    outside the errors an escalation is answered with."""
+    fw, fh = int(frame["width"]), int(frame["height"])
+    if fw <= 0 or fh <= 0:
+        raise ValueError(f"the frame's width and height must be positive, not {fw} x {fh}")
+    return fw, fh
+
+
 def _place(det: dict[str, Any], dx: float, dy: float, scale: float, fw: int, fh: int) -> dict[str, Any]:
     """A detection on a scaled or cropped picture, in the device's frame coordinates."""
     x1, y1, x2, y2 = det["box"]
@@ -87,12 +97,14 @@ class CloudWorker:
         if content == "frame":
             frame = doc["frame"]
             res = m.infer(_image(doc["image"])).result.as_dict()
-            fw, fh, scale = int(frame["width"]), int(frame["height"]), float(frame.get("scale", 1.0))
+            (fw, fh), scale = _frame_size(frame), float(frame.get("scale", 1.0))
+            if not scale > 0 or scale == float("inf"):
+                raise ValueError(f"the frame's scale must be a positive number, not {scale!r}")
             if "detections" in res:
                 res["detections"] = [_place(d, 0, 0, scale, fw, fh) for d in res["detections"]]
             return {"task": m.decoder.task, **res}
         if content == "crops":
-            fw, fh = int(doc["frame"]["width"]), int(doc["frame"]["height"])
+            fw, fh = _frame_size(doc["frame"])
             dets: list[dict[str, Any]] = []
             classes: list[dict[str, Any]] = []
             for crop in doc["crops"]:

@@ -270,3 +270,29 @@ def test_the_worker_refuses_a_picture_that_declares_gigapixels_before_decoding_i
         assert "error" not in good and good["result"]["task"] == "detection"
     finally:
         model.close()
+
+
+def test_the_worker_answers_a_frame_of_no_size_with_an_error() -> None:
+    """Boxes found on a device's picture are placed in its frame, by the frame's width, height and scale
+    as the escalation states them. Any device (or anything allowed to publish escalations) can state 0:
+    the answer is an error naming them, not a ZeroDivisionError that left the device without one."""
+    import skimage.data as d
+
+    jpeg = cv2.imencode(".jpg", d.astronaut()[..., ::-1])[1].tobytes()
+    image = {"data": base64.b64encode(jpeg).decode()}
+    model = Model(ModelConfig(path=SHORT), RuntimeConfig(accelerator="cpu"), None)
+    try:
+        w = CloudWorker(Settings(), model, "g", "wz")
+        good = w.answer(orjson.dumps({"id": "ok", "content": "frame", "frame": {"width": 512, "height": 512},
+                                      "image": image}))
+        assert "error" not in good and good["result"]["detections"], good  # a face: boxes to place
+        for frame, says in (({"width": 0, "height": 512}, "width and height"),
+                            ({"width": 512, "height": -1}, "width and height"),
+                            ({"width": 512, "height": 512, "scale": 0}, "scale")):
+            ans = w.answer(orjson.dumps({"id": "z", "content": "frame", "frame": frame, "image": image}))
+            assert ans["id"] == "z" and says in ans["error"] and ans["result"] == {}, ans
+        crops = w.answer(orjson.dumps({"id": "c", "content": "crops", "frame": {"width": 0, "height": 0},
+                                       "crops": [{**image, "box": [0, 0, 512, 512]}]}))
+        assert "width and height" in crops["error"], crops
+    finally:
+        model.close()
