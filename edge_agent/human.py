@@ -33,9 +33,8 @@ def printable(payload: bytes) -> str:
     """A payload as one line: text as it is (every document is one line of JSON, a zone count a
     number), but a line break or another control character in it escaped as JSON would write it (it
     comes from anything that publishes to the broker: an escape sequence would work the terminal); a
-    binary one (a snapshot's JPEG) as a line of JSON
-    saying what it is and its size, since its bytes would break the lines apart and mean nothing on a
-    terminal."""
+    binary one (a snapshot's JPEG) as a line of JSON saying what it is and its size, since its bytes
+    would break the lines apart and mean nothing on a terminal."""
     try:
         return plain(payload.decode("utf-8"), None)
     except UnicodeDecodeError:

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge_agent.config import MQTTConfig
+from edge_agent.config import MQTTConfig, topic_level
 from edge_agent.fleet import UNREACHED, _connect, _give_up_on_silent
 from edge_agent.ota.manifest import Manifest
 from edge_agent.ota.store import atomic_write
@@ -187,12 +187,23 @@ def group_members(cfg: MQTTConfig, group: str, wait_s: float = 2.0) -> list[str]
             if doc is None:
                 continue
             groups = doc.get("groups")
+            # the device whose topic it is, named as devices are (one topic level: what a deploy is sent to
+            # and what the rollout prints), not whatever name a document under another device's topic gives
+            device = m[0][len(cfg.topic_prefix) + 1 :].split("/", 1)[0]
             # a list, not any container: "kitchen" is not in the group "kitchen-west" (a string would say it is)
-            if isinstance(groups, list) and group in groups and isinstance(doc.get("device_id"), str):
-                found.add(doc["device_id"])
+            if isinstance(groups, list) and group in groups and doc.get("device_id") == device and _named(device):
+                found.add(device)
     finally:
         sub.stop()
     return sorted(found)
+
+
+def _named(device: str) -> bool:
+    try:
+        topic_level(device)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass

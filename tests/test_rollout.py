@@ -176,7 +176,8 @@ def test_a_halted_wave_rolls_back_the_devices_that_had_not_answered_yet(  # type
 def test_a_group_is_a_list_member_not_a_substring_and_odd_infos_are_skipped(broker: Broker) -> None:
     """Group members come from retained `info` documents, which anything on the broker can write: a
     device whose `groups` is the string "kitchen-west" is not in the group "kitchen" (a substring test
-    would take it into that rollout), and documents of the wrong shape are skipped, not fatal."""
+    would take it into that rollout), a document under one device's topic does not put another device
+    in the group, and documents of the wrong shape are skipped, not fatal."""
     cfg = broker.mqtt()
     pub = Subscriber(cfg, [])
     assert pub.start(10)
@@ -186,6 +187,7 @@ def test_a_group_is_a_list_member_not_a_substring_and_odd_infos_are_skipped(brok
         "kn": {"device_id": "kn", "groups": 7},
         "kl": ["kitchen"],
         "ks": {"device_id": 5, "groups": ["kitchen"]},
+        "kx": {"device_id": "k1-other", "groups": ["kitchen"]},  # under another device's topic: not that device
     }
     for device, doc in docs.items():
         pub.publish(f"edge/{device}/info", json.dumps(doc).encode(), retain=True)
