@@ -12,7 +12,9 @@ from edge_agent.untrusted import plain
 
 
 def emit(doc: Any, human: Callable[[Any], str], as_json: bool, indent: int | None = 2) -> None:
-    """JSON when asked for or when stdout is not a terminal (a pipe, a file, a test), else `human(doc)`."""
+    """JSON when asked for or when stdout is not a terminal (a pipe, a file, a test), else `human(doc)`
+    with its control characters written out: it holds words from elsewhere (a device's reason, a
+    model's labels and metadata), and an escape sequence among them would work the terminal."""
     if as_json or not sys.stdout.isatty():
         if indent is None:  # one document per line, exactly as the agent publishes it
             from edge_agent.payload import dumps
@@ -21,7 +23,7 @@ def emit(doc: Any, human: Callable[[Any], str], as_json: bool, indent: int | Non
         else:
             print(json.dumps(doc, indent=indent, default=str), flush=True)
     else:
-        print(human(doc), flush=True)
+        print(plain(human(doc), None, lines=True), flush=True)
 
 
 def _rows(rows: list[tuple[str, str]]) -> str:
@@ -150,10 +152,10 @@ def push_outcome(status: dict[str, dict[str, Any]]) -> str:
     if not status:
         return "no device answered"
     rows = []
-    for device, st in sorted(status.items()):  # what devices sent: made plain
-        what = f"{plain(st.get('name') or '')} v{plain(st['version'])}" if st.get("version") is not None else ""
-        why = f"  ({plain(st['reason'])})" if st.get("reason") else ""
-        rows.append((plain(device), f"{plain(st.get('state'))}  {what}".rstrip() + why))
+    for device, st in sorted(status.items()):
+        what = f"{st.get('name') or ''} v{st['version']}" if st.get("version") is not None else ""
+        why = f"  ({st['reason']})" if st.get("reason") else ""
+        rows.append((device, f"{st.get('state')}  {what}".rstrip() + why))
     return _rows(rows)
 
 
@@ -162,8 +164,8 @@ def rollout_outcome(doc: dict[str, Any]) -> str:
     lines = []
     for w in doc["waves"]:
         lines.append(f"{w['name']}: {w['state']}")
-        lines += [f"  {plain(d)}  {plain(st)}" for d, st in sorted(w["devices"].items())]
-    why = f" ({plain(doc['reason'])})" if doc.get("reason") else ""
+        lines += [f"  {d}  {st}" for d, st in sorted(w["devices"].items())]
+    why = f" ({doc['reason']})" if doc.get("reason") else ""
     lines.append(f"rollout {doc['id']} of version {doc.get('version')}: {doc['status']}{why}")
     return "\n".join(lines)
 
@@ -171,9 +173,9 @@ def rollout_outcome(doc: dict[str, Any]) -> str:
 def command_answer(answer: dict[str, Any] | None) -> str:
     if answer is None:
         return "no answer"
-    text = f"{plain(answer.get('command', 'command'))}: {plain(answer.get('status'))}"
+    text = f"{answer.get('command', 'command')}: {answer.get('status')}"
     if answer.get("reason"):
-        text += f" ({plain(answer['reason'])})"
+        text += f" ({answer['reason']})"
     if answer.get("result") is not None:
         text += "\n" + json.dumps(answer["result"], indent=2, default=str)
     return text

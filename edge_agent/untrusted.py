@@ -60,20 +60,21 @@ def real(value: Any) -> float | None:
 #: C0 and C1 controls (ESC starts the sequences a terminal obeys; CSI is one C1 character), and the
 #: marks that reorder text on screen (right-to-left overrides and isolates).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
-def plain(value: Any, limit: int | None = 200) -> str:
+def plain(value: Any, limit: int | None = 200, lines: bool = False) -> str:
     """`value` as text safe to print on a terminal: control characters (escape sequences that would move
-    the cursor, retitle the window or hide what came before; line breaks) and the marks that reorder
-    text written out as JSON writes them (\\n, \\u001b), so that a line of JSON stays the same JSON, and
-    at most `limit` characters (None: all)."""
+    the cursor, retitle the window or hide what came before; line breaks, but with `lines` those of a
+    text of several lines) and the marks that reorder text written out as JSON writes them (\\n,
+    \\u001b), so that a line of JSON stays the same JSON, and at most `limit` characters (None: all)."""
     try:
         text = value if isinstance(value, str) else str(value)
     except (ValueError, RecursionError):  # an int past str()'s digits, or a structure nested that deep
         text = f"<{type(value).__name__}>"
     if limit is not None and len(text) > limit:
         text = text[:limit] + "..."
-    return _CONTROL.sub(_escaped, text)
+    return (_CONTROL_BUT_LINES if lines else _CONTROL).sub(_escaped, text)
 
 
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}

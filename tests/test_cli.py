@@ -48,6 +48,20 @@ def test_a_terminal_gets_text_a_pipe_gets_json_and_no_runtime_chatter(face_image
     assert "XNNPACK" not in piped.stdout + piped.stderr
 
 
+def test_words_from_elsewhere_reach_a_terminal_without_their_escape_sequences(face_image: Path, tmp_path: Path) -> None:
+    """What a command prints for a person holds words it did not write: a model's labels, a device's
+    reason. A labels file whose label carries an escape sequence (it would retitle the window, clear
+    the screen) is printed with its control characters written out as JSON writes them; the JSON form
+    carries the label as it is."""
+    labels = tmp_path / "labels.txt"
+    labels.write_text("fa\x1b]0;owned\x07ce\x1b[2J\n")
+    rc, out, err = _tty("predict", str(SHORT), str(face_image), "--accelerator", "cpu", "--labels", str(labels))
+    assert rc == 0 and "fa\\u001b]0;owned\\u0007ce\\u001b[2J 0." in out, out + err
+    assert "\x1b" not in out and "\x07" not in out, repr(out)
+    piped = run_cli("predict", str(SHORT), str(face_image), "--accelerator", "cpu", "--labels", str(labels))
+    assert json.loads(piped.stdout)["detections"][0]["label"] == "fa\x1b]0;owned\x07ce\x1b[2J"
+
+
 def test_predict_inspect_and_bench_read_the_same_settings_as_run(face_image: Path, tmp_path: Path) -> None:
     def faces(*extra: str, env: dict[str, str] | None = None) -> int:
         r = run_cli("predict", str(SHORT), str(face_image), *extra, env=env)
