@@ -59,8 +59,9 @@ def real(value: Any) -> float | None:
 
 #: C0 and C1 controls (ESC starts the sequences a terminal obeys; CSI is one C1 character), and the
 #: marks that reorder text on screen (right-to-left overrides and isolates).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_CONTROL_BUT_LINES = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_MARKS = r"\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(rf"[\x00-\x0a{_MARKS}]")
+_CONTROL_BUT_LINES = re.compile(rf"[\x00-\x09{_MARKS}]")
 
 
 def plain(value: Any, limit: int | None = 200, lines: bool = False) -> str:
