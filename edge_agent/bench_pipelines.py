@@ -117,6 +117,10 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
         over["runtime.batch_wait_ms"] = spec["batch_wait_ms"]
     if "arenas" in spec:
         over["runtime.malloc_arenas"] = spec["arenas"]
+    if spec.get("scaled_decode") is not None:  # else the setting's default
+        over["source.scaled_decode"] = spec["scaled_decode"]
+        for p in pipelines:
+            p["source"]["scaled_decode"] = spec["scaled_decode"]
     if spec.get("own_process") is not None:  # else the setting's default
         over["runtime.own_process"] = spec["own_process"]
     if spec.get("single"):  # the single-pipeline form, as a separate agent runs it
@@ -141,6 +145,7 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
     t1, c1, w1 = time.perf_counter(), time.process_time(), _worker_cpu_s()
     lat = {p.name: (p.infer_stats.latency.get("capture_to_publish") or _Empty()).percentiles() or {} for p in healthy}
     engines = [e.info() for e in a.pool.engines()]
+    scales = {p.name: getattr(getattr(p, "capture", None), "decode_scale", 1) for p in healthy}
     breakdown = rss_breakdown()
     workers = psutil.Process().children(recursive=True)  # backends in processes of their own
     worker_mem = [_mem_mb(w) for w in workers]
@@ -154,6 +159,7 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
         "wall_s": wall,
         "c2p": lat,
         "engines": engines,
+        "decode_scales": scales,
         "rss_breakdown": breakdown,
         "workers": len(workers),
         "worker_rss_mb": round(sum(m[0] for m in worker_mem), 1),
@@ -443,6 +449,69 @@ def compare_batches(
         finally:
             broker.stop()
     return rows
+
+
+def compare_decode(
+    models: list[Path], n: int, seconds: float, runs: int, threads: int, out: Any
+) -> list[dict[str, Any]]:
+    """One agent, n pipelines each on its own copy of the demo video (Motion JPEG, 640x480, read as fast
+    as it goes), every frame decoded whole against decoded at the scale the model needs
+    (`source.scaled_decode`); the two alternate, their order turning each round; medians per figure."""
+    rows = []
+    variants = (False, True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        broker = Broker(work).start()
+        copies = []
+        for i in range(n):
+            dst = work / f"demo-{i}.avi"
+            shutil.copyfile(_video(), dst)
+            copies.append(str(dst))
+        try:
+            with Progress("decoding", len(models) * runs * len(variants), "runs") as bar:
+                for m in models:
+                    res: dict[bool, list[dict[str, Any]]] = {v: [] for v in variants}
+                    scales: dict[bool, list[int]] = {v: [] for v in variants}
+                    t_m = threads or chosen_threads(m)
+                    for k in range(runs):
+                        for v in variants[k % 2 :] + variants[: k % 2]:
+                            spec = {"model": str(m), "threads": t_m, "seconds": seconds, "port": broker.port,
+                                    "sources": copies, "state": str(work / "state"), "scaled_decode": v}
+                            r = _collect([_spawn(spec)], seconds * 4 + 120)[0]
+                            res[v].append(_summary([r], r["peak_rss_mb"]))
+                            scales[v] += list(r["decode_scales"].values())
+                            bar.update()
+                    whole = [x["aggregate_fps"] for x in res[False]]
+                    for v in variants:
+                        s = _median_summary(res[v])
+                        row = {"model": m.name, "pipelines": n, "scaled_decode": v,
+                               "decode_scale": max(scales[v], default=1),
+                               "aggregate_fps": s["aggregate_fps"], "c2p_p50_ms": s["c2p_p50_ms"],
+                               "c2p_p99_ms": s["c2p_p99_ms"], "cpu_ms_per_frame": s["cpu_ms_per_frame"],
+                               "vs_whole": s["aggregate_fps"] / statistics.median(whole),
+                               "vs_whole_by_round": [
+                                   x["aggregate_fps"] / w for x, w in zip(res[v], whole, strict=True)
+                               ]}
+                        rows.append(row)
+                        print(decode_row(row), file=out, flush=True)
+        finally:
+            broker.stop()
+    return rows
+
+
+DECODE_HEADER = (
+    "| model | pipelines | decoded at | aggregate fps | vs whole (round by round) | c2p p50 / p99 ms | CPU ms/frame |\n"
+    "| --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def decode_row(r: dict[str, Any]) -> str:
+    at = f"1/{r['decode_scale']} (scaled_decode on)" if r["scaled_decode"] else "whole (scaled_decode off)"
+    rounds = ", ".join(f"{x:.2f}" for x in r["vs_whole_by_round"])
+    return (
+        f"| {r['model']} | {r['pipelines']} | {at} | {r['aggregate_fps']:.1f} | {r['vs_whole']:.2f} ({rounds}) | "
+        f"{r['c2p_p50_ms']:.1f} / {r['c2p_p99_ms']:.1f} | {r['cpu_ms_per_frame']:.2f} |"
+    )
 
 
 BATCH_HEADER = (

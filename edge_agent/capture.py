@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from edge_agent.config import SourceConfig
 from edge_agent.handoff import LatestSlot
@@ -20,6 +21,7 @@ from edge_agent.sources import EndOfStream, Frame, FrameError, Source, SourceErr
 from edge_agent.stats import StageStats
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _WATCH_INTERVAL_S = 0.25
 #: A read is abandoned this long after `source.read_timeout_s`: sources that keep the timeout themselves
@@ -63,6 +65,11 @@ class Capture:
         #: may take a consumer-paced frame on the reader's thread instead of the slot (True when it did):
         #: nothing is dropped or goes stale while the reader waits for its consumer
         self.consume: Callable[[Frame], bool] | None = None
+        #: how many times smaller (1, 2, 4 or 8) a frame of (width, height) may be decoded, asked before
+        #: each decode (the pipeline's needs change with its model, its scene and an update on probation)
+        self.reduce: Callable[[int, int], int] | None = None
+        #: how many times smaller the last frame was decoded
+        self.decode_scale = 1
 
     def start(self) -> None:
         self._spawn_reader()
@@ -171,7 +178,7 @@ class Capture:
             self.stats.beat()
         return self.stop.is_set()
 
-    def _timed(self, fn: Callable[[], object]) -> object:
+    def _timed(self, fn: Callable[[], _T]) -> _T:
         self._reading = True
         self._last_read = time.monotonic()
         try:
@@ -212,7 +219,8 @@ class Capture:
         if late:
             self.stats.drop("late")  # inference is behind the file's clock
             return "skipped"
-        image = self._timed(src.retrieve)
+        reduce = self.reduce(*self.frame_size) if self.reduce is not None and self.frame_size else 1
+        image, whole = self._timed(lambda: src.retrieve_reduced(reduce))
         if gen != self._gen:
             return "idle"
         # a file's frame is stamped by its place in the file, from when the file was opened (as a
@@ -221,9 +229,10 @@ class Capture:
         ts = self._t0_wall + n_played / own if own else time.time()
         self._last_ts = ts
         self._index += 1
-        h, w = image.shape[:2]  # type: ignore[attr-defined]
+        h, w = whole or image.shape[:2]
         self.frame_size = (w, h)
-        frame = Frame(image, ts, time.monotonic(), self._index, clock=ts if own else None)  # type: ignore[arg-type]
+        self.decode_scale = reduce if whole else 1
+        frame = Frame(image, ts, time.monotonic(), self._index, whole, clock=ts if own else None)
         self.stats.done()
         if paced and self.consume is not None and self.consume(frame):
             return "delivered"

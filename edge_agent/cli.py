@@ -516,7 +516,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edge_agent.model import default_model_path
 
     _load(args, shortcuts=False)  # bench's flags are its own; a bad setting is still an error
-    if args.pipelines or args.batch:
+    if args.pipelines or args.batch or args.decode:
         return _bench_pipelines(args)
     if args.model:
         models = list(args.model)
@@ -556,11 +556,14 @@ def _on_off(v: str | None) -> bool | None:
 
 
 def _bench_pipelines(args: argparse.Namespace) -> int:
-    """Several pipelines in one agent against as many agents (--pipelines), or batch sizes (--batch)."""
+    """Several pipelines in one agent against as many agents (--pipelines), frames decoded whole against
+    scaled (--decode), or batch sizes (--batch)."""
     from edge_agent.bench_pipelines import (
         BATCH_HEADER,
+        DECODE_HEADER,
         PIPELINES_HEADER,
         compare_batches,
+        compare_decode,
         compare_pipelines,
     )
     from edge_agent.model import default_model_path
@@ -587,6 +590,11 @@ def _bench_pipelines(args: argparse.Namespace) -> int:
         for r in rows:
             print(f"RSS of one agent with {r['pipelines']} pipeline(s), MB: {r['one']['rss_breakdown']}", flush=True)
             print(f"peak RSS MB of each run, one agent with {r['pipelines']}: {r['one']['peak_rss_runs']}", flush=True)
+    if args.decode:
+        if args.decode < 1:
+            return _usage_error("--decode takes a number of pipelines of at least 1")
+        print(DECODE_HEADER, flush=True)
+        rows += compare_decode(models, args.decode, args.seconds, args.runs, args.threads, sys.stdout)
     if args.batch:
         print(BATCH_HEADER, flush=True)
         sizes = _counts(args.batch, "--batch")
@@ -995,6 +1003,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--pipelines",
         help="e.g. 1,2,4: one agent with N pipelines (each on its own copy of the demo video) against N agents, "
         "and with a stalled camera beside them",
+    )
+    bn.add_argument(
+        "--decode", type=int, metavar="N",
+        help="one agent with N pipelines on Motion JPEG, every frame decoded whole against at the scale the model "
+        "needs (source.scaled_decode)",
     )
     bn.add_argument("--batch", help="e.g. 1,2,4: one agent with --batch-pipelines pipelines at each runtime.max_batch")
     bn.add_argument("--batch-pipelines", type=int, default=4, help="pipelines for --batch (frames in memory)")

@@ -56,6 +56,15 @@ _NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
 _REOPEN_KEYS = ("uri", "width", "height", "loop")
 
 
+def _picture(frame: Frame) -> np.ndarray | None:
+    """The frame's picture for what draws on it or crops from it in the frame's own pixels; None where it
+    was let go, or decoded smaller than the frame (as the pipeline's needs changed while it was read)."""
+    image = frame.image
+    if not image.size or (frame.size is not None and image.shape[:2] != tuple(frame.size)):
+        return None
+    return image
+
+
 #: One inferred frame on its way to decoding: the frame, the raw outputs, the model that gave them, and
 #: whether they were reused for an unchanged frame.
 _Item = tuple[Frame, RawInference, Model, bool]
@@ -154,6 +163,7 @@ class FramePipeline:
             lambda: make_source(self.settings.source), self.settings.source, self.frames, self.capture_stats,
             self.stop_event,
         )
+        self.capture.reduce = self._reduction
         self._threads: list[threading.Thread] = []
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -187,6 +197,16 @@ class FramePipeline:
         if not cfg.active:
             return None
         return SceneStage(cfg, self.name, view.settings.state_dir, view.settings.runtime)
+
+    def _reduction(self, frame_w: int, frame_h: int) -> int:
+        """How many times smaller capture may decode the next frame (`source.scaled_decode`): only where
+        nothing after the model wants the picture itself (the live view, the scene's snapshots, clips and
+        crops, escalation, an update judged on the same frames), and never below the size the model
+        takes it at."""
+        model = self.get_model()
+        if not self.settings.source.scaled_decode or self.keep_images or model is None or self.fanout.judging(model):
+            return 1
+        return model.reduction(frame_w, frame_h)
 
     def stages(self) -> dict[str, StageStats]:
         return {"capture": self.capture_stats, "inference": self.infer_stats, "postprocess": self.post_stats}
@@ -308,7 +328,7 @@ class FramePipeline:
                 raw = last[0]
                 self.skipped += 1
             else:
-                raw = model.run(frame.image, self.name)
+                raw = model.run(frame.image, self.name, frame.size)
                 ist.last = (raw, model)
                 st.observe("preprocess", raw.preprocess_ms)
                 st.observe("inference", raw.inference_ms)
@@ -316,7 +336,8 @@ class FramePipeline:
                     st.observe("queue", raw.wait_ms)
                 st.done()
             if not self.keep_images and not self.fanout.judging(model):
-                frame = Frame(_NO_IMAGE, frame.ts, frame.mono, frame.index, frame.image.shape[:2], frame.clock)
+                size = frame.size or frame.image.shape[:2]
+                frame = Frame(_NO_IMAGE, frame.ts, frame.mono, frame.index, size, frame.clock)
             return frame, raw, model, cached
         except Exception as err:  # loop boundary: one bad frame must not stop the stream
             if isinstance(err, EngineClosed) and self.get_model() is not model:
@@ -353,7 +374,7 @@ class FramePipeline:
                 inf = model.decode(raw)
                 pst.decoded = (raw, inf)
                 self.infer_stats.observe("postprocess", inf.postprocess_ms)
-                self.fanout.observe(model, raw, frame.image if frame.image.size else None)
+                self.fanout.observe(model, raw, _picture(frame))
             self._publish(frame, raw, inf, model, cached)
             if len(model.runtime.fallbacks) != self._fallbacks_seen:
                 self._fallbacks_seen = len(model.runtime.fallbacks)
@@ -370,7 +391,7 @@ class FramePipeline:
         out: SceneOutput | None = None
         with self._scene_lock:
             if self.scene is not None and result.task == "detection":
-                out = self.scene.process(result, frame.ts, frame.image if frame.image.size else None, frame.steady)
+                out = self.scene.process(result, frame.ts, _picture(frame), frame.steady)
                 result = out.result
         doc = prediction(
             device_id=self.settings.device_id,
@@ -398,7 +419,7 @@ class FramePipeline:
         doc["latency_ms"]["capture_to_publish"] = round(c2p, 3)
         if cached:
             doc["cached"] = True  # the frame looked like the last inferred one
-        image = frame.image if self.keep_images else None
+        image = _picture(frame) if self.keep_images else None
         if not self.fanout.prediction(self.route, doc, result, image=image, cached=cached, ts=frame.ts):
             self.post_stats.drop("sink_full")
         self.infer_stats.observe("capture_to_publish", c2p)
@@ -449,6 +470,7 @@ class FramePipeline:
             "state": self.capture_stats.state,
             "uri": cap.source_desc,
             "frame_size": list(cap.frame_size) if cap.frame_size else None,
+            "decode_scale": cap.decode_scale,
             "reopens": cap.reopens,
             "stalls": cap.stalls,
             "errors": self.capture_stats.errors,

@@ -117,20 +117,60 @@ def read_image(path: str) -> np.ndarray:
     return img
 
 
-def decode_image(raw: bytes, what: str) -> np.ndarray:
+def read_image_reduced(path: str, reduce: int) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """`read_image`, a JPEG decoded at 1/`reduce` of its size (`decode_reduced`): the picture, and the
+    whole picture's (height, width) where it came out smaller."""
+    if reduce > 1:
+        with open(path, "rb") as f:
+            jpeg = f.read(2) == b"\xff\xd8"
+        if jpeg:
+            refuse_oversized_file(path)
+            with open(path, "rb") as f:
+                return decode_reduced(f.read(), f"image {path}", reduce)
+    return read_image(path), None
+
+
+def decode_image(raw: bytes | np.ndarray, what: str, reduce: int = 1) -> np.ndarray:
     """A picture received whole (a camera's JPEG, a device's escalation), its header checked first;
-    ValueError naming `what` where it declares too much or does not decode."""
+    ValueError naming `what` where it declares too much or does not decode. `reduce` (2, 4 or 8): a JPEG
+    decoded at that fraction of its size (`decode_reduced`)."""
     import cv2
     import numpy
 
-    refuse_oversized(raw, what)
+    data = raw if isinstance(raw, numpy.ndarray) else numpy.frombuffer(raw, numpy.uint8)
+    refuse_oversized(raw if isinstance(raw, bytes) else data.tobytes(), what)
+    flag = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
     try:
-        img = cv2.imdecode(numpy.frombuffer(raw, numpy.uint8), cv2.IMREAD_COLOR)
+        img = cv2.imdecode(data, flag.get(reduce, cv2.IMREAD_COLOR))
     except cv2.error:  # OpenCV's own size limit, for a format whose header is not read here
         img = None
     if img is None or img.size == 0:
-        raise ValueError(f"{what} of {len(raw)} bytes could not be decoded")
+        raise ValueError(f"{what} of {data.size} bytes could not be decoded")
     return img
+
+
+def decode_reduced(raw: bytes | np.ndarray, what: str, reduce: int) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """A JPEG decoded at 1/`reduce` of its size (2, 4 or 8) by libjpeg's scaled inverse DCT, which
+    averages each block down as it decodes: for much less work than a whole decode (the colour
+    conversion and upsampling of a quarter or less of the pixels), and a picture within a grey level or
+    two, on average, of a whole decode shrunk by area averaging. Returns the picture and the whole picture's (height,
+    width); None in its place where the picture came out whole: not a JPEG (other formats would be
+    decoded whole and then shrunk, for nothing), or a size its header does not explain (ValueError as
+    `decode_image` where it does not decode at all)."""
+    import numpy
+
+    data = raw if isinstance(raw, numpy.ndarray) else numpy.frombuffer(raw, numpy.uint8)
+    head = data[:MAX_HEAD_BYTES].tobytes()
+    size = jpeg_size(head) if reduce > 1 else None
+    if size is None:
+        return decode_image(data, what), None
+    img = decode_image(data, what, reduce)
+    (w, h), (rh, rw) = size, img.shape[:2]
+    if (rw, rh) == (-(-w // reduce), -(-h // reduce)):
+        return img, (h, w)
+    if (rw, rh) == (-(-h // reduce), -(-w // reduce)):  # turned by its EXIF orientation
+        return img, (w, h)
+    return decode_image(data, what), None
 
 
 def refuse_oversized_file(path: str) -> None:

@@ -84,6 +84,8 @@ FIGURES: dict[str, Figure] = {
                            "frame of a file that could not be decoded (skipped).",
                            ("reason",), FRAME_DROPS),
     "source.reopens": _c("source_reopens", "Times the source was opened again after a failure or an end."),
+    "source.decode_scale": Figure("source_decode_scale", "How many times smaller than the frame its last picture "
+                                  "was decoded (source.scaled_decode): 1, 2, 4 or 8."),
     "source.stalls": _c("source_stalls", "Times the source stopped delivering for longer than its stall limit."),
     "source.errors": _c("source_errors", "Errors reading from the source."),
     "source.samples": _c("source_samples", "Signal samples read from the source since start."),

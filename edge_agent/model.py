@@ -367,18 +367,32 @@ class Model:
             self.pre(pattern(640, 480, 0), arr)
         return [arr]
 
+    def reduction(self, frame_w: int, frame_h: int) -> int:
+        """How many times smaller (8, 4, 2 or 1) a frame of this size may be decoded with the picture the
+        model is given still at least the size the model takes it at: where it shrinks a frame anyway, a
+        decoder that shrinks it first (`imageheader.decode_reduced`) saves that work and loses nothing."""
+        pre = self.pre
+        if pre is None or frame_w <= 0 or frame_h <= 0:
+            return 1
+        plan = plan_resize(frame_w, frame_h, pre.w, pre.h, pre.mode)
+        for k in (8, 4, 2):
+            if frame_w // k >= plan.new_w and frame_h // k >= plan.new_h:
+                return k
+        return 1
+
     def info(self) -> dict[str, object]:
         return {"name": self.name, "version": self.version, "sha256": self.file.sha256}
 
-    def run(self, frame: np.ndarray, user: str = "main") -> RawInference:
+    def run(self, frame: np.ndarray, user: str = "main", size: tuple[int, int] | None = None) -> RawInference:
         """Preprocess (on the caller's thread), then invoke in turn with the other pipelines of this model;
-        the raw outputs are copies, so the next frame can go in at once. user: the pipeline."""
+        the raw outputs are copies, so the next frame can go in at once. user: the pipeline. size: the
+        whole frame's (height, width) where `frame` was decoded smaller (boxes come out in its pixels)."""
         pre = self.pre
         if pre is None:
             raise ModelError(f"{self.path}: a signal model takes windows (run_window), not images")
         buf, pre = self._staging(), self._preprocessor(pre)
         t0 = time.perf_counter()
-        rs = pre(frame, buf)
+        rs = pre(frame, buf, size)
         t1 = time.perf_counter()
         res = self.engine.run(user, [buf])
         return RawInference(res.outputs, rs, (t1 - t0) * 1e3, res.inference_ms, res.accelerator, res.wait_ms, res.batch)

@@ -133,6 +133,7 @@ class Preprocessor:
                     self._affine = ((1.0 / sd).astype(self.lut.dtype), (-m / sd).astype(self.lut.dtype))
         self._staging = np.empty(0, np.uint8)
         self._mid: np.ndarray | None = None
+        self._mid_key: tuple[int, int, int, int] | None = None
 
     def plan(self, frame_w: int, frame_h: int) -> Resize:
         plan = self._plan
@@ -143,25 +144,36 @@ class Preprocessor:
             shape = (plan.new_h, plan.new_w, 3)
             self._resized = np.empty(shape, np.uint8)
             self._staging = np.empty((self.h, self.w, self.c), self.spec.dtype)
-            # Shrinking by 2x or more with bilinear sampling aliases (fine texture turns into
-            # noise the model never saw). Area averaging avoids that but is slow at odd factors,
-            # so: bilinear to twice the size, then an exact 2x area step (within 1 grey level
-            # of a full area resize, at 0.4x its cost).
-            shrink = min(plan.new_w / frame_w, plan.new_h / frame_h)
-            self._mid = np.empty((2 * plan.new_h, 2 * plan.new_w, 3), np.uint8) if shrink < 0.5 else None
         return plan
 
-    def __call__(self, frame_bgr: np.ndarray, out: np.ndarray) -> Resize:
-        """Fill `out` (the input tensor, batch dim included) from a BGR uint8 frame."""
-        fh, fw = frame_bgr.shape[:2]
+    def _mid_buffer(self, image_w: int, image_h: int, plan: Resize) -> np.ndarray | None:
+        """Shrinking by 2x or more with bilinear sampling aliases (fine texture turns into noise the model
+        never saw). Area averaging avoids that but is slow at odd factors, so: bilinear to twice the
+        size, then an exact 2x area step (within 1 grey level of a full area resize, at 0.4x its cost).
+        This is the buffer of that middle step, for a picture of this size (a frame decoded smaller than
+        the frame, `decode_reduced`, shrinks less), or None where it shrinks by less than 2x."""
+        key = (image_w, image_h, plan.new_w, plan.new_h)
+        if key != self._mid_key:
+            self._mid_key = key
+            shrink = min(plan.new_w / image_w, plan.new_h / image_h)
+            self._mid = np.empty((2 * plan.new_h, 2 * plan.new_w, 3), np.uint8) if shrink < 0.5 else None
+        return self._mid
+
+    def __call__(self, frame_bgr: np.ndarray, out: np.ndarray, size: tuple[int, int] | None = None) -> Resize:
+        """Fill `out` (the input tensor, batch dim included) from a BGR uint8 frame. `size`: the whole
+        frame's (height, width) where the picture was decoded smaller than the frame: the returned
+        `Resize` maps the model's boxes to the frame's own pixels all the same."""
+        ih, iw = frame_bgr.shape[:2]
+        fh, fw = size or (ih, iw)
         plan = self.plan(fw, fh)
+        mid = self._mid_buffer(iw, ih, plan)
         direct = self.lut is None and not self.channels_first and self.c == 3 and self.mode == "stretch"
         target = out.reshape(self.h, self.w, self.c) if direct else self._canvas
         if frame_bgr.ndim == 2:
             frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
-        if self._mid is not None:
-            cv2.resize(frame_bgr, (2 * plan.new_w, 2 * plan.new_h), dst=self._mid, interpolation=cv2.INTER_LINEAR)
-            cv2.resize(self._mid, (plan.new_w, plan.new_h), dst=self._resized, interpolation=cv2.INTER_AREA)
+        if mid is not None:
+            cv2.resize(frame_bgr, (2 * plan.new_w, 2 * plan.new_h), dst=mid, interpolation=cv2.INTER_LINEAR)
+            cv2.resize(mid, (plan.new_w, plan.new_h), dst=self._resized, interpolation=cv2.INTER_AREA)
         else:
             cv2.resize(frame_bgr, (plan.new_w, plan.new_h), dst=self._resized, interpolation=cv2.INTER_LINEAR)
         roi = target[plan.pad_y : plan.pad_y + plan.new_h, plan.pad_x : plan.pad_x + plan.new_w]

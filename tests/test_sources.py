@@ -23,14 +23,14 @@ import pytest
 from edge_agent.capture import Capture
 from edge_agent.config import SourceConfig
 from edge_agent.handoff import LatestSlot
-from edge_agent.sources import EndOfStream, Frame, Source, SourceError, make_source, source_kind
+from edge_agent.sources import EndOfStream, Frame, FrameError, Source, SourceError, make_source, source_kind
 from edge_agent.sources.images import ImageSetSource
 from edge_agent.sources.replay import ReplaySource
 from edge_agent.sources.synthetic import SyntheticSource, pattern
 from edge_agent.sources.video import VideoFileSource
 from edge_agent.stats import StageStats
 
-from .conftest import DEMO_VIDEO, SHORT, jpeg_declaring, run_cli, scaled, wait_until
+from .conftest import DEMO_VIDEO, FRUIT, SHORT, jpeg_declaring, run_cli, scaled, wait_until
 
 
 def test_uri_kinds() -> None:
@@ -232,6 +232,120 @@ def test_video_file_loops_and_ends() -> None:
         VideoFileSource("/nonexistent.avi").open()
 
 
+def _views_of_the_fruit(n: int) -> list[np.ndarray]:
+    """`n` different 640x480 views of a real photo (its middle, shifted a little more each time)."""
+    photo = cv2.resize(cv2.imread(str(FRUIT)), (960, 720), interpolation=cv2.INTER_AREA)
+    return [np.ascontiguousarray(photo[100 + 12 * i : 580 + 12 * i, 80 + 16 * i : 720 + 16 * i]) for i in range(n)]
+
+
+def _video_file(path: Path, fourcc: str, frames: list[np.ndarray]) -> list[np.ndarray]:
+    """`frames` written to `path` with the codec `fourcc`, and read back as FFmpeg decodes them whole."""
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 15.0, (640, 480))
+    assert out.isOpened()
+    for f in frames:
+        out.write(f)
+    out.release()
+    cap, decoded = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG), []
+    while (got := cap.read())[0]:
+        decoded.append(got[1])
+    assert len(decoded) == len(frames)
+    return decoded
+
+
+def _differ(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def test_motion_jpeg_is_decoded_smaller_where_asked_and_other_codecs_whole(tmp_path: Path) -> None:
+    """From the first frame asked for smaller on, a Motion JPEG file's packets are read undecoded and each
+    decoded by libjpeg at the fraction asked for: the picture is the frame, shrunk (within a grey level
+    or two of FFmpeg's whole decode shrunk by area), and the whole frame's size comes with it. Asked
+    whole again, the frames are whole. A codec whose packets are no JPEGs is always decoded whole."""
+    views = _views_of_the_fruit(8)
+    whole = _video_file(tmp_path / "mjpeg.avi", "MJPG", views)
+    src = VideoFileSource(str(tmp_path / "mjpeg.avi"), loop=False)
+    src.open()
+    src.grab()
+    img, size = src.retrieve_reduced(2)  # FFmpeg decoded this one as it was grabbed
+    assert img.shape == (480, 640, 3) and size is None and _differ(img, whole[0]) < 1
+    for i, k in ((1, 2), (2, 4), (3, 8), (4, 1), (5, 2)):
+        src.grab()
+        img, size = src.retrieve_reduced(k)
+        h, w = 480 // k, 640 // k
+        assert img.shape == (h, w, 3) and size == ((480, 640) if k > 1 else None), (i, k)
+        ref = cv2.resize(whole[i], (w, h), interpolation=cv2.INTER_AREA)
+        assert _differ(img, ref) < 2.5, (i, k)
+        # each is its own frame, not another one's
+        assert _differ(img, cv2.resize(whole[i - 1], (w, h), interpolation=cv2.INTER_AREA)) > 2 * _differ(img, ref)
+    src.grab()
+    assert _differ(src.retrieve(), whole[6]) < 2.5
+    src.close()
+
+    other = _video_file(tmp_path / "mpeg4.mp4", "mp4v", views[:4])
+    src = VideoFileSource(str(tmp_path / "mpeg4.mp4"), loop=False)
+    src.open()
+    for i in range(4):
+        src.grab()
+        img, size = src.retrieve_reduced(2)
+        assert img.shape == (480, 640, 3) and size is None and np.array_equal(img, other[i])
+    src.close()
+
+
+def test_jpeg_packets_that_do_not_decode_alone_are_left_to_ffmpeg(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a stream's packets turn out not to decode on their own (a camera's JPEG variant FFmpeg reads
+    and libjpeg does not), the frame is lost, and the file is read on from where it was, FFmpeg decoding
+    every frame whole: it does not go back to its start, and is not asked for packets again. (No such
+    file could be made here: the decoder's refusal is the one thing stood in for.)"""
+    import edge_agent.sources.opencv as opencv_source
+
+    whole = _video_file(tmp_path / "mjpeg.avi", "MJPG", _views_of_the_fruit(6))
+
+    def refuse(*_: object) -> None:
+        raise ValueError("frame of 10 bytes could not be decoded")
+
+    monkeypatch.setattr(opencv_source, "decode_reduced", refuse)
+    src = VideoFileSource(str(tmp_path / "mjpeg.avi"), loop=False)
+    src.open()
+    src.grab()
+    assert src.retrieve_reduced(2)[1] is None
+    src.grab()
+    with pytest.raises(FrameError, match="do not decode alone"):
+        src.retrieve_reduced(2)
+    for i in (2, 3, 4):
+        src.grab()
+        img, size = src.retrieve_reduced(2)
+        assert size is None and np.array_equal(img, whole[i]), i
+    src.close()
+
+
+def test_an_http_camera_and_a_command_give_their_jpegs_decoded_smaller_where_asked(tmp_path: Path) -> None:
+    """An HTTP camera's parts, and the JPEGs a command (rpicam-vid) writes, are decoded at the fraction
+    asked for, the frame's own size beside them; whole where not asked."""
+    cam = MjpegCamera()
+    names = []
+    for i, j in enumerate(cam.jpegs):
+        (tmp_path / f"{i}.jpg").write_bytes(j)
+        names.append(str(tmp_path / f"{i}.jpg"))
+    (tmp_path / "emit.py").write_text(_EMITTER)
+    command = f"exec:{sys.executable} {tmp_path / 'emit.py'} ok {' '.join(names)}"
+    try:
+        for uri in (cam.url, command):
+            src = make_source(SourceConfig(uri=uri))
+            src.open()
+            for i, k in enumerate((2, 1, 4, 8)):
+                src.grab()
+                img, size = src.retrieve_reduced(k)
+                full = cv2.imdecode(np.frombuffer(cam.jpegs[i], np.uint8), cv2.IMREAD_COLOR)
+                h, w = 480 // k, 640 // k
+                assert img.shape == (h, w, 3) and size == ((480, 640) if k > 1 else None), (uri, k)
+                assert _differ(img, cv2.resize(full, (w, h), interpolation=cv2.INTER_AREA)) < 2.5, (uri, k)
+            src.close()
+    finally:
+        cam.close()
+
+
 def test_missing_camera_and_gstreamer_are_clear_errors() -> None:
     with pytest.raises(SourceError, match="not present"):
         make_source(SourceConfig(uri="/dev/video99")).open()
@@ -328,6 +442,16 @@ def test_an_rtsp_camera_that_goes_away_and_comes_back() -> None:
 
     server = serve()
     cfg = SourceConfig(uri=f"rtsp://127.0.0.1:{port}/live", read_timeout_s=3, reopen_min_s=0.2, reopen_max_s=1)
+    # its RTP/JPEG packets, put back together by FFmpeg, are JPEGs the agent decodes smaller when asked
+    src = make_source(cfg)
+    src.open()
+    sizes = []
+    for k in (2, 2, 4):
+        src.grab()
+        img, whole = src.retrieve_reduced(k)
+        sizes.append((img.shape, whole))
+    src.close()
+    assert sizes == [((480, 640, 3), None), ((240, 320, 3), (480, 640)), ((120, 160, 3), (480, 640))]
     capture, slot, stats, stop = run_capture(lambda: make_source(cfg), cfg)
     try:
         for _ in range(5):

@@ -81,6 +81,13 @@ class Source(abc.ABC):
     def retrieve(self) -> np.ndarray:
         """Decode the last grabbed frame; raise SourceError."""
 
+    def retrieve_reduced(self, reduce: int) -> tuple[np.ndarray, tuple[int, int] | None]:
+        """The last grabbed frame decoded at 1/`reduce` of its size (2, 4 or 8), where this kind can do so
+        for less work than a whole decode (a JPEG's scaled inverse DCT): the picture, and the whole
+        frame's (height, width) where the picture came out smaller (None: it is whole). The default
+        decodes it whole; raise as `retrieve`."""
+        return self.retrieve(), None
+
     def read(self) -> np.ndarray:
         self.grab()
         return self.retrieve()

@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from edge_agent.sources.base import Source, SourceError
-from edge_agent.sources.mjpeg import MAX_PART_BYTES, decode_frame
+from edge_agent.sources.mjpeg import MAX_PART_BYTES, decode_frame, decode_frame_reduced
 
 if TYPE_CHECKING:
     from edge_agent.config import SourceConfig
@@ -157,6 +157,10 @@ class CommandSource(Source):
     def retrieve(self) -> np.ndarray:
         jpeg, self._jpeg = self._jpeg, None
         return decode_frame(jpeg, self.describe())
+
+    def retrieve_reduced(self, reduce: int) -> tuple[np.ndarray, tuple[int, int] | None]:
+        jpeg, self._jpeg = self._jpeg, None
+        return decode_frame_reduced(jpeg, self.describe(), reduce)
 
     def close(self) -> None:
         proc, self._proc = self._proc, None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_agent.imageheader import read_image
+from edge_agent.imageheader import read_image_reduced
 from edge_agent.sources.base import EndOfStream, FrameError, Source, SourceError
 
 if TYPE_CHECKING:
@@ -137,11 +137,14 @@ class ImageSetSource(Source):
             time.sleep(_SETTLE_S)
 
     def retrieve(self) -> np.ndarray:
+        return self.retrieve_reduced(1)[0]
+
+    def retrieve_reduced(self, reduce: int) -> tuple[np.ndarray, tuple[int, int] | None]:
         path = self._files[self._pos]
         try:
             # a folder cameras upload to can get anything: a picture whose header declares gigapixels is
             # skipped unread, not decoded into memory the board has not got
-            img = read_image(path)
+            img, whole = read_image_reduced(path, reduce)
         except (OSError, ValueError) as err:
             # one unreadable file (half copied, not an image) is skipped; a set where none reads is a failure
             self._bad_in_a_row += 1
@@ -150,4 +153,4 @@ class ImageSetSource(Source):
             raise FrameError(str(err)) from None
         self._bad_in_a_row = 0
         self._read_any = True
-        return img
+        return img, whole

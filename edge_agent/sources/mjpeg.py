@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_agent.imageheader import decode_image
+from edge_agent.imageheader import decode_reduced
 from edge_agent.netcut import Cutoff
 from edge_agent.sources import httpauth
 from edge_agent.sources.base import FrameError, Source, SourceError
@@ -261,6 +261,12 @@ class MjpegSource(Source):
         jpeg, self._jpeg = self._jpeg, None
         return decode_frame(jpeg, self.describe())
 
+    def retrieve_reduced(self, reduce: int) -> tuple[np.ndarray, tuple[int, int] | None]:
+        if self._ffmpeg is not None:
+            return self._ffmpeg.retrieve_reduced(reduce)
+        jpeg, self._jpeg = self._jpeg, None
+        return decode_frame_reduced(jpeg, self.describe(), reduce)
+
     def _grab_snapshot(self, deadline: float) -> bytes:
         """The next still: the response already opened (the first), else a new request on the same
         connection, made again on a fresh one where the camera closed it between two polls."""
@@ -369,9 +375,17 @@ class MjpegSource(Source):
 def decode_frame(jpeg: bytes | None, source: str) -> np.ndarray:
     """The picture of a grabbed frame received whole; FrameError for one that does not decode or
     declares too much (skipped: the camera goes on), SourceError where none was grabbed."""
+    return decode_frame_reduced(jpeg, source, 1)[0]
+
+
+def decode_frame_reduced(
+    jpeg: bytes | np.ndarray | None, source: str, reduce: int
+) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """`decode_frame` at 1/`reduce` of the frame's size where it is a JPEG (`imageheader.decode_reduced`):
+    the picture, and the whole frame's (height, width) where it came out smaller."""
     if jpeg is None:
         raise SourceError("no frame grabbed")
     try:
-        return decode_image(jpeg, "frame")
+        return decode_reduced(jpeg, "frame", reduce)
     except ValueError as err:
         raise FrameError(f"{source}: {err}") from None

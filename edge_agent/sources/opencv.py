@@ -8,13 +8,17 @@ import logging
 import cv2
 import numpy as np
 
-from edge_agent.imageheader import MAX_PIXELS, utf8_path
+from edge_agent.imageheader import MAX_PIXELS, decode_reduced, utf8_path
 from edge_agent.sources.base import EndOfStream, FrameError, Source, SourceError
 
 log = logging.getLogger(__name__)
 
 #: Frames of a file in a row that may fail to decode, each skipped, before the file counts as failed.
 _BAD_FRAMES_IN_A_ROW = 30
+#: Codec tags of Motion JPEG whose every packet is one whole JPEG picture (a USB camera's recording, an
+#: AVI or QuickTime file, an RTSP camera's MJPEG stream): read through FFmpeg as packets, they can be
+#: decoded at a fraction of their size (`retrieve_reduced`).
+_JPEG_PACKETS = {b"MJPG", b"mjpg", b"jpeg"}
 
 
 class OpenCVSource(Source):
@@ -28,6 +32,12 @@ class OpenCVSource(Source):
         self._cap: cv2.VideoCapture | None = None
         self._bad_in_a_row = 0
         self._frame = 0
+        #: the stream's packets are whole JPEGs, read undecoded once a frame was asked for smaller
+        #: (`_raw`), each decoded here; False for good once one did not decode alone
+        self._jpeg_packets = False
+        self._packets_tried = False
+        self._raw = False
+        self._raw_decoded = False
 
     def _target(self) -> str | int:
         return self.uri
@@ -63,6 +73,10 @@ class OpenCVSource(Source):
             cap.release()
             raise SourceError(f"{self.describe()} declares frames of {width}x{height}: more than {MAX_PIXELS} pixels")
         self._configure(cap)
+        if self.api_preference == cv2.CAP_FFMPEG and not self._packets_tried:
+            tag = int(cap.get(cv2.CAP_PROP_FOURCC) or 0) & 0xFFFFFFFF
+            self._jpeg_packets = tag.to_bytes(4, "little") in _JPEG_PACKETS
+        self._raw = self._raw_decoded = False
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.nominal_fps = float(fps) if fps and 0 < fps < 1000 else None
         self._cap = cap
@@ -100,10 +114,32 @@ class OpenCVSource(Source):
         raise SourceError(f"{self.describe()}: no frame")
 
     def retrieve(self) -> np.ndarray:
+        return self.retrieve_reduced(1)[0]
+
+    def retrieve_reduced(self, reduce: int) -> tuple[np.ndarray, tuple[int, int] | None]:
+        """Motion JPEG is read from the first frame asked for smaller on as the stream's packets, each
+        decoded here at the size asked for (FFmpeg decodes as it grabs, and only whole). Other codecs,
+        and a JPEG stream whose packets do not decode alone, are decoded whole by FFmpeg."""
         cap = self._cap
         if cap is None:
             raise SourceError("not open")
-        ok, img = cap.retrieve()
+        full: tuple[int, int] | None = None
+        if self._raw:
+            ok, packet = cap.retrieve()
+            img = None
+            if ok and packet is not None and packet.size:
+                try:
+                    img, full = decode_reduced(packet.reshape(-1), "frame", reduce)
+                    self._raw_decoded = True
+                except ValueError:
+                    if not self._raw_decoded:
+                        self._decode_whole()
+                        why = "JPEG packets do not decode alone; FFmpeg decodes them"
+                        raise FrameError(f"{self.describe()}: {why}") from None
+        else:
+            ok, img = cap.retrieve()
+            if reduce > 1 and self._jpeg_packets:  # the next grab reads the packet undecoded
+                self._raw = bool(cap.set(cv2.CAP_PROP_FORMAT, -1))
         if not ok or img is None or img.size == 0:
             # a file goes on past a corrupt frame (reopening it would play it again from the start); a
             # device or stream that gives no picture, or a file that gives none for a second's worth, is reopened
@@ -113,7 +149,17 @@ class OpenCVSource(Source):
             self._bad_in_a_row = 0
             raise SourceError(f"{self.describe()}: frame could not be decoded")
         self._bad_in_a_row = 0
-        return img
+        return img, full
+
+    def _decode_whole(self) -> None:
+        """Reopen where the stream is, FFmpeg decoding every frame (a reader cannot leave packet mode)."""
+        self._jpeg_packets, self._packets_tried = False, True
+        frame = self._frame
+        self.close()
+        self.open()
+        if self.finite and frame and self._cap is not None:
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, frame)
+            self._frame = frame
 
     def close(self) -> None:
         if self._cap is not None:
