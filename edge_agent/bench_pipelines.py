@@ -92,7 +92,7 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
     from edge_agent.config import load_settings
 
     sources: list[str] = spec["sources"]
-    pipelines = [
+    pipelines: list[dict[str, Any]] = [
         {
             "name": f"p{i}",
             "source": {"uri": uri, "realtime": False, "read_timeout_s": 2.0, "reopen_max_s": 2.0},
@@ -119,8 +119,8 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
         over["runtime.malloc_arenas"] = spec["arenas"]
     if spec.get("scaled_decode") is not None:  # else the setting's default
         over["source.scaled_decode"] = spec["scaled_decode"]
-        for p in pipelines:
-            p["source"]["scaled_decode"] = spec["scaled_decode"]
+        for pipe in pipelines:
+            pipe["source"]["scaled_decode"] = spec["scaled_decode"]
     if spec.get("own_process") is not None:  # else the setting's default
         over["runtime.own_process"] = spec["own_process"]
     if spec.get("single"):  # the single-pipeline form, as a separate agent runs it
