@@ -9,6 +9,7 @@ import itertools
 import re
 import shutil
 import socket
+import struct
 import sys
 import threading
 import time
@@ -314,6 +315,53 @@ def test_jpeg_packets_that_do_not_decode_alone_are_left_to_ffmpeg(
     with pytest.raises(FrameError, match="do not decode alone"):
         src.retrieve_reduced(2)
     for i in (2, 3, 4):
+        src.grab()
+        img, size = src.retrieve_reduced(2)
+        assert size is None and np.array_equal(img, whole[i]), i
+    src.close()
+
+
+def _riff(fourcc: bytes, data: bytes) -> bytes:
+    return fourcc + struct.pack("<I", len(data)) + data + (b"\0" if len(data) % 2 else b"")
+
+
+def _interlaced_mjpeg_avi(frames: list[np.ndarray], fps: int = 15) -> bytes:
+    """An AVI of Motion JPEG as capture cards write it: each packet a frame's two fields, its even and
+    its odd lines, as two JPEGs one after the other; the header gives the whole frame's size."""
+    h, w = frames[0].shape[:2]
+    packets = [b"".join(cv2.imencode(".jpg", f[k::2])[1].tobytes() for k in (0, 1)) for f in frames]
+    n, biggest = len(packets), max(len(p) for p in packets)
+    avih = struct.pack("<14I", 1_000_000 // fps, 0, 0, 0x10, n, 0, 1, biggest, w, h, 0, 0, 0, 0)
+    strh = b"vidsMJPG" + struct.pack("<IHHIIIIIIIII4h", 0, 0, 0, 0, 1, fps, 0, n, biggest, 0xFFFFFFFF, 0, 0, 0, 0, w, h)
+    strf = struct.pack("<IiiHH4sIiiII", 40, w, h, 1, 24, b"MJPG", w * h * 3, 0, 0, 0, 0)
+    strl = _riff(b"LIST", b"strl" + _riff(b"strh", strh) + _riff(b"strf", strf))
+    hdrl = _riff(b"LIST", b"hdrl" + _riff(b"avih", avih) + strl)
+    movi, index, offset = b"", b"", 4
+    for p in packets:
+        index += b"00dc" + struct.pack("<III", 0x10, offset, len(p))
+        movi += _riff(b"00dc", p)
+        offset += len(_riff(b"00dc", p))
+    return _riff(b"RIFF", b"AVI " + hdrl + _riff(b"LIST", b"movi" + movi) + _riff(b"idx1", index))
+
+
+def test_interlaced_motion_jpeg_is_left_to_ffmpeg(tmp_path: Path) -> None:
+    """A packet of two interlaced fields decodes on its own as its first field, half the frame's height:
+    FFmpeg weaves the two into the frame. Its size gives it away; that frame is lost, and the file is read
+    on from where it was with FFmpeg decoding every frame whole, never at half its height."""
+    path = tmp_path / "fields.avi"
+    path.write_bytes(_interlaced_mjpeg_avi(_views_of_the_fruit(6)))
+    cap, whole = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG), []
+    while (got := cap.read())[0]:
+        whole.append(got[1])
+    assert len(whole) == 6 and whole[0].shape == (480, 640, 3)
+    src = VideoFileSource(str(path), loop=False)
+    src.open()
+    src.grab()
+    assert src.retrieve_reduced(2)[1] is None
+    src.grab()
+    with pytest.raises(FrameError, match="its JPEG packets are 640x240, its frames 640x480"):
+        src.retrieve_reduced(2)
+    for i in (2, 3, 4, 5):
         src.grab()
         img, size = src.retrieve_reduced(2)
         assert size is None and np.array_equal(img, whole[i]), i

@@ -38,6 +38,7 @@ class OpenCVSource(Source):
         self._packets_tried = False
         self._raw = False
         self._raw_decoded = False
+        self._declared = (0, 0)
 
     def _target(self) -> str | int:
         return self.uri
@@ -77,6 +78,8 @@ class OpenCVSource(Source):
             tag = int(cap.get(cv2.CAP_PROP_FOURCC) or 0) & 0xFFFFFFFF
             self._jpeg_packets = tag.to_bytes(4, "little") in _JPEG_PACKETS
         self._raw = self._raw_decoded = False
+        #: the frames' (height, width) as FFmpeg gives them (a packet of two interlaced fields is one frame)
+        self._declared = (height, width)
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.nominal_fps = float(fps) if fps and 0 < fps < 1000 else None
         self._cap = cap
@@ -126,16 +129,20 @@ class OpenCVSource(Source):
         full: tuple[int, int] | None = None
         if self._raw:
             ok, packet = cap.retrieve()
-            img = None
+            img, why = None, None
             if ok and packet is not None and packet.size:
                 try:
                     img, full = decode_reduced(packet.reshape(-1), "frame", reduce)
+                except ValueError:  # a corrupt frame, once others decoded: skipped below
+                    why = None if self._raw_decoded else "its JPEG packets do not decode alone"
+                else:
+                    h, w = full or img.shape[:2]
+                    if 0 not in self._declared and self._declared != (h, w):  # two interlaced fields, say
+                        why = f"its JPEG packets are {w}x{h}, its frames {self._declared[1]}x{self._declared[0]}"
                     self._raw_decoded = True
-                except ValueError:
-                    if not self._raw_decoded:
-                        self._decode_whole()
-                        why = "JPEG packets do not decode alone; FFmpeg decodes them"
-                        raise FrameError(f"{self.describe()}: {why}") from None
+            if why is not None:
+                self._decode_whole()
+                raise FrameError(f"{self.describe()}: {why}: FFmpeg decodes its frames from here on")
         else:
             ok, img = cap.retrieve()
             if reduce > 1 and self._jpeg_packets:  # the next grab reads the packet undecoded
