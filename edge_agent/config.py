@@ -208,10 +208,10 @@ class SourceConfig(_Strict):
     scaled_decode: bool = Field(
         True,
         description="Decode JPEG frames (Motion JPEG files and RTSP streams, HTTP cameras, 'exec:' and 'rpicam' "
-        "sources) at 1/2, 1/4 or 1/8 of their size, in the JPEG decoder itself, where the model takes the frame "
-        "at no more than that and nothing after it wants the picture (live view, scene events with snapshots, "
-        "clips or a second stage, escalation, an update on probation): less work per frame, boxes still in the "
-        "frame's own pixels. Off: every frame decoded whole.",
+        "sources, photo folders) at 1/2, 1/4 or 1/8 of their size, in the JPEG decoder itself, where the model "
+        "takes the frame at no more than that and nothing after it wants the picture (the live view while a page "
+        "shows it, scene events with snapshots, clips or a second stage, escalation, an update on probation): "
+        "less work per frame, boxes still in the frame's own pixels. Off: every frame decoded whole.",
     )
 
 

@@ -145,16 +145,14 @@ class FramePipeline:
         self.post_stats = StageStats("postprocess")
         self.results: queue.Queue[_Item] = queue.Queue(maxsize=_RESULTS_QUEUE)
         self.skipped = 0  # inferences saved by change gating
-        #: the post stage needs the picture itself only for the live view and escalation: without them a
-        #: result waiting for it does not keep a decoded frame (a megabyte at 640x480) alive
         #: held while a frame goes through the scene stage, and while a reload replaces it
         self._scene_lock = threading.Lock()
         self.scene = self._scene(view)
-        self.keep_images = (
-            route.pipeline in fanout.live
-            or view.settings.escalation.enabled
-            or (self.scene is not None and self.scene.needs_images)
-        )
+        #: whether what follows the model wants each frame's picture (escalation, a scene's snapshots, clips
+        #: or second stage); the live view wants them only while a page shows it (`_wants_pictures`).
+        #: Without them a result waiting for the post stage does not keep a decoded frame (a megabyte at
+        #: 640x480) alive, and capture may decode frames smaller (`_reduction`)
+        self.keep_images = view.settings.escalation.enabled or (self.scene is not None and self.scene.needs_images)
         self.event_seq = 0
         #: retained scene state (zone counts, latest snapshot per label), republished on every reconnect
         self.retained: dict[str, Message] = {}
@@ -198,13 +196,23 @@ class FramePipeline:
             return None
         return SceneStage(cfg, self.name, view.settings.state_dir, view.settings.runtime)
 
+    def _wants_pictures(self) -> bool:
+        """Whether what follows the model wants this frame's picture: `keep_images`, or a page showing the
+        live view."""
+        if self.keep_images:
+            return True
+        live = self.fanout.live.get(self.route.pipeline)
+        return live is not None and live.watched()
+
     def _reduction(self, frame_w: int, frame_h: int) -> int:
         """How many times smaller capture may decode the next frame (`source.scaled_decode`): only where
-        nothing after the model wants the picture itself (the live view, the scene's snapshots, clips and
-        crops, escalation, an update judged on the same frames), and never below the size the model
-        takes it at."""
+        nothing after the model wants the picture itself (the live view while a page shows it, the scene's
+        snapshots, clips and crops, escalation, an update judged on the same frames), and never below the
+        size the model takes it at."""
         model = self.get_model()
-        if not self.settings.source.scaled_decode or self.keep_images or model is None or self.fanout.judging(model):
+        if not self.settings.source.scaled_decode or model is None or self._wants_pictures():
+            return 1
+        if self.fanout.judging(model):
             return 1
         return model.reduction(frame_w, frame_h)
 
@@ -335,7 +343,7 @@ class FramePipeline:
                 if raw.wait_ms:
                     st.observe("queue", raw.wait_ms)
                 st.done()
-            if not self.keep_images and not self.fanout.judging(model):
+            if not self._wants_pictures() and not self.fanout.judging(model):
                 size = frame.size or frame.image.shape[:2]
                 frame = Frame(_NO_IMAGE, frame.ts, frame.mono, frame.index, size, frame.clock)
             return frame, raw, model, cached
@@ -419,7 +427,7 @@ class FramePipeline:
         doc["latency_ms"]["capture_to_publish"] = round(c2p, 3)
         if cached:
             doc["cached"] = True  # the frame looked like the last inferred one
-        image = _picture(frame) if self.keep_images else None
+        image = _picture(frame) if self._wants_pictures() else None
         if not self.fanout.prediction(self.route, doc, result, image=image, cached=cached, ts=frame.ts):
             self.post_stats.drop("sink_full")
         self.infer_stats.observe("capture_to_publish", c2p)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import Any
 
 import numpy as np
+
+#: A pipeline hands its frames' pictures to the live view (decoding each whole for it) this long after a
+#: page last asked for one; unwatched, the frames are decoded at the scale the model needs.
+WATCH_S = 10.0
+#: The clock WATCH_S is kept on (a name of its own, for tests)
+_clock = time.monotonic
 
 
 class LiveView:
@@ -18,6 +25,21 @@ class LiveView:
         self.events: deque[dict[str, Any]] = deque(maxlen=keep)
         self.frames_served = 0
         self._new = threading.Condition()
+        self._watched_until = float("-inf")
+
+    def watch(self) -> None:
+        """A page asks for the live frame: the pipeline hands over its pictures for the next WATCH_S. The
+        frame kept from when it was last watched is let go, so that the page is shown the camera as it
+        is now, not as it was then."""
+        now = _clock()
+        with self._new:
+            if now >= self._watched_until:
+                self.frame = None
+            self._watched_until = now + WATCH_S
+
+    def watched(self) -> bool:
+        """Whether a page asked for the live frame within the last WATCH_S."""
+        return _clock() < self._watched_until
 
     def set_frame(self, image: np.ndarray, doc: dict[str, Any]) -> None:
         self.frame = (image, doc)

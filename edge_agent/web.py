@@ -196,6 +196,7 @@ class WebServer:
         view = self._view(pipeline)
         if view is None:
             return None
+        view.watch()
         cur = view.wait_newer(after, _FRAME_WAIT_S)
         if cur is None:
             return None

@@ -918,6 +918,8 @@ def test_reload_keeps_the_running_pipeline_whose_new_config_is_invalid(tmp_path:
 def test_status_page_and_discovery_cover_every_pipeline(broker: Broker, agent_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import urllib.request
 
+    import cv2
+
     from edge_agent.bench import free_port
 
     port = free_port()
@@ -944,12 +946,22 @@ def test_status_page_and_discovery_cover_every_pipeline(broker: Broker, agent_fa
             except OSError:
                 return None
 
-        s = wait_until(lambda: (d := status()) and all(d["pipelines"].get(n, {}).get("has_frame") for n in
-                                                      ("front", "back")) and d, 40, what="both tiles")
-        assert set(s["pipelines"]) == {"front", "back"} and s["pipelines"]["front"]["predictions"]
-        for name in ("front", "back"):
+        def decode_scale(d: Any) -> Any:
+            return d["health"]["pipelines"]["front"]["source"].get("decode_scale")
+
+        # with no page showing the live view, the demo video's frames are decoded at the scale the model
+        # needs, and no picture is kept for the tiles
+        s = wait_until(lambda: (d := status()) and set(d["pipelines"]) == {"front", "back"} and
+                       d["pipelines"]["front"]["predictions"] and decode_scale(d) == 4 and d, 40, what="both tiles")
+        assert not any(t["has_frame"] for t in s["pipelines"].values())
+        for name in ("front", "back"):  # asked for, each tile's frame comes whole, and keeps coming
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/frame.jpg?pipeline={name}", timeout=5) as r:
                 assert r.headers["Content-Type"] == "image/jpeg" and r.read()[:2] == b"\xff\xd8"
+        s = wait_until(lambda: (d := status()) and decode_scale(d) == 1 and d, 20, what="frames decoded whole")
+        assert all(s["pipelines"][n]["has_frame"] for n in ("front", "back"))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/frame.jpg?pipeline=front", timeout=5) as r:
+            shown = cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)
+        assert shown is not None and shown.shape == (480, 640, 3)
         configs: dict[str, Any] = {}
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not {"front face detected", "back face detected"} <= set(configs):

@@ -474,3 +474,31 @@ def test_idle_connections_are_let_go_and_never_take_more_threads_than_the_cap(tm
         for s in idle:
             s.close()
         web.close()
+
+
+def test_the_live_view_wants_pictures_only_while_watched_and_never_shows_an_old_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pipeline hands its pictures over only while a page asked for one within WATCH_S (else its frames
+    are decoded smaller). A page that comes after a while is not shown the picture kept from when the
+    last one looked: it waits for the next."""
+    import edge_agent.liveview as liveview
+
+    now = [1000.0]
+    monkeypatch.setattr(liveview, "_clock", lambda: now[0])
+    view = liveview.LiveView()
+    old = np.zeros((4, 4, 3), np.uint8)
+    assert not view.watched()
+    view.watch()
+    assert view.watched()
+    view.set_frame(old, {"seq": 5})
+    now[0] += liveview.WATCH_S - 1
+    view.watch()  # still watched: the page follows on from the frame it has
+    assert view.frame is not None and view.frame[1]["seq"] == 5
+    now[0] += liveview.WATCH_S + 1
+    assert not view.watched()
+    view.watch()
+    assert view.watched() and view.wait_newer(-1, 0.01) is None  # the old picture is not shown
+    view.set_frame(old + 1, {"seq": 9})
+    shown = view.wait_newer(-1, 0.01)
+    assert shown is not None and shown[1]["seq"] == 9
