@@ -88,6 +88,35 @@ def test_image_set_loops_and_ends(image_dir: Path) -> None:
         ImageSetSource(str(image_dir / "*.gif")).open()
 
 
+def test_an_image_folder_reads_only_files_never_a_pipe_or_a_device(image_dir: Path) -> None:
+    """A named pipe called 1b.png, and a link called 1c.png to /dev/zero, in a folder cameras upload to:
+    the reader would block in the pipe's open for ever (and the capture watch start another reader,
+    blocked in turn, every read timeout), or read zeros without end. Only the pictures are shown, each
+    read at once, in a bounded time altogether."""
+    import os
+
+    os.mkfifo(image_dir / "1b.png")
+    (image_dir / "1c.png").symlink_to("/dev/zero")
+    past = time.time() - 3600  # long settled
+    for f in image_dir.iterdir():
+        os.utime(f, (past, past), follow_symlinks=False)
+    src = ImageSetSource(str(image_dir), loop=False)
+    done = threading.Event()
+    shapes: list[tuple[int, ...]] = []
+
+    def read_all() -> None:
+        src.open()
+        try:
+            while True:
+                shapes.append(src.read().shape)
+        except EndOfStream:
+            done.set()
+
+    threading.Thread(target=read_all, daemon=True).start()
+    assert done.wait(scaled(20)), f"the reader blocked after {len(shapes)} pictures"
+    assert shapes == [(48, 64, 3)] * 3
+
+
 def test_a_raspberry_pi_video_node_that_is_no_camera_is_named(tmp_path: Path) -> None:
     """On a Raspberry Pi, /dev/video0 is often a camera module's raw sensor node (only libcamera
     drives it) and other nodes are the codec and image processor: opened as a camera each failed with

@@ -92,8 +92,11 @@ class ImageSetSource(Source):
         self._read_any = False
 
     def _list(self) -> list[str]:
+        """The set's pictures: regular files only. A named pipe or a device called `x.jpg` (a symbolic
+        link to /dev/zero, say) would block the reader in its open or read it without end; each reader
+        the capture watch gave up on would stay blocked, a thread more every read timeout."""
         pattern = os.path.join(self.uri, "*") if os.path.isdir(self.uri) else self.uri
-        return sorted(f for f in glob.glob(pattern) if f.lower().endswith(IMAGE_EXTS))
+        return sorted(f for f in glob.glob(pattern) if f.lower().endswith(IMAGE_EXTS) and os.path.isfile(f))
 
     def open(self) -> None:
         listed = self._list()
