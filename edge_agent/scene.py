@@ -170,7 +170,8 @@ class SceneStage:
 
     @property
     def needs_images(self) -> bool:
-        return self.cfg.snapshots.enabled or self.clips is not None
+        """Whether the scene wants each frame's picture: for snapshots, clips, or the second stage's crops."""
+        return self.cfg.snapshots.enabled or self.clips is not None or self.second is not None
 
     # --- one frame -----------------------------------------------------------------------------
     def process(self, result: Result, ts: float, image: np.ndarray | None, clock: float | None = None) -> SceneOutput:

@@ -417,3 +417,37 @@ def test_retained_state_of_a_pipeline_or_zone_removed_while_stopped_is_cleared_a
         second.stop()
         rec.close()
         broker.stop()
+
+
+def test_a_second_stage_gets_its_crops_with_snapshots_and_clips_off(tmp_path: Path) -> None:
+    """The second stage crops from the frame's picture. With snapshots and clips off it was the only part
+    of the scene that wanted the picture, and was not counted: the pipeline let each picture go after
+    inference, and the face mesh never ran. Now the mesh rides on the faces' predictions, and the frames
+    are decoded whole for it (the crops are cut in the frame's own pixels)."""
+    from .conftest import DEMO_VIDEO, SHORT, AgentProcess
+
+    mesh = Path(__file__).resolve().parents[1] / "models" / "face_landmark.tflite"
+    broker = Broker(tmp_path).start()
+    cfg = tmp_path / "mesh.toml"
+    cfg.write_text(
+        f'device_id = "mesh"\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n[health]\ninterval_s = 1\n'
+        f'[source]\nuri = "{DEMO_VIDEO}"\n[model]\npath = "{SHORT}"\n'
+        f'[scene]\nenabled = true\nsnapshots.enabled = false\n'
+        f'[scene.second_stage]\nmodel.path = "{mesh}"\nlabels = ["face"]\ninterval_s = 0.5\n'
+    )
+    rec = RawRecorder(broker, "mesh")
+    agent = AgentProcess(["run", "--config", str(cfg)], {}, tmp_path)
+    try:
+        meshes = wait_until(
+            lambda: [d["attributes"]["second_stage"] for p in rec.json("edge/mesh/predictions")
+                     for d in p["detections"] if "second_stage" in d.get("attributes", {})], 40,
+            what="a face mesh on a face's prediction",
+        )
+        assert meshes[0]["model"] == "face_landmark"
+        health = wait_until(lambda: next((h for h in reversed(rec.json("edge/mesh/health"))
+                                          if h["frames"]["inferred"] > 5), None), 20, what="health")
+        assert health["source"]["decode_scale"] == 1
+    finally:
+        agent.stop()
+        rec.close()
+        broker.stop()
