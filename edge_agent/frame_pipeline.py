@@ -148,11 +148,15 @@ class FramePipeline:
         #: held while a frame goes through the scene stage, and while a reload replaces it
         self._scene_lock = threading.Lock()
         self.scene = self._scene(view)
-        #: whether what follows the model wants each frame's picture (escalation, a scene's snapshots, clips
-        #: or second stage); the live view wants them only while a page shows it (`_wants_pictures`).
+        #: whether what follows the model wants each frame's picture (escalation of frames or crops, a
+        #: scene's snapshots, clips or second stage); the live view wants them only while a page shows it
+        #: (`_wants_pictures`).
         #: Without them a result waiting for the post stage does not keep a decoded frame (a megabyte at
         #: 640x480) alive, and capture may decode frames smaller (`_reduction`)
-        self.keep_images = view.settings.escalation.enabled or (self.scene is not None and self.scene.needs_images)
+        esc = view.settings.escalation
+        self.keep_images = (esc.enabled and esc.content != "features") or (
+            self.scene is not None and self.scene.needs_images
+        )
         self.event_seq = 0
         #: retained scene state (zone counts, latest snapshot per label), republished on every reconnect
         self.retained: dict[str, Message] = {}
