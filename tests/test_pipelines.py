@@ -249,16 +249,20 @@ def test_frames_are_decoded_smaller_only_where_nothing_but_the_model_wants_the_p
     broker: Broker, agent_factory, tmp_path: Path
 ) -> None:
     """Three pipelines on the demo video (Motion JPEG, 640x480) with BlazeFace, which letterboxes it to
-    128x96: the plain one has its frames decoded at a quarter of their size; the one whose scene keeps
-    snapshots of its events, and the one with `source.scaled_decode` off, whole. The photo pipeline's
-    SSD (300x300) has the 3888x2916 photo decoded at an eighth. Every box is in the frame's own pixels:
-    the faces of the plain pipeline are as large as those of the others, and the fruit where it is."""
+    128x96: the plain one has its frames decoded at a quarter of their size (escalation of features, no
+    pixels, wants no picture); the one whose scene keeps snapshots of its events, and the one with
+    `source.scaled_decode` off, whole. The photo pipeline's SSD (300x300) has the 3888x2916 photo decoded
+    at an eighth. Every box is in the frame's own pixels: the faces of the plain pipeline are as large as
+    those of the others, and the fruit where it is."""
     cfg = write_toml(
         tmp_path / "decode.toml",
         f"""
 device_id = "dec"
 [health]
 interval_s = 1
+[escalation]
+enabled = true
+content = "features"
 [[pipelines]]
 name = "plain"
 source.uri = "demo"
