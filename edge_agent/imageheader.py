@@ -74,7 +74,12 @@ def declared_size(raw: bytes) -> tuple[int, int] | None:
 def refuse_oversized(raw: bytes, what: str) -> None:
     """ValueError naming `what` when its header declares more than MAX_PIXELS, or no pixels at all."""
     size = declared_size(raw)
-    if size is not None and (size[0] * size[1] > MAX_PIXELS or 0 in size):
+    if size is not None:
+        _refuse(size, what)
+
+
+def _refuse(size: tuple[int, int], what: str) -> None:
+    if size[0] * size[1] > MAX_PIXELS or 0 in size:
         raise ValueError(f"{what} declares {size[0]}x{size[1]} pixels: more than {MAX_PIXELS}, or none")
 
 
@@ -134,11 +139,17 @@ def decode_image(raw: bytes | np.ndarray, what: str, reduce: int = 1) -> np.ndar
     """A picture received whole (a camera's JPEG, a device's escalation), its header checked first;
     ValueError naming `what` where it declares too much or does not decode. `reduce` (2, 4 or 8): a JPEG
     decoded at that fraction of its size (`decode_reduced`)."""
-    import cv2
     import numpy
 
     data = raw if isinstance(raw, numpy.ndarray) else numpy.frombuffer(raw, numpy.uint8)
     refuse_oversized(raw if isinstance(raw, bytes) else data.tobytes(), what)
+    return _imdecode(data, what, reduce)
+
+
+def _imdecode(data: np.ndarray, what: str, reduce: int) -> np.ndarray:
+    """OpenCV's decode, its header already checked."""
+    import cv2
+
     flag = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
     try:
         img = cv2.imdecode(data, flag.get(reduce, cv2.IMREAD_COLOR))
@@ -152,19 +163,19 @@ def decode_image(raw: bytes | np.ndarray, what: str, reduce: int = 1) -> np.ndar
 def decode_reduced(raw: bytes | np.ndarray, what: str, reduce: int) -> tuple[np.ndarray, tuple[int, int] | None]:
     """A JPEG decoded at 1/`reduce` of its size (2, 4 or 8) by libjpeg's scaled inverse DCT, which
     averages each block down as it decodes: for much less work than a whole decode (the colour
-    conversion and upsampling of a quarter or less of the pixels), and a picture within a grey level or
-    two, on average, of a whole decode shrunk by area averaging. Returns the picture and the whole picture's (height,
-    width); None in its place where the picture came out whole: not a JPEG (other formats would be
-    decoded whole and then shrunk, for nothing), or a size its header does not explain (ValueError as
-    `decode_image` where it does not decode at all)."""
+    conversion and upsampling of a quarter or less of the pixels), and a picture within a grey level
+    or two, on average, of a whole decode shrunk by area averaging. Returns the picture and the whole
+    picture's (height, width); None in its place where the picture came out whole: not a JPEG (other
+    formats would be decoded whole and then shrunk, for nothing), or a size its header does not
+    explain. ValueError as `decode_image` where it declares too much or does not decode at all."""
     import numpy
 
     data = raw if isinstance(raw, numpy.ndarray) else numpy.frombuffer(raw, numpy.uint8)
-    head = data[:MAX_HEAD_BYTES].tobytes()
-    size = jpeg_size(head) if reduce > 1 else None
+    size = jpeg_size(data[:MAX_HEAD_BYTES].tobytes()) if reduce > 1 else None
     if size is None:
         return decode_image(data, what), None
-    img = decode_image(data, what, reduce)
+    _refuse(size, what)  # the header read once, for the check and the size alike
+    img = _imdecode(data, what, reduce)
     (w, h), (rh, rw) = size, img.shape[:2]
     if (rw, rh) == (-(-w // reduce), -(-h // reduce)):
         return img, (h, w)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.imageheader import MAX_PIXELS, declared_size, jpeg_size, png_size, refuse_oversized
+from edge_agent.imageheader import MAX_PIXELS, declared_size, decode_reduced, jpeg_size, png_size, refuse_oversized
 
 from .conftest import ROOT, SHORT, jpeg_declaring, run_cli
 
@@ -40,6 +40,32 @@ def test_the_size_read_from_a_png_header_is_the_size_it_decodes_to(w: int, h: in
     data = cv2.imencode(".png", img)[1].tobytes()
     assert png_size(data) == (w, h) == declared_size(data)
     assert png_size(data[:20]) is None and jpeg_size(data) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(w=st.integers(1, 400), h=st.integers(1, 400), grey=st.booleans(), progressive=st.booleans(),
+       reduce=st.sampled_from([1, 2, 4, 8]))
+def test_a_jpeg_decoded_smaller_comes_out_at_its_fraction_with_its_whole_size(
+    w: int, h: int, grey: bool, progressive: bool, reduce: int
+) -> None:
+    """Whatever its size (odd ones round up, as libjpeg's scaled decode does), colours and coding: the
+    picture at 1/`reduce` of each side, and beside it the whole picture's (height, width)."""
+    ramp = np.add.outer(np.arange(h) * 200 // max(h, 1), np.arange(w) * 50 // max(w, 1)).astype(np.uint8)
+    img = ramp if grey else np.dstack([ramp, ramp[::-1], 255 - ramp])
+    data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])[1].tobytes()
+    small, whole = decode_reduced(data, "frame", reduce)
+    if reduce == 1:
+        assert small.shape == (h, w, 3) and whole is None
+    else:
+        assert small.shape == (-(-h // reduce), -(-w // reduce), 3) and whole == (h, w)
+
+
+def test_a_header_declaring_gigapixels_is_refused_decoded_smaller_too() -> None:
+    jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
+    with pytest.raises(ValueError, match="declares 30000x30000"):
+        decode_reduced(jpeg_declaring(jpeg, 30_000, 30_000), "frame", 4)
+    png = cv2.imencode(".png", np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
+    assert decode_reduced(png, "frame", 2)[1] is None  # not a JPEG: decoded whole
 
 
 def test_a_header_declaring_gigapixels_is_refused_and_a_camera_frame_is_not() -> None:
