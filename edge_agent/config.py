@@ -759,8 +759,8 @@ class SceneConfig(_Strict):
 
     enabled: bool = Field(
         False,
-        description="Track objects and publish object events; on by itself when zones, masks or a second stage "
-        "are set.",
+        description="Track objects and publish object events; on by itself when zones, masks, clips or a second "
+        "stage are set.",
     )
     labels: list[str] | None = Field(
         None, max_length=1000, description="Labels that are tracked and raise events; default: every label."
@@ -787,7 +787,11 @@ class SceneConfig(_Strict):
 
     @property
     def active(self) -> bool:
-        return self.enabled or bool(self.zones) or bool(self.masks) or self.second_stage is not None
+        """Whether the scene runs: asked for, or implied by what only it does (clips of object events too:
+        `scene.clips.enabled` alone was taken and did nothing)."""
+        return (
+            self.enabled or bool(self.zones) or bool(self.masks) or self.second_stage is not None or self.clips.enabled
+        )
 
     @model_validator(mode="after")
     def _zone_names(self) -> SceneConfig:

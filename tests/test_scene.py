@@ -73,6 +73,9 @@ def test_unknown_zone_in_a_filter_and_duplicate_zones_are_refused() -> None:
 def test_zones_alone_switch_the_scene_stage_on() -> None:
     assert not load_settings(None, {}).scene.active
     assert load_settings(None, {"scene": {"zones": [{"name": "door", "points": SQUARE}]}}).scene.active
+    # clips are of object events: asked for alone, they were taken and nothing recorded them
+    assert load_settings(None, {"scene": {"clips": {"enabled": True}}}).scene.active
+    assert not load_settings(None, {"scene": {"snapshots": {"enabled": True}}}).scene.active  # the default
 
 
 # --- geometry ----------------------------------------------------------------------------------
