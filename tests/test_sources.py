@@ -275,11 +275,34 @@ def _video_file(path: Path, fourcc: str, frames: list[np.ndarray]) -> list[np.nd
     for f in frames:
         out.write(f)
     out.release()
+    decoded = _ffmpeg_frames(path)
+    assert len(decoded) == len(frames)
+    return decoded
+
+
+def _ffmpeg_frames(path: Path) -> list[np.ndarray]:
     cap, decoded = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG), []
     while (got := cap.read())[0]:
         decoded.append(got[1])
-    assert len(decoded) == len(frames)
     return decoded
+
+
+def _left_to_ffmpeg_at_the_second_frame(path: Path, whole: list[np.ndarray], why: str) -> None:
+    """The file read asking for every frame at 1/2: the first comes whole (FFmpeg decoded it as it was
+    grabbed), the second, the first read as a packet, is lost saying `why`, and every frame after it is
+    FFmpeg's whole decode of that very frame."""
+    src = VideoFileSource(str(path), loop=False)
+    src.open()
+    src.grab()
+    assert src.retrieve_reduced(2)[1] is None
+    src.grab()
+    with pytest.raises(FrameError, match=why):
+        src.retrieve_reduced(2)
+    for i in range(2, len(whole)):
+        src.grab()
+        img, size = src.retrieve_reduced(2)
+        assert size is None and np.array_equal(img, whole[i]), i
+    src.close()
 
 
 def _differ(a: np.ndarray, b: np.ndarray) -> float:
@@ -336,18 +359,7 @@ def test_jpeg_packets_that_do_not_decode_alone_are_left_to_ffmpeg(
         raise ValueError("frame of 10 bytes could not be decoded")
 
     monkeypatch.setattr(opencv_source, "decode_reduced", refuse)
-    src = VideoFileSource(str(tmp_path / "mjpeg.avi"), loop=False)
-    src.open()
-    src.grab()
-    assert src.retrieve_reduced(2)[1] is None
-    src.grab()
-    with pytest.raises(FrameError, match="do not decode alone"):
-        src.retrieve_reduced(2)
-    for i in (2, 3, 4):
-        src.grab()
-        img, size = src.retrieve_reduced(2)
-        assert size is None and np.array_equal(img, whole[i]), i
-    src.close()
+    _left_to_ffmpeg_at_the_second_frame(tmp_path / "mjpeg.avi", whole, "do not decode alone")
 
 
 def _riff(fourcc: bytes, data: bytes) -> bytes:
@@ -379,22 +391,9 @@ def test_interlaced_motion_jpeg_is_left_to_ffmpeg(tmp_path: Path) -> None:
     on from where it was with FFmpeg decoding every frame whole, never at half its height."""
     path = tmp_path / "fields.avi"
     path.write_bytes(_interlaced_mjpeg_avi(_views_of_the_fruit(6)))
-    cap, whole = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG), []
-    while (got := cap.read())[0]:
-        whole.append(got[1])
+    whole = _ffmpeg_frames(path)
     assert len(whole) == 6 and whole[0].shape == (480, 640, 3)
-    src = VideoFileSource(str(path), loop=False)
-    src.open()
-    src.grab()
-    assert src.retrieve_reduced(2)[1] is None
-    src.grab()
-    with pytest.raises(FrameError, match="its JPEG packets are 640x240, its frames 640x480"):
-        src.retrieve_reduced(2)
-    for i in (2, 3, 4, 5):
-        src.grab()
-        img, size = src.retrieve_reduced(2)
-        assert size is None and np.array_equal(img, whole[i]), i
-    src.close()
+    _left_to_ffmpeg_at_the_second_frame(path, whole, "its JPEG packets are 640x240, its frames 640x480")
 
 
 def test_an_http_camera_and_a_command_give_their_jpegs_decoded_smaller_where_asked(tmp_path: Path) -> None:
