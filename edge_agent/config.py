@@ -211,8 +211,7 @@ class SourceConfig(_Strict):
         "sources, photo folders) at 1/2, 1/4 or 1/8 of their size, in the JPEG decoder itself, where the model "
         "takes the frame at no more than that and nothing after it wants the picture (the live view while a page "
         "shows it, scene events with snapshots, clips or a second stage, escalation of frames or crops, an update "
-        "on probation): "
-        "less work per frame, boxes still in the frame's own pixels. Off: every frame decoded whole.",
+        "on probation): less work per frame, boxes still in the frame's own pixels. Off: every frame decoded whole.",
     )
 
 

@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from edge_agent.sources.base import Source, SourceError
-from edge_agent.sources.mjpeg import MAX_PART_BYTES, decode_frame, decode_frame_reduced
+from edge_agent.sources.mjpeg import MAX_PART_BYTES, decode_frame
 
 if TYPE_CHECKING:
     from edge_agent.config import SourceConfig
@@ -155,12 +155,11 @@ class CommandSource(Source):
         self._jpeg = first or self._next_jpeg(time.monotonic() + self.timeout_s)
 
     def retrieve(self) -> np.ndarray:
-        jpeg, self._jpeg = self._jpeg, None
-        return decode_frame(jpeg, self.describe())
+        return self.retrieve_reduced(1)[0]
 
     def retrieve_reduced(self, reduce: int) -> tuple[np.ndarray, tuple[int, int] | None]:
         jpeg, self._jpeg = self._jpeg, None
-        return decode_frame_reduced(jpeg, self.describe(), reduce)
+        return decode_frame(jpeg, self.describe(), reduce)
 
     def close(self) -> None:
         proc, self._proc = self._proc, None

@@ -256,16 +256,13 @@ class MjpegSource(Source):
             raise SourceError(f"{self.describe()}: {err or type(err).__name__}") from None
 
     def retrieve(self) -> np.ndarray:
-        if self._ffmpeg is not None:
-            return self._ffmpeg.retrieve()
-        jpeg, self._jpeg = self._jpeg, None
-        return decode_frame(jpeg, self.describe())
+        return self.retrieve_reduced(1)[0]
 
     def retrieve_reduced(self, reduce: int) -> tuple[np.ndarray, tuple[int, int] | None]:
         if self._ffmpeg is not None:
             return self._ffmpeg.retrieve_reduced(reduce)
         jpeg, self._jpeg = self._jpeg, None
-        return decode_frame_reduced(jpeg, self.describe(), reduce)
+        return decode_frame(jpeg, self.describe(), reduce)
 
     def _grab_snapshot(self, deadline: float) -> bytes:
         """The next still: the response already opened (the first), else a new request on the same
@@ -372,17 +369,13 @@ class MjpegSource(Source):
         self._conn, self._resp, self._buf, self._jpeg, self._jpeg_first = None, None, bytearray(), None, None
 
 
-def decode_frame(jpeg: bytes | None, source: str) -> np.ndarray:
-    """The picture of a grabbed frame received whole; FrameError for one that does not decode or
-    declares too much (skipped: the camera goes on), SourceError where none was grabbed."""
-    return decode_frame_reduced(jpeg, source, 1)[0]
-
-
-def decode_frame_reduced(
-    jpeg: bytes | np.ndarray | None, source: str, reduce: int
+def decode_frame(
+    jpeg: bytes | np.ndarray | None, source: str, reduce: int = 1
 ) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """`decode_frame` at 1/`reduce` of the frame's size where it is a JPEG (`imageheader.decode_reduced`):
-    the picture, and the whole frame's (height, width) where it came out smaller."""
+    """The picture of a grabbed frame received whole, at 1/`reduce` of its size where it is a JPEG
+    (`imageheader.decode_reduced`), and the whole frame's (height, width) where it came out smaller;
+    FrameError for one that does not decode or declares too much (skipped: the camera goes on),
+    SourceError where none was grabbed."""
     if jpeg is None:
         raise SourceError("no frame grabbed")
     try:
