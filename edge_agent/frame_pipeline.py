@@ -214,9 +214,9 @@ class FramePipeline:
         snapshots, clips and crops, escalation, an update judged on the same frames), and never below the
         size the model takes it at."""
         model = self.get_model()
-        if not self.settings.source.scaled_decode or model is None or self._wants_pictures():
+        if model is None or not self.settings.source.scaled_decode:
             return 1
-        if self.fanout.judging(model):
+        if self._wants_pictures() or self.fanout.judging(model):
             return 1
         return model.reduction(frame_w, frame_h)
 

@@ -127,11 +127,9 @@ def read_image_reduced(path: str, reduce: int) -> tuple[np.ndarray, tuple[int, i
     whole picture's (height, width) where it came out smaller."""
     if reduce > 1:
         with open(path, "rb") as f:
-            jpeg = f.read(2) == b"\xff\xd8"
-        if jpeg:
-            refuse_oversized_file(path)
-            with open(path, "rb") as f:
-                return decode_reduced(f.read(), f"image {path}", reduce)
+            soi = f.read(2)
+            if soi == b"\xff\xd8":  # its header is checked before it decodes, as read_image checks it
+                return decode_reduced(soi + f.read(), f"image {path}", reduce)
     return read_image(path), None
 
 
