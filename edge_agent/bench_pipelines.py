@@ -118,13 +118,12 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
     if "arenas" in spec:
         over["runtime.malloc_arenas"] = spec["arenas"]
     if spec.get("scaled_decode") is not None:  # else the setting's default
-        over["source.scaled_decode"] = spec["scaled_decode"]
         for pipe in pipelines:
             pipe["source"]["scaled_decode"] = spec["scaled_decode"]
     if spec.get("own_process") is not None:  # else the setting's default
         over["runtime.own_process"] = spec["own_process"]
     if spec.get("single"):  # the single-pipeline form, as a separate agent runs it
-        over |= {"source.uri": sources[0], "source.realtime": False, "model.path": spec["model"]}
+        over |= {"source": pipelines[0]["source"], "model.path": spec["model"]}
     else:
         over |= {"models": {"m": {"path": spec["model"]}}, "pipelines": pipelines}
     settings = load_settings(None, over)

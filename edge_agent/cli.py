@@ -290,7 +290,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from edge_agent.runtime.base import BackendError
     from edge_agent.runtime.cpu import InterpreterBackend
 
-    _load(args, {"model.path": str(args.model)})  # the same rules as every command: a bad setting is an error
+    # the same rules as every command: a bad setting is an error (the model is the one named, not a pipeline's)
+    _load(args, {"model.path": str(args.model), "pipelines": []})
     try:
         mf = read_model_file(args.model)
         be = InterpreterBackend(args.model, threads=1)
@@ -330,7 +331,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from edge_agent.payload import prediction
 
     # the same settings as `run` (file, EDGE_AGENT_*, --set); the flags here are shortcuts on top
-    extra = {"model.path": str(args.model)}
+    # the model named here, with the top-level settings, whatever pipelines the file has
+    extra: dict[str, Any] = {"model.path": str(args.model), "pipelines": []}
     if args.resize is not None:
         extra["model.resize"] = args.resize
     settings = _load(args, extra)

@@ -804,6 +804,25 @@ class SceneConfig(_Strict):
         return self
 
 
+def _scene_on_frames(uri: str, scene: SceneConfig, key: str) -> None:
+    """A scene (zones, masks, tracks, object events, snapshots, clips, a second stage) asked of an audio
+    or sensor source is refused: it works on boxes in frames, and would be taken and never run."""
+    if not scene.active:
+        return
+    from edge_agent.signals import signal_kind  # here: it imports this module, and most settings need it not
+
+    kind = signal_kind(uri)
+    if kind is not None:
+        raise ValueError(
+            f"{key}: zones, tracks and object events work on camera frames, and source {uri!r} is a {kind} "
+            "signal (its events are the model's own: signal.events)"
+        )
+
+
+#: The sections each pipeline has of its own, which the single form takes from the top level.
+_PIPELINE_SECTIONS = ("source", "model", "signal", "scene")
+
+
 RESERVED_NAMES = frozenset(
     {"availability", "info", "health", "cmd", "model", "models", "ota", "ha", "escalations", "events",
      "predictions", "zones", "snapshot", "group"}
@@ -851,6 +870,7 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _fps(self) -> PipelineConfig:
+        _scene_on_frames(self.source.uri, self.scene, f"pipeline '{self.name}': scene")
         if self.fps is not None:
             object.__setattr__(self, "source", self.source.model_copy(update={"fps": self.fps}))
         return self
@@ -908,7 +928,8 @@ class Settings(BaseSettings):
         description="Several inputs in one agent, each with its own source, model and topics. TOML: "
         "[[pipelines]] tables; environment: EDGE_AGENT_PIPELINES as a JSON list, e.g. "
         '[{"name": "door", "source": {"uri": "0"}, "model": "face"}]. '
-        "Empty: the top-level source and model form the one pipeline.",
+        "Empty: the top-level source and model form the one pipeline; with pipelines, a top-level source, model, "
+        "signal or scene is refused (each pipeline has its own).",
     )
 
     @field_validator("device_id")
@@ -934,6 +955,21 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _pipelines(self) -> Settings:
+        if self.pipelines:
+            # With pipelines each reads its own sections: a top-level one would be taken and never read (zones
+            # that drop nothing, a threshold that changes nothing), as the single form's did when a
+            # [[pipelines]] table was added to its file.
+            unread = [k for k in _PIPELINE_SECTIONS if k in self.model_fields_set]
+            if unread:
+                where = "give each pipeline its model, or share one through [models]" if unread[0] == "model" else (
+                    f"set it in each pipeline it is meant for (pipelines[NAME].{unread[0]})"
+                )
+                raise ValueError(
+                    f"{unread[0]}: set at the top level, which only the single-pipeline form reads; with pipelines, "
+                    f"{where}"
+                )
+        else:
+            _scene_on_frames(self.source.uri, self.scene, "scene")
         seen: dict[str, int] = {}
         devices: dict[str, str] = {}
         for i, p in enumerate(self.pipelines):

@@ -140,6 +140,49 @@ def test_bad_pipeline_lists_exit_2_naming_the_pipeline_and_key(env: str, expect:
     assert expect in r.stderr, r.stderr
 
 
+_ZONE = '[{"name": "door", "points": [[0, 0], [1, 0], [1, 1]]}]'
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expect"),
+    [
+        # sections of the single form beside a pipeline list were taken and never read
+        ((), {"EDGE_AGENT_SCENE__ZONES": _ZONE},
+         "scene: set at the top level, which only the single-pipeline form reads"),
+        ((), {"EDGE_AGENT_SOURCE__FPS": "5"}, "source: set at the top level"),
+        (("--model", str(SHORT)), {}, "model: set at the top level"),
+        (("--set", "signal.events.refractory_s=2"), {}, "signal: set at the top level"),
+        # a scene asked of a recording or a sensor, in a pipeline and in the single form
+        ((), {"EDGE_AGENT_PIPELINES": json.dumps([{"name": "door", "source": {"uri": "wav:x.wav"},
+                                                    "scene": {"zones": json.loads(_ZONE)}}])},
+         "pipeline 'door': scene: zones, tracks and object events work on camera frames"),
+        (("--set", "pipelines=[]", "--source", "csv:readings.csv", "--set", "scene.clips.enabled=true"), {},
+         "scene: zones, tracks and object events work on camera frames"),
+    ],
+)
+def test_settings_a_pipeline_list_would_never_read_exit_2_naming_the_key(
+    args: tuple[str, ...], env: dict[str, str], expect: str
+) -> None:
+    pipes = json.dumps([{"name": "door", "source": {"uri": "demo"}, "model": {"path": str(SHORT)}}])
+    r = run_cli("run", "--seconds", "1", *args, env={"EDGE_AGENT_PIPELINES": pipes, **env})
+    assert r.returncode == 2, r.stderr
+    assert expect in r.stderr, r.stderr
+
+
+def test_predict_and_inspect_read_a_file_with_pipelines_for_the_model_they_are_given(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[[pipelines]]\nname = "door"\nsource.uri = "demo"\nmodel.path = "{SHORT}"\n')
+    import cv2
+    import skimage.data
+
+    photo = tmp_path / "astronaut.png"
+    cv2.imwrite(str(photo), skimage.data.astronaut()[..., ::-1])
+    r = run_cli("predict", str(SHORT), str(photo), "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert [d["label"] for d in json.loads(r.stdout)["detections"]] == ["face"]
+    r = run_cli("inspect", str(SHORT), "--config", str(cfg))
+    assert r.returncode == 0 and "blazeface" in r.stdout, r.stderr
+
 def test_a_pipeline_whose_model_needs_a_missing_delegate_exits_2(tmp_path: Path) -> None:
     from edge_agent.modelfile import rewrite_model
 
