@@ -36,6 +36,7 @@ from edge_agent.payload import dumps, info
 from edge_agent.process_signals import SignalThread
 from edge_agent.retained import MODEL, SINGLE, RetainedLedger
 from edge_agent.runtime.delegate import find_library
+from edge_agent.scene import labels_problem
 from edge_agent.sdnotify import Notifier
 from edge_agent.signal_pipeline import SignalPipeline
 from edge_agent.signals import make_signal_source, signal_kind
@@ -286,7 +287,7 @@ class Agent:
             model = self.model_of(name)
             if model is None:
                 continue
-            produced = list(model.decoder.labels or model.labels or ())  # BlazeFace's decoder says "face"
+            produced = list(model.produced_labels)
             producible.update(produced)
             unknown_labels = unknown_labels or not produced
             watched = [x for x in cfg.labels if x in produced] or produced[:1] or [model.name]
@@ -656,6 +657,14 @@ class Agent:
             diff = changed_keys(prev.settings.model_dump(), view.settings.model_dump())
             heavy = [k for k in diff if k.startswith(("model.", "signal.")) and k not in _LIVE_KEYS]
             if prev.slot != view.slot or heavy or (diff and self.pipelines[name].kind == "signal"):
+                # the labels the running model produces are the new settings' too where it stays
+                pm, vm = prev.settings.model, view.settings.model
+                same_model = prev.slot == view.slot and (pm.path, pm.labels, pm.task) == (vm.path, vm.labels, vm.task)
+                why = self._refused_labels(view) if same_model else None
+                if why is not None:  # the running pipeline stays, as for settings that do not validate
+                    log.error("pipeline %s kept as it runs; its new settings are refused: %s", name, why)
+                    self._note_error(f"reload: {why}")
+                    continue
                 self._remove_pipeline(name)
                 self._add_pipeline(view)
                 log.info("pipeline %s restarted (%s)", name, ", ".join(diff))
@@ -663,6 +672,13 @@ class Agent:
                 self.pipelines[name].apply(view, diff)
                 log.info("pipeline %s: applied %s", name, ", ".join(diff))
         self.publish_retained()
+
+    def _refused_labels(self, view: PipelineView) -> str | None:
+        """Where a pipeline's new settings name a label of the model it runs now (and keeps) that the model
+        never produces: why, for the pipeline's key. Checked before the running pipeline is stopped."""
+        model = self.model_of(view.name)
+        why = labels_problem(view.settings, model.produced_labels) if model is not None else None
+        return None if why is None else why if view.legacy else f"pipelines[{view.name}].{why}"
 
     def _add_pipeline(self, view: PipelineView) -> None:
         try:

@@ -238,6 +238,11 @@ def _check_pipeline(
                 f"accelerator {settings.runtime.accelerator} unusable: "
                 + "; ".join(p.reason for p in rt.probes if not p.ok)
             )
+        from edge_agent.scene import labels_problem
+
+        why = labels_problem(settings, model.produced_labels)  # as `run` refuses them
+        if why is not None:
+            problem(why)
     try:
         if is_signal:
             report["source"] = _check_signal(make_signal_source(settings))
@@ -348,8 +353,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"edge-agent: {err}", file=sys.stderr)
         return EXIT_FAIL
     if recordings:
+        from edge_agent.config import ConfigError
+
         try:
             return _predict_recordings(args, model, settings, recordings)
+        except ConfigError as err:  # signal.* asking for what this model cannot give
+            print(f"edge-agent: invalid configuration:\n{err}", file=sys.stderr)
+            return EXIT_USAGE
         finally:
             model.close()
     from edge_agent.sources.images import IMAGE_EXTS

@@ -40,7 +40,7 @@ from edge_agent.handoff import LatestSlot
 from edge_agent.model import Inference, Model, RawInference
 from edge_agent.payload import prediction
 from edge_agent.postprocess.decoders import DecodeOptions
-from edge_agent.scene import SceneOutput, SceneStage
+from edge_agent.scene import SceneOutput, SceneStage, unknown_labels
 from edge_agent.sinks.base import Message
 from edge_agent.sources import Frame, make_source
 from edge_agent.stats import StageStats, pipeline_counts
@@ -195,9 +195,15 @@ class FramePipeline:
                 self.scene.close()
 
     def _scene(self, view: PipelineView) -> SceneStage | None:
+        """The scene stage the settings ask for; ConfigError where they name a label the model never
+        produces (checked here, where the model is known, at start and at every reload alike)."""
         cfg = view.settings.scene
         if not cfg.active:
             return None
+        model = self.get_model()
+        why = unknown_labels(cfg, model.produced_labels) if model is not None else None
+        if why is not None:
+            raise ConfigError(why if view.legacy else f"pipelines[{view.name}].{why}")
         return SceneStage(cfg, self.name, view.settings.state_dir, view.settings.runtime)
 
     def _wants_pictures(self) -> bool:

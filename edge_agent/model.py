@@ -6,7 +6,7 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from edge_agent.config import ModelConfig, RuntimeConfig
 from edge_agent.engine import Engine, ModelPool
-from edge_agent.modelfile import ModelError, ModelFile, TensorSpec, load_labels, read_model_file
+from edge_agent.modelfile import LABEL_GAP, ModelError, ModelFile, TensorSpec, load_labels, read_model_file
 from edge_agent.postprocess.decoders import DecodeOptions, Decoder, make_decoder
 from edge_agent.postprocess.geometry import iou_one_to_many
 from edge_agent.preprocess import Preprocessor, Resize, input_layout, plan_resize
@@ -228,6 +228,23 @@ def misfit(path: Path, signal: bool, task: str = "auto") -> str | None:
         ref.close()
 
 
+def misnamed_labels(named: Iterable[tuple[str, Sequence[str] | None]], produced: Sequence[str]) -> str | None:
+    """Of settings (key, labels) that pick labels of a model's results, the first naming one the model never
+    produces (a typo, another model's word), which would pick nothing and say nothing: its key and the
+    labels, else None. None too where the model's labels are not known."""
+    if not produced:
+        return None
+    known = set(produced)
+    for key, labels in named:
+        missing = [x for x in labels or () if x not in known]
+        if missing:
+            order = [x for x in dict.fromkeys(produced) if x != LABEL_GAP]  # the model's order, without gaps
+            some = ", ".join(order[:12]) + (", ..." if len(order) > 12 else "")
+            names = ", ".join(repr(x) for x in missing)
+            return f"{key}: {names} is not a label the model produces (its labels: {some})"
+    return None
+
+
 class Model:
     def __init__(
         self,
@@ -334,6 +351,12 @@ class Model:
                 f"{rt.own_process}"
             )
             self.engine = self._pool.acquire(key, make)
+
+    @property
+    def produced_labels(self) -> tuple[str, ...]:
+        """The labels this model's results carry: its decoder's own (BlazeFace's "face"), else the model's;
+        empty where they are not known (raw outputs, or a detector without a labels file)."""
+        return tuple(self.decoder.labels or self.labels or ())
 
     @property
     def runtime(self) -> Runtime:

@@ -247,6 +247,10 @@ MAX_LABELS = 100_000
 _MAX_LABELS_BYTES = 4 << 20
 
 
+#: The label of an index an 'index label' file leaves out.
+LABEL_GAP = "???"
+
+
 def parse_labels(text: str) -> tuple[str, ...]:
     """One label per line, or 'index label' pairs (gaps filled with '???'). A byte order mark (a file
     saved by Windows' Notepad) is not part of the first label: "\ufeffperson" would match no zone filter,
@@ -259,7 +263,7 @@ def parse_labels(text: str) -> tuple[str, ...]:
         by_index = {i: p[1].strip() for i, p in zip(indexes, pairs, strict=True) if i is not None}
         if max(by_index) >= MAX_LABELS:
             raise ModelError(f"labels: index {max(by_index)} (a model has at most {MAX_LABELS} labels)")
-        return tuple(by_index.get(i, "???") for i in range(max(by_index) + 1))
+        return tuple(by_index.get(i, LABEL_GAP) for i in range(max(by_index) + 1))
     return tuple(lines)
 
 

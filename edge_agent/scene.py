@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from edge_agent.clips import ClipRecorder
-from edge_agent.config import RuntimeConfig, SceneConfig
+from edge_agent.config import RuntimeConfig, SceneConfig, Settings
+from edge_agent.model import misnamed_labels
 from edge_agent.results import Detection, Result
 from edge_agent.second_stage import SecondStage
 from edge_agent.snapshots import Best, SnapshotStore, render
@@ -459,3 +460,24 @@ def brief(res: dict[str, Any]) -> dict[str, Any]:
     elif res.get("task") == "detection":
         out["detections"] = [{k: d[k] for k in ("label", "score", "box")} for d in res["detections"]]
     return out
+
+
+def unknown_labels(cfg: SceneConfig, produced: Sequence[str]) -> str | None:
+    """Where the scene names a label the model never produces: it would track, count, mask or crop
+    nothing (`misnamed_labels`)."""
+    named: list[tuple[str, list[str] | None]] = [("scene.labels", cfg.labels)]
+    named += [(f"scene.zones[{z.name}].labels", z.labels) for z in cfg.zones]
+    named += [(f"scene.masks[{i}].labels", m.labels) for i, m in enumerate(cfg.masks)]
+    if cfg.second_stage is not None:
+        named.append(("scene.second_stage.labels", cfg.second_stage.labels))
+    return misnamed_labels(named, produced)
+
+
+def labels_problem(settings: Settings, produced: Sequence[str]) -> str | None:
+    """A pipeline's settings naming a label its model never produces: the scene's on a camera, the events'
+    (`signal.events.labels`) on an audio or sensor source; None where all are the model's."""
+    from edge_agent.signals import signal_kind
+
+    if signal_kind(settings.source.uri) is not None:
+        return misnamed_labels([("signal.events.labels", settings.signal.events.labels)], produced)
+    return unknown_labels(settings.scene, produced) if settings.scene.active else None

@@ -946,6 +946,45 @@ def test_sighup_adds_removes_and_changes_pipelines_alone(broker: Broker, agent_f
         rec.close()
 
 
+def test_labels_no_model_produces_are_refused_naming_the_key(tmp_path: Path) -> None:
+    zone = '[{"name": "left", "points": [[0, 0], [0.5, 0], [0.5, 1]], "labels": ["aple"]}]'
+    single = run_cli("run", "--seconds", "5", "--source", str(FRUIT), "--model", str(SSD_MODEL), "--labels",
+                     str(COCO_LABELS), "--set", f"scene.zones={zone}")
+    assert single.returncode == 2, single.stderr
+    assert "scene.zones[left].labels: 'aple' is not a label the model produces (its labels: person," in single.stderr
+    cfg = write_toml(tmp_path / "typo.toml", KITCHEN_AND_VOICE + 'signal.events.labels = ["okay nabu"]\n')
+    multi = run_cli("run", "--seconds", "5", "--config", str(cfg))
+    assert multi.returncode == 2, multi.stderr
+    assert "pipelines[voice].signal.events.labels: 'okay nabu' is not a label the model produces" in multi.stderr
+    check = run_cli("check", "--offline", "--config", str(cfg))
+    assert check.returncode == 1 and "pipeline voice: signal.events.labels: 'okay nabu'" in check.stdout
+    rec = run_cli("predict", str(WAKEWORD), str(NABU_WAV), "--set", 'signal.events.labels=["okay nabu"]')
+    assert rec.returncode == 2 and "signal.events.labels: 'okay nabu'" in rec.stderr and "Traceback" not in rec.stderr
+    fine = run_cli("check", "--offline", "--config", str(write_toml(tmp_path / "ok.toml", KITCHEN_AND_VOICE)))
+    assert fine.returncode == 0, fine.stdout
+
+
+def test_a_reload_naming_a_label_the_model_never_produces_keeps_the_running_pipeline(  # type: ignore[no-untyped-def]
+    broker: Broker, agent_factory, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "rl.toml"
+    voice = f'[[pipelines]]\nname = "voice"\nsource.uri = "wav:{NABU_WAV}"\nmodel.path = "{WAKEWORD}"\n'
+    _reload_toml(cfg, _pipe("keep") + voice)
+    rec = Recorder(broker, "rl")
+    try:
+        agent = agent_factory(["run", "--config", str(cfg)], env=broker.env())
+        wait_until(lambda: len(rec.get("edge/rl/voice/events")) >= 2, 40, what="a wake word heard")
+        _reload_toml(cfg, _pipe("keep") + voice + 'signal.events.labels = ["okay nabu"]\n')
+        agent.signal(signal.SIGHUP)
+        wait_until(lambda: "pipeline voice kept as it runs" in agent.log(), 20, what="the refusal")
+        assert "pipelines[voice].signal.events.labels: 'okay nabu'" in agent.log()
+        heard = len(rec.get("edge/rl/voice/events"))  # the recording loops: the word is heard again
+        wait_until(lambda: len(rec.get("edge/rl/voice/events")) >= heard + 2, 30, what="voice goes on")
+        assert "pipeline voice restarted" not in agent.log()
+    finally:
+        rec.close()
+
+
 def test_reload_keeps_the_running_pipeline_whose_new_config_is_invalid(tmp_path: Path) -> None:
     from edge_agent.config import load_settings_keeping
 

@@ -194,12 +194,14 @@ inertia = 2
         broker.stop()
 
 
-def _door(broker: Broker, uri: str, zone: str) -> str:
-    """The configuration of device `door`: BlazeFace on `uri`, with one zone (its TOML keys)."""
+def _door(broker: Broker, uri: str, zone: str, model: str = "") -> str:
+    """The configuration of device `door`: BlazeFace on `uri` (or the `model` table's keys), with one zone
+    (its TOML keys)."""
     from .conftest import SHORT
 
+    model = model or f'path = "{SHORT}"\n'
     return (f'device_id = "door"\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n[source]\nuri = "{uri}"\n'
-            f'[model]\npath = "{SHORT}"\n[[scene.zones]]\n{zone}')
+            f'[model]\n{model}[[scene.zones]]\n{zone}')
 
 
 def test_zones_change_on_reload_without_a_restart(tmp_path: Path) -> None:
@@ -324,7 +326,7 @@ def test_a_count_of_a_zone_that_counts_any_label_left_by_a_killed_run_is_zero_at
     zone counts only persons, the face count it left is cleared instead."""
     import signal
 
-    from .conftest import DEMO_VIDEO, AgentProcess
+    from .conftest import COCO_LABELS, DEMO_VIDEO, SSD_MODEL, AgentProcess
 
     broker = Broker(tmp_path).start()
     cfg = tmp_path / "door.toml"
@@ -349,7 +351,9 @@ def test_a_count_of_a_zone_that_counts_any_label_left_by_a_killed_run_is_zero_at
             wait_until(lambda: set(rec.on(topic)[shown:]) == {b"0"}, 40, what="the count left behind set to 0 at start")
         finally:
             second.stop()
-        cfg.write_text(_door(broker, "synthetic", porch + 'labels = ["person"]\n'))
+        # a detector of persons (BlazeFace's one label is "face": a zone of persons there is refused)
+        ssd = f'path = "{SSD_MODEL}"\nlabels = "{COCO_LABELS}"\n'
+        cfg.write_text(_door(broker, "synthetic", porch + 'labels = ["person"]\n', ssd))
         third = AgentProcess(["run", "--config", str(cfg)], {}, tmp_path, name="third")
         try:
             wait_until(lambda: b"" in rec.on(topic), 40, what="the face count of a zone now counting persons cleared")
