@@ -29,7 +29,7 @@ from edge_agent.handlers import register_commands
 from edge_agent.health import EXIT_STALLED, Health, Watchdog
 from edge_agent.homeassistant import HomeAssistant, object_id
 from edge_agent.liveview import LiveView
-from edge_agent.model import NOT_FRAMES, Model, misfit
+from edge_agent.model import NOT_FRAMES, Model, misfit, misnamed_by_all
 from edge_agent.modelfile import ModelError, read_model_file
 from edge_agent.ota.store import make_dirs
 from edge_agent.payload import dumps, info
@@ -176,6 +176,7 @@ class Agent:
         self.init_state_dir()
         self.init_memory_and_threads()
         self.init_pipelines()
+        self.check_escalated_labels()
         self.init_homeassistant()
         self.init_sink()
         self.start_escalation()
@@ -346,6 +347,16 @@ class Agent:
             for pipe in self.pipelines.values():
                 pipe.retained.pop(topic, None)
             self.fanout.state(Message(topic, b"", qos=1, retain=True))
+
+    def check_escalated_labels(self) -> None:
+        """`escalation.labels` naming a label no model in use produces would escalate nothing: refused, as
+        Home Assistant's labels are (a model whose labels are not known leaves it alone)."""
+        if not self.settings.escalation.enabled:
+            return
+        models = [m for m in dict.fromkeys(self.model_of(name) for name in self.pipelines) if m is not None]
+        why = misnamed_by_all("escalation.labels", self.settings.escalation.labels, models)
+        if why is not None:
+            raise ConfigError(why)
 
     def start_escalation(self) -> None:
         if not self.settings.escalation.enabled:
@@ -677,8 +688,8 @@ class Agent:
         """Where a pipeline's new settings name a label of the model it runs now (and keeps) that the model
         never produces: why, for the pipeline's key. Checked before the running pipeline is stopped."""
         model = self.model_of(view.name)
-        why = labels_problem(view.settings, model.produced_labels) if model is not None else None
-        return None if why is None else why if view.legacy else f"pipelines[{view.name}].{why}"
+        pipeline = None if view.legacy else view.name
+        return labels_problem(view.settings, model.produced_labels, pipeline) if model is not None else None
 
     def _add_pipeline(self, view: PipelineView) -> None:
         try:

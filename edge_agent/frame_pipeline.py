@@ -40,7 +40,7 @@ from edge_agent.handoff import LatestSlot
 from edge_agent.model import Inference, Model, RawInference
 from edge_agent.payload import prediction
 from edge_agent.postprocess.decoders import DecodeOptions
-from edge_agent.scene import SceneOutput, SceneStage, unknown_labels
+from edge_agent.scene import SceneOutput, SceneStage, labels_problem
 from edge_agent.sinks.base import Message
 from edge_agent.sources import Frame, make_source
 from edge_agent.stats import StageStats, pipeline_counts
@@ -201,9 +201,9 @@ class FramePipeline:
         if not cfg.active:
             return None
         model = self.get_model()
-        why = unknown_labels(cfg, model.produced_labels) if model is not None else None
+        why = labels_problem(view.settings, model.produced_labels, self.route.label) if model is not None else None
         if why is not None:
-            raise ConfigError(why if view.legacy else f"pipelines[{view.name}].{why}")
+            raise ConfigError(why)
         return SceneStage(cfg, self.name, view.settings.state_dir, view.settings.runtime)
 
     def _wants_pictures(self) -> bool:

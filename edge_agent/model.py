@@ -228,10 +228,13 @@ def misfit(path: Path, signal: bool, task: str = "auto") -> str | None:
         ref.close()
 
 
-def misnamed_labels(named: Iterable[tuple[str, Sequence[str] | None]], produced: Sequence[str]) -> str | None:
+def misnamed_labels(
+    named: Iterable[tuple[str, Sequence[str] | None]], produced: Sequence[str], models: int = 1
+) -> str | None:
     """Of settings (key, labels) that pick labels of a model's results, the first naming one the model never
     produces (a typo, another model's word), which would pick nothing and say nothing: its key and the
-    labels, else None. None too where the model's labels are not known."""
+    labels, else None. None too where the model's labels are not known. `models`: how many models'
+    labels `produced` holds, for the wording."""
     if not produced:
         return None
     known = set(produced)
@@ -241,8 +244,17 @@ def misnamed_labels(named: Iterable[tuple[str, Sequence[str] | None]], produced:
             order = [x for x in dict.fromkeys(produced) if x != LABEL_GAP]  # the model's order, without gaps
             some = ", ".join(order[:12]) + (", ..." if len(order) > 12 else "")
             names = ", ".join(repr(x) for x in missing)
-            return f"{key}: {names} is not a label the model produces (its labels: {some})"
+            who = "the model produces (its" if models == 1 else "any model in use produces (their"
+            return f"{key}: {names} is not a label {who} labels: {some})"
     return None
+
+
+def misnamed_by_all(key: str, labels: Sequence[str], models: Sequence[Model]) -> str | None:
+    """`misnamed_labels` for a device-wide setting (`escalation.labels`): a label none of the models in use
+    produces. None where one of them has labels that are not known."""
+    if not labels or not models or not all(m.produced_labels for m in models):
+        return None
+    return misnamed_labels([(key, labels)], [x for m in models for x in m.produced_labels], len(models))
 
 
 class Model:

@@ -473,11 +473,14 @@ def unknown_labels(cfg: SceneConfig, produced: Sequence[str]) -> str | None:
     return misnamed_labels(named, produced)
 
 
-def labels_problem(settings: Settings, produced: Sequence[str]) -> str | None:
+def labels_problem(settings: Settings, produced: Sequence[str], pipeline: str | None = None) -> str | None:
     """A pipeline's settings naming a label its model never produces: the scene's on a camera, the events'
-    (`signal.events.labels`) on an audio or sensor source; None where all are the model's."""
+    (`signal.events.labels`) on an audio or sensor source; None where all are the model's. `pipeline`: its
+    name, which the key then carries (None: the single form's top-level keys)."""
     from edge_agent.signals import signal_kind
 
     if signal_kind(settings.source.uri) is not None:
-        return misnamed_labels([("signal.events.labels", settings.signal.events.labels)], produced)
-    return unknown_labels(settings.scene, produced) if settings.scene.active else None
+        why = misnamed_labels([("signal.events.labels", settings.signal.events.labels)], produced)
+    else:
+        why = unknown_labels(settings.scene, produced) if settings.scene.active else None
+    return why if why is None or pipeline is None else f"pipelines[{pipeline}].{why}"

@@ -25,10 +25,11 @@ from edge_agent.engine import EngineClosed
 from edge_agent.events import Event, EventDetector
 from edge_agent.fanout import FanOut, Route
 from edge_agent.features import FRAME_FRONTENDS, WINDOW_TRANSFORMS, FrameFrontend
-from edge_agent.model import Model, RawInference, misnamed_labels
+from edge_agent.model import Model, RawInference
 from edge_agent.payload import window_prediction
 from edge_agent.postprocess.decoders import DecodeOptions
 from edge_agent.resample import Resampler
+from edge_agent.scene import labels_problem
 from edge_agent.signals import AUDIO_KINDS, Chunk, EndOfStream, SignalSource, SourceError, signal_kind
 from edge_agent.sinks.base import Message
 from edge_agent.sinks.memory import MemorySink
@@ -268,10 +269,9 @@ class SignalPipeline:
     ):
         self.name = route.pipeline
         model = get_model()
-        events = [("signal.events.labels", settings.signal.events.labels)]
-        why = misnamed_labels(events, model.produced_labels) if model is not None else None
+        why = labels_problem(settings, model.produced_labels, route.label) if model is not None else None
         if why is not None:  # events that would never come: refused as the scene's are
-            raise ConfigError(why if route.legacy else f"pipelines[{route.pipeline}].{why}")
+            raise ConfigError(why)
         self.settings = settings
         self.get_model = get_model
         self.route, self.boot_id, self.fanout = route, boot_id, fanout

@@ -962,6 +962,13 @@ def test_labels_no_model_produces_are_refused_naming_the_key(tmp_path: Path) -> 
     assert rec.returncode == 2 and "signal.events.labels: 'okay nabu'" in rec.stderr and "Traceback" not in rec.stderr
     fine = run_cli("check", "--offline", "--config", str(write_toml(tmp_path / "ok.toml", KITCHEN_AND_VOICE)))
     assert fine.returncode == 0, fine.stdout
+    # a device-wide label, of every pipeline's model together
+    up = ("--set", "escalation.enabled=true", "--set", 'escalation.labels=["person", "Okay Nabu", "persn"]')
+    esc = run_cli("run", "--seconds", "5", "--config", str(tmp_path / "ok.toml"), *up)
+    assert esc.returncode == 2, esc.stderr
+    assert "escalation.labels: 'persn' is not a label any model in use produces (their labels: person," in esc.stderr
+    check = run_cli("check", "--offline", "--config", str(tmp_path / "ok.toml"), *up)
+    assert check.returncode == 1 and "escalation.labels: 'persn'" in check.stdout, check.stdout
 
 
 def test_a_reload_naming_a_label_the_model_never_produces_keeps_the_running_pipeline(  # type: ignore[no-untyped-def]
