@@ -640,7 +640,15 @@ class Agent:
         self.restart_needed = [k for k in changed if k not in live]
         self.settings = new
         if self.multi and new.pipelines:
-            self._reload_pipelines(old, new)
+            kept = self._reload_pipelines(old, new)
+            for name, why in kept.items():
+                log.error("pipeline %s refused, keeping the running one: %s", name, why)
+            if kept:  # the settings say what runs, as for pipelines refused while the file was read
+                self.refused_pipelines = {**refused, **kept}
+                running = {p.name: p for p in old.pipelines}
+                self.settings = new.model_copy(
+                    update={"pipelines": [running[p.name] if p.name in kept else p for p in new.pipelines]}
+                )
         else:
             only = next(iter(self.pipelines.values()), None)
             if only is not None:
@@ -654,7 +662,11 @@ class Agent:
             log.warning("changed settings that need a restart: %s", ", ".join(self.restart_needed))
         return live
 
-    def _reload_pipelines(self, old: Settings, new: Settings) -> None:
+    def _reload_pipelines(self, old: Settings, new: Settings) -> dict[str, str]:
+        """Pipelines added, removed, restarted or changed live. Returns those whose new settings were refused
+        before the running pipeline was stopped (a model that cannot run on its source or needs a missing
+        delegate, a label its model never produces), with why: they run on as they were."""
+        refused: dict[str, str] = {}
         before = {v.name: v for v in pipeline_views(old)}
         after = {v.name: v for v in pipeline_views(new)}
         for name in before.keys() - after.keys():
@@ -668,32 +680,38 @@ class Agent:
             diff = changed_keys(prev.settings.model_dump(), view.settings.model_dump())
             heavy = [k for k in diff if k.startswith(("model.", "signal.")) and k not in _LIVE_KEYS]
             if prev.slot != view.slot or heavy or (diff and self.pipelines[name].kind == "signal"):
-                # the labels the running model produces are the new settings' too where it stays
-                pm, vm = prev.settings.model, view.settings.model
-                same_model = prev.slot == view.slot and (pm.path, pm.labels, pm.task) == (vm.path, vm.labels, vm.task)
-                why = self._refused_labels(view) if same_model else None
+                why = self._refused_restart(prev, view)
                 if why is not None:  # the running pipeline stays, as for settings that do not validate
-                    log.error("pipeline %s kept as it runs; its new settings are refused: %s", name, why)
-                    self._note_error(f"reload: {why}")
+                    refused[name] = why
                     continue
                 self._remove_pipeline(name)
-                self._add_pipeline(view)
+                self._add_pipeline(view, checked=True)
                 log.info("pipeline %s restarted (%s)", name, ", ".join(diff))
             elif diff:
                 self.pipelines[name].apply(view, diff)
                 log.info("pipeline %s: applied %s", name, ", ".join(diff))
         self.publish_retained()
+        return refused
 
-    def _refused_labels(self, view: PipelineView) -> str | None:
-        """Where a pipeline's new settings name a label of the model it runs now (and keeps) that the model
-        never produces: why, for the pipeline's key. Checked before the running pipeline is stopped."""
-        model = self.model_of(view.name)
-        pipeline = None if view.legacy else view.name
-        return labels_problem(view.settings, model.produced_labels, pipeline) if model is not None else None
-
-    def _add_pipeline(self, view: PipelineView) -> None:
+    def _refused_restart(self, prev: PipelineView, view: PipelineView) -> str | None:
+        """Why a running pipeline's new settings cannot start, where that is known before it is stopped: its
+        model misfits the source or needs a delegate the board lacks (`check_models`), or, where the model
+        stays, they name a label it never produces."""
         try:
             check_models([view])
+        except ConfigError as err:
+            return str(err)
+        pm, vm = prev.settings.model, view.settings.model
+        model = self.model_of(view.name)
+        if model is None or prev.slot != view.slot or (pm.path, pm.labels, pm.task) != (vm.path, vm.labels, vm.task):
+            return None  # another model: its labels are known once it loads
+        return labels_problem(view.settings, model.produced_labels, None if view.legacy else view.name)
+
+    def _add_pipeline(self, view: PipelineView, checked: bool = False) -> None:
+        """checked: `check_models` has passed it already."""
+        try:
+            if not checked:
+                check_models([view])
             pipe = self.build_pipeline(view)
         except (ModelError, ConfigError) as err:
             log.error("pipeline %s not started: %s", view.name, err)

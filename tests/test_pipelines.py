@@ -971,23 +971,33 @@ def test_labels_no_model_produces_are_refused_naming_the_key(tmp_path: Path) -> 
     assert check.returncode == 1 and "escalation.labels: 'persn'" in check.stdout, check.stdout
 
 
-def test_a_reload_naming_a_label_the_model_never_produces_keeps_the_running_pipeline(  # type: ignore[no-untyped-def]
+def test_a_reload_whose_pipeline_cannot_start_keeps_the_running_one(  # type: ignore[no-untyped-def]
     broker: Broker, agent_factory, tmp_path: Path
 ) -> None:
+    """Settings that validate but cannot run (a label the model never produces, a detector on a
+    recording) are refused before the running pipeline is stopped, which runs on, and health says so."""
     cfg = tmp_path / "rl.toml"
-    voice = f'[[pipelines]]\nname = "voice"\nsource.uri = "wav:{NABU_WAV}"\nmodel.path = "{WAKEWORD}"\n'
-    _reload_toml(cfg, _pipe("keep") + voice)
+    voice = f'[[pipelines]]\nname = "voice"\nsource.uri = "wav:{NABU_WAV}"\n'
+    _reload_toml(cfg, _pipe("keep") + voice + f'model.path = "{WAKEWORD}"\n')
     rec = Recorder(broker, "rl")
     try:
         agent = agent_factory(["run", "--config", str(cfg)], env=broker.env())
         wait_until(lambda: len(rec.get("edge/rl/voice/events")) >= 2, 40, what="a wake word heard")
-        _reload_toml(cfg, _pipe("keep") + voice + 'signal.events.labels = ["okay nabu"]\n')
-        agent.signal(signal.SIGHUP)
-        wait_until(lambda: "pipeline voice kept as it runs" in agent.log(), 20, what="the refusal")
-        assert "pipelines[voice].signal.events.labels: 'okay nabu'" in agent.log()
-        heard = len(rec.get("edge/rl/voice/events"))  # the recording loops: the word is heard again
-        wait_until(lambda: len(rec.get("edge/rl/voice/events")) >= heard + 2, 30, what="voice goes on")
-        assert "pipeline voice restarted" not in agent.log()
+        for n, (change, why) in enumerate([
+            (f'model.path = "{WAKEWORD}"\nsignal.events.labels = ["okay nabu"]\n',
+             "pipelines[voice].signal.events.labels: 'okay nabu'"),
+            (f'model.path = "{SHORT}"\n', "pipelines[voice].model.path"),  # a face detector on a recording
+        ], start=1):
+            _reload_toml(cfg, _pipe("keep") + voice + change)
+            agent.signal(signal.SIGHUP)
+            wait_until(lambda n=n: agent.log().count("pipeline voice refused, keeping the running one") == n, 20,
+                       what="the refusal")
+            assert why in agent.log()
+            heard = len(rec.get("edge/rl/voice/events"))  # the recording loops: the word is heard again
+            wait_until(lambda h=heard: len(rec.get("edge/rl/voice/events")) >= h + 2, 30, what="voice goes on")
+            wait_until(lambda w=why: any(w in d["config"].get("refused_pipelines", {}).get("voice", "")
+                                         for d in rec.get("edge/rl/health")), 10, what="health naming the refusal")
+        assert "pipeline voice restarted" not in agent.log() and "pipeline voice not started" not in agent.log()
     finally:
         rec.close()
 
