@@ -190,7 +190,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             if model is not None:
                 model.close()
     if not args.offline:  # results go nowhere without it: connect (and log in) as `run` would
-        from edge_agent.agent import subscriptions
+        from edge_agent.inbound import subscriptions
         from edge_agent.sinks.mqtt import probe_broker
 
         mq = settings.mqtt

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.commands import ACCEPTED, Command, Rejected, no_args
 from edge_agent.ota.manifest import ManifestError, parse_manifest
+from edge_agent.reload import apply_reload
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent
@@ -64,7 +65,7 @@ def reload(agent: Agent, cmd: Command) -> dict[str, Any]:
     no_args(cmd)
     if agent.reloader is None:
         raise Rejected("this agent was started without a configuration file to reload")
-    applied = agent.reload()
+    applied = apply_reload(agent)
     out: dict[str, Any] = {"applied": applied, "restart_needed": agent.restart_needed}
     if agent.refused_pipelines:
         out["refused_pipelines"] = agent.refused_pipelines

@@ -517,6 +517,7 @@ def test_a_frame_runs_to_completion_on_one_thread_while_another_pipeline_is_busy
     back to its stages (the post thread publishes), and no frame overtakes an earlier one on the way."""
     from edge_agent.agent import Agent
     from edge_agent.bench import _video
+    from edge_agent.reload import remove_pipeline
 
     for k in list(os.environ):
         if k.startswith("EDGE_AGENT_"):
@@ -547,7 +548,7 @@ def test_a_frame_runs_to_completion_on_one_thread_while_another_pipeline_is_busy
         # timed's frames come from its slot (a frame that came while paced had none yet went the staged way)
         assert {t for t, *_ in published["timed"][-5:]} == {"timed-inference"}, published["timed"]
         assert any(n for _, n, *_ in published["paced"]) and any(n for _, n, *_ in published["timed"])  # faces
-        agent._remove_pipeline("timed")
+        remove_pipeline(agent, "timed")
         seen = len(published["paced"])
         wait_until(lambda: sum(t == "paced-postprocess" for t, *_ in published["paced"][seen:]) > 20, 30,
                    what="the pipeline, alone, to go back to its post thread")
