@@ -753,13 +753,25 @@ class SecondStageConfig(_Strict):
         return v
 
 
+def _set_keys(m: BaseModel, prefix: str = "") -> list[str]:
+    """The dotted keys of the settings given in `m` (a file, the environment or --set), not defaulted."""
+    out: list[str] = []
+    for name in sorted(m.model_fields_set):
+        v = getattr(m, name)
+        if isinstance(v, BaseModel) and v.model_fields_set:
+            out += _set_keys(v, f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
 class SceneConfig(_Strict):
     """Detections -> objects people act on: masks, zones, tracks, one event per object, snapshots, clips."""
 
     enabled: bool = Field(
         False,
         description="Track objects and publish object events; on by itself when zones, masks, clips or a second "
-        "stage are set.",
+        "stage are set, unless set to false. Other scene settings with the scene off are refused.",
     )
     labels: list[str] | None = Field(
         None, max_length=1000, description="Labels that are tracked and raise events; default: every label."
@@ -787,10 +799,30 @@ class SceneConfig(_Strict):
     @property
     def active(self) -> bool:
         """Whether the scene runs: asked for, or implied by what only it does (clips of object events too:
-        `scene.clips.enabled` alone was taken and did nothing)."""
+        `scene.clips.enabled` alone was taken and did nothing); `enabled = false` set turns it off whatever
+        else is set, as a zone's settings are kept while it is off for a while."""
+        if "enabled" in self.model_fields_set and not self.enabled:
+            return False
         return (
             self.enabled or bool(self.zones) or bool(self.masks) or self.second_stage is not None or self.clips.enabled
         )
+
+    @model_validator(mode="after")
+    def _unread_while_off(self) -> SceneConfig:
+        """Settings of a scene that is off would be taken and never read: `scene.labels` or a snapshot
+        setting alone (which do not turn the scene on) tracked nothing and said nothing. Refused, unless
+        the scene is turned off on purpose (`enabled = false`)."""
+        if self.active or "enabled" in self.model_fields_set:
+            return self
+        unread = _set_keys(self)
+        if unread:
+            also = f" (and {', '.join(unread[1:])})" if unread[1:] else ""
+            raise ValueError(
+                f"{unread[0]}{also}: set, but the scene is off, so nothing would read it; turn the scene on with "
+                "enabled = true (zones, masks, clips or a second stage turn it on too), or set enabled = false "
+                "to keep such settings unused"
+            )
+        return self
 
     @model_validator(mode="after")
     def _zone_names(self) -> SceneConfig:
@@ -1126,7 +1158,8 @@ def load_settings_keeping(
             except ValidationError as bad:
                 refused[str(name or f"#{i}")] = format_validation_error(bad)
                 if name in running_by_name:
-                    keep.append(running_by_name[name].model_dump(mode="json"))
+                    # as it was given: a default written out would count as set (SceneConfig's check)
+                    keep.append(running_by_name[name].model_dump(mode="json", exclude_unset=True))
         if not refused:
             raise
         return load_settings(config_file, {**(overrides or {}), "pipelines": keep}), refused
@@ -1186,6 +1219,15 @@ def _check_toml(path: Path) -> None:
 def masked_dump(settings: Settings) -> dict[str, Any]:
     """Effective config as plain data with secrets masked (SecretStr dumps as '**********')."""
     data = settings.model_dump(mode="json")
+    # whether each scene runs, as written: zones turn it on with `enabled` left false, and a copy of this
+    # printed into a file (where `enabled = false` is set, and turns the scene off) must run the same
+    data["scene"]["enabled"] = settings.scene.active
+    if settings.pipelines:  # the top-level sections each pipeline has of its own are not read (and refused)
+        for key in _PIPELINE_SECTIONS:
+            data.pop(key, None)
+    for doc, pipe in zip(data["pipelines"], settings.pipelines, strict=True):
+        if isinstance(doc.get("scene"), dict):
+            doc["scene"]["enabled"] = pipe.scene.active
     if settings.mqtt.password is not None:
         data["mqtt"]["password"] = "**********"
     return data

@@ -32,7 +32,7 @@ from benchmarks.bench_tracking import (
     transfers,
 )
 from benchmarks.scenes import FPS, SCENES, Actor, Scene, boxes_at, crossings
-from edge_agent.config import ConfigError, SceneConfig, load_settings
+from edge_agent.config import ConfigError, SceneConfig, load_settings, masked_dump
 from edge_agent.results import Detection, Result
 from edge_agent.scene import SceneStage
 from edge_agent.tracker import Tracker
@@ -75,7 +75,47 @@ def test_zones_alone_switch_the_scene_stage_on() -> None:
     assert load_settings(None, {"scene": {"zones": [{"name": "door", "points": SQUARE}]}}).scene.active
     # clips are of object events: asked for alone, they were taken and nothing recorded them
     assert load_settings(None, {"scene": {"clips": {"enabled": True}}}).scene.active
-    assert not load_settings(None, {"scene": {"snapshots": {"enabled": True}}}).scene.active  # the default
+    # set to false on purpose: off, zones and all, as a camera's zones are kept while it is off
+    off = load_settings(None, {"scene": {"enabled": False, "zones": [{"name": "door", "points": SQUARE}]}})
+    assert not off.scene.active and off.scene.zones[0].name == "door"
+    # the effective configuration `edge-agent config` prints, written back into a file, runs the same
+    zone = {"name": "door", "points": SQUARE}
+    for form in ({}, {"scene": {"zones": [zone]}}, {"scene": {"clips": {"enabled": True}}},
+                 {"pipelines": [{"name": "cam", "scene": {"masks": [{"points": SQUARE}]}}, {"name": "mic"}]}):
+        first = load_settings(None, form)
+        printed = masked_dump(first)
+        again = load_settings(None, {k: printed[k] for k in ("scene", "pipelines") if k in printed})
+        assert again.scene.active == first.scene.active
+        assert [p.scene.active for p in again.pipelines] == [p.scene.active for p in first.pipelines]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"scene": {"labels": ["person"]}}, "scene: labels: set, but the scene is off"),
+        ({"scene": {"snapshots": {"enabled": True}}}, "scene: snapshots.enabled: set, but the scene is off"),
+        ({"scene": {"tracking": {"min_hits": 3}, "anchor": "center"}}, "scene: anchor (and tracking.min_hits): set"),
+        ({"pipelines": [{"name": "cam", "scene": {"snapshots": {"crop": True}}}]},
+         "pipeline 'cam': scene: snapshots.crop: set, but the scene is off"),
+    ],
+)
+def test_scene_settings_nothing_turns_on_are_refused_naming_the_key(overrides: dict[str, Any], key: str) -> None:
+    """`scene.labels` or a snapshot or tracking setting alone does not turn the scene on: taken, it was never
+    read (no track, no event, no snapshot) and nothing said so."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, overrides)
+    assert key in str(err.value) and "enabled = true" in str(err.value)
+    on = {**overrides["scene"], "enabled": True} if "scene" in overrides else None
+    if on is not None:  # turned on, or off on purpose, the same settings are taken
+        assert load_settings(None, {"scene": on}).scene.active
+        assert not load_settings(None, {"scene": {**on, "enabled": False}}).scene.active
+
+
+def test_scene_settings_with_the_scene_off_are_refused_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_AGENT_SCENE__TRACKING__MAX_AGE_S", "5")
+    with pytest.raises(ConfigError, match=r"scene: tracking\.max_age_s: set, but the scene is off"):
+        load_settings(None, {})
+    assert load_settings(None, {"scene": {"enabled": True}}).scene.tracking.max_age_s == 5
 
 
 # --- geometry ----------------------------------------------------------------------------------
