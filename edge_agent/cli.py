@@ -106,13 +106,18 @@ def _usage_error(msg: str) -> int:
     return EXIT_USAGE
 
 
-def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None, shortcuts: bool = True) -> Any:
+def _load(
+    args: argparse.Namespace, extra: dict[str, Any] | None = None, shortcuts: bool = True, source_read: bool = True
+) -> Any:
     """The settings every command reads: the file, EDGE_AGENT_*, --set and the command's flags
-    (`shortcuts`: False where a flag of the same name means something else, as in `bench`)."""
+    (`shortcuts`: False where a flag of the same name means something else, as in `bench`; `source_read`:
+    False where the command runs inputs of its own, not the configured source)."""
     from edge_agent.config import ConfigError, load_settings
 
     try:
-        return load_settings(getattr(args, "config", None), {**_overrides(args, shortcuts), **(extra or {})})
+        return load_settings(
+            getattr(args, "config", None), {**_overrides(args, shortcuts), **(extra or {})}, source_read
+        )
     except ConfigError as err:
         print(f"edge-agent: invalid configuration:\n{err}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
@@ -303,7 +308,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from edge_agent.runtime.cpu import InterpreterBackend
 
     # the same rules as every command: a bad setting is an error (the model is the one named, not a pipeline's)
-    _load(args, {"model.path": str(args.model), "pipelines": []})
+    _load(args, {"model.path": str(args.model), "pipelines": []}, source_read=False)
     try:
         mf = read_model_file(args.model)
         be = InterpreterBackend(args.model, threads=1)
@@ -347,7 +352,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"model.path": str(args.model), "pipelines": []}
     if args.resize is not None:
         extra["model.resize"] = args.resize
-    settings = _load(args, extra)
+    settings = _load(args, extra, source_read=False)
     mc, rc = settings.model, settings.runtime
     from edge_agent.signals import signal_kind
 

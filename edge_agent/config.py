@@ -6,6 +6,7 @@ can describe it, and a mistyped key is an error rather than a silently ignored s
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import re
@@ -851,6 +852,38 @@ def _scene_on_frames(uri: str, scene: SceneConfig, key: str) -> None:
         )
 
 
+#: Whether the settings being read run the configured source (see `load_settings`).
+_SOURCE_READ: contextvars.ContextVar[bool] = contextvars.ContextVar("source_read", default=True)
+#: What an audio or sensor source reads of `source`; the rest (fps, a camera's size, TLS, read timeouts,
+#: scaled decoding) is of frame sources.
+_SIGNAL_SOURCE_KEYS = frozenset({"uri", "loop", "realtime", "reopen_min_s", "reopen_max_s"})
+
+
+def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, key: str) -> None:
+    """`signal` settings on a camera or video, or a frame source's settings (`source.fps`, a camera's size)
+    on an audio or sensor source, would be taken and never read: refused, naming the key, as a scene on
+    a signal source is (`_scene_on_frames`)."""
+    if not _SOURCE_READ.get():
+        return
+    from edge_agent.signals import signal_kind  # here: it imports this module, and most settings need it not
+
+    kind = signal_kind(uri)
+    if kind is None:
+        unread = _set_keys(signal, "signal.")
+        if unread:
+            raise ValueError(
+                f"{key}{unread[0]}: a setting of audio and sensor sources, and source {uri!r} gives frames "
+                "(a camera, a video or pictures)"
+            )
+        return
+    unread = [k for k in _set_keys(source, "source.") if k.split(".")[1] not in _SIGNAL_SOURCE_KEYS]
+    if unread:
+        raise ValueError(
+            f"{key}{unread[0]}: a setting of frame sources (cameras, videos, pictures), and source {uri!r} is "
+            f"a {kind} signal, which reads {', '.join(f'source.{k}' for k in sorted(_SIGNAL_SOURCE_KEYS))}"
+        )
+
+
 #: The sections each pipeline has of its own, which the single form takes from the top level.
 _PIPELINE_SECTIONS = ("source", "model", "signal", "scene")
 
@@ -905,6 +938,7 @@ class PipelineConfig(_Strict):
         _scene_on_frames(self.source.uri, self.scene, f"pipeline '{self.name}': scene")
         if self.fps is not None:
             object.__setattr__(self, "source", self.source.model_copy(update={"fps": self.fps}))
+        _sections_of_its_kind(self.source.uri, self.source, self.signal, f"pipeline '{self.name}': ")
         return self
 
 
@@ -1002,6 +1036,7 @@ class Settings(BaseSettings):
                 )
         else:
             _scene_on_frames(self.source.uri, self.scene, "scene")
+            _sections_of_its_kind(self.source.uri, self.source, self.signal, "")
         seen: dict[str, int] = {}
         devices: dict[str, str] = {}
         for i, p in enumerate(self.pipelines):
@@ -1102,19 +1137,23 @@ def format_validation_error(err: ValidationError) -> str:
             msg += ' (write a list as JSON: --set \'{k}=["a", "b"]\', {env}=\'["a", "b"]\')'.format(
                 k=loc, env=ENV_PREFIX + loc.upper().replace(".", "__"))
         msg = msg.removeprefix("Value error, ")
-        lines.append(msg if loc == "(root)" and msg.startswith(("pipelines[", "pipeline '")) else f"{loc}: {msg}")
+        lines.append(msg if loc == "(root)" else f"{loc}: {msg}")  # the whole's checks name their keys
     return "\n".join(lines)
 
 
 def load_settings(
     config_file: Path | None = None,
     overrides: dict[str, Any] | None = None,
+    source_read: bool = True,
 ) -> Settings:
-    """Build Settings from file, environment and dotted CLI overrides (highest wins)."""
+    """Build Settings from file, environment and dotted CLI overrides (highest wins). `source_read`: False
+    where the command runs its own input instead of the configured source (`predict`, `inspect`), so a
+    `signal` section beside a camera's source is not the mismatch it would be for `run`."""
     _check_env_keys(dict(os.environ))
     if config_file is not None and not config_file.is_file():
         raise ConfigError(f"--config: file not found: {config_file}")
     _TOML_FILE["path"] = config_file
+    token = _SOURCE_READ.set(source_read)
     try:
         if config_file is not None:
             _check_toml(config_file)
@@ -1125,6 +1164,7 @@ def load_settings(
         raise ConfigError(_settings_error(err)) from None
     finally:
         _TOML_FILE["path"] = None
+        _SOURCE_READ.reset(token)
 
 
 def load_settings_keeping(

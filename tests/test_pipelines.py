@@ -169,6 +169,32 @@ def test_settings_a_pipeline_list_would_never_read_exit_2_naming_the_key(
     assert expect in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "expect"),
+    [
+        ((), {"EDGE_AGENT_PIPELINES": json.dumps([{"name": "door", "source": {"uri": "demo"},
+                                                   "signal": {"events": {"refractory_s": 2}}}])},
+         "pipeline 'door': signal.events.refractory_s: a setting of audio and sensor sources, and source 'demo' "
+         "gives frames"),
+        ((), {"EDGE_AGENT_PIPELINES": json.dumps([{"name": "bell", "source": {"uri": "wav:x.wav"}, "fps": 5}])},
+         "pipeline 'bell': source.fps: a setting of frame sources"),
+        (("--source", "wav:x.wav", "--fps", "5"), {}, "source.fps: a setting of frame sources (cameras, videos, "
+         "pictures), and source 'wav:x.wav' is a wav signal"),
+        (("--source", "csv:x.csv"), {"EDGE_AGENT_SOURCE__WIDTH": "640"}, "source.width: a setting of frame sources"),
+        (("--set", "signal.window=16000"), {}, "signal.window: a setting of audio and sensor sources"),
+    ],
+)
+def test_settings_the_source_never_reads_exit_2_naming_the_key(
+    args: tuple[str, ...], env: dict[str, str], expect: str
+) -> None:
+    """`signal` settings on a camera, or a camera's settings on a recording or a sensor, were taken and never
+    read. `run` and `check` refuse them; `predict`, which runs inputs of its own, reads the same file."""
+    for command in (("run", "--seconds", "1"), ("check", "--offline")):
+        r = run_cli(*command, *args, env=env)
+        assert r.returncode == 2, r.stderr
+        assert expect in r.stderr, r.stderr
+
+
 def test_predict_and_inspect_read_a_file_with_pipelines_for_the_model_they_are_given(tmp_path: Path) -> None:
     cfg = tmp_path / "agent.toml"
     cfg.write_text(f'[[pipelines]]\nname = "door"\nsource.uri = "demo"\nmodel.path = "{SHORT}"\n')

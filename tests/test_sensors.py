@@ -339,7 +339,7 @@ def test_a_live_stream_follows_its_wall_clock_set_back() -> None:
     """A chunk stamped a little before the previous one ended was read in a burst and keeps its samples'
     spacing; one stamped an hour before it follows the clock, instead of the stream going on an hour
     ahead of it for as long as it runs."""
-    s = Settings(source=SourceConfig(uri="synthetic"), signal=SignalConfig(rate=10))
+    s = Settings(source=SourceConfig(uri="csv:setback.csv"), signal=SignalConfig(rate=10))
     q = ChunkQueue(100_000)
     stop = threading.Event()
     cap = SignalCapture(lambda: _SetBack("setback:", 10.0), s, q, StageStats("capture"), stop)
