@@ -854,33 +854,54 @@ def _scene_on_frames(uri: str, scene: SceneConfig, key: str) -> None:
 
 #: Whether the settings being read run the configured source (see `load_settings`).
 _SOURCE_READ: contextvars.ContextVar[bool] = contextvars.ContextVar("source_read", default=True)
-#: What an audio or sensor source reads of `source`; the rest (fps, a camera's size, TLS, read timeouts,
-#: scaled decoding) is of frame sources.
-_SIGNAL_SOURCE_KEYS = frozenset({"uri", "loop", "realtime", "reopen_min_s", "reopen_max_s"})
-
-
 def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, key: str) -> None:
-    """`signal` settings on a camera or video, or a frame source's settings (`source.fps`, a camera's size)
-    on an audio or sensor source, would be taken and never read: refused, naming the key, as a scene on
-    a signal source is (`_scene_on_frames`)."""
+    """Settings the source never reads would be taken and never read: `signal` settings on a camera or
+    video, a frame source's (`source.fps`) on an audio or sensor source, and a setting of another kind
+    (a camera's `width` asked of an RTSP stream, TLS of a file, `loop` of a camera, `signal.baud` of a
+    microphone). Refused, naming the key, as a scene on a signal source is (`_scene_on_frames`). Each
+    kind declares what it reads in its own file (`options`, `signal_options`)."""
     if not _SOURCE_READ.get():
         return
-    from edge_agent.signals import signal_kind  # here: it imports this module, and most settings need it not
+    # here: they import this module, and most settings need them not
+    from edge_agent.signals import SIGNALS, signal_class
+    from edge_agent.signals.base import SIGNAL_KIND_SETTINGS, SIGNAL_SETTINGS
+    from edge_agent.sources import SOURCES, source_class
+    from edge_agent.sources.base import FRAME_SETTINGS
 
-    kind = signal_kind(uri)
-    if kind is None:
+    def kinds(names: list[str]) -> str:
+        listed = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+        return f"the {listed} kind{'s' if len(names) > 1 else ''}"
+
+    scls = signal_class(uri)
+    if scls is None:
         unread = _set_keys(signal, "signal.")
         if unread:
             raise ValueError(
                 f"{key}{unread[0]}: a setting of audio and sensor sources, and source {uri!r} gives frames "
                 "(a camera, a video or pictures)"
             )
-        return
-    unread = [k for k in _set_keys(source, "source.") if k.split(".")[1] not in _SIGNAL_SOURCE_KEYS]
+        fcls = source_class("demo.mp4" if uri == "demo" else uri)
+        kind, reads = fcls.kind, FRAME_SETTINGS | fcls.options
+    else:
+        kind, reads = scls.kind, SIGNAL_SETTINGS | scls.options
+        for k in _set_keys(signal, "signal."):
+            name = k.split(".")[1]
+            if name in SIGNAL_KIND_SETTINGS and name not in scls.signal_options:
+                readers = sorted(c.kind for c in SIGNALS if name in c.signal_options)
+                raise ValueError(
+                    f"{key}{k}: source {uri!r} is of the {kind} kind, which never reads it (read by {kinds(readers)})"
+                )
+    unread = [k for k in _set_keys(source, "source.") if k.split(".")[1] not in reads]
     if unread:
+        name = unread[0].split(".")[1]
+        if name in FRAME_SETTINGS:
+            who = "every frame source"
+        else:
+            who = kinds(sorted({c.kind for c in SOURCES if name in c.options} | {
+                c.kind for c in SIGNALS if name in c.options}))
         raise ValueError(
-            f"{key}{unread[0]}: a setting of frame sources (cameras, videos, pictures), and source {uri!r} is "
-            f"a {kind} signal, which reads {', '.join(f'source.{k}' for k in sorted(_SIGNAL_SOURCE_KEYS))}"
+            f"{key}{unread[0]}: source {uri!r} is of the {kind} kind, which never reads it (read by {who}); "
+            f"it reads {', '.join(f'source.{k}' for k in sorted(reads))}"
         )
 
 

@@ -177,18 +177,32 @@ def test_settings_a_pipeline_list_would_never_read_exit_2_naming_the_key(
          "pipeline 'door': signal.events.refractory_s: a setting of audio and sensor sources, and source 'demo' "
          "gives frames"),
         ((), {"EDGE_AGENT_PIPELINES": json.dumps([{"name": "bell", "source": {"uri": "wav:x.wav"}, "fps": 5}])},
-         "pipeline 'bell': source.fps: a setting of frame sources"),
-        (("--source", "wav:x.wav", "--fps", "5"), {}, "source.fps: a setting of frame sources (cameras, videos, "
-         "pictures), and source 'wav:x.wav' is a wav signal"),
-        (("--source", "csv:x.csv"), {"EDGE_AGENT_SOURCE__WIDTH": "640"}, "source.width: a setting of frame sources"),
+         "pipeline 'bell': source.fps: source 'wav:x.wav' is of the wav kind, which never reads it (read by "
+         "every frame source)"),
+        (("--source", "wav:x.wav", "--fps", "5"), {}, "source.fps: source 'wav:x.wav' is of the wav kind"),
+        (("--source", "csv:x.csv"), {"EDGE_AGENT_SOURCE__WIDTH": "640"},
+         "source.width: source 'csv:x.csv' is of the csv kind, which never reads it (read by the camera and "
+         "command kinds)"),
         (("--set", "signal.window=16000"), {}, "signal.window: a setting of audio and sensor sources"),
+        # a setting of another kind of frame source: a size asked of a stream, TLS of a file, looping a camera
+        (("--source", "rtsp://cam.lan/live", "--set", "source.width=1280"), {},
+         "source.width: source 'rtsp://cam.lan/live' is of the stream kind, which never reads it"),
+        (("--source", "rtsps://cam.lan/live"), {"EDGE_AGENT_SOURCE__TLS_VERIFY": "false"},
+         "source.tls_verify: source 'rtsps://cam.lan/live' is of the stream kind, which never reads it (read by "
+         "the http kind)"),
+        (("--set", "source.loop=false", "--source", "0"), {}, "source.loop: source '0' is of the camera kind"),
+        (("--source", "mic:"), {"EDGE_AGENT_SOURCE__REALTIME": "false"},
+         "source.realtime: source 'mic:' is of the mic kind, which never reads it"),
+        (("--source", "mic:", "--set", "signal.baud=9600"), {},
+         "signal.baud: source 'mic:' is of the mic kind, which never reads it (read by the serial kind)"),
     ],
 )
 def test_settings_the_source_never_reads_exit_2_naming_the_key(
     args: tuple[str, ...], env: dict[str, str], expect: str
 ) -> None:
-    """`signal` settings on a camera, or a camera's settings on a recording or a sensor, were taken and never
-    read. `run` and `check` refuse them; `predict`, which runs inputs of its own, reads the same file."""
+    """`signal` settings on a camera, a camera's settings on a recording or a sensor, or one kind's setting on
+    another kind were taken and never read. `run` and `check` refuse them; `predict`, which runs inputs of
+    its own, reads the same file."""
     for command in (("run", "--seconds", "1"), ("check", "--offline")):
         r = run_cli(*command, *args, env=env)
         assert r.returncode == 2, r.stderr

@@ -59,6 +59,32 @@ def test_every_backend_class_is_in_its_registry(package: str, base: type, regist
     assert len({getattr(c, "kind", getattr(c, "name", c.__name__)) for c in registered}) == len(registered)
 
 
+@pytest.mark.parametrize(("registered", "common"), [(SOURCES, "FRAME_SETTINGS"), (SIGNALS, "SIGNAL_SETTINGS")])
+def test_every_source_kind_declares_the_settings_it_reads(registered: list[type], common: str) -> None:
+    """A `source.*` setting a kind does not declare is refused for it (set, it would never be read): so
+    each kind's file reads only what it declares (`options`) and what every kind of its sort reads."""
+    import re
+
+    from edge_agent.config import SourceConfig
+    from edge_agent.signals import base as signal_base
+    from edge_agent.sources import base as frame_base
+
+    every = getattr(frame_base if registered is SOURCES else signal_base, common)
+    assert every <= set(SourceConfig.model_fields)
+    for cls in registered:
+        # its file, and those of the classes it is built on (a serial port's readings)
+        code = "".join(inspect.getsource(m) for m in {inspect.getmodule(c) for c in cls.__mro__}
+                       if m is not None and m.__name__.startswith("edge_agent."))
+        read = set(re.findall(r"\b(?:cfg|source)\.(\w+)", code)) & set(SourceConfig.model_fields)
+        assert cls.options <= set(SourceConfig.model_fields), cls
+        assert read <= every | cls.options, (cls.__name__, sorted(read - every - cls.options))
+        if registered is SIGNALS:  # and the settings of `signal` only some kinds read
+            own = set(re.findall(r"\bsignal\.(\w+)", code)) & signal_base.SIGNAL_KIND_SETTINGS
+            assert cls.signal_options <= signal_base.SIGNAL_KIND_SETTINGS, cls
+            assert own <= cls.signal_options, (cls.__name__, sorted(own - cls.signal_options))
+    assert {k for cls in registered for k in cls.options} - every, "no kind reads a setting of its own"
+
+
 def test_every_accelerator_file_is_in_the_registry() -> None:
     import edge_agent.runtime as rt
 

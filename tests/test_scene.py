@@ -78,13 +78,14 @@ def test_zones_alone_switch_the_scene_stage_on() -> None:
     # set to false on purpose: off, zones and all, as a camera's zones are kept while it is off
     off = load_settings(None, {"scene": {"enabled": False, "zones": [{"name": "door", "points": SQUARE}]}})
     assert not off.scene.active and off.scene.zones[0].name == "door"
-    # the effective configuration `edge-agent config` prints, written back into a file, runs the same
+    # the scenes `edge-agent config` prints (the effective configuration), written back into a file, run the same
     zone = {"name": "door", "points": SQUARE}
     for form in ({}, {"scene": {"zones": [zone]}}, {"scene": {"clips": {"enabled": True}}},
                  {"pipelines": [{"name": "cam", "scene": {"masks": [{"points": SQUARE}]}}, {"name": "mic"}]}):
         first = load_settings(None, form)
         printed = masked_dump(first)
-        again = load_settings(None, {k: printed[k] for k in ("scene", "pipelines") if k in printed})
+        scenes = {"pipelines": [{"name": p["name"], "scene": p["scene"]} for p in printed["pipelines"]]}
+        again = load_settings(None, scenes if first.pipelines else {"scene": printed["scene"]})
         assert again.scene.active == first.scene.active
         assert [p.scene.active for p in again.pipelines] == [p.scene.active for p in first.pipelines]
 

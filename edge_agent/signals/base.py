@@ -29,9 +29,20 @@ AUDIO_RATE = 16000
 SENSOR_RATE = 10.0
 
 
+#: The `source.*` settings every audio and sensor source reads (its capture reopens them all).
+SIGNAL_SETTINGS = frozenset({"uri", "reopen_min_s", "reopen_max_s"})
+#: The `signal.*` settings only some kinds read, each declaring its own (`signal_options`); the rest (the
+#: rate, windows, front end, events) are read for every audio and sensor source.
+SIGNAL_KIND_SETTINGS = frozenset({"channels", "audio_channels", "baud", "iio_device"})
+
+
 class SignalSource(abc.ABC):
     #: also the URI scheme that names this kind (`serial:/dev/ttyUSB0`)
     kind: str = "signal"
+    #: the `source.*` settings this kind reads beyond `SIGNAL_SETTINGS`; another one set for it is refused
+    options: ClassVar[frozenset[str]] = frozenset()
+    #: the settings of `SIGNAL_KIND_SETTINGS` this kind reads; another one set for it is refused
+    signal_options: ClassVar[frozenset[str]] = frozenset()
     #: file name endings this kind reads without a scheme
     suffixes: ClassVar[tuple[str, ...]] = ()
     #: audio (windowed by samples, resampled, wake words) rather than numeric sensor readings

@@ -46,6 +46,8 @@ def _number(cell: str, decimal_comma: bool) -> float:
 
 class CsvSource(SignalSource):
     kind = "csv"
+    options = frozenset({"loop", "realtime"})
+    signal_options = frozenset({"channels"})
     suffixes = (".csv", ".tsv")
 
     @classmethod

@@ -57,6 +57,7 @@ class _ScanChannel:
 
 class IIOSource(SignalSource):
     kind = "iio"
+    signal_options = frozenset({"channels", "iio_device"})
 
     @classmethod
     def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:

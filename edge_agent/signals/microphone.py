@@ -19,6 +19,7 @@ _QUEUE_BLOCKS = 100
 
 class MicrophoneSource(SignalSource):
     kind = "mic"
+    signal_options = frozenset({"audio_channels"})
     audio = True
 
     @classmethod

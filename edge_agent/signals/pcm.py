@@ -21,6 +21,7 @@ _READ_BYTES = 4096
 
 class PcmSource(SignalSource):
     kind = "pcm"
+    signal_options = frozenset({"audio_channels"})
     audio = True
 
     @classmethod

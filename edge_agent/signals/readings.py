@@ -136,6 +136,8 @@ def _floats(items: Sequence[object]) -> np.ndarray | None:
 class ReadingSource(SignalSource):
     """A source of one reading at a time (serial lines, MQTT messages): the first reading fixes the channels."""
 
+    signal_options = frozenset({"channels"})
+
     def __init__(self, uri: str, rate: float, channels: list[str] | None):
         super().__init__(uri, rate)
         self.parser = ReadingParser(channels)

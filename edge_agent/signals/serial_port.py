@@ -19,6 +19,7 @@ _MAX_LINE = 4096
 
 class SerialSource(ReadingSource):
     kind = "serial"
+    signal_options = frozenset({"channels", "baud"})
 
     @classmethod
     def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:

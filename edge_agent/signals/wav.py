@@ -28,6 +28,7 @@ SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
 
 class WavSource(SignalSource):
     kind = "wav"
+    options = frozenset({"loop", "realtime"})
     suffixes = SUFFIXES
     audio = True
 

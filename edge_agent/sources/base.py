@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -46,8 +46,17 @@ class Frame:
         return self.clock if self.clock is not None else self.mono
 
 
+#: The `source.*` settings every frame source reads (capture paces, watches and reopens them all).
+FRAME_SETTINGS = frozenset(
+    {"uri", "fps", "realtime", "read_timeout_s", "reopen_min_s", "reopen_max_s", "scaled_decode"}
+)
+
+
 class Source(abc.ABC):
     kind: str = "source"
+    #: the `source.*` settings this kind reads beyond `FRAME_SETTINGS`; another one set for it is refused
+    #: (it would be taken and never read: a size asked of a stream, TLS of a file)
+    options: ClassVar[frozenset[str]] = frozenset()
     #: frames arrive on their own clock (camera, stream) rather than when we read them (file)
     live: bool = True
     #: each frame is fetched when asked for (a camera's snapshot URL): read once inference has taken the

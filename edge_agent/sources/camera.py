@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 class CameraSource(OpenCVSource):
     kind = "camera"
+    options = frozenset({"width", "height"})
 
     @classmethod
     def claims(cls, uri: str) -> bool:

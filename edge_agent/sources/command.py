@@ -93,6 +93,7 @@ def jpeg_end(buf: bytes | bytearray) -> int | None:
 
 class CommandSource(Source):
     kind = "command"
+    options = frozenset({"width", "height"})
     live = True
 
     @classmethod

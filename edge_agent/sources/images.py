@@ -70,6 +70,7 @@ def _settled(files: list[str], now: float) -> list[str]:
 
 class ImageSetSource(Source):
     kind = "images"
+    options = frozenset({"loop"})
 
     @classmethod
     def claims(cls, uri: str) -> bool:

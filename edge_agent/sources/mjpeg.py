@@ -52,6 +52,7 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 
 class MjpegSource(Source):
     kind = "http"
+    options = frozenset({"tls_verify", "tls_ca_file"})
 
     @classmethod
     def claims(cls, uri: str) -> bool:

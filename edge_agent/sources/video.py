@@ -20,6 +20,7 @@ _EXISTS_CHECK_S = 1.0
 
 class VideoFileSource(OpenCVSource):
     kind = "file"
+    options = frozenset({"loop"})
     live = False
 
     @classmethod
