@@ -392,6 +392,11 @@ class HTTPConfig(_Strict):
         description="Connections served at once; more are closed at once, unread (each takes a thread).",
     )
 
+    @model_validator(mode="after")
+    def _unread_while_off(self) -> HTTPConfig:
+        _refuse_unread_while_off(self, self.enabled, "the HTTP side", "")
+        return self
+
 
 class HomeAssistantConfig(_Strict):
     enabled: bool = Field(
@@ -422,6 +427,11 @@ class HomeAssistantConfig(_Strict):
         description="At most one label state message per this many seconds (a label turning on is sent at "
         "once; the last change in an interval is sent when it ends); 0 sends every change.",
     )
+
+    @model_validator(mode="after")
+    def _unread_while_off(self) -> HomeAssistantConfig:
+        _refuse_unread_while_off(self, self.enabled, "Home Assistant discovery", "")
+        return self
 
 
 class EscalationConfig(_Strict):
@@ -458,6 +468,7 @@ class EscalationConfig(_Strict):
     def _band(self) -> EscalationConfig:
         if self.low > self.high:
             raise ValueError("escalation.low must not exceed escalation.high")
+        _refuse_unread_while_off(self, self.enabled, "escalation", "")
         return self
 
 
@@ -754,6 +765,21 @@ class SecondStageConfig(_Strict):
         return v
 
 
+def _refuse_unread_while_off(m: BaseModel, on: bool, section: str, how: str) -> None:
+    """Settings of a part that is off would be taken and never read (`http.port` with the status page
+    off, `scene.labels` with no scene): refused, unless the part is turned off on purpose (`enabled =
+    false` set), which keeps its settings for when it is turned on again."""
+    if on or "enabled" in m.model_fields_set:
+        return
+    unread = _set_keys(m)
+    if unread:
+        also = f" (and {', '.join(unread[1:])})" if unread[1:] else ""
+        raise ValueError(
+            f"{unread[0]}{also}: set, but {section} is off, so nothing would read it; turn it on with enabled = "
+            f"true{how}, or set enabled = false to keep such settings unused"
+        )
+
+
 def _set_keys(m: BaseModel, prefix: str = "") -> list[str]:
     """The dotted keys of the settings given in `m` (a file, the environment or --set), not defaulted."""
     out: list[str] = []
@@ -813,16 +839,8 @@ class SceneConfig(_Strict):
         """Settings of a scene that is off would be taken and never read: `scene.labels` or a snapshot
         setting alone (which do not turn the scene on) tracked nothing and said nothing. Refused, unless
         the scene is turned off on purpose (`enabled = false`)."""
-        if self.active or "enabled" in self.model_fields_set:
-            return self
-        unread = _set_keys(self)
-        if unread:
-            also = f" (and {', '.join(unread[1:])})" if unread[1:] else ""
-            raise ValueError(
-                f"{unread[0]}{also}: set, but the scene is off, so nothing would read it; turn the scene on with "
-                "enabled = true (zones, masks, clips or a second stage turn it on too), or set enabled = false "
-                "to keep such settings unused"
-            )
+        on_too = " (zones, masks, clips or a second stage turn it on too)"
+        _refuse_unread_while_off(self, self.active, "the scene", on_too)
         return self
 
     @model_validator(mode="after")
@@ -854,6 +872,10 @@ def _scene_on_frames(uri: str, scene: SceneConfig, key: str) -> None:
 
 #: Whether the settings being read run the configured source (see `load_settings`).
 _SOURCE_READ: contextvars.ContextVar[bool] = contextvars.ContextVar("source_read", default=True)
+#: Shared models named by pipelines a reload refused (`load_settings_keeping`): not unused, only not yet served.
+_NAMED_BY_REFUSED: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "named_by_refused", default=frozenset()
+)
 def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, key: str) -> None:
     """Settings the source never reads would be taken and never read: `signal` settings on a camera or
     video, a frame source's (`source.fps`) on an audio or sensor source, and a setting of another kind
@@ -1058,6 +1080,16 @@ class Settings(BaseSettings):
         else:
             _scene_on_frames(self.source.uri, self.scene, "scene")
             _sections_of_its_kind(self.source.uri, self.source, self.signal, "")
+        named = {p.model for p in self.pipelines if isinstance(p.model, str)}
+        unused = sorted(set(self.models) - named - _NAMED_BY_REFUSED.get())
+        if unused and _SOURCE_READ.get():  # `predict` and `inspect` run their own model, not the pipelines
+            # a shared model no pipeline names is never loaded: an entry left behind, or one a pipeline
+            # was meant to name, would otherwise pass for being served
+            if not self.pipelines:
+                why = "shared models are named by pipelines, [[pipelines]] model = NAME; the single form reads [model]"
+            else:
+                why = f"pipelines name {', '.join(sorted(named))}" if named else "each pipeline has a model of its own"
+            raise ValueError(f"models.{unused[0]}: no pipeline names it ({why})")
         seen: dict[str, int] = {}
         devices: dict[str, str] = {}
         for i, p in enumerate(self.pipelines):
@@ -1211,6 +1243,7 @@ def load_settings_keeping(
         running_by_name = {p.name: p for p in running.pipelines}
         refused: dict[str, str] = {}
         keep: list[Any] = []
+        named: set[str] = set()  # the shared models the refused pipelines name
         for i, item in enumerate(items):
             name = item.get("name") if isinstance(item, dict) else None
             try:
@@ -1218,12 +1251,18 @@ def load_settings_keeping(
                 keep.append(item)
             except ValidationError as bad:
                 refused[str(name or f"#{i}")] = format_validation_error(bad)
+                if isinstance(item, dict) and isinstance(item.get("model"), str):
+                    named.add(item["model"])
                 if name in running_by_name:
                     # as it was given: a default written out would count as set (SceneConfig's check)
                     keep.append(running_by_name[name].model_dump(mode="json", exclude_unset=True))
         if not refused:
             raise
-        return load_settings(config_file, {**(overrides or {}), "pipelines": keep}), refused
+        token = _NAMED_BY_REFUSED.set(frozenset(named))
+        try:
+            return load_settings(config_file, {**(overrides or {}), "pipelines": keep}), refused
+        finally:
+            _NAMED_BY_REFUSED.reset(token)
 
 
 def _settings_error(err: SettingsError) -> str:
@@ -1364,8 +1403,10 @@ def pipeline_views(settings: Settings) -> list[PipelineView]:
     out = []
     for p in settings.pipelines:
         model = settings.models[p.model] if isinstance(p.model, str) else p.model
-        view = settings.model_copy(
-            update={"source": p.source, "model": model, "signal": p.signal, "scene": p.scene, "pipelines": []}
+        view = settings.model_copy(  # one pipeline of the single form's shape: no list, no shared models
+            update={
+                "source": p.source, "model": model, "signal": p.signal, "scene": p.scene, "pipelines": [], "models": {}
+            }
         )
         slot = p.model if isinstance(p.model, str) else p.name
         out.append(PipelineView(name=p.name, settings=view, slot=slot, legacy=False))

@@ -92,7 +92,8 @@ def test_a_malformed_list_exits_2_naming_the_key_and_the_syntax(tmp_path: Path) 
     cfg.write_text('[homeassistant]\nlabels = "person"\n')
     toml = run_cli("config", "--config", str(cfg))
     assert toml.returncode == 2 and "homeassistant.labels" in toml.stderr
-    good = run_cli("config", "--set", 'homeassistant.labels=["person", "cat"]', "--json")
+    good = run_cli("config", "--set", 'homeassistant.labels=["person", "cat"]', "--set", "homeassistant.enabled=true",
+                   "--json")
     assert json.loads(good.stdout)["homeassistant"]["labels"] == ["person", "cat"]
 
 

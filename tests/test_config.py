@@ -92,6 +92,32 @@ def test_invalid_values_name_the_key(overrides: dict[str, object], key: str) -> 
     assert str(err.value).startswith(key)
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "part"),
+    [
+        ("http", "port", 8080, "the HTTP side"),
+        ("homeassistant", "discovery_prefix", "ha", "Home Assistant discovery"),
+        ("escalation", "low", 0.2, "escalation"),
+    ],
+)
+def test_settings_of_a_part_that_is_off_are_refused_unless_it_is_off_on_purpose(
+    tmp_path: Path, section: str, key: str, value: object, part: str
+) -> None:
+    """`http.port` with the status page off, or `homeassistant.discovery_prefix` with discovery off, was taken
+    and never read: the page or the entities never came, and nothing said why."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {f"{section}.{key}": value})
+    assert str(err.value).startswith(f"{section}: {key}: set, but {part} is off"), err.value
+    assert "enabled = true" in str(err.value)
+    for enabled in (True, False):  # turned on, or off on purpose (kept for later): taken
+        s = load_settings(None, {f"{section}.{key}": value, f"{section}.enabled": enabled})
+        assert getattr(getattr(s, section), key) == value
+    cfg = tmp_path / "off.toml"  # the same from a file, through the command every other one shares
+    cfg.write_text(f"[{section}]\n{key} = {json.dumps(value)}\n")
+    r = run_cli("config", "--config", str(cfg))
+    assert r.returncode == 2 and f"{section}: {key}: set, but {part} is off" in r.stderr, r.stderr
+
+
 def test_unknown_env_and_file_keys_are_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGE_AGENT_MQTT__HOSTNAME", "x")
     with pytest.raises(ConfigError, match="EDGE_AGENT_MQTT__HOSTNAME"):

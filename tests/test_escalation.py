@@ -222,7 +222,7 @@ def _det(label: str, score: float) -> Detection:
     ],
 )
 def test_escalation_reason(result: Result, want: str | None) -> None:
-    cfg = EscalationConfig(low=0.3, high=0.6, labels=["person"])
+    cfg = EscalationConfig(enabled=True, low=0.3, high=0.6, labels=["person"])
     assert escalation_reason(result, cfg) == want
 
 

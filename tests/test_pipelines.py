@@ -158,6 +158,11 @@ _ZONE = '[{"name": "door", "points": [[0, 0], [1, 0], [1, 1]]}]'
          "pipeline 'door': scene: zones, tracks and object events work on camera frames"),
         (("--set", "pipelines=[]", "--source", "csv:readings.csv", "--set", "scene.clips.enabled=true"), {},
          "scene: zones, tracks and object events work on camera frames"),
+        # a shared model no pipeline names is never loaded; the single form has no shared models
+        ((), {"EDGE_AGENT_MODELS": json.dumps({"ssd": {"path": str(SHORT)}})},
+         "models.ssd: no pipeline names it (each pipeline has a model of its own)"),
+        (("--set", "pipelines=[]"), {"EDGE_AGENT_MODELS": json.dumps({"ssd": {"path": str(SHORT)}})},
+         "models.ssd: no pipeline names it (shared models are named by pipelines"),
     ],
 )
 def test_settings_a_pipeline_list_would_never_read_exit_2_naming_the_key(
@@ -211,7 +216,8 @@ def test_settings_the_source_never_reads_exit_2_naming_the_key(
 
 def test_predict_and_inspect_read_a_file_with_pipelines_for_the_model_they_are_given(tmp_path: Path) -> None:
     cfg = tmp_path / "agent.toml"
-    cfg.write_text(f'[[pipelines]]\nname = "door"\nsource.uri = "demo"\nmodel.path = "{SHORT}"\n')
+    cfg.write_text(f'[models.face]\npath = "{SHORT}"\n'  # a shared model, which no pipeline runs here
+                   '[[pipelines]]\nname = "door"\nsource.uri = "demo"\nmodel = "face"\n')
     import cv2
     import skimage.data
 
@@ -1056,6 +1062,11 @@ def test_reload_keeps_the_running_pipeline_whose_new_config_is_invalid(tmp_path:
     _reload_toml(cfg, "[mqtt]\nport = 0\n")
     with pytest.raises(ConfigError):
         load_settings_keeping(cfg, None, running)
+    # a new pipeline refused, the one to name a new shared model: refused alone, not the whole file
+    _reload_toml(cfg, _pipe("cam") + f'[models.ssd]\npath = "{SHORT}"\n[[pipelines]]\nname = "new"\n'
+                 'source.uri = "synthetic"\nmodel = "ssd"\nfps = -1\n')
+    new, refused = load_settings_keeping(cfg, None, running)
+    assert set(refused) == {"new"} and [p.name for p in new.pipelines] == ["cam"]
 
 
 # --- status page and Home Assistant cover every pipeline --------------------------------------------
