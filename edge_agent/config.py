@@ -876,6 +876,8 @@ _SOURCE_READ: contextvars.ContextVar[bool] = contextvars.ContextVar("source_read
 _NAMED_BY_REFUSED: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "named_by_refused", default=frozenset()
 )
+
+
 def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, key: str) -> None:
     """Settings the source never reads would be taken and never read: `signal` settings on a camera or
     video, a frame source's (`source.fps`) on an audio or sensor source, and a setting of another kind

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.config import ConfigError
 from edge_agent.homeassistant import HomeAssistant, object_id
+from edge_agent.model import misnamed_by_all
 from edge_agent.payload import dumps
 from edge_agent.sinks import Message
 from edge_agent.topics import is_ha_config
@@ -52,24 +53,18 @@ class Discovery:
             return
         cfg = a.settings.homeassistant
         made: dict[str, HomeAssistant] = {}
-        producible: set[str] = set()
-        unknown_labels = False  # a model whose labels are not known (raw output): nothing can be refused
         for name, pipe in a.pipelines.items():
             model = a.model_of(name)
             if model is None:
                 continue
             produced = list(model.produced_labels)
-            producible.update(produced)
-            unknown_labels = unknown_labels or not produced
             watched = [x for x in cfg.labels if x in produced] or produced[:1] or [model.name]
             made[name] = HomeAssistant(a.settings, a.topics, watched, pipe.route.label, not made, pipe.settings.scene)
-        missing = [x for x in cfg.labels if x not in producible]
-        if missing and not unknown_labels:
-            some = ", ".join(sorted(producible)[:12]) + (", ..." if len(producible) > 12 else "")
-            raise ConfigError(
-                f"homeassistant.labels: {', '.join(missing)} cannot be produced by the model(s) in use "
-                f"(their labels: {some})"
-            )
+        # as `escalation.labels` are checked: against every model in use together, none whose labels are unknown
+        models = [m for m in dict.fromkeys(a.model_of(name) for name in a.pipelines) if m is not None]
+        why = misnamed_by_all("homeassistant.labels", cfg.labels, models)
+        if why is not None:
+            raise ConfigError(why)
         a.fanout.ha = made  # one assignment: the pipelines' threads see the old set or the new one
         model = a.model
         self.topics = frozenset(t for ha in made.values() for t in ha.config_topics(model.name if model else None))

@@ -378,7 +378,11 @@ def test_default_label_is_one_the_model_produces_and_an_impossible_one_is_refuse
                 "--state-dir", str(tmp_path / "st"), "--set", "homeassistant.enabled=true",
                 "--set", 'homeassistant.labels=["face","car"]', env=broker.env())
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "homeassistant.labels: car cannot be produced" in r.stderr and "face" in r.stderr
+    assert "homeassistant.labels: 'car' is not a label the model produces (its labels: face)" in r.stderr, r.stderr
+    # and `check` names it among its problems, as it names every other label no model produces
+    r = run_cli("check", "--offline", "--source", "demo", "--model", str(SHORT), "--set", "homeassistant.enabled=true",
+                "--set", 'homeassistant.labels=["face","car"]', "--json")
+    assert r.returncode == 1 and "homeassistant.labels: 'car' is not a label" in r.stdout, r.stdout + r.stderr
 
 
 def test_configs_of_entities_that_went_are_cleared_on_start_and_on_reload(
