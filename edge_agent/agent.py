@@ -239,8 +239,7 @@ class Agent:
         Home Assistant's labels are (a model whose labels are not known leaves it alone)."""
         if not self.settings.escalation.enabled:
             return
-        models = [m for m in dict.fromkeys(self.model_of(name) for name in self.pipelines) if m is not None]
-        why = misnamed_by_all("escalation.labels", self.settings.escalation.labels, models)
+        why = misnamed_by_all("escalation.labels", self.settings.escalation.labels, self.models_in_use())
         if why is not None:
             raise ConfigError(why)
 
@@ -363,6 +362,10 @@ class Agent:
     def model_of(self, pipeline: str) -> Model | None:
         slot = self.slot_of(pipeline)
         return slot.model if slot is not None else None
+
+    def models_in_use(self) -> list[Model]:
+        """Each model a pipeline runs, once (a shared model is one)."""
+        return [m for m in dict.fromkeys(self.model_of(name) for name in self.pipelines) if m is not None]
 
     def first_slot(self) -> ModelSlot | None:
         return next(iter(self.slots.values()), None)

@@ -61,8 +61,7 @@ class Discovery:
             watched = [x for x in cfg.labels if x in produced] or produced[:1] or [model.name]
             made[name] = HomeAssistant(a.settings, a.topics, watched, pipe.route.label, not made, pipe.settings.scene)
         # as `escalation.labels` are checked: against every model in use together, none whose labels are unknown
-        models = [m for m in dict.fromkeys(a.model_of(name) for name in a.pipelines) if m is not None]
-        why = misnamed_by_all("homeassistant.labels", cfg.labels, models)
+        why = misnamed_by_all("homeassistant.labels", cfg.labels, a.models_in_use())
         if why is not None:
             raise ConfigError(why)
         a.fanout.ha = made  # one assignment: the pipelines' threads see the old set or the new one
