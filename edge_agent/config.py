@@ -765,7 +765,7 @@ class SecondStageConfig(_Strict):
         return v
 
 
-def _refuse_unread_while_off(m: BaseModel, on: bool, section: str, how: str) -> None:
+def _refuse_unread_while_off(m: BaseModel, on: bool, section: str, how: str, key: str = "") -> None:
     """Settings of a part that is off would be taken and never read (`http.port` with the status page
     off, `scene.labels` with no scene): refused, unless the part is turned off on purpose (`enabled =
     false` set), which keeps its settings for when it is turned on again."""
@@ -775,7 +775,7 @@ def _refuse_unread_while_off(m: BaseModel, on: bool, section: str, how: str) -> 
     if unread:
         also = f" (and {', '.join(unread[1:])})" if unread[1:] else ""
         raise ValueError(
-            f"{unread[0]}{also}: set, but {section} is off, so nothing would read it; turn it on with enabled = "
+            f"{key}{unread[0]}{also}: set, but {section} is off, so nothing would read it; turn it on with enabled = "
             f"true{how}, or set enabled = false to keep such settings unused"
         )
 
@@ -835,15 +835,6 @@ class SceneConfig(_Strict):
         )
 
     @model_validator(mode="after")
-    def _unread_while_off(self) -> SceneConfig:
-        """Settings of a scene that is off would be taken and never read: `scene.labels` or a snapshot
-        setting alone (which do not turn the scene on) tracked nothing and said nothing. Refused, unless
-        the scene is turned off on purpose (`enabled = false`)."""
-        on_too = " (zones, masks, clips or a second stage turn it on too)"
-        _refuse_unread_while_off(self, self.active, "the scene", on_too)
-        return self
-
-    @model_validator(mode="after")
     def _zone_names(self) -> SceneConfig:
         names = [z.name for z in self.zones]
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -856,14 +847,18 @@ class SceneConfig(_Strict):
 
 
 def _scene_on_frames(uri: str, scene: SceneConfig, key: str) -> None:
-    """A scene (zones, masks, tracks, object events, snapshots, clips, a second stage) asked of an audio
-    or sensor source is refused: it works on boxes in frames, and would be taken and never run."""
-    if not scene.active:
-        return
+    """Scene settings that would be taken and never run are refused, naming the key. On an audio or
+    sensor source, any (zones, masks, tracks, object events, snapshots, clips, a second stage): the
+    scene works on boxes in frames. On frames, those of a scene that is off: `scene.labels` or a
+    snapshot setting alone (which do not turn the scene on) tracked nothing and said nothing, unless
+    the scene is turned off on purpose (`enabled = false`)."""
     from edge_agent.signals import signal_kind  # here: it imports this module, and most settings need it not
 
     kind = signal_kind(uri)
-    if kind is not None:
+    if kind is None:
+        on_too = " (zones, masks, clips or a second stage turn it on too)"
+        _refuse_unread_while_off(scene, scene.active, "the scene", on_too, f"{key}: ")
+    elif scene.active or [k for k in _set_keys(scene) if k != "enabled"]:
         raise ValueError(
             f"{key}: zones, tracks and object events work on camera frames, and source {uri!r} is a {kind} "
             "signal (its events are the model's own: signal.events)"

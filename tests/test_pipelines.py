@@ -158,6 +158,10 @@ _ZONE = '[{"name": "door", "points": [[0, 0], [1, 0], [1, 1]]}]'
          "pipeline 'door': scene: zones, tracks and object events work on camera frames"),
         (("--set", "pipelines=[]", "--source", "csv:readings.csv", "--set", "scene.clips.enabled=true"), {},
          "scene: zones, tracks and object events work on camera frames"),
+        # a scene setting that would not turn the scene on is refused as such, not as a scene that is off
+        ((), {"EDGE_AGENT_PIPELINES": json.dumps([{"name": "bell", "source": {"uri": "wav:x.wav"},
+                                                   "scene": {"labels": ["person"]}}])},
+         "pipeline 'bell': scene: zones, tracks and object events work on camera frames"),
         # a shared model no pipeline names is never loaded; the single form has no shared models
         ((), {"EDGE_AGENT_MODELS": json.dumps({"ssd": {"path": str(SHORT)}})},
          "models.ssd: no pipeline names it (each pipeline has a model of its own)"),
