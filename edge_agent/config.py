@@ -1251,7 +1251,7 @@ def load_settings_keeping(
                 if isinstance(item, dict) and isinstance(item.get("model"), str):
                     named.add(item["model"])
                 if name in running_by_name:
-                    # as it was given: a default written out would count as set (SceneConfig's check)
+                    # as it was given: a default written out would count as set (`_refuse_unread_while_off`)
                     keep.append(running_by_name[name].model_dump(mode="json", exclude_unset=True))
         if not refused:
             raise
@@ -1318,10 +1318,11 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     # whether each scene runs, as written: zones turn it on with `enabled` left false, and a copy of this
     # printed into a file (where `enabled = false` is set, and turns the scene off) must run the same
-    data["scene"]["enabled"] = settings.scene.active
     if settings.pipelines:  # the top-level sections each pipeline has of its own are not read (and refused)
         for key in _PIPELINE_SECTIONS:
             data.pop(key, None)
+    else:
+        data["scene"]["enabled"] = settings.scene.active
     for doc, pipe in zip(data["pipelines"], settings.pipelines, strict=True):
         if isinstance(doc.get("scene"), dict):
             doc["scene"]["enabled"] = pipe.scene.active
