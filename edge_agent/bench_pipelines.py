@@ -90,12 +90,15 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
     """One agent with the spec's pipelines, measured for spec['seconds'] after it is warm."""
     from edge_agent.agent import Agent
     from edge_agent.config import load_settings
+    from edge_agent.sources import source_class
 
     sources: list[str] = spec["sources"]
     pipelines: list[dict[str, Any]] = [
         {
             "name": f"p{i}",
-            "source": {"uri": uri, "realtime": False, "read_timeout_s": 2.0, "reopen_max_s": 2.0},
+            # files as fast as they go (a live camera, such as the stalled one, is never paced by it)
+            "source": {"uri": uri, "read_timeout_s": 2.0, "reopen_max_s": 2.0}
+            | ({} if source_class(uri).live else {"realtime": False}),
             "model": "m",
         }
         for i, uri in enumerate(sources)

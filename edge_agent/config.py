@@ -186,7 +186,8 @@ class SourceConfig(_Strict):
         True,
         description="Play files at their own frame rate (dropping what inference cannot keep up with, and what is "
         "over the fps cap) rather than as fast as inference takes them; either way a file's frames carry its own "
-        "clock.",
+        "clock. Read by files, picture sets, replays and recordings of sound or readings; a camera or a stream "
+        "gives frames at its own rate.",
     )
     tls_verify: bool = Field(
         True,
@@ -877,15 +878,19 @@ def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, 
     """Settings the source never reads would be taken and never read: `signal` settings on a camera or
     video, a frame source's (`source.fps`) on an audio or sensor source, and a setting of another kind
     (a camera's `width` asked of an RTSP stream, TLS of a file, `loop` of a camera, `signal.baud` of a
-    microphone). Refused, naming the key, as a scene on a signal source is (`_scene_on_frames`). Each
-    kind declares what it reads in its own file (`options`, `signal_options`)."""
+    microphone, `realtime` of a live source). Refused, naming the key, as a scene on a signal source is
+    (`_scene_on_frames`). Each kind declares what it reads in its own file (`options`, `signal_options`,
+    and `live`: capture paces only sources that do not come live, by `realtime`)."""
     if not _SOURCE_READ.get():
         return
     # here: they import this module, and most settings need them not
     from edge_agent.signals import SIGNALS, signal_class
     from edge_agent.signals.base import SIGNAL_KIND_SETTINGS, SIGNAL_SETTINGS
     from edge_agent.sources import SOURCES, source_class
-    from edge_agent.sources.base import FRAME_SETTINGS
+    from edge_agent.sources.base import FRAME_SETTINGS, PLAYED_SETTINGS, Source
+
+    def frame_reads(c: type[Source]) -> frozenset[str]:
+        return FRAME_SETTINGS | c.options | (frozenset() if c.live else PLAYED_SETTINGS)
 
     def kinds(names: list[str]) -> str:
         listed = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
@@ -900,7 +905,7 @@ def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, 
                 "(a camera, a video or pictures)"
             )
         fcls = source_class("demo.mp4" if uri == "demo" else uri)
-        kind, reads = fcls.kind, FRAME_SETTINGS | fcls.options
+        kind, reads = fcls.kind, frame_reads(fcls)
     else:
         kind, reads = scls.kind, SIGNAL_SETTINGS | scls.options
         for k in _set_keys(signal, "signal."):
@@ -916,7 +921,7 @@ def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, 
         if name in FRAME_SETTINGS:
             who = "every frame source"
         else:
-            who = kinds(sorted({c.kind for c in SOURCES if name in c.options} | {
+            who = kinds(sorted({c.kind for c in SOURCES if name in frame_reads(c)} | {
                 c.kind for c in SIGNALS if name in c.options}))
         raise ValueError(
             f"{key}{unread[0]}: source {uri!r} is of the {kind} kind, which never reads it (read by {who}); "

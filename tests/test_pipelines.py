@@ -204,6 +204,14 @@ def test_settings_a_pipeline_list_would_never_read_exit_2_naming_the_key(
          "source.realtime: source 'mic:' is of the mic kind, which never reads it"),
         (("--source", "mic:", "--set", "signal.baud=9600"), {},
          "signal.baud: source 'mic:' is of the mic kind, which never reads it (read by the serial kind)"),
+        # pacing a source that comes live: a camera, a stream, an HTTP camera give frames at their own rate
+        (("--source", "0", "--set", "source.realtime=false"), {},
+         "source.realtime: source '0' is of the camera kind, which never reads it (read by the csv, file, images, "
+         "replay, synthetic and wav kinds)"),
+        (("--source", "rtsp://cam.lan/live"), {"EDGE_AGENT_SOURCE__REALTIME": "true"},
+         "source.realtime: source 'rtsp://cam.lan/live' is of the stream kind"),
+        (("--source", "http://cam.lan/video.mjpg", "--set", "source.realtime=false"), {},
+         "source.realtime: source 'http://cam.lan/video.mjpg' is of the http kind"),
     ],
 )
 def test_settings_the_source_never_reads_exit_2_naming_the_key(

@@ -47,9 +47,9 @@ class Frame:
 
 
 #: The `source.*` settings every frame source reads (capture paces, watches and reopens them all).
-FRAME_SETTINGS = frozenset(
-    {"uri", "fps", "realtime", "read_timeout_s", "reopen_min_s", "reopen_max_s", "scaled_decode"}
-)
+FRAME_SETTINGS = frozenset({"uri", "fps", "read_timeout_s", "reopen_min_s", "reopen_max_s", "scaled_decode"})
+#: ... and those that do not come live (files, pictures, replays: capture paces them by `realtime`)
+PLAYED_SETTINGS = frozenset({"realtime"})
 
 
 class Source(abc.ABC):
