@@ -520,8 +520,9 @@ class RuntimeConfig(_Strict):
         ge=0,
         le=64,
         description="CPU interpreters (one thread each) that serve a model side by side once two or more "
-        "pipelines share it; 0 = one per core, 1 = one interpreter (with runtime.threads). Accelerators are "
-        "always opened once.",
+        "pipelines share it; 0 = one per core, and one more each time a frame finds every one busy, up to one "
+        "per pipeline that shares the model and twice the cores; 1 = one interpreter (with runtime.threads). "
+        "Accelerators are always opened once.",
     )
     max_batch: int = Field(
         0,

@@ -5,11 +5,18 @@ Pipelines call `Engine.run` from their own threads, and invoke there: the engine
 own, so a frame costs no hand-off to a worker and back (on a two-core board each wake-up of another
 thread, and each wait for the GIL it brings, cost more than the Python work they moved). The engine
 hands out lanes: one interpreter each (an accelerator is one lane; on the CPU, once a second pipeline
-uses the model, `runtime.replicas` single-threaded interpreters). A frame takes a free lane at once
-unless an earlier frame waits for one; otherwise its thread sleeps on its own request's event until a
-finishing invoke hands it the lane. So frames are served strictly in the order they arrive (first
-come, first served: with one outstanding frame per pipeline that is round robin), a busy pipeline
-cannot starve a quiet one, and a finished invoke wakes only the pipeline whose turn it is.
+uses the model, `runtime.replicas` single-threaded interpreters, by default one per core to start with
+and one more each time a frame finds every lane busy, up to one per pipeline that uses the model and
+twice the cores). A frame takes a free lane at once unless an earlier frame waits for one; otherwise
+its thread sleeps on its own request's event until a finishing invoke hands it the lane. A lane per
+pipeline spares that sleep: with four pipelines on two cores each pipeline's thread had waited for a
+lane 15% of its time (the lane idle meanwhile, while the thread handed it woke up and won back the
+interpreter lock), and four lanes gave 8-10% more frames a second than two, for about 4 MB each with
+BlazeFace (docs/benchmarks.md). Lanes are added only where frames wait for one, so pipelines that
+seldom overlap (cameras at a few frames a second) keep the memory. Frames are served strictly in the
+order they arrive (first come, first served: with one outstanding frame per pipeline that is round
+robin), a busy pipeline cannot starve a quiet one, and a finished invoke wakes only the pipeline whose
+turn it is.
 
 Batching: where the model's batch dimension can be resized, the thread holding a lane waits at most
 `batch_wait_ms` for the other pipelines that are active to queue a frame, then runs them all in one
@@ -204,9 +211,12 @@ class Engine:
         batch_wait_ms: float = 0.0,
         options: dict[str, str] | None = None,
         replicas: int = 1,
+        grow_to: int = 0,
     ):
         """replicas: on the CPU, interpreters (one thread each) that serve the pipelines side by side once
-        two or more pipelines share the model; an accelerator is always opened once."""
+        two or more pipelines share the model; an accelerator is always opened once. grow_to: more such
+        interpreters, one each time a frame finds every one busy, up to this many and one per pipeline
+        that uses the model (0 or at most `replicas`: never more)."""
         self._runtime = runtime
         self.inputs, self.outputs = inputs, outputs
         self.path = path
@@ -215,6 +225,9 @@ class Engine:
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_ms / 1e3
         self.replicas = max(1, replicas)
+        self.grow_to = grow_to
+        self._growing = 0  # lanes being opened for frames that found every lane busy
+        self._cpu_lanes = False  # the lanes are CPU replicas, to which more may be added
         #: why batching is off ('' while it may be used)
         self.batching_off = "" if max_batch > 1 else "runtime.max_batch is 1"
         self.batches: Counter[int] = Counter()
@@ -271,8 +284,14 @@ class Engine:
             ahead = any(r.lane is None for r in self._pending)
             self._pending.append(req)
             self._cond.notify_all()  # a batch being formed may take this frame (nobody else waits here)
+            grow = False
             if self._free and not ahead and not self._gathering:  # (a batch being formed takes it instead)
                 self._hand(self._free.pop(), req)
+            elif not self._free and self._may_grow():
+                self._growing += 1
+                grow = True
+        if grow:
+            self._grow()
         while not req.done.wait(0.5):
             if self._closed and req.lane is None:
                 raise EngineClosed(f"{self.path.name}: engine closed")
@@ -307,12 +326,36 @@ class Engine:
                 self._free.append(lane)
             self._cond.notify_all()  # close() and a replica switch wait for idle lanes
 
+    def _may_grow(self) -> bool:
+        """Under the lock: whether a frame that found every lane busy may have one more opened."""
+        want = min(self.grow_to, len(self._last_seen))
+        return self._cpu_lanes and not self._closed and len(self._lanes) + self._growing < want
+
+    def _grow(self) -> None:
+        """Outside the lock (an interpreter takes milliseconds to open): one more CPU replica, handed to the
+        earliest frame still waiting for a lane, which may be another's if a lane came free meanwhile."""
+        lane: _Lane | None = None
+        try:
+            lane = _Lane(open_backend("cpu", self.path, 1, own_process=self.runtime.backend.own_process), None)
+        except BackendError as err:
+            log.warning("%s: no more CPU replicas opened (%s)", self.path.name, err)
+        with self._cond:
+            self._growing -= 1
+            if lane is None:
+                self.grow_to = len(self._lanes)
+                return
+            if self._closed:
+                lane.close()
+                return
+            self._lanes.append(lane)
+        self._release(lane)
+
     def _replicate(self) -> None:
         """Under the lock, with no lane busy, once a second pipeline shows up. On the CPU each lane is its own
         single-threaded interpreter: side by side on the pipelines' threads they keep every core busy,
         where one interpreter's threads would wait on each other between frames."""
         self._replicated = True
-        if self.runtime.accelerator != "cpu" or self.replicas <= 1:
+        if self.runtime.accelerator != "cpu" or max(self.replicas, self.grow_to) <= 1:
             return
         lanes: list[_Lane] = []
         own = self.runtime.backend.own_process
@@ -332,6 +375,7 @@ class Engine:
         self._lanes[0].close_batched()
         self._lanes = lanes
         self._free = list(lanes)
+        self._cpu_lanes = True
 
     @staticmethod
     def _outcome(req: _Request) -> EngineResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -707,6 +708,83 @@ def test_the_engine_invokes_on_the_pipelines_own_threads(monkeypatch: pytest.Mon
     assert len(seen) == 40 and all(thread == f"pipe-{users[0]}" for thread, users in seen), seen
     assert set(threading.enumerate()) <= before  # and none started for the engine
     assert model.engine.info()["interpreters"] == 2 and model.engine.frames == 40
+    model.close()
+
+
+def test_a_frame_that_finds_every_interpreter_busy_opens_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    """runtime.replicas = 0 starts one CPU interpreter per core and opens one more each time a frame finds
+    them all busy, up to twice the cores and one per pipeline (a thread that slept on a lane cost 8-10% of
+    the frames with four pipelines on two cores). An explicit count is kept."""
+    from edge_agent import engine as eng
+    from edge_agent.config import ModelConfig, RuntimeConfig
+    from edge_agent.engine import ModelPool
+    from edge_agent.model import Model
+    from edge_agent.runtime.cpu import default_threads
+
+    frame = np.full((240, 320, 3), 128, np.uint8)
+    real = eng.Engine._execute
+
+    def model_of(rt: RuntimeConfig, users: list[str]) -> Model:
+        model = Model(ModelConfig(path=SHORT, isolated_check=False), rt, None, pool=ModelPool())
+        for name in users:  # each seen once, one after the other: the replicas are open
+            model.run(frame, name)
+        return model
+
+    def together(model: Model, users: list[str]) -> list[BaseException]:
+        failed: list[BaseException] = []
+
+        def one(name: str) -> None:
+            try:
+                model.run(frame, name)
+            except BaseException as err:  # the test's own report
+                failed.append(err)
+
+        threads = [threading.Thread(target=one, args=(n,)) for n in users]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        return failed
+
+    # every frame holds its lane until all of them invoke at once: only one lane each lets them through
+    cap = 2 * default_threads()
+    users = [f"p{i}" for i in range(cap + 1)]  # one more pipeline than the cap: it waits its turn
+    model = model_of(RuntimeConfig(accelerator="cpu", threads=1, max_batch=1), users)
+    assert model.engine.info()["interpreters"] == default_threads()
+    meet = threading.Barrier(cap, timeout=30)
+    calls = itertools.count()
+
+    def execute(self: eng.Engine, lane: Any, batch: list[Any]) -> None:
+        if next(calls) < cap:
+            meet.wait()
+        real(self, lane, batch)
+
+    monkeypatch.setattr(eng.Engine, "_execute", execute)
+    assert together(model, users) == []
+    assert model.engine.info()["interpreters"] == cap and model.engine.frames == 2 * len(users)
+    model.close()
+
+    # runtime.replicas set: that many, however long frames wait
+    monkeypatch.setattr(eng.Engine, "_execute", real)
+    model = model_of(RuntimeConfig(accelerator="cpu", threads=1, max_batch=1, replicas=2), ["a", "b", "c"])
+    release = threading.Event()
+    asked: list[bool] = []
+    may_grow, first_two = eng.Engine._may_grow, itertools.count()
+
+    def holding(self: eng.Engine, lane: Any, batch: list[Any]) -> None:
+        if next(first_two) < 2:
+            release.wait(30)  # both lanes taken until the third frame has come and found none
+        real(self, lane, batch)
+
+    def asking(self: eng.Engine) -> bool:
+        asked.append(may_grow(self))
+        release.set()
+        return asked[-1]
+
+    monkeypatch.setattr(eng.Engine, "_execute", holding)
+    monkeypatch.setattr(eng.Engine, "_may_grow", asking)
+    assert together(model, ["a", "b", "c"]) == []
+    assert asked == [False] and model.engine.info()["interpreters"] == 2
     model.close()
 
 
