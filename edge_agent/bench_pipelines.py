@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,8 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("scaled_decode") is not None:  # else the setting's default
         for pipe in pipelines:
             pipe["source"]["scaled_decode"] = spec["scaled_decode"]
+    if spec.get("replicas") is not None:  # else the setting's default
+        over["runtime.replicas"] = spec["replicas"]
     if spec.get("own_process") is not None:  # else the setting's default
         over["runtime.own_process"] = spec["own_process"]
     if spec.get("single"):  # the single-pipeline form, as a separate agent runs it
@@ -138,11 +141,17 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
     while time.monotonic() < deadline and not all(p.post_stats.count for p in healthy):
         a.stop.wait(0.05)
     a.stop.wait(spec.get("warmup", 1.0))
+    _meet(spec.get("meet"), spec.get("parties", 1), a.stop)
     for p in healthy:
         p.infer_stats.latency = {}
     n0 = {p.name: p.post_stats.count for p in healthy}
+    stalled = tuple(f"{name}-" for name in spec.get("stalled_names", []))
+    own = _ThreadCpu(stalled)
     t0, c0, w0 = time.perf_counter(), time.process_time(), _worker_cpu_s()
-    a.stop.wait(spec["seconds"])
+    end = time.monotonic() + spec["seconds"]
+    while not a.stop.wait(max(0.0, min(0.1, end - time.monotonic()))) and time.monotonic() < end:
+        own.sample()
+    own.sample()
     n1 = {p.name: p.post_stats.count for p in healthy}
     t1, c1, w1 = time.perf_counter(), time.process_time(), _worker_cpu_s()
     lat = {p.name: (p.infer_stats.latency.get("capture_to_publish") or _Empty()).percentiles() or {} for p in healthy}
@@ -158,6 +167,7 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
         "fps": {k: (n1[k] - n0[k]) / wall for k in n1},
         "frames": frames,
         "cpu_s": c1 - c0 + sum(s - w0.get(pid, 0.0) for pid, s in w1.items()),
+        "stalled_cpu_s": own.total,
         "wall_s": wall,
         "c2p": lat,
         "engines": engines,
@@ -167,6 +177,51 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
         "worker_rss_mb": round(sum(m[0] for m in worker_mem), 1),
         "worker_uss_mb": round(sum(m[1] for m in worker_mem), 1),
     }
+
+
+class _ThreadCpu:
+    """CPU seconds of this process's threads whose names start with one of `prefixes` (a pipeline's
+    threads: its name, then the stage), from /proc, sampled so that a thread that ends meanwhile (a
+    camera's reader after a failed open) is counted up to its last sample: a stalled camera's own cost,
+    which the others' frame rates show only through this machine's noise."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        self.prefixes = prefixes
+        self.total = 0.0
+        self._last: dict[int, float] = {}
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self.sample(count=False)
+
+    def sample(self, count: bool = True) -> None:
+        if not self.prefixes:
+            return
+        for t in threading.enumerate():
+            if not t.name.startswith(self.prefixes) or t.native_id is None:
+                continue
+            try:
+                with open(f"/proc/self/task/{t.native_id}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:  # ended meanwhile
+                continue
+            cpu = (int(fields[11]) + int(fields[12])) / self._tick  # utime, stime (fields 14 and 15 of stat)
+            prev = self._last.get(t.native_id, 0.0)  # a thread started since the last sample: all of it
+            if count:
+                self.total += cpu - prev if cpu >= prev else cpu  # (less: a new thread with an ended one's id)
+            self._last[t.native_id] = cpu
+
+
+def _meet(where: str | None, parties: int, stop: threading.Event) -> None:
+    """Separate agents start their measured windows together: each, once warm, leaves a file in `where`
+    and waits for the others'. Started apart, one agent's window took in another's start-up (loading,
+    timing its threads) or its end, so the sum of their rates was no one moment's: four agents measured
+    that way summed to 2.05 cores of CPU a second on a machine of two."""
+    if not where or parties <= 1:
+        return
+    meet = Path(where)
+    (meet / str(os.getpid())).touch()
+    deadline = time.monotonic() + 120
+    while sum(1 for _ in meet.iterdir()) < parties and time.monotonic() < deadline and not stop.wait(0.002):
+        pass
 
 
 def _worker_cpu_s() -> dict[int, float]:
@@ -272,6 +327,7 @@ class SilentCamera:
 def _summary(results: list[dict[str, Any]], peak: float) -> dict[str, Any]:
     fps = {f"{i}.{k}" if len(results) > 1 else k: v for i, r in enumerate(results) for k, v in r["fps"].items()}
     frames = sum(r["frames"] for r in results)
+    cpu_s = sum(r["cpu_s"] for r in results)
     p50s = [c.get("p50", 0.0) for r in results for c in r["c2p"].values() if c]
     p99s = [c.get("p99", 0.0) for r in results for c in r["c2p"].values() if c]
     per = list(fps.values())
@@ -281,7 +337,9 @@ def _summary(results: list[dict[str, Any]], peak: float) -> dict[str, Any]:
         "spread": (max(per) - min(per)) / max(per) if per and max(per) > 0 else 0.0,
         "c2p_p50_ms": statistics.median(p50s) if p50s else 0.0,
         "c2p_p99_ms": max(p99s) if p99s else 0.0,
-        "cpu_ms_per_frame": sum(r["cpu_s"] for r in results) / max(1, frames) * 1e3,
+        "cpu_ms_per_frame": cpu_s / max(1, frames) * 1e3,
+        # a stalled camera's threads' own CPU, of all the agent's (none but in the stalled variant)
+        "stalled_cpu_share": sum(r.get("stalled_cpu_s", 0.0) for r in results) / max(1e-9, cpu_s),
         "peak_rss_mb": peak,
         "engines": [e for r in results for e in r["engines"]],
         "rss_breakdown": results[0]["rss_breakdown"] if len(results) == 1 else None,
@@ -346,6 +404,8 @@ def compare_pipelines(
                 fps = {v: [d["aggregate_fps"] for d in res[(n, v)]] for v in variants}
                 row["one_vs_separate_by_round"] = [o / s for o, s in zip(fps["one"], fps["separate"], strict=True)]
                 row["stalled_cost_by_round"] = [1 - s / o for o, s in zip(fps["one"], fps["stalled"], strict=True)]
+                # what the stalled camera costs in the agent's own CPU, free of the machine's noise
+                row["stalled_cpu_share_by_round"] = [d["stalled_cpu_share"] for d in res[(n, "stalled")]]
                 rows.append(row)
                 print(pipelines_row(row), file=out, flush=True)
         finally:
@@ -361,9 +421,10 @@ def compare_pipelines(
 def _variant(v: str, n: int, base: dict[str, Any], copies: list[str], cam: SilentCamera, work: Path) -> dict[str, Any]:
     timeout = base["seconds"] * 4 + 120
     if v == "separate":
+        meet = Path(tempfile.mkdtemp(prefix="meet-", dir=work))
         specs = [
             {**base, "sources": [copies[i]], "single": True, "state": str(work / f"state-sep-{i}"),
-             "device_id": f"sep{i}"}
+             "device_id": f"sep{i}", "meet": str(meet), "parties": n}
             for i in range(n)
         ]
         results = _collect([_spawn(s) for s in specs], timeout)
@@ -377,7 +438,8 @@ def _variant(v: str, n: int, base: dict[str, Any], copies: list[str], cam: Silen
 
 def _median_summary(docs: list[dict[str, Any]]) -> dict[str, Any]:
     out = dict(docs[len(docs) // 2])
-    for k in ("aggregate_fps", "spread", "c2p_p50_ms", "c2p_p99_ms", "cpu_ms_per_frame", "peak_rss_mb"):
+    for k in ("aggregate_fps", "spread", "c2p_p50_ms", "c2p_p99_ms", "cpu_ms_per_frame", "peak_rss_mb",
+              "stalled_cpu_share"):
         out[k] = statistics.median(d[k] for d in docs)
     out["peak_rss_runs"] = [d["peak_rss_mb"] for d in docs]
     return out
@@ -453,14 +515,13 @@ def compare_batches(
     return rows
 
 
-def compare_decode(
-    models: list[Path], n: int, seconds: float, runs: int, threads: int, out: Any
-) -> list[dict[str, Any]]:
+def _alternate(
+    models: list[Path], n: int, seconds: float, runs: int, threads: int, what: str, variants: dict[Any, dict[str, Any]]
+) -> Iterator[tuple[Path, dict[Any, list[dict[str, Any]]]]]:
     """One agent, n pipelines each on its own copy of the demo video (Motion JPEG, 640x480, read as fast
-    as it goes), every frame decoded whole against decoded at the scale the model needs
-    (`source.scaled_decode`); the two alternate, their order turning each round; medians per figure."""
-    rows = []
-    variants = (False, True)
+    as it goes), in each of `variants` (settings added to the spec); the variants alternate, their order
+    turning each round, so that drift hits each alike. Yields each model's runs per variant."""
+    keys = list(variants)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         broker = Broker(work).start()
@@ -470,34 +531,64 @@ def compare_decode(
             shutil.copyfile(_video(), dst)
             copies.append(str(dst))
         try:
-            with Progress("decoding", len(models) * runs * len(variants), "runs") as bar:
+            with Progress(what, len(models) * runs * len(keys), "runs") as bar:
                 for m in models:
-                    res: dict[bool, list[dict[str, Any]]] = {v: [] for v in variants}
-                    scales: dict[bool, list[int]] = {v: [] for v in variants}
+                    res: dict[Any, list[dict[str, Any]]] = {v: [] for v in keys}
                     t_m = threads or chosen_threads(m)
                     for k in range(runs):
-                        for v in variants[k % 2 :] + variants[: k % 2]:
+                        for v in keys[k % len(keys) :] + keys[: k % len(keys)]:
                             spec = {"model": str(m), "threads": t_m, "seconds": seconds, "port": broker.port,
-                                    "sources": copies, "state": str(work / "state"), "scaled_decode": v}
-                            r = _collect([_spawn(spec)], seconds * 4 + 120)[0]
-                            res[v].append(_summary([r], r["peak_rss_mb"]))
-                            scales[v] += list(r["decode_scales"].values())
+                                    "sources": copies, "state": str(work / "state"), **variants[v]}
+                            res[v].append(_collect([_spawn(spec)], seconds * 4 + 120)[0])
                             bar.update()
-                    whole = [x["aggregate_fps"] for x in res[False]]
-                    for v in variants:
-                        s = _median_summary(res[v])
-                        row = {"model": m.name, "pipelines": n, "scaled_decode": v,
-                               "decode_scale": max(scales[v], default=1),
-                               "aggregate_fps": s["aggregate_fps"], "c2p_p50_ms": s["c2p_p50_ms"],
-                               "c2p_p99_ms": s["c2p_p99_ms"], "cpu_ms_per_frame": s["cpu_ms_per_frame"],
-                               "vs_whole": s["aggregate_fps"] / statistics.median(whole),
-                               "vs_whole_by_round": [
-                                   x["aggregate_fps"] / w for x, w in zip(res[v], whole, strict=True)
-                               ]}
-                        rows.append(row)
-                        print(decode_row(row), file=out, flush=True)
+                    yield m, res
         finally:
             broker.stop()
+
+
+def _versus(m: Path, n: int, runs: list[dict[str, Any]], first: list[dict[str, Any]]) -> dict[str, Any]:
+    """A variant's medians, and its aggregate rate against the first variant's, median and round by round."""
+    mine = [_summary([r], r["peak_rss_mb"]) for r in runs]
+    base = [_summary([r], r["peak_rss_mb"])["aggregate_fps"] for r in first]
+    s = _median_summary(mine)
+    return {"model": m.name, "pipelines": n, "aggregate_fps": s["aggregate_fps"], "c2p_p50_ms": s["c2p_p50_ms"],
+            "c2p_p99_ms": s["c2p_p99_ms"], "cpu_ms_per_frame": s["cpu_ms_per_frame"],
+            "peak_rss_mb": s["peak_rss_mb"], "vs_first": s["aggregate_fps"] / statistics.median(base),
+            "vs_first_by_round": [x["aggregate_fps"] / b for x, b in zip(mine, base, strict=True)]}
+
+
+def compare_decode(
+    models: list[Path], n: int, seconds: float, runs: int, threads: int, out: Any
+) -> list[dict[str, Any]]:
+    """One agent with n pipelines, every frame decoded whole against decoded at the scale the model needs
+    (`source.scaled_decode`); medians per figure."""
+    rows = []
+    variants = {False: {"scaled_decode": False}, True: {"scaled_decode": True}}
+    for m, res in _alternate(models, n, seconds, runs, threads, "decoding", variants):
+        for v in variants:
+            scales = [s for r in res[v] for s in r["decode_scales"].values()]
+            row = {**_versus(m, n, res[v], res[False]), "scaled_decode": v, "decode_scale": max(scales, default=1)}
+            rows.append(row)
+            print(decode_row(row), file=out, flush=True)
+    return rows
+
+
+def compare_replicas(
+    models: list[Path], n: int, seconds: float, runs: int, threads: int, out: Any
+) -> list[dict[str, Any]]:
+    """One agent with n pipelines sharing one model on the CPU: one interpreter per core, fixed
+    (`runtime.replicas` set to the cores), against the default, which opens one more each time a frame
+    finds every one busy (up to one per pipeline and twice the cores); medians per figure."""
+    from edge_agent.runtime.cpu import default_threads
+
+    rows = []
+    variants = {"per core": {"replicas": default_threads()}, "grown": {"replicas": 0}}
+    for m, res in _alternate(models, n, seconds, runs, threads, "replicas", variants):
+        for v in variants:
+            lanes = [e["interpreters"] for r in res[v] for e in r["engines"]]
+            row = {**_versus(m, n, res[v], res["per core"]), "replicas": v, "interpreters": max(lanes, default=0)}
+            rows.append(row)
+            print(replicas_row(row), file=out, flush=True)
     return rows
 
 
@@ -509,10 +600,26 @@ DECODE_HEADER = (
 
 def decode_row(r: dict[str, Any]) -> str:
     at = f"1/{r['decode_scale']} (scaled_decode on)" if r["scaled_decode"] else "whole (scaled_decode off)"
-    rounds = ", ".join(f"{x:.2f}" for x in r["vs_whole_by_round"])
+    rounds = ", ".join(f"{x:.2f}" for x in r["vs_first_by_round"])
     return (
-        f"| {r['model']} | {r['pipelines']} | {at} | {r['aggregate_fps']:.1f} | {r['vs_whole']:.2f} ({rounds}) | "
+        f"| {r['model']} | {r['pipelines']} | {at} | {r['aggregate_fps']:.1f} | {r['vs_first']:.2f} ({rounds}) | "
         f"{r['c2p_p50_ms']:.1f} / {r['c2p_p99_ms']:.1f} | {r['cpu_ms_per_frame']:.2f} |"
+    )
+
+
+REPLICAS_HEADER = (
+    "| model | pipelines | CPU interpreters | aggregate fps | vs one per core (round by round) | c2p p50 / p99 ms "
+    "| CPU ms/frame | peak RSS MB |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def replicas_row(r: dict[str, Any]) -> str:
+    rounds = ", ".join(f"{x:.2f}" for x in r["vs_first_by_round"])
+    return (
+        f"| {r['model']} | {r['pipelines']} | {r['interpreters']} ({r['replicas']}) | {r['aggregate_fps']:.1f} | "
+        f"{r['vs_first']:.2f} ({rounds}) | {r['c2p_p50_ms']:.1f} / {r['c2p_p99_ms']:.1f} | "
+        f"{r['cpu_ms_per_frame']:.2f} | {r['peak_rss_mb']:.1f} |"
     )
 
 

@@ -42,8 +42,12 @@ class Capture:
         slot: LatestSlot[Frame],
         stats: StageStats,
         stop: threading.Event,
+        name: str = "",
     ):
+        """name: the pipeline's, which its threads' names start with (a stack dump, a log line or a per-thread
+        CPU count then says which camera); none in the single form, which keeps its names."""
         self.factory = factory
+        self._prefix = f"{name}-" if name else ""
         self.cfg = cfg
         self.slot = slot
         self.stats = stats
@@ -73,7 +77,7 @@ class Capture:
 
     def start(self) -> None:
         self._spawn_reader()
-        watch = threading.Thread(target=self._watch, name="capture-watch", daemon=True)
+        watch = threading.Thread(target=self._watch, name=f"{self._prefix}capture-watch", daemon=True)
         watch.start()
         self._threads.append(watch)
 
@@ -89,7 +93,9 @@ class Capture:
     def _spawn_reader(self) -> None:
         self._gen += 1
         self._last_read = time.monotonic()
-        t = threading.Thread(target=self._reader, args=(self._gen,), name=f"capture-{self._gen}", daemon=True)
+        t = threading.Thread(
+            target=self._reader, args=(self._gen,), name=f"{self._prefix}capture-{self._gen}", daemon=True
+        )
         t.start()
         self._threads = [x for x in self._threads if x.is_alive()] + [t]
 

@@ -542,7 +542,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edge_agent.model import default_model_path
 
     _load(args, shortcuts=False)  # bench's flags are its own; a bad setting is still an error
-    if args.pipelines or args.batch or args.decode:
+    if args.pipelines or args.batch or args.decode or args.replicas:
         return _bench_pipelines(args)
     if args.model:
         models = list(args.model)
@@ -583,14 +583,17 @@ def _on_off(v: str | None) -> bool | None:
 
 def _bench_pipelines(args: argparse.Namespace) -> int:
     """Several pipelines in one agent against as many agents (--pipelines), frames decoded whole against
-    scaled (--decode), or batch sizes (--batch)."""
+    scaled (--decode), CPU interpreters one per core against grown as frames wait (--replicas), or batch
+    sizes (--batch)."""
     from edge_agent.bench_pipelines import (
         BATCH_HEADER,
         DECODE_HEADER,
         PIPELINES_HEADER,
+        REPLICAS_HEADER,
         compare_batches,
         compare_decode,
         compare_pipelines,
+        compare_replicas,
     )
     from edge_agent.model import default_model_path
 
@@ -609,7 +612,8 @@ def _bench_pipelines(args: argparse.Namespace) -> int:
             print(f"{r['pipelines']} pipelines, round by round: one / N agents "
                   + ", ".join(f"{x:.2f}" for x in ratios) + f" (median {statistics.median(ratios):.2f}); "
                   + "stalled costs " + ", ".join(f"{x:.1%}" for x in costs)
-                  + f" (median {statistics.median(costs):.1%})", flush=True)
+                  + f" (median {statistics.median(costs):.1%}), its own threads "
+                  + ", ".join(f"{x:.2%}" for x in r["stalled_cpu_share_by_round"]) + " of the agent's CPU", flush=True)
         print("models ran on: " + ", ".join(f"{r['pipelines']}: {'/'.join(r['ran_on'])}" for r in rows), flush=True)
         print("one agent's peak RSS / single-pipeline agent's: " + ", ".join(
             f"{r['pipelines']}: {r['rss_vs_single']:.2f}" for r in rows), flush=True)
@@ -621,6 +625,11 @@ def _bench_pipelines(args: argparse.Namespace) -> int:
             return _usage_error("--decode takes a number of pipelines of at least 1")
         print(DECODE_HEADER, flush=True)
         rows += compare_decode(models, args.decode, args.seconds, args.runs, args.threads, sys.stdout)
+    if args.replicas:
+        if args.replicas < 2:
+            return _usage_error("--replicas takes a number of pipelines of at least 2 (one has no replicas)")
+        print(REPLICAS_HEADER, flush=True)
+        rows += compare_replicas(models, args.replicas, args.seconds, args.runs, args.threads, sys.stdout)
     if args.batch:
         print(BATCH_HEADER, flush=True)
         sizes = _counts(args.batch, "--batch")
@@ -1034,6 +1043,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--decode", type=int, metavar="N",
         help="one agent with N pipelines on Motion JPEG, every frame decoded whole against at the scale the model "
         "needs (source.scaled_decode)",
+    )
+    bn.add_argument(
+        "--replicas", type=int, metavar="N",
+        help="one agent with N pipelines sharing the model on the CPU: runtime.replicas one per core against the "
+        "default, which opens more as frames find every one busy",
     )
     bn.add_argument("--batch", help="e.g. 1,2,4: one agent with --batch-pipelines pipelines at each runtime.max_batch")
     bn.add_argument("--batch-pipelines", type=int, default=4, help="pipelines for --batch (frames in memory)")

@@ -163,7 +163,7 @@ class FramePipeline:
         self.failed: str | None = None
         self.capture = Capture(
             lambda: make_source(self.settings.source), self.settings.source, self.frames, self.capture_stats,
-            self.stop_event,
+            self.stop_event, "" if self.route.legacy else self.name,
         )
         self.capture.reduce = self._reduction
         self._threads: list[threading.Thread] = []

@@ -116,8 +116,11 @@ class SignalCapture:
         out: ChunkQueue,
         stats: StageStats,
         stop: threading.Event,
+        name: str = "",
     ):
+        """name: the pipeline's, which its thread's name starts with; none in the single form."""
         self.factory, self.settings, self.out, self.stats, self.stop = factory, settings, out, stats, stop
+        self._thread_name = f"{name}-signal-capture" if name else "signal-capture"
         self.source: SignalSource | None = None
         self.samples = 0
         self.reopens = 0
@@ -132,7 +135,7 @@ class SignalCapture:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="signal-capture", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
         self._thread.start()
 
     def join(self, timeout: float) -> None:
@@ -285,7 +288,9 @@ class SignalPipeline:
         audio = signal_kind(settings.source.uri) in AUDIO_KINDS
         nominal = sc.rate or (16000 if audio else 10.0)
         self.queue = ChunkQueue(int(sc.queue_s * max(nominal, 1.0)) + 4096)
-        self.capture = SignalCapture(factory, settings, self.queue, self.capture_stats, self.stop)
+        self.capture = SignalCapture(
+            factory, settings, self.queue, self.capture_stats, self.stop, "" if route.legacy else self.name
+        )
         self.results: deque[WindowResult | _Restart] = deque()
         self._results_cond = threading.Condition()
         self.windows = 0

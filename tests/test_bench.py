@@ -125,6 +125,9 @@ def test_bench_pipelines_compares_one_agent_with_separate_agents(tmp_path: Path)
     # one round: the round's own ratio is the whole comparison's
     assert two["one_vs_separate_by_round"] == [pytest.approx(two["one_vs_separate_fps"])]
     assert two["stalled_cost_by_round"] == [pytest.approx(two["stalled_cost"])]
+    # the stalled camera's own threads, counted apart: well under the 5% it may cost the others at most
+    assert len(two["stalled_cpu_share_by_round"]) == 1 and two["stalled_cpu_share_by_round"][0] < 0.05
+    assert two["one"]["stalled_cpu_share"] == 0.0 and "of the agent's CPU" in r.stdout
     assert "2 pipelines, round by round: one / N agents" in r.stdout
     assert len(two["stalled"]["per_pipeline_fps"]) == 2  # the stalled camera's pipeline is not counted
     eng = two["one"]["engines"]
@@ -136,6 +139,39 @@ def test_bench_pipelines_compares_one_agent_with_separate_agents(tmp_path: Path)
     # what the engines ran on, from the agents themselves: a GPU row that fell back would say cpu here
     assert [(row["accelerator"], row["ran_on"]) for row in rows] == [("cpu", ["cpu"])] * 2
     assert "models ran on: 1: cpu, 2: cpu" in r.stdout
+
+
+def test_thread_cpu_counts_the_named_threads_alone_even_those_that_end() -> None:
+    """What the stalled-camera row reports as the stalled pipeline's own CPU: its threads by name, one that
+    ended between two samples counted up to its last."""
+    import threading
+    import time
+
+    from edge_agent.bench_pipelines import _ThreadCpu
+
+    def spin(seconds: float, spun: threading.Event, leave: threading.Event) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+        spun.set()
+        leave.wait(30)
+
+    cpu = _ThreadCpu(("cam-",))
+    threads = {name: (threading.Event(), threading.Event()) for name in ("cam-capture-1", "cam-capture-2",
+                                                                         "door-capture-1")}
+    started = [threading.Thread(target=spin, args=(0.2, *ev), name=name) for name, ev in threads.items()]
+    for t in started:
+        t.start()
+    for spun, _ in threads.values():
+        spun.wait(30)
+    cpu.sample()
+    threads["cam-capture-2"][1].set()  # it ends: what it used up to the last sample stays counted
+    started[1].join()
+    cpu.sample()
+    for _, leave in threads.values():
+        leave.set()
+    # 0.2 s each of the two cam- threads, none of door's (clock ticks of 10 ms)
+    assert 0.38 <= cpu.total <= 0.45, cpu.total
 
 
 @pytest.mark.emulation_slow("a throughput comparison of decoders: measures qemu's translation, not the board")
@@ -151,9 +187,28 @@ def test_bench_decode_compares_whole_and_scaled_decoding_side_by_side(tmp_path: 
     # agents say that is what they decoded
     assert (whole["scaled_decode"], whole["decode_scale"]) == (False, 1)
     assert (scaled["scaled_decode"], scaled["decode_scale"]) == (True, 4)
-    assert whole["vs_whole"] == pytest.approx(1.0) and len(scaled["vs_whole_by_round"]) == 2
+    assert whole["vs_first"] == pytest.approx(1.0) and len(scaled["vs_first_by_round"]) == 2
     assert all(row["aggregate_fps"] > 0 and row["cpu_ms_per_frame"] > 0 for row in (whole, scaled))
     assert "| 1/4 (scaled_decode on) |" in r.stdout
+
+
+@pytest.mark.emulation_slow("a throughput comparison of interpreters: measures qemu's translation, not the board")
+def test_bench_replicas_compares_one_interpreter_per_core_with_those_grown(tmp_path: Path) -> None:
+    from edge_agent.runtime.cpu import default_threads
+
+    out = tmp_path / "replicas.json"
+    n = default_threads() + 1  # a pipeline more than the cores: frames as fast as they go find every one busy
+    r = run_cli("bench", "--replicas", str(n), "--model", str(SHORT), "--seconds", "1", "--runs", "2",
+                "--json", str(out), timeout=400)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("|")]
+    assert lines[0].startswith("| model | pipelines | CPU interpreters") and len(lines) == 4
+    fixed, grown = json.loads(out.read_text())
+    assert (fixed["replicas"], fixed["interpreters"]) == ("per core", default_threads())
+    assert grown["replicas"] == "grown" and default_threads() < grown["interpreters"] <= n
+    assert fixed["vs_first"] == pytest.approx(1.0) and len(grown["vs_first_by_round"]) == 2
+    assert all(row["aggregate_fps"] > 0 and row["peak_rss_mb"] > 0 for row in (fixed, grown))
+    assert run_cli("bench", "--replicas", "1").returncode == 2
 
 
 @pytest.mark.emulation_slow("a throughput comparison of batch sizes: measures qemu's translation, not the board")

@@ -601,7 +601,7 @@ def test_a_frame_runs_to_completion_on_one_thread_while_another_pipeline_is_busy
 
         monkeypatch.setattr(agent.fanout, "prediction", prediction)
         agent.start()
-        wait_until(lambda: sum(t.startswith("capture-") for t, *_ in published["paced"]) > 20
+        wait_until(lambda: sum(t.startswith("paced-capture-") for t, *_ in published["paced"]) > 20
                    and sum(t == "timed-inference" for t, *_ in published["timed"]) > 5, 60,
                    what="both pipelines to run their frames to completion")
         # timed's frames come from its slot (a frame that came while paced had none yet went the staged way)
