@@ -11,12 +11,13 @@ twice the cores). A frame takes a free lane at once unless an earlier frame wait
 its thread sleeps on its own request's event until a finishing invoke hands it the lane. A lane per
 pipeline spares that sleep: with four pipelines on two cores each pipeline's thread had waited for a
 lane 15% of its time (the lane idle meanwhile, while the thread handed it woke up and won back the
-interpreter lock), and four lanes gave 8-10% more frames a second than two, for about 4 MB each with
-BlazeFace (docs/benchmarks.md). Lanes are added only where frames wait for one, so pipelines that
-seldom overlap (cameras at a few frames a second) keep the memory. Frames are served strictly in the
-order they arrive (first come, first served: with one outstanding frame per pipeline that is round
-robin), a busy pipeline cannot starve a quiet one, and a finished invoke wakes only the pipeline whose
-turn it is.
+interpreter lock). Four lanes against two there: capture to publish p50 2.2-2.5 ms against 2.8-3.1,
+frames a second 1.04x in the median of paired rounds (0.85-1.23x, within this machine's noise), for
+about 3-4 MB each with BlazeFace (`edge-agent bench --replicas 4`, docs/benchmarks.md). Lanes are
+added only where frames wait for one, so pipelines that seldom overlap (cameras at a few frames a
+second) keep the memory. Frames are served strictly in the order they arrive (first come, first
+served: with one outstanding frame per pipeline that is round robin), a busy pipeline cannot starve a
+quiet one, and a finished invoke wakes only the pipeline whose turn it is.
 
 Batching: where the model's batch dimension can be resized, the thread holding a lane waits at most
 `batch_wait_ms` for the other pipelines that are active to queue a frame, then runs them all in one

@@ -713,8 +713,8 @@ def test_the_engine_invokes_on_the_pipelines_own_threads(monkeypatch: pytest.Mon
 
 def test_a_frame_that_finds_every_interpreter_busy_opens_another(monkeypatch: pytest.MonkeyPatch) -> None:
     """runtime.replicas = 0 starts one CPU interpreter per core and opens one more each time a frame finds
-    them all busy, up to twice the cores and one per pipeline (a thread that slept on a lane cost 8-10% of
-    the frames with four pipelines on two cores). An explicit count is kept."""
+    them all busy, up to twice the cores and one per pipeline (a thread asleep on a lane leaves the lane
+    idle until it wakes). An explicit count is kept."""
     from edge_agent import engine as eng
     from edge_agent.config import ModelConfig, RuntimeConfig
     from edge_agent.engine import ModelPool
