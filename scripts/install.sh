@@ -2,18 +2,39 @@
 # Install edge-agent as a systemd service on a Raspberry Pi / Jetson (Debian family).
 #   sudo scripts/install.sh                      install to /opt/edge-agent, enable and start
 #   scripts/install.sh --prefix DIR --no-system  install the files only (no user, unit or start)
+#   --config FILE: the settings the service runs with (/etc/edge-agent/config.toml); an upgrade that
+#   would refuse them stops before it replaces anything, and says why
 set -euo pipefail
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PREFIX=/opt/edge-agent
 SYSTEM=1
+CONFIG=
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) PREFIX="$2"; shift 2 ;;
     --no-system) SYSTEM=0; shift ;;
-    -h|--help) sed -n '2,4p' "$0"; exit 0 ;;
+    --config) CONFIG="$2"; shift 2 ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
+if [ -z "$CONFIG" ] && [ "$SYSTEM" = 1 ]; then CONFIG=/etc/edge-agent/config.toml; fi
+
+# An upgrade: would this version take the settings the installed one runs with? A setting it refuses
+# (exit 2) would leave the service stopped at its next start (systemd does not retry a configuration
+# error), so nothing is replaced. The new code runs on the installed one's packages; where it cannot
+# (it needs others), the check is left to `edge-agent check` after the install.
+if [ -n "$CONFIG" ] && [ -f "$CONFIG" ] && [ -x "$PREFIX/.venv/bin/python" ]; then
+  rc=0
+  why="$(PYTHONPATH="$SRC" "$PREFIX/.venv/bin/python" -m edge_agent config --config "$CONFIG" 2>&1 >/dev/null)" || rc=$?
+  if [ "$rc" = 2 ]; then
+    printf '%s\n' "$why" >&2
+    echo "==> not installed: this version refuses $CONFIG (above); $PREFIX is left as it was. Mend the file, then run this again." >&2
+    exit 2
+  elif [ "$rc" != 0 ]; then
+    echo "==> $CONFIG not checked before the install (exit $rc); run edge-agent check after it" >&2
+  fi
+fi
 
 if [ "$SYSTEM" = 1 ]; then
   [ "$(id -u)" -eq 0 ] || { echo "run as root (sudo) to install the service" >&2; exit 1; }
@@ -51,8 +72,11 @@ CONF
   fi
   sed "s#/opt/edge-agent#$PREFIX#g" "$PREFIX/systemd/edge-agent.service" > /etc/systemd/system/edge-agent.service
   systemctl daemon-reload
-  systemctl enable --now edge-agent.service
-  echo "==> edge-agent enabled; logs: journalctl -u edge-agent -f"
+  systemctl enable edge-agent.service
+  # started, or restarted where it runs: an agent left running would import this version's modules
+  # beside the last one's, lazily, until it next restarts
+  systemctl restart edge-agent.service
+  echo "==> edge-agent enabled and (re)started; logs: journalctl -u edge-agent -f"
 else
   echo "==> installed files only; run: $PREFIX/.venv/bin/edge-agent run"
 fi

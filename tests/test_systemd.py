@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,26 @@ def test_install_script_files_only(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     h = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "--help"], capture_output=True, text=True)
     assert h.returncode == 0 and "--prefix" in h.stdout
+
+
+def test_an_upgrade_whose_code_refuses_the_running_settings_replaces_nothing(tmp_path: Path) -> None:
+    """A setting the new version refuses (exit 2) would leave the service stopped at its next start, as
+    systemd does not retry a configuration error: the install stops first, naming the key, and leaves the
+    installed version as it was. The check runs the new code on the installed version's packages."""
+    prefix = tmp_path / "opt"
+    (prefix / ".venv" / "bin").mkdir(parents=True)
+    python = prefix / ".venv" / "bin" / "python"
+    # the installed version's packages, for the check alone: were the install to go on, its pip would fail here
+    python.write_text(f'#!/bin/sh\n[ "$1 $2" = "-m edge_agent" ] || exit 97\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('device_id = "door"\n[mqtt]\nhost = "localhost"\n[source]\nuri = "0"\nrealtime = false\n')
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "--prefix", str(prefix), "--no-system",
+                        "--config", str(cfg)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "source.realtime: source '0' is of the camera kind, which never reads it" in r.stderr, r.stderr
+    assert f"not installed: this version refuses {cfg}" in r.stderr
+    assert sorted(p.name for p in prefix.iterdir()) == [".venv"]  # nothing copied, nothing installed
 
 
 def test_the_docs_document_every_setting() -> None:
