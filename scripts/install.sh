@@ -26,7 +26,9 @@ if [ -z "$CONFIG" ] && [ "$SYSTEM" = 1 ]; then CONFIG=/etc/edge-agent/config.tom
 # (it needs others), the check is left to `edge-agent check` after the install.
 if [ -n "$CONFIG" ] && [ -f "$CONFIG" ] && [ -x "$PREFIX/.venv/bin/python" ]; then
   rc=0
-  why="$(PYTHONPATH="$SRC" "$PREFIX/.venv/bin/python" -m edge_agent config --config "$CONFIG" 2>&1 >/dev/null)" || rc=$?
+  # in an environment as bare as the unit's (no EDGE_AGENT_* of this shell's)
+  why="$(env -i PATH="$PATH" PYTHONPATH="$SRC" "$PREFIX/.venv/bin/python" -m edge_agent config --config "$CONFIG" \
+    2>&1 >/dev/null)" || rc=$?
   if [ "$rc" = 2 ]; then
     printf '%s\n' "$why" >&2
     echo "==> not installed: this version refuses $CONFIG (above); $PREFIX is left as it was. Mend the file, then run this again." >&2
