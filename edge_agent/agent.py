@@ -42,6 +42,7 @@ from edge_agent.signal_pipeline import SignalPipeline
 from edge_agent.signals import make_signal_source, signal_kind
 from edge_agent.sinks import Inbound, Message, Sink, make_sink
 from edge_agent.slots import ModelSlot, slot_name
+from edge_agent.sources.stream import hide_credentials
 from edge_agent.stats import LatencyWindow
 from edge_agent.system import limit_malloc_arenas
 from edge_agent.topics import Topics
@@ -415,7 +416,7 @@ class Agent:
                 m = slot.model if slot else None
                 pipes[name] = {
                     "kind": p.kind,
-                    "source": p.settings.source.uri,
+                    "source": hide_credentials(p.settings.source.uri),  # retained, for all: no camera password
                     "model": m.info() if m else None,
                     "model_slot": slot.name if slot else None,
                     "task": m.decoder.task if m else None,

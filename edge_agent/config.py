@@ -855,6 +855,7 @@ def _scene_on_frames(uri: str, scene: SceneConfig, key: str) -> None:
     snapshot setting alone (which do not turn the scene on) tracked nothing and said nothing, unless
     the scene is turned off on purpose (`enabled = false`)."""
     from edge_agent.signals import signal_kind  # here: it imports this module, and most settings need it not
+    from edge_agent.sources.stream import hide_credentials
 
     kind = signal_kind(uri)
     if kind is None:
@@ -862,7 +863,8 @@ def _scene_on_frames(uri: str, scene: SceneConfig, key: str) -> None:
         _refuse_unread_while_off(scene, scene.active, "the scene", on_too, f"{key}: ")
     elif scene.active or [k for k in _set_keys(scene) if k != "enabled"]:
         raise ValueError(
-            f"{key}: zones, tracks and object events work on camera frames, and source {uri!r} is a {kind} "
+            f"{key}: zones, tracks and object events work on camera frames, and source {hide_credentials(uri)!r} is "
+            f"a {kind} "
             "signal (its events are the model's own: signal.events)"
         )
 
@@ -889,6 +891,9 @@ def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, 
     from edge_agent.signals.base import SIGNAL_KIND_SETTINGS, SIGNAL_SETTINGS
     from edge_agent.sources import SOURCES, source_class
     from edge_agent.sources.base import FRAME_SETTINGS, PLAYED_SETTINGS, Source
+    from edge_agent.sources.stream import hide_credentials
+
+    shown = hide_credentials(uri)  # the message is printed and logged: a camera URL's password is not
 
     def frame_reads(c: type[Source]) -> frozenset[str]:
         return FRAME_SETTINGS | c.options | (frozenset() if c.live else PLAYED_SETTINGS)
@@ -902,7 +907,7 @@ def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, 
         unread = _set_keys(signal, "signal.")
         if unread:
             raise ValueError(
-                f"{key}{unread[0]}: a setting of audio and sensor sources, and source {uri!r} gives frames "
+                f"{key}{unread[0]}: a setting of audio and sensor sources, and source {shown!r} gives frames "
                 "(a camera, a video or pictures)"
             )
         fcls = source_class("demo.mp4" if uri == "demo" else uri)
@@ -914,7 +919,7 @@ def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, 
             if name in SIGNAL_KIND_SETTINGS and name not in scls.signal_options:
                 readers = sorted(c.kind for c in SIGNALS if name in c.signal_options)
                 raise ValueError(
-                    f"{key}{k}: source {uri!r} is of the {kind} kind, which never reads it (read by {kinds(readers)})"
+                    f"{key}{k}: source {shown!r} is of the {kind} kind, which never reads it (read by {kinds(readers)})"
                 )
     unread = [k for k in _set_keys(source, "source.") if k.split(".")[1] not in reads]
     if unread:
@@ -925,7 +930,7 @@ def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, 
             who = kinds(sorted({c.kind for c in SOURCES if name in frame_reads(c)} | {
                 c.kind for c in SIGNALS if name in c.options}))
         raise ValueError(
-            f"{key}{unread[0]}: source {uri!r} is of the {kind} kind, which never reads it (read by {who}); "
+            f"{key}{unread[0]}: source {shown!r} is of the {kind} kind, which never reads it (read by {who}); "
             f"it reads {', '.join(f'source.{k}' for k in sorted(reads))}"
         )
 
@@ -1320,7 +1325,8 @@ def _check_toml(path: Path) -> None:
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
-    """Effective config as plain data with secrets masked (SecretStr dumps as '**********')."""
+    """Effective config as plain data with secrets masked (SecretStr dumps as '**********', and so do the
+    passwords in URLs)."""
     data = settings.model_dump(mode="json")
     # whether each scene runs, as written: zones turn it on with `enabled` left false, and a copy of this
     # printed into a file (where `enabled = false` is set, and turns the scene off) must run the same
@@ -1334,7 +1340,20 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
             doc["scene"]["enabled"] = pipe.scene.active
     if settings.mqtt.password is not None:
         data["mqtt"]["password"] = "**********"
-    return data
+    return _hide_credentials(data)
+
+
+def _hide_credentials(value: Any) -> Any:
+    """Every text in the dump with the passwords of the URLs in it masked (a camera's `rtsp://user:pw@`)."""
+    from edge_agent.sources.stream import hide_credentials  # here: sources import this module
+
+    if isinstance(value, str):
+        return hide_credentials(value) if "@" in value else value
+    if isinstance(value, dict):
+        return {k: _hide_credentials(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide_credentials(v) for v in value]
+    return value
 
 
 def describe_fields(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, str, str, str]]:

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -283,6 +284,51 @@ def test_a_pipeline_whose_model_cannot_take_its_source_exits_2(
     r = run_cli("run", "--seconds", "5", env=env)
     assert r.returncode == 2, r.stderr
     assert f"pipelines[odd].model.path: {model} {expect}" in r.stderr, r.stderr
+
+
+def test_a_cameras_password_is_published_printed_and_logged_nowhere(broker: Broker, agent_factory,  # type: ignore[no-untyped-def]
+                                                                       tmp_path: Path) -> None:
+    """A camera URL carries its password (`rtsp://admin:pw@`, `http://user:pw@`). The retained `info`,
+    which anyone on the broker reads, listed each pipeline's source as written; `config` printed it, and
+    a refused setting's message (printed, and in the journal under systemd) quoted it. Each now shows
+    the URL with its password masked, as the broker's own password is."""
+    secret = "hunter2-door"
+    with socket.socket() as s:  # a port nothing listens on: the camera is away, its pipeline retries
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cam = f"http://door:{secret}@127.0.0.1:{port}/video.mjpg"
+    cfg = write_toml(tmp_path / "cams.toml", f"""
+device_id = "creds"
+[health]
+interval_s = 1
+[[pipelines]]
+name = "porch"
+source.uri = "demo"
+model.path = "{SHORT}"
+[[pipelines]]
+name = "door"
+source = {{ uri = "{cam}", read_timeout_s = 1, reopen_max_s = 1 }}
+model.path = "{SHORT}"
+""")
+    rec = Recorder(broker, "creds")
+    try:
+        agent = agent_factory(["run", "--config", str(cfg)], env=broker.env())
+        info = wait_until(lambda: (docs := rec.get("edge/creds/info")) and docs[-1], 40, what="the retained info")
+        assert info["pipelines"]["door"]["source"] == f"http://door:**********@127.0.0.1:{port}/video.mjpg"
+        wait_until(lambda: any((d["pipelines"]["door"]["source"]["reopens"] or 0) >= 1
+                               for d in rec.get("edge/creds/health")), 30, what="the door camera retried")
+        agent.stop()
+        published = {t: json.dumps(rec.get(t)) for t in rec.topics()}
+    finally:
+        rec.close()
+    assert not [t for t, text in published.items() if secret in text], "published"
+    assert "door" in agent.log() and secret not in agent.log(), "logged"
+    printed = run_cli("config", "--config", str(cfg))
+    assert printed.returncode == 0 and secret not in printed.stdout and "door:**********@" in printed.stdout
+    refused = run_cli("check", "--offline", "--config", str(cfg), "--set", "pipelines=[]",
+                      env={"EDGE_AGENT_SOURCE__URI": cam, "EDGE_AGENT_SOURCE__WIDTH": "640"})
+    assert refused.returncode == 2 and "source.width: source 'http://door:**********@127.0.0.1" in refused.stderr
+    assert secret not in refused.stderr
 
 
 # --- the done-when case: face, SSD and wake word in one agent ---------------------------------------

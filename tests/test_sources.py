@@ -1431,3 +1431,21 @@ def test_a_video_file_with_a_corrupt_frame_plays_on_past_it(tmp_path: Path, loop
     finally:
         stop.set()
         cap.join(2)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("rtsp://admin:s3cr%40t@cam.lan:554/live", "rtsp://admin:**********@cam.lan:554/live"),
+    ("http://a:p@ss@cam/x.mjpg", "http://a:**********@cam/x.mjpg"),  # an unescaped @: the host is after the last
+    ("https://token@cam/snap.jpg", "https://**********@cam/snap.jpg"),  # a user alone: a camera's token
+    ("rtspsrc location=rtsp://u:p@h/s ! decodebin", "rtspsrc location=rtsp://u:**********@h/s ! decodebin"),
+    ("exec:ffmpeg -i rtsp://u:p@h/s -f mjpeg - ", "exec:ffmpeg -i rtsp://u:**********@h/s -f mjpeg - "),
+    ("rtsp://cam.lan/live/a@b", "rtsp://cam.lan/live/a@b"),  # an @ in the path is no password
+    ("/dev/video0", "/dev/video0"),
+])
+def test_the_passwords_of_urls_are_masked_wherever_they_are_shown(text: str, shown: str) -> None:
+    from edge_agent.sources.gstreamer import GStreamerSource
+    from edge_agent.sources.stream import hide_credentials
+
+    assert hide_credentials(text) == shown
+    if text.startswith("rtspsrc"):
+        assert GStreamerSource(text).describe() == f"gstreamer:{shown.split(' !')[0]} ! ..."

@@ -8,6 +8,7 @@ import cv2
 
 from edge_agent.sources.base import Source, SourceError
 from edge_agent.sources.opencv import OpenCVSource
+from edge_agent.sources.stream import hide_credentials
 
 if TYPE_CHECKING:
     from edge_agent.config import SourceConfig
@@ -43,4 +44,4 @@ class GStreamerSource(OpenCVSource):
         super().open()
 
     def describe(self) -> str:
-        return f"gstreamer:{self.uri.split('!', 1)[0].strip()} ! ..."
+        return f"gstreamer:{hide_credentials(self.uri.split('!', 1)[0].strip())} ! ..."  # rtspsrc location=URL
