@@ -35,6 +35,7 @@ from edge_agent.modelfile import ModelError
 from edge_agent.ota.store import make_dirs
 from edge_agent.payload import dumps, info
 from edge_agent.process_signals import SignalThread
+from edge_agent.redact import hide_credentials
 from edge_agent.reload import apply_reload, check_models
 from edge_agent.retained import MODEL, SINGLE, RetainedLedger
 from edge_agent.sdnotify import Notifier
@@ -42,7 +43,6 @@ from edge_agent.signal_pipeline import SignalPipeline
 from edge_agent.signals import make_signal_source, signal_kind
 from edge_agent.sinks import Inbound, Message, Sink, make_sink
 from edge_agent.slots import ModelSlot, slot_name
-from edge_agent.sources.stream import hide_credentials
 from edge_agent.stats import LatencyWindow
 from edge_agent.system import limit_malloc_arenas
 from edge_agent.topics import Topics

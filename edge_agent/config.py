@@ -854,8 +854,8 @@ def _scene_on_frames(uri: str, scene: SceneConfig, key: str) -> None:
     scene works on boxes in frames. On frames, those of a scene that is off: `scene.labels` or a
     snapshot setting alone (which do not turn the scene on) tracked nothing and said nothing, unless
     the scene is turned off on purpose (`enabled = false`)."""
+    from edge_agent.redact import hide_credentials
     from edge_agent.signals import signal_kind  # here: it imports this module, and most settings need it not
-    from edge_agent.sources.stream import hide_credentials
 
     kind = signal_kind(uri)
     if kind is None:
@@ -887,11 +887,11 @@ def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, 
     if not _SOURCE_READ.get():
         return
     # here: they import this module, and most settings need them not
+    from edge_agent.redact import hide_credentials
     from edge_agent.signals import SIGNALS, signal_class
     from edge_agent.signals.base import SIGNAL_KIND_SETTINGS, SIGNAL_SETTINGS
     from edge_agent.sources import SOURCES, source_class
     from edge_agent.sources.base import FRAME_SETTINGS, PLAYED_SETTINGS, Source
-    from edge_agent.sources.stream import hide_credentials
 
     shown = hide_credentials(uri)  # the message is printed and logged: a camera URL's password is not
 
@@ -1345,7 +1345,7 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
 
 def _hide_credentials(value: Any) -> Any:
     """Every text in the dump with the passwords of the URLs in it masked (a camera's `rtsp://user:pw@`)."""
-    from edge_agent.sources.stream import hide_credentials  # here: sources import this module
+    from edge_agent.redact import hide_credentials  # here: sources import this module
 
     if isinstance(value, str):
         return hide_credentials(value) if "@" in value else value

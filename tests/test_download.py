@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import logging
 import socket
 import threading
 import time
@@ -355,3 +356,23 @@ def test_over_https_a_download_resumes_and_a_stalled_one_is_cut_at_the_deadline(
     finally:
         handler.release.set()
         srv.shutdown()
+
+
+def test_a_signed_urls_signature_is_logged_and_reported_nowhere(  # type: ignore[no-untyped-def]
+    server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A download URL signed for a while (an object store's `?X-Amz-Signature=...`) is a credential: the
+    log and the error, which a command's result publishes, show the URL without its query."""
+    secret = "X-Amz-Signature=c2VjcmV0LXNpZ25hdHVyZQ"
+    server.mode = "cut"  # the first connection drops: the retry is logged
+    with caplog.at_level(logging.WARNING, logger="edge_agent.ota.download"):
+        download([f"{server.url}?{secret}"], tmp_path / "a.part", len(DATA), SHA, 5, 60)
+    assert f"download of {server.url}?...: connection closed early" in caplog.text, caplog.text
+    fs = FileServer(tmp_path, "127.0.0.1", 0)
+    try:
+        with pytest.raises(DownloadError, match="404") as err:
+            download([f"http://127.0.0.1:{fs.port}/absent?{secret}"], tmp_path / "b.part", 10, SHA, 2, 10)
+    finally:
+        fs.close()
+    assert str(err.value).startswith(f"http://127.0.0.1:{fs.port}/absent?...: HTTP 404")
+    assert secret not in caplog.text and secret not in str(err.value)

@@ -1443,8 +1443,8 @@ def test_a_video_file_with_a_corrupt_frame_plays_on_past_it(tmp_path: Path, loop
     ("/dev/video0", "/dev/video0"),
 ])
 def test_the_passwords_of_urls_are_masked_wherever_they_are_shown(text: str, shown: str) -> None:
+    from edge_agent.redact import hide_credentials
     from edge_agent.sources.gstreamer import GStreamerSource
-    from edge_agent.sources.stream import hide_credentials
 
     assert hide_credentials(text) == shown
     if text.startswith("rtspsrc"):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.netcut import cut
+from edge_agent.redact import shown_url
 
 log = logging.getLogger(__name__)
 
@@ -207,13 +208,14 @@ def download(
                     why = "the file is smaller than the manifest's size" if err.code == 416 else err.reason
                     refused[url] = f"HTTP {err.code} ({why})"
                     if len(refused) == len(set(urls)):
-                        raise DownloadError("; ".join(f"{u}: {r}" for u, r in refused.items())) from None
+                        raise DownloadError("; ".join(f"{shown_url(u)}: {r}" for u, r in refused.items())) from None
                     continue
             except (urllib.error.URLError, OSError) as err:
                 last_error = str(getattr(err, "reason", err))
             if got < size and time.monotonic() < deadline:
                 wait = min(backoff, max(0.0, deadline - time.monotonic()))
-                log.warning("download of %s: %s; retrying in %.0f s (%d of %d bytes)", url, last_error, wait, got, size)
+                log.warning("download of %s: %s; retrying in %.0f s (%d of %d bytes)", shown_url(url), last_error, wait,
+                            got, size)
                 _sleep(wait, cancelled)
                 backoff = min(_BACKOFF_S[1], backoff * 2)
     if hasher.hexdigest() != sha256:

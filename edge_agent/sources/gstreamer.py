@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING
 
 import cv2
 
+from edge_agent.redact import hide_credentials
 from edge_agent.sources.base import Source, SourceError
 from edge_agent.sources.opencv import OpenCVSource
-from edge_agent.sources.stream import hide_credentials
 
 if TYPE_CHECKING:
     from edge_agent.config import SourceConfig

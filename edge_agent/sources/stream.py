@@ -41,22 +41,6 @@ class StreamSource(OpenCVSource):
         return f"stream:{public_url(self.uri)}"
 
 
-#: a URL's user and password (`//user:password@`, or a token alone: `//token@`), wherever in a text it is;
-#: up to the host's last `@`, as URL parsers take it (a password may hold one unescaped)
-_USERINFO = re.compile(r"(?<=//)([^/\s]*)@")
-
-
-def hide_credentials(text: str) -> str:
-    """`text` (a source's URI, a GStreamer pipeline, a command line) with the password of every URL in it
-    masked as the settings mask a password (`rtsp://admin:**********@cam/live`), and a user name that
-    comes alone (a camera's token) masked whole: for what is logged, printed or published."""
-    def masked(m: re.Match[str]) -> str:
-        user, colon, _ = m.group(1).partition(":")
-        return f"{user}:**********@" if colon else "**********@"
-
-    return _USERINFO.sub(masked, text)
-
-
 def public_url(uri: str) -> str:
     """A stream URL as logs and health show it: scheme and host only (they often carry credentials)."""
     scheme, _, rest = uri.partition("://")
