@@ -107,20 +107,53 @@ def _usage_error(msg: str) -> int:
 
 
 def _load(
-    args: argparse.Namespace, extra: dict[str, Any] | None = None, shortcuts: bool = True, source_read: bool = True
+    args: argparse.Namespace,
+    extra: dict[str, Any] | None = None,
+    shortcuts: bool = True,
+    source_read: bool = True,
+    said: bool = False,
 ) -> Any:
     """The settings every command reads: the file, EDGE_AGENT_*, --set and the command's flags
     (`shortcuts`: False where a flag of the same name means something else, as in `bench`; `source_read`:
-    False where the command runs inputs of its own, not the configured source)."""
+    False where the command runs inputs of its own, not the configured source; `said`: a refusal is also
+    said on the broker, as `run` says it)."""
     from edge_agent.config import ConfigError, load_settings
 
+    overrides = {**_overrides(args, shortcuts), **(extra or {})}
     try:
-        return load_settings(
-            getattr(args, "config", None), {**_overrides(args, shortcuts), **(extra or {})}, source_read
-        )
+        return load_settings(getattr(args, "config", None), overrides, source_read)
     except ConfigError as err:
         print(f"edge-agent: invalid configuration:\n{err}", file=sys.stderr)
+        if said:
+            _say_refused(getattr(args, "config", None), overrides, str(err))
         raise SystemExit(EXIT_USAGE) from None
+
+
+def _say_refused(config_file: Path | None, overrides: dict[str, Any], error: str) -> None:
+    """`run` exits 2 on a configuration it refuses, and systemd does not start it again: so the refusal is
+    also said where the fleet sees the device, when its broker settings can be read. `availability` goes
+    `offline` and the retained `info` carries `config_error`, until a start that takes the configuration
+    republishes both."""
+    import time
+    import uuid
+
+    from edge_agent import __version__
+    from edge_agent.config import broker_of
+    from edge_agent.payload import dumps, refused_info
+    from edge_agent.sinks.mqtt import OFFLINE, publish_retained
+    from edge_agent.topics import Topics
+
+    found = broker_of(config_file, overrides)
+    if found is None:  # the broker settings are what is refused, or cannot be read
+        return
+    device_id, mq = found
+    topics = Topics(mq.topic_prefix, device_id)
+    doc = refused_info(device_id=device_id, boot_id=uuid.uuid4().hex, agent_version=__version__,
+                       started=time.time(), error=error)
+    why = publish_retained(mq, mq.client_id or f"edge-agent-{device_id}",
+                           [(topics.device("availability"), OFFLINE), (topics.device("info"), dumps(doc))])
+    if why is not None:
+        print(f"edge-agent: the broker at {mq.host}:{mq.port} was not told ({why})", file=sys.stderr)
 
 
 def _logging(level: str) -> None:
@@ -135,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.config import ConfigError
     from edge_agent.modelfile import ModelError
 
-    settings = _load(args)
+    settings = _load(args, said=True)
     _logging(settings.log_level)
 
     def reload(running: Any) -> Any:
@@ -150,6 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ConfigError as err:  # a pipeline asks for what this board lacks: a configuration error
             print(f"edge-agent: invalid configuration:\n{err}", file=sys.stderr)
             agent.shutdown(1.0)
+            _say_refused(args.config, _overrides(args), str(err))
             return EXIT_USAGE
         except ModelError as err:
             logging.getLogger("edge_agent").error("%s", err)

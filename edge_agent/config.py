@@ -1228,6 +1228,49 @@ def load_settings(
         _SOURCE_READ.reset(token)
 
 
+class _Broker(BaseSettings):
+    """The device's name and its broker, read alone (everything else ignored) from the same file,
+    environment and --set as the whole: where the whole is refused, the refusal can still be said on the
+    broker (`broker_of`)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED, extra="ignore")
+
+    device_id: str = Field(default_factory=lambda: _safe_id(socket.gethostname()))
+    mqtt: MQTTConfig = Field(default_factory=MQTTConfig)
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, v: str) -> str:
+        return topic_level(v)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return Settings.settings_customise_sources(
+            settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+        )
+
+
+def broker_of(config_file: Path | None, overrides: dict[str, Any] | None) -> tuple[str, MQTTConfig] | None:
+    """The device id and broker settings of a configuration `load_settings` refused, or None where those
+    are refused too (or the file cannot be read): an agent that will not run says why where the fleet looks."""
+    mine = {k: v for k, v in (overrides or {}).items() if k == "device_id" or k.startswith("mqtt.")}
+    _TOML_FILE["path"] = config_file if config_file is not None and config_file.is_file() else None
+    try:
+        b = _Broker(**_nested(mine))
+    except (ValidationError, SettingsError, ValueError, OSError):
+        return None
+    finally:
+        _TOML_FILE["path"] = None
+    return b.device_id, b.mqtt
+
+
 def load_settings_keeping(
     config_file: Path | None, overrides: dict[str, Any] | None, running: Settings
 ) -> tuple[Settings, dict[str, str]]:

@@ -157,6 +157,17 @@ def info(
     return doc
 
 
+def refused_info(*, device_id: str, boot_id: str, agent_version: str, started: float, error: str) -> dict[str, Any]:
+    """The retained device description of an agent whose configuration was refused: it is not running
+    (its `availability` is `offline`), and `config_error` says why, the same text `run` printed and
+    exited 2 with. The next start that takes its configuration republishes `info` without it."""
+    return {
+        **info(device_id=device_id, boot_id=boot_id, agent_version=agent_version, started=started, model=None,
+               task=None, labels=None, accelerator=None, topics={}),
+        "config_error": error,
+    }
+
+
 def dumps(doc: dict[str, Any]) -> bytes:
     """JSON that never fails to serialise: text that is not valid Unicode (a lone surrogate echoed from a
     malformed command, say) is written with backslash escapes instead of raising."""

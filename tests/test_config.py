@@ -185,3 +185,23 @@ def test_help_everywhere_and_usage_errors_exit_2(cmd: list[str]) -> None:
     assert h.returncode == 0 and "usage: edge-agent" in h.stdout
     bad = run_cli(*cmd, "--no-such-flag")
     assert bad.returncode == 2 and "error" in bad.stderr
+
+
+def test_the_broker_of_a_refused_configuration_is_read_from_the_same_places(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `run` says a refusal with: the device id and broker from the file, the environment and --set,
+    everything else ignored; nothing where the broker settings themselves are refused."""
+    from edge_agent.config import broker_of
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('device_id = "filed"\n[mqtt]\nhost = "broker.lan"\ntopic_prefix = "site"\n[source]\nuri = "0"\n'
+                   'realtime = false\n[nonsense]\nx = 1\n')
+    monkeypatch.setenv("EDGE_AGENT_MQTT__PORT", "8883")
+    device, mq = broker_of(cfg, {"device_id": "set", "source.width": 5}) or ("", None)
+    assert device == "set" and mq is not None and (mq.host, mq.port, mq.topic_prefix) == ("broker.lan", 8883, "site")
+    monkeypatch.setenv("EDGE_AGENT_MQTT__NOPE", "1")  # the broker section is what is refused
+    assert broker_of(cfg, {}) is None
+    monkeypatch.delenv("EDGE_AGENT_MQTT__NOPE")
+    cfg.write_text("device_id = [\n")  # no file to read
+    assert broker_of(cfg, {}) is None

@@ -715,3 +715,46 @@ def test_the_documented_acl_confines_devices_to_their_own_topics(tmp_path: Path)
             c.stop()
     finally:
         b.stop()
+
+
+def test_a_refused_configuration_is_said_on_the_broker_until_a_start_takes_one(broker: Broker,
+                                                                                tmp_path: Path) -> None:
+    """`run` exits 2 on a configuration it refuses, and systemd does not start it again: a device in the
+    field would go quiet with its reason in a journal nobody reads. Its broker is told: `availability`
+    offline, and the retained `info` carries `config_error`, the text `run` printed. A start that takes
+    its configuration republishes `info` without it."""
+    from edge_agent.sinks.mqtt import Subscriber
+
+    def retained() -> dict[str, bytes]:
+        sub = Subscriber(broker.mqtt(), ["edge/told/#"])
+        assert sub.start(10)
+        got: dict[str, bytes] = {}
+        try:
+            while len(got) < 2 and (m := sub.get(5.0)) is not None:  # both are retained: they come at once
+                got[m[0]] = m[1]
+        finally:
+            sub.stop()
+        return got
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('device_id = "told"\n[source]\nuri = "0"\nrealtime = false\n')  # a camera, paced as a file
+    r = run_cli("run", "--config", str(cfg), env=broker.env())
+    assert r.returncode == 2 and "was not told" not in r.stderr, r.stderr
+    got = retained()
+    assert got["edge/told/availability"] == b"offline"
+    info = json.loads(got["edge/told/info"])
+    assert info["config_error"] == r.stderr.split("invalid configuration:\n", 1)[1].strip()
+    assert info["config_error"].startswith("source.realtime: source '0' is of the camera kind, which never reads it")
+    assert info["device_id"] == "told" and info["agent_version"] and info["model"] is None
+    # refused once the model is loaded (a label the model never produces): said the same way
+    cfg.write_text(f'device_id = "told"\n[source]\nuri = "synthetic"\n[model]\npath = "{SHORT}"\n'
+                   '[scene]\nenabled = true\nlabels = ["car"]\n')
+    r = run_cli("run", "--config", str(cfg), env=broker.env())
+    assert r.returncode == 2 and "'car'" in r.stderr, r.stderr
+    assert "'car'" in json.loads(retained()["edge/told/info"])["config_error"]
+    # a configuration it takes: info again as a running agent publishes it
+    cfg.write_text(f'device_id = "told"\n[source]\nuri = "synthetic"\nfps = 5\n[model]\npath = "{SHORT}"\n')
+    r = run_cli("run", "--config", str(cfg), "--seconds", "2", env=broker.env())
+    assert r.returncode == 0, r.stderr
+    info = json.loads(retained()["edge/told/info"])
+    assert "config_error" not in info and info["model"]["name"] == "face_detection_short_range"

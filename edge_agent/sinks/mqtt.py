@@ -858,6 +858,53 @@ def probe_broker(cfg: MQTTConfig, timeout_s: float = 5.0, topics: list[str] | No
         client.loop_stop()
 
 
+def publish_retained(cfg: MQTTConfig, client_id: str, messages: list[tuple[str, bytes]], timeout_s: float = 5.0
+                     ) -> str | None:
+    """Connect once, publish `messages` retained at QoS 1, wait for the broker to take each, disconnect:
+    None when it took them all, else why not. For a process that runs no sink (a refused configuration
+    said where the fleet looks), so it never waits longer than `timeout_s` for a broker that is away."""
+    done = threading.Event()
+    outcome: list[str | None] = []
+    pending: set[int] = set()
+    lock = threading.RLock()  # (publish may answer at once, on this thread)
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            outcome.append(f"refused: {reason_code}")
+            done.set()
+            return
+        with lock:
+            for topic, payload in messages:
+                pending.add(client.publish(topic, payload, qos=1, retain=True).mid)
+
+    def on_publish(client: Any, userdata: Any, mid: Any, reason_code: Any, properties: Any) -> None:
+        with lock:
+            pending.discard(mid)
+            if not pending:
+                outcome.append(None)
+                done.set()
+
+    def on_connect_fail(client: Any, userdata: Any) -> None:
+        outcome.append(getattr(client, "last_connect_error", None) or _UNREACHABLE)
+        done.set()
+
+    client = _make_client(cfg, client_id)
+    client.on_connect = on_connect
+    client.on_publish = on_publish
+    client.on_connect_fail = on_connect_fail
+    try:
+        client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        client.loop_start()
+        if not done.wait(timeout_s):
+            return f"no answer within {timeout_s:.0f} s"
+        return outcome[0]
+    except (OSError, ValueError, ssl.SSLError) as err:
+        return f"{type(err).__name__}: {err}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 class Subscriber:
     """A plain subscriber for `edge-agent listen`, the cloud worker, readings from other devices and the
     tests: callbacks enqueue, callers read."""
