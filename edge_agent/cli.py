@@ -966,10 +966,14 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
         h = _obj(d.get("status") or d.get("health"))  # the device's answer, else its last health message
         label = f"{model.get('name')} v{model.get('version')}"
         fps = _obj(h.get("fps")).get("inferred", "-")
+        refused = _obj(d.get("info")).get("config_error")  # it exited 2, and says why (docs/mqtt.md)
+        state = h.get("status", "refused" if refused else "-")
         print(  # each field from whatever published it: made plain
             f"{plain(name, 60):<20} {plain(d.get('availability', '?'), 40):<12} {plain(label, 80):<36} "
-            f"{plain(upd.get('state', '-'), 40):<12} {plain(fps, 12):>6} {plain(h.get('status', '-'), 40):<9}"
+            f"{plain(upd.get('state', '-'), 40):<12} {plain(fps, 12):>6} {plain(state, 40):<9}"
         )
+        if refused:
+            print(f"  configuration refused: {plain(refused, 400)}")
     return EXIT_OK
 
 

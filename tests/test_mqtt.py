@@ -746,6 +746,10 @@ def test_a_refused_configuration_is_said_on_the_broker_until_a_start_takes_one(b
     assert info["config_error"] == r.stderr.split("invalid configuration:\n", 1)[1].strip()
     assert info["config_error"].startswith("source.realtime: source '0' is of the camera kind, which never reads it")
     assert info["device_id"] == "told" and info["agent_version"] and info["model"] is None
+    fleet = run_cli("fleet", "status", "--wait", "1.5", env=broker.env())
+    row = next(ln for ln in fleet.stdout.splitlines() if ln.startswith("told "))
+    assert row.split()[1] == "offline" and row.split()[-1] == "refused", fleet.stdout
+    assert "  configuration refused: source.realtime: source '0' is of the camera kind" in fleet.stdout
     # refused once the model is loaded (a label the model never produces): said the same way
     cfg.write_text(f'device_id = "told"\n[source]\nuri = "synthetic"\n[model]\npath = "{SHORT}"\n'
                    '[scene]\nenabled = true\nlabels = ["car"]\n')
