@@ -993,7 +993,27 @@ class PipelineConfig(_Strict):
         return self
 
 
-class Settings(BaseSettings):
+class _Layered(BaseSettings):
+    """Settings read from the TOML file (`load_settings` names it), the environment and keyword arguments
+    (--set), the latter first."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = _TOML_FILE.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+
+class Settings(_Layered):
     """The whole agent configuration."""
 
     model_config = SettingsConfigDict(
@@ -1117,22 +1137,6 @@ class Settings(BaseSettings):
                 devices[dev] = p.name
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml = _TOML_FILE.get("path")
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if toml is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
-        return tuple(sources)
-
-
 def exclusive_device(uri: str) -> str | None:
     """The device a source opens exclusively (a camera, microphone, serial port, IIO buffer), or None."""
     u = uri.strip()
@@ -1228,7 +1232,7 @@ def load_settings(
         _SOURCE_READ.reset(token)
 
 
-class _Broker(BaseSettings):
+class _Broker(_Layered):
     """The device's name and its broker, read alone (everything else ignored) from the same file,
     environment and --set as the whole: where the whole is refused, the refusal can still be said on the
     broker (`broker_of`)."""
@@ -1242,19 +1246,6 @@ class _Broker(BaseSettings):
     @classmethod
     def _device_id(cls, v: str) -> str:
         return topic_level(v)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return Settings.settings_customise_sources(
-            settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
-        )
 
 
 def broker_of(config_file: Path | None, overrides: dict[str, Any] | None) -> tuple[str, MQTTConfig] | None:

@@ -286,6 +286,16 @@ def test_a_pipeline_whose_model_cannot_take_its_source_exits_2(
     assert f"pipelines[odd].model.path: {model} {expect}" in r.stderr, r.stderr
 
 
+#: health every second, and a face pipeline on the demo video
+PORCH = f"""[health]
+interval_s = 1
+[[pipelines]]
+name = "porch"
+source.uri = "demo"
+model.path = "{SHORT}"
+"""
+
+
 def test_a_cameras_password_is_published_printed_and_logged_nowhere(broker: Broker, agent_factory,  # type: ignore[no-untyped-def]
                                                                        tmp_path: Path) -> None:
     """A camera URL carries its password (`rtsp://admin:pw@`, `http://user:pw@`). The retained `info`,
@@ -297,14 +307,7 @@ def test_a_cameras_password_is_published_printed_and_logged_nowhere(broker: Brok
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cam = f"http://door:{secret}@127.0.0.1:{port}/video.mjpg"
-    cfg = write_toml(tmp_path / "cams.toml", f"""
-device_id = "creds"
-[health]
-interval_s = 1
-[[pipelines]]
-name = "porch"
-source.uri = "demo"
-model.path = "{SHORT}"
+    cfg = write_toml(tmp_path / "cams.toml", 'device_id = "creds"\n' + PORCH + f"""
 [[pipelines]]
 name = "door"
 source = {{ uri = "{cam}", read_timeout_s = 1, reopen_max_s = 1 }}
@@ -336,15 +339,7 @@ model.path = "{SHORT}"
 def test_face_ssd_and_wake_word_pipelines_in_one_agent(broker: Broker, agent_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg = write_toml(
         tmp_path / "three.toml",
-        f"""
-device_id = "box"
-[health]
-interval_s = 1
-[[pipelines]]
-name = "porch"
-source.uri = "demo"
-model.path = "{SHORT}"
-""" + KITCHEN_AND_VOICE,
+        'device_id = "box"\n' + PORCH + KITCHEN_AND_VOICE,
     )
     rec = Recorder(broker, "box")
     try:

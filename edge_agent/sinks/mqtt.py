@@ -845,6 +845,13 @@ def probe_broker(cfg: MQTTConfig, timeout_s: float = 5.0, topics: list[str] | No
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_connect_fail = on_connect_fail
+    return _once(client, cfg, done, outcome, timeout_s)
+
+
+def _once(client: _Client, cfg: MQTTConfig, done: threading.Event, outcome: list[str | None], timeout_s: float
+          ) -> str | None:
+    """Connect `client` (its callbacks set), wait until they say `done`, disconnect: their outcome, or why
+    the connection failed or nothing came in time."""
     try:
         client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
         client.loop_start()
@@ -892,17 +899,7 @@ def publish_retained(cfg: MQTTConfig, client_id: str, messages: list[tuple[str, 
     client.on_connect = on_connect
     client.on_publish = on_publish
     client.on_connect_fail = on_connect_fail
-    try:
-        client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
-        client.loop_start()
-        if not done.wait(timeout_s):
-            return f"no answer within {timeout_s:.0f} s"
-        return outcome[0]
-    except (OSError, ValueError, ssl.SSLError) as err:
-        return f"{type(err).__name__}: {err}"
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    return _once(client, cfg, done, outcome, timeout_s)
 
 
 class Subscriber:
