@@ -7,6 +7,7 @@ lives in its own module; this one only wires them together, like Frigate's `app.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -30,7 +31,7 @@ from edge_agent.handlers import register_commands
 from edge_agent.health import EXIT_STALLED, Health, Watchdog
 from edge_agent.inbound import InboundRouter, subscriptions
 from edge_agent.liveview import LiveView
-from edge_agent.model import Model, misnamed_by_all
+from edge_agent.model import Model, misnamed_by_all, misnamed_features
 from edge_agent.modelfile import ModelError
 from edge_agent.ota.store import make_dirs
 from edge_agent.payload import dumps, info
@@ -38,6 +39,7 @@ from edge_agent.process_signals import SignalThread
 from edge_agent.redact import hide_credentials
 from edge_agent.reload import apply_reload, check_models
 from edge_agent.retained import MODEL, SINGLE, RetainedLedger
+from edge_agent.scene import labels_problem
 from edge_agent.sdnotify import Notifier
 from edge_agent.signal_pipeline import SignalPipeline
 from edge_agent.signals import make_signal_source, signal_kind
@@ -278,7 +280,23 @@ class Agent:
         for slot in self.slots.values():
             updater = slot.start_updates(self.stop)
             if updater is not None:
+                updater.refusal = functools.partial(self.refusal_of, slot)
                 self.fanout.probation.append(updater)
+
+    def refusal_of(self, slot: ModelSlot, candidate: Model) -> str | None:
+        """Why this configuration would refuse `candidate` in `slot`'s place, as `run` refuses a model at
+        start: a label one of the slot's pipelines (its scene, its signal events), Home Assistant or
+        escalation names and no model would produce then. An update that served so would run until the next
+        start, which exits 2 on it and, under systemd, stays stopped: the update is rejected instead."""
+        for name in slot.pipelines:
+            pipe = self.pipelines.get(name)
+            if pipe is None:
+                continue
+            why = labels_problem(pipe.settings, candidate.produced_labels, None if slot.legacy else name)
+            if why is not None:
+                return why
+        models = [candidate if m is slot.model else m for m in self.models_in_use()]
+        return next(iter(misnamed_features(self.settings, models)), None)
 
     def start_pipelines(self) -> None:
         for pipe in self.pipelines.values():

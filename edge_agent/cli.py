@@ -217,15 +217,9 @@ def cmd_check(args: argparse.Namespace) -> int:
                     problems.append(f"pipeline {name}: {problem}")
 
                 _check_pipeline(view.settings, part, named, models, view.slot)
-        from edge_agent.model import misnamed_by_all
+        from edge_agent.model import misnamed_features
 
-        loaded = [m for m in models.values() if m is not None]
-        for key, feature in (("escalation.labels", settings.escalation),
-                             ("homeassistant.labels", settings.homeassistant)):
-            if feature.enabled:  # as `run` refuses them
-                why = misnamed_by_all(key, feature.labels, loaded)
-                if why is not None:
-                    problems.append(why)
+        problems += misnamed_features(settings, [m for m in models.values() if m is not None])  # as `run` refuses
     finally:
         for model in models.values():
             if model is not None:

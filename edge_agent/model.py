@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.config import ModelConfig, RuntimeConfig
+from edge_agent.config import ModelConfig, RuntimeConfig, Settings
 from edge_agent.engine import Engine, ModelPool
 from edge_agent.modelfile import LABEL_GAP, ModelError, ModelFile, TensorSpec, load_labels, read_model_file
 from edge_agent.postprocess.decoders import DecodeOptions, Decoder, make_decoder
@@ -261,6 +261,18 @@ def misnamed_by_all(key: str, labels: Sequence[str], models: Sequence[Model]) ->
     if not labels or not models or not all(m.produced_labels for m in models):
         return None
     return misnamed_labels([(key, labels)], [x for m in models for x in m.produced_labels], len(models))
+
+
+def misnamed_features(settings: Settings, models: Sequence[Model]) -> list[str]:
+    """The device-wide label settings of the parts that are on (`escalation.labels`,
+    `homeassistant.labels`) naming a label none of `models` produces: each as `run` refuses it."""
+    out = []
+    for key, feature in (("escalation.labels", settings.escalation), ("homeassistant.labels", settings.homeassistant)):
+        if feature.enabled:
+            why = misnamed_by_all(key, feature.labels, models)
+            if why is not None:
+                out.append(why)
+    return out
 
 
 class Model:

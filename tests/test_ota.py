@@ -22,13 +22,16 @@ from edge_agent.sinks.mqtt import Subscriber
 from edge_agent.topics import ota_chunk
 
 from .conftest import (
+    COCO_LABELS,
     DEMO_VIDEO,
     FULL,
     SHORT,
     SHORT_INT8,
+    SSD_MODEL,
     Broker,
     TopicRecorder,
     free_port,
+    needs_shared,
     peak_rss_mb,
     run_cli,
     run_tty,
@@ -216,6 +219,41 @@ def test_download_and_validation_failures(broker: Broker, agent_factory, keys, t
             if state == "rejected":  # nothing of it is left on disk
                 assert (tmp_path / "state" / "models" / "blobs").is_dir()
                 assert not list((tmp_path / "state" / "models").rglob(f"{m.sha256}*")), cid
+        assert w.preds[-1]["model"]["name"] == "face_detection_short_range"
+    finally:
+        fs.close()
+        w.close()
+
+
+@needs_shared
+def test_an_update_without_a_label_the_configuration_names_is_rejected(  # type: ignore[no-untyped-def]
+    broker: Broker, agent_factory, keys, tmp_path: Path
+) -> None:
+    """`run` refuses a configuration naming a label its model never produces (exit 2, which systemd does
+    not restart). An update to such a model would serve until the next start, and the device would then
+    stay stopped: it is rejected while it is validated, the model serving stays, and nothing of it is kept."""
+    priv, pub = keys
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "ssd.tflite").write_bytes(SSD_MODEL.read_bytes())
+    coco = [ln.strip() for ln in COCO_LABELS.read_text().splitlines() if ln.strip()]
+    fs = FileServer(served, "127.0.0.1", 0)
+    w = Watch(broker, "d9")
+    try:
+        env = ota_env(broker, pub, EDGE_AGENT_SCENE__ENABLED="true", EDGE_AGENT_SCENE__LABELS='["face"]')
+        agent_factory([*STREAM, "--device-id", "d9"], env=env)
+        wait_until(lambda: len(w.preds) >= 5, 30, what="the stream")
+        m = build_manifest(served / "ssd.tflite", 2, None, [f"http://127.0.0.1:{fs.port}/ssd.tflite"], coco, 1)
+        assert w.deploy(m.signed(load_private_key(priv)).model_dump(mode="json"), "ssd")["status"] == "accepted"
+        final = wait_until(lambda: next((s for s in list(w.states) if s.get("version") == 2
+                                         and s["state"] in ("rejected", "active", "rolled_back")), None), 60,
+                           what="the update's end")
+        assert final["state"] == "rejected", final
+        assert "would refuse it at the next start: scene.labels: 'face' is not a label the model produces" in \
+            final["reason"], final
+        assert not list((tmp_path / "state" / "models").rglob(f"{m.sha256}*"))
+        seen = len(w.preds)
+        wait_until(lambda: len(w.preds) > seen + 3, 20, what="predictions after the rejection")
         assert w.preds[-1]["model"]["name"] == "face_detection_short_range"
     finally:
         fs.close()

@@ -86,6 +86,9 @@ class Updater:
         self._offered = 0
         #: the agent's loaded models, so a new version of a shared file is not loaded twice
         self.pool: ModelPool | None = None
+        #: why the configuration would refuse a candidate (a label it names that the candidate never
+        #: produces), or None: such an update is rejected, as the next start would exit on it
+        self.refusal: Callable[[Model], str | None] | None = None
         #: sha256 of the model whose MQTT chunks this updater is collecting now
         self.receiving: str | None = None
         self.last_outcome: dict[str, Any] | None = None
@@ -508,6 +511,9 @@ class Updater:
                 why = run_acceptance(model, test)
                 if why:
                     raise ModelError(f"acceptance test {i} failed: {why}")
+            why = self.refusal(model) if self.refusal is not None else None
+            if why:
+                raise ModelError(f"the configuration would refuse it at the next start: {why}")
         except ModelError:
             model.close()
             raise
