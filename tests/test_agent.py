@@ -128,7 +128,12 @@ def test_invalid_config_exits_2_before_anything_starts(broker: Broker, subscribe
     r = run_cli("run", "--device-id", "bad", "--set", "model.score_threshold=2", env=broker.env())
     assert r.returncode == 2 and "model.score_threshold" in r.stderr
     sub = subscriber_factory(["edge/bad/#"])
-    assert sub.get(1.0) is None  # no retained 'online' or anything else was ever published
+    got: dict[str, bytes] = {}
+    while (m := sub.get(1.0)) is not None:
+        got[m[0]] = m[1]
+    # nothing started (no 'online', no prediction): only the refusal, said where the fleet looks
+    assert set(got) == {"edge/bad/availability", "edge/bad/info"} and got["edge/bad/availability"] == b"offline"
+    assert json.loads(got["edge/bad/info"])["config_error"].startswith("model.score_threshold")
 
 
 class NotifySocket:
