@@ -1449,3 +1449,14 @@ def test_the_passwords_of_urls_are_masked_wherever_they_are_shown(text: str, sho
     assert hide_credentials(text) == shown
     if text.startswith("rtspsrc"):
         assert GStreamerSource(text).describe() == f"gstreamer:{shown.split(' !')[0]} ! ..."
+
+
+def test_what_a_command_says_of_a_cameras_url_is_quoted_without_its_password() -> None:
+    """FFmpeg names the URL it failed on, password and all (`rtsp://admin:pw@cam/live: Connection refused`);
+    the command's last words are quoted in the error that is logged and put in health."""
+    said = "rtsp://admin:hunter2@cam.lan/live: Connection refused"
+    cmd = f"{sys.executable} -c \"import sys; print('{said}', file=sys.stderr); sys.exit(1)\""
+    with pytest.raises(SourceError) as err:
+        make_source(SourceConfig(uri=f"exec:{cmd}")).open()
+    assert "(it said: rtsp://admin:**********@cam.lan/live: Connection refused)" in str(err.value), err.value
+    assert "hunter2" not in str(err.value)

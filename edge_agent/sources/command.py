@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
+from edge_agent.redact import hide_credentials
 from edge_agent.sources.base import Source, SourceError
 from edge_agent.sources.mjpeg import MAX_PART_BYTES, decode_frame
 
@@ -233,8 +234,10 @@ class CommandSource(Source):
             pass
 
     def _said(self) -> str:
+        """The command's last words, for the error it ends with (logged, and in health): FFmpeg's name the
+        camera's URL with its password (`rtsp://admin:pw@cam/live: Connection refused`), masked here."""
         lines = list(self._stderr)[-3:]
-        return f" (it said: {' | '.join(lines)})" if lines else ""
+        return f" (it said: {hide_credentials(' | '.join(lines))})" if lines else ""
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
