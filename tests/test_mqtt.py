@@ -440,10 +440,12 @@ def test_run_logs_a_missing_broker_at_once_and_then_periodically(tmp_path: Path,
     assert "messages waiting in the outbox" in agent.log()
 
 
-def _make_pki(d: Path, valid: str = "now") -> tuple[Path, Path, Path, Path]:
+def _make_pki(d: Path, valid: str = "now", key_ids: bool = True) -> tuple[Path, Path, Path, Path]:
     """A CA, a server certificate it signed for localhost and 127.0.0.1 (valid now; "expired": it ran
     out an hour ago; "later": from tomorrow, as a device whose clock is behind sees any), its key, and
-    another CA that signed nothing of this."""
+    another CA that signed nothing of this. key_ids: the CA names its key (Subject Key Identifier) and
+    the server certificate names the CA's (Authority Key Identifier), as RFC 5280 asks and Python 3.13
+    checks by default; without them, as a camera's own CA signs."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -455,19 +457,22 @@ def _make_pki(d: Path, valid: str = "now") -> tuple[Path, Path, Path, Path]:
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge test CA")])
+    ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
           .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
           .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True))
+    if key_ids:
+        ca = ca.add_extension(ski, critical=False)
     srv_key = key()
     srv = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
            .issuer_name(ca_name).public_key(srv_key.public_key()).serial_number(x509.random_serial_number())
            .not_valid_before(now + datetime.timedelta(days=1 if valid == "later" else -2))
            .not_valid_after(now + datetime.timedelta(hours=-1 if valid == "expired" else 48))
            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                       x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-           .sign(ca_key, hashes.SHA256()))
+                                                       x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False))
+    if key_ids:
+        srv = srv.add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
     other_key = key()
     other = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(other_key.public_key())
              .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
@@ -476,8 +481,8 @@ def _make_pki(d: Path, valid: str = "now") -> tuple[Path, Path, Path, Path]:
              .sign(other_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
     paths = d / "ca.pem", d / "server.pem", d / "server.key", d / "other-ca.pem"
-    paths[0].write_bytes(ca.public_bytes(pem))
-    paths[1].write_bytes(srv.public_bytes(pem))
+    paths[0].write_bytes(ca.sign(ca_key, hashes.SHA256()).public_bytes(pem))
+    paths[1].write_bytes(srv.sign(ca_key, hashes.SHA256()).public_bytes(pem))
     paths[2].write_bytes(srv_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     paths[3].write_bytes(other.public_bytes(pem))
     return paths

@@ -50,6 +50,16 @@ _MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
+def pin(context: ssl.SSLContext) -> None:
+    """Trust what `source.tls_ca_file` holds the same way on every Python the agent runs on. Python 3.13
+    verifies strictly by RFC 5280 (`VERIFY_X509_STRICT`), and refused a camera's certificate that its
+    own CA signed without an Authority Key Identifier, as cameras' CAs sign them, where 3.11 took it.
+    And 3.11 refused the camera's own certificate itself as the trusted one, unless it signed itself,
+    where 3.13 takes it (`VERIFY_X509_PARTIAL_CHAIN`). The chain up to what the file holds, the dates
+    and the host name are checked everywhere alike."""
+    context.verify_flags = (context.verify_flags & ~ssl.VERIFY_X509_STRICT) | ssl.VERIFY_X509_PARTIAL_CHAIN
+
+
 class MjpegSource(Source):
     kind = "http"
     options = frozenset({"tls_verify", "tls_ca_file"})
@@ -168,6 +178,8 @@ class MjpegSource(Source):
         if url.scheme != "https":
             return http.client.HTTPConnection(host, port, timeout=self.timeout_s)
         context = ssl.create_default_context(cafile=str(self.tls_ca_file) if self.tls_ca_file else None)
+        if self.tls_ca_file is not None:
+            pin(context)
         if not self.tls_verify:  # a camera's own certificate, for no host name: encrypted, not authenticated
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
