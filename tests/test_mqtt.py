@@ -440,12 +440,13 @@ def test_run_logs_a_missing_broker_at_once_and_then_periodically(tmp_path: Path,
     assert "messages waiting in the outbox" in agent.log()
 
 
-def _make_pki(d: Path, valid: str = "now", key_ids: bool = True) -> tuple[Path, Path, Path, Path]:
+def _make_pki(d: Path, valid: str = "now", rfc5280: bool = True) -> tuple[Path, Path, Path, Path]:
     """A CA, a server certificate it signed for localhost and 127.0.0.1 (valid now; "expired": it ran
     out an hour ago; "later": from tomorrow, as a device whose clock is behind sees any), its key, and
-    another CA that signed nothing of this. key_ids: the CA names its key (Subject Key Identifier) and
-    the server certificate names the CA's (Authority Key Identifier), as RFC 5280 asks and Python 3.13
-    checks by default; without them, as a camera's own CA signs."""
+    another CA that signed nothing of this. rfc5280: the CA names its key (Subject Key Identifier) and
+    what it may sign (Key Usage), and the server certificate names the CA's key (Authority Key
+    Identifier), as RFC 5280 asks and Python 3.13 checks by default; False: none of them, as a camera's
+    own CA signs."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -462,8 +463,11 @@ def _make_pki(d: Path, valid: str = "now", key_ids: bool = True) -> tuple[Path, 
           .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
           .not_valid_after(now + datetime.timedelta(days=1))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True))
-    if key_ids:
-        ca = ca.add_extension(ski, critical=False)
+    if rfc5280:
+        ca = ca.add_extension(ski, critical=False).add_extension(
+            x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                          encipher_only=False, decipher_only=False), critical=True)
     srv_key = key()
     srv = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
            .issuer_name(ca_name).public_key(srv_key.public_key()).serial_number(x509.random_serial_number())
@@ -471,7 +475,7 @@ def _make_pki(d: Path, valid: str = "now", key_ids: bool = True) -> tuple[Path, 
            .not_valid_after(now + datetime.timedelta(hours=-1 if valid == "expired" else 48))
            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False))
-    if key_ids:
+    if rfc5280:
         srv = srv.add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
     other_key = key()
     other = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(other_key.public_key())

@@ -790,7 +790,7 @@ def test_an_https_camera_with_its_own_certificate(tmp_path: Path) -> None:
     finally:
         cam.close()
     (tmp_path / "camera").mkdir()
-    own_ca, own_cert, own_key, _ = _make_pki(tmp_path / "camera", key_ids=False)
+    own_ca, own_cert, own_key, _ = _make_pki(tmp_path / "camera", rfc5280=False)
     cam = StillCamera()
     own = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     own.load_cert_chain(own_cert, own_key)
