@@ -36,7 +36,7 @@ MB = 1e6  # the health document's MB are 10^6 bytes
 FRAME_DROPS = ("replaced", "sink_full", "queue_full", "undecodable")
 BROKER_DROPS = (
     "inbox_full", "queue_full", "broker_down", "superseded", "shutdown", "error", "health_unsent", "too_large",
-    "refused", "inbound_error",
+    "refused", "inbound_error", "inbound_too_large",
 )
 OUTBOX_DROPS = ("outbox_downsampled", "outbox_full_newest", "outbox_full_oldest")
 COMMAND_RESULTS = ("received", "rejected", "done", "duplicate", "errors")

@@ -591,6 +591,54 @@ def test_under_mqtt_5_the_broker_keeps_what_is_too_large_for_the_agent(broker: B
         s.close(2)
 
 
+def test_under_mqtt_3_1_1_a_message_too_large_for_the_agent_ends_the_connection_unread(broker: Broker) -> None:
+    """MQTT 3.1.1 cannot tell the broker the largest packet the agent takes, and paho read whatever came,
+    whole, into memory (on a board of 1 GB, a message of up to 256 MB from anyone allowed to publish on a
+    topic it subscribes to). A packet whose header declares more than MAX_INBOUND_BYTES now ends the
+    connection before its body is read. The agent connects again, subscribes again and takes the next
+    message; the refusal is counted and said in health, and is not taken for a broker that closes each
+    connection (a client id in use elsewhere)."""
+    import queue as queue_mod
+
+    from edge_agent.sinks.base import Inbound
+    from edge_agent.sinks.mqtt import MAX_INBOUND_BYTES
+
+    inbox: queue_mod.Queue[Inbound] = queue_mod.Queue()
+    s = MqttSink(broker.mqtt(reconnect_min_s=0.2, reconnect_max_s=1), "dev1", subscriptions=["edge/dev1/cmd"],
+                 inbox=inbox)
+    s.start()
+    pub = MqttSink(broker.mqtt(), "sender")
+    try:
+        assert s.wait_connected(10)
+        pub.start()
+        assert pub.wait_connected(10)
+
+        def subscribed() -> bool:  # a message of its own comes through: the subscription stands
+            pub.submit(Message("edge/dev1/cmd", b"probe", qos=1))
+            try:
+                return inbox.get(timeout=0.5).payload == b"probe"
+            except queue_mod.Empty:
+                return False
+
+        wait_until(subscribed, 10, what="the agent's subscription")
+        pub.submit(Message("edge/dev1/cmd", b"x" * MAX_INBOUND_BYTES, qos=1))
+        wait_until(lambda: s.drops["inbound_too_large"] and s.connects == 2 and s.is_connected(), 20,
+                   what="the connection closed on the large message, and opened again")
+        wait_until(subscribed, 10, what="the subscription made again")
+        pub.submit(Message("edge/dev1/cmd", b'{"id": "1", "command": "ping"}', qos=1))
+        got = inbox.get(timeout=10)
+        while got.payload == b"probe":  # a probe sent twice while the first was on its way
+            got = inbox.get(timeout=10)
+        assert got.payload.startswith(b'{"id": "1"'), len(got.payload)  # the large one never came
+        assert s.drops["inbound_too_large"] == 1
+        assert s.refused_inbound is not None and s.refused_inbound > MAX_INBOUND_BYTES
+        assert any("larger than the agent takes" in p for p in s.problems()), s.problems()
+        assert s.taken_over is None
+    finally:
+        pub.close(2)
+        s.close(2)
+
+
 def test_why_a_broker_cannot_be_reached_is_said_in_check_and_the_log(tmp_path: Path) -> None:
     """A broker whose certificate has expired, a CA file for another broker, a device clock not set yet,
     a host name DNS does not know: each used to read "connection refused or host unreachable" in

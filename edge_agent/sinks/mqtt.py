@@ -145,11 +145,14 @@ def why_unreachable(err: OSError) -> str:
 
 
 class _Client(paho.Client):
-    """Paho's client, keeping why its latest connection attempt failed: its `on_connect_fail` is told
+    """Paho's client, keeping why its latest connection attempt failed (its `on_connect_fail` is told
     only that one did, so a broker whose certificate expired read "connection refused or host
-    unreachable" in the log and in `check`."""
+    unreachable" in the log and in `check`), and refusing a packet larger than `inbound_limit`."""
 
     last_connect_error: str | None = None
+    #: the largest packet taken from the broker (0: any), and the size of the last one refused, until read
+    inbound_limit = 0
+    refused_inbound: int | None = None
 
     def reconnect(self) -> MQTTErrorCode:
         try:
@@ -159,6 +162,22 @@ class _Client(paho.Client):
             raise
         self.last_connect_error = None
         return rc
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        """Paho reads each packet whole into memory. Under MQTT 5 the agent tells the broker the largest it
+        takes; MQTT 3.1.1 has no way to, and anyone allowed to publish on a topic the agent subscribes to
+        could send it 256 MB (mosquitto's default) on a board of 1 GB. A packet whose header declares more
+        than `inbound_limit` ends the connection before a byte of its body is read (paho takes this error
+        for a lost connection, and connects again); a clean session's broker forgets what it was sending."""
+        packet: Any = getattr(self, "_in_packet", None)  # paho's own: a release that renames it loses the check,
+        # which `test_under_mqtt_3_1_1_a_message_too_large_for_the_agent_ends_the_connection_unread` shows
+        if self.inbound_limit and isinstance(packet, dict) and packet.get("have_remaining"):
+            size = 1 + len(packet.get("remaining_count", ())) + int(packet.get("remaining_length", 0))
+            if size > self.inbound_limit:
+                self.refused_inbound = size
+                raise ConnectionAbortedError(f"the broker sent a packet of {size} bytes, more than the "
+                                             f"{self.inbound_limit} this client takes")
+        return super()._sock_recv(bufsize)
 
 
 def _make_client(cfg: MQTTConfig, client_id: str, persistent: bool = False) -> _Client:
@@ -190,6 +209,7 @@ class _Event:
     mid: int = 0
     refused: tuple[bool, ...] = ()  # suback: per topic asked for, whether the broker refused it
     max_packet: int | None = None  # connected: the Maximum Packet Size an MQTT 5 broker's CONNACK names
+    refused_inbound: int | None = None  # disconnected: the size of the packet from the broker it ended on
 
 
 class MqttSink(Sink):
@@ -250,6 +270,7 @@ class MqttSink(Sink):
         self.heartbeat = time.monotonic()
         self._thread: threading.Thread | None = None
         self._client = _make_client(cfg, self.client_id)
+        self._client.inbound_limit = MAX_INBOUND_BYTES
         if cfg.password is not None and not cfg.tls.on(cfg.port) and not _loopback(cfg.host):
             log.warning("mqtt: the password goes to %s:%d in clear text: TLS is off (mqtt.tls.ca_file, a broker at "
                         "port 8883, or mqtt.tls.enabled)", cfg.host, cfg.port)
@@ -288,6 +309,8 @@ class MqttSink(Sink):
         self._suspect: tuple[int, str] | None = None
         #: the latest message dropped as larger than the broker takes (topic, bytes), for health
         self.too_large: tuple[str, int] | None = None
+        #: the size of the latest message from the broker larger than the agent takes, for health
+        self.refused_inbound: int | None = None
         self._too_large_topics: set[str] = set()
         #: the topic of each QoS > 0 message lately sent, by message id; topics the broker refused a
         #: publish on (MQTT 5 says so in the acknowledgement: its ACL) -> (reason, when last)
@@ -324,7 +347,8 @@ class MqttSink(Sink):
         self._wake.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        self._events.put(_Event("disconnected", str(reason_code)))
+        size, client.refused_inbound = client.refused_inbound, None
+        self._events.put(_Event("disconnected", str(reason_code), refused_inbound=size))
         self._wake.set()
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: Any, reason_codes: Any, properties: Any) -> None:
@@ -535,7 +559,9 @@ class MqttSink(Sink):
                 self.last_error = f"broker refused connection: {ev.detail}"
                 self._connected.clear()
             else:
-                if self._connected_at is not None:  # the end of a connection the broker accepted (a send
+                if ev.refused_inbound is not None:
+                    self._refused_inbound(ev.refused_inbound)
+                elif self._connected_at is not None:  # the end of a connection the broker accepted (a send
                     # that found it gone may have cleared _connected already)
                     log.warning("mqtt disconnected: %s", ev.detail)
                     self._down_logged = time.monotonic()
@@ -554,6 +580,19 @@ class MqttSink(Sink):
                 self._spill([m for info, m in self._inflight if not info.is_published()])
                 self._inflight.clear()
                 self._replay_inflight.clear()
+
+    def _refused_inbound(self, size: int) -> None:
+        """The connection ended on a message from the broker larger than the agent takes (`_Client._sock_recv`):
+        counted, logged the first time and then at 10, 100, 1000..., and said in health. Not a connection
+        the broker closed: neither a packet of ours too large for it nor a client id in use elsewhere."""
+        self.drops["inbound_too_large"] += 1
+        self.refused_inbound = size
+        n = self.drops["inbound_too_large"]
+        if log_now(n):
+            log.error("mqtt: the broker sent a message of %d bytes, more than the %d this agent takes; the "
+                      "connection was closed on it, and is opened again (%d so far). Whoever may publish on "
+                      "a topic the agent subscribes to sent it; MQTT 5 (mqtt.protocol = \"5\") has the broker "
+                      "drop such messages instead", size, MAX_INBOUND_BYTES, n)
 
     def _note_short_lived(self, reason: str) -> None:
         """Two devices given one device_id (a cloned SD card) connect with one client id, and the broker
@@ -678,6 +717,10 @@ class MqttSink(Sink):
         if self.too_large is not None:
             out.append(f"messages larger than the broker takes ({self._packet_limit()} bytes) dropped: "
                        f"{self.drops['too_large']}, the latest {self.too_large[1]} bytes on {self.too_large[0]}")
+        if self.refused_inbound is not None:
+            out.append(f"messages from the broker larger than the agent takes ({MAX_INBOUND_BYTES} bytes), each "
+                       f"ending the connection: {self.drops['inbound_too_large']}, "
+                       f"the latest {self.refused_inbound} bytes")
         now = time.monotonic()
         lately = sorted((t, why) for t, (why, at) in self.refused_publishes.items() if now - at < _REFUSED_FOR_S)
         if lately:
