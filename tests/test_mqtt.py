@@ -67,6 +67,61 @@ def test_a_message_whose_handler_raises_never_ends_the_mqtt_client(broker: Broke
         s.close(2)
 
 
+def _publish_packet(topic: bytes, payload: bytes) -> bytes:
+    """An MQTT PUBLISH at QoS 0 of whatever topic bytes, checked or not."""
+    body = len(topic).to_bytes(2, "big") + topic + payload
+    assert len(body) < 128
+    return bytes([0x30, len(body)]) + body
+
+
+def test_a_topic_from_the_broker_that_is_not_utf8_never_ends_the_mqtt_client() -> None:
+    """A broker (or what answers on its port) that forwards a message whose topic is not UTF-8, which
+    mosquitto never does: paho's `topic` raised in the sink's callback and in the plain subscriber's,
+    which ended the client's network thread for good. The agent still said it was connected, and
+    neither published nor received anything again. The message is now dropped and counted, and the
+    next one is taken in."""
+    import queue as queue_mod
+
+    from edge_agent.sinks.base import Inbound
+    from edge_agent.sinks.mqtt import Subscriber
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def broker() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)  # CONNECT
+                conn.sendall(bytes([0x20, 2, 0, 0]))  # CONNACK: accepted
+                conn.sendall(_publish_packet(b"edge/dev1/\xff\xfe", b"bad")
+                             + _publish_packet(b"edge/dev1/cmd", b"good"))
+                while conn.recv(65536):  # SUBSCRIBE, PINGREQ... until the client goes
+                    pass
+
+    threading.Thread(target=broker, daemon=True).start()
+    inbox: queue_mod.Queue[Inbound] = queue_mod.Queue()
+    s = MqttSink(MQTTConfig(host="127.0.0.1", port=port), "dev1", subscriptions=["edge/dev1/#"], inbox=inbox)
+    s.start()
+    try:
+        got = inbox.get(timeout=10)
+        assert (got.topic, got.payload) == ("edge/dev1/cmd", b"good")
+        assert s.drops["inbound_error"] == 1
+    finally:
+        s.close(2)
+    sub = Subscriber(MQTTConfig(host="127.0.0.1", port=port), [])
+    try:
+        assert sub.start(10)
+        assert sub.messages.get(timeout=10)[:2] == ("edge/dev1/cmd", b"good")
+        assert sub.malformed == 1
+    finally:
+        sub.stop()
+        server.close()
+
+
 def test_birth_retained_state_messages_and_clean_offline(broker: Broker, subscriber_factory) -> None:  # type: ignore[no-untyped-def]
     sub = subscriber_factory(["edge/dev1/#"])
     s = sink_for(broker.mqtt(keepalive_s=5))

@@ -180,6 +180,12 @@ class _Client(paho.Client):
         return super()._sock_recv(bufsize)
 
 
+def shown_topic(msg: Any) -> str:
+    """A received message's topic for the log, whatever bytes the broker sent (paho's `topic` raises on
+    what is not UTF-8)."""
+    return bytes(getattr(msg, "_topic", b"")).decode("utf-8", "backslashreplace")
+
+
 def _make_client(cfg: MQTTConfig, client_id: str, persistent: bool = False) -> _Client:
     proto = paho.MQTTv5 if cfg.protocol == "5" else paho.MQTTv311
     if proto == paho.MQTTv311:  # MQTT 5 has no clean_session; its session expiry defaults to 0
@@ -322,21 +328,22 @@ class MqttSink(Sink):
 
     # --- paho callbacks: enqueue only ---------------------------------------------------------
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        if msg.topic == self.availability_topic:
-            self._events.put(_Event("availability", bytes(msg.payload).decode("utf-8", "replace")))
-            self._wake.set()
-            return
-        if self.inbox is None:
-            return
         try:
-            self.inbox.put_nowait(Inbound(str(msg.topic), bytes(msg.payload), bool(msg.retain)))
+            topic = str(msg.topic)  # paho decodes it here: a broker's topic that is not UTF-8 raises
+            if topic == self.availability_topic:
+                self._events.put(_Event("availability", bytes(msg.payload).decode("utf-8", "replace")))
+                self._wake.set()
+                return
+            if self.inbox is None:
+                return
+            self.inbox.put_nowait(Inbound(topic, bytes(msg.payload), bool(msg.retain)))
         except queue.Full:
             self.drops["inbox_full"] += 1
         except Exception:  # paho's boundary: raised here, it would end the client's network thread for good
             self.drops["inbound_error"] += 1
             n = self.drops["inbound_error"]
             if log_now(n):  # whoever may publish here decides how often
-                log.exception("mqtt: a message on %s could not be taken in (%d so far)", msg.topic, n)
+                log.exception("mqtt: a message on %s could not be taken in (%d so far)", shown_topic(msg), n)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
@@ -972,6 +979,7 @@ class Subscriber:
         #: payload bytes in `messages`, and messages dropped because they would not fit (max_bytes)
         self.held_bytes = 0
         self.overflow = 0
+        self.malformed = 0  # messages dropped on a topic that is not UTF-8
         self._held_lock = threading.Lock()
         self.subscribed = threading.Event()
         #: the first connection attempt failed (refused, unreachable, or the broker refused us)
@@ -996,6 +1004,15 @@ class Subscriber:
         self.subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            topic = str(msg.topic)
+        except UnicodeDecodeError:  # from a broker that forwards what is not MQTT: raised here, it would end
+            # the client's network thread for good
+            self.malformed += 1
+            if log_now(self.malformed):
+                log.error("mqtt: a message on a topic that is not UTF-8 (%s) dropped (%d so far)",
+                          shown_topic(msg), self.malformed)
+            return
         payload = bytes(msg.payload)
         if self.max_bytes is not None:
             with self._held_lock:
@@ -1003,7 +1020,7 @@ class Subscriber:
                     self.overflow += 1
                     return
                 self.held_bytes += len(payload)
-        self.messages.put((msg.topic, payload, bool(msg.retain)))
+        self.messages.put((topic, payload, bool(msg.retain)))
 
     def start(self, timeout: float = 10.0) -> bool:
         """True once subscribed; False at once when the first attempt fails, else after `timeout`."""
