@@ -608,42 +608,66 @@ def test_a_password_sent_in_clear_text_over_a_network_is_said(caplog: pytest.Log
     assert said == {"broker.example": True, "127.0.0.1": False, "tls": False, "no password": False}, said
 
 
+class _CommandLine:
+    """An agent's sink subscribed to its command topic, and another client that sends there."""
+
+    def __init__(self, broker: Broker, **mqtt: Any) -> None:
+        import queue as queue_mod
+
+        from edge_agent.sinks.base import Inbound
+
+        self.inbox: queue_mod.Queue[Inbound] = queue_mod.Queue()
+        self.sink = MqttSink(broker.mqtt(**mqtt), "dev1", subscriptions=["edge/dev1/cmd"], inbox=self.inbox)
+        self.pub = MqttSink(broker.mqtt(protocol=mqtt.get("protocol", "3.1.1")), "sender")
+
+    def __enter__(self) -> _CommandLine:
+        self.sink.start()
+        assert self.sink.wait_connected(10)
+        self.pub.start()
+        assert self.pub.wait_connected(10)
+        self.wait_subscribed()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pub.close(2)
+        self.sink.close(2)
+
+    def send(self, payload: bytes) -> None:
+        self.pub.submit(Message("edge/dev1/cmd", payload, qos=1))
+
+    def wait_subscribed(self) -> None:
+        """Until a message of its own comes through: the sink's subscription stands."""
+        import queue as queue_mod
+
+        def through() -> bool:
+            self.send(b"probe")
+            try:
+                return self.inbox.get(timeout=0.5).payload == b"probe"
+            except queue_mod.Empty:
+                return False
+
+        wait_until(through, 10, what="the agent's subscription")
+
+    def next_taken(self) -> bytes:
+        """The next message taken in that is not a probe (one sent twice while the first was on its way)."""
+        got = self.inbox.get(timeout=10)
+        while got.payload == b"probe":
+            got = self.inbox.get(timeout=10)
+        return got.payload
+
+
 def test_under_mqtt_5_the_broker_keeps_what_is_too_large_for_the_agent(broker: Broker) -> None:
     """Anyone allowed to publish on a topic the agent subscribes to could send it a message of up to
     256 MB (mosquitto's default), which paho reads whole into memory before the agent can refuse it.
     Under MQTT 5 the agent says in its CONNECT the largest packet it takes (MAX_INBOUND_BYTES: a model
     chunk is at most 1 MiB), and the broker drops a larger one instead of sending it."""
-    import queue as queue_mod
-
-    from edge_agent.sinks.base import Inbound
     from edge_agent.sinks.mqtt import MAX_INBOUND_BYTES
 
-    inbox: queue_mod.Queue[Inbound] = queue_mod.Queue()
-    s = MqttSink(broker.mqtt(protocol="5"), "dev1", subscriptions=["edge/dev1/cmd"], inbox=inbox)
-    s.start()
-    pub = MqttSink(broker.mqtt(protocol="5"), "sender")
-    try:
-        assert s.wait_connected(10)
-        pub.start()
-        assert pub.wait_connected(10)
-
-        def subscribed() -> bool:  # a message of its own comes through: the subscription stands
-            pub.submit(Message("edge/dev1/cmd", b"probe", qos=1))
-            try:
-                return inbox.get(timeout=0.5).payload == b"probe"
-            except queue_mod.Empty:
-                return False
-
-        wait_until(subscribed, 10, what="the agent's subscription")
-        pub.submit(Message("edge/dev1/cmd", b"x" * (MAX_INBOUND_BYTES + 1), qos=1))
-        pub.submit(Message("edge/dev1/cmd", b'{"id": "1", "command": "ping"}', qos=1))
-        got = inbox.get(timeout=10)
-        while got.payload == b"probe":  # a probe sent twice while the first was on its way
-            got = inbox.get(timeout=10)
-        assert got.payload.startswith(b'{"id": "1"'), len(got.payload)  # the large one never came
-    finally:
-        pub.close(2)
-        s.close(2)
+    with _CommandLine(broker, protocol="5") as line:
+        line.send(b"x" * (MAX_INBOUND_BYTES + 1))
+        line.send(b'{"id": "1", "command": "ping"}')
+        got = line.next_taken()
+        assert got.startswith(b'{"id": "1"'), len(got)  # the large one never came
 
 
 def test_under_mqtt_3_1_1_a_message_too_large_for_the_agent_ends_the_connection_unread(broker: Broker) -> None:
@@ -653,45 +677,21 @@ def test_under_mqtt_3_1_1_a_message_too_large_for_the_agent_ends_the_connection_
     connection before its body is read. The agent connects again, subscribes again and takes the next
     message; the refusal is counted and said in health, and is not taken for a broker that closes each
     connection (a client id in use elsewhere)."""
-    import queue as queue_mod
-
-    from edge_agent.sinks.base import Inbound
     from edge_agent.sinks.mqtt import MAX_INBOUND_BYTES
 
-    inbox: queue_mod.Queue[Inbound] = queue_mod.Queue()
-    s = MqttSink(broker.mqtt(reconnect_min_s=0.2, reconnect_max_s=1), "dev1", subscriptions=["edge/dev1/cmd"],
-                 inbox=inbox)
-    s.start()
-    pub = MqttSink(broker.mqtt(), "sender")
-    try:
-        assert s.wait_connected(10)
-        pub.start()
-        assert pub.wait_connected(10)
-
-        def subscribed() -> bool:  # a message of its own comes through: the subscription stands
-            pub.submit(Message("edge/dev1/cmd", b"probe", qos=1))
-            try:
-                return inbox.get(timeout=0.5).payload == b"probe"
-            except queue_mod.Empty:
-                return False
-
-        wait_until(subscribed, 10, what="the agent's subscription")
-        pub.submit(Message("edge/dev1/cmd", b"x" * MAX_INBOUND_BYTES, qos=1))
+    with _CommandLine(broker, reconnect_min_s=0.2, reconnect_max_s=1) as line:
+        s = line.sink
+        line.send(b"x" * MAX_INBOUND_BYTES)
         wait_until(lambda: s.drops["inbound_too_large"] and s.connects == 2 and s.is_connected(), 20,
                    what="the connection closed on the large message, and opened again")
-        wait_until(subscribed, 10, what="the subscription made again")
-        pub.submit(Message("edge/dev1/cmd", b'{"id": "1", "command": "ping"}', qos=1))
-        got = inbox.get(timeout=10)
-        while got.payload == b"probe":  # a probe sent twice while the first was on its way
-            got = inbox.get(timeout=10)
-        assert got.payload.startswith(b'{"id": "1"'), len(got.payload)  # the large one never came
+        line.wait_subscribed()
+        line.send(b'{"id": "1", "command": "ping"}')
+        got = line.next_taken()
+        assert got.startswith(b'{"id": "1"'), len(got)  # the large one never came
         assert s.drops["inbound_too_large"] == 1
         assert s.refused_inbound is not None and s.refused_inbound > MAX_INBOUND_BYTES
         assert any("larger than the agent takes" in p for p in s.problems()), s.problems()
         assert s.taken_over is None
-    finally:
-        pub.close(2)
-        s.close(2)
 
 
 def test_why_a_broker_cannot_be_reached_is_said_in_check_and_the_log(tmp_path: Path) -> None:
