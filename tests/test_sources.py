@@ -1053,6 +1053,38 @@ def test_a_camera_that_asks_for_digest_authentication_is_answered() -> None:
         cam.close()
 
 
+def test_a_camera_whose_challenge_is_malformed_is_refused_with_the_reason() -> None:
+    """A 401 whose challenge has a parameter without a value (`nonce`) or with an empty one (`qop=`)
+    made the standard library's `parse_keqv_list` raise, and the source's open ended in a traceback
+    ("capture error") instead of saying what the camera asked for. What can be read of it is read."""
+    from edge_agent.sources import httpauth
+
+    assert httpauth.challenges(['Digest realm="cam", nonce, qop=', "Basic realm=", "Digest ,,=x, =", ""]) == [
+        httpauth.Challenge("digest", {"realm": "cam"}), httpauth.Challenge("basic", {}),
+        httpauth.Challenge("digest", {}),
+    ]
+
+    class Malformed(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Digest realm="cam", nonce, qop=')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Malformed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://admin:pw@127.0.0.1:{server.server_address[1]}/snapshot.jpg"
+        with pytest.raises(SourceError, match=r"401 Unauthorized: the camera asks for digest, which the agent"):
+            make_source(SourceConfig(uri=url)).open()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 _EMITTER = """
 import os, subprocess, sys, time
 mode, frames = sys.argv[1], sys.argv[2:]

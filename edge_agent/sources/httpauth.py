@@ -29,13 +29,20 @@ class Challenge:
 
 def challenges(headers: list[str]) -> list[Challenge]:
     """The challenges of a 401's `WWW-Authenticate` headers, each header one challenge (a header that
-    names two schemes is read as its first)."""
+    names two schemes is read as its first). A parameter without a value, or with an empty one, is left
+    out: `parse_keqv_list` raised on it (`nonce`, `nonce=`), and a camera's answer ended its source's
+    open in a traceback instead of a challenge the agent cannot meet."""
     out = []
     for h in headers:
         scheme, _, rest = h.strip().partition(" ")
         if scheme:
-            params = urllib.request.parse_keqv_list(urllib.request.parse_http_list(rest)) if "=" in rest else {}
-            out.append(Challenge(scheme.lower(), {k.lower(): v for k, v in params.items()}))
+            params = {}
+            for item in urllib.request.parse_http_list(rest):
+                key, eq, value = item.partition("=")
+                if eq and key.strip() and value:
+                    quoted = len(value) > 1 and value[0] == value[-1] == '"'
+                    params[key.strip().lower()] = value[1:-1] if quoted else value
+            out.append(Challenge(scheme.lower(), params))
     return out
 
 
