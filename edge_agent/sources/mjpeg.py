@@ -26,9 +26,11 @@ import numpy as np
 
 from edge_agent.imageheader import decode_reduced
 from edge_agent.netcut import Cutoff
+from edge_agent.redact import shown_url
 from edge_agent.sources import httpauth
 from edge_agent.sources.base import FrameError, Source, SourceError
 from edge_agent.sources.stream import StreamSource, public_url
+from edge_agent.untrusted import plain
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -156,7 +158,14 @@ class MjpegSource(Source):
         points at its script): the same connection where it stays on the same server. The user and
         password go only to the URL's own host: a redirect elsewhere is not answered with them."""
         here = urllib.parse.urlsplit(self._url)
-        there = urllib.parse.urlsplit(urllib.parse.urljoin(self._url, resp.getheader("Location", "")))
+        location = resp.getheader("Location", "")
+        try:
+            there = urllib.parse.urlsplit(urllib.parse.urljoin(self._url, location))
+            _ = there.port  # not a number, or out of range: raises
+            there.geturl().encode("ascii")  # http.client writes the request line in ASCII
+        except ValueError:  # UnicodeEncodeError among them; raised out of open, it was a traceback
+            raise SourceError(f"cannot open {self.describe()}: redirected to a URL that cannot be followed "
+                              f"({plain(shown_url(location), 100)})") from None
         if there.scheme not in ("http", "https"):
             raise SourceError(f"cannot open {self.describe()}: redirected to a {there.scheme or 'relative'} URL")
         self._drain(conn, resp)
