@@ -309,20 +309,27 @@ def test_a_mirror_that_answers_what_is_not_http_is_left_for_the_next(  # type: i
 
 def test_a_redirect_is_followed_to_http_only(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """urllib's own opener would follow a mirror's redirect to an FTP server (here, one that only
-    counts who connects); the model comes from the next mirror instead."""
+    counts who connects); the model comes from the next mirror instead. So it does after mirrors that
+    redirect to what is no URL (an IPv6 address left open, a host in brackets that is no address),
+    where urllib raised a ValueError out of the download."""
     server.mode = "ok"
     ftp = Raw(lambda conn: None)
     port = ftp.sock.getsockname()[1]
-    to_ftp = Raw(lambda conn: conn.sendall(
-        b"HTTP/1.1 302 Found\r\nLocation: ftp://127.0.0.1:%d/m.tflite\r\nContent-Length: 0\r\n\r\n" % port))
-    to_http = Raw(lambda conn: conn.sendall(
-        b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n" % server.url.encode()))
+
+    def redirect(to: bytes) -> Raw:
+        return Raw(lambda conn: conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n" % to))
+
+    to_ftp = redirect(b"ftp://127.0.0.1:%d/m.tflite" % port)
+    to_nowhere = [redirect(b"http://[::1/m.tflite"), redirect(b"//[zz]/m.tflite")]
+    to_http = redirect(server.url.encode())
     try:
-        got = download([to_ftp.url, to_http.url], tmp_path / "m.part", len(DATA), SHA, 2, 60)
+        mirrors = [to_ftp.url, *(r.url for r in to_nowhere), to_http.url]
+        got = download(mirrors, tmp_path / "m.part", len(DATA), SHA, 2, 60)
         assert got.read_bytes() == DATA
         assert ftp.connections == 0 and to_ftp.connections == 1 and to_http.connections == 1
+        assert [r.connections for r in to_nowhere] == [1, 1]
     finally:
-        for s in (ftp, to_ftp, to_http):
+        for s in (ftp, to_ftp, to_http, *to_nowhere):
             s.close()
 
 

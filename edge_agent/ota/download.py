@@ -101,9 +101,27 @@ class _Watch:
         opener = urllib.request.OpenerDirector()
         for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), HttpHandler(),
                         HttpsHandler(), urllib.request.HTTPDefaultErrorHandler(),
-                        urllib.request.HTTPRedirectHandler(), urllib.request.HTTPErrorProcessor()):
+                        _Redirects(), urllib.request.HTTPErrorProcessor()):
             opener.add_handler(handler)
         return opener
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects, where one to what is no URL (an IPv6 address left open, a host in brackets that
+    is no address) is an HTTP error the download reports and retries, as one to a scheme urllib does not
+    follow is; urllib raised a ValueError out of the download."""
+
+    def http_error_302(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any
+    ) -> Any:
+        try:
+            return super().http_error_302(req, fp, code, msg, headers)
+        except ValueError:
+            raise urllib.error.HTTPError(
+                req.full_url, code, "redirected to a URL that cannot be followed", headers, fp
+            ) from None
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 def _hash_existing(path: Path) -> tuple[int, hashlib._Hash]:
