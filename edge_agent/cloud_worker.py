@@ -22,6 +22,7 @@ import orjson
 from edge_agent.config import Settings
 from edge_agent.imageheader import decode_image, jpeg_size
 from edge_agent.model import Model
+from edge_agent.modelfile import ModelError
 from edge_agent.payload import dumps
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,9 @@ class CloudWorker:
         try:
             result = self._run(doc)
             out: dict[str, Any] = {"id": eid, "result": result}
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, ModelError) as err:  # ModelError: a window of another
+            # shape than the model's, or a picture for a model of windows; unanswered, the device waited
+            # out its deadline for each
             out = {"id": eid, "error": f"{type(err).__name__}: {err}", "result": {}}
         out.update(
             worker=self.worker_id,

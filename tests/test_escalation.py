@@ -240,6 +240,15 @@ def test_worker_runs_sensor_windows_and_refuses_what_it_cannot_run() -> None:
         assert ans["id"] == "a-1" and ans["result"]["task"] == "classification" and "error" not in ans
         bad = w.answer(orjson.dumps({"id": "a-2", "content": "features"}))
         assert bad["error"].startswith("ValueError") and bad["worker"] == "wx"
+        # a window of another shape, and a picture for this model of windows: each was left unanswered
+        # (a ModelError out of `answer`), and the device waited out its deadline
+        short = w.answer(orjson.dumps({"id": "a-3", "content": "features",
+                                       "window": {"shape": [5, 6], "values": [0.0] * 30}}))
+        assert short["id"] == "a-3" and short["error"].startswith("ModelError: window of shape (5, 6)"), short
+        picture = {"data": base64.b64encode(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()).decode()}
+        frame = w.answer(orjson.dumps({"id": "a-4", "content": "frame", "frame": {"width": 8, "height": 8},
+                                       "image": picture}))
+        assert frame["id"] == "a-4" and "takes windows" in frame["error"], frame
     finally:
         model.close()
 
