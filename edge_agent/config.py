@@ -1255,7 +1255,8 @@ def broker_of(config_file: Path | None, overrides: dict[str, Any] | None) -> tup
     _TOML_FILE["path"] = config_file if config_file is not None and config_file.is_file() else None
     try:
         b = _Broker(**_nested(mine))
-    except (ValidationError, SettingsError, ValueError, OSError):
+    except (ValidationError, SettingsError, ValueError, OSError, RecursionError):  # RecursionError: a TOML
+        # file nested too deep for the parser
         return None
     finally:
         _TOML_FILE["path"] = None
@@ -1278,7 +1279,7 @@ def load_settings_keeping(
         try:
             with config_file.open("rb") as f:
                 items = tomllib.load(f).get("pipelines")
-        except (OSError, tomllib.TOMLDecodeError):
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError):
             raise err from None
         if not isinstance(items, list):
             raise
@@ -1356,6 +1357,11 @@ def _check_toml(path: Path) -> None:
         # character invalid TOML, which the parser reports as "Invalid statement (at line 1, column 1)"
         hint = " (the file starts with a UTF-8 byte order mark: save it as UTF-8 without one)" if bom else ""
         raise ConfigError(f"{path}: invalid TOML: {err}{hint}") from None
+    except UnicodeDecodeError as err:  # TOML is UTF-8: another encoding (Latin-1, UTF-16) ended in a traceback
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 text (byte {err.start} is 0x{err.object[err.start]:02x}); "
+                          "save it as UTF-8") from None
+    except RecursionError:  # the parser recurses into each nested array or inline table
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deep") from None
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:

@@ -134,6 +134,16 @@ def test_unknown_env_and_file_keys_are_errors(tmp_path: Path, monkeypatch: pytes
     f.write_bytes(b"\xef\xbb\xbfdevice_id = 'cam'\r\n")
     with pytest.raises(ConfigError, match=r"invalid TOML: .*byte order mark: save it as UTF-8 without one"):
         load_settings(f)
+    # saved in Latin-1, or nested past the parser's recursion: each ended `config`, `check` and `run` in a
+    # traceback (exit 1, which systemd restarts) instead of the refusal (exit 2, which it does not)
+    for raw, why in ((b"device_id = 'cam\xe9ra'\n", r"not UTF-8 text \(byte 16 is 0xe9\); save it as UTF-8"),
+                     (b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n", "arrays or tables nested too deep")):
+        f.write_bytes(raw)
+        with pytest.raises(ConfigError, match=f"invalid TOML: {why}"):
+            load_settings(f)
+        for command in ("config", "run"):
+            r = run_cli(command, "--config", str(f), "--mqtt-port", "1")
+            assert r.returncode == 2 and "invalid TOML" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_every_field_has_a_description() -> None:
