@@ -92,7 +92,7 @@ def _overrides(args: argparse.Namespace, shortcuts: bool = True) -> dict[str, An
             raise SystemExit(_usage_error(f"--set {item!r}: expected KEY=VALUE"))
         try:
             out[key.strip()] = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON (or nested past the parser): the text, validated as such
             out[key.strip()] = value
     for attr, key in _SHORTCUTS.items() if shortcuts else ():
         v = getattr(args, attr, None)

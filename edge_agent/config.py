@@ -1227,6 +1227,8 @@ def load_settings(
         raise ConfigError(format_validation_error(err)) from None
     except SettingsError as err:  # a complex value in the environment that is not JSON
         raise ConfigError(_settings_error(err)) from None
+    except RecursionError:  # the JSON of a list or table in the environment, parsed before it is validated
+        raise ConfigError("a list or table in an EDGE_AGENT_* variable is nested too deep to read") from None
     finally:
         _TOML_FILE["path"] = None
         _SOURCE_READ.reset(token)

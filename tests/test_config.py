@@ -144,6 +144,12 @@ def test_unknown_env_and_file_keys_are_errors(tmp_path: Path, monkeypatch: pytes
         for command in ("config", "run"):
             r = run_cli(command, "--config", str(f), "--mqtt-port", "1")
             assert r.returncode == 2 and "invalid TOML" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # the same depth as JSON in the environment, or after --set
+    deep = "[" * 20000 + "]" * 20000
+    for args, env, said in ((["--set", f"pipelines={deep}"], {}, "pipelines: Input should be a valid list"),
+                            ([], {"EDGE_AGENT_PIPELINES": deep}, "EDGE_AGENT_* variable is nested too deep")):
+        r = run_cli("run", "--mqtt-port", "1", *args, env=env)
+        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr[-500:]
 
 
 def test_every_field_has_a_description() -> None:
