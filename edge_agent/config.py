@@ -1221,7 +1221,7 @@ def load_settings(
     token = _SOURCE_READ.set(source_read)
     try:
         if config_file is not None:
-            _check_toml(config_file)
+            _read_toml(config_file)
         return Settings(**_nested(overrides or {}))
     except ValidationError as err:
         raise ConfigError(format_validation_error(err)) from None
@@ -1271,17 +1271,14 @@ def load_settings_keeping(
     """A reload: the configuration read again, where a pipeline that no longer validates is refused on
     its own (the running one of that name is kept; a new one is left out) rather than the whole file.
     Returns the settings and the refused pipelines with their reasons; ConfigError for anything else."""
-    from edge_agent.compat import tomllib
-
     try:
         return load_settings(config_file, overrides), {}
     except ConfigError as err:
         if config_file is None:
             raise
         try:
-            with config_file.open("rb") as f:
-                items = tomllib.load(f).get("pipelines")
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError):
+            items = _read_toml(config_file).get("pipelines")
+        except (OSError, ConfigError):
             raise err from None
         if not isinstance(items, list):
             raise
@@ -1346,14 +1343,16 @@ def _is_list_key(env_name: str) -> bool:
     return getattr(node, "__origin__", None) is list
 
 
-def _check_toml(path: Path) -> None:
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The file's TOML; ConfigError naming the file and what is wrong with it (OSError where it cannot be
+    read)."""
     from edge_agent.compat import tomllib
 
     try:
         with path.open("rb") as f:
             bom = f.read(3) == b"\xef\xbb\xbf"
             f.seek(0)
-            tomllib.load(f)
+            return tomllib.load(f)
     except tomllib.TOMLDecodeError as err:
         # an editor that starts the file with a UTF-8 byte order mark (Windows' Notepad) makes its first
         # character invalid TOML, which the parser reports as "Invalid statement (at line 1, column 1)"
