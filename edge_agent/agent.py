@@ -278,10 +278,15 @@ class Agent:
 
     def start_updates(self) -> None:
         for slot in self.slots.values():
-            updater = slot.start_updates(self.stop)
-            if updater is not None:
-                updater.refusal = functools.partial(self.refusal_of, slot)
-                self.fanout.probation.append(updater)
+            self.start_slot_updates(slot)
+
+    def start_slot_updates(self, slot: ModelSlot) -> None:
+        """A slot's updater, at the start or for a pipeline a reload added: it judges candidates on every
+        pipeline of the slot and rejects one this configuration would refuse."""
+        updater = slot.start_updates(self.stop)
+        if updater is not None:
+            updater.refusal = functools.partial(self.refusal_of, slot)
+            self.fanout.probation.append(updater)
 
     def refusal_of(self, slot: ModelSlot, candidate: Model) -> str | None:
         """Why this configuration would refuse `candidate` in `slot`'s place, as `run` refuses a model at
@@ -368,7 +373,7 @@ class Agent:
         if self.escalator is not None:
             self.escalator.join(1.0)
         for slot in self.slots.values():
-            slot.close()
+            slot.close(max(0.0, deadline - time.monotonic()))
         self.notifier.close()
         if self._lock_file is not None:
             self._lock_file.close()  # releases the state directory

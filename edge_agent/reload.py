@@ -34,6 +34,9 @@ _LIVE_KEYS = (
     "log_level", "model.score_threshold", "model.iou_threshold", "model.top_k", "model.max_detections",
     "homeassistant.labels", "homeassistant.off_delay_s", "homeassistant.state_interval_s",
 )
+#: How long a reload waits for a removed model's update thread to end (an update under way gives way
+#: at its next check, within a second unless a download's read is stalled).
+_UPDATER_WAIT_S = 5.0
 
 
 def changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -161,9 +164,7 @@ def add_pipeline(agent: Agent, view: PipelineView, checked: bool = False) -> Non
     agent.pipelines[view.name] = pipe
     slot = agent.slot_of(view.name)
     if slot is not None and slot.updater is None:
-        updater = slot.start_updates(agent.stop)
-        if updater is not None:
-            agent.fanout.probation.append(updater)
+        agent.start_slot_updates(slot)
     pipe.start()
     log.info("pipeline %s started", view.name)
 
@@ -188,7 +189,7 @@ def remove_pipeline(agent: Agent, name: str, forget: bool = False) -> None:
         if not slot.pipelines:  # the last pipeline of a slot: its model goes too
             if slot.updater in agent.fanout.probation:
                 agent.fanout.probation.remove(slot.updater)
-            slot.close()
+            slot.close(_UPDATER_WAIT_S)
             del agent.slots[slot.name]
             if forget:
                 agent.fanout.state(Message(slot.state_topic, b"", qos=1, retain=True))

@@ -114,7 +114,13 @@ class ModelSlot:
         if self.on_state is not None:
             self.on_state(self, doc)
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 5.0) -> None:
+        """Its updater's thread ends first, waited for up to `wait_s`: a pipeline added and removed again
+        on reload would otherwise leave one behind for good, still judging and swapping a model no
+        pipeline serves."""
+        if self.updater is not None:
+            self.updater.close(wait_s)
+            self.updater = None
         if self.model is not None:
             self.model.close()
             self.model = None

@@ -1124,6 +1124,55 @@ def test_sighup_adds_removes_and_changes_pipelines_alone(broker: Broker, agent_f
         rec.close()
 
 
+def test_a_pipeline_added_on_reload_takes_updates_by_the_same_rules_and_leaves_no_thread_once_removed(  # type: ignore[no-untyped-def]
+    broker: Broker, agent_factory, tmp_path: Path
+) -> None:
+    """A pipeline a reload adds has its model's updater under the rules of one started with the agent: an
+    update without a label its scene names is rejected (it went to probation and served, and the next
+    start would have exited 2 on it). Removed again, its updater's thread ends: each pipeline added and
+    removed once left one behind for good, still holding its model store."""
+    from edge_agent.ota.manifest import write_keypair
+
+    priv, pub = write_keypair(tmp_path / "keys")
+    cfg = tmp_path / "rl.toml"
+    ota = f'[ota]\ntrusted_keys = ["{pub}"]\n'
+    faces = _pipe("faces", 'scene.enabled = true\nscene.labels = ["face"]\n')
+    _reload_toml(cfg, ota + _pipe("keep"))
+    rec = Recorder(broker, "rl")
+    try:
+        agent = agent_factory(["run", "--config", str(cfg)], env=broker.env())
+        wait_until(lambda: len(rec.get("edge/rl/keep/predictions")) >= 5, 40, what="keep running")
+
+        def threads() -> int:
+            return len(os.listdir(f"/proc/{agent.proc.pid}/task"))
+
+        settled = 0
+        for cycle in range(1, 4):
+            _reload_toml(cfg, ota + _pipe("keep") + faces)
+            agent.signal(signal.SIGHUP)
+            wait_until(lambda c=cycle: agent.log().count("pipeline faces started") == c, 30, what="faces added")
+            if cycle == 1:
+                wait_until(lambda: len(rec.get("edge/rl/faces/predictions")) >= 5, 30, what="faces running")
+                push = run_cli("fleet", "push", str(SSD_MODEL), "--labels-file", str(COCO_LABELS), "--version", "2",
+                               "--device", "rl", "--pipelines", "faces", "--key", str(priv), "--serve",
+                               "127.0.0.1:0", "--mqtt-host", broker.host, "--mqtt-port", str(broker.port),
+                               "--timeout", "120", timeout=180)
+                assert "rl: rejected" in push.stdout, push.stdout + push.stderr
+                final = rec.get("edge/rl/models/faces/state")[-1]
+                assert final["state"] == "rejected", final
+                assert "pipelines[faces].scene.labels: 'face'" in final["reason"], final
+                assert rec.get("edge/rl/faces/predictions")[-1]["model"]["name"] == "face_detection_short_range"
+            _reload_toml(cfg, ota + _pipe("keep"))
+            agent.signal(signal.SIGHUP)
+            wait_until(lambda c=cycle: agent.log().count("pipeline faces removed") == c, 30, what="faces removed")
+            if cycle == 1:
+                settled = threads()
+        # what the first removal left running, again after two more (without the fix: one more each)
+        wait_until(lambda: threads() <= settled, 15, what=f"{settled} threads again, not {threads()}")
+    finally:
+        rec.close()
+
+
 def test_labels_no_model_produces_are_refused_naming_the_key(tmp_path: Path) -> None:
     zone = '[{"name": "left", "points": [[0, 0], [0.5, 0], [0.5, 1]], "labels": ["aple"]}]'
     single = run_cli("run", "--seconds", "5", "--source", str(FRUIT), "--model", str(SSD_MODEL), "--labels",

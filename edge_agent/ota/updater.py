@@ -65,6 +65,11 @@ class Updater:
         #: the model serving now: a candidate on probation runs beside it and is compared with it
         self.current = current
         self.stop = stop
+        #: set once the slot is gone (its last pipeline removed, or restarted on another model): the thread
+        #: ends, and an update under way gives way at its next check, saying so only in the log, for the
+        #: slot's state topic is cleared by then, or another updater's
+        self.closed = threading.Event()
+        self._thread: threading.Thread | None = None
         from edge_agent.signals import signal_kind
 
         self._signal = signal_kind(settings.source.uri) is not None
@@ -150,6 +155,8 @@ class Updater:
 
     def superseded(self, m: Manifest) -> str | None:
         """Why `m` must give way (a newer version was accepted, or is already installed), or None."""
+        if self.closed.is_set():
+            return "its pipelines were removed"
         highest = int(self.store.state.get("highest_version", 0))
         cancelled = self.cancelled.get(m.version)
         if cancelled is not None:
@@ -162,10 +169,25 @@ class Updater:
 
     # --- the update thread -------------------------------------------------------------------
     def start(self) -> None:
-        threading.Thread(target=self._run, name="ota", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="ota", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout_s: float) -> None:
+        """Ends the update thread, waiting up to `timeout_s` for it: an update under way gives way at its
+        next check (a download's next block, the judging's next frame), and a slot built again on the same
+        store (a pipeline restarted on a changed model) never has two updaters writing it at once."""
+        self.closed.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("the update thread of a removed model is still busy after %.0f s; it ends on its "
+                            "next check", timeout_s)
+
+    def _stopping(self) -> bool:
+        return self.stop.is_set() or self.closed.is_set()
 
     def _run(self) -> None:
-        while not self.stop.is_set():
+        while not self._stopping():
             try:
                 m = self.jobs.get(timeout=0.5)
             except queue.Empty:
@@ -192,7 +214,8 @@ class Updater:
         if state in TERMINAL:
             self.last_outcome = doc
         log.info("model update: %s %s", state, {k: v for k, v in doc.items() if k != "ts"})
-        self.publish_state(doc)
+        if not self.closed.is_set():
+            self.publish_state(doc)
 
     def _update(self, m: Manifest) -> None:
         o = self.settings.ota
@@ -278,7 +301,7 @@ class Updater:
         agreement so far every few seconds. None when probation ended some other way."""
         o = self.settings.ota
         shown = time.monotonic()
-        while not self.stop.is_set():
+        while not self._stopping():
             with self._lock:
                 if self.probation is not p:  # rolled back meanwhile
                     return None
