@@ -366,6 +366,11 @@ class Agent:
             pipe.stop_and_join(max(0.1, min(timeout / 2, deadline - time.monotonic())))
         for t in self._threads:
             t.join(max(0.0, min(timeout / 4, deadline - time.monotonic())))
+        # before the sink closes, so that a model taken off probation says so
+        why = "the agent was stopped during probation (not counted as a crash of the model)"
+        for slot in self.slots.values():
+            slot.end_updates(max(0.0, min(timeout / 4, deadline - time.monotonic())),
+                             why if self.exit_code == 0 else None)
         if self.sink is not None:
             self.sink.close(max(0.5, deadline - time.monotonic()))
         if self.web is not None:

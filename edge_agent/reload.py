@@ -189,7 +189,8 @@ def remove_pipeline(agent: Agent, name: str, forget: bool = False) -> None:
         if not slot.pipelines:  # the last pipeline of a slot: its model goes too
             if slot.updater in agent.fanout.probation:
                 agent.fanout.probation.remove(slot.updater)
-            slot.close(_UPDATER_WAIT_S)
+            slot.close(_UPDATER_WAIT_S, f"pipeline {name} was {'removed' if forget else 'restarted'} during "
+                       "probation (not counted as a crash of the model)")
             del agent.slots[slot.name]
             if forget:
                 agent.fanout.state(Message(slot.state_topic, b"", qos=1, retain=True))

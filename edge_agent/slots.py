@@ -114,13 +114,30 @@ class ModelSlot:
         if self.on_state is not None:
             self.on_state(self, doc)
 
-    def close(self, wait_s: float = 5.0) -> None:
-        """Its updater's thread ends first, waited for up to `wait_s`: a pipeline added and removed again
-        on reload would otherwise leave one behind for good, still judging and swapping a model no
-        pipeline serves."""
-        if self.updater is not None:
-            self.updater.close(wait_s)
-            self.updater = None
+    def end_updates(self, wait_s: float, why: str | None) -> None:
+        """Ends the updater's thread, waited for up to `wait_s`: a pipeline added and removed again on
+        reload would otherwise leave one behind for good, still judging and swapping a model no pipeline
+        serves. why: the agent stops cleanly, or a reload takes the slot away. A model still on probation
+        then goes back, and is not counted as a crash, as after a reboot: the next start would count one
+        against it (twice, and it is refused for good), though nothing it did ended its probation."""
+        updater, self.updater = self.updater, None
+        if updater is None or not updater.close(wait_s) or why is None or self.store is None:
+            return
+        probation = self.store.state.get("probation")
+        if not probation:
+            return
+        current = self.store.state.get("current") or {}
+        self.store.rollback(why)
+        log.warning("%s: model %s back from probation: %s", self.name, probation["sha256"][:12], why)
+        doc = {"state": "rolled_back", "ts": round(time.time(), 3), "sha256": probation["sha256"],
+               "version": current.get("version"), "reason": why}
+        if self.model is not None:
+            doc["serving"] = Updater.serving(self.model)
+        self.publish_state(doc)
+
+    def close(self, wait_s: float = 5.0, why: str | None = None) -> None:
+        """Ends its updates (see `end_updates`), then lets go of its model."""
+        self.end_updates(wait_s, why)
         if self.model is not None:
             self.model.close()
             self.model = None

@@ -325,6 +325,47 @@ def test_probation_failure_rolls_back_and_kill_during_probation_blocks(broker: B
         w.close()
 
 
+def test_a_clean_stop_during_probation_goes_back_without_counting_a_crash(  # type: ignore[no-untyped-def]
+    broker: Broker, agent_factory, keys, tmp_path: Path
+) -> None:
+    """`systemctl restart` (SIGTERM) while a model is on probation: the agent goes back to the model that
+    served, says so before it stops, and does not count a crash of the new one. Counted, two such restarts
+    blocked a model that did nothing wrong, for good."""
+    priv, pub = keys
+    key = load_private_key(priv)
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "int8.tflite").write_bytes(SHORT_INT8.read_bytes())
+    fs = FileServer(served, "127.0.0.1", 0)
+    w = Watch(broker, "d5")
+    env = ota_env(broker, pub, EDGE_AGENT_STATE_DIR=str(tmp_path / "state"),
+                  EDGE_AGENT_OTA__PROBATION_INFERENCES="100000", EDGE_AGENT_OTA__PROBATION_S="3600")
+    slow = build_manifest(SHORT_INT8, 1, None, [f"http://127.0.0.1:{fs.port}/int8.tflite"], None, 1)
+    try:
+        for round_ in (1, 2, 3):
+            boots = {p["boot_id"] for p in list(w.preds)}
+            agent = agent_factory([*STREAM, "--device-id", "d5"], env=env, name=f"r{round_}")
+            latest = wait_until(lambda boots=boots: next((p for p in reversed(list(w.preds))
+                                                          if p["boot_id"] not in boots), None), 30, what="start")
+            assert latest["model"]["name"] == "face_detection_short_range"
+            m = slow.model_copy(update={"version": round_}).signed(key)
+            answer = w.deploy(m.model_dump(mode="json"), f"v{round_}")
+            assert answer["status"] == "accepted", answer  # not blocked after two restarts
+            wait_until(lambda m=m: "probation" in w.state_names(m.version), 60, what="probation")
+            agent.signal(signal.SIGTERM)
+            assert agent.wait(15) == 0
+            st = [s for s in list(w.states) if s.get("version") == m.version][-1]
+            assert st["state"] == "rolled_back", st
+            assert "stopped during probation (not counted as a crash" in st["reason"], st
+            assert st["serving"]["name"] == "face_detection_short_range", st
+        agent = agent_factory([*STREAM, "--device-id", "d5"], env=env, name="last")
+        wait_until(lambda: w.states and w.states[-1]["state"] == "active", 30, what="the state at the start")
+        assert not any("restarted during probation" in s.get("reason", "") for s in list(w.states)), list(w.states)
+    finally:
+        fs.close()
+        w.close()
+
+
 def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> None:
     r = run_cli("fleet", "keygen", "--dir", str(tmp_path))
     assert r.returncode == 0

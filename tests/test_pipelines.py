@@ -1173,6 +1173,61 @@ def test_a_pipeline_added_on_reload_takes_updates_by_the_same_rules_and_leaves_n
         rec.close()
 
 
+def test_a_pipeline_removed_or_restarted_while_its_model_is_on_probation_counts_no_crash(  # type: ignore[no-untyped-def]
+    broker: Broker, agent_factory, tmp_path: Path
+) -> None:
+    """A reload that removes or restarts a pipeline whose update is on probation takes the update back
+    (the model that served stays) without counting a crash of it: the next start of its slot counted one,
+    and after two such reloads the model was refused for good."""
+    from edge_agent.fleet import FileServer, build_manifest
+    from edge_agent.ota.manifest import load_private_key, write_keypair
+
+    from .conftest import SHORT_INT8
+
+    priv, pub = write_keypair(tmp_path / "keys")
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "int8.tflite").write_bytes(SHORT_INT8.read_bytes())
+    fs = FileServer(served, "127.0.0.1", 0)
+    manifest = build_manifest(SHORT_INT8, 1, None, [f"http://127.0.0.1:{fs.port}/int8.tflite"], None, 1)
+    cfg = tmp_path / "rl.toml"
+    ota = f'[ota]\ntrusted_keys = ["{pub}"]\nprobation_inferences = 100000\nprobation_s = 3600\n'
+    cam = _pipe("cam")
+    rec = Recorder(broker, "rl")
+    try:
+        _reload_toml(cfg, ota + _pipe("keep") + cam)
+        agent = agent_factory(["run", "--config", str(cfg)], env=broker.env())
+
+        def states(version: int) -> list[dict[str, Any]]:  # a removed model's state is cleared (an empty message)
+            docs = rec.get("edge/rl/models/cam/state")
+            return [s for s in docs if isinstance(s, dict) and s.get("version") == version]
+
+        for version, restart in ((1, False), (2, True), (3, False)):  # removed, restarted (its model changed), removed
+            seen = len(rec.get("edge/rl/cam/predictions"))
+            wait_until(lambda n=seen: len(rec.get("edge/rl/cam/predictions")) >= n + 3, 40, what="cam running")
+            m = manifest.model_copy(update={"version": version}).signed(load_private_key(priv))
+            doc = {"id": f"v{version}", "command": "deploy",
+                   "args": {"manifest": m.model_dump(mode="json"), "pipelines": ["cam"]}}
+            rec.sub.publish("edge/rl/cmd", json.dumps(doc).encode())
+            wait_until(lambda v=version: "probation" in [s["state"] for s in states(v)], 60, what="probation")
+            _reload_toml(cfg, ota + _pipe("keep") + (cam + f'model.version = "r{version}"\n' if restart else ""))
+            agent.signal(signal.SIGHUP)
+            st = wait_until(lambda v=version: next((s for s in states(v) if s["state"] == "rolled_back"), None), 20,
+                            what="rolled back")
+            what = "restarted" if restart else "removed"
+            assert f"pipeline cam was {what} during probation (not counted as a crash" in st["reason"], st
+            if not restart:
+                _reload_toml(cfg, ota + _pipe("keep") + cam)
+                agent.signal(signal.SIGHUP)
+                wait_until(lambda v=version: agent.log().count("pipeline cam started") == v, 30, what="cam back")
+        seen = len(rec.get("edge/rl/cam/predictions"))
+        wait_until(lambda: len(rec.get("edge/rl/cam/predictions")) >= seen + 3, 40, what="cam running")
+        assert "agent restarted during probation" not in agent.log() and "crash 1 of this model" not in agent.log()
+    finally:
+        rec.close()
+        fs.close()
+
+
 def test_labels_no_model_produces_are_refused_naming_the_key(tmp_path: Path) -> None:
     zone = '[{"name": "left", "points": [[0, 0], [0.5, 0], [0.5, 1]], "labels": ["aple"]}]'
     single = run_cli("run", "--seconds", "5", "--source", str(FRUIT), "--model", str(SSD_MODEL), "--labels",

@@ -172,16 +172,19 @@ class Updater:
         self._thread = threading.Thread(target=self._run, name="ota", daemon=True)
         self._thread.start()
 
-    def close(self, timeout_s: float) -> None:
+    def close(self, timeout_s: float) -> bool:
         """Ends the update thread, waiting up to `timeout_s` for it: an update under way gives way at its
         next check (a download's next block, the judging's next frame), and a slot built again on the same
-        store (a pipeline restarted on a changed model) never has two updaters writing it at once."""
+        store (a pipeline restarted on a changed model) never has two updaters writing it at once. True
+        once the thread has ended (or never ran)."""
         self.closed.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                log.warning("the update thread of a removed model is still busy after %.0f s; it ends on its "
-                            "next check", timeout_s)
+        if self._thread is None:
+            return True
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("the update thread is still busy after %.1f s; it ends on its next check", timeout_s)
+            return False
+        return True
 
     def _stopping(self) -> bool:
         return self.stop.is_set() or self.closed.is_set()
@@ -283,7 +286,10 @@ class Updater:
                     verdict = None
             if verdict is None:
                 new_model.close()
-                return  # stopping: the next start decides (store.probation is still set)
+                # stopping: store.probation is still set. Where the agent stops cleanly, or a reload takes
+                # the slot away, the slot rolls it back once this thread has ended (ModelSlot.end_updates);
+                # where it stops on a fault, the next start counts a crash of the model
+                return
             if verdict == "":
                 old = self.swap(new_model)
                 self.store.pass_probation()
