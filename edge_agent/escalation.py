@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 
 from edge_agent.config import EscalationConfig
-from edge_agent.payload import SCHEMA, dumps
+from edge_agent.payload import dumps, escalation
 from edge_agent.results import Result
 from edge_agent.sinks.base import Message, Sink
 from edge_agent.stats import LatencyWindow
@@ -140,13 +140,14 @@ class Escalator:
         self,
         cfg: EscalationConfig,
         topic: str,
-        refined: Callable[[dict[str, Any], str, float, dict[str, Any]], bool],
+        refined: Callable[[dict[str, Any], str, float, dict[str, Any]], str | None],
         sink: Callable[[], Sink | None],
         stop: threading.Event,
         id_prefix: str,
     ):
         """refined(local doc, escalation id, rtt ms, answer): publishes a worker's answer beside the
-        local result it refines (on that result's pipeline); False when it could not be held."""
+        local result it refines (on that result's pipeline); None once it is, else why not (a key of
+        `dropped`)."""
         self.cfg, self.topic, self.refined = cfg, topic, refined
         self.get_sink, self.stop = sink, stop
         self.id_prefix = id_prefix
@@ -273,20 +274,7 @@ class Escalator:
         if sink is None:
             return
         eid = f"{self.id_prefix}{next(self._ids)}"
-        local = {k: job.doc[k] for k in ("task", "detections", "classes", "scores") if k in job.doc}
-        doc = {
-            "schema": SCHEMA,
-            "id": eid,
-            "device_id": job.doc.get("device_id"),
-            "boot_id": job.doc.get("boot_id"),
-            "seq": job.doc.get("seq"),
-            "ts": job.doc.get("ts"),
-            "reason": job.reason,
-            "model": job.doc.get("model"),
-            "local": local,
-            **self._content(job),
-        }
-        payload = dumps(doc)
+        payload = dumps(escalation(escalation_id=eid, local=job.doc, reason=job.reason, content=self._content(job)))
         if not self.bandwidth.take(len(payload)):
             self.dropped["bandwidth_budget"] += 1
             return
@@ -320,8 +308,9 @@ class Escalator:
         if "error" in ans:
             self.counts["worker_errors"] += 1
             return
-        if not self.refined(p.doc, eid, rtt, ans):
-            self.dropped["sink_full"] += 1
+        why = self.refined(p.doc, eid, rtt, ans)
+        if why is not None:
+            self.dropped[why] += 1
 
     def _expire(self) -> None:
         now = time.monotonic()

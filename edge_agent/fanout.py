@@ -167,16 +167,23 @@ class FanOut:
         if sink is not None:
             sink.submit_latest(msg)
 
-    def refined(self, local: dict[str, Any], escalation_id: str, rtt_ms: float, answer: dict[str, Any]) -> bool:
-        """A cloud worker's answer, on the topic of the pipeline whose result it refines."""
-        route = self.routes.get(str(local.get("pipeline"))) or next(iter(self.routes.values()), None)
+    def refined(
+        self, local: dict[str, Any], escalation_id: str, rtt_ms: float, answer: dict[str, Any]
+    ) -> str | None:
+        """A cloud worker's answer, on the topic of the pipeline whose result it refines. None once it is
+        handed to the sink; else why not: "pipeline_removed" where a reload removed that pipeline while
+        the answer was on its way (it is never shown as another camera's), "sink_full"."""
+        name = local.get("pipeline")  # none in the single-pipeline form's documents
+        route = self.routes.get(str(name)) if name is not None else next(iter(self.routes.values()), None)
+        if route is None:
+            return "pipeline_removed"
         sink = self.get_sink()
-        if route is None or sink is None:
-            return False
+        if sink is None:
+            return "sink_full"
         doc = refined(
             local=local, seq=self.next_seq(route.pipeline), escalation_id=escalation_id, rtt_ms=rtt_ms, answer=answer
         )
-        return sink.submit(Message(route.predictions, dumps(doc), qos=1))
+        return None if sink.submit(Message(route.predictions, dumps(doc), qos=1)) else "sink_full"
 
     def published(self) -> None:
         if not self._first_done:

@@ -43,6 +43,7 @@ COMMAND_RESULTS = ("received", "rejected", "done", "duplicate", "errors")
 EVENT_TYPES = ("new", "update", "end")
 ESCALATION_DROPS = (
     "rate_budget", "queue_full", "answers_queue_full", "bandwidth_budget", "sink_full", "answer_too_large",
+    "pipeline_removed",
 )
 FRAME_SERIES = ("preprocess", "queue", "inference", "postprocess", "capture_to_publish")
 BROKER_STATES = ("connecting", "connected", "disconnected", "refused")

@@ -97,6 +97,19 @@ def event(
     return {**_head(device_id, boot_id, seq, ts, pipeline), "model": model, **body}
 
 
+def escalation(*, escalation_id: str, local: dict[str, Any], reason: str, content: dict[str, Any]) -> dict[str, Any]:
+    """A result sent to the cloud workers for a second opinion: the local prediction's head (its pipeline
+    too, so that a worker can tell a device's cameras apart), why it was sent, the local result, and the
+    content (the frame, crops, or features) from `Escalator`."""
+    doc: dict[str, Any] = {"schema": SCHEMA, "id": escalation_id}
+    doc.update({k: local.get(k) for k in ("device_id", "boot_id", "seq")})
+    if "pipeline" in local:
+        doc["pipeline"] = local["pipeline"]
+    doc.update(ts=local.get("ts"), reason=reason, model=local.get("model"))
+    doc["local"] = {k: local[k] for k in ("task", "detections", "classes", "scores") if k in local}
+    return {**doc, **content}
+
+
 def refined(
     *, local: dict[str, Any], seq: int, escalation_id: str, rtt_ms: float, answer: dict[str, Any]
 ) -> dict[str, Any]:

@@ -89,6 +89,66 @@ def _jpeg(b64: str) -> np.ndarray:
     return img
 
 
+def test_an_answer_for_a_pipeline_removed_meanwhile_is_dropped_not_shown_as_another_cameras(  # type: ignore[no-untyped-def]
+    broker: Broker, agent_factory, tmp_path: Path
+) -> None:
+    """A worker's answer that arrives after a reload removed the pipeline it refines: it went out on the
+    first remaining pipeline's topic, as that camera's result. It is dropped and counted instead. The test
+    answers as a worker would, so that the answers come after the removal."""
+    import json
+    import signal
+
+    device = "escre"
+    head = (f'device_id = "{device}"\nstate_dir = "{tmp_path / "state"}"\n[health]\ninterval_s = 0.5\n'
+            "[escalation]\nenabled = true\nlow = 0\nhigh = 1\nmax_per_minute = 600\ndeadline_s = 600\n")
+
+    def pipe(name: str) -> str:
+        return f'[[pipelines]]\nname = "{name}"\nsource.uri = "demo"\nfps = 5\nmodel.path = "{SHORT}"\n'
+
+    cfg = tmp_path / "esc.toml"
+    cfg.write_text(head + pipe("keep") + pipe("gone"))
+    asked: list[dict[str, Any]] = []
+    seen: dict[str, list[Any]] = {"predictions": [], "health": []}
+
+    class Watch(TopicRecorder):
+        def on_message(self, topic: str, doc: Any, arrived: float) -> None:
+            if topic.endswith("/escalations"):
+                asked.append(doc)
+            elif topic.endswith("/predictions"):
+                seen["predictions"].append(doc)
+            else:
+                seen["health"].append(doc)
+
+    watch = Watch(Subscriber(broker.mqtt(), [f"edge/{device}/escalations", f"edge/{device}/+/predictions",
+                                             f"edge/{device}/health"]))
+    try:
+        agent = agent_factory(["run", "--config", str(cfg)], env=broker.env())
+
+        def of(name: str) -> list[dict[str, Any]]:
+            return [e for e in list(asked) if e.get("pipeline") == name]
+
+        wait_until(lambda: len(of("gone")) >= 3 and of("keep"), 60, what="escalations of both pipelines")
+        cfg.write_text(head + pipe("keep"))
+        agent.signal(signal.SIGHUP)
+        wait_until(lambda: "pipeline gone removed" in agent.log(), 20, what="the removal")
+        gone, keep = of("gone"), of("keep")[0]
+        for e in [*gone, keep]:
+            answer = {"id": e["id"], "worker": "w", "model": {"name": "bigger"},
+                      "result": {"task": "detection", "detections": []}}
+            watch.sub.publish(f"edge/{device}/escalations/result", json.dumps(answer).encode())
+        refined = wait_until(lambda: next((p for p in list(seen["predictions"]) if p.get("source") == "cloud"), None),
+                             20, what="the answer for the pipeline that stays")
+        assert refined["pipeline"] == "keep" and refined["escalation_id"] == keep["id"], refined
+        h = wait_until(lambda: next((d for d in reversed(seen["health"])
+                                     if d["escalation"]["dropped"].get("pipeline_removed") == len(gone)), None), 20,
+                       what=f"{len(gone)} answers dropped")
+        assert h["escalation"]["answered"] >= len(gone) + 1
+        cloud = [p for p in list(seen["predictions"]) if p.get("source") == "cloud"]
+        assert [p["escalation_id"] for p in cloud] == [keep["id"]], cloud
+    finally:
+        watch.close()
+
+
 @pytest.mark.emulation_slow(
     "an agent and two cloud workers on the full-range model, all inferring under qemu on two cores: still "
     "short of its 30 refined results after 20 minutes; the sharing logic is the same on any CPU"
