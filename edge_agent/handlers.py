@@ -29,10 +29,12 @@ def register_commands(agent: Agent) -> None:
         "reload": lambda cmd: reload(agent, cmd),
     }
     if any(s.updater is not None for s in agent.slots.values()):
+        # each under the reload lock: a reload (SIGHUP, on the main loop) removing or rebuilding the slot a
+        # deploy names, while the command is taken, would leave it queued on an updater that has ended
         table |= {
-            "deploy": lambda cmd: deploy(agent, cmd),
-            "rollback": lambda cmd: rollback(agent, cmd),
-            "list-models": lambda cmd: list_models(agent, cmd),
+            "deploy": lambda cmd: _serialised(agent, deploy, cmd),
+            "rollback": lambda cmd: _serialised(agent, rollback, cmd),
+            "list-models": lambda cmd: _serialised(agent, list_models, cmd),
         }
     elif any(s.read_only for s in agent.slots.values()):  # updates are known, and cannot be done here
         why = next(s.read_only for s in agent.slots.values() if s.read_only)
@@ -43,6 +45,11 @@ def register_commands(agent: Agent) -> None:
         }
     for name, handler in table.items():
         agent.commands.register(name, handler)
+
+
+def _serialised(agent: Agent, handler: Callable[[Agent, Command], dict[str, Any]], cmd: Command) -> dict[str, Any]:
+    with agent.reload_lock:
+        return handler(agent, cmd)
 
 
 def _refuse(why: str | None) -> dict[str, Any]:

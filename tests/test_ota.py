@@ -1348,3 +1348,44 @@ def test_a_rollback_while_an_update_downloads_cancels_it_and_the_serving_model_s
     finally:
         stop.set()
         srv.shutdown()
+
+
+def test_a_closed_updater_ends_its_download_at_once_and_takes_no_further_deploy(  # type: ignore[no-untyped-def]
+        keys, tmp_path: Path) -> None:
+    """A reload that removes a model's last pipeline closes its updater: a download under way gives way at
+    its next block and the thread ends, nothing more is said on the state topic (the broker has been
+    told to forget it), nothing is installed, and a deploy taken after that is refused rather than queued
+    for a thread that has ended."""
+    import queue
+
+    from edge_agent.config import load_settings
+    from edge_agent.ota.manifest import ManifestError
+    from edge_agent.ota.store import ModelStore
+    from edge_agent.ota.updater import Updater
+
+    priv, pub = keys
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "new.tflite").write_bytes(SHORT_INT8.read_bytes())
+    srv, port = _slow_server(served, _Slower)
+    settings = load_settings(None, {"model.path": str(SHORT), "ota.trusted_keys": [str(pub)],
+                                    "state_dir": str(tmp_path / "st")})
+    store = ModelStore(tmp_path / "st" / "models")
+    states: queue.Queue[dict[str, Any]] = queue.Queue()
+    up = Updater(settings, store, states.put, lambda new: None, lambda: None, threading.Event())
+    up.start()
+    try:
+        m = build_manifest(served / "new.tflite", 3, None, [f"http://127.0.0.1:{port}/new.tflite"], None, 1)
+        up.submit(m.signed(load_private_key(priv)))
+        while states.get(timeout=30)["state"] != "downloading":
+            pass
+        assert up.close(5.0), "the update thread did not end"
+        said = []
+        while not states.empty():
+            said.append(states.get_nowait()["state"])
+        assert set(said) <= {"downloading"}, said  # progress said before the close, nothing after it
+        assert not store.blob(m.sha256).exists() and store.state["current"] is None
+        with pytest.raises(ManifestError, match="pipelines were removed"):
+            up.submit(m.model_copy(update={"version": 4}).signed(load_private_key(priv)))
+    finally:
+        srv.shutdown()

@@ -115,6 +115,8 @@ class Updater:
 
     def check(self, m: Manifest) -> None:
         """Everything decidable before a byte is downloaded; raises ManifestError."""
+        if self.closed.is_set():  # queued, it would wait for a thread that has ended
+            raise ManifestError("the model's pipelines were removed")
         o = self.settings.ota
         note = check_expiry(m, dt.datetime.now(dt.timezone.utc))
         if note:
