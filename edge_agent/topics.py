@@ -6,6 +6,7 @@ events under `{prefix}/{device_id}/{pipeline}/...`; the single-pipeline form kee
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 #: Device-level leaves: one each per agent, whatever the number of pipelines.
@@ -26,9 +27,22 @@ DEVICE_LEAVES = (
 PIPELINE_LEAVES = ("predictions", "events")
 
 
+#: What may not stand in one topic level: MQTT's separator and wildcards, and what a topic may not hold at
+#: all (MQTT 5 section 1.5.4, which mosquitto enforces by closing the connection): control characters,
+#: UTF-16 surrogates and Unicode's non-characters. A label comes from a model's labels file or metadata,
+#: which an update may ship: one such character in it, and each snapshot or zone count published under
+#: it ended the connection, again after every reconnect, and nothing else got out.
+_NOT_IN_A_LEVEL = re.compile(
+    "[/+#\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(f"{chr(p | 0xFFFE)}{chr(p | 0xFFFF)}" for p in range(0, 0x110000, 0x10000))
+    + "]"
+)
+
+
 def level(name: str) -> str:
-    """A label or zone as one topic level: MQTT's separators and wildcards (/ + #) become _."""
-    return name.replace("/", "_").replace("+", "_").replace("#", "_") or "_"
+    """A label or zone as one topic level: MQTT's separator and wildcards (/ + #), and what no topic may
+    hold (control characters, surrogates, non-characters), become _."""
+    return _NOT_IN_A_LEVEL.sub("_", name) or "_"
 
 
 def device_base(prefix: str, device_id: str) -> str:

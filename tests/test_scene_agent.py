@@ -455,3 +455,38 @@ def test_a_second_stage_gets_its_crops_with_snapshots_and_clips_off(tmp_path: Pa
         agent.stop()
         rec.close()
         broker.stop()
+
+
+def test_a_label_with_a_character_no_topic_may_hold_never_ends_the_connection(tmp_path: Path) -> None:
+    """A label is part of the snapshot and zone count topics, and comes from a labels file or a model's
+    metadata, which an update may ship. One with a control character in it made each such publish end
+    the connection (the broker refuses the topic), again after every reconnect: nothing else got out.
+    It now stands as `_` in the topic, and keeps its own spelling in the payloads."""
+    from .conftest import DEMO_VIDEO, SHORT, AgentProcess
+
+    broker = Broker(tmp_path).start()
+    labels = tmp_path / "labels.txt"
+    labels.write_text("fa\x01ce\n")
+    cfg = tmp_path / "ctl.toml"
+    cfg.write_text(
+        f'device_id = "ctl"\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n[health]\ninterval_s = 1\n'
+        f'[source]\nuri = "{DEMO_VIDEO}"\n[model]\npath = "{SHORT}"\nlabels = "{labels}"\n'
+        '[scene]\nenabled = true\n[[scene.zones]]\nname = "all"\npoints = [[0, 0], [1, 0], [1, 1], [0, 1]]\n'
+    )
+    rec = RawRecorder(broker, "ctl")
+    agent = AgentProcess(["run", "--config", str(cfg)], {}, tmp_path)
+    try:
+        snap = wait_until(lambda: rec.on("edge/ctl/snapshot/fa_ce"), 40, what="the snapshot")[-1]
+        assert cv2.imdecode(np.frombuffer(snap, np.uint8), cv2.IMREAD_COLOR) is not None
+        wait_until(lambda: b"1" in rec.on("edge/ctl/zones/all/fa_ce"), 20, what="the zone count")
+        new = next(e for e in rec.json("edge/ctl/events") if e["type"] == "new")
+        assert new["label"] == "fa\x01ce"
+        seen = len(rec.on("edge/ctl/predictions"))
+        wait_until(lambda: len(rec.on("edge/ctl/predictions")) > seen + 20, 20, what="predictions after them")
+        health = wait_until(lambda: next((h for h in reversed(rec.json("edge/ctl/health"))
+                                          if h["frames"]["inferred"] > 30), None), 20, what="health")
+        assert health["broker"]["state"] == "connected" and health["broker"]["connects"] == 1, health["broker"]
+    finally:
+        agent.stop()
+        rec.close()
+        broker.stop()
