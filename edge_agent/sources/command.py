@@ -16,6 +16,7 @@ has its header checked before it is decoded.
 from __future__ import annotations
 
 import collections
+import io
 import os
 import select
 import shlex
@@ -35,8 +36,10 @@ from edge_agent.sources.mjpeg import MAX_PART_BYTES, decode_frame
 if TYPE_CHECKING:
     from edge_agent.config import SourceConfig
 
-#: Lines of the command's standard error kept for the error that says why it stopped.
+#: Lines of the command's standard error kept for the error that says why it stopped, and the characters
+#: kept of each.
 _STDERR_LINES = 20
+_STDERR_LINE_CHARS = 300
 _READ = 1 << 16
 _SOI, _EOI, _SOS = b"\xff\xd8", b"\xff\xd9", 0xDA
 #: Markers that carry no length: TEM, RST0-7 (SOI and EOI are handled apart).
@@ -224,14 +227,26 @@ class CommandSource(Source):
         self._buf += chunk
 
     def _keep_stderr(self, pipe: IO[bytes]) -> None:
-        """Drain the command's standard error (a full pipe would stop it), keeping its last lines."""
+        """Drain the command's standard error (a full pipe would stop it), keeping its last lines. It is
+        read a block at a time, and a line ends at a line feed or a carriage return, with no more of it
+        held than is kept: FFmpeg, run without `-nostats`, writes its progress for as long as it runs as one
+        line rewritten with carriage returns, which a read by lines held whole, growing without end."""
+        read = pipe.read1 if isinstance(pipe, io.BufferedReader) else pipe.read  # one read(2) at most a call
+        partial = b""
         try:
-            for line in pipe:
-                text = line.decode("utf-8", "replace").strip()
-                if text:
-                    self._stderr.append(text[:300])
+            while block := read(_READ):
+                *lines, rest = (partial + block).replace(b"\r", b"\n").split(b"\n")
+                for line in lines:
+                    self._keep_line(line)
+                partial = rest[: _STDERR_LINE_CHARS * 4]  # of a line not ended yet, what may be kept
+            self._keep_line(partial)
         except (OSError, ValueError):  # closed under us at close()
             pass
+
+    def _keep_line(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace").strip()
+        if text:
+            self._stderr.append(text[:_STDERR_LINE_CHARS])
 
     def _said(self) -> str:
         """The command's last words, for the error it ends with (logged, and in health): FFmpeg's name the
