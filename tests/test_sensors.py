@@ -580,3 +580,32 @@ def test_check_opens_a_signal_source_and_reports_its_channels(stream: np.ndarray
     assert doc["source"]["first_reading"] == pytest.approx(stream[0].tolist(), abs=1e-5)
     bad = run_cli("check", "--offline", "--source", f"iio:{tmp_path / 'none'}", "--model", str(MOTION["int8"]))
     assert bad.returncode == 1 and "IIO device" in json.loads(bad.stdout)["problems"][0]
+
+
+@pytest.mark.parametrize("ending", ["\r", "\r\n", "\n"])
+def test_a_serial_device_may_end_its_lines_with_a_carriage_return(tmp_path: Path, ending: str) -> None:
+    """Devices end their lines with a line feed, CR LF or (many industrial sensors, a sketch that prints
+    '\\r') a carriage return alone. Read by line feeds, each read of the last kind was one line of many
+    readings that parsed as nothing: every reading was lost, counted as dropped. A line cut across two
+    reads is one reading."""
+    from edge_agent.signals.serial_port import SerialSource
+
+    pty = Pty(tmp_path / "ttyCR")
+    src = SerialSource(f"serial:{pty.link}", str(pty.link), 115200, 100.0, None)
+    src.open()
+    try:
+        lines = ["booting", "a,b,c"] + [f"{i},{i + 0.5},{-i}" for i in range(200)]
+        text = "".join(line + ending for line in lines).encode()
+        cut = text.index(b"100,") + 2  # a reading cut in two
+        os.write(pty.master, text[:cut])
+        rows = []
+        while (chunk := src.read(0.5)) is not None:
+            rows.extend(chunk.samples.tolist())
+        os.write(pty.master, text[cut:])
+        while (chunk := src.read(0.5)) is not None:
+            rows.extend(chunk.samples.tolist())
+        assert rows == [[float(i), i + 0.5, float(-i)] for i in range(200)]
+        assert src.dropped == 1 and src.channel_names == ("a", "b", "c")  # the boot message only
+    finally:
+        src.close()
+        pty.close()

@@ -29,6 +29,8 @@ class SerialSource(ReadingSource):
         super().__init__(uri, rate, channels)
         self.port, self.baud = port, baud
         self._ser: Any = None
+        #: the start of a line whose end has not arrived yet
+        self._partial = b""
 
     def open(self) -> None:
         try:
@@ -40,8 +42,13 @@ class SerialSource(ReadingSource):
         except (serial.SerialException, OSError, ValueError) as err:
             raise SourceError(f"cannot open serial port {self.port}: {err}") from None
         self._ser.reset_input_buffer()  # a half line from before the open is not a reading
+        self._partial = b""
 
     def read(self, timeout: float) -> Chunk | None:
+        """The readings that arrived together, waiting up to `timeout` for the first. A line ends at a
+        line feed or a carriage return: devices that end theirs with a carriage return alone (many
+        industrial sensors, a sketch that prints '\\r') had each read joined up into one line that parsed
+        as nothing, and lost every reading. A line not ended yet waits for its end in the next read."""
         import serial
 
         if self._ser is None:
@@ -49,19 +56,33 @@ class SerialSource(ReadingSource):
         rows: list[np.ndarray] = []
         deadline = time.monotonic() + timeout
         try:
-            while True:
-                self._ser.timeout = max(0.0, deadline - time.monotonic()) if not rows else 0
-                line = self._ser.readline(_MAX_LINE)
-                if not line:
-                    break
-                if not line.endswith(b"\n"):  # partial line at timeout: keep waiting for the rest
-                    line += self._ser.readline(_MAX_LINE)
-                self._take(self.parser.parse(line), rows)
-                if self._ser.in_waiting == 0:
-                    break
+            while not (rows and time.monotonic() >= deadline):  # a port never silent still returns
+                waiting = self._ser.in_waiting
+                if not waiting:
+                    left = deadline - time.monotonic()
+                    if rows or left <= 0:
+                        break
+                    self._ser.timeout = left
+                    data = self._ser.read(1)  # the first byte, or nothing by the deadline
+                    if not data:
+                        break
+                else:
+                    self._ser.timeout = 0
+                    data = self._ser.read(min(waiting, _MAX_LINE))
+                self._feed(data, rows)
         except (serial.SerialException, OSError) as err:
             raise SourceError(f"serial port {self.port}: {err}") from None
         return self._chunk(rows)
+
+    def _feed(self, data: bytes, rows: list[np.ndarray]) -> None:
+        *lines, rest = (self._partial + data).replace(b"\r", b"\n").split(b"\n")
+        for line in lines:
+            if line.strip():  # CR LF ends a line once, not twice
+                self._take(self.parser.parse(line), rows)
+        if len(rest) > _MAX_LINE:  # noise on the wire, not a reading
+            self.dropped += 1
+            rest = b""
+        self._partial = rest
 
     def close(self) -> None:
         if self._ser is not None:
