@@ -158,9 +158,20 @@ class MQTTConfig(_Strict):
     @field_validator("topic_prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        if any(c in v for c in "#+\x00") or v.startswith("/") or v.endswith("/"):
-            raise ValueError("must not contain '#', '+' or NUL, nor start or end with '/'")
+        from edge_agent.topics import unfit
+
+        if any(c in v for c in "#+") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("must not contain '#' or '+', nor start or end with '/'")
+        bad = unfit(v)
+        if bad is not None:  # the broker would close the connection at each publish, for good
+            raise ValueError(f"holds {bad}, which no MQTT topic may hold (a control character or non-character)")
         return v
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, v: Any) -> Any:
+        """`protocol = 5` in TOML, or `--set mqtt.protocol=5` (read as JSON), is the number 5: meant as "5"."""
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 class SourceConfig(_Strict):

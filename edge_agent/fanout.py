@@ -167,6 +167,16 @@ class FanOut:
         if sink is not None:
             sink.submit_latest(msg)
 
+    def clear_in_order(self, topic: str) -> None:
+        """A retained topic whose messages go through the queue (a model's update state) cleared behind
+        them: sent the way of `state`, the empty message could overtake the last state still queued behind
+        a backlog of predictions, which then stayed retained for good."""
+        if self.ledger is not None:
+            self.ledger.forget(topic)
+        sink = self.get_sink()
+        if sink is not None and not sink.submit(Message(topic, b"", qos=1, retain=True)):
+            sink.submit_latest(Message(topic, b"", qos=1, retain=True))  # a full queue: cleared all the same
+
     def refined(
         self, local: dict[str, Any], escalation_id: str, rtt_ms: float, answer: dict[str, Any]
     ) -> str | None:

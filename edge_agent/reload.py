@@ -190,10 +190,10 @@ def remove_pipeline(agent: Agent, name: str, forget: bool = False) -> None:
             if slot.updater in agent.fanout.probation:
                 agent.fanout.probation.remove(slot.updater)
             slot.close(_UPDATER_WAIT_S, f"pipeline {name} was {'removed' if forget else 'restarted'} during "
-                       "probation (not counted as a crash of the model)")
+                       "probation (not counted as a crash of the model)", say=not forget)
             del agent.slots[slot.name]
             if forget:
-                agent.fanout.state(Message(slot.state_topic, b"", qos=1, retain=True))
+                agent.fanout.clear_in_order(slot.state_topic)
 
 
 def check_models(views: list[PipelineView]) -> None:

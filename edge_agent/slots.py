@@ -114,12 +114,13 @@ class ModelSlot:
         if self.on_state is not None:
             self.on_state(self, doc)
 
-    def end_updates(self, wait_s: float, why: str | None) -> None:
+    def end_updates(self, wait_s: float, why: str | None, say: bool = True) -> None:
         """Ends the updater's thread, waited for up to `wait_s`: a pipeline added and removed again on
         reload would otherwise leave one behind for good, still judging and swapping a model no pipeline
         serves. why: the agent stops cleanly, or a reload takes the slot away. A model still on probation
         then goes back, and is not counted as a crash, as after a reboot: the next start would count one
-        against it (twice, and it is refused for good), though nothing it did ended its probation."""
+        against it (twice, and it is refused for good), though nothing it did ended its probation. say:
+        publish that on the state topic (not where the topic is about to be cleared)."""
         updater, self.updater = self.updater, None
         if updater is None or not updater.close(wait_s) or why is None or self.store is None:
             return
@@ -133,11 +134,12 @@ class ModelSlot:
                "version": current.get("version"), "reason": why}
         if self.model is not None:
             doc["serving"] = Updater.serving(self.model)
-        self.publish_state(doc)
+        if say:
+            self.publish_state(doc)
 
-    def close(self, wait_s: float = 5.0, why: str | None = None) -> None:
+    def close(self, wait_s: float = 5.0, why: str | None = None, say: bool = True) -> None:
         """Ends its updates (see `end_updates`), then lets go of its model."""
-        self.end_updates(wait_s, why)
+        self.end_updates(wait_s, why, say)
         if self.model is not None:
             self.model.close()
             self.model = None

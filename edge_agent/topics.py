@@ -27,16 +27,23 @@ DEVICE_LEAVES = (
 PIPELINE_LEAVES = ("predictions", "events")
 
 
-#: What may not stand in one topic level: MQTT's separator and wildcards, and what a topic may not hold at
-#: all (MQTT 5 section 1.5.4, which mosquitto enforces by closing the connection): control characters,
-#: UTF-16 surrogates and Unicode's non-characters. A label comes from a model's labels file or metadata,
-#: which an update may ship: one such character in it, and each snapshot or zone count published under
-#: it ended the connection, again after every reconnect, and nothing else got out.
-_NOT_IN_A_LEVEL = re.compile(
-    "[/+#\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+#: What a topic may not hold at all (MQTT 5 section 1.5.4, which mosquitto enforces by closing the
+#: connection, under MQTT 3.1.1 too): control characters, UTF-16 surrogates and Unicode's non-characters.
+_NOT_IN_A_TOPIC = (
+    "\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
     + "".join(f"{chr(p | 0xFFFE)}{chr(p | 0xFFFF)}" for p in range(0, 0x110000, 0x10000))
-    + "]"
 )
+_UNFIT = re.compile(f"[{_NOT_IN_A_TOPIC}]")
+#: ... nor in one level, with MQTT's separator and wildcards. A label comes from a model's labels file or
+#: metadata, which an update may ship: one such character in it, and each snapshot or zone count
+#: published under it ended the connection, again after every reconnect, and nothing else got out.
+_NOT_IN_A_LEVEL = re.compile(f"[/+#{_NOT_IN_A_TOPIC}]")
+
+
+def unfit(text: str) -> str | None:
+    """The first character of `text` that no topic may hold, shown as its code point, or None."""
+    m = _UNFIT.search(text)
+    return None if m is None else f"U+{ord(m.group()):04X}"
 
 
 def level(name: str) -> str:

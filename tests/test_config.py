@@ -83,6 +83,9 @@ def test_every_required_env_name_is_accepted(monkeypatch: pytest.MonkeyPatch, tm
         ({"model.path": "/nonexistent.tflite"}, "model.path"),
         ({"device_id": "a/b"}, "device_id"),
         ({"mqtt.topic_prefix": "edge/#"}, "mqtt.topic_prefix"),
+        ({"mqtt.topic_prefix": "site\x01a"}, "mqtt.topic_prefix: holds U+0001"),  # mosquitto drops such a client
+        ({"mqtt.topic_prefix": "site\ufffe"}, "mqtt.topic_prefix: holds U+FFFE"),
+        ({"mqtt.protocol": 4}, "mqtt.protocol"),
         ({"health.interval_s": 0}, "health.interval_s"),
     ],
 )
@@ -90,6 +93,17 @@ def test_invalid_values_name_the_key(overrides: dict[str, object], key: str) -> 
     with pytest.raises(ConfigError) as err:
         load_settings(None, overrides)
     assert str(err.value).startswith(key)
+
+
+def test_mqtt_5_written_as_a_number_is_mqtt_5(tmp_path: Path) -> None:
+    """`protocol = 5` in TOML, or `--set mqtt.protocol=5` (read as JSON), is the number 5: it was refused
+    with "Input should be '3.1.1' or '5'", which says what was written."""
+    assert load_settings(None, {"mqtt.protocol": 5}).mqtt.protocol == "5"
+    cfg = tmp_path / "m.toml"
+    cfg.write_text("[mqtt]\nprotocol = 5\n")
+    assert load_settings(cfg).mqtt.protocol == "5"
+    r = run_cli("config", "--set", "mqtt.protocol=5")
+    assert r.returncode == 0 and json.loads(r.stdout)["mqtt"]["protocol"] == "5", r.stdout + r.stderr
 
 
 @pytest.mark.parametrize(

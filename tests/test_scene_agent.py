@@ -263,7 +263,7 @@ def test_a_pipeline_removed_on_reload_leaves_no_retained_state(tmp_path: Path) -
             wait_until(lambda t=topic: any(rec.on(t)), 60, what=topic)
         cfg.write_text(head + pipe("door"))
         agent.signal(signal.SIGHUP)
-        porch = ("edge/two/porch/snapshot/face", "edge/two/porch/zones/all/face")
+        porch = ("edge/two/porch/snapshot/face", "edge/two/porch/zones/all/face", "edge/two/models/porch/state")
         wait_until(lambda: all(b"" in rec.on(t) for t in porch), 20, what="the removed pipeline's state cleared")
         late = Subscriber(broker.mqtt(), ["edge/two/#"], client_id="late")
         assert late.start(10)

@@ -73,7 +73,8 @@ class Updater:
         from edge_agent.signals import signal_kind
 
         self._signal = signal_kind(settings.source.uri) is not None
-        self.jobs: queue.Queue[Manifest] = queue.Queue(maxsize=4)
+        #: accepted updates, in order; None wakes the thread to see that it is closed
+        self.jobs: queue.Queue[Manifest | None] = queue.Queue(maxsize=4)
         #: (sha256, index, bytes) from `{prefix}/{device}/ota/{sha256}/{index}` (MQTT delivery)
         self.chunks: queue.Queue[tuple[str, int, bytes]] = queue.Queue(maxsize=_CHUNK_QUEUE)
         self.chunks_dropped = 0
@@ -182,6 +183,10 @@ class Updater:
         self.closed.set()
         if self._thread is None:
             return True
+        try:
+            self.jobs.put_nowait(None)  # an idle thread ends now, not at its next look at the queue
+        except queue.Full:  # busy with updates: it looks at `closed` between them
+            pass
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             log.warning("the update thread is still busy after %.1f s; it ends on its next check", timeout_s)
@@ -197,6 +202,8 @@ class Updater:
                 m = self.jobs.get(timeout=0.5)
             except queue.Empty:
                 continue
+            if m is None:
+                continue
             try:
                 why = self.superseded(m)
                 if why is not None:  # queued behind a newer one: never started
@@ -209,7 +216,7 @@ class Updater:
             finally:  # however it ended, it is not in progress: the same version may be sent again
                 with self._lock:
                     self.pending.discard(m.version)
-                    if not any(j.sha256 == m.sha256 for j in list(self.jobs.queue)):
+                    if not any(j is not None and j.sha256 == m.sha256 for j in list(self.jobs.queue)):
                         self.awaited.discard(m.sha256)
 
     def _state(self, state: str, m: Manifest | None = None, **extra: Any) -> None:
