@@ -1307,32 +1307,44 @@ def test_the_store_takes_writes_from_two_threads_at_once(tmp_path: Path) -> None
     assert store.state["highest_version"] == 324 and len(store.state["history"]) == 50
 
 
+def _updater_beside_a_slow_mirror(
+    keys: tuple[Path, Path], tmp_path: Path
+) -> tuple[Any, Any, Any, list[object], Any, str]:
+    """A started updater of its own (its store under tmp_path), the states it publishes, the models it
+    swaps in, and a mirror serving the int8 model at about 80 kB/s: (updater, store, states, swapped,
+    server, the model's URL)."""
+    import queue
+
+    from edge_agent.config import load_settings
+    from edge_agent.ota.store import ModelStore
+    from edge_agent.ota.updater import Updater
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "new.tflite").write_bytes(SHORT_INT8.read_bytes())
+    srv, port = _slow_server(served, _Slower)
+    settings = load_settings(None, {"model.path": str(SHORT), "ota.trusted_keys": [str(keys[1])],
+                                    "state_dir": str(tmp_path / "st")})
+    store = ModelStore(tmp_path / "st" / "models")
+    states: queue.Queue[dict[str, Any]] = queue.Queue()
+    swapped: list[object] = []
+    up = Updater(settings, store, states.put, lambda new: swapped.append(new), lambda: None, threading.Event())
+    up.start()
+    return up, store, states, swapped, srv, f"http://127.0.0.1:{port}/new.tflite"
+
+
 def test_a_rollback_while_an_update_downloads_cancels_it_and_the_serving_model_stays(  # type: ignore[no-untyped-def]
         keys, tmp_path: Path) -> None:
     """Undo the latest update at whatever stage it is: one still on its way never takes over, and the
     model that served before it was sent keeps serving (a halted rollout sends this to devices that may
     still be downloading)."""
-    import queue
+    from edge_agent.ota.updater import TERMINAL
 
-    from edge_agent.config import load_settings
-    from edge_agent.ota.store import ModelStore
-    from edge_agent.ota.updater import TERMINAL, Updater
-
-    priv, pub = keys
-    served = tmp_path / "served"
-    served.mkdir()
-    (served / "new.tflite").write_bytes(SHORT_INT8.read_bytes())
-    srv, port = _slow_server(served, _Slower)
-    settings = load_settings(None, {"model.path": str(SHORT), "ota.trusted_keys": [str(pub)],
-                                    "state_dir": str(tmp_path / "st")})
-    store = ModelStore(tmp_path / "st" / "models")
-    states: queue.Queue[dict[str, Any]] = queue.Queue()
-    swapped: list[object] = []
-    stop = threading.Event()
-    up = Updater(settings, store, states.put, lambda new: swapped.append(new), lambda: None, stop)
-    up.start()
+    priv, _ = keys
+    up, store, states, swapped, srv, url = _updater_beside_a_slow_mirror(keys, tmp_path)
+    stop = up.stop
     try:
-        m = build_manifest(served / "new.tflite", 3, None, [f"http://127.0.0.1:{port}/new.tflite"], None, 1)
+        m = build_manifest(tmp_path / "served" / "new.tflite", 3, None, [url], None, 1)
         up.submit(m.signed(load_private_key(priv)))
         seen = []
         while not seen or seen[-1]["state"] != "downloading":
@@ -1356,26 +1368,12 @@ def test_a_closed_updater_ends_its_download_at_once_and_takes_no_further_deploy(
     its next block and the thread ends, nothing more is said on the state topic (the broker has been
     told to forget it), nothing is installed, and a deploy taken after that is refused rather than queued
     for a thread that has ended."""
-    import queue
-
-    from edge_agent.config import load_settings
     from edge_agent.ota.manifest import ManifestError
-    from edge_agent.ota.store import ModelStore
-    from edge_agent.ota.updater import Updater
 
-    priv, pub = keys
-    served = tmp_path / "served"
-    served.mkdir()
-    (served / "new.tflite").write_bytes(SHORT_INT8.read_bytes())
-    srv, port = _slow_server(served, _Slower)
-    settings = load_settings(None, {"model.path": str(SHORT), "ota.trusted_keys": [str(pub)],
-                                    "state_dir": str(tmp_path / "st")})
-    store = ModelStore(tmp_path / "st" / "models")
-    states: queue.Queue[dict[str, Any]] = queue.Queue()
-    up = Updater(settings, store, states.put, lambda new: None, lambda: None, threading.Event())
-    up.start()
+    priv, _ = keys
+    up, store, states, _, srv, url = _updater_beside_a_slow_mirror(keys, tmp_path)
     try:
-        m = build_manifest(served / "new.tflite", 3, None, [f"http://127.0.0.1:{port}/new.tflite"], None, 1)
+        m = build_manifest(tmp_path / "served" / "new.tflite", 3, None, [url], None, 1)
         up.submit(m.signed(load_private_key(priv)))
         while states.get(timeout=30)["state"] != "downloading":
             pass
