@@ -325,6 +325,14 @@ def test_probation_failure_rolls_back_and_kill_during_probation_blocks(broker: B
         w.close()
 
 
+def _int8_mirror(tmp_path: Path, name: str) -> FileServer:
+    """A mirror on a free port serving BlazeFace's int8 model as tmp_path/served/NAME."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / name).write_bytes(SHORT_INT8.read_bytes())
+    return FileServer(served, "127.0.0.1", 0)
+
+
 def test_a_clean_stop_during_probation_goes_back_without_counting_a_crash(  # type: ignore[no-untyped-def]
     broker: Broker, agent_factory, keys, tmp_path: Path
 ) -> None:
@@ -333,10 +341,7 @@ def test_a_clean_stop_during_probation_goes_back_without_counting_a_crash(  # ty
     blocked a model that did nothing wrong, for good."""
     priv, pub = keys
     key = load_private_key(priv)
-    served = tmp_path / "served"
-    served.mkdir()
-    (served / "int8.tflite").write_bytes(SHORT_INT8.read_bytes())
-    fs = FileServer(served, "127.0.0.1", 0)
+    fs = _int8_mirror(tmp_path, "int8.tflite")
     w = Watch(broker, "d5")
     env = ota_env(broker, pub, EDGE_AGENT_STATE_DIR=str(tmp_path / "state"),
                   EDGE_AGENT_OTA__PROBATION_INFERENCES="100000", EDGE_AGENT_OTA__PROBATION_S="3600")
@@ -1028,10 +1033,8 @@ def test_a_rollback_during_probation_leaves_the_truth_retained(broker: Broker, a
     """The retained state once said `active v62` while v60 served; after a restart it stayed stale."""
     priv, pub = keys
     key = load_private_key(priv)
+    fs = _int8_mirror(tmp_path, "new.tflite")
     served = tmp_path / "served"
-    served.mkdir()
-    (served / "new.tflite").write_bytes(SHORT_INT8.read_bytes())
-    fs = FileServer(served, "127.0.0.1", 0)
     w = Watch(broker, "rb")
     env = ota_env(broker, pub, EDGE_AGENT_OTA__PROBATION_INFERENCES="100000", EDGE_AGENT_OTA__PROBATION_S="600",
                   EDGE_AGENT_STATE_DIR=str(tmp_path / "st"))
