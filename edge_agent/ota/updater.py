@@ -158,8 +158,8 @@ class Updater:
 
     def superseded(self, m: Manifest) -> str | None:
         """Why `m` must give way (a newer version was accepted, or is already installed), or None."""
-        if self.closed.is_set():
-            return "its pipelines were removed"
+        if self.closed.is_set():  # the slot ended its updates (ModelSlot.end_updates)
+            return "the agent is stopping" if self.stop.is_set() else "its pipelines were removed"
         highest = int(self.store.state.get("highest_version", 0))
         cancelled = self.cancelled.get(m.version)
         if cancelled is not None:
