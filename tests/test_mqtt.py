@@ -209,6 +209,33 @@ def test_refused_connack_is_reported_not_taken_for_connected(tmp_path: Path) -> 
         b.stop()
 
 
+def test_a_broker_that_closes_the_connection_unanswered_is_said_to_and_told_from_one_away(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mosquitto set with `retain_available false` closes the connection of a 3.1.1 client whose will is
+    retained (the agent's), before any CONNACK: MQTT 3.1.1 gives it no way to say why. Health and the
+    log said "no broker at ... (disconnected: Unspecified error)" forever; they now say that the broker
+    is there and closed the connection unanswered, with what does that and how to learn why. The same
+    broker's MQTT 5 refusal names the reason."""
+    port = free_port()
+    b = Broker(tmp_path, f"listener {port} 127.0.0.1\nallow_anonymous true\nretain_available false\n", port).start()
+    caplog.set_level(logging.WARNING, logger="edge_agent.sinks.mqtt")
+    try:
+        s = sink_for(b.mqtt(keepalive_s=5, reconnect_max_s=1, down_log_s=1))
+        wait_until(lambda: "before accepting it" in str(s.stats()["last_error"]), 15, what="the closed connection")
+        err = str(s.stats()["last_error"])
+        assert "a will or retained messages it does not allow" in err and 'mqtt.protocol = "5"' in err, err
+        wait_until(lambda: "not accepted by the broker at 127.0.0.1" in caplog.text, 10, what="the log")
+        assert not s.is_connected()
+        s.close(1)
+        v5 = sink_for(b.mqtt(protocol="5", reconnect_max_s=1))
+        wait_until(lambda: v5.stats()["state"] == "refused", 15, what="the MQTT 5 refusal")
+        assert "Retain not supported" in str(v5.stats()["last_error"])
+        v5.close(1)
+    finally:
+        b.stop()
+
+
 def test_a_server_that_accepts_and_never_answers_is_a_broker_away_since_start(caplog: pytest.LogCaptureFixture) -> None:
     """Something else on the broker's port (or a broker hung before its CONNACK) takes the connection
     and says nothing: the agent is not connected, gives up after the keepalive and tries again, and

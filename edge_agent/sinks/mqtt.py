@@ -61,6 +61,14 @@ _REFUSED_TOPICS = 16
 #: Drops that lose a result for good (not a health document superseded by a newer one), and how long
 #: ago one may have been for health to say so.
 _LOSSES = ("queue_full", "broker_down", "error", "shutdown")
+#: Why a connection the broker closed before answering CONNECT was refused, where MQTT 3.1.1 gives it no
+#: way to say (mosquitto with `retain_available false` does so to a client with a retained will: the
+#: agent's), rather than "Unspecified error" forever.
+_UNACCEPTED = (
+    "the broker closed the connection before accepting it ({}): under MQTT 3.1.1 a broker refuses so "
+    "without a reason (a client id, a will or retained messages it does not allow); "
+    'with mqtt.protocol = "5" it says why'
+)
 _LOSS_WINDOW_S = 60.0
 #: The smallest packet size a broker's limit is ever learnt from (MQTT 3.1.1, where it cannot say it): the
 #: agent's own documents (info, predictions, events) stay under it, so a broker that restarts again and again
@@ -294,6 +302,8 @@ class MqttSink(Sink):
         self.refused_subscriptions: list[str] = []
         #: when the current connection was accepted, and how many in a row the broker closed soon after
         self._connected_at: float | None = None
+        #: the last connection was closed by the broker before it accepted it (see _UNACCEPTED)
+        self._unaccepted = False
         self._short_lived = 0
         #: why we think another client holds our client id (None while nothing says so)
         self.taken_over: str | None = None
@@ -530,6 +540,7 @@ class MqttSink(Sink):
                     log.info("mqtt connected to %s:%s", self.cfg.host, self.cfg.port)
                 self._down_since, self._down_logged = None, float("-inf")
                 self._connected_at = time.monotonic()
+                self._unaccepted = False
                 self._connack_max = ev.max_packet
                 self._largest_sent = None
                 _no_delay(self._client)
@@ -555,6 +566,7 @@ class MqttSink(Sink):
             elif ev.kind == "unreachable":
                 self.state = "disconnected"
                 self.last_error = ev.detail
+                self._unaccepted = False
                 self._connected.clear()
                 self._down_since = self._down_since or self._away_from()
             elif ev.kind == "refused":
@@ -566,6 +578,8 @@ class MqttSink(Sink):
                 self.last_error = f"broker refused connection: {ev.detail}"
                 self._connected.clear()
             else:
+                # closed by the broker before its CONNACK (not a silence that ran out the keepalive)
+                unaccepted = self._connected_at is None and "keep alive" not in ev.detail.lower()
                 if ev.refused_inbound is not None:
                     self._refused_inbound(ev.refused_inbound)
                 elif self._connected_at is not None:  # the end of a connection the broker accepted (a send
@@ -577,7 +591,8 @@ class MqttSink(Sink):
                 self._down_since = self._down_since or self._away_from()
                 if self.state != "refused":  # the drop after a refusal is not news
                     self.state = "disconnected"
-                    self.last_error = f"disconnected: {ev.detail}"
+                    self.last_error = _UNACCEPTED.format(ev.detail) if unaccepted else f"disconnected: {ev.detail}"
+                    self._unaccepted = unaccepted
                 self._connected.clear()
                 # unacknowledged QoS>0 messages may be lost with the connection: the outbox keeps
                 # them, and sends them again through the checks of every send (paho would resend
@@ -763,7 +778,8 @@ class MqttSink(Sink):
         away = now - self._down_since
         depth = self.outbox.depth() if self.outbox is not None else self.queue_depth()
         log.warning(
-            "mqtt: no broker at %s:%s for %.0f s (%s); %d messages waiting%s; retrying",
+            "mqtt: %s %s:%s for %.0f s (%s); %d messages waiting%s; retrying",
+            "not accepted by the broker at" if self._unaccepted else "no broker at",
             self.cfg.host, self.cfg.port, away, self.last_error or "no answer", depth,
             " in the outbox" if self.outbox is not None else "",
         )
