@@ -18,7 +18,7 @@ from typing import TypeVar
 from edge_agent.config import SourceConfig
 from edge_agent.handoff import LatestSlot
 from edge_agent.sources import EndOfStream, Frame, FrameError, Source, SourceError
-from edge_agent.stats import StageStats
+from edge_agent.stats import FailureLog, StageStats
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -54,6 +54,7 @@ class Capture:
         self.stop = stop
         self.reopens = 0
         self._undecodable: set[str] = set()  # messages already logged
+        self._failures = FailureLog(log)
         self.stalls = 0
         self.finished = threading.Event()  # a non-looping file or image set ran out
         self.source_desc = ""
@@ -127,7 +128,8 @@ class Capture:
                     if gen != self._gen:
                         break
                     self.stats.state = "running"
-                    log.info("source open: %s", self.source_desc)
+                    if not self._failures.unsaid:  # the failure before it was logged (or there was none)
+                        log.info("source open: %s", self.source_desc)
                     t0_mono = time.monotonic()
                     # never before a frame already stamped: a file consumed faster than it plays runs
                     # ahead of the wall clock, and one reopened must not go back in time
@@ -159,7 +161,7 @@ class Capture:
                 self.reopens += 1
                 self.stats.state = "reconnecting"
                 self.stats.error(str(err))
-                log.warning("source failed: %s; retrying in %.1f s", err, delay)
+                self._failures.failed("source failed", str(err), delay)
                 if self._backoff(delay):
                     break
                 delay = min(delay * 2, self.cfg.reopen_max_s)

@@ -33,7 +33,7 @@ from edge_agent.scene import labels_problem
 from edge_agent.signals import AUDIO_KINDS, Chunk, EndOfStream, SignalSource, SourceError, signal_kind
 from edge_agent.sinks.base import Message
 from edge_agent.sinks.memory import MemorySink
-from edge_agent.stats import StageStats, pipeline_counts
+from edge_agent.stats import FailureLog, StageStats, pipeline_counts
 from edge_agent.topics import Topics
 from edge_agent.windowing import Windower
 
@@ -126,6 +126,7 @@ class SignalCapture:
         self.reopens = 0
         self.gaps = 0  # reopenings and gaps the source saw itself
         self.epoch = 0
+        self._failures = FailureLog(log)
         self.description = settings.source.uri
         self.rate = 0.0
         self.channels = 0
@@ -159,7 +160,7 @@ class SignalCapture:
             except SourceError as err:
                 st.state = "reconnecting" if self.epoch else "opening"
                 st.error(str(err))
-                log.warning("signal source: %s; retrying in %.1f s", err, delay)
+                self._failures.failed("signal source", str(err), delay)
                 if self.stop.wait(delay):
                     return
                 delay = min(delay * 2, cfg.reopen_max_s)
