@@ -46,10 +46,15 @@ def unfit(text: str) -> str | None:
     return None if m is None else f"U+{ord(m.group()):04X}"
 
 
+#: Characters of a label kept in a topic level: a topic is at most 65,535 bytes, and paho refuses a longer
+#: one with an exception at each publish (a labels file whose line is one long run of text).
+LEVEL_CHARS = 200
+
+
 def level(name: str) -> str:
     """A label or zone as one topic level: MQTT's separator and wildcards (/ + #), and what no topic may
-    hold (control characters, surrogates, non-characters), become _."""
-    return _NOT_IN_A_LEVEL.sub("_", name) or "_"
+    hold (control characters, surrogates, non-characters), become _; at most LEVEL_CHARS of it."""
+    return _NOT_IN_A_LEVEL.sub("_", name[:LEVEL_CHARS]) or "_"
 
 
 def device_base(prefix: str, device_id: str) -> str:

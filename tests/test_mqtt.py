@@ -901,3 +901,50 @@ def test_a_refused_configuration_is_said_on_the_broker_until_a_start_takes_one(b
     assert r.returncode == 0, r.stderr
     info = json.loads(retained()["edge/told/info"])
     assert "config_error" not in info and info["model"]["name"] == "face_detection_short_range"
+
+
+def test_any_label_makes_a_topic_the_broker_takes(broker: Broker) -> None:
+    """A label becomes a topic level (`snapshot/{label}`, `zones/{zone}/{label}`), and a label is any text
+    a labels file or a model's metadata holds. Whatever it is, the topic is one the broker takes: a
+    character no topic may hold made mosquitto close the connection at each publish, and a label past
+    65,535 bytes made paho raise at each one. Hypothesis draws the labels, with the hard ones named;
+    each topic is published to a real mosquitto and must come back unchanged on one connection."""
+    from hypothesis import HealthCheck, example, given, settings
+    from hypothesis import strategies as st
+
+    from edge_agent.sinks.mqtt import Subscriber
+    from edge_agent.topics import LEVEL_CHARS, Topics, level
+
+    sub = Subscriber(broker.mqtt(), ["edge/lab/snapshot/#"], client_id="label-topics")
+    assert sub.start(10)
+    sink = sink_for(broker.mqtt(), "lab")
+    assert sink.wait_connected(10)
+    topics = Topics("edge", "lab")
+    try:
+        @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+        @given(st.text(min_size=0, max_size=300))
+        @example("fa\x01ce")
+        @example("nul\x00here")
+        @example("c1\x85 del\x7f")
+        @example("non\ufffe\U0010ffffchar\ufdd0")
+        @example("cat/dog+#")
+        @example("\U0001f431 猫")
+        @example("f" * 70_000)
+        @example("")
+        def one(label: str) -> None:
+            topic = topics.snapshot(None, label)
+            assert len(level(label)) <= LEVEL_CHARS and len(topic.encode()) < 65_536
+            sink.submit_latest(Message(topic, b"x", qos=1))
+            got = None
+            deadline = time.monotonic() + 10
+            while got is None and time.monotonic() < deadline:
+                m = sub.get(0.1)
+                if m is not None and m[0] == topic:
+                    got = m
+            assert got is not None, (label, topic)
+
+        one()
+        assert sink.connects == 1, sink.stats()
+    finally:
+        sink.close(2)
+        sub.stop()
