@@ -23,7 +23,7 @@ from edge_agent.config import SceneConfig, Settings
 from edge_agent.payload import dumps
 from edge_agent.results import Result
 from edge_agent.sinks.base import Message
-from edge_agent.topics import Topics, ha_config
+from edge_agent.topics import LEVEL_CHARS, Topics, ha_config
 
 #: OTA states during which Home Assistant's update entity shows the offered version as in progress
 IN_FLIGHT = ("received", "downloading", "verifying", "validating", "activating")
@@ -35,7 +35,9 @@ _THROTTLED = (
 
 
 def object_id(text: str) -> str:
-    return _OBJECT_ID.sub("_", text.lower()).strip("_") or "x"
+    """Home Assistant's id of an entity (or the node): [a-z0-9_], and at most LEVEL_CHARS of a label's
+    text, for it is a topic level of the entity's config (a longer topic made paho raise at each birth)."""
+    return _OBJECT_ID.sub("_", text.lower()[: 2 * LEVEL_CHARS]).strip("_")[:LEVEL_CHARS] or "x"
 
 
 class HomeAssistant:

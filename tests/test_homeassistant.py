@@ -455,3 +455,26 @@ def test_a_label_clears_after_its_off_delay_though_the_wall_clock_is_set_back() 
     off = ha.observe(Result(task="detection"), 1_800_000_000.0 - 3600.0)
     assert off is not None and json.loads(off.payload)["labels"]["person"]["detected"] == "OFF"
     assert json.loads(off.payload)["labels"]["person"]["last_seen"].startswith("2027-01-15")  # as it was seen
+
+
+def test_a_label_of_any_length_gets_its_entities_and_the_birth_goes_out_whole(
+    broker: Broker, agent_factory, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """A label is part of its entities' ids, which are levels of their config topics. A labels file whose
+    line is one long run of text (70,000 characters) made a config topic past MQTT's 65,535 bytes: paho
+    raised at each birth, and what came after it in the birth was never sent. The id keeps at most 200
+    characters of the label; the entity's name keeps the label whole."""
+    labels = tmp_path / "labels.txt"
+    long = "f" * 70_000
+    labels.write_text(long + "\n")
+    agent = agent_factory(["run", "--device-id", "longl", "--source", "synthetic", "--fps", "5", "--model",
+                           str(SHORT), "--labels", str(labels), "--set", "homeassistant.enabled=true",
+                           "--set", "homeassistant.labels=" + json.dumps([long])], env=broker.env())
+    configs = wait_until(lambda: {t: v for t, v in _retained(broker, "homeassistant/#").items() if "/longl/" in t}
+                         or None, scaled(30), what="the configs")
+    detected = [json.loads(v) for t, v in configs.items() if t.startswith("homeassistant/binary_sensor/longl/")
+                and json.loads(v)["name"].endswith(" detected")]
+    assert detected and detected[0]["name"] == f"{long} detected", [d["name"][:40] for d in detected]
+    assert all(len(t.encode()) < 1000 for t in configs), [len(t) for t in configs]
+    assert _retained(broker, "edge/longl/availability") == {"edge/longl/availability": b"online"}
+    assert "Traceback" not in agent.log() and "publisher error" not in agent.log()
