@@ -128,8 +128,7 @@ class Capture:
                     if gen != self._gen:
                         break
                     self.stats.state = "running"
-                    if not self._failures.unsaid:  # the failure before it was logged (or there was none)
-                        log.info("source open: %s", self.source_desc)
+                    self._failures.opened("source open", self.source_desc)
                     t0_mono = time.monotonic()
                     # never before a frame already stamped: a file consumed faster than it plays runs
                     # ahead of the wall clock, and one reopened must not go back in time

@@ -20,21 +20,30 @@ BUCKETS_MS = (0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
 class FailureLog:
     """A source's failures in the log: the same failure again (a camera that drops each connection after a
     frame or two is reopened every reopen_min_s) at most once every `every_s`, with how many the log left
-    out. Logged each time, it was two lines a reopen, 170,000 a day, for months; health counts every one."""
+    out; and of the opens between them, the first after each failure logged, so that a recovery is always
+    said. Logged each time, it was two lines a reopen, 170,000 a day, for months; health counts every one."""
 
     def __init__(self, log: logging.Logger, every_s: float = 60.0):
         self.log, self.every_s = log, every_s
-        self._said, self._said_at, self.unsaid = "", float("-inf"), 0
+        self._said, self._said_at, self._unsaid, self._open_said = "", float("-inf"), 0, False
 
     def failed(self, what: str, why: str, delay: float) -> None:
         """`{what}: {why}; retrying in {delay} s`, unless `why` was logged less than every_s ago."""
         now = time.monotonic()
         if why == self._said and now - self._said_at < self.every_s:
-            self.unsaid += 1
+            self._unsaid += 1
             return
-        more = f" ({self.unsaid} failures not logged since the last line)" if self.unsaid else ""
+        more = f" ({self._unsaid} failures not logged since the last line)" if self._unsaid else ""
         self.log.warning("%s: %s; retrying in %.1f s%s", what, why, delay, more)
-        self._said, self._said_at, self.unsaid = why, now, 0
+        self._said, self._said_at, self._unsaid, self._open_said = why, now, 0, False
+
+    def opened(self, what: str, desc: str) -> None:
+        """`{what}: {desc}`, the first time since the last failure logged (or ever)."""
+        if self._open_said:
+            return
+        after = f" (after {self._unsaid} failures not logged)" if self._unsaid else ""
+        self.log.info("%s: %s%s", what, desc, after)
+        self._open_said, self._unsaid = True, 0
 
 
 class LatencyWindow:

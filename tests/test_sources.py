@@ -1609,3 +1609,32 @@ def test_a_camera_that_hangs_up_after_each_frame_is_logged_once_a_minute_and_cou
     opened = [line for line in r.stderr.splitlines() if "source open:" in line]
     # the first failure, and the opens before and after it
     assert len(failed) == 1 and len(opened) == 2, "\n".join(failed + opened)
+
+
+def test_a_source_that_recovers_after_failures_left_out_of_the_log_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """The log leaves out a failure repeated within a minute. A camera rebooting fails the same way for
+    minutes and then opens: that open is logged, with how many failures were left out, and so is the
+    next failure. A camera hanging up after each frame logs one open after each failure logged."""
+    import logging
+
+    from edge_agent.stats import FailureLog
+
+    log = logging.getLogger("test.failures")
+    fl = FailureLog(log, every_s=60.0)
+    with caplog.at_level(logging.INFO, logger="test.failures"):
+        fl.opened("source open", "cam")
+        for _ in range(40):  # rebooting: refused again and again
+            fl.failed("source failed", "cam: connection refused", 1.0)
+        fl.opened("source open", "cam")
+        fl.failed("source failed", "cam: the server closed the stream", 0.5)  # a new failure: said
+        for _ in range(30):  # then hanging up after each frame
+            fl.opened("source open", "cam")
+            fl.failed("source failed", "cam: the server closed the stream", 0.5)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "source open: cam",
+        "source failed: cam: connection refused; retrying in 1.0 s",
+        "source open: cam (after 39 failures not logged)",
+        "source failed: cam: the server closed the stream; retrying in 0.5 s",
+        "source open: cam",
+    ], lines
