@@ -33,6 +33,17 @@ _THROTTLE_BITS = {
 _ZONE_PREFERENCE = (("cpu",), ("x86_pkg", "soc", "tj", "acpitz"))
 
 
+def signal_name(number: int) -> str:
+    """`SIGSEGV` for 11; "signal 40" for a real-time signal, which has no name (`signal.Signals(40)`
+    raises ValueError: a child killed by one made the caller fail instead of saying how it ended)."""
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def cpu_temperature_c(root: str = "/sys/class/thermal") -> float | None:
     """The CPU's temperature in degrees C: the hottest zone of the most CPU-like kind the board
     exposes (a Jetson lists CPU, GPU, SoC and more), None where it exposes none."""

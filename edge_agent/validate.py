@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import time
@@ -82,8 +81,9 @@ def validate_in_child(
     except subprocess.TimeoutExpired:
         return {"ok": False, "reason": f"loading took longer than {timeout_s:g} s"}
     if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
-        return {"ok": False, "reason": f"loading crashed the process ({name})"}
+        from edge_agent.system import signal_name
+
+        return {"ok": False, "reason": f"loading crashed the process ({signal_name(-proc.returncode)})"}
     for line in reversed(proc.stdout.strip().splitlines()):
         try:
             report = json.loads(line)

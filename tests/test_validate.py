@@ -70,6 +70,35 @@ def test_a_model_that_segfaults_the_loader_only_kills_the_child(tmp_path: Path) 
         Model(ModelConfig(path=p), RuntimeConfig(accelerator="cpu"), tmp_path / "state")
 
 
+def test_a_child_ended_by_a_signal_without_a_name_is_said_so() -> None:
+    """A validating child ended by a real-time signal (one Python's `signal.Signals` has no name for,
+    sent by a watchdog or a supervisor): `signal.Signals(40)` raised ValueError, and the update failed
+    on that instead of saying how the child ended."""
+    import os
+    import threading
+
+    import psutil
+
+    from .conftest import wait_until
+
+    def validating() -> psutil.Process | None:
+        for c in psutil.Process().children():
+            try:
+                if "edge_agent.validate" in " ".join(c.cmdline()):
+                    return c
+            except psutil.Error:  # another child, come and gone
+                continue
+        return None
+
+    out: dict[str, object] = {}
+    t = threading.Thread(target=lambda: out.update(validate_in_child(SHORT)))
+    t.start()
+    child = wait_until(validating, 10, interval=0.005, what="the validating child")
+    os.kill(child.pid, 40)  # SIGRTMIN+6: its default action ends the process
+    t.join(30)
+    assert out == {"ok": False, "reason": "loading crashed the process (signal 40)"}, out
+
+
 def test_time_limit(tmp_path: Path) -> None:
     r = validate_in_child(SHORT, timeout_s=0.001)
     assert not r["ok"] and "longer than" in r["reason"]

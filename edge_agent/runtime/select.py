@@ -169,12 +169,9 @@ def probe(
 def death_reason(name: str, returncode: int, missing: list[str] | None = None) -> str:
     """A probe child killed by a signal, in words: SIGILL from LiteRT's plugin names the CPU features
     this CPU lacks (`missing`, default: read from /proc/cpuinfo)."""
-    import signal
+    from edge_agent.system import signal_name
 
-    try:
-        sig = signal.Signals(-returncode).name
-    except ValueError:
-        sig = f"signal {-returncode}"
+    sig = signal_name(-returncode)
     if sig == "SIGILL":
         from edge_agent.runtime.compiled import missing_plugin_features
 
