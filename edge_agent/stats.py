@@ -20,8 +20,8 @@ BUCKETS_MS = (0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
 class FailureLog:
     """A source's failures in the log: the same failure again (a camera that drops each connection after a
     frame or two is reopened every reopen_min_s) at most once every `every_s`, with how many the log left
-    out; and of the opens between them, the first after each failure logged, so that a recovery is always
-    said. Logged each time, it was two lines a reopen, 170,000 a day, for months; health counts every one."""
+    out; and of the opens between such failures, the first after each failure logged, so that a recovery
+    is always said. Logged each time, it was two lines a reopen, 170,000 a day, for months; health counts every one."""
 
     def __init__(self, log: logging.Logger, every_s: float = 60.0):
         self.log, self.every_s = log, every_s
@@ -38,8 +38,10 @@ class FailureLog:
         self._said, self._said_at, self._unsaid, self._open_said = why, now, 0, False
 
     def opened(self, what: str, desc: str) -> None:
-        """`{what}: {desc}`, the first time since the last failure logged (or ever)."""
-        if self._open_said:
+        """`{what}: {desc}`, but for an open that follows a failure left out of the log where an open
+        has been logged since the last failure logged (a source that hangs up each time). An open after
+        no failure (a source changed on reload, a reader started again after a stall) is always logged."""
+        if self._open_said and self._unsaid:
             return
         after = f" (after {self._unsaid} failures not logged)" if self._unsaid else ""
         self.log.info("%s: %s%s", what, desc, after)

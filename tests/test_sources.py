@@ -1614,7 +1614,8 @@ def test_a_camera_that_hangs_up_after_each_frame_is_logged_once_a_minute_and_cou
 def test_a_source_that_recovers_after_failures_left_out_of_the_log_says_so(caplog: pytest.LogCaptureFixture) -> None:
     """The log leaves out a failure repeated within a minute. A camera rebooting fails the same way for
     minutes and then opens: that open is logged, with how many failures were left out, and so is the
-    next failure. A camera hanging up after each frame logs one open after each failure logged."""
+    next failure. A camera hanging up after each frame logs one open after each failure logged; an open
+    after no failure (a source changed on reload, a reader started again after a stall) is always logged."""
     import logging
 
     from edge_agent.stats import FailureLog
@@ -1638,3 +1639,9 @@ def test_a_source_that_recovers_after_failures_left_out_of_the_log_says_so(caplo
         "source failed: cam: the server closed the stream; retrying in 0.5 s",
         "source open: cam",
     ], lines
+    caplog.clear()
+    quiet = FailureLog(log, every_s=60.0)  # no failure between: each open is said (a source changed on reload)
+    with caplog.at_level(logging.INFO, logger="test.failures"):
+        quiet.opened("source open", "cam")
+        quiet.opened("source open", "porch")
+    assert [r.getMessage() for r in caplog.records] == ["source open: cam", "source open: porch"]
