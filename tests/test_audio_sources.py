@@ -261,6 +261,66 @@ print(json.dumps({"first": np.round(x[:16000] * 32768).astype(int).tolist(), "dr
     assert doc["dropped"] > 0  # the unpaced device outran the reader, and that was counted
 
 
+def test_a_microphone_that_comes_after_the_agent_started_is_found_when_opened_again(tmp_path: Path) -> None:
+    """PortAudio lists the devices when it starts: a USB microphone the kernel found after the agent
+    started (at boot the service may come first) was never found by a reopen, for as long as the agent
+    ran. Each open now reads the list again, except while another microphone is open (that would close
+    its stream). ALSA's `file` plugin stands in for both microphones; the USB one is plugged in by
+    defining it, as a card appearing defines its device."""
+    default_raw, usb_raw = _pcm16("okay_nabu_1.wav"), _pcm16("okay_nabu_2.wav")
+    (tmp_path / "default.raw").write_bytes(default_raw.tobytes())
+    (tmp_path / "usb.raw").write_bytes(usb_raw.tobytes())
+    conf = tmp_path / "asound.conf"
+
+    def pcm(name: str, raw: str) -> str:
+        return f'pcm.{name} {{ type file slave.pcm "null" file "/dev/null" infile "{tmp_path / raw}" format "raw" }}\n'
+
+    conf.write_text(pcm("!default", "default.raw"))
+    code = f"""
+import json, os
+from edge_agent.signals.base import SourceError
+from edge_agent.signals.microphone import MicrophoneSource
+
+def attempt(m):
+    try:
+        m.open()
+        return "opened"
+    except SourceError as err:
+        return str(err)
+
+def plug_in():  # a new file (ALSA notices a changed inode), as a card appearing adds its device
+    with open("{conf}.new", "w") as f:
+        f.write({pcm("!default", "default.raw")!r} + {pcm("usbmic", "usb.raw")!r})
+    os.replace("{conf}.new", "{conf}")
+
+out = {{}}
+usb = MicrophoneSource("mic:usbmic", "usbmic", 16000, 1)
+out["before"] = attempt(usb)
+other = MicrophoneSource("mic:", "", 16000, 1)
+other.open()
+plug_in()
+out["beside_another"] = attempt(usb)
+out["other_still_reads"] = other.read(2.0) is not None
+other.close()
+out["alone"] = attempt(usb)
+n, first = 0, []
+while n < 16000 and out["alone"] == "opened":
+    c = usb.read(2.0)
+    first.extend(round(v * 32768) for v in c.samples[:, 0].tolist()); n += len(c.samples)
+usb.close()
+out["first"] = first[:16000]
+print(json.dumps(out))
+"""
+    env = {**os.environ, "ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout.splitlines()[-1])
+    assert "cannot open microphone 'usbmic'" in doc["before"], doc["before"]
+    assert "another microphone" in doc["beside_another"] and doc["other_still_reads"], doc
+    assert doc["alone"] == "opened", doc["alone"]
+    assert doc["first"] == usb_raw[:16000].tolist()  # the USB microphone's own samples
+
+
 def test_no_microphone_is_a_clear_error(tmp_path: Path) -> None:
     conf = tmp_path / "asound.conf"
     conf.write_text("pcm.!default { type hw card 7 }\n")  # no such card

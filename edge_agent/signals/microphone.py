@@ -1,8 +1,20 @@
-"""A microphone through PortAudio/ALSA (`sounddevice`): the callback only enqueues, overruns are counted."""
+"""A microphone through PortAudio/ALSA (`sounddevice`): the callback only enqueues, overruns are counted.
+
+PortAudio lists the devices once, when it starts, and never again: a USB microphone that the kernel
+enumerates after the agent started (at boot, the service may well start first), or one plugged back in
+under another card number, is not in that list, and reopening it failed for as long as the agent ran
+(or opened whatever now had the old number). So each open starts PortAudio again first, as
+sounddevice's author advises (its `_terminate()` and `_initialize()`, the wrappers of `Pa_Terminate` and
+`Pa_Initialize`). Stopping PortAudio closes every stream it has, so that is done only while no other
+microphone of this process is open; a second microphone opened beside a running one gets the list as
+it was.
+"""
 
 from __future__ import annotations
 
+import logging
 import queue
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +27,25 @@ if TYPE_CHECKING:
 
 #: Blocks held between the audio callback and the pipeline: ~2 s at 20 ms blocks.
 _QUEUE_BLOCKS = 100
+#: Held while PortAudio is started again or a stream opened or closed, with the count of open streams.
+_PORTAUDIO = threading.Lock()
+_open_streams = 0
+
+
+def _rescan(sd: Any) -> None:
+    """Start PortAudio again, so that its device list is the system's now. sounddevice points the
+    process's stderr at /dev/null meanwhile (ALSA's complaints about each plugin it probes): the log's
+    handlers are held for that moment, so that another thread's log line waits instead of being lost."""
+    handlers = logging.getLogger().handlers
+    for h in handlers:
+        h.acquire()
+    try:
+        while sd._initialized:  # a start that failed last time left it at 0, and stopping it would fail
+            sd._terminate()
+        sd._initialize()
+    finally:
+        for h in handlers:
+            h.release()
 
 
 class MicrophoneSource(SignalSource):
@@ -37,18 +68,33 @@ class MicrophoneSource(SignalSource):
             import sounddevice as sd
         except (ImportError, OSError) as err:  # OSError: PortAudio library missing
             raise SourceError(f"microphone input needs sounddevice and libportaudio2: {err}") from None
-        try:
-            self._stream = sd.InputStream(
-                device=self.device,
-                samplerate=self.rate,
-                channels=self.channels,
-                dtype="int16",  # what capture hardware delivers; float32 is not native on most cards
-                blocksize=int(self.rate * 0.02),
-                callback=self._callback,
-            )
-            self._stream.start()
-        except Exception as err:  # PortAudioError and ValueError carry the driver's words
-            raise SourceError(f"cannot open microphone {self.device!r}: {err}") from None
+        global _open_streams
+        with _PORTAUDIO:
+            if self._stream is not None:  # opened again without a close
+                close_quietly(self._stream)
+                self._stream = None
+                _open_streams -= 1
+            try:
+                if not _open_streams:
+                    _rescan(sd)
+                self._stream = stream = sd.InputStream(
+                    device=self.device,
+                    samplerate=self.rate,
+                    channels=self.channels,
+                    dtype="int16",  # what capture hardware delivers; float32 is not native on most cards
+                    blocksize=int(self.rate * 0.02),
+                    callback=self._callback,
+                )
+                _open_streams += 1
+                stream.start()
+            except Exception as err:  # PortAudioError and ValueError carry the driver's words
+                if self._stream is not None:
+                    close_quietly(self._stream)
+                    self._stream = None
+                    _open_streams -= 1
+                also = (" (the device list is as it was when another microphone of this agent opened: it is "
+                        "read again once no microphone is open)") if _open_streams else ""
+                raise SourceError(f"cannot open microphone {self.device!r}: {err}{also}") from None
 
     def _callback(self, data: np.ndarray, frames: int, t: Any, status: Any) -> None:
         if status and status.input_overflow:
@@ -71,6 +117,9 @@ class MicrophoneSource(SignalSource):
         return Chunk(x, ts, mono)
 
     def close(self) -> None:
-        if self._stream is not None:
-            close_quietly(self._stream)
-            self._stream = None
+        global _open_streams
+        with _PORTAUDIO:
+            if self._stream is not None:
+                close_quietly(self._stream)
+                self._stream = None
+                _open_streams -= 1
