@@ -25,6 +25,7 @@ from .conftest import (
     COCO_LABELS,
     DEMO_VIDEO,
     FULL,
+    MODELS,
     SHORT,
     SHORT_INT8,
     SSD_MODEL,
@@ -870,6 +871,28 @@ def test_start_never_serves_a_damaged_installed_file(tmp_path: Path) -> None:
     store.blob(shas[0]).unlink()  # and v1's file is gone: the configured model serves
     cfg, report = model_for_start(settings, store)
     assert cfg.path == SHORT and report is not None and "damaged" in report["reason"]
+
+
+def test_a_version_pruned_leaves_none_of_its_files(tmp_path: Path) -> None:
+    """Past `keep` versions the oldest goes, with the labels its manifest shipped: they were left behind
+    once the model and manifest were pruned, one file per update for as long as the box took updates."""
+    from edge_agent.ota.store import ModelStore
+
+    store = ModelStore(tmp_path / "models", keep=3)
+    more = (MODELS / "face_detection_full_range_int8.tflite", MODELS / "face_landmark.tflite")
+    releases = (SHORT_INT8, FULL, SHORT, *more)
+    shas = []
+    for v, src in enumerate(releases, 1):
+        sha = _installed(store, ((v, src),))[0]
+        store.labels(sha).write_text("face\n")  # as the updater writes a manifest's labels
+        store.prune()  # as pass_probation does, now that the labels are there
+        shas.append(sha)
+    kept = {p.name for d in (store.blobs, store.manifests) for p in d.iterdir()}
+    for sha in shas[:2]:
+        assert not any(name.startswith(sha) for name in kept), sorted(kept)
+    for sha in shas[2:]:
+        assert {f"{sha}.tflite", f"{sha}.json", f"{sha}.labels.txt"} <= kept
+    assert [v["sha256"] for v in store.versions()] == shas[:1:-1]
 
 
 def test_a_damaged_store_state_falls_back_to_its_copy_then_to_what_the_disk_shows(

@@ -168,6 +168,10 @@ class ModelStore:
     def blob(self, sha256: str) -> Path:
         return self.blobs / f"{sha256}.tflite"
 
+    def labels(self, sha256: str) -> Path:
+        """Where the labels an update shipped in its manifest are kept, beside the manifest."""
+        return self.manifests / f"{sha256}.labels.txt"
+
     def intact(self, sha256: str) -> bool:
         """The installed file is there and is what was installed (read whole: once per start)."""
         import hashlib
@@ -272,7 +276,11 @@ class ModelStore:
         """Remove a version that will never serve (rejected); never the current or previous one."""
         if sha256 in {(self.state.get(k) or {}).get("sha256") for k in ("current", "previous")}:
             return
-        for p in (self.blob(sha256), self.manifests / f"{sha256}.json", self.manifests / f"{sha256}.labels.txt"):
+        self._remove(sha256)
+
+    def _remove(self, sha256: str) -> None:
+        """Every file of a version: the model, its manifest and the labels an update shipped with it."""
+        for p in (self.blob(sha256), self.manifests / f"{sha256}.json", self.labels(sha256)):
             try:
                 p.unlink(missing_ok=True)
             except OSError:
@@ -284,8 +292,7 @@ class ModelStore:
         pinned = {(self.state.get(k) or {}).get("sha256") for k in ("current", "previous")}
         for i, v in enumerate(self.versions()):
             if i >= self.keep and v["sha256"] not in pinned:
-                for p in (self.blob(v["sha256"]), self.manifests / f"{v['sha256']}.json"):
-                    p.unlink(missing_ok=True)
+                self._remove(v["sha256"])
         for p in self.incoming.glob("*.part"):
             if time.time() - p.stat().st_mtime > 86400:
                 p.unlink(missing_ok=True)

@@ -560,7 +560,7 @@ class Updater:
     def _labels_file(self, m: Manifest) -> Path | None:
         if m.labels is None:
             return None
-        p = self.store.manifests / f"{m.sha256}.labels.txt"
+        p = self.store.labels(m.sha256)
         if not p.exists():
             atomic_write(p, ("\n".join(m.labels) + "\n").encode())
         return p
@@ -645,7 +645,7 @@ def model_for_start(settings: Settings, store: ModelStore) -> tuple[ModelConfig,
         cur = store.state.get("current")
     if cur and store.blob(cur["sha256"]).exists():
         man = store.manifest(cur["sha256"]) or {}
-        labels = store.manifests / f"{cur['sha256']}.labels.txt"
+        labels = store.labels(cur["sha256"])
         upd: dict[str, Any] = {
             "path": store.blob(cur["sha256"]),
             "name": man.get("name"),
