@@ -121,6 +121,14 @@ class Health:
         falls = [f for s in a.slots.values() if s.model is not None for f in s.model.runtime.fallbacks]
         if any(f.from_backend != f.to_backend for f in falls):
             problems.append("running on CPU fallback")
+        for s in a.slots.values():  # an accelerator that could not be opened at start is not given up on
+            rt = s.model.runtime if s.model is not None else None
+            named = s.settings.runtime.accelerator not in ("auto", "cpu")  # with auto, a missing device is no fault
+            on_cpu = rt is not None and named and rt.accelerator == "cpu"
+            missed = [r for r in rt.probes if r.transient] if rt is not None and on_cpu else []
+            for r in missed:
+                problems.append(f"accelerator {r.backend} unavailable at start ({r.reason[:120]}): model {s.name} "
+                                "runs on the CPU; the next start probes it again")
         restarts = sum(f.from_backend == f.to_backend for f in falls)
         if restarts:
             problems.append(f"a model's own process died and was started again ({restarts}x)")

@@ -272,6 +272,27 @@ def test_runtime_fallback_is_published_at_once(broker: Broker, subscriber_factor
         agent.shutdown(3)
 
 
+def test_an_accelerator_named_in_config_but_missing_at_start_is_a_problem_in_health(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU serves in its place, and health says which accelerator, why, and that the next start tries
+    it again (it used to be rejected for good, `test_runtime.py`)."""
+    from .test_runtime import NEEDS_DEVICE, build_so
+
+    lib = build_so(tmp_path, "needsdevice", NEEDS_DEVICE)
+    monkeypatch.setenv("TEST_ACCELERATOR_DEVICE", str(tmp_path / "no-such-device"))
+    agent = synthetic_agent(broker, tmp_path, monkeypatch, "missing", **{"runtime.accelerator": str(lib)})
+    try:
+        agent.start()
+        assert agent.first_published.wait(20)
+        doc = agent.health.document()
+        said = [p for p in doc["problems"] if p.startswith(f"accelerator {lib} unavailable at start")]
+        assert len(said) == 1 and "the next start probes it again" in said[0], doc["problems"]
+        assert doc["accelerator"]["active"] == "cpu"
+    finally:
+        agent.shutdown(3)
+
+
 def test_preprocess_threads_sets_opencvs_pool(broker: Broker, tmp_path: Path) -> None:
     """OpenCV's own pool would compete with the interpreter's threads for the same cores."""
     import cv2

@@ -354,6 +354,42 @@ int delegates_created(void) { return created; }
 """
 
 
+#: PASS_THROUGH, except that it makes no delegate while the file $TEST_ACCELERATOR_DEVICE names is missing,
+#: as a vendor's delegate does without its USB accelerator
+NEEDS_DEVICE = PASS_THROUGH.replace("#include <stdlib.h>", "#include <stdlib.h>\n#include <unistd.h>").replace(
+    "  TfLiteDelegate* d = calloc(1, sizeof(TfLiteDelegate));",
+    '  if (access(getenv("TEST_ACCELERATOR_DEVICE"), F_OK) != 0) return 0;  /* no device: no delegate */\n'
+    "  TfLiteDelegate* d = calloc(1, sizeof(TfLiteDelegate));",
+)
+assert "access(" in NEEDS_DEVICE
+
+
+def test_an_accelerator_missing_at_one_start_is_probed_again_at_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delegate that cannot open its device (a USB accelerator not plugged in, or not yet found at
+    boot) was cached as rejected: every later start ran on the CPU with the device there. Now such a
+    failure is probed again at the next start; a verdict on the model (a crash, outputs that disagree)
+    stays cached (`test_delegate_that_aborts_the_process_is_rejected_and_cpu_serves`)."""
+    device = tmp_path / "device"
+    lib = build_so(tmp_path, "needsdevice", NEEDS_DEVICE)
+    monkeypatch.setenv("TEST_ACCELERATOR_DEVICE", str(device))  # the probe's child process inherits it
+    state = tmp_path / "state"
+    unplugged = load(SHORT, str(lib), state)
+    assert unplugged.runtime.accelerator == "cpu"
+    rejected = next(p for p in unplugged.runtime.probes if p.backend == str(lib))
+    assert not rejected.ok and rejected.transient and "failed to load" in rejected.reason
+    unplugged.close()
+    device.write_text("")  # plugged in
+    plugged = load(SHORT, str(lib), state)
+    assert plugged.runtime.accelerator == "delegate"
+    chosen = next(p for p in plugged.runtime.probes if p.backend == str(lib))
+    assert chosen.ok and not chosen.cached
+    assert plugged.infer(pattern(320, 240, 1)).result.task == "detection"
+    plugged.close()
+    assert load(SHORT, str(lib), state).runtime.probes[0].cached  # a verdict that it works is kept
+
+
 def test_an_external_delegate_is_opened_once_per_process(tmp_path: Path) -> None:
     """Two models (two pipelines) on one delegate device share the process's one instance of it."""
     import ctypes

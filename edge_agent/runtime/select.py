@@ -47,6 +47,12 @@ class ProbeResult:
     run_ms: float | None = None
     threads: int | None = None
     cached: bool = False
+    #: the candidate could not be opened or run here (no device: a USB accelerator not plugged in, or
+    #: not yet found at boot; busy; a driver error), or its probe timed out: not a verdict on the model,
+    #: so it is not cached and the next start probes it again. Cached, such a failure kept the agent on
+    #: the CPU at every later start, with the device there. A probe killed by a signal, or outputs
+    #: that disagree with the CPU's, are verdicts: cached.
+    transient: bool | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -137,7 +143,7 @@ def probe(
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired:
-            return ProbeResult(name, False, f"probe timed out after {timeout_s:.0f} s")
+            return ProbeResult(name, False, f"probe timed out after {timeout_s:.0f} s", transient=True)
         report: dict[str, object] = {}
         for line in reversed(proc.stdout.strip().splitlines()):
             try:
@@ -149,7 +155,7 @@ def probe(
             return ProbeResult(name, False, death_reason(name, proc.returncode))
         if not report.get("ok"):
             reason = str(report.get("reason") or _tail(proc.stderr) or f"probe exited {proc.returncode}")
-            return ProbeResult(name, False, reason)
+            return ProbeResult(name, False, reason, transient=True)
         with np.load(out_path) as z:
             outs = [z[f"out{i}"] for i in range(len(z.files))]
     ok, why = agree(cpu_outputs, outs)
@@ -392,10 +398,12 @@ def select_backend(
                     cpu_outs = cpu.run(inputs)
                 assert cpu_outs is not None
                 res = probe(name, model_path, inputs, cpu_outs, agree, threads, options, timeout_s)
-                cache.put(key, res)
+                if not res.transient:
+                    cache.put(key, res)
         results.append(res)
         if not res.ok:
-            log.info("accelerator %s rejected: %s", name, res.reason)
+            again = " (probed again at the next start)" if res.transient else ""
+            log.info("accelerator %s rejected%s: %s", name, again, res.reason)
             continue
         try:
             backend = open_backend(name, model_path, threads, options, own_process=own_process)
