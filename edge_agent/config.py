@@ -183,7 +183,8 @@ class SourceConfig(_Strict):
         "camera module), 'exec:COMMAND' (writing MJPEG), video file, rtsp:// or http(s):// URL, GStreamer "
         "pipeline (contains '!'), image directory or glob, 'synthetic[:WxH]', "
         "or 'replay:FILE' (decoded once into memory, replayed). Signals: 'wav:FILE' (or any .wav, .flac, .ogg, "
-        ".opus, .mp3), 'pcm:-' (stdin) or 'pcm:FIFO', 'mic:[DEVICE]', 'iio:/sys/bus/iio/devices/iio:deviceN', "
+        ".opus, .mp3), 'pcm:-' (stdin) or 'pcm:FIFO', 'mic:[DEVICE]', 'iio:NAME' (the driver's name for the "
+        "sensor), 'iio:iio:deviceN' or 'iio:/sys/bus/iio/devices/iio:deviceN', "
         "'serial:/dev/ttyUSB0', 'mqtt:TOPIC', 'csv:FILE'.",
     )
     fps: float | None = Field(

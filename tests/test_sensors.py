@@ -23,7 +23,7 @@ from edge_agent.config import ModelConfig, RuntimeConfig, Settings, SignalConfig
 from edge_agent.model import Model
 from edge_agent.signal_pipeline import ChunkQueue, SignalCapture, SignalPipeline, run_offline
 from edge_agent.signals import make_signal_source
-from edge_agent.signals.base import Chunk, EndOfStream, SignalSource
+from edge_agent.signals.base import Chunk, EndOfStream, SignalSource, SourceError
 from edge_agent.signals.iio import IIOSource
 from edge_agent.sinks.memory import MemorySink
 from edge_agent.sinks.mqtt import Subscriber
@@ -430,6 +430,48 @@ def test_iio_sysfs_polling_scales_counts_and_survives_removal(tmp_path: Path) ->
     finally:
         stop.set()
         cap.join(2)
+
+
+def test_an_iio_sensor_named_by_its_driver_is_found_whatever_its_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`iio:mpu6050` is the device whose `name` is mpu6050, looked up at each open: the numbers follow
+    the order drivers probed at boot, and two sensors can trade them. A name two devices share, or none
+    has, is an error that lists what there is. (A fake sysfs: no IIO device can be made here.)"""
+    import edge_agent.signals.iio as iio
+
+    root = tmp_path / "devices"
+    monkeypatch.setattr(iio, "_IIO_ROOT", str(root))
+    other = _iio_dir(root / "iio:device0", {"pressure": 1000})
+    (other / "name").write_text("bmp280\n")
+    imu = _iio_dir(root / "iio:device1", {"accel_x": 100})
+    (imu / "name").write_text("mpu6050\n")
+    s = Settings(source=SourceConfig(uri="iio:mpu6050", reopen_min_s=0.1, reopen_max_s=0.2),
+                 signal=SignalConfig(rate=50))
+    cap, q, stop = _capture(s)
+    try:
+        wait_until(lambda: cap.stats.state == "running" and cap.channel_names == ("accel_x",), 5,
+                   what="the IMU opened by its name")
+        # unplugged, and back after the other sensor took its number: the IMU is now iio:device0
+        shutil.move(imu, tmp_path / "imu")
+        shutil.move(other, root / "iio:device1")
+        wait_until(lambda: cap.stats.state == "reconnecting", 5, what="the loss noticed")
+        shutil.move(tmp_path / "imu", root / "iio:device0")
+        wait_until(lambda: cap.stats.state == "running" and cap.reopens == 1, 5, what="the IMU found again")
+        assert cap.channel_names == ("accel_x",)
+        assert cap.source is not None and cap.source.base == root / "iio:device0"  # type: ignore[attr-defined]
+        (root / "iio:device0" / "in_accel_x_raw").write_text("40\n")  # the IMU's reading, read from its new place
+        wait_until(lambda: (c := q.get(0.1)) is not None and hasattr(c, "samples") and c.samples[-1][0] == 21.0,
+                   5, what="the IMU's reading, (40 + 2) x 0.5")
+    finally:
+        stop.set()
+        cap.join(2)
+    with pytest.raises(SourceError, match=r"no IIO device named 'bme280' \(there are: iio:device0 \(mpu6050\), "
+                                          r"iio:device1 \(bmp280\)\)"):
+        IIOSource("iio:bme280", "bme280", 50, None, None).open()
+    (root / "iio:device1" / "name").write_text("mpu6050\n")
+    with pytest.raises(SourceError, match=r"2 IIO devices are named 'mpu6050' \(iio:device0, iio:device1\)"):
+        IIOSource("iio:mpu6050", "mpu6050", 50, None, None).open()
 
 
 def test_iio_missed_polls_are_counted_not_invented(tmp_path: Path) -> None:

@@ -21,7 +21,9 @@ from edge_agent.signals.base import Chunk, Pacer, SignalSource, SourceError
 if TYPE_CHECKING:
     from edge_agent.config import Settings
 
+#: Where the kernel lists the IIO devices (a name of its own, for tests: no IIO device can be made here).
 _IIO_ROOT = "/sys/bus/iio/devices/"
+_NODE = re.compile(r"^iio:device\d+$")
 
 _RAW = re.compile(r"^in_(.+)_raw$")
 #: le:s12/16>>4 -> endianness, sign, real bits, storage bits, shift
@@ -45,6 +47,32 @@ def _float_attr(base: Path, names: list[str], default: float) -> float:
     return default
 
 
+def locate(where: str) -> Path:
+    """The device's sysfs directory: `where` is its path, its node's name (`iio:device0`), or the name its
+    driver gives it (the `name` attribute: `bme280`, `mpu6050`), looked up at each open. The numbers
+    follow the order the drivers probed in at boot, which two sensors on one bus need not keep."""
+    if "/" in where:
+        return Path(where)
+    root = Path(_IIO_ROOT)
+    if _NODE.match(where):
+        return root / where
+    found, listed = [], []
+    for d in sorted(root.glob("iio:device*")):
+        try:
+            name = _read(d / "name")
+        except OSError:
+            continue
+        listed.append(f"{d.name} ({name})")
+        if name == where:
+            found.append(d)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise SourceError(f"{len(found)} IIO devices are named {where!r} ({', '.join(d.name for d in found)}): "
+                          "name one by its path")
+    raise SourceError(f"no IIO device named {where!r} (there are: {', '.join(listed) or 'none'})")
+
+
 @dataclass(frozen=True)
 class _ScanChannel:
     name: str
@@ -61,12 +89,12 @@ class IIOSource(SignalSource):
 
     @classmethod
     def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:
-        path = arg if "/" in arg else _IIO_ROOT + arg
-        return cls(uri, path, cls.default_rate(s), s.signal.channels, s.signal.iio_device)
+        return cls(uri, arg, cls.default_rate(s), s.signal.channels, s.signal.iio_device)
 
-    def __init__(self, uri: str, path: str, rate: float, channels: list[str] | None, dev: str | None):
+    def __init__(self, uri: str, where: str, rate: float, channels: list[str] | None, dev: str | None):
         super().__init__(uri, rate)
-        self.base = Path(path)
+        self.where = where  # see `locate`
+        self.base = Path(where) if "/" in where else Path(_IIO_ROOT, where)  # until an open finds it
         self.want = channels
         self.dev = dev
         self._raw: list[Path] = []
@@ -80,6 +108,7 @@ class IIOSource(SignalSource):
         self.buffered = False
 
     def open(self) -> None:
+        self.base = locate(self.where)
         if not self.base.is_dir():
             raise SourceError(f"IIO device {self.base} not found")
         names = sorted(m.group(1) for f in os.listdir(self.base) if (m := _RAW.match(f)))
