@@ -23,7 +23,7 @@ from edge_agent import __version__
 from edge_agent.commands import CommandProcessor
 from edge_agent.config import ConfigError, PipelineView, Settings, pipeline_views
 from edge_agent.discovery import Discovery
-from edge_agent.engine import ModelPool
+from edge_agent.engine import Engine, ModelPool
 from edge_agent.escalation import Escalator
 from edge_agent.fanout import FanOut, Route
 from edge_agent.frame_pipeline import Crowd, FramePipeline
@@ -36,6 +36,7 @@ from edge_agent.modelfile import ModelError
 from edge_agent.ota.store import make_dirs
 from edge_agent.payload import dumps, info
 from edge_agent.process_signals import SignalThread
+from edge_agent.recovery import Recovery
 from edge_agent.redact import hide_credentials
 from edge_agent.reload import apply_reload, check_models
 from edge_agent.retained import MODEL, SINGLE, RetainedLedger
@@ -101,6 +102,7 @@ class Agent:
         self.fanout.on_first = self._first_published
         self.escalator: Escalator | None = None
         self.web: WebServer | None = None
+        self.recovery: Recovery | None = None
         #: why the state directory cannot be written (read-only), or None
         self.state_dir_problem: str | None = None
         self.state_dir: Path | None = None
@@ -127,6 +129,7 @@ class Agent:
         register_commands(self)
         self.commands.start()
         self.start_pipelines()
+        self.start_recovery()
         self._spawn("health", self.health.loop)
         self._spawn("watchdog", self.watchdog.loop)
 
@@ -317,6 +320,20 @@ class Agent:
         except BlockingIOError:
             raise ModelError(f"another edge-agent is using the state directory {state_dir}") from None
 
+    def start_recovery(self) -> None:
+        """Tries again, every runtime.recover_s, an accelerator the CPU stands in for."""
+        if self.settings.runtime.recover_s > 0:
+            self.recovery = Recovery(self.engines, self.settings.runtime.recover_s, self.stop)
+            self._spawn("accelerators", self.recovery.loop)
+
+    def engines(self) -> list[Engine]:
+        """Every loaded model's engine once: the shared ones, and those of streaming models (their own)."""
+        found = {id(e): e for e in self.pool.engines()}
+        for slot in list(self.slots.values()):
+            if slot.model is not None:
+                found.setdefault(id(slot.model.engine), slot.model.engine)
+        return list(found.values())
+
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
         t.start()
@@ -424,7 +441,8 @@ class Agent:
         log.info("first prediction after %.2f s", self.first_publish_s)
 
     def announce_fallback(self) -> None:
-        """An accelerator gave up: say so now (retained info and a health message), not at the next tick."""
+        """An accelerator gave up, or came back: say so now (retained info and a health message), not at the
+        next tick."""
         self.publish_retained()
         self.health.publish()
 

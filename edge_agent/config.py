@@ -511,6 +511,15 @@ class RuntimeConfig(_Strict):
     )
     probe_timeout_s: float = Field(30.0, ge=1, le=600, description="Longest wait for one accelerator probe subprocess.")
     cpu_fallback: bool = Field(True, description="Fall back to the CPU when an accelerator fails at run time.")
+    recover_s: float = Field(
+        600.0,
+        ge=0,
+        le=86400,
+        description="Where the CPU stands in for an accelerator that failed at run time or could not be opened "
+        "at start (a USB accelerator unplugged or not yet found at boot), select again this often, as at start "
+        "(a probe in a child process where no verdict is cached): once it passes, the accelerator serves from "
+        "the next frame. 0: only a restart tries it again.",
+    )
     own_process: bool = Field(
         False,
         description="Run each model's backend (accelerator, CPU interpreters, CPU fallback) in a child process "

@@ -44,7 +44,7 @@ import numpy as np
 from edge_agent.modelfile import TensorSpec
 from edge_agent.runtime.base import Backend, BackendError, BackendGone
 from edge_agent.runtime.registry import open_backend
-from edge_agent.runtime.select import Runtime
+from edge_agent.runtime.select import Fallback, Runtime, Selection
 from edge_agent.runtime.worker import ProcessBackend
 
 log = logging.getLogger(__name__)
@@ -213,12 +213,17 @@ class Engine:
         options: dict[str, str] | None = None,
         replicas: int = 1,
         grow_to: int = 0,
+        batching: Callable[[str], tuple[int, float]] | None = None,
     ):
         """replicas: on the CPU, interpreters (one thread each) that serve the pipelines side by side once
         two or more pipelines share the model; an accelerator is always opened once. grow_to: more such
         interpreters, one each time a frame finds every one busy, up to this many and one per pipeline
-        that uses the model (0 or at most `replicas`: never more)."""
+        that uses the model (0 or at most `replicas`: never more). batching: the batch size and wait for
+        an accelerator, taken when the engine goes back to one (`try_accelerator`)."""
         self._runtime = runtime
+        self._batching = batching
+        #: an accelerator back, put in place of the CPU once no lane is busy (`try_accelerator`)
+        self._restore: Selection | None = None
         self.inputs, self.outputs = inputs, outputs
         self.path = path
         self.threads = threads
@@ -270,6 +275,10 @@ class Engine:
         with self._cond:
             if self._closed:
                 raise EngineClosed(f"{self.path.name}: engine closed")
+            if self._restore is not None:  # an accelerator is back: in place once the frames in flight are done
+                self._cond.wait_for(lambda: self._restore is None or self._idle() or self._closed)
+                if self._restore is not None and not self._closed:
+                    self._swap_in()
             if user in self._last_seen:
                 self._interval[user] = req.t - self._last_seen[user]
             self._last_seen[user] = req.t
@@ -345,7 +354,7 @@ class Engine:
             if lane is None:
                 self.grow_to = len(self._lanes)
                 return
-            if self._closed:
+            if self._closed or not self._cpu_lanes:  # (an accelerator came back meanwhile)
                 lane.close()
                 return
             self._lanes.append(lane)
@@ -377,6 +386,54 @@ class Engine:
         self._lanes = lanes
         self._free = list(lanes)
         self._cpu_lanes = True
+
+    def try_accelerator(self) -> bool:
+        """On the recovery thread (`edge_agent.recovery`): where the CPU stands in for an accelerator that
+        failed at run time or could not be opened at start, select again as at start (in a child process
+        first, and against the CPU's outputs, where the probe cache holds no verdict); if an accelerator
+        comes out, it serves from the next frame of every pipeline, once the frames in flight are done.
+        True when it was put in place (or will be, at the next frame)."""
+        rt = self.runtime
+        why = rt.standing_in()
+        if why is None or rt.reselect is None:
+            return False
+        sel = rt.reselect()
+        if sel.backend.kind == "cpu":
+            sel.backend.close()
+            rt.probes = sel.probes  # the reasons as they are now
+            return False
+        log.info("%s: %s is back (the CPU stood in: %s); it serves from the next frame", self.path.name,
+                 sel.backend.kind, why)
+        with self._cond:
+            if self._closed or self._restore is not None:
+                sel.backend.close()
+                return False
+            self._restore = sel
+            if self._idle():  # no frame in flight (the sources stalled, say): at once
+                self._swap_in()
+            self._cond.notify_all()
+        return True
+
+    def _swap_in(self) -> None:
+        """Under the lock, with no lane busy: the accelerator in `_restore` becomes lane 0's backend and
+        the only lane (an accelerator is opened once); the CPU interpreters and their batch sizes close."""
+        sel, self._restore = self._restore, None
+        assert sel is not None
+        rt = self.runtime
+        old, old_lanes = rt.backend, self._lanes
+        rt.backend, rt.probes = sel.backend, sel.probes
+        rt.fallbacks.append(Fallback(time.time(), old.kind, sel.backend.kind, "the accelerator is back"))
+        self._lanes = [_Lane(None, rt)]
+        self._free = list(self._lanes)
+        self._cpu_lanes, self._replicated, self.compile_ahead = False, True, True
+        if self._batching is not None:
+            self.max_batch, wait_ms = self._batching(sel.backend.kind)
+            self.batch_wait_s = wait_ms / 1e3
+            self.batching_off = "" if self.max_batch > 1 else "runtime.max_batch is 1"
+        for lane in old_lanes:
+            lane.close()
+        old.close()
+        self._cond.notify_all()
 
     @staticmethod
     def _outcome(req: _Request) -> EngineResult:
@@ -615,6 +672,9 @@ class Engine:
         for lane in self._lanes:
             lane.close()
         self.runtime.backend.close()  # (lane 0's, whichever interpreter that is now)
+        restore, self._restore = self._restore, None
+        if restore is not None:  # an accelerator back, never put in place
+            restore.backend.close()
 
     def _backends(self) -> list[Backend]:
         with self._cond:

@@ -119,16 +119,18 @@ class Health:
         if isinstance(outbox, dict) and outbox.get("mode") == "memory":
             problems.append("outbox in memory: stored results would not survive a restart")
         falls = [f for s in a.slots.values() if s.model is not None for f in s.model.runtime.fallbacks]
-        if any(f.from_backend != f.to_backend for f in falls):
+        runtimes = [(s, s.model.runtime) for s in a.slots.values() if s.model is not None]
+        if any(rt.accelerator == "cpu" and any(f.to_backend == "cpu" and f.from_backend != "cpu" for f in rt.fallbacks)
+               for _, rt in runtimes):  # (an accelerator back since is not)
             problems.append("running on CPU fallback")
-        for s in a.slots.values():  # an accelerator that could not be opened at start is not given up on
-            rt = s.model.runtime if s.model is not None else None
+        every = a.settings.runtime.recover_s
+        again = f"tried again every {every:g} s and at each start" if every else "the next start probes it again"
+        for s, rt in runtimes:  # an accelerator that could not be opened at start is not given up on
             named = s.settings.runtime.accelerator not in ("auto", "cpu")  # with auto, a missing device is no fault
-            on_cpu = rt is not None and named and rt.accelerator == "cpu"
-            missed = [r for r in rt.probes if r.transient] if rt is not None and on_cpu else []
-            for r in missed:
-                problems.append(f"accelerator {r.backend} unavailable at start ({r.reason[:120]}): model {s.name} "
-                                "runs on the CPU; the next start probes it again")
+            for r in rt.probes if named and rt.accelerator == "cpu" else []:
+                if r.transient:
+                    problems.append(f"accelerator {r.backend} unavailable at start ({r.reason[:120]}): model "
+                                    f"{s.name} runs on the CPU; {again}")
         restarts = sum(f.from_backend == f.to_backend for f in falls)
         if restarts:
             problems.append(f"a model's own process died and was started again ({restarts}x)")
@@ -190,6 +192,8 @@ class Health:
         }
         if a.escalator is not None:
             body["escalation"] = a.escalator.info()
+        if a.recovery is not None:
+            body["recovery"] = a.recovery.info()
         if a.multi:
             body["models"] = {name: s.info() for name, s in list(a.slots.items())}
             body.pop("source")

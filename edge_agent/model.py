@@ -22,7 +22,7 @@ from edge_agent.results import Result
 from edge_agent.runtime.base import Backend, BackendError
 from edge_agent.runtime.cpu import default_threads
 from edge_agent.runtime.delegate import find_library
-from edge_agent.runtime.select import AgreeFn, ProbeCache, Runtime, select_backend
+from edge_agent.runtime.select import AgreeFn, ProbeCache, Runtime, Selection, select_backend
 
 log = logging.getLogger(__name__)
 
@@ -342,9 +342,10 @@ class Model:
         self._local = threading.local()
         self._pool = pool if not self.file.stateful else None
 
-        def make() -> Engine:
-            cache = ProbeCache(state_dir / "probe-cache.json" if state_dir else None)
-            selection = select_backend(
+        def select() -> Selection:
+            """As at start, and again where the CPU stands in for an accelerator (`Engine.try_accelerator`):
+            the cache read afresh each time, so verdicts kept meanwhile count."""
+            return select_backend(
                 path,
                 self.file.sha256,
                 rt.accelerator,
@@ -353,10 +354,14 @@ class Model:
                 self._probe_inputs,
                 outputs_agree(self.decoder, self.outputs),
                 rt.probe_timeout_s,
-                cache,
+                ProbeCache(state_dir / "probe-cache.json" if state_dir else None),
                 rt.own_process,
             )
-            runtime = Runtime(selection, path, rt.threads, rt.cpu_fallback, cpu_own_process=rt.own_process)
+
+        def make() -> Engine:
+            selection = select()
+            runtime = Runtime(selection, path, rt.threads, rt.cpu_fallback, cpu_own_process=rt.own_process,
+                              reselect=select)
             threads = int(getattr(selection.backend, "threads", rt.threads) or rt.threads)
             batch = 1 if self.file.stateful else max_batch(rt, runtime.accelerator)
             wait = batch_wait_ms(rt, runtime.accelerator)
@@ -374,6 +379,7 @@ class Model:
                 rt.delegate_options,
                 replicas,
                 grow_to,
+                None if self.file.stateful else lambda accel: (max_batch(rt, accel), batch_wait_ms(rt, accel)),
             )
 
         if self._pool is None:

@@ -661,6 +661,53 @@ def test_a_frame_runs_to_completion_on_one_thread_while_another_pipeline_is_busy
         agent.shutdown(3)
 
 
+def test_an_accelerator_plugged_in_while_two_pipelines_run_serves_them_both(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pipelines share a model on the CPU (two interpreters) because the accelerator the config names
+    had no device at start. Plugged in, it is selected again within `runtime.recover_s` and put in place
+    between two frames of each pipeline: no frame fails, both go on publishing, health's problem goes."""
+    from edge_agent.agent import Agent
+
+    from .test_runtime import NEEDS_DEVICE, build_so
+
+    for k in list(os.environ):
+        if k.startswith("EDGE_AGENT_"):
+            monkeypatch.delenv(k)
+    lib = build_so(tmp_path, "needsdevice", NEEDS_DEVICE)
+    monkeypatch.setenv("TEST_ACCELERATOR_DEVICE", str(tmp_path / "device"))
+    pipelines = [{"name": n, "source": {"uri": "synthetic"}, "model": "face"} for n in ("a", "b")]
+    settings = load_settings(None, {"mqtt.host": broker.host, "mqtt.port": broker.port, "device_id": "back",
+                                    "models": {"face": {"path": str(SHORT)}}, "pipelines": pipelines,
+                                    "runtime.accelerator": str(lib), "runtime.recover_s": 0.2,
+                                    "state_dir": str(tmp_path / "state"), "health.interval_s": 3600})
+    agent = Agent(settings)
+    try:
+        agent.start()
+        a, b = agent.pipelines["a"], agent.pipelines["b"]
+        wait_until(lambda: a.post_stats.count > 10 and b.post_stats.count > 10, 30, what="both pipelines on the CPU")
+        engine = agent.slots["face"].model.engine  # type: ignore[union-attr]
+        assert engine.runtime.accelerator == "cpu" and engine.info()["interpreters"] >= 2
+        assert any("unavailable at start" in p for p in agent.health.document()["problems"])
+        recovery = agent.recovery
+        assert recovery is not None
+        wait_until(lambda: recovery.attempts >= 1, 10, what="a try while the device is missing")
+        assert recovery.recovered == 0 and engine.runtime.accelerator == "cpu"
+        (tmp_path / "device").write_text("")  # plugged in
+        wait_until(lambda: engine.runtime.accelerator == "delegate", 30, what="the accelerator back")
+        counts = (a.post_stats.count, b.post_stats.count)
+        wait_until(lambda: a.post_stats.count > counts[0] + 10 and b.post_stats.count > counts[1] + 10, 30,
+                   what="both pipelines on the accelerator")
+        assert engine.info()["interpreters"] == 1
+        doc = agent.health.document()
+        assert doc["recovery"]["recovered"] == 1 and doc["recovery"]["attempts"] >= 2 and not doc["recovery"]["errors"]
+        assert {e.runtime.accelerator for e in agent.engines()} == {"delegate"}
+        assert not [p for p in doc["problems"] if "unavailable" in p or "fallback" in p]
+        assert a.infer_stats.errors == b.infer_stats.errors == 0
+    finally:
+        agent.shutdown(3)
+
+
 def test_the_crowd_counts_the_other_pipelines_that_had_a_frame_lately(monkeypatch: pytest.MonkeyPatch) -> None:
     from edge_agent.frame_pipeline import Crowd
 
@@ -713,6 +760,59 @@ def test_engine_serves_pipelines_in_turn() -> None:
     assert min(counts.values()) > 0.75 * max(counts.values()), counts
     assert model.engine.frames == sum(counts.values()) + 25 and set(model.engine.batches) == {1}
     model.close()
+
+
+def test_an_accelerator_back_takes_over_once_the_frame_in_flight_is_done() -> None:
+    """`try_accelerator` while a pipeline's frame is being invoked on the CPU: that frame finishes there,
+    the next frame (another pipeline's, waiting meanwhile) is the first on the accelerator. (A GPU that is
+    lost and back cannot be made here: interpreters that say they are one stand in.)"""
+    import time
+
+    from edge_agent.config import ModelConfig, RuntimeConfig
+    from edge_agent.engine import ModelPool
+    from edge_agent.model import Model
+    from edge_agent.runtime.cpu import InterpreterBackend
+    from edge_agent.runtime.select import Fallback, Runtime, Selection
+
+    invoking, release = threading.Event(), threading.Event()
+
+    class HeldCpu(InterpreterBackend):
+        def invoke(self) -> None:
+            invoking.set()
+            assert release.wait(30)
+            super().invoke()
+
+    class Gpu(InterpreterBackend):
+        kind = "gpu"
+
+    model = Model(ModelConfig(path=SHORT, isolated_check=False), RuntimeConfig(accelerator="cpu", threads=1), None,
+                  pool=ModelPool())
+    rt = Runtime(Selection(HeldCpu(SHORT)), SHORT, 1, reselect=lambda: Selection(Gpu(SHORT)))
+    rt.fallbacks.append(Fallback(time.time(), "gpu", "cpu", "GPU device lost"))  # as after a run-time loss
+    model.runtime = rt
+    frame = np.full((240, 320, 3), 128, np.uint8)
+    results: dict[str, Any] = {}
+    first = threading.Thread(target=lambda: results.__setitem__("a", model.run(frame, "a")))
+    second = threading.Thread(target=lambda: results.__setitem__("b", model.run(frame, "b")))
+    try:
+        first.start()
+        assert invoking.wait(10)
+        assert model.engine.try_accelerator()  # selected; not in place while a frame is in flight
+        assert model.runtime.accelerator == "cpu"
+        second.start()
+        engine = model.engine
+        wait_until(lambda: len(engine._cond._waiters) == 1, 10,  # type: ignore[attr-defined]
+                   what="the second frame waiting in the engine")
+        assert "b" not in results and model.runtime.accelerator == "cpu"
+        release.set()
+        first.join(10)
+        second.join(10)
+        assert results["a"].accelerator == "cpu" and results["b"].accelerator == "gpu"
+        assert np.allclose(results["a"].outputs[0], results["b"].outputs[0], atol=1e-4)
+        assert model.engine.info()["interpreters"] == 1 and model.runtime.standing_in() is None
+    finally:
+        release.set()
+        model.close()
 
 
 def test_the_engine_invokes_on_the_pipelines_own_threads(monkeypatch: pytest.MonkeyPatch) -> None:

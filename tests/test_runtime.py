@@ -390,6 +390,49 @@ def test_an_accelerator_missing_at_one_start_is_probed_again_at_the_next(
     assert load(SHORT, str(lib), state).runtime.probes[0].cached  # a verdict that it works is kept
 
 
+def test_an_accelerator_back_while_the_agent_runs_serves_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the CPU stands in for an accelerator, `try_accelerator` selects again as at start: nothing
+    while the device is missing (the reason kept up to date), the accelerator in place once it is there,
+    with the same detections. One that failed at run time is tried again too (a GPU that is lost and
+    back cannot be made here: a backend that fails stands in for it, as above)."""
+    import skimage.data
+
+    from edge_agent.runtime.select import Fallback
+
+    lib = build_so(tmp_path, "needsdevice", NEEDS_DEVICE)
+    monkeypatch.setenv("TEST_ACCELERATOR_DEVICE", str(tmp_path / "device"))
+    m = load(SHORT, str(lib), tmp_path / "state")
+    face = np.ascontiguousarray(skimage.data.astronaut()[..., ::-1])
+    try:
+        on_cpu = m.infer(face).result
+        assert m.runtime.accelerator == "cpu" and "unavailable at start" in (m.runtime.standing_in() or "")
+        assert not m.engine.try_accelerator() and m.runtime.accelerator == "cpu"
+        (tmp_path / "device").write_text("")  # plugged in
+        assert m.engine.try_accelerator()  # no frame in flight: in place at once
+        assert m.runtime.accelerator == "delegate" and m.runtime.standing_in() is None
+        assert [(f.from_backend, f.to_backend, f.reason) for f in m.runtime.fallbacks] == [
+            ("cpu", "delegate", "the accelerator is back")]
+        back = m.infer(face).result
+        assert len(back.detections) == len(on_cpu.detections) == 1
+        assert back.detections[0].box == pytest.approx(on_cpu.detections[0].box)
+        assert not m.engine.try_accelerator()  # nothing stands in any more
+
+        # lost at run time: the CPU takes over; selected again, the accelerator serves again
+        class Gpu(InterpreterBackend):
+            kind = "gpu"
+
+        m.runtime = Runtime(Selection(FailingBackend(SHORT, fail_after=1)), SHORT, 0,
+                            reselect=lambda: Selection(Gpu(SHORT)))
+        m.infer(face)
+        m.infer(face)  # fails on the "GPU", redone on the CPU
+        assert m.runtime.accelerator == "cpu" and "gpu failed at run time" in (m.runtime.standing_in() or "")
+        assert m.engine.try_accelerator() and m.runtime.accelerator == "gpu"
+        assert isinstance(m.runtime.fallbacks[-1], Fallback) and m.runtime.fallbacks[-1].to_backend == "gpu"
+        assert m.infer(face).result.detections[0].box == pytest.approx(on_cpu.detections[0].box)
+    finally:
+        m.close()
+
+
 def test_an_external_delegate_is_opened_once_per_process(tmp_path: Path) -> None:
     """Two models (two pipelines) on one delegate device share the process's one instance of it."""
     import ctypes

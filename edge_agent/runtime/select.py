@@ -409,7 +409,7 @@ def select_backend(
             backend = open_backend(name, model_path, threads, options, own_process=own_process)
         except BackendError as err:
             where = "in its own process" if own_process else "in-process"
-            results[-1] = ProbeResult(name, False, f"passed its probe but failed {where}: {err}")
+            results[-1] = ProbeResult(name, False, f"passed its probe but failed {where}: {err}", transient=True)
             log.warning("accelerator %s rejected: %s", name, err)
             continue
         cpu.close()
@@ -428,8 +428,12 @@ class Runtime:
         threads: int,
         cpu_fallback: bool = True,
         cpu_own_process: bool = False,
+        reselect: Callable[[], Selection] | None = None,
     ):
+        """reselect: the selection made again, as at start (probe cache and all): how an accelerator the
+        CPU stands in for is tried again while the agent runs (`Engine.try_accelerator`)."""
         self.backend = selection.backend
+        self.reselect = reselect
         #: the CPU fallback runs in a child process too (`runtime.own_process`)
         self.cpu_own_process = cpu_own_process
         self.probes = selection.probes
@@ -442,6 +446,19 @@ class Runtime:
     @property
     def accelerator(self) -> str:
         return self.backend.kind
+
+    def standing_in(self) -> str | None:
+        """Why the CPU serves where an accelerator may serve again, or None: an accelerator that failed at
+        run time (a USB device that dropped off the bus), or one that could not be opened at start (not
+        plugged in, not yet found at boot). A verdict on the model (a crash, outputs that disagree) is not
+        one of these."""
+        if self.reselect is None or self.accelerator != "cpu":
+            return None
+        fell = next((f for f in reversed(self.fallbacks) if f.to_backend == "cpu" and f.from_backend != "cpu"), None)
+        if fell is not None:
+            return f"{fell.from_backend} failed at run time ({fell.reason})"
+        missed = next((p for p in self.probes if p.transient), None)
+        return f"{missed.backend} unavailable at start ({missed.reason})" if missed is not None else None
 
     def invoke(self) -> bool:
         """Run once; True when a fallback happened (the caller must refill the input and call again)."""
