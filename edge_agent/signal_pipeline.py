@@ -175,12 +175,19 @@ class SignalCapture:
             first = True
             next_ts = 0.0  # where the previous chunk ended: a burst read at once keeps its samples' spacing
             st.state = "running"
+            quiet_s = cfg.read_timeout_s if src.steady else None
+            heard = time.monotonic()
             try:
                 while not self.stop.is_set():
                     chunk = src.read(_READ_TIMEOUT_S)
                     st.beat()
                     if chunk is None:
+                        if quiet_s is not None and time.monotonic() - heard > quiet_s:
+                            # a sound card whose stream says it runs and delivers nothing (a USB device gone
+                            # wrong): reading on would say "running" for ever
+                            raise SourceError(f"no samples for {quiet_s:g} s: the device stopped delivering")
                         continue
+                    heard = time.monotonic()
                     if next_ts - _CLOCK_STEP_S < chunk.ts < next_ts:
                         chunk = Chunk(chunk.samples, next_ts, chunk.mono)
                     # (further back, the wall clock was set back: the stream's times follow it)

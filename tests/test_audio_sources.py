@@ -321,6 +321,87 @@ print(json.dumps(out))
     assert doc["first"] == usb_raw[:16000].tolist()  # the USB microphone's own samples
 
 
+def test_a_microphone_that_stops_delivering_is_reopened(tmp_path: Path) -> None:
+    """A sound card delivers samples all the time, silence included. One whose stream goes on saying it
+    runs and delivers nothing (a USB device gone wrong) was read for ever, health saying "running". Now
+    no samples for `source.read_timeout_s` reopen it, and a stream that will not close is not waited for
+    past a moment. ALSA's `file` plugin reading a FIFO stands in for the card: the FIFO's writer delivers
+    a second of sound, then holds the FIFO open and writes nothing (PortAudio's thread hangs in the read),
+    then lets go and delivers again."""
+    fifo = tmp_path / "mic.fifo"
+    os.mkfifo(fifo)
+    conf = tmp_path / "asound.conf"
+    conf.write_text(f'pcm.!default {{ type file slave.pcm "null" file "/dev/null" infile "{fifo}" format "raw" }}\n')
+    code = f"""
+import faulthandler, json, os, threading, time
+faulthandler.dump_traceback_later(60)
+from edge_agent.config import Settings, SourceConfig
+from edge_agent.signal_pipeline import ChunkQueue, SignalCapture
+from edge_agent.signals import make_signal_source
+from edge_agent.stats import StageStats
+
+hang, release, stop, card_stop = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+second = bytes(32000)  # a second of 16 kHz 16-bit silence
+
+def card():  # each open of the device opens the FIFO (PortAudio opens it to list it, too)
+    while not card_stop.is_set():
+        fd = os.open({str(fifo)!r}, os.O_WRONLY)
+        try:
+            card_stop.wait(0.3)
+            os.write(fd, second)
+            if not hang.is_set():
+                hang.set()
+                release.wait(60)  # open, and silent: the device hangs
+            else:
+                while not card_stop.wait(0.2):
+                    os.write(fd, second)
+        except BrokenPipeError:  # an open to list the device, closed again
+            pass
+        finally:
+            os.close(fd)
+
+threading.Thread(target=card, daemon=True).start()
+s = Settings(source=SourceConfig(uri="mic:", read_timeout_s=1.0, reopen_min_s=0.1, reopen_max_s=0.2))
+st, q = StageStats("capture"), ChunkQueue(10_000_000)
+cap = SignalCapture(lambda: make_signal_source(s), s, q, st, stop)
+cap.start()
+out = {{}}
+def until(what, cond, within):
+    end = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > end:
+            out["timed_out"] = what
+            return False
+        time.sleep(0.05)
+    return True
+if until("a second heard", lambda: cap.samples >= 16000 and hang.is_set(), 30):
+    t0 = time.monotonic()
+    if until("the silence noticed", lambda: st.state == "reconnecting", 15):
+        out["noticed_after_s"] = round(time.monotonic() - t0, 2)
+        out["error"] = st.last_error
+        # the hung stream's close is not waited for: the device is opened again (and found silent again)
+        # while that stream still hangs
+        until("a reopen while the first stream hangs", lambda: st.errors >= 2, 15)
+        release.set()
+        heard = cap.samples
+        until("sound again", lambda: st.state == "running" and cap.samples > heard + 16000, 30)
+        out["reopens"] = cap.reopens
+stop.set()  # the capture first: the card goes on answering its opens meanwhile
+cap.join(10)
+card_stop.set()
+release.set()
+print(json.dumps(out))
+"""
+    env = {**os.environ, "ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout.splitlines()[-1])
+    assert "timed_out" not in doc, doc
+    assert "no samples for 1 s: the device stopped delivering" in doc["error"], doc
+    assert doc["noticed_after_s"] < 5.0, doc  # the read timeout and a moment, not the stream's close
+    assert doc["reopens"] >= 1
+
+
 def test_no_microphone_is_a_clear_error(tmp_path: Path) -> None:
     conf = tmp_path / "asound.conf"
     conf.write_text("pcm.!default { type hw card 7 }\n")  # no such card

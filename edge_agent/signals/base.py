@@ -49,6 +49,9 @@ class SignalSource(abc.ABC):
     audio: ClassVar[bool] = False
     #: samples arrive on their own clock (microphone, serial) rather than when read (file)
     live: bool = True
+    #: a working device delivers samples all the time (a sound card does, silence included; a serial
+    #: sensor or a pipe may pause): none for `source.read_timeout_s` means it hangs, and it is reopened
+    steady: ClassVar[bool] = False
 
     @classmethod
     @abc.abstractmethod

@@ -30,6 +30,9 @@ _QUEUE_BLOCKS = 100
 #: Held while PortAudio is started again or a stream opened or closed, with the count of open streams.
 _PORTAUDIO = threading.Lock()
 _open_streams = 0
+#: How long a close waits for PortAudio to let go of a stream (see `MicrophoneSource.close`).
+_CLOSE_WAIT_S = 2.0
+log = logging.getLogger(__name__)
 
 
 def _rescan(sd: Any) -> None:
@@ -50,8 +53,10 @@ def _rescan(sd: Any) -> None:
 
 class MicrophoneSource(SignalSource):
     kind = "mic"
+    options = frozenset({"read_timeout_s"})
     signal_options = frozenset({"audio_channels"})
     audio = True
+    steady = True
 
     @classmethod
     def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:
@@ -69,11 +74,8 @@ class MicrophoneSource(SignalSource):
         except (ImportError, OSError) as err:  # OSError: PortAudio library missing
             raise SourceError(f"microphone input needs sounddevice and libportaudio2: {err}") from None
         global _open_streams
+        self.close()  # (opened again without a close)
         with _PORTAUDIO:
-            if self._stream is not None:  # opened again without a close
-                close_quietly(self._stream)
-                self._stream = None
-                _open_streams -= 1
             try:
                 if not _open_streams:
                     _rescan(sd)
@@ -117,9 +119,22 @@ class MicrophoneSource(SignalSource):
         return Chunk(x, ts, mono)
 
     def close(self) -> None:
-        global _open_streams
-        with _PORTAUDIO:
-            if self._stream is not None:
-                close_quietly(self._stream)
-                self._stream = None
+        """Closing a stream waits for PortAudio's thread, which a device that hangs keeps in a read: it is
+        waited for `_CLOSE_WAIT_S`, then left to close on its own, so the reopen is not held up. Until it
+        has closed it counts as open (PortAudio is not started again under it)."""
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+
+        def shut() -> None:
+            global _open_streams
+            close_quietly(stream)
+            with _PORTAUDIO:
                 _open_streams -= 1
+
+        closing = threading.Thread(target=shut, name="mic-close", daemon=True)
+        closing.start()
+        closing.join(_CLOSE_WAIT_S)
+        if closing.is_alive():
+            log.warning("microphone %r: its stream did not close within %g s (the device hangs); it is left to "
+                        "close on its own", self.device, _CLOSE_WAIT_S)
