@@ -49,9 +49,10 @@ class ProbeResult:
     cached: bool = False
     #: the candidate could not be opened or run here (no device: a USB accelerator not plugged in, or
     #: not yet found at boot; busy; a driver error), or its probe timed out: not a verdict on the model,
-    #: so it is not cached and the next start probes it again. Cached, such a failure kept the agent on
-    #: the CPU at every later start, with the device there. A probe killed by a signal, or outputs
-    #: that disagree with the CPU's, are verdicts: cached.
+    #: so it is not cached, and it is tried again while the agent runs (`runtime.recover_s`) and at the
+    #: next start. Cached, such a failure kept the agent on the CPU at every later start, with the
+    #: device there. A probe killed by a signal, or outputs that disagree with the CPU's, are verdicts:
+    #: cached.
     transient: bool | None = None
 
     def as_dict(self) -> dict[str, object]:
@@ -402,7 +403,7 @@ def select_backend(
                     cache.put(key, res)
         results.append(res)
         if not res.ok:
-            again = " (probed again at the next start)" if res.transient else ""
+            again = " (tried again: runtime.recover_s, and the next start)" if res.transient else ""
             log.info("accelerator %s rejected%s: %s", name, again, res.reason)
             continue
         try:
