@@ -590,6 +590,51 @@ def test_tls_with_verification(tmp_path: Path) -> None:
         b.stop()
 
 
+def test_a_client_certificate_and_ca_renewed_on_disk_are_used_at_the_next_connection(tmp_path: Path) -> None:
+    """Short-lived client certificates are renewed on disk by another program, and brokers move to a new
+    CA. The files were read once, at start: the broker, back on the new CA, refused every connection
+    after, until a restart. Now they are read again before a connection where they changed. A pair
+    caught half written (a new certificate beside the old key) is not taken, and the next try is."""
+    import shutil
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    ca1, cert1, key1, _ = _make_pki(old)
+    ca2, cert2, key2, _ = _make_pki(new)
+    mine = tmp_path / "agent"  # the agent's copies, which the renewal rewrites in place
+    mine.mkdir()
+    for src in (ca1, cert1, key1):
+        shutil.copy(src, mine / src.name)
+    port = free_port()
+
+    def broker(ca: Path, cert: Path, key: Path) -> Broker:
+        conf = (f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {ca}\ncertfile {cert}\n"
+                f"keyfile {key}\nrequire_certificate true\n")
+        return Broker(tmp_path, conf, port).start()
+
+    b = broker(ca1, cert1, key1)
+    tls = TLSConfig(ca_file=mine / "ca.pem", cert_file=mine / "server.pem", key_file=mine / "server.key")
+    sink = sink_for(MQTTConfig(host="127.0.0.1", port=port, tls=tls, reconnect_min_s=0.5, reconnect_max_s=1))
+    try:
+        assert sink.wait_connected(10)
+        b.stop()
+        wait_until(lambda: not sink.is_connected(), 10, what="the broker gone")
+        shutil.copy(cert2, mine / "server.pem")  # renewed: the new certificate is there, its key not yet
+        b = broker(ca2, cert2, key2)  # the broker back, on the new CA only
+        client = sink._client  # type: ignore[attr-defined]
+        wait_until(lambda: "TLS: the broker's certificate is not trusted" in (client.last_connect_error or ""), 10,
+                   what="a try with the pair half written, and the old CA")
+        assert not sink.is_connected() and client.tls_files.reloads == 0
+        shutil.copy(key2, mine / "server.key")
+        shutil.copy(ca2, mine / "ca.pem")
+        assert sink.wait_connected(20), client.last_connect_error
+        assert client.tls_files.reloads == 1
+    finally:
+        sink.close(2)
+        b.stop()
+
+
 def test_tls_without_a_ca_file_trusts_the_systems_cas_and_a_client_certificate_turns_it_on(tmp_path: Path) -> None:
     """TLS was on only with `tls.ca_file`: a broker with a public certificate (a cloud broker) needed a
     CA file the system already has, and a client certificate without a CA file meant no TLS at all, the

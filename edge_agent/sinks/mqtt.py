@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import queue
 import socket
 import ssl
@@ -161,8 +162,12 @@ class _Client(paho.Client):
     #: the largest packet taken from the broker (0: any), and the size of the last one refused, until read
     inbound_limit = 0
     refused_inbound: int | None = None
+    #: the TLS files read into the context paho connects with (`_TlsFiles`), read again where they changed
+    tls_files: _TlsFiles | None = None
 
     def reconnect(self) -> MQTTErrorCode:
+        if self.tls_files is not None:
+            self.tls_files.refresh()
         try:
             rc = super().reconnect()
         except OSError as err:
@@ -194,6 +199,55 @@ def shown_topic(msg: Any) -> str:
     return bytes(getattr(msg, "_topic", b"")).decode("utf-8", "backslashreplace")
 
 
+class _TlsFiles:
+    """The CA bundle, client certificate and key, read into one SSL context, and read into it again before a
+    connection where a file changed on disk since. A client certificate of a day or a week (step-ca's,
+    Vault's, cert-manager's), renewed on disk by another program, and a rotated CA were never read again:
+    the first connection after the old certificate expired, or after the broker moved to the new CA, was
+    refused, and so was every one after it, until the agent was restarted. A pair caught half written (the
+    new certificate beside the old key) is not taken: the old pair serves, and the next connection tries
+    again."""
+
+    def __init__(self, context: ssl.SSLContext, ca: str | None, cert: str | None, key: str | None):
+        self.context, self.ca, self.cert, self.key = context, ca, cert, key
+        self.reloads = 0
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
+        out = []
+        for path in (self.ca, self.cert, self.key):
+            try:
+                st = os.stat(path) if path else None
+            except OSError:  # being replaced: the next look sees the new one
+                st = None
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns) if st else None)
+        return tuple(out)
+
+    def load(self) -> None:
+        """Into the context: the CA bundle (added to what it trusts: a connection made meanwhile to a broker
+        still on the old CA goes on) and the certificate with its key. ssl.SSLError or OSError where not."""
+        if self.ca:
+            self.context.load_verify_locations(self.ca)
+        else:
+            self.context.load_default_certs()
+        if self.cert:
+            self.context.load_cert_chain(self.cert, self.key)
+
+    def refresh(self) -> None:
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return
+        try:
+            self.load()
+        except (ssl.SSLError, OSError, ValueError) as err:
+            log.warning("mqtt: the TLS files changed on disk but cannot be read (%s): the ones read before "
+                        "serve, and they are read again before the next connection", err)
+            return
+        self._seen = stamp
+        self.reloads += 1
+        log.info("mqtt: the TLS files changed on disk: this connection uses them")
+
+
 def _make_client(cfg: MQTTConfig, client_id: str, persistent: bool = False) -> _Client:
     proto = paho.MQTTv5 if cfg.protocol == "5" else paho.MQTTv311
     if proto == paho.MQTTv311:  # MQTT 5 has no clean_session; its session expiry defaults to 0
@@ -205,13 +259,18 @@ def _make_client(cfg: MQTTConfig, client_id: str, persistent: bool = False) -> _
     if cfg.username is not None:
         client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
     if cfg.tls.on(cfg.port):
-        client.tls_set(  # no CA file: the system's trusted CAs (paho loads the default paths)
-            ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-            certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-            keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
+        # what paho's tls_set makes (TLS 1.2 and up, the certificate and host name checked), in a context of
+        # the agent's own, so that files renewed on disk can be read into it again (`_TlsFiles`)
+        files = _TlsFiles(  # no CA file: the system's trusted CAs
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
+            str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+            str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+            str(cfg.tls.key_file) if cfg.tls.key_file else None,
         )
+        files.load()
+        client.tls_set_context(files.context)
         client.tls_insecure_set(cfg.tls.insecure)
+        client.tls_files = files
     client.reconnect_delay_set(min_delay=max(1, int(cfg.reconnect_min_s)), max_delay=max(1, int(cfg.reconnect_max_s)))
     return client
 
