@@ -151,6 +151,11 @@ FIGURES: dict[str, Figure] = {
     "escalation.dropped.*": _c("escalation_dropped", "Escalations not sent, by reason.", ("reason",),
                                ESCALATION_DROPS),
     "escalation.errors": _c("escalation_errors", "Escalation errors (transport, bad answers, worker)."),
+    "recovery.every_s": Figure("accelerator_recovery_interval_seconds", "How often an accelerator the CPU "
+                               "stands in for is tried again (runtime.recover_s)."),
+    "recovery.attempts": _c("accelerator_recovery_attempts", "Tries of an accelerator the CPU stood in for."),
+    "recovery.recovered": _c("accelerator_recovered", "Accelerators back in place of the CPU."),
+    "recovery.errors": _c("accelerator_recovery_errors", "Errors of the accelerator recovery thread."),
     "scene.active_tracks": Figure("scene_active_tracks", "Objects being tracked now."),
     "scene.tracks_created": _c("scene_tracks_created", "Tracks confirmed since start (objects, each with its own id)."),
     "scene.objects": Figure("scene_objects", "Tracked objects that passed the scene's filters now."),
