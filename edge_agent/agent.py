@@ -46,7 +46,7 @@ from edge_agent.signal_pipeline import SignalPipeline
 from edge_agent.signals import make_signal_source, signal_kind
 from edge_agent.sinks import Inbound, Message, Sink, make_sink
 from edge_agent.slots import ModelSlot, slot_name
-from edge_agent.stats import LatencyWindow
+from edge_agent.stats import FailureLog, LatencyWindow
 from edge_agent.system import limit_malloc_arenas
 from edge_agent.topics import Topics
 
@@ -64,6 +64,8 @@ Reloader = Callable[[Settings], tuple[Settings, dict[str, str]]]
 _MAIN_TICK_S = 0.5
 #: Commands waiting to be handled; beyond this they are dropped and counted (a flood, not a fleet).
 _INBOX_SIZE = 1000
+#: Listening for the status page is tried again this long after it failed, doubling up to the second.
+_WEB_RETRY_MIN_S, _WEB_RETRY_MAX_S = 5.0, 300.0
 
 
 class Agent:
@@ -102,6 +104,8 @@ class Agent:
         self.fanout.on_first = self._first_published
         self.escalator: Escalator | None = None
         self.web: WebServer | None = None
+        #: why the status page is not served (its address or port cannot be listened on), or None
+        self.web_problem: str | None = None
         self.recovery: Recovery | None = None
         #: why the state directory cannot be written (read-only), or None
         self.state_dir_problem: str | None = None
@@ -264,20 +268,45 @@ class Agent:
         self.escalator.start()
 
     def start_web(self) -> None:
-        s = self.settings
-        if not s.http.enabled:
+        if not self.settings.http.enabled:
             return
+        if not self._serve_web():
+            self._spawn("http-retry", self._retry_web)
+
+    def _serve_web(self) -> bool:
+        """The status page, /metrics and /healthz on http.bind:http.port; False (and `web_problem` says why)
+        where that cannot be listened on: a taken port must not take the pipelines down with it."""
         from edge_agent.web import WebServer
 
-        self.web = WebServer(
+        s = self.settings
+        web = WebServer(
             s.http, self.health.document, self.health.stalled, self.fanout.live, self.update_history, self.state_dir,
             self.latencies,
         )
         try:
-            self.web.start()
-        except OSError as err:  # a taken port must not take the pipelines down with it
-            log.error("status page not served: cannot listen on %s:%d: %s", s.http.bind, s.http.port, err)
-            self.web = None
+            web.start()
+        except OSError as err:
+            self.web_problem = f"status page not served: cannot listen on {s.http.bind}:{s.http.port}: {err}"
+            return False
+        self.web, self.web_problem = web, None
+        return True
+
+    def _retry_web(self) -> None:
+        """The `http-retry` thread: listening is tried again, backing off to every 5 minutes, until it works.
+        An address the network has not given the device yet (DHCP, at boot) or a port another process
+        holds for a while left the page, /metrics and /healthz away for as long as the agent ran."""
+        failures = FailureLog(log, every_s=3600.0)
+        delay = _WEB_RETRY_MIN_S
+        failures.failed("http", self.web_problem or "", delay)
+        while not self.stop.wait(delay):
+            try:
+                if self._serve_web():
+                    failures.opened("http", "status page served")
+                    return
+                delay = min(delay * 2, _WEB_RETRY_MAX_S)
+                failures.failed("http", self.web_problem or "", delay)
+            except Exception:  # loop boundary: log, try again
+                log.exception("http: starting the status page failed")
 
     def start_updates(self) -> None:
         for slot in self.slots.values():

@@ -108,6 +108,8 @@ class Health:
             problems.append("broker disconnected")
         if sink is not None:
             problems += sink.problems()
+        if a.web_problem:
+            problems.append(a.web_problem)
         read_only = a.state_dir_problem or next((s.read_only for s in a.slots.values() if s.read_only), None)
         if read_only:
             problems.append(f"{read_only}: model updates off, results not stored on disk")

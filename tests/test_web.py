@@ -250,6 +250,47 @@ def test_healthz_is_200_only_while_every_stage_makes_progress(broker: Broker, ag
         looked.wait(0.25)
 
 
+def test_a_port_taken_at_start_is_listened_on_once_it_is_free(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port another process holds at start (or an address the network gives the device later) left the
+    status page, /metrics and /healthz away for as long as the agent ran, and health said nothing. Now
+    health says so, and listening is tried again until it works."""
+    import os
+    import socket
+
+    import edge_agent.agent as agent_mod
+    from edge_agent.agent import Agent
+    from edge_agent.config import load_settings
+
+    for k in list(os.environ):
+        if k.startswith("EDGE_AGENT_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setattr(agent_mod, "_WEB_RETRY_MIN_S", 0.2)  # (5 s, doubling, in the field)
+    port = free_port()
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    settings = load_settings(None, {"mqtt.host": broker.host, "mqtt.port": broker.port, "device_id": "webretry",
+                                    "source.uri": "synthetic", "model.path": str(SHORT), "state_dir": str(tmp_path),
+                                    "health.interval_s": 3600, "http.enabled": True, "http.port": port})
+    agent = Agent(settings)
+    try:
+        agent.start()
+        problems = agent.health.document()["problems"]
+        said = f"status page not served: cannot listen on 127.0.0.1:{port}"
+        assert any(p.startswith(said) for p in problems), problems
+        assert agent.web is None
+        holder.close()
+        wait_until(lambda: agent.web is not None, 10, what="the port listened on once free")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=5) as r:
+            assert r.status == 200
+        assert not [p for p in agent.health.document()["problems"] if "status page" in p]
+    finally:
+        holder.close()
+        agent.shutdown(3)
+
+
 def test_unknown_paths_and_the_live_frame(web_agent: tuple[str, Any]) -> None:
     base, _ = web_agent
     assert _get(base + "/nope")[0] == 404
