@@ -12,6 +12,7 @@ it was.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -85,7 +86,9 @@ class MicrophoneSource(SignalSource):
                     channels=self.channels,
                     dtype="int16",  # what capture hardware delivers; float32 is not native on most cards
                     blocksize=int(self.rate * 0.02),
-                    callback=self._callback,
+                    # each stream its own queue: one left to close on its own (a device that hung) and
+                    # calling back once it comes loose puts nothing among the new stream's samples
+                    callback=functools.partial(self._callback, self._fresh_queue()),
                 )
                 _open_streams += 1
                 stream.start()
@@ -98,12 +101,17 @@ class MicrophoneSource(SignalSource):
                         "read again once no microphone is open)") if _open_streams else ""
                 raise SourceError(f"cannot open microphone {self.device!r}: {err}{also}") from None
 
-    def _callback(self, data: np.ndarray, frames: int, t: Any, status: Any) -> None:
+    def _fresh_queue(self) -> queue.Queue[tuple[np.ndarray, float, float]]:
+        self._q = queue.Queue(_QUEUE_BLOCKS)
+        return self._q
+
+    def _callback(self, q: queue.Queue[tuple[np.ndarray, float, float]], data: np.ndarray, frames: int, t: Any,
+                  status: Any) -> None:
         if status and status.input_overflow:
             self.gaps += 1
         try:
             x = data.astype(np.float32) / 32768.0
-            self._q.put_nowait((x, time.time() - frames / self.rate, time.monotonic()))
+            q.put_nowait((x, time.time() - frames / self.rate, time.monotonic()))
         except queue.Full:
             self.dropped += frames
 
