@@ -82,6 +82,8 @@ def test_every_source_kind_declares_the_settings_it_reads(registered: list[type]
             own = set(re.findall(r"\bsignal\.(\w+)", code)) & signal_base.SIGNAL_KIND_SETTINGS
             assert cls.signal_options <= signal_base.SIGNAL_KIND_SETTINGS, cls
             assert own <= cls.signal_options, (cls.__name__, sorted(own - cls.signal_options))
+            if cls.steady:  # its capture reopens it after read_timeout_s without samples (signal_pipeline)
+                assert "read_timeout_s" in cls.options, cls
     assert {k for cls in registered for k in cls.options} - every, "no kind reads a setting of its own"
 
 

@@ -50,7 +50,8 @@ class SignalSource(abc.ABC):
     #: samples arrive on their own clock (microphone, serial) rather than when read (file)
     live: bool = True
     #: a working device delivers samples all the time (a sound card does, silence included; a serial
-    #: sensor or a pipe may pause): none for `source.read_timeout_s` means it hangs, and it is reopened
+    #: sensor or a pipe may pause): none for the `read_timeout_s` of its settings means it hangs, and it is
+    #: reopened (by capture: a kind that is steady declares that setting among its `options`)
     steady: ClassVar[bool] = False
 
     @classmethod
