@@ -433,6 +433,9 @@ class Engine:
         for lane in old_lanes:
             lane.close()
         old.close()
+        nxt = next((r for r in self._pending if r.lane is None), None)
+        if nxt is not None:  # (a frame waiting for a lane while none was busy: never left without one)
+            self._hand(self._free.pop(), nxt)
         self._cond.notify_all()
 
     @staticmethod
