@@ -433,6 +433,30 @@ def test_an_accelerator_back_while_the_agent_runs_serves_again(tmp_path: Path, m
         m.close()
 
 
+def test_a_delegate_installed_while_the_agent_runs_serves_once_it_is_there(tmp_path: Path) -> None:
+    """The accelerator the configuration names has no library yet (a package installed after the agent
+    started; a device node a driver makes later is the same case): the CPU stands in, and the next
+    selection finds it. Under `auto` what a board lacks is not waited for."""
+    lib = tmp_path / "libinstalled.so"
+    m = load(SHORT, str(lib), tmp_path / "state")
+    try:
+        assert m.runtime.accelerator == "cpu"
+        missing = m.runtime.probes[0]
+        assert missing.transient and missing.reason == f"delegate library not found: {lib}"
+        assert "unavailable at start" in (m.runtime.standing_in() or "")
+        assert not m.engine.try_accelerator()
+        assert build_so(tmp_path, "installed", PASS_THROUGH) == lib  # installed
+        assert m.engine.try_accelerator() and m.runtime.accelerator == "delegate"
+    finally:
+        m.close()
+    auto = load(SHORT, "auto")
+    try:
+        assert auto.runtime.accelerator == "cpu" and auto.runtime.standing_in() is None
+        assert not any(p.transient for p in auto.runtime.probes)
+    finally:
+        auto.close()
+
+
 def test_an_external_delegate_is_opened_once_per_process(tmp_path: Path) -> None:
     """Two models (two pipelines) on one delegate device share the process's one instance of it."""
     import ctypes

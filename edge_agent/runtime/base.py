@@ -93,6 +93,12 @@ class Backend(abc.ABC):
 Opener = Callable[[Path, int, dict[str, str]], "Backend"]
 
 
+class Missing(str):
+    """A precheck's reason that may stop holding while the agent runs: a device node the driver has not
+    made yet, a library not installed yet. The other reasons (a CPU the plugin rejects, a runtime without
+    the API) hold for good."""
+
+
 @dataclass(frozen=True)
 class Accelerator:
     """One entry of the accelerator registry (`runtime.accelerator = NAME`): each backend file
@@ -100,7 +106,7 @@ class Accelerator:
 
     name: str
     open: Opener
-    #: a reason to skip it without starting a probe child (no device node, no library), or None
+    #: a reason to skip it without starting a probe child (no device node, no library: `Missing`), or None
     precheck: Callable[[], str | None]
     #: runs through LiteRT's CompiledModel: a model that cannot reset in place reopens on the same kind
     compiled: bool = False

@@ -16,7 +16,7 @@ import numpy as np
 
 from edge_agent.modelfile import TensorSpec
 from edge_agent.runtime import litert
-from edge_agent.runtime.base import Backend, BackendError, T, present
+from edge_agent.runtime.base import Backend, BackendError, Missing, T, present
 
 
 def _reason(err: Exception) -> str:
@@ -66,7 +66,7 @@ def compiled_precheck(kind: str, nodes: tuple[str, ...], shown: str) -> str | No
     if litert.compiled_model_api() is None:
         return f"{litert.version()} has no CompiledModel {kind.upper()} accelerator"
     if not present(nodes):
-        return f"no {kind.upper()} device node ({shown})"
+        return Missing(f"no {kind.upper()} device node ({shown})")
     return None
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.runtime import litert
-from edge_agent.runtime.base import Accelerator, Backend, BackendError
+from edge_agent.runtime.base import Accelerator, Backend, BackendError, Missing
 from edge_agent.runtime.cpu import InterpreterBackend
 
 _LIB_DIRS = (
@@ -79,7 +79,7 @@ def delegate_accelerator(name: str, library: str) -> Accelerator:
     """A registry entry for a vendor delegate installed system-wide under a known library name."""
 
     def precheck() -> str | None:
-        return None if find_library(library) else f"{library} not installed"
+        return None if find_library(library) else Missing(f"{library} not installed")
 
     def open_delegate(path: Path, threads: int, options: dict[str, str]) -> Backend:
         return DelegateBackend(path, library, options, threads, kind=name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_agent.runtime import armnn, cpu, edgetpu, gpu, npu, vx
-from edge_agent.runtime.base import Accelerator, Backend
+from edge_agent.runtime.base import Accelerator, Backend, Missing
 from edge_agent.runtime.delegate import DelegateBackend, find_library
 from edge_agent.runtime.worker import ProcessBackend
 
@@ -34,7 +34,7 @@ def precheck(name: str) -> str | None:
     acc = BACKENDS.get(name)
     if acc is not None:
         return acc.precheck()
-    return None if find_library(name) is not None else f"delegate library not found: {name}"
+    return None if find_library(name) is not None else Missing(f"delegate library not found: {name}")
 
 
 def is_compiled(kind: str) -> bool:

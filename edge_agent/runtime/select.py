@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.runtime import litert
-from edge_agent.runtime.base import Backend, BackendError, BackendGone
+from edge_agent.runtime.base import Backend, BackendError, BackendGone, Missing
 from edge_agent.runtime.cpu import default_threads
 from edge_agent.runtime.registry import ACCELERATORS, is_compiled, open_backend, precheck
 from edge_agent.runtime.worker import ProcessBackend
@@ -387,7 +387,11 @@ def select_backend(
             return Selection(cpu, results)
         reason = precheck(name)
         if reason is not None:
-            res = ProbeResult(name, False, reason)
+            # a device node or library not there yet, for an accelerator the configuration names, may come
+            # (a driver that loads after the service starts, a package installed meanwhile): tried again.
+            # Under `auto` it is only one of the kinds this board may have.
+            named = accelerator != "auto" and isinstance(reason, Missing)
+            res = ProbeResult(name, False, str(reason), transient=True if named else None)
         else:
             key = ProbeCache.key(sha256, name)
             cached = cache.get(key)
