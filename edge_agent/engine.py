@@ -414,6 +414,14 @@ class Engine:
             self._cond.notify_all()
         return True
 
+    def _apply_batching(self, accelerator: str) -> None:
+        """Under the lock: the batch size and wait for what now serves, where the engine was told them
+        (an accelerator back, or the CPU after a fallback; on the CPU a batch gains nothing here)."""
+        if self._batching is not None:
+            self.max_batch, wait_ms = self._batching(accelerator)
+            self.batch_wait_s = wait_ms / 1e3
+            self.batching_off = "" if self.max_batch > 1 else "runtime.max_batch is 1"
+
     def _swap_in(self) -> None:
         """Under the lock, with no lane busy: the accelerator in `_restore` becomes lane 0's backend and
         the only lane (an accelerator is opened once); the CPU interpreters and their batch sizes close."""
@@ -426,10 +434,7 @@ class Engine:
         self._lanes = [_Lane(None, rt)]
         self._free = list(self._lanes)
         self._cpu_lanes, self._replicated, self.compile_ahead = False, True, True
-        if self._batching is not None:
-            self.max_batch, wait_ms = self._batching(sel.backend.kind)
-            self.batch_wait_s = wait_ms / 1e3
-            self.batching_off = "" if self.max_batch > 1 else "runtime.max_batch is 1"
+        self._apply_batching(sel.backend.kind)
         for lane in old_lanes:
             lane.close()
         old.close()
@@ -550,6 +555,8 @@ class Engine:
                 lane.backend.invoke()
         elif lane.runtime.invoke():  # fell back to the CPU: the new backend has empty inputs
             lane.close_batched()
+            with self._cond:
+                self._apply_batching(lane.backend.kind)
             fill_all()
             lane.runtime.invoke()
         ms = (time.perf_counter() - t0) * 1e3

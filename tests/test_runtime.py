@@ -457,6 +457,32 @@ def test_a_delegate_installed_while_the_agent_runs_serves_once_it_is_there(tmp_p
         auto.close()
 
 
+def test_the_batch_settings_follow_what_serves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an accelerator frames are batched by default (4, waiting 3 ms); on the CPU not (a batch gains
+    nothing there, docs/benchmarks.md). After a fallback the CPU kept the accelerator's batching, and the
+    accelerator back takes its own again."""
+    lib = build_so(tmp_path, "needsdevice", NEEDS_DEVICE)
+    monkeypatch.setenv("TEST_ACCELERATOR_DEVICE", str(tmp_path / "device"))
+    (tmp_path / "device").write_text("")
+    m = load(SHORT, str(lib), tmp_path / "state")
+    try:
+        engine = m.engine
+        assert m.runtime.accelerator == "delegate" and engine.max_batch == 4 and engine.batch_wait_s == 0.003
+
+        class Gpu(InterpreterBackend):
+            kind = "gpu"
+
+        m.runtime = Runtime(Selection(FailingBackend(SHORT, fail_after=0)), SHORT, 0,
+                            reselect=lambda: Selection(Gpu(SHORT)))
+        m.infer(pattern(320, 240, 1))  # lost at once: the frame is redone on the CPU
+        assert m.runtime.accelerator == "cpu"
+        assert (engine.max_batch, engine.batch_wait_s, engine.batching_off) == (1, 0.0, "runtime.max_batch is 1")
+        assert engine.try_accelerator()
+        assert (engine.max_batch, engine.batch_wait_s, engine.batching_off) == (4, 0.003, "")
+    finally:
+        m.close()
+
+
 def test_an_external_delegate_is_opened_once_per_process(tmp_path: Path) -> None:
     """Two models (two pipelines) on one delegate device share the process's one instance of it."""
     import ctypes
