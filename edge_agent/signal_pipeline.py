@@ -58,6 +58,9 @@ class _Restart:
     epoch: int
     rate: float
     channels: int
+    #: the rate the source was asked for, where it delivers another (a microphone that does not take it):
+    #: the chain resamples to it, so the model is fed what it was set up for
+    asked: float | None = None
 
 
 class ChunkQueue:
@@ -194,7 +197,8 @@ class SignalCapture:
                     next_ts = chunk.ts + len(chunk.samples) / (src.rate or 1.0)
                     if first:  # some sources learn their channel count from the first reading
                         self.channels, self.channel_names = src.channels, src.channel_names
-                        self.out.put(_Restart(self.epoch, src.rate, src.channels))
+                        asked = src.asked_rate if src.asked_rate and src.asked_rate != src.rate else None
+                        self.out.put(_Restart(self.epoch, src.rate, src.channels, asked))
                         first = False
                     # a file waits for inference (back-pressure); a live device cannot, so its excess is counted
                     while not self.out.put(chunk, 0.0 if src.live else _READ_TIMEOUT_S):
@@ -374,18 +378,19 @@ class SignalPipeline:
         return pipeline_counts(self.capture_stats, self.infer_stats, self.post_stats)
 
     # --- the chain ---------------------------------------------------------------------------
-    def _build(self, model: Model, epoch: int, rate: float, channels: int) -> _Chain:
+    def _build(self, model: Model, epoch: int, rate: float, channels: int, asked: float | None = None) -> _Chain:
         sc = self.settings.signal
         name = sc.frontend if sc.frontend != "auto" else (model.hints.frontend or "none")
         frontend = FRAME_FRONTENDS[name](sc.offset, sc.scale)
         resampler = None
         model_rate = rate
-        if frontend.rate is not None and int(rate) != frontend.rate:
+        target = frontend.rate or (int(asked) if asked else None)
+        if target is not None and int(rate) != target:
             try:
-                resampler = Resampler(int(rate), frontend.rate, 1 if name == "micro" else channels)
+                resampler = Resampler(int(rate), target, 1 if name == "micro" else channels)
             except ValueError as err:  # a rate the model's cannot be reached from, said as the source's fault
                 raise SourceError(f"{self.capture.description}: {err}") from None
-            model_rate = frontend.rate
+            model_rate = target
         width = frontend.width(channels)
         spec = model.inputs[0]
         size = int(np.prod(spec.shape))
@@ -438,7 +443,8 @@ class SignalPipeline:
                 if chain is None or chain.model is not model:
                     if model.file.stateful:
                         model.reset_state()  # a stream that starts again must not continue the old one
-                    chain = self._chain = self._build(model, restart.epoch, restart.rate, restart.channels)
+                    chain = self._chain = self._build(model, restart.epoch, restart.rate, restart.channels,
+                                                      restart.asked)
                     self._put(restart)
                 self._step(chain, item)
             except Exception as err:  # loop boundary: one bad chunk must not stop the stream

@@ -402,6 +402,65 @@ print(json.dumps(out))
     assert doc["reopens"] >= 1
 
 
+def test_a_microphone_that_does_not_take_the_rate_asked_is_opened_at_its_own(tmp_path: Path) -> None:
+    """A USB microphone named by its ALSA `hw:` name often takes 44.1 and 48 kHz only: asked for 16 kHz,
+    PortAudio says "Invalid sample rate", and the source failed to open for good. Now it opens at the
+    device's own rate (which the pipeline resamples, as it does a recording's), and asks again at the
+    next open. ALSA's `file` plugin is the device; PortAudio's refusal of other rates stands in for the
+    card's (a rate-bound capture device cannot be made here)."""
+    raw = (np.arange(44100) % 2000 - 1000).astype("<i2")
+    (tmp_path / "in.raw").write_bytes(raw.tobytes())
+    conf = tmp_path / "asound.conf"
+    conf.write_text('pcm.!default { type file slave.pcm "null" file "/dev/null" '
+                    f'infile "{tmp_path / "in.raw"}" format "raw" }}\n')
+    code = """
+import json, numpy as np, sounddevice as sd
+from edge_agent.signals.microphone import MicrophoneSource
+real, asked = sd.InputStream, []
+def only_its_own(*a, samplerate, **kw):
+    asked.append(samplerate)
+    if samplerate != sd.query_devices(None, "input")["default_samplerate"]:
+        raise sd.PortAudioError("Error opening InputStream: Invalid sample rate", -9997)
+    return real(*a, samplerate=samplerate, **kw)
+sd.InputStream = only_its_own
+m = MicrophoneSource("mic:", "", 16000, 1)
+m.open()
+parts, n = [], 0
+while n < 4410:
+    c = m.read(2.0)
+    parts.append(c.samples); n += len(c.samples)
+rate = m.rate
+m.close()
+m.open()
+m.close()
+x = np.concatenate(parts)[:4410, 0]
+print(json.dumps({"rate": rate, "asked": asked, "first": np.round(x * 32768).astype(int).tolist()}))
+"""
+    env = {**os.environ, "ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout.splitlines()[-1])
+    assert doc["rate"] == 44100 and doc["asked"] == [16000, 44100, 16000, 44100], doc["asked"]
+    assert doc["first"] == raw[:4410].tolist()
+
+
+def test_a_microphone_at_a_rate_of_its_own_is_resampled_to_the_rate_asked() -> None:
+    """The microphone above, opened at 44.1 kHz where 16 kHz was asked: a front end with a rate of its own
+    (a wake word's) resamples to that already; one without (`signal.frontend = "none"`, the model fed
+    samples) was fed 44.1 kHz audio as if it were 16 kHz. The chain now resamples to the rate asked."""
+    model = _model("okay_nabu")
+    try:
+        s = Settings(source=SourceConfig(uri="mic:"), model=ModelConfig(path=WAKEWORD / "okay_nabu.tflite"),
+                     signal=SignalConfig(frontend="none", window=1))
+        pipe, _ = SignalPipeline.standalone(s, lambda: model)
+        off = pipe._build(model, 1, 44100.0, 1, asked=16000.0)
+        assert off.resampler is not None and off.model_rate == 16000
+        assert pipe._build(model, 1, 16000.0, 1).resampler is None  # (the rate asked: nothing to do)
+        assert pipe._build(model, 1, 44100.0, 1).model_rate == 44100  # a recording's rate is its own
+    finally:
+        model.close()
+
+
 def test_no_microphone_is_a_clear_error(tmp_path: Path) -> None:
     conf = tmp_path / "asound.conf"
     conf.write_text("pcm.!default { type hw card 7 }\n")  # no such card

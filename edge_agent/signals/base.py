@@ -53,6 +53,9 @@ class SignalSource(abc.ABC):
     #: sensor or a pipe may pause): none for the `read_timeout_s` of its settings means it hangs, and it is
     #: reopened (by capture: a kind that is steady declares that setting among its `options`)
     steady: ClassVar[bool] = False
+    #: the rate asked for, where the device may deliver at another of its own (a microphone): the pipeline
+    #: then resamples to it. None: the rate is the data's own (a recording, a sensor)
+    asked_rate: float | None = None
 
     @classmethod
     @abc.abstractmethod

@@ -31,6 +31,8 @@ _QUEUE_BLOCKS = 100
 #: Held while PortAudio is started again or a stream opened or closed, with the count of open streams.
 _PORTAUDIO = threading.Lock()
 _open_streams = 0
+#: PortAudio's paInvalidSampleRate, which sounddevice's PortAudioError carries among its args.
+_PA_INVALID_RATE = -9997
 #: How long a close waits for PortAudio to let go of a stream (see `MicrophoneSource.close`).
 _CLOSE_WAIT_S = 2.0
 log = logging.getLogger(__name__)
@@ -52,6 +54,15 @@ def _rescan(sd: Any) -> None:
             h.release()
 
 
+def _native_rate(sd: Any, device: str | int | None) -> int | None:
+    """The rate PortAudio gives as the input device's own, or None where it cannot say."""
+    try:
+        rate = int(sd.query_devices(device, "input")["default_samplerate"])
+    except (ValueError, KeyError, TypeError, sd.PortAudioError):
+        return None
+    return rate if rate > 0 else None
+
+
 class MicrophoneSource(SignalSource):
     kind = "mic"
     options = frozenset({"read_timeout_s"})
@@ -65,6 +76,7 @@ class MicrophoneSource(SignalSource):
 
     def __init__(self, uri: str, device: str, rate: int, channels: int):
         super().__init__(uri, rate, channels)
+        self.asked_rate: float = rate
         self.device: str | int | None = int(device) if device.isdecimal() else (device or None)
         self._q: queue.Queue[tuple[np.ndarray, float, float]] = queue.Queue(_QUEUE_BLOCKS)
         self._stream: Any = None
@@ -80,16 +92,20 @@ class MicrophoneSource(SignalSource):
             try:
                 if not _open_streams:
                     _rescan(sd)
-                self._stream = stream = sd.InputStream(
-                    device=self.device,
-                    samplerate=self.rate,
-                    channels=self.channels,
-                    dtype="int16",  # what capture hardware delivers; float32 is not native on most cards
-                    blocksize=int(self.rate * 0.02),
-                    # each stream its own queue: one left to close on its own (a device that hung) and
-                    # calling back once it comes loose puts nothing among the new stream's samples
-                    callback=functools.partial(self._callback, self._fresh_queue()),
-                )
+                self.rate = self.asked_rate
+                try:
+                    self._stream = stream = self._input_stream(sd)
+                except sd.PortAudioError as err:
+                    # a card that does not take the rate asked (a USB microphone by its ALSA `hw:` name
+                    # often takes 44.1 and 48 kHz only, where `default` would convert): at its own rate,
+                    # which the pipeline resamples as it does a recording's
+                    native = _native_rate(sd, self.device) if _PA_INVALID_RATE in err.args else None
+                    if native is None or native == self.rate:
+                        raise
+                    log.info("microphone %r does not take %d Hz: opened at its own %d Hz, resampled",
+                             self.device, self.rate, native)
+                    self.rate = native
+                    self._stream = stream = self._input_stream(sd)
                 _open_streams += 1
                 stream.start()
             except Exception as err:  # PortAudioError and ValueError carry the driver's words
@@ -100,6 +116,18 @@ class MicrophoneSource(SignalSource):
                 also = (" (the device list is as it was when another microphone of this agent opened: it is "
                         "read again once no microphone is open)") if _open_streams else ""
                 raise SourceError(f"cannot open microphone {self.device!r}: {err}{also}") from None
+
+    def _input_stream(self, sd: Any) -> Any:
+        return sd.InputStream(
+            device=self.device,
+            samplerate=self.rate,
+            channels=self.channels,
+            dtype="int16",  # what capture hardware delivers; float32 is not native on most cards
+            blocksize=int(self.rate * 0.02),
+            # each stream its own queue: one left to close on its own (a device that hung) and calling
+            # back once it comes loose puts nothing among the new stream's samples
+            callback=functools.partial(self._callback, self._fresh_queue()),
+        )
 
     def _fresh_queue(self) -> queue.Queue[tuple[np.ndarray, float, float]]:
         self._q = queue.Queue(_QUEUE_BLOCKS)
