@@ -226,37 +226,61 @@ def test_a_swapped_model_starts_from_a_fresh_state_on_the_running_stream(tmp_pat
             m.close()
 
 
+def _file_pcm(name: str, infile: Path) -> str:
+    """An ALSA PCM whose capture is `infile`'s bytes, behind the null device: a real device to PortAudio."""
+    return f'pcm.{name} {{ type file slave.pcm "null" file "/dev/null" infile "{infile}" format "raw" }}\n'
+
+
+#: What each microphone test's child runs first: `read_samples(m, n)`, the first n samples of channel 0.
+_READ_SAMPLES = """
+import numpy as np
+def read_samples(m, n):
+    parts, got = [], 0
+    while got < n:
+        c = m.read(2.0)
+        parts.append(c.samples)
+        got += len(c.samples)
+    return np.concatenate(parts)[:n, 0]
+"""
+
+
+def _alsa_child(conf: Path, code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`code` (after `_READ_SAMPLES`) in a child process whose ALSA also reads `conf`: PortAudio takes ALSA's
+    configuration in the process that loads it, so each test's devices need a process of their own."""
+    env = {**os.environ, "ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
+    return subprocess.run([sys.executable, "-c", _READ_SAMPLES + code], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=ROOT)
+
+
+def _alsa_json(conf: Path, code: str, timeout: float = 60) -> dict[str, Any]:
+    """`_alsa_child`, which must succeed: the JSON its last line prints."""
+    r = _alsa_child(conf, code, timeout)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc: dict[str, Any] = json.loads(r.stdout.splitlines()[-1])
+    return doc
+
+
 def test_microphone_through_portaudio_and_alsa(tmp_path: Path) -> None:
     """ALSA's `file` plugin (capture data from a file behind the null device) is a real PCM device to
     PortAudio. It is not paced like a sound card, so it also shows an overrun being counted."""
     raw = _pcm16("okay_nabu_1.wav")
     (tmp_path / "in.raw").write_bytes(raw.tobytes())
     conf = tmp_path / "asound.conf"
-    conf.write_text(
-        'pcm.!default { type file slave.pcm "null" file "/dev/null" '
-        f'infile "{tmp_path / "in.raw"}" format "raw" }}\n'
-    )
+    conf.write_text(_file_pcm("!default", tmp_path / "in.raw"))
     code = """
-import json, threading, numpy as np
+import json, threading
 from edge_agent.signals.microphone import MicrophoneSource
 m = MicrophoneSource("mic:", "", 16000, 1)
 m.open()
-parts, n = [], 0
-while n < 16000:
-    c = m.read(2.0)
-    parts.append(c.samples); n += len(c.samples)
+first = read_samples(m, 16000)
 for _ in range(500):  # stop reading: the device keeps delivering until the hand-off queue overflows
     if m.dropped:
         break
     threading.Event().wait(0.01)
 m.close()
-x = np.concatenate(parts)[:, 0]
-print(json.dumps({"first": np.round(x[:16000] * 32768).astype(int).tolist(), "dropped": m.dropped}))
+print(json.dumps({"first": np.round(first * 32768).astype(int).tolist(), "dropped": m.dropped}))
 """
-    env = {**os.environ, "ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-2000:]
-    doc = json.loads(r.stdout.splitlines()[-1])
+    doc = _alsa_json(conf, code)
     assert doc["first"] == raw[:16000].tolist()  # the first second, sample for sample, before any overrun
     assert doc["dropped"] > 0  # the unpaced device outran the reader, and that was counted
 
@@ -271,11 +295,8 @@ def test_a_microphone_that_comes_after_the_agent_started_is_found_when_opened_ag
     (tmp_path / "default.raw").write_bytes(default_raw.tobytes())
     (tmp_path / "usb.raw").write_bytes(usb_raw.tobytes())
     conf = tmp_path / "asound.conf"
-
-    def pcm(name: str, raw: str) -> str:
-        return f'pcm.{name} {{ type file slave.pcm "null" file "/dev/null" infile "{tmp_path / raw}" format "raw" }}\n'
-
-    conf.write_text(pcm("!default", "default.raw"))
+    default, usb = _file_pcm("!default", tmp_path / "default.raw"), _file_pcm("usbmic", tmp_path / "usb.raw")
+    conf.write_text(default)
     code = f"""
 import json, os
 from edge_agent.signals.base import SourceError
@@ -290,7 +311,7 @@ def attempt(m):
 
 def plug_in():  # a new file (ALSA notices a changed inode), as a card appearing adds its device
     with open("{conf}.new", "w") as f:
-        f.write({pcm("!default", "default.raw")!r} + {pcm("usbmic", "usb.raw")!r})
+        f.write({default!r} + {usb!r})
     os.replace("{conf}.new", "{conf}")
 
 out = {{}}
@@ -303,18 +324,12 @@ out["beside_another"] = attempt(usb)
 out["other_still_reads"] = other.read(2.0) is not None
 other.close()
 out["alone"] = attempt(usb)
-n, first = 0, []
-while n < 16000 and out["alone"] == "opened":
-    c = usb.read(2.0)
-    first.extend(round(v * 32768) for v in c.samples[:, 0].tolist()); n += len(c.samples)
+if out["alone"] == "opened":
+    out["first"] = np.round(read_samples(usb, 16000) * 32768).astype(int).tolist()
 usb.close()
-out["first"] = first[:16000]
 print(json.dumps(out))
 """
-    env = {**os.environ, "ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-2000:]
-    doc = json.loads(r.stdout.splitlines()[-1])
+    doc = _alsa_json(conf, code)
     assert "cannot open microphone 'usbmic'" in doc["before"], doc["before"]
     assert "another microphone" in doc["beside_another"] and doc["other_still_reads"], doc
     assert doc["alone"] == "opened", doc["alone"]
@@ -331,7 +346,7 @@ def test_a_microphone_that_stops_delivering_is_reopened(tmp_path: Path) -> None:
     fifo = tmp_path / "mic.fifo"
     os.mkfifo(fifo)
     conf = tmp_path / "asound.conf"
-    conf.write_text(f'pcm.!default {{ type file slave.pcm "null" file "/dev/null" infile "{fifo}" format "raw" }}\n')
+    conf.write_text(_file_pcm("!default", fifo))
     code = f"""
 import faulthandler, json, os, threading, time
 faulthandler.dump_traceback_later(60)
@@ -392,10 +407,7 @@ card_stop.set()
 release.set()
 print(json.dumps(out))
 """
-    env = {**os.environ, "ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-2000:]
-    doc = json.loads(r.stdout.splitlines()[-1])
+    doc = _alsa_json(conf, code, timeout=120)
     assert "timed_out" not in doc, doc
     assert "no samples for 1 s: the device stopped delivering" in doc["error"], doc
     assert doc["noticed_after_s"] < 5.0, doc  # the read timeout and a moment, not the stream's close
@@ -411,10 +423,9 @@ def test_a_microphone_that_does_not_take_the_rate_asked_is_opened_at_its_own(tmp
     raw = (np.arange(44100) % 2000 - 1000).astype("<i2")
     (tmp_path / "in.raw").write_bytes(raw.tobytes())
     conf = tmp_path / "asound.conf"
-    conf.write_text('pcm.!default { type file slave.pcm "null" file "/dev/null" '
-                    f'infile "{tmp_path / "in.raw"}" format "raw" }}\n')
+    conf.write_text(_file_pcm("!default", tmp_path / "in.raw"))
     code = """
-import json, numpy as np, sounddevice as sd
+import json, sounddevice as sd
 from edge_agent.signals.microphone import MicrophoneSource
 real, asked = sd.InputStream, []
 def only_its_own(*a, samplerate, **kw):
@@ -425,21 +436,14 @@ def only_its_own(*a, samplerate, **kw):
 sd.InputStream = only_its_own
 m = MicrophoneSource("mic:", "", 16000, 1)
 m.open()
-parts, n = [], 0
-while n < 4410:
-    c = m.read(2.0)
-    parts.append(c.samples); n += len(c.samples)
+first = read_samples(m, 4410)
 rate = m.rate
 m.close()
 m.open()
 m.close()
-x = np.concatenate(parts)[:4410, 0]
-print(json.dumps({"rate": rate, "asked": asked, "first": np.round(x * 32768).astype(int).tolist()}))
+print(json.dumps({"rate": rate, "asked": asked, "first": np.round(first * 32768).astype(int).tolist()}))
 """
-    env = {**os.environ, "ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-2000:]
-    doc = json.loads(r.stdout.splitlines()[-1])
+    doc = _alsa_json(conf, code)
     assert doc["rate"] == 44100 and doc["asked"] == [16000, 44100, 16000, 44100], doc["asked"]
     assert doc["first"] == raw[:4410].tolist()
 
@@ -472,8 +476,7 @@ try:
 except SourceError as err:
     print("SourceError:", err)
 """
-    env = {**os.environ, "ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+    r = _alsa_child(conf, code)
     assert "SourceError: cannot open microphone" in r.stdout, r.stdout + r.stderr
 
 
