@@ -7,14 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.modelfile import TensorSpec
+from edge_agent.modelfile import ModelFile, TensorSpec
 from edge_agent.postprocess.decoders import (
+    DECODERS,
     BlazeFaceDecoder,
     ClassificationDecoder,
     DecodeOptions,
+    ModelIO,
     RawDecoder,
     SSDPostprocessDecoder,
     YoloDecoder,
+    YoloEndToEndDecoder,
     ssd_anchors,
 )
 from edge_agent.postprocess.geometry import iou_one_to_many, nms, weighted_nms, weighted_nms_few
@@ -125,6 +128,66 @@ def test_yolo_v8_and_v5_layouts() -> None:
     assert len(r5.detections) == 1 and r5.detections[0].label == "b"
     assert r5.detections[0].score == pytest.approx(0.81)
     assert r5.detections[0].box == pytest.approx((40, 40, 60, 60))
+
+
+def _layout(out_shape: tuple[int, ...], size: int) -> str:
+    """The layout `model.task = auto` reads off a model with this one output and a size x size image input."""
+    io = ModelIO(ModelFile.__new__(ModelFile), [ts("in", 0, (1, size, size, 3))], [ts("out", 1, out_shape)])
+    return next(d for d in DECODERS if d.matches(io)).layout
+
+
+def test_an_end_to_end_yolo_is_told_from_a_raw_head_by_its_row_count() -> None:
+    """`[1, N, 6]` is an end-to-end model's finished boxes (N its max_det) or a raw one-class head; a raw
+    head has one row per grid cell of its strides for the input size, three with v5's anchors."""
+    assert _layout((1, 300, 6), 640) == "yolo_end2end"  # YOLO26 / YOLOv10 / nms=True at max_det 300
+    assert _layout((1, 100, 6), 320) == "yolo_end2end"
+    assert _layout((1, 8400, 6), 640) == "yolo"  # v8, two classes, channels last: 80^2 + 40^2 + 20^2
+    assert _layout((1, 6300, 6), 320) == "yolo"  # v5, one class: 3 x (40^2 + 20^2 + 10^2)
+    assert _layout((1, 6, 8400), 640) == "yolo"  # v8, two classes, channels first
+    assert _layout((1, 25500, 6), 1280) == "yolo_end2end"  # no grid of 1280 has that many rows
+    assert _layout((1, 3 * 34000, 6), 1280) == "yolo"  # v5 P6 at 1280: 3 x (160^2 + 80^2 + 40^2 + 20^2)
+
+
+def test_a_raw_yolo_head_without_labels_is_read_by_its_grid() -> None:
+    """With no labels to count the classes by, a channels-last head with a row per grid cell is v8's
+    (no objectness), and one with three per cell v5's, whatever the layout of its channels."""
+    v8 = YoloDecoder([ts("out", 0, (1, 8400, 84))], None, DecodeOptions(0.5), (640, 640))
+    assert not v8.objectness
+    pred = np.zeros((1, 8400, 84), np.float32)
+    pred[0, 7, :4] = [320, 320, 64, 64]
+    pred[0, 7, 4 + 16] = 0.9  # class 16 (a dog in COCO), no objectness column
+    r = v8([pred], plan_resize(640, 640, 640, 640, "stretch"))
+    assert [(d.label, round(d.score, 2)) for d in r.detections] == [("16", 0.9)]
+    assert r.detections[0].box == pytest.approx((288, 288, 352, 352))
+    assert YoloDecoder([ts("out", 0, (1, 25200, 85))], None, DecodeOptions(0.5), (640, 640)).objectness
+    # labels that count the classes still decide
+    labels = [str(i) for i in range(81)]
+    assert not YoloDecoder([ts("out", 0, (1, 25200, 85))], labels, DecodeOptions(), (640, 640)).objectness
+
+
+def test_end_to_end_yolo_rows_are_final_detections() -> None:
+    """Corners, score and a float class index per row, best first; padding scored 0 (or class -1); no
+    NMS, so two overlapping objects of one class both stay; input-pixel corners are scaled like normalised
+    ones."""
+    rows = np.zeros((1, 300, 6), np.float32)
+    rows[0, 0] = [100, 100, 300, 400, 0.9, 0.0]  # input pixels, a person
+    rows[0, 1] = [150, 110, 330, 410, 0.8, 0.0]  # another person, IoU 0.6 with the first: NMS would drop it
+    rows[0, 2] = [10, 10, 50, 50, 0.7, 16.9999]  # a class index just under 17 (float arithmetic)
+    rows[0, 3] = [0, 0, 640, 640, 0.95, -1.0]  # padding in an export that marks it with class -1
+    rows[0, 4] = [0, 0, 10, 10, 0.3, 2.0]  # under the threshold
+    dec = YoloEndToEndDecoder([ts("out", 0, (1, 300, 6))], ["person"] + [str(i) for i in range(1, 80)],
+                              DecodeOptions(0.5, max_detections=2), (640, 640))
+    r = dec([rows], plan_resize(1280, 1280, 640, 640, "stretch"))
+    assert [(d.label, round(d.score, 2)) for d in r.detections] == [("person", 0.9), ("person", 0.8)]
+    assert r.detections[0].box == pytest.approx((200, 200, 600, 800))
+    r = YoloEndToEndDecoder([ts("out", 0, (1, 300, 6))], None, DecodeOptions(0.5), (640, 640))(
+        [rows], plan_resize(640, 640, 640, 640, "stretch"))
+    assert [d.label for d in r.detections] == ["0", "0", "17"]
+    normalised = rows.copy()
+    normalised[0, :3, :4] /= 640
+    r2 = YoloEndToEndDecoder([ts("out", 0, (1, 300, 6))], None, DecodeOptions(0.5), (640, 640))(
+        [normalised], plan_resize(640, 640, 640, 640, "stretch"))
+    assert [v for d in r2.detections for v in d.box] == pytest.approx([v for d in r.detections for v in d.box])
 
 
 def test_blazeface_anchor_counts() -> None:

@@ -195,6 +195,87 @@ def test_int8_detections_agree_with_float() -> None:
             assert abs(da.score - b[j].score) < 0.1, (name, da.score, b[j].score)
 
 
+def _end_to_end(src: bytes, max_det: int = 300) -> bytes:
+    """The SSD with its detections given as an end-to-end YOLO gives them (YOLO26, YOLOv10, an export
+    with nms=True): one [1, max_det, 6] output of x1, y1, x2, y2, score, class index. Its post-processing
+    op is set to max_det boxes, and gather, reshape and concatenation ops after it make that tensor, its
+    rows past the op's count zeroed (the op leaves them as the memory was): a real trained detector in
+    that layout, where no YOLO file can be had here."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as s
+    from ai_edge_litert.interpreter import Interpreter
+    from flatbuffers import flexbuffers
+
+    model = s.ModelT.InitFromObj(s.Model.GetRootAs(src, 0))
+    sg = model.subgraphs[0]
+    det = next(o for o in sg.operators if o.customOptions is not None)
+    options = flexbuffers.Loads(bytes(det.customOptions))
+    det.customOptions = np.frombuffer(bytes(flexbuffers.Dumps({**options, "max_detections": max_det})), np.uint8)
+    boxes, classes, scores, count = (int(i) for i in det.outputs)
+
+    def tensor(name: str, shape: list[int], data: np.ndarray | None = None, kind: int = s.TensorType.FLOAT32) -> int:
+        buf = s.BufferT()
+        if data is not None:
+            buf.data = np.frombuffer(data.tobytes(), np.uint8)
+            kind = s.TensorType.INT32 if data.dtype == np.int32 else s.TensorType.FLOAT32
+        model.buffers.append(buf)
+        t = s.TensorT()
+        t.name, t.shape, t.buffer, t.type = name, shape, len(model.buffers) - 1, kind
+        sg.tensors.append(t)
+        return len(sg.tensors) - 1
+
+    def op(code: int, ins: list[int], out: int, kind: int = 0, opts: Any = None) -> None:
+        oc = s.OperatorCodeT()
+        oc.builtinCode = oc.deprecatedBuiltinCode = code
+        model.operatorCodes.append(oc)
+        o = s.OperatorT()
+        o.opcodeIndex, o.inputs, o.outputs = len(model.operatorCodes) - 1, ins, [out]
+        o.builtinOptionsType, o.builtinOptions = kind, opts
+        sg.operators.append(o)
+
+    gather, reshape, concat = s.GatherOptionsT(), s.ReshapeOptionsT(), s.ConcatenationOptionsT()
+    gather.axis = concat.axis = 2
+    reshape.newShape = [1, max_det, 1]
+    xyxy = tensor("xyxy", [1, max_det, 4])
+    op(s.BuiltinOperator.GATHER, [boxes, tensor("order", [4], np.array([1, 0, 3, 2], np.int32))], xyxy,
+       s.BuiltinOptions.GatherOptions, gather)
+    shape = tensor("shape", [3], np.array([1, max_det, 1], np.int32))
+    columns = [tensor(f"{n}_column", [1, max_det, 1]) for n in ("scores", "classes")]
+    for src_t, col in zip((scores, classes), columns, strict=True):
+        op(s.BuiltinOperator.RESHAPE, [src_t, shape], col, s.BuiltinOptions.ReshapeOptions, reshape)
+    rows = tensor("rows", [1, max_det, 6])
+    op(s.BuiltinOperator.CONCATENATION, [xyxy, *columns], rows, s.BuiltinOptions.ConcatenationOptions, concat)
+    found = tensor("found", [1, max_det, 1], kind=s.TensorType.BOOL)
+    row_index = np.arange(max_det, dtype=np.float32).reshape(1, max_det, 1)
+    op(s.BuiltinOperator.LESS, [tensor("row_index", [1, max_det, 1], row_index), count], found)
+    out = tensor("detections", [1, max_det, 6])
+    op(s.BuiltinOperator.SELECT_V2, [found, rows, tensor("zero", [1], np.zeros(1, np.float32))], out)
+    sg.outputs = [out]
+    b = flatbuffers.Builder(0)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    data = bytes(b.Output())
+    it = Interpreter(model_content=data)
+    it.allocate_tensors()
+    assert [list(d["shape"]) for d in it.get_output_details()] == [[1, max_det, 6]]
+    return data
+
+
+@needs_shared
+def test_an_end_to_end_yolo_layout_gives_the_detectors_own_boxes(tmp_path: Path) -> None:
+    """A [1, 300, 6] output fits a one-class raw YOLO head's shape too; read as one, the fruit photo gave
+    "bicycles" scored 83. Read as the finished boxes it is, it gives what the SSD's own op gives."""
+    path = tmp_path / "ssd_end2end.tflite"
+    path.write_bytes(_end_to_end(SSD_MODEL.read_bytes()))
+    m = load(path, labels=COCO_LABELS, resize="stretch")  # the SSD's own resize, to compare like with like
+    assert m.decoder.layout == "yolo_end2end"
+    img = cv2.imread(str(FRUIT))
+    got = m.infer(img).result.detections
+    want = load(SSD_MODEL, labels=COCO_LABELS).infer(img).result.detections
+    assert {d.label for d in got} >= {"apple", "banana"}
+    assert [(d.label, d.score) for d in got] == [(d.label, pytest.approx(d.score)) for d in want]
+    assert [v for d in got for v in d.box] == pytest.approx([v for d in want for v in d.box], abs=0.5)
+
+
 def test_inspect_and_predict_cli(tmp_path: Path) -> None:
     r = run_cli("inspect", str(SHORT_INT8))
     assert r.returncode == 0, r.stderr

@@ -18,6 +18,7 @@ from edge_agent.postprocess.decoders.face_landmarks import FaceLandmarkDecoder
 from edge_agent.postprocess.decoders.raw import RawDecoder
 from edge_agent.postprocess.decoders.ssd import SSDPostprocessDecoder
 from edge_agent.postprocess.decoders.yolo import YoloDecoder
+from edge_agent.postprocess.decoders.yolo_end2end import YoloEndToEndDecoder
 
 __all__ = [
     "BLAZEFACE_ANCHORS",
@@ -31,6 +32,7 @@ __all__ = [
     "RawDecoder",
     "SSDPostprocessDecoder",
     "YoloDecoder",
+    "YoloEndToEndDecoder",
     "label_for",
     "make_decoder",
     "ssd_anchors",
@@ -39,6 +41,7 @@ __all__ = [
 DECODERS: list[type[Decoder]] = [
     SSDPostprocessDecoder,
     BlazeFaceDecoder,
+    YoloEndToEndDecoder,
     YoloDecoder,
     FaceLandmarkDecoder,
     ClassificationDecoder,

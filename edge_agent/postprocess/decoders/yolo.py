@@ -12,6 +12,19 @@ from edge_agent.postprocess.geometry import cxcywh_to_xyxy, nms
 from edge_agent.preprocess import Resize
 from edge_agent.results import Result
 
+#: The output strides of YOLO heads: P3-P5 (most), with P6 (the "6" models at 1280), and with P2 (small objects).
+_STRIDE_SETS = ((8, 16, 32), (8, 16, 32, 64), (4, 8, 16, 32))
+
+
+def grid_points(height: int, width: int) -> tuple[frozenset[int], frozenset[int]]:
+    """The rows a raw YOLO head has for an input of this size: one per grid cell of its strides (v8 and
+    later, anchor-free), and three per cell (v5 and v7, three anchors each). A row count that is neither
+    is no raw head's: an end-to-end model's `max_det` (yolo_end2end)."""
+    free = frozenset(
+        sum(-(-height // s) * -(-width // s) for s in strides) for strides in _STRIDE_SETS
+    )
+    return free, frozenset(3 * n for n in free)
+
 
 class YoloDecoder(Decoder):
     """Raw YOLO heads: [1, 4+C, N] (v8 and later, channels first) or [1, N, 5+C] (v5, objectness)."""
@@ -29,9 +42,15 @@ class YoloDecoder(Decoder):
         super().__init__(outputs, labels, opts)
         _, a, b = self.specs[0].shape
         self.channels_first = a < b
-        cols = a if self.channels_first else b
+        cols, rows = (a, b) if self.channels_first else (b, a)
         n_labels = len(labels) if labels else None
-        self.objectness = n_labels == cols - 5 if n_labels else (not self.channels_first)
+        free, anchored = grid_points(*input_size) if min(input_size) > 0 else (frozenset(), frozenset())
+        if n_labels in (cols - 4, cols - 5):
+            self.objectness = n_labels == cols - 5
+        elif rows in free or rows in anchored:  # no labels (or not as many as the classes): the grid says
+            self.objectness = rows in anchored
+        else:
+            self.objectness = not self.channels_first
         self.input_w, self.input_h = input_size[1], input_size[0]
 
     @classmethod

@@ -1,0 +1,75 @@
+"""End-to-end YOLO detectors: one `[1, N, 6]` tensor of finished detections (x1, y1, x2, y2, score, class).
+
+YOLOv10 and YOLO26 are trained to give one box per object and export that way by default; a YOLOv8
+or YOLO11 exported with `nms=True` ends in the same tensor, its NMS inside the model. N is the
+export's `max_det` (300 unless set), every row a detection, the best first, those past what was
+found scored near 0. Such a tensor also fits a raw YOLO head's shape (`[1, N, 5+C]` with one
+class): read as one, its class index became a probability and its corners a centre and a size, and
+the fruit photo came out as "bicycles" scored 83. What tells them apart is N: a raw head has one row
+per grid cell of its strides for the input's size (three with v5's anchors), an end-to-end one as
+many as `max_det` says (`yolo.grid_points`). No NMS is run here: the model's own boxes are final,
+and NMS would drop one of two objects of a class that overlap (two people in a doorway)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from edge_agent.modelfile import TensorSpec
+from edge_agent.postprocess.decoders.base import DecodeOptions, Decoder, ModelIO, label_for, make_detection
+from edge_agent.postprocess.decoders.yolo import grid_points
+from edge_agent.preprocess import Resize
+from edge_agent.results import Result
+
+
+class YoloEndToEndDecoder(Decoder):
+    """`[1, N, 6]`: corners (input pixels or normalised), score, class index; already one box per object."""
+
+    task, layout = "detection", "yolo_end2end"
+    preferred_resize = "letterbox"
+
+    def __init__(
+        self,
+        outputs: Sequence[TensorSpec],
+        labels: Sequence[str] | None,
+        opts: DecodeOptions,
+        input_size: tuple[int, int],
+    ):
+        super().__init__(outputs, labels, opts)
+        self.input_h, self.input_w = input_size
+
+    @classmethod
+    def create(cls, io: ModelIO, labels: Sequence[str] | None, opts: DecodeOptions) -> Decoder:
+        return cls(io.outputs, labels, opts, io.image_size)
+
+    @classmethod
+    def matches(cls, io: ModelIO) -> bool:
+        if len(io.outputs) != 1 or len(io.outputs[0].shape) != 3:
+            return False
+        _, rows, cols = io.outputs[0].shape
+        h, w = io.image_size
+        if cols != 6 or rows < 1 or min(h, w) <= 0:
+            return False
+        free, anchored = grid_points(h, w)
+        return rows not in free and rows not in anchored
+
+    def __call__(self, outs: Sequence[np.ndarray], rs: Resize) -> Result:
+        pred = np.asarray(outs[0]).reshape(-1, 6)
+        scores = pred[:, 4]
+        keep = (scores >= self.opts.score_threshold) & (pred[:, 5] > -0.5)  # padding rows may say class -1
+        if not keep.any():
+            return Result(task="detection")
+        found = pred[keep].astype(np.float32)
+        found = found[np.argsort(-found[:, 4], kind="stable")[: self.opts.max_detections]]
+        boxes = found[:, :4]
+        if float(np.max(np.abs(boxes))) > 2.0:  # pixel units of the input
+            boxes = np.divide(boxes, [self.input_w, self.input_h, self.input_w, self.input_h], dtype=np.float32)
+        classes = np.rint(found[:, 5]).astype(np.int64).tolist()  # a float column: 16.999 is class 17
+        return Result(
+            task="detection",
+            detections=tuple(
+                make_detection(label_for(self.labels, c), c, float(s), b, rs)
+                for b, s, c in zip(boxes, found[:, 4].tolist(), classes, strict=True)
+            ),
+        )
