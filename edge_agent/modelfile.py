@@ -6,8 +6,10 @@ reported with its name before any native interpreter code touches it.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
+import json
 import struct
 import zipfile
 from collections.abc import Iterator
@@ -227,18 +229,60 @@ def _parse_model(data: bytes) -> tuple[list[str], list[str], bytes | None, tuple
 
 
 def _associated(data: bytes, label_file: str | None) -> tuple[list[str], tuple[str, ...] | None]:
-    """Files packed as a zip after the model (TFLite metadata 'associated files')."""
+    """Files packed as a zip after the model (TFLite metadata 'associated files'), and the labels among
+    them: the metadata's labels file, else one named like one, else the class names of an Ultralytics
+    export's own metadata (`metadata.json`)."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             names = zf.namelist()
             pick = label_file if label_file in names else next((n for n in names if "label" in n.lower()), None)
+            if pick is None and _ULTRALYTICS_META in names:
+                pick = _ULTRALYTICS_META
             if pick is not None and zf.getinfo(pick).file_size > _MAX_LABELS_BYTES:
                 raise ModelError(f"labels file {pick} in the model: {zf.getinfo(pick).file_size} bytes "
                                  f"(at most {_MAX_LABELS_BYTES})")
-            labels = parse_labels(zf.read(pick).decode("utf-8")) if pick else None
-            return names, labels
+            if pick is None:
+                return names, None
+            text = zf.read(pick).decode("utf-8")
+            return names, class_names(text) or parse_labels(text)
     except (zipfile.BadZipFile, KeyError, UnicodeDecodeError):
         return [], None
+
+
+#: The file Ultralytics appends to its TFLite exports (as a zip member) with their class names, task and size.
+_ULTRALYTICS_META = "metadata.json"
+
+
+def class_names(text: str) -> tuple[str, ...] | None:
+    """The class names in an Ultralytics export's metadata, or None where `text` is no such document.
+    Exports since 8.3 append it as JSON (`metadata.json`, names keyed by index as strings); earlier ones
+    packed the same dict, written as Python (`str(dict)`), as the TFLite metadata's labels file, where
+    read line by line it made one label of the whole dict. Gaps in the indexes are LABEL_GAP."""
+    text = text.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        try:
+            doc = ast.literal_eval(text)  # literals only: no code runs
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return None
+    got = doc.get("names") if isinstance(doc, dict) else None
+    if isinstance(got, list) and got and len(got) <= MAX_LABELS:
+        return tuple(str(n) for n in got)
+    if not isinstance(got, dict) or not got:
+        return None
+    by_index: dict[int, str] = {}
+    for k, v in got.items():
+        try:
+            i = int(k)
+        except (TypeError, ValueError):
+            return None
+        if not 0 <= i < MAX_LABELS:
+            return None
+        by_index[i] = str(v)
+    return tuple(by_index.get(i, LABEL_GAP) for i in range(max(by_index) + 1))
 
 
 #: Labels a model may have: an index beyond would fill that many gaps ("999999999 person": gigabytes).

@@ -6,6 +6,7 @@ import json
 import math
 import sys
 import types
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,49 @@ def test_an_end_to_end_yolo_layout_gives_the_detectors_own_boxes(tmp_path: Path)
     assert {d.label for d in got} >= {"apple", "banana"}
     assert [(d.label, d.score) for d in got] == [(d.label, pytest.approx(d.score)) for d in want]
     assert [v for d in got for v in d.box] == pytest.approx([v for d in want for v in d.box], abs=0.5)
+
+
+@needs_shared
+def test_an_ultralytics_export_names_its_classes(tmp_path: Path) -> None:
+    """Ultralytics packs its exports' class names in the file: now as `metadata.json` in a zip after the
+    model, before 8.3 as a Python dict written out as the TFLite metadata's labels file (read line by
+    line, that was one label of the whole dict). Either way the detections carry the names with no
+    `model.labels` set. The model is the SSD in the end-to-end layout (above), packed as each version
+    packs its exports."""
+    from edge_agent.modelfile import LABEL_GAP, build_metadata, load_labels, rewrite_model
+
+    coco = load_labels(COCO_LABELS)
+    meta = {"description": "Ultralytics YOLO26n model trained on coco.yaml", "author": "Ultralytics", "stride": 32,
+            "task": "detect", "batch": 1, "imgsz": [300, 300],
+            "names": {i: n for i, n in enumerate(coco) if n != LABEL_GAP}, "args": {"nms": False}}
+    model = _end_to_end(SSD_MODEL.read_bytes())
+    now, before = tmp_path / "now.tflite", tmp_path / "before.tflite"
+    now.write_bytes(model)
+    with zipfile.ZipFile(now, "a", zipfile.ZIP_DEFLATED) as zf:  # as Ultralytics' exporter does it
+        zf.writestr("metadata.json", json.dumps(meta, indent=2))
+    before.write_bytes(rewrite_model(model, metadata=build_metadata("yolo", "8.2.0", str(meta), None, None,
+                                                                    "temp_meta.txt"),
+                                     files={"temp_meta.txt": str(meta).encode()}))
+    img = cv2.imread(str(FRUIT))
+    for path in (now, before):
+        m = load(path, resize="stretch")
+        assert m.labels == coco, path.name
+        assert {"apple", "banana"} <= {d.label for d in m.infer(img).result.detections}, path.name
+
+
+def test_class_names_are_read_only_from_a_document_that_has_them() -> None:
+    """What is not an Ultralytics metadata document (a labels file, a dict without names, an index out of
+    bounds, text that is no literal) gives None, and the file is read as labels are."""
+    from edge_agent.modelfile import MAX_LABELS, class_names
+
+    assert class_names('{"names": {"0": "person", "2": "car"}}') == ("person", "???", "car")
+    assert class_names("{'names': ['cat', 'dog'], 'task': 'detect'}") == ("cat", "dog")
+    assert class_names("person\ncar\n") is None
+    assert class_names('{"task": "detect"}') is None
+    assert class_names(f'{{"names": {{"{MAX_LABELS}": "x"}}}}') is None  # would fill that many gaps
+    assert class_names('{"names": {"-1": "x"}}') is None
+    assert class_names("{__import__('os').system('true')}") is None  # literals only: nothing runs
+    assert class_names("{" * 100_000) is None
 
 
 def test_inspect_and_predict_cli(tmp_path: Path) -> None:
