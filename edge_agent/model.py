@@ -330,7 +330,8 @@ class Model:
             meta = self.file.metadata
             mean = tuple(cfg.mean) if cfg.mean else meta.mean
             std = tuple(cfg.std) if cfg.std else meta.std
-            if mean is None and std is None and self.decoder.input_range is not None:
+            raw = self.inputs[0].dtype == np.uint8  # takes raw pixels (preprocess.build_lut), whatever the range
+            if mean is None and std is None and self.decoder.input_range is not None and not raw:
                 lo, hi = self.decoder.input_range  # real = lo + p * (hi - lo) / 255 = (p - mean) / std
                 std = (255.0 / (hi - lo),)
                 mean = (-lo * std[0],)

@@ -149,8 +149,9 @@ def test_an_end_to_end_yolo_is_told_from_a_raw_head_by_its_row_count() -> None:
 
 
 def test_a_raw_yolo_head_without_labels_is_read_by_its_grid() -> None:
-    """With no labels to count the classes by, a channels-last head with a row per grid cell is v8's
-    (no objectness), and one with three per cell v5's, whatever the layout of its channels."""
+    """With no labels to count the classes by, a channels-last head of COCO's 80 classes (84 or 85 columns)
+    is read as the column count says; any other with a row per grid cell is v8's (no objectness), and one
+    with three per cell v5's."""
     v8 = YoloDecoder([ts("out", 0, (1, 8400, 84))], None, DecodeOptions(0.5), (640, 640))
     assert not v8.objectness
     pred = np.zeros((1, 8400, 84), np.float32)
@@ -160,6 +161,10 @@ def test_a_raw_yolo_head_without_labels_is_read_by_its_grid() -> None:
     assert [(d.label, round(d.score, 2)) for d in r.detections] == [("16", 0.9)]
     assert r.detections[0].box == pytest.approx((288, 288, 352, 352))
     assert YoloDecoder([ts("out", 0, (1, 25200, 85))], None, DecodeOptions(0.5), (640, 640)).objectness
+    # COCO's 80 classes first (YOLOX: one row per cell, with objectness), then the grid
+    assert YoloDecoder([ts("out", 0, (1, 8400, 85))], None, DecodeOptions(0.5), (640, 640)).objectness
+    assert not YoloDecoder([ts("out", 0, (1, 8400, 7))], None, DecodeOptions(0.5), (640, 640)).objectness
+    assert YoloDecoder([ts("out", 0, (1, 25200, 7))], None, DecodeOptions(0.5), (640, 640)).objectness
     # labels that count the classes still decide
     labels = [str(i) for i in range(81)]
     assert not YoloDecoder([ts("out", 0, (1, 25200, 85))], labels, DecodeOptions(), (640, 640)).objectness

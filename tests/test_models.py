@@ -320,6 +320,53 @@ def test_class_names_are_read_only_from_a_document_that_has_them() -> None:
     assert class_names("{" * 100_000) is None
 
 
+def _reshaping_model(size: int, out_shape: tuple[int, ...], int8: bool = False) -> bytes:
+    """A model whose output is its [1, size, size, 3] input reshaped: what it was fed, in the shape of a
+    detector's head. Float, or int8 quantized as Ultralytics quantizes a YOLO's input ([0, 1] in 256 steps)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as s
+
+    model, sg, oc, op, opts = s.ModelT(), s.SubGraphT(), s.OperatorCodeT(), s.OperatorT(), s.ReshapeOptionsT()
+    model.version, model.buffers, model.subgraphs = 3, [s.BufferT()], [sg]
+    oc.builtinCode = oc.deprecatedBuiltinCode = s.BuiltinOperator.RESHAPE
+    model.operatorCodes = [oc]
+    sg.tensors = []
+    for name, shape in (("image", [1, size, size, 3]), ("head", list(out_shape))):
+        t = s.TensorT()
+        t.name, t.shape, t.type, t.buffer = name, shape, s.TensorType.INT8 if int8 else s.TensorType.FLOAT32, 0
+        if int8:
+            t.quantization = s.QuantizationParametersT()
+            t.quantization.scale, t.quantization.zeroPoint = [1 / 255], [-128]
+        sg.tensors.append(t)
+    opts.newShape = list(out_shape)
+    op.opcodeIndex, op.inputs, op.outputs = 0, [0], [1]
+    op.builtinOptionsType, op.builtinOptions = s.BuiltinOptions.ReshapeOptions, opts
+    sg.inputs, sg.outputs, sg.operators = [0], [1], [op]
+    b = flatbuffers.Builder(0)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+@pytest.mark.parametrize(("out_shape", "layout"), [((1, 6, 2048), "yolo"), ((1, 2048, 6), "yolo_end2end")])
+def test_a_float_yolo_is_fed_pixels_over_255(tmp_path: Path, out_shape: tuple[int, ...], layout: str) -> None:
+    """YOLOs are trained on pixels / 255. A float YOLO without normalisation in its file was fed [-1, 1],
+    as other image models are: black as -1, every input shifted and squashed; an int8 one, its input
+    quantized for [0, 1], had the darker half of the pixels all at -128."""
+    path = tmp_path / "yolo.tflite"
+    path.write_bytes(_reshaping_model(64, out_shape))
+    m = load(path)
+    assert m.decoder.layout == layout
+    assert m.pre is not None
+    assert m.pre.lut[:, 0] == pytest.approx(0.0) and m.pre.lut[:, 255] == pytest.approx(1.0)
+    assert m.pre.lut[:, 51] == pytest.approx(0.2)
+    mine = load(path, mean=[127.5], std=[127.5])  # normalisation set in the config still wins
+    assert mine.pre is not None and mine.pre.lut[:, 0] == pytest.approx(-1.0)
+    path.write_bytes(_reshaping_model(64, out_shape, int8=True))  # int8: each pixel its own step, from -128
+    q = load(path)
+    assert q.pre is not None and q.pre.lut is not None
+    assert np.array_equal(q.pre.lut, np.broadcast_to(np.arange(256) - 128, q.pre.lut.shape))
+
+
 def test_inspect_and_predict_cli(tmp_path: Path) -> None:
     r = run_cli("inspect", str(SHORT_INT8))
     assert r.returncode == 0, r.stderr

@@ -26,11 +26,19 @@ def grid_points(height: int, width: int) -> tuple[frozenset[int], frozenset[int]
     return free, frozenset(3 * n for n in free)
 
 
+#: The classes of COCO, which most YOLO files that come without labels were trained on.
+_COCO = 80
+
+
 class YoloDecoder(Decoder):
     """Raw YOLO heads: [1, 4+C, N] (v8 and later, channels first) or [1, N, 5+C] (v5, objectness)."""
 
     task, layout = "detection", "yolo"
     preferred_resize = "letterbox"
+    #: Ultralytics' YOLOs (v5 to 26), YOLOv7 and YOLOv10 are trained on pixels / 255; the [-1, 1] other image
+    #: models take, given to a float YOLO with no normalisation in its file, shifted and squashed every input.
+    #: (YOLOX takes 0-255 as they are: model.mean = [0], model.std = [1].)
+    input_range = (0.0, 1.0)
 
     def __init__(
         self,
@@ -47,7 +55,9 @@ class YoloDecoder(Decoder):
         free, anchored = grid_points(*input_size) if min(input_size) > 0 else (frozenset(), frozenset())
         if n_labels in (cols - 4, cols - 5):
             self.objectness = n_labels == cols - 5
-        elif rows in free or rows in anchored:  # no labels (or not as many as the classes): the grid says
+        elif _COCO in (cols - 4, cols - 5):  # no labels that count the classes: COCO's 80, the usual model
+            self.objectness = cols - 5 == _COCO
+        elif rows in free or rows in anchored:  # else one row per grid cell (v8) or three (v5's anchors)
             self.objectness = rows in anchored
         else:
             self.objectness = not self.channels_first

@@ -28,6 +28,7 @@ class YoloEndToEndDecoder(Decoder):
 
     task, layout = "detection", "yolo_end2end"
     preferred_resize = "letterbox"
+    input_range = (0.0, 1.0)  # pixels / 255, as every YOLO is trained (yolo.YoloDecoder)
 
     def __init__(
         self,
