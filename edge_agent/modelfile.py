@@ -101,6 +101,8 @@ class ModelFile:
     associated_files: tuple[str, ...] = field(default=())
     #: tensor indices of TFLite_Detection_PostProcess outputs (boxes, classes, scores, count)
     detection_op_outputs: tuple[int, ...] | None = None
+    #: a pose model's keypoints and values per keypoint (x, y and maybe visibility), where the file says it
+    keypoint_shape: tuple[int, int] | None = None
     #: bytes of all tensors of all subgraphs at their declared shapes: about what loading allocates
     tensor_bytes: int = 0
 
@@ -153,7 +155,7 @@ def read_model_file(path: Path) -> ModelFile:
             metadata = parse_metadata(meta_buf)
         except (IndexError, struct.error, ValueError, UnicodeDecodeError):
             metadata = Metadata()  # broken metadata is not fatal: the graph itself is fine
-    files, labels = _associated(data, metadata.label_file)
+    files, labels, keypoints = _associated(data, metadata.label_file)
     return ModelFile(
         path=path,
         sha256=hashlib.sha256(data).hexdigest(),
@@ -164,6 +166,7 @@ def read_model_file(path: Path) -> ModelFile:
         labels=labels,
         associated_files=tuple(files),
         detection_op_outputs=det_outputs,
+        keypoint_shape=keypoints,
         tensor_bytes=tensor_bytes,
     )
 
@@ -228,10 +231,12 @@ def _parse_model(data: bytes) -> tuple[list[str], list[str], bytes | None, tuple
     return ops, custom, meta_buf, det_outputs, tensor_bytes
 
 
-def _associated(data: bytes, label_file: str | None) -> tuple[list[str], tuple[str, ...] | None]:
-    """Files packed as a zip after the model (TFLite metadata 'associated files'), and the labels among
-    them: the metadata's labels file, else one named like one, else the class names of an Ultralytics
-    export's own metadata (`metadata.json`)."""
+def _associated(
+    data: bytes, label_file: str | None
+) -> tuple[list[str], tuple[str, ...] | None, tuple[int, int] | None]:
+    """Files packed as a zip after the model (TFLite metadata 'associated files'), the labels among
+    them (the metadata's labels file, else one named like one, else the class names of an Ultralytics
+    export's own metadata, `metadata.json`), and the keypoints a pose model's metadata names."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             names = zf.namelist()
@@ -242,11 +247,11 @@ def _associated(data: bytes, label_file: str | None) -> tuple[list[str], tuple[s
                 raise ModelError(f"labels file {pick} in the model: {zf.getinfo(pick).file_size} bytes "
                                  f"(at most {_MAX_LABELS_BYTES})")
             if pick is None:
-                return names, None
+                return names, None, None
             text = zf.read(pick).decode("utf-8")
-            return names, class_names(text) or parse_labels(text)
+            return names, class_names(text) or parse_labels(text), keypoint_shape(text)
     except (zipfile.BadZipFile, KeyError, UnicodeDecodeError):
-        return [], None
+        return [], None, None
 
 
 #: The file Ultralytics appends to its TFLite exports (as a zip member) with their class names, task and size.
@@ -258,17 +263,8 @@ def class_names(text: str) -> tuple[str, ...] | None:
     Exports since 8.3 append it as JSON (`metadata.json`, names keyed by index as strings); earlier ones
     packed the same dict, written as Python (`str(dict)`), as the TFLite metadata's labels file, where
     read line by line it made one label of the whole dict. Gaps in the indexes are LABEL_GAP."""
-    text = text.strip()
-    if not text.startswith("{"):
-        return None
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        try:
-            doc = ast.literal_eval(text)  # literals only: no code runs
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            return None
-    got = doc.get("names") if isinstance(doc, dict) else None
+    doc = _exporter_doc(text)
+    got = doc.get("names") if doc is not None else None
     if isinstance(got, list) and got and len(got) <= MAX_LABELS:
         return tuple(str(n) for n in got)
     if not isinstance(got, dict) or not got:
@@ -283,6 +279,33 @@ def class_names(text: str) -> tuple[str, ...] | None:
             return None
         by_index[i] = str(v)
     return tuple(by_index.get(i, LABEL_GAP) for i in range(max(by_index) + 1))
+
+
+def keypoint_shape(text: str) -> tuple[int, int] | None:
+    """A pose model's `kpt_shape` in an Ultralytics export's metadata (17 keypoints of x, y and
+    visibility: [17, 3]), or None."""
+    doc = _exporter_doc(text)
+    got = doc.get("kpt_shape") if doc is not None else None
+    if not isinstance(got, (list, tuple)) or len(got) != 2 or not all(type(v) is int for v in got):
+        return None
+    k, d = got
+    return (k, d) if 1 <= k <= 1000 and d in (2, 3) else None
+
+
+def _exporter_doc(text: str) -> dict[Any, Any] | None:
+    """The dict an Ultralytics export's metadata holds: JSON, or before 8.3 the Python dict as `str()`
+    writes it; None for anything else."""
+    text = text.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        try:
+            doc = ast.literal_eval(text)  # literals only: no code runs
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return None
+    return doc if isinstance(doc, dict) else None
 
 
 #: Labels a model may have: an index beyond would fill that many gaps ("999999999 person": gigabytes).

@@ -195,6 +195,45 @@ def test_end_to_end_yolo_rows_are_final_detections() -> None:
     assert [v for d in r2.detections for v in d.box] == pytest.approx([v for d in r.detections for v in d.box])
 
 
+def test_a_yolo_pose_head_gives_each_person_its_keypoints() -> None:
+    """Ultralytics' pose heads: box, a score per class, then each keypoint's x, y (and visibility). Read as
+    classes, the 51 keypoint columns became 51 more "classes" scored by their pixel coordinates."""
+    n = 8400
+    raw = np.zeros((1, 56, n), np.float32)
+    raw[0, :5, 9] = [320, 240, 100, 200, 0.9]  # a person, centre (320, 240), in input pixels
+    raw[0, 5:, 9] = np.tile([300, 180, 0.95], 17)  # every keypoint at (300, 180), visible
+    raw[0, 5 + 3 * 16 : 5 + 3 * 16 + 2, 9] = [340, 330]  # the last (a right ankle) lower down
+    frame = plan_resize(1280, 960, 640, 480, "stretch")
+    for labels in (None, ["person"]):
+        dec = YoloDecoder([ts("out", 0, (1, 56, n))], labels, DecodeOptions(0.5), (480, 640))
+        assert dec.keypoints == (17, 3)
+        (d,) = dec([raw], frame).detections
+        assert d.label == (labels[0] if labels else "0") and d.score == pytest.approx(0.9)
+        assert d.box == pytest.approx((540, 280, 740, 680))
+        assert len(d.keypoints) == 17
+        assert d.keypoints[0] == pytest.approx((600, 360)) and d.keypoints[16] == pytest.approx((680, 660))
+    # what the file says (a tiger's 12 keypoints of x and y), and labels that count COCO's classes wrong
+    tiger = YoloDecoder([ts("out", 0, (1, 4 + 1 + 24, n))], ["tiger"], DecodeOptions(0.5), (480, 640), (12, 2))
+    assert tiger.keypoints == (12, 2) and tiger.classes_end == 5
+    assert YoloDecoder([ts("out", 0, (1, 84, n))], ["x"] * 77, DecodeOptions(), (640, 640)).keypoints is None
+    assert YoloDecoder([ts("out", 0, (1, 84, n))], None, DecodeOptions(), (640, 640)).keypoints is None
+
+
+def test_an_end_to_end_pose_model_gives_its_keypoints() -> None:
+    """YOLO26-pose: [1, 300, 57], the six columns of a detection and then 17 keypoints of three."""
+    assert _layout((1, 300, 57), 640) == "yolo_end2end"
+    assert _layout((1, 300, 7), 640) == "yolo"  # no keypoints fit one column: a raw head of two classes
+    rows = np.zeros((1, 300, 57), np.float32)
+    rows[0, 0, :6] = [0.25, 0.25, 0.5, 0.75, 0.8, 0]
+    rows[0, 0, 6:] = np.tile([0.375, 0.3, 0.9], 17)
+    dec = YoloEndToEndDecoder([ts("out", 0, (1, 300, 57))], ["person"], DecodeOptions(0.5), (640, 640))
+    (d,) = dec([rows], plan_resize(640, 640, 640, 640, "stretch")).detections
+    assert d.label == "person" and d.box == pytest.approx((160, 160, 320, 480))
+    assert [v for p in d.keypoints for v in p] == pytest.approx([240, 192] * 17)
+    declared = YoloEndToEndDecoder([ts("out", 0, (1, 300, 30))], None, DecodeOptions(0.5), (640, 640), (12, 2))
+    assert declared.keypoints == (12, 2)
+
+
 def test_blazeface_anchor_counts() -> None:
     assert len(ssd_anchors(128, [8, 16, 16, 16], 1.0)) == 896
     assert len(ssd_anchors(192, [4], 0.0)) == 2304

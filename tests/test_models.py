@@ -307,8 +307,9 @@ def test_an_ultralytics_export_names_its_classes(tmp_path: Path) -> None:
 
 def test_class_names_are_read_only_from_a_document_that_has_them() -> None:
     """What is not an Ultralytics metadata document (a labels file, a dict without names, an index out of
-    bounds, text that is no literal) gives None, and the file is read as labels are."""
-    from edge_agent.modelfile import MAX_LABELS, class_names
+    bounds, text that is no literal) gives None, and the file is read as labels are; a pose model's
+    keypoints, likewise, only where they are a count and 2 or 3 values each."""
+    from edge_agent.modelfile import MAX_LABELS, class_names, keypoint_shape
 
     assert class_names('{"names": {"0": "person", "2": "car"}}') == ("person", "???", "car")
     assert class_names("{'names': ['cat', 'dog'], 'task': 'detect'}") == ("cat", "dog")
@@ -318,6 +319,10 @@ def test_class_names_are_read_only_from_a_document_that_has_them() -> None:
     assert class_names('{"names": {"-1": "x"}}') is None
     assert class_names("{__import__('os').system('true')}") is None  # literals only: nothing runs
     assert class_names("{" * 100_000) is None
+    assert keypoint_shape('{"task": "pose", "kpt_shape": [17, 3]}') == (17, 3)
+    assert keypoint_shape("{'kpt_shape': [12, 2]}") == (12, 2)
+    for bad in ('{"kpt_shape": [17, 4]}', '{"kpt_shape": [0, 3]}', '{"kpt_shape": ["17", 3]}', '{"names": {}}'):
+        assert keypoint_shape(bad) is None, bad
 
 
 def _reshaping_model(size: int, out_shape: tuple[int, ...], int8: bool = False) -> bytes:

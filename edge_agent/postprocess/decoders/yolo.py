@@ -28,6 +28,28 @@ def grid_points(height: int, width: int) -> tuple[frozenset[int], frozenset[int]
 
 #: The classes of COCO, which most YOLO files that come without labels were trained on.
 _COCO = 80
+#: COCO's body keypoints, of x, y and visibility: what a pose model without metadata most likely has.
+_COCO_POSE = (17, 3)
+
+
+def pose_shape(
+    extra: int, n_labels: int | None, declared: tuple[int, int] | None
+) -> tuple[int, int] | None:
+    """The keypoints (count, values each) in the `extra` columns a YOLO head has beside its box and score
+    columns (4 + classes, or 6 end-to-end), or None for a plain detector. The file's own word (an
+    Ultralytics pose export's `kpt_shape`) first; else what labels leave over, in threes (x, y,
+    visibility), past one column per class, where COCO's 80 classes do not explain them (labels that
+    miscount those would make a pose model of a plain detector); else, with no labels, the one person
+    class and COCO's 17 keypoints where the columns are exactly those. Anything else is read as
+    classes, as before."""
+    if declared is not None:
+        k, d = declared
+        return declared if 0 < k * d < extra else None
+    if n_labels:
+        rest = extra - n_labels
+        return (rest // 3, 3) if rest > 0 and rest % 3 == 0 and _COCO not in (extra, extra - 1) else None
+    k, d = _COCO_POSE
+    return _COCO_POSE if extra == 1 + k * d else None
 
 
 class YoloDecoder(Decoder):
@@ -46,6 +68,7 @@ class YoloDecoder(Decoder):
         labels: Sequence[str] | None,
         opts: DecodeOptions,
         input_size: tuple[int, int],
+        keypoints: tuple[int, int] | None = None,
     ):
         super().__init__(outputs, labels, opts)
         _, a, b = self.specs[0].shape
@@ -53,7 +76,12 @@ class YoloDecoder(Decoder):
         cols, rows = (a, b) if self.channels_first else (b, a)
         n_labels = len(labels) if labels else None
         free, anchored = grid_points(*input_size) if min(input_size) > 0 else (frozenset(), frozenset())
-        if n_labels in (cols - 4, cols - 5):
+        #: a pose head (v8 and later: box, a score per class, then each keypoint's values)
+        self.keypoints = pose_shape(cols - 4, n_labels, keypoints)
+        self.classes_end = cols - (self.keypoints[0] * self.keypoints[1] if self.keypoints else 0)
+        if self.keypoints is not None:
+            self.objectness = False
+        elif n_labels in (cols - 4, cols - 5):
             self.objectness = n_labels == cols - 5
         elif _COCO in (cols - 4, cols - 5):  # no labels that count the classes: COCO's 80, the usual model
             self.objectness = cols - 5 == _COCO
@@ -65,7 +93,7 @@ class YoloDecoder(Decoder):
 
     @classmethod
     def create(cls, io: ModelIO, labels: Sequence[str] | None, opts: DecodeOptions) -> Decoder:
-        return cls(io.outputs, labels, opts, io.image_size)
+        return cls(io.outputs, labels, opts, io.image_size, io.file.keypoint_shape)
 
     @classmethod
     def matches(cls, io: ModelIO) -> bool:
@@ -83,7 +111,7 @@ class YoloDecoder(Decoder):
         if self.objectness:
             cls_scores = pred[:, 5:] * pred[:, 4:5]
         else:
-            cls_scores = pred[:, 4:]
+            cls_scores = pred[:, 4 : self.classes_end]
         cls = np.argmax(cls_scores, axis=1)
         scores = cls_scores[np.arange(len(cls)), cls]
         keep = scores >= self.opts.score_threshold
@@ -96,10 +124,28 @@ class YoloDecoder(Decoder):
         # class-aware NMS in one pass: shift each class to its own region
         shifted = xyxy + cls[:, None].astype(np.float32) * 4.0
         kept = nms(shifted, scores, self.opts.iou_threshold, self.opts.max_detections)
+        points = keypoints_of(pred[keep][:, self.classes_end :], self.keypoints, self.input_w, self.input_h)
         return Result(
             task="detection",
             detections=tuple(
-                make_detection(label_for(self.labels, int(cls[i])), int(cls[i]), float(scores[i]), xyxy[i], rs)
+                make_detection(label_for(self.labels, int(cls[i])), int(cls[i]), float(scores[i]), xyxy[i], rs,
+                               None if points is None else points[i])
                 for i in kept
             ),
         )
+
+
+def keypoints_of(
+    values: np.ndarray, shape: tuple[int, int] | None, input_w: int, input_h: int
+) -> np.ndarray | None:
+    """[N, K, 2] keypoints (x, y, normalised to the input) from a pose head's [N, K * D] columns, or None
+    for a plain detector. The visibility (D = 3) is not kept: a keypoint's place in the list says which
+    it is, and one the model thinks hidden is still its best guess of where. Pixels of the input, as
+    some exports give them, are told from normalised ones as boxes are."""
+    if shape is None:
+        return None
+    k, d = shape
+    xy = values[:, : k * d].reshape(-1, k, d)[:, :, :2].astype(np.float32)
+    if xy.size and float(np.max(np.abs(xy))) > 2.0:
+        xy = np.divide(xy, [input_w, input_h], dtype=np.float32)
+    return xy

@@ -1,4 +1,5 @@
-"""End-to-end YOLO detectors: one `[1, N, 6]` tensor of finished detections (x1, y1, x2, y2, score, class).
+"""End-to-end YOLO detectors: one `[1, N, 6]` tensor of finished detections (x1, y1, x2, y2, score, class),
+with a pose model's keypoints after those six.
 
 YOLOv10 and YOLO26 are trained to give one box per object and export that way by default; a YOLOv8
 or YOLO11 exported with `nms=True` ends in the same tensor, its NMS inside the model. N is the
@@ -18,13 +19,25 @@ import numpy as np
 
 from edge_agent.modelfile import TensorSpec
 from edge_agent.postprocess.decoders.base import DecodeOptions, Decoder, ModelIO, label_for, make_detection
-from edge_agent.postprocess.decoders.yolo import grid_points
+from edge_agent.postprocess.decoders.yolo import grid_points, keypoints_of
 from edge_agent.preprocess import Resize
 from edge_agent.results import Result
 
+#: A pose model's rows carry its keypoints after the six: COCO's 17 of x, y and visibility unless its
+#: metadata says otherwise (YOLO26-pose: [1, 300, 57]).
+_COCO_POSE = (17, 3)
+
+
+def _keypoints(cols: int, declared: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The keypoints in a row of `cols` columns: none for 6, the file's `kpt_shape` where it fits the
+    rest, else COCO's 17 where the rest is 51; a row of any other width is no end-to-end model's."""
+    shape = declared or _COCO_POSE
+    return shape if cols > 6 and cols - 6 == shape[0] * shape[1] else None
+
 
 class YoloEndToEndDecoder(Decoder):
-    """`[1, N, 6]`: corners (input pixels or normalised), score, class index; already one box per object."""
+    """`[1, N, 6 (+ K * D)]`: corners (input pixels or normalised), score, class index (and a pose model's
+    keypoints); already one box per object."""
 
     task, layout = "detection", "yolo_end2end"
     preferred_resize = "letterbox"
@@ -36,13 +49,16 @@ class YoloEndToEndDecoder(Decoder):
         labels: Sequence[str] | None,
         opts: DecodeOptions,
         input_size: tuple[int, int],
+        keypoints: tuple[int, int] | None = None,
     ):
         super().__init__(outputs, labels, opts)
         self.input_h, self.input_w = input_size
+        self.cols = int(self.specs[0].shape[-1])
+        self.keypoints = _keypoints(self.cols, keypoints)
 
     @classmethod
     def create(cls, io: ModelIO, labels: Sequence[str] | None, opts: DecodeOptions) -> Decoder:
-        return cls(io.outputs, labels, opts, io.image_size)
+        return cls(io.outputs, labels, opts, io.image_size, io.file.keypoint_shape)
 
     @classmethod
     def matches(cls, io: ModelIO) -> bool:
@@ -50,13 +66,15 @@ class YoloEndToEndDecoder(Decoder):
             return False
         _, rows, cols = io.outputs[0].shape
         h, w = io.image_size
-        if cols != 6 or rows < 1 or min(h, w) <= 0:
+        if rows < 1 or min(h, w) <= 0:
+            return False
+        if cols != 6 and _keypoints(cols, io.file.keypoint_shape) is None:
             return False
         free, anchored = grid_points(h, w)
         return rows not in free and rows not in anchored
 
     def __call__(self, outs: Sequence[np.ndarray], rs: Resize) -> Result:
-        pred = np.asarray(outs[0]).reshape(-1, 6)
+        pred = np.asarray(outs[0]).reshape(-1, self.cols)
         scores = pred[:, 4]
         keep = (scores >= self.opts.score_threshold) & (pred[:, 5] > -0.5)  # padding rows may say class -1
         if not keep.any():
@@ -67,10 +85,11 @@ class YoloEndToEndDecoder(Decoder):
         if float(np.max(np.abs(boxes))) > 2.0:  # pixel units of the input
             boxes = np.divide(boxes, [self.input_w, self.input_h, self.input_w, self.input_h], dtype=np.float32)
         classes = np.rint(found[:, 5]).astype(np.int64).tolist()  # a float column: 16.999 is class 17
+        points = keypoints_of(found[:, 6:], self.keypoints, self.input_w, self.input_h)
         return Result(
             task="detection",
             detections=tuple(
-                make_detection(label_for(self.labels, c), c, float(s), b, rs)
-                for b, s, c in zip(boxes, found[:, 4].tolist(), classes, strict=True)
+                make_detection(label_for(self.labels, c), c, float(s), b, rs, None if points is None else points[i])
+                for i, (b, s, c) in enumerate(zip(boxes, found[:, 4].tolist(), classes, strict=True))
             ),
         )
