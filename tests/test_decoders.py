@@ -234,6 +234,34 @@ def test_an_end_to_end_pose_model_gives_its_keypoints() -> None:
     assert declared.keypoints == (12, 2)
 
 
+def test_a_yolo_segmentation_model_gives_its_boxes() -> None:
+    """Ultralytics' segmentation models: the detection head, its rows ending in 32 mask coefficients, and
+    a second output of mask prototypes. They were read as raw numbers (1.8 million a frame); now as the
+    detector they also are, the coefficients not taken for classes. The masks are not made."""
+    head, protos = ts("output0", 0, (1, 116, 8400)), ts("output1", 1, (1, 160, 160, 32))
+    for outputs in ([head, protos], [protos, head], [head, ts("output1", 1, (1, 32, 160, 160))]):
+        io = ModelIO(ModelFile.__new__(ModelFile), [ts("in", 0, (1, 640, 640, 3))], outputs)
+        assert next(d for d in DECODERS if d.matches(io)).layout == "yolo"
+    dec = YoloDecoder([protos, head], None, DecodeOptions(0.5), (640, 640))
+    assert dec.head == 1 and dec.classes_end == 84 and not dec.objectness and dec.keypoints is None
+    pred = np.zeros((1, 116, 8400), np.float32)
+    pred[0, :4, 3] = [320, 320, 64, 128]
+    pred[0, 4 + 2, 3] = 0.7  # a car
+    pred[0, 84:, 3] = 5.0  # its mask coefficients, larger than any score
+    (d,) = dec([np.zeros((1, 160, 160, 32), np.float32), pred], plan_resize(640, 640, 640, 640, "stretch")).detections
+    assert d.label == "2" and d.score == pytest.approx(0.7) and d.box == pytest.approx((288, 256, 352, 384))
+    # YOLO26-seg, end to end: six columns and the 32 coefficients
+    e2e = [ts("output0", 0, (1, 300, 38)), protos]
+    io = ModelIO(ModelFile.__new__(ModelFile), [ts("in", 0, (1, 640, 640, 3))], e2e)
+    assert next(d for d in DECODERS if d.matches(io)).layout == "yolo_end2end"
+    rows = np.zeros((1, 300, 38), np.float32)
+    rows[0, 0, :6] = [0.1, 0.1, 0.3, 0.5, 0.9, 7]
+    rows[0, 0, 6:] = 3.0
+    dec2 = YoloEndToEndDecoder(e2e, None, DecodeOptions(0.5), (640, 640))
+    (d2,) = dec2([rows, np.zeros((1, 160, 160, 32), np.float32)], plan_resize(640, 640, 640, 640, "stretch")).detections
+    assert d2.label == "7" and d2.score == pytest.approx(0.9) and not d2.keypoints
+
+
 def test_blazeface_anchor_counts() -> None:
     assert len(ssd_anchors(128, [8, 16, 16, 16], 1.0)) == 896
     assert len(ssd_anchors(192, [4], 0.0)) == 2304

@@ -52,6 +52,23 @@ def pose_shape(
     return _COCO_POSE if extra == 1 + k * d else None
 
 
+def head_and_masks(outputs: Sequence[TensorSpec]) -> tuple[int, int] | None:
+    """Which output is a YOLO's head, and how many mask coefficients its rows end in: (index, 0) for one
+    3-D output; for a segmentation model's two (the head, and its [1, H, W, M] mask prototypes, in either
+    order), the head's index and M. None for anything else. The masks themselves are not made: a box,
+    its class and score are what zones, tracks and events use, and each row's M coefficients would
+    otherwise be read as M more classes."""
+    dims = [len(s.shape) for s in outputs]
+    if dims == [3]:
+        return 0, 0
+    if sorted(dims) != [3, 4]:
+        return None
+    head = dims.index(3)
+    protos = outputs[1 - head].shape
+    m = min(protos[1:])  # NHWC after conversion ([1, 160, 160, 32]); NCHW where it was kept
+    return head, int(m)
+
+
 class YoloDecoder(Decoder):
     """Raw YOLO heads: [1, 4+C, N] (v8 and later, channels first) or [1, N, 5+C] (v5, objectness)."""
 
@@ -71,15 +88,16 @@ class YoloDecoder(Decoder):
         keypoints: tuple[int, int] | None = None,
     ):
         super().__init__(outputs, labels, opts)
-        _, a, b = self.specs[0].shape
+        self.head, masks = head_and_masks(self.specs) or (0, 0)
+        _, a, b = self.specs[self.head].shape
         self.channels_first = a < b
         cols, rows = (a, b) if self.channels_first else (b, a)
         n_labels = len(labels) if labels else None
         free, anchored = grid_points(*input_size) if min(input_size) > 0 else (frozenset(), frozenset())
         #: a pose head (v8 and later: box, a score per class, then each keypoint's values)
-        self.keypoints = pose_shape(cols - 4, n_labels, keypoints)
-        self.classes_end = cols - (self.keypoints[0] * self.keypoints[1] if self.keypoints else 0)
-        if self.keypoints is not None:
+        self.keypoints = None if masks else pose_shape(cols - 4, n_labels, keypoints)
+        self.classes_end = cols - masks - (self.keypoints[0] * self.keypoints[1] if self.keypoints else 0)
+        if self.keypoints is not None or masks:
             self.objectness = False
         elif n_labels in (cols - 4, cols - 5):
             self.objectness = n_labels == cols - 5
@@ -97,14 +115,15 @@ class YoloDecoder(Decoder):
 
     @classmethod
     def matches(cls, io: ModelIO) -> bool:
-        outputs = io.outputs
-        if len(outputs) != 1 or len(outputs[0].shape) != 3:
+        found = head_and_masks(io.outputs)
+        if found is None:
             return False
-        _, a, b = outputs[0].shape
-        return min(a, b) >= 5 and max(a, b) >= 4 * min(a, b)
+        head, masks = found
+        _, a, b = io.outputs[head].shape
+        return min(a, b) >= 5 + masks and max(a, b) >= 4 * min(a, b)
 
     def __call__(self, outs: Sequence[np.ndarray], rs: Resize) -> Result:
-        pred = outs[0][0]
+        pred = outs[self.head][0]
         if self.channels_first:
             pred = pred.T
         boxes = pred[:, :4].astype(np.float32)

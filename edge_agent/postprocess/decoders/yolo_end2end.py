@@ -19,7 +19,7 @@ import numpy as np
 
 from edge_agent.modelfile import TensorSpec
 from edge_agent.postprocess.decoders.base import DecodeOptions, Decoder, ModelIO, label_for, make_detection
-from edge_agent.postprocess.decoders.yolo import grid_points, keypoints_of
+from edge_agent.postprocess.decoders.yolo import grid_points, head_and_masks, keypoints_of
 from edge_agent.preprocess import Resize
 from edge_agent.results import Result
 
@@ -53,8 +53,9 @@ class YoloEndToEndDecoder(Decoder):
     ):
         super().__init__(outputs, labels, opts)
         self.input_h, self.input_w = input_size
-        self.cols = int(self.specs[0].shape[-1])
-        self.keypoints = _keypoints(self.cols, keypoints)
+        self.head, masks = head_and_masks(self.specs) or (0, 0)
+        self.cols = int(self.specs[self.head].shape[-1])
+        self.keypoints = None if masks else _keypoints(self.cols, keypoints)
 
     @classmethod
     def create(cls, io: ModelIO, labels: Sequence[str] | None, opts: DecodeOptions) -> Decoder:
@@ -62,19 +63,24 @@ class YoloEndToEndDecoder(Decoder):
 
     @classmethod
     def matches(cls, io: ModelIO) -> bool:
-        if len(io.outputs) != 1 or len(io.outputs[0].shape) != 3:
+        found = head_and_masks(io.outputs)
+        if found is None:
             return False
-        _, rows, cols = io.outputs[0].shape
+        head, masks = found
+        _, rows, cols = io.outputs[head].shape
         h, w = io.image_size
         if rows < 1 or min(h, w) <= 0:
             return False
-        if cols != 6 and _keypoints(cols, io.file.keypoint_shape) is None:
+        if masks:  # a segmentation model's rows end in its mask coefficients (YOLO26-seg: [1, 300, 38])
+            if cols != 6 + masks:
+                return False
+        elif cols != 6 and _keypoints(cols, io.file.keypoint_shape) is None:
             return False
         free, anchored = grid_points(h, w)
         return rows not in free and rows not in anchored
 
     def __call__(self, outs: Sequence[np.ndarray], rs: Resize) -> Result:
-        pred = np.asarray(outs[0]).reshape(-1, self.cols)
+        pred = np.asarray(outs[self.head]).reshape(-1, self.cols)
         scores = pred[:, 4]
         keep = (scores >= self.opts.score_threshold) & (pred[:, 5] > -0.5)  # padding rows may say class -1
         if not keep.any():
