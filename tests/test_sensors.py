@@ -216,7 +216,15 @@ class Pty:
                 threading.Event().wait(10 / rate)
 
     def close(self) -> None:
+        """The device goes away, and its name first (udev removes a /dev/serial/by-id link at unplug). Left
+        pointing at the closed terminal's number, the name could lead a reopen to that number given to
+        another test's terminal meanwhile (pytest-xdist runs two at once): it read that test's bytes."""
+        if self.master < 0:
+            return
+        if self.link.is_symlink() and os.readlink(self.link) == self.slave_name:
+            self.link.unlink()
         os.close(self.master)
+        self.master = -1
 
 
 class Recorder(TopicRecorder):
@@ -275,9 +283,8 @@ def test_serial_port_through_the_agent_with_device_loss_and_return(  # type: ign
         assert rec.source()["dropped_samples"] == 1
         assert rec.source()["channels"] == ["acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z"]
 
-        pty.close()  # the device goes away
+        pty.close()  # the device goes away, and its name with it
         wait_until(lambda: rec.source().get("state") in ("reconnecting", "opening"), 10, what="the loss noticed")
-        link.unlink()
         threading.Event().wait(1.5)  # a reopen attempt or two finds nothing
         pty = Pty(link)  # ... and comes back under the same name
         wait_until(
@@ -293,7 +300,7 @@ def test_serial_port_through_the_agent_with_device_loss_and_return(  # type: ign
         assert src["gaps"] >= 1 and src["reopens"] == 1
     finally:
         rec.close()
-        pty.close() if pty.master else None
+        pty.close()
 
 
 # --- IIO ---------------------------------------------------------------------------------------------
