@@ -247,6 +247,14 @@ class ModelConfig(_Strict):
     )
     top_k: int = Field(5, ge=1, le=1000, description="Classes reported per classification.")
     max_detections: int = Field(100, ge=1, le=10000, description="Detections reported per frame.")
+    raw_max_values: int = Field(
+        4096,
+        ge=0,
+        le=1 << 24,
+        description="A raw output (a model no decoder reads: a segmentation map, a depth map, features) with more "
+        "values than this is published as its shape, min, max and mean, not value by value: a 512x512x3 map is "
+        "15 MB of JSON a frame. 0: never the values.",
+    )
     change_threshold: float = Field(
         0.0,
         ge=0,

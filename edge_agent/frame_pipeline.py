@@ -37,9 +37,8 @@ from edge_agent.engine import EngineClosed
 from edge_agent.fanout import FanOut, Route
 from edge_agent.gate import ChangeGate
 from edge_agent.handoff import LatestSlot
-from edge_agent.model import Inference, Model, RawInference
+from edge_agent.model import Inference, Model, RawInference, decode_options
 from edge_agent.payload import prediction
-from edge_agent.postprocess.decoders import DecodeOptions
 from edge_agent.scene import SceneOutput, SceneStage, labels_problem
 from edge_agent.sinks.base import Message
 from edge_agent.sources import Frame, make_source
@@ -235,7 +234,7 @@ class FramePipeline:
         self.view, self.settings = view, view.settings
         m, model = view.settings.model, self.get_model()
         if model is not None:
-            model.decoder.opts = DecodeOptions(m.score_threshold, m.iou_threshold, m.top_k, m.max_detections)
+            model.decoder.opts = decode_options(m)
         if any(k.startswith("source.") for k in changed):
             self.capture.cfg = view.settings.source
             if any(k in (f"source.{r}" for r in _REOPEN_KEYS) for k in changed):

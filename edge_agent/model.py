@@ -275,6 +275,11 @@ def misnamed_features(settings: Settings, models: Sequence[Model]) -> list[str]:
     return out
 
 
+
+def decode_options(m: ModelConfig) -> DecodeOptions:
+    """The decoder's settings from the model's: at load, and again where a reload changes them."""
+    return DecodeOptions(m.score_threshold, m.iou_threshold, m.top_k, m.max_detections, m.raw_max_values)
+
 class Model:
     def __init__(
         self,
@@ -304,7 +309,7 @@ class Model:
         self.hints = signal_hints(path) if signal else SignalHints()
         self.name = cfg.name or self.file.name
         self.version = cfg.version or self.file.metadata.version
-        opts = DecodeOptions(cfg.score_threshold, cfg.iou_threshold, cfg.top_k, cfg.max_detections)
+        opts = decode_options(cfg)
 
         from edge_agent.runtime.cpu import InterpreterBackend
 

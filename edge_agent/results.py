@@ -43,8 +43,14 @@ class RawOutput:
     name: str
     shape: tuple[int, ...]
     values: list[float]
+    #: (min, max, mean) in place of the values, of an output too large to publish value by value
+    summary: tuple[float | None, float | None, float | None] | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        if self.summary is not None:
+            lo, hi, mean = self.summary
+            return {"name": self.name, "shape": list(self.shape), "values_omitted": True, "min": lo, "max": hi,
+                    "mean": mean}
         return {"name": self.name, "shape": list(self.shape), "values": self.values}
 
 

@@ -25,9 +25,8 @@ from edge_agent.engine import EngineClosed
 from edge_agent.events import Event, EventDetector
 from edge_agent.fanout import FanOut, Route
 from edge_agent.features import FRAME_FRONTENDS, WINDOW_TRANSFORMS, FrameFrontend
-from edge_agent.model import Model, RawInference
+from edge_agent.model import Model, RawInference, decode_options
 from edge_agent.payload import window_prediction
-from edge_agent.postprocess.decoders import DecodeOptions
 from edge_agent.resample import Resampler
 from edge_agent.scene import labels_problem
 from edge_agent.signals import AUDIO_KINDS, Chunk, EndOfStream, SignalSource, SourceError, signal_kind
@@ -363,7 +362,7 @@ class SignalPipeline:
         self.settings = view.settings
         m, model = view.settings.model, self.get_model()
         if model is not None:
-            model.decoder.opts = DecodeOptions(m.score_threshold, m.iou_threshold, m.top_k, m.max_detections)
+            model.decoder.opts = decode_options(m)
 
     def source_info(self) -> dict[str, Any]:
         """Sample rate achieved, gaps and dropped samples: what a sensor user needs to trust the windows."""

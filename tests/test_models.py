@@ -372,6 +372,22 @@ def test_a_float_yolo_is_fed_pixels_over_255(tmp_path: Path, out_shape: tuple[in
     assert np.array_equal(q.pre.lut, np.broadcast_to(np.arange(256) - 128, q.pre.lut.shape))
 
 
+def test_a_raw_output_too_large_to_publish_is_summarised(tmp_path: Path) -> None:
+    """A model no decoder reads may give a map of megabytes: a 512x512x3 one was 15 MB of JSON a frame.
+    Past `model.raw_max_values` its min, max and mean go out instead, from the real output."""
+    path = tmp_path / "map.tflite"
+    path.write_bytes(_reshaping_model(64, (1, 64, 64, 3)))
+    frame = np.full((64, 64, 3), 255, np.uint8)
+    frame[:, :32] = 0  # half black (-1 after normalisation), half white (+1)
+    (out,) = load(path).infer(frame).result.outputs
+    doc = out.as_dict()
+    assert doc == {"name": "head", "shape": [1, 64, 64, 3], "values_omitted": True, "min": -1.0, "max": 1.0,
+                   "mean": pytest.approx(0.0, abs=1e-6)}
+    json.dumps(doc, allow_nan=False)
+    (whole,) = load(path, raw_max_values=64 * 64 * 3).infer(frame).result.outputs
+    assert whole.summary is None and len(whole.values) == 64 * 64 * 3 and sorted(set(whole.values)) == [-1.0, 1.0]
+
+
 def test_inspect_and_predict_cli(tmp_path: Path) -> None:
     r = run_cli("inspect", str(SHORT_INT8))
     assert r.returncode == 0, r.stderr

@@ -20,6 +20,8 @@ class DecodeOptions:
     iou_threshold: float = 0.45
     top_k: int = 5
     max_detections: int = 100
+    #: a raw output larger than this is summarised (RawDecoder)
+    raw_max_values: int = 4096
 
 
 @dataclass(frozen=True)
