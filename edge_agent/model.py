@@ -336,12 +336,13 @@ class Model:
             mean = tuple(cfg.mean) if cfg.mean else meta.mean
             std = tuple(cfg.std) if cfg.std else meta.std
             raw = self.inputs[0].dtype == np.uint8  # takes raw pixels (preprocess.build_lut), whatever the range
-            if mean is None and std is None and self.decoder.input_range is not None and not raw:
-                lo, hi = self.decoder.input_range  # real = lo + p * (hi - lo) / 255 = (p - mean) / std
+            span = self.file.input_range or self.decoder.input_range  # the file's exporter knows best
+            if mean is None and std is None and span is not None and not raw:
+                lo, hi = span  # real = lo + p * (hi - lo) / 255 = (p - mean) / std
                 std = (255.0 / (hi - lo),)
                 mean = (-lo * std[0],)
             try:
-                self.pre = Preprocessor(self.inputs[0], mode, mean, std)  # type: ignore[arg-type]
+                self.pre = Preprocessor(self.inputs[0], mode, mean, std, self.decoder.letterbox_fill)  # type: ignore[arg-type]
             except ValueError as err:
                 raise ModelError(f"{path}: {err}") from None
             self.resize_mode = mode

@@ -103,6 +103,9 @@ class ModelFile:
     detection_op_outputs: tuple[int, ...] | None = None
     #: a pose model's keypoints and values per keypoint (x, y and maybe visibility), where the file says it
     keypoint_shape: tuple[int, int] | None = None
+    #: the range the pixels go in as, where the file's exporter fixes one and its metadata gives no
+    #: normalisation: (0, 1) for every Ultralytics model (detector, classifier, pose, segmentation)
+    input_range: tuple[float, float] | None = None
     #: bytes of all tensors of all subgraphs at their declared shapes: about what loading allocates
     tensor_bytes: int = 0
 
@@ -155,7 +158,7 @@ def read_model_file(path: Path) -> ModelFile:
             metadata = parse_metadata(meta_buf)
         except (IndexError, struct.error, ValueError, UnicodeDecodeError):
             metadata = Metadata()  # broken metadata is not fatal: the graph itself is fine
-    files, labels, keypoints = _associated(data, metadata.label_file)
+    files, labels, keypoints, exporter = _associated(data, metadata.label_file)
     return ModelFile(
         path=path,
         sha256=hashlib.sha256(data).hexdigest(),
@@ -167,6 +170,7 @@ def read_model_file(path: Path) -> ModelFile:
         associated_files=tuple(files),
         detection_op_outputs=det_outputs,
         keypoint_shape=keypoints,
+        input_range=(0.0, 1.0) if exporter == "ultralytics" else None,
         tensor_bytes=tensor_bytes,
     )
 
@@ -233,10 +237,11 @@ def _parse_model(data: bytes) -> tuple[list[str], list[str], bytes | None, tuple
 
 def _associated(
     data: bytes, label_file: str | None
-) -> tuple[list[str], tuple[str, ...] | None, tuple[int, int] | None]:
+) -> tuple[list[str], tuple[str, ...] | None, tuple[int, int] | None, str | None]:
     """Files packed as a zip after the model (TFLite metadata 'associated files'), the labels among
     them (the metadata's labels file, else one named like one, else the class names of an Ultralytics
-    export's own metadata, `metadata.json`), and the keypoints a pose model's metadata names."""
+    export's own metadata, `metadata.json`), the keypoints a pose model's metadata names, and
+    "ultralytics" where that metadata is there."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             names = zf.namelist()
@@ -247,11 +252,17 @@ def _associated(
                 raise ModelError(f"labels file {pick} in the model: {zf.getinfo(pick).file_size} bytes "
                                  f"(at most {_MAX_LABELS_BYTES})")
             if pick is None:
-                return names, None, None
+                return names, None, None, None
             text = zf.read(pick).decode("utf-8")
-            return names, class_names(text) or parse_labels(text), keypoint_shape(text)
+            exporter = "ultralytics" if _by_ultralytics(_exporter_doc(text)) else None
+            return names, class_names(text) or parse_labels(text), keypoint_shape(text), exporter
     except (zipfile.BadZipFile, KeyError, UnicodeDecodeError):
-        return [], None, None
+        return [], None, None, None
+
+
+def _by_ultralytics(doc: dict[Any, Any] | None) -> bool:
+    """Ultralytics' exporter signs its metadata as the author, with the task and the input size."""
+    return doc is not None and doc.get("author") == "Ultralytics" and "task" in doc and "imgsz" in doc
 
 
 #: The file Ultralytics appends to its TFLite exports (as a zip member) with their class names, task and size.

@@ -101,14 +101,21 @@ class Preprocessor:
     """Writes one frame into a model input tensor; reuses its buffers while the frame size holds."""
 
     def __init__(
-        self, spec: TensorSpec, mode: ResizeMode, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+        self,
+        spec: TensorSpec,
+        mode: ResizeMode,
+        mean: tuple[float, ...] | None,
+        std: tuple[float, ...] | None,
+        fill: int = 0,
     ):
+        """`fill`: the grey (0-255) a letterbox's bars are, as the model was trained with them."""
         self.spec = spec
         self.mode = mode
         self.h, self.w, self.c, self.channels_first = input_layout(spec)
         self.lut = build_lut(spec, mean, std, self.c)
         self._plan: Resize | None = None
-        self._canvas = np.zeros((self.h, self.w, self.c), np.uint8)
+        self._fill = fill
+        self._canvas = np.full((self.h, self.w, self.c), fill, np.uint8)
         self._resized = np.empty(0, np.uint8)
         # Apply the table the cheap way: cv2.LUT for 1-byte inputs, a multiply-add for floats.
         self._lut8: np.ndarray | None = None
@@ -140,7 +147,7 @@ class Preprocessor:
         if plan is None or plan.frame_w != frame_w or plan.frame_h != frame_h:
             plan = plan_resize(frame_w, frame_h, self.w, self.h, self.mode)
             self._plan = plan
-            self._canvas.fill(0)
+            self._canvas.fill(self._fill)
             shape = (plan.new_h, plan.new_w, 3)
             self._resized = np.empty(shape, np.uint8)
             self._staging = np.empty((self.h, self.w, self.c), self.spec.dtype)

@@ -388,6 +388,35 @@ def test_a_raw_output_too_large_to_publish_is_summarised(tmp_path: Path) -> None
     assert whole.summary is None and len(whole.values) == 64 * 64 * 3 and sorted(set(whole.values)) == [-1.0, 1.0]
 
 
+def test_a_yolo_letterbox_is_padded_with_ultralytics_grey(tmp_path: Path) -> None:
+    """Ultralytics pads its letterbox with grey 114, in training and in its own inference; black bars are
+    an edge the model never saw there."""
+    path = tmp_path / "yolo.tflite"
+    path.write_bytes(_reshaping_model(64, (1, 6, 2048)))
+    m = load(path)
+    assert m.pre is not None and m.resize_mode == "letterbox"
+    out = np.zeros((1, 64, 64, 3), np.float32)
+    m.pre(np.zeros((32, 64, 3), np.uint8), out)  # a black frame twice as wide as high: bars above and below
+    assert out[0, 0] == pytest.approx(114 / 255) and out[0, 63] == pytest.approx(114 / 255)
+    assert out[0, 32] == pytest.approx(0.0)
+
+
+def test_an_ultralytics_classifier_is_fed_pixels_over_255(tmp_path: Path) -> None:
+    """Every Ultralytics model takes pixels / 255, its classifiers too, where a classifier from elsewhere
+    (Keras' MobileNets) takes [-1, 1]. The exporter's metadata in the file says which it is."""
+    plain, signed = tmp_path / "plain.tflite", tmp_path / "yolo11n-cls.tflite"
+    plain.write_bytes(_reshaping_model(64, (1, 64 * 64 * 3)))
+    signed.write_bytes(plain.read_bytes())
+    with zipfile.ZipFile(signed, "a", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("metadata.json", json.dumps({"author": "Ultralytics", "task": "classify", "imgsz": [64, 64],
+                                                 "names": {str(i): f"c{i}" for i in range(64 * 64 * 3)}}))
+    m, other = load(signed), load(plain)
+    assert m.decoder.layout == other.decoder.layout == "classification"
+    assert m.pre is not None and other.pre is not None
+    assert m.pre.lut[:, 0] == pytest.approx(0.0) and m.pre.lut[:, 255] == pytest.approx(1.0)
+    assert other.pre.lut[:, 0] == pytest.approx(-1.0)
+
+
 def test_inspect_and_predict_cli(tmp_path: Path) -> None:
     r = run_cli("inspect", str(SHORT_INT8))
     assert r.returncode == 0, r.stderr

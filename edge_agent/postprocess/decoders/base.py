@@ -95,6 +95,8 @@ class Decoder(abc.ABC):
     #: pixel range the layout's models take as input, where its files carry no normalisation metadata
     #: (None: [-1, 1], the usual for image models)
     input_range: tuple[float, float] | None = None
+    #: grey of the bars a letterbox adds, as the layout's models were trained (0: black)
+    letterbox_fill = 0
 
     def __init__(self, outputs: Sequence[TensorSpec], labels: Sequence[str] | None, opts: DecodeOptions):
         self.specs = list(outputs)

@@ -78,6 +78,8 @@ class YoloDecoder(Decoder):
     #: models take, given to a float YOLO with no normalisation in its file, shifted and squashed every input.
     #: (YOLOX takes 0-255 as they are: model.mean = [0], model.std = [1].)
     input_range = (0.0, 1.0)
+    #: the grey Ultralytics' letterbox pads with, in training and in its own inference
+    letterbox_fill = 114
 
     def __init__(
         self,

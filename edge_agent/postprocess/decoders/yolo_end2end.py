@@ -41,7 +41,8 @@ class YoloEndToEndDecoder(Decoder):
 
     task, layout = "detection", "yolo_end2end"
     preferred_resize = "letterbox"
-    input_range = (0.0, 1.0)  # pixels / 255, as every YOLO is trained (yolo.YoloDecoder)
+    input_range = (0.0, 1.0)  # pixels / 255, as YOLOs are trained (yolo.YoloDecoder)
+    letterbox_fill = 114  # Ultralytics' grey bars
 
     def __init__(
         self,
