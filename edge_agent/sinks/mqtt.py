@@ -30,7 +30,7 @@ from edge_agent import outbox as outbox_store  # a module: importable from eithe
 from edge_agent.config import MQTTConfig
 from edge_agent.sinks.base import Inbound, Message, Sink, SinkContext
 from edge_agent.topics import Topics, device_base
-from edge_agent.untrusted import log_now
+from edge_agent.untrusted import log_now, plain
 
 log = logging.getLogger(__name__)
 
@@ -153,15 +153,39 @@ def why_unreachable(err: OSError) -> str:
     return err.strerror or str(err) or type(err).__name__
 
 
+class _ReadPast(Exception):
+    """A message from the broker larger than the client takes: its body is read past, not kept."""
+
+
+@dataclass
+class _Skip:
+    """A message from the broker being read past: its fixed header's first byte (type and QoS), the bytes
+    of it still to come, its size, and its first bytes (topic and packet id, for the acknowledgement)."""
+
+    command: int
+    left: int
+    size: int
+    head: bytearray
+
+
+#: The first bytes of a message read past that are kept: the topic (at most 65,535 bytes) and packet id.
+_HEAD_KEPT = 2 + 65_535 + 2
+#: Reads of a message read past before paho's loop gets its turn (as paho's own read of a packet does).
+_SKIP_READS = 100
+
+
 class _Client(paho.Client):
     """Paho's client, keeping why its latest connection attempt failed (its `on_connect_fail` is told
     only that one did, so a broker whose certificate expired read "connection refused or host
-    unreachable" in the log and in `check`), and refusing a packet larger than `inbound_limit`."""
+    unreachable" in the log and in `check`), and reading past a message larger than `inbound_limit`."""
 
     last_connect_error: str | None = None
     #: the largest packet taken from the broker (0: any), and the size of the last one refused, until read
     inbound_limit = 0
     refused_inbound: int | None = None
+    #: told (on paho's thread, so it only enqueues) the size and topic of each message read past and dropped
+    on_read_past: Callable[[int, str], None] | None = None
+    _skip: _Skip | None = None
     #: the TLS files read into the context paho connects with (`_TlsFiles`), read again where they changed
     tls_files: _TlsFiles | None = None
 
@@ -179,18 +203,66 @@ class _Client(paho.Client):
     def _sock_recv(self, bufsize: int) -> bytes:
         """Paho reads each packet whole into memory. Under MQTT 5 the agent tells the broker the largest it
         takes; MQTT 3.1.1 has no way to, and anyone allowed to publish on a topic the agent subscribes to
-        could send it 256 MB (mosquitto's default) on a board of 1 GB. A packet whose header declares more
-        than `inbound_limit` ends the connection before a byte of its body is read (paho takes this error
-        for a lost connection, and connects again); a clean session's broker forgets what it was sending."""
+        could send it 256 MB (mosquitto's default) on a board of 1 GB. A message whose header declares more
+        than `inbound_limit` is read past before a byte of its body is kept (`_packet_read`). Any other
+        packet that large (none is, from a broker) ends the connection."""
         packet: Any = getattr(self, "_in_packet", None)  # paho's own: a release that renames it loses the check,
-        # which `test_under_mqtt_3_1_1_a_message_too_large_for_the_agent_ends_the_connection_unread` shows
-        if self.inbound_limit and isinstance(packet, dict) and packet.get("have_remaining"):
+        # which `test_under_mqtt_3_1_1_a_message_too_large_for_the_agent_is_dropped_unread` shows
+        if self.inbound_limit and self._skip is None and isinstance(packet, dict) and packet.get("have_remaining"):
             size = 1 + len(packet.get("remaining_count", ())) + int(packet.get("remaining_length", 0))
             if size > self.inbound_limit:
                 self.refused_inbound = size
+                if int(packet.get("command", 0)) & 0xF0 == paho.PUBLISH and not packet.get("packet"):
+                    raise _ReadPast()
                 raise ConnectionAbortedError(f"the broker sent a packet of {size} bytes, more than the "
                                              f"{self.inbound_limit} this client takes")
         return super()._sock_recv(bufsize)
+
+    def _packet_read(self) -> MQTTErrorCode:
+        """Paho's read of the next packet, where a message too large to take is read past: its bytes are
+        counted off the socket as they come and dropped, it is acknowledged as delivered at QoS 1 or 2 (the
+        broker would otherwise send it again), and the connection stays up. Ending the connection on it
+        instead made a message kept retained on a topic the agent subscribes to end every connection, at
+        every subscribe, for as long as the broker kept it: the agent never stayed connected."""
+        if self._skip is None:
+            try:
+                return super()._packet_read()
+            except _ReadPast:
+                packet: Any = self._in_packet
+                size = int(self.refused_inbound or 0)
+                self._skip = _Skip(int(packet["command"]), int(packet["to_process"]), size, bytearray())
+        skip = self._skip
+        for _ in range(_SKIP_READS):
+            if skip.left <= 0:
+                break
+            try:
+                data = super()._sock_recv(min(skip.left, 1 << 16))
+            except BlockingIOError:
+                return MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError:
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            if not data:
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            skip.left -= len(data)
+            if len(skip.head) < _HEAD_KEPT:
+                skip.head += data[: _HEAD_KEPT - len(skip.head)]
+            with self._msgtime_mutex:  # bytes are coming: no keepalive runs out while they do
+                self._last_bytes_received = paho.time_func()
+        if skip.left > 0:
+            return MQTTErrorCode.MQTT_ERR_AGAIN
+        self._skip, self.refused_inbound = None, None
+        self._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
+                           "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
+        head = skip.head
+        topic_len = int.from_bytes(head[:2], "big")
+        topic = bytes(head[2 : 2 + topic_len]).decode("utf-8", "backslashreplace")
+        qos = (skip.command >> 1) & 3
+        if self.on_read_past is not None:
+            self.on_read_past(skip.size, topic)
+        if qos and len(head) >= 4 + topic_len:
+            mid = int.from_bytes(head[2 + topic_len : 4 + topic_len], "big")
+            return self._send_puback(mid) if qos == 1 else self._send_pubrec(mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 def shown_topic(msg: Any) -> str:
@@ -277,12 +349,12 @@ def _make_client(cfg: MQTTConfig, client_id: str, persistent: bool = False) -> _
 
 @dataclass
 class _Event:
-    kind: str  # connected | refused | disconnected | unreachable | availability | suback | puback
+    kind: str  # connected | refused | disconnected | unreachable | availability | suback | puback | read_past
     detail: str = ""
     mid: int = 0
     refused: tuple[bool, ...] = ()  # suback: per topic asked for, whether the broker refused it
     max_packet: int | None = None  # connected: the Maximum Packet Size an MQTT 5 broker's CONNACK names
-    refused_inbound: int | None = None  # disconnected: the size of the packet from the broker it ended on
+    refused_inbound: int | None = None  # disconnected, read_past: the size of the broker's packet too large to take
 
 
 class MqttSink(Sink):
@@ -344,6 +416,7 @@ class MqttSink(Sink):
         self._thread: threading.Thread | None = None
         self._client = _make_client(cfg, self.client_id)
         self._client.inbound_limit = MAX_INBOUND_BYTES
+        self._client.on_read_past = self._on_read_past
         if cfg.password is not None and not cfg.tls.on(cfg.port) and not _loopback(cfg.host):
             log.warning("mqtt: the password goes to %s:%d in clear text: TLS is off (mqtt.tls.ca_file, a broker at "
                         "port 8883, or mqtt.tls.enabled)", cfg.host, cfg.port)
@@ -386,6 +459,7 @@ class MqttSink(Sink):
         self.too_large: tuple[str, int] | None = None
         #: the size of the latest message from the broker larger than the agent takes, for health
         self.refused_inbound: int | None = None
+        self.refused_inbound_topic: str | None = None
         self._too_large_topics: set[str] = set()
         #: the topic of each QoS > 0 message lately sent, by message id; topics the broker refused a
         #: publish on (MQTT 5 says so in the acknowledgement: its ACL) -> (reason, when last)
@@ -420,6 +494,10 @@ class MqttSink(Sink):
         else:
             limit = getattr(properties, "MaximumPacketSize", None)  # MQTT 5 only, where the broker sets it
             self._events.put(_Event("connected", max_packet=int(limit) if limit else None))
+        self._wake.set()
+
+    def _on_read_past(self, size: int, topic: str) -> None:
+        self._events.put(_Event("read_past", topic, refused_inbound=size))
         self._wake.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -615,6 +693,8 @@ class MqttSink(Sink):
                 self._connected.set()
             elif ev.kind == "suback":
                 self._read_suback(ev)
+            elif ev.kind == "read_past":
+                self._refused_inbound(ev.refused_inbound or 0, ev.detail)
             elif ev.kind == "puback":
                 self._refused_publish(ev)
             elif ev.kind == "availability":
@@ -662,18 +742,23 @@ class MqttSink(Sink):
                 self._inflight.clear()
                 self._replay_inflight.clear()
 
-    def _refused_inbound(self, size: int) -> None:
-        """The connection ended on a message from the broker larger than the agent takes (`_Client._sock_recv`):
-        counted, logged the first time and then at 10, 100, 1000..., and said in health. Not a connection
-        the broker closed: neither a packet of ours too large for it nor a client id in use elsewhere."""
+    def _refused_inbound(self, size: int, topic: str | None = None) -> None:
+        """A message from the broker larger than the agent takes, read past unkept (`_Client._packet_read`;
+        `topic` is where it came), or a packet that large that ended the connection (none of a broker's
+        others is): counted, logged the first time and then at 10, 100, 1000..., and said in health. Not a
+        connection the broker closed: neither a packet of ours too large for it nor a client id in use
+        elsewhere."""
         self.drops["inbound_too_large"] += 1
         self.refused_inbound = size
+        self.refused_inbound_topic = None if topic is None else plain(topic)  # anyone's: no escapes in log or health
         n = self.drops["inbound_too_large"]
         if log_now(n):
-            log.error("mqtt: the broker sent a message of %d bytes, more than the %d this agent takes; the "
-                      "connection was closed on it, and is opened again (%d so far). Whoever may publish on "
-                      "a topic the agent subscribes to sent it; MQTT 5 (mqtt.protocol = \"5\") has the broker "
-                      "drop such messages instead", size, MAX_INBOUND_BYTES, n)
+            where = self.refused_inbound_topic
+            what = f"on {where}, and was dropped unread" if where is not None else "and the connection was closed on it"
+            log.error("mqtt: the broker sent a message of %d bytes, more than the %d this agent takes, %s "
+                      "(%d so far). Whoever may publish on a topic the agent subscribes to sent it; MQTT 5 "
+                      "(mqtt.protocol = \"5\") has the broker drop such messages instead", size, MAX_INBOUND_BYTES,
+                      what, n)
 
     def _note_short_lived(self, reason: str) -> None:
         """Two devices given one device_id (a cloned SD card) connect with one client id, and the broker
@@ -799,9 +884,9 @@ class MqttSink(Sink):
             out.append(f"messages larger than the broker takes ({self._packet_limit()} bytes) dropped: "
                        f"{self.drops['too_large']}, the latest {self.too_large[1]} bytes on {self.too_large[0]}")
         if self.refused_inbound is not None:
-            out.append(f"messages from the broker larger than the agent takes ({MAX_INBOUND_BYTES} bytes), each "
-                       f"ending the connection: {self.drops['inbound_too_large']}, "
-                       f"the latest {self.refused_inbound} bytes")
+            where = f" on {self.refused_inbound_topic}" if self.refused_inbound_topic is not None else ""
+            out.append(f"messages from the broker larger than the agent takes ({MAX_INBOUND_BYTES} bytes), dropped "
+                       f"unread: {self.drops['inbound_too_large']}, the latest {self.refused_inbound} bytes{where}")
         now = time.monotonic()
         lately = sorted((t, why) for t, (why, at) in self.refused_publishes.items() if now - at < _REFUSED_FOR_S)
         if lately:
