@@ -269,6 +269,8 @@ def _check_pipeline(
             "layout": model.decoder.layout,
             "task": model.decoder.task,
         }
+        if model.labels_note is not None:
+            problem(f"model: {model.labels_note}")
         report["accelerator"] = {
             "selected": rt.accelerator,
             "description": rt.backend.description,

@@ -276,6 +276,31 @@ def misnamed_features(settings: Settings, models: Sequence[Model]) -> list[str]:
 
 
 
+
+#: An ImageNet classifier trained with TF-slim scores 1001 classes, the first "background"; the usual
+#: ImageNet labels file names the 1000 others.
+_IMAGENET = 1000
+
+
+def fit_labels(labels: tuple[str, ...], classes: int) -> tuple[tuple[str, ...], str | None]:
+    """The labels for a model that scores `classes` classes, and what is wrong where their counts differ.
+    Each label names the class of its place, so a file one short names every class after the gap
+    wrongly, silently; said here, the names stand as given. One case is read rightly: 1000 labels for
+    1001 classes (a TF-slim ImageNet classifier, whose first output is "background"), where every name
+    was one class off."""
+    if len(labels) == classes:
+        return labels, None
+    if classes == _IMAGENET + 1 and len(labels) == _IMAGENET:
+        return ("background", *labels), (
+            f"the model scores {classes} classes and the labels name {len(labels)}: its first output is taken "
+            "for 'background' (an ImageNet classifier trained with TF-slim), and the labels for the others"
+        )
+    if len(labels) < classes:
+        return labels, (f"the labels name {len(labels)} classes and the model scores {classes}: classes past "
+                        f"the labels are published by their index, and the names may be off (check model.labels)")
+    return labels, (f"the labels name {len(labels)} classes and the model scores {classes}: the last "
+                    f"{len(labels) - classes} never come, and the names may be off (check model.labels)")
+
 def decode_options(m: ModelConfig) -> DecodeOptions:
     """The decoder's settings from the model's: at load, and again where a reload changes them."""
     return DecodeOptions(m.score_threshold, m.iou_threshold, m.top_k, m.max_detections, m.raw_max_values)
@@ -346,6 +371,13 @@ class Model:
             except ValueError as err:
                 raise ModelError(f"{path}: {err}") from None
             self.resize_mode = mode
+        #: what is wrong with the labels for this model's outputs (logged, and a problem in `check`)
+        self.labels_note: str | None = None
+        if self.labels is not None and self.decoder.classes is not None:
+            self.labels, self.labels_note = fit_labels(self.labels, self.decoder.classes)
+            self.decoder.labels = self.labels
+            if self.labels_note is not None:
+                log.warning("model %s: %s", self.name, self.labels_note)
         self._local = threading.local()
         self._pool = pool if not self.file.stateful else None
 

@@ -417,6 +417,25 @@ def test_an_ultralytics_classifier_is_fed_pixels_over_255(tmp_path: Path) -> Non
     assert other.pre.lut[:, 0] == pytest.approx(-1.0)
 
 
+def test_labels_that_do_not_count_the_models_classes_are_said(tmp_path: Path) -> None:
+    """Each label names the class of its place: a file one short names every class after the gap wrongly,
+    and nothing said so. The model now says it at load (and `check` lists it); 1000 labels for the 1001
+    classes of a TF-slim ImageNet classifier, whose first output is "background", are read rightly."""
+    from edge_agent.model import fit_labels
+
+    path, labels = tmp_path / "cls.tflite", tmp_path / "labels.txt"
+    path.write_bytes(_reshaping_model(16, (1, 16 * 16 * 3)))
+    labels.write_text("\n".join(f"c{i}" for i in range(16 * 16 * 3 - 1)) + "\n")
+    m = load(path, labels=labels)
+    assert m.labels_note is not None and "name 767 classes and the model scores 768" in m.labels_note
+    labels.write_text("\n".join(f"c{i}" for i in range(16 * 16 * 3)) + "\n")
+    assert load(path, labels=labels).labels_note is None
+    imagenet = tuple(f"n{i}" for i in range(1000))
+    fitted, note = fit_labels(imagenet, 1001)
+    assert fitted[0] == "background" and fitted[1:] == imagenet and note is not None
+    assert fit_labels(imagenet, 1000) == (imagenet, None)
+
+
 def test_inspect_and_predict_cli(tmp_path: Path) -> None:
     r = run_cli("inspect", str(SHORT_INT8))
     assert r.returncode == 0, r.stderr

@@ -97,6 +97,8 @@ class Decoder(abc.ABC):
     input_range: tuple[float, float] | None = None
     #: grey of the bars a letterbox adds, as the layout's models were trained (0: black)
     letterbox_fill = 0
+    #: how many classes the outputs score, where the layout says (a labels file of another length is wrong)
+    classes: int | None = None
 
     def __init__(self, outputs: Sequence[TensorSpec], labels: Sequence[str] | None, opts: DecodeOptions):
         self.specs = list(outputs)

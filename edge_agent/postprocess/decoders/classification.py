@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_agent.postprocess.decoders.base import Decoder, ModelIO, label_for
+from edge_agent.modelfile import TensorSpec
+from edge_agent.postprocess.decoders.base import DecodeOptions, Decoder, ModelIO, label_for
 from edge_agent.postprocess.geometry import softmax
 from edge_agent.preprocess import Resize
 from edge_agent.results import ClassScore, Result
@@ -14,6 +15,10 @@ from edge_agent.results import ClassScore, Result
 
 class ClassificationDecoder(Decoder):
     task = layout = "classification"
+
+    def __init__(self, outputs: Sequence[TensorSpec], labels: Sequence[str] | None, opts: DecodeOptions):
+        super().__init__(outputs, labels, opts)
+        self.classes = int(np.prod(self.specs[0].shape))
 
     @classmethod
     def matches(cls, io: ModelIO) -> bool:

@@ -109,6 +109,7 @@ class YoloDecoder(Decoder):
             self.objectness = rows in anchored
         else:
             self.objectness = not self.channels_first
+        self.classes = self.classes_end - (5 if self.objectness else 4)
         self.input_w, self.input_h = input_size[1], input_size[0]
 
     @classmethod
