@@ -236,6 +236,47 @@ def test_a_broker_that_closes_the_connection_unanswered_is_said_to_and_told_from
         b.stop()
 
 
+def test_a_broker_that_takes_qos_up_to_1_or_0_gets_every_message_within_it(tmp_path: Path) -> None:
+    """A broker may take QoS up to 1 (AWS IoT Core) or 0 (mosquitto's `max_qos`), and ends the connection
+    on a PUBLISH above it. With mqtt.qos = 2 every prediction cut the connection and was lost, and health
+    blamed a client id in use elsewhere. Under MQTT 5 the broker names its Maximum QoS in its CONNACK,
+    and each message now goes within it; where it takes no QoS 1, the Will asks for 0. MQTT 3.1.1 cannot
+    say it: there health names mqtt.qos = 1 as the cure."""
+    from edge_agent.sinks.mqtt import Subscriber
+
+    for max_qos in (1, 0):
+        port = free_port()
+        b = Broker(tmp_path, f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_qos {max_qos}\n", port).start()
+        s = sink_for(b.mqtt(protocol="5", qos=2, reconnect_min_s=0.2, reconnect_max_s=1))
+        sub = Subscriber(b.mqtt(), ["edge/dev1/predictions"])
+        try:
+            assert sub.start(10) and s.wait_connected(10)
+            for i in range(5):
+                s.submit(Message("edge/dev1/predictions", str(i).encode(), qos=2))
+            got = [collect(sub, lambda t, p, r: True, 15)[1] for _ in range(5)]
+            assert got == list(range(5)), got
+            assert s.connects == 1 and s.is_connected() and s.stats()["max_qos"] == max_qos
+            assert not s.problems(), s.problems()
+        finally:
+            sub.stop()
+            s.close(2)
+            b.stop()
+    port = free_port()
+    b = Broker(tmp_path, f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_qos 1\n", port).start()
+    s = sink_for(b.mqtt(qos=2, reconnect_min_s=0.1, reconnect_max_s=0.5))
+    try:
+        assert s.wait_connected(10)
+
+        def cut_again() -> bool:
+            s.submit(Message("edge/dev1/predictions", b"1", qos=2))
+            return any("set mqtt.qos = 1" in p for p in s.problems())
+
+        wait_until(cut_again, 20, what="health to name mqtt.qos = 1")
+    finally:
+        s.close(2)
+        b.stop()
+
+
 def test_a_server_that_accepts_and_never_answers_is_a_broker_away_since_start(caplog: pytest.LogCaptureFixture) -> None:
     """Something else on the broker's port (or a broker hung before its CONNACK) takes the connection
     and says nothing: the agent is not connected, gives up after the keepalive and tries again, and

@@ -354,6 +354,7 @@ class _Event:
     mid: int = 0
     refused: tuple[bool, ...] = ()  # suback: per topic asked for, whether the broker refused it
     max_packet: int | None = None  # connected: the Maximum Packet Size an MQTT 5 broker's CONNACK names
+    max_qos: int | None = None  # connected: the Maximum QoS an MQTT 5 broker's CONNACK names (absent: 2)
     refused_inbound: int | None = None  # disconnected, read_past: the size of the broker's packet too large to take
 
 
@@ -420,7 +421,8 @@ class MqttSink(Sink):
         if cfg.password is not None and not cfg.tls.on(cfg.port) and not _loopback(cfg.host):
             log.warning("mqtt: the password goes to %s:%d in clear text: TLS is off (mqtt.tls.ca_file, a broker at "
                         "port 8883, or mqtt.tls.enabled)", cfg.host, cfg.port)
-        self._client.will_set(self.availability_topic, OFFLINE, qos=AVAILABILITY_QOS, retain=True)
+        self._will_qos = AVAILABILITY_QOS
+        self._client.will_set(self.availability_topic, OFFLINE, qos=self._will_qos, retain=True)
         self._client.max_inflight_messages_set(_MAX_INFLIGHT)
         self._client.max_queued_messages_set(_MAX_QUEUED)
         self._client.on_connect = self._on_connect
@@ -448,6 +450,8 @@ class MqttSink(Sink):
         #: the broker's largest packet: as configured, as its CONNACK says (MQTT 5), as learnt (3.1.1)
         self._max_packet: int | None = cfg.max_packet_bytes or None
         self._connack_max: int | None = None
+        #: the highest QoS the broker takes (an MQTT 5 CONNACK's Maximum QoS; 2 where it names none)
+        self.max_qos = 2
         self._learnt_max: int | None = None
         #: the largest packet sent lately that is larger than any the broker has been seen to take
         #: (size, topic, when), and that largest taken: what a connection closed at once is suspected of
@@ -493,7 +497,9 @@ class MqttSink(Sink):
             self._events.put(_Event("refused", str(reason_code)))
         else:
             limit = getattr(properties, "MaximumPacketSize", None)  # MQTT 5 only, where the broker sets it
-            self._events.put(_Event("connected", max_packet=int(limit) if limit else None))
+            qos = getattr(properties, "MaximumQoS", None)  # likewise: AWS IoT Core's is 1
+            self._events.put(_Event("connected", max_packet=int(limit) if limit else None,
+                                    max_qos=int(qos) if qos is not None else None))
         self._wake.set()
 
     def _on_read_past(self, size: int, topic: str) -> None:
@@ -581,7 +587,7 @@ class MqttSink(Sink):
         if self._thread is not None:
             self._thread.join(timeout / 4)
         if self._connected.is_set():
-            info = self._client.publish(self.availability_topic, OFFLINE, qos=AVAILABILITY_QOS, retain=True)
+            info = self._client.publish(self.availability_topic, OFFLINE, qos=self._qos(AVAILABILITY_QOS), retain=True)
             try:
                 info.wait_for_publish(timeout / 4)
             except (RuntimeError, ValueError):
@@ -610,6 +616,7 @@ class MqttSink(Sink):
             "refused_subscriptions": list(self.refused_subscriptions),
             "taken_over": self.taken_over,
             "max_packet_bytes": self._packet_limit(),
+            "max_qos": self.max_qos,
             "refused_publishes": sorted(self.refused_publishes),
             "drops": dict(self.drops),
             "last_error": self.last_error,
@@ -679,6 +686,7 @@ class MqttSink(Sink):
                 self._connected_at = time.monotonic()
                 self._unaccepted = False
                 self._connack_max = ev.max_packet
+                self._take_max_qos(ev.max_qos)
                 self._largest_sent = None
                 _no_delay(self._client)
                 self._publish_birth()
@@ -701,7 +709,7 @@ class MqttSink(Sink):
                 if ev.detail == OFFLINE.decode() and self._connected.is_set() and not self._stop.is_set():
                     log.warning("a stale 'offline' (an earlier session's Will) replaced our birth; restoring")
                     self.availability_restored += 1
-                    self._client.publish(self.availability_topic, ONLINE, qos=AVAILABILITY_QOS, retain=True)
+                    self._client.publish(self.availability_topic, ONLINE, qos=self._qos(AVAILABILITY_QOS), retain=True)
             elif ev.kind == "unreachable":
                 self.state = "disconnected"
                 self.last_error = ev.detail
@@ -709,7 +717,13 @@ class MqttSink(Sink):
                 self._connected.clear()
                 self._down_since = self._down_since or self._away_from()
             elif ev.kind == "refused":
-                if self.state != "refused":  # paho retries with backoff; say it once
+                if "qos not supported" in ev.detail.lower() and self._will_qos > 0:
+                    # the Will's QoS (1) is past what the broker takes (mosquitto's `max_qos 0`): the next
+                    # CONNECT asks for it at 0, and its messages go at 0 once the CONNACK says so
+                    self._will_qos = 0
+                    self._client.will_set(self.availability_topic, OFFLINE, qos=0, retain=True)
+                    log.warning("mqtt: the broker takes no QoS 1; the Will goes at QoS 0")
+                elif self.state != "refused":  # paho retries with backoff; say it once
                     log.error("mqtt: broker refused connection: %s", ev.detail)
                 self._down_since = self._down_since or self._away_from()
                 self._down_logged = time.monotonic()
@@ -779,8 +793,27 @@ class MqttSink(Sink):
                 f"the broker closes this connection right after accepting it, again and again ({reason}): "
                 f"another client uses client id '{self.client_id}' (two devices with one device_id, a cloned "
                 "SD card?), or the broker refuses what this agent publishes"
+                + (" (with mqtt.qos = 2: a broker that takes QoS up to 1, as AWS IoT Core does, closes the "
+                   "connection on each QoS 2 message; MQTT 3.1.1 cannot say so: set mqtt.qos = 1, or "
+                   "mqtt.protocol = \"5\", where the broker says it and the agent keeps within it)"
+                   if self.cfg.qos == 2 and not self._v5 else "")
             )
             log.error("mqtt: %s", self.taken_over)
+
+    def _take_max_qos(self, named: int | None) -> None:
+        """The broker's Maximum QoS (MQTT 5: AWS IoT Core takes QoS 0 and 1, mosquitto's `max_qos`), which
+        every message is sent within: a PUBLISH above it ends the connection ("QoS not supported"), so
+        with `mqtt.qos = 2` every prediction cut the connection, was lost, and health blamed a client id
+        in use elsewhere. Said in the log once per change; health shows it (`broker.max_qos`)."""
+        qos = 2 if named is None else max(0, min(2, named))
+        if qos != self.max_qos and qos < max(self.cfg.qos, AVAILABILITY_QOS):
+            log.warning("mqtt: the broker takes QoS up to %d: messages asked at a higher one (mqtt.qos = %d, "
+                        "availability and retained state at %d) go at %d", qos, self.cfg.qos, AVAILABILITY_QOS,
+                        qos)
+        self.max_qos = qos
+
+    def _qos(self, asked: int) -> int:
+        return asked if asked <= self.max_qos else self.max_qos
 
     def _packet_limit(self) -> int | None:
         limits = [n for n in (self._max_packet, self._connack_max, self._learnt_max) if n is not None]
@@ -878,8 +911,9 @@ class MqttSink(Sink):
         refused = self.refused_subscriptions
         out = [f"broker refused subscriptions: {', '.join(refused)}"] if refused else []
         if self.taken_over is not None:
+            qos2 = " or QoS 2 not taken (set mqtt.qos = 1)" if self.cfg.qos == 2 and not self._v5 else ""
             out.append(f"broker closes each connection right after accepting it (client id '{self.client_id}' "
-                       "in use elsewhere?)")
+                       f"in use elsewhere?{qos2})")
         if self.too_large is not None:
             out.append(f"messages larger than the broker takes ({self._packet_limit()} bytes) dropped: "
                        f"{self.drops['too_large']}, the latest {self.too_large[1]} bytes on {self.too_large[0]}")
@@ -932,15 +966,16 @@ class MqttSink(Sink):
     def _publish(self, m: Message) -> Any:
         """Hand one message to paho, keeping its topic by message id for the acknowledgement (MQTT 5 only:
         a 3.1.1 acknowledgement never refuses, and the map would be kept for nothing on every send)."""
-        info = self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
-        if self._v5 and m.qos and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+        qos = self._qos(m.qos)
+        info = self._client.publish(m.topic, m.payload, qos=qos, retain=m.retain)
+        if self._v5 and qos and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._topic_by_mid[info.mid] = m.topic
             if len(self._topic_by_mid) > _MIDS_KEPT:
                 self._topic_by_mid.popitem(last=False)
         return info
 
     def _publish_birth(self) -> None:
-        self._client.publish(self.availability_topic, ONLINE, qos=AVAILABILITY_QOS, retain=True)
+        self._client.publish(self.availability_topic, ONLINE, qos=self._qos(AVAILABILITY_QOS), retain=True)
         for m in self.retained_state():
             if self._fits(m.topic, m.payload, m.qos):
                 self._publish(m)
