@@ -277,6 +277,29 @@ def test_a_broker_that_takes_qos_up_to_1_or_0_gets_every_message_within_it(tmp_p
         b.stop()
 
 
+def test_no_more_messages_are_in_flight_than_an_mqtt_5_broker_takes(tmp_path: Path) -> None:
+    """An MQTT 5 broker names in its CONNACK how many QoS 1 and 2 messages it takes in flight (its Receive
+    Maximum), and one that holds to it ends the connection past it. The agent kept up to 100 whatever it
+    said; it now keeps to it (mosquitto says 5 here), and every message of a burst arrives."""
+    from edge_agent.sinks.mqtt import Subscriber
+
+    port = free_port()
+    b = Broker(tmp_path, f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 5\n", port).start()
+    s = sink_for(b.mqtt(protocol="5"))
+    sub = Subscriber(b.mqtt(), ["edge/dev1/predictions"])
+    try:
+        assert sub.start(10) and s.wait_connected(10)
+        wait_until(lambda: s._client.max_inflight_messages == 5, 10, what="the broker's Receive Maximum kept")
+        for i in range(50):
+            s.submit(Message("edge/dev1/predictions", str(i).encode(), qos=1))
+        assert [collect(sub, lambda t, p, r: True, 15)[1] for _ in range(50)] == list(range(50))
+        assert s.connects == 1
+    finally:
+        sub.stop()
+        s.close(2)
+        b.stop()
+
+
 def test_a_server_that_accepts_and_never_answers_is_a_broker_away_since_start(caplog: pytest.LogCaptureFixture) -> None:
     """Something else on the broker's port (or a broker hung before its CONNACK) takes the connection
     and says nothing: the agent is not connected, gives up after the keepalive and tries again, and

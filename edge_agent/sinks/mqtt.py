@@ -355,6 +355,7 @@ class _Event:
     refused: tuple[bool, ...] = ()  # suback: per topic asked for, whether the broker refused it
     max_packet: int | None = None  # connected: the Maximum Packet Size an MQTT 5 broker's CONNACK names
     max_qos: int | None = None  # connected: the Maximum QoS an MQTT 5 broker's CONNACK names (absent: 2)
+    receive_max: int | None = None  # connected: its Receive Maximum (QoS > 0 messages in flight it takes)
     refused_inbound: int | None = None  # disconnected, read_past: the size of the broker's packet too large to take
 
 
@@ -498,8 +499,10 @@ class MqttSink(Sink):
         else:
             limit = getattr(properties, "MaximumPacketSize", None)  # MQTT 5 only, where the broker sets it
             qos = getattr(properties, "MaximumQoS", None)  # likewise: AWS IoT Core's is 1
+            most = getattr(properties, "ReceiveMaximum", None)
             self._events.put(_Event("connected", max_packet=int(limit) if limit else None,
-                                    max_qos=int(qos) if qos is not None else None))
+                                    max_qos=int(qos) if qos is not None else None,
+                                    receive_max=int(most) if most else None))
         self._wake.set()
 
     def _on_read_past(self, size: int, topic: str) -> None:
@@ -687,6 +690,10 @@ class MqttSink(Sink):
                 self._unaccepted = False
                 self._connack_max = ev.max_packet
                 self._take_max_qos(ev.max_qos)
+                # no more QoS > 0 messages in flight than the broker takes (MQTT 5's Receive Maximum; a
+                # broker that holds to it ends the connection past it). Paho's setter refuses an open
+                # connection, for a change to or from 0 (no limit); this is one between two limits
+                self._client._max_inflight_messages = min(_MAX_INFLIGHT, ev.receive_max or _MAX_INFLIGHT)
                 self._largest_sent = None
                 _no_delay(self._client)
                 self._publish_birth()
