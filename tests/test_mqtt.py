@@ -216,7 +216,9 @@ def test_a_broker_that_closes_the_connection_unanswered_is_said_to_and_told_from
     retained (the agent's), before any CONNACK: MQTT 3.1.1 gives it no way to say why. Health and the
     log said "no broker at ... (disconnected: Unspecified error)" forever; they now say that the broker
     is there and closed the connection unanswered, with what does that and how to learn why. The same
-    broker's MQTT 5 refusal names the reason."""
+    broker's MQTT 5 refusal names the reason, and the agent connects again with its Will unretained,
+    sends everything unretained (a broker that keeps none refuses each retained message), and says in
+    health that what is usually retained reaches only who is subscribed when it is sent."""
     port = free_port()
     b = Broker(tmp_path, f"listener {port} 127.0.0.1\nallow_anonymous true\nretain_available false\n", port).start()
     caplog.set_level(logging.WARNING, logger="edge_agent.sinks.mqtt")
@@ -228,10 +230,22 @@ def test_a_broker_that_closes_the_connection_unanswered_is_said_to_and_told_from
         wait_until(lambda: "not accepted by the broker at 127.0.0.1" in caplog.text, 10, what="the log")
         assert not s.is_connected()
         s.close(1)
-        v5 = sink_for(b.mqtt(protocol="5", reconnect_max_s=1))
-        wait_until(lambda: v5.stats()["state"] == "refused", 15, what="the MQTT 5 refusal")
-        assert "Retain not supported" in str(v5.stats()["last_error"])
-        v5.close(1)
+        from edge_agent.sinks.mqtt import Subscriber
+
+        sub = Subscriber(b.mqtt(), ["edge/dev1/#"])
+        assert sub.start(10)
+        v5 = sink_for(b.mqtt(protocol="5", reconnect_min_s=0.2, reconnect_max_s=1))
+        try:
+            assert v5.wait_connected(15)
+            assert "Retain not supported" in str(v5.stats()["last_error"])  # the first CONNECT's refusal
+            v5.submit(Message("edge/dev1/predictions", b'{"seq": 1}', qos=1))
+            got = {collect(sub, lambda t, p, r: True, 10)[0] for _ in range(3)}
+            assert got == {"edge/dev1/availability", "edge/dev1/info", "edge/dev1/predictions"}, got
+            assert any("keeps no retained messages" in p for p in v5.problems()), v5.problems()
+            assert v5.connects == 1 and v5.is_connected()
+        finally:
+            sub.stop()
+            v5.close(1)
     finally:
         b.stop()
 

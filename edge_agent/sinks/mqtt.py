@@ -356,6 +356,7 @@ class _Event:
     max_packet: int | None = None  # connected: the Maximum Packet Size an MQTT 5 broker's CONNACK names
     max_qos: int | None = None  # connected: the Maximum QoS an MQTT 5 broker's CONNACK names (absent: 2)
     receive_max: int | None = None  # connected: its Receive Maximum (QoS > 0 messages in flight it takes)
+    retain: bool = True  # connected: whether it keeps retained messages (MQTT 5's Retain Available)
     refused_inbound: int | None = None  # disconnected, read_past: the size of the broker's packet too large to take
 
 
@@ -423,6 +424,10 @@ class MqttSink(Sink):
             log.warning("mqtt: the password goes to %s:%d in clear text: TLS is off (mqtt.tls.ca_file, a broker at "
                         "port 8883, or mqtt.tls.enabled)", cfg.host, cfg.port)
         self._will_qos = AVAILABILITY_QOS
+        #: whether the broker keeps retained messages (an MQTT 5 broker says so; mosquitto's
+        #: `retain_available false` does not): where it does not, everything goes unretained
+        self.retain_ok = True
+        self._will_retain = True
         self._client.will_set(self.availability_topic, OFFLINE, qos=self._will_qos, retain=True)
         self._client.max_inflight_messages_set(_MAX_INFLIGHT)
         self._client.max_queued_messages_set(_MAX_QUEUED)
@@ -502,7 +507,8 @@ class MqttSink(Sink):
             most = getattr(properties, "ReceiveMaximum", None)
             self._events.put(_Event("connected", max_packet=int(limit) if limit else None,
                                     max_qos=int(qos) if qos is not None else None,
-                                    receive_max=int(most) if most else None))
+                                    receive_max=int(most) if most else None,
+                                    retain=getattr(properties, "RetainAvailable", 1) != 0))
         self._wake.set()
 
     def _on_read_past(self, size: int, topic: str) -> None:
@@ -590,7 +596,8 @@ class MqttSink(Sink):
         if self._thread is not None:
             self._thread.join(timeout / 4)
         if self._connected.is_set():
-            info = self._client.publish(self.availability_topic, OFFLINE, qos=self._qos(AVAILABILITY_QOS), retain=True)
+            info = self._client.publish(self.availability_topic, OFFLINE, qos=self._qos(AVAILABILITY_QOS),
+                                        retain=self.retain_ok)
             try:
                 info.wait_for_publish(timeout / 4)
             except (RuntimeError, ValueError):
@@ -690,6 +697,13 @@ class MqttSink(Sink):
                 self._unaccepted = False
                 self._connack_max = ev.max_packet
                 self._take_max_qos(ev.max_qos)
+                # a retained 'online' beside an unretained Will would say online for good after a crash: what
+                # is retained follows the Will of this connection, and the next one's is retained again
+                # where the broker keeps retained messages once more
+                self.retain_ok = ev.retain and self._will_retain
+                if ev.retain and not self._will_retain:
+                    self._will_retain = True
+                    self._client.will_set(self.availability_topic, OFFLINE, qos=self._will_qos, retain=True)
                 # no more QoS > 0 messages in flight than the broker takes (MQTT 5's Receive Maximum; a
                 # broker that holds to it ends the connection past it). Paho's setter refuses an open
                 # connection, for a change to or from 0 (no limit); this is one between two limits
@@ -716,7 +730,8 @@ class MqttSink(Sink):
                 if ev.detail == OFFLINE.decode() and self._connected.is_set() and not self._stop.is_set():
                     log.warning("a stale 'offline' (an earlier session's Will) replaced our birth; restoring")
                     self.availability_restored += 1
-                    self._client.publish(self.availability_topic, ONLINE, qos=self._qos(AVAILABILITY_QOS), retain=True)
+                    self._client.publish(self.availability_topic, ONLINE, qos=self._qos(AVAILABILITY_QOS),
+                                         retain=self.retain_ok)
             elif ev.kind == "unreachable":
                 self.state = "disconnected"
                 self.last_error = ev.detail
@@ -728,8 +743,15 @@ class MqttSink(Sink):
                     # the Will's QoS (1) is past what the broker takes (mosquitto's `max_qos 0`): the next
                     # CONNECT asks for it at 0, and its messages go at 0 once the CONNACK says so
                     self._will_qos = 0
-                    self._client.will_set(self.availability_topic, OFFLINE, qos=0, retain=True)
+                    self._client.will_set(self.availability_topic, OFFLINE, qos=0, retain=self._will_retain)
                     log.warning("mqtt: the broker takes no QoS 1; the Will goes at QoS 0")
+                elif "retain not supported" in ev.detail.lower() and self._will_retain:
+                    # a broker that keeps no retained messages refuses a retained Will: the next CONNECT
+                    # asks for it unretained, and everything else goes so too
+                    self.retain_ok = self._will_retain = False
+                    self._client.will_set(self.availability_topic, OFFLINE, qos=self._will_qos, retain=False)
+                    log.warning("mqtt: the broker keeps no retained messages; the Will, availability, info and "
+                                "state go unretained")
                 elif self.state != "refused":  # paho retries with backoff; say it once
                     log.error("mqtt: broker refused connection: %s", ev.detail)
                 self._down_since = self._down_since or self._away_from()
@@ -917,6 +939,9 @@ class MqttSink(Sink):
     def problems(self) -> list[str]:
         refused = self.refused_subscriptions
         out = [f"broker refused subscriptions: {', '.join(refused)}"] if refused else []
+        if not self.retain_ok:
+            out.append("the broker keeps no retained messages: availability, info, zone counts, snapshots and "
+                       "model state reach only who is subscribed when they are sent")
         if self.taken_over is not None:
             qos2 = " or QoS 2 not taken (set mqtt.qos = 1)" if self.cfg.qos == 2 and not self._v5 else ""
             out.append(f"broker closes each connection right after accepting it (client id '{self.client_id}' "
@@ -974,7 +999,7 @@ class MqttSink(Sink):
         """Hand one message to paho, keeping its topic by message id for the acknowledgement (MQTT 5 only:
         a 3.1.1 acknowledgement never refuses, and the map would be kept for nothing on every send)."""
         qos = self._qos(m.qos)
-        info = self._client.publish(m.topic, m.payload, qos=qos, retain=m.retain)
+        info = self._client.publish(m.topic, m.payload, qos=qos, retain=m.retain and self.retain_ok)
         if self._v5 and qos and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._topic_by_mid[info.mid] = m.topic
             if len(self._topic_by_mid) > _MIDS_KEPT:
@@ -982,7 +1007,7 @@ class MqttSink(Sink):
         return info
 
     def _publish_birth(self) -> None:
-        self._client.publish(self.availability_topic, ONLINE, qos=self._qos(AVAILABILITY_QOS), retain=True)
+        self._client.publish(self.availability_topic, ONLINE, qos=self._qos(AVAILABILITY_QOS), retain=self.retain_ok)
         for m in self.retained_state():
             if self._fits(m.topic, m.payload, m.qos):
                 self._publish(m)
