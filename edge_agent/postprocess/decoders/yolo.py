@@ -69,7 +69,42 @@ def head_and_masks(outputs: Sequence[TensorSpec]) -> tuple[int, int] | None:
     return head, int(m)
 
 
-class YoloDecoder(Decoder):
+class YoloHead(Decoder):
+    """What the YOLO layouts (raw and end to end) share: made with the input's size and the keypoints the
+    file names, and found among the outputs as one head, beside a segmentation model's prototypes."""
+
+    def __init__(
+        self,
+        outputs: Sequence[TensorSpec],
+        labels: Sequence[str] | None,
+        opts: DecodeOptions,
+        input_size: tuple[int, int],
+        keypoints: tuple[int, int] | None = None,
+    ):
+        super().__init__(outputs, labels, opts)
+        self.input_h, self.input_w = input_size
+        #: which output is the head, and the mask coefficients its rows end in (a segmentation model's)
+        self.head, self.masks = head_and_masks(self.specs) or (0, 0)
+        self._read_head(input_size, keypoints)
+
+    def _read_head(self, input_size: tuple[int, int], keypoints: tuple[int, int] | None) -> None:
+        """What the layout reads off its head's shape, once."""
+
+    @classmethod
+    def create(cls, io: ModelIO, labels: Sequence[str] | None, opts: DecodeOptions) -> Decoder:
+        return cls(io.outputs, labels, opts, io.image_size, io.file.keypoint_shape)
+
+    @staticmethod
+    def head_shape(io: ModelIO) -> tuple[int, int, tuple[int, ...]] | None:
+        """(index, mask coefficients per row, shape) of the head, or None where the outputs hold none."""
+        found = head_and_masks(io.outputs)
+        if found is None:
+            return None
+        head, masks = found
+        return head, masks, tuple(io.outputs[head].shape)
+
+
+class YoloDecoder(YoloHead):
     """Raw YOLO heads: [1, 4+C, N] (v8 and later, channels first) or [1, N, 5+C] (v5, objectness)."""
 
     task, layout = "detection", "yolo"
@@ -81,20 +116,12 @@ class YoloDecoder(Decoder):
     #: the grey Ultralytics' letterbox pads with, in training and in its own inference
     letterbox_fill = 114
 
-    def __init__(
-        self,
-        outputs: Sequence[TensorSpec],
-        labels: Sequence[str] | None,
-        opts: DecodeOptions,
-        input_size: tuple[int, int],
-        keypoints: tuple[int, int] | None = None,
-    ):
-        super().__init__(outputs, labels, opts)
-        self.head, masks = head_and_masks(self.specs) or (0, 0)
+    def _read_head(self, input_size: tuple[int, int], keypoints: tuple[int, int] | None) -> None:
+        masks = self.masks
         _, a, b = self.specs[self.head].shape
         self.channels_first = a < b
         cols, rows = (a, b) if self.channels_first else (b, a)
-        n_labels = len(labels) if labels else None
+        n_labels = len(self.labels) if self.labels else None
         free, anchored = grid_points(*input_size) if min(input_size) > 0 else (frozenset(), frozenset())
         #: a pose head (v8 and later: box, a score per class, then each keypoint's values)
         self.keypoints = None if masks else pose_shape(cols - 4, n_labels, keypoints)
@@ -110,19 +137,13 @@ class YoloDecoder(Decoder):
         else:
             self.objectness = not self.channels_first
         self.classes = self.classes_end - (5 if self.objectness else 4)
-        self.input_w, self.input_h = input_size[1], input_size[0]
-
-    @classmethod
-    def create(cls, io: ModelIO, labels: Sequence[str] | None, opts: DecodeOptions) -> Decoder:
-        return cls(io.outputs, labels, opts, io.image_size, io.file.keypoint_shape)
 
     @classmethod
     def matches(cls, io: ModelIO) -> bool:
-        found = head_and_masks(io.outputs)
+        found = cls.head_shape(io)
         if found is None:
             return False
-        head, masks = found
-        _, a, b = io.outputs[head].shape
+        _, masks, (_, a, b) = found
         return min(a, b) >= 5 + masks and max(a, b) >= 4 * min(a, b)
 
     def __call__(self, outs: Sequence[np.ndarray], rs: Resize) -> Result:

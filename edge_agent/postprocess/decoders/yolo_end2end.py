@@ -17,9 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_agent.modelfile import TensorSpec
-from edge_agent.postprocess.decoders.base import DecodeOptions, Decoder, ModelIO, label_for, make_detection
-from edge_agent.postprocess.decoders.yolo import grid_points, head_and_masks, keypoints_of
+from edge_agent.postprocess.decoders.base import ModelIO, label_for, make_detection
+from edge_agent.postprocess.decoders.yolo import YoloHead, grid_points, keypoints_of
 from edge_agent.preprocess import Resize
 from edge_agent.results import Result
 
@@ -35,7 +34,7 @@ def _keypoints(cols: int, declared: tuple[int, int] | None) -> tuple[int, int] |
     return shape if cols > 6 and cols - 6 == shape[0] * shape[1] else None
 
 
-class YoloEndToEndDecoder(Decoder):
+class YoloEndToEndDecoder(YoloHead):
     """`[1, N, 6 (+ K * D)]`: corners (input pixels or normalised), score, class index (and a pose model's
     keypoints); already one box per object."""
 
@@ -44,31 +43,16 @@ class YoloEndToEndDecoder(Decoder):
     input_range = (0.0, 1.0)  # pixels / 255, as YOLOs are trained (yolo.YoloDecoder)
     letterbox_fill = 114  # Ultralytics' grey bars
 
-    def __init__(
-        self,
-        outputs: Sequence[TensorSpec],
-        labels: Sequence[str] | None,
-        opts: DecodeOptions,
-        input_size: tuple[int, int],
-        keypoints: tuple[int, int] | None = None,
-    ):
-        super().__init__(outputs, labels, opts)
-        self.input_h, self.input_w = input_size
-        self.head, masks = head_and_masks(self.specs) or (0, 0)
+    def _read_head(self, input_size: tuple[int, int], keypoints: tuple[int, int] | None) -> None:
         self.cols = int(self.specs[self.head].shape[-1])
-        self.keypoints = None if masks else _keypoints(self.cols, keypoints)
-
-    @classmethod
-    def create(cls, io: ModelIO, labels: Sequence[str] | None, opts: DecodeOptions) -> Decoder:
-        return cls(io.outputs, labels, opts, io.image_size, io.file.keypoint_shape)
+        self.keypoints = None if self.masks else _keypoints(self.cols, keypoints)
 
     @classmethod
     def matches(cls, io: ModelIO) -> bool:
-        found = head_and_masks(io.outputs)
+        found = cls.head_shape(io)
         if found is None:
             return False
-        head, masks = found
-        _, rows, cols = io.outputs[head].shape
+        _, masks, (_, rows, cols) = found
         h, w = io.image_size
         if rows < 1 or min(h, w) <= 0:
             return False
