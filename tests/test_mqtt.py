@@ -7,6 +7,7 @@ import ipaddress
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -312,6 +313,82 @@ def test_no_more_messages_are_in_flight_than_an_mqtt_5_broker_takes(tmp_path: Pa
         sub.stop()
         s.close(2)
         b.stop()
+
+
+def test_a_connection_cut_while_a_large_message_is_read_past_leaves_the_next_one_clean() -> None:
+    """A message too large to take is read past as it comes. Where the connection ends partway (the
+    broker restarts, the network drops), the next connection starts with nothing left to read past:
+    kept, the bytes still owed would have swallowed the next connection's CONNACK and messages. A
+    scripted broker: the first connection sends the header of a 5 MB message and a few bytes of it,
+    then closes; the second accepts, and sends a command."""
+    from edge_agent.sinks.base import Inbound
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(20)
+    served: queue.Queue[socket.socket] = queue.Queue()
+
+    def read_packet(c: socket.socket) -> tuple[int, bytes]:
+        first = c.recv(1)[0]
+        length, mult = 0, 1
+        while True:
+            b = c.recv(1)[0]
+            length += (b & 127) * mult
+            mult *= 128
+            if not b & 128:
+                break
+        body = b""
+        while len(body) < length:
+            body += c.recv(length - len(body))
+        return first, body
+
+    def accept_and_subscribe() -> socket.socket:
+        c, _ = srv.accept()
+        assert read_packet(c)[0] >> 4 == 1  # CONNECT
+        c.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        while True:
+            kind, body = read_packet(c)
+            if kind >> 4 == 8:  # SUBSCRIBE: grant each topic QoS 1
+                topics, pos = 0, 2
+                while pos < len(body):
+                    pos += 2 + int.from_bytes(body[pos : pos + 2], "big") + 1
+                    topics += 1
+                c.sendall(bytes([0x90, 2 + topics]) + body[:2] + b"\x01" * topics)
+                return c
+
+    def publish(topic: bytes, payload: bytes, declared: int | None = None) -> bytes:
+        rest = len(topic) + 2 + len(payload) if declared is None else declared
+        enc = bytearray()
+        while True:
+            b, rest = rest % 128, rest // 128
+            enc.append(b | (128 if rest else 0))
+            if not rest:
+                break
+        return bytes([0x30]) + bytes(enc) + len(topic).to_bytes(2, "big") + topic + payload
+
+    def broker() -> None:
+        first = accept_and_subscribe()
+        first.sendall(publish(b"edge/dev1/cmd", b"x" * 1000, declared=5 << 20))  # owes the rest of 5 MB
+        first.close()
+        second = accept_and_subscribe()
+        second.sendall(publish(b"edge/dev1/cmd", b'{"id": "1", "command": "ping"}'))
+        served.put(second)
+
+    server = threading.Thread(target=broker, daemon=True)
+    server.start()
+    taken: queue.Queue[Inbound] = queue.Queue()
+    cfg = MQTTConfig(host="127.0.0.1", port=srv.getsockname()[1], reconnect_min_s=0.2, reconnect_max_s=1)
+    s = MqttSink(cfg, "dev1", subscriptions=["edge/dev1/cmd"], inbox=taken)
+    s.start()
+    try:
+        got = taken.get(timeout=20)
+        assert got.payload == b'{"id": "1", "command": "ping"}' and s.connects == 2
+        assert s.drops["inbound_too_large"] == 1  # the large one, never taken
+    finally:
+        s.close(1)
+        server.join(5)
+        while not served.empty():
+            served.get().close()
+        srv.close()
 
 
 def test_a_server_that_accepts_and_never_answers_is_a_broker_away_since_start(caplog: pytest.LogCaptureFixture) -> None:

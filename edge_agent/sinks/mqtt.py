@@ -192,6 +192,7 @@ class _Client(paho.Client):
     def reconnect(self) -> MQTTErrorCode:
         if self.tls_files is not None:
             self.tls_files.refresh()
+        self._skip = None  # a message being read past when the last connection ended is no part of this one
         try:
             rc = super().reconnect()
         except OSError as err:

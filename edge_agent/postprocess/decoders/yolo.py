@@ -1,4 +1,5 @@
-"""Raw YOLO heads (v5 with objectness, v8 and later channels first): class-aware NMS here."""
+"""Raw YOLO heads (v5 with objectness, v8 and later channels first, and their pose and segmentation
+heads): class-aware NMS here."""
 
 from __future__ import annotations
 
