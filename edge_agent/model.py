@@ -301,6 +301,7 @@ def fit_labels(labels: tuple[str, ...], classes: int) -> tuple[tuple[str, ...], 
     return labels, (f"the labels name {len(labels)} classes and the model scores {classes}: the last "
                     f"{len(labels) - classes} never come, and the names may be off (check model.labels)")
 
+
 def decode_options(m: ModelConfig) -> DecodeOptions:
     """The decoder's settings from the model's: at load, and again where a reload changes them."""
     return DecodeOptions(m.score_threshold, m.iou_threshold, m.top_k, m.max_detections, m.raw_max_values)
