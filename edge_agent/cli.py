@@ -347,12 +347,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     except (ModelError, BackendError) as err:
         print(f"edge-agent: {err}", file=sys.stderr)
         return EXIT_FAIL
+    from edge_agent.model import fit_labels, normalisation
     from edge_agent.postprocess.decoders import DecodeOptions, make_decoder
+    from edge_agent.preprocess import build_lut, input_layout
 
+    feeds: dict[str, Any] | None = None
+    note = None
     try:
-        layout = make_decoder("auto", mf, be.inputs, be.outputs, mf.labels, DecodeOptions()).layout
+        dec = make_decoder("auto", mf, be.inputs, be.outputs, mf.labels, DecodeOptions())
+        layout = dec.layout
+        if mf.labels is not None and dec.classes is not None:
+            note = fit_labels(mf.labels, dec.classes)[1]
+        spec = be.inputs[0]
+        try:  # what an image model is given: each channel's value for a black and a white pixel
+            if len(spec.shape) != 4 or mf.stateful:
+                raise ValueError("not an image input")
+            lut = build_lut(spec, *normalisation(None, mf, dec, spec), input_layout(spec)[2])
+            lo, hi = (0, 255) if lut is None else (lut[0, 0].item(), lut[0, 255].item())
+            feeds = {"black": lo, "white": hi, "resize": dec.preferred_resize, "letterbox_fill": dec.letterbox_fill}
+        except (ValueError, IndexError):  # not an image input (a signal model's)
+            feeds = None
     except ModelError as err:
         layout = f"unknown ({err})"
+        dec = None
     doc = {
         "path": str(mf.path),
         "size": mf.size,
@@ -366,6 +383,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "associated_files": list(mf.associated_files),
         "labels": list(mf.labels) if mf.labels else None,
         "detected_layout": layout,
+        "classes": dec.classes if dec is not None else None,
+        "keypoints": list(kp) if (kp := getattr(dec, "keypoints", None)) else None,
+        "labels_problem": note,
+        "feeds": feeds,
     }
     be.close()
     human.emit(doc, human.inspect, args.json)

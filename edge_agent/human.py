@@ -96,6 +96,14 @@ def inspect(doc: dict[str, Any]) -> str:
     rows += [("input" if i == 0 else "", _tensor(t)) for i, t in enumerate(doc["inputs"])]
     rows += [("output" if i == 0 else "", _tensor(t)) for i, t in enumerate(doc["outputs"])]
     rows.append(("layout", str(doc["detected_layout"])))
+    if doc.get("keypoints"):
+        rows.append(("keypoints", "{} of {} values".format(*doc["keypoints"])))
+    feeds = doc.get("feeds")
+    if feeds:
+        bars = f", bars grey {feeds['letterbox_fill']}" if feeds["resize"] == "letterbox" else ""
+        rows.append(("fed", f"black as {feeds['black']}, white as {feeds['white']}; {feeds['resize']}{bars}"))
+    if doc.get("labels_problem"):
+        rows.append(("labels!", str(doc["labels_problem"])))
     labels = doc.get("labels") or []
     shown = ", ".join(labels[:8]) + (f", ... ({len(labels)} in all)" if len(labels) > 8 else "")
     rows.append(("labels", shown or "none"))

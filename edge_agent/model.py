@@ -302,6 +302,24 @@ def fit_labels(labels: tuple[str, ...], classes: int) -> tuple[tuple[str, ...], 
                     f"{len(labels) - classes} never come, and the names may be off (check model.labels)")
 
 
+
+def normalisation(
+    cfg: ModelConfig | None, file: ModelFile, decoder: Decoder, spec: TensorSpec
+) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """(mean, std) the pixels are normalised with, real = (p - mean) / std: the config's, else the file's
+    metadata's, else the range the file's exporter or the decoder's layout fixes (a YOLO's pixels / 255),
+    else none (preprocess.build_lut: raw pixels for uint8, [-1, 1] otherwise). A uint8 input takes raw
+    pixels whatever the range: its quantization says what they mean."""
+    meta = file.metadata
+    mean = tuple(cfg.mean) if cfg is not None and cfg.mean else meta.mean
+    std = tuple(cfg.std) if cfg is not None and cfg.std else meta.std
+    span = file.input_range or decoder.input_range  # the file's exporter knows best
+    if mean is None and std is None and span is not None and spec.dtype != np.uint8:
+        lo, hi = span  # real = lo + p * (hi - lo) / 255 = (p - mean) / std
+        std = (255.0 / (hi - lo),)
+        mean = (-lo * std[0],)
+    return mean, std
+
 def decode_options(m: ModelConfig) -> DecodeOptions:
     """The decoder's settings from the model's: at load, and again where a reload changes them."""
     return DecodeOptions(m.score_threshold, m.iou_threshold, m.top_k, m.max_detections, m.raw_max_values)
@@ -358,15 +376,7 @@ class Model:
         else:
             self.decoder = make_decoder(cfg.task, self.file, self.inputs, self.outputs, self.labels, opts)
             mode = cfg.resize if cfg.resize != "auto" else self.decoder.preferred_resize
-            meta = self.file.metadata
-            mean = tuple(cfg.mean) if cfg.mean else meta.mean
-            std = tuple(cfg.std) if cfg.std else meta.std
-            raw = self.inputs[0].dtype == np.uint8  # takes raw pixels (preprocess.build_lut), whatever the range
-            span = self.file.input_range or self.decoder.input_range  # the file's exporter knows best
-            if mean is None and std is None and span is not None and not raw:
-                lo, hi = span  # real = lo + p * (hi - lo) / 255 = (p - mean) / std
-                std = (255.0 / (hi - lo),)
-                mean = (-lo * std[0],)
+            mean, std = normalisation(cfg, self.file, self.decoder, self.inputs[0])
             try:
                 self.pre = Preprocessor(self.inputs[0], mode, mean, std, self.decoder.letterbox_fill)  # type: ignore[arg-type]
             except ValueError as err:

@@ -436,6 +436,20 @@ def test_labels_that_do_not_count_the_models_classes_are_said(tmp_path: Path) ->
     assert fit_labels(imagenet, 1000) == (imagenet, None)
 
 
+def test_inspect_says_what_the_agent_feeds_a_model(tmp_path: Path) -> None:
+    """`inspect` names what each pixel goes in as, the resize and its bars, and a pose model's keypoints:
+    what the agent does with a model, before it runs one."""
+    yolo = tmp_path / "yolo.tflite"
+    yolo.write_bytes(_reshaping_model(112, (1, 56, 672)))  # a pose head: one person class, 17 keypoints of 3
+    doc = json.loads(run_cli("inspect", str(yolo)).stdout)
+    assert doc["detected_layout"] == "yolo" and doc["keypoints"] == [17, 3] and doc["classes"] == 1
+    assert doc["feeds"] == {"black": 0.0, "white": 1.0, "resize": "letterbox", "letterbox_fill": 114}
+    face = json.loads(run_cli("inspect", str(SHORT)).stdout)
+    assert face["feeds"] == {"black": -1.0, "white": 1.0, "resize": "letterbox", "letterbox_fill": 0}
+    word = json.loads(run_cli("inspect", str(ROOT / "models" / "wakeword" / "okay_nabu.tflite")).stdout)
+    assert word["feeds"] is None  # a signal model: no pixels
+
+
 def test_inspect_and_predict_cli(tmp_path: Path) -> None:
     r = run_cli("inspect", str(SHORT_INT8))
     assert r.returncode == 0, r.stderr
