@@ -385,10 +385,13 @@ class Model:
         #: what is wrong with the labels for this model's outputs (logged, and a problem in `check`)
         self.labels_note: str | None = None
         if self.labels is not None and self.decoder.classes is not None:
-            self.labels, self.labels_note = fit_labels(self.labels, self.decoder.classes)
-            self.decoder.labels = self.labels
-            if self.labels_note is not None:
-                log.warning("model %s: %s", self.name, self.labels_note)
+            fitted, note = fit_labels(self.labels, self.decoder.classes)
+            if note is not None and len(fitted) == self.decoder.classes:  # read rightly (ImageNet's background)
+                log.info("model %s: %s", self.name, note)
+            elif note is not None:
+                log.warning("model %s: %s", self.name, note)
+                self.labels_note = note
+            self.labels = self.decoder.labels = fitted
         self._local = threading.local()
         self._pool = pool if not self.file.stateful else None
 
