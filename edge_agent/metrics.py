@@ -116,6 +116,8 @@ FIGURES: dict[str, Figure] = {
     "system.disk_free_mb": Figure("system_disk_free_bytes", "Free space on the state directory's file system.",
                                   scale=MB),
     "broker.connects": _c("broker_connects", "Connections made to the MQTT broker since start."),
+    "broker.max_qos": Figure("broker_max_qos", "The highest QoS the broker takes (an MQTT 5 broker's CONNACK "
+                             "says; 2 otherwise): every message is sent within it."),
     "broker.queue_depth": Figure("broker_queue_depth", "Messages waiting in memory to be sent to the broker."),
     "broker.queue_size": Figure("broker_queue_size", "Capacity of the in-memory send queue."),
     "broker.sent": _c("broker_sent", "Messages sent to the broker (results, events, state, health)."),
