@@ -168,7 +168,8 @@ class YoloDecoder(YoloHead):
         # class-aware NMS in one pass: shift each class to its own region
         shifted = xyxy + cls[:, None].astype(np.float32) * 4.0
         kept = nms(shifted, scores, self.opts.iou_threshold, self.opts.max_detections)
-        points = keypoints_of(pred[keep][:, self.classes_end :], self.keypoints, self.input_w, self.input_h)
+        points = (None if self.keypoints is None  # a plain detector's frame copies no rows for it
+                  else keypoints_of(pred[keep][:, self.classes_end :], self.keypoints, self.input_w, self.input_h))
         return Result(
             task="detection",
             detections=tuple(
