@@ -1175,6 +1175,16 @@ def exclusive_device(uri: str) -> str | None:
         return os.path.realpath(u) if os.path.exists(u) else u
     if u == "rpicam" or u.startswith("rpicam:"):  # libcamera opens a camera for one process
         return f"rpicam:{u.partition(':')[2] or '0'}"
+    if u.startswith("iio:"):
+        # one sensor has three names: its driver's (`iio:mpu6050`), its node's (`iio:device0`) and its
+        # sysfs path; where the board has it now, all three are its sysfs directory
+        from edge_agent.signals.base import SourceError
+        from edge_agent.signals.iio import locate
+
+        try:
+            return f"iio:{os.path.realpath(locate(u[4:]))}"
+        except (SourceError, OSError):
+            pass  # not there now: as written
     for kind in ("serial:", "iio:", "mic:"):
         if u.startswith(kind):
             rest = u[len(kind) :]

@@ -439,6 +439,29 @@ def test_iio_sysfs_polling_scales_counts_and_survives_removal(tmp_path: Path) ->
         cap.join(2)
 
 
+def test_one_iio_sensor_under_its_three_names_is_one_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An IIO sensor goes by its driver's name (`iio:mpu6050`), its node's (`iio:iio:device1`) and its
+    sysfs path. Two pipelines that named it two ways were both let open it, where two that named it alike are
+    refused: each name is now the sensor's sysfs directory where the board has it. (A fake sysfs.)"""
+    import pydantic
+
+    import edge_agent.signals.iio as iio
+    from edge_agent.config import exclusive_device
+
+    root = tmp_path / "devices"
+    monkeypatch.setattr(iio, "_IIO_ROOT", str(root))
+    (_iio_dir(root / "iio:device0", {"pressure": 1000}) / "name").write_text("bmp280\n")
+    imu = _iio_dir(root / "iio:device1", {"accel_x": 100})
+    (imu / "name").write_text("mpu6050\n")
+    names = {exclusive_device(u) for u in ("iio:mpu6050", "iio:iio:device1", f"iio:{imu}")}
+    assert names == {f"iio:{os.path.realpath(imu)}"}
+    assert exclusive_device("iio:bmp280") != exclusive_device("iio:mpu6050")
+    assert exclusive_device("iio:lsm6ds3") == "iio:lsm6ds3"  # not on this board now: as written
+    with pytest.raises(pydantic.ValidationError, match=r"pipelines\[b\].source.uri: .* already used by pipeline 'a'"):
+        Settings(pipelines=[{"name": "a", "source": {"uri": "iio:mpu6050"}},
+                            {"name": "b", "source": {"uri": "iio:iio:device1"}}])
+
+
 def test_an_iio_sensor_named_by_its_driver_is_found_whatever_its_number(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
