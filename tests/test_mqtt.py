@@ -216,21 +216,46 @@ def test_a_broker_that_closes_the_connection_unanswered_is_said_to_and_told_from
     """mosquitto set with `retain_available false` closes the connection of a 3.1.1 client whose will is
     retained (the agent's), before any CONNACK: MQTT 3.1.1 gives it no way to say why. Health and the
     log said "no broker at ... (disconnected: Unspecified error)" forever; they now say that the broker
-    is there and closed the connection unanswered, with what does that and how to learn why. The same
-    broker's MQTT 5 refusal names the reason, and the agent connects again with its Will unretained,
-    sends everything unretained (a broker that keeps none refuses each retained message), and says in
-    health that what is usually retained reaches only who is subscribed when it is sent."""
+    is there and closed the connection unanswered, with what does that and how to learn why. After two
+    such closes the agent tries its Will unretained, is taken, and sends everything unretained, health
+    saying it is a guess. The same broker's MQTT 5 refusal names the reason, and the agent connects
+    again with its Will unretained, sends everything unretained (a broker that keeps none refuses each
+    retained message), and says in health that what is usually retained reaches only who is subscribed
+    when it is sent. A server that closes every connection unanswered, Will or not, stays "not
+    accepted", the retained Will back after the trial."""
     port = free_port()
     b = Broker(tmp_path, f"listener {port} 127.0.0.1\nallow_anonymous true\nretain_available false\n", port).start()
     caplog.set_level(logging.WARNING, logger="edge_agent.sinks.mqtt")
+    srv = socket.create_server(("127.0.0.1", 0))  # takes each connection and closes it at once
+    stop = threading.Event()
+
+    def close_each() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                srv.accept()[0].close()
+            except TimeoutError:
+                continue
+
+    closer = threading.Thread(target=close_each, daemon=True)
+    closer.start()
     try:
-        s = sink_for(b.mqtt(keepalive_s=5, reconnect_max_s=1, down_log_s=1))
+        s = sink_for(b.mqtt(keepalive_s=5, reconnect_min_s=0.2, reconnect_max_s=1, down_log_s=1))
         wait_until(lambda: "before accepting it" in str(s.stats()["last_error"]), 15, what="the closed connection")
         err = str(s.stats()["last_error"])
         assert "a will or retained messages it does not allow" in err and 'mqtt.protocol = "5"' in err, err
-        wait_until(lambda: "not accepted by the broker at 127.0.0.1" in caplog.text, 10, what="the log")
-        assert not s.is_connected()
+        assert s.wait_connected(15)
+        assert any("keeps no retained messages" in p and "a guess" in p for p in s.problems()), s.problems()
+        assert "trying a Will unretained" in caplog.text
         s.close(1)
+        shut = sink_for(MQTTConfig(host="127.0.0.1", port=srv.getsockname()[1], keepalive_s=5,
+                                   reconnect_min_s=0.2, reconnect_max_s=0.5, down_log_s=1))
+        try:
+            wait_until(lambda: "not accepted by the broker at 127.0.0.1" in caplog.text, 15, what="the log")
+            wait_until(lambda: "the Will is retained again" in caplog.text, 15, what="the trial given up")
+            assert not shut.is_connected() and not shut.problems()
+        finally:
+            shut.close(1)
         from edge_agent.sinks.mqtt import Subscriber
 
         sub = Subscriber(b.mqtt(), ["edge/dev1/#"])
@@ -248,6 +273,9 @@ def test_a_broker_that_closes_the_connection_unanswered_is_said_to_and_told_from
             sub.stop()
             v5.close(1)
     finally:
+        stop.set()
+        closer.join(5)
+        srv.close()
         b.stop()
 
 

@@ -71,6 +71,10 @@ _UNACCEPTED = (
     'with mqtt.protocol = "5" it says why'
 )
 _LOSS_WINDOW_S = 60.0
+#: Connections closed unanswered in a row, with a retained Will, after which one without is tried (MQTT
+#: 3.1.1, where a broker that keeps no retained messages cannot say so): and as many more, after which
+#: the retained Will is back, and not tried without again.
+_UNANSWERED_TRY = 2
 #: The smallest packet size a broker's limit is ever learnt from (MQTT 3.1.1, where it cannot say it): the
 #: agent's own documents (info, predictions, events) stay under it, so a broker that restarts again and again
 #: while one of them is being resent is never taken for one that refuses it.
@@ -429,6 +433,9 @@ class MqttSink(Sink):
         #: `retain_available false` does not): where it does not, everything goes unretained
         self.retain_ok = True
         self._will_retain = True
+        #: connections closed unanswered in a row (MQTT 3.1.1), and whether a Will unretained was tried for it
+        self._unanswered = 0
+        self._retain_guess: bool | None = None  # None: not tried; True: trying / taken; False: given up
         self._client.will_set(self.availability_topic, OFFLINE, qos=self._will_qos, retain=True)
         self._client.max_inflight_messages_set(_MAX_INFLIGHT)
         self._client.max_queued_messages_set(_MAX_QUEUED)
@@ -702,7 +709,8 @@ class MqttSink(Sink):
                 # is retained follows the Will of this connection, and the next one's is retained again
                 # where the broker keeps retained messages once more
                 self.retain_ok = ev.retain and self._will_retain
-                if ev.retain and not self._will_retain:
+                self._unanswered = 0
+                if ev.retain and not self._will_retain and self._v5:  # 3.1.1's CONNACK says nothing of it
                     self._will_retain = True
                     self._client.will_set(self.availability_topic, OFFLINE, qos=self._will_qos, retain=True)
                 # no more QoS > 0 messages in flight than the broker takes (MQTT 5's Receive Maximum; a
@@ -776,6 +784,7 @@ class MqttSink(Sink):
                     self.state = "disconnected"
                     self.last_error = _UNACCEPTED.format(ev.detail) if unaccepted else f"disconnected: {ev.detail}"
                     self._unaccepted = unaccepted
+                self._guess_retain(unaccepted)
                 self._connected.clear()
                 # unacknowledged QoS>0 messages may be lost with the connection: the outbox keeps
                 # them, and sends them again through the checks of every send (paho would resend
@@ -785,6 +794,29 @@ class MqttSink(Sink):
                 self._spill([m for info, m in self._inflight if not info.is_published()])
                 self._inflight.clear()
                 self._replay_inflight.clear()
+
+    def _guess_retain(self, unaccepted: bool) -> None:
+        """MQTT 3.1.1 gives a broker no way to say why it closes a connection before answering it. One that
+        keeps no retained messages (mosquitto's `retain_available false`) does so to a client whose Will
+        is retained, as the agent's is, and was never served. After _UNANSWERED_TRY such closes in a row,
+        the next connection asks for its Will unretained; taken, everything goes unretained (health says
+        so); refused as often again, the retained Will is back for good. MQTT 5 needs no guess: the
+        broker names the reason, and the refusal is acted on as it comes."""
+        if self._v5 or not unaccepted:
+            self._unanswered = 0
+            return
+        self._unanswered += 1
+        if self._retain_guess is None and self._unanswered >= _UNANSWERED_TRY:
+            self._retain_guess, self._will_retain, self.retain_ok = True, False, False
+            self._client.will_set(self.availability_topic, OFFLINE, qos=self._will_qos, retain=False)
+            log.warning("mqtt: the broker closed %d connections in a row unanswered; trying a Will unretained "
+                        "(a broker that keeps no retained messages closes a client with a retained one so)",
+                        self._unanswered)
+        elif self._retain_guess and self._unanswered >= 2 * _UNANSWERED_TRY:
+            self._retain_guess, self._will_retain, self.retain_ok = False, True, True
+            self._client.will_set(self.availability_topic, OFFLINE, qos=self._will_qos, retain=True)
+            log.warning("mqtt: the broker closes connections unanswered with a Will unretained too: the Will is "
+                        "retained again")
 
     def _refused_inbound(self, size: int, topic: str | None = None) -> None:
         """A message from the broker larger than the agent takes, read past unkept (`_Client._packet_read`;
@@ -941,8 +973,10 @@ class MqttSink(Sink):
         refused = self.refused_subscriptions
         out = [f"broker refused subscriptions: {', '.join(refused)}"] if refused else []
         if not self.retain_ok:
+            guessed = (" (under MQTT 3.1.1 a guess: it closed connections with a retained Will unanswered, and "
+                       "took one without)" if self._retain_guess else "")
             out.append("the broker keeps no retained messages: availability, info, zone counts, snapshots and "
-                       "model state reach only who is subscribed when they are sent")
+                       f"model state reach only who is subscribed when they are sent{guessed}")
         if self.taken_over is not None:
             qos2 = " or QoS 2 not taken (set mqtt.qos = 1)" if self.cfg.qos == 2 and not self._v5 else ""
             out.append(f"broker closes each connection right after accepting it (client id '{self.client_id}' "
