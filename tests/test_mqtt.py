@@ -419,6 +419,26 @@ def test_a_connection_cut_while_a_large_message_is_read_past_leaves_the_next_one
         srv.close()
 
 
+def test_a_guess_that_the_broker_keeps_no_retained_messages_lasts_one_connection(tmp_path: Path) -> None:
+    """Under MQTT 3.1.1 the agent guesses that a broker keeps no retained messages when it closes
+    connections with a retained Will unanswered and takes one without. A broker that closed them for
+    another reason (its connections all taken) would otherwise have lost the agent its retained state
+    for good: the next connection starts from a retained Will again (here the broker restarts keeping
+    retained messages)."""
+    port = free_port()
+    b = Broker(tmp_path, f"listener {port} 127.0.0.1\nallow_anonymous true\nretain_available false\n", port).start()
+    s = sink_for(b.mqtt(keepalive_s=5, reconnect_min_s=0.2, reconnect_max_s=1))
+    try:
+        assert s.wait_connected(15) and not s.retain_ok
+        b.stop()
+        b = Broker(tmp_path, f"listener {port} 127.0.0.1\nallow_anonymous true\n", port).start()
+        wait_until(lambda: s.connects == 2 and s.is_connected(), 20, what="the agent back on the restarted broker")
+        assert s.retain_ok and not any("retained" in p for p in s.problems()), s.problems()
+    finally:
+        s.close(1)
+        b.stop()
+
+
 def test_a_server_that_accepts_and_never_answers_is_a_broker_away_since_start(caplog: pytest.LogCaptureFixture) -> None:
     """Something else on the broker's port (or a broker hung before its CONNACK) takes the connection
     and says nothing: the agent is not connected, gives up after the keepalive and tries again, and

@@ -771,6 +771,7 @@ class MqttSink(Sink):
             else:
                 # closed by the broker before its CONNACK (not a silence that ran out the keepalive)
                 unaccepted = self._connected_at is None and "keep alive" not in ev.detail.lower()
+                ended = self._connected_at is not None  # a connection the broker had accepted
                 if ev.refused_inbound is not None:
                     self._refused_inbound(ev.refused_inbound)
                 elif self._connected_at is not None:  # the end of a connection the broker accepted (a send
@@ -784,7 +785,7 @@ class MqttSink(Sink):
                     self.state = "disconnected"
                     self.last_error = _UNACCEPTED.format(ev.detail) if unaccepted else f"disconnected: {ev.detail}"
                     self._unaccepted = unaccepted
-                self._guess_retain(unaccepted)
+                self._guess_retain(unaccepted, ended)
                 self._connected.clear()
                 # unacknowledged QoS>0 messages may be lost with the connection: the outbox keeps
                 # them, and sends them again through the checks of every send (paho would resend
@@ -795,14 +796,21 @@ class MqttSink(Sink):
                 self._inflight.clear()
                 self._replay_inflight.clear()
 
-    def _guess_retain(self, unaccepted: bool) -> None:
+    def _guess_retain(self, unaccepted: bool, ended: bool) -> None:
         """MQTT 3.1.1 gives a broker no way to say why it closes a connection before answering it. One that
         keeps no retained messages (mosquitto's `retain_available false`) does so to a client whose Will
         is retained, as the agent's is, and was never served. After _UNANSWERED_TRY such closes in a row,
         the next connection asks for its Will unretained; taken, everything goes unretained (health says
-        so); refused as often again, the retained Will is back for good. MQTT 5 needs no guess: the
-        broker names the reason, and the refusal is acted on as it comes."""
-        if self._v5 or not unaccepted:
+        so); refused as often again, the retained Will is back for good. The guess holds for one
+        connection: a broker that closed connections for another reason (its `max_connections` reached)
+        would otherwise lose the agent's retained state for good; the next outage starts from a retained
+        Will again. MQTT 5 needs no guess: the broker names the reason, and the refusal is acted on."""
+        if self._v5:
+            return
+        if ended and self._retain_guess:
+            self._retain_guess, self._will_retain, self.retain_ok = None, True, True
+            self._client.will_set(self.availability_topic, OFFLINE, qos=self._will_qos, retain=True)
+        if not unaccepted:
             self._unanswered = 0
             return
         self._unanswered += 1
