@@ -246,8 +246,9 @@ def _associated(
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             names = zf.namelist()
             pick = label_file if label_file in names else next((n for n in names if "label" in n.lower()), None)
-            if pick is None and _ULTRALYTICS_META in names:
-                pick = _ULTRALYTICS_META
+            meta = _ULTRALYTICS_META if _ULTRALYTICS_META in names else None
+            if pick is None and meta is not None and zf.getinfo(meta).file_size <= _MAX_LABELS_BYTES:
+                pick = meta  # (one larger is no exporter's: the model is taken without it, as before)
             if pick is not None and zf.getinfo(pick).file_size > _MAX_LABELS_BYTES:
                 raise ModelError(f"labels file {pick} in the model: {zf.getinfo(pick).file_size} bytes "
                                  f"(at most {_MAX_LABELS_BYTES})")

@@ -450,6 +450,17 @@ def test_inspect_says_what_the_agent_feeds_a_model(tmp_path: Path) -> None:
     assert word["feeds"] is None  # a signal model: no pixels
 
 
+def test_a_metadata_file_too_large_to_be_an_exporters_is_left_unread(tmp_path: Path) -> None:
+    """A `metadata.json` of more than the 4 MiB a labels file may be is no exporter's: the model is taken
+    without it, as it was before such files were read, rather than refused."""
+    path = tmp_path / "big_meta.tflite"
+    path.write_bytes(_reshaping_model(16, (1, 16 * 16 * 3)))
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("metadata.json", '{"names": {"0": "a"}, "pad": "' + " " * (5 << 20) + '"}')
+    m = load(path)
+    assert m.labels is None and m.decoder.layout == "classification"
+
+
 def test_inspect_and_predict_cli(tmp_path: Path) -> None:
     r = run_cli("inspect", str(SHORT_INT8))
     assert r.returncode == 0, r.stderr
