@@ -255,8 +255,9 @@ def _associated(
             if pick is None:
                 return names, None, None, None
             text = zf.read(pick).decode("utf-8")
-            exporter = "ultralytics" if _by_ultralytics(_exporter_doc(text)) else None
-            return names, class_names(text) or parse_labels(text), keypoint_shape(text), exporter
+            doc = _exporter_doc(text)  # once: an older export's is Python, read by ast, up to 4 MiB
+            exporter = "ultralytics" if _by_ultralytics(doc) else None
+            return names, _names_in(doc) or parse_labels(text), _keypoints_in(doc), exporter
     except (zipfile.BadZipFile, KeyError, UnicodeDecodeError):
         return [], None, None, None
 
@@ -275,7 +276,10 @@ def class_names(text: str) -> tuple[str, ...] | None:
     Exports since 8.3 append it as JSON (`metadata.json`, names keyed by index as strings); earlier ones
     packed the same dict, written as Python (`str(dict)`), as the TFLite metadata's labels file, where
     read line by line it made one label of the whole dict. Gaps in the indexes are LABEL_GAP."""
-    doc = _exporter_doc(text)
+    return _names_in(_exporter_doc(text))
+
+
+def _names_in(doc: dict[Any, Any] | None) -> tuple[str, ...] | None:
     got = doc.get("names") if doc is not None else None
     if isinstance(got, list) and got and len(got) <= MAX_LABELS:
         return tuple(str(n) for n in got)
@@ -296,7 +300,10 @@ def class_names(text: str) -> tuple[str, ...] | None:
 def keypoint_shape(text: str) -> tuple[int, int] | None:
     """A pose model's `kpt_shape` in an Ultralytics export's metadata (17 keypoints of x, y and
     visibility: [17, 3]), or None."""
-    doc = _exporter_doc(text)
+    return _keypoints_in(_exporter_doc(text))
+
+
+def _keypoints_in(doc: dict[Any, Any] | None) -> tuple[int, int] | None:
     got = doc.get("kpt_shape") if doc is not None else None
     if not isinstance(got, (list, tuple)) or len(got) != 2 or not all(type(v) is int for v in got):
         return None
