@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from edge_agent.config import SourceConfig
 from edge_agent.handoff import LatestSlot
+from edge_agent.picture import PictureWatch
 from edge_agent.sources import EndOfStream, Frame, FrameError, Source, SourceError
 from edge_agent.stats import FailureLog, StageStats
 
@@ -75,6 +76,9 @@ class Capture:
         self.reduce: Callable[[int, int], int] | None = None
         #: how many times smaller the last frame was decoded
         self.decode_scale = 1
+        #: a live source's picture, looked at once a second: frozen or blank (`edge_agent.picture`); None
+        #: until a live source opened (a file or a folder of pictures may show one still picture by design)
+        self.picture: PictureWatch | None = None
 
     def start(self) -> None:
         self._spawn_reader()
@@ -128,6 +132,8 @@ class Capture:
                     if gen != self._gen:
                         break
                     self.stats.state = "running"
+                    if (src.live or src.polled) and self.picture is None:
+                        self.picture = PictureWatch()
                     self._failures.opened("source open", self.source_desc)
                     t0_mono = time.monotonic()
                     # never before a frame already stamped: a file consumed faster than it plays runs
@@ -240,6 +246,8 @@ class Capture:
         self.frame_size = (w, h)
         self.decode_scale = reduce if whole else 1
         frame = Frame(image, ts, time.monotonic(), self._index, whole, clock=ts if own else None)
+        if self.picture is not None and (src.live or src.polled):
+            self.picture.look(image, frame.mono, self.cfg.frozen_after_s, self.cfg.blank_after_s)
         self.stats.done()
         if paced and self.consume is not None and self.consume(frame):
             return "delivered"

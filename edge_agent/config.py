@@ -219,6 +219,23 @@ class SourceConfig(_Strict):
     reopen_max_s: float = Field(
         30.0, ge=0.1, le=3600, description="Longest delay between reopen attempts (exponential backoff)."
     )
+    frozen_after_s: float = Field(
+        120.0,
+        ge=0,
+        le=86400,
+        description="A camera's picture that has not changed for this long is said to be frozen (health: "
+        "degraded, with the reason): a stream that repeats its last frame while its camera or a recorder hangs. "
+        "Sensor noise changes a real picture every second, however still the scene; a codec repeats one only "
+        "until its next key frame. 0: never. Read by cameras and streams, not files.",
+    )
+    blank_after_s: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="A camera's picture of one flat tone for this long is said to be blank (health: degraded, "
+        "with its grey level): the lens covered or facing a wall or the sky, too dark to see, no signal. "
+        "0: never. Read by cameras and streams, not files.",
+    )
     scaled_decode: bool = Field(
         True,
         description="Decode JPEG frames (Motion JPEG files and RTSP streams, HTTP cameras, 'exec:' and 'rpicam' "
@@ -920,12 +937,12 @@ def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, 
     from edge_agent.signals import SIGNALS, signal_class
     from edge_agent.signals.base import SIGNAL_KIND_SETTINGS, SIGNAL_SETTINGS
     from edge_agent.sources import SOURCES, source_class
-    from edge_agent.sources.base import FRAME_SETTINGS, PLAYED_SETTINGS, Source
+    from edge_agent.sources.base import FRAME_SETTINGS, LIVE_SETTINGS, PLAYED_SETTINGS, Source
 
     shown = hide_credentials(uri)  # the message is printed and logged: a camera URL's password is not
 
     def frame_reads(c: type[Source]) -> frozenset[str]:
-        return FRAME_SETTINGS | c.options | (frozenset() if c.live else PLAYED_SETTINGS)
+        return FRAME_SETTINGS | c.options | (LIVE_SETTINGS if c.live else PLAYED_SETTINGS)
 
     def kinds(names: list[str]) -> str:
         listed = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)

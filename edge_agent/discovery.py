@@ -19,6 +19,7 @@ from edge_agent.homeassistant import HomeAssistant, object_id
 from edge_agent.model import misnamed_by_all
 from edge_agent.payload import dumps
 from edge_agent.sinks import Message
+from edge_agent.sources import source_class
 from edge_agent.topics import is_ha_config
 
 if TYPE_CHECKING:
@@ -59,7 +60,9 @@ class Discovery:
                 continue
             produced = list(model.produced_labels)
             watched = [x for x in cfg.labels if x in produced] or produced[:1] or [model.name]
-            made[name] = HomeAssistant(a.settings, a.topics, watched, pipe.route.label, not made, pipe.settings.scene)
+            camera = pipe.kind == "frame" and source_class(pipe.settings.source.uri).live
+            made[name] = HomeAssistant(a.settings, a.topics, watched, pipe.route.label, not made, pipe.settings.scene,
+                                       camera)
         # as `escalation.labels` are checked: against every model in use together, none whose labels are unknown
         why = misnamed_by_all("homeassistant.labels", cfg.labels, a.models_in_use())
         if why is not None:

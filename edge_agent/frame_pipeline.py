@@ -491,6 +491,7 @@ class FramePipeline:
             "reopens": cap.reopens,
             "stalls": cap.stalls,
             "errors": self.capture_stats.errors,
+            "picture": cap.picture.info(time.monotonic()) if cap.picture is not None else None,
         }
 
     def counts(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
 from edge_agent.payload import dumps, health
+from edge_agent.picture import problem as picture_problem
 from edge_agent.sdnotify import Notifier
 from edge_agent.sinks.base import Message
 from edge_agent.system import ProcessStats, cpu_temperature_c, disk_free_mb, throttling
@@ -95,6 +96,9 @@ class Health:
                 problems.append(f"{who}source {state}")
             if p.failed:
                 problems.append(f"{who}failed: {p.failed}")
+            seen = picture_problem(sections[p.name]["source"].get("picture"))
+            if seen is not None and state == "running":
+                problems.append(f"{who}{seen}")
             scene = sections[p.name]["scene"]
             if scene is not None:  # a full or read-only disk: detection goes on, and says what it lost
                 if scene["snapshots"]["error"]:

@@ -49,15 +49,18 @@ class HomeAssistant:
         pipeline: str | None = None,
         device_entities: bool = True,
         scene: SceneConfig | None = None,
+        camera: bool = False,
     ):
         """pipeline: a named pipeline's watched labels (entities named after it, its own state topic);
-        device_entities: the diagnostics, update and rollback entities (one set per device)."""
+        device_entities: the diagnostics, update and rollback entities (one set per device); camera: its
+        source is a live camera, whose picture health watches (a problem entity: frozen or blank)."""
         self.settings = settings
         self.cfg = settings.homeassistant
         self.topics = {"availability": topics.device("availability"), "health": topics.device("health")}
         self.labels = labels
         self.pipeline = pipeline
         self.device_entities = device_entities
+        self.camera = camera
         self.node = object_id(settings.device_id)
         self.state_topic = topics.pipeline(pipeline, "ha/state")
         scene = scene or settings.scene
@@ -142,6 +145,8 @@ class HomeAssistant:
                 )
             )
         out += self._scene_configs(model_name)
+        if self.camera:
+            out.append(self._picture_config(model_name))
         if not self.device_entities:
             return out
         health = self.topics["health"]
@@ -229,6 +234,32 @@ class HomeAssistant:
             )
         )
         return out
+
+    def _picture_config(self, model_name: str | None) -> tuple[str, dict[str, Any]]:
+        """On while the camera's picture is frozen or blank (health's `source.picture`, per pipeline, or at
+        the top in the single form): the automation a covered or hung camera needs."""
+        if self.pipeline:
+            where = f"((value_json.pipelines or {{}}).get('{self.pipeline}') or {{}}).source"
+            key, name = f"{object_id(self.pipeline)}_picture", f"{self.pipeline} camera picture"
+        else:
+            where, key, name = "value_json.source", "picture", "Camera picture"
+        return (
+            "binary_sensor",
+            {
+                **self._common(key, name, model_name),
+                "state_topic": self.topics["health"],
+                "value_template": f"{{% set s = {where} or {{}} %}}"
+                "{{ 'ON' if s.picture is mapping and s.picture.state != 'ok' else 'OFF' }}",
+                "json_attributes_topic": self.topics["health"],
+                "json_attributes_template": f"{{% set s = {where} or {{}} %}}"
+                "{{ (s.picture if s.picture is mapping else {}) | tojson }}",
+                "payload_on": "ON",
+                "payload_off": "OFF",
+                "device_class": "problem",
+                "entity_category": "diagnostic",
+                "icon": "mdi:cctv-off",
+            },
+        )
 
     def _scene_configs(self, model_name: str | None) -> list[tuple[str, dict[str, Any]]]:
         """A count sensor per zone and label (the retained `zones/{zone}/{label}`), and a camera per

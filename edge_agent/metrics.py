@@ -48,6 +48,7 @@ ESCALATION_DROPS = (
 FRAME_SERIES = ("preprocess", "queue", "inference", "postprocess", "capture_to_publish")
 BROKER_STATES = ("connecting", "connected", "disconnected", "refused")
 SOURCE_STATES = ("starting", "running", "reconnecting", "stalled", "finished", "failed")
+PICTURE_STATES = ("ok", "frozen", "blank")
 OUTBOX_MODES = ("disk", "memory")
 
 
@@ -87,6 +88,10 @@ FIGURES: dict[str, Figure] = {
     "source.reopens": _c("source_reopens", "Times the source was opened again after a failure or an end."),
     "source.decode_scale": Figure("source_decode_scale", "How many times smaller than the frame its last picture "
                                   "was decoded (source.scaled_decode): 1, 2, 4 or 8."),
+    "source.picture.for_s": Figure("source_picture_state_seconds", "How long a camera's picture has been frozen "
+                                   "or blank (absent while it is fine)."),
+    "source.picture.level": Figure("source_picture_level", "A camera's mean grey level (0-255) at the last look, "
+                                   "once a second: near 0 in the dark or with the lens covered."),
     "source.stalls": _c("source_stalls", "Times the source stopped delivering for longer than its stall limit."),
     "source.errors": _c("source_errors", "Errors reading from the source."),
     "source.samples": _c("source_samples", "Signal samples read from the source since start."),
@@ -269,6 +274,14 @@ class HealthCollector(Collector):
             cur = str((p.get("source") or {}).get("state"))
             pstate.add_metric([name], _states(SOURCE_STATES, cur))
         yield pstate
+        picture = StateSetMetricFamily(f"{PREFIX}_pipeline_source_picture", "Each camera's picture: 1 for its "
+                                       "state (frozen: unchanged for source.frozen_after_s; blank: one flat tone "
+                                       "for source.blank_after_s). Files are not watched.", labels=["pipeline"])
+        for name, p in (h.get("pipelines") or {}).items():
+            seen = (p.get("source") or {}).get("picture")
+            if seen:
+                picture.add_metric([name], _states(PICTURE_STATES, str(seen.get("state"))))
+        yield picture
         for k, v in h.items():
             if k not in _SKIP_TOP:
                 self._walk(v, [k], families, None)

@@ -115,6 +115,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "payload_on": {"type": "string"},
             "payload_off": {"type": "string"},
             "off_delay": {"type": "integer", "minimum": 0},
+            "json_attributes_topic": {"type": "string"},
+            "json_attributes_template": {"type": "string"},
             "device_class": {"enum": ["occupancy", "motion", "presence", "problem", "connectivity", "sound"]},
         },
         "additionalProperties": False,

@@ -50,6 +50,8 @@ class Frame:
 FRAME_SETTINGS = frozenset({"uri", "fps", "read_timeout_s", "reopen_min_s", "reopen_max_s", "scaled_decode"})
 #: ... and those that do not come live (files, pictures, replays: capture paces them by `realtime`)
 PLAYED_SETTINGS = frozenset({"realtime"})
+#: ... and those that do (cameras, streams: capture watches their picture, `edge_agent.picture`)
+LIVE_SETTINGS = frozenset({"frozen_after_s", "blank_after_s"})
 
 
 class Source(abc.ABC):
