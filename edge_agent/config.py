@@ -401,6 +401,16 @@ class SignalConfig(_Strict):
         le=600,
         description="Seconds of input held between capture and inference before drops are counted.",
     )
+    flat_after_s: float | None = Field(
+        None,
+        ge=0,
+        le=604800,
+        description="A live microphone or sensor whose every sample has been one value for this long is said to "
+        "be flat (health: degraded, with the value): a microphone muted, unplugged from its sound card or on a "
+        "channel nothing is wired to (exact digital silence), a sensor that stopped measuring. Default: 300 "
+        "for audio, never for sensor readings (a temperature to a tenth of a degree may rightly hold for hours). "
+        "0: never. Read by microphones and sensors, not by recordings, CSV files or raw PCM pipes.",
+    )
 
 
 class HTTPConfig(_Strict):
@@ -935,7 +945,7 @@ def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, 
     # here: they import this module, and most settings need them not
     from edge_agent.redact import hide_credentials
     from edge_agent.signals import SIGNALS, signal_class
-    from edge_agent.signals.base import SIGNAL_KIND_SETTINGS, SIGNAL_SETTINGS
+    from edge_agent.signals.base import SIGNAL_KIND_SETTINGS, SIGNAL_LIVE_SETTINGS, SIGNAL_SETTINGS
     from edge_agent.sources import SOURCES, source_class
     from edge_agent.sources.base import FRAME_SETTINGS, LIVE_SETTINGS, PLAYED_SETTINGS, Source
 
@@ -964,6 +974,11 @@ def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, 
             name = k.split(".")[1]
             if name in SIGNAL_KIND_SETTINGS and name not in scls.signal_options:
                 readers = sorted(c.kind for c in SIGNALS if name in c.signal_options)
+                raise ValueError(
+                    f"{key}{k}: source {shown!r} is of the {kind} kind, which never reads it (read by {kinds(readers)})"
+                )
+            if name in SIGNAL_LIVE_SETTINGS and not scls.live:
+                readers = sorted(c.kind for c in SIGNALS if c.live)
                 raise ValueError(
                     f"{key}{k}: source {shown!r} is of the {kind} kind, which never reads it (read by {kinds(readers)})"
                 )

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from edge_agent.config import ConfigError
 from edge_agent.homeassistant import HomeAssistant, object_id
 from edge_agent.model import misnamed_by_all
 from edge_agent.payload import dumps
+from edge_agent.signals import signal_class
 from edge_agent.sinks import Message
 from edge_agent.sources import source_class
 from edge_agent.topics import is_ha_config
@@ -35,6 +36,15 @@ log = logging.getLogger(__name__)
 #: time, a flood of them filled the publish queue with configs and no prediction got through.
 _BIRTH_MIN_S = 10.0
 
+
+
+def _watched(kind: str, uri: str) -> Literal["picture", "flat"] | None:
+    """What health watches of a pipeline's source (`edge_agent.picture`, `edge_agent.flatline`): only a
+    live one's."""
+    if kind == "frame":
+        return "picture" if source_class(uri).live else None
+    cls = signal_class(uri)
+    return "flat" if cls is not None and cls.live else None
 
 class Discovery:
     def __init__(self, agent: Agent):
@@ -60,9 +70,8 @@ class Discovery:
                 continue
             produced = list(model.produced_labels)
             watched = [x for x in cfg.labels if x in produced] or produced[:1] or [model.name]
-            camera = pipe.kind == "frame" and source_class(pipe.settings.source.uri).live
             made[name] = HomeAssistant(a.settings, a.topics, watched, pipe.route.label, not made, pipe.settings.scene,
-                                       camera)
+                                       _watched(pipe.kind, pipe.settings.source.uri))
         # as `escalation.labels` are checked: against every model in use together, none whose labels are unknown
         why = misnamed_by_all("homeassistant.labels", cfg.labels, a.models_in_use())
         if why is not None:

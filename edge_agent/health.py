@@ -16,6 +16,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
+from edge_agent.flatline import problem as flat_problem
 from edge_agent.payload import dumps, health
 from edge_agent.picture import problem as picture_problem
 from edge_agent.sdnotify import Notifier
@@ -96,7 +97,8 @@ class Health:
                 problems.append(f"{who}source {state}")
             if p.failed:
                 problems.append(f"{who}failed: {p.failed}")
-            seen = picture_problem(sections[p.name]["source"].get("picture"))
+            src = sections[p.name]["source"]
+            seen = picture_problem(src.get("picture")) or flat_problem(src.get("flat"))
             if seen is not None and state == "running":
                 problems.append(f"{who}{seen}")
             scene = sections[p.name]["scene"]

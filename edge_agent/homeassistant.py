@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 from edge_agent import __version__
 from edge_agent.config import SceneConfig, Settings
@@ -49,18 +49,19 @@ class HomeAssistant:
         pipeline: str | None = None,
         device_entities: bool = True,
         scene: SceneConfig | None = None,
-        camera: bool = False,
+        watched: Literal["picture", "flat"] | None = None,
     ):
         """pipeline: a named pipeline's watched labels (entities named after it, its own state topic);
-        device_entities: the diagnostics, update and rollback entities (one set per device); camera: its
-        source is a live camera, whose picture health watches (a problem entity: frozen or blank)."""
+        device_entities: the diagnostics, update and rollback entities (one set per device); watched: what
+        health watches of its live source (a problem entity): a camera's `picture` (frozen or blank), a
+        microphone's or sensor's samples (`flat`)."""
         self.settings = settings
         self.cfg = settings.homeassistant
         self.topics = {"availability": topics.device("availability"), "health": topics.device("health")}
         self.labels = labels
         self.pipeline = pipeline
         self.device_entities = device_entities
-        self.camera = camera
+        self.watched = watched
         self.node = object_id(settings.device_id)
         self.state_topic = topics.pipeline(pipeline, "ha/state")
         scene = scene or settings.scene
@@ -145,8 +146,8 @@ class HomeAssistant:
                 )
             )
         out += self._scene_configs(model_name)
-        if self.camera:
-            out.append(self._picture_config(model_name))
+        if self.watched is not None:
+            out.append(self._watch_config(self.watched, model_name))
         if not self.device_entities:
             return out
         health = self.topics["health"]
@@ -235,29 +236,32 @@ class HomeAssistant:
         )
         return out
 
-    def _picture_config(self, model_name: str | None) -> tuple[str, dict[str, Any]]:
-        """On while the camera's picture is frozen or blank (health's `source.picture`, per pipeline, or at
-        the top in the single form): the automation a covered or hung camera needs."""
+    def _watch_config(self, watched: Literal["picture", "flat"], model_name: str | None) -> tuple[str, dict[str, Any]]:
+        """On while the live source shows or measures nothing: a camera's picture frozen or blank, a
+        microphone's or sensor's samples flat (health's `source.picture` or `source.flat`, per pipeline, or
+        at the top in the single form): the automation a covered, hung or muted input needs."""
+        name = "camera picture" if watched == "picture" else "signal flat"
         if self.pipeline:
             where = f"((value_json.pipelines or {{}}).get('{self.pipeline}') or {{}}).source"
-            key, name = f"{object_id(self.pipeline)}_picture", f"{self.pipeline} camera picture"
+            key, name = f"{object_id(self.pipeline)}_{watched}", f"{self.pipeline} {name}"
         else:
-            where, key, name = "value_json.source", "picture", "Camera picture"
+            where, key, name = "value_json.source", watched, name.capitalize()
+        on = "s.picture.state != 'ok'" if watched == "picture" else "s.flat.flat"
         return (
             "binary_sensor",
             {
                 **self._common(key, name, model_name),
                 "state_topic": self.topics["health"],
                 "value_template": f"{{% set s = {where} or {{}} %}}"
-                "{{ 'ON' if s.picture is mapping and s.picture.state != 'ok' else 'OFF' }}",
+                f"{{{{ 'ON' if s.{watched} is mapping and {on} else 'OFF' }}}}",
                 "json_attributes_topic": self.topics["health"],
                 "json_attributes_template": f"{{% set s = {where} or {{}} %}}"
-                "{{ (s.picture if s.picture is mapping else {}) | tojson }}",
+                f"{{{{ (s.{watched} if s.{watched} is mapping else {{}}) | tojson }}}}",
                 "payload_on": "ON",
                 "payload_off": "OFF",
                 "device_class": "problem",
                 "entity_category": "diagnostic",
-                "icon": "mdi:cctv-off",
+                "icon": "mdi:cctv-off" if watched == "picture" else "mdi:microphone-off",
             },
         )
 

@@ -92,6 +92,10 @@ FIGURES: dict[str, Figure] = {
                                    "or blank (absent while it is fine)."),
     "source.picture.level": Figure("source_picture_level", "A camera's mean grey level (0-255) at the last look, "
                                    "once a second: near 0 in the dark or with the lens covered."),
+    "source.flat.flat": Figure("source_flat", "1 while every sample of a live microphone or sensor has been one "
+                               "value for signal.flat_after_s (digital silence: muted or unplugged)."),
+    "source.flat.for_s": Figure("source_flat_seconds", "How long a flat signal has held its one value (absent "
+                                "while it moves)."),
     "source.stalls": _c("source_stalls", "Times the source stopped delivering for longer than its stall limit."),
     "source.errors": _c("source_errors", "Errors reading from the source."),
     "source.samples": _c("source_samples", "Signal samples read from the source since start."),

@@ -25,6 +25,7 @@ from edge_agent.engine import EngineClosed
 from edge_agent.events import Event, EventDetector
 from edge_agent.fanout import FanOut, Route
 from edge_agent.features import FRAME_FRONTENDS, WINDOW_TRANSFORMS, FrameFrontend
+from edge_agent.flatline import AUDIO_FLAT_AFTER_S, FlatWatch
 from edge_agent.model import Model, RawInference, decode_options
 from edge_agent.payload import window_prediction
 from edge_agent.resample import Resampler
@@ -136,6 +137,8 @@ class SignalCapture:
         self._source_dropped = 0
         self._source_gaps = 0
         self._thread: threading.Thread | None = None
+        #: a live source's samples, all one value for long (`edge_agent.flatline`); None until one opened
+        self.flat: FlatWatch | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
@@ -174,6 +177,8 @@ class SignalCapture:
                 self.reopens += 1
                 self.gaps += 1
             self.rate, self.channels, self.channel_names = src.rate, src.channels, src.channel_names
+            if src.live and self.flat is None:
+                self.flat = FlatWatch()
             first = True
             next_ts = 0.0  # where the previous chunk ended: a burst read at once keeps its samples' spacing
             st.state = "running"
@@ -206,6 +211,8 @@ class SignalCapture:
                             break
                         self.out.dropped -= len(chunk.samples)  # not dropped: offered again
                         st.beat()
+                    if src.live and self.flat is not None:
+                        self.flat.feed(chunk.samples, chunk.mono, self._flat_after_s(src))
                     self.samples += len(chunk.samples)
                     st.done(len(chunk.samples))
                     delay = cfg.reopen_min_s
@@ -230,9 +237,14 @@ class SignalCapture:
                 return
             delay = min(delay * 2, cfg.reopen_max_s)
 
+    def _flat_after_s(self, src: SignalSource) -> float:
+        after = self.settings.signal.flat_after_s
+        return after if after is not None else AUDIO_FLAT_AFTER_S if src.audio else 0.0
+
     def info(self) -> dict[str, Any]:
         src = self.source
         return {
+            "flat": self.flat.info(time.monotonic()) if self.flat is not None else None,
             "samples": self.samples,
             "gaps": self.gaps + self._source_gaps + (src.gaps if src else 0),
             "dropped_samples": self.dropped,
@@ -360,6 +372,7 @@ class SignalPipeline:
     def apply(self, view: Any, changed: list[str]) -> None:
         """Thresholds apply at once; window and event settings at the next model or source change."""
         self.settings = view.settings
+        self.capture.settings = view.settings  # what it reads as it goes (`signal.flat_after_s`)
         m, model = view.settings.model, self.get_model()
         if model is not None:
             model.decoder.opts = decode_options(m)

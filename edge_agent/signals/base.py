@@ -34,6 +34,8 @@ SIGNAL_SETTINGS = frozenset({"uri", "reopen_min_s", "reopen_max_s"})
 #: The `signal.*` settings only some kinds read, each declaring its own (`signal_options`); the rest (the
 #: rate, windows, front end, events) are read for every audio and sensor source.
 SIGNAL_KIND_SETTINGS = frozenset({"channels", "audio_channels", "baud", "iio_device"})
+#: ... and those only live kinds read (a microphone, a sensor; not a recording: `edge_agent.flatline`)
+SIGNAL_LIVE_SETTINGS = frozenset({"flat_after_s"})
 
 
 class SignalSource(abc.ABC):
