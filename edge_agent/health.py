@@ -139,6 +139,10 @@ class Health:
                 if r.transient:
                     problems.append(f"accelerator {r.backend} unavailable at start ({r.reason[:120]}): model "
                                     f"{s.name} runs on the CPU; {again}")
+        for s in a.slots.values():  # a model whose outputs were NaN or infinite finds nothing: not a quiet scene
+            said = s.model.not_finite_problem(now) if s.model is not None else None
+            if said is not None:
+                problems.append(said)
         restarts = sum(f.from_backend == f.to_backend for f in falls)
         if restarts:
             problems.append(f"a model's own process died and was started again ({restarts}x)")

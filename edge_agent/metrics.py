@@ -115,6 +115,8 @@ FIGURES: dict[str, Figure] = {
     "accelerator.fully_accelerated": Figure(
         "accelerator_fully_accelerated", "1 when the accelerator in use runs the whole model, 0 when parts fall "
         "back to the CPU."),
+    "model.outputs_not_finite": _c("model_outputs_not_finite", "Frames (or windows) whose model outputs held NaN "
+                                   "or infinity since start: nothing is found in them."),
     "model.update.ts": Figure("model_update_timestamp_seconds", "When the model in use was installed (Unix time)."),
     "process.cpu_percent": Figure("process_cpu_ratio", "CPU used by the agent over the last interval, in cores "
                                   "(1.0 is one core fully busy).", scale=0.01),

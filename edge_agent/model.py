@@ -324,6 +324,11 @@ def decode_options(m: ModelConfig) -> DecodeOptions:
     """The decoder's settings from the model's: at load, and again where a reload changes them."""
     return DecodeOptions(m.score_threshold, m.iou_threshold, m.top_k, m.max_detections, m.raw_max_values)
 
+
+#: How long after the last frame whose outputs were NaN or infinite health still says so.
+NOT_FINITE_RECENT_S = 60.0
+
+
 class Model:
     def __init__(
         self,
@@ -353,6 +358,10 @@ class Model:
         self.hints = signal_hints(path) if signal else SignalHints()
         self.name = cfg.name or self.file.name
         self.version = cfg.version or self.file.metadata.version
+        #: frames whose outputs held NaN or infinity, when the last did (monotonic) and on what: see `decode`
+        self.not_finite = 0
+        self.not_finite_at: float | None = None
+        self.not_finite_on = ""
         opts = decode_options(cfg)
 
         from edge_agent.runtime.cpu import InterpreterBackend
@@ -496,7 +505,19 @@ class Model:
         return 1
 
     def info(self) -> dict[str, object]:
-        return {"name": self.name, "version": self.version, "sha256": self.file.sha256}
+        return {"name": self.name, "version": self.version, "sha256": self.file.sha256,
+                "outputs_not_finite": self.not_finite}
+
+    def not_finite_problem(self, now: float) -> str | None:
+        """What health's problems say while frames' outputs were NaN or infinite within the last minute."""
+        at = self.not_finite_at
+        if at is None or now - at > NOT_FINITE_RECENT_S:
+            return None
+        hint = " (an accelerator's 16-bit floats may overflow where the CPU's 32-bit ones do not: " \
+            "runtime.accelerator = cpu)" if self.not_finite_on not in ("cpu", "") else ""
+        return (f"model {self.name}: outputs not finite (NaN or infinity) on {self.not_finite_on}{hint}, "
+                f"{self.not_finite} frame(s) since start, the last one {now - at:.0f} s ago: nothing is found in such "
+                "frames")
 
     def run(self, frame: np.ndarray, user: str = "main", size: tuple[int, int] | None = None) -> RawInference:
         """Preprocess (on the caller's thread), then invoke in turn with the other pipelines of this model;
@@ -531,7 +552,17 @@ class Model:
         self.runtime.reset()
 
     def decode(self, raw: RawInference) -> Inference:
+        """The frame's result. Outputs of floats that hold NaN or infinity (a GPU's 16-bit floats that
+        overflow on some frames, a model broken by its conversion) decode to nothing, since no NaN passes a
+        threshold: such a frame is counted, for health to say (`outputs_not_finite`), instead of reading as
+        a quiet scene. One sum per float output finds them (NaN and infinity carry through it)."""
         t0 = time.perf_counter()
+        if not all(np.isfinite(np.add.reduce(o, axis=None)) for o in raw.outputs if o.dtype.kind == "f"):
+            self.not_finite += 1
+            self.not_finite_at, self.not_finite_on = time.monotonic(), raw.accelerator
+            if self.not_finite == 1 or self.not_finite in (10, 100, 1000) or self.not_finite % 10000 == 0:
+                log.error("%s: outputs not finite (NaN or infinity) on %s, %d frame(s) so far: nothing is "
+                          "found in such a frame", self.name, raw.accelerator, self.not_finite)
         outs = [spec.dequantize(o) for spec, o in zip(self.outputs, raw.outputs, strict=True)]
         result = self.decoder(outs, raw.resize)
         ms = (time.perf_counter() - t0) * 1e3

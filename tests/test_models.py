@@ -18,7 +18,20 @@ from edge_agent.config import ModelConfig, RuntimeConfig
 from edge_agent.model import Model
 from edge_agent.postprocess.geometry import iou_one_to_many
 
-from .conftest import COCO_LABELS, DEMO_VIDEO, FRUIT, FULL, ROOT, SHORT, SHORT_INT8, SSD_MODEL, needs_shared, run_cli
+from .conftest import (
+    COCO_LABELS,
+    DEMO_VIDEO,
+    FRUIT,
+    FULL,
+    ROOT,
+    SHORT,
+    SHORT_INT8,
+    SSD_MODEL,
+    Broker,
+    collect,
+    needs_shared,
+    run_cli,
+)
 
 
 def load(path: Path, **kw: Any) -> Model:
@@ -328,12 +341,22 @@ def test_class_names_are_read_only_from_a_document_that_has_them() -> None:
 def _reshaping_model(size: int, out_shape: tuple[int, ...], int8: bool = False) -> bytes:
     """A model whose output is its [1, size, size, 3] input reshaped: what it was fed, in the shape of a
     detector's head. Float, or int8 quantized as Ultralytics quantizes a YOLO's input ([0, 1] in 256 steps)."""
+    from ai_edge_litert import schema_py_generated as s
+
+    opts = s.ReshapeOptionsT()
+    opts.newShape = list(out_shape)
+    return _one_op_model(size, out_shape, s.BuiltinOperator.RESHAPE, int8, (s.BuiltinOptions.ReshapeOptions, opts))
+
+
+def _one_op_model(size: int, out_shape: tuple[int, ...], code: int, int8: bool = False,
+                  options: tuple[int, Any] | None = None) -> bytes:
+    """A model of one builtin op on its [1, size, size, 3] input (its options: (type, object))."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as s
 
-    model, sg, oc, op, opts = s.ModelT(), s.SubGraphT(), s.OperatorCodeT(), s.OperatorT(), s.ReshapeOptionsT()
+    model, sg, oc, op = s.ModelT(), s.SubGraphT(), s.OperatorCodeT(), s.OperatorT()
     model.version, model.buffers, model.subgraphs = 3, [s.BufferT()], [sg]
-    oc.builtinCode = oc.deprecatedBuiltinCode = s.BuiltinOperator.RESHAPE
+    oc.builtinCode = oc.deprecatedBuiltinCode = code
     model.operatorCodes = [oc]
     sg.tensors = []
     for name, shape in (("image", [1, size, size, 3]), ("head", list(out_shape))):
@@ -343,9 +366,9 @@ def _reshaping_model(size: int, out_shape: tuple[int, ...], int8: bool = False) 
             t.quantization = s.QuantizationParametersT()
             t.quantization.scale, t.quantization.zeroPoint = [1 / 255], [-128]
         sg.tensors.append(t)
-    opts.newShape = list(out_shape)
     op.opcodeIndex, op.inputs, op.outputs = 0, [0], [1]
-    op.builtinOptionsType, op.builtinOptions = s.BuiltinOptions.ReshapeOptions, opts
+    if options is not None:
+        op.builtinOptionsType, op.builtinOptions = options
     sg.inputs, sg.outputs, sg.operators = [0], [1], [op]
     b = flatbuffers.Builder(0)
     b.Finish(model.Pack(b), file_identifier=b"TFL3")
@@ -386,6 +409,55 @@ def test_a_raw_output_too_large_to_publish_is_summarised(tmp_path: Path) -> None
     json.dumps(doc, allow_nan=False)
     (whole,) = load(path, raw_max_values=64 * 64 * 3).infer(frame).result.outputs
     assert whole.summary is None and len(whole.values) == 64 * 64 * 3 and sorted(set(whole.values)) == [-1.0, 1.0]
+
+
+def _log_model(path: Path) -> Path:
+    """A real model whose outputs are NaN on most real frames: the logarithm of its input, which the agent
+    feeds in [-1, 1] (the log of a pixel darker than mid-grey is NaN, of black minus infinity), as a GPU's
+    16-bit floats overflow on some frames and not others."""
+    from ai_edge_litert import schema_py_generated as s
+
+    path.write_bytes(_one_op_model(16, (1, 16, 16, 3), s.BuiltinOperator.LOG))
+    return path
+
+
+def test_a_frame_whose_outputs_are_not_finite_is_counted_and_said(tmp_path: Path) -> None:
+    m = load(_log_model(tmp_path / "log.tflite"))
+    white = np.full((48, 64, 3), 255, np.uint8)
+    m.infer(white)  # log(1): finite
+    assert m.not_finite == 0 and m.not_finite_problem(1e9) is None and m.info()["outputs_not_finite"] == 0
+    photo = cv2.imread(str(FRUIT))
+    assert photo is not None
+    m.infer(photo)
+    m.infer(white)
+    assert m.not_finite == 1 and m.info()["outputs_not_finite"] == 1 and m.not_finite_at is not None
+    said = m.not_finite_problem(m.not_finite_at + 5)
+    assert said == "model log: outputs not finite (NaN or infinity) on cpu, 1 frame(s) since start, the last one 5 " \
+        "s ago: nothing is found in such frames", said
+    assert m.not_finite_problem(m.not_finite_at + 61) is None  # a minute on, health is clear again
+    m.not_finite_on = "gpu"  # what health says where an accelerator gave them (none can be had here)
+    assert "(an accelerator's 16-bit floats may overflow where the CPU's 32-bit ones do not: runtime.accelerator " \
+        "= cpu)" in (m.not_finite_problem(m.not_finite_at) or "")
+
+
+def test_an_agent_whose_model_gives_nan_says_so_in_health(broker: Broker, subscriber_factory, agent_factory,  # type: ignore[no-untyped-def]
+                                                          tmp_path: Path) -> None:
+    """Through a real agent and broker: the frames' results still go out (nothing in them), and health says
+    why nothing is found, where it read as a quiet scene."""
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    (pictures / "fruit.jpg").write_bytes(FRUIT.read_bytes())
+    sub = subscriber_factory(["edge/nan/health", "edge/nan/predictions"])
+    agent = agent_factory(["run", "--source", str(pictures), "--model", str(_log_model(tmp_path / "log.tflite")),
+                           "--fps", "5"], env={**broker.env(), "EDGE_AGENT_DEVICE_ID": "nan",
+                                               "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5"})
+    _, h, _ = collect(sub, lambda t, d, r: t.endswith("/health") and isinstance(d, dict) and d["pipelines"]
+                      and next(iter(d["pipelines"].values()))["model"]["outputs_not_finite"] >= 3, 60)
+    said = [p for p in h["problems"] if "outputs not finite" in p]
+    assert len(said) == 1 and said[0].startswith("model log: outputs not finite (NaN or infinity) on cpu, "), said
+    assert h["status"] == "degraded" and h["model"]["outputs_not_finite"] >= 3
+    collect(sub, lambda t, d, r: t.endswith("/predictions"), 10)  # the frames still go out
+    assert "log: outputs not finite (NaN or infinity) on cpu, 1 frame(s) so far" in agent.log()
 
 
 def test_a_yolo_letterbox_is_padded_with_ultralytics_grey(tmp_path: Path) -> None:
