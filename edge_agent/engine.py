@@ -132,6 +132,12 @@ def split_batch(outputs: Sequence[np.ndarray], layout: Layout) -> list[list[np.n
     return per
 
 
+def finite(outputs: Sequence[np.ndarray]) -> bool:
+    """Whether no float output holds NaN or infinity: one sum each (both carry through it); quantized
+    outputs cannot hold them."""
+    return all(bool(np.isfinite(np.add.reduce(o, axis=None))) for o in outputs if o.dtype.kind == "f")
+
+
 def outputs_match(a: Sequence[np.ndarray], b: Sequence[np.ndarray], specs: Sequence[TensorSpec]) -> str:
     """'' when two runs' outputs agree (to kernel rounding), else where they differ."""
     for x, y, s in zip(a, b, specs, strict=True):
@@ -561,7 +567,21 @@ class Engine:
             lane.runtime.invoke()
         ms = (time.perf_counter() - t0) * 1e3
         be = lane.backend
-        return [be.output(i) for i in range(len(self.outputs))], ms
+        outs = [be.output(i) for i in range(len(self.outputs))]
+        rt = lane.runtime
+        if rt is not None and be.kind != "cpu" and rt.cpu_fallback and not finite(outs):
+            # an accelerator's 16-bit floats that overflow on this frame: the CPU serves it and the rest
+            rt.distrust(f"outputs not finite (NaN or infinity) on {be.kind} where the CPU's are")
+            lane.close_batched()
+            with self._cond:
+                self._apply_batching(lane.backend.kind)
+            fill_all()
+            t0 = time.perf_counter()
+            rt.invoke()
+            ms = (time.perf_counter() - t0) * 1e3
+            be = lane.backend
+            outs = [be.output(i) for i in range(len(self.outputs))]
+        return outs, ms
 
     def _invoke_batch(self, lane: _Lane, batch: list[_Request]) -> tuple[list[list[np.ndarray]] | None, float]:
         """One invoke for the whole batch. On the CPU the input is resized to the batch; an accelerator
@@ -599,6 +619,13 @@ class Engine:
             raise BackendError(f"batch of {size}: {str(err).strip()[:200]}") from None
         ms = (time.perf_counter() - t0) * 1e3
         raw = [be.output(i) for i in range(len(self.outputs))]
+        rt = lane.runtime
+        if rt is not None and kind != "cpu" and rt.cpu_fallback and not finite(raw):  # as in `_invoke_one`
+            rt.distrust(f"outputs not finite (NaN or infinity) on {kind} where the CPU's are")
+            lane.close_batched()
+            with self._cond:
+                self._apply_batching(lane.backend.kind)
+            return None, 0.0  # the frames go one by one, on the CPU
         with self._cond:
             layout = self._layouts.get(key)
         if layout is None:  # once per size and accelerator, learnt and checked on these real frames

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.config import ModelConfig, RuntimeConfig, Settings
-from edge_agent.engine import Engine, ModelPool
+from edge_agent.engine import Engine, ModelPool, finite
 from edge_agent.modelfile import LABEL_GAP, ModelError, ModelFile, TensorSpec, load_labels, read_model_file
 from edge_agent.postprocess.decoders import DecodeOptions, Decoder, make_decoder
 from edge_agent.postprocess.geometry import iou_one_to_many
@@ -22,7 +22,7 @@ from edge_agent.results import Result
 from edge_agent.runtime.base import Backend, BackendError
 from edge_agent.runtime.cpu import default_threads
 from edge_agent.runtime.delegate import find_library
-from edge_agent.runtime.select import AgreeFn, ProbeCache, Runtime, Selection, select_backend
+from edge_agent.runtime.select import AgreeFn, ProbeCache, ProbeResult, Runtime, Selection, select_backend
 
 log = logging.getLogger(__name__)
 
@@ -424,6 +424,12 @@ class Model:
             selection = select()
             runtime = Runtime(selection, path, rt.threads, rt.cpu_fallback, cpu_own_process=rt.own_process,
                               reselect=select)
+
+            def verdict(kind: str, why: str) -> None:  # as a probe's: the next start keeps to the CPU
+                ProbeCache(state_dir / "probe-cache.json" if state_dir else None).put(
+                    ProbeCache.key(self.file.sha256, kind), ProbeResult(kind, False, why))
+
+            runtime.on_verdict = verdict
             threads = int(getattr(selection.backend, "threads", rt.threads) or rt.threads)
             batch = 1 if self.file.stateful else max_batch(rt, runtime.accelerator)
             wait = batch_wait_ms(rt, runtime.accelerator)
@@ -557,7 +563,7 @@ class Model:
         threshold: such a frame is counted, for health to say (`outputs_not_finite`), instead of reading as
         a quiet scene. One sum per float output finds them (NaN and infinity carry through it)."""
         t0 = time.perf_counter()
-        if not all(np.isfinite(np.add.reduce(o, axis=None)) for o in raw.outputs if o.dtype.kind == "f"):
+        if not finite(raw.outputs):
             self.not_finite += 1
             self.not_finite_at, self.not_finite_on = time.monotonic(), raw.accelerator
             if self.not_finite == 1 or self.not_finite in (10, 100, 1000) or self.not_finite % 10000 == 0:

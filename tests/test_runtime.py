@@ -177,6 +177,62 @@ def test_runtime_failure_falls_back_to_cpu_without_losing_the_frame() -> None:
     assert got.detections[0].box == pytest.approx(expected.detections[0].box)
 
 
+class OverflowingBackend(InterpreterBackend):
+    """Stands in for a GPU whose 16-bit floats overflow on frames unlike the one it was probed with: its
+    float outputs are NaN from the (after + 1)-th invoke on (no real one can be had here)."""
+
+    kind = "gpu"
+
+    def __init__(self, path: Path, after: int):
+        super().__init__(path)
+        self.calls, self.after = 0, after
+
+    def invoke(self) -> None:
+        self.calls += 1
+        super().invoke()
+
+    def output(self, i: int) -> np.ndarray:
+        out = super().output(i)
+        return np.full_like(out, np.nan) if self.calls > self.after and out.dtype.kind == "f" else out
+
+
+def test_an_accelerator_whose_outputs_turn_nan_gives_way_to_the_cpu_for_good(tmp_path: Path) -> None:
+    """NaN where the CPU gives numbers is a verdict on the accelerator for this model: the frame is redone
+    on the CPU, which serves from then on; it is not tried again while the agent runs (as a device that
+    went away is), and the probe cache keeps the verdict for the next start."""
+    import skimage.data
+
+    m = load(SHORT, "cpu", tmp_path)
+    face = np.ascontiguousarray(skimage.data.astronaut()[..., ::-1])
+    expected = m.infer(face).result
+    rt = Runtime(Selection(OverflowingBackend(SHORT, after=2)), SHORT, 0)
+    seen: list[tuple[str, str]] = []
+    keep = m.runtime.on_verdict  # the model's own: into its probe cache
+    assert keep is not None
+
+    def verdict(kind: str, why: str) -> None:
+        seen.append((kind, why))
+        keep(kind, why)
+
+    rt.on_verdict = verdict
+    m.runtime = rt
+    m.infer(face)
+    m.infer(face)
+    assert m.runtime.accelerator == "gpu"
+    got = m.infer(face).result  # NaN on the "GPU": redone on the CPU
+    assert m.runtime.accelerator == "cpu" and m.not_finite == 0
+    assert got.detections[0].box == pytest.approx(expected.detections[0].box)
+    reason = "outputs not finite (NaN or infinity) on gpu where the CPU's are"
+    assert [(f.reason, f.verdict) for f in rt.fallbacks] == [(reason, True)] and seen == [("gpu", reason)]
+    assert rt.standing_in() is None  # recovery does not try it again
+    kept = ProbeCache(tmp_path / "probe-cache.json").get(ProbeCache.key(m.file.sha256, "gpu"))
+    assert kept is not None and not kept.ok and kept.reason == reason  # nor does the next start
+    # with the CPU fallback off, the frames go out as they are, counted and said
+    m.runtime = Runtime(Selection(OverflowingBackend(SHORT, after=0)), SHORT, 0, cpu_fallback=False)
+    assert m.infer(face).result.detections == ()
+    assert m.not_finite == 1 and m.not_finite_on == "gpu"
+
+
 def test_cpu_failure_is_not_hidden() -> None:
     m = load(SHORT, "cpu")
 

@@ -65,6 +65,9 @@ class Fallback:
     from_backend: str
     to_backend: str
     reason: str
+    #: the accelerator gave wrong outputs (`Runtime.distrust`): a verdict on it for this model, not a device
+    #: that went away, so it is not tried again while the agent runs
+    verdict: bool = False
 
 
 def candidates(accelerator: str) -> list[str]:
@@ -437,6 +440,8 @@ class Runtime:
     ):
         """reselect: the selection made again, as at start (probe cache and all): how an accelerator the
         CPU stands in for is tried again while the agent runs (`Engine.try_accelerator`)."""
+        #: keeps a verdict on an accelerator (its kind, why) where the next start's selection reads it
+        self.on_verdict: Callable[[str, str], None] | None = None
         self.backend = selection.backend
         self.reselect = reselect
         #: the CPU fallback runs in a child process too (`runtime.own_process`)
@@ -461,7 +466,7 @@ class Runtime:
             return None
         fell = next((f for f in reversed(self.fallbacks) if f.to_backend == "cpu" and f.from_backend != "cpu"), None)
         if fell is not None:
-            return f"{fell.from_backend} failed at run time ({fell.reason})"
+            return None if fell.verdict else f"{fell.from_backend} failed at run time ({fell.reason})"
         missed = next((p for p in self.probes if p.transient), None)
         return f"{missed.backend} unavailable at start ({missed.reason})" if missed is not None else None
 
@@ -503,11 +508,21 @@ class Runtime:
         self.fallbacks.append(Fallback(time.time(), old.kind, self.backend.kind, reason))
         old.close()
 
-    def _fall_back(self, reason: str) -> None:
+    def distrust(self, reason: str) -> None:
+        """The accelerator's outputs are wrong where the CPU's would not be (NaN or infinity: its 16-bit
+        floats overflow on frames unlike the one it was probed with): the CPU serves from now on. A verdict
+        on the accelerator for this model, kept for the next start's selection, and not tried again while
+        the agent runs, as a device that went away is."""
+        kind = self.backend.kind
+        self._fall_back(reason, verdict=True)
+        if self.on_verdict is not None:
+            self.on_verdict(kind, reason)
+
+    def _fall_back(self, reason: str, verdict: bool = False) -> None:
         old = self.backend
         log.error("accelerator %s failed at run time (%s); falling back to the CPU", old.kind, reason)
         self.backend = open_backend("cpu", self.model_path, self.threads, own_process=self.cpu_own_process)
-        self.fallbacks.append(Fallback(time.time(), old.kind, "cpu", reason))
+        self.fallbacks.append(Fallback(time.time(), old.kind, "cpu", reason, verdict))
         try:
             old.close()
         except Exception:  # closing a broken backend may fail too; the CPU is already in place
