@@ -570,18 +570,24 @@ class Engine:
         outs = [be.output(i) for i in range(len(self.outputs))]
         rt = lane.runtime
         if rt is not None and be.kind != "cpu" and rt.cpu_fallback and not finite(outs):
-            # an accelerator's 16-bit floats that overflow on this frame: the CPU serves it and the rest
-            rt.distrust(f"outputs not finite (NaN or infinity) on {be.kind} where the CPU's are")
-            lane.close_batched()
-            with self._cond:
-                self._apply_batching(lane.backend.kind)
+            # an accelerator's 16-bit floats that overflow on this frame: the CPU serves it, and judges
+            self._suspect(lane, rt, be.kind)
             fill_all()
             t0 = time.perf_counter()
             rt.invoke()
             ms = (time.perf_counter() - t0) * 1e3
             be = lane.backend
             outs = [be.output(i) for i in range(len(self.outputs))]
+        if rt is not None and rt.suspected is not None and be.kind == "cpu":
+            rt.judge(finite(outs))
         return outs, ms
+
+    def _suspect(self, lane: _Lane, rt: Runtime, kind: str) -> None:
+        """The accelerator's outputs on a frame held NaN or infinity: the CPU takes over from it (`Runtime.suspect`)."""
+        rt.suspect(f"outputs not finite (NaN or infinity) on {kind}")
+        lane.close_batched()
+        with self._cond:
+            self._apply_batching(lane.backend.kind)
 
     def _invoke_batch(self, lane: _Lane, batch: list[_Request]) -> tuple[list[list[np.ndarray]] | None, float]:
         """One invoke for the whole batch. On the CPU the input is resized to the batch; an accelerator
@@ -621,11 +627,8 @@ class Engine:
         raw = [be.output(i) for i in range(len(self.outputs))]
         rt = lane.runtime
         if rt is not None and kind != "cpu" and rt.cpu_fallback and not finite(raw):  # as in `_invoke_one`
-            rt.distrust(f"outputs not finite (NaN or infinity) on {kind} where the CPU's are")
-            lane.close_batched()
-            with self._cond:
-                self._apply_batching(lane.backend.kind)
-            return None, 0.0  # the frames go one by one, on the CPU
+            self._suspect(lane, rt, kind)
+            return None, 0.0  # the frames go one by one, on the CPU, the first of them judging
         with self._cond:
             layout = self._layouts.get(key)
         if layout is None:  # once per size and accelerator, learnt and checked on these real frames

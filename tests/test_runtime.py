@@ -205,7 +205,7 @@ def test_an_accelerator_whose_outputs_turn_nan_gives_way_to_the_cpu_for_good(tmp
     m = load(SHORT, "cpu", tmp_path)
     face = np.ascontiguousarray(skimage.data.astronaut()[..., ::-1])
     expected = m.infer(face).result
-    rt = Runtime(Selection(OverflowingBackend(SHORT, after=2)), SHORT, 0)
+    rt = Runtime(Selection(OverflowingBackend(SHORT, after=2)), SHORT, 0, reselect=m.runtime.reselect)
     seen: list[tuple[str, str]] = []
     keep = m.runtime.on_verdict  # the model's own: into its probe cache
     assert keep is not None
@@ -222,11 +222,22 @@ def test_an_accelerator_whose_outputs_turn_nan_gives_way_to_the_cpu_for_good(tmp
     got = m.infer(face).result  # NaN on the "GPU": redone on the CPU
     assert m.runtime.accelerator == "cpu" and m.not_finite == 0
     assert got.detections[0].box == pytest.approx(expected.detections[0].box)
-    reason = "outputs not finite (NaN or infinity) on gpu where the CPU's are"
+    reason = "outputs not finite (NaN or infinity) on gpu where the CPU's are numbers"
     assert [(f.reason, f.verdict) for f in rt.fallbacks] == [(reason, True)] and seen == [("gpu", reason)]
     assert rt.standing_in() is None  # recovery does not try it again
     kept = ProbeCache(tmp_path / "probe-cache.json").get(ProbeCache.key(m.file.sha256, "gpu"))
     assert kept is not None and not kept.ok and kept.reason == reason  # nor does the next start
+    # NaN on the CPU too is the model's: no verdict on the accelerator, which recovery tries again
+    from .test_models import _log_model
+
+    log_model = _log_model(tmp_path / "log.tflite")
+    n = load(log_model, "cpu", tmp_path)
+    n.runtime = both = Runtime(Selection(OverflowingBackend(log_model, after=0)), log_model, 0,
+                               reselect=n.runtime.reselect)
+    n.infer(face)
+    assert n.runtime.accelerator == "cpu" and n.not_finite == 1 and n.not_finite_on == "cpu"
+    assert [(f.reason, f.verdict) for f in both.fallbacks] == [("outputs not finite (NaN or infinity) on gpu", False)]
+    assert both.standing_in() == "gpu failed at run time (outputs not finite (NaN or infinity) on gpu)"
     # with the CPU fallback off, the frames go out as they are, counted and said
     m.runtime = Runtime(Selection(OverflowingBackend(SHORT, after=0)), SHORT, 0, cpu_fallback=False)
     assert m.infer(face).result.detections == ()

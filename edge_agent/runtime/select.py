@@ -65,7 +65,7 @@ class Fallback:
     from_backend: str
     to_backend: str
     reason: str
-    #: the accelerator gave wrong outputs (`Runtime.distrust`): a verdict on it for this model, not a device
+    #: the accelerator gave wrong outputs (`Runtime.judge`): a verdict on it for this model, not a device
     #: that went away, so it is not tried again while the agent runs
     verdict: bool = False
 
@@ -442,6 +442,8 @@ class Runtime:
         CPU stands in for is tried again while the agent runs (`Engine.try_accelerator`)."""
         #: keeps a verdict on an accelerator (its kind, why) where the next start's selection reads it
         self.on_verdict: Callable[[str, str], None] | None = None
+        #: the accelerator whose outputs held NaN, until the CPU's on the next frame judge it (`suspect`)
+        self.suspected: str | None = None
         self.backend = selection.backend
         self.reselect = reselect
         #: the CPU fallback runs in a child process too (`runtime.own_process`)
@@ -508,15 +510,26 @@ class Runtime:
         self.fallbacks.append(Fallback(time.time(), old.kind, self.backend.kind, reason))
         old.close()
 
-    def distrust(self, reason: str) -> None:
-        """The accelerator's outputs are wrong where the CPU's would not be (NaN or infinity: its 16-bit
-        floats overflow on frames unlike the one it was probed with): the CPU serves from now on. A verdict
-        on the accelerator for this model, kept for the next start's selection, and not tried again while
-        the agent runs, as a device that went away is."""
-        kind = self.backend.kind
-        self._fall_back(reason, verdict=True)
+    def suspect(self, reason: str) -> None:
+        """The accelerator's outputs hold NaN or infinity (its 16-bit floats overflow on a frame unlike the
+        one it was probed with): the CPU takes over, the frame is redone there, and the next frame the CPU
+        serves judges the accelerator (`judge`)."""
+        self.suspected = self.backend.kind
+        self._fall_back(reason)
+
+    def judge(self, cpu_finite: bool) -> None:
+        """After `suspect`, the CPU's outputs on a frame: numbers there make it a verdict on the accelerator
+        for this model, kept for the next start's selection (`on_verdict`) and not tried again while the
+        agent runs, as a device that went away is. NaN on the CPU too is the model's (`Model.decode` counts
+        it): the accelerator is tried again as after any failure."""
+        kind, self.suspected = self.suspected, None
+        if kind is None or not cpu_finite or not self.fallbacks:
+            return
+        fell = self.fallbacks[-1]
+        fell.verdict, fell.reason = True, f"{fell.reason} where the CPU's are numbers"
+        log.error("model %s: %s is not used for it again, here or at the next start", self.model_path.name, kind)
         if self.on_verdict is not None:
-            self.on_verdict(kind, reason)
+            self.on_verdict(kind, fell.reason)
 
     def _fall_back(self, reason: str, verdict: bool = False) -> None:
         old = self.backend
