@@ -340,14 +340,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from edge_agent.runtime.cpu import InterpreterBackend
 
     # the same rules as every command: a bad setting is an error (the model is the one named, not a pipeline's)
-    _load(args, {"model.path": str(args.model), "pipelines": []}, source_read=False)
+    settings = _load(args, {"model.path": str(args.model), "pipelines": []}, source_read=False)
+    from edge_agent.model import fit_labels, normalisation, sized_model
+
+    sized = None
     try:
         mf = read_model_file(args.model)
-        be = InterpreterBackend(args.model, threads=1)
+        path = args.model
+        if mf.open_size is not None:  # read as the agent runs it: at the size it picks
+            path, sized = sized_model(mf, settings.model, settings.state_dir)
+        be = InterpreterBackend(path, threads=1)
     except (ModelError, BackendError) as err:
         print(f"edge-agent: {err}", file=sys.stderr)
         return EXIT_FAIL
-    from edge_agent.model import fit_labels, normalisation
     from edge_agent.postprocess.decoders import DecodeOptions, make_decoder
     from edge_agent.preprocess import build_lut, input_layout
 
@@ -387,6 +392,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "keypoints": list(kp) if (kp := getattr(dec, "keypoints", None)) else None,
         "labels_problem": note,
         "feeds": feeds,
+        "input_size_open": {"runs_at": list(sized)} if sized is not None else None,
     }
     be.close()
     human.emit(doc, human.inspect, args.json)

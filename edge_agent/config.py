@@ -285,6 +285,14 @@ class ModelConfig(_Strict):
     resize: Literal["auto", "stretch", "letterbox"] = Field(
         "auto", description="auto: letterbox for anchor/YOLO detectors, stretch otherwise."
     )
+    input_size: list[Annotated[int, Field(ge=16, le=4096)]] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="[width, height] to run a model at whose input size its file leaves open (exported with "
+        "dynamic sizes: -1 in its input's shape signature); default: the size its export metadata names "
+        "(Ultralytics' imgsz), else 640 x 640. A model of a fixed size takes only its own.",
+    )
     mean: list[float] | None = Field(
         None,
         min_length=1,

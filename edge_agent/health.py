@@ -234,7 +234,7 @@ class Health:
             "frames": c,
             "latency_ms": p.infer_stats.percentiles(),
             "source": src,
-            "model": {**model.info(), "slot": slot.name if slot else None} if model is not None else None,
+            "model": {**model.health(), "slot": slot.name if slot else None} if model is not None else None,
             "accelerator": model.runtime.accelerator if model is not None else None,
             "errors": p.infer_stats.errors + p.post_stats.errors,
             "last_error": p.infer_stats.last_error or p.post_stats.last_error or p.capture_stats.last_error,

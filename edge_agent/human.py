@@ -102,6 +102,9 @@ def inspect(doc: dict[str, Any]) -> str:
     if feeds:
         bars = f", bars grey {feeds['letterbox_fill']}" if feeds["resize"] == "letterbox" else ""
         rows.append(("fed", f"black as {feeds['black']}, white as {feeds['white']}; {feeds['resize']}{bars}"))
+    if doc.get("input_size_open"):
+        rows.append(("size", "left open by the file: run at {}x{} (model.input_size)".format(
+            *doc["input_size_open"]["runs_at"])))
     if doc.get("labels_problem"):
         rows.append(("labels!", str(doc["labels_problem"])))
     labels = doc.get("labels") or []

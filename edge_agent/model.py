@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -14,7 +16,15 @@ import numpy as np
 
 from edge_agent.config import ModelConfig, RuntimeConfig, Settings
 from edge_agent.engine import Engine, ModelPool, finite
-from edge_agent.modelfile import LABEL_GAP, ModelError, ModelFile, TensorSpec, load_labels, read_model_file
+from edge_agent.modelfile import (
+    LABEL_GAP,
+    ModelError,
+    ModelFile,
+    TensorSpec,
+    load_labels,
+    read_model_file,
+    sized_copy,
+)
 from edge_agent.postprocess.decoders import DecodeOptions, Decoder, make_decoder
 from edge_agent.postprocess.geometry import iou_one_to_many
 from edge_agent.preprocess import Preprocessor, Resize, input_layout, plan_resize
@@ -325,6 +335,62 @@ def decode_options(m: ModelConfig) -> DecodeOptions:
     return DecodeOptions(m.score_threshold, m.iou_threshold, m.top_k, m.max_detections, m.raw_max_values)
 
 
+#: The side a model whose file leaves its input size open runs at, where nothing says another.
+OPEN_SIZE_DEFAULT = 640
+#: Sized copies kept (`sized_model`): the most recently used, beyond those this process loaded.
+_SIZED_KEPT = 16
+#: The sized copies this process loaded (never removed while it runs: a fallback opens its copy again).
+_SIZED_IN_USE: set[Path] = set()
+
+
+def sized_model(file: ModelFile, cfg: ModelConfig, state_dir: Path | None) -> tuple[Path, tuple[int, int]]:
+    """A model exported with its input size left open (-1 in its image input's shape signature: YOLOs
+    exported with `dynamic=True`, MoveNet MultiPose, models converted from ONNX with dynamic axes) loads
+    as 1x1, a picture of one pixel. It is run at `model.input_size`, else the size its export's metadata
+    names, else 640 x 640, from a copy of its file with that size written in (`sized_copy`), so that every
+    backend, probe and model process loads the same fixed model. The copy is kept by digest and size under
+    the state directory (else the system's temporary one), made once; the 16 most recently used are kept
+    and the rest removed, never one this process loaded."""
+    h_open, w_open = file.open_size or (None, None)
+    if cfg.input_size is not None:
+        w, h = cfg.input_size
+        how = "model.input_size"
+    elif file.export_size is not None:
+        h, w = file.export_size
+        how = "its export's metadata"
+    else:
+        h = w = OPEN_SIZE_DEFAULT
+        how = "the default: model.input_size sets another"
+    h, w = h_open or h, w_open or w  # a side the file fixes stays as it is
+    where = (state_dir if state_dir is not None else Path(tempfile.gettempdir()) / "edge-agent") / "sized"
+    out = where / f"{file.sha256[:16]}-{w}x{h}.tflite"
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        if out.is_file():
+            os.utime(out)  # used: among the most recent
+        else:
+            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(sized_copy(file.path.read_bytes(), h, w))
+            os.replace(tmp, out)
+    except OSError as err:
+        raise ModelError(f"{file.path}: its input size is left open, and a copy sized {w}x{h} could not be "
+                         f"written to {where}: {err.strerror or err}") from None
+    _SIZED_IN_USE.add(out)
+    copies = sorted(where.glob("*.tflite"), key=_mtime, reverse=True)
+    for old in copies[_SIZED_KEPT:]:
+        if old not in _SIZED_IN_USE:
+            old.unlink(missing_ok=True)
+    log.info("model %s leaves its input size open: run at %dx%d (%s)", file.name, w, h, how)
+    return out, (w, h)
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except OSError:  # removed meanwhile (another process keeping its own 16)
+        return 0.0
+
+
 #: How long after the last frame whose outputs were NaN or infinite health still says so.
 NOT_FINITE_RECENT_S = 60.0
 
@@ -344,6 +410,10 @@ class Model:
         path = cfg.path or default_model_path()
         self.file = read_model_file(path)
         self.path = path
+        #: the size a model whose file leaves its input size open runs at (width, height); None for the rest
+        self.sized: tuple[int, int] | None = None
+        if self.file.open_size is not None and not signal:
+            path, self.sized = sized_model(self.file, cfg, state_dir)  # what every backend loads
         self.cfg = cfg
         for need in self.file.required_delegates():
             lib = need.split()[0]
@@ -372,6 +442,10 @@ class Model:
             raise ModelError(str(err)) from None
         self.inputs, self.outputs = ref.inputs, ref.outputs
         ref.close()
+        if cfg.input_size is not None and self.sized is None:
+            shape = list(self.inputs[0].shape) if self.inputs else []
+            raise ModelError(f"{path}: model.input_size is for a model whose file leaves its input size open; this "
+                             f"one's is fixed ({shape})")
         why = _misfit(self.file, self.inputs, self.outputs, signal, cfg.task)
         if why is not None:
             raise ModelError(f"{path} {why}" if signal else f"{path} {why}: {NOT_FRAMES}")
@@ -455,7 +529,7 @@ class Model:
         else:
             key = (
                 f"{self.file.sha256}:{rt.accelerator}:{rt.threads}:{sorted(rt.delegate_options.items())}:"
-                f"{rt.own_process}"
+                f"{rt.own_process}:{self.sized}"
             )
             self.engine = self._pool.acquire(key, make)
 
@@ -511,8 +585,12 @@ class Model:
         return 1
 
     def info(self) -> dict[str, object]:
-        return {"name": self.name, "version": self.version, "sha256": self.file.sha256,
-                "outputs_not_finite": self.not_finite}
+        return {"name": self.name, "version": self.version, "sha256": self.file.sha256}
+
+    def health(self) -> dict[str, object]:
+        """What health says of the model: what results carry (`info`), and the frames whose outputs were
+        not numbers (`decode`)."""
+        return {**self.info(), "outputs_not_finite": self.not_finite}
 
     def not_finite_problem(self, now: float) -> str | None:
         """What health's problems say while frames' outputs were NaN or infinite within the last minute."""

@@ -108,6 +108,11 @@ class ModelFile:
     input_range: tuple[float, float] | None = None
     #: bytes of all tensors of all subgraphs at their declared shapes: about what loading allocates
     tensor_bytes: int = 0
+    #: the image input's height and width as the file leaves them: None for one left open (-1 in its shape
+    #: signature: a model exported with dynamic sizes), where the agent picks it (`sized_copy`)
+    open_size: tuple[int | None, int | None] | None = None
+    #: the input size the export was made for, (height, width), where its metadata says (Ultralytics' `imgsz`)
+    export_size: tuple[int, int] | None = None
 
     @property
     def name(self) -> str:
@@ -158,7 +163,11 @@ def read_model_file(path: Path) -> ModelFile:
             metadata = parse_metadata(meta_buf)
         except (IndexError, struct.error, ValueError, UnicodeDecodeError):
             metadata = Metadata()  # broken metadata is not fatal: the graph itself is fine
-    files, labels, keypoints, exporter = _associated(data, metadata.label_file)
+    files, labels, keypoints, exporter, export_size = _associated(data, metadata.label_file)
+    try:
+        open_size = _open_size(data)
+    except Exception as err:  # flatbuffers raises assorted types on garbage offsets
+        raise ModelError(f"corrupt or truncated model file: {path}: {type(err).__name__}: {err}") from None
     return ModelFile(
         path=path,
         sha256=hashlib.sha256(data).hexdigest(),
@@ -172,7 +181,62 @@ def read_model_file(path: Path) -> ModelFile:
         keypoint_shape=keypoints,
         input_range=(0.0, 1.0) if exporter == "ultralytics" else None,
         tensor_bytes=tensor_bytes,
+        open_size=open_size,
+        export_size=export_size,
     )
+
+
+def _image_input(data: bytes) -> tuple[Table, list[int], int] | None:
+    """The first subgraph's first input, where it is an image's ([1, H, W, C] or [1, C, H, W]): the tensor,
+    its shape signature (its shape where it has none), and the position of its height (1 or 2)."""
+    model = Table(bytearray(data), flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0))
+    sg = next(_tables(model, 2), None)
+    inputs = _ints(sg, 1) if sg is not None else []
+    if sg is None or not inputs:
+        return None
+    tensors = list(_tables(sg, 0))
+    if not 0 <= inputs[0] < len(tensors):
+        raise ModelError(f"input tensor {inputs[0]} of {len(tensors)}")
+    t = tensors[inputs[0]]
+    sig = _ints(t, 7) or _ints(t, 0)  # shape_signature, else shape
+    if len(sig) != 4:
+        return None
+    if sig[3] in (1, 3, 4):
+        return t, sig, 1
+    return (t, sig, 2) if sig[1] in (1, 3, 4) else None
+
+
+def _open_size(data: bytes) -> tuple[int | None, int | None] | None:
+    """The image input's (height, width), None for a side left open; None where neither is (the usual model)."""
+    found = _image_input(data)
+    if found is None:
+        return None
+    _, sig, h = found
+    if sig[h] > 0 and sig[h + 1] > 0:
+        return None
+    return (sig[h] if sig[h] > 0 else None, sig[h + 1] if sig[h + 1] > 0 else None)
+
+
+def sized_copy(data: bytes, height: int, width: int) -> bytes:
+    """The model with its image input's open sides set to (height, width), and an open batch to 1, in its
+    shape and shape signature: what `resize_tensor_input` does at each load, done once to the file, so that
+    every backend (the CPU, a delegate, LiteRT's accelerators, a probe or a model in a process of its own)
+    loads the same fixed model. The vectors keep their length, so they are written in place and the rest
+    of the file (weights, metadata, packed labels) stays byte for byte."""
+    found = _image_input(data)
+    if found is None:
+        raise ModelError("no image input to size")
+    t, sig, h = found
+    want = list(sig)
+    want[0] = 1 if want[0] < 1 else want[0]
+    want[h] = height if want[h] < 1 else want[h]
+    want[h + 1] = width if want[h + 1] < 1 else want[h + 1]
+    out = bytearray(data)
+    for which in (0, 7):  # shape, shape_signature
+        o = _field(t, which)
+        if o and t.VectorLen(o) == 4:
+            struct.pack_into("<4i", out, t.Vector(o), *want)
+    return bytes(out)
 
 
 #: Bytes per element by TensorType (schema.fbs); others count 4.
@@ -237,11 +301,11 @@ def _parse_model(data: bytes) -> tuple[list[str], list[str], bytes | None, tuple
 
 def _associated(
     data: bytes, label_file: str | None
-) -> tuple[list[str], tuple[str, ...] | None, tuple[int, int] | None, str | None]:
+) -> tuple[list[str], tuple[str, ...] | None, tuple[int, int] | None, str | None, tuple[int, int] | None]:
     """Files packed as a zip after the model (TFLite metadata 'associated files'), the labels among
     them (the metadata's labels file, else one named like one, else the class names of an Ultralytics
-    export's own metadata, `metadata.json`), the keypoints a pose model's metadata names, and
-    "ultralytics" where that metadata is there."""
+    export's own metadata, `metadata.json`), the keypoints a pose model's metadata names,
+    "ultralytics" where that metadata is there, and the input size it names."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             names = zf.namelist()
@@ -253,13 +317,23 @@ def _associated(
                 raise ModelError(f"labels file {pick} in the model: {zf.getinfo(pick).file_size} bytes "
                                  f"(at most {_MAX_LABELS_BYTES})")
             if pick is None:
-                return names, None, None, None
+                return names, None, None, None, None
             text = zf.read(pick).decode("utf-8")
             doc = _exporter_doc(text)  # once: an older export's is Python, read by ast, up to 4 MiB
             exporter = "ultralytics" if _by_ultralytics(doc) else None
-            return names, _names_in(doc) or parse_labels(text), _keypoints_in(doc), exporter
+            return names, _names_in(doc) or parse_labels(text), _keypoints_in(doc), exporter, _size_in(doc)
     except (zipfile.BadZipFile, KeyError, UnicodeDecodeError):
-        return [], None, None, None
+        return [], None, None, None, None
+
+
+def _size_in(doc: dict[Any, Any] | None) -> tuple[int, int] | None:
+    """An Ultralytics export's `imgsz`: [height, width], or one side for a square."""
+    got = doc.get("imgsz") if doc is not None else None
+    if type(got) is int:
+        got = [got, got]
+    if not isinstance(got, (list, tuple)) or len(got) != 2 or not all(type(v) is int and 16 <= v <= 8192 for v in got):
+        return None
+    return got[0], got[1]
 
 
 def _by_ultralytics(doc: dict[Any, Any] | None) -> bool:

@@ -147,7 +147,7 @@ class ModelSlot:
     def info(self) -> dict[str, Any]:
         m = self.model
         return {
-            **(m.info() if m else {}),
+            **(m.health() if m else {}),
             "slot": self.name,
             "pipelines": list(self.pipelines),
             "path": str(m.path) if m else None,

@@ -16,6 +16,7 @@ import pytest
 
 from edge_agent.config import ModelConfig, RuntimeConfig
 from edge_agent.model import Model
+from edge_agent.modelfile import ModelError
 from edge_agent.postprocess.geometry import iou_one_to_many
 
 from .conftest import (
@@ -349,8 +350,10 @@ def _reshaping_model(size: int, out_shape: tuple[int, ...], int8: bool = False) 
 
 
 def _one_op_model(size: int, out_shape: tuple[int, ...], code: int, int8: bool = False,
-                  options: tuple[int, Any] | None = None) -> bytes:
-    """A model of one builtin op on its [1, size, size, 3] input (its options: (type, object))."""
+                  options: tuple[int, Any] | None = None, signature: list[int] | None = None) -> bytes:
+    """A model of one builtin op on its [1, size, size, 3] input (its options: (type, object)); `signature`:
+    the input's and output's shape signature, -1 for a side left open (their shapes then hold 1 there, as a
+    converter writes them)."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as s
 
@@ -362,6 +365,8 @@ def _one_op_model(size: int, out_shape: tuple[int, ...], code: int, int8: bool =
     for name, shape in (("image", [1, size, size, 3]), ("head", list(out_shape))):
         t = s.TensorT()
         t.name, t.shape, t.type, t.buffer = name, shape, s.TensorType.INT8 if int8 else s.TensorType.FLOAT32, 0
+        if signature is not None:
+            t.shape, t.shapeSignature = [1 if d < 0 else d for d in signature], list(signature)
         if int8:
             t.quantization = s.QuantizationParametersT()
             t.quantization.scale, t.quantization.zeroPoint = [1 / 255], [-128]
@@ -411,6 +416,55 @@ def test_a_raw_output_too_large_to_publish_is_summarised(tmp_path: Path) -> None
     assert whole.summary is None and len(whole.values) == 64 * 64 * 3 and sorted(set(whole.values)) == [-1.0, 1.0]
 
 
+def test_a_model_whose_input_size_is_left_open_runs_at_the_size_set_its_exports_or_640(tmp_path: Path) -> None:
+    """Exported with dynamic sizes (-1 in its input's shape signature: `dynamic=True` YOLOs, MoveNet
+    MultiPose, ONNX conversions with dynamic axes) a model loads as a 1x1 input, and was refused as taking no
+    pictures. It now runs at `model.input_size`, else its export metadata's `imgsz`, else 640 x 640, from a
+    copy of its file with that size written in. The model: ReLU of its input, which it is fed in [-1, 1], so
+    its output is the picture as fed, at the size it ran at."""
+    from ai_edge_litert import schema_py_generated as s
+
+    from edge_agent.modelfile import read_model_file
+
+    data = _one_op_model(8, (1, 8, 8, 3), s.BuiltinOperator.RELU, signature=[-1, -1, -1, 3])
+    open_model = tmp_path / "open.tflite"
+    open_model.write_bytes(data)
+    white = np.full((480, 640, 3), 255, np.uint8)
+    state = tmp_path / "state"
+    for kw, size in (({}, (640, 640)), ({"input_size": [320, 240]}, (320, 240))):
+        m = Model(ModelConfig(path=open_model, **kw), RuntimeConfig(accelerator="cpu"), state)
+        w, h = size
+        assert m.sized == size and m.inputs[0].shape == (1, h, w, 3), m.inputs[0].shape
+        (out,) = m.infer(white).result.outputs
+        doc = out.as_dict()
+        assert doc["shape"] == [1, h, w, 3] and doc["min"] == doc["max"] == 1.0, doc  # white, as fed
+        assert m.file.sha256 == read_model_file(open_model).sha256  # the model is the file given
+        m.close()
+    copies = sorted(p.name for p in (state / "sized").iterdir())
+    assert len(copies) == 2 and copies[0].endswith("-320x240.tflite") and copies[1].endswith("-640x640.tflite")
+    copy = (state / "sized" / copies[1]).read_bytes()
+    # byte for byte but for the input's shape and shape signature (two vectors of four 4-byte ints)
+    assert len(copy) == len(data) and 0 < sum(a != b for a, b in zip(copy, data, strict=True)) <= 32
+    # an Ultralytics export says the size it was made for
+    packed = tmp_path / "packed.tflite"
+    packed.write_bytes(data)
+    with zipfile.ZipFile(packed, "a") as zf:
+        zf.writestr("metadata.json", json.dumps({"author": "Ultralytics", "task": "detect", "imgsz": [480, 640],
+                                                 "names": {"0": "thing"}}))
+    assert load(packed).inputs[0].shape == (1, 480, 640, 3)
+    # a model of a fixed size takes no other
+    with pytest.raises(ModelError, match=r"model.input_size is for a model whose file leaves its input size open"):
+        load(SHORT, input_size=[320, 320])
+    # `predict` and `inspect` run and read it as the agent does
+    r = run_cli("predict", str(open_model), str(FRUIT), "--json", env={"EDGE_AGENT_STATE_DIR": str(state)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["outputs"][0]["shape"] == [1, 640, 640, 3]
+    r = run_cli("inspect", str(open_model), "--json", env={"EDGE_AGENT_STATE_DIR": str(state)})
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["input_size_open"] == {"runs_at": [640, 640]} and doc["inputs"][0]["shape"] == [1, 640, 640, 3]
+
+
 def _log_model(path: Path) -> Path:
     """A real model whose outputs are NaN on most real frames: the logarithm of its input, which the agent
     feeds in [-1, 1] (the log of a pixel darker than mid-grey is NaN, of black minus infinity), as a GPU's
@@ -425,12 +479,12 @@ def test_a_frame_whose_outputs_are_not_finite_is_counted_and_said(tmp_path: Path
     m = load(_log_model(tmp_path / "log.tflite"))
     white = np.full((48, 64, 3), 255, np.uint8)
     m.infer(white)  # log(1): finite
-    assert m.not_finite == 0 and m.not_finite_problem(1e9) is None and m.info()["outputs_not_finite"] == 0
+    assert m.not_finite == 0 and m.not_finite_problem(1e9) is None and m.health()["outputs_not_finite"] == 0
     photo = cv2.imread(str(FRUIT))
     assert photo is not None
     m.infer(photo)
     m.infer(white)
-    assert m.not_finite == 1 and m.info()["outputs_not_finite"] == 1 and m.not_finite_at is not None
+    assert m.not_finite == 1 and m.health()["outputs_not_finite"] == 1 and m.not_finite_at is not None
     said = m.not_finite_problem(m.not_finite_at + 5)
     assert said == "model log: outputs not finite (NaN or infinity) on cpu, 1 frame(s) since start, the last one 5 " \
         "s ago: nothing is found in such frames", said
@@ -456,7 +510,8 @@ def test_an_agent_whose_model_gives_nan_says_so_in_health(broker: Broker, subscr
     said = [p for p in h["problems"] if "outputs not finite" in p]
     assert len(said) == 1 and said[0].startswith("model log: outputs not finite (NaN or infinity) on cpu, "), said
     assert h["status"] == "degraded" and h["model"]["outputs_not_finite"] >= 3
-    collect(sub, lambda t, d, r: t.endswith("/predictions"), 10)  # the frames still go out
+    _, pred, _ = collect(sub, lambda t, d, r: t.endswith("/predictions"), 10)  # the frames still go out
+    assert set(pred["model"]) == {"name", "version", "sha256"}  # as before: the count is health's
     assert "log: outputs not finite (NaN or infinity) on cpu, 1 frame(s) so far" in agent.log()
 
 
