@@ -14,7 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
-from edge_agent.config import ConfigError
+from edge_agent.config import ConfigError, Settings
 from edge_agent.homeassistant import HomeAssistant, object_id
 from edge_agent.model import misnamed_by_all
 from edge_agent.payload import dumps
@@ -37,14 +37,17 @@ log = logging.getLogger(__name__)
 _BIRTH_MIN_S = 10.0
 
 
-
-def _watched(kind: str, uri: str) -> Literal["picture", "flat"] | None:
-    """What health watches of a pipeline's source (`edge_agent.picture`, `edge_agent.flatline`): only a
-    live one's."""
+def _watched(kind: str, settings: Settings) -> Literal["picture", "flat"] | None:
+    """What health watches of a pipeline's source (`edge_agent.picture`, `edge_agent.flatline`): a live
+    one's, where a check is on (an entity that could never turn on would only mislead)."""
+    src = settings.source
     if kind == "frame":
-        return "picture" if source_class(uri).live else None
-    cls = signal_class(uri)
-    return "flat" if cls is not None and cls.live else None
+        on = source_class(src.uri).live and (src.frozen_after_s or src.blank_after_s)
+        return "picture" if on else None
+    cls = signal_class(src.uri)
+    after = settings.signal.flat_after_s
+    return "flat" if cls is not None and cls.live and (after if after is not None else cls.audio) else None
+
 
 class Discovery:
     def __init__(self, agent: Agent):
@@ -71,7 +74,7 @@ class Discovery:
             produced = list(model.produced_labels)
             watched = [x for x in cfg.labels if x in produced] or produced[:1] or [model.name]
             made[name] = HomeAssistant(a.settings, a.topics, watched, pipe.route.label, not made, pipe.settings.scene,
-                                       _watched(pipe.kind, pipe.settings.source.uri))
+                                       _watched(pipe.kind, pipe.settings))
         # as `escalation.labels` are checked: against every model in use together, none whose labels are unknown
         why = misnamed_by_all("homeassistant.labels", cfg.labels, a.models_in_use())
         if why is not None:

@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,10 +132,15 @@ def split_batch(outputs: Sequence[np.ndarray], layout: Layout) -> list[list[np.n
     return per
 
 
-def finite(outputs: Sequence[np.ndarray]) -> bool:
-    """Whether no float output holds NaN or infinity: one sum each (both carry through it); quantized
-    outputs cannot hold them."""
-    return all(bool(np.isfinite(np.add.reduce(o, axis=None))) for o in outputs if o.dtype.kind == "f")
+def finite(outputs: Sequence[np.ndarray], unchecked: Container[int] = ()) -> bool:
+    """Whether no float output holds NaN or infinity: one sum each, in 64-bit floats, which no float32
+    values overflow (NaN and infinity carry through it); quantized outputs cannot hold them.
+    `unchecked`: the positions of outputs whose every value need not be a number, as a detection
+    post-processing op's: only its first `count` rows are written, the rest is whatever the memory held
+    (on a fresh interpreter, at times NaN)."""
+    with np.errstate(invalid="ignore"):  # infinity less infinity: NaN, which is the answer, not a warning
+        return all(bool(np.isfinite(np.add.reduce(o, axis=None, dtype=np.float64)))
+                   for i, o in enumerate(outputs) if o.dtype.kind == "f" and i not in unchecked)
 
 
 def outputs_match(a: Sequence[np.ndarray], b: Sequence[np.ndarray], specs: Sequence[TensorSpec]) -> str:
@@ -228,6 +233,8 @@ class Engine:
         an accelerator, taken when the engine goes back to one (`try_accelerator`)."""
         self._runtime = runtime
         self._batching = batching
+        #: positions of the outputs not checked for NaN (`finite`): a detection post-processing op's
+        self.unchecked: frozenset[int] = frozenset()
         #: an accelerator back, put in place of the CPU once no lane is busy (`try_accelerator`)
         self._restore: Selection | None = None
         self.inputs, self.outputs = inputs, outputs
@@ -569,7 +576,7 @@ class Engine:
         be = lane.backend
         outs = [be.output(i) for i in range(len(self.outputs))]
         rt = lane.runtime
-        if rt is not None and be.kind != "cpu" and rt.cpu_fallback and not finite(outs):
+        if rt is not None and be.kind != "cpu" and rt.cpu_fallback and not finite(outs, self.unchecked):
             # an accelerator's 16-bit floats that overflow on this frame: the CPU serves it, and judges
             self._suspect(lane, rt, be.kind)
             fill_all()
@@ -579,7 +586,7 @@ class Engine:
             be = lane.backend
             outs = [be.output(i) for i in range(len(self.outputs))]
         if rt is not None and rt.suspected is not None and be.kind == "cpu":
-            rt.judge(finite(outs))
+            rt.judge(finite(outs, self.unchecked))
         return outs, ms
 
     def _suspect(self, lane: _Lane, rt: Runtime, kind: str) -> None:
@@ -626,7 +633,7 @@ class Engine:
         ms = (time.perf_counter() - t0) * 1e3
         raw = [be.output(i) for i in range(len(self.outputs))]
         rt = lane.runtime
-        if rt is not None and kind != "cpu" and rt.cpu_fallback and not finite(raw):  # as in `_invoke_one`
+        if rt is not None and kind != "cpu" and rt.cpu_fallback and not finite(raw, self.unchecked):  # as `_invoke_one`
             self._suspect(lane, rt, kind)
             return None, 0.0  # the frames go one by one, on the CPU, the first of them judging
         with self._cond:

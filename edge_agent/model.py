@@ -510,7 +510,7 @@ class Model:
             replicas = 1 if self.file.stateful else (rt.replicas or default_threads())
             # runtime.replicas 0: more as frames find every replica busy, up to twice the cores
             grow_to = 0 if self.file.stateful or rt.replicas else REPLICAS_PER_CORE * default_threads()
-            return Engine(
+            engine = Engine(
                 runtime,
                 self.inputs,
                 self.outputs,
@@ -523,6 +523,9 @@ class Model:
                 grow_to,
                 None if self.file.stateful else lambda accel: (max_batch(rt, accel), batch_wait_ms(rt, accel)),
             )
+            post = set(self.file.detection_op_outputs or ())
+            engine.unchecked = frozenset(k for k, spec in enumerate(self.outputs) if spec.index in post)
+            return engine
 
         if self._pool is None:
             self.engine = make()
@@ -641,7 +644,7 @@ class Model:
         threshold: such a frame is counted, for health to say (`outputs_not_finite`), instead of reading as
         a quiet scene. One sum per float output finds them (NaN and infinity carry through it)."""
         t0 = time.perf_counter()
-        if not finite(raw.outputs):
+        if not finite(raw.outputs, self.engine.unchecked):
             self.not_finite += 1
             self.not_finite_at, self.not_finite_on = time.monotonic(), raw.accelerator
             if self.not_finite == 1 or self.not_finite in (10, 100, 1000) or self.not_finite % 10000 == 0:

@@ -8,7 +8,7 @@ frames, snow). Detection goes on either way, and finds nothing; health says why,
 seen nothing for a week is not taken for a quiet week.
 
 The watch looks at most once a second (`_LOOK_S`), on the capture thread, at a frame it decoded anyway:
-a few hundred microseconds a second for a 1080p camera.
+about half a millisecond a second for a 1080p camera.
 
 - Frozen: fewer than `_STILL_SHARE` of the picture's sampled values changed since the last look, at
   every look for `source.frozen_after_s`. A real sensor's noise changes nearly every value from one
