@@ -63,8 +63,6 @@ class PictureWatch:
         self._flat_since: float | None = None
         self._level: float | None = None  # mean grey level at the last look
         self.state: State = "ok"
-        self._state_since: float | None = None
-        self.looks = 0
         self._small = np.empty((_THUMB[1], _THUMB[0], 3), np.uint8)
         self._thumb = np.empty((_THUMB[1], _THUMB[0]), np.uint8)
 
@@ -76,7 +74,6 @@ class PictureWatch:
         if image.ndim != 3 or image.shape[2] != 3 or not image.size:
             return
         self._next = now + _LOOK_S
-        self.looks += 1
         last, self._last_look = self._last_look, now
         step = max(1, -(-max(image.shape[:2]) // _SAMPLE_SIDE))
         sample = np.ascontiguousarray(image[::step, ::step])
@@ -110,15 +107,15 @@ class PictureWatch:
         if state == "ok":
             log.info("camera picture %s no more", self.state)
         self.state = state
-        self._state_since = None if state == "ok" else self._still_since if state == "frozen" else self._flat_since
         if state != "ok":
             log.warning("%s", problem(self.info(now)))
 
     def info(self, now: float) -> dict[str, Any]:
         """Health's `source.picture`: the state, for how long, and the picture's mean grey level."""
+        since = {"frozen": self._still_since, "blank": self._flat_since}.get(self.state)
         return {
             "state": self.state,
-            "for_s": round(now - self._state_since, 1) if self._state_since is not None else None,
+            "for_s": round(now - since, 1) if since is not None else None,
             "level": round(self._level, 1) if self._level is not None else None,
         }
 
