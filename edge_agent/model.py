@@ -478,6 +478,9 @@ class Model:
         self._local = threading.local()
         self._pool = pool if not self.file.stateful else None
 
+        def probe_cache() -> ProbeCache:  # read afresh each time, so verdicts kept meanwhile count
+            return ProbeCache(state_dir / "probe-cache.json" if state_dir else None)
+
         def select() -> Selection:
             """As at start, and again where the CPU stands in for an accelerator (`Engine.try_accelerator`):
             the cache read afresh each time, so verdicts kept meanwhile count."""
@@ -490,7 +493,7 @@ class Model:
                 self._probe_inputs,
                 outputs_agree(self.decoder, self.outputs),
                 rt.probe_timeout_s,
-                ProbeCache(state_dir / "probe-cache.json" if state_dir else None),
+                probe_cache(),
                 rt.own_process,
             )
 
@@ -500,8 +503,7 @@ class Model:
                               reselect=select)
 
             def verdict(kind: str, why: str) -> None:  # as a probe's: the next start keeps to the CPU
-                ProbeCache(state_dir / "probe-cache.json" if state_dir else None).put(
-                    ProbeCache.key(self.file.sha256, kind), ProbeResult(kind, False, why))
+                probe_cache().put(ProbeCache.key(self.file.sha256, kind), ProbeResult(kind, False, why))
 
             runtime.on_verdict = verdict
             threads = int(getattr(selection.backend, "threads", rt.threads) or rt.threads)
