@@ -572,6 +572,36 @@ def test_a_publish_the_broker_refuses_is_said_in_health_and_the_log(tmp_path: Pa
         b.stop()
 
 
+def test_a_broker_that_drops_everything_a_311_client_publishes_is_found_out(tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Under MQTT 3.1.1 a broker acknowledges a message its ACL drops as one it took, so an agent whose
+    every message was dropped (rules for another user or prefix) said it was connected and publishing,
+    and its local health said nothing. Its own retained `online` coming back on its subscription to its
+    availability now tells: once 10 s pass without it, health and the log say the broker drops what it
+    publishes. Where the ACL lets it publish, the echo comes and nothing is said; under MQTT 5 the
+    acknowledgements name the refused topics instead (above)."""
+    caplog.set_level(logging.INFO, logger="edge_agent.sinks.mqtt")
+    acl = tmp_path / "acl"
+    acl.write_text("topic read edge/#\ntopic readwrite edge/dev2/#\n")  # dev1 may publish on nothing
+    port = free_port()
+    b = Broker(tmp_path, f"listener {port} 127.0.0.1\nallow_anonymous true\nacl_file {acl}\n", port).start()
+    dropped, fine = sink_for(b.mqtt()), sink_for(b.mqtt(), device="dev2")
+    try:
+        assert dropped.wait_connected(10) and fine.wait_connected(10)
+        assert dropped.submit(Message("edge/dev1/predictions", b"{}", qos=1))
+        said = wait_until(lambda: [p for p in dropped.problems() if "drops what this device publishes" in p], 30,
+                          what="the drops said")
+        assert said[0].startswith("the broker drops what this device publishes: its own 'online' on "
+                                  "edge/dev1/availability has not come back in 1"), said
+        assert dropped.state == "connected"  # as before: the connection itself is fine
+        assert caplog.text.count("the broker drops what this client publishes") == 1
+        assert not [p for p in fine.problems() if "drops" in p]  # its echo came: nothing said
+    finally:
+        dropped.close(2)
+        fine.close(2)
+        b.stop()
+
+
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_two_devices_with_one_device_id_are_told_apart_from_a_broker_restart(
     broker: Broker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, protocol: str

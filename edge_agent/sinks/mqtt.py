@@ -57,6 +57,9 @@ _REPLAY_TICK_S = 0.02
 _MIDS_KEPT = 4096
 #: A topic the broker refused a publish on (MQTT 5) is a problem in health this long after the last refusal.
 _REFUSED_FOR_S = 600.0
+#: Under MQTT 3.1.1, a connection whose own retained `online` has not come back on the agent's
+#: subscription to it this long after the birth: the broker drops what this client publishes.
+_ECHO_S = 10.0
 #: The most topics whose refusals are kept (and logged): past them, refusals are only counted.
 _REFUSED_TOPICS = 16
 #: Drops that lose a result for good (not a health document superseded by a newer one), and how long
@@ -483,6 +486,10 @@ class MqttSink(Sink):
         #: publish on (MQTT 5 says so in the acknowledgement: its ACL) -> (reason, when last)
         self._topic_by_mid: OrderedDict[int, str] = OrderedDict()
         self.refused_publishes: dict[str, tuple[str, float]] = {}
+        #: when this connection's birth went out, and whether its `online` came back (`_ECHO_S`)
+        self._birth_at: float | None = None
+        self._echoed = False
+        self._echo_said = False  # logged, this connection
         #: the loss counts at the start of this window and of the one before (for "lost lately")
         self._loss_marks = [(time.monotonic(), Counter[str]())] * 2
         self._client.on_publish = self._on_publish
@@ -736,6 +743,10 @@ class MqttSink(Sink):
             elif ev.kind == "puback":
                 self._refused_publish(ev)
             elif ev.kind == "availability":
+                if ev.detail == ONLINE.decode() and not self._echoed:
+                    self._echoed = True
+                    if self._birth_at is not None and time.monotonic() - self._birth_at > _ECHO_S:
+                        log.info("mqtt: the broker passes on what this client publishes again")
                 if ev.detail == OFFLINE.decode() and self._connected.is_set() and not self._stop.is_set():
                     log.warning("a stale 'offline' (an earlier session's Will) replaced our birth; restoring")
                     self.availability_restored += 1
@@ -964,6 +975,16 @@ class MqttSink(Sink):
             log.info("mqtt: the broker now accepts every subscription")
         self.refused_subscriptions = refused
 
+    def _unechoed(self, now: float) -> bool:
+        """Under MQTT 3.1.1, whose broker acknowledges a message its ACL drops as one it took: the agent is
+        subscribed to its own availability, and the retained `online` of its birth comes back on it, unless
+        the broker dropped it. Not judged where the broker keeps no retained messages (the birth goes out
+        before the subscription, so nothing would come back), nor where it refused that subscription, nor
+        under MQTT 5, whose acknowledgements name each refused topic."""
+        at = self._birth_at
+        return (not self._v5 and at is not None and not self._echoed and now - at > _ECHO_S and self.retain_ok
+                and self._connected.is_set() and self.availability_topic not in self.refused_subscriptions)
+
     def _refused_publish(self, ev: _Event) -> None:
         """A broker whose ACL does not let this client publish on a topic still accepts the connection;
         with MQTT 3.1.1 it drops those messages silently. MQTT 5 says so in the acknowledgement: say
@@ -997,6 +1018,14 @@ class MqttSink(Sink):
             out.append(f"messages from the broker larger than the agent takes ({MAX_INBOUND_BYTES} bytes), dropped "
                        f"unread: {self.drops['inbound_too_large']}, the latest {self.refused_inbound} bytes{where}")
         now = time.monotonic()
+        if self._unechoed(now):
+            if not self._echo_said:
+                self._echo_said = True
+                log.error("mqtt: the broker drops what this client publishes: its own 'online' on %s never came "
+                          "back (its ACL?)", self.availability_topic)
+            out.append(f"the broker drops what this device publishes: its own 'online' on {self.availability_topic} "
+                       f"has not come back in {now - (self._birth_at or now):.0f} s (its ACL does not let this client "
+                       "publish? MQTT 5, mqtt.protocol = \"5\", would name each topic)")
         lately = sorted((t, why) for t, (why, at) in self.refused_publishes.items() if now - at < _REFUSED_FOR_S)
         if lately:
             out.append("broker refused publishes on " + ", ".join(f"{t} ({why})" for t, why in lately))
@@ -1050,6 +1079,7 @@ class MqttSink(Sink):
         return info
 
     def _publish_birth(self) -> None:
+        self._birth_at, self._echoed, self._echo_said = time.monotonic(), False, False
         self._client.publish(self.availability_topic, ONLINE, qos=self._qos(AVAILABILITY_QOS), retain=self.retain_ok)
         for m in self.retained_state():
             if self._fits(m.topic, m.payload, m.qos):
