@@ -417,7 +417,7 @@ class SignalConfig(_Strict):
         "be flat (health: degraded, with the value): a microphone muted, unplugged from its sound card or on a "
         "channel nothing is wired to (exact digital silence), a sensor that stopped measuring. Default: 300 "
         "for audio, never for sensor readings (a temperature to a tenth of a degree may rightly hold for hours). "
-        "0: never. Read by microphones and sensors, not by recordings, CSV files or raw PCM pipes.",
+        "0: never. Read by microphones, sensors and raw PCM, not by recordings and CSV files.",
     )
 
 
@@ -985,8 +985,8 @@ def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, 
                 raise ValueError(
                     f"{key}{k}: source {shown!r} is of the {kind} kind, which never reads it (read by {kinds(readers)})"
                 )
-            if name in SIGNAL_LIVE_SETTINGS and not scls.live:
-                readers = sorted(c.kind for c in SIGNALS if c.live)
+            if name in SIGNAL_LIVE_SETTINGS and not scls.watched:
+                readers = sorted(c.kind for c in SIGNALS if c.watched)
                 raise ValueError(
                     f"{key}{k}: source {shown!r} is of the {kind} kind, which never reads it (read by {kinds(readers)})"
                 )

@@ -46,7 +46,7 @@ def _watched(kind: str, settings: Settings) -> Literal["picture", "flat"] | None
         return "picture" if on else None
     cls = signal_class(src.uri)
     after = settings.signal.flat_after_s
-    return "flat" if cls is not None and cls.live and (after if after is not None else cls.audio) else None
+    return "flat" if cls is not None and cls.watched and (after if after is not None else cls.audio) else None
 
 
 class Discovery:

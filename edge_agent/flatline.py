@@ -11,8 +11,8 @@ does the same.
 Flat: every channel of every chunk read for `signal.flat_after_s` holds the one value the flat
 stretch began with. Audio is watched after 300 s by default; a sensor's readings only where it is set
 (a temperature read to a tenth of a degree, or a light sensor in the dark, may rightly repeat one
-value for hours). A recording, a CSV file or a raw PCM pipe (which may hold silence by design, and
-waits for its reader) is not watched.
+value for hours). Raw PCM on a pipe (`arecord | edge-agent run --source pcm:-`) is a microphone too; a
+recording or a CSV file, which may hold silence by design, is not watched.
 """
 
 from __future__ import annotations

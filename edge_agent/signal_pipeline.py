@@ -177,7 +177,7 @@ class SignalCapture:
                 self.reopens += 1
                 self.gaps += 1
             self.rate, self.channels, self.channel_names = src.rate, src.channels, src.channel_names
-            if src.live and self.flat is None:
+            if src.watched and self.flat is None:
                 self.flat = FlatWatch()
             first = True
             next_ts = 0.0  # where the previous chunk ended: a burst read at once keeps its samples' spacing
@@ -211,7 +211,7 @@ class SignalCapture:
                             break
                         self.out.dropped -= len(chunk.samples)  # not dropped: offered again
                         st.beat()
-                    if src.live and self.flat is not None:
+                    if src.watched and self.flat is not None:
                         self.flat.feed(chunk.samples, chunk.mono, self._flat_after_s(src))
                     self.samples += len(chunk.samples)
                     st.done(len(chunk.samples))

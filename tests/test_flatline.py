@@ -115,8 +115,31 @@ def test_a_muted_microphone_degrades_health_with_its_silence(broker: Broker, age
         rec.close()
 
 
+def test_raw_pcm_from_a_muted_microphone_on_a_pipe_is_flat_too(broker: Broker, agent_factory,  # type: ignore[no-untyped-def]
+                                                               tmp_path: Path) -> None:
+    """`arecord ... | edge-agent run --source pcm:-` is how a microphone reaches the agent through a pipe;
+    `cat /dev/zero` into a FIFO stands in for `arecord` on a muted card."""
+    import os
+    import subprocess
+
+    fifo = tmp_path / "audio.fifo"
+    os.mkfifo(fifo)
+    rec = Recorder(broker, ["edge/pipe/health"])
+    writer = subprocess.Popen(["sh", "-c", f"exec cat /dev/zero > {fifo}"])
+    try:
+        agent_factory(["run", "--source", f"pcm:{fifo}", "--model", str(WAKEWORD), "--set", "signal.flat_after_s=2"],
+                      env={**broker.env(), "EDGE_AGENT_DEVICE_ID": "pipe", "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5"})
+        h = wait_until(lambda: (d := rec.last.get("edge/pipe/health")) and (d["source"].get("flat") or {}).get("flat")
+                       and d, scaled(60), what="the silence said")
+        assert any(p.startswith("signal flat: every sample 0 for ") for p in h["problems"]), h["problems"]
+    finally:
+        writer.kill()
+        writer.wait()
+        rec.close()
+
+
 def test_a_recording_is_not_watched_and_the_setting_is_refused_for_it() -> None:
     r = run_cli("run", "--seconds", "1", "--source", f"wav:{WAVS / 'alexa_1.wav'}", "--set", "signal.flat_after_s=30")
     assert r.returncode == 2, r.stderr
     assert "signal.flat_after_s: source 'wav:" in r.stderr and "is of the wav kind, which never reads it (read by " \
-        "the iio, mic, mqtt and serial kinds)" in r.stderr, r.stderr
+        "the iio, mic, mqtt, pcm and serial kinds)" in r.stderr, r.stderr

@@ -34,7 +34,7 @@ SIGNAL_SETTINGS = frozenset({"uri", "reopen_min_s", "reopen_max_s"})
 #: The `signal.*` settings only some kinds read, each declaring its own (`signal_options`); the rest (the
 #: rate, windows, front end, events) are read for every audio and sensor source.
 SIGNAL_KIND_SETTINGS = frozenset({"channels", "audio_channels", "baud", "iio_device"})
-#: ... and those only live kinds read (a microphone, a sensor; not a recording: `edge_agent.flatline`)
+#: ... and those only kinds that measure the world read (`watched`: not a recording; `edge_agent.flatline`)
 SIGNAL_LIVE_SETTINGS = frozenset({"flat_after_s"})
 
 
@@ -51,6 +51,9 @@ class SignalSource(abc.ABC):
     audio: ClassVar[bool] = False
     #: samples arrive on their own clock (microphone, serial) rather than when read (file)
     live: bool = True
+    #: a device measuring the world, whose samples all one value mean it stopped (`edge_agent.flatline`):
+    #: a microphone, a sensor, raw PCM from `arecord`; not a recording, which may hold silence by design
+    watched: ClassVar[bool] = True
     #: a working device delivers samples all the time (a sound card does, silence included; a serial
     #: sensor or a pipe may pause): none for the `read_timeout_s` of its settings means it hangs, and it is
     #: reopened (by capture: a kind that is steady declares that setting among its `options`)

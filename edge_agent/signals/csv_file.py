@@ -54,6 +54,7 @@ class CsvSource(SignalSource):
     def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:
         return cls(uri, arg, cls.default_rate(s), s.source.loop, s.source.realtime, s.signal.channels)
     live = False
+    watched = False  # a recording: silence there may be what was recorded
 
     def __init__(self, uri: str, path: str, rate: float, loop: bool, realtime: bool, channels: list[str] | None):
         super().__init__(uri, rate)

@@ -36,6 +36,7 @@ class WavSource(SignalSource):
     def create(cls, uri: str, arg: str, s: Settings) -> SignalSource:
         return cls(uri, arg, s.source.loop, s.source.realtime)
     live = False
+    watched = False  # a recording: silence there may be what was recorded
 
     def __init__(self, uri: str, path: str, loop: bool, realtime: bool):
         super().__init__(uri, 0)
