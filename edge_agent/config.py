@@ -953,7 +953,7 @@ def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, 
     # here: they import this module, and most settings need them not
     from edge_agent.redact import hide_credentials
     from edge_agent.signals import SIGNALS, signal_class
-    from edge_agent.signals.base import SIGNAL_KIND_SETTINGS, SIGNAL_LIVE_SETTINGS, SIGNAL_SETTINGS
+    from edge_agent.signals.base import SIGNAL_KIND_SETTINGS, SIGNAL_SETTINGS, SIGNAL_WATCHED_SETTINGS
     from edge_agent.sources import SOURCES, source_class
     from edge_agent.sources.base import FRAME_SETTINGS, LIVE_SETTINGS, PLAYED_SETTINGS, Source
 
@@ -985,7 +985,7 @@ def _sections_of_its_kind(uri: str, source: SourceConfig, signal: SignalConfig, 
                 raise ValueError(
                     f"{key}{k}: source {shown!r} is of the {kind} kind, which never reads it (read by {kinds(readers)})"
                 )
-            if name in SIGNAL_LIVE_SETTINGS and not scls.watched:
+            if name in SIGNAL_WATCHED_SETTINGS and not scls.watched:
                 readers = sorted(c.kind for c in SIGNALS if c.watched)
                 raise ValueError(
                     f"{key}{k}: source {shown!r} is of the {kind} kind, which never reads it (read by {kinds(readers)})"

@@ -35,7 +35,7 @@ SIGNAL_SETTINGS = frozenset({"uri", "reopen_min_s", "reopen_max_s"})
 #: rate, windows, front end, events) are read for every audio and sensor source.
 SIGNAL_KIND_SETTINGS = frozenset({"channels", "audio_channels", "baud", "iio_device"})
 #: ... and those only kinds that measure the world read (`watched`: not a recording; `edge_agent.flatline`)
-SIGNAL_LIVE_SETTINGS = frozenset({"flat_after_s"})
+SIGNAL_WATCHED_SETTINGS = frozenset({"flat_after_s"})
 
 
 class SignalSource(abc.ABC):
