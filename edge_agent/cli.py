@@ -295,17 +295,50 @@ def _check_pipeline(
         t0 = time.monotonic()
         src.open()
         img = src.read()
+        opened_ms = round((time.monotonic() - t0) * 1e3, 1)
+        blank = None
+        if (src.live or src.polled) and settings.source.blank_after_s:
+            img, blank = _first_second(src, img)
         src.close()
         report["source"] = {
             "uri": src.describe(),
             "frame": [int(img.shape[1]), int(img.shape[0])],
-            "open_read_ms": round((time.monotonic() - t0) * 1e3, 1),
+            "open_read_ms": opened_ms,
         }
+        if blank is not None:
+            report["source"]["picture"] = {"flat": blank[0], "level": round(blank[1], 1)}
+            if blank[0]:
+                problem(f"source: the camera's picture is one flat tone, grey level {blank[1]:.0f} of 255, after "
+                        f"{_SETTLE_S:g} s: the lens covered or facing a wall or the sky, too dark to see, or no "
+                        "signal (source.blank_after_s = 0 leaves it unwatched)")
         if model is not None:
             inf = model.infer(img)
             report["first_inference"] = {"inference_ms": round(inf.inference_ms, 2), **inf.result.as_dict()}
     except SourceError as err:
         problem(f"source: {err}")
+
+
+#: How long `check` reads a camera before judging its picture: a camera's first frames are often dark while
+#: its exposure settles.
+_SETTLE_S = 1.0
+
+
+def _first_second(src: Any, img: Any) -> tuple[Any, tuple[bool, float]]:
+    """A live camera's frames for `_SETTLE_S` after its first: the last, and whether it is one flat tone
+    (`edge_agent.picture`), as the running agent would say after `source.blank_after_s`."""
+    from edge_agent.picture import flat
+    from edge_agent.sources import FrameError
+
+    if src.polled:  # a snapshot URL: one more picture after the pause, not a second of requests
+        time.sleep(_SETTLE_S)
+        img = src.read()
+    end = time.monotonic() + _SETTLE_S
+    while not src.polled and time.monotonic() < end:
+        try:
+            img = src.read()
+        except FrameError:  # one frame lost: the one before stands
+            continue
+    return img, flat(img)
 
 
 def _check_signal(src: Any) -> dict[str, Any]:

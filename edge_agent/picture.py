@@ -87,11 +87,8 @@ class PictureWatch:
             self._still_since = None
         elif self._still_since is None:
             self._still_since = last  # it was already this picture at the look before
-        cv2.resize(sample, _THUMB, dst=self._small, interpolation=cv2.INTER_AREA)
-        cv2.cvtColor(self._small, cv2.COLOR_BGR2GRAY, dst=self._thumb)
-        lo, hi = np.percentile(self._thumb, _FLAT_PERCENTILES)
-        self._level = float(self._thumb.mean())
-        if hi - lo > _FLAT_LEVELS:
+        is_flat, self._level = flat(sample, self._small, self._thumb)
+        if not is_flat:
             self._flat_since = None
         elif self._flat_since is None:
             self._flat_since = now
@@ -118,6 +115,15 @@ class PictureWatch:
             "for_s": round(now - since, 1) if since is not None else None,
             "level": round(self._level, 1) if self._level is not None else None,
         }
+
+
+def flat(image: np.ndarray, small: np.ndarray | None = None, thumb: np.ndarray | None = None) -> tuple[bool, float]:
+    """Whether a BGR picture is one flat tone (90% of a 32x24 thumbnail's cells within `_FLAT_LEVELS` grey
+    levels), and its mean grey level. small, thumb: buffers to reuse (the watch's, once a second)."""
+    small = cv2.resize(image, _THUMB, dst=small, interpolation=cv2.INTER_AREA)
+    thumb = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY, dst=thumb)
+    lo, hi = np.percentile(thumb, _FLAT_PERCENTILES)
+    return bool(hi - lo <= _FLAT_LEVELS), float(thumb.mean())
 
 
 def problem(info: dict[str, Any] | None) -> str | None:

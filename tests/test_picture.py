@@ -213,3 +213,24 @@ def test_the_single_form_says_it_at_the_top_of_health_and_its_entity_reads_it_th
         assert _render(cfg["value_template"], ok) == "OFF"
     finally:
         rec.close()
+
+
+def test_check_says_a_blank_camera_at_once_and_passes_a_seeing_one(cameras: dict[str, int]) -> None:
+    """At install, `check` reads a camera for a second after its first frame (exposure settling) and
+    says a picture of one flat tone as the running agent would after `source.blank_after_s`: exit 1,
+    naming it. A camera that sees passes, its picture reported."""
+    from .conftest import run_cli
+
+    dark = run_cli("check", "--offline", "--source", f"rtsp://127.0.0.1:{cameras['dark']}/live",
+                   "--model", str(SHORT))
+    assert dark.returncode == 1, dark.stderr
+    assert "source: the camera's picture is one flat tone, grey level 16 of 255, after 1 s" in dark.stdout + \
+        dark.stderr, dark.stdout
+    live = run_cli("check", "--offline", "--json", "--source", f"rtsp://127.0.0.1:{cameras['live']}/live",
+                   "--model", str(SHORT))
+    assert live.returncode == 0, live.stdout + live.stderr
+    doc = json.loads(live.stdout)
+    assert doc["source"]["picture"]["flat"] is False and doc["source"]["picture"]["level"] > 50
+    off = run_cli("check", "--offline", "--source", f"rtsp://127.0.0.1:{cameras['dark']}/live",
+                  "--model", str(SHORT), "--set", "source.blank_after_s=0")
+    assert off.returncode == 0 and "flat tone" not in off.stdout, off.stdout  # not watched: not judged
