@@ -76,7 +76,7 @@ class PictureWatch:
         self._next = now + _LOOK_S
         last, self._last_look = self._last_look, now
         step = max(1, -(-max(image.shape[:2]) // _SAMPLE_SIDE))
-        sample = np.ascontiguousarray(image[::step, ::step])
+        sample = np.array(image[::step, ::step])  # a copy even at step 1: a source may reuse its frame buffer
         prev, self._sample = self._sample, sample
         if prev is not None and prev.shape == sample.shape:
             changed = int(np.count_nonzero(cv2.absdiff(prev, sample)))

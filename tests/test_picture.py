@@ -234,3 +234,18 @@ def test_check_says_a_blank_camera_at_once_and_passes_a_seeing_one(cameras: dict
     off = run_cli("check", "--offline", "--source", f"rtsp://127.0.0.1:{cameras['dark']}/live",
                   "--model", str(SHORT), "--set", "source.blank_after_s=0")
     assert off.returncode == 0 and "flat tone" not in off.stdout, off.stdout  # not watched: not judged
+
+
+def test_a_source_that_decodes_each_frame_into_the_same_buffer_is_not_taken_for_frozen(photo: np.ndarray) -> None:
+    """A small picture is compared whole (no striding); kept by reference, a buffer the next frame is
+    decoded into would be compared with itself and read as frozen."""
+    rng = np.random.default_rng(9)
+    small = cv2.resize(photo, (200, 150), interpolation=cv2.INTER_AREA)
+    buf = small.copy()
+
+    def frame(s: int) -> np.ndarray:
+        buf[...] = _noisy(small, 1.0, rng)  # the next frame, into the same memory
+        return buf
+
+    _, states = _watch(frame, 20, frozen_s=5)
+    assert set(states) == {"ok"}, states
