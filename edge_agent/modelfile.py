@@ -188,8 +188,9 @@ def read_model_file(path: Path) -> ModelFile:
 
 def _image_input(data: bytes) -> tuple[Table, list[int], int] | None:
     """The first subgraph's first input, where it is an image's ([1, H, W, C] or [1, C, H, W]): the tensor,
-    its shape signature (its shape where it has none), and the position of its height (1 or 2)."""
-    model = Table(bytearray(data), flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0))
+    its shape signature (its shape where it has none), and the position of its height (1 or 2). Read from
+    `data` itself: only positions are wanted (`sized_copy` writes into a copy of its own)."""
+    model = Table(data, flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0))
     sg = next(_tables(model, 2), None)
     inputs = _ints(sg, 1) if sg is not None else []
     if sg is None or not inputs:
@@ -465,7 +466,7 @@ def _floats(tab: Table, i: int) -> tuple[float, ...] | None:
     if not o:
         return None
     start, n = tab.Vector(o), tab.VectorLen(o)
-    return tuple(float(x) for x in struct.unpack_from(f"<{n}f", bytes(tab.Bytes), start))
+    return tuple(float(x) for x in struct.unpack_from(f"<{n}f", tab.Bytes, start))
 
 
 def _int(tab: Table, i: int, flags: object) -> int:
@@ -480,7 +481,7 @@ def _ints(tab: Table, i: int) -> list[int]:
     start, n = tab.Vector(o), tab.VectorLen(o)
     if start + 4 * n > len(tab.Bytes):
         raise ModelError("vector runs past the end of the file")
-    return list(struct.unpack_from(f"<{n}i", bytes(tab.Bytes), start))
+    return list(struct.unpack_from(f"<{n}i", tab.Bytes, start))  # in place: no copy of the file per vector
 
 
 def _u8(tab: Table, i: int) -> int:
