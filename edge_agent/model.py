@@ -646,7 +646,10 @@ class Model:
         threshold: such a frame is counted, for health to say (`outputs_not_finite`), instead of reading as
         a quiet scene. One sum per float output finds them (NaN and infinity carry through it)."""
         t0 = time.perf_counter()
-        if not finite(raw.outputs, self.engine.unchecked):
+        # an accelerator's outputs that reach here with the CPU fallback on were found numbers by the engine
+        # (else the frame was redone on the CPU, and says so): not summed a second time
+        checked = raw.accelerator != "cpu" and self.runtime.cpu_fallback
+        if not checked and not finite(raw.outputs, self.engine.unchecked):
             self.not_finite += 1
             self.not_finite_at, self.not_finite_on = time.monotonic(), raw.accelerator
             if self.not_finite == 1 or self.not_finite in (10, 100, 1000) or self.not_finite % 10000 == 0:
