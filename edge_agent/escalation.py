@@ -320,6 +320,11 @@ class Escalator:
             self.counts["timeouts"] += 1  # the local result, published already, stands
 
     def info(self) -> dict[str, Any]:
+        """Read from the health thread while the escalation thread counts. `dropped` is copied first:
+        an answer is counted answered before it can be dropped, so every drop in the copy is matched by
+        an answer in the figures read after it. Read the other way round, a document could show three
+        answers dropped out of two answered."""
+        dropped = dict(self.dropped)
         considered = self.counts["considered"]
         sent = self.counts["sent"]
         return {
@@ -333,6 +338,6 @@ class Escalator:
             "bytes_per_escalation": round(self.bytes_sent / sent, 1) if sent else None,
             "faces_blurred": self.faces_blurred,
             "rtt_ms": self.rtt.percentiles(),
-            "dropped": dict(self.dropped),
+            "dropped": dropped,
             "errors": self.counts["errors"] + self.counts["bad_answers"] + self.counts["worker_errors"],
         }

@@ -139,10 +139,13 @@ def test_an_answer_for_a_pipeline_removed_meanwhile_is_dropped_not_shown_as_anot
         refined = wait_until(lambda: next((p for p in list(seen["predictions"]) if p.get("source") == "cloud"), None),
                              20, what="the answer for the pipeline that stays")
         assert refined["pipeline"] == "keep" and refined["escalation_id"] == keep["id"], refined
-        h = wait_until(lambda: next((d for d in reversed(seen["health"])
-                                     if d["escalation"]["dropped"].get("pipeline_removed") == len(gone)), None), 20,
-                       what=f"{len(gone)} answers dropped")
-        assert h["escalation"]["answered"] >= len(gone) + 1
+        wait_until(lambda: any(d["escalation"]["dropped"].get("pipeline_removed") == len(gone)
+                               and d["escalation"]["answered"] == len(gone) + 1 for d in list(seen["health"])), 20,
+                   what=f"{len(gone)} answers dropped of {len(gone) + 1} answered")
+        # each document holds together: no answer is dropped before it is counted answered
+        torn = [d["escalation"] for d in list(seen["health"])
+                if d["escalation"]["dropped"].get("pipeline_removed", 0) > d["escalation"]["answered"]]
+        assert not torn, torn
         cloud = [p for p in list(seen["predictions"]) if p.get("source") == "cloud"]
         assert [p["escalation_id"] for p in cloud] == [keep["id"]], cloud
     finally:
