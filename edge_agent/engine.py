@@ -133,14 +133,21 @@ def split_batch(outputs: Sequence[np.ndarray], layout: Layout) -> list[list[np.n
 
 
 def finite(outputs: Sequence[np.ndarray], unchecked: Container[int] = ()) -> bool:
-    """Whether no float output holds NaN or infinity: one sum each, in 64-bit floats, which no float32
-    values overflow (NaN and infinity carry through it); quantized outputs cannot hold them.
+    """Whether no float output holds NaN or infinity, run on every frame: first one sum each in the
+    output's own type (NaN and infinity carry through a sum), and only where that is not finite, which
+    finite values large enough to overflow it also give, each value looked at. The sum in 64-bit floats
+    this replaced cast every value first: 33 us a frame for BlazeFace's outputs against 9, 6% of the
+    time four pipelines held Python's interpreter lock. Quantized outputs cannot hold NaN.
     `unchecked`: the positions of outputs whose every value need not be a number, as a detection
     post-processing op's: only its first `count` rows are written, the rest is whatever the memory held
     (on a fresh interpreter, at times NaN)."""
-    with np.errstate(invalid="ignore"):  # infinity less infinity: NaN, which is the answer, not a warning
-        return all(bool(np.isfinite(np.add.reduce(o, axis=None, dtype=np.float64)))
-                   for i, o in enumerate(outputs) if o.dtype.kind == "f" and i not in unchecked)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, the answer, not a warning
+        for i, o in enumerate(outputs):
+            if o.dtype.kind != "f" or i in unchecked or np.isfinite(np.add.reduce(o, axis=None)):
+                continue
+            if not np.isfinite(o).all():
+                return False
+    return True
 
 
 def outputs_match(a: Sequence[np.ndarray], b: Sequence[np.ndarray], specs: Sequence[TensorSpec]) -> str:

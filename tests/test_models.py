@@ -14,6 +14,8 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.config import ModelConfig, RuntimeConfig
 from edge_agent.model import Model
@@ -474,6 +476,23 @@ def _log_model(path: Path) -> Path:
 
     path.write_bytes(_one_op_model(16, (1, 16, 16, 3), s.BuiltinOperator.LOG))
     return path
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), dtype=st.sampled_from([np.float16, np.float32, np.float64]))
+def test_finite_says_whether_every_value_is_a_number(data: st.DataObject, dtype: Any) -> None:
+    """Outputs checked on every frame, against looking at each value: values all finite but large enough
+    that their sum overflows (a GPU's 16-bit floats) are finite; a NaN, or an infinity among them, is not,
+    wherever it sits; a quantized output and an unchecked one are not looked at."""
+    from edge_agent.engine import finite
+
+    big = float(np.finfo(dtype).max)
+    values = st.one_of(st.floats(-big, big, width=np.finfo(dtype).bits),
+                       st.sampled_from([big, -big, float("nan"), float("inf"), float("-inf")]))
+    outs = [np.array(data.draw(st.lists(values, min_size=1, max_size=64)), dtype=dtype) for _ in range(2)]
+    assert finite(outs) == all(bool(np.isfinite(o).all()) for o in outs)
+    assert finite([outs[0], np.zeros(3, np.uint8)], unchecked=()) == bool(np.isfinite(outs[0]).all())
+    assert finite([np.full(3, np.nan, dtype), outs[1]], unchecked=(0,)) == bool(np.isfinite(outs[1]).all())
 
 
 def test_a_frame_whose_outputs_are_not_finite_is_counted_and_said(tmp_path: Path) -> None:
