@@ -84,7 +84,49 @@ def rss_breakdown(smaps: str = "/proc/self/smaps") -> dict[str, float]:
     res = {k: round(v, 1) for k, v in out.items()}
     res["arena_count"] = arenas
     res["total"] = round(sum(v for k, v in out.items()), 1)
+    # what no other process can share, and what no kernel's way of mapping files changes
+    res["own"] = round(out["heap"] + out["malloc_arenas"] + out["anon"] + out["stacks"], 1)
     return res
+
+
+def mapped_per_fault_kb(path: str | None = None) -> float:
+    """KB of a file already in the page cache that one read fault maps into a process: the 64 KB of
+    fault-around for years, more where the kernel maps a large folio of the page cache whole (this VM's
+    Linux 6.18: about 512). The shared libraries' share of an agent's RSS grows with it, by tens of MB,
+    while the agent's own memory does not change; a peak RSS measured under two kernels differs by it.
+    An average over one fault in each MiB of `path`: OpenCV's library by default (the largest the agent
+    maps, 74 MB), whose folios differ in size from one part to another."""
+    import ctypes
+    import mmap
+
+    import cv2
+
+    target = path or str(Path(cv2.__file__).with_name("cv2.abi3.so"))
+    if not Path(target).is_file():
+        target = next(str(p) for p in sorted(Path(cv2.__file__).parent.glob("cv2*.so")))
+    with open(target, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        f.read()  # in the page cache, as a library the agent loaded is
+        m = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)  # private: the address can be taken
+    try:
+        view = ctypes.c_char.from_buffer(m)
+        lo = ctypes.addressof(view)
+        del view
+        step = 1 << 20
+        n = max(1, size // step)
+        for k in range(n):
+            m[k * step]  # one read fault each, a MiB apart: no fault maps what another did
+        with open("/proc/self/smaps") as sm:
+            here = False
+            for line in sm:
+                parts = line.split()
+                if "-" in parts[0] and ":" not in parts[0]:
+                    here = int(parts[0].split("-")[0], 16) == lo
+                elif here and parts[0] == "Rss:":
+                    return int(parts[1]) / n
+        return 0.0
+    finally:
+        m.close()
 
 
 def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
@@ -413,8 +455,12 @@ def compare_pipelines(
             broker.stop()
     if rows:
         single = next((r for r in rows if r["pipelines"] == 1), rows[0])["one"]["peak_rss_mb"]
+        own = next((r for r in rows if r["pipelines"] == 1), rows[0])["one"]["rss_breakdown"]["own"]
+        per_fault = round(mapped_per_fault_kb(), 1)
         for r in rows:
             r["rss_vs_single"] = r["one"]["peak_rss_mb"] / single
+            r["own_vs_single"] = r["one"]["rss_breakdown"]["own"] / own
+            r["mapped_per_fault_kb"] = per_fault
     return rows
 
 

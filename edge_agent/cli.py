@@ -710,6 +710,12 @@ def _bench_pipelines(args: argparse.Namespace) -> int:
         for r in rows:
             print(f"RSS of one agent with {r['pipelines']} pipeline(s), MB: {r['one']['rss_breakdown']}", flush=True)
             print(f"peak RSS MB of each run, one agent with {r['pipelines']}: {r['one']['peak_rss_runs']}", flush=True)
+        if rows:
+            print("one agent's own memory (heap, malloc arenas, other anonymous, stacks) / single-pipeline agent's: "
+                  + ", ".join(f"{r['pipelines']}: {r['own_vs_single']:.2f}" for r in rows), flush=True)
+            print(f"this kernel maps {rows[0]['mapped_per_fault_kb']:.0f} KB of a cached library at each read fault "
+                  "(fault-around alone: 64): the shared libraries' RSS grows with it, the agent's own memory does not",
+                  flush=True)
     if args.decode:
         if args.decode < 1:
             return _usage_error("--decode takes a number of pipelines of at least 1")
