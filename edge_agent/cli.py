@@ -826,7 +826,8 @@ def _summary(topic: str, doc: dict[str, Any]) -> str:
         fps = doc.get("fps", {})
         return (
             f"health {doc.get('status')}: fps in/inf/out {fps.get('captured')}/{fps.get('inferred')}/"
-            f"{fps.get('published')}, rss {doc.get('process', {}).get('rss_mb')} MB {doc.get('problems') or ''}"
+            f"{fps.get('published')}, rss {doc.get('process', {}).get('rss_mb')} MB (own "
+            f"{doc.get('process', {}).get('anon_mb')}) {doc.get('problems') or ''}"
         )
     if topic.endswith("/events") and "type" in doc:
         who = f"[{doc['pipeline']}] " if doc.get("pipeline") else ""

@@ -121,6 +121,12 @@ FIGURES: dict[str, Figure] = {
     "process.cpu_percent": Figure("process_cpu_ratio", "CPU used by the agent over the last interval, in cores "
                                   "(1.0 is one core fully busy).", scale=0.01),
     "process.rss_mb": Figure("process_rss_bytes", "Resident memory of the agent process.", scale=MB),
+    "process.anon_mb": Figure(
+        "process_anon_bytes",
+        "Anonymous resident memory of the agent process (heap, malloc arenas, stacks): its own, without the "
+        "libraries' pages, whose share of the RSS changes with the kernel and with memory pressure.",
+        scale=MB,
+    ),
     "system.cpu_temp_c": Figure("system_cpu_temperature_celsius", "CPU temperature (the CPU's thermal zone)."),
     "system.throttling.*": Figure("system_throttling", "Raspberry Pi firmware throttling flags: 1 while set "
                                   "(the *_occurred flags: set since boot).", labels=("flag",)),

@@ -68,6 +68,7 @@ def test_predictions_health_and_availability_contract(broker: Broker, subscriber
     assert health["accelerator"]["active"] == "cpu" and health["accelerator"]["fallbacks"] == []
     assert {pr["backend"] for pr in health["accelerator"]["probes"]} >= {"gpu", "cpu"}
     assert health["process"]["rss_mb"] > 10 and "cpu_percent" in health["process"]
+    assert 5 < health["process"]["anon_mb"] < health["process"]["rss_mb"]  # its own, without the libraries' pages
     assert set(health["system"]) == {"cpu_temp_c", "throttling", "disk_free_mb"}
     assert health["broker"]["state"] == "connected" and health["broker"]["queue_depth"] >= 0
     assert health["source"]["state"] == "running" and health["source"]["frame_size"] == [640, 480]

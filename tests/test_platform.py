@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_agent.system import cpu_temperature_c, throttling
+from edge_agent.system import ProcessStats, cpu_temperature_c, throttling
 
 
 def _tree(root: Path, files: dict[str, str]) -> Path:
@@ -73,3 +73,28 @@ def test_time_limits_scale_with_the_speed_of_the_machine() -> None:
     env = {**os.environ, "EDGE_TEST_SLOWDOWN": "4"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
     assert r.returncode == 0 and r.stdout.split() == ["4.0", "12.0"], r.stderr
+
+
+def test_the_agents_own_memory_follows_what_it_allocates_not_the_files_it_maps(tmp_path: Path) -> None:
+    """`process.anon_mb`: 64 MB allocated and written shows in it, and goes when freed; 64 MB of a file
+    mapped and read shows in the RSS only."""
+    import mmap
+
+    stats = ProcessStats()
+    before = stats.sample()
+    assert before["anon_mb"] is not None and 5 < before["anon_mb"] < before["rss_mb"]
+    held = bytearray(64 * 2**20)
+    held[:: 4096] = b"x" * len(range(0, len(held), 4096))  # every page written
+    grown = stats.sample()
+    assert grown["anon_mb"] is not None and grown["anon_mb"] - before["anon_mb"] > 60
+    del held
+    freed = stats.sample()
+    assert freed["anon_mb"] is not None and freed["anon_mb"] < grown["anon_mb"] - 60
+    f = tmp_path / "file"
+    f.write_bytes(b"y" * 64 * 2**20)
+    with open(f, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        assert sum(m[k] for k in range(0, len(m), 4096)) == ord("y") * (len(m) // 4096)
+        mapped = stats.sample()
+        assert mapped["rss_mb"] - freed["rss_mb"] > 60
+        assert mapped["anon_mb"] is not None and abs(mapped["anon_mb"] - freed["anon_mb"]) < 8
+    assert ProcessStats(str(tmp_path / "missing")).sample()["anon_mb"] is None  # not Linux: said so, not 0

@@ -130,6 +130,7 @@ def test_metrics_follow_prometheus_rules_and_carry_every_health_figure(
     assert inferred >= health["frames"]["inferred"]
     assert _value(m, "edge_agent_latency_seconds_bucket", series="inference", le="+Inf") == inferred
     assert _value(m, "edge_agent_process_rss_bytes") == pytest.approx(health["process"]["rss_mb"] * 1e6, rel=0.5)
+    assert _value(m, "edge_agent_process_anon_bytes") == pytest.approx(health["process"]["anon_mb"] * 1e6, rel=0.5)
     assert _value(m, "edge_agent_fps", stage="inferred") > 5 / SLOWDOWN  # a slower board infers fewer
     # published counts frames: at 20 fps it is the inferred rate, not the (higher) message rate
     assert _value(m, "edge_agent_fps", stage="published") <= _value(m, "edge_agent_fps", stage="inferred") + 2
