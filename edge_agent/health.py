@@ -21,7 +21,7 @@ from edge_agent.payload import dumps, health
 from edge_agent.picture import problem as picture_problem
 from edge_agent.sdnotify import Notifier
 from edge_agent.sinks.base import Message
-from edge_agent.system import ProcessStats, cpu_temperature_c, disk_free_mb, throttling
+from edge_agent.system import ProcessStats, cpu_temperature_c, disk_free_mb, throttling, throttling_problems
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent, Pipeline
@@ -119,6 +119,8 @@ class Health:
         read_only = a.state_dir_problem or next((s.read_only for s in a.slots.values() if s.read_only), None)
         if read_only:
             problems.append(f"{read_only}: model updates off, results not stored on disk")
+        board, temp_c = throttling(), cpu_temperature_c()
+        problems += throttling_problems(board, temp_c)
         free_mb = disk_free_mb(a.settings.state_dir)
         floor = a.settings.health.min_free_mb
         if free_mb is not None and free_mb < floor:
@@ -185,8 +187,8 @@ class Health:
             "model": slot.info() if slot is not None else {},
             "process": self._proc.sample(),
             "system": {
-                "cpu_temp_c": cpu_temperature_c(),
-                "throttling": throttling(),
+                "cpu_temp_c": temp_c,
+                "throttling": board,
                 "disk_free_mb": free_mb,
             },
             "broker": {**sink_stats, "sent_per_s": self.rate("sent", sent, now)} if sink_stats else sink_stats,

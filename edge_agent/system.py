@@ -105,6 +105,25 @@ def throttling(root: str = "/", vcgencmd: bool = True) -> dict[str, object] | No
     return {"raw": hex(raw), **decode_throttled(raw)}
 
 
+def throttling_problems(t: dict[str, object] | None, temp_c: float | None = None) -> list[str]:
+    """What health's problems say of the Pi firmware's flags (`throttling`) while they hold now; the
+    `*_occurred` flags, set since boot, are in the document and say nothing about now. A supply that sags
+    is the Pi's most common field failure: cameras and USB devices drop out and SD cards are corrupted,
+    long before the board stops."""
+    if not t:
+        return []
+    out = []
+    if t.get("under_voltage"):
+        out.append("under-voltage now (Raspberry Pi firmware): the power supply sags below what the board needs; "
+                   "cameras, USB devices and the SD card may fail: use a supply rated for the board and its cameras")
+    slowed = [name.replace("_", " ") for name in ("throttled", "arm_freq_capped", "soft_temp_limit") if t.get(name)]
+    if slowed and not t.get("under_voltage"):  # (under-voltage caps the clock too: said above)
+        hot = f" at {temp_c:.0f} °C" if temp_c is not None else ""
+        out.append(f"CPU slowed by the firmware now ({', '.join(slowed)}){hot}: inference runs slower; the board "
+                   "is too hot (a heatsink, a fan, shade)")
+    return out
+
+
 def disk_free_mb(path: Path) -> float | None:
     p = path
     while not p.exists() and p != p.parent:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_agent.system import ProcessStats, cpu_temperature_c, throttling
+from edge_agent.system import ProcessStats, cpu_temperature_c, throttling, throttling_problems
 
 
 def _tree(root: Path, files: dict[str, str]) -> Path:
@@ -27,6 +27,26 @@ def test_throttling_on_a_pi4_and_a_pi5_from_sysfs(tmp_path: Path) -> None:
     })
     t = throttling(str(pi5), vcgencmd=False)
     assert t is not None and t["raw"] == "0x80000" and t["soft_temp_limit_occurred"] and not t["throttled"]
+
+
+def test_health_says_what_holds_now_of_the_firmwares_flags(tmp_path: Path) -> None:
+    """Under-voltage now (a Pi 4's 0x50005: also throttled by it) is said once, as the supply's fault; a hot
+    board's throttling as heat; flags that only occurred since boot, or no Pi at all, say nothing."""
+    def flags(name: str, raw: str) -> dict[str, object] | None:
+        return throttling(str(_tree(tmp_path / name, {"sys/devices/platform/soc/soc:firmware/get_throttled": raw})),
+                          vcgencmd=False)
+
+    sagging = throttling_problems(flags("sag", "50005"), 51.0)
+    assert len(sagging) == 1 and sagging[0].startswith("under-voltage now") and "supply" in sagging[0]
+    hot = throttling_problems(flags("hot", "6000e"), 86.2)  # capped, throttled, soft limit; occurred before
+    assert hot == ["CPU slowed by the firmware now (throttled, arm freq capped, soft temp limit) at 86 °C: inference "
+                   "runs slower; the board is too hot (a heatsink, a fan, shade)"]
+    assert throttling_problems(flags("past", "f0000"), 60.0) == []  # all four occurred since boot, none now
+    assert throttling_problems(flags("fine", "0"), 45.0) == []
+    volt = _tree(tmp_path / "volt", {"sys/class/hwmon/hwmon1/name": "rpi_volt",
+                                     "sys/class/hwmon/hwmon1/in0_lcrit_alarm": "1"})
+    assert throttling_problems(throttling(str(volt), vcgencmd=False), None)[0].startswith("under-voltage now")
+    assert throttling_problems(throttling(str(tmp_path / "x86"), vcgencmd=False)) == []
 
 
 def test_under_voltage_from_the_rpi_volt_monitor_where_get_throttled_is_missing(tmp_path: Path) -> None:
