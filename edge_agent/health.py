@@ -21,7 +21,15 @@ from edge_agent.payload import dumps, health
 from edge_agent.picture import problem as picture_problem
 from edge_agent.sdnotify import Notifier
 from edge_agent.sinks.base import Message
-from edge_agent.system import ProcessStats, cpu_temperature_c, disk_free_mb, throttling, throttling_problems
+from edge_agent.system import (
+    ClockWatch,
+    ProcessStats,
+    clock_problem,
+    cpu_temperature_c,
+    disk_free_mb,
+    throttling,
+    throttling_problems,
+)
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent, Pipeline
@@ -40,6 +48,7 @@ class Health:
     def __init__(self, agent: Agent):
         self.agent = agent
         self._proc = ProcessStats()
+        self._clock = ClockWatch()
         self._counts: dict[str, deque[tuple[float, int]]] = {}
         self._lock = threading.Lock()
 
@@ -121,6 +130,10 @@ class Health:
             problems.append(f"{read_only}: model updates off, results not stored on disk")
         board, temp_c = throttling(), cpu_temperature_c()
         problems += throttling_problems(board, temp_c)
+        clock = self._clock.sample()
+        unset = clock_problem(clock, time.time())
+        if unset is not None:
+            problems.append(unset)
         free_mb = disk_free_mb(a.settings.state_dir)
         floor = a.settings.health.min_free_mb
         if free_mb is not None and free_mb < floor:
@@ -189,6 +202,7 @@ class Health:
             "system": {
                 "cpu_temp_c": temp_c,
                 "throttling": board,
+                "clock": clock,
                 "disk_free_mb": free_mb,
             },
             "broker": {**sink_stats, "sent_per_s": self.rate("sent", sent, now)} if sink_stats else sink_stats,

@@ -130,6 +130,14 @@ FIGURES: dict[str, Figure] = {
     "system.cpu_temp_c": Figure("system_cpu_temperature_celsius", "CPU temperature (the CPU's thermal zone)."),
     "system.throttling.*": Figure("system_throttling", "Raspberry Pi firmware throttling flags: 1 while set "
                                   "(the *_occurred flags: set since boot).", labels=("flag",)),
+    "system.clock.set": Figure("system_clock_set", "1 while the wall clock reads a time after 2025 (a board "
+                               "without a real-time clock starts at 1970 or its image's date until NTP sets it)."),
+    "system.clock.synchronized": Figure("system_clock_synchronized", "1 while an NTP daemon keeps the wall clock "
+                                        "synchronized, as the kernel says (adjtimex)."),
+    "system.clock.max_error_ms": Figure("system_clock_max_error_seconds", "The kernel's maximum error of the wall "
+                                        "clock (16 s where nothing disciplines it).", scale=1e-3),
+    "system.clock.steps": _c("system_clock_steps", "Steps of the wall clock (over 1 s) since start."),
+    "system.clock.last_step_s": Figure("system_clock_last_step_seconds", "The last step of the wall clock, signed."),
     "system.disk_free_mb": Figure("system_disk_free_bytes", "Free space on the state directory's file system.",
                                   scale=MB),
     "broker.connects": _c("broker_connects", "Connections made to the MQTT broker since start."),

@@ -1,7 +1,9 @@
-"""Board health readings: CPU temperature, throttling, disk, process CPU and memory."""
+"""Board health readings: CPU temperature, throttling, disk, the clock, process CPU and memory."""
 
 from __future__ import annotations
 
+import ctypes
+import datetime as dt
 import glob
 import logging
 import os
@@ -10,11 +12,14 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
+
+log = logging.getLogger(__name__)
 
 _THROTTLE_BITS = {
     0: "under_voltage",
@@ -122,6 +127,86 @@ def throttling_problems(t: dict[str, object] | None, temp_c: float | None = None
         out.append(f"CPU slowed by the firmware now ({', '.join(slowed)}){hot}: inference runs slower; the board "
                    "is too hot (a heatsink, a fan, shade)")
     return out
+
+
+#: A wall clock before this has not been set: a board without a real-time clock (a Raspberry Pi) starts
+#: at 1970, or at the last time its image saved, until NTP sets it. What it stamps is then wrong.
+CLOCK_SANE_AFTER = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+#: A change of the wall clock against the monotonic one beyond this between two looks is a step (NTP
+#: setting the clock, a person, an RTC read late); NTP slews smaller offsets at 0.5 ms a second at most.
+CLOCK_STEP_S = 1.0
+#: adjtimex's answer for a clock the kernel holds unsynchronized, and its status bit for it (timex.h).
+_TIME_ERROR = 5
+_STA_UNSYNC = 0x40
+
+
+class _Timex(ctypes.Structure):
+    """The head of the kernel's `struct timex`, then room for the rest (the kernel writes all of it)."""
+
+    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+                ("_rest", ctypes.c_char * 256)]
+
+
+def clock_sync() -> tuple[bool, float] | None:
+    """(synchronized, the kernel's maximum error in ms) as an NTP daemon left it (adjtimex, read only, as
+    `timedatectl` reads it: unsynchronized while STA_UNSYNC is set or the error reaches 16 s); None
+    where it cannot be read (not Linux). A clock no NTP daemon disciplines (an RTC alone, a VM's host
+    clock) reads unsynchronized and may well be right: the figure says what is known, no more."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        tx = _Timex()  # modes 0: read only, no privilege needed
+        state = libc.adjtimex(ctypes.byref(tx))
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    synced = state != _TIME_ERROR and not tx.status & _STA_UNSYNC and tx.maxerror < 16_000_000
+    return synced, round(tx.maxerror / 1000.0, 1)
+
+
+class ClockWatch:
+    """The wall clock, which stamps every published document: whether it is set at all, whether an NTP
+    daemon keeps it, and the steps it took. A step says that what was stamped before it was off by that
+    much (a box that booted at its image's date and found NTP an hour later)."""
+
+    def __init__(self, wall: Callable[[], float] = time.time, mono: Callable[[], float] = time.monotonic,
+                 sync: Callable[[], tuple[bool, float] | None] = clock_sync) -> None:
+        self._wall, self._mono, self._sync = wall, mono, sync
+        self._lock = threading.Lock()
+        self._offset: float | None = None
+        self.steps = 0
+        self.last_step_s: float | None = None
+
+    def sample(self) -> dict[str, object]:
+        """Health's `system.clock`; called by every reader of the health document."""
+        with self._lock:
+            wall, offset = self._wall(), self._wall() - self._mono()
+            if self._offset is not None and abs(offset - self._offset) > CLOCK_STEP_S:
+                step = offset - self._offset
+                self.steps += 1
+                self.last_step_s = round(step, 3)
+                log.warning("the wall clock stepped by %+.1f s: what was stamped before it was off by as much", step)
+            self._offset = offset
+        sync = self._sync()
+        return {
+            "set": wall >= CLOCK_SANE_AFTER.timestamp(),
+            "synchronized": sync[0] if sync else None,
+            "max_error_ms": sync[1] if sync else None,
+            "steps": self.steps,
+            "last_step_s": self.last_step_s,
+        }
+
+
+def clock_problem(clock: dict[str, object], wall: float) -> str | None:
+    """What health's problems say of a clock that is not set; None otherwise."""
+    if clock.get("set", True):
+        return None
+    shown = dt.datetime.fromtimestamp(wall, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return (f"clock not set (it reads {shown} UTC): every timestamp published is wrong until NTP or a "
+            "real-time clock sets it")
 
 
 def disk_free_mb(path: Path) -> float | None:

@@ -69,7 +69,9 @@ def test_predictions_health_and_availability_contract(broker: Broker, subscriber
     assert {pr["backend"] for pr in health["accelerator"]["probes"]} >= {"gpu", "cpu"}
     assert health["process"]["rss_mb"] > 10 and "cpu_percent" in health["process"]
     assert 5 < health["process"]["anon_mb"] < health["process"]["rss_mb"]  # its own, without the libraries' pages
-    assert set(health["system"]) == {"cpu_temp_c", "throttling", "disk_free_mb"}
+    assert set(health["system"]) == {"cpu_temp_c", "throttling", "clock", "disk_free_mb"}
+    clock = health["system"]["clock"]
+    assert clock["set"] is True and clock["steps"] == 0 and isinstance(clock["synchronized"], bool)
     assert health["broker"]["state"] == "connected" and health["broker"]["queue_depth"] >= 0
     assert health["source"]["state"] == "running" and health["source"]["frame_size"] == [640, 480]
 

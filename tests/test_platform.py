@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_agent.system import ProcessStats, cpu_temperature_c, throttling, throttling_problems
+import pytest
+
+from edge_agent.system import (
+    ClockWatch,
+    ProcessStats,
+    clock_problem,
+    clock_sync,
+    cpu_temperature_c,
+    throttling,
+    throttling_problems,
+)
 
 
 def _tree(root: Path, files: dict[str, str]) -> Path:
@@ -118,3 +128,44 @@ def test_the_agents_own_memory_follows_what_it_allocates_not_the_files_it_maps(t
         assert mapped["rss_mb"] - freed["rss_mb"] > 60
         assert mapped["anon_mb"] is not None and abs(mapped["anon_mb"] - freed["anon_mb"]) < 8
     assert ProcessStats(str(tmp_path / "missing")).sample()["anon_mb"] is None  # not Linux: said so, not 0
+
+
+def test_the_kernels_word_on_the_clock_is_read_as_it_gives_it() -> None:
+    """adjtimex read for real, against glibc's other reading of the same kernel state (`ntp_gettime`, its
+    own structure): the same maximum error (to the 0.5 ms a second it grows by), the same verdict."""
+    import ctypes
+
+    class NtpTimeval(ctypes.Structure):
+        _fields_ = [("sec", ctypes.c_long), ("usec", ctypes.c_long), ("maxerror", ctypes.c_long),
+                    ("esterror", ctypes.c_long), ("tai", ctypes.c_long), ("reserved", ctypes.c_long * 4)]
+
+    got = clock_sync()
+    tv = NtpTimeval()
+    state = ctypes.CDLL(None).ntp_gettime(ctypes.byref(tv))
+    assert got is not None and state >= 0
+    synced, max_error_ms = got
+    assert 0 <= max_error_ms <= 16000 and abs(max_error_ms - tv.maxerror / 1000) < 5
+    assert not synced or (state != 5 and max_error_ms < 16000)  # TIME_ERROR: unsynchronized
+    assert synced or state == 5 or max_error_ms >= 16000
+
+
+def test_a_step_of_the_wall_clock_is_counted_and_a_clock_never_set_is_a_problem() -> None:
+    """A board without a real-time clock boots at 1970 (a problem: every stamp is wrong), then NTP steps it
+    forward; the step is counted and its size kept. Slewing of a few ms between looks is no step."""
+    wall, mono = [10.0], [5.0]
+    watch = ClockWatch(lambda: wall[0], lambda: mono[0], lambda: (False, 16000.0))
+    first = watch.sample()
+    assert first == {"set": False, "synchronized": False, "max_error_ms": 16000.0, "steps": 0, "last_step_s": None}
+    said = clock_problem(first, wall[0])
+    assert said is not None and said.startswith("clock not set (it reads 1970-01-01 00:00 UTC)")
+    wall[0], mono[0] = wall[0] + 60.004, mono[0] + 60.0  # NTP slewing: 4 ms in a minute
+    assert watch.sample()["steps"] == 0
+    wall[0], mono[0] = 1_796_000_000.0, mono[0] + 1.0  # NTP found: 2026-11-29
+    stepped = watch.sample()
+    assert stepped["set"] and stepped["steps"] == 1 and stepped["last_step_s"] == pytest.approx(1_796_000_000 - 71.004)
+    assert clock_problem(stepped, wall[0]) is None
+    wall[0], mono[0] = wall[0] - 3600, mono[0] + 10  # set back an hour (a person, a time zone taken for UTC)
+    back = watch.sample()
+    assert back["steps"] == 2 and back["last_step_s"] == pytest.approx(-3610.0)
+    live = ClockWatch().sample()  # this machine's own clock: set, and no step between two looks
+    assert live["set"] and ClockWatch().sample()["steps"] == 0

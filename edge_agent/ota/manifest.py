@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edge_agent.system import CLOCK_SANE_AFTER
+
 if TYPE_CHECKING:  # cryptography costs about 8 MB of RSS: loaded when a manifest or key is handled, not at start
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
-#: Before this, a device clock has not been set (no RTC, no NTP yet): expiry cannot be judged.
-CLOCK_SANE_AFTER = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 #: The largest chunk of a model sent over MQTT.
 MAX_CHUNK = 1 << 20
 
