@@ -634,6 +634,14 @@ class HealthConfig(_Strict):
         description="Health is degraded while the state directory's file system has less free space than this "
         "(the outbox, snapshots, clips and model updates need it).",
     )
+    min_available_mb: float = Field(
+        64.0,
+        ge=0,
+        le=1_000_000,
+        description="Health is degraded while the system's available memory (MemAvailable: free, and cache the "
+        "kernel can reclaim) is below this: the kernel may soon kill a process to free memory, this agent among "
+        "them. 0: never.",
+    )
     exit_on_stall: bool = Field(
         True,
         description="Exit with code 3 when a stage has been stalled for stall_s, so any supervisor restarts the "

@@ -27,6 +27,7 @@ from edge_agent.system import (
     clock_problem,
     cpu_temperature_c,
     disk_free_mb,
+    memory_mb,
     throttling,
     throttling_problems,
 )
@@ -134,6 +135,11 @@ class Health:
         unset = clock_problem(clock, time.time())
         if unset is not None:
             problems.append(unset)
+        available_mb, total_mb = memory_mb()
+        if available_mb < a.settings.health.min_available_mb:
+            problems.append(f"memory low: {available_mb:.0f} MB available of {total_mb:.0f} (floor "
+                            f"{a.settings.health.min_available_mb:g} MB): the kernel may kill a process to free "
+                            "memory, this agent among them")
         free_mb = disk_free_mb(a.settings.state_dir)
         floor = a.settings.health.min_free_mb
         if free_mb is not None and free_mb < floor:
@@ -203,6 +209,8 @@ class Health:
                 "cpu_temp_c": temp_c,
                 "throttling": board,
                 "clock": clock,
+                "memory_available_mb": available_mb,
+                "memory_total_mb": total_mb,
                 "disk_free_mb": free_mb,
             },
             "broker": {**sink_stats, "sent_per_s": self.rate("sent", sent, now)} if sink_stats else sink_stats,

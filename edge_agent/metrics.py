@@ -138,6 +138,9 @@ FIGURES: dict[str, Figure] = {
                                         "clock (16 s where nothing disciplines it).", scale=1e-3),
     "system.clock.steps": _c("system_clock_steps", "Steps of the wall clock (over 1 s) since start."),
     "system.clock.last_step_s": Figure("system_clock_last_step_seconds", "The last step of the wall clock, signed."),
+    "system.memory_available_mb": Figure("system_memory_available_bytes", "The system's available memory "
+                                         "(MemAvailable: free, and cache the kernel can reclaim).", scale=MB),
+    "system.memory_total_mb": Figure("system_memory_total_bytes", "The system's memory.", scale=MB),
     "system.disk_free_mb": Figure("system_disk_free_bytes", "Free space on the state directory's file system.",
                                   scale=MB),
     "broker.connects": _c("broker_connects", "Connections made to the MQTT broker since start."),

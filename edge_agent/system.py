@@ -209,6 +209,13 @@ def clock_problem(clock: dict[str, object], wall: float) -> str | None:
             "real-time clock sets it")
 
 
+def memory_mb() -> tuple[float, float]:
+    """(available, total) MB of the system's memory: available is the kernel's MemAvailable (free, and
+    the cache it can reclaim without swapping), what a new allocation can still get."""
+    vm = psutil.virtual_memory()
+    return round(vm.available / 1e6, 1), round(vm.total / 1e6, 1)
+
+
 def disk_free_mb(path: Path) -> float | None:
     p = path
     while not p.exists() and p != p.parent:

@@ -69,7 +69,9 @@ def test_predictions_health_and_availability_contract(broker: Broker, subscriber
     assert {pr["backend"] for pr in health["accelerator"]["probes"]} >= {"gpu", "cpu"}
     assert health["process"]["rss_mb"] > 10 and "cpu_percent" in health["process"]
     assert 5 < health["process"]["anon_mb"] < health["process"]["rss_mb"]  # its own, without the libraries' pages
-    assert set(health["system"]) == {"cpu_temp_c", "throttling", "clock", "disk_free_mb"}
+    assert set(health["system"]) == {"cpu_temp_c", "throttling", "clock", "memory_available_mb", "memory_total_mb",
+                                     "disk_free_mb"}
+    assert 0 < health["system"]["memory_available_mb"] < health["system"]["memory_total_mb"]
     clock = health["system"]["clock"]
     assert clock["set"] is True and clock["steps"] == 0 and isinstance(clock["synchronized"], bool)
     assert health["broker"]["state"] == "connected" and health["broker"]["queue_depth"] >= 0
@@ -380,3 +382,15 @@ def test_health_is_degraded_below_the_free_space_floor(broker: Broker, subscribe
     _, h, _ = collect(sub, lambda t, d, r: d["frames"]["inferred"] > 0, 30)
     assert h["status"] == "degraded"
     assert any(p.startswith("disk nearly full: ") and "(floor 999999 MB)" in p for p in h["problems"]), h
+    assert not any(p.startswith("memory low") for p in h["problems"]), h  # this machine has memory to spare
+
+
+def test_health_is_degraded_below_the_available_memory_floor(broker: Broker, subscriber_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    """A floor above what any test machine has: memory counts as low, with what is available and of what."""
+    sub = subscriber_factory(["edge/memfloor/health"])
+    agent_factory(["run", "--device-id", "memfloor", "--source", "synthetic", "--model", str(SHORT),
+                   "--set", "health.min_available_mb=999999", "--set", "health.interval_s=0.5"], env=broker.env())
+    _, h, _ = collect(sub, lambda t, d, r: d["frames"]["inferred"] > 0, 30)
+    assert h["status"] == "degraded"
+    low = [p for p in h["problems"] if p.startswith("memory low: ")]
+    assert low and f"of {h['system']['memory_total_mb']:.0f} (floor 999999 MB)" in low[0], h
