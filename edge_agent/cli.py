@@ -224,6 +224,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         for model in models.values():
             if model is not None:
                 model.close()
+    from edge_agent.system import ClockWatch, board
+
+    # the board as health will see it: a clock never set, a sagging supply, memory or disk under their floors
+    report["board"], of_board = board(ClockWatch(), settings.health, settings.state_dir)
+    problems += of_board
     if not args.offline:  # results go nowhere without it: connect (and log in) as `run` would
         from edge_agent.inbound import subscriptions
         from edge_agent.sinks.mqtt import probe_broker

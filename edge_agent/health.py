@@ -21,16 +21,7 @@ from edge_agent.payload import dumps, health
 from edge_agent.picture import problem as picture_problem
 from edge_agent.sdnotify import Notifier
 from edge_agent.sinks.base import Message
-from edge_agent.system import (
-    ClockWatch,
-    ProcessStats,
-    clock_problem,
-    cpu_temperature_c,
-    disk_free_mb,
-    memory_mb,
-    throttling,
-    throttling_problems,
-)
+from edge_agent.system import ClockWatch, ProcessStats, board
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent, Pipeline
@@ -129,21 +120,8 @@ class Health:
         read_only = a.state_dir_problem or next((s.read_only for s in a.slots.values() if s.read_only), None)
         if read_only:
             problems.append(f"{read_only}: model updates off, results not stored on disk")
-        board, temp_c = throttling(), cpu_temperature_c()
-        problems += throttling_problems(board, temp_c)
-        clock = self._clock.sample()
-        unset = clock_problem(clock, time.time())
-        if unset is not None:
-            problems.append(unset)
-        available_mb, total_mb = memory_mb()
-        if available_mb < a.settings.health.min_available_mb:
-            problems.append(f"memory low: {available_mb:.0f} MB available of {total_mb:.0f} (floor "
-                            f"{a.settings.health.min_available_mb:g} MB): the kernel may kill a process to free "
-                            "memory, this agent among them")
-        free_mb = disk_free_mb(a.settings.state_dir)
-        floor = a.settings.health.min_free_mb
-        if free_mb is not None and free_mb < floor:
-            problems.append(f"disk nearly full: {free_mb:.0f} MB free in the state directory (floor {floor:g} MB)")
+        system, of_board = board(self._clock, a.settings.health, a.settings.state_dir)
+        problems += of_board
         outbox = sink_stats.get("outbox")
         if isinstance(outbox, dict) and outbox.get("mode") == "memory":
             problems.append("outbox in memory: stored results would not survive a restart")
@@ -205,14 +183,7 @@ class Health:
             "accelerator": self._accelerator(slot),
             "model": slot.info() if slot is not None else {},
             "process": self._proc.sample(),
-            "system": {
-                "cpu_temp_c": temp_c,
-                "throttling": board,
-                "clock": clock,
-                "memory_available_mb": available_mb,
-                "memory_total_mb": total_mb,
-                "disk_free_mb": free_mb,
-            },
+            "system": system,
             "broker": {**sink_stats, "sent_per_s": self.rate("sent", sent, now)} if sink_stats else sink_stats,
             "inference_errors": sum(p.infer_stats.errors + p.post_stats.errors for p in pipes),
             "config": {

@@ -49,6 +49,14 @@ def check(doc: dict[str, Any]) -> str:
     rows += _checked(doc, "")
     for name, part in (doc.get("pipelines") or {}).items():
         rows += _checked(part, f"{name}: ")
+    board = doc.get("board")
+    if board:
+        clock = board.get("clock") or {}
+        synced = {True: "NTP synchronized", False: "not synchronized by NTP", None: "synchronization unknown"}
+        temp = f", CPU {board['cpu_temp_c']:.0f} °C" if board.get("cpu_temp_c") is not None else ""
+        memory = f"memory {board.get('memory_available_mb', 0):.0f} of {board.get('memory_total_mb', 0):.0f} MB"
+        rows.append(("board", f"{memory} available, clock {'set' if clock.get('set') else 'NOT set'} "
+                     f"({synced[clock.get('synchronized')]}){temp}"))
     b = doc.get("broker")
     if b:
         rows.append(("broker", f"{b['address']}: {'ok' if b['ok'] else b.get('error')}"))

@@ -16,8 +16,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psutil
+
+if TYPE_CHECKING:
+    from edge_agent.config import HealthConfig
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +211,36 @@ def clock_problem(clock: dict[str, object], wall: float) -> str | None:
     shown = dt.datetime.fromtimestamp(wall, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
     return (f"clock not set (it reads {shown} UTC): every timestamp published is wrong until NTP or a "
             "real-time clock sets it")
+
+
+def board(clock: ClockWatch, floors: HealthConfig, state_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    """Health's `system` section and what its problems say of the board: the firmware's flags, the clock,
+    memory and the state directory's disk, against the floors in `health`. `edge-agent check` says the
+    same at install."""
+    throttled, temp_c = throttling(), cpu_temperature_c()
+    problems = throttling_problems(throttled, temp_c)
+    time_now = clock.sample()
+    unset = clock_problem(time_now, time.time())
+    if unset is not None:
+        problems.append(unset)
+    available_mb, total_mb = memory_mb()
+    if available_mb < floors.min_available_mb:
+        problems.append(f"memory low: {available_mb:.0f} MB available of {total_mb:.0f} (floor "
+                        f"{floors.min_available_mb:g} MB): the kernel may kill a process to free memory, this "
+                        "agent among them")
+    free_mb = disk_free_mb(state_dir)
+    if free_mb is not None and free_mb < floors.min_free_mb:
+        problems.append(f"disk nearly full: {free_mb:.0f} MB free in the state directory (floor "
+                        f"{floors.min_free_mb:g} MB)")
+    section = {
+        "cpu_temp_c": temp_c,
+        "throttling": throttled,
+        "clock": time_now,
+        "memory_available_mb": available_mb,
+        "memory_total_mb": total_mb,
+        "disk_free_mb": free_mb,
+    }
+    return section, problems
 
 
 def memory_mb() -> tuple[float, float]:

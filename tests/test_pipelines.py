@@ -525,9 +525,17 @@ model = "face"
     assert pipes["kitchen"]["model"]["layout"] == "ssd" and any(d["label"] == "apple" for d in found), found
     assert pipes["voice"]["source"]["rate"] == 16000 and pipes["voice"]["model"]["task"] != "detection"
     assert doc["problems"] == [f"pipeline gate: source: video file {tmp_path / 'gone.avi'} not found"], doc["problems"]
+    assert doc["board"]["clock"]["set"] and 0 < doc["board"]["memory_available_mb"] < doc["board"]["memory_total_mb"]
     rc, shown, _ = run_tty("check", "--config", str(cfg), "--offline")  # at a terminal: a row per pipeline
     rows = shown.splitlines()
     assert rc == 1 and any(r.startswith("source") and "porch: " in r and "640x480" in r for r in rows), shown
+    assert any(r.startswith("board") and "MB available, clock set" in r for r in rows), shown
+    # the floors health judges by: a box whose memory or disk is short fails at install, saying which
+    r = run_cli("check", "--config", str(cfg), "--offline", "--json", "--set", "health.min_available_mb=999999",
+                "--set", "health.min_free_mb=999999")
+    said = json.loads(r.stdout)["problems"]
+    assert r.returncode == 1 and any(p.startswith("memory low: ") for p in said), said
+    assert any(p.startswith("disk nearly full: ") for p in said), said
     assert any(r.startswith("inference") and "kitchen: " in r for r in rows), shown
 
 
