@@ -1,8 +1,9 @@
 """Home Assistant MQTT discovery: retained configs that make the device appear with no YAML.
 
 Entities (one device per agent): a binary sensor, a count and a last-seen sensor per watched
-label; diagnostic sensors read straight from the health topic (fps, inference time, CPU
-temperature, throttling, outbox depth, accelerator); an `update` entity with the active model
+label; a problem entity on while health is degraded, its problems as an attribute; diagnostic sensors
+read straight from the health topic (fps, inference time, CPU temperature, throttling, outbox depth,
+accelerator); an `update` entity with the active model
 version; a button that rolls the model back. The configs are republished on every reconnect and
 whenever Home Assistant announces itself (`homeassistant/status` = `online`), as its docs ask.
 Configs this device published earlier for entities it no longer has (a label no longer watched,
@@ -28,6 +29,8 @@ from edge_agent.topics import LEVEL_CHARS, Topics, ha_config
 #: OTA states during which Home Assistant's update entity shows the offered version as in progress
 IN_FLIGHT = ("received", "downloading", "verifying", "validating", "activating")
 _OBJECT_ID = re.compile(r"[^a-z0-9_]+")
+#: ON while health is degraded: any problem it names (a source, the broker, the disk, memory, the clock...).
+_DEGRADED = "{{ 'ON' if value_json.status == 'degraded' else 'OFF' }}"
 #: ON while the Pi firmware reports throttling or under-voltage now (health.system.throttling is null elsewhere).
 _THROTTLED = (
     "{% set t = value_json.system.throttling %}{{ 'ON' if t and (t.throttled or t.under_voltage) else 'OFF' }}"
@@ -197,6 +200,23 @@ class HomeAssistant:
                     },
                 )
             )
+        out.append(
+            (
+                "binary_sensor",
+                {  # every problem health names, in one entity to automate on: its attribute lists them
+                    **self._common("health", "Health", model_name),
+                    "state_topic": health,
+                    "value_template": _DEGRADED,
+                    "json_attributes_topic": health,
+                    "json_attributes_template": "{{ {'problems': value_json.problems} | tojson }}",
+                    "payload_on": "ON",
+                    "payload_off": "OFF",
+                    "device_class": "problem",
+                    "entity_category": "diagnostic",
+                    "icon": "mdi:stethoscope",
+                },
+            )
+        )
         out.append(
             (
                 "binary_sensor",

@@ -209,7 +209,7 @@ def ha(broker: Broker, agent_factory) -> Any:  # type: ignore[no-untyped-def]
         ],
         env={**broker.env(), "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5"},
     )
-    wait_until(lambda: len(rec.configs) >= 11 and "edge/hadev/health" in rec.last, scaled(30), what="discovery configs")
+    wait_until(lambda: len(rec.configs) >= 12 and "edge/hadev/health" in rec.last, scaled(30), what="discovery configs")
     yield rec
     rec.close()
 
@@ -227,7 +227,7 @@ def test_every_config_follows_home_assistants_discovery_schema(ha: Recorder) -> 
         ids.add(cfg["unique_id"])
         components.setdefault(component, []).append(cfg["name"])
     assert len(ids) == len(ha.configs)  # unique ids are unique
-    assert sorted(components["binary_sensor"]) == ["Throttled", "face detected"]
+    assert sorted(components["binary_sensor"]) == ["Health", "Throttled", "face detected"]
     assert {
         "face count",
         "face last seen",
@@ -266,6 +266,14 @@ def test_every_template_renders_against_what_the_agent_publishes(ha: Recorder) -
         if cfg.get("state_topic") == "edge/hadev/health" and cfg.get("state_class") == "measurement" \
                 and cfg["name"] != "CPU temperature":
             float(_render(cfg["value_template"], cold))
+    # the device's health: OFF while ok, ON with the problems as its attribute while degraded
+    well = next(c for c in ha.configs.values() if c["name"] == "Health")
+    h = ha.last["edge/hadev/health"]
+    assert h["status"] == "ok" and _render(well["value_template"], h) == "OFF"
+    assert json.loads(_render(well["json_attributes_template"], h)) == {"problems": []}
+    sick = {**h, "status": "degraded", "problems": ["broker disconnected", "memory low: 40 MB available of 926"]}
+    assert _render(well["value_template"], sick) == "ON"
+    assert json.loads(_render(well["json_attributes_template"], sick)) == {"problems": sick["problems"]}
     face = ha.last["edge/hadev/ha/state"]["labels"]["face"]
     assert face["count"] >= 1
     upd = ha.last["edge/hadev/ha/update"]
