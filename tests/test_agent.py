@@ -374,23 +374,19 @@ def test_change_gating_skips_a_static_scene_and_sees_a_change(broker: Broker, su
     assert h["frames"]["skipped_unchanged"] >= 36
 
 
-def test_health_is_degraded_below_the_free_space_floor(broker: Broker, subscriber_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
-    sub = subscriber_factory(["edge/floor/health"])
-    # a floor above what any test machine has free: the disk counts as nearly full
-    agent_factory(["run", "--device-id", "floor", "--source", "synthetic", "--model", str(SHORT),
-                   "--set", "health.min_free_mb=999999", "--set", "health.interval_s=0.5"], env=broker.env())
+@pytest.mark.parametrize(("floor", "said", "other"), [("min_free_mb", "disk nearly full: ", "memory low: "),
+                                                      ("min_available_mb", "memory low: ", "disk nearly full: ")])
+def test_health_is_degraded_below_a_floor(broker: Broker, subscriber_factory, agent_factory,  # type: ignore[no-untyped-def]
+                                          floor: str, said: str, other: str) -> None:
+    """A floor above what any test machine has: the state directory's disk counts as nearly full, or the
+    system's memory as low, saying what there is; the other, whose floor is the default, is not said."""
+    device = floor.replace("_", "")
+    sub = subscriber_factory([f"edge/{device}/health"])
+    agent_factory(["run", "--device-id", device, "--source", "synthetic", "--model", str(SHORT),
+                   "--set", f"health.{floor}=999999", "--set", "health.interval_s=0.5"], env=broker.env())
     _, h, _ = collect(sub, lambda t, d, r: d["frames"]["inferred"] > 0, 30)
     assert h["status"] == "degraded"
-    assert any(p.startswith("disk nearly full: ") and "(floor 999999 MB)" in p for p in h["problems"]), h
-    assert not any(p.startswith("memory low") for p in h["problems"]), h  # this machine has memory to spare
-
-
-def test_health_is_degraded_below_the_available_memory_floor(broker: Broker, subscriber_factory, agent_factory) -> None:  # type: ignore[no-untyped-def]
-    """A floor above what any test machine has: memory counts as low, with what is available and of what."""
-    sub = subscriber_factory(["edge/memfloor/health"])
-    agent_factory(["run", "--device-id", "memfloor", "--source", "synthetic", "--model", str(SHORT),
-                   "--set", "health.min_available_mb=999999", "--set", "health.interval_s=0.5"], env=broker.env())
-    _, h, _ = collect(sub, lambda t, d, r: d["frames"]["inferred"] > 0, 30)
-    assert h["status"] == "degraded"
-    low = [p for p in h["problems"] if p.startswith("memory low: ")]
-    assert low and f"of {h['system']['memory_total_mb']:.0f} (floor 999999 MB)" in low[0], h
+    assert any(p.startswith(said) and "(floor 999999 MB)" in p for p in h["problems"]), h
+    assert not any(p.startswith(other) for p in h["problems"]), h  # this machine has enough of it
+    if floor == "min_available_mb":  # what is available, of what
+        assert any(f"of {h['system']['memory_total_mb']:.0f} (floor" in p for p in h["problems"]), h
