@@ -90,12 +90,13 @@ def rss_breakdown(smaps: str = "/proc/self/smaps") -> dict[str, float]:
 
 
 def mapped_per_fault_kb(path: str | None = None) -> float:
-    """KB of a file already in the page cache that one read fault maps into a process: the 64 KB of
-    fault-around for years, more where the kernel maps a large folio of the page cache whole (this VM's
-    Linux 6.18: about 512). The shared libraries' share of an agent's RSS grows with it, by tens of MB,
-    while the agent's own memory does not change; a peak RSS measured under two kernels differs by it.
-    An average over one fault in each MiB of `path`: OpenCV's library by default (the largest the agent
-    maps, 74 MB), whose folios differ in size from one part to another."""
+    """KB of a library's pages one read fault maps into a process, as the page cache holds them now. A
+    kernel that maps a large folio of the page cache whole at a fault (this VM's Linux 6.18) maps 64 KB
+    (fault-around) where the library came into the cache by a process's own faults, and 448-840 KB
+    where it was read whole (pip writing it at install, a copy, a backup): the same agent's RSS then
+    differs by about 35 MB of libraries' pages, its own memory not at all. An average over one fault in
+    each MiB of `path`, OpenCV's library by default (the largest the agent maps, 74 MB), not read
+    beforehand, so that the figure is the cache's state as the agent met it."""
     import ctypes
     import mmap
 
@@ -106,7 +107,6 @@ def mapped_per_fault_kb(path: str | None = None) -> float:
         target = next(str(p) for p in sorted(Path(cv2.__file__).parent.glob("cv2*.so")))
     with open(target, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        f.read()  # in the page cache, as a library the agent loaded is
         m = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)  # private: the address can be taken
     try:
         view = ctypes.c_char.from_buffer(m)

@@ -718,9 +718,10 @@ def _bench_pipelines(args: argparse.Namespace) -> int:
         if rows:
             print("one agent's own memory (heap, malloc arenas, other anonymous, stacks) / single-pipeline agent's: "
                   + ", ".join(f"{r['pipelines']}: {r['own_vs_single']:.2f}" for r in rows), flush=True)
-            print(f"this kernel maps {rows[0]['mapped_per_fault_kb']:.0f} KB of a cached library at each read fault "
-                  "(fault-around alone: 64): the shared libraries' RSS grows with it, the agent's own memory does not",
-                  flush=True)
+            print(f"a read fault maps {rows[0]['mapped_per_fault_kb']:.0f} KB of OpenCV's library as the page cache "
+                  "holds it now (64: fault-around; more where the kernel maps a large folio whole, as Linux 6.18 "
+                  "does for a file read whole): the libraries' share of the RSS grows with it, the agent's own "
+                  "memory does not", flush=True)
     if args.decode:
         if args.decode < 1:
             return _usage_error("--decode takes a number of pipelines of at least 1")

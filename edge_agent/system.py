@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime as dt
+import functools
 import glob
 import logging
 import os
@@ -136,9 +137,11 @@ def throttling_problems(t: dict[str, object] | None, temp_c: float | None = None
 #: A wall clock before this has not been set: a board without a real-time clock (a Raspberry Pi) starts
 #: at 1970, or at the last time its image saved, until NTP sets it. What it stamps is then wrong.
 CLOCK_SANE_AFTER = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
-#: A change of the wall clock against the monotonic one beyond this between two looks is a step (NTP
-#: setting the clock, a person, an RTC read late); NTP slews smaller offsets at 0.5 ms a second at most.
+#: A change of the wall clock against the time since boot beyond this between two looks, and beyond what
+#: NTP's slewing can move it meanwhile (0.5 ms a second at most), is a step: NTP setting the clock, a
+#: person, an RTC read late.
 CLOCK_STEP_S = 1.0
+_SLEW_MAX = 0.0005
 #: adjtimex's answer for a clock the kernel holds unsynchronized, and its status bit for it (timex.h).
 _TIME_ERROR = 5
 _STA_UNSYNC = 0x40
@@ -152,6 +155,11 @@ class _Timex(ctypes.Structure):
                 ("_rest", ctypes.c_char * 256)]
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def clock_sync() -> tuple[bool, float] | None:
     """(synchronized, the kernel's maximum error in ms) as an NTP daemon left it (adjtimex, read only, as
     `timedatectl` reads it: unsynchronized while STA_UNSYNC is set or the error reaches 16 s); None
@@ -160,9 +168,8 @@ def clock_sync() -> tuple[bool, float] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
         tx = _Timex()  # modes 0: read only, no privilege needed
-        state = libc.adjtimex(ctypes.byref(tx))
+        state = _libc().adjtimex(ctypes.byref(tx))
     except (OSError, AttributeError):
         return None
     if state < 0:
@@ -176,24 +183,32 @@ class ClockWatch:
     daemon keeps it, and the steps it took. A step says that what was stamped before it was off by that
     much (a box that booted at its image's date and found NTP an hour later)."""
 
-    def __init__(self, wall: Callable[[], float] = time.time, mono: Callable[[], float] = time.monotonic,
+    def __init__(self, wall: Callable[[], float] = time.time, since_boot: Callable[[], float] | None = None,
                  sync: Callable[[], tuple[bool, float] | None] = clock_sync) -> None:
-        self._wall, self._mono, self._sync = wall, mono, sync
+        """since_boot: a clock that counts time suspended too (CLOCK_BOOTTIME where there is one), so that a
+        board woken from suspend is not taken for a clock that stepped."""
+        boottime = getattr(time, "CLOCK_BOOTTIME", None)
+        self._wall, self._sync = wall, sync
+        self._since_boot = since_boot or (
+            (lambda: time.clock_gettime(boottime)) if boottime is not None else time.monotonic)
         self._lock = threading.Lock()
-        self._offset: float | None = None
+        self._last: tuple[float, float] | None = None  # (time since boot, wall - it) at the last look
         self.steps = 0
         self.last_step_s: float | None = None
 
     def sample(self) -> dict[str, object]:
         """Health's `system.clock`; called by every reader of the health document."""
         with self._lock:
-            wall, offset = self._wall(), self._wall() - self._mono()
-            if self._offset is not None and abs(offset - self._offset) > CLOCK_STEP_S:
-                step = offset - self._offset
-                self.steps += 1
-                self.last_step_s = round(step, 3)
-                log.warning("the wall clock stepped by %+.1f s: what was stamped before it was off by as much", step)
-            self._offset = offset
+            wall, booted = self._wall(), self._since_boot()
+            offset = wall - booted
+            if self._last is not None:
+                step = offset - self._last[1]
+                if abs(step) > CLOCK_STEP_S + _SLEW_MAX * (booted - self._last[0]):
+                    self.steps += 1
+                    self.last_step_s = round(step, 3)
+                    log.warning("the wall clock stepped by %+.1f s: what was stamped before it was off by as much",
+                                step)
+            self._last = (booted, offset)
         sync = self._sync()
         return {
             "set": wall >= CLOCK_SANE_AFTER.timestamp(),
@@ -275,9 +290,10 @@ class ProcessStats:
     """Health's `process`: CPU, resident memory, and the agent's own memory apart from it.
 
     RSS counts the pages of the libraries the process maps (LiteRT, OpenCV and FFmpeg, numpy: about 60
-    to 100 MB of an agent's 110 to 150), and how many of those are mapped changes with the kernel (one
-    that maps a large folio of a cached library whole at each fault adds about 36 MB to the same agent)
-    and with memory pressure (the kernel drops them and maps them again). `anon_mb`, the anonymous
+    to 95 MB of an agent's 120 to 155), and how many of those are mapped changes with the kernel and the
+    page cache (Linux 6.18 maps a large folio whole at a fault: libraries read whole into the cache, by
+    pip at install or a copy, added 34 MB to the same agent) and with memory pressure (the kernel drops
+    them and maps them again). `anon_mb`, the anonymous
     resident memory (heap, malloc arenas, stacks: `RssAnon` in /proc/self/status), is what grows with a
     leak and with nothing else, the figure to watch over months."""
 
