@@ -92,11 +92,12 @@ def rss_breakdown(smaps: str = "/proc/self/smaps") -> dict[str, float]:
 def mapped_per_fault_kb(path: str | None = None) -> float:
     """KB of a library's pages one read fault maps into a process, as the page cache holds them now. A
     kernel that maps a large folio of the page cache whole at a fault (this VM's Linux 6.18) maps 64 KB
-    (fault-around) where the library came into the cache by a process's own faults, and 448-840 KB
-    where it was read whole (pip writing it at install, a copy, a backup): the same agent's RSS then
-    differs by about 35 MB of libraries' pages, its own memory not at all. An average over one fault in
-    each MiB of `path`, OpenCV's library by default (the largest the agent maps, 74 MB), not read
-    beforehand, so that the figure is the cache's state as the agent met it."""
+    (fault-around) where the library's pages sit in small folios (the dynamic loader's faults brought
+    them in, or a copy wrote them) and 448-840 KB where it was read whole or in order (a backup, `cat`,
+    readahead): the same agent's RSS then differs by about 35 MB of libraries' pages, its own memory
+    not at all. An average over one fault in each MiB of `path`, in order, OpenCV's library by default
+    (the largest the agent maps, 74 MB), not read beforehand: the cache's state as the agent met it
+    (where the library is not cached at all, these faults' own readahead brings it in, in large folios)."""
     import ctypes
     import mmap
 

@@ -291,9 +291,9 @@ class ProcessStats:
 
     RSS counts the pages of the libraries the process maps (LiteRT, OpenCV and FFmpeg, numpy: about 60
     to 95 MB of an agent's 120 to 155), and how many of those are mapped changes with the kernel and the
-    page cache (Linux 6.18 maps a large folio whole at a fault: libraries read whole into the cache, by
-    pip at install or a copy, added 34 MB to the same agent) and with memory pressure (the kernel drops
-    them and maps them again). `anon_mb`, the anonymous
+    page cache (Linux 6.18 maps a large folio whole at a fault: libraries read whole into the cache before
+    the agent started added 34 MB to the same agent) and with memory pressure (the kernel drops them and
+    maps them again). `anon_mb`, the anonymous
     resident memory (heap, malloc arenas, stacks: `RssAnon` in /proc/self/status), is what grows with a
     leak and with nothing else, the figure to watch over months."""
 
