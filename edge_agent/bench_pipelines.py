@@ -455,8 +455,8 @@ def compare_pipelines(
             cam.close()
             broker.stop()
     if rows:
-        single = next((r for r in rows if r["pipelines"] == 1), rows[0])["one"]["peak_rss_mb"]
-        own = next((r for r in rows if r["pipelines"] == 1), rows[0])["one"]["rss_breakdown"]["own"]
+        alone = next((r for r in rows if r["pipelines"] == 1), rows[0])["one"]
+        single, own = alone["peak_rss_mb"], alone["rss_breakdown"]["own"]
         per_fault = round(mapped_per_fault_kb(), 1)
         for r in rows:
             r["rss_vs_single"] = r["one"]["peak_rss_mb"] / single
