@@ -54,6 +54,9 @@ def check(doc: dict[str, Any]) -> str:
         clock = board.get("clock") or {}
         synced = {True: "NTP synchronized", False: "not synchronized by NTP", None: "synchronization unknown"}
         temp = f", CPU {board['cpu_temp_c']:.0f} °C" if board.get("cpu_temp_c") is not None else ""
+        thermal = board.get("thermal")
+        if thermal:  # the zone nearest the point where it is slowed (or the board powered off)
+            temp += f", {thermal['zone']} {thermal['headroom_c']:.0f} °C under its {thermal['limit']} point"
         memory = f"memory {board.get('memory_available_mb', 0):.0f} of {board.get('memory_total_mb', 0):.0f} MB"
         rows.append(("board", f"{memory} available, clock {'set' if clock.get('set') else 'NOT set'} "
                      f"({synced[clock.get('synchronized')]}){temp}"))

@@ -130,6 +130,12 @@ FIGURES: dict[str, Figure] = {
     "system.cpu_temp_c": Figure("system_cpu_temperature_celsius", "CPU temperature (the CPU's thermal zone)."),
     "system.throttling.*": Figure("system_throttling", "Raspberry Pi firmware throttling flags: 1 while set "
                                   "(the *_occurred flags: set since boot).", labels=("flag",)),
+    "system.thermal.temp_c": Figure("system_thermal_temperature_celsius", "Temperature of the thermal zone "
+                                    "nearest its first limit (system.thermal.zone)."),
+    "system.thermal.limit_c": Figure("system_thermal_limit_celsius", "That zone's first limit: the trip point where "
+                                     "the kernel slows the CPU or GPU, else where it powers the board off."),
+    "system.thermal.headroom_c": Figure("system_thermal_headroom_celsius", "How far that zone is below its first "
+                                        "limit; 0 or less: slowed (or about to be powered off) now."),
     "system.clock.set": Figure("system_clock_set", "1 while the wall clock reads a time after 2025 (a board "
                                "without a real-time clock starts at 1970 or its image's date until NTP sets it)."),
     "system.clock.synchronized": Figure("system_clock_synchronized", "1 while an NTP daemon keeps the wall clock "

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,6 +135,85 @@ def throttling_problems(t: dict[str, object] | None, temp_c: float | None = None
     return out
 
 
+#: Trip point types (the kernel's thermal ABI, `trip_point_N_type`) at which the CPU or GPU is slowed: `passive`
+#: (the kernel's governor lowers the clock), `hot` (on Tegra, the hardware throttles). `critical` is where the
+#: kernel powers the board off; `active` trips start a fan and say nothing of speed.
+_THROTTLE_TRIPS = ("passive", "hot")
+#: Trip temperatures outside this are placeholders of unused trips on some boards, not limits.
+_TRIP_RANGE_C = (20.0, 150.0)
+#: Within this of a critical trip, the board is about to be powered off.
+CRITICAL_MARGIN_C = 5.0
+
+
+@dataclass(frozen=True)
+class ThermalZone:
+    """One thermal zone with the limits the kernel enforces on it (the lowest of each kind)."""
+
+    kind: str
+    temp_c: float
+    throttle_c: float | None
+    critical_c: float | None
+
+    @property
+    def limit_c(self) -> float:
+        """The first limit it meets as it heats: where it is slowed, else where it is powered off."""
+        return min(t for t in (self.throttle_c, self.critical_c) if t is not None)
+
+
+def thermal_zones(root: str = "/sys/class/thermal") -> list[ThermalZone]:
+    """Every thermal zone that has a limit: a trip point where the kernel (or the hardware, on Tegra) slows
+    the CPU or GPU, or one where it powers the board off. The same on a Jetson, a Rockchip or Pi board and an
+    x86 box, unlike the Pi firmware's flags; a zone without such trips (a VM has none) is left out."""
+    zones = []
+    for zone in sorted(glob.glob(os.path.join(root, "thermal_zone*"))):
+        try:
+            kind = Path(zone, "type").read_text().strip()
+            temp_c = int(Path(zone, "temp").read_text().strip()) / 1000.0
+        except (OSError, ValueError):  # a sensor that fails to read (EIO, ENODATA) has no temperature now
+            continue
+        limits: dict[str, float] = {}
+        for trip in glob.glob(os.path.join(zone, "trip_point_*_type")):
+            try:
+                what = Path(trip).read_text().strip()
+                at = int(Path(trip[: -len("type")] + "temp").read_text().strip()) / 1000.0
+            except (OSError, ValueError):
+                continue
+            what = "throttle" if what in _THROTTLE_TRIPS else what
+            if what in ("throttle", "critical") and _TRIP_RANGE_C[0] <= at <= _TRIP_RANGE_C[1]:
+                limits[what] = min(limits.get(what, at), at)
+        if limits:
+            zones.append(ThermalZone(kind, temp_c, limits.get("throttle"), limits.get("critical")))
+    return zones
+
+
+def thermal_summary(zones: list[ThermalZone]) -> dict[str, object] | None:
+    """Health's `system.thermal`: the zone nearest its first limit, and how far from it (`headroom_c`, what a
+    fleet alerts on before the board slows); None where no zone has a limit."""
+    if not zones:
+        return None
+    z = min(zones, key=lambda z: z.limit_c - z.temp_c)
+    return {"zone": z.kind, "temp_c": round(z.temp_c, 1), "limit": "throttle" if z.limit_c == z.throttle_c
+            else "critical", "limit_c": z.limit_c, "headroom_c": round(z.limit_c - z.temp_c, 1)}
+
+
+def thermal_problems(zones: list[ThermalZone]) -> list[str]:
+    """What health's problems say of the kernel's thermal limits while they hold: zones at or over the point
+    where they are slowed, and zones within CRITICAL_MARGIN_C of the point where the board is powered off
+    (said once, as the worse)."""
+    near = [z for z in zones if z.critical_c is not None and z.temp_c >= z.critical_c - CRITICAL_MARGIN_C]
+    slowed = [z for z in zones if z not in near and z.throttle_c is not None and z.temp_c >= z.throttle_c]
+    out = []
+    if near:
+        named = ", ".join(f"{z.kind} at {z.temp_c:.0f} °C (off at {z.critical_c:g})" for z in near)
+        out.append(f"about to overheat: {named}: the kernel powers the board off at its critical point; cool it "
+                   "now (a heatsink, a fan, shade)")
+    if slowed:
+        named = ", ".join(f"{z.kind} at {z.temp_c:.0f} °C (slowed from {z.throttle_c:g})" for z in slowed)
+        out.append(f"slowed for heat now: {named}: the kernel lowers the clock and inference runs slower; the "
+                   "board is too hot (a heatsink, a fan, shade)")
+    return out
+
+
 #: A wall clock before this has not been set: a board without a real-time clock (a Raspberry Pi) starts
 #: at 1970, or at the last time its image saved, until NTP sets it. What it stamps is then wrong.
 CLOCK_SANE_AFTER = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
@@ -229,11 +309,11 @@ def clock_problem(clock: dict[str, object], wall: float) -> str | None:
 
 
 def board(clock: ClockWatch, floors: HealthConfig, state_dir: Path) -> tuple[dict[str, Any], list[str]]:
-    """Health's `system` section and what its problems say of the board: the firmware's flags, the clock,
-    memory and the state directory's disk, against the floors in `health`. `edge-agent check` says the
-    same at install."""
-    throttled, temp_c = throttling(), cpu_temperature_c()
-    problems = throttling_problems(throttled, temp_c)
+    """Health's `system` section and what its problems say of the board: the firmware's flags, the kernel's
+    thermal limits, the clock, memory and the state directory's disk, against the floors in `health`.
+    `edge-agent check` says the same at install."""
+    throttled, temp_c, zones = throttling(), cpu_temperature_c(), thermal_zones()
+    problems = throttling_problems(throttled, temp_c) + thermal_problems(zones)
     time_now = clock.sample()
     unset = clock_problem(time_now, time.time())
     if unset is not None:
@@ -250,6 +330,7 @@ def board(clock: ClockWatch, floors: HealthConfig, state_dir: Path) -> tuple[dic
     section = {
         "cpu_temp_c": temp_c,
         "throttling": throttled,
+        "thermal": thermal_summary(zones),
         "clock": time_now,
         "memory_available_mb": available_mb,
         "memory_total_mb": total_mb,

@@ -1,5 +1,6 @@
 """What the agent reads of the board it runs on, against the layouts of the boards it targets, laid out
-as their sysfs trees are: throttling on a Pi 4 and a Pi 5, thermal zones on a Pi, a Jetson and x86."""
+as their sysfs trees are: throttling on a Pi 4 and a Pi 5, thermal zones and their trip points on a Pi, a
+Jetson and x86."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from edge_agent.system import (
     clock_problem,
     clock_sync,
     cpu_temperature_c,
+    thermal_problems,
+    thermal_summary,
+    thermal_zones,
     throttling,
     throttling_problems,
 )
@@ -87,6 +91,80 @@ def test_the_cpu_thermal_zone_is_preferred(tmp_path: Path) -> None:
     assert cpu_temperature_c(x86) == 41.0  # the package, not the wifi card
     assert cpu_temperature_c(_zones(tmp_path / "odd", [("board", 30000)])) == 30.0  # whatever there is
     assert cpu_temperature_c(str(tmp_path / "none")) is None
+
+
+def _tripped(root: Path, zones: list[tuple[str, int | str, list[tuple[str, int]]]]) -> str:
+    files = {}
+    for i, (kind, milli, trips) in enumerate(zones):
+        files[f"thermal_zone{i}/type"] = kind
+        files[f"thermal_zone{i}/temp"] = str(milli)
+        for j, (what, at) in enumerate(trips):
+            files[f"thermal_zone{i}/trip_point_{j}_type"] = what
+            files[f"thermal_zone{i}/trip_point_{j}_temp"] = str(at)
+    return str(_tree(root, files))
+
+
+def test_the_kernels_thermal_limits_say_when_a_board_is_slowed_or_about_to_be_powered_off(tmp_path: Path) -> None:
+    """Trip points as the kernel's thermal ABI lays them out: `passive` (the governor slows the clock) and
+    `hot` (Tegra's hardware throttle) slow the board, `critical` powers it off, `active` only starts a fan;
+    unused trips with placeholder temperatures and a sensor that fails to read are no limits."""
+    jetson = _tripped(tmp_path / "jetson", [
+        ("cpu-thermal", 71000, [("hot", 99000), ("critical", 104500), ("passive", 95500)]),
+        ("gpu-thermal", 78500, [("critical", 104500), ("hot", 99000)]),
+        ("tj-thermal", 79000, [("critical", 104500), ("passive", 1000000)]),  # an unused trip: no limit
+        ("cv0-thermal", "", [("critical", 104500)]),  # the sensor reads nothing: left out
+        ("thermal-fan-est", 60000, [("active", 45000)]),  # a fan's trips only: no limit
+    ])
+    zones = thermal_zones(jetson)
+    assert [(z.kind, z.throttle_c, z.critical_c) for z in zones] == [
+        ("cpu-thermal", 95.5, 104.5), ("gpu-thermal", 99.0, 104.5), ("tj-thermal", None, 104.5)]
+    assert thermal_problems(zones) == []
+    # the nearest to its first limit: the GPU, 20.5 °C under its throttle point (the CPU is 24.5 under)
+    assert thermal_summary(zones) == {"zone": "gpu-thermal", "temp_c": 78.5, "limit": "throttle", "limit_c": 99.0,
+                                      "headroom_c": 20.5}
+
+    hot = thermal_zones(_tripped(tmp_path / "hot", [
+        ("cpu-thermal", 96200, [("passive", 95500), ("critical", 104500)]),
+        ("gpu-thermal", 101000, [("hot", 99000), ("critical", 104500)]),  # slowed too, but nearer off: said so
+        ("soc0-thermal", 90000, [("passive", 95500), ("critical", 104500)]),
+    ]))
+    assert thermal_problems(hot) == [
+        "about to overheat: gpu-thermal at 101 °C (off at 104.5): the kernel powers the board off at its critical "
+        "point; cool it now (a heatsink, a fan, shade)",
+        "slowed for heat now: cpu-thermal at 96 °C (slowed from 95.5): the kernel lowers the clock and inference "
+        "runs slower; the board is too hot (a heatsink, a fan, shade)",
+    ]
+    summary = thermal_summary(hot)
+    assert summary is not None and summary["zone"] == "gpu-thermal" and summary["headroom_c"] == -2.0
+
+    # a Pi 5: a critical trip and four fan steps; at 78 °C its fan runs flat out and nothing is slowed
+    pi5 = thermal_zones(_tripped(tmp_path / "pi5", [("cpu-thermal", 78000, [
+        ("critical", 110000), ("active", 50000), ("active", 60000), ("active", 67500), ("active", 75000)])]))
+    assert thermal_problems(pi5) == []
+    assert thermal_summary(pi5) == {"zone": "cpu-thermal", "temp_c": 78.0, "limit": "critical", "limit_c": 110.0,
+                                    "headroom_c": 32.0}
+    laptop = thermal_zones(_tripped(tmp_path / "x86", [("acpitz", 97400, [("critical", 103000), ("passive", 96000)])]))
+    assert thermal_problems(laptop)[0].startswith("slowed for heat now: acpitz at 97 °C (slowed from 96)")
+    assert thermal_problems(thermal_zones(_tripped(tmp_path / "x86b", [("acpitz", 99000, [("critical", 103000)])]))
+                            )[0].startswith("about to overheat: acpitz at 99 °C (off at 103)")
+    vm = thermal_zones(str(tmp_path / "vm"))  # no zones at all: no figure, not a wrong one
+    assert vm == [] and thermal_summary(vm) is None and thermal_problems(vm) == []
+
+
+def test_the_thermal_figures_have_their_metrics_and_a_place_in_checks_board_row() -> None:
+    from edge_agent.human import check
+    from edge_agent.metrics import lookup
+    from edge_agent.system import ThermalZone
+
+    summary = thermal_summary([ThermalZone("cpu-thermal", 50.0, 95.0, 105.0), ThermalZone("gpu", 61.2, None, 90.0)])
+    assert summary is not None and summary["zone"] == "gpu" and summary["limit"] == "critical"
+    numbers = [k for k, v in summary.items() if isinstance(v, float)]
+    assert numbers == ["temp_c", "limit_c", "headroom_c"]
+    assert all(lookup(["system", "thermal", k]) is not None for k in numbers)
+    board = {"clock": {"set": True, "synchronized": True}, "cpu_temp_c": 50.0, "memory_available_mb": 900,
+             "memory_total_mb": 4000, "thermal": summary}
+    row = next(r for r in check({"config": "c.toml", "board": board}).splitlines() if r.startswith("board"))
+    assert row.endswith("CPU 50 °C, gpu 29 °C under its critical point"), row
 
 
 def test_time_limits_scale_with_the_speed_of_the_machine() -> None:
