@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime as dt
 import functools
@@ -171,6 +172,9 @@ def thermal_zones(root: str = "/sys/class/thermal") -> list[ThermalZone]:
             temp_c = int(Path(zone, "temp").read_text().strip()) / 1000.0
         except (OSError, ValueError):  # a sensor that fails to read (EIO, ENODATA) has no temperature now
             continue
+        with contextlib.suppress(OSError):
+            if Path(zone, "mode").read_text().strip() == "disabled":  # the kernel acts on none of its trips
+                continue
         limits: dict[str, float] = {}
         for trip in glob.glob(os.path.join(zone, "trip_point_*_type")):
             try:

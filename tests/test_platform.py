@@ -114,7 +114,10 @@ def test_the_kernels_thermal_limits_say_when_a_board_is_slowed_or_about_to_be_po
         ("tj-thermal", 79000, [("critical", 104500), ("passive", 1000000)]),  # an unused trip: no limit
         ("cv0-thermal", "", [("critical", 104500)]),  # the sensor reads nothing: left out
         ("thermal-fan-est", 60000, [("active", 45000)]),  # a fan's trips only: no limit
+        ("soc2-thermal", 99500, [("passive", 95500)]),  # its mode disabled below: the kernel acts on no trip
     ])
+    Path(jetson, "thermal_zone5", "mode").write_text("disabled\n")
+    Path(jetson, "thermal_zone0", "mode").write_text("enabled\n")
     zones = thermal_zones(jetson)
     assert [(z.kind, z.throttle_c, z.critical_c) for z in zones] == [
         ("cpu-thermal", 95.5, 104.5), ("gpu-thermal", 99.0, 104.5), ("tj-thermal", None, 104.5)]
