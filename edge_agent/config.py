@@ -203,12 +203,13 @@ class SourceConfig(_Strict):
     )
     tls_verify: bool = Field(
         True,
-        description="Verify an https:// camera's certificate (against tls_ca_file, else the system's trusted CAs). "
+        description="Verify an https:// or rtsps:// camera's certificate (against tls_ca_file, else the system's "
+        "trusted CAs). "
         "Most cameras serve a certificate they signed themselves, for no host name: set false for those on a "
         "network you trust.",
     )
     tls_ca_file: ExistingFile | None = Field(
-        None, description="CA bundle, or a camera's own certificate, trusted for https:// cameras."
+        None, description="CA bundle, or a camera's own certificate, trusted for https:// and rtsps:// cameras."
     )
     width: int | None = Field(None, ge=16, le=8192, description="Capture width to ask a camera for.")
     height: int | None = Field(None, ge=16, le=8192, description="Capture height to ask a camera for.")

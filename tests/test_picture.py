@@ -192,7 +192,7 @@ def test_a_still_file_is_not_watched_and_the_settings_are_refused_for_it(tmp_pat
     r = run_cli("run", "--seconds", "1", "--source", "demo", "--set", "source.frozen_after_s=30")
     assert r.returncode == 2, r.stderr
     assert "source.frozen_after_s: source 'demo' is of the file kind, which never reads it (read by the camera, " \
-        "command, gstreamer, http and stream kinds)" in r.stderr, r.stderr
+        "command, gstreamer, http, rtsps and stream kinds)" in r.stderr, r.stderr
 
 
 def test_the_single_form_says_it_at_the_top_of_health_and_its_entity_reads_it_there(

@@ -198,9 +198,9 @@ def test_settings_a_pipeline_list_would_never_read_exit_2_naming_the_key(
         # a setting of another kind of frame source: a size asked of a stream, TLS of a file, looping a camera
         (("--source", "rtsp://cam.lan/live", "--set", "source.width=1280"), {},
          "source.width: source 'rtsp://cam.lan/live' is of the stream kind, which never reads it"),
-        (("--source", "rtsps://cam.lan/live"), {"EDGE_AGENT_SOURCE__TLS_VERIFY": "false"},
-         "source.tls_verify: source 'rtsps://cam.lan/live' is of the stream kind, which never reads it (read by "
-         "the http kind)"),
+        (("--source", "rtsp://cam.lan/live"), {"EDGE_AGENT_SOURCE__TLS_VERIFY": "false"},
+         "source.tls_verify: source 'rtsp://cam.lan/live' is of the stream kind, which never reads it (read by "
+         "the http and rtsps kinds)"),
         (("--set", "source.loop=false", "--source", "0"), {}, "source.loop: source '0' is of the camera kind"),
         (("--source", "mic:"), {"EDGE_AGENT_SOURCE__REALTIME": "false"},
          "source.realtime: source 'mic:' is of the mic kind, which never reads it"),

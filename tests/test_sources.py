@@ -824,6 +824,91 @@ def test_an_https_camera_with_its_own_certificate(tmp_path: Path) -> None:
         files.server_close()
 
 
+def _rtsp_server(port: int, *args: str) -> Any:
+    import subprocess
+
+    from .conftest import ROOT
+
+    probe = ["/usr/bin/python3", "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"]
+    if subprocess.run(probe, capture_output=True).returncode:
+        pytest.fail("GStreamer's RTSP server missing: scripts/test.sh installs python3-gi, gir1.2-gst-rtsp-server-1.0")
+    p = subprocess.Popen(["/usr/bin/python3", str(ROOT / "tests" / "rtsp_server.py"), str(port), *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "serving"
+    return p
+
+
+def test_an_rtsps_camera_is_verified_as_an_https_one(tmp_path: Path) -> None:
+    """FFmpeg speaks TLS to an rtsps:// camera and verifies no certificate, with no option to: the
+    agent makes the TLS link itself, checked as an https camera's is, and FFmpeg reads through a relay
+    on the loopback. Against GStreamer's RTSP server over TLS, asking for Digest as cameras do: an
+    untrusted certificate is refused saying what to set; trusted (its CA), or with verification off,
+    the stream plays and the password in the URL answers the camera's challenge; a wrong one is refused.
+    A camera that shows another certificate to the connection FFmpeg makes than to the agent's check
+    (someone in the path after the check) is refused too: FFmpeg never reads from a link unchecked."""
+    import ssl
+
+    from .conftest import free_port
+    from .test_mqtt import _make_pki
+
+    ca, cert, key, other_ca = _make_pki(tmp_path)
+    port = free_port()
+    server = _rtsp_server(port, "320x240", "--tls", str(cert), str(key), "--user", "cam:se.cret")
+    url = f"rtsps://cam:se.cret@127.0.0.1:{port}/live"
+    try:
+        assert source_kind(url) == "rtsps"
+        with pytest.raises(SourceError, match=r"certificate is not trusted .*set source.tls_ca_file to it or its CA"):
+            make_source(SourceConfig(uri=url)).open()
+        with pytest.raises(SourceError, match="not trusted"):
+            make_source(SourceConfig(uri=url, tls_ca_file=other_ca)).open()
+        for cfg in (SourceConfig(uri=url, tls_ca_file=ca), SourceConfig(uri=url, tls_verify=False)):
+            src = make_source(cfg)
+            src.open()
+            try:
+                shapes = {src.read().shape for _ in range(3)}
+            finally:
+                src.close()
+            assert shapes == {(240, 320, 3)}
+        with pytest.raises(SourceError, match="cannot open"):
+            make_source(SourceConfig(uri=url.replace("se.cret", "wrong"), tls_ca_file=ca)).open()
+    finally:
+        server.kill()
+        server.wait()
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name.startswith("rtsps-")], 5,
+               what="the relays' threads gone with their sources")
+
+    # the agent's check sees the trusted certificate; the next connection, FFmpeg's, another CA's
+    (tmp_path / "other").mkdir()
+    _, mallory_cert, mallory_key, _ = _make_pki(tmp_path / "other")
+    honest, mallory = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    honest.load_cert_chain(cert, key)
+    mallory.load_cert_chain(mallory_cert, mallory_key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(scaled(10))
+    heard: list[bytes] = []
+
+    def serve() -> None:
+        for context in (honest, mallory):
+            conn, _ = listener.accept()
+            try:
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.settimeout(scaled(5))
+                    heard.append(tls.recv(4096))  # the check sends nothing; FFmpeg would send its OPTIONS
+            except (OSError, ssl.SSLError):
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        src = make_source(SourceConfig(uri=f"rtsps://127.0.0.1:{listener.getsockname()[1]}/live", tls_ca_file=ca))
+        with pytest.raises(SourceError, match=r"certificate is not trusted"):
+            src.open()
+        t.join(scaled(10))
+        assert heard == [b""], heard  # nothing reached the second: its certificate was refused first
+    finally:
+        listener.close()
+
+
 class DrippingServer:
     """A server that answers each request one byte every 0.2 s, for good: the status line (`status`),
     the headers after a status line (`headers`), or, after `whole` answers given at once (a still

@@ -15,6 +15,7 @@ from edge_agent.sources.gstreamer import GStreamerSource
 from edge_agent.sources.images import ImageSetSource
 from edge_agent.sources.mjpeg import MjpegSource
 from edge_agent.sources.replay import ReplaySource
+from edge_agent.sources.rtsps import RtspsSource
 from edge_agent.sources.stream import StreamSource
 from edge_agent.sources.synthetic import SyntheticSource
 from edge_agent.sources.video import VideoFileSource
@@ -30,6 +31,7 @@ SOURCES: list[type[Source]] = [
     CommandSource,
     CameraSource,
     MjpegSource,
+    RtspsSource,
     StreamSource,
     GStreamerSource,
     ImageSetSource,

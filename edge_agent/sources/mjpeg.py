@@ -62,6 +62,26 @@ def pin(context: ssl.SSLContext) -> None:
     context.verify_flags = (context.verify_flags & ~ssl.VERIFY_X509_STRICT) | ssl.VERIFY_X509_PARTIAL_CHAIN
 
 
+def client_context(tls_verify: bool, tls_ca_file: Path | None) -> ssl.SSLContext:
+    """How the agent's TLS link to a camera (https://, rtsps://) is checked: against `source.tls_ca_file`,
+    else the system's trusted CAs; with `source.tls_verify = false`, not at all."""
+    context = ssl.create_default_context(cafile=str(tls_ca_file) if tls_ca_file else None)
+    if tls_ca_file is not None:
+        pin(context)
+    if not tls_verify:  # a camera's own certificate, for no host name: encrypted, not authenticated
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def untrusted(described: str, err: ssl.SSLCertVerificationError) -> SourceError:
+    """A camera's certificate refused, said with what to set."""
+    return SourceError(
+        f"cannot open {described}: TLS: the camera's certificate is not trusted ({err.verify_message}): "
+        "set source.tls_ca_file to it or its CA, or source.tls_verify = false on a network you trust"
+    )
+
+
 class MjpegSource(Source):
     kind = "http"
     options = frozenset({"tls_verify", "tls_ca_file"})
@@ -115,10 +135,7 @@ class MjpegSource(Source):
                 conn, resp = self._follow(conn, resp)
         except ssl.SSLCertVerificationError as err:
             conn.close()
-            raise SourceError(
-                f"cannot open {self.describe()}: TLS: the camera's certificate is not trusted ({err.verify_message}): "
-                "set source.tls_ca_file to it or its CA, or source.tls_verify = false on a network you trust"
-            ) from None
+            raise untrusted(self.describe(), err) from None
         except (OSError, http.client.HTTPException) as err:
             conn.close()
             raise SourceError(f"cannot open {self.describe()}: {err}") from None
@@ -186,12 +203,7 @@ class MjpegSource(Source):
         host = url.hostname or ""
         if url.scheme != "https":
             return http.client.HTTPConnection(host, port, timeout=self.timeout_s)
-        context = ssl.create_default_context(cafile=str(self.tls_ca_file) if self.tls_ca_file else None)
-        if self.tls_ca_file is not None:
-            pin(context)
-        if not self.tls_verify:  # a camera's own certificate, for no host name: encrypted, not authenticated
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+        context = client_context(self.tls_verify, self.tls_ca_file)
         return http.client.HTTPSConnection(host, port, timeout=self.timeout_s, context=context)
 
     def _get(self, conn: http.client.HTTPConnection) -> http.client.HTTPResponse:

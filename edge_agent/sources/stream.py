@@ -20,7 +20,8 @@ class StreamSource(OpenCVSource):
 
     @classmethod
     def claims(cls, uri: str) -> bool:
-        # http(s):// is claimed first by `mjpeg`, which hands what is not MJPEG back to this class
+        # http(s):// is claimed first by `mjpeg`, which hands what is not MJPEG back to this class, and
+        # rtsps:// by `rtsps`, which verifies the camera's certificate and hands FFmpeg a relay
         return re.match(r"^(rtsp|rtsps|rtmp|udp|tcp)://", uri) is not None
 
     @classmethod
