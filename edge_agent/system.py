@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import datetime as dt
 import functools
@@ -16,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,7 +171,7 @@ def thermal_zones(root: str = "/sys/class/thermal") -> list[ThermalZone]:
             temp_c = int(Path(zone, "temp").read_text().strip()) / 1000.0
         except (OSError, ValueError):  # a sensor that fails to read (EIO, ENODATA) has no temperature now
             continue
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             if Path(zone, "mode").read_text().strip() == "disabled":  # the kernel acts on none of its trips
                 continue
         limits: dict[str, float] = {}
@@ -213,7 +212,7 @@ def thermal_problems(zones: list[ThermalZone]) -> list[str]:
                    "now (a heatsink, a fan, shade)")
     if slowed:
         named = ", ".join(f"{z.kind} at {z.temp_c:.0f} °C (slowed from {z.throttle_c:g})" for z in slowed)
-        out.append(f"slowed for heat now: {named}: the kernel lowers the clock and inference runs slower; the "
+        out.append(f"slowed for heat now: {named}: the CPU or GPU runs slower, and so does inference; the "
                    "board is too hot (a heatsink, a fan, shade)")
     return out
 

@@ -73,11 +73,15 @@ def test_under_voltage_from_the_rpi_volt_monitor_where_get_throttled_is_missing(
     assert throttling(str(tmp_path / "x86"), vcgencmd=False) is None  # not a Pi: no figure, not a wrong one
 
 
-def _zones(root: Path, zones: list[tuple[str, int]]) -> str:
+def _zones(root: Path, zones: list[tuple[str, int]] | list[tuple[str, int | str, list[tuple[str, int]]]]) -> str:
+    """Thermal zones (type, temperature in m°C, and trip points: (type, m°C) each) as sysfs lays them out."""
     files = {}
-    for i, (kind, milli) in enumerate(zones):
+    for i, (kind, milli, *more) in enumerate(zones):
         files[f"thermal_zone{i}/type"] = kind
         files[f"thermal_zone{i}/temp"] = str(milli)
+        for j, (what, at) in enumerate(more[0] if more else []):
+            files[f"thermal_zone{i}/trip_point_{j}_type"] = what
+            files[f"thermal_zone{i}/trip_point_{j}_temp"] = str(at)
     return str(_tree(root, files))
 
 
@@ -93,22 +97,11 @@ def test_the_cpu_thermal_zone_is_preferred(tmp_path: Path) -> None:
     assert cpu_temperature_c(str(tmp_path / "none")) is None
 
 
-def _tripped(root: Path, zones: list[tuple[str, int | str, list[tuple[str, int]]]]) -> str:
-    files = {}
-    for i, (kind, milli, trips) in enumerate(zones):
-        files[f"thermal_zone{i}/type"] = kind
-        files[f"thermal_zone{i}/temp"] = str(milli)
-        for j, (what, at) in enumerate(trips):
-            files[f"thermal_zone{i}/trip_point_{j}_type"] = what
-            files[f"thermal_zone{i}/trip_point_{j}_temp"] = str(at)
-    return str(_tree(root, files))
-
-
 def test_the_kernels_thermal_limits_say_when_a_board_is_slowed_or_about_to_be_powered_off(tmp_path: Path) -> None:
     """Trip points as the kernel's thermal ABI lays them out: `passive` (the governor slows the clock) and
     `hot` (Tegra's hardware throttle) slow the board, `critical` powers it off, `active` only starts a fan;
     unused trips with placeholder temperatures and a sensor that fails to read are no limits."""
-    jetson = _tripped(tmp_path / "jetson", [
+    jetson = _zones(tmp_path / "jetson", [
         ("cpu-thermal", 71000, [("hot", 99000), ("critical", 104500), ("passive", 95500)]),
         ("gpu-thermal", 78500, [("critical", 104500), ("hot", 99000)]),
         ("tj-thermal", 79000, [("critical", 104500), ("passive", 1000000)]),  # an unused trip: no limit
@@ -126,7 +119,7 @@ def test_the_kernels_thermal_limits_say_when_a_board_is_slowed_or_about_to_be_po
     assert thermal_summary(zones) == {"zone": "gpu-thermal", "temp_c": 78.5, "limit": "throttle", "limit_c": 99.0,
                                       "headroom_c": 20.5}
 
-    hot = thermal_zones(_tripped(tmp_path / "hot", [
+    hot = thermal_zones(_zones(tmp_path / "hot", [
         ("cpu-thermal", 96200, [("passive", 95500), ("critical", 104500)]),
         ("gpu-thermal", 101000, [("hot", 99000), ("critical", 104500)]),  # slowed too, but nearer off: said so
         ("soc0-thermal", 90000, [("passive", 95500), ("critical", 104500)]),
@@ -134,21 +127,21 @@ def test_the_kernels_thermal_limits_say_when_a_board_is_slowed_or_about_to_be_po
     assert thermal_problems(hot) == [
         "about to overheat: gpu-thermal at 101 °C (off at 104.5): the kernel powers the board off at its critical "
         "point; cool it now (a heatsink, a fan, shade)",
-        "slowed for heat now: cpu-thermal at 96 °C (slowed from 95.5): the kernel lowers the clock and inference "
-        "runs slower; the board is too hot (a heatsink, a fan, shade)",
+        "slowed for heat now: cpu-thermal at 96 °C (slowed from 95.5): the CPU or GPU runs slower, and so does "
+        "inference; the board is too hot (a heatsink, a fan, shade)",
     ]
     summary = thermal_summary(hot)
     assert summary is not None and summary["zone"] == "gpu-thermal" and summary["headroom_c"] == -2.0
 
     # a Pi 5: a critical trip and four fan steps; at 78 °C its fan runs flat out and nothing is slowed
-    pi5 = thermal_zones(_tripped(tmp_path / "pi5", [("cpu-thermal", 78000, [
+    pi5 = thermal_zones(_zones(tmp_path / "pi5", [("cpu-thermal", 78000, [
         ("critical", 110000), ("active", 50000), ("active", 60000), ("active", 67500), ("active", 75000)])]))
     assert thermal_problems(pi5) == []
     assert thermal_summary(pi5) == {"zone": "cpu-thermal", "temp_c": 78.0, "limit": "critical", "limit_c": 110.0,
                                     "headroom_c": 32.0}
-    laptop = thermal_zones(_tripped(tmp_path / "x86", [("acpitz", 97400, [("critical", 103000), ("passive", 96000)])]))
+    laptop = thermal_zones(_zones(tmp_path / "x86", [("acpitz", 97400, [("critical", 103000), ("passive", 96000)])]))
     assert thermal_problems(laptop)[0].startswith("slowed for heat now: acpitz at 97 °C (slowed from 96)")
-    assert thermal_problems(thermal_zones(_tripped(tmp_path / "x86b", [("acpitz", 99000, [("critical", 103000)])]))
+    assert thermal_problems(thermal_zones(_zones(tmp_path / "x86b", [("acpitz", 99000, [("critical", 103000)])]))
                             )[0].startswith("about to overheat: acpitz at 99 °C (off at 103)")
     vm = thermal_zones(str(tmp_path / "vm"))  # no zones at all: no figure, not a wrong one
     assert vm == [] and thermal_summary(vm) is None and thermal_problems(vm) == []

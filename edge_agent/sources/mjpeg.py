@@ -74,12 +74,10 @@ def client_context(tls_verify: bool, tls_ca_file: Path | None) -> ssl.SSLContext
     return context
 
 
-def untrusted(described: str, err: ssl.SSLCertVerificationError) -> SourceError:
+def untrusted_certificate(err: ssl.SSLCertVerificationError) -> str:
     """A camera's certificate refused, said with what to set."""
-    return SourceError(
-        f"cannot open {described}: TLS: the camera's certificate is not trusted ({err.verify_message}): "
-        "set source.tls_ca_file to it or its CA, or source.tls_verify = false on a network you trust"
-    )
+    return (f"TLS: the camera's certificate is not trusted ({err.verify_message}): set source.tls_ca_file to it or "
+            "its CA, or source.tls_verify = false on a network you trust")
 
 
 class MjpegSource(Source):
@@ -135,7 +133,7 @@ class MjpegSource(Source):
                 conn, resp = self._follow(conn, resp)
         except ssl.SSLCertVerificationError as err:
             conn.close()
-            raise untrusted(self.describe(), err) from None
+            raise SourceError(f"cannot open {self.describe()}: {untrusted_certificate(err)}") from None
         except (OSError, http.client.HTTPException) as err:
             conn.close()
             raise SourceError(f"cannot open {self.describe()}: {err}") from None

@@ -23,7 +23,7 @@ import urllib.parse
 from typing import TYPE_CHECKING
 
 from edge_agent.sources.base import Source, SourceError
-from edge_agent.sources.mjpeg import client_context, untrusted
+from edge_agent.sources.mjpeg import client_context, untrusted_certificate
 from edge_agent.sources.stream import StreamSource
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class RtspsSource(StreamSource):
             relay.connect().close()  # the camera checked before FFmpeg starts: a refusal is said as one
         except ssl.SSLCertVerificationError as err:
             relay.close()
-            raise untrusted(self.describe(), err) from None
+            raise SourceError(f"cannot open {self.describe()}: {untrusted_certificate(err)}") from None
         except OSError as err:
             relay.close()
             raise SourceError(f"cannot open {self.describe()}: {err}") from None
@@ -153,8 +153,7 @@ class TlsRelay:
         try:
             remote = self.connect()
         except ssl.SSLCertVerificationError as err:
-            self.error = (f"TLS: the camera's certificate is not trusted ({err.verify_message}): set "
-                          "source.tls_ca_file to it or its CA, or source.tls_verify = false on a network you trust")
+            self.error = untrusted_certificate(err)
             local.close()
             return
         except OSError as err:
