@@ -501,22 +501,10 @@ def test_an_rtsp_camera_that_goes_away_and_comes_back() -> None:
     """The way most IP cameras serve video, against a real RTSP server (GStreamer's, RTP/JPEG over the
     TCP interleaving FFmpeg asks for): frames are read; with the server gone, capture says
     `reconnecting` and backs off; with it back, frames come again on their own."""
-    import subprocess
+    from .conftest import free_port
 
-    from .conftest import ROOT, free_port
-
-    probe = ["/usr/bin/python3", "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"]
-    if subprocess.run(probe, capture_output=True).returncode:
-        pytest.fail("GStreamer's RTSP server missing: scripts/test.sh installs python3-gi, gir1.2-gst-rtsp-server-1.0")
     port = free_port()
-
-    def serve() -> subprocess.Popen[str]:
-        p = subprocess.Popen(["/usr/bin/python3", str(ROOT / "tests" / "rtsp_server.py"), str(port)],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert p.stdout is not None and p.stdout.readline().strip() == "serving"
-        return p
-
-    server = serve()
+    server = _rtsp_server(port)
     cfg = SourceConfig(uri=f"rtsp://127.0.0.1:{port}/live", read_timeout_s=3, reopen_min_s=0.2, reopen_max_s=1)
     # its RTP/JPEG packets, put back together by FFmpeg, are JPEGs the agent decodes smaller when asked
     src = make_source(cfg)
@@ -536,7 +524,7 @@ def test_an_rtsp_camera_that_goes_away_and_comes_back() -> None:
         server.kill()
         server.wait()
         wait_until(lambda: stats.state == "reconnecting" and capture.reopens >= 1, 20, what="the loss said")
-        server = serve()
+        server = _rtsp_server(port)
         wait_until(lambda: slot.take(0.2) is not None and stats.state == "running", 30, what="frames again")
     finally:
         stop.set()
@@ -825,6 +813,7 @@ def test_an_https_camera_with_its_own_certificate(tmp_path: Path) -> None:
 
 
 def _rtsp_server(port: int, *args: str) -> Any:
+    """GStreamer's RTSP server (tests/rtsp_server.py) on `port`, once it serves."""
     import subprocess
 
     from .conftest import ROOT
