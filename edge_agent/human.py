@@ -60,6 +60,16 @@ def check(doc: dict[str, Any]) -> str:
         memory = f"memory {board.get('memory_available_mb', 0):.0f} of {board.get('memory_total_mb', 0):.0f} MB"
         rows.append(("board", f"{memory} available, clock {'set' if clock.get('set') else 'NOT set'} "
                      f"({synced[clock.get('synchronized')]}){temp}"))
+        disk = board.get("storage")
+        if disk:  # the disk the state directory is on, and its wear where it says
+            pct = disk.get("life_used_pct")
+            wear = ("past its rated writes" if disk.get("past_rated_life") else
+                    f"{pct - 10}-{pct}% of its rated writes used" if pct is not None else "no wear figure")
+            if disk.get("pre_eol") in ("warning", "urgent"):
+                wear += f", spare blocks {disk['pre_eol']}"
+            free = board.get("disk_free_mb")
+            rows.append(("storage", f"{disk['device']} ({disk['kind']}), {wear}"
+                         + (f", {free:.0f} MB free" if free is not None else "")))
     b = doc.get("broker")
     if b:
         rows.append(("broker", f"{b['address']}: {'ok' if b['ok'] else b.get('error')}"))

@@ -127,6 +127,17 @@ FIGURES: dict[str, Figure] = {
         "libraries' pages, whose share of the RSS changes with the kernel and with memory pressure.",
         scale=MB,
     ),
+    "process.written_mb": _c("process_written_bytes", "Bytes the agent has sent to storage since it started (its "
+                             "outbox, clips and snapshots): what it costs an SD card or an eMMC in wear.",
+                             scale=MB),
+    "system.storage.life_used_pct": Figure("system_storage_life_used_ratio", "The upper end of the share of its "
+                                           "rated writes the state directory's eMMC says it has used (0.1 ... "
+                                           "1.0, in tenths; not given by SD cards, USB sticks, NVMe to a "
+                                           "process without privileges).", scale=0.01),
+    "system.storage.past_rated_life": Figure("system_storage_past_rated_life", "1 once that eMMC says it is past "
+                                             "its rated writes."),
+    "system.storage.written_mb": _c("system_storage_written_bytes", "Bytes written to the state directory's disk "
+                                    "since boot, by every process.", scale=MB),
     "system.cpu_temp_c": Figure("system_cpu_temperature_celsius", "CPU temperature (the CPU's thermal zone)."),
     "system.throttling.*": Figure("system_throttling", "Raspberry Pi firmware throttling flags: 1 while set "
                                   "(the *_occurred flags: set since boot).", labels=("flag",)),

@@ -1,4 +1,4 @@
-"""Board health readings: CPU temperature, throttling, disk, the clock, process CPU and memory."""
+"""Board health readings: CPU temperature, throttling, disk and its wear, the clock, process CPU and memory."""
 
 from __future__ import annotations
 
@@ -313,7 +313,8 @@ def clock_problem(clock: dict[str, object], wall: float) -> str | None:
 
 def board(clock: ClockWatch, floors: HealthConfig, state_dir: Path) -> tuple[dict[str, Any], list[str]]:
     """Health's `system` section and what its problems say of the board: the firmware's flags, the kernel's
-    thermal limits, the clock, memory and the state directory's disk, against the floors in `health`.
+    thermal limits, the clock, memory and the state directory's disk (its space and its wear), against the
+    floors in `health`.
     `edge-agent check` says the same at install."""
     throttled, temp_c, zones = throttling(), cpu_temperature_c(), thermal_zones()
     problems = throttling_problems(throttled, temp_c) + thermal_problems(zones)
@@ -330,6 +331,8 @@ def board(clock: ClockWatch, floors: HealthConfig, state_dir: Path) -> tuple[dic
     if free_mb is not None and free_mb < floors.min_free_mb:
         problems.append(f"disk nearly full: {free_mb:.0f} MB free in the state directory (floor "
                         f"{floors.min_free_mb:g} MB)")
+    disk = storage(state_dir)
+    problems += storage_problems(disk)
     section = {
         "cpu_temp_c": temp_c,
         "throttling": throttled,
@@ -338,8 +341,137 @@ def board(clock: ClockWatch, floors: HealthConfig, state_dir: Path) -> tuple[dic
         "memory_available_mb": available_mb,
         "memory_total_mb": total_mb,
         "disk_free_mb": free_mb,
+        "storage": storage_summary(disk),
     }
     return section, problems
+
+
+#: JEDEC eMMC 5.0 PRE_EOL_INFO (EXT_CSD[267]): how much of the spare blocks that replace worn ones is used.
+_PRE_EOL = {1: "normal", 2: "warning", 3: "urgent"}
+#: DEVICE_LIFE_TIME_EST_TYP_A/B (EXT_CSD[268], [269]): 0x01-0x0A say 0-10% ... 90-100% of the device's
+#: rated erase cycles used, 0x0B past them, 0x00 not given.
+_LIFE_PAST = 0x0B
+#: a band whose upper end is this is a problem (90-100%): the device is near the end of its rated writes
+LIFE_PROBLEM_PCT = 100
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The whole disk under the state directory, and what it says of its own wear."""
+
+    device: str  # the kernel's name of the whole disk: mmcblk0, nvme0n1, sda, vda
+    kind: str  # eMMC, SD card, NVMe, USB, disk, loop, RAM
+    #: the upper end of the worse of an eMMC's two estimates (10 ... 100; past its rated life: 100 and `past`)
+    life_used_pct: int | None
+    past_rated_life: bool
+    pre_eol: str | None  # an eMMC's spare blocks: normal, warning (80% used), urgent
+    written_mb: float | None  # written to the disk since boot, by every process
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _disk_dir(dev: tuple[int, int], sys_root: str) -> str | None:
+    """The sysfs directory of the whole disk that holds block device `dev` (major, minor): a partition's
+    disk, and through device mapper or md (LUKS, LVM, a RAID of one) the one disk beneath, where there is
+    one. None for a file system on no block device (tmpfs, overlay, NFS; btrfs's anonymous devices)."""
+    d = os.path.realpath(os.path.join(sys_root, "dev", "block", f"{dev[0]}:{dev[1]}"))
+    if not os.path.isdir(d):
+        return None
+    for _ in range(8):
+        if os.path.exists(os.path.join(d, "partition")):
+            d = os.path.dirname(d)
+        try:
+            below = os.listdir(os.path.join(d, "slaves"))
+        except OSError:
+            below = []
+        if len(below) != 1:
+            return d
+        d = os.path.realpath(os.path.join(d, "slaves", below[0]))
+    return d
+
+
+def _disk_kind(d: str, name: str) -> str:
+    if name.startswith("mmcblk"):
+        card = _read(os.path.join(d, "device", "type"))
+        return {"MMC": "eMMC", "SD": "SD card"}.get(card or "", "MMC")
+    if name.startswith("nvme"):
+        return "NVMe"
+    if name.startswith("loop"):
+        return "loop"
+    if name.startswith(("zram", "ram")):
+        return "RAM"
+    if "/usb" in d:
+        return "USB"
+    return "disk"
+
+
+def storage(path: Path, sys_root: str = "/sys", dev: tuple[int, int] | None = None) -> Storage | None:
+    """The disk the state directory (`path`, or the nearest folder above it that exists) is on, with the
+    wear an eMMC reports through the kernel (`life_time`, `pre_eol_info`: Jetson modules, Compute
+    Modules, Rockchip boards). An SD card and a USB stick say nothing of their wear, and an NVMe drive only
+    to a root process (its SMART log), which the service is not: `life_used_pct` is None there. `dev`
+    stands for the path's device in tests."""
+    if dev is None:
+        p = path
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        try:
+            st = os.stat(p)
+        except OSError:
+            return None
+        dev = (os.major(st.st_dev), os.minor(st.st_dev))
+    d = _disk_dir(dev, sys_root)
+    if d is None:
+        return None
+    name = os.path.basename(d)
+    bands: list[int] = []
+    for field in (_read(os.path.join(d, "device", "life_time")) or "").split():
+        with suppress(ValueError):
+            if 0 < int(field, 16) <= _LIFE_PAST:
+                bands.append(int(field, 16))
+    eol = _read(os.path.join(d, "device", "pre_eol_info"))
+    pre_eol = None
+    with suppress(ValueError):
+        pre_eol = _PRE_EOL.get(int(eol or "", 16))
+    written_mb = None
+    with suppress(ValueError, IndexError, TypeError):
+        written_mb = round(int((_read(os.path.join(d, "stat")) or "").split()[6]) * 512 / 1e6, 1)
+    worst = max(bands, default=None)
+    return Storage(name, _disk_kind(d, name), None if worst is None else min(worst, 10) * 10,
+                   worst == _LIFE_PAST, pre_eol, written_mb)
+
+
+def storage_summary(s: Storage | None) -> dict[str, object] | None:
+    """Health's `system.storage`; None where the state directory is on no disk (tmpfs, overlay)."""
+    if s is None:
+        return None
+    return {"device": s.device, "kind": s.kind, "life_used_pct": s.life_used_pct,
+            "past_rated_life": s.past_rated_life, "pre_eol": s.pre_eol, "written_mb": s.written_mb}
+
+
+def storage_problems(s: Storage | None) -> list[str]:
+    """What health's problems say of a disk wearing out: an eMMC that has used most of its spare blocks or
+    nearly all of its rated writes fails soon after, and on most boards it holds the root file system."""
+    if s is None:
+        return []
+    why = []
+    if s.pre_eol in ("warning", "urgent"):
+        why.append("80% of its spare blocks used (pre-EOL warning)" if s.pre_eol == "warning"
+                   else "nearly all of its spare blocks used (pre-EOL urgent)")
+    if s.past_rated_life:
+        why.append("past its rated writes")
+    elif s.life_used_pct is not None and s.life_used_pct >= LIFE_PROBLEM_PCT:
+        why.append(f"{s.life_used_pct - 10}-{s.life_used_pct}% of its rated writes used")
+    if not why:
+        return []
+    worse = "about to fail" if s.pre_eol == "urgent" or s.past_rated_life else "wearing out"
+    return [f"storage {worse}: {s.device} ({s.kind}, the state directory's) has {', '.join(why)}: replace it "
+            "before it fails, or write less to it (clips, the outbox)"]
 
 
 def memory_mb() -> tuple[float, float]:
@@ -392,7 +524,17 @@ class ProcessStats:
             "cpu_percent": round(self._proc.cpu_percent(None), 1),
             "rss_mb": round(mem.rss / 1e6, 1),
             "anon_mb": self._anon_mb(),
+            "written_mb": self._written_mb(),
         }
+
+    def _written_mb(self) -> float | None:
+        """MB the agent has sent to storage since it started (the kernel counts a page as it is dirtied, so
+        a file rewritten in place counts each time): what its outbox, clips and snapshots cost an SD card
+        or an eMMC in wear. None where the kernel keeps no I/O accounting."""
+        try:
+            return round(self._proc.io_counters().write_bytes / 1e6, 1)
+        except (psutil.Error, AttributeError, NotImplementedError):
+            return None
 
     def _anon_mb(self) -> float | None:
         """RssAnon in MB; None where the kernel does not give it (not Linux, or before 4.5)."""

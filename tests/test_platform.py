@@ -1,6 +1,6 @@
 """What the agent reads of the board it runs on, against the layouts of the boards it targets, laid out
 as their sysfs trees are: throttling on a Pi 4 and a Pi 5, thermal zones and their trip points on a Pi, a
-Jetson and x86."""
+Jetson and x86, the disk under the state directory and an eMMC's wear."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from edge_agent.system import (
     clock_problem,
     clock_sync,
     cpu_temperature_c,
+    storage,
+    storage_problems,
+    storage_summary,
     thermal_problems,
     thermal_summary,
     thermal_zones,
@@ -161,6 +164,128 @@ def test_the_thermal_figures_have_their_metrics_and_a_place_in_checks_board_row(
              "memory_total_mb": 4000, "thermal": summary}
     row = next(r for r in check({"config": "c.toml", "board": board}).splitlines() if r.startswith("board"))
     assert row.endswith("CPU 50 °C, gpu 29 °C under its critical point"), row
+
+
+def _block(root: Path, disk: str, partitions: dict[str, str] | None = None, card: dict[str, str] | None = None,
+           written_sectors: int = 0) -> Path:
+    """A whole disk's sysfs directory at `disk` (under sys/devices), its partitions (name -> major:minor,
+    each linked from sys/dev/block as the kernel links them) and, for an MMC card, its card's attributes
+    behind the disk's `device` link."""
+    d = root / "sys" / "devices" / disk
+    _tree(d, {"stat": f"  4120  0  250000  900  {written_sectors // 64}  0  {written_sectors}  7000  0  4000  8000"})
+    if card is not None:
+        _tree(d.parent.parent, card)
+        (d / "device").symlink_to(d.parent.parent)
+    links = root / "sys" / "dev" / "block"
+    links.mkdir(parents=True, exist_ok=True)
+    for name, dev in (partitions or {}).items():
+        _tree(d / name, {"partition": name[-1], "stat": "1 0 8 0 0 0 0 0 0 0 0"})
+        (links / dev).symlink_to(d / name)
+    return d
+
+
+def test_the_wear_an_emmc_reports_is_read_from_the_disk_under_the_state_directory(tmp_path: Path) -> None:
+    """The disk under the state directory found as the kernel links it (a partition's disk; through device
+    mapper, the disk beneath), and an eMMC's own word on its wear (JEDEC's life-time bands and pre-EOL
+    level, as drivers/mmc/core/mmc.c prints them): worn out is a problem, healthy or unknown is not."""
+    mmc = "platform/bus@100000/3400000.mmc/mmc_host/mmc0/mmc0:0001/block/mmcblk0"
+
+    def emmc(name: str, life: str, eol: str) -> Path:
+        _block(tmp_path / name, mmc, {"mmcblk0p1": "179:1"}, {"type": "MMC", "life_time": life, "pre_eol_info": eol},
+               written_sectors=2_048_000)
+        return tmp_path / name / "sys"
+
+    fine = storage(Path("/var/lib/edge-agent"), str(emmc("jetson", "0x01 0x02", "0x01")), dev=(179, 1))
+    assert storage_summary(fine) == {"device": "mmcblk0", "kind": "eMMC", "life_used_pct": 20,
+                                     "past_rated_life": False, "pre_eol": "normal", "written_mb": 1048.6}
+    assert storage_problems(fine) == []
+    worn = storage(Path("/x"), str(emmc("worn", "0x0A 0x09", "0x02")), dev=(179, 1))
+    assert storage_problems(worn) == [
+        "storage wearing out: mmcblk0 (eMMC, the state directory's) has 80% of its spare blocks used (pre-EOL "
+        "warning), 90-100% of its rated writes used: replace it before it fails, or write less to it (clips, the "
+        "outbox)"]
+    past = storage(Path("/x"), str(emmc("past", "0x0B 0x0A", "0x03")), dev=(179, 1))
+    assert past is not None and past.life_used_pct == 100 and past.past_rated_life
+    assert storage_problems(past)[0].startswith("storage about to fail: mmcblk0 (eMMC, the state directory's) has "
+                                                "nearly all of its spare blocks used (pre-EOL urgent), past its rated "
+                                                "writes: ")
+    assert storage_problems(storage(Path("/x"), str(emmc("eighty", "0x09 0x01", "0x01")), dev=(179, 1))) == []
+    unknown = storage(Path("/x"), str(emmc("old", "0x00 0x00", "0x00")), dev=(179, 1))  # an eMMC before 5.0
+    assert unknown is not None and unknown.life_used_pct is None and unknown.pre_eol is None
+    assert storage_problems(unknown) == []
+    # LUKS over the eMMC's partition: device mapper's dm-0, whose one slave is the partition
+    luks = emmc("luks", "0x03 0x03", "0x01")
+    dm = _block(tmp_path / "luks", "virtual/block/dm-0")
+    (dm / "slaves").mkdir()
+    (dm / "slaves" / "mmcblk0p1").symlink_to(luks / "devices" / mmc / "mmcblk0p1")
+    (luks / "dev" / "block" / "254:0").symlink_to(dm)
+    under = storage(Path("/x"), str(luks), dev=(254, 0))
+    assert under is not None and (under.device, under.kind, under.life_used_pct) == ("mmcblk0", "eMMC", 30)
+    # a Pi's SD card, a Pi 5's NVMe drive, a USB stick: no wear figure, no problem
+    pi = tmp_path / "pi"
+    _block(pi, "platform/axi/1000fff000.mmc/mmc_host/mmc0/mmc0:aaaa/block/mmcblk0", {"mmcblk0p2": "179:2"},
+           {"type": "SD"})
+    sd = storage(Path("/x"), str(pi / "sys"), dev=(179, 2))
+    assert sd is not None and (sd.device, sd.kind, sd.life_used_pct, sd.pre_eol) == ("mmcblk0", "SD card", None, None)
+    assert storage_problems(sd) == []
+    _block(pi, "platform/axi/1000110000.pcie/pci0001:01/0001:01:00.0/nvme/nvme0/nvme0n1", {"nvme0n1p2": "259:2"})
+    assert storage(Path("/x"), str(pi / "sys"), dev=(259, 2)).kind == "NVMe"  # type: ignore[union-attr]
+    _block(pi, "platform/axi/1000480000.usb/usb1/1-1/1-1:1.0/host0/target0:0:0/0:0:0:0/block/sda", {"sda1": "8:1"})
+    assert storage(Path("/x"), str(pi / "sys"), dev=(8, 1)).kind == "USB"  # type: ignore[union-attr]
+    # tmpfs and overlay are on no block device: no figure, not a wrong one
+    assert storage(Path("/x"), str(pi / "sys"), dev=(0, 45)) is None
+    assert storage_summary(None) is None and storage_problems(None) == []
+
+
+def test_the_disk_under_a_folder_and_what_is_written_to_it_are_read_off_this_machine(tmp_path: Path) -> None:
+    """This machine's own sysfs: the disk under a folder is the one util-linux names, and 16 MB written
+    and synced shows in the disk's count since boot and in the agent's own."""
+    import os
+    import subprocess
+
+    source = subprocess.run(["findmnt", "-no", "SOURCE", "-T", str(tmp_path)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    parent = subprocess.run(["lsblk", "-no", "PKNAME", source], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    here = storage(tmp_path)
+    assert here is not None and here.device == (parent or os.path.basename(source)) and here.written_mb is not None
+    above = storage(tmp_path / "not" / "made" / "yet")  # the folder above it that exists
+    assert above is not None and above.device == here.device
+    proc = ProcessStats()
+    ours = proc.sample()["written_mb"]
+    assert ours is not None
+    with open(tmp_path / "f", "wb") as f:
+        f.write(os.urandom(16 * 2**20))
+        f.flush()
+        os.fsync(f.fileno())
+    after = storage(tmp_path)
+    assert after is not None and after.written_mb is not None and after.written_mb - here.written_mb >= 16
+    assert (proc.sample()["written_mb"] or 0) - ours >= 16
+    shm = subprocess.run(["findmnt", "-no", "FSTYPE", "-T", "/dev/shm"], capture_output=True, text=True).stdout
+    if shm.strip() == "tmpfs":
+        assert storage(Path("/dev/shm")) is None
+
+
+def test_the_storage_figures_have_their_metrics_and_a_row_in_check() -> None:
+    from edge_agent.human import check
+    from edge_agent.metrics import lookup
+    from edge_agent.system import Storage
+
+    summary = storage_summary(Storage("mmcblk0", "eMMC", 20, False, "warning", 1048.6))
+    assert summary is not None
+    numbers = [k for k, v in summary.items() if isinstance(v, (int, float)) and v is not None]
+    assert numbers == ["life_used_pct", "past_rated_life", "written_mb"]
+    assert all(lookup(["system", "storage", k]) is not None for k in numbers)
+    assert lookup(["process", "written_mb"]) is not None
+    board = {"clock": {"set": True, "synchronized": True}, "memory_available_mb": 900, "memory_total_mb": 4000,
+             "disk_free_mb": 5123.4, "storage": summary}
+    rows = check({"config": "c.toml", "board": board}).splitlines()
+    row = next(r for r in rows if r.startswith("storage"))
+    assert row.split(None, 1)[1] == ("mmcblk0 (eMMC), 10-20% of its rated writes used, spare blocks warning, "
+                                     "5123 MB free")
+    board["storage"] = storage_summary(Storage("mmcblk0", "SD card", None, False, None, 1.0))
+    row = next(r for r in check({"config": "c.toml", "board": board}).splitlines() if r.startswith("storage"))
+    assert row.split(None, 1)[1] == "mmcblk0 (SD card), no wear figure, 5123 MB free"
 
 
 def test_time_limits_scale_with_the_speed_of_the_machine() -> None:
