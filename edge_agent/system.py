@@ -417,11 +417,8 @@ def storage(path: Path, sys_root: str = "/sys", dev: tuple[int, int] | None = No
     to a root process (its SMART log), which the service is not: `life_used_pct` is None there. `dev`
     stands for the path's device in tests."""
     if dev is None:
-        p = path
-        while not p.exists() and p != p.parent:
-            p = p.parent
         try:
-            st = os.stat(p)
+            st = os.stat(_existing(path))
         except OSError:
             return None
         dev = (os.major(st.st_dev), os.minor(st.st_dev))
@@ -481,12 +478,16 @@ def memory_mb() -> tuple[float, float]:
     return round(vm.available / 1e6, 1), round(vm.total / 1e6, 1)
 
 
+def _existing(path: Path) -> Path:
+    """`path`, or the nearest folder above it that exists (a state directory not made yet)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def disk_free_mb(path: Path) -> float | None:
-    p = path
-    while not p.exists() and p != p.parent:
-        p = p.parent
     try:
-        return round(shutil.disk_usage(p).free / 1e6, 1)
+        return round(shutil.disk_usage(_existing(path)).free / 1e6, 1)
     except OSError:
         return None
 
