@@ -30,6 +30,7 @@ from edge_agent.frame_pipeline import Crowd, FramePipeline
 from edge_agent.handlers import register_commands
 from edge_agent.health import EXIT_STALLED, Health, Watchdog
 from edge_agent.inbound import InboundRouter, subscriptions
+from edge_agent.lastrun import RunRecord
 from edge_agent.liveview import LiveView
 from edge_agent.model import Model, misnamed_by_all, misnamed_features
 from edge_agent.modelfile import ModelError
@@ -75,8 +76,13 @@ class Agent:
         sink: str = "mqtt",
         notifier: Notifier | None = None,
         reload: Reloader | None = None,
+        catch_faults: bool = False,
     ):
         self.settings = settings
+        #: whether a fatal signal's stacks go to the state directory (the daemon's, not a test's own process)
+        self.catch_faults = catch_faults
+        #: this run's record in the state directory, and how the last run ended (None: none kept)
+        self.run_record: RunRecord | None = None
         self.reloader = reload
         self.reload_requested = threading.Event()
         self.reload_lock = threading.Lock()  # SIGHUP and the reload command, one at a time
@@ -144,6 +150,8 @@ class Agent:
             self._lock_state_dir(s.state_dir)
             self.state_dir = s.state_dir
             self.fanout.ledger = RetainedLedger(s.state_dir / "retained.json")
+            self.run_record = RunRecord(s.state_dir)
+            self.run_record.begin(__version__, catch_faults=self.catch_faults)
         except OSError as err:
             if s.state_dir.is_dir() and os.access(s.state_dir, os.R_OK | os.X_OK):
                 # readable but not writable: what is installed there is still served
@@ -404,7 +412,9 @@ class Agent:
             self.shutdown()
         return self.exit_code
 
-    def shutdown(self, timeout: float = 5.0) -> None:
+    def shutdown(self, timeout: float = 5.0, exit_code: int | None = None) -> None:
+        """Stop every part, then record how this run ended: `exit_code`, where start() failed, else the
+        run's own."""
         self.stop.set()
         self.notifier.stopping()
         deadline = time.monotonic() + timeout
@@ -426,6 +436,8 @@ class Agent:
         for slot in self.slots.values():
             slot.close(max(0.0, deadline - time.monotonic()))
         self.notifier.close()
+        if self.run_record is not None:
+            self.run_record.end(self.exit_code if exit_code is None else exit_code)
         if self._lock_file is not None:
             self._lock_file.close()  # releases the state directory
         log.info("stopped")
@@ -511,6 +523,7 @@ class Agent:
                 leaf: self.topics.device(leaf) for leaf in ("health", "info", "availability", "cmd", "cmd/result")
             },
             pipelines=pipes,
+            last_run=self.run_record.last if self.run_record is not None else None,
         )
         msgs = [Message(self.topics.device("info"), dumps(doc), qos=1, retain=True)]
         for p in list(self.pipelines.values()):  # zone counts and the latest snapshots

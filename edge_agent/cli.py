@@ -176,19 +176,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         return load_settings_keeping(args.config, _overrides(args), running)
 
-    agent = Agent(settings, sink=args.sink, reload=reload)
+    agent = Agent(settings, sink=args.sink, reload=reload, catch_faults=True)
     with agent.handle_signals():  # before anything starts: a reload sent at once must not kill the process
         try:
             agent.start()
         except ConfigError as err:  # a pipeline asks for what this board lacks: a configuration error
             print(f"edge-agent: invalid configuration:\n{err}", file=sys.stderr)
-            agent.shutdown(1.0)
+            agent.shutdown(1.0, EXIT_USAGE)
             _say_refused(args.config, _overrides(args), str(err))
             return EXIT_USAGE
         except ModelError as err:
             logging.getLogger("edge_agent").error("%s", err)
             print(f"edge-agent: {err}", file=sys.stderr)
-            agent.shutdown(1.0)
+            agent.shutdown(1.0, EXIT_FAIL)
             return EXIT_FAIL
         return agent.run(args.seconds)
 

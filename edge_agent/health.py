@@ -182,7 +182,7 @@ class Health:
             "source": sections[first.name]["source"] if first else {},
             "accelerator": self._accelerator(slot),
             "model": slot.info() if slot is not None else {},
-            "process": self._proc.sample(),
+            "process": {**self._proc.sample(), **self._runs()},
             "system": system,
             "broker": {**sink_stats, "sent_per_s": self.rate("sent", sent, now)} if sink_stats else sink_stats,
             "inference_errors": sum(p.infer_stats.errors + p.post_stats.errors for p in pipes),
@@ -258,12 +258,22 @@ class Health:
         if sink is not None:
             sink.submit_latest(Message(self.agent.topics.device("health"), dumps(self.document()), qos=0))
 
+    def _runs(self) -> dict[str, Any]:
+        """How the last run ended, and how many runs ended each way (none without a state directory)."""
+        rec = self.agent.run_record
+        if rec is None:
+            return {}
+        return {"last_run": rec.last["ended"] if rec.last else None, "runs": rec.counts()}
+
     def loop(self) -> None:
-        """The `health` thread: one document every health.interval_s."""
+        """The `health` thread: one document every health.interval_s, and this run's last look in its
+        record every few minutes."""
         a = self.agent
         while not a.stop.wait(a.settings.health.interval_s):
             try:
                 self.publish()
+                if a.run_record is not None:
+                    a.run_record.beat()
             except Exception:  # loop boundary
                 log.exception("health error")
 

@@ -50,6 +50,8 @@ BROKER_STATES = ("connecting", "connected", "disconnected", "refused")
 SOURCE_STATES = ("starting", "running", "reconnecting", "stalled", "finished", "failed")
 PICTURE_STATES = ("ok", "frozen", "blank")
 OUTBOX_MODES = ("disk", "memory")
+#: how a run of the agent ended (edge_agent.lastrun)
+ENDINGS = ("stopped", "exited", "crashed", "killed", "system_restarted")
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,10 @@ FIGURES: dict[str, Figure] = {
     "process.written_mb": _c("process_written_bytes", "Bytes the agent has sent to storage since it started (its "
                              "outbox, clips and snapshots): what it costs an SD card or an eMMC in wear.",
                              scale=MB),
+    "process.runs.*": _c("process_runs", "The agent's runs on this device (its state directory) by how they "
+                         "ended: stopped, exited (a non-zero code), crashed (a fatal signal), killed (SIGKILL: "
+                         "the OOM killer, kill -9), system_restarted (a power cut, a reset).", labels=("ended",),
+                         known=ENDINGS),
     "system.storage.life_used_pct": Figure("system_storage_life_used_ratio", "The upper end of the share of its "
                                            "rated writes the state directory's eMMC says it has used (0.1 ... "
                                            "1.0, in tenths; not given by SD cards, USB sticks, NVMe to a "

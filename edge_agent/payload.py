@@ -148,9 +148,10 @@ def info(
     topics: dict[str, str],
     pipelines: dict[str, dict[str, Any]] | None = None,
     groups: list[str] | None = None,
+    last_run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The retained device description: what a newcomer on the broker needs to know (a staged rollout
-    finds a group's members from their `groups`)."""
+    finds a group's members from their `groups`; `last_run`, how the run before this one ended)."""
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "device_id": device_id,
@@ -167,6 +168,8 @@ def info(
         doc["pipelines"] = pipelines
     if groups:
         doc["groups"] = list(groups)
+    if last_run is not None:
+        doc["last_run"] = last_run
     return doc
 
 

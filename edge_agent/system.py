@@ -471,6 +471,14 @@ def storage_problems(s: Storage | None) -> list[str]:
             "before it fails, or write less to it (clips, the outbox)"]
 
 
+def kernel_boot_id() -> str | None:
+    """The running kernel's boot id: it changes when the system restarts, not when the agent does."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
 def memory_mb() -> tuple[float, float]:
     """(available, total) MB of the system's memory: available is the kernel's MemAvailable (free, and
     the cache it can reclaim without swapping), what a new allocation can still get."""

@@ -290,3 +290,123 @@ def test_a_signal_while_the_agent_starts_is_taken_not_fatal(sig: str, said: str,
     rc = agent.wait(scaled(60))
     assert rc == 0, agent.log()[-2000:]
     assert said in agent.log()
+
+
+class InfoRecorder(TopicRecorder):
+    """Every `info` and `health` document of one device, in the order they came."""
+
+    def __init__(self, broker: Broker, device: str):
+        self.docs: list[tuple[str, dict[str, Any]]] = []
+        super().__init__(Subscriber(broker.mqtt(), [f"edge/{device}/info", f"edge/{device}/health"]))
+
+    def on_message(self, topic: str, doc: Any, arrived: float) -> None:
+        self.docs.append((topic.rsplit("/", 1)[1], doc))
+
+    def of(self, leaf: str, boot: str) -> list[dict[str, Any]]:
+        return [d for k, d in list(self.docs) if k == leaf and d["boot_id"] == boot]
+
+
+def test_the_next_start_says_how_the_last_run_ended(broker: Broker, agent_factory,  # type: ignore[no-untyped-def]
+                                                    tmp_path: Path) -> None:
+    """Real agents ended in each way a box in the field sees, each told by the next start in its retained
+    `info` (`last_run`) and in health (`process.last_run`, and `process.runs` counted over the device's
+    life): SIGKILL (the OOM killer's), a fatal signal caught with each thread's stack (SIGSEGV; SIGABRT is
+    systemd's watchdog's), a stop asked for, and a system that restarted under the agent (its boot id in
+    the record changed by hand: a test cannot restart the kernel it runs on)."""
+    import json
+    import os
+
+    rec = InfoRecorder(broker, "runs")
+    state = tmp_path / "state"
+    args = [*STREAM, "--device-id", "runs", "--fps", "5"]
+    runs: list[str] = []
+
+    def start() -> tuple[AgentProcess, dict[str, Any], dict[str, Any]]:
+        """A new agent, its `info` and its first health."""
+        agent = agent_factory(args, env=fast_env(broker), name=f"run{len(runs)}")
+        info = wait_until(lambda: next((d for k, d in list(rec.docs) if k == "info" and d["boot_id"] not in runs
+                                        and d.get("started")), None), scaled(30), what="the new run's info")
+        runs.append(info["boot_id"])
+        health = wait_until(lambda: rec.of("health", info["boot_id"]), scaled(30), what="its health")[-1]
+        return agent, info, health
+
+    try:
+        a, info, health = start()
+        assert "last_run" not in info and health["process"]["last_run"] is None  # the device's first run
+        assert health["process"]["runs"] == dict.fromkeys(("stopped", "exited", "crashed", "killed",
+                                                            "system_restarted"), 0)
+        assert json.loads((state / "run.json").read_text())["faults_caught"] is True
+        a.signal(signal.SIGKILL)
+        assert a.wait(scaled(10)) == -signal.SIGKILL
+
+        b, info, health = start()
+        last = info["last_run"]
+        assert last["ended"] == "killed" and last["started"] <= last["last_seen"] < info["started"]
+        assert health["process"]["last_run"] == "killed" and health["process"]["runs"]["killed"] == 1
+        assert "was killed (SIGKILL" in b.log()
+        b.signal(signal.SIGSEGV)  # as native code's bad read would: faulthandler writes, then the signal kills
+        assert b.wait(scaled(10)) == -signal.SIGSEGV
+        assert "Fatal Python error: Segmentation fault" in (state / "crash.txt").read_text()
+
+        c, info, health = start()
+        last = info["last_run"]
+        assert last["ended"] == "crashed" and last["fault"] == "Segmentation fault" and "SIGSEGV" in last["hint"]
+        assert last["stack"] and all(line.startswith("File ") for line in last["stack"])
+        assert health["process"]["runs"] == {"stopped": 0, "exited": 0, "crashed": 1, "killed": 1,
+                                             "system_restarted": 0}
+        assert "what the last run's threads were doing as it crashed" in c.log() and "Thread 0x" in c.log()
+        assert (state / "crash.txt").read_text() == ""  # told once; this run's file waits for a fault
+        c.signal(signal.SIGTERM)
+        assert c.wait(scaled(20)) == 0
+        assert not (state / "crash.txt").exists()
+
+        d, info, health = start()
+        assert info["last_run"]["ended"] == "stopped" and info["last_run"]["exit_code"] == 0
+        assert health["process"]["runs"]["stopped"] == 1 and "stopped cleanly" in d.log()
+        d.signal(signal.SIGKILL)
+        assert d.wait(scaled(10)) == -signal.SIGKILL
+        record = json.loads((state / "run.json").read_text())
+        assert record["kernel_boot"] == open("/proc/sys/kernel/random/boot_id").read().strip()
+        record["kernel_boot"] = "an-earlier-boot"
+        (state / "run.json").write_text(json.dumps(record))
+
+        e, info, health = start()
+        assert info["last_run"]["ended"] == "system_restarted"
+        assert health["process"]["runs"] == {"stopped": 1, "exited": 0, "crashed": 1, "killed": 1,
+                                             "system_restarted": 1}
+        assert os.getpid() != json.loads((state / "run.json").read_text())["pid"]
+        e.stop()
+        broken = tmp_path / "broken.tflite"
+        broken.write_bytes(os.urandom(5000))  # no model: the agent exits 1 as it starts
+        f = agent_factory(["run", "--source", "synthetic", "--model", str(broken), "--device-id", "runs"],
+                          env=fast_env(broker), name="broken")
+        assert f.wait(scaled(30)) == 1
+
+        g, info, health = start()
+        assert info["last_run"]["ended"] == "exited" and info["last_run"]["exit_code"] == 1
+        assert health["process"]["runs"] == {"stopped": 2, "exited": 1, "crashed": 1, "killed": 1,
+                                             "system_restarted": 1}
+        g.stop()
+    finally:
+        rec.close()
+
+
+def test_what_a_run_left_is_read_in_order_of_what_it_proves() -> None:
+    """A run that wrote its stop stopped, whatever else it left; a crash report proves a crash even where
+    the system restarted since; a changed boot id without either is the system's restart; with the same
+    boot and no trace, a kill, said less surely where no fault handler of the agent's was installed."""
+    from edge_agent.lastrun import ended, parse_crash
+
+    report = ("Fatal Python error: Aborted\n\nThread 0x00007f1 (most recent call first):\n  File \"/a/x.py\", "
+              "line 3 in wait\n\nCurrent thread 0x00007f2 (most recent call first):\n  File \"/a/engine.py\", "
+              "line 40 in invoke\n  File \"/a/model.py\", line 9 in run\n\nExtension modules: numpy (total: 1)\n")
+    assert parse_crash(report) == ("Aborted", ['File "/a/engine.py", line 40 in invoke',
+                                               'File "/a/model.py", line 9 in run'])
+    run = {"started": 1.0, "seen": 2.0, "kernel_boot": "k1", "faults_caught": True}
+    assert ended({**run, "stopped": 3.0, "exit_code": 0}, report, "k2")["ended"] == "stopped"
+    assert ended({**run, "stopped": 3.0, "exit_code": 70}, "", "k1")["ended"] == "exited"
+    crashed = ended(run, report, "k2")
+    assert crashed["ended"] == "crashed" and "watchdog" in crashed["hint"]
+    assert ended(run, "", "k2")["ended"] == "system_restarted"
+    assert ended(run, "\n", "k1") == {"started": 1.0, "last_seen": 2.0, "agent_version": None, "ended": "killed"}
+    assert "may have crashed" in ended({**run, "faults_caught": False}, "", "k1")["hint"]

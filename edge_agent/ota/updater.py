@@ -34,6 +34,7 @@ from edge_agent.ota.manifest import (
 )
 from edge_agent.ota.shadow import Probation, agreement, input_signature
 from edge_agent.ota.store import ModelStore, atomic_write
+from edge_agent.system import kernel_boot_id
 from edge_agent.untrusted import number
 
 log = logging.getLogger(__name__)
@@ -655,11 +656,3 @@ def model_for_start(settings: Settings, store: ModelStore) -> tuple[ModelConfig,
         upd.update(_settings_of(man))
         return ModelConfig.model_validate({**settings.model.model_dump(), **upd}), report
     return settings.model, report
-
-
-def kernel_boot_id() -> str | None:
-    """The running kernel's boot id: it changes when the system restarts, not when the agent does."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
