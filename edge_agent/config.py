@@ -643,6 +643,13 @@ class HealthConfig(_Strict):
         "kernel can reclaim) is below this: the kernel may soon kill a process to free memory, this agent among "
         "them. 0: never.",
     )
+    min_wifi_signal_dbm: float = Field(
+        -80.0,
+        ge=-120,
+        le=0,
+        description="Health is degraded while the Wi-Fi link that carries the broker connection has a weaker signal "
+        "than this, in dBm (below about -80, messages are lost and the connection drops). 0: never.",
+    )
     exit_on_stall: bool = Field(
         True,
         description="Exit with code 3 when a stage has been stalled for stall_s, so any supervisor restarts the "

@@ -21,7 +21,7 @@ from edge_agent.payload import dumps, health
 from edge_agent.picture import problem as picture_problem
 from edge_agent.sdnotify import Notifier
 from edge_agent.sinks.base import Message
-from edge_agent.system import ClockWatch, ProcessStats, board
+from edge_agent.system import ClockWatch, LinkWatch, ProcessStats, board, network_problems
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent, Pipeline
@@ -41,6 +41,7 @@ class Health:
         self.agent = agent
         self._proc = ProcessStats()
         self._clock = ClockWatch()
+        self._link = LinkWatch()
         self._counts: dict[str, deque[tuple[float, int]]] = {}
         self._lock = threading.Lock()
 
@@ -121,7 +122,8 @@ class Health:
         if read_only:
             problems.append(f"{read_only}: model updates off, results not stored on disk")
         system, of_board = board(self._clock, a.settings.health, a.settings.state_dir)
-        problems += of_board
+        system["network"] = self._link.sample(sink.local_address if sink is not None else None)
+        problems += of_board + network_problems(system["network"], a.settings.health.min_wifi_signal_dbm)
         outbox = sink_stats.get("outbox")
         if isinstance(outbox, dict) and outbox.get("mode") == "memory":
             problems.append("outbox in memory: stored results would not survive a restart")

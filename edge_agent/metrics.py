@@ -144,6 +144,16 @@ FIGURES: dict[str, Figure] = {
                                              "its rated writes."),
     "system.storage.written_mb": _c("system_storage_written_bytes", "Bytes written to the state directory's disk "
                                     "since boot, by every process.", scale=MB),
+    "system.network.up": Figure("system_network_up", "1 while the link that carries the broker connection is up "
+                                "(system.network.interface)."),
+    "system.network.carrier_changes": _c("system_network_carrier_changes", "How often that link's carrier came "
+                                         "or went since boot (two for each loss)."),
+    "system.network.flaps": Figure("system_network_flaps", "How often that link lost its carrier in the last 10 "
+                                   "minutes."),
+    "system.network.speed_mbps": Figure("system_network_speed_bits_per_second", "That link's speed, where it has "
+                                        "one (Ethernet).", scale=1e6),
+    "system.network.signal_dbm": Figure("system_network_wifi_signal_dbm", "That Wi-Fi link's signal level as its "
+                                        "driver reports it, in dBm."),
     "system.cpu_temp_c": Figure("system_cpu_temperature_celsius", "CPU temperature (the CPU's thermal zone)."),
     "system.throttling.*": Figure("system_throttling", "Raspberry Pi firmware throttling flags: 1 while set "
                                   "(the *_occurred flags: set since boot).", labels=("flag",)),

@@ -479,6 +479,103 @@ def kernel_boot_id() -> str | None:
         return None
 
 
+#: /sys/class/net/*/type (ARPHRD_*): what the kernel says a link is, where it is not Wi-Fi
+_LINK_TYPES = {1: "ethernet", 772: "loopback", 65534: "tunnel", 776: "tunnel", 778: "tunnel", 823: "tunnel"}
+#: Carrier changes are counted over this window for a link that flaps.
+FLAP_WINDOW_S = 600.0
+#: ... and this many losses of the link (each a change down and one up) within it is a problem.
+FLAPS_PROBLEM = 2
+
+
+def interface_of(address: str) -> str | None:
+    """The network interface holding local address `address` (the broker connection's own end)."""
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == address for a in addrs):
+            return name
+    return None
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def link(interface: str, sys_root: str = "/sys", proc_root: str = "/proc") -> dict[str, Any]:
+    """What the kernel says of one network link: its kind, how often its carrier came and went since boot
+    (a loose cable, a failing switch port or PoE supply, a Wi-Fi link that drops), its speed where it has
+    one, and a Wi-Fi link's signal as the driver reports it (`/proc/net/wireless`: quality, level in dBm)."""
+    base = os.path.join(sys_root, "class", "net", interface)
+    wifi = os.path.isdir(os.path.join(base, "wireless")) or os.path.exists(os.path.join(base, "phy80211"))
+    kind = "wifi" if wifi else _LINK_TYPES.get(_int(_read(os.path.join(base, "type"))) or 0, "other")
+    speed = _int(_read(os.path.join(base, "speed")))  # EINVAL on a link that is down or has no speed
+    out: dict[str, Any] = {
+        "interface": interface,
+        "kind": kind,
+        "up": _read(os.path.join(base, "operstate")) in ("up", "unknown"),
+        "carrier_changes": _int(_read(os.path.join(base, "carrier_changes"))),
+        "speed_mbps": speed if speed is not None and speed > 0 else None,
+        "signal_dbm": None,
+    }
+    if wifi:
+        for line in (_read(os.path.join(proc_root, "net", "wireless")) or "").splitlines()[2:]:
+            name, _, rest = line.partition(":")
+            fields = rest.split()
+            if name.strip() == interface and len(fields) >= 3:
+                with suppress(ValueError):
+                    level = float(fields[2].rstrip("."))
+                    out["signal_dbm"] = level if level < 0 else None  # 0..100: a driver's own scale, no dBm
+    return out
+
+
+class LinkWatch:
+    """The broker connection's link over time: which interface carries it (learnt from the connection's
+    own address, so nothing here resolves a name or waits on the network), and how often it lost its
+    carrier in the last FLAP_WINDOW_S."""
+
+    def __init__(self, sys_root: str = "/sys", proc_root: str = "/proc"):
+        self.sys_root, self.proc_root = sys_root, proc_root
+        self.interface: str | None = None
+        self._changes: list[tuple[float, int]] = []
+
+    def sample(self, local_address: str | None, now: float | None = None) -> dict[str, Any] | None:
+        """Health's `system.network`: the link that carried the broker connection last (None before any
+        connection), with `flaps`, its losses of carrier within the window."""
+        found = interface_of(local_address) if local_address else None
+        if found is not None and found != self.interface:
+            self.interface, self._changes = found, []
+        if self.interface is None:
+            return None
+        doc = link(self.interface, self.sys_root, self.proc_root)
+        now = time.monotonic() if now is None else now
+        if doc["carrier_changes"] is not None:
+            self._changes.append((now, doc["carrier_changes"]))
+        while len(self._changes) > 1 and self._changes[1][0] <= now - FLAP_WINDOW_S:
+            self._changes.pop(0)
+        first = self._changes[0][1] if self._changes else doc["carrier_changes"]
+        doc["flaps"] = (doc["carrier_changes"] - first) // 2 if doc["carrier_changes"] is not None else None
+        return doc
+
+
+def network_problems(net: dict[str, Any] | None, min_signal_dbm: float) -> list[str]:
+    """What health's problems say of the broker connection's link: one that keeps losing its carrier, and
+    a Wi-Fi signal under the floor (messages lost and sent again, the connection dropped)."""
+    if not net:
+        return []
+    out = []
+    if net.get("flaps") is not None and net["flaps"] >= FLAPS_PROBLEM:
+        out.append(f"network link flapping: {net['interface']} lost its link {net['flaps']} times in the last "
+                   f"{FLAP_WINDOW_S / 60:.0f} minutes (a loose cable, a failing switch port or PoE supply, a "
+                   "Wi-Fi link that drops)")
+    signal = net.get("signal_dbm")
+    if signal is not None and min_signal_dbm < 0 and signal < min_signal_dbm:
+        out.append(f"Wi-Fi signal weak: {net['interface']} at {signal:.0f} dBm (floor {min_signal_dbm:g}): "
+                   "messages are lost and sent again, and the broker connection drops; move the box or the "
+                   "access point closer, or use an antenna or a cable")
+    return out
+
+
 def memory_mb() -> tuple[float, float]:
     """(available, total) MB of the system's memory: available is the kernel's MemAvailable (free, and
     the cache it can reclaim without swapping), what a new allocation can still get."""

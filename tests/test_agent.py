@@ -70,7 +70,9 @@ def test_predictions_health_and_availability_contract(broker: Broker, subscriber
     assert health["process"]["rss_mb"] > 10 and "cpu_percent" in health["process"]
     assert 5 < health["process"]["anon_mb"] < health["process"]["rss_mb"]  # its own, without the libraries' pages
     assert set(health["system"]) == {"cpu_temp_c", "throttling", "thermal", "clock", "memory_available_mb",
-                                     "memory_total_mb", "disk_free_mb", "storage"}
+                                     "memory_total_mb", "disk_free_mb", "storage", "network"}
+    # the link that carries the broker connection: the broker is on this machine
+    assert health["system"]["network"]["interface"] == "lo" and health["system"]["network"]["kind"] == "loopback"
     assert 0 < health["system"]["memory_available_mb"] < health["system"]["memory_total_mb"]
     clock = health["system"]["clock"]
     assert clock["set"] is True and clock["steps"] == 0 and isinstance(clock["synchronized"], bool)

@@ -1,6 +1,7 @@
 """What the agent reads of the board it runs on, against the layouts of the boards it targets, laid out
 as their sysfs trees are: throttling on a Pi 4 and a Pi 5, thermal zones and their trip points on a Pi, a
-Jetson and x86, the disk under the state directory and an eMMC's wear."""
+Jetson and x86, the disk under the state directory and an eMMC's wear, a Wi-Fi link's signal; and on this
+machine's own kernel, the disk, what is written to it, and a network link that loses its carrier."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import pytest
 
 from edge_agent.system import (
     ClockWatch,
+    LinkWatch,
     ProcessStats,
     clock_problem,
     clock_sync,
     cpu_temperature_c,
+    link,
+    network_problems,
     storage,
     storage_problems,
     storage_summary,
@@ -23,6 +27,8 @@ from edge_agent.system import (
     throttling,
     throttling_problems,
 )
+
+from .conftest import wait_until
 
 
 def _tree(root: Path, files: dict[str, str]) -> Path:
@@ -286,6 +292,76 @@ def test_the_storage_figures_have_their_metrics_and_a_row_in_check() -> None:
     board["storage"] = storage_summary(Storage("mmcblk0", "SD card", None, False, None, 1.0))
     row = next(r for r in check({"config": "c.toml", "board": board}).splitlines() if r.startswith("storage"))
     assert row.split(None, 1)[1] == "mmcblk0 (SD card), no wear figure, 5123 MB free"
+
+
+def test_a_wifi_links_signal_is_read_as_its_driver_reports_it(tmp_path: Path) -> None:
+    """`/proc/net/wireless` as cfg80211 writes it (the Pi's brcmfmac, a USB dongle): the level in dBm; a weak
+    one under `health.min_wifi_signal_dbm` is a problem, and a driver that gives its own 0-100 scale gives no
+    dBm rather than a wrong one."""
+    def board(name: str, lines: list[str]) -> tuple[str, str]:
+        root = _tree(tmp_path / name, {
+            "sys/class/net/wlan0/type": "1", "sys/class/net/wlan0/operstate": "up",
+            "sys/class/net/wlan0/carrier_changes": "4", "sys/class/net/wlan0/wireless/.keep": "",
+            "proc/net/wireless": "\n".join([
+                "Inter-| sta-|   Quality        |   Discarded packets               | Missed | WE",
+                " face | tus | link level noise |  nwid  crypt   frag  retry   misc | beacon | 22", *lines]),
+        })
+        return str(root / "sys"), str(root / "proc")
+
+    pi = link("wlan0", *board("pi", ["wlan0: 0000   54.  -56.  -256        0      0      0      0      0        0"]))
+    assert pi == {"interface": "wlan0", "kind": "wifi", "up": True, "carrier_changes": 4, "speed_mbps": None,
+                  "signal_dbm": -56.0}
+    assert network_problems({**pi, "flaps": 0}, -80) == []
+    far = link("wlan0", *board("far", ["wlan1: 0000   60.  -40.  -256  0 0 0 0 0 0",
+                                       "wlan0: 0000   14.  -83.  -256  0 0 0 0 0 0"]))
+    assert far["signal_dbm"] == -83.0
+    assert network_problems({**far, "flaps": 0}, -80) == [
+        "Wi-Fi signal weak: wlan0 at -83 dBm (floor -80): messages are lost and sent again, and the broker "
+        "connection drops; move the box or the access point closer, or use an antenna or a cable"]
+    assert network_problems({**far, "flaps": 0}, 0) == []  # 0: never
+    scaled_only = link("wlan0", *board("dongle", ["wlan0: 0000   70.  45.  0  0 0 0 0 0 0"]))
+    assert scaled_only["signal_dbm"] is None
+    assert network_problems(None, -80) == []
+
+
+def test_a_link_that_keeps_losing_its_carrier_is_said_to_flap() -> None:
+    """A real link on this machine's kernel (a veth pair, its far end taken down and up as a loose cable or
+    a failing PoE port would): found from its address as the broker connection's would be, each loss
+    counted from `carrier_changes`, two within ten minutes a problem, and none once they are older."""
+    import os
+    import subprocess
+
+    near, far = f"ea{os.getpid() % 10**6}a", f"ea{os.getpid() % 10**6}b"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+    ip("link", "add", near, "type", "veth", "peer", "name", far)
+    try:
+        ip("addr", "add", "10.231.77.1/30", "dev", near)
+        ip("link", "set", near, "up")
+        ip("link", "set", far, "up")
+        watch = LinkWatch()
+        assert watch.sample(None) is None  # no connection yet: no link to speak of
+        first = wait_until(lambda: (d := watch.sample("10.231.77.1", now=0.0)) and d["up"] and d, 10,
+                           what="the link up")
+        assert first["interface"] == near and first["kind"] == "ethernet" and first["flaps"] == 0
+        for _ in range(2):
+            base = int(Path(f"/sys/class/net/{near}/carrier_changes").read_text())
+            ip("link", "set", far, "down")
+            wait_until(lambda b=base: int(Path(f"/sys/class/net/{near}/carrier_changes").read_text()) > b, 10,
+                       what="the carrier lost")
+            ip("link", "set", far, "up")
+            wait_until(lambda b=base: int(Path(f"/sys/class/net/{near}/carrier_changes").read_text()) > b + 1, 10,
+                       what="the carrier back")
+        now = watch.sample(None, now=300.0)  # the connection's address not known now: the same link is watched
+        assert now is not None and now["flaps"] == 2 and now["carrier_changes"] == first["carrier_changes"] + 4
+        assert network_problems(now, -80)[0].startswith(f"network link flapping: {near} lost its link 2 times in "
+                                                        "the last 10 minutes")
+        later = watch.sample(None, now=1000.0)  # both losses over ten minutes ago
+        assert later is not None and later["flaps"] == 0 and network_problems(later, -80) == []
+    finally:
+        subprocess.run(["ip", "link", "del", near], capture_output=True, timeout=10)
 
 
 def test_time_limits_scale_with_the_speed_of_the_machine() -> None:

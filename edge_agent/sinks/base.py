@@ -45,6 +45,8 @@ class SinkContext:
 class Sink(abc.ABC):
     #: the registry key (`run --sink NAME`)
     name = "sink"
+    #: this end's address of a network connection (health finds the link that carries it), None for none
+    local_address: str | None = None
 
     @classmethod
     @abc.abstractmethod

@@ -423,6 +423,7 @@ class MqttSink(Sink):
         self.sent = 0
         self.connects = 0
         self.last_error: str | None = None
+        self.local_address: str | None = None  # this end of the last connection made
         self.heartbeat = time.monotonic()
         self._thread: threading.Thread | None = None
         self._client = _make_client(cfg, self.client_id)
@@ -627,6 +628,14 @@ class MqttSink(Sink):
         elif not flushed and self.queue_depth():
             self.drops["shutdown"] += self.queue_depth()
 
+    def _note_local_address(self) -> None:
+        """This end's address of the connection just made: health finds the link that carries it from it."""
+        sock: Any = self._client.socket()  # a socket, or an SSL socket over one
+        try:
+            self.local_address = str(sock.getsockname()[0]) if sock is not None else self.local_address
+        except (OSError, AttributeError, IndexError, TypeError):  # closed meanwhile, or a socket without one
+            pass
+
     def stats(self) -> dict[str, object]:
         return {
             "state": self.state,
@@ -726,6 +735,7 @@ class MqttSink(Sink):
                 self._client._max_inflight_messages = min(_MAX_INFLIGHT, ev.receive_max or _MAX_INFLIGHT)
                 self._largest_sent = None
                 _no_delay(self._client)
+                self._note_local_address()
                 self._publish_birth()
                 # a clean session forgets subscriptions: ask again on every connect. Our own
                 # availability too: an old session's Will arriving after this birth is undone.
