@@ -81,11 +81,14 @@ class RunRecord:
         now = round(time.time(), 3)
         self.doc = {"kernel_boot": self.kernel_boot, "pid": os.getpid(), "agent_version": agent_version,
                     "started": now, "seen": now, "counts": counts}
-        if catch_faults and not faulthandler.is_enabled():
-            self._crash_file = open(self.crash_path, "w")  # held open: faulthandler writes to its descriptor
-            faulthandler.enable(self._crash_file, all_threads=True)
-        elif crash:
-            self.crash_path.unlink(missing_ok=True)  # told once
+        try:
+            if catch_faults and not faulthandler.is_enabled():
+                self._crash_file = open(self.crash_path, "w")  # held open: faulthandler writes to its descriptor
+                faulthandler.enable(self._crash_file, all_threads=True)
+            elif crash:
+                self.crash_path.unlink(missing_ok=True)  # told once
+        except OSError as err:  # the record is what suffers, never the run
+            log.warning("%s not opened (%s): a crash of this run leaves no stacks", self.crash_path, err)
         self.doc["faults_caught"] = self._crash_file is not None
         self._save()
         self._beat = time.monotonic()
