@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from edge_agent import __version__
 from edge_agent.config import SceneConfig, Settings
+from edge_agent.metrics import ENDINGS
 from edge_agent.payload import dumps
 from edge_agent.results import Result
 from edge_agent.sinks.base import Message
@@ -186,6 +187,24 @@ class HomeAssistant:
                 {"state_class": "measurement", "icon": "mdi:tray-full"},
             ),
             ("accelerator", "Accelerator", "{{ value_json.accelerator.active }}", {"icon": "mdi:chip"}),
+            (  # the link that carries the broker connection, where it is Wi-Fi (None: unknown, elsewhere)
+                "wifi_signal",
+                "Wi-Fi signal",
+                "{{ value_json.system.network.signal_dbm if value_json.system.network is mapping else none }}",
+                {"unit_of_measurement": "dBm", "device_class": "signal_strength", "state_class": "measurement"},
+            ),
+            (  # where the state directory's eMMC says it (None: an SD card, a disk)
+                "storage_life_used",
+                "Storage life used",
+                "{{ value_json.system.storage.life_used_pct if value_json.system.storage is mapping else none }}",
+                {"unit_of_measurement": "%", "state_class": "measurement", "icon": "mdi:sd"},
+            ),
+            (  # how the run before this one ended: a crash, a kill, a power cut shows here after the restart
+                "last_run",
+                "Last run ended",
+                "{{ value_json.process.get('last_run') }}",
+                {"device_class": "enum", "options": list(ENDINGS), "icon": "mdi:restart-alert"},
+            ),
         ]
         for key, name, template, extra in diagnostics:
             out.append(

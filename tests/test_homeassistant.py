@@ -67,7 +67,8 @@ COMMON = {
 }
 #: Device classes and state classes from Home Assistant's sensor and binary_sensor docs (the ones in use here
 #: and their neighbours; anything else would be a mistake here).
-SENSOR_DEVICE_CLASSES = ["timestamp", "duration", "temperature", "data_size", "frequency", "power", "voltage"]
+SENSOR_DEVICE_CLASSES = ["timestamp", "duration", "temperature", "data_size", "frequency", "power", "voltage",
+                         "signal_strength", "enum"]
 SCHEMAS: dict[str, dict[str, Any]] = {
     "sensor": {
         "type": "object",
@@ -81,9 +82,25 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "state_class": {"enum": ["measurement", "total", "total_increasing"]},
             "unit_of_measurement": {"type": "string"},
             "suggested_display_precision": {"type": "integer", "minimum": 0},
+            "options": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         },
         "additionalProperties": False,
         "allOf": [
+            {  # an enum sensor lists its states, and has neither a unit nor a state class
+                "if": {"properties": {"device_class": {"const": "enum"}}, "required": ["device_class"]},
+                "then": {
+                    "required": ["options"],
+                    "not": {"anyOf": [{"required": ["unit_of_measurement"]}, {"required": ["state_class"]}]},
+                },
+                "else": {"not": {"required": ["options"]}},
+            },
+            {
+                "if": {"properties": {"device_class": {"const": "signal_strength"}}, "required": ["device_class"]},
+                "then": {
+                    "properties": {"unit_of_measurement": {"enum": ["dB", "dBm"]}},
+                    "required": ["unit_of_measurement"],
+                },
+            },
             {
                 "if": {"properties": {"device_class": {"const": "timestamp"}}, "required": ["device_class"]},
                 "then": {"not": {"anyOf": [{"required": ["unit_of_measurement"]}, {"required": ["state_class"]}]}},
@@ -183,6 +200,10 @@ class Recorder(TopicRecorder):
                 self.last[topic] = doc
 
 
+#: sensors of what a board may lack (this VM has no CPU thermal zone, no Wi-Fi, no eMMC): they render None there
+BOARD_READINGS = {"CPU temperature", "Wi-Fi signal", "Storage life used", "Last run ended"}
+
+
 def _render(template: str, payload: Any) -> str:
     env = Environment(undefined=StrictUndefined)
     return env.from_string(template).render(value_json=payload).strip()
@@ -236,6 +257,9 @@ def test_every_config_follows_home_assistants_discovery_schema(ha: Recorder) -> 
         "CPU temperature",
         "Outbox depth",
         "Accelerator",
+        "Wi-Fi signal",
+        "Storage life used",
+        "Last run ended",
     } <= set(components["sensor"])
     assert components["update"] == ["Model"] and components["button"] == ["Roll back model"]
 
@@ -257,15 +281,33 @@ def test_every_template_renders_against_what_the_agent_publishes(ha: Recorder) -
             from datetime import datetime
 
             assert datetime.fromisoformat(out).tzinfo is not None
-        elif cfg.get("state_class") == "measurement" and cfg["name"] != "CPU temperature":
+        elif cfg.get("device_class") == "enum":
+            assert out in [*cfg["options"], "None"], (cfg["name"], out)  # None: Home Assistant's unknown
+        elif cfg.get("state_class") == "measurement" and cfg["name"] not in BOARD_READINGS:
             float(out)  # numeric
+        elif cfg["name"] in BOARD_READINGS:  # a number, or None where this machine has no such thing
+            assert out == "None" or float(out) == float(out), (cfg["name"], out)
     # a health report with no inference in its window yet and no outbox (a first report, a slow board)
     cold = {**ha.last["edge/hadev/health"], "latency_ms": {}}
     cold["broker"] = {k: v for k, v in cold["broker"].items() if k != "outbox"}
     for cfg in ha.configs.values():
         if cfg.get("state_topic") == "edge/hadev/health" and cfg.get("state_class") == "measurement" \
-                and cfg["name"] != "CPU temperature":
+                and cfg["name"] not in BOARD_READINGS:
             float(_render(cfg["value_template"], cold))
+    # the board's readings, where a board has them: a Pi on Wi-Fi with a worn eMMC, after a crash
+    health = ha.last["edge/hadev/health"]
+    board = {**health, "system": {**health["system"],
+                                  "network": {**(health["system"]["network"] or {}), "signal_dbm": -67.0},
+                                  "storage": {**(health["system"]["storage"] or {}), "life_used_pct": 30}},
+             "process": {**health["process"], "last_run": "crashed"}}
+    said = {c["name"]: _render(c["value_template"], board) for c in ha.configs.values() if c["name"] in BOARD_READINGS}
+    assert said == {"Wi-Fi signal": "-67.0", "Storage life used": "30", "Last run ended": "crashed",
+                    "CPU temperature": str(health["system"]["cpu_temp_c"])}
+    bare = {**health, "system": {**health["system"], "network": None, "storage": None},
+            "process": {k: v for k, v in health["process"].items() if k != "last_run"}}  # no state directory
+    assert {c["name"]: _render(c["value_template"], bare) for c in ha.configs.values()
+            if c["name"] in BOARD_READINGS and c["name"] != "CPU temperature"} == dict.fromkeys(
+        ("Wi-Fi signal", "Storage life used", "Last run ended"), "None")
     # the device's health: OFF while ok, ON with the problems as its attribute while degraded
     well = next(c for c in ha.configs.values() if c["name"] == "Health")
     h = ha.last["edge/hadev/health"]
