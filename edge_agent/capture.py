@@ -79,6 +79,8 @@ class Capture:
         #: a live source's picture, looked at once a second: frozen or blank (`edge_agent.picture`); None
         #: until a live source opened (a file or a folder of pictures may show one still picture by design)
         self.picture: PictureWatch | None = None
+        #: whether the source gives frames at its own pace (a camera, a stream, a snapshot URL polled)
+        self.live = False
 
     def start(self) -> None:
         self._spawn_reader()
@@ -132,6 +134,7 @@ class Capture:
                     if gen != self._gen:
                         break
                     self.stats.state = "running"
+                    self.live = src.live or src.polled
                     if (src.live or src.polled) and self.picture is None:
                         self.picture = PictureWatch()
                     self._failures.opened("source open", self.source_desc)

@@ -643,6 +643,14 @@ class HealthConfig(_Strict):
         "kernel can reclaim) is below this: the kernel may soon kill a process to free memory, this agent among "
         "them. 0: never.",
     )
+    behind_after_s: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="Health is degraded once a pipeline with `fps` set on a live source has inferred under 0.8 of "
+        "it for this long while its camera gave enough frames (the model is slower than that on this board). "
+        "0: never.",
+    )
     min_wifi_signal_dbm: float = Field(
         -80.0,
         ge=-120,

@@ -34,6 +34,10 @@ _RATE_WINDOW_S = 5.0
 _WATCHDOG_TICK_S = 1.0
 #: Exit code after a stall: not 0 (so Restart=on-failure applies), not 2 (bad configuration).
 EXIT_STALLED = 3
+#: A pipeline inferring under this share of the fps asked of it, while its camera gives at least
+#: _FED_SHARE of it, is behind (for health.behind_after_s).
+_BEHIND_SHARE = 0.8
+_FED_SHARE = 0.9
 
 
 class Health:
@@ -44,6 +48,8 @@ class Health:
         self._link = LinkWatch()
         self._counts: dict[str, deque[tuple[float, int]]] = {}
         self._lock = threading.Lock()
+        #: pipeline -> since when it has inferred under the fps asked of it
+        self._behind_since: dict[str, float] = {}
 
     # --- rates --------------------------------------------------------------------------------
     def rate(self, key: str, count: int, now: float, since: float | None = None) -> float:
@@ -99,6 +105,9 @@ class Health:
                 problems.append(f"{who}source {state}")
             if p.failed:
                 problems.append(f"{who}failed: {p.failed}")
+            behind = self._behind(p, sections[p.name]["fps"], now)
+            if behind is not None:
+                problems.append(f"{who}{behind}")
             src = sections[p.name]["source"]
             seen = picture_problem(src.get("picture")) or flat_problem(src.get("flat"))
             if seen is not None and state == "running":
@@ -237,6 +246,25 @@ class Health:
             "last_error": p.infer_stats.last_error or p.post_stats.last_error or p.capture_stats.last_error,
             "scene": p.scene.health() if p.scene is not None else None,
         }
+
+    def _behind(self, p: Pipeline, fps: dict[str, float], now: float) -> str | None:
+        """What health says of a live frame pipeline that infers well under the `fps` asked of it while its
+        camera gives enough frames, once that has lasted health.behind_after_s: the rest of the camera's
+        frames are skipped (latest frame wins), and tracks, events and clips see a slower camera than the
+        one configured. A camera that itself gives fewer frames is not this (its own setting)."""
+        asked, after = p.settings.source.fps, self.agent.settings.health.behind_after_s
+        live = p.kind == "frame" and getattr(p.capture, "live", False) and p.capture_stats.state == "running"
+        got, fed = fps["inferred"], fps["captured"]
+        with self._lock:
+            if not asked or not after or not live or fed < _FED_SHARE * asked or got >= _BEHIND_SHARE * asked:
+                self._behind_since.pop(p.name, None)
+                return None
+            since = self._behind_since.setdefault(p.name, now)
+        if now - since < after:
+            return None
+        return (f"inferring {got:.1f} of the {asked:g} fps asked for {now - since:.0f} s ({1 - got / fed:.0%} of the "
+                "camera's frames skipped): the model is slower than that on this board (a CPU fallback, a "
+                "larger model, pipelines sharing it); lower source.fps or use a smaller model")
 
     @staticmethod
     def _accelerator(slot: ModelSlot | None) -> dict[str, Any]:

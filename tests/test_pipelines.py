@@ -30,6 +30,7 @@ from .conftest import (
     needs_shared,
     run_cli,
     run_tty,
+    scaled,
     wait_until,
 )
 
@@ -1532,6 +1533,50 @@ def test_sigterm_with_a_camera_that_never_answers_exits_cleanly(broker: Broker, 
         assert "terminate called" not in agent.log()
     finally:
         cam.close()
+        rec.close()
+
+
+@needs_shared
+def test_a_camera_pipeline_that_cannot_keep_up_with_its_fps_says_so(broker: Broker, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    """Two live cameras (real HTTP MJPEG servers at about 90 frames a second): one asks 30 fps of the SSD,
+    which runs at 10-20 here on one thread, and health says so once that has lasted
+    `health.behind_after_s`, naming the pipeline, with the share of the camera's frames skipped; the other
+    asks 5 of BlazeFace, which it keeps up with, and says nothing."""
+    from .test_sources import MjpegCamera
+
+    slow_cam, quick_cam = MjpegCamera(), MjpegCamera()
+    rec = Recorder(broker, "behind")
+    try:
+        env = {
+            **broker.env(),
+            "EDGE_AGENT_DEVICE_ID": "behind",
+            "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5",
+            "EDGE_AGENT_HEALTH__BEHIND_AFTER_S": "3",
+            "EDGE_AGENT_PIPELINES": json.dumps([
+                {"name": "slow", "source": {"uri": slow_cam.url, "fps": 30},
+                 "model": {"path": str(SSD_MODEL), "labels": str(COCO_LABELS)}},
+                {"name": "quick", "source": {"uri": quick_cam.url, "fps": 5}, "model": {"path": str(SHORT)}},
+            ]),
+        }
+        agent_factory(["run"], env=env)
+
+        def behind() -> Any:
+            for h in reversed(rec.get("edge/behind/health")):
+                said = [p for p in h["problems"] if "fps asked" in p]
+                if said:
+                    return h, said
+            return None
+
+        h, said = wait_until(behind, scaled(60), what="the slow pipeline said to be behind")
+        assert len(said) == 1 and said[0].startswith("slow: inferring ") and "of the 30 fps asked for " in said[0]
+        assert "of the camera's frames skipped" in said[0] and "lower source.fps" in said[0]
+        fps = h["pipelines"]["slow"]["fps"]
+        assert fps["inferred"] < 24 and fps["captured"] >= 27  # the camera gave what was asked; the model did not
+        assert h["pipelines"]["quick"]["fps"]["inferred"] > 4
+        assert h["status"] == "degraded"
+    finally:
+        slow_cam.close()
+        quick_cam.close()
         rec.close()
 
 
