@@ -250,7 +250,8 @@ class Capture:
         self.decode_scale = reduce if whole else 1
         frame = Frame(image, ts, time.monotonic(), self._index, whole, clock=ts if own else None)
         if self.picture is not None and (src.live or src.polled):
-            self.picture.look(image, frame.mono, self.cfg.frozen_after_s, self.cfg.blank_after_s)
+            self.picture.look(image, frame.mono, self.cfg.frozen_after_s, self.cfg.blank_after_s,
+                              self.cfg.dark_is_blank)
         self.stats.done()
         if paced and self.consume is not None and self.consume(frame):
             return "delivered"

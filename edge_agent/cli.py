@@ -312,7 +312,10 @@ def _check_pipeline(
         }
         if blank is not None:
             report["source"]["picture"] = {"flat": blank[0], "level": round(blank[1], 1)}
-            if blank[0]:
+            from edge_agent.picture import DARK_LEVEL
+
+            dark_ok = not settings.source.dark_is_blank and blank[1] < DARK_LEVEL  # a camera that is dark at night
+            if blank[0] and not dark_ok:
                 problem(f"source: the camera's picture is one flat tone, grey level {blank[1]:.0f} of 255, after "
                         f"{_SETTLE_S:g} s: the lens covered or facing a wall or the sky, too dark to see, or no "
                         "signal (source.blank_after_s = 0 leaves it unwatched)")

@@ -237,6 +237,13 @@ class SourceConfig(_Strict):
         "with its grey level): the lens covered or facing a wall or the sky, too dark to see, no signal. "
         "0: never. Read by cameras and streams, not files.",
     )
+    dark_is_blank: bool = Field(
+        True,
+        description="A picture of one flat tone too dark to see (grey level under 40 of 255: a covered lens, a "
+        "night without infrared, the lights off) counts as blank. false for a camera without infrared that goes "
+        "dark every night: such a picture is said as 'dark' in health and is no problem, while a flat picture "
+        "that is not dark (sprayed, facing a wall, a decoder's grey) still is. Read by cameras and streams.",
+    )
     scaled_decode: bool = Field(
         True,
         description="Decode JPEG frames (Motion JPEG files and RTSP streams, HTTP cameras, 'exec:' and 'rpicam' "

@@ -285,7 +285,7 @@ class HomeAssistant:
             key, name = f"{object_id(self.pipeline)}_{watched}", f"{self.pipeline} {name}"
         else:
             where, key, name = "value_json.source", watched, name.capitalize()
-        on = "s.picture.state != 'ok'" if watched == "picture" else "s.flat.flat"
+        on = "s.picture.state in ['frozen', 'blank']" if watched == "picture" else "s.flat.flat"
         return (
             "binary_sensor",
             {

@@ -48,7 +48,7 @@ ESCALATION_DROPS = (
 FRAME_SERIES = ("preprocess", "queue", "inference", "postprocess", "capture_to_publish")
 BROKER_STATES = ("connecting", "connected", "disconnected", "refused")
 SOURCE_STATES = ("starting", "running", "reconnecting", "stalled", "finished", "failed")
-PICTURE_STATES = ("ok", "frozen", "blank")
+PICTURE_STATES = ("ok", "frozen", "blank", "dark")
 OUTBOX_MODES = ("disk", "memory")
 #: how a run of the agent ended (edge_agent.lastrun)
 ENDINGS = ("stopped", "exited", "crashed", "killed", "system_restarted")
@@ -332,7 +332,9 @@ class HealthCollector(Collector):
         yield pstate
         picture = StateSetMetricFamily(f"{PREFIX}_pipeline_source_picture", "Each camera's picture: 1 for its "
                                        "state (frozen: unchanged for source.frozen_after_s; blank: one flat tone "
-                                       "for source.blank_after_s). Files are not watched.", labels=["pipeline"])
+                                       "for source.blank_after_s; dark: too dark to see where "
+                                       "source.dark_is_blank is false, no problem). Files are not watched.",
+                                       labels=["pipeline"])
         for name, p in (h.get("pipelines") or {}).items():
             seen = (p.get("source") or {}).get("picture")
             if seen:

@@ -21,6 +21,10 @@ about half a millisecond a second for a 1080p camera.
   `source.blank_after_s`. The spread between two percentiles, not the standard deviation: a camera's
   clock and name burnt into a black picture touch 1-4% of the cells (under 1% of its pixels), while a
   night scene whose one lit doorway fills a tenth of it is seen.
+- Dark: a blank picture under `DARK_LEVEL` (a covered lens, a night without infrared, the lights off) is
+  blank as well, unless `source.dark_is_blank` is false: a camera without infrared goes dark every
+  night, and its users want to hear of a covered or sprayed lens by day, not of every night. Its state is
+  then `dark`, which is no problem; a flat picture that is not dark still is.
 
 Only live sources are watched (cameras, streams, commands, snapshot URLs): a file or a folder of
 pictures may show one still picture by design.
@@ -47,8 +51,10 @@ _THUMB = (32, 24)
 #: A thumbnail whose cells from the 5th to the 95th percentile lie within this many grey levels is flat.
 _FLAT_LEVELS = 12.0
 _FLAT_PERCENTILES = (5, 95)
+#: A flat picture whose mean grey level is under this is too dark to see.
+DARK_LEVEL = 40.0
 
-State = Literal["ok", "frozen", "blank"]
+State = Literal["ok", "frozen", "blank", "dark"]
 
 
 class PictureWatch:
@@ -66,9 +72,10 @@ class PictureWatch:
         self._small = np.empty((_THUMB[1], _THUMB[0], 3), np.uint8)
         self._thumb = np.empty((_THUMB[1], _THUMB[0]), np.uint8)
 
-    def look(self, image: np.ndarray, now: float, frozen_after_s: float, blank_after_s: float) -> None:
+    def look(self, image: np.ndarray, now: float, frozen_after_s: float, blank_after_s: float,
+             dark_is_blank: bool = True) -> None:
         """A frame the capture decoded, at `now` (monotonic seconds). Does its work at most once a second;
-        0 for either limit turns that check off."""
+        0 for either limit turns that check off; `dark_is_blank` false says a dark picture as `dark`."""
         if now < self._next or not (frozen_after_s or blank_after_s):
             return
         if image.ndim != 3 or image.shape[2] != 3 or not image.size:
@@ -96,7 +103,7 @@ class PictureWatch:
         # it shows says more than that it repeats
         state: State = "ok"
         if blank_after_s and self._flat_since is not None and now - self._flat_since >= blank_after_s:
-            state = "blank"
+            state = "blank" if dark_is_blank or self._level >= DARK_LEVEL else "dark"
         elif frozen_after_s and self._still_since is not None and now - self._still_since >= frozen_after_s:
             state = "frozen"
         if state == self.state:
@@ -104,12 +111,15 @@ class PictureWatch:
         if state == "ok":
             log.info("camera picture %s no more", self.state)
         self.state = state
-        if state != "ok":
+        if state == "dark":
+            log.info("camera picture too dark to see (grey level %.0f of 255), which source.dark_is_blank = false "
+                     "says is no problem", self._level)
+        elif state != "ok":
             log.warning("%s", problem(self.info(now)))
 
     def info(self, now: float) -> dict[str, Any]:
         """Health's `source.picture`: the state, for how long, and the picture's mean grey level."""
-        since = {"frozen": self._still_since, "blank": self._flat_since}.get(self.state)
+        since = {"frozen": self._still_since, "blank": self._flat_since, "dark": self._flat_since}.get(self.state)
         return {
             "state": self.state,
             "for_s": round(now - since, 1) if since is not None else None,
@@ -128,7 +138,7 @@ def flat(image: np.ndarray, small: np.ndarray | None = None, thumb: np.ndarray |
 
 def problem(info: dict[str, Any] | None) -> str | None:
     """What health's problems say of a picture (`PictureWatch.info`) that is frozen or blank; None while
-    it is fine or not watched."""
+    it is fine, dark where that is no problem (`source.dark_is_blank` false), or not watched."""
     if not info or info.get("state") not in ("frozen", "blank"):
         return None
     secs = info.get("for_s") or 0.0

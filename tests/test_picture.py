@@ -48,12 +48,12 @@ def _clock(img: np.ndarray, second: int) -> np.ndarray:
 
 
 def _watch(frames: Callable[[int], np.ndarray], seconds: int, frozen_s: float = 10, blank_s: float = 10,
-           fps: int = 2) -> tuple[PictureWatch, list[str]]:
+           fps: int = 2, dark_is_blank: bool = True) -> tuple[PictureWatch, list[str]]:
     """The watch fed `seconds` of frames at `fps`, on a clock of its own: the state after each second."""
     w = PictureWatch()
     states = []
     for i in range(seconds * fps):
-        w.look(frames(i // fps), i / fps, frozen_s, blank_s)
+        w.look(frames(i // fps), i / fps, frozen_s, blank_s, dark_is_blank)
         if i % fps == fps - 1:
             states.append(w.state)
     return w, states
@@ -106,6 +106,27 @@ def test_a_covered_lens_is_blank_and_a_dark_or_foggy_scene_is_not(photo: np.ndar
     assert set(states[11:]) == {"frozen"}, states  # blank off: a still black picture is still frozen
 
 
+def test_a_camera_without_infrared_is_dark_at_night_and_that_is_no_problem(photo: np.ndarray) -> None:
+    """`source.dark_is_blank = false`: a black picture at a camera's full gain (its night) is `dark`, said
+    in health and no problem; the scene lit again is ok; a flat picture that is not dark (a sprayed lens, a
+    wall) is still blank, and a dim scene is still seen. With the default, the same night is blank."""
+    rng = np.random.default_rng(9)
+    night = np.full_like(photo, 12)
+    w, states = _watch(lambda s: _noisy(night, 8.0, rng) if s < 20 else _noisy(photo, 2.0, rng), 25,
+                       dark_is_blank=False)
+    assert states[:9] == ["ok"] * 9 and set(states[10:20]) == {"dark"} and set(states[20:]) == {"ok"}, states
+    w, _ = _watch(lambda s: _noisy(night, 8.0, rng), 15, dark_is_blank=False)
+    info = w.info(15.0)
+    assert info["state"] == "dark" and 14 <= info["for_s"] <= 16 and info["level"] < 40 and problem(info) is None
+    wall = np.full_like(photo, 128)
+    _, states = _watch(lambda s: _noisy(wall, 2.0, rng), 15, dark_is_blank=False)
+    assert set(states[10:]) == {"blank"}, states
+    _, states = _watch(lambda s: _noisy((photo * 0.1).astype(np.uint8), 2.0, rng), 15, dark_is_blank=False)
+    assert set(states) == {"ok"}, states
+    _, states = _watch(lambda s: _noisy(night, 8.0, rng), 15)
+    assert set(states[10:]) == {"blank"}, states
+
+
 @pytest.fixture
 def cameras() -> Iterator[dict[str, int]]:
     """Three real RTSP cameras: a still test card (a stream that repeats one picture), a black picture,
@@ -137,6 +158,10 @@ def test_a_frozen_and_a_blank_camera_degrade_health_and_turn_their_home_assistan
                                   "blank_after_s": 3}, "model": {"path": str(SHORT)}}
         for name, port in cameras.items()
     ]
+    # the black camera again, as one without infrared would be read at night: dark, and no problem
+    pipes.append({"name": "night", "source": {"uri": f"rtsp://127.0.0.1:{cameras['dark']}/live", "fps": 5,
+                                              "blank_after_s": 3, "dark_is_blank": False},
+                  "model": {"path": str(SHORT)}})
     rec = Recorder(broker, ["homeassistant/#", "edge/cams/#"])
     port = free_port()
     try:
@@ -151,7 +176,7 @@ def test_a_frozen_and_a_blank_camera_degrade_health_and_turn_their_home_assistan
             if h is None:
                 return None
             seen = {n: (p["source"].get("picture") or {}).get("state") for n, p in h["pipelines"].items()}
-            return h if seen == {"still": "frozen", "dark": "blank", "live": "ok"} else None
+            return h if seen == {"still": "frozen", "dark": "blank", "live": "ok", "night": "dark"} else None
 
         h = wait_until(settled, scaled(60), what="the still camera frozen and the dark one blank")
         assert h["status"] == "degraded"
@@ -165,21 +190,22 @@ def test_a_frozen_and_a_blank_camera_degrade_health_and_turn_their_home_assistan
         # one problem entity per camera, rendered against the health the agent published
         entities = {c["name"]: c for t, c in rec.configs.items() if c.get("device_class") == "problem"
                     and "picture" in c["unique_id"]}
-        assert sorted(entities) == ["dark camera picture", "live camera picture", "still camera picture"]
+        assert sorted(entities) == ["dark camera picture", "live camera picture", "night camera picture",
+                                    "still camera picture"]
+        states = {"still": "frozen", "dark": "blank", "live": "ok", "night": "dark"}
         for name, cfg in entities.items():
             jsonschema.validate(cfg, SCHEMAS["binary_sensor"])
             assert cfg["state_topic"] == "edge/cams/health"
             on = _render(cfg["value_template"], h)
-            assert on == ("OFF" if name.startswith("live") else "ON"), (name, on)
+            assert on == ("OFF" if name.startswith(("live", "night")) else "ON"), (name, on)
             attrs = json.loads(_render(cfg["json_attributes_template"], h))
-            assert attrs["state"] == name.split()[0].replace("still", "frozen").replace("dark", "blank") \
-                .replace("live", "ok"), attrs
+            assert attrs["state"] == states[name.split()[0]], attrs
         # and the state as a metric, each camera's own
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             fams = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
         on = {(s.labels["pipeline"], s.labels["edge_agent_pipeline_source_picture"]) for s in
               fams["edge_agent_pipeline_source_picture"].samples if s.value == 1}
-        assert on == {("still", "frozen"), ("dark", "blank"), ("live", "ok")}, on
+        assert on == {("still", "frozen"), ("dark", "blank"), ("live", "ok"), ("night", "dark")}, on
     finally:
         rec.close()
 
@@ -234,6 +260,10 @@ def test_check_says_a_blank_camera_at_once_and_passes_a_seeing_one(cameras: dict
     off = run_cli("check", "--offline", "--source", f"rtsp://127.0.0.1:{cameras['dark']}/live",
                   "--model", str(SHORT), "--set", "source.blank_after_s=0")
     assert off.returncode == 0 and "flat tone" not in off.stdout, off.stdout  # not watched: not judged
+    night = run_cli("check", "--offline", "--json", "--source", f"rtsp://127.0.0.1:{cameras['dark']}/live",
+                    "--model", str(SHORT), "--set", "source.dark_is_blank=false")
+    assert night.returncode == 0, night.stdout  # dark at night, as this camera is said to be
+    assert json.loads(night.stdout)["source"]["picture"] == {"flat": True, "level": 16.0}
 
 
 def test_a_source_that_decodes_each_frame_into_the_same_buffer_is_not_taken_for_frozen(photo: np.ndarray) -> None:

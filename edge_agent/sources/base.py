@@ -51,7 +51,7 @@ FRAME_SETTINGS = frozenset({"uri", "fps", "read_timeout_s", "reopen_min_s", "reo
 #: ... and those that do not come live (files, pictures, replays: capture paces them by `realtime`)
 PLAYED_SETTINGS = frozenset({"realtime"})
 #: ... and those that do (cameras, streams: capture watches their picture, `edge_agent.picture`)
-LIVE_SETTINGS = frozenset({"frozen_after_s", "blank_after_s"})
+LIVE_SETTINGS = frozenset({"frozen_after_s", "blank_after_s", "dark_is_blank"})
 
 
 class Source(abc.ABC):
