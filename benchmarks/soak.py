@@ -3,7 +3,8 @@
 
 Prints RSS growth and the agent's own memory's (`process.anon_mb`: heap, malloc arenas, stacks, which a
 leak moves and the kernel's mapping of the libraries' pages does not), open file descriptors, outbox depth,
-and produced / delivered counts.
+produced / delivered counts, and what the agent wrote to storage after warm-up (`process.written_mb`: the
+outbox through the outages, its run record, snapshots and clips), per hour: an SD card's wear.
 Targets: RSS and own memory growth under 5 MB after warm-up, no descriptor growth, delivered == produced.
 
 With `--scene`, the agent runs BlazeFace on the demo video (faces come and go as it loops) with
@@ -132,6 +133,7 @@ def main() -> int:
         stop.wait(warmup)
         base_rss, base_fds = health[-1]["process"]["rss_mb"], fds(agent.pid)
         base_own = health[-1]["process"]["anon_mb"]
+        base_written, base_t = health[-1]["process"]["written_mb"], time.monotonic()
         outages = 0
         next_outage = time.monotonic() + args.restart_every
         while time.monotonic() < end:
@@ -146,6 +148,8 @@ def main() -> int:
         last = health[-1]
         end_rss, end_fds = last["process"]["rss_mb"], fds(agent.pid)
         end_own = last["process"]["anon_mb"]
+        written = last["process"]["written_mb"] - base_written
+        per_hour = written / max(1e-9, time.monotonic() - base_t) * 3600
         produced = last["frames"]["inferred"]
         agent.send_signal(signal.SIGTERM)
         agent.wait(30)
@@ -165,6 +169,7 @@ def main() -> int:
             ("produced (last health) / delivered unique / highest seq", f"{produced} / {delivered} / {top}"),
             ("duplicates", str(len(seqs) - delivered)),
             ("missing seqs below the highest", str(top - delivered)),
+            ("written to storage after warm-up", f"{written:.1f} MB ({per_hour:.0f} MB an hour)"),
         ]
         if args.scene:
             unique = {(e.get("boot_id"), e.get("seq")): e for e in events}.values()  # a QoS 1 resend once
