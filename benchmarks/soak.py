@@ -133,7 +133,7 @@ def main() -> int:
         stop.wait(warmup)
         base_rss, base_fds = health[-1]["process"]["rss_mb"], fds(agent.pid)
         base_own = health[-1]["process"]["anon_mb"]
-        base_written, base_t = health[-1]["process"]["written_mb"], time.monotonic()
+        base_written, base_ts = health[-1]["process"]["written_mb"], health[-1]["ts"]
         outages = 0
         next_outage = time.monotonic() + args.restart_every
         while time.monotonic() < end:
@@ -149,7 +149,7 @@ def main() -> int:
         end_rss, end_fds = last["process"]["rss_mb"], fds(agent.pid)
         end_own = last["process"]["anon_mb"]
         written = last["process"]["written_mb"] - base_written
-        per_hour = written / max(1e-9, time.monotonic() - base_t) * 3600
+        per_hour = written / max(1e-9, last["ts"] - base_ts) * 3600
         produced = last["frames"]["inferred"]
         agent.send_signal(signal.SIGTERM)
         agent.wait(30)
