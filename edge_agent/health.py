@@ -262,8 +262,8 @@ class Health:
             since = self._behind_since.setdefault(p.name, now)
         if now - since < after:
             return None
-        return (f"inferring {got:.1f} of the {asked:g} fps asked for {now - since:.0f} s ({1 - got / fed:.0%} of the "
-                "camera's frames skipped): the model is slower than that on this board (a CPU fallback, a "
+        return (f"inferring {got:.1f} fps of the {asked:g} asked, for {now - since:.0f} s now ({1 - got / fed:.0%} of "
+                "the camera's frames skipped): the model is slower than that on this board (a CPU fallback, a "
                 "larger model, pipelines sharing it); lower source.fps or use a smaller model")
 
     @staticmethod
