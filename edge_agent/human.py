@@ -57,6 +57,9 @@ def check(doc: dict[str, Any]) -> str:
         thermal = board.get("thermal")
         if thermal:  # the zone nearest the point where it is slowed (or the board powered off)
             temp += f", {thermal['zone']} {thermal['headroom_c']:.0f} °C under its {thermal['limit']} point"
+        rail = next(iter((board.get("power") or {}).items()), None)  # a Jetson's first is VDD_IN: the module's
+        if rail is not None:
+            temp += f", {rail[0]} {rail[1]['watts']:.1f} W"
         memory = f"memory {board.get('memory_available_mb', 0):.0f} of {board.get('memory_total_mb', 0):.0f} MB"
         rows.append(("board", f"{memory} available, clock {'set' if clock.get('set') else 'NOT set'} "
                      f"({synced[clock.get('synchronized')]}){temp}"))

@@ -163,6 +163,15 @@ FIGURES: dict[str, Figure] = {
                                      "the kernel slows the CPU or GPU, else where it powers the board off."),
     "system.thermal.headroom_c": Figure("system_thermal_headroom_celsius", "How far that zone is below its first "
                                         "limit; 0 or less: slowed (or about to be powered off) now."),
+    "system.power.*.volts": Figure("system_power_volts", "A supply rail's voltage, as its current monitor reads it "
+                                   "(an INA3221 on a Jetson: VDD_IN, VDD_CPU_GPU_CV, VDD_SOC).", labels=("rail",)),
+    "system.power.*.amps": Figure("system_power_amps", "A supply rail's current.", labels=("rail",)),
+    "system.power.*.watts": Figure("system_power_watts", "A supply rail's power (VDD_IN: the whole module's).",
+                                   labels=("rail",)),
+    "system.power.*.limit_amps": Figure("system_power_limit_amps", "The current over which the rail's monitor "
+                                        "raises its alarm (a Jetson's over-current throttle).", labels=("rail",)),
+    "system.power.*.over_current": Figure("system_power_over_current", "1 while the rail is over its current "
+                                          "limit.", labels=("rail",)),
     "system.clock.set": Figure("system_clock_set", "1 while the wall clock reads a time after 2025 (a board "
                                "without a real-time clock starts at 1970 or its image's date until NTP sets it)."),
     "system.clock.synchronized": Figure("system_clock_synchronized", "1 while an NTP daemon keeps the wall clock "

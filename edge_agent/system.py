@@ -39,6 +39,21 @@ _THROTTLE_BITS = {
 }
 
 
+def _read(path: str) -> str | None:
+    """A sysfs or procfs file's text, stripped; None where it cannot be read (absent, EIO, EINVAL)."""
+    try:
+        return Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
 #: Thermal zone types by preference: the CPU's own first (Pi `cpu-thermal`, Jetson `CPU-therm`), then
 #: the package or SoC, then whatever the board has.
 _ZONE_PREFERENCE = (("cpu",), ("x86_pkg", "soc", "tj", "acpitz"))
@@ -217,6 +232,52 @@ def thermal_problems(zones: list[ThermalZone]) -> list[str]:
     return out
 
 
+#: hwmon drivers of current monitors on a board's supply rails: TI's INA3221 (three channels, on every
+#: Jetson module), and the INA219/226 family (`ina2xx`: solar and UPS HATs on a Raspberry Pi)
+_POWER_CHIPS = ("ina3221", "ina2", "ina209")
+
+
+def power_rails(root: str = "/sys/class/hwmon") -> dict[str, dict[str, Any]]:
+    """Each supply rail a current monitor measures, as its hwmon driver gives it (Documentation/hwmon/
+    ina3221.rst, ina2xx.rst): `in{n}_input` the bus voltage in mV and `curr{n}_input` the current in mA for
+    channel n (1-3; an INA3221's in4-in6 are shunt voltages, its curr4 their sum), `in{n}_label` the rail's
+    name where the device tree gives one (a Jetson's VDD_IN, VDD_CPU_GPU_CV, VDD_SOC), and the alarms its
+    alert limits raise (`curr{n}_crit_alarm`, `curr{n}_max_alarm` averaged): on a Jetson those alerts are
+    wired to the module's over-current throttle. A disabled channel (`in{n}_enable` 0) is left out."""
+    rails: dict[str, dict[str, Any]] = {}
+    for mon in sorted(glob.glob(os.path.join(root, "hwmon*"))):
+        chip = _read(os.path.join(mon, "name")) or ""
+        if not chip.startswith(_POWER_CHIPS):
+            continue
+        for n in (1, 2, 3):
+            base = os.path.join(mon, f"{{}}{n}_{{}}")
+            mv, ma = _int(_read(base.format("in", "input"))), _int(_read(base.format("curr", "input")))
+            if mv is None or ma is None or _read(base.format("in", "enable")) == "0":
+                continue
+            name = _read(base.format("in", "label")) or f"{chip} {n}"
+            limit = _int(_read(base.format("curr", "crit"))) or _int(_read(base.format("curr", "max")))
+            rails[name] = {
+                "volts": round(mv / 1000, 3),
+                "amps": round(ma / 1000, 3),
+                "watts": round(mv * ma / 1e6, 2),
+                "limit_amps": round(limit / 1000, 3) if limit else None,
+                "over_current": any(_read(base.format("curr", f"{a}_alarm")) == "1" for a in ("crit", "max")),
+            }
+    return rails
+
+
+def power_problems(rails: dict[str, dict[str, Any]]) -> list[str]:
+    """What health's problems say of a rail over its current limit now: the board throttles (a Jetson's
+    over-current throttle slows its CPU and GPU) or its supply sags."""
+    over = [(name, r) for name, r in rails.items() if r["over_current"]]
+    if not over:
+        return []
+    named = ", ".join(f"{name} at {r['amps']:g} A" + (f" (limit {r['limit_amps']:g})" if r["limit_amps"] else "")
+                      for name, r in over)
+    return [f"over-current now: {named}: the board throttles its CPU and GPU, and inference slows; a stronger "
+            "supply or a lower power mode (a Jetson's nvpmodel)"]
+
+
 #: A wall clock before this has not been set: a board without a real-time clock (a Raspberry Pi) starts
 #: at 1970, or at the last time its image saved, until NTP sets it. What it stamps is then wrong.
 CLOCK_SANE_AFTER = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
@@ -316,8 +377,8 @@ def board(clock: ClockWatch, floors: HealthConfig, state_dir: Path) -> tuple[dic
     thermal limits, the clock, memory and the state directory's disk (its space and its wear), against the
     floors in `health`.
     `edge-agent check` says the same at install."""
-    throttled, temp_c, zones = throttling(), cpu_temperature_c(), thermal_zones()
-    problems = throttling_problems(throttled, temp_c) + thermal_problems(zones)
+    throttled, temp_c, zones, rails = throttling(), cpu_temperature_c(), thermal_zones(), power_rails()
+    problems = throttling_problems(throttled, temp_c) + thermal_problems(zones) + power_problems(rails)
     time_now = clock.sample()
     unset = clock_problem(time_now, time.time())
     if unset is not None:
@@ -337,6 +398,7 @@ def board(clock: ClockWatch, floors: HealthConfig, state_dir: Path) -> tuple[dic
         "cpu_temp_c": temp_c,
         "throttling": throttled,
         "thermal": thermal_summary(zones),
+        "power": rails or None,
         "clock": time_now,
         "memory_available_mb": available_mb,
         "memory_total_mb": total_mb,
@@ -366,13 +428,6 @@ class Storage:
     past_rated_life: bool
     pre_eol: str | None  # an eMMC's spare blocks: normal, warning (80% used), urgent
     written_mb: float | None  # written to the disk since boot, by every process
-
-
-def _read(path: str) -> str | None:
-    try:
-        return Path(path).read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 def _disk_dir(dev: tuple[int, int], sys_root: str) -> str | None:
@@ -493,13 +548,6 @@ def interface_of(address: str) -> str | None:
         if any(a.address.split("%")[0] == address for a in addrs):
             return name
     return None
-
-
-def _int(text: str | None) -> int | None:
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
 
 
 def link(interface: str, sys_root: str = "/sys", proc_root: str = "/proc") -> dict[str, Any]:

@@ -69,7 +69,7 @@ def test_predictions_health_and_availability_contract(broker: Broker, subscriber
     assert {pr["backend"] for pr in health["accelerator"]["probes"]} >= {"gpu", "cpu"}
     assert health["process"]["rss_mb"] > 10 and "cpu_percent" in health["process"]
     assert 5 < health["process"]["anon_mb"] < health["process"]["rss_mb"]  # its own, without the libraries' pages
-    assert set(health["system"]) == {"cpu_temp_c", "throttling", "thermal", "clock", "memory_available_mb",
+    assert set(health["system"]) == {"cpu_temp_c", "throttling", "thermal", "power", "clock", "memory_available_mb",
                                      "memory_total_mb", "disk_free_mb", "storage", "network"}
     # the link that carries the broker connection: the broker is on this machine
     assert health["system"]["network"]["interface"] == "lo" and health["system"]["network"]["kind"] == "loopback"

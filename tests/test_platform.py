@@ -18,6 +18,8 @@ from edge_agent.system import (
     cpu_temperature_c,
     link,
     network_problems,
+    power_problems,
+    power_rails,
     storage,
     storage_problems,
     storage_summary,
@@ -362,6 +364,45 @@ def test_a_link_that_keeps_losing_its_carrier_is_said_to_flap() -> None:
         assert later is not None and later["flaps"] == 0 and network_problems(later, -80) == []
     finally:
         subprocess.run(["ip", "link", "del", near], capture_output=True, timeout=10)
+
+
+def test_supply_rails_are_read_from_current_monitors_and_over_current_is_a_problem(tmp_path: Path) -> None:
+    """hwmon trees as the ina3221 and ina2xx drivers lay them out: a Jetson Orin Nano's three labelled rails
+    (one over its current limit, which throttles the module), a disabled channel, a Pi's INA219 UPS HAT
+    without labels, and a temperature sensor that is no current monitor; a board without any says nothing."""
+    jetson = _tree(tmp_path / "jetson", {
+        "hwmon0/name": "cpu_thermal", "hwmon0/temp1_input": "51000",
+        "hwmon1/name": "ina3221",
+        "hwmon1/in1_label": "VDD_IN", "hwmon1/in1_input": "5072", "hwmon1/curr1_input": "1208",
+        "hwmon1/curr1_crit": "3000", "hwmon1/curr1_crit_alarm": "0", "hwmon1/curr1_max_alarm": "0",
+        "hwmon1/in2_label": "VDD_CPU_GPU_CV", "hwmon1/in2_input": "5064", "hwmon1/curr2_input": "1650",
+        "hwmon1/curr2_crit": "1600", "hwmon1/curr2_crit_alarm": "1",
+        "hwmon1/in3_label": "VDD_SOC", "hwmon1/in3_input": "0", "hwmon1/curr3_input": "0", "hwmon1/in3_enable": "0",
+        "hwmon1/in4_input": "6040", "hwmon1/curr4_input": "2858",  # shunt voltage and the sum: no rail
+    })
+    rails = power_rails(str(jetson))
+    assert rails == {
+        "VDD_IN": {"volts": 5.072, "amps": 1.208, "watts": 6.13, "limit_amps": 3.0, "over_current": False},
+        "VDD_CPU_GPU_CV": {"volts": 5.064, "amps": 1.65, "watts": 8.36, "limit_amps": 1.6, "over_current": True},
+    }
+    assert power_problems(rails) == [
+        "over-current now: VDD_CPU_GPU_CV at 1.65 A (limit 1.6): the board throttles its CPU and GPU, and inference "
+        "slows; a stronger supply or a lower power mode (a Jetson's nvpmodel)"]
+    hat = _tree(tmp_path / "pi", {"hwmon2/name": "ina219", "hwmon2/in0_input": "12", "hwmon2/in1_input": "5120",
+                                  "hwmon2/curr1_input": "640", "hwmon2/power1_input": "3276800"})
+    assert power_rails(str(hat)) == {"ina219 1": {"volts": 5.12, "amps": 0.64, "watts": 3.28, "limit_amps": None,
+                                                  "over_current": False}}
+    assert power_problems(power_rails(str(hat))) == []
+    assert power_rails(str(tmp_path / "x86")) == {} and power_problems({}) == []
+
+    from edge_agent.human import check
+    from edge_agent.metrics import lookup
+
+    assert all(lookup(["system", "power", "VDD_IN", k]) is not None for k in rails["VDD_IN"])
+    board = {"clock": {"set": True, "synchronized": True}, "memory_available_mb": 900, "memory_total_mb": 4000,
+             "power": rails}
+    row = next(r for r in check({"config": "c.toml", "board": board}).splitlines() if r.startswith("board"))
+    assert row.endswith("(NTP synchronized), VDD_IN 6.1 W"), row
 
 
 def test_time_limits_scale_with_the_speed_of_the_machine() -> None:
