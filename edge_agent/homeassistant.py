@@ -187,6 +187,13 @@ class HomeAssistant:
                 {"state_class": "measurement", "icon": "mdi:tray-full"},
             ),
             ("accelerator", "Accelerator", "{{ value_json.accelerator.active }}", {"icon": "mdi:chip"}),
+            (  # the first supply rail a current monitor measures (a Jetson's VDD_IN: the module's input)
+                "power",
+                "Board power",
+                "{{ (value_json.system.power.values() | list)[0].watts if value_json.system.power is mapping "
+                "else none }}",
+                {"unit_of_measurement": "W", "device_class": "power", "state_class": "measurement"},
+            ),
             (  # the link that carries the broker connection, where it is Wi-Fi (None: unknown, elsewhere)
                 "wifi_signal",
                 "Wi-Fi signal",

@@ -201,7 +201,7 @@ class Recorder(TopicRecorder):
 
 
 #: sensors of what a board may lack (this VM has no CPU thermal zone, no Wi-Fi, no eMMC): they render None there
-BOARD_READINGS = {"CPU temperature", "Wi-Fi signal", "Storage life used", "Last run ended"}
+BOARD_READINGS = {"CPU temperature", "Wi-Fi signal", "Storage life used", "Last run ended", "Board power"}
 
 
 def _render(template: str, payload: Any) -> str:
@@ -260,6 +260,7 @@ def test_every_config_follows_home_assistants_discovery_schema(ha: Recorder) -> 
         "Wi-Fi signal",
         "Storage life used",
         "Last run ended",
+        "Board power",
     } <= set(components["sensor"])
     assert components["update"] == ["Model"] and components["button"] == ["Roll back model"]
 
@@ -298,16 +299,17 @@ def test_every_template_renders_against_what_the_agent_publishes(ha: Recorder) -
     health = ha.last["edge/hadev/health"]
     board = {**health, "system": {**health["system"],
                                   "network": {**(health["system"]["network"] or {}), "signal_dbm": -67.0},
-                                  "storage": {**(health["system"]["storage"] or {}), "life_used_pct": 30}},
+                                  "storage": {**(health["system"]["storage"] or {}), "life_used_pct": 30},
+                                  "power": {"VDD_IN": {"watts": 6.13}, "VDD_SOC": {"watts": 1.2}}},
              "process": {**health["process"], "last_run": "crashed"}}
     said = {c["name"]: _render(c["value_template"], board) for c in ha.configs.values() if c["name"] in BOARD_READINGS}
     assert said == {"Wi-Fi signal": "-67.0", "Storage life used": "30", "Last run ended": "crashed",
-                    "CPU temperature": str(health["system"]["cpu_temp_c"])}
-    bare = {**health, "system": {**health["system"], "network": None, "storage": None},
+                    "CPU temperature": str(health["system"]["cpu_temp_c"]), "Board power": "6.13"}
+    bare = {**health, "system": {**health["system"], "network": None, "storage": None, "power": None},
             "process": {k: v for k, v in health["process"].items() if k != "last_run"}}  # no state directory
     assert {c["name"]: _render(c["value_template"], bare) for c in ha.configs.values()
             if c["name"] in BOARD_READINGS and c["name"] != "CPU temperature"} == dict.fromkeys(
-        ("Wi-Fi signal", "Storage life used", "Last run ended"), "None")
+        ("Wi-Fi signal", "Storage life used", "Last run ended", "Board power"), "None")
     # the device's health: OFF while ok, ON with the problems as its attribute while degraded
     well = next(c for c in ha.configs.values() if c["name"] == "Health")
     h = ha.last["edge/hadev/health"]
