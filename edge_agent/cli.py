@@ -234,14 +234,28 @@ def cmd_check(args: argparse.Namespace) -> int:
         from edge_agent.sinks.mqtt import probe_broker
 
         mq = settings.mqtt
-        why = probe_broker(mq, topics=subscriptions(settings))
+        local: list[str] = []
+        why = probe_broker(mq, topics=subscriptions(settings), local=local)
         who = f"{mq.host}:{mq.port}" + (f" as {mq.username}" if mq.username else "")
         report["broker"] = {"address": who, "ok": why is None, **({"error": why} if why else {})}
         if why is not None:
             problems.append(f"broker {who}: {why}")
+        _check_link(local, settings, report, problems)
     report["problems"] = problems
     human.emit(report, human.check, args.json)
     return EXIT_FAIL if problems else EXIT_OK
+
+
+def _check_link(local: list[str], settings: Settings, report: dict[str, Any], problems: list[str]) -> None:
+    """The link the broker connection went over, as health will say it: an installer placing a box on
+    Wi-Fi sees its signal, and a weak one fails the check."""
+    from edge_agent.system import interface_of, link, network_problems
+
+    interface = interface_of(local[0]) if local else None
+    if interface is None:
+        return
+    report["network"] = {**link(interface), "flaps": None}
+    problems += network_problems(report["network"], settings.health.min_wifi_signal_dbm)
 
 
 def _check_pipeline(

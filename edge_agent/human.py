@@ -76,6 +76,16 @@ def check(doc: dict[str, Any]) -> str:
     b = doc.get("broker")
     if b:
         rows.append(("broker", f"{b['address']}: {'ok' if b['ok'] else b.get('error')}"))
+    net = doc.get("network")
+    if net:  # the link the broker connection went over
+        said = [net["kind"], "up" if net.get("up") else "DOWN"]
+        if net.get("signal_dbm") is not None:
+            said.append(f"signal {net['signal_dbm']:.0f} dBm")
+        if net.get("speed_mbps"):
+            said.append(f"{net['speed_mbps']} Mb/s")
+        if net.get("carrier_changes"):
+            said.append(f"its link lost {net['carrier_changes'] // 2} times since boot")
+        rows.append(("network", f"{net['interface']}: {', '.join(said)}"))
     problems = doc.get("problems") or []
     rows.append(("problems", "none" if not problems else problems[0]))
     rows += [("", p) for p in problems[1:]]

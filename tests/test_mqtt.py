@@ -732,6 +732,9 @@ def test_check_connects_and_logs_in_and_names_the_broker_when_it_cannot(tmp_path
         good = run_cli(*base, env={**env, "EDGE_AGENT_MQTT__PASSWORD": "right"})
         assert good.returncode == 0, good.stdout + good.stderr
         assert json.loads(good.stdout)["broker"] == {"address": f"127.0.0.1:{port} as agent", "ok": True}
+        # the link the connection went over: the broker is on this machine
+        link = json.loads(good.stdout)["network"]
+        assert (link["interface"], link["kind"], link["up"], link["signal_dbm"]) == ("lo", "loopback", True, None)
         bad = run_cli(*base, env={**env, "EDGE_AGENT_MQTT__PASSWORD": "wrong"})
         assert bad.returncode == 1
         problems = json.loads(bad.stdout)["problems"]

@@ -321,6 +321,11 @@ def test_a_wifi_links_signal_is_read_as_its_driver_reports_it(tmp_path: Path) ->
         "Wi-Fi signal weak: wlan0 at -83 dBm (floor -80): messages are lost and sent again, and the broker "
         "connection drops; move the box or the access point closer, or use an antenna or a cable"]
     assert network_problems({**far, "flaps": 0}, 0) == []  # 0: never
+    from edge_agent.human import check
+
+    rows = check({"config": "c.toml", "network": {**far, "flaps": None}}).splitlines()
+    assert next(r for r in rows if r.startswith("network")).split(None, 1)[1] == \
+        "wlan0: wifi, up, signal -83 dBm, its link lost 2 times since boot"
     scaled_only = link("wlan0", *board("dongle", ["wlan0: 0000   70.  45.  0  0 0 0 0 0 0"]))
     assert scaled_only["signal_dbm"] is None
     assert network_problems(None, -80) == []

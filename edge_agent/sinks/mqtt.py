@@ -8,6 +8,7 @@ are published again, because a broker restart or a persistent-session loss erase
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -1176,15 +1177,21 @@ class MqttSink(Sink):
         return bool(rows) or bool(self._replay_inflight)
 
 
-def probe_broker(cfg: MQTTConfig, timeout_s: float = 5.0, topics: list[str] | None = None) -> str | None:
+def probe_broker(cfg: MQTTConfig, timeout_s: float = 5.0, topics: list[str] | None = None,
+                 local: list[str] | None = None) -> str | None:
     """Connect once (TLS and credentials as configured), subscribe to `topics` as the agent would, and
     disconnect: None when the broker accepted all of it, else why not (unreachable, refused with its
     reason code, TLS, no answer in time, or the subscriptions its ACL refused: the agent would run,
-    publish, and never hear a command or a model update)."""
+    publish, and never hear a command or a model update). `local` gets this end's address of the
+    connection, where one was made (the link that carries it)."""
     done = threading.Event()
     outcome: list[str | None] = []
 
     def on_connect(client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        sock: Any = client.socket()
+        if local is not None and sock is not None:
+            with contextlib.suppress(OSError, AttributeError, IndexError):
+                local.append(str(sock.getsockname()[0]))
         if reason_code.is_failure or not topics:
             outcome.append(f"refused: {reason_code}" if reason_code.is_failure else None)
             done.set()
