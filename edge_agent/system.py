@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -585,23 +586,25 @@ class LinkWatch:
     def __init__(self, sys_root: str = "/sys", proc_root: str = "/proc"):
         self.sys_root, self.proc_root = sys_root, proc_root
         self.interface: str | None = None
-        self._changes: list[tuple[float, int]] = []
+        self._changes: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()  # health's thread and a /metrics scrape both sample
 
     def sample(self, local_address: str | None, now: float | None = None) -> dict[str, Any] | None:
         """Health's `system.network`: the link that carried the broker connection last (None before any
         connection), with `flaps`, its losses of carrier within the window."""
         found = interface_of(local_address) if local_address else None
-        if found is not None and found != self.interface:
-            self.interface, self._changes = found, []
-        if self.interface is None:
-            return None
-        doc = link(self.interface, self.sys_root, self.proc_root)
-        now = time.monotonic() if now is None else now
-        if doc["carrier_changes"] is not None:
-            self._changes.append((now, doc["carrier_changes"]))
-        while len(self._changes) > 1 and self._changes[1][0] <= now - FLAP_WINDOW_S:
-            self._changes.pop(0)
-        first = self._changes[0][1] if self._changes else doc["carrier_changes"]
+        with self._lock:
+            if found is not None and found != self.interface:
+                self.interface, self._changes = found, deque()
+            if self.interface is None:
+                return None
+            doc = link(self.interface, self.sys_root, self.proc_root)
+            now = time.monotonic() if now is None else now
+            if doc["carrier_changes"] is not None:
+                self._changes.append((now, doc["carrier_changes"]))
+            while len(self._changes) > 1 and self._changes[1][0] <= now - FLAP_WINDOW_S:
+                self._changes.popleft()
+            first = self._changes[0][1] if self._changes else doc["carrier_changes"]
         doc["flaps"] = (doc["carrier_changes"] - first) // 2 if doc["carrier_changes"] is not None else None
         return doc
 
