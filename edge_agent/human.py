@@ -70,6 +70,8 @@ def check(doc: dict[str, Any]) -> str:
                     f"{pct - 10}-{pct}% of its rated writes used" if pct is not None else "no wear figure")
             if disk.get("pre_eol") in ("warning", "urgent"):
                 wear += f", spare blocks {disk['pre_eol']}"
+            if disk.get("fs_errors"):
+                wear += f", {disk['fs_errors']} file system errors"
             free = board.get("disk_free_mb")
             rows.append(("storage", f"{disk['device']} ({disk['kind']}), {wear}"
                          + (f", {free:.0f} MB free" if free is not None else "")))

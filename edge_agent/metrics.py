@@ -142,6 +142,11 @@ FIGURES: dict[str, Figure] = {
                                            "process without privileges).", scale=0.01),
     "system.storage.past_rated_life": Figure("system_storage_past_rated_life", "1 once that eMMC says it is past "
                                              "its rated writes."),
+    "system.storage.fs_errors": Figure("system_storage_file_system_errors", "Errors the state directory's ext4 "
+                                       "file system has met, as its superblock counts them until fsck clears "
+                                       "them."),
+    "system.storage.fs_last_error_ts": Figure("system_storage_file_system_last_error_timestamp_seconds", "When "
+                                              "that file system met its last error (Unix time)."),
     "system.storage.written_mb": _c("system_storage_written_bytes", "Bytes written to the state directory's disk "
                                     "since boot, by every process.", scale=MB),
     "system.network.up": Figure("system_network_up", "1 while the link that carries the broker connection is up "

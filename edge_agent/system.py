@@ -429,6 +429,11 @@ class Storage:
     past_rated_life: bool
     pre_eol: str | None  # an eMMC's spare blocks: normal, warning (80% used), urgent
     written_mb: float | None  # written to the disk since boot, by every process
+    #: the errors an ext4 file system under the state directory has met, as its superblock counts them
+    #: until fsck clears them (None: another kind of file system), and where and when the last was
+    fs_errors: int | None = None
+    fs: str | None = None  # the file system's device: mmcblk0p2, dm-0
+    fs_last_error_ts: float | None = None
 
 
 def _disk_dir(dev: tuple[int, int], sys_root: str) -> str | None:
@@ -482,6 +487,11 @@ def storage(path: Path, sys_root: str = "/sys", dev: tuple[int, int] | None = No
     if d is None:
         return None
     name = os.path.basename(d)
+    # ext4 keeps its error count in the superblock (an SD card that fails or lost power mid-write), and
+    # the kernel shows it per file system, by the name of the device it is on
+    fs = os.path.basename(os.path.realpath(os.path.join(sys_root, "dev", "block", f"{dev[0]}:{dev[1]}")))
+    fs_errors = _int(_read(os.path.join(sys_root, "fs", "ext4", fs, "errors_count")))
+    last_error = _int(_read(os.path.join(sys_root, "fs", "ext4", fs, "last_error_time")))
     bands: list[int] = []
     for field in (_read(os.path.join(d, "device", "life_time")) or "").split():
         with suppress(ValueError):
@@ -496,7 +506,7 @@ def storage(path: Path, sys_root: str = "/sys", dev: tuple[int, int] | None = No
         written_mb = round(int((_read(os.path.join(d, "stat")) or "").split()[6]) * 512 / 1e6, 1)
     worst = max(bands, default=None)
     return Storage(name, _disk_kind(d, name), None if worst is None else min(worst, 10) * 10,
-                   worst == _LIFE_PAST, pre_eol, written_mb)
+                   worst == _LIFE_PAST, pre_eol, written_mb, fs_errors, fs, float(last_error) if last_error else None)
 
 
 def storage_summary(s: Storage | None) -> dict[str, object] | None:
@@ -504,14 +514,23 @@ def storage_summary(s: Storage | None) -> dict[str, object] | None:
     if s is None:
         return None
     return {"device": s.device, "kind": s.kind, "life_used_pct": s.life_used_pct,
-            "past_rated_life": s.past_rated_life, "pre_eol": s.pre_eol, "written_mb": s.written_mb}
+            "past_rated_life": s.past_rated_life, "pre_eol": s.pre_eol, "written_mb": s.written_mb,
+            "fs_errors": s.fs_errors, "fs_last_error_ts": s.fs_last_error_ts}
 
 
 def storage_problems(s: Storage | None) -> list[str]:
     """What health's problems say of a disk wearing out: an eMMC that has used most of its spare blocks or
-    nearly all of its rated writes fails soon after, and on most boards it holds the root file system."""
+    nearly all of its rated writes fails soon after, and on most boards it holds the root file system; and
+    of a file system that has met errors (until fsck clears its count)."""
     if s is None:
         return []
+    out = []
+    if s.fs_errors:
+        when = (" (the last at " + dt.datetime.fromtimestamp(s.fs_last_error_ts, dt.timezone.utc)
+                .strftime("%Y-%m-%d %H:%M UTC") + ")") if s.fs_last_error_ts else ""
+        out.append(f"file system errors: {s.fs} (the state directory's, on {s.device}, {s.kind}) has met "
+                   f"{s.fs_errors}{when}: the card or disk is failing, or lost power while writing; check it with "
+                   "fsck, which clears the count, and plan to replace it")
     why = []
     if s.pre_eol in ("warning", "urgent"):
         why.append("80% of its spare blocks used (pre-EOL warning)" if s.pre_eol == "warning"
@@ -520,11 +539,11 @@ def storage_problems(s: Storage | None) -> list[str]:
         why.append("past its rated writes")
     elif s.life_used_pct is not None and s.life_used_pct >= LIFE_PROBLEM_PCT:
         why.append(f"{s.life_used_pct - 10}-{s.life_used_pct}% of its rated writes used")
-    if not why:
-        return []
-    worse = "about to fail" if s.pre_eol == "urgent" or s.past_rated_life else "wearing out"
-    return [f"storage {worse}: {s.device} ({s.kind}, the state directory's) has {', '.join(why)}: replace it "
-            "before it fails, or write less to it (clips, the outbox)"]
+    if why:
+        worse = "about to fail" if s.pre_eol == "urgent" or s.past_rated_life else "wearing out"
+        out.append(f"storage {worse}: {s.device} ({s.kind}, the state directory's) has {', '.join(why)}: replace "
+                   "it before it fails, or write less to it (clips, the outbox)")
+    return out
 
 
 def kernel_boot_id() -> str | None:

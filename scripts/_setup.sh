@@ -19,6 +19,9 @@ if [[ "$EXTRAS" == *dev* ]]; then  # the suite verifies the unit and builds test
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the status page is tested in a real browser
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # /metrics is linted and scraped by the real thing
   command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)  # the power-cut file system (tests/lazyfs.py)
+  # an ext4 file system on a loop device with errors in its superblock, and a network link that flaps
+  command -v debugfs >/dev/null 2>&1 || [ -x /usr/sbin/debugfs ] || [ -x /sbin/debugfs ] || missing+=(e2fsprogs)
+  command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
   # a real command that writes MJPEG to its output, for the command source
   command -v gst-launch-1.0 >/dev/null 2>&1 || missing+=(gstreamer1.0-tools gstreamer1.0-plugins-good)
   # a real RTSP camera (tests/rtsp_server.py: GStreamer's RTSP server, run by the system's Python)

@@ -205,7 +205,8 @@ def test_the_wear_an_emmc_reports_is_read_from_the_disk_under_the_state_director
 
     fine = storage(Path("/var/lib/edge-agent"), str(emmc("jetson", "0x01 0x02", "0x01")), dev=(179, 1))
     assert storage_summary(fine) == {"device": "mmcblk0", "kind": "eMMC", "life_used_pct": 20,
-                                     "past_rated_life": False, "pre_eol": "normal", "written_mb": 1048.6}
+                                     "past_rated_life": False, "pre_eol": "normal", "written_mb": 1048.6,
+                                     "fs_errors": None, "fs_last_error_ts": None}  # no ext4 said in this tree
     assert storage_problems(fine) == []
     worn = storage(Path("/x"), str(emmc("worn", "0x0A 0x09", "0x02")), dev=(179, 1))
     assert storage_problems(worn) == [
@@ -274,6 +275,47 @@ def test_the_disk_under_a_folder_and_what_is_written_to_it_are_read_off_this_mac
         assert storage(Path("/dev/shm")) is None
 
 
+def test_errors_an_ext4_file_system_has_met_are_a_problem_until_fsck_clears_them(tmp_path: Path) -> None:
+    """A real ext4 file system on a loop device of this machine's kernel, its superblock's error count set as
+    the kernel sets it when it meets a damaged block (by debugfs, which writes the same field; damaging a
+    block for real would have the kernel act on it as well), mounted: the state directory on it says its
+    errors and when the last was, and the count that fsck clears says nothing."""
+    import subprocess
+
+    image, mnt = tmp_path / "fs.img", tmp_path / "mnt"
+    mnt.mkdir()
+
+    def sh(*args: str) -> None:
+        subprocess.run(args, check=True, capture_output=True, timeout=60)
+
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
+    sh("mkfs.ext4", "-q", str(image))
+    sh("debugfs", "-w", "-R", "ssv error_count 3", str(image))
+    sh("debugfs", "-w", "-R", "ssv last_error_time 20261201120000", str(image))
+    sh("mount", "-o", "loop", str(image), str(mnt))
+    try:
+        state = mnt / "state"
+        state.mkdir()
+        worn = storage(state)
+        assert worn is not None and worn.device.startswith("loop") and worn.kind == "loop"
+        assert (worn.fs, worn.fs_errors, worn.fs_last_error_ts) == (worn.device, 3, 1796126400.0)
+        assert storage_problems(worn) == [
+            f"file system errors: {worn.fs} (the state directory's, on {worn.device}, loop) has met 3 (the last at "
+            "2026-12-01 12:00 UTC): the card or disk is failing, or lost power while writing; check it with fsck, "
+            "which clears the count, and plan to replace it"]
+    finally:
+        sh("umount", str(mnt))
+    fsck = subprocess.run(["e2fsck", "-fy", str(image)], capture_output=True, timeout=60)
+    assert fsck.returncode in (0, 1), fsck.stdout  # 1: it corrected something; it clears the count either way
+    sh("mount", "-o", "loop", str(image), str(mnt))
+    try:
+        fixed = storage(mnt)
+        assert fixed is not None and fixed.fs_errors == 0 and storage_problems(fixed) == []
+    finally:
+        sh("umount", str(mnt))
+
+
 def test_the_storage_figures_have_their_metrics_and_a_row_in_check() -> None:
     from edge_agent.human import check
     from edge_agent.metrics import lookup
@@ -281,8 +323,9 @@ def test_the_storage_figures_have_their_metrics_and_a_row_in_check() -> None:
 
     summary = storage_summary(Storage("mmcblk0", "eMMC", 20, False, "warning", 1048.6))
     assert summary is not None
+    summary = {**summary, "fs_errors": 2, "fs_last_error_ts": 1796126400.0}
     numbers = [k for k, v in summary.items() if isinstance(v, (int, float)) and v is not None]
-    assert numbers == ["life_used_pct", "past_rated_life", "written_mb"]
+    assert numbers == ["life_used_pct", "past_rated_life", "written_mb", "fs_errors", "fs_last_error_ts"]
     assert all(lookup(["system", "storage", k]) is not None for k in numbers)
     assert lookup(["process", "written_mb"]) is not None
     board = {"clock": {"set": True, "synchronized": True}, "memory_available_mb": 900, "memory_total_mb": 4000,
@@ -290,7 +333,7 @@ def test_the_storage_figures_have_their_metrics_and_a_row_in_check() -> None:
     rows = check({"config": "c.toml", "board": board}).splitlines()
     row = next(r for r in rows if r.startswith("storage"))
     assert row.split(None, 1)[1] == ("mmcblk0 (eMMC), 10-20% of its rated writes used, spare blocks warning, "
-                                     "5123 MB free")
+                                     "2 file system errors, 5123 MB free")
     board["storage"] = storage_summary(Storage("mmcblk0", "SD card", None, False, None, 1.0))
     row = next(r for r in check({"config": "c.toml", "board": board}).splitlines() if r.startswith("storage"))
     assert row.split(None, 1)[1] == "mmcblk0 (SD card), no wear figure, 5123 MB free"
