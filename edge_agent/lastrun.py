@@ -74,8 +74,13 @@ class RunRecord:
             crash = self.crash_path.read_text(errors="replace")
         except OSError:
             pass
-        counts = {k: int(v) for k, v in (before or {}).get("counts", {}).items() if k in ENDINGS}
-        self.last = ended(before, crash, self.kernel_boot) if before else None
+        counts: dict[str, int] = {}
+        try:
+            counts = {k: int(v) for k, v in (before or {}).get("counts", {}).items() if k in ENDINGS}
+            self.last = ended(before, crash, self.kernel_boot) if before else None
+        except (AttributeError, TypeError, ValueError) as err:  # a record not as written (edited, damaged)
+            log.warning("%s not as this agent writes it (%s): how the last run ended is not known", self.path, err)
+            self.last = None
         if self.last is not None:
             counts[self.last["ended"]] = counts.get(self.last["ended"], 0) + 1
         now = round(time.time(), 3)

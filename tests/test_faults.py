@@ -410,3 +410,20 @@ def test_what_a_run_left_is_read_in_order_of_what_it_proves() -> None:
     assert ended(run, "", "k2")["ended"] == "system_restarted"
     assert ended(run, "\n", "k1") == {"started": 1.0, "last_seen": 2.0, "agent_version": None, "ended": "killed"}
     assert "may have crashed" in ended({**run, "faults_caught": False}, "", "k1")["hint"]
+
+
+def test_a_damaged_run_record_starts_the_count_afresh(tmp_path: Path) -> None:
+    """A record that is not JSON, not an object, or holds what this agent never writes (an SD card's lost
+    sectors, a hand edit): the run starts all the same, says nothing of the last run, and writes its own."""
+    import json
+
+    from edge_agent.lastrun import RunRecord
+
+    for text in ("\x00\x00garbage", "[1, 2]", '{"counts": [1], "started": 1}', '{"counts": {"killed": "x"}}',
+                 '{"stopped": 5, "exit_code": "zero", "counts": {}}'):
+        (tmp_path / "run.json").write_text(text)
+        rec = RunRecord(tmp_path, boot_id="k1")
+        assert rec.begin("1.0", catch_faults=False) is None, text
+        assert rec.counts() == dict.fromkeys(("stopped", "exited", "crashed", "killed", "system_restarted"), 0)
+        rec.end(0)
+        assert json.loads((tmp_path / "run.json").read_text())["stopped"] is not None
