@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from edge_agent import __version__
 from edge_agent.config import SceneConfig, Settings
-from edge_agent.metrics import ENDINGS
+from edge_agent.lastrun import ENDINGS
 from edge_agent.payload import dumps
 from edge_agent.results import Result
 from edge_agent.sinks.base import Message

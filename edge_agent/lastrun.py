@@ -32,10 +32,12 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from edge_agent.metrics import ENDINGS
 from edge_agent.system import kernel_boot_id
 
 log = logging.getLogger(__name__)
+
+#: how a run can end, as health, its metric and Home Assistant's sensor name them
+ENDINGS = ("stopped", "exited", "crashed", "killed", "system_restarted")
 
 #: How often a running agent writes its last look: what bounds when a killed or powered-off run ended.
 BEAT_S = 300.0

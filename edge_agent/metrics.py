@@ -25,6 +25,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from edge_agent.lastrun import ENDINGS
 from edge_agent.stats import BUCKETS_MS, LatencyWindow
 
 PREFIX = "edge_agent"
@@ -50,8 +51,6 @@ BROKER_STATES = ("connecting", "connected", "disconnected", "refused")
 SOURCE_STATES = ("starting", "running", "reconnecting", "stalled", "finished", "failed")
 PICTURE_STATES = ("ok", "frozen", "blank", "dark")
 OUTBOX_MODES = ("disk", "memory")
-#: how a run of the agent ended (edge_agent.lastrun)
-ENDINGS = ("stopped", "exited", "crashed", "killed", "system_restarted")
 
 
 @dataclass(frozen=True)
