@@ -2,7 +2,11 @@
 
 SQLite in WAL mode with synchronous=FULL, written in batches (at most once per
 `flush_interval_s`), so an SD card is not written per frame and a committed batch survives a
-power cut. Where the state directory is unusable (read-only, disk full) the outbox degrades
+power cut. What the broker acknowledged is removed in batches too: acknowledgements come a few
+at a time, and a transaction each (a sync, and a page or two of the journal rewritten) made the
+replay after an outage write more than the outage had stored. An acknowledged message not yet
+removed is never read again (a replay from the start removes them first); after a crash it may be
+sent once more, as QoS 1 allows. Where the state directory is unusable (read-only, disk full) the outbox degrades
 to a bounded in-memory queue and counts what that costs, and goes back to disk (with what it
 held) once the directory takes writes again. A damaged file (an SD card's lost sectors: SQLite
 says "malformed" or "not a database") is repaired instead: the messages still readable are
@@ -12,6 +16,7 @@ latest only). Used from one thread only: the MQTT publisher's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -24,6 +29,9 @@ from edge_agent.ota.store import make_dirs
 from edge_agent.sinks.base import Message
 
 log = logging.getLogger(__name__)
+
+#: Acknowledged ids held for removal at most this many before they are removed anyway.
+_ACKED_MAX = 10_000
 
 Policy = Literal["drop_oldest", "drop_newest", "downsample"]
 
@@ -76,6 +84,9 @@ class Outbox:
         self.last_error: str | None = None
         self._pending: list[Message] = []
         self._pending_since: float | None = None
+        #: stored ids the broker acknowledged, removed from disk in one transaction per flush interval
+        self._acked: list[int] = []
+        self._acked_since: float | None = None
         self._mem: deque[tuple[int, Message]] = deque()
         self._next_mem_id = 1
         self._db: sqlite3.Connection | None = None
@@ -205,14 +216,18 @@ class Outbox:
         self._mem.clear()
         return True
 
-    def _degrade(self, why: str) -> None:
+    def _degrade(self, why: str, delivered: list[int] | None = None) -> None:
+        """To memory, with what the disk holds that the broker has not acknowledged."""
         log.error("%s", why)
         self.last_error = why
+        gone = set(self._acked) | set(delivered or ())
+        self._acked, self._acked_since = [], None
         if self._db is not None:
             try:
                 rows = self._db.execute("SELECT id, topic, payload, qos, retain FROM outbox ORDER BY id").fetchall()
-                for _, topic, payload, qos, retain in rows:
-                    self._mem_append(Message(topic, bytes(payload), int(qos), bool(retain)))
+                for i, topic, payload, qos, retain in rows:
+                    if i not in gone:
+                        self._mem_append(Message(topic, bytes(payload), int(qos), bool(retain)))
                 self._copied = True
             except sqlite3.Error:
                 pass
@@ -246,6 +261,8 @@ class Outbox:
     def maybe_commit(self) -> None:
         if self._pending_since is not None and time.monotonic() - self._pending_since >= self.flush_interval_s:
             self.commit()
+        if self._acked_since is not None and time.monotonic() - self._acked_since >= self.flush_interval_s:
+            self._remove_acked()
 
     def commit(self) -> None:
         """Write the pending batch in one transaction, then enforce the bound."""
@@ -286,6 +303,7 @@ class Outbox:
         excess = self.depth() - self.max_messages
         if excess <= 0:
             return
+        self._remove_acked()  # what was delivered goes first, uncounted, before anything is dropped
         if self.policy == "downsample":
             self.drops["outbox_downsampled"] += self._thin(excess)
             return
@@ -315,9 +333,13 @@ class Outbox:
         return len(doomed)
 
     def peek(self, n: int, after_id: int = 0) -> list[tuple[int, Message]]:
-        """The n oldest stored messages with ids above after_id (pending ones are committed first)."""
+        """The n oldest stored messages with ids above after_id (pending ones are committed first). A read
+        from the start (a replay after a reconnect) removes the acknowledged ones first: a read further on
+        is past them already."""
         if self._pending:
             self.commit()
+        if after_id == 0 and self._acked:
+            self._remove_acked()
         for attempt in (1, 2):
             if self._db is None:
                 break
@@ -333,18 +355,38 @@ class Outbox:
         return [(i, m) for i, m in self._mem if i > after_id][:n]
 
     def ack(self, ids: list[int]) -> None:
+        """The broker has these stored messages: removed from disk at the next flush interval (all of them
+        in one transaction), from memory at once."""
+        if not ids:
+            return
+        if self._db is not None:
+            if self._acked_since is None:
+                self._acked_since = time.monotonic()
+            self._acked.extend(ids)
+            if len(self._acked) >= _ACKED_MAX:
+                self._remove_acked()
+            return
+        gone = set(ids)
+        self._mem = deque((i, m) for i, m in self._mem if i not in gone)
+
+    def _remove_acked(self) -> None:
+        ids, self._acked, self._acked_since = self._acked, [], None
         if not ids:
             return
         for attempt in (1, 2):
             if self._db is None:
                 break
             try:
+                self._db.execute("BEGIN")
                 self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+                self._db.execute("COMMIT")
                 return
             except sqlite3.Error as err:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 if attempt == 1 and damaged(err) and self._repair(err):
                     continue  # the ids survived the repair
-                self._degrade(f"outbox delete failed ({err}); holding results in memory")
+                self._degrade(f"outbox delete failed ({err}); holding results in memory", ids)
         gone = set(ids)
         self._mem = deque((i, m) for i, m in self._mem if i not in gone)
 
@@ -354,7 +396,7 @@ class Outbox:
             if self._db is None:
                 break
             try:
-                return n + int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+                return n + int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]) - len(self._acked)
             except sqlite3.Error as err:
                 if attempt == 1 and damaged(err) and self._repair(err):
                     continue
@@ -386,6 +428,7 @@ class Outbox:
 
     def close(self) -> None:
         self.commit()
+        self._remove_acked()
         if self._db is not None:
             try:
                 self._db.close()
