@@ -8,7 +8,6 @@ are published again, because a broker restart or a persistent-session loss erase
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import os
@@ -631,11 +630,7 @@ class MqttSink(Sink):
 
     def _note_local_address(self) -> None:
         """This end's address of the connection just made: health finds the link that carries it from it."""
-        sock: Any = self._client.socket()  # a socket, or an SSL socket over one
-        try:
-            self.local_address = str(sock.getsockname()[0]) if sock is not None else self.local_address
-        except (OSError, AttributeError, IndexError, TypeError):  # closed meanwhile, or a socket without one
-            pass
+        self.local_address = local_address(self._client) or self.local_address
 
     def stats(self) -> dict[str, object]:
         return {
@@ -1177,6 +1172,16 @@ class MqttSink(Sink):
         return bool(rows) or bool(self._replay_inflight)
 
 
+def local_address(client: paho.Client) -> str | None:
+    """This end's address of a client's connection (a socket, or an SSL socket over one); None where it has
+    none (closed meanwhile)."""
+    sock: Any = client.socket()
+    try:
+        return str(sock.getsockname()[0]) if sock is not None else None
+    except (OSError, AttributeError, IndexError, TypeError):
+        return None
+
+
 def probe_broker(cfg: MQTTConfig, timeout_s: float = 5.0, topics: list[str] | None = None,
                  local: list[str] | None = None) -> str | None:
     """Connect once (TLS and credentials as configured), subscribe to `topics` as the agent would, and
@@ -1188,10 +1193,8 @@ def probe_broker(cfg: MQTTConfig, timeout_s: float = 5.0, topics: list[str] | No
     outcome: list[str | None] = []
 
     def on_connect(client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        sock: Any = client.socket()
-        if local is not None and sock is not None:
-            with contextlib.suppress(OSError, AttributeError, IndexError):
-                local.append(str(sock.getsockname()[0]))
+        if local is not None and (mine := local_address(client)) is not None:
+            local.append(mine)
         if reason_code.is_failure or not topics:
             outcome.append(f"refused: {reason_code}" if reason_code.is_failure else None)
             done.set()
