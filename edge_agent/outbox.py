@@ -6,8 +6,8 @@ power cut. What the broker acknowledged is removed in batches too: acknowledgeme
 at a time, and a transaction each (a sync, and a page or two of the journal rewritten) made the
 replay after an outage write more than the outage had stored. An acknowledged message not yet
 removed is never read again (a replay from the start removes them first); after a crash it may be
-sent once more, as QoS 1 allows. Where the state directory is unusable (read-only, disk full) the outbox degrades
-to a bounded in-memory queue and counts what that costs, and goes back to disk (with what it
+sent once more, as QoS 1 allows. Where the state directory is unusable (read-only, disk full) the
+outbox degrades to a bounded in-memory queue and counts what that costs, and goes back to disk (with what it
 held) once the directory takes writes again. A damaged file (an SD card's lost sectors: SQLite
 says "malformed" or "not a database") is repaired instead: the messages still readable are
 kept, with their ids, in a fresh file, and the damaged one is kept beside it (`.corrupt`, the
@@ -370,12 +370,12 @@ class Outbox:
         self._mem = deque((i, m) for i, m in self._mem if i not in gone)
 
     def _remove_acked(self) -> None:
+        """The acknowledged ids off the disk in one transaction; where that fails, to memory without them
+        (memory's own ids are removed as they are acknowledged, in `ack`)."""
         ids, self._acked, self._acked_since = self._acked, [], None
-        if not ids:
-            return
         for attempt in (1, 2):
-            if self._db is None:
-                break
+            if not ids or self._db is None:
+                return
             try:
                 self._db.execute("BEGIN")
                 self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
@@ -387,8 +387,6 @@ class Outbox:
                 if attempt == 1 and damaged(err) and self._repair(err):
                     continue  # the ids survived the repair
                 self._degrade(f"outbox delete failed ({err}); holding results in memory", ids)
-        gone = set(ids)
-        self._mem = deque((i, m) for i, m in self._mem if i not in gone)
 
     def depth(self) -> int:
         n = len(self._pending)

@@ -233,3 +233,23 @@ def test_what_the_broker_acknowledged_is_removed_in_batches(tmp_path: Path) -> N
     ob.close()
     batched, per_ack = replay(Outbox, "a.sqlite"), replay(PerAck, "b.sqlite")
     assert 3 * batched < per_ack, (batched, per_ack)
+
+
+def test_a_disk_that_fills_before_the_acknowledged_are_removed_keeps_only_the_unacknowledged(
+    small_disk: Path,
+) -> None:
+    """Results acknowledged by the broker but not yet removed when the disk fills (the removal itself needs
+    room in the journal): the outbox goes to memory with what the broker has not got, and sends none of
+    the acknowledged ones again."""
+    ob = Outbox(small_disk / "outbox.sqlite", 100_000, "drop_oldest", 60)
+    ob.put_many([Message("t", b"%d" % i + b" " * 20_000, 1) for i in range(40)])
+    ob.commit()
+    rows = ob.peek(10)
+    ob.ack([i for i, _ in rows])  # the first ten delivered
+    filler = _fill(small_disk)
+    ob.close()  # removes the acknowledged: the journal has no room
+    try:
+        assert ob.mode == "memory" and "full" in (ob.last_error or ""), ob.stats()
+        assert [int(m.payload.split()[0]) for _, m in ob.peek(100)] == list(range(10, 40))
+    finally:
+        filler.unlink()
