@@ -251,18 +251,20 @@ def power_rails(root: str = "/sys/class/hwmon") -> dict[str, dict[str, Any]]:
         if not chip.startswith(_POWER_CHIPS):
             continue
         for n in (1, 2, 3):
-            base = os.path.join(mon, f"{{}}{n}_{{}}")
-            mv, ma = _int(_read(base.format("in", "input"))), _int(_read(base.format("curr", "input")))
-            if mv is None or ma is None or _read(base.format("in", "enable")) == "0":
+            def attr(kind: str, what: str, n: int = n, mon: str = mon) -> str | None:
+                return _read(os.path.join(mon, f"{kind}{n}_{what}"))
+
+            mv, ma = _int(attr("in", "input")), _int(attr("curr", "input"))
+            if mv is None or ma is None or attr("in", "enable") == "0":
                 continue
-            name = _read(base.format("in", "label")) or f"{chip} {n}"
-            limit = _int(_read(base.format("curr", "crit"))) or _int(_read(base.format("curr", "max")))
+            name = attr("in", "label") or f"{chip} {n}"
+            limit = _int(attr("curr", "crit")) or _int(attr("curr", "max"))
             rails[name] = {
                 "volts": round(mv / 1000, 3),
                 "amps": round(ma / 1000, 3),
                 "watts": round(mv * ma / 1e6, 2),
                 "limit_amps": round(limit / 1000, 3) if limit else None,
-                "over_current": any(_read(base.format("curr", f"{a}_alarm")) == "1" for a in ("crit", "max")),
+                "over_current": any(attr("curr", f"{a}_alarm") == "1" for a in ("crit", "max")),
             }
     return rails
 
