@@ -251,22 +251,24 @@ def power_rails(root: str = "/sys/class/hwmon") -> dict[str, dict[str, Any]]:
         if not chip.startswith(_POWER_CHIPS):
             continue
         for n in (1, 2, 3):
-            def attr(kind: str, what: str, n: int = n, mon: str = mon) -> str | None:
-                return _read(os.path.join(mon, f"{kind}{n}_{what}"))
-
-            mv, ma = _int(attr("in", "input")), _int(attr("curr", "input"))
-            if mv is None or ma is None or attr("in", "enable") == "0":
+            mv, ma = _int(_channel(mon, "in", n, "input")), _int(_channel(mon, "curr", n, "input"))
+            if mv is None or ma is None or _channel(mon, "in", n, "enable") == "0":
                 continue
-            name = attr("in", "label") or f"{chip} {n}"
-            limit = _int(attr("curr", "crit")) or _int(attr("curr", "max"))
+            name = _channel(mon, "in", n, "label") or f"{chip} {n}"
+            limit = _int(_channel(mon, "curr", n, "crit")) or _int(_channel(mon, "curr", n, "max"))
             rails[name] = {
                 "volts": round(mv / 1000, 3),
                 "amps": round(ma / 1000, 3),
                 "watts": round(mv * ma / 1e6, 2),
                 "limit_amps": round(limit / 1000, 3) if limit else None,
-                "over_current": any(attr("curr", f"{a}_alarm") == "1" for a in ("crit", "max")),
+                "over_current": any(_channel(mon, "curr", n, f"{a}_alarm") == "1" for a in ("crit", "max")),
             }
     return rails
+
+
+def _channel(mon: str, kind: str, n: int, what: str) -> str | None:
+    """One hwmon attribute of channel n (`in1_input`, `curr2_crit_alarm`)."""
+    return _read(os.path.join(mon, f"{kind}{n}_{what}"))
 
 
 def power_problems(rails: dict[str, dict[str, Any]]) -> list[str]:
