@@ -552,10 +552,7 @@ def storage_problems(s: Storage | None) -> list[str]:
 
 def kernel_boot_id() -> str | None:
     """The running kernel's boot id: it changes when the system restarts, not when the agent does."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
+    return _read("/proc/sys/kernel/random/boot_id")
 
 
 #: /sys/class/net/*/type (ARPHRD_*): what the kernel says a link is, where it is not Wi-Fi

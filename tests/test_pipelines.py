@@ -1551,7 +1551,7 @@ def test_a_camera_pipeline_that_cannot_keep_up_with_its_fps_says_so(broker: Brok
             **broker.env(),
             "EDGE_AGENT_DEVICE_ID": "behind",
             "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5",
-            "EDGE_AGENT_HEALTH__BEHIND_AFTER_S": "3",
+            "EDGE_AGENT_HEALTH__BEHIND_AFTER_S": "1",
             "EDGE_AGENT_PIPELINES": json.dumps([
                 {"name": "slow", "source": {"uri": slow_cam.url, "fps": 30},
                  "model": {"path": str(SSD_MODEL), "labels": str(COCO_LABELS)}},

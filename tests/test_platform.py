@@ -386,6 +386,7 @@ def test_a_link_that_keeps_losing_its_carrier_is_said_to_flap() -> None:
     def ip(*args: str) -> None:
         subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
 
+    subprocess.run(["ip", "link", "del", near], capture_output=True, timeout=10)  # one a killed run left
     ip("link", "add", near, "type", "veth", "peer", "name", far)
     try:
         ip("addr", "add", "10.231.77.1/30", "dev", near)
