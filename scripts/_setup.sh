@@ -48,7 +48,8 @@ if [ ! -f "$stamp" ]; then
   echo "==> installing $LOCK and edge-agent into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q --require-hashes -r "$LOCK"
-  .venv/bin/python -m pip install -q --no-deps -e .
+  # the build backend came with the lock: nothing unpinned is fetched to build the project
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

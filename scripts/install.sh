@@ -55,7 +55,8 @@ tar -C "$SRC" --exclude=.venv --exclude=.cache --exclude=.git --exclude='*.pyc' 
 "$PREFIX/.venv/bin/python" -m pip install -q --upgrade pip
 # the pinned, hashed versions (requirements/agent.txt, made by scripts/lock.sh): every device the same
 "$PREFIX/.venv/bin/python" -m pip install -q --require-hashes -r "$PREFIX/requirements/agent.txt"
-"$PREFIX/.venv/bin/python" -m pip install -q --no-deps "$PREFIX"
+# the build backend came with the lock: nothing unpinned is fetched to build the agent
+"$PREFIX/.venv/bin/python" -m pip install -q --no-deps --no-build-isolation "$PREFIX"
 (cd "$PREFIX" && .venv/bin/python scripts/fetch_models.py)
 
 if [ "$SYSTEM" = 1 ]; then

@@ -43,8 +43,10 @@ def _env(python: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("name", sorted(LOCKS))
 def test_the_lock_satisfies_pyproject_on_every_supported_python(name: str) -> None:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [Requirement(r) for r in project["dependencies"]]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    # the build backend too: the project is installed from the lock with --no-build-isolation
+    wanted = [Requirement(r) for r in project["dependencies"] + pyproject["build-system"]["requires"]]
     for extra in LOCKS[name]:
         wanted += [Requirement(r) for r in project["optional-dependencies"][extra]]
     for python in PYTHONS:
@@ -56,6 +58,15 @@ def test_the_lock_satisfies_pyproject_on_every_supported_python(name: str) -> No
             key = req.name.lower().replace("_", "-")
             assert key in pins, f"{name}.txt on {python}: {req.name} not pinned (run scripts/lock.sh)"
             assert req.specifier.contains(pins[key], prereleases=True), (name, python, req, pins[key])
+
+
+def test_the_locked_build_backend_is_the_one_pyproject_names() -> None:
+    """requirements/build.in (what scripts/lock.sh locks as the build backend) and pyproject.toml's
+    [build-system] `requires` are the same requirements: were they to drift, the lock would pin a backend
+    the build does not accept, and the install without build isolation would fail on every device."""
+    locked = [line.split("#", 1)[0].strip() for line in (ROOT / "requirements" / "build.in").read_text().splitlines()]
+    built = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    assert sorted(str(Requirement(r)) for r in locked if r) == sorted(str(Requirement(r)) for r in built)
 
 
 def test_this_environment_was_installed_from_the_lock() -> None:
