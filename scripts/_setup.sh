@@ -43,10 +43,10 @@ fi
 # the exact versions every device gets: the hashed lock (scripts/lock.sh), then the project itself
 LOCK="requirements/agent.txt"
 [[ "$EXTRAS" == *dev* ]] && LOCK="requirements/dev.txt"
-stamp=".venv/.installed-$(cat pyproject.toml "$LOCK" | sha256sum | cut -c1-16)-${EXTRAS//,/-}"
+stamp=".venv/.installed-$(cat pyproject.toml requirements/pip.txt "$LOCK" | sha256sum | cut -c1-16)-${EXTRAS//,/-}"
 if [ ! -f "$stamp" ]; then
   echo "==> installing $LOCK and edge-agent into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q --require-hashes -r requirements/pip.txt  # the locked pip first
   .venv/bin/python -m pip install -q --require-hashes -r "$LOCK"
   # the build backend came with the lock: nothing unpinned is fetched to build the project
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .

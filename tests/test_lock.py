@@ -70,8 +70,12 @@ def test_the_locked_build_backend_is_the_one_pyproject_names() -> None:
 
 
 def test_this_environment_was_installed_from_the_lock() -> None:
+    """Every pin of dev.txt, and the pip of pip.txt (installed before the lock, by the same scripts)."""
     env = dict(default_environment())
     pins = _pins(ROOT / "requirements" / "dev.txt", env)
+    locked_pip = _pins(ROOT / "requirements" / "pip.txt", env)
+    assert list(locked_pip) == ["pip"], locked_pip
+    pins.update(locked_pip)
     wrong = {}
     for pkg, version in pins.items():
         try:
