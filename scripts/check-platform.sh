@@ -163,8 +163,8 @@ mounts() {
   grep -qs '^127.0.0.1' "$ROOTFS/etc/hosts" || echo '127.0.0.1 localhost' >> "$ROOTFS/etc/hosts"
   mountpoint -q "$ROOTFS/proc" || mount -t proc proc "$ROOTFS/proc"
   mountpoint -q "$ROOTFS/sys" || mount --rbind /sys "$ROOTFS/sys"
-  mountpoint -q "$ROOTFS/dev" || mount --rbind /dev "$ROOTFS/dev"
-  mkdir -p "$ROOTFS/dev/shm" "$ROOTFS/tmp" "$ROOTFS$WORK/shared"
+  mountpoint -q "$ROOTFS/dev" || own_dev
+  mkdir -p "$ROOTFS/tmp" "$ROOTFS$WORK/shared"
   chmod 1777 "$ROOTFS/tmp"
   while cpuinfo_bound; do umount "$ROOTFS/proc/cpuinfo"; done
   if [ -n "$BOARD" ]; then
@@ -182,6 +182,33 @@ mounts() {
     mount --bind "$SHARED_DIR" "$ROOTFS$WORK/shared"
     mount -o remount,bind,ro "$ROOTFS$WORK/shared"
   fi
+}
+
+# The root's own /dev: a tmpfs with the usual nodes, a devpts and a /dev/shm of its own, and the few host
+# devices the suite uses (FUSE, loop devices) bound in one by one. The host's /dev bound whole let any
+# command run as root inside (a package's script, a test) delete or replace the host's own nodes, and a
+# root deleted while still mounted could take them with it.
+own_dev() {
+  local d="$ROOTFS/dev" spec name major minor
+  mount -t tmpfs -o mode=755,nosuid,size=1m edge-agent-dev "$d"
+  for spec in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
+    IFS=: read -r name major minor <<< "$spec"
+    mknod -m 666 "$d/$name" c "$major" "$minor"
+  done
+  ln -s /proc/self/fd "$d/fd"
+  ln -s /proc/self/fd/0 "$d/stdin"
+  ln -s /proc/self/fd/1 "$d/stdout"
+  ln -s /proc/self/fd/2 "$d/stderr"
+  mkdir -p "$d/pts" "$d/shm"
+  mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$d/pts"
+  ln -s pts/ptmx "$d/ptmx"
+  mount -t tmpfs -o mode=1777,nosuid,nodev shm "$d/shm"
+  for name in fuse loop-control /dev/loop[0-9]*; do
+    name=${name#/dev/}
+    [ -e "/dev/$name" ] || continue
+    touch "$d/$name"
+    mount --bind "/dev/$name" "$d/$name"
+  done
 }
 
 umounts() {
@@ -330,7 +357,8 @@ case "$STEP" in
   umount) kill_inside; umounts ;;
   clean)
     kill_inside; umounts
-    # never delete through a mount (the host's /dev, or ../shared bound in from the same disk)
+    # never delete through a mount (a host device bound into the root's /dev, or ../shared bound in from
+    # the same disk)
     if findmnt -rn -o TARGET | grep -q "^$ROOTFS/"; then die "still mounted under $ROOTFS; not deleting it"; fi
     rm -rf --one-file-system "$ROOTFS" ;;
   *) die "unknown step $STEP (setup, demo, suite, smoke, detections, run, shell, umount, clean)" ;;
