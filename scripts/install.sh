@@ -52,7 +52,7 @@ mkdir -p "$PREFIX"
 tar -C "$SRC" --exclude=.venv --exclude=.cache --exclude=.git --exclude='*.pyc' -cf - \
   pyproject.toml README.md LICENSE edge_agent scripts systemd models requirements | tar -C "$PREFIX" -xf -
 [ -x "$PREFIX/.venv/bin/python" ] || python3 -m venv "$PREFIX/.venv"
-# the locked pip first (requirements/pip.txt), then the pinned, hashed versions with it
+# the locked pip first (requirements/pip.txt, made by scripts/lock.sh with the rest)
 "$PREFIX/.venv/bin/python" -m pip install -q --require-hashes -r "$PREFIX/requirements/pip.txt"
 # the pinned, hashed versions (requirements/agent.txt, made by scripts/lock.sh): every device the same
 "$PREFIX/.venv/bin/python" -m pip install -q --require-hashes -r "$PREFIX/requirements/agent.txt"
