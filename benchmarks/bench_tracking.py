@@ -437,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", default="cat,cat,face", metavar="K,K,...",
                     help="the objects --random draws each crossing's pair from, as often as each is named: "
                          "cat, face, apple (cut from ../shared/data/fruit.jpg: an object the tracker was "
-                         "never tuned on), person (scikit-image's cameraman, another)")
+                         "never tuned on), person (scikit-image's cameraman, another), cup (scikit-image's "
+                         "coffee, which the SSD also calls a traffic light: track it with every label)")
     ap.add_argument("--objects", type=int, default=2, choices=range(2, 5), metavar="N",
                     help="objects in each --random crossing, 2 to 4: the same pair and more of its kind")
     ap.add_argument("--labels", default="", metavar="L,L,...",

@@ -5,7 +5,8 @@ along straight lines at a steady speed: two objects crossing (two faces; two cat
 heights, at one height, on the diagonals, one fast and one slow), one passing behind a pillar (a band of
 its brick texture drawn over it, so it is hidden for a few frames), one walking through a zone. Random
 crossings (`random_scenes`) may also draw two apples cut from the shared photo of fruit, or two people
-cut from scikit-image's cameraman, objects none of the named scenes has. The ground truth box of each
+cut from scikit-image's cameraman, or two cups cut from its coffee photo (which the SSD calls a cup or a
+traffic light from one frame to the next), objects none of the named scenes has. The ground truth box of each
 object is known in every frame: the face's box inside the astronaut crop was marked by hand once, the
 cat fills its crop, the apple nearly fills its own, and the man (cut at the photo's left and bottom
 edges, as he is there) fills his but for the sky above his head and the camera's tripod at his right.
@@ -39,13 +40,14 @@ def _bgr(img: np.ndarray) -> np.ndarray:
 def _photos() -> dict[str, np.ndarray]:
     import skimage.data as d
 
-    astro, cat, man = _bgr(d.astronaut()), _bgr(d.chelsea()), _bgr(d.camera())
+    astro, cat, man, coffee = _bgr(d.astronaut()), _bgr(d.chelsea()), _bgr(d.camera()), _bgr(d.coffee())
     out = {
         "grass": cv2.resize(_bgr(d.grass()), (W, H)),
         "brick": cv2.resize(_bgr(d.brick()), (W, H)),
         "face": cv2.resize(astro[20:260, 130:330], (200, 240), interpolation=cv2.INTER_AREA),
         "cat": cv2.resize(cat[20:300, 100:380], (200, 200), interpolation=cv2.INTER_AREA),
         "person": cv2.resize(man[40:512, 0:340], (144, 200), interpolation=cv2.INTER_AREA),
+        "cup": cv2.resize(coffee[10:315, 165:415], (200, 244), interpolation=cv2.INTER_AREA),
     }
     fruit = cv2.imread(str(FRUIT)) if FRUIT.is_file() else None
     if fruit is not None:  # the apple, cut from the shared photo by fractions of its size
@@ -58,15 +60,21 @@ def _photos() -> dict[str, np.ndarray]:
 #: The object's box inside its sprite (x1, y1, x2, y2): the face marked by hand; the cat fills its crop; the
 #: apple fills its crop but for slivers of the table above it and at its right, marked by hand; the man
 #: from the photo's left and bottom edges to the top of his hair (y 63 of 512) and the hand that holds the
-#: camera (x 332), marked by hand.
+#: camera (x 332), marked by hand; the cup from the top of its rim to the foot of its handle and from its
+#: left side to its right (x 173 to 408, y 18 to 305 of the coffee photo), marked by hand, with slivers of
+#: saucer, spoon and table round it.
 SPRITE_TRUTH: dict[str, tuple[str, Box]] = {
     "face": ("face", (45.0, 49.0, 142.0, 146.0)),
     "cat": ("cat", (0.0, 0.0, 200.0, 200.0)),
     "apple": ("apple", (0.0, 4.0, 167.0, 177.0)),
     "person": ("person", (0.0, 10.0, 141.0, 200.0)),
+    "cup": ("cup", (6.0, 6.0, 194.0, 236.0)),
 }
+#: What the detector calls each sprite where that is more than its truth's label: the SSD calls the cup,
+#: out of its context on the grass, a traffic light in about half the frames (boxed where the cup is).
+ALSO_CALLED: dict[str, tuple[str, ...]] = {"cup": ("traffic light",)}
 #: The sprites a random crossing may draw, and the detector that finds each.
-DETECTOR = {"face": "face", "cat": "ssd", "apple": "ssd", "person": "ssd"}
+DETECTOR = {"face": "face", "cat": "ssd", "apple": "ssd", "person": "ssd", "cup": "ssd"}
 #: A real photo of fruit on a table (an apple, a banana), beside the project when it is checked out
 #: with its shared data: the apple is an object none of the scenes above was tuned on.
 FRUIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fruit.jpg"

@@ -47,6 +47,12 @@ object the detector boxes only faintly, whole, while a second object of its kind
 beside it and is boxed confidently, alone or with the first in one box, keeps the faint box: ByteTrack
 hands it the confident one first, which dragged it onto the newcomer and left that one no track.
 
+Labels tell objects apart only where the detector's labels can: a box whose label none of the tracks
+near it has leaves them all of its kind, so the checks above still see it (the SSD names a cup on grass
+a cup, a traffic light or a toilet from one frame to the next, and such a box went past them to the
+track it fitted a hair better: 132 ID switches in 128 cup crossings before, 8 after; docs/scenes.md);
+and labels the detector gives one tracked object are one kind from then on (`_kin`).
+
 For tens of objects the cost is the count of numpy calls on tiny arrays, not the arithmetic, and the
 code is shaped by that: per-track state is plain floats (a struct-of-arrays version measured 5-30 %
 slower, side by side, twice), predicted in one loop and corrected inline; the lapjv solver runs only
@@ -124,6 +130,8 @@ _BETWEEN = 0.7
 #: A new box with this share of its area inside the predicted box of a confirmed track that found no box
 #: is that track's object reappearing, not a new one.
 _UNSEEN = 0.5
+#: Boxes of another label a track takes before that label and the track's are one kind (`Tracker._kin`).
+_KIN_VOTES = 2
 #: Two tracks whose only candidate is one detection, at IoUs within this ratio, both want it alike.
 _ALIKE = 0.7
 
@@ -176,6 +184,19 @@ def _same(a: list[str], b: list[str]) -> np.ndarray | None:
     if len(set(a) | set(b)) <= 1:
         return None
     return np.asarray(a, dtype=object)[:, None] == np.asarray(b, dtype=object)[None, :]
+
+
+def _telling(same: np.ndarray | None, near: np.ndarray, least: int = 2) -> np.ndarray | None:
+    """`same` ([tracks, detections]: equal labels) where a detection's label can tell the tracks `near`
+    it apart: a detection whose label none of them has is of every one's kind. A detector that names an
+    object of a kind it knows poorly one thing, then another (the SSD calls a cup on grass a cup, a
+    traffic light and a toilet from one frame to the next), would otherwise slip such a box past the
+    checks for two tracks that want one box, and hand it to either at half its IoU; a label that one
+    track near it has and another has not still tells them apart."""
+    if same is None:
+        return None
+    none = ~_any(same & near, axis=0) & (_sum(near, axis=0) >= least)
+    return same | none if bool(_any(none)) else same
 
 
 def assign(
@@ -431,6 +452,10 @@ class Tracker:
         self._last_ts = float("inf")  # the last frame's time: none yet
         self._ids = itertools.count(1)
         self.created = 0
+        #: label -> the kind it belongs to: labels the detector gave one tracked object (each at least
+        #: _KIN_VOTES times) are one kind to the rules that tell objects apart by label. Flat: every label
+        #: of a kind maps straight to one of them. Empty while every object keeps one label.
+        self._kin: dict[str, str] = {}
 
     @property
     def active(self) -> int:
@@ -452,6 +477,8 @@ class Tracker:
                 t.last_ts += step
                 t.fit_ts += step
         predicted = _predict(tracks, ts)
+        kin = self._kin
+        kinds = [kin.get(lb, lb) for lb in labels] if kin else labels  # what the rules compare
         score_of: list[float] = scores.tolist()
         strong: list[int] = []
         weak: list[int] = []
@@ -462,7 +489,7 @@ class Tracker:
                 (strong if s >= self.high_score else weak).append(i)
         free = list(range(len(tracks)))
         # round 1: confident detections against every track
-        first = self._first_round(predicted, boxes, labels, strong, weak)
+        first = self._first_round(predicted, boxes, kinds, strong, weak)
         matched, near = first.pairs, first.near
         if not first.shunned and len(matched) == len(strong) == len(free):  # the usual frame: each track took one
             strong_left, free = [], []
@@ -475,8 +502,8 @@ class Tracker:
         # round 2: weak detections keep confirmed tracks alive; they never start one
         if weak and free:
             if first.shunned:
-                weak = self._not_round(boxes, labels, weak, first.shunned)
-            second = self._match(predicted, boxes, labels, [t for t in free if tracks[t].confirmed], weak, _WEAK_IOU)
+                weak = self._not_round(boxes, kinds, weak, first.shunned)
+            second = self._match(predicted, boxes, kinds, [t for t in free if tracks[t].confirmed], weak, _WEAK_IOU)
             matched += second
             taken = {m for m, _ in second}
             free = [t for t in free if t not in taken]
@@ -484,7 +511,7 @@ class Tracker:
         # by a confident detection near where its motion says it should be, though the boxes no longer overlap
         if strong_left and free:
             lost = [t for t in free if tracks[t].confirmed and tracks[t].misses > 0]
-            third = self._recover(predicted, boxes, labels, lost, strong_left, ts)
+            third = self._recover(predicted, boxes, kinds, lost, strong_left, ts)
             matched += third
             taken = {m for m, _ in third}
             free = [t for t in free if t not in taken]
@@ -571,9 +598,12 @@ class Tracker:
                 votes = t.votes
                 if votes is None:
                     votes = t.votes = Counter({t.label: t.hits - 1})  # the hits before this one
-                votes[lb] += 1
-                if lb != t.label and votes[lb] > votes[t.label]:
-                    t.label = lb
+                n_lb = votes[lb] = votes[lb] + 1
+                if lb != t.label:
+                    if n_lb == _KIN_VOTES:
+                        self._join(lb, t.label)
+                    if n_lb > votes[t.label]:
+                        t.label = lb
             ids[d] = t.id
             if not t.confirmed:
                 if t.hits >= min_hits:
@@ -593,7 +623,7 @@ class Tracker:
         keep = [t for t_i, t in enumerate(tracks) if t_i not in gone] if gone else tracks
         unseen = [t_i for t_i in free if tracks[t_i].confirmed and t_i not in gone] if strong_left else []
         born = self._births(
-            rows, score_of, boxes, labels, strong_left, matched, strong, predicted[unseen] if unseen else None
+            rows, score_of, boxes, kinds, strong_left, matched, strong, predicted[unseen] if unseen else None
         )
         for d in born:
             x1, y1, x2, y2 = rows[d]
@@ -621,6 +651,22 @@ class Tracker:
         self._young = young  # an unconfirmed track that was missed is gone (above)
         return TrackUpdate(ids, confirmed, ended)
 
+    def _kinds(self, tracks: list[Track]) -> list[str]:
+        """The kinds of `tracks`' labels (`_kin`)."""
+        kin = self._kin
+        return [kin.get(t.label, t.label) for t in tracks] if kin else [t.label for t in tracks]
+
+    def _join(self, a: str, b: str) -> None:
+        """Labels `a` and `b`, and those already of their kinds, are one kind from now on."""
+        kin = self._kin
+        ka, kb = kin.get(a, a), kin.get(b, b)
+        if ka == kb:
+            return
+        for lb, k in list(kin.items()):
+            if k == kb:
+                kin[lb] = ka
+        kin[kb] = kin[ka] = ka
+
     def _match(
         self,
         predicted: np.ndarray,
@@ -638,7 +684,8 @@ class Tracker:
             return []
         iou = iou_matrix(predicted[tracks], boxes[dets])
         if self.class_aware:
-            same = _same([self.tracks[t].label for t in tracks], [labels[d] for d in dets])
+            kinds = self._kinds([self.tracks[t] for t in tracks])
+            same = _telling(_same(kinds, [labels[d] for d in dets]), iou > 0.0)
             if same is not None:
                 iou = np.where(same, iou, iou * _OTHER_LABEL)
         if len(tracks) >= 2:
@@ -679,7 +726,8 @@ class Tracker:
         iou = _iou(inter, area_t, area_d)  # a new array: the overlaps are wanted for the boxes round two
         same = None
         if self.class_aware:
-            same = _same([t.label for t in tracks], labels if all_dets else [labels[d] for d in dets])
+            same = _telling(_same(self._kinds(tracks), labels if all_dets else [labels[d] for d in dets]),
+                            inter > 0.0)
             if same is not None:
                 iou = np.where(same, iou, iou * _OTHER_LABEL)
         cand = iou >= self.iou_threshold
@@ -773,7 +821,7 @@ class Tracker:
         tracks = self.tracks
         fit = iou_matrix(predicted, boxes[weak])
         if self.class_aware:
-            same = _same([t.label for t in tracks], [labels[d] for d in weak])
+            same = _telling(_same(self._kinds(tracks), [labels[d] for d in weak]), fit > 0.0)
             if same is not None:
                 fit = np.where(same, fit, 0.0)
         best_w = fit.argmax(axis=1).tolist()
@@ -903,12 +951,13 @@ class Tracker:
         area_d = np.prod(np.maximum(boxes[dets, 2:] - boxes[dets, :2], 1e-6), axis=1)
         ratio = area_d[None, :] / area_t[:, None]
         ok = (ratio >= _RECOVER_AREA[0]) & (ratio <= _RECOVER_AREA[1])
-        kinds = _same([self.tracks[t].label for t in tracks], [labels[d] for d in dets]) if self.class_aware else None
-        if kinds is not None:
-            ok &= kinds
         # how far the object may have gone from its prediction grows with the time it has been unseen
         unseen = np.array([ts - self.tracks[t].last_ts for t in tracks])
         ok &= dist <= _RECOVER_DIST * np.minimum(1.0, unseen / _RECOVER_FULL_S)[:, None]
+        if self.class_aware:
+            kinds = _telling(_same(self._kinds([self.tracks[t] for t in tracks]), [labels[d] for d in dets]), ok, 1)
+            if kinds is not None:
+                ok &= kinds
         cost = np.where(ok, dist, _RECOVER_DIST + 1.0)
         return [(tracks[r], dets[c]) for r, c in assign(cost, _RECOVER_DIST)]
 
@@ -917,4 +966,5 @@ class Tracker:
         ended = [t for t in self.tracks if t.confirmed]
         self.tracks = []
         self._young = 0
+        self._kin = {}  # another model names things its own way
         return ended

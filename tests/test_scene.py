@@ -226,8 +226,8 @@ def test_the_truth_of_each_sprite_is_where_the_detector_boxes_it(ssd: Any) -> No
     """Each random crossing's truth box is marked by hand inside its sprite; the detector that finds
     that sprite must box it there, alone on the grass, wherever it is drawn (the man cut from the
     cameraman photo included: his box stops at his hair and at the hand holding the camera, not at the
-    crop's sky and tripod)."""
-    from benchmarks.scenes import DETECTOR, render
+    crop's sky and tripod; the cup, which it also calls a traffic light, under either label)."""
+    from benchmarks.scenes import ALSO_CALLED, DETECTOR, render
     from edge_agent.tracker import iou_matrix
 
     for sprite in sorted(DETECTOR):
@@ -238,7 +238,8 @@ def test_the_truth_of_each_sprite_is_where_the_detector_boxes_it(ssd: Any) -> No
             if i % 4:
                 continue
             ((_, label, box),) = truth
-            found = [d.box for d in ssd.infer(img).result.detections if d.label == label]
+            names = (label, *ALSO_CALLED.get(sprite, ()))
+            found = [d.box for d in ssd.infer(img).result.detections if d.label in names]
             best = float(iou_matrix(np.array([box]), np.array(found).reshape(-1, 4)).max(initial=0.0))
             assert best >= 0.7, (sprite, i, box, found)
 
@@ -340,6 +341,7 @@ def test_a_track_going_on_with_another_object_is_counted_as_a_transfer(every: in
         *("random13_0_cat", "random13_8_cat", "random13_12_cat", "random7_1_cat"),
         *("random1_5_apple", "random2_2_apple", "random3_14_apple", "random1_8_apple"),
         *("random21_13_apple", "random19_15_apple", "random31_13_apple"),
+        *("random1_7_cup", "random8_5_cup", "random4_4_cup"),
     ],
 )
 def test_crossings_hold_whatever_the_scores_do(ssd: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -361,13 +363,17 @@ def test_crossings_hold_whatever_the_scores_do(ssd: Any, name: str, monkeypatch:
     apples' facing halves started a track (`random21_13`), and a faint box round one that went to
     neither went to the hidden apple's track (`random19_15`); and while the hidden apple's coasting
     track moved most of the way to a box of the pair it took, and lost its apple as it came out
-    (`random31_13`)."""
+    (`random31_13`). The cups (cut from scikit-image's coffee photo; every label tracked) the SSD
+    names a cup, a traffic light or a toilet from one frame to the next: they gave two to four ID
+    switches and a third object at every shift while a box under a name neither cup's track had went
+    past the checks for a box two tracks want, to the track it fitted a hair better, and a box over the
+    pair under another name than theirs started a track."""
     cfg = None
     if name not in SCENES:
         from benchmarks.scenes import random_scenes
 
         seed_text, _, kind = name.removeprefix("random").partition("_")
-        kinds = ("apple",) if kind.endswith("apple") else ("cat", "cat", "face")
+        kinds = ("apple",) if kind.endswith("apple") else ("cup",) if kind.endswith("cup") else ("cat", "cat", "face")
         cfg = {"labels": ["apple"]} if kinds == ("apple",) else None
         drawn = random_scenes(int(seed_text), 16, kinds)
         monkeypatch.setitem(SCENES, name, next(sc for sc in drawn if sc.name == name))
@@ -954,6 +960,31 @@ def test_a_faint_box_two_tracks_want_alike_goes_to_neither() -> None:
     for i in range(4):
         alone.update(np.array([a]), np.array([0.9]), ["cat"], i / 15)
     assert alone.update(np.array([between]), np.array([0.3]), ["cat"], 4 / 15).ids == [1]
+
+
+def test_a_box_of_a_label_neither_track_has_tells_them_apart_no_better() -> None:
+    """Two cups overlap, one hidden behind the other, and the detector, which knows cups poorly, names
+    the one box it gives "toilet": both tracks want it alike, and it is no one's, as a box labelled
+    "cup" would be (it went to the track it fitted a hair better, which then left with the other cup).
+    A label one of the two has and the other has not still tells them apart. And labels the detector
+    gives one tracked object twice are one kind from then on, to the rules that tell a new object from
+    a tracked one boxed again."""
+    a, b = [0.30, 0.40, 0.50, 0.70], [0.34, 0.40, 0.54, 0.70]
+    one = [0.32, 0.40, 0.52, 0.70]  # the same IoU with either track's predicted box
+    for label, second, want in (("cup", "cup", None), ("toilet", "cup", None), ("bowl", "bowl", 2)):
+        tr = Tracker()
+        for i in range(4):
+            tr.update(np.array([a, b]), np.full(2, 0.9), ["cup", second], i / 15)
+        assert tr.active == 2
+        assert tr.update(np.array([one]), np.array([0.9]), [label], 4 / 15).ids == [want], label
+    cup, again = [0.30, 0.40, 0.50, 0.70], [0.31, 0.41, 0.52, 0.72]  # again: the cup boxed a second time
+    for names in (["cup", "traffic light", "cup", "traffic light"], ["cup"] * 4):
+        tr = Tracker(min_hits=1)
+        for i, name in enumerate(names):
+            assert tr.update(np.array([cup]), np.array([0.9]), [name], i / 15).ids == [1]
+        got = tr.update(np.array([cup, again]), np.array([0.9, 0.8]), ["cup", "traffic light"], 4 / 15).ids
+        # a cup named a traffic light twice: the box is the cup again; never so named: another object
+        assert got == ([1, None] if "traffic light" in names else [1, 2]), (names, got)
 
 
 def test_a_faint_box_round_one_that_went_to_neither_goes_to_neither() -> None:
