@@ -442,6 +442,7 @@ class SceneStage:
         return {
             "active_tracks": self.tracker.active,
             "tracks_created": self.objects_created,
+            "label_kinds": self.tracker.label_kinds(),
             "objects": len(self.objects),
             "events": dict(self.event_counts),
             "masked": self.masked,

@@ -461,6 +461,11 @@ class Tracker:
     def active(self) -> int:
         return sum(1 for t in self.tracks if t.confirmed)
 
+    def label_kinds(self) -> dict[str, str]:
+        """Each label the tracker takes for another's kind, and that kind (`_kin`): what it learnt of
+        the detector's names, which health shows."""
+        return {lb: k for lb, k in sorted(self._kin.items()) if lb != k}
+
     def update(self, boxes: np.ndarray, scores: np.ndarray, labels: list[str], ts: float) -> TrackUpdate:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(scores, np.float64).reshape(-1)
@@ -601,7 +606,7 @@ class Tracker:
                 n_lb = votes[lb] = votes[lb] + 1
                 if lb != t.label:
                     if n_lb == _KIN_VOTES:
-                        self._join(lb, t.label)
+                        self._join(t.label, lb)
                     if n_lb > votes[t.label]:
                         t.label = lb
             ids[d] = t.id

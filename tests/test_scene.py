@@ -985,6 +985,9 @@ def test_a_box_of_a_label_neither_track_has_tells_them_apart_no_better() -> None
         got = tr.update(np.array([cup, again]), np.array([0.9, 0.8]), ["cup", "traffic light"], 4 / 15).ids
         # a cup named a traffic light twice: the box is the cup again; never so named: another object
         assert got == ([1, None] if "traffic light" in names else [1, 2]), (names, got)
+        assert tr.label_kinds() == ({"traffic light": "cup"} if "traffic light" in names else {})
+        tr.end_all()  # the pipeline's model changes: another detector names things its own way
+        assert tr.label_kinds() == {}
 
 
 def test_a_faint_box_round_one_that_went_to_neither_goes_to_neither() -> None:
