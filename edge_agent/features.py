@@ -63,6 +63,8 @@ class MicroFrontend(FrameFrontend):
         x = np.asarray(samples, np.float32)
         if x.ndim == 2:
             x = x[:, 0]
+        if not np.isfinite(x).all():  # a float recording or driver gone wrong: silence, not a cast's garbage
+            x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
         pcm = np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2").tobytes()
         buf = self._pending + pcm
         out: list[list[float]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -121,6 +122,24 @@ def test_micro_frontend_streams_40_bins_every_10_ms_however_chunked() -> None:
     parts = np.concatenate([fe.push(c) for c in _chunked(audio, list(rng.integers(1, 700, 100)))])
     assert whole.shape[1] == MICRO_BINS and abs(len(whole) - 98) <= 2  # 30 ms windows every 10 ms over 1 s
     np.testing.assert_allclose(parts, whole, atol=1e-5)
+
+
+def test_micro_frontend_hears_samples_that_are_not_numbers_as_silence() -> None:
+    """A float recording (or a driver gone wrong) with NaN or infinite samples: cast to 16-bit PCM as they
+    are, they become whatever the cast makes of them (and a RuntimeWarning); they are silence, and an
+    infinity the loudest sample of its sign."""
+    rng = np.random.default_rng(2)
+    audio = (rng.standard_normal(16000) * 0.1).astype(np.float32)[:, None]
+    broken = audio.copy()
+    broken[4000:8000] = np.nan
+    broken[9000], broken[9001] = np.inf, -np.inf
+    fixed = audio.copy()
+    fixed[4000:8000] = 0.0
+    fixed[9000], fixed[9001] = 1.0, -1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = MicroFrontend().push(broken)
+    np.testing.assert_allclose(got, MicroFrontend().push(fixed), atol=1e-6)
 
 
 def test_spectrogram_peaks_at_the_tone() -> None:
