@@ -658,10 +658,12 @@ class Tracker:
         self._young = young  # an unconfirmed track that was missed is gone (above)
         return TrackUpdate(ids, confirmed, ended)
 
-    def _kinds(self, tracks: list[Track]) -> list[str]:
-        """The kinds of `tracks`' labels (`_kin`)."""
+    def _of_kind(self, tracks: list[Track], labels: list[str], near: np.ndarray) -> np.ndarray | None:
+        """[tracks, detections]: each track of the kind of each detection's label (`_kin`), where that label
+        can tell the tracks `near` the detection apart (`_telling`); None where every label is one kind."""
         kin = self._kin
-        return [kin.get(t.label, t.label) for t in tracks] if kin else [t.label for t in tracks]
+        kinds = [kin.get(t.label, t.label) for t in tracks] if kin else [t.label for t in tracks]
+        return _telling(_same(kinds, labels), near)
 
     def _join(self, a: str, b: str) -> None:
         """Labels `a` and `b`, and those already of their kinds, are one kind from now on."""
@@ -691,8 +693,7 @@ class Tracker:
             return []
         iou = iou_matrix(predicted[tracks], boxes[dets])
         if self.class_aware:
-            kinds = self._kinds([self.tracks[t] for t in tracks])
-            same = _telling(_same(kinds, [labels[d] for d in dets]), iou > 0.0)
+            same = self._of_kind([self.tracks[t] for t in tracks], [labels[d] for d in dets], iou > 0.0)
             if same is not None:
                 iou = np.where(same, iou, iou * _OTHER_LABEL)
         if len(tracks) >= 2:
@@ -733,8 +734,7 @@ class Tracker:
         iou = _iou(inter, area_t, area_d)  # a new array: the overlaps are wanted for the boxes round two
         same = None
         if self.class_aware:
-            same = _telling(_same(self._kinds(tracks), labels if all_dets else [labels[d] for d in dets]),
-                            inter > 0.0)
+            same = self._of_kind(tracks, labels if all_dets else [labels[d] for d in dets], inter > 0.0)
             if same is not None:
                 iou = np.where(same, iou, iou * _OTHER_LABEL)
         cand = iou >= self.iou_threshold
@@ -828,7 +828,7 @@ class Tracker:
         tracks = self.tracks
         fit = iou_matrix(predicted, boxes[weak])
         if self.class_aware:
-            same = _telling(_same(self._kinds(tracks), [labels[d] for d in weak]), fit > 0.0)
+            same = self._of_kind(tracks, [labels[d] for d in weak], fit > 0.0)
             if same is not None:
                 fit = np.where(same, fit, 0.0)
         best_w = fit.argmax(axis=1).tolist()
@@ -962,7 +962,7 @@ class Tracker:
         unseen = np.array([ts - self.tracks[t].last_ts for t in tracks])
         ok &= dist <= _RECOVER_DIST * np.minimum(1.0, unseen / _RECOVER_FULL_S)[:, None]
         if self.class_aware:
-            kinds = _telling(_same(self._kinds([self.tracks[t] for t in tracks]), [labels[d] for d in dets]), ok)
+            kinds = self._of_kind([self.tracks[t] for t in tracks], [labels[d] for d in dets], ok)
             if kinds is not None:
                 ok &= kinds
         cost = np.where(ok, dist, _RECOVER_DIST + 1.0)
