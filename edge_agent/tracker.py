@@ -51,7 +51,8 @@ Labels tell objects apart only where the detector's labels can: a box whose labe
 near it has leaves them all of its kind, so the checks above still see it (the SSD names a cup on grass
 a cup, a traffic light or a toilet from one frame to the next, and such a box went past them to the
 track it fitted a hair better: 132 ID switches in 128 cup crossings before, 8 after; docs/scenes.md);
-and labels the detector gives one tracked object are one kind from then on (`_kin`).
+and labels the detector gives one tracked object are one kind from then on (`_kin`): after two boxes,
+or after one that is a lone track's object's own box (2 ID switches in those crossings).
 
 For tens of objects the cost is the count of numpy calls on tiny arrays, not the arithmetic, and the
 code is shaped by that: per-track state is plain floats (a struct-of-arrays version measured 5-30 %
@@ -132,6 +133,8 @@ _BETWEEN = 0.7
 _UNSEEN = 0.5
 #: Boxes of another label a track takes before that label and the track's are one kind (`Tracker._kin`).
 _KIN_VOTES = 2
+#: ... or one, where it fits a track with no neighbour at this IoU: the object's own box, another name.
+_SAME_BOX = 0.7
 #: Two tracks whose only candidate is one detection, at IoUs within this ratio, both want it alike.
 _ALIKE = 0.7
 
@@ -346,6 +349,16 @@ def _round_two(
     return [c for c, ok in zip(multi, (area_d[multi] > _ROUND * largest).tolist(), strict=True) if ok]
 
 
+def _fits(x1: float, y1: float, x2: float, y2: float, cx: float, cy: float, w: float, h: float) -> float:
+    """IoU of box (x1, y1, x2, y2) with the box of centre (cx, cy) and size (w, h)."""
+    iw = min(x2, cx + w * 0.5) - max(x1, cx - w * 0.5)
+    ih = min(y2, cy + h * 0.5) - max(y1, cy - h * 0.5)
+    if iw <= 0.0 or ih <= 0.0:
+        return 0.0
+    inter = iw * ih
+    return inter / ((x2 - x1) * (y2 - y1) + w * h - inter)
+
+
 def _inter(a: list[float], b: list[float]) -> float:
     """The area two xyxy boxes share."""
     iw, ih = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
@@ -455,8 +468,9 @@ class Tracker:
         self._ids = itertools.count(1)
         self.created = 0
         #: label -> the kind it belongs to: labels the detector gave one tracked object (each at least
-        #: _KIN_VOTES times) are one kind to the rules that tell objects apart by label. Flat: every label
-        #: of a kind maps straight to one of them. Empty while every object keeps one label.
+        #: _KIN_VOTES times, or once as a lone track's own box, _SAME_BOX) are one kind to the rules that
+        #: tell objects apart by label. Flat: every label of a kind maps straight to one of them. Empty
+        #: while every object keeps one label.
         self._kin: dict[str, str] = {}
 
     @property
@@ -607,7 +621,14 @@ class Tracker:
                     votes = t.votes = Counter({t.label: t.hits - 1})  # the hits before this one
                 n_lb = votes[lb] = votes[lb] + 1
                 if lb != t.label:
-                    if n_lb == _KIN_VOTES:
+                    # a second box of the label, or a first that is the lone track's object's own box
+                    if n_lb == _KIN_VOTES or (
+                        n_lb < _KIN_VOTES
+                        and not beside
+                        and t.confirmed
+                        # the predicted box: its size before the one learnt above from this box
+                        and _fits(x1, y1, x2, y2, px, py, (t.w - bg * w) / bk, (t.h - bg * h) / bk) >= _SAME_BOX
+                    ):
                         self._join(t.label, lb)
                     if n_lb > votes[t.label]:
                         t.label = lb

@@ -341,7 +341,7 @@ def test_a_track_going_on_with_another_object_is_counted_as_a_transfer(every: in
         *("random13_0_cat", "random13_8_cat", "random13_12_cat", "random7_1_cat"),
         *("random1_5_apple", "random2_2_apple", "random3_14_apple", "random1_8_apple"),
         *("random21_13_apple", "random19_15_apple", "random31_13_apple"),
-        *("random1_7_cup", "random8_5_cup", "random4_4_cup"),
+        *("random1_7_cup", "random8_5_cup", "random4_4_cup", "random3_8_cup", "random2_10_cup"),
     ],
 )
 def test_crossings_hold_whatever_the_scores_do(ssd: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -367,7 +367,9 @@ def test_crossings_hold_whatever_the_scores_do(ssd: Any, name: str, monkeypatch:
     names a cup, a traffic light or a toilet from one frame to the next: they gave two to four ID
     switches and a third object at every shift while a box under a name neither cup's track had went
     past the checks for a box two tracks want, to the track it fitted a hair better, and a box over the
-    pair under another name than theirs started a track."""
+    pair under another name than theirs started a track; the last two gave two at some shifts until a
+    single box under another name, a lone cup's own, made the names one kind
+    (`test_one_box_of_another_label_that_is_a_lone_track_s_own_makes_them_one_kind`)."""
     cfg = None
     if name not in SCENES:
         from benchmarks.scenes import random_scenes
@@ -988,6 +990,36 @@ def test_a_box_of_a_label_neither_track_has_tells_them_apart_no_better() -> None
         assert tr.label_kinds() == ({"traffic light": "cup"} if "traffic light" in names else {})
         tr.end_all()  # the pipeline's model changes: another detector names things its own way
         assert tr.label_kinds() == {}
+
+
+def test_one_box_of_another_label_that_is_a_lone_track_s_own_makes_them_one_kind() -> None:
+    """The SSD names a cup on grass a traffic light now and then, with the cup's own box. One such box
+    that fits a track with no neighbour as its own does (an IoU of 0.7 or more with its predicted box)
+    makes the two labels one kind at once: in a crossing drawn at random (`random2_2_cup`), the first
+    boxes over the pair under that name came six frames after the one before them, before a second
+    could make them one kind, and started a third track, which went on with a cup. A looser box of
+    the other label, or one a track takes beside a neighbour, is no such proof: it needs a second."""
+    cup, again = [0.30, 0.40, 0.50, 0.70], [0.31, 0.41, 0.52, 0.72]  # again: the cup boxed a second time
+    own, loose = [0.31, 0.41, 0.51, 0.71], [0.30, 0.36, 0.54, 0.74]  # IoU 0.85 and 0.66 with the cup's box
+    for named, kinds in ((own, {"traffic light": "cup"}), (loose, {})):
+        tr = Tracker(min_hits=1)
+        for i in range(3):
+            tr.update(np.array([cup]), np.array([0.9]), ["cup"], i / 15)
+        assert tr.update(np.array([named]), np.array([0.9]), ["traffic light"], 3 / 15).ids == [1]
+        assert tr.label_kinds() == kinds, named
+        got = tr.update(np.array([cup, again]), np.array([0.9, 0.8]), ["cup", "traffic light"], 4 / 15).ids
+        # one kind: either box is the cup again, and the other no new object; else a second object
+        assert set(got) == ({1, None} if kinds else {1, 2}), (named, got)
+    twice = Tracker(min_hits=1)
+    for i, (box, name) in enumerate([(cup, "cup"), (loose, "traffic light")] * 2):
+        twice.update(np.array([box]), np.array([0.9]), [name], i / 15)
+    assert twice.label_kinds() == {"traffic light": "cup"}  # two loose ones: one kind
+    beside = Tracker(min_hits=1)
+    b = [0.45, 0.40, 0.65, 0.70]  # overlapping the cup's box
+    for i in range(3):
+        beside.update(np.array([cup, b]), np.full(2, 0.9), ["cup", "cup"], i / 15)
+    assert beside.update(np.array([own, b]), np.full(2, 0.9), ["traffic light", "cup"], 3 / 15).ids == [1, 2]
+    assert beside.label_kinds() == {}
 
 
 def test_a_faint_box_round_one_that_went_to_neither_goes_to_neither() -> None:
