@@ -52,7 +52,9 @@ near it has leaves them all of its kind, so the checks above still see it (the S
 a cup, a traffic light or a toilet from one frame to the next, and such a box went past them to the
 track it fitted a hair better: 132 ID switches in 128 cup crossings before, 8 after; docs/scenes.md);
 and labels the detector gives one tracked object are one kind from then on (`_kin`): after two boxes,
-or after one that is a lone track's object's own box (2 ID switches in those crossings).
+or after one that is a lone track's object's own box (2 ID switches in those crossings); and a new box
+of the kind of the track that took a box under another name is that track's object, not a new one
+(`_owners_kind`: none left).
 
 For tens of objects the cost is the count of numpy calls on tiny arrays, not the arithmetic, and the
 code is shaped by that: per-track state is plain floats (a struct-of-arrays version measured 5-30 %
@@ -932,15 +934,18 @@ class Tracker:
             held &= kinds
         known = np.zeros(len(dets), bool)  # a part or a copy of a tracked object, or a hidden one coming back
         if seen:
-            # mostly inside a box a track took this frame, of its label, and not much smaller (a far object
-            # inside a near one's box is a small share of it); or overlapping it as the detector's own
-            # suppression would not allow for one object; or holding half of each of two such boxes
+            # mostly inside a box a track took this frame, of its label or its track's, and not much smaller
+            # (a far object inside a near one's box is a small share of it); or overlapping it as the
+            # detector's own suppression would not allow for one object; or holding half of each of two such
+            # boxes
             taken = sorted(seen)
             inter, area_d, area_m = _overlap(boxes[dets], boxes[taken])
             copy = (inter >= _ENCLOSED * area_d) & (area_d >= _PART * area_m)
             copy |= _iou(inter, area_d, area_m) >= _DUPLICATE
             halves = inter >= _HALF * area_m
             kinds_m = _same([labels[d] for d in dets], [labels[m] for m in taken])
+            if kinds_m is not None:
+                kinds_m = self._owners_kind(kinds_m, labels, dets, taken, matched)
             if kinds_m is not None:
                 copy &= kinds_m
                 halves &= kinds_m
@@ -964,6 +969,25 @@ class Tracker:
             if not no and len(inside) < 2 and not any(o in seen for o in inside):
                 out.append(d)
         return _one_each(rows, score_of, labels, out) if len(out) > 1 else out
+
+    def _owners_kind(
+        self, same: np.ndarray, labels: list[str], dets: list[int], taken: list[int], matched: list[tuple[int, int]]
+    ) -> np.ndarray | None:
+        """`same` ([new boxes, taken boxes]: equal labels), also true where a new box is of the kind of the
+        track that took a box under another name: that box is still the track's object, and a box of the
+        track's kind over it is that object again (the SSD boxes a cup twice in one frame, once as a toilet
+        and once as a cup: the toilet box went to the cup's track, and the cup box started a second track).
+        None where every new box is then of every taken box's kind."""
+        kin, tracks = self._kin, self.tracks
+        owner = {d: t_i for t_i, d in matched}
+        named = []
+        for m in taken:
+            lb = tracks[owner[m]].label
+            named.append(kin.get(lb, lb))
+        if all(n == labels[m] for n, m in zip(named, taken, strict=True)):
+            return same
+        by_track = _same([labels[d] for d in dets], named)
+        return None if by_track is None else same | by_track
 
     def _recover(
         self, predicted: np.ndarray, boxes: np.ndarray, labels: list[str], tracks: list[int], dets: list[int],

@@ -342,6 +342,7 @@ def test_a_track_going_on_with_another_object_is_counted_as_a_transfer(every: in
         *("random1_5_apple", "random2_2_apple", "random3_14_apple", "random1_8_apple"),
         *("random21_13_apple", "random19_15_apple", "random31_13_apple"),
         *("random1_7_cup", "random8_5_cup", "random4_4_cup", "random3_8_cup", "random2_10_cup"),
+        "random2_3_cup",
     ],
 )
 def test_crossings_hold_whatever_the_scores_do(ssd: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -369,7 +370,10 @@ def test_crossings_hold_whatever_the_scores_do(ssd: Any, name: str, monkeypatch:
     past the checks for a box two tracks want, to the track it fitted a hair better, and a box over the
     pair under another name than theirs started a track; the last two gave two at some shifts until a
     single box under another name, a lone cup's own, made the names one kind
-    (`test_one_box_of_another_label_that_is_a_lone_track_s_own_makes_them_one_kind`)."""
+    (`test_one_box_of_another_label_that_is_a_lone_track_s_own_makes_them_one_kind`); and `random2_3_cup`
+    gave two at four of the five shifts while a cut box of a cup, under the cup's own name, inside the box its track
+    took under another, started a track
+    (`test_a_box_of_a_track_s_kind_inside_the_box_it_took_under_another_name_is_no_new_object`)."""
     cfg = None
     if name not in SCENES:
         from benchmarks.scenes import random_scenes
@@ -1020,6 +1024,22 @@ def test_one_box_of_another_label_that_is_a_lone_track_s_own_makes_them_one_kind
         beside.update(np.array([cup, b]), np.full(2, 0.9), ["cup", "cup"], i / 15)
     assert beside.update(np.array([own, b]), np.full(2, 0.9), ["traffic light", "cup"], 3 / 15).ids == [1, 2]
     assert beside.label_kinds() == {}
+
+
+def test_a_box_of_a_track_s_kind_inside_the_box_it_took_under_another_name_is_no_new_object() -> None:
+    """The SSD boxes a cup twice in one frame: whole, named a toilet, and cut, named a cup. The cup's
+    track takes the whole box, which fits it better whatever its name, and the cut box inside it is
+    that cup again: the track is a cup whatever the name of the box it took. It started a second track
+    (`random2_3_cup`, where the other cup cut the box, and that track took the cup from its own for
+    four frames). A box of a third name there is still another object."""
+    cup = [0.30, 0.40, 0.50, 0.70]
+    cut = [0.30, 0.40, 0.39, 0.70]  # 45 % of the cup's box, inside it
+    for second, want in (("cup", [1, None]), ("person", [1, 2])):
+        tr = Tracker(min_hits=1)
+        for i in range(3):
+            tr.update(np.array([cup]), np.array([0.9]), ["cup"], i / 15)
+        got = tr.update(np.array([cup, cut]), np.array([0.6, 0.6]), ["toilet", second], 3 / 15).ids
+        assert got == want, (second, got)
 
 
 def test_a_faint_box_round_one_that_went_to_neither_goes_to_neither() -> None:
