@@ -351,14 +351,10 @@ def _round_two(
     return [c for c, ok in zip(multi, (area_d[multi] > _ROUND * largest).tolist(), strict=True) if ok]
 
 
-def _fits(x1: float, y1: float, x2: float, y2: float, cx: float, cy: float, w: float, h: float) -> float:
-    """IoU of box (x1, y1, x2, y2) with the box of centre (cx, cy) and size (w, h)."""
-    iw = min(x2, cx + w * 0.5) - max(x1, cx - w * 0.5)
-    ih = min(y2, cy + h * 0.5) - max(y1, cy - h * 0.5)
-    if iw <= 0.0 or ih <= 0.0:
-        return 0.0
-    inter = iw * ih
-    return inter / ((x2 - x1) * (y2 - y1) + w * h - inter)
+def _fits(box: list[float], cx: float, cy: float, w: float, h: float) -> float:
+    """IoU of the xyxy `box` with the box of centre (cx, cy) and size (w, h)."""
+    inter = _inter(box, [cx - w * 0.5, cy - h * 0.5, cx + w * 0.5, cy + h * 0.5])
+    return inter / ((box[2] - box[0]) * (box[3] - box[1]) + w * h - inter)
 
 
 def _inter(a: list[float], b: list[float]) -> float:
@@ -629,7 +625,7 @@ class Tracker:
                         and not beside
                         and t.confirmed
                         # the predicted box: its size before the one learnt above from this box
-                        and _fits(x1, y1, x2, y2, px, py, (t.w - bg * w) / bk, (t.h - bg * h) / bk) >= _SAME_BOX
+                        and _fits(rows[d], px, py, (t.w - bg * w) / bk, (t.h - bg * h) / bk) >= _SAME_BOX
                     ):
                         self._join(t.label, lb)
                     if n_lb > votes[t.label]:
@@ -684,9 +680,12 @@ class Tracker:
     def _of_kind(self, tracks: list[Track], labels: list[str], near: np.ndarray) -> np.ndarray | None:
         """[tracks, detections]: each track of the kind of each detection's label (`_kin`), where that label
         can tell the tracks `near` the detection apart (`_telling`); None where every label is one kind."""
+        return _telling(_same(self._kinds(tracks), labels), near)
+
+    def _kinds(self, tracks: list[Track]) -> list[str]:
+        """The kind (`_kin`) of each track's label."""
         kin = self._kin
-        kinds = [kin.get(t.label, t.label) for t in tracks] if kin else [t.label for t in tracks]
-        return _telling(_same(kinds, labels), near)
+        return [kin.get(t.label, t.label) for t in tracks] if kin else [t.label for t in tracks]
 
     def _join(self, a: str, b: str) -> None:
         """Labels `a` and `b`, and those already of their kinds, are one kind from now on."""
@@ -978,12 +977,8 @@ class Tracker:
         track's kind over it is that object again (the SSD boxes a cup twice in one frame, once as a toilet
         and once as a cup: the toilet box went to the cup's track, and the cup box started a second track).
         None where every new box is then of every taken box's kind."""
-        kin, tracks = self._kin, self.tracks
         owner = {d: t_i for t_i, d in matched}
-        named = []
-        for m in taken:
-            lb = tracks[owner[m]].label
-            named.append(kin.get(lb, lb))
+        named = self._kinds([self.tracks[owner[m]] for m in taken])
         if all(n == labels[m] for n, m in zip(named, taken, strict=True)):
             return same
         by_track = _same([labels[d] for d in dets], named)
