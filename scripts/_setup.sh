@@ -38,7 +38,20 @@ fi
 
 if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv"
-  "$PY" -m venv .venv
+  "$PY" -m venv --without-pip .venv
+fi
+if ! .venv/bin/python -c 'import pip' >/dev/null 2>&1; then
+  # The locked pip, installed by the pip wheel that ships with Python (ensurepip's, run from the zip):
+  # ensurepip would install that wheel's pip, and setuptools, only for the lock to replace them: 60 s
+  # against 27 in a Pi 4's root under emulation (scripts/check-platform.sh)
+  wheel=$("$PY" -c 'import glob, os, sysconfig, ensurepip
+dirs = [sysconfig.get_config_var("WHEEL_PKG_DIR") or "", os.path.join(os.path.dirname(ensurepip.__file__), "_bundled")]
+print(next((w for d in dirs if d for w in sorted(glob.glob(os.path.join(d, "pip-*.whl")))[-1:]), ""))')
+  if [ -n "$wheel" ]; then
+    .venv/bin/python "$wheel/pip" install -q --require-hashes -r requirements/pip.txt
+  else
+    .venv/bin/python -m ensurepip -q
+  fi
 fi
 # the exact versions every device gets: the hashed lock (scripts/lock.sh), then the project itself
 LOCK="requirements/agent.txt"
@@ -53,6 +66,11 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# The editable install leaves the project's own modules uncompiled (pip compiles only what it copies),
+# and where PYTHONDONTWRITEBYTECODE is set (container and CI images set it) no process writes their
+# bytecode: each would compile all ~70 of them as it starts, 0.2-0.4 s of CPU here, and the suite
+# starts hundreds of agents. compileall writes it whatever that variable says; it skips what is current.
+.venv/bin/python -m compileall -q edge_agent
 # EDGE_SETUP_MODELS=minimal: the default model and demo video only (scripts/check-platform.sh smoke)
 .venv/bin/python scripts/fetch_models.py ${EDGE_SETUP_MODELS:+--"$EDGE_SETUP_MODELS"}
 export PATH="$ROOT/.venv/bin:$PATH:/usr/sbin"
