@@ -42,13 +42,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c 'import pip' >/dev/null 2>&1; then
   # The locked pip, installed by the pip wheel that ships with Python (ensurepip's, run from the zip):
-  # ensurepip would install that wheel's pip, and setuptools, only for the lock to replace them: 60 s
-  # against 27 in a Pi 4's root under emulation (scripts/check-platform.sh)
+  # ensurepip would install that wheel's pip, and setuptools, only for the lock to replace them: 62 s
+  # against 32 in a Pi 4's root under emulation (scripts/check-platform.sh)
   wheel=$("$PY" -c 'import glob, os, sysconfig, ensurepip
 dirs = [sysconfig.get_config_var("WHEEL_PKG_DIR") or "", os.path.join(os.path.dirname(ensurepip.__file__), "_bundled")]
 print(next((w for d in dirs if d for w in sorted(glob.glob(os.path.join(d, "pip-*.whl")))[-1:]), ""))')
   if [ -n "$wheel" ]; then
     .venv/bin/python "$wheel/pip" install -q --require-hashes -r requirements/pip.txt
+    locked_pip=1
   else
     .venv/bin/python -m ensurepip -q
   fi
@@ -59,7 +60,8 @@ LOCK="requirements/agent.txt"
 stamp=".venv/.installed-$(cat pyproject.toml requirements/pip.txt "$LOCK" | sha256sum | cut -c1-16)-${EXTRAS//,/-}"
 if [ ! -f "$stamp" ]; then
   echo "==> installing $LOCK and edge-agent into .venv"
-  .venv/bin/python -m pip install -q --require-hashes -r requirements/pip.txt  # the locked pip first
+  # the locked pip first (unless just installed: pip takes 14 s under emulation to find nothing to do)
+  [ -n "${locked_pip:-}" ] || .venv/bin/python -m pip install -q --require-hashes -r requirements/pip.txt
   .venv/bin/python -m pip install -q --require-hashes -r "$LOCK"
   # the build backend came with the lock: nothing unpinned is fetched to build the project
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
