@@ -19,6 +19,8 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.metrics import BROKER_DROPS, FRAME_DROPS, lookup
@@ -484,6 +486,28 @@ def test_latency_percentiles_read_while_a_stage_adds_a_series(monkeypatch: pytes
     got = st.percentiles()
     assert got == {"preprocess": {"p50": 1.0, "p95": 1.0, "p99": 1.0}}
     assert len(st.latency) == 2
+
+
+@given(st.lists(st.floats(0.0, 1e5, allow_nan=False), min_size=1, max_size=300), st.integers(0, 2500))
+@settings(max_examples=200, deadline=None)
+def test_latency_percentiles_are_numpy_s_whatever_the_samples(samples: list[float], before: int) -> None:
+    """The percentiles health publishes, taken from one sort, are those of `np.percentile` (its default,
+    linear method) over the samples the window holds, however many came before and wrapped round it."""
+    from edge_agent.stats import LatencyWindow
+
+    w = LatencyWindow(size=256)
+    for i in range(before):
+        w.add(float(i % 97))
+    for v in samples:
+        w.add(v)
+    held = np.asarray(([float(i % 97) for i in range(before)] + samples)[-256:])
+    got = w.percentiles()
+    assert got is not None
+    want = np.percentile(held, (50, 95, 99))
+    for k, v in zip(("p50", "p95", "p99"), want, strict=True):
+        # both rounded to 3 places: one ulp apart, they may round either side of a half
+        assert abs(got[k] - float(v)) <= 5e-4 + 1e-9 * abs(float(v)), (k, got, want)
+    assert LatencyWindow().percentiles() is None
 
 
 def test_idle_connections_are_let_go_and_never_take_more_threads_than_the_cap(tmp_path: Path) -> None:
