@@ -70,8 +70,8 @@ class LatencyWindow:
 
     def percentiles(self) -> dict[str, float] | None:
         """p50, p95 and p99 as numpy's default (linear) `percentile` gives them, from one sort: through
-        `np.percentile` they cost 0.6 ms a series, most of a health document's CPU (five series a
-        pipeline, every `health.interval_s`), and this a tenth of that."""
+        `np.percentile` they cost 0.29 ms of CPU a full series here, this 0.036; a health document,
+        with five series a pipeline, went from 5.5-5.9 ms to 4.5 with one pipeline."""
         n = min(self._n, len(self._buf))
         if n == 0:
             return None
