@@ -784,6 +784,16 @@ def cmd_cloud_worker(args: argparse.Namespace) -> int:
         model.close()
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not 1 or more")
+    return n
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     from edge_agent.sinks.mqtt import Subscriber
     from edge_agent.topics import device_pattern
@@ -796,18 +806,24 @@ def cmd_listen(args: argparse.Namespace) -> int:
         sub.stop()
         return EXIT_FAIL
     deadline = time.monotonic() + args.seconds if args.seconds else None
+    shown = 0
     try:
-        while deadline is None or time.monotonic() < deadline:
-            m = sub.get(0.5)
+        while (deadline is None or time.monotonic() < deadline) and (args.count is None or shown < args.count):
+            m = sub.get(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
             if m is None:
                 continue
             topic, payload, _ = m
             print(summarise(topic, payload) if not args.raw else f"{plain(topic, None)} {human.printable(payload)}",
                   flush=True)
+            shown += 1
     except KeyboardInterrupt:
         pass
     finally:
         sub.stop()
+    if args.count is not None and shown < args.count:
+        within = f" in {args.seconds:g} s" if args.seconds else ""
+        print(f"edge-agent: {shown} of {args.count} messages{within}", file=sys.stderr)
+        return EXIT_FAIL
     return EXIT_OK
 
 
@@ -1142,7 +1158,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="predictions,events,health,+/predictions,+/events",
         help="comma-separated topic suffixes ('+/predictions': every named pipeline's)",
     )
-    ls.add_argument("--seconds", type=float)
+    ls.add_argument("--seconds", type=float, help="stop after this long (with --count: exit 1 if it ends first)")
+    ls.add_argument("--count", type=_positive_int, metavar="N",
+                    help="exit after N messages, however long they take (as mosquitto_sub -C)")
     ls.add_argument("--raw", action="store_true", help="print payloads as they are")
     ls.set_defaults(func=cmd_listen)
 

@@ -226,6 +226,25 @@ def test_listen_shows_object_events_and_a_snapshot_as_what_it_is(broker: Broker)
         assert "edge/lc/zones/road/person 2" in lines and len(lines) == 2, lines
 
 
+def test_listen_count_exits_after_that_many_messages_and_fails_when_they_do_not_come(broker: Broker) -> None:
+    """`--count N` ends `listen` at the Nth message (a script waits for messages, not for a guess at how
+    long an agent takes to start); with `--seconds` too, the time running out first is exit 1."""
+    from edge_agent.sinks.mqtt import Subscriber
+
+    pub = Subscriber(broker.mqtt(), [], client_id="counted")
+    assert pub.start(10)
+    for n in range(3):  # retained: they reach the listener whenever it subscribes
+        pub.publish(f"edge/n{n}/health", b'{"status": "ok"}', retain=True)
+    pub.stop()
+    mq = ["--mqtt-host", broker.host, "--mqtt-port", str(broker.port)]
+    two = run_cli("listen", *mq, "--count", "2", timeout=60)
+    assert two.returncode == 0 and len(two.stdout.splitlines()) == 2, two.stdout + two.stderr
+    short = run_cli("listen", *mq, "--count", "4", "--seconds", "2", timeout=60)
+    assert short.returncode == 1 and len(short.stdout.splitlines()) == 3, short.stdout + short.stderr
+    assert "edge-agent: 3 of 4 messages in 2 s" in short.stderr
+    assert run_cli("listen", *mq, "--count", "0").returncode == 2
+
+
 def test_listen_shows_what_anything_publishes_without_ending_or_working_the_terminal(broker: Broker) -> None:
     """`listen` prints whatever arrives under the prefix, and anything may publish there: documents of
     the wrong shape, brackets nested past the JSON parser's depth, bytes that are no text, and words

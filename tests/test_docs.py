@@ -8,8 +8,6 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
-
 from edge_agent.cli import build_parser
 from edge_agent.config import describe_fields
 
@@ -135,15 +133,14 @@ def test_getting_started_can_be_followed_as_written(tmp_path: Path) -> None:
     assert '"label":"face"' in r.stdout  # predict --json found the face in the demo frame
 
 
-@pytest.mark.emulation_slow(
-    "the page's runs last seconds, which the agent's start alone outlasts under emulation; scaled to the "
-    "machine's speed they take over 20 minutes there"
-)
 def test_getting_started_reaches_predictions_through_a_broker(tmp_path: Path) -> None:
-    """Step 4 as written, on a free port instead of the page's 18830, its durations scaled to the
-    machine's speed (a board slower than the one the page was timed on needs longer to start)."""
+    """Step 4 as written, on a free port instead of the page's 18830, its limit scaled to the machine's
+    speed. The listener waits for five messages, not a few seconds: with a fixed time, a loaded
+    machine's agent could start after the listener had gone (it did, in a CI run beside the arm64
+    smoke: no prediction in the listener's 4 s)."""
     import math
     import os
+    import signal
     import subprocess
 
     from .conftest import free_port, scaled
@@ -157,15 +154,22 @@ def test_getting_started_reaches_predictions_through_a_broker(tmp_path: Path) ->
     env["EDGE_AGENT_STATE_DIR"] = str(tmp_path / "state")
     env["PATH"] = env.get("PATH", "") + ":/usr/sbin"
     script = f"source {ROOT / '.venv' / 'bin' / 'activate'}\nset -e\n{block}"
+    # its own process group: an agent left behind by a step that failed is stopped with the shell
+    p = subprocess.Popen(["bash", "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env, start_new_session=True)
     try:
-        r = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=scaled(120),
-                           env=env)
+        out, err = p.communicate(timeout=scaled(120))
     finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
         subprocess.run(["pkill", "-f", f"mosquitto -p {port}"], check=False)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    preds = [line for line in r.stdout.splitlines() if line.startswith("#")]
-    # how many arrive in the page's few seconds hangs on how soon the agent starts on a loaded machine
-    assert len(preds) >= 3 and all("face" in line for line in preds[:5]), r.stdout[-2000:]
+    assert p.returncode == 0, out[-3000:] + err[-3000:]
+    lines = out.splitlines()
+    preds = [line for line in lines if line.startswith("#")]
+    assert len(lines) == 5 and len(preds) >= 3 and all("face" in line for line in preds), out[-2000:]
 
 
 def test_files_the_code_tells_users_about_exist() -> None:
