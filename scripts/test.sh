@@ -23,9 +23,10 @@ passed() { local r=0; "$@" || r=$?; [ "$r" -eq 0 ] || [ "$r" -eq 5 ] || rc=$r; }
 echo "==> pytest ($workers workers)"
 passed pytest -n "$workers" -m "not alone" "$@"
 echo "==> pytest (the speed comparisons, alone)"
-# with no arguments, only the files that mark a test `alone` are collected: the whole suite's collection
-# took 12 of this pass's 23 s, with the other core idle
-alone_files=()
-[ $# -gt 0 ] || mapfile -t alone_files < <(grep -l "mark\.alone" tests/test_*.py)
+# unless ARGS name tests (a path or a node id), only the files that mark a test `alone` are collected:
+# the whole suite's collection took 12 of this pass's 23 s, with the other core idle
+alone_files=() named=0
+for a in "$@"; do if [ -e "${a%%::*}" ]; then named=1; fi; done
+[ "$named" = 1 ] || mapfile -t alone_files < <(grep -l "mark\.alone" tests/test_*.py)
 passed pytest -m alone "$@" "${alone_files[@]}"
 exit "$rc"
