@@ -169,6 +169,8 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
             pipe["source"]["scaled_decode"] = spec["scaled_decode"]
     if spec.get("replicas") is not None:  # else the setting's default
         over["runtime.replicas"] = spec["replicas"]
+    if spec.get("linger_ms") is not None:  # else the setting's default
+        over["mqtt.linger_ms"] = spec["linger_ms"]
     if spec.get("own_process") is not None:  # else the setting's default
         over["runtime.own_process"] = spec["own_process"]
     if spec.get("single"):  # the single-pipeline form, as a separate agent runs it
@@ -199,6 +201,8 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
     t1, c1, w1 = time.perf_counter(), time.process_time(), _worker_cpu_s()
     lat = {p.name: (p.infer_stats.latency.get("capture_to_publish") or _Empty()).percentiles() or {} for p in healthy}
     engines = [e.info() for e in a.pool.engines()]
+    sink: Any = a.sink
+    sent, rounds = getattr(sink, "sent", 0), getattr(sink, "rounds", 0)  # the MQTT sink's, from its start
     scales = {p.name: getattr(getattr(p, "capture", None), "decode_scale", 1) for p in healthy}
     breakdown = rss_breakdown()
     workers = psutil.Process().children(recursive=True)  # backends in processes of their own
@@ -215,6 +219,8 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
         "c2p": lat,
         "engines": engines,
         "decode_scales": scales,
+        "linger_ms": settings.mqtt.linger_ms,
+        "messages_per_round": sent / rounds if rounds else 0.0,
         "rss_breakdown": breakdown,
         "workers": len(workers),
         "worker_rss_mb": round(sum(m[0] for m in worker_mem), 1),
@@ -637,6 +643,42 @@ def compare_replicas(
             rows.append(row)
             print(replicas_row(row), file=out, flush=True)
     return rows
+
+
+def compare_linger(
+    models: list[Path], n: int, seconds: float, runs: int, threads: int, out: Any
+) -> list[dict[str, Any]]:
+    """One agent with n pipelines publishing every result to a real mosquitto: the MQTT publisher woken for
+    each message (`mqtt.linger_ms` 0) against gathering them for the setting's default; medians per
+    figure, and how many messages each of the publisher's rounds took."""
+    from edge_agent.config import MQTTConfig
+
+    rows = []
+    default = MQTTConfig().linger_ms
+    variants = {0.0: {"linger_ms": 0.0}, default: {"linger_ms": default}}
+    for m, res in _alternate(models, n, seconds, runs, threads, "linger", variants):
+        for v in variants:
+            row = {**_versus(m, n, res[v], res[0.0]), "linger_ms": statistics.median(r["linger_ms"] for r in res[v]),
+                   "messages_per_round": statistics.median(r["messages_per_round"] for r in res[v])}
+            rows.append(row)
+            print(linger_row(row), file=out, flush=True)
+    return rows
+
+
+LINGER_HEADER = (
+    "| model | pipelines | mqtt.linger_ms | aggregate fps | vs 0 (round by round) | messages per publisher round "
+    "| c2p p50 / p99 ms | CPU ms/frame |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def linger_row(r: dict[str, Any]) -> str:
+    rounds = ", ".join(f"{x:.2f}" for x in r["vs_first_by_round"])
+    return (
+        f"| {r['model']} | {r['pipelines']} | {r['linger_ms']:g} | {r['aggregate_fps']:.1f} | {r['vs_first']:.2f} "
+        f"({rounds}) | {r['messages_per_round']:.2f} | {r['c2p_p50_ms']:.1f} / {r['c2p_p99_ms']:.1f} | "
+        f"{r['cpu_ms_per_frame']:.2f} |"
+    )
 
 
 DECODE_HEADER = (

@@ -654,7 +654,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edge_agent.model import default_model_path
 
     _load(args, shortcuts=False)  # bench's flags are its own; a bad setting is still an error
-    if args.pipelines or args.batch or args.decode or args.replicas:
+    if args.pipelines or args.batch or args.decode or args.replicas or args.linger is not None:
         return _bench_pipelines(args)
     if args.model:
         models = list(args.model)
@@ -695,15 +695,17 @@ def _on_off(v: str | None) -> bool | None:
 
 def _bench_pipelines(args: argparse.Namespace) -> int:
     """Several pipelines in one agent against as many agents (--pipelines), frames decoded whole against
-    scaled (--decode), CPU interpreters one per core against grown as frames wait (--replicas), or batch
-    sizes (--batch)."""
+    scaled (--decode), CPU interpreters one per core against grown as frames wait (--replicas), the MQTT
+    publisher woken per message against lingering (--linger), or batch sizes (--batch)."""
     from edge_agent.bench_pipelines import (
         BATCH_HEADER,
         DECODE_HEADER,
+        LINGER_HEADER,
         PIPELINES_HEADER,
         REPLICAS_HEADER,
         compare_batches,
         compare_decode,
+        compare_linger,
         compare_pipelines,
         compare_replicas,
     )
@@ -749,6 +751,11 @@ def _bench_pipelines(args: argparse.Namespace) -> int:
             return _usage_error("--replicas takes a number of pipelines of at least 2 (one has no replicas)")
         print(REPLICAS_HEADER, flush=True)
         rows += compare_replicas(models, args.replicas, args.seconds, args.runs, args.threads, sys.stdout)
+    if args.linger is not None:
+        if args.linger < 1:
+            return _usage_error("--linger takes a number of pipelines of at least 1")
+        print(LINGER_HEADER, flush=True)
+        rows += compare_linger(models, args.linger, args.seconds, args.runs, args.threads, sys.stdout)
     if args.batch:
         print(BATCH_HEADER, flush=True)
         sizes = _counts(args.batch, "--batch")
@@ -1190,6 +1197,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--replicas", type=int, metavar="N",
         help="one agent with N pipelines sharing the model on the CPU: runtime.replicas one per core against the "
         "default, which opens more as frames find every one busy",
+    )
+    bn.add_argument(
+        "--linger", type=int, metavar="N",
+        help="one agent with N pipelines publishing to a real mosquitto: mqtt.linger_ms 0 (the publisher woken for "
+        "each message) against the default",
     )
     bn.add_argument("--batch", help="e.g. 1,2,4: one agent with --batch-pipelines pipelines at each runtime.max_batch")
     bn.add_argument("--batch-pipelines", type=int, default=4, help="pipelines for --batch (frames in memory)")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.config import MQTTConfig
+
 from .conftest import ROOT, SHORT, run_cli, scaled
 
 
@@ -212,6 +214,22 @@ def test_bench_replicas_compares_one_interpreter_per_core_with_those_grown(tmp_p
     assert fixed["vs_first"] == pytest.approx(1.0) and len(grown["vs_first_by_round"]) == 2
     assert all(row["aggregate_fps"] > 0 and row["peak_rss_mb"] > 0 for row in (fixed, grown))
     assert run_cli("bench", "--replicas", "1").returncode == 2
+
+
+@pytest.mark.emulation_slow("a throughput comparison of publishing: measures qemu's translation, not the board")
+def test_bench_linger_compares_a_publisher_woken_per_message_with_one_that_gathers_them(tmp_path: Path) -> None:
+    out = tmp_path / "linger.json"
+    r = run_cli("bench", "--linger", "2", "--model", str(SHORT), "--seconds", "1", "--runs", "1",
+                "--json", str(out), timeout=400)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("|")]
+    assert lines[0].startswith("| model | pipelines | mqtt.linger_ms") and len(lines) == 4
+    each, gathered = json.loads(out.read_text())
+    # each agent says the setting it ran with: 0, and the default
+    assert (each["linger_ms"], gathered["linger_ms"]) == (0.0, MQTTConfig().linger_ms) and gathered["linger_ms"] > 0
+    assert each["vs_first"] == pytest.approx(1.0) and len(gathered["vs_first_by_round"]) == 1
+    assert all(row["aggregate_fps"] > 0 and row["messages_per_round"] >= 1 for row in (each, gathered))
+    assert run_cli("bench", "--linger", "0").returncode == 2
 
 
 @pytest.mark.emulation_slow("a throughput comparison of batch sizes: measures qemu's translation, not the board")

@@ -141,6 +141,30 @@ def test_birth_retained_state_messages_and_clean_offline(broker: Broker, subscri
     assert collect(late, lambda t, p, r: True, 5)[1:] == ("offline", True)
 
 
+def test_while_messages_keep_coming_the_publisher_gathers_them_for_linger_ms(
+    broker: Broker, subscriber_factory  # type: ignore[no-untyped-def]
+) -> None:
+    """`mqtt.linger_ms`: the first message after a quiet spell goes at once; those submitted right after it
+    wait for the rest of the linger and go together (one wake-up of the publisher, not one each)."""
+    sub = subscriber_factory(["edge/dev1/predictions"])
+    s = sink_for(broker.mqtt(qos=0, linger_ms=1000))
+    try:
+        assert s.wait_connected(10)
+        t0 = time.monotonic()
+        assert s.submit(Message("edge/dev1/predictions", b"0", qos=0))
+        assert collect(sub, lambda t, p, r: True, 5)[1] == 0
+        first = time.monotonic() - t0
+        for i in (1, 2, 3):
+            assert s.submit(Message("edge/dev1/predictions", str(i).encode(), qos=0))
+        assert [collect(sub, lambda t, p, r: True, 5)[1] for _ in range(3)] == [1, 2, 3]
+        rest = time.monotonic() - t0
+        assert first < 1.0, f"the first message after a quiet spell took {first:.2f} s"
+        # sent no sooner than a linger after the first one was (itself after t0)
+        assert rest >= 1.0, f"messages submitted while the publisher was busy arrived after {rest:.2f} s"
+    finally:
+        s.close(2)
+
+
 def test_queue_is_bounded_while_broker_is_away_and_drains_in_order(tmp_path: Path) -> None:
     b = Broker(tmp_path)
     s = sink_for(b.mqtt(queue_size=20, reconnect_min_s=0.1, reconnect_max_s=0.5))

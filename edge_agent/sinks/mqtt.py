@@ -421,6 +421,8 @@ class MqttSink(Sink):
         self.state = "disconnected"
         self.drops: Counter[str] = Counter()
         self.sent = 0
+        #: the publisher's rounds that took queued messages (`mqtt.linger_ms` gathers several into one)
+        self.rounds = 0
         self.connects = 0
         self.last_error: str | None = None
         self.local_address: str | None = None  # this end of the last connection made
@@ -493,7 +495,10 @@ class MqttSink(Sink):
         self._echo_said = False  # logged, this connection
         #: the loss counts at the start of this window and of the one before (for "lost lately")
         self._loss_marks = [(time.monotonic(), Counter[str]())] * 2
-        self._client.on_publish = self._on_publish
+        if self._v5:
+            # only MQTT 5 can refuse a publish; under 3.1.1 paho would build a reason code and a properties
+            # object for every QoS 0 message it writes, on its own thread, to say nothing
+            self._client.on_publish = self._on_publish
 
     # --- paho callbacks: enqueue only ---------------------------------------------------------
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
@@ -655,9 +660,18 @@ class MqttSink(Sink):
 
     # --- publisher thread ----------------------------------------------------------------------
     def _run(self) -> None:
-        replaying = False
+        """The publisher's loop. While messages keep coming (the last round sent some), it gathers them for
+        `mqtt.linger_ms` and sends what came together, rather than wake at each submit: at hundreds of
+        messages a second each wake-up, and the interpreter lock it takes from the pipelines' threads, cost
+        more than the message (`edge-agent bench --linger 4`, docs/benchmarks.md). Idle, the first
+        message wakes it at once."""
+        replaying, busy = False, False
+        linger = self.cfg.linger_ms / 1e3
         while not self._stop.is_set():
-            self._wake.wait(_REPLAY_TICK_S if replaying else _IDLE_WAIT_S)
+            if busy and linger and not replaying:
+                self._stop.wait(linger)
+            else:
+                self._wake.wait(_REPLAY_TICK_S if replaying else _IDLE_WAIT_S)
             self._wake.clear()
             self.heartbeat = time.monotonic()
             replaying = False
@@ -665,8 +679,10 @@ class MqttSink(Sink):
                 self._handle_events()
                 self._say_if_down()
                 self._still_connected()
+                busy = False
                 if self._connected.is_set():
-                    self._publish_some()
+                    # a full batch leaves more waiting (a backlog): the next round comes at once
+                    busy = 0 < self._publish_some() < _BATCH
                     replaying = self._replay_some()
                 elif self.outbox is not None:  # without one, the bounded queue holds what it can
                     self._spill(self._drain_queue())
@@ -1114,7 +1130,9 @@ class MqttSink(Sink):
             self._inflight.append((info, m))
         return True
 
-    def _publish_some(self) -> None:
+    def _publish_some(self) -> int:
+        """Send what is waiting (health, then up to `_BATCH` queued messages); how many were taken from the
+        queue."""
         with self._latest_lock:
             latest, self._latest = self._latest, {}
         for m in latest.values():  # health: best effort, never stored
@@ -1126,6 +1144,8 @@ class MqttSink(Sink):
                 pending.append(self._q.get_nowait())
             except queue.Empty:
                 break
+        if pending:
+            self.rounds += 1
         for i, m in enumerate(pending):
             if not self._send(m):
                 # not connected any more, or paho's queue is full (a hung link): keep them on disk
@@ -1134,6 +1154,7 @@ class MqttSink(Sink):
         self._prune_inflight()
         if self._q.qsize():
             self._wake.set()
+        return len(pending)
 
     def _replay_some(self) -> bool:
         """The backlog, oldest first, at `replay_rate` messages/s beside the live traffic.
