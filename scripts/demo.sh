@@ -3,15 +3,20 @@
 # its default model and source, and print the predictions arriving over MQTT.
 #   scripts/demo.sh                 until Ctrl-C
 #   scripts/demo.sh --seconds 20    for 20 seconds
+#   scripts/demo.sh --count 40      until 40 messages have arrived (however long the agent takes to start;
+#                                   with --seconds as well, at most that long)
 #   scripts/demo.sh --source 0      webcam instead of the demo video (any `edge-agent run` flag works)
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh" "litert,models,audio,sensors"
 
 seconds=""
+count=""
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds="$2"; shift 2 ;;
     --seconds=*) seconds="${1#*=}"; shift ;;
+    --count) count="$2"; shift 2 ;;
+    --count=*) count="${1#*=}"; shift ;;
     *) args+=("$1"); shift ;;
   esac
 done
@@ -43,6 +48,9 @@ run_args=()
 if [ -n "$seconds" ]; then
   listen_args+=(--seconds "$seconds")
   run_args+=(--seconds "$((${seconds%.*} + 3))")
+fi
+if [ -n "$count" ]; then
+  listen_args+=(--count "$count")
 fi
 edge-agent listen "${listen_args[@]}" &
 listener=$!

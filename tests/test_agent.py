@@ -324,15 +324,18 @@ def test_demo_script_prints_predictions() -> None:
     from .conftest import ROOT
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
-    # 6 s here; on a slower machine the agent's start alone (imports, the model) takes longer than that
-    seconds = max(6.0, min(scaled(6), 90.0))
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), "--seconds", f"{seconds:g}"], capture_output=True,
-                       text=True, timeout=300 + seconds, env=env)
+    # it ends once 40 messages came, not after a time the agent's start (imports, the model) may outlast on a
+    # loaded or slow machine, as 6 s did here beside the rest of the suite; the seconds are only a bound
+    seconds = max(120.0, min(scaled(120), 900.0))
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), "--count", "40", "--seconds", f"{seconds:g}"],
+                       capture_output=True, text=True, timeout=300 + seconds, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert any(ln.startswith("edge/demo/availability online") for ln in lines)
+    messages = [ln for ln in lines if ln.startswith(("edge/", "#", "health "))]  # the shapes listen prints
+    assert len(messages) == 40, lines
     preds = [ln for ln in lines if ln.startswith("#")]
-    assert len(preds) > 30 / SLOWDOWN and any("face 0." in ln for ln in preds)
+    assert len(preds) > 30 and any("face 0." in ln for ln in preds)
     # it says how to have `edge-agent` in one's own shell, and that works as printed
     hint = next(ln for ln in lines if ln.startswith("==> done. To use edge-agent in this shell:"))
     activate = hint.split(":", 1)[1].strip()
