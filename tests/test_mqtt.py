@@ -165,6 +165,40 @@ def test_while_messages_keep_coming_the_publisher_gathers_them_for_linger_ms(
         s.close(2)
 
 
+def test_commands_are_subscribed_before_the_birth_so_nothing_sent_in_answer_to_it_is_lost(tmp_path: Path) -> None:
+    """Whatever answers the agent's `online` or its retained state at once (a fleet sending a command on
+    seeing it, a Home Assistant button pressed as its discovery arrives) must find the subscription in
+    place. The broker handles one connection's packets in order: the SUBSCRIBE of the commands has to come
+    before the birth. The agent's own availability is subscribed after it, so that the retained `online`
+    comes back on it (how a 3.1.1 broker that drops what the agent publishes is found out)."""
+    port = free_port()
+    b = Broker(tmp_path, f"listener {port} 127.0.0.1\nallow_anonymous true\nlog_type all\nlog_dest stdout\n",
+               port=port).start()
+    inbox: queue.Queue[Any] = queue.Queue()
+    info = Message("edge/dev1/info", b'{"boot_id":"b1"}', qos=1, retain=True)
+    s = MqttSink(b.mqtt(), "dev1", lambda: [info], subscriptions=["edge/dev1/cmd"], inbox=inbox)
+    s.start()
+    try:
+        assert s.wait_connected(10)
+        wait_until(lambda: s._echoed, 10, what="the retained online back on the availability subscription")
+        assert s.refused_subscriptions == []
+    finally:
+        s.close(2)
+        b.stop()
+    events = []  # what the broker received from the agent, in order (mosquitto's log: a SUBSCRIBE's topics
+    for line in b.log.read_text().splitlines():  # follow it a line each, "\t<topic> (QoS n)")
+        text = line.split(": ", 1)[-1]
+        if text.startswith("Received SUBSCRIBE from edge-agent-dev1"):
+            events.append("SUBSCRIBE")
+        elif text.startswith("\t") and events and events[-1].startswith("SUBSCRIBE"):
+            events[-1] += " " + text.strip().split(" (QoS")[0]
+        elif text.startswith("Received PUBLISH from edge-agent-dev1"):
+            topic = text.split("'")[1]
+            events.append(f"PUBLISH {topic.rsplit('/', 1)[-1]}")
+    assert events[:4] == ["SUBSCRIBE edge/dev1/cmd", "PUBLISH availability", "PUBLISH info",
+                          "SUBSCRIBE edge/dev1/availability"], events
+
+
 def test_queue_is_bounded_while_broker_is_away_and_drains_in_order(tmp_path: Path) -> None:
     b = Broker(tmp_path)
     s = sink_for(b.mqtt(queue_size=20, reconnect_min_s=0.1, reconnect_max_s=0.5))
@@ -394,6 +428,9 @@ def test_a_connection_cut_while_a_large_message_is_read_past_leaves_the_next_one
         return first, body
 
     def accept_and_subscribe() -> socket.socket:
+        """Up to the SUBSCRIBE of the agent's own availability, the last packet it sends on connecting
+        (closed earlier, with its packets unread, the socket would be reset, and the client drop what it
+        had not read yet)."""
         c, _ = srv.accept()
         assert read_packet(c)[0] >> 4 == 1  # CONNECT
         c.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
@@ -405,7 +442,8 @@ def test_a_connection_cut_while_a_large_message_is_read_past_leaves_the_next_one
                     pos += 2 + int.from_bytes(body[pos : pos + 2], "big") + 1
                     topics += 1
                 c.sendall(bytes([0x90, 2 + topics]) + body[:2] + b"\x01" * topics)
-                return c
+                if b"edge/dev1/availability" in body:
+                    return c
 
     def publish(topic: bytes, payload: bytes, declared: int | None = None) -> bytes:
         rest = len(topic) + 2 + len(payload) if declared is None else declared

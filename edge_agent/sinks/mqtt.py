@@ -450,8 +450,8 @@ class MqttSink(Sink):
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
-        #: the latest SUBSCRIBE's message id and topics, to read its SUBACK by
-        self._subscribing: tuple[int, list[str]] | None = None
+        #: this connection's SUBSCRIBEs not yet acknowledged: message id -> topics, to read each SUBACK by
+        self._subscribing: dict[int, list[str]] = {}
         #: topics the broker refused us (its ACL): commands and model chunks on them never arrive
         self.refused_subscriptions: list[str] = []
         #: when the current connection was accepted, and how many in a row the broker closed soon after
@@ -748,12 +748,16 @@ class MqttSink(Sink):
                 self._largest_sent = None
                 _no_delay(self._client)
                 self._note_local_address()
+                # a clean session forgets subscriptions: ask again on every connect, before the birth. The
+                # broker handles one connection's packets in order, so whatever answers our `online` or
+                # discovery at once (a command, a button pressed) finds the subscription there; after it,
+                # such a message could be routed before the subscription was made, and lost
+                self._subscribing = {}
+                self._subscribe(self.subscriptions)
                 self._publish_birth()
-                # a clean session forgets subscriptions: ask again on every connect. Our own
-                # availability too: an old session's Will arriving after this birth is undone.
-                topics = [self.availability_topic, *self.subscriptions]
-                _, mid = self._client.subscribe([(t, 1) for t in topics])
-                self._subscribing = (mid, topics) if mid is not None else None
+                # our own availability after the birth: its retained `online` comes back on it (`_unechoed`),
+                # and an old session's Will arriving after this birth is undone
+                self._subscribe([self.availability_topic])
                 self._replay_after = 0
                 self._replay_idle_at = None
                 self._replay_inflight.clear()
@@ -981,13 +985,22 @@ class MqttSink(Sink):
                 log.info("mqtt: the connection has held for %.0f s; no other client is taking it", _SHORT_LIVED_S)
                 self.taken_over = None
 
+    def _subscribe(self, topics: list[str]) -> None:
+        if not topics:
+            return
+        _, mid = self._client.subscribe([(t, 1) for t in topics])
+        if mid is not None:
+            self._subscribing[mid] = topics
+
     def _read_suback(self, ev: _Event) -> None:
         """A broker whose ACL refuses a subscription still accepts the connection and our publishes: say
-        which topics it refused, or commands and model updates silently never arrive."""
-        if self._subscribing is None or ev.mid != self._subscribing[0]:
+        which topics it refused, or commands and model updates silently never arrive. Each SUBACK answers
+        for its own topics; the others keep what theirs said."""
+        topics = self._subscribing.pop(ev.mid, None) if ev.mid is not None else None
+        if topics is None:
             return
-        topics = self._subscribing[1]
-        refused = [t for t, no in zip(topics, ev.refused, strict=False) if no]  # a short SUBACK: what it names
+        now = [t for t, no in zip(topics, ev.refused, strict=False) if no]  # a short SUBACK: what it names
+        refused = [t for t in self.refused_subscriptions if t not in topics] + now
         if refused and refused != self.refused_subscriptions:
             log.error(
                 "mqtt: the broker refused the subscription to %s (its ACL?): nothing sent there reaches this "
