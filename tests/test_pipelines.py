@@ -1538,13 +1538,16 @@ def test_sigterm_with_a_camera_that_never_answers_exits_cleanly(broker: Broker, 
 
 @needs_shared
 def test_a_camera_pipeline_that_cannot_keep_up_with_its_fps_says_so(broker: Broker, agent_factory) -> None:  # type: ignore[no-untyped-def]
-    """Two live cameras (real HTTP MJPEG servers at about 90 frames a second): one asks 30 fps of the SSD,
-    which runs at 10-20 here on one thread, and health says so once that has lasted
+    """Two live cameras (real HTTP MJPEG servers): one sends small frames at a few hundred a second and
+    asks 150 fps of the SSD on one thread and one interpreter (10-40 ms an invoke on this machine's
+    slower and faster days, so at most 25-100 fps: a rate that holds whatever the day's speed, where 30 fps
+    of 640x480 frames was kept up with on a fast one), and health says so once that has lasted
     `health.behind_after_s`, naming the pipeline, with the share of the camera's frames skipped; the other
     asks 5 of BlazeFace, which it keeps up with, and says nothing."""
     from .test_sources import MjpegCamera
 
-    slow_cam, quick_cam = MjpegCamera(), MjpegCamera()
+    asked = 150
+    slow_cam, quick_cam = MjpegCamera(pause_s=0.002, width=160), MjpegCamera()
     rec = Recorder(broker, "behind")
     try:
         env = {
@@ -1552,8 +1555,10 @@ def test_a_camera_pipeline_that_cannot_keep_up_with_its_fps_says_so(broker: Brok
             "EDGE_AGENT_DEVICE_ID": "behind",
             "EDGE_AGENT_HEALTH__INTERVAL_S": "0.5",
             "EDGE_AGENT_HEALTH__BEHIND_AFTER_S": "1",
+            "EDGE_AGENT_RUNTIME__THREADS": "1",
+            "EDGE_AGENT_RUNTIME__REPLICAS": "1",
             "EDGE_AGENT_PIPELINES": json.dumps([
-                {"name": "slow", "source": {"uri": slow_cam.url, "fps": 30},
+                {"name": "slow", "source": {"uri": slow_cam.url, "fps": asked},
                  "model": {"path": str(SSD_MODEL), "labels": str(COCO_LABELS)}},
                 {"name": "quick", "source": {"uri": quick_cam.url, "fps": 5}, "model": {"path": str(SHORT)}},
             ]),
@@ -1568,10 +1573,12 @@ def test_a_camera_pipeline_that_cannot_keep_up_with_its_fps_says_so(broker: Brok
             return None
 
         h, said = wait_until(behind, scaled(60), what="the slow pipeline said to be behind")
-        assert len(said) == 1 and said[0].startswith("slow: inferring ") and " fps of the 30 asked, for " in said[0]
+        assert len(said) == 1 and said[0].startswith("slow: inferring ")
+        assert f" fps of the {asked} asked, for " in said[0]
         assert "of the camera's frames skipped" in said[0] and "lower source.fps" in said[0]
         fps = h["pipelines"]["slow"]["fps"]
-        assert fps["inferred"] < 24 and fps["captured"] >= 27  # the camera gave what was asked; the model did not
+        # the camera gave what was asked; the model did not
+        assert fps["inferred"] < 0.8 * asked and fps["captured"] >= 0.9 * asked, fps
         assert h["pipelines"]["quick"]["fps"]["inferred"] > 4
         assert h["status"] == "degraded"
     finally:

@@ -485,13 +485,15 @@ def test_a_video_declaring_frames_larger_than_a_picture_may_be_is_refused_before
     assert "big.avi" not in r.stdout and '"file":"' + str(tmp_path / "clip.avi") in r.stdout, r.stdout
 
 
-def _demo_jpegs(n: int = 10) -> list[bytes]:
-    """The demo video's first `n` frames as JPEG, as a camera would send them."""
+def _demo_jpegs(n: int = 10, width: int | None = None) -> list[bytes]:
+    """The demo video's first `n` frames as JPEG, as a camera would send them (`width`: scaled to it)."""
     jpegs = []
     cap = cv2.VideoCapture(str(DEMO_VIDEO))
     for _ in range(n):
         ok, img = cap.read()
         assert ok
+        if width is not None:
+            img = cv2.resize(img, (width, img.shape[0] * width // img.shape[1]), interpolation=cv2.INTER_AREA)
         jpegs.append(cv2.imencode(".jpg", img)[1].tobytes())
     cap.release()
     return jpegs
@@ -540,8 +542,10 @@ class MjpegCamera:
     first connection: "endless" (bytes at link speed and no boundary), "giant" (a JPEG declaring
     30,000 x 30,000 pixels), "trickle" (one byte at a time)."""
 
-    def __init__(self, bad: str | None = None, at: int = 6):  # frame 5 has a length: it ends without frame 6
-        self.jpegs, self.bad, self.at, self.connections = _demo_jpegs(), bad, at, 0
+    def __init__(self, bad: str | None = None, at: int = 6, pause_s: float = 0.01, width: int | None = None):
+        """pause_s: between two frames (0.01: about 90 frames a second); width: the frames scaled to it.
+        Frame 5 has a length: it ends without frame 6."""
+        self.jpegs, self.bad, self.at, self.connections = _demo_jpegs(width=width), bad, at, 0
         camera = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -583,7 +587,7 @@ class MjpegCamera:
                                 time.sleep(0.2)
                         self.wfile.write(part)
                         self.wfile.flush()
-                        time.sleep(0.01)
+                        time.sleep(pause_s)
                 except OSError:  # the reader went away
                     pass
 
