@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pty
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +23,15 @@ import pytest
 from edge_agent.bench import free_port
 from edge_agent.config import MQTTConfig
 from edge_agent.sinks.mqtt import Subscriber
+
+# each process of the suite (each pytest worker) its own default state directory: commands run without one
+# (`run` refused for its settings, `check`, `predict`) took ~/.local/state/edge-agent, and two of them at once
+# on two workers were refused "another edge-agent is using the state directory". Set in every process, not
+# inherited: the workers start with the environment of the process that started them
+if os.environ.get("EDGE_TEST_STATE_PID") != str(os.getpid()):
+    os.environ["EDGE_TEST_STATE_PID"] = str(os.getpid())
+    os.environ["STATE_DIRECTORY"] = tempfile.mkdtemp(prefix="edge-agent-tests-")
+    atexit.register(shutil.rmtree, os.environ["STATE_DIRECTORY"], True)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

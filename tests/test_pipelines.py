@@ -1538,10 +1538,10 @@ def test_sigterm_with_a_camera_that_never_answers_exits_cleanly(broker: Broker, 
 
 @needs_shared
 def test_a_camera_pipeline_that_cannot_keep_up_with_its_fps_says_so(broker: Broker, agent_factory) -> None:  # type: ignore[no-untyped-def]
-    """Two live cameras (real HTTP MJPEG servers): one sends small frames at a few hundred a second and
-    asks 150 fps of the SSD on one thread and one interpreter (10-40 ms an invoke on this machine's
-    slower and faster days, so at most 25-100 fps: a rate that holds whatever the day's speed, where 30 fps
-    of 640x480 frames was kept up with on a fast one), and health says so once that has lasted
+    """Two live cameras (real HTTP MJPEG servers): one sends frames 160 px wide, 2 ms apart, and asks 150 fps
+    of the SSD on one thread and one interpreter (13.5 ms an invoke on this machine's fast days, about 65
+    fps in the agent; 30 fps of 640x480 frames, asked before, was kept up with on such a day), and health
+    says so once that has lasted
     `health.behind_after_s`, naming the pipeline, with the share of the camera's frames skipped; the other
     asks 5 of BlazeFace, which it keeps up with, and says nothing."""
     from .test_sources import MjpegCamera

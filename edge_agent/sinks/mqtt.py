@@ -996,7 +996,7 @@ class MqttSink(Sink):
         """A broker whose ACL refuses a subscription still accepts the connection and our publishes: say
         which topics it refused, or commands and model updates silently never arrive. Each SUBACK answers
         for its own topics; the others keep what theirs said."""
-        topics = self._subscribing.pop(ev.mid, None) if ev.mid is not None else None
+        topics = self._subscribing.pop(ev.mid, None)
         if topics is None:
             return
         now = [t for t, no in zip(topics, ev.refused, strict=False) if no]  # a short SUBACK: what it names
