@@ -233,7 +233,7 @@ class Agent:
 
     def init_sink(self) -> None:
         self.sink = make_sink(self.sink_kind, self.settings, self.retained_state, subscriptions(self.settings),
-                              self.inbox)
+                              self.inbox, self.stop)
         self.sink.start()
         self.clear_stale_retained()
 

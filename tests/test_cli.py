@@ -278,3 +278,38 @@ def test_listen_shows_what_anything_publishes_without_ending_or_working_the_term
         if not raw:  # the one well-formed prediction is summarised, its words made plain
             assert "#7 cpu\\u001b]0;pwned\\u0007 infer 1.5 ms" in r.stdout and "person\\u009b2J 0.90" in r.stdout, lines
         assert 'edge/d/predictions {"binary": "image/jpeg", "bytes": 11}' in lines, lines
+
+
+@pytest.mark.parametrize("command", ["run", "predict"])
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(command: str, tmp_path: Path) -> None:
+    """`edge-agent ... | head`: once the reader has closed the pipe, the command ends by itself with
+    status 0 and no traceback. `run --sink stdout` writes from its pipelines' threads, where the broken
+    pipe used to be logged, with its traceback, at every frame for as long as the source lasted (here
+    an endless one: it never ended)."""
+    import os
+
+    from .conftest import DEMO_VIDEO, scaled
+
+    what = (["run", "--sink", "stdout", "--source", "synthetic", "--model", str(SHORT),
+             "--set", f"state_dir={tmp_path / 'state'}"] if command == "run"
+            else ["predict", str(SHORT), str(DEMO_VIDEO)])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    with (tmp_path / "stderr").open("w+") as err:
+        p = subprocess.Popen([sys.executable, "-m", "edge_agent", *what], stdout=subprocess.PIPE, stderr=err,
+                             stdin=subprocess.DEVNULL, env=env, cwd=str(ROOT))
+        try:
+            assert p.stdout is not None
+            lines = [p.stdout.readline() for _ in range(2)]
+            p.stdout.close()  # as `head -n 2` does, with the command still writing
+            rc = p.wait(scaled(60))
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        err.seek(0)
+        said = err.read()
+    assert all(line.strip() for line in lines), lines
+    assert rc == 0, said[-1500:]
+    assert "Traceback" not in said and "Exception ignored" not in said, said[-1500:]
+    if command == "run":
+        assert said.count("standard output was closed by its reader: stopping") == 1, said[-1500:]

@@ -6,6 +6,7 @@ Adding a sink is one file (a `Sink` subclass with `name` and `create`) and one l
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Callable
 
 from edge_agent.config import Settings
@@ -25,6 +26,8 @@ def make_sink(
     retained: Callable[[], list[Message]],
     subscriptions: list[str] | None = None,
     inbox: queue.Queue[Inbound] | None = None,
+    stop: threading.Event | None = None,
 ) -> Sink:
-    """subscriptions/inbox: command topics, for sinks that can receive (MQTT)."""
-    return SINKS[kind].create(SinkContext(settings, retained, subscriptions or [], inbox))
+    """subscriptions/inbox: command topics, for sinks that can receive (MQTT); stop: set by a sink whose
+    output is gone for good."""
+    return SINKS[kind].create(SinkContext(settings, retained, subscriptions or [], inbox, stop))

@@ -34,12 +34,15 @@ class Inbound(NamedTuple):
 @dataclass
 class SinkContext:
     """What the agent gives a sink it opens: settings, the retained state to republish on each
-    (re)connect, and for sinks that can receive, the command topics and the queue they go to."""
+    (re)connect, for sinks that can receive, the command topics and the queue they go to, and the
+    agent's stop event, which a sink sets when what it writes to is gone for good (standard output
+    whose reader has closed it: `run --sink stdout | head`)."""
 
     settings: Settings
     retained: Callable[[], list[Message]] = lambda: []
     subscriptions: list[str] = field(default_factory=list)
     inbox: queue.Queue[Inbound] | None = None
+    stop: threading.Event | None = None
 
 
 class Sink(abc.ABC):
@@ -96,21 +99,25 @@ class LocalSink(Sink):
 
     def __init__(self) -> None:
         self.sent = 0
+        #: messages that could not be handed over, by reason
+        self.drops: dict[str, int] = {}
         self.heartbeat = time.monotonic()
         self._lock = threading.Lock()
 
     @abc.abstractmethod
-    def deliver(self, msg: Message) -> None:
-        """Hand one message over; called under the sink's lock."""
+    def deliver(self, msg: Message) -> bool | None:
+        """Hand one message over; called under the sink's lock. False: it could not be (counted in
+        `drops` by the sink)."""
 
     def start(self) -> None:
         pass
 
     def submit(self, msg: Message) -> bool:
         with self._lock:
-            self.deliver(msg)
-            self.sent += 1
             self.heartbeat = time.monotonic()
+            if self.deliver(msg) is False:
+                return False
+            self.sent += 1
         return True
 
     def flush(self, timeout: float) -> bool:
@@ -123,4 +130,4 @@ class LocalSink(Sink):
         return True
 
     def stats(self) -> dict[str, object]:
-        return {"state": "connected", "sent": self.sent, "queue_depth": 0, "drops": {}}
+        return {"state": "connected", "sent": self.sent, "queue_depth": 0, "drops": dict(self.drops)}
