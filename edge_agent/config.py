@@ -1310,6 +1310,10 @@ def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: what a list of pipelines looks like as JSON, in the hints of errors that ask for one
+_PIPELINES_EXAMPLE = '[{"name": "door", "source": {"uri": "0"}}]'
+
+
 def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -1318,8 +1322,8 @@ def format_validation_error(err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown setting"
         elif e["type"] == "list_type":  # one syntax for lists everywhere: JSON (TOML's own arrays in a file)
-            msg += ' (write a list as JSON: --set \'{k}=["a", "b"]\', {env}=\'["a", "b"]\')'.format(
-                k=loc, env=ENV_PREFIX + loc.upper().replace(".", "__"))
+            ex = _PIPELINES_EXAMPLE if loc == "pipelines" else '["a", "b"]'
+            msg += f" (write a list as JSON: --set '{loc}={ex}', {ENV_PREFIX + loc.upper().replace('.', '__')}='{ex}')"
         msg = msg.removeprefix("Value error, ")
         lines.append(msg if loc == "(root)" else f"{loc}: {msg}")  # the whole's checks name their keys
     return "\n".join(lines)
@@ -1443,10 +1447,7 @@ def _settings_error(err: SettingsError) -> str:
                     break
     cause = err.__cause__
     why = f": {cause}" if cause is not None else ""
-    if env == ENV_PREFIX + "PIPELINES":
-        example = '[{"name": "door", "source": {"uri": "0"}}]'
-    else:
-        example = '["a", "b"]'
+    example = _PIPELINES_EXAMPLE if env == ENV_PREFIX + "PIPELINES" else '["a", "b"]'
     return f"{env}: not valid JSON{why} (lists and tables are JSON here, e.g. {env}='{example}')"
 
 
