@@ -7,10 +7,12 @@ can describe it, and a mistyped key is an error rather than a silently ignored s
 from __future__ import annotations
 
 import contextvars
+import difflib
 import json
 import os
 import re
 import socket
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -1083,7 +1085,8 @@ class PipelineConfig(_Strict):
             name = data.get("name") if isinstance(data, dict) else None
             if not name:
                 raise
-            raise ValueError(f"pipeline '{name}': {format_validation_error(err)}") from None
+            said = format_validation_error(err, cls).splitlines()
+            raise ValueError("\n".join(f"pipeline '{name}': {line}" for line in said)) from None
 
     @field_validator("name")
     @classmethod
@@ -1290,7 +1293,9 @@ def _check_env_keys(environ: dict[str, str]) -> None:
         for part in key[len(ENV_PREFIX) :].lower().split(ENV_NESTED):
             field = model.model_fields.get(part)
             if field is None:
-                raise ConfigError(f"{key}: unknown setting '{part}'")
+                close = _closest(part, model)
+                hint = f" (did you mean {key[: len(key) - len(part)]}{close.upper()}?)" if close else ""
+                raise ConfigError(f"{key}: unknown setting '{part}'{hint}")
             ann = field.annotation
             if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
                 break
@@ -1314,13 +1319,77 @@ def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
 _PIPELINES_EXAMPLE = '[{"name": "door", "source": {"uri": "0"}}]'
 
 
-def format_validation_error(err: ValidationError) -> str:
+def _members(ann: Any) -> list[Any]:
+    """The types a setting may hold: a union's members (an optional's None left out), else its own."""
+    if typing.get_origin(ann) is Annotated:
+        ann = typing.get_args(ann)[0]
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(ann) if a is not type(None)]
+    return [ann]
+
+
+def _table(ann: Any) -> type[BaseModel] | None:
+    return next((m for m in _members(ann) if isinstance(m, type) and issubclass(m, BaseModel)), None)
+
+
+def _key_path(root: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[list[int | str], Any, bool]:
+    """An error's location as the user wrote the key: the tags pydantic adds for a union's members
+    (`model.ModelConfig.path` for a pipeline's model, which is a name or a table) left out. Also the
+    type the location holds (Any where it is not known) and whether the path went through a member
+    that is not a table (the name a table was written in place of: the table's own errors say more)."""
+    shown: list[int | str] = []
+    ann: Any = root
+    as_table = True
+    for part in loc:
+        model = _table(ann)
+        if model is not None and isinstance(part, str) and part in model.model_fields:
+            shown.append(part)
+            ann = model.model_fields[part].annotation
+            continue
+        container = next((m for m in _members(ann) if typing.get_origin(m) in (list, dict)), None)
+        if container is not None and isinstance(part, int) == (typing.get_origin(container) is list):
+            shown.append(part)
+            ann = typing.get_args(container)[-1]
+            continue
+        tagged = [m for m in _members(ann) if getattr(m, "__name__", None) == part]
+        if len(_members(ann)) > 1 and tagged:
+            ann = tagged[0]
+            as_table = as_table and _table(ann) is not None
+            continue
+        shown.append(part)
+        ann = Any
+    return shown, ann, as_table
+
+
+def _closest(key: str, model: type[BaseModel]) -> str | None:
+    """The setting of `model` an unknown key is most likely a typo of (as the CLI's flags get), if any."""
+    close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _did_you_mean(root: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """' (did you mean 'host'?)' for an unknown key close to one the table it is in has, else ''."""
+    model = _table(_key_path(root, loc[:-1])[1])
+    close = _closest(loc[-1], model) if model is not None and loc and isinstance(loc[-1], str) else None
+    return f" (did you mean '{close}'?)" if close else ""
+
+
+def format_validation_error(err: ValidationError, root: type[BaseModel] | None = None) -> str:
+    """One line per error, naming the key as the user wrote it. `root`: the model validated (the whole
+    settings unless said), whose fields an unknown key is compared with for a suggestion."""
+    root = root or Settings
+    errors = [(e, *_key_path(root, e["loc"])) for e in err.errors()]
+    # a table written where a name would also do fails as a name too: once the table's own keys are
+    # what is wrong, that error says nothing more
+    inside = [shown for _, shown, _, as_table in errors if as_table]
     lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+    for e, shown, _, as_table in errors:
+        if not as_table and any(len(t) > len(shown) and t[: len(shown)] == shown for t in inside):
+            continue
+        loc = ".".join(str(p) for p in shown) or "(root)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown setting"
+            msg = "unknown setting" + _did_you_mean(root, e["loc"])
         elif e["type"] == "list_type":  # one syntax for lists everywhere: JSON (TOML's own arrays in a file)
             ex = _PIPELINES_EXAMPLE if loc == "pipelines" else '["a", "b"]'
             msg += f" (write a list as JSON: --set '{loc}={ex}', {ENV_PREFIX + loc.upper().replace('.', '__')}='{ex}')"
@@ -1415,7 +1484,7 @@ def load_settings_keeping(
                 PipelineConfig.model_validate(item)
                 keep.append(item)
             except ValidationError as bad:
-                refused[str(name or f"#{i}")] = format_validation_error(bad)
+                refused[str(name or f"#{i}")] = format_validation_error(bad, PipelineConfig)
                 if isinstance(item, dict) and isinstance(item.get("model"), str):
                     named.add(item["model"])
                 if name in running_by_name:

@@ -166,6 +166,43 @@ def test_unknown_env_and_file_keys_are_errors(tmp_path: Path, monkeypatch: pytes
         assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr[-500:]
 
 
+def test_a_mistyped_key_gets_the_closest_setting_wherever_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a mistyped flag or command gets the closest one: in a file, after --set, in the environment
+    and inside a pipeline's table, the unknown key is named with the setting it is likely a typo of,
+    among those of the table it is in. A pipeline's model is a name or a table: a table with a typo
+    is said as such, without the tags of the union in the key, nor that it is not a name."""
+    f = tmp_path / "c.toml"
+    f.write_text("[mqtt]\nhots = 'broker'\n[source]\nurl = 'x'\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f)
+    assert "mqtt.hots: unknown setting (did you mean 'host'?)" in str(err.value)
+    assert "source.url: unknown setting (did you mean 'uri'?)" in str(err.value)
+    with pytest.raises(ConfigError, match=r"scene\.zones\.0\.lables: unknown setting \(did you mean 'labels'\?\)"):
+        load_settings(None, {"scene.zones": [{"name": "a", "points": [[0, 0], [1, 0], [1, 1]], "lables": []}]})
+    with pytest.raises(ConfigError, match=r"models\.f\.pathh: unknown setting \(did you mean 'path'\?\)"):
+        load_settings(None, {"models": {"f": {"pathh": "x"}}})
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {"pipelines": [{"name": "door", "model": {"pathh": "x"}, "source": {"fsp": 5}}]})
+    said = str(err.value)
+    assert "pipeline 'door': model.pathh: unknown setting (did you mean 'path'?)" in said, said
+    assert "pipeline 'door': source.fsp: unknown setting (did you mean 'fps'?)" in said, said
+    assert "ModelConfig" not in said and "valid string" not in said, said
+    # neither a name nor a table: both are said
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {"pipelines": [{"name": "door", "model": 5}]})
+    assert "valid string" in str(err.value) and "valid dictionary" in str(err.value)
+    # nothing close: no guess
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {"mqtt.zzzzzz": 1})
+    assert str(err.value).endswith("mqtt.zzzzzz: unknown setting"), err.value
+    monkeypatch.setenv("EDGE_AGENT_MQTT__PASWORD", "x")
+    with pytest.raises(ConfigError, match=r"EDGE_AGENT_MQTT__PASWORD: unknown setting 'pasword' \(did you mean "
+                                          r"EDGE_AGENT_MQTT__PASSWORD\?\)"):
+        load_settings()
+
+
 def test_every_field_has_a_description() -> None:
     rows = describe_fields(Settings)
     assert len(rows) > 40
