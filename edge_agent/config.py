@@ -1290,12 +1290,13 @@ def _check_env_keys(environ: dict[str, str]) -> None:
         if not key.startswith(ENV_PREFIX):
             continue
         model: type[BaseModel] = Settings
-        for part in key[len(ENV_PREFIX) :].lower().split(ENV_NESTED):
+        parts = key[len(ENV_PREFIX) :].lower().split(ENV_NESTED)
+        for i, part in enumerate(parts):
             field = model.model_fields.get(part)
             if field is None:
                 close = _closest(part, model)
-                hint = f" (did you mean {key[: len(key) - len(part)]}{close.upper()}?)" if close else ""
-                raise ConfigError(f"{key}: unknown setting '{part}'{hint}")
+                meant = ENV_PREFIX + ENV_NESTED.join([*parts[:i], close or "", *parts[i + 1 :]]).upper()
+                raise ConfigError(f"{key}: unknown setting '{part}'" + (f" (did you mean {meant}?)" if close else ""))
             ann = field.annotation
             if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
                 break

@@ -201,6 +201,10 @@ def test_a_mistyped_key_gets_the_closest_setting_wherever_it_is_written(
     with pytest.raises(ConfigError, match=r"EDGE_AGENT_MQTT__PASWORD: unknown setting 'pasword' \(did you mean "
                                           r"EDGE_AGENT_MQTT__PASSWORD\?\)"):
         load_settings()
+    monkeypatch.delenv("EDGE_AGENT_MQTT__PASWORD")
+    monkeypatch.setenv("EDGE_AGENT_MQTTT__HOST", "x")  # the typo at the start: the rest of the name kept
+    with pytest.raises(ConfigError, match=r"unknown setting 'mqttt' \(did you mean EDGE_AGENT_MQTT__HOST\?\)"):
+        load_settings()
 
 
 def test_every_field_has_a_description() -> None:
