@@ -396,6 +396,77 @@ def test_status_page_in_headless_chromium(web_agent: tuple[str, Any]) -> None:
             browser.close()
 
 
+def _clip_of_grays(path: Path, grays: list[int], fps: float, writer: str) -> None:
+    """A clip whose frame k is one flat gray, `grays[k]`: written by the agent's own clip recorder, or
+    by OpenCV's built-in Motion JPEG writer (the other layout of AVI file a clip may have)."""
+    from edge_agent.clips import ClipRecorder
+    from edge_agent.config import ClipConfig
+
+    frames = [np.full((120, 160, 3), g, np.uint8) for g in grays]
+    if writer == "opencv":
+        w = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter.fourcc(*"MJPG"), fps, (160, 120))
+        assert w.isOpened()
+        for f in frames:
+            w.write(f)
+        w.release()
+        return
+    rec = ClipRecorder(ClipConfig(enabled=True, pre_s=0, post_s=0, fps=fps), path.parent)
+    rec.begin(path.stem, 0.0)
+    for k, f in enumerate(frames):
+        rec.offer(f, k / fps)
+    rec.end(path.stem, (len(frames) - 1) / fps)
+    rec.close()
+    assert path.is_file()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/test.sh installs it)")
+@pytest.mark.parametrize("writer", ["agent", "opencv"])
+def test_a_clip_plays_on_the_status_page_at_its_own_frame_rate(writer: str, tmp_path: Path) -> None:
+    """A clip is Motion JPEG in AVI, which no browser's video element plays (a click on its link saves
+    the file): its play button shows its frames in turn, at the clip's frame rate, read out of the
+    file in the page. Twelve frames at 10 fps take 1.1 s from the first to the last, and the last one
+    stays on screen."""
+    from playwright.sync_api import sync_playwright
+
+    from edge_agent.config import HTTPConfig
+    from edge_agent.web import WebServer
+
+    grays = [20 + 18 * k for k in range(12)]
+    (tmp_path / "clips" / "door").mkdir(parents=True)
+    _clip_of_grays(tmp_path / "clips" / "door" / "1700000000.000-abc123.avi", grays, 10.0, writer)
+    web = WebServer(HTTPConfig(enabled=True, bind="127.0.0.1", port=free_port()), lambda: {}, list, {}, list, tmp_path)
+    web.start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
+                                                                         "--disable-dev-shm-usage"])
+            try:
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(f"http://127.0.0.1:{web.port}/")
+                page.wait_for_selector("#media button.play", timeout=15_000)
+                assert page.is_hidden("#player")
+                page.click("#media button.play")
+                page.wait_for_function("window.clipFrames === 12", timeout=10_000)
+                t0 = page.evaluate("performance.now()")
+                page.wait_for_function("window.clipFramesShown === 12", timeout=scaled(10) * 1000)
+                took = (page.evaluate("performance.now()") - t0) / 1000
+                assert 0.9 <= took <= scaled(5), took  # the frame rate kept, not all at once
+                assert page.evaluate("window.clipMs") == pytest.approx(100, abs=1)
+                assert page.text_content("#playing") == "door clip 1700000000.000-abc123.avi: 12 frames at 10.0 fps"
+                size = page.evaluate("[document.getElementById('clip').naturalWidth,"
+                                     " document.getElementById('clip').naturalHeight]")
+                assert size == [160, 120]
+                shot = cv2.imdecode(np.frombuffer(page.locator("#clip").screenshot(), np.uint8), cv2.IMREAD_GRAYSCALE)
+                assert abs(float(np.median(shot)) - grays[-1]) < 6, np.median(shot)  # the last frame, not the first
+                assert not errors, errors
+            finally:
+                browser.close()
+    finally:
+        web.close()
+
+
 def test_snapshots_and_clips_are_listed_and_served_and_nothing_else(tmp_path: Path) -> None:
     from edge_agent.config import HTTPConfig
     from edge_agent.web import WebServer
