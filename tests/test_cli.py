@@ -313,3 +313,40 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(command: str, tm
     assert "Traceback" not in said and "Exception ignored" not in said, said[-1500:]
     if command == "run":
         assert said.count("standard output was closed by its reader: stopping") == 1, said[-1500:]
+
+
+def test_the_stdout_sink_drops_what_it_cannot_write_and_never_holds_its_caller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A write that fails (here a real one, to /dev/full: no space left) drops that message, counted and
+    said once, and the sink still takes the next: a refusal would have an event's sender try again for
+    as long as the disk stayed full, holding its pipeline. A reader that closes the pipe stops the
+    agent (the stop event), once."""
+    import contextlib
+    import logging
+    import os
+    import threading
+
+    from edge_agent.sinks import Message
+    from edge_agent.sinks.stdout import StdoutSink
+
+    caplog.set_level(logging.INFO, logger="edge_agent.sinks.stdout")
+    stop = threading.Event()
+    full = open("/dev/full", "w")  # closed below, where its close fails too: what it holds cannot be written
+    try:
+        sink = StdoutSink(full, stop=stop)
+        assert all(sink.submit(Message(f"edge/x/events/{i}", b"{}", qos=1)) for i in range(5))
+        assert sink.drops == {"write_failed": 5} and sink.sent == 0 and sink.is_healthy()
+        assert not stop.is_set()
+        assert caplog.text.count("No space left on device") == 1, caplog.text
+    finally:
+        with contextlib.suppress(OSError):
+            full.close()
+    r, w = os.pipe()
+    os.close(r)
+    with os.fdopen(w, "w") as pipe:
+        sink = StdoutSink(pipe, stop=stop)
+        assert sink.submit(Message("edge/x/predictions", b"{}")) and sink.submit(Message("edge/x/events", b"{}"))
+        assert stop.is_set() and not sink.is_healthy()
+        assert sink.drops == {"reader_gone": 2} and sink.stats()["drops"] == {"reader_gone": 2}
+    assert caplog.text.count("closed by its reader") == 1, caplog.text

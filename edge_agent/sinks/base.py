@@ -106,18 +106,20 @@ class LocalSink(Sink):
 
     @abc.abstractmethod
     def deliver(self, msg: Message) -> bool | None:
-        """Hand one message over; called under the sink's lock. False: it could not be (counted in
-        `drops` by the sink)."""
+        """Hand one message over; called under the sink's lock. False: it could not be, and is dropped
+        (counted in `drops` by the sink)."""
 
     def start(self) -> None:
         pass
 
     def submit(self, msg: Message) -> bool:
+        """Always True: a local sink holds nothing for later, so what it cannot hand over is dropped and
+        counted, never refused. A refusal would have its caller try again (an event waits for room),
+        holding the pipeline on a stream that may never take another write (stdout on a full disk)."""
         with self._lock:
             self.heartbeat = time.monotonic()
-            if self.deliver(msg) is False:
-                return False
-            self.sent += 1
+            if self.deliver(msg) is not False:
+                self.sent += 1
         return True
 
     def flush(self, timeout: float) -> bool:
