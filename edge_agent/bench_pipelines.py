@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -610,20 +610,36 @@ def _versus(m: Path, n: int, runs: list[dict[str, Any]], first: list[dict[str, A
             "vs_first_by_round": [x["aggregate_fps"] / b for x, b in zip(mine, base, strict=True)]}
 
 
+def _compare(
+    models: list[Path], n: int, seconds: float, runs: int, threads: int, out: Any, what: str,
+    variants: dict[Any, dict[str, Any]], extra: Callable[[Any, list[dict[str, Any]]], dict[str, Any]],
+    row: Callable[[dict[str, Any]], str],
+) -> list[dict[str, Any]]:
+    """Each model in each of `variants`, alternated (`_alternate`): a row per variant with its medians
+    against the first variant's (`_versus`) and what `extra` makes of its runs, printed by `row` as each
+    model is done."""
+    rows = []
+    first = next(iter(variants))
+    for m, res in _alternate(models, n, seconds, runs, threads, what, variants):
+        for v in variants:
+            r = {**_versus(m, n, res[v], res[first]), **extra(v, res[v])}
+            rows.append(r)
+            print(row(r), file=out, flush=True)
+    return rows
+
+
 def compare_decode(
     models: list[Path], n: int, seconds: float, runs: int, threads: int, out: Any
 ) -> list[dict[str, Any]]:
     """One agent with n pipelines, every frame decoded whole against decoded at the scale the model needs
     (`source.scaled_decode`); medians per figure."""
-    rows = []
-    variants = {False: {"scaled_decode": False}, True: {"scaled_decode": True}}
-    for m, res in _alternate(models, n, seconds, runs, threads, "decoding", variants):
-        for v in variants:
-            scales = [s for r in res[v] for s in r["decode_scales"].values()]
-            row = {**_versus(m, n, res[v], res[False]), "scaled_decode": v, "decode_scale": max(scales, default=1)}
-            rows.append(row)
-            print(decode_row(row), file=out, flush=True)
-    return rows
+    return _compare(
+        models, n, seconds, runs, threads, out, "decoding",
+        {False: {"scaled_decode": False}, True: {"scaled_decode": True}},
+        lambda v, rs: {"scaled_decode": v,
+                       "decode_scale": max((s for r in rs for s in r["decode_scales"].values()), default=1)},
+        decode_row,
+    )
 
 
 def compare_replicas(
@@ -634,15 +650,13 @@ def compare_replicas(
     finds every one busy (up to one per pipeline and twice the cores); medians per figure."""
     from edge_agent.runtime.cpu import default_threads
 
-    rows = []
-    variants = {"per core": {"replicas": default_threads()}, "grown": {"replicas": 0}}
-    for m, res in _alternate(models, n, seconds, runs, threads, "replicas", variants):
-        for v in variants:
-            lanes = [e["interpreters"] for r in res[v] for e in r["engines"]]
-            row = {**_versus(m, n, res[v], res["per core"]), "replicas": v, "interpreters": max(lanes, default=0)}
-            rows.append(row)
-            print(replicas_row(row), file=out, flush=True)
-    return rows
+    return _compare(
+        models, n, seconds, runs, threads, out, "replicas",
+        {"per core": {"replicas": default_threads()}, "grown": {"replicas": 0}},
+        lambda v, rs: {"replicas": v,
+                       "interpreters": max((e["interpreters"] for r in rs for e in r["engines"]), default=0)},
+        replicas_row,
+    )
 
 
 def compare_linger(
@@ -653,16 +667,13 @@ def compare_linger(
     figure, and how many messages each of the publisher's rounds took."""
     from edge_agent.config import MQTTConfig
 
-    rows = []
     default = MQTTConfig().linger_ms
-    variants = {0.0: {"linger_ms": 0.0}, default: {"linger_ms": default}}
-    for m, res in _alternate(models, n, seconds, runs, threads, "linger", variants):
-        for v in variants:
-            row = {**_versus(m, n, res[v], res[0.0]), "linger_ms": statistics.median(r["linger_ms"] for r in res[v]),
-                   "messages_per_round": statistics.median(r["messages_per_round"] for r in res[v])}
-            rows.append(row)
-            print(linger_row(row), file=out, flush=True)
-    return rows
+    return _compare(
+        models, n, seconds, runs, threads, out, "linger", {0.0: {"linger_ms": 0.0}, default: {"linger_ms": default}},
+        lambda v, rs: {"linger_ms": statistics.median(r["linger_ms"] for r in rs),
+                       "messages_per_round": statistics.median(r["messages_per_round"] for r in rs)},
+        linger_row,
+    )
 
 
 LINGER_HEADER = (
@@ -672,13 +683,19 @@ LINGER_HEADER = (
 )
 
 
-def linger_row(r: dict[str, Any]) -> str:
+def _fps_vs_first(r: dict[str, Any]) -> str:
+    """The cells every `_compare` table has: aggregate fps | against the first variant (round by round)."""
     rounds = ", ".join(f"{x:.2f}" for x in r["vs_first_by_round"])
-    return (
-        f"| {r['model']} | {r['pipelines']} | {r['linger_ms']:g} | {r['aggregate_fps']:.1f} | {r['vs_first']:.2f} "
-        f"({rounds}) | {r['messages_per_round']:.2f} | {r['c2p_p50_ms']:.1f} / {r['c2p_p99_ms']:.1f} | "
-        f"{r['cpu_ms_per_frame']:.2f} |"
-    )
+    return f"{r['aggregate_fps']:.1f} | {r['vs_first']:.2f} ({rounds})"
+
+
+def _latency_cpu(r: dict[str, Any]) -> str:
+    return f"{r['c2p_p50_ms']:.1f} / {r['c2p_p99_ms']:.1f} | {r['cpu_ms_per_frame']:.2f}"
+
+
+def linger_row(r: dict[str, Any]) -> str:
+    return (f"| {r['model']} | {r['pipelines']} | {r['linger_ms']:g} | {_fps_vs_first(r)} | "
+            f"{r['messages_per_round']:.2f} | {_latency_cpu(r)} |")
 
 
 DECODE_HEADER = (
@@ -689,11 +706,7 @@ DECODE_HEADER = (
 
 def decode_row(r: dict[str, Any]) -> str:
     at = f"1/{r['decode_scale']} (scaled_decode on)" if r["scaled_decode"] else "whole (scaled_decode off)"
-    rounds = ", ".join(f"{x:.2f}" for x in r["vs_first_by_round"])
-    return (
-        f"| {r['model']} | {r['pipelines']} | {at} | {r['aggregate_fps']:.1f} | {r['vs_first']:.2f} ({rounds}) | "
-        f"{r['c2p_p50_ms']:.1f} / {r['c2p_p99_ms']:.1f} | {r['cpu_ms_per_frame']:.2f} |"
-    )
+    return f"| {r['model']} | {r['pipelines']} | {at} | {_fps_vs_first(r)} | {_latency_cpu(r)} |"
 
 
 REPLICAS_HEADER = (
@@ -704,12 +717,8 @@ REPLICAS_HEADER = (
 
 
 def replicas_row(r: dict[str, Any]) -> str:
-    rounds = ", ".join(f"{x:.2f}" for x in r["vs_first_by_round"])
-    return (
-        f"| {r['model']} | {r['pipelines']} | {r['interpreters']} ({r['replicas']}) | {r['aggregate_fps']:.1f} | "
-        f"{r['vs_first']:.2f} ({rounds}) | {r['c2p_p50_ms']:.1f} / {r['c2p_p99_ms']:.1f} | "
-        f"{r['cpu_ms_per_frame']:.2f} | {r['peak_rss_mb']:.1f} |"
-    )
+    return (f"| {r['model']} | {r['pipelines']} | {r['interpreters']} ({r['replicas']}) | {_fps_vs_first(r)} | "
+            f"{_latency_cpu(r)} | {r['peak_rss_mb']:.1f} |")
 
 
 BATCH_HEADER = (

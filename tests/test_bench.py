@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,55 +180,49 @@ def test_thread_cpu_counts_the_named_threads_alone_even_those_that_end() -> None
     assert 0.38 <= cpu.total <= 0.45, cpu.total
 
 
-@pytest.mark.emulation_slow("a throughput comparison of decoders: measures qemu's translation, not the board")
-def test_bench_decode_compares_whole_and_scaled_decoding_side_by_side(tmp_path: Path) -> None:
-    out = tmp_path / "decode.json"
-    r = run_cli("bench", "--decode", "2", "--model", str(SHORT), "--seconds", "1", "--runs", "2",
+def _two_variants(
+    tmp_path: Path, flag: str, n: int, runs: int, header: str
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """`bench FLAG N`: its table (a header, a rule and a row per variant) and its two rows from --json."""
+    out = tmp_path / "bench.json"
+    r = run_cli("bench", flag, str(n), "--model", str(SHORT), "--seconds", "1", "--runs", str(runs),
                 "--json", str(out), timeout=400)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("|")]
-    assert lines[0].startswith("| model | pipelines | decoded at") and len(lines) == 4
-    whole, scaled = json.loads(out.read_text())
+    assert lines[0].startswith(header) and len(lines) == 4, lines
+    first, second = json.loads(out.read_text())
+    assert first["vs_first"] == pytest.approx(1.0) and len(second["vs_first_by_round"]) == runs
+    return first, second, r.stdout
+
+
+@pytest.mark.emulation_slow("a throughput comparison of decoders: measures qemu's translation, not the board")
+def test_bench_decode_compares_whole_and_scaled_decoding_side_by_side(tmp_path: Path) -> None:
+    whole, scaled, stdout = _two_variants(tmp_path, "--decode", 2, 2, "| model | pipelines | decoded at")
     # BlazeFace letterboxes the 640x480 video to 128x96: a quarter of each frame is enough, and the
     # agents say that is what they decoded
     assert (whole["scaled_decode"], whole["decode_scale"]) == (False, 1)
     assert (scaled["scaled_decode"], scaled["decode_scale"]) == (True, 4)
-    assert whole["vs_first"] == pytest.approx(1.0) and len(scaled["vs_first_by_round"]) == 2
     assert all(row["aggregate_fps"] > 0 and row["cpu_ms_per_frame"] > 0 for row in (whole, scaled))
-    assert "| 1/4 (scaled_decode on) |" in r.stdout
+    assert "| 1/4 (scaled_decode on) |" in stdout
 
 
 @pytest.mark.emulation_slow("a throughput comparison of interpreters: measures qemu's translation, not the board")
 def test_bench_replicas_compares_one_interpreter_per_core_with_those_grown(tmp_path: Path) -> None:
     from edge_agent.runtime.cpu import default_threads
 
-    out = tmp_path / "replicas.json"
     n = default_threads() + 1  # a pipeline more than the cores: frames as fast as they go find every one busy
-    r = run_cli("bench", "--replicas", str(n), "--model", str(SHORT), "--seconds", "1", "--runs", "2",
-                "--json", str(out), timeout=400)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("|")]
-    assert lines[0].startswith("| model | pipelines | CPU interpreters") and len(lines) == 4
-    fixed, grown = json.loads(out.read_text())
+    fixed, grown, _ = _two_variants(tmp_path, "--replicas", n, 2, "| model | pipelines | CPU interpreters")
     assert (fixed["replicas"], fixed["interpreters"]) == ("per core", default_threads())
     assert grown["replicas"] == "grown" and default_threads() < grown["interpreters"] <= n
-    assert fixed["vs_first"] == pytest.approx(1.0) and len(grown["vs_first_by_round"]) == 2
     assert all(row["aggregate_fps"] > 0 and row["peak_rss_mb"] > 0 for row in (fixed, grown))
     assert run_cli("bench", "--replicas", "1").returncode == 2
 
 
 @pytest.mark.emulation_slow("a throughput comparison of publishing: measures qemu's translation, not the board")
 def test_bench_linger_compares_a_publisher_woken_per_message_with_one_that_gathers_them(tmp_path: Path) -> None:
-    out = tmp_path / "linger.json"
-    r = run_cli("bench", "--linger", "2", "--model", str(SHORT), "--seconds", "1", "--runs", "1",
-                "--json", str(out), timeout=400)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("|")]
-    assert lines[0].startswith("| model | pipelines | mqtt.linger_ms") and len(lines) == 4
-    each, gathered = json.loads(out.read_text())
+    each, gathered, _ = _two_variants(tmp_path, "--linger", 2, 1, "| model | pipelines | mqtt.linger_ms")
     # each agent says the setting it ran with: 0, and the default
     assert (each["linger_ms"], gathered["linger_ms"]) == (0.0, MQTTConfig().linger_ms) and gathered["linger_ms"] > 0
-    assert each["vs_first"] == pytest.approx(1.0) and len(gathered["vs_first_by_round"]) == 1
     assert all(row["aggregate_fps"] > 0 and row["messages_per_round"] >= 1 for row in (each, gathered))
     assert run_cli("bench", "--linger", "0").returncode == 2
 
