@@ -42,7 +42,7 @@ from edge_agent.payload import prediction
 from edge_agent.scene import SceneOutput, SceneStage, labels_problem
 from edge_agent.sinks.base import Message
 from edge_agent.sources import Frame, make_source
-from edge_agent.stats import StageStats, pipeline_counts
+from edge_agent.stats import ErrorLog, StageStats, pipeline_counts
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ class FramePipeline:
         self.capture_stats = StageStats("capture")
         self.infer_stats = StageStats("inference")
         self.post_stats = StageStats("postprocess")
+        self._errors = ErrorLog(log)  # inference and post-processing errors: a kind at most once a minute
         self.results: queue.Queue[_Item] = queue.Queue(maxsize=_RESULTS_QUEUE)
         self.skipped = 0  # inferences saved by change gating
         #: held while a frame goes through the scene stage, and while a reload replaces it
@@ -360,7 +361,7 @@ class FramePipeline:
             if isinstance(err, EngineClosed) and self.get_model() is not model:
                 return None  # an update replaced the model between taking it and invoking it: not an error
             st.error(f"{type(err).__name__}: {err}")
-            log.exception("%s: inference error", self.name)
+            self._errors.exception(err, "%s: inference error", self.name)
             return None
 
     def _post_loop(self) -> None:
@@ -400,7 +401,7 @@ class FramePipeline:
             st.done()
         except Exception as err:  # loop boundary: one bad result must not stop the stream
             st.error(f"{type(err).__name__}: {err}")
-            log.exception("%s: postprocess error", self.name)
+            self._errors.exception(err, "%s: postprocess error", self.name)
 
     def _publish(self, frame: Frame, raw: RawInference, inf: Inference, model: Model, cached: bool) -> None:
         h, w = frame.size or frame.image.shape[:2]

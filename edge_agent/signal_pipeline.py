@@ -33,7 +33,7 @@ from edge_agent.scene import labels_problem
 from edge_agent.signals import AUDIO_KINDS, Chunk, EndOfStream, SignalSource, SourceError, signal_kind
 from edge_agent.sinks.base import Message
 from edge_agent.sinks.memory import MemorySink
-from edge_agent.stats import FailureLog, StageStats, pipeline_counts
+from edge_agent.stats import ErrorLog, FailureLog, StageStats, pipeline_counts
 from edge_agent.topics import Topics
 from edge_agent.windowing import Windower
 
@@ -306,6 +306,7 @@ class SignalPipeline:
         self.capture_stats = StageStats("capture")
         self.infer_stats = StageStats("inference")
         self.post_stats = StageStats("postprocess")
+        self._errors = ErrorLog(log)  # inference and post-processing errors: a kind at most once a minute
         self.failed: str | None = None
         sc = settings.signal
         audio = signal_kind(settings.source.uri) in AUDIO_KINDS
@@ -468,7 +469,7 @@ class SignalPipeline:
                     log.error("signal pipeline %s: %s", self.name, err)
                     self.stop.wait(1.0)
                 else:
-                    log.exception("signal inference error")
+                    self._errors.exception(err, "%s: signal inference error", self.name)
 
     def _step(self, chain: _Chain, chunk: Chunk) -> None:
         st = self.infer_stats
@@ -566,7 +567,7 @@ class SignalPipeline:
                 st.done()
             except Exception as err:  # loop boundary: one bad result must not stop the stream
                 st.error(f"{type(err).__name__}: {err}")
-                log.exception("signal postprocess error")
+                self._errors.exception(err, "%s: signal postprocess error", self.name)
 
     @staticmethod
     def _scores(model: Model, raw: RawInference) -> dict[str, float]:

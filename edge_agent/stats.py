@@ -48,6 +48,38 @@ class FailureLog:
         self._open_said, self._unsaid = True, 0
 
 
+class ErrorLog:
+    """A stage's errors at its loop boundary (inference and post-processing, run on every frame or
+    window): each kind (the exception's type and the line that raised it) logged with its traceback at
+    most once every `every_s`, with how many of that kind the log left out since. A model or decoder
+    failing on every frame wrote a traceback 15 to 30 times a second for as long as it lasted, into a
+    journal that may sit on an SD card; health counts every error (`StageStats.error`)."""
+
+    def __init__(self, log: logging.Logger, every_s: float = 60.0, kinds: int = 64):
+        self.log, self.every_s, self.kinds = log, every_s, kinds
+        self._said: dict[tuple[str, str], tuple[float, int]] = {}  # kind -> (logged at, left out since)
+        self._lock = threading.Lock()  # a stage may run on several threads (frames run to completion)
+
+    def exception(self, err: BaseException, msg: str, *args: object) -> None:
+        """`log.exception(msg, *args)` for `err`, unless its kind was logged less than every_s ago."""
+        tb = err.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        kind = (type(err).__name__, f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "")
+        now = time.monotonic()
+        with self._lock:
+            at, left = self._said.get(kind, (float("-inf"), 0))
+            if now - at < self.every_s:
+                self._said[kind] = (at, left + 1)
+                return
+            self._said.pop(kind, None)
+            if len(self._said) >= self.kinds:  # the kind logged longest ago makes room
+                self._said.pop(min(self._said, key=lambda k: self._said[k][0]))
+            self._said[kind] = (now, 0)
+        more = f" ({left} more like it not logged since the last)" if left else ""
+        self.log.error("%s%s", msg % args if args else msg, more, exc_info=err)
+
+
 class LatencyWindow:
     """Recent samples for percentiles (health over MQTT), and counts since start per bucket for a
     Prometheus histogram, which unlike percentiles adds up across pipelines and devices."""

@@ -1641,3 +1641,90 @@ def test_update_of_a_shared_model_swaps_it_for_every_pipeline(broker: Broker, ag
         assert h["models"]["face"]["pipelines"] == ["a", "b"]
     finally:
         rec.close()
+
+
+def test_a_decoder_failing_on_every_frame_is_logged_once_a_minute_and_counted_each_time(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stage's error at its loop boundary is logged with its traceback, then the same kind (type and
+    the line that raised it) at most once a minute, with how many the log left out: a decoder that fails
+    on every frame wrote a traceback for each (15-30 a second, into a journal on an SD card). Health
+    still counts every error and says the last; the other pipeline goes on."""
+    import logging
+
+    from edge_agent.agent import Agent
+    from edge_agent.postprocess.decoders.blazeface import BlazeFaceDecoder
+
+    for k in list(os.environ):
+        if k.startswith("EDGE_AGENT_"):
+            monkeypatch.delenv(k)
+    pipelines = [{"name": "bad", "source": {"uri": "synthetic"}, "model": "face"},
+                 {"name": "ssd", "source": {"uri": "synthetic"},
+                  "model": {"path": str(SSD_MODEL), "labels": str(COCO_LABELS)}}]
+    settings = load_settings(None, {"mqtt.host": broker.host, "mqtt.port": broker.port, "device_id": "errs",
+                                    "models": {"face": {"path": str(SHORT)}}, "pipelines": pipelines,
+                                    "state_dir": str(tmp_path), "health.interval_s": 3600})
+
+    def broken(self: Any, outs: Any, rs: Any) -> Any:
+        raise ValueError("anchors and outputs disagree")
+
+    monkeypatch.setattr(BlazeFaceDecoder, "__call__", broken)  # the seam: no real model fails this way
+    caplog.set_level(logging.ERROR, logger="edge_agent.frame_pipeline")
+    agent = Agent(settings)
+    try:
+        agent.start()
+        bad, ssd = agent.pipelines["bad"], agent.pipelines["ssd"]
+        wait_until(lambda: bad.post_stats.errors >= 40 and ssd.post_stats.count >= 10, 60,
+                   what="the broken pipeline's errors, and the other's predictions")
+        said = [r for r in caplog.records if "postprocess error" in r.getMessage()]
+        assert len(said) == 1 and said[0].getMessage() == "bad: postprocess error", [r.getMessage() for r in said]
+        assert said[0].exc_info is not None and "anchors and outputs disagree" in caplog.text  # with its traceback
+        said_bad = agent.health.document()["pipelines"]["bad"]
+        assert said_bad["errors"] >= 40, said_bad
+        assert said_bad["last_error"] == "ValueError: anchors and outputs disagree", said_bad
+        assert ssd.post_stats.errors == 0
+    finally:
+        agent.shutdown(3)
+
+
+def test_each_kind_of_stage_error_is_logged_once_a_minute_with_how_many_were_left_out(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kinds are told apart by the exception's type and the line that raised it (not its message, which
+    may carry a number that changes each frame); once a minute has passed, the next of a kind is logged
+    again, saying how many the log left out."""
+    import logging
+
+    from edge_agent import stats
+    from edge_agent.stats import ErrorLog
+
+    now = [1000.0]
+    monkeypatch.setattr(stats.time, "monotonic", lambda: now[0])
+    errors = ErrorLog(logging.getLogger("test.errors"), every_s=60.0)
+
+    def fail(k: int) -> None:
+        try:
+            raise ValueError(f"frame {k}: bad shape")
+        except ValueError as err:
+            errors.exception(err, "%s: postprocess error", "door")
+
+    def other() -> None:
+        try:
+            {}["missing"]
+        except KeyError as err:
+            errors.exception(err, "%s: postprocess error", "door")
+
+    with caplog.at_level(logging.ERROR, logger="test.errors"):
+        for k in range(50):
+            fail(k)
+            now[0] += 1.0  # a frame a second: 50 s
+        other()  # another kind: said at once
+        now[0] += 15.0
+        fail(50)  # 65 s after the first of its kind
+        fail(51)
+    assert [r.getMessage() for r in caplog.records] == [
+        "door: postprocess error",
+        "door: postprocess error",
+        "door: postprocess error (49 more like it not logged since the last)",
+    ]
+    assert [r.exc_info[0] for r in caplog.records if r.exc_info] == [ValueError, KeyError, ValueError]
