@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import itertools
 import json
 import logging
+import os
 import re
 import statistics
 import sys
@@ -1361,6 +1363,30 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `edge-agent ... | head`: the reader has what it wanted
         sys.stderr.close()
         return EXIT_OK
+    except OSError as err:
+        if err.errno not in _DISK_FULL:
+            raise
+        # `edge-agent config > file` on a full disk: said in a line, as other tools say it, not a traceback
+        where = f": {err.filename}" if err.filename else ""
+        print(f"edge-agent: cannot write{where}: {err.strerror}", file=sys.stderr)
+        _quiet_stdout()
+        return EXIT_FAIL
+
+
+#: what a write to a full disk (or past a quota or a file size limit) raises
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _quiet_stdout() -> None:
+    """What standard output still holds goes out if it can; where it cannot (a full disk behind it), the
+    stream is pointed at /dev/null, so that the interpreter's own flush at exit does not raise again."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
 
 
 if __name__ == "__main__":

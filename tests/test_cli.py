@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from .conftest import ROOT, SHORT, SHORT_INT8, Broker, run_cli
+from .conftest import DEMO_VIDEO, ROOT, SHORT, SHORT_INT8, Broker, run_cli
 from .conftest import run_tty as _tty
 
 
@@ -288,7 +288,7 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(command: str, tm
     an endless one: it never ended)."""
     import os
 
-    from .conftest import DEMO_VIDEO, scaled
+    from .conftest import scaled
 
     what = (["run", "--sink", "stdout", "--source", "synthetic", "--model", str(SHORT),
              "--set", f"state_dir={tmp_path / 'state'}"] if command == "run"
@@ -350,3 +350,18 @@ def test_the_stdout_sink_drops_what_it_cannot_write_and_never_holds_its_caller(
         assert stop.is_set() and not sink.is_healthy()
         assert sink.drops == {"reader_gone": 2} and sink.stats()["drops"] == {"reader_gone": 2}
     assert caplog.text.count("closed by its reader") == 1, caplog.text
+
+
+@pytest.mark.parametrize("command", [["config"], ["inspect", str(SHORT)], ["predict", str(SHORT), str(DEMO_VIDEO)]])
+def test_a_full_disk_behind_the_output_is_said_in_a_line(command: list[str]) -> None:
+    """`edge-agent config > file` on a full disk (here /dev/full, whose every write fails so): exit 1 and
+    one line saying why, as other tools say it, where it was a traceback, and nothing more at exit."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "edge_agent", *command], stdout=full, stderr=subprocess.PIPE,
+                           text=True, env=env, cwd=str(ROOT), timeout=120)
+    assert r.returncode == 1, r.stderr[-1500:]
+    assert r.stderr.strip().splitlines()[-1] == "edge-agent: cannot write: No space left on device", r.stderr[-1500:]
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr[-1500:]
