@@ -7,7 +7,6 @@ import errno
 import itertools
 import json
 import logging
-import os
 import re
 import statistics
 import sys
@@ -1380,13 +1379,12 @@ _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 def _quiet_stdout() -> None:
     """What standard output still holds goes out if it can; where it cannot (a full disk behind it), the
     stream is pointed at /dev/null, so that the interpreter's own flush at exit does not raise again."""
+    from edge_agent.system import to_devnull
+
     try:
         sys.stdout.flush()
     except OSError:
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
+        to_devnull(sys.stdout)
 
 
 if __name__ == "__main__":

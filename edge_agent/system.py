@@ -749,6 +749,22 @@ def limit_malloc_arenas(n: int) -> bool:
         return False
 
 
+def to_devnull(stream: Any) -> None:
+    """Point a stream's descriptor at /dev/null: what it still holds, and the interpreter's own flush of
+    it at exit, then go nowhere instead of raising again (a pipe whose reader left, a full disk; the
+    recipe of Python's documentation on SIGPIPE). A stream with no descriptor of its own is left."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(devnull, stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    finally:
+        os.close(devnull)
+
+
 #: What the native runtime prints on stderr that tells a user nothing: logged at debug level instead.
 _NATIVE_NOISE = (b"Created TensorFlow Lite XNNPACK delegate", b"Initialized TensorFlow Lite runtime")
 _STDERR_LOCK = threading.Lock()

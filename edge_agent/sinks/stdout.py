@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 from typing import TextIO
 
 from edge_agent.human import printable
 from edge_agent.sinks.base import LocalSink, Message, Sink, SinkContext
+from edge_agent.system import to_devnull
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,7 @@ class StdoutSink(LocalSink):
     def _reader_gone(self) -> None:
         self.reader_gone = True
         self.drops["reader_gone"] = self.drops.get("reader_gone", 0) + 1
-        # what is still buffered, and the interpreter's own flush at exit, go nowhere rather than raise
-        # again (the recipe of Python's documentation on SIGPIPE)
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.stream.fileno())
-            os.close(devnull)
-        except (OSError, ValueError, AttributeError):  # a stream with no descriptor of its own
-            pass
+        to_devnull(self.stream)
         log.info("standard output was closed by its reader: stopping")
         if self.stop is not None:
             self.stop.set()
