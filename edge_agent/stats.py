@@ -7,6 +7,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -55,8 +56,10 @@ class ErrorLog:
     failing on every frame wrote a traceback 15 to 30 times a second for as long as it lasted, into a
     journal that may sit on an SD card; health counts every error (`StageStats.error`)."""
 
-    def __init__(self, log: logging.Logger, every_s: float = 60.0, kinds: int = 64):
-        self.log, self.every_s, self.kinds = log, every_s, kinds
+    def __init__(
+        self, log: logging.Logger, every_s: float = 60.0, kinds: int = 64, clock: Callable[[], float] = time.monotonic
+    ):
+        self.log, self.every_s, self.kinds, self.clock = log, every_s, kinds, clock
         self._said: dict[tuple[str, str], tuple[float, int]] = {}  # kind -> (logged at, left out since)
         self._lock = threading.Lock()  # a stage may run on several threads (frames run to completion)
 
@@ -66,7 +69,7 @@ class ErrorLog:
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
         kind = (type(err).__name__, f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "")
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             at, left = self._said.get(kind, (float("-inf"), 0))
             if now - at < self.every_s:

@@ -1688,19 +1688,17 @@ def test_a_decoder_failing_on_every_frame_is_logged_once_a_minute_and_counted_ea
 
 
 def test_each_kind_of_stage_error_is_logged_once_a_minute_with_how_many_were_left_out(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Kinds are told apart by the exception's type and the line that raised it (not its message, which
     may carry a number that changes each frame); once a minute has passed, the next of a kind is logged
     again, saying how many the log left out."""
     import logging
 
-    from edge_agent import stats
     from edge_agent.stats import ErrorLog
 
     now = [1000.0]
-    monkeypatch.setattr(stats.time, "monotonic", lambda: now[0])
-    errors = ErrorLog(logging.getLogger("test.errors"), every_s=60.0)
+    errors = ErrorLog(logging.getLogger("test.errors"), every_s=60.0, clock=lambda: now[0])
 
     def fail(k: int) -> None:
         try:
