@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import itertools
 import json
@@ -13,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from edge_agent import __version__, human
 from edge_agent.untrusted import document, plain
@@ -456,23 +457,83 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-
-    from edge_agent.imageheader import read_image
-    from edge_agent.model import Model
-    from edge_agent.modelfile import ModelError
-    from edge_agent.payload import prediction
-
     # the same settings as `run` (file, EDGE_AGENT_*, --set); the flags here are shortcuts on top
     # the model named here, with the top-level settings, whatever pipelines the file has
     extra: dict[str, Any] = {"model.path": str(args.model), "pipelines": []}
     if args.resize is not None:
         extra["model.resize"] = args.resize
     settings = _load(args, extra, source_read=False)
-    mc, rc = settings.model, settings.runtime
-    from edge_agent.signals import signal_kind
+    with contextlib.ExitStack() as stack:
+        inputs = _inputs(args.images, stack)
+        if isinstance(inputs, str):
+            return _usage_error(inputs)
+        return _predict(args, settings, inputs)
 
-    recordings = [p for p in args.images if signal_kind(str(p))]
-    if recordings and len(recordings) != len(args.images):
+
+class _Input(NamedTuple):
+    """One input of `predict`: as the user named it, where its bytes are read (a stream's are copied to a
+    file first), and how: "image", "video", or the kind of signal source that reads it ("wav", "csv")."""
+
+    shown: str
+    path: Path
+    kind: str
+
+    def said(self, err: Exception) -> str:
+        """An error's text with the input as the user named it, not the file a stream was copied to."""
+        return str(err).replace(str(self.path), self.shown)
+
+
+def _inputs(given: list[Path], stack: contextlib.ExitStack) -> list[_Input] | str:
+    """`predict`'s inputs, each with how it is read: by its name's ending, else (a pipe, standard input
+    as `-`, a file named by where it came from) by what its first bytes are (`filekind`). A directory
+    gives its images in name order, as `source.uri` reads one. A usage error's text instead, where
+    standard input is named twice or is a terminal."""
+    from edge_agent.filekind import is_stream, named, spooled
+    from edge_agent.signals import signal_kind
+    from edge_agent.signals.csv_file import CsvSource
+    from edge_agent.signals.wav import SUFFIXES
+    from edge_agent.sources.images import IMAGE_EXTS
+
+    def kind(name: str) -> str:
+        return signal_kind(name) or ("image" if name.lower().endswith(IMAGE_EXTS) else "video")
+
+    known = IMAGE_EXTS + SUFFIXES + CsvSource.suffixes
+    out: list[_Input] = []
+    stdin = False
+    for p in given:
+        if str(p) == "-":
+            if stdin:
+                return "standard input (-) can be read only once"
+            if sys.stdin is None or sys.stdin.isatty():
+                return "standard input (-) is a terminal: pipe a picture, a recording or a video into it"
+            stdin = True
+            path = stack.enter_context(spooled(sys.stdin.buffer))
+            out.append(_Input("-", path, kind(path.name)))
+        elif is_stream(p):
+            try:
+                f = stack.enter_context(p.open("rb"))
+            except OSError as err:
+                return f"cannot read {p}: {err.strerror or err}"
+            path = stack.enter_context(spooled(f))
+            out.append(_Input(str(p), path, kind(path.name)))
+        elif p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.name.lower().endswith(IMAGE_EXTS))
+            out += [_Input(str(f), f, "image") for f in found] or [_Input(str(p), p, "none")]  # none: said later
+        else:
+            ending = named(p, known) if not signal_kind(str(p)) else None
+            out.append(_Input(str(p), p, kind(ending) if ending else kind(str(p))))
+    return out
+
+
+def _predict(args: argparse.Namespace, settings: Any, inputs: list[_Input]) -> int:
+    from edge_agent.imageheader import read_image
+    from edge_agent.model import Model
+    from edge_agent.modelfile import ModelError
+    from edge_agent.payload import prediction
+
+    mc, rc = settings.model, settings.runtime
+    recordings = [i for i in inputs if i.kind not in ("image", "video", "none")]
+    if recordings and len(recordings) != len(inputs):
         return _usage_error("give either images or recordings, not both")
     try:
         model = Model(mc, rc, None, signal=bool(recordings))
@@ -489,8 +550,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         finally:
             model.close()
-    from edge_agent.sources.images import IMAGE_EXTS
-
     status = EXIT_OK
     seq = itertools.count(1)
 
@@ -518,45 +577,43 @@ def cmd_predict(args: argparse.Namespace) -> int:
         human.emit(doc, human.prediction, args.json, indent=None)
         return inf.inference_ms
 
-    paths: list[Path] = []
-    for p in args.images:  # a directory: its images in name order, as `source.uri` reads one
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.name.lower().endswith(IMAGE_EXTS))
-            if not found:
-                print(f"edge-agent: no images in {p}", file=sys.stderr)
-                status = EXIT_FAIL
-            paths += found
-        else:
-            paths.append(p)
     try:
-        for path in paths:
-            if not str(path).lower().endswith(IMAGE_EXTS):
-                status = max(status, _predict_video(args, path, emit))
+        for inp in inputs:
+            if inp.kind == "none":
+                print(f"edge-agent: no images in {inp.shown}", file=sys.stderr)
+                status = EXIT_FAIL
+                continue
+            if inp.kind == "video":
+                status = max(status, _predict_video(args, inp, emit))
                 continue
             try:
-                img = read_image(str(path))
+                img = read_image(str(inp.path))
             except (OSError, ValueError) as err:
-                print(f"edge-agent: cannot read image {path}: {err}", file=sys.stderr)
+                print(f"edge-agent: cannot read image {inp.shown}: {err}", file=sys.stderr)
                 status = EXIT_FAIL
                 continue
-            emit(img, str(path))
+            emit(img, inp.shown)
     finally:
         model.close()
     return status
 
 
-def _predict_video(args: argparse.Namespace, path: Path, emit: Callable[..., float]) -> int:
+def _predict_video(args: argparse.Namespace, inp: _Input, emit: Callable[..., float]) -> int:
     """Every frame of a video file, in order, then a summary line: frames, those that did not decode
     (skipped, as the daemon's file source skips them), and inference time."""
     from edge_agent.sources import EndOfStream, FrameError, SourceError
     from edge_agent.sources.video import VideoFileSource
     from edge_agent.stats import LatencyWindow
 
-    src = VideoFileSource(str(path), loop=False)
+    with contextlib.suppress(OSError):
+        if inp.path.is_file() and inp.path.stat().st_size == 0:  # a pipe that gave nothing, mostly
+            print(f"edge-agent: {inp.shown} is empty", file=sys.stderr)
+            return EXIT_FAIL
+    src = VideoFileSource(str(inp.path), loop=False)
     try:
         src.open()
     except SourceError as err:
-        print(f"edge-agent: {err}", file=sys.stderr)
+        print(f"edge-agent: {inp.said(err)}", file=sys.stderr)
         return EXIT_FAIL
     t0 = time.monotonic()
     fps, frames, undecodable, lat = src.nominal_fps, 0, 0, LatencyWindow()
@@ -567,15 +624,15 @@ def _predict_video(args: argparse.Namespace, path: Path, emit: Callable[..., flo
                 img = src.read()
             except FrameError as err:
                 undecodable += 1
-                print(f"edge-agent: {err}: skipped", file=sys.stderr)
+                print(f"edge-agent: {inp.said(err)}: skipped", file=sys.stderr)
                 continue
             except EndOfStream:
                 frames -= 1
                 break
             except SourceError as err:
-                print(f"edge-agent: {err}", file=sys.stderr)
+                print(f"edge-agent: {inp.said(err)}", file=sys.stderr)
                 return EXIT_FAIL
-            lat.add(emit(img, str(path), (frames, (frames - 1) / fps if fps else None)))
+            lat.add(emit(img, inp.shown, (frames, (frames - 1) / fps if fps else None)))
     finally:
         src.close()
     summary = {
@@ -585,11 +642,11 @@ def _predict_video(args: argparse.Namespace, path: Path, emit: Callable[..., flo
         "inference_ms": lat.percentiles(),
         "wall_s": round(time.monotonic() - t0, 3),
     }
-    human.emit({"file": str(path), "summary": summary}, human.prediction, args.json, indent=None)
+    human.emit({"file": inp.shown, "summary": summary}, human.prediction, args.json, indent=None)
     return EXIT_OK
 
 
-def _predict_recordings(args: argparse.Namespace, model: Any, base: Any, paths: list[Path]) -> int:
+def _predict_recordings(args: argparse.Namespace, model: Any, base: Any, inputs: list[_Input]) -> int:
     """Each recording through the real signal pipeline: its events, and how long after the loud part
     of the recording ended each one came (`after_speech_s`, audio only)."""
     from edge_agent.config import SourceConfig
@@ -600,30 +657,31 @@ def _predict_recordings(args: argparse.Namespace, model: Any, base: Any, paths: 
     from edge_agent.signals.wav import read_wav
 
     status = EXIT_OK
-    for path in paths:
+    for inp in inputs:
+        path, kind = inp.path, inp.kind
         signal = base.signal
         if not args.windows and "predictions_hz" not in signal.model_fields_set:
             signal = signal.model_copy(update={"predictions_hz": 0})
-        kind = signal_kind(str(path))
         try:
             with utf8_path(str(path)) as name:
-                uri = str(path) if name == str(path) else f"{kind}:{name}"  # a name not in UTF-8: its descriptor
+                # a name not in UTF-8 (its descriptor), or one whose ending does not say what it holds: by kind
+                uri = name if name == str(path) and signal_kind(name) == kind else f"{kind}:{name}"
                 settings = base.model_copy(
                     update={"source": SourceConfig(uri=uri, loop=False, realtime=False), "signal": signal}
                 )
                 run = run_offline(settings, model)
                 end = speech_end_s(*read_wav(name)) if kind == "wav" else None
         except (SourceError, OSError) as err:
-            print(f"edge-agent: {err}", file=sys.stderr)
+            print(f"edge-agent: {inp.said(err)}", file=sys.stderr)
             status = EXIT_FAIL
             continue
         for doc in run.predictions:
-            human.emit({"file": str(path), **doc}, human.prediction, args.json, indent=None)
+            human.emit({"file": inp.shown, **doc}, human.prediction, args.json, indent=None)
         for doc in run.events:
             extra = {"after_speech_s": round(doc["offset_s"] - end, 3)} if end is not None else {}
-            human.emit({"file": str(path), **doc, **extra}, human.prediction, args.json, indent=None)
+            human.emit({"file": inp.shown, **doc, **extra}, human.prediction, args.json, indent=None)
         summary = {
-            "file": str(path),
+            "file": inp.shown,
             "summary": {
                 "events": sum(1 for e in run.events if e["type"] == "new"),
                 "windows": run.windows,
@@ -1144,7 +1202,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("model", type=Path)
     pr.add_argument(
-        "images", type=Path, nargs="+", help="images or video files, or WAV/CSV recordings for audio and sensor models"
+        "images", type=Path, nargs="+",
+        help="images or video files, or WAV/CSV recordings for audio and sensor models; - reads standard input "
+        "(a pipe). A pipe, or a file whose name does not end as its format does, is read as what its first "
+        "bytes are",
     )
     _settings_args(pr, ("--labels", "--task", "--score-threshold", "--accelerator", "--threads", "--log-level"))
     pr.add_argument("--windows", action="store_true", help="recordings: print every window's prediction too")

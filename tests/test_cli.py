@@ -4,6 +4,8 @@ suggestion, a terminal gets text and a pipe gets JSON, and the native runtime's 
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 import sys
 import wave
@@ -13,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from .conftest import DEMO_VIDEO, ROOT, SHORT, SHORT_INT8, Broker, run_cli
+from .conftest import DEMO_VIDEO, MODELS, ROOT, SHORT, SHORT_INT8, Broker, run_cli
 from .conftest import run_tty as _tty
 
 
@@ -159,6 +161,111 @@ def test_predict_on_a_video_file_gives_every_frame_its_place_and_skips_a_corrupt
     assert summary["frames"] == 12 and summary["undecodable"] == 1 and summary["seconds"] == 1.2
     assert [d["seq"] for d in docs if "seq" in d] == list(range(1, 13))  # the image after the video: 12
     assert docs[-1]["source"] == str(face_image) and "index" not in docs[-1]["frame"]
+
+
+def _piped(*args: str, data: bytes, stdin: int | None = None) -> subprocess.CompletedProcess[bytes]:
+    """A command with `data` written to its standard input through a pipe (or `stdin`, a descriptor)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    return subprocess.run([sys.executable, "-m", "edge_agent", *args], input=None if stdin is not None else data,
+                          stdin=stdin, capture_output=True, timeout=120, env=env, cwd=str(ROOT))
+
+
+def _docs(out: bytes) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.decode().splitlines()]
+
+
+def test_predict_reads_a_pipe_and_a_file_named_by_where_it_came_from(face_image: Path, tmp_path: Path) -> None:
+    """`curl -s http://camera/snapshot.jpg | edge-agent predict model -`, the same through `/dev/stdin`
+    or bash's `<(...)`, and `wget`'s `snapshot.cgi`: each read as what its bytes are (a picture, JPEGs
+    end to end, a recording), with the name the user gave. A pipe used to be taken for a missing video,
+    and a picture with another ending for a video of one frame."""
+    cpu = ("--accelerator", "cpu")
+    by_name = json.loads(run_cli("predict", str(SHORT), str(face_image), *cpu).stdout)
+    png = face_image.read_bytes()
+    for arg in ("-", "/dev/stdin"):
+        r = _piped("predict", str(SHORT), arg, *cpu, data=png)
+        assert r.returncode == 0, r.stderr.decode()
+        (doc,) = _docs(r.stdout)
+        assert doc["source"] == arg and doc["detections"] == by_name["detections"]
+    cgi = tmp_path / "snapshot.cgi"
+    cgi.write_bytes(png)
+    r = _piped("predict", str(SHORT), str(cgi), *cpu, data=b"")
+    (doc,) = _docs(r.stdout)  # a picture: no frame number, no summary line
+    assert doc["source"] == str(cgi) and doc["detections"] == by_name["detections"] and "index" not in doc["frame"]
+
+    # JPEGs end to end, as a camera's Motion JPEG stream or `ffmpeg -f mjpeg -` gives them: every frame
+    cap = cv2.VideoCapture(str(DEMO_VIDEO))
+    frames = [cap.read()[1] for _ in range(4)]
+    cap.release()
+    mjpeg = b"".join(cv2.imencode(".jpg", f)[1].tobytes() for f in frames)
+    (tmp_path / "cam.dat").write_bytes(mjpeg)
+    for arg, data in (("-", mjpeg), (str(tmp_path / "cam.dat"), b"")):
+        r = _piped("predict", str(SHORT), arg, *cpu, data=data)
+        assert r.returncode == 0, r.stderr.decode()
+        docs = _docs(r.stdout)
+        assert [d["frame"]["index"] for d in docs[:-1]] == [1, 2, 3, 4]  # type: ignore[index]
+        assert docs[-1]["file"] == arg and docs[-1]["summary"]["frames"] == 4  # type: ignore[index]
+
+    # a recording: its events, and how long after the word each came
+    wav = ROOT.parent / "shared" / "data" / "wakeword" / "hey_jarvis_1.wav"
+    r = _piped("predict", str(MODELS / "wakeword" / "hey_jarvis.tflite"), "-", data=wav.read_bytes())
+    assert r.returncode == 0, r.stderr.decode()
+    docs = _docs(r.stdout)
+    (new,) = [d for d in docs if d.get("type") == "new"]
+    assert new["file"] == "-" and 0 <= new["after_speech_s"] < 0.6  # type: ignore[operator]
+
+    # what cannot be read: named in a line, never a hang or a traceback
+    r = _piped("predict", str(SHORT), "-", "-", *cpu, data=png)
+    assert r.returncode == 2 and b"standard input (-) can be read only once" in r.stderr
+    r = _piped("predict", str(SHORT), "-", *cpu, data=b"")
+    assert r.returncode == 1 and b"edge-agent: - is empty" in r.stderr and b"Traceback" not in r.stderr
+    master, terminal = pty.openpty()
+    try:
+        r = _piped("predict", str(SHORT), "-", *cpu, data=b"", stdin=terminal)
+    finally:
+        os.close(terminal)
+        os.close(master)
+    assert r.returncode == 2 and b"standard input (-) is a terminal" in r.stderr
+
+
+def _written(ext: str, tmp_path: Path) -> bytes:
+    """A file of the format `ext` names, as the library a device or a user would use writes it."""
+    if ext in (".jpg", ".png", ".bmp", ".tif", ".webp"):
+        return cv2.imencode(ext, np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
+    path = tmp_path / f"x{ext}"
+    if ext in (".wav", ".flac", ".ogg", ".mp3"):
+        import soundfile
+
+        soundfile.write(str(path), np.zeros(16000, np.float32), 16000)
+    else:
+        fourcc = {".avi": "MJPG", ".mp4": "mp4v"}[ext]
+        w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, (64, 48))
+        for _ in range(3):
+            w.write(np.full((48, 64, 3), 90, np.uint8))
+        w.release()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("ext", "named"),
+    [(".jpg", ".jpg"), (".png", ".png"), (".bmp", ".bmp"), (".tif", ".tif"), (".webp", ".webp"), (".wav", ".wav"),
+     (".flac", ".flac"), (".ogg", ".ogg"), (".mp3", ".mp3"), (".avi", ".avi"), (".mp4", None)],
+)
+def test_what_a_file_holds_is_told_from_its_first_bytes(ext: str, named: str | None, tmp_path: Path) -> None:
+    from edge_agent.filekind import HEAD, sniff
+
+    assert sniff(_written(ext, tmp_path)[:HEAD]) == named
+
+
+def test_text_is_a_sensor_recording_and_binary_is_left_to_the_video_reader() -> None:
+    from edge_agent.filekind import HEAD, sniff
+
+    text = ("t,acc_x,acc_y,temp_°C\n" + "0.1,0.25,-0.5,21.5\n" * 8).encode()
+    assert sniff(text[:HEAD]) == ".csv"
+    assert sniff(text[: text.index("°".encode()) + 1]) == ".csv"  # a head that ends inside a character
+    assert sniff(b"\x1aE\xdf\xa3\x9fB\x86\x81\x01") is None  # a Matroska (mkv) header
+    assert sniff(b"\x00\x00\x00\x01gB\xc0\x1e") is None  # raw H.264
+    assert sniff(b"") is None
 
 
 def test_predict_on_a_directory_reads_its_images_in_name_order(face_image: Path, tmp_path: Path) -> None:
