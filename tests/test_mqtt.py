@@ -1118,6 +1118,37 @@ def test_why_a_broker_cannot_be_reached_is_said_in_check_and_the_log(tmp_path: P
             b.stop()
 
 
+def test_a_tls_port_and_a_plain_one_mixed_up_are_said_either_way(tmp_path: Path, broker: Broker) -> None:
+    """A broker's TLS port reached without TLS closes the connection unanswered: `check` waited out its 5 s
+    and said "no answer", and the log named a will or retained messages, never TLS. A TLS client at a plain
+    port read "Connection reset by peer". Both now say the likely cause, and `check` says it at once."""
+    from edge_agent.sinks.mqtt import probe_broker
+
+    ca, cert, key, _ = _make_pki(tmp_path)
+    port = free_port()
+    conf = f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+    tls = Broker(tmp_path, conf, port).start()
+    try:
+        plain_at_tls = str(probe_broker(MQTTConfig(host="127.0.0.1", port=port)))
+        assert "closed the connection before accepting it" in plain_at_tls, plain_at_tls
+        assert "a port that speaks only TLS does so too (then set mqtt.tls.enabled = true)" in plain_at_tls
+        tls_at_plain = str(probe_broker(broker.mqtt(tls=TLSConfig(enabled=True, ca_file=ca))))
+        assert "(a TLS client at a port that does not speak TLS?)" in tls_at_plain, tls_at_plain
+        # the right way round: no hint, and connected
+        assert probe_broker(MQTTConfig(host="127.0.0.1", port=port, tls=TLSConfig(ca_file=ca))) is None
+        for cfg, said in ((MQTTConfig(host="127.0.0.1", port=port, reconnect_max_s=1), "mqtt.tls.enabled = true"),
+                          (broker.mqtt(tls=TLSConfig(enabled=True, ca_file=ca), reconnect_max_s=1),
+                           "a TLS client at a port that does not speak TLS")):
+            s = sink_for(cfg)
+            try:
+                wait_until(lambda s=s, said=said: said in str(s.last_error), 10, what=said)
+                assert not s.is_connected()
+            finally:
+                s.close(1)
+    finally:
+        tls.stop()
+
+
 def test_results_lost_lately_are_said_in_health(monkeypatch: pytest.MonkeyPatch) -> None:
     """Drops that lose a result (the queue full, no broker and no outbox) were counted since start in
     health's broker section, while its status said "ok" and its problems nothing: predictions stopped

@@ -73,6 +73,11 @@ _UNACCEPTED = (
     "without a reason (a client id, a will or retained messages it does not allow); "
     'with mqtt.protocol = "5" it says why'
 )
+#: ... added where the agent does not speak TLS: a port that speaks only TLS closes a plain CONNECT unanswered.
+_PLAIN_AT_TLS = "; a port that speaks only TLS does so too (then set mqtt.tls.enabled = true)"
+#: Said of a TLS handshake the other end cut: a port that does not speak TLS (a broker's plain port reads
+#: the handshake as a malformed CONNECT and closes the connection).
+_TLS_AT_PLAIN = " (a TLS client at a port that does not speak TLS?)"
 _LOSS_WINDOW_S = 60.0
 #: Connections closed unanswered in a row, with a retained Will, after which one without is tried (MQTT
 #: 3.1.1, where a broker that keeps no retained messages cannot say so): and as many more, after which
@@ -139,17 +144,20 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def why_unreachable(err: OSError) -> str:
+def why_unreachable(err: OSError, tls: bool = False) -> str:
     """What a failed connection attempt's error means, in the words a user acts on: a broker whose TLS
     certificate has expired or names another host, a CA file for another broker, a host name DNS does
-    not know, nothing listening on the port, a TLS client at a plain port."""
+    not know, nothing listening on the port, a TLS client at a plain port (`tls`: the attempt spoke TLS;
+    a handshake cut by the other end, mostly that)."""
+    if tls and isinstance(err, (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return f"{err.strerror or err}{_TLS_AT_PLAIN}"
     if isinstance(err, ssl.SSLCertVerificationError):
         said = str(err.verify_message)
         # a board without a real-time clock starts with the time it last saved, or 1970, until NTP sets it
         clock = " by this device's clock, which may not be set yet" if "not yet valid" in said else ""
         return f"TLS: the broker's certificate is not trusted ({said}){clock}"
     if isinstance(err, ssl.SSLError):
-        hint = " (a TLS client at a port that does not speak TLS?)" if err.reason == "WRONG_VERSION_NUMBER" else ""
+        hint = _TLS_AT_PLAIN if err.reason == "WRONG_VERSION_NUMBER" else ""
         return f"TLS: {err.reason or err}{hint}"
     if isinstance(err, socket.gaierror):
         return f"cannot resolve the host name ({err.strerror})"
@@ -203,7 +211,7 @@ class _Client(paho.Client):
         try:
             rc = super().reconnect()
         except OSError as err:
-            self.last_connect_error = why_unreachable(err)
+            self.last_connect_error = why_unreachable(err, self.tls_files is not None)
             raise
         self.last_connect_error = None
         return rc
@@ -820,7 +828,10 @@ class MqttSink(Sink):
                 self._down_since = self._down_since or self._away_from()
                 if self.state != "refused":  # the drop after a refusal is not news
                     self.state = "disconnected"
-                    self.last_error = _UNACCEPTED.format(ev.detail) if unaccepted else f"disconnected: {ev.detail}"
+                    self.last_error = (
+                        _UNACCEPTED.format(ev.detail) + ("" if self.cfg.tls.on(self.cfg.port) else _PLAIN_AT_TLS)
+                        if unaccepted else f"disconnected: {ev.detail}"
+                    )
                     self._unaccepted = unaccepted
                 self._guess_retain(unaccepted, ended)
                 self._connected.clear()
@@ -1225,8 +1236,10 @@ def probe_broker(cfg: MQTTConfig, timeout_s: float = 5.0, topics: list[str] | No
     connection, where one was made (the link that carries it)."""
     done = threading.Event()
     outcome: list[str | None] = []
+    answered = threading.Event()
 
     def on_connect(client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        answered.set()
         if local is not None and (mine := local_address(client)) is not None:
             local.append(mine)
         if reason_code.is_failure or not topics:
@@ -1245,10 +1258,16 @@ def probe_broker(cfg: MQTTConfig, timeout_s: float = 5.0, topics: list[str] | No
         outcome.append(getattr(client, "last_connect_error", None) or _UNREACHABLE)
         done.set()
 
+    def on_disconnect(client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if not answered.is_set():  # closed before its CONNACK: said now, not as no answer at the timeout
+            outcome.append(_UNACCEPTED.format(reason_code) + ("" if cfg.tls.on(cfg.port) else _PLAIN_AT_TLS))
+            done.set()
+
     client = _make_client(cfg, f"edge-agent-check-{time.monotonic_ns()}")
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_connect_fail = on_connect_fail
+    client.on_disconnect = on_disconnect
     return _once(client, cfg, done, outcome, timeout_s)
 
 
