@@ -1384,13 +1384,18 @@ def format_validation_error(err: ValidationError, root: type[BaseModel] | None =
     # what is wrong, that error says nothing more
     inside = [shown for _, shown, _, as_table in errors if as_table]
     lines = []
-    for e, shown, _, as_table in errors:
+    for e, shown, held, as_table in errors:
         if not as_table and any(len(t) > len(shown) and t[: len(shown)] == shown for t in inside):
             continue
         loc = ".".join(str(p) for p in shown) or "(root)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown setting" + _did_you_mean(root, e["loc"])
+        elif e["type"] == "model_type" and len(shown) == len(e["loc"]) and (table := _table(held)) is not None:
+            # `mqtt.tls = true`, where only a table will do (not a union's table member: a name would too)
+            keys = list(table.model_fields)
+            msg = (f"a table of settings ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}), not one "
+                   f"value: set one of them, e.g. {loc}.{keys[0]}")
         elif e["type"] == "list_type":  # one syntax for lists everywhere: JSON (TOML's own arrays in a file)
             ex = _PIPELINES_EXAMPLE if loc == "pipelines" else '["a", "b"]'
             msg += f" (write a list as JSON: --set '{loc}={ex}', {ENV_PREFIX + loc.upper().replace('.', '__')}='{ex}')"

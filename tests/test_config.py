@@ -197,6 +197,16 @@ def test_a_mistyped_key_gets_the_closest_setting_wherever_it_is_written(
     with pytest.raises(ConfigError) as err:
         load_settings(None, {"mqtt.zzzzzz": 1})
     assert str(err.value).endswith("mqtt.zzzzzz: unknown setting"), err.value
+    # one value where only a table goes (`mqtt.tls = true`): the table's keys, not pydantic's class name
+    f.write_text("[mqtt]\ntls = true\n")
+    for args in ((f,), (None, {"mqtt.tls": "true"}), (None, {"pipelines": [{"name": "door", "source": "x"}]})):
+        with pytest.raises(ConfigError) as err:
+            load_settings(*args)  # type: ignore[arg-type]
+        said = str(err.value)
+        assert "a table of settings (" in said and "not one value: set one of them, e.g. " in said, said
+        assert "Config" not in said, said
+    with pytest.raises(ConfigError, match=r"mqtt\.tls: a table of settings \(enabled, ca_file"):
+        load_settings(f)
     monkeypatch.setenv("EDGE_AGENT_MQTT__PASWORD", "x")
     with pytest.raises(ConfigError, match=r"EDGE_AGENT_MQTT__PASWORD: unknown setting 'pasword' \(did you mean "
                                           r"EDGE_AGENT_MQTT__PASSWORD\?\)"):
