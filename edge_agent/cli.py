@@ -861,24 +861,40 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
+    from paho.mqtt.client import topic_matches_sub as mqtt_matches
+
     from edge_agent.sinks.mqtt import Subscriber
     from edge_agent.topics import device_pattern
 
     settings = _load(args)
-    topics = [device_pattern(settings.mqtt.topic_prefix, args.device, t) for t in args.topics.split(",")]
-    sub = Subscriber(settings.mqtt, topics)
+    prefix = settings.mqtt.topic_prefix
+    topics = [device_pattern(prefix, args.device, t) for t in args.topics.split(",")]
+    # every device's availability as well, kept and not shown (unless asked for): what to say when nothing
+    # comes (a device id or a topic prefix mistyped shows nothing, for as long as one waits)
+    everyone = device_pattern(prefix, None, "availability")
+    sub = Subscriber(settings.mqtt, topics if everyone in topics else [*topics, everyone])
     if not sub.start(10.0):
         print(f"edge-agent: no broker at {settings.mqtt.host}:{settings.mqtt.port}", file=sys.stderr)
         sub.stop()
         return EXIT_FAIL
-    deadline = time.monotonic() + args.seconds if args.seconds else None
+    start = time.monotonic()
+    deadline = start + args.seconds if args.seconds else None
+    hint_at: float | None = start + _LISTEN_HINT_S  # or at the end, if that comes first
     shown = 0
+    devices: dict[str, str] = {}
     try:
         while (deadline is None or time.monotonic() < deadline) and (args.count is None or shown < args.count):
+            if not shown and hint_at is not None and time.monotonic() >= hint_at:
+                print(f"edge-agent: {_nothing_yet(prefix, args.device, devices, 'yet')}", file=sys.stderr,
+                      flush=True)
+                hint_at = None
             m = sub.get(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
             if m is None:
                 continue
             topic, payload, _ = m
+            if mqtt_matches(everyone, topic) and not any(mqtt_matches(t, topic) for t in topics):
+                devices[topic.split("/")[-2]] = payload.decode("utf-8", "replace")[:20]
+                continue
             print(summarise(topic, payload) if not args.raw else f"{plain(topic, None)} {human.printable(payload)}",
                   flush=True)
             shown += 1
@@ -886,11 +902,31 @@ def cmd_listen(args: argparse.Namespace) -> int:
         pass
     finally:
         sub.stop()
+    if not shown and hint_at is not None:
+        waited = f"in {time.monotonic() - start:.0f} s"
+        print(f"edge-agent: {_nothing_yet(prefix, args.device, devices, waited)}", file=sys.stderr)
     if args.count is not None and shown < args.count:
         within = f" in {args.seconds:g} s" if args.seconds else ""
         print(f"edge-agent: {shown} of {args.count} messages{within}", file=sys.stderr)
         return EXIT_FAIL
     return EXIT_OK
+
+
+#: How long `listen` waits for a first message before it says what the broker has instead.
+_LISTEN_HINT_S = 5.0
+
+
+def _nothing_yet(prefix: str, device: str | None, devices: dict[str, str], when: str) -> str:
+    """What `listen` says when nothing has come (`when`: "yet", or "in N s" at its end): the devices whose
+    availability the broker holds under the prefix (a device id mistyped, or one that never connected),
+    or that it holds none there (another prefix, or no agent has ever connected to this broker)."""
+    who = f"device '{plain(device, None)}'" if device else "any device"
+    if not devices:
+        return (f"nothing {when} from {who}, and no device's availability is on this broker under "
+                f"'{prefix}/' (another mqtt.topic_prefix, or no agent has connected here yet)")
+    known = ", ".join(f"{plain(d, None)} ({plain(state, None)})" for d, state in sorted(devices.items())[:20])
+    more = f" and {len(devices) - 20} more" if len(devices) > 20 else ""
+    return f"nothing {when} from {who}; devices on this broker under '{prefix}/': {known}{more}"
 
 
 def summarise(topic: str, payload: bytes) -> str:

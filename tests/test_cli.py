@@ -352,6 +352,30 @@ def test_listen_count_exits_after_that_many_messages_and_fails_when_they_do_not_
     assert run_cli("listen", *mq, "--count", "0").returncode == 2
 
 
+def test_listen_that_hears_nothing_names_the_devices_the_broker_knows(broker: Broker) -> None:
+    """A device id or a topic prefix mistyped showed nothing, for as long as one waited. `listen` now says,
+    once nothing has come (after 5 s, or at the end of `--seconds`), which devices' availability the
+    broker holds under the prefix, or that it holds none there; it shows availability only where asked."""
+    from edge_agent.sinks.mqtt import Subscriber
+
+    pub = Subscriber(broker.mqtt(), [], client_id="yard-devices")
+    assert pub.start(10)
+    pub.publish("yard/porch/availability", b"online", retain=True)
+    pub.publish("yard/garage/availability", b"offline", retain=True)
+    pub.stop()
+    mq = ["--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--set", "mqtt.topic_prefix=yard"]
+    typo = run_cli("listen", *mq, "--device", "prch", "--seconds", "1", timeout=60)
+    assert typo.returncode == 0 and typo.stdout == "", typo.stdout  # the availability seen is not shown
+    said = "devices on this broker under 'yard/': garage (offline), porch (online)"
+    assert "nothing in 1 s from device 'prch'; " + said in typo.stderr, typo.stderr
+    other = run_cli("listen", "--mqtt-host", broker.host, "--mqtt-port", str(broker.port),
+                    "--set", "mqtt.topic_prefix=yrd", "--device", "porch", "--seconds", "1", timeout=60)
+    assert "no device's availability is on this broker under 'yrd/'" in other.stderr, other.stderr
+    asked = run_cli("listen", *mq, "--device", "porch", "--topics", "availability", "--count", "1", timeout=60)
+    assert asked.returncode == 0 and asked.stdout.split() == ["yard/porch/availability", "online"], asked.stdout
+    assert "nothing" not in asked.stderr, asked.stderr
+
+
 def test_listen_shows_what_anything_publishes_without_ending_or_working_the_terminal(broker: Broker) -> None:
     """`listen` prints whatever arrives under the prefix, and anything may publish there: documents of
     the wrong shape, brackets nested past the JSON parser's depth, bytes that are no text, and words
