@@ -486,9 +486,10 @@ class _Input(NamedTuple):
 def _inputs(given: list[Path], stack: contextlib.ExitStack) -> list[_Input] | str:
     """`predict`'s inputs, each with how it is read: by its name's ending, else (a pipe, standard input
     as `-`, a file named by where it came from) by what its first bytes are (`filekind`). A directory
-    gives its images in name order, as `source.uri` reads one. A usage error's text instead, where
-    standard input is named twice or is a terminal."""
-    from edge_agent.filekind import is_stream, named, spooled
+    gives its pictures and videos in name order (`source.uri` reads its pictures alike), or where it
+    has none, its recordings. A usage error's text instead, where standard input is named twice or is
+    a terminal."""
+    from edge_agent.filekind import VIDEO_ENDINGS, is_stream, named, spooled
     from edge_agent.signals import signal_kind
     from edge_agent.signals.csv_file import CsvSource
     from edge_agent.signals.wav import SUFFIXES
@@ -516,9 +517,12 @@ def _inputs(given: list[Path], stack: contextlib.ExitStack) -> list[_Input] | st
                 return f"cannot read {p}: {err.strerror or err}"
             path = stack.enter_context(spooled(f))
             out.append(_Input(str(p), path, kind(path.name)))
-        elif p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.name.lower().endswith(IMAGE_EXTS))
-            out += [_Input(str(f), f, "image") for f in found] or [_Input(str(p), p, "none")]  # none: said later
+        elif p.is_dir():  # its pictures and videos in name order (what a camera uploads), else its recordings
+            files = sorted(f for f in p.iterdir() if f.is_file())
+            shown = IMAGE_EXTS + VIDEO_ENDINGS
+            frames = [_Input(str(f), f, kind(f.name)) for f in files if f.name.lower().endswith(shown)]
+            sounds = [_Input(str(f), f, kind(f.name)) for f in files if signal_kind(f.name)]
+            out += frames or sounds or [_Input(str(p), p, "none")]  # none: said later
         else:
             ending = named(p, known) if not signal_kind(str(p)) else None
             out.append(_Input(str(p), p, kind(ending) if ending else kind(str(p))))
@@ -580,7 +584,7 @@ def _predict(args: argparse.Namespace, settings: Any, inputs: list[_Input]) -> i
     try:
         for inp in inputs:
             if inp.kind == "none":
-                print(f"edge-agent: no images in {inp.shown}", file=sys.stderr)
+                print(f"edge-agent: no pictures, videos or recordings in {inp.shown}", file=sys.stderr)
                 status = EXIT_FAIL
                 continue
             if inp.kind == "video":

@@ -268,19 +268,41 @@ def test_text_is_a_sensor_recording_and_binary_is_left_to_the_video_reader() -> 
     assert sniff(b"") is None
 
 
-def test_predict_on_a_directory_reads_its_images_in_name_order(face_image: Path, tmp_path: Path) -> None:
+def test_predict_on_a_directory_reads_its_pictures_and_videos_in_name_order_else_its_recordings(
+    face_image: Path, tmp_path: Path
+) -> None:
+    """A folder a camera uploads to holds pictures and clips: each, in name order (a clip frame by frame,
+    then its summary). A folder of recordings gives its recordings to an audio model. A note beside them
+    is no input, and a folder with nothing to read is said."""
     shots = tmp_path / "shots"
     shots.mkdir()
     for name in ("b.png", "a.PNG"):
         (shots / name).write_bytes(face_image.read_bytes())
+    w = cv2.VideoWriter(str(shots / "c.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (512, 512))
+    for _ in range(2):
+        w.write(cv2.imread(str(face_image)))
+    w.release()
     (shots / "notes.txt").write_text("not an image")
     empty = tmp_path / "empty"
     empty.mkdir()
     r = run_cli("predict", str(SHORT), str(shots), str(empty), "--accelerator", "cpu")
-    assert r.returncode == 1 and f"no images in {empty}" in r.stderr
+    assert r.returncode == 1 and f"no pictures, videos or recordings in {empty}" in r.stderr
     docs = [json.loads(line) for line in r.stdout.splitlines()]
-    assert [d["source"] for d in docs] == [str(shots / "a.PNG"), str(shots / "b.png")]
-    assert all(d["detections"][0]["label"] == "face" for d in docs)
+    names = ("a.PNG", "b.png", "c.avi", "c.avi", "c.avi")  # the clip's two frames and its summary
+    assert [d.get("source", d.get("file")) for d in docs] == [str(shots / n) for n in names]
+    assert all(d["detections"][0]["label"] == "face" for d in docs if "detections" in d)
+    assert docs[-1]["summary"]["frames"] == 2
+    words = tmp_path / "words"
+    words.mkdir()
+    wavs = ROOT.parent / "shared" / "data" / "wakeword"
+    for name in ("hey_jarvis_1.wav", "alexa_1.wav"):
+        (words / name).write_bytes((wavs / name).read_bytes())
+    r = run_cli("predict", str(MODELS / "wakeword" / "hey_jarvis.tflite"), str(words))
+    assert r.returncode == 0, r.stderr
+    summaries = [json.loads(line) for line in r.stdout.splitlines() if '"summary"' in line]
+    assert [(Path(d["file"]).name, d["summary"]["events"]) for d in summaries] == [
+        ("alexa_1.wav", 0), ("hey_jarvis_1.wav", 1)
+    ]
 
 
 def test_predict_and_bench_refuse_a_model_that_cannot_take_the_input(face_image: Path, tmp_path: Path) -> None:
