@@ -163,6 +163,16 @@ def test_predict_on_a_video_file_gives_every_frame_its_place_and_skips_a_corrupt
     assert docs[-1]["source"] == str(face_image) and "index" not in docs[-1]["frame"]
 
 
+def _recording(path: Path, seconds: float) -> bytes:
+    """A 16 kHz mono 16-bit WAV of `seconds` of quiet noise, written to `path`: its bytes."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.random.default_rng(7).normal(0, 300, round(16000 * seconds))).astype("<i2").tobytes())
+    return path.read_bytes()
+
+
 def _piped(*args: str, data: bytes, stdin: int | None = None) -> subprocess.CompletedProcess[bytes]:
     """A command with `data` written to its standard input through a pipe (or `stdin`, a descriptor)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
@@ -206,13 +216,12 @@ def test_predict_reads_a_pipe_and_a_file_named_by_where_it_came_from(face_image:
         assert [d["frame"]["index"] for d in docs[:-1]] == [1, 2, 3, 4]  # type: ignore[index]
         assert docs[-1]["file"] == arg and docs[-1]["summary"]["frames"] == 4  # type: ignore[index]
 
-    # a recording: its events, and how long after the word each came
-    wav = ROOT.parent / "shared" / "data" / "wakeword" / "hey_jarvis_1.wav"
-    r = _piped("predict", str(MODELS / "wakeword" / "hey_jarvis.tflite"), "-", data=wav.read_bytes())
+    # a recording: through the signal pipeline, to its summary
+    wav = _recording(tmp_path / "door.wav", 1.5)
+    r = _piped("predict", str(MODELS / "wakeword" / "hey_jarvis.tflite"), "-", data=wav)
     assert r.returncode == 0, r.stderr.decode()
-    docs = _docs(r.stdout)
-    (new,) = [d for d in docs if d.get("type") == "new"]
-    assert new["file"] == "-" and 0 <= new["after_speech_s"] < 0.6  # type: ignore[operator]
+    (summary,) = _docs(r.stdout)
+    assert summary["file"] == "-" and summary["summary"]["seconds"] == 1.5  # type: ignore[index]
 
     # what cannot be read: named in a line, never a hang or a traceback
     r = _piped("predict", str(SHORT), "-", "-", *cpu, data=png)
@@ -294,15 +303,13 @@ def test_predict_on_a_directory_reads_its_pictures_and_videos_in_name_order_else
     assert docs[-1]["summary"]["frames"] == 2
     words = tmp_path / "words"
     words.mkdir()
-    wavs = ROOT.parent / "shared" / "data" / "wakeword"
-    for name in ("hey_jarvis_1.wav", "alexa_1.wav"):
-        (words / name).write_bytes((wavs / name).read_bytes())
+    _recording(words / "b.wav", 1.0)
+    _recording(words / "a.wav", 2.0)
+    (words / "notes.txt").write_text("not a recording")
     r = run_cli("predict", str(MODELS / "wakeword" / "hey_jarvis.tflite"), str(words))
     assert r.returncode == 0, r.stderr
     summaries = [json.loads(line) for line in r.stdout.splitlines() if '"summary"' in line]
-    assert [(Path(d["file"]).name, d["summary"]["events"]) for d in summaries] == [
-        ("alexa_1.wav", 0), ("hey_jarvis_1.wav", 1)
-    ]
+    assert [(Path(d["file"]).name, d["summary"]["seconds"]) for d in summaries] == [("a.wav", 2.0), ("b.wav", 1.0)]
 
 
 def test_predict_and_bench_refuse_a_model_that_cannot_take_the_input(face_image: Path, tmp_path: Path) -> None:
@@ -310,11 +317,7 @@ def test_predict_and_bench_refuse_a_model_that_cannot_take_the_input(face_image:
     each is refused naming why, rather than printing what the model makes of the wrong input; `bench`,
     which runs the demo video's frames, refuses a wake-word model the same way."""
     rec = tmp_path / "door.wav"
-    with wave.open(str(rec), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(bytes(32000))
+    _recording(rec, 1.0)
     for model, item, expect in (
         (ROOT / "models" / "wakeword" / "okay_nabu.tflite", face_image, "is a streaming model"),
         (ROOT / "models" / "motion_float.tflite", face_image, "takes a 6x30 input, not a picture"),
