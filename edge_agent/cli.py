@@ -12,7 +12,7 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
@@ -615,9 +615,13 @@ def _predict_video(args: argparse.Namespace, inp: _Input, emit: Callable[..., fl
             return EXIT_FAIL
     src = VideoFileSource(str(inp.path), loop=False)
     try:
-        src.open()
+        with _opencv_quiet():  # its "backend ... can't be used to capture by name" says nothing to act on
+            src.open()
     except SourceError as err:
-        print(f"edge-agent: {inp.said(err)}", file=sys.stderr)
+        # a file there that no reader takes: a model given twice, a document, a format not read here
+        hint = (" (not a picture, a video or a recording that predict reads)"
+                if str(err).startswith("cannot open") and inp.path.is_file() else "")
+        print(f"edge-agent: {inp.said(err)}{hint}", file=sys.stderr)
         return EXIT_FAIL
     t0 = time.monotonic()
     fps, frames, undecodable, lat = src.nominal_fps, 0, 0, LatencyWindow()
@@ -648,6 +652,23 @@ def _predict_video(args: argparse.Namespace, inp: _Input, emit: Callable[..., fl
     }
     human.emit({"file": inp.shown, "summary": summary}, human.prediction, args.json, indent=None)
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _opencv_quiet() -> Iterator[None]:
+    """OpenCV's own warnings off for the block (its errors still said)."""
+    import cv2
+
+    levels: Any = getattr(getattr(cv2, "utils", None), "logging", None)  # untyped in OpenCV's stubs
+    if levels is None:
+        yield
+        return
+    before = levels.getLogLevel()
+    levels.setLogLevel(2)  # LOG_LEVEL_ERROR
+    try:
+        yield
+    finally:
+        levels.setLogLevel(before)
 
 
 def _predict_recordings(args: argparse.Namespace, model: Any, base: Any, inputs: list[_Input]) -> int:

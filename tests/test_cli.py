@@ -223,7 +223,12 @@ def test_predict_reads_a_pipe_and_a_file_named_by_where_it_came_from(face_image:
     (summary,) = _docs(r.stdout)
     assert summary["file"] == "-" and summary["summary"]["seconds"] == 1.5  # type: ignore[index]
 
-    # what cannot be read: named in a line, never a hang or a traceback
+    # what cannot be read: named in a line, never a hang or a traceback (nor OpenCV's chatter about it)
+    r = _piped("predict", str(SHORT), str(SHORT), "-", *cpu, data=b"\x00\x00\x00\x18not a video at all")
+    assert r.returncode == 1 and b"Traceback" not in r.stderr and b"VIDEOIO" not in r.stderr, r.stderr
+    lines = r.stderr.decode().splitlines()
+    assert lines == [f"edge-agent: cannot open file:{f} (not a picture, a video or a recording that predict reads)"
+                     for f in (SHORT, "-")], lines
     r = _piped("predict", str(SHORT), "-", "-", *cpu, data=png)
     assert r.returncode == 2 and b"standard input (-) can be read only once" in r.stderr
     r = _piped("predict", str(SHORT), "-", *cpu, data=b"")
