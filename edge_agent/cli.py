@@ -490,6 +490,7 @@ def _inputs(given: list[Path], stack: contextlib.ExitStack) -> list[_Input] | st
     has none, its recordings. A usage error's text instead, where standard input is named twice or is
     a terminal."""
     from edge_agent.filekind import VIDEO_ENDINGS, is_stream, named, spooled
+    from edge_agent.redact import hide_credentials
     from edge_agent.signals import signal_kind
     from edge_agent.signals.csv_file import CsvSource
     from edge_agent.signals.wav import SUFFIXES
@@ -502,6 +503,10 @@ def _inputs(given: list[Path], stack: contextlib.ExitStack) -> list[_Input] | st
     out: list[_Input] = []
     stdin = False
     for p in given:
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", str(p)) and not p.exists() and not signal_kind(str(p)):
+            # a camera's URL (Path made its // one)
+            return (f"{hide_credentials(str(p).replace(':/', '://', 1))}: predict reads files and pipes; "
+                    "`edge-agent check --source URL` runs a camera's first frame through the model")
         if str(p) == "-":
             if stdin:
                 return "standard input (-) can be read only once"

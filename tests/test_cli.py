@@ -224,6 +224,9 @@ def test_predict_reads_a_pipe_and_a_file_named_by_where_it_came_from(face_image:
     assert summary["file"] == "-" and summary["summary"]["seconds"] == 1.5  # type: ignore[index]
 
     # what cannot be read: named in a line, never a hang or a traceback (nor OpenCV's chatter about it)
+    r = _piped("predict", str(SHORT), "rtsp://admin:secret@10.0.0.5/live", *cpu, data=b"")
+    said = b"rtsp://admin:**********@10.0.0.5/live: predict reads files and pipes; `edge-agent check --source URL`"
+    assert r.returncode == 2 and said in r.stderr and b"secret" not in r.stderr, r.stderr
     r = _piped("predict", str(SHORT), str(SHORT), "-", *cpu, data=b"\x00\x00\x00\x18not a video at all")
     assert r.returncode == 1 and b"Traceback" not in r.stderr and b"VIDEOIO" not in r.stderr, r.stderr
     lines = r.stderr.decode().splitlines()
