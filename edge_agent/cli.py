@@ -1195,10 +1195,9 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{'device':<20} {'availability':<12} {'model':<36} {'update':<12} {'fps':>6} {'status':<9}")
     for name, d in sorted(devices.items()):
-        model = _obj(_obj(d.get("info")).get("model"))
         upd = _obj(d.get("model/state"))
         h = _obj(d.get("status") or d.get("health"))  # the device's answer, else its last health message
-        label = f"{model.get('name')} v{model.get('version')}"
+        label = _models_label(_obj(d.get("info")))
         fps = _obj(h.get("fps")).get("inferred", "-")
         refused = _obj(d.get("info")).get("config_error")  # it exited 2, and says why (docs/mqtt.md)
         state = h.get("status", "refused" if refused else "-")
@@ -1209,6 +1208,21 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
         if refused:
             print(f"  configuration refused: {plain(refused, 400)}")
     return EXIT_OK
+
+
+def _models_label(info: dict[str, Any]) -> str:
+    """The models a device serves, from its info: each pipeline's (several cameras may run several), else
+    the device's own; a version only where the model has one."""
+    pipes = _obj(info.get("pipelines"))
+    models = [_obj(_obj(p).get("model")) for p in pipes.values()] if pipes else [_obj(info.get("model"))]
+    names = []
+    for m in models:
+        if m.get("name") is None:
+            continue
+        name = f"{m['name']} v{m['version']}" if m.get("version") is not None else str(m["name"])
+        if name not in names:
+            names.append(name)
+    return ", ".join(names) or "-"
 
 
 def _obj(value: Any) -> dict[str, Any]:

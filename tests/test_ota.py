@@ -416,7 +416,12 @@ def test_fleet_status_and_rollback_cli(broker: Broker, agent_factory, keys) -> N
         # anything may publish under the prefix (a buggy client, an old tool): the fleet's view goes on
         odd = {"odd1/info": b"[1, 2]", "odd1/model/state": b"5", "odd1/availability": b"online",
                "odd2/info": b'{"model": [1], "groups": "abc"}', "odd2/health": b'{"fps": "fast", "status": [3]}',
-               "odd2/model/state": b'{"state": ["a"]}'}
+               "odd2/model/state": b'{"state": ["a"]}',
+               # an agent of several pipelines: each pipeline's model, once
+               "many/info": json.dumps({"model": {"name": "ssd", "version": "3"}, "pipelines": {
+                   "door": {"model": {"name": "ssd", "version": "3"}},
+                   "yard": {"model": {"name": "ssd", "version": "3"}},
+                   "hall": {"model": {"name": "blazeface", "version": None}}}}).encode()}
         for leaf, body in odd.items():
             w.sub.publish(f"edge/{leaf}", body, retain=True)
         mq = ["--mqtt-host", broker.host, "--mqtt-port", str(broker.port)]
@@ -431,7 +436,11 @@ def test_fleet_status_and_rollback_cli(broker: Broker, agent_factory, keys) -> N
         assert table.returncode == 0 and "Traceback" not in table.stderr, table.stderr
         row = next(line.split() for line in table.stdout.splitlines() if line.startswith("st1"))
         assert row[1] == "online" and row[-1] == "ok" and float(row[-2]) > 0, table.stdout
-        assert {line.split()[0] for line in table.stdout.splitlines()[1:]} == {"st1", "odd1", "odd2"}
+        assert row[2] == "face_detection_short_range" and row[3] == "active", row  # no version: none shown
+        assert "None" not in table.stdout, table.stdout  # (it read "vNone")
+        many = next(line for line in table.stdout.splitlines() if line.startswith("many"))
+        assert "ssd v3, blazeface " in many, many
+        assert {line.split()[0] for line in table.stdout.splitlines()[1:]} == {"st1", "odd1", "odd2", "many"}
         nothing = run_cli("fleet", "rollback", *mq, "--device", "st1")
         assert nothing.returncode == 1 and "no installed update" in nothing.stdout
         named = run_cli("fleet", "rollback", *mq, "--device", "st1", "--version", "3")
