@@ -43,7 +43,27 @@ _SHORTCUTS = {
 }
 
 
+#: What each shortcut flag sets, for --help (the setting's own description: `config --describe`)
+_SHORTCUT_HELP = {
+    "--device-id": "this device's name in its topics (device_id)",
+    "--source": "camera index, /dev/videoN, /dev/v4l/by-id/..., file, URL, pipeline, image glob, synthetic, demo "
+                "(source.uri)",
+    "--fps": "frame rate cap (source.fps)",
+    "--model": "model file, .tflite (model.path)",
+    "--labels": "labels file (model.labels)",
+    "--task": "auto|classification|detection|raw (model.task)",
+    "--score-threshold": "the least score a detection or class is reported at (model.score_threshold)",
+    "--accelerator": "auto|cpu|gpu|npu|edgetpu|vx|armnn|/path/to/delegate.so (runtime.accelerator)",
+    "--threads": "CPU threads of the interpreter; 0: chosen by timing (runtime.threads)",
+    "--mqtt-host": "the broker's host (mqtt.host)",
+    "--mqtt-port": "the broker's port (mqtt.port)",
+    "--state-dir": "where the outbox, models and clips are kept (state_dir)",
+    "--log-level": "DEBUG|INFO|WARNING|ERROR (log_level)",
+}
 _JSON_HELP = "print JSON (the default when stdout is not a terminal)"
+_VERSION_HELP = "the release's version, a whole number: a device never takes one older than it has"
+_NAME_HELP = "the model's name in the manifest (default: the file's stem)"
+_VALID_HELP = "hours the signed manifest is valid for: a device refuses it after that"
 #: the shortcut flags a command that only talks to the broker takes
 _BROKER_FLAGS = ("--device-id", "--mqtt-host", "--mqtt-port", "--log-level")
 
@@ -64,26 +84,8 @@ def _settings_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = No
         help="any setting by dotted key, e.g. --set mqtt.qos=0 or --set 'homeassistant.labels=[\"person\"]' "
         "(lists are JSON; repeatable)",
     )
-    if only is not None:
-        for flag in only:
-            g.add_argument(flag)
-        return
-    g.add_argument("--device-id")
-    g.add_argument(
-        "--source",
-        help="camera index, /dev/videoN, /dev/v4l/by-id/..., file, URL, pipeline, image glob, synthetic, demo",
-    )
-    g.add_argument("--fps", help="frame rate cap")
-    g.add_argument("--model", help="model file (.tflite)")
-    g.add_argument("--labels", help="labels file")
-    g.add_argument("--task", help="auto|classification|detection|raw")
-    g.add_argument("--score-threshold")
-    g.add_argument("--accelerator", help="auto|cpu|gpu|npu|edgetpu|vx|armnn|/path/to/delegate.so")
-    g.add_argument("--threads")
-    g.add_argument("--mqtt-host")
-    g.add_argument("--mqtt-port")
-    g.add_argument("--state-dir")
-    g.add_argument("--log-level", help="DEBUG|INFO|WARNING|ERROR")
+    for flag in _SHORTCUT_HELP if only is None else only:
+        g.add_argument(flag, help=_SHORTCUT_HELP[flag])
 
 
 def _overrides(args: argparse.Namespace, shortcuts: bool = True) -> dict[str, Any]:
@@ -1270,7 +1272,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_check)
 
     i = sub.add_parser("inspect", help="show a model's inputs, outputs, quantization, ops, metadata, labels")
-    i.add_argument("model", type=Path)
+    i.add_argument("model", type=Path, help="the model file (.tflite)")
     _settings_args(i, ())
     i.add_argument("--json", action="store_true", help=_JSON_HELP)
     i.set_defaults(func=cmd_inspect)
@@ -1280,7 +1282,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one-shot inference on images or every frame of video files (prints the daemon's JSON), or on "
         "recordings (.wav, .flac, .ogg, .mp3, .csv: prints events)",
     )
-    pr.add_argument("model", type=Path)
+    pr.add_argument("model", type=Path, help="the model file (.tflite)")
     pr.add_argument(
         "images", type=Path, nargs="+",
         help="images or video files, or WAV/CSV recordings for audio and sensor models; - reads standard input "
@@ -1373,20 +1375,20 @@ def build_parser() -> argparse.ArgumentParser:
     fl = sub.add_parser("fleet", help="fleet side: keys, signed manifests, pushing models")
     fsub = fl.add_subparsers(dest="fleet_command", required=True, metavar="FLEET_COMMAND")
     kg = fsub.add_parser("keygen", help="make an Ed25519 key pair (private key mode 0600)")
-    kg.add_argument("--dir", type=Path, default=Path("."))
-    kg.add_argument("--name", default="fleet")
+    kg.add_argument("--dir", type=Path, default=Path("."), help="where the two files go (default: here)")
+    kg.add_argument("--name", default="fleet", help="the files' name: NAME.key (private), NAME.pub (public)")
     kg.set_defaults(func=cmd_fleet_keygen)
     sg = fsub.add_parser("sign", help="sign a manifest; prints it with its signature")
-    sg.add_argument("manifest", type=Path)
-    sg.add_argument("--key", type=Path, required=True)
+    sg.add_argument("manifest", type=Path, help="the manifest (JSON) to sign")
+    sg.add_argument("--key", type=Path, required=True, help="private key to sign with")
     sg.set_defaults(func=cmd_fleet_sign)
     ps = fsub.add_parser("push", help="push a model to devices and follow it until each is done")
     _settings_args(ps, only=_FLEET_FLAGS)
-    ps.add_argument("model", type=Path)
-    ps.add_argument("--version", type=int, required=True)
-    ps.add_argument("--name")
-    ps.add_argument("--device", action="append")
-    ps.add_argument("--group")
+    ps.add_argument("model", type=Path, help="the model file (.tflite) to deploy")
+    ps.add_argument("--version", type=int, required=True, help=_VERSION_HELP)
+    ps.add_argument("--name", help=_NAME_HELP)
+    ps.add_argument("--device", action="append", help="a device to update (repeatable)")
+    ps.add_argument("--group", help="every device whose retained info lists this group")
     ps.add_argument("--key", type=Path, help="private key to sign with")
     ps.add_argument("--labels-file", type=Path, help="labels to ship with the model")
     ps.add_argument("--score-threshold", type=float, help="the score threshold devices use with this model")
@@ -1396,7 +1398,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--mqtt", action="store_true", help="send the model in chunks over MQTT (devices without HTTP)")
     ps.add_argument("--for-model", help="on devices with several models: the shared model (or pipeline) to replace")
     ps.add_argument("--pipelines", help="on devices with several models: the pipelines to update (comma-separated)")
-    ps.add_argument("--valid-hours", type=float, default=24.0)
+    ps.add_argument("--valid-hours", type=float, default=24.0, help=_VALID_HELP)
     ps.add_argument("--timeout", type=float, default=600.0, help="give up on the whole push after this many seconds")
     ps.add_argument("--json", action="store_true", help=_JSON_HELP)
     ps.add_argument("--answer-timeout", type=float, default=10.0,
@@ -1405,10 +1407,10 @@ def build_parser() -> argparse.ArgumentParser:
     ro = fsub.add_parser("rollout", help="a staged rollout: canary, then waves, each after the last is active "
                          "and healthy for a soak time; halts on failures")
     _settings_args(ro, only=_FLEET_FLAGS)
-    ro.add_argument("model", type=Path, nargs="?")
-    ro.add_argument("--version", type=int)
-    ro.add_argument("--name")
-    ro.add_argument("--device", action="append")
+    ro.add_argument("model", type=Path, nargs="?", help="the model file (.tflite) to deploy (not with --resume)")
+    ro.add_argument("--version", type=int, help=_VERSION_HELP)
+    ro.add_argument("--name", help=_NAME_HELP)
+    ro.add_argument("--device", action="append", help="a device to update (repeatable)")
     ro.add_argument("--group", help="every device whose retained info lists this group")
     ro.add_argument("--key", type=Path, help="private key to sign with")
     ro.add_argument("--labels-file", type=Path, help="labels to ship with the model")
@@ -1418,7 +1420,7 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--url", help="where devices download the model")
     ro.add_argument("--for-model", help="on devices with several models: the shared model (or pipeline) to replace")
     ro.add_argument("--pipelines", help="on devices with several models: the pipelines to update (comma-separated)")
-    ro.add_argument("--valid-hours", type=float, default=72.0)
+    ro.add_argument("--valid-hours", type=float, default=72.0, help=_VALID_HELP)
     ro.add_argument("--canary", default="1", help="devices in the first wave: a count or a share (5%%)")
     ro.add_argument("--waves", default="25%,50%,100%",
                     help="share of the fleet reached after each wave, comma-separated (the last takes the rest)")
@@ -1435,17 +1437,17 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--json", action="store_true", help=_JSON_HELP)
     ro.set_defaults(func=cmd_fleet_rollout)
     st = fsub.add_parser("status", help="a table of devices from their retained state and recent health")
-    _settings_args(st)
+    _settings_args(st, only=_FLEET_FLAGS)
     st.add_argument("--wait", type=float, default=2.0, help="seconds to listen")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help=_JSON_HELP)
     st.set_defaults(func=cmd_fleet_status)
     rb = fsub.add_parser("rollback", help="roll one device back to its previous model")
-    _settings_args(rb)
-    rb.add_argument("--device", required=True)
+    _settings_args(rb, only=_FLEET_FLAGS)
+    rb.add_argument("--device", required=True, help="the device to roll back")
     rb.add_argument("--version", type=int, default=None,
                     help="undo only this release: refused where the device no longer has it, instead of "
                          "undoing the one before it")
-    rb.add_argument("--timeout", type=float, default=10.0)
+    rb.add_argument("--timeout", type=float, default=10.0, help="give up after this many seconds without an answer")
     rb.add_argument("--json", action="store_true", help=_JSON_HELP)
     rb.set_defaults(func=cmd_fleet_rollback)
     return p

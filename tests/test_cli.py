@@ -120,6 +120,36 @@ def test_a_typo_gets_the_closest_flag_or_command_and_listen_has_only_its_flags()
     assert "--mqtt-host" in listen and "--source" not in listen and "--model" not in listen
 
 
+def test_every_option_of_every_command_says_what_it_does() -> None:
+    """`--help` listed bare flags (`--threads`, `--version` of a push, `--valid-hours`) and fleet status
+    took a camera's and a model's flags it never reads. Each option now has a line, a shortcut names the
+    setting it sets, and the fleet's commands take only the broker's flags."""
+    import argparse
+
+    from edge_agent.cli import _SHORTCUTS, build_parser
+
+    bare: list[str] = []
+    helps: dict[str, dict[str, str]] = {}  # command -> option -> its help
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    walk(sub, f"{path} {name}".strip())
+                continue
+            if not a.help:
+                bare.append(f"{path} {'/'.join(a.option_strings) or a.dest}")
+            helps.setdefault(path, {}).update((o, str(a.help)) for o in a.option_strings)
+
+    walk(build_parser(), "")
+    assert not bare, bare
+    for attr, key in _SHORTCUTS.items():  # e.g. --threads: "... (runtime.threads)"
+        said = helps["run"][f"--{attr.replace('_', '-')}"]
+        assert said.endswith(f"({key})"), (attr, said)
+    for command in ("fleet status", "fleet rollback", "fleet push", "fleet rollout"):
+        assert not helps[command].keys() & {"--source", "--model", "--threads", "--fps"}, (command, helps[command])
+
+
 def test_the_package_builds_without_setuptools_warnings(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path), str(ROOT)],
                        capture_output=True, text=True, timeout=300)
