@@ -70,6 +70,9 @@ _BROKER_FLAGS = ("--device-id", "--mqtt-host", "--mqtt-port", "--log-level")
 
 #: the shortcut flags of the fleet commands: the model flags there describe what is sent, not this host
 _FLEET_FLAGS = ("--mqtt-host", "--mqtt-port", "--log-level")
+#: ... and the cloud worker, which runs a model on what devices send (no source of its own)
+_WORKER_FLAGS = ("--model", "--labels", "--task", "--score-threshold", "--accelerator", "--threads", "--state-dir",
+                 *_FLEET_FLAGS)
 
 
 def _settings_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
@@ -1365,7 +1368,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cloud-worker",
         help="server side of hybrid mode: answer escalations from any number of devices with a bigger model",
     )
-    _settings_args(cw)
+    _settings_args(cw, only=_WORKER_FLAGS)
     cw.add_argument("--group", default="edge-agent-workers", help="shared-subscription group (they split the load)")
     cw.add_argument("--worker-id", help="name reported with each answer (default: host-pid)")
     cw.add_argument("--signal", action="store_true", help="the model takes audio/sensor windows, not images")

@@ -123,7 +123,7 @@ def test_a_typo_gets_the_closest_flag_or_command_and_listen_has_only_its_flags()
 def test_every_option_of_every_command_says_what_it_does() -> None:
     """`--help` listed bare flags (`--threads`, `--version` of a push, `--valid-hours`) and fleet status
     took a camera's and a model's flags it never reads. Each option now has a line, a shortcut names the
-    setting it sets, and the fleet's commands take only the broker's flags."""
+    setting it sets, the fleet's commands take only the broker's flags and the cloud worker no camera's."""
     import argparse
 
     from edge_agent.cli import _SHORTCUTS, build_parser
@@ -148,6 +148,7 @@ def test_every_option_of_every_command_says_what_it_does() -> None:
         assert said.endswith(f"({key})"), (attr, said)
     for command in ("fleet status", "fleet rollback", "fleet push", "fleet rollout"):
         assert not helps[command].keys() & {"--source", "--model", "--threads", "--fps"}, (command, helps[command])
+    assert not helps["cloud-worker"].keys() & {"--source", "--fps", "--device-id"}  # no camera of its own
 
 
 def test_the_package_builds_without_setuptools_warnings(tmp_path: Path) -> None:
