@@ -1,6 +1,7 @@
 """Store-and-forward: results produced while the broker is away wait here, oldest first.
 
-SQLite in WAL mode with synchronous=FULL, written in batches (at most once per
+SQLite in WAL mode (holding the file exclusively where the file system cannot map WAL's shared
+memory) with synchronous=FULL, written in batches (at most once per
 `flush_interval_s`), so an SD card is not written per frame and a committed batch survives a
 power cut. What the broker acknowledged is removed in batches too: acknowledgements come a few
 at a time, and a transaction each (a sync, and a page or two of the journal rewritten) made the
@@ -54,6 +55,14 @@ def damaged(err: BaseException) -> bool:
     return type(err) is sqlite3.DatabaseError or "malformed" in text or "not a database" in text
 
 
+def _no_shared_memory(err: sqlite3.OperationalError) -> bool:
+    """Whether SQLite could not map WAL's shared memory (the `-shm` file). Python before 3.11 does not give
+    the extended code: there, any I/O error at the start is tried again without shared memory, which a
+    disk that is failing fails as well."""
+    name = getattr(err, "sqlite_errorname", None)
+    return name.startswith("SQLITE_IOERR_SHM") if name else "disk i/o error" in str(err).lower()
+
+
 def salvage(db: sqlite3.Connection) -> list[tuple[int, str, bytes, int, int, float]]:
     """The rows of a damaged outbox that can still be read, by id: a scan from each end, row by row,
     so a damaged page stops a scan there and loses only what neither scan reaches."""
@@ -104,8 +113,30 @@ class Outbox:
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
         make_dirs(path.parent)  # SQLite makes its own files durable in the directory, not the directory
+        try:
+            return Outbox._connect_as(path, exclusive=False)
+        except sqlite3.OperationalError as err:
+            if not _no_shared_memory(err):
+                raise
+            # WAL keeps its index in memory shared through the `-shm` file, which some file systems cannot
+            # map (a FUSE mount, such as a FAT USB stick mounted with fusefat; a network share): SQLite says
+            # SQLITE_IOERR_SHMOPEN. Holding the file exclusively, SQLite keeps that index in its own memory
+            # instead (its documented way for WAL without shared memory). Nothing else reads the outbox
+            # while the agent runs then, which one agent per state directory (`agent.lock`) allows.
+            try:
+                db = Outbox._connect_as(path, exclusive=True)
+            except sqlite3.Error:
+                raise err from None
+            log.warning("outbox: the file system of %s gives SQLite no shared memory (%s): the outbox file is "
+                        "held exclusively, so nothing else can read it while the agent runs", path.parent, err)
+            return db
+
+    @staticmethod
+    def _connect_as(path: Path, exclusive: bool) -> sqlite3.Connection:
         db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=5)
         try:
+            if exclusive:
+                db.execute("PRAGMA locking_mode=EXCLUSIVE")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute(_SCHEMA)

@@ -19,6 +19,9 @@ if [[ "$EXTRAS" == *dev* ]]; then  # the suite verifies the unit and builds test
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the status page is tested in a real browser
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # /metrics is linted and scraped by the real thing
   command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)  # the power-cut file system (tests/lazyfs.py)
+  # a FAT USB stick mounted through FUSE, which gives SQLite no shared memory (the outbox there)
+  command -v fusefat >/dev/null 2>&1 || missing+=(fusefat)
+  command -v mkfs.vfat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.vfat ] || [ -x /sbin/mkfs.vfat ] || missing+=(dosfstools)
   # an ext4 file system on a loop device with errors in its superblock, and a network link that flaps
   command -v debugfs >/dev/null 2>&1 || [ -x /usr/sbin/debugfs ] || [ -x /sbin/debugfs ] || missing+=(e2fsprogs)
   command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)

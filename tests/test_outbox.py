@@ -108,6 +108,27 @@ def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
     subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+@pytest.fixture
+def fat_stick(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A FAT32 file system mounted through FUSE (fusefat), as a USB stick may be: one that gives SQLite
+    no shared memory for WAL's index (its `-shm` file cannot be mapped)."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("fusefat") is None or shutil.which("mkfs.vfat") is None:
+        pytest.skip("fusefat and dosfstools are not installed (scripts/test.sh installs them)")
+    image, where = tmp_path / "stick.img", tmp_path / "stick"
+    where.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mkfs.vfat", "-F", "32", str(image)], check=True, capture_output=True)
+    subprocess.run(["fusefat", "-o", "rw+", str(image), str(where)], check=True, capture_output=True)
+    assert os.path.ismount(where)
+    yield where
+    subprocess.run(["fusermount3", "-u", "-z", str(where)], check=False, capture_output=True)
+
+
 def _fill(where: Path) -> Path:
     filler = where / "filler"
     with open(filler, "wb") as f:
@@ -151,6 +172,31 @@ def _damage_a_page(path: Path, page: int) -> None:
     rng = np.random.default_rng(page)
     raw[4096 * page: 4096 * (page + 1)] = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
     path.write_bytes(bytes(raw))
+
+
+def test_an_outbox_on_a_file_system_without_shared_memory_stays_on_disk(
+    fat_stick: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite's WAL keeps its index in memory shared through the `-shm` file, which a FAT stick mounted
+    through FUSE cannot map (SQLITE_IOERR_SHMOPEN, "disk I/O error"): the outbox went to memory at once,
+    and what it held was lost with the power. It now holds its file exclusively, where SQLite keeps that
+    index in its own memory, and stays on disk: what it stored is there after a restart."""
+    path = fat_stick / "state" / "outbox.sqlite"
+    ob = Outbox(path, 1000, "drop_oldest", 60)
+    assert ob.mode == "disk", ob.stats()
+    assert "gives SQLite no shared memory" in caplog.text and "held exclusively" in caplog.text
+    ob.put_many(msgs(10))
+    ob.close()
+    again = Outbox(path, 1000, "drop_oldest", 60)
+    try:
+        assert again.mode == "disk" and payloads(again.peek(100)) == list(range(10)), again.stats()
+        again.ack([i for i, _ in again.peek(3)])
+        again.put_many(msgs(2, start=10))
+    finally:
+        again.close()
+    last = Outbox(path, 1000, "drop_oldest", 60)
+    assert payloads(last.peek(100)) == [3, 4, 5, 6, 7, 8, 9, 10, 11]
+    last.close()
 
 
 def test_a_damaged_page_loses_only_what_it_held(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
