@@ -1318,6 +1318,14 @@ def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
 
 #: what a list of pipelines looks like as JSON, in the hints of errors that ask for one
 _PIPELINES_EXAMPLE = '[{"name": "door", "source": {"uri": "0"}}]'
+#: An example of each list whose items are tables or pairs, for the hint a malformed one gets (a key's
+#: own, or its end inside a pipeline); any other list is of words
+_LIST_EXAMPLES = {
+    "pipelines": _PIPELINES_EXAMPLE,
+    "scene.zones": '[{"name": "door", "points": [[0.1, 0.5], [0.6, 0.5], [0.6, 1], [0.1, 1]]}]',
+    "scene.masks": '[{"points": [[0, 0], [0.3, 0], [0.3, 0.2]]}]',
+    "points": "[[0.1, 0.5], [0.6, 0.5], [0.6, 1]]",
+}
 
 
 def _members(ann: Any) -> list[Any]:
@@ -1397,8 +1405,12 @@ def format_validation_error(err: ValidationError, root: type[BaseModel] | None =
             msg = (f"a table of settings ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}), not one "
                    f"value: set one of them, e.g. {loc}.{keys[0]}")
         elif e["type"] == "list_type":  # one syntax for lists everywhere: JSON (TOML's own arrays in a file)
-            ex = _PIPELINES_EXAMPLE if loc == "pipelines" else '["a", "b"]'
-            msg += f" (write a list as JSON: --set '{loc}={ex}', {ENV_PREFIX + loc.upper().replace('.', '__')}='{ex}')"
+            ex = next((x for k, x in _LIST_EXAMPLES.items() if loc == k or loc.endswith("." + k)), '["a", "b"]')
+            if root is Settings and not any(isinstance(p, int) for p in shown):  # a key --set and env can name
+                env = ENV_PREFIX + loc.upper().replace(".", "__")
+                msg += f" (write a list as JSON: --set '{loc}={ex}', {env}='{ex}')"
+            else:  # inside a list (a zone's points) or a pipeline: the value itself
+                msg += f" (write it as JSON, e.g. {ex})"
         msg = msg.removeprefix("Value error, ")
         lines.append(msg if loc == "(root)" else f"{loc}: {msg}")  # the whole's checks name their keys
     return "\n".join(lines)

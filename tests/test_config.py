@@ -207,6 +207,21 @@ def test_a_mistyped_key_gets_the_closest_setting_wherever_it_is_written(
         assert "Config" not in said, said
     with pytest.raises(ConfigError, match=r"mqtt\.tls: a table of settings \(enabled, ca_file"):
         load_settings(f)
+    # a list that is not one gets an example of its own kind: zones of tables, a zone's points of pairs;
+    # --set and the environment only where they can name the key (not inside a list or a pipeline)
+    zone = '[{"name": "door", "points": [[0.1, 0.5], [0.6, 0.5], [0.6, 1], [0.1, 1]]}]'
+    for over, said in (
+        ({"scene.zones": "door"}, f"scene.zones: Input should be a valid list (write a list as JSON: --set "
+                                  f"'scene.zones={zone}', EDGE_AGENT_SCENE__ZONES='{zone}')"),
+        ({"scene.zones": [{"name": "a", "points": "x"}]},
+         "scene.zones.0.points: Input should be a valid list (write it as JSON, e.g. [[0.1, 0.5], [0.6, 0.5], "
+         "[0.6, 1]])"),
+        ({"pipelines": [{"name": "a", "scene": {"zones": "x"}}]},
+         f"pipeline 'a': scene.zones: Input should be a valid list (write it as JSON, e.g. {zone})"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load_settings(None, over)
+        assert said in str(err.value), str(err.value)
     monkeypatch.setenv("EDGE_AGENT_MQTT__PASWORD", "x")
     with pytest.raises(ConfigError, match=r"EDGE_AGENT_MQTT__PASWORD: unknown setting 'pasword' \(did you mean "
                                           r"EDGE_AGENT_MQTT__PASSWORD\?\)"):
