@@ -1383,9 +1383,13 @@ def _did_you_mean(root: type[BaseModel], loc: tuple[int | str, ...]) -> str:
     return f" (did you mean '{close}'?)" if close else ""
 
 
-def format_validation_error(err: ValidationError, root: type[BaseModel] | None = None) -> str:
+def format_validation_error(
+    err: ValidationError, root: type[BaseModel] | None = None, overrides: dict[str, Any] | None = None
+) -> str:
     """One line per error, naming the key as the user wrote it. `root`: the model validated (the whole
-    settings unless said), whose fields an unknown key is compared with for a suggestion."""
+    settings unless said), whose fields an unknown key is compared with for a suggestion. `overrides`:
+    the keys set on the command line, given where the environment may also hold them: a value that
+    came from an EDGE_AGENT_* variable (set, and not overridden) is said with the variable's name."""
     root = root or Settings
     errors = [(e, *_key_path(root, e["loc"])) for e in err.errors()]
     # a table written where a name would also do fails as a name too: once the table's own keys are
@@ -1412,6 +1416,8 @@ def format_validation_error(err: ValidationError, root: type[BaseModel] | None =
             else:  # inside a list (a zone's points) or a pipeline: the value itself
                 msg += f" (write it as JSON, e.g. {ex})"
         msg = msg.removeprefix("Value error, ")
+        if overrides is not None and e["type"] != "extra_forbidden" and (source := _from_env(shown, overrides)):
+            loc = f"{loc} (from {source})"
         lines.append(msg if loc == "(root)" else f"{loc}: {msg}")  # the whole's checks name their keys
     return "\n".join(lines)
 
@@ -1434,7 +1440,7 @@ def load_settings(
             _read_toml(config_file)
         return Settings(**_nested(overrides or {}))
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
+        raise ConfigError(format_validation_error(err, overrides=overrides or {})) from None
     except SettingsError as err:  # a complex value in the environment that is not JSON
         raise ConfigError(_settings_error(err)) from None
     except RecursionError:  # the JSON of a list or table in the environment, parsed before it is validated
@@ -1534,8 +1540,36 @@ def _settings_error(err: SettingsError) -> str:
                     break
     cause = err.__cause__
     why = f": {cause}" if cause is not None else ""
-    example = _PIPELINES_EXAMPLE if env == ENV_PREFIX + "PIPELINES" else '["a", "b"]'
-    return f"{env}: not valid JSON{why} (lists and tables are JSON here, e.g. {env}='{example}')"
+    return f"{env}: not valid JSON{why} (lists and tables are JSON here, e.g. {env}='{_json_example(env)}')"
+
+
+def _from_env(shown: list[int | str], overrides: dict[str, Any]) -> str | None:
+    """The EDGE_AGENT_* variable a setting's value came from: the setting's own, or that of a table or
+    list holding it (EDGE_AGENT_MQTT='{"port": "x"}'), where it is set and the command line set none of
+    them (the command line wins over the environment, which wins over the file)."""
+    for n in range(len(shown), 0, -1):
+        key = ".".join(str(p) for p in shown[:n])
+        if key in overrides:
+            return None
+        env = ENV_PREFIX + key.upper().replace(".", ENV_NESTED)
+        if env in os.environ:
+            return env
+    return None
+
+
+def _json_example(env: str) -> str:
+    """A value for an EDGE_AGENT_* variable that holds a list or a table, as JSON: the list's own example
+    (`_LIST_EXAMPLES`), a table with its first setting at its default, else a list of words."""
+    key = env.removeprefix(ENV_PREFIX).lower().replace(ENV_NESTED, ".")
+    for k, example in _LIST_EXAMPLES.items():
+        if key == k or key.endswith("." + k):
+            return example
+    table = _table(_key_path(Settings, tuple(key.split(".")))[1])
+    if table is not None:
+        for name, f in table.model_fields.items():
+            if isinstance(f.default, (str, int, float)) and not isinstance(f.default, bool):
+                return json.dumps({name: f.default})
+    return '["a", "b"]'
 
 
 def _is_list_key(env_name: str) -> bool:

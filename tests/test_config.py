@@ -230,6 +230,28 @@ def test_a_mistyped_key_gets_the_closest_setting_wherever_it_is_written(
     monkeypatch.setenv("EDGE_AGENT_MQTTT__HOST", "x")  # the typo at the start: the rest of the name kept
     with pytest.raises(ConfigError, match=r"unknown setting 'mqttt' \(did you mean EDGE_AGENT_MQTT__HOST\?\)"):
         load_settings()
+    monkeypatch.delenv("EDGE_AGENT_MQTTT__HOST")
+
+
+def test_a_bad_value_from_the_environment_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value the environment gave was named by its key alone (`mqtt.port: Input should be a valid
+    integer`), and a unit's Environment= line is not where one looks first. The variable is named, its
+    own or that of the table or list holding the key; a value the command line gave instead is not
+    put on it. A table that is not JSON gets a table as its example, not a list of words."""
+    monkeypatch.setenv("EDGE_AGENT_MQTT__PORT", "abc")
+    with pytest.raises(ConfigError, match=r"mqtt\.port \(from EDGE_AGENT_MQTT__PORT\): Input should be a valid int"):
+        load_settings()
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {"mqtt.port": 70000})
+    assert str(err.value) == "mqtt.port: Input should be less than or equal to 65535"
+    monkeypatch.delenv("EDGE_AGENT_MQTT__PORT")
+    monkeypatch.setenv("EDGE_AGENT_SCENE__ZONES", '[{"name": "a", "points": [[0, 0], [2, 0], [1, 1]]}]')
+    with pytest.raises(ConfigError, match=r"scene\.zones\.0\.points \(from EDGE_AGENT_SCENE__ZONES\): point 1"):
+        load_settings()
+    monkeypatch.delenv("EDGE_AGENT_SCENE__ZONES")
+    monkeypatch.setenv("EDGE_AGENT_MQTT", '{"host": "broker"')
+    with pytest.raises(ConfigError, match=r"e\.g\. EDGE_AGENT_MQTT='\{\"host\": \"localhost\"\}'"):
+        load_settings()
 
 
 def test_every_field_has_a_description() -> None:

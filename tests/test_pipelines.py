@@ -127,8 +127,8 @@ def test_environment_json_example_from_the_docs_works(tmp_path: Path) -> None:
     [
         ('[{"name": "door", ', "EDGE_AGENT_PIPELINES: not valid JSON"),
         # one table, not a list of them: the hint shows a list of pipelines, not of words
-        ('{"name": "door"}', 'pipelines: Input should be a valid list (write a list as JSON: --set '
-         '\'pipelines=[{"name": "door", "source": {"uri": "0"}}]\''),
+        ('{"name": "door"}', 'pipelines (from EDGE_AGENT_PIPELINES): Input should be a valid list (write a list '
+         'as JSON: --set \'pipelines=[{"name": "door", "source": {"uri": "0"}}]\''),
         ('[{"name": "door"}, {"name": "door"}]', "pipelines[door].name: duplicate"),
         ('[{"name": "a", "source": {"uri": "0"}}, {"name": "b", "source": {"uri": "/dev/video0"}}]',
          "pipelines[b].source.uri: /dev/video0 is already used by pipeline 'a'"),
