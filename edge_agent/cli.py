@@ -1040,7 +1040,7 @@ def _fleet_manifest(args: argparse.Namespace, rollout: bool = False) -> tuple[An
     """The signed manifest `fleet push` and `fleet rollout` send, and the file server behind --serve;
     or the exit code of a usage error (already printed)."""
     from edge_agent.fleet import FileServer, build_manifest
-    from edge_agent.modelfile import parse_labels
+    from edge_agent.modelfile import ModelError, load_labels
     from edge_agent.ota.manifest import ManifestError, load_private_key
 
     if sum(map(bool, (args.serve, args.url, getattr(args, "mqtt", False)))) != 1:
@@ -1051,6 +1051,10 @@ def _fleet_manifest(args: argparse.Namespace, rollout: bool = False) -> tuple[An
                             "that: add --advertise HOST (this machine's name or address as the devices see it)")
     if not args.model.is_file():
         return _usage_error(f"model not found: {args.model}")
+    try:
+        labels = list(load_labels(args.labels_file)) if args.labels_file else None
+    except ModelError as err:
+        return _usage_error(f"--labels-file: {err}")
     key = None
     if args.key:
         try:
@@ -1070,7 +1074,6 @@ def _fleet_manifest(args: argparse.Namespace, rollout: bool = False) -> tuple[An
         url = f"http://{advertise}:{server.port}/{args.model.name}"
     elif args.url:
         url = args.url
-    labels = list(parse_labels(args.labels_file.read_text(encoding="utf-8"))) if args.labels_file else None
     manifest = build_manifest(
         args.model,
         args.version,

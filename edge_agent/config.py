@@ -270,7 +270,8 @@ class ModelConfig(_Strict):
         None, description="TFLite/LiteRT model file; default: the bundled BlazeFace short-range detector."
     )
     labels: Path | None = Field(
-        None, description="Labels file (one per line, or 'index name'); default: labels embedded in the model."
+        None, description="Labels file (one per line, 'index name' lines, JSON, or a data.yaml's names); default: "
+        "labels embedded in the model."
     )
     task: Literal["auto", "classification", "detection", "raw"] = Field(
         "auto", description="How outputs are read; auto picks from the output tensors."

@@ -10,6 +10,7 @@ import ast
 import hashlib
 import io
 import json
+import re
 import struct
 import zipfile
 from collections.abc import Iterator
@@ -428,9 +429,62 @@ def parse_labels(text: str) -> tuple[str, ...]:
     return tuple(lines)
 
 
+def read_labels(text: str, what: str) -> tuple[str, ...]:
+    """A labels file as people bring them: one label per line or 'index label' pairs (`parse_labels`),
+    JSON (a list of names, an index -> name table, or either under "names" or "labels", as an Ultralytics
+    export's metadata has them), or a YAML `names:` entry (Ultralytics' data.yaml). JSON that holds no
+    names is refused naming `what`: read line by line, a model's settings file given as its labels
+    (`{`, `"type": "micro",` ...) became the labels, and every class was named by a line of it."""
+    body = text.removeprefix("\ufeff").strip()
+    if body.startswith(("[", "{")):
+        try:
+            doc = json.loads(body)
+        except ValueError as err:
+            raise ModelError(f"{what}: starts as JSON but is not JSON ({err})") from None
+        if isinstance(doc, dict) and ("names" in doc or "labels" in doc):
+            doc = doc.get("names", doc.get("labels"))
+        names = _names_in({"names": doc}) if not isinstance(doc, list) or all(isinstance(n, str) for n in doc) else None
+        if names is None:
+            raise ModelError(f"{what}: JSON without labels in it (a list of names, an index -> name table, or "
+                             "one of them under \"names\" or \"labels\")")
+        return names
+    return _yaml_names(body) or parse_labels(text)
+
+
+_YAML_NAMES = re.compile(r"^names:[ \t]*(.*)$", re.MULTILINE)
+_YAML_ITEM = re.compile(r"^[ \t]+(?:(\d+)[ \t]*:|-)[ \t]*(.+?)[ \t]*$")
+
+
+def _yaml_names(text: str) -> tuple[str, ...] | None:
+    """The class names of a YAML file's top-level `names:` entry (Ultralytics' data.yaml): an indented
+    block of `N: name` or `- name` lines, or an inline [a, b] list; None where it has none."""
+    m = _YAML_NAMES.search(text)
+    if m is None:
+        return None
+    inline = m.group(1).split("#")[0].strip()
+    if inline.startswith("[") and inline.endswith("]"):
+        got: Any = [_unquoted(v) for v in inline[1:-1].split(",") if v.strip()]
+    elif inline:
+        return None
+    else:
+        got = {}
+        for line in text[m.end() :].splitlines()[1:]:
+            item = _YAML_ITEM.match(line)
+            if item is None:
+                if line.strip() and not line.lstrip().startswith("#"):
+                    break  # the next top-level entry
+                continue
+            got[int(item.group(1)) if item.group(1) is not None else len(got)] = _unquoted(item.group(2))
+    return _names_in({"names": got})
+
+
+def _unquoted(value: str) -> str:
+    return value.strip().strip("'\"")
+
+
 def load_labels(path: Path) -> tuple[str, ...]:
     try:
-        return parse_labels(path.read_text(encoding="utf-8"))
+        return read_labels(path.read_text(encoding="utf-8"), f"labels file {path}")
     except (OSError, UnicodeDecodeError) as err:
         raise ModelError(f"labels file unreadable: {path}: {err}") from None
 

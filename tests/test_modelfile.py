@@ -109,6 +109,51 @@ def test_label_file_formats() -> None:
     assert parse_labels("\u00b2 person\n") == ("\u00b2 person",)
 
 
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("list.json", '["person", "car"]'),
+        ("index.json", '{"0": "person", "1": "car"}'),
+        ("metadata.json", '{"task": "detect", "names": {"0": "person", "1": "car"}, "imgsz": [640, 640]}'),
+        ("labels.json", '{"labels": ["person", "car"]}'),
+        ("data.yaml", "path: ../x\ntrain: images/train\nnames:\n  0: person\n  # the second\n  1: 'car'\nnc: 2\n"),
+        ("list.yaml", "names:\n  - person\n  - car\n"),
+        ("inline.yaml", "nc: 2\nnames: ['person', \"car\"]  # both\n"),
+        ("labels.txt", "person\ncar\n"),
+    ],
+)
+def test_a_labels_file_in_json_or_an_ultralytics_data_yaml_gives_its_names(
+    name: str, text: str, tmp_path: Path
+) -> None:
+    """Labels come as JSON (a list, an index -> name table, an exporter's metadata) and, for YOLO users,
+    as the dataset's data.yaml: read line by line, each line was a label ("{", "names:", "  0: person")."""
+    from edge_agent.modelfile import load_labels
+
+    path = tmp_path / name
+    path.write_text(text)
+    assert load_labels(path) == ("person", "car")
+
+
+def test_a_json_file_with_no_labels_in_it_is_refused_naming_it(tmp_path: Path) -> None:
+    """A wake-word model's settings file given as a detector's labels became its labels, a line each, and
+    `check` said nothing: every detection was named `{` or `"type": "micro",`. It is refused, saying why,
+    by the model, by `check` and by `fleet push --labels-file`."""
+    from edge_agent.modelfile import load_labels
+
+    settings = tmp_path / "alexa.json"
+    settings.write_text('{"type": "micro", "wake_word": "Alexa", "micro": {"probability_cutoff": 0.9}}\n')
+    with pytest.raises(ModelError, match=r"alexa\.json: JSON without labels in it"):
+        load_labels(settings)
+    (tmp_path / "cut.json").write_text('{"names": ["person", ')
+    with pytest.raises(ModelError, match=r"cut\.json: starts as JSON but is not JSON"):
+        load_labels(tmp_path / "cut.json")
+    r = run_cli("check", "--offline", "--source", "synthetic", "--model", str(SHORT), "--labels", str(settings))
+    assert r.returncode == 1 and "alexa.json: JSON without labels in it" in r.stdout, r.stdout + r.stderr
+    r = run_cli("fleet", "push", str(SHORT), "--version", "1", "--url", "http://x/m", "--device", "d",
+                "--labels-file", str(settings))
+    assert r.returncode == 2 and "--labels-file: labels file" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_labels_that_would_fill_millions_of_gaps_are_refused(tmp_path: Path, good_bytes: bytes) -> None:
     """'index label' pairs fill the gaps below the largest index: a file saying "999999999 person" (a
     typo, or a model file from anywhere with such a file inside) built a tuple of a billion labels,
