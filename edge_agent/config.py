@@ -63,8 +63,18 @@ MQTTS_PORT = 8883
 
 def _existing_file(v: Path) -> Path:
     if not v.is_file():
-        raise ValueError(f"file not found: {v}")
+        raise ValueError(_not_found(v))
     return v
+
+
+def _not_found(v: Path | str) -> str:
+    """A missing file's error, with why where the path is one a shell would have expanded: `~` or `$HOME`
+    in a configuration file or an environment variable's value stays as it is written (under systemd
+    the agent's home is not the user's either)."""
+    text = str(v)
+    if text.startswith("~") or "$" in text:
+        return f"file not found: {text} (~ and $VARIABLES are not expanded here: write the full path)"
+    return f"file not found: {text}"
 
 
 #: A path that must name a file as the settings are read (a CA bundle, a certificate, a key).
@@ -339,7 +349,7 @@ class ModelConfig(_Strict):
     @classmethod
     def _exists(cls, v: Path | None) -> Path | None:
         if v is not None and not v.exists():
-            raise ValueError(f"file not found: {v}")
+            raise ValueError(_not_found(v))
         return v
 
     @field_validator("std")
@@ -757,7 +767,7 @@ class OTAConfig(_Strict):
     def _keys_exist(cls, v: list[Path]) -> list[Path]:
         missing = [str(p) for p in v if not p.is_file()]
         if missing:
-            raise ValueError(f"file not found: {missing[0]}")
+            raise ValueError(_not_found(missing[0]))
         return v
 
 

@@ -233,6 +233,21 @@ def test_a_mistyped_key_gets_the_closest_setting_wherever_it_is_written(
     monkeypatch.delenv("EDGE_AGENT_MQTTT__HOST")
 
 
+def test_a_path_a_shell_would_have_expanded_is_said_to_be_written_out(tmp_path: Path) -> None:
+    """`~/models/door.tflite` in a configuration file stays as it is written (and under systemd the
+    agent's home is not the user's): "file not found" alone sent people looking for a missing file."""
+    f = tmp_path / "c.toml"
+    for written in ("~/models/door.tflite", "$HOME/models/door.tflite"):
+        f.write_text(f'[model]\npath = "{written}"\n')
+        with pytest.raises(ConfigError) as err:
+            load_settings(f)
+        assert str(err.value) == (f"model.path: file not found: {written} (~ and $VARIABLES are not expanded "
+                                  "here: write the full path)")
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {"model.labels": str(tmp_path / "none.txt")})
+    assert str(err.value) == f"model.labels: file not found: {tmp_path / 'none.txt'}"  # nothing to expand
+
+
 def test_a_bad_value_from_the_environment_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     """A value the environment gave was named by its key alone (`mqtt.port: Input should be a valid
     integer`), and a unit's Environment= line is not where one looks first. The variable is named, its
