@@ -1602,19 +1602,31 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
     try:
         with path.open("rb") as f:
-            bom = f.read(3) == b"\xef\xbb\xbf"
+            head = f.read(256)
             f.seek(0)
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as err:
-        # an editor that starts the file with a UTF-8 byte order mark (Windows' Notepad) makes its first
-        # character invalid TOML, which the parser reports as "Invalid statement (at line 1, column 1)"
-        hint = " (the file starts with a UTF-8 byte order mark: save it as UTF-8 without one)" if bom else ""
-        raise ConfigError(f"{path}: invalid TOML: {err}{hint}") from None
+        raise ConfigError(f"{path}: invalid TOML: {err}{_toml_hint(path, head)}") from None
     except UnicodeDecodeError as err:  # TOML is UTF-8: another encoding (Latin-1, UTF-16) ended in a traceback
         raise ConfigError(f"{path}: invalid TOML: not UTF-8 text (byte {err.start} is 0x{err.object[err.start]:02x}); "
                           "save it as UTF-8") from None
     except RecursionError:  # the parser recurses into each nested array or inline table
         raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deep") from None
+
+
+def _toml_hint(path: Path, head: bytes) -> str:
+    """Why a file that is not TOML may not be: a UTF-8 byte order mark at its start (Windows' Notepad; the
+    parser says only "Invalid statement (at line 1, column 1)"), or a file in YAML (as Frigate and Home
+    Assistant are configured) or JSON. The settings say how each looks in TOML (docs/configuration.md)."""
+    if head.startswith(b"\xef\xbb\xbf"):
+        return " (the file starts with a UTF-8 byte order mark: save it as UTF-8 without one)"
+    text = head.decode("utf-8", "replace").lstrip()
+    if path.suffix.lower() in (".yaml", ".yml") or re.search(r"^[A-Za-z_][\w-]*:[ \t]*\r?$", text, re.MULTILINE):
+        return (" (this looks like YAML; the configuration is TOML: a table is [mqtt] on a line of its own, "
+                "then host = \"broker\" under it)")
+    if path.suffix.lower() == ".json" or text.startswith("{"):
+        return ' (this looks like JSON; the configuration is TOML: [mqtt] on a line, then host = "broker")'
+    return ""
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:

@@ -148,6 +148,20 @@ def test_unknown_env_and_file_keys_are_errors(tmp_path: Path, monkeypatch: pytes
     f.write_bytes(b"\xef\xbb\xbfdevice_id = 'cam'\r\n")
     with pytest.raises(ConfigError, match=r"invalid TOML: .*byte order mark: save it as UTF-8 without one"):
         load_settings(f)
+    # YAML (as Frigate and Home Assistant are configured) or JSON, whatever the file's name: said so, with
+    # how a table looks in TOML; a TOML file with a mistake in it gets no such guess
+    for name, text, said in (("c.toml", "# porch\nmqtt:\n  host: broker\n", "this looks like YAML"),
+                             ("config.yml", "device_id: porch\n", "this looks like YAML"),
+                             ("c.toml", '{"mqtt": {"host": "broker"}}', "this looks like JSON")):
+        g = tmp_path / name
+        g.write_text(text)
+        with pytest.raises(ConfigError) as err:
+            load_settings(g)
+        assert said in str(err.value) and '[mqtt] on a line' in str(err.value), str(err.value)
+    f.write_text("[mqtt\nhost = 'x'\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f)
+    assert "looks like" not in str(err.value), str(err.value)
     # saved in Latin-1, or nested past the parser's recursion: each ended `config`, `check` and `run` in a
     # traceback (exit 1, which systemd restarts) instead of the refusal (exit 2, which it does not)
     for raw, why in ((b"device_id = 'cam\xe9ra'\n", r"not UTF-8 text \(byte 16 is 0xe9\); save it as UTF-8"),
