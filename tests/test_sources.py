@@ -422,9 +422,22 @@ def test_an_http_camera_and_a_command_give_their_jpegs_decoded_smaller_where_ask
         cam.close()
 
 
-def test_missing_camera_and_gstreamer_are_clear_errors() -> None:
+def test_missing_camera_and_gstreamer_are_clear_errors(tmp_path: Path) -> None:
+    from edge_agent.sources.camera import present_cameras
+
     with pytest.raises(SourceError, match="not present"):
         make_source(SourceConfig(uri="/dev/video99")).open()
+    # camera N is /dev/videoN: one that is not there is said so, with the nodes that are ("cannot open
+    # camera:7" said neither, and a USB camera renumbered after a reboot is the usual cause)
+    with pytest.raises(SourceError, match=r"camera 97: no /dev/video97 \((present: /dev/video|no /dev/video\* at all)"):
+        make_source(SourceConfig(uri="97")).open()
+    dev = tmp_path / "dev"
+    (dev / "v4l" / "by-id").mkdir(parents=True)
+    for name in ("video10", "video2", "video0", "v4l/by-id/usb-046d_C920-video-index0"):
+        (dev / name).touch()
+    assert present_cameras(str(dev)) == (f"present: {dev}/video0, {dev}/video2, {dev}/video10; by id: "
+                                         "usb-046d_C920-video-index0")
+    assert present_cameras(str(tmp_path)).startswith("no /dev/video* at all")
     # udev's names for a camera, stable across reboots and replugging (a box with two USB cameras needs
     # them): they were read as video files, "not found", and a camera there would have been a file
     for name in ("/dev/v4l/by-id/usb-046d_HD_Pro_Webcam_C920_1A2B3C4D-video-index0",

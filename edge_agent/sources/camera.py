@@ -4,6 +4,7 @@ which a box with two USB cameras needs: /dev/video0 may be either after a reboot
 
 from __future__ import annotations
 
+import glob
 import os
 from typing import TYPE_CHECKING
 
@@ -39,8 +40,10 @@ class CameraSource(OpenCVSource):
         return int(self.uri) if self.uri.isdecimal() else self.uri
 
     def open(self) -> None:
-        if not self.uri.isdecimal() and not os.path.exists(self.uri):
-            raise SourceError(f"camera device {self.uri} not present")
+        node = f"/dev/video{int(self.uri)}" if self.uri.isdecimal() else self.uri
+        if not os.path.exists(node):  # camera N is /dev/videoN to V4L2
+            said = f"camera {self.uri}: no {node}" if self.uri.isdecimal() else f"camera device {self.uri} not present"
+            raise SourceError(f"{said} ({present_cameras()})")
         try:
             super().open()
         except SourceError as err:
@@ -83,6 +86,18 @@ _PI_NODES = (
     (("bcm2835-codec", "bcm2835-isp", "pispbe", "rpivid", "hevc-dec"), "the Raspberry Pi's video codec or "
      "image processor, not a camera"),
 )
+
+
+def present_cameras(dev: str = "/dev") -> str:
+    """The V4L2 nodes there are, by the names udev keeps too, for the error of one that is not: a USB
+    camera renumbered after a reboot, or none plugged in (under systemd, a unit without the device)."""
+    nodes = sorted(glob.glob(os.path.join(dev, "video*")), key=lambda p: (len(p), p))
+    if not nodes:
+        return "no /dev/video* at all: no camera is connected, or this process may not see it"
+    by_id = sorted(os.path.basename(p) for p in glob.glob(os.path.join(dev, "v4l", "by-id", "*")))
+    shown = ", ".join(nodes[:8]) + (f" and {len(nodes) - 8} more" if len(nodes) > 8 else "")
+    ids = f"; by id: {', '.join(by_id[:4])}" if by_id else ""
+    return f"present: {shown}{ids}"
 
 
 def node_hint(device: str, sysfs: str = "/sys/class/video4linux") -> str | None:
