@@ -330,7 +330,7 @@ usb.close()
 print(json.dumps(out))
 """
     doc = _alsa_json(conf, code)
-    assert "cannot open microphone 'usbmic'" in doc["before"], doc["before"]
+    assert "cannot open microphone 'usbmic'" in doc["before"] and "(inputs: " in doc["before"], doc["before"]
     assert "another microphone" in doc["beside_another"] and doc["other_still_reads"], doc
     assert doc["alone"] == "opened", doc["alone"]
     assert doc["first"] == usb_raw[:16000].tolist()  # the USB microphone's own samples
@@ -477,7 +477,9 @@ except SourceError as err:
     print("SourceError:", err)
 """
     r = _alsa_child(conf, code)
-    assert "SourceError: cannot open microphone" in r.stdout, r.stdout + r.stderr
+    # which one, and that there is none at all (not "microphone None")
+    assert "SourceError: cannot open the default microphone: " in r.stdout, r.stdout + r.stderr
+    assert "(no audio input device at all: no microphone is connected" in r.stdout, r.stdout
 
 
 def test_a_new_writer_on_the_fifo_starts_the_streaming_model_afresh(tmp_path: Path) -> None:

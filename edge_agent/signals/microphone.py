@@ -114,8 +114,9 @@ class MicrophoneSource(SignalSource):
                     self._stream = None
                     _open_streams -= 1
                 also = (" (the device list is as it was when another microphone of this agent opened: it is "
-                        "read again once no microphone is open)") if _open_streams else ""
-                raise SourceError(f"cannot open microphone {self.device!r}: {err}{also}") from None
+                        "read again once no microphone is open)") if _open_streams else _inputs_there(sd)
+                which = "the default microphone" if self.device is None else f"microphone {self.device!r}"
+                raise SourceError(f"cannot open {which}: {err}{also}") from None
 
     def _input_stream(self, sd: Any) -> Any:
         return sd.InputStream(
@@ -174,3 +175,15 @@ class MicrophoneSource(SignalSource):
         if closing.is_alive():
             log.warning("microphone %r: its stream did not close within %g s (the device hangs); it is left to "
                         "close on its own", self.device, _CLOSE_WAIT_S)
+
+
+def _inputs_there(sd: Any) -> str:
+    """The audio inputs PortAudio sees, for the error of one that would not open: none at all (no card, or
+    the unit lacks the audio group), or their names, which `source.uri = mic:NAME` takes."""
+    try:
+        names = [str(d["name"]) for d in sd.query_devices() if int(d.get("max_input_channels", 0)) > 0]
+    except Exception:  # PortAudioError and whatever the host API raises: the hint is extra
+        return ""
+    if not names:
+        return " (no audio input device at all: no microphone is connected, or this process may not use it)"
+    return f" (inputs: {', '.join(names[:6])}{' ...' if len(names) > 6 else ''})"
