@@ -685,3 +685,21 @@ def test_a_serial_device_may_end_its_lines_with_a_carriage_return(tmp_path: Path
     finally:
         src.close()
         pty.close()
+
+
+def test_a_serial_port_that_is_not_there_says_which_ones_are(tmp_path: Path) -> None:
+    """An Arduino is /dev/ttyACM0 or ttyACM1, a USB adapter ttyUSB0 or 1, by the order they were found in:
+    one that is not there names the ports that are (and udev's names for them), or that there are none."""
+    from edge_agent.signals.base import SourceError
+    from edge_agent.signals.serial_port import SerialSource, present_ports
+
+    dev = tmp_path / "dev"
+    (dev / "serial" / "by-id").mkdir(parents=True)
+    for name in ("ttyACM0", "ttyUSB1", "serial/by-id/usb-Arduino_Uno_75830-if00"):
+        (dev / name).touch()
+    assert present_ports(str(dev)) == (f"present: {dev}/ttyACM0, {dev}/ttyUSB1; by id: "
+                                       "usb-Arduino_Uno_75830-if00")
+    assert present_ports(str(tmp_path / "none")).startswith("no /dev/ttyUSB* or /dev/ttyACM* at all")
+    gone = tmp_path / "ttyUSB7"
+    with pytest.raises(SourceError, match=rf"cannot open serial port {gone}: .*\((present: |no /dev/ttyUSB)"):
+        SerialSource(f"serial:{gone}", str(gone), 115200, 100.0, None).open()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +42,8 @@ class SerialSource(ReadingSource):
         try:
             self._ser = serial.Serial(self.port, self.baud, timeout=0.1)
         except (serial.SerialException, OSError, ValueError) as err:
-            raise SourceError(f"cannot open serial port {self.port}: {err}") from None
+            there = "" if os.path.exists(self.port) else f" ({present_ports()})"  # a board renumbered, unplugged
+            raise SourceError(f"cannot open serial port {self.port}: {err}{there}") from None
         self._ser.reset_input_buffer()  # a half line from before the open is not a reading
         self._partial = b""
 
@@ -88,3 +91,14 @@ class SerialSource(ReadingSource):
         if self._ser is not None:
             close_quietly(self._ser)
             self._ser = None
+
+
+def present_ports(dev: str = "/dev") -> str:
+    """The USB serial ports there are (and the names udev keeps for them), for the error of one that is
+    not: an Arduino or a USB adapter is ttyUSB0 or ttyACM0 by the order it was found in."""
+    ports = sorted(glob.glob(os.path.join(dev, "ttyUSB*")) + glob.glob(os.path.join(dev, "ttyACM*")))
+    if not ports:
+        return "no /dev/ttyUSB* or /dev/ttyACM* at all: nothing is plugged in, or this process may not see it"
+    by_id = sorted(os.path.basename(p) for p in glob.glob(os.path.join(dev, "serial", "by-id", "*")))
+    ids = f"; by id: {', '.join(by_id[:4])}" if by_id else ""
+    return f"present: {', '.join(ports[:8])}{ids}"
