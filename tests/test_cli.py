@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from .conftest import DEMO_VIDEO, MODELS, ROOT, SHORT, SHORT_INT8, Broker, run_cli
+from .conftest import DEMO_VIDEO, MODELS, ROOT, SHORT, SHORT_INT8, Broker, free_port, run_cli
 from .conftest import run_tty as _tty
 
 
@@ -435,6 +435,8 @@ def test_listen_that_hears_nothing_names_the_devices_the_broker_knows(broker: Br
     other = run_cli("listen", "--mqtt-host", broker.host, "--mqtt-port", str(broker.port),
                     "--set", "mqtt.topic_prefix=yrd", "--device", "porch", "--seconds", "1", timeout=60)
     assert "no device's availability is on this broker under 'yrd/'" in other.stderr, other.stderr
+    away = run_cli("listen", "--mqtt-host", "127.0.0.1", "--mqtt-port", str(free_port()), "--seconds", "1")
+    assert away.returncode == 1 and "(connection refused (nothing listens on that port))" in away.stderr, away.stderr
     asked = run_cli("listen", *mq, "--device", "porch", "--topics", "availability", "--count", "1", timeout=60)
     assert asked.returncode == 0 and asked.stdout.split() == ["yard/porch/availability", "online"], asked.stdout
     assert "nothing" not in asked.stderr, asked.stderr

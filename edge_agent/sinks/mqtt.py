@@ -1365,6 +1365,7 @@ class Subscriber:
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
+            self.refused = f"refused: {reason_code}"
             self.failed.set()
         else:
             _no_delay(client)
@@ -1394,6 +1395,15 @@ class Subscriber:
                     return
                 self.held_bytes += len(payload)
         self.messages.put((topic, payload, bool(msg.retain)))
+
+    #: the broker's refusal of the connection, where it refused it
+    refused: str | None = None
+
+    @property
+    def why(self) -> str:
+        """Why `start` failed, in the words a user acts on (the broker's refusal, nothing listening, TLS,
+        a host name that does not resolve), or that nothing answered."""
+        return self.refused or self._client.last_connect_error or "no answer"
 
     def start(self, timeout: float = 10.0) -> bool:
         """True once subscribed; False at once when the first attempt fails, else after `timeout`."""
