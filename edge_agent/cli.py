@@ -909,7 +909,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     everyone = device_pattern(prefix, None, "availability")
     sub = Subscriber(settings.mqtt, topics if everyone in topics else [*topics, everyone])
     if not sub.start(10.0):
-        print(f"edge-agent: no broker at {settings.mqtt.host}:{settings.mqtt.port} ({sub.why})", file=sys.stderr)
+        print(f"edge-agent: {sub.why_not()}", file=sys.stderr)
         sub.stop()
         return EXIT_FAIL
     start = time.monotonic()

@@ -134,7 +134,7 @@ class CloudWorker:
         sub = Subscriber(self.settings.mqtt, [self.topic], client_id=f"edge-agent-worker-{self.worker_id}",
                          max_bytes=MAX_HELD_BYTES)
         if not sub.start(10.0):
-            log.error("cannot subscribe to %s on %s:%d", self.topic, self.settings.mqtt.host, self.settings.mqtt.port)
+            log.error("cannot subscribe to %s: %s", self.topic, sub.why_not())
             sub.stop()
             return 1
         log.info(

@@ -38,8 +38,7 @@ class BrokerUnreachable(RuntimeError):
 def _connect(sub: Subscriber, cfg: MQTTConfig) -> None:
     if not sub.start(10):
         sub.stop()
-        raise BrokerUnreachable(f"no broker at {cfg.host}:{cfg.port} (or it refused us); check --mqtt-host, "
-                                "--mqtt-port and mqtt.username/password")
+        raise BrokerUnreachable(f"{sub.why_not()}; check --mqtt-host, --mqtt-port and mqtt.username/password")
 
 
 def build_manifest(

@@ -264,6 +264,13 @@ def test_refused_connack_is_reported_not_taken_for_connected(tmp_path: Path) -> 
         good = sink_for(b.mqtt(username="agent", password="right"))
         assert good.wait_connected(10)
         good.close(2)
+        # the tools say the broker refused them, not that there is none
+        mq = ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(port), "--set", "mqtt.username=agent",
+              "--set", "mqtt.password=wrong"]
+        for cmd in (["listen", "--seconds", "1"], ["fleet", "status"]):
+            r = run_cli(*cmd, *mq)
+            assert r.returncode == 1 and f"the broker at 127.0.0.1:{port} refused: " in r.stderr, r.stderr
+            assert "no broker" not in r.stderr and "wrong" not in r.stderr, r.stderr
     finally:
         b.stop()
 

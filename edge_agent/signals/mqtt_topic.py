@@ -47,7 +47,7 @@ class MqttTopicSource(ReadingSource):
                          max_bytes=MAX_HELD_BYTES)
         if not sub.start(timeout=10.0):
             sub.stop()
-            raise SourceError(f"cannot subscribe to {self.topic} on {self.mqtt.host}:{self.mqtt.port}: {sub.why}")
+            raise SourceError(f"cannot subscribe to {self.topic}: {sub.why_not()}")
         self._sub, self._overflow_seen = sub, 0
 
     def _rows(self, payload: bytes) -> list[np.ndarray]:

@@ -1399,11 +1399,13 @@ class Subscriber:
     #: the broker's refusal of the connection, where it refused it
     refused: str | None = None
 
-    @property
-    def why(self) -> str:
-        """Why `start` failed, in the words a user acts on (the broker's refusal, nothing listening, TLS,
-        a host name that does not resolve), or that nothing answered."""
-        return self.refused or self._client.last_connect_error or "no answer"
+    def why_not(self) -> str:
+        """Why `start` failed, in the words a user acts on: the broker's refusal (a password, an ACL), or
+        why there was no broker (nothing listening, TLS, a host name that does not resolve, no answer)."""
+        where = f"{self.cfg.host}:{self.cfg.port}"
+        if self.refused:
+            return f"the broker at {where} {self.refused}"
+        return f"no broker at {where} ({self._client.last_connect_error or 'no answer'})"
 
     def start(self, timeout: float = 10.0) -> bool:
         """True once subscribed; False at once when the first attempt fails, else after `timeout`."""
