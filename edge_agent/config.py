@@ -1331,6 +1331,7 @@ def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
 _PIPELINES_EXAMPLE = '[{"name": "door", "source": {"uri": "0"}}]'
 #: An example of each list whose items are tables or pairs, for the hint a malformed one gets (a key's
 #: own, or its end inside a pipeline); any other list is of words
+_WORDS_EXAMPLE = '["a", "b"]'
 _LIST_EXAMPLES = {
     "pipelines": _PIPELINES_EXAMPLE,
     "scene.zones": '[{"name": "door", "points": [[0.1, 0.5], [0.6, 0.5], [0.6, 1], [0.1, 1]]}]',
@@ -1420,7 +1421,7 @@ def format_validation_error(
             msg = (f"a table of settings ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}), not one "
                    f"value: set one of them, e.g. {loc}.{keys[0]}")
         elif e["type"] == "list_type":  # one syntax for lists everywhere: JSON (TOML's own arrays in a file)
-            ex = next((x for k, x in _LIST_EXAMPLES.items() if loc == k or loc.endswith("." + k)), '["a", "b"]')
+            ex = _list_example(loc) or _WORDS_EXAMPLE
             if root is Settings and not any(isinstance(p, int) for p in shown):  # a key --set and env can name
                 env = ENV_PREFIX + loc.upper().replace(".", "__")
                 msg += f" (write a list as JSON: --set '{loc}={ex}', {env}='{ex}')"
@@ -1572,15 +1573,20 @@ def _json_example(env: str) -> str:
     """A value for an EDGE_AGENT_* variable that holds a list or a table, as JSON: the list's own example
     (`_LIST_EXAMPLES`), a table with its first setting at its default, else a list of words."""
     key = env.removeprefix(ENV_PREFIX).lower().replace(ENV_NESTED, ".")
-    for k, example in _LIST_EXAMPLES.items():
-        if key == k or key.endswith("." + k):
-            return example
+    if (example := _list_example(key)) is not None:
+        return example
     table = _table(_key_path(Settings, tuple(key.split(".")))[1])
     if table is not None:
         for name, f in table.model_fields.items():
             if isinstance(f.default, (str, int, float)) and not isinstance(f.default, bool):
                 return json.dumps({name: f.default})
-    return '["a", "b"]'
+    return _WORDS_EXAMPLE
+
+
+def _list_example(key: str) -> str | None:
+    """`_LIST_EXAMPLES`' example of the list at a dotted key (its own, or its end's: a pipeline's
+    `scene.zones`, a zone's `points`), or None for a list of words."""
+    return next((x for k, x in _LIST_EXAMPLES.items() if key == k or key.endswith("." + k)), None)
 
 
 def _is_list_key(env_name: str) -> bool:

@@ -796,3 +796,15 @@ def quiet_native_stderr() -> Iterator[None]:
                 logging.getLogger("edge_agent.runtime").debug("%s", line.decode("utf-8", "replace").strip())
             else:
                 os.write(2, line)
+
+
+def present_nodes(dev: str, patterns: tuple[str, ...], by_id: str, none: str) -> str:
+    """The device nodes under `dev` matching `patterns`, in their numbers' order, and the names udev keeps
+    for them under `dev/by_id`: for the error of one that is not there (a USB camera or serial adapter
+    renumbered after a reboot, or unplugged); `none` where there are none at all."""
+    nodes = sorted((p for pat in patterns for p in glob.glob(os.path.join(dev, pat))), key=lambda p: (len(p), p))
+    if not nodes:
+        return none
+    ids = sorted(os.path.basename(p) for p in glob.glob(os.path.join(dev, by_id, "*")))
+    shown = ", ".join(nodes[:8]) + (f" and {len(nodes) - 8} more" if len(nodes) > 8 else "")
+    return f"present: {shown}" + (f"; by id: {', '.join(ids[:4])}" if ids else "")

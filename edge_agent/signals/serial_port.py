@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -14,6 +13,7 @@ from edge_agent.signals.base import Chunk, SignalSource, SourceError, close_quie
 if TYPE_CHECKING:
     from edge_agent.config import Settings
 from edge_agent.signals.readings import ReadingSource
+from edge_agent.system import present_nodes
 
 #: A line longer than this is noise on the wire, not a reading.
 _MAX_LINE = 4096
@@ -94,11 +94,7 @@ class SerialSource(ReadingSource):
 
 
 def present_ports(dev: str = "/dev") -> str:
-    """The USB serial ports there are (and the names udev keeps for them), for the error of one that is
-    not: an Arduino or a USB adapter is ttyUSB0 or ttyACM0 by the order it was found in."""
-    ports = sorted(glob.glob(os.path.join(dev, "ttyUSB*")) + glob.glob(os.path.join(dev, "ttyACM*")))
-    if not ports:
-        return "no /dev/ttyUSB* or /dev/ttyACM* at all: nothing is plugged in, or this process may not see it"
-    by_id = sorted(os.path.basename(p) for p in glob.glob(os.path.join(dev, "serial", "by-id", "*")))
-    ids = f"; by id: {', '.join(by_id[:4])}" if by_id else ""
-    return f"present: {', '.join(ports[:8])}{ids}"
+    """The USB serial ports there are (`system.present_nodes`), for the error of one that is not: an
+    Arduino or a USB adapter is ttyUSB0 or ttyACM0 by the order it was found in."""
+    none = "no /dev/ttyUSB* or /dev/ttyACM* at all: nothing is plugged in, or this process may not see it"
+    return present_nodes(dev, ("ttyUSB*", "ttyACM*"), "serial/by-id", none)

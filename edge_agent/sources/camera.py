@@ -4,7 +4,6 @@ which a box with two USB cameras needs: /dev/video0 may be either after a reboot
 
 from __future__ import annotations
 
-import glob
 import os
 from typing import TYPE_CHECKING
 
@@ -13,6 +12,7 @@ import numpy as np
 
 from edge_agent.sources.base import Source, SourceError
 from edge_agent.sources.opencv import OpenCVSource
+from edge_agent.system import present_nodes
 
 if TYPE_CHECKING:
     from edge_agent.config import SourceConfig
@@ -89,15 +89,9 @@ _PI_NODES = (
 
 
 def present_cameras(dev: str = "/dev") -> str:
-    """The V4L2 nodes there are, by the names udev keeps too, for the error of one that is not: a USB
-    camera renumbered after a reboot, or none plugged in (under systemd, a unit without the device)."""
-    nodes = sorted(glob.glob(os.path.join(dev, "video*")), key=lambda p: (len(p), p))
-    if not nodes:
-        return "no /dev/video* at all: no camera is connected, or this process may not see it"
-    by_id = sorted(os.path.basename(p) for p in glob.glob(os.path.join(dev, "v4l", "by-id", "*")))
-    shown = ", ".join(nodes[:8]) + (f" and {len(nodes) - 8} more" if len(nodes) > 8 else "")
-    ids = f"; by id: {', '.join(by_id[:4])}" if by_id else ""
-    return f"present: {shown}{ids}"
+    """The V4L2 nodes there are (`system.present_nodes`), for the error of a camera that is not there."""
+    return present_nodes(dev, ("video*",), "v4l/by-id",
+                         "no /dev/video* at all: no camera is connected, or this process may not see it")
 
 
 def node_hint(device: str, sysfs: str = "/sys/class/video4linux") -> str | None:
