@@ -1444,7 +1444,9 @@ def load_settings(
     `signal` section beside a camera's source is not the mismatch it would be for `run`."""
     _check_env_keys(dict(os.environ))
     if config_file is not None and not config_file.is_file():
-        raise ConfigError(f"--config: file not found: {config_file}")
+        if config_file.is_dir():
+            raise ConfigError(f"--config: {config_file} is a directory, not a file")
+        raise ConfigError(f"--config: {_not_found(config_file)}")
     _TOML_FILE["path"] = config_file
     token = _SOURCE_READ.set(source_read)
     try:

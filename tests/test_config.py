@@ -260,6 +260,12 @@ def test_a_path_a_shell_would_have_expanded_is_said_to_be_written_out(tmp_path: 
     with pytest.raises(ConfigError) as err:
         load_settings(None, {"model.labels": str(tmp_path / "none.txt")})
     assert str(err.value) == f"model.labels: file not found: {tmp_path / 'none.txt'}"  # nothing to expand
+    # the file itself: `ExecStart=... --config ~/edge.toml` is not expanded either; a directory is no file
+    with pytest.raises(ConfigError, match=r"--config: file not found: ~/edge\.toml \(~ and \$VARIABLES"):
+        load_settings(Path("~/edge.toml"))
+    with pytest.raises(ConfigError) as err:
+        load_settings(tmp_path)
+    assert str(err.value) == f"--config: {tmp_path} is a directory, not a file"
 
 
 def test_a_bad_value_from_the_environment_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
