@@ -649,3 +649,19 @@ def test_inspect_ssd_shows_quantization_and_postprocess_op() -> None:
     assert doc["inputs"][0]["quantization"] == {"scale": 0.0078125, "zero_point": 128}
     assert "TFLite_Detection_PostProcess" in doc["custom_ops"] and doc["detected_layout"] == "ssd"
     assert doc["requires_delegates"] == []
+
+
+def test_a_detector_read_as_a_classifier_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """`model.task = classification` forced on a detector read its first output as class scores and found
+    nothing, with no word why. It still does as told, and says so once, as the model loads."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="edge_agent.postprocess.decoders")
+    said = "task=classification, but its outputs are not one score vector ([[1, 896, 16], [1, 896, 1]])"
+    for task, warned in (("classification", True), ("auto", False)):
+        caplog.clear()
+        m = Model(ModelConfig(path=SHORT, task=task), RuntimeConfig(accelerator="cpu"), None)
+        try:
+            assert (said in caplog.text) is warned, caplog.text
+        finally:
+            m.close()

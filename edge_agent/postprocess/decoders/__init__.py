@@ -8,6 +8,7 @@ decoder whose `matches` recognises the model's tensors decodes it, so specific l
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from edge_agent.modelfile import ModelError, ModelFile, TensorSpec
@@ -37,6 +38,8 @@ __all__ = [
     "make_decoder",
     "ssd_anchors",
 ]
+
+log = logging.getLogger(__name__)
 
 DECODERS: list[type[Decoder]] = [
     SSDPostprocessDecoder,
@@ -69,4 +72,7 @@ def make_decoder(
         )
     if chosen is None:  # a configured classification or raw task decodes whatever the outputs are
         chosen = asked[0]
+        if task == "classification":  # and says so: a detector read as a classifier finds nothing, silently
+            log.warning("%s: task=classification, but its outputs are not one score vector (%s): the first is "
+                        "read as the class scores", file.path, [list(o.shape) for o in outputs])
     return chosen.create(io, labels, opts)
