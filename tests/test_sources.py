@@ -438,6 +438,14 @@ def test_missing_camera_and_gstreamer_are_clear_errors(tmp_path: Path) -> None:
     assert present_cameras(str(dev)) == (f"present: {dev}/video0, {dev}/video2, {dev}/video10; by id: "
                                          "usb-046d_C920-video-index0")
     assert present_cameras(str(tmp_path)).startswith("no /dev/video* at all")
+    # what no kind claims is a video file: `-` (a command's output piped in) and a URL with one slash were
+    # "video file ... not found", the URL's password in clear
+    with pytest.raises(SourceError, match=r"standard input is no camera to the agent; .*exec:COMMAND"):
+        make_source(SourceConfig(uri="-")).open()
+    with pytest.raises(SourceError) as err:
+        make_source(SourceConfig(uri="rtsp:/admin:secret@cam/live")).open()
+    assert str(err.value).endswith("two slashes after its scheme: rtsp://admin:**********@cam/live?"), err.value
+    assert "secret" not in str(err.value)
     # udev's names for a camera, stable across reboots and replugging (a box with two USB cameras needs
     # them): they were read as video files, "not found", and a camera there would have been a file
     for name in ("/dev/v4l/by-id/usb-046d_HD_Pro_Webcam_C920_1A2B3C4D-video-index0",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import TYPE_CHECKING
 
 import cv2
 
+from edge_agent.redact import hide_credentials
 from edge_agent.sources.base import Source, SourceError
 from edge_agent.sources.opencv import OpenCVSource
 
@@ -35,7 +37,7 @@ class VideoFileSource(OpenCVSource):
 
     def open(self) -> None:
         if not os.path.isfile(self.uri):
-            raise SourceError(f"video file {self.uri} not found")
+            raise SourceError(_not_found(self.uri))
         super().open()
         self._checked = time.monotonic()
 
@@ -46,3 +48,16 @@ class VideoFileSource(OpenCVSource):
             if not os.path.isfile(self.uri):
                 raise SourceError(f"video file {self.uri} removed")
         super().grab()
+
+
+def _not_found(uri: str) -> str:
+    """A video file that is not there, said with what was likely meant where the name says it: `-`
+    (standard input, which `run` does not read: a command's output is read by `exec:`), or a URL with
+    one slash after its scheme, which no other kind claimed (its password masked as any URL's)."""
+    if uri == "-":
+        return ("source.uri '-': standard input is no camera to the agent; a command that writes JPEGs is "
+                "one (exec:COMMAND, e.g. exec:rpicam-vid -t 0 --codec mjpeg -o -)")
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/[^/]", uri):
+        meant = hide_credentials(uri.replace(":/", "://", 1))  # (masked only where it has both slashes)
+        return f"no video file by that name, and a URL has two slashes after its scheme: {meant}?"
+    return f"video file {uri} not found"
