@@ -733,14 +733,28 @@ def _predict_recordings(args: argparse.Namespace, model: Any, base: Any, inputs:
 def cmd_config(args: argparse.Namespace) -> int:
     from edge_agent.config import describe_fields, masked_dump
 
-    if args.describe:
+    if args.describe is not None:
+        want = args.describe.strip(".")
+        rows = [r for r in describe_fields() if not want or r[0] == want or r[0].startswith((want + ".", want + "["))]
+        if not rows:
+            return _usage_error(f"--describe {args.describe}: no such setting{_closest_key(want)}")
         print("key\tenvironment variable\tdefault\tdescription")
-        for key, env, default, desc in describe_fields():
+        for key, env, default, desc in rows:
             print(f"{key}\t{env}\t{default}\t{desc}")
         return EXIT_OK
     settings = _load(args)
     human.emit(masked_dump(settings), human.settings, args.json)
     return EXIT_OK
+
+
+def _closest_key(want: str) -> str:
+    """' (did you mean 'mqtt.host'?)' for the setting closest to a key that names none, else ''."""
+    import difflib
+
+    from edge_agent.config import describe_fields
+
+    close = difflib.get_close_matches(want, [k for k, *_ in describe_fields()], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -1303,7 +1317,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cf = sub.add_parser("config", help="print the effective configuration (secrets masked)")
     _settings_args(cf)
-    cf.add_argument("--describe", action="store_true", help="list every key with its env var and meaning")
+    cf.add_argument("--describe", nargs="?", const="", metavar="KEY",
+                    help="list every key with its env var and meaning; with KEY, only those it begins (mqtt, "
+                    "scene.zones)")
     cf.add_argument("--json", action="store_true", help=_JSON_HELP)
     cf.set_defaults(func=cmd_config)
 

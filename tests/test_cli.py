@@ -107,6 +107,14 @@ def test_describe_has_a_header_and_every_choice() -> None:
     assert rows["outbox.policy"][3].endswith("One of: drop_oldest, drop_newest, downsample.")
     assert "One of: bottom_center, center." in rows["scene.anchor"][3]
     assert "JSON in the environment and --set" in rows["homeassistant.labels"][3]
+    # one setting, or a table's, rather than 195 rows to search: a mistyped one gets the closest
+    tls = run_cli("config", "--describe", "mqtt.tls").stdout.splitlines()
+    assert tls[0] == lines[0] and [line.split("\t")[0] for line in tls[1:]] == [
+        "mqtt.tls.enabled", "mqtt.tls.ca_file", "mqtt.tls.cert_file", "mqtt.tls.key_file", "mqtt.tls.insecure"]
+    zones = [line.split("\t")[0] for line in run_cli("config", "--describe", "scene.zones").stdout.splitlines()[1:]]
+    assert zones[0] == "scene.zones" and "scene.zones[].points" in zones and "scene.masks" not in zones
+    typo = run_cli("config", "--describe", "mqtt.hots")
+    assert typo.returncode == 2 and "no such setting (did you mean 'mqtt.host'?)" in typo.stderr
 
 
 def test_a_typo_gets_the_closest_flag_or_command_and_listen_has_only_its_flags() -> None:
