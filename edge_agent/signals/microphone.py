@@ -182,7 +182,7 @@ def _inputs_there(sd: Any) -> str:
     the unit lacks the audio group), or their names, which `source.uri = mic:NAME` takes."""
     try:
         names = [str(d["name"]) for d in sd.query_devices() if int(d.get("max_input_channels", 0)) > 0]
-    except Exception:  # PortAudioError and whatever the host API raises: the hint is extra
+    except (ValueError, KeyError, TypeError, sd.PortAudioError):  # as `_native_rate`: the hint is extra
         return ""
     if not names:
         return " (no audio input device at all: no microphone is connected, or this process may not use it)"

@@ -1357,6 +1357,8 @@ class Subscriber:
         self.subscribed = threading.Event()
         #: the first connection attempt failed (refused, unreachable, or the broker refused us)
         self.failed = threading.Event()
+        #: the broker's refusal of the connection, where it refused it
+        self.refused: str | None = None
         self._client = _make_client(cfg, client_id or f"edge-agent-listen-{time.monotonic_ns()}", persistent)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
@@ -1395,9 +1397,6 @@ class Subscriber:
                     return
                 self.held_bytes += len(payload)
         self.messages.put((topic, payload, bool(msg.retain)))
-
-    #: the broker's refusal of the connection, where it refused it
-    refused: str | None = None
 
     def why_not(self) -> str:
         """Why `start` failed, in the words a user acts on: the broker's refusal (a password, an ACL), or
